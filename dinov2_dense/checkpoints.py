@@ -1,0 +1,296 @@
+"""Read DINOv2 weights in every common format into the official state-dict layout; write safetensors.
+
+One converter per foreign format, applied at load time (in the manner of timm's
+``checkpoint_filter_fn``):
+
+* official ``.pth`` files, including training checkpoints (``teacher.backbone.`` /
+  ``student.backbone.`` / ``backbone.`` prefixes, ``block_chunks`` keys ``blocks.C.N``);
+* Hugging Face transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (safetensors or bin,
+  a file or a ``save_pretrained`` directory);
+* timm ``vit_*_patch14_dinov2`` and ``vit_*_patch14_reg4_dinov2``.
+
+Files we did not write are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "read_checkpoint",
+    "detect_format",
+    "to_official",
+    "describe_architecture",
+    "load_backbone_weights",
+    "save_safetensors",
+]
+
+# All released backbones use 64 channels per attention head.
+HEAD_DIM = 64
+_SIZE_NAMES = {384: "vits14", 768: "vitb14", 1024: "vitl14", 1536: "vitg14"}
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read or does not fit the model; the message says why."""
+
+
+# -- reading ------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a weight file (.pth/.pt/.bin/.safetensors, or a Hugging Face model directory).
+
+    Returns the raw dict (not yet converted). Wrappers ``{"model": ...}``, ``{"state_dict": ...}``
+    and ``{"teacher": ...}`` are unwrapped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                return read_checkpoint(path / name)
+        raise CheckpointError(f"{path}: directory holds neither model.safetensors nor pytorch_model.bin")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weight file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for broken files
+        raise CheckpointError(
+            f"{path}: cannot be read as a weight file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "it may be truncated or not a checkpoint: delete it and fetch it again"
+        ) from exc
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+            for key in ("model", "state_dict", "teacher", "student"):
+                if key in obj and isinstance(obj[key], Mapping):
+                    obj = obj[key]
+                    break
+            else:
+                break
+    if not isinstance(obj, Mapping) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no tensors (top-level keys: {_preview(obj)})")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def _preview(obj: object, limit: int = 8) -> str:
+    if not isinstance(obj, Mapping):
+        return type(obj).__name__
+    keys = list(obj)
+    more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+    return ", ".join(map(str, keys[:limit])) + more
+
+
+# -- format detection and conversion ------------------------------------------------------
+def detect_format(sd: Mapping[str, Tensor]) -> str:
+    """'official', 'training' (prefixed / chunked official), 'hf', 'timm' or 'unknown'."""
+    keys = list(sd)
+    if any(k.startswith(("embeddings.", "dinov2.embeddings.")) for k in keys):
+        return "hf"
+    if any(k.startswith(("teacher.backbone.", "student.backbone.", "backbone.", "module.")) for k in keys) or any(
+        re.match(r"blocks\.\d+\.\d+\.", k) for k in keys
+    ):
+        return "training"
+    if "reg_token" in sd or any(re.match(r"blocks\.\d+\.mlp\.fc1\.", k) for k in keys) and _timm_swiglu(sd):
+        return "timm"
+    if "cls_token" in sd and "pos_embed" in sd:
+        return "official" if "mask_token" in sd else "timm"
+    return "unknown"
+
+
+def _timm_swiglu(sd: Mapping[str, Tensor]) -> bool:
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    return fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]
+
+
+def _from_training(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    keys = list(sd)
+    for prefix in ("teacher.backbone.", "student.backbone.", "module.backbone.", "backbone.", "module."):
+        if any(k.startswith(prefix) for k in keys):
+            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+            break
+    # block_chunks: blocks.<chunk>.<global index>.* -> blocks.<global index>.*
+    return {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in sd.items()}
+
+
+def _from_hf(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    sd = {k.removeprefix("dinov2."): v for k, v in sd.items()}
+    out: dict[str, Tensor] = {}
+    simple = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.mask_token": "mask_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.register_tokens": "register_tokens",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": "norm.weight",
+        "layernorm.bias": "norm.bias",
+    }
+    block = {
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "attention.output.dense": "attn.proj",
+        "attention.o_proj": "attn.proj",
+        "layer_scale1.lambda1": "ls1.gamma",
+        "layer_scale2.lambda1": "ls2.gamma",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+        "mlp.weights_in": "mlp.w12",
+        "mlp.weights_out": "mlp.w3",
+        "mlp.down_proj": "mlp.w3",
+    }
+    # transformers 5 names modules q_proj/k_proj/v_proj and gate_proj/up_proj in memory;
+    # its files keep query/key/value and weights_in. Both are packed into qkv and w12.
+    packed = {"query": ("qkv", 0), "q_proj": ("qkv", 0), "key": ("qkv", 1), "k_proj": ("qkv", 1),
+              "value": ("qkv", 2), "v_proj": ("qkv", 2), "gate_proj": ("w12", 0), "up_proj": ("w12", 1)}
+    groups: dict[tuple[int, str, str], dict[int, Tensor]] = {}
+    for key, value in sd.items():
+        if key in simple:
+            out[simple[key]] = value
+            continue
+        m = re.match(r"encoder\.layer\.(\d+)\.(.+)$", key)
+        if not m:
+            out[key] = value  # unknown keys are reported by the loader
+            continue
+        idx, rest = int(m.group(1)), m.group(2)
+        qm = re.match(r"(?:attention\.attention\.|attention\.|mlp\.)(\w+)\.(weight|bias)$", rest)
+        if qm and qm.group(1) in packed:
+            target, slot = packed[qm.group(1)]
+            groups.setdefault((idx, target, qm.group(2)), {})[slot] = value
+            continue
+        for src, dst in block.items():
+            if rest.startswith(src + ".") or rest == src:
+                out[f"blocks.{idx}.{dst}{rest[len(src):]}"] = value
+                break
+        else:
+            out[key] = value
+    for (idx, target, kind), parts in groups.items():
+        n = 3 if target == "qkv" else 2
+        if sorted(parts) != list(range(n)):
+            raise CheckpointError(f"Hugging Face checkpoint: layer {idx} has only parts {sorted(parts)} of {target}.{kind}")
+        module = "attn.qkv" if target == "qkv" else "mlp.w12"
+        out[f"blocks.{idx}.{module}.{kind}"] = torch.cat([parts[i] for i in range(n)], dim=0)
+    return out
+
+
+def _from_timm(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(sd)
+    swiglu = _timm_swiglu(sd)
+    if "reg_token" in out:
+        # timm folds the class position into cls_token and keeps patch positions only
+        out["register_tokens"] = out.pop("reg_token")
+        pos = out.pop("pos_embed")
+        out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    if swiglu:
+        out = {re.sub(r"\.mlp\.fc1\.", ".mlp.w12.", re.sub(r"\.mlp\.fc2\.", ".mlp.w3.", k)): v for k, v in out.items()}
+    for key in ("head.weight", "head.bias"):
+        if key in out and out[key].numel() == 0:
+            out.pop(key)
+    if "mask_token" not in out and "cls_token" in out:
+        # timm drops the (inference-unused) mask token; restore it so the model loads strictly
+        out["mask_token"] = torch.zeros(1, out["cls_token"].shape[-1], dtype=out["cls_token"].dtype)
+    return out
+
+
+def to_official(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """Convert any supported layout to the official one; returns (state dict, detected format)."""
+    fmt = detect_format(sd)
+    if fmt == "training":
+        sd = _from_training(sd)
+        inner = detect_format(sd)
+        if inner in ("hf", "timm"):
+            return to_official(sd)[0], f"training/{inner}"
+        return dict(sd), fmt
+    if fmt == "hf":
+        return _from_hf(sd), fmt
+    if fmt == "timm":
+        return _from_timm(sd), fmt
+    return dict(sd), fmt
+
+
+def describe_architecture(sd: Mapping[str, Tensor]) -> str:
+    """Human description of the backbone an official-layout state dict belongs to."""
+    if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
+        return "not a DINOv2 backbone (no cls_token / patch_embed.proj.weight)"
+    dim = sd["cls_token"].shape[-1]
+    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    regs = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
+    ffn = "swiglu" if any(".mlp.w12." in k for k in sd) else "mlp"
+    grid = int((sd["pos_embed"].shape[1] - 1) ** 0.5) if "pos_embed" in sd else 0
+    name = _SIZE_NAMES.get(dim, f"vit(width {dim})").replace("14", str(patch))
+    zoo = f"dinov2_{name}{'_reg' if regs else ''}"
+    return (
+        f"{zoo}: width {dim}, {depth} blocks, patch {patch}, {ffn} FFN, {regs} register tokens, "
+        f"position grid {grid}x{grid} (img_size {grid * patch})"
+    )
+
+
+def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Tensor]) -> str:
+    """Load a file or state dict of any supported format into ``model`` strictly.
+
+    Returns the detected format. Raises CheckpointError naming missing, unexpected and
+    mis-shaped keys and the architecture the checkpoint looks like.
+    """
+    label = str(source) if not isinstance(source, Mapping) else "state dict"
+    raw = read_checkpoint(source) if not isinstance(source, Mapping) else dict(source)
+    sd, fmt = to_official(raw)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {title}: {_list(keys)}")
+        if shapes:
+            desc = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:6]]
+            parts.append(f"{len(shapes)} keys of other shapes (checkpoint vs model): {'; '.join(desc)}")
+        raise CheckpointError(
+            f"{label} ({fmt} format) does not fit this model ({describe_architecture(own)}).\n  "
+            + "\n  ".join(parts)
+            + f"\n  The checkpoint looks like {describe_architecture(sd)}."
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    return fmt
+
+
+def _list(keys: list[str], limit: int = 6) -> str:
+    more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# -- writing ------------------------------------------------------------------------------
+def save_safetensors(
+    weights: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write a state dict (or a module's) as safetensors, atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata or {"format": "dinov2-dense"}))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

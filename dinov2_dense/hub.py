@@ -1,0 +1,231 @@
+"""The model zoo: names -> architecture, weight files, URLs; where weight files are looked for.
+
+``load_backbone("dinov2_vits14_reg")`` finds ``dinov2_vits14_reg4_pretrain.pth`` in this order:
+
+1. an explicit path (``weights="path/to/file"``);
+2. the directory named by ``$DINOV2_DENSE_WEIGHTS``;
+3. torch hub's checkpoint cache (``torch.hub.get_dir()/checkpoints``), where
+   ``torch.hub.load('facebookresearch/dinov2', ...)`` would have put it;
+4. a download from the official URL (``$DINOV2_DENSE_BASE_URL`` replaces the host, for mirrors)
+   into that cache, with a progress bar, a size check, a SHA-256 check where the checksum is
+   known, and an atomic rename. ``DINOV2_DENSE_OFFLINE=1`` forbids downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import models
+from .checkpoints import CheckpointError, load_backbone_weights
+
+OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+WEIGHTS_ENV = "DINOV2_DENSE_WEIGHTS"
+BASE_URL_ENV = "DINOV2_DENSE_BASE_URL"
+OFFLINE_ENV = "DINOV2_DENSE_OFFLINE"
+
+_ARCHS = {"s": "vit_small", "b": "vit_base", "l": "vit_large", "g": "vit_giant2"}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One zoo entry. ``kwargs`` are the DinoVisionTransformer settings of the official hub."""
+
+    name: str
+    arch: str
+    filename: str
+    kwargs: dict = field(default_factory=dict)
+    sha256: str | None = None  # None: not published; the download is then only size-checked
+
+    @property
+    def url(self) -> str:
+        base = os.environ.get(BASE_URL_ENV, OFFICIAL_BASE_URL).rstrip("/")
+        return f"{base}/{self.name.removesuffix('_reg')}/{self.filename}"
+
+
+def _official_zoo() -> dict[str, BackboneSpec]:
+    zoo = {}
+    for size, arch in _ARCHS.items():
+        stem = f"dinov2_vit{size}14"
+        base = dict(img_size=518, patch_size=14, init_values=1.0, ffn_layer="swiglufused" if size == "g" else "mlp")
+        zoo[stem] = BackboneSpec(stem, arch, f"{stem}_pretrain.pth", dict(base))
+        reg = dict(base, num_register_tokens=4, interpolate_antialias=True, interpolate_offset=0.0)
+        zoo[f"{stem}_reg"] = BackboneSpec(f"{stem}_reg", arch, f"{stem}_reg4_pretrain.pth", reg)
+    return zoo
+
+
+BACKBONES: dict[str, BackboneSpec] = _official_zoo()
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; the zoo has: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def build_backbone(name: str, **overrides) -> models.DinoVisionTransformer:
+    """The architecture of a zoo entry with random weights (official init)."""
+    spec = get_spec(name)
+    return getattr(models, spec.arch)(**{**spec.kwargs, **overrides})
+
+
+# -- finding and fetching weight files ----------------------------------------------------
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def candidate_paths(filename: str) -> list[Path]:
+    """Places a weight file is looked for, in order (environment directory, torch hub cache)."""
+    places = []
+    if os.environ.get(WEIGHTS_ENV):
+        places.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / filename)
+    places.append(hub_checkpoint_dir() / filename)
+    return places
+
+
+def find_weights(name: str) -> Path | None:
+    """The local weight file of a zoo entry, or None."""
+    return next((p for p in candidate_paths(get_spec(name).filename) if p.is_file()), None)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No local weight file and no way to download it; the message lists where we looked."""
+
+
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` atomically; check length and, if given, SHA-256.
+
+    A failed or short transfer leaves no file at ``dest`` (the partial temp file is removed).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total is not None else None
+            bar = _progress(total, f"{dest.name}", progress)
+            received = 0
+            try:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            finally:
+                bar.close()
+        if total is not None and received != total:
+            raise OSError(f"download of {url} stopped after {received} of {total} bytes (truncated); try again")
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise OSError(
+                f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
+                "the file is corrupt or not the official one"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
+
+
+def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) -> Path:
+    """Path of the official weight file of ``name``, downloading it if needed and allowed."""
+    spec = get_spec(name)
+    found = find_weights(name)
+    if found is not None:
+        return found
+    places = candidate_paths(spec.filename)
+    offline = os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
+    looked = "\n".join(f"    {p}" for p in places)
+    if offline or not download_ok:
+        why = f"{OFFLINE_ENV} is set" if offline else "downloads are disabled"
+        raise WeightsNotFoundError(
+            f"weights for {name} ({spec.filename}) not found, and {why}. Looked in:\n{looked}\n"
+            f"Fetch {spec.url} into one of those places (or set {WEIGHTS_ENV} to its directory)."
+        )
+    dest = hub_checkpoint_dir() / spec.filename
+    try:
+        return download(spec.url, dest, spec.sha256, progress)
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsNotFoundError(
+            f"weights for {name} ({spec.filename}) not found locally and the download failed ({exc}). "
+            f"Looked in:\n{looked}\nFetch {spec.url} by hand into one of those places "
+            f"(or set {WEIGHTS_ENV} to its directory)."
+        ) from exc
+
+
+def load_backbone(
+    name: str,
+    weights: str | os.PathLike | None = "official",
+    *,
+    device: str | torch.device | None = None,
+    eval_mode: bool = True,
+    **overrides,
+) -> models.DinoVisionTransformer:
+    """Build a zoo backbone and load its weights.
+
+    ``weights``: "official" (find or download the released file), a local path (official,
+    training, Hugging Face or timm format, or ours), an http(s)/file URL (fetched into the hub
+    cache), or None for random weights.
+    """
+    model = build_backbone(name, **overrides)
+    if weights is not None:
+        if isinstance(weights, str) and weights == "official":
+            path = resolve_weights(name)
+        elif isinstance(weights, str) and weights.startswith(("http://", "https://", "file://")):
+            path = _fetch_url(weights)
+        else:
+            path = Path(weights).expanduser()
+            if not path.exists():
+                raise WeightsNotFoundError(f"weights file {path} does not exist")
+        try:
+            load_backbone_weights(model, path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot load {name}: {exc}") from None
+    if device is not None:
+        model = model.to(device)
+    return model.eval() if eval_mode else model
+
+
+def _fetch_url(url: str) -> Path:
+    filename = url.rstrip("/").rsplit("/", 1)[-1] or "weights.pth"
+    dest = hub_checkpoint_dir() / filename
+    if dest.is_file():
+        return dest
+    try:
+        return download(url, dest)
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsNotFoundError(f"cannot fetch weights from {url}: {exc}") from exc
+
+
+def weights_status() -> list[dict]:
+    """For ``dinov2-dense info``: each zoo entry, its file, and where it was (or was not) found."""
+    rows = []
+    for name, spec in BACKBONES.items():
+        found = find_weights(name)
+        rows.append(
+            {
+                "name": name,
+                "arch": spec.arch,
+                "registers": spec.kwargs.get("num_register_tokens", 0),
+                "file": spec.filename,
+                "found": str(found) if found else None,
+                "looked": [str(p) for p in candidate_paths(spec.filename)],
+                "url": spec.url,
+            }
+        )
+    return rows

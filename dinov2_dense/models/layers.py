@@ -1,0 +1,151 @@
+"""Building blocks of the DINOv2 Vision Transformer.
+
+Attribute names are the state-dict keys of the official release
+(facebookresearch/dinov2, ``dinov2/layers``), so official checkpoints load with
+``strict=True``. Attention goes through ``F.scaled_dot_product_attention`` only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class PatchEmbed(nn.Module):
+    """Image (B, C, H, W) to patch tokens (B, H/p * W/p, D) by a strided convolution."""
+
+    def __init__(self, patch_size: int = 14, in_chans: int = 3, embed_dim: int = 384, img_size: int = 518):
+        super().__init__()
+        self.patch_size = (patch_size, patch_size)
+        self.img_size = (img_size, img_size)
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        p = self.patch_size[0]
+        if h % p or w % p:
+            raise ValueError(
+                f"input of {h}x{w} pixels is not a multiple of the patch size {p}; "
+                "pad or resize it first (dinov2_dense.features.extract_features does this for you)"
+            )
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scaling (CaiT, Touvron et al. 2021); the parameter is ``gamma``."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drops whole residual branches per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with GELU: ``fc1`` (D -> hidden), ``fc2`` (hidden -> D)."""
+
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def swiglu_hidden_features(hidden_features: int) -> int:
+    """Width of the official fused SwiGLU: 2/3 of the MLP width, rounded up to a multiple of 8."""
+    return (int(hidden_features * 2 / 3) + 7) // 8 * 8
+
+
+class SwiGLUFFNFused(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020) as in ViT-g/14: ``w12`` packs gate and value, ``w3`` projects back."""
+
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = True):
+        super().__init__()
+        hidden = swiglu_hidden_features(hidden_features)
+        self.w12 = nn.Linear(in_features, 2 * hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, in_features, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a packed ``qkv`` projection and an output ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        ffn_bias: bool = True,
+        drop_path: float = 0.0,
+        init_values: float | None = None,
+        ffn_layer: Callable[..., nn.Module] = Mlp,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = ffn_layer(dim, int(dim * mlp_ratio), bias=ffn_bias)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+class BlockChunk(nn.ModuleList):
+    """A run of blocks, padded in front with Identity so indices stay global (official ``block_chunks``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self:
+            x = block(x)
+        return x

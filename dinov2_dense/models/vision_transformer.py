@@ -1,0 +1,274 @@
+"""The DINOv2 Vision Transformer (Oquab et al. 2023), official state-dict layout.
+
+Keys: ``cls_token``, ``pos_embed``, ``register_tokens`` (register models, Darcet et al. 2024),
+``mask_token``, ``patch_embed.proj``, ``blocks.N.*``, ``norm``. The numerics follow
+facebookresearch/dinov2 ``dinov2/models/vision_transformer.py``: position embeddings are
+interpolated bicubically in fp32, with the 0.1 scale-factor offset of the original models or the
+explicit size and antialiasing of the register models; registers are inserted after the position
+embedding, giving the token order ``[cls, registers, patches]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
+
+FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFNFused, "swiglufused": SwiGLUFFNFused}
+
+
+def interpolate_pos_embed(
+    pos_embed: Tensor,
+    grid: tuple[int, int],
+    interpolate_offset: float = 0.1,
+    antialias: bool = False,
+) -> Tensor:
+    """Resample a (1, 1 + M*M, D) position embedding to a (h0, w0) patch grid.
+
+    Returns (1, 1 + h0*w0, D) in fp32. ``interpolate_offset > 0`` reproduces the original models'
+    ``scale_factor=((h0 + offset) / M, (w0 + offset) / M)``; ``0`` uses ``size=(h0, w0)``.
+    """
+    pos_embed = pos_embed.float()
+    n = pos_embed.shape[1] - 1
+    m = int(math.sqrt(n))
+    if m * m != n:
+        raise ValueError(f"pos_embed holds {n} patch positions, which is not a square grid")
+    dim = pos_embed.shape[-1]
+    h0, w0 = grid
+    patch = pos_embed[:, 1:].reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    if interpolate_offset:
+        scale = (float(h0 + interpolate_offset) / m, float(w0 + interpolate_offset) / m)
+        patch = F.interpolate(patch, scale_factor=scale, mode="bicubic", antialias=antialias)
+    else:
+        patch = F.interpolate(patch, size=(h0, w0), mode="bicubic", antialias=antialias)
+    if patch.shape[-2:] != (h0, w0):
+        raise RuntimeError(f"position embedding resampled to {tuple(patch.shape[-2:])}, expected {(h0, w0)}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, h0 * w0, dim)
+    return torch.cat((pos_embed[:, :1], patch), dim=1)
+
+
+class DinoVisionTransformer(nn.Module):
+    """DINOv2 ViT backbone.
+
+    Args:
+        img_size: pretraining resolution; sets the stored position grid (518 -> 37x37 + cls).
+        patch_size: 14 for all released models.
+        embed_dim, depth, num_heads, mlp_ratio: the architecture.
+        init_values: LayerScale init (None or 0: no LayerScale).
+        ffn_layer: "mlp" or "swiglufused" (ViT-g).
+        num_register_tokens: 0, or 4 for the register models.
+        interpolate_antialias, interpolate_offset: position-embedding resampling mode (see above).
+        drop_path_rate: stochastic depth, linearly increasing over blocks (or uniform).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 518,
+        patch_size: int = 14,
+        in_chans: int = 3,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        ffn_bias: bool = True,
+        proj_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = False,
+        init_values: float | None = 1.0,
+        ffn_layer: str = "mlp",
+        num_register_tokens: int = 0,
+        interpolate_antialias: bool = False,
+        interpolate_offset: float = 0.1,
+    ):
+        super().__init__()
+        if ffn_layer not in FFN_LAYERS:
+            raise ValueError(f"ffn_layer must be one of {sorted(FFN_LAYERS)}, got {ffn_layer!r}")
+        if num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
+        self.num_features = self.embed_dim = embed_dim
+        self.num_tokens = 1
+        self.n_blocks = depth
+        self.num_heads = num_heads
+        self.patch_size = patch_size
+        self.num_register_tokens = num_register_tokens
+        self.interpolate_antialias = interpolate_antialias
+        self.interpolate_offset = interpolate_offset
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
+        )
+        rates = [drop_path_rate] * depth if drop_path_uniform else torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_bias=proj_bias,
+                ffn_bias=ffn_bias,
+                drop_path=rates[i],
+                init_values=init_values,
+                ffn_layer=FFN_LAYERS[ffn_layer],
+            )
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Identity()
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm ViT init, as the official code: truncated normal (std 0.02) for Linear and pos_embed."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # -- tokens ---------------------------------------------------------------------------
+    def interpolate_pos_encoding(self, x: Tensor, h: int, w: int) -> Tensor:
+        """Position embedding for an input of h x w pixels (x: the (B, 1 + N, D) tokens)."""
+        n = self.pos_embed.shape[1] - 1
+        if x.shape[1] - 1 == n and h == w:
+            return self.pos_embed
+        grid = (h // self.patch_size, w // self.patch_size)
+        pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
+        return pos.to(x.dtype)
+
+    def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """(B, 3, H, W) image -> (B, 1 + R + N, D) tokens; ``masks`` (B, N) bool swaps in mask_token."""
+        _, _, h, w = x.shape
+        x = self.patch_embed(x)
+        if masks is not None:
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self.interpolate_pos_encoding(x, h, w)
+        if self.register_tokens is not None:
+            x = torch.cat((x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]), dim=1)
+        return x
+
+    # -- forward --------------------------------------------------------------------------
+    def _output_dict(self, x: Tensor, masks: Tensor | None) -> dict[str, Tensor | None]:
+        x_norm = self.norm(x)
+        r = self.num_register_tokens
+        return {
+            "x_norm_clstoken": x_norm[:, 0],
+            "x_norm_regtokens": x_norm[:, 1 : r + 1],
+            "x_norm_patchtokens": x_norm[:, r + 1 :],
+            "x_prenorm": x,
+            "masks": masks,
+        }
+
+    def forward_features(self, x: Tensor | list[Tensor], masks: Tensor | list | None = None):
+        """Official output dict; a list of images (e.g. multi-crop) gives a list of dicts."""
+        if isinstance(x, list):
+            masks_list = masks if masks is not None else [None] * len(x)
+            return [self.forward_features(xi, mi) for xi, mi in zip(x, masks_list)]
+        x = self.prepare_tokens_with_masks(x, masks)
+        for block in self.blocks:
+            x = block(x)
+        return self._output_dict(x, masks)
+
+    def _blocks_to_take(self, n: int | Sequence[int]) -> list[int]:
+        depth = len(self.blocks)
+        if isinstance(n, int):
+            if not 1 <= n <= depth:
+                raise ValueError(f"n={n}: this model has {depth} blocks")
+            return list(range(depth - n, depth))
+        taken = [int(i) for i in n]
+        bad = [i for i in taken if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range: this model has {depth} blocks (0..{depth - 1})")
+        return taken
+
+    def forward_layers(self, x: Tensor, layers: Sequence[int], norm: bool = True) -> list[Tensor]:
+        """Full token sequences (B, 1 + R + N, D) after the given blocks, in block order.
+
+        Stops after the last block needed; ``norm`` applies the final LayerNorm to each.
+        """
+        wanted = set(layers)
+        tokens = self.prepare_tokens_with_masks(x)
+        outputs = []
+        last = max(wanted)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens)
+            if i in wanted:
+                outputs.append(self.norm(tokens) if norm else tokens)
+            if i == last:
+                break  # later blocks cannot change the outputs
+        return outputs
+
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ):
+        """Outputs of chosen blocks, as the official method.
+
+        ``n``: an int takes the last n blocks, a sequence takes those block indices (in block
+        order). Returns a tuple of (B, N, D) patch tokens, or (B, D, h, w) maps with ``reshape``;
+        with ``return_class_token`` a tuple of (patch_tokens, (B, D) class token) pairs.
+        Class and register tokens are dropped from the patch outputs.
+        """
+        outputs = self.forward_layers(x, self._blocks_to_take(n), norm=norm)
+        class_tokens = [out[:, 0] for out in outputs]
+        patches = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        if reshape:
+            b, _, h, w = x.shape
+            p = self.patch_size
+            patches = [out.reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2).contiguous() for out in patches]
+        if return_class_token:
+            return tuple(zip(patches, class_tokens))
+        return tuple(patches)
+
+    def forward(self, *args, is_training: bool = False, **kwargs):
+        ret = self.forward_features(*args, **kwargs)
+        return ret if is_training else self.head(ret["x_norm_clstoken"])
+
+
+def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, **kwargs):
+    return DinoVisionTransformer(
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=4,
+        num_register_tokens=num_register_tokens,
+        **kwargs,
+    )
+
+
+def vit_small(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    """ViT-S: 12 blocks, width 384, 6 heads (21 M parameters)."""
+    return _vit(384, 12, 6, patch_size, num_register_tokens, **kwargs)
+
+
+def vit_base(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    """ViT-B: 12 blocks, width 768, 12 heads (86 M parameters)."""
+    return _vit(768, 12, 12, patch_size, num_register_tokens, **kwargs)
+
+
+def vit_large(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    """ViT-L: 24 blocks, width 1024, 16 heads (300 M parameters)."""
+    return _vit(1024, 24, 16, patch_size, num_register_tokens, **kwargs)
+
+
+def vit_giant2(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
+    """ViT-g: 40 blocks, width 1536, 24 heads (64 per head); use with ffn_layer="swiglufused" (1.1 B)."""
+    return _vit(1536, 40, 24, patch_size, num_register_tokens, **kwargs)

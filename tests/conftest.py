@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+from dinov2_dense.models import DinoVisionTransformer
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
+    """Give every parameter random, non-trivial values (norm weights near 1, layer scales near 0.3)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight") or "layernorm.weight" in name:
+                p.copy_(1.0 + 0.1 * noise)
+            elif "gamma" in name or "lambda1" in name:
+                p.copy_(0.3 + 0.1 * noise)
+            else:
+                p.copy_(std * noise)
+    return model
+
+
+def tiny_vit(registers: int = 0, ffn: str = "mlp", depth: int = 3, dim: int = 48, heads: int = 2, img: int = 98, **kw):
+    """A small DINOv2 ViT for fast tests (patch 14, 7x7 stored grid by default)."""
+    reg = dict(interpolate_antialias=True, interpolate_offset=0.0) if registers else {}
+    model = DinoVisionTransformer(
+        img_size=img, patch_size=14, embed_dim=dim, depth=depth, num_heads=heads, ffn_layer=ffn,
+        num_register_tokens=registers, **{**reg, **kw}
+    )
+    return randomize_(model).eval()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch hub directory and no weights directory: nothing is found by accident."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("DINOV2_DENSE_WEIGHTS", raising=False)
+    monkeypatch.delenv("DINOV2_DENSE_BASE_URL", raising=False)
+    monkeypatch.delenv("DINOV2_DENSE_OFFLINE", raising=False)
+    return tmp_path / "torch_home"
