@@ -24,6 +24,7 @@ as already normalised.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -60,15 +61,21 @@ def load_image(source: ImageLike) -> np.ndarray:
         raise ValueError(f"{name}: {exc}" if name else str(exc)) from None
 
 
+_SKIMAGE_NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}
+
+
 def _read_file(path: str) -> np.ndarray:
     if path.startswith("skimage:"):
         import skimage.data
 
         sample = path.split(":", 1)[1]
         loader = getattr(skimage.data, sample, None)
-        if loader is None or not callable(loader):
+        if sample not in skimage.data.__all__ or sample in _SKIMAGE_NOT_IMAGES or not callable(loader):
             raise FileNotFoundError(f"{path}: scikit-image has no sample image named {sample!r}")
-        return np.asarray(loader())
+        image = loader()
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"{path}: this scikit-image sample is not a single image")
+        return image
     import cv2
 
     if not Path(path).is_file():
@@ -94,8 +101,14 @@ def _from_pil(image) -> np.ndarray:
 
 
 def to_rgb_float(array: np.ndarray) -> np.ndarray:
-    """Any (H, W), (H, W, 1|2|3|4) array of uint8 / uint16 / bool / float to RGB float32 in [0, 1]."""
+    """Any (H, W), (H, W, 1|2|3|4) array of uint8 / uint16 / bool / float to RGB float32 in [0, 1].
+
+    Floats are taken as [0, 1] (small overshoots, e.g. from bicubic resampling, are clipped);
+    other integers as 8-bit when they fit, else 16-bit. Values that fit neither raise.
+    """
     array = np.asarray(array)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))  # big-endian 16-bit data stays 16-bit
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
@@ -113,10 +126,17 @@ def to_rgb_float(array: np.ndarray) -> np.ndarray:
     elif array.dtype == np.bool_:
         out = array.astype(np.float32)
     elif np.issubdtype(array.dtype, np.floating):
+        lo, hi = float(array.min()), float(array.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("float image holds NaN or infinite values")
+        if lo < -0.5 or hi > 1.5:
+            raise ValueError(f"float image values span [{lo:g}, {hi:g}]; expected [0, 1] (divide 8-bit data by 255)")
         out = np.clip(array.astype(np.float32), 0.0, 1.0)
     elif np.issubdtype(array.dtype, np.integer):
-        top = 255.0 if array.max(initial=0) <= 255 else 65535.0
-        out = np.clip(array.astype(np.float32) / top, 0.0, 1.0)
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"integer image values span [{lo}, {hi}]; expected 8-bit or 16-bit data")
+        out = array.astype(np.float32) / (255.0 if hi <= 255 else 65535.0)
     else:
         raise ValueError(f"unsupported image dtype {array.dtype}")
     return np.ascontiguousarray(out)
@@ -133,8 +153,17 @@ def to_input_tensor(source: ImageLike) -> Tensor:
     if isinstance(source, Tensor):
         if source.ndim != 3 or source.shape[0] != 3:
             raise ValueError(f"image tensor of shape {tuple(source.shape)}: expected (3, H, W), normalised")
+        _check_normalised(source)
         return source
     return normalize(load_image(source))
+
+
+def _check_normalised(x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise ValueError(
+            f"image tensor of dtype {x.dtype}: tensors are taken as ImageNet-normalised floats; "
+            "pass the array (or normalize(load_image(...))) instead"
+        )
 
 
 # -- geometry -----------------------------------------------------------------------------
@@ -218,10 +247,14 @@ def _resolve_layers(model, layers: int | Sequence[int] | None) -> list[int]:
     depth = len(model.blocks)
     if layers is None:
         return [depth - 1]
-    if isinstance(layers, int):
-        if not 1 <= layers <= depth:
-            raise ValueError(f"layers={layers}: an int takes the last n blocks, and this model has {depth}")
-        return list(range(depth - layers, depth))
+    if isinstance(layers, numbers.Integral):
+        n = int(layers)
+        if not 1 <= n <= depth:
+            raise ValueError(f"layers={n}: an int takes the last n blocks, and this model has {depth}")
+        return list(range(depth - n, depth))
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers=[]: give at least one block index (or None for the last block)")
     out = []
     for i in layers:
         j = int(i) + depth if int(i) < 0 else int(i)
@@ -272,7 +305,7 @@ def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overl
     return [s_ / count for s_ in sums], [c / n for c in cls_sum], [r_ / n for r_ in reg_sum]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the features must stay usable as inputs of heads being trained
 def extract_features(
     model,
     images: ImageLike | Sequence[ImageLike],
@@ -306,8 +339,13 @@ def extract_features(
     """
     if fit not in ("pad", "resize"):
         raise ValueError(f"fit must be 'pad' or 'resize', got {fit!r}")
-    if tile is not None and tile < model.patch_size:
-        raise ValueError(f"tile={tile} is smaller than one patch ({model.patch_size} pixels)")
+    p = model.patch_size
+    if tile is not None and tile < p:
+        raise ValueError(f"tile={tile} is smaller than one patch ({p} pixels)")
+    if tile is not None and tile_overlap is not None and not 0 <= tile_overlap // p < tile // p:
+        raise ValueError(f"tile_overlap={tile_overlap}: must be >= 0 and, in whole patches, less than tile={tile}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
     layer_ids = _resolve_layers(model, layers)
     device = next(model.parameters()).device
 
@@ -348,6 +386,7 @@ def extract_features(
 def _extract_batch(model, batch, index, layer_ids, device, fit, size, norm, tile, tile_overlap, autocast, names):
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"image batch of shape {tuple(batch.shape)}: expected (B, 3, H, W)")
+    _check_normalised(batch)
     p = model.patch_size
     x = batch.to(device=device, dtype=torch.float32)
     image_size = tuple(x.shape[-2:])
@@ -363,12 +402,13 @@ def _extract_batch(model, batch, index, layer_ids, device, fit, size, norm, tile
         ctx = torch.autocast(device_type=device.type, dtype=dtype)
     else:
         ctx = nullcontext()
+    x_in = x if autocast else x.to(next(model.parameters()).dtype)  # e.g. a bfloat16 model
     with ctx:
         if tile is not None:
             overlap = tile_overlap if tile_overlap is not None else (tile // p // 4) * p
-            maps, cls, regs = _run_tiled(model, x, layer_ids, norm, tile, overlap)
+            maps, cls, regs = _run_tiled(model, x_in, layer_ids, norm, tile, overlap)
         else:
-            maps, cls, regs = _run(model, x, layer_ids, norm)
+            maps, cls, regs = _run(model, x_in, layer_ids, norm)
     return DenseFeatures(
         maps={l: m.float().contiguous() for l, m in zip(layer_ids, maps)},
         cls_tokens={l: c.float() for l, c in zip(layer_ids, cls)},

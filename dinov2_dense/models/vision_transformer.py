@@ -242,16 +242,10 @@ class DinoVisionTransformer(nn.Module):
         return ret if is_training else self.head(ret["x_norm_clstoken"])
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, **kwargs):
-    return DinoVisionTransformer(
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=4,
-        num_register_tokens=num_register_tokens,
-        **kwargs,
-    )
+def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, /, **kwargs):
+    settings = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4)
+    settings.update(kwargs)  # e.g. a shallower copy for tests: depth=2
+    return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **settings)
 
 
 def vit_small(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:

@@ -1,0 +1,300 @@
+"""Dense features: image conversion, centre padding, layer selection, batching, tiling, dtype."""
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dinov2_dense.features import DenseFeatures, extract_features, load_image, to_rgb_float
+
+from .conftest import tiny_vit
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_vit()
+
+
+@pytest.fixture(scope="module")
+def reg_model():
+    return tiny_vit(registers=4)
+
+
+def rand_image(h, w, c=3, seed=0, dtype=np.uint8):
+    top = np.iinfo(dtype).max
+    return np.random.default_rng(seed).integers(0, top + 1, size=(h, w, c) if c else (h, w), dtype=dtype)
+
+
+def padded_input(rgb_uint8):
+    """Independent reference input: ImageNet-normalise, then zero-pad centred to multiples of 14."""
+    x = (torch.from_numpy(rgb_uint8).permute(2, 0, 1).float() / 255 - MEAN) / STD
+    ph, pw = (-x.shape[1]) % 14, (-x.shape[2]) % 14
+    return F.pad(x[None], (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+def close(a, b, atol=ATOL):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    torch.testing.assert_close(a, b, atol=atol, rtol=1e-4)
+
+
+# -- image conversion ----------------------------------------------------------------------
+def test_grayscale_arrays_become_rgb():
+    g = rand_image(5, 7, c=0)
+    for arr in (g, g[..., None]):
+        out = load_image(arr)
+        assert out.shape == (5, 7, 3) and out.dtype == np.float32
+        for c in range(3):
+            np.testing.assert_allclose(out[..., c], g / 255.0, atol=1e-7)
+
+
+def test_rgba_drops_alpha_keeps_colours():
+    rgba = rand_image(4, 6, c=4)
+    out = to_rgb_float(rgba)
+    np.testing.assert_allclose(out, rgba[..., :3] / 255.0, atol=1e-7)
+
+
+def test_float_array_kept():
+    arr = np.random.default_rng(1).random((4, 5, 3))
+    out = to_rgb_float(arr)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, arr, atol=1e-7)
+
+
+def test_big_endian_16bit_and_bad_values():
+    a = np.array([[0, 10, 65535]], dtype=">u2")
+    np.testing.assert_allclose(to_rgb_float(a)[0, :, 0], [0, 10 / 65535, 1], atol=1e-7)
+    for bad in (np.full((2, 2), np.nan), np.full((2, 2, 3), 255.0), np.full((2, 2), -3, np.int32)):
+        with pytest.raises(ValueError):
+            to_rgb_float(bad)
+
+
+def test_file_colour_order_is_rgb(tmp_path):
+    bgr = np.zeros((6, 8, 3), np.uint8)
+    bgr[..., 2] = 255  # pure red in OpenCV's BGR order
+    path = tmp_path / "red.png"
+    cv2.imwrite(str(path), bgr)
+    out = load_image(path)
+    np.testing.assert_array_equal(out[..., 0], 1.0)
+    np.testing.assert_array_equal(out[..., 1:], 0.0)
+
+
+def test_rgba_file_keeps_colours(tmp_path):
+    rgba = rand_image(5, 6, c=4, seed=3)
+    path = tmp_path / "rgba.png"
+    cv2.imwrite(str(path), rgba[..., [2, 1, 0, 3]])
+    np.testing.assert_allclose(load_image(str(path)), rgba[..., :3] / 255.0, atol=1e-7)
+
+
+def test_16bit_png_files(tmp_path):
+    rgb = rand_image(5, 6, seed=4, dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "c16.png"), rgb[..., ::-1].copy())
+    np.testing.assert_allclose(load_image(tmp_path / "c16.png"), rgb / 65535.0, atol=1e-6)
+    gray = rand_image(5, 6, c=0, seed=5, dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), gray)
+    out = load_image(tmp_path / "g16.png")
+    assert out.shape == (5, 6, 3)
+    np.testing.assert_allclose(out, np.repeat(gray[..., None], 3, axis=2) / 65535.0, atol=1e-6)
+
+
+def test_pil_modes():
+    rgb = rand_image(6, 7, seed=6)
+    gray = rand_image(6, 7, c=0, seed=7)
+    np.testing.assert_allclose(load_image(Image.fromarray(gray, mode="L")), np.stack([gray] * 3, -1) / 255.0, atol=1e-7)
+    rgba = np.concatenate([rgb, rand_image(6, 7, c=1, seed=8)], axis=2)
+    np.testing.assert_allclose(load_image(Image.fromarray(rgba, mode="RGBA")), rgb / 255.0, atol=1e-7)
+    pal = Image.fromarray(rgb).quantize(colors=8)
+    assert pal.mode == "P"
+    np.testing.assert_allclose(load_image(pal), np.asarray(pal.convert("RGB")) / 255.0, atol=1e-7)
+    pal.info["transparency"] = 0  # a palette with a transparent entry: colours kept, alpha dropped
+    np.testing.assert_allclose(load_image(pal), np.asarray(pal.convert("RGB")) / 255.0, atol=1e-7)
+    g16 = rand_image(6, 7, c=0, seed=9, dtype=np.uint16)
+    im16 = Image.frombytes("I;16", (7, 6), g16.astype("<u2").tobytes())
+    np.testing.assert_allclose(load_image(im16)[..., 1], g16 / 65535.0, atol=1e-6)
+
+
+def test_skimage_sample():
+    import skimage.data
+
+    out = load_image("skimage:astronaut")
+    assert out.shape == (512, 512, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, skimage.data.astronaut() / 255.0, atol=1e-7)
+
+
+def test_missing_and_corrupt_files_name_the_path(tmp_path):
+    missing = tmp_path / "nope.png"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        load_image(missing)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    with pytest.raises(ValueError, match=re.escape(str(corrupt))):
+        load_image(corrupt)
+
+
+# -- fit, padding, layers ------------------------------------------------------------------
+@pytest.mark.parametrize("hw", [(100, 130), (101, 131)])
+def test_pad_is_centred_and_matches_manual_padding(model, hw):
+    h, w = hw
+    img = rand_image(h, w)
+    feats = extract_features(model, img)
+    assert isinstance(feats, DenseFeatures)
+    ph, pw = (-h) % 14, (-w) % 14
+    assert feats.padding == (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    assert feats.image_size == (h, w) and feats.input_size == (h + ph, w + pw)
+    assert feats.maps[2].shape == (1, 48, -(-h // 14), -(-w // 14))
+    (ref, cls), = model.get_intermediate_layers(padded_input(img), 1, reshape=True, return_class_token=True)
+    close(feats.maps[2], ref)
+    close(feats.cls_tokens[2], cls)
+
+
+def test_fit_resize(model):
+    img = rand_image(100, 130)
+    feats = extract_features(model, img, fit="resize")
+    assert feats.input_size == (98, 126) and feats.padding == (0, 0, 0, 0)
+    assert feats.maps[2].shape[-2:] == (7, 9)
+    x = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - MEAN) / STD
+    x = F.interpolate(x[None], size=(98, 126), mode="bilinear", align_corners=False, antialias=True)
+    close(feats.maps[2], model.get_intermediate_layers(x, 1, reshape=True)[0])
+    with pytest.raises(ValueError, match="fit"):
+        extract_features(model, img, fit="crop")
+
+
+def test_layer_selection(model):
+    img = rand_image(30, 40)
+    x = padded_input(img)
+    ref = model.get_intermediate_layers(x, [0, 1, 2], reshape=True)
+    assert extract_features(model, img).layers == [2]
+    feats = extract_features(model, img, layers=2)
+    assert feats.layers == [1, 2]
+    feats = extract_features(model, img, layers=[-1, 0, -3])
+    assert feats.layers == [0, 2]
+    close(feats.maps[0], ref[0])
+    close(feats.maps[2], ref[2])
+    raw = extract_features(model, img, layers=[1], norm=False)
+    close(raw.maps[1], model.get_intermediate_layers(x, [1], reshape=True, norm=False)[0])
+    assert not torch.allclose(raw.maps[1], ref[1], atol=1e-3)
+    assert extract_features(model, img, layers=np.int64(2)).layers == [1, 2]
+    for bad in (0, 4, [3], [-4], []):
+        with pytest.raises(ValueError):
+            extract_features(model, img, layers=bad)
+
+
+def test_bad_arguments(model):
+    img = rand_image(30, 40)
+    for kwargs in (dict(tile=28, tile_overlap=-14), dict(tile=28, tile_overlap=28), dict(batch_size=0), dict(tile=10)):
+        with pytest.raises(ValueError):
+            extract_features(model, [img], **kwargs)
+    with pytest.raises(ValueError, match="normalised"):
+        extract_features(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
+
+
+def test_features_can_train_a_head_and_bf16_models_run(model):
+    feats = extract_features(model, rand_image(30, 40))
+    head = torch.nn.Conv2d(48, 2, 1)
+    head(feats.maps[2]).sum().backward()  # not inference tensors
+    assert head.weight.grad is not None
+    low = extract_features(tiny_vit().to(torch.bfloat16), rand_image(30, 40))
+    assert low.maps[2].dtype == torch.float32
+    assert (low.maps[2] - feats.maps[2]).norm() / feats.maps[2].norm() < 0.05
+
+
+# -- batching and registers ----------------------------------------------------------------
+def test_tensor_batch(model):
+    x = torch.randn(3, 3, 30, 40, generator=torch.Generator().manual_seed(0))
+    feats = extract_features(model, x, layers=2)
+    assert isinstance(feats, DenseFeatures)
+    assert feats.maps[2].shape == (3, 48, 3, 3) and feats.cls_tokens[1].shape == (3, 48)
+    xp = F.pad(x, (1, 1, 6, 6))  # 30 -> 42, 40 -> 42
+    for (ref, cls), layer in zip(model.get_intermediate_layers(xp, 2, reshape=True, return_class_token=True), (1, 2)):
+        close(feats.maps[layer], ref)
+        close(feats.cls_tokens[layer], cls)
+
+
+def test_list_of_mixed_sizes_keeps_order(model):
+    images = [rand_image(40, 50, seed=1), rand_image(28, 28, seed=2), rand_image(40, 50, seed=3)]
+    out = extract_features(model, images, layers=[1, 2], batch_size=2)
+    assert isinstance(out, list) and len(out) == 3
+    for img, feats in zip(images, out):
+        alone = extract_features(model, img, layers=[1, 2])
+        assert feats.image_size == img.shape[:2] and feats.maps[2].shape[0] == 1
+        for layer in (1, 2):
+            close(feats.maps[layer], alone.maps[layer])
+            close(feats.cls_tokens[layer], alone.cls_tokens[layer])
+
+
+def test_registers(reg_model):
+    x = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(1))
+    feats = extract_features(reg_model, x)
+    assert feats.registers[2].shape == (2, 4, 48)
+    ref = reg_model.forward_features(x)
+    close(feats.registers[2], ref["x_norm_regtokens"])
+    close(feats.cls_tokens[2], ref["x_norm_clstoken"])
+    close(feats.maps[2].flatten(2).transpose(1, 2), ref["x_norm_patchtokens"])
+
+
+# -- tiling, autocast, upsampling ----------------------------------------------------------
+def test_tile_covering_the_image_equals_untiled(model):
+    img = rand_image(50, 60)
+    whole = extract_features(model, img, layers=2)
+    tiled = extract_features(model, img, layers=2, tile=98)
+    for layer in (1, 2):
+        close(tiled.maps[layer], whole.maps[layer])
+        close(tiled.cls_tokens[layer], whole.cls_tokens[layer])
+
+
+def test_several_tiles(model):
+    x = torch.randn(1, 3, 70, 98, generator=torch.Generator().manual_seed(2))  # 5 x 7 patches
+    seen = []
+    hook = model.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        tiled = extract_features(model, x, tile=42, tile_overlap=14)  # 3x3-patch tiles, stride 2
+    finally:
+        hook.remove()
+    assert tiled.maps[2].shape == extract_features(model, x).maps[2].shape == (1, 48, 5, 7)
+    assert seen and all(h <= 42 and w <= 42 for h, w in seen)  # memory bounded by the tile
+    assert len(seen) == 2 * 3  # tile rows start at 0, 2; columns at 0, 2, 4
+
+    def tile_map(y0, x0):
+        crop = x[..., y0 * 14 : y0 * 14 + 42, x0 * 14 : x0 * 14 + 42]
+        return model.get_intermediate_layers(crop, 1, reshape=True)[0]
+
+    close(tiled.maps[2][..., 0, 0], tile_map(0, 0)[..., 0, 0])  # only the first tile covers (0, 0)
+    close(tiled.maps[2][..., 4, 6], tile_map(2, 4)[..., 2, 2])  # only the last covers (4, 6)
+    shared = torch.stack([tile_map(y0, x0)[..., 2 - y0, 2 - x0] for y0 in (0, 2) for x0 in (0, 2)]).mean(0)
+    close(tiled.maps[2][..., 2, 2], shared)  # four tiles overlap at (2, 2): their mean
+
+
+def test_tiled_padded_image_grid(model):
+    img = rand_image(100, 130)
+    tiled = extract_features(model, img, tile=56)
+    assert tiled.maps[2].shape == extract_features(model, img).maps[2].shape == (1, 48, 8, 10)
+    assert torch.isfinite(tiled.maps[2]).all()
+
+
+def test_autocast_bf16_close_to_fp32(model):
+    img = rand_image(60, 70)
+    ref = extract_features(model, img, layers=2)
+    low = extract_features(model, img, layers=2, autocast=True)
+    for layer in (1, 2):
+        assert low.maps[layer].dtype == torch.float32 and low.cls_tokens[layer].dtype == torch.float32
+        rel = (low.maps[layer] - ref.maps[layer]).norm() / ref.maps[layer].norm()
+        assert rel < 0.05
+    assert not torch.equal(low.maps[2], ref.maps[2])  # bf16 really ran
+
+
+def test_upsample_removes_padding(model):
+    img = rand_image(101, 131)
+    feats = extract_features(model, img)
+    up = feats.upsample()
+    assert up.shape == (1, 48, 101, 131)
+    full = F.interpolate(feats.maps[2], size=(112, 140), mode="bilinear", align_corners=False)
+    close(up, full[..., 5:106, 4:135])
+    resized = extract_features(model, img, fit="resize").upsample()
+    assert resized.shape == (1, 48, 101, 131)
