@@ -1,0 +1,115 @@
+"""The `dinov2-dense` command and the torch.hub entry points, on weights we make ourselves."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from dinov2_dense import extract_features, load_backbone
+from dinov2_dense.cli import main
+from dinov2_dense.hub import build_backbone
+
+from .conftest import randomize_
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def weights_dir(tmp_path, torch_home, monkeypatch):
+    """$DINOV2_DENSE_WEIGHTS holding a random-weight dinov2_vits14_pretrain.pth; downloads forbidden."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    model = randomize_(build_backbone("dinov2_vits14"), seed=5)
+    torch.save(model.state_dict(), folder / "dinov2_vits14_pretrain.pth")
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(folder))
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    return folder
+
+
+@pytest.fixture
+def image(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    return path
+
+
+def test_info_lists_zoo_and_where_weights_are(weights_dir, capsys):
+    assert main(["info", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) >= {"dinov2_vits14", "dinov2_vitg14_reg", "dinov2_vitl14"}
+    assert rows["dinov2_vits14"]["found"] == str(weights_dir / "dinov2_vits14_pretrain.pth")
+    assert rows["dinov2_vitb14"]["found"] is None
+    assert str(weights_dir / "dinov2_vitb14_pretrain.pth") in rows["dinov2_vitb14"]["looked"]
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "dinov2_vitg14_reg4_pretrain.pth" in text and "not found" in text
+
+
+def test_features_npy_matches_library(weights_dir, image, tmp_path):
+    out = tmp_path / "f.npy"
+    assert main(["features", str(image), str(image), "--model", "dinov2_vits14", "--layers", "8", "11",
+                 "--out", str(out)]) == 0
+    array = np.load(out)
+    assert array.shape == (2, 2, 384, 5, 6)  # (images, layers, C, ceil(60/14), ceil(80/14))
+    model = load_backbone("dinov2_vits14")
+    ref = extract_features(model, str(image), layers=[8, 11])
+    np.testing.assert_allclose(array[0, 1], ref.maps[11][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(array[1, 0], ref.maps[8][0].numpy(), atol=1e-5)
+
+
+def test_features_safetensors_mixed_sizes(weights_dir, image, tmp_path):
+    import cv2
+
+    other = tmp_path / "gray16.png"
+    cv2.imwrite(str(other), (np.arange(30 * 45, dtype=np.uint16).reshape(30, 45) * 40))
+    out = tmp_path / "f.safetensors"
+    assert main(["features", str(image), str(other), "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+        assert json.loads(meta["layers"]) == [11]
+        assert f.get_tensor("0/layer11").shape == (384, 5, 6)
+        assert f.get_tensor("1/layer11").shape == (384, 3, 4)
+        assert f.get_tensor("1/cls11").shape == (384,)
+    # .npy cannot hold maps of two sizes: refused, and nothing is written
+    npy = tmp_path / "f.npy"
+    with pytest.raises(SystemExit, match="different sizes"):
+        main(["features", str(image), str(other), "--out", str(npy)])
+    assert not npy.exists()
+
+
+def test_features_errors_name_the_input_and_keep_old_output(weights_dir, image, tmp_path, capsys):
+    out = tmp_path / "f.npy"
+    out.write_bytes(b"old")
+    missing = tmp_path / "nope.jpg"
+    assert main(["features", str(image), str(missing), "--out", str(out)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert out.read_bytes() == b"old"
+    assert main(["features", str(image), "--model", "dinov2_vitb14", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "dinov2_vitb14_pretrain.pth" in err and "https://" in err
+    assert main(["features", str(image), "--model", "no_such_model", "--out", str(out)]) == 2
+    assert "dinov2_vits14" in capsys.readouterr().err  # the zoo is listed
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "dinov2_dense", "features", "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "--layers" in out.stdout and "--tile" in out.stdout
+
+
+def test_torch_hub_local_entry_points(weights_dir):
+    random_reg = torch.hub.load(str(ROOT), "dinov2_vits14_reg", source="local", pretrained=False)
+    assert random_reg.num_register_tokens == 4 and random_reg.interpolate_antialias
+    hub_model = torch.hub.load(str(ROOT), "dinov2_vits14", source="local")
+    saved = torch.load(weights_dir / "dinov2_vits14_pretrain.pth", weights_only=True)
+    for key, value in hub_model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert not hub_model.training
