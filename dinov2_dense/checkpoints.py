@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Mapping
 
@@ -35,7 +35,7 @@ __all__ = [
 
 # All released backbones use 64 channels per attention head.
 HEAD_DIM = 64
-_SIZE_NAMES = {384: "vits14", 768: "vitb14", 1024: "vitl14", 1536: "vitg14"}
+_SIZE_NAMES = {384: "s", 768: "b", 1024: "l", 1536: "g"}
 
 
 class CheckpointError(ValueError):
@@ -65,8 +65,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for broken files
+        first_line = next(iter(str(exc).splitlines()), "")[:200]
         raise CheckpointError(
-            f"{path}: cannot be read as a weight file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"{path}: cannot be read as a weight file ({type(exc).__name__}: {first_line}); "
             "it may be truncated or not a checkpoint: delete it and fetch it again"
         ) from exc
     return _unwrap(obj, path)
@@ -81,14 +82,14 @@ def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
                     break
             else:
                 break
-    if not isinstance(obj, Mapping) or not any(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no tensors (top-level keys: {_preview(obj)})")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    if not any(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no tensors (keys: {_preview(obj)})")
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-def _preview(obj: object, limit: int = 8) -> str:
-    if not isinstance(obj, Mapping):
-        return type(obj).__name__
+def _preview(obj: Mapping, limit: int = 8) -> str:
     keys = list(obj)
     more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
     return ", ".join(map(str, keys[:limit])) + more
@@ -231,8 +232,8 @@ def describe_architecture(sd: Mapping[str, Tensor]) -> str:
     regs = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
     ffn = "swiglu" if any(".mlp.w12." in k for k in sd) else "mlp"
     grid = int((sd["pos_embed"].shape[1] - 1) ** 0.5) if "pos_embed" in sd else 0
-    name = _SIZE_NAMES.get(dim, f"vit(width {dim})").replace("14", str(patch))
-    zoo = f"dinov2_{name}{'_reg' if regs else ''}"
+    size = _SIZE_NAMES.get(dim)
+    zoo = f"dinov2_vit{size}{patch}{'_reg' if regs else ''}" if size else "a ViT of no released size"
     return (
         f"{zoo}: width {dim}, {depth} blocks, patch {patch}, {ffn} FFN, {regs} register tokens, "
         f"position grid {grid}x{grid} (img_size {grid * patch})"
@@ -249,9 +250,9 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
     raw = read_checkpoint(source) if not isinstance(source, Mapping) else dict(source)
     sd, fmt = to_official(raw)
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    missing = sorted(set(own) - set(sd), key=_key_order)
+    unexpected = sorted(set(sd) - set(own), key=_key_order)
+    shapes = sorted((k for k in set(own) & set(sd) if own[k].shape != sd[k].shape), key=_key_order)
     if missing or unexpected or shapes:
         parts = []
         for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
@@ -267,6 +268,17 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     return fmt
+
+
+_TELLING_KEYS = ("cls_token", "pos_embed", "register_tokens", "patch_embed.proj.weight")
+
+
+def _key_order(key: str) -> tuple[int, int, str]:
+    """Keys that tell the architecture first, then other model-level keys, then blocks in numeric order."""
+    if key in _TELLING_KEYS:
+        return (0, _TELLING_KEYS.index(key), key)
+    m = re.match(r"blocks\.(\d+)\.", key)
+    return (2, int(m.group(1)), key) if m else (1, 0, key)
 
 
 def _list(keys: list[str], limit: int = 6) -> str:
@@ -285,12 +297,14 @@ def save_safetensors(
     sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        save_file(tensors, tmp, metadata=dict(metadata or {"format": "dinov2-dense"}))
+        # safetensors (like mkstemp) leaves mode 0600; give the file the mode the umask allows
+        tmp.touch(exist_ok=False)
+        mode = tmp.stat().st_mode & 0o777
+        save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "dinov2-dense"}))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path

@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import tempfile
-import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,22 +107,23 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    # a fresh name rather than mkstemp, whose 0600 mode would survive the rename
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.part"
     digest = hashlib.sha256()
+    received, total = 0, None
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = resp.headers.get("Content-Length")
-            total = int(total) if total is not None else None
-            bar = _progress(total, f"{dest.name}", progress)
-            received = 0
-            try:
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            finally:
-                bar.close()
+        try:
+            with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length is not None else None
+                with _progress(total, dest.name, progress) as bar:
+                    while chunk := resp.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except http.client.HTTPException as exc:  # e.g. IncompleteRead of a chunked reply; not an OSError
+            raise OSError(f"download of {url} failed ({type(exc).__name__}: {exc}); try again") from exc
         if total is not None and received != total:
             raise OSError(f"download of {url} stopped after {received} of {total} bytes (truncated); try again")
         if sha256 is not None and digest.hexdigest() != sha256.lower():
@@ -131,8 +133,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
             )
         os.replace(tmp, dest)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -149,7 +150,7 @@ def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) 
     if found is not None:
         return found
     places = candidate_paths(spec.filename)
-    offline = os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
+    offline = _offline()
     looked = "\n".join(f"    {p}" for p in places)
     if offline or not download_ok:
         why = f"{OFFLINE_ENV} is set" if offline else "downloads are disabled"
@@ -160,7 +161,7 @@ def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) 
     dest = hub_checkpoint_dir() / spec.filename
     try:
         return download(spec.url, dest, spec.sha256, progress)
-    except (urllib.error.URLError, OSError) as exc:
+    except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: a malformed $DINOV2_DENSE_BASE_URL
         raise WeightsNotFoundError(
             f"weights for {name} ({spec.filename}) not found locally and the download failed ({exc}). "
             f"Looked in:\n{looked}\nFetch {spec.url} by hand into one of those places "
@@ -201,15 +202,24 @@ def load_backbone(
     return model.eval() if eval_mode else model
 
 
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
+
+
 def _fetch_url(url: str) -> Path:
-    filename = url.rstrip("/").rsplit("/", 1)[-1] or "weights.pth"
-    dest = hub_checkpoint_dir() / filename
+    # the file name comes from the URL's path: no query string (it would hide the .safetensors suffix)
+    filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "weights.pth"
+    # many hubs serve one name (model.safetensors) from many places: key the cache by the URL too
+    tag = hashlib.sha256(url.encode()).hexdigest()[:10]
+    dest = hub_checkpoint_dir() / f"url-{tag}-{filename}"
     if dest.is_file():
         return dest
+    if _offline():
+        raise WeightsNotFoundError(f"weights {url} are not in {dest}, and {OFFLINE_ENV} is set: fetch the file by hand")
     try:
         return download(url, dest)
-    except (urllib.error.URLError, OSError) as exc:
-        raise WeightsNotFoundError(f"cannot fetch weights from {url}: {exc}") from exc
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        raise WeightsNotFoundError(f"cannot fetch weights from {url} into {dest}: {exc}") from exc
 
 
 def weights_status() -> list[dict]:

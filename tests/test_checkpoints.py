@@ -1,0 +1,244 @@
+"""Reading weights in every supported layout (official, training, timm), the errors for files
+that do not fit, and atomic safetensors writes. Tiny random-weight ViTs, no network."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from dinov2_dense.checkpoints import (
+    CheckpointError,
+    detect_format,
+    load_backbone_weights,
+    read_checkpoint,
+    save_safetensors,
+)
+from dinov2_dense.models import DinoVisionTransformer
+
+from .conftest import tiny_vit
+
+
+def _image(size: int = 98, seed: int = 3) -> Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_same_outputs(a: DinoVisionTransformer, b: DinoVisionTransformer, atol: float = 0.0) -> None:
+    """Same tokens at the stored grid and at an interpolated one (which exercises pos_embed[:, 0])."""
+    for size in (98, 126):
+        x = _image(size)
+        with torch.no_grad():
+            out_a, out_b = a.forward_features(x), b.forward_features(x)
+        for key in ("x_norm_clstoken", "x_norm_regtokens", "x_norm_patchtokens"):
+            torch.testing.assert_close(out_b[key], out_a[key], rtol=0, atol=atol)
+        assert out_a["x_norm_patchtokens"].std() > 0.1  # not vacuous
+
+
+def _fresh_like(source: DinoVisionTransformer, **kw) -> DinoVisionTransformer:
+    """Same architecture as ``source`` with other random weights, so a no-op load would be caught."""
+    model = tiny_vit(**kw)
+    model.load_state_dict({k: torch.randn_like(v) for k, v in model.state_dict().items()})
+    assert not torch.equal(model.pos_embed, source.pos_embed)
+    return model
+
+
+# -- official and training layouts --------------------------------------------------------
+def test_official_pth_loads_strictly(tmp_path: Path) -> None:
+    source = tiny_vit()
+    path = tmp_path / "dinov2_tiny_pretrain.pth"
+    torch.save(source.state_dict(), path)
+    model = _fresh_like(source)
+    assert load_backbone_weights(model, path) == "official"
+    _assert_same_outputs(source, model)
+
+
+def _chunked(sd: dict[str, Tensor], depth: int, chunks: int) -> dict[str, Tensor]:
+    """The official ``block_chunks`` layout: chunk C holds blocks with their global index N."""
+    size = depth // chunks
+    return {re.sub(r"^blocks\.(\d+)\.", lambda m: f"blocks.{int(m[1]) // size}.{m[1]}.", k): v for k, v in sd.items()}
+
+
+def test_chunked_layout_matches_official_code() -> None:
+    keys = _chunked({f"blocks.{i}.norm1.weight": torch.zeros(1) for i in range(4)}, depth=4, chunks=2)
+    assert sorted(keys) == [f"blocks.{c}.{n}.norm1.weight" for c, n in ((0, 0), (0, 1), (1, 2), (1, 3))]
+
+
+def test_training_checkpoint_takes_teacher(tmp_path: Path) -> None:
+    teacher, student = tiny_vit(depth=4), tiny_vit(depth=4)
+    student.load_state_dict({k: torch.randn_like(v) for k, v in student.state_dict().items()})
+    model: dict[str, Tensor] = {}
+    for prefix, net in (("teacher.backbone.", teacher), ("student.backbone.", student)):
+        model.update({prefix + k: v for k, v in _chunked(net.state_dict(), depth=4, chunks=2).items()})
+    model["teacher.dino_head.mlp.0.weight"] = torch.randn(8, 48)
+    model["student.dino_head.mlp.0.weight"] = torch.randn(8, 48)
+    path = tmp_path / "model_0000005.pth"
+    torch.save({"model": model, "iteration": 5}, path)
+
+    target = _fresh_like(teacher, depth=4)
+    assert load_backbone_weights(target, path) == "training"
+    _assert_same_outputs(teacher, target)
+
+
+def test_teacher_checkpoint_loads(tmp_path: Path) -> None:
+    teacher = tiny_vit(depth=4)
+    sd = {"backbone." + k: v for k, v in _chunked(teacher.state_dict(), depth=4, chunks=2).items()}
+    sd["dino_head.last_layer.weight"] = torch.randn(16, 8)
+    path = tmp_path / "teacher_checkpoint.pth"
+    torch.save({"teacher": sd}, path)
+
+    target = _fresh_like(teacher, depth=4)
+    assert load_backbone_weights(target, path) == "training"
+    _assert_same_outputs(teacher, target)
+
+
+# -- timm -----------------------------------------------------------------------------------
+def to_timm(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What timm's ``checkpoint_filter_fn`` makes of an official DINOv2 state dict."""
+    sd = dict(sd)
+    sd.pop("mask_token", None)
+    out: dict[str, Tensor] = {}
+    if "register_tokens" in sd:
+        # timm's no_embed_class form: the class position folds into cls_token
+        out["reg_token"] = sd.pop("register_tokens")
+        out["cls_token"] = sd.pop("cls_token") + sd["pos_embed"][:, 0]
+        out["pos_embed"] = sd.pop("pos_embed")[:, 1:]
+    for key, value in sd.items():
+        key = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", key)
+        key = re.sub(r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.", key)
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    "arch", [dict(), dict(registers=4), dict(ffn="swiglufused"), dict(registers=4, ffn="swiglufused")],
+    ids=["plain", "reg4", "swiglu", "reg4-swiglu"],
+)
+def test_timm_layout_round_trip(tmp_path: Path, arch: dict) -> None:
+    source = tiny_vit(**arch)
+    timm_sd = to_timm(source.state_dict())
+    assert "mask_token" not in timm_sd
+    assert not any(".w12." in k or ".w3." in k for k in timm_sd)
+    assert detect_format(timm_sd) == "timm"
+    path = tmp_path / "timm.safetensors"
+    save_safetensors(timm_sd, path)
+
+    model = _fresh_like(source, **arch)
+    assert load_backbone_weights(model, path) == "timm"
+    _assert_same_outputs(source, model, atol=1e-5)
+
+
+# -- checkpoints that do not fit -----------------------------------------------------------
+def test_other_width_names_keys_and_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "wide.pth"
+    torch.save(tiny_vit(dim=64).state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(tiny_vit(dim=48), path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "cls_token (1, 1, 64) vs (1, 1, 48)" in msg
+    assert "pos_embed (1, 50, 64) vs (1, 50, 48)" in msg
+    assert "looks like a ViT of no released size: width 64" in msg
+
+
+def test_vitb_into_vits_names_sizes() -> None:
+    small = DinoVisionTransformer(img_size=98, embed_dim=384, depth=1, num_heads=6)
+    base = DinoVisionTransformer(img_size=98, embed_dim=768, depth=2, num_heads=12)
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(small, base.state_dict())
+    msg = str(info.value)
+    assert "this model (dinov2_vits14: width 384, 1 blocks" in msg
+    assert "looks like dinov2_vitb14: width 768, 2 blocks" in msg
+    assert "unexpected keys: blocks.1." in msg
+    assert "cls_token (1, 1, 768) vs (1, 1, 384)" in msg
+
+
+def test_missing_key_is_named() -> None:
+    sd = tiny_vit().state_dict()
+    del sd["norm.weight"], sd["blocks.2.ls1.gamma"]
+    with pytest.raises(CheckpointError, match=r"2 missing keys: norm\.weight, blocks\.2\.ls1\.gamma"):
+        load_backbone_weights(tiny_vit(), sd)
+
+
+def test_unexpected_key_is_named() -> None:
+    sd = tiny_vit().state_dict()
+    sd["head.weight"] = torch.zeros(10, 48)
+    with pytest.raises(CheckpointError, match=r"1 unexpected keys: head\.weight") as info:
+        load_backbone_weights(tiny_vit(), sd)
+    assert "missing" not in str(info.value)
+
+
+def test_registers_into_plain_model_is_named() -> None:
+    with pytest.raises(CheckpointError, match=r"unexpected keys: register_tokens") as info:
+        load_backbone_weights(tiny_vit(), tiny_vit(registers=4).state_dict())
+    assert "4 register tokens" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_file_names_path(tmp_path: Path, suffix: str) -> None:
+    good = tmp_path / f"good{suffix}"
+    sd = tiny_vit().state_dict()
+    save_safetensors(sd, good) if suffix == ".safetensors" else torch.save(sd, good)
+    bad = tmp_path / f"truncated{suffix}"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated") as info:
+        load_backbone_weights(tiny_vit(), bad)
+    assert str(bad) in str(info.value)
+
+
+def test_garbage_and_empty_files_name_path(tmp_path: Path) -> None:
+    for name, data in (("garbage.pth", b"not a checkpoint at all"), ("empty.pth", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=re.escape(str(path))):
+            read_checkpoint(path)
+
+
+def test_file_without_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "meta.pth"
+    torch.save({"model": {"iteration": 5, "lr": 0.1}, "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: holds no tensors \(keys: iteration, lr\)"):
+        load_backbone_weights(tiny_vit(), path)
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
+        read_checkpoint(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such weight file"):
+        read_checkpoint(tmp_path / "absent.pth")
+
+
+# -- writing ---------------------------------------------------------------------------------
+def test_save_safetensors_round_trip(tmp_path: Path) -> None:
+    source = tiny_vit(registers=4)
+    path = save_safetensors(source, tmp_path / "sub" / "w.safetensors")
+    assert list(path.parent.iterdir()) == [path]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "mode as umask allows, not mkstemp's 0600"
+    model = _fresh_like(source, registers=4)
+    assert load_backbone_weights(model, path) == "official"
+    _assert_same_outputs(source, model)
+
+
+def test_save_safetensors_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    path = tmp_path / "w.safetensors"
+    save_safetensors({"x": torch.arange(4.0)}, path)
+    before = path.read_bytes()
+
+    def failing_save(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+        Path(filename).write_bytes(b"half a file")  # fail after writing part of it
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_safetensors({"x": torch.zeros(4)}, path)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path], "no temp file may remain"

@@ -1,0 +1,298 @@
+"""Fetching weights: ``hub.download`` against a local HTTP server (good, truncated and corrupt
+files) and the order in which ``load_backbone(name, weights="official")`` looks for weights.
+Only 127.0.0.1 is contacted; the zoo entry is swapped for a tiny architecture."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import torch
+
+from dinov2_dense import hub
+from dinov2_dense.checkpoints import save_safetensors
+from dinov2_dense.hub import WeightsNotFoundError, download, load_backbone
+
+from .conftest import randomize_, tiny_vit
+
+NAME = "dinov2_vits14"
+FILENAME = "dinov2_vits14_pretrain.pth"
+ZOO_PATH = f"/dl/{NAME}/{FILENAME}"  # where $DINOV2_DENSE_BASE_URL=<server>/dl puts the file
+
+
+class FileServer:
+    """Serves ``files`` by URL path (query ignored); paths in ``truncated`` announce the full
+    length but send half the body and close. ``hits`` counts requests per path."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncated: set[str] = set()
+        self.hits: Counter[str] = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = urlsplit(self.path).path
+                server.hits[path] += 1
+                body = server.files.get(path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if path in server.truncated else body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = FileServer()
+    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+    thread.join(timeout=5)
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _pth_bytes(model: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith((".part", ".tmp"))]
+
+
+# -- hub.download ------------------------------------------------------------------------------
+def test_download_good_file(server: FileServer, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 5000  # > 1 MiB: several reads
+    server.files["/good.bin"] = data
+    target = tmp_path / "out" / "good.bin"  # the directory is created
+    dest = download(server.url("/good.bin"), target, sha256=_sha256(data).upper(), progress=False)
+    assert dest == target
+    assert dest.read_bytes() == data
+    assert _leftovers(dest.parent) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask, "mode as umask allows, not mkstemp's 0600"
+
+
+def test_download_truncated(server: FileServer, tmp_path: Path) -> None:
+    server.files["/short.bin"] = b"x" * 10_000
+    server.truncated.add("/short.bin")
+    dest = tmp_path / "short.bin"
+    with pytest.raises(OSError, match=r"stopped after 5000 of 10000 bytes \(truncated\)"):
+        download(server.url("/short.bin"), dest, progress=False)
+    assert not dest.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_bad_checksum(server: FileServer, tmp_path: Path) -> None:
+    server.files["/corrupt.bin"] = b"corrupt bytes"
+    dest = tmp_path / "corrupt.bin"
+    with pytest.raises(OSError, match="SHA-256") as info:
+        download(server.url("/corrupt.bin"), dest, sha256=_sha256(b"the real file"), progress=False)
+    assert _sha256(b"corrupt bytes") in str(info.value)
+    assert not dest.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_keeps_existing_file(server: FileServer, tmp_path: Path) -> None:
+    dest = tmp_path / "weights.pth"
+    dest.write_bytes(b"good old file")
+    server.files["/short.bin"] = b"y" * 1000
+    server.truncated.add("/short.bin")
+    server.files["/corrupt.bin"] = b"corrupt"
+    with pytest.raises(OSError, match="truncated"):
+        download(server.url("/short.bin"), dest, progress=False)
+    with pytest.raises(OSError, match="SHA-256"):
+        download(server.url("/corrupt.bin"), dest, sha256=_sha256(b"other"), progress=False)
+    with pytest.raises(OSError, match="404"):
+        download(server.url("/absent.bin"), dest, progress=False)
+    assert dest.read_bytes() == b"good old file"
+    assert _leftovers(tmp_path) == []
+
+
+# -- load_backbone(name, weights="official") ----------------------------------------------------
+@pytest.fixture
+def tiny_zoo(monkeypatch: pytest.MonkeyPatch, torch_home: Path) -> torch.nn.Module:
+    """Make the zoo entry NAME the architecture of ``tiny_vit()``; returns a model with its weights."""
+    tiny = dict(img_size=98, patch_size=14, embed_dim=48, depth=3, num_heads=2, ffn_layer="mlp")
+    spec = replace(hub.BACKBONES[NAME], arch="DinoVisionTransformer", kwargs=tiny)
+    monkeypatch.setitem(hub.BACKBONES, NAME, spec)
+    return tiny_vit()
+
+
+def _looked_in(msg: str, *places: Path) -> None:
+    assert FILENAME in msg
+    for place in places:
+        assert str(place / FILENAME) in msg
+
+
+def test_official_downloads_into_hub_cache_then_uses_it(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.files[ZOO_PATH] = _pth_bytes(tiny_zoo)
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl/"))
+    cached = torch_home / "hub" / "checkpoints" / FILENAME
+
+    model = load_backbone(NAME)
+    assert _same_weights(model, tiny_zoo)
+    assert not model.training
+    assert cached.read_bytes() == server.files[ZOO_PATH]
+    assert _leftovers(cached.parent) == []
+    assert server.hits[ZOO_PATH] == 1
+
+    assert _same_weights(load_backbone(NAME), tiny_zoo)
+    assert server.hits[ZOO_PATH] == 1, "the second call must use the cache"
+
+
+def test_weights_dir_wins_over_hub_cache(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.files[ZOO_PATH] = _pth_bytes(randomize_(tiny_vit(), seed=7))
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / FILENAME).write_bytes(_pth_bytes(randomize_(tiny_vit(), seed=8)))
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    (weights_dir / FILENAME).write_bytes(_pth_bytes(tiny_zoo))
+
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(weights_dir))
+    assert _same_weights(load_backbone(NAME), tiny_zoo)
+    monkeypatch.delenv("DINOV2_DENSE_WEIGHTS")
+    assert _same_weights(load_backbone(NAME), randomize_(tiny_vit(), seed=8))  # then the hub cache
+    assert server.hits[ZOO_PATH] == 0
+
+
+def test_offline_without_file_names_file_places_and_url(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.files[ZOO_PATH] = _pth_bytes(tiny_zoo)
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="DINOV2_DENSE_OFFLINE is set") as info:
+        load_backbone(NAME)
+    _looked_in(str(info.value), tmp_path / "weights", torch_home / "hub" / "checkpoints")
+    assert server.url(ZOO_PATH) in str(info.value)
+    assert server.hits[ZOO_PATH] == 0
+
+
+def test_unreachable_server_names_file_places_and_url(
+    tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _closed_port_url()
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", base)
+    with pytest.raises(WeightsNotFoundError, match="download failed") as info:
+        load_backbone(NAME)
+    _looked_in(str(info.value), torch_home / "hub" / "checkpoints")
+    assert f"{base}/{NAME}/{FILENAME}" in str(info.value)
+    assert not (torch_home / "hub" / "checkpoints" / FILENAME).exists()
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", "mirror.local/dinov2")  # no scheme: urllib's ValueError
+    with pytest.raises(WeightsNotFoundError, match="mirror.local/dinov2"):
+        load_backbone(NAME)
+
+
+@pytest.mark.parametrize("problem", ["checksum", "truncated"])
+def test_bad_download_through_load_backbone(
+    problem: str, server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _pth_bytes(tiny_zoo)
+    server.files[ZOO_PATH] = data
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    if problem == "truncated":
+        server.truncated.add(ZOO_PATH)
+    else:
+        monkeypatch.setitem(hub.BACKBONES, NAME, replace(hub.BACKBONES[NAME], sha256=_sha256(b"the official file")))
+    with pytest.raises(WeightsNotFoundError, match="SHA-256" if problem == "checksum" else "truncated") as info:
+        load_backbone(NAME)
+    assert server.url(ZOO_PATH) in str(info.value)
+    cache = torch_home / "hub" / "checkpoints"
+    assert not (cache / FILENAME).exists()
+    assert _leftovers(cache) == []
+
+
+def test_matching_checksum_loads(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _pth_bytes(tiny_zoo)
+    server.files[ZOO_PATH] = data
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    monkeypatch.setitem(hub.BACKBONES, NAME, replace(hub.BACKBONES[NAME], sha256=_sha256(data)))
+    assert _same_weights(load_backbone(NAME), tiny_zoo)
+
+
+# -- weights given as a URL -------------------------------------------------------------------
+def test_weights_url_loads_and_is_cached(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_safetensors(tiny_zoo, tmp_path / "tiny.safetensors")
+    server.files["/files/tiny.safetensors"] = (tmp_path / "tiny.safetensors").read_bytes()
+    url = server.url("/files/tiny.safetensors?download=true")  # the query is not part of the file name
+
+    assert _same_weights(load_backbone(NAME, weights=url), tiny_zoo)
+    cached = list((torch_home / "hub" / "checkpoints").glob("url-*-tiny.safetensors"))
+    assert len(cached) == 1
+    # another URL with the same file name gets its own cache entry, not the first file
+    other = randomize_(tiny_vit(), seed=11)
+    save_safetensors(other, tmp_path / "other.safetensors")
+    server.files["/mirror/tiny.safetensors"] = (tmp_path / "other.safetensors").read_bytes()
+    assert _same_weights(load_backbone(NAME, weights=server.url("/mirror/tiny.safetensors")), other)
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")  # the cached copy needs no network
+    assert _same_weights(load_backbone(NAME, weights=url), tiny_zoo)
+    assert server.hits["/files/tiny.safetensors"] == 1
+
+
+def test_weights_url_offline_or_missing(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(WeightsNotFoundError, match=r"cannot fetch weights from .*/files/absent\.pth.*404"):
+        load_backbone(NAME, weights=server.url("/files/absent.pth"))
+    server.files["/files/w.pth"] = _pth_bytes(tiny_zoo)
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="DINOV2_DENSE_OFFLINE is set"):
+        load_backbone(NAME, weights=server.url("/files/w.pth"))
+    assert server.hits["/files/w.pth"] == 0
