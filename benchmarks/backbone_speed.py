@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from dinov2_dense.hub import build_backbone
 
 
-def naive_attention_forward(self, x):
-    """Reference attention with the full (B, heads, N, N) matrix in memory."""
+def naive_attention_hidden(self, x):
+    """Reference attention with the full (B, heads, N, N) matrix in memory (output before proj)."""
     B, N, C = x.shape
     q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
     attn = (q * (C // self.num_heads) ** -0.5) @ k.transpose(-2, -1)
     x = attn.softmax(dim=-1) @ v
-    return self.proj(x.transpose(1, 2).reshape(B, N, C))
+    return x.transpose(1, 2).reshape(B, N, C)
 
 
 def make_models(device: str, which=("ours", "transformers", "naive")):
@@ -54,7 +54,7 @@ def make_models(device: str, which=("ours", "transformers", "naive")):
         naive = build_backbone("dinov2_vits14").eval()
         naive.load_state_dict(ours.state_dict())
         for block in naive.blocks:
-            block.attn.forward = types.MethodType(naive_attention_forward, block.attn)
+            block.attn.hidden = types.MethodType(naive_attention_hidden, block.attn)
         models["naive"] = naive
     return {k: m.to(device) for k, m in models.items() if k in which}
 

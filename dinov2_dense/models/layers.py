@@ -14,6 +14,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
+    """oneDNN's fused linear kernels (bias, GELU, residual add in the GEMM epilogue) apply on CPU,
+    in fp32 inference; elsewhere the plain ops run."""
+    return (
+        _HAS_ONEDNN_LINEAR
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
+    """``act(layer(x))`` with activation "none" or "gelu" (exact), fused on CPU when possible."""
+    if _onednn_fusable(x, layer.weight):
+        shape = x.shape
+        algorithm = "none" if activation == "gelu" else ""
+        out = torch.ops.mkldnn._linear_pointwise(
+            x.reshape(-1, shape[-1]), layer.weight, layer.bias, activation, [], algorithm
+        )
+        return out.view(*shape[:-1], out.shape[-1])
+    out = F.linear(x, layer.weight, layer.bias)
+    return F.gelu(out) if activation == "gelu" else out
+
+
 class PatchEmbed(nn.Module):
     """Image (B, C, H, W) to patch tokens (B, H/p * W/p, D) by a strided convolution."""
 
@@ -76,7 +103,9 @@ class Mlp(nn.Module):
         return self.fc2
 
     def hidden(self, x: Tensor) -> Tensor:
-        return self.act(self.fc1(x))
+        if self.training:
+            return self.act(self.fc1(x))
+        return linear(x, self.fc1, "gelu")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.hidden(x))
@@ -126,7 +155,8 @@ class Attention(nn.Module):
     def hidden(self, x: Tensor) -> Tensor:
         """Attention output before ``proj``, (B, N, C)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x) if self.training else linear(x, self.qkv)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return x.transpose(1, 2).reshape(B, N, C)
 
@@ -175,7 +205,10 @@ def _fused_residual(x: Tensor, hidden: Tensor, linear: nn.Linear, scale: nn.Modu
         weight = weight * scale.gamma.unsqueeze(1)
         bias = bias * scale.gamma if bias is not None else None
     shape = x.shape
-    out = torch.addmm(x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1]), weight.t())
+    x2, h2 = x.reshape(-1, shape[-1]), hidden.reshape(-1, hidden.shape[-1])
+    if _onednn_fusable(h2, weight) and x2.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise.binary(h2, x2, weight, bias, "add").view(shape)
+    out = torch.addmm(x2, h2, weight.t())
     if bias is not None:
         out.add_(bias)
     return out.view(shape)
