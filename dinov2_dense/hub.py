@@ -47,8 +47,7 @@ class BackboneSpec:
 
     @property
     def url(self) -> str:
-        base = os.environ.get(BASE_URL_ENV, OFFICIAL_BASE_URL).rstrip("/")
-        return f"{base}/{self.name.removesuffix('_reg')}/{self.filename}"
+        return official_url(self.name.removesuffix("_reg"), self.filename)
 
 
 def _official_zoo() -> dict[str, BackboneSpec]:
@@ -143,30 +142,44 @@ def _progress(total: int | None, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
 
 
-def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) -> Path:
-    """Path of the official weight file of ``name``, downloading it if needed and allowed."""
-    spec = get_spec(name)
-    found = find_weights(name)
+def official_url(folder: str, filename: str) -> str:
+    """URL of an official release file (``$DINOV2_DENSE_BASE_URL`` replaces the host)."""
+    base = os.environ.get(BASE_URL_ENV, OFFICIAL_BASE_URL).rstrip("/")
+    return f"{base}/{folder}/{filename}"
+
+
+def resolve_file(
+    filename: str, url: str, sha256: str | None = None, label: str | None = None,
+    download_ok: bool = True, progress: bool = True,
+) -> Path:
+    """Find ``filename`` where weights are looked for, or download it from ``url`` into the hub cache."""
+    label = label or filename
+    places = candidate_paths(filename)
+    found = next((p for p in places if p.is_file()), None)
     if found is not None:
         return found
-    places = candidate_paths(spec.filename)
     offline = _offline()
     looked = "\n".join(f"    {p}" for p in places)
     if offline or not download_ok:
         why = f"{OFFLINE_ENV} is set" if offline else "downloads are disabled"
         raise WeightsNotFoundError(
-            f"weights for {name} ({spec.filename}) not found, and {why}. Looked in:\n{looked}\n"
-            f"Fetch {spec.url} into one of those places (or set {WEIGHTS_ENV} to its directory)."
+            f"weights for {label} ({filename}) not found, and {why}. Looked in:\n{looked}\n"
+            f"Fetch {url} into one of those places (or set {WEIGHTS_ENV} to its directory)."
         )
-    dest = hub_checkpoint_dir() / spec.filename
     try:
-        return download(spec.url, dest, spec.sha256, progress)
+        return download(url, hub_checkpoint_dir() / filename, sha256, progress)
     except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: a malformed $DINOV2_DENSE_BASE_URL
         raise WeightsNotFoundError(
-            f"weights for {name} ({spec.filename}) not found locally and the download failed ({exc}). "
-            f"Looked in:\n{looked}\nFetch {spec.url} by hand into one of those places "
+            f"weights for {label} ({filename}) not found locally and the download failed ({exc}). "
+            f"Looked in:\n{looked}\nFetch {url} by hand into one of those places "
             f"(or set {WEIGHTS_ENV} to its directory)."
         ) from exc
+
+
+def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) -> Path:
+    """Path of the official weight file of ``name``, downloading it if needed and allowed."""
+    spec = get_spec(name)
+    return resolve_file(spec.filename, spec.url, spec.sha256, name, download_ok, progress)
 
 
 def load_backbone(

@@ -1,0 +1,160 @@
+"""A frozen DINOv2 backbone and a head, with the official inference modes.
+
+``DensePredictor(backbone, head, ...)`` is the official ``EncoderDecoder`` /
+``DepthEncoderDecoder`` of the DINOv2 evaluation code: the input is centre-padded to a multiple of
+the patch size inside the backbone call, the chosen blocks' features feed the head, and the head's
+output is resized (bilinear, align_corners False) to the input size; depth is clamped to
+[min_depth, max_depth] before that resize. ``model(images)`` is the official whole-image forward.
+
+``predict`` adds the test-time protocols: sliding windows (mmseg ``slide``: crop and stride, e.g.
+512/341 for ADE20K) and multi-scale + flip test-time augmentation (the "+ms" ratios
+1.0, 1.32, 1.73, 2.28, 3.0), averaging softmax probabilities (segmentation) or depth maps.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dinov2_dense.features import center_pad
+
+TASKS = ("segmentation", "depth")
+
+
+class DensePredictor(nn.Module):
+    """Backbone + head. State-dict keys ``backbone.*`` and ``decode_head.*`` (the official layout).
+
+    Args:
+        backbone: a DinoVisionTransformer (anything with ``get_intermediate_layers`` and ``patch_size``).
+        decode_head: a head taking the list of features (maps, or (map, cls) pairs).
+        task: "segmentation" (head returns (B, K, h, w) logits) or "depth" (head returns (B, 1, h, w)).
+        layers: block indices fed to the head.
+        norm: final LayerNorm on the features (segmentation protocol True, depth protocol False).
+        class_token: pass (map, cls) pairs to the head (depth heads) instead of maps.
+        min_depth, max_depth: depth range (clamp); taken from the head when it has them.
+        freeze_backbone: run the backbone under no_grad and keep it in eval mode.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        decode_head: nn.Module,
+        *,
+        task: str,
+        layers: Sequence[int],
+        norm: bool = True,
+        class_token: bool = False,
+        min_depth: float | None = None,
+        max_depth: float | None = None,
+        freeze_backbone: bool = True,
+    ):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.task = task
+        self.layers = list(layers)
+        self.norm = norm
+        self.class_token = class_token
+        self.min_depth = min_depth if min_depth is not None else getattr(decode_head, "min_depth", None)
+        self.max_depth = max_depth if max_depth is not None else getattr(decode_head, "max_depth", None)
+        if task == "depth" and (self.min_depth is None or self.max_depth is None):
+            raise ValueError("a depth predictor needs min_depth and max_depth (or a head that has them)")
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # frozen: no dropout / drop path, official eval numerics
+        return self
+
+    # -- the official whole-image forward ------------------------------------------------------
+    def extract_features(self, images: Tensor) -> list:
+        """Features of the chosen blocks for a (B, 3, H, W) normalised batch (centre-padded inside)."""
+        padded, _ = center_pad(images, self.backbone.patch_size)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            feats = self.backbone.get_intermediate_layers(
+                padded, n=self.layers, reshape=True, return_class_token=self.class_token, norm=self.norm
+            )
+        return list(feats)
+
+    def encode_decode(self, images: Tensor) -> Tensor:
+        """Head output resized to the input: (B, K, H, W) logits or a (B, 1, H, W) depth map."""
+        out = self.decode_head(self.extract_features(images))
+        if self.task == "depth":
+            out = out.clamp(min=self.min_depth, max=self.max_depth)
+        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.encode_decode(images)
+
+    # -- test-time protocols ---------------------------------------------------------------------
+    def slide_inference(self, images: Tensor, crop_size: int | Sequence[int], stride: int | Sequence[int]) -> Tensor:
+        """mmseg sliding windows: crops of ``crop_size`` every ``stride`` pixels, outputs averaged.
+
+        Memory is bounded by the crop, not by the image; one crop covering the image equals whole mode.
+        """
+        ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
+        if min(ch, cw, sh, sw) < 1:
+            raise ValueError(f"crop_size {crop_size} and stride {stride} must be positive")
+        b, _, h, w = images.shape
+        rows = max(h - ch + sh - 1, 0) // sh + 1
+        cols = max(w - cw + sw - 1, 0) // sw + 1
+        out = None
+        count = images.new_zeros((1, 1, h, w))
+        for r in range(rows):
+            for c in range(cols):
+                y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
+                y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
+                pred = self.encode_decode(images[:, :, y1:y2, x1:x2])
+                if out is None:
+                    out = images.new_zeros((b, pred.shape[1], h, w))
+                out[:, :, y1:y2, x1:x2] += pred
+                count[:, :, y1:y2, x1:x2] += 1
+        return out / count
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        mode: str = "whole",
+        crop_size: int | Sequence[int] = 512,
+        stride: int | Sequence[int] = 341,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> Tensor:
+        """Test-time prediction at the input size.
+
+        Returns softmax probabilities (B, K, H, W) for segmentation (argmax for labels), or depth
+        (B, 1, H, W) in [min_depth, max_depth]. With several scales and/or flip, the outputs of all
+        views are resized to the input and averaged (mmseg ``aug_test``).
+        """
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if not scales:
+            raise ValueError("scales must hold at least one ratio")
+        h, w = images.shape[-2:]
+        total = None
+        views = 0
+        for scale in scales:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            for flipped in (False, True) if flip else (False,):
+                xi = x.flip(-1) if flipped else x
+                out = self.slide_inference(xi, crop_size, stride) if mode == "slide" else self.encode_decode(xi)
+                if self.task == "segmentation":
+                    out = out.softmax(dim=1)
+                if flipped:
+                    out = out.flip(-1)
+                if out.shape[-2:] != (h, w):
+                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+                total = out if total is None else total + out
+                views += 1
+        return total / views

@@ -1,0 +1,117 @@
+"""DensePredictor: official whole forward, slide windows, multi-scale + flip, frozen backbone."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heads.predictor import DensePredictor
+
+from .conftest import tiny_vit
+
+
+class ConvSegHead(nn.Module):
+    """A stand-in head: 1x1 conv on the concatenated maps (any head would do for these checks)."""
+
+    def __init__(self, dim=48, layers=2, classes=5):
+        super().__init__()
+        self.conv_seg = nn.Conv2d(dim * layers, classes, 1)
+
+    def forward(self, feats):
+        return self.conv_seg(torch.cat(feats, 1))
+
+
+class ClsDepthHead(nn.Module):
+    min_depth, max_depth = 0.5, 3.0
+
+    def __init__(self, dim=48):
+        super().__init__()
+        self.conv_depth = nn.Conv2d(2 * dim, 1, 1)
+
+    def forward(self, feats):
+        x, cls = feats[-1]
+        return 4 * self.conv_depth(torch.cat([x, cls[:, :, None, None].expand_as(x)], 1))
+
+
+def seg_model():
+    torch.manual_seed(0)
+    return DensePredictor(tiny_vit(), ConvSegHead(), task="segmentation", layers=[1, 2]).eval()
+
+
+def test_whole_forward_is_padded_features_resized_to_input():
+    model = seg_model()
+    x = torch.randn(2, 3, 61, 77)
+    out = model(x)
+    assert out.shape == (2, 5, 61, 77)
+    # independent: pad (3 top, 3 bottom? no: 61 -> 70 is 4 / 5), run blocks, head, resize
+    padded = F.pad(x, (3, 4, 4, 5))
+    feats = model.backbone.get_intermediate_layers(padded, n=[1, 2], reshape=True)
+    ref = F.interpolate(model.decode_head(list(feats)), size=(61, 77), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, ref)
+    assert set(k.split(".")[0] for k in model.state_dict()) == {"backbone", "decode_head"}
+
+
+def test_slide_equals_whole_when_one_crop_covers_the_image():
+    model = seg_model()
+    x = torch.randn(1, 3, 56, 70)
+    whole = model.predict(x, mode="whole")
+    slide = model.predict(x, mode="slide", crop_size=(56, 84), stride=20)
+    torch.testing.assert_close(slide, whole)
+    assert torch.allclose(whole.sum(1), torch.ones(1, 56, 70))  # probabilities
+
+
+def test_slide_windows_are_bounded_by_the_crop():
+    model = seg_model()
+    seen = []
+    model.backbone.patch_embed.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    x = torch.randn(1, 3, 100, 150)
+    out = model.slide_inference(x, crop_size=42, stride=28)
+    assert out.shape == (1, 5, 100, 150)
+    assert max(h for h, _ in seen) == 42 and max(w for _, w in seen) == 42
+    assert len(seen) == 4 * 5  # ceil((100-42)/28)+1 rows, ceil((150-42)/28)+1 cols
+    # a crop's own prediction appears unchanged where only that crop covers the image
+    corner = model.encode_decode(x[:, :, :42, :42])
+    torch.testing.assert_close(out[:, :, :28, :28], corner[:, :, :28, :28])
+
+
+def test_flip_tta_of_a_mirror_symmetric_input_is_mirror_symmetric():
+    model = seg_model()
+    half = torch.randn(1, 3, 42, 28)
+    x = torch.cat([half, half.flip(-1)], -1)
+    plain = model.predict(x)
+    assert not torch.allclose(plain, plain.flip(-1), atol=1e-4)  # the model itself is not symmetric
+    tta = model.predict(x, flip=True, scales=(1.0, 1.32))
+    torch.testing.assert_close(tta, tta.flip(-1), atol=1e-6, rtol=0)
+
+
+def test_multi_scale_outputs_at_input_size_and_average_views():
+    model = seg_model()
+    x = torch.randn(1, 3, 42, 56)
+    views = [model.predict(x, scales=(s,)) for s in (1.0, 1.5)]
+    both = model.predict(x, scales=(1.0, 1.5))
+    assert both.shape == (1, 5, 42, 56)
+    torch.testing.assert_close(both, (views[0] + views[1]) / 2)
+
+
+def test_depth_is_clamped_and_backbone_frozen():
+    torch.manual_seed(0)
+    model = DensePredictor(tiny_vit(), ClsDepthHead(), task="depth", layers=[2], norm=False, class_token=True)
+    model.train()
+    assert not model.backbone.training and model.decode_head.training
+    x = torch.randn(2, 3, 50, 64)
+    out = model(x)
+    assert out.shape == (2, 1, 50, 64)
+    assert out.min() >= 0.5 - 1e-6 and out.max() <= 3.0 + 1e-6  # clamp, then a bilinear (convex) resize
+    assert (out == 3.0).any() or (out == 0.5).any()  # the clamp is active on this head
+    out.mean().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.decode_head.conv_depth.weight.grad is not None
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="task"):
+        DensePredictor(tiny_vit(), ConvSegHead(), task="detection", layers=[2])
+    with pytest.raises(ValueError, match="min_depth"):
+        DensePredictor(tiny_vit(), ConvSegHead(), task="depth", layers=[2])
+    with pytest.raises(ValueError, match="mode"):
+        seg_model().predict(torch.randn(1, 3, 28, 28), mode="tiles")
