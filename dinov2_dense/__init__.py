@@ -12,6 +12,16 @@ from .features import DenseFeatures, extract_features, load_image
 from .hub import BACKBONES, WeightsNotFoundError, build_backbone, load_backbone
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # load_model builds backbone + head: it lives in the heads package (a higher layer), imported on use
+    if name in ("load_model", "build_model", "MODELS"):
+        import heads.zoo
+
+        return getattr(heads.zoo, name)
+    raise AttributeError(f"module 'dinov2_dense' has no attribute {name!r}")
+
 __all__ = [
     "BACKBONES",
     "CheckpointError",
@@ -22,5 +32,6 @@ __all__ = [
     "load_backbone",
     "load_backbone_weights",
     "load_image",
+    "load_model",
     "save_safetensors",
 ]

@@ -36,6 +36,7 @@ class DensePredictor(nn.Module):
         class_token: pass (map, cls) pairs to the head (depth heads) instead of maps.
         min_depth, max_depth: depth range (clamp); taken from the head when it has them.
         freeze_backbone: run the backbone under no_grad and keep it in eval mode.
+        test_cfg: defaults for ``predict`` (mode, crop_size, stride, scales, flip).
     """
 
     def __init__(
@@ -50,8 +51,10 @@ class DensePredictor(nn.Module):
         min_depth: float | None = None,
         max_depth: float | None = None,
         freeze_backbone: bool = True,
+        test_cfg: dict | None = None,
     ):
         super().__init__()
+        self.test_cfg = dict(test_cfg or {})  # defaults of predict(): the official test protocol
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.backbone = backbone
@@ -124,18 +127,26 @@ class DensePredictor(nn.Module):
     def predict(
         self,
         images: Tensor,
-        mode: str = "whole",
-        crop_size: int | Sequence[int] = 512,
-        stride: int | Sequence[int] = 341,
-        scales: Sequence[float] = (1.0,),
-        flip: bool = False,
+        mode: str | None = None,
+        crop_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        scales: Sequence[float] | None = None,
+        flip: bool | None = None,
     ) -> Tensor:
         """Test-time prediction at the input size.
 
         Returns softmax probabilities (B, K, H, W) for segmentation (argmax for labels), or depth
         (B, 1, H, W) in [min_depth, max_depth]. With several scales and/or flip, the outputs of all
-        views are resized to the input and averaged (mmseg ``aug_test``).
+        views are resized to the input and averaged (mmseg ``aug_test``). Arguments left None come
+        from ``self.test_cfg`` (zoo models carry the official protocol), else whole / 512 / 341 /
+        (1.0,) / no flip.
         """
+        cfg = {"mode": "whole", "crop_size": 512, "stride": 341, "scales": (1.0,), "flip": False, **self.test_cfg}
+        mode = cfg["mode"] if mode is None else mode
+        crop_size = cfg["crop_size"] if crop_size is None else crop_size
+        stride = cfg["stride"] if stride is None else stride
+        scales = cfg["scales"] if scales is None else scales
+        flip = cfg["flip"] if flip is None else flip
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if not scales:
