@@ -121,7 +121,7 @@ class DensePredictor(nn.Module):
                     out = images.new_zeros((b, pred.shape[1], h, w))
                 out[:, :, y1:y2, x1:x2] += pred
                 count[:, :, y1:y2, x1:x2] += 1
-        return out / count
+        return out.div_(count)
 
     @torch.no_grad()
     def predict(
@@ -161,11 +161,17 @@ class DensePredictor(nn.Module):
                 xi = x.flip(-1) if flipped else x
                 out = self.slide_inference(xi, crop_size, stride) if mode == "slide" else self.encode_decode(xi)
                 if self.task == "segmentation":
-                    out = out.softmax(dim=1)
+                    out = _softmax_(out)
                 if flipped:
                     out = out.flip(-1)
                 if out.shape[-2:] != (h, w):
                     out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-                total = out if total is None else total + out
+                total = out if total is None else total.add_(out)
                 views += 1
-        return total / views
+        return total.div_(views)
+
+
+def _softmax_(x: Tensor) -> Tensor:
+    """Softmax over channels in place (a full-resolution (B, K, H, W) map is the largest tensor here)."""
+    x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=1, keepdim=True))
