@@ -1,0 +1,265 @@
+"""Monocular depth metrics: abs_rel, sq_rel, rmse, rmse_log, log10, d1, d2, d3, silog.
+
+Conventions (those of the depth toolboxes that produced the DINOv2 numbers, REFERENCE.md
+"Depth protocol"; Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
+
+- Metrics are computed **per image**, then averaged over images (not pooled over all pixels).
+- Valid pixels: ``min_depth < gt < max_depth`` (so zero, negative, NaN and inf ground truth are
+  invalid), intersected with the evaluation crop. An image with no valid pixel gives ``None`` and
+  is skipped by the averaging; the number of images averaged is reported as ``count``.
+- Crops (a mask on the ground truth, applied after the validity test):
+  ``"eigen"``: NYU Eigen crop, rows 45:471, cols 41:601. It is defined in pixels of the original
+  480x640 NYU frame only; any other ground-truth size raises ``ValueError`` (evaluate at the
+  original resolution, or give an explicit ``(top, bottom, left, right)`` crop).
+  ``"garg"``: KITTI Garg crop, rows ``int(0.40810811 H):int(0.99189189 H)``, cols
+  ``int(0.03594771 W):int(0.96405229 W)``, of any size (the toolboxes apply it to the
+  352x1216 kb-cropped ground truth: see :func:`kb_crop`).
+  ``(top, bottom, left, right)``: rows ``top:bottom``, cols ``left:right``.
+- Optional median scaling for relative depth (Monodepth2 / Zhou et al.): on the valid pixels,
+  ``pred *= median(gt) / median(pred)``.
+- The prediction is then clipped to ``[min_depth, max_depth]`` (BTS / AdaBins; +inf becomes
+  ``max_depth``). The DINOv2 heads already clamp their output to this range, so for them this is
+  a no-op. A NaN prediction on a valid pixel raises ``ValueError``.
+- ``d_k``: fraction of valid pixels with ``max(gt / pred, pred / gt) < 1.25 ** k``;
+  ``abs_rel = mean(|gt - pred| / gt)``; ``sq_rel = mean((gt - pred)^2 / gt)``;
+  ``rmse = sqrt(mean((gt - pred)^2))``; ``rmse_log = sqrt(mean((log gt - log pred)^2))``;
+  ``log10 = mean(|log10 gt - log10 pred|)``; with ``d = log pred - log gt``:
+  ``silog="toolbox"``: ``100 * sqrt(mean(d^2) - mean(d)^2)`` (the toolbox, BTS);
+  ``silog="depth_anything"``: ``sqrt(mean(d^2) - 0.5 * mean(d)^2)`` (Depth-Anything's
+  ``metric_depth/util/metric.py``; no factor 100 there, none here).
+- Shapes: ``pred`` and ``gt`` are ``(H, W)`` (leading singleton dims, e.g. ``(1, H, W)``, are
+  dropped). If they differ, ``ValueError`` unless ``resize=True``, which resizes the prediction
+  bilinearly (``align_corners=False``, as the heads resize to the input) to the ground truth.
+- Arithmetic in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DEPTH_METRIC_KEYS",
+    "DepthAccumulator",
+    "average_depth_metrics",
+    "crop_mask",
+    "depth_metrics",
+    "kb_crop",
+]
+
+#: The nine metrics, in the order the tables print them.
+DEPTH_METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "d1", "d2", "d3", "silog")
+#: Lower is better for all but d1, d2, d3.
+HIGHER_IS_BETTER = frozenset({"d1", "d2", "d3"})
+
+NYU_EIGEN_CROP = (45, 471, 41, 601)  # rows top:bottom, cols left:right of a 480x640 frame
+NYU_SHAPE = (480, 640)
+GARG_FRACTIONS = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
+KB_CROP_SHAPE = (352, 1216)
+SILOG_CONVENTIONS = ("toolbox", "depth_anything")
+
+
+def _as_depth_map(x, name: str) -> np.ndarray:
+    """A float64 ``(H, W)`` numpy array from an array or tensor of shape (H, W), (1, H, W), ..."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be one depth map of shape (H, W) or (1, H, W), got shape {x.shape}")
+    return x
+
+
+def _check_crop(crop):
+    if crop is None or (isinstance(crop, str) and crop.lower() == "none"):
+        return None
+    if isinstance(crop, str):
+        if crop not in ("eigen", "garg"):
+            raise ValueError(f"unknown crop {crop!r}; use None, 'eigen', 'garg' or (top, bottom, left, right)")
+        return crop
+    crop = tuple(int(v) for v in crop)
+    if len(crop) != 4:
+        raise ValueError(f"a crop is (top, bottom, left, right), got {crop}")
+    return crop
+
+
+def _check_args(min_depth: float, max_depth: float, silog: str) -> None:
+    if silog not in SILOG_CONVENTIONS:
+        raise ValueError(f"unknown silog convention {silog!r}; use one of {SILOG_CONVENTIONS}")
+    if not 0 <= min_depth < max_depth:
+        raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+
+
+def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
+    """The boolean evaluation mask of ``crop`` on a ``(H, W)`` ground truth, or None for no crop.
+
+    See the module docstring for the ``"eigen"`` and ``"garg"`` crops.
+    """
+    crop = _check_crop(crop)
+    if crop is None:
+        return None
+    h, w = shape
+    if crop == "eigen":
+        if (h, w) != NYU_SHAPE:
+            raise ValueError(
+                f"the NYU Eigen crop (rows 45:471, cols 41:601) is defined on 480x640 ground truth, got {h}x{w}; "
+                "evaluate at the original resolution (resize the prediction to the ground truth) "
+                "or pass an explicit crop=(top, bottom, left, right)")
+        top, bottom, left, right = NYU_EIGEN_CROP
+    elif crop == "garg":
+        ft, fb, fl, fr = GARG_FRACTIONS
+        top, bottom, left, right = int(ft * h), int(fb * h), int(fl * w), int(fr * w)
+    else:
+        top, bottom, left, right = crop
+        if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+            raise ValueError(f"crop (top, bottom, left, right) = {crop} does not fit a {h}x{w} depth map")
+    mask = np.zeros((h, w), dtype=bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def kb_crop(depth, height: int = KB_CROP_SHAPE[0], width: int = KB_CROP_SHAPE[1]):
+    """KITTI benchmark crop: the bottom ``height`` rows and the centred ``width`` columns.
+
+    As in the toolboxes: ``top = H - 352``, ``left = (W - 1216) // 2``. Works on ``(..., H, W)``
+    arrays or tensors; a map already 352x1216 is returned unchanged.
+    """
+    h, w = depth.shape[-2:]
+    if h < height or w < width:
+        raise ValueError(f"kb-crop needs a depth map of at least {height}x{width}, got {h}x{w}")
+    top, left = h - height, (w - width) // 2
+    return depth[..., top:top + height, left:left + width]
+
+
+def _resize_bilinear(pred: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(pred)[None, None]
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def depth_metrics(
+    pred,
+    gt,
+    *,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    crop=None,
+    median_scaling: bool = False,
+    silog: str = "toolbox",
+    resize: bool = False,
+) -> dict[str, float] | None:
+    """The nine depth metrics of ONE image, or None when it has no valid ground-truth pixel.
+
+    Args:
+        pred: predicted depth in metres, ``(H, W)`` or ``(1, H, W)``, numpy or torch.
+        gt: ground-truth depth in metres, same layout; values outside ``(min_depth, max_depth)``
+            (zero = no measurement) are not evaluated.
+        min_depth, max_depth: the valid range (NYU 1e-3..10, KITTI 1e-3..80); the prediction is
+            clipped to it.
+        crop: None, ``"eigen"`` (NYU, 480x640 only), ``"garg"`` (KITTI) or ``(top, bottom, left, right)``.
+        median_scaling: scale the prediction by ``median(gt) / median(pred)`` on valid pixels
+            (relative-depth models).
+        silog: ``"toolbox"`` (x100, variance of d) or ``"depth_anything"`` (lambda 0.5, no x100).
+        resize: resize a prediction of another size bilinearly to the ground truth instead of raising.
+
+    Returns:
+        ``{"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "d1", "d2", "d3", "silog"}`` as floats
+        (d1..d3 as fractions in [0, 1]), or None if no pixel is valid.
+    """
+    _check_args(min_depth, max_depth, silog)
+    pred, gt = _as_depth_map(pred, "pred"), _as_depth_map(gt, "gt")
+    if pred.shape != gt.shape:
+        if not resize:
+            raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}; resize the "
+                             "prediction to the ground truth first (or pass resize=True for bilinear resizing)")
+        pred = _resize_bilinear(pred, gt.shape)
+
+    with np.errstate(invalid="ignore"):
+        valid = (gt > min_depth) & (gt < max_depth)
+    mask = crop_mask(gt.shape, crop)
+    if mask is not None:
+        valid &= mask
+    if not valid.any():
+        return None
+    gt, pred = gt[valid], pred[valid]
+    if np.isnan(pred).any():
+        raise ValueError(f"the prediction is NaN on {int(np.isnan(pred).sum())} valid pixel(s)")
+
+    if median_scaling:
+        med = float(np.median(pred))
+        if not (math.isfinite(med) and med > 0):
+            raise ValueError(f"median scaling needs a positive finite median prediction, got {med}")
+        pred = pred * (float(np.median(gt)) / med)
+    pred = np.clip(pred, min_depth, max_depth)
+    if min_depth == 0:  # keep logs and ratios finite for a zero prediction
+        pred = np.maximum(pred, np.finfo(np.float64).tiny)
+
+    thresh = np.maximum(gt / pred, pred / gt)
+    diff, d = gt - pred, np.log(pred) - np.log(gt)
+    # mean(d^2) - mean(d)^2 computed as var(d), which does not cancel catastrophically
+    mean_d, var_d = float(d.mean()), float(d.var())
+    si = 100.0 * math.sqrt(var_d) if silog == "toolbox" else math.sqrt(var_d + 0.5 * mean_d**2)
+    return {
+        "abs_rel": float(np.mean(np.abs(diff) / gt)),
+        "sq_rel": float(np.mean(diff**2 / gt)),
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "rmse_log": float(np.sqrt(np.mean(d**2))),
+        "log10": float(np.mean(np.abs(np.log10(gt) - np.log10(pred)))),
+        "d1": float(np.mean(thresh < 1.25)),
+        "d2": float(np.mean(thresh < 1.25**2)),
+        "d3": float(np.mean(thresh < 1.25**3)),
+        "silog": si,
+    }
+
+
+def average_depth_metrics(per_image: Iterable[dict | None]) -> dict:
+    """Mean over images of each metric; None entries (no valid pixel) are skipped and counted.
+
+    Returns the nine metrics plus ``count`` (images averaged) and ``skipped``. With no image
+    to average, the metrics are NaN and ``count`` is 0.
+    """
+    per_image = list(per_image)
+    kept = [r for r in per_image if r is not None]
+    out = {k: (float(np.mean([r[k] for r in kept])) if kept else math.nan) for k in DEPTH_METRIC_KEYS}
+    out["count"] = len(kept)
+    out["skipped"] = len(per_image) - len(kept)
+    return out
+
+
+class DepthAccumulator:
+    """Per-image depth metrics, averaged over images (the toolbox convention).
+
+    >>> acc = DepthAccumulator(max_depth=10.0, crop="eigen")
+    >>> for pred, gt in pairs:
+    ...     acc.update(pred, gt)
+    >>> acc.compute()  # {"abs_rel": ..., ..., "silog": ..., "count": n, "skipped": k}
+
+    Keyword arguments are those of :func:`depth_metrics` and are checked here.
+    """
+
+    def __init__(self, **depth_metric_kwargs) -> None:
+        self.kwargs = dict(depth_metric_kwargs)
+        unknown = set(self.kwargs) - {"min_depth", "max_depth", "crop", "median_scaling", "silog", "resize"}
+        if unknown:
+            raise TypeError(f"unknown depth metric argument(s): {sorted(unknown)}")
+        _check_args(self.kwargs.get("min_depth", 1e-3), self.kwargs.get("max_depth", 10.0),
+                    self.kwargs.get("silog", "toolbox"))
+        self.kwargs["crop"] = _check_crop(self.kwargs.get("crop"))
+        self.reset()
+
+    def reset(self) -> None:
+        self.per_image: list[dict | None] = []
+
+    def update(self, pred, gt) -> dict | None:
+        """Evaluate one image; returns its metrics (None if it has no valid pixel)."""
+        result = depth_metrics(pred, gt, **self.kwargs)
+        self.per_image.append(result)
+        return result
+
+    def compute(self) -> dict:
+        """See :func:`average_depth_metrics`."""
+        return average_depth_metrics(self.per_image)

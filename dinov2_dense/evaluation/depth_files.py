@@ -1,0 +1,301 @@
+"""Evaluate saved depth maps against ground truth on disk (``tools/eval_depth.py``, ``dinov2-dense eval-depth``).
+
+Files: 16-bit single-channel PNGs, where ``value / scale`` is metres (NYU-Depth v2: 1000,
+KITTI: 256; 0 = no measurement), or ``.npy`` arrays already in metres (no scale applied).
+Predictions are matched to ground truth by name: first by the path relative to each directory
+without its extension (``drive_1/0005`` matches ``drive_1/0005``), and if nothing matches that
+way, by file stem alone (flat prediction folders against nested ground truth; a stem that occurs
+twice is then an error). Files on only one side are reported (``strict=True`` makes them an error);
+no match at all is an error.
+
+Dataset presets (REFERENCE.md "Depth protocol"): see :data:`DATASET_PRESETS`. KITTI ground truth
+is kb-cropped to 352x1216 before the Garg crop, as in the toolboxes; a prediction of the raw
+ground-truth size is kb-cropped with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .depth import DEPTH_METRIC_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
+
+__all__ = [
+    "DATASET_PRESETS",
+    "DepthDirReport",
+    "add_eval_depth_arguments",
+    "evaluate_depth_dirs",
+    "format_depth_table",
+    "match_depth_files",
+    "read_depth",
+    "run_eval_depth",
+    "write_metrics_json",
+]
+
+#: Evaluation settings per data set; ``gt_scale`` None means "must be given for PNGs".
+DATASET_PRESETS: dict[str, dict] = {
+    "nyu": dict(min_depth=1e-3, max_depth=10.0, crop="eigen", gt_scale=1000.0, kb_crop=False),
+    "kitti": dict(min_depth=1e-3, max_depth=80.0, crop="garg", gt_scale=256.0, kb_crop=True),
+    "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
+}
+DEPTH_EXTENSIONS = (".png", ".npy")
+
+
+def read_depth(path: str | Path, scale: float | None = None) -> np.ndarray:
+    """Read one depth map in metres as float64 ``(H, W)``.
+
+    A ``.png`` must be 16-bit single-channel and is divided by ``scale``; a ``.npy`` is taken as
+    metres (``(H, W)`` or with leading singleton dims).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any failure is a bad file
+            raise ValueError(f"cannot read depth array {path}: {exc}") from exc
+        while arr.ndim > 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"{path}: expected a numeric (H, W) depth array in metres, got {arr.dtype} {arr.shape}")
+        return arr.astype(np.float64)
+    if suffix == ".png":
+        if scale is None:
+            raise ValueError(f"{path} is a PNG: give its depth scale (value / scale = metres, e.g. --gt-scale 1000)")
+        if not scale > 0:
+            raise ValueError(f"the depth scale must be positive, got {scale}")
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ValueError(f"cannot read depth PNG {path} (missing, corrupt or not an image)")
+        if arr.ndim != 2 or arr.dtype != np.uint16:
+            raise ValueError(f"{path}: depth PNGs must be 16-bit single-channel, got {arr.dtype} with shape "
+                             f"{arr.shape} (a coloured depth figure is not a depth map)")
+        return arr.astype(np.float64) / scale
+    raise ValueError(f"{path}: unsupported depth file type {suffix!r}; use 16-bit .png or .npy")
+
+
+def _scan(root: Path) -> dict[str, Path]:
+    """Depth files under ``root`` by relative path without extension (posix)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"depth directory {root} does not exist or is not a directory")
+    files: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in DEPTH_EXTENSIONS and path.is_file():
+            key = path.relative_to(root).with_suffix("").as_posix()
+            if key in files:
+                raise ValueError(f"two depth files for the same name in {root}: {files[key].name} and {path.name}")
+            files[key] = path
+    return files
+
+
+def _by_stem(files: dict[str, Path], wanted: set[str], root: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for path in files.values():
+        stem = path.stem
+        if stem in out and stem in wanted:
+            raise ValueError(f"the name {stem!r} occurs twice under {root} ({out[stem]} and {path}); "
+                             "keep the same sub-folders in both directories to match by relative path")
+        out.setdefault(stem, path)
+    return out
+
+
+def match_depth_files(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tuple[str, Path, Path]], list[Path], list[Path]]:
+    """Pair predictions with ground truth by name (see the module docstring).
+
+    Returns ``(pairs, unmatched_pred, unmatched_gt)`` with ``pairs`` as ``(name, pred_path, gt_path)``,
+    sorted by name. Raises ``ValueError`` if no pair is found.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    preds, gts = _scan(pred_dir), _scan(gt_dir)
+    common = sorted(preds.keys() & gts.keys())
+    if common:
+        pairs = [(k, preds[k], gts[k]) for k in common]
+    else:
+        wanted = {p.stem for p in preds.values()} & {p.stem for p in gts.values()}
+        p_stem, g_stem = _by_stem(preds, wanted, pred_dir), _by_stem(gts, wanted, gt_dir)
+        pairs = [(s, p_stem[s], g_stem[s]) for s in sorted(wanted)]
+    if not pairs:
+        sample = lambda d: ", ".join(sorted(d)[:3]) or "no .png/.npy files"  # noqa: E731
+        raise ValueError(f"no prediction matches a ground-truth file by name: {pred_dir} has {len(preds)} depth "
+                         f"file(s) ({sample(preds)}), {gt_dir} has {len(gts)} ({sample(gts)})")
+    used_p, used_g = {p for _, p, _ in pairs}, {g for _, _, g in pairs}
+    return pairs, [p for p in preds.values() if p not in used_p], [g for g in gts.values() if g not in used_g]
+
+
+@dataclass
+class DepthDirReport:
+    """What :func:`evaluate_depth_dirs` found: the nine averaged metrics and the bookkeeping."""
+
+    metrics: dict[str, float]
+    count: int  # images averaged
+    skipped: list[str] = field(default_factory=list)  # names of images without a valid pixel
+    unmatched_pred: list[Path] = field(default_factory=list)
+    unmatched_gt: list[Path] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+
+def evaluate_depth_dirs(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    *,
+    dataset: str = "nyu",
+    gt_scale: float | None = None,
+    pred_scale: float | None = None,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    crop="preset",
+    kb: bool | None = None,
+    median_scaling: bool = False,
+    silog: str = "toolbox",
+    resize: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+) -> DepthDirReport:
+    """Per-image depth metrics of every matched file pair, averaged over images.
+
+    Args:
+        pred_dir, gt_dir: directories of predictions and ground truth (searched recursively).
+        dataset: ``"nyu"``, ``"kitti"`` or ``"folder"``: the defaults of :data:`DATASET_PRESETS`.
+        gt_scale, pred_scale: PNG value per metre (defaults: the preset's; predictions default to
+            the ground-truth scale). ``.npy`` files are metres and ignore the scale.
+        min_depth, max_depth, crop: override the preset (``crop=None`` for no crop).
+        kb: kb-crop the ground truth (and a prediction of its raw size) to 352x1216; preset default.
+        median_scaling, silog, resize: as in :func:`~dinov2_dense.evaluation.depth.depth_metrics`.
+        strict: unmatched files on either side are an error instead of a warning.
+        progress: show a progress bar.
+    """
+    if dataset not in DATASET_PRESETS:
+        raise ValueError(f"unknown dataset {dataset!r}; use one of {sorted(DATASET_PRESETS)}")
+    preset = DATASET_PRESETS[dataset]
+    settings = dict(
+        dataset=dataset,
+        min_depth=preset["min_depth"] if min_depth is None else float(min_depth),
+        max_depth=preset["max_depth"] if max_depth is None else float(max_depth),
+        crop=preset["crop"] if isinstance(crop, str) and crop == "preset" else crop,
+        kb_crop=preset["kb_crop"] if kb is None else bool(kb),
+        gt_scale=preset["gt_scale"] if gt_scale is None else float(gt_scale),
+        median_scaling=median_scaling, silog=silog, resize=resize,
+    )
+    settings["pred_scale"] = settings["gt_scale"] if pred_scale is None else float(pred_scale)
+    acc = DepthAccumulator(min_depth=settings["min_depth"], max_depth=settings["max_depth"], crop=settings["crop"],
+                           median_scaling=median_scaling, silog=silog, resize=resize)
+
+    pairs, unmatched_pred, unmatched_gt = match_depth_files(pred_dir, gt_dir)
+    if strict and (unmatched_pred or unmatched_gt):
+        raise ValueError(f"{len(unmatched_pred)} prediction(s) without ground truth (e.g. "
+                         f"{[str(p) for p in unmatched_pred[:3]]}) and {len(unmatched_gt)} ground-truth file(s) "
+                         f"without prediction (e.g. {[str(p) for p in unmatched_gt[:3]]})")
+
+    from tqdm.auto import tqdm
+
+    skipped: list[str] = []
+    for name, pred_path, gt_path in tqdm(pairs, desc="eval-depth", unit="img", disable=not progress):
+        gt = read_depth(gt_path, settings["gt_scale"])
+        pred = read_depth(pred_path, settings["pred_scale"])
+        try:
+            if settings["kb_crop"] and gt.shape != KB_CROP_SHAPE:
+                if pred.shape == gt.shape:
+                    pred = kb_crop(pred)
+                gt = kb_crop(gt)
+            result = acc.update(pred, gt)
+        except ValueError as exc:
+            raise ValueError(f"{pred_path} against {gt_path}: {exc}") from exc
+        if result is None:
+            skipped.append(name)
+    averaged = acc.compute()
+    if averaged["count"] == 0:
+        raise ValueError(f"none of the {len(pairs)} ground-truth maps has a valid pixel in "
+                         f"({settings['min_depth']}, {settings['max_depth']}) m inside the crop; "
+                         "check --gt-scale and the depth range")
+    return DepthDirReport(metrics={k: averaged[k] for k in DEPTH_METRIC_KEYS}, count=averaged["count"],
+                          skipped=skipped, unmatched_pred=unmatched_pred, unmatched_gt=unmatched_gt, settings=settings)
+
+
+def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
+    """One header row of metric names and one row of values (the toolboxes round to 4 digits)."""
+    cells = [(k, "nan" if math.isnan(metrics[k]) else f"{metrics[k]:.{digits}f}") for k in DEPTH_METRIC_KEYS]
+    widths = [max(len(a), len(b)) for a, b in cells]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    row = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    return "\n".join([line, row([a for a, _ in cells]), line, row([b for _, b in cells]), line])
+
+
+def write_metrics_json(path: str | Path, metrics: dict[str, float]) -> None:
+    """Write ``metrics`` as JSON atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(metrics, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``eval-depth`` arguments, shared by ``tools/eval_depth.py`` and the CLI."""
+    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG with --pred-scale, or .npy in metres)")
+    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG with --gt-scale, or .npy in metres)")
+    parser.add_argument("--dataset", choices=sorted(DATASET_PRESETS), default="nyu",
+                        help="protocol preset: nyu (0.001-10 m, Eigen crop, PNG/1000), kitti (0.001-80 m, kb + "
+                             "Garg crop, PNG/256), folder (0.001-10 m, no crop, --gt-scale needed for PNGs)")
+    parser.add_argument("--gt-scale", type=float, default=None, help="ground-truth PNG value per metre")
+    parser.add_argument("--pred-scale", type=float, default=None, help="prediction PNG value per metre (default: --gt-scale)")
+    parser.add_argument("--min-depth", type=float, default=None, help="lower bound of valid ground truth, metres")
+    parser.add_argument("--max-depth", type=float, default=None, help="upper bound of valid ground truth, metres")
+    parser.add_argument("--crop", choices=["eigen", "garg", "none"], default=None, help="evaluation crop (default: preset)")
+    parser.add_argument("--kb-crop", action=argparse.BooleanOptionalAction, default=None,
+                        help="KITTI benchmark crop of the ground truth to 352x1216 (default: on for kitti)")
+    parser.add_argument("--median-scaling", action="store_true", help="scale each prediction by median(gt)/median(pred)")
+    parser.add_argument("--silog", choices=["toolbox", "depth_anything"], default="toolbox", help="silog convention")
+    parser.add_argument("--resize", action="store_true", help="resize predictions bilinearly to the ground-truth size")
+    parser.add_argument("--strict", action="store_true", help="unmatched files are an error")
+    parser.add_argument("--out", type=Path, default=None, help="write the nine metrics as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_eval_depth(args: argparse.Namespace) -> int:
+    """Run the evaluation for parsed ``eval-depth`` arguments; 0 on success, 1 on a data error."""
+    try:
+        report = evaluate_depth_dirs(
+            args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,
+            min_depth=args.min_depth, max_depth=args.max_depth,
+            crop="preset" if args.crop is None else (None if args.crop == "none" else args.crop),
+            kb=args.kb_crop, median_scaling=args.median_scaling, silog=args.silog, resize=args.resize,
+            strict=args.strict, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for what, files in (("prediction(s) without ground truth", report.unmatched_pred),
+                        ("ground-truth file(s) without prediction", report.unmatched_gt)):
+        if files:
+            shown = ", ".join(str(p) for p in files[:5]) + (", ..." if len(files) > 5 else "")
+            print(f"warning: {len(files)} {what}, not evaluated: {shown}", file=sys.stderr)
+    if report.skipped:
+        print(f"warning: {len(report.skipped)} image(s) without a valid ground-truth pixel, skipped: "
+              f"{', '.join(report.skipped[:5])}", file=sys.stderr)
+    s = report.settings
+    print(f"dataset {s['dataset']}: depth range ({s['min_depth']:g}, {s['max_depth']:g}) m, crop {s['crop']}, "
+          f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
+          + (", median scaling" if s["median_scaling"] else ""))
+    print(format_depth_table(report.metrics))
+    print(f"images evaluated: {report.count}")
+    if args.out is not None:
+        write_metrics_json(args.out, report.metrics)
+        print(f"metrics written to {args.out}")
+    return 0

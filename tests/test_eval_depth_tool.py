@@ -1,0 +1,187 @@
+"""tools/eval_depth.py end to end on temporary directories of 16-bit PNGs and .npy files."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dinov2_dense.evaluation import DEPTH_METRIC_KEYS, DepthAccumulator, kb_crop
+from dinov2_dense.evaluation.depth_files import match_depth_files, read_depth
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = set(DEPTH_METRIC_KEYS)
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("eval_depth_tool", ROOT / "tools" / "eval_depth.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def _png(path: Path, metres: np.ndarray, scale: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.round(metres * scale).astype(np.uint16))
+
+
+def _nyu_like(tmp_path: Path, n: int = 3, seed: int = 0):
+    """GT as 16-bit PNGs in mm (480x640, holes of zero depth); predictions as .npy (metres) and PNG (mm)."""
+    rng = np.random.default_rng(seed)
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    pairs = []
+    for i in range(n):
+        gt = rng.uniform(0.5, 9.0, (480, 640))
+        gt[rng.random(gt.shape) < 0.2] = 0  # missing measurements
+        pred = np.clip(gt * rng.uniform(0.8, 1.25, gt.shape) + (gt == 0), 0.1, 12)
+        _png(gt_dir / f"{i:05d}.png", gt, 1000)
+        if i % 2:
+            _png(pred_dir / f"{i:05d}.png", pred, 1000)
+        else:
+            pred_dir.mkdir(parents=True, exist_ok=True)
+            np.save(pred_dir / f"{i:05d}.npy", pred.astype(np.float32))
+        pairs.append((read_depth(pred_dir / f"{i:05d}.{'png' if i % 2 else 'npy'}", 1000),
+                      read_depth(gt_dir / f"{i:05d}.png", 1000)))
+    return pred_dir, gt_dir, pairs
+
+
+def test_nyu_end_to_end_png_and_npy(tmp_path, capsys):
+    pred_dir, gt_dir, pairs = _nyu_like(tmp_path)
+    out = tmp_path / "res" / "metrics.json"
+    rc = _tool()([str(pred_dir), str(gt_dir), "--dataset", "nyu", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == KEYS  # exactly the nine keys
+    acc = DepthAccumulator(min_depth=1e-3, max_depth=10.0, crop="eigen")
+    for pred, gt in pairs:
+        acc.update(pred, gt)
+    expected = acc.compute()
+    for k in KEYS:
+        assert metrics[k] == pytest.approx(expected[k], rel=1e-9), k
+    assert "images evaluated: 3" in captured.out and "abs_rel" in captured.out and "eigen" in captured.out
+    assert not [p for p in out.parent.iterdir() if p.name != "metrics.json"]  # no temp file left behind
+
+
+def test_unmatched_files_are_reported_and_strict_fails(tmp_path, capsys):
+    pred_dir, gt_dir, _ = _nyu_like(tmp_path, n=2)
+    np.save(pred_dir / "extra_pred.npy", np.ones((480, 640), np.float32))
+    _png(gt_dir / "extra_gt.png", np.ones((480, 640)), 1000)
+    (pred_dir / "notes.txt").write_text("not a depth map")  # other files are ignored
+    main = _tool()
+    assert main([str(pred_dir), str(gt_dir), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 prediction(s) without ground truth" in err and "extra_pred.npy" in err
+    assert "1 ground-truth file(s) without prediction" in err and "extra_gt.png" in err
+    assert main([str(pred_dir), str(gt_dir), "--no-progress", "--strict"]) == 1
+    assert "without prediction" in capsys.readouterr().err
+
+
+def test_no_match_is_an_error_and_leaves_out_untouched(tmp_path, capsys):
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    np.save(pred_dir / "a.npy", np.ones((480, 640)))
+    _png(gt_dir / "b.png", np.ones((480, 640)), 1000)
+    out = tmp_path / "metrics.json"
+    out.write_text('{"old": 1}')
+    assert _tool()([str(pred_dir), str(gt_dir), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no prediction matches" in err and "a" in err and "b" in err
+    assert out.read_text() == '{"old": 1}'
+    assert _tool()([str(tmp_path / "missing"), str(gt_dir), "--no-progress"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_kitti_kb_and_garg_crop(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gts, preds = [], []
+    for i in range(2):
+        gt = np.where(rng.random((375, 1242)) < 0.1, rng.uniform(2, 85, (375, 1242)), 0.0)  # sparse lidar
+        _png(gt_dir / "drive_1" / f"{i:010d}.png", gt, 256)
+        pred = rng.uniform(1, 80, (352, 1216))  # predictions at the kb-cropped size
+        pred_dir.mkdir(exist_ok=True)
+        np.save(pred_dir / f"{i:010d}.npy", pred)  # flat folder: matched by stem
+        gts.append(read_depth(gt_dir / "drive_1" / f"{i:010d}.png", 256))
+        preds.append(pred)
+    out = tmp_path / "m.json"
+    assert _tool()([str(pred_dir), str(gt_dir), "--dataset", "kitti", "--out", str(out), "--no-progress"]) == 0
+    acc = DepthAccumulator(min_depth=1e-3, max_depth=80.0, crop="garg")
+    for p, g in zip(preds, gts):
+        acc.update(p, kb_crop(g))
+    metrics = json.loads(out.read_text())
+    for k in KEYS:
+        assert metrics[k] == pytest.approx(acc.compute()[k], rel=1e-9)
+    assert "garg" in capsys.readouterr().out
+
+
+def test_folder_preset_options_and_bad_files(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt = np.full((20, 30), 4.0)
+    _png(gt_dir / "x.png", gt, 100)
+    _png(pred_dir / "x.png", gt * 3, 100)
+    main = _tool()
+    # folder: PNGs need a declared scale
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--no-progress"]) == 1
+    assert "--gt-scale" in capsys.readouterr().err
+    # median scaling turns a 3x relative prediction into a perfect one; --max-depth above 10 is respected
+    out = tmp_path / "m.json"
+    rc = main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--median-scaling",
+               "--max-depth", "20", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert m["abs_rel"] == pytest.approx(0) and m["d1"] == 1
+    # an 8-bit (coloured) PNG is refused with its file name
+    cv2.imwrite(str(pred_dir / "x.png"), np.zeros((20, 30, 3), np.uint8))
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "16-bit" in err and "x.png" in err
+    # a corrupt PNG, too
+    (pred_dir / "x.png").write_bytes(b"\x89PNG garbage")
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 1
+    assert "x.png" in capsys.readouterr().err
+    # predictions of another size: an error naming both files, or --resize
+    np.save(pred_dir / "x.npy", np.full((10, 15), 4.0))
+    (pred_dir / "x.png").unlink()
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 1
+    assert "x.npy" in capsys.readouterr().err
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--resize",
+                 "--no-progress"]) == 0
+
+
+def test_all_invalid_ground_truth_is_an_error(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    _png(gt_dir / "x.png", np.zeros((480, 640)), 1000)  # zero depth everywhere
+    pred_dir.mkdir()
+    np.save(pred_dir / "x.npy", np.ones((480, 640)))
+    assert _tool()([str(pred_dir), str(gt_dir), "--no-progress"]) == 1
+    assert "valid pixel" in capsys.readouterr().err
+
+
+def test_matching_by_relative_path_and_duplicate_stems(tmp_path):
+    for side in ("pred", "gt"):
+        for d in ("a", "b"):
+            (tmp_path / side / d).mkdir(parents=True)
+            np.save(tmp_path / side / d / "0001.npy", np.ones((2, 2)))
+    pairs, up, ug = match_depth_files(tmp_path / "pred", tmp_path / "gt")
+    assert [k for k, _, _ in pairs] == ["a/0001", "b/0001"] and not up and not ug
+    # a flat prediction folder against nested gt with the same stem twice: ambiguous
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    np.save(flat / "0001.npy", np.ones((2, 2)))
+    with pytest.raises(ValueError, match="twice"):
+        match_depth_files(flat, tmp_path / "gt")
+
+
+def test_script_runs_as_a_program(tmp_path):
+    pred_dir, gt_dir, _ = _nyu_like(tmp_path, n=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "eval_depth.py"), str(pred_dir), str(gt_dir),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "rmse" in proc.stdout

@@ -1,0 +1,23 @@
+"""Thin script: evaluate saved depth maps against ground truth (the same as `dinov2-dense eval-depth`).
+
+    python tools/eval_depth.py PRED_DIR GT_DIR --dataset nyu|kitti|folder [--out metrics.json]
+
+Files are 16-bit PNGs with a declared scale (nyu 1000, kitti 256 per metre) or .npy in metres,
+matched by name. The logic lives in dinov2_dense.evaluation.depth_files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dinov2_dense.evaluation.depth_files import add_eval_depth_arguments, run_eval_depth
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eval_depth.py", description=__doc__.splitlines()[0])
+    return run_eval_depth(add_eval_depth_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
