@@ -1,4 +1,4 @@
-"""The ``dinov2-dense`` command: ``info`` (the zoo and where weights are) and ``features``."""
+"""The ``dinov2-dense`` command: ``info`` (the zoo and where weights are), ``features`` and ``pca``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,86 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold_arg(text: str):
+    if text in ("otsu", "zero", "none"):
+        return None if text == "none" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use otsu, zero, none or a number (a z-score)") from None
+
+
+def _cmd_pca(args: argparse.Namespace) -> int:
+    import torch
+
+    from .hub import load_backbone
+    from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
+
+    # check everything that can be checked before loading a model or writing a file
+    if args.video and args.images:
+        raise ValueError("give images or --video, not both (use --basis to colour images with a video's basis)")
+    if not args.video and not args.images:
+        raise ValueError("nothing to do: give image files or --video FILE")
+    if args.video and not Path(args.video).is_file():
+        raise FileNotFoundError(f"{args.video}: no such video file")
+    if args.images and not args.video:
+        from .features import load_image
+
+        for image in args.images:  # a missing or unreadable image stops us before any work or output
+            load_image(image)
+    if args.save_basis and Path(args.save_basis).suffix != ".npz":
+        raise ValueError(f"--save-basis {args.save_basis}: a PCA basis is written as .npz; use that suffix")
+    if args.basis and args.save_basis:
+        raise ValueError("--basis reuses a fitted basis; --save-basis saves a new fit: give one of them")
+    if not args.joint and not args.basis and not args.video and args.save_basis and len(args.images) > 1:
+        raise ValueError("--save-basis needs one basis: add --joint to fit one over all the images")
+    basis = PCABasis.load(args.basis) if args.basis else None
+    out = Path(args.out)
+    size = args.size if args.size else None
+    weights = None if args.weights == "random" else args.weights
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if weights is None:
+        torch.manual_seed(args.seed)  # random weights, the same on every run: a saved basis stays valid
+    model = load_backbone(args.model, weights=weights, device=args.device)
+    if basis is not None and basis.dim != model.embed_dim:
+        raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
+                         f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
+    if basis is not None and basis.info.get("model") not in (None, args.model):
+        print(f"warning: {args.basis} was fitted on {basis.info['model']}, colouring {args.model} features",
+              file=sys.stderr)
+    common = dict(threshold=args.threshold, layer=args.layer, size=size, tile=args.tile, upsample=args.upsample,
+                  batch_size=args.batch_size, info={"model": args.model, "size": size, "tile": args.tile})
+    if args.video:
+        stem = Path(args.video).stem
+        suffix = ".avi" if args.avi else ".mp4"
+        video_out = out / f"{stem}_pca{suffix}"
+        basis_used, samples = pca_video(
+            model, args.video, video_out, basis=basis, step=args.frame_step, max_frames=args.max_frames,
+            frames_dir=out / f"{stem}_frames" if args.frames else None, progress=True, **common,
+        )
+        written = [video_out]
+        written.append(save_figure(samples, out / "figure.png", alpha=args.alpha, title=describe(basis_used)))
+        fitted = None if basis is not None else basis_used
+        print(f"wrote {video_out} ({basis_used.info.get('images')} frames, frame | PCA colours)")
+    else:
+        maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
+                        progress=True, **common)
+        one = maps[0].basis if all(m.basis is maps[0].basis for m in maps) else None
+        title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
+        written = save_maps(maps, out, alpha=args.alpha, title=title)
+        fitted = one if basis is None else None
+        print(f"wrote {len(written)} files to {out}/ (figure.png and <name>_pca/_mask/_overlay.png per image)")
+    if fitted is not None:
+        target = Path(args.save_basis) if args.save_basis else out / "pca_basis.npz"
+        fitted.save(target)
+        print(f"wrote {target}: reuse it with --basis {target}")
+        print(describe(fitted))
+    elif basis is not None:
+        print(f"colours from {args.basis} ({describe(basis)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinov2-dense", description="Dense prediction with DINOv2.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +199,44 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     feat.add_argument("--out", required=True, help="output .npy or .safetensors file")
     feat.set_defaults(func=_cmd_features)
+
+    pca = sub.add_parser(
+        "pca", help="PCA maps of patch features: foreground masks and part colours, for images or a video",
+        description="First principal component -> foreground mask; three components of the foreground -> RGB. "
+                    "Writes <name>_pca.png, <name>_mask.png, <name>_overlay.png and figure.png to --out, "
+                    "and the fitted basis (pca_basis.npz) for reuse with --basis.",
+    )
+    pca.add_argument("images", nargs="*", help="image files (or skimage:NAME for a scikit-image sample)")
+    pca.add_argument("--model", default="dinov2_vits14", help="zoo name (see `dinov2-dense info`)")
+    pca.add_argument("--weights", default="official",
+                     help="'official' (find or download), a file, a URL, or 'random' (no weights)")
+    pca.add_argument("--out", default="pca_out", help="output directory (default: pca_out)")
+    pca.add_argument("--joint", action="store_true",
+                     help="one PCA over all images, so the same parts get the same colours (default: one per image)")
+    pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
+                                     "(frame | colours side by side)")
+    pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one")
+    pca.add_argument("--save-basis", help="where to save the fitted basis (default: OUT/pca_basis.npz)")
+    pca.add_argument("--size", type=int, default=448,
+                     help="resize the shorter side to this many pixels first; larger gives finer maps "
+                          "(default 448; 0 keeps the image's own size)")
+    pca.add_argument("--tile", type=int, help="tiled features: tile size in pixels (bounded memory for large --size)")
+    pca.add_argument("--layer", type=int, default=-1, help="block whose patch tokens are used (default: the last)")
+    pca.add_argument("--upsample", choices=["nearest", "bilinear"], default="bilinear",
+                     help="from the patch grid to the image (default bilinear)")
+    pca.add_argument("--threshold", type=_threshold_arg, default="otsu",
+                     help="foreground split of the first component: otsu (default), zero, none (no mask), "
+                          "or a number (z-score on the oriented component)")
+    pca.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
+    pca.add_argument("--frames", action="store_true", help="with --video: also write one PNG of colours per frame")
+    pca.add_argument("--frame-step", type=int, default=1, help="with --video: take every N-th frame")
+    pca.add_argument("--max-frames", type=int, help="with --video: at most this many frames")
+    pca.add_argument("--avi", action="store_true", help="with --video: write MJPG .avi instead of mp4v .mp4")
+    pca.add_argument("--batch-size", type=int, default=8)
+    pca.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
+    pca.add_argument("--device", default=None, help="e.g. cpu, cuda")
+    pca.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    pca.set_defaults(func=_cmd_pca)
     return parser
 
 

@@ -1,0 +1,130 @@
+"""Small helpers for pictures people look at: colour conversion, overlays, atomic image writes,
+and figure grids drawn with matplotlib's Agg canvas (no pyplot, so no global backend is set).
+
+Images here are RGB: float (H, W, 3) in [0, 1], uint8 (H, W, 3), or (H, W) grayscale / boolean.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """RGB or gray image (float in [0, 1], bool or uint8) -> uint8 (H, W, 3)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"image of shape {a.shape}: expected (H, W) or (H, W, 3)")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    return (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """RGB or gray image (uint8, bool or float) -> float32 (H, W, 3) in [0, 1]."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Alpha blend ``(1 - alpha) * image + alpha * colours`` (float RGB in [0, 1]).
+
+    With black colours on the background (PCA maps) the object comes out coloured and the
+    background dimmed.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha}: must lie in [0, 1]")
+    image, colours = to_float(image), to_float(colours)
+    if image.shape != colours.shape:
+        raise ValueError(f"overlay of an image {image.shape} and colours {colours.shape}: sizes differ")
+    return (1.0 - alpha) * image + alpha * colours
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format);
+    rename it onto ``path`` when the block succeeds, remove it when the block fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name rather than mkstemp, whose 0600 mode would survive the rename
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise OSError(f"{path}: nothing was written")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an RGB image (float [0, 1], bool or uint8) atomically; the suffix picks the format."""
+    import cv2
+
+    path = Path(path)
+    ok, data = cv2.imencode(path.suffix or ".png", to_uint8(image)[..., ::-1])
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot encode images as {path.suffix!r}; use .png or .jpg")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+    return path
+
+
+def save_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    path: str | os.PathLike,
+    *,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Path:
+    """A grid of images, one row per item (e.g. image | mask | colours), saved atomically as PNG.
+
+    rows: each a list of (H, W) or (H, W, 3) images; titles label the columns, row_labels the rows.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows or not rows[0]:
+        raise ValueError("save_grid: no images to draw")
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    # each row as tall as its first image's aspect asks (within 1:4 and 4:1)
+    aspects = [min(max(float(r[0].shape[0]) / float(r[0].shape[1]), 0.25), 4.0) for r in rows]
+    extra = (0.5 if suptitle else 0.1) + (0.3 if titles else 0.0)
+    fig = Figure(figsize=(panel_inches * n_cols, panel_inches * sum(aspects) + extra), dpi=dpi,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={"height_ratios": aspects})
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row):
+                ax.imshow(to_uint8(row[j]), interpolation="nearest")
+            if i == 0 and titles is not None and j < len(titles):
+                ax.set_title(titles[j], fontsize=10)
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path

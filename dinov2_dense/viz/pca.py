@@ -1,0 +1,617 @@
+"""PCA maps of DINOv2 patch features (the figures of Oquab et al. 2023, "DINOv2", Fig. 1 and 9).
+
+Two PCAs, as in the paper:
+
+1. A PCA of all patch tokens (centred, exact: eigen-decomposition of the float64 covariance).
+   The first component separates the object from the background. It is thresholded
+   (``threshold=``): ``"otsu"`` (default; Otsu's split of the first-component scores, exact on
+   the sorted values, so it does not assume the object covers half the image), ``"zero"`` (the
+   mean), a float (a z-score on the oriented first component: foreground = z > value), or
+   ``None`` (no split: every patch is foreground).
+2. A PCA of the foreground patches only; its first three components become R, G and B, each
+   scaled robustly (its 1st and 99th percentile over the fitted foreground go to 0 and 1,
+   clipped). The background is black.
+
+The sign rule. A principal direction has no sign, and which side of the threshold is the object
+must not depend on it. The foreground is the side of the split that holds *fewer border
+patches* (the outer ring of each feature map, summed over all fitted images): objects sit
+inside the frame, background runs to its edges. Ties go to the side with fewer patches overall,
+then to the side the first-component scores are skewed towards (their long tail), then to the
+side of positive loading on the direction's largest-magnitude entry (only this last, never seen
+in practice, is not invariant under ``features -> -features``). All of these are unchanged by
+reordering the images and by flipping the sign of the features, so the same patches are the
+foreground for every image of a joint fit and under either sign. The colour components are
+oriented by the skewness of their scores (positive third moment; ties: largest loading
+positive), so colours too survive a sign flip of the features.
+
+A *joint* fit over many images (or all frames of a video) uses one basis for all of them, so
+the same parts get the same colours; :class:`PCABasis` saves to ``.npz`` and is reused on new
+images. High-resolution maps: the projections are linear, so bilinear upsampling of the
+projected scores equals projecting bilinearly upsampled features; we upsample the four score
+maps to the image and threshold and colour per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..features import DenseFeatures, extract_features, load_image
+from .figures import atomic_path, overlay, save_grid, to_float, write_image
+
+BASIS_VERSION = 1
+Threshold = str | float | None
+
+
+# -- fitting ------------------------------------------------------------------------------
+def _as_map(features: Any) -> Tensor:
+    """One feature map as a (C, h, w) tensor: DenseFeatures (last layer), (1, C, h, w) or (C, h, w)."""
+    if isinstance(features, DenseFeatures):
+        fmap = features.maps[features.layers[-1]]
+    elif isinstance(features, np.ndarray):
+        fmap = torch.from_numpy(features)
+    elif isinstance(features, Tensor):
+        fmap = features
+    else:
+        raise TypeError(f"cannot take a feature map from a {type(features).__name__}")
+    if fmap.ndim == 4 and fmap.shape[0] == 1:
+        fmap = fmap[0]
+    if fmap.ndim != 3:
+        raise ValueError(f"feature map of shape {tuple(fmap.shape)}: expected (C, h, w) or (1, C, h, w)")
+    if not fmap.is_floating_point():
+        raise ValueError(f"feature map of dtype {fmap.dtype}: expected floats")
+    return fmap.detach().cpu()  # the basis lives on the CPU (float64 numpy arrays)
+
+
+def _as_maps(features: Any) -> list[Tensor]:
+    if isinstance(features, (list, tuple)):
+        maps = [_as_map(f) for f in features]
+    else:
+        maps = [_as_map(features)]
+    if not maps:
+        raise ValueError("fit_pca: no feature maps given")
+    dims = {m.shape[0] for m in maps}
+    if len(dims) > 1:
+        raise ValueError(f"fit_pca: feature maps of different channel counts {sorted(dims)}")
+    return maps
+
+
+def _rows(fmap: Tensor) -> Tensor:
+    """(C, h, w) -> (h*w, C) float64."""
+    return fmap.reshape(fmap.shape[0], -1).T.to(torch.float64)
+
+
+def _border(h: int, w: int) -> Tensor:
+    ring = torch.ones(h, w, dtype=torch.bool)
+    if h > 2 and w > 2:
+        ring[1:-1, 1:-1] = False
+    return ring
+
+
+def _moments(maps: Sequence[Tensor], masks: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, int]:
+    """Mean (C,) and covariance (C, C) in float64 over the (selected) patches; two passes, map by map."""
+    c = maps[0].shape[0]
+    total, n = torch.zeros(c, dtype=torch.float64), 0
+    for i, m in enumerate(maps):
+        x = _rows(m) if masks is None else _rows(m)[masks[i].reshape(-1)]
+        total += x.sum(0)
+        n += x.shape[0]
+    if n == 0:
+        return total, torch.zeros(c, c, dtype=torch.float64), 0
+    mean = total / n
+    cov = torch.zeros(c, c, dtype=torch.float64)
+    for i, m in enumerate(maps):
+        x = _rows(m) if masks is None else _rows(m)[masks[i].reshape(-1)]
+        x = x - mean
+        cov += x.T @ x
+    return mean, cov / max(n - 1, 1), n
+
+
+def _top_directions(cov: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k leading eigenvectors (k, C) and eigenvalues (k,), descending."""
+    values, vectors = torch.linalg.eigh(cov)
+    k_ = min(k, values.shape[0])
+    values, vectors = values.flip(0)[:k_], vectors.flip(1)[:, :k_].T
+    if k_ < k:  # fewer channels than components: the missing ones project to 0
+        vectors = torch.cat([vectors, vectors.new_zeros(k - k_, vectors.shape[1])])
+        values = torch.cat([values, values.new_zeros(k - k_)])
+    return vectors.contiguous(), values.clamp_min(0)
+
+
+def _loading_sign(v: Tensor) -> float:
+    return 1.0 if float(v[int(v.abs().argmax())]) >= 0 else -1.0
+
+
+def otsu_threshold(values: np.ndarray | Tensor) -> float:
+    """Otsu's threshold, exact on the sorted values (no histogram): the split between two
+    distinct consecutive values that maximises the between-class variance; returns its midpoint.
+
+    Symmetric: ``otsu_threshold(-v) == -otsu_threshold(v)`` (means from both ends are summed in
+    mirrored order, so negated data give the mirrored split).
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    n = v.size
+    if n == 0:
+        raise ValueError("otsu_threshold: no values")
+    if v[0] == v[-1]:
+        return float(v[0])
+    k = np.arange(1, n, dtype=np.float64)
+    m0 = np.cumsum(v)[:-1] / k
+    m1 = np.cumsum(v[::-1])[:-1][::-1] / k[::-1]
+    between = (k / n) * (k[::-1] / n) * (m0 - m1) ** 2
+    between[v[1:] == v[:-1]] = -1.0  # only split between distinct values
+    i = int(np.argmax(between))
+    return float((v[i] + v[i + 1]) / 2)
+
+
+@dataclass
+class PCABasis:
+    """A fitted PCA colouring: apply it to any feature map of the same channel count.
+
+    mean, direction: (C,) centre and first principal direction, oriented so that the foreground
+        is ``(x - mean) @ direction > threshold``.
+    fg_mean, fg_components: (C,), (3, C) centre and leading directions of the foreground patches.
+    lo, hi: (3,) the score range mapped to [0, 1] per colour channel (robust percentiles).
+    masked: False when fitted with ``threshold=None`` (every patch is foreground).
+    info: how it was fitted (threshold mode, which sign rule decided, counts, variance ratios,
+        model and layer where known).
+    """
+
+    mean: np.ndarray
+    direction: np.ndarray
+    threshold: float
+    fg_mean: np.ndarray
+    fg_components: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    masked: bool = True
+    info: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    # -- applying -----------------------------------------------------------------------
+    def project(self, features: Any) -> Tensor:
+        """(4, h, w) float64 scores: the oriented first component, then the three colour components."""
+        fmap = _as_map(features)
+        if fmap.shape[0] != self.dim:
+            src = self.info.get("model") or "its features"
+            raise ValueError(
+                f"this PCA basis was fitted on {self.dim}-channel features ({src}), "
+                f"these have {fmap.shape[0]} channels: use the same model and layer"
+            )
+        c, h, w = fmap.shape
+        x = _rows(fmap)
+        s1 = (x - torch.from_numpy(self.mean)) @ torch.from_numpy(self.direction)
+        s3 = (x - torch.from_numpy(self.fg_mean)) @ torch.from_numpy(self.fg_components).T
+        return torch.cat([s1[:, None], s3], 1).T.reshape(4, h, w)
+
+    def colourise(self, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(4, H, W) scores -> foreground mask (H, W) bool and colours (H, W, 3) float32 in [0, 1]."""
+        scores = scores.to(torch.float64)
+        mask = scores[0] > self.threshold if self.masked else torch.ones_like(scores[0], dtype=torch.bool)
+        lo = torch.from_numpy(self.lo).view(3, 1, 1)
+        span = torch.from_numpy(self.hi - self.lo).view(3, 1, 1)
+        rgb = torch.where(span > 0, (scores[1:] - lo) / span.clamp_min(1e-300), torch.full_like(scores[1:], 0.5))
+        rgb = rgb.clamp(0, 1) * mask
+        return mask.numpy(), rgb.permute(1, 2, 0).float().numpy()
+
+    def transform(
+        self, features: Any, size: tuple[int, int] | None = None, mode: str = "bilinear"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Foreground mask (H, W) bool and colours (H, W, 3) of one feature map.
+
+        ``features``: a DenseFeatures (upsampled to its image, padding removed: the same geometry
+        as :meth:`DenseFeatures.upsample`), or a (C, h, w) map (at the patch grid, or resized to
+        ``size=(H, W)``). ``mode``: "nearest" (patch blocks) or "bilinear" (smooth).
+        """
+        scores = self.project(features)
+        scores = upsample_scores(scores, features, size=size, mode=mode)
+        return self.colourise(scores)
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the basis to a ``.npz`` file atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise ValueError(f"{path}: a PCA basis is written as .npz; use that suffix")
+        arrays = dict(
+            version=np.array(BASIS_VERSION),
+            mean=self.mean, direction=self.direction, threshold=np.array(self.threshold),
+            fg_mean=self.fg_mean, fg_components=self.fg_components, lo=self.lo, hi=self.hi,
+            masked=np.array(self.masked), info=np.array(json.dumps(self.info)),
+        )
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PCABasis":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such PCA basis file (write one with --save-basis or PCABasis.save)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as exc:  # zipfile / pickle / format errors alike
+            raise ValueError(f"{path}: not a readable PCA basis file ({type(exc).__name__}: {exc})") from None
+        needed = {"version", "mean", "direction", "threshold", "fg_mean", "fg_components", "lo", "hi", "masked"}
+        if missing := needed - set(data):
+            raise ValueError(f"{path}: not a PCA basis file (missing {', '.join(sorted(missing))})")
+        if int(data["version"]) != BASIS_VERSION:
+            raise ValueError(f"{path}: PCA basis version {int(data['version'])}, this code reads {BASIS_VERSION}")
+        c = data["mean"].shape[0] if data["mean"].ndim == 1 else -1
+        shapes = {"direction": (c,), "fg_mean": (c,), "fg_components": (3, c), "lo": (3,), "hi": (3,)}
+        for key, shape in shapes.items():
+            if c < 1 or data[key].shape != shape:
+                raise ValueError(f"{path}: {key} has shape {data[key].shape}, expected {shape}")
+        return cls(
+            mean=data["mean"].astype(np.float64), direction=data["direction"].astype(np.float64),
+            threshold=float(data["threshold"]), fg_mean=data["fg_mean"].astype(np.float64),
+            fg_components=data["fg_components"].astype(np.float64), lo=data["lo"].astype(np.float64),
+            hi=data["hi"].astype(np.float64), masked=bool(data["masked"]),
+            info=json.loads(str(data["info"])) if "info" in data else {},
+        )
+
+
+def fit_pca(
+    features: Any,
+    *,
+    threshold: Threshold = "otsu",
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    info: dict | None = None,
+) -> PCABasis:
+    """Fit the two-stage PCA colouring jointly over one or many feature maps.
+
+    Args:
+        features: a (C, h, w) / (1, C, h, w) map or DenseFeatures, or a list of them (the joint fit:
+            one basis for all, so the same parts get the same colours).
+        threshold: "otsu", "zero", a float (z-score on the oriented first component) or None
+            (no foreground split); see the module docstring.
+        percentiles: the score percentiles of the foreground mapped to 0 and 1 per colour.
+        info: extra fields (model, layer) kept in the basis and its file.
+    Returns:
+        the fitted :class:`PCABasis`.
+    """
+    maps = _as_maps(features)
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)) and threshold not in (
+        "otsu", "zero", None
+    ):
+        raise ValueError(f"threshold={threshold!r}: use 'otsu', 'zero', a number or None")
+    lo_p, hi_p = percentiles
+    if not 0 <= lo_p < hi_p <= 100:
+        raise ValueError(f"percentiles={percentiles}: need 0 <= low < high <= 100")
+
+    # stage 1: first principal component of all patches
+    mean, cov, n = _moments(maps)
+    (v1,), (lam1,) = _top_directions(cov, 1)
+    scores = [(_rows(m) - mean) @ v1 for m in maps]  # per map, (h*w,)
+    flat = torch.cat(scores).numpy()
+    t = 0.0 if threshold == "zero" else otsu_threshold(flat)
+    ring = torch.cat([_border(*m.shape[1:]).reshape(-1) for m in maps]).numpy()
+    pos = flat > t
+    border_pos, border_neg = int((pos & ring).sum()), int((~pos & ring).sum())
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    skew = float(np.sum((flat - flat.mean()) ** 3))
+    if border_pos != border_neg:
+        fg_positive, rule = border_pos < border_neg, "border"
+    elif n_pos != n_neg:
+        fg_positive, rule = n_pos < n_neg, "minority"
+    elif skew != 0.0:
+        fg_positive, rule = skew > 0, "skew"
+    else:
+        fg_positive, rule = _loading_sign(v1) > 0, "loading"
+    if not fg_positive:
+        v1, t, flat = -v1, -t, -flat
+        scores = [-s for s in scores]
+    std = float(flat.std())
+    if isinstance(threshold, (int, float)):
+        t = float(threshold) * std
+    masked = threshold is not None
+    masks = [(s > t) if masked else torch.ones_like(s, dtype=torch.bool) for s in scores]
+    n_fg = int(sum(int(m.sum()) for m in masks))
+    if n_fg == 0:
+        raise ValueError(
+            f"no patch is foreground at threshold {threshold!r} (first-component z-scores reach "
+            f"{flat.max() / max(std, 1e-300):.2f}): lower the threshold, or use 'otsu' or None"
+        )
+
+    # stage 2: three components of the foreground patches, as colours
+    fg_mean, fg_cov, _ = _moments(maps, masks)
+    comps, lams = _top_directions(fg_cov, 3)
+    fg_scores = torch.cat([(_rows(m)[k] - fg_mean) @ comps.T for m, k in zip(maps, masks)])  # (n_fg, 3)
+    for j in range(3):
+        third = float((fg_scores[:, j] ** 3).sum())
+        sign = (1.0 if third > 0 else -1.0) if third != 0.0 else _loading_sign(comps[j])
+        comps[j] *= sign
+        fg_scores[:, j] *= sign
+    lo, hi = np.percentile(fg_scores.numpy(), [lo_p, hi_p], axis=0)
+
+    trace, fg_trace = float(torch.trace(cov)), float(torch.trace(fg_cov))
+    meta = {
+        "threshold_mode": "none" if threshold is None else threshold,
+        "sign_rule": rule,
+        "images": len(maps),
+        "patches": n,
+        "foreground_patches": n_fg,
+        "border_patches": {"foreground": border_pos if fg_positive else border_neg,
+                           "background": border_neg if fg_positive else border_pos},
+        "first_component_variance": float(lam1) / trace if trace > 0 else 0.0,
+        "colour_variance": [float(x) / fg_trace if fg_trace > 0 else 0.0 for x in lams],
+        "percentiles": [lo_p, hi_p],
+        **(info or {}),
+    }
+    return PCABasis(
+        mean=mean.numpy(), direction=v1.numpy(), threshold=float(t), fg_mean=fg_mean.numpy(),
+        fg_components=comps.numpy(), lo=np.asarray(lo, np.float64), hi=np.asarray(hi, np.float64),
+        masked=masked, info=meta,
+    )
+
+
+def upsample_scores(scores: Tensor, features: Any, size: tuple[int, int] | None = None,
+                    mode: str = "bilinear") -> Tensor:
+    """(k, h, w) patch-grid scores to pixels: DenseFeatures geometry (padding removed, the image's
+    size), else plain resizing to ``size`` (or left at the grid when ``size`` is None)."""
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample mode {mode!r}: use 'nearest' or 'bilinear'")
+    if isinstance(features, DenseFeatures):
+        geo = DenseFeatures(maps={0: scores[None]}, cls_tokens={}, registers={}, image_size=features.image_size,
+                            input_size=features.input_size, padding=features.padding,
+                            patch_size=features.patch_size)
+        up = geo.upsample(0, mode=mode)[0]
+        if size is not None and tuple(up.shape[-2:]) != tuple(size):
+            up = _resize(up, size, mode)
+        return up
+    if size is None or tuple(scores.shape[-2:]) == tuple(size):
+        return scores
+    return _resize(scores, size, mode)
+
+
+def _resize(x: Tensor, size, mode: str) -> Tensor:
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(x[None].float(), size=tuple(size), mode=mode, **kwargs)[0]
+
+
+# -- images -------------------------------------------------------------------------------
+@dataclass
+class PCAMap:
+    """The PCA map of one image. image, rgb: (H, W, 3) float in [0, 1]; mask: (H, W) bool;
+    patch_mask, patch_rgb: the same at the patch grid (h, w); basis: the basis that coloured it."""
+
+    source: str
+    image: np.ndarray
+    mask: np.ndarray
+    rgb: np.ndarray
+    patch_mask: np.ndarray
+    patch_rgb: np.ndarray
+    basis: PCABasis
+
+    def overlay(self, alpha: float = 0.5) -> np.ndarray:
+        return overlay(self.image, self.rgb, alpha)
+
+
+def _colour(basis: PCABasis, feats: DenseFeatures, image: np.ndarray, source: str, mode: str) -> PCAMap:
+    scores = basis.project(feats)
+    patch_mask, patch_rgb = basis.colourise(scores)
+    mask, rgb = basis.colourise(upsample_scores(scores, feats, mode=mode))
+    return PCAMap(source, image, mask, rgb, patch_mask, patch_rgb, basis)
+
+
+def _extract(model, images: list[np.ndarray], layer, size, tile, fit, batch_size, progress, desc="features"):
+    """DenseFeatures of each image, in chunks (keeps one chunk of normalised inputs in memory)."""
+    from tqdm.auto import tqdm
+
+    out: list[DenseFeatures] = []
+    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress):
+        feats = extract_features(model, chunk, layers=[layer], fit=fit, size=size, tile=tile,
+                                 batch_size=batch_size, progress=False)
+        out.extend(feats)
+    return out
+
+
+def pca_maps(
+    model,
+    images: Sequence[Any],
+    *,
+    basis: PCABasis | None = None,
+    joint: bool = True,
+    threshold: Threshold = "otsu",
+    layer: int = -1,
+    size: int | Sequence[int] | None = None,
+    tile: int | None = None,
+    fit: str = "pad",
+    upsample: str = "bilinear",
+    batch_size: int = 8,
+    progress: bool | None = None,
+    info: dict | None = None,
+) -> list[PCAMap]:
+    """PCA maps of images with a backbone.
+
+    Args:
+        model: a DinoVisionTransformer (see :func:`dinov2_dense.features.extract_features`).
+        images: paths (errors name them), ``skimage:NAME``, arrays or PIL images; all are read
+            before any work is done.
+        basis: apply this fitted basis to every image (no fitting).
+        joint: one basis fitted over all images (same parts, same colours); False fits one per image.
+        threshold: see :func:`fit_pca`. layer: block index (negative from the end).
+        size, tile, fit: as in extract_features: a larger ``size`` gives finer maps, ``tile``
+            bounds memory for large inputs.
+        upsample: "bilinear" or "nearest", from the patch grid to the image.
+    """
+    if upsample not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
+    items = list(images)
+    if not items:
+        raise ValueError("pca_maps: no images given")
+    names = [str(x) if isinstance(x, (str, os.PathLike)) else f"image {i}" for i, x in enumerate(items)]
+    arrays = [load_image(x) for x in items]  # every input is read (and checked) first
+    show = progress if progress is not None else len(arrays) > batch_size
+    feats = _extract(model, arrays, layer, size, tile, fit, batch_size, show)
+    meta = {"layer": feats[0].layers[-1], **(info or {})}
+    if basis is not None:
+        bases = [basis] * len(feats)
+    elif joint:
+        bases = [fit_pca(feats, threshold=threshold, info=meta)] * len(feats)
+    else:
+        bases = [fit_pca(f, threshold=threshold, info=meta) for f in feats]
+    return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, arrays, names)]
+
+
+# -- figures and files --------------------------------------------------------------------
+COLUMNS = ("image", "foreground", "PCA colours", "overlay")
+
+
+def save_figure(maps: Sequence[PCAMap], path: str | os.PathLike, *, alpha: float = 0.5,
+                title: str | None = None) -> Path:
+    """One row per map: image | foreground mask | PCA colours | overlay, as a PNG (atomic)."""
+    rows = [[m.image, m.mask, m.rgb, m.overlay(alpha)] for m in maps]
+    labels = [_short(m.source) for m in maps]
+    return save_grid(rows, path, titles=COLUMNS, row_labels=labels, suptitle=title)
+
+
+def describe(basis: PCABasis) -> str:
+    """One line on how a basis was fitted, for figure titles and the command's output."""
+    i = basis.info
+    parts = [f"{i.get('images', '?')} {'frames of ' + Path(i['video']).name if 'video' in i else 'image(s)'}"]
+    if "first_component_variance" in i:
+        parts.append(f"1st component {100 * i['first_component_variance']:.0f}% of variance")
+    if basis.masked:
+        parts.append(f"threshold {i.get('threshold_mode')}, foreground {i.get('foreground_patches')}"
+                     f"/{i.get('patches')} patches (sign rule: {i.get('sign_rule')})")
+    else:
+        parts.append("no foreground split")
+    return "PCA of " + ", ".join(parts)
+
+
+def _short(source: str, width: int = 28) -> str:
+    name = Path(source).name if os.sep in source or "/" in source else source
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def _unique_stems(sources: Sequence[str]) -> list[str]:
+    stems, seen = [], {}
+    for i, s in enumerate(sources):
+        stem = Path(s).stem if not s.startswith("skimage:") else s.split(":", 1)[1]
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or f"image{i}"
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def save_maps(maps: Sequence[PCAMap], out_dir: str | os.PathLike, *, alpha: float = 0.5,
+              rows_per_figure: int = 8, title: str | None = None, progress: bool | None = None) -> list[Path]:
+    """Write per-image PNGs (``<stem>_pca.png``, ``_mask.png``, ``_overlay.png``, at the image's
+    resolution) and the figure(s) (``figure.png``, or ``figure_1.png``... beyond ``rows_per_figure`` rows)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    written: list[Path] = []
+    stems = _unique_stems([m.source for m in maps])
+    show = progress if progress is not None else len(maps) > 8
+    for m, stem in tqdm(list(zip(maps, stems)), desc="writing", unit="image", disable=not show):
+        written.append(write_image(out / f"{stem}_pca.png", m.rgb))
+        written.append(write_image(out / f"{stem}_mask.png", m.mask))
+        written.append(write_image(out / f"{stem}_overlay.png", m.overlay(alpha)))
+    pages = [maps[i : i + rows_per_figure] for i in range(0, len(maps), rows_per_figure)]
+    for k, page in enumerate(pages, 1):
+        name = "figure.png" if len(pages) == 1 else f"figure_{k}.png"
+        written.append(save_figure(page, out / name, alpha=alpha, title=title))
+    return written
+
+
+# -- video --------------------------------------------------------------------------------
+def pca_video(
+    model,
+    video: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    basis: PCABasis | None = None,
+    threshold: Threshold = "otsu",
+    layer: int = -1,
+    size: int | Sequence[int] | None = None,
+    tile: int | None = None,
+    fit: str = "pad",
+    upsample: str = "bilinear",
+    batch_size: int = 8,
+    step: int = 1,
+    max_frames: int | None = None,
+    frames_dir: str | os.PathLike | None = None,
+    sample_rows: int = 6,
+    progress: bool = True,
+    info: dict | None = None,
+) -> tuple[PCABasis, list[PCAMap]]:
+    """PCA colours of a video, jointly over its frames: writes ``out_path`` (frame | PCA colours
+    side by side, the input's frame rate divided by ``step``) and, with ``frames_dir``, one
+    ``frame_NNNNNN.png`` of colours per frame.
+
+    Two passes over the file: features of all frames (kept at the patch grid only) for the joint
+    fit, then colouring and writing frame by frame, so only one batch of frames is held.
+    Returns the basis and the PCA maps of up to ``sample_rows`` evenly spaced frames (for a figure).
+    """
+    from tqdm.auto import tqdm
+
+    from .video import VideoWriter, read_frames, video_info
+
+    if upsample not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
+    vinfo = video_info(video)
+    expected = math.ceil(vinfo.frames / step) if vinfo.frames > 0 else None
+    if expected is not None and max_frames is not None:
+        expected = min(expected, max_frames)
+
+    def batches():
+        batch: list[np.ndarray] = []
+        for frame in read_frames(video, step, max_frames):
+            batch.append(frame)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    feats: list[DenseFeatures] = []
+    with tqdm(total=expected, desc="features", unit="frame", disable=not progress) as bar:
+        for batch in batches():
+            f = extract_features(model, [b.astype(np.float32) / 255.0 for b in batch], layers=[layer], fit=fit,
+                                 size=size, tile=tile, batch_size=batch_size, progress=False)
+            feats.extend(f)
+            bar.update(len(batch))
+    meta = {"layer": feats[0].layers[-1], "video": str(video), **(info or {})}
+    basis = basis if basis is not None else fit_pca(feats, threshold=threshold, info=meta)
+
+    n = len(feats)
+    picks = sorted({round(i * (n - 1) / max(sample_rows - 1, 1)) for i in range(min(sample_rows, n))})
+    samples: list[PCAMap] = []
+    h, w = feats[0].image_size
+    fps = vinfo.fps / step
+    frames_dir = Path(frames_dir) if frames_dir is not None else None
+    with VideoWriter(out_path, fps=fps, size=(h, 2 * w)) as writer, \
+            tqdm(total=n, desc="colouring", unit="frame", disable=not progress) as bar:
+        i = 0
+        for batch in batches():
+            for frame in batch:
+                if i >= n or frame.shape[:2] != (h, w):
+                    raise ValueError(f"{video}: frames changed between two reads of the file")
+                m = _colour(basis, feats[i], to_float(frame), f"{Path(video).name} frame {i * step}", upsample)
+                writer.write(np.concatenate([frame, (m.rgb * 255 + 0.5).astype(np.uint8)], axis=1))
+                if frames_dir is not None:
+                    write_image(frames_dir / f"frame_{i * step:06d}.png", m.rgb)
+                if i in picks:
+                    samples.append(m)
+                i += 1
+                bar.update(1)
+        if i != n:
+            raise ValueError(f"{video}: {i} frames on the second read, {n} on the first")
+    return basis, samples

@@ -1,0 +1,337 @@
+"""PCA maps (dinov2_dense.viz.pca): recovery of built principal directions, the sign rule, a
+synthetic scene's foreground, joint colours, the basis file, and the `dinov2-dense pca` command."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dinov2_dense.cli import main
+from dinov2_dense.features import DenseFeatures
+from dinov2_dense.viz.pca import PCABasis, fit_pca, otsu_threshold
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- feature maps with known principal directions -----------------------------------------
+def blob_masks():
+    """Object masks on 16x16 patch grids, none touching the border; the last covers 56% of it."""
+    masks = []
+    for (y0, y1, x0, x1) in [(3, 10, 4, 12), (5, 13, 2, 9), (2, 8, 6, 14), (2, 14, 2, 14)]:
+        m = np.zeros((16, 16), bool)
+        m[y0:y1, x0:x1] = True
+        masks.append(m)
+    yy, xx = np.mgrid[:16, :16]
+    masks.insert(2, (yy - 8) ** 2 / 25 + (xx - 7) ** 2 / 16 <= 1)  # an ellipse
+    return masks
+
+
+def known_features(masks, dim=32, seed=0, stds=(0.6, 0.4, 0.25), noise=0.01):
+    """x = m + a*u1 + mask*(b*u2 + c*u3 + d*u4) + noise: u orthonormal, a = +2 on the object and -1
+    off it; b, c, d ~ N(0, stds^2) on the object only. Returns the maps (C, h, w) and U (dim, 4)."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(dim, 4)))
+    offset = rng.normal(size=dim)
+    maps = []
+    for mask in masks:
+        h, w = mask.shape
+        a = np.where(mask, 2.0, -1.0)
+        bcd = rng.normal(size=(3, h, w)) * np.asarray(stds)[:, None, None] * mask
+        coef = np.concatenate([a[None], bcd])  # (4, h, w)
+        x = offset[:, None, None] + np.einsum("ck,khw->chw", u, coef) + noise * rng.normal(size=(dim, h, w))
+        maps.append(torch.from_numpy(x).float())
+    return maps, u
+
+
+def test_known_directions_and_split_are_recovered():
+    masks = blob_masks()
+    maps, u = known_features(masks)
+    basis = fit_pca(maps)
+    assert abs(basis.direction @ u[:, 0]) > 0.999
+    for j in range(3):  # colour components: u2, u3, u4 in order of variance, up to sign
+        assert abs(basis.fg_components[j] @ u[:, j + 1]) > 0.98, j
+    for m, built in zip(maps, masks):
+        fg, rgb = basis.transform(m)
+        np.testing.assert_array_equal(fg, built)
+        assert (rgb[~built] == 0).all() and rgb[built].max() > 0.5
+    assert basis.info["sign_rule"] == "border"
+    # the foreground covers 56% of the last grid: the border rule, not the minority side, finds it
+    alone = fit_pca(maps[-1])
+    np.testing.assert_array_equal(alone.transform(maps[-1])[0], masks[-1])
+    assert masks[-1].mean() > 0.5
+
+
+def test_threshold_modes():
+    masks = blob_masks()[:3]
+    maps, _ = known_features(masks, seed=1)
+    for mode in ("otsu", "zero", 0.0):
+        basis = fit_pca(maps, threshold=mode)
+        for m, built in zip(maps, masks):
+            np.testing.assert_array_equal(basis.transform(m)[0], built, err_msg=str(mode))
+    everything = fit_pca(maps, threshold=None)
+    assert everything.transform(maps[0])[0].all() and not everything.masked
+    with pytest.raises(ValueError, match="no patch is foreground"):
+        fit_pca(maps, threshold=50.0)
+    with pytest.raises(ValueError, match="threshold"):
+        fit_pca(maps, threshold="mean")
+
+
+def test_otsu_is_exact_and_symmetric():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(-1, 0.1, 700), rng.normal(2, 0.1, 300)])
+    t = otsu_threshold(v)
+    assert -0.5 < t < 1.5 and (v > t).sum() == 300
+    assert otsu_threshold(-v) == -t
+    assert otsu_threshold(np.ones(5)) == 1.0
+
+
+def test_sign_rule_survives_permutation_and_feature_sign():
+    masks = blob_masks()
+    maps, _ = known_features(masks, seed=2)
+    ref = fit_pca(maps)
+    results = [ref.transform(m) for m in maps]
+    perm = [3, 0, 4, 2, 1]
+    permuted = fit_pca([maps[i] for i in perm])
+    flipped = fit_pca([-m for m in maps])
+    for k, i in enumerate(perm):
+        fg, rgb = permuted.transform(maps[i])
+        np.testing.assert_array_equal(fg, masks[i])
+        np.testing.assert_allclose(rgb, results[i][1], atol=1e-5)
+    for m, built, (fg0, rgb0) in zip(maps, masks, results):
+        fg, rgb = flipped.transform(-m)
+        np.testing.assert_array_equal(fg, built)
+        np.testing.assert_array_equal(fg0, built)
+        np.testing.assert_allclose(rgb, rgb0, atol=1e-5)  # colour signs follow the skewness: same colours
+    # the stored direction flips with the features, the foreground does not
+    assert ref.direction @ flipped.direction < -0.999
+
+
+# -- a synthetic scene whose features indicate its classes --------------------------------
+H, W, P = 440, 450, 14  # padded to 448 x 462: 4 and 6 pixels each side
+
+
+def scene(shift=(0, 0)):
+    """Class map (H, W): 0 sky, 1 ground; objects 2 disc, 3 box, 4 triangle (shifted by ``shift``)."""
+    dy, dx = shift
+    cls = np.zeros((H, W), np.uint8)
+    cls[H // 2 :] = 1
+    cv2.circle(cls, (130 + dx, 150 + dy), 70, 2, -1)
+    cv2.rectangle(cls, (240 + dx, 230 + dy), (380 + dx, 360 + dy), 3, -1)
+    tri = np.array([[60 + dx, 390 + dy], [200 + dx, 390 + dy], [130 + dx, 260 + dy]], np.int32)
+    cv2.fillPoly(cls, [tri], 4)
+    return cls
+
+
+def scene_features(cls, seed=0, dim=64, noise=0.05):
+    """DenseFeatures as the backbone would give with fit='pad': each patch's feature is the mix of
+    its pixels' class prototypes (area fractions @ prototypes) + noise. Background and object
+    prototypes share a group vector each, so objects differ from background more than from each other."""
+    rng = np.random.default_rng(seed)
+    group = rng.normal(size=(2, dim)) * 2.0
+    protos = np.stack([group[0 if c < 2 else 1] + rng.normal(size=dim) for c in range(5)])
+    ph, pw = (-H) % P, (-W) % P
+    pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    padded = np.pad(cls, ((pad[0], pad[1]), (pad[2], pad[3])), constant_values=0)
+    gh, gw = padded.shape[0] // P, padded.shape[1] // P
+    onehot = np.eye(5)[padded].reshape(gh, P, gw, P, 5).mean((1, 3))  # (gh, gw, 5) class fractions
+    fmap = onehot @ protos + noise * rng.normal(size=(gh, gw, dim))
+    maps = torch.from_numpy(fmap).float().permute(2, 0, 1)[None]
+    return DenseFeatures(maps={11: maps}, cls_tokens={}, registers={}, image_size=(H, W),
+                         input_size=padded.shape, padding=pad, patch_size=P)
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_scene_foreground_matches_objects_and_parts_share_colours():
+    scenes = [scene(), scene((25, 30))]
+    feats = [scene_features(c, seed=0) for c in scenes]
+    basis = fit_pca(feats)
+    colours = []
+    for cls, f in zip(scenes, feats):
+        fg, rgb = basis.transform(f, mode="bilinear")
+        assert fg.shape == (H, W) and rgb.shape == (H, W, 3)
+        objects = cls >= 2
+        assert iou(fg, objects) >= 0.9, iou(fg, objects)
+        nearest, _ = basis.transform(f, mode="nearest")
+        assert iou(nearest, objects) >= 0.85
+        # the three objects get distinct colours
+        means = [rgb[cv2.erode((cls == k).astype(np.uint8), np.ones((15, 15)), iterations=1) > 0].mean(0)
+                 for k in (2, 3, 4)]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert np.linalg.norm(means[i] - means[j]) > 0.3, (i, j, means)
+        colours.append(np.stack(means))
+    # joint fit: the same object, moved, has the same colour in both scenes
+    np.testing.assert_allclose(colours[0], colours[1], atol=0.08)
+
+
+def test_maps_equal_projecting_upsampled_features():
+    """Projection is linear: upsampling the scores = projecting upsampled features (padding removed)."""
+    f = scene_features(scene(), seed=4)
+    basis = fit_pca(f)
+    for mode in ("bilinear", "nearest"):
+        fg, rgb = basis.transform(f, mode=mode)
+        pixels = f.upsample(mode=mode)[0].permute(1, 2, 0).double().numpy()  # (H, W, C)
+        s1 = (pixels - basis.mean) @ basis.direction
+        s3 = (pixels - basis.fg_mean) @ basis.fg_components.T
+        ref = np.clip((s3 - basis.lo) / (basis.hi - basis.lo), 0, 1) * (s1 > basis.threshold)[..., None]
+        agree = fg == (s1 > basis.threshold)  # float32 upsampling may flip pixels lying on the threshold
+        assert agree.mean() > 0.9995, mode
+        np.testing.assert_allclose(rgb[agree], ref[agree], atol=1e-4)
+
+
+def test_basis_file_roundtrip_and_errors(tmp_path):
+    maps, _ = known_features(blob_masks(), seed=3)
+    basis = fit_pca(maps, info={"model": "test"})
+    path = basis.save(tmp_path / "b.npz")
+    loaded = PCABasis.load(path)
+    assert loaded.info["model"] == "test" and loaded.info["sign_rule"] == "border"
+    for m in maps:
+        for a, b in zip(basis.transform(m), loaded.transform(m)):
+            np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["b.npz"]  # no temp file left behind
+    with pytest.raises(ValueError, match="32-channel features.*16 channels"):
+        loaded.transform(torch.zeros(16, 4, 4))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz"):
+        PCABasis.load(bad)
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        PCABasis.load(tmp_path / "nope.npz")
+    with pytest.raises(ValueError, match=".npz"):
+        basis.save(tmp_path / "b.safetensors")
+
+
+# -- the command --------------------------------------------------------------------------
+def write_scene_image(path, h, w, seed):
+    rng = np.random.default_rng(seed)
+    img = (rng.integers(60, 120, (h, w, 3))).astype(np.uint8)
+    cv2.circle(img, (w // 2, h // 2), min(h, w) // 4, (30, 200, 240), -1)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    return [write_scene_image(tmp_path / "a.png", 60, 80, 0), write_scene_image(tmp_path / "b.jpg", 70, 56, 1)]
+
+
+def read_rgb(path):
+    out = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert out is not None, path
+    return out[..., ::-1]
+
+
+def test_command_writes_pngs_and_reused_basis_gives_same_colours(images, tmp_path, torch_home, capsys):
+    out = tmp_path / "out"
+    common = ["--weights", "random", "--size", "56"]
+    assert main(["pca", *map(str, images), "--joint", "--out", str(out), *common]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"figure.png", "pca_basis.npz", "a_pca.png", "a_mask.png", "a_overlay.png",
+                     "b_pca.png", "b_mask.png", "b_overlay.png"}
+    assert read_rgb(out / "a_pca.png").shape == (60, 80, 3)
+    assert read_rgb(out / "b_overlay.png").shape == (70, 56, 3)
+    mask = read_rgb(out / "a_mask.png")[..., 0]
+    assert set(np.unique(mask)) <= {0, 255} and 0 < (mask > 0).mean() < 1
+    fig = read_rgb(out / "figure.png")
+    assert fig.shape[1] > fig.shape[0]  # one row of four panels per image
+    assert "sign rule" in capsys.readouterr().out
+
+    # the saved basis on b alone, and on a new image: b's colours are those of the joint fit
+    new = write_scene_image(tmp_path / "c.png", 50, 50, 2)
+    again = tmp_path / "again"
+    assert main(["pca", str(images[1]), str(new), "--basis", str(out / "pca_basis.npz"), "--out", str(again),
+                 *common]) == 0
+    np.testing.assert_array_equal(read_rgb(again / "b_pca.png"), read_rgb(out / "b_pca.png"))
+    np.testing.assert_array_equal(read_rgb(again / "b_mask.png"), read_rgb(out / "b_mask.png"))
+    assert (again / "c_pca.png").is_file() and not (again / "pca_basis.npz").exists()
+
+
+def test_command_tiled_nearest_and_own_size(images, tmp_path, torch_home):
+    out = tmp_path / "tiled"
+    assert main(["pca", str(images[0]), "--weights", "random", "--size", "0", "--tile", "28", "--upsample",
+                 "nearest", "--threshold", "zero", "--out", str(out), "--save-basis", str(tmp_path / "t.npz")]) == 0
+    mask = read_rgb(out / "a_mask.png")[..., 0]
+    assert mask.shape == (60, 80)
+    basis = PCABasis.load(tmp_path / "t.npz")
+    assert basis.info["threshold_mode"] == "zero" and basis.info["tile"] == 28 and basis.dim == 384
+    # nearest upsampling of a padded 5x6 grid: the mask is constant on each patch's pixels (away from padding)
+    pad_y, pad_x = (70 - 60) // 2, (84 - 80) // 2
+    blocks = mask[14 - pad_y : 28 - pad_y, 14 - pad_x : 28 - pad_x]
+    assert len(np.unique(blocks)) == 1
+
+
+def write_video(path, frames=5, h=48, w=64, fourcc="mp4v"):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (w, h))
+    assert writer.isOpened()
+    for i in range(frames):
+        img = np.full((h, w, 3), 90, np.uint8)
+        cv2.circle(img, (16 + 6 * i, h // 2), 12, (40, 220, 250), -1)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def count_frames(path):
+    cap = cv2.VideoCapture(str(path))
+    n, shape = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, frame.shape
+    cap.release()
+    return n, shape
+
+
+def test_command_video_in_video_out(tmp_path, torch_home):
+    video = write_video(tmp_path / "clip.mp4")
+    out = tmp_path / "vout"
+    assert main(["pca", "--video", str(video), "--weights", "random", "--size", "42", "--frames",
+                 "--out", str(out)]) == 0
+    assert count_frames(out / "clip_pca.mp4") == (5, (48, 128, 3))  # frame | colours, every frame
+    assert sorted(p.name for p in (out / "clip_frames").iterdir()) == [f"frame_{i:06d}.png" for i in range(5)]
+    assert (out / "figure.png").is_file()
+    basis = PCABasis.load(out / "pca_basis.npz")
+    assert basis.info["images"] == 5  # one joint fit over the frames
+    # MJPG .avi, every 2nd frame, at most 2
+    out2 = tmp_path / "vout2"
+    assert main(["pca", "--video", str(video), "--weights", "random", "--size", "42", "--avi", "--frame-step",
+                 "2", "--max-frames", "2", "--basis", str(out / "pca_basis.npz"), "--out", str(out2)]) == 0
+    assert count_frames(out2 / "clip_pca.avi") == (2, (48, 128, 3))
+    assert not list(out2.glob(".*"))  # no temp files
+
+
+def test_command_errors_name_the_input_and_write_nothing(images, tmp_path, torch_home, capsys):
+    out = tmp_path / "never"
+    missing = tmp_path / "missing.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG but not really")
+    for bad in (missing, broken):
+        assert main(["pca", str(images[0]), str(bad), "--weights", "random", "--size", "28", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err
+        assert not out.exists()
+    assert main(["pca", "--video", str(tmp_path / "nope.mp4"), "--weights", "random", "--out", str(out)]) == 2
+    assert "nope.mp4" in capsys.readouterr().err
+    not_video = tmp_path / "fake.mp4"
+    not_video.write_bytes(b"garbage" * 10)
+    assert main(["pca", "--video", str(not_video), "--weights", "random", "--out", str(out)]) == 2
+    assert "fake.mp4" in capsys.readouterr().err
+    assert main(["pca", str(images[0]), "--basis", str(broken), "--weights", "random", "--out", str(out)]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert main(["pca", "--weights", "random", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_tools_script_help():
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "pca.py"), "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert "--video" in res.stdout and "--basis" in res.stdout and "--threshold" in res.stdout
