@@ -50,7 +50,9 @@ def split_pair(item: FeatureInput, where: str) -> tuple[Tensor, Tensor]:
 
 
 def _sync_bn_default() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    # SyncBatchNorm needs an accelerator: CPU (gloo) runs keep per-process BatchNorm2d
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return distributed and torch.cuda.is_available()
 
 
 class LinearHead(nn.Module):
@@ -62,7 +64,8 @@ class LinearHead(nn.Module):
         in_index: which of the forward inputs to use (default: all, in order).
         use_cls_token: inputs are (map, class token) pairs; the token is broadcast over the map
             and concatenated after it on channels, doubling each input's width.
-        sync_bn: SyncBatchNorm instead of BatchNorm2d; None: when torch.distributed is initialised.
+        sync_bn: SyncBatchNorm instead of BatchNorm2d; None: when torch.distributed is initialised
+            and CUDA is available (SyncBatchNorm has no CPU kernel).
         align_corners: for the bilinear resize to the first selected map's size.
 
     Forward: a list of (B, C_i, h_i, w_i) maps (or (map, (B, C_i) cls) pairs) -> logits

@@ -1,0 +1,59 @@
+"""Data glue for mmengine runs: the collate function and data-set builders named in configs."""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import DATASETS, FUNCTIONS
+
+
+@FUNCTIONS.register_module()
+def dense_collate(batch: list[dict]) -> dict:
+    """Samples {"image", "seg" | "depth", "meta"} -> {"inputs": (B, 3, H, W), "data_samples": [...]}.
+
+    Images of one batch must share a size (training crops do; evaluate with batch size 1 otherwise).
+    """
+    sizes = {tuple(s["image"].shape) for s in batch}
+    if len(sizes) > 1:
+        paths = [s.get("meta", {}).get("path", "?") for s in batch]
+        raise ValueError(f"a batch mixes image sizes {sorted(sizes)} ({', '.join(map(str, paths))}); "
+                         "crop or pad them alike, or use batch_size=1")
+    inputs = torch.stack([s["image"] for s in batch])
+    samples = [{k: v for k, v in s.items() if k != "image"} for s in batch]
+    return {"inputs": inputs, "data_samples": samples}
+
+
+def build_pipeline(cfg: dict | None):
+    """``dict(type="seg_train_pipeline", crop_size=512, ...)`` -> the albumentations pipeline."""
+    from dinov2_dense.data import pipelines
+
+    if cfg is None:
+        return None
+    cfg = dict(cfg)
+    name = cfg.pop("type")
+    fn = getattr(pipelines, name, None)
+    if fn is None or not name.endswith("_pipeline"):
+        raise KeyError(f"unknown pipeline {name!r}: use one of seg_train_pipeline, seg_test_pipeline, "
+                       "depth_train_pipeline, depth_test_pipeline")
+    return fn(**cfg)
+
+
+def _register_datasets() -> None:
+    """Each data set of ``dinov2_dense.data`` under its own name, taking ``pipeline=dict(...)``."""
+    from dinov2_dense.data import datasets
+
+    names = ["ADE20KDataset", "VOCDataset", "CityscapesDataset", "FolderSegmentationDataset",
+             "NYUDepthDataset", "KITTIDepthDataset", "FolderDepthDataset"]
+    for name in names:
+        cls = getattr(datasets, name)
+
+        def build(*args, pipeline: dict | None = None, _cls=cls, **kwargs):
+            return _cls(*args, transform=build_pipeline(pipeline), **kwargs)
+
+        build.__name__ = build.__qualname__ = name
+        build.__doc__ = f"{name} with ``pipeline=dict(type=..., ...)`` (see dinov2_dense.data.pipelines)."
+        if name not in DATASETS.module_dict:
+            DATASETS.register_module(name=name, module=build)
+
+
+_register_datasets()

@@ -1,0 +1,172 @@
+"""mmengine model wrapper: a frozen backbone under no_grad and a trained head.
+
+``DenseModel`` is a second door to ``heads.DensePredictor``: configs name either a zoo model
+(``zoo="dinov2_vits14_ade20k_linear"``) or a backbone, a head class of ``heads`` and the blocks to
+read. Its state dict holds ``decode_head.*`` only while the backbone is frozen, so a training
+checkpoint is an official-style head file (``load_model(name, weights=checkpoint)`` reads it).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import Tensor, nn
+
+import heads
+from dinov2_dense.checkpoints import load_backbone_weights
+from dinov2_dense.hub import BACKBONES, load_backbone
+from dinov2_dense.models import DinoVisionTransformer
+from heads.predictor import DensePredictor
+from heads.zoo import build_model
+
+from .registry import MODELS
+
+_DEFAULT_LOSSES = {
+    "segmentation": [dict(type="CrossEntropyLoss", ignore_index=255)],
+    "depth": [dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
+}
+
+
+def build_backbone_from_cfg(backbone: str | dict, weights: Any = "official") -> DinoVisionTransformer:
+    """A zoo name (weights found like ``load_backbone``'s) or DinoVisionTransformer keyword arguments."""
+    if isinstance(backbone, str):
+        return load_backbone(backbone, weights=weights)
+    model = DinoVisionTransformer(**backbone)
+    if weights not in (None, "official"):
+        load_backbone_weights(model, weights)
+    elif weights == "official":
+        raise ValueError("a backbone given by its settings has no official weights: pass a file or None")
+    return model.eval()
+
+
+def _build_from(module, cfg: dict):
+    cfg = copy.deepcopy(cfg)
+    name = cfg.pop("type")
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise KeyError(f"{module.__name__} has no {name!r}")
+    return cls(**cfg)
+
+
+@MODELS.register_module()
+class DenseModel(BaseModel):
+    """Backbone + head for mmengine runs (``mode``: "loss", "predict" or "tensor").
+
+    Args:
+        zoo: a zoo model name (``heads.zoo.MODELS``); its backbone, head and layers are used.
+        backbone: a zoo backbone name or DinoVisionTransformer kwargs (when ``zoo`` is None).
+        backbone_weights: "official", a file, or None (random: for tests).
+        head: ``dict(type="LinearHead", ...)``: a class of ``heads`` and its arguments.
+        task, layers, norm, class_token: as ``heads.DensePredictor``.
+        losses: list of ``dict(type=<class in heads.losses>, ...)``; defaults: cross-entropy
+            (segmentation), SigLoss x10 + GradientLoss x0.5 (depth).
+        test_cfg: ``DensePredictor.predict`` defaults (mode, crop_size, stride, scales, flip).
+    """
+
+    def __init__(
+        self,
+        zoo: str | None = None,
+        backbone: str | dict = "dinov2_vits14",
+        backbone_weights: Any = "official",
+        head: dict | None = None,
+        task: str = "segmentation",
+        layers: list[int] | None = None,
+        norm: bool = True,
+        class_token: bool = False,
+        losses: list[dict] | None = None,
+        test_cfg: dict | None = None,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+    ):
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if zoo is not None:
+            from heads.zoo import get_model_spec
+
+            name = get_model_spec(zoo).backbone
+            predictor = build_model(zoo, backbone=build_backbone_from_cfg(name, backbone_weights))
+            if test_cfg is not None:
+                predictor.test_cfg = dict(test_cfg)
+        else:
+            if head is None or layers is None:
+                raise ValueError("DenseModel needs zoo=..., or head=dict(type=...) and layers=[...]")
+            if isinstance(backbone, str) and backbone not in BACKBONES:
+                raise KeyError(f"unknown backbone {backbone!r}; the zoo has: {', '.join(BACKBONES)}")
+            predictor = DensePredictor(
+                build_backbone_from_cfg(backbone, backbone_weights), _build_from(heads, head), task=task,
+                layers=layers, norm=norm, class_token=class_token, test_cfg=test_cfg,
+            )
+        self.task = predictor.task
+        self.backbone = predictor.backbone
+        self.decode_head = predictor.decode_head
+        self._predictor = [predictor]  # a list: not a second registration of the same modules
+        self.losses = nn.ModuleList(_build_from(heads, cfg) for cfg in (losses or _DEFAULT_LOSSES[self.task]))
+        self._register_state_dict_hook(_drop_frozen_backbone)
+        self._register_load_state_dict_pre_hook(_keep_frozen_backbone, with_module=True)
+
+    @property
+    def predictor(self) -> DensePredictor:
+        return self._predictor[0]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.predictor.train(mode)  # keeps the frozen backbone in eval mode
+        return self
+
+    def forward(self, inputs: Tensor, data_samples: list[dict] | None = None, mode: str = "tensor"):
+        if mode == "loss":
+            return self.loss(inputs, data_samples)
+        if mode == "predict":
+            return self.predict(inputs, data_samples)
+        return self.predictor(inputs)
+
+    def loss(self, inputs: Tensor, data_samples: list[dict]) -> dict[str, Tensor]:
+        out = self.decode_head(self.predictor.extract_features(inputs))
+        key = "seg" if self.task == "segmentation" else "depth"
+        target = torch.stack([s[key] for s in data_samples]).to(out.device)
+        if self.task == "depth" and target.dim() == 3:
+            target = target.unsqueeze(1)
+        out = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        if self.task == "depth":
+            out = out.clamp(min=self.predictor.min_depth, max=self.predictor.max_depth)
+        return {f"loss_{type(fn).__name__}": fn(out, target) for fn in self.losses}
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor, data_samples: list[dict] | None = None) -> list[dict]:
+        """The official test protocol; predictions are resized to the ground truth when it has
+        another size (test pipelines rescale the image, not the labels)."""
+        out = self.predictor.predict(inputs)
+        key = "seg" if self.task == "segmentation" else "depth"
+        results = []
+        for i in range(out.shape[0]):
+            sample = dict(data_samples[i]) if data_samples else {}
+            pred = out[i : i + 1]
+            target = sample.get(key)
+            if target is not None and tuple(target.shape[-2:]) != tuple(pred.shape[-2:]):
+                pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            if self.task == "segmentation":
+                sample["pred_sem_seg"] = pred[0].argmax(0)
+                if target is not None:
+                    sample["gt_sem_seg"] = target
+            else:
+                sample["pred_depth"] = pred[0, 0]
+                if target is not None:
+                    sample["gt_depth"] = target.reshape(target.shape[-2:])
+            results.append(sample)
+        return results
+
+
+def _keep_frozen_backbone(module: DenseModel, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """A head-only checkpoint leaves the frozen backbone as built (its weights come from the config)."""
+    if module.predictor.freeze_backbone and not any(k.startswith(prefix + "backbone.") for k in state_dict):
+        for key, value in module.backbone.state_dict().items():
+            state_dict[prefix + "backbone." + key] = value
+
+
+def _drop_frozen_backbone(module: DenseModel, state_dict, prefix: str, local_metadata) -> None:
+    if module.predictor.freeze_backbone:
+        for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
+            del state_dict[key]

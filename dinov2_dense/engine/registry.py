@@ -1,0 +1,9 @@
+"""The mmengine registries our classes live in: mmengine's own root registries, one level deep.
+
+Our names are distinct (``DenseModel``, ``dense_collate``, ``CheckpointSanitizerHook``, ``SegMetric``,
+...), so configs name them directly, beside mmengine's optimisers, hooks and loops, with no scope.
+"""
+
+from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
+
+__all__ = ["DATASETS", "FUNCTIONS", "HOOKS", "METRICS", "MODELS"]
