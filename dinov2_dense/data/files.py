@@ -1,0 +1,157 @@
+"""Reading and writing the files of dense data sets, with errors that name the file.
+
+* :func:`read_image`: any image OpenCV decodes -> uint8 RGB ``(H, W, 3)``.
+* :func:`read_label`: a label PNG -> class ids ``(H, W)``. Palette PNGs (Pascal VOC) are read as
+  their palette indices, not colours, which is why this goes through Pillow: OpenCV expands
+  palettes to BGR.
+* :func:`read_depth`: 16-bit PNG divided by a declared scale (NYU 1000, KITTI 256), or ``.npy``
+  in metres -> float32 ``(H, W)``, 0 = invalid.
+* :func:`write_image`, :func:`write_text`: atomic writes (temp file in the same folder, then
+  rename), so an interrupted writer never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """A data set file is missing, unreadable or inconsistent; the message names the file."""
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    buf = np.fromfile(path, dtype=np.uint8)
+    array = cv2.imdecode(buf, flags) if buf.size else None
+    if array is None:
+        raise DataError(f"{path}: not a readable image (corrupt, truncated, empty or an unknown format)")
+    return array
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Image file -> uint8 RGB (H, W, 3); grey images are repeated to 3 channels, alpha dropped.
+
+    EXIF orientation is ignored: pixels come in their stored order, the grid that label and depth
+    maps are stored on.
+    """
+    bgr = _decode(Path(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Label map (class ids) of shape (H, W): grey or palette PNG, 8 or 16 bit.
+
+    RGB files are accepted only when their three channels are equal (a grey map saved as RGB);
+    a colour-coded mask raises, since its colours are not class ids.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            array = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable label image ({exc})") from None
+    if array.ndim == 3:
+        grey = (array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all()
+        if array.shape[2] in (3, 4) and grey:
+            array = array[..., 0]
+        else:
+            raise DataError(
+                f"{path}: label map in colour (mode {mode}); expected class ids in a grey or palette PNG "
+                "(convert colour-coded masks to ids first)"
+            )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: label map of dtype {array.dtype}; expected integer class ids")
+    return np.ascontiguousarray(array)
+
+
+def read_depth(path: str | os.PathLike, scale: float | None) -> np.ndarray:
+    """Depth map in metres, float32 (H, W), 0 = invalid.
+
+    ``.npy`` files hold metres (float); NaN and infinite values become 0 (invalid). Image files
+    must be single-channel 16-bit (or 8-bit) integers and are divided by ``scale``
+    (NYU-Depth v2: 1000, KITTI: 256), which must then be declared.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a readable .npy depth map ({exc})") from None
+        depth = np.squeeze(depth)
+        if depth.ndim != 2 or not (np.issubdtype(depth.dtype, np.floating) or np.issubdtype(depth.dtype, np.integer)):
+            raise DataError(f"{path}: depth array of shape {depth.shape}, dtype {depth.dtype}; expected (H, W) metres")
+        depth = depth.astype(np.float32)
+        depth[~np.isfinite(depth)] = 0.0
+    else:
+        raw = _decode(path, cv2.IMREAD_UNCHANGED)
+        if raw.ndim != 2 or raw.dtype not in (np.uint16, np.uint8):
+            raise DataError(
+                f"{path}: depth image of shape {raw.shape} and dtype {raw.dtype}; expected a single-channel "
+                "16-bit PNG (e.g. millimetres for NYU, 1/256 m for KITTI)"
+            )
+        if scale is None:
+            raise DataError(f"{path}: integer depth image, but no depth_scale was declared "
+                            "(units per metre, e.g. 1000 for millimetres)")
+        depth = raw.astype(np.float32) / float(scale)
+    if (depth < 0).any():
+        raise DataError(f"{path}: negative depth values (min {float(depth.min()):g}); expected metres >= 0, 0 invalid")
+    return depth
+
+
+# -- atomic writes ---------------------------------------------------------------------------
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync-free rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Encode by extension and write atomically: RGB (H, W, 3) uint8, or (H, W) uint8 / uint16."""
+    path = Path(path)
+    array = np.asarray(array)
+    if array.ndim == 3:
+        array = array[..., ::-1]  # OpenCV writes BGR
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, np.ascontiguousarray(array), params)
+    if not ok:
+        raise DataError(f"{path}: OpenCV cannot encode a {array.dtype} array of shape {array.shape} as {path.suffix}")
+    write_bytes(path, buf.tobytes())
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    write_bytes(path, buf.getvalue())

@@ -1,0 +1,360 @@
+"""Procedural scenes with exact segmentation and depth, for tests, demos and pretraining.
+
+A scene is a slanted background plane (class 0, "background": a wall/floor whose depth rises
+linearly from the bottom row, ``depth_range[0]``, to the top row, ``depth_range[1]``) in front of
+which stand several flat shapes (disc, rectangle, triangle, ellipse). Each shape has a random
+class in ``1 .. num_classes - 1`` and its own constant depth, always nearer than the plane behind
+it. Shapes are rasterised far to near through a z-buffer, so a pixel's class and depth are those
+of the nearest surface covering it: both maps are exact, not estimates.
+
+Appearance is learnable: each class has a fixed base colour (:func:`class_colors`) and a fixed
+texture kind (stripes, checker or smooth noise, by class id); each shape draws its own texture
+frequency, orientation and phase, a small colour jitter and a linear shading gradient. A mild
+depth fog (mixing towards grey with distance) gives a monocular depth cue.
+
+Every random draw comes from ``numpy.random.default_rng(seed)``: the same seed gives identical
+bytes, and scenes with different seeds are independent. The writers produce the on-disk layouts
+that the real loaders read (:mod:`dinov2_dense.data.datasets`), so tests exercise them end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from .files import write_image, write_npy, write_text
+
+SHAPES = ("disc", "rectangle", "triangle", "ellipse")
+TEXTURES = ("stripes", "checker", "noise")
+NYU_FOCAL = 518.8579  # NYU-Depth v2 focal length (pixels at 640x480), as in the depth toolboxes' split files
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Settings of :func:`generate_scene`.
+
+    size: (H, W) in pixels. num_classes: classes including the background (class 0).
+    min_shapes / max_shapes: shapes per scene (uniform). depth_range: (bottom, top) depth of the
+    background plane in metres. min_depth: nearest depth a shape may take. shape_size: radius
+    range as a fraction of min(H, W). fog: strength of the depth fog in [0, 1].
+    """
+
+    size: tuple[int, int] = (224, 224)
+    num_classes: int = 5
+    min_shapes: int = 2
+    max_shapes: int = 8
+    depth_range: tuple[float, float] = (2.0, 8.0)
+    min_depth: float = 1.0
+    shape_size: tuple[float, float] = (0.08, 0.28)
+    fog: float = 0.35
+
+    def __post_init__(self) -> None:
+        h, w = self.size
+        if h < 8 or w < 8:
+            raise ValueError(f"SceneConfig.size={self.size}: at least 8x8 pixels")
+        if not 2 <= self.num_classes <= 255:
+            raise ValueError(f"SceneConfig.num_classes={self.num_classes}: expected 2..255 (background + shapes)")
+        if not 0 <= self.min_shapes <= self.max_shapes <= 254:
+            raise ValueError(f"SceneConfig: need 0 <= min_shapes <= max_shapes <= 254, got {self.min_shapes}, "
+                             f"{self.max_shapes}")
+        if not 0 < self.shape_size[0] <= self.shape_size[1] or not 0 <= self.fog <= 1:
+            raise ValueError(f"SceneConfig: need 0 < shape_size[0] <= shape_size[1] and 0 <= fog <= 1, got "
+                             f"{self.shape_size}, {self.fog}")
+        near, far = self.depth_range
+        if not 0 < self.min_depth < near <= far:
+            raise ValueError(f"SceneConfig: need 0 < min_depth < depth_range[0] <= depth_range[1], got "
+                             f"{self.min_depth}, {self.depth_range}")
+
+    @property
+    def max_depth(self) -> float:
+        return float(self.depth_range[1])
+
+
+class Scene(NamedTuple):
+    """image: uint8 RGB (H, W, 3); seg: uint8 class ids (H, W); depth: float32 metres (H, W)."""
+
+    image: np.ndarray
+    seg: np.ndarray
+    depth: np.ndarray
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """Fixed base colours (num_classes, 3) in [0, 1]: a muted grey-beige background, then hues
+    spread around the colour wheel (golden-angle steps, so neighbouring ids differ)."""
+    colors = np.empty((num_classes, 3), np.float32)
+    colors[0] = (0.62, 0.58, 0.52)
+    for k in range(1, num_classes):
+        hue = ((k - 1) * 0.381966) % 1.0
+        sat = 0.75 if k % 2 else 0.55
+        val = 0.85 if (k // 2) % 2 else 0.65
+        colors[k] = _hsv_to_rgb(hue, sat, val)
+    return colors
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    """Names of the synthetic classes: background, then the shape classes."""
+    return ("background",) + tuple(f"class{k}" for k in range(1, num_classes))
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
+    """Value noise in [0, 1]: a coarse random grid upsampled bilinearly (cheap, no per-pixel draws)."""
+    coarse = rng.random((h // cell + 2, w // cell + 2), dtype=np.float32)
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _texture(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
+    """Texture pattern in [0, 1] of shape (h, w) with per-shape random parameters."""
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    if kind == "stripes":
+        angle, period, phase = rng.uniform(0, math.pi), rng.uniform(5, 14), rng.uniform(0, 2 * math.pi)
+        k = 2 * math.pi / period
+        return 0.5 + 0.5 * np.sin(xs * (k * math.cos(angle)) + ys * (k * math.sin(angle)) + phase)
+    if kind == "checker":
+        cell = int(rng.integers(4, 12))
+        ox, oy = rng.integers(0, cell, size=2)
+        return (((np.arange(h)[:, None] + oy) // cell + (np.arange(w)[None, :] + ox) // cell) % 2).astype(np.float32)
+    return _smooth_noise(rng, h, w, int(rng.integers(3, 8)))
+
+
+def _shape_mask(rng: np.random.Generator, kind: str, cx: float, cy: float, r: float) -> tuple[np.ndarray, int, int]:
+    """Rasterise one shape (no antialiasing: the mask is exact) into its bounding box.
+
+    Returns (mask uint8 (h, w), x0, y0) with the box's top-left corner in image coordinates
+    (it may lie outside the image; the caller clips).
+    """
+    x0, y0 = int(math.floor(cx - r)) - 1, int(math.floor(cy - r)) - 1
+    size = int(math.ceil(2 * r)) + 3
+    mask = np.zeros((size, size), np.uint8)
+    c = (cx - x0, cy - y0)
+    if kind == "disc":
+        cv2.circle(mask, (round(c[0]), round(c[1])), max(1, round(r)), 1, -1)
+    elif kind == "ellipse":
+        axes = (max(1, round(r)), max(1, round(r * rng.uniform(0.35, 0.8))))
+        cv2.ellipse(mask, (round(c[0]), round(c[1])), axes, rng.uniform(0, 180), 0, 360, 1, -1)
+    else:
+        if kind == "rectangle":
+            aspect = rng.uniform(0.4, 1.0)
+            side = 2 * r / math.sqrt(1 + aspect**2)  # sides w, w * aspect: the diagonal is 2r
+            pts = cv2.boxPoints(((c[0], c[1]), (side, side * aspect), rng.uniform(0, 180)))
+        else:  # triangle: three points on the circle, kept well apart
+            angles = rng.uniform(0, 2 * math.pi) + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.4, 0.4, 3)
+            pts = np.stack([c[0] + r * np.cos(angles), c[1] + r * np.sin(angles)], axis=1)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    return mask, x0, y0
+
+
+def _config(config: SceneConfig | dict | None) -> SceneConfig:
+    if config is None:
+        return SceneConfig()
+    if isinstance(config, dict):
+        return SceneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return config
+
+
+def _draw_order(shapes: list[tuple]) -> list[tuple]:
+    """Far to near (painter's order); the z-test makes the result independent of the order."""
+    return sorted(shapes, key=lambda s: -s[0])
+
+
+def generate_scene(seed: int, config: SceneConfig | dict | None = None) -> Scene:
+    """One scene, fully determined by ``seed``: image uint8 RGB (H, W, 3), seg uint8 (H, W),
+    depth float32 metres (H, W). Class 0 is the background plane. ``config`` may be a dict of
+    :class:`SceneConfig` fields (as in mmengine configs). About 400-800 scenes/s at 224x224 on
+    one CPU core."""
+    cfg = _config(config)
+    rng = np.random.default_rng(seed)
+    H, W = cfg.size
+    near, far = cfg.depth_range
+    colors = class_colors(cfg.num_classes)
+
+    # background plane: depth linear in the row, far at the top, near at the bottom
+    plane = np.linspace(far, near, H, dtype=np.float32)
+    depth = np.repeat(plane[:, None], W, axis=1)
+    seg = np.zeros((H, W), np.uint8)
+    # appearance = albedo (a colour per surface, gathered at the end) x intensity (texture, shading)
+    surface = np.zeros((H, W), np.uint8)  # 0 = plane, j = j-th drawn shape
+    albedo = [colors[0] * rng.uniform(0.92, 1.08, 3).astype(np.float32)]
+    shade = 0.8 + 0.25 * np.linspace(0, 1, H, dtype=np.float32)[:, None]  # lit from below
+    intensity = (0.85 + 0.3 * _smooth_noise(rng, H, W, int(rng.integers(6, 16)))) * shade
+
+    # shapes: draw all parameters first, then rasterise far to near through the z-buffer
+    n = int(rng.integers(cfg.min_shapes, cfg.max_shapes + 1))
+    shapes = []
+    for _ in range(n):
+        kind = SHAPES[int(rng.integers(len(SHAPES)))]
+        cls = int(rng.integers(1, cfg.num_classes))
+        r = float(rng.uniform(*cfg.shape_size)) * min(H, W)
+        cx, cy = float(rng.uniform(0, W - 1)), float(rng.uniform(0, H - 1))
+        bottom = min(H - 1, int(cy + r))
+        d = float(rng.uniform(cfg.min_depth, 0.95 * plane[bottom]))  # in front of the plane at every row it covers
+        shapes.append((d, kind, cls, cx, cy, r, int(rng.integers(2**31))))
+
+    for d, kind, cls, cx, cy, r, shape_seed in _draw_order(shapes):
+        srng = np.random.default_rng(shape_seed)
+        mask, x0, y0 = _shape_mask(srng, kind, cx, cy, r)
+        ax0, ay0 = max(x0, 0), max(y0, 0)  # clip the box to the image
+        ax1, ay1 = min(x0 + mask.shape[1], W), min(y0 + mask.shape[0], H)
+        if ax0 >= ax1 or ay0 >= ay1:
+            continue
+        box = np.s_[ay0:ay1, ax0:ax1]
+        m = mask[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0].astype(bool)
+        m &= d < depth[box]  # z-test: keep only where this shape is the nearest surface so far
+        if not m.any():
+            continue
+        h, w = m.shape
+        tex = _texture(srng, TEXTURES[(cls - 1) % len(TEXTURES)], h, w)
+        contrast = srng.uniform(0.25, 0.5)
+        angle, grad = srng.uniform(0, 2 * math.pi), srng.uniform(0.1, 0.35)
+        ys = (np.arange(ay0, ay1, dtype=np.float32) - cy)[:, None] * (grad * math.sin(angle) / r)
+        xs = (np.arange(ax0, ax1, dtype=np.float32) - cx)[None, :] * (grad * math.cos(angle) / r)
+        np.copyto(intensity[box], (1.0 - contrast + contrast * tex) * (1.0 + xs + ys), where=m)
+        albedo.append(colors[cls] * srng.uniform(0.9, 1.1, 3).astype(np.float32))
+        surface[box][m] = len(albedo) - 1
+        depth[box][m] = d
+        seg[box][m] = cls
+
+    # depth fog towards a light grey (farther surfaces are paler), then to 8 bits
+    fog = (cfg.fog / (far - cfg.min_depth)) * (depth - cfg.min_depth)
+    scale = 255.0 * intensity * (1.0 - fog)
+    offset = 255.0 * 0.78 * fog + 0.5
+    table = np.stack(albedo)
+    # per-channel gathers are ~5x faster than table[surface] on (H, W, 3)
+    image = np.stack([np.take(table[:, c], surface) * scale + offset for c in range(3)], axis=-1)
+    image = np.clip(image, 0, 255, out=image).astype(np.uint8)
+    return Scene(image, seg, depth)
+
+
+# -- writers -------------------------------------------------------------------------------
+def scene_seed(seed: int, split: str, index: int) -> int:
+    """Seed of scene ``index`` of ``split`` ("train" or "val") in a written data set.
+
+    Every writer uses it, so the same ``seed`` gives the same scenes in every layout: training scene
+    ``i`` of :func:`write_ade20k_layout` is training scene ``i`` of :func:`write_nyu_layout` and
+    scene ``i`` of :func:`write_folder_layout` (segmentation and depth of the same images).
+    """
+    split_id = int.from_bytes(split.encode()[:8].ljust(8, b"\0"), "little")
+    return int(np.random.SeedSequence([seed, split_id, index]).generate_state(1, np.uint64)[0])
+
+
+def _progress(total: int, desc: str, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress if progress is not None else total < 200)
+
+
+def _write_info(root: Path, layout: str, config: SceneConfig, seed: int, counts: dict[str, int], **extra) -> None:
+    info = dict(layout=layout, seed=seed, counts=counts, config=asdict(config),
+                class_names=list(class_names(config.num_classes)), **extra)
+    write_text(root / "synthetic.json", json.dumps(info, indent=2) + "\n")
+
+
+def _check_ext(image_ext: str) -> str:
+    ext = image_ext if image_ext.startswith(".") else "." + image_ext
+    if ext.lower() not in (".jpg", ".jpeg", ".png"):
+        raise ValueError(f"image_ext={image_ext!r}: use '.jpg' (as the real data sets) or '.png' (exact pixels)")
+    return ext
+
+
+def write_ade20k_layout(root: str | os.PathLike, n_train: int, n_val: int, config: SceneConfig | dict | None = None,
+                        seed: int = 0, image_ext: str = ".jpg", progress: bool | None = None) -> Path:
+    """Write an ADEChallengeData2016-like tree that :class:`ADE20KDataset` reads::
+
+        root/images/{training,validation}/ADE_{train,val}_00000001.jpg
+        root/annotations/{training,validation}/ADE_{train,val}_00000001.png
+        root/synthetic.json   (config, seed, class names)
+
+    Annotations follow ADE20K: 0 = "other" (unused here), class k stored as k + 1, so loading with
+    ``reduce_zero_label=True`` gives back the synthetic ids 0 .. num_classes - 1. Images are JPEG
+    (quality 95) like ADE20K by default; ``image_ext=".png"`` keeps the exact pixels.
+    """
+    cfg, root, ext = _config(config), Path(root), _check_ext(image_ext)
+    if cfg.num_classes > 254:
+        raise ValueError(f"num_classes={cfg.num_classes}: ADE20K stores class k as k + 1 in 8 bits, 255 being ignore; "
+                         "use at most 254 classes")
+    counts = {"training": n_train, "validation": n_val}
+    with _progress(n_train + n_val, f"ADE20K-like {root.name}", progress) as bar:
+        for split, n in counts.items():
+            tag = "train" if split == "training" else "val"
+            for i in range(n):
+                scene = generate_scene(scene_seed(seed, tag, i), cfg)
+                stem = f"ADE_{tag}_{i + 1:08d}"
+                write_image(root / "images" / split / f"{stem}{ext}", scene.image)
+                write_image(root / "annotations" / split / f"{stem}.png", scene.seg + np.uint8(1))
+                bar.update()
+    _write_info(root, "ade20k", cfg, seed, counts, reduce_zero_label=True)
+    return root
+
+
+def write_nyu_layout(root: str | os.PathLike, n_train: int, n_val: int, config: SceneConfig | dict | None = None,
+                     seed: int = 0, image_ext: str = ".jpg", scenes_per_folder: int = 50,
+                     progress: bool | None = None) -> Path:
+    """Write the NYU-Depth v2 layout of the depth toolboxes (BTS, Monocular-Depth-Estimation-Toolbox)::
+
+        root/sync/scene_0000/rgb_00000.jpg, sync_depth_00000.png           training
+        root/official_splits/test/scene_0000/rgb_00000.jpg, sync_depth_00000.png
+        root/nyu_train.txt, root/nyu_test.txt   lines "rgb_path depth_path focal", relative to root
+        root/synthetic.json
+
+    Depth PNGs are 16-bit millimetres (``round(metres * 1000)``), read back with
+    ``NYUDepthDataset(root, "nyu_train.txt", depth_scale=1000)``. The focal is NYU's 518.8579
+    scaled to the image width (nominal: synthetic scenes have no camera).
+    """
+    cfg, root, ext = _config(config), Path(root), _check_ext(image_ext)
+    if cfg.max_depth * 1000 > 65535:
+        raise ValueError(f"depth_range {cfg.depth_range}: more than 65.535 m does not fit a 16-bit millimetre PNG")
+    focal = NYU_FOCAL * cfg.size[1] / 640
+    counts = {"train": n_train, "test": n_val}
+    with _progress(n_train + n_val, f"NYU-like {root.name}", progress) as bar:
+        for split, n in counts.items():
+            base = "sync" if split == "train" else "official_splits/test"
+            lines = []
+            for i in range(n):
+                scene = generate_scene(scene_seed(seed, "train" if split == "train" else "val", i), cfg)
+                folder = f"{base}/scene_{i // scenes_per_folder:04d}"
+                rgb, dep = f"{folder}/rgb_{i:05d}{ext}", f"{folder}/sync_depth_{i:05d}.png"
+                write_image(root / rgb, scene.image)
+                write_image(root / dep, np.round(scene.depth * 1000.0).astype(np.uint16))
+                lines.append(f"{rgb} {dep} {focal:.4f}\n")
+                bar.update()
+            write_text(root / f"nyu_{split}.txt", "".join(lines))
+    _write_info(root, "nyu", cfg, seed, counts, depth_scale=1000.0)
+    return root
+
+
+def write_folder_layout(root: str | os.PathLike, n: int, config: SceneConfig | dict | None = None, seed: int = 0,
+                        image_ext: str = ".png", depth_format: str = "png", progress: bool | None = None) -> Path:
+    """Write plain folders read by :class:`FolderSegmentationDataset` and :class:`FolderDepthDataset`::
+
+        root/images/00000.png   root/masks/00000.png (class ids, 0 = background)
+        root/depth/00000.png (16-bit millimetres: depth_scale=1000) or 00000.npy (float32 metres)
+    """
+    if depth_format not in ("png", "npy"):
+        raise ValueError(f"depth_format={depth_format!r}: expected 'png' (16-bit millimetres) or 'npy' (metres)")
+    cfg, root, ext = _config(config), Path(root), _check_ext(image_ext)
+    with _progress(n, f"folders {root.name}", progress) as bar:
+        for i in range(n):
+            scene = generate_scene(scene_seed(seed, "train", i), cfg)
+            write_image(root / "images" / f"{i:05d}{ext}", scene.image)
+            write_image(root / "masks" / f"{i:05d}.png", scene.seg)
+            if depth_format == "png":
+                write_image(root / "depth" / f"{i:05d}.png", np.round(scene.depth * 1000.0).astype(np.uint16))
+            else:
+                write_npy(root / "depth" / f"{i:05d}.npy", scene.depth)
+            bar.update()
+    _write_info(root, "folder", cfg, seed, {"all": n}, depth_scale=1000.0 if depth_format == "png" else None)
+    return root

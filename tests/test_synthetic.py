@@ -1,0 +1,208 @@
+"""Synthetic scenes: determinism, exact maps, speed, and writers that the real loaders read back."""
+
+import time
+
+import numpy as np
+import pytest
+
+from dinov2_dense.data import (ADE20KDataset, FolderDepthDataset, FolderSegmentationDataset, NYUDepthDataset,
+                               SceneConfig, generate_scene, scene_seed, write_ade20k_layout, write_folder_layout,
+                               write_nyu_layout)
+from dinov2_dense.data import files as data_files
+
+
+def _same(a, b):
+    return all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def test_same_seed_same_bytes_and_independent_of_order():
+    a = generate_scene(123)
+    for s in (7, 8, 9):  # other scenes in between change nothing
+        generate_scene(s)
+    assert _same(a, generate_scene(123))
+    b = generate_scene(124)
+    assert not np.array_equal(a.image, b.image) and not np.array_equal(a.depth, b.depth)
+    assert a.image.dtype == np.uint8 and a.image.shape == (224, 224, 3)
+    assert a.seg.dtype == np.uint8 and a.seg.shape == (224, 224)
+    assert a.depth.dtype == np.float32 and a.depth.shape == (224, 224)
+
+
+@pytest.mark.parametrize("cfg", [SceneConfig(), SceneConfig(size=(90, 150), num_classes=12, max_shapes=14),
+                                 SceneConfig(num_classes=2, depth_range=(3.0, 3.0), min_depth=0.5)])
+def test_depth_and_classes_are_exact(cfg):
+    H, W = cfg.size
+    near, far = cfg.depth_range
+    plane = np.broadcast_to(np.linspace(far, near, H, dtype=np.float32)[:, None], (H, W))
+    classes_seen = set()
+    for seed in range(40):
+        s = generate_scene(seed, cfg)
+        bg = s.seg == 0
+        assert np.array_equal(s.depth[bg], plane[bg])  # the background plane, bit for bit
+        fg = ~bg
+        # shapes stand in front of the plane, within the configured range
+        assert (s.depth[fg] < plane[fg]).all() and (s.depth[fg] >= cfg.min_depth).all()
+        # each shape has one constant depth and one class: a depth value never carries two classes
+        for d in np.unique(s.depth[fg]):
+            assert len(np.unique(s.seg[fg & (s.depth == d)])) == 1
+        assert s.seg.max() < cfg.num_classes
+        classes_seen |= set(np.unique(s.seg).tolist())
+    assert classes_seen == set(range(cfg.num_classes))
+
+
+def test_single_shape_occludes_plane_exactly():
+    cfg = SceneConfig(min_shapes=1, max_shapes=1)
+    for seed in range(10):
+        s = generate_scene(seed, cfg)
+        fg = s.seg > 0
+        assert fg.any()
+        assert len(np.unique(s.depth[fg])) == 1 and len(np.unique(s.seg[fg])) == 1
+
+
+def test_near_shapes_occlude_far_ones(monkeypatch):
+    """Drawing near to far must give the same scene as far to near: the z-buffer, not the order,
+    decides which shape is seen."""
+    from dinov2_dense.data import synthetic
+
+    cfg = SceneConfig(min_shapes=6, max_shapes=10, shape_size=(0.2, 0.35))
+    reference = [generate_scene(seed, cfg) for seed in range(15)]
+    monkeypatch.setattr(synthetic, "_draw_order", lambda shapes: sorted(shapes, key=lambda s: s[0]))
+    occluded = 0
+    for seed, ref in enumerate(reference):
+        s = generate_scene(seed, cfg)
+        assert _same(s, ref)
+        occluded += len(np.unique(ref.depth[ref.seg > 0]))
+    assert occluded > 15 * 3
+
+
+def test_classes_learnable_from_colour():
+    """A nearest-mean-colour classifier, fitted on some scenes, labels pixels of other scenes well."""
+    cfg = SceneConfig()
+    train = [generate_scene(i, cfg) for i in range(20)]
+    test = [generate_scene(10_000 + i, cfg) for i in range(8)]
+    x = np.concatenate([s.image.reshape(-1, 3) for s in train]).astype(np.float32)
+    y = np.concatenate([s.seg.ravel() for s in train])
+    means = np.stack([x[y == k].mean(0) for k in range(cfg.num_classes)])
+    xt = np.concatenate([s.image.reshape(-1, 3) for s in test]).astype(np.float32)
+    yt = np.concatenate([s.seg.ravel() for s in test])
+    pred = ((xt[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    per_class = [(pred[yt == k] == k).mean() for k in range(cfg.num_classes) if (yt == k).any()]
+    assert np.mean(per_class) > 0.7, per_class
+
+
+def test_generator_speed():
+    generate_scene(0)
+    n, t0 = 100, time.perf_counter()
+    for i in range(n):
+        generate_scene(i)
+    rate = n / (time.perf_counter() - t0)
+    print(f"\nsynthetic scenes 224x224: {rate:.0f} images/s")
+    assert rate > 20  # loose sanity bound; the figure is printed (target >= 200/s on 2 cores)
+
+
+def test_config_validation():
+    for bad in (dict(size=(4, 4)), dict(num_classes=1), dict(min_shapes=5, max_shapes=2),
+                dict(depth_range=(8.0, 2.0)), dict(min_depth=3.0)):
+        with pytest.raises(ValueError, match="SceneConfig"):
+            SceneConfig(**bad)
+
+
+def _no_temp_files(root):
+    return not [p for p in root.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_ade20k_writer_round_trip(tmp_path):
+    cfg = SceneConfig(size=(64, 96))
+    root = write_ade20k_layout(tmp_path / "ADEChallengeData2016", 6, 3, cfg, seed=5, image_ext=".png", progress=False)
+    assert _no_temp_files(root)
+    train = ADE20KDataset(root, "training")
+    val = ADE20KDataset(root, "validation")
+    assert (len(train), len(val)) == (6, 3)
+    assert train.num_classes == cfg.num_classes and train.classes[0] == "background"
+    for ds, split in ((train, "training"), (val, "validation")):
+        for i in range(len(ds)):
+            scene = generate_scene(scene_seed(5, "train" if split == "training" else "val", i), cfg)
+            raw = ds.load_item(i)
+            assert np.array_equal(raw["seg"], scene.seg)  # reduce_zero_label undoes the +1 of the writer
+            assert np.array_equal(raw["image"], scene.image)  # PNG keeps exact pixels
+            stored = data_files.read_label(raw["meta"]["target_path"])
+            assert stored.min() >= 1 and np.array_equal(stored, scene.seg + 1)
+    # train and val scenes differ
+    assert not np.array_equal(train.load_item(0)["image"], val.load_item(0)["image"])
+    # JPEG images (the default) are close, labels still exact
+    root_jpg = write_ade20k_layout(tmp_path / "jpg", 2, 1, cfg, seed=5, progress=False)
+    ds = ADE20KDataset(root_jpg, "training")
+    raw, scene = ds.load_item(1), generate_scene(scene_seed(5, "train", 1), cfg)
+    assert ds.items[0].image.suffix == ".jpg"
+    assert np.array_equal(raw["seg"], scene.seg)
+    assert np.abs(raw["image"].astype(int) - scene.image).mean() < 6
+
+
+def test_nyu_writer_round_trip(tmp_path):
+    cfg = SceneConfig(size=(48, 64))
+    root = write_nyu_layout(tmp_path / "nyu", 5, 3, cfg, seed=2, scenes_per_folder=2, progress=False)
+    assert _no_temp_files(root)
+    lines = (root / "nyu_train.txt").read_text().splitlines()
+    assert len(lines) == 5 and all(len(line.split()) == 3 for line in lines)
+    assert (root / "official_splits/test").is_dir() and (root / "sync/scene_0002").is_dir()
+    for split, n in (("nyu_train.txt", 5), ("nyu_test.txt", 3)):
+        ds = NYUDepthDataset(root, split)
+        assert len(ds) == n
+        for i in range(n):
+            scene = generate_scene(scene_seed(2, "train" if "train" in split else "val", i), cfg)
+            depth = ds.load_item(i)["depth"]
+            assert depth.dtype == np.float32 and depth.shape == scene.depth.shape
+            assert np.abs(depth - scene.depth).max() <= 0.0005 + 1e-6  # within half a millimetre
+        sample = ds[0]
+        assert sample["depth"].shape == (1, 48, 64) and sample["meta"]["focal"] > 0
+
+
+def test_layouts_share_scenes_for_the_same_seed(tmp_path):
+    cfg = SceneConfig(size=(32, 40))
+    ade = ADE20KDataset(write_ade20k_layout(tmp_path / "ade", 2, 1, cfg, seed=9, image_ext=".png", progress=False),
+                        "validation")
+    nyu = NYUDepthDataset(write_nyu_layout(tmp_path / "nyu", 2, 1, cfg, seed=9, image_ext=".png", progress=False),
+                          "nyu_test.txt")
+    assert np.array_equal(ade.load_item(0)["image"], nyu.load_item(0)["image"])  # same scene: seg and depth pair up
+
+
+@pytest.mark.parametrize("depth_format", ["png", "npy"])
+def test_folder_writer_round_trip(tmp_path, depth_format):
+    cfg = SceneConfig(size=(40, 56), num_classes=7)
+    root = write_folder_layout(tmp_path / "f", 4, cfg, seed=1, depth_format=depth_format, progress=False)
+    seg = FolderSegmentationDataset(root)
+    dep = FolderDepthDataset(root)
+    assert seg.num_classes == 7
+    for i in range(4):
+        scene = generate_scene(scene_seed(1, "train", i), cfg)
+        assert np.array_equal(seg.load_item(i)["seg"], scene.seg)
+        assert np.array_equal(seg.load_item(i)["image"], scene.image)
+        tol = 0.0 if depth_format == "npy" else 0.0005 + 1e-6
+        assert np.abs(dep.load_item(i)["depth"] - scene.depth).max() <= tol
+
+
+def test_interrupted_write_leaves_no_partial_files(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = data_files.os.replace
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(data_files.os, "replace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        write_nyu_layout(tmp_path / "nyu", 4, 0, SceneConfig(size=(32, 32)), progress=False)
+    monkeypatch.undo()
+    written = sorted(p.name for p in (tmp_path / "nyu").rglob("*") if p.is_file())
+    assert len(written) == 4 and _no_temp_files(tmp_path / "nyu")  # 4 complete files, no temp left
+    assert not (tmp_path / "nyu" / "nyu_train.txt").exists()
+
+
+def test_writer_rejects_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="image_ext"):
+        write_ade20k_layout(tmp_path, 1, 0, image_ext=".gif", progress=False)
+    with pytest.raises(ValueError, match="depth_format"):
+        write_folder_layout(tmp_path, 1, depth_format="exr", progress=False)
+    with pytest.raises(ValueError, match="16-bit"):
+        write_nyu_layout(tmp_path, 1, 0, SceneConfig(depth_range=(2.0, 80.0)), progress=False)
