@@ -237,7 +237,44 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument("--device", default=None, help="e.g. cpu, cuda")
     pca.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     pca.set_defaults(func=_cmd_pca)
+
+    _add_engine_commands(sub)
     return parser
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .data import synthetic
+
+    config = synthetic.SceneConfig(size=(args.size, args.size), num_classes=args.classes)
+    writer = {"ade20k": synthetic.write_ade20k_layout, "nyu": synthetic.write_nyu_layout}.get(args.layout)
+    if writer is not None:
+        writer(args.out, args.train, args.val, config=config, seed=args.seed)
+    else:
+        synthetic.write_folder_layout(args.out, args.train, config=config, seed=args.seed)
+    print(f"wrote synthetic scenes ({args.layout} layout) under {args.out}")
+    return 0
+
+
+def _add_engine_commands(sub) -> None:
+    """train / test (mmengine runs), eval-depth and synth: the same code as tools/*.py."""
+    from .engine.entry import add_test_arguments, add_train_arguments, run_test, run_train
+    from .evaluation.depth_files import add_eval_depth_arguments, run_eval_depth
+
+    train = sub.add_parser("train", help="train a head on a frozen backbone (an mmengine config)")
+    add_train_arguments(train).set_defaults(func=run_train)
+    test = sub.add_parser("test", help="evaluate a checkpoint with a config; --out saves predictions")
+    add_test_arguments(test).set_defaults(func=run_test)
+    ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
+    add_eval_depth_arguments(ev).set_defaults(func=run_eval_depth)
+    synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")
+    synth.add_argument("out", help="output directory")
+    synth.add_argument("--layout", choices=["ade20k", "nyu", "folder"], default="ade20k")
+    synth.add_argument("--train", type=int, default=400, help="training scenes (folder layout: all scenes)")
+    synth.add_argument("--val", type=int, default=50, help="validation scenes")
+    synth.add_argument("--size", type=int, default=224, help="image side in pixels")
+    synth.add_argument("--classes", type=int, default=5, help="classes including the background")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
 
 
 def main(argv: list[str] | None = None) -> int:

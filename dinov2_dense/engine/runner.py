@@ -98,6 +98,12 @@ class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
     def __init__(self, *args, custom_hooks: list | None = None, **kwargs):
+        launcher = kwargs.get("launcher", "none")
+        if launcher != "none" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
+            # mmengine's init_dist calls torch.cuda.set_device unconditionally: on CPUs (gloo) we start
+            # the process group ourselves, and mmengine then finds it already initialised.
+            backend = ((kwargs.get("env_cfg") or {}).get("dist_cfg") or {}).get("backend", "gloo")
+            torch.distributed.init_process_group(backend=backend)
         hooks = list(custom_hooks or [])
         if not any(isinstance(h, dict) and h.get("type") == "CheckpointSanitizerHook" for h in hooks):
             hooks.append(dict(type="CheckpointSanitizerHook"))
@@ -122,11 +128,21 @@ class DenseRunner(Runner):
             experiment_name=cfg.get("experiment_name"), cfg=cfg,
         )
 
+    def wrap_model(self, model_wrapper_cfg, model):
+        if self.distributed and not torch.cuda.is_available() and model_wrapper_cfg is None:
+            from mmengine.model import MMDistributedDataParallel
+
+            # CPU DDP: no device_ids (mmengine passes the local rank as a GPU index)
+            return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
+                                             find_unused_parameters=False)
+        return super().wrap_model(model_wrapper_cfg, model)
+
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         tmp = f".{filename}.{os.getpid()}.tmp"
         try:
             super().save_checkpoint(out_dir, tmp, *args, **kwargs)
-            os.replace(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
+            if os.path.exists(os.path.join(out_dir, tmp)):  # only the main process writes checkpoints
+                os.replace(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
         finally:
             if os.path.exists(os.path.join(out_dir, tmp)):
                 os.unlink(os.path.join(out_dir, tmp))

@@ -1,0 +1,168 @@
+"""mmengine runs on synthetic scenes: heads learn, kill -9 then --resume, DDP on gloo, test outputs."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dinov2_dense.data import NYUDepthDataset
+from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout, write_nyu_layout
+from dinov2_dense.engine.entry import load_config
+from dinov2_dense.engine.runner import DenseRunner, latest_checkpoint
+from dinov2_dense.evaluation.depth import depth_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
+DEPTH_CFG = ROOT / "configs/depth/tiny_synthetic_linear.py"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    config = SceneConfig(size=(112, 112))
+    write_ade20k_layout(root / "ade", 160, 16, config=config, seed=0, progress=False)
+    write_nyu_layout(root / "nyu", 160, 16, config=config, seed=0, progress=False)
+    return root
+
+
+def _options(root: Path, iters: int, **extra) -> dict:
+    opts = {f"{split}_dataloader.dataset.root": str(root) for split in ("train", "val", "test")}
+    opts.update({"train_cfg.max_iters": iters, "train_cfg.val_interval": iters,
+                 "param_scheduler.1.end": iters, "default_hooks.logger.interval": 50})
+    opts.update(extra)
+    return opts
+
+
+def _run(config: Path, work_dir: Path, options: dict):
+    cfg = load_config(str(config), options, str(work_dir))
+    runner = DenseRunner.from_cfg(cfg)
+    runner.train()
+    return runner, runner.test()
+
+
+def test_linear_head_learns_synthetic_segmentation(scenes, tmp_path):
+    _, metrics = _run(SEG_CFG, tmp_path, _options(scenes / "ade", 250))
+    # 5 classes: chance is ~20 mIoU; a linear probe on a random tiny ViT's colours does far better
+    assert metrics["mIoU"] > 50.0, metrics
+    assert (tmp_path / "iter_250.pth").is_file()
+
+
+def test_depth_head_beats_a_constant_predictor(scenes, tmp_path):
+    _, metrics = _run(DEPTH_CFG, tmp_path, _options(scenes / "nyu", 250, **{"optim_wrapper.optimizer.lr": 0.02}))
+    train = NYUDepthDataset(scenes / "nyu", "nyu_train.txt")
+    val = NYUDepthDataset(scenes / "nyu", "nyu_test.txt")
+    train_depth = np.concatenate([train.load_item(i)["depth"].ravel() for i in range(len(train))])
+    constant = float(train_depth[train_depth > 0].mean())
+    const_rmse = np.mean([
+        depth_metrics(np.full_like(d, constant), d, max_depth=10.0)["rmse"]
+        for d in (val.load_item(i)["depth"] for i in range(len(val)))
+    ])
+    assert metrics["count"] == len(val)
+    assert metrics["rmse"] < 0.85 * const_rmse, (metrics["rmse"], const_rmse)
+
+
+def test_training_checkpoint_is_an_official_style_head_file(scenes, tmp_path):
+    runner, _ = _run(SEG_CFG, tmp_path, _options(scenes / "ade", 20))
+    ckpt = torch.load(tmp_path / "iter_20.pth", map_location="cpu", weights_only=True)  # no unsafe globals
+    keys = set(ckpt["state_dict"])
+    assert keys == {f"decode_head.{k}" for k in runner.model.decode_head.state_dict()}
+    assert ckpt["meta"]["iter"] == 20
+
+
+def test_interrupted_save_leaves_previous_checkpoint(scenes, tmp_path, monkeypatch):
+    runner, _ = _run(SEG_CFG, tmp_path, _options(scenes / "ade", 20))
+    good = (tmp_path / "iter_20.pth").read_bytes()
+    import mmengine.runner.checkpoint as ckpt_mod
+
+    def broken_save(checkpoint, filename, *args, **kwargs):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", broken_save)
+    monkeypatch.setattr("mmengine.runner.runner.save_checkpoint", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        runner.save_checkpoint(str(tmp_path), "iter_40.pth", by_epoch=False)
+    assert not (tmp_path / "iter_40.pth").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert (tmp_path / "iter_20.pth").read_bytes() == good
+    (tmp_path / "last_checkpoint").write_text("")  # a stale pointer is no obstacle either
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "iter_20.pth")
+
+
+def _train_command(config: Path, work_dir: Path, options: dict, *extra: str) -> list[str]:
+    opts = [f"{k}={v}" for k, v in options.items()]
+    return [sys.executable, str(ROOT / "tools/train.py"), str(config), "--work-dir", str(work_dir), *extra,
+            "--cfg-options", *opts]
+
+
+def test_kill_minus_nine_then_resume_ends_at_the_same_iteration(scenes, tmp_path):
+    options = _options(scenes / "ade", 400, **{"default_hooks.checkpoint.interval": 10})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_command(SEG_CFG, tmp_path, options), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("iter_*.pth")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere in the middle of the run, maybe in the middle of a save
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = sorted(tmp_path.glob("iter_*.pth"))
+    assert saved, "the run was killed before its first checkpoint"
+    for path in saved:  # complete files only: every one loads
+        assert torch.load(path, map_location="cpu", weights_only=True)["meta"]["iter"] > 0
+    killed_at = max(int(p.stem.split("_")[1]) for p in saved)
+    assert killed_at < 400
+
+    log = tmp_path / "resume.log"
+    with open(log, "w") as out:
+        subprocess.run(_train_command(SEG_CFG, tmp_path, options, "--resume"), env=env, stdout=out,
+                       stderr=subprocess.STDOUT, check=True, timeout=300)
+    text = log.read_text()
+    assert f"resumed epoch: 0, iter: {killed_at}" in text
+    final = torch.load(tmp_path / "iter_400.pth", map_location="cpu", weights_only=True)
+    assert final["meta"]["iter"] == 400
+    assert "Iter(train) [400/400]" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path):
+    options = _options(scenes / "ade", 20, **{"train_dataloader.batch_size": 4})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port())] + _train_command(SEG_CFG, tmp_path, options, "--launcher", "pytorch")[1:]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "Distributed launcher: pytorch" in text and "Distributed training: True" in text
+    assert "GPU number: 2" in text  # mmengine's name for the world size
+    assert "Iter(val) [8/8]" in text  # the 16 validation images split over 2 processes
+    assert (tmp_path / "iter_20.pth").is_file()
+
+
+def test_test_command_saves_masks_and_depth_pngs(scenes, tmp_path):
+    import cv2
+
+    from dinov2_dense.cli import main
+
+    _run(DEPTH_CFG, tmp_path / "depth", _options(scenes / "nyu", 10))
+    out = tmp_path / "pred"
+    opts = [f"{k}={v}" for k, v in _options(scenes / "nyu", 10).items()]
+    assert main(["test", str(DEPTH_CFG), str(tmp_path / "depth" / "iter_10.pth"), "--work-dir",
+                 str(tmp_path / "depth"), "--out", str(out), "--cfg-options", *opts]) == 0
+    pngs = sorted((out / "depth").glob("*.png"))
+    assert len(pngs) == 16 and len(list((out / "colour").glob("*.png"))) == 16
+    depth = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16 and depth.shape == (112, 112) and 1 <= depth.min() and depth.max() <= 10000
