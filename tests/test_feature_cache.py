@@ -1,0 +1,68 @@
+"""Feature cache: built once, equal to live features, trains a head exactly like the uncached loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from dinov2_dense.data import ADE20KDataset, NYUDepthDataset
+from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout, write_nyu_layout
+from dinov2_dense.engine.feature_cache import FeatureCache, train_head
+from heads import CrossEntropyLoss, DensePredictor, LinearDepthHead, LinearHead, SigLoss
+
+from .conftest import tiny_vit
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache_scenes")
+    write_ade20k_layout(root / "ade", 24, 2, config=SceneConfig(size=(56, 70)), seed=1, progress=False)
+    write_nyu_layout(root / "nyu", 12, 2, config=SceneConfig(size=(56, 70)), seed=1, progress=False)
+    return root
+
+
+def seg_predictor(seed=0):
+    torch.manual_seed(seed)
+    return DensePredictor(tiny_vit(depth=2), LinearHead([48, 48], 5), task="segmentation", layers=[0, 1])
+
+
+def test_cache_holds_the_live_features(scenes, tmp_path):
+    data = ADE20KDataset(scenes / "ade", "training")
+    predictor = seg_predictor()
+    cache = FeatureCache.build(predictor, data, tmp_path / "cache", batch_size=5, dtype="float32", progress=False)
+    assert len(cache) == 24 and not (tmp_path / ".cache.building").exists()
+    item = cache[7]
+    with torch.no_grad():
+        live = predictor.extract_features(data[7]["image"][None])
+    for cached, fresh in zip(item["features"], live):
+        torch.testing.assert_close(cached, fresh[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(item["seg"], data[7]["seg"])
+    reopened = FeatureCache(tmp_path / "cache")  # memory-mapped, reopened from disk
+    assert isinstance(reopened.maps[0], np.memmap)
+    with pytest.raises(FileExistsError):
+        FeatureCache.build(predictor, data, tmp_path / "cache", progress=False)
+
+
+def test_training_from_cache_equals_uncached_loop(scenes, tmp_path):
+    data = ADE20KDataset(scenes / "ade", "training")
+    live, cached = seg_predictor(), seg_predictor()
+    cache = FeatureCache.build(cached, data, tmp_path / "cache", dtype="float32", progress=False)
+    a = train_head(live, data, [CrossEntropyLoss()], epochs=2, batch_size=6, progress=False)
+    b = train_head(cached, cache, [CrossEntropyLoss()], epochs=2, batch_size=6, progress=False)
+    assert len(a) == len(b) == 8
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert b[-1] < b[0]  # it learns
+    for p, q in zip(live.decode_head.parameters(), cached.decode_head.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3)
+
+
+def test_depth_cache_keeps_class_tokens(scenes, tmp_path):
+    data = NYUDepthDataset(scenes / "nyu", "nyu_train.txt")
+    torch.manual_seed(0)
+    predictor = DensePredictor(tiny_vit(depth=2), LinearDepthHead([48], max_depth=10.0), task="depth", layers=[1],
+                               norm=False, class_token=True)
+    cache = FeatureCache.build(predictor, data, tmp_path / "depth_cache", progress=False)
+    (fmap, cls_token), = cache[0]["features"]
+    assert fmap.shape == (48, 4, 5) and cls_token.shape == (48,)
+    assert cache[0]["depth"].shape == (1, 56, 70)
+    losses = train_head(predictor, cache, [SigLoss()], epochs=1, batch_size=4, progress=False)
+    assert len(losses) == 3 and all(np.isfinite(losses))
