@@ -166,3 +166,21 @@ def test_test_command_saves_masks_and_depth_pngs(scenes, tmp_path):
     assert len(pngs) == 16 and len(list((out / "colour").glob("*.png"))) == 16
     depth = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
     assert depth.dtype == np.uint16 and depth.shape == (112, 112) and 1 <= depth.min() and depth.max() <= 10000
+
+
+def test_test_command_saves_label_masks(scenes, tmp_path):
+    import cv2
+
+    from dinov2_dense.cli import main
+
+    _run(SEG_CFG, tmp_path / "seg", _options(scenes / "ade", 10))
+    out = tmp_path / "pred"
+    opts = [f"{k}={v}" for k, v in _options(scenes / "ade", 10).items()]
+    assert main(["test", str(SEG_CFG), str(tmp_path / "seg" / "iter_10.pth"), "--work-dir",
+                 str(tmp_path / "seg"), "--out", str(out), "--cfg-options", *opts]) == 0
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(masks) == 16
+    labels = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint8 and labels.shape == (112, 112) and labels.max() < 5
+    colour = cv2.imread(str(out / "colour" / masks[0].name))
+    assert colour.shape == (112, 112, 3)
