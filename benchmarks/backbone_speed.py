@@ -20,7 +20,6 @@ import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 from dinov2_dense.hub import build_backbone
 

@@ -33,8 +33,6 @@ __all__ = [
     "save_safetensors",
 ]
 
-# All released backbones use 64 channels per attention head.
-HEAD_DIM = 64
 _SIZE_NAMES = {384: "s", 768: "b", 1024: "l", 1536: "g"}
 
 

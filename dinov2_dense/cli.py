@@ -15,16 +15,23 @@ import numpy as np
 def _cmd_info(args: argparse.Namespace) -> int:
     from .hub import WEIGHTS_ENV, hub_checkpoint_dir, weights_status
 
-    rows = weights_status()
+    from heads.zoo import model_weights_status
+
+    rows = [dict(r, kind="backbone") for r in weights_status()]
+    models = model_weights_status()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + models, indent=2))
         return 0
     print(f"weights are looked for in ${WEIGHTS_ENV} ({os.environ.get(WEIGHTS_ENV) or 'unset'}), "
-          f"then in {hub_checkpoint_dir()}")
-    width = max(len(r["name"]) for r in rows)
+          f"then in {hub_checkpoint_dir()}; missing files are downloaded on first use")
+    print("backbones:")
     for r in rows:
-        where = r["found"] if r["found"] else "not found (downloaded on first use from " + r["url"] + ")"
-        print(f"  {r['name']:<{width}}  {r['arch']:<10}  registers {r['registers']}  {r['file']:<34} {where}")
+        where = r["found"] or f"not found ({r['url']})"
+        print(f"  {r['name']:<18} {r['arch']:<10}  registers {r['registers']}  {r['file']:<34} {where}")
+    print("full models (backbone + official head):")
+    for r in models:
+        where = r["found"] or "not found"
+        print(f"  {r['name']:<32} {r['task']:<12} {r['file']:<44} {where}")
     return 0
 
 

@@ -171,3 +171,17 @@ def load_head_weights(model: DensePredictor, state_dict: Mapping[str, Tensor], l
             f"({type(model.decode_head).__name__}): " + "; ".join(parts)
         )
     model.decode_head.load_state_dict(head, strict=True)
+
+
+def model_weights_status() -> list[dict]:
+    """For ``dinov2-dense info``: each zoo model, its head file, and where it was (or was not) found."""
+    from dinov2_dense.hub import candidate_paths
+
+    rows = []
+    for name, spec in MODELS.items():
+        places = candidate_paths(spec.filename)
+        found = next((p for p in places if p.is_file()), None)
+        rows.append({"name": name, "kind": "model", "task": spec.task, "backbone": spec.backbone,
+                     "file": spec.filename, "found": str(found) if found else None,
+                     "looked": [str(p) for p in places], "url": spec.url})
+    return rows

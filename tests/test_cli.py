@@ -47,6 +47,8 @@ def test_info_lists_zoo_and_where_weights_are(weights_dir, capsys):
     assert set(rows) >= {"dinov2_vits14", "dinov2_vitg14_reg", "dinov2_vitl14"}
     assert rows["dinov2_vits14"]["found"] == str(weights_dir / "dinov2_vits14_pretrain.pth")
     assert rows["dinov2_vitb14"]["found"] is None
+    assert rows["dinov2_vitg14_kitti_dpt"]["file"] == "dinov2_vitg14_kitti_dpt_head.pth"
+    assert rows["dinov2_vits14_ade20k_ms"]["found"] is None and rows["dinov2_vits14_ade20k_ms"]["kind"] == "model"
     assert str(weights_dir / "dinov2_vitb14_pretrain.pth") in rows["dinov2_vitb14"]["looked"]
     assert main(["info"]) == 0
     text = capsys.readouterr().out

@@ -60,3 +60,12 @@ def test_config_model_builds_and_runs(path):
         out = model(torch.randn(1, 3, 56, 70), mode="tensor")
     channels = 1 if model.task == "depth" else model.decode_head.state_dict()["conv_seg.weight"].shape[0]
     assert out.shape == (1, channels, 56, 70)
+
+
+def test_dense_model_from_a_zoo_name_keeps_official_settings():
+    model = MODELS.build(dict(type="DenseModel", zoo="dinov2_vits14_nyu_linear4", backbone_weights=None))
+    assert model.task == "depth" and model.predictor.layers == [2, 5, 8, 11] and model.predictor.max_depth == 10.0
+    assert [type(l).__name__ for l in model.losses] == ["SigLoss", "GradientLoss"]
+    assert set(k.split(".")[0] for k in model.state_dict()) == {"decode_head"}  # frozen backbone not saved
+    with pytest.raises(ValueError, match="zoo=..."):
+        MODELS.build(dict(type="DenseModel", backbone="dinov2_vits14", backbone_weights=None))
