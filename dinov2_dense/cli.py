@@ -6,10 +6,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -35,23 +33,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _atomic_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _cmd_features(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import save_safetensors
     from .features import extract_features
+    from .fileio import write_npy
     from .hub import load_backbone
 
     out = Path(args.out)
@@ -78,7 +65,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         array = torch.stack(per_image).cpu().numpy()
         if len(layer_ids) == 1:
             array = array[:, 0]
-        _atomic_npy(out, array)
+        write_npy(out, array)
         shape = array.shape
     else:
         tensors = {}

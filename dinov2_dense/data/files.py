@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -116,42 +115,5 @@ def read_depth(path: str | os.PathLike, scale: float | None) -> np.ndarray:
     return depth
 
 
-# -- atomic writes ---------------------------------------------------------------------------
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync-free rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
-
-
-def write_image(path: str | os.PathLike, array: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Encode by extension and write atomically: RGB (H, W, 3) uint8, or (H, W) uint8 / uint16."""
-    path = Path(path)
-    array = np.asarray(array)
-    if array.ndim == 3:
-        array = array[..., ::-1]  # OpenCV writes BGR
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(path.suffix, np.ascontiguousarray(array), params)
-    if not ok:
-        raise DataError(f"{path}: OpenCV cannot encode a {array.dtype} array of shape {array.shape} as {path.suffix}")
-    write_bytes(path, buf.tobytes())
-
-
-def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    write_bytes(path, buf.getvalue())
+# -- atomic writes: one implementation for the toolkit (dinov2_dense.fileio) ---------------------
+from ..fileio import write_bytes, write_image, write_npy, write_text  # noqa: E402,F401

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from mmengine.hooks import Hook
 
+from dinov2_dense.fileio import write_image
+
 from .registry import HOOKS
-
-
-def _atomic_png(path: Path, array: np.ndarray) -> None:
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    if not cv2.imwrite(str(tmp), array):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
 
 
 def colour_labels(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray:
@@ -61,13 +52,13 @@ class SavePredictionsHook(Hook):
             self.count += 1
             if "pred_sem_seg" in sample:
                 labels = sample["pred_sem_seg"].cpu().numpy().astype(np.uint8)
-                _atomic_png(self.out_dir / "masks" / f"{stem}.png", labels)
-                _atomic_png(self.out_dir / "colour" / f"{stem}.png", colour_labels(labels)[..., ::-1])
+                write_image(self.out_dir / "masks" / f"{stem}.png", labels)
+                write_image(self.out_dir / "colour" / f"{stem}.png", colour_labels(labels))
             if "pred_depth" in sample:
                 depth = sample["pred_depth"].float().cpu().numpy()
                 mm = np.clip(np.round(depth * self.depth_scale), 0, 65535).astype(np.uint16)
-                _atomic_png(self.out_dir / "depth" / f"{stem}.png", mm)
-                _atomic_png(self.out_dir / "colour" / f"{stem}.png", colour_depth(depth)[..., ::-1])
+                write_image(self.out_dir / "depth" / f"{stem}.png", mm)
+                write_image(self.out_dir / "colour" / f"{stem}.png", colour_depth(depth))
 
     def after_test(self, runner) -> None:
         runner.logger.info(f"saved {self.count} predictions under {self.out_dir}")

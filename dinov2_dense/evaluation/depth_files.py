@@ -16,17 +16,15 @@ ground-truth size is kb-cropped with it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..fileio import write_json
 from .depth import DEPTH_METRIC_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
 
 __all__ = [
@@ -231,19 +229,7 @@ def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
 
 def write_metrics_json(path: str | Path, metrics: dict[str, float]) -> None:
     """Write ``metrics`` as JSON atomically (temp file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(metrics, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, metrics)
 
 
 def add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

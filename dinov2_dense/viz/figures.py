@@ -7,12 +7,13 @@ Images here are RGB: float (H, W, 3) in [0, 1], uint8 (H, W, 3), or (H, W) grays
 from __future__ import annotations
 
 import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from .. import fileio
+from ..fileio import atomic_path
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -52,34 +53,9 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.nd
     return (1.0 - alpha) * image + alpha * colours
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format);
-    rename it onto ``path`` when the block succeeds, remove it when the block fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name rather than mkstemp, whose 0600 mode would survive the rename
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
-    try:
-        yield tmp
-        if not tmp.is_file():
-            raise OSError(f"{path}: nothing was written")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write an RGB image (float [0, 1], bool or uint8) atomically; the suffix picks the format."""
-    import cv2
-
-    path = Path(path)
-    ok, data = cv2.imencode(path.suffix or ".png", to_uint8(image)[..., ::-1])
-    if not ok:
-        raise ValueError(f"{path}: OpenCV cannot encode images as {path.suffix!r}; use .png or .jpg")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
-    return path
+    return fileio.write_image(path, to_uint8(image))
 
 
 def save_grid(
