@@ -97,6 +97,17 @@ class DensePredictor(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.encode_decode(images)
 
+    def head_losses(self, features: list, target: Tensor, losses: Sequence[nn.Module]) -> dict[str, Tensor]:
+        """Training losses of the head on features: its output resized (bilinear) to the target
+        (B, H, W) labels or (B, [1,] H, W) depth, depth clamped to the range, as in the official heads."""
+        out = self.decode_head(features)
+        if self.task == "depth" and target.dim() == 3:
+            target = target.unsqueeze(1)
+        out = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        if self.task == "depth":
+            out = out.clamp(min=self.min_depth, max=self.max_depth)
+        return {f"loss_{type(fn).__name__}": fn(out, target) for fn in losses}
+
     # -- test-time protocols ---------------------------------------------------------------------
     def slide_inference(self, images: Tensor, crop_size: int | Sequence[int], stride: int | Sequence[int]) -> Tensor:
         """mmseg sliding windows: crops of ``crop_size`` every ``stride`` pixels, outputs averaged.

@@ -13,11 +13,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from heads.predictor import DensePredictor
@@ -128,20 +128,6 @@ def _collate_cached(batch: list[dict]) -> dict:
     return {"features": feats, key: torch.stack([b[key] for b in batch])}
 
 
-def head_loss(head: nn.Module, feats: list, target: Tensor, losses: Iterable[nn.Module], task: str,
-              depth_range: tuple[float, float] | None = None) -> Tensor:
-    """The training loss of a head on features: output resized to the target, depth clamped."""
-    import torch.nn.functional as F
-
-    out = head(feats)
-    if task == "depth" and target.dim() == 3:
-        target = target.unsqueeze(1)
-    out = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    if task == "depth" and depth_range is not None:
-        out = out.clamp(*depth_range)
-    return sum(fn(out, target) for fn in losses)
-
-
 def train_head(
     predictor: DensePredictor,
     data: FeatureCache | Dataset,
@@ -168,7 +154,6 @@ def train_head(
                         collate_fn=_collate_cached if cached else dense_collate)
     head = predictor.decode_head.train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    depth_range = (predictor.min_depth, predictor.max_depth) if predictor.task == "depth" else None
     key = "seg" if predictor.task == "segmentation" else "depth"
     history = []
     for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
@@ -178,7 +163,7 @@ def train_head(
             else:
                 feats = predictor.extract_features(batch["inputs"])
                 target = torch.stack([s[key] for s in batch["data_samples"]])
-            loss = head_loss(head, feats, target, losses, predictor.task, depth_range)
+            loss = sum(predictor.head_losses(feats, target, losses).values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -124,15 +124,9 @@ class DenseModel(BaseModel):
         return self.predictor(inputs)
 
     def loss(self, inputs: Tensor, data_samples: list[dict]) -> dict[str, Tensor]:
-        out = self.decode_head(self.predictor.extract_features(inputs))
         key = "seg" if self.task == "segmentation" else "depth"
-        target = torch.stack([s[key] for s in data_samples]).to(out.device)
-        if self.task == "depth" and target.dim() == 3:
-            target = target.unsqueeze(1)
-        out = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        if self.task == "depth":
-            out = out.clamp(min=self.predictor.min_depth, max=self.predictor.max_depth)
-        return {f"loss_{type(fn).__name__}": fn(out, target) for fn in self.losses}
+        target = torch.stack([s[key] for s in data_samples]).to(inputs.device)
+        return self.predictor.head_losses(self.predictor.extract_features(inputs), target, self.losses)
 
     @torch.no_grad()
     def predict(self, inputs: Tensor, data_samples: list[dict] | None = None) -> list[dict]:
