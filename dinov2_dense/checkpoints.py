@@ -248,17 +248,8 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
     raw = read_checkpoint(source) if not isinstance(source, Mapping) else dict(source)
     sd, fmt = to_official(raw)
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd), key=_key_order)
-    unexpected = sorted(set(sd) - set(own), key=_key_order)
-    shapes = sorted((k for k in set(own) & set(sd) if own[k].shape != sd[k].shape), key=_key_order)
-    if missing or unexpected or shapes:
-        parts = []
-        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
-            if keys:
-                parts.append(f"{len(keys)} {title}: {_list(keys)}")
-        if shapes:
-            desc = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:6]]
-            parts.append(f"{len(shapes)} keys of other shapes (checkpoint vs model): {'; '.join(desc)}")
+    parts = key_mismatches(own, sd)
+    if parts:
         raise CheckpointError(
             f"{label} ({fmt} format) does not fit this model ({describe_architecture(own)}).\n  "
             + "\n  ".join(parts)
@@ -266,6 +257,20 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     return fmt
+
+
+def key_mismatches(own: Mapping[str, Tensor], sd: Mapping[str, Tensor]) -> list[str]:
+    """What keeps ``sd`` from loading strictly into a module whose state dict is ``own``: lines
+    naming the missing, unexpected and mis-shaped keys (empty when it fits)."""
+    missing = sorted(set(own) - set(sd), key=_key_order)
+    unexpected = sorted(set(sd) - set(own), key=_key_order)
+    shapes = sorted((k for k in set(own) & set(sd) if own[k].shape != sd[k].shape), key=_key_order)
+    parts = [f"{len(keys)} {title}: {_list(keys)}"
+             for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)) if keys]
+    if shapes:
+        desc = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:6]]
+        parts.append(f"{len(shapes)} keys of other shapes (checkpoint vs model): {'; '.join(desc)}")
+    return parts
 
 
 _TELLING_KEYS = ("cls_token", "pos_embed", "register_tokens", "patch_embed.proj.weight")

@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from dinov2_dense.checkpoints import CheckpointError, load_backbone_weights, read_checkpoint
+from dinov2_dense.checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint
 from dinov2_dense.hub import WeightsNotFoundError, build_backbone, load_backbone, official_url, resolve_file
 
 from .dpt import DPTHead
@@ -151,21 +151,10 @@ def load_head_weights(model: DensePredictor, state_dict: Mapping[str, Tensor], l
     """Load ``decode_head.*`` keys (an official head file) strictly into ``model.decode_head``."""
     head = {k[len("decode_head.") :]: v for k, v in state_dict.items() if k.startswith("decode_head.")}
     other = sorted(k for k in state_dict if not k.startswith(("decode_head.", "backbone.")))
-    own = model.decode_head.state_dict()
-    missing = sorted(set(own) - set(head))
-    unexpected = sorted(set(head) - set(own))
-    shapes = sorted(k for k in set(own) & set(head) if own[k].shape != head[k].shape)
-    if not head or missing or unexpected or shapes or other:
-        parts = [f"{len(head)} decode_head keys"]
-        if missing:
-            parts.append(f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"unexpected: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
-        if shapes:
-            parts.append("other shapes: " + "; ".join(
-                f"{k} {tuple(head[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:4]))
-        if other:
-            parts.append(f"keys outside decode_head./backbone.: {', '.join(other[:6])}")
+    parts = key_mismatches(model.decode_head.state_dict(), head) if head else ["no decode_head.* keys"]
+    if other:
+        parts.append(f"keys outside decode_head./backbone.: {', '.join(other[:6])}")
+    if parts:
         raise CheckpointError(
             f"{label} does not fit the head of {getattr(model, 'name', 'this model')} "
             f"({type(model.decode_head).__name__}): " + "; ".join(parts)

@@ -110,7 +110,7 @@ def test_head_file_of_another_size_is_refused_naming_keys(weights_dir, tmp_path)
     with pytest.raises(CheckpointError, match=r"decode_head|bn\.weight \(768,\) vs \(384,\)"):
         load_model("dinov2_vits14_ade20k_linear", weights=path)
     torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(150, 384, 1, 1)}}, path)
-    with pytest.raises(CheckpointError, match="missing: .*bn"):
+    with pytest.raises(CheckpointError, match="missing keys: .*bn"):
         load_model("dinov2_vits14_ade20k_linear", weights=path)
 
 
