@@ -69,3 +69,15 @@ def test_dense_model_from_a_zoo_name_keeps_official_settings():
     assert set(k.split(".")[0] for k in model.state_dict()) == {"decode_head"}  # frozen backbone not saved
     with pytest.raises(ValueError, match="zoo=..."):
         MODELS.build(dict(type="DenseModel", backbone="dinov2_vits14", backbone_weights=None))
+
+
+def test_committed_configs_are_what_the_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_configs", ROOT / "tools" / "make_configs.py")
+    make_configs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_configs)
+    files = make_configs.generate()
+    assert len(files) == 84
+    stale = [rel for rel, text in files.items() if (ROOT / "configs" / rel).read_text() != text]
+    assert not stale, f"run python tools/make_configs.py: {stale}"

@@ -1,4 +1,4 @@
-# dinov2_vitb14 dpt depth head on synthetic scenes.
+# dinov2_vitb14 synthetic DPT head.
 _base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_synthetic.py", "../_base_/datasets/synthetic_depth.py"]
 model = dict(
     type="DenseModel",
@@ -9,6 +9,7 @@ model = dict(
     layers=[2, 5, 8, 11],
     norm=False,
     class_token=True,
+    losses=[dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
     test_cfg=dict(mode="whole"),
 )
 default_hooks = dict(checkpoint=dict(interval=200), logger=dict(interval=20))

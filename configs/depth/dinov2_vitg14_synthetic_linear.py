@@ -1,4 +1,4 @@
-# dinov2_vitg14 lin.1 depth head on synthetic scenes.
+# dinov2_vitg14 synthetic lin.1: the last block, class token concatenated, 256 bins.
 _base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_synthetic.py", "../_base_/datasets/synthetic_depth.py"]
 model = dict(
     type="DenseModel",
@@ -9,6 +9,7 @@ model = dict(
     layers=[39],
     norm=False,
     class_token=True,
+    losses=[dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
     test_cfg=dict(mode="whole"),
 )
 default_hooks = dict(checkpoint=dict(interval=200), logger=dict(interval=20))

@@ -1,4 +1,4 @@
-# dinov2_vitb14 dpt segmentation head on synthetic scenes.
+# dinov2_vitb14 synthetic DPT head ending in class logits, on the depth blocks with class tokens.
 _base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_synthetic.py", "../_base_/datasets/synthetic_seg.py"]
 model = dict(
     type="DenseModel",
