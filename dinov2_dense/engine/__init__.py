@@ -1,11 +1,31 @@
-"""mmengine glue: registries, the model wrapper, the runner with a safe resume, hooks, data glue."""
+"""mmengine glue: registries, the model wrapper, the runner with a safe resume, hooks, data glue.
 
-from dinov2_dense.evaluation import mmengine_metrics  # noqa: F401  (registers SegMetric, DepthMetric)
+Importing the package is cheap (the CLI builds its parser from ``engine.entry``); mmengine, the
+model and the data sets load when a name is first used, and ``register_all()`` puts our classes
+into mmengine's registries (the runner calls it).
+"""
 
-from . import data, hooks  # noqa: F401  (registers dense_collate, SavePredictionsHook)
-from .model import DenseModel
-from .registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS
-from .runner import CheckpointSanitizerHook, DenseRunner, latest_checkpoint
+from __future__ import annotations
 
-__all__ = ["DenseModel", "DenseRunner", "CheckpointSanitizerHook", "latest_checkpoint",
-           "DATASETS", "FUNCTIONS", "HOOKS", "METRICS", "MODELS"]
+import importlib
+
+_NAMES = {
+    "DenseModel": "model", "DenseRunner": "runner", "CheckpointSanitizerHook": "runner",
+    "latest_checkpoint": "runner", "DATASETS": "registry", "FUNCTIONS": "registry", "HOOKS": "registry",
+    "METRICS": "registry", "MODELS": "registry",
+}
+__all__ = [*_NAMES, "register_all"]
+
+
+def register_all() -> None:
+    """Import every module that registers a class or function in mmengine's registries."""
+    importlib.import_module("dinov2_dense.evaluation.mmengine_metrics")  # SegMetric, DepthMetric
+    for module in ("data", "hooks", "model", "runner"):  # dense_collate + data sets, hooks, DenseModel
+        importlib.import_module(f"{__name__}.{module}")
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    register_all()
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)

@@ -46,7 +46,6 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import dinov2_dense.engine  # noqa: F401  (registers our classes)
     from dinov2_dense.engine.runner import DenseRunner
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
@@ -57,7 +56,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_test(args: argparse.Namespace) -> int:
-    import dinov2_dense.engine  # noqa: F401
     from dinov2_dense.engine.runner import DenseRunner
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)

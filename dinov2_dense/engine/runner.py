@@ -98,6 +98,9 @@ class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
     def __init__(self, *args, custom_hooks: list | None = None, **kwargs):
+        from . import register_all
+
+        register_all()  # configs name our classes: make sure the registries hold them
         launcher = kwargs.get("launcher", "none")
         if launcher != "none" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
             # mmengine's init_dist calls torch.cuda.set_device unconditionally: on CPUs (gloo) we start
