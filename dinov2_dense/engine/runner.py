@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,8 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
     if isinstance(obj, dict):
-        return type(obj)((k, to_plain(v)) for k, v in obj.items()) if type(obj) is not dict else {
-            k: to_plain(v) for k, v in obj.items()}
+        plain = {k: to_plain(v) for k, v in obj.items()}
+        return OrderedDict(plain) if isinstance(obj, OrderedDict) else plain
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_plain(v) for v in obj)
     return obj
