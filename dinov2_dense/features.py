@@ -18,23 +18,33 @@ attention that only sees one tile (class and register tokens are then the mean o
 Inputs: file paths (``"skimage:astronaut"`` names a scikit-image sample), numpy arrays or PIL
 images are raw images: grayscale, RGBA (alpha dropped) and 16-bit are converted to RGB in [0, 1]
 and normalised with the ImageNet mean and std. A torch tensor (3, H, W) or (B, 3, H, W) is taken
-as already normalised.
+as already normalised. Files are read by :mod:`dinov2_dense.images`: upright (EXIF orientation
+applied) and within its pixel limit; arrays and PIL images are taken as they are.
+
+Memory: a list of inputs is checked up front (files: their headers only), grouped by size, and
+decoded one batch at a time when that batch runs; with ``size=`` each image is resized as it is
+decoded, so a batch holds ``batch_size`` images at the working size, not at full resolution.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
+import subprocess
+import sys
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .images import decode_image, image_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,50 +55,47 @@ ImageLike = Any  # str | os.PathLike | np.ndarray | PIL.Image.Image | Tensor
 # -- image loading ------------------------------------------------------------------------
 def load_image(source: ImageLike) -> np.ndarray:
     """Read an image as float32 RGB (H, W, 3) in [0, 1]: paths, ``skimage:NAME``, arrays, PIL images."""
-    name = None
-    if isinstance(source, (str, os.PathLike)):
-        name = str(source)
-        array = _read_file(name)
-    elif isinstance(source, np.ndarray):
-        array = source
-    elif hasattr(source, "mode") and hasattr(source, "size"):  # PIL.Image without importing PIL
-        array = _from_pil(source)
-    else:
-        raise TypeError(f"cannot read an image from a {type(source).__name__}")
+    name = str(source) if isinstance(source, (str, os.PathLike)) else None
+    array = load_array(source)
     try:
         return to_rgb_float(array)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}" if name else str(exc)) from None
 
 
-_SKIMAGE_NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}
+def load_array(source: ImageLike) -> np.ndarray:
+    """An image input as an array in its own dtype and channels (what :func:`load_image` converts):
+    files decoded upright by :func:`dinov2_dense.images.decode_image`, arrays as given, PIL images
+    as arrays (palette and CMYK modes expanded to RGB(A), 16-bit kept)."""
+    if isinstance(source, (str, os.PathLike)):
+        return _read_file(str(source))
+    if isinstance(source, np.ndarray):
+        return source
+    if hasattr(source, "mode") and hasattr(source, "size"):  # PIL.Image without importing PIL
+        return _from_pil(source)
+    raise TypeError(f"cannot read an image from a {type(source).__name__}")
+
+
+def check_input(source: ImageLike) -> tuple[int, int]:
+    """Check an image input as cheaply as it can be, and return its (H, W): a file's header
+    (upright size, pixel limit; no pixels decoded), an array's shape and values, a tensor's shape
+    and dtype.
+
+    Raises what :func:`load_image` (or :func:`to_input_tensor` for tensors) would raise for the
+    same input, so a list can be checked before any model work.
+    """
+    if isinstance(source, Tensor):
+        to_input_tensor(source)  # shape and dtype checks, no copy
+        return int(source.shape[-2]), int(source.shape[-1])
+    if isinstance(source, (str, os.PathLike)):
+        return image_size(source)
+    array = load_array(source)  # arrays as given, PIL images as arrays
+    rgb, _ = _checked_rgb(array)
+    return int(rgb.shape[0]), int(rgb.shape[1])
 
 
 def _read_file(path: str) -> np.ndarray:
-    if path.startswith("skimage:"):
-        import skimage.data
-
-        sample = path.split(":", 1)[1]
-        loader = getattr(skimage.data, sample, None)
-        if sample not in skimage.data.__all__ or sample in _SKIMAGE_NOT_IMAGES or not callable(loader):
-            raise FileNotFoundError(f"{path}: scikit-image has no sample image named {sample!r}")
-        image = loader()
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"{path}: this scikit-image sample is not a single image")
-        return image
-    import cv2
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    data = np.fromfile(path, dtype=np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if array is None:
-        raise ValueError(f"{path}: not a readable image (corrupt, empty or an unknown format)")
-    if array.ndim == 3 and array.shape[2] == 3:
-        array = array[..., ::-1]  # OpenCV reads BGR
-    elif array.ndim == 3 and array.shape[2] == 4:
-        array = array[..., [2, 1, 0, 3]]
-    return np.ascontiguousarray(array)
+    return decode_image(path, "unchanged")  # also the scikit-image samples, skimage:NAME
 
 
 def _from_pil(image) -> np.ndarray:
@@ -100,12 +107,9 @@ def _from_pil(image) -> np.ndarray:
     return array
 
 
-def to_rgb_float(array: np.ndarray) -> np.ndarray:
-    """Any (H, W), (H, W, 1|2|3|4) array of uint8 / uint16 / bool / float to RGB float32 in [0, 1].
-
-    Floats are taken as [0, 1] (small overshoots, e.g. from bicubic resampling, are clipped);
-    other integers as 8-bit when they fit, else 16-bit. Values that fit neither raise.
-    """
+def _checked_rgb(array: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Check a raw image: its (H, W, 1|3) colour channels (alpha dropped, native byte order) and
+    the divisor that maps its values to [0, 1] (None: bool or float data, taken as they are)."""
     array = np.asarray(array)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))  # big-endian 16-bit data stays 16-bit
@@ -117,28 +121,41 @@ def to_rgb_float(array: np.ndarray) -> np.ndarray:
         raise ValueError(f"image of shape {array.shape} is empty")
     if array.shape[2] in (2, 4):
         array = array[..., :-1]  # drop alpha
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
     if array.dtype == np.uint8:
-        out = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        out = array.astype(np.float32) / 65535.0
-    elif array.dtype == np.bool_:
-        out = array.astype(np.float32)
-    elif np.issubdtype(array.dtype, np.floating):
+        return array, 255.0
+    if array.dtype == np.uint16:
+        return array, 65535.0
+    if array.dtype == np.bool_:
+        return array, None
+    if np.issubdtype(array.dtype, np.floating):
         lo, hi = float(array.min()), float(array.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("float image holds NaN or infinite values")
         if lo < -0.5 or hi > 1.5:
             raise ValueError(f"float image values span [{lo:g}, {hi:g}]; expected [0, 1] (divide 8-bit data by 255)")
-        out = np.clip(array.astype(np.float32), 0.0, 1.0)
-    elif np.issubdtype(array.dtype, np.integer):
+        return array, None
+    if np.issubdtype(array.dtype, np.integer):
         lo, hi = int(array.min()), int(array.max())
         if lo < 0 or hi > 65535:
             raise ValueError(f"integer image values span [{lo}, {hi}]; expected 8-bit or 16-bit data")
-        out = array.astype(np.float32) / (255.0 if hi <= 255 else 65535.0)
-    else:
-        raise ValueError(f"unsupported image dtype {array.dtype}")
+        return array, 255.0 if hi <= 255 else 65535.0
+    raise ValueError(f"unsupported image dtype {array.dtype}")
+
+
+def to_rgb_float(array: np.ndarray) -> np.ndarray:
+    """Any (H, W), (H, W, 1|2|3|4) array of uint8 / uint16 / bool / float to RGB float32 in [0, 1].
+
+    Floats are taken as [0, 1] (small overshoots, e.g. from bicubic resampling, are clipped);
+    other integers as 8-bit when they fit, else 16-bit. Values that fit neither raise.
+    """
+    array, scale = _checked_rgb(array)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    out = array.astype(np.float32)  # one full-size float copy, then in place
+    if np.issubdtype(array.dtype, np.floating):
+        np.clip(out, 0.0, 1.0, out=out)
+    elif scale is not None:  # not bool
+        out /= scale
     return np.ascontiguousarray(out)
 
 
@@ -274,37 +291,132 @@ def _run(model, x: Tensor, layers: list[int], norm: bool) -> tuple[list[Tensor],
     return maps, [t[:, 0] for t in tokens], [t[:, 1 : 1 + r] for t in tokens]
 
 
-def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overlap: int):
+def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overlap: int,
+               progress: bool | None = None):
     p = model.patch_size
     gh, gw = x.shape[-2] // p, x.shape[-1] // p
     t = max(1, tile // p)
     s = max(1, t - overlap // p)
     ys, xs = _tile_starts(gh, t, s), _tile_starts(gw, t, s)
+    n = len(ys) * len(xs)
     sums: list[Tensor] | None = None
     count = torch.zeros(1, 1, gh, gw, device=x.device)
     cls_sum: list[Tensor] = []
     reg_sum: list[Tensor] = []
-    for y0 in ys:
-        for x0 in xs:
-            crop = x[..., y0 * p : (y0 + t) * p, x0 * p : (x0 + t) * p]
-            maps, cls, regs = _run(model, crop, layers, norm)
-            if sums is None:
-                b = x.shape[0]
-                sums = [torch.zeros(b, m.shape[1], gh, gw, device=x.device, dtype=torch.float32) for m in maps]
-                cls_sum = [torch.zeros_like(c, dtype=torch.float32) for c in cls]
-                reg_sum = [torch.zeros_like(r_, dtype=torch.float32) for r_ in regs]
-            th, tw = maps[0].shape[-2:]
-            for acc, m in zip(sums, maps):
-                acc[..., y0 : y0 + th, x0 : x0 + tw] += m.float()
-            for acc, c in zip(cls_sum, cls):
-                acc += c.float()
-            for acc, r_ in zip(reg_sum, regs):
-                acc += r_.float()
-            count[..., y0 : y0 + th, x0 : x0 + tw] += 1
-    n = len(ys) * len(xs)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, desc="tiles", unit="tile", leave=False, disable=n < 2 or progress is False) as bar:
+        for y0 in ys:
+            for x0 in xs:
+                crop = x[..., y0 * p : (y0 + t) * p, x0 * p : (x0 + t) * p]
+                maps, cls, regs = _run(model, crop, layers, norm)
+                if sums is None:
+                    b = x.shape[0]
+                    sums = [torch.zeros(b, m.shape[1], gh, gw, device=x.device, dtype=torch.float32) for m in maps]
+                    cls_sum = [torch.zeros_like(c, dtype=torch.float32) for c in cls]
+                    reg_sum = [torch.zeros_like(r_, dtype=torch.float32) for r_ in regs]
+                th, tw = maps[0].shape[-2:]
+                for acc, m in zip(sums, maps):
+                    acc[..., y0 : y0 + th, x0 : x0 + tw] += m.float()
+                for acc, c in zip(cls_sum, cls):
+                    acc += c.float()
+                for acc, r_ in zip(reg_sum, regs):
+                    acc += r_.float()
+                count[..., y0 : y0 + th, x0 : x0 + tw] += 1
+                bar.update(1)
     return [s_ / count for s_ in sums], [c / n for c in cls_sum], [r_ / n for r_ in reg_sum]
 
 
+# -- speed warnings -----------------------------------------------------------------------
+class PerformanceWarning(UserWarning):
+    """A run that will be much slower than it needs to be; the message says what to change."""
+
+
+LARGE_FORWARD_TOKENS = 16384
+"""Patch tokens above which one untiled CPU forward pass is announced as slow: attention grows
+with the square of the tokens (16k tokens take minutes on ViT-S/14, longer on larger models)."""
+
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags / Arm "Features" of /proc/cpuinfo
+_warned_bf16 = False
+
+
+def _bf16_in_cpuinfo(text: str) -> bool:
+    """Whether /proc/cpuinfo text lists a native bfloat16 instruction set (flags or Features lines)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16, AMX-BF16, Arm BF16); without it
+    PyTorch emulates bfloat16 on the CPU and ``autocast=True`` runs 3-4x slower than float32.
+
+    Asks PyTorch's CPU probes where it has them, then /proc/cpuinfo (Linux), then sysctl (macOS).
+    """
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except Exception:  # a private probe that moved or failed: ask the OS instead
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return _bf16_in_cpuinfo(f.read())
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                                 timeout=5)
+            return out.stdout.strip() == "1"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return False
+
+
+def _warn_slow_bf16(device: torch.device, autocast: bool | torch.dtype) -> None:
+    """Warn once per process when bfloat16 autocast runs on a CPU that emulates bfloat16."""
+    global _warned_bf16
+    dtype = torch.bfloat16 if autocast is True else autocast
+    if _warned_bf16 or not autocast or device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_native_bf16():
+        return
+    _warned_bf16 = True
+    warnings.warn(
+        "bfloat16 autocast on a CPU without native bfloat16 (no AVX512-BF16 or AMX): PyTorch emulates it, "
+        "typically 3-4x slower than float32; leave autocast off on this machine",
+        PerformanceWarning, stacklevel=4,  # the caller of extract_features
+    )
+
+
+def _grid(h: int, w: int, size, fit: str, p: int) -> tuple[int, int]:
+    """Patch grid (h, w) that an image of (h, w) pixels gets under ``size`` and ``fit`` (what
+    :func:`_extract_batch` feeds the backbone, known before any pixel is decoded)."""
+    th, tw = _target_size(h, w, size)
+    if fit == "resize":
+        return max(1, round(th / p)), max(1, round(tw / p))
+    return -(-th // p), -(-tw // p)
+
+
+def _warn_large_forward(sizes: dict[tuple[int, int], str], size, fit: str, p: int, device: torch.device,
+                        tile: int | None) -> None:
+    """Say up front, once, when one untiled forward pass on the CPU will be very long."""
+    if tile is not None or device.type != "cpu" or not sizes:
+        return
+    (gh, gw), name = max(((_grid(h, w, size, fit, p), n) for (h, w), n in sizes.items()),
+                         key=lambda g: g[0][0] * g[0][1])
+    if gh * gw > LARGE_FORWARD_TOKENS:
+        warnings.warn(
+            f"{name}: one forward pass of {gh * gw:,} patch tokens ({gh}x{gw}) on the CPU; attention grows with the "
+            f"square of the tokens, so this can take many minutes: pass tile= (e.g. tile={32 * p}) to run it in "
+            "tiles, or a smaller size=",
+            PerformanceWarning, stacklevel=4,  # the caller of extract_features
+        )
+
+
+# -- extraction ---------------------------------------------------------------------------
 @torch.no_grad()  # not inference_mode: the features must stay usable as inputs of heads being trained
 def extract_features(
     model,
@@ -326,7 +438,8 @@ def extract_features(
         model: a DinoVisionTransformer (any module with ``forward_layers`` and ``patch_size``).
         images: a path / array / PIL image / (3, H, W) tensor -> one DenseFeatures with B=1;
             a (B, 3, H, W) normalised tensor -> one DenseFeatures with that batch;
-            a list -> a list of DenseFeatures, one per image (batched internally by size).
+            a list -> a list of DenseFeatures, one per image (batched internally by size). Every
+            input is checked first (files by their headers), then decoded one batch at a time.
         layers: None (last block), an int n (the last n blocks, as the official code), or block
             indices (negative counts from the end).
         fit: "pad" or "resize" to the patch grid (see the module docstring).
@@ -334,8 +447,10 @@ def extract_features(
         norm: apply the final LayerNorm to each layer (official segmentation: True; depth: False).
         tile, tile_overlap: tiled mode, tile and overlap in pixels (rounded down to the patch grid).
         batch_size: images per forward pass for lists.
-        autocast: True (bfloat16) or a dtype for torch.autocast; outputs are float32.
-        progress: show a progress bar (default: when there is more than one batch).
+        autocast: True (bfloat16) or a dtype for torch.autocast; outputs are float32. On a CPU
+            without native bfloat16 this is slower than float32 (a PerformanceWarning says so).
+        progress: show a progress bar (default: over batches when there is more than one; over
+            tiles when there is more than one tile). False: never.
     """
     if fit not in ("pad", "resize"):
         raise ValueError(f"fit must be 'pad' or 'resize', got {fit!r}")
@@ -348,27 +463,33 @@ def extract_features(
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     layer_ids = _resolve_layers(model, layers)
     device = next(model.parameters()).device
+    run = dict(model=model, layer_ids=layer_ids, device=device, fit=fit, size=size, norm=norm, tile=tile,
+               tile_overlap=tile_overlap, autocast=autocast, progress=progress)
 
     if isinstance(images, Tensor) and images.ndim == 4:
-        return _extract_batch(model, images, list(range(images.shape[0])), layer_ids, device, fit, size, norm,
-                              tile, tile_overlap, autocast, [])
+        _warn_slow_bf16(device, autocast)
+        _warn_large_forward({tuple(images.shape[-2:]): "image batch"}, size, fit, p, device, tile)
+        return _extract_batch(images, [], **run)
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
-    tensors = [to_input_tensor(item) for item in items]
     names = [str(item) if isinstance(item, (str, os.PathLike)) else f"image {i}" for i, item in enumerate(items)]
+    sizes = [check_input(item) for item in items]  # every input checked before any model work; nothing decoded
 
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(tuple(t.shape[-2:]), []).append(i)
+    for i, hw in enumerate(sizes):
+        groups.setdefault(hw, []).append(i)
     chunks = [idx[j : j + batch_size] for idx in groups.values() for j in range(0, len(idx), batch_size)]
+    _warn_slow_bf16(device, autocast)
+    _warn_large_forward({hw: names[idx[0]] for hw, idx in groups.items()}, size, fit, p, device, tile)
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 
     results: list[DenseFeatures | None] = [None] * len(items)
     for chunk in tqdm(chunks, desc="features", unit="batch", disable=not show):
-        batch = torch.stack([tensors[i] for i in chunk])
-        feats = _extract_batch(model, batch, chunk, layer_ids, device, fit, size, norm, tile, tile_overlap,
-                               autocast, [names[i] for i in chunk])
+        batch, image_hw = _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]],
+                                      size, device)
+        feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
+        del batch  # free this batch's pixels before the next one is decoded
         for k, i in enumerate(chunk):
             results[i] = DenseFeatures(
                 maps={l: m[k : k + 1] for l, m in feats.maps.items()},
@@ -383,17 +504,53 @@ def extract_features(
     return results[0] if single else results  # type: ignore[return-value]
 
 
-def _extract_batch(model, batch, index, layer_ids, device, fit, size, norm, tile, tile_overlap, autocast, names):
+def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device: torch.device
+                ) -> tuple[Tensor, tuple[int, int]]:
+    """Decode and normalise one chunk of same-sized inputs into a (B, 3, H', W') batch.
+
+    Images are decoded one at a time and, with ``size``, resized straight away (the same
+    per-image arithmetic as resizing the batch), so only the batch and one image are in memory.
+    Returns the batch and the images' (H, W) before resizing.
+    """
+    if all(isinstance(x, Tensor) for x in items):
+        return torch.stack(items), hw
+    target = _target_size(*hw, size)
+    batch = torch.empty(len(items), 3, *target, device=device)
+    for k, (item, name) in enumerate(zip(items, names)):
+        x = item.to(device=device, dtype=torch.float32) if isinstance(item, Tensor) else _decoded_input(item)
+        if tuple(x.shape[-2:]) != hw:
+            raise ValueError(f"{name}: decoded to {x.shape[-1]}x{x.shape[-2]} pixels, but it was {hw[1]}x{hw[0]} when "
+                             "checked (did the file change?)")
+        if target == hw:
+            batch[k] = x  # copies (and moves to the device)
+        else:
+            batch[k] = _resize(x.to(device).contiguous()[None], target)[0]
+        del x
+    return batch, hw
+
+
+def _decoded_input(source: ImageLike) -> Tensor:
+    """:func:`to_input_tensor` of a raw image with one full-size float copy instead of three:
+    a (3, H, W) view of an (H, W, 3) float32 array, normalised in place (the arithmetic of
+    :func:`normalize`)."""
+    x = torch.from_numpy(load_image(source))
+    x.sub_(torch.tensor(IMAGENET_MEAN)).div_(torch.tensor(IMAGENET_STD))
+    return x.permute(2, 0, 1)
+
+
+def _extract_batch(batch, names, *, model, layer_ids, device, fit, size, norm, tile, tile_overlap, autocast,
+                   progress=None, orig_size=None):
+    """Features of one (B, 3, H, W) batch; ``orig_size``: the images' (H, W) before an earlier resize."""
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"image batch of shape {tuple(batch.shape)}: expected (B, 3, H, W)")
     _check_normalised(batch)
     p = model.patch_size
     x = batch.to(device=device, dtype=torch.float32)
-    image_size = tuple(x.shape[-2:])
-    x = _resize(x, _target_size(*image_size, size))
+    orig_size = tuple(orig_size or x.shape[-2:])
+    x = _resize(x, _target_size(*orig_size, size))
     if fit == "resize":
-        h, w = x.shape[-2:]
-        x = _resize(x, (max(p, round(h / p) * p), max(p, round(w / p) * p)))
+        gh, gw = _grid(*x.shape[-2:], None, "resize", p)
+        x = _resize(x, (gh * p, gw * p))
         pad = (0, 0, 0, 0)
     else:
         x, pad = center_pad(x, p)
@@ -406,14 +563,14 @@ def _extract_batch(model, batch, index, layer_ids, device, fit, size, norm, tile
     with ctx:
         if tile is not None:
             overlap = tile_overlap if tile_overlap is not None else (tile // p // 4) * p
-            maps, cls, regs = _run_tiled(model, x_in, layer_ids, norm, tile, overlap)
+            maps, cls, regs = _run_tiled(model, x_in, layer_ids, norm, tile, overlap, progress)
         else:
             maps, cls, regs = _run(model, x_in, layer_ids, norm)
     return DenseFeatures(
         maps={l: m.float().contiguous() for l, m in zip(layer_ids, maps)},
         cls_tokens={l: c.float() for l, c in zip(layer_ids, cls)},
         registers={l: r.float() for l, r in zip(layer_ids, regs)},
-        image_size=image_size,
+        image_size=orig_size,
         input_size=tuple(x.shape[-2:]),
         padding=pad,
         patch_size=p,

@@ -13,6 +13,8 @@ image and the label / depth map (as ``mask``) before normalisation. ``load_item(
 numpy arrays without transform, for evaluation tools: image uint8 RGB (H, W, 3), "seg" uint8 /
 int (H, W) after label mapping, or "depth" float32 (H, W) metres.
 
+Image files are read upright: their EXIF orientation is applied (images, label and depth maps
+alike, see :mod:`dinov2_dense.images`), and files over the pixel limit are refused before decoding.
 Files are checked when they are loaded (``validate()`` checks them all up front): an unreadable
 image, a label map or depth map whose size differs from its image, labels outside
 ``0 .. num_classes - 1`` other than the ignore index, and listed files that do not exist raise
@@ -53,6 +55,15 @@ def _list_images(folder: Path) -> list[Path]:
     """Image files of a folder, sorted; hidden files (e.g. our writers' temp files) are skipped."""
     return sorted(p for p in folder.iterdir()
                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+
+
+def _turned_hint(target: tuple[int, ...], image: tuple[int, ...]) -> str:
+    """A hint for a target map whose size is its image's turned by 90 degrees: images are read
+    upright (EXIF orientation applied), so the two files disagree on their orientation tag."""
+    if tuple(target[:2]) != tuple(image[::-1]):
+        return ""
+    return (" (turned by 90 degrees: files are read upright with their EXIF orientation applied, and these two "
+            "disagree on it; save the map on the image's upright grid, or give both the same orientation tag)")
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -151,7 +162,7 @@ class SegmentationDataset(DenseDataset):
         raw = read_label(item.target)
         if raw.shape != shape:
             raise DataError(f"{item.target}: label map of size {raw.shape[1]}x{raw.shape[0]} (WxH) but its image "
-                            f"{item.image} is {shape[1]}x{shape[0]}")
+                            f"{item.image} is {shape[1]}x{shape[0]}{_turned_hint(raw.shape, shape)}")
         label = self.map_labels(raw)
         if self.num_classes is not None:
             bad = (label >= self.num_classes) & (label != self.ignore_index)
@@ -330,7 +341,7 @@ class DepthDataset(DenseDataset):
         depth = read_depth(item.target, self.depth_scale)
         if depth.shape != shape:
             raise DataError(f"{item.target}: depth map of size {depth.shape[1]}x{depth.shape[0]} (WxH) but its image "
-                            f"{item.image} is {shape[1]}x{shape[0]}")
+                            f"{item.image} is {shape[1]}x{shape[0]}{_turned_hint(depth.shape, shape)}")
         return depth
 
     def _to_tensor(self, target: np.ndarray) -> torch.Tensor:

@@ -8,6 +8,12 @@
   in metres -> float32 ``(H, W)``, 0 = invalid.
 * :func:`write_image`, :func:`write_text`: atomic writes (temp file in the same folder, then
   rename), so an interrupted writer never leaves a half-written file under the final name.
+
+Image files (images, label and depth maps alike) are read by :mod:`dinov2_dense.images`: upright,
+with their EXIF orientation applied, and refused over its pixel limit before they are decoded.
+A label or depth map saved with the same orientation tag as its image therefore stays on the
+image's grid; one whose tag disagrees by a quarter turn gets a different size, which the data sets
+report (a disagreement by a flip or half turn keeps the size and cannot be seen).
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from ..images import apply_orientation, decode_image, exif_orientation, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -25,44 +32,41 @@ class DataError(ValueError):
     """A data set file is missing, unreadable or inconsistent; the message names the file."""
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    buf = np.fromfile(path, dtype=np.uint8)
-    array = cv2.imdecode(buf, flags) if buf.size else None
-    if array is None:
-        raise DataError(f"{path}: not a readable image (corrupt, truncated, empty or an unknown format)")
-    return array
+def _decode(path: Path, mode: str) -> np.ndarray:
+    try:
+        return decode_image(path, mode)
+    except (OSError, ValueError) as exc:  # missing, unreadable or over the pixel limit: the message names the file
+        raise DataError(str(exc)) from None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Image file -> uint8 RGB (H, W, 3); grey images are repeated to 3 channels, alpha dropped.
 
-    EXIF orientation is ignored: pixels come in their stored order, the grid that label and depth
-    maps are stored on.
+    Upright: the EXIF orientation is applied (as ``PIL.ImageOps.exif_transpose`` does), so a
+    photo stored sideways with an orientation tag comes out the way it is viewed; its label and
+    depth maps are read the same way.
     """
-    bgr = _decode(Path(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    return np.ascontiguousarray(bgr[..., ::-1])
+    return _decode(Path(path), "rgb")
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Label map (class ids) of shape (H, W): grey or palette PNG, 8 or 16 bit.
+    """Label map (class ids) of shape (H, W): grey or palette PNG, 8 or 16 bit, upright (EXIF
+    orientation applied, as for its image).
 
     RGB files are accepted only when their three channels are equal (a grey map saved as RGB);
     a colour-coded mask raises, since its colours are not class ids.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # refused over the pixel limit before decoding
             im.load()
             mode = im.mode
-            array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable label image ({exc})") from None
+            array = np.ascontiguousarray(apply_orientation(np.asarray(im), exif_orientation(im)))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        message = str(exc) if str(exc).startswith(str(path)) else f"{path}: not a readable label image ({exc})"
+        raise DataError(message) from None
     if array.ndim == 3:
         grey = (array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all()
         if array.shape[2] in (3, 4) and grey:
@@ -100,7 +104,7 @@ def read_depth(path: str | os.PathLike, scale: float | None) -> np.ndarray:
         depth = depth.astype(np.float32)
         depth[~np.isfinite(depth)] = 0.0
     else:
-        raw = _decode(path, cv2.IMREAD_UNCHANGED)
+        raw = _decode(path, "unchanged")
         if raw.ndim != 2 or raw.dtype not in (np.uint16, np.uint8):
             raise DataError(
                 f"{path}: depth image of shape {raw.shape} and dtype {raw.dtype}; expected a single-channel "
