@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..features import DenseFeatures, extract_features, load_image
-from .figures import atomic_path, overlay, save_grid, to_float, write_image
+from ..features import DenseFeatures, check_input, extract_features, load_array, to_rgb_float
+from .figures import atomic_path, overlay, save_grid, to_uint8, write_image
 
 BASIS_VERSION = 1
 Threshold = str | float | None
@@ -256,6 +256,10 @@ class PCABasis:
         for key, shape in shapes.items():
             if c < 1 or data[key].shape != shape:
                 raise ValueError(f"{path}: {key} has shape {data[key].shape}, expected {shape}")
+        for key in ("mean", "threshold", *shapes):
+            if not np.issubdtype(data[key].dtype, np.number) or not np.isfinite(data[key]).all():
+                raise ValueError(f"{path}: {key} holds NaN, infinite or non-numeric values; this basis would "
+                                 "colour every patch black: fit a new one")
         return cls(
             mean=data["mean"].astype(np.float64), direction=data["direction"].astype(np.float64),
             threshold=float(data["threshold"]), fg_mean=data["fg_mean"].astype(np.float64),
@@ -386,8 +390,10 @@ def _resize(x: Tensor, size, mode: str) -> Tensor:
 # -- images -------------------------------------------------------------------------------
 @dataclass
 class PCAMap:
-    """The PCA map of one image. image, rgb: (H, W, 3) float in [0, 1]; mask: (H, W) bool;
-    patch_mask, patch_rgb: the same at the patch grid (h, w); basis: the basis that coloured it."""
+    """The PCA map of one image. image: (H, W, 3) uint8 RGB, the input as figures show it (8 bits
+    per channel: a quarter of float32's memory); rgb: (H, W, 3) float in [0, 1]; mask: (H, W)
+    bool; patch_mask, patch_rgb: the same at the patch grid (h, w); basis: the basis that
+    coloured it."""
 
     source: str
     image: np.ndarray
@@ -408,17 +414,28 @@ def _colour(basis: PCABasis, feats: DenseFeatures, image: np.ndarray, source: st
     return PCAMap(source, image, mask, rgb, patch_mask, patch_rgb, basis)
 
 
-def _extract(model, images: list[np.ndarray], layer, size, tile, fit, batch_size, progress, desc="features"):
-    """DenseFeatures of each image, in chunks (keeps one chunk of normalised inputs in memory)."""
+def _display(array: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) copy of a raw image for figures and overlays."""
+    if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] in (3, 4):
+        return array[..., :3].copy()  # the same bytes as to_uint8(to_rgb_float(.)); lets the decoded array go
+    return to_uint8(to_rgb_float(array))
+
+
+def _extract(model, items: list, layer, size, tile, fit, batch_size, progress, desc="features"):
+    """DenseFeatures and a uint8 display copy of each image, decoding one chunk at a time: only
+    a chunk of decoded images (and extract_features' batch) is in memory, never all of them."""
     from tqdm.auto import tqdm
 
-    out: list[DenseFeatures] = []
-    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    feats: list[DenseFeatures] = []
+    shown: list[np.ndarray] = []
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress):
-        feats = extract_features(model, chunk, layers=[layer], fit=fit, size=size, tile=tile,
-                                 batch_size=batch_size, progress=False)
-        out.extend(feats)
-    return out
+        arrays = [load_array(x) for x in chunk]
+        feats.extend(extract_features(model, arrays, layers=[layer], fit=fit, size=size, tile=tile,
+                                      batch_size=batch_size, progress=False))
+        shown.extend(_display(a) for a in arrays)
+        del arrays
+    return feats, shown
 
 
 def pca_maps(
@@ -441,8 +458,9 @@ def pca_maps(
 
     Args:
         model: a DinoVisionTransformer (see :func:`dinov2_dense.features.extract_features`).
-        images: paths (errors name them), ``skimage:NAME``, arrays or PIL images; all are read
-            before any work is done.
+        images: paths (errors name them), ``skimage:NAME``, arrays or PIL images. All are checked
+            before any work is done (files by their headers); they are then decoded one chunk of
+            ``batch_size`` at a time, and only a uint8 copy of each is kept for the figures.
         basis: apply this fitted basis to every image (no fitting).
         joint: one basis fitted over all images (same parts, same colours); False fits one per image.
         threshold: see :func:`fit_pca`. layer: block index (negative from the end).
@@ -456,9 +474,10 @@ def pca_maps(
     if not items:
         raise ValueError("pca_maps: no images given")
     names = [str(x) if isinstance(x, (str, os.PathLike)) else f"image {i}" for i, x in enumerate(items)]
-    arrays = [load_image(x) for x in items]  # every input is read (and checked) first
-    show = progress if progress is not None else len(arrays) > batch_size
-    feats = _extract(model, arrays, layer, size, tile, fit, batch_size, show)
+    for x in items:  # every input is checked first: a missing or unreadable file stops us before any work
+        check_input(x)
+    show = progress if progress is not None else len(items) > batch_size
+    feats, shown = _extract(model, items, layer, size, tile, fit, batch_size, show)
     meta = {"layer": feats[0].layers[-1], **(info or {})}
     if basis is not None:
         bases = [basis] * len(feats)
@@ -466,7 +485,7 @@ def pca_maps(
         bases = [fit_pca(feats, threshold=threshold, info=meta)] * len(feats)
     else:
         bases = [fit_pca(f, threshold=threshold, info=meta) for f in feats]
-    return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, arrays, names)]
+    return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
 
 
 # -- figures and files --------------------------------------------------------------------
@@ -604,7 +623,7 @@ def pca_video(
             for frame in batch:
                 if i >= n or frame.shape[:2] != (h, w):
                     raise ValueError(f"{video}: frames changed between two reads of the file")
-                m = _colour(basis, feats[i], to_float(frame), f"{Path(video).name} frame {i * step}", upsample)
+                m = _colour(basis, feats[i], frame, f"{Path(video).name} frame {i * step}", upsample)
                 writer.write(np.concatenate([frame, (m.rgb * 255 + 0.5).astype(np.uint8)], axis=1))
                 if frames_dir is not None:
                     write_image(frames_dir / f"frame_{i * step:06d}.png", m.rgb)
