@@ -256,6 +256,7 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
             + f"\n  The checkpoint looks like {describe_architecture(sd)}."
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    model.is_init = True  # loaded weights: frameworks that honour ``is_init`` (mmengine) leave them alone
     return fmt
 
 

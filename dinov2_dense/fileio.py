@@ -1,14 +1,25 @@
-"""Atomic file writes shared by the whole toolkit: a temporary file beside the target, then a
-rename, so a failed or interrupted write never leaves a half-written file and never corrupts one
-that was there before. Temporary names are fresh (not ``mkstemp``, whose 0600 mode would survive
-the rename), so written files get the mode the umask allows.
+"""Safe output for the whole toolkit.
+
+* Atomic file writes: a temporary file beside the target, then a rename, so a failed or
+  interrupted write never leaves a half-written file and never corrupts one that was there
+  before. Temporary names are fresh (not ``mkstemp``, whose 0600 mode would survive the rename),
+  so written files get the mode the umask allows; errors name the target, never the temporary.
+* Multi-file outputs (:func:`staged_dir`): written into a hidden folder beside the target and
+  swapped in whole, so a failure (a full disk, Ctrl-C) leaves the old set or the new one, never
+  part of each. A non-empty output folder is refused unless the caller says ``overwrite``.
+* Output checks before any computing (:func:`check_output_file`, :func:`check_output_dir`).
+* :class:`DirLock`: one run per work dir; a second refuses, naming the holder's pid.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
+import socket
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,18 +28,43 @@ from typing import Any, Iterator
 import numpy as np
 
 
+class OutputError(ValueError):
+    """An output path that cannot be used: the message names the path the user gave."""
+
+
+def _renamed_error(exc: OSError, path: Path) -> OSError:
+    """The same OSError, naming ``path`` instead of a temporary file."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += " (free some space or write elsewhere)"
+    new = type(exc)(exc.errno, f"cannot write {path}: {reason}") if exc.errno else OSError(f"cannot write {path}: {exc}")
+    return new
+
+
+def _about(exc: OSError, tmp: Path) -> bool:
+    """Whether ``exc`` names the temporary ``tmp`` (or a file inside it)."""
+    return tmp.name in f"{exc.filename or ''} {exc.filename2 or ''} {exc}"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format);
     rename it onto ``path`` when the block succeeds, remove it when the block fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name")
     tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
     try:
-        yield tmp
-        if not tmp.is_file():
-            raise OSError(f"{path}: nothing was written")
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            if not tmp.is_file():
+                raise OSError(f"{path}: nothing was written")
+            os.replace(tmp, path)
+        except OSError as exc:
+            if not _about(exc, tmp):
+                raise
+            raise _renamed_error(exc, path) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -67,3 +103,190 @@ def write_image(path: str | os.PathLike, array: np.ndarray, jpeg_quality: int = 
         raise ValueError(f"{path}: OpenCV cannot encode a {array.dtype} array of shape {array.shape} "
                          f"as {path.suffix!r}; use .png or .jpg")
     return write_bytes(path, buf.tobytes())
+
+
+# -- checks before computing --------------------------------------------------------------------
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """``path`` can be created: its nearest existing ancestor is a writable directory."""
+    base = _existing_ancestor(path if path.is_dir() else path.parent)
+    if not base.is_dir():
+        raise OutputError(f"{what} {path}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: no permission to write in {base}")
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free space on the file system that ``path`` (or its nearest existing parent) is on."""
+    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+
+
+def _check_space(path: Path, expected_bytes: int | None, what: str) -> None:
+    if expected_bytes:
+        free = free_bytes(path)
+        if free < expected_bytes:
+            raise OutputError(f"{what} {path}: needs about {expected_bytes / 2**20:.0f} MB, "
+                              f"but only {free / 2**20:.0f} MB are free there")
+
+
+def check_output_file(path: str | os.PathLike, expected_bytes: int | None = None, what: str = "output") -> Path:
+    """Fail early, naming ``path``, if a file cannot be written there: a directory in the way, a
+    parent that is a file or not writable, or less free space than ``expected_bytes``."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{what} {path}: the file exists and is not writable")
+    _check_creatable(path, what)
+    _check_space(path, expected_bytes, what)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_bytes: int | None = None,
+                     what: str = "output folder", option: str = "--overwrite") -> Path:
+    """Fail early, naming ``path``, if a folder of outputs cannot be written there: a file in the
+    way, no permission, too little space, or a folder that already holds files (another run's
+    outputs would mix with ours) unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file; give a folder")
+    if path.is_dir() and not overwrite:
+        entries = sorted(p.name for p in path.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise OutputError(f"{what} {path} is not empty ({len(entries)} entries: {shown}); "
+                              f"pass {option} to replace its contents, or choose another folder")
+    _check_creatable(path, what)
+    _check_space(path, expected_bytes, what)
+    return path
+
+
+# -- multi-file outputs -------------------------------------------------------------------------
+def stage_path(path: str | os.PathLike, tag: str | None = None) -> Path:
+    """Where the new contents of ``path`` are staged: ``.<name>.<tag>.partial/<name>`` beside it
+    (the inner folder keeps the target's name, which writers may show). ``tag`` fixes the name,
+    e.g. for several processes writing one set; by default it is random."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{tag or uuid.uuid4().hex[:12]}.partial" / path.name
+
+
+def discard_stage(stage: Path) -> None:
+    """Remove a staging folder (and its hidden wrapper)."""
+    shutil.rmtree(stage.parent if stage.parent.name.endswith(".partial") else stage, ignore_errors=True)
+
+
+def commit_dir(stage: Path, path: str | os.PathLike) -> Path:
+    """Put the finished ``stage`` folder in place of ``path`` (whose old contents are removed)."""
+    path = Path(path)
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.old"
+        os.replace(path, old)
+    os.replace(stage, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    discard_stage(stage)
+    return path
+
+
+@contextmanager
+def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "--overwrite") -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; when the block succeeds it replaces
+    ``path`` whole, when it fails (or is interrupted) it is removed and ``path`` is untouched.
+
+    ``path`` must be empty or absent unless ``overwrite``.
+    """
+    path = Path(path)
+    check_output_dir(path, overwrite=overwrite, option=option)
+    stage = stage_path(path)
+    try:
+        stage.mkdir(parents=True)
+        yield stage
+        commit_dir(stage, path)
+    except OSError as exc:
+        if not _about(exc, stage.parent):
+            raise
+        raise _renamed_error(exc, path) from None
+    finally:
+        discard_stage(stage)
+
+
+# -- one run per folder -------------------------------------------------------------------------
+class DirBusyError(OSError):
+    """Another live process holds the folder's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DirLock:
+    """A lock file in ``directory`` that one process holds for the length of a run.
+
+    A second run (another process) refuses with :class:`DirBusyError` naming the holder's pid and
+    host. A lock left by a process that died (``kill -9``) on this host is taken over. Use as a
+    context manager; the lock is removed on exit.
+    """
+
+    NAME = ".dinov2_dense.lock"
+
+    def __init__(self, directory: str | os.PathLike, option: str = "--work-dir"):
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self.option = option
+        self.note: str | None = None  # set when a stale lock was taken over
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> "DirLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = self.holder()
+                if other is None:
+                    time.sleep(0.2)  # being written right now
+                    other = self.holder() or {}
+                same_host = other.get("host") == me["host"]
+                pid = int(other.get("pid", -1))
+                if other and (not same_host or _alive(pid)) and pid != me["pid"]:
+                    raise DirBusyError(
+                        errno.EBUSY,
+                        f"{self.directory} is in use by another run (pid {pid} on {other.get('host')}, since "
+                        f"{other.get('started')}); wait for it to finish, or choose another {self.option}")
+                self.note = f"took over the lock of a run that is gone (pid {pid}, since {other.get('started')})"
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise DirBusyError(errno.EBUSY, f"{self.directory}: could not take the lock {self.path}")
+
+    def release(self) -> None:
+        holder = self.holder()
+        if holder is not None and holder.get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -47,6 +47,57 @@ def _run(config: Path, work_dir: Path, options: dict):
     return runner, runner.test()
 
 
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    """The tiny config's ViT with trained-looking (non-init) weights, as a user's backbone file."""
+    from .conftest import tiny_vit
+
+    from dinov2_dense.checkpoints import save_safetensors
+
+    path = tmp_path_factory.mktemp("backbone") / "tiny_vit.safetensors"
+    save_safetensors(tiny_vit(depth=2, dim=64, heads=2, img=112), path)
+    return path
+
+
+def test_training_keeps_a_loaded_backbone_and_test_agrees_with_validation(scenes, backbone_file, tmp_path, capsys):
+    """mmengine's Runner.train() calls init_weights(): it must not re-randomise the frozen backbone,
+    and `dinov2-dense test` of the checkpoint must report what the run's own validation said."""
+    from safetensors.torch import load_file
+
+    from dinov2_dense.cli import main
+
+    options = _options(scenes / "ade", 30, **{"model.backbone_weights": str(backbone_file)})
+    runner, _ = _run(SEG_CFG, tmp_path, options)
+    loaded = load_file(backbone_file)
+    trained = runner.model.backbone.state_dict()
+    assert set(trained) == set(loaded)
+    changed = [k for k in loaded if not torch.equal(trained[k], loaded[k])]
+    assert not changed, f"{len(changed)} of {len(loaded)} backbone tensors changed: {changed[:4]}"
+    val = runner.message_hub.get_scalar("val/mIoU").current()
+
+    opts = [f"{k}={v}" for k, v in options.items()]
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(tmp_path / "iter_30.pth"), "--work-dir", str(tmp_path / "test"),
+                 "--cfg-options", *opts]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"'mIoU': {round(val, 4)}" in printed, (val, printed)
+
+    # the same head on another backbone is refused, naming both; --other-backbone says it is meant
+    other = tmp_path / "other.safetensors"
+    from .conftest import randomize_, tiny_vit
+
+    from dinov2_dense.checkpoints import save_safetensors
+
+    save_safetensors(randomize_(tiny_vit(depth=2, dim=64, heads=2, img=112), seed=7), other)
+    opts_other = opts + [f"model.backbone_weights={other}"]
+    args = ["test", str(SEG_CFG), str(tmp_path / "iter_30.pth"), "--work-dir", str(tmp_path / "test"),
+            "--cfg-options", *opts_other]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "another backbone" in err and str(backbone_file) in err and str(other) in err
+    assert main(args + ["--other-backbone"]) == 0
+
+
 def test_linear_head_learns_synthetic_segmentation(scenes, tmp_path):
     _, metrics = _run(SEG_CFG, tmp_path, _options(scenes / "ade", 250))
     # 5 classes: chance is ~20 mIoU; a linear probe on a random tiny ViT's colours does far better
@@ -152,7 +203,12 @@ def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path):
     assert (tmp_path / "iter_20.pth").is_file()
 
 
-def test_test_command_saves_masks_and_depth_pngs(scenes, tmp_path):
+def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
+    """`test --out` writes what `eval-depth` reads (named after the ground truth), and the two
+    commands report the same metrics for the same predictions (up to the PNG's millimetres)."""
+    import ast
+    import json
+
     import cv2
 
     from dinov2_dense.cli import main
@@ -160,12 +216,25 @@ def test_test_command_saves_masks_and_depth_pngs(scenes, tmp_path):
     _run(DEPTH_CFG, tmp_path / "depth", _options(scenes / "nyu", 10))
     out = tmp_path / "pred"
     opts = [f"{k}={v}" for k, v in _options(scenes / "nyu", 10).items()]
+    capsys.readouterr()
     assert main(["test", str(DEPTH_CFG), str(tmp_path / "depth" / "iter_10.pth"), "--work-dir",
                  str(tmp_path / "depth"), "--out", str(out), "--cfg-options", *opts]) == 0
-    pngs = sorted((out / "depth").glob("*.png"))
-    assert len(pngs) == 16 and len(list((out / "colour").glob("*.png"))) == 16
+    printed = capsys.readouterr().out
+    tested = ast.literal_eval(printed.strip().splitlines()[-1])
+    assert "eval-depth" in printed  # the command tells how to score what it wrote
+    pngs = sorted((out / "depth").rglob("*.png"))
+    gts = sorted((scenes / "nyu" / "official_splits" / "test").rglob("sync_depth_*.png"))
+    assert [p.relative_to(out / "depth") for p in pngs] == [g.relative_to(scenes / "nyu") for g in gts]
+    assert len(list((out / "colour").rglob("*.png"))) == 16
     depth = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
     assert depth.dtype == np.uint16 and depth.shape == (112, 112) and 1 <= depth.min() and depth.max() <= 10000
+    assert not list(tmp_path.glob(".pred*"))  # no staging folder left
+
+    assert main(["eval-depth", str(out / "depth"), str(scenes / "nyu" / "official_splits" / "test"),
+                 "--dataset", "nyu", "--crop", "none", "--no-progress", "--out", str(tmp_path / "m.json")]) == 0
+    scored = json.loads((tmp_path / "m.json").read_text())
+    for key in ("abs_rel", "rmse", "d1", "silog"):
+        assert scored[key] == pytest.approx(tested[key], rel=2e-3, abs=2e-3), (key, scored[key], tested[key])
 
 
 def test_test_command_saves_label_masks(scenes, tmp_path):
@@ -178,9 +247,10 @@ def test_test_command_saves_label_masks(scenes, tmp_path):
     opts = [f"{k}={v}" for k, v in _options(scenes / "ade", 10).items()]
     assert main(["test", str(SEG_CFG), str(tmp_path / "seg" / "iter_10.pth"), "--work-dir",
                  str(tmp_path / "seg"), "--out", str(out), "--cfg-options", *opts]) == 0
-    masks = sorted((out / "masks").glob("*.png"))
-    assert len(masks) == 16
+    masks = sorted((out / "masks").rglob("*.png"))
+    gts = sorted((scenes / "ade" / "annotations" / "validation").glob("*.png"))
+    assert [m.relative_to(out / "masks") for m in masks] == [g.relative_to(scenes / "ade") for g in gts]
     labels = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
     assert labels.dtype == np.uint8 and labels.shape == (112, 112) and labels.max() < 5
-    colour = cv2.imread(str(out / "colour" / masks[0].name))
+    colour = cv2.imread(str(out / "colour" / masks[0].relative_to(out / "masks")))
     assert colour.shape == (112, 112, 3)

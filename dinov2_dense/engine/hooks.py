@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from mmengine.hooks import Hook
 
-from dinov2_dense.fileio import write_image
+from dinov2_dense.fileio import check_output_dir, commit_dir, discard_stage, stage_path, write_image
 
 from .registry import HOOKS
 
@@ -37,28 +37,84 @@ def colour_depth(depth: np.ndarray, vmin: float | None = None, vmax: float | Non
 
 @HOOKS.register_module()
 class SavePredictionsHook(Hook):
-    """Writes each test prediction: a PNG label mask (class ids) or a 16-bit depth PNG (millimetres,
-    the NYU convention; 0 = invalid), and a coloured PNG beside it, named after the input image."""
+    """Writes each test prediction where the evaluation tools find it: a PNG label mask (class ids)
+    under ``masks/`` or a 16-bit depth PNG under ``depth/`` (the data set's units per metre, 1000 for
+    NYU, 256 for KITTI; 0 = invalid), and a coloured PNG under ``colour/``.
 
-    def __init__(self, out_dir: str, depth_scale: float = 1000.0):
+    Files are named after the ground-truth file, by its path relative to the data set's root
+    (``depth/official_splits/test/scene_0000/sync_depth_00000.png``), so that
+    ``dinov2-dense eval-depth OUT/depth DATA_ROOT`` pairs them with the ground truth by name.
+    The set is written into a hidden folder beside ``out_dir`` and swapped in whole at the end: an
+    interrupted or failed test leaves the previous set or the new one, never a mix.
+    """
+
+    def __init__(self, out_dir: str, depth_scale: float | None = None, overwrite: bool = False):
         self.out_dir = Path(out_dir)
         self.depth_scale = depth_scale
+        self.overwrite = overwrite
         self.count = 0
+        self.stage: Path | None = None
+        self.root: Path | None = None
+
+    def before_test(self, runner) -> None:
+        from mmengine.dist import barrier, is_main_process
+
+        check_output_dir(self.out_dir, overwrite=self.overwrite)
+        dataset = getattr(runner.test_dataloader, "dataset", None)
+        self.root = Path(dataset.root) if getattr(dataset, "root", None) is not None else None
+        if self.depth_scale is None:
+            self.depth_scale = float(getattr(dataset, "depth_scale", None) or 1000.0)
+        self.stage = stage_path(self.out_dir, tag="test")  # one name for every process of a DDP run
+        if is_main_process():
+            discard_stage(self.stage)  # left by a run that was killed
+            self.stage.mkdir(parents=True)
+        barrier()
+
+    def _name(self, meta: dict) -> Path:
+        source = meta.get("target_path") or meta.get("path")
+        if source is None:
+            name = Path(f"{self.count:06d}.png")
+        else:
+            source = Path(str(source))
+            try:
+                name = source.relative_to(self.root) if self.root is not None else Path(source.name)
+            except ValueError:
+                name = Path(source.name)
+        return name.with_suffix(".png")
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        assert self.stage is not None, "before_test was not called"
         for sample in outputs or []:
-            meta = sample.get("meta", {}) or {}
-            stem = Path(str(meta.get("path", f"{self.count:06d}"))).stem
+            name = self._name(sample.get("meta", {}) or {})
             self.count += 1
             if "pred_sem_seg" in sample:
                 labels = sample["pred_sem_seg"].cpu().numpy().astype(np.uint8)
-                write_image(self.out_dir / "masks" / f"{stem}.png", labels)
-                write_image(self.out_dir / "colour" / f"{stem}.png", colour_labels(labels))
+                write_image(self.stage / "masks" / name, labels)
+                write_image(self.stage / "colour" / name, colour_labels(labels))
             if "pred_depth" in sample:
                 depth = sample["pred_depth"].float().cpu().numpy()
-                mm = np.clip(np.round(depth * self.depth_scale), 0, 65535).astype(np.uint16)
-                write_image(self.out_dir / "depth" / f"{stem}.png", mm)
-                write_image(self.out_dir / "colour" / f"{stem}.png", colour_depth(depth))
+                units = np.round(depth * self.depth_scale)
+                if units.max(initial=0) > 65535:
+                    raise ValueError(f"depth up to {float(depth.max()):.1f} m does not fit a 16-bit PNG at "
+                                     f"{self.depth_scale:g} units per metre; use a smaller depth_scale")
+                write_image(self.stage / "depth" / name, np.clip(units, 0, 65535).astype(np.uint16))
+                write_image(self.stage / "colour" / name, colour_depth(depth))
 
     def after_test(self, runner) -> None:
-        runner.logger.info(f"saved {self.count} predictions under {self.out_dir}")
+        import torch
+        from mmengine.dist import all_reduce, barrier, is_main_process
+
+        barrier()
+        count = torch.tensor(self.count)
+        all_reduce(count, op="sum")
+        total = int(count)
+        if is_main_process() and self.stage is not None:
+            commit_dir(self.stage, self.out_dir)
+            what = "depth maps" if (self.out_dir / "depth").is_dir() else "label masks"
+            runner.logger.info(f"saved {total} {what} under {self.out_dir}")
+            if (self.out_dir / "depth").is_dir():
+                root = self.root if self.root is not None else "GT_DIR"
+                print(f"saved {total} depth maps under {self.out_dir / 'depth'} (16-bit PNG, {self.depth_scale:g} "
+                      f"per metre); score them with: dinov2-dense eval-depth {self.out_dir / 'depth'} {root} "
+                      f"--pred-scale {self.depth_scale:g}")
+        barrier()

@@ -9,7 +9,8 @@ checkpoint is an official-style head file (``load_model(name, weights=checkpoint
 from __future__ import annotations
 
 import copy
-from typing import Any
+import hashlib
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 import heads
-from dinov2_dense.checkpoints import load_backbone_weights
+from dinov2_dense.checkpoints import key_mismatches, load_backbone_weights
 from dinov2_dense.hub import BACKBONES, load_backbone
 from dinov2_dense.models import DinoVisionTransformer
 from heads.predictor import DensePredictor
@@ -31,16 +32,32 @@ _DEFAULT_LOSSES = {
 }
 
 
-def build_backbone_from_cfg(backbone: str | dict, weights: Any = "official") -> DinoVisionTransformer:
-    """A zoo name (weights found like ``load_backbone``'s) or DinoVisionTransformer keyword arguments."""
-    if isinstance(backbone, str):
+def build_backbone_from_cfg(backbone: str | dict, weights: Any = "official", seed: int = 0) -> DinoVisionTransformer:
+    """A zoo name (weights found like ``load_backbone``'s) or DinoVisionTransformer keyword arguments.
+
+    ``weights=None`` gives random weights drawn from ``seed``, so that every command building the
+    same config (train, test, resume, another process of a DDP run) gets the same backbone.
+    """
+    if isinstance(backbone, str) and weights is not None:
         return load_backbone(backbone, weights=weights)
-    model = DinoVisionTransformer(**backbone)
-    if weights not in (None, "official"):
-        load_backbone_weights(model, weights)
-    elif weights == "official":
+    if not isinstance(backbone, str) and weights == "official":
         raise ValueError("a backbone given by its settings has no official weights: pass a file or None")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_backbone(backbone, weights=None) if isinstance(backbone, str) else DinoVisionTransformer(**backbone)
+    if weights is not None:
+        load_backbone_weights(model, weights)
     return model.eval()
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def _build_from(module, cfg: dict):
@@ -59,7 +76,8 @@ class DenseModel(BaseModel):
     Args:
         zoo: a zoo model name (``heads.zoo.MODELS``); its backbone, head and layers are used.
         backbone: a zoo backbone name or DinoVisionTransformer kwargs (when ``zoo`` is None).
-        backbone_weights: "official", a file, or None (random: for tests).
+        backbone_weights: "official", a file, or None (random, drawn from ``backbone_seed``: for tests).
+        backbone_seed: seed of a random backbone.
         head: ``dict(type="LinearHead", ...)``: a class of ``heads`` and its arguments.
         task, layers, norm, class_token: as ``heads.DensePredictor``.
         losses: list of ``dict(type=<class in heads.losses>, ...)``; defaults: cross-entropy
@@ -81,13 +99,14 @@ class DenseModel(BaseModel):
         test_cfg: dict | None = None,
         data_preprocessor: dict | None = None,
         init_cfg: dict | None = None,
+        backbone_seed: int = 0,
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if zoo is not None:
             from heads.zoo import get_model_spec
 
             name = get_model_spec(zoo).backbone
-            predictor = build_model(zoo, backbone=build_backbone_from_cfg(name, backbone_weights))
+            predictor = build_model(zoo, backbone=build_backbone_from_cfg(name, backbone_weights, backbone_seed))
             if test_cfg is not None:
                 predictor.test_cfg = dict(test_cfg)
         else:
@@ -96,7 +115,7 @@ class DenseModel(BaseModel):
             if isinstance(backbone, str) and backbone not in BACKBONES:
                 raise KeyError(f"unknown backbone {backbone!r}; the zoo has: {', '.join(BACKBONES)}")
             predictor = DensePredictor(
-                build_backbone_from_cfg(backbone, backbone_weights), _build_from(heads, head), task=task,
+                build_backbone_from_cfg(backbone, backbone_weights, backbone_seed), _build_from(heads, head), task=task,
                 layers=layers, norm=norm, class_token=class_token, test_cfg=test_cfg,
             )
         self.task = predictor.task
@@ -106,10 +125,34 @@ class DenseModel(BaseModel):
         self.losses = nn.ModuleList(_build_from(heads, cfg) for cfg in (losses or _DEFAULT_LOSSES[self.task]))
         self._register_state_dict_hook(_drop_frozen_backbone)
         self._register_load_state_dict_pre_hook(_keep_frozen_backbone, with_module=True)
+        self.backbone_source = (f"random weights (seed {backbone_seed})" if backbone_weights is None
+                                else str(backbone_weights))
+        self._fingerprint: str | None = None
 
     @property
     def predictor(self) -> DensePredictor:
         return self._predictor[0]
+
+    def init_weights(self) -> None:
+        """Every module is initialised when built and the backbone's weights are loaded then:
+        mmengine's ``Runner.train()`` calls this, and it must not re-randomise the frozen backbone."""
+        self.backbone.is_init = True
+        super().init_weights()
+
+    def backbone_info(self) -> dict[str, str]:
+        """Where the backbone's weights came from and their fingerprint (kept in checkpoints)."""
+        if self._fingerprint is None or not self.predictor.freeze_backbone:
+            self._fingerprint = fingerprint(self.backbone)
+        return {"weights": self.backbone_source, "sha256": self._fingerprint}
+
+    def state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
+        """What keeps ``state`` from loading strictly (missing, unexpected, mis-shaped keys); a
+        frozen backbone's keys may be absent (head-only checkpoints, official head files)."""
+        own = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
+        if self.predictor.freeze_backbone and not any(k.startswith("backbone.") for k in state):
+            own = {}
+        own.update({k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")})
+        return key_mismatches(own, state)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -1,4 +1,4 @@
-"""mmengine Runner for dinov2-dense: atomic checkpoints and resume on torch >= 2.6.
+"""mmengine Runner for dinov2-dense: strict, safe loading; atomic checkpoints; resume on torch >= 2.6.
 
 mmengine 0.10.7 pickles its MessageHub (HistoryBuffer objects, numpy arrays, bound methods) into
 every checkpoint, which ``torch.load(weights_only=True)`` — the default since torch 2.6 — refuses,
@@ -6,13 +6,23 @@ so ``--resume`` fails. We keep ``weights_only`` on and instead write checkpoints
 unsafe globals: ``CheckpointSanitizerHook`` turns the MessageHub state and numpy values into
 tensors and plain Python before saving, and back after loading. Checkpoints are written to a
 temporary file and renamed, so a run killed at any moment never leaves a half-written file, and
-resuming finds the newest complete checkpoint even when ``last_checkpoint`` is stale.
+resuming finds the newest complete checkpoint even when ``last_checkpoint`` is stale, and falls
+back past a corrupt one with a warning.
+
+Loading (``test``, ``--resume``, ``load_from``) is strict: a checkpoint whose keys or shapes do not
+fit the model is refused with our key report, and a head trained on another backbone than the one
+the config builds (checkpoints record the backbone's SHA-256) is refused too; ``partial_load`` and
+``other_backbone`` say explicitly that this is wanted. mmengine would load such files with a
+"missing keys" line among hundreds and go on with a random head.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import sys
 import re
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -21,7 +31,10 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+
+from dinov2_dense.checkpoints import CheckpointError
 
 from .registry import HOOKS
 
@@ -70,6 +83,9 @@ class CheckpointSanitizerHook(Hook):
     priority = "VERY_HIGH"
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if hasattr(model, "backbone_info"):  # which backbone the head was trained on
+            checkpoint.setdefault("meta", {})["backbone"] = model.backbone_info()
         for key in ("message_hub", "meta"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
@@ -82,24 +98,62 @@ class CheckpointSanitizerHook(Hook):
 _ITER_FILE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
 
-def latest_checkpoint(work_dir: str | os.PathLike) -> str | None:
-    """The newest complete checkpoint: ``last_checkpoint`` if it names an existing file, else the
-    highest ``iter_N.pth`` / ``epoch_N.pth`` (temporary files of an interrupted save are ignored)."""
+def checkpoint_candidates(work_dir: str | os.PathLike) -> list[str]:
+    """Checkpoints of a work dir, newest first: the one ``last_checkpoint`` names (if it exists),
+    then ``iter_N.pth`` / ``epoch_N.pth`` by decreasing N (temporary files of a save are ignored)."""
     work_dir = Path(work_dir)
+    found = sorted(((int(m.group(1)), p) for p in work_dir.glob("*.pth") if (m := _ITER_FILE.match(p.name))),
+                   reverse=True)
+    paths = [str(p) for _, p in found]
     pointer = work_dir / "last_checkpoint"
     if pointer.is_file():
         named = Path(pointer.read_text().strip())
-        if named.name and named.is_file():
-            return str(named)
-    found = [(int(m.group(1)), p) for p in work_dir.glob("*.pth") if (m := _ITER_FILE.match(p.name))]
-    return str(max(found)[1]) if found else None
+        if named.name and named.is_file() and str(named) in paths:
+            paths.remove(str(named))
+            paths.insert(0, str(named))
+    return paths
+
+
+def latest_checkpoint(work_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint: ``last_checkpoint`` if it names an existing file, else the highest
+    ``iter_N.pth`` / ``epoch_N.pth``."""
+    paths = checkpoint_candidates(work_dir)
+    return paths[0] if paths else None
+
+
+def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """A checkpoint of ours or an official head file, read with ``weights_only=True``; every
+    failure is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True) ({first}); it is neither a "
+                              "checkpoint of ours nor an official head file") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors in it (keys: {', '.join(list(checkpoint)[:6])})")
+    return checkpoint
 
 
 class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
-    def __init__(self, *args, custom_hooks: list | None = None, **kwargs):
+    def __init__(self, *args, custom_hooks: list | None = None, partial_load: bool = False,
+                 other_backbone: bool = False, **kwargs):
         from . import register_all
+
+        self.partial_load = partial_load
+        self.other_backbone = other_backbone
+        self._read_cache: dict[str, dict] = {}
 
         register_all()  # configs name our classes: make sure the registries hold them
         launcher = kwargs.get("launcher", "none")
@@ -130,6 +184,7 @@ class DenseRunner(Runner):
             log_level=cfg.get("log_level", "INFO"), visualizer=cfg.get("visualizer"),
             default_scope=cfg.get("default_scope"), randomness=cfg.get("randomness", dict(seed=None)),
             experiment_name=cfg.get("experiment_name"), cfg=cfg,
+            partial_load=bool(cfg.get("partial_load", False)), other_backbone=bool(cfg.get("other_backbone", False)),
         )
 
     def wrap_model(self, model_wrapper_cfg, model):
@@ -155,7 +210,83 @@ class DenseRunner(Runner):
         if self._has_loaded:
             return
         if self._resume and self._load_from is None:
-            self._load_from = latest_checkpoint(self.work_dir)
+            self._load_from = self._newest_readable_checkpoint()
             if self._load_from is None:
                 self._resume = False  # nothing to resume: a fresh start, as mmengine does
         super().load_or_resume()
+
+    def _newest_readable_checkpoint(self) -> str | None:
+        """The newest checkpoint of the work dir that reads; a corrupt newer one is skipped with a
+        warning naming both (a crash while writing cannot leave one, a broken disk can)."""
+        candidates = checkpoint_candidates(self.work_dir)
+        bad: list[tuple[str, str]] = []
+        for path in candidates:
+            try:
+                self._read_cache[path] = read_run_checkpoint(path)
+            except CheckpointError as exc:
+                bad.append((path, str(exc)))
+                continue
+            for skipped, why in bad:
+                why = why.removeprefix(f"{skipped}: ")
+                self.logger.warning(f"{skipped} is unreadable ({why}); resuming from {path} instead")
+                print(f"warning: {skipped} is unreadable ({why}); resuming from {path} instead", file=sys.stderr)
+            return path
+        if bad:
+            raise CheckpointError(f"no readable checkpoint to resume in {self.work_dir}: "
+                                  + "; ".join(why for _, why in bad))
+        return None
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        checkpoint = self._read_cache.get(str(filename)) or read_run_checkpoint(filename)
+        meta = checkpoint.get("meta")
+        if not isinstance(meta, dict) or "iter" not in meta or "optimizer" not in checkpoint:
+            raise CheckpointError(f"{filename}: not a training checkpoint of dinov2-dense train (no optimizer "
+                                  "state or iteration): --resume continues a run; use it as load_from instead")
+        try:
+            super().resume(filename, *args, **kwargs)
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot resume from {filename}: {exc}") from None
+
+    def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
+                        revise_keys: list = [(r"^module\.", "")]) -> dict:  # noqa: B006 - mmengine's signature
+        """mmengine's load, made strict through our key report (see the module docstring)."""
+        checkpoint = self._read_cache.pop(str(filename), None) or read_run_checkpoint(filename, map_location)
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state = dict(checkpoint.get("state_dict", checkpoint))
+        for pattern, replacement in revise_keys:
+            state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
+        problems = model.state_dict_problems(state) if hasattr(model, "state_dict_problems") else []
+        if problems and not self.partial_load:
+            raise CheckpointError(f"{filename} does not fit the model of this config:\n  " + "\n  ".join(problems)
+                                  + "\n  (pass --partial-load to load the keys that fit and keep the rest as built)")
+        if problems:
+            self.logger.warning(f"partial load of {filename}: " + "; ".join(problems))
+            own = model.state_dict()
+            if hasattr(model, "backbone"):
+                own.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
+            state = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
+        self._check_backbone(filename, checkpoint, state, model)
+        model.load_state_dict(state, strict=not problems)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return checkpoint
+
+    def _check_backbone(self, filename: str, checkpoint: dict, state: dict, model) -> None:
+        recorded = (checkpoint.get("meta") or {}).get("backbone")
+        if not isinstance(recorded, dict) or not hasattr(model, "backbone_info"):
+            return  # an official head file, or a checkpoint from before fingerprints
+        if any(k.startswith("backbone.") for k in state):
+            return  # the checkpoint brings its backbone
+        ours = model.backbone_info()
+        if recorded.get("sha256") == ours["sha256"]:
+            return
+        message = (f"{filename} holds a head trained on another backbone ({recorded.get('weights')}, sha256 "
+                   f"{str(recorded.get('sha256'))[:12]}) than this config builds ({ours['weights']}, sha256 "
+                   f"{ours['sha256'][:12]}): its features differ")
+        if not self.other_backbone:
+            raise CheckpointError(message + "; give the same backbone weights (model.backbone_weights=...), or pass "
+                                  "--other-backbone to use this one anyway")
+        self.logger.warning(message + " (--other-backbone: going on)")

@@ -126,6 +126,10 @@ class DinoVisionTransformer(nn.Module):
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         self.init_weights()
+        # mmengine's (and mmcv's) BaseModule.init_weights re-initialises every child that has an
+        # ``init_weights`` unless it says ``is_init``: Runner.train() would otherwise overwrite the
+        # weights loaded into a frozen backbone. Built means initialised; loading replaces that.
+        self.is_init = True
 
     def init_weights(self) -> None:
         """timm ViT init, as the official code: truncated normal (std 0.02) for Linear and pos_embed."""
