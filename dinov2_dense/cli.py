@@ -1,4 +1,9 @@
-"""The ``dinov2-dense`` command: ``info`` (the zoo and where weights are), ``features`` and ``pca``."""
+"""The ``dinov2-dense`` command: ``info``, ``features``, ``pca``, ``train``, ``test``, ``eval-depth``, ``synth``.
+
+Exit codes: 0 done; 2 a user error (a bad path, file, option or config: one line on stderr that
+names it; ``--debug`` or ``DINOV2_DENSE_DEBUG=1`` shows the traceback); 130 interrupted (Ctrl-C;
+nothing half-written is left); 1 a bug in dinov2-dense (with its traceback).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+from .options import check_device, float_range, int_range, nonnegative_int, positive_int
+
+
+def _resolve_layers(model, layers):
+    from .features import _resolve_layers as resolve
+
+    return resolve(model, layers)
+
+DEBUG_ENV = "DINOV2_DENSE_DEBUG"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -33,34 +47,51 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_arg(weights: str) -> str | None:
+    return None if weights == "random" else weights
+
+
+def _planned_grids(images: list[str], size, fit: str, patch: int = 14) -> dict[tuple[int, int], list[str]]:
+    """Feature-map grid (h, w) of each image, from its header, grouped: known before any model work."""
+    from .features import _grid, check_input
+
+    grids: dict[tuple[int, int], list[str]] = {}
+    for image in images:
+        grids.setdefault(_grid(*check_input(image), size, fit, patch), []).append(image)
+    return grids
+
+
 def _cmd_features(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import save_safetensors
-    from .features import extract_features
-    from .fileio import write_npy
-    from .hub import load_backbone
+    from .fileio import check_output_file, write_npy
+    from .hub import build_backbone, load_backbone
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".safetensors"):
-        raise SystemExit(f"--out {out}: use a .npy or .safetensors file name")
-    weights = None if args.weights == "random" else args.weights
+        raise ValueError(f"--out {out}: use a .npy or .safetensors file name")
+    size = _size_value(args.size, "--size")
+    device = check_device(args.device)
+    with torch.device("meta"):  # the architecture's sizes, without allocating it
+        arch = build_backbone(args.model)
+    grids = _planned_grids(list(args.images), size, args.fit, arch.patch_size)
+    _resolve_layers(arch, args.layers if args.layers else (args.last if args.last else None))
+    if out.suffix == ".npy" and len(grids) > 1:
+        shown = "; ".join(f"{h}x{w} patches: {', '.join(v[:2])}{', ...' if len(v) > 2 else ''}"
+                          for (h, w), v in list(grids.items())[:3])
+        raise ValueError(f"--out {out}: one .npy holds maps of one size, and these images give several ({shown}); "
+                         "pass --size H W to resize every image to one size, or write .safetensors")
+    layers = args.layers if args.layers else (args.last if args.last else None)
+    n_layers = len(args.layers) if args.layers else (args.last or 1)
+    estimate = sum(len(v) * h * w for (h, w), v in grids.items()) * n_layers * arch.embed_dim * 4
+    check_output_file(out, expected_bytes=estimate, what="--out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_backbone(args.model, weights=weights, device=args.device)
-    layers = args.layers if args.layers else (args.last if args.last else None)
-    feats = extract_features(
-        model, list(args.images), layers=layers, fit=args.fit, size=args.size, tile=args.tile,
-        batch_size=args.batch_size, autocast=args.bf16, norm=not args.no_norm, progress=True,
-    )
+    model = load_backbone(args.model, weights=_weights_arg(args.weights), device=device)
+    feats = _extract(model, args, layers, size)
     layer_ids = feats[0].layers
     if out.suffix == ".npy":
-        shapes = {tuple(f.maps[layer_ids[0]].shape) for f in feats}
-        if len(shapes) > 1:
-            raise SystemExit(
-                f"--out {out}: the images give feature maps of different sizes {sorted(shapes)}; "
-                "write .safetensors instead, or pass --size to resize them alike"
-            )
         per_image = [torch.stack([f.maps[l][0] for l in layer_ids]) for f in feats]  # (L, C, h, w)
         array = torch.stack(per_image).cpu().numpy()
         if len(layer_ids) == 1:
@@ -77,6 +108,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
                     tensors[f"{i}/registers{l}"] = f.registers[l][0].cpu()
         meta = {
             "model": args.model,
+            "weights": "random" if args.weights == "random" else str(args.weights),
             "layers": json.dumps(layer_ids),
             "images": json.dumps([str(p) for p in args.images]),
             "padding": json.dumps([f.padding for f in feats]),
@@ -84,8 +116,29 @@ def _cmd_features(args: argparse.Namespace) -> int:
         }
         save_safetensors(tensors, out, metadata=meta)
         shape = tuple(feats[0].maps[layer_ids[-1]].shape[1:])
-    print(f"wrote {out}: {len(feats)} image(s), layers {layer_ids}, maps of {shape}")
+    note = " (random weights)" if args.weights == "random" else ""
+    print(f"wrote {out}: {len(feats)} image(s), layers {layer_ids}, maps of {shape}{note}")
     return 0
+
+
+def _extract(model, args: argparse.Namespace, layers, size):
+    from .features import extract_features
+
+    return extract_features(
+        model, list(args.images), layers=layers, fit=args.fit, size=size, tile=args.tile,
+        batch_size=args.batch_size, autocast=args.bf16, norm=not args.no_norm, progress=True,
+    )
+
+
+def _size_value(size: list[int] | None, option: str):
+    """``--size N`` (shorter side) or ``--size H W``; None and [0] (pca: keep) give None."""
+    if not size or size == [0]:
+        return None
+    if len(size) > 2:
+        raise ValueError(f"{option} {' '.join(map(str, size))}: give one number (the shorter side) or two (H W)")
+    if 0 in size:
+        raise ValueError(f"{option} {' '.join(map(str, size))}: 0 only alone (keep the image size)")
+    return size[0] if len(size) == 1 else (size[0], size[1])
 
 
 def _threshold_arg(text: str):
@@ -100,6 +153,7 @@ def _threshold_arg(text: str):
 def _cmd_pca(args: argparse.Namespace) -> int:
     import torch
 
+    from .fileio import check_output_file, staged_dir
     from .hub import load_backbone
     from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
 
@@ -110,87 +164,120 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         raise ValueError("nothing to do: give image files or --video FILE")
     if args.video and not Path(args.video).is_file():
         raise FileNotFoundError(f"{args.video}: no such video file")
+    for flag, value in (("--frames", args.frames), ("--frame-step", args.frame_step != 1),
+                        ("--max-frames", args.max_frames is not None), ("--avi", args.avi)):
+        if value and not args.video:
+            raise ValueError(f"{flag} is a --video option; these are images")
     if args.images and not args.video:
-        from .features import load_image
+        from .images import check_image
 
         for image in args.images:  # a missing or unreadable image stops us before any work or output
-            load_image(image)
+            check_image(image)
     if args.save_basis and Path(args.save_basis).suffix != ".npz":
         raise ValueError(f"--save-basis {args.save_basis}: a PCA basis is written as .npz; use that suffix")
     if args.basis and args.save_basis:
         raise ValueError("--basis reuses a fitted basis; --save-basis saves a new fit: give one of them")
     if not args.joint and not args.basis and not args.video and args.save_basis and len(args.images) > 1:
         raise ValueError("--save-basis needs one basis: add --joint to fit one over all the images")
+    if args.save_basis:
+        check_output_file(args.save_basis, what="--save-basis")
     basis = PCABasis.load(args.basis) if args.basis else None
     out = Path(args.out)
-    size = args.size if args.size else None
-    weights = None if args.weights == "random" else args.weights
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if weights is None:
-        torch.manual_seed(args.seed)  # random weights, the same on every run: a saved basis stays valid
-    model = load_backbone(args.model, weights=weights, device=args.device)
-    if basis is not None and basis.dim != model.embed_dim:
-        raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
-                         f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
-    if basis is not None and basis.info.get("model") not in (None, args.model):
-        print(f"warning: {args.basis} was fitted on {basis.info['model']}, colouring {args.model} features",
-              file=sys.stderr)
-    common = dict(threshold=args.threshold, layer=args.layer, size=size, tile=args.tile, upsample=args.upsample,
-                  batch_size=args.batch_size, info={"model": args.model, "size": size, "tile": args.tile})
-    if args.video:
-        stem = Path(args.video).stem
-        suffix = ".avi" if args.avi else ".mp4"
-        video_out = out / f"{stem}_pca{suffix}"
-        basis_used, samples = pca_video(
-            model, args.video, video_out, basis=basis, step=args.frame_step, max_frames=args.max_frames,
-            frames_dir=out / f"{stem}_frames" if args.frames else None, progress=True, **common,
-        )
-        written = [video_out]
-        written.append(save_figure(samples, out / "figure.png", alpha=args.alpha, title=describe(basis_used)))
-        fitted = None if basis is not None else basis_used
-        print(f"wrote {video_out} ({basis_used.info.get('images')} frames, frame | PCA colours)")
-    else:
-        maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
-                        progress=True, **common)
-        one = maps[0].basis if all(m.basis is maps[0].basis for m in maps) else None
-        title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
-        written = save_maps(maps, out, alpha=args.alpha, title=title)
-        fitted = one if basis is None else None
-        print(f"wrote {len(written)} files to {out}/ (figure.png and <name>_pca/_mask/_overlay.png per image)")
+    size = _size_value(args.size, "--size")
+    device = check_device(args.device)
+    weights = _weights_arg(args.weights)
+    with staged_dir(out, overwrite=args.overwrite) as stage:  # checks --out now; swapped in whole at the end
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if weights is None:
+            torch.manual_seed(args.seed)  # random weights, the same on every run: a saved basis stays valid
+        model = load_backbone(args.model, weights=weights, device=device)
+        if basis is not None and basis.dim != model.embed_dim:
+            raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
+                             f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
+        if basis is not None and basis.info.get("model") not in (None, args.model):
+            print(f"warning: {args.basis} was fitted on {basis.info['model']}, colouring {args.model} features",
+                  file=sys.stderr)
+        info = {"model": args.model, "size": size, "tile": args.tile}
+        if weights is None:
+            info["weights"] = f"random (seed {args.seed})"
+        random_note = f"{args.model} with RANDOM weights (seed {args.seed}): the maps mean nothing. " \
+            if weights is None else ""
+        common = dict(threshold=args.threshold, layer=args.layer, size=size, tile=args.tile, upsample=args.upsample,
+                      batch_size=args.batch_size, info=info)
+        if args.video:
+            stem = Path(args.video).stem
+            suffix = ".avi" if args.avi else ".mp4"
+            basis_used, samples = pca_video(
+                model, args.video, stage / f"{stem}_pca{suffix}", basis=basis, step=args.frame_step,
+                max_frames=args.max_frames, frames_dir=stage / f"{stem}_frames" if args.frames else None,
+                progress=True, **common,
+            )
+            save_figure(samples, stage / "figure.png", alpha=args.alpha, title=random_note + describe(basis_used))
+            fitted = None if basis is not None else basis_used
+            done = f"wrote {out / (stem + '_pca' + suffix)} ({basis_used.info.get('images')} frames, frame | PCA colours)"
+        else:
+            maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
+                            progress=True, **common)
+            one = maps[0].basis if all(m.basis is maps[0].basis for m in maps) else None
+            title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
+            written = save_maps(maps, stage, alpha=args.alpha, title=random_note + title)
+            fitted = one if basis is None else None
+            done = f"wrote {len(written)} files to {out}/ (figure.png and <name>_pca/_mask/_overlay.png per image)"
+        if fitted is not None and not args.save_basis:
+            fitted.save(stage / "pca_basis.npz")
+    print(done)
     if fitted is not None:
         target = Path(args.save_basis) if args.save_basis else out / "pca_basis.npz"
-        fitted.save(target)
+        if args.save_basis:
+            fitted.save(target)
         print(f"wrote {target}: reuse it with --basis {target}")
         print(describe(fitted))
     elif basis is not None:
         print(f"colours from {args.basis} ({describe(basis)})")
+    if weights is None:
+        print("note: random weights (--weights random): the maps show nothing learned", file=sys.stderr)
     return 0
 
 
+_BF16_HELP = ("bfloat16 autocast: faster on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); "
+              "3-4x slower than fp32 on other CPUs")
+_THREADS_HELP = "torch CPU threads (0: torch's default)"
+
+
+def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="dinov2_vits14", help="zoo name (see `dinov2-dense info`)")
+    parser.add_argument("--weights", default="official",
+                        help="'official' (find or download), a file, a URL, or 'random' (random weights, for a try)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--threads", type=nonnegative_int, default=0, help=_THREADS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dinov2-dense", description="Dense prediction with DINOv2.")
+    parser = argparse.ArgumentParser(
+        prog="dinov2-dense", description="Dense prediction with DINOv2.",
+        epilog="Exit codes: 0 done, 2 a user error (one line naming the file or option), 130 interrupted, "
+               f"1 a bug. --debug (or {DEBUG_ENV}=1) shows tracebacks.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="list the model zoo and where each weight file was found")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
 
+    patch_side = int_range(14, what="at least one 14-pixel patch")
     feat = sub.add_parser("features", help="extract dense patch features of images")
     feat.add_argument("images", nargs="+", help="image files (or skimage:NAME for a scikit-image sample)")
-    feat.add_argument("--model", default="dinov2_vits14", help="zoo name (see `dinov2-dense info`)")
-    feat.add_argument("--weights", default="official",
-                      help="'official' (find or download), a file, a URL, or 'random' (no weights)")
+    _common_model_arguments(feat)
     feat.add_argument("--layers", type=int, nargs="+", help="block indices (negative: from the end)")
-    feat.add_argument("--last", type=int, help="take the last N blocks (default: the last one)")
+    feat.add_argument("--last", type=positive_int, help="take the last N blocks (default: the last one)")
     feat.add_argument("--fit", choices=["pad", "resize"], default="pad", help="how to reach the 14-pixel grid")
-    feat.add_argument("--size", type=int, help="resize the shorter side to this many pixels first")
-    feat.add_argument("--tile", type=int, help="tiled mode: tile size in pixels (bounded memory)")
-    feat.add_argument("--batch-size", type=int, default=8)
-    feat.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    feat.add_argument("--size", type=patch_side, nargs="+", metavar="N",
+                      help="resize first: one number sets the shorter side, two set H W (one size for all images)")
+    feat.add_argument("--tile", type=patch_side, help="tiled mode: tile size in pixels (bounded memory)")
+    feat.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     feat.add_argument("--no-norm", action="store_true", help="skip the final LayerNorm (depth protocol)")
-    feat.add_argument("--device", default=None, help="e.g. cpu, cuda")
-    feat.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     feat.add_argument("--out", required=True, help="output .npy or .safetensors file")
     feat.set_defaults(func=_cmd_features)
 
@@ -201,51 +288,60 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the fitted basis (pca_basis.npz) for reuse with --basis.",
     )
     pca.add_argument("images", nargs="*", help="image files (or skimage:NAME for a scikit-image sample)")
-    pca.add_argument("--model", default="dinov2_vits14", help="zoo name (see `dinov2-dense info`)")
-    pca.add_argument("--weights", default="official",
-                     help="'official' (find or download), a file, a URL, or 'random' (no weights)")
-    pca.add_argument("--out", default="pca_out", help="output directory (default: pca_out)")
+    _common_model_arguments(pca)
+    pca.add_argument("--out", default="pca_out", help="output folder (default: pca_out); must be empty or new "
+                                                       "unless --overwrite")
+    pca.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder")
     pca.add_argument("--joint", action="store_true",
                      help="one PCA over all images, so the same parts get the same colours (default: one per image)")
     pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
                                      "(frame | colours side by side)")
     pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one")
     pca.add_argument("--save-basis", help="where to save the fitted basis (default: OUT/pca_basis.npz)")
-    pca.add_argument("--size", type=int, default=448,
-                     help="resize the shorter side to this many pixels first; larger gives finer maps "
+    pca.add_argument("--size", type=int_range(0), nargs="+", default=[448], metavar="N",
+                     help="resize first: the shorter side (or H W); larger gives finer maps "
                           "(default 448; 0 keeps the image's own size)")
-    pca.add_argument("--tile", type=int, help="tiled features: tile size in pixels (bounded memory for large --size)")
+    pca.add_argument("--tile", type=patch_side, help="tiled features: tile size in pixels (bounded memory for large --size)")
     pca.add_argument("--layer", type=int, default=-1, help="block whose patch tokens are used (default: the last)")
     pca.add_argument("--upsample", choices=["nearest", "bilinear"], default="bilinear",
                      help="from the patch grid to the image (default bilinear)")
     pca.add_argument("--threshold", type=_threshold_arg, default="otsu",
                      help="foreground split of the first component: otsu (default), zero, none (no mask), "
                           "or a number (z-score on the oriented component)")
-    pca.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
+    pca.add_argument("--alpha", type=float_range(0.0, 1.0), default=0.5,
+                     help="overlay opacity of the colours, 0-1 (default 0.5)")
     pca.add_argument("--frames", action="store_true", help="with --video: also write one PNG of colours per frame")
-    pca.add_argument("--frame-step", type=int, default=1, help="with --video: take every N-th frame")
-    pca.add_argument("--max-frames", type=int, help="with --video: at most this many frames")
+    pca.add_argument("--frame-step", type=positive_int, default=1, help="with --video: take every N-th frame")
+    pca.add_argument("--max-frames", type=positive_int, help="with --video: at most this many frames")
     pca.add_argument("--avi", action="store_true", help="with --video: write MJPG .avi instead of mp4v .mp4")
-    pca.add_argument("--batch-size", type=int, default=8)
-    pca.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
-    pca.add_argument("--device", default=None, help="e.g. cpu, cuda")
-    pca.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    pca.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --weights random (default 0)")
     pca.set_defaults(func=_cmd_pca)
 
     _add_engine_commands(sub)
+    for command in sub.choices.values():  # --debug also after the command's name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error")
     return parser
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .data import synthetic
+    from .fileio import staged_dir
 
+    if args.layout == "folder" and args.val is not None:
+        raise ValueError("--val: the folder layout has no validation split (--train sets the number of scenes)")
+    val = 50 if args.val is None else args.val
     config = synthetic.SceneConfig(size=(args.size, args.size), num_classes=args.classes)
-    writer = {"ade20k": synthetic.write_ade20k_layout, "nyu": synthetic.write_nyu_layout}.get(args.layout)
-    if writer is not None:
-        writer(args.out, args.train, args.val, config=config, seed=args.seed)
-    else:
-        synthetic.write_folder_layout(args.out, args.train, config=config, seed=args.seed)
-    print(f"wrote synthetic scenes ({args.layout} layout) under {args.out}")
+    synthetic.check_memory(config)
+    out = Path(args.out)
+    with staged_dir(out, overwrite=args.overwrite) as stage:
+        writer = {"ade20k": synthetic.write_ade20k_layout, "nyu": synthetic.write_nyu_layout}.get(args.layout)
+        if writer is not None:
+            writer(stage, args.train, val, config=config, seed=args.seed)
+        else:
+            synthetic.write_folder_layout(stage, args.train, config=config, seed=args.seed)
+    counts = f"{args.train} training and {val} validation scenes" if args.layout != "folder" else f"{args.train} scenes"
+    print(f"wrote {counts} ({args.layout} layout, {args.size}x{args.size}) under {out}")
     return 0
 
 
@@ -261,28 +357,73 @@ def _add_engine_commands(sub) -> None:
     ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
     add_eval_depth_arguments(ev).set_defaults(func=run_eval_depth)
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")
-    synth.add_argument("out", help="output directory")
+    synth.add_argument("out", help="output folder (must be empty or new unless --overwrite)")
     synth.add_argument("--layout", choices=["ade20k", "nyu", "folder"], default="ade20k")
-    synth.add_argument("--train", type=int, default=400, help="training scenes (folder layout: all scenes)")
-    synth.add_argument("--val", type=int, default=50, help="validation scenes")
-    synth.add_argument("--size", type=int, default=224, help="image side in pixels")
-    synth.add_argument("--classes", type=int, default=5, help="classes including the background")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--train", type=positive_int, default=400, help="training scenes (folder layout: all scenes)")
+    synth.add_argument("--val", type=positive_int, default=None,
+                       help="validation scenes (default 50; not for the folder layout)")
+    synth.add_argument("--size", type=int_range(28, 8192), default=224, help="image side in pixels (28-8192)")
+    synth.add_argument("--classes", type=int_range(2, 254), default=5, help="classes including the background")
+    synth.add_argument("--seed", type=nonnegative_int, default=0)
+    synth.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty folder")
     synth.set_defaults(func=_cmd_synth)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of a user error; for an error raised in a DataLoader worker (whose message
+    carries the worker's traceback), the original error's own message."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    message = str(message)
+    if "Original Traceback" in message:
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        head, sep, rest = last.partition(": ")
+        message = rest if sep and "." in head and " " not in head else last
+    return message
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a user's input causes: bad files and paths (OSError), values and configs
+    (ValueError), names (KeyError); and running out of memory."""
+    errors: list[type[BaseException]] = [OSError, ValueError, KeyError]
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "OutOfMemoryError"):
+        errors.append(torch.OutOfMemoryError)
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .checkpoints import CheckpointError
-    from .hub import WeightsNotFoundError
-
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    prog = f"dinov2-dense {args.command}"
     try:
         return args.func(args)
-    except (WeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"dinov2-dense {args.command}: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{prog}: interrupted; no half-written file was left", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if debug:
+            raise
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            print(f"{prog}: error: out of memory ({_one_line(exc).splitlines()[0]}); try a smaller --batch-size, "
+                  "--size or --tile", file=sys.stderr)
+        else:
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        if debug:
+            raise
+        print(f"{prog}: error: out of memory; try a smaller --batch-size, --size or --tile", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - a bug: show everything and say so
+        import traceback
+
+        traceback.print_exc()
+        print(f"{prog}: internal error (a bug in dinov2-dense; please report it with the traceback above)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -99,6 +99,11 @@ class WeightsNotFoundError(FileNotFoundError):
     """No local weight file and no way to download it; the message lists where we looked."""
 
 
+#: How to go on without the weights, appended to every "not found" message.
+NO_WEIGHTS_HINT = ("To try the toolkit without them: --weights random on the command line, weights=None in "
+                   "Python (random weights: features, maps and metrics then mean nothing).")
+
+
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True) -> Path:
     """Fetch ``url`` to ``dest`` atomically; check length and, if given, SHA-256.
 
@@ -164,7 +169,7 @@ def resolve_file(
         why = f"{OFFLINE_ENV} is set" if offline else "downloads are disabled"
         raise WeightsNotFoundError(
             f"weights for {label} ({filename}) not found, and {why}. Looked in:\n{looked}\n"
-            f"Fetch {url} into one of those places (or set {WEIGHTS_ENV} to its directory)."
+            f"Fetch {url} into one of those places (or set {WEIGHTS_ENV} to its directory).\n{NO_WEIGHTS_HINT}"
         )
     try:
         return download(url, hub_checkpoint_dir() / filename, sha256, progress)
@@ -172,7 +177,7 @@ def resolve_file(
         raise WeightsNotFoundError(
             f"weights for {label} ({filename}) not found locally and the download failed ({exc}). "
             f"Looked in:\n{looked}\nFetch {url} by hand into one of those places "
-            f"(or set {WEIGHTS_ENV} to its directory)."
+            f"(or set {WEIGHTS_ENV} to its directory).\n{NO_WEIGHTS_HINT}"
         ) from exc
 
 

@@ -8,15 +8,13 @@ matched by name. The logic lives in dinov2_dense.evaluation.depth_files.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from dinov2_dense.evaluation.depth_files import add_eval_depth_arguments, run_eval_depth
+from dinov2_dense.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="eval_depth.py", description=__doc__.splitlines()[0])
-    return run_eval_depth(add_eval_depth_arguments(parser).parse_args(argv))
+    return cli_main(["eval-depth", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
-"""Evaluate a trained head: the same as `dinov2-dense test CONFIG CHECKPOINT ...`."""
+"""Evaluate a trained head: the same as `dinov2-dense test CONFIG CHECKPOINT ...` (see `--help`)."""
 
-import argparse
 import sys
 
-from dinov2_dense.engine.entry import add_test_arguments, run_test
+from dinov2_dense.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_test(add_test_arguments(argparse.ArgumentParser(description=__doc__)).parse_args()))
+    sys.exit(main(["test", *sys.argv[1:]]))

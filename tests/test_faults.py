@@ -1,0 +1,468 @@
+"""Fault cases, one (or a few) per class of issue 8: a user's mistake or a fault gives exit code 2
+and one line naming the file or option; nothing exits 0 with a wrong result; nothing written
+before is lost; a bug is the only exit code 1.
+
+Each case checks the exit code, the message and what is on disk afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinov2_dense.cli import main
+from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DINOV2_DENSE_OFFLINE": "1"}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_user_error(rc: int, err: str, *names: str) -> None:
+    """Exit code 2, no traceback, and the message names what was wrong."""
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    assert "error:" in err, err
+    for name in names:
+        assert str(name) in err, (name, err)
+
+
+def _image(path: Path, h: int = 42, w: int = 56, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _no_staging_left(parent: Path) -> None:
+    leftovers = [p.name for p in parent.iterdir() if p.name.startswith(".") and (".partial" in p.name or ".tmp" in p.name
+                                                                              or p.name.endswith(".old"))]
+    assert not leftovers, leftovers
+
+
+# -- fixtures: synthetic scenes and a short run --------------------------------------------------
+@pytest.fixture(autouse=True)
+def fresh_mmengine_loggers():
+    """mmengine keeps its loggers (and their handlers on the sys.stderr of the test that made them)
+    for the life of the process; a command-line run has one process per command. Drop them."""
+    yield
+    from mmengine.logging import MMLogger
+
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    MMLogger._instance_dict.clear()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults") / "ade"
+    write_ade20k_layout(root, 24, 6, config=SceneConfig(size=(56, 56)), seed=0, progress=False)
+    return root
+
+
+def _opts(root: Path, iters: int = 4, **extra) -> list[str]:
+    opts = {f"{s}_dataloader.dataset.root": str(root) for s in ("train", "val", "test")}
+    opts.update({"train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "param_scheduler.0.end": 2,
+                 "param_scheduler.1.end": iters, "default_hooks.checkpoint.interval": 2,
+                 "train_dataloader.batch_size": 4, "model.backbone.img_size": 56,
+                 "train_dataloader.dataset.pipeline.crop_size": 56,
+                 "train_dataloader.dataset.pipeline.scale": "(112,56)"})
+    opts.update(extra)
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    """A 4-iteration run of the tiny config: its work dir holds iter_2.pth and iter_4.pth."""
+    work = tmp_path_factory.mktemp("run") / "work"
+    assert main(["train", str(SEG_CFG), "--work-dir", str(work), "--cfg-options", *_opts(scenes)]) == 0
+    return work
+
+
+# -- silent wrong results ------------------------------------------------------------------------
+def test_test_refuses_a_backbone_only_checkpoint(scenes, trained, tmp_path, capsys):
+    backbone_only = tmp_path / "backbone_only.pth"
+    torch.save({"state_dict": {"backbone.cls_token": torch.zeros(1, 1, 64)}}, backbone_only)
+    rc, out, err = run(capsys, "test", SEG_CFG, backbone_only, "--work-dir", tmp_path / "w", "--cfg-options",
+                       *_opts(scenes))
+    assert_user_error(rc, err, backbone_only, "missing keys", "--partial-load")
+    assert "mIoU" not in out  # no metrics of a random head
+
+
+def test_test_refuses_a_head_for_another_number_of_classes(scenes, trained, tmp_path, capsys):
+    ckpt = trained / "iter_4.pth"
+    rc, out, err = run(capsys, "test", SEG_CFG, ckpt, "--work-dir", tmp_path / "w", "--cfg-options",
+                       *_opts(scenes, **{"model.head.num_classes": 6}))
+    assert_user_error(rc, err, ckpt, "decode_head.conv_seg.weight", "(5, 64, 1, 1) vs (6, 64, 1, 1)")
+    assert "mIoU" not in out
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_fit(scenes, trained, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "iter_4.pth").write_bytes((trained / "iter_4.pth").read_bytes())
+    before = _snapshot(work)
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options",
+                     *_opts(scenes, 8, **{"model.head.num_classes": 6}))
+    assert_user_error(rc, err, work / "iter_4.pth", "other shapes")
+    after = _snapshot(work)
+    assert {k: v for k, v in after.items() if k in before} == before  # the checkpoint is untouched
+    assert not any(k.startswith("iter_") and k not in before for k in after)  # and nothing was trained
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(scenes, trained, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("iter_2.pth", "iter_4.pth"):
+        (work / name).write_bytes((trained / name).read_bytes())
+    (work / "iter_4.pth").write_bytes((trained / "iter_4.pth").read_bytes()[:3000])  # a broken disk
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 6))
+    assert rc == 0, err
+    assert f"{work / 'iter_4.pth'} is unreadable" in err and f"resuming from {work / 'iter_2.pth'}" in err
+    assert torch.load(work / "iter_6.pth", weights_only=True)["meta"]["iter"] == 6
+
+
+def test_exif_orientation_is_applied_to_features(tmp_path, capsys):
+    stored = np.random.default_rng(0).integers(0, 255, (28, 70, 3), dtype=np.uint8)  # landscape on disk
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a portrait photo
+    path = tmp_path / "portrait.png"
+    image.save(path, exif=exif)
+    out = tmp_path / "f.npy"
+    rc, _, err = run(capsys, "features", path, "--weights", "random", "--out", out)
+    assert rc == 0, err
+    assert np.load(out).shape[-2:] == (5, 2)  # 70x28 upright: 5x2 patches, not 2x5
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["features", "IMG", "--size", "0", "--out", "OUT/f.npy"], "--size"),
+    (["features", "IMG", "--last", "0", "--out", "OUT/f.npy"], "--last"),
+    (["features", "IMG", "--tile", "5", "--out", "OUT/f.npy"], "--tile"),
+    (["features", "IMG", "--batch-size", "0", "--out", "OUT/f.npy"], "--batch-size"),
+    (["features", "IMG", "--threads", "-1", "--out", "OUT/f.npy"], "--threads"),
+    (["pca", "IMG", "--alpha", "1.5", "--out", "OUT"], "--alpha"),
+    (["pca", "--video", "IMG", "--frame-step", "0", "--out", "OUT"], "--frame-step"),
+    (["synth", "OUT", "--train", "0"], "--train"),
+    (["synth", "OUT", "--train", "-3"], "--train"),
+    (["synth", "OUT", "--val", "0"], "--val"),
+    (["synth", "OUT", "--size", "5"], "--size"),
+    (["synth", "OUT", "--classes", "1"], "--classes"),
+])
+def test_nonsense_options_stop_before_any_work(argv, option, tmp_path, capsys):
+    image = _image(tmp_path / "img.png")
+    out = tmp_path / "out"
+    argv = [str(image) if a == "IMG" else a.replace("OUT", str(out)) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage + one line, exit code 2
+        main(argv)
+        raise SystemExit(0)
+    code = exit_info.value.code
+    err = capsys.readouterr().err
+    if code != 2:  # checked after parsing: our own one-line error
+        pytest.fail(f"exit code {code}: {err}")
+    assert option in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_folder_layout_refuses_val_after_parsing(tmp_path, capsys):
+    rc, _, err = run(capsys, "synth", tmp_path / "out", "--layout", "folder", "--val", "5")
+    assert_user_error(rc, err, "--val")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pca_basis_with_nan_is_refused(tmp_path, capsys):
+    image = _image(tmp_path / "a.png")
+    assert run(capsys, "pca", image, "--weights", "random", "--size", "56", "--out", tmp_path / "p")[0] == 0
+    with np.load(tmp_path / "p" / "pca_basis.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["fg_components"][1, 3] = np.nan
+    bad = tmp_path / "nan_basis.npz"
+    np.savez(bad, **arrays)
+    rc, _, err = run(capsys, "pca", image, "--weights", "random", "--basis", bad, "--out", tmp_path / "q")
+    assert_user_error(rc, err, bad, "fg_components", "NaN")
+    assert not (tmp_path / "q").exists()
+
+
+def test_config_values_are_checked_at_start(scenes, tmp_path, capsys):
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", tmp_path / "w", "--cfg-options",
+                     *_opts(scenes, **{"train_cfg.max_iters": 0}))
+    assert_user_error(rc, err, SEG_CFG, "train_cfg.max_iters = 0")
+    assert not (tmp_path / "w").exists()
+
+
+# -- two runs in one place -----------------------------------------------------------------------
+def test_a_second_training_in_a_busy_work_dir_refuses(scenes, tmp_path):
+    work = tmp_path / "work"
+    first = subprocess.Popen([sys.executable, str(ROOT / "tools/train.py"), str(SEG_CFG), "--work-dir", str(work),
+                              "--cfg-options", *_opts(scenes, 100000)],
+                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (work / ".dinov2_dense.lock").is_file():
+            time.sleep(0.05)
+        assert (work / ".dinov2_dense.lock").is_file(), "the first run never took the lock"
+        second = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), str(SEG_CFG), "--work-dir", str(work),
+                                 "--resume", "--cfg-options", *_opts(scenes, 10)],
+                                env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"pid {first.pid}" in second.stderr and str(work) in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_training_refuses_another_runs_checkpoints_unless_overwrite(scenes, trained, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "iter_4.pth").write_bytes((trained / "iter_4.pth").read_bytes())
+    before = _snapshot(work)
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--cfg-options", *_opts(scenes, 2))
+    assert_user_error(rc, err, work, "iter_4.pth", "--resume", "--overwrite")
+    assert _snapshot(work) == before
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--overwrite", "--cfg-options", *_opts(scenes, 2))
+    assert rc == 0, err
+    assert not (work / "iter_4.pth").exists() and (work / "iter_2.pth").is_file()
+    assert not (work / ".dinov2_dense.lock").exists()  # released
+
+
+def test_synth_refuses_a_non_empty_folder_and_overwrite_replaces_it_whole(tmp_path, capsys):
+    out = tmp_path / "scenes"
+    assert run(capsys, "synth", out, "--train", "3", "--val", "2", "--size", "28")[0] == 0
+    (out / "images" / "training" / "old_image.jpg").write_bytes(b"stale")
+    before = _snapshot(out)
+    rc, _, err = run(capsys, "synth", out, "--train", "2", "--val", "1", "--size", "28")
+    assert_user_error(rc, err, out, "--overwrite")
+    assert _snapshot(out) == before
+    rc, _, err = run(capsys, "synth", out, "--train", "2", "--val", "1", "--size", "28", "--overwrite")
+    assert rc == 0, err
+    assert not (out / "images" / "training" / "old_image.jpg").exists()
+    assert len(list((out / "images" / "training").iterdir())) == 2
+    _no_staging_left(tmp_path)
+
+
+def test_pca_failing_midway_leaves_the_old_set(tmp_path, capsys, monkeypatch):
+    images = [_image(tmp_path / f"im{i}.png", seed=i) for i in range(3)]
+    out = tmp_path / "pca"
+    common = ["--joint", "--weights", "random", "--size", "56", "--out", out]
+    assert run(capsys, "pca", *images, *common)[0] == 0
+    before = _snapshot(out)
+    assert len(before) == 3 * 3 + 2  # three PNGs per image, figure.png, pca_basis.npz
+
+    rc, _, err = run(capsys, "pca", *images, *common)
+    assert_user_error(rc, err, out, "--overwrite")
+    assert _snapshot(out) == before
+
+    import dinov2_dense.fileio as fileio
+
+    real, calls = fileio.write_bytes, []
+
+    def disk_full_after_four(path, data):
+        calls.append(path)
+        if len(calls) > 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(fileio, "write_bytes", disk_full_after_four)
+    rc, _, err = run(capsys, "pca", *images, *common, "--overwrite")
+    assert_user_error(rc, err, out, "No space left on device")
+    assert ".partial" not in err and ".tmp" not in err  # the user's path, never a temporary name
+    assert _snapshot(out) == before
+    _no_staging_left(tmp_path)
+
+
+# -- tracebacks for a user's mistake ----------------------------------------------------------------
+def test_config_syntax_error(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text('_base_ = ["x.py"]\nmodel = dict(type="DenseModel"\n')
+    rc, _, err = run(capsys, "train", bad, "--work-dir", tmp_path / "w")
+    assert_user_error(rc, err, bad, "line")
+    bad.write_text('_base_ = ["missing_base.py"]\n')
+    rc, _, err = run(capsys, "test", bad, tmp_path / "c.pth")
+    assert_user_error(rc, err, bad, "missing_base.py")
+
+
+def test_corrupt_checkpoint_on_test(scenes, trained, tmp_path, capsys):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes((trained / "iter_4.pth").read_bytes()[:2000])
+    rc, out, err = run(capsys, "test", SEG_CFG, broken, "--work-dir", tmp_path / "w", "--cfg-options", *_opts(scenes))
+    assert_user_error(rc, err, broken, "not a readable checkpoint")
+    assert "mIoU" not in out
+
+
+def test_bad_label_seen_in_a_dataloader_worker(scenes, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "ade"
+    shutil.copytree(scenes, root)
+    labels = sorted((root / "annotations" / "training").glob("*.png"))
+    for label in labels:  # class 76 of a 5-class set: whichever sample a worker draws first is bad
+        Image.fromarray(np.full((56, 56), 77, dtype=np.uint8)).save(label)
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", tmp_path / "w", "--cfg-options",
+                     *_opts(root, 4, **{"train_dataloader.num_workers": 2}))
+    assert_user_error(rc, err, "out of range")
+    assert any(str(label) in err for label in labels), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device(tmp_path, capsys):
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--weights", "random", "--device", "cuda",
+                     "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "--device cuda")
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--weights", "random", "--device", "warp9",
+                     "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "--device")
+
+
+def test_output_paths_are_checked_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    import dinov2_dense.hub as hub
+
+    monkeypatch.setattr(hub, "load_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    image = _image(tmp_path / "a.png")
+    (tmp_path / "adir.npy").mkdir()
+    rc, _, err = run(capsys, "features", image, "--weights", "random", "--out", tmp_path / "adir.npy")
+    assert_user_error(rc, err, tmp_path / "adir.npy", "is a directory")
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run(capsys, "features", image, "--weights", "random", "--out", tmp_path / "afile" / "f.npy")
+    assert_user_error(rc, err, tmp_path / "afile")
+    rc, _, err = run(capsys, "pca", image, "--weights", "random", "--out", tmp_path / "afile")
+    assert_user_error(rc, err, tmp_path / "afile", "is a file")
+
+
+def test_full_disk_names_the_users_path_and_keeps_the_old_file(tmp_path, capsys, monkeypatch):
+    image = _image(tmp_path / "a.png")
+    out = tmp_path / "f.npy"
+    out.write_bytes(b"the previous result")
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".f."):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    rc, _, err = run(capsys, "features", image, "--weights", "random", "--out", out)
+    assert_user_error(rc, err, out, "No space left on device")
+    assert ".tmp" not in err
+    assert out.read_bytes() == b"the previous result"
+    _no_staging_left(tmp_path)
+
+
+def test_unknown_model_and_missing_file(tmp_path, capsys):
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--model", "dinov2_vitx14", "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "dinov2_vitx14")
+    rc, _, err = run(capsys, "features", tmp_path / "nope.jpg", "--weights", "random", "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, tmp_path / "nope.jpg")
+
+
+def test_a_bug_is_exit_code_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import dinov2_dense.cli as cli
+
+    def broken(args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cli, "_cmd_info", broken)
+    rc, _, err = run(capsys, "info")
+    assert rc == 1 and "Traceback" in err and "bug" in err
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "features", str(tmp_path / "nope.jpg"), "--weights", "random", "--out", str(tmp_path / "f.npy")])
+    with pytest.raises(FileNotFoundError):
+        main(["features", str(tmp_path / "nope.jpg"), "--weights", "random", "--out", str(tmp_path / "f.npy"), "--debug"])
+
+
+# -- what a newcomer hit ---------------------------------------------------------------------------
+def test_the_tiny_configs_have_their_own_work_dirs():
+    from dinov2_dense.engine.entry import default_work_dir
+
+    seg = default_work_dir(ROOT / "configs/segmentation/tiny_synthetic_linear.py")
+    depth = default_work_dir(ROOT / "configs/depth/tiny_synthetic_linear.py")
+    assert seg != depth
+
+
+def test_features_of_different_shapes_fail_before_the_model_runs(tmp_path, capsys, monkeypatch):
+    import dinov2_dense.hub as hub
+
+    wide, tall = _image(tmp_path / "wide.png", 42, 84), _image(tmp_path / "tall.png", 84, 42)
+    real = hub.load_backbone
+    monkeypatch.setattr(hub, "load_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    rc, _, err = run(capsys, "features", wide, tall, "--weights", "random", "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "--size H W", "wide.png", "tall.png")
+    monkeypatch.setattr(hub, "load_backbone", real)
+    rc, _, err = run(capsys, "features", wide, tall, "--weights", "random", "--size", "56", "56",
+                     "--out", tmp_path / "f.npy")  # the hint works
+    assert rc == 0, err
+    assert np.load(tmp_path / "f.npy").shape == (2, 384, 4, 4)
+
+
+def test_missing_weights_say_how_to_go_on(tmp_path, capsys, torch_home, monkeypatch):
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "dinov2_vits14_pretrain.pth", "--weights random")
+
+
+def test_random_weights_say_so_in_figures(tmp_path, capsys, monkeypatch):
+    import dinov2_dense.viz.pca as pca
+
+    titles = []
+    real = pca.save_grid
+    monkeypatch.setattr(pca, "save_grid", lambda *a, **k: titles.append(k.get("suptitle")) or real(*a, **k))
+    rc, _, err = run(capsys, "pca", _image(tmp_path / "a.png"), "--weights", "random", "--size", "56",
+                     "--out", tmp_path / "p")
+    assert rc == 0, err
+    assert titles and "RANDOM weights" in titles[0]
+
+
+def test_default_outputs_are_git_ignored():
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for folder in ("/data/", "/work_dirs/", "/runs/", "/pca_out/"):
+        assert folder in ignored, folder
+
+
+# -- bounded resources ------------------------------------------------------------------------------
+def test_ctrl_c_stops_quickly_and_leaves_nothing(tmp_path):
+    out = tmp_path / "scenes"
+    proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "synth", str(out), "--train", "100000",
+                             "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".scenes.*.partial/scenes/images/training/*")):
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".scenes.*.partial")), "synth never started writing"
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - sent < 5
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    _no_staging_left(tmp_path)
+
+
+def test_pixel_limit_refuses_a_decompression_bomb(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DINOV2_DENSE_MAX_PIXELS", "1000")
+    image = _image(tmp_path / "big.png", 42, 56)
+    rc, _, err = run(capsys, "features", image, "--weights", "random", "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, image, "DINOV2_DENSE_MAX_PIXELS")
+    assert not (tmp_path / "f.npy").exists()
