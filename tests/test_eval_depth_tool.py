@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dinov2_dense.evaluation import DEPTH_METRIC_KEYS, DepthAccumulator, kb_crop
+from dinov2_dense.evaluation import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, DepthAccumulator, kb_crop
 from dinov2_dense.evaluation.depth_files import match_depth_files, read_depth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,11 @@ def test_nyu_end_to_end_png_and_npy(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     metrics = json.loads(out.read_text())
-    assert set(metrics) == KEYS  # exactly the nine keys
+    # the nine metrics at the top level, then the bookkeeping; clean predictions: zero counts, no warning
+    assert set(metrics) == KEYS | {"images", "skipped_images", "invalid_predictions"}
+    assert metrics["images"] == 3 and metrics["skipped_images"] == 0
+    assert metrics["invalid_predictions"] == dict.fromkeys(INVALID_PREDICTION_KEYS, 0)
+    assert "warning" not in captured.err
     acc = DepthAccumulator(min_depth=1e-3, max_depth=10.0, crop="eigen")
     for pred, gt in pairs:
         acc.update(pred, gt)
@@ -78,7 +82,7 @@ def test_unmatched_files_are_reported_and_strict_fails(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 prediction(s) without ground truth" in err and "extra_pred.npy" in err
     assert "1 ground-truth file(s) without prediction" in err and "extra_gt.png" in err
-    assert main([str(pred_dir), str(gt_dir), "--no-progress", "--strict"]) == 1
+    assert main([str(pred_dir), str(gt_dir), "--no-progress", "--strict"]) == 2
     assert "without prediction" in capsys.readouterr().err
 
 
@@ -89,11 +93,11 @@ def test_no_match_is_an_error_and_leaves_out_untouched(tmp_path, capsys):
     _png(gt_dir / "b.png", np.ones((480, 640)), 1000)
     out = tmp_path / "metrics.json"
     out.write_text('{"old": 1}')
-    assert _tool()([str(pred_dir), str(gt_dir), "--out", str(out), "--no-progress"]) == 1
+    assert _tool()([str(pred_dir), str(gt_dir), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no prediction matches" in err and "a" in err and "b" in err
     assert out.read_text() == '{"old": 1}'
-    assert _tool()([str(tmp_path / "missing"), str(gt_dir), "--no-progress"]) == 1
+    assert _tool()([str(tmp_path / "missing"), str(gt_dir), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -127,7 +131,7 @@ def test_folder_preset_options_and_bad_files(tmp_path, capsys):
     _png(pred_dir / "x.png", gt * 3, 100)
     main = _tool()
     # folder: PNGs need a declared scale
-    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--no-progress"]) == 1
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--no-progress"]) == 2
     assert "--gt-scale" in capsys.readouterr().err
     # median scaling turns a 3x relative prediction into a perfect one; --max-depth above 10 is respected
     out = tmp_path / "m.json"
@@ -138,17 +142,17 @@ def test_folder_preset_options_and_bad_files(tmp_path, capsys):
     assert m["abs_rel"] == pytest.approx(0) and m["d1"] == 1
     # an 8-bit (coloured) PNG is refused with its file name
     cv2.imwrite(str(pred_dir / "x.png"), np.zeros((20, 30, 3), np.uint8))
-    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 1
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "16-bit" in err and "x.png" in err
     # a corrupt PNG, too
     (pred_dir / "x.png").write_bytes(b"\x89PNG garbage")
-    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 1
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 2
     assert "x.png" in capsys.readouterr().err
     # predictions of another size: an error naming both files, or --resize
     np.save(pred_dir / "x.npy", np.full((10, 15), 4.0))
     (pred_dir / "x.png").unlink()
-    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 1
+    assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--no-progress"]) == 2
     assert "x.npy" in capsys.readouterr().err
     assert main([str(pred_dir), str(gt_dir), "--dataset", "folder", "--gt-scale", "100", "--resize",
                  "--no-progress"]) == 0
@@ -159,7 +163,7 @@ def test_all_invalid_ground_truth_is_an_error(tmp_path, capsys):
     _png(gt_dir / "x.png", np.zeros((480, 640)), 1000)  # zero depth everywhere
     pred_dir.mkdir()
     np.save(pred_dir / "x.npy", np.ones((480, 640)))
-    assert _tool()([str(pred_dir), str(gt_dir), "--no-progress"]) == 1
+    assert _tool()([str(pred_dir), str(gt_dir), "--no-progress"]) == 2
     assert "valid pixel" in capsys.readouterr().err
 
 
@@ -185,3 +189,124 @@ def test_script_runs_as_a_program(tmp_path):
                            "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "rmse" in proc.stdout
+
+
+def _invalid_prediction_folder(tmp_path: Path):
+    """Three 8x10 images, .npy metres, folder preset (0.001..10 m, no crop).
+
+    a: +inf and -inf on valid pixels, 3 negative pixels, 1 zero pixel, and junk (NaN, -5, 0) on
+       pixels whose ground truth is invalid (not evaluated, so not counted);
+    b: zero everywhere (a blank output); c: clean.
+    """
+    rng = np.random.default_rng(7)
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gts, preds = {}, {}
+    for name in "abc":
+        gt = rng.uniform(1.0, 5.0, (8, 10))
+        gt[7, :4] = 0.0  # no measurement: 4 invalid pixels per image
+        gts[name] = gt
+        preds[name] = gt * rng.uniform(0.8, 1.2, gt.shape)
+    a = preds["a"]
+    a[0, 0], a[0, 1] = np.inf, -np.inf
+    a[1, :3] = -2.0
+    a[2, 5] = 0.0
+    a[7, 0], a[7, 1], a[7, 2] = np.nan, -5.0, 0.0  # where the ground truth is invalid
+    preds["b"] = np.zeros((8, 10))
+    for name in "abc":
+        np.save(gt_dir / f"{name}.npy", gts[name])
+        np.save(pred_dir / f"{name}.npy", preds[name])
+    return pred_dir, gt_dir, gts, preds
+
+
+def test_invalid_predictions_are_counted_warned_and_written(tmp_path, capsys):
+    pred_dir, gt_dir, gts, preds = _invalid_prediction_folder(tmp_path)
+    out = tmp_path / "m.json"
+    rc = _tool()([str(pred_dir), str(gt_dir), "--dataset", "folder", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    data = json.loads(out.read_text())
+    valid_per_image = 8 * 10 - 4
+    expected = {"nonfinite_pixels": 2, "negative_pixels": 3, "zero_pixels": 1 + valid_per_image,
+                "images": 2, "all_zero_images": 1}
+    assert data["invalid_predictions"] == expected
+    assert data["images"] == 3 and data["skipped_images"] == 0
+    # the metrics are those of the protocol: the same as scoring the predictions clipped by hand
+    acc = DepthAccumulator(min_depth=1e-3, max_depth=10.0)
+    for name in "abc":
+        acc.update(np.clip(np.nan_to_num(preds[name], nan=1.0), 1e-3, 10.0), gts[name])
+    for k in KEYS:
+        assert data[k] == pytest.approx(acc.compute()[k], rel=1e-12), k
+    assert acc.compute()["invalid_pred_images"] == 0  # clipped by hand: nothing left to count
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, captured.err
+    assert ("invalid predictions on evaluated pixels in 2 of 3 image(s)" in warnings[0]
+            and "2 non-finite, 3 negative, 77 zero pixel(s): a, b" in warnings[0])
+    assert "1 prediction(s) zero on every evaluated pixel" in warnings[1] and warnings[1].endswith(": b")
+    assert "warning" not in captured.out
+
+
+def test_nan_prediction_on_a_valid_pixel_is_an_error(tmp_path, capsys):
+    pred_dir, gt_dir, _, preds = _invalid_prediction_folder(tmp_path)
+    preds["c"][3, 3] = np.nan
+    np.save(pred_dir / "c.npy", preds["c"])
+    out = tmp_path / "m.json"
+    assert _tool()([str(pred_dir), str(gt_dir), "--dataset", "folder", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c.npy" in err and "NaN on 1 valid pixel" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--gt-scale", "0", "expected a number > 0"),
+    ("--gt-scale", "abc", "is not a number"),
+    ("--pred-scale", "-1000", "expected a number > 0"),
+    ("--min-depth", "-0.1", "expected a number >= 0"),
+    ("--max-depth", "0", "expected a number > 0"),
+    ("--max-depth", "nan", "expected a finite number"),
+    ("--max-depth", "inf", "expected a finite number"),
+])
+def test_bad_option_values_exit_2_at_parse_time(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exc:  # refused while parsing, before any file is read
+        _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), option, value, "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert f"argument {option}: " in line and message in line and value in line
+
+
+def test_min_depth_not_below_max_depth_exits_2(tmp_path, capsys):
+    pred_dir, gt_dir, _ = _nyu_like(tmp_path, n=1)
+    main = _tool()
+    assert main([str(pred_dir), str(gt_dir), "--min-depth", "5", "--max-depth", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --max-depth 1 must be greater than --min-depth 5"
+    # the bound not given comes from the preset, and the message says so
+    assert main([str(pred_dir), str(gt_dir), "--min-depth", "10", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--max-depth 10 (the nyu preset's)" in err and "--min-depth 10" in err
+
+
+def test_eigen_crop_on_other_sizes_names_the_option(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    _png(gt_dir / "x.png", np.full((240, 320), 2.0), 1000)
+    pred_dir.mkdir()
+    np.save(pred_dir / "x.npy", np.full((240, 320), 2.0))
+    main = _tool()
+    assert main([str(pred_dir), str(gt_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "480x640" in err and "--crop none" in err and "x.npy" in err
+    assert main([str(pred_dir), str(gt_dir), "--crop", "none", "--no-progress"]) == 0
+
+
+def test_cli_eval_depth_exit_codes(tmp_path, capsys):
+    from dinov2_dense.cli import main
+
+    pred_dir, gt_dir, _ = _nyu_like(tmp_path, n=1)
+    assert main(["eval-depth", str(pred_dir), str(gt_dir), "--no-progress"]) == 0
+    assert main(["eval-depth", str(tmp_path / "missing"), str(gt_dir), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval-depth", str(pred_dir), str(gt_dir), "--gt-scale", "-1"])
+    assert exc.value.code == 2 and "--gt-scale" in capsys.readouterr().err

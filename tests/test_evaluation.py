@@ -9,6 +9,7 @@ import torch
 
 from dinov2_dense.evaluation import (
     DEPTH_METRIC_KEYS,
+    INVALID_PREDICTION_KEYS,
     DepthAccumulator,
     SegmentationAccumulator,
     crop_mask,
@@ -230,8 +231,10 @@ def test_eigen_crop_mask_positions():
     assert depth_metrics(pred, gt)["abs_rel"] > 0
     pred[45, 41] = 1.0  # inside
     assert depth_metrics(pred, gt, crop="eigen")["abs_rel"] == pytest.approx(0.8 / m.sum())
-    with pytest.raises(ValueError, match="480x640"):
+    with pytest.raises(ValueError, match="480x640") as exc:
         depth_metrics(np.ones((240, 320)), np.ones((240, 320)), crop="eigen")
+    # both ways to turn it off: the CLI option and the Python argument
+    assert "`--crop none` on the command line" in str(exc.value) and "crop=None in Python" in str(exc.value)
 
 
 def test_garg_crop_mask_positions():
@@ -307,6 +310,40 @@ def test_prediction_clipping_and_bad_predictions():
     assert depth_metrics(np.array([[np.nan, 5.0]]), np.array([[0.0, 5.0]]))["abs_rel"] == 0
 
 
+def test_invalid_predictions_are_counted_on_evaluated_pixels():
+    # 480x640 under the Eigen crop; junk outside the crop or on invalid ground truth is not counted
+    gt = np.full((480, 640), 4.0)
+    gt[100, 100:110] = 0.0  # no measurement
+    pred = np.full((480, 640), 4.0)
+    pred[0, :] = -np.inf  # outside the crop (rows 45:471)
+    pred[100, 100:110] = -1.0  # invalid ground truth
+    pred[200, 200], pred[200, 201] = np.inf, -np.inf  # 2 non-finite (-inf is not "negative")
+    pred[300, 300:305] = -0.5  # 5 negative
+    pred[310, 300:307] = 0.0  # 7 zero
+    acc = DepthAccumulator(crop="eigen", median_scaling=True)  # counted before scaling and clipping
+    r = acc.update(pred, gt)
+    assert r == pytest.approx(depth_metrics(pred, gt, crop="eigen", median_scaling=True))  # metrics unchanged
+    assert acc.per_image_invalid[-1] == dict(nonfinite_pixels=2, negative_pixels=5, zero_pixels=7, images=1,
+                                             all_zero_images=0)
+    acc.update(gt, gt)  # clean
+    acc.update(np.zeros((480, 640)), np.zeros((480, 640)))  # no valid gt: skipped, nothing counted
+    blank = np.full((480, 640), 7.0)
+    blank[45:471, 41:601] = 0.0  # zero on every evaluated pixel (the rest does not matter)
+    acc2 = DepthAccumulator(crop="eigen")
+    acc2.update(blank, gt)
+    assert acc2.invalid_predictions() == dict(nonfinite_pixels=0, negative_pixels=0,
+                                              zero_pixels=(471 - 45) * (601 - 41) - 10, images=1, all_zero_images=1)
+    out = acc.compute()
+    assert out["count"] == 2 and out["skipped"] == 1
+    assert {k: out["invalid_pred_" + k] for k in INVALID_PREDICTION_KEYS} == acc.invalid_predictions() == dict(
+        nonfinite_pixels=2, negative_pixels=5, zero_pixels=7, images=1, all_zero_images=0)
+    clean = DepthAccumulator()
+    clean.update(D_PRED, D_GT)
+    assert all(clean.compute()["invalid_pred_" + k] == 0 for k in INVALID_PREDICTION_KEYS)
+    acc.reset()
+    assert acc.invalid_predictions() == dict.fromkeys(INVALID_PREDICTION_KEYS, 0)
+
+
 def test_shapes_and_resize():
     gt = np.full((4, 4), 2.0)
     with pytest.raises(ValueError, match="resize"):
@@ -379,9 +416,37 @@ def test_depth_metric_gt_from_data_batch_and_errors():
     batch = {"inputs": None, "data_samples": [{"gt_depth_map": torch.from_numpy(D_GT)}]}
     metric.process(batch, [{"pred_depth": torch.from_numpy(D_PRED)}])
     out = metric.compute_metrics(metric.results)
-    assert set(out) == set(DEPTH_METRIC_KEYS) | {"count"}
+    assert set(out) == set(DEPTH_METRIC_KEYS) | {"count"} | {"invalid_pred_" + k for k in INVALID_PREDICTION_KEYS}
     assert out["abs_rel"] == pytest.approx(0.4) and out["count"] == 1
     with pytest.raises(KeyError, match="ground truth"):
         metric.process({}, [{"pred_depth": torch.ones(2, 2)}])
     with pytest.raises(ValueError, match="silog"):
         DepthMetric(silog="nope")
+
+
+def test_depth_metric_reports_and_warns_invalid_predictions(monkeypatch):
+    import logging
+
+    import dinov2_dense.evaluation.mmengine_metrics as mm
+
+    logged = []
+    monkeypatch.setattr(mm, "print_log", lambda msg, *a, level=logging.INFO, **k: logged.append((level, msg)))
+    metric = mm.DepthMetric(max_depth=10)
+    pred = D_PRED.copy()
+    pred[0, 0], pred[0, 1], pred[1, 1] = np.inf, -3.0, np.nan  # NaN where the gt is invalid: not evaluated
+    metric.process({}, [dict(pred_depth=torch.from_numpy(pred), gt_depth=torch.from_numpy(D_GT)),
+                        dict(pred_depth=torch.zeros(2, 2), gt_depth=torch.from_numpy(D_GT))])
+    out = metric.compute_metrics(metric.results)
+    assert {k: out["invalid_pred_" + k] for k in INVALID_PREDICTION_KEYS} == dict(
+        nonfinite_pixels=1, negative_pixels=1, zero_pixels=3, images=2, all_zero_images=1)
+    warnings = [msg for level, msg in logged if level == logging.WARNING]
+    assert len(warnings) == 1
+    assert "in 2 of 2 image(s)" in warnings[0] and "1 non-finite, 1 negative, 3 zero pixel(s)" in warnings[0]
+    assert "1 image(s) zero on every evaluated pixel" in warnings[0]
+    # clean predictions: zero counts and no warning
+    logged.clear()
+    metric = mm.DepthMetric(max_depth=10)
+    metric.process({}, [dict(pred_depth=torch.from_numpy(D_PRED), gt_depth=torch.from_numpy(D_GT))])
+    out = metric.compute_metrics(metric.results)
+    assert all(out["invalid_pred_" + k] == 0 for k in INVALID_PREDICTION_KEYS)
+    assert not [msg for level, msg in logged if level == logging.WARNING]

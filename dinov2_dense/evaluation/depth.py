@@ -20,6 +20,12 @@ Conventions (those of the depth toolboxes that produced the DINOv2 numbers, REFE
 - The prediction is then clipped to ``[min_depth, max_depth]`` (BTS / AdaBins; +inf becomes
   ``max_depth``). The DINOv2 heads already clamp their output to this range, so for them this is
   a no-op. A NaN prediction on a valid pixel raises ``ValueError``.
+- Clipping is the protocol, but it must not hide a broken prediction, so :class:`DepthAccumulator`
+  counts, on the evaluated (valid, cropped) pixels only and before median scaling and clipping,
+  the prediction pixels that are non-finite (+inf or -inf), negative (finite and < 0) and zero
+  (three disjoint classes), the images with any of them, and separately the images whose
+  prediction is zero on every evaluated pixel (a blank output). Pixels outside the ground truth's
+  valid mask or the crop are not counted. See :data:`INVALID_PREDICTION_KEYS`.
 - ``d_k``: fraction of valid pixels with ``max(gt / pred, pred / gt) < 1.25 ** k``;
   ``abs_rel = mean(|gt - pred| / gt)``; ``sq_rel = mean((gt - pred)^2 / gt)``;
   ``rmse = sqrt(mean((gt - pred)^2))``; ``rmse_log = sqrt(mean((log gt - log pred)^2))``;
@@ -44,11 +50,13 @@ import torch.nn.functional as F
 
 __all__ = [
     "DEPTH_METRIC_KEYS",
+    "INVALID_PREDICTION_KEYS",
     "DepthAccumulator",
     "average_depth_metrics",
     "crop_mask",
     "depth_metrics",
     "kb_crop",
+    "sum_invalid_predictions",
 ]
 
 #: The nine metrics, in the order the tables print them.
@@ -61,6 +69,12 @@ NYU_SHAPE = (480, 640)
 GARG_FRACTIONS = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
 KB_CROP_SHAPE = (352, 1216)
 SILOG_CONVENTIONS = ("toolbox", "depth_anything")
+#: Counts of invalid predictions over a data set (on evaluated pixels, before clipping):
+#: pixels that are +-inf, negative (finite) or zero; images with any of them; images that are
+#: zero on every evaluated pixel (also counted in ``images``). ``DepthAccumulator.compute()``
+#: and ``DepthMetric`` report them flat as ``"invalid_pred_" + key``.
+INVALID_PREDICTION_KEYS = ("nonfinite_pixels", "negative_pixels", "zero_pixels", "images", "all_zero_images")
+INVALID_PREDICTION_PREFIX = "invalid_pred_"
 
 
 def _as_depth_map(x, name: str) -> np.ndarray:
@@ -108,8 +122,9 @@ def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
         if (h, w) != NYU_SHAPE:
             raise ValueError(
                 f"the NYU Eigen crop (rows 45:471, cols 41:601) is defined on 480x640 ground truth, got {h}x{w}; "
-                "evaluate at the original resolution (resize the prediction to the ground truth) "
-                "or pass an explicit crop=(top, bottom, left, right)")
+                "evaluate at the original resolution (resize the prediction to the ground truth), "
+                "or turn the crop off (`--crop none` on the command line, crop=None in Python) "
+                "or, in Python, give an explicit crop=(top, bottom, left, right)")
         top, bottom, left, right = NYU_EIGEN_CROP
     elif crop == "garg":
         ft, fb, fl, fr = GARG_FRACTIONS
@@ -159,7 +174,8 @@ def depth_metrics(
         gt: ground-truth depth in metres, same layout; values outside ``(min_depth, max_depth)``
             (zero = no measurement) are not evaluated.
         min_depth, max_depth: the valid range (NYU 1e-3..10, KITTI 1e-3..80); the prediction is
-            clipped to it.
+            clipped to it (inf, negative and zero predictions included: this function returns the
+            metrics only; :class:`DepthAccumulator` also counts such pixels).
         crop: None, ``"eigen"`` (NYU, 480x640 only), ``"garg"`` (KITTI) or ``(top, bottom, left, right)``.
         median_scaling: scale the prediction by ``median(gt) / median(pred)`` on valid pixels
             (relative-depth models).
@@ -171,6 +187,18 @@ def depth_metrics(
         (d1..d3 as fractions in [0, 1]), or None if no pixel is valid.
     """
     _check_args(min_depth, max_depth, silog)
+    selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
+    if selected is None:
+        return None
+    return _scores(*selected, min_depth=min_depth, max_depth=max_depth, median_scaling=median_scaling, silog=silog)
+
+
+def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize: bool):
+    """``(pred, gt)`` on the valid pixels (1-D float64), or None when no pixel is valid.
+
+    Raises ``ValueError`` for mismatched shapes (without ``resize``) and for a NaN prediction on a
+    valid pixel (NaN cannot be clipped to anything meaningful).
+    """
     pred, gt = _as_depth_map(pred, "pred"), _as_depth_map(gt, "gt")
     if pred.shape != gt.shape:
         if not resize:
@@ -188,7 +216,24 @@ def depth_metrics(
     gt, pred = gt[valid], pred[valid]
     if np.isnan(pred).any():
         raise ValueError(f"the prediction is NaN on {int(np.isnan(pred).sum())} valid pixel(s)")
+    return pred, gt
 
+
+def _invalid_counts(pred: np.ndarray) -> dict[str, int]:
+    """Invalid values among the evaluated prediction pixels ``pred`` (1-D, no NaN, non-empty)."""
+    finite = np.isfinite(pred)
+    zero = int(np.count_nonzero(pred == 0))
+    counts = {"nonfinite_pixels": int(pred.size - np.count_nonzero(finite)),
+              "negative_pixels": int(np.count_nonzero(finite & (pred < 0))),
+              "zero_pixels": zero}
+    counts["images"] = int(any(counts.values()))
+    counts["all_zero_images"] = int(zero == pred.size)
+    return counts
+
+
+def _scores(pred: np.ndarray, gt: np.ndarray, *, min_depth: float, max_depth: float, median_scaling: bool,
+            silog: str) -> dict[str, float]:
+    """The nine metrics on valid pixels (1-D arrays from :func:`_valid_pixels`)."""
     if median_scaling:
         med = float(np.median(pred))
         if not (math.isfinite(med) and med > 0):
@@ -216,6 +261,17 @@ def depth_metrics(
     }
 
 
+def _evaluate_image(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0, crop=None,
+                    median_scaling: bool = False, silog: str = "toolbox", resize: bool = False):
+    """``(metrics, invalid_counts)`` of one image; ``(None, None)`` when no pixel is valid."""
+    selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
+    if selected is None:
+        return None, None
+    counts = _invalid_counts(selected[0])
+    return _scores(*selected, min_depth=min_depth, max_depth=max_depth, median_scaling=median_scaling,
+                   silog=silog), counts
+
+
 def average_depth_metrics(per_image: Iterable[dict | None]) -> dict:
     """Mean over images of each metric; None entries (no valid pixel) are skipped and counted.
 
@@ -230,15 +286,29 @@ def average_depth_metrics(per_image: Iterable[dict | None]) -> dict:
     return out
 
 
+def sum_invalid_predictions(per_image: Iterable[dict | None]) -> dict[str, int]:
+    """Sum per-image invalid-prediction counts (None entries: images without a valid pixel)."""
+    total = dict.fromkeys(INVALID_PREDICTION_KEYS, 0)
+    for counts in per_image:
+        if counts is not None:
+            for k in INVALID_PREDICTION_KEYS:
+                total[k] += counts[k]
+    return total
+
+
 class DepthAccumulator:
     """Per-image depth metrics, averaged over images (the toolbox convention).
 
     >>> acc = DepthAccumulator(max_depth=10.0, crop="eigen")
     >>> for pred, gt in pairs:
     ...     acc.update(pred, gt)
-    >>> acc.compute()  # {"abs_rel": ..., ..., "silog": ..., "count": n, "skipped": k}
+    >>> acc.compute()  # {"abs_rel": ..., ..., "silog": ..., "count": n, "skipped": k, "invalid_pred_...": ...}
 
-    Keyword arguments are those of :func:`depth_metrics` and are checked here.
+    Keyword arguments are those of :func:`depth_metrics` and are checked here. Besides the metrics,
+    :meth:`compute` reports the invalid predictions that the clipping hides (module docstring):
+    ``invalid_pred_nonfinite_pixels``, ``invalid_pred_negative_pixels``, ``invalid_pred_zero_pixels``,
+    ``invalid_pred_images`` and ``invalid_pred_all_zero_images``; :meth:`invalid_predictions` gives
+    them without the prefix, and ``per_image_invalid`` per image.
     """
 
     def __init__(self, **depth_metric_kwargs) -> None:
@@ -253,13 +323,21 @@ class DepthAccumulator:
 
     def reset(self) -> None:
         self.per_image: list[dict | None] = []
+        self.per_image_invalid: list[dict | None] = []
 
     def update(self, pred, gt) -> dict | None:
         """Evaluate one image; returns its metrics (None if it has no valid pixel)."""
-        result = depth_metrics(pred, gt, **self.kwargs)
+        result, counts = _evaluate_image(pred, gt, **self.kwargs)
         self.per_image.append(result)
+        self.per_image_invalid.append(counts)
         return result
 
+    def invalid_predictions(self) -> dict[str, int]:
+        """The invalid-prediction counts so far, keyed by :data:`INVALID_PREDICTION_KEYS`."""
+        return sum_invalid_predictions(self.per_image_invalid)
+
     def compute(self) -> dict:
-        """See :func:`average_depth_metrics`."""
-        return average_depth_metrics(self.per_image)
+        """See :func:`average_depth_metrics`; plus the ``invalid_pred_*`` counts (class docstring)."""
+        out = average_depth_metrics(self.per_image)
+        out.update({INVALID_PREDICTION_PREFIX + k: v for k, v in self.invalid_predictions().items()})
+        return out

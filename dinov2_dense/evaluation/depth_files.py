@@ -11,6 +11,14 @@ no match at all is an error.
 Dataset presets (REFERENCE.md "Depth protocol"): see :data:`DATASET_PRESETS`. KITTI ground truth
 is kb-cropped to 352x1216 before the Garg crop, as in the toolboxes; a prediction of the raw
 ground-truth size is kb-cropped with it.
+
+Predictions are clipped to the depth range (the protocol), but never silently: non-finite,
+negative and zero prediction pixels on the evaluated pixels, and predictions that are zero on
+every evaluated pixel, are counted (:class:`DepthDirReport`), printed as warnings and written to
+the JSON (:func:`depth_results_json`).
+
+Exit status of ``eval-depth``: 0 on success, 2 for any user error (bad path, unreadable or wrong
+file, no match, bad option value), as for every command of the toolkit; 1 is left to bugs.
 """
 
 from __future__ import annotations
@@ -24,16 +32,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..options import nonnegative_float, positive_float  # noqa: F401 - re-exported
 from ..fileio import write_json
-from .depth import DEPTH_METRIC_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
+from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
 
 __all__ = [
     "DATASET_PRESETS",
     "DepthDirReport",
     "add_eval_depth_arguments",
+    "depth_results_json",
     "evaluate_depth_dirs",
     "format_depth_table",
     "match_depth_files",
+    "nonnegative_float",
+    "positive_float",
     "read_depth",
     "run_eval_depth",
     "write_metrics_json",
@@ -46,6 +58,7 @@ DATASET_PRESETS: dict[str, dict] = {
     "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
 }
 DEPTH_EXTENSIONS = (".png", ".npy")
+USER_ERROR = 2  # exit status for bad input (paths, files, option values); 1 is left to bugs
 
 
 def read_depth(path: str | Path, scale: float | None = None) -> np.ndarray:
@@ -131,7 +144,14 @@ def match_depth_files(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tu
 
 @dataclass
 class DepthDirReport:
-    """What :func:`evaluate_depth_dirs` found: the nine averaged metrics and the bookkeeping."""
+    """What :func:`evaluate_depth_dirs` found: the nine averaged metrics and the bookkeeping.
+
+    ``invalid_predictions`` counts, on the evaluated pixels (valid ground truth inside the crop)
+    and before clipping, the prediction pixels that are non-finite (+-inf), negative or zero, the
+    images with any of them and the images zero on every evaluated pixel (keys
+    :data:`~dinov2_dense.evaluation.depth.INVALID_PREDICTION_KEYS`); ``invalid_images`` and
+    ``all_zero_images`` name those images.
+    """
 
     metrics: dict[str, float]
     count: int  # images averaged
@@ -139,6 +159,9 @@ class DepthDirReport:
     unmatched_pred: list[Path] = field(default_factory=list)
     unmatched_gt: list[Path] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    invalid_predictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INVALID_PREDICTION_KEYS, 0))
+    invalid_images: list[str] = field(default_factory=list)
+    all_zero_images: list[str] = field(default_factory=list)
 
 
 def evaluate_depth_dirs(
@@ -195,7 +218,7 @@ def evaluate_depth_dirs(
 
     from tqdm.auto import tqdm
 
-    skipped: list[str] = []
+    skipped, invalid_images, all_zero_images = [], [], []
     for name, pred_path, gt_path in tqdm(pairs, desc="eval-depth", unit="img", disable=not progress):
         gt = read_depth(gt_path, settings["gt_scale"])
         pred = read_depth(pred_path, settings["pred_scale"])
@@ -207,15 +230,22 @@ def evaluate_depth_dirs(
             result = acc.update(pred, gt)
         except ValueError as exc:
             raise ValueError(f"{pred_path} against {gt_path}: {exc}") from exc
+        invalid = acc.per_image_invalid[-1]
         if result is None:
             skipped.append(name)
+        elif invalid["images"]:
+            invalid_images.append(name)
+            if invalid["all_zero_images"]:
+                all_zero_images.append(name)
     averaged = acc.compute()
     if averaged["count"] == 0:
         raise ValueError(f"none of the {len(pairs)} ground-truth maps has a valid pixel in "
                          f"({settings['min_depth']}, {settings['max_depth']}) m inside the crop; "
                          "check --gt-scale and the depth range")
     return DepthDirReport(metrics={k: averaged[k] for k in DEPTH_METRIC_KEYS}, count=averaged["count"],
-                          skipped=skipped, unmatched_pred=unmatched_pred, unmatched_gt=unmatched_gt, settings=settings)
+                          skipped=skipped, unmatched_pred=unmatched_pred, unmatched_gt=unmatched_gt, settings=settings,
+                          invalid_predictions=acc.invalid_predictions(), invalid_images=invalid_images,
+                          all_zero_images=all_zero_images)
 
 
 def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
@@ -227,7 +257,16 @@ def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
     return "\n".join([line, row([a for a, _ in cells]), line, row([b for _, b in cells]), line])
 
 
-def write_metrics_json(path: str | Path, metrics: dict[str, float]) -> None:
+def depth_results_json(report: DepthDirReport) -> dict:
+    """What ``eval-depth --out`` writes: the nine metrics at the top level (as always), then
+    ``"images"`` (images averaged), ``"skipped_images"`` (no valid ground-truth pixel) and
+    ``"invalid_predictions"``: ``{"nonfinite_pixels", "negative_pixels", "zero_pixels", "images",
+    "all_zero_images"}`` (see :class:`DepthDirReport`)."""
+    return {**{k: report.metrics[k] for k in DEPTH_METRIC_KEYS}, "images": report.count,
+            "skipped_images": len(report.skipped), "invalid_predictions": dict(report.invalid_predictions)}
+
+
+def write_metrics_json(path: str | Path, metrics: dict) -> None:
     """Write ``metrics`` as JSON atomically (temp file in the same directory, then rename)."""
     write_json(path, metrics)
 
@@ -239,10 +278,13 @@ def add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--dataset", choices=sorted(DATASET_PRESETS), default="nyu",
                         help="protocol preset: nyu (0.001-10 m, Eigen crop, PNG/1000), kitti (0.001-80 m, kb + "
                              "Garg crop, PNG/256), folder (0.001-10 m, no crop, --gt-scale needed for PNGs)")
-    parser.add_argument("--gt-scale", type=float, default=None, help="ground-truth PNG value per metre")
-    parser.add_argument("--pred-scale", type=float, default=None, help="prediction PNG value per metre (default: --gt-scale)")
-    parser.add_argument("--min-depth", type=float, default=None, help="lower bound of valid ground truth, metres")
-    parser.add_argument("--max-depth", type=float, default=None, help="upper bound of valid ground truth, metres")
+    parser.add_argument("--gt-scale", type=positive_float, default=None, help="ground-truth PNG value per metre (> 0)")
+    parser.add_argument("--pred-scale", type=positive_float, default=None,
+                        help="prediction PNG value per metre (> 0; default: --gt-scale)")
+    parser.add_argument("--min-depth", type=nonnegative_float, default=None,
+                        help="lower bound of valid ground truth, metres (>= 0, below --max-depth)")
+    parser.add_argument("--max-depth", type=positive_float, default=None,
+                        help="upper bound of valid ground truth, metres (> 0)")
     parser.add_argument("--crop", choices=["eigen", "garg", "none"], default=None, help="evaluation crop (default: preset)")
     parser.add_argument("--kb-crop", action=argparse.BooleanOptionalAction, default=None,
                         help="KITTI benchmark crop of the ground truth to 352x1216 (default: on for kitti)")
@@ -250,13 +292,34 @@ def add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--silog", choices=["toolbox", "depth_anything"], default="toolbox", help="silog convention")
     parser.add_argument("--resize", action="store_true", help="resize predictions bilinearly to the ground-truth size")
     parser.add_argument("--strict", action="store_true", help="unmatched files are an error")
-    parser.add_argument("--out", type=Path, default=None, help="write the nine metrics as JSON here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write JSON here: the nine metrics, the image count and the invalid-prediction counts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
+def _depth_range_error(args: argparse.Namespace) -> str | None:
+    """The one-line error for --min-depth >= --max-depth (after the preset fills the one not given)."""
+    preset = DATASET_PRESETS[args.dataset]
+    lo = preset["min_depth"] if args.min_depth is None else args.min_depth
+    hi = preset["max_depth"] if args.max_depth is None else args.max_depth
+    if lo < hi:
+        return None
+    origin = lambda given: "" if given is not None else f" (the {args.dataset} preset's)"  # noqa: E731
+    return (f"--max-depth {hi:g}{origin(args.max_depth)} must be greater than --min-depth {lo:g}"
+            f"{origin(args.min_depth)}")
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def run_eval_depth(args: argparse.Namespace) -> int:
-    """Run the evaluation for parsed ``eval-depth`` arguments; 0 on success, 1 on a data error."""
+    """Run the evaluation for parsed ``eval-depth`` arguments; 0 on success, 2 on a user error."""
+    problem = _depth_range_error(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return USER_ERROR
     try:
         report = evaluate_depth_dirs(
             args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,
@@ -264,24 +327,35 @@ def run_eval_depth(args: argparse.Namespace) -> int:
             crop="preset" if args.crop is None else (None if args.crop == "none" else args.crop),
             kb=args.kb_crop, median_scaling=args.median_scaling, silog=args.silog, resize=args.resize,
             strict=args.strict, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return USER_ERROR
     for what, files in (("prediction(s) without ground truth", report.unmatched_pred),
                         ("ground-truth file(s) without prediction", report.unmatched_gt)):
         if files:
-            shown = ", ".join(str(p) for p in files[:5]) + (", ..." if len(files) > 5 else "")
-            print(f"warning: {len(files)} {what}, not evaluated: {shown}", file=sys.stderr)
+            print(f"warning: {len(files)} {what}, not evaluated: {_names([str(p) for p in files])}", file=sys.stderr)
     if report.skipped:
         print(f"warning: {len(report.skipped)} image(s) without a valid ground-truth pixel, skipped: "
-              f"{', '.join(report.skipped[:5])}", file=sys.stderr)
-    s = report.settings
+              f"{_names(report.skipped)}", file=sys.stderr)
+    s, bad = report.settings, report.invalid_predictions
+    if bad["images"]:
+        print(f"warning: invalid predictions on evaluated pixels in {bad['images']} of {report.count} image(s), "
+              f"clipped to [{s['min_depth']:g}, {s['max_depth']:g}] m as the protocol does: "
+              f"{bad['nonfinite_pixels']} non-finite, {bad['negative_pixels']} negative, {bad['zero_pixels']} zero "
+              f"pixel(s): {_names(report.invalid_images)}", file=sys.stderr)
+    if bad["all_zero_images"]:
+        print(f"warning: {bad['all_zero_images']} prediction(s) zero on every evaluated pixel (blank output?): "
+              f"{_names(report.all_zero_images)}", file=sys.stderr)
     print(f"dataset {s['dataset']}: depth range ({s['min_depth']:g}, {s['max_depth']:g}) m, crop {s['crop']}, "
           f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
           + (", median scaling" if s["median_scaling"] else ""))
     print(format_depth_table(report.metrics))
     print(f"images evaluated: {report.count}")
     if args.out is not None:
-        write_metrics_json(args.out, report.metrics)
+        try:
+            write_metrics_json(args.out, depth_results_json(report))
+        except OSError as exc:
+            print(f"error: cannot write --out {args.out}: {exc}", file=sys.stderr)
+            return USER_ERROR
         print(f"metrics written to {args.out}")
     return 0

@@ -14,13 +14,15 @@ prediction and the ground truth:
   ``pred_depth_map`` / ``gt_depth_map`` are accepted too).
 
 A ground truth missing from the sample is looked up in ``data_batch["data_samples"][i]``.
-``process`` keeps one small record per image (``(4, C)`` int64 areas for segmentation, nine
-floats for depth), never the maps, so collecting results across ranks stays cheap, and
-mmengine's ``size`` truncation of padded duplicates (one record per sample) stays correct.
+``process`` keeps one small record per image (``(4, C)`` int64 areas for segmentation; for depth
+the nine floats and the invalid-prediction counts), never the maps, so collecting results across
+ranks stays cheap, and mmengine's ``size`` truncation of padded duplicates (one record per sample)
+stays correct.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,7 +30,15 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmengine.registry import METRICS
 
-from .depth import DEPTH_METRIC_KEYS, _check_args, _check_crop, average_depth_metrics, depth_metrics
+from .depth import (
+    DEPTH_METRIC_KEYS,
+    INVALID_PREDICTION_PREFIX,
+    _check_args,
+    _check_crop,
+    _evaluate_image,
+    average_depth_metrics,
+    sum_invalid_predictions,
+)
 from .segmentation import format_table, intersect_and_union, metrics_from_areas
 
 __all__ = ["DepthMetric", "SegMetric"]
@@ -105,8 +115,12 @@ class SegMetric(BaseMetric):
 class DepthMetric(BaseMetric):
     """Per-image depth metrics averaged over images (see :mod:`dinov2_dense.evaluation.depth`).
 
-    Returns the nine metrics plus ``count`` (images with valid pixels); images without a valid
-    pixel are skipped and their number is logged.
+    Returns the nine metrics plus ``count`` (images with valid pixels) and the invalid-prediction
+    counts ``invalid_pred_nonfinite_pixels``, ``invalid_pred_negative_pixels``,
+    ``invalid_pred_zero_pixels``, ``invalid_pred_images``, ``invalid_pred_all_zero_images`` (on the
+    evaluated pixels, before clipping; see :mod:`dinov2_dense.evaluation.depth`), which are also
+    logged as a warning when not zero. Images without a valid pixel are skipped and their number
+    is logged.
 
     Args:
         min_depth, max_depth, crop, median_scaling, silog, resize: as in ``depth_metrics``.
@@ -127,11 +141,19 @@ class DepthMetric(BaseMetric):
         for i, sample in enumerate(data_samples):
             pred = _field(sample, ("pred_depth", "pred_depth_map"), data_batch, i, "prediction")
             gt = _field(sample, ("gt_depth", "gt_depth_map"), data_batch, i, "ground truth")
-            self.results.append(depth_metrics(pred, gt, **self.kwargs))
+            self.results.append(_evaluate_image(pred, gt, **self.kwargs))  # (metrics, invalid counts)
 
     def compute_metrics(self, results: list) -> dict:
-        out = average_depth_metrics(results)
+        out = average_depth_metrics([metrics for metrics, _ in results])
+        invalid = sum_invalid_predictions([counts for _, counts in results])
         print_log("depth: " + "  ".join(f"{k}: {out[k]:.4f}" for k in DEPTH_METRIC_KEYS)
                   + f"  (images: {out['count']}, skipped without valid pixels: {out['skipped']})", logger="current")
+        if invalid["images"]:
+            print_log(f"depth: invalid predictions on evaluated pixels in {invalid['images']} of {out['count']} "
+                      f"image(s), clipped to [{self.kwargs['min_depth']:g}, {self.kwargs['max_depth']:g}] m: "
+                      f"{invalid['nonfinite_pixels']} non-finite, {invalid['negative_pixels']} negative, "
+                      f"{invalid['zero_pixels']} zero pixel(s); {invalid['all_zero_images']} image(s) zero on "
+                      "every evaluated pixel", logger="current", level=logging.WARNING)
         out.pop("skipped")
+        out.update({INVALID_PREDICTION_PREFIX + k: v for k, v in invalid.items()})
         return out
