@@ -281,7 +281,7 @@ def test_min_depth_not_below_max_depth_exits_2(tmp_path, capsys):
     main = _tool()
     assert main([str(pred_dir), str(gt_dir), "--min-depth", "5", "--max-depth", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: --max-depth 1 must be greater than --min-depth 5"
+    assert err.strip() == "dinov2-dense eval-depth: error: --max-depth 1 must be greater than --min-depth 5"
     # the bound not given comes from the preset, and the message says so
     assert main([str(pred_dir), str(gt_dir), "--min-depth", "10", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

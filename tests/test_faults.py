@@ -293,6 +293,27 @@ def test_pca_failing_midway_leaves_the_old_set(tmp_path, capsys, monkeypatch):
     _no_staging_left(tmp_path)
 
 
+# -- depth evaluation ------------------------------------------------------------------------------
+def test_eval_depth_reports_the_predictions_it_clips(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    for name, bad in (("a", None), ("b", np.inf), ("c", -1.0)):
+        depth = np.full((8, 8), 2.0)
+        np.save(gt / f"{name}.npy", depth)
+        if bad is not None:
+            depth = depth.copy()
+            depth[0, :3] = bad
+        np.save(pred / f"{name}.npy", depth)
+    np.save(gt / "d.npy", np.full((8, 8), 3.0))
+    np.save(pred / "d.npy", np.zeros((8, 8)))  # a blank output
+    rc, _, err = run(capsys, "eval-depth", pred, gt, "--dataset", "folder", "--no-progress", "--out", tmp_path / "m.json")
+    assert rc == 0, err
+    assert "3 non-finite, 3 negative, 64 zero pixel(s)" in err and "zero on every evaluated pixel" in err
+    counts = json.loads((tmp_path / "m.json").read_text())["invalid_predictions"]
+    assert counts == {"nonfinite_pixels": 3, "negative_pixels": 3, "zero_pixels": 64, "images": 3, "all_zero_images": 1}
+
+
 # -- tracebacks for a user's mistake ----------------------------------------------------------------
 def test_config_syntax_error(tmp_path, capsys):
     bad = tmp_path / "bad.py"

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from ..options import nonnegative_float, positive_float  # noqa: F401 - re-exported
-from ..fileio import write_json
+from ..fileio import check_output_file, write_json
 from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
 
 __all__ = [
@@ -318,9 +318,11 @@ def run_eval_depth(args: argparse.Namespace) -> int:
     """Run the evaluation for parsed ``eval-depth`` arguments; 0 on success, 2 on a user error."""
     problem = _depth_range_error(args)
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"dinov2-dense eval-depth: error: {problem}", file=sys.stderr)
         return USER_ERROR
     try:
+        if args.out is not None:  # before the evaluation, not after it
+            check_output_file(args.out, what="--out")
         report = evaluate_depth_dirs(
             args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,
             min_depth=args.min_depth, max_depth=args.max_depth,
@@ -328,7 +330,7 @@ def run_eval_depth(args: argparse.Namespace) -> int:
             kb=args.kb_crop, median_scaling=args.median_scaling, silog=args.silog, resize=args.resize,
             strict=args.strict, progress=not args.no_progress)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dinov2-dense eval-depth: error: {exc}", file=sys.stderr)
         return USER_ERROR
     for what, files in (("prediction(s) without ground truth", report.unmatched_pred),
                         ("ground-truth file(s) without prediction", report.unmatched_gt)):
@@ -355,7 +357,7 @@ def run_eval_depth(args: argparse.Namespace) -> int:
         try:
             write_metrics_json(args.out, depth_results_json(report))
         except OSError as exc:
-            print(f"error: cannot write --out {args.out}: {exc}", file=sys.stderr)
+            print(f"dinov2-dense eval-depth: error: cannot write --out {args.out}: {exc}", file=sys.stderr)
             return USER_ERROR
         print(f"metrics written to {args.out}")
     return 0
