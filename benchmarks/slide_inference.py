@@ -16,7 +16,7 @@ import sys
 
 _CHILD = r"""
 import json, resource, sys, time, torch
-from heads.zoo import build_model
+from dinov2_dense.zoo import build_model
 torch.manual_seed(0)
 w, h, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 model = build_model("dinov2_vits14_ade20k_linear").eval()

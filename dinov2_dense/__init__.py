@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # load_model builds backbone + head: it lives in the heads package (a higher layer), imported on use
+    # load_model builds backbone + head: dinov2_dense.zoo is a higher layer, imported on use
     if name in ("load_model", "build_model", "MODELS"):
-        import heads.zoo
+        from . import zoo
 
-        return getattr(heads.zoo, name)
+        return getattr(zoo, name)
     raise AttributeError(f"module 'dinov2_dense' has no attribute {name!r}")
 
 __all__ = [

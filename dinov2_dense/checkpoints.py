@@ -23,6 +23,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from .settings import size_of_width
+
 __all__ = [
     "CheckpointError",
     "read_checkpoint",
@@ -33,7 +35,6 @@ __all__ = [
     "save_safetensors",
 ]
 
-_SIZE_NAMES = {384: "s", 768: "b", 1024: "l", 1536: "g"}
 
 
 class CheckpointError(ValueError):
@@ -230,7 +231,7 @@ def describe_architecture(sd: Mapping[str, Tensor]) -> str:
     regs = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
     ffn = "swiglu" if any(".mlp.w12." in k for k in sd) else "mlp"
     grid = int((sd["pos_embed"].shape[1] - 1) ** 0.5) if "pos_embed" in sd else 0
-    size = _SIZE_NAMES.get(dim)
+    size = size_of_width(dim)
     zoo = f"dinov2_vit{size}{patch}{'_reg' if regs else ''}" if size else "a ViT of no released size"
     return (
         f"{zoo}: width {dim}, {depth} blocks, patch {patch}, {ffn} FFN, {regs} register tokens, "

@@ -27,7 +27,7 @@ DEBUG_ENV = "DINOV2_DENSE_DEBUG"
 def _cmd_info(args: argparse.Namespace) -> int:
     from .hub import WEIGHTS_ENV, hub_checkpoint_dir, weights_status
 
-    from heads.zoo import model_weights_status
+    from dinov2_dense.zoo import model_weights_status
 
     rows = [dict(r, kind="backbone") for r in weights_status()]
     models = model_weights_status()

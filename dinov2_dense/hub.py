@@ -26,13 +26,13 @@ import torch
 
 from . import models
 from .checkpoints import CheckpointError, load_backbone_weights
+from .settings import BACKBONE_SETTINGS, PATCH_SIZE
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 WEIGHTS_ENV = "DINOV2_DENSE_WEIGHTS"
 BASE_URL_ENV = "DINOV2_DENSE_BASE_URL"
 OFFLINE_ENV = "DINOV2_DENSE_OFFLINE"
 
-_ARCHS = {"s": "vit_small", "b": "vit_base", "l": "vit_large", "g": "vit_giant2"}
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class BackboneSpec:
 
 def _official_zoo() -> dict[str, BackboneSpec]:
     zoo = {}
-    for size, arch in _ARCHS.items():
-        stem = f"dinov2_vit{size}14"
-        base = dict(img_size=518, patch_size=14, init_values=1.0, ffn_layer="swiglufused" if size == "g" else "mlp")
-        zoo[stem] = BackboneSpec(stem, arch, f"{stem}_pretrain.pth", dict(base))
+    for size, settings in BACKBONE_SETTINGS.items():
+        stem = f"dinov2_vit{size}{PATCH_SIZE}"
+        base = dict(img_size=518, patch_size=PATCH_SIZE, init_values=1.0, ffn_layer=settings.ffn_layer)
+        zoo[stem] = BackboneSpec(stem, settings.arch, f"{stem}_pretrain.pth", dict(base))
         reg = dict(base, num_register_tokens=4, interpolate_antialias=True, interpolate_offset=0.0)
-        zoo[f"{stem}_reg"] = BackboneSpec(f"{stem}_reg", arch, f"{stem}_reg4_pretrain.pth", reg)
+        zoo[f"{stem}_reg"] = BackboneSpec(f"{stem}_reg", settings.arch, f"{stem}_reg4_pretrain.pth", reg)
     return zoo
 
 

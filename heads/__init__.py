@@ -2,7 +2,7 @@
 
 from .dpt import DPTHead
 from .linear import LinearDepthHead, LinearHead
-from .settings import (
+from dinov2_dense.settings import (
     BACKBONE_SETTINGS,
     DATASET_SETTINGS,
     DEPTH_N_BINS,

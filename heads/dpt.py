@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linear import resize_to, split_pair
-from .settings import DPT_CHANNELS, backbone_settings
+from dinov2_dense.settings import DPT_CHANNELS, backbone_settings
 
 
 class ConvUnit(nn.Module):

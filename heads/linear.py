@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .settings import DEPTH_N_BINS
+from dinov2_dense.settings import DEPTH_N_BINS
 
 FeatureInput = Tensor | tuple[Tensor, Tensor] | list[Tensor]
 
@@ -137,7 +137,7 @@ class LinearDepthHead(nn.Module):
         in_channels: width D of each input layer (the head sees 2D per layer: map and class token).
         n_bins: number of depth bins.
         min_depth, max_depth: the bin range in metres (NYU 0.001-10, KITTI 0.001-80; see
-            ``heads.settings`` for why not the official hub's 80 everywhere).
+            ``dinov2_dense.settings`` for why not the official hub's 80 everywhere).
         upsample: features are resized to ``upsample`` x the first map's grid before the conv.
         bins_strategy: "UD" (uniform, ``linspace``) or "SID" (``logspace`` of the bounds, as the
             official code; rarely meaningful).

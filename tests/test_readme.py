@@ -63,7 +63,7 @@ def test_readme_has_python_blocks():
 def weights_dir(tmp_path_factory) -> Path:
     """Random weights under the official file names: ViT-S/14 (plain and reg4) and two head files."""
     from dinov2_dense.hub import build_backbone
-    from heads.zoo import build_model
+    from dinov2_dense.zoo import build_model
 
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)

@@ -1,5 +1,7 @@
 """Zoo models: official head files load into load_model and give the official whole-mode outputs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,8 +9,8 @@ import torch.nn.functional as F
 import dinov2_dense
 from dinov2_dense.checkpoints import CheckpointError
 from dinov2_dense.hub import build_backbone
+from dinov2_dense.zoo import MODELS, build_model, load_model
 from heads import DPTHead, LinearDepthHead, LinearHead
-from heads.zoo import MODELS, build_model, load_model
 
 from .conftest import randomize_
 
@@ -142,3 +144,25 @@ def test_every_zoo_model_builds_with_official_settings(name):
             assert model.decode_head.conv_depth.weight.shape == (256, 8 * dim, 1, 1)
         else:
             assert model.decode_head.reassemble_blocks.projects[0].conv.weight.shape == (dim // 8, dim, 1, 1)
+
+
+def test_heads_import_no_backbone_builder():
+    """Layering: heads take feature tensors; the zoo that builds backbones lives above them."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "heads"
+    for path in root.glob("*.py"):
+        if path.name == "zoo.py":  # the deprecation alias, which imports nothing at import time
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module.split(".")[:2] not in (["dinov2_dense", m] for m in ("hub", "zoo", "models", "engine")), \
+                    f"{path.name} imports {node.module}"
+
+
+def test_heads_zoo_still_answers_with_a_deprecation_warning():
+    import dinov2_dense.zoo as zoo
+    import heads.zoo as old
+
+    with pytest.warns(DeprecationWarning, match="dinov2_dense.zoo.load_model"):
+        assert old.load_model is zoo.load_model

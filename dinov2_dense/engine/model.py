@@ -22,7 +22,7 @@ from dinov2_dense.checkpoints import key_mismatches, load_backbone_weights
 from dinov2_dense.hub import BACKBONES, load_backbone
 from dinov2_dense.models import DinoVisionTransformer
 from heads.predictor import DensePredictor
-from heads.zoo import build_model
+from dinov2_dense.zoo import build_model
 
 from .registry import MODELS
 
@@ -74,7 +74,7 @@ class DenseModel(BaseModel):
     """Backbone + head for mmengine runs (``mode``: "loss", "predict" or "tensor").
 
     Args:
-        zoo: a zoo model name (``heads.zoo.MODELS``); its backbone, head and layers are used.
+        zoo: a zoo model name (``dinov2_dense.zoo.MODELS``); its backbone, head and layers are used.
         backbone: a zoo backbone name or DinoVisionTransformer kwargs (when ``zoo`` is None).
         backbone_weights: "official", a file, or None (random, drawn from ``backbone_seed``: for tests).
         backbone_seed: seed of a random backbone.
@@ -103,7 +103,7 @@ class DenseModel(BaseModel):
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if zoo is not None:
-            from heads.zoo import get_model_spec
+            from dinov2_dense.zoo import get_model_spec
 
             name = get_model_spec(zoo).backbone
             predictor = build_model(zoo, backbone=build_backbone_from_cfg(name, backbone_weights, backbone_seed))

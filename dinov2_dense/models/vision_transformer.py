@@ -247,27 +247,30 @@ class DinoVisionTransformer(nn.Module):
         return ret if is_training else self.head(ret["x_norm_clstoken"])
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, num_register_tokens: int, /, **kwargs):
-    settings = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=4)
+def _vit(size: str, patch_size: int, num_register_tokens: int, /, **kwargs) -> DinoVisionTransformer:
+    from ..settings import BACKBONE_SETTINGS
+
+    s = BACKBONE_SETTINGS[size]
+    settings = dict(embed_dim=s.embed_dim, depth=s.depth, num_heads=s.num_heads, mlp_ratio=4)
     settings.update(kwargs)  # e.g. a shallower copy for tests: depth=2
     return DinoVisionTransformer(patch_size=patch_size, num_register_tokens=num_register_tokens, **settings)
 
 
 def vit_small(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
     """ViT-S: 12 blocks, width 384, 6 heads (21 M parameters)."""
-    return _vit(384, 12, 6, patch_size, num_register_tokens, **kwargs)
+    return _vit("s", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_base(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
     """ViT-B: 12 blocks, width 768, 12 heads (86 M parameters)."""
-    return _vit(768, 12, 12, patch_size, num_register_tokens, **kwargs)
+    return _vit("b", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_large(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
     """ViT-L: 24 blocks, width 1024, 16 heads (300 M parameters)."""
-    return _vit(1024, 24, 16, patch_size, num_register_tokens, **kwargs)
+    return _vit("l", patch_size, num_register_tokens, **kwargs)
 
 
 def vit_giant2(patch_size: int = 14, num_register_tokens: int = 0, **kwargs) -> DinoVisionTransformer:
     """ViT-g: 40 blocks, width 1536, 24 heads (64 per head); use with ffn_layer="swiglufused" (1.1 B)."""
-    return _vit(1536, 40, 24, patch_size, num_register_tokens, **kwargs)
+    return _vit("g", patch_size, num_register_tokens, **kwargs)

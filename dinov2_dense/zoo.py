@@ -1,0 +1,176 @@
+"""Full models of the official release: a backbone and one of its trained heads.
+
+``load_model("dinov2_vits14_ade20k_linear")`` builds the backbone (weights found like
+``load_backbone``'s) and the head, and loads the official head file
+(``dinov2_vits14_ade20k_linear_head.pth``, with or without its ``state_dict`` wrapper) strictly
+into ``decode_head.*``. Names: ``dinov2_vit{s,b,l,g}14_{ade20k,voc2012}_{linear,ms}`` and
+``dinov2_vit{s,b,l,g}14_{nyu,kitti}_{linear,linear4,dpt}``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from heads.dpt import DPTHead
+from heads.linear import LinearDepthHead, LinearHead
+from heads.predictor import DensePredictor
+
+from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint
+from .hub import WeightsNotFoundError, build_backbone, load_backbone, official_url, resolve_file
+from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, MS_FLIP, MS_RATIOS
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A zoo model: backbone size, data set and head kind ("linear", "ms", "linear4", "dpt")."""
+
+    name: str
+    size: str
+    dataset: str
+    head: str
+
+    @property
+    def backbone(self) -> str:
+        return f"dinov2_vit{self.size}14"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.backbone}_{self.dataset}_{self.head}_head.pth"
+
+    @property
+    def url(self) -> str:
+        return official_url(self.backbone, self.filename)
+
+    @property
+    def task(self) -> str:
+        return DATASET_SETTINGS[self.dataset].task
+
+    def test_cfg(self) -> dict:
+        """The official test protocol, as keyword arguments of ``DensePredictor.predict``."""
+        data = DATASET_SETTINGS[self.dataset]
+        if self.task == "segmentation":
+            cfg = dict(mode="slide", crop_size=data.crop_size, stride=data.stride)
+            if self.head == "ms":
+                cfg.update(scales=MS_RATIOS, flip=MS_FLIP)
+            return cfg
+        return dict(mode="whole")
+
+
+def _zoo() -> dict[str, ModelSpec]:
+    zoo = {}
+    for size in BACKBONE_SETTINGS:
+        for dataset in ("ade20k", "voc2012"):
+            for head in ("linear", "ms"):
+                spec = ModelSpec(f"dinov2_vit{size}14_{dataset}_{head}", size, dataset, head)
+                zoo[spec.name] = spec
+        for dataset in ("nyu", "kitti"):
+            for head in ("linear", "linear4", "dpt"):
+                spec = ModelSpec(f"dinov2_vit{size}14_{dataset}_{head}", size, dataset, head)
+                zoo[spec.name] = spec
+    return zoo
+
+
+MODELS: dict[str, ModelSpec] = _zoo()
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; the zoo has {len(MODELS)} models, e.g. {', '.join(list(MODELS)[:4])}")
+    return MODELS[name]
+
+
+def build_model(name: str, backbone: torch.nn.Module | None = None) -> DensePredictor:
+    """The architecture of a zoo model (random head; random backbone unless one is given)."""
+    spec = get_model_spec(name)
+    size = BACKBONE_SETTINGS[spec.size]
+    data = DATASET_SETTINGS[spec.dataset]
+    backbone = backbone if backbone is not None else build_backbone(spec.backbone)
+    if spec.task == "segmentation":
+        head = LinearHead.preset("lin." if spec.head == "linear" else "+ms", size.embed_dim, data.num_classes)
+        model = DensePredictor(backbone, head, task="segmentation", layers=size.seg_layers, norm=True,
+                               test_cfg=spec.test_cfg())
+    else:
+        depth_range = dict(min_depth=data.min_depth, max_depth=data.max_depth)
+        if spec.head == "dpt":
+            head, layers = DPTHead.preset(spec.size, **depth_range), size.depth_layers
+        elif spec.head == "linear4":
+            head, layers = LinearDepthHead.preset("linear4", size.embed_dim, **depth_range), size.depth_layers
+        else:
+            head, layers = LinearDepthHead.preset("linear", size.embed_dim, **depth_range), [size.depth - 1]
+        model = DensePredictor(backbone, head, task="depth", layers=layers, norm=False, class_token=True,
+                               test_cfg=spec.test_cfg())
+    model.name = name
+    return model
+
+
+def load_model(
+    name: str,
+    weights: str | os.PathLike | None = "official",
+    *,
+    backbone_weights: str | os.PathLike | None = "official",
+    device: str | torch.device | None = None,
+) -> DensePredictor:
+    """Build a zoo model and load its weights; returns it in eval mode.
+
+    ``weights``: "official" (the released head file, found or downloaded), a file holding
+    ``decode_head.*`` keys (and optionally ``backbone.*``: then those are used for the backbone),
+    or None (random head). ``backbone_weights`` as in ``load_backbone`` (used when the weights file
+    holds no backbone).
+    """
+    spec = get_model_spec(name)
+    if weights is None:
+        head_sd: dict[str, Tensor] = {}
+        label = "random head"
+    else:
+        path = resolve_file(spec.filename, spec.url, label=name) if weights == "official" else Path(weights)
+        if weights != "official" and not path.exists():
+            raise WeightsNotFoundError(f"weights file {path} does not exist")
+        head_sd = read_checkpoint(path)
+        label = str(path)
+    full_backbone = {k[len("backbone.") :]: v for k, v in head_sd.items() if k.startswith("backbone.")}
+    if full_backbone:
+        backbone = build_backbone(spec.backbone)
+        load_backbone_weights(backbone, full_backbone)
+    else:
+        backbone = load_backbone(spec.backbone, weights=backbone_weights)
+    model = build_model(name, backbone=backbone)
+    if head_sd:
+        load_head_weights(model, head_sd, label)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_head_weights(model: DensePredictor, state_dict: Mapping[str, Tensor], label: str = "state dict") -> None:
+    """Load ``decode_head.*`` keys (an official head file) strictly into ``model.decode_head``."""
+    head = {k[len("decode_head.") :]: v for k, v in state_dict.items() if k.startswith("decode_head.")}
+    other = sorted(k for k in state_dict if not k.startswith(("decode_head.", "backbone.")))
+    parts = key_mismatches(model.decode_head.state_dict(), head) if head else ["no decode_head.* keys"]
+    if other:
+        parts.append(f"keys outside decode_head./backbone.: {', '.join(other[:6])}")
+    if parts:
+        raise CheckpointError(
+            f"{label} does not fit the head of {getattr(model, 'name', 'this model')} "
+            f"({type(model.decode_head).__name__}): " + "; ".join(parts)
+        )
+    model.decode_head.load_state_dict(head, strict=True)
+
+
+def model_weights_status() -> list[dict]:
+    """For ``dinov2-dense info``: each zoo model, its head file, and where it was (or was not) found."""
+    from .hub import candidate_paths
+
+    rows = []
+    for name, spec in MODELS.items():
+        places = candidate_paths(spec.filename)
+        found = next((p for p in places if p.is_file()), None)
+        rows.append({"name": name, "kind": "model", "task": spec.task, "backbone": spec.backbone,
+                     "file": spec.filename, "found": str(found) if found else None,
+                     "looked": [str(p) for p in places], "url": spec.url})
+    return rows
