@@ -76,7 +76,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     with torch.device("meta"):  # the architecture's sizes, without allocating it
         arch = build_backbone(args.model)
     grids = _planned_grids(list(args.images), size, args.fit, arch.patch_size)
-    _resolve_layers(arch, args.layers if args.layers else (args.last if args.last else None))
+    arch.resolve_layers(args.layers if args.layers else (args.last if args.last else None))
     if out.suffix == ".npy" and len(grids) > 1:
         shown = "; ".join(f"{h}x{w} patches: {', '.join(v[:2])}{', ...' if len(v) > 2 else ''}"
                           for (h, w), v in list(grids.items())[:3])

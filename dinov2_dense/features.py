@@ -260,37 +260,6 @@ class DenseFeatures:
         return up
 
 
-def _resolve_layers(model, layers: int | Sequence[int] | None) -> list[int]:
-    depth = len(model.blocks)
-    if layers is None:
-        return [depth - 1]
-    if isinstance(layers, numbers.Integral):
-        n = int(layers)
-        if not 1 <= n <= depth:
-            raise ValueError(f"layers={n}: an int takes the last n blocks, and this model has {depth}")
-        return list(range(depth - n, depth))
-    layers = list(layers)
-    if not layers:
-        raise ValueError("layers=[]: give at least one block index (or None for the last block)")
-    out = []
-    for i in layers:
-        j = int(i) + depth if int(i) < 0 else int(i)
-        if not 0 <= j < depth:
-            raise ValueError(f"layer {i} out of range: this model has {depth} blocks (0..{depth - 1}, or -1..-{depth})")
-        if j not in out:
-            out.append(j)
-    return sorted(out)
-
-
-def _run(model, x: Tensor, layers: list[int], norm: bool) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    tokens = model.forward_layers(x, layers, norm=norm)
-    r = model.num_register_tokens
-    p = model.patch_size
-    b, _, h, w = x.shape
-    maps = [t[:, 1 + r :].reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2) for t in tokens]
-    return maps, [t[:, 0] for t in tokens], [t[:, 1 : 1 + r] for t in tokens]
-
-
 def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overlap: int,
                progress: bool | None = None):
     p = model.patch_size
@@ -309,7 +278,7 @@ def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overl
         for y0 in ys:
             for x0 in xs:
                 crop = x[..., y0 * p : (y0 + t) * p, x0 * p : (x0 + t) * p]
-                maps, cls, regs = _run(model, crop, layers, norm)
+                maps, cls, regs = model.intermediate_maps(crop, layers, norm=norm)
                 if sums is None:
                     b = x.shape[0]
                     sums = [torch.zeros(b, m.shape[1], gh, gw, device=x.device, dtype=torch.float32) for m in maps]
@@ -461,7 +430,7 @@ def extract_features(
         raise ValueError(f"tile_overlap={tile_overlap}: must be >= 0 and, in whole patches, less than tile={tile}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
-    layer_ids = _resolve_layers(model, layers)
+    layer_ids = model.resolve_layers(layers)
     device = next(model.parameters()).device
     run = dict(model=model, layer_ids=layer_ids, device=device, fit=fit, size=size, norm=norm, tile=tile,
                tile_overlap=tile_overlap, autocast=autocast, progress=progress)
@@ -565,7 +534,7 @@ def _extract_batch(batch, names, *, model, layer_ids, device, fit, size, norm, t
             overlap = tile_overlap if tile_overlap is not None else (tile // p // 4) * p
             maps, cls, regs = _run_tiled(model, x_in, layer_ids, norm, tile, overlap, progress)
         else:
-            maps, cls, regs = _run(model, x_in, layer_ids, norm)
+            maps, cls, regs = model.intermediate_maps(x_in, layer_ids, norm=norm)
     return DenseFeatures(
         maps={l: m.float().contiguous() for l, m in zip(layer_ids, maps)},
         cls_tokens={l: c.float() for l, c in zip(layer_ids, cls)},

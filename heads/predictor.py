@@ -28,7 +28,8 @@ class DensePredictor(nn.Module):
     """Backbone + head. State-dict keys ``backbone.*`` and ``decode_head.*`` (the official layout).
 
     Args:
-        backbone: a DinoVisionTransformer (anything with ``get_intermediate_layers`` and ``patch_size``).
+        backbone: a DinoVisionTransformer (anything with ``intermediate_maps``, ``resolve_layers`` and
+            ``patch_size``).
         decode_head: a head taking the list of features (maps, or (map, cls) pairs).
         task: "segmentation" (head returns (B, K, h, w) logits) or "depth" (head returns (B, 1, h, w)).
         layers: block indices fed to the head.
@@ -60,7 +61,7 @@ class DensePredictor(nn.Module):
         self.backbone = backbone
         self.decode_head = decode_head
         self.task = task
-        self.layers = list(layers)
+        self.layers = backbone.resolve_layers(layers)  # negative indices count from the end
         self.norm = norm
         self.class_token = class_token
         self.min_depth = min_depth if min_depth is not None else getattr(decode_head, "min_depth", None)
@@ -79,13 +80,12 @@ class DensePredictor(nn.Module):
 
     # -- the official whole-image forward ------------------------------------------------------
     def extract_features(self, images: Tensor) -> list:
-        """Features of the chosen blocks for a (B, 3, H, W) normalised batch (centre-padded inside)."""
+        """Features of the chosen blocks for a (B, 3, H, W) normalised batch (centre-padded inside):
+        (B, D, h, w) maps, or (map, (B, D) class token) pairs with ``class_token``."""
         padded, _ = center_pad(images, self.backbone.patch_size)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            feats = self.backbone.get_intermediate_layers(
-                padded, n=self.layers, reshape=True, return_class_token=self.class_token, norm=self.norm
-            )
-        return list(feats)
+            maps, class_tokens, _ = self.backbone.intermediate_maps(padded, self.layers, norm=self.norm)
+        return list(zip(maps, class_tokens)) if self.class_token else maps
 
     def encode_decode(self, images: Tensor) -> Tensor:
         """Head output resized to the input: (B, K, H, W) logits or a (B, 1, H, W) depth map."""

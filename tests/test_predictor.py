@@ -115,3 +115,24 @@ def test_bad_arguments_are_refused():
         DensePredictor(tiny_vit(), ConvSegHead(), task="depth", layers=[2])
     with pytest.raises(ValueError, match="mode"):
         seg_model().predict(torch.randn(1, 3, 28, 28), mode="tiles")
+
+
+def test_one_image_to_features_routine_and_one_layer_resolver():
+    """DensePredictor, extract_features and the official get_intermediate_layers read the same
+    features through one routine; negative block indices count from the end everywhere."""
+    from dinov2_dense.features import extract_features
+
+    vit = tiny_vit(registers=4, depth=4)
+    x = torch.randn(2, 3, 56, 70)
+    pred = DensePredictor(vit, ConvSegHead(layers=2), task="segmentation", layers=[-3, -1])
+    assert pred.layers == [1, 3]
+    maps = pred.extract_features(x)
+    official = vit.get_intermediate_layers(x, n=[1, 3], reshape=True)
+    negative = vit.get_intermediate_layers(x, n=[-3, -1], reshape=True)
+    feats = extract_features(vit, x, layers=[-3, -1])
+    for i, layer in enumerate([1, 3]):
+        torch.testing.assert_close(maps[i], official[i], rtol=0, atol=0)
+        torch.testing.assert_close(negative[i], official[i], rtol=0, atol=0)
+        torch.testing.assert_close(feats.maps[layer], official[i], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out of range"):
+        DensePredictor(vit, ConvSegHead(layers=1), task="segmentation", layers=[4])

@@ -11,6 +11,7 @@ embedding, giving the token order ``[cls, registers, patches]``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -187,17 +188,28 @@ class DinoVisionTransformer(nn.Module):
             x = block(x)
         return self._output_dict(x, masks)
 
-    def _blocks_to_take(self, n: int | Sequence[int]) -> list[int]:
+    def resolve_layers(self, layers: int | Sequence[int] | None) -> list[int]:
+        """Block indices, sorted and unique, from ``None`` (the last block), an int ``n`` (the last n
+        blocks, as the official ``get_intermediate_layers``) or indices (negative count from the end).
+        The one resolver of the toolkit: features, heads and the official API all use it."""
         depth = len(self.blocks)
-        if isinstance(n, int):
+        if layers is None:
+            return [depth - 1]
+        if isinstance(layers, numbers.Integral):
+            n = int(layers)
             if not 1 <= n <= depth:
-                raise ValueError(f"n={n}: this model has {depth} blocks")
+                raise ValueError(f"layers={n}: an int takes the last n blocks, and this model has {depth}")
             return list(range(depth - n, depth))
-        taken = [int(i) for i in n]
-        bad = [i for i in taken if not 0 <= i < depth]
-        if bad:
-            raise ValueError(f"block indices {bad} out of range: this model has {depth} blocks (0..{depth - 1})")
-        return taken
+        chosen = list(layers)
+        if not chosen:
+            raise ValueError("layers=[]: give at least one block index (or None for the last block)")
+        out: set[int] = set()
+        for i in chosen:
+            j = int(i) + depth if int(i) < 0 else int(i)
+            if not 0 <= j < depth:
+                raise ValueError(f"layer {i} out of range: this model has {depth} blocks (0..{depth - 1}, or -1..-{depth})")
+            out.add(j)
+        return sorted(out)
 
     def forward_layers(self, x: Tensor, layers: Sequence[int], norm: bool = True) -> list[Tensor]:
         """Full token sequences (B, 1 + R + N, D) after the given blocks, in block order.
@@ -216,6 +228,19 @@ class DinoVisionTransformer(nn.Module):
                 break  # later blocks cannot change the outputs
         return outputs
 
+    def intermediate_maps(
+        self, x: Tensor, layers: int | Sequence[int] | None, norm: bool = True
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per chosen block (in block order): patch maps (B, D, h, w), class tokens (B, D) and
+        register tokens (B, R, D). ``x`` (B, 3, H, W) must be a multiple of the patch size.
+        The one image-to-features routine: ``extract_features``, the heads' predictor and
+        ``get_intermediate_layers`` all go through it."""
+        tokens = self.forward_layers(x, self.resolve_layers(layers), norm=norm)
+        b, _, h, w = x.shape
+        r, p = self.num_register_tokens, self.patch_size
+        maps = [t[:, 1 + r :].reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2) for t in tokens]
+        return maps, [t[:, 0] for t in tokens], [t[:, 1 : 1 + r] for t in tokens]
+
     def get_intermediate_layers(
         self,
         x: Tensor,
@@ -227,17 +252,16 @@ class DinoVisionTransformer(nn.Module):
         """Outputs of chosen blocks, as the official method.
 
         ``n``: an int takes the last n blocks, a sequence takes those block indices (in block
-        order). Returns a tuple of (B, N, D) patch tokens, or (B, D, h, w) maps with ``reshape``;
-        with ``return_class_token`` a tuple of (patch_tokens, (B, D) class token) pairs.
-        Class and register tokens are dropped from the patch outputs.
+        order; negative ones count from the end). Returns a tuple of (B, N, D) patch tokens, or
+        (B, D, h, w) maps with ``reshape``; with ``return_class_token`` a tuple of
+        (patch_tokens, (B, D) class token) pairs. Class and register tokens are dropped from the
+        patch outputs.
         """
-        outputs = self.forward_layers(x, self._blocks_to_take(n), norm=norm)
-        class_tokens = [out[:, 0] for out in outputs]
-        patches = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        maps, class_tokens, _ = self.intermediate_maps(x, n, norm=norm)
         if reshape:
-            b, _, h, w = x.shape
-            p = self.patch_size
-            patches = [out.reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2).contiguous() for out in patches]
+            patches = [m.contiguous() for m in maps]
+        else:
+            patches = [m.flatten(2).transpose(1, 2) for m in maps]
         if return_class_token:
             return tuple(zip(patches, class_tokens))
         return tuple(patches)
