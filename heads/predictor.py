@@ -147,10 +147,12 @@ class DensePredictor(nn.Module):
         """Test-time prediction at the input size.
 
         Returns softmax probabilities (B, K, H, W) for segmentation (argmax for labels), or depth
-        (B, 1, H, W) in [min_depth, max_depth]. With several scales and/or flip, the outputs of all
-        views are resized to the input and averaged (mmseg ``aug_test``). Arguments left None come
-        from ``self.test_cfg`` (zoo models carry the official protocol), else whole / 512 / 341 /
-        (1.0,) / no flip.
+        (B, 1, H, W) in [min_depth, max_depth]. With several scales and/or flip, every view is
+        handled in the order of mmseg 0.x ``aug_test`` over ``inference(rescale=True)`` (and of the
+        DINOv2 depth ``DepthEncoderDecoder``): the view's logits (or depth) are resized to the input
+        size, softmaxed (segmentation), flipped back, and the views' probabilities (or depths)
+        averaged. Arguments left None come from ``self.test_cfg`` (zoo models carry the official
+        protocol), else whole / 512 / 341 / (1.0,) / no flip.
         """
         cfg = {"mode": "whole", "crop_size": 512, "stride": 341, "scales": (1.0,), "flip": False, **self.test_cfg}
         mode = cfg["mode"] if mode is None else mode
@@ -171,12 +173,12 @@ class DensePredictor(nn.Module):
             for flipped in (False, True) if flip else (False,):
                 xi = x.flip(-1) if flipped else x
                 out = self.slide_inference(xi, crop_size, stride) if mode == "slide" else self.encode_decode(xi)
+                if out.shape[-2:] != (h, w):  # rescale the logits (not the probabilities) to the input
+                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
                 if self.task == "segmentation":
                     out = _softmax_(out)
                 if flipped:
                     out = out.flip(-1)
-                if out.shape[-2:] != (h, w):
-                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
                 total = out if total is None else total.add_(out)
                 views += 1
         return total.div_(views)

@@ -136,3 +136,40 @@ def test_one_image_to_features_routine_and_one_layer_resolver():
         torch.testing.assert_close(feats.maps[layer], official[i], rtol=0, atol=0)
     with pytest.raises(ValueError, match="out of range"):
         DensePredictor(vit, ConvSegHead(layers=1), task="segmentation", layers=[4])
+
+
+def test_multi_scale_flip_follows_mmseg_order():
+    """mmseg 0.x aug_test over inference(rescale=True): each view's logits are resized to the input,
+    then softmaxed, then flipped back; the probabilities are averaged. Written out by hand here."""
+    model = seg_model()
+    x = torch.randn(1, 3, 42, 56)
+    expected = []
+    for scale in (1.0, 1.32, 1.73):
+        size = (round(42 * scale), round(56 * scale))
+        xs = x if scale == 1.0 else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True):
+            logits = model(xs.flip(-1) if flip else xs)
+            logits = F.interpolate(logits, size=(42, 56), mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            expected.append(probs.flip(-1) if flip else probs)
+    got = model.predict(x, scales=(1.0, 1.32, 1.73), flip=True)
+    torch.testing.assert_close(got, torch.stack(expected).mean(0), atol=1e-6, rtol=1e-5)
+
+
+def test_depth_flip_averaging_of_a_mirror_symmetric_input():
+    """Depth test-time flip (the DINOv2 depth configs' MultiScaleFlipAug(flip=True)): the average
+    of the prediction and the flipped-back prediction of the flipped image. A mirror-symmetric input
+    is its own flip, so its flip-averaged depth is the mean of the plain prediction and that
+    prediction's mirror image: mirror-symmetric itself, whatever the model."""
+    torch.manual_seed(0)
+    model = DensePredictor(tiny_vit(), ClsDepthHead(), task="depth", layers=[2], norm=False, class_token=True).eval()
+    half = torch.randn(1, 3, 42, 28)
+    x = torch.cat([half, half.flip(-1)], -1)
+    plain = model.predict(x)
+    assert not torch.allclose(plain, plain.flip(-1), atol=1e-4)  # the model itself is not symmetric
+    averaged = model.predict(x, flip=True)
+    torch.testing.assert_close(averaged, (plain + plain.flip(-1)) / 2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(averaged, averaged.flip(-1), atol=1e-6, rtol=0)
+    y = torch.randn(1, 3, 42, 56)
+    torch.testing.assert_close(model.predict(y, flip=True), (model(y) + model(y.flip(-1)).flip(-1)) / 2,
+                               atol=1e-6, rtol=1e-5)
