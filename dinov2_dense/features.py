@@ -197,6 +197,17 @@ def center_pad(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int, int, i
     return x, pad
 
 
+def rescale_size(h: int, w: int, scale: Sequence[int], ratio: float = 1.0) -> tuple[int, int]:
+    """(H, W) of an image rescaled, keeping its aspect ratio, to fit ``scale`` = (long, short) edge
+    bounds times ``ratio``: mmcv's ``imrescale`` rule, which mmseg's ``Resize(img_scale=...,
+    keep_ratio=True)`` and ``MultiScaleFlipAug(img_ratios=...)`` use. The bounds are
+    ``(int(long * ratio), int(short * ratio))``, the factor ``min(long' / max(h, w), short' / min(h, w))``
+    and each side is rounded as ``int(side * factor + 0.5)``."""
+    long_edge, short_edge = int(max(scale) * ratio), int(min(scale) * ratio)
+    f = min(long_edge / max(h, w), short_edge / min(h, w))
+    return int(h * f + 0.5), int(w * f + 0.5)
+
+
 def _target_size(h: int, w: int, size: int | Sequence[int] | None) -> tuple[int, int]:
     if size is None:
         return h, w

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_dense.features import center_pad
+from dinov2_dense.features import center_pad, rescale_size
 
 TASKS = ("segmentation", "depth")
 
@@ -143,38 +143,54 @@ class DensePredictor(nn.Module):
         stride: int | Sequence[int] | None = None,
         scales: Sequence[float] | None = None,
         flip: bool | None = None,
+        scale: Sequence[int] | None = None,
+        out_size: Sequence[int] | None = None,
     ) -> Tensor:
-        """Test-time prediction at the input size.
+        """Test-time prediction.
 
         Returns softmax probabilities (B, K, H, W) for segmentation (argmax for labels), or depth
-        (B, 1, H, W) in [min_depth, max_depth]. With several scales and/or flip, every view is
-        handled in the order of mmseg 0.x ``aug_test`` over ``inference(rescale=True)`` (and of the
-        DINOv2 depth ``DepthEncoderDecoder``): the view's logits (or depth) are resized to the input
-        size, softmaxed (segmentation), flipped back, and the views' probabilities (or depths)
-        averaged. Arguments left None come from ``self.test_cfg`` (zoo models carry the official
-        protocol), else whole / 512 / 341 / (1.0,) / no flip.
+        (B, 1, H, W) in [min_depth, max_depth], at ``out_size`` (default: the input's size).
+
+        Views: for each ratio r of ``scales`` (and each flip), the image is resized (bilinear)
+        - with ``scale=(long, short)``: to fit ``(int(long * r), int(short * r))`` keeping its
+          aspect ratio (mmcv's rule, :func:`dinov2_dense.features.rescale_size`; the official test
+          pipelines' ``Resize(img_scale)`` / ``MultiScaleFlipAug(img_ratios)``, e.g. (2048, 512) for
+          ADE20K lin.), so an image at its original size gets the official view sizes;
+        - without: to ``round(H * r) x round(W * r)`` of the input.
+        Every view is then handled in the order of mmseg 0.x ``aug_test`` over
+        ``inference(rescale=True)`` (and of the DINOv2 ``DepthEncoderDecoder``): its logits (or
+        depth) are resized to ``out_size``, softmaxed (segmentation), flipped back, and the views'
+        probabilities (or depths) averaged. (mmseg resizes the 8-bit image before normalising; here
+        the normalised image is resized, which differs by the 8-bit rounding only.)
+
+        Arguments left None come from ``self.test_cfg`` (zoo models carry the official protocol),
+        else whole / 512 / 341 / (1.0,) / no flip / no scale.
         """
-        cfg = {"mode": "whole", "crop_size": 512, "stride": 341, "scales": (1.0,), "flip": False, **self.test_cfg}
+        cfg = {"mode": "whole", "crop_size": 512, "stride": 341, "scales": (1.0,), "flip": False, "scale": None,
+               **self.test_cfg}
         mode = cfg["mode"] if mode is None else mode
         crop_size = cfg["crop_size"] if crop_size is None else crop_size
         stride = cfg["stride"] if stride is None else stride
         scales = cfg["scales"] if scales is None else scales
         flip = cfg["flip"] if flip is None else flip
+        scale = cfg["scale"] if scale is None else scale
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if not scales:
             raise ValueError("scales must hold at least one ratio")
         h, w = images.shape[-2:]
+        out_size = (h, w) if out_size is None else (int(out_size[0]), int(out_size[1]))
         total = None
         views = 0
-        for scale in scales:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        for ratio in scales:
+            size = rescale_size(h, w, scale, ratio) if scale is not None else \
+                (max(1, round(h * ratio)), max(1, round(w * ratio)))
             x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             for flipped in (False, True) if flip else (False,):
                 xi = x.flip(-1) if flipped else x
                 out = self.slide_inference(xi, crop_size, stride) if mode == "slide" else self.encode_decode(xi)
-                if out.shape[-2:] != (h, w):  # rescale the logits (not the probabilities) to the input
-                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+                if tuple(out.shape[-2:]) != out_size:  # rescale the logits (not the probabilities)
+                    out = F.interpolate(out, size=out_size, mode="bilinear", align_corners=False)
                 if self.task == "segmentation":
                     out = _softmax_(out)
                 if flipped:

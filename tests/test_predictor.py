@@ -173,3 +173,28 @@ def test_depth_flip_averaging_of_a_mirror_symmetric_input():
     y = torch.randn(1, 3, 42, 56)
     torch.testing.assert_close(model.predict(y, flip=True), (model(y) + model(y.flip(-1)).flip(-1)) / 2,
                                atol=1e-6, rtol=1e-5)
+
+
+def test_official_view_sizes_from_the_original_image():
+    """With scale=(long, short) the views are the official test pipeline's: mmcv's rescale rule from
+    the image's own size, times each ratio; the output is at out_size, logits resized before the
+    softmax."""
+    from dinov2_dense.features import rescale_size
+
+    assert rescale_size(512, 683, (2048, 512)) == (512, 683)
+    assert rescale_size(375, 500, (99999999, 640), 1.32) == (844, 1125)  # short side int(640 * 1.32)
+    assert rescale_size(1024, 2048, (2048, 512)) == (512, 1024)
+    model = seg_model()
+    seen = []
+    real = model.encode_decode
+    model.encode_decode = lambda x: seen.append(tuple(x.shape[-2:])) or real(x)
+    x = torch.randn(1, 3, 30, 40)
+    out = model.predict(x, scale=(99999, 28), scales=(1.0, 1.5), flip=True, out_size=(60, 80))
+    assert seen == [(28, 37), (28, 37), (42, 56), (42, 56)]
+    assert out.shape == (1, 5, 60, 80)
+    view = F.interpolate(real(F.interpolate(x, size=(28, 37), mode="bilinear", align_corners=False)), size=(60, 80),
+                         mode="bilinear", align_corners=False).softmax(1)
+    view_flip = F.interpolate(real(F.interpolate(x, size=(28, 37), mode="bilinear", align_corners=False).flip(-1)),
+                              size=(60, 80), mode="bilinear", align_corners=False).softmax(1).flip(-1)
+    one = model.predict(x, scale=(99999, 28), flip=True, out_size=(60, 80))
+    torch.testing.assert_close(one, (view + view_flip) / 2, atol=1e-6, rtol=1e-5)

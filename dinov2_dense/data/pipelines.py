@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..features import IMAGENET_MEAN
+from ..features import IMAGENET_MEAN, rescale_size
 
 MEAN_COLOR = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)  # (124, 116, 104): normalises to ~0
 
@@ -66,12 +66,9 @@ class RandomRescale(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         h, w = params["shape"][:2]
-        long_edge, short_edge = self.scale
-        if self.ratio_range is not None:
-            r = self.py_random.uniform(*self.ratio_range)
-            long_edge, short_edge = int(long_edge * r), int(short_edge * r)
-        f = min(long_edge / max(h, w), short_edge / min(h, w))
-        return {"size": (int(w * f + 0.5), int(h * f + 0.5))}
+        r = self.py_random.uniform(*self.ratio_range) if self.ratio_range is not None else 1.0
+        nh, nw = rescale_size(h, w, self.scale, r)
+        return {"size": (nw, nh)}
 
     def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
         return img if img.shape[1::-1] == size else cv2.resize(img, size, interpolation=self.interpolation)

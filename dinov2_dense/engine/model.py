@@ -13,7 +13,6 @@ import hashlib
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import Tensor, nn
 
@@ -173,17 +172,22 @@ class DenseModel(BaseModel):
 
     @torch.no_grad()
     def predict(self, inputs: Tensor, data_samples: list[dict] | None = None) -> list[dict]:
-        """The official test protocol; predictions are resized to the ground truth when it has
-        another size (test pipelines rescale the image, not the labels)."""
-        out = self.predictor.predict(inputs)
+        """The official test protocol, predicting at the ground truth's size (test pipelines may
+        rescale the image, not the labels; mmseg resizes the logits to it before the softmax)."""
         key = "seg" if self.task == "segmentation" else "depth"
+        targets = [s.get(key) for s in data_samples] if data_samples else []
+        sizes = {tuple(t.shape[-2:]) for t in targets if t is not None}
+        if len(sizes) <= 1:  # the logits of every view go to the ground truth's size before the softmax
+            outs = [self.predictor.predict(inputs, out_size=next(iter(sizes), None))]
+        else:
+            outs = [self.predictor.predict(inputs[i : i + 1], out_size=targets[i].shape[-2:])
+                    for i in range(inputs.shape[0])]
+        out = torch.cat(outs)
         results = []
         for i in range(out.shape[0]):
             sample = dict(data_samples[i]) if data_samples else {}
             pred = out[i : i + 1]
             target = sample.get(key)
-            if target is not None and tuple(target.shape[-2:]) != tuple(pred.shape[-2:]):
-                pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
             if self.task == "segmentation":
                 sample["pred_sem_seg"] = pred[0].argmax(0)
                 if target is not None:
