@@ -23,7 +23,7 @@ from heads.predictor import DensePredictor
 
 from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint
 from .hub import WeightsNotFoundError, build_backbone, load_backbone, official_url, resolve_file
-from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, MS_FLIP, MS_RATIOS
+from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, test_protocol
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,7 @@ class ModelSpec:
 
     def test_cfg(self) -> dict:
         """The official test protocol, as keyword arguments of ``DensePredictor.predict``."""
-        data = DATASET_SETTINGS[self.dataset]
-        if self.task == "segmentation":
-            cfg = dict(mode="slide", crop_size=data.crop_size, stride=data.stride)
-            if self.head == "ms":
-                cfg.update(scales=MS_RATIOS, flip=MS_FLIP)
-            return cfg
-        return dict(mode="whole")
+        return test_protocol(self.dataset, self.head)
 
 
 def _zoo() -> dict[str, ModelSpec]:

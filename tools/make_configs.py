@@ -1,12 +1,14 @@
-"""Write the per-model configs of configs/segmentation and configs/depth from heads/settings.py.
+"""Write the per-model leaf configs of configs/segmentation and configs/depth.
 
-One config per backbone size, data set and head, as mmseg keeps them: a file names its model fully,
-so it reads (and can be edited) on its own. They are generated here, from the one table of official
-settings, so that they cannot drift apart; tests/test_configs.py checks that the committed files
-are what this script writes.
+Each leaf names its bases (``configs/_base_/models``, ``datasets``, ``schedules``) and overrides only
+what differs between backbone sizes and data sets: the backbone, the head's widths, the blocks read,
+the classes or depth range, and the test protocol. Those numbers come from the one table,
+``dinov2_dense/settings.py``; the protocol values live in the bases. tests/test_configs.py loads
+every config through mmengine and checks its values against the table and the released protocol
+(independently of this script), and that the committed leaves are what this script writes.
 
-    python tools/make_configs.py            # rewrite configs/segmentation and configs/depth
-    python tools/make_configs.py --check    # exit 1 if a committed config differs
+    python tools/make_configs.py            # rewrite the leaves
+    python tools/make_configs.py --check    # exit 1 if a committed leaf differs
 """
 
 from __future__ import annotations
@@ -15,70 +17,80 @@ import argparse
 import sys
 from pathlib import Path
 
-from heads.settings import BACKBONE_SETTINGS, MS_RATIOS
+from dinov2_dense.settings import BACKBONE_SETTINGS, DATASET_SETTINGS, test_protocol
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SEG_DATA = {"ade20k": 150, "voc2012": 21, "cityscapes": 19, "synthetic": 5}
-DEPTH_DATA = {"nyu": 10.0, "kitti": 80.0, "synthetic": 10.0}
-SLIDE = {"cityscapes": 'dict(mode="slide", crop_size=(512, 1024), stride=(341, 682)'}
+SEG_HEADS = {"linear": "lin.: BatchNorm + 1x1 conv on the last of the four blocks",
+             "ms": "+ms: the four blocks concatenated; multi-scale + flip test",
+             "dpt": "a DPT head ending in class logits"}
+DEPTH_HEADS = {"linear": "lin.1: the last block and its class token, 256 bins",
+               "linear4": "lin.4: four blocks and their class tokens, 256 bins",
+               "dpt": "DPT head"}
+SEG_DATA = ("ade20k", "voc2012", "cityscapes", "synthetic")
+DEPTH_DATA = ("nyu", "kitti", "synthetic")
 
 
-def _config(title: str, dataset_base: str, synthetic: bool, model: dict[str, str]) -> str:
-    schedule = "schedule_synthetic" if synthetic else "schedule_40k"
-    lines = [f"# {title}.",
-             f'_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/{schedule}.py", '
-             f'"../_base_/datasets/{dataset_base}.py"]',
-             "model = dict(", '    type="DenseModel",']
-    lines += [f"    {k}={v}," for k, v in model.items()]
-    lines.append(")")
-    if synthetic:
-        lines.append("default_hooks = dict(checkpoint=dict(interval=200), logger=dict(interval=20))")
-    return "\n".join(lines) + "\n"
+def _leaf(title: str, bases: list[str], model: dict[str, str]) -> str:
+    quoted = [f'"../_base_/{b}.py"' for b in bases]
+    args = ",\n             ".join(f"{k}={v}" for k, v in model.items())
+    return (f"# {title}.\n_base_ = [{', '.join(quoted[:2])},\n          {', '.join(quoted[2:])}]\n"
+            f"model = dict({args})\n")
+
+
+def _dict(values: dict) -> str:
+    return "dict(" + ", ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v!r}" for k, v in values.items()) + ")"
+
+
+def _seg_leaf(size: str, dataset: str, kind: str) -> str:
+    s = BACKBONE_SETTINGS[size]
+    synthetic = dataset == "synthetic"
+    name = "synthetic_seg" if synthetic else dataset
+    data = DATASET_SETTINGS[name]
+    d = s.embed_dim
+    if kind == "dpt":
+        head = f"dict(embed_dim={d}, post_process_channels={list(s.post_process_channels)}, num_classes={data.num_classes})"
+        layers = list(s.depth_layers)
+    else:
+        widths = [d] * (4 if kind == "ms" else 1)
+        head = f"dict(in_channels={widths}, num_classes={data.num_classes})"
+        layers = list(s.seg_layers)
+    bases = [f"models/seg_{kind}", f"datasets/{name}{'_ms' if kind == 'ms' else ''}",
+             "schedules/schedule_synthetic" if synthetic else "schedules/seg_40k",
+             "synthetic_runtime" if synthetic else "default_runtime"]
+    model = {"backbone": f'"{s.name}", layers={layers}', "head": head,
+             "test_cfg": _dict({"_delete_": True, **test_protocol(name, kind)})}
+    return _leaf(f"{s.name}, {dataset}: {SEG_HEADS[kind]}", bases, model)
+
+
+def _depth_leaf(size: str, dataset: str, kind: str) -> str:
+    s = BACKBONE_SETTINGS[size]
+    synthetic = dataset == "synthetic"
+    name = "synthetic_depth" if synthetic else dataset
+    data = DATASET_SETTINGS[name]
+    d = s.embed_dim
+    depth_range = f"min_depth={data.min_depth}, max_depth={data.max_depth}"
+    if kind == "dpt":
+        head = f"dict(embed_dim={d}, post_process_channels={list(s.post_process_channels)}, {depth_range})"
+    else:
+        head = f"dict(in_channels={[d] * (4 if kind == 'linear4' else 1)}, {depth_range})"
+    layers = [s.depth - 1] if kind == "linear" else list(s.depth_layers)
+    bases = [f"models/depth_{kind}", f"datasets/{name}",
+             "schedules/schedule_synthetic" if synthetic else "schedules/depth_38k",
+             "synthetic_runtime" if synthetic else "default_runtime"]
+    model = {"backbone": f'"{s.name}", layers={layers}', "head": head}
+    return _leaf(f"{s.name}, {dataset}: {DEPTH_HEADS[kind]}", bases, model)
 
 
 def generate() -> dict[str, str]:
-    """Relative path -> file text, for every generated config."""
+    """Relative path -> file text, for every generated leaf config."""
     files = {}
     for size, s in BACKBONE_SETTINGS.items():
-        d, bb = s.embed_dim, f"dinov2_vit{size}14"
-        common = {"backbone": f'"{bb}"', "backbone_weights": '"official"'}
-        for ds, k in SEG_DATA.items():
-            synthetic = ds == "synthetic"
-            test = 'dict(mode="whole"' if synthetic else SLIDE.get(ds, 'dict(mode="slide", crop_size=512, stride=341')
-            heads = {
-                "linear": ("lin.: BatchNorm + 1x1 conv on the last of the four blocks",
-                           f'dict(type="LinearHead", in_channels=[{d}], num_classes={k}, in_index=[3])',
-                           s.seg_layers, True, test + ")"),
-                "ms": ("+ms: the four blocks concatenated" + ("" if synthetic else "; multi-scale + flip test"),
-                       f'dict(type="LinearHead", in_channels=[{d}] * 4, num_classes={k}, in_index=[0, 1, 2, 3])',
-                       s.seg_layers, True, test + ")" if synthetic else test + f", scales={MS_RATIOS}, flip=True)"),
-                "dpt": ("DPT head ending in class logits, on the depth blocks with class tokens",
-                        f'dict(type="DPTHead", embed_dim={d}, post_process_channels={list(s.post_process_channels)}, '
-                        f'task="segmentation", num_classes={k})', s.depth_layers, False, test + ")"),
-            }
-            for kind, (doc, head, layers, norm, test_cfg) in heads.items():
-                model = {**common, "head": head, "task": '"segmentation"', "layers": str(list(layers)),
-                         "norm": str(norm), "class_token": str(not norm), "test_cfg": test_cfg}
-                files[f"segmentation/{bb}_{ds}_{kind}.py"] = _config(
-                    f"{bb} {ds} {doc}", "synthetic_seg" if synthetic else ds, synthetic, model)
-        for ds, hi in DEPTH_DATA.items():
-            rng = f"min_depth=0.001, max_depth={hi}"
-            heads = {
-                "linear": ("lin.1: the last block, class token concatenated, 256 bins",
-                           f'dict(type="LinearDepthHead", in_channels=[{d}], {rng})', [s.depth - 1]),
-                "linear4": ("lin.4: four blocks, class tokens, 256 bins",
-                            f'dict(type="LinearDepthHead", in_channels=[{d}] * 4, {rng})', s.depth_layers),
-                "dpt": ("DPT head", f'dict(type="DPTHead", embed_dim={d}, '
-                                    f'post_process_channels={list(s.post_process_channels)}, {rng})', s.depth_layers),
-            }
-            for kind, (doc, head, layers) in heads.items():
-                model = {**common, "head": head, "task": '"depth"', "layers": str(list(layers)), "norm": "False",
-                         "class_token": "True",
-                         "losses": '[dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)]',
-                         "test_cfg": 'dict(mode="whole")'}
-                synthetic = ds == "synthetic"
-                files[f"depth/{bb}_{ds}_{kind}.py"] = _config(
-                    f"{bb} {ds} {doc}", "synthetic_depth" if synthetic else ds, synthetic, model)
+        for dataset in SEG_DATA:
+            for kind in SEG_HEADS:
+                files[f"segmentation/{s.name}_{dataset}_{kind}.py"] = _seg_leaf(size, dataset, kind)
+        for dataset in DEPTH_DATA:
+            for kind in DEPTH_HEADS:
+                files[f"depth/{s.name}_{dataset}_{kind}.py"] = _depth_leaf(size, dataset, kind)
     return files
 
 

@@ -1,14 +1,5 @@
-# dinov2_vitb14 kitti DPT head.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/kitti.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitb14",
-    backbone_weights="official",
-    head=dict(type="DPTHead", embed_dim=768, post_process_channels=[96, 192, 384, 768], min_depth=0.001, max_depth=80.0),
-    task="depth",
-    layers=[2, 5, 8, 11],
-    norm=False,
-    class_token=True,
-    losses=[dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
-    test_cfg=dict(mode="whole"),
-)
+# dinov2_vitb14, kitti: DPT head.
+_base_ = ["../_base_/models/depth_dpt.py", "../_base_/datasets/kitti.py",
+          "../_base_/schedules/depth_38k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vitb14", layers=[2, 5, 8, 11],
+             head=dict(embed_dim=768, post_process_channels=[96, 192, 384, 768], min_depth=0.001, max_depth=80.0))

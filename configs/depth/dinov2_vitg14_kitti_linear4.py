@@ -1,14 +1,5 @@
-# dinov2_vitg14 kitti lin.4: four blocks, class tokens, 256 bins.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/kitti.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitg14",
-    backbone_weights="official",
-    head=dict(type="LinearDepthHead", in_channels=[1536] * 4, min_depth=0.001, max_depth=80.0),
-    task="depth",
-    layers=[9, 19, 29, 39],
-    norm=False,
-    class_token=True,
-    losses=[dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
-    test_cfg=dict(mode="whole"),
-)
+# dinov2_vitg14, kitti: lin.4: four blocks and their class tokens, 256 bins.
+_base_ = ["../_base_/models/depth_linear4.py", "../_base_/datasets/kitti.py",
+          "../_base_/schedules/depth_38k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vitg14", layers=[9, 19, 29, 39],
+             head=dict(in_channels=[1536, 1536, 1536, 1536], min_depth=0.001, max_depth=80.0))

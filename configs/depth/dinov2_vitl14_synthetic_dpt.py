@@ -1,15 +1,5 @@
-# dinov2_vitl14 synthetic DPT head.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_synthetic.py", "../_base_/datasets/synthetic_depth.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitl14",
-    backbone_weights="official",
-    head=dict(type="DPTHead", embed_dim=1024, post_process_channels=[128, 256, 512, 1024], min_depth=0.001, max_depth=10.0),
-    task="depth",
-    layers=[4, 11, 17, 23],
-    norm=False,
-    class_token=True,
-    losses=[dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
-    test_cfg=dict(mode="whole"),
-)
-default_hooks = dict(checkpoint=dict(interval=200), logger=dict(interval=20))
+# dinov2_vitl14, synthetic: DPT head.
+_base_ = ["../_base_/models/depth_dpt.py", "../_base_/datasets/synthetic_depth.py",
+          "../_base_/schedules/schedule_synthetic.py", "../_base_/synthetic_runtime.py"]
+model = dict(backbone="dinov2_vitl14", layers=[4, 11, 17, 23],
+             head=dict(embed_dim=1024, post_process_channels=[128, 256, 512, 1024], min_depth=0.001, max_depth=10.0))

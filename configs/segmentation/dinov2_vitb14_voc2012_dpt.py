@@ -1,13 +1,6 @@
-# dinov2_vitb14 voc2012 DPT head ending in class logits, on the depth blocks with class tokens.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/voc2012.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitb14",
-    backbone_weights="official",
-    head=dict(type="DPTHead", embed_dim=768, post_process_channels=[96, 192, 384, 768], task="segmentation", num_classes=21),
-    task="segmentation",
-    layers=[2, 5, 8, 11],
-    norm=False,
-    class_token=True,
-    test_cfg=dict(mode="slide", crop_size=512, stride=341),
-)
+# dinov2_vitb14, voc2012: a DPT head ending in class logits.
+_base_ = ["../_base_/models/seg_dpt.py", "../_base_/datasets/voc2012.py",
+          "../_base_/schedules/seg_40k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vitb14", layers=[2, 5, 8, 11],
+             head=dict(embed_dim=768, post_process_channels=[96, 192, 384, 768], num_classes=21),
+             test_cfg=dict(_delete_=True, mode="slide", crop_size=512, stride=341, scale=(2048, 512)))

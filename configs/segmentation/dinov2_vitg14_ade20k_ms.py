@@ -1,13 +1,6 @@
-# dinov2_vitg14 ade20k +ms: the four blocks concatenated; multi-scale + flip test.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/ade20k.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitg14",
-    backbone_weights="official",
-    head=dict(type="LinearHead", in_channels=[1536] * 4, num_classes=150, in_index=[0, 1, 2, 3]),
-    task="segmentation",
-    layers=[36, 37, 38, 39],
-    norm=True,
-    class_token=False,
-    test_cfg=dict(mode="slide", crop_size=512, stride=341, scales=(1.0, 1.32, 1.73, 2.28, 3.0), flip=True),
-)
+# dinov2_vitg14, ade20k: +ms: the four blocks concatenated; multi-scale + flip test.
+_base_ = ["../_base_/models/seg_ms.py", "../_base_/datasets/ade20k_ms.py",
+          "../_base_/schedules/seg_40k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vitg14", layers=[36, 37, 38, 39],
+             head=dict(in_channels=[1536, 1536, 1536, 1536], num_classes=150),
+             test_cfg=dict(_delete_=True, mode="slide", crop_size=640, stride=426, scale=(99999999, 640), scales=(1.0, 1.32, 1.73, 2.28, 3.0), flip=True))

@@ -1,14 +1,6 @@
-# dinov2_vitg14 synthetic lin.: BatchNorm + 1x1 conv on the last of the four blocks.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_synthetic.py", "../_base_/datasets/synthetic_seg.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitg14",
-    backbone_weights="official",
-    head=dict(type="LinearHead", in_channels=[1536], num_classes=5, in_index=[3]),
-    task="segmentation",
-    layers=[36, 37, 38, 39],
-    norm=True,
-    class_token=False,
-    test_cfg=dict(mode="whole"),
-)
-default_hooks = dict(checkpoint=dict(interval=200), logger=dict(interval=20))
+# dinov2_vitg14, synthetic: lin.: BatchNorm + 1x1 conv on the last of the four blocks.
+_base_ = ["../_base_/models/seg_linear.py", "../_base_/datasets/synthetic_seg.py",
+          "../_base_/schedules/schedule_synthetic.py", "../_base_/synthetic_runtime.py"]
+model = dict(backbone="dinov2_vitg14", layers=[36, 37, 38, 39],
+             head=dict(in_channels=[1536], num_classes=5),
+             test_cfg=dict(_delete_=True, mode="whole"))

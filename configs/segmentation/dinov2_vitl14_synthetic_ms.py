@@ -1,14 +1,6 @@
-# dinov2_vitl14 synthetic +ms: the four blocks concatenated.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_synthetic.py", "../_base_/datasets/synthetic_seg.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitl14",
-    backbone_weights="official",
-    head=dict(type="LinearHead", in_channels=[1024] * 4, num_classes=5, in_index=[0, 1, 2, 3]),
-    task="segmentation",
-    layers=[20, 21, 22, 23],
-    norm=True,
-    class_token=False,
-    test_cfg=dict(mode="whole"),
-)
-default_hooks = dict(checkpoint=dict(interval=200), logger=dict(interval=20))
+# dinov2_vitl14, synthetic: +ms: the four blocks concatenated; multi-scale + flip test.
+_base_ = ["../_base_/models/seg_ms.py", "../_base_/datasets/synthetic_seg_ms.py",
+          "../_base_/schedules/schedule_synthetic.py", "../_base_/synthetic_runtime.py"]
+model = dict(backbone="dinov2_vitl14", layers=[20, 21, 22, 23],
+             head=dict(in_channels=[1024, 1024, 1024, 1024], num_classes=5),
+             test_cfg=dict(_delete_=True, mode="whole"))

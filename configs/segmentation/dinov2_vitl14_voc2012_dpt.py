@@ -1,13 +1,6 @@
-# dinov2_vitl14 voc2012 DPT head ending in class logits, on the depth blocks with class tokens.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/voc2012.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vitl14",
-    backbone_weights="official",
-    head=dict(type="DPTHead", embed_dim=1024, post_process_channels=[128, 256, 512, 1024], task="segmentation", num_classes=21),
-    task="segmentation",
-    layers=[4, 11, 17, 23],
-    norm=False,
-    class_token=True,
-    test_cfg=dict(mode="slide", crop_size=512, stride=341),
-)
+# dinov2_vitl14, voc2012: a DPT head ending in class logits.
+_base_ = ["../_base_/models/seg_dpt.py", "../_base_/datasets/voc2012.py",
+          "../_base_/schedules/seg_40k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vitl14", layers=[4, 11, 17, 23],
+             head=dict(embed_dim=1024, post_process_channels=[128, 256, 512, 1024], num_classes=21),
+             test_cfg=dict(_delete_=True, mode="slide", crop_size=512, stride=341, scale=(2048, 512)))

@@ -1,13 +1,6 @@
-# dinov2_vits14 ade20k DPT head ending in class logits, on the depth blocks with class tokens.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/ade20k.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vits14",
-    backbone_weights="official",
-    head=dict(type="DPTHead", embed_dim=384, post_process_channels=[48, 96, 192, 384], task="segmentation", num_classes=150),
-    task="segmentation",
-    layers=[2, 5, 8, 11],
-    norm=False,
-    class_token=True,
-    test_cfg=dict(mode="slide", crop_size=512, stride=341),
-)
+# dinov2_vits14, ade20k: a DPT head ending in class logits.
+_base_ = ["../_base_/models/seg_dpt.py", "../_base_/datasets/ade20k.py",
+          "../_base_/schedules/seg_40k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vits14", layers=[2, 5, 8, 11],
+             head=dict(embed_dim=384, post_process_channels=[48, 96, 192, 384], num_classes=150),
+             test_cfg=dict(_delete_=True, mode="slide", crop_size=512, stride=341, scale=(2048, 512)))

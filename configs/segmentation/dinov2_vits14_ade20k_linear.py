@@ -1,13 +1,6 @@
-# dinov2_vits14 ade20k lin.: BatchNorm + 1x1 conv on the last of the four blocks.
-_base_ = ["../_base_/default_runtime.py", "../_base_/schedules/schedule_40k.py", "../_base_/datasets/ade20k.py"]
-model = dict(
-    type="DenseModel",
-    backbone="dinov2_vits14",
-    backbone_weights="official",
-    head=dict(type="LinearHead", in_channels=[384], num_classes=150, in_index=[3]),
-    task="segmentation",
-    layers=[8, 9, 10, 11],
-    norm=True,
-    class_token=False,
-    test_cfg=dict(mode="slide", crop_size=512, stride=341),
-)
+# dinov2_vits14, ade20k: lin.: BatchNorm + 1x1 conv on the last of the four blocks.
+_base_ = ["../_base_/models/seg_linear.py", "../_base_/datasets/ade20k.py",
+          "../_base_/schedules/seg_40k.py", "../_base_/default_runtime.py"]
+model = dict(backbone="dinov2_vits14", layers=[8, 9, 10, 11],
+             head=dict(in_channels=[384], num_classes=150),
+             test_cfg=dict(_delete_=True, mode="slide", crop_size=512, stride=341, scale=(2048, 512)))

@@ -17,8 +17,9 @@ mmseg pads *after* normalising, so its padded pixels are 0 in normalised space, 
 mean colour; here padding happens before normalisation, so the image is padded with the mean
 colour (124, 116, 104) by default (``pad_value``), which normalises to ~0.
 
-Depth (Monocular-Depth-Estimation-Toolbox / BTS NYU configs): RandomRotate(0.5, 2.5 degrees),
-RandomFlip(0.5), RandomCrop(416x544), ColorAug(0.5: gamma, brightness, per-channel colour).
+Depth (the released DINOv2 NYU / KITTI configs, on the Monocular-Depth-Estimation-Toolbox):
+NYUCrop, RandomRotate(0.5, 2.5 degrees), RandomFlip(0.5), RandomCrop(416x544), ColorAug(0.5:
+gamma on 0-255 values, brightness, per-channel colour).
 
 Determinism: ``seed=`` seeds every transform from its own stream (:func:`seed_pipeline`;
 albumentations 2.0's ``Compose(seed=)`` gives all transforms the *same* seed, correlating their
@@ -180,15 +181,23 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
 
 
 class DepthColorAug(A.ImageOnlyTransform):
-    """Colour augmentation of the depth toolboxes (BTS ``augment_image``, toolbox ``ColorAug``):
-    on RGB in [0, 1], ``x ** gamma``, ``x brightness``, ``x colour`` per channel, then clip. (The
-    toolbox applies the gamma to 0-255 values; BTS, followed here, to [0, 1].)"""
+    """Colour augmentation of the depth toolboxes: ``x ** gamma``, ``x brightness``, ``x colour``
+    per channel, then clip.
+
+    ``gamma_on="0-255"`` (default) is the Monocular-Depth-Estimation-Toolbox ``ColorAug`` that the
+    released DINOv2 depth heads were trained with: the gamma acts on pixel values in 0-255
+    (``image ** gamma`` on the 8-bit image), then the result is clipped to 0-255, so a gamma above 1
+    brightens and saturates strongly. ``gamma_on="unit"`` is BTS's ``augment_image``, on [0, 1].
+    """
 
     def __init__(self, gamma_range: Sequence[float] = (0.9, 1.1), brightness_range: Sequence[float] = (0.75, 1.25),
-                 color_range: Sequence[float] = (0.9, 1.1), p: float = 0.5):
+                 color_range: Sequence[float] = (0.9, 1.1), gamma_on: str = "0-255", p: float = 0.5):
         super().__init__(p=p)
+        if gamma_on not in ("0-255", "unit"):
+            raise ValueError(f"gamma_on={gamma_on!r}: use '0-255' (the depth toolbox) or 'unit' (BTS)")
         self.gamma_range, self.brightness_range = tuple(gamma_range), tuple(brightness_range)
         self.color_range = tuple(color_range)
+        self.gamma_on = gamma_on
 
     def get_params(self) -> dict[str, Any]:
         rnd = self.py_random
@@ -197,13 +206,14 @@ class DepthColorAug(A.ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, gamma: float = 1.0, brightness: float = 1.0, colors=None,
               **params: Any) -> np.ndarray:
-        x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+        top = 255.0 if self.gamma_on == "0-255" else 1.0
+        x = img.astype(np.float64) * (top / 255.0) if img.dtype == np.uint8 else img.astype(np.float64) * top
         x = np.power(x, gamma) * (brightness * (colors if colors is not None else 1.0))
-        x = np.clip(x, 0.0, 1.0)
-        return (x * 255.0 + 0.5).astype(np.uint8) if img.dtype == np.uint8 else x
+        x = np.clip(x, 0.0, top) / top
+        return (x * 255.0 + 0.5).astype(np.uint8) if img.dtype == np.uint8 else x.astype(np.float32)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("gamma_range", "brightness_range", "color_range")
+        return ("gamma_range", "brightness_range", "color_range", "gamma_on")
 
 
 # -- seeding -----------------------------------------------------------------------------------
@@ -269,12 +279,21 @@ def seg_test_pipeline(scale: Sequence[int] | None = (2048, 512), resize_mask: bo
 def depth_train_pipeline(crop_size: int | Sequence[int] = (416, 544), rotate_degree: float = 2.5,
                          rotate_prob: float = 0.5, flip_prob: float = 0.5, color_prob: float = 0.5,
                          gamma_range: Sequence[float] = (0.9, 1.1), brightness_range: Sequence[float] = (0.75, 1.25),
-                         color_range: Sequence[float] = (0.9, 1.1), seed: int | None = None) -> A.Compose:
-    """Depth training augmentation of the toolboxes (NYU defaults; KITTI: crop (352, 704), rotate 1.0,
-    brightness (0.9, 1.1)). Rotation resamples depth by nearest neighbour and fills 0 (invalid);
-    images smaller than the crop are padded (image 0, depth 0 = invalid)."""
+                         color_range: Sequence[float] = (0.9, 1.1), gamma_on: str = "0-255",
+                         pre_crop: Sequence[int] | None = None, seed: int | None = None) -> A.Compose:
+    """Depth training augmentation of the released DINOv2 depth configs (the depth toolbox's
+    NYUCrop / KBCrop, RandomRotate(0.5, 2.5), RandomFlip(0.5), RandomCrop, ColorAug(0.5)); NYU
+    defaults; KITTI: crop (352, 704), brightness (0.9, 1.1) (its data set applies the KB crop).
+
+    ``pre_crop=(top, bottom, left, right)`` cuts the image and depth first, as the toolbox's NYUCrop
+    (45, 472, 43, 608) does on 480x640 NYU frames (other sizes are left alone). Rotation resamples
+    depth by nearest neighbour and fills 0 (invalid); images smaller than the crop are padded
+    (image 0, depth 0 = invalid). ``gamma_on``: see :class:`DepthColorAug`."""
     ch, cw = _pair(crop_size)
     transforms = []
+    if pre_crop is not None:
+        top, bottom, left, right = (int(v) for v in pre_crop)
+        transforms.append(FixedCrop(top, bottom, left, right))
     if rotate_degree > 0 and rotate_prob > 0:
         transforms.append(A.Rotate(limit=(-rotate_degree, rotate_degree), interpolation=cv2.INTER_LINEAR,
                                    mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
@@ -283,9 +302,32 @@ def depth_train_pipeline(crop_size: int | Sequence[int] = (416, 544), rotate_deg
         A.HorizontalFlip(p=flip_prob),
         A.RandomCrop(ch, cw, pad_if_needed=True, pad_position="top_left", border_mode=cv2.BORDER_CONSTANT,
                      fill=0, fill_mask=0),
-        DepthColorAug(gamma_range, brightness_range, color_range, p=color_prob),
+        DepthColorAug(gamma_range, brightness_range, color_range, gamma_on=gamma_on, p=color_prob),
     ]
     return _compose(transforms, seed)
+
+
+class FixedCrop(A.DualTransform):
+    """Cut rows ``top:bottom`` and columns ``left:right`` from image and mask when the image holds
+    them (the depth toolbox's NYUCrop on 480x640 frames); smaller images pass unchanged."""
+
+    def __init__(self, top: int, bottom: int, left: int, right: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.top, self.bottom, self.left, self.right = top, bottom, left, right
+
+    def _cut(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] < self.bottom or x.shape[1] < self.right:
+            return x
+        return np.ascontiguousarray(x[self.top : self.bottom, self.left : self.right])
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return self._cut(img)
+
+    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
+        return self._cut(mask)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("top", "bottom", "left", "right")
 
 
 def depth_test_pipeline(scale: Sequence[int] | None = None) -> A.Compose:

@@ -13,6 +13,7 @@ _NAMES = {
     "DenseModel": "model", "DenseRunner": "runner", "CheckpointSanitizerHook": "runner",
     "latest_checkpoint": "runner", "DATASETS": "registry", "FUNCTIONS": "registry", "HOOKS": "registry",
     "METRICS": "registry", "MODELS": "registry",
+    "PARAM_SCHEDULERS": "registry", "OneCycleMomentum": "schedulers",
 }
 __all__ = [*_NAMES, "register_all"]
 
@@ -20,7 +21,7 @@ __all__ = [*_NAMES, "register_all"]
 def register_all() -> None:
     """Import every module that registers a class or function in mmengine's registries."""
     importlib.import_module("dinov2_dense.evaluation.mmengine_metrics")  # SegMetric, DepthMetric
-    for module in ("data", "hooks", "model", "runner"):  # dense_collate + data sets, hooks, DenseModel
+    for module in ("data", "hooks", "model", "runner", "schedulers"):  # collate + data sets, hooks, DenseModel, ...
         importlib.import_module(f"{__name__}.{module}")
 
 

@@ -25,9 +25,12 @@ from dinov2_dense.zoo import build_model
 
 from .registry import MODELS
 
+# The released protocols' losses (configs/_base_/models/*.py cite them): mmseg 0.x's cross-entropy,
+# averaged over all pixels (avg_non_ignore=False); SigLoss with its 100-iteration warm-up and
+# GradientLoss x0.5 for depth.
 _DEFAULT_LOSSES = {
-    "segmentation": [dict(type="CrossEntropyLoss", ignore_index=255)],
-    "depth": [dict(type="SigLoss", loss_weight=10.0), dict(type="GradientLoss", loss_weight=0.5)],
+    "segmentation": [dict(type="CrossEntropyLoss", ignore_index=255, avg_non_ignore=False)],
+    "depth": [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100), dict(type="GradientLoss", loss_weight=0.5)],
 }
 
 
@@ -79,8 +82,8 @@ class DenseModel(BaseModel):
         backbone_seed: seed of a random backbone.
         head: ``dict(type="LinearHead", ...)``: a class of ``heads`` and its arguments.
         task, layers, norm, class_token: as ``heads.DensePredictor``.
-        losses: list of ``dict(type=<class in heads.losses>, ...)``; defaults: cross-entropy
-            (segmentation), SigLoss x10 + GradientLoss x0.5 (depth).
+        losses: list of ``dict(type=<class in heads.losses>, ...)``; defaults: the protocols' (mmseg's
+            cross-entropy averaged over all pixels; SigLoss with warm-up + GradientLoss x0.5).
         test_cfg: ``DensePredictor.predict`` defaults (mode, crop_size, stride, scales, flip).
     """
 

@@ -1,24 +1,26 @@
-# ade20k: ADE20KDataset in its standard layout under data_root; training and test pipelines of the
-# official segmentation protocol (dinov2_dense.data.pipelines).
+# ADE20K (ADEChallengeData2016 under data_root), the released lin. pipelines
+# (dinov2_vitb14_ade20k_linear_config.py, as copied in Jiawei-Yang/Denoising-ViT
+# evaluation/configs/vitb_ade20k_linear_config.py): LoadAnnotations(reduce_zero_label=True),
+# Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)), RandomCrop(512, cat_max_ratio=0.75),
+# RandomFlip(0.5), PhotoMetricDistortion, Pad(512, seg_pad_val=255); 2 images x 8 GPUs. The test
+# Resize(img_scale=(2048, 512)) is done by the model (its test_cfg scale), from the image as it is.
 data_root = "data/ade/ADEChallengeData2016"
-num_classes = 150
-crop_size = 512
 train_dataloader = dict(
-    batch_size=16,  # the official total batch; with N processes use 16 // N per process
+    batch_size=16,  # the released total batch (2 x 8 GPUs); with N processes use 16 // N per process
     num_workers=4,
     sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(type="ADE20KDataset", root=data_root, split="training",
-                 pipeline=dict(type="seg_train_pipeline", crop_size=crop_size, scale=(2048, 512))),
+                 pipeline=dict(type="seg_train_pipeline", crop_size=512, scale=(2048, 512), ratio_range=(0.5, 2.0),
+                               cat_max_ratio=0.75)),
     collate_fn=dict(type="dense_collate"),
 )
 val_dataloader = dict(
     batch_size=1,
     num_workers=2,
     sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(type="ADE20KDataset", root=data_root, split="validation",
-                 pipeline=dict(type="seg_test_pipeline", scale=(2048, 512))),
+    dataset=dict(type="ADE20KDataset", root=data_root, split="validation", pipeline=None),
     collate_fn=dict(type="dense_collate"),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="SegMetric", num_classes=num_classes)
+val_evaluator = dict(type="SegMetric", num_classes=150)
 test_evaluator = val_evaluator

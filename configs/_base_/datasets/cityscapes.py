@@ -1,24 +1,12 @@
-# cityscapes: CityscapesDataset in its standard layout under data_root; training and test pipelines of the
-# official segmentation protocol (dinov2_dense.data.pipelines).
+# Cityscapes (leftImg8bit + gtFine labelTrainIds under data_root). DINOv2 released no Cityscapes
+# head or config: these are mmseg's Cityscapes settings (configs/_base_/datasets/cityscapes.py:
+# Resize(img_scale=(2048, 1024), ratio_range=(0.5, 2.0)), RandomCrop(512x1024, cat_max_ratio=0.75),
+# flip, photometric distortion) on the ADE20K lin. pipeline; tested by the model at (2048, 1024).
+_base_ = ["./ade20k.py"]
 data_root = "data/cityscapes"
-num_classes = 19
-crop_size = (512, 1024)
-train_dataloader = dict(
-    batch_size=16,  # the official total batch; with N processes use 16 // N per process
-    num_workers=4,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=dict(type="CityscapesDataset", root=data_root, split="train",
-                 pipeline=dict(type="seg_train_pipeline", crop_size=crop_size, scale=(2048, 1024))),
-    collate_fn=dict(type="dense_collate"),
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(type="CityscapesDataset", root=data_root, split="val",
-                 pipeline=dict(type="seg_test_pipeline", scale=(2048, 1024))),
-    collate_fn=dict(type="dense_collate"),
-)
+train_dataloader = dict(dataset=dict(type="CityscapesDataset", root=data_root, split="train",
+                                     pipeline=dict(crop_size=(512, 1024), scale=(2048, 1024))))
+val_dataloader = dict(dataset=dict(type="CityscapesDataset", root=data_root, split="val"))
 test_dataloader = val_dataloader
-val_evaluator = dict(type="SegMetric", num_classes=num_classes)
+val_evaluator = dict(num_classes=19)
 test_evaluator = val_evaluator

@@ -1,24 +1,11 @@
-# voc2012: VOCDataset in its standard layout under data_root; training and test pipelines of the
-# official segmentation protocol (dinov2_dense.data.pipelines).
+# Pascal VOC 2012 (VOCdevkit/VOC2012 under data_root): the pipelines of ADE20K lin. without
+# reduce_zero_label, on the train split of ImageSets/Segmentation (the released
+# dinov2_vitb14_voc2012_linear_config.py, as copied in Jiawei-Yang/Denoising-ViT
+# evaluation/configs/vitb_voc2012_linear_config.py).
+_base_ = ["./ade20k.py"]
 data_root = "data/VOCdevkit/VOC2012"
-num_classes = 21
-crop_size = 512
-train_dataloader = dict(
-    batch_size=16,  # the official total batch; with N processes use 16 // N per process
-    num_workers=4,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=dict(type="VOCDataset", root=data_root, split="trainaug",
-                 pipeline=dict(type="seg_train_pipeline", crop_size=crop_size, scale=(2048, 512))),
-    collate_fn=dict(type="dense_collate"),
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(type="VOCDataset", root=data_root, split="val",
-                 pipeline=dict(type="seg_test_pipeline", scale=(2048, 512))),
-    collate_fn=dict(type="dense_collate"),
-)
+train_dataloader = dict(dataset=dict(type="VOCDataset", root=data_root, split="train"))
+val_dataloader = dict(dataset=dict(type="VOCDataset", root=data_root, split="val"))
 test_dataloader = val_dataloader
-val_evaluator = dict(type="SegMetric", num_classes=num_classes)
+val_evaluator = dict(num_classes=21)
 test_evaluator = val_evaluator

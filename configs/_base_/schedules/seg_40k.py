@@ -1,6 +1,8 @@
-# The official linear-probe optimisation (DINOv2 ADE20K linear configs): AdamW lr 1e-3, wd 1e-4;
-# poly decay (power 1) over 40k iterations with a linear warm-up over the first 1500 (ratio 1e-6).
-# mmengine chains overlapping schedulers multiplicatively, which is mmcv's warm-up-times-poly rule.
+# The released segmentation schedule (dinov2_vitb14_{ade20k,voc2012}_linear_config.py, as copied in
+# Jiawei-Yang/Denoising-ViT evaluation/configs/vitb_ade20k_linear_config.py): AdamW lr 1e-3,
+# weight decay 1e-4, betas (0.9, 0.999); poly decay (power 1, min_lr 0) over 40,000 iterations after
+# a linear warm-up of 1,500 iterations from ratio 1e-6. mmengine chains overlapping schedulers
+# multiplicatively, which is mmcv's warm-up-times-regular-rate rule.
 max_iters = 40000
 optim_wrapper = dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999)))
 param_scheduler = [

@@ -1,0 +1,19 @@
+# lin.1 depth (DINOv2 paper, Sec. 7; released dinov2_vit*14_{nyu,kitti}_linear_config.py as copied in
+# ywyue/FiT3D evaluation/baseline_configs/vits_nyu_depth_linear_config.py): the last block's patch
+# tokens without the final LayerNorm (final_norm=False), the class token concatenated to each
+# (channels 2 x D), x4 bilinear upsampling, a 1x1 conv to 256 uniform bins ('UD'), 'linear'
+# normalisation; losses SigLoss(loss_weight=1.0, warm_up=True: 100 iterations) and
+# GradientLoss(loss_weight=0.5); test: whole image, averaged with its horizontal flip
+# (MultiScaleFlipAug(flip=True)). ViT-S, NYU values; each leaf sets backbone, widths, blocks, range.
+model = dict(
+    type="DenseModel",
+    backbone="dinov2_vits14",
+    backbone_weights="official",
+    head=dict(type="LinearDepthHead", in_channels=[384], min_depth=0.001, max_depth=10.0),
+    task="depth",
+    layers=[11],
+    norm=False,
+    class_token=True,
+    losses=[dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100), dict(type="GradientLoss", loss_weight=0.5)],
+    test_cfg=dict(mode="whole", flip=True),
+)
