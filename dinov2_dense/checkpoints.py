@@ -15,8 +15,8 @@ Files we did not write are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
+import pickle
 import re
-import uuid
 from pathlib import Path
 from typing import Mapping
 
@@ -63,6 +63,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
             obj: object = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text would advise weights_only=False: not for files we did not write
+        raise CheckpointError(f"{path}: not a weight file of tensors (it is not a PyTorch file, or it holds Python "
+                              "objects that are not loaded, for safety)") from None
     except Exception as exc:  # torch and safetensors raise many types for broken files
         first_line = next(iter(str(exc).splitlines()), "")[:200]
         raise CheckpointError(
@@ -256,9 +259,23 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
             + "\n  ".join(parts)
             + f"\n  The checkpoint looks like {describe_architecture(sd)}."
         )
+    refuse_nonfinite(sd, label)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
     model.is_init = True  # loaded weights: frameworks that honour ``is_init`` (mmengine) leave them alone
     return fmt
+
+
+def nonfinite_keys(sd: Mapping[str, Tensor]) -> list[str]:
+    """Keys of floating-point tensors holding NaN or infinite values (a diverged or damaged file)."""
+    return [k for k, v in sd.items() if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def refuse_nonfinite(sd: Mapping[str, Tensor], label: str) -> None:
+    """Raise CheckpointError naming the tensors of ``sd`` that hold NaN or infinite values."""
+    bad = nonfinite_keys(sd)
+    if bad:
+        raise CheckpointError(f"{label}: {len(bad)} tensor(s) hold NaN or infinite values ({_list(bad)}): the file "
+                              "is damaged or comes from a run that diverged")
 
 
 def key_mismatches(own: Mapping[str, Tensor], sd: Mapping[str, Tensor]) -> list[str]:
@@ -298,18 +315,14 @@ def save_safetensors(
     """Write a state dict (or a module's) as safetensors, atomically (temp file, then rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
+    from .fileio import atomic_path
+
     sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         # safetensors (like mkstemp) leaves mode 0600; give the file the mode the umask allows
         tmp.touch(exist_ok=False)
         mode = tmp.stat().st_mode & 0o777
         save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "dinov2-dense"}))
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

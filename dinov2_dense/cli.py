@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,12 +17,15 @@ from pathlib import Path
 from .options import check_device, float_range, int_range, nonnegative_int, positive_int
 
 
-def _resolve_layers(model, layers):
-    from .features import _resolve_layers as resolve
-
-    return resolve(model, layers)
-
 DEBUG_ENV = "DINOV2_DENSE_DEBUG"
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prog: error: message (see prog --help)``, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -145,9 +149,12 @@ def _threshold_arg(text: str):
     if text in ("otsu", "zero", "none"):
         return None if text == "none" else text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: use otsu, zero, none or a number (a z-score)") from None
+    if not math.isfinite(value) or abs(value) > 100:
+        raise argparse.ArgumentTypeError(f"{text}: a z-score threshold is a finite number in [-100, 100]")
+    return value
 
 
 def _cmd_pca(args: argparse.Namespace) -> int:
@@ -177,6 +184,13 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         raise ValueError(f"--save-basis {args.save_basis}: a PCA basis is written as .npz; use that suffix")
     if args.basis and args.save_basis:
         raise ValueError("--basis reuses a fitted basis; --save-basis saves a new fit: give one of them")
+    if args.basis:
+        given = [flag for flag, value in (("--joint", args.joint), ("--threshold", hasattr(args, "threshold")))
+                 if value]
+        if given:
+            raise ValueError(f"{', '.join(given)}: these choose how a basis is fitted; --basis {args.basis} reuses "
+                             "one as it was fitted")
+    threshold = getattr(args, "threshold", "otsu")
     if not args.joint and not args.basis and not args.video and args.save_basis and len(args.images) > 1:
         raise ValueError("--save-basis needs one basis: add --joint to fit one over all the images")
     if args.save_basis:
@@ -186,7 +200,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     size = _size_value(args.size, "--size")
     device = check_device(args.device)
     weights = _weights_arg(args.weights)
-    with staged_dir(out, overwrite=args.overwrite) as stage:  # checks --out now; swapped in whole at the end
+    protect = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]
+    with staged_dir(out, overwrite=args.overwrite, protect=protect) as stage:  # --out is checked now
         if args.threads:
             torch.set_num_threads(args.threads)
         if weights is None:
@@ -203,7 +218,12 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             info["weights"] = f"random (seed {args.seed})"
         random_note = f"{args.model} with RANDOM weights (seed {args.seed}): the maps mean nothing. " \
             if weights is None else ""
-        common = dict(threshold=args.threshold, layer=args.layer, size=size, tile=args.tile, upsample=args.upsample,
+        layer = args.layer if args.layer is not None else (basis.info.get("layer", -1) if basis is not None else -1)
+        if basis is not None and args.layer is not None and "layer" in basis.info and \
+                model.resolve_layers([args.layer]) != model.resolve_layers([basis.info["layer"]]):
+            raise ValueError(f"--layer {args.layer}: {args.basis} was fitted on block {basis.info['layer']}; "
+                             "leave --layer out to use that block")
+        common = dict(threshold=threshold, layer=layer, size=size, tile=args.tile, upsample=args.upsample,
                       batch_size=args.batch_size, info=info)
         if args.video:
             stem = Path(args.video).stem
@@ -251,11 +271,11 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'official' (find or download), a file, a URL, or 'random' (random weights, for a try)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
-    parser.add_argument("--threads", type=nonnegative_int, default=0, help=_THREADS_HELP)
+    parser.add_argument("--threads", type=int_range(0, MAX_THREADS), default=0, help=_THREADS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dinov2-dense", description="Dense prediction with DINOv2.",
         epilog="Exit codes: 0 done, 2 a user error (one line naming the file or option), 130 interrupted, "
                f"1 a bug. --debug (or {DEBUG_ENV}=1) shows tracebacks.")
@@ -270,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     feat = sub.add_parser("features", help="extract dense patch features of images")
     feat.add_argument("images", nargs="+", help="image files (or skimage:NAME for a scikit-image sample)")
     _common_model_arguments(feat)
-    feat.add_argument("--layers", type=int, nargs="+", help="block indices (negative: from the end)")
-    feat.add_argument("--last", type=positive_int, help="take the last N blocks (default: the last one)")
+    which = feat.add_mutually_exclusive_group()
+    which.add_argument("--layers", type=int, nargs="+", help="block indices (negative: from the end)")
+    which.add_argument("--last", type=positive_int, help="take the last N blocks (default: the last one)")
     feat.add_argument("--fit", choices=["pad", "resize"], default="pad", help="how to reach the 14-pixel grid")
     feat.add_argument("--size", type=patch_side, nargs="+", metavar="N",
                       help="resize first: one number sets the shorter side, two set H W (one size for all images)")
@@ -292,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument("--out", default="pca_out", help="output folder (default: pca_out); must be empty or new "
                                                        "unless --overwrite")
     pca.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder")
-    pca.add_argument("--joint", action="store_true",
+    pca.add_argument("--joint", action="store_true", default=None,
                      help="one PCA over all images, so the same parts get the same colours (default: one per image)")
     pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
                                      "(frame | colours side by side)")
@@ -302,10 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resize first: the shorter side (or H W); larger gives finer maps "
                           "(default 448; 0 keeps the image's own size)")
     pca.add_argument("--tile", type=patch_side, help="tiled features: tile size in pixels (bounded memory for large --size)")
-    pca.add_argument("--layer", type=int, default=-1, help="block whose patch tokens are used (default: the last)")
+    pca.add_argument("--layer", type=int, default=None, help="block whose patch tokens are used (default: the last)")
     pca.add_argument("--upsample", choices=["nearest", "bilinear"], default="bilinear",
                      help="from the patch grid to the image (default bilinear)")
-    pca.add_argument("--threshold", type=_threshold_arg, default="otsu",
+    pca.add_argument("--threshold", type=_threshold_arg, default=argparse.SUPPRESS,
                      help="foreground split of the first component: otsu (default), zero, none (no mask), "
                           "or a number (z-score on the oriented component)")
     pca.add_argument("--alpha", type=float_range(0.0, 1.0), default=0.5,
@@ -334,7 +355,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     config = synthetic.SceneConfig(size=(args.size, args.size), num_classes=args.classes)
     synthetic.check_memory(config)
     out = Path(args.out)
-    with staged_dir(out, overwrite=args.overwrite) as stage:
+    scenes = args.train + (val if args.layout != "folder" else 0)
+    need = scenes * args.size * args.size * synthetic.SCENE_DISK_BYTES_PER_PIXEL
+    with staged_dir(out, overwrite=args.overwrite, expected_bytes=need) as stage:
         writer = {"ade20k": synthetic.write_ade20k_layout, "nyu": synthetic.write_nyu_layout}.get(args.layout)
         if writer is not None:
             writer(stage, args.train, val, config=config, seed=args.seed)
@@ -370,60 +393,108 @@ def _add_engine_commands(sub) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The message of a user error; for an error raised in a DataLoader worker (whose message
-    carries the worker's traceback), the original error's own message."""
+    """The message of a user error on one line; for an error raised in a DataLoader worker (whose
+    message carries the worker's traceback), the original error's own message."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     message = str(message)
     if "Original Traceback" in message:
         last = [line for line in message.strip().splitlines() if line.strip()][-1]
         head, sep, rest = last.partition(": ")
         message = rest if sep and "." in head and " " not in head else last
-    return message
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions a user's input causes: bad files and paths (OSError), values and configs
     (ValueError), names (KeyError); and running out of memory."""
-    errors: list[type[BaseException]] = [OSError, ValueError, KeyError]
+    errors: list[type[BaseException]] = [OSError, ValueError, KeyError, MemoryError]
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "OutOfMemoryError"):
         errors.append(torch.OutOfMemoryError)
     return tuple(errors)
 
 
+def _peer_failed(exc: BaseException) -> bool:
+    """A collective operation failed because another process of a distributed run stopped."""
+    torch = sys.modules.get("torch")
+    dist = getattr(torch, "distributed", None) if torch is not None else None
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(k in text for k in ("connection closed", "connection reset",
+                                                                       "gloo", "nccl", "broken pipe", "timed out"))
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that staged outputs and locks are cleaned up."""
+
+
+def _quiet_third_party() -> None:
+    """Warnings as one line each; no OpenCV or FFmpeg log lines on stderr (our errors say it)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    _quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
     prog = f"dinov2-dense {args.command}"
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
-            raise
-        print(f"\n{prog}: interrupted; no half-written file was left", file=sys.stderr)
-        return 130
+            import traceback
+
+            traceback.print_exc()
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\n{prog}: {what}; no half-written file was left", file=sys.stderr)
+        return 130 if not isinstance(exc, _Terminated) else 143
     except _user_errors() as exc:
         if debug:
-            raise
+            import traceback
+
+            traceback.print_exc()
         if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-            print(f"{prog}: error: out of memory ({_one_line(exc).splitlines()[0]}); try a smaller --batch-size, "
+            print(f"{prog}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --batch-size, "
                   "--size or --tile", file=sys.stderr)
         else:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except MemoryError:
-        if debug:
-            raise
-        print(f"{prog}: error: out of memory; try a smaller --batch-size, --size or --tile", file=sys.stderr)
-        return 2
-    except Exception:  # noqa: BLE001 - a bug: show everything and say so
+    except Exception as exc:  # noqa: BLE001 - a bug, or a peer's failure in a distributed run
+        if _peer_failed(exc) and not debug:
+            print(f"{prog}: stopped: another process of this distributed run failed (its error is above)",
+                  file=sys.stderr)
+            return 2
         import traceback
 
         traceback.print_exc()
         print(f"{prog}: internal error (a bug in dinov2-dense; please report it with the traceback above)",
               file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

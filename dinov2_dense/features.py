@@ -313,6 +313,7 @@ class PerformanceWarning(UserWarning):
 
 
 LARGE_FORWARD_TOKENS = 16384
+MAX_FORWARD_TOKENS = 2**20  # a 14336x14336 image: refused untiled
 """Patch tokens above which one untiled CPU forward pass is announced as slow: attention grows
 with the square of the tokens (16k tokens take minutes on ViT-S/14, longer on larger models)."""
 
@@ -382,12 +383,17 @@ def _grid(h: int, w: int, size, fit: str, p: int) -> tuple[int, int]:
 
 def _warn_large_forward(sizes: dict[tuple[int, int], str], size, fit: str, p: int, device: torch.device,
                         tile: int | None) -> None:
-    """Say up front, once, when one untiled forward pass on the CPU will be very long."""
-    if tile is not None or device.type != "cpu" or not sizes:
+    """Refuse an untiled forward pass of more than :data:`MAX_FORWARD_TOKENS` patch tokens (hours
+    of attention; e.g. a 1x10000 strip resized to a shorter side of 56), and say up front, once,
+    when one on the CPU will be very long."""
+    if tile is not None or not sizes:
         return
     (gh, gw), name = max(((_grid(h, w, size, fit, p), n) for (h, w), n in sizes.items()),
                          key=lambda g: g[0][0] * g[0][1])
-    if gh * gw > LARGE_FORWARD_TOKENS:
+    if gh * gw > MAX_FORWARD_TOKENS:
+        raise ValueError(f"{name}: one forward pass would take {gh * gw:,} patch tokens ({gh}x{gw}), over the "
+                         f"limit of {MAX_FORWARD_TOKENS:,}: pass tile= (--tile, e.g. {32 * p}) or a smaller size=")
+    if device.type == "cpu" and gh * gw > LARGE_FORWARD_TOKENS:
         warnings.warn(
             f"{name}: one forward pass of {gh * gw:,} patch tokens ({gh}x{gw}) on the CPU; attention grows with the "
             f"square of the tokens, so this can take many minutes: pass tile= (e.g. tile={32 * p}) to run it in "

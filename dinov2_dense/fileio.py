@@ -23,7 +23,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -148,20 +148,46 @@ def check_output_file(path: str | os.PathLike, expected_bytes: int | None = None
     return path
 
 
+#: Written into every folder of outputs: ``--overwrite`` replaces only folders that carry it.
+MARKER = ".dinov2-dense-output"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_bytes: int | None = None,
-                     what: str = "output folder", option: str = "--overwrite") -> Path:
+                     what: str = "output folder", option: str = "--overwrite",
+                     protect: Iterable[str | os.PathLike] = ()) -> Path:
     """Fail early, naming ``path``, if a folder of outputs cannot be written there: a file in the
     way, no permission, too little space, or a folder that already holds files (another run's
-    outputs would mix with ours) unless ``overwrite``."""
+    outputs would mix with ours) unless ``overwrite``. Even with ``overwrite``, a folder is replaced
+    only if dinov2-dense wrote it (it holds :data:`MARKER`) and holds none of the ``protect`` paths
+    (the command's inputs) nor the current directory: ``--overwrite`` never deletes a user's data."""
     path = Path(path)
+    if not str(path) or str(path) == ".":
+        raise OutputError(f"{what} {str(path)!r}: give a folder of its own, not the current directory")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file; give a folder")
-    if path.is_dir() and not overwrite:
+    if path.is_dir():
         entries = sorted(p.name for p in path.iterdir())
-        if entries:
+        if entries and not overwrite:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{what} {path} is not empty ({len(entries)} entries: {shown}); "
                               f"pass {option} to replace its contents, or choose another folder")
+        inside = [str(p) for p in protect if _inside(Path(p), path)]
+        if Path.cwd().resolve() == path.resolve() or _inside(Path.cwd(), path):
+            inside.append("the current directory")
+        if inside:
+            raise OutputError(f"{what} {path} holds this command's own inputs ({', '.join(inside[:3])}); "
+                              "choose another folder")
+        if entries and not (path / MARKER).is_file():
+            raise OutputError(f"{what} {path} holds files that dinov2-dense did not write; {option} replaces only "
+                              "earlier outputs: choose another folder, or empty this one yourself")
     _check_creatable(path, what)
     _check_space(path, expected_bytes, what)
     return path
@@ -171,9 +197,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
 def stage_path(path: str | os.PathLike, tag: str | None = None) -> Path:
     """Where the new contents of ``path`` are staged: ``.<name>.<tag>.partial/<name>`` beside it
     (the inner folder keeps the target's name, which writers may show). ``tag`` fixes the name,
-    e.g. for several processes writing one set; by default it is random."""
+    e.g. for several processes writing one set; by default it is this process's id and a random part."""
     path = Path(path)
-    return path.parent / f".{path.name}.{tag or uuid.uuid4().hex[:12]}.partial" / path.name
+    return path.parent / f".{path.name}.{tag or f'{os.getpid()}-{uuid.uuid4().hex[:8]}'}.partial" / path.name
 
 
 def discard_stage(stage: Path) -> None:
@@ -181,14 +207,34 @@ def discard_stage(stage: Path) -> None:
     shutil.rmtree(stage.parent if stage.parent.name.endswith(".partial") else stage, ignore_errors=True)
 
 
-def commit_dir(stage: Path, path: str | os.PathLike) -> Path:
-    """Put the finished ``stage`` folder in place of ``path`` (whose old contents are removed)."""
+def discard_stale_stages(path: str | os.PathLike) -> None:
+    """Remove the staging folders of ``path`` left by processes that no longer run (``kill -9``)."""
     path = Path(path)
+    for wrapper in path.parent.glob(f".{path.name}.*.partial"):
+        pid = wrapper.name[len(path.name) + 2 :].split("-", 1)[0].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(wrapper, ignore_errors=True)
+
+
+def commit_dir(stage: Path, path: str | os.PathLike, replace: bool = True, what: str = "output folder") -> Path:
+    """Put the finished ``stage`` folder in place of ``path``. With ``replace`` an existing ``path``
+    (checked to be ours) is moved aside and removed; without, ``path`` must still be absent or
+    empty: a folder that another process filled meanwhile is never replaced."""
+    path = Path(path)
+    (stage / MARKER).write_text(json.dumps({"pid": os.getpid(), "written": time.strftime("%Y-%m-%d %H:%M:%S")}))
     old = None
-    if path.exists():
+    if replace and path.exists():
         old = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.old"
         os.replace(path, old)
-    os.replace(stage, path)
+    try:
+        os.rename(stage, path)  # refuses a non-empty directory in the way
+    except OSError as exc:
+        if old is not None:
+            os.replace(old, path)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise OutputError(f"{what} {path} was filled by another process while this one ran; nothing was "
+                              "replaced: run again with another folder") from None
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     discard_stage(stage)
@@ -196,19 +242,22 @@ def commit_dir(stage: Path, path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "--overwrite") -> Iterator[Path]:
+def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "--overwrite",
+               protect: Iterable[str | os.PathLike] = (), expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside ``path``; when the block succeeds it replaces
     ``path`` whole, when it fails (or is interrupted) it is removed and ``path`` is untouched.
 
-    ``path`` must be empty or absent unless ``overwrite``.
+    ``path`` must be empty or absent unless ``overwrite`` (see :func:`check_output_dir`).
     """
     path = Path(path)
-    check_output_dir(path, overwrite=overwrite, option=option)
+    check_output_dir(path, overwrite=overwrite, option=option, protect=protect, expected_bytes=expected_bytes)
+    replace = path.is_dir() and any(path.iterdir())
+    discard_stale_stages(path)
     stage = stage_path(path)
     try:
         stage.mkdir(parents=True)
         yield stage
-        commit_dir(stage, path)
+        commit_dir(stage, path, replace=replace)
     except OSError as exc:
         if not _about(exc, stage.parent):
             raise
@@ -220,6 +269,9 @@ def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "
 # -- one run per folder -------------------------------------------------------------------------
 class DirBusyError(OSError):
     """Another live process holds the folder's lock."""
+
+    def __str__(self) -> str:  # the message alone, without "[Errno 16]"
+        return self.strerror or super().__str__()
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,6 @@ import http.client
 import os
 import urllib.parse
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from . import models
 from .checkpoints import CheckpointError, load_backbone_weights
+from .fileio import atomic_path
 from .settings import BACKBONE_SETTINGS, PATCH_SIZE
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -81,11 +81,25 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+
+
 def candidate_paths(filename: str) -> list[Path]:
     """Places a weight file is looked for, in order (environment directory, torch hub cache)."""
     places = []
     if os.environ.get(WEIGHTS_ENV):
-        places.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / filename)
+        folder = Path(os.environ[WEIGHTS_ENV]).expanduser()
+        if not folder.is_dir():
+            _warn_once(f"${WEIGHTS_ENV}={folder} is not a folder; weights are looked for elsewhere")
+        places.append(folder / filename)
     places.append(hub_checkpoint_dir() / filename)
     return places
 
@@ -110,12 +124,9 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
     A failed or short transfer leaves no file at ``dest`` (the partial temp file is removed).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name rather than mkstemp, whose 0600 mode would survive the rename
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.part"
     digest = hashlib.sha256()
     received, total = 0, None
-    try:
+    with atomic_path(dest) as tmp:
         try:
             with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=60) as resp:
                 length = resp.headers.get("Content-Length")
@@ -135,9 +146,6 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
                 f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
                 "the file is corrupt or not the official one"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

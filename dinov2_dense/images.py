@@ -28,6 +28,7 @@ from scikit-image, which ships it, and needs neither guarantee.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import struct
 import threading
 import warnings
@@ -359,3 +360,41 @@ def read_sample(name: str | os.PathLike) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise ImageError(f"{name}: this scikit-image sample is not a single image")
     return image
+
+
+# -- depth maps -----------------------------------------------------------------------------
+def read_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarray:
+    """A depth map in metres, float64 ``(H, W)``, as stored: the one depth reader of the toolkit
+    (data sets, ``eval-depth``).
+
+    ``.npy`` holds metres: ``(H, W)`` or with leading singleton dimensions. Images must be
+    single-channel 16-bit (PNG, as NYU-Depth v2 and KITTI store depth) and are divided by ``scale``
+    (units per metre: NYU 1000, KITTI 256), which must then be given; an 8-bit or colour image is
+    refused (a coloured depth figure is not a depth map, and 8 bits cannot hold a depth range).
+    Non-finite and negative values are returned as they are: ground truth and predictions treat
+    them differently (:func:`dinov2_dense.data.files.read_depth`, the depth metrics).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such depth file")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ImageError(f"{path}: not a readable .npy depth map ({exc})") from None
+        while arr.ndim > 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ImageError(f"{path}: depth array of shape {arr.shape} and dtype {arr.dtype}; expected (H, W) metres")
+        return arr.astype(np.float64)
+    raw = decode_image(path, "unchanged")
+    if raw.ndim != 2 or raw.dtype != np.uint16:
+        raise ImageError(f"{path}: depth image of shape {raw.shape} and dtype {raw.dtype}; expected a single-channel "
+                         "16-bit PNG (millimetres for NYU, 1/256 m for KITTI) or .npy metres")
+    if scale is None:
+        raise ImageError(f"{path}: a 16-bit depth image, but its scale was not given (units per metre, e.g. 1000 "
+                         "for millimetres: depth_scale in data sets and configs, --gt-scale / --pred-scale for "
+                         "eval-depth)")
+    if not scale > 0:
+        raise ImageError(f"{path}: depth scale {scale}: expected a positive number of units per metre")
+    return raw.astype(np.float64) / float(scale)

@@ -21,7 +21,7 @@ from heads.dpt import DPTHead
 from heads.linear import LinearDepthHead, LinearHead
 from heads.predictor import DensePredictor
 
-from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint
+from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint, refuse_nonfinite
 from .hub import WeightsNotFoundError, build_backbone, load_backbone, official_url, resolve_file
 from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, test_protocol
 
@@ -153,6 +153,7 @@ def load_head_weights(model: DensePredictor, state_dict: Mapping[str, Tensor], l
             f"{label} does not fit the head of {getattr(model, 'name', 'this model')} "
             f"({type(model.decode_head).__name__}): " + "; ".join(parts)
         )
+    refuse_nonfinite(head, label)
     model.decode_head.load_state_dict(head, strict=True)
 
 

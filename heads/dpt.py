@@ -140,12 +140,14 @@ class DPTHead(nn.Module):
         super().__init__()
         if task not in ("depth", "segmentation"):
             raise ValueError(f"task {task!r}: use 'depth' or 'segmentation'")
-        if task == "segmentation" and not num_classes:
-            raise ValueError("a segmentation DPT head needs num_classes")
+        if task == "segmentation" and (not num_classes or int(num_classes) < 1):
+            raise ValueError(f"num_classes={num_classes}: a segmentation DPT head needs at least 1 class")
         d = int(embed_dim)
         pp = [d // 8, d // 4, d // 2, d] if post_process_channels is None else [int(c) for c in post_process_channels]
-        if len(pp) != 4:
-            raise ValueError(f"post_process_channels needs 4 widths, got {pp}")
+        if len(pp) != 4 or min(pp) < 1 or d < 1:
+            raise ValueError(f"embed_dim={d}, post_process_channels={pp}: expected a positive width and 4 positive widths")
+        if not 0 < float(min_depth) < float(max_depth):
+            raise ValueError(f"min_depth={min_depth}, max_depth={max_depth}: expected 0 < min_depth < max_depth")
         self.embed_dim, self.channels, self.post_process_channels = d, channels, pp
         self.task, self.num_classes = task, num_classes
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)

@@ -87,7 +87,11 @@ class LinearHead(nn.Module):
         self.in_index = list(range(len(self.in_channels))) if in_index is None else [int(i) for i in in_index]
         if len(self.in_index) != len(self.in_channels):
             raise ValueError(f"in_index {self.in_index} and in_channels {self.in_channels} must have the same length")
+        if not self.in_channels or min(self.in_channels) < 1:
+            raise ValueError(f"in_channels={self.in_channels}: give one positive width per input map")
         self.num_classes = int(num_classes)
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: expected at least 1 class")
         self.use_cls_token = use_cls_token
         self.align_corners = align_corners
         self.channels = sum(self.in_channels) * (2 if use_cls_token else 1)

@@ -407,7 +407,7 @@ def test_depth_file_errors(folder):
         FolderDepthDataset(folder)[0]
     (folder / "synthetic.json").unlink()  # no declared scale any more
     undeclared = FolderDepthDataset(folder)
-    with pytest.raises(DataError, match="00001.png: integer depth image, but no depth_scale"):
+    with pytest.raises(DataError, match="00001.png: a 16-bit depth image, but its scale was not given"):
         undeclared[1]
     np.save(folder / "depth" / "neg.npy", -np.ones((24, 32), np.float32))
     write_image(folder / "images" / "neg.png", _rand_image(24, 32))

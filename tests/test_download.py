@@ -101,7 +101,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def _leftovers(directory: Path) -> list[str]:
-    return [p.name for p in directory.iterdir() if p.name.endswith((".part", ".tmp"))]
+    return [p.name for p in directory.iterdir() if p.name.startswith(".") and (".tmp" in p.name or ".part" in p.name)]
 
 
 # -- hub.download ------------------------------------------------------------------------------

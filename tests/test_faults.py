@@ -82,6 +82,9 @@ def scenes(tmp_path_factory):
     return root
 
 
+SIX_CLASSES = {"model.head.num_classes": 6, "val_evaluator.num_classes": 6, "test_evaluator.num_classes": 6}
+
+
 def _opts(root: Path, iters: int = 4, **extra) -> list[str]:
     opts = {f"{s}_dataloader.dataset.root": str(root) for s in ("train", "val", "test")}
     opts.update({"train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "param_scheduler.0.end": 2,
@@ -114,7 +117,7 @@ def test_test_refuses_a_backbone_only_checkpoint(scenes, trained, tmp_path, caps
 def test_test_refuses_a_head_for_another_number_of_classes(scenes, trained, tmp_path, capsys):
     ckpt = trained / "iter_4.pth"
     rc, out, err = run(capsys, "test", SEG_CFG, ckpt, "--work-dir", tmp_path / "w", "--cfg-options",
-                       *_opts(scenes, **{"model.head.num_classes": 6}))
+                       *_opts(scenes, **SIX_CLASSES))
     assert_user_error(rc, err, ckpt, "decode_head.conv_seg.weight", "(5, 64, 1, 1) vs (6, 64, 1, 1)")
     assert "mIoU" not in out
 
@@ -125,7 +128,7 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(scenes, trained, tmp_path
     (work / "iter_4.pth").write_bytes((trained / "iter_4.pth").read_bytes())
     before = _snapshot(work)
     rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options",
-                     *_opts(scenes, 8, **{"model.head.num_classes": 6}))
+                     *_opts(scenes, 8, **SIX_CLASSES))
     assert_user_error(rc, err, work / "iter_4.pth", "other shapes")
     after = _snapshot(work)
     assert {k: v for k, v in after.items() if k in before} == before  # the checkpoint is untouched
@@ -269,7 +272,7 @@ def test_pca_failing_midway_leaves_the_old_set(tmp_path, capsys, monkeypatch):
     common = ["--joint", "--weights", "random", "--size", "56", "--out", out]
     assert run(capsys, "pca", *images, *common)[0] == 0
     before = _snapshot(out)
-    assert len(before) == 3 * 3 + 2  # three PNGs per image, figure.png, pca_basis.npz
+    assert len(before) == 3 * 3 + 3  # three PNGs per image, figure.png, pca_basis.npz, the output marker
 
     rc, _, err = run(capsys, "pca", *images, *common)
     assert_user_error(rc, err, out, "--overwrite")
@@ -408,10 +411,9 @@ def test_a_bug_is_exit_code_1_and_debug_shows_the_traceback(tmp_path, capsys, mo
     monkeypatch.setattr(cli, "_cmd_info", broken)
     rc, _, err = run(capsys, "info")
     assert rc == 1 and "Traceback" in err and "bug" in err
-    with pytest.raises(FileNotFoundError):
-        main(["--debug", "features", str(tmp_path / "nope.jpg"), "--weights", "random", "--out", str(tmp_path / "f.npy")])
-    with pytest.raises(FileNotFoundError):
-        main(["features", str(tmp_path / "nope.jpg"), "--weights", "random", "--out", str(tmp_path / "f.npy"), "--debug"])
+    for argv in (["--debug", "features", tmp_path / "nope.jpg"], ["features", tmp_path / "nope.jpg", "--debug"]):
+        rc, _, err = run(capsys, *argv, "--weights", "random", "--out", tmp_path / "f.npy")
+        assert rc == 2 and "Traceback" in err and "FileNotFoundError" in err  # the traceback, still a user error
 
 
 # -- what a newcomer hit ---------------------------------------------------------------------------
@@ -487,3 +489,189 @@ def test_pixel_limit_refuses_a_decompression_bomb(tmp_path, capsys, monkeypatch)
     rc, _, err = run(capsys, "features", image, "--weights", "random", "--out", tmp_path / "f.npy")
     assert_user_error(rc, err, image, "DINOV2_DENSE_MAX_PIXELS")
     assert not (tmp_path / "f.npy").exists()
+
+
+# -- found by an adversarial review (issue 8 follow-up) ---------------------------------------------
+def test_overwrite_never_deletes_inputs_or_foreign_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "par" / "sub").mkdir(parents=True)
+    image = _image(tmp_path / "par" / "sub" / "a.png")
+    (tmp_path / "par" / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path / "par")
+    for out in (tmp_path / "par", tmp_path / "par" / "sub"):  # holds the input
+        rc, _, err = run(capsys, "pca", image, "--weights", "random", "--size", "56", "--out", out, "--overwrite")
+        assert_user_error(rc, err, out)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
+    rc, _, err = run(capsys, "pca", image, "--weights", "random", "--size", "56", "--out", tmp_path / "photos",
+                     "--overwrite")
+    assert_user_error(rc, err, tmp_path / "photos", "did not write")
+    rc, _, err = run(capsys, "synth", ".", "--train", "2", "--val", "1", "--size", "28", "--overwrite")
+    assert_user_error(rc, err, "current directory")
+    assert _snapshot(tmp_path / "par") == before and (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_a_folder_filled_by_another_process_meanwhile_is_not_replaced(tmp_path):
+    from dinov2_dense.fileio import OutputError, staged_dir
+
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="filled by another process"):
+        with staged_dir(out) as stage:
+            (stage / "ours.txt").write_text("ours")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    _no_staging_left(tmp_path)
+
+
+def test_test_out_is_cleaned_up_after_a_failure(scenes, trained, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "ade"
+    shutil.copytree(scenes, root)
+    last = sorted((root / "images" / "validation").glob("*.jpg"))[-1]
+    last.write_bytes(b"xx")  # read last, after predictions were staged
+    rc, _, err = run(capsys, "test", SEG_CFG, trained / "iter_4.pth", "--work-dir", tmp_path / "w", "--out",
+                     tmp_path / "pred", "--cfg-options", *_opts(root))
+    assert_user_error(rc, err, last)
+    assert not (tmp_path / "pred").exists()
+    _no_staging_left(tmp_path)
+    rc, _, err = run(capsys, "test", SEG_CFG, trained / "iter_4.pth", "--out", "", "--cfg-options", *_opts(scenes))
+    assert_user_error(rc, err, "--out")
+
+
+def test_synth_checks_free_space_first(tmp_path, capsys, monkeypatch):
+    import dinov2_dense.fileio as fileio
+
+    monkeypatch.setattr(fileio, "free_bytes", lambda path: 10_000)
+    rc, _, err = run(capsys, "synth", tmp_path / "s", "--train", "100", "--size", "224")
+    assert_user_error(rc, err, tmp_path / "s", "MB are free")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("option, words", [
+    ("noequals", "expected KEY=VALUE"),
+    ("param_scheduler=abc", "param_scheduler"),
+    ("model.head.num_classes=-3", "num_classes"),
+    ("train_dataloader.dataset.root=[1,2]", "train_dataloader.dataset.root"),
+    ("model.type=Nope", "model.type"),
+    ("val_evaluator.num_classes=3", "val_evaluator.num_classes"),
+    ("param_scheduler.5.end=6", "--cfg-options"),
+])
+def test_bad_config_values_name_their_key(option, words, scenes, tmp_path, capsys):
+    code = None
+    try:
+        code, _, err = run(capsys, "train", SEG_CFG, "--work-dir", tmp_path / "w", "--cfg-options", *_opts(scenes), option)
+    except SystemExit as exc:  # refused by argparse while parsing
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2, err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("iter_*"))
+
+
+def test_one_line_errors_everywhere(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["features", str(_image(tmp_path / "a.png")), "--size", "0", "--out", str(tmp_path / "f.npy")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--size" in err
+    with pytest.raises(SystemExit):
+        main(["features", "x.png", "--threads", "100000", "--out", "f.npy"])
+    assert "--threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["features", "x.png", "--layers", "1", "--last", "2", "--out", "f.npy"])
+    assert "not allowed with" in capsys.readouterr().err
+    for value in ("nan", "inf", "-1e308"):
+        with pytest.raises(SystemExit):
+            main(["pca", "x.png", "--threshold", value])
+        assert "--threshold" in capsys.readouterr().err
+
+
+def test_nan_weights_and_heads_are_refused(scenes, trained, tmp_path, capsys):
+    from dinov2_dense.hub import build_backbone
+
+    bad = build_backbone("dinov2_vits14").state_dict()
+    bad["blocks.0.norm1.weight"][0] = float("nan")
+    torch.save(bad, tmp_path / "nan.pth")
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--weights", tmp_path / "nan.pth",
+                     "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "nan.pth", "blocks.0.norm1.weight", "NaN")
+    ckpt = torch.load(trained / "iter_4.pth", weights_only=True)
+    ckpt["state_dict"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "nanhead.pth")
+    rc, out, err = run(capsys, "test", SEG_CFG, tmp_path / "nanhead.pth", "--work-dir", tmp_path / "w",
+                       "--cfg-options", *_opts(scenes))
+    assert_user_error(rc, err, "nanhead.pth", "NaN")
+    assert "aAcc" not in out
+
+
+def test_eight_bit_depth_is_refused_alike_by_data_sets_and_eval_depth(tmp_path, capsys):
+    import cv2
+
+    from dinov2_dense.data.files import DataError, read_depth
+
+    png = tmp_path / "gt" / "a.png"
+    png.parent.mkdir()
+    cv2.imwrite(str(png), np.full((8, 8), 30, np.uint8))
+    with pytest.raises(DataError, match="16-bit"):
+        read_depth(png, 1000.0)
+    (tmp_path / "pred").mkdir()
+    np.save(tmp_path / "pred" / "a.npy", np.ones((8, 8)))
+    rc, _, err = run(capsys, "eval-depth", tmp_path / "pred", tmp_path / "gt", "--dataset", "folder", "--gt-scale",
+                     "10", "--no-progress")
+    assert_user_error(rc, err, "a.png", "16-bit")
+    rc, _, err = run(capsys, "eval-depth", tmp_path / "pred", tmp_path / "pred", "--dataset", "folder",
+                     "--no-progress", "--out", tmp_path / "pred" / "a.png")
+    assert_user_error(rc, err, "--out", ".json")
+
+
+def test_a_basis_is_used_as_it_was_fitted(tmp_path, capsys):
+    image = _image(tmp_path / "a.png")
+    assert run(capsys, "pca", image, "--weights", "random", "--size", "56", "--out", tmp_path / "p")[0] == 0
+    basis = tmp_path / "p" / "pca_basis.npz"
+    for extra, words in ((["--threshold", "1.5"], "--threshold"), (["--joint"], "--joint"),
+                         (["--layer", "3"], "--layer 3")):
+        rc, _, err = run(capsys, "pca", image, "--weights", "random", "--size", "56", "--basis", basis, *extra,
+                         "--out", tmp_path / "q")
+        assert_user_error(rc, err, words)
+    assert run(capsys, "pca", image, "--weights", "random", "--size", "56", "--basis", basis, "--layer", "-1",
+               "--out", tmp_path / "q")[0] == 0
+
+
+def test_image_named_folders_and_token_limits(tmp_path, capsys, scenes):
+    import shutil
+
+    from dinov2_dense.data import ADE20KDataset
+    from dinov2_dense.data.files import DataError
+
+    root = tmp_path / "ade"
+    shutil.copytree(scenes, root)
+    victim = sorted((root / "images" / "validation").glob("*.jpg"))[0]
+    victim.unlink()
+    victim.mkdir()
+    with pytest.raises(DataError, match="not a file"):
+        ADE20KDataset(root, "validation")
+    strip = _image(tmp_path / "strip.png", 1, 3000)
+    rc, _, err = run(capsys, "features", strip, "--weights", "random", "--size", "1000", "--out", tmp_path / "f.npy")
+    assert_user_error(rc, err, "strip.png", "patch tokens", "--tile")
+
+
+def test_resume_in_an_empty_work_dir_says_it_starts_afresh(scenes, tmp_path, capsys):
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", tmp_path / "w", "--resume", "--cfg-options",
+                       *_opts(scenes, 2))
+    assert rc == 0, err
+    assert "holds no checkpoint yet; starting a new run" in out
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
+    out = tmp_path / "scenes"
+    proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "synth", str(out), "--train", "100000",
+                             "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".scenes.*.partial/scenes/images/training/*")):
+        time.sleep(0.05)
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
+    assert not out.exists()
+    _no_staging_left(tmp_path)

@@ -233,7 +233,7 @@ def test_command_writes_pngs_and_reused_basis_gives_same_colours(images, tmp_pat
     common = ["--weights", "random", "--size", "56"]
     assert main(["pca", *map(str, images), "--joint", "--out", str(out), *common]) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"figure.png", "pca_basis.npz", "a_pca.png", "a_mask.png", "a_overlay.png",
+    assert names == {".dinov2-dense-output", "figure.png", "pca_basis.npz", "a_pca.png", "a_mask.png", "a_overlay.png",
                      "b_pca.png", "b_mask.png", "b_overlay.png"}
     assert read_rgb(out / "a_pca.png").shape == (60, 80, 3)
     assert read_rgb(out / "b_overlay.png").shape == (70, 56, 3)
@@ -305,7 +305,7 @@ def test_command_video_in_video_out(tmp_path, torch_home):
     assert main(["pca", "--video", str(video), "--weights", "random", "--size", "42", "--avi", "--frame-step",
                  "2", "--max-frames", "2", "--basis", str(out / "pca_basis.npz"), "--out", str(out2)]) == 0
     assert count_frames(out2 / "clip_pca.avi") == (2, (48, 128, 3))
-    assert not list(out2.glob(".*"))  # no temp files
+    assert [p.name for p in out2.glob(".*")] == [".dinov2-dense-output"]  # the output marker, no temp files
 
 
 def test_command_errors_name_the_input_and_write_nothing(images, tmp_path, torch_home, capsys):

@@ -52,9 +52,13 @@ class Item:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """Image files of a folder, sorted; hidden files (e.g. our writers' temp files) are skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    """Image files of a folder, sorted; hidden files (e.g. our writers' temp files) are skipped, and
+    a folder named like an image is an error (it would silently drop a sample)."""
+    found = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    odd = [p for p in found if not p.is_file()]
+    if odd:
+        raise DataError(f"{odd[0]}: named like an image but not a file")
+    return sorted(found)
 
 
 def _turned_hint(target: tuple[int, ...], image: tuple[int, ...]) -> str:

@@ -84,39 +84,22 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_depth(path: str | os.PathLike, scale: float | None) -> np.ndarray:
-    """Depth map in metres, float32 (H, W), 0 = invalid.
+    """Ground-truth depth in metres, float32 (H, W), 0 = invalid.
 
-    ``.npy`` files hold metres (float); NaN and infinite values become 0 (invalid). Image files
-    must be single-channel 16-bit (or 8-bit) integers and are divided by ``scale``
-    (NYU-Depth v2: 1000, KITTI: 256), which must then be declared.
+    Read by :func:`dinov2_dense.images.read_depth` (16-bit PNG divided by ``scale``, or ``.npy``
+    metres); NaN and infinite values become 0 (invalid); negative values are refused.
     """
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        try:
-            depth = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise DataError(f"{path}: not a readable .npy depth map ({exc})") from None
-        depth = np.squeeze(depth)
-        if depth.ndim != 2 or not (np.issubdtype(depth.dtype, np.floating) or np.issubdtype(depth.dtype, np.integer)):
-            raise DataError(f"{path}: depth array of shape {depth.shape}, dtype {depth.dtype}; expected (H, W) metres")
-        depth = depth.astype(np.float32)
-        depth[~np.isfinite(depth)] = 0.0
-    else:
-        raw = _decode(path, "unchanged")
-        if raw.ndim != 2 or raw.dtype not in (np.uint16, np.uint8):
-            raise DataError(
-                f"{path}: depth image of shape {raw.shape} and dtype {raw.dtype}; expected a single-channel "
-                "16-bit PNG (e.g. millimetres for NYU, 1/256 m for KITTI)"
-            )
-        if scale is None:
-            raise DataError(f"{path}: integer depth image, but no depth_scale was declared "
-                            "(units per metre, e.g. 1000 for millimetres)")
-        depth = raw.astype(np.float32) / float(scale)
+    from ..images import ImageError
+    from ..images import read_depth as read_stored_depth
+
+    try:
+        depth = read_stored_depth(path, scale)
+    except (ImageError, FileNotFoundError) as exc:
+        raise DataError(str(exc)) from None
+    depth[~np.isfinite(depth)] = 0.0
     if (depth < 0).any():
         raise DataError(f"{path}: negative depth values (min {float(depth.min()):g}); expected metres >= 0, 0 invalid")
-    return depth
+    return depth.astype(np.float32)
 
 
 # -- atomic writes: one implementation for the toolkit (dinov2_dense.fileio) ---------------------

@@ -20,6 +20,20 @@ class ConfigError(ValueError):
     """A config that cannot be used: the message names the file and the key."""
 
 
+class OptionsAction(DictAction):
+    """mmengine's ``--cfg-options KEY=VALUE ...``, whose mistakes become argparse errors (one line,
+    exit code 2) instead of tracebacks."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for item in values if isinstance(values, list) else [values]:
+            if "=" not in item or not item.split("=", 1)[0]:
+                parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. train_cfg.max_iters=100")
+        try:
+            super().__call__(parser, namespace, values, option_string)
+        except (ValueError, SyntaxError, TypeError) as exc:
+            parser.error(f"{option_string}: {exc}")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="an mmengine config file (configs/...)")
     parser.add_argument("--work-dir",
@@ -32,7 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="load_from / resume: load the keys that fit and keep the rest as built (default: refuse)")
     parser.add_argument("--other-backbone", action="store_true",
                         help="load_from / resume a head trained on another backbone than the config's")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+    parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
                         help="override config entries, e.g. train_cfg.max_iters=100")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="'pytorch' under torchrun for DDP")
@@ -50,7 +64,8 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="load the checkpoint's keys that fit and keep the rest as built (default: refuse)")
     parser.add_argument("--other-backbone", action="store_true",
                         help="evaluate a head trained on another backbone than the config's")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
+                        help="override config entries, e.g. test_dataloader.dataset.root=data/ade")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     return parser
 
@@ -75,7 +90,11 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
     except Exception as exc:  # noqa: BLE001 - the config is a user's Python file: any failure is theirs
         raise ConfigError(f"{path}: the config fails to load: {type(exc).__name__}: {exc}") from None
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            keys = " ".join(cfg_options)
+            raise ConfigError(f"--cfg-options {keys}: does not fit {path} ({_one_line(exc)[:160]})") from None
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
@@ -106,8 +125,24 @@ def _check_int(cfg, key: str, minimum: int, errors: list[str], source: str) -> N
         errors.append(f"{key} = {value!r}: expected an integer >= {minimum}")
 
 
+def _check_registered(cfg, key: str, registry, errors: list[str]) -> None:
+    name = _get(cfg, key)
+    if name is None:
+        return
+    if not isinstance(name, str):
+        errors.append(f"{key} = {name!r}: expected a registered class name")
+    elif registry.get(name) is None:
+        errors.append(f"{key} = {name!r}: no such class (known: {', '.join(sorted(registry.module_dict)[:12])}, ...)")
+
+
 def validate_config(cfg, source: str, train: bool) -> None:
-    """Refuse config values that would run and mean nothing (``max_iters=0`` trains nothing)."""
+    """Refuse config values that would run and mean nothing (``max_iters=0`` trains nothing) or fail
+    late (a mistyped class name, a root that is not a path, a metric with other classes than the
+    head), naming the key."""
+    from dinov2_dense.engine import register_all
+    from dinov2_dense.engine.registry import DATASETS, FUNCTIONS, METRICS, MODELS, PARAM_SCHEDULERS
+
+    register_all()
     errors: list[str] = []
     if train:
         if cfg.get("train_cfg") is None or cfg.get("train_dataloader") is None:
@@ -118,17 +153,44 @@ def validate_config(cfg, source: str, train: bool) -> None:
         lr = _get(cfg, "optim_wrapper.optimizer.lr")
         if lr is not None and (not isinstance(lr, Number) or not math.isfinite(lr) or lr <= 0):
             errors.append(f"optim_wrapper.optimizer.lr = {lr!r}: expected a positive number")
-        for i, sched in enumerate(cfg.get("param_scheduler") or []):
+        schedulers = cfg.get("param_scheduler") or []
+        if isinstance(schedulers, dict):
+            schedulers = [schedulers]
+        if not isinstance(schedulers, (list, tuple)) or not all(hasattr(x, "get") for x in schedulers):
+            errors.append(f"param_scheduler = {cfg.get('param_scheduler')!r}: expected a list of dict(type=...)")
+            schedulers = []
+        for i, sched in enumerate(schedulers):
+            _check_registered(sched, "type", PARAM_SCHEDULERS, errors)
             begin, end = sched.get("begin", 0), sched.get("end")
             if end is not None and isinstance(end, int) and isinstance(begin, int) and end <= begin:
                 errors.append(f"param_scheduler.{i}: end = {end} is not after begin = {begin}")
-    for split in ("train", "val", "test") if train else ("test",):
+    splits = ("train", "val", "test") if train else ("test",)
+    for split in splits:
         _check_int(cfg, f"{split}_dataloader.batch_size", 1, errors, source)
         _check_int(cfg, f"{split}_dataloader.num_workers", 0, errors, source)
+        _check_registered(cfg, f"{split}_dataloader.dataset.type", DATASETS, errors)
+        _check_registered(cfg, f"{split}_dataloader.collate_fn.type", FUNCTIONS, errors)
+        root = _get(cfg, f"{split}_dataloader.dataset.root")
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            errors.append(f"{split}_dataloader.dataset.root = {root!r}: expected a folder path")
+    _check_registered(cfg, "model.type", MODELS, errors)
+    for key in ("val_evaluator.type", "test_evaluator.type"):
+        _check_registered(cfg, key, METRICS, errors)
+    classes = _get(cfg, "model.head.num_classes")
+    for key in ("val_evaluator.num_classes", "test_evaluator.num_classes"):
+        metric = _get(cfg, key)
+        if classes is not None and metric is not None and metric != classes:
+            errors.append(f"{key} = {metric} but model.head.num_classes = {classes}: give both the same number")
     if not train and cfg.get("test_dataloader") is None:
         errors.append("no test_dataloader: this config cannot test")
+    if cfg.get("launcher", "none") == "pytorch" and not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
+        errors.append("--launcher pytorch: start the command with torchrun (RANK and WORLD_SIZE are not set)")
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
+
+
+def _dataset_roots(cfg) -> list[str]:
+    return [str(r) for split in ("train", "val", "test") if (r := _get(cfg, f"{split}_dataloader.dataset.root"))]
 
 
 def _rank() -> int:
@@ -142,6 +204,12 @@ def _build_runner(cfg, source: str):
         return DenseRunner.from_cfg(cfg)
     except TypeError as exc:  # a class in the config given arguments it does not take
         raise ConfigError(f"{source}: {exc}") from None
+    except ValueError as exc:  # a value a class refuses (mmengine prefixes the class)
+        raise ConfigError(f"{source}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _previous_run_files(work_dir: Path) -> list[Path]:
@@ -157,6 +225,9 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     validate_config(cfg, args.config, train=True)
     cfg.resume = bool(args.resume)
+    from dinov2_dense.fileio import _check_creatable
+
+    _check_creatable(Path(cfg.work_dir), "--work-dir")
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
     work_dir = Path(cfg.work_dir)
@@ -171,6 +242,8 @@ def run_train(args: argparse.Namespace) -> int:
         if lock.note:
             print(f"{work_dir}: {lock.note}")
         old = _previous_run_files(work_dir)
+        if args.resume and not old:
+            print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there")
         if old and not args.resume:
             if not getattr(args, "overwrite", False):
                 shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
@@ -193,12 +266,21 @@ def run_test(args: argparse.Namespace) -> int:
     cfg.load_from = args.checkpoint
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
-    if args.out:
-        check_output_dir(args.out, overwrite=getattr(args, "overwrite", False))
+    if args.out is not None:
+        protect = [args.config, args.checkpoint] + [str(r) for r in _dataset_roots(cfg)]
+        check_output_dir(args.out, overwrite=getattr(args, "overwrite", False), what="--out", protect=protect)
         hooks = list(cfg.get("custom_hooks") or [])
-        hooks.append(dict(type="SavePredictionsHook", out_dir=args.out, overwrite=getattr(args, "overwrite", False)))
+        hooks.append(dict(type="SavePredictionsHook", out_dir=args.out, overwrite=getattr(args, "overwrite", False),
+                          protect=protect))
         cfg.custom_hooks = hooks
     runner = _build_runner(cfg, args.config)
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    finally:
+        if args.out is not None and _rank() == 0:
+            from dinov2_dense.engine.hooks import test_stage
+            from dinov2_dense.fileio import discard_stage
+
+            discard_stage(test_stage(args.out))  # left only when the test failed or was interrupted
     print({k: round(float(v), 4) if isinstance(v, (int, float)) else v for k, v in (metrics or {}).items()})
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dinov2_dense.fileio import staged_dir
 from heads.predictor import DensePredictor
 
 
@@ -70,9 +70,6 @@ class FeatureCache(Dataset):
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} exists: remove it or choose another path for the cache")
-        tmp = path.with_name(f".{path.name}.building")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         key = "seg" if predictor.task == "segmentation" else "depth"
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             collate_fn=dense_collate)
@@ -80,36 +77,32 @@ class FeatureCache(Dataset):
         maps = cls_tokens = targets = None
         offset = 0
         predictor.eval()
-        try:
-            with torch.no_grad():
-                for batch in tqdm(loader, desc="caching features", unit="batch", disable=not progress):
-                    feats = predictor.extract_features(batch["inputs"])
-                    pairs = [f if isinstance(f, (tuple, list)) else (f, None) for f in feats]
-                    target = torch.stack([s[key] for s in batch["data_samples"]])
-                    if maps is None:
-                        maps = [_memmap(tmp / f"map{i}.npy", (n, *m.shape[1:]), dtype) for i, (m, _) in enumerate(pairs)]
-                        if predictor.class_token:
-                            cls_tokens = [_memmap(tmp / f"cls{i}.npy", (n, c.shape[1]), dtype)
-                                          for i, (_, c) in enumerate(pairs)]
-                        tdtype = "int16" if key == "seg" else "float32"
-                        targets = _memmap(tmp / "targets.npy", (n, *target.shape[1:]), tdtype)
-                    b = target.shape[0]
-                    for store, (m, _) in zip(maps, pairs):
-                        store[offset : offset + b] = m.cpu().numpy()
-                    if cls_tokens is not None:
-                        for store, (_, c) in zip(cls_tokens, pairs):
-                            store[offset : offset + b] = c.cpu().numpy()
-                    targets[offset : offset + b] = target.cpu().numpy()
-                    offset += b
+        with staged_dir(path) as tmp, torch.no_grad():
+            for batch in tqdm(loader, desc="caching features", unit="batch", disable=not progress):
+                feats = predictor.extract_features(batch["inputs"])
+                pairs = [f if isinstance(f, (tuple, list)) else (f, None) for f in feats]
+                target = torch.stack([s[key] for s in batch["data_samples"]])
+                if maps is None:
+                    maps = [_memmap(tmp / f"map{i}.npy", (n, *m.shape[1:]), dtype) for i, (m, _) in enumerate(pairs)]
+                    if predictor.class_token:
+                        cls_tokens = [_memmap(tmp / f"cls{i}.npy", (n, c.shape[1]), dtype)
+                                      for i, (_, c) in enumerate(pairs)]
+                    tdtype = "int16" if key == "seg" else "float32"
+                    targets = _memmap(tmp / "targets.npy", (n, *target.shape[1:]), tdtype)
+                b = target.shape[0]
+                for store, (m, _) in zip(maps, pairs):
+                    store[offset : offset + b] = m.cpu().numpy()
+                if cls_tokens is not None:
+                    for store, (_, c) in zip(cls_tokens, pairs):
+                        store[offset : offset + b] = c.cpu().numpy()
+                targets[offset : offset + b] = target.cpu().numpy()
+                offset += b
             for store in (maps or []) + (cls_tokens or []) + ([targets] if targets is not None else []):
                 store.flush()
             meta = {"layers": predictor.layers, "norm": predictor.norm, "class_token": predictor.class_token,
                     "task": predictor.task, "count": n, "dtype": dtype}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             del maps, cls_tokens, targets
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return cls(path)
 
 

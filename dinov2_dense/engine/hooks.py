@@ -35,6 +35,11 @@ def colour_depth(depth: np.ndarray, vmin: float | None = None, vmax: float | Non
     return rgb
 
 
+def test_stage(out_dir: str | Path) -> Path:
+    """The staging folder of ``test --out``: one name for every process of a DDP run."""
+    return stage_path(out_dir, tag="test")
+
+
 @HOOKS.register_module()
 class SavePredictionsHook(Hook):
     """Writes each test prediction where the evaluation tools find it: a PNG label mask (class ids)
@@ -48,23 +53,28 @@ class SavePredictionsHook(Hook):
     interrupted or failed test leaves the previous set or the new one, never a mix.
     """
 
-    def __init__(self, out_dir: str, depth_scale: float | None = None, overwrite: bool = False):
+    def __init__(self, out_dir: str, depth_scale: float | None = None, overwrite: bool = False,
+                 protect: list[str] | None = None):
         self.out_dir = Path(out_dir)
         self.depth_scale = depth_scale
         self.overwrite = overwrite
+        self.protect = list(protect or [])
         self.count = 0
         self.stage: Path | None = None
         self.root: Path | None = None
+        self.replace = False
 
     def before_test(self, runner) -> None:
         from mmengine.dist import barrier, is_main_process
 
-        check_output_dir(self.out_dir, overwrite=self.overwrite)
         dataset = getattr(runner.test_dataloader, "dataset", None)
         self.root = Path(dataset.root) if getattr(dataset, "root", None) is not None else None
+        protect = self.protect + ([str(self.root)] if self.root is not None else [])
+        check_output_dir(self.out_dir, overwrite=self.overwrite, option="--overwrite", protect=protect)
+        self.replace = self.out_dir.is_dir() and any(self.out_dir.iterdir())
         if self.depth_scale is None:
             self.depth_scale = float(getattr(dataset, "depth_scale", None) or 1000.0)
-        self.stage = stage_path(self.out_dir, tag="test")  # one name for every process of a DDP run
+        self.stage = test_stage(self.out_dir)
         if is_main_process():
             discard_stage(self.stage)  # left by a run that was killed
             self.stage.mkdir(parents=True)
@@ -109,7 +119,7 @@ class SavePredictionsHook(Hook):
         all_reduce(count, op="sum")
         total = int(count)
         if is_main_process() and self.stage is not None:
-            commit_dir(self.stage, self.out_dir)
+            commit_dir(self.stage, self.out_dir, replace=self.replace)
             what = "depth maps" if (self.out_dir / "depth").is_dir() else "label masks"
             runner.logger.info(f"saved {total} {what} under {self.out_dir}")
             if (self.out_dir / "depth").is_dir():

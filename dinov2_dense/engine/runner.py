@@ -34,7 +34,8 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from dinov2_dense.checkpoints import CheckpointError
+from dinov2_dense.checkpoints import CheckpointError, refuse_nonfinite
+from dinov2_dense.fileio import atomic_path
 
 from .registry import HOOKS
 
@@ -129,10 +130,9 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True) ({first}); it is neither a "
-                              "checkpoint of ours nor an official head file") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a checkpoint of ours nor an official head file (it is not a PyTorch "
+                              "file of tensors, or it holds Python objects that are not loaded, for safety)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -197,14 +197,12 @@ class DenseRunner(Runner):
         return super().wrap_model(model_wrapper_cfg, model)
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
-        tmp = f".{filename}.{os.getpid()}.tmp"
-        try:
-            super().save_checkpoint(out_dir, tmp, *args, **kwargs)
-            if os.path.exists(os.path.join(out_dir, tmp)):  # only the main process writes checkpoints
-                os.replace(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
-        finally:
-            if os.path.exists(os.path.join(out_dir, tmp)):
-                os.unlink(os.path.join(out_dir, tmp))
+        from mmengine.dist import is_main_process
+
+        if not is_main_process():  # mmengine writes from the main process only
+            return super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        with atomic_path(Path(out_dir) / filename) as tmp:
+            super().save_checkpoint(out_dir, tmp.name, *args, **kwargs)
 
     def load_or_resume(self) -> None:
         if self._has_loaded:
@@ -268,6 +266,7 @@ class DenseRunner(Runner):
             if hasattr(model, "backbone"):
                 own.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
             state = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
+        refuse_nonfinite(state, str(filename))
         self._check_backbone(filename, checkpoint, state, model)
         model.load_state_dict(state, strict=not problems)
         self._has_loaded = True

@@ -203,7 +203,7 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
     if pred.shape != gt.shape:
         if not resize:
             raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}; resize the "
-                             "prediction to the ground truth first (or pass resize=True for bilinear resizing)")
+                             "prediction to the ground truth first, or resize it bilinearly: --resize (eval-depth), resize=True (Python)")
         pred = _resize_bilinear(pred, gt.shape)
 
     with np.errstate(invalid="ignore"):

@@ -29,11 +29,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..options import nonnegative_float, positive_float  # noqa: F401 - re-exported
 from ..fileio import check_output_file, write_json
+from ..images import read_depth
 from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
 
 __all__ = [
@@ -59,39 +59,6 @@ DATASET_PRESETS: dict[str, dict] = {
 }
 DEPTH_EXTENSIONS = (".png", ".npy")
 USER_ERROR = 2  # exit status for bad input (paths, files, option values); 1 is left to bugs
-
-
-def read_depth(path: str | Path, scale: float | None = None) -> np.ndarray:
-    """Read one depth map in metres as float64 ``(H, W)``.
-
-    A ``.png`` must be 16-bit single-channel and is divided by ``scale``; a ``.npy`` is taken as
-    metres (``(H, W)`` or with leading singleton dims).
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - any failure is a bad file
-            raise ValueError(f"cannot read depth array {path}: {exc}") from exc
-        while arr.ndim > 2 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"{path}: expected a numeric (H, W) depth array in metres, got {arr.dtype} {arr.shape}")
-        return arr.astype(np.float64)
-    if suffix == ".png":
-        if scale is None:
-            raise ValueError(f"{path} is a PNG: give its depth scale (value / scale = metres, e.g. --gt-scale 1000)")
-        if not scale > 0:
-            raise ValueError(f"the depth scale must be positive, got {scale}")
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if arr is None:
-            raise ValueError(f"cannot read depth PNG {path} (missing, corrupt or not an image)")
-        if arr.ndim != 2 or arr.dtype != np.uint16:
-            raise ValueError(f"{path}: depth PNGs must be 16-bit single-channel, got {arr.dtype} with shape "
-                             f"{arr.shape} (a coloured depth figure is not a depth map)")
-        return arr.astype(np.float64) / scale
-    raise ValueError(f"{path}: unsupported depth file type {suffix!r}; use 16-bit .png or .npy")
 
 
 def _scan(root: Path) -> dict[str, Path]:
@@ -322,6 +289,8 @@ def run_eval_depth(args: argparse.Namespace) -> int:
         return USER_ERROR
     try:
         if args.out is not None:  # before the evaluation, not after it
+            if args.out.suffix.lower() != ".json":
+                raise ValueError(f"--out {args.out}: the metrics are written as JSON; give a .json file name")
             check_output_file(args.out, what="--out")
         report = evaluate_depth_dirs(
             args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,

@@ -328,7 +328,8 @@ def fit_pca(
     if n_fg == 0:
         raise ValueError(
             f"no patch is foreground at threshold {threshold!r} (first-component z-scores reach "
-            f"{flat.max() / max(std, 1e-300):.2f}): lower the threshold, or use 'otsu' or None"
+            f"{flat.max() / max(std, 1e-300):.2f}): lower the threshold, or use no foreground split "
+            "(--threshold none; threshold=None in Python)"
         )
 
     # stage 2: three components of the foreground patches, as colours
@@ -607,6 +608,13 @@ def pca_video(
                                  size=size, tile=tile, batch_size=batch_size, progress=False)
             feats.extend(f)
             bar.update(len(batch))
+    if not feats:
+        raise ValueError(f"{video}: no frame could be read")
+    if expected is not None and len(feats) < expected:
+        import warnings
+
+        warnings.warn(f"{video}: read {len(feats)} of the {expected} frames its header announces; the file may be "
+                      "truncated, or a format OpenCV reads only in part (e.g. GIF)", stacklevel=2)
     meta = {"layer": feats[0].layers[-1], "video": str(video), **(info or {})}
     basis = basis if basis is not None else fit_pca(feats, threshold=threshold, info=meta)
 
