@@ -34,6 +34,7 @@ import numpy as np
 from ..options import nonnegative_float, positive_float  # noqa: F401 - re-exported
 from ..fileio import check_output_file, write_json
 from ..images import read_depth
+from ..settings import DATASET_SETTINGS
 from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
 
 __all__ = [
@@ -52,9 +53,15 @@ __all__ = [
 ]
 
 #: Evaluation settings per data set; ``gt_scale`` None means "must be given for PNGs".
+def _preset(name: str) -> dict:
+    d = DATASET_SETTINGS[name]
+    return dict(min_depth=d.min_depth, max_depth=d.max_depth, crop=d.eval_crop, gt_scale=d.depth_scale,
+                kb_crop=d.kb_crop)
+
+
 DATASET_PRESETS: dict[str, dict] = {
-    "nyu": dict(min_depth=1e-3, max_depth=10.0, crop="eigen", gt_scale=1000.0, kb_crop=False),
-    "kitti": dict(min_depth=1e-3, max_depth=80.0, crop="garg", gt_scale=256.0, kb_crop=True),
+    "nyu": _preset("nyu"),
+    "kitti": _preset("kitti"),
     "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
 }
 DEPTH_EXTENSIONS = (".png", ".npy")
