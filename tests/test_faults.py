@@ -465,14 +465,20 @@ def test_default_outputs_are_git_ignored():
 
 
 # -- bounded resources ------------------------------------------------------------------------------
-def test_ctrl_c_stops_quickly_and_leaves_nothing(tmp_path):
-    out = tmp_path / "scenes"
-    proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "synth", str(out), "--train", "100000",
-                             "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _long_synth(tmp_path: Path) -> subprocess.Popen:
+    """A synth run that writes for minutes, returned once it has written its first scene."""
+    proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "synth", str(tmp_path / "scenes"), "--train",
+                             "100000", "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".scenes.*.partial/scenes/images/training/*")):
         time.sleep(0.05)
     assert list(tmp_path.glob(".scenes.*.partial")), "synth never started writing"
+    return proc
+
+
+def test_ctrl_c_stops_quickly_and_leaves_nothing(tmp_path):
+    out = tmp_path / "scenes"
+    proc = _long_synth(tmp_path)
     sent = time.time()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -665,11 +671,7 @@ def test_resume_in_an_empty_work_dir_says_it_starts_afresh(scenes, tmp_path, cap
 
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     out = tmp_path / "scenes"
-    proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "synth", str(out), "--train", "100000",
-                             "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".scenes.*.partial/scenes/images/training/*")):
-        time.sleep(0.05)
+    proc = _long_synth(tmp_path)
     proc.terminate()
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err

@@ -42,12 +42,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="resume from the newest complete checkpoint in the work dir")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a work dir that holds another run's checkpoints (they are deleted)")
+    return _common_run_arguments(parser, "train_cfg.max_iters=100")
+
+
+def _common_run_arguments(parser: argparse.ArgumentParser, example: str) -> argparse.ArgumentParser:
     parser.add_argument("--partial-load", action="store_true",
-                        help="load_from / resume: load the keys that fit and keep the rest as built (default: refuse)")
+                        help="load the checkpoint's keys that fit and keep the rest as built (default: refuse)")
     parser.add_argument("--other-backbone", action="store_true",
-                        help="load_from / resume a head trained on another backbone than the config's")
+                        help="load a head trained on another backbone than the config's (default: refuse)")
     parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
-                        help="override config entries, e.g. train_cfg.max_iters=100")
+                        help=f"override config entries, e.g. {example}")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="'pytorch' under torchrun for DDP")
     return parser
@@ -60,14 +64,7 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--out", help="folder for predicted masks / depth maps (named after the ground-truth "
                                       "files, as eval-depth reads them) and colour figures")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder")
-    parser.add_argument("--partial-load", action="store_true",
-                        help="load the checkpoint's keys that fit and keep the rest as built (default: refuse)")
-    parser.add_argument("--other-backbone", action="store_true",
-                        help="evaluate a head trained on another backbone than the config's")
-    parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
-                        help="override config entries, e.g. test_dataloader.dataset.root=data/ade")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    return parser
+    return _common_run_arguments(parser, "test_dataloader.dataset.root=data/ade")
 
 
 def default_work_dir(config: str | os.PathLike) -> str:
