@@ -371,14 +371,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _add_engine_commands(sub) -> None:
     """train / test (mmengine runs), eval-depth and synth: the same code as tools/*.py."""
     from .engine.entry import add_test_arguments, add_train_arguments, run_test, run_train
-    from .evaluation.depth_files import add_eval_depth_arguments, run_eval_depth
 
     train = sub.add_parser("train", help="train a head on a frozen backbone (an mmengine config)")
     add_train_arguments(train).set_defaults(func=run_train)
     test = sub.add_parser("test", help="evaluate a checkpoint with a config; --out saves predictions")
     add_test_arguments(test).set_defaults(func=run_test)
     ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
-    add_eval_depth_arguments(ev).set_defaults(func=run_eval_depth)
+    _add_eval_depth_arguments(ev).set_defaults(func=_cmd_eval_depth)
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")
     synth.add_argument("out", help="output folder (must be empty or new unless --overwrite)")
     synth.add_argument("--layout", choices=["ade20k", "nyu", "folder"], default="ade20k")
@@ -390,6 +389,90 @@ def _add_engine_commands(sub) -> None:
     synth.add_argument("--seed", type=nonnegative_int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty folder")
     synth.set_defaults(func=_cmd_synth)
+
+
+# -- eval-depth --------------------------------------------------------------------------------
+def _add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``eval-depth`` arguments (``tools/eval_depth.py`` goes through :func:`main`)."""
+    from .evaluation.depth_files import DATASET_PRESETS
+    from .options import nonnegative_float, positive_float
+
+    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG with --pred-scale, or .npy in metres)")
+    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG with --gt-scale, or .npy in metres)")
+    parser.add_argument("--dataset", choices=sorted(DATASET_PRESETS), default="nyu",
+                        help="protocol preset: nyu (0.001-10 m, Eigen crop, PNG/1000), kitti (0.001-80 m, kb + "
+                             "Garg crop, PNG/256), folder (0.001-10 m, no crop, --gt-scale needed for PNGs)")
+    parser.add_argument("--gt-scale", type=positive_float, default=None, help="ground-truth PNG value per metre (> 0)")
+    parser.add_argument("--pred-scale", type=positive_float, default=None,
+                        help="prediction PNG value per metre (> 0; default: --gt-scale)")
+    parser.add_argument("--min-depth", type=nonnegative_float, default=None,
+                        help="lower bound of valid ground truth, metres (>= 0, below --max-depth)")
+    parser.add_argument("--max-depth", type=positive_float, default=None,
+                        help="upper bound of valid ground truth, metres (> 0)")
+    parser.add_argument("--crop", choices=["eigen", "garg", "none"], default=None, help="evaluation crop (default: preset)")
+    parser.add_argument("--kb-crop", action=argparse.BooleanOptionalAction, default=None,
+                        help="KITTI benchmark crop of the ground truth to 352x1216 (default: on for kitti)")
+    parser.add_argument("--median-scaling", action="store_true", help="scale each prediction by median(gt)/median(pred)")
+    parser.add_argument("--silog", choices=["toolbox", "depth_anything"], default="toolbox", help="silog convention")
+    parser.add_argument("--resize", action="store_true", help="resize predictions bilinearly to the ground-truth size")
+    parser.add_argument("--strict", action="store_true", help="unmatched files are an error")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write JSON here: the nine metrics, the image count and the invalid-prediction counts")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _cmd_eval_depth(args: argparse.Namespace) -> int:
+    from .evaluation.depth_files import (DATASET_PRESETS, depth_results_json, evaluate_depth_dirs, format_depth_table,
+                                         write_metrics_json)
+    from .fileio import check_output_file
+
+    preset = DATASET_PRESETS[args.dataset]
+    lo = preset["min_depth"] if args.min_depth is None else args.min_depth
+    hi = preset["max_depth"] if args.max_depth is None else args.max_depth
+    if lo >= hi:
+        origin = lambda given: "" if given is not None else f" (the {args.dataset} preset's)"  # noqa: E731
+        raise ValueError(f"--max-depth {hi:g}{origin(args.max_depth)} must be greater than --min-depth {lo:g}"
+                         f"{origin(args.min_depth)}")
+    if args.out is not None:  # before the evaluation, not after it
+        if args.out.suffix.lower() != ".json":
+            raise ValueError(f"--out {args.out}: the metrics are written as JSON; give a .json file name")
+        check_output_file(args.out, what="--out")
+    report = evaluate_depth_dirs(
+        args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,
+        min_depth=args.min_depth, max_depth=args.max_depth,
+        crop="preset" if args.crop is None else (None if args.crop == "none" else args.crop),
+        kb=args.kb_crop, median_scaling=args.median_scaling, silog=args.silog, resize=args.resize,
+        strict=args.strict, progress=not args.no_progress)
+    for what, files in (("prediction(s) without ground truth", report.unmatched_pred),
+                        ("ground-truth file(s) without prediction", report.unmatched_gt)):
+        if files:
+            print(f"warning: {len(files)} {what}, not evaluated: {_names([str(p) for p in files])}", file=sys.stderr)
+    if report.skipped:
+        print(f"warning: {len(report.skipped)} image(s) without a valid ground-truth pixel, skipped: "
+              f"{_names(report.skipped)}", file=sys.stderr)
+    s, bad = report.settings, report.invalid_predictions
+    if bad["images"]:
+        print(f"warning: invalid predictions on evaluated pixels in {bad['images']} of {report.count} image(s), "
+              f"clipped to [{s['min_depth']:g}, {s['max_depth']:g}] m as the protocol does: "
+              f"{bad['nonfinite_pixels']} non-finite, {bad['negative_pixels']} negative, {bad['zero_pixels']} zero "
+              f"pixel(s): {_names(report.invalid_images)}", file=sys.stderr)
+    if bad["all_zero_images"]:
+        print(f"warning: {bad['all_zero_images']} prediction(s) zero on every evaluated pixel (blank output?): "
+              f"{_names(report.all_zero_images)}", file=sys.stderr)
+    print(f"dataset {s['dataset']}: depth range ({s['min_depth']:g}, {s['max_depth']:g}) m, crop {s['crop']}, "
+          f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
+          + (", median scaling" if s["median_scaling"] else ""))
+    print(format_depth_table(report.metrics))
+    print(f"images evaluated: {report.count}")
+    if args.out is not None:
+        write_metrics_json(args.out, depth_results_json(report))
+        print(f"metrics written to {args.out}")
+    return 0
 
 
 def _one_line(exc: BaseException) -> str:

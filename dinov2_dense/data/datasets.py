@@ -425,7 +425,6 @@ class KITTIDepthDataset(DepthDataset):
     (top, left) and ``meta["ori_shape"]`` the cropped size.
     """
 
-    KB_SIZE = (352, 1216)
 
     def __init__(self, root: str | os.PathLike, split_file: str | os.PathLike, depth_scale: float = 256.0,
                  kb_crop: bool = True, transform: Transform | None = None, img_dir: str = "input",
@@ -439,11 +438,14 @@ class KITTIDepthDataset(DepthDataset):
     def _postprocess(self, image, target, meta):
         if not self.kb_crop:
             return image, target, meta
+        from ..evaluation.depth import KB_CROP_SHAPE, kb_crop_origin
+
         h, w = image.shape[:2]
-        ch, cw = self.KB_SIZE
-        if h < ch or w < cw:
-            raise DataError(f"{meta['path']}: image of {w}x{h} is smaller than the KITTI kb-crop {cw}x{ch}")
-        top, left = h - ch, (w - cw) // 2
+        ch, cw = KB_CROP_SHAPE
+        try:
+            top, left = kb_crop_origin(h, w)
+        except ValueError as exc:
+            raise DataError(f"{meta['path']}: {exc}") from None
         crop = np.s_[top : top + ch, left : left + cw]
         meta = {**meta, "kb_crop": (top, left), "file_shape": (h, w), "ori_shape": (ch, cw)}
         return np.ascontiguousarray(image[crop]), np.ascontiguousarray(target[crop]), meta

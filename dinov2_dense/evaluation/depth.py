@@ -1,7 +1,7 @@
 """Monocular depth metrics: abs_rel, sq_rel, rmse, rmse_log, log10, d1, d2, d3, silog.
 
-Conventions (those of the depth toolboxes that produced the DINOv2 numbers, REFERENCE.md
-"Depth protocol"; Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
+Conventions (those of the depth toolboxes that produced the DINOv2 numbers:
+Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
 
 - Metrics are computed **per image**, then averaged over images (not pooled over all pixels).
 - Valid pixels: ``min_depth < gt < max_depth`` (so zero, negative, NaN and inf ground truth are
@@ -138,16 +138,18 @@ def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
     return mask
 
 
-def kb_crop(depth, height: int = KB_CROP_SHAPE[0], width: int = KB_CROP_SHAPE[1]):
-    """KITTI benchmark crop: the bottom ``height`` rows and the centred ``width`` columns.
-
-    As in the toolboxes: ``top = H - 352``, ``left = (W - 1216) // 2``. Works on ``(..., H, W)``
-    arrays or tensors; a map already 352x1216 is returned unchanged.
-    """
-    h, w = depth.shape[-2:]
+def kb_crop_origin(h: int, w: int, height: int = KB_CROP_SHAPE[0], width: int = KB_CROP_SHAPE[1]) -> tuple[int, int]:
+    """(top, left) of the KITTI benchmark crop of an (h, w) frame: the bottom ``height`` rows and the
+    centred ``width`` columns, as in the toolboxes (``top = H - 352``, ``left = (W - 1216) // 2``)."""
     if h < height or w < width:
-        raise ValueError(f"kb-crop needs a depth map of at least {height}x{width}, got {h}x{w}")
-    top, left = h - height, (w - width) // 2
+        raise ValueError(f"kb-crop needs a frame of at least {width}x{height} (WxH), got {w}x{h}")
+    return h - height, (w - width) // 2
+
+
+def kb_crop(depth, height: int = KB_CROP_SHAPE[0], width: int = KB_CROP_SHAPE[1]):
+    """KITTI benchmark crop (:func:`kb_crop_origin`) of ``(..., H, W)`` arrays or tensors; a map
+    already 352x1216 is returned unchanged."""
+    top, left = kb_crop_origin(*depth.shape[-2:], height, width)
     return depth[..., top:top + height, left:left + width]
 
 

@@ -1,4 +1,5 @@
-"""Evaluate saved depth maps against ground truth on disk (``tools/eval_depth.py``, ``dinov2-dense eval-depth``).
+"""Evaluate saved depth maps against ground truth on disk (the library behind ``dinov2-dense eval-depth``,
+whose options live in ``dinov2_dense.cli``).
 
 Files: 16-bit single-channel PNGs, where ``value / scale`` is metres (NYU-Depth v2: 1000,
 KITTI: 256; 0 = no measurement), or ``.npy`` arrays already in metres (no scale applied).
@@ -8,7 +9,7 @@ way, by file stem alone (flat prediction folders against nested ground truth; a 
 twice is then an error). Files on only one side are reported (``strict=True`` makes them an error);
 no match at all is an error.
 
-Dataset presets (REFERENCE.md "Depth protocol"): see :data:`DATASET_PRESETS`. KITTI ground truth
+Dataset presets (from dinov2_dense.settings): see :data:`DATASET_PRESETS`. KITTI ground truth
 is kb-cropped to 352x1216 before the Garg crop, as in the toolboxes; a prediction of the raw
 ground-truth size is kb-cropped with it.
 
@@ -17,22 +18,16 @@ negative and zero prediction pixels on the evaluated pixels, and predictions tha
 every evaluated pixel, are counted (:class:`DepthDirReport`), printed as warnings and written to
 the JSON (:func:`depth_results_json`).
 
-Exit status of ``eval-depth``: 0 on success, 2 for any user error (bad path, unreadable or wrong
-file, no match, bad option value), as for every command of the toolkit; 1 is left to bugs.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
-from ..options import nonnegative_float, positive_float  # noqa: F401 - re-exported
-from ..fileio import check_output_file, write_json
+from ..fileio import write_json
 from ..images import read_depth
 from ..settings import DATASET_SETTINGS
 from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
@@ -40,15 +35,11 @@ from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, De
 __all__ = [
     "DATASET_PRESETS",
     "DepthDirReport",
-    "add_eval_depth_arguments",
     "depth_results_json",
     "evaluate_depth_dirs",
     "format_depth_table",
     "match_depth_files",
-    "nonnegative_float",
-    "positive_float",
     "read_depth",
-    "run_eval_depth",
     "write_metrics_json",
 ]
 
@@ -65,7 +56,6 @@ DATASET_PRESETS: dict[str, dict] = {
     "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
 }
 DEPTH_EXTENSIONS = (".png", ".npy")
-USER_ERROR = 2  # exit status for bad input (paths, files, option values); 1 is left to bugs
 
 
 def _scan(root: Path) -> dict[str, Path]:
@@ -243,97 +233,3 @@ def depth_results_json(report: DepthDirReport) -> dict:
 def write_metrics_json(path: str | Path, metrics: dict) -> None:
     """Write ``metrics`` as JSON atomically (temp file in the same directory, then rename)."""
     write_json(path, metrics)
-
-
-def add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``eval-depth`` arguments, shared by ``tools/eval_depth.py`` and the CLI."""
-    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG with --pred-scale, or .npy in metres)")
-    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG with --gt-scale, or .npy in metres)")
-    parser.add_argument("--dataset", choices=sorted(DATASET_PRESETS), default="nyu",
-                        help="protocol preset: nyu (0.001-10 m, Eigen crop, PNG/1000), kitti (0.001-80 m, kb + "
-                             "Garg crop, PNG/256), folder (0.001-10 m, no crop, --gt-scale needed for PNGs)")
-    parser.add_argument("--gt-scale", type=positive_float, default=None, help="ground-truth PNG value per metre (> 0)")
-    parser.add_argument("--pred-scale", type=positive_float, default=None,
-                        help="prediction PNG value per metre (> 0; default: --gt-scale)")
-    parser.add_argument("--min-depth", type=nonnegative_float, default=None,
-                        help="lower bound of valid ground truth, metres (>= 0, below --max-depth)")
-    parser.add_argument("--max-depth", type=positive_float, default=None,
-                        help="upper bound of valid ground truth, metres (> 0)")
-    parser.add_argument("--crop", choices=["eigen", "garg", "none"], default=None, help="evaluation crop (default: preset)")
-    parser.add_argument("--kb-crop", action=argparse.BooleanOptionalAction, default=None,
-                        help="KITTI benchmark crop of the ground truth to 352x1216 (default: on for kitti)")
-    parser.add_argument("--median-scaling", action="store_true", help="scale each prediction by median(gt)/median(pred)")
-    parser.add_argument("--silog", choices=["toolbox", "depth_anything"], default="toolbox", help="silog convention")
-    parser.add_argument("--resize", action="store_true", help="resize predictions bilinearly to the ground-truth size")
-    parser.add_argument("--strict", action="store_true", help="unmatched files are an error")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write JSON here: the nine metrics, the image count and the invalid-prediction counts")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _depth_range_error(args: argparse.Namespace) -> str | None:
-    """The one-line error for --min-depth >= --max-depth (after the preset fills the one not given)."""
-    preset = DATASET_PRESETS[args.dataset]
-    lo = preset["min_depth"] if args.min_depth is None else args.min_depth
-    hi = preset["max_depth"] if args.max_depth is None else args.max_depth
-    if lo < hi:
-        return None
-    origin = lambda given: "" if given is not None else f" (the {args.dataset} preset's)"  # noqa: E731
-    return (f"--max-depth {hi:g}{origin(args.max_depth)} must be greater than --min-depth {lo:g}"
-            f"{origin(args.min_depth)}")
-
-
-def _names(names: list[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-
-
-def run_eval_depth(args: argparse.Namespace) -> int:
-    """Run the evaluation for parsed ``eval-depth`` arguments; 0 on success, 2 on a user error."""
-    problem = _depth_range_error(args)
-    if problem is not None:
-        print(f"dinov2-dense eval-depth: error: {problem}", file=sys.stderr)
-        return USER_ERROR
-    try:
-        if args.out is not None:  # before the evaluation, not after it
-            if args.out.suffix.lower() != ".json":
-                raise ValueError(f"--out {args.out}: the metrics are written as JSON; give a .json file name")
-            check_output_file(args.out, what="--out")
-        report = evaluate_depth_dirs(
-            args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,
-            min_depth=args.min_depth, max_depth=args.max_depth,
-            crop="preset" if args.crop is None else (None if args.crop == "none" else args.crop),
-            kb=args.kb_crop, median_scaling=args.median_scaling, silog=args.silog, resize=args.resize,
-            strict=args.strict, progress=not args.no_progress)
-    except (ValueError, OSError) as exc:
-        print(f"dinov2-dense eval-depth: error: {exc}", file=sys.stderr)
-        return USER_ERROR
-    for what, files in (("prediction(s) without ground truth", report.unmatched_pred),
-                        ("ground-truth file(s) without prediction", report.unmatched_gt)):
-        if files:
-            print(f"warning: {len(files)} {what}, not evaluated: {_names([str(p) for p in files])}", file=sys.stderr)
-    if report.skipped:
-        print(f"warning: {len(report.skipped)} image(s) without a valid ground-truth pixel, skipped: "
-              f"{_names(report.skipped)}", file=sys.stderr)
-    s, bad = report.settings, report.invalid_predictions
-    if bad["images"]:
-        print(f"warning: invalid predictions on evaluated pixels in {bad['images']} of {report.count} image(s), "
-              f"clipped to [{s['min_depth']:g}, {s['max_depth']:g}] m as the protocol does: "
-              f"{bad['nonfinite_pixels']} non-finite, {bad['negative_pixels']} negative, {bad['zero_pixels']} zero "
-              f"pixel(s): {_names(report.invalid_images)}", file=sys.stderr)
-    if bad["all_zero_images"]:
-        print(f"warning: {bad['all_zero_images']} prediction(s) zero on every evaluated pixel (blank output?): "
-              f"{_names(report.all_zero_images)}", file=sys.stderr)
-    print(f"dataset {s['dataset']}: depth range ({s['min_depth']:g}, {s['max_depth']:g}) m, crop {s['crop']}, "
-          f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
-          + (", median scaling" if s["median_scaling"] else ""))
-    print(format_depth_table(report.metrics))
-    print(f"images evaluated: {report.count}")
-    if args.out is not None:
-        try:
-            write_metrics_json(args.out, depth_results_json(report))
-        except OSError as exc:
-            print(f"dinov2-dense eval-depth: error: cannot write --out {args.out}: {exc}", file=sys.stderr)
-            return USER_ERROR
-        print(f"metrics written to {args.out}")
-    return 0

@@ -213,11 +213,3 @@ def _fused_residual(x: Tensor, hidden: Tensor, linear: nn.Linear, scale: nn.Modu
         out.add_(bias)
     return out.view(shape)
 
-
-class BlockChunk(nn.ModuleList):
-    """A run of blocks, padded in front with Identity so indices stay global (official ``block_chunks``)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self:
-            x = block(x)
-        return x
