@@ -160,6 +160,7 @@ def _threshold_arg(text: str):
 def _cmd_pca(args: argparse.Namespace) -> int:
     import torch
 
+    from .features import FeatureOptions
     from .fileio import check_output_file, staged_dir
     from .hub import load_backbone
     from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
@@ -223,8 +224,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
                 model.resolve_layers([args.layer]) != model.resolve_layers([basis.info["layer"]]):
             raise ValueError(f"--layer {args.layer}: {args.basis} was fitted on block {basis.info['layer']}; "
                              "leave --layer out to use that block")
-        common = dict(threshold=threshold, layer=layer, size=size, tile=args.tile, upsample=args.upsample,
-                      batch_size=args.batch_size, info=info)
+        options = FeatureOptions(layers=[layer], size=size, tile=args.tile, batch_size=args.batch_size)
+        common = dict(threshold=threshold, upsample=args.upsample, info=info, options=options)
         if args.video:
             stem = Path(args.video).stem
             suffix = ".avi" if args.avi else ".mp4"

@@ -21,6 +21,9 @@ and normalised with the ImageNet mean and std. A torch tensor (3, H, W) or (B, 3
 as already normalised. Files are read by :mod:`dinov2_dense.images`: upright (EXIF orientation
 applied) and within its pixel limit; arrays and PIL images are taken as they are.
 
+Settings: the keywords of :func:`extract_features` (layers, fit, size, norm, tiling, batch size,
+autocast) also travel as one :class:`FeatureOptions` value (``options=``), which the PCA maps pass on.
+
 Memory: a list of inputs is checked up front (files: their headers only), grouped by size, and
 decoded one batch at a time when that batch runs; with ``size=`` each image is resized as it is
 decoded, so a batch holds ``batch_size`` images at the working size, not at full resolution.
@@ -74,6 +77,11 @@ def load_array(source: ImageLike) -> np.ndarray:
     if hasattr(source, "mode") and hasattr(source, "size"):  # PIL.Image without importing PIL
         return _from_pil(source)
     raise TypeError(f"cannot read an image from a {type(source).__name__}")
+
+
+def input_names(items: Sequence[ImageLike]) -> list[str]:
+    """How messages name each input: a path as given, anything else ``image <index>``."""
+    return [str(x) if isinstance(x, (str, os.PathLike)) else f"image {i}" for i, x in enumerate(items)]
 
 
 def check_input(source: ImageLike) -> tuple[int, int]:
@@ -234,6 +242,66 @@ def _tile_starts(grid: int, tile: int, stride: int) -> list[int]:
 
 
 # -- features -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureOptions:
+    """How images become features: the settings of :func:`extract_features` as one value, which
+    PCA maps and videos pass on whole (``options=``) instead of as loose arguments.
+
+    layers: None (last block), an int n (the last n blocks) or block indices (negative from the
+    end). fit: "pad" or "resize" to the patch grid. size: resize first (an int shorter side, or
+    (H, W)). norm: the final LayerNorm on each layer. tile, tile_overlap: tiled mode, in pixels.
+    batch_size: images per forward pass. autocast: False, True (bfloat16) or a dtype.
+    The checks that need no model run on construction; :meth:`check` adds the patch size's.
+    """
+
+    layers: int | tuple[int, ...] | None = None
+    fit: str = "pad"
+    size: int | tuple[int, int] | None = None
+    norm: bool = True
+    tile: int | None = None
+    tile_overlap: int | None = None
+    batch_size: int = 8
+    autocast: bool | torch.dtype = False
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "size"):  # lists as tuples: the options stay hashable and unchanged
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.fit not in ("pad", "resize"):
+            raise ValueError(f"fit must be 'pad' or 'resize', got {self.fit!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: must be at least 1")
+
+    def check(self, patch_size: int) -> None:
+        """Raise ValueError for a tile smaller than a patch, or an overlap of a whole tile or more."""
+        p, tile, overlap = patch_size, self.tile, self.tile_overlap
+        if tile is not None and tile < p:
+            raise ValueError(f"tile={tile} is smaller than one patch ({p} pixels)")
+        if tile is not None and overlap is not None and not 0 <= overlap // p < tile // p:
+            raise ValueError(f"tile_overlap={overlap}: must be >= 0 and, in whole patches, less than tile={tile}")
+
+
+def feature_options(options: FeatureOptions | None, **settings: Any) -> FeatureOptions:
+    """The settings of one call: ``options``, else ``FeatureOptions(**settings)``.
+
+    ``settings`` are the caller's settings keywords. With ``options`` they must stay at their
+    defaults: each setting has one source, so none is silently dropped or overridden.
+    """
+    if options is None:
+        return FeatureOptions(**settings)
+    default = FeatureOptions()
+    given = [k for k, v in settings.items() if not _is_default(v, getattr(default, k))]
+    if given:
+        raise ValueError(f"{', '.join(given)} given with options=: set them in the options instead "
+                         "(dataclasses.replace(options, ...))")
+    return options
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether a keyword was left at its default (same object, or an equal value of the same type)."""
+    return value is default or (type(value) is type(default) and value == default)
+
+
 @dataclass
 class DenseFeatures:
     """Features of one batch of same-sized inputs.
@@ -271,10 +339,14 @@ class DenseFeatures:
         return up
 
 
-def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overlap: int,
-               progress: bool | None = None):
+def _run_tiled(model, x: Tensor, layers: list[int], options: FeatureOptions, progress: bool | None = None):
+    """Patch maps, class and register tokens of (B, 3, H, W) ``x`` (patch multiples) from
+    overlapping tiles of ``options.tile`` pixels, averaged where tiles overlap (default overlap:
+    a quarter of the tile)."""
     p = model.patch_size
     gh, gw = x.shape[-2] // p, x.shape[-1] // p
+    tile = options.tile
+    overlap = options.tile_overlap if options.tile_overlap is not None else (tile // p // 4) * p
     t = max(1, tile // p)
     s = max(1, t - overlap // p)
     ys, xs = _tile_starts(gh, t, s), _tile_starts(gw, t, s)
@@ -289,7 +361,7 @@ def _run_tiled(model, x: Tensor, layers: list[int], norm: bool, tile: int, overl
         for y0 in ys:
             for x0 in xs:
                 crop = x[..., y0 * p : (y0 + t) * p, x0 * p : (x0 + t) * p]
-                maps, cls, regs = model.intermediate_maps(crop, layers, norm=norm)
+                maps, cls, regs = model.intermediate_maps(crop, layers, norm=options.norm)
                 if sums is None:
                     b = x.shape[0]
                     sums = [torch.zeros(b, m.shape[1], gh, gw, device=x.device, dtype=torch.float32) for m in maps]
@@ -381,14 +453,14 @@ def _grid(h: int, w: int, size, fit: str, p: int) -> tuple[int, int]:
     return -(-th // p), -(-tw // p)
 
 
-def _warn_large_forward(sizes: dict[tuple[int, int], str], size, fit: str, p: int, device: torch.device,
-                        tile: int | None) -> None:
+def _warn_large_forward(sizes: dict[tuple[int, int], str], options: FeatureOptions, p: int,
+                        device: torch.device) -> None:
     """Refuse an untiled forward pass of more than :data:`MAX_FORWARD_TOKENS` patch tokens (hours
     of attention; e.g. a 1x10000 strip resized to a shorter side of 56), and say up front, once,
     when one on the CPU will be very long."""
-    if tile is not None or not sizes:
+    if options.tile is not None or not sizes:
         return
-    (gh, gw), name = max(((_grid(h, w, size, fit, p), n) for (h, w), n in sizes.items()),
+    (gh, gw), name = max(((_grid(h, w, options.size, options.fit, p), n) for (h, w), n in sizes.items()),
                          key=lambda g: g[0][0] * g[0][1])
     if gh * gw > MAX_FORWARD_TOKENS:
         raise ValueError(f"{name}: one forward pass would take {gh * gw:,} patch tokens ({gh}x{gw}), over the "
@@ -417,11 +489,13 @@ def extract_features(
     batch_size: int = 8,
     autocast: bool | torch.dtype = False,
     progress: bool | None = None,
+    options: FeatureOptions | None = None,
 ) -> DenseFeatures | list[DenseFeatures]:
     """Dense features of one image, a batch tensor, or a list of images of any sizes.
 
     Args:
-        model: a DinoVisionTransformer (any module with ``forward_layers`` and ``patch_size``).
+        model: a DinoVisionTransformer (any module with ``resolve_layers``, ``intermediate_maps``,
+            ``patch_size`` and parameters).
         images: a path / array / PIL image / (3, H, W) tensor -> one DenseFeatures with B=1;
             a (B, 3, H, W) normalised tensor -> one DenseFeatures with that batch;
             a list -> a list of DenseFeatures, one per image (batched internally by size). Every
@@ -437,43 +511,40 @@ def extract_features(
             without native bfloat16 this is slower than float32 (a PerformanceWarning says so).
         progress: show a progress bar (default: over batches when there is more than one; over
             tiles when there is more than one tile). False: never.
+        options: all of the settings above but ``progress`` as one :class:`FeatureOptions`
+            (then leave those keywords at their defaults).
     """
-    if fit not in ("pad", "resize"):
-        raise ValueError(f"fit must be 'pad' or 'resize', got {fit!r}")
+    options = feature_options(options, layers=layers, fit=fit, size=size, norm=norm, tile=tile,
+                              tile_overlap=tile_overlap, batch_size=batch_size, autocast=autocast)
     p = model.patch_size
-    if tile is not None and tile < p:
-        raise ValueError(f"tile={tile} is smaller than one patch ({p} pixels)")
-    if tile is not None and tile_overlap is not None and not 0 <= tile_overlap // p < tile // p:
-        raise ValueError(f"tile_overlap={tile_overlap}: must be >= 0 and, in whole patches, less than tile={tile}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
-    layer_ids = model.resolve_layers(layers)
+    options.check(p)
+    layer_ids = model.resolve_layers(options.layers)
     device = next(model.parameters()).device
-    run = dict(model=model, layer_ids=layer_ids, device=device, fit=fit, size=size, norm=norm, tile=tile,
-               tile_overlap=tile_overlap, autocast=autocast, progress=progress)
+    run = dict(model=model, layer_ids=layer_ids, options=options, progress=progress)
 
     if isinstance(images, Tensor) and images.ndim == 4:
-        _warn_slow_bf16(device, autocast)
-        _warn_large_forward({tuple(images.shape[-2:]): "image batch"}, size, fit, p, device, tile)
+        _warn_slow_bf16(device, options.autocast)
+        _warn_large_forward({tuple(images.shape[-2:]): "image batch"}, options, p, device)
         return _extract_batch(images, [], **run)
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
-    names = [str(item) if isinstance(item, (str, os.PathLike)) else f"image {i}" for i, item in enumerate(items)]
+    names = input_names(items)
     sizes = [check_input(item) for item in items]  # every input checked before any model work; nothing decoded
 
     groups: dict[tuple[int, int], list[int]] = {}
     for i, hw in enumerate(sizes):
         groups.setdefault(hw, []).append(i)
-    chunks = [idx[j : j + batch_size] for idx in groups.values() for j in range(0, len(idx), batch_size)]
-    _warn_slow_bf16(device, autocast)
-    _warn_large_forward({hw: names[idx[0]] for hw, idx in groups.items()}, size, fit, p, device, tile)
+    n = options.batch_size
+    chunks = [idx[j : j + n] for idx in groups.values() for j in range(0, len(idx), n)]
+    _warn_slow_bf16(device, options.autocast)
+    _warn_large_forward({hw: names[idx[0]] for hw, idx in groups.items()}, options, p, device)
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 
     results: list[DenseFeatures | None] = [None] * len(items)
     for chunk in tqdm(chunks, desc="features", unit="batch", disable=not show):
         batch, image_hw = _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]],
-                                      size, device)
+                                      options.size, device)
         feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
         del batch  # free this batch's pixels before the next one is decoded
         for k, i in enumerate(chunk):
@@ -524,22 +595,24 @@ def _decoded_input(source: ImageLike) -> Tensor:
     return x.permute(2, 0, 1)
 
 
-def _extract_batch(batch, names, *, model, layer_ids, device, fit, size, norm, tile, tile_overlap, autocast,
-                   progress=None, orig_size=None):
+def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[int], options: FeatureOptions,
+                   progress: bool | None = None, orig_size: tuple[int, int] | None = None) -> DenseFeatures:
     """Features of one (B, 3, H, W) batch; ``orig_size``: the images' (H, W) before an earlier resize."""
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"image batch of shape {tuple(batch.shape)}: expected (B, 3, H, W)")
     _check_normalised(batch)
     p = model.patch_size
+    device = next(model.parameters()).device
     x = batch.to(device=device, dtype=torch.float32)
     orig_size = tuple(orig_size or x.shape[-2:])
-    x = _resize(x, _target_size(*orig_size, size))
-    if fit == "resize":
+    x = _resize(x, _target_size(*orig_size, options.size))
+    if options.fit == "resize":
         gh, gw = _grid(*x.shape[-2:], None, "resize", p)
         x = _resize(x, (gh * p, gw * p))
         pad = (0, 0, 0, 0)
     else:
         x, pad = center_pad(x, p)
+    autocast = options.autocast
     if autocast:
         dtype = torch.bfloat16 if autocast is True else autocast
         ctx = torch.autocast(device_type=device.type, dtype=dtype)
@@ -547,11 +620,10 @@ def _extract_batch(batch, names, *, model, layer_ids, device, fit, size, norm, t
         ctx = nullcontext()
     x_in = x if autocast else x.to(next(model.parameters()).dtype)  # e.g. a bfloat16 model
     with ctx:
-        if tile is not None:
-            overlap = tile_overlap if tile_overlap is not None else (tile // p // 4) * p
-            maps, cls, regs = _run_tiled(model, x_in, layer_ids, norm, tile, overlap, progress)
+        if options.tile is not None:
+            maps, cls, regs = _run_tiled(model, x_in, layer_ids, options, progress)
         else:
-            maps, cls, regs = model.intermediate_maps(x_in, layer_ids, norm=norm)
+            maps, cls, regs = model.intermediate_maps(x_in, layer_ids, norm=options.norm)
     return DenseFeatures(
         maps={l: m.float().contiguous() for l, m in zip(layer_ids, maps)},
         cls_tokens={l: c.float() for l, c in zip(layer_ids, cls)},

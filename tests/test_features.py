@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dinov2_dense.features import DenseFeatures, extract_features, load_image, to_rgb_float
+from dinov2_dense.features import DenseFeatures, FeatureOptions, extract_features, load_image, to_rgb_float
 
 from .conftest import tiny_vit
 
@@ -193,6 +193,26 @@ def test_bad_arguments(model):
             extract_features(model, [img], **kwargs)
     with pytest.raises(ValueError, match="normalised"):
         extract_features(model, torch.zeros(3, 28, 28, dtype=torch.uint8))
+
+
+def test_options_are_the_keywords_in_one_value(model):
+    images = [rand_image(30, 40), rand_image(44, 30, seed=1), rand_image(30, 40, seed=2)]
+    settings = dict(layers=[0, 2], fit="resize", size=42, norm=False, tile=28, tile_overlap=14, batch_size=2)
+    by_keywords = extract_features(model, images, **settings)
+    options = FeatureOptions(**settings)
+    by_options = extract_features(model, images, options=options)
+    for a, b in zip(by_keywords, by_options):
+        assert a.layers == b.layers == [0, 2]
+        for layer in a.layers:
+            torch.testing.assert_close(a.maps[layer], b.maps[layer], rtol=0, atol=0)
+    assert options.layers == (0, 2) and hash(options) == hash(FeatureOptions(**settings))  # lists kept as tuples
+    with pytest.raises(ValueError, match="fit, batch_size given with options="):
+        extract_features(model, images, fit="resize", batch_size=4, options=FeatureOptions(fit="resize"))
+    for bad in (dict(fit="crop"), dict(batch_size=0)):  # checked when built, before any model is involved
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FeatureOptions(**bad)
+    with pytest.raises(ValueError, match="tile=10 is smaller than one patch"):
+        extract_features(model, images, options=FeatureOptions(tile=10))
 
 
 def test_features_can_train_a_head_and_bf16_models_run(model):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dinov2_dense.cli import main
-from dinov2_dense.features import DenseFeatures
-from dinov2_dense.viz.pca import PCABasis, fit_pca, otsu_threshold
+from dinov2_dense.features import DenseFeatures, FeatureOptions
+from dinov2_dense.viz.pca import PCABasis, colour_basis, fit_pca, foreground_split, otsu_threshold, pca_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,24 @@ def test_threshold_modes():
         fit_pca(maps, threshold=50.0)
     with pytest.raises(ValueError, match="threshold"):
         fit_pca(maps, threshold="mean")
+
+
+def test_fit_is_the_foreground_split_then_the_colour_basis():
+    masks = blob_masks()
+    maps, _ = known_features(masks, seed=1)
+    split = foreground_split(maps)
+    for got, built in zip(split.masks, masks):  # stage 1 alone: the built objects
+        np.testing.assert_array_equal(got, built)
+    assert split.info["sign_rule"] == "border" and split.info["foreground_patches"] == sum(m.sum() for m in masks)
+    for threshold in ("otsu", 0.5, None):
+        composed = colour_basis(maps, foreground_split(maps, threshold=threshold), percentiles=(2.0, 98.0),
+                                info={"model": "test"})
+        whole = fit_pca(maps, threshold=threshold, percentiles=(2.0, 98.0), info={"model": "test"})
+        for field in ("mean", "direction", "fg_mean", "fg_components", "lo", "hi"):
+            np.testing.assert_array_equal(getattr(composed, field), getattr(whole, field), err_msg=field)
+        assert (composed.threshold, composed.masked, composed.info) == (whole.threshold, whole.masked, whole.info)
+    with pytest.raises(ValueError, match="colour_basis: the split was made on"):
+        colour_basis(maps[:2], split)
 
 
 def test_otsu_is_exact_and_symmetric():
@@ -206,6 +224,25 @@ def test_basis_file_roundtrip_and_errors(tmp_path):
         PCABasis.load(tmp_path / "nope.npz")
     with pytest.raises(ValueError, match=".npz"):
         basis.save(tmp_path / "b.safetensors")
+
+
+def test_pca_maps_take_feature_options(tmp_path):
+    from .conftest import tiny_vit
+
+    model = tiny_vit()
+    items = [write_scene_image(tmp_path / "a.png", 60, 80, 0), write_scene_image(tmp_path / "b.png", 44, 50, 1)]
+    by_keywords = pca_maps(model, items, layer=1, size=42, tile=28, batch_size=1)
+    by_options = pca_maps(model, items, options=FeatureOptions(layers=[1], size=42, tile=28, batch_size=1))
+    for a, b in zip(by_keywords, by_options):
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.mask, b.mask)
+    assert by_options[0].basis.info["layer"] == 1
+    raw = pca_maps(model, items, options=FeatureOptions(layers=[1], size=42, norm=False))  # beyond the keywords
+    assert not np.array_equal(raw[0].rgb, by_keywords[0].rgb)
+    with pytest.raises(ValueError, match="colours one block"):
+        pca_maps(model, items, options=FeatureOptions(layers=2))
+    with pytest.raises(ValueError, match="size given with options="):
+        pca_maps(model, items, size=42, options=FeatureOptions(size=42))
 
 
 # -- the command --------------------------------------------------------------------------

@@ -8,31 +8,9 @@ import numpy as np
 from mmengine.hooks import Hook
 
 from dinov2_dense.fileio import check_output_dir, commit_dir, discard_stage, stage_path, write_image
+from dinov2_dense.viz.colour import colour_depth, colour_labels
 
 from .registry import HOOKS
-
-
-def colour_labels(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 RGB with a fixed, well-spread palette; ignore is black."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20"]
-    rgb = (np.array([cmap(i % 20)[:3] for i in range(256)]) * 255).astype(np.uint8)
-    rgb[ignore_index] = 0
-    return rgb[labels.astype(np.int64).clip(0, 255)]
-
-
-def colour_depth(depth: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """(H, W) metres -> (H, W, 3) uint8 RGB (magma, near = bright); zero (invalid) is black."""
-    from matplotlib import colormaps
-
-    valid = depth > 0
-    lo = float(depth[valid].min()) if vmin is None and valid.any() else (vmin or 0.0)
-    hi = float(depth[valid].max()) if vmax is None and valid.any() else (vmax or 1.0)
-    t = 1.0 - np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = (colormaps["magma"](t)[..., :3] * 255).astype(np.uint8)
-    rgb[~valid] = 0
-    return rgb
 
 
 def test_stage(out_dir: str | Path) -> Path:
@@ -44,7 +22,8 @@ def test_stage(out_dir: str | Path) -> Path:
 class SavePredictionsHook(Hook):
     """Writes each test prediction where the evaluation tools find it: a PNG label mask (class ids)
     under ``masks/`` or a 16-bit depth PNG under ``depth/`` (the data set's units per metre, 1000 for
-    NYU, 256 for KITTI; 0 = invalid), and a coloured PNG under ``colour/``.
+    NYU, 256 for KITTI; 0 = invalid), and a coloured PNG under ``colour/`` (masks in the data set's
+    palette, depth near = bright: :mod:`dinov2_dense.viz.colour`).
 
     Files are named after the ground-truth file, by its path relative to the data set's root
     (``depth/official_splits/test/scene_0000/sync_depth_00000.png``), so that
@@ -62,6 +41,8 @@ class SavePredictionsHook(Hook):
         self.count = 0
         self.stage: Path | None = None
         self.root: Path | None = None
+        self.palette = None  # the test set's (K, 3) class colours, where it has them
+        self.ignore_index = 255
         self.replace = False
 
     def before_test(self, runner) -> None:
@@ -69,6 +50,8 @@ class SavePredictionsHook(Hook):
 
         dataset = getattr(runner.test_dataloader, "dataset", None)
         self.root = Path(dataset.root) if getattr(dataset, "root", None) is not None else None
+        self.palette = getattr(dataset, "palette", None)
+        self.ignore_index = getattr(dataset, "ignore_index", 255)
         protect = self.protect + ([str(self.root)] if self.root is not None else [])
         check_output_dir(self.out_dir, overwrite=self.overwrite, option="--overwrite", protect=protect)
         self.replace = self.out_dir.is_dir() and any(self.out_dir.iterdir())
@@ -100,7 +83,7 @@ class SavePredictionsHook(Hook):
             if "pred_sem_seg" in sample:
                 labels = sample["pred_sem_seg"].cpu().numpy().astype(np.uint8)
                 write_image(self.stage / "masks" / name, labels)
-                write_image(self.stage / "colour" / name, colour_labels(labels))
+                write_image(self.stage / "colour" / name, colour_labels(labels, self.palette, self.ignore_index))
             if "pred_depth" in sample:
                 depth = sample["pred_depth"].float().cpu().numpy()
                 units = np.round(depth * self.depth_scale)

@@ -1,16 +1,16 @@
 """PCA maps of DINOv2 patch features (the figures of Oquab et al. 2023, "DINOv2", Fig. 1 and 9).
 
-Two PCAs, as in the paper:
+Two PCAs, as in the paper (:func:`fit_pca` runs both):
 
-1. A PCA of all patch tokens (centred, exact: eigen-decomposition of the float64 covariance).
-   The first component separates the object from the background. It is thresholded
-   (``threshold=``): ``"otsu"`` (default; Otsu's split of the first-component scores, exact on
-   the sorted values, so it does not assume the object covers half the image), ``"zero"`` (the
-   mean), a float (a z-score on the oriented first component: foreground = z > value), or
-   ``None`` (no split: every patch is foreground).
-2. A PCA of the foreground patches only; its first three components become R, G and B, each
-   scaled robustly (its 1st and 99th percentile over the fitted foreground go to 0 and 1,
-   clipped). The background is black.
+1. :func:`foreground_split`: a PCA of all patch tokens (centred, exact: eigen-decomposition of
+   the float64 covariance). The first component separates the object from the background. It
+   is thresholded (``threshold=``): ``"otsu"`` (default; Otsu's split of the first-component
+   scores, exact on the sorted values, so it does not assume the object covers half the image),
+   ``"zero"`` (the mean), a float (a z-score on the oriented first component: foreground =
+   z > value), or ``None`` (no split: every patch is foreground).
+2. :func:`colour_basis`: a PCA of the foreground patches only; its first three components
+   become R, G and B, each scaled robustly (its 1st and 99th percentile over the fitted
+   foreground go to 0 and 1, clipped). The background is black.
 
 The sign rule. A principal direction has no sign, and which side of the threshold is the object
 must not depend on it. The foreground is the side of the split that holds *fewer border
@@ -38,15 +38,17 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..features import DenseFeatures, check_input, extract_features, load_array, to_rgb_float
-from .figures import atomic_path, overlay, save_grid, to_uint8, write_image
+from ..features import (DenseFeatures, FeatureOptions, check_input, extract_features, feature_options, input_names,
+                        load_array, to_rgb_float)
+from ..fileio import atomic_path
+from .figures import overlay, save_grid, to_uint8, write_image
 
 BASIS_VERSION = 1
 Threshold = str | float | None
@@ -269,35 +271,47 @@ class PCABasis:
         )
 
 
-def fit_pca(
-    features: Any,
-    *,
-    threshold: Threshold = "otsu",
-    percentiles: tuple[float, float] = (1.0, 99.0),
-    info: dict | None = None,
-) -> PCABasis:
-    """Fit the two-stage PCA colouring jointly over one or many feature maps.
-
-    Args:
-        features: a (C, h, w) / (1, C, h, w) map or DenseFeatures, or a list of them (the joint fit:
-            one basis for all, so the same parts get the same colours).
-        threshold: "otsu", "zero", a float (z-score on the oriented first component) or None
-            (no foreground split); see the module docstring.
-        percentiles: the score percentiles of the foreground mapped to 0 and 1 per colour.
-        info: extra fields (model, layer) kept in the basis and its file.
-    Returns:
-        the fitted :class:`PCABasis`.
-    """
-    maps = _as_maps(features)
+def _check_threshold(threshold: Threshold) -> None:
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)) and threshold not in (
         "otsu", "zero", None
     ):
         raise ValueError(f"threshold={threshold!r}: use 'otsu', 'zero', a number or None")
+
+
+def _check_percentiles(percentiles: tuple[float, float]) -> None:
     lo_p, hi_p = percentiles
     if not 0 <= lo_p < hi_p <= 100:
         raise ValueError(f"percentiles={percentiles}: need 0 <= low < high <= 100")
 
-    # stage 1: first principal component of all patches
+
+@dataclass
+class ForegroundSplit:
+    """Stage 1 of the PCA colouring: the first principal component of all patches and the
+    foreground it splits off (see the module docstring for the threshold and the sign rule).
+
+    mean, direction: (C,) centre and first principal direction, oriented so that the foreground
+        is ``(x - mean) @ direction > threshold``.
+    masks: per fitted map, (h, w) bool foreground patches (all True when ``masked`` is False).
+    info: threshold mode, the sign rule that decided, patch counts, the first component's share
+        of the variance.
+    """
+
+    mean: np.ndarray
+    direction: np.ndarray
+    threshold: float
+    masks: list[np.ndarray]
+    masked: bool
+    info: dict = field(default_factory=dict)
+
+
+def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> ForegroundSplit:
+    """Split the patches of one or many feature maps (as :func:`fit_pca` takes them) into
+    foreground and background along their joint first principal component.
+
+    Raises ValueError when no patch is foreground at ``threshold``.
+    """
+    maps = _as_maps(features)
+    _check_threshold(threshold)
     mean, cov, n = _moments(maps)
     (v1,), (lam1,) = _top_directions(cov, 1)
     scores = [(_rows(m) - mean) @ v1 for m in maps]  # per map, (h*w,)
@@ -323,7 +337,8 @@ def fit_pca(
     if isinstance(threshold, (int, float)):
         t = float(threshold) * std
     masked = threshold is not None
-    masks = [(s > t) if masked else torch.ones_like(s, dtype=torch.bool) for s in scores]
+    masks = [((s > t) if masked else torch.ones_like(s, dtype=torch.bool)).reshape(m.shape[1:])
+             for s, m in zip(scores, maps)]
     n_fg = int(sum(int(m.sum()) for m in masks))
     if n_fg == 0:
         raise ValueError(
@@ -331,20 +346,8 @@ def fit_pca(
             f"{flat.max() / max(std, 1e-300):.2f}): lower the threshold, or use no foreground split "
             "(--threshold none; threshold=None in Python)"
         )
-
-    # stage 2: three components of the foreground patches, as colours
-    fg_mean, fg_cov, _ = _moments(maps, masks)
-    comps, lams = _top_directions(fg_cov, 3)
-    fg_scores = torch.cat([(_rows(m)[k] - fg_mean) @ comps.T for m, k in zip(maps, masks)])  # (n_fg, 3)
-    for j in range(3):
-        third = float((fg_scores[:, j] ** 3).sum())
-        sign = (1.0 if third > 0 else -1.0) if third != 0.0 else _loading_sign(comps[j])
-        comps[j] *= sign
-        fg_scores[:, j] *= sign
-    lo, hi = np.percentile(fg_scores.numpy(), [lo_p, hi_p], axis=0)
-
-    trace, fg_trace = float(torch.trace(cov)), float(torch.trace(fg_cov))
-    meta = {
+    trace = float(torch.trace(cov))
+    info = {
         "threshold_mode": "none" if threshold is None else threshold,
         "sign_rule": rule,
         "images": len(maps),
@@ -353,15 +356,74 @@ def fit_pca(
         "border_patches": {"foreground": border_pos if fg_positive else border_neg,
                            "background": border_neg if fg_positive else border_pos},
         "first_component_variance": float(lam1) / trace if trace > 0 else 0.0,
+    }
+    return ForegroundSplit(mean=mean.numpy(), direction=v1.numpy(), threshold=float(t),
+                           masks=[m.numpy() for m in masks], masked=masked, info=info)
+
+
+def colour_basis(
+    features: Any,
+    split: ForegroundSplit,
+    *,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    info: dict | None = None,
+) -> PCABasis:
+    """Stage 2 of the PCA colouring: three principal components of the foreground patches of
+    ``split`` (fitted on the same ``features``), oriented by their skewness and scaled so that the
+    ``percentiles`` of their scores go to 0 and 1; with the split, the :class:`PCABasis`."""
+    maps = _as_maps(features)
+    _check_percentiles(percentiles)
+    if [tuple(m.shape[1:]) for m in maps] != [m.shape for m in split.masks]:
+        raise ValueError(f"colour_basis: the split was made on {len(split.masks)} map(s) of other sizes than these "
+                         f"{len(maps)}: pass the features foreground_split was given")
+    masks = [torch.from_numpy(m.reshape(-1)) for m in split.masks]
+    fg_mean, fg_cov, _ = _moments(maps, masks)
+    comps, lams = _top_directions(fg_cov, 3)
+    fg_scores = torch.cat([(_rows(m)[k] - fg_mean) @ comps.T for m, k in zip(maps, masks)])  # (n_fg, 3)
+    for j in range(3):
+        third = float((fg_scores[:, j] ** 3).sum())
+        sign = (1.0 if third > 0 else -1.0) if third != 0.0 else _loading_sign(comps[j])
+        comps[j] *= sign
+        fg_scores[:, j] *= sign
+    lo, hi = np.percentile(fg_scores.numpy(), list(percentiles), axis=0)
+    fg_trace = float(torch.trace(fg_cov))
+    meta = {
+        **split.info,
         "colour_variance": [float(x) / fg_trace if fg_trace > 0 else 0.0 for x in lams],
-        "percentiles": [lo_p, hi_p],
+        "percentiles": list(percentiles),
         **(info or {}),
     }
     return PCABasis(
-        mean=mean.numpy(), direction=v1.numpy(), threshold=float(t), fg_mean=fg_mean.numpy(),
+        mean=split.mean, direction=split.direction, threshold=split.threshold, fg_mean=fg_mean.numpy(),
         fg_components=comps.numpy(), lo=np.asarray(lo, np.float64), hi=np.asarray(hi, np.float64),
-        masked=masked, info=meta,
+        masked=split.masked, info=meta,
     )
+
+
+def fit_pca(
+    features: Any,
+    *,
+    threshold: Threshold = "otsu",
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    info: dict | None = None,
+) -> PCABasis:
+    """Fit the two-stage PCA colouring jointly over one or many feature maps:
+    :func:`foreground_split`, then :func:`colour_basis` on its foreground.
+
+    Args:
+        features: a (C, h, w) / (1, C, h, w) map or DenseFeatures, or a list of them (the joint fit:
+            one basis for all, so the same parts get the same colours).
+        threshold: "otsu", "zero", a float (z-score on the oriented first component) or None
+            (no foreground split); see the module docstring.
+        percentiles: the score percentiles of the foreground mapped to 0 and 1 per colour.
+        info: extra fields (model, layer) kept in the basis and its file.
+    Returns:
+        the fitted :class:`PCABasis`.
+    """
+    maps = _as_maps(features)
+    _check_threshold(threshold)
+    _check_percentiles(percentiles)  # both checked before any work
+    return colour_basis(maps, foreground_split(maps, threshold=threshold), percentiles=percentiles, info=info)
 
 
 def upsample_scores(scores: Tensor, features: Any, size: tuple[int, int] | None = None,
@@ -422,20 +484,47 @@ def _display(array: np.ndarray) -> np.ndarray:
     return to_uint8(to_rgb_float(array))
 
 
-def _extract(model, items: list, layer, size, tile, fit, batch_size, progress, desc="features"):
-    """DenseFeatures and a uint8 display copy of each image, decoding one chunk at a time: only
-    a chunk of decoded images (and extract_features' batch) is in memory, never all of them."""
-    from tqdm.auto import tqdm
+def _check_upsample(upsample: str) -> None:
+    if upsample not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
 
+
+def _pca_options(model, options: FeatureOptions | None, layer: int, **settings: Any) -> FeatureOptions:
+    """The feature settings of a PCA call: ``options``, else the keywords (``layer`` -1 is the last
+    block, as ``layers=None``); see :func:`dinov2_dense.features.feature_options`. A PCA map
+    colours one block, so ``options.layers`` must select one."""
+    options = feature_options(options, layers=None if layer == -1 else [layer], **settings)
+    if len(blocks := model.resolve_layers(options.layers)) != 1:
+        raise ValueError(f"layers={options.layers!r} selects blocks {blocks}: a PCA map colours one block; "
+                         "give one index")
+    return options
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``n`` items (the last may be shorter), drawn lazily from ``items``."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _extract(model, arrays: Iterable[np.ndarray], options: FeatureOptions, bar,
+             display: bool = True) -> tuple[list[DenseFeatures], list[np.ndarray]]:
+    """DenseFeatures (and, with ``display``, a uint8 copy for figures) of raw image arrays, drawn
+    and run one batch at a time: only a batch of decoded images is in memory, never all of them.
+    ``bar`` (tqdm) advances by image."""
     feats: list[DenseFeatures] = []
     shown: list[np.ndarray] = []
-    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    for chunk in tqdm(chunks, desc=desc, unit="batch", disable=not progress):
-        arrays = [load_array(x) for x in chunk]
-        feats.extend(extract_features(model, arrays, layers=[layer], fit=fit, size=size, tile=tile,
-                                      batch_size=batch_size, progress=False))
-        shown.extend(_display(a) for a in arrays)
-        del arrays
+    for chunk in _chunks(arrays, options.batch_size):
+        feats.extend(extract_features(model, chunk, options=options, progress=False))
+        if display:
+            shown.extend(_display(a) for a in chunk)
+        bar.update(len(chunk))
+        del chunk  # before the next batch is decoded
     return feats, shown
 
 
@@ -454,6 +543,7 @@ def pca_maps(
     batch_size: int = 8,
     progress: bool | None = None,
     info: dict | None = None,
+    options: FeatureOptions | None = None,
 ) -> list[PCAMap]:
     """PCA maps of images with a backbone.
 
@@ -468,17 +558,23 @@ def pca_maps(
         size, tile, fit: as in extract_features: a larger ``size`` gives finer maps, ``tile``
             bounds memory for large inputs.
         upsample: "bilinear" or "nearest", from the patch grid to the image.
+        options: the feature settings as one :class:`~dinov2_dense.features.FeatureOptions`
+            (one block in ``layers``), instead of ``layer``, ``size``, ``tile``, ``fit`` and
+            ``batch_size``; it also reaches ``norm``, ``tile_overlap`` and ``autocast``.
     """
-    if upsample not in ("nearest", "bilinear"):
-        raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
+    from tqdm.auto import tqdm
+
+    _check_upsample(upsample)
+    options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
     items = list(images)
     if not items:
         raise ValueError("pca_maps: no images given")
-    names = [str(x) if isinstance(x, (str, os.PathLike)) else f"image {i}" for i, x in enumerate(items)]
+    names = input_names(items)
     for x in items:  # every input is checked first: a missing or unreadable file stops us before any work
         check_input(x)
-    show = progress if progress is not None else len(items) > batch_size
-    feats, shown = _extract(model, items, layer, size, tile, fit, batch_size, show)
+    show = progress if progress is not None else len(items) > options.batch_size
+    with tqdm(total=len(items), desc="features", unit="image", disable=not show) as bar:
+        feats, shown = _extract(model, map(load_array, items), options, bar)
     meta = {"layer": feats[0].layers[-1], **(info or {})}
     if basis is not None:
         bases = [basis] * len(feats)
@@ -571,6 +667,7 @@ def pca_video(
     sample_rows: int = 6,
     progress: bool = True,
     info: dict | None = None,
+    options: FeatureOptions | None = None,
 ) -> tuple[PCABasis, list[PCAMap]]:
     """PCA colours of a video, jointly over its frames: writes ``out_path`` (frame | PCA colours
     side by side, the input's frame rate divided by ``step``) and, with ``frames_dir``, one
@@ -578,38 +675,23 @@ def pca_video(
 
     Two passes over the file: features of all frames (kept at the patch grid only) for the joint
     fit, then colouring and writing frame by frame, so only one batch of frames is held.
+    The other arguments, ``options`` included, are those of :func:`pca_maps`.
     Returns the basis and the PCA maps of up to ``sample_rows`` evenly spaced frames (for a figure).
     """
     from tqdm.auto import tqdm
 
     from .video import VideoWriter, read_frames, video_info
 
-    if upsample not in ("nearest", "bilinear"):
-        raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
+    _check_upsample(upsample)
+    options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
     vinfo = video_info(video)
     expected = math.ceil(vinfo.frames / step) if vinfo.frames > 0 else None
     if expected is not None and max_frames is not None:
         expected = min(expected, max_frames)
 
-    def batches():
-        batch: list[np.ndarray] = []
-        for frame in read_frames(video, step, max_frames):
-            batch.append(frame)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    feats: list[DenseFeatures] = []
     with tqdm(total=expected, desc="features", unit="frame", disable=not progress) as bar:
-        for batch in batches():
-            f = extract_features(model, [b.astype(np.float32) / 255.0 for b in batch], layers=[layer], fit=fit,
-                                 size=size, tile=tile, batch_size=batch_size, progress=False)
-            feats.extend(f)
-            bar.update(len(batch))
-    if not feats:
-        raise ValueError(f"{video}: no frame could be read")
+        feats, _ = _extract(model, read_frames(video, step, max_frames), options, bar, display=False)
+        # read_frames raises when no frame decodes: feats is not empty
     if expected is not None and len(feats) < expected:
         import warnings
 
@@ -627,18 +709,17 @@ def pca_video(
     with VideoWriter(out_path, fps=fps, size=(h, 2 * w)) as writer, \
             tqdm(total=n, desc="colouring", unit="frame", disable=not progress) as bar:
         i = 0
-        for batch in batches():
-            for frame in batch:
-                if i >= n or frame.shape[:2] != (h, w):
-                    raise ValueError(f"{video}: frames changed between two reads of the file")
-                m = _colour(basis, feats[i], frame, f"{Path(video).name} frame {i * step}", upsample)
-                writer.write(np.concatenate([frame, (m.rgb * 255 + 0.5).astype(np.uint8)], axis=1))
-                if frames_dir is not None:
-                    write_image(frames_dir / f"frame_{i * step:06d}.png", m.rgb)
-                if i in picks:
-                    samples.append(m)
-                i += 1
-                bar.update(1)
+        for frame in read_frames(video, step, max_frames):
+            if i >= n or frame.shape[:2] != (h, w):
+                raise ValueError(f"{video}: frames changed between two reads of the file")
+            m = _colour(basis, feats[i], frame, f"{Path(video).name} frame {i * step}", upsample)
+            writer.write(np.concatenate([frame, to_uint8(m.rgb)], axis=1))
+            if frames_dir is not None:
+                write_image(frames_dir / f"frame_{i * step:06d}.png", m.rgb)
+            if i in picks:
+                samples.append(m)
+            i += 1
+            bar.update(1)
         if i != n:
             raise ValueError(f"{video}: {i} frames on the second read, {n} on the first")
     return basis, samples

@@ -1,7 +1,7 @@
 """Video in and out with OpenCV: frames as RGB uint8 arrays, and an atomic video writer.
 
 Codecs by suffix: ``.mp4`` -> ``mp4v`` (MPEG-4 Part 2, which OpenCV's FFmpeg backend writes
-without extra libraries), ``.avi`` -> ``MJPG``. Both are checked in tests by reading the file back.
+without extra libraries), ``.avi`` -> ``MJPG``; tests/test_pca.py writes both and reads them back.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .figures import atomic_path, to_uint8
+from ..fileio import atomic_path
+from .figures import to_uint8
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -22,7 +23,6 @@ CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 class VideoInfo:
     frames: int  # as the container reports it (may be approximate; reading counts exactly)
     fps: float
-    size: tuple[int, int]  # (H, W)
 
 
 def _open(path: str | os.PathLike):
@@ -47,7 +47,6 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
         info = VideoInfo(
             frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
             fps=float(fps) if fps and fps > 0 else 25.0,
-            size=(int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))),
         )
     finally:
         cap.release()
