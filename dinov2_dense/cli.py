@@ -371,12 +371,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _add_engine_commands(sub) -> None:
     """train / test (mmengine runs), eval-depth and synth: the same code as tools/*.py."""
-    from .engine.entry import add_test_arguments, add_train_arguments, run_test, run_train
+    from .engine.entry import (add_pretrain_arguments, add_test_arguments, add_train_arguments, run_pretrain, run_test,
+                               run_train)
 
     train = sub.add_parser("train", help="train a head on a frozen backbone (an mmengine config)")
     add_train_arguments(train).set_defaults(func=run_train)
     test = sub.add_parser("test", help="evaluate a checkpoint with a config; --out saves predictions")
     add_test_arguments(test).set_defaults(func=run_test)
+    pre = sub.add_parser("pretrain", help="self-supervised DINOv2 pretraining (DINO + iBOT + KoLeo); "
+                                          "exports the teacher backbone")
+    add_pretrain_arguments(pre).set_defaults(func=run_pretrain)
     ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
     _add_eval_depth_arguments(ev).set_defaults(func=_cmd_eval_depth)
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")

@@ -196,22 +196,30 @@ def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) 
 
 
 def load_backbone(
-    name: str,
+    name: str | os.PathLike | dict | None,
     weights: str | os.PathLike | None = "official",
     *,
     device: str | torch.device | None = None,
     eval_mode: bool = True,
     **overrides,
 ) -> models.DinoVisionTransformer:
-    """Build a zoo backbone and load its weights.
+    """Build a backbone and load its weights.
 
-    ``weights``: "official" (find or download the released file), a local path (official,
-    training, Hugging Face or timm format, or ours), an http(s)/file URL (fetched into the hub
-    cache), or None for random weights.
+    ``name``: a zoo name (``dinov2_vits14``), an architecture JSON file (the ``backbone.json`` that
+    pretraining writes: ``DinoVisionTransformer`` keyword arguments), such a dict, or None with a
+    weights file that has an architecture JSON beside it (same stem, or ``backbone.json`` in its
+    folder: a pretraining export or work dir).
+    ``weights``: "official" (find or download the released file; zoo names only), a local path
+    (official, training, Hugging Face or timm format, or ours), an http(s)/file URL (fetched into
+    the hub cache), or None for random weights. Weights load strictly.
     """
-    model = build_backbone(name, **overrides)
+    arch = _architecture(name, weights)
+    label = name if isinstance(name, str) else str(weights)
+    model = build_backbone(name, **overrides) if arch is None else models.DinoVisionTransformer(**{**arch, **overrides})
     if weights is not None:
         if isinstance(weights, str) and weights == "official":
+            if arch is not None:
+                raise ValueError(f"{label}: an architecture file has no official weights; pass weights=FILE or None")
             path = resolve_weights(name)
         elif isinstance(weights, str) and weights.startswith(("http://", "https://", "file://")):
             path = _fetch_url(weights)
@@ -222,10 +230,49 @@ def load_backbone(
         try:
             load_backbone_weights(model, path)
         except CheckpointError as exc:
-            raise CheckpointError(f"cannot load {name}: {exc}") from None
+            raise CheckpointError(f"cannot load {label}: {exc}") from None
     if device is not None:
         model = model.to(device)
     return model.eval() if eval_mode else model
+
+
+ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "ffn_layer",
+             "num_register_tokens", "interpolate_antialias", "interpolate_offset", "init_values")
+
+
+def _architecture(name, weights) -> dict | None:
+    """The DinoVisionTransformer arguments ``name`` gives (None for a zoo name)."""
+    import json
+
+    if isinstance(name, dict):
+        arch = dict(name)
+        source = "the architecture dict"
+    elif name is None or (isinstance(name, (str, os.PathLike)) and str(name).endswith(".json")):
+        if name is None:
+            if not isinstance(weights, (str, os.PathLike)) or str(weights) in ("official",):
+                raise ValueError("load_backbone(None, ...) needs a weights file with an architecture JSON beside it")
+            w = Path(weights).expanduser()
+            candidates = [w.with_suffix(".json"), w.parent / "backbone.json"]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise WeightsNotFoundError(f"{w}: no architecture file beside it (looked for "
+                                           f"{', '.join(str(c) for c in candidates)}); name the backbone")
+            name = found
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such architecture file")
+        try:
+            arch = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable architecture JSON ({exc})") from None
+        source = str(path)
+    else:
+        return None
+    unknown = set(arch) - set(ARCH_KEYS)
+    if not isinstance(arch, dict) or unknown or not all(k in arch for k in ("embed_dim", "depth", "num_heads")):
+        raise ValueError(f"{source}: expected DinoVisionTransformer settings ({', '.join(ARCH_KEYS)}); "
+                         f"unknown: {sorted(unknown)}" if unknown else f"{source}: needs embed_dim, depth, num_heads")
+    return {k: v for k, v in arch.items() if v is not None}
 
 
 def _offline() -> bool:

@@ -322,6 +322,8 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
     if os.fspath(path).startswith(SAMPLE_PREFIX):
         sample = read_sample(path)
         if mode == "rgb":
+            if sample.dtype != np.uint8:  # boolean or float samples (horse, shepp_logan_phantom)
+                sample = _to_uint8(sample, path)
             sample = cv2.cvtColor(sample, cv2.COLOR_GRAY2RGB) if sample.ndim == 2 else sample[..., :3]
         return np.ascontiguousarray(sample)
     path = _existing(path)
@@ -341,6 +343,18 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
     if array.ndim == 3 and array.shape[2] in (3, 4):  # OpenCV decodes BGR(A); cvtColor swaps fastest
         array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return np.ascontiguousarray(apply_orientation(array, header.orientation if header else 1))
+
+
+def _to_uint8(sample: np.ndarray, name) -> np.ndarray:
+    """A boolean, integer or [0, 1] float sample image as uint8."""
+    if sample.dtype == np.bool_:
+        return sample.astype(np.uint8) * 255
+    if np.issubdtype(sample.dtype, np.floating):
+        lo, hi = float(sample.min()), float(sample.max())
+        if lo < 0 or hi > 1:
+            raise ImageError(f"{name}: float values span [{lo:g}, {hi:g}], not [0, 1]")
+        return (sample * 255 + 0.5).astype(np.uint8)
+    return np.clip(sample, 0, 255).astype(np.uint8)
 
 
 _SKIMAGE_NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}

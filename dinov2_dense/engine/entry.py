@@ -281,3 +281,48 @@ def run_test(args: argparse.Namespace) -> int:
             discard_stage(test_stage(args.out))  # left only when the test failed or was interrupted
     print({k: round(float(v), 4) if isinstance(v, (int, float)) else v for k, v in (metrics or {}).items()})
     return 0
+
+
+# -- pretraining -------------------------------------------------------------------------------
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("config", help="a pretraining config (configs/pretrain/...)")
+    parser.add_argument("--work-dir", help="checkpoints, logs, monitor figures and the export "
+                                           "(default: work_dirs/pretrain/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a work dir that holds another run's checkpoints (they are deleted)")
+    parser.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations (a try run)")
+    parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
+                        help="override config entries, e.g. optim.epochs=10 train.batch_size_per_gpu=32")
+    return parser
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    """``dinov2-dense pretrain``: load the config, check the work dir, run ``pretrain.train.pretrain``."""
+    from pretrain.train import checkpoint_files, pretrain
+
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
+    work_dir = Path(cfg.work_dir)
+    sections = {k: v for k, v in cfg.to_dict().items() if k not in ("work_dir", "launcher")}
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in the work dir, --overwrite starts afresh: give one of them")
+    old = checkpoint_files(work_dir) if work_dir.is_dir() else []
+    if old and not args.resume:
+        if not args.overwrite:
+            raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): "
+                                  "pass --resume to continue it, --overwrite to delete them, or choose another "
+                                  "--work-dir")
+        if _rank() == 0:
+            for path in old:
+                path.unlink(missing_ok=True)
+    if args.max_iters is not None and args.max_iters < 1:
+        raise ValueError(f"--max-iters {args.max_iters}: expected at least 1")
+    result = pretrain(sections, work_dir, resume=args.resume, max_iters=args.max_iters, source=args.config)
+    if _rank() == 0:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
+                 if k in ("iteration", "total_loss", "images_per_s", "knn_top1", "probe_miou")}
+        print(f"pretraining: {shown}")
+        if "export" in result:
+            print(f"exported the teacher backbone: {result['export']['safetensors']} (architecture "
+                  f"{result['export']['json']}); load it with load_backbone(None, weights=...)")
+    return 0

@@ -4,6 +4,8 @@
 - :mod:`.depth`: per-image depth metrics with the Eigen / Garg crops (depth-toolbox conventions),
   and counts of the invalid predictions (inf, negative, zero) that the protocol's clipping hides.
 - :mod:`.depth_files`: evaluate directories of saved depth maps (``tools/eval_depth.py``).
+- :mod:`.knn`: what pretraining bought: weighted k-NN (DINO protocol) and linear-probe accuracy of
+  frozen global features, and image folders (folder name = label) turned into those features.
 - :mod:`.mmengine_metrics`: ``SegMetric`` and ``DepthMetric`` registered in mmengine's ``METRICS``;
   imported lazily (attribute access or an explicit import), so the plain functions do not import
   mmengine.
@@ -19,25 +21,53 @@ from .depth import (
     kb_crop,
 )
 from .depth_files import DATASET_PRESETS, evaluate_depth_dirs, read_depth, write_metrics_json
+from .knn import (
+    DEFAULT_WEIGHT_DECAYS,
+    KnnResult,
+    LabelledFeatures,
+    evaluate_folder,
+    fit_linear,
+    folder_features,
+    folder_split_features,
+    knn_accuracy,
+    knn_classify,
+    linear_probe,
+    list_image_folder,
+    stratified_split,
+    topk_accuracy,
+)
 from .segmentation import SegmentationAccumulator, format_table, intersect_and_union, segmentation_metrics
 
 __all__ = [
     "DATASET_PRESETS",
+    "DEFAULT_WEIGHT_DECAYS",
     "DEPTH_METRIC_KEYS",
     "DepthAccumulator",
     "DepthMetric",
     "INVALID_PREDICTION_KEYS",
+    "KnnResult",
+    "LabelledFeatures",
     "SegMetric",
     "SegmentationAccumulator",
     "average_depth_metrics",
     "crop_mask",
     "depth_metrics",
     "evaluate_depth_dirs",
+    "evaluate_folder",
+    "fit_linear",
+    "folder_features",
+    "folder_split_features",
     "format_table",
     "intersect_and_union",
     "kb_crop",
+    "knn_accuracy",
+    "knn_classify",
+    "linear_probe",
+    "list_image_folder",
     "read_depth",
     "segmentation_metrics",
+    "stratified_split",
+    "topk_accuracy",
     "write_metrics_json",
 ]
 

@@ -96,6 +96,7 @@ class DinoVisionTransformer(nn.Module):
         self.num_features = self.embed_dim = embed_dim
         self.num_tokens = 1
         self.n_blocks = depth
+        self.chunked_blocks = False  # the official attribute (blocks are never chunked here)
         self.num_heads = num_heads
         self.patch_size = patch_size
         self.num_register_tokens = num_register_tokens

@@ -1,0 +1,168 @@
+"""Pretraining configuration: the official sections and defaults of the released
+``dinov2/configs/ssl_default_config.yaml`` (for a ViT-L/16 there; patch 14 here, as the released
+models), plus our own sections, with every user value checked at start.
+
+A config is a dict of sections (``student``, ``teacher``, ``dino``, ``ibot``, ``train``, ``optim``,
+``crops``, ``compute``, ``monitor``, ``export``); :func:`resolve` fills the defaults and refuses an
+unknown section or key, naming it (``optim.warmup_epoch``: a typo would otherwise be ignored), and
+values of the wrong kind. Config files in ``configs/pretrain/`` are mmengine ``.py`` files with one
+``dict`` per section.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from numbers import Number
+from typing import Any
+
+__all__ = ["DEFAULTS", "ConfigError", "resolve"]
+
+
+class ConfigError(ValueError):
+    """A pretraining config value that cannot be used; the message names the key."""
+
+
+#: The DINO / iBOT head settings (65,536 prototypes; 131,072 and bottleneck 384 in the ViT-g config).
+_HEAD = dict(head_n_prototypes=65536, head_bottleneck_dim=256, head_nlayers=3, head_hidden_dim=2048)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "student": dict(
+        arch="vit_large",  # vit_small, vit_base, vit_large, vit_giant2, or "custom" with the three below
+        embed_dim=None, depth=None, num_heads=None,
+        patch_size=14,
+        num_register_tokens=0,
+        drop_path_rate=0.3,
+        layerscale=1.0e-5,
+        drop_path_uniform=True,
+        ffn_layer="mlp",  # "swiglufused" for ViT-g
+        qkv_bias=True, proj_bias=True, ffn_bias=True,
+        pretrained_weights=None,  # continued pretraining: a zoo name or a file load_backbone reads
+    ),
+    "teacher": dict(
+        momentum_teacher=0.992,
+        final_momentum_teacher=1.0,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=30,
+    ),
+    "dino": dict(loss_weight=1.0, **_HEAD, koleo_loss_weight=0.1),
+    "ibot": dict(loss_weight=1.0, mask_sample_probability=0.5, mask_ratio_min_max=(0.1, 0.5), separate_head=False,
+                 **_HEAD),
+    "train": dict(
+        batch_size_per_gpu=64,
+        dataset=None,  # dict(type=..., ...) or a list of them: see pretrain.data
+        seed=0,
+        num_workers=10,
+        OFFICIAL_EPOCH_LENGTH=1250,
+        centering="centering",  # or "sinkhorn_knopp"
+        checkpoint_period=3750,  # iterations between checkpoints (the official 3 epochs)
+        max_to_keep=3,
+        log_freq=10,  # iterations between log lines
+    ),
+    "optim": dict(
+        epochs=100,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        base_lr=0.004,  # for a total batch of 1024
+        lr=0.0,  # set from base_lr by the scaling rule
+        warmup_epochs=10,
+        min_lr=1.0e-6,
+        clip_grad=3.0,
+        freeze_last_layer_epochs=1,
+        scaling_rule="sqrt_wrt_1024",
+        patch_embed_lr_mult=0.2,
+        layerwise_decay=0.9,
+        adamw_beta1=0.9,
+        adamw_beta2=0.999,
+        freeze_backbone_iters=0,  # continued pretraining: heads warm up on a frozen backbone first
+        backbone_lr_mult=1.0,  # continued pretraining: a lower backbone rate after the warm-up
+    ),
+    "crops": dict(
+        global_crops_scale=(0.32, 1.0),
+        local_crops_number=8,
+        local_crops_scale=(0.05, 0.32),
+        global_crops_size=224,
+        local_crops_size=98,  # 96 in the released ViT/16 config: a multiple of the patch size here
+    ),
+    "compute": dict(
+        precision="auto",  # auto (bf16 where the device has it, else fp32), fp32, bf16, fp16 (CUDA, with a scaler)
+        distributed="ddp",  # under torchrun: ddp or fsdp (torch's fully_shard)
+        device=None,  # cpu, cuda; default: cuda when available
+    ),
+    "monitor": dict(
+        period=0,  # iterations between dense-quality checks (0: off)
+        images=("skimage:astronaut", "skimage:coffee", "skimage:chelsea"),
+        pca_size=224,
+        probe_scenes=(64, 32),  # synthetic scenes to fit / score the frozen linear probe on
+        probe_size=112,
+        knn_scenes=(200, 100),
+    ),
+    "evaluation": dict(
+        eval_period_iterations=12500,  # iterations between teacher exports (0: off)
+    ),
+}
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def resolve(user: dict[str, Any] | None, source: str = "config") -> dict[str, dict[str, Any]]:
+    """The defaults updated by ``user``'s sections; unknown sections or keys and values of the wrong
+    kind raise :class:`ConfigError` naming ``source`` and the key."""
+    cfg = copy.deepcopy(DEFAULTS)
+    for section, values in (user or {}).items():
+        if section.startswith("_") or section in ("work_dir", "filename"):
+            continue
+        if section not in cfg:
+            raise ConfigError(f"{source}: unknown section {section!r}{_suggest(section, cfg)}; known: "
+                              f"{', '.join(cfg)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section} must be a dict of settings, not {type(values).__name__}")
+        for key, value in values.items():
+            if key not in cfg[section]:
+                raise ConfigError(f"{source}: unknown key {section}.{key}{_suggest(key, cfg[section])}")
+            default = cfg[section][key]
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"{source}: {section}.{key} = {value!r}: expected true or false")
+            if isinstance(default, Number) and not isinstance(default, bool) and \
+                    (not isinstance(value, Number) or isinstance(value, bool)):
+                raise ConfigError(f"{source}: {section}.{key} = {value!r}: expected a number")
+            cfg[section][key] = value
+    _check(cfg, source)
+    return cfg
+
+
+def _check(cfg: dict, source: str) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key} = {_get(cfg, key)!r}: {what}")
+
+    s, crops, optim, train = cfg["student"], cfg["crops"], cfg["optim"], cfg["train"]
+    if s["arch"] == "custom":
+        for k in ("embed_dim", "depth", "num_heads"):
+            need(isinstance(s[k], int) and s[k] > 0, f"student.{k}", "a custom arch needs a positive integer")
+        need(s["embed_dim"] % s["num_heads"] == 0, "student.embed_dim", "must be a multiple of num_heads")
+    need(s["ffn_layer"] in ("mlp", "swiglufused", "swiglu"), "student.ffn_layer", "use mlp or swiglufused")
+    for k in ("global_crops_size", "local_crops_size"):
+        need(isinstance(crops[k], int) and crops[k] >= s["patch_size"] and crops[k] % s["patch_size"] == 0,
+             f"crops.{k}", f"a multiple of the patch size {s['patch_size']}")
+    need(isinstance(crops["local_crops_number"], int) and crops["local_crops_number"] >= 0, "crops.local_crops_number",
+         "an integer >= 0")
+    need(isinstance(train["batch_size_per_gpu"], int) and train["batch_size_per_gpu"] >= 2, "train.batch_size_per_gpu",
+         "an integer >= 2 (KoLeo needs neighbours)")
+    need(train["centering"] in ("centering", "sinkhorn_knopp"), "train.centering", "use centering or sinkhorn_knopp")
+    need(optim["epochs"] > 0 and train["OFFICIAL_EPOCH_LENGTH"] > 0, "optim.epochs", "epochs and epoch length > 0")
+    need(0 <= optim["warmup_epochs"] <= optim["epochs"], "optim.warmup_epochs", "between 0 and optim.epochs")
+    need(cfg["compute"]["precision"] in ("auto", "fp32", "bf16", "fp16"), "compute.precision",
+         "use auto, fp32, bf16 or fp16")
+    need(cfg["compute"]["distributed"] in ("ddp", "fsdp"), "compute.distributed", "use ddp or fsdp")
+    lo, hi = cfg["ibot"]["mask_ratio_min_max"]
+    need(0 <= lo <= hi < 1, "ibot.mask_ratio_min_max", "0 <= min <= max < 1")
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return cfg[section][key]

@@ -1,0 +1,51 @@
+"""Export a pretrained backbone so that everything downstream reads it with no conversion.
+
+:func:`export_backbone` writes, atomically, ``backbone.pth`` (the official key layout: a plain
+state dict with ``cls_token``, ``pos_embed``, ``blocks.N.*``, ..., as the released
+``dinov2_vit*14_pretrain.pth``), ``backbone.safetensors`` (the same tensors) and ``backbone.json``
+(the ``DinoVisionTransformer`` keyword arguments). ``load_backbone("…/backbone.json",
+weights="…/backbone.safetensors")`` (or ``weights=`` alone: the JSON beside the file is found)
+rebuilds the model and loads the weights strictly; so do the heads, the feature cache and the PCA
+maps, which take what ``load_backbone`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dinov2_dense.checkpoints import save_safetensors
+from dinov2_dense.fileio import atomic_path, write_json
+
+__all__ = ["export_backbone", "load_exported"]
+
+
+def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str = "backbone") -> dict[str, Path]:
+    """Write ``<name>.pth``, ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``."""
+    from .train import arch_dict
+
+    out = Path(out_dir)
+    sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    paths = {"pth": out / f"{name}.pth", "safetensors": out / f"{name}.safetensors", "json": out / f"{name}.json"}
+    with atomic_path(paths["pth"]) as tmp:
+        torch.save(sd, tmp)
+    save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense", "arch": "see backbone.json"})
+    write_json(paths["json"], arch_dict(backbone))
+    return paths
+
+
+def load_exported(path: str | os.PathLike) -> nn.Module:
+    """A backbone from an export (``.pth``, ``.safetensors`` or ``.json``, the others beside it) or
+    from a training checkpoint whose work dir holds ``backbone.json`` (the teacher is taken)."""
+    from dinov2_dense.hub import load_backbone
+
+    path = Path(path)
+    if path.suffix == ".json":
+        weights = next((path.with_suffix(s) for s in (".safetensors", ".pth") if path.with_suffix(s).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{path}: no .safetensors or .pth beside it")
+        return load_backbone(str(path), weights=weights)
+    return load_backbone(None, weights=path)

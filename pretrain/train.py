@@ -1,0 +1,388 @@
+"""The pretraining loop: one process, or many under torchrun (DDP, or FSDP with torch's own
+``fully_shard``), with atomic checkpoints, resume after ``kill -9``, progress with images/s and ETA,
+the loss terms logged, and the dense-quality monitor.
+
+Per iteration, as the released ``dinov2/train/train.py``: the scheduled learning rate, weight decay
+and last-layer rate are set on the parameter groups; the student's gradients are computed
+(:meth:`SSLMetaArch.forward_backward`), clipped per part to ``optim.clip_grad`` and applied
+(AdamW); the teacher moves towards the student with the scheduled momentum. A NaN loss stops the
+run, naming the iteration, before anything is written.
+
+Files in the work dir: ``checkpoint_<iteration>.pth`` (the newest ``train.max_to_keep``; each written
+to a temporary name and renamed; the model's state dict under ``model`` holds ``teacher.backbone.*``,
+so ``load_backbone`` reads a checkpoint as it reads an official training checkpoint),
+``backbone.json`` (the architecture), ``config.json``, ``training_metrics.jsonl`` (one line per log
+step) and ``export/`` at the end (:mod:`pretrain.export`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dinov2_dense.fileio import DirLock, atomic_path, write_json
+
+from .config import resolve
+from .meta_arch import SSLMetaArch
+from .schedules import apply_optim_scheduler, build_schedules, scaled_lr
+
+__all__ = ["arch_dict", "checkpoint_files", "pretrain", "setup_distributed"]
+
+_CKPT = re.compile(r"^checkpoint_(\d+)\.pth$")
+
+
+# -- processes ---------------------------------------------------------------------------------
+def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); under torchrun the process group is started here (NCCL on CUDA,
+    gloo on CPUs), one GPU per local rank."""
+    dist = torch.distributed
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    return dev, rank, world
+
+
+def _autocast(precision: str, device: torch.device) -> tuple[Callable | None, Any]:
+    """(autocast context factory or None, grad scaler or None) for ``compute.precision``."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            from dinov2_dense.features import cpu_has_native_bf16
+
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp32":
+        return None, None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("compute.precision=fp16 needs a CUDA device (with a gradient scaler); use bf16 or fp32")
+        return partial(torch.autocast, "cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    return partial(torch.autocast, device.type, dtype=torch.bfloat16), None
+
+
+def _wrap(model: SSLMetaArch, mode: str, device: torch.device, world: int) -> None:
+    """Each student part in DDP, or every block and part of both student and teacher in FSDP
+    (``fully_shard``: the same sharding on both, so the teacher's EMA update stays local)."""
+    if world == 1:
+        return
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        for key in list(model.student.keys()):
+            model.student[key] = DDP(model.student[key], device_ids=ids)
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    for part in (model.student, model.teacher):
+        for key, module in part.items():
+            for block in getattr(module, "blocks", []):
+                fully_shard(block)
+            fully_shard(module)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel) \
+        else module
+
+
+def arch_dict(backbone: nn.Module) -> dict[str, Any]:
+    """The keyword arguments that rebuild ``backbone`` (``DinoVisionTransformer(**arch)``): what
+    ``backbone.json`` holds and ``load_backbone`` reads."""
+    b = _unwrap(backbone)
+    block = b.blocks[0]
+    mlp = block.mlp
+    ffn = "swiglufused" if hasattr(mlp, "w12") else "mlp"
+    hidden = mlp.w3.in_features if ffn == "swiglufused" else mlp.fc1.out_features
+    return dict(img_size=int(b.patch_embed.img_size[0]) if hasattr(b.patch_embed, "img_size") else None,
+                patch_size=int(b.patch_size), embed_dim=int(b.embed_dim), depth=len(b.blocks),
+                num_heads=int(b.num_heads), mlp_ratio=hidden / b.embed_dim if ffn == "mlp" else 4.0,
+                ffn_layer=ffn, num_register_tokens=int(b.num_register_tokens),
+                interpolate_antialias=bool(b.interpolate_antialias), interpolate_offset=float(b.interpolate_offset),
+                init_values=1.0 if hasattr(block, "ls1") and not isinstance(block.ls1, nn.Identity) else None)
+
+
+# -- data --------------------------------------------------------------------------------------
+class _InfiniteSampler(torch.utils.data.Sampler):
+    """This process's share of an endless stream of seeded permutations, starting at ``start``
+    samples into it (resume continues the stream rather than repeating it)."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int, start: int = 0):
+        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
+
+    def __iter__(self):
+        i = self.start * self.world + self.rank
+        while True:
+            epoch, offset = divmod(i, self.n)
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            perm = torch.randperm(self.n, generator=g)
+            while offset < self.n:
+                yield int(perm[offset])
+                offset += self.world
+                i += self.world
+            # the next epoch starts where the stride left this one
+
+
+def _loader(cfg: dict, start_iter: int, rank: int, world: int):
+    import random
+
+    from .data import DataAugmentationDINO, MaskingGenerator, build_dataset, collate_data_and_cast, seed_worker
+
+    crops, train = cfg["crops"], cfg["train"]
+    patch = cfg["student"]["patch_size"]
+    grid = crops["global_crops_size"] // patch
+    seed = train["seed"] * 1000 + rank + 7919 * start_iter  # a resumed run draws new crops, reproducibly
+    random.seed(seed)  # masking and collation draw from Python's random (in the main process without workers)
+    transform = DataAugmentationDINO(crops["global_crops_scale"], crops["local_crops_scale"],
+                                     crops["local_crops_number"], global_crops_size=crops["global_crops_size"],
+                                     local_crops_size=crops["local_crops_size"], seed=seed)
+    dataset = build_dataset(train["dataset"], transform=transform)
+    masks = MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid)
+    collate = partial(collate_data_and_cast, mask_ratio_tuple=tuple(cfg["ibot"]["mask_ratio_min_max"]),
+                      mask_probability=cfg["ibot"]["mask_sample_probability"], n_tokens=grid * grid,
+                      mask_generator=masks, dtype=torch.float32)
+    batch = train["batch_size_per_gpu"]
+    sampler = _InfiniteSampler(len(dataset), train["seed"], rank, world, start=start_iter * batch)
+    return dataset, torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
+                                                num_workers=train["num_workers"], collate_fn=collate,
+                                                persistent_workers=train["num_workers"] > 0, pin_memory=False,
+                                                worker_init_fn=seed_worker,
+                                                generator=torch.Generator().manual_seed(seed))
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def checkpoint_files(work_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint_<iteration>.pth`` files of a work dir, newest first."""
+    found = [(int(m.group(1)), p) for p in Path(work_dir).glob("checkpoint_*.pth") if (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged file: the caller takes an older one
+        return None
+    return ckpt if isinstance(ckpt, dict) and "model" in ckpt and "iteration" in ckpt else None
+
+
+def _state(model: SSLMetaArch) -> dict[str, torch.Tensor]:
+    """The full state dict (student, teacher, loss centres), gathered on every rank under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.replace("module.", "", 1) if ".module." not in k else k.replace(".module.", "."): v.detach().cpu()
+            for k, v in sd.items()}
+
+
+def _load_state(model: SSLMetaArch, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    own = {k.replace(".module.", "."): k for k in model.state_dict()}
+    state = {own.get(k, k): v for k, v in state.items()}
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
+             max_iters: int | None = None, source: str = "config") -> dict[str, Any]:
+    """Run (or resume) a pretraining run; returns the last logged metrics and the export paths.
+
+    ``config``: the user's sections (see :mod:`pretrain.config`); ``max_iters`` stops early (tests).
+    """
+    cfg = resolve(config, source)
+    work_dir = Path(work_dir)
+    device, rank, world = setup_distributed(cfg["compute"]["device"])
+    main = rank == 0
+    if main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(work_dir).acquire() if main else None
+    try:
+        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _build(cfg: dict, device: torch.device) -> SSLMetaArch:
+    student = teacher = None
+    weights = cfg["student"]["pretrained_weights"]
+    if weights:
+        from dinov2_dense.hub import BACKBONES, load_backbone
+
+        from .export import load_exported
+
+        if isinstance(weights, str) and weights in BACKBONES:
+            student, teacher = load_backbone(weights), load_backbone(weights)
+        else:
+            student, teacher = load_exported(weights), load_exported(weights)
+    model = SSLMetaArch(cfg, student, teacher)
+    if weights:
+        _set_drop_path(model.student.backbone, cfg["student"])
+    return model.to(device)
+
+
+def _set_drop_path(backbone: nn.Module, student: dict) -> None:
+    """Give a loaded student backbone the config's drop path (loaded backbones are built without)."""
+    import numpy as np
+
+    depth = len(backbone.blocks)
+    rate = student["drop_path_rate"]
+    rates = [rate] * depth if student["drop_path_uniform"] else np.linspace(0, rate, depth).tolist()
+    from dinov2_dense.models.layers import DropPath
+
+    for block, r in zip(backbone.blocks, rates):
+        block.drop_path = DropPath(float(r)) if r > 0 else nn.Identity()
+
+
+def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
+    from tqdm.auto import tqdm
+
+    main = rank == 0
+    torch.manual_seed(cfg["train"]["seed"] + rank)
+    model = _build(cfg, device)
+    train, optim_cfg = cfg["train"], cfg["optim"]
+    total_batch = train["batch_size_per_gpu"] * world
+    cfg["optim"]["lr"] = lr = scaled_lr(optim_cfg["base_lr"], total_batch, optim_cfg["scaling_rule"])
+    epoch_length = train["OFFICIAL_EPOCH_LENGTH"]
+    total_iters = int(optim_cfg["epochs"] * epoch_length)
+    schedules = build_schedules(optim_cfg, cfg["teacher"], epoch_length, lr)
+    start = 0
+    state = None
+    if resume:
+        for path in checkpoint_files(work_dir):
+            state = _read(path)
+            if state is not None:
+                start = int(state["iteration"])
+                if main:
+                    print(f"resuming from {path} (iteration {start})", file=sys.stderr)
+                break
+            if main:
+                print(f"warning: {path} is unreadable; trying an older checkpoint", file=sys.stderr)
+    if state is not None:
+        _load_state(model, state["model"])
+    _wrap(model, cfg["compute"]["distributed"], device, world)
+    model.train()
+    optimizer = torch.optim.AdamW(model.get_params_groups(), betas=(optim_cfg["adamw_beta1"], optim_cfg["adamw_beta2"]))
+    autocast, scaler = _autocast(cfg["compute"]["precision"], device)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    if main:
+        write_json(work_dir / "config.json", _jsonable(cfg))
+        write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
+    dataset, loader = _loader(cfg, start, rank, world)
+    stop = min(total_iters, max_iters) if max_iters is not None else total_iters
+    metrics_path = work_dir / "training_metrics.jsonl"
+    last: dict[str, Any] = {}
+    monitor = None
+    if cfg["monitor"]["period"] and main:
+        from .monitor import DenseMonitor
+
+        monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
+    bar = tqdm(total=stop, initial=start, desc="pretrain", unit="it", disable=not (progress and main), dynamic_ncols=True)
+    t0, seen = time.time(), 0
+    it = start
+    for data in loader:
+        if it >= stop:
+            break
+        values = schedules.at(it)
+        apply_optim_scheduler(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
+        _freeze_backbone(model, optimizer, it, optim_cfg)
+        optimizer.zero_grad(set_to_none=True)
+        losses = model.forward_backward(data, teacher_temp=values["teacher_temp"], autocast=autocast, scaler=scaler)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if optim_cfg["clip_grad"]:
+            for part in model.student.values():
+                nn.utils.clip_grad_norm_(part.parameters(), optim_cfg["clip_grad"])
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        model.update_teacher(values["mom"])
+        if world > 1:
+            for v in losses.values():
+                torch.distributed.all_reduce(v)
+        reduced = {k: v.item() / world for k, v in losses.items()}
+        total = sum(reduced.values())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"the loss is {total} at iteration {it} ({reduced}); stopped before writing "
+                                     "anything: lower optim.base_lr, or check the data")
+        it += 1
+        seen += total_batch
+        if main:
+            rate = seen / max(time.time() - t0, 1e-9)
+            bar.set_postfix(loss=f"{total:.3f}", img_s=f"{rate:.1f}", refresh=False)
+            bar.update(1)
+            if it % train["log_freq"] == 0 or it == stop:
+                last = {"iteration": it, "total_loss": total, **reduced, **values, "images_per_s": rate,
+                        "eta_s": (stop - it) / max(it - start, 1) * (time.time() - t0)}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+        if monitor is not None and it % cfg["monitor"]["period"] == 0:
+            last.update(monitor.run(_unwrap(model.teacher.backbone), it))
+        if it % train["checkpoint_period"] == 0 or it == stop:
+            _save(model, optimizer, scaler, cfg, work_dir, it, main)
+    bar.close()
+    result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
+    if main and it >= total_iters:
+        from .export import export_backbone
+
+        result["export"] = {k: str(v) for k, v in export_backbone(_unwrap(model.teacher.backbone),
+                                                                  work_dir / "export").items()}
+    if main and result["skipped_images"]:
+        print(f"warning: {len(result['skipped_images'])} unreadable image(s) were skipped: "
+              f"{', '.join(map(str, result['skipped_images'][:5]))}", file=sys.stderr)
+    return result
+
+
+def _freeze_backbone(model: SSLMetaArch, optimizer, it: int, optim_cfg: dict) -> None:
+    """Continued pretraining: no backbone update during the first ``freeze_backbone_iters`` (the new
+    heads warm up on the given features), then the backbone at ``backbone_lr_mult`` times the rate."""
+    frozen = it < optim_cfg["freeze_backbone_iters"]
+    backbone_params = {id(p) for p in model.student.backbone.parameters()}
+    for group in optimizer.param_groups:
+        if any(id(p) in backbone_params for p in group["params"]):
+            group["lr"] = 0.0 if frozen else group["lr"] * optim_cfg["backbone_lr_mult"]
+            if frozen:
+                group["weight_decay"] = 0.0
+
+
+def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool) -> None:
+    state = _state(model)  # a collective under FSDP: every process takes part
+    if not main:
+        return
+    ckpt = {"model": state, "optimizer": optimizer.state_dict(), "iteration": it,
+            "scaler": scaler.state_dict() if scaler is not None else None, "config": _jsonable(cfg)}
+    with atomic_path(work_dir / f"checkpoint_{it:07d}.pth") as tmp:
+        torch.save(ckpt, tmp)
+    for old in checkpoint_files(work_dir)[cfg["train"]["max_to_keep"]:]:
+        old.unlink(missing_ok=True)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)

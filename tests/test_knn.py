@@ -1,0 +1,367 @@
+"""k-NN and linear-probe evaluation of frozen features (dinov2_dense.evaluation.knn).
+
+The k-NN formula is written out again here, loop by loop, and checked on hand-computed cases;
+the official ``KnnModule`` (dinov2/eval/knn.py, installed as a test oracle) is loaded from its
+file without its package (which needs torchvision) and compared on random data.
+"""
+
+import ast
+import importlib.util
+import math
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dinov2_dense.evaluation import (
+    evaluate_folder,
+    fit_linear,
+    folder_features,
+    folder_split_features,
+    knn_accuracy,
+    knn_classify,
+    linear_probe,
+    list_image_folder,
+    stratified_split,
+    topk_accuracy,
+)
+from dinov2_dense.features import extract_features
+from tests.conftest import tiny_vit
+
+T = 0.07
+
+
+def reference_knn(train, labels, test, k=20, temperature=T, num_classes=None):
+    """The DINO k-NN vote, written out: cosine similarity to every training sample, the k most
+    similar (ties: lower index), weight exp(s / T), class score = sum of its neighbours' weights.
+    Unnormalised scores, float64."""
+    train, test = train.double(), test.double()
+    c = num_classes or int(labels.max()) + 1
+    scores = torch.zeros(len(test), c, dtype=torch.float64)
+    for i, q in enumerate(test):
+        sims = [float(q @ t / (q.norm() * t.norm())) for t in train]
+        order = sorted(range(len(train)), key=lambda j: (-sims[j], j))[:k]
+        for j in order:
+            scores[i, int(labels[j])] += math.exp(sims[j] / temperature)
+    return scores
+
+
+def rank_classes(scores):
+    return sorted(range(len(scores)), key=lambda c: (-float(scores[c]), c))
+
+
+# -- k-NN: hand-computed cases ----------------------------------------------------------------
+TRAIN_2D = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # cosine to (1, 0): 1, 0, 1/sqrt(2)
+LABELS_2D = torch.tensor([0, 1, 1])
+QUERY = torch.tensor([[1.0, 0.0]])
+
+
+def test_knn_hand_computed_weights():
+    s = [1.0, 0.0, 1 / math.sqrt(2)]
+    w = [math.exp(x / T) for x in s]
+    result = knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=3)
+    expected = torch.tensor([[w[0], w[1] + w[2]]]) / sum(w)
+    torch.testing.assert_close(result.scores, expected.float(), rtol=1e-5, atol=1e-7)
+    assert result.predictions.tolist() == [0]
+    # k=1: only the identical sample votes; k=2: (1, 0) and (1, 1), not the orthogonal one
+    assert knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=1).scores.tolist() == [[1.0, 0.0]]
+    torch.testing.assert_close(knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=2).scores,
+                               torch.tensor([[w[0], w[2]]]) / (w[0] + w[2]))
+
+
+def test_knn_temperature_effect():
+    # at T = 0.07 the single nearest neighbour outvotes two farther ones; at a high T the votes
+    # are nearly equal and the two class-1 neighbours win; a lower T sharpens the vote
+    assert knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=3, temperature=0.07).predictions.tolist() == [0]
+    hot = knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=3, temperature=100.0)
+    assert hot.predictions.tolist() == [1]
+    w = [math.exp(x / 100.0) for x in (1.0, 0.0, 1 / math.sqrt(2))]
+    assert hot.scores[0, 1].item() == pytest.approx((w[1] + w[2]) / sum(w), rel=1e-5)
+    sharp = [knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=3, temperature=t).scores[0, 0].item() for t in (1.0, 0.3, 0.07, 0.01)]
+    assert sharp == sorted(sharp) and sharp[-1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_knn_k_larger_than_train_set_uses_all():
+    big = knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=20)
+    torch.testing.assert_close(big.scores, knn_classify(TRAIN_2D, LABELS_2D, QUERY, k=3).scores)
+
+
+def test_knn_ties():
+    # a class-score tie goes to the lower class index, whichever order the training set has
+    train = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # the same direction: equal similarity
+    for labels in ([1, 0], [0, 1]):
+        result = knn_classify(train, torch.tensor(labels), QUERY, k=2)
+        assert result.scores.tolist() == [[0.5, 0.5]]
+        assert result.predictions.tolist() == [0]
+    # equal similarities inside the k nearest all vote alike; which of two tied k-th neighbours is
+    # taken (torch.topk decides, as in the official code) cannot matter when they share a label
+    query = torch.tensor([[1.0, 1.0]])
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [-1.0, 0.0]])  # cosine 0.707 x 3, then -0.707
+    result = knn_classify(train, torch.tensor([0, 2, 2, 1]), query, k=3, num_classes=4)
+    assert result.scores[0].tolist() == pytest.approx([1 / 3, 0.0, 2 / 3, 0.0])  # equal weights
+    train = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # cosine 1, 0.707, 0.707, -0.707
+    result = knn_classify(train, torch.tensor([0, 2, 2, 1]), query, k=2, num_classes=4)
+    w0, w2 = math.exp(1 / T), math.exp(math.sqrt(0.5) / T)
+    assert result.scores[0].tolist() == pytest.approx([w0 / (w0 + w2), 0.0, w2 / (w0 + w2), 0.0])
+
+
+def test_knn_scale_invariant_and_num_classes():
+    gen = torch.Generator().manual_seed(0)
+    train, test = torch.randn(40, 6, generator=gen), torch.randn(9, 6, generator=gen)
+    labels = torch.randint(0, 4, (40,), generator=gen)
+    a = knn_classify(train, labels, test)
+    b = knn_classify(train * torch.rand(40, 1, generator=gen) * 10, labels, test * 3.0)
+    torch.testing.assert_close(a.scores, b.scores)
+    wide = knn_classify(train, labels, test, num_classes=7)
+    assert wide.scores.shape == (9, 7) and (wide.scores[:, 4:] == 0).all()
+    torch.testing.assert_close(a.scores.sum(1), torch.ones(9))
+
+
+# -- k-NN: against the formula and the official module -----------------------------------------
+def random_task(seed=0, n=120, m=37, d=16, c=7):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(c, d, generator=gen)
+    labels = torch.randint(0, c, (n,), generator=gen)
+    test_labels = torch.randint(0, c, (m,), generator=gen)
+    train = centres[labels] + 0.8 * torch.randn(n, d, generator=gen)
+    test = centres[test_labels] + 0.8 * torch.randn(m, d, generator=gen)
+    return train, labels, test, test_labels
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_knn_matches_written_out_formula(k):
+    train, labels, test, _ = random_task()
+    ref = reference_knn(train, labels, test, k=k)
+    result = knn_classify(train, labels, test, k=k)
+    torch.testing.assert_close(result.scores.double(), ref / ref.sum(1, keepdim=True), rtol=1e-4, atol=1e-6)
+    assert result.predictions.tolist() == [rank_classes(r)[0] for r in ref]
+
+
+def test_knn_chunking_changes_nothing():
+    train, labels, test, test_labels = random_task(seed=1, n=200, m=50)
+    whole = knn_classify(train, labels, test)
+    chunked = knn_classify(train, labels, test, chunk_size=7, train_chunk_size=13)
+    tiny = knn_classify(train, labels, test, k=20, chunk_size=1, train_chunk_size=3)  # chunks smaller than k
+    torch.testing.assert_close(chunked.scores, whole.scores)
+    torch.testing.assert_close(tiny.scores, whole.scores)
+    assert knn_accuracy(train, labels, test, test_labels, chunk_size=5) == knn_accuracy(train, labels, test, test_labels)
+
+
+def test_knn_accuracy_top1_top5():
+    train, labels, test, test_labels = random_task(seed=2)
+    ref = reference_knn(train, labels, test)
+    ranks = [rank_classes(r) for r in ref]
+    top1 = 100 * np.mean([r[0] == y for r, y in zip(ranks, test_labels.tolist())])
+    top5 = 100 * np.mean([y in r[:5] for r, y in zip(ranks, test_labels.tolist())])
+    acc = knn_accuracy(train, labels, test, test_labels)
+    assert acc == pytest.approx({"top1": top1, "top5": top5})
+    assert 50 < acc["top1"] <= acc["top5"] <= 100
+    # fewer than 5 classes: top-1 only
+    few = knn_accuracy(TRAIN_2D, LABELS_2D, QUERY, torch.tensor([0]))
+    assert few == {"top1": 100.0}
+
+
+def test_topk_accuracy_by_hand():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.0, 0.1, 0.1],
+                           [0.3, 0.3, 0.0, 0.1, 0.1, 0.2],   # tie between 0 and 1: class 0 ranks first
+                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.0]])
+    labels = torch.tensor([1, 1, 5])
+    # sample 1: ranks 1st; sample 2: 2nd (tie lost); sample 3: class 5 is last (tied with 0, after it)
+    assert topk_accuracy(scores, labels) == pytest.approx({"top1": 100 / 3, "top5": 200 / 3})
+    assert topk_accuracy(scores, labels, ks=(1, 2, 10)) == pytest.approx({"top1": 100 / 3, "top2": 200 / 3})
+
+
+def load_official_knn_module():
+    """``KnnModule`` from the installed dinov2/eval/knn.py, without importing its package."""
+    spec = importlib.util.find_spec("dinov2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the official dinov2 package (test oracle) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "eval" / "knn.py"
+    tree = ast.parse(path.read_text())
+    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "KnnModule")
+    namespace = {"torch": torch, "one_hot": F.one_hot, "softmax": F.softmax,
+                 "distributed": types.SimpleNamespace(get_global_rank=lambda: 0, get_global_size=lambda: 1)}
+    exec(compile(ast.Module([cls], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["KnnModule"]
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_knn_matches_official_module(single_process_group):
+    KnnModule = load_official_knn_module()
+    train, labels, test, _ = random_task(seed=3, c=12)
+    # the official evaluation L2-normalises the model output (ModelWithNormalize) before the module
+    official = KnnModule(F.normalize(train, dim=1), labels, nb_knn=[10, 20], T=T, device="cpu", num_classes=12)
+    with torch.no_grad():
+        probas = official(F.normalize(test, dim=1))
+    torch.testing.assert_close(knn_classify(train, labels, test, k=20).scores, probas[20])
+    # with several k the official softmax runs over the largest k: the same ranking, other scale
+    ours10 = knn_classify(train, labels, test, k=10).scores
+    torch.testing.assert_close(ours10, probas[10] / probas[10].sum(1, keepdim=True))
+
+
+def test_knn_input_errors():
+    with pytest.raises(ValueError, match="dimensions"):
+        knn_classify(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        knn_classify(torch.randn(5, 3), torch.zeros(5, dtype=torch.long), torch.tensor([[0.0, float("nan"), 1.0]]))
+    with pytest.raises(ValueError, match=">= 0"):
+        knn_classify(torch.randn(3, 3), torch.tensor([0, -1, 1]), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="5 labels"):
+        knn_classify(torch.randn(5, 3), torch.zeros(4, dtype=torch.long), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="num_classes"):
+        knn_classify(torch.randn(3, 3), torch.tensor([0, 1, 4]), torch.randn(2, 3), num_classes=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_knn_on_cuda_matches_cpu():
+    train, labels, test, test_labels = random_task(seed=4, n=3000, m=500, d=64, c=20)
+    cpu = knn_classify(train, labels, test, chunk_size=64)
+    gpu = knn_classify(train.cuda(), labels.cuda(), test, chunk_size=64, train_chunk_size=1000)
+    assert gpu.scores.is_cuda
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, rtol=1e-4, atol=1e-5)
+    probe_gpu = linear_probe(train.cuda(), labels, test.cuda(), test_labels)
+    assert abs(probe_gpu["top1"] - linear_probe(train, labels, test, test_labels)["top1"]) <= 1.0
+
+
+# -- linear probe ------------------------------------------------------------------------------
+def test_linear_probe_separates_separable_data():
+    train, labels, test, test_labels = random_task(seed=5, n=600, m=300, d=32, c=5)
+    raw = 50 * train + 7, 50 * test + 7  # far from standardised: the probe standardises itself
+    result = linear_probe(*raw[:1], labels, raw[1], test_labels, seed=0)
+    assert result["top1"] >= 95 and result["top5"] == 100
+    assert set(result["search"]) == {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0}
+    assert result["weight_decay"] in result["search"]
+    assert result == linear_probe(*raw[:1], labels, raw[1], test_labels, seed=0)  # deterministic
+    # the returned layer takes raw features (the standardisation is folded in)
+    layer = fit_linear(raw[0], labels, weight_decay=result["weight_decay"])
+    preds = layer(raw[1]).argmax(1)
+    assert (preds == test_labels).float().mean() * 100 == pytest.approx(result["top1"], abs=1.0)
+
+
+def test_linear_probe_chance_on_random_labels():
+    gen = torch.Generator().manual_seed(6)
+    train, test = torch.randn(800, 32, generator=gen), torch.randn(800, 32, generator=gen)
+    labels, test_labels = torch.randint(0, 4, (800,), generator=gen), torch.randint(0, 4, (800,), generator=gen)
+    result = linear_probe(train, labels, test, test_labels)
+    assert abs(result["top1"] - 25.0) < 6.0  # chance is 25 %; 3 standard errors is 4.6
+    # fitting a random labelling is possible with no decay (memorising), but that does not transfer
+    layer = fit_linear(train, labels, weight_decay=0.0)
+    assert (layer(train).argmax(1) == labels).float().mean() > 0.35
+
+
+def test_linear_probe_chooses_decay_on_held_out_data():
+    # few noisy samples in many dimensions: weak decay overfits, and the held-out search sees it
+    train, labels, test, test_labels = random_task(seed=7, n=300, m=600, d=128, c=5)
+    gen = torch.Generator().manual_seed(8)
+    train, test = train + 5 * torch.randn(train.shape, generator=gen), test + 5 * torch.randn(test.shape, generator=gen)
+    result = linear_probe(train, labels, test, test_labels, weight_decays=(1e-5, 1.0))
+    assert result["search"][1.0] > result["search"][1e-5] and result["weight_decay"] == 1.0
+    weak = linear_probe(train, labels, test, test_labels, weight_decays=(1e-5,))
+    assert weak["search"] == {} and weak["weight_decay"] == 1e-5 and weak["top1"] < result["top1"]
+
+
+def test_stratified_split():
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
+    assert torch.bincount(labels[val], minlength=4).tolist() == [2, 1, 0, 1]  # round(n/5), >= 1, < n
+    again, other = stratified_split(labels, 0.2, seed=0), stratified_split(labels, 0.2, seed=1)
+    assert again[1].tolist() == val.tolist() and other[1].tolist() != val.tolist()
+    with pytest.raises(ValueError, match="val_fraction"):
+        stratified_split(labels, 1.0)
+
+
+# -- image folders -----------------------------------------------------------------------------
+def write_folder(root: Path, per_class=3, classes=("cat", "dog"), seed=0):
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((20 + 3 * i, 30, 3))
+            base[..., c % 3] = 200
+            img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+    return root
+
+
+def test_folder_features(tmp_path):
+    root = write_folder(tmp_path / "data")
+    (root / "cat" / "broken.png").write_bytes(b"not a png at all")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    (root / "empty").mkdir()
+    model = tiny_vit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = folder_features(model, root, size=28, batch_size=2, progress=False)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "skipped 1 unreadable image(s)" in messages[0] and "broken.png" in messages[0]
+    assert messages[1].endswith("subfolder(s) without images left out: empty")
+    features, labels, names = data  # unpacks as the three it is asked for
+    assert names == ["cat", "dog"] and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert features.shape == (6, 48) and features.dtype == torch.float32
+    assert len(data.skipped) == 1 and "broken.png" in data.skipped[0]
+    assert all("broken" not in p for p in data.paths)
+    # the same numbers as extract_features on each file, resized by it
+    one = extract_features(model, data.paths[4], size=(28, 28), fit="resize")
+    torch.testing.assert_close(features[4], one.cls_tokens[one.layers[-1]][0], rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mean = folder_features(model, root, size=28, pooling="mean", progress=False).features
+        both = folder_features(model, root, size=28, pooling="cls+mean", progress=False).features
+    torch.testing.assert_close(mean[4], one.maps[one.layers[-1]][0].mean((1, 2)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both, torch.cat([features, mean], 1))
+    with pytest.raises(ValueError, match="pooling"):
+        folder_features(model, root, pooling="max")
+
+
+def test_folder_layout_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        list_image_folder(tmp_path / "missing")
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.warns(UserWarning, match="no class folder"), pytest.raises(ValueError, match="no class folders"):
+        list_image_folder(tmp_path / "flat")
+    root = write_folder(tmp_path / "split" / "train")
+    write_folder(tmp_path / "split" / "val", per_class=1, classes=("cat", "dog", "eel"))
+    with pytest.raises(ValueError, match="eel"):
+        folder_split_features(tiny_vit(), tmp_path / "split", size=28)
+    assert root.exists()
+
+
+def test_train_val_folders_and_evaluate(tmp_path):
+    model = tiny_vit()
+    write_folder(tmp_path / "tv" / "train", per_class=4, classes=("a", "b", "c"))
+    write_folder(tmp_path / "tv" / "val", per_class=2, classes=("b", "c"), seed=1)  # no 'a' in val: allowed
+    train, val = folder_split_features(model, tmp_path / "tv", size=28, progress=False)
+    assert train.class_names == val.class_names == ["a", "b", "c"]
+    assert val.labels.tolist() == [1, 1, 2, 2] and len(train.labels) == 12
+
+    # one folder, split by seed; the command's result is the two functions' numbers
+    write_folder(tmp_path / "one", per_class=5, classes=("r", "g", "b"))
+    result = evaluate_folder(model, tmp_path / "one", size=28, k=5, seed=3, progress=False)
+    train, val = folder_split_features(model, tmp_path / "one", size=28, seed=3, progress=False)
+    assert (result["num_train"], result["num_val"]) == (12, 3) == (len(train.labels), len(val.labels))
+    assert result["knn"] == knn_accuracy(train.features, train.labels, val.features, val.labels, k=5)
+    assert result["linear"]["top1"] == linear_probe(train.features, train.labels, val.features, val.labels, seed=3)["top1"]
+    assert result["knn"]["top1"] == 100.0  # red, green and blue images are told apart even by a random ViT
+    assert result["skipped"] == [] and result["class_names"] == ["b", "g", "r"]
+    import json
+
+    json.dumps(result)  # JSON-ready

@@ -1,0 +1,80 @@
+"""Pretraining schedules, parameter groups and config checks, against the formulas and the
+original DINOv2 code (``dinov2==0.0.1.dev2``, a test oracle)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.config import ConfigError, resolve
+from pretrain.schedules import CosineScheduler, build_schedules, layer_decay, params_groups, scaled_lr
+
+from .conftest import tiny_vit
+
+
+def test_cosine_scheduler_formula_and_oracle():
+    from dinov2.utils.utils import CosineScheduler as Official
+
+    for kw in (dict(base_value=1e-3, final_value=1e-6, total_iters=100, warmup_iters=10),
+               dict(base_value=0.992, final_value=1.0, total_iters=57),
+               dict(base_value=0.07, final_value=0.07, total_iters=30, warmup_iters=30, start_warmup_value=0.04),
+               dict(base_value=0.5, final_value=0.1, total_iters=40, warmup_iters=5, freeze_iters=7)):
+        ours, official = CosineScheduler(**kw), Official(**kw)
+        assert [ours[i] for i in range(kw["total_iters"] + 3)] == pytest.approx(
+            [official[i] for i in range(kw["total_iters"] + 3)], abs=1e-15)
+    s = CosineScheduler(1.0, 0.0, 110, warmup_iters=10)
+    assert s[0] == 0.0 and s[9] == pytest.approx(1.0) and s[10] == pytest.approx(1.0)
+    assert s[10 + 50] == pytest.approx(0.5 * (1 + math.cos(math.pi * 50 / 100)))  # half the cosine: 0.5
+    assert s[1000] == 0.0
+
+
+def test_build_schedules_match_the_official_train_script():
+    optim = dict(epochs=4, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=1, min_lr=1e-6,
+                 freeze_last_layer_epochs=1)
+    teacher = dict(momentum_teacher=0.992, final_momentum_teacher=1.0, warmup_teacher_temp=0.04, teacher_temp=0.07,
+                   warmup_teacher_temp_epochs=2)
+    s = build_schedules(optim, teacher, epoch_length=10, lr=2e-3)
+    it = np.arange(45)
+    assert s.lr[0] == 0.0 and s.lr[10] == pytest.approx(2e-3) and s.lr[44] == pytest.approx(1e-6)
+    assert s.wd[0] == pytest.approx(0.04) and s.wd[40] == pytest.approx(0.4)
+    assert s.momentum[0] == pytest.approx(0.992) and s.momentum[40] == pytest.approx(1.0)
+    assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[19] == pytest.approx(0.07)
+    assert s.teacher_temp[30] == pytest.approx(0.07)
+    assert all(s.last_layer_lr[i] == 0.0 for i in range(10)) and s.last_layer_lr[15] == s.lr[15]
+    wd = [s.wd[i] for i in it[:40]]
+    assert wd == pytest.approx([0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * i / 40)) for i in range(40)])
+    assert scaled_lr(0.004, 256) == pytest.approx(0.002) and scaled_lr(0.004, 1024) == pytest.approx(0.004)
+
+
+def test_params_groups_match_the_official_ones():
+    from dinov2.utils.param_groups import get_params_groups_with_decay
+
+    model = tiny_vit(depth=4)
+    ours = {g["name"]: g for g in params_groups(model, 0.9, 0.2)}
+    official = {g["name"]: g for g in get_params_groups_with_decay(model, 0.9, 0.2)}
+    assert set(ours) == set(official)
+    for name, g in official.items():
+        for key in ("lr_multiplier", "wd_multiplier", "is_last_layer"):
+            assert ours[name][key] == pytest.approx(g[key]), (name, key)
+    assert ours["patch_embed.proj.weight"]["lr_multiplier"] == pytest.approx(0.2 * 0.9 ** 5)
+    assert ours["blocks.3.mlp.fc1.weight"]["lr_multiplier"] == pytest.approx(0.9)
+    assert ours["norm.weight"]["lr_multiplier"] == 1.0 and ours["norm.weight"]["wd_multiplier"] == 0.0
+    assert layer_decay("blocks.0.attn.qkv.weight", 0.5, 2) == pytest.approx(0.25)
+
+
+def test_config_refuses_unknown_keys_and_bad_values():
+    cfg = resolve({"optim": {"epochs": 2, "warmup_epochs": 1}}, "c.py")
+    assert cfg["optim"]["epochs"] == 2 and cfg["dino"]["head_n_prototypes"] == 65536
+    with pytest.raises(ConfigError, match=r"c.py: unknown key optim.warmup_epoch \(did you mean warmup_epochs\?\)"):
+        resolve({"optim": {"warmup_epoch": 1}}, "c.py")
+    with pytest.raises(ConfigError, match="unknown section 'optimizer'"):
+        resolve({"optimizer": {}}, "c.py")
+    with pytest.raises(ConfigError, match="optim.base_lr = 'fast': expected a number"):
+        resolve({"optim": {"base_lr": "fast"}}, "c.py")
+    with pytest.raises(ConfigError, match="crops.global_crops_size"):
+        resolve({"crops": {"global_crops_size": 100}}, "c.py")
+    with pytest.raises(ConfigError, match="student.embed_dim"):
+        resolve({"student": {"arch": "custom"}}, "c.py")
