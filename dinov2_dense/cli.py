@@ -55,6 +55,27 @@ def _weights_arg(weights: str) -> str | None:
     return None if weights == "random" else weights
 
 
+def _model_name(args: argparse.Namespace):
+    """``--model`` as given; by default the architecture JSON beside a ``--weights`` file (a
+    pretraining export), else dinov2_vits14. Also sets ``args.model`` to a printable name."""
+    if hasattr(args, "model_arch"):
+        return args.model_arch
+    weights = _weights_arg(args.weights)
+    args.model_arch = args.model
+    if args.model is None:
+        w = Path(weights) if weights not in (None, "official") and "://" not in str(weights) else None
+        beside = w is not None and (w.with_suffix(".json").is_file() or (w.parent / "backbone.json").is_file())
+        args.model = str(w) if beside else "dinov2_vits14"
+        args.model_arch = None if beside else "dinov2_vits14"
+    return args.model_arch
+
+
+def _load_model(args: argparse.Namespace, device):
+    from .hub import load_backbone
+
+    return load_backbone(_model_name(args), weights=_weights_arg(args.weights), device=device)
+
+
 def _planned_grids(images: list[str], size, fit: str, patch: int = 14) -> dict[tuple[int, int], list[str]]:
     """Feature-map grid (h, w) of each image, from its header, grouped: known before any model work."""
     from .features import _grid, check_input
@@ -70,15 +91,16 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
     from .checkpoints import save_safetensors
     from .fileio import check_output_file, write_npy
-    from .hub import build_backbone, load_backbone
+    from .hub import architecture
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--out {out}: use a .npy or .safetensors file name")
     size = _size_value(args.size, "--size")
     device = check_device(args.device)
-    with torch.device("meta"):  # the architecture's sizes, without allocating it
-        arch = build_backbone(args.model)
+    name = _model_name(args)
+    with torch.device("meta"):  # the architecture's sizes, without allocating or loading it
+        arch = architecture(name, _weights_arg(args.weights))
     grids = _planned_grids(list(args.images), size, args.fit, arch.patch_size)
     arch.resolve_layers(args.layers if args.layers else (args.last if args.last else None))
     if out.suffix == ".npy" and len(grids) > 1:
@@ -92,7 +114,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     check_output_file(out, expected_bytes=estimate, what="--out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_backbone(args.model, weights=_weights_arg(args.weights), device=device)
+    model = _load_model(args, device)
     feats = _extract(model, args, layers, size)
     layer_ids = feats[0].layers
     if out.suffix == ".npy":
@@ -162,7 +184,6 @@ def _cmd_pca(args: argparse.Namespace) -> int:
 
     from .features import FeatureOptions
     from .fileio import check_output_file, staged_dir
-    from .hub import load_backbone
     from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
 
     # check everything that can be checked before loading a model or writing a file
@@ -207,7 +228,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         if weights is None:
             torch.manual_seed(args.seed)  # random weights, the same on every run: a saved basis stays valid
-        model = load_backbone(args.model, weights=weights, device=device)
+        model = _load_model(args, device)
         if basis is not None and basis.dim != model.embed_dim:
             raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
                              f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
@@ -267,7 +288,9 @@ _THREADS_HELP = "torch CPU threads (0: torch's default)"
 
 
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="dinov2_vits14", help="zoo name (see `dinov2-dense info`)")
+    parser.add_argument("--model", default=None,
+                        help="zoo name (see `dinov2-dense info`) or an architecture JSON (default: dinov2_vits14, or "
+                             "the backbone.json beside a --weights file: a pretraining export)")
     parser.add_argument("--weights", default="official",
                         help="'official' (find or download), a file, a URL, or 'random' (random weights, for a try)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
@@ -340,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     pca.set_defaults(func=_cmd_pca)
 
     _add_engine_commands(sub)
+    _add_knn_command(sub)
     for command in sub.choices.values():  # --debug also after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")
@@ -394,6 +418,63 @@ def _add_engine_commands(sub) -> None:
     synth.add_argument("--seed", type=nonnegative_int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty folder")
     synth.set_defaults(func=_cmd_synth)
+
+
+# -- knn -------------------------------------------------------------------------------------------
+def _cmd_knn(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation.knn import evaluate_folder
+    from .fileio import check_output_file, write_json
+    if not Path(args.folder).is_dir():
+        raise FileNotFoundError(f"{args.folder}: no such image folder (one sub-folder per class, or train/ and val/)")
+    if args.out is not None:
+        if Path(args.out).suffix.lower() != ".json":
+            raise ValueError(f"--out {args.out}: the results are written as JSON; give a .json file name")
+        check_output_file(args.out, what="--out")
+    device = check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = _weights_arg(args.weights)
+    model = _load_model(args, device).eval()
+    result = evaluate_folder(model, args.folder, k=args.k, temperature=args.temperature, linear=not args.no_linear,
+                             size=args.size, pooling=args.pooling, batch_size=args.batch_size,
+                             val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True)
+    note = " (random weights)" if weights is None else ""
+    line = f"kNN (k {args.k}, T {args.temperature:g}) top-1 {result['knn']['top1']:.2f}%"
+    if "top5" in result["knn"]:
+        line += f", top-5 {result['knn']['top5']:.2f}%"
+    if "linear" in result:
+        line += f"; linear probe top-1 {result['linear']['top1']:.2f}% (weight decay {result['linear']['weight_decay']:g})"
+    print(f"{args.model}{note}: {line}; {result['num_train']} train / {result['num_val']} val images, "
+          f"{len(result['class_names'])} classes")
+    if result["skipped"]:
+        print(f"warning: {len(result['skipped'])} unreadable image(s) skipped: {', '.join(result['skipped'][:5])}",
+              file=sys.stderr)
+    if args.out is not None:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _add_knn_command(sub) -> None:
+    knn = sub.add_parser("knn", help="kNN and linear-probe accuracy of frozen features on an image folder "
+                                     "(folder name = label)")
+    knn.add_argument("folder", help="one sub-folder per class, or train/ and val/ each with one per class")
+    _common_model_arguments(knn)
+    knn.add_argument("--k", type=positive_int, default=20, help="neighbours (default 20, as the official eval)")
+    knn.add_argument("--temperature", type=float_range(0.0, strict_min=True), default=0.07,
+                     help="softmax temperature of the votes (default 0.07)")
+    knn.add_argument("--no-linear", action="store_true", help="kNN only, no linear probe")
+    knn.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
+    knn.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
+                     help="class token, mean of the patch tokens, or both (default cls)")
+    knn.add_argument("--val-fraction", type=float_range(0.0, 1.0, strict_min=True), default=0.2,
+                     help="held-out share when the folder has no val/ (default 0.2)")
+    knn.add_argument("--seed", type=nonnegative_int, default=0)
+    knn.add_argument("--bf16", action="store_true", help=_BF16_HELP)
+    knn.add_argument("--out", help="write the results as JSON")
+    knn.set_defaults(func=_cmd_knn)
 
 
 # -- eval-depth --------------------------------------------------------------------------------

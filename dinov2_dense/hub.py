@@ -236,6 +236,13 @@ def load_backbone(
     return model.eval() if eval_mode else model
 
 
+def architecture(name: str | os.PathLike | dict | None, weights=None) -> models.DinoVisionTransformer:
+    """The backbone ``load_backbone(name, weights)`` would build, with random weights and nothing
+    loaded (build it under ``torch.device("meta")`` to get only its sizes)."""
+    arch = _architecture(name, weights)
+    return build_backbone(name) if arch is None else models.DinoVisionTransformer(**arch)
+
+
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "ffn_layer",
              "num_register_tokens", "interpolate_antialias", "interpolate_offset", "init_values")
 

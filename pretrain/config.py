@@ -3,7 +3,7 @@
 models), plus our own sections, with every user value checked at start.
 
 A config is a dict of sections (``student``, ``teacher``, ``dino``, ``ibot``, ``train``, ``optim``,
-``crops``, ``compute``, ``monitor``, ``export``); :func:`resolve` fills the defaults and refuses an
+``crops``, ``compute``, ``monitor``, ``distill``); :func:`resolve` fills the defaults and refuses an
 unknown section or key, naming it (``optim.warmup_epoch``: a typo would otherwise be ignored), and
 values of the wrong kind. Config files in ``configs/pretrain/`` are mmengine ``.py`` files with one
 ``dict`` per section.
@@ -94,12 +94,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         period=0,  # iterations between dense-quality checks (0: off)
         images=("skimage:astronaut", "skimage:coffee", "skimage:chelsea"),
         pca_size=224,
-        probe_scenes=(64, 32),  # synthetic scenes to fit / score the frozen linear probe on
+        probe_scenes=(8, 32),  # synthetic scenes to fit / score the frozen linear probe on (few: colour alone
+        #                        separates the scenes' classes, so more fitting scenes saturate the probe)
         probe_size=112,
         knn_scenes=(200, 100),
     ),
-    "evaluation": dict(
-        eval_period_iterations=12500,  # iterations between teacher exports (0: off)
+    "distill": dict(
+        teacher=None,  # distillation: a zoo name or a file load_backbone reads (the frozen teacher)
+        teacher_head=None,  # a pretraining checkpoint whose teacher.dino_head.* is the teacher's head
+        students=(),  # dicts of student settings over the student section; empty: the student section
     ),
 }
 
@@ -161,6 +164,15 @@ def _check(cfg: dict, source: str) -> None:
     need(cfg["compute"]["distributed"] in ("ddp", "fsdp"), "compute.distributed", "use ddp or fsdp")
     lo, hi = cfg["ibot"]["mask_ratio_min_max"]
     need(0 <= lo <= hi < 1, "ibot.mask_ratio_min_max", "0 <= min <= max < 1")
+
+
+def resolve_student(base: dict, override: dict, source: str = "config") -> dict:
+    """A distillation student: the ``student`` section updated by one entry of ``distill.students``."""
+    unknown = set(override) - set(DEFAULTS["student"])
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{source}: unknown key distill.students[].{key}{_suggest(key, DEFAULTS['student'])}")
+    return {**base, **override}
 
 
 def _get(cfg: dict, dotted: str) -> Any:

@@ -118,8 +118,7 @@ class SSLMetaArch(nn.Module):
         """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
         s = [p for k in self.student for p in self.student[k].parameters()]
         t = [p for k in self.student for p in self.teacher[k].parameters()]
-        torch._foreach_mul_(t, momentum)
-        torch._foreach_add_(t, s, alpha=1.0 - momentum)
+        torch._foreach_lerp_(t, s, 1.0 - momentum)  # t + (1 - m)(s - t): exactly t where s == t
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -146,10 +145,13 @@ class SSLMetaArch(nn.Module):
         n_global_terms = (n_global - 1) * n_global
         ctx = autocast if autocast is not None else nullcontext
         centering = self.cfg["train"]["centering"]
+        # iBOT needs masked patches on every process (its center is all-reduced): a batch without any
+        # (possible on tiny patch grids, where int(n_tokens * ratio) rounds to 0) skips iBOT everywhere
+        ibot_on = self.do_ibot and _everywhere(n_masked > 0, device)
 
         with torch.no_grad(), ctx():
             teacher_dino, teacher_ibot = self._teacher_targets(global_crops, mask_indices, n_masked, n_masked_tensor,
-                                                               teacher_temp, centering)
+                                                               teacher_temp, centering, ibot_on)
         losses: dict[str, Tensor] = {}
         with ctx():
             crops = [global_crops, local_crops] if n_local > 0 else [global_crops]
@@ -161,7 +163,7 @@ class SSLMetaArch(nn.Module):
                 head_inputs.append(outputs[1]["x_norm_clstoken"])
             head_inputs.append(student_global["x_norm_clstoken"])
             masked_patches = None
-            if self.do_ibot:
+            if ibot_on:
                 masked_patches = torch.index_select(student_global["x_norm_patchtokens"].flatten(0, 1), 0, mask_indices)
                 if not self.ibot_separate_head:
                     head_inputs.append(masked_patches)
@@ -170,7 +172,7 @@ class SSLMetaArch(nn.Module):
             local_out = after_head.pop(0) if n_local > 0 else None
             global_out = after_head.pop(0)
             ibot_out = None
-            if self.do_ibot:
+            if ibot_on:
                 ibot_out = after_head.pop(0) if not self.ibot_separate_head else self.student.ibot_head(masked_patches)
         # the losses in float32, as the official heads' outputs are upcast before their softmaxes
         local_out, global_out = (None if local_out is None else local_out.float()), global_out.float()
@@ -189,7 +191,7 @@ class SSLMetaArch(nn.Module):
                 koleo = self.cfg["dino"]["koleo_loss_weight"] * sum(self.koleo_loss(p) for p in cls_tokens.chunk(2))
                 total = total + koleo
                 losses["koleo_loss"] = koleo / 2
-        if self.do_ibot:
+        if ibot_on:
             loss = self.ibot_patch_loss.forward_masked(ibot_out, teacher_ibot, student_masks_flat=masks,
                                                        n_masked_patches=n_masked, masks_weight=masks_weight)
             loss = loss * 2 / n_global
@@ -202,35 +204,45 @@ class SSLMetaArch(nn.Module):
         return {k: v.detach().float() for k, v in losses.items()}
 
     def _teacher_targets(self, global_crops: Tensor, mask_indices: Tensor, n_masked: int, n_masked_tensor: Tensor,
-                         teacher_temp: float, centering: str) -> tuple[Tensor, Tensor | None]:
+                         teacher_temp: float, centering: str, ibot_on: bool) -> tuple[Tensor, Tensor | None]:
         out = self.teacher.backbone(global_crops, is_training=True)
         cls = out["x_norm_clstoken"].chunk(2)
         cls = torch.cat((cls[1], cls[0]))  # crop A's student output is matched with crop B's teacher output
         n_cls = cls.shape[0]
         masked = None
-        if self.do_ibot:
+        if ibot_on:
             masked = torch.index_select(out["x_norm_patchtokens"].flatten(0, 1), 0, mask_indices)
-        if self.do_ibot and not self.ibot_separate_head:
+        if ibot_on and not self.ibot_separate_head:
             after = self.teacher.dino_head(torch.cat([cls, masked]))
             cls_after, masked_after = after[:n_cls], after[n_cls:]
         else:
             cls_after = self.teacher.dino_head(cls)
-            masked_after = self.teacher.ibot_head(masked) if self.do_ibot else None
+            masked_after = self.teacher.ibot_head(masked) if ibot_on else None
         cls_after, masked_after = cls_after.float(), None if masked_after is None else masked_after.float()
         if centering == "centering":
             dino = self.dino_loss.softmax_center_teacher(cls_after, teacher_temp=teacher_temp).view(2, -1, cls_after.shape[-1])
             self.dino_loss.update_center(cls_after)
             ibot = None
-            if self.do_ibot:
+            if ibot_on:
                 ibot = self.ibot_patch_loss.softmax_center_teacher(masked_after.unsqueeze(0), teacher_temp=teacher_temp)
                 ibot = ibot.squeeze(0)
                 self.ibot_patch_loss.update_center(masked_after.unsqueeze(0))
         elif centering == "sinkhorn_knopp":
             dino = self.dino_loss.sinkhorn_knopp_teacher(cls_after, teacher_temp=teacher_temp).view(2, -1, cls_after.shape[-1])
             ibot = None
-            if self.do_ibot:
+            if ibot_on:
                 ibot = self.ibot_patch_loss.sinkhorn_knopp_teacher(masked_after, teacher_temp=teacher_temp,
                                                                    n_masked_patches_tensor=n_masked_tensor)
         else:
             raise ValueError(f"train.centering={centering!r}: use 'centering' or 'sinkhorn_knopp'")
         return dino, ibot
+
+
+def _everywhere(flag: bool, device: torch.device) -> bool:
+    """``flag`` on every process (one all-reduce under torch.distributed)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())

@@ -37,7 +37,7 @@ from .config import resolve
 from .meta_arch import SSLMetaArch
 from .schedules import apply_optim_scheduler, build_schedules, scaled_lr
 
-__all__ = ["arch_dict", "checkpoint_files", "pretrain", "setup_distributed"]
+__all__ = ["TrainingDiverged", "arch_dict", "checkpoint_files", "pretrain", "setup_distributed"]
 
 _CKPT = re.compile(r"^checkpoint_(\d+)\.pth$")
 
@@ -87,8 +87,9 @@ def _wrap(model: SSLMetaArch, mode: str, device: torch.device, world: int) -> No
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
+        unused = bool(getattr(model, "ibot_separate_head", False))  # a step may skip iBOT (no masked patch)
         for key in list(model.student.keys()):
-            model.student[key] = DDP(model.student[key], device_ids=ids)
+            model.student[key] = DDP(model.student[key], device_ids=ids, find_unused_parameters=unused and key == "ibot_head")
         return
     from torch.distributed.fsdp import fully_shard
 
@@ -156,8 +157,9 @@ def _loader(cfg: dict, start_iter: int, rank: int, world: int):
                                      local_crops_size=crops["local_crops_size"], seed=seed)
     dataset = build_dataset(train["dataset"], transform=transform)
     masks = MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid)
+    masking = 0.0 if cfg["distill"]["teacher"] else cfg["ibot"]["mask_sample_probability"]  # distillation: none
     collate = partial(collate_data_and_cast, mask_ratio_tuple=tuple(cfg["ibot"]["mask_ratio_min_max"]),
-                      mask_probability=cfg["ibot"]["mask_sample_probability"], n_tokens=grid * grid,
+                      mask_probability=masking, n_tokens=grid * grid,
                       mask_generator=masks, dtype=torch.float32)
     batch = train["batch_size_per_gpu"]
     sampler = _InfiniteSampler(len(dataset), train["seed"], rank, world, start=start_iter * batch)
@@ -221,18 +223,35 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
             lock.release()
 
 
-def _build(cfg: dict, device: torch.device) -> SSLMetaArch:
+def _load_any(weights: str) -> nn.Module:
+    """A backbone from a zoo name (official weights) or a file (an export, a checkpoint, ...)."""
+    from dinov2_dense.hub import BACKBONES, load_backbone
+
+    from .export import load_exported
+
+    return load_backbone(weights) if isinstance(weights, str) and weights in BACKBONES else load_exported(weights)
+
+
+def _build(cfg: dict, device: torch.device) -> nn.Module:
+    distill = cfg["distill"]
+    if distill["teacher"]:
+        from .config import resolve_student
+        from .distill import DistillArch
+
+        teacher = _load_any(distill["teacher"])
+        head = None
+        if distill["teacher_head"]:
+            state = torch.load(distill["teacher_head"], map_location="cpu", weights_only=True)
+            state = state.get("model", state)
+            head = {k[len("teacher.dino_head."):]: v for k, v in state.items() if k.startswith("teacher.dino_head.")}
+            if not head:
+                raise ValueError(f"distill.teacher_head={distill['teacher_head']}: no teacher.dino_head.* tensors in it")
+        students = [resolve_student(cfg["student"], s) for s in distill["students"]] or [cfg["student"]]
+        return DistillArch(cfg, teacher, students, head).to(device)
     student = teacher = None
     weights = cfg["student"]["pretrained_weights"]
     if weights:
-        from dinov2_dense.hub import BACKBONES, load_backbone
-
-        from .export import load_exported
-
-        if isinstance(weights, str) and weights in BACKBONES:
-            student, teacher = load_backbone(weights), load_backbone(weights)
-        else:
-            student, teacher = load_exported(weights), load_exported(weights)
+        student, teacher = _load_any(weights), _load_any(weights)
     model = SSLMetaArch(cfg, student, teacher)
     if weights:
         _set_drop_path(model.student.backbone, cfg["student"])
@@ -256,8 +275,9 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
     from tqdm.auto import tqdm
 
     main = rank == 0
-    torch.manual_seed(cfg["train"]["seed"] + rank)
+    torch.manual_seed(cfg["train"]["seed"])  # the same initial student and teacher in every process
     model = _build(cfg, device)
+    torch.manual_seed(cfg["train"]["seed"] + 1 + rank)  # then each its own drop path
     train, optim_cfg = cfg["train"], cfg["optim"]
     total_batch = train["batch_size_per_gpu"] * world
     cfg["optim"]["lr"] = lr = scaled_lr(optim_cfg["base_lr"], total_batch, optim_cfg["scaling_rule"])
@@ -288,7 +308,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
             scaler.load_state_dict(state["scaler"])
     if main:
         write_json(work_dir / "config.json", _jsonable(cfg))
-        write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
+        if not cfg["distill"]["teacher"]:  # the architecture of the checkpoints' teacher.backbone.*
+            write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
     dataset, loader = _loader(cfg, start, rank, world)
     stop = min(total_iters, max_iters) if max_iters is not None else total_iters
     metrics_path = work_dir / "training_metrics.jsonl"
@@ -326,8 +347,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
         reduced = {k: v.item() / world for k, v in losses.items()}
         total = sum(reduced.values())
         if not math.isfinite(total):
-            raise FloatingPointError(f"the loss is {total} at iteration {it} ({reduced}); stopped before writing "
-                                     "anything: lower optim.base_lr, or check the data")
+            raise TrainingDiverged(f"the loss is {total} at iteration {it} ({reduced}); stopped before writing "
+                                   "anything: lower optim.base_lr, or check the data")
         it += 1
         seen += total_batch
         if main:
@@ -340,25 +361,61 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
         if monitor is not None and it % cfg["monitor"]["period"] == 0:
-            last.update(monitor.run(_unwrap(model.teacher.backbone), it))
+            last.update(monitor.run(_unwrap(next(iter(_exported(model).values()))), it))
         if it % train["checkpoint_period"] == 0 or it == stop:
             _save(model, optimizer, scaler, cfg, work_dir, it, main)
     bar.close()
     result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
+    if world > 1:
+        result["teacher_fingerprints"] = _check_in_sync(model, work_dir, main)
     if main and it >= total_iters:
         from .export import export_backbone
 
-        result["export"] = {k: str(v) for k, v in export_backbone(_unwrap(model.teacher.backbone),
-                                                                  work_dir / "export").items()}
+        exports = {name: {k: str(v) for k, v in export_backbone(_unwrap(b), work_dir / "export", name).items()}
+                   for name, b in _exported(model).items()}
+        result["export"] = exports["backbone"] if list(exports) == ["backbone"] else exports
     if main and result["skipped_images"]:
         print(f"warning: {len(result['skipped_images'])} unreadable image(s) were skipped: "
               f"{', '.join(map(str, result['skipped_images'][:5]))}", file=sys.stderr)
     return result
 
 
-def _freeze_backbone(model: SSLMetaArch, optimizer, it: int, optim_cfg: dict) -> None:
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; nothing was written for that iteration."""
+
+
+def _check_in_sync(model: nn.Module, work_dir: Path, main: bool) -> list[str]:
+    """Every process's teacher must be the same: their SHA-256s (``teacher_fingerprints.json``)."""
+    import hashlib
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    digest = hashlib.sha256()
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))  # on every process
+    for name, tensor in sorted(full.items()):
+        tensor = tensor.detach().cpu()
+        if name.startswith("teacher."):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    prints: list[str] = [""] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(prints, digest.hexdigest())
+    if main:
+        write_json(work_dir / "teacher_fingerprints.json", prints)
+    if len(set(prints)) != 1:
+        raise RuntimeError(f"the processes' teachers differ after training: {prints}")
+    return prints
+
+
+def _exported(model: nn.Module) -> dict[str, nn.Module]:
+    """The backbones a run exports: the teacher of pretraining, the students' EMAs of distillation."""
+    return model.export_backbones() if hasattr(model, "export_backbones") else {"backbone": model.teacher.backbone}
+
+
+def _freeze_backbone(model: nn.Module, optimizer, it: int, optim_cfg: dict) -> None:
     """Continued pretraining: no backbone update during the first ``freeze_backbone_iters`` (the new
     heads warm up on the given features), then the backbone at ``backbone_lr_mult`` times the rate."""
+    if "backbone" not in model.student or (not optim_cfg["freeze_backbone_iters"] and optim_cfg["backbone_lr_mult"] == 1):
+        return
     frozen = it < optim_cfg["freeze_backbone_iters"]
     backbone_params = {id(p) for p in model.student.backbone.parameters()}
     for group in optimizer.param_groups:

@@ -4,9 +4,14 @@
     torchrun --nproc_per_node 8 tools/pretrain.py configs/pretrain/vitl14_imagenet.py   # DDP / FSDP
 """
 
+import os
 import sys
 
-from dinov2_dense.cli import main
+# this script's folder comes first on sys.path, and this file is named like the `pretrain` package
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+from dinov2_dense.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -1,0 +1,235 @@
+"""The pretraining loop end to end on tiny models: export and reload, kill -9 and resume, two
+processes on gloo, continued pretraining with the monitor, distillation, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dinov2_dense import load_backbone
+from pretrain.train import TrainingDiverged, checkpoint_files, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+HEAD = dict(head_n_prototypes=64, head_bottleneck_dim=16, head_hidden_dim=32)
+
+
+def tiny(iters: int = 4, **sections) -> dict:
+    """A 32-wide, 2-block ViT/14 on 28-pixel crops of synthetic scenes, ``iters`` iterations."""
+    cfg = dict(
+        student=dict(arch="custom", embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.1, layerscale=1.0),
+        dino=dict(HEAD), ibot=dict(HEAD),
+        crops=dict(global_crops_size=28, local_crops_size=14, local_crops_number=2),
+        train=dict(batch_size_per_gpu=4, num_workers=0, OFFICIAL_EPOCH_LENGTH=iters, checkpoint_period=2, log_freq=1,
+                   dataset=dict(type="synthetic", num_scenes=48, config=dict(size=(56, 56)))),
+        optim=dict(epochs=1, warmup_epochs=0, freeze_last_layer_epochs=0),
+        teacher=dict(warmup_teacher_temp_epochs=0),
+        compute=dict(precision="fp32"),
+        monitor=dict(period=0),
+    )
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
+
+
+def _py_config(path: Path, cfg: dict) -> Path:
+    path.write_text("".join(f"{k} = {v!r}\n" for k, v in cfg.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny run of 6 iterations: its work dir and result."""
+    work = tmp_path_factory.mktemp("pretrain") / "run"
+    result = pretrain(tiny(6), work, progress=False)
+    return work, result
+
+
+def test_export_loads_strictly_and_reproduces_the_teacher(pretrained):
+    work, result = pretrained
+    assert result["iterations"] == 6 and set(result["export"]) == {"pth", "safetensors", "json"}
+    ckpt = torch.load(checkpoint_files(work)[0], map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == 6
+    teacher = {k[len("teacher.backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("teacher.backbone.")}
+    x = torch.randn(2, 3, 42, 56)
+    outputs = []
+    for arch, weights in ((None, result["export"]["safetensors"]), (result["export"]["json"], result["export"]["pth"]),
+                          (None, checkpoint_files(work)[0])):  # the training checkpoint reads like an official one
+        model = load_backbone(arch, weights=weights)
+        assert set(model.state_dict()) == set(teacher)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in teacher.items())
+        outputs.append(model.forward_features(x)["x_norm_patchtokens"])
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+    lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == list(range(1, 7))
+    assert {"dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "images_per_s", "eta_s"} <= \
+        set(lines[-1])
+    assert len(checkpoint_files(work)) == 3  # checkpoints at 2, 4, 6 (max_to_keep 3)
+
+
+def test_kill_minus_nine_then_resume_ends_at_the_planned_iteration(tmp_path):
+    cfg = _py_config(tmp_path / "tiny.py", tiny(400, train=dict(checkpoint_period=20, log_freq=20)))
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "dinov2_dense.cli", "pretrain", str(cfg), "--work-dir", str(work)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoint_files(work):
+        time.sleep(0.05)
+    time.sleep(0.2)  # somewhere in the run, maybe in the middle of a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpoint_files(work)
+    assert saved, "killed before the first checkpoint"
+    killed_at = torch.load(saved[0], weights_only=True)["iteration"]
+    assert killed_at < 400
+    out = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"(iteration {killed_at})" in out.stderr
+    assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 400
+    assert (work / "export" / "backbone.safetensors").is_file()
+    lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["iteration"] == 400
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_gloo_keep_the_same_teacher(tmp_path):
+    cfg = _py_config(tmp_path / "tiny.py", tiny(4))
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work)]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    prints = json.loads((work / "teacher_fingerprints.json").read_text())
+    assert len(prints) == 2 and prints[0] == prints[1]
+    assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 4
+
+
+def test_continued_pretraining_warms_the_heads_up_and_monitors(pretrained, tmp_path):
+    work, result = pretrained
+    start = load_backbone(None, weights=result["export"]["safetensors"])
+    cfg = tiny(6, student=dict(pretrained_weights=result["export"]["safetensors"]),
+               optim=dict(freeze_backbone_iters=4, backbone_lr_mult=0.1),
+               monitor=dict(period=2, images=("skimage:coffee",), pca_size=56, probe_size=56, probe_scenes=(8, 4),
+                            knn_scenes=(30, 20)))
+    out = tmp_path / "continued"
+    pretrain(cfg, out, progress=False)
+    records = [json.loads(l) for l in (out / "monitor" / "monitor.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [2, 4, 6]
+    assert (out / "monitor" / "pca_0000002.png").is_file() and (out / "monitor" / "pca_0000006.png").is_file()
+    from pretrain.monitor import dense_quality, scene_set
+
+    probe = (scene_set(8, 56, "train", 1), scene_set(4, 56, "val", 1))
+    knn = (scene_set(30, 56, "train", 2), scene_set(20, 56, "val", 2))
+    before = dense_quality(start, probe, knn, 5)["knn_top1"]
+    assert abs(records[0]["knn_top1"] - before) <= 2 and abs(records[1]["knn_top1"] - before) <= 2  # frozen: no collapse
+    ckpt = torch.load(checkpoint_files(out)[-1], weights_only=True)  # the oldest kept: iteration 2, still frozen
+    assert ckpt["iteration"] == 2
+    frozen = {k[len("student.backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("student.backbone.")}
+    assert all(torch.equal(frozen[k], v) for k, v in start.state_dict().items())
+
+
+def test_distillation_students_move_towards_the_teacher(pretrained, tmp_path):
+    work, result = pretrained
+    from pretrain.distill import feature_distance
+    from pretrain.monitor import scene_set
+
+    cfg = tiny(12, distill=dict(teacher=result["export"]["safetensors"],
+                                students=[dict(embed_dim=16, depth=1, num_heads=1), dict(embed_dim=24, depth=2)]),
+               optim=dict(base_lr=0.02))
+    out = tmp_path / "distill"
+    res = pretrain(cfg, out, progress=False)
+    assert set(res["export"]) == {"student0", "student1"}
+    teacher = load_backbone(None, weights=result["export"]["safetensors"])
+    images = scene_set(64, 28, "val", 5)[0]
+    torch.manual_seed(0)
+    from pretrain.meta_arch import build_backbone
+
+    for i, section in enumerate(cfg["distill"]["students"]):
+        student = load_backbone(None, weights=res["export"][f"student{i}"]["safetensors"])
+        init = build_backbone({**tiny()["student"], **section, "drop_path_rate": 0.0, "patch_size": 14,
+                               "layerscale": 1e-5, "ffn_layer": "mlp", "drop_path_uniform": True}, 28, False).eval()
+        assert feature_distance(student, teacher, images) < feature_distance(init, teacher, images), i
+
+
+def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
+    from dinov2_dense.cli import main
+
+    bad = _py_config(tmp_path / "bad.py", tiny(2, optim=dict(warmup_epoch=1)))
+    assert main(["pretrain", str(bad), "--work-dir", str(tmp_path / "w")]) == 2
+    assert "optim.warmup_epoch" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    arch = _py_config(tmp_path / "arch.py", tiny(2, student=dict(arch="vit_gigantic")))
+    assert main(["pretrain", str(arch), "--work-dir", str(tmp_path / "w")]) == 2
+    assert "student.arch='vit_gigantic'" in capsys.readouterr().err
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    res = pretrain(tiny(2, train=dict(dataset=dict(type="folder", root=str(folder)))), tmp_path / "f", progress=False)
+    assert [Path(p).name for p in res["skipped_images"]] == ["broken.png"]
+    assert "unreadable image" in capsys.readouterr().err
+
+    # a diverging run stops before writing: the last good checkpoint stays as it was
+    work = tmp_path / "nan"
+    pretrain(tiny(2), work, progress=False)
+    good = checkpoint_files(work)[0].read_bytes()
+    import pretrain.meta_arch as meta
+
+    real = meta.SSLMetaArch.forward_backward
+
+    def nan_after_first(self, *a, **k):
+        out = real(self, *a, **k)
+        return {key: v * float("nan") for key, v in out.items()}
+
+    monkeypatch.setattr(meta.SSLMetaArch, "forward_backward", nan_after_first)
+    with pytest.raises(TrainingDiverged, match="iteration 2"):
+        pretrain(tiny(4), work, resume=True, progress=False)
+    assert checkpoint_files(work)[0].read_bytes() == good and len(checkpoint_files(work)) == 1
+
+
+CONFIGS = sorted((ROOT / "configs" / "pretrain").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_pretrain_configs_resolve(path):
+    from mmengine.config import Config
+
+    from pretrain.config import resolve
+
+    cfg = resolve(Config.fromfile(str(path)).to_dict(), str(path))
+    assert cfg["student"]["patch_size"] == 14
+    assert cfg["crops"]["global_crops_size"] % 14 == 0 and cfg["crops"]["local_crops_size"] % 14 == 0
+    if path.stem == "vitl14_imagenet":  # the released vitl14.yaml over ssl_default_config.yaml
+        assert (cfg["optim"]["base_lr"], cfg["optim"]["epochs"], cfg["optim"]["warmup_epochs"]) == (2e-4, 500, 80)
+        assert (cfg["dino"]["head_n_prototypes"], cfg["teacher"]["momentum_teacher"]) == (131072, 0.994)
+        assert cfg["train"]["centering"] == "sinkhorn_knopp" and cfg["ibot"]["separate_head"]
+    if path.stem == "vits14_imagenet":
+        assert (cfg["optim"]["base_lr"], cfg["optim"]["weight_decay"], cfg["optim"]["weight_decay_end"]) == (0.004, 0.04, 0.4)
+        assert cfg["crops"]["local_crops_number"] == 8 and cfg["dino"]["koleo_loss_weight"] == 0.1
+
+
+def test_tiny_cpu_runs_a_few_iterations(tmp_path):
+    from dinov2_dense.cli import main
+
+    rc = main(["pretrain", str(ROOT / "configs/pretrain/tiny_cpu.py"), "--work-dir", str(tmp_path / "tiny"),
+               "--max-iters", "2", "--cfg-options", "train.num_workers=0", "train.dataset.0.num_scenes=64"])
+    assert rc == 0
+    assert torch.load(checkpoint_files(tmp_path / "tiny")[0], weights_only=True)["iteration"] == 2
