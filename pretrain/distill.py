@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .heads import DINOHead
 from .loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from .meta_arch import build_backbone
-from .schedules import fuse_params_groups, params_groups
+from .schedules import student_params_groups
 
 __all__ = ["DistillArch", "feature_distance"]
 
@@ -65,11 +65,9 @@ class DistillArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
 
     def get_params_groups(self) -> list[dict]:
-        optim = self.cfg["optim"]
-        groups = []
-        for part in self.student.values():
-            groups += fuse_params_groups(params_groups(part, optim["layerwise_decay"], optim["patch_embed_lr_mult"]))
-        return groups
+        """Fused parameter groups of every student part (layer decay and patch-embed multiplier on
+        the backbones; no decay on biases, norms and gammas; the heads' last layers marked)."""
+        return student_params_groups(self.student, self.cfg["optim"])
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

@@ -32,7 +32,7 @@ from dinov2_dense.models import DinoVisionTransformer
 
 from .heads import DINOHead
 from .loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from .schedules import fuse_params_groups, params_groups
+from .schedules import student_params_groups
 
 __all__ = ["SSLMetaArch", "build_backbone"]
 
@@ -106,12 +106,8 @@ class SSLMetaArch(nn.Module):
     # -- optimisation --------------------------------------------------------------------------
     def get_params_groups(self) -> list[dict]:
         """Fused parameter groups of every student part (layer decay and patch-embed multiplier on
-        the backbone; no decay on biases, norms and gammas; the heads' last layer marked)."""
-        optim = self.cfg["optim"]
-        groups = []
-        for part in self.student.values():
-            groups += fuse_params_groups(params_groups(part, optim["layerwise_decay"], optim["patch_embed_lr_mult"]))
-        return groups
+        the backbones; no decay on biases, norms and gammas; the heads' last layers marked)."""
+        return student_params_groups(self.student, self.cfg["optim"])
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

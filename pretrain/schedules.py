@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 __all__ = ["CosineScheduler", "Schedules", "apply_optim_scheduler", "build_schedules", "fuse_params_groups",
-           "layer_decay", "params_groups", "scaled_lr"]
+           "layer_decay", "params_groups", "scaled_lr", "student_params_groups"]
 
 
 class CosineScheduler:
@@ -137,6 +137,14 @@ def fuse_params_groups(groups: Iterable[dict]) -> list[dict]:
                                        "is_last_layer": key[2]})
         entry["params"].append(g["params"])
     return list(fused.values())
+
+
+def student_params_groups(student: nn.ModuleDict, optim: dict) -> list[dict]:
+    """The fused groups of every student part (``optim``: the config's ``optim`` section)."""
+    groups = []
+    for part in student.values():
+        groups += fuse_params_groups(params_groups(part, optim["layerwise_decay"], optim["patch_embed_lr_mult"]))
+    return groups
 
 
 def apply_optim_scheduler(optimizer, lr: float, wd: float, last_layer_lr: float) -> None:

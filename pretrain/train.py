@@ -12,7 +12,8 @@ Files in the work dir: ``checkpoint_<iteration>.pth`` (the newest ``train.max_to
 to a temporary name and renamed; the model's state dict under ``model`` holds ``teacher.backbone.*``,
 so ``load_backbone`` reads a checkpoint as it reads an official training checkpoint),
 ``backbone.json`` (the architecture), ``config.json``, ``training_metrics.jsonl`` (one line per log
-step) and ``export/`` at the end (:mod:`pretrain.export`).
+step), ``training_curves.png`` (redrawn at each checkpoint, :func:`plot_training`) and ``export/`` at
+the end (:mod:`pretrain.export`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .config import resolve
 from .meta_arch import SSLMetaArch
 from .schedules import apply_optim_scheduler, build_schedules, scaled_lr
 
-__all__ = ["TrainingDiverged", "arch_dict", "checkpoint_files", "pretrain", "setup_distributed"]
+__all__ = ["TrainingDiverged", "arch_dict", "checkpoint_files", "plot_training", "pretrain", "setup_distributed"]
 
 _CKPT = re.compile(r"^checkpoint_(\d+)\.pth$")
 
@@ -425,6 +426,43 @@ def _freeze_backbone(model: nn.Module, optimizer, it: int, optim_cfg: dict) -> N
                 group["weight_decay"] = 0.0
 
 
+def plot_training(work_dir: str | os.PathLike) -> Path | None:
+    """``training_curves.png``: the loss terms, the schedules, images/s and (with the monitor) kNN and
+    probe mIoU against the iteration, from ``training_metrics.jsonl`` and ``monitor/monitor.jsonl``."""
+    from dinov2_dense.viz import save_curves
+
+    work_dir = Path(work_dir)
+    records = _jsonl(work_dir / "training_metrics.jsonl")
+    if not records:
+        return None
+    series = {k: ([r["iteration"] for r in records if k in r], [r[k] for r in records if k in r])
+              for k in records[-1] if k not in ("iteration", "eta_s") and isinstance(records[-1][k], (int, float))}
+    monitor = _jsonl(work_dir / "monitor" / "monitor.jsonl")
+    for key in ("knn_top1", "probe_miou"):
+        rows = [r for r in monitor if isinstance(r.get(key), (int, float)) and "iteration" in r]
+        if rows:
+            series[f"monitor {key}"] = ([r["iteration"] for r in rows], [r[key] for r in rows])
+    losses = [k for k in series if k.endswith("loss")]
+    groups = [losses, ["lr", "last_layer_lr"], ["wd"], ["mom"], ["teacher_temp"], ["images_per_s"],
+              ["monitor knn_top1", "monitor probe_miou"]]
+    return save_curves(series, work_dir / "training_curves.png", groups=groups, title=str(work_dir.name))
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines log; a line cut short by a crash is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool) -> None:
     state = _state(model)  # a collective under FSDP: every process takes part
     if not main:
@@ -435,6 +473,10 @@ def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool) ->
         torch.save(ckpt, tmp)
     for old in checkpoint_files(work_dir)[cfg["train"]["max_to_keep"]:]:
         old.unlink(missing_ok=True)
+    try:  # a figure is a convenience: it never stops a run
+        plot_training(work_dir)
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: training_curves.png not drawn: {exc}", file=sys.stderr)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -75,6 +75,7 @@ def test_export_loads_strictly_and_reproduces_the_teacher(pretrained):
     assert {"dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "images_per_s", "eta_s"} <= \
         set(lines[-1])
     assert len(checkpoint_files(work)) == 3  # checkpoints at 2, 4, 6 (max_to_keep 3)
+    assert (work / "training_curves.png").stat().st_size > 10_000  # the loss curves, redrawn at each checkpoint
 
 
 def test_kill_minus_nine_then_resume_ends_at_the_planned_iteration(tmp_path):
@@ -233,3 +234,17 @@ def test_tiny_cpu_runs_a_few_iterations(tmp_path):
                "--max-iters", "2", "--cfg-options", "train.num_workers=0", "train.dataset.0.num_scenes=64"])
     assert rc == 0
     assert torch.load(checkpoint_files(tmp_path / "tiny")[0], weights_only=True)["iteration"] == 2
+
+
+def test_training_curves_survive_a_log_line_cut_short(tmp_path):
+    from pretrain.train import plot_training
+
+    assert plot_training(tmp_path) is None  # no log yet: nothing drawn, no error
+    lines = [json.dumps({"iteration": i, "total_loss": 10.0 - i, "dino_local_crops_loss": 5.0, "lr": 1e-3 * i})
+             for i in range(1, 4)]
+    (tmp_path / "training_metrics.jsonl").write_text("\n".join(lines) + '\n{"iteration": 4, "total_lo')
+    (tmp_path / "monitor").mkdir()
+    (tmp_path / "monitor" / "monitor.jsonl").write_text(json.dumps({"iteration": 2, "knn_top1": 55.0}) + "\n")
+    path = plot_training(tmp_path)
+    assert path == tmp_path / "training_curves.png" and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

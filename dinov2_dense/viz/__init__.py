@@ -2,7 +2,7 @@
 (:mod:`.colour`), figure grids and overlays (:mod:`.figures`), video in and out (:mod:`.video`)."""
 
 from .colour import colour_depth, colour_labels
-from .figures import overlay, save_grid, write_image
+from .figures import overlay, save_curves, save_grid, write_image
 from .pca import (ForegroundSplit, PCABasis, PCAMap, colour_basis, fit_pca, foreground_split, otsu_threshold,
                   pca_maps, pca_video, save_figure, save_maps)
 
@@ -19,6 +19,7 @@ __all__ = [
     "overlay",
     "pca_maps",
     "pca_video",
+    "save_curves",
     "save_figure",
     "save_grid",
     "save_maps",

@@ -72,18 +72,13 @@ def save_grid(
 
     rows: each a list of (H, W) or (H, W, 3) images; titles label the columns, row_labels the rows.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not rows or not rows[0]:
         raise ValueError("save_grid: no images to draw")
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     # each row as tall as its first image's aspect asks (within 1:4 and 4:1)
     aspects = [min(max(float(r[0].shape[0]) / float(r[0].shape[1]), 0.25), 4.0) for r in rows]
     extra = (0.5 if suptitle else 0.1) + (0.3 if titles else 0.0)
-    fig = Figure(figsize=(panel_inches * n_cols, panel_inches * sum(aspects) + extra), dpi=dpi,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(panel_inches * n_cols, panel_inches * sum(aspects) + extra, dpi)
     axes = fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={"height_ratios": aspects})
     for i, row in enumerate(rows):
         for j in range(n_cols):
@@ -98,9 +93,48 @@ def save_grid(
                 ax.set_title(titles[j], fontsize=10)
             if j == 0 and row_labels is not None:
                 ax.set_ylabel(row_labels[i], fontsize=9)
+    return _save_png(fig, path, suptitle, dpi)
+
+
+def _figure(width: float, height: float, dpi: int):
+    """A matplotlib figure that draws without pyplot (no global state, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: str | os.PathLike, suptitle: str | None, dpi: int) -> Path:
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
+
+
+def save_curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
+                groups: Sequence[Sequence[str]] | None = None, xlabel: str = "iteration",
+                title: str | None = None, dpi: int = 100) -> Path:
+    """Line plots of named (x, y) series, one panel per group of names (default: one panel each),
+    saved atomically as PNG (training curves, monitor figures)."""
+    names = [n for n in series if len(series[n][0])]
+    if not names:
+        raise ValueError("save_curves: no data to draw")
+    panels = [list(g) for g in groups if any(n in names for n in g)] if groups else [[n] for n in names]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = _figure(4.0 * cols, 3.0 * rows, dpi)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, group in zip(axes, panels):
+        for name in group:
+            if name in names:
+                ax.plot(series[name][0], series[name][1], label=name, linewidth=1.2)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save_png(fig, path, title, dpi)
