@@ -439,7 +439,8 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     model = _load_model(args, device).eval()
     result = evaluate_folder(model, args.folder, k=args.k, temperature=args.temperature, linear=not args.no_linear,
                              size=args.size, pooling=args.pooling, batch_size=args.batch_size,
-                             val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True)
+                             val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True,
+                             cache=args.cache)
     note = " (random weights)" if weights is None else ""
     line = f"kNN (k {args.k}, T {args.temperature:g}) top-1 {result['knn']['top1']:.2f}%"
     if "top5" in result["knn"]:
@@ -474,6 +475,8 @@ def _add_knn_command(sub) -> None:
     knn.add_argument("--seed", type=nonnegative_int, default=0)
     knn.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     knn.add_argument("--out", help="write the results as JSON")
+    knn.add_argument("--cache", metavar="DIR", help="keep the features in DIR: a second run with the same weights, "
+                     "images, size and pooling reads them instead of running the backbone")
     knn.set_defaults(func=_cmd_knn)
 
 

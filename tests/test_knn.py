@@ -365,3 +365,51 @@ def test_train_val_folders_and_evaluate(tmp_path):
     import json
 
     json.dumps(result)  # JSON-ready
+
+
+def test_folder_feature_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    import os
+
+    from dinov2_dense import features as features_module
+
+    root = write_folder(tmp_path / "data")
+    (root / "cat" / "broken.png").write_bytes(b"not a png")
+    cache = tmp_path / "cache"
+    model = tiny_vit()
+    runs = []
+    real = features_module.extract_features
+    monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    def features(m=model, **kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return folder_features(m, root, size=28, batch_size=4, progress=False, cache=cache, **kw)
+
+    first = features()
+    assert len(runs) == 2 and len(list(cache.iterdir())) == 1
+    again = features()
+    assert len(runs) == 2  # read back: the backbone did not run
+    assert torch.equal(again.features, first.features) and torch.equal(again.labels, first.labels)
+    assert again.paths == first.paths and again.skipped == first.skipped and again.class_names == first.class_names
+
+    features(pooling="mean")  # another setting: computed and kept beside
+    assert len(runs) == 4 and len(list(cache.iterdir())) == 2
+    other = tiny_vit()
+    with torch.no_grad():
+        other.cls_token.add_(1.0)  # other weights
+    features(m=other)
+    assert len(runs) == 6
+    image = root / "dog" / "1.png"  # an image rewritten since: its features are computed again
+    Image.fromarray(np.full((23, 30, 3), 90, np.uint8)).save(image)
+    os.utime(image, ns=(1, 1))
+    changed = features()
+    assert len(runs) == 8 and not torch.equal(changed.features, first.features)
+
+    for f in cache.iterdir():  # a damaged cache file: a warning, computed again, replaced
+        f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable feature cache"):
+        repaired = folder_features(model, root, size=28, batch_size=4, progress=False, cache=cache)
+    assert torch.equal(repaired.features, changed.features)
+    assert len(runs) == 10
+    features()
+    assert len(runs) == 10

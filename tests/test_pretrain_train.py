@@ -248,3 +248,36 @@ def test_training_curves_survive_a_log_line_cut_short(tmp_path):
     path = plot_training(tmp_path)
     assert path == tmp_path / "training_curves.png" and path.stat().st_size > 1000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_knn_command_and_monitor_agree_on_the_same_scenes(pretrained, tmp_path, capsys):
+    """`dinov2-dense knn` on image files of the monitor's kNN scenes reports the monitor's kNN top-1,
+    for an exported (trained, not init) backbone, and reads its features back from --cache."""
+    from PIL import Image
+
+    from dinov2_dense.cli import main
+    from dinov2_dense.data.synthetic import SceneConfig, generate_scene, scene_seed
+    from pretrain.monitor import dense_quality, scene_set
+
+    work, result = pretrained
+    sets = {"train": (40, 2), "val": (20, 2)}
+    for split, (n, seed) in sets.items():
+        for i in range(n):
+            scene = generate_scene(scene_seed(seed, split, i), SceneConfig(size=(56, 56)))
+            counts = np.bincount(scene.seg.ravel(), minlength=5)
+            counts[0] = 0
+            label = int(counts.argmax()) if counts.any() else 0
+            (tmp_path / "scenes" / split / f"c{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(scene.image).save(tmp_path / "scenes" / split / f"c{label}" / f"{i:03d}.png")
+    knn = tuple(scene_set(n, 56, split, seed) for split, (n, seed) in sets.items())
+    assert set(knn[1][2]) <= set(knn[0][2])  # every val class has train images
+    backbone = load_backbone(None, weights=result["export"]["safetensors"])
+    monitor = dense_quality(backbone, (scene_set(4, 56, "train", 1), scene_set(2, 56, "val", 1)), knn, 5)
+    cmd = ["knn", str(tmp_path / "scenes"), "--weights", result["export"]["safetensors"], "--size", "56",
+           "--no-linear", "--cache", str(tmp_path / "cache")]
+    for run in ("first", "cached"):
+        assert main(cmd + ["--out", str(tmp_path / f"{run}.json")]) == 0
+        top1 = json.loads((tmp_path / f"{run}.json").read_text())["knn"]["top1"]
+        assert top1 == pytest.approx(monitor["knn_top1"], abs=1e-6), (run, top1)
+    assert 0 < top1 < 100
+    assert "read from the cache" in capsys.readouterr().err

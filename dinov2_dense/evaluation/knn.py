@@ -26,6 +26,7 @@ a tie in similarity at the k-th neighbour is broken by ``torch.topk``, as in the
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -437,6 +438,7 @@ def folder_features(
     class_names: Sequence[str] | None = None,
     autocast: bool | torch.dtype = False,
     progress: bool | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> LabelledFeatures:
     """Global features of every image of a class-per-folder layout (:func:`list_image_folder`).
 
@@ -450,6 +452,13 @@ def folder_features(
 
     An image that cannot be read is skipped: a warning names it and ``skipped`` lists it with the
     reason. ``progress``: a bar over the images (default: when there is more than one batch).
+
+    ``cache``: a folder where the features are kept, one file per (weights, images, settings): a
+    second call with the same backbone weights (:func:`dinov2_dense.engine.model.fingerprint`), the
+    same files (path, size and modification time of each) and the same size, pooling and autocast
+    reads them back instead of running the backbone (a run of ``knn`` with another ``k``, or
+    ``--no-linear`` then with the probe). A changed image, weight or setting misses the cache; an
+    unreadable cache file is recomputed and replaced.
     """
     from tqdm.auto import tqdm
 
@@ -463,6 +472,14 @@ def folder_features(
     if min(hw) < 1:
         raise ValueError(f"size={size}: must be positive")
     paths, labels, names = list_image_folder(root, class_names)
+    cache_file = None
+    if cache is not None:
+        cache_file = Path(cache) / f"features_{_cache_key(model, paths, labels, names, hw, pooling, autocast)}.pt"
+        cached = _read_cached(cache_file)
+        if cached is not None:
+            if progress is not False:
+                print(f"features of {root} read from the cache {cache_file}", file=sys.stderr)
+            return cached
     device = next(model.parameters()).device
     kept, kept_labels, skipped, pooled = [], [], [], []
     batch: list[Tensor] = []
@@ -493,7 +510,53 @@ def folder_features(
                       + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
     if not kept:
         raise ValueError(f"{root}: none of the {len(paths)} images could be read (first: {skipped[0]})")
-    return LabelledFeatures(torch.cat(pooled), torch.tensor(kept_labels, dtype=torch.long), names, kept, skipped)
+    result = LabelledFeatures(torch.cat(pooled), torch.tensor(kept_labels, dtype=torch.long), names, kept, skipped)
+    if cache_file is not None:
+        _write_cached(cache_file, result)
+    return result
+
+
+def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw: tuple[int, int], pooling: str,
+               autocast) -> str:
+    import hashlib
+    import json
+
+    from ..engine.model import fingerprint
+
+    files = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            files.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            files.append((path, None, None))  # skipped when read; still part of what was asked
+    about = {"version": 1, "weights": fingerprint(model), "files": files, "labels": labels, "classes": names,
+             "size": list(hw), "pooling": pooling, "autocast": str(autocast)}
+    return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read_cached(path: Path) -> LabelledFeatures | None:
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        result = LabelledFeatures(data["features"], data["labels"], list(data["class_names"]), list(data["paths"]),
+                                  list(data["skipped"]))
+        if result.features.shape[0] != result.labels.shape[0] or len(result.paths) != result.labels.shape[0]:
+            raise ValueError("features, labels and paths disagree in length")
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+        warnings.warn(f"{path}: unreadable feature cache ({exc}); computing the features again", stacklevel=3)
+        return None
+    return result
+
+
+def _write_cached(path: Path, data: LabelledFeatures) -> None:
+    from ..fileio import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"features": data.features, "labels": data.labels, "class_names": data.class_names,
+                    "paths": data.paths, "skipped": data.skipped}, tmp)
 
 
 def folder_split_features(
@@ -536,16 +599,19 @@ def evaluate_folder(
     seed: int = 0,
     autocast: bool | torch.dtype = False,
     progress: bool | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> dict:
     """k-NN (and linear-probe) accuracy of a backbone's frozen features on an image folder
     (:func:`folder_split_features`): the library behind ``dinov2-dense knn``.
 
     Returns a JSON-ready dict: ``knn`` ({top1, top5}), ``linear`` ({top1, top5, weight_decay,
     search}; absent with ``linear=False``), ``num_train``, ``num_val``, ``class_names``, ``skipped``
-    (unreadable images) and the settings (k, temperature, pooling, size, seed).
+    (unreadable images) and the settings (k, temperature, pooling, size, seed). ``cache``: a folder
+    that keeps the features between runs (:func:`folder_features`).
     """
     train, val = folder_split_features(model, root, val_fraction=val_fraction, seed=seed, size=size,
-                                       pooling=pooling, batch_size=batch_size, autocast=autocast, progress=progress)
+                                       pooling=pooling, batch_size=batch_size, autocast=autocast, progress=progress,
+                                       cache=cache)
     c = len(train.class_names)
     if c < 2:
         raise ValueError(f"{root}: found {c} class folder; classification needs at least 2")
