@@ -659,8 +659,22 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
+        _close_process_group()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _close_process_group() -> None:
+    """End a torch.distributed process group that a command started (torchrun runs): a gloo process
+    that exits with its group alive can abort in C++ teardown ("terminate called without an active
+    exception"), which turns a finished run into a failure of the whole launch."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at exit; the command's own result stands
+        pass
 
 
 def _in_main_thread() -> bool:

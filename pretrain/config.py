@@ -101,7 +101,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "distill": dict(
         teacher=None,  # distillation: a zoo name or a file load_backbone reads (the frozen teacher)
-        teacher_head=None,  # a pretraining checkpoint whose teacher.dino_head.* is the teacher's head
+        teacher_head=None,  # a pretraining checkpoint (or its run folder: the newest) holding teacher.dino_head.*
         students=(),  # dicts of student settings over the student section; empty: the student section
     ),
 }

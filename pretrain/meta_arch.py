@@ -112,6 +112,10 @@ class SSLMetaArch(nn.Module):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+        for part in (self.student, self.teacher):  # FSDP leaves a root's weights gathered after a
+            for module in part.values():           # forward without backward (the teacher's): shard them again
+                if hasattr(module, "reshard"):
+                    module.reshard()
         s = [p for k in self.student for p in self.student[k].parameters()]
         t = [p for k in self.student for p in self.teacher[k].parameters()]
         torch._foreach_lerp_(t, s, 1.0 - momentum)  # t + (1 - m)(s - t): exactly t where s == t

@@ -101,6 +101,24 @@ def _wrap(model: SSLMetaArch, mode: str, device: torch.device, world: int) -> No
             fully_shard(module)
 
 
+def _plain(backbone: nn.Module, sharded: bool, device: torch.device) -> nn.Module | None:
+    """``backbone`` itself, or under FSDP a plain copy holding the full weights on the main process
+    (None elsewhere): a collective, so every process calls it."""
+    backbone = _unwrap(backbone)
+    if not sharded:
+        return backbone
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from dinov2_dense.models import DinoVisionTransformer
+
+    full = get_model_state_dict(backbone, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    copy = DinoVisionTransformer(**arch_dict(backbone))
+    copy.load_state_dict(full, strict=True)
+    return copy.to(device).train(backbone.training)
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel) \
         else module
@@ -242,7 +260,15 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
         teacher = _load_any(distill["teacher"])
         head = None
         if distill["teacher_head"]:
-            state = torch.load(distill["teacher_head"], map_location="cpu", weights_only=True)
+            source = Path(distill["teacher_head"])
+            if source.is_dir():  # a pretraining run's work dir: its newest checkpoint
+                found = checkpoint_files(source)
+                if not found:
+                    raise FileNotFoundError(f"distill.teacher_head={source}: a folder without checkpoint_*.pth files")
+                source = found[0]
+            if not source.is_file():
+                raise FileNotFoundError(f"distill.teacher_head={source}: no such file")
+            state = torch.load(source, map_location="cpu", weights_only=True)
             state = state.get("model", state)
             head = {k[len("teacher.dino_head."):]: v for k, v in state.items() if k.startswith("teacher.dino_head.")}
             if not head:
@@ -300,14 +326,16 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
     if state is not None:
         _load_state(model, state["model"])
     _wrap(model, cfg["compute"]["distributed"], device, world)
+    sharded = world > 1 and cfg["compute"]["distributed"] == "fsdp"
     model.train()
     optimizer = torch.optim.AdamW(model.get_params_groups(), betas=(optim_cfg["adamw_beta1"], optim_cfg["adamw_beta2"]))
     autocast, scaler = _autocast(cfg["compute"]["precision"], device)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(model, optimizer, state, sharded)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     if main:
+        _trim_logs(work_dir, start)
         write_json(work_dir / "config.json", _jsonable(cfg))
         if not cfg["distill"]["teacher"]:  # the architecture of the checkpoints' teacher.backbone.*
             write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
@@ -322,6 +350,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
         monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
     bar = tqdm(total=stop, initial=start, desc="pretrain", unit="it", disable=not (progress and main), dynamic_ncols=True)
     t0, seen = time.time(), 0
+    window_t, window_seen = t0, 0  # images/s of the last log interval (the bar shows the run's mean)
     it = start
     for data in loader:
         if it >= stop:
@@ -357,24 +386,33 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
             bar.set_postfix(loss=f"{total:.3f}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
             if it % train["log_freq"] == 0 or it == stop:
-                last = {"iteration": it, "total_loss": total, **reduced, **values, "images_per_s": rate,
-                        "eta_s": (stop - it) / max(it - start, 1) * (time.time() - t0)}
+                now = time.time()
+                last = {"iteration": it, "total_loss": total, **reduced, **values,
+                        "images_per_s": (seen - window_seen) / max(now - window_t, 1e-9),
+                        "eta_s": (stop - it) / max(it - start, 1) * (now - t0)}
+                window_t, window_seen = now, seen
+                if scaler is not None:
+                    last["grad_scale"] = float(scaler.get_scale())
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
-        if monitor is not None and it % cfg["monitor"]["period"] == 0:
-            last.update(monitor.run(_unwrap(next(iter(_exported(model).values()))), it))
+        if cfg["monitor"]["period"] and it % cfg["monitor"]["period"] == 0:
+            watched = _plain(next(iter(_exported(model).values())), sharded, device)  # every process, under FSDP
+            if monitor is not None:
+                last.update(monitor.run(watched, it))
         if it % train["checkpoint_period"] == 0 or it == stop:
-            _save(model, optimizer, scaler, cfg, work_dir, it, main)
+            _save(model, optimizer, scaler, cfg, work_dir, it, main, sharded)
     bar.close()
     result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
     if world > 1:
         result["teacher_fingerprints"] = _check_in_sync(model, work_dir, main)
-    if main and it >= total_iters:
+    if it >= total_iters:
         from .export import export_backbone
 
-        exports = {name: {k: str(v) for k, v in export_backbone(_unwrap(b), work_dir / "export", name).items()}
-                   for name, b in _exported(model).items()}
-        result["export"] = exports["backbone"] if list(exports) == ["backbone"] else exports
+        plain = {name: _plain(b, sharded, torch.device("cpu")) for name, b in _exported(model).items()}  # collective
+        if main:
+            exports = {name: {k: str(v) for k, v in export_backbone(b, work_dir / "export", name).items()}
+                       for name, b in plain.items()}
+            result["export"] = exports["backbone"] if list(exports) == ["backbone"] else exports
     if main and result["skipped_images"]:
         print(f"warning: {len(result['skipped_images'])} unreadable image(s) were skipped: "
               f"{', '.join(map(str, result['skipped_images'][:5]))}", file=sys.stderr)
@@ -448,6 +486,20 @@ def plot_training(work_dir: str | os.PathLike) -> Path | None:
     return save_curves(series, work_dir / "training_curves.png", groups=groups, title=str(work_dir.name))
 
 
+def _trim_logs(work_dir: Path, start: int) -> None:
+    """Drop what an earlier run logged after iteration ``start`` (all of it on a fresh start; after
+    ``kill -9``, the lines written after the checkpoint resumed from), so no iteration appears twice."""
+    for path in (work_dir / "training_metrics.jsonl", work_dir / "monitor" / "monitor.jsonl"):
+        if path.is_file():
+            kept = [r for r in _jsonl(path) if isinstance(r.get("iteration"), int) and r["iteration"] <= start]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    for figure in (work_dir / "monitor").glob("pca_*.png") if (work_dir / "monitor").is_dir() else ():
+        number = figure.stem.removeprefix("pca_")
+        if number.isdigit() and int(number) > start:
+            figure.unlink(missing_ok=True)
+
+
 def _jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines log; a line cut short by a crash is skipped."""
     if not path.is_file():
@@ -463,11 +515,37 @@ def _jsonl(path: Path) -> list[dict]:
     return records
 
 
-def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool) -> None:
+def _optimizer_state(model, optimizer, sharded: bool) -> dict:
+    """The optimizer's state: torch's own layout, or under FSDP the full (gathered) state keyed by
+    parameter names (a collective: every process takes part)."""
+    if not sharded:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return {"sharded_by_names": get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
+
+
+def _load_optimizer(model, optimizer, state: dict, sharded: bool) -> None:
+    saved = state["optimizer"]
+    if ("sharded_by_names" in saved) != sharded:
+        raise ValueError(f"the checkpoint's optimizer state was written {'with' if not sharded else 'without'} FSDP; "
+                         "resume it with the compute.distributed and process count it was written with")
+    if not sharded:
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, saved["sharded_by_names"],
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+
+
+def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False) -> None:
     state = _state(model)  # a collective under FSDP: every process takes part
+    optim_state = _optimizer_state(model, optimizer, sharded)
     if not main:
         return
-    ckpt = {"model": state, "optimizer": optimizer.state_dict(), "iteration": it,
+    ckpt = {"model": state, "optimizer": optim_state, "iteration": it,
             "scaler": scaler.state_dict() if scaler is not None else None, "config": _jsonable(cfg)}
     with atomic_path(work_dir / f"checkpoint_{it:07d}.pth") as tmp:
         torch.save(ckpt, tmp)

@@ -99,7 +99,7 @@ def test_kill_minus_nine_then_resume_ends_at_the_planned_iteration(tmp_path):
     assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 400
     assert (work / "export" / "backbone.safetensors").is_file()
     lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["iteration"] == 400
+    assert [l["iteration"] for l in lines] == list(range(20, 401, 20))  # logged after the checkpoint: not twice
 
 
 def _free_port() -> int:
@@ -118,6 +118,31 @@ def test_two_processes_on_gloo_keep_the_same_teacher(tmp_path):
     prints = json.loads((work / "teacher_fingerprints.json").read_text())
     assert len(prints) == 2 and prints[0] == prints[1]
     assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 4
+
+
+def test_two_processes_fsdp_on_gloo_train_monitor_and_export(tmp_path):
+    """torch's fully_shard on two CPU processes (gloo): the same loop, the monitor and the export."""
+    cfg = _py_config(tmp_path / "tiny.py", tiny(4, compute=dict(distributed="fsdp", device="cpu"),
+                                                monitor=dict(period=2, images=("skimage:coffee",), pca_size=28,
+                                                             probe_size=28, probe_scenes=(4, 2), knn_scenes=(6, 4))))
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work),
+           "--no-progress"]
+    out = subprocess.run(cmd + ["--max-iters", "2"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)  # the optimizer too
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(iteration 2)" in out.stderr
+    prints = json.loads((work / "teacher_fingerprints.json").read_text())
+    assert len(prints) == 2 and prints[0] == prints[1]
+    ckpt = torch.load(checkpoint_files(work)[0], weights_only=True)
+    assert ckpt["iteration"] == 4 and not any("_fsdp" in k or k.startswith("module.") for k in ckpt["model"])
+    model = load_backbone(None, weights=work / "export" / "backbone.safetensors")  # strict: every key, full shapes
+    teacher = {k[len("teacher.backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("teacher.backbone.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in teacher.items())
+    monitor = [json.loads(l) for l in (work / "monitor" / "monitor.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in monitor] == [2, 4]
 
 
 def test_continued_pretraining_warms_the_heads_up_and_monitors(pretrained, tmp_path):
@@ -149,12 +174,21 @@ def test_distillation_students_move_towards_the_teacher(pretrained, tmp_path):
     from pretrain.distill import feature_distance
     from pretrain.monitor import scene_set
 
-    cfg = tiny(12, distill=dict(teacher=result["export"]["safetensors"],
+    cfg = tiny(12, distill=dict(teacher=result["export"]["safetensors"], teacher_head=str(work),
                                 students=[dict(embed_dim=16, depth=1, num_heads=1), dict(embed_dim=24, depth=2)]),
                optim=dict(base_lr=0.02))
     out = tmp_path / "distill"
     res = pretrain(cfg, out, progress=False)
     assert set(res["export"]) == {"student0", "student1"}
+    # the run folder as teacher_head: its newest checkpoint's trained head is the frozen target head
+    head = lambda path: {k: v for k, v in torch.load(path, weights_only=True)["model"].items()  # noqa: E731
+                         if k.startswith("teacher.dino_head.")}
+    source, used = head(checkpoint_files(work)[0]), head(checkpoint_files(out)[0])
+    assert source and source.keys() == used.keys() and all(torch.equal(source[k], used[k]) for k in source)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without checkpoint"):
+        pretrain({**cfg, "distill": {**cfg["distill"], "teacher_head": str(tmp_path / "empty")}}, tmp_path / "e",
+                 progress=False)
     teacher = load_backbone(None, weights=result["export"]["safetensors"])
     images = scene_set(64, 28, "val", 5)[0]
     torch.manual_seed(0)
@@ -281,3 +315,19 @@ def test_knn_command_and_monitor_agree_on_the_same_scenes(pretrained, tmp_path, 
         assert top1 == pytest.approx(monitor["knn_top1"], abs=1e-6), (run, top1)
     assert 0 < top1 < 100
     assert "read from the cache" in capsys.readouterr().err
+
+
+def test_overwrite_starts_the_logs_afresh(tmp_path):
+    from dinov2_dense.cli import main
+
+    cfg = _py_config(tmp_path / "tiny.py", tiny(4, monitor=dict(period=2, images=("skimage:coffee",), pca_size=28,
+                                                                 probe_size=28, probe_scenes=(4, 2),
+                                                                 knn_scenes=(6, 4))))
+    work = tmp_path / "work"
+    assert main(["pretrain", str(cfg), "--work-dir", str(work), "--no-progress"]) == 0
+    assert main(["pretrain", str(cfg), "--work-dir", str(work), "--overwrite", "--max-iters", "2"]) == 0
+    lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [1, 2]  # not the first run's 1..4 before them
+    monitor = [json.loads(l) for l in (work / "monitor" / "monitor.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in monitor] == [2]
+    assert sorted(p.name for p in (work / "monitor").glob("pca_*.png")) == ["pca_0000002.png"]

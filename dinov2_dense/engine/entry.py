@@ -294,6 +294,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations (a try run)")
     parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
                         help="override config entries, e.g. optim.epochs=10 train.batch_size_per_gpu=32")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (training_metrics.jsonl still gets every log line)")
     return parser
 
 
@@ -317,7 +319,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
                 path.unlink(missing_ok=True)
     if args.max_iters is not None and args.max_iters < 1:
         raise ValueError(f"--max-iters {args.max_iters}: expected at least 1")
-    result = pretrain(sections, work_dir, resume=args.resume, max_iters=args.max_iters, source=args.config)
+    result = pretrain(sections, work_dir, resume=args.resume, max_iters=args.max_iters, source=args.config,
+                      progress=not args.no_progress)
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
                  if k in ("iteration", "total_loss", "images_per_s", "knn_top1", "probe_miou")}
