@@ -364,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_engine_commands(sub)
     _add_knn_command(sub)
+    _add_curate_command(sub)
     for command in sub.choices.values():  # --debug also after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")
@@ -395,8 +396,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _add_engine_commands(sub) -> None:
     """train / test (mmengine runs), eval-depth and synth: the same code as tools/*.py."""
-    from .engine.entry import (add_pretrain_arguments, add_test_arguments, add_train_arguments, run_pretrain, run_test,
-                               run_train)
+    from .engine.entry import (add_distill_arguments, add_pretrain_arguments, add_test_arguments, add_train_arguments,
+                               run_distill, run_pretrain, run_test, run_train)
 
     train = sub.add_parser("train", help="train a head on a frozen backbone (an mmengine config)")
     add_train_arguments(train).set_defaults(func=run_train)
@@ -405,6 +406,9 @@ def _add_engine_commands(sub) -> None:
     pre = sub.add_parser("pretrain", help="self-supervised DINOv2 pretraining (DINO + iBOT + KoLeo); "
                                           "exports the teacher backbone")
     add_pretrain_arguments(pre).set_defaults(func=run_pretrain)
+    dist = sub.add_parser("distill", help="distil a frozen teacher into one or more student ViTs (the DINOv2 "
+                                          "losses on the teacher's head outputs); exports each student")
+    add_distill_arguments(dist).set_defaults(func=run_distill)
     ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
     _add_eval_depth_arguments(ev).set_defaults(func=_cmd_eval_depth)
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")
@@ -478,6 +482,98 @@ def _add_knn_command(sub) -> None:
     knn.add_argument("--cache", metavar="DIR", help="keep the features in DIR: a second run with the same weights, "
                      "images, size and pooling reads them instead of running the backbone")
     knn.set_defaults(func=_cmd_knn)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers separated by commas, e.g. 1000,200,50") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected non-negative whole numbers separated by commas")
+    return values
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    import torch
+
+    from pretrain.curation import curate
+    from pretrain.curation.pipeline import is_embeddings
+
+    if args.clusters is not None and min(args.clusters) < 1:
+        raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
+    if args.launcher == "pytorch":
+        import datetime
+
+        if not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
+            raise ValueError("--launcher pytorch: start the command with torchrun (RANK and WORLD_SIZE are not set)")
+        if not torch.distributed.is_initialized():  # long steps run on rank 0 while the others wait
+            torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = None
+    needs_model = not is_embeddings(args.inputs) or (args.seeds is not None and not is_embeddings(args.seeds))
+    if needs_model:
+        device = check_device(args.device)
+        model = _load_model(args, device).eval()
+    summary = curate(
+        args.inputs, args.out, args.target, model=model, names=args.names, seeds=args.seeds,
+        seeds_names=args.seeds_names, dedup_threshold=None if args.no_dedup else args.dedup_threshold,
+        keep=args.keep, seeds_k=args.seeds_k, seeds_threshold=args.seeds_threshold, levels=args.levels,
+        clusters=args.clusters, resample_steps=args.resample_steps, sampling=args.sampling, seed=args.seed,
+        n_iters=args.iters, overwrite=args.overwrite, progress=not args.no_progress,
+        embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.dtype, pooling=args.pooling,
+                      autocast=args.bf16),
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        short = " (fewer survived deduplication and retrieval)" if summary["short_of_target"] else ""
+        print(f"curated {summary['pool']} rows: {summary['duplicates_removed']} near-duplicates removed, "
+              f"{summary['clustered']} clustered ({', '.join(map(str, summary['clusters']))} clusters), "
+              f"{summary['selected']} selected{short}; top-level cluster entropy {summary['top_cluster_entropy_pool']:.3f}"
+              f" -> {summary['top_cluster_entropy_selected']:.3f}; {Path(args.out) / 'selected.txt'}, report "
+              f"{Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _add_curate_command(sub) -> None:
+    cur = sub.add_parser("curate", help="curate an image pool before pretraining: embed, remove near-duplicates, "
+                                        "retrieve around seeds, hierarchical k-means, balanced sampling")
+    cur.add_argument("inputs", help="images (a folder, a text file of paths, a glob in quotes) or embeddings (an .npy "
+                                    "(N, D) with a names .txt of the same stem, or an embedding store folder)")
+    cur.add_argument("--target", type=positive_int, required=True, help="how many images to select")
+    cur.add_argument("--out", required=True, help="output folder: selected.txt, duplicates.txt, clusters.npy, report")
+    cur.add_argument("--names", default=None, help="names file of an .npy input (default: its .txt beside it)")
+    _common_model_arguments(cur)
+    cur.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
+    cur.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
+                     help="what embeds an image: the class token (default), the mean patch token, or both")
+    cur.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding rows")
+    cur.add_argument("--bf16", action="store_true", help=_BF16_HELP)
+    cur.add_argument("--dedup-threshold", type=float_range(-1.0, 1.0), default=0.9,
+                     help="cosine similarity above which two images are near-duplicates (default 0.9)")
+    cur.add_argument("--no-dedup", action="store_true", help="skip near-duplicate removal")
+    cur.add_argument("--keep", choices=["first", "central"], default="first",
+                     help="which image of a duplicate group stays: the first by name, or the most central")
+    cur.add_argument("--seeds", default=None, help="a curated seed set (images or embeddings): keep only the pool "
+                                                   "images near it (the DINOv2 retrieval step)")
+    cur.add_argument("--seeds-names", default=None, help="names file of an .npy --seeds")
+    cur.add_argument("--seeds-k", type=positive_int, default=8, help="neighbours retrieved per seed (default 8)")
+    cur.add_argument("--seeds-threshold", type=float_range(-1.0, 1.0), default=None,
+                     help="instead of --seeds-k: every pool image above this similarity to a seed")
+    cur.add_argument("--levels", type=int_range(1, 10), default=4, help="hierarchical k-means levels (default 4)")
+    cur.add_argument("--clusters", type=_int_list, default=None,
+                     help="clusters per level, finest first, e.g. 1000,200,50,10 (default: from the pool size)")
+    cur.add_argument("--resample-steps", type=_int_list, default=None,
+                     help="resampling steps per level (default 0 at level 1, 10 above, as the reference)")
+    cur.add_argument("--iters", type=positive_int, default=20, help="Lloyd iterations per k-means (default 20)")
+    cur.add_argument("--sampling", choices=["random", "closest"], default="random",
+                     help="points drawn within the finest clusters: at random or closest to the centroid")
+    cur.add_argument("--seed", type=nonnegative_int, default=0)
+    cur.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
+    cur.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cur.add_argument("--launcher", choices=["none", "pytorch"], default="none",
+                     help="pytorch: under torchrun, the k-means steps share the rows between the processes")
+    cur.set_defaults(func=_cmd_curate)
 
 
 # -- eval-depth --------------------------------------------------------------------------------

@@ -201,6 +201,23 @@ def test_distillation_students_move_towards_the_teacher(pretrained, tmp_path):
         assert feature_distance(student, teacher, images) < feature_distance(init, teacher, images), i
 
 
+def test_distill_command_exports_each_student_and_needs_a_teacher(pretrained, tmp_path, capsys):
+    from dinov2_dense.cli import main
+
+    work, result = pretrained
+    cfg = _py_config(tmp_path / "d.py", tiny(2, distill=dict(students=[dict(embed_dim=16, num_heads=1)])))
+    assert main(["distill", str(cfg), "--work-dir", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert "distill.teacher is not set" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+    out = tmp_path / "d"
+    assert main(["distill", str(cfg), "--work-dir", str(out), "--no-progress", "--teacher",
+                 result["export"]["safetensors"], "--teacher-head", str(work)]) == 0
+    printed = capsys.readouterr().out
+    assert f"exported student0: {out / 'export' / 'student0.safetensors'}" in printed
+    student = load_backbone(None, weights=out / "export" / "student0.safetensors")
+    assert student.embed_dim == 16
+
+
 def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
     from dinov2_dense.cli import main
 

@@ -319,13 +319,43 @@ def run_pretrain(args: argparse.Namespace) -> int:
                 path.unlink(missing_ok=True)
     if args.max_iters is not None and args.max_iters < 1:
         raise ValueError(f"--max-iters {args.max_iters}: expected at least 1")
+    if getattr(args, "distill_only", False) and not (sections.get("distill") or {}).get("teacher"):
+        raise ValueError(f"{args.config}: distill.teacher is not set; give --teacher (a zoo name or a weights "
+                         "file) or set it in the config")
     result = pretrain(sections, work_dir, resume=args.resume, max_iters=args.max_iters, source=args.config,
                       progress=not args.no_progress)
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
                  if k in ("iteration", "total_loss", "images_per_s", "knn_top1", "probe_miou")}
         print(f"pretraining: {shown}")
-        if "export" in result:
-            print(f"exported the teacher backbone: {result['export']['safetensors']} (architecture "
-                  f"{result['export']['json']}); load it with load_backbone(None, weights=...)")
+        exports = result.get("export", {})
+        if "safetensors" in exports:
+            print(f"exported the teacher backbone: {exports['safetensors']} (architecture "
+                  f"{exports['json']}); load it with load_backbone(None, weights=...)")
+        for name, files in exports.items():  # a distillation run: one entry per student
+            if isinstance(files, dict):
+                print(f"exported {name}: {files['safetensors']} (architecture {files['json']}); load it with "
+                      "load_backbone(None, weights=...)")
     return 0
+
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_pretrain_arguments(parser)
+    parser.add_argument("--teacher", default=None,
+                        help="the frozen teacher: a zoo name (official weights) or a weights file; sets "
+                             "distill.teacher")
+    parser.add_argument("--teacher-head", default=None,
+                        help="a pretraining checkpoint (or its run folder: the newest) whose trained DINO head "
+                             "gives the targets; sets distill.teacher_head (default: a fresh head)")
+    return parser
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """``dinov2-dense distill``: ``pretrain`` with a frozen teacher (``distill.teacher`` required)."""
+    options = dict(args.cfg_options or {})
+    if args.teacher is not None:
+        options["distill.teacher"] = args.teacher
+    if args.teacher_head is not None:
+        options["distill.teacher_head"] = args.teacher_head
+    args.cfg_options, args.distill_only = options, True
+    return run_pretrain(args)

@@ -413,7 +413,8 @@ def list_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     return paths, labels, class_names
 
 
-def _read_resized(path: str, hw: tuple[int, int]) -> Tensor:
+def read_resized(path: str, hw: tuple[int, int]) -> Tensor:
+    """Image ``path`` upright, ImageNet-normalised, resized to ``hw`` (bilinear, antialiased): (3, H, W)."""
     from ..features import to_input_tensor  # upright, within the pixel limit, ImageNet-normalised
 
     x = to_input_tensor(path)[None]
@@ -422,7 +423,8 @@ def _read_resized(path: str, hw: tuple[int, int]) -> Tensor:
     return x[0]
 
 
-def _pool(feats, pooling: str) -> Tensor:
+def pool_features(feats, pooling: str) -> Tensor:
+    """One vector per image from :func:`extract_features` output: ``cls``, ``mean`` or ``cls+mean``."""
     layer = feats.layers[-1]
     cls, mean = feats.cls_tokens[layer], feats.maps[layer].mean(dim=(2, 3))
     return {"cls": cls, "mean": mean, "cls+mean": torch.cat([cls, mean], dim=1)}[pooling]
@@ -486,7 +488,7 @@ def folder_features(
 
     def run() -> None:
         feats = extract_features(model, torch.stack(batch).to(device), fit="resize", autocast=autocast, progress=False)
-        pooled.append(_pool(feats, pooling).float().cpu())
+        pooled.append(pool_features(feats, pooling).float().cpu())
         batch.clear()
 
     show = progress if progress is not None else len(paths) > batch_size
@@ -494,7 +496,7 @@ def folder_features(
         for path, label in tqdm(zip(paths, labels), total=len(paths), desc=f"features {Path(root).name}",
                                 unit="img", disable=not show):
             try:
-                batch.append(_read_resized(path, hw))
+                batch.append(read_resized(path, hw))
             except (OSError, ValueError) as exc:  # missing, corrupt, unknown format, over the pixel limit
                 reason = str(exc).removeprefix(f"{path}: ")
                 skipped.append(f"{path}: {reason}")

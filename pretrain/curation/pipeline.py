@@ -1,0 +1,329 @@
+"""The whole curation pipeline (``dinov2-dense curate``): embed, deduplicate, retrieve, cluster, sample.
+
+Order, as in the DINOv2 paper: the pool's near-duplicates are removed first; with a curated seed set,
+the pool is then reduced to the seeds' neighbours (retrieval); what remains is clustered by
+hierarchical k-means with resampling, and ``target`` rows are drawn with an equal share per cluster,
+recursively down the tree.
+
+The output folder receives (each file written atomically, after every step has run):
+``selected.txt`` (one name a line: for images, absolute paths, so that a pretraining config takes
+the file as its data set), ``duplicates.txt`` (each removed name, a tab, the name it duplicates),
+``clusters.npy`` (int64 (N, levels): every pool row's cluster at every level, -1 for rows removed
+before clustering), ``cluster_sizes.png``, ``report.md`` and ``report.html`` (self-contained), and
+``summary.json``. Embeddings of images go to ``<out>/embeddings`` (resumable).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dinov2_dense.fileio import MARKER, atomic_path, write_json, write_text
+
+from .dedup import IVF_ABOVE, deduplicate, retrieve
+from .kmeans import HierarchicalClusters, balanced_sample, cluster_tree_sizes, hierarchical_kmeans
+from .store import CurationError, EmbeddingStore, embed_images, load_embeddings
+
+__all__ = ["Rows", "curate", "default_clusters", "is_embeddings", "normalized_entropy"]
+
+RESULTS = ("selected.txt", "duplicates.txt", "clusters.npy", "cluster_sizes.png", "report.md", "report.html",
+           "summary.json")
+
+
+class Rows:
+    """Rows ``indices`` of a (memory-mapped) array, read on demand (slices and index arrays)."""
+
+    def __init__(self, x: np.ndarray, indices: np.ndarray):
+        self.x, self.indices = x, np.asarray(indices, dtype=np.int64)
+        self.shape = (len(self.indices), x.shape[1])
+        self.dtype = x.dtype
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.x[self.indices[key]])
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.asarray(self.x[self.indices])
+        return a if dtype is None else a.astype(dtype)
+
+
+def is_embeddings(path: str | os.PathLike) -> bool:
+    """An ``.npy`` file or a store folder (``embeddings.npy`` inside), rather than images."""
+    p = Path(path)
+    return p.suffix.lower() == ".npy" or (p.is_dir() and (p / "embeddings.npy").is_file())
+
+
+def default_clusters(n: int, levels: int) -> list[int]:
+    """k per level for ``n`` rows: from ``min(n // 20, 10000)`` at level 1 down to ``sqrt(n) / 2`` at
+    the top, geometrically (at least 2 each, never more than the level below)."""
+    first = max(2, min(n // 20, 10_000))
+    top = max(2, min(first, round(math.sqrt(n) / 2)))
+    if levels == 1:
+        return [first]
+    ratio = (top / first) ** (1 / (levels - 1))
+    ks = [max(2, round(first * ratio ** l)) for l in range(levels)]
+    for l in range(1, levels):
+        ks[l] = min(ks[l], ks[l - 1])
+    return ks
+
+
+def normalized_entropy(labels: np.ndarray, num_classes: int | None = None) -> float:
+    """Entropy of the label distribution divided by log(number of classes): 1 for a uniform mix."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes or 0).astype(np.float64)
+    k = len(counts) if num_classes is None else num_classes
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum() / math.log(k)) if k > 1 else 1.0
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _broadcast(obj):
+    """Rank 0's ``obj`` on every process (as it is in one process)."""
+    rank, world = _rank()
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_out_dir(out: Path, overwrite: bool, inputs: Sequence[str]) -> None:
+    """Refuse a file in the way, a folder of someone else's files, our inputs inside it, or earlier
+    results without ``overwrite`` (the embeddings of an earlier run are kept and reused)."""
+    if out.exists() and not out.is_dir():
+        raise CurationError(f"--out {out} is a file; give a folder")
+    for item in inputs:
+        p = Path(item).resolve()
+        if out.resolve() == p or out.resolve() in p.parents:
+            raise CurationError(f"--out {out} holds this command's input {item}; choose another folder")
+    if not out.is_dir():
+        return
+    entries = {p.name for p in out.iterdir()}
+    if entries and MARKER not in entries:
+        raise CurationError(f"--out {out} holds files that dinov2-dense did not write ({', '.join(sorted(entries)[:3])}"
+                            "); choose another folder")
+    done = sorted(entries & set(RESULTS))
+    if done and not overwrite:
+        raise CurationError(f"--out {out} holds the results of an earlier run ({', '.join(done[:3])}): pass "
+                            "--overwrite to replace them (its embeddings are reused), or choose another folder")
+
+
+def _load_or_embed(source: str, what: str, out: Path, model, names, embed_kw: dict, progress: bool) -> EmbeddingStore:
+    if is_embeddings(source):
+        return load_embeddings(source, names)
+    if model is None:
+        raise CurationError(f"{source}: images need a backbone to embed them (--model or --weights)")
+    rank, world = _rank()
+    store = None
+    if rank == 0:
+        store = embed_images(model, source, out / what, progress=progress, **embed_kw)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        store = store or load_embeddings(out / what)
+    return store
+
+
+def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, model=None,
+           names: str | os.PathLike | None = None, dedup_threshold: float | None = 0.9, keep: str = "first",
+           seeds: str | os.PathLike | None = None, seeds_names: str | os.PathLike | None = None,
+           seeds_k: int | None = 8, seeds_threshold: float | None = None, levels: int = 4,
+           clusters: Sequence[int] | None = None, resample_steps: Sequence[int] | int | None = None,
+           sample_strategy: str = "closest", sampling: str = "random", n_iters: int = 20, seed: int = 0,
+           ivf_above: int = IVF_ABOVE, overwrite: bool = False, progress: bool = True,
+           embed_kw: dict | None = None) -> dict:
+    """Run the pipeline (see the module's docstring); returns the summary written to ``summary.json``."""
+    out = Path(out)
+    rank, _ = _rank()
+    if target < 1:
+        raise CurationError(f"--target {target}: expected at least 1")
+    if levels < 1:
+        raise CurationError(f"--levels {levels}: expected at least 1")
+    if clusters is not None and len(clusters) != levels:
+        levels = len(clusters)
+    if seeds_threshold is not None:
+        seeds_k = None
+    if dedup_threshold is not None and not -1 <= dedup_threshold < 1:
+        raise CurationError(f"--dedup-threshold {dedup_threshold}: expected a cosine similarity below 1")
+    sources = [str(inputs)] + ([str(seeds)] if seeds is not None else [])
+    check_out_dir(out, overwrite, sources)
+    # everything the user gave is read and checked before anything is written
+    if is_embeddings(inputs):
+        pool = load_embeddings(inputs, names)
+        if target > len(pool):
+            raise CurationError(f"--target {target}: larger than the pool ({len(pool)} rows in {inputs})")
+    elif model is None:
+        raise CurationError(f"{inputs}: images need a backbone to embed them (--model or --weights)")
+    else:
+        from .store import list_images
+
+        listed = list_images(inputs)
+        if target > len(listed):
+            raise CurationError(f"--target {target}: larger than the pool ({len(listed)} images in {inputs})")
+    pool_size = len(pool) if is_embeddings(inputs) else len(listed)
+    if clusters is not None:
+        ks = list(clusters)
+        if min(ks) < 1 or any(b > a for a, b in zip(ks, ks[1:])) or ks[0] > pool_size:
+            raise CurationError(f"--clusters {','.join(map(str, ks))}: expected at least 1 cluster a level, no more "
+                                f"than the level below, and at most the pool's {pool_size} rows at level 1")
+    seed_store = load_embeddings(seeds, seeds_names) if seeds is not None and is_embeddings(seeds) else None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
+    embed_kw = dict(embed_kw or {})
+    if not is_embeddings(inputs):
+        pool = _load_or_embed(str(inputs), "embeddings", out, model, None, embed_kw, progress)
+    if seeds is not None and seed_store is None:
+        seed_store = _load_or_embed(str(seeds), "seed_embeddings", out, model, seeds_names, embed_kw, progress)
+    if seed_store is not None and seed_store.embeddings.shape[1] != pool.embeddings.shape[1]:
+        raise CurationError(f"{seeds}: {seed_store.embeddings.shape[1]}-dimensional seeds for a "
+                            f"{pool.embeddings.shape[1]}-dimensional pool; embed both with the same backbone")
+    x, n = pool.embeddings, len(pool)
+    say = (lambda *a: print(*a, file=sys.stderr)) if progress and rank == 0 else (lambda *a: None)
+
+    # 1. near-duplicates (rank 0; the others wait for the result)
+    dedup = None
+    if dedup_threshold is not None:
+        if rank == 0:
+            say(f"deduplicating {n} rows (cosine similarity > {dedup_threshold})")
+            dedup = deduplicate(x, pool.names, dedup_threshold, keep=keep, progress=progress, ivf_above=ivf_above)
+        dedup = _broadcast(dedup)
+        rows = dedup.keep
+        say(f"  {len(dedup.removed)} near-duplicates removed in {dedup.groups} groups; {len(rows)} rows left")
+    else:
+        rows = np.arange(n)
+    # 2. retrieval around the seeds
+    retrieved = None
+    if seed_store is not None:
+        found = None
+        if rank == 0:
+            found = retrieve(Rows(x, rows), seed_store.embeddings, k=seeds_k, threshold=seeds_threshold,
+                             ivf_above=ivf_above)
+        rows = rows[_broadcast(found)]
+        retrieved = len(rows)
+        say(f"  retrieval: {retrieved} rows near the {len(seed_store)} seeds")
+    if len(rows) == 0:
+        raise CurationError("no rows left to sample from after deduplication and retrieval")
+    # 3. hierarchical k-means with resampling (all processes share the rows)
+    ks = list(clusters) if clusters is not None else default_clusters(len(rows), levels)
+    if ks[0] > len(rows):
+        raise CurationError(f"--clusters {','.join(map(str, ks))}: level 1 asks for {ks[0]} clusters of only "
+                            f"{len(rows)} rows")
+    steps = resample_steps if resample_steps is not None else [0] + [10] * (len(ks) - 1)
+    say(f"hierarchical k-means: {len(ks)} levels, clusters {ks}, resampling steps {steps}")
+    tree = hierarchical_kmeans(Rows(x, rows), ks, resample_steps=steps, sample_strategy=sample_strategy,
+                               n_iters=n_iters, seed=seed, progress=progress)
+    # 4. balanced sampling
+    short = len(rows) < target
+    picked = rows[balanced_sample(tree, min(target, len(rows)), strategy=sampling, seed=seed)]
+    if short:
+        say(f"only {len(rows)} rows survive deduplication and retrieval: all of them are selected "
+            f"(--target {target})")
+    summary = {
+        "pool": n, "target": target, "selected": int(len(picked)), "short_of_target": bool(short),
+        "duplicates_removed": int(len(dedup.removed)) if dedup else 0, "duplicate_groups": dedup.groups if dedup else 0,
+        "dedup_threshold": dedup_threshold, "retrieved": retrieved, "clustered": int(len(rows)), "clusters": ks,
+        "resample_steps": steps, "sample_strategy": sample_strategy, "sampling": sampling, "seed": seed,
+        "source": str(inputs), "unreadable": len(pool.unreadable),
+    }
+    summary = _with_entropies(summary, tree, rows, picked, len(pool))
+    if rank == 0:
+        _write_results(out, pool, rows, picked, dedup, tree, summary)
+        say(f"selected {len(picked)} of {n}: {out / 'selected.txt'} (report: {out / 'report.html'})")
+    return summary
+
+
+def _table(tree: HierarchicalClusters, rows: np.ndarray, n: int) -> np.ndarray:
+    """(n, levels) cluster of every pool row at every level; -1 for rows not clustered."""
+    table = np.full((n, len(tree.levels)), -1, dtype=np.int64)
+    table[rows] = tree.row_clusters
+    return table
+
+
+def _with_entropies(summary: dict, tree: HierarchicalClusters, rows: np.ndarray, picked: np.ndarray, n: int) -> dict:
+    table = _table(tree, rows, n)
+    k = len(tree.levels[-1].centroids)
+    return {**summary, "top_clusters": k, "top_cluster_entropy_pool": normalized_entropy(table[rows, -1], k),
+            "top_cluster_entropy_selected": normalized_entropy(table[picked, -1], k)}
+
+
+def _write_results(out: Path, pool: EmbeddingStore, rows: np.ndarray, picked: np.ndarray, dedup, tree:
+                   HierarchicalClusters, summary: dict) -> None:
+    names = pool.names
+    table = _table(tree, rows, len(pool))
+    with atomic_path(out / "clusters.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, table)
+    write_text(out / "duplicates.txt", "".join(f"{names[r]}\t{names[k]}\n" for r, k in
+                                               zip(dedup.removed, dedup.kept_for)) if dedup else "")
+    sizes = cluster_tree_sizes(tree)
+    top = table[picked, -1]
+    after = np.bincount(top, minlength=len(sizes[-1]))
+    png = _plot_sizes(sizes[-1], after, sizes[0], np.bincount(table[picked, 0], minlength=len(sizes[0])))
+    with atomic_path(out / "cluster_sizes.png") as tmp:
+        Path(tmp).write_bytes(png)
+    md, page = _report(summary, png)
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", page)
+    write_json(out / "summary.json", summary)
+    write_text(out / "selected.txt", "".join(names[i] + "\n" for i in picked))  # last: the run is complete
+
+
+def _plot_sizes(before_top: np.ndarray, after_top: np.ndarray, before_l1: np.ndarray, after_l1: np.ndarray) -> bytes:
+    from dinov2_dense.viz.figures import _figure
+
+    fig = _figure(10, 3.6, 100)
+    axes = fig.subplots(1, 2)
+    for ax, before, after, title in ((axes[0], before_top, after_top, "top-level clusters"),
+                                     (axes[1], before_l1, after_l1, "level-1 clusters")):
+        order = np.argsort(-before, kind="stable")
+        ax.bar(np.arange(len(order)), before[order], width=1.0, color="#9bb7d4", label="pool (clustered rows)")
+        ax.bar(np.arange(len(order)), after[order], width=0.6, color="#d9534f", label="selected")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{title}, largest first")
+        ax.set_ylabel("rows")
+        ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _report(summary: dict, png: bytes) -> tuple[str, str]:
+    lines = [
+        ("pool rows", summary["pool"]), ("unreadable images", summary["unreadable"]),
+        ("near-duplicates removed", f"{summary['duplicates_removed']} in {summary['duplicate_groups']} groups "
+                                    f"(threshold {summary['dedup_threshold']})"),
+        ("retrieved near the seeds", summary["retrieved"] if summary["retrieved"] is not None else "no seeds"),
+        ("rows clustered", summary["clustered"]), ("clusters per level", ", ".join(map(str, summary["clusters"]))),
+        ("selected", f"{summary['selected']} (target {summary['target']})"),
+        ("top-level cluster entropy, pool", f"{summary['top_cluster_entropy_pool']:.3f}"),
+        ("top-level cluster entropy, selected", f"{summary['top_cluster_entropy_selected']:.3f}"),
+    ]
+    md = ["# Curation report", "", f"Source: `{summary['source']}`", "", "| | |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in lines]
+    md += ["", "Normalised entropy of the top-level cluster of each row: 1.0 when every cluster is equally "
+           "represented.", "", "![cluster sizes](cluster_sizes.png)", ""]
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in lines)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Curation report</title><style>body{{font-family:"
+            f"sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}</style></head><body><h1>Curation report</h1>"
+            f"<p>Source: <code>{html.escape(summary['source'])}</code></p><table>{rows}</table><p>Cluster sizes "
+            f"before and after (log scale):</p><img alt='cluster sizes' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'></body></html>")
+    return "\n".join(md), page

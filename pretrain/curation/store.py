@@ -1,0 +1,284 @@
+"""Embedding stores: the rows every curation step reads, and the images they come from.
+
+A store is a folder holding ``embeddings.npy`` (float32 or float16 rows, one per image, read
+memory-mapped), ``names.txt`` (one name a line, the image's path), ``unreadable.txt`` (images that
+could not be read, with the reason) and ``store.json`` (how the rows were made). A plain ``.npy`` of
+shape (N, D) with a ``.txt`` of N names beside it (same stem) is read the same way.
+
+:func:`embed_images` writes a store in batches and can be interrupted at any point (Ctrl-C, kill -9):
+rows already written are kept (``embeddings.partial.npy`` and ``status.partial.npy``, both
+memory-mapped; a row counts as stored only once its status says so, and the status is written after
+the row), and the next call with the same inputs, backbone and settings computes only the others.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dinov2_dense.fileio import atomic_path, write_json, write_text
+
+__all__ = ["CurationError", "EmbeddingStore", "embed_images", "list_images", "load_embeddings"]
+
+PENDING, DONE, UNREADABLE = 0, 1, 2
+_PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "partial.json")
+
+
+class CurationError(ValueError):
+    """A user's input that curation cannot use (the message names the file and the problem)."""
+
+
+@dataclass
+class EmbeddingStore:
+    """Rows (memory-mapped where read from a file) and their names."""
+
+    embeddings: np.ndarray
+    names: list[str]
+    source: str = "embeddings"
+    unreadable: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _read_names(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CurationError(f"{path}: no such names file (one name a line, as many as the rows)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CurationError(f"{path}: not a readable text file of names ({exc})") from None
+    return text.splitlines()
+
+
+def check_rows(x: np.ndarray, what: str, chunk: int = 65536) -> None:
+    """Refuse rows that are not finite or are all zero (they have no direction), naming the first."""
+    for start in range(0, len(x), chunk):
+        block = np.asarray(x[start:start + chunk], dtype=np.float32)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad) + start
+            raise CurationError(f"{what}: {len(rows)}+ row(s) with NaN or inf values (first: row {rows[0]}); "
+                                "remove them or recompute those embeddings")
+        zero = ~block.any(axis=1)
+        if zero.any():
+            raise CurationError(f"{what}: row {np.flatnonzero(zero)[0] + start} is all zeros (no direction for a "
+                                "cosine similarity)")
+
+
+def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence[str] | None = None,
+                    check: bool = True) -> EmbeddingStore:
+    """A store folder (``embeddings.npy`` + ``names.txt``) or an ``.npy`` of shape (N, D) with its
+    names: ``names`` (a file or a list) or the ``.txt`` of the same stem beside it. Memory-mapped;
+    ``check`` refuses NaN / inf / all-zero rows, naming the file and the row."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "embeddings.npy").is_file():
+            partial = (path / "embeddings.partial.npy").is_file()
+            raise CurationError(f"{path}: no embeddings.npy in this folder" + (
+                " (an interrupted embedding run: run it again to finish it)" if partial else ""))
+        unreadable = path / "unreadable.txt"
+        bad = tuple(unreadable.read_text(encoding="utf-8").splitlines()) if unreadable.is_file() else ()
+        store = load_embeddings(path / "embeddings.npy", names if names is not None else path / "names.txt", check)
+        store.unreadable = bad
+        return store
+    if path.suffix.lower() != ".npy":
+        raise CurationError(f"{path}: expected an .npy file of embeddings (N, D) or an embedding store folder")
+    if not path.is_file():
+        raise CurationError(f"{path}: no such file")
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CurationError(f"{path}: not a readable .npy array ({str(exc)[:120]})") from None
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise CurationError(f"{path}: expected a 2-D array of embeddings (N, D), found shape {tuple(x.shape)}")
+    if x.dtype.kind != "f":
+        raise CurationError(f"{path}: expected float embeddings, found dtype {x.dtype}")
+    if names is None:
+        names_file = path.with_suffix(".txt")
+        if not names_file.is_file():
+            raise CurationError(f"{path}: no names file beside it ({names_file.name}); give one with --names")
+        names = names_file
+    if isinstance(names, (str, os.PathLike)):
+        where = str(names)
+        listed = _read_names(Path(names))
+    else:
+        where, listed = "the names given", [str(n) for n in names]
+    if len(listed) != x.shape[0]:
+        raise CurationError(f"{where}: {len(listed)} names for the {x.shape[0]} rows of {path}")
+    if check:
+        check_rows(x, str(path))
+    return EmbeddingStore(x, listed, source=str(path))
+
+
+# -- images ------------------------------------------------------------------------------------
+def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
+    """The images of a folder (recursive, sorted), a text file of paths (one a line, relative to the
+    file's folder), a glob pattern, or a list of paths; absolute paths."""
+    from dinov2_dense.data.files import IMAGE_EXTENSIONS
+
+    if not isinstance(spec, (str, os.PathLike)):
+        return [os.path.abspath(p) for p in spec]
+    text = os.fspath(spec)
+    path = Path(text)
+    if path.is_dir():
+        found = sorted(os.path.abspath(os.path.join(folder, f)) for folder, dirs, files in os.walk(path, followlinks=False)
+                       for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise CurationError(f"{path}: found no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        return found
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return [os.path.abspath(path)]
+        lines = [s.strip() for s in _read_names(path)]
+        entries = [s for s in lines if s and not s.startswith("#")]
+        if not entries:
+            raise CurationError(f"{path}: the list names no images (one path a line; # starts a comment)")
+        return [os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries]
+    if any(c in text for c in "*?["):
+        found = sorted(os.path.abspath(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+        if not found:
+            raise CurationError(f"{text}: the pattern matches no files")
+        return found
+    raise CurationError(f"{text}: no such folder, list file or glob pattern")
+
+
+def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str) -> dict:
+    from dinov2_dense.engine.model import fingerprint
+
+    return {"version": 1, "weights": fingerprint(model), "size": size, "pooling": pooling, "dtype": dtype}
+
+
+def _dim(model: torch.nn.Module, pooling: str) -> int:
+    return int(model.embed_dim) * (2 if pooling == "cls+mean" else 1)
+
+
+def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[str], out: str | os.PathLike, *,
+                 size: int = 224, pooling: str = "cls", batch_size: int = 32, dtype: str = "float32",
+                 autocast: bool | torch.dtype = False, progress: bool | None = None,
+                 chunk: int = 65536) -> EmbeddingStore:
+    """Embed every image of ``images`` (see :func:`list_images`) into the store folder ``out``.
+
+    Each image is read upright, resized to ``size`` x ``size`` and run through ``model``
+    (:func:`dinov2_dense.features.extract_features`); ``pooling`` ``cls`` (default) keeps the class
+    token after the final norm. Rows are ``dtype`` (``float32`` or ``float16``). An unreadable image
+    is listed in ``unreadable.txt`` with its reason and counted, never fatal. Resumable: see the
+    module's docstring. Returns the finished store (memory-mapped)."""
+    from tqdm.auto import tqdm
+
+    from dinov2_dense.evaluation.knn import POOLINGS, pool_features, read_resized
+    from dinov2_dense.features import extract_features
+
+    if pooling not in POOLINGS:
+        raise CurationError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
+    if dtype not in ("float32", "float16"):
+        raise CurationError(f"dtype={dtype!r}: expected float32 or float16")
+    if batch_size < 1 or size < 14:
+        raise CurationError(f"batch_size={batch_size}, size={size}: expected batch_size >= 1 and size >= 14")
+    out = Path(out)
+    paths = list_images(images)
+    settings = {**_settings(model, size, pooling, dtype), "count": len(paths)}
+    if (out / "embeddings.npy").is_file() and (out / "store.json").is_file():
+        done = json.loads((out / "store.json").read_text())
+        if {k: done.get(k) for k in settings} == settings and _read_names(out / "inputs.txt") == paths:
+            return load_embeddings(out)  # already finished with the same inputs and settings
+    out.mkdir(parents=True, exist_ok=True)
+    n, d = len(paths), _dim(model, pooling)
+    rows_file, status_file = out / "embeddings.partial.npy", out / "status.partial.npy"
+    resumed = False
+    if (out / "partial.json").is_file() and rows_file.is_file() and status_file.is_file():
+        try:
+            same = (json.loads((out / "partial.json").read_text()) == settings
+                    and _read_names(out / "inputs.partial.txt") == paths)
+        except (OSError, ValueError, CurationError):
+            same = False
+        if same:
+            rows = np.lib.format.open_memmap(rows_file, mode="r+")
+            status = np.lib.format.open_memmap(status_file, mode="r+")
+            resumed = rows.shape == (n, d) and status.shape == (n,)
+        if not resumed:
+            warnings.warn(f"{out}: an interrupted embedding run with other inputs or settings is there; starting "
+                          "afresh", stacklevel=2)
+    if not resumed:
+        for name in _PARTIAL:
+            (out / name).unlink(missing_ok=True)
+        write_text(out / "inputs.partial.txt", "\n".join(paths) + "\n")
+        rows = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.dtype(dtype), shape=(n, d))
+        status = np.lib.format.open_memmap(status_file, mode="w+", dtype=np.uint8, shape=(n,))
+        write_json(out / "partial.json", settings)  # last: the partial store is complete from here on
+    todo = np.flatnonzero(status[:] != DONE)  # unreadable ones are tried again (and their reasons recorded)
+    if resumed and len(todo) < n:
+        print(f"{out}: resuming; {n - len(todo)} of {n} images already embedded", file=sys.stderr)
+    device = next(model.parameters()).device
+    show = progress if progress is not None else len(todo) > batch_size
+    reasons: dict[int, str] = {}
+    batch: list[torch.Tensor] = []
+    where: list[int] = []
+
+    def run() -> None:
+        x = torch.stack(batch).to(device)
+        feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
+        rows[where] = pool_features(feats, pooling).float().cpu().numpy().astype(dtype)
+        rows.flush()
+        status[where] = DONE  # after the rows: a row marked done is on disk
+        status.flush()
+        batch.clear()
+        where.clear()
+
+    model_was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in tqdm(todo, desc=f"embedding {out.name}", unit="img", disable=not show):
+                try:
+                    batch.append(read_resized(paths[i], (size, size)))
+                    where.append(int(i))
+                except (OSError, ValueError) as exc:  # missing, corrupt, unknown format, over the pixel limit
+                    reasons[int(i)] = str(exc).removeprefix(f"{paths[i]}: ").replace("\n", " ")
+                    status[i] = UNREADABLE
+                    continue
+                if len(batch) == batch_size:
+                    run()
+            if batch:
+                run()
+    finally:
+        status.flush()
+        model.train(model_was_training)
+    return _finish(out, paths, rows, status, reasons, settings, chunk)
+
+
+def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
+            settings: dict, chunk: int) -> EmbeddingStore:
+    """Copy the readable rows into ``embeddings.npy`` (in chunks), write the names, the unreadable
+    list and ``store.json`` atomically, then drop the partial files."""
+    good = np.flatnonzero(status[:] == DONE)
+    bad = np.flatnonzero(status[:] == UNREADABLE)
+    if len(good) == 0:
+        raise CurationError(f"none of the {len(paths)} images could be read (first: {paths[bad[0]] if len(bad) else '?'}"
+                            f"{': ' + reasons[int(bad[0])] if len(bad) and int(bad[0]) in reasons else ''})")
+    with atomic_path(out / "embeddings.npy") as tmp:
+        final = np.lib.format.open_memmap(tmp, mode="w+", dtype=rows.dtype, shape=(len(good), rows.shape[1]))
+        for start in range(0, len(good), chunk):
+            final[start:start + chunk] = rows[good[start:start + chunk]]
+        final.flush()
+        del final
+    write_text(out / "names.txt", "".join(paths[i] + "\n" for i in good))
+    write_text(out / "unreadable.txt", "".join(f"{paths[i]}\t{reasons.get(int(i), 'unreadable')}\n" for i in bad))
+    write_text(out / "inputs.txt", "\n".join(paths) + "\n")
+    write_json(out / "store.json", {**settings, "rows": int(len(good)), "unreadable": int(len(bad))})
+    for name in _PARTIAL:
+        (out / name).unlink(missing_ok=True)
+    if len(bad):
+        warnings.warn(f"{out}: {len(bad)} of {len(paths)} images could not be read; listed in "
+                      f"{out / 'unreadable.txt'}", stacklevel=3)
+    return load_embeddings(out)

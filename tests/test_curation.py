@@ -1,0 +1,331 @@
+"""Data curation (pretrain.curation and ``dinov2-dense curate``): balance, near-duplicates,
+resumable embedding, two processes on gloo, bad input, and the pretraining data set reading the result.
+
+Pools are made here: embeddings drawn around a few dozen centres (one centre holding 90% of the
+rows), with injected near-duplicates; images are random PNGs embedded by a tiny random ViT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinov2_dense.cli import main
+from pretrain.curation import (
+    balanced_sample,
+    deduplicate,
+    embed_images,
+    hierarchical_kmeans,
+    kmeans,
+    load_embeddings,
+    retrieve,
+)
+from pretrain.curation.pipeline import normalized_entropy
+from tests.conftest import tiny_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def skewed_pool(n: int = 3000, concepts: int = 24, dim: int = 32, dominant: float = 0.9, seed: int = 0):
+    """(rows float32, concept of each row): unit-norm centres, one holding ``dominant`` of the rows."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(concepts, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.where(rng.random(n) < dominant, 0, rng.integers(1, concepts, n))
+    return (centres[labels] + 0.15 * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def write_pool(folder: Path, x: np.ndarray, stem: str = "pool") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"{stem}.npy", x)
+    (folder / f"{stem}.txt").write_text("".join(f"img_{i:06d}.jpg\n" for i in range(len(x))))
+    return folder / f"{stem}.npy"
+
+
+# -- balance -----------------------------------------------------------------------------------
+def test_curated_subset_evens_out_a_dominant_concept(tmp_path, capsys):
+    x, labels = skewed_pool()
+    npy = write_pool(tmp_path / "in", x)
+    out = tmp_path / "curated"
+    assert main(["curate", str(npy), "--target", "300", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "300 selected" in printed
+    selected = (out / "selected.txt").read_text().splitlines()
+    assert len(selected) == len(set(selected)) == 300
+    picked = np.array([int(name[4:10]) for name in selected])
+    curated = normalized_entropy(labels[picked], 24)
+    rng = np.random.default_rng(1)
+    random = normalized_entropy(labels[rng.choice(len(x), 300, replace=False)], 24)
+    pool = normalized_entropy(labels, 24)
+    assert curated >= 0.95, curated
+    assert abs(random - pool) < 0.1 and random < 0.4, (random, pool)
+
+    clusters = np.load(out / "clusters.npy")
+    summary = json.loads((out / "summary.json").read_text())
+    assert clusters.shape == (len(x), len(summary["clusters"]))
+    assert int((clusters[:, 0] == -1).sum()) == summary["duplicates_removed"] < 30  # removed rows: -1
+    # each level's clusters nest: a row's cluster at level l + 1 depends only on its cluster at level l
+    for level in range(clusters.shape[1] - 1):
+        pairs = np.unique(clusters[:, level:level + 2], axis=0)
+        assert len(np.unique(pairs[:, 0])) == len(pairs)
+    assert summary["top_cluster_entropy_selected"] > summary["top_cluster_entropy_pool"]
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Curation report" in page
+    assert (out / "cluster_sizes.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![cluster sizes](cluster_sizes.png)" in (out / "report.md").read_text()
+
+
+def test_balanced_sample_gives_equal_shares_down_the_tree():
+    x, _ = skewed_pool(2000, seed=3)
+    tree = hierarchical_kmeans(x, [60, 20, 5], resample_steps=[0, 5, 5], seed=0)
+    rows = tree.row_clusters
+    for strategy in ("random", "closest"):
+        picked = balanced_sample(tree, 250, strategy=strategy, seed=0)
+        assert len(picked) == len(np.unique(picked)) == 250
+        top_sizes = np.bincount(rows[:, -1], minlength=5)
+        shares = np.bincount(rows[picked, -1], minlength=5)
+        # water-filling: clusters smaller than the cut give all their rows, the others equal shares (+-1)
+        full = shares == top_sizes
+        assert np.ptp(shares[~full]) <= 1 if (~full).any() else True
+        assert (shares[full] <= shares[~full].min()).all() if (~full).any() and full.any() else True
+    closest = balanced_sample(tree, 60, strategy="closest")
+    members = rows[closest, 0]
+    sq = tree.levels[0].sqdist
+    for c in np.unique(members):  # within a finest cluster, the closest points to the centroid come first
+        chosen = closest[members == c]
+        others = np.setdiff1d(np.flatnonzero(rows[:, 0] == c), chosen)
+        if len(others):
+            assert sq[chosen].max() <= sq[others].min() + 1e-6
+    with pytest.raises(ValueError, match="larger than"):
+        balanced_sample(tree, 2001)
+
+
+def test_kmeans_matches_faiss_inertia_and_the_lloyd_fixed_point():
+    faiss = pytest.importorskip("faiss")
+    x, _ = skewed_pool(4000, concepts=40, dominant=0.3, seed=5)
+    ours = kmeans(x, 40, n_iters=25, seed=0)
+    km = faiss.Kmeans(x.shape[1], 40, niter=25, seed=1234)
+    km.train(x)
+    _, nearest = km.index.search(x, 1)
+    theirs = float(((x - km.centroids[nearest[:, 0]]) ** 2).sum())
+    assert ours.inertia <= 1.01 * theirs, (ours.inertia, theirs)
+    # the result is a Lloyd fixed point within tolerance: the assignment is each row's nearest centroid,
+    # and the inertia is the sum of those squared distances
+    d = ((x[:, None, :] - ours.centroids[None]) ** 2).sum(-1)
+    assert (d.argmin(1) == ours.assignment).mean() > 0.999
+    assert ours.inertia == pytest.approx(float(d.min(1).sum()), rel=1e-4)
+    assert ours.inertia == pytest.approx(float(kmeans(x, 40, n_iters=25, seed=0).inertia), rel=0)  # seeded
+
+
+# -- near-duplicates ---------------------------------------------------------------------------
+def test_near_duplicates_removed_with_high_recall_and_precision(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 48)).astype(np.float32)
+    sources = rng.choice(3000, 200, replace=False)
+    copies = x[sources] + 0.05 * rng.normal(size=(200, 48)).astype(np.float32)  # cosine ~0.999 to its source
+    pool = np.concatenate([x, copies])
+    names = [f"a{i:05d}" for i in range(len(pool))]
+    truth = set(range(3000, 3200))
+    for index_kw in ({}, {"ivf_above": 100}):  # exact, and the IVF index of large pools
+        result = deduplicate(pool, names, 0.9, **index_kw)
+        removed = set(result.removed.tolist())
+        recall, precision = len(truth & removed) / len(truth), len(truth & removed) / max(1, len(removed))
+        assert recall >= 0.99 and precision >= 0.99, (index_kw, recall, precision)
+        assert dict(zip(result.removed.tolist(), result.kept_for.tolist())) == {3000 + i: int(s) for i, s in
+                                                                               enumerate(sources)}
+    # a chain A ~ B ~ C is one group even where A and C are further apart; "central" keeps B
+    a = np.array([1.0, 0.0], np.float32)
+    chain = np.stack([a, [np.cos(0.4), np.sin(0.4)], [np.cos(0.8), np.sin(0.8)], [0.0, -1.0]]).astype(np.float32)
+    first = deduplicate(chain, ["c", "b", "a", "d"], float(np.cos(0.45)))
+    assert first.groups == 1 and first.keep.tolist() == [2, 3]  # "a" is first by name
+    central = deduplicate(chain, ["c", "b", "a", "d"], float(np.cos(0.45)), keep="central")
+    assert central.keep.tolist() == [1, 3] and central.kept_for.tolist() == [1, 1]
+
+    npy = write_pool(tmp_path / "in", pool)
+    out = tmp_path / "out"
+    assert main(["curate", str(npy), "--target", "100", "--out", str(out), "--no-progress",
+                 "--clusters", "40,10"]) == 0
+    lines = [line.split("\t") for line in (out / "duplicates.txt").read_text().splitlines()]
+    assert len(lines) == 200 and all(int(r[4:10]) >= 3000 and int(k[4:10]) < 3000 for r, k in lines)
+    assert (np.load(out / "clusters.npy")[3000:] == -1).all()  # removed rows are not clustered
+
+
+def test_retrieval_finds_the_neighbours_of_the_seeds():
+    rng = np.random.default_rng(2)
+    pool = rng.normal(size=(500, 16)).astype(np.float32)
+    seeds = pool[[10, 20]] + 0.01
+    near = retrieve(pool, seeds, k=1)
+    assert near.tolist() == [10, 20]
+    sims = (pool / np.linalg.norm(pool, axis=1, keepdims=True)) @ (seeds / np.linalg.norm(seeds, axis=1,
+                                                                                          keepdims=True)).T
+    above = retrieve(pool, seeds, k=None, threshold=0.5)
+    assert above.tolist() == np.flatnonzero((sims > 0.5).any(axis=1)).tolist()
+    with pytest.raises(ValueError, match="dimensions"):
+        retrieve(pool, seeds[:, :8], k=1)
+
+
+# -- images: resumable embedding and the pretraining data set ------------------------------------
+def _images(folder: Path, n: int, broken: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
+    if broken:
+        (folder / "zz_broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch):
+    import dinov2_dense.features as features
+
+    folder = _images(tmp_path / "imgs", 11)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    reference = embed_images(model, folder, tmp_path / "ref", size=28, batch_size=3, progress=False)
+    assert len(reference) == 11 and reference.unreadable[0].startswith(str(folder / "zz_broken.png"))
+
+    real = features.extract_features
+    seen: list[int] = []
+
+    def counting(m, x, *a, **k):
+        if len(seen) >= 2 and stop[0]:
+            raise KeyboardInterrupt
+        seen.append(len(x))
+        return real(m, x, *a, **k)
+
+    stop = [True]
+    monkeypatch.setattr(features, "extract_features", counting)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, tmp_path / "run", size=28, batch_size=3, progress=False)
+    assert sum(seen) == 6 and not (tmp_path / "run" / "embeddings.npy").exists()
+    status = np.load(tmp_path / "run" / "status.partial.npy")
+    assert int((status == 1).sum()) == 6
+    stop[0], seen[:] = False, []
+    store = embed_images(model, folder, tmp_path / "run", size=28, batch_size=3, progress=False)
+    assert sum(seen) == 5  # only the rows not stored yet
+    assert store.names == reference.names and len(set(store.names)) == 11
+    np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(reference.embeddings), atol=1e-5)
+    assert not list((tmp_path / "run").glob("*.partial.*"))
+    assert (tmp_path / "run" / "unreadable.txt").read_text().count("\n") == 1
+    seen[:] = []
+    again = embed_images(model, folder, tmp_path / "run", size=28, batch_size=3, progress=False)
+    assert seen == [] and again.names == store.names  # finished: nothing recomputed
+
+
+def test_curating_images_feeds_the_pretraining_data_set(tmp_path):
+    from pretrain.data.datasets import build_dataset
+    from pretrain.export import export_backbone
+
+    folder = _images(tmp_path / "imgs", 12)
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=28), tmp_path / "export")["safetensors"]
+    out = tmp_path / "cur"
+    code = main(["curate", str(folder), "--target", "6", "--out", str(out), "--weights", str(weights),
+                 "--size", "28", "--clusters", "4,2", "--no-progress", "--dedup-threshold", "0.9999"])
+    assert code == 0
+    selected = (out / "selected.txt").read_text().splitlines()
+    assert len(selected) == 6 and all(Path(p).is_absolute() and Path(p).parent == folder for p in selected)
+    assert (out / "embeddings" / "unreadable.txt").read_text().startswith(str(folder / "zz_broken.png"))
+    data = build_dataset(str(out / "selected.txt"))
+    assert len(data) == 6 and data.source.read(0).shape[2] == 3
+    # a second run without --overwrite is refused, and with it the stored embeddings are reused
+    assert main(["curate", str(folder), "--target", "6", "--out", str(out), "--weights", str(weights),
+                 "--size", "28", "--no-progress"]) == 2
+    assert main(["curate", str(folder), "--target", "5", "--out", str(out), "--weights", str(weights),
+                 "--size", "28", "--clusters", "4,2", "--no-progress", "--overwrite", "--no-dedup"]) == 0
+    assert len((out / "selected.txt").read_text().splitlines()) == 5
+
+
+# -- two processes -----------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SCRIPT = """
+import sys, numpy as np, torch.distributed as dist
+from pretrain.curation import hierarchical_kmeans
+dist.init_process_group("gloo")
+x = np.load(sys.argv[1], mmap_mode="r")
+tree = hierarchical_kmeans(x, [40, 12, 4], resample_steps=[0, 4, 4], seed=7, init="{init}")
+np.savez(sys.argv[2] + f"_{{dist.get_rank()}}.npz", *[l.centroids for l in tree.levels], rows=tree.row_clusters)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_two_processes_on_gloo_give_the_centroids_of_one(tmp_path, init):
+    x, _ = skewed_pool(1500, seed=9)
+    x = x[:1499]  # an odd count: unequal shares
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(init=init))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(script), str(tmp_path / "x.npy"), str(tmp_path / "two")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    one = hierarchical_kmeans(np.load(tmp_path / "x.npy", mmap_mode="r"), [40, 12, 4], resample_steps=[0, 4, 4],
+                              seed=7, init=init)
+    ranks = [np.load(tmp_path / f"two_{r}.npz") for r in (0, 1)]
+    for level, result in enumerate(one.levels):
+        for got in ranks:
+            np.testing.assert_allclose(got[f"arr_{level}"], result.centroids, atol=1e-5, rtol=1e-5)
+    assert (ranks[0]["rows"] == one.row_clusters).mean() > 0.999
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, capsys):
+    x, _ = skewed_pool(200)
+    out = tmp_path / "out"
+
+    def refused(args: list[str], *expected: str) -> None:
+        assert main(["curate", *args, "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(e in err for e in expected), err
+        assert not out.exists()
+
+    nan = x.copy()
+    nan[17, 3] = np.nan
+    refused([str(write_pool(tmp_path / "a", nan)), "--target", "10"], "pool.npy", "NaN", "row 17")
+    npy = write_pool(tmp_path / "b", x)
+    (tmp_path / "b" / "pool.txt").write_text("only\ntwo\n")
+    refused([str(npy), "--target", "10"], "pool.txt", "2 names", "200 rows")
+    npy = write_pool(tmp_path / "c", x)
+    refused([str(npy), "--target", "201"], "--target 201", "200 rows")
+    (tmp_path / "empty").mkdir()
+    refused([str(tmp_path / "empty"), "--target", "1", "--weights", "random"], "empty", "no images")
+    refused([str(tmp_path / "c" / "missing.npy"), "--target", "1"], "missing.npy", "no such file")
+    np.save(tmp_path / "c" / "flat.npy", np.zeros(5, np.float32))
+    (tmp_path / "c" / "flat.txt").write_text("a\nb\nc\nd\ne\n")
+    refused([str(tmp_path / "c" / "flat.npy"), "--target", "1"], "flat.npy", "2-D")
+    refused([str(npy), "--target", "10", "--clusters", "500,10"], "--clusters", "500")
+    # a folder of someone else's files is never written into
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    assert main(["curate", str(npy), "--target", "10", "--out", str(tmp_path / "theirs"), "--no-progress"]) == 2
+    assert sorted(p.name for p in (tmp_path / "theirs").iterdir()) == ["notes.txt"]
+    assert "did not write" in capsys.readouterr().err
+
+
+def test_load_embeddings_reads_store_folders_and_names(tmp_path):
+    x, _ = skewed_pool(50)
+    npy = write_pool(tmp_path, x, "e")
+    store = load_embeddings(npy)
+    assert store.embeddings.shape == (50, 32) and store.names[0] == "img_000000.jpg"
+    assert isinstance(store.embeddings, np.memmap)
+    store = load_embeddings(npy, names=[f"n{i}" for i in range(50)])
+    assert store.names[-1] == "n49"
+    half = x.astype(np.float16)
+    np.save(tmp_path / "h.npy", half)
+    (tmp_path / "h.txt").write_text("x\n" * 50)
+    assert load_embeddings(tmp_path / "h.npy").embeddings.dtype == np.float16
+    torch.manual_seed(0)
