@@ -37,6 +37,7 @@ def main() -> int:
     from pretrain.distill import feature_distance
     from pretrain.monitor import dense_quality, scene_set
     from pretrain.train import checkpoint_files
+    from pretrain_tiny import run_line  # benchmarks/pretrain_tiny.py, beside this script
 
     teacher_file = args.teacher_run / "export" / "backbone.safetensors"
     work, wall = args.work_dir, None
@@ -67,11 +68,7 @@ def main() -> int:
             init = DinoVisionTransformer(**arch).eval()
             randoms.append({**dense_quality(init, probe, knn, 5), "distance": feature_distance(init, teacher, images)})
     rand = {k: sum(r[k] for r in randoms) / len(randoms) for k in ours}
-    lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
-    rates = sorted(l["images_per_s"] for l in lines)
-    rate = rates[len(rates) // 2]  # the median log interval: checkpoints and monitor runs fall in a few
-    print(f"run: {lines[-1]['iteration']} iterations, {rate:.1f} images/s (median over the log intervals)"
-          + (f", wall time {wall / 60:.1f} min" if wall else ""))
+    print(run_line(work, wall))
     print(f"kNN top-1 (held-out scenes): student {ours['knn_top1']:.1f}%, its random init {rand['knn_top1']:.1f}% "
           f"(mean of {args.seeds}), teacher {ref['knn_top1']:.1f}%")
     print(f"linear probe mIoU: student {ours['probe_miou']:.2f}, random init {rand['probe_miou']:.2f}, "

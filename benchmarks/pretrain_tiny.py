@@ -54,11 +54,7 @@ def main() -> int:
         torch.manual_seed(seed)
         randoms.append(dense_quality(DinoVisionTransformer(**arch).eval(), probe, knn, 5))
     rand = {k: sum(r[k] for r in randoms) / len(randoms) for k in ours}
-    lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
-    rates = sorted(l["images_per_s"] for l in lines)
-    rate = rates[len(rates) // 2]  # the median log interval: checkpoints and monitor runs fall in a few
-    print(f"run: {lines[-1]['iteration']} iterations, {rate:.1f} images/s (median over the log intervals)"
-          + (f", wall time {wall / 60:.1f} min" if wall else ""))
+    print(run_line(work, wall))
     print(f"kNN top-1 (held-out scenes): pretrained {ours['knn_top1']:.1f}%, random init {rand['knn_top1']:.1f}% "
           f"(mean of {args.seeds}); +{ours['knn_top1'] - rand['knn_top1']:.1f} points")
     print(f"linear probe mIoU: pretrained {ours['probe_miou']:.2f}, random init {rand['probe_miou']:.2f}; "
@@ -69,6 +65,15 @@ def main() -> int:
             r = json.loads(line)
             print(f"  monitor at {r['iteration']}: kNN {r['knn_top1']:.1f}%, probe mIoU {r['probe_miou']:.2f}")
     return 0
+
+
+def run_line(work: Path, wall: float | None) -> str:
+    """Iterations, the median images/s over the log intervals (checkpoints and monitor runs fall in a
+    few of them) and the wall time of a run, from its training_metrics.jsonl."""
+    lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
+    rates = sorted(l["images_per_s"] for l in lines)
+    return (f"run: {lines[-1]['iteration']} iterations, {rates[len(rates) // 2]:.1f} images/s (median over the log "
+            "intervals)" + (f", wall time {wall / 60:.1f} min" if wall else ""))
 
 
 if __name__ == "__main__":

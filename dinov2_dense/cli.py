@@ -521,7 +521,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         seeds_names=args.seeds_names, dedup_threshold=None if args.no_dedup else args.dedup_threshold,
         keep=args.keep, seeds_k=args.seeds_k, seeds_threshold=args.seeds_threshold, levels=args.levels,
         clusters=args.clusters, resample_steps=args.resample_steps, sampling=args.sampling, seed=args.seed,
-        n_iters=args.iters, overwrite=args.overwrite, progress=not args.no_progress,
+        n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
+        progress=not args.no_progress,
         embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.dtype, pooling=args.pooling,
                       autocast=args.bf16),
     )
@@ -554,6 +555,10 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--no-dedup", action="store_true", help="skip near-duplicate removal")
     cur.add_argument("--keep", choices=["first", "central"], default="first",
                      help="which image of a duplicate group stays: the first by name, or the most central")
+    cur.add_argument("--ivf-above", type=positive_int, default=200_000,
+                     help="pools larger than this use an IVF index for duplicates and retrieval (default 200000)")
+    cur.add_argument("--nprobe", type=positive_int, default=16,
+                     help="IVF lists scanned per query (default 16; fewer is faster, with a little less recall)")
     cur.add_argument("--seeds", default=None, help="a curated seed set (images or embeddings): keep only the pool "
                                                    "images near it (the DINOv2 retrieval step)")
     cur.add_argument("--seeds-names", default=None, help="names file of an .npy --seeds")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dinov2_dense.cli import main
@@ -153,7 +152,7 @@ def test_near_duplicates_removed_with_high_recall_and_precision(tmp_path):
     npy = write_pool(tmp_path / "in", pool)
     out = tmp_path / "out"
     assert main(["curate", str(npy), "--target", "100", "--out", str(out), "--no-progress",
-                 "--clusters", "40,10"]) == 0
+                 "--clusters", "40,10", "--ivf-above", "1000"]) == 0  # the IVF index, through the command
     lines = [line.split("\t") for line in (out / "duplicates.txt").read_text().splitlines()]
     assert len(lines) == 200 and all(int(r[4:10]) >= 3000 and int(k[4:10]) < 3000 for r, k in lines)
     assert (np.load(out / "clusters.npy")[3000:] == -1).all()  # removed rows are not clustered
@@ -282,6 +281,25 @@ def test_two_processes_on_gloo_give_the_centroids_of_one(tmp_path, init):
     assert (ranks[0]["rows"] == one.row_clusters).mean() > 0.999
 
 
+def test_curate_command_under_torchrun_selects_what_one_process_selects(tmp_path):
+    x, _ = skewed_pool(1200, seed=4)
+    npy = write_pool(tmp_path / "in", x)
+    args = ["curate", str(npy), "--target", "150", "--clusters", "60,20,6", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "dinov2_dense.cli", *args, "--out", str(tmp_path / "two"),
+           "--launcher", "pytorch"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("curated 1200 rows") == 1  # the main process reports, once
+    one = set((tmp_path / "one" / "selected.txt").read_text().splitlines())
+    two = set((tmp_path / "two" / "selected.txt").read_text().splitlines())
+    assert len(two) == 150 and len(one & two) >= 148
+    agree = np.load(tmp_path / "one" / "clusters.npy") == np.load(tmp_path / "two" / "clusters.npy")
+    assert agree.mean() > 0.99
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, capsys):
     x, _ = skewed_pool(200)
@@ -328,4 +346,3 @@ def test_load_embeddings_reads_store_folders_and_names(tmp_path):
     np.save(tmp_path / "h.npy", half)
     (tmp_path / "h.txt").write_text("x\n" * 50)
     assert load_embeddings(tmp_path / "h.npy").embeddings.dtype == np.float16
-    torch.manual_seed(0)

@@ -29,7 +29,7 @@ import torch
 __all__ = ["KMeansResult", "HierarchicalClusters", "assign", "balanced_sample", "hierarchical_kmeans", "kmeans",
            "cluster_tree_sizes"]
 
-_MEMORY = 2 ** 27  # elements of the (chunk x k) distance block: about 512 MB in float32
+_MEMORY = 2 ** 22  # elements of the (chunk x k) distance block: 16 MB in float32, which stays in cache
 
 
 @dataclass
@@ -90,18 +90,41 @@ def _all_gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
 
 # -- k-means -----------------------------------------------------------------------------------
 def _chunk(k: int, chunk_size: int | None) -> int:
-    return max(1, chunk_size or _MEMORY // max(k, 1))
+    return max(1, chunk_size or max(256, _MEMORY // max(k, 1)))
 
 
 def _rows(x: np.ndarray, start: int, stop: int) -> torch.Tensor:
     return torch.from_numpy(np.array(x[start:stop], dtype=np.float32))  # a copy: memory maps are read-only
 
 
-def _nearest(block: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(block: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor,
+             block_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(index, squared distance) of each row's nearest centroid."""
     d = torch.addmm(c_sq[None, :], block, c.T, alpha=-2.0)  # |c|^2 - 2 x.c ; |x|^2 added after the min
     best, idx = d.min(dim=1)
-    return idx, (best + (block * block).sum(dim=1)).clamp_min_(0.0)
+    if block_sq is None:
+        block_sq = torch.einsum("ij,ij->i", block, block)
+    return idx, (best + block_sq).clamp_min_(0.0)
+
+
+_IN_MEMORY = 2 ** 31  # bytes of training rows held as one tensor across the iterations (else read in chunks)
+
+
+def _training_chunks(train: np.ndarray, lo: int, hi: int, step: int):
+    """A function giving [(rows, squared norms)] of this process's share: held in memory when small
+    enough (read once), else read from ``train`` at every call."""
+    if (hi - lo) * train.shape[1] * 4 <= _IN_MEMORY:
+        held = []
+        for start in range(lo, hi, step):
+            block = _rows(train, start, min(start + step, hi))
+            held.append((block, torch.einsum("ij,ij->i", block, block)))
+        return lambda: held
+
+    def read():
+        for start in range(lo, hi, step):
+            block = _rows(train, start, min(start + step, hi))
+            yield block, torch.einsum("ij,ij->i", block, block)
+    return read
 
 
 def assign(x: np.ndarray, centroids: np.ndarray | torch.Tensor, *, chunk_size: int | None = None,
@@ -167,7 +190,7 @@ def kmeans(x: np.ndarray, k: int, *, n_iters: int = 20, init: str = "kmeans++", 
 
     ``max_points_per_centroid``: the Lloyd iterations run on at most ``k`` times this many rows drawn
     at random (faiss's rule; None: all rows), then every row is assigned. ``init``: ``kmeans++``
-    (on ``init_sample`` rows, default the training rows) or ``random`` (k distinct rows).
+    (on ``init_sample`` training rows, default 64 k) or ``random`` (k distinct rows).
     ``tol``: stop when the inertia improves by less than this fraction. Deterministic for a seed, the
     same in one process and under torch.distributed (to float tolerance)."""
     from tqdm.auto import tqdm
@@ -187,22 +210,23 @@ def kmeans(x: np.ndarray, k: int, *, n_iters: int = 20, init: str = "kmeans++", 
     if init == "random":
         c = _sample_rows(train, np.sort(rng.choice(m, size=k, replace=False)))
     else:
-        c = _kmeans_pp(train, k, rng, min(m, init_sample or m))
+        c = _kmeans_pp(train, k, rng, min(m, init_sample or 64 * k))
     rank, world = _world()
     lo, hi = _share(m, rank, world)
     previous = math.inf
     it = 0
     bar = tqdm(range(n_iters), desc=f"k-means k={k}", unit="it", disable=not progress or rank != 0, file=sys.stderr)
+    chunks = _training_chunks(train, lo, hi, step)
     for it in bar:
         c_sq = (c * c).sum(dim=1)
         sums = torch.zeros((k, c.shape[1]), dtype=torch.float64)
         stats = torch.zeros(k + 1, dtype=torch.float64)  # counts, then the inertia
-        for start in range(lo, hi, step):
-            block = _rows(train, start, min(start + step, hi))
-            idx, sq = _nearest(block, c, c_sq)
-            sums.index_add_(0, idx, block.double())
-            stats[:k] += torch.bincount(idx, minlength=k).double()
-            stats[k] += sq.double().sum()
+        for block, block_sq in chunks():
+            idx, sq = _nearest(block, c, c_sq, block_sq)
+            # float32 sums within a chunk, float64 across chunks (and processes)
+            sums += torch.zeros((k, c.shape[1]), dtype=torch.float32).index_add_(0, idx, block)
+            stats[:k] += torch.bincount(idx, minlength=k)
+            stats[k] += float(sq.sum(dtype=torch.float64))
         _all_reduce(sums)
         _all_reduce(stats)
         counts, inertia = stats[:k], float(stats[k])

@@ -28,7 +28,7 @@ import numpy as np
 
 from dinov2_dense.fileio import MARKER, atomic_path, write_json, write_text
 
-from .dedup import IVF_ABOVE, deduplicate, retrieve
+from .dedup import DEFAULT_NPROBE, IVF_ABOVE, deduplicate, retrieve
 from .kmeans import HierarchicalClusters, balanced_sample, cluster_tree_sizes, hierarchical_kmeans
 from .store import CurationError, EmbeddingStore, embed_images, load_embeddings
 
@@ -147,7 +147,7 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
            seeds_k: int | None = 8, seeds_threshold: float | None = None, levels: int = 4,
            clusters: Sequence[int] | None = None, resample_steps: Sequence[int] | int | None = None,
            sample_strategy: str = "closest", sampling: str = "random", n_iters: int = 20, seed: int = 0,
-           ivf_above: int = IVF_ABOVE, overwrite: bool = False, progress: bool = True,
+           ivf_above: int = IVF_ABOVE, nprobe: int = DEFAULT_NPROBE, overwrite: bool = False, progress: bool = True,
            embed_kw: dict | None = None) -> dict:
     """Run the pipeline (see the module's docstring); returns the summary written to ``summary.json``."""
     out = Path(out)
@@ -203,7 +203,8 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     if dedup_threshold is not None:
         if rank == 0:
             say(f"deduplicating {n} rows (cosine similarity > {dedup_threshold})")
-            dedup = deduplicate(x, pool.names, dedup_threshold, keep=keep, progress=progress, ivf_above=ivf_above)
+            dedup = deduplicate(x, pool.names, dedup_threshold, keep=keep, progress=progress, ivf_above=ivf_above,
+                                nprobe=nprobe)
         dedup = _broadcast(dedup)
         rows = dedup.keep
         say(f"  {len(dedup.removed)} near-duplicates removed in {dedup.groups} groups; {len(rows)} rows left")
@@ -215,7 +216,7 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         found = None
         if rank == 0:
             found = retrieve(Rows(x, rows), seed_store.embeddings, k=seeds_k, threshold=seeds_threshold,
-                             ivf_above=ivf_above)
+                             ivf_above=ivf_above, nprobe=nprobe)
         rows = rows[_broadcast(found)]
         retrieved = len(rows)
         say(f"  retrieval: {retrieved} rows near the {len(seed_store)} seeds")
