@@ -33,6 +33,7 @@ __all__ = [
     "describe_architecture",
     "load_backbone_weights",
     "save_safetensors",
+    "fingerprint",
 ]
 
 
@@ -326,3 +327,15 @@ def save_safetensors(
         save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "dinov2-dense"}))
         os.chmod(tmp, mode)
     return Path(path)
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return digest.hexdigest()

@@ -357,7 +357,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
             break
         values = schedules.at(it)
         apply_optim_scheduler(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
-        _freeze_backbone(model, optimizer, it, optim_cfg)
+        backbone_lr = _freeze_backbone(model, optimizer, it, optim_cfg, values["lr"])
         optimizer.zero_grad(set_to_none=True)
         losses = model.forward_backward(data, teacher_temp=values["teacher_temp"], autocast=autocast, scaler=scaler)
         if scaler is not None:
@@ -393,6 +393,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
                 window_t, window_seen = now, seen
                 if scaler is not None:
                     last["grad_scale"] = float(scaler.get_scale())
+                if backbone_lr is not None:
+                    last["backbone_lr"] = backbone_lr
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
         if cfg["monitor"]["period"] and it % cfg["monitor"]["period"] == 0:
@@ -450,11 +452,12 @@ def _exported(model: nn.Module) -> dict[str, nn.Module]:
     return model.export_backbones() if hasattr(model, "export_backbones") else {"backbone": model.teacher.backbone}
 
 
-def _freeze_backbone(model: nn.Module, optimizer, it: int, optim_cfg: dict) -> None:
+def _freeze_backbone(model: nn.Module, optimizer, it: int, optim_cfg: dict, lr: float) -> float | None:
     """Continued pretraining: no backbone update during the first ``freeze_backbone_iters`` (the new
-    heads warm up on the given features), then the backbone at ``backbone_lr_mult`` times the rate."""
+    heads warm up on the given features), then the backbone at ``backbone_lr_mult`` times the rate.
+    Returns the backbone's rate (before layer decay), or None where the recipe does not apply."""
     if "backbone" not in model.student or (not optim_cfg["freeze_backbone_iters"] and optim_cfg["backbone_lr_mult"] == 1):
-        return
+        return None
     frozen = it < optim_cfg["freeze_backbone_iters"]
     backbone_params = {id(p) for p in model.student.backbone.parameters()}
     for group in optimizer.param_groups:
@@ -462,6 +465,7 @@ def _freeze_backbone(model: nn.Module, optimizer, it: int, optim_cfg: dict) -> N
             group["lr"] = 0.0 if frozen else group["lr"] * optim_cfg["backbone_lr_mult"]
             if frozen:
                 group["weight_decay"] = 0.0
+    return 0.0 if frozen else lr * optim_cfg["backbone_lr_mult"]
 
 
 def plot_training(work_dir: str | os.PathLike) -> Path | None:
@@ -481,7 +485,7 @@ def plot_training(work_dir: str | os.PathLike) -> Path | None:
         if rows:
             series[f"monitor {key}"] = ([r["iteration"] for r in rows], [r[key] for r in rows])
     losses = [k for k in series if k.endswith("loss")]
-    groups = [losses, ["lr", "last_layer_lr"], ["wd"], ["mom"], ["teacher_temp"], ["images_per_s"],
+    groups = [losses, ["lr", "last_layer_lr", "backbone_lr"], ["wd"], ["mom"], ["teacher_temp"], ["images_per_s"],
               ["monitor knn_top1", "monitor probe_miou"]]
     return save_curves(series, work_dir / "training_curves.png", groups=groups, title=str(work_dir.name))
 

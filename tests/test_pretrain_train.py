@@ -167,6 +167,9 @@ def test_continued_pretraining_warms_the_heads_up_and_monitors(pretrained, tmp_p
     assert ckpt["iteration"] == 2
     frozen = {k[len("student.backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("student.backbone.")}
     assert all(torch.equal(frozen[k], v) for k, v in start.state_dict().items())
+    logged = [json.loads(l) for l in (out / "training_metrics.jsonl").read_text().splitlines()]
+    assert [r["backbone_lr"] for r in logged[:4]] == [0.0] * 4  # iterations 1-4: frozen
+    assert [r["backbone_lr"] for r in logged[4:]] == pytest.approx([0.1 * r["lr"] for r in logged[4:]])
 
 
 def test_distillation_students_move_towards_the_teacher(pretrained, tmp_path):

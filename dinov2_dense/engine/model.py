@@ -9,7 +9,6 @@ checkpoint is an official-style head file (``load_model(name, weights=checkpoint
 from __future__ import annotations
 
 import copy
-import hashlib
 from typing import Any, Mapping
 
 import torch
@@ -17,7 +16,7 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 import heads
-from dinov2_dense.checkpoints import key_mismatches, load_backbone_weights
+from dinov2_dense.checkpoints import fingerprint, key_mismatches, load_backbone_weights
 from dinov2_dense.hub import BACKBONES, load_backbone
 from dinov2_dense.models import DinoVisionTransformer
 from heads.predictor import DensePredictor
@@ -50,16 +49,6 @@ def build_backbone_from_cfg(backbone: str | dict, weights: Any = "official", see
     if weights is not None:
         load_backbone_weights(model, weights)
     return model.eval()
-
-
-def fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def _build_from(module, cfg: dict):

@@ -523,7 +523,7 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
     import hashlib
     import json
 
-    from ..engine.model import fingerprint
+    from ..checkpoints import fingerprint
 
     files = []
     for path in paths:

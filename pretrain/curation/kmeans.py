@@ -298,7 +298,7 @@ def hierarchical_kmeans(x: np.ndarray, clusters: list[int], *, resample_steps: l
     data = x
     for level, k in enumerate(clusters):
         result = kmeans(data, k, seed=int(rng.integers(2 ** 31)), max_points_per_centroid=max_points_per_centroid,
-                        progress=progress, **kw)
+                        progress=progress and level == 0, **kw)  # the higher levels take moments
         if sizes[level] > 1:
             for _ in range(steps[level]):
                 result = _resample(data, result, k, sizes[level], sample_strategy, rng, kw)

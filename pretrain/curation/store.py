@@ -154,7 +154,7 @@ def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
 
 
 def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str) -> dict:
-    from dinov2_dense.engine.model import fingerprint
+    from dinov2_dense.checkpoints import fingerprint
 
     return {"version": 1, "weights": fingerprint(model), "size": size, "pooling": pooling, "dtype": dtype}
 
