@@ -167,7 +167,9 @@ class DPTHead(nn.Module):
         s = backbone_settings(size)
         return cls(s.embed_dim, post_process_channels=s.post_process_channels, **kwargs)
 
-    def forward(self, inputs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+    def decode(self, inputs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """Reassemble, fuse and project: the (B, channels, 16*ceil(h/2), 16*ceil(w/2)) map the output
+        layer reads (shared with the mmseg plugin's heads, which have the same modules)."""
         if len(inputs) != 4:
             raise ValueError(f"DPTHead expects 4 (map, cls) pairs (one per depth layer), got {len(inputs)}")
         feats = self.reassemble_blocks(inputs)
@@ -175,7 +177,10 @@ class DPTHead(nn.Module):
         out = self.fusion_blocks[0](feats[-1])
         for i in range(1, 4):
             out = self.fusion_blocks[i](out, feats[-(i + 1)])
-        out = self.project(out)
+        return self.project(out)
+
+    def forward(self, inputs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        out = self.decode(inputs)
         if self.task == "segmentation":
             return self.conv_seg(out)
         return torch.relu(self.conv_depth(out)) + self.min_depth

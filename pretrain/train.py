@@ -127,17 +127,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def arch_dict(backbone: nn.Module) -> dict[str, Any]:
     """The keyword arguments that rebuild ``backbone`` (``DinoVisionTransformer(**arch)``): what
     ``backbone.json`` holds and ``load_backbone`` reads."""
-    b = _unwrap(backbone)
-    block = b.blocks[0]
-    mlp = block.mlp
-    ffn = "swiglufused" if hasattr(mlp, "w12") else "mlp"
-    hidden = mlp.w3.in_features if ffn == "swiglufused" else mlp.fc1.out_features
-    return dict(img_size=int(b.patch_embed.img_size[0]) if hasattr(b.patch_embed, "img_size") else None,
-                patch_size=int(b.patch_size), embed_dim=int(b.embed_dim), depth=len(b.blocks),
-                num_heads=int(b.num_heads), mlp_ratio=hidden / b.embed_dim if ffn == "mlp" else 4.0,
-                ffn_layer=ffn, num_register_tokens=int(b.num_register_tokens),
-                interpolate_antialias=bool(b.interpolate_antialias), interpolate_offset=float(b.interpolate_offset),
-                init_values=1.0 if hasattr(block, "ls1") and not isinstance(block.ls1, nn.Identity) else None)
+    return _unwrap(backbone).arch_kwargs()
 
 
 # -- data --------------------------------------------------------------------------------------

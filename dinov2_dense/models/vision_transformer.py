@@ -189,6 +189,21 @@ class DinoVisionTransformer(nn.Module):
             x = block(x)
         return self._output_dict(x, masks)
 
+    def arch_kwargs(self) -> dict:
+        """The keyword arguments that rebuild this architecture (``DinoVisionTransformer(**kwargs)``):
+        what a pretraining export's ``backbone.json`` holds and ``load_backbone`` reads."""
+        block = self.blocks[0]
+        mlp = block.mlp
+        ffn = "swiglufused" if hasattr(mlp, "w12") else "mlp"
+        hidden = mlp.w3.in_features if ffn == "swiglufused" else mlp.fc1.out_features
+        return dict(img_size=int(self.patch_embed.img_size[0]) if hasattr(self.patch_embed, "img_size") else None,
+                    patch_size=int(self.patch_size), embed_dim=int(self.embed_dim), depth=len(self.blocks),
+                    num_heads=int(self.num_heads), mlp_ratio=hidden / self.embed_dim if ffn == "mlp" else 4.0,
+                    ffn_layer=ffn, num_register_tokens=int(self.num_register_tokens),
+                    interpolate_antialias=bool(self.interpolate_antialias),
+                    interpolate_offset=float(self.interpolate_offset),
+                    init_values=1.0 if hasattr(block, "ls1") and not isinstance(block.ls1, nn.Identity) else None)
+
     def resolve_layers(self, layers: int | Sequence[int] | None) -> list[int]:
         """Block indices, sorted and unique, from ``None`` (the last block), an int ``n`` (the last n
         blocks, as the official ``get_intermediate_layers``) or indices (negative count from the end).
