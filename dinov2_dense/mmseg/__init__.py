@@ -1,0 +1,43 @@
+"""mmsegmentation 1.x plugin: our DINOv2 backbone, heads, depth estimator, losses and data sets
+in mmseg's registries, for mmseg's own configs and tools.
+
+    custom_imports = dict(imports=["dinov2_dense.mmseg"], allow_failed_imports=False)
+    model = dict(type="EncoderDecoder", backbone=dict(type="DINOv2", arch="dinov2_vits14", ...), ...)
+
+Registered: ``DINOv2`` (backbone), ``DINOv2BNHead`` (linear lin. / +ms), ``DINOv2DPTHead``
+(segmentation), ``DINOv2LinearDepthHead`` and ``DINOv2DPTDepthHead`` (depth), ``DINOv2DepthEstimator``
+(mmseg's ``DepthEstimator`` with slide inference that really slides), ``SigLoss`` and ``GradientLoss``
+(the depth toolbox's, which mmseg lacks), ``SyntheticADE20KDataset`` and ``NYUToolboxDataset`` (the
+split-file layout of the depth toolboxes). State-dict keys are the official ``backbone.*`` /
+``decode_head.*`` ones, so released head files load strictly; :mod:`.convert` moves checkpoints
+between mmseg and :func:`dinov2_dense.zoo.load_model`.
+
+Needs mmsegmentation 1.2 and mmcv 2.1 with compiled ops (see the README's mmseg section); the rest of
+dinov2-dense never imports this package.
+"""
+
+try:
+    import mmcv  # noqa: F401
+    import mmseg  # noqa: F401
+    from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: F401 - needs mmcv's ops
+except ImportError as exc:  # one line: what is missing and how to get it
+    raise ImportError(
+        f"dinov2_dense.mmseg needs mmsegmentation 1.2 with mmcv 2.1 built with its ops ({exc}); install them with "
+        "pip install -e '.[mmseg]' after MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0 (README, mmseg)"
+    ) from None
+
+from dinov2_dense.engine import register_all  # noqa: E402
+
+register_all()  # CheckpointSanitizerHook, OneCycleMomentum, ...: mmengine's root registries, found from mmseg's scope
+
+from .backbone import DINOv2  # noqa: E402
+from .convert import from_mmseg, to_mmseg  # noqa: E402
+from .datasets import NYUToolboxDataset, SyntheticADE20KDataset  # noqa: E402
+from .heads import DINOv2BNHead, DINOv2DPTDepthHead, DINOv2DPTHead, DINOv2LinearDepthHead  # noqa: E402
+from .losses import GradientLoss, SigLoss  # noqa: E402
+from .segmentors import DINOv2DepthEstimator  # noqa: E402
+
+__all__ = [
+    "DINOv2", "DINOv2BNHead", "DINOv2DPTDepthHead", "DINOv2DPTHead", "DINOv2DepthEstimator", "DINOv2LinearDepthHead",
+    "GradientLoss", "NYUToolboxDataset", "SigLoss", "SyntheticADE20KDataset", "from_mmseg", "to_mmseg",
+]

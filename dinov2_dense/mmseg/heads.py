@@ -1,0 +1,115 @@
+"""Decode heads for mmseg with the official ``decode_head.*`` keys: the linear BNHead (lin. and +ms)
+and the DPT head as mmseg ``BaseDecodeHead``s for segmentation, and the linear and DPT depth heads for
+:class:`DINOv2DepthEstimator`. The computations are those of :mod:`heads` (shared code, not copies)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heads.dpt import DPTHead
+from heads.linear import LinearDepthHead, resize_to, split_pair, with_class_token
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.registry import MODELS
+
+CE = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=False)  # mmseg 0.x mean
+DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True),)
+
+
+@MODELS.register_module()
+class DINOv2BNHead(BaseDecodeHead):
+    """Resize-concat, BatchNorm, 1x1 conv (DINOv2 lin.: one map; +ms: four), keys ``bn.*`` and
+    ``conv_seg.*``. ``with_cls_token``: inputs are (map, class token) pairs, the token broadcast over
+    the map and concatenated after it (twice the channels)."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: Sequence[int] | None = None,
+                 with_cls_token: bool = False, sync_bn: bool = False, align_corners: bool = False,
+                 loss_decode=CE, ignore_index: int = 255, **kwargs):
+        in_channels = [int(c) for c in in_channels]
+        in_index = list(range(len(in_channels))) if in_index is None else [int(i) for i in in_index]
+        channels = sum(in_channels) * (2 if with_cls_token else 1)
+        super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index,
+                         input_transform="resize_concat", dropout_ratio=0.0, align_corners=align_corners,
+                         loss_decode=loss_decode, ignore_index=ignore_index, **kwargs)
+        self.with_cls_token = with_cls_token
+        self.bn = nn.SyncBatchNorm(channels) if sync_bn else nn.BatchNorm2d(channels)
+
+    def forward(self, inputs) -> Tensor:
+        maps = []
+        for i in self.in_index:
+            item = inputs[i]
+            maps.append(with_class_token(*split_pair(item, f"DINOv2BNHead input {i}")) if self.with_cls_token
+                        else item)
+        size = maps[0].shape[-2:]
+        x = torch.cat([resize_to(m, size, self.align_corners) for m in maps], dim=1)
+        return self.cls_seg(self.bn(x))
+
+
+@MODELS.register_module()
+class DINOv2DPTHead(BaseDecodeHead):
+    """The DPT decoder with a segmentation output (``conv_seg``) on 4 (map, class token) pairs."""
+
+    def __init__(self, embed_dim: int, num_classes: int, channels: int = 256,
+                 post_process_channels: Sequence[int] | None = None, readout: str = "project",
+                 loss_decode=CE, ignore_index: int = 255, align_corners: bool = False, **kwargs):
+        super().__init__(in_channels=int(embed_dim), channels=channels, num_classes=num_classes, dropout_ratio=0.0,
+                         loss_decode=loss_decode, ignore_index=ignore_index, align_corners=align_corners, **kwargs)
+        dpt = DPTHead(embed_dim, channels, post_process_channels, readout, task="segmentation",
+                      num_classes=num_classes)
+        self.reassemble_blocks, self.convs = dpt.reassemble_blocks, dpt.convs
+        self.fusion_blocks, self.project = dpt.fusion_blocks, dpt.project
+
+    def forward(self, inputs) -> Tensor:
+        return self.cls_seg(DPTHead.decode(self, list(inputs)))
+
+
+class _DepthHead:
+    """What mmseg's ``DepthEstimator`` asks of a head: ``loss`` on ``gt_depth_map`` and ``predict``
+    (output clamped to the depth range and resized to the input, as :class:`DensePredictor`)."""
+
+    out_channels = num_classes = 1
+    align_corners = False
+
+    def _losses(self, loss_decode) -> None:
+        configs = [loss_decode] if isinstance(loss_decode, dict) else list(loss_decode)
+        self.loss_decode = nn.ModuleList(MODELS.build(c) for c in configs)
+
+    def _clamped(self, out: Tensor, size) -> Tensor:
+        out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+        return out.clamp(min=self.min_depth, max=self.max_depth)
+
+    def loss(self, inputs, batch_data_samples, train_cfg=None) -> dict[str, Tensor]:
+        gt = torch.stack([s.gt_depth_map.data for s in batch_data_samples]).to(torch.float32)
+        pred = self._clamped(self(inputs), gt.shape[-2:])
+        out: dict[str, Tensor] = {}
+        for fn in self.loss_decode:
+            value = fn(pred, gt)
+            out[fn.loss_name] = out[fn.loss_name] + value if fn.loss_name in out else value
+        return out
+
+    def predict(self, inputs, batch_img_metas: list[dict], test_cfg=None) -> Tensor:
+        out = self(inputs).clamp(min=self.min_depth, max=self.max_depth)
+        return F.interpolate(out, size=tuple(batch_img_metas[0]["img_shape"]), mode="bilinear", align_corners=False)
+
+
+@MODELS.register_module()
+class DINOv2LinearDepthHead(_DepthHead, LinearDepthHead):
+    """The linear depth head (lin.1 on one (map, class token) pair, lin.4 on four), ``conv_depth.*``."""
+
+    def __init__(self, in_channels: Sequence[int], loss_decode=DEPTH_LOSSES, init_cfg=None, **kwargs):
+        LinearDepthHead.__init__(self, in_channels, **kwargs)
+        self._losses(loss_decode)
+
+
+@MODELS.register_module()
+class DINOv2DPTDepthHead(_DepthHead, DPTHead):
+    """The official DPT depth head (``reassemble_blocks``, ``convs``, ``fusion_blocks``, ``project``,
+    ``conv_depth``) on 4 (map, class token) pairs."""
+
+    def __init__(self, embed_dim: int, loss_decode=DEPTH_LOSSES + (dict(type="GradientLoss", loss_weight=0.5),),
+                 init_cfg=None, **kwargs):
+        DPTHead.__init__(self, embed_dim, task="depth", **kwargs)
+        self._losses(loss_decode)

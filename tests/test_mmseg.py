@@ -1,0 +1,204 @@
+"""The mmsegmentation plugin (dinov2_dense.mmseg): the same predictions as DensePredictor in whole and
+slide mode, official-layout head files loading strictly, checkpoints converted both ways, mmseg's
+Runner training and evaluating on synthetic scenes with its own IoUMetric and DepthMetric, and the
+core importable without mmcv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+mmseg_plugin = pytest.importorskip("dinov2_dense.mmseg", reason="the mmseg extra is not installed",
+                                   exc_type=ImportError)
+
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+register_all_modules(init_default_scope=True)  # build from dicts outside a Runner, as mmseg's tools do
+
+from dinov2_dense.hub import load_backbone  # noqa: E402
+from heads.dpt import DPTHead  # noqa: E402
+from heads.linear import LinearDepthHead, LinearHead  # noqa: E402
+from heads.predictor import DensePredictor  # noqa: E402
+from pretrain.export import export_backbone  # noqa: E402
+from tests.conftest import randomize_, tiny_vit  # noqa: E402
+
+MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    """A tiny ViT (32 wide, 4 blocks) with random non-init weights, exported as a pretraining export."""
+    model = tiny_vit(depth=4, dim=32, img=56)
+    return export_backbone(model, tmp_path_factory.mktemp("bb"))["safetensors"]
+
+
+def _metas(x: torch.Tensor) -> list[dict]:
+    shape = tuple(x.shape[-2:])
+    return [dict(ori_shape=shape, img_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])] * len(x)
+
+
+def _pair(kind: str, backbone_file, mode: str):
+    """(mmseg model, our DensePredictor) with the same weights, heads copied key for key (strict)."""
+    out_indices = [3] if kind == "linear" else [0, 1, 2, 3]
+    depth = kind in ("dpt_depth", "linear4_depth")
+    backbone = dict(type="DINOv2", arch=None, weights=str(backbone_file), out_indices=out_indices, norm=not depth,
+                    with_cls_token=depth or kind == "dpt_seg")
+    heads = {
+        "linear": dict(type="DINOv2BNHead", in_channels=[32], in_index=[0], num_classes=5),
+        "ms": dict(type="DINOv2BNHead", in_channels=[32] * 4, in_index=[0, 1, 2, 3], num_classes=5),
+        "dpt_seg": dict(type="DINOv2DPTHead", embed_dim=32, num_classes=5, channels=16,
+                        post_process_channels=[4, 8, 16, 32]),
+        "dpt_depth": dict(type="DINOv2DPTDepthHead", embed_dim=32, channels=16, post_process_channels=[4, 8, 16, 32],
+                          min_depth=0.001, max_depth=10.0),
+        "linear4_depth": dict(type="DINOv2LinearDepthHead", in_channels=[32] * 4, n_bins=16, min_depth=0.001,
+                              max_depth=10.0),
+    }
+    test_cfg = dict(mode=mode, crop_size=(56, 56), stride=(28, 28)) if mode == "slide" else dict(mode="whole")
+    model = MODELS.build(ConfigDict(type="DINOv2DepthEstimator" if depth else "EncoderDecoder",
+                              data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD),
+                              backbone=backbone, decode_head=heads[kind], test_cfg=test_cfg)).eval()
+    randomize_(model.decode_head, seed=3, std=0.2)
+    ours_head = {
+        "linear": lambda: LinearHead([32], 5, in_index=[0]),
+        "ms": lambda: LinearHead([32] * 4, 5),
+        "dpt_seg": lambda: DPTHead(32, 16, [4, 8, 16, 32], task="segmentation", num_classes=5),
+        "dpt_depth": lambda: DPTHead(32, 16, [4, 8, 16, 32], min_depth=0.001, max_depth=10.0),
+        "linear4_depth": lambda: LinearDepthHead([32] * 4, n_bins=16, min_depth=0.001, max_depth=10.0),
+    }[kind]()
+    head_state = {k: v for k, v in model.decode_head.state_dict().items() if not k.startswith("loss_decode.")}
+    ours_head.load_state_dict(head_state, strict=True)  # the same keys: the official decode_head.* layout
+    ours = DensePredictor(load_backbone(None, weights=backbone_file), ours_head, task="depth" if depth else
+                          "segmentation", layers=out_indices, norm=not depth,
+                          class_token=depth or kind == "dpt_seg").eval()
+    return model, ours
+
+
+@pytest.mark.parametrize("kind", ["linear", "ms", "dpt_seg", "dpt_depth", "linear4_depth"])
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_plugin_predicts_what_the_dense_predictor_predicts(backbone_file, kind, mode):
+    model, ours = _pair(kind, backbone_file, mode)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 70, 84)  # not a multiple of 14: centre padding inside, and 2 x 3 slide windows
+    with torch.no_grad():
+        got = model.inference(x, _metas(x))
+        want = ours.slide_inference(x, 56, 28) if mode == "slide" else ours.encode_decode(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-4
+    assert model.backbone.state_dict().keys() == ours.backbone.state_dict().keys()
+
+
+def test_mmseg_depth_estimator_slide_mode_really_slides(backbone_file):
+    model, _ = _pair("dpt_depth", backbone_file, "slide")
+    x = torch.randn(1, 3, 70, 84)
+    with torch.no_grad():
+        slide = model.inference(x, _metas(x))
+        model.test_cfg.mode = "whole"
+        whole = model.inference(x, _metas(x))
+    assert (slide - whole).abs().max().item() > 1e-3
+    from mmseg.models.segmentors import DepthEstimator  # mmseg 1.2.2's own: slide mode gives the whole image
+
+    model.test_cfg.mode = "slide"
+    with torch.no_grad():
+        theirs = DepthEstimator.inference(model, x, _metas(x))
+    # the bug the plugin's estimator fixes (mmseg pinned at 1.2.2 by the extra): the slide result is
+    # overwritten by a whole-image pass resized to the last window's shape (slide_inference leaves it in
+    # the image metadata)
+    assert tuple(theirs.shape[-2:]) == (56, 56) and tuple(slide.shape[-2:]) == (70, 84)
+
+
+def test_official_head_file_loads_strictly_and_converts_both_ways(tmp_path):
+    from mmengine.config import Config
+
+    from dinov2_dense.mmseg import from_mmseg, to_mmseg
+    from dinov2_dense.zoo import build_model, load_model
+
+    official = build_model("dinov2_vits14_ade20k_linear")  # random, with the released head's keys and shapes
+    randomize_(official.decode_head, seed=1, std=0.2)
+    head_file = tmp_path / "dinov2_vits14_ade20k_linear_head.pth"
+    torch.save({"state_dict": {f"decode_head.{k}": v for k, v in official.decode_head.state_dict().items()}},
+               head_file)
+    cfg = Config.fromfile(ROOT / "configs/mmseg/dinov2_vits14_ade20k_linear.py")
+    cfg.model.backbone.weights = None
+    model = MODELS.build(cfg.model).eval()
+    state = torch.load(head_file, weights_only=True)["state_dict"]
+    missing = model.load_state_dict(state, strict=False)
+    assert not missing.unexpected_keys and all(k.startswith("backbone.") for k in missing.missing_keys)
+    model.decode_head.load_state_dict({k[len("decode_head."):]: v for k, v in state.items()}, strict=True)
+
+    # mmseg checkpoint -> our weights -> load_model: the same predictions
+    ckpt = tmp_path / "iter_1.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {"iter": 1}}, ckpt)
+    ours_file = from_mmseg(ckpt, tmp_path / "ours.safetensors", model="dinov2_vits14_ade20k_linear")
+    ours = load_model("dinov2_vits14_ade20k_linear", weights=ours_file)
+    x = torch.randn(1, 3, 56, 70)
+    with torch.no_grad():
+        model.test_cfg.mode = "whole"
+        assert (model.inference(x, _metas(x)) - ours.encode_decode(x)).abs().max().item() <= 1e-4
+    # and back: our weights -> an mmseg checkpoint that loads strictly
+    back = to_mmseg(ours_file, tmp_path / "back.pth")
+    again = MODELS.build(cfg.model)
+    again.load_state_dict(torch.load(back, weights_only=True)["state_dict"], strict=True)
+
+
+def _run(cfg_path: Path, data_root: Path, work: Path, backbone_file, extra: dict) -> dict:
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(cfg_path)
+    cfg.work_dir = str(work)
+    cfg.merge_from_dict({"train_dataloader.dataset.data_root": str(data_root),
+                         "val_dataloader.dataset.data_root": str(data_root),
+                         "test_dataloader.dataset.data_root": str(data_root),
+                         "model.backbone.arch": None, "model.backbone.weights": str(backbone_file),
+                         "train_cfg.max_iters": 6, "train_cfg.val_interval": 6,
+                         "default_hooks.checkpoint.interval": 6, "default_hooks.logger.interval": 2, **extra})
+    cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=0, end=6)]
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.test()
+
+
+def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_file):
+    from dinov2_dense.data.synthetic import write_ade20k_layout, write_nyu_layout
+
+    ade = write_ade20k_layout(tmp_path / "ade", 8, 4, config=dict(size=(84, 112)), progress=False)
+    metrics = _run(ROOT / "configs/mmseg/synthetic_ade20k_linear.py", ade, tmp_path / "seg", backbone_file, {
+        "model.backbone.out_indices": [3], "model.decode_head.in_channels": [32],
+        "model.data_preprocessor.size": (56, 56), "model.test_cfg.crop_size": (56, 56),
+        "model.test_cfg.stride": (28, 28), "train_dataloader.dataset.pipeline.3.crop_size": (56, 56),
+        "train_dataloader.dataset.pipeline.2.scale": (112, 56), "train_dataloader.batch_size": 2})
+    assert 0.0 <= metrics["mIoU"] <= 100.0
+    assert (tmp_path / "seg" / "iter_6.pth").is_file()
+    torch.load(tmp_path / "seg" / "iter_6.pth", weights_only=True)  # the sanitizer hook is at work
+
+    nyu = write_nyu_layout(tmp_path / "nyu", 6, 3, config=dict(size=(84, 112)), progress=False)
+    metrics = _run(ROOT / "configs/mmseg/synthetic_nyu_dpt.py", nyu, tmp_path / "depth", backbone_file, {
+        "model.decode_head.embed_dim": 32, "model.decode_head.channels": 16,
+        "model.decode_head.post_process_channels": [4, 8, 16, 32], "model.backbone.out_indices": [0, 1, 2, 3],
+        "train_dataloader.dataset.pipeline.2.crop_size": (56, 56), "train_dataloader.batch_size": 2,
+        "model.data_preprocessor.size": (56, 56)})
+    assert {"abs_rel", "rmse", "d1"} <= set(metrics) and metrics["rmse"] > 0
+
+
+MMSEG_CONFIGS = sorted(p for p in (ROOT / "configs" / "mmseg").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", MMSEG_CONFIGS, ids=lambda p: p.stem)
+def test_mmseg_configs_build_their_models(path):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == "mmseg" and cfg.custom_imports.imports == ["dinov2_dense.mmseg"]
+    cfg.model.backbone.weights = None  # no download: the architecture only
+    model = MODELS.build(cfg.model)
+    assert type(model).__name__ in ("EncoderDecoder", "DINOv2DepthEstimator")
+    assert not any(p.requires_grad for p in model.backbone.parameters())  # frozen by default
+    evaluator = cfg.test_evaluator.type
+    assert evaluator == ("DepthMetric" if type(model).__name__ == "DINOv2DepthEstimator" else "IoUMetric")
