@@ -8,8 +8,7 @@ train_pipeline = [
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
     dict(type="RandomCrop", crop_size=crop),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="PackSegInputs", meta_keys=("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape",
-                                          "scale_factor", "flip", "flip_direction", "category_id")),
+    dict(type="PackSegInputs", meta_keys={{_base_.depth_meta_keys}}),
 ]
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root, pipeline=train_pipeline))

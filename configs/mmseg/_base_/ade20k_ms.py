@@ -5,7 +5,7 @@ _base_ = ["./ade20k.py"]
 crop_size = (640, 640)
 train_pipeline = [
     dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="LoadAnnotations"),  # reduce_zero_label: the data set's (True for ADE20K)
     dict(type="RandomResize", scale=(99999999, 640), ratio_range=(1.0, 3.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
     dict(type="RandomFlip", prob=0.5),
@@ -15,7 +15,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="Resize", scale=(99999999, 640), keep_ratio=True),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="LoadAnnotations"),
     dict(type="PackSegInputs"),
 ]
 img_ratios = [1.0, 1.32, 1.73, 2.28, 3.0]
@@ -25,7 +25,7 @@ tta_pipeline = [
         [dict(type="Resize", scale=(99999999, int(640 * r)), keep_ratio=True) for r in img_ratios],
         [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
          dict(type="RandomFlip", prob=1.0, direction="horizontal")],
-        [dict(type="LoadAnnotations", reduce_zero_label=True)],
+        [dict(type="LoadAnnotations")],
         [dict(type="PackSegInputs")],
     ]),
 ]

@@ -10,14 +10,12 @@ train_pipeline = [
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1 / 256),
     dict(type="RandomCrop", crop_size=(352, 704)),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="PackSegInputs", meta_keys=("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape",
-                                          "scale_factor", "flip", "flip_direction", "category_id")),
+    dict(type="PackSegInputs", meta_keys={{_base_.depth_meta_keys}}),
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1 / 256),
-    dict(type="PackSegInputs", meta_keys=("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape",
-                                          "scale_factor", "flip", "flip_direction", "category_id")),
+    dict(type="PackSegInputs", meta_keys={{_base_.depth_meta_keys}}),
 ]
 train_dataloader = dict(dataset=dict(data_root=data_root, split_file="kitti_eigen_train.txt", pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=data_root, split_file="kitti_eigen_test.txt", pipeline=test_pipeline))

@@ -6,20 +6,20 @@
 # pre-crop, 2.5-degree rotation or the toolbox's colour augmentation: `dinov2-dense train` with
 # configs/depth/ has them all.
 dataset_type = "NYUToolboxDataset"
+depth_meta_keys = ("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape", "scale_factor", "flip",
+                   "flip_direction", "category_id")
 data_root = "data/nyu"
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
     dict(type="RandomCrop", crop_size=(416, 544)),
     dict(type="RandomFlip", prob=0.5),
-    dict(type="PackSegInputs", meta_keys=("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape",
-                                          "scale_factor", "flip", "flip_direction", "category_id")),
+    dict(type="PackSegInputs", meta_keys=depth_meta_keys),
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
-    dict(type="PackSegInputs", meta_keys=("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape",
-                                          "scale_factor", "flip", "flip_direction", "category_id")),
+    dict(type="PackSegInputs", meta_keys=depth_meta_keys),
 ]
 train_dataloader = dict(
     batch_size=2, num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
