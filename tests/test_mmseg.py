@@ -18,9 +18,14 @@ mmseg_plugin = pytest.importorskip("dinov2_dense.mmseg", reason="the mmseg extra
                                    exc_type=ImportError)
 
 from mmseg.registry import MODELS  # noqa: E402
-from mmseg.utils import register_all_modules  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
 
-register_all_modules(init_default_scope=True)  # build from dicts outside a Runner, as mmseg's tools do
+
+def build(cfg: dict):
+    """Build from mmseg's registry outside a Runner, as mmseg's tools do, without leaving the process's
+    default scope changed for the tests that follow."""
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return MODELS.build(ConfigDict(cfg))
 
 from dinov2_dense.hub import load_backbone  # noqa: E402
 from heads.dpt import DPTHead  # noqa: E402
@@ -61,7 +66,7 @@ def _pair(kind: str, backbone_file, mode: str):
                               max_depth=10.0),
     }
     test_cfg = dict(mode=mode, crop_size=(56, 56), stride=(28, 28)) if mode == "slide" else dict(mode="whole")
-    model = MODELS.build(ConfigDict(type="DINOv2DepthEstimator" if depth else "EncoderDecoder",
+    model = build(dict(type="DINOv2DepthEstimator" if depth else "EncoderDecoder",
                               data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN, std=STD),
                               backbone=backbone, decode_head=heads[kind], test_cfg=test_cfg)).eval()
     randomize_(model.decode_head, seed=3, std=0.2)
@@ -126,7 +131,7 @@ def test_official_head_file_loads_strictly_and_converts_both_ways(tmp_path):
                head_file)
     cfg = Config.fromfile(ROOT / "configs/mmseg/dinov2_vits14_ade20k_linear.py")
     cfg.model.backbone.weights = None
-    model = MODELS.build(cfg.model).eval()
+    model = build(cfg.model).eval()
     state = torch.load(head_file, weights_only=True)["state_dict"]
     missing = model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys and all(k.startswith("backbone.") for k in missing.missing_keys)
@@ -143,7 +148,7 @@ def test_official_head_file_loads_strictly_and_converts_both_ways(tmp_path):
         assert (model.inference(x, _metas(x)) - ours.encode_decode(x)).abs().max().item() <= 1e-4
     # and back: our weights -> an mmseg checkpoint that loads strictly
     back = to_mmseg(ours_file, tmp_path / "back.pth")
-    again = MODELS.build(cfg.model)
+    again = build(cfg.model)
     again.load_state_dict(torch.load(back, weights_only=True)["state_dict"], strict=True)
 
 
@@ -160,9 +165,10 @@ def _run(cfg_path: Path, data_root: Path, work: Path, backbone_file, extra: dict
                          "train_cfg.max_iters": 6, "train_cfg.val_interval": 6,
                          "default_hooks.checkpoint.interval": 6, "default_hooks.logger.interval": 2, **extra})
     cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=0, end=6)]
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner.test()
+    with DefaultScope.overwrite_default_scope("mmseg"):  # the runner's scope ends with the test
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        return runner.test()
 
 
 def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_file):
@@ -197,8 +203,28 @@ def test_mmseg_configs_build_their_models(path):
     cfg = Config.fromfile(path)
     assert cfg.default_scope == "mmseg" and cfg.custom_imports.imports == ["dinov2_dense.mmseg"]
     cfg.model.backbone.weights = None  # no download: the architecture only
-    model = MODELS.build(cfg.model)
+    model = build(cfg.model)
     assert type(model).__name__ in ("EncoderDecoder", "DINOv2DepthEstimator")
     assert not any(p.requires_grad for p in model.backbone.parameters())  # frozen by default
     evaluator = cfg.test_evaluator.type
     assert evaluator == ("DepthMetric" if type(model).__name__ == "DINOv2DepthEstimator" else "IoUMetric")
+
+
+def test_our_runner_keeps_its_own_classes_after_an_mmseg_run_in_the_process(tmp_path):
+    """An mmseg runner leaves "mmseg" as the process's current scope; our runs name "DepthMetric",
+    "ADE20KDataset" & co. of mmengine's root registries and must not get mmseg's classes of the same name."""
+    from dinov2_dense.data.synthetic import write_nyu_layout
+    from dinov2_dense.engine.entry import load_config
+    from dinov2_dense.engine.runner import DenseRunner
+
+    root = write_nyu_layout(tmp_path / "nyu", 2, 2, config=dict(size=(56, 56)), progress=False)
+    cfg = load_config(str(ROOT / "configs/depth/tiny_synthetic_linear.py"),
+                      {f"{s}_dataloader.dataset.root": str(root) for s in ("train", "val", "test")},
+                      str(tmp_path / "work"))
+    DefaultScope.get_instance("a-stale-mmseg-scope", scope_name="mmseg")  # as an mmseg Runner leaves it
+    try:
+        runner = DenseRunner.from_cfg(cfg)
+        evaluator = runner.build_evaluator(cfg.test_evaluator)
+        assert all(type(m).__module__.startswith("dinov2_dense.") for m in evaluator.metrics)
+    finally:
+        DefaultScope._instance_dict.pop("a-stale-mmseg-scope", None)

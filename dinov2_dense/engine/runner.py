@@ -182,7 +182,9 @@ class DenseRunner(Runner):
             resume=cfg.get("resume", False), launcher=cfg.get("launcher", "none"),
             env_cfg=cfg.get("env_cfg", dict(dist_cfg=dict(backend="gloo"))), log_processor=cfg.get("log_processor"),
             log_level=cfg.get("log_level", "INFO"), visualizer=cfg.get("visualizer"),
-            default_scope=cfg.get("default_scope"), randomness=cfg.get("randomness", dict(seed=None)),
+            # our classes live in mmengine's root registries: say so, rather than inherit whatever scope an
+            # earlier runner of the process left current (an mmseg run's "mmseg" would swap DepthMetric & co.)
+            default_scope=cfg.get("default_scope") or "mmengine", randomness=cfg.get("randomness", dict(seed=None)),
             experiment_name=cfg.get("experiment_name"), cfg=cfg,
             partial_load=bool(cfg.get("partial_load", False)), other_backbone=bool(cfg.get("other_backbone", False)),
         )
