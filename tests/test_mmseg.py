@@ -207,7 +207,7 @@ def test_mmseg_configs_build_their_models(path):
     assert type(model).__name__ in ("EncoderDecoder", "DINOv2DepthEstimator")
     assert not any(p.requires_grad for p in model.backbone.parameters())  # frozen by default
     evaluator = cfg.test_evaluator.type
-    assert evaluator == ("DepthMetric" if type(model).__name__ == "DINOv2DepthEstimator" else "IoUMetric")
+    assert evaluator == ("DINOv2DepthMetric" if type(model).__name__ == "DINOv2DepthEstimator" else "IoUMetric")
 
 
 def test_our_runner_keeps_its_own_classes_after_an_mmseg_run_in_the_process(tmp_path):
@@ -228,3 +228,30 @@ def test_our_runner_keeps_its_own_classes_after_an_mmseg_run_in_the_process(tmp_
         assert all(type(m).__module__.startswith("dinov2_dense.") for m in evaluator.metrics)
     finally:
         DefaultScope._instance_dict.pop("a-stale-mmseg-scope", None)
+
+
+def test_depth_protocol_transforms_and_metric_crops():
+    import numpy as np
+
+    from dinov2_dense.evaluation.depth import depth_metrics
+    from dinov2_dense.mmseg import DINOv2DepthAugment, DINOv2DepthMetric, KBCrop
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (375, 1242, 3), dtype=np.uint8)
+    depth = rng.uniform(1, 70, (375, 1242)).astype(np.float32)
+    out = KBCrop().transform({"img": img.copy(), "gt_depth_map": depth.copy()})
+    assert out["img"].shape[:2] == out["gt_depth_map"].shape == (352, 1216) == tuple(out["img_shape"])
+    assert np.array_equal(out["gt_depth_map"], depth[23:, 13:1229])
+    nyu = DINOv2DepthAugment(crop_size=(416, 544), pre_crop=(45, 472, 43, 608)).transform(
+        {"img": img[:480, :640].copy(), "gt_depth_map": depth[:480, :640].copy()})
+    assert nyu["img"].shape[:2] == nyu["gt_depth_map"].shape == (416, 544)
+
+    # mmseg's DepthMetric numbers over our Garg crop equal our own metric functions on the same pixels
+    gt = torch.from_numpy(depth)
+    pred = (gt * torch.from_numpy(rng.uniform(0.8, 1.2, depth.shape).astype(np.float32))).clamp(0.001, 80.0)
+    metric = DINOv2DepthMetric(crop="garg", min_depth_eval=0.001, max_depth_eval=80.0)
+    metric.process({}, [{"pred_depth_map": {"data": pred[None]}, "gt_depth_map": {"data": gt[None]}}])
+    got = metric.compute_metrics(metric.results)
+    ours = depth_metrics(pred.numpy(), depth, min_depth=0.001, max_depth=80.0, crop="garg")
+    assert got["abs_rel"] == pytest.approx(ours["abs_rel"], rel=1e-3)
+    assert got["rmse"] == pytest.approx(ours["rmse"], rel=1e-3)

@@ -6,8 +6,7 @@ crop = (224, 224)
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadDepthAnnotation", depth_rescale_factor=1e-3),
-    dict(type="RandomCrop", crop_size=crop),
-    dict(type="RandomFlip", prob=0.5),
+    dict(type="DINOv2DepthAugment", crop_size=crop),  # no NYU pre-crop: the scenes are not NYU frames
     dict(type="PackSegInputs", meta_keys={{_base_.depth_meta_keys}}),
 ]
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
@@ -15,7 +14,7 @@ train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 model = dict(data_preprocessor=dict(size=crop))
-val_evaluator = dict(crop_type=None)
+val_evaluator = dict(crop=None)
 test_evaluator = val_evaluator
 max_iters = 200
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)

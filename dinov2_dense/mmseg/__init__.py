@@ -8,7 +8,8 @@ Registered: ``DINOv2`` (backbone), ``DINOv2BNHead`` (linear lin. / +ms), ``DINOv
 (segmentation), ``DINOv2LinearDepthHead`` and ``DINOv2DPTDepthHead`` (depth), ``DINOv2DepthEstimator``
 (mmseg's ``DepthEstimator`` with slide inference that really slides), ``SigLoss`` and ``GradientLoss``
 (the depth toolbox's, which mmseg lacks), ``SyntheticADE20KDataset`` and ``NYUToolboxDataset`` (the
-split-file layout of the depth toolboxes). State-dict keys are the official ``backbone.*`` /
+split-file layout of the depth toolboxes), ``DINOv2DepthAugment``, ``KBCrop`` and
+``DINOv2DepthMetric`` (the released depth protocols' augmentation and crops). State-dict keys are the official ``backbone.*`` /
 ``decode_head.*`` ones, so released head files load strictly; :mod:`.convert` moves checkpoints
 between mmseg and :func:`dinov2_dense.zoo.load_model`.
 
@@ -36,8 +37,9 @@ from .datasets import NYUToolboxDataset, SyntheticADE20KDataset  # noqa: E402
 from .heads import DINOv2BNHead, DINOv2DPTDepthHead, DINOv2DPTHead, DINOv2LinearDepthHead  # noqa: E402
 from .losses import GradientLoss, SigLoss  # noqa: E402
 from .segmentors import DINOv2DepthEstimator  # noqa: E402
+from .transforms import DINOv2DepthAugment, DINOv2DepthMetric, KBCrop  # noqa: E402
 
 __all__ = [
-    "DINOv2", "DINOv2BNHead", "DINOv2DPTDepthHead", "DINOv2DPTHead", "DINOv2DepthEstimator", "DINOv2LinearDepthHead",
-    "GradientLoss", "NYUToolboxDataset", "SigLoss", "SyntheticADE20KDataset", "from_mmseg", "to_mmseg",
+    "DINOv2", "DINOv2BNHead", "DINOv2DPTDepthHead", "DINOv2DPTHead", "DINOv2DepthAugment", "DINOv2DepthEstimator",
+    "DINOv2DepthMetric", "DINOv2LinearDepthHead", "GradientLoss", "KBCrop", "NYUToolboxDataset", "SigLoss", "SyntheticADE20KDataset", "from_mmseg", "to_mmseg",
 ]
