@@ -727,6 +727,28 @@ def main(argv: list[str] | None = None) -> int:
         raise _Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
+    code = 1
+    try:
+        code = _run(args, prog, debug)
+    finally:
+        distributed = _close_process_group(wait=code == 0)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if distributed and os.environ.get("TORCHELASTIC_RUN_ID"):
+        # a torchrun child: leave without the interpreter's finalisation, where gloo's worker threads
+        # can still hold tensors and abort the process ("terminate called without an active
+        # exception") after a finished run; every output is already written and closed
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace, prog: str, debug: bool) -> int:
+    """The command, with every error turned into one line and an exit code."""
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
@@ -759,23 +781,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: internal error (a bug in dinov2-dense; please report it with the traceback above)",
               file=sys.stderr)
         return 1
-    finally:
-        _close_process_group()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
-def _close_process_group() -> None:
-    """End a torch.distributed process group that a command started (torchrun runs): a gloo process
-    that exits with its group alive can abort in C++ teardown ("terminate called without an active
-    exception"), which turns a finished run into a failure of the whole launch."""
+def _close_process_group(wait: bool = False) -> bool:
+    """End a torch.distributed process group that a command started (torchrun runs). A gloo process
+    that exits with its group alive, or tears it down while a peer still talks to it, can abort in
+    C++ teardown ("terminate called without an active exception"), which turns a finished run into a
+    failure of the whole launch: after a success (``wait``) the processes meet at a barrier first, so
+    that none leaves while another is still working; after a failure they do not wait for peers that
+    may be gone."""
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
-        return
+        return False
     try:
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - best effort at exit; the command's own result stands
         pass
+    return True
 
 
 def _in_main_thread() -> bool:

@@ -109,27 +109,38 @@ class DensePredictor(nn.Module):
         return {f"loss_{type(fn).__name__}": fn(out, target) for fn in losses}
 
     # -- test-time protocols ---------------------------------------------------------------------
-    def slide_inference(self, images: Tensor, crop_size: int | Sequence[int], stride: int | Sequence[int]) -> Tensor:
+    def slide_inference(self, images: Tensor, crop_size: int | Sequence[int], stride: int | Sequence[int],
+                        crop_batch_size: int = 1) -> Tensor:
         """mmseg sliding windows: crops of ``crop_size`` every ``stride`` pixels, outputs averaged.
 
-        Memory is bounded by the crop, not by the image; one crop covering the image equals whole mode.
+        The windows of the batch's images go through the model ``crop_batch_size`` at a time (all
+        windows have one size, so they stack; the result equals one window at a time to float
+        tolerance). Memory is bounded by ``crop_batch_size`` crops plus the output map, not by the
+        image; one crop covering the image equals whole mode.
         """
         ch, cw = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
         sh, sw = (stride, stride) if isinstance(stride, int) else stride
         if min(ch, cw, sh, sw) < 1:
             raise ValueError(f"crop_size {crop_size} and stride {stride} must be positive")
+        if crop_batch_size < 1:
+            raise ValueError(f"crop_batch_size={crop_batch_size}: must be at least 1")
         b, _, h, w = images.shape
         rows = max(h - ch + sh - 1, 0) // sh + 1
         cols = max(w - cw + sw - 1, 0) // sw + 1
-        out = None
-        count = images.new_zeros((1, 1, h, w))
+        windows = []
         for r in range(rows):
             for c in range(cols):
                 y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
-                y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-                pred = self.encode_decode(images[:, :, y1:y2, x1:x2])
-                if out is None:
-                    out = images.new_zeros((b, pred.shape[1], h, w))
+                windows.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+        out = None
+        count = images.new_zeros((1, 1, h, w))
+        for i in range(0, len(windows), crop_batch_size):
+            group = windows[i:i + crop_batch_size]
+            crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
+            preds = self.encode_decode(crops).split(b)
+            if out is None:
+                out = images.new_zeros((b, preds[0].shape[1], h, w))
+            for (y1, y2, x1, x2), pred in zip(group, preds):
                 out[:, :, y1:y2, x1:x2] += pred
                 count[:, :, y1:y2, x1:x2] += 1
         return out.div_(count)
@@ -145,6 +156,7 @@ class DensePredictor(nn.Module):
         flip: bool | None = None,
         scale: Sequence[int] | None = None,
         out_size: Sequence[int] | None = None,
+        crop_batch_size: int | None = None,
     ) -> Tensor:
         """Test-time prediction.
 
@@ -163,11 +175,15 @@ class DensePredictor(nn.Module):
         probabilities (or depths) averaged. (mmseg resizes the 8-bit image before normalising; here
         the normalised image is resized, which differs by the 8-bit rounding only.)
 
+        A view and its mirror go through the model together (one batch of twice the images), and
+        slide windows ``crop_batch_size`` at a time (default 4; 1 is one window at a time).
+
         Arguments left None come from ``self.test_cfg`` (zoo models carry the official protocol),
         else whole / 512 / 341 / (1.0,) / no flip / no scale.
         """
         cfg = {"mode": "whole", "crop_size": 512, "stride": 341, "scales": (1.0,), "flip": False, "scale": None,
-               **self.test_cfg}
+               "crop_batch_size": 4, **self.test_cfg}
+        crop_batch_size = cfg["crop_batch_size"] if crop_batch_size is None else crop_batch_size
         mode = cfg["mode"] if mode is None else mode
         crop_size = cfg["crop_size"] if crop_size is None else crop_size
         stride = cfg["stride"] if stride is None else stride
@@ -186,9 +202,10 @@ class DensePredictor(nn.Module):
             size = rescale_size(h, w, scale, ratio) if scale is not None else \
                 (max(1, round(h * ratio)), max(1, round(w * ratio)))
             x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            for flipped in (False, True) if flip else (False,):
-                xi = x.flip(-1) if flipped else x
-                out = self.slide_inference(xi, crop_size, stride) if mode == "slide" else self.encode_decode(xi)
+            xs = torch.cat([x, x.flip(-1)]) if flip else x  # a view and its mirror in one batch
+            both = self.slide_inference(xs, crop_size, stride, crop_batch_size) if mode == "slide" \
+                else self.encode_decode(xs)
+            for flipped, out in zip((False, True), both.split(len(images))):
                 if tuple(out.shape[-2:]) != out_size:  # rescale the logits (not the probabilities)
                     out = F.interpolate(out, size=out_size, mode="bilinear", align_corners=False)
                 if self.task == "segmentation":

@@ -156,6 +156,28 @@ def test_multi_scale_flip_follows_mmseg_order():
     torch.testing.assert_close(got, torch.stack(expected).mean(0), atol=1e-6, rtol=1e-5)
 
 
+def test_batched_windows_and_mirrors_equal_one_at_a_time():
+    """Slide windows in batches of crop_batch_size and a view with its mirror in one batch give the
+    one-window, one-view-at-a-time result (two images, windows that overlap unevenly)."""
+    model = seg_model()
+    x = torch.randn(2, 3, 70, 100)
+    single = model.slide_inference(x, crop_size=42, stride=28, crop_batch_size=1)
+    for n in (2, 3, 100):
+        torch.testing.assert_close(model.slide_inference(x, crop_size=42, stride=28, crop_batch_size=n), single,
+                                   atol=1e-5, rtol=1e-5)
+    expected = []
+    for scale in (1.0, 1.5):
+        xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        for flip in (False, True):
+            logits = model.slide_inference(xs.flip(-1) if flip else xs, 42, 28, crop_batch_size=1)
+            probs = F.interpolate(logits, size=(70, 100), mode="bilinear", align_corners=False).softmax(1)
+            expected.append(probs.flip(-1) if flip else probs)
+    got = model.predict(x, mode="slide", crop_size=42, stride=28, scales=(1.0, 1.5), flip=True, crop_batch_size=5)
+    torch.testing.assert_close(got, torch.stack(expected).mean(0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="crop_batch_size"):
+        model.slide_inference(x, 42, 28, crop_batch_size=0)
+
+
 def test_depth_flip_averaging_of_a_mirror_symmetric_input():
     """Depth test-time flip (the DINOv2 depth configs' MultiScaleFlipAug(flip=True)): the average
     of the prediction and the flipped-back prediction of the flipped image. A mirror-symmetric input
@@ -187,10 +209,10 @@ def test_official_view_sizes_from_the_original_image():
     model = seg_model()
     seen = []
     real = model.encode_decode
-    model.encode_decode = lambda x: seen.append(tuple(x.shape[-2:])) or real(x)
+    model.encode_decode = lambda x: seen.append(tuple(x.shape[:1]) + tuple(x.shape[-2:])) or real(x)
     x = torch.randn(1, 3, 30, 40)
     out = model.predict(x, scale=(99999, 28), scales=(1.0, 1.5), flip=True, out_size=(60, 80))
-    assert seen == [(28, 37), (28, 37), (42, 56), (42, 56)]
+    assert seen == [(2, 28, 37), (2, 42, 56)]  # each view size once, the image and its mirror in one batch
     assert out.shape == (1, 5, 60, 80)
     view = F.interpolate(real(F.interpolate(x, size=(28, 37), mode="bilinear", align_corners=False)), size=(60, 80),
                          mode="bilinear", align_corners=False).softmax(1)
