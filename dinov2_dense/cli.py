@@ -73,7 +73,9 @@ def _model_name(args: argparse.Namespace):
 def _load_model(args: argparse.Namespace, device):
     from .hub import load_backbone
 
-    return load_backbone(_model_name(args), weights=_weights_arg(args.weights), device=device)
+    dtype = getattr(args, "dtype", "fp32")
+    return load_backbone(_model_name(args), weights=_weights_arg(args.weights), device=device,
+                         dtype=None if dtype == "fp32" else dtype)
 
 
 def _planned_grids(images: list[str], size, fit: str, patch: int = 14) -> dict[tuple[int, int], list[str]]:
@@ -295,6 +297,9 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'official' (find or download), a file, a URL, or 'random' (random weights, for a try)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="backbone weights' dtype: bf16/fp16 halve memory and are faster where the device has "
+                             "them natively (a CPU without native bf16 keeps fp32 and says so); outputs are float32")
     parser.add_argument("--threads", type=int_range(0, MAX_THREADS), default=0, help=_THREADS_HELP)
 
 
@@ -523,7 +528,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         clusters=args.clusters, resample_steps=args.resample_steps, sampling=args.sampling, seed=args.seed,
         n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
         progress=not args.no_progress,
-        embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.dtype, pooling=args.pooling,
+        embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.store_dtype, pooling=args.pooling,
                       autocast=args.bf16),
     )
     if int(os.environ.get("RANK", "0")) == 0:
@@ -548,7 +553,8 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
     cur.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
                      help="what embeds an image: the class token (default), the mean patch token, or both")
-    cur.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding rows")
+    cur.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
+                     help="stored embedding rows (float16 halves the store)")
     cur.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     cur.add_argument("--dedup-threshold", type=float_range(-1.0, 1.0), default=0.9,
                      help="cosine similarity above which two images are near-duplicates (default 0.9)")

@@ -200,6 +200,7 @@ def load_backbone(
     weights: str | os.PathLike | None = "official",
     *,
     device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     eval_mode: bool = True,
     **overrides,
 ) -> models.DinoVisionTransformer:
@@ -212,6 +213,10 @@ def load_backbone(
     ``weights``: "official" (find or download the released file; zoo names only), a local path
     (official, training, Hugging Face or timm format, or ours), an http(s)/file URL (fetched into
     the hub cache), or None for random weights. Weights load strictly.
+    ``dtype``: weights in ``bfloat16`` / ``float16`` (``"bf16"``, ``"fp16"`` or a torch dtype) for
+    inference: half the memory, and faster where the device computes it natively (features and the
+    feature extractors cast inputs to the weights' dtype and return float32). On a CPU without
+    native bfloat16, and for float16 on any CPU, the weights stay float32 and a warning says why.
     """
     arch = _architecture(name, weights)
     label = name if isinstance(name, str) else str(weights)
@@ -233,7 +238,37 @@ def load_backbone(
             raise CheckpointError(f"cannot load {label}: {exc}") from None
     if device is not None:
         model = model.to(device)
+    if dtype is not None:
+        model = model.to(weights_dtype(dtype, next(model.parameters()).device))
     return model.eval() if eval_mode else model
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
+
+
+def weights_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """The weight dtype to use for ``dtype`` on ``device``: as asked, except on a CPU that would run
+    it far slower than float32 (bfloat16 without AVX512-BF16 / AMX, float16 on any CPU: 3-4x or
+    more), where it is float32 with a warning that says so."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(sorted(_DTYPES))}")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype {dtype}: expected float32, bfloat16 or float16")
+    if torch.device(device).type == "cpu" and dtype != torch.float32:
+        from .features import cpu_has_native_bf16
+
+        if dtype == torch.float16 or not cpu_has_native_bf16():
+            import warnings
+
+            why = "this CPU has no native bfloat16 (AVX512-BF16 / AMX)" if dtype == torch.bfloat16 else \
+                "CPUs compute float16 matrix products far slower than float32"
+            warnings.warn(f"{str(dtype).removeprefix('torch.')} weights requested, float32 kept: {why}, so they would "
+                          "run 3-4x slower", stacklevel=3)
+            return torch.float32
+    return dtype
 
 
 def architecture(name: str | os.PathLike | dict | None, weights=None) -> models.DinoVisionTransformer:

@@ -318,3 +318,41 @@ def test_upsample_removes_padding(model):
     close(up, full[..., 5:106, 4:135])
     resized = extract_features(model, img, fit="resize").upsample()
     assert resized.shape == (1, 48, 101, 131)
+
+
+def test_half_precision_weights_within_bf16_tolerance_and_cpus_without_it_keep_fp32(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import dinov2_dense.features as features
+    from dinov2_dense import load_backbone
+    from dinov2_dense.cli import main
+    from pretrain.export import export_backbone
+
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=56), tmp_path / "export")["safetensors"]
+    fp32 = load_backbone(None, weights=weights)
+    monkeypatch.setattr(features, "cpu_has_native_bf16", lambda: True)
+    bf16 = load_backbone(None, weights=weights, dtype="bf16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    x = torch.randn(2, 3, 56, 70)
+    a, b = extract_features(fp32, x, layers=[0, 1]), extract_features(bf16, x, layers=[0, 1])
+    for layer in a.maps:
+        assert b.maps[layer].dtype == torch.float32 and b.maps[layer].shape == a.maps[layer].shape
+        rel = ((a.maps[layer] - b.maps[layer]).norm() / a.maps[layer].norm()).item()
+        assert 0 < rel < 3e-2, rel  # bfloat16 rounding (8 bits of mantissa), and not the fp32 path
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
+    for dtype in ("fp32", "bf16"):
+        assert main(["features", str(image), "--weights", str(weights), "--dtype", dtype, "--out",
+                     str(tmp_path / f"{dtype}.npy")]) == 0
+    one, half = np.load(tmp_path / "fp32.npy"), np.load(tmp_path / "bf16.npy")
+    assert half.dtype == np.float32 and 0 < np.abs(one - half).max() < 0.1 * np.abs(one).max()
+
+    monkeypatch.setattr(features, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="float32 kept: this CPU has no native bfloat16"):
+        kept = load_backbone(None, weights=weights, dtype="bf16")
+    assert {p.dtype for p in kept.parameters()} == {torch.float32}
+    with pytest.warns(UserWarning, match="float16 weights requested, float32 kept"):
+        load_backbone(None, weights=weights, dtype=torch.float16)
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        load_backbone(None, weights=weights, dtype="int8")
