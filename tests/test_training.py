@@ -106,7 +106,7 @@ def test_linear_head_learns_synthetic_segmentation(scenes, tmp_path):
 
 
 def test_depth_head_beats_a_constant_predictor(scenes, tmp_path):
-    _, metrics = _run(DEPTH_CFG, tmp_path, _options(scenes / "nyu", 250, **{"optim_wrapper.optimizer.lr": 0.02}))
+    _, metrics = _run(DEPTH_CFG, tmp_path, _options(scenes / "nyu", 400, **{"optim_wrapper.optimizer.lr": 0.02}))
     train = NYUDepthDataset(scenes / "nyu", "nyu_train.txt")
     val = NYUDepthDataset(scenes / "nyu", "nyu_test.txt")
     train_depth = np.concatenate([train.load_item(i)["depth"].ravel() for i in range(len(train))])
