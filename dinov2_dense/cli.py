@@ -529,7 +529,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
         progress=not args.no_progress,
         embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.store_dtype, pooling=args.pooling,
-                      autocast=args.bf16),
+                      autocast=args.bf16, num_workers=args.num_workers),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         short = " (fewer survived deduplication and retrieval)" if summary["short_of_target"] else ""
@@ -553,6 +553,8 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
     cur.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
                      help="what embeds an image: the class token (default), the mean patch token, or both")
+    cur.add_argument("--num-workers", type=nonnegative_int, default=2,
+                     help="processes that decode images while the backbone runs (default 2; 0: none)")
     cur.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
                      help="stored embedding rows (float16 halves the store)")
     cur.add_argument("--bf16", action="store_true", help=_BF16_HELP)

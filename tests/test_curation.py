@@ -217,6 +217,10 @@ def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch
     seen[:] = []
     again = embed_images(model, folder, tmp_path / "run", size=28, batch_size=3, progress=False)
     assert seen == [] and again.names == store.names  # finished: nothing recomputed
+    # images decoded in two DataLoader worker processes: the same rows, names and unreadable list
+    workers = embed_images(model, folder, tmp_path / "workers", size=28, batch_size=3, progress=False, num_workers=2)
+    assert workers.names == reference.names and workers.unreadable == reference.unreadable
+    np.testing.assert_allclose(np.asarray(workers.embeddings), np.asarray(reference.embeddings), atol=1e-5)
 
 
 def test_curating_images_feeds_the_pretraining_data_set(tmp_path):

@@ -166,17 +166,19 @@ def _dim(model: torch.nn.Module, pooling: str) -> int:
 def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[str], out: str | os.PathLike, *,
                  size: int = 224, pooling: str = "cls", batch_size: int = 32, dtype: str = "float32",
                  autocast: bool | torch.dtype = False, progress: bool | None = None,
-                 chunk: int = 65536) -> EmbeddingStore:
+                 num_workers: int = 0, chunk: int = 65536) -> EmbeddingStore:
     """Embed every image of ``images`` (see :func:`list_images`) into the store folder ``out``.
 
     Each image is read upright, resized to ``size`` x ``size`` and run through ``model``
     (:func:`dinov2_dense.features.extract_features`); ``pooling`` ``cls`` (default) keeps the class
     token after the final norm. Rows are ``dtype`` (``float32`` or ``float16``). An unreadable image
     is listed in ``unreadable.txt`` with its reason and counted, never fatal. Resumable: see the
-    module's docstring. Returns the finished store (memory-mapped)."""
+    module's docstring. ``num_workers``: DataLoader workers that decode and resize the images while
+    the model runs (pinned memory and non-blocking copies on CUDA). Returns the finished store
+    (memory-mapped)."""
     from tqdm.auto import tqdm
 
-    from dinov2_dense.evaluation.knn import POOLINGS, pool_features, read_resized
+    from dinov2_dense.evaluation.knn import POOLINGS, pool_features
     from dinov2_dense.features import extract_features
 
     if pooling not in POOLINGS:
@@ -222,39 +224,52 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     device = next(model.parameters()).device
     show = progress if progress is not None else len(todo) > batch_size
     reasons: dict[int, str] = {}
-    batch: list[torch.Tensor] = []
-    where: list[int] = []
-
-    def run() -> None:
-        x = torch.stack(batch).to(device)
-        feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
-        rows[where] = pool_features(feats, pooling).float().cpu().numpy().astype(dtype)
-        rows.flush()
-        status[where] = DONE  # after the rows: a row marked done is on disk
-        status.flush()
-        batch.clear()
-        where.clear()
+    loader = torch.utils.data.DataLoader(
+        _Decoded(paths, todo, (size, size)), batch_size=batch_size, num_workers=num_workers, collate_fn=list,
+        pin_memory=device.type == "cuda", persistent_workers=False)
 
     model_was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for i in tqdm(todo, desc=f"embedding {out.name}", unit="img", disable=not show):
-                try:
-                    batch.append(read_resized(paths[i], (size, size)))
-                    where.append(int(i))
-                except (OSError, ValueError) as exc:  # missing, corrupt, unknown format, over the pixel limit
-                    reasons[int(i)] = str(exc).removeprefix(f"{paths[i]}: ").replace("\n", " ")
-                    status[i] = UNREADABLE
-                    continue
-                if len(batch) == batch_size:
-                    run()
-            if batch:
-                run()
+        with torch.no_grad(), tqdm(total=len(todo), desc=f"embedding {out.name}", unit="img",
+                                   disable=not show) as bar:
+            for items in loader:
+                where = [i for i, x, _ in items if x is not None]
+                for i, x, reason in items:
+                    if x is None:  # missing, corrupt, unknown format, over the pixel limit: listed, never fatal
+                        reasons[i] = reason
+                        status[i] = UNREADABLE
+                if where:
+                    x = torch.stack([x for _, x, _ in items if x is not None]).to(device, non_blocking=True)
+                    feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
+                    rows[where] = pool_features(feats, pooling).float().cpu().numpy().astype(dtype)
+                    rows.flush()
+                    status[where] = DONE  # after the rows: a row marked done is on disk
+                    status.flush()
+                bar.update(len(items))
     finally:
         status.flush()
         model.train(model_was_training)
     return _finish(out, paths, rows, status, reasons, settings, chunk)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """(row, image tensor or None, reason) of the rows to embed: decoded in DataLoader workers."""
+
+    def __init__(self, paths: list[str], rows: np.ndarray, hw: tuple[int, int]):
+        self.paths, self.rows, self.hw = paths, rows, hw
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        from dinov2_dense.evaluation.knn import read_resized
+
+        i = int(self.rows[k])
+        try:
+            return i, read_resized(self.paths[i], self.hw), ""
+        except (OSError, ValueError) as exc:
+            return i, None, str(exc).removeprefix(f"{self.paths[i]}: ").replace("\n", " ")
 
 
 def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
