@@ -94,7 +94,13 @@ def _chunk(k: int, chunk_size: int | None) -> int:
 
 
 def _rows(x: np.ndarray, start: int, stop: int) -> torch.Tensor:
-    return torch.from_numpy(np.array(x[start:stop], dtype=np.float32))  # a copy: memory maps are read-only
+    """Rows ``start:stop`` as a float32 tensor: a view of an in-memory float32 array (the training
+    sample: no second copy of it), else a copy (memory maps are read-only; other dtypes convert)."""
+    block = x[start:stop]
+    if isinstance(block, np.ndarray) and not isinstance(block, np.memmap) and block.dtype == np.float32 \
+            and block.flags.writeable and block.flags.c_contiguous:
+        return torch.from_numpy(block)
+    return torch.from_numpy(np.array(block, dtype=np.float32))
 
 
 def _nearest(block: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor,

@@ -52,10 +52,6 @@ class Rows:
     def __getitem__(self, key) -> np.ndarray:
         return np.asarray(self.x[self.indices[key]])
 
-    def __array__(self, dtype=None, copy=None):
-        a = np.asarray(self.x[self.indices])
-        return a if dtype is None else a.astype(dtype)
-
 
 def is_embeddings(path: str | os.PathLike) -> bool:
     """An ``.npy`` file or a store folder (``embeddings.npy`` inside), rather than images."""
