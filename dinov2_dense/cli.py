@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .options import check_device, float_range, int_range, nonnegative_int, positive_int
+from .options import (ATTENTION_KERNEL_NAMES, COMPILE_MODES, check_device, float_range, int_range, nonnegative_int,
+                      positive_int)
 
 
 DEBUG_ENV = "DINOV2_DENSE_DEBUG"
@@ -75,7 +76,15 @@ def _load_model(args: argparse.Namespace, device):
 
     dtype = getattr(args, "dtype", "fp32")
     return load_backbone(_model_name(args), weights=_weights_arg(args.weights), device=device,
-                         dtype=None if dtype == "fp32" else dtype)
+                         dtype=None if dtype == "fp32" else dtype, compile=getattr(args, "compile", None) or False,
+                         attention=getattr(args, "attention", "auto"))
+
+
+def _num_workers(args: argparse.Namespace) -> int:
+    """--num-workers, or its default: 2 decoding processes (0 when the machine has one core)."""
+    if args.num_workers is not None:
+        return args.num_workers
+    return 2 if (os.cpu_count() or 1) > 1 else 0
 
 
 def _planned_grids(images: list[str], size, fit: str, patch: int = 14) -> dict[tuple[int, int], list[str]]:
@@ -155,6 +164,7 @@ def _extract(model, args: argparse.Namespace, layers, size):
     return extract_features(
         model, list(args.images), layers=layers, fit=args.fit, size=size, tile=args.tile,
         batch_size=args.batch_size, autocast=args.bf16, norm=not args.no_norm, progress=True,
+        num_workers=_num_workers(args),
     )
 
 
@@ -262,7 +272,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             done = f"wrote {out / (stem + '_pca' + suffix)} ({basis_used.info.get('images')} frames, frame | PCA colours)"
         else:
             maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
-                            progress=True, **common)
+                            progress=True, num_workers=_num_workers(args), **common)
             one = maps[0].basis if all(m.basis is maps[0].basis for m in maps) else None
             title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
             written = save_maps(maps, stage, alpha=args.alpha, title=random_note + title)
@@ -301,6 +311,13 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backbone weights' dtype: bf16/fp16 halve memory and are faster where the device has "
                              "them natively (a CPU without native bf16 keeps fp32 and says so); outputs are float32")
     parser.add_argument("--threads", type=int_range(0, MAX_THREADS), default=0, help=_THREADS_HELP)
+    parser.add_argument("--num-workers", type=nonnegative_int, default=None,
+                        help="processes that read and decode images while the backbone runs (default 2; 0: none)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=list(COMPILE_MODES),
+                        help="torch.compile the backbone's blocks (default mode: dynamic shapes; 'reduce-overhead': "
+                             "CUDA graphs for a fixed size); without a compiler it runs uncompiled and says so")
+    parser.add_argument("--attention", choices=list(ATTENTION_KERNEL_NAMES), default="auto",
+                        help="preferred attention kernel of scaled_dot_product_attention (default auto: torch's choice)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,7 +466,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     result = evaluate_folder(model, args.folder, k=args.k, temperature=args.temperature, linear=not args.no_linear,
                              size=args.size, pooling=args.pooling, batch_size=args.batch_size,
                              val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True,
-                             cache=args.cache)
+                             cache=args.cache, num_workers=_num_workers(args))
     note = " (random weights)" if weights is None else ""
     line = f"kNN (k {args.k}, T {args.temperature:g}) top-1 {result['knn']['top1']:.2f}%"
     if "top5" in result["knn"]:
@@ -529,7 +546,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
         progress=not args.no_progress,
         embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.store_dtype, pooling=args.pooling,
-                      autocast=args.bf16, num_workers=args.num_workers),
+                      autocast=args.bf16, num_workers=_num_workers(args)),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         short = " (fewer survived deduplication and retrieval)" if summary["short_of_target"] else ""
@@ -553,8 +570,6 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
     cur.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
                      help="what embeds an image: the class token (default), the mean patch token, or both")
-    cur.add_argument("--num-workers", type=nonnegative_int, default=2,
-                     help="processes that decode images while the backbone runs (default 2; 0: none)")
     cur.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
                      help="stored embedding rows (float16 halves the store)")
     cur.add_argument("--bf16", action="store_true", help=_BF16_HELP)

@@ -490,6 +490,7 @@ def extract_features(
     autocast: bool | torch.dtype = False,
     progress: bool | None = None,
     options: FeatureOptions | None = None,
+    num_workers: int = 0,
 ) -> DenseFeatures | list[DenseFeatures]:
     """Dense features of one image, a batch tensor, or a list of images of any sizes.
 
@@ -513,6 +514,9 @@ def extract_features(
             tiles when there is more than one tile). False: never.
         options: all of the settings above but ``progress`` as one :class:`FeatureOptions`
             (then leave those keywords at their defaults).
+        num_workers: for lists of files, DataLoader workers that decode (and resize) the next
+            batches while the model runs; pinned memory and non-blocking copies on CUDA. 0 (the
+            default) decodes in this process. Results are the same either way.
     """
     options = feature_options(options, layers=layers, fit=fit, size=size, norm=norm, tile=tile,
                               tile_overlap=tile_overlap, batch_size=batch_size, autocast=autocast)
@@ -541,10 +545,12 @@ def extract_features(
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers}: must be >= 0")  # before any work
     results: list[DenseFeatures | None] = [None] * len(items)
-    for chunk in tqdm(chunks, desc="features", unit="batch", disable=not show):
-        batch, image_hw = _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]],
-                                      options.size, device)
+    batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers)
+    for chunk, (batch, image_hw) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
+        batch = batch.to(device, non_blocking=True)
         feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
         del batch  # free this batch's pixels before the next one is decoded
         for k, i in enumerate(chunk):
@@ -559,6 +565,61 @@ def extract_features(
                 source=[names[i]],
             )
     return results[0] if single else results  # type: ignore[return-value]
+
+
+class _Mapped(torch.utils.data.Dataset):
+    """``fn(items[k])`` for DataLoader workers; a user error comes back as the exception itself."""
+
+    def __init__(self, fn, items: Sequence):
+        self.fn, self.items = fn, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        try:
+            return self.fn(self.items[k])
+        except (OSError, ValueError) as exc:  # raised in the caller as it is, not wrapped in a worker traceback
+            return exc
+
+
+def _as_is(x):
+    return x
+
+
+def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool = False):
+    """``fn(item)`` for each item, in order: in this process with ``num_workers`` 0, else computed
+    ahead by that many DataLoader workers (``fn`` must be picklable: a module-level function or a
+    ``functools.partial`` of one). Errors (OSError, ValueError) are raised here as they are.
+    ``pin_memory``: pin the tensors of the results (for non-blocking copies to a GPU)."""
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers}: must be >= 0")
+    if num_workers == 0 or len(items) <= 1:  # one item: nothing to overlap
+        for item in items:
+            yield fn(item)
+        return
+    loader = torch.utils.data.DataLoader(_Mapped(fn, items), batch_size=None, collate_fn=_as_is,
+                                         num_workers=min(num_workers, len(items)), pin_memory=pin_memory)
+    for out in loader:
+        if isinstance(out, Exception):
+            raise out
+        yield out
+
+
+def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size) -> tuple[Tensor, tuple[int, int]]:
+    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, torch.device("cpu"))
+
+
+def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[list[int]], size,
+                     device: torch.device, num_workers: int):
+    """(batch, image size) per chunk, in order: decoded here, or by ``num_workers`` DataLoader workers
+    (only for lists without tensors: a tensor is already decoded, and would be copied to each worker)."""
+    if num_workers == 0 or any(isinstance(x, Tensor) for x in items):
+        for chunk in chunks:
+            yield _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, device)
+        return
+    load = functools.partial(_load_chunk, items=items, names=names, sizes=sizes, size=size)
+    yield from map_in_workers(load, chunks, num_workers, pin_memory=device.type == "cuda")
 
 
 def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device: torch.device

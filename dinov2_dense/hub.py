@@ -202,6 +202,8 @@ def load_backbone(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     eval_mode: bool = True,
+    compile: bool | str = False,
+    attention: str = "auto",
     **overrides,
 ) -> models.DinoVisionTransformer:
     """Build a backbone and load its weights.
@@ -217,6 +219,10 @@ def load_backbone(
     inference: half the memory, and faster where the device computes it natively (features and the
     feature extractors cast inputs to the weights' dtype and return float32). On a CPU without
     native bfloat16, and for float16 on any CPU, the weights stay float32 and a warning says why.
+    ``compile``: ``torch.compile`` the blocks (True, or a mode: "default", "max-autotune",
+    "reduce-overhead" for CUDA graphs); without a compiler the model runs uncompiled, with a warning.
+    ``attention``: the preferred attention kernel ("auto": torch's choice, "flash", "efficient",
+    "cudnn", "math"). See :mod:`dinov2_dense.models.speed`.
     """
     arch = _architecture(name, weights)
     label = name if isinstance(name, str) else str(weights)
@@ -240,7 +246,13 @@ def load_backbone(
         model = model.to(device)
     if dtype is not None:
         model = model.to(weights_dtype(dtype, next(model.parameters()).device))
-    return model.eval() if eval_mode else model
+    model = model.eval() if eval_mode else model
+    from .models.speed import compile_blocks, set_attention
+
+    set_attention(model, attention)
+    if compile:
+        compile_blocks(model, "default" if compile is True else compile)
+    return model
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,

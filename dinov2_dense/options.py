@@ -77,3 +77,9 @@ def check_device(text: str | None, option: str = "--device"):
         if not hasattr(torch, device.type) or not getattr(torch, device.type).is_available():
             raise ValueError(f"{option} {text}: no {device.type} device is available here")
     return device
+
+
+#: ``torch.compile`` modes and attention kernels the backbones take (see dinov2_dense.models.speed);
+#: here, free of torch, for the command line's choices.
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+ATTENTION_KERNEL_NAMES = ("auto", "flash", "efficient", "cudnn", "math")

@@ -83,8 +83,13 @@ class DensePredictor(nn.Module):
         """Features of the chosen blocks for a (B, 3, H, W) normalised batch (centre-padded inside):
         (B, D, h, w) maps, or (map, (B, D) class token) pairs with ``class_token``."""
         padded, _ = center_pad(images, self.backbone.patch_size)
+        weights = next(self.backbone.parameters()).dtype
+        half = weights != torch.float32 and not torch.is_autocast_enabled(padded.device.type)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            maps, class_tokens, _ = self.backbone.intermediate_maps(padded, self.layers, norm=self.norm)
+            maps, class_tokens, _ = self.backbone.intermediate_maps(padded.to(weights) if half else padded, self.layers,
+                                                                    norm=self.norm)
+        if half:  # bf16 / fp16 backbone weights: the head takes float32, as with a float32 backbone
+            maps, class_tokens = [m.float() for m in maps], [c.float() for c in class_tokens]
         return list(zip(maps, class_tokens)) if self.class_token else maps
 
     def encode_decode(self, images: Tensor) -> Tensor:

@@ -98,6 +98,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         #                        separates the scenes' classes, so more fitting scenes saturate the probe)
         probe_size=112,
         knn_scenes=(200, 100),
+        appearance="colour",  # the scenes' SceneConfig.appearance: "colour" or "texture" (classes shown by texture only)
     ),
     "distill": dict(
         teacher=None,  # distillation: a zoo name or a file load_backbone reads (the frozen teacher)

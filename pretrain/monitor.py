@@ -32,10 +32,11 @@ from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["DenseMonitor", "dense_quality", "scene_set"]
 
 
-def scene_set(n: int, size: int, split: str, seed: int = 0) -> tuple[Tensor, np.ndarray, np.ndarray]:
+def scene_set(n: int, size: int, split: str, seed: int = 0, appearance: str = "colour"
+              ) -> tuple[Tensor, np.ndarray, np.ndarray]:
     """``n`` synthetic scenes: normalised images (n, 3, size, size), segmentations (n, size, size)
     and scene labels (the non-background class covering most pixels, 0 when none shows)."""
-    cfg = SceneConfig(size=(size, size))
+    cfg = SceneConfig(size=(size, size), appearance=appearance)
     images, segs, labels = [], [], []
     for i in range(n):
         scene = generate_scene(scene_seed(seed, split, i), cfg)
@@ -102,8 +103,9 @@ class DenseMonitor:
         self.device = device
         size = int(cfg["probe_size"])
         (n_fit, n_test), (n_knn, n_knn_test) = cfg["probe_scenes"], cfg["knn_scenes"]
-        self.probe = (scene_set(n_fit, size, "train", seed=1), scene_set(n_test, size, "val", seed=1))
-        self.knn = (scene_set(n_knn, size, "train", seed=2), scene_set(n_knn_test, size, "val", seed=2))
+        look = cfg.get("appearance", "colour")
+        self.probe = (scene_set(n_fit, size, "train", 1, look), scene_set(n_test, size, "val", 1, look))
+        self.knn = (scene_set(n_knn, size, "train", 2, look), scene_set(n_knn_test, size, "val", 2, look))
         self.num_classes = SceneConfig().num_classes
         self.images: Sequence[str] = list(cfg["images"])
 

@@ -33,6 +33,7 @@ from .files import write_image, write_npy, write_text
 
 SHAPES = ("disc", "rectangle", "triangle", "ellipse")
 TEXTURES = ("stripes", "checker", "noise")
+APPEARANCES = ("colour", "texture")
 NYU_FOCAL = 518.8579  # NYU-Depth v2 focal length (pixels at 640x480), as in the depth toolboxes' split files
 
 
@@ -44,6 +45,10 @@ class SceneConfig:
     min_shapes / max_shapes: shapes per scene (uniform). depth_range: (bottom, top) depth of the
     background plane in metres. min_depth: nearest depth a shape may take. shape_size: radius
     range as a fraction of min(H, W). fog: strength of the depth fog in [0, 1].
+    appearance: "colour" (each class has its own base colour and texture kind: easy, even for
+    random features) or "texture" (every surface, the background too, draws a random colour, so a
+    class shows only through its texture: kind and scale; telling classes apart needs features
+    that respond to texture, which random ones hardly do).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -54,8 +59,11 @@ class SceneConfig:
     min_depth: float = 1.0
     shape_size: tuple[float, float] = (0.08, 0.28)
     fog: float = 0.35
+    appearance: str = "colour"
 
     def __post_init__(self) -> None:
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"SceneConfig.appearance={self.appearance!r}: expected one of {', '.join(APPEARANCES)}")
         h, w = self.size
         if h < 8 or w < 8:
             raise ValueError(f"SceneConfig.size={self.size}: at least 8x8 pixels")
@@ -148,19 +156,32 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.nda
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _texture(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
-    """Texture pattern in [0, 1] of shape (h, w) with per-shape random parameters."""
+#: Texture scales of the "texture" appearance: class k uses kind ``TEXTURES[(k - 1) % 3]`` at scale
+#: ``(k - 1) // 3 % 2`` (stripe period, checker cell, noise cell in pixels), so classes 1 and 4 differ.
+_SCALES = {"stripes": ((4, 7), (9, 16)), "checker": ((3, 6), (8, 14)), "noise": ((2, 4), (6, 10))}
+_DEFAULT_SCALES = {"stripes": (5, 14), "checker": (4, 12), "noise": (3, 8)}
+
+
+def _texture(rng: np.random.Generator, kind: str, h: int, w: int, scale: tuple[float, float] | None = None
+             ) -> np.ndarray:
+    """Texture pattern in [0, 1] of shape (h, w) with per-shape random parameters; ``scale``: the
+    range of its period or cell size (default: the "colour" appearance's)."""
+    lo, hi = scale or _DEFAULT_SCALES[kind]
     ys = np.arange(h, dtype=np.float32)[:, None]
     xs = np.arange(w, dtype=np.float32)[None, :]
     if kind == "stripes":
-        angle, period, phase = rng.uniform(0, math.pi), rng.uniform(5, 14), rng.uniform(0, 2 * math.pi)
+        angle, period, phase = rng.uniform(0, math.pi), rng.uniform(lo, hi), rng.uniform(0, 2 * math.pi)
         k = 2 * math.pi / period
         return 0.5 + 0.5 * np.sin(xs * (k * math.cos(angle)) + ys * (k * math.sin(angle)) + phase)
     if kind == "checker":
-        cell = int(rng.integers(4, 12))
+        cell = int(rng.integers(lo, hi))
         ox, oy = rng.integers(0, cell, size=2)
         return (((np.arange(h)[:, None] + oy) // cell + (np.arange(w)[None, :] + ox) // cell) % 2).astype(np.float32)
-    return _smooth_noise(rng, h, w, int(rng.integers(3, 8)))
+    return _smooth_noise(rng, h, w, int(rng.integers(lo, hi)))
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return np.asarray(_hsv_to_rgb(rng.uniform(), rng.uniform(0.2, 0.8), rng.uniform(0.45, 0.9)), np.float32)
 
 
 def _shape_mask(rng: np.random.Generator, kind: str, cx: float, cy: float, r: float) -> tuple[np.ndarray, int, int]:
@@ -220,7 +241,8 @@ def generate_scene(seed: int, config: SceneConfig | dict | None = None) -> Scene
     seg = np.zeros((H, W), np.uint8)
     # appearance = albedo (a colour per surface, gathered at the end) x intensity (texture, shading)
     surface = np.zeros((H, W), np.uint8)  # 0 = plane, j = j-th drawn shape
-    albedo = [colors[0] * rng.uniform(0.92, 1.08, 3).astype(np.float32)]
+    by_texture = cfg.appearance == "texture"
+    albedo = [_random_colour(rng) if by_texture else colors[0] * rng.uniform(0.92, 1.08, 3).astype(np.float32)]
     shade = 0.8 + 0.25 * np.linspace(0, 1, H, dtype=np.float32)[:, None]  # lit from below
     intensity = (0.85 + 0.3 * _smooth_noise(rng, H, W, int(rng.integers(6, 16)))) * shade
 
@@ -249,13 +271,14 @@ def generate_scene(seed: int, config: SceneConfig | dict | None = None) -> Scene
         if not m.any():
             continue
         h, w = m.shape
-        tex = _texture(srng, TEXTURES[(cls - 1) % len(TEXTURES)], h, w)
+        kind = TEXTURES[(cls - 1) % len(TEXTURES)]
+        tex = _texture(srng, kind, h, w, _SCALES[kind][(cls - 1) // len(TEXTURES) % 2] if by_texture else None)
         contrast = srng.uniform(0.25, 0.5)
         angle, grad = srng.uniform(0, 2 * math.pi), srng.uniform(0.1, 0.35)
         ys = (np.arange(ay0, ay1, dtype=np.float32) - cy)[:, None] * (grad * math.sin(angle) / r)
         xs = (np.arange(ax0, ax1, dtype=np.float32) - cx)[None, :] * (grad * math.cos(angle) / r)
         np.copyto(intensity[box], (1.0 - contrast + contrast * tex) * (1.0 + xs + ys), where=m)
-        albedo.append(colors[cls] * srng.uniform(0.9, 1.1, 3).astype(np.float32))
+        albedo.append(_random_colour(srng) if by_texture else colors[cls] * srng.uniform(0.9, 1.1, 3).astype(np.float32))
         surface[box][m] = len(albedo) - 1
         depth[box][m] = d
         seg[box][m] = cls

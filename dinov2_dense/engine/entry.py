@@ -15,6 +15,8 @@ from pathlib import Path
 
 from mmengine.config import Config, DictAction
 
+from ..options import nonnegative_int
+
 
 class ConfigError(ValueError):
     """A config that cannot be used: the message names the file and the key."""
@@ -64,6 +66,9 @@ def add_test_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--out", help="folder for predicted masks / depth maps (named after the ground-truth "
                                       "files, as eval-depth reads them) and colour figures")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder")
+    parser.add_argument("--num-workers", type=nonnegative_int, default=None,
+                        help="DataLoader workers that read and decode the test images (default: the config's "
+                             "test_dataloader.num_workers)")
     return _common_run_arguments(parser, "test_dataloader.dataset.root=data/ade")
 
 
@@ -258,6 +263,10 @@ def run_test(args: argparse.Namespace) -> int:
     from dinov2_dense.fileio import check_output_dir
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    if getattr(args, "num_workers", None) is not None:
+        cfg.test_dataloader.num_workers = args.num_workers
+        if args.num_workers == 0:
+            cfg.test_dataloader.persistent_workers = False  # torch refuses persistent workers without workers
     validate_config(cfg, args.config, train=False)
     read_run_checkpoint(args.checkpoint)  # a missing or corrupt file stops us before the model is built
     cfg.load_from = args.checkpoint

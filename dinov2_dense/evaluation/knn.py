@@ -413,6 +413,14 @@ def list_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     return paths, labels, class_names
 
 
+def _read_or_reason(path: str, hw: tuple[int, int]) -> tuple[Tensor | None, str]:
+    """(:func:`read_resized`, "") or (None, why it cannot be read)."""
+    try:
+        return read_resized(path, hw), ""
+    except (OSError, ValueError) as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
+
+
 def read_resized(path: str, hw: tuple[int, int]) -> Tensor:
     """Image ``path`` upright, ImageNet-normalised, resized to ``hw`` (bilinear, antialiased): (3, H, W)."""
     from ..features import to_input_tensor  # upright, within the pixel limit, ImageNet-normalised
@@ -441,6 +449,7 @@ def folder_features(
     autocast: bool | torch.dtype = False,
     progress: bool | None = None,
     cache: str | os.PathLike | None = None,
+    num_workers: int = 0,
 ) -> LabelledFeatures:
     """Global features of every image of a class-per-folder layout (:func:`list_image_folder`).
 
@@ -461,10 +470,14 @@ def folder_features(
     reads them back instead of running the backbone (a run of ``knn`` with another ``k``, or
     ``--no-linear`` then with the probe). A changed image, weight or setting misses the cache; an
     unreadable cache file is recomputed and replaced.
+
+    ``num_workers``: DataLoader workers that read and resize the images while the model runs.
     """
+    import functools
+
     from tqdm.auto import tqdm
 
-    from ..features import extract_features
+    from ..features import extract_features, map_in_workers
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -492,15 +505,15 @@ def folder_features(
         batch.clear()
 
     show = progress if progress is not None else len(paths) > batch_size
+    read = map_in_workers(functools.partial(_read_or_reason, hw=hw), paths, num_workers,
+                          pin_memory=device.type == "cuda")
     with torch.no_grad():
-        for path, label in tqdm(zip(paths, labels), total=len(paths), desc=f"features {Path(root).name}",
-                                unit="img", disable=not show):
-            try:
-                batch.append(read_resized(path, hw))
-            except (OSError, ValueError) as exc:  # missing, corrupt, unknown format, over the pixel limit
-                reason = str(exc).removeprefix(f"{path}: ")
+        for path, label, (x, reason) in tqdm(zip(paths, labels, read), total=len(paths),
+                                             desc=f"features {Path(root).name}", unit="img", disable=not show):
+            if x is None:  # missing, corrupt, unknown format, over the pixel limit
                 skipped.append(f"{path}: {reason}")
                 continue
+            batch.append(x)
             kept.append(path)
             kept_labels.append(label)
             if len(batch) == batch_size:
@@ -602,6 +615,7 @@ def evaluate_folder(
     autocast: bool | torch.dtype = False,
     progress: bool | None = None,
     cache: str | os.PathLike | None = None,
+    num_workers: int = 0,
 ) -> dict:
     """k-NN (and linear-probe) accuracy of a backbone's frozen features on an image folder
     (:func:`folder_split_features`): the library behind ``dinov2-dense knn``.
@@ -613,7 +627,7 @@ def evaluate_folder(
     """
     train, val = folder_split_features(model, root, val_fraction=val_fraction, seed=seed, size=size,
                                        pooling=pooling, batch_size=batch_size, autocast=autocast, progress=progress,
-                                       cache=cache)
+                                       cache=cache, num_workers=num_workers)
     c = len(train.class_names)
     if c < 2:
         raise ValueError(f"{root}: found {c} class folder; classification needs at least 2")

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import sdpa_kernel
 
 
 def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
@@ -19,6 +20,7 @@ def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
     in fp32 inference; elsewhere the plain ops run."""
     return (
         _HAS_ONEDNN_LINEAR
+        and not torch.compiler.is_compiling()  # the compiler fuses on its own
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
@@ -145,6 +147,7 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.sdpa_backends: list | None = None  # None: torch's choice; else see dinov2_dense.models.speed
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
@@ -157,7 +160,11 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x) if self.training else linear(x, self.qkv)
         qkv = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        if self.sdpa_backends is None:
+            x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        else:
+            with sdpa_kernel(self.sdpa_backends, set_priority=True):
+                x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return x.transpose(1, 2).reshape(B, N, C)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..features import (DenseFeatures, FeatureOptions, check_input, extract_features, feature_options, input_names,
-                        load_array, to_rgb_float)
+                        load_array, map_in_workers, to_rgb_float)
 from ..fileio import atomic_path
 from .figures import overlay, save_grid, to_uint8, write_image
 
@@ -544,6 +544,7 @@ def pca_maps(
     progress: bool | None = None,
     info: dict | None = None,
     options: FeatureOptions | None = None,
+    num_workers: int = 0,
 ) -> list[PCAMap]:
     """PCA maps of images with a backbone.
 
@@ -561,6 +562,8 @@ def pca_maps(
         options: the feature settings as one :class:`~dinov2_dense.features.FeatureOptions`
             (one block in ``layers``), instead of ``layer``, ``size``, ``tile``, ``fit`` and
             ``batch_size``; it also reaches ``norm``, ``tile_overlap`` and ``autocast``.
+        num_workers: DataLoader workers that decode the next images while the model runs (0:
+            decode here). The maps are the same either way.
     """
     from tqdm.auto import tqdm
 
@@ -574,7 +577,7 @@ def pca_maps(
         check_input(x)
     show = progress if progress is not None else len(items) > options.batch_size
     with tqdm(total=len(items), desc="features", unit="image", disable=not show) as bar:
-        feats, shown = _extract(model, map(load_array, items), options, bar)
+        feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar)
     meta = {"layer": feats[0].layers[-1], **(info or {})}
     if basis is not None:
         bases = [basis] * len(feats)

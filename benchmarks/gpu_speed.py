@@ -1,0 +1,250 @@
+"""Backbone and full-model inference speed: ours (plain, bf16 weights, compiled) against the official
+code, timm and transformers, in one process, on the device at hand (random weights: the time does
+not depend on them).
+
+    python benchmarks/gpu_speed.py                         # CUDA: ViT-S/L/g at 518 (batch 64/32/16) and 224
+    python benchmarks/gpu_speed.py --archs vits14 --configs 224x4 518x1 --repeats 3   # the CPU default
+
+For each backbone and SIZExBATCH: images/s of every implementation (median of ``--repeats`` timed
+runs after warm-up; CUDA events on a GPU, wall time on a CPU), the ratio to the official code, the
+share of the device's bf16 matrix peak that the rate reaches (from the model's FLOPs per image;
+GPU only, for the devices in ``PEAK_TFLOPS``) and the peak memory of the forward (GPU). Then one
+image through the full ADE20K +ms and NYU DPT models, windows one at a time against batched.
+
+Settings on a GPU: the peers run under bf16 autocast with float32 weights, as users run them; "ours
+bf16" has bf16 weights; "ours compiled" adds ``torch.compile`` of the blocks. On a CPU everything is
+float32 (bf16 would run 3-4x slower without native support). A peer that is not installed is
+reported as such: timm is not a dependency here; the official code is ``dinov2==0.0.1.dev2``
+(the test oracle), which without xFormers uses its own attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: Dense bf16 matrix throughput (TFLOP/s) of the devices named, from the vendors' data sheets.
+PEAK_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0,
+               "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+ARCHS = {"vits14": ("vit_small", dict(embed_dim=384, depth=12, num_heads=6)),
+         "vitb14": ("vit_base", dict(embed_dim=768, depth=12, num_heads=12)),
+         "vitl14": ("vit_large", dict(embed_dim=1024, depth=24, num_heads=16)),
+         "vitg14": ("vit_giant2", dict(embed_dim=1536, depth=40, num_heads=24))}
+TIMM_NAMES = {"vits14": "vit_small_patch14_dinov2", "vitb14": "vit_base_patch14_dinov2",
+              "vitl14": "vit_large_patch14_dinov2", "vitg14": "vit_giant_patch14_dinov2"}
+
+
+def flops_per_image(model: nn.Module, size: int) -> float:
+    """Multiply-adds x 2 of one forward at ``size`` x ``size``: every linear layer of the blocks on
+    every token, the attention products (2 N^2 D a block) and the patch embedding."""
+    n = 1 + model.num_register_tokens + (size // model.patch_size) ** 2
+    linear = sum(m.in_features * m.out_features for m in model.blocks.modules() if isinstance(m, nn.Linear))
+    attention = len(model.blocks) * 2 * n * n * model.embed_dim
+    embed = (n - 1) * model.embed_dim * 3 * model.patch_size ** 2
+    return 2.0 * (n * linear + attention + embed)
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None)
+
+
+class Timer:
+    """Median seconds of ``fn()`` over ``repeats`` after ``warmup`` calls (CUDA events on a GPU)."""
+
+    def __init__(self, device: torch.device, repeats: int, warmup: int = 2):
+        self.device, self.repeats, self.warmup = device, repeats, warmup
+
+    def __call__(self, fn) -> float:
+        for _ in range(self.warmup):
+            fn()
+        seen = []
+        for _ in range(self.repeats):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                seen.append(start.elapsed_time(end) / 1000)
+            else:
+                t = time.perf_counter()
+                fn()
+                seen.append(time.perf_counter() - t)
+        return statistics.median(seen)
+
+
+def build_peers(arch: str, device: torch.device, with_compile: bool) -> dict[str, tuple[nn.Module, object]]:
+    """name -> (model, forward(model, x)) for every implementation that is installed; a missing one
+    maps to (None, reason)."""
+    from dinov2_dense import load_backbone
+    from dinov2_dense.models.speed import compile_blocks
+
+    gpu = device.type == "cuda"
+    peers: dict = {}
+    ours = load_backbone(f"dinov2_{arch}", weights=None, device=device)
+    last = [len(ours.blocks) - 1]
+    ours_fwd = lambda m, x: m.intermediate_maps(x, last)[0][0]  # noqa: E731
+    peers["ours"] = (ours, ours_fwd)
+    if gpu:
+        half = load_backbone(f"dinov2_{arch}", weights=None, device=device, dtype="bf16")
+        peers["ours bf16"] = (half, lambda m, x: m.intermediate_maps(x.to(torch.bfloat16), last)[0][0])
+    if with_compile:
+        fast = load_backbone(f"dinov2_{arch}", weights=None, device=device, dtype="bf16" if gpu else None)
+        if compile_blocks(fast):
+            cast = torch.bfloat16 if gpu else torch.float32
+            peers["ours compiled"] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0])
+        else:
+            peers["ours compiled"] = (None, "no compiler (see the warning)")
+    factory, kw = ARCHS[arch]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from dinov2.models import vision_transformer as official
+
+        extra = dict(ffn_layer="swiglufused") if arch == "vitg14" else {}
+        model = getattr(official, factory)(patch_size=14, img_size=518, init_values=1.0, block_chunks=0, **extra)
+        peers["official"] = (model.to(device).eval(), lambda m, x: m.forward_features(x)["x_norm_patchtokens"])
+    except ImportError as exc:
+        peers["official"] = (None, f"not installed ({exc.name}): pip install --no-deps dinov2==0.0.1.dev2")
+    try:
+        import timm
+
+        model = timm.create_model(TIMM_NAMES[arch], pretrained=False, img_size=518, dynamic_img_size=True)
+        peers["timm"] = (model.to(device).eval(), lambda m, x: m.forward_features(x))
+    except ImportError:
+        peers["timm"] = (None, "not installed")
+    try:
+        import transformers
+
+        cfg = transformers.Dinov2Config(hidden_size=kw["embed_dim"], num_hidden_layers=kw["depth"],
+                                        num_attention_heads=kw["num_heads"], patch_size=14, image_size=518,
+                                        use_swiglu_ffn=arch == "vitg14")
+        cfg._attn_implementation = "sdpa"
+        model = transformers.Dinov2Model(cfg)
+        peers["transformers"] = (model.to(device).eval(), lambda m, x: m(pixel_values=x).last_hidden_state)
+    except ImportError:
+        peers["transformers"] = (None, "not installed")
+    return peers
+
+
+def backbones(args, device: torch.device, timer: Timer) -> None:
+    gpu = device.type == "cuda"
+    peak = peak_tflops(device)
+    for arch in args.archs:
+        peers = build_peers(arch, device, not args.skip_compile)
+        flops = {}
+        for config in args.configs:
+            size, batch = (int(v) for v in config.split("x"))
+            flops[size] = flops_per_image(peers["ours"][0], size)
+            x = torch.randn(batch, 3, size, size, device=device)
+            rates: dict[str, float] = {}
+            memory: dict[str, float] = {}
+            print(f"{arch} {size}x{size} batch {batch} ({flops[size] / 1e9:.0f} GFLOP an image):", flush=True)
+            for name, (model, fwd) in peers.items():
+                if model is None:
+                    print(f"  {name:15s} {fwd}")
+                    continue
+                half_weights = name in ("ours bf16", "ours compiled")  # the others run under bf16 autocast on a GPU
+                autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not half_weights else nullcontext()
+                if gpu:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                with torch.inference_mode(), autocast:
+                    seconds = timer(lambda: fwd(model, x))
+                rates[name] = batch / seconds
+                line = f"  {name:15s} {rates[name]:9.1f} images/s"
+                if peak:
+                    line += f"  {100 * rates[name] * flops[size] / (peak * 1e12):5.1f}% of bf16 peak"
+                if gpu:
+                    memory[name] = torch.cuda.max_memory_allocated(device) / 2**30
+                    line += f"  peak memory {memory[name]:.2f} GiB"
+                print(line, flush=True)
+            base = rates.get("official")
+            if base:
+                print("  vs official: " + ", ".join(f"{k} {v / base:.2f}x" for k, v in rates.items() if k != "official"))
+        del peers
+        if gpu:
+            torch.cuda.empty_cache()
+
+
+def full_models(args, device: torch.device, timer: Timer) -> None:
+    from dinov2_dense.zoo import build_model
+
+    gpu = device.type == "cuda"
+    half_size = not gpu and not args.full_size  # a CPU runs the +ms views of a full image for minutes
+    sizes = ((256, 342), (240, 320)) if half_size else ((512, 683), (480, 640))
+    for name, hw in zip((f"dinov2_{args.full_arch}_ade20k_ms", f"dinov2_{args.full_arch}_nyu_dpt"), sizes):
+        torch.manual_seed(0)
+        model = build_model(name).to(device).eval()
+        x = torch.randn(1, 3, *hw, device=device)
+        results, times = {}, {}
+        for label, crops, half in (("one crop at a time", 1, False), ("batched crops", args.crop_batch_size, False),
+                                   ("batched, bf16 weights", args.crop_batch_size, True)):
+            if half and not gpu:
+                continue
+            if half:
+                model.backbone.to(torch.bfloat16)
+            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not half else nullcontext()
+            with torch.inference_mode(), ctx:
+                times[label] = timer(lambda: model.predict(x, crop_batch_size=crops))
+                results[label] = model.predict(x, crop_batch_size=crops).float()
+            print(f"{name} {hw[0]}x{hw[1]}: {label:22s} {times[label]:.3f} s an image", flush=True)
+        first = "one crop at a time"
+        for label in list(times)[1:]:
+            diff = (results[label] - results[first]).abs().max().item()
+            print(f"  {label}: {times[first] / times[label]:.2f}x faster, largest difference {diff:.2e}")
+        del model
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    ap.add_argument("--archs", nargs="+", choices=list(ARCHS), default=None,
+                    help="default: vits14 vitl14 vitg14 on a GPU, vits14 on a CPU")
+    ap.add_argument("--configs", nargs="+", default=None, help="SIZExBATCH (default: 518x64 518x32 518x16 by arch "
+                                                               "on a GPU, and 224 at 4x that; 224x4 518x1 on a CPU)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on a GPU, 3 on a CPU)")
+    ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--skip-full", action="store_true", help="skip the +ms and DPT full models")
+    ap.add_argument("--full-arch", default=None, help="backbone of the full models (default vitl14 on a GPU, vits14 on a CPU)")
+    ap.add_argument("--crop-batch-size", type=int, default=16)
+    ap.add_argument("--full-size", action="store_true", help="on a CPU, the full models at 512x683 and 480x640 too "
+                                                             "(default there: half that)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    timer = Timer(device, args.repeats or (10 if gpu else 3), warmup=3 if gpu else 1)
+    where = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {where}; bf16 peak {peak_tflops(device) or 'unknown'} TFLOP/s", flush=True)
+    if gpu and args.configs is None and args.archs is None:
+        for arch, batch in (("vits14", 64), ("vitl14", 32), ("vitg14", 16)):
+            backbones(argparse.Namespace(**{**vars(args), "archs": [arch], "configs": [f"518x{batch}", f"224x{4 * batch}"]}),
+                      device, timer)
+    else:
+        args.archs = args.archs or (["vitl14"] if gpu else ["vits14"])
+        args.configs = args.configs or (["518x32", "224x128"] if gpu else ["224x4", "518x1"])
+        backbones(args, device, timer)
+    if not args.skip_full:
+        args.full_arch = args.full_arch or ("vitl14" if gpu else "vits14")
+        full_models(args, device, timer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

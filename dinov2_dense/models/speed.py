@@ -1,0 +1,92 @@
+"""The inference fast path of a backbone, chosen by the user: the attention kernel and
+``torch.compile`` of the blocks (weights in bf16/fp16 are ``load_backbone(dtype=...)``).
+
+* :func:`set_attention`: the kernels ``scaled_dot_product_attention`` may use, in order of
+  preference: ``"auto"`` (torch's own choice, the default), ``"flash"``, ``"efficient"``
+  (memory-efficient), ``"cudnn"`` or ``"math"``. A kernel that cannot run the inputs falls back to
+  the next one that can (math last), so a choice never fails on a device that lacks it.
+* :func:`compile_blocks`: ``torch.compile`` of each transformer block in place (state-dict keys
+  unchanged). Mode ``"default"`` or ``"max-autotune"`` mark shapes dynamic, so a new image size
+  or batch does not compile again; ``"reduce-overhead"`` records CUDA graphs, one per input shape
+  (best for a fixed size on a GPU). Where no compiler is present (no C++ compiler for CPUs, no
+  Triton for GPUs) or compiling fails, the blocks stay as they are and a warning says why.
+
+Both keep the numerics within float tolerance of the plain path (the compiler may reorder
+floating-point sums); both are off by default.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend
+
+from ..options import ATTENTION_KERNEL_NAMES, COMPILE_MODES
+from .layers import Attention
+
+__all__ = ["ATTENTION_KERNELS", "COMPILE_MODES", "compile_blocks", "compiler_missing", "set_attention"]
+
+ATTENTION_KERNELS = dict(zip(ATTENTION_KERNEL_NAMES, (None, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                        SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)))
+
+
+def set_attention(model: nn.Module, kernel: str = "auto") -> nn.Module:
+    """Prefer ``kernel`` (see the module docstring) in every attention layer of ``model``; the
+    other kernels follow in torch's order, so inputs it cannot take still run. Returns ``model``."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention={kernel!r}: expected one of {', '.join(ATTENTION_KERNELS)}")
+    first = ATTENTION_KERNELS[kernel]
+    order = None if first is None else [first] + [b for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                                            SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+                                                  if b != first]
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.sdpa_backends = order
+    return model
+
+
+def compiler_missing(device: torch.device | str) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here, or None when it can."""
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed (pip install triton)"
+    if kind == "cpu":
+        return None if any(shutil.which(c) for c in ("c++", "g++", "clang++")) else "no C++ compiler found (c++, g++, clang++)"
+    return f"compiling for {kind} devices is not supported here"
+
+
+def compile_blocks(model: nn.Module, mode: str = "default", *, check: bool = True) -> bool:
+    """``torch.compile`` each block of ``model`` (a DinoVisionTransformer) in place; see the module
+    docstring. ``check``: run a small forward now, so a compiler failure shows here (and falls back)
+    rather than in the first real call. Returns whether the blocks are compiled."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+    param = next(model.parameters())
+    why = compiler_missing(param.device)
+    if why is not None:
+        warnings.warn(f"torch.compile asked for, but {why}: the backbone runs uncompiled", stacklevel=2)
+        return False
+    blocks = list(model.blocks)
+    for block in blocks:
+        block.compile(mode=None if mode == "default" else mode, dynamic=mode != "reduce-overhead")
+    if not check:
+        return True
+    p = model.patch_size
+    try:
+        with torch.no_grad():
+            model.intermediate_maps(torch.zeros(2, 3, 3 * p, 4 * p, device=param.device, dtype=param.dtype), None)
+    except Exception as exc:  # a compiler error of any kind: fall back to the plain blocks
+        for block in blocks:
+            block._compiled_call_impl = None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(f"torch.compile failed ({type(exc).__name__}: {first[:200]}): the backbone runs uncompiled",
+                      stacklevel=2)
+        return False
+    return True

@@ -1,0 +1,165 @@
+"""The inference fast path: attention kernels, torch.compile of the blocks (with its fallback),
+half-precision backbones under the heads, and decoding in DataLoader workers. Each is checked
+against the plain path; none may change a result beyond float (or bf16) tolerance."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dinov2_dense import load_backbone
+from dinov2_dense.cli import main
+from dinov2_dense.features import extract_features, map_in_workers
+from dinov2_dense.models import speed
+from dinov2_dense.viz import pca_maps
+from heads.predictor import DensePredictor
+
+from .conftest import tiny_vit
+from .test_predictor import ConvSegHead
+
+
+def _maps(model, x, layers=None):
+    with torch.no_grad():
+        return model.intermediate_maps(x, layers)[0][-1]
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kernel", ["math", "flash", "efficient", "cudnn"])
+def test_every_attention_kernel_gives_the_plain_result(kernel, x):
+    model = tiny_vit()
+    ref = _maps(model, x)
+    speed.set_attention(model, kernel)
+    assert all(m.sdpa_backends[0] == speed.ATTENTION_KERNELS[kernel] for m in model.modules()
+               if isinstance(m, speed.Attention))
+    torch.testing.assert_close(_maps(model, x), ref, atol=1e-5, rtol=1e-4)  # kernels missing here fall back
+    speed.set_attention(model, "auto")
+    assert all(m.sdpa_backends is None for m in model.modules() if isinstance(m, speed.Attention))
+    with pytest.raises(ValueError, match="attention='fast'"):
+        speed.set_attention(model, "fast")
+
+
+def test_compiled_blocks_equal_the_plain_ones_and_new_sizes_do_not_recompile(x):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    plain = tiny_vit(depth=2)
+    model = tiny_vit(depth=2)
+    model.load_state_dict(plain.state_dict())
+    assert speed.compile_blocks(model) is True
+    assert list(model.state_dict()) == list(plain.state_dict())  # in place: the keys are unchanged
+    graphs = counters["stats"]["unique_graphs"]
+    for shape in [(2, 3, 42, 56), (3, 3, 70, 28), (2, 3, 98, 84)]:  # other batches and image sizes
+        y = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(_maps(model, y, [0, 1]), _maps(plain, y, [0, 1]), atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == graphs  # the check's graph serves every size
+    torch._dynamo.reset()
+
+
+def test_compile_falls_back_with_a_warning_when_no_compiler_or_compiling_fails(x, monkeypatch):
+    model = tiny_vit(depth=2)
+    ref = _maps(model, x)
+    monkeypatch.setattr(speed, "compiler_missing", lambda device: "no C++ compiler found (c++, g++, clang++)")
+    with pytest.warns(UserWarning, match="no C.. compiler found.*runs uncompiled"):
+        assert speed.compile_blocks(model) is False
+    assert all(b._compiled_call_impl is None for b in model.blocks)
+    monkeypatch.undo()
+
+    def broken(self, **kwargs):  # a compiler that fails at the first call, as a broken toolchain does
+        def fail(*a, **k):
+            raise RuntimeError("inductor: C++ compile error\nlong log")
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: inductor: C\+\+ compile error\)"):
+        assert speed.compile_blocks(model) is False
+    torch.testing.assert_close(_maps(model, x), ref)  # the plain blocks run again
+    with pytest.raises(ValueError, match="compile mode 'fastest'"):
+        speed.compile_blocks(model, "fastest")
+
+
+def test_load_backbone_takes_the_fast_path_options(tmp_path, monkeypatch, x):
+    model = tiny_vit()
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "backbone.json").write_text(json.dumps(model.arch_kwargs()))
+    calls = []
+    monkeypatch.setattr(speed, "compile_blocks", lambda m, mode: calls.append(mode) or True)
+    loaded = load_backbone(None, tmp_path / "backbone.pth", attention="math", compile="max-autotune")
+    assert calls == ["max-autotune"]
+    assert loaded.blocks[0].attn.sdpa_backends[0] == torch.nn.attention.SDPBackend.MATH
+    torch.testing.assert_close(_maps(loaded, x), _maps(model, x))
+    load_backbone(None, tmp_path / "backbone.pth", compile=True)
+    assert calls == ["max-autotune", "default"]
+
+
+def test_predictor_runs_a_bfloat16_backbone_with_a_float32_head():
+    torch.manual_seed(0)
+    ref = DensePredictor(tiny_vit(), ConvSegHead(), task="segmentation", layers=[1, 2]).eval()
+    low = DensePredictor(tiny_vit().to(torch.bfloat16), ConvSegHead(), task="segmentation", layers=[1, 2]).eval()
+    low.decode_head.load_state_dict(ref.decode_head.state_dict())
+    low.backbone.load_state_dict(ref.backbone.state_dict())
+    image = torch.randn(1, 3, 50, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = ref.predict(image)
+        b = low.predict(image)
+    assert b.dtype == torch.float32 and low.decode_head.conv_seg.weight.dtype == torch.float32
+    assert (a - b).norm() / a.norm() < 0.05
+    assert not torch.equal(a, b)  # bf16 really ran
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(40, 50), (40, 50), (30, 44), (40, 50), (30, 44)]):
+        paths.append(str(root / f"{i}.png"))
+        cv2.imwrite(paths[-1], rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    return paths
+
+
+def test_features_and_pca_decoded_in_workers_equal_in_process(image_files):
+    model = tiny_vit()
+    plain = extract_features(model, image_files, layers=[1, 2], batch_size=2, size=36)
+    workers = extract_features(model, image_files, layers=[1, 2], batch_size=2, size=36, num_workers=2)
+    for a, b in zip(plain, workers):
+        assert a.source == b.source and a.image_size == b.image_size
+        for layer in (1, 2):
+            torch.testing.assert_close(a.maps[layer], b.maps[layer])
+    maps_plain = pca_maps(model, image_files, batch_size=2)
+    maps_workers = pca_maps(model, image_files, batch_size=2, num_workers=2)
+    for a, b in zip(maps_plain, maps_workers):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-5)
+    with pytest.raises(ValueError, match="num_workers=-1"):
+        extract_features(model, image_files, num_workers=-1)
+
+
+def test_a_worker_error_is_raised_as_it_is(tmp_path, image_files):
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(open(image_files[0], "rb").read()[:60])  # a valid header, then nothing
+    with pytest.raises((ValueError, OSError)) as plain:
+        extract_features(tiny_vit(), image_files + [str(bad)], batch_size=2)
+    with pytest.raises(type(plain.value)) as worker:
+        extract_features(tiny_vit(), image_files + [str(bad)], batch_size=2, num_workers=2)
+    assert str(worker.value) == str(plain.value) and "Traceback" not in str(worker.value)
+    assert str(bad) in str(worker.value)
+    assert list(map_in_workers(abs, [-3, 2, -1], num_workers=2)) == [3, 2, 1]  # in order
+
+
+def test_cli_fast_path_options_give_the_plain_features(tmp_path, image_files):
+    model = tiny_vit()
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "backbone.json").write_text(json.dumps(model.arch_kwargs()))
+    common = ["features", *image_files[:2], "--weights", str(tmp_path / "backbone.pth"), "--batch-size", "1"]
+    assert main([*common, "--out", str(tmp_path / "plain.npy"), "--num-workers", "0"]) == 0
+    assert main([*common, "--out", str(tmp_path / "fast.npy"), "--num-workers", "2", "--attention", "math"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "fast.npy"), np.load(tmp_path / "plain.npy"), atol=1e-5)
+    with pytest.raises(SystemExit) as exit_:
+        main([*common, "--out", str(tmp_path / "x.npy"), "--attention", "fastest"])
+    assert exit_.value.code == 2 and not (tmp_path / "x.npy").exists()
