@@ -189,6 +189,8 @@ def full_models(args, device: torch.device, timer: Timer) -> None:
     for name, hw in zip((f"dinov2_{args.full_arch}_ade20k_ms", f"dinov2_{args.full_arch}_nyu_dpt"), sizes):
         torch.manual_seed(0)
         model = build_model(name).to(device).eval()
+        if half_size and "scale" in model.test_cfg:  # views at half the official sizes too (the rule rescales to them)
+            model.test_cfg = {**model.test_cfg, "scale": tuple(v // 2 for v in model.test_cfg["scale"])}
         x = torch.randn(1, 3, *hw, device=device)
         results, times = {}, {}
         for label, crops, half in (("one crop at a time", 1, False), ("batched crops", args.crop_batch_size, False),
@@ -201,7 +203,8 @@ def full_models(args, device: torch.device, timer: Timer) -> None:
             with torch.inference_mode(), ctx:
                 times[label] = timer(lambda: model.predict(x, crop_batch_size=crops))
                 results[label] = model.predict(x, crop_batch_size=crops).float()
-            print(f"{name} {hw[0]}x{hw[1]}: {label:22s} {times[label]:.3f} s an image", flush=True)
+            print(f"{name} {hw[0]}x{hw[1]} (test {model.test_cfg}): {label:22s} {times[label]:.3f} s an image",
+                  flush=True)
         first = "one crop at a time"
         for label in list(times)[1:]:
             diff = (results[label] - results[first]).abs().max().item()
@@ -219,10 +222,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on a GPU, 3 on a CPU)")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--skip-full", action="store_true", help="skip the +ms and DPT full models")
+    ap.add_argument("--skip-backbones", action="store_true", help="only the full models")
     ap.add_argument("--full-arch", default=None, help="backbone of the full models (default vitl14 on a GPU, vits14 on a CPU)")
     ap.add_argument("--crop-batch-size", type=int, default=16)
-    ap.add_argument("--full-size", action="store_true", help="on a CPU, the full models at 512x683 and 480x640 too "
-                                                             "(default there: half that)")
+    ap.add_argument("--full-size", action="store_true", help="on a CPU, the full models at 512x683 and 480x640 with "
+                                                             "the official view sizes too (default there: half)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -232,7 +236,9 @@ def main() -> int:
     timer = Timer(device, args.repeats or (10 if gpu else 3), warmup=3 if gpu else 1)
     where = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {where}; bf16 peak {peak_tflops(device) or 'unknown'} TFLOP/s", flush=True)
-    if gpu and args.configs is None and args.archs is None:
+    if args.skip_backbones:
+        pass
+    elif gpu and args.configs is None and args.archs is None:
         for arch, batch in (("vits14", 64), ("vitl14", 32), ("vitg14", 16)):
             backbones(argparse.Namespace(**{**vars(args), "archs": [arch], "configs": [f"518x{batch}", f"224x{4 * batch}"]}),
                       device, timer)
