@@ -229,6 +229,25 @@ def test_dpt_default_width_small_grid():
         assert head(dpt_pairs(48, 5, 7)).shape == (1, 1, 96, 128)
 
 
+def test_dpt_depth_head_is_never_dead_at_init():
+    """A fresh depth head must pass gradient: with PyTorch's default init, half of the seeds gave a
+    negative output at every pixel (ReLU: constant min_depth, zero gradient, a head that never trains)."""
+    from .conftest import tiny_vit
+
+    backbone = tiny_vit(depth=4, dim=64)
+    with torch.no_grad():
+        maps, cls, _ = backbone.intermediate_maps(torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0)),
+                                                  [0, 1, 2, 3], norm=False)
+    pairs = list(zip(maps, cls))
+    for seed in range(12):
+        torch.manual_seed(seed)
+        head = DPTHead(64, post_process_channels=[8, 16, 32, 64], max_depth=10.0)
+        depth = head(pairs)
+        assert (depth > head.min_depth).float().mean() > 0.5, seed
+        depth.mean().backward()
+        assert head.convs[0].conv.weight.grad.abs().sum() > 0, seed
+
+
 def reference_dpt_depth(sd, pairs, min_depth):
     """A functional DPT forward written from the official module's description (incl. its
     in-place ReLUs after cloning the residual input)."""
