@@ -387,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_commands(sub)
     _add_knn_command(sub)
     _add_curate_command(sub)
+    _add_demo_command(sub)
     for command in sub.choices.values():  # --debug also after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the traceback of an error")
@@ -556,6 +557,41 @@ def _cmd_curate(args: argparse.Namespace) -> int:
               f" -> {summary['top_cluster_entropy_selected']:.3f}; {Path(args.out) / 'selected.txt'}, report "
               f"{Path(args.out) / 'report.html'}")
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import DemoSettings, run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra = {k: v for k, v in (("appearance", args.scenes),) if v is not None}
+    settings = DemoSettings.quick(**extra) if args.quick else DemoSettings(**extra)
+    if args.weights == "random":
+        raise ValueError("--weights random: the demo compares a backbone with random init; give real weights")
+    model = _model_name(args)
+    report = run_demo(args.work_dir, model, _weights_arg(args.weights), settings=settings, label=args.model,
+                      overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"report: {report} (also {report.with_suffix('.md')} and {report.with_suffix('.json')})")
+    return 0
+
+
+def _add_demo_command(sub) -> None:
+    demo = sub.add_parser("demo", help="the toolkit end to end on synthetic scenes: heads on a frozen backbone "
+                                       "against random init, metrics, PCA maps, an HTML report")
+    demo.add_argument("--work-dir", default="work_dirs/demo", help="where scenes, caches, predictions and the "
+                                                                   "report go (a rerun continues; default work_dirs/demo)")
+    demo.add_argument("--model", default=None, help="zoo name or architecture JSON (default: dinov2_vits14, or the "
+                                                    "backbone.json beside a --weights file)")
+    demo.add_argument("--weights", default="official", help="'official' (find or download), a file or a URL")
+    demo.add_argument("--quick", action="store_true", help="smaller scenes, fewer of them, shorter training")
+    demo.add_argument("--scenes", choices=["colour", "texture"], default=None,
+                      help="scene appearance: classes shown by colour and texture (default) or by texture only")
+    demo.add_argument("--overwrite", action="store_true", help="start afresh in a work dir with another demo")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--threads", type=int_range(0, MAX_THREADS), default=0, help=_THREADS_HELP)
+    demo.set_defaults(func=_cmd_demo)
 
 
 def _add_curate_command(sub) -> None:

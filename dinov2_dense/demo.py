@@ -1,0 +1,302 @@
+"""``dinov2-dense demo``: the toolkit end to end on one machine, with nothing to download.
+
+1. synthetic scenes (ADE20K and NYU layouts of the same scenes, train and validation);
+2. a backbone (the named one) and the same architecture at random init;
+3. on each frozen backbone, a linear segmentation head and a DPT depth head trained from a feature
+   cache (the backbone runs once per image), then evaluated on the validation scenes (mIoU and
+   per-class IoU; abs_rel, rmse, d1); predictions are saved as files;
+4. PCA maps of the scikit-image samples and of validation scenes, with the IoU of the foreground
+   of the first component against each scene's largest object;
+5. a report: ``report.html`` (self-contained: figures inlined), ``report.md`` and ``report.json``.
+
+Each step's outputs are written whole (staged, then renamed) and the step is then recorded in
+``demo.json``: Ctrl-C leaves no half-written file, and a rerun goes on from the first unfinished
+step. A rerun with other settings refuses to mix them (``--overwrite`` starts afresh).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fileio import staged_dir, write_json, write_text
+
+__all__ = ["DemoSettings", "run_demo"]
+
+SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
+TASKS = ("segmentation", "depth")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Scene counts and size, head training epochs, and the scenes' appearance (see SceneConfig)."""
+
+    size: int = 224
+    train: int = 240
+    val: int = 48
+    epochs: int = 12
+    appearance: str = "colour"
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **kw) -> "DemoSettings":
+        return cls(**{"size": 112, "train": 64, "val": 16, "epochs": 6, **kw})
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _State:
+    """``demo.json``: the settings and the results of every finished step."""
+
+    def __init__(self, work_dir: Path, settings: dict, overwrite: bool):
+        self.path = work_dir / "demo.json"
+        self.data = {"settings": settings, "steps": {}}
+        if self.path.is_file():
+            old = json.loads(self.path.read_text())
+            if old.get("settings") != settings and not overwrite:
+                raise ValueError(f"{work_dir}: a demo with other settings is there ({self.path}); pass --overwrite to "
+                                 "start afresh, or another --work-dir")
+            if old.get("settings") == settings and not overwrite:
+                self.data = old
+
+    def done(self, step: str):
+        return self.data["steps"].get(step)
+
+    def record(self, step: str, result) -> None:
+        self.data["steps"][step] = result
+        write_json(self.path, self.data)
+
+
+def _scenes(root: Path, s: DemoSettings) -> None:
+    from .data.synthetic import SceneConfig, write_ade20k_layout, write_nyu_layout
+
+    cfg = SceneConfig(size=(s.size, s.size), appearance=s.appearance)
+    with staged_dir(root, overwrite=True) as tmp:
+        write_ade20k_layout(tmp / "ade", s.train, s.val, config=cfg, seed=s.seed)
+        write_nyu_layout(tmp / "nyu", s.train, s.val, config=cfg, seed=s.seed)
+
+
+def _predictor(backbone, task: str, num_classes: int, seed: int):
+    from heads import DensePredictor, DPTHead, LinearHead
+
+    torch.manual_seed(seed)
+    d, depth = backbone.embed_dim, len(backbone.blocks)
+    if task == "segmentation":
+        return DensePredictor(backbone, LinearHead([d], num_classes, sync_bn=False), task=task, layers=[depth - 1])
+    layers = sorted({max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
+    layers = layers if len(layers) == 4 else list(range(depth - 4, depth))
+    head = DPTHead(d, post_process_channels=[max(1, d // 8), max(1, d // 4), max(1, d // 2), d], max_depth=10.0)
+    return DensePredictor(backbone, head, task=task, layers=layers, norm=False, class_token=True)
+
+
+def _datasets(root: Path, task: str):
+    from .data import ADE20KDataset, NYUDepthDataset
+
+    if task == "segmentation":
+        return ADE20KDataset(root / "ade", "training"), ADE20KDataset(root / "ade", "validation")
+    return NYUDepthDataset(root / "nyu", "nyu_train.txt"), NYUDepthDataset(root / "nyu", "nyu_test.txt")
+
+
+def _heads_step(work: Path, label: str, backbone, task: str, s: DemoSettings, progress: bool) -> dict:
+    """Train one head from a feature cache, predict the validation scenes into files, score them."""
+    from heads import CrossEntropyLoss, GradientLoss, SigLoss
+
+    from .engine.feature_cache import FeatureCache, train_head
+
+    predictor = _predictor(backbone, task, 5, s.seed)
+    train, val = _datasets(work / "scenes", task)
+    cache_dir = work / "cache" / f"{label}_{task}"
+    cache = FeatureCache(cache_dir) if (cache_dir / "meta.json").is_file() else \
+        FeatureCache.build(predictor, train, cache_dir, progress=progress)
+    losses = [CrossEntropyLoss()] if task == "segmentation" else [SigLoss(), GradientLoss(loss_weight=0.5)]
+    t = time.time()
+    history = train_head(predictor, cache, losses, epochs=s.epochs, batch_size=8, lr=1e-3, seed=s.seed,
+                         progress=progress)
+    predictor.eval()
+    out = work / "predictions" / f"{label}_{task}"
+    with staged_dir(out, overwrite=True) as tmp, torch.no_grad():
+        for i in range(len(val)):
+            sample = val[i]
+            pred = predictor.predict(sample["image"][None])
+            name = f"{i:05d}"  # NYU-layout stems repeat across scene folders
+            if task == "segmentation":
+                _write_png(tmp / f"{name}.png", pred.argmax(1)[0].numpy().astype(np.uint8))
+            else:
+                _write_png(tmp / f"{name}.png", np.round(pred[0, 0].numpy() * 1000).astype(np.uint16))
+        torch.save(predictor.decode_head.state_dict(), tmp / "head.pth")
+    return {"metrics": score_predictions(out, work / "scenes", task), "final_loss": float(np.mean(history[-10:])),
+            "train_seconds": round(time.time() - t, 1)}
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"{path}: could not be written")
+
+
+def score_predictions(pred_dir: str | Path, scenes: str | Path, task: str) -> dict:
+    """The metrics of a folder of saved predictions against the scenes' ground truth: the numbers
+    the report shows, recomputed from the files (segmentation: aAcc, mIoU, per-class IoU; depth:
+    the averaged depth metrics)."""
+    import cv2
+
+    from .evaluation import segmentation_metrics
+    from .evaluation.depth import average_depth_metrics, depth_metrics
+
+    _, val = _datasets(Path(scenes), task)
+    preds, gts, per_image = [], [], []
+    for i in range(len(val)):
+        sample = val[i]
+        raw = cv2.imread(str(Path(pred_dir) / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise FileNotFoundError(f"{pred_dir}: no prediction for {sample['meta']['path']}")
+        if task == "segmentation":
+            preds.append(raw.astype(np.int64))
+            gts.append(sample["seg"].numpy())
+        else:
+            per_image.append(depth_metrics(raw.astype(np.float32) / 1000, sample["depth"].numpy().squeeze(),
+                                           max_depth=10.0))
+    if task == "segmentation":
+        m = segmentation_metrics(preds, gts, 5)
+        return {"mIoU": float(m["mIoU"]), "aAcc": float(m["aAcc"]), "IoU": [float(v) for v in m["IoU"]]}
+    m = average_depth_metrics(per_image)
+    return {k: float(m[k]) for k in ("abs_rel", "rmse", "d1")}
+
+
+def _pca_step(work: Path, backbones: dict, s: DemoSettings) -> dict:
+    """PCA figures (scikit-image samples and scenes) per backbone, and the foreground IoU of the
+    first component against each scene's largest object."""
+    from .data import ADE20KDataset
+    from .viz import pca_maps, save_figure
+
+    val = ADE20KDataset(work / "scenes" / "ade", "validation")
+    n = min(6, len(val))
+    scene_files = [str(val[i]["meta"]["path"]) for i in range(n)]
+    largest = []
+    for i in range(n):
+        seg = val[i]["seg"].numpy()
+        counts = np.bincount(seg[seg < 255].ravel(), minlength=5)
+        counts[0] = 0
+        largest.append(seg == counts.argmax())
+    result = {}
+    with staged_dir(work / "pca", overwrite=True) as tmp:
+        for label, backbone in backbones.items():
+            samples = pca_maps(backbone, [f"skimage:{name}" for name in SKIMAGE_SAMPLES], size=224, progress=False)
+            save_figure(samples, tmp / f"{label}_skimage.png", title=f"{label}: PCA of the scikit-image samples")
+            scenes = pca_maps(backbone, scene_files, size=s.size, progress=False)
+            save_figure(scenes, tmp / f"{label}_scenes.png", title=f"{label}: PCA of validation scenes")
+            ious = [float((m.mask & g).sum() / max(1, (m.mask | g).sum())) for m, g in zip(scenes, largest)]
+            result[label] = {"largest_object_iou": ious, "mean_largest_object_iou": float(np.mean(ious))}
+    return result
+
+
+def _report(work: Path, state: dict, model: str) -> Path:
+    s = state["settings"]
+    steps = state["steps"]
+    seg = {b: steps[f"{b}_segmentation"]["metrics"] for b in ("pretrained", "random")}
+    dep = {b: steps[f"{b}_depth"]["metrics"] for b in ("pretrained", "random")}
+    pca = steps["pca"]
+    from .data.synthetic import class_names
+
+    names = class_names(5)
+    rows_seg = [("mIoU", seg["pretrained"]["mIoU"], seg["random"]["mIoU"])] + [
+        (f"IoU {n}", seg["pretrained"]["IoU"][k], seg["random"]["IoU"][k]) for k, n in enumerate(names)]
+    rows_dep = [(k, dep["pretrained"][k], dep["random"][k]) for k in ("abs_rel", "rmse", "d1")]
+    rows_pca = [("first-component foreground vs largest object, IoU", pca["pretrained"]["mean_largest_object_iou"],
+                 pca["random"]["mean_largest_object_iou"])]
+    summary = {"model": model, "settings": s, "segmentation": seg, "depth": dep, "pca": pca}
+    write_json(work / "report.json", summary)
+    title = f"dinov2-dense demo: {model} against the same architecture at random init"
+    intro = (f"{s['train']} training and {s['val']} validation synthetic scenes of {s['size']}x{s['size']} pixels "
+             f"(appearance: {s['appearance']}); heads trained {s['epochs']} epochs on frozen features.")
+
+    def fmt(v):
+        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+
+    def md_table(header, rows):
+        lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+        lines += [f"| {r[0]} | {fmt(r[1])} | {fmt(r[2])} | {fmt(r[1] - r[2])} |" for r in rows]
+        return "\n".join(lines)
+
+    def html_table(header, rows):
+        head = "".join(f"<th>{h}</th>" for h in header)
+        body = "".join(f"<tr><td>{r[0]}</td><td>{fmt(r[1])}</td><td>{fmt(r[2])}</td><td>{fmt(r[1] - r[2])}</td></tr>"
+                       for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    header = ["", model, "random init", "difference"]
+    sections = [("Segmentation (linear head), percent", rows_seg), ("Depth (DPT head), metres", rows_dep),
+                ("PCA maps", rows_pca)]
+    figures = sorted((work / "pca").glob("*.png"))
+    md = [f"# {title}", "", intro, ""]
+    html = [f"<!doctype html><meta charset='utf-8'><title>{title}</title><style>body{{font-family:sans-serif;"
+            "max-width:1000px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+            f"img{{max-width:100%}}</style><h1>{title}</h1><p>{intro}</p>"]
+    for name, rows in sections:
+        md += [f"## {name}", "", md_table(header, rows), ""]
+        html.append(f"<h2>{name}</h2>{html_table(header, rows)}")
+    for fig in figures:
+        md += [f"![{fig.stem}](pca/{fig.name})", ""]
+        data = base64.b64encode(fig.read_bytes()).decode()
+        html.append(f"<h3>{fig.stem}</h3><img alt='{fig.stem}' src='data:image/png;base64,{data}'>")
+    write_text(work / "report.md", "\n".join(md))
+    path = work / "report.html"
+    write_text(path, "".join(html))
+    return path
+
+
+def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None = "official", *,
+             settings: DemoSettings | None = None, label: str | None = None, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Run (or continue) the demo in ``work_dir``; returns the path of ``report.html``."""
+    from .hub import architecture, load_backbone
+
+    s = settings or DemoSettings()
+    work = Path(work_dir)
+    if overwrite and work.is_dir() and (work / "demo.json").is_file():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    label = label or model or str(weights)
+    state = _State(work, {**asdict(s), "model": label}, overwrite)
+    total = 4 + 2 * len(TASKS)
+    step_no = 0
+
+    def announce(text: str) -> None:
+        nonlocal step_no
+        step_no += 1
+        _log(f"[{step_no}/{total}] {text}")
+
+    announce(f"synthetic scenes: {s.train} train + {s.val} val, {s.size}x{s.size}")
+    if not state.done("scenes"):
+        _scenes(work / "scenes", s)
+        state.record("scenes", {"train": s.train, "val": s.val})
+    announce(f"backbones: {label} and its architecture at random init")
+    pretrained = load_backbone(model, weights=weights)
+    torch.manual_seed(s.seed)
+    random = architecture(model, weights).eval()
+    backbones = {"pretrained": pretrained, "random": random}
+    for task in TASKS:
+        for name, backbone in backbones.items():
+            step = f"{name}_{task}"
+            announce(f"{task} head on the {name} backbone")
+            if not state.done(step):
+                state.record(step, _heads_step(work, name, backbone, task, s, progress))
+            m = state.done(step)["metrics"]
+            _log("    " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if not isinstance(v, list)))
+    announce("PCA maps")
+    if not state.done("pca"):
+        state.record("pca", _pca_step(work, backbones, s))
+    announce("report")
+    return _report(work, state.data, label)
