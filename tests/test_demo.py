@@ -25,7 +25,7 @@ def backbone_file(tmp_path_factory):
     return folder / "backbone.pth"
 
 
-TINY = DemoSettings(size=56, train=8, val=4, epochs=2)
+TINY = DemoSettings(size=56, train=8, val=4, seg_epochs=2, depth_epochs=2)
 
 
 def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_file, capsys):
@@ -37,7 +37,10 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
         assert summary["segmentation"][label] == seg
         depth = score_predictions(work / "predictions" / f"{label}_depth", work / "scenes", "depth")
         assert summary["depth"][label] == depth
-        assert 0 <= summary["pca"][label]["mean_largest_object_iou"] <= 1
+        pca = summary["pca"][label]
+        for key in ("largest_object_iou", "objects_iou"):
+            assert len(pca[key]) == 4 and all(0 <= v <= 1 for v in pca[key])
+            assert pca[f"mean_{key}"] == pytest.approx(np.mean(pca[key]))
     # the metric function itself, on the saved files, independently of score_predictions
     import cv2
 
@@ -61,7 +64,7 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert json.loads((work / "report.json").read_text()) == summary
     with pytest.raises(ValueError, match="other settings"):
-        run_demo(work, None, str(backbone_file), settings=DemoSettings(size=56, train=8, val=4, epochs=3),
+        run_demo(work, None, str(backbone_file), settings=DemoSettings(size=56, train=8, val=4, seg_epochs=3, depth_epochs=2),
                  progress=False)
 
 
