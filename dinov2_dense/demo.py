@@ -299,8 +299,9 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         state.record("scenes", {"train": s.train, "val": s.val})
     announce(f"backbones: {label} and its architecture at random init")
     pretrained = load_backbone(model, weights=weights)
-    torch.manual_seed(s.seed)
-    random = architecture(model, weights).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        random = architecture(model, weights).eval()
     backbones = {"pretrained": pretrained, "random": random}
     for task in TASKS:
         for name, backbone in backbones.items():

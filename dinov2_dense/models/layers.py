@@ -7,6 +7,7 @@ Attribute names are the state-dict keys of the official release
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -28,6 +29,8 @@ def _onednn_fusable(x: Tensor, weight: Tensor) -> bool:
 
 
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# sdpa_kernel takes the order of its list as a priority from torch 2.6 on; before, the list is a set
+_PRIORITY = {"set_priority": True} if "set_priority" in inspect.signature(sdpa_kernel).parameters else {}
 
 
 def linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
@@ -163,7 +166,7 @@ class Attention(nn.Module):
         if self.sdpa_backends is None:
             x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         else:
-            with sdpa_kernel(self.sdpa_backends, set_priority=True):
+            with sdpa_kernel(self.sdpa_backends, **_PRIORITY):
                 x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return x.transpose(1, 2).reshape(B, N, C)
 
