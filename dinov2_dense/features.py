@@ -545,8 +545,6 @@ def extract_features(
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 
-    if num_workers < 0:
-        raise ValueError(f"num_workers={num_workers}: must be >= 0")  # before any work
     results: list[DenseFeatures | None] = [None] * len(items)
     batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers)
     for chunk, (batch, image_hw) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
@@ -606,20 +604,22 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
         yield out
 
 
-def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size) -> tuple[Tensor, tuple[int, int]]:
-    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, torch.device("cpu"))
+def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size, device: torch.device
+                ) -> tuple[Tensor, tuple[int, int]]:
+    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, device)
 
 
 def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[list[int]], size,
                      device: torch.device, num_workers: int):
-    """(batch, image size) per chunk, in order: decoded here, or by ``num_workers`` DataLoader workers
-    (only for lists without tensors: a tensor is already decoded, and would be copied to each worker)."""
-    if num_workers == 0 or any(isinstance(x, Tensor) for x in items):
-        for chunk in chunks:
-            yield _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, device)
-        return
-    load = functools.partial(_load_chunk, items=items, names=names, sizes=sizes, size=size)
-    yield from map_in_workers(load, chunks, num_workers, pin_memory=device.type == "cuda")
+    """(batch, image size) per chunk, in order: decoded here (straight onto ``device``), or on the
+    CPU by ``num_workers`` DataLoader workers (only for lists without tensors: a tensor is already
+    decoded, and would be copied to each worker)."""
+    if any(isinstance(x, Tensor) for x in items):
+        num_workers = 0
+    here = num_workers == 0 or len(chunks) <= 1
+    load = functools.partial(_load_chunk, items=items, names=names, sizes=sizes, size=size,
+                             device=device if here else torch.device("cpu"))
+    return map_in_workers(load, chunks, num_workers, pin_memory=device.type == "cuda")
 
 
 def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device: torch.device

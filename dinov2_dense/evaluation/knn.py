@@ -413,12 +413,12 @@ def list_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     return paths, labels, class_names
 
 
-def _read_or_reason(path: str, hw: tuple[int, int]) -> tuple[Tensor | None, str]:
-    """(:func:`read_resized`, "") or (None, why it cannot be read)."""
+def try_read_resized(path: str, hw: tuple[int, int]) -> tuple[Tensor | None, str]:
+    """(:func:`read_resized`, "") or (None, why it cannot be read): unreadable images are listed, not fatal."""
     try:
         return read_resized(path, hw), ""
     except (OSError, ValueError) as exc:
-        return None, str(exc).removeprefix(f"{path}: ")
+        return None, str(exc).removeprefix(f"{path}: ").replace("\n", " ")  # one line per file in listings
 
 
 def read_resized(path: str, hw: tuple[int, int]) -> Tensor:
@@ -505,7 +505,7 @@ def folder_features(
         batch.clear()
 
     show = progress if progress is not None else len(paths) > batch_size
-    read = map_in_workers(functools.partial(_read_or_reason, hw=hw), paths, num_workers,
+    read = map_in_workers(functools.partial(try_read_resized, hw=hw), paths, num_workers,
                           pin_memory=device.type == "cuda")
     with torch.no_grad():
         for path, label, (x, reason) in tqdm(zip(paths, labels, read), total=len(paths),

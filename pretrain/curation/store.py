@@ -13,6 +13,7 @@ the row), and the next call with the same inputs, backbone and settings computes
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -179,7 +180,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import POOLINGS, pool_features
-    from dinov2_dense.features import extract_features
+    from dinov2_dense.features import extract_features, map_in_workers
 
     if pooling not in POOLINGS:
         raise CurationError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -224,9 +225,9 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     device = next(model.parameters()).device
     show = progress if progress is not None else len(todo) > batch_size
     reasons: dict[int, str] = {}
-    loader = torch.utils.data.DataLoader(
-        _Decoded(paths, todo, (size, size)), batch_size=batch_size, num_workers=num_workers, collate_fn=list,
-        pin_memory=device.type == "cuda", persistent_workers=False)
+    chunks = [todo[j : j + batch_size] for j in range(0, len(todo), batch_size)]
+    loader = map_in_workers(functools.partial(_read_rows, paths=paths, hw=(size, size)), chunks, num_workers,
+                            pin_memory=device.type == "cuda")
 
     model_was_training = model.training
     model.eval()
@@ -253,23 +254,11 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     return _finish(out, paths, rows, status, reasons, settings, chunk)
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """(row, image tensor or None, reason) of the rows to embed: decoded in DataLoader workers."""
+def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int]) -> list[tuple]:
+    """(row, image tensor or None, reason) of each row to embed (decoded in DataLoader workers)."""
+    from dinov2_dense.evaluation.knn import try_read_resized
 
-    def __init__(self, paths: list[str], rows: np.ndarray, hw: tuple[int, int]):
-        self.paths, self.rows, self.hw = paths, rows, hw
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        from dinov2_dense.evaluation.knn import read_resized
-
-        i = int(self.rows[k])
-        try:
-            return i, read_resized(self.paths[i], self.hw), ""
-        except (OSError, ValueError) as exc:
-            return i, None, str(exc).removeprefix(f"{self.paths[i]}: ").replace("\n", " ")
+    return [(int(i), *try_read_resized(paths[int(i)], hw)) for i in rows]
 
 
 def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
