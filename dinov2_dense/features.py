@@ -635,6 +635,10 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
     target = _target_size(*hw, size)
     batch = torch.empty(len(items), 3, *target, device=device)
     for k, (item, name) in enumerate(zip(items, names)):
+        if target != hw and not isinstance(item, Tensor) and device.type == "cpu":
+            x = load_resized(item, target, expect=hw, name=name)  # resized from 8/16-bit data: cheaper
+            batch[k] = x
+            continue
         x = item.to(device=device, dtype=torch.float32) if isinstance(item, Tensor) else _decoded_input(item)
         if tuple(x.shape[-2:]) != hw:
             raise ValueError(f"{name}: decoded to {x.shape[-1]}x{x.shape[-2]} pixels, but it was {hw[1]}x{hw[0]} when "
@@ -645,6 +649,30 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
             batch[k] = _resize(x.to(device).contiguous()[None], target)[0]
         del x
     return batch, hw
+
+
+def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, int] | None = None,
+                 name: str | None = None) -> Tensor:
+    """``source`` read upright, resized to ``hw`` (bilinear, antialiased) and ImageNet-normalised:
+    (3, H, W). 8- and 16-bit images are resized before they become [0, 1] floats and are
+    normalised (the resize is a weighted mean, so the order changes only float rounding), which
+    spares the full-size float copies; other data take :func:`to_input_tensor`'s path.
+    ``expect``: the (H, W) the input was checked at (a file changed since raises)."""
+    name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    array = load_array(source)
+    try:
+        rgb, scale = _checked_rgb(array)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if expect is not None and tuple(rgb.shape[:2]) != tuple(expect):
+        raise ValueError(f"{name}: decoded to {rgb.shape[1]}x{rgb.shape[0]} pixels, but it was {expect[1]}x{expect[0]} "
+                         "when checked (did the file change?)")
+    if scale is None or rgb.dtype not in (np.uint8, np.uint16):
+        return _resize(_decoded_input(rgb).contiguous()[None], hw)[0]
+    x = torch.from_numpy(np.ascontiguousarray(rgb).astype(np.int32) if rgb.dtype == np.uint16 else np.ascontiguousarray(rgb))
+    x = _resize(x.permute(2, 0, 1)[None].float(), hw)[0].expand(3, -1, -1)  # one channel: grey to RGB
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x / scale - mean) / std).contiguous()
 
 
 def _decoded_input(source: ImageLike) -> Tensor:

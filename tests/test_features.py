@@ -356,3 +356,26 @@ def test_half_precision_weights_within_bf16_tolerance_and_cpus_without_it_keep_f
         load_backbone(None, weights=weights, dtype=torch.float16)
     with pytest.raises(ValueError, match="dtype 'int8'"):
         load_backbone(None, weights=weights, dtype="int8")
+
+
+def test_load_resized_equals_normalising_first(tmp_path):
+    """load_resized resizes 8/16-bit data before normalising (cheaper in folder workers): the same
+    values as normalising the full image and then resizing, to float rounding, for every kind of file."""
+    from dinov2_dense.features import _resize, load_resized, to_input_tensor
+
+    rng = np.random.default_rng(0)
+    files = {"rgb.jpg": rng.integers(0, 256, (75, 100, 3), dtype=np.uint8),
+             "grey.png": rng.integers(0, 256, (60, 90), dtype=np.uint8),
+             "rgba.png": rng.integers(0, 256, (50, 70, 4), dtype=np.uint8),
+             "deep.png": rng.integers(0, 65536, (40, 66, 3), dtype=np.uint16)}
+    for name, array in files.items():
+        cv2.imwrite(str(tmp_path / name), array)
+    sources = [str(tmp_path / n) for n in files] + [rng.random((30, 40, 3)), rng.random((30, 40)) > 0.5]
+    for source in sources:
+        for hw in ((28, 42), (112, 140)):  # down and up
+            want = _resize(to_input_tensor(source)[None], hw)[0]
+            got = load_resized(source, hw)
+            assert got.shape == (3, *hw) and got.is_contiguous()
+            assert torch.allclose(got, want, atol=2e-5), (source if isinstance(source, str) else "array", hw)
+    with pytest.raises(ValueError, match=r"rgb\.jpg: decoded to 100x75 pixels, but it was 90x60"):
+        load_resized(str(tmp_path / "rgb.jpg"), (28, 28), expect=(60, 90))

@@ -423,12 +423,9 @@ def try_read_resized(path: str, hw: tuple[int, int]) -> tuple[Tensor | None, str
 
 def read_resized(path: str, hw: tuple[int, int]) -> Tensor:
     """Image ``path`` upright, ImageNet-normalised, resized to ``hw`` (bilinear, antialiased): (3, H, W)."""
-    from ..features import to_input_tensor  # upright, within the pixel limit, ImageNet-normalised
+    from ..features import load_resized  # upright, within the pixel limit; the resize of extract_features(size=...)
 
-    x = to_input_tensor(path)[None]
-    if tuple(x.shape[-2:]) != hw:  # the bilinear antialiased resize of extract_features(size=...)
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return x[0]
+    return load_resized(path, hw)
 
 
 def pool_features(feats, pooling: str) -> Tensor:

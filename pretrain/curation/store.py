@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from dinov2_dense.fileio import atomic_path, write_json, write_text
 
 __all__ = ["CurationError", "EmbeddingStore", "embed_images", "list_images", "load_embeddings"]
 
 PENDING, DONE, UNREADABLE = 0, 1, 2
+SYNC_SECONDS = 5.0  # how often finished rows are flushed to disk and marked done (and at the end)
 _PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "partial.json")
 
 
@@ -231,34 +234,55 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
 
     model_was_training = model.training
     model.eval()
+    pending: list[np.ndarray] = []  # rows written but not yet marked done on disk
+    last_sync = time.monotonic()
+
+    def sync() -> None:
+        """Rows to disk first, then their done marks: a row marked done is on disk (a kill or a crash
+        between the two leaves it to do again). Batched, since each flush waits for the disk."""
+        nonlocal last_sync
+        if pending:
+            rows.flush()
+            status[np.concatenate(pending)] = DONE
+            pending.clear()
+        status.flush()
+        last_sync = time.monotonic()
+
     try:
         with torch.no_grad(), tqdm(total=len(todo), desc=f"embedding {out.name}", unit="img",
                                    disable=not show) as bar:
-            for items in loader:
-                where = [i for i, x, _ in items if x is not None]
-                for i, x, reason in items:
-                    if x is None:  # missing, corrupt, unknown format, over the pixel limit: listed, never fatal
-                        reasons[i] = reason
-                        status[i] = UNREADABLE
+            for where, x, bad in loader:
+                for i, reason in bad:  # missing, corrupt, unknown format, over the pixel limit: listed, never fatal
+                    reasons[i] = reason
+                    status[i] = UNREADABLE
                 if where:
-                    x = torch.stack([x for _, x, _ in items if x is not None]).to(device, non_blocking=True)
-                    feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
+                    feats = extract_features(model, x.to(device, non_blocking=True), fit="resize", autocast=autocast,
+                                             progress=False)
                     rows[where] = pool_features(feats, pooling).float().cpu().numpy().astype(dtype)
-                    rows.flush()
-                    status[where] = DONE  # after the rows: a row marked done is on disk
-                    status.flush()
-                bar.update(len(items))
+                    pending.append(np.asarray(where))
+                if time.monotonic() - last_sync > SYNC_SECONDS:
+                    sync()
+                bar.update(len(where) + len(bad))
     finally:
-        status.flush()
+        sync()
         model.train(model_was_training)
     return _finish(out, paths, rows, status, reasons, settings, chunk)
 
 
-def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int]) -> list[tuple]:
-    """(row, image tensor or None, reason) of each row to embed (decoded in DataLoader workers)."""
+def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int]) -> tuple[list[int], Tensor | None, list]:
+    """One batch to embed, decoded (in a DataLoader worker, or here): the readable rows, their
+    images as one (B, 3, H, W) tensor (None when none is readable) and (row, reason) of the others."""
     from dinov2_dense.evaluation.knn import try_read_resized
 
-    return [(int(i), *try_read_resized(paths[int(i)], hw)) for i in rows]
+    where, images, bad = [], [], []
+    for i in rows:
+        x, reason = try_read_resized(paths[int(i)], hw)
+        if x is None:
+            bad.append((int(i), reason))
+        else:
+            where.append(int(i))
+            images.append(x)
+    return where, torch.stack(images) if images else None, bad
 
 
 def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],

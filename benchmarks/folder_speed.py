@@ -1,0 +1,132 @@
+"""Folder throughput: embedding a folder of JPEG images against the model alone, in one process.
+
+    python benchmarks/folder_speed.py                       # CUDA: 2,000 JPEGs of 500x375, ViT-B/14 at 224, bf16
+    python benchmarks/folder_speed.py --count 200 --batch-size 16 --num-workers 0 2   # a CPU try
+
+Writes ``--count`` JPEG images (about 500x375, cut from the images scikit-image ships, so they
+decode like photographs) into a temporary folder, then times:
+
+* model only: batches already decoded and on the device, through ``extract_features`` and the
+  class-token pooling, back on the CPU (images/s, median of ``--repeats`` passes over ``--model-batches`` batches);
+* ``embed_images`` (the curation embedding: read, decode, resize, run, pool, store) over the folder,
+  once for each ``--num-workers`` (a fresh store each time);
+* ``extract_features`` over the list of paths (the ``features`` path) with the most workers.
+
+Prints images/s of each and its share of the model-only rate (the goal: at least 80% on a GPU).
+Random weights: the time does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def write_jpegs(folder: Path, count: int, hw: tuple[int, int] = (375, 500), seed: int = 0) -> list[str]:
+    """``count`` JPEGs of ``hw`` cut at random places and scales from scikit-image's sample images."""
+    import cv2
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = [np.ascontiguousarray(getattr(data, name)()[..., :3]) for name in ("astronaut", "coffee", "chelsea",
+                                                                                 "rocket", "immunohistochemistry")]
+    paths = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        scale = rng.uniform(1.0, 1.6) * max(hw[0] / src.shape[0], hw[1] / src.shape[1])
+        big = cv2.resize(src, (int(src.shape[1] * scale) + 1, int(src.shape[0] * scale) + 1))
+        y, x = rng.integers(0, big.shape[0] - hw[0] + 1), rng.integers(0, big.shape[1] - hw[1] + 1)
+        path = folder / f"{i:05d}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(big[y:y + hw[0], x:x + hw[1]], cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(str(path))
+    return paths
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    ap.add_argument("--model", default="dinov2_vitb14")
+    ap.add_argument("--count", type=int, default=2000, help="JPEG images in the folder")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--num-workers", type=int, nargs="+", default=None, help="default: 0 6 12 on a GPU, 0 2 on a CPU")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                    help="backbone weights (default: bf16 on a GPU, fp32 on a CPU)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model-batches", type=int, default=8, help="batches per model-only pass")
+    args = ap.parse_args()
+
+    from dinov2_dense import load_backbone
+    from dinov2_dense.evaluation.knn import pool_features
+    from dinov2_dense.features import extract_features
+    from pretrain.curation.store import embed_images
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.num_workers = args.num_workers or ([0, 6, 12] if device.type == "cuda" else [0, 2])
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    model = load_backbone(args.model, weights=None, device=device, dtype=None if dtype == "fp32" else dtype).eval()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {where}; {args.model} {dtype} weights, {args.size}x{args.size}, "
+          f"batch {args.batch_size}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        t = time.perf_counter()
+        paths = write_jpegs(folder, args.count)
+        print(f"wrote {len(paths)} JPEGs of 500x375 in {time.perf_counter() - t:.1f} s", flush=True)
+
+        x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+        with torch.no_grad():
+            for _ in range(2):
+                extract_features(model, x, fit="resize", progress=False)
+            seen = []
+            for _ in range(args.repeats):
+                sync(device)
+                t = time.perf_counter()
+                for _ in range(args.model_batches):
+                    pool_features(extract_features(model, x, fit="resize", progress=False), "cls").float().cpu()
+                sync(device)
+                seen.append(time.perf_counter() - t)
+        model_rate = args.model_batches * args.batch_size / statistics.median(seen)
+        print(f"  model only (decoded batches on the device): {model_rate:8.1f} images/s", flush=True)
+
+        for workers in args.num_workers:
+            sync(device)
+            t = time.perf_counter()
+            store = embed_images(model, paths, Path(tmp) / f"store_{workers}", size=args.size,
+                                 batch_size=args.batch_size, num_workers=workers, progress=False)
+            sync(device)
+            rate = len(store) / (time.perf_counter() - t)
+            print(f"  embed_images, {workers} workers: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of "
+                  f"model only)", flush=True)
+
+        workers = max(args.num_workers)
+        sync(device)
+        t = time.perf_counter()
+        feats = extract_features(model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size,
+                                 num_workers=workers, progress=False)
+        sync(device)  # the features stay where they were computed
+        rate = len(paths) / (time.perf_counter() - t)
+        print(f"  extract_features(paths), {workers} workers: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% "
+              f"of model only)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
