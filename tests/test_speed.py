@@ -61,6 +61,22 @@ def test_compiled_blocks_equal_the_plain_ones_and_new_sizes_do_not_recompile(x):
     torch._dynamo.reset()
 
 
+def test_reduce_overhead_compiles_the_block_stack_and_keeps_earlier_results(x):
+    torch._dynamo.reset()
+    plain = tiny_vit(depth=3)
+    model = tiny_vit(depth=3)
+    model.load_state_dict(plain.state_dict())
+    assert speed.compile_blocks(model, "reduce-overhead") is True
+    assert "forward_layers" in model.__dict__ and all(b._compiled_call_impl is None for b in model.blocks)
+    assert list(model.state_dict()) == list(plain.state_dict())
+    y = torch.randn(2, 3, 56, 42, generator=torch.Generator().manual_seed(2))
+    first = _maps(model, x, [0, 2])
+    second = _maps(model, y, [0, 2])  # the same shape would replay the graph into the same buffers on a GPU
+    torch.testing.assert_close(first, _maps(plain, x, [0, 2]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(second, _maps(plain, y, [0, 2]), atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()
+
+
 def test_compile_falls_back_with_a_warning_when_no_compiler_or_compiling_fails(x, monkeypatch):
     model = tiny_vit(depth=2)
     ref = _maps(model, x)

@@ -7,8 +7,9 @@
   the next one that can (math last), so a choice never fails on a device that lacks it.
 * :func:`compile_blocks`: ``torch.compile`` of each transformer block in place (state-dict keys
   unchanged). Mode ``"default"`` or ``"max-autotune"`` mark shapes dynamic, so a new image size
-  or batch does not compile again; ``"reduce-overhead"`` records CUDA graphs, one per input shape
-  (best for a fixed size on a GPU). Where no compiler is present (no C++ compiler for CPUs, no
+  or batch does not compile again; ``"reduce-overhead"`` compiles the whole block stack as one
+  graph and records CUDA graphs, one per input shape (best for a fixed size, small batches on a
+  GPU); its outputs are copied out of the graph's buffers, so results of earlier calls stay valid. Where no compiler is present (no C++ compiler for CPUs, no
   Triton for GPUs) or compiling fails, the blocks stay as they are and a warning says why.
 
 Both keep the numerics within float tolerance of the plain path (the compiler may reorder
@@ -74,8 +75,19 @@ def compile_blocks(model: nn.Module, mode: str = "default", *, check: bool = Tru
         warnings.warn(f"torch.compile asked for, but {why}: the backbone runs uncompiled", stacklevel=2)
         return False
     blocks = list(model.blocks)
-    for block in blocks:
-        block.compile(mode=None if mode == "default" else mode, dynamic=mode != "reduce-overhead")
+    if mode == "reduce-overhead":
+        # One graph for all blocks: blocks compiled one by one would share one CUDA graph (same code),
+        # each replay overwriting the output the next block is reading.
+        graph = torch.compile(type(model).forward_layers.__get__(model), mode=mode, dynamic=False)
+
+        def forward_layers(x, layers, norm=True):
+            torch.compiler.cudagraph_mark_step_begin()
+            return [t.clone() for t in graph(x, layers, norm)]
+
+        model.forward_layers = forward_layers  # an instance attribute: no module, the state dict is unchanged
+    else:
+        for block in blocks:
+            block.compile(mode=None if mode == "default" else mode, dynamic=True)
     if not check:
         return True
     p = model.patch_size
@@ -85,6 +97,7 @@ def compile_blocks(model: nn.Module, mode: str = "default", *, check: bool = Tru
     except Exception as exc:  # a compiler error of any kind: fall back to the plain blocks
         for block in blocks:
             block._compiled_call_impl = None
+        model.__dict__.pop("forward_layers", None)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"torch.compile failed ({type(exc).__name__}: {first[:200]}): the backbone runs uncompiled",
                       stacklevel=2)
