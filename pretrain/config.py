@@ -84,6 +84,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         local_crops_scale=(0.05, 0.32),
         global_crops_size=224,
         local_crops_size=98,  # 96 in the released ViT/16 config: a multiple of the patch size here
+        # Gaussian-blur probabilities of (global crop 1, global crop 2, local crops): the published recipe;
+        # (0.0, 0.9, 0.5) is what the released code did. Less blur keeps fine textures of small images.
+        blur_probabilities=(1.0, 0.1, 0.5),
     ),
     "compute": dict(
         precision="auto",  # auto (bf16 where the device has it, else fp32), fp32, bf16, fp16 (CUDA, with a scaler)
@@ -153,6 +156,9 @@ def _check(cfg: dict, source: str) -> None:
     for k in ("global_crops_size", "local_crops_size"):
         need(isinstance(crops[k], int) and crops[k] >= s["patch_size"] and crops[k] % s["patch_size"] == 0,
              f"crops.{k}", f"a multiple of the patch size {s['patch_size']}")
+    blur = crops["blur_probabilities"]
+    need(isinstance(blur, (list, tuple)) and len(blur) == 3 and all(isinstance(p, Number) and 0 <= p <= 1 for p in blur),
+         "crops.blur_probabilities", "three probabilities in [0, 1] (global crop 1, global crop 2, local crops)")
     need(isinstance(crops["local_crops_number"], int) and crops["local_crops_number"] >= 0, "crops.local_crops_number",
          "an integer >= 0")
     need(isinstance(train["batch_size_per_gpu"], int) and train["batch_size_per_gpu"] >= 2, "train.batch_size_per_gpu",

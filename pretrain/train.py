@@ -163,7 +163,8 @@ def _loader(cfg: dict, start_iter: int, rank: int, world: int):
     random.seed(seed)  # masking and collation draw from Python's random (in the main process without workers)
     transform = DataAugmentationDINO(crops["global_crops_scale"], crops["local_crops_scale"],
                                      crops["local_crops_number"], global_crops_size=crops["global_crops_size"],
-                                     local_crops_size=crops["local_crops_size"], seed=seed)
+                                     local_crops_size=crops["local_crops_size"],
+                                     blur_probabilities=tuple(crops["blur_probabilities"]), seed=seed)
     dataset = build_dataset(train["dataset"], transform=transform)
     masks = MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid)
     masking = 0.0 if cfg["distill"]["teacher"] else cfg["ibot"]["mask_sample_probability"]  # distillation: none

@@ -351,3 +351,23 @@ def test_overwrite_starts_the_logs_afresh(tmp_path):
     monitor = [json.loads(l) for l in (work / "monitor" / "monitor.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in monitor] == [2]
     assert sorted(p.name for p in (work / "monitor").glob("pca_*.png")) == ["pca_0000002.png"]
+
+
+def test_blur_probabilities_reach_the_augmentation_and_are_checked(tmp_path, monkeypatch):
+    from pretrain.config import ConfigError, resolve
+    import pretrain.data as data
+
+    assert tuple(resolve(tiny(2))["crops"]["blur_probabilities"]) == data.PAPER_BLUR_PROBABILITIES
+    seen = []
+    real = data.DataAugmentationDINO.__init__
+
+    def spy(self, *a, **k):
+        seen.append(k.get("blur_probabilities"))
+        real(self, *a, **k)
+
+    monkeypatch.setattr(data.DataAugmentationDINO, "__init__", spy)
+    pretrain(tiny(1, crops=dict(blur_probabilities=[0.0, 0.0, 0.25])), tmp_path / "w", progress=False)
+    assert seen == [(0.0, 0.0, 0.25)]
+    for bad in ([0.5, 0.5], [0.0, 1.5, 0.5], "none"):
+        with pytest.raises(ConfigError, match=r"crops.blur_probabilities = .*three probabilities"):
+            resolve(tiny(1, crops=dict(blur_probabilities=bad)))
