@@ -49,6 +49,7 @@ def fast_path_checks() -> bool:
     last = [len(plain.blocks) - 1]
     fwd = lambda m, t: m.intermediate_maps(t.to(next(m.parameters()).dtype), last)[0][0].float()  # noqa: E731
     ok = True
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     with torch.no_grad():
         torch.backends.cuda.matmul.allow_tf32 = False
         ref = fwd(plain, x)
@@ -83,7 +84,7 @@ def fast_path_checks() -> bool:
                 fwd(fast, torch.randn(1, 3, 224, 224, device="cuda"))  # size 1 is specialised by dynamo: one graph
                 added = dynamo_utils.counters["stats"]["unique_graphs"] - before
                 print(f"    then batch 1: {added} new graph(s) (dynamo specialises sizes 0 and 1)", flush=True)
-        torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     return ok
 
 
