@@ -350,3 +350,24 @@ def test_load_embeddings_reads_store_folders_and_names(tmp_path):
     np.save(tmp_path / "h.npy", half)
     (tmp_path / "h.txt").write_text("x\n" * 50)
     assert load_embeddings(tmp_path / "h.npy").embeddings.dtype == np.float16
+
+
+def test_a_bf16_model_embeds_from_bf16_batches_with_the_same_rows(tmp_path, monkeypatch):
+    """Workers hand a bf16 model its batches in bf16 (half the bytes): the rows equal those of the
+    float32 batches the model would cast itself, exactly."""
+    import torch
+
+    import dinov2_dense.features as features
+    from dinov2_dense.evaluation.knn import pool_features, read_resized
+
+    folder = _images(tmp_path / "imgs", 5, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval().to(torch.bfloat16)
+    seen = []
+    real = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda m, x, *a, **k: seen.append(x.dtype) or real(m, x, *a, **k))
+    store = embed_images(model, folder, tmp_path / "s", size=28, batch_size=2, progress=False, num_workers=2)
+    assert seen == [torch.bfloat16] * 3
+    x = torch.stack([read_resized(str(folder / n), (28, 28)) for n in sorted(os.listdir(folder))])
+    with torch.no_grad():
+        want = pool_features(real(model, x, fit="resize", progress=False), "cls").float().numpy()
+    assert np.array_equal(np.asarray(store.embeddings), want)

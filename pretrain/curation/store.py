@@ -229,8 +229,11 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     show = progress if progress is not None else len(todo) > batch_size
     reasons: dict[int, str] = {}
     chunks = [todo[j : j + batch_size] for j in range(0, len(todo), batch_size)]
-    loader = map_in_workers(functools.partial(_read_rows, paths=paths, hw=(size, size)), chunks, num_workers,
-                            pin_memory=device.type == "cuda")
+    # a bf16/fp16 model casts its input anyway: the workers hand over that dtype (half the bytes to move)
+    weights = next(model.parameters()).dtype
+    carry = weights if weights in (torch.bfloat16, torch.float16) and not autocast else torch.float32
+    loader = map_in_workers(functools.partial(_read_rows, paths=paths, hw=(size, size), dtype=carry), chunks,
+                            num_workers, pin_memory=device.type == "cuda")
 
     model_was_training = model.training
     model.eval()
@@ -269,9 +272,11 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     return _finish(out, paths, rows, status, reasons, settings, chunk)
 
 
-def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int]) -> tuple[list[int], Tensor | None, list]:
+def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int], dtype: torch.dtype = torch.float32
+               ) -> tuple[list[int], Tensor | None, list]:
     """One batch to embed, decoded (in a DataLoader worker, or here): the readable rows, their
-    images as one (B, 3, H, W) tensor (None when none is readable) and (row, reason) of the others."""
+    images as one (B, 3, H, W) tensor of ``dtype`` (None when none is readable) and (row, reason) of
+    the others."""
     from dinov2_dense.evaluation.knn import try_read_resized
 
     where, images, bad = [], [], []
@@ -282,7 +287,7 @@ def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int]) -> tuple
         else:
             where.append(int(i))
             images.append(x)
-    return where, torch.stack(images) if images else None, bad
+    return where, torch.stack(images).to(dtype) if images else None, bad
 
 
 def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
