@@ -585,14 +585,6 @@ def _as_is(x):
     return x
 
 
-def _one_thread_worker(_: int) -> None:
-    """OpenCV in each decoding worker on one thread, as DataLoader does for torch: N workers with a
-    thread pool each the size of the machine fight over its cores."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool = False):
     """``fn(item)`` for each item, in order: in this process with ``num_workers`` 0, else computed
     ahead by that many DataLoader workers (``fn`` must be picklable: a module-level function or a
@@ -605,8 +597,7 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
             yield fn(item)
         return
     loader = torch.utils.data.DataLoader(_Mapped(fn, items), batch_size=None, collate_fn=_as_is,
-                                         num_workers=min(num_workers, len(items)), pin_memory=pin_memory,
-                                         worker_init_fn=_one_thread_worker)
+                                         num_workers=min(num_workers, len(items)), pin_memory=pin_memory)
     for out in loader:
         if isinstance(out, Exception):
             raise out

@@ -3,6 +3,9 @@ half-precision backbones under the heads, and decoding in DataLoader workers. Ea
 against the plain path; none may change a result beyond float (or bf16) tolerance."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +21,8 @@ from heads.predictor import DensePredictor
 
 from .conftest import tiny_vit
 from .test_predictor import ConvSegHead
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _maps(model, x, layers=None):
@@ -179,3 +184,25 @@ def test_cli_fast_path_options_give_the_plain_features(tmp_path, image_files):
     with pytest.raises(SystemExit) as exit_:
         main([*common, "--out", str(tmp_path / "x.npy"), "--attention", "fastest"])
     assert exit_.value.code == 2 and not (tmp_path / "x.npy").exists()
+
+
+def test_workers_decode_after_the_parent_used_opencv_threads(tmp_path):
+    """Forked decoding workers must not touch OpenCV's thread pool settings: after the parent ran a
+    threaded OpenCV call, cv2.setNumThreads in a worker hung the embedding (seen on a 16-core machine)."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, cv2, numpy as np, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from dinov2_dense.evaluation.knn import read_resized\n"
+        "from dinov2_dense.features import map_in_workers\n"
+        "cv2.setNumThreads(2)\n"
+        "big = np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)\n"
+        "for i in range(4):\n"
+        f"    cv2.imwrite({str(tmp_path)!r} + f'/{{i}}.jpg', cv2.resize(cv2.cvtColor(big, cv2.COLOR_RGB2BGR), (500, 375)))\n"
+        "import functools\n"
+        f"paths = [{str(tmp_path)!r} + f'/{{i}}.jpg' for i in range(4)]\n"
+        "out = list(map_in_workers(functools.partial(read_resized, hw=(28, 28)), paths, 2))\n"
+        "print(len(out), tuple(out[0].shape))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["4", "(3,", "28,", "28)"]
