@@ -178,6 +178,23 @@ def test_batched_windows_and_mirrors_equal_one_at_a_time():
         model.slide_inference(x, 42, 28, crop_batch_size=0)
 
 
+def test_slide_resampled_to_the_output_equals_resizing_the_averaged_map():
+    """slide_inference(out_size=...) never builds the map at the view's size, yet equals it resized:
+    smaller, equal and larger outputs, uneven overlaps, a crop taller than the image, a depth model."""
+    seg = seg_model()
+    torch.manual_seed(1)
+    depth = DensePredictor(tiny_vit(), ClsDepthHead(), task="depth", layers=[2], norm=False, class_token=True).eval()
+    x = torch.randn(2, 3, 70, 100)
+    for model, crop, stride in ((seg, 42, 28), (seg, (84, 56), 30), (depth, 42, 17)):
+        with torch.no_grad():
+            full = model.slide_inference(x, crop, stride, crop_batch_size=3)
+            for size in ((23, 31), (70, 100), (131, 177), (70, 41)):
+                want = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
+                got = model.slide_inference(x, crop, stride, crop_batch_size=4, out_size=size)
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
 def test_depth_flip_averaging_of_a_mirror_symmetric_input():
     """Depth test-time flip (the DINOv2 depth configs' MultiScaleFlipAug(flip=True)): the average
     of the prediction and the flipped-back prediction of the flipped image. A mirror-symmetric input

@@ -254,3 +254,22 @@ def test_test_command_saves_label_masks(scenes, tmp_path):
     assert labels.dtype == np.uint8 and labels.shape == (112, 112) and labels.max() < 5
     colour = cv2.imread(str(out / "colour" / masks[0].relative_to(out / "masks")))
     assert colour.shape == (112, 112, 3)
+
+
+def test_test_batches_are_pinned_on_cuda_only_with_workers_and_unless_configured():
+    from mmengine.config import Config
+
+    from dinov2_dense.engine.entry import pin_test_batches
+
+    def loader(**kw):
+        return Config(dict(test_dataloader=dict(batch_size=1, **kw)))
+
+    cfg = loader(num_workers=2)
+    pin_test_batches(cfg, cuda=True)
+    assert cfg.test_dataloader.pin_memory is True
+    for cfg, cuda in ((loader(num_workers=2), False), (loader(num_workers=0), True)):
+        pin_test_batches(cfg, cuda=cuda)
+        assert "pin_memory" not in cfg.test_dataloader
+    cfg = loader(num_workers=2, pin_memory=False)
+    pin_test_batches(cfg, cuda=True)
+    assert cfg.test_dataloader.pin_memory is False

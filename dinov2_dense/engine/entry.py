@@ -258,6 +258,17 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def pin_test_batches(cfg, cuda: bool | None = None) -> None:
+    """On a CUDA machine, test batches decoded by workers come in pinned memory (copies to the GPU
+    overlap the next batch's decoding), unless the config says otherwise."""
+    import torch
+
+    loader = cfg.test_dataloader
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda and loader.get("num_workers", 0) > 0 and "pin_memory" not in loader:
+        loader.pin_memory = True
+
+
 def run_test(args: argparse.Namespace) -> int:
     from dinov2_dense.engine.runner import read_run_checkpoint
     from dinov2_dense.fileio import check_output_dir
@@ -268,6 +279,7 @@ def run_test(args: argparse.Namespace) -> int:
         if args.num_workers == 0:
             cfg.test_dataloader.persistent_workers = False  # torch refuses persistent workers without workers
     validate_config(cfg, args.config, train=False)
+    pin_test_batches(cfg)
     read_run_checkpoint(args.checkpoint)  # a missing or corrupt file stops us before the model is built
     cfg.load_from = args.checkpoint
     cfg.partial_load = bool(getattr(args, "partial_load", False))
