@@ -87,6 +87,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # Gaussian-blur probabilities of (global crop 1, global crop 2, local crops): the published recipe;
         # (0.0, 0.9, 0.5) is what the released code did. Less blur keeps fine textures of small images.
         blur_probabilities=(1.0, 0.1, 0.5),
+        # colour jitter strengths (brightness, contrast, saturation, hue) and how often it and grey apply
+        color_jitter=(0.4, 0.4, 0.2, 0.1),
+        color_jitter_probability=0.8,
+        grayscale_probability=0.2,
     ),
     "compute": dict(
         precision="auto",  # auto (bf16 where the device has it, else fp32), fp32, bf16, fp16 (CUDA, with a scaler)
@@ -159,6 +163,12 @@ def _check(cfg: dict, source: str) -> None:
     blur = crops["blur_probabilities"]
     need(isinstance(blur, (list, tuple)) and len(blur) == 3 and all(isinstance(p, Number) and 0 <= p <= 1 for p in blur),
          "crops.blur_probabilities", "three probabilities in [0, 1] (global crop 1, global crop 2, local crops)")
+    jitter = crops["color_jitter"]
+    need(isinstance(jitter, (list, tuple)) and len(jitter) == 4 and all(isinstance(v, Number) for v in jitter)
+         and all(0 <= v <= 1 for v in jitter[:3]) and 0 <= jitter[3] <= 0.5, "crops.color_jitter",
+         "(brightness, contrast, saturation, hue): the first three in [0, 1], hue in [0, 0.5]")
+    for key in ("color_jitter_probability", "grayscale_probability"):
+        need(0 <= crops[key] <= 1, f"crops.{key}", "a probability in [0, 1]")
     need(isinstance(crops["local_crops_number"], int) and crops["local_crops_number"] >= 0, "crops.local_crops_number",
          "an integer >= 0")
     need(isinstance(train["batch_size_per_gpu"], int) and train["batch_size_per_gpu"] >= 2, "train.batch_size_per_gpu",

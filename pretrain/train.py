@@ -164,7 +164,10 @@ def _loader(cfg: dict, start_iter: int, rank: int, world: int):
     transform = DataAugmentationDINO(crops["global_crops_scale"], crops["local_crops_scale"],
                                      crops["local_crops_number"], global_crops_size=crops["global_crops_size"],
                                      local_crops_size=crops["local_crops_size"],
-                                     blur_probabilities=tuple(crops["blur_probabilities"]), seed=seed)
+                                     blur_probabilities=tuple(crops["blur_probabilities"]),
+                                     color_jitter=tuple(crops["color_jitter"]),
+                                     color_jitter_probability=crops["color_jitter_probability"],
+                                     grayscale_probability=crops["grayscale_probability"], seed=seed)
     dataset = build_dataset(train["dataset"], transform=transform)
     masks = MaskingGenerator(input_size=(grid, grid), max_num_patches=0.5 * grid * grid)
     masking = 0.0 if cfg["distill"]["teacher"] else cfg["ibot"]["mask_sample_probability"]  # distillation: none

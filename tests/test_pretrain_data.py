@@ -392,3 +392,32 @@ def test_workers_draw_different_crops_without_init_fn():
     a, b, c = run(0), run(0), run(1)
     assert not torch.equal(a[0], a[1])  # worker 0 and worker 1
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+
+
+def test_colour_augmentation_strength_and_grey_are_settable():
+    """grayscale_probability 1: every crop grey (equal channels); hue 0.5 with jitter always on moves
+    the hue of a saturated image far more than the recipe's 0.1 does; defaults are the recipe's."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0] = 200
+    image[..., 1] = rng.integers(0, 60, (64, 64))
+    grey = DataAugmentationDINO(local_crops_number=2, global_crops_size=28, local_crops_size=14,
+                                grayscale_probability=1.0, seed=0)(image)
+    for crop in grey["global_crops"] + grey["local_crops"]:
+        raw = crop * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        assert (raw.amax(0) - raw.amin(0)).max() < 1e-5
+
+    def red_share(**kw):
+        aug = DataAugmentationDINO(local_crops_number=0, global_crops_size=28, color_jitter_probability=1.0,
+                                   grayscale_probability=0.0, blur_probabilities=(0, 0, 0), seed=1, **kw)
+        shares = []
+        for _ in range(20):
+            crop = aug(image)["global_crops"][0]
+            raw = crop * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            shares.append(float(raw[0].mean() / raw.mean(0).mean().clamp_min(1e-6) / 3))
+        return np.array(shares)
+
+    recipe, strong = red_share(), red_share(color_jitter=(0.4, 0.4, 0.2, 0.5))
+    assert recipe.min() > 0.5 and strong.min() < 0.35  # red stays dominant under the recipe only
+    with pytest.raises(ValueError, match="color_jitter=.*hue in \\[0, 0.5\\]"):
+        DataAugmentationDINO(color_jitter=(0.4, 0.4, 0.2, 0.6))

@@ -353,7 +353,7 @@ def test_overwrite_starts_the_logs_afresh(tmp_path):
     assert sorted(p.name for p in (work / "monitor").glob("pca_*.png")) == ["pca_0000002.png"]
 
 
-def test_blur_probabilities_reach_the_augmentation_and_are_checked(tmp_path, monkeypatch):
+def test_blur_and_colour_settings_reach_the_augmentation_and_are_checked(tmp_path, monkeypatch):
     from pretrain.config import ConfigError, resolve
     import pretrain.data as data
 
@@ -362,12 +362,20 @@ def test_blur_probabilities_reach_the_augmentation_and_are_checked(tmp_path, mon
     real = data.DataAugmentationDINO.__init__
 
     def spy(self, *a, **k):
-        seen.append(k.get("blur_probabilities"))
+        seen.append({key: k.get(key) for key in ("blur_probabilities", "color_jitter", "color_jitter_probability",
+                                                  "grayscale_probability")})
         real(self, *a, **k)
 
     monkeypatch.setattr(data.DataAugmentationDINO, "__init__", spy)
-    pretrain(tiny(1, crops=dict(blur_probabilities=[0.0, 0.0, 0.25])), tmp_path / "w", progress=False)
-    assert seen == [(0.0, 0.0, 0.25)]
+    pretrain(tiny(1, crops=dict(blur_probabilities=[0.0, 0.0, 0.25], color_jitter=[0.4, 0.4, 0.7, 0.5],
+                                grayscale_probability=0.5)), tmp_path / "w", progress=False)
+    assert seen == [dict(blur_probabilities=(0.0, 0.0, 0.25), color_jitter=(0.4, 0.4, 0.7, 0.5),
+                         color_jitter_probability=0.8, grayscale_probability=0.5)]
     for bad in ([0.5, 0.5], [0.0, 1.5, 0.5], "none"):
         with pytest.raises(ConfigError, match=r"crops.blur_probabilities = .*three probabilities"):
             resolve(tiny(1, crops=dict(blur_probabilities=bad)))
+    for bad in ([0.4, 0.4, 0.2], [0.4, 0.4, 0.2, 0.7], [1.5, 0.4, 0.2, 0.1]):
+        with pytest.raises(ConfigError, match=r"crops.color_jitter = .*hue in \[0, 0.5\]"):
+            resolve(tiny(1, crops=dict(color_jitter=bad)))
+    with pytest.raises(ConfigError, match=r"crops.grayscale_probability = 1.5: a probability"):
+        resolve(tiny(1, crops=dict(grayscale_probability=1.5)))

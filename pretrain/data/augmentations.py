@@ -93,6 +93,12 @@ class DataAugmentationDINO:
         global_crops_size, local_crops_size: output sizes in pixels (square).
         blur_probabilities: Gaussian-blur probabilities of (global crop 1, global crop 2, local
             crops); :data:`RELEASED_BLUR_PROBABILITIES` for the released models' behaviour.
+        color_jitter: strengths (brightness, contrast, saturation, hue) of the colour jitter, as
+            torchvision's ``ColorJitter`` (factors in ``1 -/+ s``, hue shift up to ``h`` of the
+            circle, at most 0.5); the recipe's (0.4, 0.4, 0.2, 0.1).
+        color_jitter_probability, grayscale_probability: how often each applies (0.8, 0.2). Where
+            colour does not tell the classes apart (only texture or shape do), stronger colour
+            augmentation makes the views agree on something else.
         seed: seeds every random draw (None: fresh entropy); see :meth:`set_random_seed`.
 
     Called on a uint8 RGB image ``(H, W, 3)`` (grey and RGBA are converted; PIL images too), it
@@ -103,7 +109,9 @@ class DataAugmentationDINO:
     def __init__(self, global_crops_scale: Sequence[float] = (0.32, 1.0),
                  local_crops_scale: Sequence[float] = (0.05, 0.32), local_crops_number: int = 8,
                  global_crops_size: int = 224, local_crops_size: int = 96,
-                 blur_probabilities: Sequence[float] = PAPER_BLUR_PROBABILITIES, seed: int | None = None):
+                 blur_probabilities: Sequence[float] = PAPER_BLUR_PROBABILITIES, seed: int | None = None,
+                 color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1), color_jitter_probability: float = 0.8,
+                 grayscale_probability: float = 0.2):
         for name, (lo, hi) in (("global_crops_scale", global_crops_scale), ("local_crops_scale", local_crops_scale)):
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"DataAugmentationDINO: {name}={tuple((lo, hi))}, expected 0 < min <= max <= 1")
@@ -113,6 +121,13 @@ class DataAugmentationDINO:
         if len(blur_probabilities) != 3 or not all(0 <= p <= 1 for p in blur_probabilities):
             raise ValueError(f"DataAugmentationDINO: blur_probabilities={tuple(blur_probabilities)}, expected three "
                              "probabilities (global crop 1, global crop 2, local crops)")
+        if len(color_jitter) != 4 or not all(0 <= v <= 1 for v in color_jitter[:3]) or not 0 <= color_jitter[3] <= 0.5:
+            raise ValueError(f"DataAugmentationDINO: color_jitter={tuple(color_jitter)}, expected (brightness, contrast, "
+                             "saturation, hue) with the first three in [0, 1] and hue in [0, 0.5]")
+        if not (0 <= color_jitter_probability <= 1 and 0 <= grayscale_probability <= 1):
+            raise ValueError(f"DataAugmentationDINO: color_jitter_probability={color_jitter_probability}, "
+                             f"grayscale_probability={grayscale_probability}: expected probabilities in [0, 1]")
+        self.color = (tuple(float(v) for v in color_jitter), float(color_jitter_probability), float(grayscale_probability))
         self.global_crops_scale = tuple(global_crops_scale)
         self.local_crops_scale = tuple(local_crops_scale)
         self.local_crops_number = int(local_crops_number)
@@ -124,22 +139,26 @@ class DataAugmentationDINO:
                     self.local_crops_scale, self.local_crops_size, self.blur_probabilities)
 
         blur_global1, blur_global2, blur_local = self.blur_probabilities
-        self.global_transfo1 = self._pipeline(global_crops_size, global_crops_scale, blur_global1)
-        self.global_transfo2 = self._pipeline(global_crops_size, global_crops_scale, blur_global2, solarize=0.2)
-        self.local_transfo = self._pipeline(local_crops_size, local_crops_scale, blur_local)
+        self.global_transfo1 = self._pipeline(global_crops_size, global_crops_scale, blur_global1, self.color)
+        self.global_transfo2 = self._pipeline(global_crops_size, global_crops_scale, blur_global2, self.color,
+                                              solarize=0.2)
+        self.local_transfo = self._pipeline(local_crops_size, local_crops_scale, blur_local, self.color)
         self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
         self._worker_seed: int | None = None
         self.set_random_seed(seed)
 
     @staticmethod
-    def _pipeline(size: int, scale: Sequence[float], blur: float, solarize: float = 0.0) -> A.Compose:
+    def _pipeline(size: int, scale: Sequence[float], blur: float, color: tuple = ((0.4, 0.4, 0.2, 0.1), 0.8, 0.2),
+                  solarize: float = 0.0) -> A.Compose:
         """Crop and flip, colour jitter, grey, blur (and solarisation), on uint8 RGB."""
+        (b, c, s, h), p_jitter, p_grey = color
         transforms = [
             BicubicRandomResizedCrop(size=(size, size), scale=tuple(scale)),
             A.HorizontalFlip(p=0.5),
-            A.ColorJitter(brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.8, 1.2), hue=(-0.1, 0.1), p=0.8),
-            A.ToGray(num_output_channels=3, method="weighted_average", p=0.2),
+            A.ColorJitter(brightness=(1 - b, 1 + b), contrast=(1 - c, 1 + c), saturation=(1 - s, 1 + s), hue=(-h, h),
+                          p=p_jitter),
+            A.ToGray(num_output_channels=3, method="weighted_average", p=p_grey),
             A.GaussianBlur(blur_limit=(9, 9), sigma_limit=(0.1, 2.0), p=blur),
         ]
         if solarize:
