@@ -598,7 +598,18 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
         return
     loader = torch.utils.data.DataLoader(_Mapped(fn, items), batch_size=None, collate_fn=_as_is,
                                          num_workers=min(num_workers, len(items)), pin_memory=pin_memory)
-    for out in loader:
+    import cv2
+
+    # The workers decode on one OpenCV thread each (N workers with pools the size of the machine fight
+    # over its cores). A forked worker must not resize the pool it inherits (that can hang), so the
+    # parent shrinks its own pool just while the workers are forked, then restores it.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        batches = iter(loader)  # forks the workers
+    finally:
+        cv2.setNumThreads(threads)
+    for out in batches:
         if isinstance(out, Exception):
             raise out
         yield out

@@ -186,6 +186,10 @@ def test_cli_fast_path_options_give_the_plain_features(tmp_path, image_files):
     assert exit_.value.code == 2 and not (tmp_path / "x.npy").exists()
 
 
+def opencv_threads(_) -> int:
+    return cv2.getNumThreads()
+
+
 def test_workers_decode_after_the_parent_used_opencv_threads(tmp_path):
     """Forked decoding workers must not touch OpenCV's thread pool settings: after the parent ran a
     threaded OpenCV call, cv2.setNumThreads in a worker hung the embedding (seen on a 16-core machine)."""
@@ -200,9 +204,12 @@ def test_workers_decode_after_the_parent_used_opencv_threads(tmp_path):
         "for i in range(4):\n"
         f"    cv2.imwrite({str(tmp_path)!r} + f'/{{i}}.jpg', cv2.resize(cv2.cvtColor(big, cv2.COLOR_RGB2BGR), (500, 375)))\n"
         "import functools\n"
+        "from tests.test_speed import opencv_threads as lambda_free\n"
         f"paths = [{str(tmp_path)!r} + f'/{{i}}.jpg' for i in range(4)]\n"
         "out = list(map_in_workers(functools.partial(read_resized, hw=(28, 28)), paths, 2))\n"
-        "print(len(out), tuple(out[0].shape))\n")
+        "print(len(out), tuple(out[0].shape))\n"
+        "threads = set(map_in_workers(lambda_free, [0, 1, 2, 3], 2))\n"
+        "print(sorted(threads), cv2.getNumThreads())\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["4", "(3,", "28,", "28)"]
+    assert done.stdout.split() == ["4", "(3,", "28,", "28)", "[1]", "2"]  # one thread in workers, restored here
