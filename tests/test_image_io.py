@@ -405,7 +405,9 @@ def test_pca_maps_decodes_one_chunk_at_a_time(model, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("size", [None, 56, (40, 60)])
 def test_lazy_batches_give_exactly_the_eager_results(model, tmp_path, size):
-    """Against the former eager path: every input decoded first, stacked per size, run as one batch."""
+    """Against the former eager path: every input decoded first, stacked per size, run as one batch.
+    Exactly equal at the images' own size; resized (``size``), 8-bit images are resized before they
+    are normalised (``load_resized``), which changes only float rounding."""
     paths = write_images(tmp_path, [(30, 44), (28, 28), (30, 44), (30, 44)])
     arr = upright_image(30, 44, seed=9)
     tensor = to_input_tensor(upright_image(28, 28, seed=8))
@@ -421,9 +423,11 @@ def test_lazy_batches_give_exactly_the_eager_results(model, tmp_path, size):
                                    size=size)
             for k, i in enumerate(chunk):
                 assert got[i].image_size == ref.image_size and got[i].input_size == ref.input_size
+                exact = size is None or isinstance(items[i], torch.Tensor)
                 for layer in (1, 2):
-                    assert torch.equal(got[i].maps[layer], ref.maps[layer][k : k + 1])
-                    assert torch.equal(got[i].cls_tokens[layer], ref.cls_tokens[layer][k : k + 1])
+                    for a, b in ((got[i].maps[layer], ref.maps[layer][k : k + 1]),
+                                 (got[i].cls_tokens[layer], ref.cls_tokens[layer][k : k + 1])):
+                        assert torch.equal(a, b) if exact else torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_inputs_are_reported_before_model_work(model, tmp_path):
