@@ -272,13 +272,23 @@ def _report(work: Path, state: dict, model: str) -> Path:
     return path
 
 
+#: What the demo says instead of the general "try random weights" hint: it compares against random init.
+DEMO_WEIGHTS_HINT = ("The demo compares a backbone with its random initialisation, so it needs real weights: "
+                     "--weights FILE (a backbone file, e.g. a pretraining export: dinov2-dense pretrain "
+                     "configs/pretrain/tiny_cpu.py writes work_dirs/pretrain/tiny_cpu/export/backbone.safetensors).")
+
+
 def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None = "official", *,
              settings: DemoSettings | None = None, label: str | None = None, overwrite: bool = False,
              progress: bool = True) -> Path:
     """Run (or continue) the demo in ``work_dir``; returns the path of ``report.html``."""
-    from .hub import architecture, load_backbone
+    from .hub import NO_WEIGHTS_HINT, WeightsNotFoundError, architecture, load_backbone
 
     s = settings or DemoSettings()
+    try:  # before anything is written (or an old run removed): a missing download stops the demo at once
+        pretrained = load_backbone(model, weights=weights)
+    except WeightsNotFoundError as exc:
+        raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, DEMO_WEIGHTS_HINT)) from None
     work = Path(work_dir)
     if overwrite and work.is_dir() and (work / "demo.json").is_file():
         shutil.rmtree(work)
@@ -298,7 +308,6 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         _scenes(work / "scenes", s, progress)
         state.record("scenes", {"train": s.train, "val": s.val})
     announce(f"backbones: {label} and its architecture at random init")
-    pretrained = load_backbone(model, weights=weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         random = architecture(model, weights).eval()

@@ -97,3 +97,10 @@ def test_demo_command(tmp_path, backbone_file, capsys, monkeypatch):
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert main(["demo", "--work-dir", str(out), "--weights", "random"]) == 2
     assert "give real weights" in capsys.readouterr().err
+    # official weights that cannot be found: stopped before anything is written, with the demo's own hint
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(tmp_path / "no_weights_here"))
+    monkeypatch.setattr("dinov2_dense.hub.download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert main(["demo", "--work-dir", str(tmp_path / "e"), "--model", "dinov2_vits14", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dinov2_vits14_pretrain.pth" in err and "needs real weights: --weights FILE" in err
+    assert "--weights random" not in err and not (tmp_path / "e").exists()
