@@ -176,9 +176,9 @@ class DensePredictor(nn.Module):
         wh, ww = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]  # every window has this size
         count_y = torch.zeros(h, dtype=torch.float64, device=device)
         count_x = torch.zeros(w, dtype=torch.float64, device=device)
-        for y1, y2 in sorted({(y1, y2) for y1, y2, _, _ in windows}):
+        for y1, y2 in {(y1, y2) for y1, y2, _, _ in windows}:
             count_y[y1:y2] += 1
-        for x1, x2 in sorted({(x1, x2) for _, _, x1, x2 in windows}):
+        for x1, x2 in {(x1, x2) for _, _, x1, x2 in windows}:
             count_x[x1:x2] += 1
         resize_y, resize_x = _resize_matrix(h, out_size[0], device), _resize_matrix(w, out_size[1], device)
         out, factors = None, {}
@@ -198,7 +198,7 @@ class DensePredictor(nn.Module):
                             factors[key] = _window_factor(*args)
                     (r0, py), (c0, px) = factors[("y", y1, gh)], factors[("x", x1, gw)]
                     out[:, :, r0:r0 + len(py), c0:c0 + len(px)] += py @ part @ px.T
-        return out.to(images.dtype) if images.dtype != torch.float32 else out
+        return out.to(images.dtype)
 
     @torch.no_grad()
     def predict(

@@ -149,9 +149,9 @@ class DataAugmentationDINO:
         self.set_random_seed(seed)
 
     @staticmethod
-    def _pipeline(size: int, scale: Sequence[float], blur: float, color: tuple = ((0.4, 0.4, 0.2, 0.1), 0.8, 0.2),
-                  solarize: float = 0.0) -> A.Compose:
-        """Crop and flip, colour jitter, grey, blur (and solarisation), on uint8 RGB."""
+    def _pipeline(size: int, scale: Sequence[float], blur: float, color: tuple, solarize: float = 0.0) -> A.Compose:
+        """Crop and flip, colour jitter, grey, blur (and solarisation), on uint8 RGB; ``color``:
+        ((brightness, contrast, saturation, hue), jitter probability, grey probability)."""
         (b, c, s, h), p_jitter, p_grey = color
         transforms = [
             BicubicRandomResizedCrop(size=(size, size), scale=tuple(scale)),
