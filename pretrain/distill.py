@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .heads import DINOHead
-from .loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from .loss import DINOLoss, KoLeoLoss, iBOTPatchLoss, relative_entropy
 from .meta_arch import build_backbone
 from .schedules import student_params_groups
 
@@ -134,6 +134,8 @@ class DistillArch(nn.Module):
             scaler.scale(total).backward()
         else:
             total.backward()
+        losses["dino_teacher_entropy"] = relative_entropy(dino_t)
+        losses["ibot_teacher_entropy"] = relative_entropy(patch_t)
         return {k: v.float() for k, v in losses.items()}
 
 

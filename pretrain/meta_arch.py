@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from dinov2_dense.models import DinoVisionTransformer
 
 from .heads import DINOHead
-from .loss import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from .loss import DINOLoss, KoLeoLoss, iBOTPatchLoss, relative_entropy
 from .schedules import student_params_groups
 
 __all__ = ["SSLMetaArch", "build_backbone"]
@@ -129,8 +129,10 @@ class SSLMetaArch(nn.Module):
     def forward_backward(self, data: dict[str, Any], teacher_temp: float, autocast: Any = None,
                          scaler: Any = None) -> dict[str, Tensor]:
         """Compute the losses of one batch (the output of ``collate_data_and_cast``) and backpropagate
-        them; returns the detached loss terms. ``autocast``: a context manager factory for mixed
-        precision; ``scaler``: a GradScaler (fp16 on CUDA) or None."""
+        them; returns the detached loss terms (keys ending in ``loss``) and how uniform the teacher's
+        targets are (``dino_teacher_entropy``, ``ibot_teacher_entropy``: mean entropy over log K, 1 =
+        uniform). ``autocast``: a context manager factory for mixed precision; ``scaler``: a
+        GradScaler (fp16 on CUDA) or None."""
         device = next(self.student.parameters()).device
         n_global = 2
         n_local = self.cfg["crops"]["local_crops_number"]
@@ -201,6 +203,10 @@ class SSLMetaArch(nn.Module):
             scaler.scale(total).backward()
         else:
             total.backward()
+        if self.do_dino:
+            losses["dino_teacher_entropy"] = relative_entropy(teacher_dino)
+        if ibot_on:
+            losses["ibot_teacher_entropy"] = relative_entropy(teacher_ibot)
         return {k: v.detach().float() for k, v in losses.items()}
 
     def _teacher_targets(self, global_crops: Tensor, mask_indices: Tensor, n_masked: int, n_masked_tensor: Tensor,

@@ -346,6 +346,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
     t0, seen = time.time(), 0
     window_t, window_seen = t0, 0  # images/s of the last log interval (the bar shows the run's mean)
     it = start
+    watch = UniformTeacher(after=int(optim_cfg["warmup_epochs"] * epoch_length), window=UNIFORM_TEACHER_WINDOW)
     for data in loader:
         if it >= stop:
             break
@@ -369,12 +370,14 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
             for v in losses.values():
                 torch.distributed.all_reduce(v)
         reduced = {k: v.item() / world for k, v in losses.items()}
-        total = sum(reduced.values())
+        total = sum(v for k, v in reduced.items() if k.endswith("loss"))
         if not math.isfinite(total):
             raise TrainingDiverged(f"the loss is {total} at iteration {it} ({reduced}); stopped before writing "
                                    "anything: lower optim.base_lr, or check the data")
         it += 1
         seen += total_batch
+        if main and watch.update(it, reduced.get("dino_teacher_entropy"), values["teacher_temp"]):
+            print(watch.message, file=sys.stderr)
         if main:
             rate = seen / max(time.time() - t0, 1e-9)
             bar.set_postfix(loss=f"{total:.3f}", img_s=f"{rate:.1f}", refresh=False)
@@ -413,6 +416,39 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
         print(f"warning: {len(result['skipped_images'])} unreadable image(s) were skipped: "
               f"{', '.join(map(str, result['skipped_images'][:5]))}", file=sys.stderr)
     return result
+
+
+#: Iterations in a row of uniform DINO teacher targets, past the warm-up, before the run says so.
+UNIFORM_TEACHER_WINDOW = 200
+
+
+class UniformTeacher:
+    """Watches the DINO teacher's targets for the silent failure of small-scale runs: targets at the
+    uniform distribution (relative entropy >= ``threshold``). Then the head's outputs vary across
+    images by less than the teacher temperature, the centred softmax flattens them, the student
+    learns to output uniform distributions too and the backbone learns nothing, while the loss sits
+    at log K and nothing else looks wrong. :meth:`update` is True once, when ``window`` iterations
+    in a row past iteration ``after`` (the learning-rate warm-up) have been uniform."""
+
+    def __init__(self, after: int, window: int = 200, threshold: float = 0.99):
+        self.after, self.window, self.threshold = after, window, threshold
+        self.streak, self.warned, self.message = 0, False, ""
+
+    def update(self, iteration: int, entropy: float | None, teacher_temp: float) -> bool:
+        if entropy is None or iteration <= self.after or entropy < self.threshold:
+            self.streak = 0
+            return False
+        self.streak += 1
+        if self.warned or self.streak < self.window:
+            return False
+        self.warned = True
+        self.message = (
+            f"warning: the DINO teacher's targets have been uniform for {self.streak} iterations (iteration "
+            f"{iteration}: entropy {entropy:.3f} of log K), so the student learns nothing from them: the head's "
+            f"outputs vary across images by less than the teacher temperature ({teacher_temp:g}). Lower "
+            "teacher.warmup_teacher_temp and teacher.teacher_temp (0.01 brought a 96-wide, 4-block ViT out of it "
+            "here), or train on more varied images")
+        return True
 
 
 class TrainingDiverged(ValueError):
@@ -479,7 +515,8 @@ def plot_training(work_dir: str | os.PathLike) -> Path | None:
         if rows:
             series[f"monitor {key}"] = ([r["iteration"] for r in rows], [r[key] for r in rows])
     losses = [k for k in series if k.endswith("loss")]
-    groups = [losses, ["lr", "last_layer_lr", "backbone_lr"], ["wd"], ["mom"], ["teacher_temp"], ["images_per_s"],
+    groups = [losses, ["dino_teacher_entropy", "ibot_teacher_entropy"], ["lr", "last_layer_lr", "backbone_lr"], ["wd"],
+              ["mom"], ["teacher_temp"], ["images_per_s"],
               ["monitor knn_top1", "monitor probe_miou"]]
     return save_curves(series, work_dir / "training_curves.png", groups=groups, title=str(work_dir.name))
 

@@ -184,6 +184,18 @@ def test_koleo_follows_the_formula():
     assert KoLeoLoss()(x, eps=1e-3).item() == pytest.approx(ref_koleo(x, eps=1e-3), rel=1e-6)
 
 
+def test_relative_entropy_of_the_teacher_targets():
+    from pretrain.loss import relative_entropy
+
+    k = 37
+    assert relative_entropy(torch.full((3, 5, k), 1.0 / k)).item() == pytest.approx(1.0, abs=1e-6)
+    assert relative_entropy(torch.eye(k)[:6]).item() == pytest.approx(0.0, abs=1e-6)
+    p = rand(2, 9, k, seed=4, scale=2.0).softmax(-1)
+    want = sum(-sum(float(q) * math.log(float(q)) for q in row) for row in p.reshape(-1, k)) / (18 * math.log(k))
+    assert relative_entropy(p).item() == pytest.approx(want, rel=1e-6)
+    assert relative_entropy(torch.empty(0, k)).item() == 0.0  # no masked patches: nothing to measure
+
+
 def test_koleo_degenerate_inputs_stay_finite():
     d = 16
     dup_term = -math.log(1e-8 * (math.sqrt(d) + 1))  # an exact duplicate's distance is 1e-8 * sqrt(D)

@@ -260,6 +260,39 @@ def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
     assert checkpoint_files(work)[0].read_bytes() == good and len(checkpoint_files(work)) == 1
 
 
+def test_a_uniform_teacher_is_logged_and_named_once(tmp_path, monkeypatch, capsys):
+    """A teacher temperature far above the spread of the head's outputs makes the targets uniform
+    (the silent failure of small runs): the entropies are logged near 1 and the run says so once;
+    a low temperature gives peaked targets and no warning. The total counts the losses only."""
+    import pretrain.train as train_mod
+
+    monkeypatch.setattr(train_mod, "UNIFORM_TEACHER_WINDOW", 3)
+    hot = dict(warmup_teacher_temp=50.0, teacher_temp=50.0)
+    pretrain(tiny(8, teacher=hot), tmp_path / "hot", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("targets have been uniform") == 1 and "teacher.teacher_temp" in err and "(50)" in err
+    lines = [json.loads(l) for l in (tmp_path / "hot" / "training_metrics.jsonl").read_text().splitlines()]
+    assert all(l["dino_teacher_entropy"] > 0.999 and l["ibot_teacher_entropy"] > 0.999 for l in lines)
+    for l in lines:
+        assert l["total_loss"] == pytest.approx(sum(v for k, v in l.items() if k.endswith("_loss") and k != "total_loss"))
+
+    cold = dict(warmup_teacher_temp=0.001, teacher_temp=0.001)
+    pretrain(tiny(8, teacher=cold), tmp_path / "cold", progress=False)
+    assert "targets have been uniform" not in capsys.readouterr().err
+    lines = [json.loads(l) for l in (tmp_path / "cold" / "training_metrics.jsonl").read_text().splitlines()]
+    assert max(l["dino_teacher_entropy"] for l in lines) < 0.9
+
+
+def test_the_uniform_teacher_watch_counts_iterations_in_a_row_after_the_warm_up():
+    from pretrain.train import UniformTeacher
+
+    watch = UniformTeacher(after=5, window=3)
+    fired = [watch.update(it, e, 0.04) for it, e in [(3, 1.0), (4, 1.0), (5, 1.0), (6, 1.0), (7, 0.5), (8, 1.0),
+                                                      (9, 0.995), (10, 1.0), (11, 1.0), (12, 1.0), (13, None)]]
+    assert fired == [False] * 7 + [True, False, False, False]  # iterations 8-10 in a row; once only
+    assert "iteration 10" in watch.message and "0.04" in watch.message
+
+
 CONFIGS = sorted((ROOT / "configs" / "pretrain").glob("*.py"))
 
 

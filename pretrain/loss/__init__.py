@@ -6,9 +6,10 @@ group (all-reducing the Sinkhorn-Knopp sums and the centers when there is one).
 Layering: torch only.
 """
 
+from ._common import relative_entropy
 from .centering import sinkhorn_knopp
 from .dino import DINOLoss
 from .ibot import iBOTPatchLoss
 from .koleo import KoLeoLoss
 
-__all__ = ["DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp"]
+__all__ = ["DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp", "relative_entropy"]
