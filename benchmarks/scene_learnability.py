@@ -9,7 +9,9 @@ scenes and scored on held-out ones, for the backbone and for its architecture at
 0). Then three references on the same scenes: the raw pixels of each patch, the magnitude of each
 patch's 2-D FFT (grey, mean removed, unit norm: a colour-blind texture feature), and the same
 architecture trained **supervised** (patch cross-entropy, AdamW 1e-3, batch 32) for
-``--supervised-steps`` steps on other scenes. A pretraining recipe that learns what the scenes'
+``--supervised-steps`` steps on other scenes. One more row feeds each patch-sized cell alone and
+probes its class token: where that beats the patch tokens, the DINO loss taught the class-token path
+what the patch tokens did not learn. ``--grey`` probes grey scenes. A pretraining recipe that learns what the scenes'
 classes are made of moves the first column from the random one towards the supervised one; on
 "texture" scenes (classes shown by texture only) random features sit at the background-only floor.
 """
@@ -45,6 +47,28 @@ def patches(x: torch.Tensor, p: int) -> torch.Tensor:
     """(n, C, H, W) -> (n, C * p * p, H / p, W / p): the pixels of each patch."""
     n, _, h, w = x.shape
     return F.unfold(x, p, stride=p).reshape(n, -1, h // p, w // p)
+
+
+def cell_tokens(model, p: int):
+    """Features of each patch-sized cell fed alone (a 1-patch image): its class token, (n, D, H/p, W/p).
+    Where this beats the patch tokens of whole scenes, training taught the class-token path (the
+    DINO loss) what the patch tokens did not learn."""
+    def features(x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        cells = F.unfold(x, p, stride=p).transpose(1, 2).reshape(-1, 3, p, p)
+        cls = torch.cat([model.forward_features(c)["x_norm_clstoken"] for c in cells.split(1024)])
+        return cls.reshape(n, h // p, w // p, -1).permute(0, 3, 1, 2)
+    return features
+
+
+def grey(scenes: tuple) -> tuple:
+    """The same scenes in grey (channel mean of the pixels, normalised again)."""
+    from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD
+
+    x, *rest = scenes
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    g = (x * std + mean).mean(1, keepdim=True)
+    return ((g - mean) / std, *rest)
 
 
 def fft_features(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -85,6 +109,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=112, help="scene size in pixels (a multiple of 14)")
     ap.add_argument("--scenes", type=int, nargs=2, default=[128, 48], help="probe train and test scenes")
     ap.add_argument("--supervised-steps", type=int, default=400, help="0: skip the supervised reference")
+    ap.add_argument("--grey", action="store_true", help="probe on grey scenes (for backbones trained on grey views)")
     args = ap.parse_args()
 
     from dinov2_dense import load_backbone
@@ -95,6 +120,8 @@ def main() -> int:
     num_classes = SceneConfig().num_classes
     train = scene_set(args.scenes[0], args.size, "train", appearance=args.appearance)
     test = scene_set(args.scenes[1], args.size, "val", appearance=args.appearance)
+    if args.grey:
+        train, test = grey(train), grey(test)
     if args.weights:
         model = load_backbone(None, args.weights).eval()
         arch = model.arch_kwargs()
@@ -104,7 +131,7 @@ def main() -> int:
     torch.manual_seed(0)
     random = DinoVisionTransformer(**arch).eval()
     p = random.patch_size
-    print(f"{args.appearance} scenes at {args.size} px, probe on {args.scenes[0]} / {args.scenes[1]} scenes, "
+    print(f"{args.appearance} scenes{' in grey' if args.grey else ''} at {args.size} px, probe on {args.scenes[0]} / {args.scenes[1]} scenes, "
           f"{num_classes} classes; mIoU at the patch grid", flush=True)
     print(f"{'block':>5}  {'backbone':>8}  {'random':>6}")
     for block in range(len(random.blocks)):
@@ -112,6 +139,10 @@ def main() -> int:
             if model is not None else float("nan")
         rnd = patch_probe(train, test, lambda x: random.intermediate_maps(x, [block])[0][0], num_classes)
         print(f"{block:5d}  {ours:8.1f}  {rnd:6.1f}", flush=True)
+    with torch.no_grad():
+        ours = patch_probe(train, test, cell_tokens(model, p), num_classes) if model is not None else float("nan")
+        rnd = patch_probe(train, test, cell_tokens(random, p), num_classes)
+    print(f"class token of each {p}-pixel cell fed alone: {ours:.1f} (random init {rnd:.1f})")
     print(f"pixels of each patch: {patch_probe(train, test, lambda x: patches(x, p), num_classes):.1f}")
     print(f"patch FFT magnitude:  {patch_probe(train, test, lambda x: fft_features(x, p), num_classes):.1f}")
     if args.supervised_steps:
