@@ -11,8 +11,8 @@ patch's 2-D FFT (grey, mean removed, unit norm: a colour-blind texture feature),
 architecture trained **supervised** (patch cross-entropy, AdamW 1e-3, batch 32) for
 ``--supervised-steps`` steps on other scenes. One more row feeds each patch-sized cell alone and
 probes its class token: where that beats the patch tokens, the DINO loss taught the class-token path
-what the patch tokens did not learn. ``--grey`` probes grey scenes. A pretraining recipe that learns what the scenes'
-classes are made of moves the first column from the random one towards the supervised one; on
+what the patch tokens did not learn. ``--grey`` probes grey scenes. A pretraining recipe that learns
+what the scenes' classes are made of moves the first column from the random one towards the supervised one; on
 "texture" scenes (classes shown by texture only) random features sit at the background-only floor.
 """
 
@@ -131,17 +131,17 @@ def main() -> int:
     torch.manual_seed(0)
     random = DinoVisionTransformer(**arch).eval()
     p = random.patch_size
-    print(f"{args.appearance} scenes{' in grey' if args.grey else ''} at {args.size} px, probe on {args.scenes[0]} / {args.scenes[1]} scenes, "
-          f"{num_classes} classes; mIoU at the patch grid", flush=True)
+    look = f"{args.appearance} scenes" + (" in grey" if args.grey else "")
+    print(f"{look} at {args.size} px, probe on {args.scenes[0]} / {args.scenes[1]} scenes, {num_classes} classes; "
+          "mIoU at the patch grid", flush=True)
     print(f"{'block':>5}  {'backbone':>8}  {'random':>6}")
     for block in range(len(random.blocks)):
         ours = patch_probe(train, test, lambda x: model.intermediate_maps(x, [block])[0][0], num_classes) \
             if model is not None else float("nan")
         rnd = patch_probe(train, test, lambda x: random.intermediate_maps(x, [block])[0][0], num_classes)
         print(f"{block:5d}  {ours:8.1f}  {rnd:6.1f}", flush=True)
-    with torch.no_grad():
-        ours = patch_probe(train, test, cell_tokens(model, p), num_classes) if model is not None else float("nan")
-        rnd = patch_probe(train, test, cell_tokens(random, p), num_classes)
+    ours = patch_probe(train, test, cell_tokens(model, p), num_classes) if model is not None else float("nan")
+    rnd = patch_probe(train, test, cell_tokens(random, p), num_classes)
     print(f"class token of each {p}-pixel cell fed alone: {ours:.1f} (random init {rnd:.1f})")
     print(f"pixels of each patch: {patch_probe(train, test, lambda x: patches(x, p), num_classes):.1f}")
     print(f"patch FFT magnitude:  {patch_probe(train, test, lambda x: fft_features(x, p), num_classes):.1f}")

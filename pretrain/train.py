@@ -427,10 +427,11 @@ class UniformTeacher:
     uniform distribution (relative entropy >= ``threshold``). Then the head's outputs vary across
     images by less than the teacher temperature, the centred softmax flattens them, the student
     learns to output uniform distributions too and the DINO loss teaches the backbone nothing (iBOT
-    and KoLeo still may), while that loss sits at log K and nothing else looks wrong. :meth:`update` is True once, when ``window`` iterations
-    in a row past iteration ``after`` (the learning-rate warm-up) have been uniform."""
+    and KoLeo still may), while that loss sits at log K and nothing else looks wrong. :meth:`update`
+    is True once, when ``window`` iterations in a row past iteration ``after`` (the learning-rate
+    warm-up) have been uniform."""
 
-    def __init__(self, after: int, window: int = 200, threshold: float = 0.99):
+    def __init__(self, after: int, window: int = UNIFORM_TEACHER_WINDOW, threshold: float = 0.99):
         self.after, self.window, self.threshold = after, window, threshold
         self.streak, self.warned, self.message = 0, False, ""
 
