@@ -9,8 +9,11 @@ decode like photographs) into a temporary folder, then times:
 * model only: batches already decoded and on the device, through ``extract_features`` and the
   class-token pooling, back on the CPU (images/s, median of ``--repeats`` passes over ``--model-batches`` batches);
 * ``embed_images`` (the curation embedding: read, decode, resize, run, pool, store) over the folder,
-  once for each ``--num-workers`` (a fresh store each time);
-* ``extract_features`` over the list of paths (the ``features`` path) with the most workers.
+  once for each ``--num-workers`` (a fresh store each time), and the part of it spent on the
+  store's weight fingerprint (a fixed cost per run);
+* ``extract_features`` over the list of paths (the ``features`` path) with the most workers;
+* the ceiling of any worker arrangement: reading and resizing alone (``read_resized``, one thread
+  each) in a pool of that many processes, already started, nothing sent to the model.
 
 Prints images/s of each and its share of the model-only rate (the goal: at least 80% on a GPU).
 Random weights: the time does not depend on them.
@@ -52,6 +55,32 @@ def write_jpegs(folder: Path, count: int, hw: tuple[int, int] = (375, 500), seed
     return paths
 
 
+def _one_thread() -> None:
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _read(path: str, size: int) -> None:
+    from dinov2_dense.evaluation.knn import read_resized
+
+    read_resized(path, (size, size))
+
+
+def decode_ceiling(paths: list[str], size: int, workers: int) -> float:
+    """Images/s of reading and resizing alone in ``workers`` started processes of one thread each."""
+    import functools
+    import multiprocessing
+
+    read = functools.partial(_read, size=size)
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+        pool.map(read, paths[: 4 * workers])  # every process has started and read something
+        t = time.perf_counter()
+        pool.map(read, paths, chunksize=8)
+        return len(paths) / (time.perf_counter() - t)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -72,6 +101,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from dinov2_dense import load_backbone
+    from dinov2_dense.checkpoints import fingerprint
     from dinov2_dense.evaluation.knn import pool_features
     from dinov2_dense.features import extract_features
     from pretrain.curation.store import embed_images
@@ -106,25 +136,30 @@ def main() -> int:
         model_rate = args.model_batches * args.batch_size / statistics.median(seen)
         print(f"  model only (decoded batches on the device): {model_rate:8.1f} images/s", flush=True)
 
-        for workers in args.num_workers:
+        t = time.perf_counter()
+        fingerprint(model)
+        print(f"  weight fingerprint of the store (once per embed_images run): {time.perf_counter() - t:.3f} s",
+              flush=True)
+
+        def timed(label: str, run) -> None:
             sync(device)
             t = time.perf_counter()
-            store = embed_images(model, paths, Path(tmp) / f"store_{workers}", size=args.size,
-                                 batch_size=args.batch_size, num_workers=workers, progress=False)
-            sync(device)
-            rate = len(store) / (time.perf_counter() - t)
-            print(f"  embed_images, {workers} workers: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of "
-                  f"model only)", flush=True)
+            count = run()
+            sync(device)  # the features stay where they were computed
+            rate = count / (time.perf_counter() - t)
+            print(f"  {label}: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
 
+        for workers in args.num_workers:
+            store = Path(tmp) / f"store_{workers}"
+            timed(f"embed_images, {workers} workers", lambda: len(embed_images(
+                model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers, progress=False)))
         workers = max(args.num_workers)
-        sync(device)
-        t = time.perf_counter()
-        feats = extract_features(model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size,
-                                 num_workers=workers, progress=False)
-        sync(device)  # the features stay where they were computed
-        rate = len(paths) / (time.perf_counter() - t)
-        print(f"  extract_features(paths), {workers} workers: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% "
-              f"of model only)", flush=True)
+        timed(f"extract_features(paths), {workers} workers", lambda: len(extract_features(
+            model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
+            progress=False)))
+        rate = decode_ceiling(paths, args.size, workers)
+        print(f"  reading and resizing alone, {workers} processes: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% "
+              "of model only: the ceiling of any worker arrangement)", flush=True)
     return 0
 
 

@@ -86,11 +86,12 @@ class Timer:
         return statistics.median(seen)
 
 
-def build_peers(arch: str, device: torch.device, with_compile: bool) -> dict[str, tuple[nn.Module, object]]:
+def build_peers(arch: str, device: torch.device, with_compile: bool, kernels: tuple[str, ...] = (),
+                mode: str = "default") -> dict[str, tuple[nn.Module, object]]:
     """name -> (model, forward(model, x)) for every implementation that is installed; a missing one
-    maps to (None, reason)."""
+    maps to (None, reason). ``kernels``: also ours compiled with each of these attention kernels first."""
     from dinov2_dense import load_backbone
-    from dinov2_dense.models.speed import compile_blocks
+    from dinov2_dense.models.speed import compile_blocks, set_attention
 
     gpu = device.type == "cuda"
     peers: dict = {}
@@ -103,11 +104,17 @@ def build_peers(arch: str, device: torch.device, with_compile: bool) -> dict[str
         peers["ours bf16"] = (half, lambda m, x: m.intermediate_maps(x.to(torch.bfloat16), last)[0][0])
     if with_compile:
         fast = load_backbone(f"dinov2_{arch}", weights=None, device=device, dtype="bf16" if gpu else None)
-        if compile_blocks(fast):
+        if compile_blocks(fast, mode):
             cast = torch.bfloat16 if gpu else torch.float32
             peers["ours compiled"] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0])
         else:
             peers["ours compiled"] = (None, "no compiler (see the warning)")
+        for kernel in kernels:
+            fast = set_attention(load_backbone(f"dinov2_{arch}", weights=None, device=device,
+                                               dtype="bf16" if gpu else None), kernel)
+            cast = torch.bfloat16 if gpu else torch.float32
+            peers[f"ours compiled {kernel}"] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0]) \
+                if compile_blocks(fast, mode) else (None, "no compiler (see the warning)")
     factory, kw = ARCHS[arch]
     try:
         with warnings.catch_warnings():
@@ -144,7 +151,7 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
     gpu = device.type == "cuda"
     peak = peak_tflops(device)
     for arch in args.archs:
-        peers = build_peers(arch, device, not args.skip_compile)
+        peers = build_peers(arch, device, not args.skip_compile, tuple(args.attention_kernels), args.compile_mode)
         flops = {}
         for config in args.configs:
             size, batch = (int(v) for v in config.split("x"))
@@ -157,7 +164,7 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
                 if model is None:
                     print(f"  {name:15s} {fwd}")
                     continue
-                half_weights = name in ("ours bf16", "ours compiled")  # the others run under bf16 autocast on a GPU
+                half_weights = name == "ours bf16" or name.startswith("ours compiled")  # the others run under bf16 autocast on a GPU
                 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not half_weights else nullcontext()
                 if gpu:
                     torch.cuda.empty_cache()
@@ -181,6 +188,7 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
 
 
 def full_models(args, device: torch.device, timer: Timer) -> None:
+    from dinov2_dense.models.speed import compile_blocks
     from dinov2_dense.zoo import build_model
 
     gpu = device.type == "cuda"
@@ -193,12 +201,17 @@ def full_models(args, device: torch.device, timer: Timer) -> None:
             model.test_cfg = {**model.test_cfg, "scale": tuple(v // 2 for v in model.test_cfg["scale"])}
         x = torch.randn(1, 3, *hw, device=device)
         results, times = {}, {}
-        for label, crops, half in (("one crop at a time", 1, False), ("batched crops", args.crop_batch_size, False),
-                                   ("batched, bf16 weights", args.crop_batch_size, True)):
+        modes = [("one crop at a time", 1, False), ("batched crops", args.crop_batch_size, False),
+                 ("batched, bf16 weights", args.crop_batch_size, True)]
+        if not args.skip_compile:
+            modes.append(("batched, bf16, compiled", args.crop_batch_size, True))
+        for label, crops, half in modes:
             if half and not gpu:
                 continue
             if half:
                 model.backbone.to(torch.bfloat16)
+            if label.endswith("compiled") and not compile_blocks(model.backbone, args.compile_mode):
+                continue
             ctx = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not half else nullcontext()
             with torch.inference_mode(), ctx:
                 times[label] = timer(lambda: model.predict(x, crop_batch_size=crops))
@@ -221,6 +234,10 @@ def main() -> int:
                                                                "on a GPU, and 224 at 4x that; 224x4 518x1 on a CPU)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on a GPU, 3 on a CPU)")
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "max-autotune", "reduce-overhead"],
+                    help="torch.compile mode of the compiled backbones")
+    ap.add_argument("--attention-kernels", nargs="+", default=[], choices=["flash", "efficient", "cudnn", "math"],
+                    help="also time ours compiled with each of these attention kernels preferred")
     ap.add_argument("--skip-full", action="store_true", help="skip the +ms and DPT full models")
     ap.add_argument("--skip-backbones", action="store_true", help="only the full models")
     ap.add_argument("--full-arch", default=None, help="backbone of the full models (default vitl14 on a GPU, vits14 on a CPU)")

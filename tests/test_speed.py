@@ -104,6 +104,21 @@ def test_compile_falls_back_with_a_warning_when_no_compiler_or_compiling_fails(x
         speed.compile_blocks(model, "fastest")
 
 
+def test_max_autotune_compiles_each_block_without_cuda_graphs(monkeypatch):
+    """torch's "max-autotune" also records CUDA graphs; compiled block by block, each replay overwrote
+    the output the next block was reading (the first forward failed on an H100). The blocks must
+    get the autotuning alone, with dynamic shapes like the default mode."""
+    model = tiny_vit()
+    seen = []
+    monkeypatch.setattr(speed, "compiler_missing", lambda device: None)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    assert speed.compile_blocks(model, "max-autotune", check=False)
+    assert seen == [{"mode": "max-autotune-no-cudagraphs", "dynamic": True}] * len(model.blocks)
+    seen.clear()
+    assert speed.compile_blocks(model, "default", check=False)
+    assert seen == [{"mode": None, "dynamic": True}] * len(model.blocks)
+
+
 def test_load_backbone_takes_the_fast_path_options(tmp_path, monkeypatch, x):
     model = tiny_vit()
     torch.save(model.state_dict(), tmp_path / "backbone.pth")

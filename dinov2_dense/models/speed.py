@@ -6,8 +6,8 @@
   (memory-efficient), ``"cudnn"`` or ``"math"``. A kernel that cannot run the inputs falls back to
   the next one that can (math last), so a choice never fails on a device that lacks it.
 * :func:`compile_blocks`: ``torch.compile`` of each transformer block in place (state-dict keys
-  unchanged). Mode ``"default"`` or ``"max-autotune"`` mark shapes dynamic, so a new image size
-  or batch does not compile again; ``"reduce-overhead"`` compiles the whole block stack as one
+  unchanged). Mode ``"default"`` or ``"max-autotune"`` (GEMM autotuning, without CUDA graphs) mark
+  shapes dynamic, so a new image size or batch does not compile again; ``"reduce-overhead"`` compiles the whole block stack as one
   graph and records CUDA graphs, one per input shape (best for a fixed size, small batches on a
   GPU); its outputs are copied out of the graph's buffers, so results of earlier calls stay valid. Where no compiler is present (no C++ compiler for CPUs, no
   Triton for GPUs) or compiling fails, the blocks stay as they are and a warning says why.
@@ -32,6 +32,10 @@ __all__ = ["ATTENTION_KERNELS", "COMPILE_MODES", "compile_blocks", "compiler_mis
 
 ATTENTION_KERNELS = dict(zip(ATTENTION_KERNEL_NAMES, (None, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                                                         SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)))
+
+
+#: What each mode of :func:`compile_blocks` asks ``torch.compile`` for, block by block.
+BLOCK_COMPILE_MODES = {"max-autotune": "max-autotune-no-cudagraphs"}
 
 
 def set_attention(model: nn.Module, kernel: str = "auto") -> nn.Module:
@@ -86,8 +90,10 @@ def compile_blocks(model: nn.Module, mode: str = "default", *, check: bool = Tru
 
         model.forward_layers = forward_layers  # an instance attribute: no module, the state dict is unchanged
     else:
+        # torch's "max-autotune" records CUDA graphs too, which per-block compiling cannot use (the same
+        # overwrite as above: measured on an H100, the first forward failed); autotuning is kept.
         for block in blocks:
-            block.compile(mode=None if mode == "default" else mode, dynamic=True)
+            block.compile(mode=None if mode == "default" else BLOCK_COMPILE_MODES[mode], dynamic=True)
     if not check:
         return True
     p = model.patch_size
