@@ -9,7 +9,11 @@ For each backbone and SIZExBATCH: images/s of every implementation (median of ``
 runs after warm-up; CUDA events on a GPU, wall time on a CPU), the ratio to the official code, the
 share of the device's bf16 matrix peak that the rate reaches (from the model's FLOPs per image;
 GPU only, for the devices in ``PEAK_TFLOPS``) and the peak memory of the forward (GPU). Then one
-image through the full ADE20K +ms and NYU DPT models, windows one at a time against batched.
+image through the full ADE20K +ms and NYU DPT models, windows one at a time against batched (and
+with bf16 weights, and compiled, on a GPU).
+
+    python benchmarks/gpu_speed.py --archs vitl14 --configs 518x32 --attention-kernels cudnn flash efficient
+    python benchmarks/gpu_speed.py --archs vitl14 --configs 518x32 --compile-mode max-autotune --skip-full
 
 Settings on a GPU: the peers run under bf16 autocast with float32 weights, as users run them; "ours
 bf16" has bf16 weights; "ours compiled" adds ``torch.compile`` of the blocks. On a CPU everything is
