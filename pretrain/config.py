@@ -3,7 +3,7 @@
 models), plus our own sections, with every user value checked at start.
 
 A config is a dict of sections (``student``, ``teacher``, ``dino``, ``ibot``, ``train``, ``optim``,
-``crops``, ``compute``, ``monitor``, ``distill``); :func:`resolve` fills the defaults and refuses an
+``crops``, ``compute``, ``monitor``, ``cell``, ``distill``); :func:`resolve` fills the defaults and refuses an
 unknown section or key, naming it (``optim.warmup_epoch``: a typo would otherwise be ignored), and
 values of the wrong kind. Config files in ``configs/pretrain/`` are mmengine ``.py`` files with one
 ``dict`` per section.
@@ -107,6 +107,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         knn_scenes=(200, 100),
         appearance="colour",  # the scenes' SceneConfig.appearance: "colour" or "texture" (classes shown by texture only)
     ),
+    "cell": dict(
+        # ours, not the DINOv2 recipe (0: off): every patch token of the student's global crops is trained,
+        # through the DINO head, towards the teacher's class-token targets of its own patch-sized cell fed
+        # alone (a one-patch image), Sinkhorn-Knopp balanced at the teacher temperature (pretrain.meta_arch)
+        loss_weight=0.0,
+    ),
     "distill": dict(
         teacher=None,  # distillation: a zoo name or a file load_backbone reads (the frozen teacher)
         teacher_head=None,  # a pretraining checkpoint (or its run folder: the newest) holding teacher.dino_head.*
@@ -181,6 +187,9 @@ def _check(cfg: dict, source: str) -> None:
     need(cfg["compute"]["distributed"] in ("ddp", "fsdp"), "compute.distributed", "use ddp or fsdp")
     lo, hi = cfg["ibot"]["mask_ratio_min_max"]
     need(0 <= lo <= hi < 1, "ibot.mask_ratio_min_max", "0 <= min <= max < 1")
+    need(cfg["cell"]["loss_weight"] >= 0, "cell.loss_weight", "a weight >= 0")
+    need(cfg["cell"]["loss_weight"] == 0 or cfg["distill"]["teacher"] is None, "cell.loss_weight",
+         "distillation has no cell loss: set it to 0 with distill.teacher")
 
 
 def resolve_student(base: dict, override: dict, source: str = "config") -> dict:

@@ -15,6 +15,12 @@ One step (:meth:`SSLMetaArch.forward_backward`):
 3. Losses, with the official normalisation: DINO on local crops and on the global crops divided by
    the number of (student, teacher) crop pairs, KoLeo (weight 0.1) on each global crop's class
    tokens, iBOT on the masked patches (each image weighted 1 / its number of masked patches).
+4. Ours, off by default (``cell.loss_weight``): the cell loss. The teacher reads each patch-sized
+   cell of the global crops alone (a one-patch image; its class token through the DINO head,
+   Sinkhorn-Knopp balanced), and every patch token of the student's global crops (masked or not)
+   is trained towards its own cell's target through the same head. The DINO loss with one-patch
+   local crops teaches the class-token path to read a cell's texture; this hands that reading to
+   the patch tokens, which the dense heads use (README, "What it does not learn yet").
 
 :meth:`update_teacher` moves the teacher towards the student with the scheduled momentum.
 """
@@ -26,6 +32,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinov2_dense.models import DinoVisionTransformer
@@ -82,6 +89,7 @@ class SSLMetaArch(nn.Module):
         self.do_koleo = dino["koleo_loss_weight"] > 0
         self.do_ibot = ibot["loss_weight"] > 0
         self.ibot_separate_head = bool(ibot["separate_head"])
+        self.cell_weight = float(cfg["cell"]["loss_weight"])  # global crops are whole patches (pretrain.config)
 
         def head(section: dict) -> DINOHead:
             return DINOHead(in_dim=self.embed_dim, out_dim=section["head_n_prototypes"],
@@ -154,6 +162,7 @@ class SSLMetaArch(nn.Module):
         with torch.no_grad(), ctx():
             teacher_dino, teacher_ibot = self._teacher_targets(global_crops, mask_indices, n_masked, n_masked_tensor,
                                                                teacher_temp, centering, ibot_on)
+            teacher_cells = self._cell_targets(global_crops, teacher_temp) if self.cell_weight > 0 else None
         losses: dict[str, Tensor] = {}
         with ctx():
             crops = [global_crops, local_crops] if n_local > 0 else [global_crops]
@@ -169,6 +178,8 @@ class SSLMetaArch(nn.Module):
                 masked_patches = torch.index_select(student_global["x_norm_patchtokens"].flatten(0, 1), 0, mask_indices)
                 if not self.ibot_separate_head:
                     head_inputs.append(masked_patches)
+            if teacher_cells is not None:
+                head_inputs.append(student_global["x_norm_patchtokens"].flatten(0, 1))
             sizes = [t.shape[0] for t in head_inputs]
             after_head = list(self.student.dino_head(torch.cat(head_inputs)).split(sizes))
             local_out = after_head.pop(0) if n_local > 0 else None
@@ -176,6 +187,7 @@ class SSLMetaArch(nn.Module):
             ibot_out = None
             if ibot_on:
                 ibot_out = after_head.pop(0) if not self.ibot_separate_head else self.student.ibot_head(masked_patches)
+            cell_out = after_head.pop(0) if teacher_cells is not None else None
         # the losses in float32, as the official heads' outputs are upcast before their softmaxes
         local_out, global_out = (None if local_out is None else local_out.float()), global_out.float()
         ibot_out = None if ibot_out is None else ibot_out.float()
@@ -199,6 +211,11 @@ class SSLMetaArch(nn.Module):
             loss = loss * 2 / n_global
             losses["ibot_loss"] = loss / 2
             total = total + self.cfg["ibot"]["loss_weight"] * loss
+        if cell_out is not None:
+            log_p = F.log_softmax(cell_out.float() / self.dino_loss.student_temp, dim=-1)
+            loss = -(teacher_cells * log_p).sum(-1).mean()
+            losses["cell_loss"] = loss
+            total = total + self.cell_weight * loss
         if scaler is not None:
             scaler.scale(total).backward()
         else:
@@ -207,6 +224,8 @@ class SSLMetaArch(nn.Module):
             losses["dino_teacher_entropy"] = relative_entropy(teacher_dino)
         if ibot_on:
             losses["ibot_teacher_entropy"] = relative_entropy(teacher_ibot)
+        if teacher_cells is not None:
+            losses["cell_teacher_entropy"] = relative_entropy(teacher_cells)
         return {k: v.detach().float() for k, v in losses.items()}
 
     def _teacher_targets(self, global_crops: Tensor, mask_indices: Tensor, n_masked: int, n_masked_tensor: Tensor,
@@ -242,6 +261,18 @@ class SSLMetaArch(nn.Module):
         else:
             raise ValueError(f"train.centering={centering!r}: use 'centering' or 'sinkhorn_knopp'")
         return dino, ibot
+
+
+    def _cell_targets(self, global_crops: Tensor, teacher_temp: float) -> Tensor:
+        """(patches of all global crops, K) targets of the cell loss (``cfg["cell"]``): the teacher's
+        DINO-head scores of each patch-sized cell of the crops fed alone (a one-patch image, its class
+        token), Sinkhorn-Knopp balanced over the batch; rows in the order of the student's patch
+        tokens (crop by crop, each in row-major grid order)."""
+        p = self.teacher.backbone.patch_size
+        cells = F.unfold(global_crops, p, stride=p)  # (n, 3 p p, cells): row-major grid order
+        cells = cells.transpose(1, 2).reshape(-1, global_crops.shape[1], p, p)
+        scores = self.teacher.dino_head(self.teacher.backbone(cells, is_training=True)["x_norm_clstoken"])
+        return self.dino_loss.sinkhorn_knopp_teacher(scores.float(), teacher_temp=teacher_temp)
 
 
 def _everywhere(flag: bool, device: torch.device) -> bool:

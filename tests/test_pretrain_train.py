@@ -412,3 +412,72 @@ def test_blur_and_colour_settings_reach_the_augmentation_and_are_checked(tmp_pat
             resolve(tiny(1, crops=dict(color_jitter=bad)))
     with pytest.raises(ConfigError, match=r"crops.grayscale_probability = 1.5: a probability"):
         resolve(tiny(1, crops=dict(grayscale_probability=1.5)))
+
+
+def _cell_batch(cfg: dict, batch: int = 3, seed: int = 0) -> dict:
+    from pretrain.data.collate import collate_data_and_cast
+    from pretrain.data.masking import MaskingGenerator
+
+    g, loc, n_local = cfg["crops"]["global_crops_size"], cfg["crops"]["local_crops_size"], cfg["crops"]["local_crops_number"]
+    gen = torch.Generator().manual_seed(seed)
+    samples = [({"global_crops": [torch.randn(3, g, g, generator=gen) for _ in range(2)],
+                 "local_crops": [torch.randn(3, loc, loc, generator=gen) for _ in range(n_local)]}, None)
+               for _ in range(batch)]
+    side = g // 14
+    import random
+
+    random.seed(seed)
+    return collate_data_and_cast(samples, (0.1, 0.5), 0.5, torch.float32, n_tokens=side * side,
+                                 mask_generator=MaskingGenerator(side, max_num_patches=0.5 * side * side))
+
+
+def test_cell_loss_trains_each_patch_token_towards_its_own_cell_fed_alone():
+    """cell.loss_weight: the teacher's class-token targets of each 14-px cell fed alone, against the
+    student's patch token at that cell, by a direct computation (cells cut by loops, one at a time)."""
+    import torch.nn.functional as F
+
+    from pretrain.config import resolve
+    from pretrain.loss.centering import sinkhorn_knopp
+    from pretrain.meta_arch import SSLMetaArch
+
+    cfg = resolve(tiny(cell=dict(loss_weight=0.5), crops=dict(global_crops_size=42),
+                       student=dict(drop_path_rate=0.0)))
+    torch.manual_seed(0)
+    arch = SSLMetaArch(cfg)
+    with torch.no_grad():  # a teacher unlike the student, so that the two roles cannot be swapped unseen
+        for p in arch.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    data = _cell_batch(cfg)
+    arch.train()
+    losses = arch.forward_backward(data, teacher_temp=0.07)
+    crops, masks = data["collated_global_crops"], data["collated_masks"]
+    side, p = 3, 14
+    with torch.no_grad():
+        cells = torch.stack([crops[i, :, r * p:(r + 1) * p, c * p:(c + 1) * p]
+                             for i in range(len(crops)) for r in range(side) for c in range(side)])
+        scores = torch.cat([arch.teacher.dino_head(arch.teacher.backbone.forward_features(x[None])["x_norm_clstoken"])
+                            for x in cells])
+        targets = sinkhorn_knopp(scores, 0.07, len(scores), 3)
+        tokens = arch.student.backbone(crops, masks=masks, is_training=True)["x_norm_patchtokens"].flatten(0, 1)
+        log_p = F.log_softmax(arch.student.dino_head(tokens) / 0.1, dim=-1)
+    want = -(targets * log_p).sum(-1).mean()
+    torch.testing.assert_close(losses["cell_loss"], want, rtol=1e-5, atol=1e-5)
+    assert 0 < float(losses["cell_teacher_entropy"]) < 1
+    off = SSLMetaArch(resolve(tiny(crops=dict(global_crops_size=42)))).forward_backward(data, teacher_temp=0.07)
+    assert "cell_loss" not in off and "cell_teacher_entropy" not in off
+    from pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cell.loss_weight = 1.0: distillation has no cell loss"):
+        resolve(tiny(cell=dict(loss_weight=1.0), distill=dict(teacher="dinov2_vits14")))
+    with pytest.raises(ConfigError, match="cell.loss_weight = -1"):
+        resolve(tiny(cell=dict(loss_weight=-1)))
+
+
+def test_a_run_with_the_cell_loss_logs_and_draws_it(tmp_path):
+    work = tmp_path / "cell"
+    pretrain(tiny(2, cell=dict(loss_weight=0.5), crops=dict(global_crops_size=42)), work, progress=False)
+    rows = [json.loads(line) for line in (work / "training_metrics.jsonl").read_text().splitlines()]
+    assert rows and all("cell_loss" in r and 0 < r["cell_teacher_entropy"] < 1 for r in rows)
+    for r in rows:  # the logged total is the sum of the losses, the cell loss among them
+        assert r["total_loss"] == pytest.approx(sum(v for k, v in r.items() if k.endswith("_loss") and k != "total_loss"))
+    assert (work / "training_curves.png").stat().st_size > 0 and (work / "export" / "backbone.safetensors").is_file()
