@@ -158,8 +158,8 @@ def main() -> int:
             model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
             progress=False)))
         rate = decode_ceiling(paths, args.size, workers)
-        print(f"  reading and resizing alone, {workers} processes: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% "
-              "of model only: the ceiling of any worker arrangement)", flush=True)
+        print(f"  reading and resizing alone, {workers} processes: {rate:8.1f} images/s  "
+              f"({100 * rate / model_rate:5.1f}% of model only: the ceiling of any worker arrangement)", flush=True)
     return 0
 
 

@@ -107,17 +107,12 @@ def build_peers(arch: str, device: torch.device, with_compile: bool, kernels: tu
         half = load_backbone(f"dinov2_{arch}", weights=None, device=device, dtype="bf16")
         peers["ours bf16"] = (half, lambda m, x: m.intermediate_maps(x.to(torch.bfloat16), last)[0][0])
     if with_compile:
-        fast = load_backbone(f"dinov2_{arch}", weights=None, device=device, dtype="bf16" if gpu else None)
-        if compile_blocks(fast, mode):
-            cast = torch.bfloat16 if gpu else torch.float32
-            peers["ours compiled"] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0])
-        else:
-            peers["ours compiled"] = (None, "no compiler (see the warning)")
-        for kernel in kernels:
+        cast = torch.bfloat16 if gpu else torch.float32
+        for kernel in ("auto", *kernels):
             fast = set_attention(load_backbone(f"dinov2_{arch}", weights=None, device=device,
                                                dtype="bf16" if gpu else None), kernel)
-            cast = torch.bfloat16 if gpu else torch.float32
-            peers[f"ours compiled {kernel}"] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0]) \
+            name = "ours compiled" + ("" if kernel == "auto" else f" {kernel}")
+            peers[name] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0]) \
                 if compile_blocks(fast, mode) else (None, "no compiler (see the warning)")
     factory, kw = ARCHS[arch]
     try:
@@ -168,7 +163,8 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
                 if model is None:
                     print(f"  {name:15s} {fwd}")
                     continue
-                half_weights = name == "ours bf16" or name.startswith("ours compiled")  # the others run under bf16 autocast on a GPU
+                # ours bf16 and compiled have bf16 weights on a GPU; the others run under bf16 autocast
+                half_weights = name == "ours bf16" or name.startswith("ours compiled")
                 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not half_weights else nullcontext()
                 if gpu:
                     torch.cuda.empty_cache()

@@ -262,7 +262,6 @@ class SSLMetaArch(nn.Module):
             raise ValueError(f"train.centering={centering!r}: use 'centering' or 'sinkhorn_knopp'")
         return dino, ibot
 
-
     def _cell_targets(self, global_crops: Tensor, teacher_temp: float) -> Tensor:
         """(patches of all global crops, K) targets of the cell loss (``cfg["cell"]``): the teacher's
         DINO-head scores of each patch-sized cell of the crops fed alone (a one-patch image, its class
@@ -273,6 +272,7 @@ class SSLMetaArch(nn.Module):
         cells = cells.transpose(1, 2).reshape(-1, global_crops.shape[1], p, p)
         scores = self.teacher.dino_head(self.teacher.backbone(cells, is_training=True)["x_norm_clstoken"])
         return self.dino_loss.sinkhorn_knopp_teacher(scores.float(), teacher_temp=teacher_temp)
+
 
 
 def _everywhere(flag: bool, device: torch.device) -> bool:

@@ -516,9 +516,9 @@ def plot_training(work_dir: str | os.PathLike) -> Path | None:
         if rows:
             series[f"monitor {key}"] = ([r["iteration"] for r in rows], [r[key] for r in rows])
     losses = [k for k in series if k.endswith("loss")]
-    groups = [losses, ["dino_teacher_entropy", "ibot_teacher_entropy", "cell_teacher_entropy"], ["lr", "last_layer_lr", "backbone_lr"], ["wd"],
-              ["mom"], ["teacher_temp"], ["images_per_s"],
-              ["monitor knn_top1", "monitor probe_miou"]]
+    entropies = ["dino_teacher_entropy", "ibot_teacher_entropy", "cell_teacher_entropy"]
+    groups = [losses, entropies, ["lr", "last_layer_lr", "backbone_lr"], ["wd"], ["mom"], ["teacher_temp"],
+              ["images_per_s"], ["monitor knn_top1", "monitor probe_miou"]]
     return save_curves(series, work_dir / "training_curves.png", groups=groups, title=str(work_dir.name))
 
 

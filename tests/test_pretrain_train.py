@@ -479,5 +479,6 @@ def test_a_run_with_the_cell_loss_logs_and_draws_it(tmp_path):
     rows = [json.loads(line) for line in (work / "training_metrics.jsonl").read_text().splitlines()]
     assert rows and all("cell_loss" in r and 0 < r["cell_teacher_entropy"] < 1 for r in rows)
     for r in rows:  # the logged total is the sum of the losses, the cell loss among them
-        assert r["total_loss"] == pytest.approx(sum(v for k, v in r.items() if k.endswith("_loss") and k != "total_loss"))
+        terms = [v for k, v in r.items() if k.endswith("_loss") and k != "total_loss"]
+        assert r["total_loss"] == pytest.approx(sum(terms))
     assert (work / "training_curves.png").stat().st_size > 0 and (work / "export" / "backbone.safetensors").is_file()

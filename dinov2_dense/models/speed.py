@@ -7,9 +7,9 @@
   the next one that can (math last), so a choice never fails on a device that lacks it.
 * :func:`compile_blocks`: ``torch.compile`` of each transformer block in place (state-dict keys
   unchanged). Mode ``"default"`` or ``"max-autotune"`` (GEMM autotuning, without CUDA graphs) mark
-  shapes dynamic, so a new image size or batch does not compile again; ``"reduce-overhead"`` compiles the whole block stack as one
-  graph and records CUDA graphs, one per input shape (best for a fixed size, small batches on a
-  GPU); its outputs are copied out of the graph's buffers, so results of earlier calls stay valid. Where no compiler is present (no C++ compiler for CPUs, no
+  shapes dynamic, so a new image size or batch does not compile again; ``"reduce-overhead"``
+  compiles the whole block stack as one graph and records CUDA graphs, one per input shape (best
+  for a fixed size, small batches on a GPU); its outputs are copied out of the graph's buffers, so results of earlier calls stay valid. Where no compiler is present (no C++ compiler for CPUs, no
   Triton for GPUs) or compiling fails, the blocks stay as they are and a warning says why.
 
 Both keep the numerics within float tolerance of the plain path (the compiler may reorder
