@@ -415,6 +415,9 @@ def test_blur_and_colour_settings_reach_the_augmentation_and_are_checked(tmp_pat
 
 
 def _cell_batch(cfg: dict, batch: int = 3, seed: int = 0) -> dict:
+    """A collated batch of random crops with iBOT masks, for a direct look at one training step."""
+    import random
+
     from pretrain.data.collate import collate_data_and_cast
     from pretrain.data.masking import MaskingGenerator
 
@@ -424,8 +427,6 @@ def _cell_batch(cfg: dict, batch: int = 3, seed: int = 0) -> dict:
                  "local_crops": [torch.randn(3, loc, loc, generator=gen) for _ in range(n_local)]}, None)
                for _ in range(batch)]
     side = g // 14
-    import random
-
     random.seed(seed)
     return collate_data_and_cast(samples, (0.1, 0.5), 0.5, torch.float32, n_tokens=side * side,
                                  mask_generator=MaskingGenerator(side, max_num_patches=0.5 * side * side))
@@ -436,7 +437,7 @@ def test_cell_loss_trains_each_patch_token_towards_its_own_cell_fed_alone():
     student's patch token at that cell, by a direct computation (cells cut by loops, one at a time)."""
     import torch.nn.functional as F
 
-    from pretrain.config import resolve
+    from pretrain.config import ConfigError, resolve
     from pretrain.loss.centering import sinkhorn_knopp
     from pretrain.meta_arch import SSLMetaArch
 
@@ -465,8 +466,6 @@ def test_cell_loss_trains_each_patch_token_towards_its_own_cell_fed_alone():
     assert 0 < float(losses["cell_teacher_entropy"]) < 1
     off = SSLMetaArch(resolve(tiny(crops=dict(global_crops_size=42)))).forward_backward(data, teacher_temp=0.07)
     assert "cell_loss" not in off and "cell_teacher_entropy" not in off
-    from pretrain.config import ConfigError
-
     with pytest.raises(ConfigError, match="cell.loss_weight = 1.0: distillation has no cell loss"):
         resolve(tiny(cell=dict(loss_weight=1.0), distill=dict(teacher="dinov2_vits14")))
     with pytest.raises(ConfigError, match="cell.loss_weight = -1"):
