@@ -44,7 +44,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("backbones:")
     for r in rows:
         where = r["found"] or f"not found ({r['url']})"
-        print(f"  {r['name']:<18} {r['arch']:<10}  registers {r['registers']}  {r['file']:<34} {where}")
+        arch = "ours" if r.get("embedded") else r["arch"]
+        where = f"in the package: {where}" if r.get("embedded") and r["found"] else where
+        print(f"  {r['name']:<18} {arch:<10}  registers {r['registers']}  {r['file']:<34} {where}")
     print("full models (backbone + official head):")
     for r in models:
         where = r["found"] or "not found"
@@ -562,7 +564,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo import DemoSettings, run_demo
+    from .demo import DemoSettings, default_backbone, run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -570,6 +572,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings.quick(**extra) if args.quick else DemoSettings(**extra)
     if args.weights == "random":
         raise ValueError("--weights random: the demo compares a backbone with random init; give real weights")
+    if args.model is None and args.weights == "official":
+        args.model, why = default_backbone()
+        print(why, file=sys.stderr, flush=True)
     model = _model_name(args)
     report = run_demo(args.work_dir, model, _weights_arg(args.weights), settings=settings, label=args.model,
                       overwrite=args.overwrite, progress=not args.no_progress)
@@ -582,12 +587,14 @@ def _add_demo_command(sub) -> None:
                                        "against random init, metrics, PCA maps, an HTML report")
     demo.add_argument("--work-dir", default="work_dirs/demo", help="where scenes, caches, predictions and the "
                                                                    "report go (a rerun continues; default work_dirs/demo)")
-    demo.add_argument("--model", default=None, help="zoo name or architecture JSON (default: dinov2_vits14, or the "
-                                                    "backbone.json beside a --weights file)")
+    demo.add_argument("--model", default=None, help="zoo name or architecture JSON (default: dinov2_vits14 where its "
+                                                    "weights are on this machine, else the embedded dinov2_dense_tiny; "
+                                                    "or the backbone.json beside a --weights file)")
     demo.add_argument("--weights", default="official", help="'official' (find or download), a file or a URL")
     demo.add_argument("--quick", action="store_true", help="smaller scenes, fewer of them, shorter training")
     demo.add_argument("--scenes", choices=["colour", "texture"], default=None,
-                      help="scene appearance: classes shown by colour and texture (default) or by texture only")
+                      help="scene appearance: classes shown by texture only (default: random features hardly "
+                           "see them) or by colour and texture")
     demo.add_argument("--overwrite", action="store_true", help="start afresh in a work dir with another demo")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--threads", type=int_range(0, MAX_THREADS), default=0, help=_THREADS_HELP)

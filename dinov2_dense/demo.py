@@ -1,12 +1,17 @@
 """``dinov2-dense demo``: the toolkit end to end on one machine, with nothing to download.
 
-1. synthetic scenes (ADE20K and NYU layouts of the same scenes, train and validation);
-2. a backbone (the named one) and the same architecture at random init;
+1. synthetic scenes (ADE20K and NYU layouts of the same scenes, train and validation), and
+   one-object scenes for the PCA figures;
+2. a backbone (the named one; by default dinov2_vits14 where its weights are on this machine,
+   otherwise the embedded dinov2_dense_tiny, so nothing is downloaded) and the same architecture
+   at random init;
 3. on each frozen backbone, a linear segmentation head and a DPT depth head trained from a feature
    cache (the backbone runs once per image), then evaluated on the validation scenes (mIoU and
    per-class IoU; abs_rel, rmse, d1); predictions are saved as files;
-4. PCA maps of the scikit-image samples and of validation scenes, with the IoU of the foreground
-   of the first component against each scene's largest object;
+4. PCA maps of the scikit-image samples, of validation scenes and of one-object scenes, with the
+   IoU of the first component's foreground against all objects of the validation scenes and
+   against the object of the one-object scenes (one basis fitted jointly over each set, as in the
+   paper's figures);
 5. a report: ``report.html`` (self-contained: figures inlined), ``report.md`` and ``report.json``.
 
 Each step's outputs are written whole (staged, then renamed) and the step is then recorded in
@@ -34,24 +39,28 @@ __all__ = ["DemoSettings", "run_demo"]
 
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
 TASKS = ("segmentation", "depth")
+#: The PCA figures' one-object scenes: one large shape each, so "the largest object" is one object.
+OBJECT_SCENES = dict(min_shapes=1, max_shapes=1, shape_size=(0.3, 0.45))
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Scene counts and size, head training epochs (segmentation, depth), and the scenes' appearance
-    (see SceneConfig)."""
+    """Scene counts and size, head training epochs (segmentation, depth), the scenes' appearance
+    (see SceneConfig; "texture" by default: classes that show by texture only, which random
+    features hardly see) and the number of one-object scenes of the PCA figures."""
 
     size: int = 168
     train: int = 192
     val: int = 48
     seg_epochs: int = 40
     depth_epochs: int = 25
-    appearance: str = "colour"
+    appearance: str = "texture"
     seed: int = 0
+    pca_scenes: int = 12
 
     @classmethod
     def quick(cls, **kw) -> "DemoSettings":
-        return cls(**{"size": 112, "train": 64, "val": 16, "seg_epochs": 20, "depth_epochs": 15, **kw})
+        return cls(**{"size": 112, "train": 64, "val": 16, "seg_epochs": 20, "depth_epochs": 15, "pca_scenes": 8, **kw})
 
 
 def _log(message: str) -> None:
@@ -81,12 +90,14 @@ class _State:
 
 
 def _scenes(root: Path, s: DemoSettings, progress: bool) -> None:
-    from .data.synthetic import SceneConfig, write_ade20k_layout, write_nyu_layout
+    from .data.synthetic import SceneConfig, write_ade20k_layout, write_folder_layout, write_nyu_layout
 
     cfg = SceneConfig(size=(s.size, s.size), appearance=s.appearance)
     with staged_dir(root, overwrite=True) as tmp:
         write_ade20k_layout(tmp / "ade", s.train, s.val, config=cfg, seed=s.seed, progress=progress)
         write_nyu_layout(tmp / "nyu", s.train, s.val, config=cfg, seed=s.seed, progress=progress)
+        objects = SceneConfig(size=(s.size, s.size), appearance=s.appearance, **OBJECT_SCENES)
+        write_folder_layout(tmp / "objects", s.pca_scenes, config=objects, seed=s.seed + 1, progress=progress)
 
 
 def _predictor(backbone, task: str, num_classes: int, seed: int):
@@ -181,21 +192,19 @@ def score_predictions(pred_dir: str | Path, scenes: str | Path, task: str) -> di
 
 
 def _pca_step(work: Path, backbones: dict, s: DemoSettings) -> dict:
-    """PCA figures (scikit-image samples and scenes) per backbone, and the foreground IoU of the
-    first component against each scene's largest object."""
+    """PCA figures (scikit-image samples, validation scenes, one-object scenes) per backbone, and
+    the IoU of the first component's foreground against all objects of the validation scenes and
+    against the largest (there: the only) object of the one-object scenes."""
     from .data import ADE20KDataset
+    from .images import decode_image
     from .viz import pca_maps, save_figure
 
     val = ADE20KDataset(work / "scenes" / "ade", "validation")
     n = min(6, len(val))
     scene_files = [str(val[i]["meta"]["path"]) for i in range(n)]
-    largest, objects = [], []
-    for i in range(n):
-        seg = val[i]["seg"].numpy()
-        counts = np.bincount(seg[seg < 255].ravel(), minlength=5)
-        counts[0] = 0
-        largest.append(seg == counts.argmax())
-        objects.append((seg > 0) & (seg < 255))
+    objects = [(seg > 0) & (seg < 255) for seg in (val[i]["seg"].numpy() for i in range(n))]
+    object_files = sorted((work / "scenes" / "objects" / "images").glob("*.png"))
+    largest = [_largest_object(decode_image(work / "scenes" / "objects" / "masks" / f.name)) for f in object_files]
     result = {}
     with staged_dir(work / "pca", overwrite=True) as tmp:
         for label, backbone in backbones.items():
@@ -203,11 +212,21 @@ def _pca_step(work: Path, backbones: dict, s: DemoSettings) -> dict:
             save_figure(samples, tmp / f"{label}_skimage.png", title=f"{label}: PCA of the scikit-image samples")
             scenes = pca_maps(backbone, scene_files, size=s.size, progress=False)
             save_figure(scenes, tmp / f"{label}_scenes.png", title=f"{label}: PCA of validation scenes")
-            ious = [_iou(m.mask, g) for m, g in zip(scenes, largest)]
+            single = pca_maps(backbone, [str(f) for f in object_files], size=s.size, progress=False)
+            save_figure(single[:6], tmp / f"{label}_objects.png", title=f"{label}: PCA of one-object scenes")
+            ious = [_iou(m.mask, g) for m, g in zip(single, largest)]
             fg = [_iou(m.mask, g) for m, g in zip(scenes, objects)]
             result[label] = {"largest_object_iou": ious, "mean_largest_object_iou": float(np.mean(ious)),
                              "objects_iou": fg, "mean_objects_iou": float(np.mean(fg))}
     return result
+
+
+def _largest_object(seg: np.ndarray) -> np.ndarray:
+    """The largest non-background class region of a class-id mask (the object of a one-object scene)."""
+    seg = seg[..., 0] if seg.ndim == 3 else seg
+    counts = np.bincount(seg[seg < 255].ravel(), minlength=2)
+    counts[0] = 0
+    return seg == counts.argmax()
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -226,10 +245,10 @@ def _report(work: Path, state: dict, model: str) -> Path:
     rows_seg = [("mIoU", seg["pretrained"]["mIoU"], seg["random"]["mIoU"])] + [
         (f"IoU {n}", seg["pretrained"]["IoU"][k], seg["random"]["IoU"][k]) for k, n in enumerate(names)]
     rows_dep = [(k, dep["pretrained"][k], dep["random"][k]) for k in ("abs_rel", "rmse", "d1")]
-    rows_pca = [("first-component foreground vs all objects, IoU", pca["pretrained"]["mean_objects_iou"],
-                 pca["random"]["mean_objects_iou"]),
-                ("first-component foreground vs the largest object, IoU", pca["pretrained"]["mean_largest_object_iou"],
-                 pca["random"]["mean_largest_object_iou"])]
+    rows_pca = [("first-component foreground vs all objects (validation scenes), IoU",
+                 pca["pretrained"]["mean_objects_iou"], pca["random"]["mean_objects_iou"]),
+                ("first-component foreground vs the object (one-object scenes), IoU",
+                 pca["pretrained"]["mean_largest_object_iou"], pca["random"]["mean_largest_object_iou"])]
     summary = {"model": model, "settings": s, "segmentation": seg, "depth": dep, "pca": pca}
     write_json(work / "report.json", summary)
     title = f"dinov2-dense demo: {model} against the same architecture at random init"
@@ -274,8 +293,23 @@ def _report(work: Path, state: dict, model: str) -> Path:
 
 #: What the demo says instead of the general "try random weights" hint: it compares against random init.
 DEMO_WEIGHTS_HINT = ("The demo compares a backbone with its random initialisation, so it needs real weights: "
+                     "leave out --model to use the backbone embedded in the package (dinov2_dense_tiny), or "
                      "--weights FILE (a backbone file, e.g. a pretraining export: dinov2-dense pretrain "
                      "configs/pretrain/tiny_cpu.py writes work_dirs/pretrain/tiny_cpu/export/backbone.safetensors).")
+#: The official backbone the demo prefers when its weights are already on this machine.
+PREFERRED_OFFICIAL = "dinov2_vits14"
+
+
+def default_backbone() -> tuple[str, str]:
+    """The demo's backbone when none is named: dinov2_vits14 where its weights are on this machine
+    (nothing is downloaded), else the embedded one. Returns (zoo name, why, for the log)."""
+    from .hub import DEFAULT_EMBEDDED, find_weights
+
+    found = find_weights(PREFERRED_OFFICIAL)
+    if found is not None:
+        return PREFERRED_OFFICIAL, f"backbone: {PREFERRED_OFFICIAL} (official weights found at {found})"
+    return DEFAULT_EMBEDDED, (f"backbone: {DEFAULT_EMBEDDED}, embedded in the package ({PREFERRED_OFFICIAL}'s weights "
+                              f"are not on this machine; --model {PREFERRED_OFFICIAL} downloads them)")
 
 
 def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None = "official", *,

@@ -9,6 +9,9 @@
 4. a download from the official URL (``$DINOV2_DENSE_BASE_URL`` replaces the host, for mirrors)
    into that cache, with a progress bar, a size check, a SHA-256 check where the checksum is
    known, and an atomic rename. ``DINOV2_DENSE_OFFLINE=1`` forbids downloads.
+
+Embedded backbones (``dinov2_dense_tiny``: ours, pretrained by our pretraining core on synthetic
+scenes) ship inside the package (``dinov2_dense/weights/``): no search, no download.
 """
 
 from __future__ import annotations
@@ -44,10 +47,17 @@ class BackboneSpec:
     filename: str
     kwargs: dict = field(default_factory=dict)
     sha256: str | None = None  # None: not published; the download is then only size-checked
+    embedded: bool = False  # the file ships in the package (EMBEDDED_DIR): never looked for, never downloaded
 
     @property
     def url(self) -> str:
+        if self.embedded:
+            return self.package_file.as_uri()
         return official_url(self.name.removesuffix("_reg"), self.filename)
+
+    @property
+    def package_file(self) -> Path:
+        return EMBEDDED_DIR / self.filename
 
 
 def _official_zoo() -> dict[str, BackboneSpec]:
@@ -61,7 +71,25 @@ def _official_zoo() -> dict[str, BackboneSpec]:
     return zoo
 
 
-BACKBONES: dict[str, BackboneSpec] = _official_zoo()
+#: Package data: the embedded backbones' weights, architecture JSONs and model cards.
+EMBEDDED_DIR = Path(__file__).resolve().parent / "weights"
+#: The embedded backbone the demo falls back to when the official weights are not at hand.
+DEFAULT_EMBEDDED = "dinov2_dense_tiny"
+
+
+def _embedded_zoo() -> dict[str, BackboneSpec]:
+    """One entry per ``NAME.json`` + ``NAME.safetensors`` pair in the package's weights folder."""
+    import json
+
+    zoo = {}
+    for arch_file in sorted(EMBEDDED_DIR.glob("*.json")):
+        name = arch_file.stem
+        kwargs = {k: v for k, v in json.loads(arch_file.read_text()).items() if v is not None}
+        zoo[name] = BackboneSpec(name, "DinoVisionTransformer", f"{name}.safetensors", kwargs, embedded=True)
+    return zoo
+
+
+BACKBONES: dict[str, BackboneSpec] = {**_official_zoo(), **_embedded_zoo()}
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -106,7 +134,10 @@ def candidate_paths(filename: str) -> list[Path]:
 
 def find_weights(name: str) -> Path | None:
     """The local weight file of a zoo entry, or None."""
-    return next((p for p in candidate_paths(get_spec(name).filename) if p.is_file()), None)
+    spec = get_spec(name)
+    if spec.embedded:
+        return spec.package_file if spec.package_file.is_file() else None
+    return next((p for p in candidate_paths(spec.filename) if p.is_file()), None)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -192,6 +223,11 @@ def resolve_file(
 def resolve_weights(name: str, download_ok: bool = True, progress: bool = True) -> Path:
     """Path of the official weight file of ``name``, downloading it if needed and allowed."""
     spec = get_spec(name)
+    if spec.embedded:
+        if not spec.package_file.is_file():
+            raise WeightsNotFoundError(f"{name}: the package's own weight file {spec.package_file} is missing; "
+                                       "reinstall dinov2-dense (pip install --force-reinstall dinov2-dense)")
+        return spec.package_file
     return resolve_file(spec.filename, spec.url, spec.sha256, name, download_ok, progress)
 
 
@@ -361,7 +397,8 @@ def weights_status() -> list[dict]:
                 "registers": spec.kwargs.get("num_register_tokens", 0),
                 "file": spec.filename,
                 "found": str(found) if found else None,
-                "looked": [str(p) for p in candidate_paths(spec.filename)],
+                "looked": [str(spec.package_file)] if spec.embedded else [str(p) for p in candidate_paths(spec.filename)],
+                "embedded": spec.embedded,
                 "url": spec.url,
             }
         )

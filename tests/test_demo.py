@@ -25,7 +25,7 @@ def backbone_file(tmp_path_factory):
     return folder / "backbone.pth"
 
 
-TINY = DemoSettings(size=56, train=8, val=4, seg_epochs=2, depth_epochs=2)
+TINY = DemoSettings(size=56, train=8, val=4, seg_epochs=2, depth_epochs=2, pca_scenes=3)
 
 
 def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_file, capsys):
@@ -38,8 +38,8 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
         depth = score_predictions(work / "predictions" / f"{label}_depth", work / "scenes", "depth")
         assert summary["depth"][label] == depth
         pca = summary["pca"][label]
-        for key in ("largest_object_iou", "objects_iou"):
-            assert len(pca[key]) == 4 and all(0 <= v <= 1 for v in pca[key])
+        for key, n in (("largest_object_iou", 3), ("objects_iou", 4)):  # one-object scenes; validation scenes
+            assert len(pca[key]) == n and all(0 <= v <= 1 for v in pca[key])
             assert pca[f"mean_{key}"] == pytest.approx(np.mean(pca[key]))
     # the metric function itself, on the saved files, independently of score_predictions
     import cv2
@@ -54,7 +54,8 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     html, md = report.read_text(), (work / "report.md").read_text()
     assert f"{summary['segmentation']['pretrained']['mIoU']:.2f}" in md
     assert f"{summary['depth']['random']['rmse']:.3f}" in html
-    assert html.count("data:image/png;base64,") == 4 and "<img" in html  # self-contained: figures inlined
+    assert html.count("data:image/png;base64,") == 6 and "<img" in html  # self-contained: figures inlined
+    assert summary["settings"]["appearance"] == "texture"  # the default: classes random features hardly see
     assert (work / "predictions" / "random_depth" / "head.pth").is_file()
 
     # a rerun finds every step done and writes the same report
@@ -66,6 +67,28 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     with pytest.raises(ValueError, match="other settings"):
         run_demo(work, None, str(backbone_file), settings=DemoSettings(size=56, train=8, val=4, seg_epochs=3, depth_epochs=2),
                  progress=False)
+
+
+def test_the_pca_iou_is_computed_against_each_one_object_scene(tmp_path, backbone_file, monkeypatch):
+    """The one-object scenes hold one shape each, and the reported IoU is that of the saved mask
+    figures' foreground against it: recomputed here from pca_maps on the scene files."""
+    import dinov2_dense.demo as demo
+    from dinov2_dense.hub import load_backbone
+    from dinov2_dense.images import decode_image
+    from dinov2_dense.viz import pca_maps
+
+    work = tmp_path / "demo"
+    run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
+    summary = json.loads((work / "report.json").read_text())
+    files = sorted((work / "scenes" / "objects" / "images").glob("*.png"))
+    assert len(files) == 3
+    masks = [decode_image(work / "scenes" / "objects" / "masks" / f.name) for f in files]
+    for m in masks:  # one object (one class besides the background) per scene
+        assert len(set(np.unique(m)) - {0}) == 1
+    maps = pca_maps(load_backbone(None, weights=str(backbone_file)), [str(f) for f in files], size=56, progress=False)
+    ious = [float((p.mask & (m > 0)).sum() / max(1, (p.mask | (m > 0)).sum())) for p, m in zip(maps, masks)]
+    assert summary["pca"]["pretrained"]["largest_object_iou"] == pytest.approx(ious)
+    assert demo.OBJECT_SCENES["max_shapes"] == 1
 
 
 def test_an_interrupted_demo_continues_where_it_stopped(tmp_path, backbone_file, monkeypatch):
@@ -102,5 +125,17 @@ def test_demo_command(tmp_path, backbone_file, capsys, monkeypatch):
     monkeypatch.setattr("dinov2_dense.hub.download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     assert main(["demo", "--work-dir", str(tmp_path / "e"), "--model", "dinov2_vits14", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "dinov2_vits14_pretrain.pth" in err and "needs real weights: --weights FILE" in err
+    assert "dinov2_vits14_pretrain.pth" in err and "needs real weights: leave out --model" in err
     assert "--weights random" not in err and not (tmp_path / "e").exists()
+
+
+def test_the_demo_with_no_backbone_named_runs_the_embedded_one(tmp_path, torch_home, capsys, monkeypatch):
+    monkeypatch.setattr("dinov2_dense.demo.DemoSettings.quick", classmethod(lambda cls, **kw: TINY))
+    monkeypatch.setattr("dinov2_dense.hub.download", lambda *a, **k: pytest.fail("the demo must not download"))
+    out = tmp_path / "d"
+    assert main(["demo", "--work-dir", str(out), "--quick", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "dinov2_dense_tiny, embedded in the package" in captured.err
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["model"] == "dinov2_dense_tiny"
+    assert "dinov2_dense_tiny" in (out / "report.md").read_text()
