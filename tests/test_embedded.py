@@ -119,3 +119,29 @@ def test_the_reproduce_script_chains_the_stage_configs():
     arch = json.loads((EMBEDDED_DIR / f"{DEFAULT_EMBEDDED}.json").read_text())
     student = sections["student"]
     assert (student["embed_dim"], student["depth"], student["num_heads"]) == (arch["embed_dim"], arch["depth"], arch["num_heads"])
+
+
+def test_the_reproduce_script_runs_every_stage_and_packages_the_last(tmp_path):
+    """tools/pretrain_dinov2_dense_tiny.sh end to end at a toy length (one iteration an "epoch", batch
+    4): every stage exports, the package holds the last stage's files, and a rerun skips all stages."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "tools").mkdir()
+    shutil.copy(ROOT / "tools" / "pretrain_dinov2_dense_tiny.sh", tmp_path / "tools")
+    shutil.copytree(ROOT / "configs" / "pretrain" / "dinov2_dense_tiny", tmp_path / "configs" / "pretrain" / "dinov2_dense_tiny")
+    cmd = ["bash", str(tmp_path / "tools" / "pretrain_dinov2_dense_tiny.sh"), "--no-progress", "--cfg-options",
+           "train.OFFICIAL_EPOCH_LENGTH=1", "train.batch_size_per_gpu=4", "train.num_workers=0"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    work = tmp_path / "work_dirs" / "dinov2_dense_tiny"
+    stages = sorted(p.stem for p in (tmp_path / "configs" / "pretrain" / "dinov2_dense_tiny").glob("*.py"))
+    for stage in stages:
+        assert (work / stage / "export" / "backbone.safetensors").is_file(), stage
+    last = stages[-1]  # s6_hue: the stems sort in stage order
+    package = work / "package" / "dinov2_dense_tiny.safetensors"
+    assert package.read_bytes() == (work / last / "export" / "backbone.safetensors").read_bytes()
+    model = load_backbone(None, weights=str(package))
+    assert model.embed_dim == json.loads((EMBEDDED_DIR / f"{DEFAULT_EMBEDDED}.json").read_text())["embed_dim"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count(": done (") == len(stages), again.stdout
