@@ -223,7 +223,6 @@ def _pca_step(work: Path, backbones: dict, s: DemoSettings) -> dict:
 
 def _largest_object(seg: np.ndarray) -> np.ndarray:
     """The largest non-background class region of a class-id mask (the object of a one-object scene)."""
-    seg = seg[..., 0] if seg.ndim == 3 else seg
     counts = np.bincount(seg[seg < 255].ravel(), minlength=2)
     counts[0] = 0
     return seg == counts.argmax()
