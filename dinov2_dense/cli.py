@@ -403,7 +403,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.layout == "folder" and args.val is not None:
         raise ValueError("--val: the folder layout has no validation split (--train sets the number of scenes)")
     val = 50 if args.val is None else args.val
-    config = synthetic.SceneConfig(size=(args.size, args.size), num_classes=args.classes)
+    if args.class_sizes and (len(args.class_sizes) != args.classes - 1 or min(args.class_sizes) <= 0):
+        raise ValueError(f"--class-sizes {' '.join(map(str, args.class_sizes))}: give {args.classes - 1} positive sizes, "
+                         f"one per shape class (--classes {args.classes} counts the background)")
+    config = synthetic.SceneConfig(size=(args.size, args.size), num_classes=args.classes, appearance=args.appearance,
+                                   class_sizes=tuple(args.class_sizes) if args.class_sizes else None)
     synthetic.check_memory(config)
     out = Path(args.out)
     scenes = args.train + (val if args.layout != "folder" else 0)
@@ -444,6 +448,11 @@ def _add_engine_commands(sub) -> None:
                        help="validation scenes (default 50; not for the folder layout)")
     synth.add_argument("--size", type=int_range(28, 8192), default=224, help="image side in pixels (28-8192)")
     synth.add_argument("--classes", type=int_range(2, 254), default=5, help="classes including the background")
+    synth.add_argument("--appearance", choices=["colour", "texture"], default="colour",
+                       help="colour: a colour per class; texture: classes show by texture only (the demo's scenes)")
+    synth.add_argument("--class-sizes", type=float, nargs="+", default=None, metavar="SIZE",
+                       help="one physical size per shape class (classes - 1 values): apparent size = size / depth, "
+                            "as in the demo's scenes (0.2 0.3 0.45 0.65); by default sizes and depths are independent")
     synth.add_argument("--seed", type=nonnegative_int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty folder")
     synth.set_defaults(func=_cmd_synth)

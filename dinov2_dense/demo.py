@@ -1,7 +1,9 @@
 """``dinov2-dense demo``: the toolkit end to end on one machine, with nothing to download.
 
 1. synthetic scenes (ADE20K and NYU layouts of the same scenes, train and validation), and
-   one-object scenes for the PCA figures;
+   one-object scenes for the PCA figures; the shapes have one physical size per class
+   (``DemoSettings.class_sizes``), so their apparent size tells their depth to a model that knows
+   the class, as familiar sizes do in photographs;
 2. a backbone (the named one; by default dinov2_vits14 where its weights are on this machine,
    otherwise the embedded dinov2_dense_tiny, so nothing is downloaded) and the same architecture
    at random init;
@@ -55,6 +57,7 @@ class DemoSettings:
     seg_epochs: int = 40
     depth_epochs: int = 25
     appearance: str = "texture"
+    class_sizes: tuple[float, ...] | None = (0.2, 0.3, 0.45, 0.65)
     seed: int = 0
     pca_scenes: int = 12
 
@@ -92,7 +95,7 @@ class _State:
 def _scenes(root: Path, s: DemoSettings, progress: bool) -> None:
     from .data.synthetic import SceneConfig, write_ade20k_layout, write_folder_layout, write_nyu_layout
 
-    cfg = SceneConfig(size=(s.size, s.size), appearance=s.appearance)
+    cfg = SceneConfig(size=(s.size, s.size), appearance=s.appearance, class_sizes=s.class_sizes)
     with staged_dir(root, overwrite=True) as tmp:
         write_ade20k_layout(tmp / "ade", s.train, s.val, config=cfg, seed=s.seed, progress=progress)
         write_nyu_layout(tmp / "nyu", s.train, s.val, config=cfg, seed=s.seed, progress=progress)
@@ -254,6 +257,9 @@ def _report(work: Path, state: dict, model: str) -> Path:
     intro = (f"{s['train']} training and {s['val']} validation synthetic scenes of {s['size']}x{s['size']} pixels "
              f"(appearance: {s['appearance']}); on frozen features, the linear head trained {s['seg_epochs']} epochs "
              f"and the DPT head {s['depth_epochs']}.")
+    if s.get("class_sizes"):
+        intro += (" Each shape class has its own physical size, so a shape's apparent size (size / depth) shows "
+                  "its depth to a model that tells the classes apart (the familiar-size cue).")
 
     def fmt(v):
         return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
@@ -327,7 +333,8 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     label = label or model or str(weights)
-    state = _State(work, {**asdict(s), "model": label}, overwrite)
+    # through JSON, as demo.json stores them (tuples come back as lists), so that a rerun compares equal
+    state = _State(work, json.loads(json.dumps({**asdict(s), "model": label})), overwrite)
     total = 4 + 2 * len(TASKS)
     step_no = 0
 

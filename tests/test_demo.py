@@ -56,6 +56,10 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     assert f"{summary['depth']['random']['rmse']:.3f}" in html
     assert html.count("data:image/png;base64,") == 6 and "<img" in html  # self-contained: figures inlined
     assert summary["settings"]["appearance"] == "texture"  # the default: classes random features hardly see
+    for layout in ("ade", "nyu"):  # the familiar-size cue of depth, in both layouts of the same scenes
+        config = json.loads((work / "scenes" / layout / "synthetic.json").read_text())["config"]
+        assert config["class_sizes"] == summary["settings"]["class_sizes"] == list(DemoSettings().class_sizes)
+    assert "familiar-size cue" in md
     assert (work / "predictions" / "random_depth" / "head.pth").is_file()
 
     # a rerun finds every step done and writes the same report

@@ -195,6 +195,17 @@ def test_folder_layout_refuses_val_after_parsing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_synth_class_sizes_are_checked_and_written(tmp_path, capsys):
+    rc, _, err = run(capsys, "synth", tmp_path / "out", "--class-sizes", "0.2", "0.3")
+    assert_user_error(rc, err, "--class-sizes 0.2 0.3: give 4 positive sizes")
+    assert not (tmp_path / "out").exists()
+    sizes = ["0.2", "0.3", "0.45", "0.65"]
+    assert run(capsys, "synth", tmp_path / "out", "--layout", "nyu", "--train", "2", "--val", "1", "--size", "28",
+               "--appearance", "texture", "--class-sizes", *sizes)[0] == 0
+    config = json.loads((tmp_path / "out" / "synthetic.json").read_text())["config"]
+    assert config["class_sizes"] == [float(v) for v in sizes] and config["appearance"] == "texture"
+
+
 def test_a_pca_basis_with_nan_is_refused(tmp_path, capsys):
     image = _image(tmp_path / "a.png")
     assert run(capsys, "pca", image, "--weights", "random", "--size", "56", "--out", tmp_path / "p")[0] == 0

@@ -28,7 +28,8 @@ def test_same_seed_same_bytes_and_independent_of_order():
 
 
 @pytest.mark.parametrize("cfg", [SceneConfig(), SceneConfig(size=(90, 150), num_classes=12, max_shapes=14),
-                                 SceneConfig(num_classes=2, depth_range=(3.0, 3.0), min_depth=0.5)])
+                                 SceneConfig(num_classes=2, depth_range=(3.0, 3.0), min_depth=0.5),
+                                 SceneConfig(size=(120, 100), class_sizes=(0.2, 0.3, 0.4, 0.6))])
 def test_depth_and_classes_are_exact(cfg):
     H, W = cfg.size
     near, far = cfg.depth_range
@@ -96,6 +97,35 @@ def test_texture_appearance_hides_the_class_colour_and_keeps_the_layout():
     assert _colour_accuracy(SceneConfig(appearance="texture")) < 0.4 < 0.7 < _colour_accuracy(SceneConfig())
     with pytest.raises(ValueError, match="appearance='grey'"):
         SceneConfig(appearance="grey")
+
+
+def test_familiar_size_ties_apparent_size_to_depth_and_class(monkeypatch):
+    """With class_sizes, a shape's radius is its class's size over its depth (x 0.9-1.1): the
+    measured radius of discs fully in view follows size / depth; without, it does not."""
+    from dinov2_dense.data import synthetic
+
+    monkeypatch.setattr(synthetic, "SHAPES", ("disc",))
+    sizes = (0.15, 0.2, 0.3, 0.45)
+    cfg = SceneConfig(size=(200, 200), min_shapes=1, max_shapes=1, class_sizes=sizes)
+    near, far = cfg.depth_range
+    ratios, free = [], []
+    for seed in range(120):
+        for config, out in ((cfg, ratios), (SceneConfig(size=(200, 200), min_shapes=1, max_shapes=1), free)):
+            s = generate_scene(seed, config)
+            fg = s.seg > 0
+            if fg.sum() < np.pi * 8**2 or fg[0].any() or fg[-1].any() or fg[:, 0].any() or fg[:, -1].any():
+                continue  # small, or cut by the border: the area does not show the radius to a few per cent
+            d, cls = float(s.depth[fg][0]), int(s.seg[fg][0])
+            assert d <= 0.95 * (near + far) / 2 or config is not cfg
+            out.append(np.sqrt(fg.sum() / np.pi) / 200 * d / sizes[cls - 1])
+    ratios, free = np.array(ratios), np.array(free)
+    assert len(ratios) >= 15 and len(free) >= 15
+    assert 0.85 < ratios.min() and ratios.max() < 1.15  # 0.9-1.1, give or take the rasterised edge
+    assert free.max() / free.min() > 3  # the default draws size and depth apart
+    with pytest.raises(ValueError, match="class_sizes"):
+        SceneConfig(class_sizes=(0.2, 0.3))
+    with pytest.raises(ValueError, match="class_sizes"):
+        SceneConfig(class_sizes=(0.2, 0.3, 0.0, 0.1))
 
 
 def test_generator_speed():

@@ -49,6 +49,12 @@ class SceneConfig:
     random features) or "texture" (every surface, the background too, draws a random colour, so a
     class shows only through its texture: kind and scale; telling classes apart needs features
     that respond to texture, which random ones hardly do).
+    class_sizes: None (a shape's radius is drawn from ``shape_size``, its depth independently), or
+    one physical radius per shape class (classes 1 .. num_classes - 1, in units of min(H, W) at
+    1 m): a shape's depth is drawn first, uniform in [min_depth, 0.95 x the plane's middle depth],
+    and it appears with radius ``class_sizes[cls - 1] / depth`` (x 0.9-1.1), placed high enough
+    to stand in front of the plane. Apparent size then tells depth to a model that knows the
+    class (the "familiar size" cue of monocular depth); ``shape_size`` is not used.
     """
 
     size: tuple[int, int] = (224, 224)
@@ -60,6 +66,7 @@ class SceneConfig:
     shape_size: tuple[float, float] = (0.08, 0.28)
     fog: float = 0.35
     appearance: str = "colour"
+    class_sizes: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.appearance not in APPEARANCES:
@@ -75,6 +82,10 @@ class SceneConfig:
         if not 0 < self.shape_size[0] <= self.shape_size[1] or not 0 <= self.fog <= 1:
             raise ValueError(f"SceneConfig: need 0 < shape_size[0] <= shape_size[1] and 0 <= fog <= 1, got "
                              f"{self.shape_size}, {self.fog}")
+        if self.class_sizes is not None and (len(self.class_sizes) != self.num_classes - 1
+                                             or not all(v > 0 for v in self.class_sizes)):
+            raise ValueError(f"SceneConfig.class_sizes={self.class_sizes}: expected {self.num_classes - 1} positive "
+                             "radii, one per shape class (num_classes - 1)")
         near, far = self.depth_range
         if not 0 < self.min_depth < near <= far:
             raise ValueError(f"SceneConfig: need 0 < min_depth < depth_range[0] <= depth_range[1], got "
@@ -252,10 +263,17 @@ def generate_scene(seed: int, config: SceneConfig | dict | None = None) -> Scene
     for _ in range(n):
         kind = SHAPES[int(rng.integers(len(SHAPES)))]
         cls = int(rng.integers(1, cfg.num_classes))
-        r = float(rng.uniform(*cfg.shape_size)) * min(H, W)
-        cx, cy = float(rng.uniform(0, W - 1)), float(rng.uniform(0, H - 1))
-        bottom = min(H - 1, int(cy + r))
-        d = float(rng.uniform(cfg.min_depth, 0.95 * plane[bottom]))  # in front of the plane at every row it covers
+        if cfg.class_sizes is None:
+            r = float(rng.uniform(*cfg.shape_size)) * min(H, W)
+            cx, cy = float(rng.uniform(0, W - 1)), float(rng.uniform(0, H - 1))
+            bottom = min(H - 1, int(cy + r))
+            d = float(rng.uniform(cfg.min_depth, 0.95 * plane[bottom]))  # in front of the plane at every row it covers
+        else:  # familiar size: depth first, the apparent radius follows; the bottom row stays in front of the plane
+            d = float(rng.uniform(cfg.min_depth, 0.95 * (near + far) / 2))
+            r = cfg.class_sizes[cls - 1] / d * float(rng.uniform(0.9, 1.1)) * min(H, W)
+            lowest = (far - d / 0.95) / (far - near) * (H - 1) - r  # plane[bottom] >= d / 0.95 above this centre
+            cx, cy = float(rng.uniform(0, W - 1)), float(rng.uniform(0, H - 1))
+            cy = min(cy, lowest)
         shapes.append((d, kind, cls, cx, cy, r, int(rng.integers(2**31))))
 
     for d, kind, cls, cx, cy, r, shape_seed in _draw_order(shapes):
