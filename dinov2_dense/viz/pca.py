@@ -14,11 +14,16 @@ Two PCAs, as in the paper (:func:`fit_pca` runs both):
 
 The sign rule. A principal direction has no sign, and which side of the threshold is the object
 must not depend on it. The foreground is the side of the split that holds *fewer border
-patches* (the outer ring of each feature map, summed over all fitted images): objects sit
-inside the frame, background runs to its edges. Ties go to the side with fewer patches overall,
-then to the side the first-component scores are skewed towards (their long tail), then to the
-side of positive loading on the direction's largest-magnitude entry (only this last, never seen
-in practice, is not invariant under ``features -> -features``). All of these are unchanged by
+patches* (the outer ring of a feature map): objects sit inside the frame, background runs to its
+edges. Each fitted image whose patches fall on both sides votes for the side that holds fewer of
+its border patches, and the majority decides; an image that falls wholly on one side says nothing
+about object against background and does not vote (summing the rings over all images instead let
+such images outweigh the ones that were split: a joint fit that put four of twelve one-object
+scenes wholly on the objects' side named the background the foreground). Ties go to the side with
+fewer border patches over all images, then to the side with fewer patches overall, then to the
+side the first-component scores are skewed towards (their long tail), then to the side of
+positive loading on the direction's largest-magnitude entry (only this last, never seen in
+practice, is not invariant under ``features -> -features``). All of these are unchanged by
 reordering the images and by flipping the sign of the features, so the same patches are the
 foreground for every image of a joint fit and under either sign. The colour components are
 oriented by the skewness of their scores (positive third moment; ties: largest loading
@@ -319,11 +324,24 @@ def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> Foregro
     t = 0.0 if threshold == "zero" else otsu_threshold(flat)
     ring = torch.cat([_border(*m.shape[1:]).reshape(-1) for m in maps]).numpy()
     pos = flat > t
+    votes_pos = votes_neg = 0  # images whose own border says the positive / the negative side is the object
+    start = 0
+    for m in maps:
+        end = start + m.shape[1] * m.shape[2]
+        p, r = pos[start:end], ring[start:end]
+        start = end
+        if p.all() or not p.any():
+            continue  # wholly on one side: no vote
+        on_pos, on_neg = int((p & r).sum()), int((~p & r).sum())
+        votes_pos += on_pos < on_neg
+        votes_neg += on_neg < on_pos
     border_pos, border_neg = int((pos & ring).sum()), int((~pos & ring).sum())
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     skew = float(np.sum((flat - flat.mean()) ** 3))
-    if border_pos != border_neg:
-        fg_positive, rule = border_pos < border_neg, "border"
+    if votes_pos != votes_neg:
+        fg_positive, rule = votes_pos > votes_neg, "border"
+    elif border_pos != border_neg:
+        fg_positive, rule = border_pos < border_neg, "border total"
     elif n_pos != n_neg:
         fg_positive, rule = n_pos < n_neg, "minority"
     elif skew != 0.0:
@@ -353,6 +371,8 @@ def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> Foregro
         "images": len(maps),
         "patches": n,
         "foreground_patches": n_fg,
+        "border_votes": {"foreground": votes_pos if fg_positive else votes_neg,
+                         "background": votes_neg if fg_positive else votes_pos},
         "border_patches": {"foreground": border_pos if fg_positive else border_neg,
                            "background": border_neg if fg_positive else border_pos},
         "first_component_variance": float(lam1) / trace if trace > 0 else 0.0,
