@@ -14,7 +14,8 @@
    IoU of the first component's foreground against all objects of the validation scenes and
    against the object of the one-object scenes (one basis fitted jointly over each set, as in the
    paper's figures);
-5. a report: ``report.html`` (self-contained: figures inlined), ``report.md`` and ``report.json``.
+5. a report: ``report.html`` (self-contained: figures inlined), ``report.md`` and ``report.json``,
+   with figures of the saved predictions next to the ground truth (``figures/``).
 
 Each step's outputs are written whole (staged, then renamed) and the step is then recorded in
 ``demo.json``: Ctrl-C leaves no half-written file, and a rerun goes on from the first unfinished
@@ -224,6 +225,39 @@ def _pca_step(work: Path, backbones: dict, s: DemoSettings) -> dict:
     return result
 
 
+def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
+    """Figures of the first ``n`` validation scenes, one per task, drawn from the saved prediction
+    files: image | ground truth | pretrained | random init (depth in magma, near = bright, one
+    range per row: the ground truth's)."""
+    import cv2
+
+    from .images import decode_image
+    from .viz import colour_depth, colour_labels, save_grid
+
+    paths = []
+    with staged_dir(work / "figures", overwrite=True) as tmp:
+        for task in TASKS:
+            _, val = _datasets(work / "scenes", task)
+            rows, labels = [], []
+            for i in range(min(n, len(val))):
+                sample = val[i]
+                preds = [cv2.imread(str(work / "predictions" / f"{b}_{task}" / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
+                         for b in ("pretrained", "random")]
+                if task == "segmentation":
+                    maps = [colour_labels(m, palette=[(64, 64, 64)]) for m in [sample["seg"].numpy(), *preds]]  # grey bg
+                else:
+                    gt = sample["depth"].numpy().squeeze()
+                    lo, hi = float(gt[gt > 0].min()), float(gt.max())
+                    maps = [colour_depth(m, lo, hi) for m in [gt, *[p.astype(np.float32) / 1000 for p in preds]]]
+                rows.append([decode_image(sample["meta"]["path"]), *maps])
+                labels.append(Path(sample["meta"]["path"]).name)
+            name = f"{task}_predictions.png"
+            save_grid(rows, tmp / name, titles=["image", "ground truth", "pretrained", "random init"],
+                      row_labels=labels, suptitle=f"{task}: validation scenes, heads on the frozen backbones")
+            paths.append(work / "figures" / name)
+    return paths
+
+
 def _largest_object(seg: np.ndarray) -> np.ndarray:
     """The largest non-background class region of a class-id mask (the object of a one-object scene)."""
     counts = np.bincount(seg[seg < 255].ravel(), minlength=2)
@@ -278,7 +312,7 @@ def _report(work: Path, state: dict, model: str) -> Path:
     header = ["", model, "random init", "difference"]
     sections = [("Segmentation (linear head), percent", rows_seg), ("Depth (DPT head), metres", rows_dep),
                 ("PCA maps", rows_pca)]
-    figures = sorted((work / "pca").glob("*.png"))
+    figures = _prediction_figures(work) + sorted((work / "pca").glob("*.png"))
     md = [f"# {title}", "", intro, ""]
     html = [f"<!doctype html><meta charset='utf-8'><title>{title}</title><style>body{{font-family:sans-serif;"
             "max-width:1000px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
@@ -287,7 +321,7 @@ def _report(work: Path, state: dict, model: str) -> Path:
         md += [f"## {name}", "", md_table(header, rows), ""]
         html.append(f"<h2>{name}</h2>{html_table(header, rows)}")
     for fig in figures:
-        md += [f"![{fig.stem}](pca/{fig.name})", ""]
+        md += [f"![{fig.stem}]({fig.parent.name}/{fig.name})", ""]
         data = base64.b64encode(fig.read_bytes()).decode()
         html.append(f"<h3>{fig.stem}</h3><img alt='{fig.stem}' src='data:image/png;base64,{data}'>")
     write_text(work / "report.md", "\n".join(md))

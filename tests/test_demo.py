@@ -54,7 +54,9 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     html, md = report.read_text(), (work / "report.md").read_text()
     assert f"{summary['segmentation']['pretrained']['mIoU']:.2f}" in md
     assert f"{summary['depth']['random']['rmse']:.3f}" in html
-    assert html.count("data:image/png;base64,") == 6 and "<img" in html  # self-contained: figures inlined
+    assert html.count("data:image/png;base64,") == 8 and "<img" in html  # self-contained: figures inlined
+    for task in ("segmentation", "depth"):  # predictions next to the ground truth, linked from the Markdown copy
+        assert (work / "figures" / f"{task}_predictions.png").is_file() and f"(figures/{task}_predictions.png)" in md
     assert summary["settings"]["appearance"] == "texture"  # the default: classes random features hardly see
     for layout in ("ade", "nyu"):  # the familiar-size cue of depth, in both layouts of the same scenes
         config = json.loads((work / "scenes" / layout / "synthetic.json").read_text())["config"]
