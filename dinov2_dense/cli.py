@@ -403,9 +403,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.layout == "folder" and args.val is not None:
         raise ValueError("--val: the folder layout has no validation split (--train sets the number of scenes)")
     val = 50 if args.val is None else args.val
-    if args.class_sizes and (len(args.class_sizes) != args.classes - 1 or min(args.class_sizes) <= 0):
-        raise ValueError(f"--class-sizes {' '.join(map(str, args.class_sizes))}: give {args.classes - 1} positive sizes, "
-                         f"one per shape class (--classes {args.classes} counts the background)")
+    problem = args.class_sizes and synthetic.class_sizes_problem(args.class_sizes, args.classes)
+    if problem:
+        raise ValueError(f"--class-sizes {' '.join(map(str, args.class_sizes))}: {problem} (--classes {args.classes})")
     config = synthetic.SceneConfig(size=(args.size, args.size), num_classes=args.classes, appearance=args.appearance,
                                    class_sizes=tuple(args.class_sizes) if args.class_sizes else None)
     synthetic.check_memory(config)

@@ -166,12 +166,20 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not be written")
 
 
+def _read_prediction(pred_dir: Path, index: int, sample: dict) -> np.ndarray:
+    import cv2
+
+    raw = cv2.imread(str(pred_dir / f"{index:05d}.png"), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise FileNotFoundError(f"{pred_dir / f'{index:05d}.png'}: no prediction for {sample['meta']['path']} "
+                                "(missing or unreadable)")
+    return raw
+
+
 def score_predictions(pred_dir: str | Path, scenes: str | Path, task: str) -> dict:
     """The metrics of a folder of saved predictions against the scenes' ground truth: the numbers
     the report shows, recomputed from the files (segmentation: aAcc, mIoU, per-class IoU; depth:
     the averaged depth metrics)."""
-    import cv2
-
     from .evaluation import segmentation_metrics
     from .evaluation.depth import average_depth_metrics, depth_metrics
 
@@ -179,9 +187,7 @@ def score_predictions(pred_dir: str | Path, scenes: str | Path, task: str) -> di
     preds, gts, per_image = [], [], []
     for i in range(len(val)):
         sample = val[i]
-        raw = cv2.imread(str(Path(pred_dir) / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise FileNotFoundError(f"{pred_dir}: no prediction for {sample['meta']['path']}")
+        raw = _read_prediction(Path(pred_dir), i, sample)
         if task == "segmentation":
             preds.append(raw.astype(np.int64))
             gts.append(sample["seg"].numpy())
@@ -229,8 +235,6 @@ def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
     """Figures of the first ``n`` validation scenes, one per task, drawn from the saved prediction
     files: image | ground truth | pretrained | random init (depth in magma, near = bright, one
     range per row: the ground truth's)."""
-    import cv2
-
     from .images import decode_image
     from .viz import colour_depth, colour_labels, save_grid
 
@@ -241,8 +245,7 @@ def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
             rows, labels = [], []
             for i in range(min(n, len(val))):
                 sample = val[i]
-                preds = [cv2.imread(str(work / "predictions" / f"{b}_{task}" / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
-                         for b in ("pretrained", "random")]
+                preds = [_read_prediction(work / "predictions" / f"{b}_{task}", i, sample) for b in ("pretrained", "random")]
                 if task == "segmentation":
                     maps = [colour_labels(m, palette=[(64, 64, 64)]) for m in [sample["seg"].numpy(), *preds]]  # grey bg
                 else:

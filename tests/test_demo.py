@@ -70,6 +70,9 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
                                    "random_depth", "pca"}
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert json.loads((work / "report.json").read_text()) == summary
+    (work / "predictions" / "random_depth" / "00001.png").unlink()  # a lost prediction file is named
+    with pytest.raises(FileNotFoundError, match="random_depth/00001.png: no prediction for"):
+        score_predictions(work / "predictions" / "random_depth", work / "scenes", "depth")
     with pytest.raises(ValueError, match="other settings"):
         run_demo(work, None, str(backbone_file), settings=DemoSettings(size=56, train=8, val=4, seg_epochs=3, depth_epochs=2),
                  progress=False)

@@ -197,7 +197,9 @@ def test_folder_layout_refuses_val_after_parsing(tmp_path, capsys):
 
 def test_synth_class_sizes_are_checked_and_written(tmp_path, capsys):
     rc, _, err = run(capsys, "synth", tmp_path / "out", "--class-sizes", "0.2", "0.3")
-    assert_user_error(rc, err, "--class-sizes 0.2 0.3: give 4 positive sizes")
+    assert_user_error(rc, err, "--class-sizes 0.2 0.3: expected 4 sizes")
+    rc, _, err = run(capsys, "synth", tmp_path / "out", "--class-sizes", "0.2", "0.3", "inf", "0.4")
+    assert_user_error(rc, err, "--class-sizes 0.2 0.3 inf 0.4: inf is not a positive finite size")
     assert not (tmp_path / "out").exists()
     sizes = ["0.2", "0.3", "0.45", "0.65"]
     assert run(capsys, "synth", tmp_path / "out", "--layout", "nyu", "--train", "2", "--val", "1", "--size", "28",

@@ -68,21 +68,33 @@ def test_known_directions_and_split_are_recovered():
 def test_images_wholly_on_one_side_do_not_outvote_the_split_ones():
     """Three images split into object and background, four fall wholly on the objects' side of
     the joint first component: their rings, summed, outnumber the split images' background
-    rings, but they say nothing about which side is the object. Each split image votes."""
-    masks = blob_masks()[:3] + [np.ones((16, 16), bool)] * 4
-    maps, _ = known_features(masks, seed=3)
-    split = foreground_split(maps)
-    for got, built in zip(split.masks, masks):
-        np.testing.assert_array_equal(got, built)
-    assert split.info["sign_rule"] == "border" and split.info["border_votes"] == {"foreground": 3, "background": 0}
-    # summed over all images, the foreground side holds more border patches: the old rule's mistake
-    assert split.info["border_patches"]["foreground"] > split.info["border_patches"]["background"]
-    flipped = foreground_split([-m for m in maps])
-    for got, built in zip(flipped.masks, masks):
-        np.testing.assert_array_equal(got, built)
-    # no image split (each wholly one side): the summed rings decide
-    whole = foreground_split([maps[0][:, :1, :1].expand(-1, 4, 4).clone(), maps[0][:, 5:6, 5:6].expand(-1, 4, 4).clone()])
-    assert whole.info["border_votes"] == {"foreground": 0, "background": 0} and whole.info["sign_rule"] != "border"
+    rings, but they say nothing about which side is the object. Each image votes, weighted by its
+    smaller side's share of its patches."""
+    split_masks = blob_masks()[:3]
+    for stray in (False, True):  # the four whole images, or each with one stray background patch
+        whole = np.ones((16, 16), bool)
+        whole[7, 7] = not stray
+        masks = split_masks + [whole] * 4
+        maps, _ = known_features(masks, seed=3)
+        split = foreground_split(maps)
+        for got, built in zip(split.masks, masks):
+            np.testing.assert_array_equal(got, built)
+        weights = sum(min(m.sum(), (~m).sum()) / m.size for m in split_masks)
+        assert split.info["sign_rule"] == "border"
+        assert split.info["border_votes"]["foreground"] == pytest.approx(weights, abs=1e-6)
+        assert split.info["border_votes"]["background"] == pytest.approx(4 / 256 if stray else 0.0, abs=1e-6)
+        # summed over all images, the foreground side holds more border patches: the old rule's mistake
+        assert split.info["border_patches"]["foreground"] > split.info["border_patches"]["background"]
+        flipped = foreground_split([-m for m in maps])
+        for got, built in zip(flipped.masks, masks):
+            np.testing.assert_array_equal(got, built)
+    # no image split (each wholly one side): the border patches summed over all images decide
+    masks = [np.ones((4, 4), bool), np.zeros((5, 5), bool)]  # rings of 12 and 16 patches
+    maps, _ = known_features(masks, seed=4)
+    for sign in (1, -1):
+        split = foreground_split([sign * m for m in maps])
+        assert split.info["sign_rule"] == "border total"
+        assert split.masks[0].all() and not split.masks[1].any()
 
 
 def test_threshold_modes():

@@ -124,8 +124,46 @@ def test_familiar_size_ties_apparent_size_to_depth_and_class(monkeypatch):
     assert free.max() / free.min() > 3  # the default draws size and depth apart
     with pytest.raises(ValueError, match="class_sizes"):
         SceneConfig(class_sizes=(0.2, 0.3))
+    with pytest.raises(ValueError, match="inf is not a positive finite size"):
+        SceneConfig(class_sizes=(0.2, 0.3, float("inf"), 0.1))
+    with pytest.raises(ValueError, match="at most 4"):
+        SceneConfig(class_sizes=(0.2, 0.3, 5.0, 0.1))
     with pytest.raises(ValueError, match="class_sizes"):
         SceneConfig(class_sizes=(0.2, 0.3, 0.0, 0.1))
+
+
+@pytest.mark.parametrize("depth_range", [(2.0, 8.0), (3.0, 3.0)])
+def test_familiar_size_shapes_stand_in_front_of_the_plane_whole(monkeypatch, depth_range):
+    """The placement, not the z-test, keeps a familiar-size shape in front of the plane: every row
+    its drawn mask covers is farther than the shape (by the 5% margin), so nothing of it is cut;
+    and its bottom row is drawn, not fixed by its depth."""
+    from dinov2_dense.data import synthetic
+
+    drawn = []
+    real = synthetic._shape_mask
+    monkeypatch.setattr(synthetic, "_shape_mask", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    cfg = SceneConfig(size=(96, 96), min_shapes=1, max_shapes=1, depth_range=depth_range, class_sizes=(0.1, 0.2, 0.3, 0.4))
+    H, W = cfg.size
+    near, far = cfg.depth_range
+    plane = np.linspace(far, near, H, dtype=np.float32)
+    slack = []
+    for seed in range(60):
+        drawn.clear()
+        s = generate_scene(seed, cfg)
+        (mask, x0, y0), = drawn
+        inside = np.zeros((H, W), bool)
+        ys, xs = np.nonzero(mask)
+        ys, xs = ys + y0, xs + x0
+        keep = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+        inside[ys[keep], xs[keep]] = True
+        assert inside.any()  # at least part of every shape is in view
+        d = float(s.depth[inside][0])
+        rows = np.nonzero(inside.any(1))[0]
+        assert (d < 0.95 * plane[rows] + 1e-5).all()
+        assert np.array_equal(s.seg > 0, inside)  # nothing of it hidden by the plane
+        slack.append(0.95 * plane[rows.max()] - d)
+    if near < far:  # bottom rows spread over the rows allowed, not pinned to the lowest one
+        assert np.mean(np.array(slack) < 0.02) < 0.1
 
 
 def test_generator_speed():

@@ -82,10 +82,10 @@ class SceneConfig:
         if not 0 < self.shape_size[0] <= self.shape_size[1] or not 0 <= self.fog <= 1:
             raise ValueError(f"SceneConfig: need 0 < shape_size[0] <= shape_size[1] and 0 <= fog <= 1, got "
                              f"{self.shape_size}, {self.fog}")
-        if self.class_sizes is not None and (len(self.class_sizes) != self.num_classes - 1
-                                             or not all(v > 0 for v in self.class_sizes)):
-            raise ValueError(f"SceneConfig.class_sizes={self.class_sizes}: expected {self.num_classes - 1} positive "
-                             "radii, one per shape class (num_classes - 1)")
+        if self.class_sizes is not None:
+            problem = class_sizes_problem(self.class_sizes, self.num_classes, self.min_depth)
+            if problem:
+                raise ValueError(f"SceneConfig.class_sizes={self.class_sizes}: {problem}")
         near, far = self.depth_range
         if not 0 < self.min_depth < near <= far:
             raise ValueError(f"SceneConfig: need 0 < min_depth < depth_range[0] <= depth_range[1], got "
@@ -94,6 +94,26 @@ class SceneConfig:
     @property
     def max_depth(self) -> float:
         return float(self.depth_range[1])
+
+
+#: The largest apparent radius that class_sizes may ask for, in image sides (at the nearest depth).
+MAX_APPARENT_RADIUS = 4.0
+
+
+def class_sizes_problem(sizes, num_classes: int, min_depth: float = 1.0) -> str | None:
+    """What is wrong with ``class_sizes`` for scenes of ``num_classes`` classes, or None: one finite
+    size per shape class, positive, and no shape wider than MAX_APPARENT_RADIUS image sides at
+    ``min_depth``."""
+    values = list(sizes)
+    if len(values) != num_classes - 1:
+        return f"expected {num_classes - 1} sizes, one per shape class ({num_classes} classes count the background)"
+    bad = [v for v in values if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+    if bad:
+        return f"{bad[0]!r} is not a positive finite size"
+    if max(values) / min_depth > MAX_APPARENT_RADIUS:
+        return (f"{max(values)!r} would draw shapes of radius {max(values) / min_depth:g} image sides at the nearest "
+                f"depth ({min_depth:g} m); at most {MAX_APPARENT_RADIUS * min_depth:g}")
+    return None
 
 
 #: Disk bytes per pixel of a written scene, with margin (measured: 0.2-0.4 for the JPEG layouts).
@@ -271,9 +291,10 @@ def generate_scene(seed: int, config: SceneConfig | dict | None = None) -> Scene
         else:  # familiar size: depth first, the apparent radius follows; the bottom row stays in front of the plane
             d = float(rng.uniform(cfg.min_depth, 0.95 * (near + far) / 2))
             r = cfg.class_sizes[cls - 1] / d * float(rng.uniform(0.9, 1.1)) * min(H, W)
-            lowest = (far - d / 0.95) / (far - near) * (H - 1) - r  # plane[bottom] >= d / 0.95 above this centre
-            cx, cy = float(rng.uniform(0, W - 1)), float(rng.uniform(0, H - 1))
-            cy = min(cy, lowest)
+            # the lowest centre whose bottom row has plane >= d / 0.95 (a flat plane: any row)
+            lowest = (far - d / 0.95) / (far - near) * (H - 1) - r if far > near else math.inf
+            # uniform below that bound (not clamped to it: a bottom row fixed by the depth would tell it)
+            cx, cy = float(rng.uniform(0, W - 1)), float(rng.uniform(0, min(H - 1, lowest))) if lowest > 0 else lowest
         shapes.append((d, kind, cls, cx, cy, r, int(rng.integers(2**31))))
 
     for d, kind, cls, cx, cy, r, shape_seed in _draw_order(shapes):

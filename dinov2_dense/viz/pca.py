@@ -15,11 +15,12 @@ Two PCAs, as in the paper (:func:`fit_pca` runs both):
 The sign rule. A principal direction has no sign, and which side of the threshold is the object
 must not depend on it. The foreground is the side of the split that holds *fewer border
 patches* (the outer ring of a feature map): objects sit inside the frame, background runs to its
-edges. Each fitted image whose patches fall on both sides votes for the side that holds fewer of
-its border patches, and the majority decides; an image that falls wholly on one side says nothing
-about object against background and does not vote (summing the rings over all images instead let
-such images outweigh the ones that were split: a joint fit that put four of twelve one-object
-scenes wholly on the objects' side named the background the foreground). Ties go to the side with
+edges. Each fitted image votes for the side that holds fewer of its border patches, with the
+weight of its smaller side's share of its patches, and the heavier side wins: an image that falls
+wholly on one side (or but for a stray patch) says nothing about object against background and
+hardly counts. (Summing the rings over all images instead let such images outweigh the ones that
+were split: a joint fit that put four of twelve one-object scenes wholly on the objects' side named
+the background the foreground.) Ties go to the side with
 fewer border patches over all images, then to the side with fewer patches overall, then to the
 side the first-component scores are skewed towards (their long tail), then to the side of
 positive loading on the direction's largest-magnitude entry (only this last, never seen in
@@ -324,17 +325,19 @@ def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> Foregro
     t = 0.0 if threshold == "zero" else otsu_threshold(flat)
     ring = torch.cat([_border(*m.shape[1:]).reshape(-1) for m in maps]).numpy()
     pos = flat > t
-    votes_pos = votes_neg = 0  # images whose own border says the positive / the negative side is the object
+    # each image votes for the side holding fewer of its border patches, with the weight of its
+    # smaller side's share of its patches: an image wholly on one side (or but for a stray patch)
+    # says nothing about object against background
+    ballots_pos, ballots_neg = [0.0], [0.0]
     start = 0
     for m in maps:
         end = start + m.shape[1] * m.shape[2]
         p, r = pos[start:end], ring[start:end]
         start = end
-        if p.all() or not p.any():
-            continue  # wholly on one side: no vote
         on_pos, on_neg = int((p & r).sum()), int((~p & r).sum())
-        votes_pos += on_pos < on_neg
-        votes_neg += on_neg < on_pos
+        weight = min(int(p.sum()), int((~p).sum())) / p.size
+        (ballots_pos if on_pos < on_neg else ballots_neg if on_neg < on_pos else []).append(weight)
+    votes_pos, votes_neg = math.fsum(ballots_pos), math.fsum(ballots_neg)  # exact sums: no order dependence
     border_pos, border_neg = int((pos & ring).sum()), int((~pos & ring).sum())
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     skew = float(np.sum((flat - flat.mean()) ** 3))
@@ -371,8 +374,8 @@ def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> Foregro
         "images": len(maps),
         "patches": n,
         "foreground_patches": n_fg,
-        "border_votes": {"foreground": votes_pos if fg_positive else votes_neg,
-                         "background": votes_neg if fg_positive else votes_pos},
+        "border_votes": {"foreground": round(votes_pos if fg_positive else votes_neg, 6),
+                         "background": round(votes_neg if fg_positive else votes_pos, 6)},
         "border_patches": {"foreground": border_pos if fg_positive else border_neg,
                            "background": border_neg if fg_positive else border_pos},
         "first_component_variance": float(lam1) / trace if trace > 0 else 0.0,
