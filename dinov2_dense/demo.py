@@ -64,7 +64,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls, **kw) -> "DemoSettings":
-        return cls(**{"size": 112, "train": 64, "val": 16, "seg_epochs": 20, "depth_epochs": 15, "pca_scenes": 8, **kw})
+        return cls(**{"size": 112, "train": 64, "val": 16, "seg_epochs": 20, "depth_epochs": 40, "pca_scenes": 8, **kw})
 
 
 def _log(message: str) -> None:
