@@ -52,8 +52,8 @@ class SceneConfig:
     class_sizes: None (a shape's radius is drawn from ``shape_size``, its depth independently), or
     one physical radius per shape class (classes 1 .. num_classes - 1, in units of min(H, W) at
     1 m): a shape's depth is drawn first, uniform in [min_depth, 0.95 x the plane's middle depth],
-    and it appears with radius ``class_sizes[cls - 1] / depth`` (x 0.9-1.1), placed high enough
-    to stand in front of the plane. Apparent size then tells depth to a model that knows the
+    and it appears with radius ``class_sizes[cls - 1] / depth`` (x 0.9-1.1), its centre drawn
+    uniformly above the lowest row that keeps it in front of the plane. Apparent size then tells depth to a model that knows the
     class (the "familiar size" cue of monocular depth); ``shape_size`` is not used.
     """
 
