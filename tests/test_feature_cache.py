@@ -66,3 +66,19 @@ def test_depth_cache_keeps_class_tokens(scenes, tmp_path):
     assert cache[0]["depth"].shape == (1, 56, 70)
     losses = train_head(predictor, cache, [SigLoss()], epochs=1, batch_size=4, progress=False)
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_a_cache_of_other_settings_is_refused(scenes, tmp_path):
+    """A head trains only on the features its predictor reads: other blocks, norm, class tokens or
+    task are named (and the compatible predictor of another head shares the cache)."""
+    data = ADE20KDataset(scenes / "ade", "training")
+    cache = FeatureCache.build(seg_predictor(), data, tmp_path / "cache", dtype="float32", progress=False)
+    backbone = tiny_vit(depth=2)
+    other_layers = DensePredictor(backbone, LinearHead([48], 5), task="segmentation", layers=[1])
+    with pytest.raises(ValueError, match=r"cache.*layers \[0, 1\].*\[1\]"):
+        train_head(other_layers, cache, [CrossEntropyLoss()], progress=False)
+    no_norm = DensePredictor(backbone, LinearHead([48, 48], 5), task="segmentation", layers=[0, 1], norm=False)
+    with pytest.raises(ValueError, match="norm True"):
+        train_head(no_norm, cache, [CrossEntropyLoss()], progress=False)
+    other_head = DensePredictor(backbone, LinearHead([48, 48], 5, in_index=[0, 1]), task="segmentation", layers=[0, 1])
+    assert len(train_head(other_head, cache, [CrossEntropyLoss()], epochs=1, batch_size=12, progress=False)) == 2

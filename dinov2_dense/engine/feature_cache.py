@@ -37,6 +37,16 @@ class FeatureCache(Dataset):
                     if self.meta["class_token"] else None)
         self.targets = np.load(self.path / "targets.npy", mmap_mode="r")
 
+    def check(self, predictor: DensePredictor) -> None:
+        """Raise ValueError when ``predictor`` reads other features than the cache holds (other
+        blocks, final norm or class tokens, or another task): a head trained on them would not
+        match the predictor it is saved with."""
+        want = {"layers": list(predictor.layers), "norm": predictor.norm, "class_token": predictor.class_token,
+                "task": predictor.task}
+        diff = [f"{k} {self.meta.get(k)!r} (the predictor's: {v!r})" for k, v in want.items() if self.meta.get(k) != v]
+        if diff:
+            raise ValueError(f"{self.path}: the feature cache was built with other settings: {'; '.join(diff)}")
+
     def __len__(self) -> int:
         return self.targets.shape[0]
 
@@ -143,6 +153,8 @@ def train_head(
 
     generator = torch.Generator().manual_seed(seed)
     cached = isinstance(data, FeatureCache)
+    if cached:
+        data.check(predictor)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator,
                         collate_fn=_collate_cached if cached else dense_collate)
     head = predictor.decode_head.train()
