@@ -9,11 +9,13 @@ decode like photographs) into a temporary folder, then times:
 * model only: batches already decoded and on the device, through ``extract_features`` and the
   class-token pooling, back on the CPU (images/s, median of ``--repeats`` passes over ``--model-batches`` batches);
 * ``embed_images`` (the curation embedding: read, decode, resize, run, pool, store) over the folder,
-  once for each ``--num-workers`` (a fresh store each time), and the part of it spent on the
-  store's weight fingerprint (a fixed cost per run);
+  once for each ``--num-workers`` (a fresh store each time) with the float resize (the default) and
+  once with the 8-bit resize (``resize_8bit=True``, ``--resize-8bit`` in the commands), and the part
+  of it spent on the store's weight fingerprint (a fixed cost per run);
 * ``extract_features`` over the list of paths (the ``features`` path) with the most workers;
+* reading and resizing one image in this process (``read_resized``, median ms), float and 8-bit;
 * the ceiling of any worker arrangement: reading and resizing alone (``read_resized``, one thread
-  each) in a pool of that many processes, already started, nothing sent to the model.
+  each) in a pool of that many processes, already started, nothing sent to the model; float and 8-bit.
 
 Prints images/s of each and its share of the model-only rate (the goal: at least 80% on a GPU).
 Random weights: the time does not depend on them.
@@ -62,18 +64,33 @@ def _one_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def _read(path: str, size: int) -> None:
+def _read(path: str, size: int, resize_8bit: bool = False) -> None:
     from dinov2_dense.evaluation.knn import read_resized
 
-    read_resized(path, (size, size))
+    read_resized(path, (size, size), resize_8bit=resize_8bit)
 
 
-def decode_ceiling(paths: list[str], size: int, workers: int) -> float:
+def read_ms(paths: list[str], size: int, resize_8bit: bool, count: int = 100) -> float:
+    """Median milliseconds to read and resize one image here (torch on one thread, as in a worker)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seen = []
+        for path in paths[:count]:
+            t = time.perf_counter()
+            _read(path, size, resize_8bit)
+            seen.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e3 * statistics.median(seen)
+
+
+def decode_ceiling(paths: list[str], size: int, workers: int, resize_8bit: bool = False) -> float:
     """Images/s of reading and resizing alone in ``workers`` started processes of one thread each."""
     import functools
     import multiprocessing
 
-    read = functools.partial(_read, size=size)
+    read = functools.partial(_read, size=size, resize_8bit=resize_8bit)
     with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
         pool.map(read, paths[: 4 * workers])  # every process has started and read something
         t = time.perf_counter()
@@ -150,16 +167,24 @@ def main() -> int:
             print(f"  {label}: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
 
         for workers in args.num_workers:
-            store = Path(tmp) / f"store_{workers}"
-            timed(f"embed_images, {workers} workers", lambda: len(embed_images(
-                model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers, progress=False)))
+            for eight in (False, True):
+                store = Path(tmp) / f"store_{workers}_{'8bit' if eight else 'float'}"
+                timed(f"embed_images, {workers} workers, {'8-bit' if eight else 'float'} resize", lambda: len(embed_images(
+                    model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers,
+                    progress=False, resize_8bit=eight)))
         workers = max(args.num_workers)
         timed(f"extract_features(paths), {workers} workers", lambda: len(extract_features(
             model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
             progress=False)))
-        rate = decode_ceiling(paths, args.size, workers)
-        print(f"  reading and resizing alone, {workers} processes: {rate:8.1f} images/s  "
-              f"({100 * rate / model_rate:5.1f}% of model only: the ceiling of any worker arrangement)", flush=True)
+        for eight in (False, True):
+            kind = "8-bit" if eight else "float"
+            print(f"  reading and resizing one image here, {kind} resize: {read_ms(paths, args.size, eight):.2f} ms "
+                  "(median, one thread)", flush=True)
+        for eight in (False, True):
+            rate = decode_ceiling(paths, args.size, workers, resize_8bit=eight)
+            print(f"  reading and resizing alone, {workers} processes, {'8-bit' if eight else 'float'} resize: "
+                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only: the ceiling of any worker "
+                  "arrangement)", flush=True)
     return 0
 
 

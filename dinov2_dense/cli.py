@@ -110,6 +110,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     if out.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--out {out}: use a .npy or .safetensors file name")
     size = _size_value(args.size, "--size")
+    _check_resize_8bit(args, size)
     device = check_device(args.device)
     name = _model_name(args)
     with torch.device("meta"):  # the architecture's sizes, without allocating or loading it
@@ -166,7 +167,7 @@ def _extract(model, args: argparse.Namespace, layers, size):
     return extract_features(
         model, list(args.images), layers=layers, fit=args.fit, size=size, tile=args.tile,
         batch_size=args.batch_size, autocast=args.bf16, norm=not args.no_norm, progress=True,
-        num_workers=_num_workers(args),
+        num_workers=_num_workers(args), resize_8bit=args.resize_8bit,
     )
 
 
@@ -234,6 +235,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     basis = PCABasis.load(args.basis) if args.basis else None
     out = Path(args.out)
     size = _size_value(args.size, "--size")
+    _check_resize_8bit(args, size)
     device = check_device(args.device)
     weights = _weights_arg(args.weights)
     protect = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]
@@ -250,6 +252,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             print(f"warning: {args.basis} was fitted on {basis.info['model']}, colouring {args.model} features",
                   file=sys.stderr)
         info = {"model": args.model, "size": size, "tile": args.tile}
+        if args.resize_8bit:
+            info["resize_8bit"] = True
         if weights is None:
             info["weights"] = f"random (seed {args.seed})"
         random_note = f"{args.model} with RANDOM weights (seed {args.seed}): the maps mean nothing. " \
@@ -259,7 +263,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
                 model.resolve_layers([args.layer]) != model.resolve_layers([basis.info["layer"]]):
             raise ValueError(f"--layer {args.layer}: {args.basis} was fitted on block {basis.info['layer']}; "
                              "leave --layer out to use that block")
-        options = FeatureOptions(layers=[layer], size=size, tile=args.tile, batch_size=args.batch_size)
+        options = FeatureOptions(layers=[layer], size=size, tile=args.tile, batch_size=args.batch_size,
+                                 resize_8bit=args.resize_8bit)
         common = dict(threshold=threshold, upsample=args.upsample, info=info, options=options)
         if args.video:
             stem = Path(args.video).stem
@@ -299,6 +304,19 @@ def _cmd_pca(args: argparse.Namespace) -> int:
 _BF16_HELP = ("bfloat16 autocast: faster on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); "
               "3-4x slower than fp32 on other CPUs")
 _THREADS_HELP = "torch CPU threads (0: torch's default)"
+
+
+def _add_resize_8bit_argument(parser: argparse.ArgumentParser) -> None:
+    """--resize-8bit, the same for every command that reads and resizes image files."""
+    parser.add_argument("--resize-8bit", action="store_true",
+                        help="resize 8-bit images in 8 bits: about 4x faster resizing on CPUs, within one grey level "
+                             "of the float resize (as PIL's resize in the official transforms); changes features "
+                             "slightly (default: float resize)")
+
+
+def _check_resize_8bit(args: argparse.Namespace, size) -> None:
+    if args.resize_8bit and size is None:
+        raise ValueError("--resize-8bit changes how images are resized to --size; without --size nothing is resized")
 
 
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -347,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--tile", type=patch_side, help="tiled mode: tile size in pixels (bounded memory)")
     feat.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     feat.add_argument("--no-norm", action="store_true", help="skip the final LayerNorm (depth protocol)")
+    _add_resize_8bit_argument(feat)
     feat.add_argument("--out", required=True, help="output .npy or .safetensors file")
     feat.set_defaults(func=_cmd_features)
 
@@ -371,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resize first: the shorter side (or H W); larger gives finer maps "
                           "(default 448; 0 keeps the image's own size)")
     pca.add_argument("--tile", type=patch_side, help="tiled features: tile size in pixels (bounded memory for large --size)")
+    _add_resize_8bit_argument(pca)
     pca.add_argument("--layer", type=int, default=None, help="block whose patch tokens are used (default: the last)")
     pca.add_argument("--upsample", choices=["nearest", "bilinear"], default="bilinear",
                      help="from the patch grid to the image (default bilinear)")
@@ -478,7 +498,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     result = evaluate_folder(model, args.folder, k=args.k, temperature=args.temperature, linear=not args.no_linear,
                              size=args.size, pooling=args.pooling, batch_size=args.batch_size,
                              val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True,
-                             cache=args.cache, num_workers=_num_workers(args))
+                             cache=args.cache, num_workers=_num_workers(args), resize_8bit=args.resize_8bit)
     note = " (random weights)" if weights is None else ""
     line = f"kNN (k {args.k}, T {args.temperature:g}) top-1 {result['knn']['top1']:.2f}%"
     if "top5" in result["knn"]:
@@ -512,9 +532,10 @@ def _add_knn_command(sub) -> None:
                      help="held-out share when the folder has no val/ (default 0.2)")
     knn.add_argument("--seed", type=nonnegative_int, default=0)
     knn.add_argument("--bf16", action="store_true", help=_BF16_HELP)
+    _add_resize_8bit_argument(knn)
     knn.add_argument("--out", help="write the results as JSON")
     knn.add_argument("--cache", metavar="DIR", help="keep the features in DIR: a second run with the same weights, "
-                     "images, size and pooling reads them instead of running the backbone")
+                     "images, size, pooling and --resize-8bit reads them instead of running the backbone")
     knn.set_defaults(func=_cmd_knn)
 
 
@@ -558,7 +579,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
         progress=not args.no_progress,
         embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.store_dtype, pooling=args.pooling,
-                      autocast=args.bf16, num_workers=_num_workers(args)),
+                      autocast=args.bf16, num_workers=_num_workers(args), resize_8bit=args.resize_8bit),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         short = " (fewer survived deduplication and retrieval)" if summary["short_of_target"] else ""
@@ -625,6 +646,7 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
                      help="stored embedding rows (float16 halves the store)")
     cur.add_argument("--bf16", action="store_true", help=_BF16_HELP)
+    _add_resize_8bit_argument(cur)
     cur.add_argument("--dedup-threshold", type=float_range(-1.0, 1.0), default=0.9,
                      help="cosine similarity above which two images are near-duplicates (default 0.9)")
     cur.add_argument("--no-dedup", action="store_true", help="skip near-duplicate removal")

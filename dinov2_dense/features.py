@@ -22,11 +22,16 @@ as already normalised. Files are read by :mod:`dinov2_dense.images`: upright (EX
 applied) and within its pixel limit; arrays and PIL images are taken as they are.
 
 Settings: the keywords of :func:`extract_features` (layers, fit, size, norm, tiling, batch size,
-autocast) also travel as one :class:`FeatureOptions` value (``options=``), which the PCA maps pass on.
+autocast, 8-bit resize) also travel as one :class:`FeatureOptions` value (``options=``), which the PCA maps pass on.
 
 Memory: a list of inputs is checked up front (files: their headers only), grouped by size, and
 decoded one batch at a time when that batch runs; with ``size=`` each image is resized as it is
 decoded, so a batch holds ``batch_size`` images at the working size, not at full resolution.
+
+8-bit resize (``resize_8bit=True``, off by default): with ``size=``, 8-bit images are resized in
+8 bits on the CPU (torch's uint8 bilinear antialiased kernel, channels-last), rounded to whole
+grey levels as PIL's resize in the official DINOv2 eval transforms, then normalised: about 4x faster
+than the float resize, within one grey level of it, so every feature changes slightly.
 """
 
 from __future__ import annotations
@@ -251,6 +256,8 @@ class FeatureOptions:
     end). fit: "pad" or "resize" to the patch grid. size: resize first (an int shorter side, or
     (H, W)). norm: the final LayerNorm on each layer. tile, tile_overlap: tiled mode, in pixels.
     batch_size: images per forward pass. autocast: False, True (bfloat16) or a dtype.
+    resize_8bit: with ``size``, resize 8-bit images in 8 bits (see the module docstring; default
+    False: the float resize).
     The checks that need no model run on construction; :meth:`check` adds the patch size's.
     """
 
@@ -262,6 +269,7 @@ class FeatureOptions:
     tile_overlap: int | None = None
     batch_size: int = 8
     autocast: bool | torch.dtype = False
+    resize_8bit: bool = False
 
     def __post_init__(self) -> None:
         for name in ("layers", "size"):  # lists as tuples: the options stay hashable and unchanged
@@ -491,6 +499,7 @@ def extract_features(
     progress: bool | None = None,
     options: FeatureOptions | None = None,
     num_workers: int = 0,
+    resize_8bit: bool = False,
 ) -> DenseFeatures | list[DenseFeatures]:
     """Dense features of one image, a batch tensor, or a list of images of any sizes.
 
@@ -517,9 +526,14 @@ def extract_features(
         num_workers: for lists of files, DataLoader workers that decode (and resize) the next
             batches while the model runs; pinned memory and non-blocking copies on CUDA. 0 (the
             default) decodes in this process. Results are the same either way.
+        resize_8bit: with ``size``, resize 8-bit images (files, arrays, PIL images) in 8 bits on
+            the CPU, as :func:`load_resized` does: about 4x faster, within one grey level of the
+            float resize; the features change slightly (default False). Tensors, 16-bit and float
+            images take the float resize.
     """
     options = feature_options(options, layers=layers, fit=fit, size=size, norm=norm, tile=tile,
-                              tile_overlap=tile_overlap, batch_size=batch_size, autocast=autocast)
+                              tile_overlap=tile_overlap, batch_size=batch_size, autocast=autocast,
+                              resize_8bit=resize_8bit)
     p = model.patch_size
     options.check(p)
     layer_ids = model.resolve_layers(options.layers)
@@ -546,7 +560,8 @@ def extract_features(
     from tqdm.auto import tqdm
 
     results: list[DenseFeatures | None] = [None] * len(items)
-    batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers)
+    batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers,
+                               resize_8bit=options.resize_8bit)
     for chunk, (batch, image_hw) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
         batch = batch.to(device, non_blocking=True)
         feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
@@ -615,13 +630,14 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
         yield out
 
 
-def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size, device: torch.device
-                ) -> tuple[Tensor, tuple[int, int]]:
-    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, device)
+def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size, device: torch.device,
+                resize_8bit: bool = False) -> tuple[Tensor, tuple[int, int]]:
+    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, device,
+                       resize_8bit=resize_8bit)
 
 
 def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[list[int]], size,
-                     device: torch.device, num_workers: int):
+                     device: torch.device, num_workers: int, resize_8bit: bool = False):
     """(batch, image size) per chunk, in order: decoded here (straight onto ``device``), or on the
     CPU by ``num_workers`` DataLoader workers (only for lists without tensors: a tensor is already
     decoded, and would be copied to each worker)."""
@@ -629,16 +645,18 @@ def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[li
         num_workers = 0
     here = num_workers == 0 or len(chunks) <= 1
     load = functools.partial(_load_chunk, items=items, names=names, sizes=sizes, size=size,
-                             device=device if here else torch.device("cpu"))
+                             device=device if here else torch.device("cpu"), resize_8bit=resize_8bit)
     return map_in_workers(load, chunks, num_workers, pin_memory=device.type == "cuda")
 
 
-def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device: torch.device
-                ) -> tuple[Tensor, tuple[int, int]]:
+def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device: torch.device,
+                resize_8bit: bool = False) -> tuple[Tensor, tuple[int, int]]:
     """Decode and normalise one chunk of same-sized inputs into a (B, 3, H', W') batch.
 
     Images are decoded one at a time and, with ``size``, resized straight away (the same
     per-image arithmetic as resizing the batch), so only the batch and one image are in memory.
+    ``resize_8bit``: 8-bit images are resized in 8 bits on the CPU (:func:`load_resized`), also for
+    another device, so the batches are the same with and without workers.
     Returns the batch and the images' (H, W) before resizing.
     """
     if all(isinstance(x, Tensor) for x in items):
@@ -646,8 +664,8 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
     target = _target_size(*hw, size)
     batch = torch.empty(len(items), 3, *target, device=device)
     for k, (item, name) in enumerate(zip(items, names)):
-        if target != hw and not isinstance(item, Tensor) and device.type == "cpu":
-            x = load_resized(item, target, expect=hw, name=name)  # resized from 8/16-bit data: cheaper
+        if target != hw and not isinstance(item, Tensor) and (device.type == "cpu" or resize_8bit):
+            x = load_resized(item, target, expect=hw, name=name, resize_8bit=resize_8bit)  # from 8/16-bit data: cheaper
             batch[k] = x
             continue
         x = item.to(device=device, dtype=torch.float32) if isinstance(item, Tensor) else _decoded_input(item)
@@ -663,12 +681,18 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
 
 
 def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, int] | None = None,
-                 name: str | None = None) -> Tensor:
+                 name: str | None = None, resize_8bit: bool = False) -> Tensor:
     """``source`` read upright, resized to ``hw`` (bilinear, antialiased) and ImageNet-normalised:
     (3, H, W). 8- and 16-bit images are resized before they become [0, 1] floats and are
     normalised (the resize is a weighted mean, so the order changes only float rounding), which
     spares the full-size float copies; other data take :func:`to_input_tensor`'s path.
-    ``expect``: the (H, W) the input was checked at (a file changed since raises)."""
+    ``expect``: the (H, W) the input was checked at (a file changed since raises).
+
+    ``resize_8bit`` (default False): a uint8 image (grey or colour) not already at ``hw`` is
+    resized in uint8 by torch's bilinear antialiased kernel on a channels-last view (about 4x
+    faster than the float resize on a CPU) and rounded to whole grey levels, as PIL's resize in the
+    official DINOv2 eval transforms; the values are within 1/255 of the float path's before
+    normalisation. 16-bit, float and bool data ignore it."""
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     array = load_array(source)
     try:
@@ -681,7 +705,11 @@ def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, i
     if scale is None or rgb.dtype not in (np.uint8, np.uint16):
         return _resize(_decoded_input(rgb).contiguous()[None], hw)[0]
     x = torch.from_numpy(np.ascontiguousarray(rgb).astype(np.int32) if rgb.dtype == np.uint16 else np.ascontiguousarray(rgb))
-    x = _resize(x.permute(2, 0, 1)[None].float(), hw)[0].expand(3, -1, -1)  # one channel: grey to RGB
+    if resize_8bit and rgb.dtype == np.uint8 and tuple(rgb.shape[:2]) != tuple(hw):
+        # a (1, C, H, W) view of the (H, W, C) bytes is channels-last: the layout torch's uint8 kernel is fastest on
+        x = _resize(x.permute(2, 0, 1)[None], hw)[0].float().expand(3, -1, -1)
+    else:
+        x = _resize(x.permute(2, 0, 1)[None].float(), hw)[0].expand(3, -1, -1)  # one channel: grey to RGB
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((x / scale - mean) / std).contiguous()
 

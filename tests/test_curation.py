@@ -371,3 +371,75 @@ def test_a_bf16_model_embeds_from_bf16_batches_with_the_same_rows(tmp_path, monk
     with torch.no_grad():
         want = pool_features(real(model, x, fit="resize", progress=False), "cls").float().numpy()
     assert np.array_equal(np.asarray(store.embeddings), want)
+
+
+def test_a_store_embedded_with_one_resize_is_not_reused_or_resumed_with_the_other(tmp_path, monkeypatch):
+    """resize_8bit is one of the store's settings: the other setting re-embeds (finished or interrupted
+    store), the same one reuses, and a store written before the option counts as the float resize."""
+    import torch
+
+    import dinov2_dense.features as features
+    from dinov2_dense.evaluation.knn import pool_features, read_resized
+
+    folder = _images(tmp_path / "imgs", 7, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    seen: list[int] = []
+    real = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda m, x, *a, **k: seen.append(len(x)) or real(m, x, *a, **k))
+    out = tmp_path / "store"
+    plain = np.asarray(embed_images(model, folder, out, size=28, batch_size=4, progress=False).embeddings).copy()
+    assert json.loads((out / "store.json").read_text())["resize_8bit"] is False and sum(seen) == 7
+    seen.clear()
+    eight = embed_images(model, folder, out, size=28, batch_size=4, progress=False, resize_8bit=True)
+    assert sum(seen) == 7 and json.loads((out / "store.json").read_text())["resize_8bit"] is True
+    rows = np.asarray(eight.embeddings)
+    assert not np.array_equal(rows, plain) and np.abs(rows - plain).max() < 0.05
+    x = torch.stack([read_resized(str(folder / n), (28, 28), resize_8bit=True) for n in eight.names])
+    with torch.no_grad():
+        want = pool_features(real(model, x, fit="resize", progress=False), "cls").numpy()
+    np.testing.assert_allclose(rows, want, atol=1e-5)
+    seen.clear()
+    embed_images(model, folder, out, size=28, batch_size=4, progress=False, resize_8bit=True)
+    assert seen == []  # the same setting: reused
+    embed_images(model, folder, out, size=28, batch_size=4, progress=False)
+    assert sum(seen) == 7  # back to the float resize: embedded again
+
+    # a store from before the option (no resize_8bit in store.json) is a float-resize store
+    info = json.loads((out / "store.json").read_text())
+    del info["resize_8bit"]
+    (out / "store.json").write_text(json.dumps(info))
+    seen.clear()
+    embed_images(model, folder, out, size=28, batch_size=4, progress=False)
+    assert seen == []
+    embed_images(model, folder, out, size=28, batch_size=4, progress=False, resize_8bit=True)
+    assert sum(seen) == 7
+
+    # an interrupted 8-bit run is not resumed by a float one (nor the other way round)
+    def stop_after_one(m, x, *a, **k):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(len(x))
+        return real(m, x, *a, **k)
+
+    monkeypatch.setattr(features, "extract_features", stop_after_one)
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, tmp_path / "part", size=28, batch_size=4, progress=False, resize_8bit=True)
+    assert json.loads((tmp_path / "part" / "partial.json").read_text())["resize_8bit"] is True
+    monkeypatch.setattr(features, "extract_features", lambda m, x, *a, **k: seen.append(len(x)) or real(m, x, *a, **k))
+    seen.clear()
+    with pytest.warns(UserWarning, match="other inputs or settings"):
+        store = embed_images(model, folder, tmp_path / "part", size=28, batch_size=4, progress=False)
+    assert sum(seen) == 7
+    np.testing.assert_allclose(np.asarray(store.embeddings), plain, atol=1e-5)
+
+
+def test_curate_command_takes_resize_8bit(tmp_path):
+    from pretrain.export import export_backbone
+
+    folder = _images(tmp_path / "imgs", 8, broken=False)
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=28), tmp_path / "export")["safetensors"]
+    out = tmp_path / "cur"
+    assert main(["curate", str(folder), "--target", "4", "--out", str(out), "--weights", str(weights), "--size", "28",
+                 "--clusters", "2,1", "--no-dedup", "--no-progress", "--num-workers", "0", "--resize-8bit"]) == 0
+    assert json.loads((out / "embeddings" / "store.json").read_text())["resize_8bit"] is True

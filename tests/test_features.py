@@ -379,3 +379,120 @@ def test_load_resized_equals_normalising_first(tmp_path):
             assert torch.allclose(got, want, atol=2e-5), (source if isinstance(source, str) else "array", hw)
     with pytest.raises(ValueError, match=r"rgb\.jpg: decoded to 100x75 pixels, but it was 90x60"):
         load_resized(str(tmp_path / "rgb.jpg"), (28, 28), expect=(60, 90))
+
+
+# -- 8-bit resize (opt-in) ---------------------------------------------------------------------
+def _photo_files(tmp_path):
+    """A real photograph (skimage's astronaut at 200x260) as JPEG, PNG, grey PNG and RGBA PNG, and a 16-bit PNG."""
+    from skimage import data
+
+    rgb = cv2.resize(data.astronaut(), (260, 200), interpolation=cv2.INTER_AREA)
+    files = {"photo.jpg": rgb[..., ::-1], "photo.png": rgb[..., ::-1], "grey.png": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+             "rgba.png": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 200, np.uint8)])}
+    for name, array in files.items():
+        assert cv2.imwrite(str(tmp_path / name), array)
+    cv2.imwrite(str(tmp_path / "deep.png"), rgb[..., ::-1].astype(np.uint16) * 257)
+    return {name: str(tmp_path / name) for name in [*files, "deep.png"]}
+
+
+def _float_resize_reference(path, hw):
+    """The float path as it was before the option: uint8 -> float32, antialiased bilinear resize, /255, normalise."""
+    array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    array = array[..., None] if array.ndim == 2 else array[..., :3][..., ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    x = F.interpolate(x.permute(2, 0, 1)[None].float(), size=hw, mode="bilinear", align_corners=False,
+                      antialias=True)[0].expand(3, -1, -1)
+    return ((x / 255.0 - MEAN) / STD).contiguous()
+
+
+def test_resize_8bit_is_within_one_grey_level_of_the_float_resize(tmp_path):
+    from dinov2_dense.features import load_resized
+
+    files = _photo_files(tmp_path)
+    for name in ("photo.jpg", "photo.png", "grey.png", "rgba.png"):
+        for hw in ((56, 70), (98, 140), (300, 390)):  # down (antialiased) and up
+            float_path = load_resized(files[name], hw)
+            assert torch.equal(float_path, _float_resize_reference(files[name], hw)), (name, hw)  # unchanged by default
+            assert torch.equal(load_resized(files[name], hw, resize_8bit=False), float_path)
+            eight = load_resized(files[name], hw, resize_8bit=True)
+            assert eight.shape == (3, *hw) and eight.dtype == torch.float32 and eight.is_contiguous()
+            assert not torch.equal(eight, float_path), (name, hw)
+            grey_levels = (eight * STD + MEAN) * 255  # before normalisation: whole grey levels, as PIL's uint8 resize
+            assert (grey_levels - grey_levels.round()).abs().max() < 1e-3, (name, hw)
+            # within one grey level (1/(255 std) after normalising); torch's uint8 kernel has fixed-point
+            # weights, so enlarging puts a few pixels up to 1.002 levels off (measured): 1% slack
+            diff = ((eight - float_path) * STD).abs() * 255
+            assert diff.max() <= (1.0 if hw[0] < 200 else 1.01), (name, hw, diff.max())
+            assert diff.mean() < 0.5, (name, hw, diff.mean())  # rounding: 0.25 on average, more at half-way points
+            if name == "grey.png":
+                assert torch.equal(grey_levels[0].round(), grey_levels[2].round())  # grey stays grey
+
+
+def test_resize_8bit_leaves_16bit_float_and_same_size_images_alone(tmp_path):
+    from dinov2_dense.features import load_resized
+
+    files = _photo_files(tmp_path)
+    for hw in ((56, 70), (300, 390)):
+        assert torch.equal(load_resized(files["deep.png"], hw, resize_8bit=True), load_resized(files["deep.png"], hw))
+        floats = np.random.default_rng(0).random((40, 50, 3)).astype(np.float32)
+        assert torch.equal(load_resized(floats, hw, resize_8bit=True), load_resized(floats, hw))
+    same = load_resized(files["photo.png"], (200, 260), resize_8bit=True)  # already at the size: nothing resized
+    assert torch.equal(same, load_resized(files["photo.png"], (200, 260)))
+    assert torch.equal(same, _float_resize_reference(files["photo.png"], (200, 260)))
+
+
+def test_extract_features_resize_8bit_reaches_every_decoding_path(model, tmp_path):
+    """The option (keyword or FeatureOptions) resizes the files in 8 bits, in this process and in workers:
+    features equal those of the 8-bit resized batch, close to but not the float resize's."""
+    from dinov2_dense.features import load_resized
+
+    files = _photo_files(tmp_path)
+    paths = [files["photo.jpg"], files["photo.png"], files["grey.png"]]
+    size = (42, 56)
+    batch = torch.stack([load_resized(p, size, resize_8bit=True) for p in paths])
+    want = extract_features(model, batch)
+    default = extract_features(model, paths, size=size, batch_size=2)
+    by_keyword = extract_features(model, paths, size=size, batch_size=2, resize_8bit=True)
+    by_options = extract_features(model, paths, options=FeatureOptions(size=size, batch_size=2, resize_8bit=True))
+    in_workers = extract_features(model, paths, size=size, batch_size=2, resize_8bit=True, num_workers=2)
+    layer = want.layers[-1]
+    for k in range(len(paths)):
+        for got in (by_keyword, by_options, in_workers):
+            torch.testing.assert_close(got[k].maps[layer][0], want.maps[layer][k], atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(default[k].maps[layer], by_keyword[k].maps[layer], atol=1e-6, rtol=0)
+        torch.testing.assert_close(default[k].maps[layer], by_keyword[k].maps[layer], atol=0.05, rtol=0)
+    assert FeatureOptions().resize_8bit is False
+
+
+def test_features_and_pca_commands_take_resize_8bit(tmp_path, monkeypatch):
+    """--resize-8bit on the commands reaches the resize: `features` writes the 8-bit resized features;
+    `pca` resizes with it; without --size there is nothing to resize and the flag is refused."""
+    import dinov2_dense.features as features
+    from dinov2_dense import load_backbone
+    from dinov2_dense.cli import build_parser, main
+    from pretrain.export import export_backbone
+
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=28), tmp_path / "export")["safetensors"]
+    files = _photo_files(tmp_path)
+    image = files["photo.jpg"]
+    common = ["--weights", str(weights), "--num-workers", "0"]
+    assert main(["features", image, "--size", "42", "--resize-8bit", "--out", str(tmp_path / "8bit.npy"), *common]) == 0
+    assert main(["features", image, "--size", "42", "--out", str(tmp_path / "float.npy"), *common]) == 0
+    model = load_backbone(None, weights=str(weights))
+    want = extract_features(model, image, size=42, resize_8bit=True)
+    got, plain = np.load(tmp_path / "8bit.npy"), np.load(tmp_path / "float.npy")
+    np.testing.assert_allclose(got[0], want.maps[want.layers[-1]][0].numpy(), atol=1e-5)
+    assert not np.array_equal(got, plain)
+    assert main(["features", image, "--resize-8bit", "--out", str(tmp_path / "none.npy"), *common]) == 2
+
+    seen = []
+    real = features.load_resized
+    monkeypatch.setattr(features, "load_resized", lambda *a, **k: seen.append(k.get("resize_8bit")) or real(*a, **k))
+    assert main(["pca", image, "--size", "42", "--resize-8bit", "--out", str(tmp_path / "pca"), *common]) == 0
+    assert seen == [True]
+    assert main(["pca", image, "--size", "0", "--resize-8bit", "--out", str(tmp_path / "pca0"), *common]) == 2
+    parser = build_parser()
+    for command in (["features", image, "--out", "x.npy"], ["pca", image], ["knn", "folder"],
+                    ["curate", "pool", "--target", "1", "--out", "o"]):
+        assert parser.parse_args([*command, "--resize-8bit"]).resize_8bit is True
+        assert parser.parse_args(command).resize_8bit is False

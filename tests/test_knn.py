@@ -413,3 +413,59 @@ def test_folder_feature_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     assert len(runs) == 10
     features()
     assert len(runs) == 10
+
+
+def test_resize_8bit_folder_features_cache_and_command(tmp_path, monkeypatch):
+    """resize_8bit: the 8-bit resized features (close to the float ones, not equal), a cache entry of
+    its own (a run with the other setting misses it), and the knn command's --resize-8bit reaching it."""
+    import json
+
+    from dinov2_dense import features as features_module
+    from dinov2_dense import load_backbone
+    from dinov2_dense.cli import main
+    from dinov2_dense.features import extract_features, load_resized
+    from pretrain.export import export_backbone
+
+    root = write_folder(tmp_path / "data")
+    cache = tmp_path / "cache"
+    model = tiny_vit()
+    runs = []
+    real = features_module.extract_features
+    monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    def features(**kw):
+        return folder_features(model, root, size=28, batch_size=8, progress=False, cache=cache, **kw)
+
+    plain = features()
+    assert len(runs) == 1
+    eight = features(resize_8bit=True)  # the other setting: computed, kept beside
+    assert len(runs) == 2 and len(list(cache.iterdir())) == 2
+    assert torch.equal(features(resize_8bit=True).features, eight.features) and len(runs) == 2  # read back
+    assert torch.equal(features().features, plain.features) and len(runs) == 2
+    assert not torch.equal(eight.features, plain.features)
+    torch.testing.assert_close(eight.features, plain.features, atol=0.05, rtol=0)
+    batch = torch.stack([load_resized(p, (28, 28), resize_8bit=True) for p in eight.paths])
+    want = real(model, batch, fit="resize")
+    torch.testing.assert_close(eight.features, want.cls_tokens[want.layers[-1]], atol=1e-5, rtol=1e-4)
+    monkeypatch.setattr(features_module, "extract_features", real)
+
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=28), tmp_path / "export")["safetensors"]
+    write_folder(tmp_path / "one", per_class=4, classes=("r", "g", "b"))
+    out = tmp_path / "knn.json"
+    assert main(["knn", str(tmp_path / "one"), "--weights", str(weights), "--size", "28", "--k", "3", "--no-linear",
+                 "--resize-8bit", "--num-workers", "0", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["resize_8bit"] is True
+    loaded = load_backbone(None, weights=str(weights)).eval()
+    want = evaluate_folder(loaded, tmp_path / "one", size=28, k=3, linear=False, progress=False, resize_8bit=True)
+    assert result["knn"] == want["knn"]
+    seen = []
+    real_load = features_module.load_resized
+    monkeypatch.setattr(features_module, "load_resized", lambda *a, **k: seen.append(k["resize_8bit"]) or real_load(*a, **k))
+    assert main(["knn", str(tmp_path / "one"), "--weights", str(weights), "--size", "28", "--k", "3", "--no-linear",
+                 "--resize-8bit", "--num-workers", "0"]) == 0
+    assert seen == [True] * 12
+    seen.clear()
+    assert main(["knn", str(tmp_path / "one"), "--weights", str(weights), "--size", "28", "--k", "3", "--no-linear",
+                 "--num-workers", "0"]) == 0
+    assert seen == [False] * 12
