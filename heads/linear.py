@@ -201,8 +201,17 @@ class LinearDepthHead(nn.Module):
                 raise ValueError(f"LinearDepthHead input {i}: expected a (B, {c}, h, w) map, got {tuple(x.shape)}")
             maps.append(with_class_token(x, cls_token))
         size = [s * self.upsample for s in maps[0].shape[-2:]]
-        x = torch.cat([resize_to(m, size, self.align_corners) for m in maps], dim=1)
-        return self.depth_from_logits(self.conv_depth(x))
+        # The official head resizes the features, then applies the 1x1 conv. Both are linear maps (one
+        # mixes channels, the other pixels, with weights summing to 1), so they commute: the conv at the
+        # patch grid, then the resize of n_bins logits, gives the same logits with upsample^2 times
+        # fewer conv products and fewer channels to resize (float rounding apart).
+        if all(m.shape[-2:] == maps[0].shape[-2:] for m in maps):
+            logits = resize_to(self.conv_depth(torch.cat(maps, dim=1)), size, self.align_corners)
+        else:  # maps of other grids: each map's share of the conv at its own grid, resized, summed
+            weights = self.conv_depth.weight.split([m.shape[1] for m in maps], dim=1)
+            logits = sum(resize_to(F.conv2d(m, w), size, self.align_corners) for m, w in zip(maps, weights))
+            logits = logits + self.conv_depth.bias.view(1, -1, 1, 1)
+        return self.depth_from_logits(logits)
 
     def depth_from_logits(self, logits: Tensor) -> Tensor:
         """(B, n_bins, H, W) bin logits -> (B, 1, H, W) expected depth."""

@@ -175,11 +175,13 @@ def direct_bins_depth(pairs, head, upsample=4):
     return (p * bins[:, None, None]).sum(1, keepdim=True)
 
 
-@pytest.mark.parametrize("layers", [1, 4])
-def test_linear_depth_head_matches_bins_expectation(layers):
+@pytest.mark.parametrize("layers, grids", [(1, [(5, 7)]), (4, [(5, 7)] * 4), (2, [(5, 7), (3, 4)])])
+def test_linear_depth_head_matches_bins_expectation(layers, grids):
+    """The official order (resize the features, then the 1x1 conv) computed directly; the head
+    applies the conv first (at the patch grid), also for maps of other grids than the first."""
     d = 12
     gen = torch.Generator().manual_seed(3)
-    pairs = [(torch.randn(2, d, 5, 7, generator=gen), torch.randn(2, d, generator=gen)) for _ in range(layers)]
+    pairs = [(torch.randn(2, d, *g, generator=gen), torch.randn(2, d, generator=gen)) for g in grids]
     head = randomize(LinearDepthHead([d] * layers, min_depth=0.001, max_depth=10.0), seed=4)
     with torch.no_grad():
         out = head(pairs)
