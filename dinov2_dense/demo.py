@@ -7,9 +7,10 @@
 2. a backbone (the named one; by default dinov2_vits14 where its weights are on this machine,
    otherwise the embedded dinov2_dense_tiny, so nothing is downloaded) and the same architecture
    at random init;
-3. on each frozen backbone, a linear segmentation head and a DPT depth head trained from a feature
-   cache (the backbone runs once per image), then evaluated on the validation scenes (mIoU and
-   per-class IoU; abs_rel, rmse, d1); predictions are saved as files;
+3. on each frozen backbone, a linear segmentation head and two depth heads, the paper's DPT and
+   linear (lin.4) protocols, trained from feature caches (the backbone runs once per image and
+   task), then evaluated on the validation scenes (mIoU and per-class IoU; abs_rel, rmse, d1);
+   predictions are saved as files;
 4. PCA maps of the scikit-image samples, of validation scenes and of one-object scenes, with the
    IoU of the first component's foreground against all objects of the validation scenes and
    against the object of the one-object scenes (one basis fitted jointly over each set, as in the
@@ -42,13 +43,18 @@ __all__ = ["DemoSettings", "run_demo"]
 
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
 TASKS = ("segmentation", "depth")
+#: The heads trained on each backbone: step name -> (task, what the report calls it). Depth has the
+#: paper's two protocols: the DPT decoder, and the linear head on the same 4 blocks (lin.4), whose
+#: figures show the frozen features with the least help from the head.
+HEADS = {"segmentation": ("segmentation", "linear head"), "depth": ("depth", "DPT head"),
+         "depth_linear": ("depth", "linear head, lin.4")}
 #: The PCA figures' one-object scenes: one large shape each, so "the largest object" is one object.
 OBJECT_SCENES = dict(min_shapes=1, max_shapes=1, shape_size=(0.3, 0.45))
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Scene counts and size, head training epochs (segmentation, depth), the scenes' appearance
+    """Scene counts and size, head training epochs (segmentation, DPT depth, linear depth), the scenes' appearance
     (see SceneConfig; "texture" by default: classes that show by texture only, which random
     features hardly see) and the number of one-object scenes of the PCA figures."""
 
@@ -57,6 +63,7 @@ class DemoSettings:
     val: int = 48
     seg_epochs: int = 40
     depth_epochs: int = 25
+    linear_depth_epochs: int = 25
     appearance: str = "texture"
     class_sizes: tuple[float, ...] | None = (0.2, 0.3, 0.45, 0.65)
     seed: int = 0
@@ -64,7 +71,8 @@ class DemoSettings:
 
     @classmethod
     def quick(cls, **kw) -> "DemoSettings":
-        return cls(**{"size": 112, "train": 64, "val": 16, "seg_epochs": 20, "depth_epochs": 40, "pca_scenes": 8, **kw})
+        return cls(**{"size": 112, "train": 64, "val": 16, "seg_epochs": 20, "depth_epochs": 40, "linear_depth_epochs": 20,
+                    "pca_scenes": 8, **kw})
 
 
 def _log(message: str) -> None:
@@ -104,19 +112,25 @@ def _scenes(root: Path, s: DemoSettings, progress: bool) -> None:
         write_folder_layout(tmp / "objects", s.pca_scenes, config=objects, seed=s.seed + 1, progress=progress)
 
 
-def _predictor(backbone, task: str, num_classes: int, seed: int):
-    from heads import DensePredictor, DPTHead, LinearHead
+def _predictor(backbone, head: str, num_classes: int, seed: int):
+    """The predictor of one of HEADS on ``backbone`` (the official layouts: linear segmentation on
+    the last block with the final norm; depth on 4 blocks without it, with class tokens)."""
+    from heads import DensePredictor, DPTHead, LinearDepthHead, LinearHead
 
     torch.manual_seed(seed)
     d, depth = backbone.embed_dim, len(backbone.blocks)
-    if task == "segmentation":
-        return DensePredictor(backbone, LinearHead([d], num_classes, sync_bn=False), task=task, layers=[depth - 1])
-    layers = sorted({max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
+    if head == "segmentation":
+        return DensePredictor(backbone, LinearHead([d], num_classes, sync_bn=False), task="segmentation",
+                              layers=[depth - 1])
+    layers = sorted({max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})  # ViT-S/B: [2, 5, 8, 11]
     layers = layers if len(layers) == 4 else list(range(depth - 4, depth))
+    if head == "depth_linear":
+        return DensePredictor(backbone, LinearDepthHead([d] * 4, max_depth=10.0), task="depth", layers=layers,
+                              norm=False, class_token=True)
     # the DPT decoder at a width for the backbone (256 for ViT-L in the paper; 64 for a 192-wide ViT)
-    head = DPTHead(d, channels=min(256, max(32, d // 3)), max_depth=10.0,
-                   post_process_channels=[max(1, d // 8), max(1, d // 4), max(1, d // 2), d])
-    return DensePredictor(backbone, head, task=task, layers=layers, norm=False, class_token=True)
+    dpt = DPTHead(d, channels=min(256, max(32, d // 3)), max_depth=10.0,
+                  post_process_channels=[max(1, d // 8), max(1, d // 4), max(1, d // 2), d])
+    return DensePredictor(backbone, dpt, task="depth", layers=layers, norm=False, class_token=True)
 
 
 def _datasets(root: Path, task: str):
@@ -127,24 +141,27 @@ def _datasets(root: Path, task: str):
     return NYUDepthDataset(root / "nyu", "nyu_train.txt"), NYUDepthDataset(root / "nyu", "nyu_test.txt")
 
 
-def _heads_step(work: Path, label: str, backbone, task: str, s: DemoSettings, progress: bool) -> dict:
-    """Train one head from a feature cache, predict the validation scenes into files, score them."""
+def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, progress: bool) -> dict:
+    """Train one of HEADS from a feature cache, predict the validation scenes into files, score them."""
     from heads import CrossEntropyLoss, GradientLoss, SigLoss
 
     from .engine.feature_cache import FeatureCache, train_head
 
-    predictor = _predictor(backbone, task, 5, s.seed)
+    task = HEADS[head][0]
+    predictor = _predictor(backbone, head, 5, s.seed)
     train, val = _datasets(work / "scenes", task)
-    cache_dir = work / "cache" / f"{label}_{task}"
+    cache_dir = work / "cache" / f"{label}_{task}"  # the two depth heads read the same features
     cache = FeatureCache(cache_dir) if (cache_dir / "meta.json").is_file() else \
         FeatureCache.build(predictor, train, cache_dir, progress=progress)
+    # the official NYU configs' losses, for the DPT and the linear depth head alike
     losses = [CrossEntropyLoss()] if task == "segmentation" else [SigLoss(), GradientLoss(loss_weight=0.5)]
     t = time.time()
-    epochs = s.seg_epochs if task == "segmentation" else s.depth_epochs
-    history = train_head(predictor, cache, losses, epochs=epochs, batch_size=8, lr=1e-3, seed=s.seed,
+    epochs = {"segmentation": s.seg_epochs, "depth": s.depth_epochs, "depth_linear": s.linear_depth_epochs}[head]
+    lr = 5e-3 if head == "depth_linear" else 1e-3  # the official NYU linear depth config's AdamW rate
+    history = train_head(predictor, cache, losses, epochs=epochs, batch_size=8, lr=lr, seed=s.seed,
                          progress=progress)
     predictor.eval()
-    out = work / "predictions" / f"{label}_{task}"
+    out = work / "predictions" / f"{label}_{head}"
     with staged_dir(out, overwrite=True) as tmp, torch.no_grad():
         for i in range(len(val)):
             sample = val[i]
@@ -233,8 +250,8 @@ def _pca_step(work: Path, backbones: dict, s: DemoSettings) -> dict:
 
 def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
     """Figures of the first ``n`` validation scenes, one per task, drawn from the saved prediction
-    files: image | ground truth | pretrained | random init (depth in magma, near = bright, one
-    range per row: the ground truth's)."""
+    files: image | ground truth | then pretrained and random init for each head of the task (depth
+    in magma, near = bright, one range per row: the ground truth's)."""
     from .images import decode_image
     from .viz import colour_depth, colour_labels, save_grid
 
@@ -242,10 +259,12 @@ def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
     with staged_dir(work / "figures", overwrite=True) as tmp:
         for task in TASKS:
             _, val = _datasets(work / "scenes", task)
+            heads = [h for h, (t, _) in HEADS.items() if t == task]
             rows, labels = [], []
             for i in range(min(n, len(val))):
                 sample = val[i]
-                preds = [_read_prediction(work / "predictions" / f"{b}_{task}", i, sample) for b in ("pretrained", "random")]
+                preds = [_read_prediction(work / "predictions" / f"{b}_{h}", i, sample)
+                         for h in heads for b in ("pretrained", "random")]
                 if task == "segmentation":
                     maps = [colour_labels(m, palette=[(64, 64, 64)]) for m in [sample["seg"].numpy(), *preds]]  # grey bg
                 else:
@@ -255,7 +274,8 @@ def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
                 rows.append([decode_image(sample["meta"]["path"]), *maps])
                 labels.append(Path(sample["meta"]["path"]).name)
             name = f"{task}_predictions.png"
-            save_grid(rows, tmp / name, titles=["image", "ground truth", "pretrained", "random init"],
+            titles = ["image", "ground truth"] + [f"{b}, {HEADS[h][1]}" for h in heads for b in ("pretrained", "random init")]
+            save_grid(rows, tmp / name, titles=titles,
                       row_labels=labels, suptitle=f"{task}: validation scenes, heads on the frozen backbones")
             paths.append(work / "figures" / name)
     return paths
@@ -277,6 +297,7 @@ def _report(work: Path, state: dict, model: str) -> Path:
     steps = state["steps"]
     seg = {b: steps[f"{b}_segmentation"]["metrics"] for b in ("pretrained", "random")}
     dep = {b: steps[f"{b}_depth"]["metrics"] for b in ("pretrained", "random")}
+    lin = {b: steps[f"{b}_depth_linear"]["metrics"] for b in ("pretrained", "random")}
     pca = steps["pca"]
     from .data.synthetic import class_names
 
@@ -284,16 +305,18 @@ def _report(work: Path, state: dict, model: str) -> Path:
     rows_seg = [("mIoU", seg["pretrained"]["mIoU"], seg["random"]["mIoU"])] + [
         (f"IoU {n}", seg["pretrained"]["IoU"][k], seg["random"]["IoU"][k]) for k, n in enumerate(names)]
     rows_dep = [(k, dep["pretrained"][k], dep["random"][k]) for k in ("abs_rel", "rmse", "d1")]
+    rows_lin = [(k, lin["pretrained"][k], lin["random"][k]) for k in ("abs_rel", "rmse", "d1")]
     rows_pca = [("first-component foreground vs all objects (validation scenes), IoU",
                  pca["pretrained"]["mean_objects_iou"], pca["random"]["mean_objects_iou"]),
                 ("first-component foreground vs the object (one-object scenes), IoU",
                  pca["pretrained"]["mean_largest_object_iou"], pca["random"]["mean_largest_object_iou"])]
-    summary = {"model": model, "settings": s, "segmentation": seg, "depth": dep, "pca": pca}
+    summary = {"model": model, "settings": s, "segmentation": seg, "depth": dep, "depth_linear": lin, "pca": pca}
     write_json(work / "report.json", summary)
     title = f"dinov2-dense demo: {model} against the same architecture at random init"
     intro = (f"{s['train']} training and {s['val']} validation synthetic scenes of {s['size']}x{s['size']} pixels "
-             f"(appearance: {s['appearance']}); on frozen features, the linear head trained {s['seg_epochs']} epochs "
-             f"and the DPT head {s['depth_epochs']}.")
+             f"(appearance: {s['appearance']}); on frozen features, the linear segmentation head trained "
+             f"{s['seg_epochs']} epochs, the DPT depth head {s['depth_epochs']} and the linear depth head "
+             f"{s['linear_depth_epochs']}.")
     if s.get("class_sizes"):
         intro += (" Each shape class has its own physical size, so a shape's apparent size (size / depth) shows "
                   "its depth to a model that tells the classes apart (the familiar-size cue).")
@@ -314,7 +337,7 @@ def _report(work: Path, state: dict, model: str) -> Path:
 
     header = ["", model, "random init", "difference"]
     sections = [("Segmentation (linear head), percent", rows_seg), ("Depth (DPT head), metres", rows_dep),
-                ("PCA maps", rows_pca)]
+                ("Depth (linear head on 4 blocks, lin.4), metres", rows_lin), ("PCA maps", rows_pca)]
     figures = _prediction_figures(work) + sorted((work / "pca").glob("*.png"))
     md = [f"# {title}", "", intro, ""]
     html = [f"<!doctype html><meta charset='utf-8'><title>{title}</title><style>body{{font-family:sans-serif;"
@@ -372,7 +395,7 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
     label = label or model or str(weights)
     # through JSON, as demo.json stores them (tuples come back as lists), so that a rerun compares equal
     state = _State(work, json.loads(json.dumps({**asdict(s), "model": label})), overwrite)
-    total = 4 + 2 * len(TASKS)
+    total = 4 + 2 * len(HEADS)
     step_no = 0
 
     def announce(text: str) -> None:
@@ -389,12 +412,12 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         torch.manual_seed(s.seed)
         random = architecture(model, weights).eval()
     backbones = {"pretrained": pretrained, "random": random}
-    for task in TASKS:
+    for head, (task, what) in HEADS.items():
         for name, backbone in backbones.items():
-            step = f"{name}_{task}"
-            announce(f"{task} head on the {name} backbone")
+            step = f"{name}_{head}"
+            announce(f"{task}, {what}, on the {name} backbone")
             if not state.done(step):
-                state.record(step, _heads_step(work, name, backbone, task, s, progress))
+                state.record(step, _heads_step(work, name, backbone, head, s, progress))
             m = state.done(step)["metrics"]
             _log("    " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if not isinstance(v, list)))
     announce("PCA maps")

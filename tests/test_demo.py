@@ -25,7 +25,7 @@ def backbone_file(tmp_path_factory):
     return folder / "backbone.pth"
 
 
-TINY = DemoSettings(size=56, train=8, val=4, seg_epochs=2, depth_epochs=2, pca_scenes=3)
+TINY = DemoSettings(size=56, train=8, val=4, seg_epochs=2, depth_epochs=2, linear_depth_epochs=2, pca_scenes=3)
 
 
 def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_file, capsys):
@@ -35,8 +35,9 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     for label in ("pretrained", "random"):
         seg = score_predictions(work / "predictions" / f"{label}_segmentation", work / "scenes", "segmentation")
         assert summary["segmentation"][label] == seg
-        depth = score_predictions(work / "predictions" / f"{label}_depth", work / "scenes", "depth")
-        assert summary["depth"][label] == depth
+        for head in ("depth", "depth_linear"):  # the DPT and the linear (lin.4) depth heads
+            depth = score_predictions(work / "predictions" / f"{label}_{head}", work / "scenes", "depth")
+            assert summary[head][label] == depth
         pca = summary["pca"][label]
         for key, n in (("largest_object_iou", 3), ("objects_iou", 4)):  # one-object scenes; validation scenes
             assert len(pca[key]) == n and all(0 <= v <= 1 for v in pca[key])
@@ -54,6 +55,8 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     html, md = report.read_text(), (work / "report.md").read_text()
     assert f"{summary['segmentation']['pretrained']['mIoU']:.2f}" in md
     assert f"{summary['depth']['random']['rmse']:.3f}" in html
+    assert f"{summary['depth_linear']['pretrained']['rmse']:.3f}" in md and "lin.4" in md
+    assert summary["depth_linear"]["pretrained"] != summary["depth"]["pretrained"]  # two heads, two results
     assert html.count("data:image/png;base64,") == 8 and "<img" in html  # self-contained: figures inlined
     for task in ("segmentation", "depth"):  # predictions next to the ground truth, linked from the Markdown copy
         assert (work / "figures" / f"{task}_predictions.png").is_file() and f"(figures/{task}_predictions.png)" in md
@@ -63,11 +66,16 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
         assert config["class_sizes"] == summary["settings"]["class_sizes"] == list(DemoSettings().class_sizes)
     assert "familiar-size cue" in md
     assert (work / "predictions" / "random_depth" / "head.pth").is_file()
+    lin_head = torch.load(work / "predictions" / "pretrained_depth_linear" / "head.pth", weights_only=True)
+    assert lin_head["conv_depth.weight"].shape[1] == 4 * 2 * 48  # 4 blocks, each map and class token
+    # the two depth heads share one feature cache per backbone
+    assert sorted(p.name for p in (work / "cache").iterdir()) == ["pretrained_depth", "pretrained_segmentation",
+                                                                    "random_depth", "random_segmentation"]
 
     # a rerun finds every step done and writes the same report
     state = json.loads((work / "demo.json").read_text())
     assert set(state["steps"]) == {"scenes", "pretrained_segmentation", "random_segmentation", "pretrained_depth",
-                                   "random_depth", "pca"}
+                                   "random_depth", "pretrained_depth_linear", "random_depth_linear", "pca"}
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert json.loads((work / "report.json").read_text()) == summary
     (work / "predictions" / "random_depth" / "00001.png").unlink()  # a lost prediction file is named
