@@ -478,10 +478,18 @@ def test_default_outputs_are_git_ignored():
 
 
 # -- bounded resources ------------------------------------------------------------------------------
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A shell without job control starts
+    background jobs with SIGINT ignored, which children inherit, and Python then never raises
+    KeyboardInterrupt: a test suite started with `cmd &` would see Ctrl-C ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _long_synth(tmp_path: Path) -> subprocess.Popen:
     """A synth run that writes for minutes, returned once it has written its first scene."""
     proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "synth", str(tmp_path / "scenes"), "--train",
-                             "100000", "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "100000", "--size", "56"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".scenes.*.partial/scenes/images/training/*")):
         time.sleep(0.05)
