@@ -310,13 +310,13 @@ def _add_resize_8bit_argument(parser: argparse.ArgumentParser) -> None:
     """--resize-8bit, the same for every command that reads and resizes image files."""
     parser.add_argument("--resize-8bit", action="store_true",
                         help="resize 8-bit images in 8 bits: about 4x faster resizing on CPUs, within one grey level "
-                             "of the float resize (as PIL's resize in the official transforms); changes features "
+                             "of the float resize (rounded to whole grey levels, as any 8-bit resize, e.g. PIL's); changes features "
                              "slightly (default: float resize)")
 
 
 def _check_resize_8bit(args: argparse.Namespace, size) -> None:
     if args.resize_8bit and size is None:
-        raise ValueError("--resize-8bit changes how images are resized to --size; without --size nothing is resized")
+        raise ValueError("--resize-8bit applies to the resize of --size only; give --size")
 
 
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ decoded, so a batch holds ``batch_size`` images at the working size, not at full
 
 8-bit resize (``resize_8bit=True``, off by default): with ``size=``, 8-bit images are resized in
 8 bits on the CPU (torch's uint8 bilinear antialiased kernel, channels-last), rounded to whole
-grey levels as PIL's resize in the official DINOv2 eval transforms, then normalised: about 4x faster
+grey levels as any 8-bit resize (e.g. PIL's), then normalised: about 4x faster
 than the float resize, within one grey level of it, so every feature changes slightly.
 """
 
@@ -690,8 +690,8 @@ def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, i
 
     ``resize_8bit`` (default False): a uint8 image (grey or colour) not already at ``hw`` is
     resized in uint8 by torch's bilinear antialiased kernel on a channels-last view (about 4x
-    faster than the float resize on a CPU) and rounded to whole grey levels, as PIL's resize in the
-    official DINOv2 eval transforms; the values are within 1/255 of the float path's before
+    faster than the float resize on a CPU) and rounded to whole grey levels, as any 8-bit resize
+    (e.g. PIL's); the values are within 1/255 of the float path's before
     normalisation. 16-bit, float and bool data ignore it."""
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     array = load_array(source)

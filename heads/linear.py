@@ -142,7 +142,9 @@ class LinearDepthHead(nn.Module):
         n_bins: number of depth bins.
         min_depth, max_depth: the bin range in metres (NYU 0.001-10, KITTI 0.001-80; see
             ``dinov2_dense.settings`` for why not the official hub's 80 everywhere).
-        upsample: features are resized to ``upsample`` x the first map's grid before the conv.
+        upsample: the output is ``upsample`` x the first map's grid (the official head resizes the
+            features, then applies the 1x1 conv; here the conv runs at the patch grid and its
+            logits are resized: the same, as both are linear).
         bins_strategy: "UD" (uniform, ``linspace``) or "SID" (``logspace`` of the bounds, as the
             official code; rarely meaningful).
         norm_strategy: "linear" (ReLU, +0.1, divide by the sum), "softmax" or "sigmoid".

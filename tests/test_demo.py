@@ -130,6 +130,32 @@ def test_an_interrupted_demo_continues_where_it_stopped(tmp_path, backbone_file,
     assert calls == [1] and (work / "report.html").is_file()
 
 
+def test_a_demo_of_an_older_version_continues_with_the_new_steps(tmp_path, backbone_file, monkeypatch):
+    """A demo.json written before a setting existed (here linear_depth_epochs, with the linear depth
+    heads) continues: only the new steps run. A setting it has with another value is still refused."""
+    import dinov2_dense.demo as demo
+
+    work = tmp_path / "demo"
+    run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
+    state = json.loads((work / "demo.json").read_text())
+    del state["settings"]["linear_depth_epochs"]
+    for step in ("pretrained_depth_linear", "random_depth_linear"):
+        del state["steps"][step]
+    (work / "demo.json").write_text(json.dumps(state))
+    ran = []
+    real = demo._heads_step
+    monkeypatch.setattr(demo, "_heads_step", lambda work, label, bb, head, *a: ran.append(f"{label}_{head}")
+                        or real(work, label, bb, head, *a))
+    run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
+    assert ran == ["pretrained_depth_linear", "random_depth_linear"]
+    assert json.loads((work / "demo.json").read_text())["settings"]["linear_depth_epochs"] == TINY.linear_depth_epochs
+    state = json.loads((work / "demo.json").read_text())
+    state["settings"]["no_such_setting"] = 1  # a setting this version does not know: not a match
+    (work / "demo.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="other settings"):
+        run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
+
+
 def test_demo_command(tmp_path, backbone_file, capsys, monkeypatch):
     monkeypatch.setattr("dinov2_dense.demo.DemoSettings.quick", classmethod(lambda cls, **kw: TINY))
     out = tmp_path / "d"

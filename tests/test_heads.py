@@ -161,12 +161,12 @@ def test_linear_head_with_class_token():
         head([m for m, _ in pairs])
 
 
-def direct_bins_depth(pairs, head, upsample=4):
+def direct_bins_depth(pairs, head, upsample=4, align_corners=False):
     h, w = pairs[0][0].shape[-2:]
     feats = []
     for m, c in pairs:
         x = torch.cat((m, c[:, :, None, None].expand_as(m)), 1)
-        feats.append(F.interpolate(x, size=(h * upsample, w * upsample), mode="bilinear", align_corners=False))
+        feats.append(F.interpolate(x, size=(h * upsample, w * upsample), mode="bilinear", align_corners=align_corners))
     x = torch.cat(feats, 1)
     logits = torch.einsum("bchw,kc->bkhw", x, head.conv_depth.weight[:, :, 0, 0]) + head.conv_depth.bias[:, None, None]
     p = logits.clamp(min=0) + 0.1
@@ -175,17 +175,19 @@ def direct_bins_depth(pairs, head, upsample=4):
     return (p * bins[:, None, None]).sum(1, keepdim=True)
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("layers, grids", [(1, [(5, 7)]), (4, [(5, 7)] * 4), (2, [(5, 7), (3, 4)])])
-def test_linear_depth_head_matches_bins_expectation(layers, grids):
+def test_linear_depth_head_matches_bins_expectation(layers, grids, align_corners):
     """The official order (resize the features, then the 1x1 conv) computed directly; the head
     applies the conv first (at the patch grid), also for maps of other grids than the first."""
     d = 12
     gen = torch.Generator().manual_seed(3)
     pairs = [(torch.randn(2, d, *g, generator=gen), torch.randn(2, d, generator=gen)) for g in grids]
-    head = randomize(LinearDepthHead([d] * layers, min_depth=0.001, max_depth=10.0), seed=4)
+    head = randomize(LinearDepthHead([d] * layers, min_depth=0.001, max_depth=10.0, align_corners=align_corners),
+                     seed=4)
     with torch.no_grad():
         out = head(pairs)
-        ref = direct_bins_depth(pairs, head)
+        ref = direct_bins_depth(pairs, head, align_corners=align_corners)
     assert out.shape == (2, 1, 20, 28)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert out.min() >= 0.001 and out.max() <= 10.0

@@ -584,7 +584,8 @@ def pca_maps(
         upsample: "bilinear" or "nearest", from the patch grid to the image.
         options: the feature settings as one :class:`~dinov2_dense.features.FeatureOptions`
             (one block in ``layers``), instead of ``layer``, ``size``, ``tile``, ``fit`` and
-            ``batch_size``; it also reaches ``norm``, ``tile_overlap`` and ``autocast``.
+            ``batch_size``; it also reaches ``norm``, ``tile_overlap``, ``autocast`` and
+            ``resize_8bit``.
         num_workers: DataLoader workers that decode the next images while the model runs (0:
             decode here). The maps are the same either way.
     """
