@@ -69,8 +69,8 @@ def test_depth_cache_keeps_class_tokens(scenes, tmp_path):
 
 
 def test_a_cache_of_other_settings_is_refused(scenes, tmp_path):
-    """A head trains only on the features its predictor reads: other blocks, norm, class tokens or
-    task are named (and the compatible predictor of another head shares the cache)."""
+    """A head trains only on the features its predictor reads: another backbone, other blocks, norm,
+    class tokens or task are named (and the compatible predictor of another head shares the cache)."""
     data = ADE20KDataset(scenes / "ade", "training")
     cache = FeatureCache.build(seg_predictor(), data, tmp_path / "cache", dtype="float32", progress=False)
     backbone = tiny_vit(depth=2)
@@ -80,5 +80,11 @@ def test_a_cache_of_other_settings_is_refused(scenes, tmp_path):
     no_norm = DensePredictor(backbone, LinearHead([48, 48], 5), task="segmentation", layers=[0, 1], norm=False)
     with pytest.raises(ValueError, match="norm True"):
         train_head(no_norm, cache, [CrossEntropyLoss()], progress=False)
-    other_head = DensePredictor(backbone, LinearHead([48, 48], 5, in_index=[0, 1]), task="segmentation", layers=[0, 1])
-    assert len(train_head(other_head, cache, [CrossEntropyLoss()], epochs=1, batch_size=12, progress=False)) == 2
+    with torch.no_grad():
+        backbone.cls_token.add_(0.01)  # tiny_vit's weights are seeded: the same as the cache's until changed
+    other_backbone = DensePredictor(backbone, LinearHead([48, 48], 5), task="segmentation", layers=[0, 1])
+    with pytest.raises(ValueError, match="another backbone"):
+        train_head(other_backbone, cache, [CrossEntropyLoss()], progress=False)
+    same = seg_predictor()  # the same backbone weights (seed), another head of the same inputs: shares the cache
+    same.decode_head = LinearHead([48, 48], 5, in_index=[0, 1])
+    assert len(train_head(same, cache, [CrossEntropyLoss()], epochs=1, batch_size=12, progress=False)) == 2

@@ -38,11 +38,18 @@ class FeatureCache(Dataset):
         self.targets = np.load(self.path / "targets.npy", mmap_mode="r")
 
     def check(self, predictor: DensePredictor) -> None:
-        """Raise ValueError when ``predictor`` reads other features than the cache holds (other
-        blocks, final norm or class tokens, or another task): a head trained on them would not
-        match the predictor it is saved with."""
+        """Raise ValueError when ``predictor`` reads other features than the cache holds (another
+        backbone, other blocks, final norm or class tokens, or another task): a head trained on
+        them would not match the predictor it is saved with. (A cache built before the backbone's
+        fingerprint was recorded is checked without it.)"""
         want = {"layers": list(predictor.layers), "norm": predictor.norm, "class_token": predictor.class_token,
                 "task": predictor.task}
+        if "backbone" in self.meta:
+            from dinov2_dense.checkpoints import fingerprint
+
+            if self.meta["backbone"] != fingerprint(predictor.backbone):
+                raise ValueError(f"{self.path}: the feature cache was built with another backbone (other weights); "
+                                 "build a cache for this one")
         diff = [f"{k} {self.meta.get(k)!r} (the predictor's: {v!r})" for k, v in want.items() if self.meta.get(k) != v]
         if diff:
             raise ValueError(f"{self.path}: the feature cache was built with other settings: {'; '.join(diff)}")
@@ -109,8 +116,10 @@ class FeatureCache(Dataset):
                 offset += b
             for store in (maps or []) + (cls_tokens or []) + ([targets] if targets is not None else []):
                 store.flush()
+            from dinov2_dense.checkpoints import fingerprint
+
             meta = {"layers": predictor.layers, "norm": predictor.norm, "class_token": predictor.class_token,
-                    "task": predictor.task, "count": n, "dtype": dtype}
+                    "task": predictor.task, "count": n, "dtype": dtype, "backbone": fingerprint(predictor.backbone)}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             del maps, cls_tokens, targets
         return cls(path)
