@@ -97,6 +97,24 @@ def test_images_wholly_on_one_side_do_not_outvote_the_split_ones():
         assert split.masks[0].all() and not split.masks[1].any()
 
 
+def test_a_close_up_object_that_reaches_the_frame_is_the_foreground():
+    """A close-up: the object fills all but a strip of ground at the bottom (3 of 16 rows) and
+    reaches three edges, so it holds 40 of the 60 border patches against the strip's 20, but
+    fewer per patch of its area (40/208 against 20/48). Counting border patches named the strip
+    the foreground; the border density names the object, alone and in a joint fit."""
+    close_up = np.ones((16, 16), bool)
+    close_up[13:] = False
+    for masks in ([close_up], blob_masks()[:2] + [close_up]):
+        maps, _ = known_features(masks, seed=5)
+        for sign in (1, -1):
+            split = foreground_split([sign * m for m in maps])
+            assert split.info["sign_rule"] == "border"
+            for got, built in zip(split.masks, masks):
+                np.testing.assert_array_equal(got, built)
+            if len(masks) == 1:  # alone, the object holds more border patches than the strip
+                assert split.info["border_patches"] == {"foreground": 40, "background": 20}
+
+
 def test_threshold_modes():
     masks = blob_masks()[:3]
     maps, _ = known_features(masks, seed=1)

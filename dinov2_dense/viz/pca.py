@@ -13,12 +13,14 @@ Two PCAs, as in the paper (:func:`fit_pca` runs both):
    foreground go to 0 and 1, clipped). The background is black.
 
 The sign rule. A principal direction has no sign, and which side of the threshold is the object
-must not depend on it. The foreground is the side of the split that holds *fewer border
-patches* (the outer ring of a feature map): objects sit inside the frame, background runs to its
-edges. Each fitted image votes for the side that holds fewer of its border patches, with the
-weight of its smaller side's share of its patches, and the heavier side wins: an image that falls
-wholly on one side (or but for a stray patch) says nothing about object against background and
-hardly counts. (Summing the rings over all images instead let such images outweigh the ones that
+must not depend on it. The foreground is the side of the split whose patches lie *less on the
+border* (the outer ring of a feature map): objects sit inside the frame, background runs to its
+edges. Each fitted image votes for the side of lower border density (its border patches per patch
+of the side), with the weight of its smaller side's share of its patches, and the heavier side
+wins: an image that falls wholly on one side (or but for a stray patch) says nothing about object
+against background and hardly counts. (Counting border patches instead of their density named a
+large object that reaches the frame the background: in a close-up with a strip of ground, the
+object holds more border patches than the strip, but fewer per patch of its area.) (Summing the rings over all images instead let such images outweigh the ones that
 were split: a joint fit that put four of twelve one-object scenes wholly on the objects' side named
 the background the foreground.) Ties go to the side with
 fewer border patches over all images, then to the side with fewer patches overall, then to the
@@ -325,18 +327,20 @@ def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> Foregro
     t = 0.0 if threshold == "zero" else otsu_threshold(flat)
     ring = torch.cat([_border(*m.shape[1:]).reshape(-1) for m in maps]).numpy()
     pos = flat > t
-    # each image votes for the side holding fewer of its border patches, with the weight of its
-    # smaller side's share of its patches: an image wholly on one side (or but for a stray patch)
-    # says nothing about object against background
+    # each image votes for the side of lower border density (its border patches per patch of the
+    # side), with the weight of its smaller side's share of its patches: an image wholly on one side
+    # (or but for a stray patch) says nothing about object against background
     ballots_pos, ballots_neg = [0.0], [0.0]
     start = 0
     for m in maps:
         end = start + m.shape[1] * m.shape[2]
         p, r = pos[start:end], ring[start:end]
         start = end
-        on_pos, on_neg = int((p & r).sum()), int((~p & r).sum())
-        weight = min(int(p.sum()), int((~p).sum())) / p.size
-        (ballots_pos if on_pos < on_neg else ballots_neg if on_neg < on_pos else []).append(weight)
+        size_pos, size_neg = int(p.sum()), int((~p).sum())
+        weight = min(size_pos, size_neg) / p.size
+        if weight:  # border density: border patches per patch of the side (cross-multiplied: exact)
+            on_pos, on_neg = int((p & r).sum()) * size_neg, int((~p & r).sum()) * size_pos
+            (ballots_pos if on_pos < on_neg else ballots_neg if on_neg < on_pos else []).append(weight)
     votes_pos, votes_neg = math.fsum(ballots_pos), math.fsum(ballots_neg)  # exact sums: no order dependence
     border_pos, border_neg = int((pos & ring).sum()), int((~pos & ring).sum())
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
