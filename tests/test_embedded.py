@@ -138,7 +138,7 @@ def test_the_reproduce_script_runs_every_stage_and_packages_the_last(tmp_path):
     stages = sorted(p.stem for p in (tmp_path / "configs" / "pretrain" / "dinov2_dense_tiny").glob("*.py"))
     for stage in stages:
         assert (work / stage / "export" / "backbone.safetensors").is_file(), stage
-    last = stages[-1]  # s6_hue: the stems sort in stage order
+    last = stages[-1]  # s7_colour: the stems sort in stage order
     package = work / "package" / "dinov2_dense_tiny.safetensors"
     assert package.read_bytes() == (work / last / "export" / "backbone.safetensors").read_bytes()
     model = load_backbone(None, weights=str(package))

@@ -6,7 +6,7 @@
 # ship are in work_dirs/dinov2_dense_tiny/package/ (copy them into dinov2_dense/weights/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGES=(s1_cls s2_cell1 s3_cell4 s4_cell8 s5_colour s6_hue)
+STAGES=(s1_cls s2_cell1 s3_cell4 s4_cell8 s5_colour s6_hue s7_colour)
 for stage in "${STAGES[@]}"; do
     dir="work_dirs/dinov2_dense_tiny/$stage"
     if [ -f "$dir/export/backbone.safetensors" ]; then
