@@ -104,7 +104,8 @@ def test_a_close_up_object_that_reaches_the_frame_is_the_foreground():
     the foreground; the border density names the object, alone and in a joint fit."""
     close_up = np.ones((16, 16), bool)
     close_up[13:] = False
-    for masks in ([close_up], blob_masks()[:2] + [close_up]):
+    # alone, and in joint fits where its vote decides (three close-ups against one blob) or is outweighed
+    for masks in ([close_up], [close_up] * 3 + blob_masks()[:1], blob_masks()[:2] + [close_up]):
         maps, _ = known_features(masks, seed=5)
         for sign in (1, -1):
             split = foreground_split([sign * m for m in maps])

@@ -3,7 +3,7 @@
 # large shapes, every surface a random colour: the class shows by texture only), grey views (colour is
 # the nuisance), eight one-patch (14-px) local crops whose class token must match the teacher's view of
 # the whole 84-px global crop, a sharp teacher (0.015) over 256 prototypes, no blur (it erases stripes).
-# 9,000 iterations, about 45 minutes on a 2-core CPU. Why each departure from the recipe: README,
+# 9,000 iterations, about 31 minutes on a 2-core CPU with nothing else running. Why each departure from the recipe: README,
 # "What it does not learn yet".
 student = dict(arch="custom", embed_dim=96, depth=4, num_heads=3, patch_size=14, drop_path_rate=0.0, layerscale=0.1)
 dino = dict(head_n_prototypes=256, head_bottleneck_dim=128, head_hidden_dim=512)
