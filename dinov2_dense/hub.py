@@ -145,8 +145,10 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 #: How to go on without the weights, appended to every "not found" message.
-NO_WEIGHTS_HINT = ("To try the toolkit without them: --weights random on the command line, weights=None in "
-                   "Python (random weights: features, maps and metrics then mean nothing).")
+NO_WEIGHTS_HINT = (f"To go on without a download: --model {DEFAULT_EMBEDDED} on the command line, "
+                   f"load_backbone(\"{DEFAULT_EMBEDDED}\") in Python (a small backbone embedded in the package, "
+                   "pretrained by us on synthetic scenes: its features mean little on real images); or --weights "
+                   "random, weights=None in Python (random weights: features, maps and metrics then mean nothing).")
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True) -> Path:

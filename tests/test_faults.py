@@ -456,7 +456,12 @@ def test_features_of_different_shapes_fail_before_the_model_runs(tmp_path, capsy
 def test_missing_weights_say_how_to_go_on(tmp_path, capsys, torch_home, monkeypatch):
     monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
     rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--out", tmp_path / "f.npy")
-    assert_user_error(rc, err, "dinov2_vits14_pretrain.pth", "--weights random")
+    assert_user_error(rc, err, "dinov2_vits14_pretrain.pth", "--model dinov2_dense_tiny", "--weights random")
+    # the first way on works offline: the embedded backbone's features
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--model", "dinov2_dense_tiny", "--size", "56", "56",
+                     "--out", tmp_path / "f.npy")
+    assert rc == 0, err
+    assert np.load(tmp_path / "f.npy").shape == (1, 96, 4, 4)
 
 
 def test_random_weights_say_so_in_figures(tmp_path, capsys, monkeypatch):
