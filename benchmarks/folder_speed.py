@@ -12,6 +12,8 @@ decode like photographs) into a temporary folder, then times:
   once for each ``--num-workers`` (a fresh store each time) with the float resize (the default) and
   once with the 8-bit resize (``resize_8bit=True``, ``--resize-8bit`` in the commands), and the part
   of it spent on the store's weight fingerprint (a fixed cost per run);
+* on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the
+  toolkit pins them on CUDA): pinned memory chosen by measurement;
 * ``extract_features`` over the list of paths (the ``features`` path) with the most workers;
 * reading and resizing one image in this process (``read_resized``, median ms), float and 8-bit;
 * the ceiling of any worker arrangement: reading and resizing alone (``read_resized``, one thread
@@ -24,6 +26,7 @@ Random weights: the time does not depend on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -96,6 +99,23 @@ def decode_ceiling(paths: list[str], size: int, workers: int, resize_8bit: bool 
         t = time.perf_counter()
         pool.map(read, paths, chunksize=8)
         return len(paths) / (time.perf_counter() - t)
+
+
+@contextlib.contextmanager
+def unpinned():
+    """The toolkit's DataLoader workers without pinned memory, while in the block (for comparison)."""
+    import dinov2_dense.features as features
+
+    pinned = features.map_in_workers
+
+    def map_unpinned(fn, items, num_workers=0, pin_memory=False):
+        return pinned(fn, items, num_workers, pin_memory=False)
+
+    features.map_in_workers = map_unpinned
+    try:
+        yield
+    finally:
+        features.map_in_workers = pinned
 
 
 def sync(device: torch.device) -> None:
@@ -173,6 +193,13 @@ def main() -> int:
                     model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers,
                     progress=False, resize_8bit=eight)))
         workers = max(args.num_workers)
+        if device.type == "cuda" and workers > 0:
+            for eight in (False, True):
+                store = Path(tmp) / f"store_{workers}_{'8bit' if eight else 'float'}_unpinned"
+                with unpinned():
+                    timed(f"embed_images, {workers} workers, {'8-bit' if eight else 'float'} resize, NOT pinned",
+                          lambda: len(embed_images(model, paths, store, size=args.size, batch_size=args.batch_size,
+                                                   num_workers=workers, progress=False, resize_8bit=eight)))
         timed(f"extract_features(paths), {workers} workers", lambda: len(extract_features(
             model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
             progress=False)))
