@@ -186,20 +186,22 @@ def main() -> int:
             rate = count / (time.perf_counter() - t)
             print(f"  {label}: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
 
-        for workers in args.num_workers:
-            for eight in (False, True):
-                store = Path(tmp) / f"store_{workers}_{'8bit' if eight else 'float'}"
-                timed(f"embed_images, {workers} workers, {'8-bit' if eight else 'float'} resize", lambda: len(embed_images(
+        def embed(workers: int, eight: bool, pinned: bool = True) -> None:
+            """embed_images over the folder into a fresh store, timed."""
+            kind = f"{workers} workers, {'8-bit' if eight else 'float'} resize{'' if pinned else ', NOT pinned'}"
+            store = Path(tmp) / f"store_{kind.replace(' ', '_').replace(',', '')}"
+            with contextlib.nullcontext() if pinned else unpinned():
+                timed(f"embed_images, {kind}", lambda: len(embed_images(
                     model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers,
                     progress=False, resize_8bit=eight)))
-        workers = max(args.num_workers)
-        if device.type == "cuda" and workers > 0:
+
+        for workers in args.num_workers:
             for eight in (False, True):
-                store = Path(tmp) / f"store_{workers}_{'8bit' if eight else 'float'}_unpinned"
-                with unpinned():
-                    timed(f"embed_images, {workers} workers, {'8-bit' if eight else 'float'} resize, NOT pinned",
-                          lambda: len(embed_images(model, paths, store, size=args.size, batch_size=args.batch_size,
-                                                   num_workers=workers, progress=False, resize_8bit=eight)))
+                embed(workers, eight)
+        workers = max(args.num_workers)
+        if device.type == "cuda" and workers > 0:  # pinned memory by measurement: the same runs unpinned
+            for eight in (False, True):
+                embed(workers, eight, pinned=False)
         timed(f"extract_features(paths), {workers} workers", lambda: len(extract_features(
             model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
             progress=False)))

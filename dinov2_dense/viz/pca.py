@@ -18,14 +18,15 @@ border* (the outer ring of a feature map): objects sit inside the frame, backgro
 edges. Each fitted image votes for the side of lower border density (its border patches per patch
 of the side), with the weight of its smaller side's share of its patches, and the heavier side
 wins: an image that falls wholly on one side (or but for a stray patch) says nothing about object
-against background and hardly counts. (Counting border patches instead of their density named a
-large object that reaches the frame the background: in a close-up with a strip of ground, the
-object holds more border patches than the strip, but fewer per patch of its area.) (Summing the rings over all images instead let such images outweigh the ones that
-were split: a joint fit that put four of twelve one-object scenes wholly on the objects' side named
-the background the foreground.) Ties go to the side with
-fewer border patches over all images, then to the side with fewer patches overall, then to the
-side the first-component scores are skewed towards (their long tail), then to the side of
-positive loading on the direction's largest-magnitude entry (only this last, never seen in
+against background and hardly counts. (Summing the rings over all images instead let such images
+outweigh the ones that were split: a joint fit that put four of twelve one-object scenes wholly on
+the objects' side named the background the foreground. Counting border patches instead of their
+density named a large object that reaches the frame the background: in a close-up with a strip of
+ground, the object holds more border patches than the strip, but fewer per patch of its area.)
+Ties (equal votes, as when no image is split) go to the side with fewer border patches over all
+images, then to the side with fewer patches overall, then to the side the first-component scores
+are skewed towards (their long tail), then to the side of positive loading on the direction's
+largest-magnitude entry (only this last, never seen in
 practice, is not invariant under ``features -> -features``). All of these are unchanged by
 reordering the images and by flipping the sign of the features, so the same patches are the
 foreground for every image of a joint fit and under either sign. The colour components are
