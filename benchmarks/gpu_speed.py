@@ -1,4 +1,4 @@
-"""Backbone and full-model inference speed: ours (plain, bf16 weights, compiled) against the official
+"""Backbone and full-model inference speed: ours (plain, bf16 weights, compiled, FP8) against the official
 code, timm and transformers, in one process, on the device at hand (random weights: the time does
 not depend on them).
 
@@ -14,10 +14,14 @@ with bf16 weights, and compiled, on a GPU).
 
     python benchmarks/gpu_speed.py --archs vitl14 --configs 518x32 --attention-kernels cudnn flash efficient
     python benchmarks/gpu_speed.py --archs vitl14 --configs 518x32 --compile-mode max-autotune --skip-full
+    python benchmarks/gpu_speed.py --archs vitl14 --configs 518x32 --skip-full --float8   # with FP8 (H100/Ada)
 
 Settings on a GPU: the peers run under bf16 autocast with float32 weights, as users run them; "ours
-bf16" has bf16 weights; "ours compiled" adds ``torch.compile`` of the blocks. On a CPU everything is
-float32 (bf16 would run 3-4x slower without native support). A peer that is not installed is
+bf16" has bf16 weights; "ours compiled" adds ``torch.compile`` of the blocks; "ours fp8" (``--float8``,
+the default on a GPU) is "ours bf16" with the blocks' linear layers as FP8 matrix products
+(dinov2_dense.models.float8) and compiled blocks, and its output is compared with the one it was
+made from (max abs difference, cosine): FP8 changes the numerics. On a CPU everything is float32
+(bf16 would run 3-4x slower without native support). A peer that is not installed is
 reported as such: timm is not a dependency here; the official code is ``dinov2==0.0.1.dev2``
 (the test oracle), which without xFormers uses its own attention.
 """
@@ -25,6 +29,7 @@ reported as such: timm is not a dependency here; the official code is ``dinov2==
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -91,10 +96,12 @@ class Timer:
 
 
 def build_peers(arch: str, device: torch.device, with_compile: bool, kernels: tuple[str, ...] = (),
-                mode: str = "default") -> dict[str, tuple[nn.Module, object]]:
+                mode: str = "default", float8: bool = False) -> dict[str, tuple[nn.Module, object]]:
     """name -> (model, forward(model, x)) for every implementation that is installed; a missing one
-    maps to (None, reason). ``kernels``: also ours compiled with each of these attention kernels first."""
+    maps to (None, reason). ``kernels``: also ours compiled with each of these attention kernels first.
+    ``float8``: also "ours fp8", a copy of "ours bf16" (of "ours" on a CPU) with FP8 linear layers."""
     from dinov2_dense import load_backbone
+    from dinov2_dense.models.float8 import float8_linears
     from dinov2_dense.models.speed import compile_blocks, set_attention
 
     gpu = device.type == "cuda"
@@ -114,6 +121,16 @@ def build_peers(arch: str, device: torch.device, with_compile: bool, kernels: tu
             name = "ours compiled" + ("" if kernel == "auto" else f" {kernel}")
             peers[name] = (fast, lambda m, x: m.intermediate_maps(x.to(cast), last)[0][0]) \
                 if compile_blocks(fast, mode) else (None, "no compiler (see the warning)")
+    if float8:
+        fp8 = copy.deepcopy(peers["ours bf16" if gpu else "ours"][0])  # the same weights: outputs compare
+        fp8_dtype = next(fp8.parameters()).dtype
+        fp8_fwd = lambda m, x: m.intermediate_maps(x.to(fp8_dtype), last)[0][0]  # noqa: E731
+        try:
+            float8_linears(fp8)
+        except ValueError as exc:  # a GPU without FP8 tensor cores
+            peers["ours fp8"] = (None, str(exc))
+        else:  # compiled, since uncompiled the input quantisation runs as kernels of its own
+            peers["ours fp8" if with_compile and compile_blocks(fp8, mode) else "ours fp8 eager"] = (fp8, fp8_fwd)
     factory, kw = ARCHS[arch]
     try:
         with warnings.catch_warnings():
@@ -150,7 +167,8 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
     gpu = device.type == "cuda"
     peak = peak_tflops(device)
     for arch in args.archs:
-        peers = build_peers(arch, device, not args.skip_compile, tuple(args.attention_kernels), args.compile_mode)
+        peers = build_peers(arch, device, not args.skip_compile, tuple(args.attention_kernels), args.compile_mode,
+                            args.float8)
         flops = {}
         for config in args.configs:
             size, batch = (int(v) for v in config.split("x"))
@@ -164,7 +182,7 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
                     print(f"  {name:15s} {fwd}")
                     continue
                 # ours bf16 and compiled have bf16 weights on a GPU; the others run under bf16 autocast
-                half_weights = name == "ours bf16" or name.startswith("ours compiled")
+                half_weights = name == "ours bf16" or name.startswith(("ours compiled", "ours fp8"))
                 autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu and not half_weights else nullcontext()
                 if gpu:
                     torch.cuda.empty_cache()
@@ -182,9 +200,21 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
             base = rates.get("official")
             if base:
                 print("  vs official: " + ", ".join(f"{k} {v / base:.2f}x" for k, v in rates.items() if k != "official"))
+            fp8 = next((k for k in rates if k.startswith("ours fp8")), None)
+            if fp8:
+                print("  " + agreement(peers, fp8, "ours bf16" if gpu else "ours", x), flush=True)
         del peers
         if gpu:
             torch.cuda.empty_cache()
+
+
+def agreement(peers: dict, name: str, ref: str, x: torch.Tensor) -> str:
+    """How far the output of peer ``name`` is from that of ``ref`` on ``x``: max abs difference, cosine."""
+    with torch.inference_mode():
+        out, want = (peers[k][1](peers[k][0], x).float() for k in (name, ref))
+    cos = torch.cosine_similarity(out.flatten(), want.flatten(), dim=0).item()
+    return (f"{name} vs {ref}: largest difference {(out - want).abs().max().item():.3g} (outputs up to "
+            f"{want.abs().max().item():.3g}), cosine similarity {cos:.5f}")
 
 
 def full_models(args, device: torch.device, timer: Timer) -> None:
@@ -238,6 +268,8 @@ def main() -> int:
                     help="torch.compile mode of the compiled backbones")
     ap.add_argument("--attention-kernels", nargs="+", default=[], choices=["flash", "efficient", "cudnn", "math"],
                     help="also time ours compiled with each of these attention kernels preferred")
+    ap.add_argument("--float8", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time ours with FP8 linear layers (H100/Ada-class GPUs; default: on a GPU, not on a CPU)")
     ap.add_argument("--skip-full", action="store_true", help="skip the +ms and DPT full models")
     ap.add_argument("--skip-backbones", action="store_true", help="only the full models")
     ap.add_argument("--full-arch", default=None, help="backbone of the full models (default vitl14 on a GPU, vits14 on a CPU)")
@@ -248,6 +280,7 @@ def main() -> int:
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
+    args.float8 = gpu if args.float8 is None else args.float8
     if args.threads:
         torch.set_num_threads(args.threads)
     timer = Timer(device, args.repeats or (10 if gpu else 3), warmup=3 if gpu else 1)

@@ -33,16 +33,17 @@ _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.
 _PRIORITY = {"set_priority": True} if "set_priority" in inspect.signature(sdpa_kernel).parameters else {}
 
 
-def linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
+def linear(x: Tensor, layer: nn.Module, activation: str = "none") -> Tensor:
     """``act(layer(x))`` with activation "none" or "gelu" (exact), fused on CPU when possible."""
-    if _onednn_fusable(x, layer.weight):
+    plain = isinstance(layer, nn.Linear)  # else e.g. a Float8Linear (models/float8.py), with its own kernel
+    if plain and _onednn_fusable(x, layer.weight):
         shape = x.shape
         algorithm = "none" if activation == "gelu" else ""
         out = torch.ops.mkldnn._linear_pointwise(
             x.reshape(-1, shape[-1]), layer.weight, layer.bias, activation, [], algorithm
         )
         return out.view(*shape[:-1], out.shape[-1])
-    out = F.linear(x, layer.weight, layer.bias)
+    out = F.linear(x, layer.weight, layer.bias) if plain else layer(x)
     return F.gelu(out) if activation == "gelu" else out
 
 
@@ -207,9 +208,11 @@ class Block(nn.Module):
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _fused_residual(x: Tensor, hidden: Tensor, linear: nn.Linear, scale: nn.Module) -> Tensor:
+def _fused_residual(x: Tensor, hidden: Tensor, linear: nn.Module, scale: nn.Module) -> Tensor:
     """``x + scale(linear(hidden))`` in one GEMM: LayerScale is folded into the weights and the
     residual is the GEMM's accumulator (inference only; equal up to fp32 rounding, ~1e-7)."""
+    if not isinstance(linear, nn.Linear):  # e.g. a Float8Linear: no float weights to fold
+        return x + scale(linear(hidden))
     weight, bias = linear.weight, linear.bias
     if isinstance(scale, LayerScale):
         weight = weight * scale.gamma.unsqueeze(1)
