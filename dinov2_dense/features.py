@@ -563,7 +563,7 @@ def extract_features(
     batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers,
                                resize_8bit=options.resize_8bit)
     for chunk, (batch, image_hw) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
-        batch = batch.to(device, non_blocking=True)
+        batch = to_model_input(batch, device)
         feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
         del batch  # free this batch's pixels before the next one is decoded
         for k, i in enumerate(chunk):
@@ -656,12 +656,16 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
     Images are decoded one at a time and, with ``size``, resized straight away (the same
     per-image arithmetic as resizing the batch), so only the batch and one image are in memory.
     ``resize_8bit``: 8-bit images are resized in 8 bits on the CPU (:func:`load_resized`), also for
-    another device, so the batches are the same with and without workers.
+    another device, so the batches are the same with and without workers; a chunk of them comes
+    back as a uint8 batch on the CPU, which :func:`to_model_input` normalises on the model's device.
     Returns the batch and the images' (H, W) before resizing.
     """
     if all(isinstance(x, Tensor) for x in items):
         return torch.stack(items), hw
     target = _target_size(*hw, size)
+    if resize_8bit and target != hw and not any(isinstance(x, Tensor) for x in items):
+        return stack_decoded([load_resized(item, target, expect=hw, name=name, resize_8bit=True, keep_8bit=True)
+                              for item, name in zip(items, names)]), hw
     batch = torch.empty(len(items), 3, *target, device=device)
     for k, (item, name) in enumerate(zip(items, names)):
         if target != hw and not isinstance(item, Tensor) and (device.type == "cpu" or resize_8bit):
@@ -681,7 +685,7 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
 
 
 def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, int] | None = None,
-                 name: str | None = None, resize_8bit: bool = False) -> Tensor:
+                 name: str | None = None, resize_8bit: bool = False, keep_8bit: bool = False) -> Tensor:
     """``source`` read upright, resized to ``hw`` (bilinear, antialiased) and ImageNet-normalised:
     (3, H, W). 8- and 16-bit images are resized before they become [0, 1] floats and are
     normalised (the resize is a weighted mean, so the order changes only float rounding), which
@@ -692,7 +696,12 @@ def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, i
     resized in uint8 by torch's bilinear antialiased kernel on a channels-last view (about 4x
     faster than the float resize on a CPU) and rounded to whole grey levels, as any 8-bit resize
     (e.g. PIL's); the values are within 1/255 of the float path's before
-    normalisation. 16-bit, float and bool data ignore it."""
+    normalisation. 16-bit, float and bool data ignore it.
+
+    ``keep_8bit`` (with ``resize_8bit``): a uint8 image is returned resized but not normalised,
+    as a uint8 (3, H, W) tensor (a quarter of the bytes to hand from a decoding worker to the
+    model's device); :func:`to_model_input` normalises it there to the same floats. Other images
+    come back normalised, as without it."""
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
     array = load_array(source)
     try:
@@ -705,13 +714,61 @@ def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, i
     if scale is None or rgb.dtype not in (np.uint8, np.uint16):
         return _resize(_decoded_input(rgb).contiguous()[None], hw)[0]
     x = torch.from_numpy(np.ascontiguousarray(rgb).astype(np.int32) if rgb.dtype == np.uint16 else np.ascontiguousarray(rgb))
-    if resize_8bit and rgb.dtype == np.uint8 and tuple(rgb.shape[:2]) != tuple(hw):
+    if resize_8bit and rgb.dtype == np.uint8:
         # a (1, C, H, W) view of the (H, W, C) bytes is channels-last: the layout torch's uint8 kernel is fastest on
-        x = _resize(x.permute(2, 0, 1)[None], hw)[0].float().expand(3, -1, -1)
-    else:
-        x = _resize(x.permute(2, 0, 1)[None].float(), hw)[0].expand(3, -1, -1)  # one channel: grey to RGB
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((x / scale - mean) / std).contiguous()
+        x = _resize(x.permute(2, 0, 1)[None], hw)[0].expand(3, -1, -1)  # one channel: grey to RGB
+        return x.contiguous() if keep_8bit else normalise_8bit(x)
+    x = _resize(x.permute(2, 0, 1)[None].float(), hw)[0].expand(3, -1, -1)
+    return _normalised(x, scale).contiguous()
+
+
+def _normalised(x: Tensor, scale: float) -> Tensor:
+    """Levels of (..., 3, H, W) float data on the CPU, divided by ``scale`` and ImageNet-normalised:
+    the arithmetic of every decoded image."""
+    return (x / scale - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def _table_8bit() -> Tensor:
+    """(3, 256): the normalised float of each 8-bit value in each channel, by :func:`load_resized`'s
+    arithmetic on this CPU, so that every device gives the same floats (a GPU divides by a
+    constant through its reciprocal, which can round otherwise)."""
+    return _normalised(torch.arange(256, dtype=torch.float32).view(1, 256, 1).expand(3, 256, 1), 255.0)[..., 0]
+
+
+_TABLES_8BIT: dict[torch.device, Tensor] = {}
+
+
+def normalise_8bit(x: Tensor) -> Tensor:
+    """uint8 (..., 3, H, W) images -> ImageNet-normalised float32 on ``x``'s device: the floats of
+    :func:`load_resized` (on a CPU by its arithmetic, elsewhere by a table of its 256 values per
+    channel: the same floats on every device)."""
+    if x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-3] != 3:
+        raise ValueError(f"expected uint8 images of shape (..., 3, H, W), got {x.dtype} {tuple(x.shape)}")
+    if x.device.type == "cpu":
+        return _normalised(x.float(), 255.0)
+    table = _TABLES_8BIT.get(x.device)
+    if table is None:
+        table = _TABLES_8BIT.setdefault(x.device, _table_8bit().to(x.device))
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for c in range(3):
+        index = x.select(-3, c).reshape(-1).int()
+        out.select(-3, c).copy_(torch.index_select(table[c], 0, index).view(x.select(-3, c).shape))
+    return out
+
+
+def to_model_input(batch: Tensor, device: torch.device) -> Tensor:
+    """A decoded batch on ``device`` (a non-blocking copy), normalised there if it came as uint8
+    (``keep_8bit`` of :func:`load_resized`); float batches pass as they are."""
+    batch = batch.to(device, non_blocking=True)
+    return normalise_8bit(batch) if batch.dtype == torch.uint8 else batch
+
+
+def stack_decoded(images: Sequence[Tensor]) -> Tensor:
+    """One batch of decoded (3, H, W) images: uint8 when all are (normalised where the model is),
+    else float, the uint8 ones normalised here."""
+    if all(x.dtype == torch.uint8 for x in images):
+        return torch.stack(list(images))
+    return torch.stack([normalise_8bit(x) if x.dtype == torch.uint8 else x for x in images])
 
 
 def _decoded_input(source: ImageLike) -> Tensor:

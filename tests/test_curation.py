@@ -373,6 +373,36 @@ def test_a_bf16_model_embeds_from_bf16_batches_with_the_same_rows(tmp_path, monk
     assert np.array_equal(np.asarray(store.embeddings), want)
 
 
+def test_8bit_resized_images_travel_as_uint8_with_the_same_rows(tmp_path, monkeypatch):
+    """With resize_8bit the workers hand over uint8 batches (normalised on the model's device): the rows of a
+    bf16 model equal, exactly, those of decoding in this process and those of the normalised floats."""
+    import torch
+
+    import dinov2_dense.features as features
+    from dinov2_dense.evaluation.knn import pool_features, read_resized
+
+    folder = _images(tmp_path / "imgs", 5)  # and one broken file
+    model = tiny_vit(depth=2, dim=32, img=28).eval().to(torch.bfloat16)
+    seen = []
+    real = features.map_in_workers
+
+    def spy(fn, items, num_workers=0, pin_memory=False):
+        for where, x, bad in real(fn, items, num_workers, pin_memory):
+            seen.append(x.dtype)
+            yield where, x, bad
+
+    monkeypatch.setattr(features, "map_in_workers", spy)
+    store = embed_images(model, folder, tmp_path / "w", size=28, batch_size=2, progress=False, num_workers=2,
+                         resize_8bit=True)
+    assert seen == [torch.uint8] * 3 and len(store.names) == 5 and len(store.unreadable) == 1
+    here = embed_images(model, folder, tmp_path / "h", size=28, batch_size=2, progress=False, resize_8bit=True)
+    assert np.array_equal(np.asarray(store.embeddings), np.asarray(here.embeddings))
+    x = torch.stack([read_resized(n, (28, 28), resize_8bit=True) for n in store.names])
+    with torch.no_grad():
+        want = pool_features(features.extract_features(model, x, fit="resize", progress=False), "cls").float().numpy()
+    assert np.array_equal(np.asarray(store.embeddings), want)
+
+
 def test_a_store_embedded_with_one_resize_is_not_reused_or_resumed_with_the_other(tmp_path, monkeypatch):
     """resize_8bit is one of the store's settings: the other setting re-embeds (finished or interrupted
     store), the same one reuses, and a store written before the option counts as the float resize."""

@@ -1,6 +1,7 @@
 """Dense features: image conversion, centre padding, layer selection, batching, tiling, dtype."""
 
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -462,6 +463,94 @@ def test_extract_features_resize_8bit_reaches_every_decoding_path(model, tmp_pat
         assert not torch.allclose(default[k].maps[layer], by_keyword[k].maps[layer], atol=1e-6, rtol=0)
         torch.testing.assert_close(default[k].maps[layer], by_keyword[k].maps[layer], atol=0.05, rtol=0)
     assert FeatureOptions().resize_8bit is False
+
+
+def test_keep_8bit_hands_over_uint8_that_normalises_to_the_same_floats(tmp_path):
+    """keep_8bit: the 8-bit resized image as uint8 (a quarter of the bytes); normalised where the model is, it
+    gives the floats of load_resized bit for bit, which are the published normalisation of those grey levels."""
+    from dinov2_dense.features import load_resized, normalise_8bit
+
+    files = _photo_files(tmp_path)
+    for name in ("photo.jpg", "photo.png", "grey.png", "rgba.png"):
+        for hw in ((56, 70), (200, 260), (300, 390)):  # down, the same size, up
+            kept = load_resized(files[name], hw, resize_8bit=True, keep_8bit=True)
+            assert kept.dtype == torch.uint8 and kept.shape == (3, *hw) and kept.is_contiguous(), (name, hw)
+            floats = load_resized(files[name], hw, resize_8bit=True)
+            assert torch.equal(normalise_8bit(kept), floats), (name, hw)
+            assert torch.equal(floats, (kept.float() / 255.0 - MEAN) / STD), (name, hw)
+            assert torch.equal(normalise_8bit(kept[None])[0], floats)  # batches too
+    # 16-bit and float images are not 8-bit: they come back normalised, as without keep_8bit
+    deep = load_resized(files["deep.png"], (56, 70), resize_8bit=True, keep_8bit=True)
+    assert deep.dtype == torch.float32 and torch.equal(deep, load_resized(files["deep.png"], (56, 70)))
+    # without resize_8bit nothing is kept in 8 bits
+    assert load_resized(files["photo.jpg"], (56, 70), keep_8bit=True).dtype == torch.float32
+
+
+def test_normalise_8bit_is_the_published_normalisation_of_every_grey_level():
+    from dinov2_dense.features import _table_8bit, normalise_8bit, stack_decoded, to_model_input
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    x = torch.stack([levels, levels.flip(0), levels.roll(7)]).view(1, 3, 16, 16)
+    want = (x.double() / 255 - MEAN.double()) / STD.double()
+    got = normalise_8bit(x)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert torch.equal(got, ((x.float() / 255.0 - MEAN) / STD))
+    assert (got.double() - want).abs().max() < 1e-6
+    table = _table_8bit()  # what other devices look up: the same floats
+    for c in range(3):
+        assert torch.equal(table[c][x[0, c].long()], got[0, c])
+    for bad in (x.float(), x[0, :2], levels):
+        with pytest.raises(ValueError, match="uint8 images of shape"):
+            normalise_8bit(bad)
+    # a batch of uint8 images stays uint8 until it reaches the model; a mixed one is normalised here
+    floats = torch.zeros(3, 16, 16)
+    assert stack_decoded([x[0], x[0]]).dtype == torch.uint8
+    mixed = stack_decoded([x[0], floats])
+    assert mixed.dtype == torch.float32 and torch.equal(mixed[0], got[0]) and torch.equal(mixed[1], floats)
+    assert torch.equal(to_model_input(x, torch.device("cpu")), got)
+    assert to_model_input(floats, torch.device("cpu")) is floats
+    if torch.cuda.is_available():  # a GPU divides by a constant through its reciprocal: the table keeps the floats
+        assert torch.equal(normalise_8bit(x.cuda()).cpu(), got)
+
+
+def test_8bit_batches_travel_from_the_workers_as_uint8(model, tmp_path, monkeypatch):
+    """With resize_8bit the decoding workers of extract_features and folder_features hand over uint8 images
+    (a quarter of the bytes of floats); the features are those of decoding in this process."""
+    import dinov2_dense.features as features
+    from dinov2_dense.evaluation.knn import folder_features
+
+    files = _photo_files(tmp_path)
+    paths = [files["photo.jpg"], files["photo.png"], files["grey.png"], files["rgba.png"]]
+    seen: list[torch.dtype] = []
+    real = features.map_in_workers
+
+    def spy(fn, items, num_workers=0, pin_memory=False):
+        for out in real(fn, items, num_workers, pin_memory):
+            seen.extend(t.dtype for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor))
+            yield out
+
+    monkeypatch.setattr(features, "map_in_workers", spy)
+    here = extract_features(model, paths, size=(42, 56), batch_size=2, resize_8bit=True)
+    there = extract_features(model, paths, size=(42, 56), batch_size=2, resize_8bit=True, num_workers=2)
+    assert seen == [torch.uint8] * 4  # two batches each way
+    layer = here[0].layers[-1]
+    for a, b in zip(here, there):
+        assert torch.equal(a.maps[layer], b.maps[layer])
+    seen.clear()
+    extract_features(model, paths, size=(42, 56), batch_size=2, num_workers=2)
+    assert seen == [torch.float32] * 2  # the float resize still hands over floats
+
+    folder = tmp_path / "classes" / "a"
+    folder.mkdir(parents=True)
+    for name in ("photo.png", "grey.png", "rgba.png"):
+        shutil.copy(files[name], folder / name)
+    seen.clear()
+    by_workers = folder_features(model, tmp_path / "classes", size=28, batch_size=2, progress=False, num_workers=2,
+                                 resize_8bit=True)
+    assert seen == [torch.uint8] * 3
+    in_process = folder_features(model, tmp_path / "classes", size=28, batch_size=2, progress=False,
+                                 resize_8bit=True)
+    assert torch.equal(by_workers.features, in_process.features)
 
 
 def test_features_and_pca_commands_take_resize_8bit(tmp_path, monkeypatch):

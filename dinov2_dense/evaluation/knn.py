@@ -413,20 +413,22 @@ def list_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     return paths, labels, class_names
 
 
-def try_read_resized(path: str, hw: tuple[int, int], resize_8bit: bool = False) -> tuple[Tensor | None, str]:
+def try_read_resized(path: str, hw: tuple[int, int], resize_8bit: bool = False,
+                     keep_8bit: bool = False) -> tuple[Tensor | None, str]:
     """(:func:`read_resized`, "") or (None, why it cannot be read): unreadable images are listed, not fatal."""
     try:
-        return read_resized(path, hw, resize_8bit=resize_8bit), ""
+        return read_resized(path, hw, resize_8bit=resize_8bit, keep_8bit=keep_8bit), ""
     except (OSError, ValueError) as exc:
         return None, str(exc).removeprefix(f"{path}: ").replace("\n", " ")  # one line per file in listings
 
 
-def read_resized(path: str, hw: tuple[int, int], resize_8bit: bool = False) -> Tensor:
+def read_resized(path: str, hw: tuple[int, int], resize_8bit: bool = False, keep_8bit: bool = False) -> Tensor:
     """Image ``path`` upright, ImageNet-normalised, resized to ``hw`` (bilinear, antialiased): (3, H, W).
-    ``resize_8bit``: an 8-bit image is resized in 8 bits (:func:`dinov2_dense.features.load_resized`)."""
+    ``resize_8bit``: an 8-bit image is resized in 8 bits (:func:`dinov2_dense.features.load_resized`);
+    ``keep_8bit``: and comes back as uint8, not normalised."""
     from ..features import load_resized  # upright, within the pixel limit; the resize of extract_features(size=...)
 
-    return load_resized(path, hw, resize_8bit=resize_8bit)
+    return load_resized(path, hw, resize_8bit=resize_8bit, keep_8bit=keep_8bit)
 
 
 def pool_features(feats, pooling: str) -> Tensor:
@@ -479,7 +481,7 @@ def folder_features(
 
     from tqdm.auto import tqdm
 
-    from ..features import extract_features, map_in_workers
+    from ..features import extract_features, map_in_workers, stack_decoded, to_model_input
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -502,13 +504,14 @@ def folder_features(
     batch: list[Tensor] = []
 
     def run() -> None:
-        feats = extract_features(model, torch.stack(batch).to(device), fit="resize", autocast=autocast, progress=False)
+        feats = extract_features(model, to_model_input(stack_decoded(batch), device), fit="resize", autocast=autocast,
+                                 progress=False)
         pooled.append(pool_features(feats, pooling).float().cpu())
         batch.clear()
 
     show = progress if progress is not None else len(paths) > batch_size
-    read = map_in_workers(functools.partial(try_read_resized, hw=hw, resize_8bit=resize_8bit), paths, num_workers,
-                          pin_memory=device.type == "cuda")
+    read = map_in_workers(functools.partial(try_read_resized, hw=hw, resize_8bit=resize_8bit, keep_8bit=resize_8bit),
+                          paths, num_workers, pin_memory=device.type == "cuda")
     with torch.no_grad():
         for path, label, (x, reason) in tqdm(zip(paths, labels, read), total=len(paths),
                                              desc=f"features {Path(root).name}", unit="img", disable=not show):

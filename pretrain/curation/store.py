@@ -198,7 +198,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import POOLINGS, pool_features
-    from dinov2_dense.features import extract_features, map_in_workers
+    from dinov2_dense.features import extract_features, map_in_workers, to_model_input
 
     if pooling not in POOLINGS:
         raise CurationError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -244,7 +244,8 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     show = progress if progress is not None else len(todo) > batch_size
     reasons: dict[int, str] = {}
     chunks = [todo[j : j + batch_size] for j in range(0, len(todo), batch_size)]
-    # a bf16/fp16 model casts its input anyway: the workers hand over that dtype (half the bytes to move)
+    # a bf16/fp16 model casts its input anyway: the workers hand over that dtype (half the bytes to move);
+    # 8-bit resized images travel as uint8 (a quarter) and are normalised on the model's device
     weights = next(model.parameters()).dtype
     carry = weights if weights in (torch.bfloat16, torch.float16) and not autocast else torch.float32
     loader = map_in_workers(functools.partial(_read_rows, paths=paths, hw=(size, size), dtype=carry,
@@ -275,7 +276,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
                     reasons[i] = reason
                     status[i] = UNREADABLE
                 if where:
-                    feats = extract_features(model, x.to(device, non_blocking=True), fit="resize", autocast=autocast,
+                    feats = extract_features(model, to_model_input(x, device), fit="resize", autocast=autocast,
                                              progress=False)
                     rows[where] = pool_features(feats, pooling).float().cpu().numpy().astype(dtype)
                     pending.append(np.asarray(where))
@@ -292,18 +293,23 @@ def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int], dtype: t
                resize_8bit: bool = False) -> tuple[list[int], Tensor | None, list]:
     """One batch to embed, decoded (in a DataLoader worker, or here): the readable rows, their
     images as one (B, 3, H, W) tensor of ``dtype`` (None when none is readable) and (row, reason) of
-    the others. ``resize_8bit``: 8-bit images resized in 8 bits."""
+    the others. ``resize_8bit``: 8-bit images resized in 8 bits; a batch of only such images stays
+    uint8, normalised on the model's device (:func:`dinov2_dense.features.to_model_input`)."""
     from dinov2_dense.evaluation.knn import try_read_resized
+    from dinov2_dense.features import stack_decoded
 
     where, images, bad = [], [], []
     for i in rows:
-        x, reason = try_read_resized(paths[int(i)], hw, resize_8bit)
+        x, reason = try_read_resized(paths[int(i)], hw, resize_8bit, keep_8bit=resize_8bit)
         if x is None:
             bad.append((int(i), reason))
         else:
             where.append(int(i))
             images.append(x)
-    return where, torch.stack(images).to(dtype) if images else None, bad
+    if not images:
+        return where, None, bad
+    batch = stack_decoded(images)
+    return where, batch if batch.dtype == torch.uint8 else batch.to(dtype), bad
 
 
 def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
