@@ -14,8 +14,13 @@ decode like photographs) into a temporary folder, then times:
   of it spent on the store's weight fingerprint (a fixed cost per run);
 * on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the
   toolkit pins them on CUDA): pinned memory chosen by measurement;
+* ``embed_images``' reading alone with the most workers: its workers' batches arriving in this
+  process (pinned on CUDA), nothing run on them; float and 8-bit (which travels as uint8);
+* a trial arrangement, not the toolkit's: workers only decode, and the device resizes (float),
+  normalises and embeds: whether a float resize on the GPU is worth building;
 * ``extract_features`` over the list of paths (the ``features`` path) with the most workers;
-* reading and resizing one image in this process (``read_resized``, median ms), float and 8-bit;
+* reading and resizing one image in this process (``read_resized``, median ms), float and 8-bit
+  (kept uint8, as the workers hand it over), and decoding one image alone;
 * the ceiling of any worker arrangement: reading and resizing alone (``read_resized``, one thread
   each) in a pool of that many processes, already started, nothing sent to the model; float and 8-bit.
 
@@ -61,16 +66,61 @@ def write_jpegs(folder: Path, count: int, hw: tuple[int, int] = (375, 500), seed
 
 
 def _one_thread() -> None:
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    torch.set_num_threads(1)  # OpenCV's pool is set in the parent around the fork: a forked child must not resize it
 
 
 def _read(path: str, size: int, resize_8bit: bool = False) -> None:
     from dinov2_dense.evaluation.knn import read_resized
 
-    read_resized(path, (size, size), resize_8bit=resize_8bit)
+    read_resized(path, (size, size), resize_8bit=resize_8bit, keep_8bit=resize_8bit)  # as the workers read them
+
+
+def _decode_chunk(paths: list[str]) -> list[torch.Tensor]:
+    """Upright uint8 (H, W, 3) images at full size: what workers would hand over for a resize on the GPU."""
+    from dinov2_dense.images import decode_image
+
+    return [torch.from_numpy(decode_image(path, "rgb")) for path in paths]
+
+
+def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resize_8bit: bool, pin: bool) -> float:
+    """Images/s of embed_images' reading alone: its workers' batches arriving here (pinned where the
+    device is a GPU), nothing run on them."""
+    import functools
+
+    import numpy as np
+
+    from dinov2_dense.features import map_in_workers
+    from pretrain.curation.store import _read_rows
+
+    chunks = [np.arange(j, min(j + batch_size, len(paths))) for j in range(0, len(paths), batch_size)]
+    read = functools.partial(_read_rows, paths=paths, hw=(size, size), resize_8bit=resize_8bit)
+    t = time.perf_counter()
+    count = sum(len(where) for where, _, _ in map_in_workers(read, chunks, workers, pin_memory=pin))
+    return count / (time.perf_counter() - t)
+
+
+def resize_on_device_rate(model, paths: list[str], size: int, batch_size: int, workers: int,
+                          device: torch.device) -> float:
+    """Images/s of a trial arrangement: workers only decode; the full-size uint8 images go to the
+    device, which resizes (float, antialiased), normalises, embeds and pools (the float resize on
+    the GPU: not the toolkit's path; its numbers say whether to build it)."""
+    from dinov2_dense.evaluation.knn import pool_features
+    from dinov2_dense.features import extract_features, map_in_workers
+
+    chunks = [paths[j: j + batch_size] for j in range(0, len(paths), batch_size)]
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(3, 1, 1)
+    sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for images in map_in_workers(_decode_chunk, chunks, workers, pin_memory=device.type == "cuda"):
+            x = torch.stack([torch.nn.functional.interpolate(
+                im.to(device, non_blocking=True).permute(2, 0, 1)[None].float(), size=(size, size), mode="bilinear",
+                align_corners=False, antialias=True)[0] for im in images])
+            x = (x / 255.0 - mean) / std
+            pool_features(extract_features(model, x, fit="resize", progress=False), "cls").float().cpu()
+    sync(device)
+    return len(paths) / (time.perf_counter() - t)
 
 
 def read_ms(paths: list[str], size: int, resize_8bit: bool, count: int = 100) -> float:
@@ -88,13 +138,36 @@ def read_ms(paths: list[str], size: int, resize_8bit: bool, count: int = 100) ->
     return 1e3 * statistics.median(seen)
 
 
+def decode_ms(paths: list[str], count: int = 100) -> float:
+    """Median milliseconds to decode one image upright (no resize), on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seen = []
+        for path in paths[:count]:
+            t = time.perf_counter()
+            _decode_chunk([path])
+            seen.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e3 * statistics.median(seen)
+
+
 def decode_ceiling(paths: list[str], size: int, workers: int, resize_8bit: bool = False) -> float:
     """Images/s of reading and resizing alone in ``workers`` started processes of one thread each."""
     import functools
     import multiprocessing
 
+    import cv2
+
     read = functools.partial(_read, size=size, resize_8bit=resize_8bit)
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as map_in_workers forks its workers: one OpenCV thread each
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
+    finally:
+        cv2.setNumThreads(threads)
+    with pool:
         pool.map(read, paths[: 4 * workers])  # every process has started and read something
         t = time.perf_counter()
         pool.map(read, paths, chunksize=8)
@@ -202,13 +275,21 @@ def main() -> int:
         if device.type == "cuda" and workers > 0:  # pinned memory by measurement: the same runs unpinned
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
+        for eight in (False, True):
+            rate = loader_rate(paths, args.size, args.batch_size, workers, eight, pin=device.type == "cuda")
+            print(f"  embed_images' reading alone, {workers} workers, {'8-bit' if eight else 'float'} resize: "
+                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
+        rate = resize_on_device_rate(model, paths, args.size, args.batch_size, workers, device)
+        print(f"  trial: workers decode only, float resize on the {device.type}, {workers} workers: {rate:8.1f} images/s  "
+              f"({100 * rate / model_rate:5.1f}% of model only)", flush=True)
         timed(f"extract_features(paths), {workers} workers", lambda: len(extract_features(
             model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
             progress=False)))
         for eight in (False, True):
-            kind = "8-bit" if eight else "float"
+            kind = "8-bit (kept uint8)" if eight else "float"
             print(f"  reading and resizing one image here, {kind} resize: {read_ms(paths, args.size, eight):.2f} ms "
                   "(median, one thread)", flush=True)
+        print(f"  decoding one image here (upright uint8): {decode_ms(paths):.2f} ms (median, one thread)", flush=True)
         for eight in (False, True):
             rate = decode_ceiling(paths, args.size, workers, resize_8bit=eight)
             print(f"  reading and resizing alone, {workers} processes, {'8-bit' if eight else 'float'} resize: "
