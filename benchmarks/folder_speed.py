@@ -123,30 +123,16 @@ def resize_on_device_rate(model, paths: list[str], size: int, batch_size: int, w
     return len(paths) / (time.perf_counter() - t)
 
 
-def read_ms(paths: list[str], size: int, resize_8bit: bool, count: int = 100) -> float:
-    """Median milliseconds to read and resize one image here (torch on one thread, as in a worker)."""
+def median_ms(paths: list[str], read, count: int = 100) -> float:
+    """Median milliseconds of ``read(path)`` over the first ``count`` paths, here, torch on one
+    thread (as in a worker)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         seen = []
         for path in paths[:count]:
             t = time.perf_counter()
-            _read(path, size, resize_8bit)
-            seen.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-    return 1e3 * statistics.median(seen)
-
-
-def decode_ms(paths: list[str], count: int = 100) -> float:
-    """Median milliseconds to decode one image upright (no resize), on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        seen = []
-        for path in paths[:count]:
-            t = time.perf_counter()
-            _decode_chunk([path])
+            read(path)
             seen.append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(threads)
@@ -287,9 +273,10 @@ def main() -> int:
             progress=False)))
         for eight in (False, True):
             kind = "8-bit (kept uint8)" if eight else "float"
-            print(f"  reading and resizing one image here, {kind} resize: {read_ms(paths, args.size, eight):.2f} ms "
-                  "(median, one thread)", flush=True)
-        print(f"  decoding one image here (upright uint8): {decode_ms(paths):.2f} ms (median, one thread)", flush=True)
+            ms = median_ms(paths, lambda path: _read(path, args.size, eight))  # noqa: B023 (used at once)
+            print(f"  reading and resizing one image here, {kind} resize: {ms:.2f} ms (median, one thread)", flush=True)
+        ms = median_ms(paths, lambda path: _decode_chunk([path]))
+        print(f"  decoding one image here (upright uint8): {ms:.2f} ms (median, one thread)", flush=True)
         for eight in (False, True):
             rate = decode_ceiling(paths, args.size, workers, resize_8bit=eight)
             print(f"  reading and resizing alone, {workers} processes, {'8-bit' if eight else 'float'} resize: "
