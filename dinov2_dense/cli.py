@@ -339,7 +339,7 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", choices=list(ATTENTION_KERNEL_NAMES), default="auto",
                         help="preferred attention kernel of scaled_dot_product_attention (default auto: torch's choice)")
     parser.add_argument("--float8", action="store_true", help="the blocks' linear layers in FP8 (H100/Ada-class GPUs; "
-                        "faster with --compile, slower without; changes the features slightly: cosine 0.995-0.9999)")
+                        "faster with --compile, slower without; changes the features slightly: cosine 0.995-0.99999)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -264,7 +264,7 @@ def load_backbone(
     "cudnn", "math"). See :mod:`dinov2_dense.models.speed`.
     ``float8``: the blocks' linear layers run as rowwise-scaled FP8 matrix products (H100/Ada-class
     GPUs; a ValueError on older ones), quantised from the weights in ``dtype``: faster, but it changes
-    the features (cosine similarity 0.995-0.9999 to the unquantised ones), so it is off. Use it with
+    the features (cosine similarity 0.995-0.99999 to the unquantised ones, measured), so it is off. Use it with
     ``compile``, which fuses the input quantisation into the neighbouring ops (uncompiled it is slower
     than bf16). See :mod:`dinov2_dense.models.float8`.
     """

@@ -381,20 +381,26 @@ def test_8bit_resized_images_travel_as_uint8_with_the_same_rows(tmp_path, monkey
     import dinov2_dense.features as features
     from dinov2_dense.evaluation.knn import pool_features, read_resized
 
+    import cv2
+
     folder = _images(tmp_path / "imgs", 5)  # and one broken file
+    deep = np.random.default_rng(1).integers(0, 65535, (33, 41, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(folder / "im05.png"), deep)  # a 16-bit image: the float resize, in a float batch
     model = tiny_vit(depth=2, dim=32, img=28).eval().to(torch.bfloat16)
     seen = []
     real = features.map_in_workers
 
     def spy(fn, items, num_workers=0, pin_memory=False):
         for where, x, bad in real(fn, items, num_workers, pin_memory):
-            seen.append(x.dtype)
+            seen.append(None if x is None else x.dtype)
             yield where, x, bad
 
     monkeypatch.setattr(features, "map_in_workers", spy)
     store = embed_images(model, folder, tmp_path / "w", size=28, batch_size=2, progress=False, num_workers=2,
                          resize_8bit=True)
-    assert seen == [torch.uint8] * 3 and len(store.names) == 5 and len(store.unreadable) == 1
+    # im00-01, im02-03: uint8; im04 with the 16-bit im05: bf16 (the model's dtype); the broken file: none
+    assert seen == [torch.uint8, torch.uint8, torch.bfloat16, None]
+    assert len(store.names) == 6 and len(store.unreadable) == 1
     here = embed_images(model, folder, tmp_path / "h", size=28, batch_size=2, progress=False, resize_8bit=True)
     assert np.array_equal(np.asarray(store.embeddings), np.asarray(here.embeddings))
     x = torch.stack([read_resized(n, (28, 28), resize_8bit=True) for n in store.names])

@@ -518,9 +518,11 @@ def test_8bit_batches_travel_from_the_workers_as_uint8(model, tmp_path, monkeypa
     (a quarter of the bytes of floats); the features are those of decoding in this process."""
     import dinov2_dense.features as features
     from dinov2_dense.evaluation.knn import folder_features
+    from dinov2_dense.features import load_resized
 
     files = _photo_files(tmp_path)
-    paths = [files["photo.jpg"], files["photo.png"], files["grey.png"], files["rgba.png"]]
+    # in batches of 2: an 8-bit and a 16-bit image (a float batch), two 8-bit ones, one 8-bit one
+    paths = [files["photo.jpg"], files["deep.png"], files["photo.png"], files["grey.png"], files["rgba.png"]]
     seen: list[torch.dtype] = []
     real = features.map_in_workers
 
@@ -532,22 +534,25 @@ def test_8bit_batches_travel_from_the_workers_as_uint8(model, tmp_path, monkeypa
     monkeypatch.setattr(features, "map_in_workers", spy)
     here = extract_features(model, paths, size=(42, 56), batch_size=2, resize_8bit=True)
     there = extract_features(model, paths, size=(42, 56), batch_size=2, resize_8bit=True, num_workers=2)
-    assert seen == [torch.uint8] * 4  # two batches each way
+    assert seen == [torch.float32, torch.uint8, torch.uint8] * 2  # three batches each way
     layer = here[0].layers[-1]
     for a, b in zip(here, there):
         assert torch.equal(a.maps[layer], b.maps[layer])
+    want = extract_features(model, torch.stack([load_resized(p, (42, 56), resize_8bit=True) for p in paths]))
+    for k, got in enumerate(there):  # the 16-bit image took the float resize, the others the 8-bit one
+        torch.testing.assert_close(got.maps[layer][0], want.maps[layer][k], atol=1e-5, rtol=1e-4)
     seen.clear()
     extract_features(model, paths, size=(42, 56), batch_size=2, num_workers=2)
-    assert seen == [torch.float32] * 2  # the float resize still hands over floats
+    assert seen == [torch.float32] * 3  # the float resize still hands over floats
 
     folder = tmp_path / "classes" / "a"
     folder.mkdir(parents=True)
-    for name in ("photo.png", "grey.png", "rgba.png"):
+    for name in ("deep.png", "grey.png", "photo.png", "rgba.png"):
         shutil.copy(files[name], folder / name)
     seen.clear()
     by_workers = folder_features(model, tmp_path / "classes", size=28, batch_size=2, progress=False, num_workers=2,
                                  resize_8bit=True)
-    assert seen == [torch.uint8] * 3
+    assert seen == [torch.float32, torch.uint8, torch.uint8, torch.uint8]  # one image at a time; the 16-bit one first
     in_process = folder_features(model, tmp_path / "classes", size=28, batch_size=2, progress=False,
                                  resize_8bit=True)
     assert torch.equal(by_workers.features, in_process.features)

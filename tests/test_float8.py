@@ -93,7 +93,8 @@ def test_shapes_that_do_not_fit_stay_plain_linears():
         Float8Linear.from_linear(nn.Linear(40, 48))
     # mlp_ratio 2.5: fc1 48 -> 120 and fc2 120 -> 48 do not fit; qkv 48 -> 144 and proj 48 -> 48 do
     model = tiny_vit(depth=2, mlp_ratio=2.5)
-    assert float8_linears(model) == 2 * 2
+    with pytest.warns(UserWarning, match=r"4 of 8 linear layers stay in float32: .*blocks\.0\.mlp\.fc1 \(48x120\)"):
+        assert float8_linears(model) == 2 * 2
     for block in model.blocks:
         assert isinstance(block.attn.qkv, Float8Linear) and isinstance(block.attn.proj, Float8Linear)
         assert type(block.mlp.fc1) is nn.Linear and type(block.mlp.fc2) is nn.Linear
@@ -163,7 +164,7 @@ def test_old_gpus_are_refused_with_a_clear_error(monkeypatch):
         float8.check_float8_device("cuda")
 
 
-def test_compiled_float8_blocks_equal_the_eager_ones():
+def test_compiled_float8_blocks_equal_the_eager_ones(monkeypatch):
     from dinov2_dense.models.speed import FLOAT8_OPTIONS, compile_blocks
 
     torch._dynamo.reset()
@@ -172,8 +173,12 @@ def test_compiled_float8_blocks_equal_the_eager_ones():
     x = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model.forward_features(x)["x_norm_patchtokens"]
+    asked = []
+    real = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: asked.append(k) or real(self, *a, **k))
     assert compile_blocks(model) is True  # with FLOAT8_OPTIONS (a CPU ignores the Triton ones)
-    assert FLOAT8_OPTIONS
+    assert asked == [dict(mode=None, dynamic=True, options=FLOAT8_OPTIONS)]
+    assert FLOAT8_OPTIONS["triton.multi_kernel"] and FLOAT8_OPTIONS["fx_graph_cache"] is False
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x)["x_norm_patchtokens"], ref, atol=1e-5, rtol=1e-4)
     torch._dynamo.reset()
@@ -183,5 +188,22 @@ def test_casting_a_converted_model_is_refused_clearly():
     model = tiny_vit(depth=1, dim=64, heads=4, img=28).eval()
     float8_linears(model)
     model.to(torch.bfloat16)  # casts the e4m3 weights too
-    with pytest.raises(RuntimeError, match="set the dtype first"):
+    with pytest.raises(RuntimeError, match=r"Float8Linear blocks\.0\.attn\.qkv weights were cast to .*set the dtype first"):
         model(torch.zeros(1, 3, 28, 28, dtype=torch.bfloat16))
+
+
+def test_a_torch_without_fp16_outputs_refuses_an_fp16_model_up_front(monkeypatch):
+    """Rowwise scaling took float16 outputs later than bfloat16: the device check asks for the model's dtype."""
+    real = torch._scaled_mm
+
+    def bf16_only(*args, out_dtype=None, **kwargs):
+        if out_dtype == torch.float16:
+            raise RuntimeError("Only bf16 high precision output types are supported for row-wise scaling.")
+        return real(*args, out_dtype=out_dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", bf16_only)
+    float8.check_float8_device("cpu", torch.bfloat16)
+    with pytest.raises(ValueError, match=r"for a float16 model do not run on cpu .*Only bf16"):
+        float8.check_float8_device("cpu", torch.float16)
+    with pytest.raises(ValueError, match="float16 model"):
+        float8_linears(tiny_vit(depth=1).to(torch.float16))
