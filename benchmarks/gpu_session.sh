@@ -9,10 +9,9 @@
 #    transformers (benchmarks/gpu_speed.py);
 # 4. where the +ms model's time goes (benchmarks/ms_profile.py), bf16 then FP8;
 # 5. ViT-g/14 518 batch 16 with FP8 (not yet measured).
-# On a machine without a package index, wheels of what is missing can be carried in .whl/ (for
-# Python 3.12, x86_64): the official code dinov2==0.0.1.dev2; albumentations 2.0.8 (pretrain imports
-# it) with albucore 0.0.24, pydantic, pydantic-core, annotated-types, typing-inspection, simsimd and
-# stringzilla; mmengine 0.10.7 with addict, yapf and termcolor.
+# On a machine without a package index, the wheels of what is missing (the official code,
+# albumentations, mmengine and their needs) are carried in .whl/: benchmarks/device_wheels.sh fetches
+# them beforehand, and this script installs them when it finds them.
 set -o pipefail
 out=${1:-gpu_session_out}
 mkdir -p "$out"
