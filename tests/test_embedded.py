@@ -122,7 +122,7 @@ def test_the_reproduce_script_chains_the_stage_configs():
 
 
 def test_the_reproduce_script_runs_every_stage_and_packages_the_last(tmp_path):
-    """tools/pretrain_dinov2_dense_tiny.sh end to end at a toy length (one iteration an "epoch", batch
+    """tools/pretrain_dinov2_dense_tiny.sh end to end at a toy length (one iteration an "epoch", 3 a stage, batch
     4): every stage exports, the package holds the last stage's files, and a rerun skips all stages."""
     import shutil
     import subprocess
@@ -131,7 +131,7 @@ def test_the_reproduce_script_runs_every_stage_and_packages_the_last(tmp_path):
     shutil.copy(ROOT / "tools" / "pretrain_dinov2_dense_tiny.sh", tmp_path / "tools")
     shutil.copytree(ROOT / "configs" / "pretrain" / "dinov2_dense_tiny", tmp_path / "configs" / "pretrain" / "dinov2_dense_tiny")
     cmd = ["bash", str(tmp_path / "tools" / "pretrain_dinov2_dense_tiny.sh"), "--no-progress", "--cfg-options",
-           "train.OFFICIAL_EPOCH_LENGTH=1", "train.batch_size_per_gpu=4", "train.num_workers=0"]
+           "train.OFFICIAL_EPOCH_LENGTH=1", "train.batch_size_per_gpu=4", "train.num_workers=0", "optim.epochs=3"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     work = tmp_path / "work_dirs" / "dinov2_dense_tiny"
