@@ -744,8 +744,11 @@ def normalise_8bit(x: Tensor) -> Tensor:
     channel: the same floats on every device)."""
     if x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-3] != 3:
         raise ValueError(f"expected uint8 images of shape (..., 3, H, W), got {x.dtype} {tuple(x.shape)}")
-    if x.device.type == "cpu":
-        return _normalised(x.float(), 255.0)
+    return _normalised(x.float(), 255.0) if x.device.type == "cpu" else _normalised_by_table(x)
+
+
+def _normalised_by_table(x: Tensor) -> Tensor:
+    """:func:`normalise_8bit` by looking the levels up in :func:`_table_8bit` (on ``x``'s device)."""
     table = _TABLES_8BIT.get(x.device)
     if table is None:
         table = _TABLES_8BIT.setdefault(x.device, _table_8bit().to(x.device))

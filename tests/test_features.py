@@ -487,7 +487,7 @@ def test_keep_8bit_hands_over_uint8_that_normalises_to_the_same_floats(tmp_path)
 
 
 def test_normalise_8bit_is_the_published_normalisation_of_every_grey_level():
-    from dinov2_dense.features import _table_8bit, normalise_8bit, stack_decoded, to_model_input
+    from dinov2_dense.features import _normalised_by_table, _table_8bit, normalise_8bit, stack_decoded, to_model_input
 
     levels = torch.arange(256, dtype=torch.uint8)
     x = torch.stack([levels, levels.flip(0), levels.roll(7)]).view(1, 3, 16, 16)
@@ -499,6 +499,8 @@ def test_normalise_8bit_is_the_published_normalisation_of_every_grey_level():
     table = _table_8bit()  # what other devices look up: the same floats
     for c in range(3):
         assert torch.equal(table[c][x[0, c].long()], got[0, c])
+    assert torch.equal(_normalised_by_table(x), got)  # the lookup itself, as a GPU runs it
+    assert torch.equal(_normalised_by_table(x[0, :, :4]), got[0, :, :4])  # one image, a strided view
     for bad in (x.float(), x[0, :2], levels):
         with pytest.raises(ValueError, match="uint8 images of shape"):
             normalise_8bit(bad)
