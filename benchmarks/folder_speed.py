@@ -105,11 +105,11 @@ def resize_on_device_rate(model, paths: list[str], size: int, batch_size: int, w
     device, which resizes (float, antialiased), normalises, embeds and pools (the float resize on
     the GPU: not the toolkit's path; its numbers say whether to build it)."""
     from dinov2_dense.evaluation.knn import pool_features
-    from dinov2_dense.features import extract_features, map_in_workers
+    from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD, extract_features, map_in_workers
 
     chunks = [paths[j: j + batch_size] for j in range(0, len(paths), batch_size)]
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
     sync(device)
     t = time.perf_counter()
     with torch.no_grad():

@@ -79,7 +79,7 @@ class Float8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.weight8.dtype != FP8:  # Module.to(dtype) casts every floating buffer, float8 ones too
-            raise RuntimeError(f"Float8Linear {self.name or ''} weights were cast to {self.weight8.dtype} "
+            raise RuntimeError(f"Float8Linear {self.name or '(unnamed)'} weights were cast to {self.weight8.dtype} "
                                "(model.to(dtype) after float8_linears?): set the dtype first, then convert")
         shape = x.shape
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
@@ -119,16 +119,19 @@ def float8_linears(model: nn.Module) -> int:
     (``weight8``, ``weight_scale``): this is for inference."""
     param = next(model.parameters())
     check_float8_device(param.device, param.dtype)
-    linears = [(f"blocks.{path}.{name}".replace("..", "."), parent, name, child)
-               for path, parent in model.blocks.named_modules() for name, child in parent.named_children()
-               if isinstance(child, nn.Linear)]
-    kept = [f"{where} ({child.in_features}x{child.out_features})" for where, _, _, child in linears
-            if not Float8Linear.fits(child)]
+    swap, kept = [], []
+    for path, parent in model.blocks.named_modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                where = ".".join(part for part in ("blocks", path, name) if part)
+                if Float8Linear.fits(child):
+                    swap.append((parent, name, child, where))
+                else:
+                    kept.append(f"{where} ({child.in_features}x{child.out_features})")
     if kept:
-        warnings.warn(f"float8: {len(kept)} of {len(linears)} linear layers stay in "
+        warnings.warn(f"float8: {len(kept)} of {len(swap) + len(kept)} linear layers stay in "
                       f"{str(param.dtype).removeprefix('torch.')}: both sizes must be multiples of {ALIGN} "
                       f"({', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''})", stacklevel=2)
-    for where, parent, name, child in linears:
-        if Float8Linear.fits(child):
-            setattr(parent, name, Float8Linear.from_linear(child, where))
-    return len(linears) - len(kept)
+    for parent, name, child, where in swap:
+        setattr(parent, name, Float8Linear.from_linear(child, where))
+    return len(swap)
