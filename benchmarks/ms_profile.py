@@ -1,6 +1,7 @@
 """Where the ADE20K +ms model's time goes on a GPU: one image (512x683) through
 ``dinov2_vitl14_ade20k_ms`` with bf16 backbone weights and compiled blocks, timed at several crop
-batch sizes, then torch.profiler over one prediction (top operators by CUDA time and by CPU time).
+batch sizes, the number of host-device synchronisations in one prediction (none
+expected), then torch.profiler over one prediction (top operators by CUDA time and by CPU time).
 Random weights: the time does not depend on them.
 
     python benchmarks/ms_profile.py                 # a GPU
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,6 +58,13 @@ def main() -> int:
                 model.predict(x, crop_batch_size=crops)
             torch.cuda.synchronize()
             print(f"crop_batch_size {crops}: {(time.perf_counter() - t) / args.repeats:.3f} s an image", flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            model.predict(x, crop_batch_size=args.crop_batch_sizes[0])
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        print(f"device synchronisations in one prediction: {len(syncs)}{': ' + syncs[0] if syncs else ''}", flush=True)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             model.predict(x, crop_batch_size=args.crop_batch_sizes[0])
             torch.cuda.synchronize()

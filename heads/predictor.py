@@ -13,6 +13,7 @@ output is resized (bilinear, align_corners False) to the input size; depth is cl
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -181,19 +182,21 @@ class DensePredictor(nn.Module):
         for x1, x2 in {(x1, x2) for _, _, x1, x2 in windows}:
             count_x[x1:x2] += 1
         resize_y, resize_x = _resize_matrix(h, out_size[0], device), _resize_matrix(w, out_size[1], device)
+        source_y, source_x = _source_rows(h, out_size[0]), _source_rows(w, out_size[1])
         out, factors = None, {}
         for i in range(0, len(windows), crop_batch_size):
             group = windows[i:i + crop_batch_size]
             crops = torch.cat([images[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in group])
             logits = self._decode(crops)
-            with torch.autocast(device.type, enabled=False):
+            with torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) \
+                    else nullcontext():  # (no autocast on the "meta" device, which the tests use)
                 logits = logits.float()
                 if out is None:
                     out = torch.zeros((b, logits.shape[1], *out_size), device=device)
                 gh, gw = logits.shape[-2:]
                 for (y1, y2, x1, x2), part in zip(group, logits.split(b)):
-                    for key, args in ((("y", y1, gh), (resize_y, count_y, y1, y2, wh, gh)),
-                                      (("x", x1, gw), (resize_x, count_x, x1, x2, ww, gw))):
+                    for key, args in ((("y", y1, gh), (resize_y, count_y, source_y, y1, y2, wh, gh)),
+                                      (("x", x1, gw), (resize_x, count_x, source_x, x1, x2, ww, gw))):
                         if key not in factors:
                             factors[key] = _window_factor(*args)
                     (r0, py), (c0, px) = factors[("y", y1, gh)], factors[("x", x1, gw)]
@@ -279,17 +282,29 @@ def _resize_matrix(n: int, m: int, device) -> Tensor:
     return F.interpolate(eye, size=m, mode="linear", align_corners=False)[0].T.contiguous()
 
 
-def _window_factor(resize: Tensor, count: Tensor, a: int, b: int, length: int, grid: int) -> tuple[int, Tensor]:
+def _source_rows(n: int, m: int) -> Tensor:
+    """(m,) int64 on the CPU: the first of the two input pixels each output pixel of the 1-D bilinear
+    resize n -> m (align_corners=False) reads (torch's source index, clamped at 0, rounded down)."""
+    src = ((torch.arange(m, dtype=torch.float64) + 0.5) * (n / m) - 0.5).clamp_(min=0)
+    return src.floor_().long()
+
+
+def _window_factor(resize: Tensor, count: Tensor, source: Tensor, a: int, b: int, length: int,
+                   grid: int) -> tuple[int, Tensor]:
     """(first output index, (k, grid) float32 matrix) taking a window's head output along one axis
     (``grid`` values, upsampled to ``length`` = b - a input pixels) to the k output pixels the
-    window reaches, divided by the windows covering each input pixel."""
+    window reaches, divided by the windows covering each input pixel.
+
+    The output pixels reached are found on the host from ``source`` (:func:`_source_rows`), one
+    pixel wider on each side than the resize's two taps for safety (their rows are zeros), so that
+    no value is read back from the device: a read would wait for the backbone's queued work."""
     up = _resize_matrix(grid, length, resize.device)  # (length, grid)
-    full = (resize[:, a:b] / count[a:b]) @ up  # (m, grid)
-    rows = torch.nonzero(full.abs().sum(1)).flatten()
-    if len(rows) == 0:
-        return 0, full[:0].float()
-    first, last = int(rows[0]), int(rows[-1]) + 1
-    return first, full[first:last].float()
+    reached = torch.nonzero((source + 2 >= a) & (source - 1 < b)).flatten()
+    if len(reached) == 0:
+        return 0, resize.new_zeros((0, grid), dtype=torch.float32)
+    first, last = int(reached[0]), int(reached[-1]) + 1
+    full = (resize[first:last, a:b] / count[a:b]) @ up  # (k, grid)
+    return first, full.float()
 
 
 def _softmax_(x: Tensor) -> Tensor:

@@ -195,6 +195,17 @@ def test_slide_resampled_to_the_output_equals_resizing_the_averaged_map():
                 torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
+def test_multi_scale_slide_reads_no_value_back_from_the_device():
+    """The +ms path reads nothing back from the model's device (a GPU read waits for all queued
+    work, idling the GPU while the next windows are prepared): on the "meta" device, which holds
+    shapes but no values, every data-dependent step would raise."""
+    model = seg_model().to("meta")
+    x = torch.randn(2, 3, 70, 100, device="meta")
+    out = model.predict(x, mode="slide", crop_size=42, stride=28, scales=(1.0, 1.5), flip=True, crop_batch_size=3,
+                        out_size=(60, 80))
+    assert out.shape == (2, 5, 60, 80) and out.device.type == "meta"
+
+
 def test_depth_flip_averaging_of_a_mirror_symmetric_input():
     """Depth test-time flip (the DINOv2 depth configs' MultiScaleFlipAug(flip=True)): the average
     of the prediction and the flipped-back prediction of the flipped image. A mirror-symmetric input
