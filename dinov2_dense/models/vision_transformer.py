@@ -21,6 +21,11 @@ from torch import Tensor, nn
 
 from .layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
 
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # torch built without distributed support
+    FSDPModule = ()
+
 FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFNFused, "swiglufused": SwiGLUFFNFused}
 
 
@@ -54,6 +59,22 @@ def interpolate_pos_embed(
     return torch.cat((pos_embed[:, :1], patch), dim=1)
 
 
+class _PosEmbedCache:
+    """Interpolated position embeddings of a model, most recent last: ``(key, source, value)`` with
+    ``source`` a detached alias of the ``pos_embed`` they came from (it keeps that memory allocated,
+    so no later tensor can take its address and match the key). Not a module state: a deep copy
+    (the EMA teacher of pretraining) or a pickle of the model starts with an empty cache."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[tuple, Tensor, Tensor]] = []
+
+    def __deepcopy__(self, memo: dict) -> "_PosEmbedCache":
+        return _PosEmbedCache()
+
+    def __reduce__(self):
+        return (_PosEmbedCache, ())
+
+
 class DinoVisionTransformer(nn.Module):
     """DINOv2 ViT backbone.
 
@@ -66,7 +87,12 @@ class DinoVisionTransformer(nn.Module):
         num_register_tokens: 0, or 4 for the register models.
         interpolate_antialias, interpolate_offset: position-embedding resampling mode (see above).
         drop_path_rate: stochastic depth, linearly increasing over blocks (or uniform).
+
+    ``pos_embed_cache_size``: how many interpolated position embeddings (grid, device, dtype) are kept
+    for calls that cannot send a gradient to ``pos_embed``; 0 turns the cache off.
     """
+
+    pos_embed_cache_size: int = 4
 
     def __init__(
         self,
@@ -102,6 +128,7 @@ class DinoVisionTransformer(nn.Module):
         self.num_register_tokens = num_register_tokens
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
+        self._pos_embed_cache = _PosEmbedCache()
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -147,13 +174,70 @@ class DinoVisionTransformer(nn.Module):
 
     # -- tokens ---------------------------------------------------------------------------
     def interpolate_pos_encoding(self, x: Tensor, h: int, w: int) -> Tensor:
-        """Position embedding for an input of h x w pixels (x: the (B, 1 + N, D) tokens)."""
-        n = self.pos_embed.shape[1] - 1
+        """Position embedding for an input of h x w pixels (x: the (B, 1 + N, D) tokens).
+
+        When no gradient can reach ``pos_embed`` (grad mode off, or the parameter frozen), the
+        interpolated embedding is cached per grid, device and dtype: the bicubic resampling is slow
+        on a GPU for wide models (ViT-L, 640x640 crops padded to 644, batches of 32: 8.2 ms of each
+        forward in a profile on an H100). A cached value is the uncached one bit for bit, and is
+        used only while ``pos_embed`` is the same memory at the same in-place version
+        (``load_state_dict``, an optimiser or EMA step and ``.to()`` all start afresh); never while
+        compiling or tracing, nor on a backbone sharded by ``fully_shard``. Writes that bypass the
+        version counter (``pos_embed.data[...] = ...``, or FSDP applied only to a module above the
+        backbone) are not seen: call :meth:`clear_pos_embed_cache` after them, or set
+        ``pos_embed_cache_size = 0``. The result must not be modified in place.
+        """
+        pos_embed = self.pos_embed
+        n = pos_embed.shape[1] - 1
         if x.shape[1] - 1 == n and h == w:
-            return self.pos_embed
+            return pos_embed
         grid = (h // self.patch_size, w // self.patch_size)
-        pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
-        return pos.to(x.dtype)
+        if not self._pos_embed_cacheable(pos_embed):
+            return self._interpolated_pos_embed(pos_embed, grid, x.dtype)
+        key = (grid, x.dtype, pos_embed.device, pos_embed.dtype, tuple(pos_embed.shape), pos_embed.stride(),
+               pos_embed.data_ptr(), pos_embed._version, self.interpolate_offset, self.interpolate_antialias)
+        cache = self._pos_embed_cache
+        for i, (k, _, value) in enumerate(cache.entries):
+            if k == key:
+                cache.entries.append(cache.entries.pop(i))  # most recently used last
+                return value
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode
+            source = pos_embed.detach()
+            value = self._interpolated_pos_embed(source, grid, x.dtype)
+        cache.entries.append((key, source, value))
+        del cache.entries[: -self.pos_embed_cache_size]
+        return value
+
+    def _interpolated_pos_embed(self, pos_embed: Tensor, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        pos = interpolate_pos_embed(pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
+        return pos.to(dtype)
+
+    def _pos_embed_cacheable(self, pos_embed: Tensor) -> bool:
+        """Whether an interpolated ``pos_embed`` may come from the cache: no gradient to it, not
+        while compiling or tracing (the graph would hold a constant), and not under FSDP (which
+        refills the gathered parameter with its version counter kept) or for a view of another
+        tensor (e.g. a flat parameter)."""
+        return (
+            not torch.compiler.is_compiling()
+            and self.pos_embed_cache_size > 0
+            and not (torch.is_grad_enabled() and pos_embed.requires_grad)
+            and not torch.jit.is_tracing()
+            and not isinstance(self, FSDPModule)
+            and not pos_embed._is_view()
+        )
+
+    def clear_pos_embed_cache(self) -> None:
+        """Forget the cached interpolated position embeddings (see :meth:`interpolate_pos_encoding`)."""
+        self._pos_embed_cache.entries.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .half(), ...: the cached values (and the memory they keep) belong to the old weights
+        self.clear_pos_embed_cache()
+        return super()._apply(fn, recurse)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_pos_embed_cache", _PosEmbedCache())  # a model pickled before the cache
 
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """(B, 3, H, W) image -> (B, 1 + R + N, D) tokens; ``masks`` (B, N) bool swaps in mask_token."""
