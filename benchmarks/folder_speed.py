@@ -18,6 +18,8 @@ decode like photographs) into a temporary folder, then times:
   process (pinned on CUDA), nothing run on them; float and 8-bit (which travels as uint8);
 * a trial arrangement, not the toolkit's: workers only decode, and the device resizes (float),
   normalises and embeds: whether a float resize on the GPU is worth building;
+* the workers' hand-over alone (uint8 batches made in the workers, no decoding): through the reused
+  shared slots of ``map_in_workers`` against the DataLoader's usual way, ms a batch;
 * ``extract_features`` over the list of paths (the ``features`` path) with the most workers;
 * reading and resizing one image in this process (``read_resized``, median ms), float and 8-bit
   (kept uint8, as the workers hand it over), and decoding one image alone;
@@ -97,6 +99,29 @@ def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resi
     t = time.perf_counter()
     count = sum(len(where) for where, _, _ in map_in_workers(read, chunks, workers, pin_memory=pin))
     return count / (time.perf_counter() - t)
+
+
+def _full_batch(k: int, shape: tuple) -> tuple[int, torch.Tensor]:
+    return k, torch.full(shape, k % 251, dtype=torch.uint8)
+
+
+def handover_ms(workers: int, shape: tuple, slots: bool, count: int = 120) -> float:
+    """Milliseconds a batch of the workers' hand-over alone: ``count`` uint8 batches of ``shape``
+    made in the workers (no decoding) arriving here as private tensors, through the reused shared
+    slots of ``map_in_workers`` or (``slots`` False) the DataLoader's usual way."""
+    import functools
+
+    import dinov2_dense.features as features
+
+    threshold = features.SLOT_MIN_BYTES
+    features.SLOT_MIN_BYTES = threshold if slots else 1 << 62  # read in the workers, which fork below
+    try:
+        t = time.perf_counter()
+        for _, batch in features.map_in_workers(functools.partial(_full_batch, shape=shape), range(count), workers):
+            batch.clone()  # the main process reads every byte once (as a copy to the device would)
+        return 1e3 * (time.perf_counter() - t) / count
+    finally:
+        features.SLOT_MIN_BYTES = threshold
 
 
 def resize_on_device_rate(model, paths: list[str], size: int, batch_size: int, workers: int,
@@ -194,6 +219,9 @@ def main() -> int:
                     help="backbone weights (default: bf16 on a GPU, fp32 on a CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model-batches", type=int, default=8, help="batches per model-only pass")
+    ap.add_argument("--quick", action="store_true",
+                    help="only the model, embed_images, its reading alone and the hand-over (no unpinned runs, trial, "
+                         "one-image timings or ceilings)")
     args = ap.parse_args()
 
     from dinov2_dense import load_backbone
@@ -258,19 +286,27 @@ def main() -> int:
             for eight in (False, True):
                 embed(workers, eight)
         workers = max(args.num_workers)
-        if device.type == "cuda" and workers > 0:  # pinned memory by measurement: the same runs unpinned
+        if device.type == "cuda" and workers > 0 and not args.quick:  # pinned memory by measurement: the same runs unpinned
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
         for eight in (False, True):
             rate = loader_rate(paths, args.size, args.batch_size, workers, eight, pin=device.type == "cuda")
             print(f"  embed_images' reading alone, {workers} workers, {'8-bit' if eight else 'float'} resize: "
                   f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
-        rate = resize_on_device_rate(model, paths, args.size, args.batch_size, workers, device)
-        print(f"  trial: workers decode only, float resize on the {device.type}, {workers} workers: {rate:8.1f} images/s  "
-              f"({100 * rate / model_rate:5.1f}% of model only)", flush=True)
+        if workers > 0:
+            shape = (args.batch_size, 3, args.size, args.size)
+            for _ in range(2):
+                slotted, usual = handover_ms(workers, shape, True), handover_ms(workers, shape, False)
+                print(f"  hand-over alone, {workers} workers, uint8 batches {tuple(shape)}: {slotted:.2f} ms a batch "
+                      f"through shared slots, {usual:.2f} ms the DataLoader's usual way", flush=True)
         timed(f"extract_features(paths), {workers} workers", lambda: len(extract_features(
             model, paths, fit="resize", size=(args.size, args.size), batch_size=args.batch_size, num_workers=workers,
             progress=False)))
+        if args.quick:
+            return 0
+        rate = resize_on_device_rate(model, paths, args.size, args.batch_size, workers, device)
+        print(f"  trial: workers decode only, float resize on the {device.type}, {workers} workers: {rate:8.1f} images/s  "
+              f"({100 * rate / model_rate:5.1f}% of model only)", flush=True)
         for eight in (False, True):
             kind = "8-bit (kept uint8)" if eight else "float"
             ms = median_ms(paths, lambda path: _read(path, args.size, eight))  # noqa: B023 (used at once)

@@ -228,3 +228,40 @@ def test_workers_decode_after_the_parent_used_opencv_threads(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["4", "(3,", "28,", "28)", "[1]", "2"]  # one thread in workers, restored here
+
+
+def large_result(k: int):
+    """A worker's result with tensors above and below the shared slots' threshold; sizes vary with
+    ``k``, so a worker's slot must grow."""
+    side = 96 + 16 * (k % 3)
+    return (k, torch.full((3, side, side), k, dtype=torch.float32), torch.full((2,), k, dtype=torch.bfloat16),
+            [torch.full((64, 3, 40, 40), k % 251, dtype=torch.uint8), None])
+
+
+def test_large_results_come_through_reused_shared_slots_as_private_copies(monkeypatch):
+    """Workers hand large tensors over through a few reused shared slots (see features._Slots): every
+    result arrives in order with its own values, also after many more items than slots, with slots
+    growing; earlier results are copies that later items never overwrite; the slots are really used."""
+    import dinov2_dense.features as features
+
+    arrived = []
+    real_take = features._Slots.take
+
+    def spy(self, out, pin_memory):
+        if isinstance(out, tuple) and len(out) == 4:  # a whole result (take also sees its parts)
+            arrived.append(out)
+        return real_take(self, out, pin_memory)
+
+    monkeypatch.setattr(features._Slots, "take", spy)
+    items = list(range(24))
+    outs = list(map_in_workers(large_result, items, num_workers=2))
+    for k, out in zip(items, outs):  # checked only now: a result aliasing a slot would hold a later item's values
+        want = large_result(k)
+        assert out[0] == k and out[3][1] is None
+        for got, expected in ((out[1], want[1]), (out[2], want[2]), (out[3][0], want[3][0])):
+            assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert len(arrived) == len(items)
+    slotted = [o for o in arrived if isinstance(o[1], features._InSlot)]
+    assert len(slotted) >= len(items) // 2  # most went through slots (a busy worker may hand one over as usual)
+    assert all(not isinstance(o[2], features._InSlot) for o in arrived)  # small tensors go the usual way
+    assert sum(o[1].buffer is not None for o in slotted) < len(slotted)  # buffers travel once, then are reused

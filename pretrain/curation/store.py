@@ -13,6 +13,7 @@ the row), and the next call with the same inputs, backbone and settings computes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
@@ -198,7 +199,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import POOLINGS, pool_features
-    from dinov2_dense.features import extract_features, map_in_workers, to_model_input
+    from dinov2_dense.features import HostCopy, extract_features, map_in_workers, to_model_input
 
     if pooling not in POOLINGS:
         raise CurationError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -268,6 +269,14 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         status.flush()
         last_sync = time.monotonic()
 
+    in_flight: list = []  # (rows, pooled features on their way to this process): at most one batch
+
+    def store_in_flight() -> None:
+        for where, pooled in in_flight:
+            rows[where] = pooled.wait().numpy().astype(dtype)  # waits for that batch's copy, not for the next batch
+            pending.append(np.asarray(where))
+        in_flight.clear()
+
     try:
         with torch.no_grad(), tqdm(total=len(todo), desc=f"embedding {out.name}", unit="img",
                                    disable=not show) as bar:
@@ -278,11 +287,17 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
                 if where:
                     feats = extract_features(model, to_model_input(x, device), fit="resize", autocast=autocast,
                                              progress=False)
-                    rows[where] = pool_features(feats, pooling).float().cpu().numpy().astype(dtype)
-                    pending.append(np.asarray(where))
+                    pooled = HostCopy(pool_features(feats, pooling).float())
+                    store_in_flight()  # the previous batch, while this one runs on the device
+                    in_flight.append((where, pooled))
                 if time.monotonic() - last_sync > SYNC_SECONDS:
                     sync()
                 bar.update(len(where) + len(bad))
+        store_in_flight()
+    except BaseException:
+        with contextlib.suppress(Exception):  # a failed device: that batch is embedded again on resuming
+            store_in_flight()  # interrupted while the next batch was queued: this one is done
+        raise
     finally:
         sync()
         model.train(model_was_training)
