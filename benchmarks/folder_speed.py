@@ -84,9 +84,10 @@ def _decode_chunk(paths: list[str]) -> list[torch.Tensor]:
     return [torch.from_numpy(decode_image(path, "rgb")) for path in paths]
 
 
-def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resize_8bit: bool, pin: bool) -> float:
+def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resize_8bit: bool,
+                pin: bool) -> tuple[float, float]:
     """Images/s of embed_images' reading alone: its workers' batches arriving here (pinned where the
-    device is a GPU), nothing run on them."""
+    device is a GPU), nothing run on them; and the seconds until the first batch (starting the workers)."""
     import functools
 
     import numpy as np
@@ -97,8 +98,11 @@ def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resi
     chunks = [np.arange(j, min(j + batch_size, len(paths))) for j in range(0, len(paths), batch_size)]
     read = functools.partial(_read_rows, paths=paths, hw=(size, size), resize_8bit=resize_8bit)
     t = time.perf_counter()
-    count = sum(len(where) for where, _, _ in map_in_workers(read, chunks, workers, pin_memory=pin))
-    return count / (time.perf_counter() - t)
+    count, first = 0, None
+    for where, _, _ in map_in_workers(read, chunks, workers, pin_memory=pin):
+        first = time.perf_counter() - t if first is None else first
+        count += len(where)
+    return count / (time.perf_counter() - t), first
 
 
 def _full_batch(k: int, shape: tuple) -> tuple[int, torch.Tensor]:
@@ -290,9 +294,10 @@ def main() -> int:
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
         for eight in (False, True):
-            rate = loader_rate(paths, args.size, args.batch_size, workers, eight, pin=device.type == "cuda")
+            rate, first = loader_rate(paths, args.size, args.batch_size, workers, eight, pin=device.type == "cuda")
             print(f"  embed_images' reading alone, {workers} workers, {'8-bit' if eight else 'float'} resize: "
-                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
+                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only; first batch after "
+                  f"{first:.2f} s)", flush=True)
         if workers > 0:
             shape = (args.batch_size, 3, args.size, args.size)
             for _ in range(2):

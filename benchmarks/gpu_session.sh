@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The GPU figures of the speed work in one call, most wanted first, each step under its own time
-# limit (at most 9 min 10 s of steps, under a 10-minute command limit):
+# The open GPU checks of the speed work in one call, most wanted first, each step under its own time
+# limit (at most 7 min 10 s of steps, under a 10-minute command limit):
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
-# 1. folders: embed_images at 0/12/16 workers, float and 8-bit resize (uint8 hand-over), pinned and
-#    not; reading alone; the trial of a float resize on the GPU (benchmarks/folder_speed.py);
-# 2. the uint8 normalisation on CUDA equals the CPU's floats (tests, CUDA branch);
-# 3. ViT-L/14 518 batch 32: ours plain / bf16 / compiled / FP8 against the official code, timm and
-#    transformers (benchmarks/gpu_speed.py);
-# 4. where the +ms model's time goes (benchmarks/ms_profile.py), bf16 then FP8;
-# 5. ViT-g/14 518 batch 16 with FP8 (not yet measured).
+# 1. the CUDA-only tests: the uint8 normalisation, the patch embedding as one GEMM (log: tests.log);
+# 2. folders: embed_images with 16 workers over 2,000 and over 10,000 JPEGs (the rate apart from the
+#    fixed costs of a short run), reading alone, the workers' hand-over A/B (benchmarks/folder_speed.py);
+# 3. the ADE20K +ms and NYU DPT models per image, batched against one crop at a time (same result),
+#    bf16 and compiled (benchmarks/gpu_speed.py --skip-backbones);
+# 4. where the +ms model's time goes with FP8 (benchmarks/ms_profile.py --float8).
 # On a machine without a package index, the wheels of what is missing (the official code,
 # albumentations, mmengine and their needs) are carried in .whl/: benchmarks/device_wheels.sh fetches
 # them beforehand, and this script installs them when it finds them.
@@ -23,9 +22,9 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
-timeout 140 python3 benchmarks/folder_speed.py --num-workers 0 12 16 2>&1 | tee "$out/folder.log"
-timeout 40 python3 -m pytest -q -p no:cacheprovider tests/test_features.py -k "normalise_8bit or uint8" 2>&1 | tail -3
-timeout 140 python3 benchmarks/gpu_speed.py --archs vitl14 --configs 518x32 --skip-full 2>&1 | tee "$out/vitl.log"
-timeout 70 python3 benchmarks/ms_profile.py 2>&1 | tee "$out/ms.log"
-timeout 60 python3 benchmarks/ms_profile.py --float8 --crop-batch-sizes 16 2>&1 | tee "$out/ms_fp8.log"
-timeout 100 python3 benchmarks/gpu_speed.py --archs vitg14 --configs 518x16 --skip-full --repeats 3 2>&1 | tee "$out/vitg.log"
+timeout 60 python3 -m pytest -q -p no:cacheprovider -rs tests/test_models_speed_cache.py tests/test_features.py \
+  -k "cuda or normalise_8bit or uint8" 2>&1 | tee "$out/tests.log" | tail -5
+timeout 80 python3 benchmarks/folder_speed.py --num-workers 16 --quick 2>&1 | tee "$out/folder.log"
+timeout 110 python3 benchmarks/folder_speed.py --num-workers 16 --quick --count 10000 2>&1 | tee "$out/folder_10k.log"
+timeout 110 python3 benchmarks/gpu_speed.py --skip-backbones --repeats 3 2>&1 | tee "$out/full.log"
+timeout 70 python3 benchmarks/ms_profile.py --float8 --crop-batch-sizes 16 32 --repeats 3 2>&1 | tee "$out/ms_fp8.log"

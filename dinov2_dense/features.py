@@ -584,12 +584,24 @@ def extract_features(
 SLOT_MIN_BYTES = 1 << 16
 
 
+#: The slots of each running ``map_in_workers`` (in the main process), by token.
+_OPEN_SLOTS: dict[int, "_Slots"] = {}
+
+
+def _pinned_empty(shape: tuple, dtype: torch.dtype) -> Tensor:
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
 class _InSlot:
     """A tensor a DataLoader worker left in one of its shared slots: ``flags[worker, slot]`` is 1 until
     the main process has copied it out. ``buffer`` travels once, when the slot is new or has grown."""
 
-    def __init__(self, worker: int, slot: int, shape: tuple, dtype: torch.dtype, buffer: Tensor | None):
-        self.worker, self.slot, self.shape, self.dtype, self.buffer = worker, slot, shape, dtype, buffer
+    def __init__(self, token: int, worker: int, slot: int, shape: tuple, dtype: torch.dtype, buffer: Tensor | None):
+        self.token, self.worker, self.slot, self.shape, self.dtype, self.buffer = token, worker, slot, shape, dtype, buffer
+
+    def pin_memory(self) -> Tensor:
+        """Copied out into pinned memory by the DataLoader's pinning thread, beside the main thread."""
+        return _OPEN_SLOTS[self.token].take(self, pin_memory=True)
 
 
 class _Slots:
@@ -601,11 +613,13 @@ class _Slots:
     same copy within one process, and the main process does this for every worker, so it limits the
     whole loader. Here each worker keeps a few shared buffers (created on first use, grown when a
     result does not fit) and sends a buffer's handle only the first time; the main process keeps
-    them mapped, copies each result out at once (into pinned memory for a GPU) and marks the slot
-    free again in a shared table of flags. A worker whose slots are all busy hands the tensor over
-    the usual way, so the order of the DataLoader's work never matters for correctness."""
+    them mapped, copies each result out at once (into pinned memory for a GPU, in the DataLoader's
+    pinning thread) and marks the slot free again in a shared table of flags. A worker whose slots
+    are all busy hands the tensor over the usual way, so the order of the DataLoader's work never
+    matters for correctness."""
 
     def __init__(self, num_workers: int, per_worker: int):
+        self.token = id(self)
         self.flags = torch.zeros(num_workers, per_worker, dtype=torch.int32).share_memory_()
         self.own: dict[int, Tensor] = {}  # a worker's own buffers (in the worker process)
         self.seen: dict[tuple[int, int], Tensor] = {}  # every worker's buffers (in the main process)
@@ -633,17 +647,18 @@ class _Slots:
             self.own[slot] = buffer
         buffer[:nbytes].view(x.dtype).view(x.shape).copy_(x)
         self.flags[info.id, slot] = 1
-        return _InSlot(info.id, slot, tuple(x.shape), x.dtype, sent)
+        return _InSlot(self.token, info.id, slot, tuple(x.shape), x.dtype, sent)
 
     def take(self, out, pin_memory: bool):
-        """In the main process: ``out`` with each slot copied out (pinned with ``pin_memory``) and freed."""
+        """In the main process: ``out`` with each slot copied out (pinned with ``pin_memory``) and freed.
+        With pinned memory the DataLoader's pinning thread does this (:meth:`_InSlot.pin_memory`)."""
         if isinstance(out, _InSlot):
             key = (out.worker, out.slot)
             if out.buffer is not None:
                 self.seen[key] = out.buffer
             nbytes = math.prod(out.shape) * out.dtype.itemsize
             view = self.seen[key][:nbytes].view(out.dtype).view(out.shape)
-            copy = torch.empty(out.shape, dtype=out.dtype, pin_memory=pin_memory).copy_(view)
+            copy = (_pinned_empty if pin_memory else torch.empty)(out.shape, dtype=out.dtype).copy_(view)
             self.flags[key] = 0
             return copy
         if isinstance(out, (tuple, list)):
@@ -698,14 +713,18 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
     # parent shrinks its own pool just while the workers are forked, then restores it.
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    _OPEN_SLOTS[slots.token] = slots  # before the pinning thread starts
     try:
-        batches = iter(loader)  # forks the workers
+        try:
+            batches = iter(loader)  # forks the workers
+        finally:
+            cv2.setNumThreads(threads)
+        for out in batches:
+            if isinstance(out, Exception):
+                raise out
+            yield slots.take(out, pin)  # (already taken by the pinning thread when pinned)
     finally:
-        cv2.setNumThreads(threads)
-    for out in batches:
-        if isinstance(out, Exception):
-            raise out
-        yield slots.take(out, pin)
+        del _OPEN_SLOTS[slots.token]
 
 
 def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size, device: torch.device,

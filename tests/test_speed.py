@@ -265,3 +265,31 @@ def test_large_results_come_through_reused_shared_slots_as_private_copies(monkey
     assert len(slotted) >= len(items) // 2  # most went through slots (a busy worker may hand one over as usual)
     assert all(not isinstance(o[2], features._InSlot) for o in arrived)  # small tensors go the usual way
     assert sum(o[1].buffer is not None for o in slotted) < len(slotted)  # buffers travel once, then are reused
+
+
+def test_the_pinning_thread_copies_slots_out_into_pinned_memory(monkeypatch):
+    """With pinned memory (a GPU), the DataLoader's pinning thread copies a slot out: it calls the
+    ``pin_memory`` of what arrives (torch's own function, run here; pinning itself needs CUDA, so the
+    pinned allocation is replaced by a plain one) and the slot is free again."""
+    from types import SimpleNamespace
+
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    import dinov2_dense.features as features
+
+    allocated = []
+    monkeypatch.setattr(features, "_pinned_empty",
+                        lambda shape, dtype: allocated.append(shape) or torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(id=0))  # as in worker 0
+    slots = features._Slots(1, 3)
+    features._OPEN_SLOTS[slots.token] = slots
+    try:
+        x = torch.randn(3, 100, 100)
+        sent = slots.put((7, x, ["name"]))  # (no small tensor: torch would pin it, which needs CUDA)
+        assert isinstance(sent[1], features._InSlot) and int(slots.flags.sum()) == 1
+        got = pin_memory(sent)  # what the pinning thread does with each result
+        assert got[0] == 7 and torch.equal(got[1], x) and got[2] == ["name"]
+        assert allocated == [(3, 100, 100)] and int(slots.flags.sum()) == 0
+        assert slots.take(got, True)[1] is got[1]  # the main thread then finds it done
+    finally:
+        del features._OPEN_SLOTS[slots.token]
