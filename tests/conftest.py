@@ -41,3 +41,17 @@ def torch_home(tmp_path, monkeypatch):
     monkeypatch.delenv("DINOV2_DENSE_BASE_URL", raising=False)
     monkeypatch.delenv("DINOV2_DENSE_OFFLINE", raising=False)
     return tmp_path / "torch_home"
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    """A one-process gloo group for the test (skipped where torch.distributed cannot make one)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

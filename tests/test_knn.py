@@ -190,19 +190,6 @@ def load_official_knn_module():
     return namespace["KnnModule"]
 
 
-@pytest.fixture
-def single_process_group(tmp_path):
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_knn_matches_official_module(single_process_group):
     KnnModule = load_official_knn_module()
     train, labels, test, _ = random_task(seed=3, c=12)

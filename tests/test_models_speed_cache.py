@@ -247,19 +247,6 @@ def test_compiling_the_forward_traces_the_uncached_interpolation(interpolations)
     torch._dynamo.reset()
 
 
-@pytest.fixture
-def single_process_group(tmp_path):
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_fsdp_teacher_is_never_served_from_the_cache(single_process_group, interpolations):
     """Pretraining under FSDP shards the teacher backbone (``fully_shard``) and updates it by EMA on
     the shards; each forward gathers the parameter again into the same tensor, at the same version.
