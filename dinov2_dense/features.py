@@ -872,7 +872,7 @@ class HostCopy:
     def __init__(self, x: Tensor):
         self.event = None
         if x.device.type == "cuda":
-            self.tensor = torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x, non_blocking=True)
+            self.tensor = _pinned_empty(x.shape, x.dtype).copy_(x, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record()
         else:
