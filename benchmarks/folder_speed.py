@@ -10,8 +10,11 @@ decode like photographs) into a temporary folder, then times:
   class-token pooling, back on the CPU (images/s, median of ``--repeats`` passes over ``--model-batches`` batches);
 * ``embed_images`` (the curation embedding: read, decode, resize, run, pool, store) over the folder,
   once for each ``--num-workers`` (a fresh store each time) with the float resize (the default) and
-  once with the 8-bit resize (``resize_8bit=True``, ``--resize-8bit`` in the commands), and the part
-  of it spent on the store's weight fingerprint (a fixed cost per run);
+  once with the 8-bit resize (``resize_8bit=True``, ``--resize-8bit`` in the commands), and the time
+  of the store's weight fingerprint (a fixed cost per run, hashed while the workers read the first
+  batch);
+* with the most workers and the 8-bit resize, each batch read by one worker against read in parts
+  by several (``store.PARTS_PER_BATCH``; the first batch is ready sooner), twice each, alternating;
 * on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the
   toolkit pins them on CUDA): pinned memory chosen by measurement;
 * ``embed_images``' reading alone with the most workers: its workers' batches arriving in this
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import sys
 import tempfile
@@ -85,24 +89,27 @@ def _decode_chunk(paths: list[str]) -> list[torch.Tensor]:
 
 
 def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resize_8bit: bool,
-                pin: bool) -> tuple[float, float]:
-    """Images/s of embed_images' reading alone: its workers' batches arriving here (pinned where the
-    device is a GPU), nothing run on them; and the seconds until the first batch (starting the workers)."""
+                pin: bool) -> tuple[float, float, float]:
+    """embed_images' reading alone, its workers' parts of batches arriving here (pinned where the
+    device is a GPU), nothing run on them: images/s over the whole run; the seconds until the first
+    whole batch (starting the workers); images/s after it (the steady rate)."""
     import functools
 
     import numpy as np
 
     from dinov2_dense.features import map_in_workers
-    from pretrain.curation.store import _read_rows
+    from pretrain.curation.store import _read_rows, batch_parts
 
-    chunks = [np.arange(j, min(j + batch_size, len(paths))) for j in range(0, len(paths), batch_size)]
+    parts, ends = batch_parts(np.arange(len(paths)), batch_size, workers)
     read = functools.partial(_read_rows, paths=paths, hw=(size, size), resize_8bit=resize_8bit)
     t = time.perf_counter()
-    count, first = 0, None
-    for where, _, _ in map_in_workers(read, chunks, workers, pin_memory=pin):
-        first = time.perf_counter() - t if first is None else first
+    count, first, at_first = 0, None, 0
+    for (where, _, _), end in zip(map_in_workers(read, parts, workers, pin_memory=pin), ends):
         count += len(where)
-    return count / (time.perf_counter() - t), first
+        if first is None and end:
+            first, at_first = time.perf_counter() - t, count
+    total = time.perf_counter() - t
+    return count / total, first, (count - at_first) / max(total - first, 1e-9)
 
 
 def _full_batch(k: int, shape: tuple) -> tuple[int, torch.Tensor]:
@@ -206,6 +213,19 @@ def unpinned():
         features.map_in_workers = pinned
 
 
+@contextlib.contextmanager
+def batch_parts(parts: int | None):
+    """embed_images reading each batch in ``parts`` parts (None: as set in the toolkit)."""
+    from pretrain.curation import store
+
+    setting = store.PARTS_PER_BATCH
+    store.PARTS_PER_BATCH = setting if parts is None else parts
+    try:
+        yield
+    finally:
+        store.PARTS_PER_BATCH = setting
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -232,6 +252,7 @@ def main() -> int:
     from dinov2_dense.checkpoints import fingerprint
     from dinov2_dense.evaluation.knn import pool_features
     from dinov2_dense.features import extract_features
+    from pretrain.curation import store
     from pretrain.curation.store import embed_images
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -277,11 +298,16 @@ def main() -> int:
             rate = count / (time.perf_counter() - t)
             print(f"  {label}: {rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only)", flush=True)
 
-        def embed(workers: int, eight: bool, pinned: bool = True) -> None:
-            """embed_images over the folder into a fresh store, timed."""
+        runs = itertools.count()
+
+        def embed(workers: int, eight: bool, pinned: bool = True, parts: int | None = None) -> None:
+            """embed_images over the folder into a fresh store, timed; ``parts``: each batch read in
+            that many parts (store.PARTS_PER_BATCH) instead of the toolkit's setting."""
             kind = f"{workers} workers, {'8-bit' if eight else 'float'} resize{'' if pinned else ', NOT pinned'}"
-            store = Path(tmp) / f"store_{kind.replace(' ', '_').replace(',', '')}"
-            with contextlib.nullcontext() if pinned else unpinned():
+            if parts is not None:
+                kind += f", batches read in {parts} part{'s' if parts > 1 else ''}"
+            store = Path(tmp) / f"store_{next(runs)}"  # fresh each time (a finished store would be reused)
+            with contextlib.nullcontext() if pinned else unpinned(), batch_parts(parts):
                 timed(f"embed_images, {kind}", lambda: len(embed_images(
                     model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers,
                     progress=False, resize_8bit=eight)))
@@ -290,14 +316,18 @@ def main() -> int:
             for eight in (False, True):
                 embed(workers, eight)
         workers = max(args.num_workers)
+        if workers > 0:  # the first batch read by several workers against each batch by one (the fixed cost of a run)
+            for parts in (1, store.PARTS_PER_BATCH, 1, store.PARTS_PER_BATCH):
+                embed(workers, True, parts=parts)
         if device.type == "cuda" and workers > 0 and not args.quick:  # pinned memory by measurement: the same runs unpinned
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
         for eight in (False, True):
-            rate, first = loader_rate(paths, args.size, args.batch_size, workers, eight, pin=device.type == "cuda")
+            rate, first, steady = loader_rate(paths, args.size, args.batch_size, workers, eight,
+                                              pin=device.type == "cuda")
             print(f"  embed_images' reading alone, {workers} workers, {'8-bit' if eight else 'float'} resize: "
                   f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only; first batch after "
-                  f"{first:.2f} s)", flush=True)
+                  f"{first:.3f} s, {steady:.1f} images/s after it)", flush=True)
         if workers > 0:
             shape = (args.batch_size, 3, args.size, args.size)
             for _ in range(2):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import subprocess
 import sys
@@ -693,17 +692,24 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
     ``functools.partial`` of one). Errors (OSError, ValueError) are raised here as they are.
     ``pin_memory``: pin the tensors of the results (for non-blocking copies to a GPU). Large tensors
     of the results (at the top level, or in tuples and lists) come from the workers through reused
-    shared slots (:class:`_Slots`)."""
+    shared slots (:class:`_Slots`).
+
+    The workers start at once, before the first result is asked for: they decode while the caller
+    gets ready (e.g. hashes the model's weights). Closing the returned iterator (or dropping it)
+    stops them."""
     if num_workers < 0:
         raise ValueError(f"num_workers={num_workers}: must be >= 0")
     if num_workers == 0 or len(items) <= 1:  # one item: nothing to overlap
-        for item in items:
-            yield fn(item)
-        return
-    workers = min(num_workers, len(items))
+        return (fn(item) for item in items)
+    results = _from_workers(fn, items, min(num_workers, len(items)), pin_memory and torch.cuda.is_available())
+    next(results)  # runs up to the workers' start
+    return results
+
+
+def _from_workers(fn, items: Sequence, workers: int, pin: bool):
+    """:func:`map_in_workers` with workers: yields None once the workers are started, then the results."""
     prefetch = 2  # the DataLoader's default: each worker has at most this many items in hand
     slots = _Slots(workers, prefetch + 1)  # + the one being copied out here
-    pin = pin_memory and torch.cuda.is_available()
     loader = torch.utils.data.DataLoader(_Mapped(fn, items, slots), batch_size=None, collate_fn=_as_is,
                                          num_workers=workers, prefetch_factor=prefetch, pin_memory=pin)
     import cv2
@@ -716,9 +722,10 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
     _OPEN_SLOTS[slots.token] = slots  # before the pinning thread starts
     try:
         try:
-            batches = iter(loader)  # forks the workers
+            batches = iter(loader)  # forks the workers, which start on their first items
         finally:
             cv2.setNumThreads(threads)
+        yield None
         for out in batches:
             if isinstance(out, Exception):
                 raise out

@@ -223,6 +223,54 @@ def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch
     np.testing.assert_allclose(np.asarray(workers.embeddings), np.asarray(reference.embeddings), atol=1e-5)
 
 
+def test_workers_read_parts_of_a_batch_and_start_while_the_weights_are_hashed(tmp_path, monkeypatch):
+    """With workers, each reads at most a quarter batch (8 images at least), so the first batch is
+    ready sooner; the model still sees whole batches (an unreadable image dropped), and the rows equal
+    those of one process exactly. A fresh store starts its workers before hashing the weights; a
+    resumed one hashes first (the rows still to do depend on it)."""
+    import dinov2_dense.checkpoints as checkpoints
+    import dinov2_dense.features as features
+
+    folder = _images(tmp_path / "imgs", 19)  # and zz_broken.png: 20 files
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    parts: list[int] = []
+    batches: list[int] = []
+    events: list[str] = []
+    real_map, real_extract, real_print = features.map_in_workers, features.extract_features, checkpoints.fingerprint
+
+    def mapped(fn, items, num_workers=0, pin_memory=False):
+        parts.extend(len(i) for i in items)
+        events.append("workers")
+        return real_map(fn, items, num_workers, pin_memory)
+
+    monkeypatch.setattr(features, "map_in_workers", mapped)
+    monkeypatch.setattr(features, "extract_features", lambda m, x, *a, **k: batches.append(len(x)) or real_extract(m, x, *a, **k))
+    monkeypatch.setattr(checkpoints, "fingerprint", lambda m: events.append("hash") or real_print(m))
+    store = embed_images(model, folder, tmp_path / "w", size=28, batch_size=16, progress=False, num_workers=2)
+    assert parts == [8, 8, 4] and batches == [16, 3] and events == ["workers", "hash"]
+    parts[:], batches[:], events[:] = [], [], []
+    here = embed_images(model, folder, tmp_path / "h", size=28, batch_size=16, progress=False)
+    assert parts == [16, 4] and batches == [16, 3]  # in this process: whole batches
+    assert store.names == here.names and store.unreadable == here.unreadable and len(store) == 19
+    assert np.array_equal(np.asarray(store.embeddings), np.asarray(here.embeddings))
+
+    def stopping(m, x, *a, **k):  # interrupted at the second batch: the first is stored
+        if batches:
+            raise KeyboardInterrupt
+        batches.append(len(x))
+        return real_extract(m, x, *a, **k)
+
+    monkeypatch.setattr(features, "extract_features", stopping)
+    batches[:] = []
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, tmp_path / "r", size=28, batch_size=16, progress=False, num_workers=2)
+    monkeypatch.setattr(features, "extract_features", lambda m, x, *a, **k: batches.append(len(x)) or real_extract(m, x, *a, **k))
+    parts[:], batches[:], events[:] = [], [], []
+    resumed = embed_images(model, folder, tmp_path / "r", size=28, batch_size=16, progress=False, num_workers=2)
+    assert events == ["hash", "workers"] and parts == [4] and batches == [3]
+    assert np.array_equal(np.asarray(resumed.embeddings), np.asarray(here.embeddings))
+
+
 def test_curating_images_feeds_the_pretraining_data_set(tmp_path):
     from pretrain.data.datasets import build_dataset
     from pretrain.export import export_backbone

@@ -2,9 +2,11 @@
 half-precision backbones under the heads, and decoding in DataLoader workers. Each is checked
 against the plain path; none may change a result beyond float (or bf16) tolerance."""
 
+import functools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -228,6 +230,25 @@ def test_workers_decode_after_the_parent_used_opencv_threads(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["4", "(3,", "28,", "28)", "[1]", "2"]  # one thread in workers, restored here
+
+
+def touch_marker(k: int, folder: str) -> int:
+    Path(folder, str(k)).write_text("")
+    return k
+
+
+def test_workers_start_before_the_first_result_is_asked_for(tmp_path):
+    """map_in_workers starts its workers when called, so they decode while the caller gets ready (the
+    curation embedding hashes the weights meanwhile); closing the iterator stops them."""
+    results = map_in_workers(functools.partial(touch_marker, folder=str(tmp_path)), [0, 1, 2, 3, 4, 5], 2)
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.iterdir())) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]  # two in hand per worker
+    assert next(results) == 0 and list(results) == [1, 2, 3, 4, 5]
+    early = map_in_workers(functools.partial(touch_marker, folder=str(tmp_path)), [6, 7, 8], 2)
+    early.close()
+    assert list(early) == []
 
 
 def large_result(k: int):
