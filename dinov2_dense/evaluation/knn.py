@@ -481,7 +481,7 @@ def folder_features(
 
     from tqdm.auto import tqdm
 
-    from ..features import extract_features, map_in_workers, stack_decoded, to_model_input
+    from ..features import HostCopy, extract_features, map_in_workers, stack_decoded, to_model_input
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -502,11 +502,14 @@ def folder_features(
     device = next(model.parameters()).device
     kept, kept_labels, skipped, pooled = [], [], [], []
     batch: list[Tensor] = []
+    in_flight: list = []  # the last batch's pooled features on their way here (HostCopy)
 
     def run() -> None:
         feats = extract_features(model, to_model_input(stack_decoded(batch), device), fit="resize", autocast=autocast,
                                  progress=False)
-        pooled.append(pool_features(feats, pooling).float().cpu())
+        in_flight.append(HostCopy(pool_features(feats, pooling).float()))
+        if len(in_flight) == 2:  # the previous batch is read back while this one runs on the device
+            pooled.append(in_flight.pop(0).wait().clone())
         batch.clear()
 
     show = progress if progress is not None else len(paths) > batch_size
@@ -525,6 +528,7 @@ def folder_features(
                 run()
         if batch:
             run()
+    pooled += [copy.wait().clone() for copy in in_flight]
     if skipped:
         warnings.warn(f"{root}: skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])
                       + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
