@@ -155,7 +155,7 @@ def _train_command(config: Path, work_dir: Path, options: dict, *extra: str) -> 
 
 
 def test_kill_minus_nine_then_resume_ends_at_the_same_iteration(scenes, tmp_path):
-    options = _options(scenes / "ade", 400, **{"default_hooks.checkpoint.interval": 10})
+    options = _options(scenes / "ade", 150, **{"default_hooks.checkpoint.interval": 10})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_train_command(SEG_CFG, tmp_path, options), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,7 +170,7 @@ def test_kill_minus_nine_then_resume_ends_at_the_same_iteration(scenes, tmp_path
     for path in saved:  # complete files only: every one loads
         assert torch.load(path, map_location="cpu", weights_only=True)["meta"]["iter"] > 0
     killed_at = max(int(p.stem.split("_")[1]) for p in saved)
-    assert killed_at < 400
+    assert killed_at < 150
 
     log = tmp_path / "resume.log"
     with open(log, "w") as out:
@@ -178,9 +178,9 @@ def test_kill_minus_nine_then_resume_ends_at_the_same_iteration(scenes, tmp_path
                        stderr=subprocess.STDOUT, check=True, timeout=300)
     text = log.read_text()
     assert f"resumed epoch: 0, iter: {killed_at}" in text
-    final = torch.load(tmp_path / "iter_400.pth", map_location="cpu", weights_only=True)
-    assert final["meta"]["iter"] == 400
-    assert "Iter(train) [400/400]" in text
+    final = torch.load(tmp_path / "iter_150.pth", map_location="cpu", weights_only=True)
+    assert final["meta"]["iter"] == 150
+    assert "Iter(train) [150/150]" in text
 
 
 def _free_port() -> int:
