@@ -102,8 +102,8 @@ def _planned_grids(images: list[str], size, fit: str, patch: int = 14) -> dict[t
 def _cmd_features(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints import save_safetensors
-    from .fileio import check_output_file, write_npy
+    from .features import FeatureOptions, feature_batches
+    from .fileio import check_output_file
     from .hub import architecture
 
     out = Path(args.out)
@@ -129,46 +129,76 @@ def _cmd_features(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _load_model(args, device)
-    feats = _extract(model, args, layers, size)
-    layer_ids = feats[0].layers
+    batches = feature_batches(model, list(args.images), options=FeatureOptions(
+        layers=layers, fit=args.fit, size=size, tile=args.tile, batch_size=args.batch_size, autocast=args.bf16,
+        norm=not args.no_norm, resize_8bit=args.resize_8bit), progress=True, num_workers=_num_workers(args))
     if out.suffix == ".npy":
-        per_image = [torch.stack([f.maps[l][0] for l in layer_ids]) for f in feats]  # (L, C, h, w)
-        array = torch.stack(per_image).cpu().numpy()
-        if len(layer_ids) == 1:
-            array = array[:, 0]
-        write_npy(out, array)
-        shape = array.shape
+        layer_ids, shape = _write_feature_npy(out, batches, len(args.images))
     else:
-        tensors = {}
-        for i, f in enumerate(feats):
-            for l in layer_ids:
-                tensors[f"{i}/layer{l}"] = f.maps[l][0].cpu()
-                tensors[f"{i}/cls{l}"] = f.cls_tokens[l][0].cpu()
-                if f.registers[l].shape[1]:
-                    tensors[f"{i}/registers{l}"] = f.registers[l][0].cpu()
-        meta = {
-            "model": args.model,
-            "weights": "random" if args.weights == "random" else str(args.weights),
-            "layers": json.dumps(layer_ids),
-            "images": json.dumps([str(p) for p in args.images]),
-            "padding": json.dumps([f.padding for f in feats]),
-            "image_sizes": json.dumps([f.image_size for f in feats]),
-        }
-        save_safetensors(tensors, out, metadata=meta)
-        shape = tuple(feats[0].maps[layer_ids[-1]].shape[1:])
+        layer_ids, shape = _write_feature_safetensors(out, batches, args)
     note = " (random weights)" if args.weights == "random" else ""
-    print(f"wrote {out}: {len(feats)} image(s), layers {layer_ids}, maps of {shape}{note}")
+    print(f"wrote {out}: {len(args.images)} image(s), layers {layer_ids}, maps of {shape}{note}")
     return 0
 
 
-def _extract(model, args: argparse.Namespace, layers, size):
-    from .features import extract_features
+def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple[int, ...]]:
+    """The maps of every image into the .npy ``out`` as each batch arrives: (N, C, h, w), or
+    (N, L, C, h, w) for several layers. Memory holds one batch (the file is written through a memory
+    map, and replaces ``out`` only once complete); each batch is read back from the device while the
+    next one runs. Returns the layers and the shape of one image's maps."""
+    import numpy as np
+    import torch
 
-    return extract_features(
-        model, list(args.images), layers=layers, fit=args.fit, size=size, tile=args.tile,
-        batch_size=args.batch_size, autocast=args.bf16, norm=not args.no_norm, progress=True,
-        num_workers=_num_workers(args), resize_8bit=args.resize_8bit,
-    )
+    from .features import HostCopy
+    from .fileio import atomic_path
+
+    with atomic_path(out) as tmp:
+        array, layer_ids, in_flight = None, [], None
+        for chunk, feats in batches:
+            layer_ids = feats.layers
+            maps = torch.stack([feats.maps[l] for l in layer_ids], 1)  # (B, L, C, h, w)
+            maps = maps[:, 0] if len(layer_ids) == 1 else maps
+            if array is None:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *maps.shape[1:]))
+            copy = HostCopy(maps)
+            if in_flight is not None:
+                array[in_flight[0]] = in_flight[1].wait().numpy()
+            in_flight = (chunk, copy)
+        array[in_flight[0]] = in_flight[1].wait().numpy()
+        shape = array.shape[1:]
+        array.flush()
+        del array
+    return layer_ids, shape
+
+
+def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> tuple[list[int], tuple[int, ...]]:
+    """Each image's maps, class tokens and registers (moved off the device batch by batch) in the
+    .safetensors ``out``, with what they came from in its metadata."""
+    from .checkpoints import save_safetensors
+
+    tensors, padding, image_sizes = {}, {}, {}
+    for chunk, feats in batches:
+        layer_ids = feats.layers
+        cpu = {l: (feats.maps[l].cpu(), feats.cls_tokens[l].cpu(), feats.registers[l].cpu()) for l in layer_ids}
+        for k, i in enumerate(chunk):
+            padding[i], image_sizes[i] = feats.padding, feats.image_size
+            for l, (maps, cls, regs) in cpu.items():
+                tensors[f"{i}/layer{l}"] = maps[k]
+                tensors[f"{i}/cls{l}"] = cls[k]
+                if regs.shape[1]:
+                    tensors[f"{i}/registers{l}"] = regs[k]
+        shape = tuple(feats.maps[layer_ids[-1]].shape[1:])
+    order = sorted(padding)
+    meta = {
+        "model": args.model,
+        "weights": "random" if args.weights == "random" else str(args.weights),
+        "layers": json.dumps(layer_ids),
+        "images": json.dumps([str(p) for p in args.images]),
+        "padding": json.dumps([padding[i] for i in order]),
+        "image_sizes": json.dumps([image_sizes[i] for i in order]),
+    }
+    save_safetensors(tensors, out, metadata=meta)
+    return layer_ids, shape
 
 
 def _size_value(size: list[int] | None, option: str):

@@ -44,7 +44,7 @@ import sys
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -437,6 +437,17 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def _caller_level() -> int:
+    """The ``stacklevel`` for a warning raised by the function calling this one: the first frame
+    outside this module and torch's decorators (the user's call of :func:`extract_features` or
+    :func:`feature_batches`)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (frame.f_code.co_filename == __file__ or frame.f_code.co_filename.endswith(
+            os.path.join("torch", "utils", "_contextlib.py"))):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _warn_slow_bf16(device: torch.device, autocast: bool | torch.dtype) -> None:
     """Warn once per process when bfloat16 autocast runs on a CPU that emulates bfloat16."""
     global _warned_bf16
@@ -447,7 +458,7 @@ def _warn_slow_bf16(device: torch.device, autocast: bool | torch.dtype) -> None:
     warnings.warn(
         "bfloat16 autocast on a CPU without native bfloat16 (no AVX512-BF16 or AMX): PyTorch emulates it, "
         "typically 3-4x slower than float32; leave autocast off on this machine",
-        PerformanceWarning, stacklevel=4,  # the caller of extract_features
+        PerformanceWarning, stacklevel=_caller_level(),
     )
 
 
@@ -477,7 +488,7 @@ def _warn_large_forward(sizes: dict[tuple[int, int], str], options: FeatureOptio
             f"{name}: one forward pass of {gh * gw:,} patch tokens ({gh}x{gw}) on the CPU; attention grows with the "
             f"square of the tokens, so this can take many minutes: pass tile= (e.g. tile={32 * p}) to run it in "
             "tiles, or a smaller size=",
-            PerformanceWarning, stacklevel=4,  # the caller of extract_features
+            PerformanceWarning, stacklevel=_caller_level(),
         )
 
 
@@ -533,6 +544,35 @@ def extract_features(
     options = feature_options(options, layers=layers, fit=fit, size=size, norm=norm, tile=tile,
                               tile_overlap=tile_overlap, batch_size=batch_size, autocast=autocast,
                               resize_8bit=resize_8bit)
+    if isinstance(images, Tensor) and images.ndim == 4:
+        return next(feature_batches(model, images, options=options, progress=progress))[1]
+    single = not isinstance(images, (list, tuple))
+    items = [images] if single else list(images)
+    results: list[DenseFeatures | None] = [None] * len(items)
+    for chunk, feats in feature_batches(model, items, options=options, progress=progress, num_workers=num_workers):
+        for k, i in enumerate(chunk):
+            results[i] = DenseFeatures(
+                maps={l: m[k : k + 1] for l, m in feats.maps.items()},
+                cls_tokens={l: c[k : k + 1] for l, c in feats.cls_tokens.items()},
+                registers={l: r[k : k + 1] for l, r in feats.registers.items()},
+                image_size=feats.image_size,
+                input_size=feats.input_size,
+                padding=feats.padding,
+                patch_size=feats.patch_size,
+                source=[feats.source[k]],
+            )
+    return results[0] if single else results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: FeatureOptions | None = None,
+                    progress: bool | None = None, num_workers: int = 0) -> Iterator[tuple[list[int], DenseFeatures]]:
+    """:func:`extract_features` one batch at a time, as each is computed: (the batch's positions in
+    ``images``, its DenseFeatures on the model's device). A list is checked whole first, then grouped
+    by size (so positions are not in order across groups); a (B, 3, H, W) tensor is one batch.
+    ``options``: the settings (:class:`FeatureOptions`; default: its defaults). For many images:
+    write each batch out and drop it, and memory stays at one batch."""
+    options = options or FeatureOptions()
     p = model.patch_size
     options.check(p)
     layer_ids = model.resolve_layers(options.layers)
@@ -542,9 +582,9 @@ def extract_features(
     if isinstance(images, Tensor) and images.ndim == 4:
         _warn_slow_bf16(device, options.autocast)
         _warn_large_forward({tuple(images.shape[-2:]): "image batch"}, options, p, device)
-        return _extract_batch(images, [], **run)
-    single = not isinstance(images, (list, tuple))
-    items = [images] if single else list(images)
+        yield list(range(len(images))), _extract_batch(images, [], **run)
+        return
+    items = list(images)
     names = input_names(items)
     sizes = [check_input(item) for item in items]  # every input checked before any model work; nothing decoded
 
@@ -558,25 +598,13 @@ def extract_features(
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 
-    results: list[DenseFeatures | None] = [None] * len(items)
     batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers,
                                resize_8bit=options.resize_8bit)
     for chunk, (batch, image_hw) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
         batch = to_model_input(batch, device)
         feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
         del batch  # free this batch's pixels before the next one is decoded
-        for k, i in enumerate(chunk):
-            results[i] = DenseFeatures(
-                maps={l: m[k : k + 1] for l, m in feats.maps.items()},
-                cls_tokens={l: c[k : k + 1] for l, c in feats.cls_tokens.items()},
-                registers={l: r[k : k + 1] for l, r in feats.registers.items()},
-                image_size=feats.image_size,
-                input_size=feats.input_size,
-                padding=feats.padding,
-                patch_size=feats.patch_size,
-                source=[names[i]],
-            )
-    return results[0] if single else results  # type: ignore[return-value]
+        yield chunk, feats
 
 
 #: Tensors at least this large travel from the DataLoader workers through reused shared slots.

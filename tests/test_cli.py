@@ -86,6 +86,57 @@ def test_features_safetensors_mixed_sizes(weights_dir, image, tmp_path):
     assert not npy.exists()
 
 
+def test_features_are_written_batch_by_batch_in_input_order(tmp_path, monkeypatch):
+    """features writes each batch as it comes (the .npy through a memory map): images of two sizes
+    are batched by size, out of input order, yet each row is its own image's maps; the .safetensors
+    keys, paddings and sizes follow the input too. A run that fails half way leaves the old file."""
+    import cv2
+
+    import dinov2_dense.features as features
+
+    from .conftest import tiny_vit
+
+    model = tiny_vit(depth=2)
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "backbone.json").write_text(json.dumps(model.arch_kwargs()))
+    rng = np.random.default_rng(0)
+    images = []
+    for i, hw in enumerate([(40, 50), (30, 33), (40, 50), (30, 33), (40, 50)]):  # batches [0, 2], [4], [1, 3]
+        images.append(str(tmp_path / f"im{i}.png"))
+        cv2.imwrite(images[-1], rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
+    common = ["features", *images, "--weights", str(tmp_path / "backbone.pth"), "--batch-size", "2"]
+    assert main([*common, "--size", "28", "42", "--layers", "0", "1", "--out", str(tmp_path / "f.npy")]) == 0
+    array = np.load(tmp_path / "f.npy")
+    assert array.shape == (5, 2, model.embed_dim, 2, 3)
+    for i, path in enumerate(images):
+        want = extract_features(model, path, layers=[0, 1], size=(28, 42))
+        np.testing.assert_allclose(array[i, 1], want.maps[1][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(array[i, 0], want.maps[0][0].numpy(), atol=1e-5)
+
+    assert main([*common, "--out", str(tmp_path / "f.safetensors")]) == 0
+    with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
+        meta = f.metadata()
+        for i, path in enumerate(images):
+            want = extract_features(model, path)
+            torch.testing.assert_close(f.get_tensor(f"{i}/layer1"), want.maps[1][0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(f.get_tensor(f"{i}/cls1"), want.cls_tokens[1][0], atol=1e-5, rtol=0)
+            assert json.loads(meta["image_sizes"])[i] == list(want.image_size)
+            assert json.loads(meta["padding"])[i] == list(want.padding)
+
+    real = features.feature_batches
+
+    def failing(*a, **k):
+        batches = real(*a, **k)
+        yield next(batches)
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(features, "feature_batches", failing)
+    before = (tmp_path / "f.npy").read_bytes()
+    assert main([*common, "--size", "28", "42", "--out", str(tmp_path / "f.npy")]) == 2
+    assert (tmp_path / "f.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["f.npy"] and not list(tmp_path.glob(".*"))
+
+
 def test_features_errors_name_the_input_and_keep_old_output(weights_dir, image, tmp_path, capsys):
     out = tmp_path / "f.npy"
     out.write_bytes(b"old")

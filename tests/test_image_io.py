@@ -477,8 +477,11 @@ def test_bf16_autocast_warns_once_without_native_bf16(model, monkeypatch):
 
 def test_large_untiled_forward_is_announced(model, monkeypatch):
     monkeypatch.setattr(features, "LARGE_FORWARD_TOKENS", 30)
-    with pytest.warns(PerformanceWarning, match=r"image 0: one forward pass of 35 patch tokens \(5x7\).*tile="):
+    with pytest.warns(PerformanceWarning, match=r"image 0: one forward pass of 35 patch tokens \(5x7\).*tile=") as record:
         extract_features(model, upright_image(70, 98))
+    with pytest.warns(PerformanceWarning, match="one forward pass of 35 patch tokens") as batched:
+        next(features.feature_batches(model, [upright_image(70, 98)]))
+    assert record[0].filename == batched[0].filename == __file__  # points at the caller
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)
         extract_features(model, upright_image(70, 98), tile=42)  # tiled: fine
