@@ -143,32 +143,33 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple[int, ...]]:
     """The maps of every image into the .npy ``out`` as each batch arrives: (N, C, h, w), or
-    (N, L, C, h, w) for several layers. Memory holds one batch (the file is written through a memory
-    map, and replaces ``out`` only once complete); each batch is read back from the device while the
-    next one runs. Returns the layers and the shape of one image's maps."""
-    import numpy as np
+    (N, L, C, h, w) for several layers. Memory holds one batch; the file is allocated whole at the
+    first batch (a full disk fails there, naming ``out``) and replaces ``out`` only once complete.
+    Each batch is read back from the device while the next one runs. Returns the layers and one
+    image's shape."""
     import torch
 
     from .features import HostCopy
-    from .fileio import atomic_path
+    from .fileio import NpyRows, atomic_path
 
     with atomic_path(out) as tmp:
-        array, layer_ids, in_flight = None, [], None
-        for chunk, feats in batches:
-            layer_ids = feats.layers
-            maps = torch.stack([feats.maps[l] for l in layer_ids], 1)  # (B, L, C, h, w)
-            maps = maps[:, 0] if len(layer_ids) == 1 else maps
-            if array is None:
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, *maps.shape[1:]))
-            copy = HostCopy(maps)
-            if in_flight is not None:
-                array[in_flight[0]] = in_flight[1].wait().numpy()
-            in_flight = (chunk, copy)
-        array[in_flight[0]] = in_flight[1].wait().numpy()
-        shape = array.shape[1:]
-        array.flush()
-        del array
-    return layer_ids, shape
+        file, layer_ids, in_flight = None, [], None
+        try:
+            for chunk, feats in batches:
+                layer_ids = feats.layers
+                maps = torch.stack([feats.maps[l] for l in layer_ids], 1)  # (B, L, C, h, w)
+                maps = maps[:, 0] if len(layer_ids) == 1 else maps
+                if file is None:
+                    file = NpyRows(tmp, (count, *maps.shape[1:]))
+                copy = HostCopy(maps)
+                if in_flight is not None:
+                    file.write(in_flight[0], in_flight[1].wait().numpy())
+                in_flight = (chunk, copy)
+            file.write(in_flight[0], in_flight[1].wait().numpy())
+        finally:
+            if file is not None:
+                file.close()
+    return layer_ids, file.shape[1:]
 
 
 def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> tuple[list[int], tuple[int, ...]]:

@@ -89,6 +89,76 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def reserve_space(fd: int, size: int, path: str | os.PathLike) -> None:
+    """Allocate ``size`` bytes of the open file ``fd`` on disk now, so that a full disk is an
+    OSError naming ``path`` here rather than later: writing into a hole of a sparse file through a
+    memory map on a full disk kills the process (SIGBUS). Where the file system cannot allocate
+    ahead, the file is only extended."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+    except AttributeError:  # no posix_fallocate on this platform
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+
+
+class NpyRows:
+    """A new ``.npy`` file of ``shape`` and ``dtype`` whose rows (along the first axis) are written
+    in any order as they are computed, by positioned writes, with the whole file allocated first
+    (:func:`reserve_space`): a full disk is an OSError naming the file, never a crash, and memory
+    holds only what is being written. Use inside :func:`atomic_path` (rows never written stay zero)."""
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32):
+        self.path, self.shape, self.dtype = Path(path), tuple(int(n) for n in shape), np.dtype(dtype)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                     "fortran_order": False, "shape": self.shape})
+        self.offset = header.tell()
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            reserve_space(self.fd, self.offset + self.shape[0] * self.row_bytes, self.path)
+            self._write(header.getvalue(), 0)
+        except BaseException:
+            self.close()
+            raise
+
+    def _write(self, data, at: int) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while len(view):
+                done = os.pwrite(self.fd, view, at)
+                view, at = view[done:], at + done
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+
+    def write(self, rows, values: np.ndarray) -> None:
+        """``values[k]`` into row ``rows[k]`` (runs of consecutive rows in one write each)."""
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.shape != (len(rows), *self.shape[1:]):
+            raise ValueError(f"{self.path}: rows of shape {values.shape[1:]} for a file of {self.shape}")
+        start = 0
+        for k in range(1, len(rows) + 1):
+            if k == len(rows) or rows[k] != rows[k - 1] + 1:
+                self._write(values[start:k], self.offset + int(rows[start]) * self.row_bytes)
+                start = k
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "NpyRows":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray, jpeg_quality: int = 95) -> Path:
     """Encode by the file's suffix: RGB (H, W, 3) uint8, or (H, W) uint8 / uint16 (labels, depth)."""
     import cv2

@@ -271,6 +271,26 @@ def test_workers_read_parts_of_a_batch_and_start_while_the_weights_are_hashed(tm
     assert np.array_equal(np.asarray(resumed.embeddings), np.asarray(here.embeddings))
 
 
+def test_a_full_disk_stops_the_embedding_naming_the_file_before_any_row(tmp_path, monkeypatch):
+    """The partial store's files are allocated on disk when created: a full disk is an OSError naming
+    the file there (rows written later through the memory map cannot hit it: that would be SIGBUS)."""
+    import errno
+
+    folder = _images(tmp_path / "imgs", 3, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        embed_images(model, folder, tmp_path / "s", size=28, batch_size=2, progress=False, num_workers=2)
+    assert caught.value.filename == str(tmp_path / "s" / "embeddings.partial.npy")
+    monkeypatch.undo()
+    store = embed_images(model, folder, tmp_path / "s", size=28, batch_size=2, progress=False)
+    assert len(store) == 3
+
+
 def test_curating_images_feeds_the_pretraining_data_set(tmp_path):
     from pretrain.data.datasets import build_dataset
     from pretrain.export import export_backbone

@@ -393,19 +393,36 @@ def test_full_disk_names_the_users_path_and_keeps_the_old_file(tmp_path, capsys,
     image = _image(tmp_path / "a.png")
     out = tmp_path / "f.npy"
     out.write_bytes(b"the previous result")
-    real = Path.write_bytes
 
-    def full(self, data):
-        if self.name.startswith(".f."):
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real(self, data)
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", full)
-    rc, _, err = run(capsys, "features", image, "--weights", "random", "--out", out)
-    assert_user_error(rc, err, out, "No space left on device")
-    assert ".tmp" not in err
-    assert out.read_bytes() == b"the previous result"
-    _no_staging_left(tmp_path)
+    # the .npy is allocated whole before its first row (a full disk there), then written row by row
+    for call in ("posix_fallocate", "pwrite"):
+        with monkeypatch.context() as patch:
+            patch.setattr(os, call, full)
+            rc, _, err = run(capsys, "features", image, image, "--weights", "random", "--batch-size", "1",
+                             "--out", out)
+        assert_user_error(rc, err, out, "No space left on device")
+        assert ".tmp" not in err
+        assert out.read_bytes() == b"the previous result"
+        _no_staging_left(tmp_path)
+
+
+def test_npy_rows_written_in_any_order_make_the_file_numpy_saves(tmp_path):
+    """fileio.NpyRows: rows written in runs out of order give the bytes of np.save; a shape that
+    does not fit is refused naming the file."""
+    from dinov2_dense.fileio import NpyRows
+
+    x = np.random.default_rng(0).normal(size=(7, 3, 2, 5)).astype(np.float32)
+    with NpyRows(tmp_path / "rows.npy", x.shape) as file:
+        for rows in ([4, 5, 6], [0], [2, 3], [1]):
+            file.write(rows, x[rows])
+        with pytest.raises(ValueError, match="rows.npy"):
+            file.write([0], x[0, :2][None])
+    np.save(tmp_path / "saved.npy", x)
+    assert (tmp_path / "rows.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+    assert np.array_equal(np.load(tmp_path / "rows.npy"), x)
 
 
 def test_unknown_model_and_missing_file(tmp_path, capsys):

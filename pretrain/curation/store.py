@@ -29,16 +29,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dinov2_dense.fileio import atomic_path, write_json, write_text
+from dinov2_dense.fileio import atomic_path, reserve_space, write_json, write_text
 
 __all__ = ["CurationError", "EmbeddingStore", "embed_images", "list_images", "load_embeddings"]
 
 PENDING, DONE, UNREADABLE = 0, 1, 2
 SYNC_SECONDS = 5.0  # how often finished rows are flushed to disk and marked done (and at the end)
 #: With DataLoader workers, each batch to embed is read in this many parts (by as many workers): the
-#: first batch is ready after a quarter of the reading time of a whole one. On a 2-core host, 2 workers
-#: reading 64-image batches of 500x375 JPEGs: first batch after 0.15-0.18 s against 0.18-0.22 s whole,
-#: at 670-740 images/s against 740-810 (the more items, the more hand-over cost).
+#: first batch is ready after a quarter of the reading time of a whole one. On a 2-core host, 2 workers,
+#: 64-image batches of 500x375 JPEGs, 8-bit resize: reading alone, first batch after 0.15-0.18 s against
+#: 0.18-0.22 s whole, 670-740 images/s against 740-810 over 384 images; the whole embedding with a
+#: one-block ViT (640 images, 4 runs each, alternating) 366-405 images/s against 367-384.
+#: The GPU machine's figures decide (benchmarks/folder_speed.py prints the A/B).
 PARTS_PER_BATCH = 4
 _PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "partial.json")
 
@@ -256,6 +258,9 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
             write_text(out / "inputs.partial.txt", "\n".join(paths) + "\n")
             rows = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.dtype(dtype), shape=(n, d))
             status = np.lib.format.open_memmap(status_file, mode="w+", dtype=np.uint8, shape=(n,))
+            for name in (rows_file, status_file):  # on disk now: a full disk is an error here, not a crash later
+                with open(name, "r+b") as file:
+                    reserve_space(file.fileno(), os.fstat(file.fileno()).st_size, name)
             write_json(out / "partial.json", settings)  # last: the partial store is complete from here on
         todo = np.flatnonzero(status[:] != DONE)  # unreadable ones are tried again (and their reasons recorded)
         if resumed and len(todo) < n:
