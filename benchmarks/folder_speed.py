@@ -89,10 +89,11 @@ def _decode_chunk(paths: list[str]) -> list[torch.Tensor]:
 
 
 def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resize_8bit: bool,
-                pin: bool) -> tuple[float, float, float]:
+                pin: bool) -> tuple[float, float, float, float]:
     """embed_images' reading alone, its workers' parts of batches arriving here (pinned where the
-    device is a GPU), nothing run on them: images/s over the whole run; the seconds until the first
-    whole batch (starting the workers); images/s after it (the steady rate)."""
+    device is a GPU), nothing run on them: images/s over the whole run; the seconds until the workers
+    are started (forked: the copy of this process's page tables grows with its memory) and until the
+    first whole batch; images/s after it (the steady rate)."""
     import functools
 
     import numpy as np
@@ -103,13 +104,26 @@ def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resi
     parts, ends = batch_parts(np.arange(len(paths)), batch_size, workers)
     read = functools.partial(_read_rows, paths=paths, hw=(size, size), resize_8bit=resize_8bit)
     t = time.perf_counter()
+    results = map_in_workers(read, parts, workers, pin_memory=pin)
+    started = time.perf_counter() - t
     count, first, at_first = 0, None, 0
-    for (where, _, _), end in zip(map_in_workers(read, parts, workers, pin_memory=pin), ends):
+    for (where, _, _), end in zip(results, ends):
         count += len(where)
         if first is None and end:
             first, at_first = time.perf_counter() - t, count
     total = time.perf_counter() - t
-    return count / total, first, (count - at_first) / max(total - first, 1e-9)
+    return count / total, started, first, (count - at_first) / max(total - first, 1e-9)
+
+
+def resident_gb() -> float:
+    """This process's resident memory (VmRSS), GB; 0 where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
 
 
 def _full_batch(k: int, shape: tuple) -> tuple[int, torch.Tensor]:
@@ -323,11 +337,12 @@ def main() -> int:
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
         for eight in (False, True):
-            rate, first, steady = loader_rate(paths, args.size, args.batch_size, workers, eight,
-                                              pin=device.type == "cuda")
+            rate, started, first, steady = loader_rate(paths, args.size, args.batch_size, workers, eight,
+                                                       pin=device.type == "cuda")
             print(f"  embed_images' reading alone, {workers} workers, {'8-bit' if eight else 'float'} resize: "
-                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only; first batch after "
-                  f"{first:.3f} s, {steady:.1f} images/s after it)", flush=True)
+                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only; workers started after "
+                  f"{started:.3f} s with {resident_gb():.1f} GB resident here, first batch after {first:.3f} s, "
+                  f"{steady:.1f} images/s after it)", flush=True)
         if workers > 0:
             shape = (args.batch_size, 3, args.size, args.size)
             for _ in range(2):
