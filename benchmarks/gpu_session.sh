@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The open GPU checks of the speed work in one call, most wanted first, each step under its own time
-# limit (at most 8 min of steps, under a 10-minute command limit):
+# limit (at most 8 min 30 s of steps, under a 10-minute command limit):
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
-# 1. the CUDA-only tests: the uint8 normalisation, the patch embedding as one GEMM (log: tests.log);
+# 1. the CUDA-only tests: the uint8 normalisation, the patch embedding as one GEMM, features written
+#    batch by batch and the embedding in parts against the CPU (log: tests.log);
 # 2. folders: embed_images with 16 workers over 2,000 and over 10,000 JPEGs (the rate apart from the
 #    fixed costs of a short run), batches read in parts A/B, reading alone (time to the first batch), the
 #    workers' hand-over A/B (benchmarks/folder_speed.py);
@@ -23,8 +24,8 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
-timeout 60 python3 -m pytest -q -p no:cacheprovider -rs tests/test_models_speed_cache.py tests/test_features.py \
-  -k "cuda or normalise_8bit or uint8" 2>&1 | tee "$out/tests.log" | tail -5
+timeout 90 python3 -m pytest -q -p no:cacheprovider -rs tests/test_models_speed_cache.py tests/test_features.py \
+  tests/test_cli.py tests/test_curation.py -k "cuda or normalise_8bit or uint8" 2>&1 | tee "$out/tests.log" | tail -5
 timeout 90 python3 benchmarks/folder_speed.py --num-workers 16 --quick 2>&1 | tee "$out/folder.log"
 timeout 150 python3 benchmarks/folder_speed.py --num-workers 16 --quick --count 10000 2>&1 | tee "$out/folder_10k.log"
 timeout 110 python3 benchmarks/gpu_speed.py --skip-backbones --repeats 3 2>&1 | tee "$out/full.log"

@@ -137,6 +137,34 @@ def test_features_are_written_batch_by_batch_in_input_order(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["f.npy"] and not list(tmp_path.glob(".*"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_features_on_cuda_written_batch_by_batch_match_the_cpu(tmp_path):
+    """On a GPU each batch is read back (pinned, non-blocking) while the next runs, the workers' batches
+    come pinned: the .npy and .safetensors equal the CPU's to float tolerance."""
+    import cv2
+
+    from .conftest import tiny_vit
+
+    model = tiny_vit(depth=2)
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "backbone.json").write_text(json.dumps(model.arch_kwargs()))
+    rng = np.random.default_rng(1)
+    images = []
+    for i in range(9):
+        images.append(str(tmp_path / f"im{i}.png"))
+        cv2.imwrite(images[-1], rng.integers(0, 255, (40 + 3 * (i % 2), 50, 3), dtype=np.uint8))
+    common = ["features", *images, "--weights", str(tmp_path / "backbone.pth"), "--batch-size", "2",
+              "--num-workers", "2", "--size", "28", "42"]
+    for device in ("cpu", "cuda"):
+        assert main([*common, "--device", device, "--out", str(tmp_path / f"{device}.npy")]) == 0
+        assert main([*common, "--device", device, "--out", str(tmp_path / f"{device}.safetensors")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "cuda.npy"), np.load(tmp_path / "cpu.npy"), atol=1e-4, rtol=0)
+    with safe_open(str(tmp_path / "cpu.safetensors"), "pt") as cpu, safe_open(str(tmp_path / "cuda.safetensors"), "pt") as gpu:
+        assert set(cpu.keys()) == set(gpu.keys()) and cpu.metadata()["padding"] == gpu.metadata()["padding"]
+        for key in cpu.keys():
+            torch.testing.assert_close(gpu.get_tensor(key), cpu.get_tensor(key), atol=1e-4, rtol=0)
+
+
 def test_features_errors_name_the_input_and_keep_old_output(weights_dir, image, tmp_path, capsys):
     out = tmp_path / "f.npy"
     out.write_bytes(b"old")

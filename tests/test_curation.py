@@ -291,6 +291,23 @@ def test_a_full_disk_stops_the_embedding_naming_the_file_before_any_row(tmp_path
     assert len(store) == 3
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_embedding_on_cuda_in_parts_matches_the_cpu(tmp_path):
+    """On a GPU the parts of a batch arrive pinned (float and uint8), are normalised there and joined:
+    the rows equal the CPU's to float tolerance, with the same names and unreadable list."""
+    folder = _images(tmp_path / "imgs", 19)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    stores = {}
+    for device in ("cpu", "cuda"):
+        for eight in (False, True):
+            stores[device, eight] = embed_images(model.to(device), folder, tmp_path / f"{device}{eight}", size=28,
+                                                 batch_size=16, progress=False, num_workers=2, resize_8bit=eight)
+    for eight in (False, True):
+        cpu, gpu = stores["cpu", eight], stores["cuda", eight]
+        assert gpu.names == cpu.names and gpu.unreadable == cpu.unreadable
+        np.testing.assert_allclose(np.asarray(gpu.embeddings), np.asarray(cpu.embeddings), atol=1e-4, rtol=0)
+
+
 def test_curating_images_feeds_the_pretraining_data_set(tmp_path):
     from pretrain.data.datasets import build_dataset
     from pretrain.export import export_backbone
