@@ -11,8 +11,8 @@ decode like photographs) into a temporary folder, then times:
 * ``embed_images`` (the curation embedding: read, decode, resize, run, pool, store) over the folder,
   once for each ``--num-workers`` (a fresh store each time) with the float resize (the default) and
   once with the 8-bit resize (``resize_8bit=True``, ``--resize-8bit`` in the commands), and the time
-  of the store's weight fingerprint (a fixed cost per run, hashed while the workers read the first
-  batch);
+  of the store's weight fingerprint (a fixed cost per run; into a fresh store it is hashed in a
+  thread beside the embedding);
 * with the most workers and the 8-bit resize, each batch read by one worker against read in parts
   by several (``store.PARTS_PER_BATCH``; the first batch is ready sooner), twice each, alternating;
 * on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the

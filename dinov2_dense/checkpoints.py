@@ -329,12 +329,14 @@ def save_safetensors(
     return Path(path)
 
 
-def fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart."""
+def fingerprint(module: nn.Module | Mapping[str, Tensor]) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart;
+    or of such a dict itself (e.g. a copy on the host, hashed in another thread)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")

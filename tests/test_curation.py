@@ -271,6 +271,64 @@ def test_workers_read_parts_of_a_batch_and_start_while_the_weights_are_hashed(tm
     assert np.array_equal(np.asarray(resumed.embeddings), np.asarray(here.embeddings))
 
 
+def test_a_fresh_store_embeds_while_the_weights_are_hashed_and_resumes_only_once_they_are(tmp_path, monkeypatch):
+    """Into a fresh store, batches run while the weights are hashed in a thread; partial.json (which
+    makes the partial store resumable) appears once the hash is known. Interrupted: the hash is waited
+    for, so the rows done are kept; a hash that fails leaves nothing to resume, and the next run is whole."""
+    import threading
+
+    import dinov2_dense.checkpoints as checkpoints
+    import dinov2_dense.features as features
+
+    folder = _images(tmp_path / "imgs", 12, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    reference = embed_images(model, folder, tmp_path / "ref", size=28, batch_size=4, progress=False)
+    real_print, real_extract = checkpoints.fingerprint, features.extract_features
+    release, seen, stop = threading.Event(), [], [False]
+
+    def slow_hash(m):
+        assert release.wait(30)
+        return real_print(m)
+
+    def extract(m, x, *a, **k):
+        seen.append((tmp_path / "run" / "partial.json").exists())
+        if len(seen) == 2:
+            release.set()
+            if stop[0]:
+                raise KeyboardInterrupt
+        return real_extract(m, x, *a, **k)
+
+    monkeypatch.setattr(checkpoints, "fingerprint", slow_hash)
+    monkeypatch.setattr(features, "extract_features", extract)
+    store = embed_images(model, folder, tmp_path / "run", size=28, batch_size=4, progress=False)
+    assert seen[:2] == [False, False]  # the model ran before the hash was known
+    assert json.loads((tmp_path / "run" / "store.json").read_text())["weights"] == real_print(model)
+    assert np.array_equal(np.asarray(store.embeddings), np.asarray(reference.embeddings))
+
+    release.clear()
+    seen[:], stop[0] = [], True
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, tmp_path / "cut", size=28, batch_size=4, progress=False)
+    assert json.loads((tmp_path / "cut" / "partial.json").read_text())["weights"] == real_print(model)
+    assert int((np.load(tmp_path / "cut" / "status.partial.npy") == 1).sum()) == 4  # the first batch kept
+
+    def failing_hash(m):
+        raise RuntimeError("hash failed")
+
+    monkeypatch.setattr(checkpoints, "fingerprint", failing_hash)
+    monkeypatch.setattr(features, "extract_features", real_extract)
+    with pytest.raises(RuntimeError, match="hash failed"):
+        embed_images(model, folder, tmp_path / "bad", size=28, batch_size=4, progress=False)
+    assert not (tmp_path / "bad" / "partial.json").exists() and not (tmp_path / "bad" / "store.json").exists()
+    monkeypatch.setattr(checkpoints, "fingerprint", real_print)
+    counted = []
+    monkeypatch.setattr(features, "extract_features", lambda m, x, *a, **k: counted.append(len(x)) or real_extract(m, x, *a, **k))
+    again = embed_images(model, folder, tmp_path / "bad", size=28, batch_size=4, progress=False)
+    assert sum(counted) == 12 and np.array_equal(np.asarray(again.embeddings), np.asarray(reference.embeddings))
+    resumed = embed_images(model, folder, tmp_path / "cut", size=28, batch_size=4, progress=False)
+    assert sum(counted) == 12 + 8 and np.array_equal(np.asarray(resumed.embeddings), np.asarray(reference.embeddings))
+
+
 def test_a_full_disk_stops_the_embedding_naming_the_file_before_any_row(tmp_path, monkeypatch):
     """The partial store's files are allocated on disk when created: a full disk is an OSError naming
     the file there (rows written later through the memory map cannot hit it: that would be SIGBUS)."""
@@ -279,10 +337,12 @@ def test_a_full_disk_stops_the_embedding_naming_the_file_before_any_row(tmp_path
     folder = _images(tmp_path / "imgs", 3, broken=False)
     model = tiny_vit(depth=2, dim=32, img=28).eval()
 
-    def full(fd, offset, size):
+    import dinov2_dense.fileio as fileio
+
+    def full(fd, size):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(fileio, "_fallocate", full)
     with pytest.raises(OSError, match="No space left on device") as caught:
         embed_images(model, folder, tmp_path / "s", size=28, batch_size=2, progress=False, num_workers=2)
     assert caught.value.filename == str(tmp_path / "s" / "embeddings.partial.npy")
@@ -492,6 +552,23 @@ def test_8bit_resized_images_travel_as_uint8_with_the_same_rows(tmp_path, monkey
     with torch.no_grad():
         want = pool_features(features.extract_features(model, x, fit="resize", progress=False), "cls").float().numpy()
     assert np.array_equal(np.asarray(store.embeddings), want)
+
+
+def test_a_bf16_model_gives_the_same_rows_from_parts_of_mixed_dtypes(tmp_path):
+    """A batch read in parts, one all 8-bit (uint8, normalised on the device) beside one holding a
+    16-bit image (bf16), is rounded as the whole batch read at once: the rows do not depend on the
+    workers, also where the model resizes the batch onto its patch grid (size 30)."""
+    import cv2
+    import torch
+
+    folder = _images(tmp_path / "imgs", 15, broken=False)
+    deep = np.random.default_rng(2).integers(0, 65535, (33, 41, 3), dtype=np.uint16)
+    assert cv2.imwrite(str(folder / "im15.png"), deep)  # in the second part of the batch of 16
+    model = tiny_vit(depth=2, dim=32, img=28).eval().to(torch.bfloat16)
+    run = dict(size=30, batch_size=16, progress=False, resize_8bit=True)
+    here = embed_images(model, folder, tmp_path / "h", **run)
+    workers = embed_images(model, folder, tmp_path / "w", num_workers=2, **run)
+    assert np.array_equal(np.asarray(workers.embeddings), np.asarray(here.embeddings))
 
 
 def test_a_store_embedded_with_one_resize_is_not_reused_or_resumed_with_the_other(tmp_path, monkeypatch):

@@ -9,10 +9,14 @@ shape (N, D) with a ``.txt`` of N names beside it (same stem) is read the same w
 rows already written are kept (``embeddings.partial.npy`` and ``status.partial.npy``, both
 memory-mapped; a row counts as stored only once its status says so, and the status is written after
 the row), and the next call with the same inputs, backbone and settings computes only the others.
+A partial store counts from when ``partial.json`` (its settings, the weights' hash among them) is
+written; into a fresh folder the hash is computed in a thread while the first batches run, so a kill -9
+in those first moments (0.2 s for ViT-B) leaves nothing to resume; Ctrl-C waits for the hash.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import glob
@@ -165,11 +169,27 @@ def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     raise CurationError(f"{text}: no such folder, list file or glob pattern")
 
 
-def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resize_8bit: bool = False) -> dict:
+def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resize_8bit: bool = False,
+              weights: str | None = None) -> dict:
+    """How a store's rows are made; ``weights``: the model's fingerprint when already known."""
     from dinov2_dense.checkpoints import fingerprint
 
-    return {"version": 1, "weights": fingerprint(model), "size": size, "pooling": pooling, "dtype": dtype,
+    return {"version": 1, "weights": weights or fingerprint(model), "size": size, "pooling": pooling, "dtype": dtype,
             "resize_8bit": bool(resize_8bit)}
+
+
+def _fingerprint_beside(model: torch.nn.Module) -> concurrent.futures.Future:
+    """The model's fingerprint, hashed in a thread beside the embedding: the weights are copied to the
+    host here first (the device is idle now; a copy in the thread would wait behind every batch queued
+    since), and the thread hashes them (SHA-256 lets other threads run)."""
+    from dinov2_dense.checkpoints import fingerprint
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fingerprint")
+    try:
+        return pool.submit(fingerprint, state)
+    finally:
+        pool.shutdown(wait=False)
 
 
 # settings added since the first stores, with the value those stores were made with
@@ -228,18 +248,24 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         parts, ends = batch_parts(todo, batch_size, num_workers)
         return map_in_workers(read, parts, num_workers, pin_memory=device.type == "cuda"), ends
 
+    def settings_of(weights: str | None = None) -> dict:
+        return {**_settings(model, size, pooling, dtype, resize_8bit, weights), "count": n}
+
+    hashing = None
     if not (out / "store.json").is_file() and not (out / "partial.json").is_file():
-        # nothing to reuse or resume: the workers start decoding while the weights are hashed below
+        # nothing to reuse or resume: the workers start decoding now, and the weights are hashed beside
+        # the embedding (partial.json, which makes the partial store resumable, is written once known)
         loader = start(np.arange(n))
+        hashing = _fingerprint_beside(model)
     try:
-        settings = {**_settings(model, size, pooling, dtype, resize_8bit), "count": n}
-        if (out / "embeddings.npy").is_file() and (out / "store.json").is_file():
+        settings = None if hashing is not None else settings_of()
+        if settings is not None and (out / "embeddings.npy").is_file() and (out / "store.json").is_file():
             done = _stored_settings(out / "store.json")
             if {k: done.get(k) for k in settings} == settings and _read_names(out / "inputs.txt") == paths:
                 return load_embeddings(out)  # already finished with the same inputs and settings
         out.mkdir(parents=True, exist_ok=True)
         resumed = False
-        if (out / "partial.json").is_file() and rows_file.is_file() and status_file.is_file():
+        if settings is not None and (out / "partial.json").is_file() and rows_file.is_file() and status_file.is_file():
             try:
                 same = (_stored_settings(out / "partial.json") == settings
                         and _read_names(out / "inputs.partial.txt") == paths)
@@ -261,17 +287,34 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
             for name in (rows_file, status_file):  # on disk now: a full disk is an error here, not a crash later
                 with open(name, "r+b") as file:
                     reserve_space(file.fileno(), os.fstat(file.fileno()).st_size, name)
-            write_json(out / "partial.json", settings)  # last: the partial store is complete from here on
+            if settings is not None:
+                write_json(out / "partial.json", settings)  # last: the partial store is complete from here on
         todo = np.flatnonzero(status[:] != DONE)  # unreadable ones are tried again (and their reasons recorded)
         if resumed and len(todo) < n:
             print(f"{out}: resuming; {n - len(todo)} of {n} images already embedded", file=sys.stderr)
         if loader is None:
             loader = start(todo)
-        return _embed(model, loader, out, paths, rows, status, settings, len(todo), batch_size=batch_size,
-                      dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk)
+        settled = _Settings(out, settings, hashing, settings_of)
+        return _embed(model, loader, out, paths, rows, status, settled, len(todo), batch_size=batch_size,
+                      dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk, carry=carry)
     finally:
         if loader is not None and hasattr(loader[0], "close"):
             loader[0].close()  # its workers stop (a no-op once done)
+
+
+class _Settings:
+    """A store's settings, known at once or once the weights' hash (a future) is done; the first
+    time they are known here, ``partial.json`` is written: the partial store is complete from then on."""
+
+    def __init__(self, out: Path, settings: dict | None, hashing: concurrent.futures.Future | None, settings_of):
+        self.out, self.value, self.hashing, self.settings_of = out, settings, hashing, settings_of
+
+    def settle(self, wait: bool = False) -> dict | None:
+        """The settings (waiting for the hash with ``wait``; else None while it runs)."""
+        if self.value is None and (wait or self.hashing.done()):
+            self.value = self.settings_of(self.hashing.result())
+            write_json(self.out / "partial.json", self.value)
+        return self.value
 
 
 def batch_parts(todo: np.ndarray, batch_size: int, num_workers: int) -> tuple[list[np.ndarray], list[bool]]:
@@ -289,9 +332,10 @@ def batch_parts(todo: np.ndarray, batch_size: int, num_workers: int) -> tuple[li
 
 
 def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray,
-           settings: dict, count: int, *, batch_size: int, dtype: str, pooling: str, autocast: bool | torch.dtype,
-           progress: bool | None, chunk: int) -> EmbeddingStore:
-    """:func:`embed_images`' loop over ``loader`` (``count`` images to do) into the partial store."""
+           settings: _Settings, count: int, *, batch_size: int, dtype: str, pooling: str,
+           autocast: bool | torch.dtype, progress: bool | None, chunk: int, carry: torch.dtype) -> EmbeddingStore:
+    """:func:`embed_images`' loop over ``loader`` (``count`` images to do) into the partial store;
+    ``carry``: the dtype of the decoded batches (see :func:`_same_dtype`)."""
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import pool_features
@@ -336,12 +380,13 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np
                     batch_rows += where
                     batch.append(to_model_input(x, device))
                 if ends and batch:
-                    x = batch[0] if len(batch) == 1 else torch.cat(_same_dtype(batch))
+                    x = batch[0] if len(batch) == 1 else torch.cat(_same_dtype(batch, carry))
                     feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
                     pooled = HostCopy(pool_features(feats, pooling).float())
                     store_in_flight()  # the previous batch, while this one runs on the device
                     in_flight.append((batch_rows, pooled))
                     batch_rows, batch = [], []
+                settings.settle()  # partial.json once the weights' hash is known
                 if time.monotonic() - last_sync > SYNC_SECONDS:
                     sync()
                 bar.update(len(where) + len(bad))
@@ -349,17 +394,21 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np
     except BaseException:
         with contextlib.suppress(Exception):  # a failed device: that batch is embedded again on resuming
             store_in_flight()  # interrupted while the next batch was queued: this one is done
+        with contextlib.suppress(Exception):  # the rows done so far stay resumable
+            settings.settle(wait=True)
         raise
     finally:
         sync()
         model.train(model_was_training)
-    return _finish(out, paths, rows, status, reasons, settings, chunk)
+    return _finish(out, paths, rows, status, reasons, settings.settle(wait=True), chunk)
 
 
-def _same_dtype(parts: list[Tensor]) -> list[Tensor]:
-    """The parts of one batch, as float32 where their dtypes differ (uint8 images normalised on the
-    device beside a bf16 part; the model casts the batch to its own dtype in any case)."""
-    return parts if len({x.dtype for x in parts}) == 1 else [x.float() for x in parts]
+def _same_dtype(parts: list[Tensor], carry: torch.dtype) -> list[Tensor]:
+    """The parts of one batch, in ``carry`` (the dtype a mixed batch takes when read whole, see
+    :func:`_read_rows`) where their dtypes differ: 8-bit images normalised on the device (float32)
+    beside a part holding a 16-bit image (``carry``, e.g. bf16) are rounded as a whole batch is, so
+    the rows do not depend on how the batch was read."""
+    return parts if len({x.dtype for x in parts}) == 1 else [x.to(carry) for x in parts]
 
 
 def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int], dtype: torch.dtype = torch.float32,
