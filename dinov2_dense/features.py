@@ -907,9 +907,9 @@ class HostCopy:
     def __init__(self, x: Tensor):
         self.event = None
         if x.device.type == "cuda":
-            self.tensor = _pinned_empty(x.shape, x.dtype).copy_(x, non_blocking=True)
+            self.tensor = _pinned_empty(x.shape, x.dtype).copy_(x, non_blocking=True)  # on x's device's stream
             self.event = torch.cuda.Event()
-            self.event.record()
+            self.event.record(torch.cuda.current_stream(x.device))  # that stream, also when x is not on the current device
         else:
             self.tensor = x.cpu()
 

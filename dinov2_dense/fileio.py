@@ -21,7 +21,8 @@ import shutil
 import socket
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -46,6 +47,20 @@ def _about(exc: OSError, tmp: Path) -> bool:
     return tmp.name in f"{exc.filename or ''} {exc.filename2 or ''} {exc}"
 
 
+def _discard_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` (``.<stem>.<pid>-<random>.tmp<suffix>``) whose process
+    no longer runs: a writer killed with ``kill -9`` (a large .npy is allocated whole from the start)."""
+    try:
+        found = list(path.parent.glob(f".{glob_escape(path.stem)}.*-*.tmp{glob_escape(path.suffix)}"))
+    except OSError:
+        return
+    for tmp in found:
+        pid = tmp.name[len(path.stem) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with suppress(OSError):
+                tmp.unlink()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format);
@@ -53,7 +68,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name")
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    _discard_stale_temporaries(path)
+    tmp = path.parent / f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,21 +105,37 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def _fallocate(fd: int, size: int) -> bool:
+    """Linux ``fallocate(2)`` of bytes [0, size): True when done, False where the file system or
+    platform cannot (never glibc's ``posix_fallocate`` fallback, which writes every block: on NFSv3 a
+    long stall for a large file); raises OSError otherwise (ENOSPC: the disk is full)."""
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    call.restype = ctypes.c_int
+    if call(fd, 0, 0, size) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
 def reserve_space(fd: int, size: int, path: str | os.PathLike) -> None:
     """Allocate ``size`` bytes of the open file ``fd`` on disk now, so that a full disk is an
     OSError naming ``path`` here rather than later: writing into a hole of a sparse file through a
     memory map on a full disk kills the process (SIGBUS). Where the file system cannot allocate
-    ahead, the file is only extended."""
+    ahead (or only by writing every block), the file is only extended."""
     try:
-        os.posix_fallocate(fd, 0, size)
+        done = _fallocate(fd, size)
     except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
-    except AttributeError:  # no posix_fallocate on this platform
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    if not done and os.fstat(fd).st_size < size:
+        os.ftruncate(fd, size)
 
 
 class NpyRows:

@@ -398,9 +398,11 @@ def test_full_disk_names_the_users_path_and_keeps_the_old_file(tmp_path, capsys,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # the .npy is allocated whole before its first row (a full disk there), then written row by row
-    for call in ("posix_fallocate", "pwrite"):
+    import dinov2_dense.fileio as fileio
+
+    for module, call in ((fileio, "_fallocate"), (os, "pwrite")):
         with monkeypatch.context() as patch:
-            patch.setattr(os, call, full)
+            patch.setattr(module, call, full)
             rc, _, err = run(capsys, "features", image, image, "--weights", "random", "--batch-size", "1",
                              "--out", out)
         assert_user_error(rc, err, out, "No space left on device")
@@ -423,6 +425,41 @@ def test_npy_rows_written_in_any_order_make_the_file_numpy_saves(tmp_path):
     np.save(tmp_path / "saved.npy", x)
     assert (tmp_path / "rows.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
     assert np.array_equal(np.load(tmp_path / "rows.npy"), x)
+
+
+def test_space_is_reserved_on_disk_and_errors_come_back_as_oserrors(tmp_path):
+    """fileio.reserve_space through the real fallocate(2): the blocks are on disk (where the file
+    system allocates ahead), or the file is only extended; an error (here a closed descriptor) is an
+    OSError naming the file."""
+    from dinov2_dense import fileio
+
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as file:
+        fileio.reserve_space(file.fileno(), 3_000_000, path)
+        size, blocks = os.fstat(file.fileno()).st_size, os.fstat(file.fileno()).st_blocks
+        if fileio._fallocate(file.fileno(), 3_000_000):
+            assert blocks * 512 >= 3_000_000
+    assert size == 3_000_000
+    fd = os.open(path, os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(OSError) as caught:
+        fileio.reserve_space(fd, 10, path)
+    assert caught.value.errno == errno.EBADF and caught.value.filename == str(path)
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    """A writer killed with kill -9 leaves its temporary file (a .npy of features is allocated whole
+    from its first batch): the next write of the same file removes it; a running writer's stays."""
+    from dinov2_dense.fileio import write_bytes
+
+    gone = tmp_path / ".f.999999999-0123abcd.tmp.npy"  # no such process
+    running = tmp_path / f".f.{os.getpid()}-0123abcd.tmp.npy"
+    other = tmp_path / ".f.x.999999999-0123abcd.tmp.npy"  # another file's (f.x.npy)
+    for path in (gone, running, other):
+        path.write_bytes(b"half")
+    write_bytes(tmp_path / "f.npy", b"new")
+    assert (tmp_path / "f.npy").read_bytes() == b"new"
+    assert not gone.exists() and running.exists() and other.exists()
 
 
 def test_unknown_model_and_missing_file(tmp_path, capsys):

@@ -227,6 +227,20 @@ def test_knn_on_cuda_matches_cpu():
     assert abs(probe_gpu["top1"] - linear_probe(train, labels, test, test_labels)["top1"]) <= 1.0
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_host_copy_from_a_device_that_is_not_the_current_one_waits_for_its_copy():
+    """features.HostCopy records its event on the stream of the tensor's device: from cuda:1 while
+    cuda:0 is current, wait() returns the copied values, not what the pinned buffer held before."""
+    from dinov2_dense.features import HostCopy
+
+    x = torch.arange(1 << 24, dtype=torch.float32, device="cuda:1")
+    for _ in range(20):  # keep cuda:1 busy, so that an early return would read an unfinished copy
+        x = x * 1.0 + 0.0
+    assert torch.cuda.current_device() == 0
+    got = HostCopy(x).wait()
+    assert torch.equal(got, torch.arange(1 << 24, dtype=torch.float32))
+
+
 # -- linear probe ------------------------------------------------------------------------------
 def test_linear_probe_separates_separable_data():
     train, labels, test, test_labels = random_task(seed=5, n=600, m=300, d=32, c=5)
