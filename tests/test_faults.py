@@ -394,19 +394,25 @@ def test_full_disk_names_the_users_path_and_keeps_the_old_file(tmp_path, capsys,
     out = tmp_path / "f.npy"
     out.write_bytes(b"the previous result")
 
-    def full(*args):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     # the .npy is allocated whole before its first row (a full disk there), then written row by row
+    # (the header, the first image's row, then a full disk at the second's)
     import dinov2_dense.fileio as fileio
 
-    for module, call in ((fileio, "_fallocate"), (os, "pwrite")):
+    for module, call, fine in ((fileio, "_fallocate", 0), (os, "pwrite", 2)):
+        real, calls = getattr(module, call), []
+
+        def full(*args):
+            calls.append(args)
+            if len(calls) > fine:  # noqa: B023 (called within this iteration)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*args)  # noqa: B023
+
         with monkeypatch.context() as patch:
             patch.setattr(module, call, full)
             rc, _, err = run(capsys, "features", image, image, "--weights", "random", "--batch-size", "1",
                              "--out", out)
         assert_user_error(rc, err, out, "No space left on device")
-        assert ".tmp" not in err
+        assert len(calls) == fine + 1 and ".tmp" not in err
         assert out.read_bytes() == b"the previous result"
         _no_staging_left(tmp_path)
 
