@@ -138,6 +138,16 @@ def reserve_space(fd: int, size: int, path: str | os.PathLike) -> None:
         os.ftruncate(fd, size)
 
 
+def new_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> np.memmap:
+    """A new ``.npy`` file of ``shape`` and ``dtype``, memory-mapped for writing, with its space
+    allocated on disk first (:func:`reserve_space`): a full disk is an OSError naming the file
+    here, not a crash (SIGBUS) when a row is later written through the map."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as file:
+        reserve_space(file.fileno(), os.fstat(file.fileno()).st_size, path)
+    return array
+
+
 class NpyRows:
     """A new ``.npy`` file of ``shape`` and ``dtype`` whose rows (along the first axis) are written
     in any order as they are computed, by positioned writes, with the whole file allocated first

@@ -42,6 +42,25 @@ def test_cache_holds_the_live_features(scenes, tmp_path):
         FeatureCache.build(predictor, data, tmp_path / "cache", progress=False)
 
 
+def test_a_full_disk_fails_at_the_first_batch_naming_the_file_and_leaves_nothing(scenes, tmp_path, monkeypatch):
+    """The cache's files are allocated on disk when created: a full disk is an OSError naming the
+    cache's folder there (writing the rows later through the memory maps would crash with SIGBUS),
+    and the half-built cache is removed."""
+    import errno
+
+    import dinov2_dense.fileio as fileio
+
+    def full(fd, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio, "_fallocate", full)
+    data = ADE20KDataset(scenes / "ade", "training")
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        FeatureCache.build(seg_predictor(), data, tmp_path / "cache", batch_size=5, progress=False)
+    assert f"cannot write {tmp_path / 'cache'}" in str(caught.value)  # the user's path, not the staging one
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_training_from_cache_equals_uncached_loop(scenes, tmp_path):
     data = ADE20KDataset(scenes / "ade", "training")
     live, cached = seg_predictor(), seg_predictor()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dinov2_dense.fileio import staged_dir
+from dinov2_dense.fileio import new_memmap, staged_dir
 from heads.predictor import DensePredictor
 
 
@@ -100,12 +100,12 @@ class FeatureCache(Dataset):
                 pairs = [f if isinstance(f, (tuple, list)) else (f, None) for f in feats]
                 target = torch.stack([s[key] for s in batch["data_samples"]])
                 if maps is None:
-                    maps = [_memmap(tmp / f"map{i}.npy", (n, *m.shape[1:]), dtype) for i, (m, _) in enumerate(pairs)]
+                    maps = [new_memmap(tmp / f"map{i}.npy", (n, *m.shape[1:]), dtype) for i, (m, _) in enumerate(pairs)]
                     if predictor.class_token:
-                        cls_tokens = [_memmap(tmp / f"cls{i}.npy", (n, c.shape[1]), dtype)
+                        cls_tokens = [new_memmap(tmp / f"cls{i}.npy", (n, c.shape[1]), dtype)
                                       for i, (_, c) in enumerate(pairs)]
                     tdtype = "int16" if key == "seg" else "float32"
-                    targets = _memmap(tmp / "targets.npy", (n, *target.shape[1:]), tdtype)
+                    targets = new_memmap(tmp / "targets.npy", (n, *target.shape[1:]), tdtype)
                 b = target.shape[0]
                 for store, (m, _) in zip(maps, pairs):
                     store[offset : offset + b] = m.cpu().numpy()
@@ -125,8 +125,6 @@ class FeatureCache(Dataset):
         return cls(path)
 
 
-def _memmap(path: Path, shape: tuple, dtype: str) -> np.memmap:
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
 def _collate_cached(batch: list[dict]) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dinov2_dense.fileio import atomic_path, reserve_space, write_json, write_text
+from dinov2_dense.fileio import atomic_path, new_memmap, write_json, write_text
 
 __all__ = ["CurationError", "EmbeddingStore", "embed_images", "list_images", "load_embeddings"]
 
@@ -282,11 +282,8 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
             for name in _PARTIAL:
                 (out / name).unlink(missing_ok=True)
             write_text(out / "inputs.partial.txt", "\n".join(paths) + "\n")
-            rows = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.dtype(dtype), shape=(n, d))
-            status = np.lib.format.open_memmap(status_file, mode="w+", dtype=np.uint8, shape=(n,))
-            for name in (rows_file, status_file):  # on disk now: a full disk is an error here, not a crash later
-                with open(name, "r+b") as file:
-                    reserve_space(file.fileno(), os.fstat(file.fileno()).st_size, name)
+            rows = new_memmap(rows_file, (n, d), np.dtype(dtype))  # on disk now: a full disk is an error here
+            status = new_memmap(status_file, (n,), np.uint8)
             if settings is not None:
                 write_json(out / "partial.json", settings)  # last: the partial store is complete from here on
         todo = np.flatnonzero(status[:] != DONE)  # unreadable ones are tried again (and their reasons recorded)
@@ -444,7 +441,7 @@ def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, r
         raise CurationError(f"none of the {len(paths)} images could be read (first: {paths[bad[0]] if len(bad) else '?'}"
                             f"{': ' + reasons[int(bad[0])] if len(bad) and int(bad[0]) in reasons else ''})")
     with atomic_path(out / "embeddings.npy") as tmp:
-        final = np.lib.format.open_memmap(tmp, mode="w+", dtype=rows.dtype, shape=(len(good), rows.shape[1]))
+        final = new_memmap(tmp, (len(good), rows.shape[1]), rows.dtype)
         for start in range(0, len(good), chunk):
             final[start:start + chunk] = rows[good[start:start + chunk]]
         final.flush()
