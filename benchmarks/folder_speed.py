@@ -15,6 +15,8 @@ decode like photographs) into a temporary folder, then times:
   thread beside the embedding);
 * with the most workers and the 8-bit resize, each batch read by one worker against read in parts
   by several (``store.PARTS_PER_BATCH``; the first batch is ready sooner), twice each, alternating;
+* on CUDA, the device synchronisations torch reports in one ``embed_images`` run (8-bit, most
+  workers): each batch should wait only for its own pooled features' copy back;
 * on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the
   toolkit pins them on CUDA): pinned memory chosen by measurement;
 * ``embed_images``' reading alone with the most workers: its workers' batches arriving in this
@@ -36,6 +38,7 @@ Random weights: the time does not depend on them.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import statistics
@@ -240,6 +243,22 @@ def batch_parts(parts: int | None):
         store.PARTS_PER_BATCH = setting
 
 
+def count_syncs(run) -> collections.Counter:
+    """The device synchronisations torch reports (``set_sync_debug_mode``) while ``run()`` runs, by
+    the first line of their message."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return collections.Counter(str(w.message).splitlines()[0] for w in caught  # (torch first says it is a prototype)
+                               if "synchroniz" in str(w.message) and "prototype" not in str(w.message))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -333,6 +352,13 @@ def main() -> int:
         if workers > 0:  # the first batch read by several workers against each batch by one (the fixed cost of a run)
             for parts in (1, store.PARTS_PER_BATCH, 1, store.PARTS_PER_BATCH):
                 embed(workers, True, parts=parts)
+        if device.type == "cuda":  # each batch should wait only for its own copy back (an event), nothing else
+            syncs = count_syncs(lambda: embed_images(model, paths, Path(tmp) / f"store_{next(runs)}", size=args.size,
+                                                     batch_size=args.batch_size, num_workers=workers, progress=False,
+                                                     resize_8bit=True))
+            shown = "; ".join(f"{n} x {text}" for text, n in syncs.most_common(3))
+            print(f"  device synchronisations in one embed_images run ({-(-len(paths) // args.batch_size)} batches): "
+                  f"{sum(syncs.values())}{': ' + shown if syncs else ''}", flush=True)
         if device.type == "cuda" and workers > 0 and not args.quick:  # pinned memory by measurement: the same runs unpinned
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
