@@ -55,8 +55,7 @@ def _discard_stale_temporaries(path: Path) -> None:
     except OSError:
         return
     for tmp in found:
-        pid = tmp.name[len(path.stem) + 2 :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if _left_by_a_dead_process(tmp.name[len(path.stem) + 2 :]):
             with suppress(OSError):
                 tmp.unlink()
 
@@ -323,9 +322,15 @@ def discard_stale_stages(path: str | os.PathLike) -> None:
     """Remove the staging folders of ``path`` left by processes that no longer run (``kill -9``)."""
     path = Path(path)
     for wrapper in path.parent.glob(f".{path.name}.*.partial"):
-        pid = wrapper.name[len(path.name) + 2 :].split("-", 1)[0].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if _left_by_a_dead_process(wrapper.name[len(path.name) + 2 :]):
             shutil.rmtree(wrapper, ignore_errors=True)
+
+
+def _left_by_a_dead_process(tag: str) -> bool:
+    """Whether a staging or temporary name's tag (``<pid>-<random>...``, after the target's name)
+    names a process that no longer runs."""
+    pid = tag.split("-", 1)[0].split(".", 1)[0]
+    return pid.isdigit() and not _alive(int(pid))
 
 
 def commit_dir(stage: Path, path: str | os.PathLike, replace: bool = True, what: str = "output folder") -> Path:
