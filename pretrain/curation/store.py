@@ -295,7 +295,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         return _embed(model, loader, out, paths, rows, status, settled, len(todo), batch_size=batch_size,
                       dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk, carry=carry)
     finally:
-        if loader is not None and hasattr(loader[0], "close"):
+        if loader is not None:
             loader[0].close()  # its workers stop (a no-op once done)
 
 
