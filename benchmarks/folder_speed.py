@@ -14,7 +14,7 @@ decode like photographs) into a temporary folder, then times:
   of the store's weight fingerprint (a fixed cost per run; into a fresh store it is hashed in a
   thread beside the embedding);
 * with the most workers and the 8-bit resize, each batch read by one worker against read in parts
-  by several (``store.PARTS_PER_BATCH``; the first batch is ready sooner), twice each, alternating;
+  by several (``features.PARTS_PER_BATCH``; the first batch is ready sooner), twice each, alternating;
 * on CUDA, the device synchronisations torch reports in one ``embed_images`` run (8-bit, most
   workers): each batch should wait only for its own pooled features' copy back;
 * on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the
@@ -102,10 +102,11 @@ def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resi
     import numpy as np
 
     from dinov2_dense.features import map_in_workers
-    from pretrain.curation.store import _read_rows, batch_parts
+    from dinov2_dense.evaluation.knn import read_rows
+    from dinov2_dense.features import batch_parts
 
     parts, ends = batch_parts(np.arange(len(paths)), batch_size, workers)
-    read = functools.partial(_read_rows, paths=paths, hw=(size, size), resize_8bit=resize_8bit)
+    read = functools.partial(read_rows, paths=paths, hw=(size, size), resize_8bit=resize_8bit)
     t = time.perf_counter()
     results = map_in_workers(read, parts, workers, pin_memory=pin)
     started = time.perf_counter() - t
@@ -233,14 +234,14 @@ def unpinned():
 @contextlib.contextmanager
 def batch_parts(parts: int | None):
     """embed_images reading each batch in ``parts`` parts (None: as set in the toolkit)."""
-    from pretrain.curation import store
+    from dinov2_dense import features
 
-    setting = store.PARTS_PER_BATCH
-    store.PARTS_PER_BATCH = setting if parts is None else parts
+    setting = features.PARTS_PER_BATCH
+    features.PARTS_PER_BATCH = setting if parts is None else parts
     try:
         yield
     finally:
-        store.PARTS_PER_BATCH = setting
+        features.PARTS_PER_BATCH = setting
 
 
 def count_syncs(run) -> collections.Counter:
@@ -281,11 +282,10 @@ def main() -> int:
                          "one-image timings or ceilings)")
     args = ap.parse_args()
 
-    from dinov2_dense import load_backbone
+    from dinov2_dense import features, load_backbone
     from dinov2_dense.checkpoints import fingerprint
     from dinov2_dense.evaluation.knn import pool_features
     from dinov2_dense.features import extract_features
-    from pretrain.curation import store
     from pretrain.curation.store import embed_images
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -335,7 +335,7 @@ def main() -> int:
 
         def embed(workers: int, eight: bool, pinned: bool = True, parts: int | None = None) -> None:
             """embed_images over the folder into a fresh store, timed; ``parts``: each batch read in
-            that many parts (store.PARTS_PER_BATCH) instead of the toolkit's setting."""
+            that many parts (features.PARTS_PER_BATCH) instead of the toolkit's setting."""
             kind = f"{workers} workers, {'8-bit' if eight else 'float'} resize{'' if pinned else ', NOT pinned'}"
             if parts is not None:
                 kind += f", batches read in {parts} part{'s' if parts > 1 else ''}"
@@ -350,7 +350,7 @@ def main() -> int:
                 embed(workers, eight)
         workers = max(args.num_workers)
         if workers > 0:  # the first batch read by several workers against each batch by one (the fixed cost of a run)
-            for parts in (1, store.PARTS_PER_BATCH, 1, store.PARTS_PER_BATCH):
+            for parts in (1, features.PARTS_PER_BATCH, 1, features.PARTS_PER_BATCH):
                 embed(workers, True, parts=parts)
         if device.type == "cuda":  # each batch should wait only for its own copy back (an event), nothing else
             syncs = count_syncs(lambda: embed_images(model, paths, Path(tmp) / f"store_{next(runs)}", size=args.size,

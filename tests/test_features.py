@@ -554,7 +554,7 @@ def test_8bit_batches_travel_from_the_workers_as_uint8(model, tmp_path, monkeypa
     seen.clear()
     by_workers = folder_features(model, tmp_path / "classes", size=28, batch_size=2, progress=False, num_workers=2,
                                  resize_8bit=True)
-    assert seen == [torch.float32, torch.uint8, torch.uint8, torch.uint8]  # one image at a time; the 16-bit one first
+    assert seen == [torch.float32, torch.uint8]  # batches of 2 files: the 16-bit one beside an 8-bit one, two 8-bit
     in_process = folder_features(model, tmp_path / "classes", size=28, batch_size=2, progress=False,
                                  resize_8bit=True)
     assert torch.equal(by_workers.features, in_process.features)

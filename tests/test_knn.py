@@ -332,6 +332,33 @@ def test_folder_features(tmp_path):
         folder_features(model, root, pooling="max")
 
 
+def test_folder_features_are_read_in_parts_of_batches_with_the_same_numbers(tmp_path, monkeypatch):
+    """With workers, knn's folder features read batches of files in parts (not one image a worker
+    item): the same features, kept and skipped lists as in one process, an unreadable file among them."""
+    import dinov2_dense.features as features
+
+    root = write_folder(tmp_path / "data", per_class=10)
+    (root / "cat" / "broken.png").write_bytes(b"not a png at all")  # 21 files: batches of 16 and 5
+    model = tiny_vit()
+    items: list[int] = []
+    real = features.map_in_workers
+
+    def mapped(fn, parts, num_workers=0, pin_memory=False):
+        items.extend(len(p) for p in parts)
+        return real(fn, parts, num_workers, pin_memory)
+
+    monkeypatch.setattr(features, "map_in_workers", mapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = folder_features(model, root, size=28, batch_size=16, progress=False)
+        assert items == [16, 5]
+        items.clear()
+        workers = folder_features(model, root, size=28, batch_size=16, progress=False, num_workers=2)
+    assert items == [8, 8, 5]
+    assert workers.paths == here.paths and workers.skipped == here.skipped and len(here.paths) == 20
+    assert torch.equal(workers.labels, here.labels) and torch.equal(workers.features, here.features)
+
+
 def test_folder_layout_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         list_image_folder(tmp_path / "missing")

@@ -422,6 +422,29 @@ def try_read_resized(path: str, hw: tuple[int, int], resize_8bit: bool = False,
         return None, str(exc).removeprefix(f"{path}: ").replace("\n", " ")  # one line per file in listings
 
 
+def read_rows(rows, paths: Sequence[str], hw: tuple[int, int], dtype: torch.dtype = torch.float32,
+              resize_8bit: bool = False) -> tuple[list[int], Tensor | None, list[tuple[int, str]]]:
+    """The images ``paths[i]`` for ``i`` in ``rows`` (a batch or part of one, decoded in a DataLoader
+    worker or here): the readable rows, their images as one (B, 3, H, W) tensor of ``dtype`` (None
+    when none is readable) and (row, reason) of the others. ``resize_8bit``: 8-bit images resized in
+    8 bits; a batch of only such images stays uint8, normalised on the model's device
+    (:func:`dinov2_dense.features.to_model_input`)."""
+    from ..features import stack_decoded
+
+    where, images, bad = [], [], []
+    for i in rows:
+        x, reason = try_read_resized(paths[int(i)], hw, resize_8bit, keep_8bit=resize_8bit)
+        if x is None:
+            bad.append((int(i), reason))
+        else:
+            where.append(int(i))
+            images.append(x)
+    if not images:
+        return where, None, bad
+    batch = stack_decoded(images)
+    return where, batch if batch.dtype == torch.uint8 else batch.to(dtype), bad
+
+
 def read_resized(path: str, hw: tuple[int, int], resize_8bit: bool = False, keep_8bit: bool = False) -> Tensor:
     """Image ``path`` upright, ImageNet-normalised, resized to ``hw`` (bilinear, antialiased): (3, H, W).
     ``resize_8bit``: an 8-bit image is resized in 8 bits (:func:`dinov2_dense.features.load_resized`);
@@ -481,7 +504,9 @@ def folder_features(
 
     from tqdm.auto import tqdm
 
-    from ..features import HostCopy, extract_features, map_in_workers, stack_decoded, to_model_input
+    import numpy as np
+
+    from ..features import HostCopy, batch_parts, extract_features, join_parts, map_in_workers, to_model_input
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -505,7 +530,7 @@ def folder_features(
     in_flight: list = []  # the last batch's pooled features on their way here (HostCopy)
 
     def run() -> None:
-        feats = extract_features(model, to_model_input(stack_decoded(batch), device), fit="resize", autocast=autocast,
+        feats = extract_features(model, join_parts(batch, torch.float32), fit="resize", autocast=autocast,
                                  progress=False)
         in_flight.append(HostCopy(pool_features(feats, pooling).float()))
         if len(in_flight) == 2:  # the previous batch is read back while this one runs on the device
@@ -513,21 +538,22 @@ def folder_features(
         batch.clear()
 
     show = progress if progress is not None else len(paths) > batch_size
-    read = map_in_workers(functools.partial(try_read_resized, hw=hw, resize_8bit=resize_8bit, keep_8bit=resize_8bit),
-                          paths, num_workers, pin_memory=device.type == "cuda")
-    with torch.no_grad():
-        for path, label, (x, reason) in tqdm(zip(paths, labels, read), total=len(paths),
-                                             desc=f"features {Path(root).name}", unit="img", disable=not show):
-            if x is None:  # missing, corrupt, unknown format, over the pixel limit
-                skipped.append(f"{path}: {reason}")
-                continue
-            batch.append(x)
-            kept.append(path)
-            kept_labels.append(label)
-            if len(batch) == batch_size:
+    # batches of batch_size files (their readable images), read in parts by the workers
+    parts, ends = batch_parts(np.arange(len(paths)), batch_size, num_workers)
+    read = map_in_workers(functools.partial(read_rows, paths=paths, hw=hw, resize_8bit=resize_8bit), parts,
+                          num_workers, pin_memory=device.type == "cuda")
+    with torch.no_grad(), tqdm(total=len(paths), desc=f"features {Path(root).name}", unit="img",
+                               disable=not show) as bar:
+        for (where, x, bad), end in zip(read, ends):
+            # missing, corrupt, unknown format, over the pixel limit: skipped and listed
+            skipped += [f"{paths[i]}: {reason}" for i, reason in bad]
+            kept += [paths[i] for i in where]
+            kept_labels += [labels[i] for i in where]
+            if x is not None:
+                batch.append(to_model_input(x, device))
+            if end and batch:
                 run()
-        if batch:
-            run()
+            bar.update(len(where) + len(bad))
     pooled += [copy.wait().clone() for copy in in_flight]
     if skipped:
         warnings.warn(f"{root}: skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])

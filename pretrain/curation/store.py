@@ -39,13 +39,6 @@ __all__ = ["CurationError", "EmbeddingStore", "embed_images", "list_images", "lo
 
 PENDING, DONE, UNREADABLE = 0, 1, 2
 SYNC_SECONDS = 5.0  # how often finished rows are flushed to disk and marked done (and at the end)
-#: With DataLoader workers, each batch to embed is read in this many parts (by as many workers): the
-#: first batch is ready after a quarter of the reading time of a whole one. On a 2-core host, 2 workers,
-#: 64-image batches of 500x375 JPEGs, 8-bit resize: reading alone, first batch after 0.15-0.18 s against
-#: 0.18-0.22 s whole, 670-740 images/s against 740-810 over 384 images; the whole embedding with a
-#: one-block ViT (640 images, 4 runs each, alternating) 366-405 images/s against 367-384.
-#: The GPU machine's figures decide (benchmarks/folder_speed.py prints the A/B).
-PARTS_PER_BATCH = 4
 _PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "partial.json")
 
 
@@ -223,8 +216,8 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     rows slightly changed; default False); it is part of the store's settings, so a store made
     with the other setting is neither reused nor resumed. Returns the finished store
     (memory-mapped)."""
-    from dinov2_dense.evaluation.knn import POOLINGS
-    from dinov2_dense.features import map_in_workers
+    from dinov2_dense.evaluation.knn import POOLINGS, read_rows
+    from dinov2_dense.features import batch_parts, map_in_workers
 
     if pooling not in POOLINGS:
         raise CurationError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -241,7 +234,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     # 8-bit resized images travel as uint8 (a quarter) and are normalised on the model's device
     weights = next(model.parameters()).dtype
     carry = weights if weights in (torch.bfloat16, torch.float16) and not autocast else torch.float32
-    read = functools.partial(_read_rows, paths=paths, hw=(size, size), dtype=carry, resize_8bit=resize_8bit)
+    read = functools.partial(read_rows, paths=paths, hw=(size, size), dtype=carry, resize_8bit=resize_8bit)
     loader = None
 
     def start(todo: np.ndarray):
@@ -314,29 +307,15 @@ class _Settings:
         return self.value
 
 
-def batch_parts(todo: np.ndarray, batch_size: int, num_workers: int) -> tuple[list[np.ndarray], list[bool]]:
-    """The rows of ``todo`` in batches of ``batch_size``, as the parts one read covers, and whether
-    each part ends its batch. With workers a batch comes in :data:`PARTS_PER_BATCH` parts (8 rows
-    at least each): several workers read the first batch together, so it is ready sooner (the model
-    still sees whole batches); in this process a part is a whole batch."""
-    part = batch_size if num_workers == 0 else min(batch_size, max(8, -(-batch_size // PARTS_PER_BATCH)))
-    parts, ends = [], []
-    for j in range(0, len(todo), batch_size):
-        chunk = todo[j : j + batch_size]
-        parts += [chunk[k : k + part] for k in range(0, len(chunk), part)]
-        ends += [False] * (len(parts) - len(ends) - 1) + [True]
-    return parts, ends
-
-
 def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray,
            settings: _Settings, count: int, *, batch_size: int, dtype: str, pooling: str,
            autocast: bool | torch.dtype, progress: bool | None, chunk: int, carry: torch.dtype) -> EmbeddingStore:
     """:func:`embed_images`' loop over ``loader`` (``count`` images to do) into the partial store;
-    ``carry``: the dtype of the decoded batches (see :func:`_same_dtype`)."""
+    ``carry``: the dtype of the decoded batches (see :func:`dinov2_dense.features.join_parts`)."""
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import pool_features
-    from dinov2_dense.features import HostCopy, extract_features, to_model_input
+    from dinov2_dense.features import HostCopy, extract_features, join_parts, to_model_input
 
     device = next(model.parameters()).device
     show = progress if progress is not None else count > batch_size
@@ -377,7 +356,7 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np
                     batch_rows += where
                     batch.append(to_model_input(x, device))
                 if ends and batch:
-                    x = batch[0] if len(batch) == 1 else torch.cat(_same_dtype(batch, carry))
+                    x = join_parts(batch, carry)
                     feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
                     pooled = HostCopy(pool_features(feats, pooling).float())
                     store_in_flight()  # the previous batch, while this one runs on the device
@@ -398,37 +377,6 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np
         sync()
         model.train(model_was_training)
     return _finish(out, paths, rows, status, reasons, settings.settle(wait=True), chunk)
-
-
-def _same_dtype(parts: list[Tensor], carry: torch.dtype) -> list[Tensor]:
-    """The parts of one batch, in ``carry`` (the dtype a mixed batch takes when read whole, see
-    :func:`_read_rows`) where their dtypes differ: 8-bit images normalised on the device (float32)
-    beside a part holding a 16-bit image (``carry``, e.g. bf16) are rounded as a whole batch is, so
-    the rows do not depend on how the batch was read."""
-    return parts if len({x.dtype for x in parts}) == 1 else [x.to(carry) for x in parts]
-
-
-def _read_rows(rows: np.ndarray, paths: list[str], hw: tuple[int, int], dtype: torch.dtype = torch.float32,
-               resize_8bit: bool = False) -> tuple[list[int], Tensor | None, list]:
-    """One batch to embed, decoded (in a DataLoader worker, or here): the readable rows, their
-    images as one (B, 3, H, W) tensor of ``dtype`` (None when none is readable) and (row, reason) of
-    the others. ``resize_8bit``: 8-bit images resized in 8 bits; a batch of only such images stays
-    uint8, normalised on the model's device (:func:`dinov2_dense.features.to_model_input`)."""
-    from dinov2_dense.evaluation.knn import try_read_resized
-    from dinov2_dense.features import stack_decoded
-
-    where, images, bad = [], [], []
-    for i in rows:
-        x, reason = try_read_resized(paths[int(i)], hw, resize_8bit, keep_8bit=resize_8bit)
-        if x is None:
-            bad.append((int(i), reason))
-        else:
-            where.append(int(i))
-            images.append(x)
-    if not images:
-        return where, None, bad
-    batch = stack_decoded(images)
-    return where, batch if batch.dtype == torch.uint8 else batch.to(dtype), bad
 
 
 def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
