@@ -55,6 +55,15 @@ def test_info_lists_zoo_and_where_weights_are(weights_dir, capsys):
     assert "dinov2_vitg14_reg4_pretrain.pth" in text and "not found" in text
 
 
+def test_starting_a_command_does_not_import_torchs_fsdp():
+    """FSDP's package takes about a second to import, paid by every command; the backbone checks for
+    a sharded module without importing it (it is loaded once anything shards)."""
+    code = "import sys, dinov2_dense.cli, dinov2_dense.models; print('torch.distributed.fsdp' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
 def test_features_npy_matches_library(weights_dir, image, tmp_path):
     out = tmp_path / "f.npy"
     assert main(["features", str(image), str(image), "--model", "dinov2_vits14", "--layers", "8", "11",

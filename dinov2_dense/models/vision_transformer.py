@@ -11,6 +11,7 @@ embedding, giving the token order ``[cls, registers, patches]``.
 from __future__ import annotations
 
 import math
+import sys
 import numbers
 from typing import Sequence
 
@@ -21,10 +22,12 @@ from torch import Tensor, nn
 
 from .layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
 
-try:
-    from torch.distributed.fsdp import FSDPModule
-except ImportError:  # torch built without distributed support
-    FSDPModule = ()
+
+def _fully_sharded(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` was applied to ``module``. torch's FSDP package is not imported for
+    this (a second of every command's start): a module can only be sharded once it is loaded."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(module, getattr(fsdp, "FSDPModule", ()))
 
 FFN_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUFFNFused, "swiglufused": SwiGLUFFNFused}
 
@@ -222,7 +225,7 @@ class DinoVisionTransformer(nn.Module):
             and self.pos_embed_cache_size > 0
             and not (torch.is_grad_enabled() and pos_embed.requires_grad)
             and not torch.jit.is_tracing()
-            and not isinstance(self, FSDPModule)
+            and not _fully_sharded(self)
             and not pos_embed._is_view()
         )
 
