@@ -150,8 +150,9 @@ def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple
     import torch
 
     from .features import HostCopy
-    from .fileio import NpyRows, atomic_path
+    from .fileio import NpyRows, atomic_path, discard_stale_temporaries
 
+    discard_stale_temporaries(out)  # a killed run's file, as large as the output
     with atomic_path(out) as tmp:
         file, layer_ids, in_flight = None, [], None
         try:

@@ -47,9 +47,12 @@ def _about(exc: OSError, tmp: Path) -> bool:
     return tmp.name in f"{exc.filename or ''} {exc.filename2 or ''} {exc}"
 
 
-def _discard_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of ``path`` (``.<stem>.<pid>-<random>.tmp<suffix>``) whose process
-    no longer runs: a writer killed with ``kill -9`` (a large .npy is allocated whole from the start)."""
+def discard_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove the temporary files of ``path`` (``.<stem>.<pid>-<random>.tmp<suffix>``, from
+    :func:`atomic_path`) whose process no longer runs: a writer of a large file killed with
+    ``kill -9`` (a .npy of features is allocated whole from its first batch). It lists the folder, so
+    writers of large files call it, not every write."""
+    path = Path(path)
     try:
         found = list(path.parent.glob(f".{glob_escape(path.stem)}.*-*.tmp{glob_escape(path.suffix)}"))
     except OSError:
@@ -67,7 +70,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name")
-    _discard_stale_temporaries(path)
     tmp = path.parent / f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     try:
         try:

@@ -453,18 +453,18 @@ def test_space_is_reserved_on_disk_and_errors_come_back_as_oserrors(tmp_path):
     assert caught.value.errno == errno.EBADF and caught.value.filename == str(path)
 
 
-def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path, capsys):
     """A writer killed with kill -9 leaves its temporary file (a .npy of features is allocated whole
-    from its first batch): the next write of the same file removes it; a running writer's stays."""
-    from dinov2_dense.fileio import write_bytes
-
+    from its first batch): the next `features` run writing the same file removes it; a running
+    writer's stays, and so does another file's."""
     gone = tmp_path / ".f.999999999-0123abcd.tmp.npy"  # no such process
     running = tmp_path / f".f.{os.getpid()}-0123abcd.tmp.npy"
     other = tmp_path / ".f.x.999999999-0123abcd.tmp.npy"  # another file's (f.x.npy)
     for path in (gone, running, other):
         path.write_bytes(b"half")
-    write_bytes(tmp_path / "f.npy", b"new")
-    assert (tmp_path / "f.npy").read_bytes() == b"new"
+    rc, _, err = run(capsys, "features", _image(tmp_path / "a.png"), "--weights", "random", "--out", tmp_path / "f.npy")
+    assert rc == 0, err
+    assert np.load(tmp_path / "f.npy").ndim == 4
     assert not gone.exists() and running.exists() and other.exists()
 
 
