@@ -5,7 +5,14 @@ import torch
 
 from dinov2_dense.models import DinoVisionTransformer
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests run in pytest-xdist workers (the README's `-n auto`): the cores are shared among the workers, so
+# each worker's torch, and every command a test starts (OMP_NUM_THREADS), takes its share; more threads
+# than cores made the suite slower than one process (OpenMP threads spin while they wait).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> torch.nn.Module:
