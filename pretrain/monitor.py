@@ -14,6 +14,7 @@ the same numbers for any backbone (e.g. to compare with a random initialisation)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -101,19 +102,30 @@ class DenseMonitor:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.device = device
-        size = int(cfg["probe_size"])
-        (n_fit, n_test), (n_knn, n_knn_test) = cfg["probe_scenes"], cfg["knn_scenes"]
-        look = cfg.get("appearance", "colour")
-        self.probe = (scene_set(n_fit, size, "train", 1, look), scene_set(n_test, size, "val", 1, look))
-        self.knn = (scene_set(n_knn, size, "train", 2, look), scene_set(n_knn_test, size, "val", 2, look))
+        self._size = int(cfg["probe_size"])
+        self._look = cfg.get("appearance", "colour")
+        SceneConfig(size=(self._size, self._size), appearance=self._look)  # a bad setting fails at the start
         self.num_classes = SceneConfig().num_classes
         self.images: Sequence[str] = list(cfg["images"])
+
+    # The scenes are drawn at the first check (about a second for the defaults): a run shorter than the
+    # period never pays for them.
+    @functools.cached_property
+    def probe(self) -> tuple:
+        n_fit, n_test = self.cfg["probe_scenes"]
+        return (scene_set(n_fit, self._size, "train", 1, self._look), scene_set(n_test, self._size, "val", 1, self._look))
+
+    @functools.cached_property
+    def knn(self) -> tuple:
+        n_knn, n_test = self.cfg["knn_scenes"]
+        return (scene_set(n_knn, self._size, "train", 2, self._look), scene_set(n_test, self._size, "val", 2, self._look))
 
     def run(self, backbone: nn.Module, iteration: int) -> dict[str, float]:
         from dinov2_dense.viz import pca_maps, save_figure
 
+        probe, knn = self.probe, self.knn  # drawn at the first check, outside its timing
         t = time.time()
-        result = dense_quality(backbone, self.probe, self.knn, self.num_classes)
+        result = dense_quality(backbone, probe, knn, self.num_classes)
         if self.images:
             was_training = backbone.training
             backbone.eval()

@@ -230,6 +230,11 @@ def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
     arch = _py_config(tmp_path / "arch.py", tiny(2, student=dict(arch="vit_gigantic")))
     assert main(["pretrain", str(arch), "--work-dir", str(tmp_path / "w")]) == 2
     assert "student.arch='vit_gigantic'" in capsys.readouterr().err
+    # the monitor's scenes are drawn at its first check, but its settings are checked at the start
+    look = _py_config(tmp_path / "look.py", tiny(2, monitor=dict(period=100, appearance="stripes")))
+    assert main(["pretrain", str(look), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "appearance='stripes'" in err and "Traceback" not in err and not checkpoint_files(tmp_path / "w")
 
     folder = tmp_path / "images"
     folder.mkdir()
