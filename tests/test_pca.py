@@ -341,6 +341,24 @@ def test_command_writes_pngs_and_reused_basis_gives_same_colours(images, tmp_pat
     assert (again / "c_pca.png").is_file() and not (again / "pca_basis.npz").exists()
 
 
+def test_images_of_the_same_name_keep_their_own_files(tmp_path, torch_home, capsys):
+    """a/cat.png and b/cat.png: the second becomes cat_N, never the stem of another image (c/cat_2.png), so
+    every image's maps are written and none replaced (each image has its own size, to tell them apart)."""
+    sizes = {"a/cat.png": (42, 56), "b/cat.png": (56, 70), "c/cat_2.png": (70, 42)}
+    paths = []
+    for i, (name, (h, w)) in enumerate(sizes.items()):
+        (tmp_path / name).parent.mkdir()
+        paths.append(str(write_scene_image(tmp_path / name, h, w, i)))
+    out = tmp_path / "out"
+    assert main(["pca", *paths, "--weights", "random", "--size", "56", "--out", str(out)]) == 0
+    written = sorted(p.name for p in out.glob("*_*.png"))
+    assert f"wrote {len(written) + 1} files" in capsys.readouterr().out  # + figure.png
+    assert written == sorted(f"{s}_{kind}.png" for s in ("cat", "cat_2", "cat_3") for kind in ("pca", "mask", "overlay"))
+    shapes = {read_rgb(out / f"{s}_pca.png").shape[:2] for s in ("cat", "cat_2", "cat_3")}
+    assert shapes == set(sizes.values())
+    assert read_rgb(out / "cat_2_pca.png").shape[:2] == sizes["c/cat_2.png"]
+
+
 def test_command_tiled_nearest_and_own_size(images, tmp_path, torch_home):
     out = tmp_path / "tiled"
     assert main(["pca", str(images[0]), "--weights", "random", "--size", "0", "--tile", "28", "--upsample",

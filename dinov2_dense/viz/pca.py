@@ -649,12 +649,23 @@ def _short(source: str, width: int = 28) -> str:
 
 
 def _unique_stems(sources: Sequence[str]) -> list[str]:
-    stems, seen = [], {}
+    """A file stem for each source, distinct from every other: a repeated stem gets ``_2``, ``_3``...,
+    skipping any that another source has as its own stem (``a/cat.png``, ``b/cat.png`` and
+    ``c/cat_2.png`` give ``cat``, ``cat_3`` and ``cat_2``)."""
+    plain = []
     for i, s in enumerate(sources):
         stem = Path(s).stem if not s.startswith("skimage:") else s.split(":", 1)[1]
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or f"image{i}"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+        plain.append("".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or f"image{i}")
+    taken, used, stems = set(plain), set(), []
+    for stem in plain:
+        if stem in used:
+            n = 2
+            while f"{stem}_{n}" in taken:
+                n += 1
+            stem = f"{stem}_{n}"
+            taken.add(stem)
+        used.add(stem)
+        stems.append(stem)
     return stems
 
 
