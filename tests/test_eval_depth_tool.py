@@ -310,3 +310,43 @@ def test_cli_eval_depth_exit_codes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval-depth", str(pred_dir), str(gt_dir), "--gt-scale", "-1"])
     assert exc.value.code == 2 and "--gt-scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset, settings, expected", [
+    ("kitti", dict(gt_scale=256.0, kb_crop=True, max_depth=80.0, crop="garg"), []),  # configs/_base_/datasets/kitti.py
+    ("nyu", dict(gt_scale=1000.0, crop="eigen"), []),  # nyu.py
+    ("nyu", dict(gt_scale=1000.0, crop=None), ["--crop", "none"]),  # synthetic_depth.py: no crop
+    ("folder", dict(gt_scale=1000.0), ["--gt-scale", "1000"]),
+    ("kitti", dict(gt_scale=256.0, kb_crop=False, min_depth=0.5, max_depth=60.0, crop="eigen", median_scaling=True,
+                   silog="depth_anything", resize=True),
+     ["--min-depth", "0.5", "--max-depth", "60", "--crop", "eigen", "--no-kb-crop", "--median-scaling", "--silog",
+      "depth_anything", "--resize"]),
+])
+def test_eval_depth_options_evaluate_as_the_settings_say(dataset, settings, expected):
+    """What `test --out` tells to run: the options parse, and with the preset filled in they give back every setting."""
+    import argparse
+
+    from dinov2_dense.cli import _add_eval_depth_arguments
+    from dinov2_dense.evaluation.depth_files import DATASET_PRESETS, eval_depth_options
+
+    opts = eval_depth_options(dataset, pred_scale=250.0, **settings)
+    head, tail = (expected[:2], expected[2:]) if dataset == "folder" else ([], expected)  # --gt-scale comes first
+    assert opts == ["--dataset", dataset, *head, "--pred-scale", "250", *tail]
+    args = _add_eval_depth_arguments(argparse.ArgumentParser()).parse_args(["pred", "gt", *opts])
+    preset = DATASET_PRESETS[dataset]
+    full = dict(dict(min_depth=1e-3, max_depth=10.0, crop=None, kb_crop=False, median_scaling=False, silog="toolbox",
+                     resize=False), **settings)
+    resolved = dict(min_depth=preset["min_depth"] if args.min_depth is None else args.min_depth,
+                    max_depth=preset["max_depth"] if args.max_depth is None else args.max_depth,
+                    crop=preset["crop"] if args.crop is None else (None if args.crop == "none" else args.crop),
+                    kb_crop=preset["kb_crop"] if args.kb_crop is None else args.kb_crop,
+                    gt_scale=preset["gt_scale"] if args.gt_scale is None else args.gt_scale,
+                    median_scaling=args.median_scaling, silog=args.silog, resize=args.resize)
+    assert resolved == full and args.pred_scale == 250.0
+
+
+def test_eval_depth_options_refuse_a_crop_box():
+    from dinov2_dense.evaluation.depth_files import eval_depth_options
+
+    with pytest.raises(ValueError, match=r"crop box \(1, 2, 3, 4\)"):
+        eval_depth_options("nyu", pred_scale=1000.0, crop=(1, 2, 3, 4))

@@ -208,6 +208,7 @@ def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
     commands report the same metrics for the same predictions (up to the PNG's millimetres)."""
     import ast
     import json
+    import shlex
 
     import cv2
 
@@ -221,7 +222,8 @@ def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
                  str(tmp_path / "depth"), "--out", str(out), "--cfg-options", *opts]) == 0
     printed = capsys.readouterr().out
     tested = ast.literal_eval(printed.strip().splitlines()[-1])
-    assert "eval-depth" in printed  # the command tells how to score what it wrote
+    hint = next(line for line in printed.splitlines() if "dinov2-dense eval-depth" in line)
+    command = shlex.split(hint.split("score them as this test did with: ", 1)[1])  # the command it tells to run
     pngs = sorted((out / "depth").rglob("*.png"))
     gts = sorted((scenes / "nyu" / "official_splits" / "test").rglob("sync_depth_*.png"))
     assert [p.relative_to(out / "depth") for p in pngs] == [g.relative_to(scenes / "nyu") for g in gts]
@@ -230,9 +232,14 @@ def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
     assert depth.dtype == np.uint16 and depth.shape == (112, 112) and 1 <= depth.min() and depth.max() <= 10000
     assert not list(tmp_path.glob(".pred*"))  # no staging folder left
 
-    assert main(["eval-depth", str(out / "depth"), str(scenes / "nyu" / "official_splits" / "test"),
-                 "--dataset", "nyu", "--crop", "none", "--no-progress", "--out", str(tmp_path / "m.json")]) == 0
+    # the deepest folder of the tested ground truth (within official_splits/test), not the whole data set
+    split = Path(os.path.commonpath([g.parent for g in gts])).relative_to(scenes / "nyu")
+    assert split.parts[:2] == ("official_splits", "test")
+    assert command[:4] == ["dinov2-dense", "eval-depth", str(out / "depth" / split), str(scenes / "nyu" / split)]
+    assert main(command[1:] + ["--no-progress", "--out", str(tmp_path / "m.json")]) == 0
+    assert "without prediction" not in capsys.readouterr().err
     scored = json.loads((tmp_path / "m.json").read_text())
+    assert scored["images"] == tested["count"] == 16
     for key in ("abs_rel", "rmse", "d1", "silog"):
         assert scored[key] == pytest.approx(tested[key], rel=2e-3, abs=2e-3), (key, scored[key], tested[key])
 

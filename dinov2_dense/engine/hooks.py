@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class SavePredictionsHook(Hook):
         self.palette = None  # the test set's (K, 3) class colours, where it has them
         self.ignore_index = 255
         self.replace = False
+        self.gt_dir: Path | None = None  # the deepest folder holding this process's ground truth
 
     def before_test(self, runner) -> None:
         from mmengine.dist import barrier, is_main_process
@@ -73,6 +75,9 @@ class SavePredictionsHook(Hook):
                 name = source.relative_to(self.root) if self.root is not None else Path(source.name)
             except ValueError:
                 name = Path(source.name)
+            else:
+                parent = source.parent
+                self.gt_dir = parent if self.gt_dir is None else Path(os.path.commonpath([self.gt_dir, parent]))
         return name.with_suffix(".png")
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -95,19 +100,47 @@ class SavePredictionsHook(Hook):
 
     def after_test(self, runner) -> None:
         import torch
-        from mmengine.dist import all_reduce, barrier, is_main_process
+        from mmengine.dist import all_gather_object, all_reduce, barrier, is_main_process
 
         barrier()
         count = torch.tensor(self.count)
         all_reduce(count, op="sum")
         total = int(count)
+        parents = [str(d) for d in all_gather_object(self.gt_dir) if d is not None]
+        self.gt_dir = Path(os.path.commonpath(parents)) if parents else None
         if is_main_process() and self.stage is not None:
             commit_dir(self.stage, self.out_dir, replace=self.replace)
             what = "depth maps" if (self.out_dir / "depth").is_dir() else "label masks"
             runner.logger.info(f"saved {total} {what} under {self.out_dir}")
             if (self.out_dir / "depth").is_dir():
-                root = self.root if self.root is not None else "GT_DIR"
                 print(f"saved {total} depth maps under {self.out_dir / 'depth'} (16-bit PNG, {self.depth_scale:g} "
-                      f"per metre); score them with: dinov2-dense eval-depth {self.out_dir / 'depth'} {root} "
-                      f"--pred-scale {self.depth_scale:g}")
+                      f"per metre); {self._eval_depth_hint(runner)}")
         barrier()
+
+    def _eval_depth_hint(self, runner) -> str:
+        """The ``eval-depth`` command that scores the saved maps as this test's depth metric did."""
+        import shlex
+
+        from dinov2_dense.data import KITTIDepthDataset, NYUDepthDataset
+        from dinov2_dense.evaluation.depth_files import eval_depth_options
+        from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
+
+        dataset = getattr(runner.test_dataloader, "dataset", None)
+        kind = ("kitti" if isinstance(dataset, KITTIDepthDataset) else "nyu" if isinstance(dataset, NYUDepthDataset)
+                else "folder")
+        metrics = [m for m in getattr(runner.test_evaluator, "metrics", []) if isinstance(m, DepthMetric)]
+        settings = dict(metrics[0].kwargs) if metrics else {}
+        settings["kb_crop"] = bool(getattr(dataset, "kb_crop", False))
+        try:
+            opts = eval_depth_options(kind, pred_scale=self.depth_scale, gt_scale=getattr(dataset, "depth_scale", None),
+                                      **settings)
+        except ValueError as exc:
+            return f"eval-depth cannot score them as this test did: {exc}"
+        # the folders of the tested ground truth and of its predictions (the same relative names in both:
+        # the data set's root would also hold the training split, each of its files "without prediction")
+        if self.gt_dir is not None and self.root is not None:
+            gt, pred = self.gt_dir, self.out_dir / "depth" / self.gt_dir.relative_to(self.root)
+        else:
+            gt, pred = self.root if self.root is not None else "GT_DIR", self.out_dir / "depth"
+        command = shlex.join(["dinov2-dense", "eval-depth", str(pred), str(gt), *opts])
+        return "score them as this test did with: " + command + ("" if metrics else " (add the test's settings)")

@@ -36,6 +36,7 @@ __all__ = [
     "DATASET_PRESETS",
     "DepthDirReport",
     "depth_results_json",
+    "eval_depth_options",
     "evaluate_depth_dirs",
     "format_depth_table",
     "match_depth_files",
@@ -126,6 +127,39 @@ class DepthDirReport:
     invalid_predictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INVALID_PREDICTION_KEYS, 0))
     invalid_images: list[str] = field(default_factory=list)
     all_zero_images: list[str] = field(default_factory=list)
+
+
+def eval_depth_options(dataset: str, *, pred_scale: float, gt_scale: float | None = None, kb_crop: bool = False,
+                       min_depth: float = 1e-3, max_depth: float = 10.0, crop=None, median_scaling: bool = False,
+                       silog: str = "toolbox", resize: bool = False) -> list[str]:
+    """The ``dinov2-dense eval-depth`` options that evaluate as these settings do: ``--dataset`` and
+    ``--pred-scale``, then each setting where it differs from the data set's preset. A crop box
+    (top, bottom, left, right) has no option: ValueError."""
+    from .depth import _check_crop
+
+    preset = DATASET_PRESETS[dataset]
+    crop = _check_crop(crop)
+    if isinstance(crop, tuple):
+        raise ValueError(f"eval-depth has no option for the crop box {crop}; evaluate with depth_metrics(crop=...)")
+    opts = ["--dataset", dataset]
+    if gt_scale is not None and gt_scale != preset["gt_scale"]:
+        opts += ["--gt-scale", f"{gt_scale:g}"]
+    opts += ["--pred-scale", f"{pred_scale:g}"]
+    if min_depth != preset["min_depth"]:
+        opts += ["--min-depth", f"{min_depth:g}"]
+    if max_depth != preset["max_depth"]:
+        opts += ["--max-depth", f"{max_depth:g}"]
+    if crop != preset["crop"]:
+        opts += ["--crop", crop or "none"]
+    if bool(kb_crop) != preset["kb_crop"]:
+        opts += ["--kb-crop" if kb_crop else "--no-kb-crop"]
+    if median_scaling:
+        opts += ["--median-scaling"]
+    if silog != "toolbox":
+        opts += ["--silog", silog]
+    if resize:
+        opts += ["--resize"]
+    return opts
 
 
 def evaluate_depth_dirs(
