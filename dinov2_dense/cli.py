@@ -173,12 +173,13 @@ def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple
     return layer_ids, file.shape[1:]
 
 
-def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> tuple[list[int], tuple[int, ...]]:
+def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> tuple[list[int], str]:
     """Each image's maps, class tokens and registers (moved off the device batch by batch) in the
-    .safetensors ``out``, with what they came from in its metadata."""
+    .safetensors ``out``, with what they came from in its metadata; returns the layers and the maps'
+    shape (C, h, w), or their shapes when the images give several."""
     from .checkpoints import save_safetensors
 
-    tensors, padding, image_sizes = {}, {}, {}
+    tensors, padding, image_sizes, shapes = {}, {}, {}, {}
     for chunk, feats in batches:
         layer_ids = feats.layers
         cpu = {l: (feats.maps[l].cpu(), feats.cls_tokens[l].cpu(), feats.registers[l].cpu()) for l in layer_ids}
@@ -190,6 +191,7 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> 
                 if regs.shape[1]:
                     tensors[f"{i}/registers{l}"] = regs[k]
         shape = tuple(feats.maps[layer_ids[-1]].shape[1:])
+        shapes[shape] = shapes.get(shape, 0) + len(chunk)
     order = sorted(padding)
     meta = {
         "model": args.model,
@@ -200,7 +202,9 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> 
         "image_sizes": json.dumps([image_sizes[i] for i in order]),
     }
     save_safetensors(tensors, out, metadata=meta)
-    return layer_ids, shape
+    if len(shapes) == 1:
+        return layer_ids, str(next(iter(shapes)))
+    return layer_ids, f"{len(shapes)} shapes: " + ", ".join(f"{s} ({n} image{'s' * (n > 1)})" for s, n in shapes.items())
 
 
 def _size_value(size: list[int] | None, option: str):
@@ -562,7 +566,7 @@ def _add_knn_command(sub) -> None:
     knn.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
     knn.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
                      help="class token, mean of the patch tokens, or both (default cls)")
-    knn.add_argument("--val-fraction", type=float_range(0.0, 1.0, strict_min=True), default=0.2,
+    knn.add_argument("--val-fraction", type=float_range(0.0, 1.0, strict_min=True, strict_max=True), default=0.2,
                      help="held-out share when the folder has no val/ (default 0.2)")
     knn.add_argument("--seed", type=nonnegative_int, default=0)
     knn.add_argument("--bf16", action="store_true", help=_BF16_HELP)
@@ -891,6 +895,8 @@ def _run(args: argparse.Namespace, prog: str, debug: bool) -> int:
         print(f"\n{prog}: {what}; no half-written file was left", file=sys.stderr)
         return 130 if not isinstance(exc, _Terminated) else 143
     except _user_errors() as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return 141  # the reader of our output left (`dinov2-dense info | head`): quietly, as a shell tool does
         if debug:
             import traceback
 
@@ -912,6 +918,25 @@ def _run(args: argparse.Namespace, prog: str, debug: bool) -> int:
         print(f"{prog}: internal error (a bug in dinov2-dense; please report it with the traceback above)",
               file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone; if so it is pointed at /dev/null, so
+    that the interpreter's last flush does not fail again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))  # a pipe without a reader
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or no poll on this platform
+        return False
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return closed
 
 
 def _close_process_group(wait: bool = False) -> bool:

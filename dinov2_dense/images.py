@@ -243,6 +243,8 @@ class ImageHeader:
 
 def _existing(path: str | os.PathLike) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: a folder, not an image file (give its images, e.g. {os.path.join(path, '*.jpg')})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such image file")
     return path

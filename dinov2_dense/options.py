@@ -20,15 +20,17 @@ def _number(kind: type, text: str) -> float | int:
     return value
 
 
-def _ranged(kind: type, minimum, maximum, strict_min: bool, what: str) -> Callable[[str], float | int]:
+def _ranged(kind: type, minimum, maximum, strict_min: bool, what: str, strict_max: bool = False
+            ) -> Callable[[str], float | int]:
     noun = "an integer" if kind is int else "a number"
 
     def parse(text: str):
         value = _number(kind, text)
         low_bad = minimum is not None and (value <= minimum if strict_min else value < minimum)
-        if low_bad or (maximum is not None and value > maximum):
+        high_bad = maximum is not None and (value >= maximum if strict_max else value > maximum)
+        if low_bad or high_bad:
             lo = "" if minimum is None else f"{'>' if strict_min else '>='} {minimum:g}"
-            hi = "" if maximum is None else f"<= {maximum:g}"
+            hi = "" if maximum is None else f"{'<' if strict_max else '<='} {maximum:g}"
             raise argparse.ArgumentTypeError(f"{text}: expected {noun} {' and '.join(x for x in (lo, hi) if x)}"
                                              + (f" ({what})" if what else ""))
         return value
@@ -43,9 +45,10 @@ def int_range(minimum: int | None = None, maximum: int | None = None, what: str 
 
 
 def float_range(minimum: float | None = None, maximum: float | None = None, *, strict_min: bool = False,
-                what: str = "") -> Callable[[str], float]:
-    """An argparse type: a finite float in [minimum, maximum] (``strict_min``: > minimum)."""
-    return _ranged(float, minimum, maximum, strict_min, what)
+                strict_max: bool = False, what: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite float in [minimum, maximum] (``strict_min``: > minimum; ``strict_max``:
+    < maximum)."""
+    return _ranged(float, minimum, maximum, strict_min, what, strict_max)
 
 
 positive_int = int_range(1)

@@ -1,6 +1,7 @@
 """The `dinov2-dense` command and the torch.hub entry points, on weights we make ourselves."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,13 +77,15 @@ def test_features_npy_matches_library(weights_dir, image, tmp_path):
     np.testing.assert_allclose(array[1, 0], ref.maps[8][0].numpy(), atol=1e-5)
 
 
-def test_features_safetensors_mixed_sizes(weights_dir, image, tmp_path):
+def test_features_safetensors_mixed_sizes(weights_dir, image, tmp_path, capsys):
     import cv2
 
     other = tmp_path / "gray16.png"
     cv2.imwrite(str(other), (np.arange(30 * 45, dtype=np.uint16).reshape(30, 45) * 40))
     out = tmp_path / "f.safetensors"
     assert main(["features", str(image), str(other), "--out", str(out)]) == 0
+    # the summary names both shapes (it named the last batch's alone)
+    assert "maps of 2 shapes: (384, 5, 6) (1 image), (384, 3, 4) (1 image)" in capsys.readouterr().out
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
         assert json.loads(meta["layers"]) == [11]
@@ -192,6 +195,31 @@ def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "dinov2_dense", "features", "--help"], capture_output=True,
                          text=True, check=True)
     assert "--layers" in out.stdout and "--tile" in out.stdout
+
+
+def test_output_into_a_pipe_whose_reader_left_ends_quietly(tmp_path):
+    """`dinov2-dense info | head -1`: once the reader has gone, the command stops with the shell's code for
+    SIGPIPE (141) and no error line or traceback."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = dict(os.environ, DINOV2_DENSE_WEIGHTS=str(tmp_path))
+    try:
+        run = subprocess.run([sys.executable, "-m", "dinov2_dense.cli", "info"], stdout=writer, stderr=subprocess.PIPE,
+                             text=True, env=env, timeout=120)
+    finally:
+        os.close(writer)
+    assert run.returncode == 141 and run.stderr == "", run.stderr
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(monkeypatch, capsys):
+    import dinov2_dense.cli as cli
+
+    def fails(args):
+        raise BrokenPipeError("a worker's pipe")
+
+    monkeypatch.setattr(cli, "_cmd_info", fails)
+    assert cli.main(["info"]) == 2  # standard output is fine: an error like any other OSError
+    assert "dinov2-dense info: error: a worker's pipe" in capsys.readouterr().err
 
 
 def test_torch_hub_local_entry_points(weights_dir):

@@ -302,6 +302,19 @@ def write_folder(root: Path, per_class=3, classes=("cat", "dog"), seed=0):
     return root
 
 
+@pytest.mark.parametrize("value, message", [("1.0", "expected a number > 0 and < 1"), ("0", "> 0 and < 1"),
+                                            ("1.5", "< 1")])
+def test_val_fraction_is_refused_while_parsing(tmp_path, capsys, value, message):
+    """1.0 would leave nothing to fit: refused before any image is read (the folder does not even exist)."""
+    from dinov2_dense.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["knn", str(tmp_path / "none"), "--weights", "random", "--val-fraction", value])
+    assert exc.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --val-fraction: " in line and message in line
+
+
 def test_folder_features(tmp_path):
     root = write_folder(tmp_path / "data")
     (root / "cat" / "broken.png").write_bytes(b"not a png at all")
@@ -451,7 +464,7 @@ def test_resize_8bit_folder_features_cache_and_command(tmp_path, monkeypatch):
     from dinov2_dense import features as features_module
     from dinov2_dense import load_backbone
     from dinov2_dense.cli import main
-    from dinov2_dense.features import extract_features, load_resized
+    from dinov2_dense.features import load_resized
     from pretrain.export import export_backbone
 
     root = write_folder(tmp_path / "data")

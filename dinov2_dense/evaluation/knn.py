@@ -232,7 +232,7 @@ def stratified_split(labels: Tensor | Sequence[int], val_fraction: float = 0.2, 
     Returns two sorted (int64) index tensors.
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction={val_fraction}: must be between 0 and 1")
+        raise ValueError(f"val_fraction={val_fraction}: must be above 0 and below 1 (the share of each class held out)")
     labels = torch.as_tensor(labels).cpu()
     labels = _check_labels(labels, len(labels), "labels")
     gen = torch.Generator().manual_seed(seed)
