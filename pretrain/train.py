@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -216,24 +215,49 @@ def _load_state(model: SSLMetaArch, state: dict) -> None:
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
-             max_iters: int | None = None, source: str = "config") -> dict[str, Any]:
+def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+             progress: bool = True, max_iters: int | None = None, source: str = "config") -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns the last logged metrics and the export paths.
 
     ``config``: the user's sections (see :mod:`pretrain.config`); ``max_iters`` stops early (tests).
+    A ``work_dir`` holding another run's checkpoints is refused unless ``resume`` (continue it) or
+    ``overwrite`` (start afresh: that run's checkpoints, export and logs are deleted, but only once the
+    config is checked and the model built, so that a refused start deletes nothing).
     """
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the work dir, overwrite starts afresh: give one of them")
+    if max_iters is not None and max_iters < 1:
+        raise ValueError(f"max_iters={max_iters}: expected at least 1")
     cfg = resolve(config, source)
     work_dir = Path(work_dir)
+    old = checkpoint_files(work_dir) if work_dir.is_dir() else []
+    if old and not (resume or overwrite):
+        raise FileExistsError(f"work dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): resume "
+                              "it (--resume), start afresh (--overwrite: they are deleted) or choose another work dir")
     device, rank, world = setup_distributed(cfg["compute"]["device"])
     main = rank == 0
     if main:
         work_dir.mkdir(parents=True, exist_ok=True)
     lock = DirLock(work_dir).acquire() if main else None
     try:
-        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters)
+        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=overwrite)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _clear_run(work_dir: Path) -> None:
+    """Delete what a run wrote in ``work_dir`` (``overwrite``): checkpoints, the export, the logs, the
+    monitor's records and figures; anything else in the folder is the user's and stays."""
+    import shutil
+
+    for path in checkpoint_files(work_dir):
+        path.unlink(missing_ok=True)
+    for name in ("export", "monitor"):
+        if (work_dir / name).is_dir():
+            shutil.rmtree(work_dir / name)
+    for name in ("training_metrics.jsonl", "training_curves.png", "config.json", "backbone.json"):
+        (work_dir / name).unlink(missing_ok=True)
 
 
 def _load_any(weights: str) -> nn.Module:
@@ -292,7 +316,7 @@ def _set_drop_path(backbone: nn.Module, student: dict) -> None:
         block.drop_path = DropPath(float(r)) if r > 0 else nn.Identity()
 
 
-def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
+def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=False):
     from tqdm.auto import tqdm
 
     main = rank == 0
@@ -329,6 +353,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters):
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     if main:
+        if fresh:  # the model is built and the config checked: the run replaced goes now, before any write
+            _clear_run(work_dir)
         _trim_logs(work_dir, start)
         write_json(work_dir / "config.json", _jsonable(cfg))
         if not cfg["distill"]["teacher"]:  # the architecture of the checkpoints' teacher.backbone.*

@@ -383,7 +383,16 @@ def test_overwrite_starts_the_logs_afresh(tmp_path):
                                                                  knn_scenes=(6, 4))))
     work = tmp_path / "work"
     assert main(["pretrain", str(cfg), "--work-dir", str(work), "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in work.rglob("*") if p.is_file() and p.name != ".dinov2_dense.lock"}
+    assert "backbone.safetensors" in before
+    # a start refused for its config, in the CLI or the Python API, deletes nothing of the run it would replace
+    assert main(["pretrain", str(cfg), "--work-dir", str(work), "--overwrite", "--cfg-options", "optim.warmup_epoch=1"]) == 2
+    with pytest.raises(FileExistsError, match="holds the checkpoints of another run"):
+        pretrain(tiny(2), work, progress=False)
+    assert {p.name: p.read_bytes() for p in work.rglob("*") if p.is_file() and p.name != ".dinov2_dense.lock"} == before
     assert main(["pretrain", str(cfg), "--work-dir", str(work), "--overwrite", "--max-iters", "2"]) == 0
+    assert not (work / "export").exists()  # the replaced run's export went with its checkpoints
+    assert [p.name for p in checkpoint_files(work)] == ["checkpoint_0000002.pth"]
     lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
     assert [l["iteration"] for l in lines] == [1, 2]  # not the first run's 1..4 before them
     monitor = [json.loads(l) for l in (work / "monitor" / "monitor.jsonl").read_text().splitlines()]

@@ -330,21 +330,18 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in the work dir, --overwrite starts afresh: give one of them")
     old = checkpoint_files(work_dir) if work_dir.is_dir() else []
-    if old and not args.resume:
-        if not args.overwrite:
-            raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): "
-                                  "pass --resume to continue it, --overwrite to delete them, or choose another "
-                                  "--work-dir")
-        if _rank() == 0:
-            for path in old:
-                path.unlink(missing_ok=True)
+    if old and not (args.resume or args.overwrite):
+        raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): "
+                              "pass --resume to continue it, --overwrite to delete them, or choose another "
+                              "--work-dir")
     if args.max_iters is not None and args.max_iters < 1:
         raise ValueError(f"--max-iters {args.max_iters}: expected at least 1")
     if getattr(args, "distill_only", False) and not (sections.get("distill") or {}).get("teacher"):
         raise ValueError(f"{args.config}: distill.teacher is not set; give --teacher (a zoo name or a weights "
                          "file) or set it in the config")
-    result = pretrain(sections, work_dir, resume=args.resume, max_iters=args.max_iters, source=args.config,
-                      progress=not args.no_progress)
+    # --overwrite: pretrain deletes the other run once the config is checked and the model built
+    result = pretrain(sections, work_dir, resume=args.resume, overwrite=args.overwrite, max_iters=args.max_iters,
+                      source=args.config, progress=not args.no_progress)
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
                  if k in ("iteration", "total_loss", "images_per_s", "knn_top1", "probe_miou")}
