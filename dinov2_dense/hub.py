@@ -339,7 +339,8 @@ def architecture(name: str | os.PathLike | dict | None, weights=None) -> models.
 
 
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "ffn_layer",
-             "num_register_tokens", "interpolate_antialias", "interpolate_offset", "init_values")
+             "num_register_tokens", "interpolate_antialias", "interpolate_offset", "init_values", "qkv_bias",
+             "proj_bias", "ffn_bias")
 
 
 def _architecture(name, weights) -> dict | None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dinov2_dense.hub import BACKBONES, build_backbone
+from dinov2_dense.models import DinoVisionTransformer
 
 from .conftest import tiny_vit
 
@@ -90,3 +91,24 @@ def test_zoo_architectures_have_official_shapes(name):
     else:
         assert sd["blocks.0.mlp.fc1.weight"].shape == (4 * dim, dim)
     assert sd["blocks.0.ls1.gamma"].shape == (dim,)
+
+
+@pytest.mark.parametrize("ffn, biases", [("mlp", dict(qkv_bias=False)), ("mlp", dict(proj_bias=False, ffn_bias=False)),
+                                         ("swiglufused", dict(ffn_bias=False)), ("mlp", {})])
+def test_an_export_without_biases_loads_as_it_was(tmp_path, ffn, biases):
+    """arch_kwargs (backbone.json) names the biases a model lacks: an export of a student built with
+    qkv_bias=False loaded strictly, the same outputs; with every bias it holds no bias key (files as before)."""
+    from dinov2_dense import load_backbone
+    from pretrain.export import export_backbone
+
+    from .conftest import randomize_
+
+    model = randomize_(DinoVisionTransformer(img_size=56, patch_size=14, embed_dim=32, depth=2, num_heads=2,
+                                             ffn_layer=ffn, **biases)).eval()
+    assert {k: v for k, v in model.arch_kwargs().items() if k.endswith("_bias")} == biases
+    paths = export_backbone(model, tmp_path)
+    loaded = load_backbone(None, weights=str(paths["safetensors"])).eval()
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(x)["x_norm_patchtokens"],
+                                   model.forward_features(x)["x_norm_patchtokens"], rtol=0, atol=0)

@@ -278,12 +278,16 @@ class DinoVisionTransformer(nn.Module):
 
     def arch_kwargs(self) -> dict:
         """The keyword arguments that rebuild this architecture (``DinoVisionTransformer(**kwargs)``):
-        what a pretraining export's ``backbone.json`` holds and ``load_backbone`` reads."""
+        what a pretraining export's ``backbone.json`` holds and ``load_backbone`` reads. The biases
+        (``qkv_bias``, ``proj_bias``, ``ffn_bias``) are named only where a layer has none (all have in
+        DINOv2), so the files of models with them stay as they were."""
         block = self.blocks[0]
         mlp = block.mlp
         ffn = "swiglufused" if hasattr(mlp, "w12") else "mlp"
         hidden = mlp.w3.in_features if ffn == "swiglufused" else mlp.fc1.out_features
-        return dict(img_size=int(self.patch_embed.img_size[0]) if hasattr(self.patch_embed, "img_size") else None,
+        biases = dict(qkv_bias=block.attn.qkv.bias is not None, proj_bias=block.attn.proj.bias is not None,
+                      ffn_bias=(mlp.w12 if ffn == "swiglufused" else mlp.fc1).bias is not None)
+        return {k: False for k, v in biases.items() if not v} | dict(img_size=int(self.patch_embed.img_size[0]) if hasattr(self.patch_embed, "img_size") else None,
                     patch_size=int(self.patch_size), embed_dim=int(self.embed_dim), depth=len(self.blocks),
                     num_heads=int(self.num_heads), mlp_ratio=hidden / self.embed_dim if ffn == "mlp" else 4.0,
                     ffn_layer=ffn, num_register_tokens=int(self.num_register_tokens),
