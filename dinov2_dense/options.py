@@ -63,6 +63,7 @@ def check_device(text: str | None, option: str = "--device"):
 
     if text is None:
         return None
+    cpu = f"{option} cpu" if option.startswith("-") else f"{option}=cpu"  # a command-line option or a config key
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
@@ -71,11 +72,11 @@ def check_device(text: str | None, option: str = "--device"):
         if not torch.cuda.is_available():
             raise ValueError(f"{option} {text}: no CUDA device is available here "
                              f"(torch {torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'}); "
-                             "use --device cpu")
+                             f"use {cpu}")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{option} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"{option} {text}: MPS is not available here; use --device cpu")
+        raise ValueError(f"{option} {text}: MPS is not available here; use {cpu}")
     elif device.type not in ("cpu", "cuda", "mps"):
         if not hasattr(torch, device.type) or not getattr(torch, device.type).is_available():
             raise ValueError(f"{option} {text}: no {device.type} device is available here")

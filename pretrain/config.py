@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 from numbers import Number
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["DEFAULTS", "ConfigError", "resolve"]
 
@@ -157,7 +157,29 @@ def _check(cfg: dict, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {key} = {_get(cfg, key)!r}: {what}")
 
+    def whole(key: str, low: int, what: str = "") -> None:
+        value = _get(cfg, key)
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= low, key,
+             what or f"an integer >= {low}")
+
+    def pair(key: str, ok: Callable[[Any, Any], bool], what: str) -> None:
+        value = _get(cfg, key)
+        need(isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, Number) for v in value)
+             and ok(*value), key, what)
+
     s, crops, optim, train = cfg["student"], cfg["crops"], cfg["optim"], cfg["train"]
+    whole("student.patch_size", 1)
+    whole("student.num_register_tokens", 0)
+    need(0 <= s["drop_path_rate"] < 1, "student.drop_path_rate", "a rate in [0, 1)")
+    for head in ("dino", "ibot"):
+        for k in ("head_n_prototypes", "head_bottleneck_dim", "head_hidden_dim", "head_nlayers"):
+            whole(f"{head}.{k}", 1)
+    for key in ("teacher.teacher_temp", "teacher.warmup_teacher_temp"):
+        need(_get(cfg, key) > 0, key, "a temperature > 0")
+    for key in ("optim.base_lr", "optim.min_lr"):
+        need(_get(cfg, key) >= 0, key, "a learning rate >= 0")
+    for key in ("train.checkpoint_period", "train.log_freq", "train.max_to_keep"):
+        whole(key, 1)
     if s["arch"] == "custom":
         for k in ("embed_dim", "depth", "num_heads"):
             need(isinstance(s[k], int) and s[k] > 0, f"student.{k}", "a custom arch needs a positive integer")
@@ -185,8 +207,21 @@ def _check(cfg: dict, source: str) -> None:
     need(cfg["compute"]["precision"] in ("auto", "fp32", "bf16", "fp16"), "compute.precision",
          "use auto, fp32, bf16 or fp16")
     need(cfg["compute"]["distributed"] in ("ddp", "fsdp"), "compute.distributed", "use ddp or fsdp")
-    lo, hi = cfg["ibot"]["mask_ratio_min_max"]
-    need(0 <= lo <= hi < 1, "ibot.mask_ratio_min_max", "0 <= min <= max < 1")
+    pair("ibot.mask_ratio_min_max", lambda lo, hi: 0 <= lo <= hi < 1, "(min, max) with 0 <= min <= max < 1")
+    device = cfg["compute"]["device"]
+    need(device is None or isinstance(device, str), "compute.device", "a device name: cpu, cuda, cuda:1")
+    monitor = cfg["monitor"]
+    whole("monitor.period", 0, "iterations between checks: an integer >= 0 (0: off)")
+    for key in ("monitor.probe_scenes", "monitor.knn_scenes"):
+        pair(key, lambda fit, test: all(isinstance(n, int) and n >= 1 for n in (fit, test)),
+             "(scenes to fit on, scenes to score): two integers >= 1")
+    whole("monitor.pca_size", 1)
+    whole("monitor.probe_size", 8, "the scenes' side in pixels: an integer >= 8")
+    need(isinstance(monitor["images"], (list, tuple)) and all(isinstance(i, str) for i in monitor["images"]),
+         "monitor.images", "a list of image files (or skimage:NAME)")
+    from dinov2_dense.data.synthetic import APPEARANCES
+
+    need(monitor["appearance"] in APPEARANCES, "monitor.appearance", f"use {' or '.join(APPEARANCES)}")
     need(cfg["cell"]["loss_weight"] >= 0, "cell.loss_weight", "a weight >= 0")
     need(cfg["cell"]["loss_weight"] == 0 or cfg["distill"]["teacher"] is None, "cell.loss_weight",
          "distillation has no cell loss: set it to 0 with distill.teacher")

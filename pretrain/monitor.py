@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from dinov2_dense.data.synthetic import SceneConfig, generate_scene, scene_seed
 from dinov2_dense.evaluation import fit_linear, knn_accuracy, segmentation_metrics
-from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD
+from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD, check_input
 
 __all__ = ["DenseMonitor", "dense_quality", "scene_set"]
 
@@ -107,6 +107,11 @@ class DenseMonitor:
         SceneConfig(size=(self._size, self._size), appearance=self._look)  # a bad setting fails at the start
         self.num_classes = SceneConfig().num_classes
         self.images: Sequence[str] = list(cfg["images"])
+        for image in self.images:  # a missing or unreadable image fails at the start too, not at the first check
+            try:
+                check_input(image)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"monitor.images: {exc}") from None
 
     # The scenes are drawn at the first check (about a second for the defaults): a run shorter than the
     # period never pays for them.

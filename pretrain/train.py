@@ -46,9 +46,12 @@ _CKPT = re.compile(r"^checkpoint_(\d+)\.pth$")
 def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int]:
     """(device, rank, world size); under torchrun the process group is started here (NCCL on CUDA,
     gloo on CPUs), one GPU per local rank."""
+    from dinov2_dense.options import check_device
+
     dist = torch.distributed
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device, "compute.device")  # one that this machine does not have: a ValueError naming the key
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -352,6 +355,12 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         _load_optimizer(model, optimizer, state, sharded)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+    dataset, loader = _loader(cfg, start, rank, world)  # a bad data set fails here, before anything is written
+    monitor = None
+    if cfg["monitor"]["period"] and main:  # its images are checked here too
+        from .monitor import DenseMonitor
+
+        monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
     if main:
         if fresh:  # the model is built and the config checked: the run replaced goes now, before any write
             _clear_run(work_dir)
@@ -359,15 +368,9 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         write_json(work_dir / "config.json", _jsonable(cfg))
         if not cfg["distill"]["teacher"]:  # the architecture of the checkpoints' teacher.backbone.*
             write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
-    dataset, loader = _loader(cfg, start, rank, world)
     stop = min(total_iters, max_iters) if max_iters is not None else total_iters
     metrics_path = work_dir / "training_metrics.jsonl"
     last: dict[str, Any] = {}
-    monitor = None
-    if cfg["monitor"]["period"] and main:
-        from .monitor import DenseMonitor
-
-        monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
     bar = tqdm(total=stop, initial=start, desc="pretrain", unit="it", disable=not (progress and main), dynamic_ncols=True)
     t0, seen = time.time(), 0
     window_t, window_seen = t0, 0  # images/s of the last log interval (the bar shows the run's mean)

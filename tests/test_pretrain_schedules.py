@@ -4,6 +4,7 @@ original DINOv2 code (``dinov2==0.0.1.dev2``, a test oracle)."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -78,3 +79,18 @@ def test_config_refuses_unknown_keys_and_bad_values():
         resolve({"crops": {"global_crops_size": 100}}, "c.py")
     with pytest.raises(ConfigError, match="student.embed_dim"):
         resolve({"student": {"arch": "custom"}}, "c.py")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "checkpoint_period", 0), ("train", "log_freq", 0), ("train", "max_to_keep", 0),
+    ("student", "patch_size", 0), ("student", "drop_path_rate", 1.5), ("ibot", "mask_ratio_min_max", 0.3),
+    ("dino", "head_n_prototypes", 0), ("ibot", "head_hidden_dim", 0), ("optim", "base_lr", -1.0),
+    ("teacher", "teacher_temp", 0.0), ("compute", "device", 3), ("monitor", "period", -1),
+    ("monitor", "knn_scenes", 5), ("monitor", "probe_scenes", (0, 4)), ("monitor", "probe_size", 4),
+    ("monitor", "images", "skimage:coffee"), ("monitor", "appearance", "stripes"),
+])
+def test_config_values_that_would_fail_in_the_loop_are_refused_naming_the_key(section, key, value):
+    """Each of these ran and then failed with a traceback (a division by zero at the first log line, an
+    unpacking error at the first monitor check...) or trained with a meaningless setting."""
+    with pytest.raises(ConfigError, match=rf"^c.py: {section}.{key} = {re.escape(repr(value))}: "):
+        resolve({section: {key: value}}, "c.py")

@@ -234,7 +234,17 @@ def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
     look = _py_config(tmp_path / "look.py", tiny(2, monitor=dict(period=100, appearance="stripes")))
     assert main(["pretrain", str(look), "--work-dir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert "appearance='stripes'" in err and "Traceback" not in err and not checkpoint_files(tmp_path / "w")
+    assert "appearance = 'stripes'" in err and "Traceback" not in err and not checkpoint_files(tmp_path / "w")
+    # a monitor image that is not there, or a device this machine lacks: refused before anything is written
+    missing = _py_config(tmp_path / "m.py", tiny(2, monitor=dict(period=100, images=[str(tmp_path / "no.png")])))
+    assert main(["pretrain", str(missing), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "monitor.images: " in err and "no.png" in err and not (tmp_path / "w" / "config.json").exists()
+    if not torch.cuda.is_available():
+        gpu = _py_config(tmp_path / "g.py", tiny(2, compute=dict(device="cuda")))
+        assert main(["pretrain", str(gpu), "--work-dir", str(tmp_path / "w")]) == 2
+        err = capsys.readouterr().err
+        assert "compute.device cuda: no CUDA device" in err and "compute.device=cpu" in err
 
     folder = tmp_path / "images"
     folder.mkdir()
