@@ -46,6 +46,13 @@ class DistillArch(nn.Module):
                        bottleneck_dim=dino["head_bottleneck_dim"], nlayers=dino["head_nlayers"])
         frozen_head = DINOHead(in_dim=teacher_backbone.embed_dim, **head_kw)
         if teacher_head_state is not None:
+            from dinov2_dense.checkpoints import key_mismatches
+
+            problems = key_mismatches(frozen_head.state_dict(), teacher_head_state)
+            if problems:
+                raise ValueError(f"distill.teacher_head: its DINO head does not fit a head on this teacher "
+                                 f"({teacher_backbone.embed_dim} wide) with the config's dino section: "
+                                 f"{'; '.join(problems)}")
             frozen_head.load_state_dict(teacher_head_state, strict=True)
         student_parts: dict[str, nn.Module] = {}
         self.n_students = len(student_sections)

@@ -289,8 +289,12 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
                 source = found[0]
             if not source.is_file():
                 raise FileNotFoundError(f"distill.teacher_head={source}: no such file")
-            state = torch.load(source, map_location="cpu", weights_only=True)
-            state = state.get("model", state)
+            try:
+                state = torch.load(source, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - not a torch file, damaged, or holding code
+                raise ValueError(f"distill.teacher_head={source}: not a readable pretraining checkpoint "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+            state = state.get("model", state) if isinstance(state, dict) else {}
             head = {k[len("teacher.dino_head."):]: v for k, v in state.items() if k.startswith("teacher.dino_head.")}
             if not head:
                 raise ValueError(f"distill.teacher_head={distill['teacher_head']}: no teacher.dino_head.* tensors in it")
@@ -345,6 +349,13 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             if main:
                 print(f"warning: {path} is unreadable; trying an older checkpoint", file=sys.stderr)
     if state is not None:
+        from dinov2_dense.checkpoints import key_mismatches
+
+        problems = key_mismatches(model.state_dict(), state["model"])
+        if problems:
+            raise ValueError(f"{path}: the checkpoint does not fit this config's model ({'; '.join(problems)}); "
+                             f"resume with the config it was written with ({work_dir / 'config.json'}), or start "
+                             "afresh with --overwrite")
         _load_state(model, state["model"])
     _wrap(model, cfg["compute"]["distributed"], device, world)
     sharded = world > 1 and cfg["compute"]["distributed"] == "fsdp"

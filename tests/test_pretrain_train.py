@@ -220,6 +220,32 @@ def test_distill_command_exports_each_student_and_needs_a_teacher(pretrained, tm
     student = load_backbone(None, weights=out / "export" / "student0.safetensors")
     assert student.embed_dim == 16
 
+    # a teacher head that is not a checkpoint, or one of other sizes than the config's: one line, exit 2
+    common = ["--no-progress", "--teacher", result["export"]["safetensors"]]
+    assert main(["distill", str(cfg), "--work-dir", str(tmp_path / "h1"), *common, "--teacher-head",
+                 str(work / "config.json")]) == 2
+    err = capsys.readouterr().err
+    assert "distill.teacher_head=" in err and "not a readable pretraining checkpoint" in err and "Traceback" not in err
+    other = _py_config(tmp_path / "o.py", tiny(2, distill=dict(students=[dict(embed_dim=16, num_heads=1)]),
+                                              dino=dict(HEAD, head_n_prototypes=HEAD["head_n_prototypes"] * 2)))
+    assert main(["distill", str(other), "--work-dir", str(tmp_path / "h2"), *common, "--teacher-head", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "its DINO head does not fit" in err and "keys of other shapes" in err and "Traceback" not in err
+
+
+def test_resuming_with_another_architecture_names_the_checkpoint(tmp_path, capsys):
+    from dinov2_dense.cli import main
+
+    work = tmp_path / "w"
+    assert main(["pretrain", str(_py_config(tmp_path / "a.py", tiny(4))), "--work-dir", str(work), "--no-progress",
+                 "--max-iters", "2"]) == 0
+    files = {p: p.read_bytes() for p in work.rglob("*") if p.is_file() and p.name != ".dinov2_dense.lock"}
+    wider = _py_config(tmp_path / "b.py", tiny(4, student=dict(embed_dim=64)))
+    assert main(["pretrain", str(wider), "--work-dir", str(work), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_0000002.pth: the checkpoint does not fit this config's model" in err and "config.json" in err
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file() and p.name != ".dinov2_dense.lock"} == files
+
 
 def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
     from dinov2_dense.cli import main
