@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from pretrain.config import ConfigError, resolve
 from pretrain.schedules import CosineScheduler, build_schedules, layer_decay, params_groups, scaled_lr
