@@ -149,6 +149,14 @@ def resolve(user: dict[str, Any] | None, source: str = "config") -> dict[str, di
                 raise ConfigError(f"{source}: {section}.{key} = {value!r}: expected a number")
             cfg[section][key] = value
     _check(cfg, source)
+    students = cfg["distill"]["students"]
+    if not isinstance(students, (list, tuple)) or not all(isinstance(st, dict) for st in students):
+        raise ConfigError(f"{source}: distill.students = {students!r}: a list of dicts of student settings")
+    for i, student in enumerate(students):  # checked here, where the config's file is known
+        try:
+            _check({**cfg, "student": resolve_student(cfg["student"], student, source)}, source)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (distill.students[{i}] over the student section)") from None
     return cfg
 
 

@@ -50,6 +50,18 @@ def write_pool(folder: Path, x: np.ndarray, stem: str = "pool") -> Path:
     return folder / f"{stem}.npy"
 
 
+def test_a_pool_of_near_copies_selects_what_deduplication_leaves(tmp_path, capsys):
+    """Deduplication can leave one row (a pool of near-copies): it is selected, short of the target, with
+    the default clusters (they asked for 2 clusters of 1 row, an error about --clusters, never given)."""
+    rng = np.random.default_rng(0)
+    x = (np.ones((12, 16)) + 1e-3 * rng.normal(size=(12, 16))).astype(np.float32)
+    out = tmp_path / "curated"
+    assert main(["curate", str(write_pool(tmp_path / "in", x)), "--target", "5", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["duplicates_removed"] == 11 and summary["selected"] == 1 and summary["short_of_target"]
+    assert (out / "selected.txt").read_text().splitlines() == ["img_000000.jpg"]
+
+
 # -- balance -----------------------------------------------------------------------------------
 def test_curated_subset_evens_out_a_dominant_concept(tmp_path, capsys):
     x, labels = skewed_pool()
@@ -641,3 +653,16 @@ def test_curate_command_takes_resize_8bit(tmp_path):
     assert main(["curate", str(folder), "--target", "4", "--out", str(out), "--weights", str(weights), "--size", "28",
                  "--clusters", "2,1", "--no-dedup", "--no-progress", "--num-workers", "0", "--resize-8bit"]) == 0
     assert json.loads((out / "embeddings" / "store.json").read_text())["resize_8bit"] is True
+
+
+def test_a_list_naming_a_file_twice_gives_it_once(tmp_path):
+    """A list file (or a list) that repeats a path: one image of the pool, so never twice in selected.txt."""
+    from pretrain.curation.store import list_images
+
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "list.txt").write_text("a.jpg\nb.jpg\n# a comment\na.jpg\nc.jpg\nb.jpg\n" + str(tmp_path / "a.jpg") + "\n")
+    with pytest.warns(UserWarning, match=r"list.txt: 3 repeated path\(s\), each taken once: .*a.jpg, .*b.jpg"):
+        assert list_images(tmp_path / "list.txt") == [str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg")]
+    with pytest.warns(UserWarning, match="1 repeated path"):
+        assert list_images([str(tmp_path / "c.jpg"), str(tmp_path / "c.jpg")]) == [str(tmp_path / "c.jpg")]

@@ -93,3 +93,14 @@ def test_config_values_that_would_fail_in_the_loop_are_refused_naming_the_key(se
     unpacking error at the first monitor check...) or trained with a meaningless setting."""
     with pytest.raises(ConfigError, match=rf"^c.py: {section}.{key} = {re.escape(repr(value))}: "):
         resolve({section: {key: value}}, "c.py")
+
+
+def test_distillation_students_are_checked_with_the_config_file_named():
+    with pytest.raises(ConfigError, match=r"^d.py: unknown key distill.students\[\].foo"):
+        resolve({"distill": {"students": [{"foo": 1}]}}, "d.py")
+    with pytest.raises(ConfigError, match=r"^d.py: distill.students = 'x': a list of dicts"):
+        resolve({"distill": {"students": "x"}}, "d.py")
+    custom = dict(arch="custom", embed_dim=32, depth=2, num_heads=2)
+    with pytest.raises(ConfigError, match=r"^d.py: student.embed_dim = 32: must be a multiple of num_heads "
+                                          r"\(distill.students\[1\] over the student section\)"):
+        resolve({"student": custom, "distill": {"students": [{}, {"num_heads": 5}]}}, "d.py")

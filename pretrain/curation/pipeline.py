@@ -61,7 +61,10 @@ def is_embeddings(path: str | os.PathLike) -> bool:
 
 def default_clusters(n: int, levels: int) -> list[int]:
     """k per level for ``n`` rows: from ``min(n // 20, 10000)`` at level 1 down to ``sqrt(n) / 2`` at
-    the top, geometrically (at least 2 each, never more than the level below)."""
+    the top, geometrically (at least 2 each, never more than the level below, nor than ``n``: one row,
+    what deduplication can leave of a pool of near-copies, is one cluster)."""
+    if n < 2:
+        return [1] * levels
     first = max(2, min(n // 20, 10_000))
     top = max(2, min(first, round(math.sqrt(n) / 2)))
     if levels == 1:

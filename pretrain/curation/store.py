@@ -137,7 +137,7 @@ def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     from dinov2_dense.data.files import IMAGE_EXTENSIONS
 
     if not isinstance(spec, (str, os.PathLike)):
-        return [os.path.abspath(p) for p in spec]
+        return _once([os.path.abspath(p) for p in spec], "the list of images")
     text = os.fspath(spec)
     path = Path(text)
     if path.is_dir():
@@ -153,13 +153,28 @@ def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
         entries = [s for s in lines if s and not s.startswith("#")]
         if not entries:
             raise CurationError(f"{path}: the list names no images (one path a line; # starts a comment)")
-        return [os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries]
+        return _once([os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries], str(path))
     if any(c in text for c in "*?["):
         found = sorted(os.path.abspath(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
         if not found:
             raise CurationError(f"{text}: the pattern matches no files")
         return found
     raise CurationError(f"{text}: no such folder, list file or glob pattern")
+
+
+def _once(paths: list[str], source: str) -> list[str]:
+    """``paths`` without repeats (the first of each kept, in order): a file named twice is one image of the
+    pool, embedded, counted and selected once; the repeats are named in a warning."""
+    unique = list(dict.fromkeys(paths))
+    if len(unique) < len(paths):
+        seen, repeated = set(), []
+        for p in paths:
+            if p in seen and p not in repeated:
+                repeated.append(p)
+            seen.add(p)
+        warnings.warn(f"{source}: {len(paths) - len(unique)} repeated path(s), each taken once: "
+                      + ", ".join(repeated[:3]) + (" ..." if len(repeated) > 3 else ""), stacklevel=3)
+    return unique
 
 
 def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resize_8bit: bool = False,
