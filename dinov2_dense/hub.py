@@ -355,6 +355,8 @@ def _architecture(name, weights) -> dict | None:
             if not isinstance(weights, (str, os.PathLike)) or str(weights) in ("official",):
                 raise ValueError("load_backbone(None, ...) needs a weights file with an architecture JSON beside it")
             w = Path(weights).expanduser()
+            if not w.exists():
+                raise WeightsNotFoundError(f"{w}: no such weights file")
             candidates = list(dict.fromkeys([w.with_suffix(".json"), w.parent / "backbone.json"]))
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:

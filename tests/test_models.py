@@ -112,3 +112,16 @@ def test_an_export_without_biases_loads_as_it_was(tmp_path, ffn, biases):
     with torch.no_grad():
         torch.testing.assert_close(loaded.forward_features(x)["x_norm_patchtokens"],
                                    model.forward_features(x)["x_norm_patchtokens"], rtol=0, atol=0)
+
+
+def test_a_missing_weights_file_is_named_as_missing(tmp_path):
+    """load_backbone(None, weights=...) of a file that is not there says so (it said no architecture file
+    was beside it, sending the user after the wrong file)."""
+    from dinov2_dense import load_backbone
+    from dinov2_dense.hub import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match=r"nope.safetensors: no such weights file$"):
+        load_backbone(None, weights=str(tmp_path / "nope.safetensors"))
+    (tmp_path / "there.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsNotFoundError, match="no architecture file beside it"):
+        load_backbone(None, weights=str(tmp_path / "there.safetensors"))
