@@ -659,6 +659,15 @@ def test_bad_config_values_name_their_key(option, words, scenes, tmp_path, capsy
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("iter_*"))
 
 
+@pytest.mark.parametrize("command, example", [("train", "train_cfg.max_iters=100"), ("pretrain", "optim.epochs=10"),
+                                              ("distill", "optim.epochs=10")])
+def test_an_option_without_a_value_shows_an_example_of_its_command(command, example, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "config.py", "--cfg-options", "optim.epochs"])
+    assert exc.value.code == 2
+    assert f"'optim.epochs': expected KEY=VALUE, e.g. {example}" in capsys.readouterr().err
+
+
 def test_one_line_errors_everywhere(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["features", str(_image(tmp_path / "a.png")), "--size", "0", "--out", str(tmp_path / "f.npy")])

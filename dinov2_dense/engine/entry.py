@@ -29,7 +29,9 @@ class OptionsAction(DictAction):
     def __call__(self, parser, namespace, values, option_string=None):
         for item in values if isinstance(values, list) else [values]:
             if "=" not in item or not item.split("=", 1)[0]:
-                parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. train_cfg.max_iters=100")
+                pretraining = any(word in parser.prog.split() for word in ("pretrain", "distill", "pretrain.py"))
+                example = "optim.epochs=10" if pretraining else "train_cfg.max_iters=100"
+                parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. {example}")
         try:
             super().__call__(parser, namespace, values, option_string)
         except (ValueError, SyntaxError, TypeError) as exc:
