@@ -304,10 +304,25 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
     weights = cfg["student"]["pretrained_weights"]
     if weights:
         student, teacher = _load_any(weights), _load_any(weights)
+        _check_loaded_arch(cfg["student"], student)
     model = SSLMetaArch(cfg, student, teacher)
     if weights:
         _set_drop_path(model.student.backbone, cfg["student"])
     return model.to(device)
+
+
+def _check_loaded_arch(section: dict, backbone: nn.Module) -> None:
+    """A custom student's sizes must be those of its ``pretrained_weights``, which decide the model: a
+    config that says otherwise would be recorded in config.json but not trained."""
+    if section["arch"] != "custom":
+        return
+    loaded = dict(embed_dim=backbone.embed_dim, depth=len(backbone.blocks), num_heads=backbone.num_heads,
+                  patch_size=backbone.patch_size)
+    for key, value in loaded.items():
+        if section[key] is not None and section[key] != value:
+            raise ValueError(f"student.{key} = {section[key]!r}, but student.pretrained_weights="
+                             f"{section['pretrained_weights']} has {key} {value}: the weights decide the model; "
+                             "make the settings match or leave them out")
 
 
 def _set_drop_path(backbone: nn.Module, student: dict) -> None:

@@ -153,6 +153,11 @@ def test_continued_pretraining_warms_the_heads_up_and_monitors(pretrained, tmp_p
                monitor=dict(period=2, images=("skimage:coffee",), pca_size=56, probe_size=56, probe_scenes=(8, 4),
                             knn_scenes=(30, 20)))
     out = tmp_path / "continued"
+    # sizes the weights do not have would be recorded in config.json but not trained: refused, nothing written
+    wider = tiny(6, student=dict(pretrained_weights=result["export"]["safetensors"], embed_dim=64))
+    with pytest.raises(ValueError, match=r"student.embed_dim = 64, but student.pretrained_weights=.* has embed_dim 32"):
+        pretrain(wider, out, progress=False)
+    assert not (out / "config.json").exists()
     pretrain(cfg, out, progress=False)
     records = [json.loads(l) for l in (out / "monitor" / "monitor.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [2, 4, 6]
