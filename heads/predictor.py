@@ -23,6 +23,42 @@ from torch import Tensor, nn
 from dinov2_dense.features import center_pad, rescale_size
 
 TASKS = ("segmentation", "depth")
+TEST_CFG_KEYS = ("mode", "crop_size", "stride", "scales", "flip", "scale", "crop_batch_size")
+
+
+def _pair(value) -> tuple | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in value):
+        return tuple(value)
+    return None
+
+
+def check_test_cfg(cfg: dict, where: str = "test_cfg") -> None:
+    """Refuse test settings that cannot run or would mean nothing, naming ``where.key``: an unknown key or
+    mode, a window or stride below 1, a stride beyond the window (the pixels between windows would never
+    be predicted; mmseg refuses it too), an empty or non-positive ``scales``, ``crop_batch_size`` < 1.
+    Checked when a predictor is built, not at the first prediction (after a training run)."""
+    unknown = sorted(set(cfg) - set(TEST_CFG_KEYS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown test setting; known: {', '.join(TEST_CFG_KEYS)}")
+    if cfg.get("mode", "whole") not in ("whole", "slide"):
+        raise ValueError(f"{where}.mode={cfg['mode']!r}: use 'whole' or 'slide'")
+    crop, stride = _pair(cfg.get("crop_size", 512)), _pair(cfg.get("stride", 341))
+    for key, value in (("crop_size", crop), ("stride", stride)):
+        if value is None or min(value) < 1:
+            raise ValueError(f"{where}.{key}={cfg[key]!r}: a positive integer, or (height, width) of them")
+    if stride[0] > crop[0] or stride[1] > crop[1]:
+        raise ValueError(f"{where}.stride={cfg.get('stride', 341)!r} is larger than crop_size="
+                         f"{cfg.get('crop_size', 512)!r}: the pixels between windows would never be predicted")
+    scales = cfg.get("scales", (1.0,))
+    if not isinstance(scales, (list, tuple)) or not scales or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in scales):
+        raise ValueError(f"{where}.scales={scales!r}: one or more positive ratios, e.g. (1.0,)")
+    batch = cfg.get("crop_batch_size", 4)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"{where}.crop_batch_size={batch!r}: windows a batch, an integer >= 1")
 
 
 class DensePredictor(nn.Module):
@@ -57,6 +93,7 @@ class DensePredictor(nn.Module):
     ):
         super().__init__()
         self.test_cfg = dict(test_cfg or {})  # defaults of predict(): the official test protocol
+        check_test_cfg(self.test_cfg)
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.backbone = backbone
@@ -140,6 +177,9 @@ class DensePredictor(nn.Module):
         sh, sw = (stride, stride) if isinstance(stride, int) else stride
         if min(ch, cw, sh, sw) < 1:
             raise ValueError(f"crop_size {crop_size} and stride {stride} must be positive")
+        if sh > ch or sw > cw:
+            raise ValueError(f"stride {stride} is larger than crop_size {crop_size}: the pixels between windows "
+                             "would never be predicted")
         if crop_batch_size < 1:
             raise ValueError(f"crop_batch_size={crop_batch_size}: must be at least 1")
         b, _, h, w = images.shape

@@ -647,6 +647,9 @@ def test_synth_checks_free_space_first(tmp_path, capsys, monkeypatch):
     ("model.type=Nope", "model.type"),
     ("val_evaluator.num_classes=3", "val_evaluator.num_classes"),
     ("param_scheduler.5.end=6", "--cfg-options"),
+    ("model.test_cfg.mode=slid", "model.test_cfg.mode"),  # these failed at the first validation, after training
+    ("model.test_cfg.stride=0", "model.test_cfg.stride"),
+    ("model.test_cfg.crop_batch_size=0", "model.test_cfg.crop_batch_size"),
 ])
 def test_bad_config_values_name_their_key(option, words, scenes, tmp_path, capsys):
     code = None

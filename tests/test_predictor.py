@@ -117,6 +117,32 @@ def test_bad_arguments_are_refused():
         seg_model().predict(torch.randn(1, 3, 28, 28), mode="tiles")
 
 
+@pytest.mark.parametrize("cfg, message", [
+    (dict(mode="slid"), r"test_cfg.mode='slid': use 'whole' or 'slide'"),
+    (dict(crop_size=0), r"test_cfg.crop_size=0: a positive integer"),
+    (dict(crop_size=40, stride=60), r"test_cfg.stride=60 is larger than crop_size=40"),
+    (dict(crop_size=(40, 80), stride=(30, 90)), r"stride=\(30, 90\) is larger than crop_size=\(40, 80\)"),
+    (dict(scales=[]), r"test_cfg.scales=\[\]: one or more positive ratios"),
+    (dict(scales=(1.0, -0.5)), r"test_cfg.scales="),
+    (dict(crop_batch_size=0), r"test_cfg.crop_batch_size=0"),
+    (dict(strides=341), r"test_cfg.strides: unknown test setting"),
+])
+def test_test_settings_are_checked_when_the_predictor_is_built(cfg, message):
+    """A stride beyond the window left the pixels between windows unpredicted (NaN from slide_inference,
+    uniform probabilities or 0 m from predict); the others failed only at the first prediction."""
+    with pytest.raises(ValueError, match=message):
+        DensePredictor(tiny_vit(), ConvSegHead(), task="segmentation", layers=[1, 2], test_cfg=cfg)
+
+
+def test_a_stride_beyond_the_window_is_refused_when_given_to_predict():
+    model, x = seg_model(), torch.randn(1, 3, 100, 150)
+    with pytest.raises(ValueError, match="stride 60 is larger than crop_size 40"):
+        model.slide_inference(x, 40, 60)
+    with pytest.raises(ValueError, match="stride 60 is larger than crop_size 40"):
+        model.predict(x, mode="slide", crop_size=40, stride=60, out_size=(50, 75))
+    assert torch.isfinite(model.slide_inference(x, 40, 40)).all()  # a stride equal to the window covers it all
+
+
 def test_one_image_to_features_routine_and_one_layer_resolver():
     """DensePredictor, extract_features and the official get_intermediate_layers read the same
     features through one routine; negative block indices count from the end everywhere."""

@@ -93,6 +93,10 @@ class DenseModel(BaseModel):
         backbone_seed: int = 0,
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if test_cfg is not None:  # at the start of a training run, not at its first validation
+            from heads.predictor import check_test_cfg
+
+            check_test_cfg(dict(test_cfg), "model.test_cfg")
         if zoo is not None:
             from dinov2_dense.zoo import get_model_spec
 
