@@ -401,8 +401,12 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     label = label or model or str(weights)
-    # through JSON, as demo.json stores them (tuples come back as lists), so that a rerun compares equal
-    state = _State(work, json.loads(json.dumps({**asdict(s), "model": label})), overwrite)
+    from .checkpoints import fingerprint
+
+    # through JSON, as demo.json stores them (tuples come back as lists), so that a rerun compares equal; the
+    # weights' fingerprint, so that other weights under the same --model are other settings, not the old results
+    state = _State(work, json.loads(json.dumps({**asdict(s), "model": label, "weights": fingerprint(pretrained)})),
+                   overwrite)
     total = 4 + 2 * len(HEADS)
     step_no = 0
 

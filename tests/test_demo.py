@@ -128,6 +128,14 @@ def test_an_interrupted_demo_continues_where_it_stopped(tmp_path, backbone_file,
     monkeypatch.setattr(demo, "_heads_step", lambda *a, **k: pytest.fail("a finished step ran again"))
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert calls == [1] and (work / "report.html").is_file()
+    # other weights under the same name (`--model X --weights other.pth`) are other settings, not the old results
+    other = tmp_path / "other"
+    other.mkdir()
+    state = torch.load(backbone_file, weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, other / "backbone.pth")
+    (other / "backbone.json").write_text((backbone_file.parent / "backbone.json").read_text())
+    with pytest.raises(ValueError, match="a demo with other settings is there"):
+        run_demo(work, None, str(other / "backbone.pth"), settings=TINY, label=str(backbone_file), progress=False)
 
 
 def test_a_demo_of_an_older_version_continues_with_the_new_steps(tmp_path, backbone_file, monkeypatch):
