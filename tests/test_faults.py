@@ -671,6 +671,16 @@ def test_an_option_without_a_value_shows_an_example_of_its_command(command, exam
     assert f"'optim.epochs': expected KEY=VALUE, e.g. {example}" in capsys.readouterr().err
 
 
+def test_missing_official_weights_in_a_config_command_give_options_that_command_has(tmp_path, torch_home, capsys,
+                                                                                     monkeypatch):
+    """train and test take no --model or --weights: their hint names --cfg-options model.backbone_weights=None."""
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    cfg = ROOT / "configs" / "segmentation" / "dinov2_vits14_synthetic_linear.py"
+    rc, _, err = run(capsys, "train", cfg, "--work-dir", tmp_path / "w")
+    assert rc == 2 and "dinov2_vits14_pretrain.pth" in err and "--cfg-options model.backbone_weights=None" in err
+    assert "--model" not in err and "--weights random" not in err and not list((tmp_path / "w").glob("iter_*"))
+
+
 def test_one_line_errors_everywhere(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["features", str(_image(tmp_path / "a.png")), "--size", "0", "--out", str(tmp_path / "f.npy")])

@@ -204,12 +204,22 @@ def _rank() -> int:
 def _build_runner(cfg, source: str):
     from dinov2_dense.engine.runner import DenseRunner
 
+    from dinov2_dense.hub import NO_WEIGHTS_HINT, WeightsNotFoundError
+
     try:
         return DenseRunner.from_cfg(cfg)
     except TypeError as exc:  # a class in the config given arguments it does not take
         raise ConfigError(f"{source}: {exc}") from None
     except ValueError as exc:  # a value a class refuses (mmengine prefixes the class)
         raise ConfigError(f"{source}: {_one_line(exc)}") from None
+    except OSError as exc:
+        if NO_WEIGHTS_HINT not in str(exc):
+            raise
+        # the backbone's weights are not here: the options of the hint are those of the commands without a config
+        raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, (
+            "To go on without a download: --cfg-options model.backbone_weights=None (random weights: the metrics "
+            "then mean nothing), or a config of the tiny_synthetic_* kind, on the backbone embedded in the "
+            "package"))) from None
 
 
 def _one_line(exc: BaseException) -> str:
