@@ -269,6 +269,23 @@ def test_samples_batch_through_a_dataloader_reproducibly(tmp_path):
     assert not torch.equal(a[0]["image"][0], a[1]["image"][0])
 
 
+def test_workers_draw_their_own_augmentations_without_an_init_function(tmp_path):
+    """mmengine's worker init seeds random, numpy and torch, not albumentations' own generators: the data set
+    reseeds its pipeline in each worker from the worker's torch seed, so two workers do not repeat each
+    other's draws (here the same image twice, one in each worker) and a seeded loader repeats itself."""
+    root = write_ade20k_layout(tmp_path / "ade", 1, 0, SceneConfig(size=(64, 64)), progress=False)
+
+    def images():
+        ds = ADE20KDataset(root, transform=seg_train_pipeline(crop_size=40, scale=(64, 64), seed=0))
+        loader = torch.utils.data.DataLoader(ds, batch_size=1, sampler=[0, 0], num_workers=2, collate_fn=collate,
+                                             generator=torch.Generator().manual_seed(7))
+        return [batch["image"][0] for batch in loader]
+
+    first, second = images()
+    assert not torch.equal(first, second)
+    assert all(torch.equal(x, y) for x, y in zip(images(), (first, second)))
+
+
 def test_sample_format_and_normalisation(tmp_path):
     root = write_folder_layout(tmp_path / "f", 1, SceneConfig(size=(32, 48)), image_ext=".png", progress=False)
     seg = FolderSegmentationDataset(root)

@@ -148,6 +148,20 @@ def test_interrupted_save_leaves_previous_checkpoint(scenes, tmp_path, monkeypat
     assert latest_checkpoint(tmp_path) == str(tmp_path / "iter_20.pth")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_runs_of_one_config_train_the_same_head(scenes, tmp_path, workers):
+    """randomness.seed makes a run reproducible, augmentation included: albumentations seeded itself from
+    fresh entropy, so two runs of one config trained on other crops (another loss at iteration 2)."""
+    options = _options(scenes / "ade", 2, **{"train_dataloader.num_workers": workers})
+    heads = []
+    for name in ("a", "b"):
+        runner, _ = _run(SEG_CFG, tmp_path / name, options)
+        heads.append({k: v.clone() for k, v in runner.model.decode_head.state_dict().items()})
+    assert heads[0].keys() == heads[1].keys()
+    for key in heads[0]:
+        assert torch.equal(heads[0][key], heads[1][key]), key
+
+
 def _train_command(config: Path, work_dir: Path, options: dict, *extra: str) -> list[str]:
     opts = [f"{k}={v}" for k, v in options.items()]
     return [sys.executable, str(ROOT / "tools/train.py"), str(config), "--work-dir", str(work_dir), *extra,

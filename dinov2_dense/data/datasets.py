@@ -122,6 +122,7 @@ class DenseDataset(Dataset):
         sample = self.load_item(index)
         image, target = sample["image"], sample[self.target_key]
         if self.transform is not None:
+            self._seed_in_worker()
             out = self.transform(image=image, mask=target)
             image, target = out["image"], out["mask"]
             if image.dtype != np.uint8:
@@ -133,6 +134,24 @@ class DenseDataset(Dataset):
 
     def _to_tensor(self, target: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
+
+    def _seed_in_worker(self) -> None:
+        """In a DataLoader worker, reseed this copy's albumentations pipeline from the worker's torch seed
+        (drawn from the loader's generator, so a seeded run draws the same ones) at its first sample:
+        every worker starts with the parent's generator state and would otherwise repeat its draws."""
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return
+        seed = torch.initial_seed() % 2**32
+        if getattr(self, "_worker_seed", None) == seed:
+            return
+        self._worker_seed = seed
+        import albumentations as A
+
+        if isinstance(self.transform, A.BaseCompose):
+            from .pipelines import seed_pipeline
+
+            seed_pipeline(self.transform, seed)
 
     def validate(self, progress: bool = True) -> "DenseDataset":
         """Load every sample once (no transform), raising on the first bad file; returns self."""

@@ -35,6 +35,13 @@ def build_pipeline(cfg: dict | None):
     if fn is None or not name.endswith("_pipeline"):
         raise KeyError(f"unknown pipeline {name!r}: use one of seg_train_pipeline, seg_test_pipeline, "
                        "depth_train_pipeline, depth_test_pipeline")
+    import inspect
+
+    if "seed" in inspect.signature(fn).parameters and cfg.get("seed") is None:
+        # from the run's seed (the runner seeds torch before it builds the data sets: randomness.seed), without
+        # drawing from torch's generator; albumentations would otherwise seed itself from fresh entropy, and two
+        # runs of one config would train on other crops. DataLoader workers reseed their copy (DenseDataset).
+        cfg["seed"] = torch.initial_seed() % 2**32
     return fn(**cfg)
 
 
