@@ -865,6 +865,12 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         code = _run(args, prog, debug)
+        try:  # output buffered for a pipe is written here, not by the command: a reader that left shows now
+            sys.stdout.flush()
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise
+            code = 141
     finally:
         distributed = _close_process_group(wait=code == 0)
         if previous is not None:

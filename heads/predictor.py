@@ -45,13 +45,15 @@ def check_test_cfg(cfg: dict, where: str = "test_cfg") -> None:
         raise ValueError(f"{where}.{unknown[0]}: unknown test setting; known: {', '.join(TEST_CFG_KEYS)}")
     if cfg.get("mode", "whole") not in ("whole", "slide"):
         raise ValueError(f"{where}.mode={cfg['mode']!r}: use 'whole' or 'slide'")
-    crop, stride = _pair(cfg.get("crop_size", 512)), _pair(cfg.get("stride", 341))
-    for key, value in (("crop_size", crop), ("stride", stride)):
-        if value is None or min(value) < 1:
+    for key in ("crop_size", "stride"):
+        if key in cfg and (_pair(cfg[key]) is None or min(_pair(cfg[key])) < 1):
             raise ValueError(f"{where}.{key}={cfg[key]!r}: a positive integer, or (height, width) of them")
-    if stride[0] > crop[0] or stride[1] > crop[1]:
-        raise ValueError(f"{where}.stride={cfg.get('stride', 341)!r} is larger than crop_size="
-                         f"{cfg.get('crop_size', 512)!r}: the pixels between windows would never be predicted")
+    if cfg.get("mode") == "slide":  # the windows are used: every pixel must be in one
+        crop, stride = _pair(cfg.get("crop_size", 512)), _pair(cfg.get("stride", 341))
+        if stride[0] > crop[0] or stride[1] > crop[1]:
+            shown = lambda key, default: f"{key}={cfg[key]!r}" if key in cfg else f"{key} {default} (the default)"  # noqa: E731
+            raise ValueError(f"{where}: {shown('stride', 341)} is larger than {shown('crop_size', 512)}: the pixels "
+                             "between windows would never be predicted")
     scales = cfg.get("scales", (1.0,))
     if not isinstance(scales, (list, tuple)) or not scales or not all(
             isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in scales):

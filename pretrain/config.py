@@ -141,12 +141,7 @@ def resolve(user: dict[str, Any] | None, source: str = "config") -> dict[str, di
         for key, value in values.items():
             if key not in cfg[section]:
                 raise ConfigError(f"{source}: unknown key {section}.{key}{_suggest(key, cfg[section])}")
-            default = cfg[section][key]
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"{source}: {section}.{key} = {value!r}: expected true or false")
-            if isinstance(default, Number) and not isinstance(default, bool) and \
-                    (not isinstance(value, Number) or isinstance(value, bool)):
-                raise ConfigError(f"{source}: {section}.{key} = {value!r}: expected a number")
+            _check_kind(cfg[section][key], value, f"{section}.{key}", source)
             cfg[section][key] = value
     _check(cfg, source)
     students = cfg["distill"]["students"]
@@ -158,6 +153,15 @@ def resolve(user: dict[str, Any] | None, source: str = "config") -> dict[str, di
         except ConfigError as exc:
             raise ConfigError(f"{exc} (distill.students[{i}] over the student section)") from None
     return cfg
+
+
+def _check_kind(default: Any, value: Any, key: str, source: str) -> None:
+    """A value of the kind of its default: true or false for a flag, a number for a number."""
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} = {value!r}: expected true or false")
+    if isinstance(default, Number) and not isinstance(default, bool) and \
+            (not isinstance(value, Number) or isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key} = {value!r}: expected a number")
 
 
 def _check(cfg: dict, source: str) -> None:
@@ -241,6 +245,8 @@ def resolve_student(base: dict, override: dict, source: str = "config") -> dict:
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(f"{source}: unknown key distill.students[].{key}{_suggest(key, DEFAULTS['student'])}")
+    for key, value in override.items():
+        _check_kind(DEFAULTS["student"][key], value, f"distill.students[].{key}", source)
     return {**base, **override}
 
 

@@ -259,7 +259,8 @@ def _clear_run(work_dir: Path) -> None:
     for name in ("export", "monitor"):
         if (work_dir / name).is_dir():
             shutil.rmtree(work_dir / name)
-    for name in ("training_metrics.jsonl", "training_curves.png", "config.json", "backbone.json"):
+    for name in ("training_metrics.jsonl", "training_curves.png", "config.json", "backbone.json",
+                 "teacher_fingerprints.json"):
         (work_dir / name).unlink(missing_ok=True)
 
 

@@ -203,6 +203,7 @@ def test_output_into_a_pipe_whose_reader_left_ends_quietly(tmp_path):
     reader, writer = os.pipe()
     os.close(reader)
     env = dict(os.environ, DINOV2_DENSE_WEIGHTS=str(tmp_path))
+    env.pop("PYTHONUNBUFFERED", None)  # buffered, as stdout into a pipe is by default: the last flush meets it
     try:
         run = subprocess.run([sys.executable, "-m", "dinov2_dense.cli", "info"], stdout=writer, stderr=subprocess.PIPE,
                              text=True, env=env, timeout=120)

@@ -120,8 +120,9 @@ def test_bad_arguments_are_refused():
 @pytest.mark.parametrize("cfg, message", [
     (dict(mode="slid"), r"test_cfg.mode='slid': use 'whole' or 'slide'"),
     (dict(crop_size=0), r"test_cfg.crop_size=0: a positive integer"),
-    (dict(crop_size=40, stride=60), r"test_cfg.stride=60 is larger than crop_size=40"),
-    (dict(crop_size=(40, 80), stride=(30, 90)), r"stride=\(30, 90\) is larger than crop_size=\(40, 80\)"),
+    (dict(mode="slide", crop_size=40, stride=60), r"test_cfg: stride=60 is larger than crop_size=40"),
+    (dict(mode="slide", crop_size=(40, 80), stride=(30, 90)), r"stride=\(30, 90\) is larger than crop_size=\(40, 80\)"),
+    (dict(mode="slide", crop_size=224), r"stride 341 \(the default\) is larger than crop_size=224"),
     (dict(scales=[]), r"test_cfg.scales=\[\]: one or more positive ratios"),
     (dict(scales=(1.0, -0.5)), r"test_cfg.scales="),
     (dict(crop_batch_size=0), r"test_cfg.crop_batch_size=0"),
@@ -132,6 +133,14 @@ def test_test_settings_are_checked_when_the_predictor_is_built(cfg, message):
     uniform probabilities or 0 m from predict); the others failed only at the first prediction."""
     with pytest.raises(ValueError, match=message):
         DensePredictor(tiny_vit(), ConvSegHead(), task="segmentation", layers=[1, 2], test_cfg=cfg)
+
+
+def test_window_settings_of_whole_mode_are_left_to_the_slide_calls():
+    """Whole mode uses no window: crop_size=224 alone (the default stride 341 beyond it) is no error, and a
+    predict() that slides with its own stride takes it."""
+    model = DensePredictor(tiny_vit(), ConvSegHead(), task="segmentation", layers=[1, 2],
+                           test_cfg=dict(mode="whole", crop_size=28)).eval()
+    assert model.predict(torch.randn(1, 3, 42, 56), mode="slide", stride=14).shape == (1, 5, 42, 56)
 
 
 def test_a_stride_beyond_the_window_is_refused_when_given_to_predict():

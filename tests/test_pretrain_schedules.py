@@ -98,6 +98,8 @@ def test_config_values_that_would_fail_in_the_loop_are_refused_naming_the_key(se
 def test_distillation_students_are_checked_with_the_config_file_named():
     with pytest.raises(ConfigError, match=r"^d.py: unknown key distill.students\[\].foo"):
         resolve({"distill": {"students": [{"foo": 1}]}}, "d.py")
+    with pytest.raises(ConfigError, match=r"^d.py: distill.students\[\].drop_path_rate = '0.1': expected a number"):
+        resolve({"distill": {"students": [{"drop_path_rate": "0.1"}]}}, "d.py")
     with pytest.raises(ConfigError, match=r"^d.py: distill.students = 'x': a list of dicts"):
         resolve({"distill": {"students": "x"}}, "d.py")
     custom = dict(arch="custom", embed_dim=32, depth=2, num_heads=2)

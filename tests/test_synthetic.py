@@ -1,4 +1,4 @@
-"""Synthetic scenes: determinism, exact maps, speed, and writers that the real loaders read back."""
+"""Synthetic scenes: determinism, exact maps, and writers that the real loaders read back."""
 
 
 import numpy as np

@@ -162,6 +162,21 @@ def test_two_runs_of_one_config_train_the_same_head(scenes, tmp_path, workers):
         assert torch.equal(heads[0][key], heads[1][key]), key
 
 
+def test_each_process_of_a_run_seeds_its_own_augmentation(monkeypatch):
+    """Every rank of a run has the same torch seed (mmengine's default): the pipeline seed mixes in the rank,
+    so that without workers the processes do not draw the same crops for their i-th samples."""
+    import mmengine.dist
+
+    from dinov2_dense.engine.data import build_pipeline
+
+    torch.manual_seed(0)
+    seeds = []
+    for rank in (0, 1, 0):
+        monkeypatch.setattr(mmengine.dist, "get_rank", lambda r=rank: r)
+        seeds.append(build_pipeline(dict(type="seg_train_pipeline", crop_size=56, scale=(112, 56))).seed)
+    assert seeds[0] == seeds[2] != seeds[1]
+
+
 def _train_command(config: Path, work_dir: Path, options: dict, *extra: str) -> list[str]:
     opts = [f"{k}={v}" for k, v in options.items()]
     return [sys.executable, str(ROOT / "tools/train.py"), str(config), "--work-dir", str(work_dir), *extra,

@@ -38,10 +38,13 @@ def build_pipeline(cfg: dict | None):
     import inspect
 
     if "seed" in inspect.signature(fn).parameters and cfg.get("seed") is None:
+        from mmengine.dist import get_rank
+
         # from the run's seed (the runner seeds torch before it builds the data sets: randomness.seed), without
-        # drawing from torch's generator; albumentations would otherwise seed itself from fresh entropy, and two
-        # runs of one config would train on other crops. DataLoader workers reseed their copy (DenseDataset).
-        cfg["seed"] = torch.initial_seed() % 2**32
+        # drawing from torch's generator, and each process its own (every rank has the same torch seed);
+        # albumentations would otherwise seed itself from fresh entropy, and two runs of one config would train
+        # on other crops. DataLoader workers reseed their copy (DenseDataset).
+        cfg["seed"] = (torch.initial_seed() + 1_000_003 * get_rank()) % 2**32
     return fn(**cfg)
 
 
