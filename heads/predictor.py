@@ -38,7 +38,8 @@ def _pair(value) -> tuple | None:
 def check_test_cfg(cfg: dict, where: str = "test_cfg") -> None:
     """Refuse test settings that cannot run or would mean nothing, naming ``where.key``: an unknown key or
     mode, a window or stride below 1, a stride beyond the window (the pixels between windows would never
-    be predicted; mmseg refuses it too), an empty or non-positive ``scales``, ``crop_batch_size`` < 1.
+    be predicted; mmseg refuses it too), an empty or non-positive ``scales``, a ``flip`` that is not a
+    bool, a ``scale`` that is not two positive integers, ``crop_batch_size`` < 1.
     Checked when a predictor is built, not at the first prediction (after a training run)."""
     unknown = sorted(set(cfg) - set(TEST_CFG_KEYS))
     if unknown:
@@ -58,6 +59,11 @@ def check_test_cfg(cfg: dict, where: str = "test_cfg") -> None:
     if not isinstance(scales, (list, tuple)) or not scales or not all(
             isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in scales):
         raise ValueError(f"{where}.scales={scales!r}: one or more positive ratios, e.g. (1.0,)")
+    if not isinstance(cfg.get("flip", False), bool):
+        raise ValueError(f"{where}.flip={cfg['flip']!r}: true or false")
+    scale = cfg.get("scale")
+    if scale is not None and (_pair(scale) is None or min(_pair(scale)) < 1):
+        raise ValueError(f"{where}.scale={scale!r}: (long side, short side) in pixels, e.g. (2048, 512), or None")
     batch = cfg.get("crop_batch_size", 4)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"{where}.crop_batch_size={batch!r}: windows a batch, an integer >= 1")

@@ -126,6 +126,8 @@ def test_bad_arguments_are_refused():
     (dict(scales=[]), r"test_cfg.scales=\[\]: one or more positive ratios"),
     (dict(scales=(1.0, -0.5)), r"test_cfg.scales="),
     (dict(crop_batch_size=0), r"test_cfg.crop_batch_size=0"),
+    (dict(flip="yes"), r"test_cfg.flip='yes': true or false"),
+    (dict(scale=(2048, 0)), r"test_cfg.scale=\(2048, 0\): \(long side, short side\)"),
     (dict(strides=341), r"test_cfg.strides: unknown test setting"),
 ])
 def test_test_settings_are_checked_when_the_predictor_is_built(cfg, message):
