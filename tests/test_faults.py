@@ -681,6 +681,22 @@ def test_missing_official_weights_in_a_config_command_give_options_that_command_
     assert "--model" not in err and "--weights random" not in err and not list((tmp_path / "w").glob("iter_*"))
 
 
+def test_a_list_of_dicts_in_cfg_options_arrives_whole():
+    """mmengine splits values at commas outside [] and (): a list of dicts came apart into strings."""
+    import argparse
+
+    from dinov2_dense.engine.entry import OptionsAction
+
+    parser = argparse.ArgumentParser(prog="dinov2-dense distill")
+    parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={})
+    args = parser.parse_args(["--cfg-options", "distill.students=[{'embed_dim': 32, 'num_heads': 2}, {'depth': 3}]",
+                              "train.dataset.root=data/{a}", "crops.local_crops_scale=(0.05,0.3)"])
+    assert args.cfg_options == {"distill.students": [{"embed_dim": 32, "num_heads": 2}, {"depth": 3}],
+                                "train.dataset.root": "data/{a}", "crops.local_crops_scale": (0.05, 0.3)}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cfg-options", "distill.students=[{'embed_dim': 32,]"])
+
+
 def test_one_line_errors_everywhere(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["features", str(_image(tmp_path / "a.png")), "--size", "0", "--out", str(tmp_path / "f.npy")])

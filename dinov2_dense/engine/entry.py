@@ -8,6 +8,7 @@ checkpoint and the output folder.
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import os
 from numbers import Number
@@ -36,6 +37,17 @@ class OptionsAction(DictAction):
             super().__call__(parser, namespace, values, option_string)
         except (ValueError, SyntaxError, TypeError) as exc:
             parser.error(f"{option_string}: {exc}")
+        # mmengine splits at every comma outside [] and (), so a dict ("distill.students=[{'embed_dim': 32,
+        # 'num_heads': 2}]") came apart into strings: a value holding a dict is read as a Python literal
+        options = getattr(namespace, self.dest)
+        for item in values if isinstance(values, list) else [values]:
+            key, value = item.split("=", 1)
+            if "{" in value and value.strip()[:1] in ("[", "(", "{"):
+                try:
+                    options[key] = ast.literal_eval(value.strip())
+                except (ValueError, SyntaxError):
+                    parser.error(f"{option_string} {item!r}: a value with a dict must be a Python literal, e.g. "
+                                 "distill.students=[{'embed_dim':384,'num_heads':6}]")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
