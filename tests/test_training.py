@@ -218,7 +218,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path):
+def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path, capsys):
+    """Two CPU processes train one head; `test` of the checkpoint reports the run's own validation (each
+    process's BatchNorm statistics were its own, and the checkpoint held process 0's: other metrics)."""
+    import ast
+    import re
+
+    from dinov2_dense.cli import main
+
     options = _options(scenes / "ade", 20, **{"train_dataloader.batch_size": 4})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port())] + _train_command(SEG_CFG, tmp_path, options, "--launcher", "pytorch")[1:]
@@ -230,6 +237,12 @@ def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path):
     assert "GPU number: 2" in text  # mmengine's name for the world size
     assert "Iter(val) [8/8]" in text  # the 16 validation images split over 2 processes
     assert (tmp_path / "iter_20.pth").is_file()
+    validated = float(re.findall(r"Iter\(val\) \[8/8\].*?mIoU: ([0-9.]+)", text)[-1])
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(tmp_path / "iter_20.pth"), "--work-dir", str(tmp_path / "t"),
+                 "--cfg-options", *(f"{k}={v}" for k, v in options.items())]) == 0
+    tested = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert tested["mIoU"] == pytest.approx(validated, abs=1e-4), (tested["mIoU"], validated)
 
 
 def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):

@@ -144,3 +144,15 @@ class SavePredictionsHook(Hook):
             gt, pred = self.root if self.root is not None else "GT_DIR", self.out_dir / "depth"
         command = shlex.join(["dinov2-dense", "eval-depth", str(pred), str(gt), *opts])
         return "score them as this test did with: " + command + ("" if metrics else " (add the test's settings)")
+
+
+@HOOKS.register_module()
+class SyncNormStatsHook(Hook):
+    """Before each validation, average the BatchNorm statistics over the processes of a distributed run
+    (:func:`dinov2_dense.engine.runner.sync_norm_stats`; the runner also does it before each save).
+    DenseRunner adds it to every run."""
+
+    def before_val_epoch(self, runner) -> None:
+        from .runner import sync_norm_stats
+
+        sync_norm_stats(runner.model)

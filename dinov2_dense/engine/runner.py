@@ -144,6 +144,26 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
     return checkpoint
 
 
+def sync_norm_stats(model: torch.nn.Module) -> None:
+    """Average the BatchNorm running statistics over the processes of a distributed run (a collective).
+
+    A head's BatchNorm is SyncBatchNorm on CUDA only; on CPUs (gloo) each process keeps statistics of its
+    own batches, and the DDP wrapper does not broadcast buffers. Validation ran with each process's own,
+    while the checkpoint held process 0's, so `test` of the checkpoint reported other metrics than the
+    run's own validation. Averaged before each validation and each save, both use the same statistics."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    world = dist.get_world_size()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for stats in (module.running_mean, module.running_var):
+                if stats is not None:
+                    dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+                    stats.div_(world)
+
+
 class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
@@ -163,8 +183,9 @@ class DenseRunner(Runner):
             backend = ((kwargs.get("env_cfg") or {}).get("dist_cfg") or {}).get("backend", "gloo")
             torch.distributed.init_process_group(backend=backend)
         hooks = list(custom_hooks or [])
-        if not any(isinstance(h, dict) and h.get("type") == "CheckpointSanitizerHook" for h in hooks):
-            hooks.append(dict(type="CheckpointSanitizerHook"))
+        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook"):
+            if not any(isinstance(h, dict) and h.get("type") == name for h in hooks):
+                hooks.append(dict(type=name))
         super().__init__(*args, custom_hooks=hooks, **kwargs)
 
     @classmethod
@@ -201,6 +222,7 @@ class DenseRunner(Runner):
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         from mmengine.dist import is_main_process
 
+        sync_norm_stats(self.model)  # every process takes part: the file holds the statistics validation uses
         if not is_main_process():  # mmengine writes from the main process only
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
         with atomic_path(Path(out_dir) / filename) as tmp:
