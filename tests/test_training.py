@@ -245,6 +245,24 @@ def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path, capsys):
     assert tested["mIoU"] == pytest.approx(validated, abs=1e-4), (tested["mIoU"], validated)
 
 
+def test_test_out_under_two_processes_counts_each_file_once(tmp_path):
+    """5 test images over 2 processes: the sampler repeats one to give each 3; the files and the count
+    are 5 (it said 6)."""
+    root = write_ade20k_layout(tmp_path / "ade", 4, 5, config=SceneConfig(size=(56, 56)), seed=1, progress=False)
+    options = _options(root, 1)
+    _run(SEG_CFG, tmp_path / "w", options)
+    opts = [f"{k}={v}" for k, v in options.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(ROOT / "tools/test.py"), str(SEG_CFG), str(tmp_path / "w" / "iter_1.pth"),
+           "--work-dir", str(tmp_path / "t"), "--out", str(tmp_path / "pred"), "--launcher", "pytorch",
+           "--cfg-options", *opts]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == 5
+    assert f"saved 5 label masks under {tmp_path / 'pred'}" in out.stdout + out.stderr
+
+
 def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
     """`test --out` writes what `eval-depth` reads (named after the ground truth), and the two
     commands report the same metrics for the same predictions (up to the PNG's millimetres)."""

@@ -46,6 +46,7 @@ class SavePredictionsHook(Hook):
         self.ignore_index = 255
         self.replace = False
         self.gt_dir: Path | None = None  # the deepest folder holding this process's ground truth
+        self.names: set[str] = set()  # the files written (a sample repeated to even out processes: once)
 
     def before_test(self, runner) -> None:
         from mmengine.dist import barrier, is_main_process
@@ -60,6 +61,7 @@ class SavePredictionsHook(Hook):
         if self.depth_scale is None:
             self.depth_scale = float(getattr(dataset, "depth_scale", None) or 1000.0)
         self.stage = test_stage(self.out_dir)
+        self.names = set()
         if is_main_process():
             discard_stage(self.stage)  # left by a run that was killed
             self.stage.mkdir(parents=True)
@@ -85,6 +87,7 @@ class SavePredictionsHook(Hook):
         for sample in outputs or []:
             name = self._name(sample.get("meta", {}) or {})
             self.count += 1
+            self.names.add(name.as_posix())
             if "pred_sem_seg" in sample:
                 labels = sample["pred_sem_seg"].cpu().numpy().astype(np.uint8)
                 write_image(self.stage / "masks" / name, labels)
@@ -99,13 +102,11 @@ class SavePredictionsHook(Hook):
                 write_image(self.stage / "colour" / name, colour_depth(depth))
 
     def after_test(self, runner) -> None:
-        import torch
-        from mmengine.dist import all_gather_object, all_reduce, barrier, is_main_process
+        from mmengine.dist import all_gather_object, barrier, is_main_process
 
         barrier()
-        count = torch.tensor(self.count)
-        all_reduce(count, op="sum")
-        total = int(count)
+        # the distinct files, not the samples: the sampler repeats a few to give every process as many
+        total = len(set().union(*all_gather_object(self.names)))
         parents = [str(d) for d in all_gather_object(self.gt_dir) if d is not None]
         self.gt_dir = Path(os.path.commonpath(parents)) if parents else None
         if is_main_process() and self.stage is not None:
