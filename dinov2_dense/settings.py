@@ -163,7 +163,7 @@ def test_protocol(dataset: str, head: str) -> dict:
     scale = data.ms_scale if ms else data.test_scale
     if scale is not None and cfg["mode"] == "slide":
         cfg["scale"] = scale
-    if ms and cfg["mode"] == "slide":
+    if ms:  # whole-image data sets too (the synthetic scenes): the ratios resize the image itself
         cfg.update(scales=MS_RATIOS, flip=MS_FLIP)
     return cfg
 

@@ -82,8 +82,9 @@ def test_leaf_values_are_the_table_and_the_protocol(path):
             assert head.in_channels == [s.embed_dim] * n and head.in_index == ([0, 1, 2, 3] if n == 4 else [3])
         assert model.losses == [dict(type="CrossEntropyLoss", ignore_index=255, avg_non_ignore=False)]
         expected = SEG_TEST.get((dataset, kind), SEG_TEST.get((dataset, "linear")))
-        if synthetic:
-            expected = dict(mode="whole")
+        if synthetic:  # whole images; +ms still resizes them by the released ratios, with flip
+            ms = SEG_TEST[("ade20k", "ms")]
+            expected = dict(mode="whole", scales=ms["scales"], flip=ms["flip"]) if kind == "ms" else dict(mode="whole")
         assert model.test_cfg == expected
         if not synthetic and dataset != "cityscapes":
             train = cfg.train_dataloader.dataset.pipeline

@@ -3,4 +3,4 @@ _base_ = ["../_base_/models/seg_ms.py", "../_base_/datasets/synthetic_seg_ms.py"
           "../_base_/schedules/schedule_synthetic.py", "../_base_/synthetic_runtime.py"]
 model = dict(backbone="dinov2_vitg14", layers=[36, 37, 38, 39],
              head=dict(in_channels=[1536, 1536, 1536, 1536], num_classes=5),
-             test_cfg=dict(_delete_=True, mode="whole"))
+             test_cfg=dict(_delete_=True, mode="whole", scales=(1.0, 1.32, 1.73, 2.28, 3.0), flip=True))
