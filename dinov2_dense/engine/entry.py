@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmengine.config import Config, DictAction
 
-from ..options import nonnegative_int
+from ..options import nonnegative_int, positive_int
 
 
 class ConfigError(ValueError):
@@ -336,7 +336,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a work dir that holds another run's checkpoints (they are deleted)")
-    parser.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations (a try run)")
+    parser.add_argument("--max-iters", type=positive_int, default=None,
+                        help="stop after this many iterations (a try run)")
     parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
                         help="override config entries, e.g. optim.epochs=10 train.batch_size_per_gpu=32")
     parser.add_argument("--no-progress", action="store_true",
@@ -345,25 +346,17 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    """``dinov2-dense pretrain``: load the config, check the work dir, run ``pretrain.train.pretrain``."""
-    from pretrain.train import checkpoint_files, pretrain
+    """``dinov2-dense pretrain``: load the config and run ``pretrain.train.pretrain`` (which checks the work dir)."""
+    from pretrain.train import pretrain
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir)
     work_dir = Path(cfg.work_dir)
     sections = {k: v for k, v in cfg.to_dict().items() if k not in ("work_dir", "launcher")}
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in the work dir, --overwrite starts afresh: give one of them")
-    old = checkpoint_files(work_dir) if work_dir.is_dir() else []
-    if old and not (args.resume or args.overwrite):
-        raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): "
-                              "pass --resume to continue it, --overwrite to delete them, or choose another "
-                              "--work-dir")
-    if args.max_iters is not None and args.max_iters < 1:
-        raise ValueError(f"--max-iters {args.max_iters}: expected at least 1")
     if getattr(args, "distill_only", False) and not (sections.get("distill") or {}).get("teacher"):
         raise ValueError(f"{args.config}: distill.teacher is not set; give --teacher (a zoo name or a weights "
                          "file) or set it in the config")
-    # --overwrite: pretrain deletes the other run once the config is checked and the model built
+    # pretrain() refuses a work dir holding another run unless --resume or --overwrite (it deletes that run
+    # once the config is checked and the model built)
     result = pretrain(sections, work_dir, resume=args.resume, overwrite=args.overwrite, max_iters=args.max_iters,
                       source=args.config, progress=not args.no_progress)
     if _rank() == 0:
