@@ -313,17 +313,26 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
 
 
 def _check_loaded_arch(section: dict, backbone: nn.Module) -> None:
-    """A custom student's sizes must be those of its ``pretrained_weights``, which decide the model: a
-    config that says otherwise would be recorded in config.json but not trained."""
-    if section["arch"] != "custom":
-        return
+    """The student's settings must describe its ``pretrained_weights``, which decide the model: a config
+    that says otherwise would be recorded in config.json but not trained. Sizes (a released ``arch``'s
+    or a custom one's), patch size, registers, FFN kind and biases are compared."""
+    from .meta_arch import ARCHS
+
+    arch = backbone.arch_kwargs()
     loaded = dict(embed_dim=backbone.embed_dim, depth=len(backbone.blocks), num_heads=backbone.num_heads,
-                  patch_size=backbone.patch_size)
+                  patch_size=arch["patch_size"], num_register_tokens=arch["num_register_tokens"],
+                  ffn_layer=arch["ffn_layer"], **{k: arch.get(k, True) for k in ("qkv_bias", "proj_bias", "ffn_bias")})
+    said = {k: section.get(k) for k in loaded}
+    if section["arch"] in ARCHS:
+        said.update(zip(("embed_dim", "depth", "num_heads"), ARCHS[section["arch"]]))
+    if said["ffn_layer"] == "swiglu":  # the same layer as swiglufused
+        said["ffn_layer"] = "swiglufused"
     for key, value in loaded.items():
-        if section[key] is not None and section[key] != value:
-            raise ValueError(f"student.{key} = {section[key]!r}, but student.pretrained_weights="
-                             f"{section['pretrained_weights']} has {key} {value}: the weights decide the model; "
-                             "make the settings match or leave them out")
+        if said[key] is not None and said[key] != value:
+            where = f"student.arch = {section['arch']!r} has {key} {said[key]!r}" if section["arch"] in ARCHS and \
+                key in ("embed_dim", "depth", "num_heads") else f"student.{key} = {section.get(key)!r}"
+            raise ValueError(f"{where}, but student.pretrained_weights={section['pretrained_weights']} has {key} "
+                             f"{value!r}: the weights decide the model; make the settings match or leave them out")
 
 
 def _set_drop_path(backbone: nn.Module, student: dict) -> None:

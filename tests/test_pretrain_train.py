@@ -157,6 +157,12 @@ def test_continued_pretraining_warms_the_heads_up_and_monitors(pretrained, tmp_p
     wider = tiny(6, student=dict(pretrained_weights=result["export"]["safetensors"], embed_dim=64))
     with pytest.raises(ValueError, match=r"student.embed_dim = 64, but student.pretrained_weights=.* has embed_dim 32"):
         pretrain(wider, out, progress=False)
+    for student, said in ((dict(num_register_tokens=4), r"student.num_register_tokens = 4, .* has num_register_tokens 0"),
+                          (dict(qkv_bias=False), r"student.qkv_bias = False, .* has qkv_bias True"),
+                          (dict(arch="vit_small"), r"student.arch = 'vit_small' has embed_dim 384, .* has embed_dim 32")):
+        with pytest.raises(ValueError, match=said):
+            pretrain(tiny(6, student=dict(pretrained_weights=result["export"]["safetensors"], **student)), out,
+                     progress=False)
     assert not (out / "config.json").exists()
     pretrain(cfg, out, progress=False)
     records = [json.loads(l) for l in (out / "monitor" / "monitor.jsonl").read_text().splitlines()]
