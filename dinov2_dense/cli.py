@@ -545,9 +545,6 @@ def _cmd_knn(args: argparse.Namespace) -> int:
         line += f"; linear probe top-1 {result['linear']['top1']:.2f}% (weight decay {result['linear']['weight_decay']:g})"
     print(f"{args.model}{note}: {line}; {result['num_train']} train / {result['num_val']} val images, "
           f"{len(result['class_names'])} classes")
-    if result["skipped"]:
-        print(f"warning: {len(result['skipped'])} unreadable image(s) skipped: {', '.join(result['skipped'][:5])}",
-              file=sys.stderr)
     if args.out is not None:
         write_json(args.out, result)
         print(f"wrote {args.out}")

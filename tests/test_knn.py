@@ -510,3 +510,24 @@ def test_resize_8bit_folder_features_cache_and_command(tmp_path, monkeypatch):
     assert main(["knn", str(tmp_path / "one"), "--weights", str(weights), "--size", "28", "--k", "3", "--no-linear",
                  "--num-workers", "0"]) == 0
     assert seen == [False] * 12
+
+
+def test_cli_names_an_unreadable_image_once_also_from_the_cache(tmp_path, capfd):
+    """The command says once which image it skipped: on the run that reads it, and on a run whose
+    features come from the cache (which would otherwise skip it silently)."""
+    from dinov2_dense.cli import main
+    from pretrain.export import export_backbone
+
+    root = write_folder(tmp_path / "data", per_class=4)
+    (root / "cat" / "broken.png").write_bytes(b"not a png")
+    weights = export_backbone(tiny_vit(depth=1, dim=32, img=28), tmp_path / "export")["safetensors"]
+    args = ["knn", str(root), "--weights", str(weights), "--size", "28", "--k", "3", "--no-linear", "--num-workers",
+            "0", "--cache", str(tmp_path / "cache")]
+    for run in range(2):
+        with warnings.catch_warnings(record=True) as caught:  # what the command shows as "warning: ..."
+            warnings.simplefilter("always")
+            assert main(args) == 0
+        err = capfd.readouterr().err
+        said = [str(w.message) for w in caught if "broken.png" in str(w.message)]
+        assert len(said) + err.count("broken.png") == 1, (run, said, err)
+        assert ("read from the cache" in err) == (run == 1)

@@ -523,6 +523,7 @@ def folder_features(
         if cached is not None:
             if progress is not False:
                 print(f"features of {root} read from the cache {cache_file}", file=sys.stderr)
+            _warn_skipped(root, cached.skipped)
             return cached
     device = next(model.parameters()).device
     kept, kept_labels, skipped, pooled = [], [], [], []
@@ -555,9 +556,7 @@ def folder_features(
                 run()
             bar.update(len(where) + len(bad))
     pooled += [copy.wait().clone() for copy in in_flight]
-    if skipped:
-        warnings.warn(f"{root}: skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])
-                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+    _warn_skipped(root, skipped)
     if not kept:
         raise ValueError(f"{root}: none of the {len(paths)} images could be read (first: {skipped[0]})")
     result = LabelledFeatures(torch.cat(pooled), torch.tensor(kept_labels, dtype=torch.long), names, kept, skipped)
@@ -585,6 +584,13 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
     if resize_8bit:  # only when set: the keys of caches made before the option stay valid
         about["resize_8bit"] = True
     return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _warn_skipped(root, skipped: list[str]) -> None:
+    """One warning naming the images that could not be read (also when the features come from the cache)."""
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])
+                      + (" ..." if len(skipped) > 5 else ""), stacklevel=3)
 
 
 def _read_cached(path: Path) -> LabelledFeatures | None:
