@@ -50,6 +50,29 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch_home"
 
 
+_next_port = [0]
+
+
+def free_port() -> int:
+    """A port for a test's process group that no other test takes: each xdist worker draws from its own
+    block of 500 ports (a port the OS hands out, bound and released, could go to two workers at once)
+    and checks that the port can be bound."""
+    import socket
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    block = 29600 + 500 * (int(worker[2:]) if worker[2:].isdigit() else 0) % 30000
+    while _next_port[0] < 500:
+        port = block + _next_port[0]
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port left in this worker's block")
+
+
 @pytest.fixture
 def single_process_group(tmp_path):
     """A one-process gloo group for the test (skipped where torch.distributed cannot make one)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from pretrain.curation import (
     retrieve,
 )
 from pretrain.curation.pipeline import normalized_entropy
-from tests.conftest import tiny_vit
+from tests.conftest import free_port, tiny_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -404,12 +403,6 @@ def test_curating_images_feeds_the_pretraining_data_set(tmp_path):
 
 
 # -- two processes -----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SCRIPT = """
 import sys, numpy as np, torch.distributed as dist
 from pretrain.curation import hierarchical_kmeans
@@ -430,7 +423,7 @@ def test_two_processes_on_gloo_give_the_centroids_of_one(tmp_path, init):
     script.write_text(SCRIPT.format(init=init))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), str(tmp_path / "x.npy"), str(tmp_path / "two")]
+           "--master_port", str(free_port()), str(script), str(tmp_path / "x.npy"), str(tmp_path / "two")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     one = hierarchical_kmeans(np.load(tmp_path / "x.npy", mmap_mode="r"), [40, 12, 4], resample_steps=[0, 4, 4],
@@ -449,7 +442,7 @@ def test_curate_command_under_torchrun_selects_what_one_process_selects(tmp_path
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "dinov2_dense.cli", *args, "--out", str(tmp_path / "two"),
+           "--master_port", str(free_port()), "-m", "dinov2_dense.cli", *args, "--out", str(tmp_path / "two"),
            "--launcher", "pytorch"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import inspect
 import math
-import socket
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch.distributed as dist
 
 from pretrain.heads import DINOHead, dino_head_state_dict_from_official, dino_head_state_dict_to_official
 from pretrain.loss import DINOLoss, KoLeoLoss, iBOTPatchLoss, sinkhorn_knopp
+from tests.conftest import free_port
 
 # The oracle's own deprecation warnings (torch.cuda.amp.autocast, torch.nn.utils.weight_norm).
 pytestmark = pytest.mark.filterwarnings(
@@ -462,16 +462,10 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo over tcp on Linux/macOS")
 def test_two_process_gloo_equals_one_process_on_the_whole_batch(tmp_path):
-    torch.multiprocessing.spawn(_distributed_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_distributed_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     data = _global_inputs()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 
 from dinov2_dense import load_backbone
 from pretrain.train import TrainingDiverged, checkpoint_files, pretrain
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -102,17 +102,11 @@ def test_kill_minus_nine_then_resume_ends_at_the_planned_iteration(tmp_path):
     assert [l["iteration"] for l in lines] == list(range(20, 161, 20))  # logged after the checkpoint: not twice
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_on_gloo_keep_the_same_teacher(tmp_path):
     cfg = _py_config(tmp_path / "tiny.py", tiny(4))
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work)]
+           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work)]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     prints = json.loads((work / "teacher_fingerprints.json").read_text())
@@ -127,7 +121,7 @@ def test_two_processes_fsdp_on_gloo_train_monitor_and_export(tmp_path):
                                                              probe_size=28, probe_scenes=(4, 2), knn_scenes=(6, 4))))
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work),
+           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work),
            "--no-progress"]
     out = subprocess.run(cmd + ["--max-iters", "2"], env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

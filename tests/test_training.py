@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout, write_
 from dinov2_dense.engine.entry import load_config
 from dinov2_dense.engine.runner import DenseRunner, latest_checkpoint
 from dinov2_dense.evaluation.depth import depth_metrics
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
@@ -212,12 +212,6 @@ def test_kill_minus_nine_then_resume_ends_at_the_same_iteration(scenes, tmp_path
     assert "Iter(train) [150/150]" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path, capsys):
     """Two CPU processes train one head; `test` of the checkpoint reports the run's own validation (each
     process's BatchNorm statistics were its own, and the checkpoint held process 0's: other metrics)."""
@@ -228,7 +222,7 @@ def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path, capsys):
 
     options = _options(scenes / "ade", 20, **{"train_dataloader.batch_size": 4})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port())] + _train_command(SEG_CFG, tmp_path, options, "--launcher", "pytorch")[1:]
+           "--master_port", str(free_port())] + _train_command(SEG_CFG, tmp_path, options, "--launcher", "pytorch")[1:]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -253,7 +247,7 @@ def test_test_out_under_two_processes_counts_each_file_once(tmp_path):
     _run(SEG_CFG, tmp_path / "w", options)
     opts = [f"{k}={v}" for k, v in options.items()]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(ROOT / "tools/test.py"), str(SEG_CFG), str(tmp_path / "w" / "iter_1.pth"),
+           "--master_port", str(free_port()), str(ROOT / "tools/test.py"), str(SEG_CFG), str(tmp_path / "w" / "iter_1.pth"),
            "--work-dir", str(tmp_path / "t"), "--out", str(tmp_path / "pred"), "--launcher", "pytorch",
            "--cfg-options", *opts]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
