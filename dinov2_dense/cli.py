@@ -786,6 +786,14 @@ def _cmd_eval_depth(args: argparse.Namespace) -> int:
     if bad["all_zero_images"]:
         print(f"warning: {bad['all_zero_images']} prediction(s) zero on every evaluated pixel (blank output?): "
               f"{_names(report.all_zero_images)}", file=sys.stderr)
+    clipped = report.clipped_predictions
+    if any(clipped.values()):
+        most = sum(clipped.values()) > 0.5 * report.evaluated_pixels  # not a model's edges: other units?
+        units = ".npy floats are metres" if s["pred_scale"] is None else f"--pred-scale is {s['pred_scale']:g}"
+        print(f"{'warning' if most else 'note'}: {clipped['below_min_pixels']} prediction pixel(s) below "
+              f"{s['min_depth']:g} m and {clipped['above_max_pixels']} above {s['max_depth']:g} m, of "
+              f"{report.evaluated_pixels} evaluated, clipped to the range as the protocol does"
+              + (f" (wrong units? {units})" if most else ""), file=sys.stderr)
     print(f"dataset {s['dataset']}: depth range ({s['min_depth']:g}, {s['max_depth']:g}) m, crop {s['crop']}, "
           f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
           + (", median scaling" if s["median_scaling"] else ""))

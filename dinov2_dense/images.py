@@ -383,9 +383,10 @@ def read_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarra
     """A depth map in metres, float64 ``(H, W)``, as stored: the one depth reader of the toolkit
     (data sets, ``eval-depth``).
 
-    ``.npy`` holds metres: ``(H, W)`` or with leading singleton dimensions. Images must be
+    A ``.npy`` of floats holds metres: ``(H, W)`` or with leading singleton dimensions. Images must be
     single-channel 16-bit (PNG, as NYU-Depth v2 and KITTI store depth) and are divided by ``scale``
-    (units per metre: NYU 1000, KITTI 256), which must then be given; an 8-bit or colour image is
+    (units per metre: NYU 1000, KITTI 256), which must then be given, as must a ``.npy`` of integers
+    (millimetres saved with ``np.save`` are not read as metres); an 8-bit or colour image is
     refused (a coloured depth figure is not a depth map, and 8 bits cannot hold a depth range).
     Non-finite and negative values are returned as they are: ground truth and predictions treat
     them differently (:func:`dinov2_dense.data.files.read_depth`, the depth metrics).
@@ -402,13 +403,16 @@ def read_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarra
             arr = arr[0]
         if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise ImageError(f"{path}: depth array of shape {arr.shape} and dtype {arr.dtype}; expected (H, W) metres")
-        return arr.astype(np.float64)
-    raw = decode_image(path, "unchanged")
-    if raw.ndim != 2 or raw.dtype != np.uint16:
+        if np.issubdtype(arr.dtype, np.floating):
+            return arr.astype(np.float64)
+        raw, what = arr, f"a .npy of integers ({arr.dtype}; metres are floats)"  # units, as in a 16-bit PNG
+    else:
+        raw, what = decode_image(path, "unchanged"), "a 16-bit depth image"
+    if what == "a 16-bit depth image" and (raw.ndim != 2 or raw.dtype != np.uint16):
         raise ImageError(f"{path}: depth image of shape {raw.shape} and dtype {raw.dtype}; expected a single-channel "
                          "16-bit PNG (millimetres for NYU, 1/256 m for KITTI) or .npy metres")
     if scale is None:
-        raise ImageError(f"{path}: a 16-bit depth image, but its scale was not given (units per metre, e.g. 1000 "
+        raise ImageError(f"{path}: {what}, but its scale was not given (units per metre, e.g. 1000 "
                          "for millimetres: depth_scale in data sets and configs, --gt-scale / --pred-scale for "
                          "eval-depth)")
     if not scale > 0:

@@ -58,9 +58,14 @@ def test_nyu_end_to_end_png_and_npy(tmp_path, capsys):
     assert rc == 0, captured.err
     metrics = json.loads(out.read_text())
     # the nine metrics at the top level, then the bookkeeping; clean predictions: zero counts, no warning
-    assert set(metrics) == KEYS | {"images", "skipped_images", "invalid_predictions"}
+    assert set(metrics) == KEYS | {"images", "skipped_images", "invalid_predictions", "clipped_predictions"}
     assert metrics["images"] == 3 and metrics["skipped_images"] == 0
     assert metrics["invalid_predictions"] == dict.fromkeys(INVALID_PREDICTION_KEYS, 0)
+    # the predictions reach 12 m, clipped to 10: counted on the Eigen crop's valid pixels
+    crop = np.zeros((480, 640), bool)
+    crop[45:471, 41:601] = True
+    above = sum(int(((p > 10) & (g > 1e-3) & (g < 10) & crop).sum()) for p, g in pairs)
+    assert above > 0 and metrics["clipped_predictions"] == {"below_min_pixels": 0, "above_max_pixels": above}
     assert "warning" not in captured.err
     acc = DepthAccumulator(min_depth=1e-3, max_depth=10.0, crop="eigen")
     for pred, gt in pairs:
@@ -350,3 +355,62 @@ def test_eval_depth_options_refuse_a_crop_box():
 
     with pytest.raises(ValueError, match=r"crop box \(1, 2, 3, 4\)"):
         eval_depth_options("nyu", pred_scale=1000.0, crop=(1, 2, 3, 4))
+
+
+def test_hidden_files_and_folders_are_not_read(tmp_path, capsys):
+    """Notebook checkpoints, macOS ._ files and writers' temp files beside the predictions are not data:
+    no duplicate-name error, no unmatched-file warning."""
+    pred_dir, gt_dir, _ = _nyu_like(tmp_path, n=2)
+    (gt_dir / "s1").mkdir()
+    for f in list(gt_dir.glob("*.png")):
+        f.rename(gt_dir / "s1" / f.name)  # nested ground truth: predictions matched by stem
+    (pred_dir / ".ipynb_checkpoints").mkdir()
+    np.save(pred_dir / ".ipynb_checkpoints" / "00000.npy", np.ones((480, 640), np.float32))
+    np.save(pred_dir / "._00001.npy", np.ones((480, 640), np.float32))
+    pairs, unmatched_pred, unmatched_gt = match_depth_files(pred_dir, gt_dir)
+    assert [name for name, _, _ in pairs] == ["00000", "00001"] and unmatched_pred == unmatched_gt == []
+    assert _tool()([str(pred_dir), str(gt_dir), "--dataset", "nyu", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_kitti_resize_takes_a_whole_frame_prediction_to_the_frame_before_the_crop(tmp_path, capsys):
+    """A prediction of the raw frame at half its size: resized onto the 352x1216 crop, its rows and
+    columns would not be the ground truth's; it is resized to the frame, then cropped."""
+    rows, cols = np.mgrid[0:376, 0:1242].astype(np.float64)
+    gt = 5.0 + 0.02 * cols + 0.05 * rows  # linear: bilinear resampling reproduces it inside the frame
+    half = 5.0 + 0.02 * (np.arange(621) * 2 + 0.5)[None, :] + 0.05 * (np.arange(188) * 2 + 0.5)[:, None]
+    _png(tmp_path / "gt" / "a.png", gt, 256)
+    (tmp_path / "pred").mkdir()
+    np.save(tmp_path / "pred" / "a.npy", half.astype(np.float32))
+    out = tmp_path / "m.json"
+    assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
+                    str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["abs_rel"] < 1e-3  # onto the crop directly: 0.04
+    cropped = kb_crop(half.repeat(2, 0).repeat(2, 1))  # a prediction of the crop's own size is taken as it is
+    np.save(tmp_path / "pred" / "a.npy", cropped.astype(np.float32))
+    assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
+                    str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["abs_rel"] < 0.01
+
+
+def test_integer_npy_is_read_in_units_like_a_png_and_out_of_range_is_reported(tmp_path, capsys):
+    """Millimetres saved with np.save are not metres: divided by the scale (the preset's or --pred-scale),
+    refused without one; a prediction far above the range (units off by 1000) is reported, not silent."""
+    gt = np.full((48, 64), 2.0)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    np.save(tmp_path / "gt" / "a.npy", gt)
+    np.save(tmp_path / "pred" / "a.npy", np.full((48, 64), 2500, np.uint16))
+    args = [str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "folder", "--no-progress"]
+    assert _tool()(args) == 2
+    err = capsys.readouterr().err
+    assert "a.npy: a .npy of integers (uint16; metres are floats), but its scale was not given" in err
+    out = tmp_path / "m.json"
+    assert _tool()(args + ["--pred-scale", "1000", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["abs_rel"] == pytest.approx(0.25)
+    np.save(tmp_path / "pred" / "a.npy", np.full((48, 64), 2500.0))  # metres that are millimetres
+    assert _tool()(args + ["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert json.loads(out.read_text())["clipped_predictions"] == {"below_min_pixels": 0, "above_max_pixels": 48 * 64}
+    assert "warning: 0 prediction pixel(s) below 0.001 m and 3072 above 10 m, of 3072 evaluated" in err
+    assert "wrong units?" in err

@@ -326,7 +326,8 @@ def test_invalid_predictions_are_counted_on_evaluated_pixels():
     r = acc.update(pred, gt)
     assert r == pytest.approx(depth_metrics(pred, gt, crop="eigen", median_scaling=True))  # metrics unchanged
     assert acc.per_image_invalid[-1] == dict(nonfinite_pixels=2, negative_pixels=5, zero_pixels=7, images=1,
-                                             all_zero_images=0)
+                                             all_zero_images=0, below_min_pixels=0, above_max_pixels=0,
+                                             pixels=(471 - 45) * (601 - 41) - 10)
     acc.update(gt, gt)  # clean
     acc.update(np.zeros((480, 640)), np.zeros((480, 640)))  # no valid gt: skipped, nothing counted
     blank = np.full((480, 640), 7.0)
@@ -418,7 +419,8 @@ def test_depth_metric_gt_from_data_batch_and_errors():
     batch = {"inputs": None, "data_samples": [{"gt_depth_map": torch.from_numpy(D_GT)}]}
     metric.process(batch, [{"pred_depth": torch.from_numpy(D_PRED)}])
     out = metric.compute_metrics(metric.results)
-    assert set(out) == set(DEPTH_METRIC_KEYS) | {"count"} | {"invalid_pred_" + k for k in INVALID_PREDICTION_KEYS}
+    assert set(out) == set(DEPTH_METRIC_KEYS) | {"count"} | {"invalid_pred_" + k for k in INVALID_PREDICTION_KEYS} | {
+        "clipped_pred_below_min_pixels", "clipped_pred_above_max_pixels"}
     assert out["abs_rel"] == pytest.approx(0.4) and out["count"] == 1
     with pytest.raises(KeyError, match="ground truth"):
         metric.process({}, [{"pred_depth": torch.ones(2, 2)}])
@@ -452,3 +454,24 @@ def test_depth_metric_reports_and_warns_invalid_predictions(monkeypatch):
     out = metric.compute_metrics(metric.results)
     assert all(out["invalid_pred_" + k] == 0 for k in INVALID_PREDICTION_KEYS)
     assert not [msg for level, msg in logged if level == logging.WARNING]
+
+
+def test_out_of_range_predictions_are_counted_after_median_scaling():
+    """The pixels the clipping moves: finite positive ones below min_depth or above max_depth, counted on
+    the evaluated pixels after median scaling (what is clipped), apart from the invalid ones."""
+    gt = np.full((6, 8), 2.0)
+    gt[0, :] = 0  # not evaluated
+    pred = np.full((6, 8), 2.0)
+    pred[0, :] = 50.0  # on invalid ground truth: not counted
+    pred[1, :3] = 12.0  # 3 above 10 m
+    pred[2, :2] = 1e-4  # 2 below 1e-3 m
+    pred[3, 0] = np.inf  # non-finite: counted as invalid, not here
+    acc = DepthAccumulator(max_depth=10.0)
+    acc.update(pred, gt)
+    assert acc.clipped_predictions() == {"below_min_pixels": 2, "above_max_pixels": 3}
+    assert acc.invalid_predictions()["nonfinite_pixels"] == 1
+    out = acc.compute()
+    assert out["clipped_pred_below_min_pixels"] == 2 and out["clipped_pred_above_max_pixels"] == 3
+    scaled = DepthAccumulator(max_depth=10.0, median_scaling=True)
+    scaled.update(pred * 10, gt)  # all but 2 above 10 m, until scaled back by median(gt) / median(pred) = 1/10
+    assert scaled.clipped_predictions() == {"below_min_pixels": 2, "above_max_pixels": 3}

@@ -12,6 +12,7 @@
 """
 
 from .depth import (
+    CLIPPED_PREDICTION_KEYS,
     DEPTH_METRIC_KEYS,
     INVALID_PREDICTION_KEYS,
     DepthAccumulator,
@@ -39,6 +40,7 @@ from .knn import (
 from .segmentation import SegmentationAccumulator, format_table, intersect_and_union, segmentation_metrics
 
 __all__ = [
+    "CLIPPED_PREDICTION_KEYS",
     "DATASET_PRESETS",
     "DEFAULT_WEIGHT_DECAYS",
     "DEPTH_METRIC_KEYS",

@@ -50,12 +50,14 @@ import torch.nn.functional as F
 
 __all__ = [
     "DEPTH_METRIC_KEYS",
+    "CLIPPED_PREDICTION_KEYS",
     "INVALID_PREDICTION_KEYS",
     "DepthAccumulator",
     "average_depth_metrics",
     "crop_mask",
     "depth_metrics",
     "kb_crop",
+    "sum_clipped_predictions",
     "sum_invalid_predictions",
 ]
 
@@ -75,6 +77,12 @@ SILOG_CONVENTIONS = ("toolbox", "depth_anything")
 #: and ``DepthMetric`` report them flat as ``"invalid_pred_" + key``.
 INVALID_PREDICTION_KEYS = ("nonfinite_pixels", "negative_pixels", "zero_pixels", "images", "all_zero_images")
 INVALID_PREDICTION_PREFIX = "invalid_pred_"
+#: Finite positive prediction pixels that the clipping to ``[min_depth, max_depth]`` changes (on the
+#: evaluated pixels, after median scaling): not invalid (any model's output may reach past the
+#: range), but a count near the image's size says the units are wrong (millimetres read as metres).
+#: Reported flat as ``"clipped_pred_" + key``.
+CLIPPED_PREDICTION_KEYS = ("below_min_pixels", "above_max_pixels")
+CLIPPED_PREDICTION_PREFIX = "clipped_pred_"
 
 
 def _as_depth_map(x, name: str) -> np.ndarray:
@@ -233,15 +241,26 @@ def _invalid_counts(pred: np.ndarray) -> dict[str, int]:
     return counts
 
 
+def _median_scaled(pred: np.ndarray, gt: np.ndarray, median_scaling: bool) -> np.ndarray:
+    if not median_scaling:
+        return pred
+    med = float(np.median(pred))
+    if not (math.isfinite(med) and med > 0):
+        raise ValueError(f"median scaling needs a positive finite median prediction, got {med}")
+    return pred * (float(np.median(gt)) / med)
+
+
+def _clipped_counts(pred: np.ndarray, min_depth: float, max_depth: float) -> dict[str, int]:
+    """Finite positive pixels of ``pred`` (1-D, scaled) outside ``[min_depth, max_depth]``."""
+    finite = np.isfinite(pred)
+    return {"below_min_pixels": int(np.count_nonzero(finite & (pred > 0) & (pred < min_depth))),
+            "above_max_pixels": int(np.count_nonzero(finite & (pred > max_depth)))}
+
+
 def _scores(pred: np.ndarray, gt: np.ndarray, *, min_depth: float, max_depth: float, median_scaling: bool,
             silog: str) -> dict[str, float]:
     """The nine metrics on valid pixels (1-D arrays from :func:`_valid_pixels`)."""
-    if median_scaling:
-        med = float(np.median(pred))
-        if not (math.isfinite(med) and med > 0):
-            raise ValueError(f"median scaling needs a positive finite median prediction, got {med}")
-        pred = pred * (float(np.median(gt)) / med)
-    pred = np.clip(pred, min_depth, max_depth)
+    pred = np.clip(_median_scaled(pred, gt, median_scaling), min_depth, max_depth)
     if min_depth == 0:  # keep logs and ratios finite for a zero prediction
         pred = np.maximum(pred, np.finfo(np.float64).tiny)
 
@@ -265,13 +284,17 @@ def _scores(pred: np.ndarray, gt: np.ndarray, *, min_depth: float, max_depth: fl
 
 def _evaluate_image(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0, crop=None,
                     median_scaling: bool = False, silog: str = "toolbox", resize: bool = False):
-    """``(metrics, invalid_counts)`` of one image; ``(None, None)`` when no pixel is valid."""
+    """``(metrics, counts)`` of one image (``counts``: :data:`INVALID_PREDICTION_KEYS`,
+    :data:`CLIPPED_PREDICTION_KEYS` and ``pixels``, the evaluated pixels); ``(None, None)`` when no
+    pixel is valid."""
     selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
     if selected is None:
         return None, None
-    counts = _invalid_counts(selected[0])
-    return _scores(*selected, min_depth=min_depth, max_depth=max_depth, median_scaling=median_scaling,
-                   silog=silog), counts
+    scores = _scores(*selected, min_depth=min_depth, max_depth=max_depth, median_scaling=median_scaling, silog=silog)
+    counts = _invalid_counts(selected[0]) | _clipped_counts(_median_scaled(*selected, median_scaling), min_depth,
+                                                            max_depth)
+    counts["pixels"] = int(selected[0].size)  # evaluated
+    return scores, counts
 
 
 def average_depth_metrics(per_image: Iterable[dict | None]) -> dict:
@@ -290,10 +313,19 @@ def average_depth_metrics(per_image: Iterable[dict | None]) -> dict:
 
 def sum_invalid_predictions(per_image: Iterable[dict | None]) -> dict[str, int]:
     """Sum per-image invalid-prediction counts (None entries: images without a valid pixel)."""
-    total = dict.fromkeys(INVALID_PREDICTION_KEYS, 0)
+    return _sum_counts(per_image, INVALID_PREDICTION_KEYS)
+
+
+def sum_clipped_predictions(per_image: Iterable[dict | None]) -> dict[str, int]:
+    """Sum per-image counts of out-of-range predictions (:data:`CLIPPED_PREDICTION_KEYS`)."""
+    return _sum_counts(per_image, CLIPPED_PREDICTION_KEYS)
+
+
+def _sum_counts(per_image: Iterable[dict | None], keys: tuple[str, ...]) -> dict[str, int]:
+    total = dict.fromkeys(keys, 0)
     for counts in per_image:
         if counts is not None:
-            for k in INVALID_PREDICTION_KEYS:
+            for k in keys:
                 total[k] += counts[k]
     return total
 
@@ -338,8 +370,13 @@ class DepthAccumulator:
         """The invalid-prediction counts so far, keyed by :data:`INVALID_PREDICTION_KEYS`."""
         return sum_invalid_predictions(self.per_image_invalid)
 
+    def clipped_predictions(self) -> dict[str, int]:
+        """The out-of-range counts so far, keyed by :data:`CLIPPED_PREDICTION_KEYS`."""
+        return sum_clipped_predictions(self.per_image_invalid)
+
     def compute(self) -> dict:
         """See :func:`average_depth_metrics`; plus the ``invalid_pred_*`` counts (class docstring)."""
         out = average_depth_metrics(self.per_image)
         out.update({INVALID_PREDICTION_PREFIX + k: v for k, v in self.invalid_predictions().items()})
+        out.update({CLIPPED_PREDICTION_PREFIX + k: v for k, v in self.clipped_predictions().items()})
         return out

@@ -11,12 +11,14 @@ no match at all is an error.
 
 Dataset presets (from dinov2_dense.settings): see :data:`DATASET_PRESETS`. KITTI ground truth
 is kb-cropped to 352x1216 before the Garg crop, as in the toolboxes; a prediction of the raw
-ground-truth size is kb-cropped with it.
+ground-truth size is kb-cropped with it, one of the crop's size is taken as it is, and with
+``resize=True`` one of any other size is taken to cover the raw frame: resized to it, then cropped.
+Hidden files and folders (names starting with ".") are not read.
 
 Predictions are clipped to the depth range (the protocol), but never silently: non-finite,
 negative and zero prediction pixels on the evaluated pixels, and predictions that are zero on
 every evaluated pixel, are counted (:class:`DepthDirReport`), printed as warnings and written to
-the JSON (:func:`depth_results_json`).
+the JSON (:func:`depth_results_json`); so are the finite positive pixels below or above the range.
 
 """
 
@@ -30,7 +32,8 @@ from pathlib import Path
 from ..fileio import write_json
 from ..images import read_depth
 from ..settings import DATASET_SETTINGS
-from .depth import DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, kb_crop
+from .depth import (CLIPPED_PREDICTION_KEYS, DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, _resize_bilinear,
+                    kb_crop)
 
 __all__ = [
     "DATASET_PRESETS",
@@ -65,8 +68,11 @@ def _scan(root: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"depth directory {root} does not exist or is not a directory")
     files: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in DEPTH_EXTENSIONS and path.is_file():
-            key = path.relative_to(root).with_suffix("").as_posix()
+        relative = path.relative_to(root)
+        # hidden files and folders (.ipynb_checkpoints/, macOS ._ files, our writers' temp files) are not data
+        if path.suffix.lower() in DEPTH_EXTENSIONS and path.is_file() and \
+                not any(part.startswith(".") for part in relative.parts):
+            key = relative.with_suffix("").as_posix()
             if key in files:
                 raise ValueError(f"two depth files for the same name in {root}: {files[key].name} and {path.name}")
             files[key] = path
@@ -115,7 +121,9 @@ class DepthDirReport:
     and before clipping, the prediction pixels that are non-finite (+-inf), negative or zero, the
     images with any of them and the images zero on every evaluated pixel (keys
     :data:`~dinov2_dense.evaluation.depth.INVALID_PREDICTION_KEYS`); ``invalid_images`` and
-    ``all_zero_images`` name those images.
+    ``all_zero_images`` name those images. ``clipped_predictions`` counts the finite positive pixels
+    below ``min_depth`` and above ``max_depth`` that the clipping moves
+    (:data:`~dinov2_dense.evaluation.depth.CLIPPED_PREDICTION_KEYS`).
     """
 
     metrics: dict[str, float]
@@ -127,6 +135,8 @@ class DepthDirReport:
     invalid_predictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(INVALID_PREDICTION_KEYS, 0))
     invalid_images: list[str] = field(default_factory=list)
     all_zero_images: list[str] = field(default_factory=list)
+    clipped_predictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLIPPED_PREDICTION_KEYS, 0))
+    evaluated_pixels: int = 0  # valid ground truth inside the crop, over all images
 
 
 def eval_depth_options(dataset: str, *, pred_scale: float, gt_scale: float | None = None, kb_crop: bool = False,
@@ -222,6 +232,10 @@ def evaluate_depth_dirs(
         pred = read_depth(pred_path, settings["pred_scale"])
         try:
             if settings["kb_crop"] and gt.shape != KB_CROP_SHAPE:
+                if resize and pred.shape not in (gt.shape, KB_CROP_SHAPE):
+                    # a prediction of the whole frame at another size: to the frame's size, then the crop
+                    # (resized onto the crop, its rows and columns would not be the ground truth's)
+                    pred = _resize_bilinear(pred, gt.shape)
                 if pred.shape == gt.shape:
                     pred = kb_crop(pred)
                 gt = kb_crop(gt)
@@ -243,7 +257,8 @@ def evaluate_depth_dirs(
     return DepthDirReport(metrics={k: averaged[k] for k in DEPTH_METRIC_KEYS}, count=averaged["count"],
                           skipped=skipped, unmatched_pred=unmatched_pred, unmatched_gt=unmatched_gt, settings=settings,
                           invalid_predictions=acc.invalid_predictions(), invalid_images=invalid_images,
-                          all_zero_images=all_zero_images)
+                          all_zero_images=all_zero_images, clipped_predictions=acc.clipped_predictions(),
+                          evaluated_pixels=sum(c["pixels"] for c in acc.per_image_invalid if c is not None))
 
 
 def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
@@ -259,9 +274,11 @@ def depth_results_json(report: DepthDirReport) -> dict:
     """What ``eval-depth --out`` writes: the nine metrics at the top level (as always), then
     ``"images"`` (images averaged), ``"skipped_images"`` (no valid ground-truth pixel) and
     ``"invalid_predictions"``: ``{"nonfinite_pixels", "negative_pixels", "zero_pixels", "images",
-    "all_zero_images"}`` (see :class:`DepthDirReport`)."""
+    "all_zero_images"}`` and ``"clipped_predictions"``: ``{"below_min_pixels", "above_max_pixels"}``
+    (see :class:`DepthDirReport`)."""
     return {**{k: report.metrics[k] for k in DEPTH_METRIC_KEYS}, "images": report.count,
-            "skipped_images": len(report.skipped), "invalid_predictions": dict(report.invalid_predictions)}
+            "skipped_images": len(report.skipped), "invalid_predictions": dict(report.invalid_predictions),
+            "clipped_predictions": dict(report.clipped_predictions)}
 
 
 def write_metrics_json(path: str | Path, metrics: dict) -> None:

@@ -31,12 +31,14 @@ from mmengine.logging import print_log
 from mmengine.registry import METRICS
 
 from .depth import (
+    CLIPPED_PREDICTION_PREFIX,
     DEPTH_METRIC_KEYS,
     INVALID_PREDICTION_PREFIX,
     _check_args,
     _check_crop,
     _evaluate_image,
     average_depth_metrics,
+    sum_clipped_predictions,
     sum_invalid_predictions,
 )
 from .segmentation import format_table, intersect_and_union, metrics_from_areas
@@ -119,8 +121,9 @@ class DepthMetric(BaseMetric):
     counts ``invalid_pred_nonfinite_pixels``, ``invalid_pred_negative_pixels``,
     ``invalid_pred_zero_pixels``, ``invalid_pred_images``, ``invalid_pred_all_zero_images`` (on the
     evaluated pixels, before clipping; see :mod:`dinov2_dense.evaluation.depth`), which are also
-    logged as a warning when not zero. Images without a valid pixel are skipped and their number
-    is logged.
+    logged as a warning when not zero, and ``clipped_pred_below_min_pixels`` and
+    ``clipped_pred_above_max_pixels`` (finite positive pixels the clipping moves; logged when not
+    zero). Images without a valid pixel are skipped and their number is logged.
 
     Args:
         min_depth, max_depth, crop, median_scaling, silog, resize: as in ``depth_metrics``.
@@ -154,6 +157,12 @@ class DepthMetric(BaseMetric):
                       f"{invalid['nonfinite_pixels']} non-finite, {invalid['negative_pixels']} negative, "
                       f"{invalid['zero_pixels']} zero pixel(s); {invalid['all_zero_images']} image(s) zero on "
                       "every evaluated pixel", logger="current", level=logging.WARNING)
+        clipped = sum_clipped_predictions([counts for _, counts in results])
+        if any(clipped.values()):
+            print_log(f"depth: {clipped['below_min_pixels']} prediction pixel(s) below {self.kwargs['min_depth']:g} m "
+                      f"and {clipped['above_max_pixels']} above {self.kwargs['max_depth']:g} m clipped to the range",
+                      logger="current")
         out.pop("skipped")
         out.update({INVALID_PREDICTION_PREFIX + k: v for k, v in invalid.items()})
+        out.update({CLIPPED_PREDICTION_PREFIX + k: v for k, v in clipped.items()})
         return out
