@@ -281,8 +281,10 @@ def refuse_nonfinite(sd: Mapping[str, Tensor], label: str) -> None:
 
 def key_mismatches(own: Mapping[str, Tensor], sd: Mapping[str, Tensor]) -> list[str]:
     """What keeps ``sd`` from loading strictly into a module whose state dict is ``own``: lines
-    naming the missing, unexpected and mis-shaped keys (empty when it fits)."""
-    missing = sorted(set(own) - set(sd), key=_key_order)
+    naming the missing, unexpected and mis-shaped keys (empty when it fits). A missing BatchNorm
+    ``num_batches_tracked`` (files of older PyTorch and mmcv lack it) is no mismatch: torch's strict
+    load fills it in, and it plays no part in inference."""
+    missing = sorted((k for k in set(own) - set(sd) if not k.endswith(".num_batches_tracked")), key=_key_order)
     unexpected = sorted(set(sd) - set(own), key=_key_order)
     shapes = sorted((k for k in set(own) & set(sd) if own[k].shape != sd[k].shape), key=_key_order)
     parts = [f"{len(keys)} {title}: {_list(keys)}"

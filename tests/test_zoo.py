@@ -116,6 +116,20 @@ def test_head_file_of_another_size_is_refused_naming_keys(weights_dir, tmp_path)
         load_model("dinov2_vits14_ade20k_linear", weights=path)
 
 
+def test_head_file_without_num_batches_tracked_loads(weights_dir, tmp_path):
+    """Files of older PyTorch or mmcv have no BatchNorm num_batches_tracked: torch's strict load accepts
+    them (the counter plays no part in inference), and so does ours, with the same predictions."""
+    sd = write_head_file(weights_dir, "dinov2_vits14_ade20k_linear")
+    full = load_model("dinov2_vits14_ade20k_linear")
+    path = tmp_path / "old_head.pth"
+    torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, path)
+    assert any(k.endswith("num_batches_tracked") for k in sd)
+    older = load_model("dinov2_vits14_ade20k_linear", weights=path)
+    x = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        assert torch.equal(older(x), full(x))
+
+
 def test_missing_official_head_file_names_file_and_url(weights_dir):
     with pytest.raises(dinov2_dense.WeightsNotFoundError, match=r"dinov2_vits14_voc2012_ms_head\.pth.*\n.*weights"):
         load_model("dinov2_vits14_voc2012_ms")
