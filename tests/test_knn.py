@@ -531,3 +531,26 @@ def test_cli_names_an_unreadable_image_once_also_from_the_cache(tmp_path, capfd)
         said = [str(w.message) for w in caught if "broken.png" in str(w.message)]
         assert len(said) + err.count("broken.png") == 1, (run, said, err)
         assert ("read from the cache" in err) == (run == 1)
+
+
+def test_a_class_without_a_readable_image_is_left_out_and_said(tmp_path):
+    """A class folder whose every image is unreadable is no class: left out with a warning (it was counted
+    among the classes, a logit of the probe that no sample had); the other labels follow."""
+    root = write_folder(tmp_path / "data", per_class=3, classes=("a", "b"))
+    (root / "broken").mkdir()
+    for i in range(2):
+        (root / "broken" / f"{i}.jpg").write_text("not an image")
+    model = tiny_vit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = folder_features(model, root, size=28, progress=False)
+    assert data.class_names == ["a", "b"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert any("without a readable image left out: broken" in str(w.message) for w in caught)
+    assert len(data.skipped) == 2
+
+
+def test_a_size_off_the_patch_grid_is_refused_naming_the_sizes_that_fit(tmp_path):
+    """50 would be resized to 50, then onto the 56-pixel grid (twice, with other features than 56 once)."""
+    root = write_folder(tmp_path / "data", per_class=2)
+    with pytest.raises(ValueError, match=r"size=50: not a multiple of the model's patch size 14 .*use 42 or 56"):
+        folder_features(tiny_vit(), root, size=50, progress=False)

@@ -480,7 +480,7 @@ def folder_features(
     Each image is read upright (:mod:`dinov2_dense.images`), resized to ``size`` (an int: a square;
     (H, W) otherwise; bilinear, antialiased, aspect ratio not kept: no crop), batched, and run
     through ``model`` by :func:`dinov2_dense.features.extract_features` (last block, final
-    LayerNorm; a size off the patch grid is resized onto it). ``pooling``: ``"cls"`` the class
+    LayerNorm); ``size`` must be a multiple of the patch size. ``pooling``: ``"cls"`` the class
     token (the official k-NN and linear evaluations), ``"mean"`` the mean of the patch tokens,
     ``"cls+mean"`` both concatenated. (The official eval transform resizes the shorter side to 256
     and centre-crops 224; a square resize keeps the whole image.)
@@ -515,6 +515,11 @@ def folder_features(
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(hw) < 1:
         raise ValueError(f"size={size}: must be positive")
+    patch = int(getattr(model, "patch_size", 1))
+    if any(v % patch for v in hw):
+        near = sorted({max(patch, v // patch * patch) for v in hw} | {-(-v // patch) * patch for v in hw})
+        raise ValueError(f"size={size}: not a multiple of the model's patch size {patch} (each image would be resized "
+                         f"twice: to the size, then onto the patch grid); use {' or '.join(map(str, near))}")
     paths, labels, names = list_image_folder(root, class_names)
     cache_file = None
     if cache is not None:
@@ -559,6 +564,12 @@ def folder_features(
     _warn_skipped(root, skipped)
     if not kept:
         raise ValueError(f"{root}: none of the {len(paths)} images could be read (first: {skipped[0]})")
+    empty = sorted(set(range(len(names))) - set(kept_labels))
+    if empty and class_names is None:  # a class whose every image was unreadable is no class
+        warnings.warn(f"{root}: class folder(s) without a readable image left out: "
+                      f"{', '.join(names[i] for i in empty[:10])}", stacklevel=2)
+        index = {old: new for new, old in enumerate(i for i in range(len(names)) if i not in empty)}
+        names, kept_labels = [names[i] for i in index], [index[label] for label in kept_labels]
     result = LabelledFeatures(torch.cat(pooled), torch.tensor(kept_labels, dtype=torch.long), names, kept, skipped)
     if cache_file is not None:
         _write_cached(cache_file, result)
