@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import subprocess
 import sys
@@ -276,6 +277,14 @@ class FeatureOptions:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.fit not in ("pad", "resize"):
             raise ValueError(f"fit must be 'pad' or 'resize', got {self.fit!r}")
+        size = self.size
+        whole = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1  # noqa: E731
+        if size is not None and not (whole(size) or (isinstance(size, tuple) and len(size) == 2
+                                                     and all(whole(v) for v in size))):
+            raise ValueError(f"size={size!r}: expected None, a positive integer (the shorter side) or two "
+                             "(height, width)")
+        if size is not None:  # numpy integers as ints
+            object.__setattr__(self, "size", int(size) if whole(size) else tuple(int(v) for v in size))
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size}: must be at least 1")
 

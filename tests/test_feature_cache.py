@@ -1,5 +1,7 @@
 """Feature cache: built once, equal to live features, trains a head exactly like the uncached loop."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,39 @@ def test_a_cache_of_other_settings_is_refused(scenes, tmp_path):
     same = seg_predictor()  # the same backbone weights (seed), another head of the same inputs: shares the cache
     same.decode_head = LinearHead([48, 48], 5, in_index=[0, 1])
     assert len(train_head(same, cache, [CrossEntropyLoss()], epochs=1, batch_size=12, progress=False)) == 2
+
+
+def test_a_changed_image_refuses_the_cache_and_bad_builds_are_named(scenes, tmp_path):
+    """The cache records each image and target file: a data set regenerated (or one file edited) since
+    the build is refused by train_head, not trained on with the old features. An integer dtype (it
+    would wrap the features) and samples of several sizes are refused naming the value or the file."""
+    import shutil
+
+    root = tmp_path / "ade"
+    shutil.copytree(scenes / "ade", root)
+    data = ADE20KDataset(root, "training")
+    predictor = seg_predictor()
+    cache = FeatureCache.build(predictor, data, tmp_path / "cache", dtype="float32", progress=False)
+    assert len(train_head(predictor, cache, [CrossEntropyLoss()], batch_size=12, progress=False)) == 2
+    image = Path(data[3]["meta"]["path"])
+    write_ade20k_layout(tmp_path / "other", 24, 2, config=SceneConfig(size=(56, 70)), seed=9, progress=False)
+    shutil.copyfile(next((tmp_path / "other").rglob(image.name)), image)  # another scene under the same name
+    with pytest.raises(ValueError, match=r"1 of the data set's 48 files changed .*first: .*" + image.name):
+        train_head(predictor, FeatureCache(tmp_path / "cache"), [CrossEntropyLoss()], progress=False)
+    with pytest.raises(ValueError, match="dtype='int8': a feature cache stores float16 or float32"):
+        FeatureCache.build(predictor, data, tmp_path / "c8", dtype="int8", progress=False)
+
+    class TwoSizes(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            sample = data[i]
+            if i == 1:
+                sample = {**sample, "image": sample["image"][:, :42], "seg": sample["seg"][:42],
+                          "meta": {**sample["meta"], "path": "second.png"}}
+            return sample
+
+    with pytest.raises(ValueError, match="second.png: features of shape .* a feature cache needs samples of one size"):
+        FeatureCache.build(predictor, TwoSizes(), tmp_path / "c2", batch_size=1, progress=False)
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "c8").exists()

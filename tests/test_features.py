@@ -212,6 +212,11 @@ def test_options_are_the_keywords_in_one_value(model):
     for bad in (dict(fit="crop"), dict(batch_size=0)):  # checked when built, before any model is involved
         with pytest.raises(ValueError, match=next(iter(bad))):
             FeatureOptions(**bad)
+    # sizes that meant a 1-pixel image, a torch error, an unpacking error or a silent truncation
+    for size in (0, -5, (0, 50), (-3, 40), 2.5, (56, 56, 56), (30.7, 40.2), True):
+        with pytest.raises(ValueError, match=r"size=.*: expected None, a positive integer"):
+            extract_features(model, images, size=size)
+    assert FeatureOptions(size=np.int64(42)).size == 42 and FeatureOptions(size=[np.int32(28), 42]).size == (28, 42)
     with pytest.raises(ValueError, match="tile=10 is smaller than one patch"):
         extract_features(model, images, options=FeatureOptions(tile=10))
 

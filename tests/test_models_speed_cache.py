@@ -144,6 +144,22 @@ def test_cache_follows_in_place_changes_and_optimiser_steps():
     assert not torch.equal(stepped[0][0], changed[0][0])
 
 
+def test_a_teacher_in_train_mode_updated_through_data_never_reads_the_cache():
+    """DINO v1's EMA (``p.data.mul_(m).add_((1 - m) * q.data)``) bypasses the version counter; its
+    teacher stays in train mode, where nothing is cached, so each update is seen."""
+    student, x = tiny_vit(), _image()
+    teacher = copy.deepcopy(student).train()
+    teacher.requires_grad_(False)
+    for _ in range(3):
+        _layers(teacher, x)
+        with torch.no_grad():
+            student.pos_embed.add_(0.3)
+        for pt, ps in zip(teacher.parameters(), student.parameters()):
+            pt.data.mul_(0.5).add_(0.5 * ps.data)
+        _assert_identical(_layers(teacher, x), _layers(_uncached(teacher), x))
+    assert not teacher._pos_embed_cache.entries
+
+
 def test_ema_teacher_deep_copied_from_a_cached_model():
     """The EMA teacher of pretraining is a deep copy of the student, frozen, updated in place by
     ``torch._foreach_lerp_``: it must start with its own empty cache and follow each update."""

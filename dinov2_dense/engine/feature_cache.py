@@ -53,6 +53,10 @@ class FeatureCache(Dataset):
         diff = [f"{k} {self.meta.get(k)!r} (the predictor's: {v!r})" for k, v in want.items() if self.meta.get(k) != v]
         if diff:
             raise ValueError(f"{self.path}: the feature cache was built with other settings: {'; '.join(diff)}")
+        changed = [path for path, stamp in self.meta.get("files", {}).items() if _stamp(path) != stamp]
+        if changed:
+            raise ValueError(f"{self.path}: {len(changed)} of the data set's {len(self.meta['files'])} files changed "
+                             f"or went away since the cache was built (first: {changed[0]}); build the cache again")
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -79,11 +83,16 @@ class FeatureCache(Dataset):
         """Run the frozen backbone once over ``dataset`` (samples of one size) and store the features.
 
         ``dtype`` "float16" halves the disk and memory traffic; "float32" keeps the features exact.
+        The size and modification time of each image and target file (the samples' ``meta["path"]``
+        and ``meta["target_path"]``) are recorded: :meth:`check` (and so ``train_head``) refuses the
+        cache when one has changed.
         """
         from tqdm.auto import tqdm
 
         from .data import dense_collate
 
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype={dtype!r}: a feature cache stores float16 or float32")
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} exists: remove it or choose another path for the cache")
@@ -93,6 +102,7 @@ class FeatureCache(Dataset):
         n = len(dataset)
         maps = cls_tokens = targets = None
         offset = 0
+        files: dict[str, list[int] | None] = {}
         predictor.eval()
         with staged_dir(path) as tmp, torch.no_grad():
             for batch in tqdm(loader, desc="caching features", unit="batch", disable=not progress):
@@ -107,6 +117,17 @@ class FeatureCache(Dataset):
                     tdtype = "int16" if key == "seg" else "float32"
                     targets = new_memmap(tmp / "targets.npy", (n, *target.shape[1:]), tdtype)
                 b = target.shape[0]
+                metas = [sample.get("meta", {}) for sample in batch["data_samples"]]
+                for i, (store, (m, _)) in enumerate(zip(maps, pairs)):
+                    if tuple(store.shape[1:]) != tuple(m.shape[1:]):
+                        raise ValueError(f"{metas[0].get('path', f'sample {offset}')}: features of shape "
+                                         f"{tuple(m.shape[1:])} at block {predictor.layers[i]}, the first samples' "
+                                         f"{tuple(store.shape[1:])}: a feature cache needs samples of one size "
+                                         "(crop or resize them alike in the data set's pipeline)")
+                for meta in metas:
+                    for key_ in ("path", "target_path"):
+                        if meta.get(key_):
+                            files[str(meta[key_])] = _stamp(meta[key_])
                 for store, (m, _) in zip(maps, pairs):
                     store[offset : offset + b] = m.cpu().numpy()
                 if cls_tokens is not None:
@@ -119,12 +140,20 @@ class FeatureCache(Dataset):
             from dinov2_dense.checkpoints import fingerprint
 
             meta = {"layers": predictor.layers, "norm": predictor.norm, "class_token": predictor.class_token,
-                    "task": predictor.task, "count": n, "dtype": dtype, "backbone": fingerprint(predictor.backbone)}
+                    "task": predictor.task, "count": n, "dtype": dtype, "backbone": fingerprint(predictor.backbone),
+                    "files": files}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             del maps, cls_tokens, targets
         return cls(path)
 
 
+def _stamp(path) -> list[int] | None:
+    """(size, modification time in ns) of a file; None when it is not there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _collate_cached(batch: list[dict]) -> dict:

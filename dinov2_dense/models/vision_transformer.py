@@ -179,16 +179,17 @@ class DinoVisionTransformer(nn.Module):
     def interpolate_pos_encoding(self, x: Tensor, h: int, w: int) -> Tensor:
         """Position embedding for an input of h x w pixels (x: the (B, 1 + N, D) tokens).
 
-        When no gradient can reach ``pos_embed`` (grad mode off, or the parameter frozen), the
-        interpolated embedding is cached per grid, device and dtype: the bicubic resampling is slow
+        In eval mode, when no gradient can reach ``pos_embed`` (grad mode off, or the parameter
+        frozen), the interpolated embedding is cached per grid, device and dtype: the bicubic resampling is slow
         on a GPU for wide models (ViT-L, 640x640 crops padded to 644, batches of 32: 8.2 ms of each
         forward in a profile on an H100). A cached value is the uncached one bit for bit, and is
         used only while ``pos_embed`` is the same memory at the same in-place version
         (``load_state_dict``, an optimiser or EMA step and ``.to()`` all start afresh); never while
-        compiling or tracing, nor on a backbone sharded by ``fully_shard``. Writes that bypass the
-        version counter (``pos_embed.data[...] = ...``, or FSDP applied only to a module above the
-        backbone) are not seen: call :meth:`clear_pos_embed_cache` after them, or set
-        ``pos_embed_cache_size = 0``. The result must not be modified in place.
+        compiling or tracing, nor on a backbone sharded by ``fully_shard``, nor in train mode (a
+        teacher updated the DINO v1 way, ``p.data.mul_(m).add_(...)``, bypasses the version
+        counter). Such writes in eval mode (``pos_embed.data[...] = ...``, or FSDP applied only to
+        a module above the backbone) are not seen: call :meth:`clear_pos_embed_cache` after them,
+        or set ``pos_embed_cache_size = 0``. The result must not be modified in place.
         """
         pos_embed = self.pos_embed
         n = pos_embed.shape[1] - 1
@@ -216,13 +217,14 @@ class DinoVisionTransformer(nn.Module):
         return pos.to(dtype)
 
     def _pos_embed_cacheable(self, pos_embed: Tensor) -> bool:
-        """Whether an interpolated ``pos_embed`` may come from the cache: no gradient to it, not
-        while compiling or tracing (the graph would hold a constant), and not under FSDP (which
+        """Whether an interpolated ``pos_embed`` may come from the cache: eval mode, no gradient to
+        it, not while compiling or tracing (the graph would hold a constant), and not under FSDP (which
         refills the gathered parameter with its version counter kept) or for a view of another
         tensor (e.g. a flat parameter)."""
         return (
             not torch.compiler.is_compiling()
             and self.pos_embed_cache_size > 0
+            and not self.training
             and not (torch.is_grad_enabled() and pos_embed.requires_grad)
             and not torch.jit.is_tracing()
             and not _fully_sharded(self)
