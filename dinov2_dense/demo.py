@@ -157,8 +157,16 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
     predictor = _predictor(backbone, head, 5, s.seed)
     train, val = _datasets(work / "scenes", task)
     cache_dir = work / "cache" / f"{label}_{task}"  # the two depth heads read the same features
-    cache = FeatureCache(cache_dir) if (cache_dir / "meta.json").is_file() else \
-        FeatureCache.build(predictor, train, cache_dir, progress=progress)
+    cache = None
+    if (cache_dir / "meta.json").is_file():  # an earlier run's: kept while it fits the backbone and the scenes
+        cache = FeatureCache(cache_dir)
+        try:
+            cache.check(predictor)
+        except ValueError:
+            cache = None
+            shutil.rmtree(cache_dir)
+    if cache is None:
+        cache = FeatureCache.build(predictor, train, cache_dir, progress=progress)
     # the official NYU configs' losses, for the DPT and the linear depth head alike
     losses = [CrossEntropyLoss()] if task == "segmentation" else [SigLoss(), GradientLoss(loss_weight=0.5)]
     t = time.time()

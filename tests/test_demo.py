@@ -3,6 +3,7 @@ predictions, PCA maps and the report; the report's numbers are recomputed from t
 the metric functions; a rerun continues instead of starting again; other settings are refused."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,8 +155,15 @@ def test_a_demo_of_an_older_version_continues_with_the_new_steps(tmp_path, backb
     real = demo._heads_step
     monkeypatch.setattr(demo, "_heads_step", lambda work, label, bb, head, *a: ran.append(f"{label}_{head}")
                         or real(work, label, bb, head, *a))
+    # a scene file touched since: the kept depth feature cache no longer fits it and is built again
+    import os
+
+    scene = Path(next(iter(json.loads((work / "cache" / "pretrained_depth" / "meta.json").read_text())["files"])))
+    os.utime(scene, ns=(scene.stat().st_atime_ns, scene.stat().st_mtime_ns + 10**9))
+    built = (work / "cache" / "pretrained_depth" / "meta.json").stat().st_mtime_ns
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert ran == ["pretrained_depth_linear", "random_depth_linear"]
+    assert (work / "cache" / "pretrained_depth" / "meta.json").stat().st_mtime_ns != built
     assert json.loads((work / "demo.json").read_text())["settings"]["linear_depth_epochs"] == TINY.linear_depth_epochs
     state = json.loads((work / "demo.json").read_text())
     state["settings"]["no_such_setting"] = 1  # a setting this version does not know: not a match
