@@ -6,17 +6,22 @@ One converter per foreign format, applied at load time (in the manner of timm's
 * official ``.pth`` files, including training checkpoints (``teacher.backbone.`` /
   ``student.backbone.`` / ``backbone.`` prefixes, ``block_chunks`` keys ``blocks.C.N``);
 * Hugging Face transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (safetensors or bin,
-  a file or a ``save_pretrained`` directory);
+  a file or a ``save_pretrained`` directory, whole or sharded with a ``*.index.json``);
 * timm ``vit_*_patch14_dinov2`` and ``vit_*_patch14_reg4_dinov2``.
 
-Files we did not write are read with ``torch.load(weights_only=True)``.
+Files we did not write are read with ``torch.load(weights_only=True)``. :func:`weight_file_problem`
+tells from a file's header and end alone (no tensor loaded) whether it is a complete weight file of
+its format: a download is checked with it before it enters the weights cache.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -27,7 +32,9 @@ from .settings import size_of_width
 
 __all__ = [
     "CheckpointError",
+    "CheckpointReadError",
     "read_checkpoint",
+    "weight_file_problem",
     "detect_format",
     "to_official",
     "describe_architecture",
@@ -43,20 +50,42 @@ class CheckpointError(ValueError):
 
 
 # -- reading ------------------------------------------------------------------------------
+class CheckpointReadError(CheckpointError):
+    """A file that cannot be read as weights at all (cut short, damaged, not a weight file): unlike a
+    checkpoint that does not fit the model, fetching it again may help. ``reason`` says what is wrong,
+    ``advice`` what to do (a caller that knows where the file came from may give other advice)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, advice: str | None = None):
+        super().__init__(f"{path}: {reason}" + (f"; {advice}" if advice else ""))
+        self.path, self.reason, self.advice = Path(path), reason, advice
+
+    def __reduce__(self):  # picklable (from a worker process) though its arguments are not the message
+        return type(self), (self.path, self.reason, self.advice)
+
+
+#: Files of a Hugging Face ``save_pretrained`` folder, in the order transformers prefers them.
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a weight file (.pth/.pt/.bin/.safetensors, or a Hugging Face model directory).
+    """Read a weight file (.pth/.pt/.bin/.safetensors), a shard index (``*.index.json``) or a Hugging
+    Face ``save_pretrained`` directory (whole or sharded).
 
     Returns the raw dict (not yet converted). Wrappers ``{"model": ...}``, ``{"state_dict": ...}``
     and ``{"teacher": ...}`` are unwrapped.
     """
     path = Path(path)
     if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
+        for name in HF_WEIGHT_FILES:
             if (path / name).is_file():
                 return read_checkpoint(path / name)
-        raise CheckpointError(f"{path}: directory holds neither model.safetensors nor pytorch_model.bin")
+        raise CheckpointReadError(path, f"directory holds none of {', '.join(HF_WEIGHT_FILES)} (the weights of a "
+                                        "Hugging Face save_pretrained folder); give the weight file itself")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weight file")
+    if path.name.endswith(".index.json"):
+        return _read_sharded(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -65,15 +94,150 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's own text would advise weights_only=False: not for files we did not write
-        raise CheckpointError(f"{path}: not a weight file of tensors (it is not a PyTorch file, or it holds Python "
-                              "objects that are not loaded, for safety)") from None
+        problem = _problem_or_none(path)
+        if problem is not None:
+            raise CheckpointReadError(path, f"not a weight file: it is {problem}", REFETCH) from None
+        raise CheckpointReadError(path, "not a weight file of tensors (it holds Python objects that are not loaded, "
+                                        "for safety)") from None
     except Exception as exc:  # torch and safetensors raise many types for broken files
-        first_line = next(iter(str(exc).splitlines()), "")[:200]
-        raise CheckpointError(
-            f"{path}: cannot be read as a weight file ({type(exc).__name__}: {first_line}); "
-            "it may be truncated or not a checkpoint: delete it and fetch it again"
-        ) from exc
+        problem = _problem_or_none(path)
+        reason = (f"not a complete weight file: it is {problem}" if problem is not None else
+                  f"cannot be read as a weight file ({type(exc).__name__}: {_first_sentence(str(exc))}); it may be "
+                  "truncated or not a checkpoint")
+        raise CheckpointReadError(path, reason, REFETCH) from exc
     return _unwrap(obj, path)
+
+
+REFETCH = "delete it and fetch it again"
+
+
+def _problem_or_none(path: Path) -> str | None:
+    try:
+        return weight_file_problem(path)
+    except OSError:
+        return None
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first line of an error's text, ended at its first sentence when long (torch appends
+    paragraphs of advice), and never cut inside a word."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if len(line) > limit // 2 and (m := re.search(r"[.!?](?=\s)", line)):
+        line = line[: m.end()]
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0] + " ..."
+    return line
+
+
+def _read_sharded(index: Path) -> dict[str, Tensor]:
+    """The tensors of a sharded save (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``:
+    a ``weight_map`` of tensor name -> shard file beside the index), each from the shard the index names."""
+    try:
+        spec = json.loads(index.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointReadError(index, f"not a readable shard index ({_first_sentence(str(exc))})") from None
+    weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+        isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()
+    ):
+        raise CheckpointReadError(index, 'a shard index needs a "weight_map" of tensor name -> shard file name '
+                                         "(a file beside the index)")
+    shards = list(dict.fromkeys(weight_map.values()))
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise CheckpointReadError(index, f"{len(missing)} of its {len(shards)} shards are missing from {index.parent} "
+                                         f"({_list(missing)}); fetch them beside the index")
+    out: dict[str, Tensor] = {}
+    for shard in shards:
+        part = read_checkpoint(index.parent / shard)
+        wanted = [k for k, s in weight_map.items() if s == shard]
+        absent = [k for k in wanted if k not in part]
+        if absent:
+            raise CheckpointReadError(index.parent / shard, f"lacks {len(absent)} tensors that {index.name} places "
+                                                            f"there ({_list(absent)}): a shard of another save?")
+        out.update((k, part[k]) for k in wanted)
+    return out
+
+
+# -- is a file a complete weight file? (header and end only) ---------------------------------
+#: Legacy (non-zip) torch.save files begin with a pickle protocol opcode: 0x80, then protocol 2-5.
+_PICKLE_PROTOCOLS = (2, 3, 4, 5)
+
+
+def weight_file_problem(path: str | os.PathLike) -> str | None:
+    """What keeps ``path`` from being a complete weight file of its format (by suffix, as
+    :func:`read_checkpoint` reads it), as a phrase ("an HTML page of 27 bytes"); None when it looks
+    whole. Only the header and the end are read, no tensor: a torch zip checkpoint must have its zip
+    directory (at the end of the file) listing a ``data.pkl`` whose bytes check out; a safetensors
+    file a JSON header whose tensors end exactly at the file's end; a legacy (non-zip) torch file is
+    only checked to begin as a pickle (its end is not known without reading it all)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if size == 0:
+        return "an empty file"
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path, head, size)
+    if head.startswith(b"PK"):
+        return _torch_zip_problem(path, size)
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        return None
+    return f"{_content(head, size)}, not a PyTorch checkpoint"
+
+
+def _torch_zip_problem(path: Path, size: int) -> str | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            pickles = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+            if not pickles:
+                return f"a zip archive of {size} bytes without data.pkl, not a PyTorch checkpoint"
+            archive.read(pickles[0])  # small; its CRC is checked
+            directory = getattr(archive, "start_dir", size)
+            if any(i.header_offset + i.compress_size > directory for i in infos):
+                return f"a damaged PyTorch checkpoint of {size} bytes (its entries overlap its zip directory)"
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
+            ValueError) as exc:
+        why = _first_sentence(str(exc))
+        why = "no zip directory at its end" if why == "File is not a zip file" else why
+        return f"a PyTorch checkpoint cut short or damaged ({size} bytes: {why})"
+    return None
+
+
+def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
+    length = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if length <= 0 or len(head) < 9 or head[8:9] != b"{":
+        return f"{_content(head, size)}, not a safetensors file"
+    if 8 + length > size:
+        return f"a safetensors file cut short ({size} bytes, less than its {8 + length}-byte header)"
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return f"a damaged safetensors file of {size} bytes (its JSON header cannot be read)"
+    expected = 8 + length + max(ends, default=0)
+    if expected > size:
+        return f"a safetensors file cut short ({size} of its {expected} bytes)"
+    if expected < size:
+        return f"a damaged safetensors file of {size} bytes (its last tensor ends at byte {expected})"
+    return None
+
+
+def _content(head: bytes, size: int) -> str:
+    """What the first bytes of a file look like: an HTML page (a proxy's or captive portal's answer),
+    text, or other bytes."""
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in low:
+        return f"an HTML page of {size} bytes"
+    text = head.decode("utf-8", errors="replace")
+    if text.count("\ufffd") <= 1 and all(c.isprintable() or c in "\r\n\t\ufffd" for c in text):
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        return f"a text file of {size} bytes ({first[:60]!r})"
+    return f"{size} bytes of another kind (beginning {head[:8].hex(' ')})"
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:

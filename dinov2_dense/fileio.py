@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -47,20 +48,58 @@ def _about(exc: OSError, tmp: Path) -> bool:
     return tmp.name in f"{exc.filename or ''} {exc.filename2 or ''} {exc}"
 
 
+#: The name :func:`atomic_path` gives a temporary file: ``.<stem>.<pid>-<8 hex>.tmp<suffix>``.
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?P<suffix>.*)")
+
+
+def _stale(tmp: Path, idle_s: float) -> bool:
+    """Whether ``tmp`` (a name of :func:`atomic_path`) was left by a process that no longer runs on
+    this host and nobody has written it for ``idle_s`` seconds."""
+    m = _TEMPORARY.fullmatch(tmp.name)
+    if m is None or _alive(int(m["pid"])):
+        return False
+    try:
+        return time.time() - tmp.stat().st_mtime >= idle_s
+    except OSError:
+        return False
+
+
 def discard_stale_temporaries(path: str | os.PathLike) -> None:
     """Remove the temporary files of ``path`` (``.<stem>.<pid>-<random>.tmp<suffix>``, from
     :func:`atomic_path`) whose process no longer runs: a writer of a large file killed with
     ``kill -9`` (a .npy of features is allocated whole from its first batch). It lists the folder, so
-    writers of large files call it, not every write."""
+    writers of large files call it, not every write. Only ``path``'s own temporaries are touched (the
+    name is parsed whole: ``.a.2024.<pid>-...`` belongs to ``a.2024.pth``, not to ``a.pth``)."""
     path = Path(path)
     try:
         found = list(path.parent.glob(f".{glob_escape(path.stem)}.*-*.tmp{glob_escape(path.suffix)}"))
     except OSError:
         return
     for tmp in found:
-        if _left_by_a_dead_process(tmp.name[len(path.stem) + 2 :]):
+        m = _TEMPORARY.fullmatch(tmp.name)
+        if m and m["stem"] == path.stem and m["suffix"] == path.suffix and _stale(tmp, 0.0):
             with suppress(OSError):
                 tmp.unlink()
+
+
+def discard_stale_temporaries_in(folder: str | os.PathLike, idle_s: float = 600.0) -> list[Path]:
+    """Remove every temporary file of :func:`atomic_path` in ``folder`` (whatever its target) whose
+    process no longer runs and that nobody has written for ``idle_s`` seconds: for a shared folder
+    such as the weights cache, where a download killed with ``kill -9`` leaves a hidden partial
+    file that no later run of the same target may come to remove. The idle time spares a file that a
+    process on another machine is writing into a folder shared over the network (its pid means
+    nothing here). Returns the files removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for tmp in entries:
+        if tmp.name.startswith(".") and ".tmp" in tmp.name and tmp.is_file() and _stale(tmp, idle_s):
+            with suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 @contextmanager

@@ -8,7 +8,9 @@
    ``torch.hub.load('facebookresearch/dinov2', ...)`` would have put it;
 4. a download from the official URL (``$DINOV2_DENSE_BASE_URL`` replaces the host, for mirrors)
    into that cache, with a progress bar, a size check, a SHA-256 check where the checksum is
-   known, and an atomic rename. ``DINOV2_DENSE_OFFLINE=1`` forbids downloads.
+   known, a check that what arrived is a complete weight file (the zoo publishes no checksums: a
+   proxy's HTML page or a cut-short transfer must not enter the cache), and an atomic rename.
+   ``DINOV2_DENSE_OFFLINE=1`` forbids downloads.
 
 Embedded backbones (``dinov2_dense_tiny``: ours, pretrained by our pretraining core on synthetic
 scenes) ship inside the package (``dinov2_dense/weights/``): no search, no download.
@@ -18,24 +20,29 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import math
+import numbers
 import os
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import models
-from .checkpoints import CheckpointError, load_backbone_weights
-from .fileio import atomic_path
+from .checkpoints import CheckpointError, CheckpointReadError, load_backbone_weights, weight_file_problem
+from .fileio import atomic_path, discard_stale_temporaries_in
 from .settings import BACKBONE_SETTINGS, PATCH_SIZE
 
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
 WEIGHTS_ENV = "DINOV2_DENSE_WEIGHTS"
 BASE_URL_ENV = "DINOV2_DENSE_BASE_URL"
 OFFLINE_ENV = "DINOV2_DENSE_OFFLINE"
-
+#: A partial download of a process that died is removed once nobody has written it for this long
+#: (a process on another machine sharing the cache may still be writing a younger one).
+STALE_DOWNLOAD_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,81 @@ def _official_zoo() -> dict[str, BackboneSpec]:
     return zoo
 
 
+ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "ffn_layer",
+             "num_register_tokens", "interpolate_antialias", "interpolate_offset", "init_values", "qkv_bias",
+             "proj_bias", "ffn_bias")
+
+
+def check_architecture(arch: object, source: str) -> dict:
+    """``arch`` (an architecture JSON's content) as DinoVisionTransformer keyword arguments, after
+    checking every setting's type and range: a bad value is a ValueError naming ``source``, the key
+    and the value, never a crash inside the model. ``null`` means the model's default, except for
+    ``init_values``, where it means no LayerScale (what ``arch_kwargs`` writes for such a model)."""
+    import json
+
+    from .models.layers import swiglu_hidden_features
+    from .models.vision_transformer import FFN_LAYERS
+
+    if not isinstance(arch, dict):
+        raise ValueError(f"{source}: expected a JSON object of DinoVisionTransformer settings "
+                         f"({', '.join(ARCH_KEYS)}), got {_json_kind(arch)}")
+    unknown = sorted(str(k) for k in set(arch) - set(ARCH_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                         f"an architecture file holds DinoVisionTransformer settings: {', '.join(ARCH_KEYS)}")
+    missing = [k for k in ("embed_dim", "depth", "num_heads") if arch.get(k) is None]
+    if missing:
+        raise ValueError(f"{source}: needs embed_dim, depth and num_heads (missing: {', '.join(missing)})")
+
+    def bad(key: str, expected: str) -> ValueError:
+        value = arch[key]
+        kind = "" if is_number(value) else f" ({_json_kind(value)})"
+        return ValueError(f"{source}: {key} = {json.dumps(value, default=repr)}{kind}; expected {expected}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    def is_number(v) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key in ("embed_dim", "depth", "num_heads", "patch_size", "img_size"):
+        if arch.get(key) is not None and not (is_int(arch[key]) and arch[key] > 0):
+            raise bad(key, "a positive whole number")
+    if arch["embed_dim"] % arch["num_heads"]:
+        raise ValueError(f"{source}: embed_dim = {arch['embed_dim']} is not a multiple of num_heads = "
+                         f"{arch['num_heads']} (each head takes an equal share of the width)")
+    patch = arch.get("patch_size") or 14
+    if arch.get("img_size") is not None and arch["img_size"] < patch:
+        raise bad("img_size", f"at least patch_size ({patch}): it sets the stored position grid")
+    if arch.get("num_register_tokens") is not None and not (is_int(arch["num_register_tokens"])
+                                                           and arch["num_register_tokens"] >= 0):
+        raise bad("num_register_tokens", "a whole number >= 0 (4 for the register models)")
+    ffn = arch.get("ffn_layer")
+    if ffn is not None and (not isinstance(ffn, str) or ffn not in FFN_LAYERS):
+        raise bad("ffn_layer", f"one of {', '.join(map(repr, FFN_LAYERS))}")
+    if arch.get("mlp_ratio") is not None:
+        if not (is_number(arch["mlp_ratio"]) and arch["mlp_ratio"] > 0):
+            raise bad("mlp_ratio", "a number > 0 (4.0 in DINOv2)")
+        hidden = int(arch["embed_dim"] * arch["mlp_ratio"])
+        if (hidden if ffn in ("mlp", None) else swiglu_hidden_features(hidden)) < 1:
+            raise bad("mlp_ratio", f"a larger number: the FFN of width {arch['embed_dim']} would have no hidden unit")
+    if arch.get("init_values") is not None and not (is_number(arch["init_values"]) and arch["init_values"] > 0):
+        raise bad("init_values", "a number > 0 (the LayerScale init, 1.0 in DINOv2), or null for no LayerScale")
+    if arch.get("interpolate_offset") is not None and not (is_number(arch["interpolate_offset"])
+                                                          and arch["interpolate_offset"] >= 0):
+        raise bad("interpolate_offset", "a number >= 0 (0.1 for the original models, 0.0 for the register ones)")
+    for key in ("qkv_bias", "proj_bias", "ffn_bias", "interpolate_antialias"):
+        if arch.get(key) is not None and not isinstance(arch[key], bool):
+            raise bad(key, "true or false")
+    return {k: v for k, v in arch.items() if v is not None or k == "init_values"}
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value reads to the person who wrote it."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
 #: Package data: the embedded backbones' weights, architecture JSONs and model cards.
 EMBEDDED_DIR = Path(__file__).resolve().parent / "weights"
 #: The embedded backbone the demo falls back to when the official weights are not at hand.
@@ -84,7 +166,7 @@ def _embedded_zoo() -> dict[str, BackboneSpec]:
     zoo = {}
     for arch_file in sorted(EMBEDDED_DIR.glob("*.json")):
         name = arch_file.stem
-        kwargs = {k: v for k, v in json.loads(arch_file.read_text()).items() if v is not None}
+        kwargs = check_architecture(json.loads(arch_file.read_text()), str(arch_file))
         zoo[name] = BackboneSpec(name, "DinoVisionTransformer", f"{name}.safetensors", kwargs, embedded=True)
     return zoo
 
@@ -151,12 +233,17 @@ NO_WEIGHTS_HINT = (f"To go on without a download: --model {DEFAULT_EMBEDDED} on 
                    "random, weights=None in Python (random weights: features, maps and metrics then mean nothing).")
 
 
-def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest`` atomically; check length and, if given, SHA-256.
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True,
+             verify: Callable[[Path], str | None] | None = None) -> Path:
+    """Fetch ``url`` to ``dest`` atomically; check length, if given SHA-256, and if given ``verify``
+    (what is wrong with the file, e.g. :func:`~dinov2_dense.checkpoints.weight_file_problem`, or None).
 
-    A failed or short transfer leaves no file at ``dest`` (the partial temp file is removed).
+    A failed, short or refused transfer leaves no file at ``dest`` (the partial temp file is
+    removed). Partial files that downloads killed with ``kill -9`` left in ``dest``'s folder are
+    removed first (once idle for :data:`STALE_DOWNLOAD_S`).
     """
     dest = Path(dest)
+    discard_stale_temporaries_in(dest.parent, idle_s=STALE_DOWNLOAD_S)
     digest = hashlib.sha256()
     received, total = 0, None
     with atomic_path(dest) as tmp:
@@ -179,6 +266,9 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
                 f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
                 "the file is corrupt or not the official one"
             )
+        problem = verify(tmp) if verify is not None else None
+        if problem is not None:
+            raise OSError(f"download of {url} is not a whole weight file: it is {problem}; nothing was saved")
     return dest
 
 
@@ -203,7 +293,7 @@ def resolve_file(
     places = candidate_paths(filename)
     found = next((p for p in places if p.is_file()), None)
     if found is not None:
-        return found
+        return _whole(found)
     offline = _offline()
     looked = "\n".join(f"    {p}" for p in places)
     if offline or not download_ok:
@@ -213,7 +303,7 @@ def resolve_file(
             f"Fetch {url} into one of those places (or set {WEIGHTS_ENV} to its directory).\n{NO_WEIGHTS_HINT}"
         )
     try:
-        return download(url, hub_checkpoint_dir() / filename, sha256, progress)
+        return download(url, hub_checkpoint_dir() / filename, sha256, progress, verify=weight_file_problem)
     except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: a malformed $DINOV2_DENSE_BASE_URL
         raise WeightsNotFoundError(
             f"weights for {label} ({filename}) not found locally and the download failed ({exc}). "
@@ -252,8 +342,9 @@ def load_backbone(
     weights file that has an architecture JSON beside it (same stem, or ``backbone.json`` in its
     folder: a pretraining export or work dir).
     ``weights``: "official" (find or download the released file; zoo names only), a local path
-    (official, training, Hugging Face or timm format, or ours), an http(s)/file URL (fetched into
-    the hub cache), or None for random weights. Weights load strictly.
+    (official, training, Hugging Face or timm format, or ours), an http(s) URL (fetched once into
+    the hub cache as ``url-<hash>-NAME`` and used from there on, as torch.hub does: delete that file
+    to fetch it again), a file URL (read in place), or None for random weights. Weights load strictly.
     ``dtype``: weights in ``bfloat16`` / ``float16`` (``"bf16"``, ``"fp16"`` or a torch dtype) for
     inference: half the memory, and faster where the device computes it natively (features and the
     feature extractors cast inputs to the weights' dtype and return float32). On a CPU without
@@ -268,15 +359,18 @@ def load_backbone(
     ``compile``, which fuses the input quantisation into the neighbouring ops (uncompiled it is slower
     than bf16). See :mod:`dinov2_dense.models.float8`.
     """
+    weights = _file_url_path(weights)
     arch = _architecture(name, weights)
     label = name if isinstance(name, str) else str(weights)
     model = build_backbone(name, **overrides) if arch is None else models.DinoVisionTransformer(**{**arch, **overrides})
     if weights is not None:
         if isinstance(weights, str) and weights == "official":
             if arch is not None:
-                raise ValueError(f"{label}: an architecture file has no official weights; pass weights=FILE or None")
+                raise ValueError(f"{label}: an architecture file has no official weights; give a weight file "
+                                 "(weights=FILE in Python, --weights FILE on the command line) or random weights "
+                                 "(weights=None, --weights random)")
             path = resolve_weights(name)
-        elif isinstance(weights, str) and weights.startswith(("http://", "https://", "file://")):
+        elif isinstance(weights, str) and weights.startswith(("http://", "https://")):
             path = _fetch_url(weights)
         else:
             path = Path(weights).expanduser()
@@ -284,6 +378,10 @@ def load_backbone(
                 raise WeightsNotFoundError(f"weights file {path} does not exist")
         try:
             load_backbone_weights(model, path)
+        except CheckpointReadError as exc:
+            if _in_cache(exc.path):
+                raise _cached_unreadable(exc.path, exc.reason) from None
+            raise CheckpointError(f"cannot load {label}: {exc}") from None
         except CheckpointError as exc:
             raise CheckpointError(f"cannot load {label}: {exc}") from None
     if device is not None:
@@ -334,13 +432,8 @@ def weights_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") 
 def architecture(name: str | os.PathLike | dict | None, weights=None) -> models.DinoVisionTransformer:
     """The backbone ``load_backbone(name, weights)`` would build, with random weights and nothing
     loaded (build it under ``torch.device("meta")`` to get only its sizes)."""
-    arch = _architecture(name, weights)
+    arch = _architecture(name, _file_url_path(weights))
     return build_backbone(name) if arch is None else models.DinoVisionTransformer(**arch)
-
-
-ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "ffn_layer",
-             "num_register_tokens", "interpolate_antialias", "interpolate_offset", "init_values", "qkv_bias",
-             "proj_bias", "ffn_bias")
 
 
 def _architecture(name, weights) -> dict | None:
@@ -373,31 +466,87 @@ def _architecture(name, weights) -> dict | None:
         source = str(path)
     else:
         return None
-    unknown = set(arch) - set(ARCH_KEYS)
-    if not isinstance(arch, dict) or unknown or not all(k in arch for k in ("embed_dim", "depth", "num_heads")):
-        raise ValueError(f"{source}: expected DinoVisionTransformer settings ({', '.join(ARCH_KEYS)}); "
-                         f"unknown: {sorted(unknown)}" if unknown else f"{source}: needs embed_dim, depth, num_heads")
-    return {k: v for k, v in arch.items() if v is not None}
+    return check_architecture(arch, source)
 
 
 def _offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
 
 
+def _file_url_path(weights):
+    """The local path of a ``file://`` weights URL (read in place, never copied: a copy would go
+    stale when the file changes); any other ``weights`` as it is."""
+    if not (isinstance(weights, str) and weights.startswith("file://")):
+        return weights
+    parsed = urllib.parse.urlparse(weights)
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"weights {weights}: a file URL of another host ({parsed.netloc}); mount its folder "
+                         "and give the path")
+    return urllib.request.url2pathname(parsed.path)
+
+
+def _in_cache(path: Path) -> bool:
+    """Whether ``path`` is in the weights cache (the hub cache, where downloads go)."""
+    try:
+        Path(path).resolve().relative_to(hub_checkpoint_dir().resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _cached_unreadable(path: Path, reason: str) -> CheckpointReadError:
+    return CheckpointReadError(path, f"in the weights cache, but not readable as weights: {reason}",
+                               f"delete it (rm '{path}') so that it is fetched again")
+
+
+def _whole(path: Path) -> Path:
+    """``path``, found where weights are looked for, if it is a complete weight file; otherwise an
+    error that says where it is and what to do (a file in the cache: delete it, to fetch it again)."""
+    problem = weight_file_problem(path)
+    if problem is None:
+        return path
+    if _in_cache(path):
+        raise _cached_unreadable(path, f"it is {problem}")
+    raise CheckpointReadError(path, f"not a weight file: it is {problem}",
+                              "replace it with the released file, or delete it")
+
+
 def _fetch_url(url: str) -> Path:
+    """An http(s) URL's weight file: fetched once into the hub cache (``url-<hash>-NAME``) and used
+    from there on, as torch.hub does; the URL is not asked again, so delete that file to refetch."""
     # the file name comes from the URL's path: no query string (it would hide the .safetensors suffix)
     filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "weights.pth"
     # many hubs serve one name (model.safetensors) from many places: key the cache by the URL too
     tag = hashlib.sha256(url.encode()).hexdigest()[:10]
     dest = hub_checkpoint_dir() / f"url-{tag}-{filename}"
     if dest.is_file():
-        return dest
+        return _whole(dest)
     if _offline():
         raise WeightsNotFoundError(f"weights {url} are not in {dest}, and {OFFLINE_ENV} is set: fetch the file by hand")
     try:
-        return download(url, dest)
+        return download(url, dest, verify=weight_file_problem)
     except OSError as exc:  # URLError and HTTPError are OSErrors
         raise WeightsNotFoundError(f"cannot fetch weights from {url} into {dest}: {exc}") from exc
+
+
+def describe_weights(name: str | os.PathLike | dict | None, weights: str | os.PathLike | None = "official") -> str:
+    """What ``load_backbone(name, weights)`` loads, in words for a record (an output file's
+    metadata): "random", "embedded in the package (FILE)", "official (FILE)", or the file or URL."""
+    if weights is None or weights == "random":
+        return "random"
+    if isinstance(weights, str) and weights == "official" and isinstance(name, str) and name in BACKBONES:
+        spec = BACKBONES[name]
+        if spec.embedded:
+            return f"embedded in the package ({spec.filename}: ours, pretrained on synthetic scenes)"
+        return f"official ({spec.filename})"
+    return str(weights)
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        return weight_file_problem(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
 
 
 def weights_status() -> list[dict]:
@@ -412,6 +561,7 @@ def weights_status() -> list[dict]:
                 "registers": spec.kwargs.get("num_register_tokens", 0),
                 "file": spec.filename,
                 "found": str(found) if found else None,
+                "problem": _problem(found) if found else None,  # a found file that is not a whole weight file
                 "looked": [str(spec.package_file)] if spec.embedded else [str(p) for p in candidate_paths(spec.filename)],
                 "embedded": spec.embedded,
                 "url": spec.url,

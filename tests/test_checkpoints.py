@@ -1,10 +1,13 @@
-"""Reading weights in every supported layout (official, training, timm), the errors for files
-that do not fit, and atomic safetensors writes. Tiny random-weight ViTs, no network."""
+"""Reading weights in every supported layout (official, training, timm, Hugging Face sharded
+saves), the errors for files that do not fit and for bad architecture JSONs, and atomic
+safetensors writes. Tiny random-weight ViTs, no network."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,10 @@ from dinov2_dense.checkpoints import (
     read_checkpoint,
     save_safetensors,
 )
+from dinov2_dense.hub import load_backbone
 from dinov2_dense.models import DinoVisionTransformer
 
-from .conftest import tiny_vit
+from .conftest import randomize_, tiny_vit
 
 
 def _image(size: int = 98, seed: int = 3) -> Tensor:
@@ -242,3 +246,139 @@ def test_save_safetensors_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         save_safetensors({"x": torch.zeros(4)}, path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path], "no temp file may remain"
+
+
+def test_damaged_zip_entry_message_is_whole(tmp_path: Path) -> None:
+    """torch's text for a damaged entry runs on with a paragraph of advice; the message keeps its
+    first sentence whole instead of cutting it off mid-word."""
+    good = tmp_path / "good.pth"
+    torch.save(tiny_vit().state_dict(), good)
+    with zipfile.ZipFile(good) as archive:
+        entry = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    data = bytearray(good.read_bytes())
+    data[entry.header_offset : entry.header_offset + 4] = b"XXXX"  # that entry's local header
+    bad = tmp_path / "damaged.pth"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(bad)
+    msg = str(info.value)
+    assert re.search(r"PytorchStreamReader failed reading file data/0: [^()]*corrupted\.\)", msg), msg
+    assert "If you are seeing" not in msg
+    assert msg.startswith(str(bad)) and msg.endswith("delete it and fetch it again")
+
+
+# -- Hugging Face sharded saves ----------------------------------------------------------------
+
+def _sharded_bin(folder: Path, out: Path) -> None:
+    """The pytorch_model.bin flavour of a sharded save (transformers 4's ``safe_serialization=False``;
+    transformers 5 writes safetensors only): the same shards as torch files, and their index."""
+    from safetensors.torch import load_file
+
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    names = {s: s.replace("model-", "pytorch_model-").replace(".safetensors", ".bin") for s in shards}
+    out.mkdir()
+    for shard, name in names.items():
+        torch.save(load_file(str(folder / shard)), out / name)
+    index["weight_map"] = {k: names[v] for k, v in index["weight_map"].items()}
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def test_sharded_hugging_face_folder_matches_transformers(tmp_path: Path) -> None:
+    hf_lib = pytest.importorskip("transformers")
+    cfg = hf_lib.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
+                              image_size=56, patch_size=14)
+    hf = randomize_(hf_lib.Dinov2Model(cfg), seed=4).eval()
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder, max_shard_size="100KB")
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    assert (folder / "model.safetensors.index.json").is_file() and len(shards) > 1
+    assert not (folder / "model.safetensors").exists()
+    _sharded_bin(folder, tmp_path / "hf_bin")
+
+    arch = dict(img_size=56, patch_size=14, embed_dim=48, depth=2, num_heads=2)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = hf(pixel_values=x).last_hidden_state
+    for weights in (folder, folder / "model.safetensors.index.json", tmp_path / "hf_bin"):
+        model = load_backbone(arch, weights=weights)
+        with torch.no_grad():
+            out = model.forward_features(x)
+        ours = torch.cat([out["x_norm_clstoken"][:, None], out["x_norm_patchtokens"]], dim=1)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+        assert ref[:, 1:].std() > 0.1  # not vacuous
+
+    shards[-1].unlink()  # a shard that did not arrive
+    with pytest.raises(CheckpointError) as info:
+        load_backbone(arch, weights=folder)
+    msg = str(info.value)
+    assert "model.safetensors.index.json" in msg and shards[-1].name in msg and "missing" in msg
+
+
+# -- architecture JSONs -----------------------------------------------------------------------
+BASE_ARCH = {"embed_dim": 48, "depth": 1, "num_heads": 3}
+
+
+@pytest.mark.parametrize(
+    "arch, key, value",
+    [
+        ({**BASE_ARCH, "patch_size": 0}, "patch_size", "0"),
+        ({**BASE_ARCH, "num_heads": 0}, "num_heads", "0"),
+        ({**BASE_ARCH, "embed_dim": "48"}, "embed_dim", '"48"'),
+        ({**BASE_ARCH, "embed_dim": 48.5}, "embed_dim", "48.5"),
+        ({**BASE_ARCH, "mlp_ratio": 0}, "mlp_ratio", "0"),
+        ({**BASE_ARCH, "init_values": "x"}, "init_values", '"x"'),
+        ({**BASE_ARCH, "depth": 0}, "depth", "0"),
+        ({**BASE_ARCH, "depth": True}, "depth", "true"),
+        ({**BASE_ARCH, "num_register_tokens": -1}, "num_register_tokens", "-1"),
+        ({**BASE_ARCH, "img_size": 0}, "img_size", "0"),
+        ({**BASE_ARCH, "ffn_layer": "foo"}, "ffn_layer", '"foo"'),
+        ({**BASE_ARCH, "qkv_bias": "yes"}, "qkv_bias", '"yes"'),
+        ({**BASE_ARCH, "embed_dim": 50}, "embed_dim", "50"),  # not a multiple of num_heads
+        ({**BASE_ARCH, "embeddim": 48}, "embeddim", ""),
+        ([1, 2], "JSON object", "a list"),
+    ],
+)
+def test_bad_architecture_json_is_named(tmp_path: Path, capsys: pytest.CaptureFixture, arch, key: str,
+                                         value: str) -> None:
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(arch))
+    with pytest.raises(ValueError) as info:
+        load_backbone(str(path), None)
+    msg = str(info.value)
+    assert str(path) in msg and key in msg and value in msg, msg
+    assert "\n" not in msg
+    if key == "patch_size":  # the command: one line, exit code 2 (it was a ZeroDivisionError traceback)
+        from dinov2_dense.cli import main
+
+        capsys.readouterr()
+        image = tmp_path / "a.png"
+        import cv2
+
+        cv2.imwrite(str(image), torch.zeros(28, 28, 3, dtype=torch.uint8).numpy())
+        out = tmp_path / "f.npy"
+        rc = main(["features", str(image), "--model", str(path), "--weights", "random", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "patch_size = 0" in err and "Traceback" not in err, err
+
+
+def test_architecture_json_without_layerscale_round_trips(tmp_path: Path) -> None:
+    """``arch_kwargs`` writes ``init_values: null`` for a model without LayerScale: that file must
+    rebuild that model (null is not "the default", which is LayerScale 1.0)."""
+    source = randomize_(DinoVisionTransformer(img_size=56, embed_dim=48, depth=2, num_heads=2, init_values=None)).eval()
+    (tmp_path / "backbone.json").write_text(json.dumps(source.arch_kwargs()))
+    save_safetensors(source, tmp_path / "backbone.safetensors")
+    model = load_backbone(None, weights=tmp_path / "backbone.safetensors")
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x)["x_prenorm"], source.forward_features(x)["x_prenorm"])
+
+
+def test_architecture_json_without_weights_names_both_ways(tmp_path: Path) -> None:
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(BASE_ARCH))
+    with pytest.raises(ValueError) as info:
+        load_backbone(str(path))  # weights="official": an architecture file has none
+    msg = str(info.value)
+    for way in ("weights=FILE", "weights=None", "--weights FILE", "--weights random"):
+        assert way in msg, msg

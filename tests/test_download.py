@@ -1,5 +1,6 @@
 """Fetching weights: ``hub.download`` against a local HTTP server (good, truncated and corrupt
-files) and the order in which ``load_backbone(name, weights="official")`` looks for weights.
+files, a captive portal's HTML page, a reply cut short without a length, a download killed with
+kill -9) and the order in which ``load_backbone(name, weights="official")`` looks for weights.
 Only 127.0.0.1 is contacted; the zoo entry is swapped for a tiny architecture."""
 
 from __future__ import annotations
@@ -7,8 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -32,11 +37,18 @@ ZOO_PATH = f"/dl/{NAME}/{FILENAME}"  # where $DINOV2_DENSE_BASE_URL=<server>/dl 
 
 class FileServer:
     """Serves ``files`` by URL path (query ignored); paths in ``truncated`` announce the full
-    length but send half the body and close. ``hits`` counts requests per path."""
+    length but send half the body and close; paths in ``no_length`` send half the body with no
+    Content-Length and close (the client cannot tell it is short); paths in ``stalled`` send the
+    first ``STALL_AFTER`` bytes and then wait (until ``release`` is set). ``hits`` counts requests per path."""
+
+    STALL_AFTER = 1 << 20
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.truncated: set[str] = set()
+        self.no_length: set[str] = set()
+        self.stalled: set[str] = set()
+        self.release = threading.Event()
         self.hits: Counter[str] = Counter()
         server = self
 
@@ -50,9 +62,15 @@ class FileServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                if path not in server.no_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if path in server.truncated else body)
+                if path in server.stalled:
+                    self.wfile.write(body[: server.STALL_AFTER])
+                    self.wfile.flush()
+                    server.release.wait(30)
+                else:
+                    self.wfile.write(body[: len(body) // 2] if path in server.truncated | server.no_length else body)
                 self.close_connection = True
 
             def log_message(self, *args: object) -> None:
@@ -73,6 +91,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
     thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.httpd.shutdown()
     srv.httpd.server_close()
     thread.join(timeout=5)
@@ -296,3 +315,173 @@ def test_weights_url_offline_or_missing(
     with pytest.raises(WeightsNotFoundError, match="DINOV2_DENSE_OFFLINE is set"):
         load_backbone(NAME, weights=server.url("/files/w.pth"))
     assert server.hits["/files/w.pth"] == 0
+
+
+# -- what arrives must be a whole weight file before it enters the cache ------------------------
+PORTAL = b"<html>captive portal</html>"  # what a proxy or hotel network answers in place of the file
+
+
+@pytest.mark.parametrize("answer", ["html", "no_length"])
+def test_bad_answer_is_not_cached(
+    answer: str, server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A captive portal's page (with a correct Content-Length) or half the file sent without a
+    length passes the length check; the zoo has no checksums. Neither may be saved under the
+    official name: the error names the URL and what arrived, and the next run fetches again."""
+    good = _pth_bytes(tiny_zoo)
+    server.files[ZOO_PATH] = PORTAL if answer == "html" else good
+    if answer == "no_length":
+        server.no_length.add(ZOO_PATH)
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_backbone(NAME)
+    msg = str(info.value)
+    assert server.url(ZOO_PATH) in msg
+    assert ("an HTML page of 27 bytes" if answer == "html" else "cut short") in msg, msg
+    cache = torch_home / "hub" / "checkpoints"
+    assert not (cache / FILENAME).exists()
+    assert _leftovers(cache) == []
+    assert hub.find_weights(NAME) is None  # `dinov2-dense info`: not found
+
+    server.files[ZOO_PATH] = good  # the network is back: the next run fetches the file
+    server.no_length.discard(ZOO_PATH)
+    assert _same_weights(load_backbone(NAME), tiny_zoo)
+    assert server.hits[ZOO_PATH] == 2
+
+
+def test_weights_url_cut_short_is_not_cached(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, tmp_path: Path
+) -> None:
+    save_safetensors(tiny_zoo, tmp_path / "tiny.safetensors")
+    server.files["/files/tiny.safetensors"] = (tmp_path / "tiny.safetensors").read_bytes()
+    server.no_length.add("/files/tiny.safetensors")
+    url = server.url("/files/tiny.safetensors")
+    with pytest.raises(WeightsNotFoundError, match=r"safetensors file cut short") as info:
+        load_backbone(NAME, weights=url)
+    assert url in str(info.value)
+    cache = torch_home / "hub" / "checkpoints"
+    assert list(cache.glob("url-*")) == [] and _leftovers(cache) == []
+    server.no_length.clear()
+    assert _same_weights(load_backbone(NAME, weights=url), tiny_zoo)
+
+
+@pytest.mark.parametrize("where", ["zoo", "url"])
+def test_unreadable_file_in_cache_says_delete_it(
+    where: str, server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad file already in the cache (an older version saved it) is named as such, with the way
+    out: delete it, and it is fetched again."""
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    server.files[ZOO_PATH] = server.files["/files/w.pth"] = _pth_bytes(tiny_zoo)
+    if where == "zoo":
+        bad, load = cache / FILENAME, lambda: load_backbone(NAME)
+    else:
+        url = server.url("/files/w.pth")
+        load_backbone(NAME, weights=url)
+        (bad,) = cache.glob("url-*-w.pth")
+        load = lambda: load_backbone(NAME, weights=url)  # noqa: E731
+    bad.write_bytes(PORTAL)
+    with pytest.raises(ValueError) as info:
+        load()
+    msg = str(info.value)
+    assert "weights cache" in msg and "an HTML page of 27 bytes" in msg and f"delete it (rm '{bad}')" in msg, msg
+    if where == "zoo":
+        row = next(r for r in hub.weights_status() if r["name"] == NAME)
+        assert row["found"] == str(bad) and "HTML page" in row["problem"]
+    bad.unlink()  # as the message says
+    assert _same_weights(load(), tiny_zoo)
+
+
+def test_file_url_is_read_in_place(tiny_zoo: torch.nn.Module, torch_home: Path, tmp_path: Path) -> None:
+    """A file:// URL is the file itself: never copied into the cache, so a changed file is seen."""
+    folder = tmp_path / "my weights"  # a space: %20 in the URL
+    folder.mkdir()
+    path = save_safetensors(tiny_zoo, folder / "tiny.safetensors")
+    url = path.as_uri()
+    assert "%20" in url
+    assert _same_weights(load_backbone(NAME, weights=url), tiny_zoo)
+    other = randomize_(tiny_vit(), seed=12)
+    save_safetensors(other, path)
+    assert _same_weights(load_backbone(NAME, weights=url), other)
+    cache = torch_home / "hub" / "checkpoints"
+    assert not cache.exists() or list(cache.iterdir()) == []
+    # the architecture JSON beside the file is found through the URL too
+    (folder / "tiny.json").write_text('{"img_size": 98, "embed_dim": 48, "depth": 3, "num_heads": 2}')
+    assert _same_weights(load_backbone(None, weights=url), other)
+    with pytest.raises(WeightsNotFoundError, match="absent.pth"):
+        load_backbone(NAME, weights=(folder / "absent.pth").as_uri())
+
+
+# -- partial files of downloads killed with kill -9 ---------------------------------------------
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_partial_download_of_a_killed_process_is_removed(
+    server: FileServer, tiny_zoo: torch.nn.Module, torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 in the middle of a download leaves a hidden partial file in the cache; the next
+    download removes it once idle (a younger one may be another machine's download in progress),
+    and never a running process's."""
+    cache = torch_home / "hub" / "checkpoints"
+    big = os.urandom(3 * server.STALL_AFTER)
+    server.files["/big.pth"] = big
+    server.stalled.add("/big.pth")
+    code = ("import sys; from dinov2_dense.hub import download; "
+            "download(sys.argv[1], sys.argv[2], progress=False)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code, server.url("/big.pth"), str(cache / "big.pth")], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in _leftovers_paths(cache) if p.stat().st_size >= server.STALL_AFTER]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the download did not start"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (partial,) = _leftovers_paths(cache)
+    assert str(proc.pid) in partial.name
+    old = time.time() - hub.STALE_DOWNLOAD_S - 60
+    os.utime(partial, (old, old))
+    young = cache / f".other.{_dead_pid()}-0123abcd.tmp.pth"  # being written from another machine
+    running = cache / f".mine.{os.getpid()}-0123abcd.tmp.pth"  # this process is alive
+    for path in (young, running):
+        path.write_bytes(b"part")
+    os.utime(running, (old, old))
+
+    server.files[ZOO_PATH] = _pth_bytes(tiny_zoo)
+    monkeypatch.setenv("DINOV2_DENSE_BASE_URL", server.url("/dl"))
+    assert _same_weights(load_backbone(NAME), tiny_zoo)
+    assert not partial.exists()
+    assert young.exists() and running.exists()
+
+
+def test_stale_temporaries_of_one_file_spare_other_files(tmp_path: Path) -> None:
+    """The temporaries of ``f.npy`` are ``.f.<pid>-<random>.tmp.npy``: ``.f.<digits>.<pid>-...``
+    belongs to another file (``f.<digits>.npy``), whose writer may be running."""
+    from dinov2_dense.fileio import discard_stale_temporaries
+
+    dead = _dead_pid()
+    mine = tmp_path / f".f.{dead}-0123abcd.tmp.npy"
+    others = tmp_path / f".f.{dead}.{os.getpid()}-0123abcd.tmp.npy"  # f.<dead>.npy, written by this process
+    for path in (mine, others):
+        path.write_bytes(b"part")
+    discard_stale_temporaries(tmp_path / "f.npy")
+    assert not mine.exists() and others.exists()
+
+
+def _leftovers_paths(directory: Path) -> list[Path]:
+    return [directory / name for name in _leftovers(directory)] if directory.is_dir() else []
+
+
+def test_weights_are_described_for_records() -> None:
+    """What an output file's metadata should say about the weights (not "official" for ours)."""
+    assert "embedded in the package" in hub.describe_weights("dinov2_dense_tiny")
+    assert "official" not in hub.describe_weights("dinov2_dense_tiny")
+    assert hub.describe_weights(NAME) == f"official ({FILENAME})"
+    assert hub.describe_weights(NAME, None) == "random"
+    assert hub.describe_weights(NAME, "w.pth") == "w.pth"
