@@ -588,7 +588,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     import torch
 
     from pretrain.curation import curate
-    from pretrain.curation.pipeline import is_embeddings
+    from pretrain.curation.pipeline import interrupted_stores, is_embeddings
 
     if args.clusters is not None and min(args.clusters) < 1:
         raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
@@ -606,19 +606,35 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     if needs_model:
         device = check_device(args.device)
         model = _load_model(args, device).eval()
-    summary = curate(
-        args.inputs, args.out, args.target, model=model, names=args.names, seeds=args.seeds,
-        seeds_names=args.seeds_names, dedup_threshold=None if args.no_dedup else args.dedup_threshold,
-        keep=args.keep, seeds_k=args.seeds_k, seeds_threshold=args.seeds_threshold, levels=args.levels,
-        clusters=args.clusters, resample_steps=args.resample_steps, sampling=args.sampling, seed=args.seed,
-        n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
-        progress=not args.no_progress,
-        embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.store_dtype, pooling=args.pooling,
-                      autocast=args.bf16, num_workers=_num_workers(args), resize_8bit=args.resize_8bit),
-    )
+    try:
+        summary = curate(
+            args.inputs, args.out, args.target, model=model, names=args.names, seeds=args.seeds,
+            seeds_names=args.seeds_names, dedup_threshold=None if args.no_dedup else args.dedup_threshold,
+            keep=args.keep, seeds_k=args.seeds_k, seeds_threshold=args.seeds_threshold, levels=args.levels,
+            clusters=args.clusters, resample_steps=args.resample_steps, sampling=args.sampling, seed=args.seed,
+            n_iters=args.iters, ivf_above=args.ivf_above, nprobe=args.nprobe, overwrite=args.overwrite,
+            progress=not args.no_progress,
+            embed_kw=dict(size=args.size, batch_size=args.batch_size, dtype=args.store_dtype, pooling=args.pooling,
+                          autocast=args.bf16, num_workers=_num_workers(args), resize_8bit=args.resize_8bit),
+        )
+    except KeyboardInterrupt as exc:  # an interrupted embedding is kept: say so (not "nothing half-written")
+        kept = interrupted_stores(args.out) if int(os.environ.get("RANK", "0")) == 0 else []
+        if not kept:
+            raise
+        if args.debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+            import traceback
+
+            traceback.print_exc()
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\ndinov2-dense curate: {what}; the embeddings done so far are kept (" + ", ".join(
+            f"{done} of {n} images in {folder}" for folder, done, n in kept) + "): run the same command again to "
+            "resume", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     if int(os.environ.get("RANK", "0")) == 0:
         short = " (fewer survived deduplication and retrieval)" if summary["short_of_target"] else ""
-        print(f"curated {summary['pool']} rows: {summary['duplicates_removed']} near-duplicates removed, "
+        dedup = ("no near-duplicate removal (--no-dedup)" if summary["dedup_threshold"] is None
+                 else f"{summary['duplicates_removed']} near-duplicates removed")
+        print(f"curated {summary['pool']} rows: {dedup}, "
               f"{summary['clustered']} clustered ({', '.join(map(str, summary['clusters']))} clusters), "
               f"{summary['selected']} selected{short}; top-level cluster entropy {summary['top_cluster_entropy_pool']:.3f}"
               f" -> {summary['top_cluster_entropy_selected']:.3f}; {Path(args.out) / 'selected.txt'}, report "

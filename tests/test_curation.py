@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from dinov2_dense.cli import main
+from dinov2_dense.features import extract_features as _extract_features
 from pretrain.curation import (
     balanced_sample,
     deduplicate,
@@ -498,7 +499,7 @@ def test_load_embeddings_reads_store_folders_and_names(tmp_path):
     assert store.names[-1] == "n49"
     half = x.astype(np.float16)
     np.save(tmp_path / "h.npy", half)
-    (tmp_path / "h.txt").write_text("x\n" * 50)
+    (tmp_path / "h.txt").write_text("".join(f"x{i}\n" for i in range(50)))
     assert load_embeddings(tmp_path / "h.npy").embeddings.dtype == np.float16
 
 
@@ -618,14 +619,7 @@ def test_a_store_embedded_with_one_resize_is_not_reused_or_resumed_with_the_othe
     assert sum(seen) == 7
 
     # an interrupted 8-bit run is not resumed by a float one (nor the other way round)
-    def stop_after_one(m, x, *a, **k):
-        if seen:
-            raise KeyboardInterrupt
-        seen.append(len(x))
-        return real(m, x, *a, **k)
-
-    monkeypatch.setattr(features, "extract_features", stop_after_one)
-    seen.clear()
+    _interrupting(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         embed_images(model, folder, tmp_path / "part", size=28, batch_size=4, progress=False, resize_8bit=True)
     assert json.loads((tmp_path / "part" / "partial.json").read_text())["resize_8bit"] is True
@@ -659,3 +653,291 @@ def test_a_list_naming_a_file_twice_gives_it_once(tmp_path):
         assert list_images(tmp_path / "list.txt") == [str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg")]
     with pytest.warns(UserWarning, match="1 repeated path"):
         assert list_images([str(tmp_path / "c.jpg"), str(tmp_path / "c.jpg")]) == [str(tmp_path / "c.jpg")]
+
+
+# -- stores: settings, changed files, an interrupted finish; the command's checks --------------------
+def _tiny_weights(tmp_path: Path) -> Path:
+    from pretrain.export import export_backbone
+
+    return export_backbone(tiny_vit(depth=2, dim=32, img=28), tmp_path / "export")["safetensors"]
+
+
+def _counting(monkeypatch) -> list[int]:
+    """Images the model sees from here on (one entry per batch; replacing any earlier patch)."""
+    import dinov2_dense.features as features
+
+    seen: list[int] = []
+    monkeypatch.setattr(features, "extract_features",
+                        lambda m, x, *a, **k: seen.append(len(x)) or _extract_features(m, x, *a, **k))
+    return seen
+
+
+def _interrupting(monkeypatch) -> None:
+    """The model runs one batch, then Ctrl-C (KeyboardInterrupt) comes at the next."""
+    import dinov2_dense.features as features
+
+    ran: list[int] = []
+
+    def stop(m, x, *a, **k):
+        if ran:
+            raise KeyboardInterrupt
+        ran.append(len(x))
+        return _extract_features(m, x, *a, **k)
+
+    monkeypatch.setattr(features, "extract_features", stop)
+
+
+@pytest.mark.filterwarnings("ignore:bfloat16 autocast on a CPU")
+def test_a_store_made_under_bf16_autocast_is_not_reused_or_resumed_in_float32(tmp_path, monkeypatch):
+    """autocast is one of the store's settings (recorded only when set: stores made before stay valid):
+    a bf16-autocast store is embedded again in float32, finished or interrupted, and the rows are float32's."""
+    import torch
+
+    folder = _images(tmp_path / "imgs", 6, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    plain = np.asarray(embed_images(model, folder, tmp_path / "ref", size=28, batch_size=4, progress=False).embeddings)
+    assert "autocast" not in json.loads((tmp_path / "ref" / "store.json").read_text())
+    seen = _counting(monkeypatch)
+    out = tmp_path / "store"
+    bf16 = np.asarray(embed_images(model, folder, out, size=28, batch_size=4, progress=False, autocast=True).embeddings)
+    assert json.loads((out / "store.json").read_text())["autocast"] == "bfloat16" and sum(seen) == 6
+    assert not np.array_equal(bf16, plain)
+    seen.clear()
+    again = embed_images(model, folder, out, size=28, batch_size=4, progress=False)
+    assert sum(seen) == 6 and "autocast" not in json.loads((out / "store.json").read_text())
+    np.testing.assert_allclose(np.asarray(again.embeddings), plain, atol=1e-6)
+    seen.clear()
+    embed_images(model, folder, out, size=28, batch_size=4, progress=False, autocast=torch.bfloat16)
+    assert sum(seen) == 6  # True and torch.bfloat16 are one setting: reused by the next line
+    seen.clear()
+    embed_images(model, folder, out, size=28, batch_size=4, progress=False, autocast=True)
+    assert seen == []
+
+    _interrupting(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, tmp_path / "part", size=28, batch_size=4, progress=False, autocast=True)
+    seen = _counting(monkeypatch)
+    with pytest.warns(UserWarning, match="other inputs or settings"):
+        resumed = embed_images(model, folder, tmp_path / "part", size=28, batch_size=4, progress=False)
+    assert sum(seen) == 6
+    np.testing.assert_allclose(np.asarray(resumed.embeddings), plain, atol=1e-6)
+
+
+def test_out_inside_an_input_folder_is_refused(tmp_path, capsys):
+    """--out inside (or equal to) an input folder, or where a recursive glob of the inputs reaches: refused
+    before anything is written (a later --overwrite run would embed cluster_sizes.png as a pool image)."""
+    folder = _images(tmp_path / "imgs", 6, broken=False)
+    weights = _tiny_weights(tmp_path)
+    run = ["--target", "3", "--weights", str(weights), "--size", "28", "--clusters", "2,1", "--no-dedup", "--no-progress"]
+    for spec, out in ((folder, folder / "curated"), (folder, folder / "sub" / "curated"), (folder, folder),
+                      (f"{tmp_path}/**/*.png", tmp_path / "curated")):
+        assert main(["curate", str(spec), "--out", str(out), *run]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--out {out}" in err and str(spec) in err, err
+        assert not (out / "selected.txt").exists() and not (folder / "curated").exists()
+    # beside the folder, or beside a glob that cannot reach it: fine
+    assert main(["curate", f"{folder}/*.png", "--out", str(folder / "cur"), *run]) == 0
+    assert main(["curate", str(folder), "--out", str(tmp_path / "beside"), *run]) == 0
+
+
+def test_a_finish_cut_short_is_never_taken_for_a_finished_store(tmp_path, monkeypatch):
+    """A full disk while a store is finished (at names.txt, after embeddings.npy was replaced): store.json
+    is gone, so the folder is not read as a store, the same settings resume (nothing embedded again) and
+    the old settings embed afresh: rows and names never mix runs."""
+    import errno
+
+    import pretrain.curation.store as store_module
+    from pretrain.curation import CurationError
+
+    folder = _images(tmp_path / "imgs", 7, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    run = dict(size=28, batch_size=4, progress=False)
+    cls = np.asarray(embed_images(model, folder, tmp_path / "cls", **run).embeddings)
+    mean = np.asarray(embed_images(model, folder, tmp_path / "mean", pooling="mean", **run).embeddings)
+    assert not np.allclose(cls, mean, atol=1e-3)
+    real_write = store_module.write_text
+
+    def full_at_names(path, text):
+        if Path(path).name == "names.txt":
+            raise OSError(errno.ENOSPC, f"cannot write {path}: No space left on device")
+        return real_write(path, text)
+
+    out = tmp_path / "store"
+    embed_images(model, folder, out, **run)
+    monkeypatch.setattr(store_module, "write_text", full_at_names)
+    with pytest.raises(OSError) as caught:
+        embed_images(model, folder, out, pooling="mean", **run)
+    assert caught.value.errno == errno.ENOSPC
+    assert not (out / "store.json").exists()
+    with pytest.raises(CurationError, match="interrupted embedding run"):
+        load_embeddings(out)
+    monkeypatch.setattr(store_module, "write_text", real_write)
+    seen = _counting(monkeypatch)
+    done = embed_images(model, folder, out, pooling="mean", **run)  # the same settings: resumed, nothing to embed
+    assert seen == [] and json.loads((out / "store.json").read_text())["pooling"] == "mean"
+    np.testing.assert_allclose(np.asarray(done.embeddings), mean, atol=1e-6)
+    # cut short again, then the settings of the store before: embedded afresh, never the other rows
+    monkeypatch.setattr(store_module, "write_text", full_at_names)
+    with pytest.raises(OSError):
+        embed_images(model, folder, out, **run)
+    monkeypatch.setattr(store_module, "write_text", real_write)
+    seen.clear()
+    with pytest.warns(UserWarning, match="other inputs or settings"):
+        again = embed_images(model, folder, out, pooling="mean", **run)
+    assert sum(seen) == 7 and again.names == done.names
+    np.testing.assert_allclose(np.asarray(again.embeddings), mean, atol=1e-6)
+
+
+def test_seeds_and_a_pool_embedded_differently_are_refused_naming_the_settings(tmp_path, capsys):
+    """A precomputed pool store and seeds embedded here (or two stores) made with other settings are
+    refused before anything is embedded, naming the settings and the option that matches them."""
+    pool = _images(tmp_path / "pool", 10, broken=False)
+    seeds = _images(tmp_path / "seeds", 3, broken=False)
+    weights = _tiny_weights(tmp_path)
+    model = ["--weights", str(weights), "--no-progress", "--clusters", "2,1", "--no-dedup"]
+    assert main(["curate", str(pool), "--target", "4", "--out", str(tmp_path / "a"), "--size", "28", *model]) == 0
+    store = tmp_path / "a" / "embeddings"
+    out = tmp_path / "b"
+    assert main(["curate", str(store), "--target", "4", "--out", str(out), "--seeds", str(seeds), "--size", "42",
+                 "--pooling", "mean", *model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "size 28 for the pool, 42 for the seeds" in err and "pooling cls for the pool, mean for the seeds" in err
+    assert "embed the seeds as " in err and "was: --size 28, --pooling cls" in err and not out.exists()
+    # the seeds in a store of their own, embedded with the pool's settings but under bf16 autocast
+    assert main(["curate", str(seeds), "--target", "2", "--out", str(tmp_path / "s"), "--size", "28", "--bf16",
+                 *model]) == 0
+    assert main(["curate", str(store), "--target", "4", "--out", str(out), "--seeds", str(tmp_path / "s" / "embeddings"),
+                 *model]) == 2
+    err = capsys.readouterr().err
+    assert "autocast off for the pool, bfloat16 for the seeds" in err and "embed one of them again" in err
+    # the same settings: curated
+    assert main(["curate", str(store), "--target", "4", "--out", str(out), "--seeds", str(seeds), "--size", "28",
+                 *model]) == 0
+
+
+def test_a_store_embeds_again_the_images_changed_since(tmp_path, monkeypatch, capsys):
+    """Each file's size and modification time are recorded: a changed or repaired image is embedded again
+    (with the unreadable ones), the others kept; a store without the record (made before it) counts files
+    modified after its store.json as changed; a resumed partial store does the same."""
+    folder = _images(tmp_path / "imgs", 11)  # and zz_broken.png
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    run = dict(size=28, batch_size=4, progress=False)
+    out = tmp_path / "store"
+    with pytest.warns(UserWarning, match="could not be read"):
+        embed_images(model, folder, out, **run)
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 255, (35, 40, 3), dtype=np.uint8)).save(folder / "im03.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(folder / "zz_broken.png")  # repaired
+    capsys.readouterr()
+    seen = _counting(monkeypatch)
+    store = embed_images(model, folder, out, **run)
+    assert sum(seen) == 2 and store.unreadable == () and len(store) == 12
+    assert "2 of 12 images changed since they were embedded" in capsys.readouterr().err
+    fresh = embed_images(model, folder, tmp_path / "fresh", **run)
+    assert store.names == fresh.names
+    np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
+    seen.clear()
+    embed_images(model, folder, out, **run)
+    assert seen == []  # nothing changed since
+
+    # a store made before the record: files modified after its store.json count as changed
+    (out / "stats.npy").unlink()
+    embed_images(model, folder, out, **run)
+    assert seen == [] and (out / "stats.npy").is_file()  # none was: the record is written from now on
+    (out / "stats.npy").unlink()
+    later = (out / "store.json").stat().st_mtime_ns + 5_000_000_000
+    Image.fromarray(rng.integers(0, 255, (31, 33, 3), dtype=np.uint8)).save(folder / "im07.png")
+    os.utime(folder / "im07.png", ns=(later, later))
+    store = embed_images(model, folder, out, **run)
+    assert sum(seen) == 1 and "no record of its files" in capsys.readouterr().err
+    fresh = embed_images(model, folder, tmp_path / "fresh2", **run)
+    np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
+
+    # an interrupted run whose first batch's image changes before it is resumed
+    _interrupting(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, tmp_path / "part", **run)
+    Image.fromarray(rng.integers(0, 255, (29, 45, 3), dtype=np.uint8)).save(folder / "im01.png")
+    seen = _counting(monkeypatch)
+    resumed = embed_images(model, folder, tmp_path / "part", **run)
+    assert sum(seen) == 12 - 4 + 1
+    fresh = embed_images(model, folder, tmp_path / "fresh3", **run)
+    np.testing.assert_allclose(np.asarray(resumed.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
+
+
+def test_a_names_file_repeating_a_name_is_refused_and_relative_names_become_paths(tmp_path, monkeypatch, capsys):
+    """A names file that gives a name twice is refused, naming it and its line; relative names that are
+    files beside the names file are written to selected.txt as absolute paths (pretraining reads a relative
+    name against selected.txt's folder), other names as given."""
+    x, _ = skewed_pool(40, concepts=4, dim=16, dominant=0.3)
+    npy = write_pool(tmp_path / "in", x)
+    names = [f"img_{i:06d}.jpg" for i in range(40)]
+    names[9] = names[4]
+    (tmp_path / "in" / "pool.txt").write_text("".join(n + "\n" for n in names))
+    args = ["--target", "40", "--clusters", "4,2", "--no-dedup", "--no-progress"]
+    assert main(["curate", str(npy), "--out", str(tmp_path / "o1"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pool.txt" in err and "line 10" in err and "'img_000004.jpg'" in err, err
+    assert not (tmp_path / "o1").exists()
+
+    (tmp_path / "in" / "pics").mkdir()
+    for i in range(0, 40, 2):  # the even names are files beside the names file
+        (tmp_path / "in" / "pics" / f"p{i}.png").write_bytes(b"")
+    given = [f"pics/p{i}.png" if i % 2 == 0 else f"img_{i:06d}.jpg" for i in range(40)]
+    (tmp_path / "in" / "pool.txt").write_text("".join(n + "\n" for n in given))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["curate", str(npy), "--out", str(tmp_path / "o2"), *args]) == 0
+    selected = (tmp_path / "o2" / "selected.txt").read_text().splitlines()
+    want = {str(tmp_path / "in" / n) if n.startswith("pics/") else n for n in given}
+    assert len(selected) == 40 and set(selected) == want
+
+
+def test_resample_steps_of_the_wrong_count_are_refused_before_embedding(tmp_path, capsys):
+    """The levels are known from --clusters (or --levels): --resample-steps of another count is refused
+    before any image is embedded, naming the option."""
+    folder = _images(tmp_path / "imgs", 6, broken=False)
+    out = tmp_path / "out"
+    assert main(["curate", str(folder), "--target", "3", "--out", str(out), "--clusters", "3,2", "--resample-steps",
+                 "0,1,2", "--no-dedup", "--weights", str(_tiny_weights(tmp_path)), "--size", "28", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resample-steps 0,1,2" in err and "2 k-means levels" in err, err
+    assert not out.exists()
+
+
+def test_a_no_dedup_run_reports_dedup_off(tmp_path, capsys):
+    x, _ = skewed_pool(60, concepts=4, dim=16, dominant=0.3)
+    out = tmp_path / "out"
+    assert main(["curate", str(write_pool(tmp_path / "in", x)), "--target", "10", "--out", str(out), "--clusters",
+                 "4,2", "--no-dedup", "--no-progress"]) == 0
+    assert "| near-duplicates removed | off (--no-dedup) |" in (out / "report.md").read_text()
+    assert "threshold None" not in (out / "report.html").read_text()
+    assert "no near-duplicate removal (--no-dedup)" in capsys.readouterr().out
+
+
+def test_a_list_file_repeating_a_path_is_warned_about_once(tmp_path, recwarn):
+    _images(tmp_path / "imgs", 6, broken=False)
+    (tmp_path / "list.txt").write_text("".join(f"imgs/im{i:02d}.png\n" for i in (0, 1, 2, 3, 4, 5, 2)))
+    assert main(["curate", str(tmp_path / "list.txt"), "--target", "3", "--out", str(tmp_path / "out"), "--clusters",
+                 "3,2", "--no-dedup", "--weights", str(_tiny_weights(tmp_path)), "--size", "28", "--no-progress"]) == 0
+    repeated = [str(w.message) for w in recwarn.list if "repeated path" in str(w.message)]
+    assert len(repeated) == 1 and "list.txt: 1 repeated path" in repeated[0], repeated
+
+
+def test_an_interrupted_curate_says_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the pool is embedded: the rows done are kept, and the message says that the same
+    command resumes (not that nothing was left); the rerun embeds only the rest."""
+    folder = _images(tmp_path / "imgs", 10, broken=False)
+    weights = _tiny_weights(tmp_path)
+    args = ["curate", str(folder), "--target", "3", "--out", str(tmp_path / "out"), "--weights", str(weights),
+            "--size", "28", "--clusters", "2,1", "--batch-size", "4", "--num-workers", "0", "--no-progress",
+            "--no-dedup"]
+    _interrupting(monkeypatch)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "no half-written file" not in err
+    assert "4 of 10 images in" in err and "run the same command again to resume" in err, err
+    seen = _counting(monkeypatch)
+    assert main(args) == 0
+    assert sum(seen) == 6 and "resuming; 4 of 10" in capsys.readouterr().err

@@ -7,7 +7,9 @@ recursively down the tree.
 
 The output folder receives (each file written atomically, after every step has run):
 ``selected.txt`` (one name a line: for images, absolute paths, so that a pretraining config takes
-the file as its data set), ``duplicates.txt`` (each removed name, a tab, the name it duplicates),
+the file as its data set; a relative name of a names file that is a file relative to that names file's
+folder is written as that file's absolute path, other names as given), ``duplicates.txt`` (each removed
+name, a tab, the name it duplicates),
 ``clusters.npy`` (int64 (N, levels): every pool row's cluster at every level, -1 for rows removed
 before clustering), ``cluster_sizes.png``, ``report.md`` and ``report.html`` (self-contained), and
 ``summary.json``. Embeddings of images go to ``<out>/embeddings`` (resumable).
@@ -30,9 +32,12 @@ from dinov2_dense.fileio import MARKER, atomic_path, write_json, write_text
 
 from .dedup import DEFAULT_NPROBE, IVF_ABOVE, deduplicate, retrieve
 from .kmeans import HierarchicalClusters, balanced_sample, cluster_tree_sizes, hierarchical_kmeans
-from .store import CurationError, EmbeddingStore, embed_images, load_embeddings
+from .store import (ROW_SETTINGS, CurationError, EmbeddingStore, embed_images, embedding_settings, list_images,
+                    load_embeddings, made_with, partial_progress)
 
-__all__ = ["Rows", "curate", "default_clusters", "is_embeddings", "normalized_entropy"]
+__all__ = ["Rows", "curate", "default_clusters", "interrupted_stores", "is_embeddings", "normalized_entropy"]
+
+STORES = ("embeddings", "seed_embeddings")  # the embedding stores of images, in the output folder
 
 RESULTS = ("selected.txt", "duplicates.txt", "clusters.npy", "cluster_sizes.png", "report.md", "report.html",
            "summary.json")
@@ -102,15 +107,37 @@ def _broadcast(obj):
     return box[0]
 
 
+def _lists_files_in(spec: str, out: Path) -> bool:
+    """Whether the input ``spec`` would list files written in ``out``: a folder holding ``out`` (or
+    equal to it), or a glob pattern that matches its cluster_sizes.png (a recursive one, ``**``, as soon
+    as ``out`` lies under its fixed folder)."""
+    where = out.resolve()
+    if Path(spec).is_dir():
+        folder = Path(spec).resolve()
+        return where == folder or folder in where.parents
+    if Path(spec).is_file() or not any(c in spec for c in "*?["):
+        return False  # a list file names its images one by one
+    parts = Path(os.path.abspath(spec)).parts
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    if "**" in parts:
+        folder = Path(*parts[:fixed]).resolve()
+        return where == folder or folder in where.parents
+    return Path(os.path.abspath(out / "cluster_sizes.png")).match(os.path.abspath(spec))
+
+
 def check_out_dir(out: Path, overwrite: bool, inputs: Sequence[str]) -> None:
-    """Refuse a file in the way, a folder of someone else's files, our inputs inside it, or earlier
-    results without ``overwrite`` (the embeddings of an earlier run are kept and reused)."""
+    """Refuse a file in the way, a folder of someone else's files, our inputs inside it, ``out`` inside
+    an input folder (a later run would take our outputs, e.g. cluster_sizes.png, for pool images), or
+    earlier results without ``overwrite`` (the embeddings of an earlier run are kept and reused)."""
     if out.exists() and not out.is_dir():
         raise CurationError(f"--out {out} is a file; give a folder")
     for item in inputs:
         p = Path(item).resolve()
         if out.resolve() == p or out.resolve() in p.parents:
             raise CurationError(f"--out {out} holds this command's input {item}; choose another folder")
+        if _lists_files_in(item, out):
+            raise CurationError(f"--out {out} is inside the input {item}: a later run would take this run's outputs "
+                                "(cluster_sizes.png) for images; choose a folder outside it")
     if not out.is_dir():
         return
     entries = {p.name for p in out.iterdir()}
@@ -123,15 +150,64 @@ def check_out_dir(out: Path, overwrite: bool, inputs: Sequence[str]) -> None:
                             "--overwrite to replace them (its embeddings are reused), or choose another folder")
 
 
-def _load_or_embed(source: str, what: str, out: Path, model, names, embed_kw: dict, progress: bool) -> EmbeddingStore:
-    if is_embeddings(source):
+def interrupted_stores(out: str | os.PathLike) -> list[tuple[Path, int, int]]:
+    """The embedding stores of ``out`` that an interrupted run left to resume: (folder, images
+    embedded, images)."""
+    found = [(Path(out) / what, partial_progress(Path(out) / what)) for what in STORES]
+    return [(folder, *progress) for folder, progress in found if progress is not None]
+
+
+def _setting(key: str, value) -> str:
+    if key == "weights":
+        return f"weights {str(value)[:12]}"
+    if key in ("resize_8bit", "autocast"):
+        return f"{key} {value or 'off'}" if value is not True else f"{key} on"
+    return f"{key} {value}"
+
+
+def _option(key: str, value, made: str) -> str:
+    """The option that embeds images with ``value`` for setting ``key``; ``made``: what was made so."""
+    if key == "weights":
+        return f"the --model/--weights that made {made}"
+    if key in ("size", "pooling"):
+        return f"--{key} {value}"
+    if key == "resize_8bit":
+        return "--resize-8bit" if value else "without --resize-8bit"
+    return "--bf16" if value == "bfloat16" else ("without --bf16" if value is None else f"autocast {value} (API only)")
+
+
+def _check_made_alike(pool: dict | None, seeds: dict | None, inputs: str, seeds_source: str, model,
+                      embed_kw: dict) -> None:
+    """Refuse seeds and a pool embedded with different settings (weights, size, pooling, 8-bit
+    resize, autocast): their rows are compared by cosine similarity. ``pool`` / ``seeds``: the
+    settings of a precomputed store (``{}`` when unknown: an .npy); None for images embedded here."""
+    if pool is None and seeds is None or pool == {} or seeds == {}:
+        return  # both embedded here alike; or an .npy, which records nothing (only its dimensions are compared)
+    here = None if pool is not None and seeds is not None else embedding_settings(model, **embed_kw)
+    a = made_with(pool if pool is not None else here, ROW_SETTINGS)
+    b = made_with(seeds if seeds is not None else here, ROW_SETTINGS)
+    differ = [k for k in ROW_SETTINGS if a[k] != b[k]]
+    if not differ:
+        return
+    what = "; ".join(f"{_setting(k, a[k])} for the pool, {_setting(k, b[k])[len(k) + 1:]} for the seeds" for k in differ)
+    if pool is not None and seeds is not None:
+        fix = "embed one of them again with the other's settings"
+    else:
+        made, theirs = (inputs, a) if pool is not None else (seeds_source, b)
+        fix = f"embed the {'seeds' if pool is not None else 'pool'} as {made} was: " + ", ".join(
+            _option(k, theirs[k], made) for k in differ)
+    raise CurationError(f"--seeds {seeds_source}: seeds and pool embedded differently ({what}); {fix}")
+
+
+def _load_or_embed(source: str, images: list[str] | None, what: str, out: Path, model, names, embed_kw: dict,
+                   progress: bool) -> EmbeddingStore:
+    """The rows of ``source``: read (embeddings) or made into ``out / what`` from ``images``, its listed images."""
+    if images is None:
         return load_embeddings(source, names)
-    if model is None:
-        raise CurationError(f"{source}: images need a backbone to embed them (--model or --weights)")
     rank, world = _rank()
     store = None
     if rank == 0:
-        store = embed_images(model, source, out / what, progress=progress, **embed_kw)
+        store = embed_images(model, images, out / what, progress=progress, **embed_kw)
     if world > 1:
         import torch.distributed as dist
 
@@ -157,6 +233,9 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         raise CurationError(f"--levels {levels}: expected at least 1")
     if clusters is not None and len(clusters) != levels:
         levels = len(clusters)
+    if resample_steps is not None and not isinstance(resample_steps, int) and len(resample_steps) != levels:
+        raise CurationError(f"--resample-steps {','.join(map(str, resample_steps))}: {len(resample_steps)} value(s) "
+                            f"for {levels} k-means levels (--clusters, --levels); give one per level, finest first")
     if seeds_threshold is not None:
         seeds_k = None
     if dedup_threshold is not None and not -1 <= dedup_threshold < 1:
@@ -164,33 +243,40 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     sources = [str(inputs)] + ([str(seeds)] if seeds is not None else [])
     check_out_dir(out, overwrite, sources)
     # everything the user gave is read and checked before anything is written
+    pool, listed, seed_store, seed_images = None, None, None, None
+    for source in sources:
+        if not is_embeddings(source) and model is None:
+            raise CurationError(f"{source}: images need a backbone to embed them (--model or --weights)")
     if is_embeddings(inputs):
         pool = load_embeddings(inputs, names)
         if target > len(pool):
             raise CurationError(f"--target {target}: larger than the pool ({len(pool)} rows in {inputs})")
-    elif model is None:
-        raise CurationError(f"{inputs}: images need a backbone to embed them (--model or --weights)")
     else:
-        from .store import list_images
-
-        listed = list_images(inputs)
+        listed = list_images(inputs)  # once: embed_images takes this list (a repeated path is told once)
         if target > len(listed):
             raise CurationError(f"--target {target}: larger than the pool ({len(listed)} images in {inputs})")
-    pool_size = len(pool) if is_embeddings(inputs) else len(listed)
+    pool_size = len(pool) if pool is not None else len(listed)
     if clusters is not None:
         ks = list(clusters)
         if min(ks) < 1 or any(b > a for a, b in zip(ks, ks[1:])) or ks[0] > pool_size:
             raise CurationError(f"--clusters {','.join(map(str, ks))}: expected at least 1 cluster a level, no more "
                                 f"than the level below, and at most the pool's {pool_size} rows at level 1")
-    seed_store = load_embeddings(seeds, seeds_names) if seeds is not None and is_embeddings(seeds) else None
+    if seeds is not None and is_embeddings(seeds):
+        seed_store = load_embeddings(seeds, seeds_names)
+    elif seeds is not None:
+        seed_images = list_images(seeds)
+    embed_kw = dict(embed_kw or {})
+    if seeds is not None:
+        _check_made_alike(None if pool is None else pool.settings or {},
+                          None if seed_store is None else seed_store.settings or {}, str(inputs), str(seeds), model,
+                          embed_kw)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).touch()
-    embed_kw = dict(embed_kw or {})
-    if not is_embeddings(inputs):
-        pool = _load_or_embed(str(inputs), "embeddings", out, model, None, embed_kw, progress)
-    if seeds is not None and seed_store is None:
-        seed_store = _load_or_embed(str(seeds), "seed_embeddings", out, model, seeds_names, embed_kw, progress)
+    if pool is None:
+        pool = _load_or_embed(str(inputs), listed, STORES[0], out, model, None, embed_kw, progress)
+    if seed_store is None and seeds is not None:
+        seed_store = _load_or_embed(str(seeds), seed_images, STORES[1], out, model, seeds_names, embed_kw, progress)
     if seed_store is not None and seed_store.embeddings.shape[1] != pool.embeddings.shape[1]:
         raise CurationError(f"{seeds}: {seed_store.embeddings.shape[1]}-dimensional seeds for a "
                             f"{pool.embeddings.shape[1]}-dimensional pool; embed both with the same backbone")
@@ -264,6 +350,14 @@ def _with_entropies(summary: dict, tree: HierarchicalClusters, rows: np.ndarray,
             "top_cluster_entropy_selected": normalized_entropy(table[picked, -1], k)}
 
 
+def _located(name: str, root: str | None) -> str:
+    """``name`` as selected.txt gives it: the absolute path of a relative name that is a file relative to
+    ``root`` (the names file's folder), for pretraining reads relative names against selected.txt's folder."""
+    if root is None or os.path.isabs(name) or not os.path.isfile(os.path.join(root, name)):
+        return name
+    return os.path.abspath(os.path.join(root, name))
+
+
 def _write_results(out: Path, pool: EmbeddingStore, rows: np.ndarray, picked: np.ndarray, dedup, tree:
                    HierarchicalClusters, summary: dict) -> None:
     names = pool.names
@@ -283,7 +377,7 @@ def _write_results(out: Path, pool: EmbeddingStore, rows: np.ndarray, picked: np
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     write_json(out / "summary.json", summary)
-    write_text(out / "selected.txt", "".join(names[i] + "\n" for i in picked))  # last: the run is complete
+    write_text(out / "selected.txt", "".join(_located(names[i], pool.root) + "\n" for i in picked))  # last: complete
 
 
 def _plot_sizes(before_top: np.ndarray, after_top: np.ndarray, before_l1: np.ndarray, after_l1: np.ndarray) -> bytes:
@@ -309,7 +403,8 @@ def _report(summary: dict, png: bytes) -> tuple[str, str]:
     lines = [
         ("pool rows", summary["pool"]), ("unreadable images", summary["unreadable"]),
         ("near-duplicates removed", f"{summary['duplicates_removed']} in {summary['duplicate_groups']} groups "
-                                    f"(threshold {summary['dedup_threshold']})"),
+                                    f"(threshold {summary['dedup_threshold']})"
+         if summary["dedup_threshold"] is not None else "off (--no-dedup)"),
         ("retrieved near the seeds", summary["retrieved"] if summary["retrieved"] is not None else "no seeds"),
         ("rows clustered", summary["clustered"]), ("clusters per level", ", ".join(map(str, summary["clusters"]))),
         ("selected", f"{summary['selected']} (target {summary['target']})"),

@@ -12,6 +12,15 @@ the row), and the next call with the same inputs, backbone and settings computes
 A partial store counts from when ``partial.json`` (its settings, the weights' hash among them) is
 written; into a fresh folder the hash is computed in a thread while the first batches run, so a kill -9
 in those first moments (0.2 s for ViT-B) leaves nothing to resume; Ctrl-C waits for the hash.
+
+Each input file's size and modification time are recorded (``stats.npy``, ``stats.partial.npy``:
+int64 (N, 2), -1 for a file that was missing), taken before any image is read: a finished or partial
+store whose files changed since embeds those files again (and, with them, the unreadable ones), keeping
+the other rows. A store made before this record counts a file modified after its ``store.json`` was
+written, or gone since, as changed, and tries its unreadable images again once; the record is then written.
+
+A finished store is ``store.json`` with its files: finishing removes ``store.json`` first and writes it
+last, so a finish cut short is never taken for a finished store (the partial store stays and is resumed).
 """
 
 from __future__ import annotations
@@ -33,13 +42,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dinov2_dense.fileio import atomic_path, new_memmap, write_json, write_text
+from dinov2_dense.fileio import atomic_path, new_memmap, write_json, write_npy, write_text
 
-__all__ = ["CurationError", "EmbeddingStore", "embed_images", "list_images", "load_embeddings"]
+__all__ = ["CurationError", "EmbeddingStore", "embed_images", "embedding_settings", "list_images", "load_embeddings",
+           "partial_progress"]
 
 PENDING, DONE, UNREADABLE = 0, 1, 2
 SYNC_SECONDS = 5.0  # how often finished rows are flushed to disk and marked done (and at the end)
-_PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "partial.json")
+_PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "stats.partial.npy", "partial.json")
 
 
 class CurationError(ValueError):
@@ -48,12 +58,16 @@ class CurationError(ValueError):
 
 @dataclass
 class EmbeddingStore:
-    """Rows (memory-mapped where read from a file) and their names."""
+    """Rows (memory-mapped where read from a file) and their names. ``settings``: how a store folder's
+    rows were made (its ``store.json``; None for an ``.npy`` or a folder without one); ``root``: the
+    folder of the names file, against which relative names are files."""
 
     embeddings: np.ndarray
     names: list[str]
     source: str = "embeddings"
     unreadable: tuple[str, ...] = ()
+    settings: dict | None = None
+    root: str | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -68,6 +82,16 @@ def _read_names(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise CurationError(f"{path}: not a readable text file of names ({exc})") from None
     return text.splitlines()
+
+
+def _check_unique(names: list[str], where: str, unit: str) -> None:
+    """Refuse a name given twice (each row is one image: a repeated name could be selected twice)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        if name in first:
+            raise CurationError(f"{where}: {unit} {i} repeats the name {name!r} of {unit} {first[name]}; each row "
+                                "needs its own name (remove the repeated row and its name, or rename it)")
+        first[name] = i
 
 
 def check_rows(x: np.ndarray, what: str, chunk: int = 65536) -> None:
@@ -89,17 +113,30 @@ def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence
                     check: bool = True) -> EmbeddingStore:
     """A store folder (``embeddings.npy`` + ``names.txt``) or an ``.npy`` of shape (N, D) with its
     names: ``names`` (a file or a list) or the ``.txt`` of the same stem beside it. Memory-mapped;
-    ``check`` refuses NaN / inf / all-zero rows, naming the file and the row."""
+    ``check`` refuses NaN / inf / all-zero rows, naming the file and the row; a name given twice is
+    refused (naming it and its line). A store folder beside an interrupted run's partial store is read
+    only with its ``store.json`` (a finish cut short is refused)."""
     path = Path(path)
     if path.is_dir():
+        partial = (path / "embeddings.partial.npy").is_file() or (path / "partial.json").is_file()
+        finished = (path / "store.json").is_file()
+        missing = None
         if not (path / "embeddings.npy").is_file():
-            partial = (path / "embeddings.partial.npy").is_file()
-            raise CurationError(f"{path}: no embeddings.npy in this folder" + (
-                " (an interrupted embedding run: run it again to finish it)" if partial else ""))
+            missing = "embeddings.npy"
+        elif partial and not finished:  # beside a partial store, embeddings.npy may be from a finish cut short
+            missing = "store.json"
+        if missing:
+            raise CurationError(f"{path}: no {missing} in this folder"
+                                + (" (an interrupted embedding run: run it again to finish it)" if partial else ""))
         unreadable = path / "unreadable.txt"
         bad = tuple(unreadable.read_text(encoding="utf-8").splitlines()) if unreadable.is_file() else ()
         store = load_embeddings(path / "embeddings.npy", names if names is not None else path / "names.txt", check)
         store.unreadable = bad
+        if finished:
+            try:
+                store.settings = _stored_settings(path / "store.json")
+            except (OSError, ValueError) as exc:
+                raise CurationError(f"{path / 'store.json'}: not readable ({exc}); embed the images again") from None
         return store
     if path.suffix.lower() != ".npy":
         raise CurationError(f"{path}: expected an .npy file of embeddings (N, D) or an embedding store folder")
@@ -118,16 +155,18 @@ def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence
         if not names_file.is_file():
             raise CurationError(f"{path}: no names file beside it ({names_file.name}); give one with --names")
         names = names_file
+    root = None
     if isinstance(names, (str, os.PathLike)):
-        where = str(names)
+        where, root = str(names), os.path.dirname(os.path.abspath(names))
         listed = _read_names(Path(names))
     else:
         where, listed = "the names given", [str(n) for n in names]
     if len(listed) != x.shape[0]:
         raise CurationError(f"{where}: {len(listed)} names for the {x.shape[0]} rows of {path}")
+    _check_unique(listed, where, "line" if root is not None else "name")
     if check:
         check_rows(x, str(path))
-    return EmbeddingStore(x, listed, source=str(path))
+    return EmbeddingStore(x, listed, source=str(path), root=root)
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -177,13 +216,33 @@ def _once(paths: list[str], source: str) -> list[str]:
     return unique
 
 
+def _autocast_name(autocast: bool | torch.dtype) -> str | None:
+    """``autocast`` as a store records it: None (off) or the dtype's name (True is bfloat16)."""
+    if not autocast:
+        return None
+    return "bfloat16" if autocast is True else str(autocast).removeprefix("torch.")
+
+
 def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resize_8bit: bool = False,
-              weights: str | None = None) -> dict:
+              weights: str | None = None, autocast: bool | torch.dtype = False) -> dict:
     """How a store's rows are made; ``weights``: the model's fingerprint when already known."""
     from dinov2_dense.checkpoints import fingerprint
 
-    return {"version": 1, "weights": weights or fingerprint(model), "size": size, "pooling": pooling, "dtype": dtype,
-            "resize_8bit": bool(resize_8bit)}
+    settings = {"version": 1, "weights": weights or fingerprint(model), "size": size, "pooling": pooling,
+                "dtype": dtype, "resize_8bit": bool(resize_8bit)}
+    if autocast:  # only when set: stores made before the option (all without autocast) stay valid
+        settings["autocast"] = _autocast_name(autocast)
+    return settings
+
+
+def embedding_settings(model: torch.nn.Module, **embed_kw) -> dict:
+    """The settings :func:`embed_images` records for ``model`` with these keyword arguments (its
+    defaults for the others)."""
+    import inspect
+
+    kw = {k: p.default for k, p in inspect.signature(embed_images).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    kw.update(embed_kw)
+    return _settings(model, kw["size"], kw["pooling"], kw["dtype"], kw["resize_8bit"], autocast=kw["autocast"])
 
 
 def _fingerprint_beside(model: torch.nn.Module) -> concurrent.futures.Future:
@@ -201,7 +260,15 @@ def _fingerprint_beside(model: torch.nn.Module) -> concurrent.futures.Future:
 
 
 # settings added since the first stores, with the value those stores were made with
-_SETTINGS_BEFORE = {"resize_8bit": False}
+_SETTINGS_BEFORE = {"resize_8bit": False, "autocast": None}
+# what makes the rows themselves (two stores alike in these hold comparable rows), and what else a store is
+ROW_SETTINGS = ("weights", "size", "pooling", "resize_8bit", "autocast")
+_STORE_SETTINGS = ("version", *ROW_SETTINGS, "dtype", "count")
+
+
+def made_with(settings: dict, keys: Sequence[str] = _STORE_SETTINGS) -> dict:
+    """``settings`` (of a store, or to make one) in ``keys``, those a store predates as they were then."""
+    return {k: settings.get(k, _SETTINGS_BEFORE.get(k)) for k in keys}
 
 
 def _stored_settings(path: Path) -> dict:
@@ -213,6 +280,47 @@ def _stored_settings(path: Path) -> dict:
 
 def _dim(model: torch.nn.Module, pooling: str) -> int:
     return int(model.embed_dim) * (2 if pooling == "cls+mean" else 1)
+
+
+def _file_stats(paths: Sequence[str]) -> np.ndarray:
+    """(N, 2) int64: each file's size and modification time in ns (as knn's feature cache keys them);
+    -1, -1 for a file that cannot be looked at (missing)."""
+    stats = np.full((len(paths), 2), -1, dtype=np.int64)
+    for i, path in enumerate(paths):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            stats[i] = st.st_size, st.st_mtime_ns
+    return stats
+
+
+def _changed(record: Path, made: Path, stats: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Which files (a mask) changed since their rows were made, and whether that is known from a
+    record (``record``: the stats when the rows were made). Without one (a store made before it), a
+    file modified since ``made`` (its store.json or partial.json) was written, or gone, counts as changed."""
+    with contextlib.suppress(OSError, ValueError):
+        before = np.load(record, allow_pickle=False)
+        if before.shape == stats.shape:
+            return (before != stats).any(axis=1), True
+    return (stats[:, 1] >= made.stat().st_mtime_ns) | (stats[:, 0] < 0), False
+
+
+def _say_changed(out: Path, changed: int, n: int, known: bool, also: int, kept: int) -> None:
+    how = "size or modification time" if known else "modified since this store, which has no record of its files, was made"
+    what = ("them" + (f" and the {also} unreadable one(s)" if also else "")) if changed else f"the {also} unreadable one(s)"
+    print(f"{out}: {changed} of {n} images changed since they were embedded ({how}); embedding {what} again, "
+          f"keeping the other {kept} rows", file=sys.stderr)
+
+
+def partial_progress(folder: str | os.PathLike) -> tuple[int, int] | None:
+    """(images embedded, images) of the resumable partial store in ``folder``; None when there is none."""
+    folder = Path(folder)
+    if not ((folder / "partial.json").is_file() and (folder / "status.partial.npy").is_file()):
+        return None
+    try:
+        status = np.load(folder / "status.partial.npy", mmap_mode="r", allow_pickle=False)
+        return int((status == DONE).sum()), len(status)
+    except (OSError, ValueError):
+        return None
 
 
 def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[str], out: str | os.PathLike, *,
@@ -228,9 +336,10 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     module's docstring. ``num_workers``: DataLoader workers that decode and resize the images while
     the model runs (pinned memory and non-blocking copies on CUDA). ``resize_8bit``: resize 8-bit
     images in 8 bits (:func:`dinov2_dense.features.load_resized`: about 4x faster decoding on a CPU,
-    rows slightly changed; default False); it is part of the store's settings, so a store made
-    with the other setting is neither reused nor resumed. Returns the finished store
-    (memory-mapped)."""
+    rows slightly changed; default False); ``autocast`` (True: bfloat16, or a dtype): the forward pass
+    under torch.autocast. Both are part of the store's settings (with the weights, ``size``,
+    ``pooling`` and ``dtype``), so a store made with another setting is neither reused nor resumed.
+    Returns the finished store (memory-mapped)."""
     from dinov2_dense.evaluation.knn import POOLINGS, read_rows
     from dinov2_dense.features import batch_parts, map_in_workers
 
@@ -243,7 +352,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     out = Path(out)
     paths = list_images(images)
     n, d = len(paths), _dim(model, pooling)
-    rows_file, status_file = out / "embeddings.partial.npy", out / "status.partial.npy"
+    stats = _file_stats(paths)  # before any image is read: a file changed after this is embedded again next time
     device = next(model.parameters()).device
     # a bf16/fp16 model casts its input anyway: the workers hand over that dtype (half the bytes to move);
     # 8-bit resized images travel as uint8 (a quarter) and are normalised on the model's device
@@ -257,7 +366,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         return map_in_workers(read, parts, num_workers, pin_memory=device.type == "cuda"), ends
 
     def settings_of(weights: str | None = None) -> dict:
-        return {**_settings(model, size, pooling, dtype, resize_8bit, weights), "count": n}
+        return {**_settings(model, size, pooling, dtype, resize_8bit, weights, autocast), "count": n}
 
     hashing = None
     if not (out / "store.json").is_file() and not (out / "partial.json").is_file():
@@ -267,44 +376,110 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         hashing = _fingerprint_beside(model)
     try:
         settings = None if hashing is not None else settings_of()
-        if settings is not None and (out / "embeddings.npy").is_file() and (out / "store.json").is_file():
-            done = _stored_settings(out / "store.json")
-            if {k: done.get(k) for k in settings} == settings and _read_names(out / "inputs.txt") == paths:
-                return load_embeddings(out)  # already finished with the same inputs and settings
         out.mkdir(parents=True, exist_ok=True)
-        resumed = False
-        if settings is not None and (out / "partial.json").is_file() and rows_file.is_file() and status_file.is_file():
-            try:
-                same = (_stored_settings(out / "partial.json") == settings
-                        and _read_names(out / "inputs.partial.txt") == paths)
-            except (OSError, ValueError, CurationError):
-                same = False
-            if same:
-                rows = np.lib.format.open_memmap(rows_file, mode="r+")
-                status = np.lib.format.open_memmap(status_file, mode="r+")
-                resumed = rows.shape == (n, d) and status.shape == (n,)
-            if not resumed:
+        partial = None  # (rows, status) of the partial store to complete
+        if settings is not None:
+            # an interrupted run with these inputs and settings first (it is newer than a finished store
+            # beside it: a finish removes it), then a finished store, with its changed images to do again
+            partial = _resume(out, paths, d, settings, stats)
+            if partial is None and (out / "embeddings.npy").is_file() and (out / "store.json").is_file():
+                done = _stored_settings(out / "store.json")
+                if made_with(done) == made_with(settings) and _read_names(out / "inputs.txt") == paths:
+                    partial = _refresh(out, paths, d, settings, stats, chunk)
+                    if partial is None:
+                        return load_embeddings(out)  # finished with the same inputs, files and settings
+        if partial is None:
+            if (out / "partial.json").is_file():
                 warnings.warn(f"{out}: an interrupted embedding run with other inputs or settings is there; "
                               "starting afresh", stacklevel=2)
-        if not resumed:
-            for name in _PARTIAL:
-                (out / name).unlink(missing_ok=True)
-            write_text(out / "inputs.partial.txt", "\n".join(paths) + "\n")
-            rows = new_memmap(rows_file, (n, d), np.dtype(dtype))  # on disk now: a full disk is an error here
-            status = new_memmap(status_file, (n,), np.uint8)
-            if settings is not None:
-                write_json(out / "partial.json", settings)  # last: the partial store is complete from here on
+            partial = _new_partial(out, paths, d, dtype, stats, settings)
+        rows, status = partial
         todo = np.flatnonzero(status[:] != DONE)  # unreadable ones are tried again (and their reasons recorded)
-        if resumed and len(todo) < n:
-            print(f"{out}: resuming; {n - len(todo)} of {n} images already embedded", file=sys.stderr)
         if loader is None:
             loader = start(todo)
         settled = _Settings(out, settings, hashing, settings_of)
-        return _embed(model, loader, out, paths, rows, status, settled, len(todo), batch_size=batch_size,
+        return _embed(model, loader, out, paths, stats, rows, status, settled, len(todo), batch_size=batch_size,
                       dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk, carry=carry)
     finally:
         if loader is not None:
             loader[0].close()  # its workers stop (a no-op once done)
+
+
+def _new_partial(out: Path, paths: list[str], d: int, dtype: str, stats: np.ndarray, settings: dict | None,
+                 keep: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, chunk: int = 65536):
+    """A partial store for ``paths`` (any other removed), its files allocated on disk (a full disk is an
+    error here); ``keep``: (rows of ``paths``, rows of a finished store's array holding them, which to
+    keep) copied in and marked done. ``partial.json`` last (once ``settings`` are known): the partial
+    store is complete from there on."""
+    for name in _PARTIAL:
+        (out / name).unlink(missing_ok=True)
+    write_text(out / "inputs.partial.txt", "\n".join(paths) + "\n")
+    rows = new_memmap(out / "embeddings.partial.npy", (len(paths), d), np.dtype(dtype))
+    status = new_memmap(out / "status.partial.npy", (len(paths),), np.uint8)
+    if keep is not None:
+        where, old, stay = keep
+        for start in range(0, len(where), chunk):
+            take = stay[start:start + chunk]
+            rows[where[start:start + chunk][take]] = np.asarray(old[start:start + chunk])[take]
+        rows.flush()
+        status[where[stay]] = DONE
+        status.flush()
+    write_npy(out / "stats.partial.npy", stats)
+    if settings is not None:
+        write_json(out / "partial.json", settings)
+    return rows, status
+
+
+def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarray):
+    """(rows, status) of the partial store in ``out`` when made from ``paths`` with ``settings``, the
+    images changed since marked to do again; None when there is no such partial store."""
+    rows_file, status_file = out / "embeddings.partial.npy", out / "status.partial.npy"
+    if not ((out / "partial.json").is_file() and rows_file.is_file() and status_file.is_file()):
+        return None
+    try:
+        if (made_with(_stored_settings(out / "partial.json")) != made_with(settings)
+                or _read_names(out / "inputs.partial.txt") != paths):
+            return None
+        rows = np.lib.format.open_memmap(rows_file, mode="r+")
+        status = np.lib.format.open_memmap(status_file, mode="r+")
+    except (OSError, ValueError, CurationError):
+        return None
+    n = len(paths)
+    if rows.shape != (n, d) or status.shape != (n,):
+        return None
+    changed, known = _changed(out / "stats.partial.npy", out / "partial.json", stats)
+    changed &= status[:] == DONE
+    if changed.any():
+        _say_changed(out, int(changed.sum()), n, known, 0, int((status[:] == DONE).sum() - changed.sum()))
+        status[changed] = PENDING
+        status.flush()  # before the new record: a row of a changed file is never left done under it
+    if changed.any() or not known:
+        write_npy(out / "stats.partial.npy", stats)
+    done = int((status[:] == DONE).sum())
+    if done:
+        print(f"{out}: resuming; {done} of {n} images already embedded", file=sys.stderr)
+    return rows, status
+
+
+def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarray, chunk: int):
+    """A finished store of ``paths`` made with ``settings``: None when none of its files changed since
+    (it is used as it is); else a partial store holding its rows but those of the changed files and the
+    unreadable ones, to embed those again."""
+    changed, known = _changed(out / "stats.npy", out / "store.json", stats)
+    index = {p: i for i, p in enumerate(paths)}
+    where = np.array([index.get(name, -1) for name in _read_names(out / "names.txt")], dtype=np.int64)
+    old = np.load(out / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+    if (where < 0).any() or old.shape != (len(where), d):  # not the store its store.json says: all again
+        return _new_partial(out, paths, d, settings["dtype"], stats, settings)
+    readable = np.zeros(len(paths), dtype=bool)
+    readable[where] = True
+    todo = changed | ~readable if changed.any() or not known else changed
+    if not todo.any():
+        if not known:  # the record from now on
+            write_npy(out / "stats.npy", stats)
+        return None
+    _say_changed(out, int(changed.sum()), len(paths), known, int((~readable & ~changed).sum()), int((~todo).sum()))
+    return _new_partial(out, paths, d, settings["dtype"], stats, settings, keep=(where, old, ~todo[where]), chunk=chunk)
 
 
 class _Settings:
@@ -322,8 +497,8 @@ class _Settings:
         return self.value
 
 
-def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray,
-           settings: _Settings, count: int, *, batch_size: int, dtype: str, pooling: str,
+def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], stats: np.ndarray, rows: np.ndarray,
+           status: np.ndarray, settings: _Settings, count: int, *, batch_size: int, dtype: str, pooling: str,
            autocast: bool | torch.dtype, progress: bool | None, chunk: int, carry: torch.dtype) -> EmbeddingStore:
     """:func:`embed_images`' loop over ``loader`` (``count`` images to do) into the partial store;
     ``carry``: the dtype of the decoded batches (see :func:`dinov2_dense.features.join_parts`)."""
@@ -391,18 +566,21 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], rows: np
     finally:
         sync()
         model.train(model_was_training)
-    return _finish(out, paths, rows, status, reasons, settings.settle(wait=True), chunk)
+    return _finish(out, paths, stats, rows, status, reasons, settings.settle(wait=True), chunk)
 
 
-def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, reasons: dict[int, str],
-            settings: dict, chunk: int) -> EmbeddingStore:
+def _finish(out: Path, paths: list[str], stats: np.ndarray, rows: np.ndarray, status: np.ndarray,
+            reasons: dict[int, str], settings: dict, chunk: int) -> EmbeddingStore:
     """Copy the readable rows into ``embeddings.npy`` (in chunks), write the names, the unreadable
-    list and ``store.json`` atomically, then drop the partial files."""
+    list, the inputs and their stats, each atomically, and ``store.json`` last, then drop the partial
+    files. ``store.json`` is removed first: a finish cut short (a full disk, a kill) leaves no
+    finished store, only the partial one, which the next run completes (or replaces)."""
     good = np.flatnonzero(status[:] == DONE)
     bad = np.flatnonzero(status[:] == UNREADABLE)
     if len(good) == 0:
         raise CurationError(f"none of the {len(paths)} images could be read (first: {paths[bad[0]] if len(bad) else '?'}"
                             f"{': ' + reasons[int(bad[0])] if len(bad) and int(bad[0]) in reasons else ''})")
+    (out / "store.json").unlink(missing_ok=True)
     with atomic_path(out / "embeddings.npy") as tmp:
         final = new_memmap(tmp, (len(good), rows.shape[1]), rows.dtype)
         for start in range(0, len(good), chunk):
@@ -412,6 +590,7 @@ def _finish(out: Path, paths: list[str], rows: np.ndarray, status: np.ndarray, r
     write_text(out / "names.txt", "".join(paths[i] + "\n" for i in good))
     write_text(out / "unreadable.txt", "".join(f"{paths[i]}\t{reasons.get(int(i), 'unreadable')}\n" for i in bad))
     write_text(out / "inputs.txt", "\n".join(paths) + "\n")
+    write_npy(out / "stats.npy", stats)
     write_json(out / "store.json", {**settings, "rows": int(len(good)), "unreadable": int(len(bad))})
     for name in _PARTIAL:
         (out / name).unlink(missing_ok=True)
