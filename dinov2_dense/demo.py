@@ -178,15 +178,19 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
                          progress=progress)
     predictor.eval()
     out = work / "predictions" / f"{label}_{head}"
+    root = ground_truth_root(val)
     with staged_dir(out, overwrite=True) as tmp, torch.no_grad():
         for i in range(len(val)):
             sample = val[i]
             pred = predictor.predict(sample["image"][None])
-            name = f"{i:05d}"  # NYU-layout stems repeat across scene folders
+            # named as its ground truth below the root (NYU-layout stems repeat across scene folders), as
+            # `test --out` names them: eval-depth and other tools pair the files by these names
+            path = tmp / _prediction_name(sample, root)
+            path.parent.mkdir(parents=True, exist_ok=True)
             if task == "segmentation":
-                _write_png(tmp / f"{name}.png", pred.argmax(1)[0].numpy().astype(np.uint8))
+                _write_png(path, pred.argmax(1)[0].numpy().astype(np.uint8))
             else:
-                _write_png(tmp / f"{name}.png", np.round(pred[0, 0].numpy() * 1000).astype(np.uint16))
+                _write_png(path, np.round(pred[0, 0].numpy() * 1000).astype(np.uint16))
         torch.save(predictor.decode_head.state_dict(), tmp / "head.pth")
     return {"metrics": score_predictions(out, work / "scenes", task), "final_loss": float(np.mean(history[-10:])),
             "train_seconds": round(time.time() - t, 1)}
@@ -199,13 +203,40 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"{path}: could not be written")
 
 
-def _read_prediction(pred_dir: Path, index: int, sample: dict) -> np.ndarray:
+def eval_depth_command(work: Path, predictions: str) -> str:
+    """The ``eval-depth`` command that scores a folder of the demo's depth predictions as the report does
+    (the NYU preset's range and scale, no Eigen crop: the scenes are not 480x640)."""
+    import shlex
+
+    from .evaluation.depth_files import eval_depth_options
+
+    _, val = _datasets(work / "scenes", "depth")
+    options = eval_depth_options("nyu", pred_scale=1000.0, max_depth=10.0, crop=None)
+    return shlex.join(["dinov2-dense", "eval-depth", str(work / "predictions" / predictions),
+                       str(ground_truth_root(val)), *options])
+
+
+def ground_truth_root(dataset) -> Path:
+    """The folder holding every ground-truth file of ``dataset`` (the narrowest): the demo's prediction
+    files are named as their ground truth below it, so ``eval-depth PREDICTIONS ROOT`` pairs them."""
+    import os
+
+    return Path(os.path.commonpath([str(Path(item.target).parent) for item in dataset.items]))
+
+
+def _prediction_name(sample: dict, root: Path) -> Path:
+    return Path(sample["meta"]["target_path"]).relative_to(root).with_suffix(".png")
+
+
+def _read_prediction(pred_dir: Path, index: int, sample: dict, root: Path) -> np.ndarray:
     import cv2
 
-    raw = cv2.imread(str(pred_dir / f"{index:05d}.png"), cv2.IMREAD_UNCHANGED)
+    path = pred_dir / _prediction_name(sample, root)
+    if not path.is_file() and (pred_dir / f"{index:05d}.png").is_file():
+        path = pred_dir / f"{index:05d}.png"  # named by index, as demos before the ground truth's names did
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
-        raise FileNotFoundError(f"{pred_dir / f'{index:05d}.png'}: no prediction for {sample['meta']['path']} "
-                                "(missing or unreadable)")
+        raise FileNotFoundError(f"{path}: no prediction for {sample['meta']['path']} (missing or unreadable)")
     return raw
 
 
@@ -216,16 +247,19 @@ def score_predictions(pred_dir: str | Path, scenes: str | Path, task: str) -> di
     from .evaluation import segmentation_metrics
     from .evaluation.depth import average_depth_metrics, depth_metrics
 
+    from .images import read_depth
+
     _, val = _datasets(Path(scenes), task)
+    root = ground_truth_root(val)
     preds, gts, per_image = [], [], []
     for i in range(len(val)):
         sample = val[i]
-        raw = _read_prediction(Path(pred_dir), i, sample)
+        raw = _read_prediction(Path(pred_dir), i, sample, root)
         if task == "segmentation":
             preds.append(raw.astype(np.int64))
             gts.append(sample["seg"].numpy())
-        else:
-            per_image.append(depth_metrics(raw.astype(np.float32) / 1000, sample["depth"].numpy().squeeze(),
+        else:  # both read from the millimetre files in float64, as eval-depth reads them
+            per_image.append(depth_metrics(raw.astype(np.float64) / 1000, read_depth(sample["meta"]["target_path"], 1000),
                                            max_depth=10.0))
     if task == "segmentation":
         m = segmentation_metrics(preds, gts, 5)
@@ -276,10 +310,11 @@ def _prediction_figures(work: Path, n: int = 4) -> list[Path]:
         for task in TASKS:
             _, val = _datasets(work / "scenes", task)
             heads = [h for h, (t, _) in HEADS.items() if t == task]
+            root = ground_truth_root(val)
             rows, labels = [], []
             for i in range(min(n, len(val))):
                 sample = val[i]
-                preds = [_read_prediction(work / "predictions" / f"{b}_{h}", i, sample)
+                preds = [_read_prediction(work / "predictions" / f"{b}_{h}", i, sample, root)
                          for h in heads for b in ("pretrained", "random")]
                 if task == "segmentation":
                     maps = [colour_labels(m, palette=[(64, 64, 64)]) for m in [sample["seg"].numpy(), *preds]]  # grey bg
@@ -336,6 +371,7 @@ def _report(work: Path, state: dict, model: str) -> Path:
     if s.get("class_sizes"):
         intro += (" Each shape class has its own physical size, so a shape's apparent size (size / depth) shows "
                   "its depth to a model that tells the classes apart (the familiar-size cue).")
+    intro += f" The depth metrics again from the saved maps: {eval_depth_command(work, 'pretrained_depth')}"
 
     def fmt(v):
         return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
@@ -393,6 +429,42 @@ def default_backbone() -> tuple[str, str]:
                               f"are not on this machine; --model {PREFERRED_OFFICIAL} downloads them)")
 
 
+#: What the demo writes into its work dir (and all that --overwrite removes).
+DEMO_ENTRIES = ("demo.json", "scenes", "cache", "predictions", "pca", "figures", "report.json", "report.md",
+                "report.html")
+
+
+def _work_dir(work: Path, overwrite: bool) -> Path:
+    """The demo's work dir, checked before anything is written: a new or empty folder, or one that an
+    earlier demo wrote (it holds :data:`~dinov2_dense.fileio.MARKER`, or only demo entries: an older
+    version's), which a rerun continues. ``overwrite`` removes the demo's own entries only, never
+    other files, and never in the current directory or a folder holding it."""
+    from .fileio import MARKER, OutputError
+
+    if work.exists() and not work.is_dir():
+        raise OutputError(f"--work-dir {work} is a file; give a folder (the demo writes scenes, caches and a report "
+                          "into it)")
+    entries = sorted(p.name for p in work.iterdir()) if work.is_dir() else []
+    foreign = [e for e in entries if e not in DEMO_ENTRIES and e != MARKER and not e.startswith(".")]
+    if entries and not (work / MARKER).is_file() and foreign:
+        raise OutputError(f"--work-dir {work} holds files that the demo did not write ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); give an empty or new folder")
+    if overwrite and entries:
+        here = Path.cwd().resolve()
+        if here == work.resolve() or work.resolve() in here.parents:
+            raise OutputError(f"--work-dir {work} --overwrite: it is or holds the current directory; run it from "
+                              "elsewhere, or give another folder")
+        for name in DEMO_ENTRIES:  # the demo's own entries; anything else (a user's notes) stays
+            target = work / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).touch()
+    return work
+
+
 def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None = "official", *,
              settings: DemoSettings | None = None, label: str | None = None, overwrite: bool = False,
              progress: bool = True) -> Path:
@@ -404,10 +476,7 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         pretrained = load_backbone(model, weights=weights)
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, DEMO_WEIGHTS_HINT)) from None
-    work = Path(work_dir)
-    if overwrite and work.is_dir() and (work / "demo.json").is_file():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = _work_dir(Path(work_dir), overwrite)
     label = label or model or str(weights)
     from .checkpoints import fingerprint
 

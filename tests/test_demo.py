@@ -49,11 +49,26 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     from dinov2_dense.data import ADE20KDataset
 
     val = ADE20KDataset(work / "scenes" / "ade", "validation")
-    preds = [cv2.imread(str(work / "predictions" / "pretrained_segmentation" / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
-             for i in range(len(val))]
+    root = Path(val[0]["meta"]["target_path"]).parent  # named as the ground truth: the annotations' own names
+    preds = [cv2.imread(str(work / "predictions" / "pretrained_segmentation" /
+                            Path(val[i]["meta"]["target_path"]).relative_to(root).with_suffix(".png")),
+                        cv2.IMREAD_UNCHANGED) for i in range(len(val))]
+    assert all(p is not None for p in preds)
     ref = segmentation_metrics([p.astype(np.int64) for p in preds], [val[i]["seg"].numpy() for i in range(len(val))], 5)
     assert summary["segmentation"]["pretrained"]["mIoU"] == pytest.approx(ref["mIoU"])
     html, md = report.read_text(), (work / "report.md").read_text()
+    # the eval-depth command the report gives scores the saved maps to the report's numbers
+    import shlex
+
+    command = next(line for line in md.splitlines() if "dinov2-dense eval-depth" in line)
+    command = command[command.index("dinov2-dense eval-depth"):]
+    capsys.readouterr()
+    assert main(shlex.split(command)[1:] + ["--out", str(tmp_path / "m.json"), "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err  # every prediction paired with its ground truth
+    scored = json.loads((tmp_path / "m.json").read_text())
+    assert scored["images"] == TINY.val
+    for k in ("abs_rel", "rmse", "d1"):
+        assert scored[k] == pytest.approx(summary["depth"]["pretrained"][k], rel=1e-12, abs=1e-12), k
     assert f"{summary['segmentation']['pretrained']['mIoU']:.2f}" in md
     assert f"{summary['depth']['random']['rmse']:.3f}" in html
     assert f"{summary['depth_linear']['pretrained']['rmse']:.3f}" in md and "lin.4" in md
@@ -79,8 +94,9 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
                                    "random_depth", "pretrained_depth_linear", "random_depth_linear", "pca"}
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert json.loads((work / "report.json").read_text()) == summary
-    (work / "predictions" / "random_depth" / "00001.png").unlink()  # a lost prediction file is named
-    with pytest.raises(FileNotFoundError, match="random_depth/00001.png: no prediction for"):
+    lost = sorted((work / "predictions" / "random_depth").rglob("*.png"))[1]
+    lost.unlink()  # a lost prediction file is named
+    with pytest.raises(FileNotFoundError, match=f"random_depth/.*{lost.name}: no prediction for"):
         score_predictions(work / "predictions" / "random_depth", work / "scenes", "depth")
     with pytest.raises(ValueError, match="other settings"):
         run_demo(work, None, str(backbone_file), settings=DemoSettings(size=56, train=8, val=4, seg_epochs=3, depth_epochs=2),
@@ -198,3 +214,40 @@ def test_the_demo_with_no_backbone_named_runs_the_embedded_one(tmp_path, torch_h
     summary = json.loads((out / "report.json").read_text())
     assert summary["model"] == "dinov2_dense_tiny"
     assert "dinov2_dense_tiny" in (out / "report.md").read_text()
+
+
+def test_the_work_dir_of_a_user_is_never_emptied(tmp_path, backbone_file, monkeypatch):
+    """--work-dir into a folder of someone else's files is refused before anything is written; --overwrite
+    removes the demo's own entries only (a note the user put beside them stays), and never in the current
+    directory; a file as --work-dir is named as such."""
+    from dinov2_dense.fileio import MARKER, OutputError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    (mine / "demo.json").write_text("{}")  # a demo.json alone does not make the folder the demo's
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="holds files that the demo did not write \\(notes.txt\\)"):
+            run_demo(mine, None, str(backbone_file), settings=TINY, overwrite=overwrite, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["demo.json", "notes.txt"]
+    from dinov2_dense.demo import DEMO_ENTRIES, _work_dir
+
+    work = tmp_path / "demo"
+    _work_dir(work, False)
+    for name in ("scenes", "cache"):
+        (work / name).mkdir()
+        (work / name / "x.png").write_bytes(b"x")
+    (work / "demo.json").write_text("{}")
+    (work / "my_notes.txt").write_text("keep me")
+    assert _work_dir(work, False) == work  # a rerun continues: nothing removed
+    assert (work / "scenes" / "x.png").is_file()
+    monkeypatch.chdir(work)
+    with pytest.raises(OutputError, match="current directory"):
+        _work_dir(work, True)
+    monkeypatch.chdir(tmp_path)
+    _work_dir(work, True)
+    assert sorted(p.name for p in work.iterdir()) == sorted([MARKER, "my_notes.txt"])
+    assert not set(DEMO_ENTRIES) & {p.name for p in work.iterdir()}
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(OutputError, match="file.png is a file; give a folder"):
+        _work_dir(tmp_path / "file.png", False)
