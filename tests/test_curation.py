@@ -563,7 +563,7 @@ def test_8bit_resized_images_travel_as_uint8_with_the_same_rows(tmp_path, monkey
 def test_a_bf16_model_gives_the_same_rows_from_parts_of_mixed_dtypes(tmp_path):
     """A batch read in parts, one all 8-bit (uint8, normalised on the device) beside one holding a
     16-bit image (bf16), is rounded as the whole batch read at once: the rows do not depend on the
-    workers, also where the model resizes the batch onto its patch grid (size 30)."""
+    workers."""
     import cv2
     import torch
 
@@ -571,7 +571,7 @@ def test_a_bf16_model_gives_the_same_rows_from_parts_of_mixed_dtypes(tmp_path):
     deep = np.random.default_rng(2).integers(0, 65535, (33, 41, 3), dtype=np.uint16)
     assert cv2.imwrite(str(folder / "im15.png"), deep)  # in the second part of the batch of 16
     model = tiny_vit(depth=2, dim=32, img=28).eval().to(torch.bfloat16)
-    run = dict(size=30, batch_size=16, progress=False, resize_8bit=True)
+    run = dict(size=28, batch_size=16, progress=False, resize_8bit=True)
     here = embed_images(model, folder, tmp_path / "h", **run)
     workers = embed_images(model, folder, tmp_path / "w", num_workers=2, **run)
     assert np.array_equal(np.asarray(workers.embeddings), np.asarray(here.embeddings))
@@ -941,3 +941,18 @@ def test_an_interrupted_curate_says_a_rerun_resumes(tmp_path, monkeypatch, capsy
     seen = _counting(monkeypatch)
     assert main(args) == 0
     assert sum(seen) == 6 and "resuming; 4 of 10" in capsys.readouterr().err
+
+
+def test_a_size_off_the_patch_grid_is_refused_before_anything_is_written(tmp_path):
+    """--size 50 would resize each image twice (to 50, then onto the 56-pixel grid): refused naming the
+    sizes that fit, before the output folder is made."""
+    from pretrain.curation import CurationError
+    from pretrain.export import export_backbone
+
+    folder = _images(tmp_path / "imgs", 6, broken=False)
+    weights = export_backbone(tiny_vit(depth=1, dim=32, img=28), tmp_path / "export")["safetensors"]
+    assert main(["curate", str(folder), "--target", "2", "--out", str(tmp_path / "out"), "--weights", str(weights),
+                 "--size", "50", "--no-progress"]) == 2
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CurationError, match=r"--size 50: not a multiple of the model's patch size 14 .*use 42 or 56"):
+        embed_images(tiny_vit(depth=1, dim=32, img=28), folder, tmp_path / "e", size=50, progress=False)

@@ -32,8 +32,8 @@ from dinov2_dense.fileio import MARKER, atomic_path, write_json, write_text
 
 from .dedup import DEFAULT_NPROBE, IVF_ABOVE, deduplicate, retrieve
 from .kmeans import HierarchicalClusters, balanced_sample, cluster_tree_sizes, hierarchical_kmeans
-from .store import (ROW_SETTINGS, CurationError, EmbeddingStore, embed_images, embedding_settings, list_images,
-                    load_embeddings, made_with, partial_progress)
+from .store import (ROW_SETTINGS, CurationError, EmbeddingStore, check_size, embed_images, embedding_settings,
+                    list_images, load_embeddings, made_with, partial_progress)
 
 __all__ = ["Rows", "curate", "default_clusters", "interrupted_stores", "is_embeddings", "normalized_entropy"]
 
@@ -247,6 +247,8 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     for source in sources:
         if not is_embeddings(source) and model is None:
             raise CurationError(f"{source}: images need a backbone to embed them (--model or --weights)")
+        if not is_embeddings(source):
+            check_size(model, (embed_kw or {}).get("size", 224))
     if is_embeddings(inputs):
         pool = load_embeddings(inputs, names)
         if target > len(pool):

@@ -323,6 +323,16 @@ def partial_progress(folder: str | os.PathLike) -> tuple[int, int] | None:
         return None
 
 
+def check_size(model: torch.nn.Module, size: int) -> None:
+    """Refuse an image size off the model's patch grid: each image would be resized twice (to the size,
+    then onto the grid), into other rows than one resize to the grid gives."""
+    patch = int(getattr(model, "patch_size", 1))
+    if size % patch:
+        low, high = max(patch, size // patch * patch), -(-size // patch) * patch
+        raise CurationError(f"--size {size}: not a multiple of the model's patch size {patch} (each image would be "
+                            f"resized twice: to {size}, then onto the patch grid); use {low} or {high}")
+
+
 def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[str], out: str | os.PathLike, *,
                  size: int = 224, pooling: str = "cls", batch_size: int = 32, dtype: str = "float32",
                  autocast: bool | torch.dtype = False, progress: bool | None = None,
@@ -349,6 +359,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         raise CurationError(f"dtype={dtype!r}: expected float32 or float16")
     if batch_size < 1 or size < 14:
         raise CurationError(f"batch_size={batch_size}, size={size}: expected batch_size >= 1 and size >= 14")
+    check_size(model, size)
     out = Path(out)
     paths = list_images(images)
     n, d = len(paths), _dim(model, pooling)
