@@ -315,26 +315,37 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
 
 
 def _check_loaded_arch(section: dict, backbone: nn.Module) -> None:
-    """The student's settings must describe its ``pretrained_weights``, which decide the model: a config
-    that says otherwise would be recorded in config.json but not trained. Sizes (a released ``arch``'s
-    or a custom one's), patch size, registers, FFN kind and biases are compared."""
+    """Settle the student section on its ``pretrained_weights``, which decide the model: a setting the
+    config leaves at its default takes the weights' value (so config.json records the model trained:
+    the sizes, a released ``arch`` or "custom", patch size, registers, FFN kind, biases); one it sets
+    to something else is refused, naming the value the weights need."""
+    from .config import DEFAULTS
     from .meta_arch import ARCHS
 
     arch = backbone.arch_kwargs()
-    loaded = dict(embed_dim=backbone.embed_dim, depth=len(backbone.blocks), num_heads=backbone.num_heads,
+    loaded = dict(embed_dim=int(backbone.embed_dim), depth=len(backbone.blocks), num_heads=int(backbone.num_heads),
                   patch_size=arch["patch_size"], num_register_tokens=arch["num_register_tokens"],
                   ffn_layer=arch["ffn_layer"], **{k: arch.get(k, True) for k in ("qkv_bias", "proj_bias", "ffn_bias")})
-    said = {k: section.get(k) for k in loaded}
-    if section["arch"] in ARCHS:
-        said.update(zip(("embed_dim", "depth", "num_heads"), ARCHS[section["arch"]]))
-    if said["ffn_layer"] == "swiglu":  # the same layer as swiglufused
-        said["ffn_layer"] = "swiglufused"
+    default = DEFAULTS["student"]
+    given = {k: section.get(k) for k in loaded if section.get(k) != default.get(k)}  # what the config itself says
+    if given.get("ffn_layer") == "swiglu":  # the same layer as swiglufused
+        given["ffn_layer"] = "swiglufused"
+    named = section["arch"] if section["arch"] != default["arch"] else None
+    if named in ARCHS:
+        given.update({k: v for k, v in zip(("embed_dim", "depth", "num_heads"), ARCHS[named])})
+    source = f"student.pretrained_weights={section['pretrained_weights']}"
     for key, value in loaded.items():
-        if said[key] is not None and said[key] != value:
-            where = f"student.arch = {section['arch']!r} has {key} {said[key]!r}" if section["arch"] in ARCHS and \
-                key in ("embed_dim", "depth", "num_heads") else f"student.{key} = {section.get(key)!r}"
-            raise ValueError(f"{where}, but student.pretrained_weights={section['pretrained_weights']} has {key} "
-                             f"{value!r}: the weights decide the model; make the settings match or leave them out")
+        if key in given and given[key] != value:
+            said = (f"student.arch = {named!r} has {key} {given[key]!r}" if named in ARCHS and
+                    key in ("embed_dim", "depth", "num_heads") else f"student.{key} = {section.get(key)!r}")
+            raise ValueError(f"{said}, but {source} has {key} {value!r}: the weights decide the model; set "
+                             f"student.{key}={value!r} or leave it out")
+    section.update(loaded)
+    released = [name for name, dims in ARCHS.items() if dims == (loaded["embed_dim"], loaded["depth"],
+                                                                  loaded["num_heads"])]
+    section["arch"] = released[0] if released else "custom"
+    if released:
+        section.update(embed_dim=None, depth=None, num_heads=None)
 
 
 def _set_drop_path(backbone: nn.Module, student: dict) -> None:

@@ -536,3 +536,23 @@ def test_a_run_with_the_cell_loss_logs_and_draws_it(tmp_path):
         terms = [v for k, v in r.items() if k.endswith("_loss") and k != "total_loss"]
         assert r["total_loss"] == pytest.approx(sum(terms))
     assert (work / "training_curves.png").stat().st_size > 0 and (work / "export" / "backbone.safetensors").is_file()
+
+
+def test_the_weights_settle_what_the_student_section_leaves_at_its_defaults():
+    """Continued pretraining from weights with registers and a SwiGLU FFN, the config naming only the
+    weights (the README's form): accepted, and the section (so config.json) then says what is trained;
+    a setting the config gives otherwise is refused, naming the value the weights need."""
+    from pretrain.config import resolve
+    from pretrain.train import _check_loaded_arch
+    from tests.conftest import tiny_vit
+
+    weights = tiny_vit(registers=4, ffn="swiglufused", depth=2, dim=48, heads=2)
+    section = resolve({"student": {"pretrained_weights": "w.safetensors"}})["student"]
+    assert section["arch"] == "vit_large" and section["num_register_tokens"] == 0  # the defaults
+    _check_loaded_arch(section, weights)
+    assert (section["arch"], section["embed_dim"], section["depth"], section["num_heads"]) == ("custom", 48, 2, 2)
+    assert section["num_register_tokens"] == 4 and section["ffn_layer"] == "swiglufused"
+    small = resolve({"student": {"pretrained_weights": "w.safetensors", "num_register_tokens": 2}})["student"]
+    with pytest.raises(ValueError, match=r"student.num_register_tokens = 2, .* has num_register_tokens 4: .* set "
+                                         r"student.num_register_tokens=4 or leave it out"):
+        _check_loaded_arch(small, weights)
