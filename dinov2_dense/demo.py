@@ -228,12 +228,28 @@ def _prediction_name(sample: dict, root: Path) -> Path:
     return Path(sample["meta"]["target_path"]).relative_to(root).with_suffix(".png")
 
 
+def _name_older_predictions(work: Path) -> None:
+    """Predictions of an older demo, named by index (``00000.png``), get their ground truth's names."""
+    for task in TASKS:
+        folders = [work / "predictions" / f"{b}_{h}" for h, (t, _) in HEADS.items() if t == task
+                   for b in ("pretrained", "random")]
+        folders = [f for f in folders if (f / "00000.png").is_file()]
+        if not folders:
+            continue
+        _, val = _datasets(work / "scenes", task)
+        root = ground_truth_root(val)
+        for folder in folders:
+            for i in range(len(val)):
+                old, new = folder / f"{i:05d}.png", folder / _prediction_name(val[i], root)
+                if old.is_file() and not new.exists():
+                    new.parent.mkdir(parents=True, exist_ok=True)
+                    old.rename(new)
+
+
 def _read_prediction(pred_dir: Path, index: int, sample: dict, root: Path) -> np.ndarray:
     import cv2
 
     path = pred_dir / _prediction_name(sample, root)
-    if not path.is_file() and (pred_dir / f"{index:05d}.png").is_file():
-        path = pred_dir / f"{index:05d}.png"  # named by index, as demos before the ground truth's names did
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise FileNotFoundError(f"{path}: no prediction for {sample['meta']['path']} (missing or unreadable)")
@@ -446,9 +462,12 @@ def _work_dir(work: Path, overwrite: bool) -> Path:
                           "into it)")
     entries = sorted(p.name for p in work.iterdir()) if work.is_dir() else []
     foreign = [e for e in entries if e not in DEMO_ENTRIES and e != MARKER and not e.startswith(".")]
-    if entries and not (work / MARKER).is_file() and foreign:
-        raise OutputError(f"--work-dir {work} holds files that the demo did not write ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); give an empty or new folder")
+    # the demo's: marked, or an older version's (its demo.json among demo entries only)
+    ours = (work / MARKER).is_file() or ((work / "demo.json").is_file() and not foreign)
+    if entries and not ours:
+        shown = foreign or [e for e in entries if not e.startswith(".")] or entries
+        raise OutputError(f"--work-dir {work} holds files that the demo did not write ({', '.join(shown[:3])}"
+                          f"{', ...' if len(shown) > 3 else ''}); give an empty or new folder")
     if overwrite and entries:
         here = Path.cwd().resolve()
         if here == work.resolve() or work.resolve() in here.parents:
@@ -496,6 +515,7 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
     if not state.done("scenes"):
         _scenes(work / "scenes", s, progress)
         state.record("scenes", {"train": s.train, "val": s.val})
+    _name_older_predictions(work)
     announce(f"backbones: {label} and its architecture at random init")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)

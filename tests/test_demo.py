@@ -177,7 +177,16 @@ def test_a_demo_of_an_older_version_continues_with_the_new_steps(tmp_path, backb
     scene = Path(next(iter(json.loads((work / "cache" / "pretrained_depth" / "meta.json").read_text())["files"])))
     os.utime(scene, ns=(scene.stat().st_atime_ns, scene.stat().st_mtime_ns + 10**9))
     built = (work / "cache" / "pretrained_depth" / "meta.json").stat().st_mtime_ns
+    # predictions named by index, as older demos named them: given their ground truth's names again
+    from dinov2_dense.demo import _datasets, _prediction_name, ground_truth_root
+
+    _, val = _datasets(work / "scenes", "depth")
+    named = [work / "predictions" / "random_depth" / _prediction_name(val[i], ground_truth_root(val))
+             for i in range(len(val))]
+    for i, path in enumerate(named):
+        path.rename(work / "predictions" / "random_depth" / f"{i:05d}.png")
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
+    assert all(path.is_file() for path in named) and not (work / "predictions" / "random_depth" / "00000.png").exists()
     assert ran == ["pretrained_depth_linear", "random_depth_linear"]
     assert (work / "cache" / "pretrained_depth" / "meta.json").stat().st_mtime_ns != built
     assert json.loads((work / "demo.json").read_text())["settings"]["linear_depth_epochs"] == TINY.linear_depth_epochs
@@ -248,6 +257,14 @@ def test_the_work_dir_of_a_user_is_never_emptied(tmp_path, backbone_file, monkey
     _work_dir(work, True)
     assert sorted(p.name for p in work.iterdir()) == sorted([MARKER, "my_notes.txt"])
     assert not set(DEMO_ENTRIES) & {p.name for p in work.iterdir()}
+    paper = tmp_path / "paper"  # a user's folder whose entries happen to have demo names, no demo.json
+    (paper / "figures").mkdir(parents=True)
+    (paper / "figures" / "fig1.pdf").write_bytes(b"%PDF")
+    (paper / "report.md").write_text("draft")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="holds files that the demo did not write"):
+            _work_dir(paper, overwrite)
+    assert (paper / "figures" / "fig1.pdf").is_file() and (paper / "report.md").is_file()
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(OutputError, match="file.png is a file; give a folder"):
         _work_dir(tmp_path / "file.png", False)
