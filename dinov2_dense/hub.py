@@ -136,8 +136,8 @@ def check_architecture(arch: object, source: str) -> dict:
         hidden = int(arch["embed_dim"] * arch["mlp_ratio"])
         if (hidden if ffn in ("mlp", None) else swiglu_hidden_features(hidden)) < 1:
             raise bad("mlp_ratio", f"a larger number: the FFN of width {arch['embed_dim']} would have no hidden unit")
-    if arch.get("init_values") is not None and not (is_number(arch["init_values"]) and arch["init_values"] > 0):
-        raise bad("init_values", "a number > 0 (the LayerScale init, 1.0 in DINOv2), or null for no LayerScale")
+    if arch.get("init_values") is not None and not (is_number(arch["init_values"]) and arch["init_values"] >= 0):
+        raise bad("init_values", "a number > 0 (the LayerScale init, 1.0 in DINOv2), or 0 or null for no LayerScale")
     if arch.get("interpolate_offset") is not None and not (is_number(arch["interpolate_offset"])
                                                           and arch["interpolate_offset"] >= 0):
         raise bad("interpolate_offset", "a number >= 0 (0.1 for the original models, 0.0 for the register ones)")

@@ -50,19 +50,23 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch_home"
 
 
-_next_port = [0]
+_next_port: list[int] = []
 
 
 def free_port() -> int:
     """A port for a test's process group that no other test takes: each xdist worker draws from its own
-    block of 500 ports (a port the OS hands out, bound and released, could go to two workers at once)
+    block of 1,000 ports below the OS's ephemeral range (a port the OS hands out, bound and released,
+    could go to two workers at once), from a random start (two test sessions at once take other ports),
     and checks that the port can be bound."""
+    import random
     import socket
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    block = 29600 + 500 * (int(worker[2:]) if worker[2:].isdigit() else 0) % 30000
-    while _next_port[0] < 500:
-        port = block + _next_port[0]
+    block = 20000 + 1000 * ((int(worker[2:]) if worker[2:].isdigit() else 0) % 12)
+    if not _next_port:
+        _next_port.append(random.randrange(1000))
+    for _ in range(1000):
+        port = block + _next_port[0] % 1000
         _next_port[0] += 1
         with socket.socket() as s:
             try:

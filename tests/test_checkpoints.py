@@ -372,6 +372,11 @@ def test_architecture_json_without_layerscale_round_trips(tmp_path: Path) -> Non
     x = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x)["x_prenorm"], source.forward_features(x)["x_prenorm"])
+    # 0, the model's other way to say "no LayerScale", rebuilds it too
+    (tmp_path / "backbone.json").write_text(json.dumps({**source.arch_kwargs(), "init_values": 0}))
+    model = load_backbone(None, weights=tmp_path / "backbone.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x)["x_prenorm"], source.forward_features(x)["x_prenorm"])
 
 
 def test_architecture_json_without_weights_names_both_ways(tmp_path: Path) -> None:

@@ -737,6 +737,8 @@ def test_out_inside_an_input_folder_is_refused(tmp_path, capsys):
         assert not (out / "selected.txt").exists() and not (folder / "curated").exists()
     # beside the folder, or beside a glob that cannot reach it: fine
     assert main(["curate", f"{folder}/*.png", "--out", str(folder / "cur"), *run]) == 0
+    # a recursive glob whose file names cannot be cluster_sizes.png: fine
+    assert main(["curate", f"{tmp_path}/imgs/**/im*.png", "--out", str(folder / "cur2"), *run]) == 0
     assert main(["curate", str(folder), "--out", str(tmp_path / "beside"), *run]) == 0
 
 

@@ -391,6 +391,13 @@ def test_kitti_resize_takes_a_whole_frame_prediction_to_the_frame_before_the_cro
     assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
                     str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["abs_rel"] < 0.01
+    # a prediction of the crop at half its size (a model run on the cropped input): onto the crop, not the frame
+    top, left = 376 - 352, (1242 - 1216) // 2
+    crop_half = 5.0 + 0.02 * (left + np.arange(608) * 2 + 0.5)[None, :] + 0.05 * (top + np.arange(176) * 2 + 0.5)[:, None]
+    np.save(tmp_path / "pred" / "a.npy", crop_half.astype(np.float32))
+    assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
+                    str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["abs_rel"] < 1e-3
 
 
 def test_integer_npy_is_read_in_units_like_a_png_and_out_of_range_is_reported(tmp_path, capsys):

@@ -128,6 +128,17 @@ def test_a_changed_image_refuses_the_cache_and_bad_builds_are_named(scenes, tmp_
     shutil.copyfile(next((tmp_path / "other").rglob(image.name)), image)  # another scene under the same name
     with pytest.raises(ValueError, match=r"1 of the data set's 48 files changed .*first: .*" + image.name):
         train_head(predictor, FeatureCache(tmp_path / "cache"), [CrossEntropyLoss()], progress=False)
+    # a data set given by a relative root: the cache still fits it from another working directory
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        relative = FeatureCache.build(predictor, ADE20KDataset("other", "training"), tmp_path / "rel", dtype="float32",
+                                      progress=False)
+    finally:
+        os.chdir(here)
+    relative.check(predictor)
     with pytest.raises(ValueError, match="dtype='int8': a feature cache stores float16 or float32"):
         FeatureCache.build(predictor, data, tmp_path / "c8", dtype="int8", progress=False)
 

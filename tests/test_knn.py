@@ -547,6 +547,16 @@ def test_a_class_without_a_readable_image_is_left_out_and_said(tmp_path):
     assert data.class_names == ["a", "b"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert any("without a readable image left out: broken" in str(w.message) for w in caught)
     assert len(data.skipped) == 2
+    # with train/ and val/, the training classes label the val split: the empty one is kept, said
+    for split in ("train", "val"):
+        write_folder(tmp_path / "tv" / split, per_class=3, classes=("a", "b", "broken"))
+    for f in (tmp_path / "tv" / "train" / "broken").iterdir():
+        f.write_text("not an image")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, val = folder_split_features(model, tmp_path / "tv", size=28, progress=False)
+    assert train.class_names == val.class_names == ["a", "b", "broken"] and val.labels.tolist().count(2) == 3
+    assert any("without a readable image: broken (kept" in str(w.message) for w in caught)
 
 
 def test_a_size_off_the_patch_grid_is_refused_naming_the_sizes_that_fit(tmp_path):

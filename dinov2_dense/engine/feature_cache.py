@@ -126,8 +126,8 @@ class FeatureCache(Dataset):
                                          "(crop or resize them alike in the data set's pipeline)")
                 for meta in metas:
                     for key_ in ("path", "target_path"):
-                        if meta.get(key_):
-                            files[str(meta[key_])] = _stamp(meta[key_])
+                        if meta.get(key_):  # absolute: the cache is used from other working directories
+                            files[os.path.abspath(meta[key_])] = _stamp(meta[key_])
                 for store, (m, _) in zip(maps, pairs):
                     store[offset : offset + b] = m.cpu().numpy()
                 if cls_tokens is not None:

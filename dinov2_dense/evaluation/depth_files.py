@@ -2,7 +2,8 @@
 whose options live in ``dinov2_dense.cli``).
 
 Files: 16-bit single-channel PNGs, where ``value / scale`` is metres (NYU-Depth v2: 1000,
-KITTI: 256; 0 = no measurement), or ``.npy`` arrays already in metres (no scale applied).
+KITTI: 256; 0 = no measurement), ``.npy`` arrays of floats already in metres (no scale applied),
+or ``.npy`` arrays of integers in the same units as the PNGs (divided by the scale).
 Predictions are matched to ground truth by name: first by the path relative to each directory
 without its extension (``drive_1/0005`` matches ``drive_1/0005``), and if nothing matches that
 way, by file stem alone (flat prediction folders against nested ground truth; a stem that occurs
@@ -12,7 +13,8 @@ no match at all is an error.
 Dataset presets (from dinov2_dense.settings): see :data:`DATASET_PRESETS`. KITTI ground truth
 is kb-cropped to 352x1216 before the Garg crop, as in the toolboxes; a prediction of the raw
 ground-truth size is kb-cropped with it, one of the crop's size is taken as it is, and with
-``resize=True`` one of any other size is taken to cover the raw frame: resized to it, then cropped.
+``resize=True`` one of another size is resized to the raw frame, then cropped, when it has the
+frame's aspect ratio, or resized onto the crop when it has the crop's.
 Hidden files and folders (names starting with ".") are not read.
 
 Predictions are clipped to the depth range (the protocol), but never silently: non-finite,
@@ -60,6 +62,13 @@ DATASET_PRESETS: dict[str, dict] = {
     "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
 }
 DEPTH_EXTENSIONS = (".png", ".npy")
+
+
+def _frame_shaped(shape: tuple[int, int], frame: tuple[int, int]) -> bool:
+    """Whether a prediction of ``shape`` has the aspect ratio of the raw ground-truth ``frame`` (as
+    against the 352x1216 kb-crop's): the two differ by 4% on KITTI (1242/375 against 1216/352)."""
+    aspect = shape[1] / shape[0]
+    return abs(math.log(aspect / (frame[1] / frame[0]))) < abs(math.log(aspect / (KB_CROP_SHAPE[1] / KB_CROP_SHAPE[0])))
 
 
 def _scan(root: Path) -> dict[str, Path]:
@@ -195,7 +204,8 @@ def evaluate_depth_dirs(
         pred_dir, gt_dir: directories of predictions and ground truth (searched recursively).
         dataset: ``"nyu"``, ``"kitti"`` or ``"folder"``: the defaults of :data:`DATASET_PRESETS`.
         gt_scale, pred_scale: PNG value per metre (defaults: the preset's; predictions default to
-            the ground-truth scale). ``.npy`` files are metres and ignore the scale.
+            the ground-truth scale). ``.npy`` files of floats are metres and ignore the scale;
+            ``.npy`` files of integers are divided by it, like PNGs.
         min_depth, max_depth, crop: override the preset (``crop=None`` for no crop).
         kb: kb-crop the ground truth (and a prediction of its raw size) to 352x1216; preset default.
         median_scaling, silog, resize: as in :func:`~dinov2_dense.evaluation.depth.depth_metrics`.
@@ -232,9 +242,10 @@ def evaluate_depth_dirs(
         pred = read_depth(pred_path, settings["pred_scale"])
         try:
             if settings["kb_crop"] and gt.shape != KB_CROP_SHAPE:
-                if resize and pred.shape not in (gt.shape, KB_CROP_SHAPE):
+                if resize and pred.shape not in (gt.shape, KB_CROP_SHAPE) and _frame_shaped(pred.shape, gt.shape):
                     # a prediction of the whole frame at another size: to the frame's size, then the crop
-                    # (resized onto the crop, its rows and columns would not be the ground truth's)
+                    # (resized onto the crop, its rows and columns would not be the ground truth's); one
+                    # shaped as the crop is resized onto the crop
                     pred = _resize_bilinear(pred, gt.shape)
                 if pred.shape == gt.shape:
                     pred = kb_crop(pred)

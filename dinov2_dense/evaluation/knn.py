@@ -474,6 +474,7 @@ def folder_features(
     cache: str | os.PathLike | None = None,
     num_workers: int = 0,
     resize_8bit: bool = False,
+    keep_empty_classes: bool = False,
 ) -> LabelledFeatures:
     """Global features of every image of a class-per-folder layout (:func:`list_image_folder`).
 
@@ -486,7 +487,8 @@ def folder_features(
     and centre-crops 224; a square resize keeps the whole image.)
 
     An image that cannot be read is skipped: a warning names it and ``skipped`` lists it with the
-    reason. ``progress``: a bar over the images (default: when there is more than one batch).
+    reason. A class folder none of whose images can be read is left out with a warning (its classes
+    renumbered), unless ``keep_empty_classes`` (a training split whose classes label a val split). ``progress``: a bar over the images (default: when there is more than one batch).
 
     ``cache``: a folder where the features are kept, one file per (weights, images, settings): a
     second call with the same backbone weights (:func:`dinov2_dense.engine.model.fingerprint`), the
@@ -566,10 +568,14 @@ def folder_features(
         raise ValueError(f"{root}: none of the {len(paths)} images could be read (first: {skipped[0]})")
     empty = sorted(set(range(len(names))) - set(kept_labels))
     if empty and class_names is None:  # a class whose every image was unreadable is no class
-        warnings.warn(f"{root}: class folder(s) without a readable image left out: "
-                      f"{', '.join(names[i] for i in empty[:10])}", stacklevel=2)
-        index = {old: new for new, old in enumerate(i for i in range(len(names)) if i not in empty)}
-        names, kept_labels = [names[i] for i in index], [index[label] for label in kept_labels]
+        shown = ", ".join(names[i] for i in empty[:10])
+        if keep_empty_classes:
+            warnings.warn(f"{root}: class folder(s) without a readable image: {shown} (kept among the classes: "
+                          "nothing can be predicted as them)", stacklevel=2)
+        else:
+            warnings.warn(f"{root}: class folder(s) without a readable image left out: {shown}", stacklevel=2)
+            index = {old: new for new, old in enumerate(i for i in range(len(names)) if i not in empty)}
+            names, kept_labels = [names[i] for i in index], [index[label] for label in kept_labels]
     result = LabelledFeatures(torch.cat(pooled), torch.tensor(kept_labels, dtype=torch.long), names, kept, skipped)
     if cache_file is not None:
         _write_cached(cache_file, result)
@@ -641,7 +647,7 @@ def folder_split_features(
     :func:`stratified_split` (``val_fraction``, ``seed``). ``kwargs`` go to :func:`folder_features`."""
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train = folder_features(model, root / "train", **kwargs)
+        train = folder_features(model, root / "train", keep_empty_classes=True, **kwargs)
         kwargs.pop("class_names", None)
         val = folder_features(model, root / "val", class_names=train.class_names, **kwargs)
         return train, val

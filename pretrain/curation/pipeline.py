@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import fnmatch
 import math
 import os
 import sys
@@ -109,8 +110,8 @@ def _broadcast(obj):
 
 def _lists_files_in(spec: str, out: Path) -> bool:
     """Whether the input ``spec`` would list files written in ``out``: a folder holding ``out`` (or
-    equal to it), or a glob pattern that matches its cluster_sizes.png (a recursive one, ``**``, as soon
-    as ``out`` lies under its fixed folder)."""
+    equal to it), or a glob pattern that matches its cluster_sizes.png (a recursive one, ``**``, when
+    ``out`` lies under its fixed folder and its file-name part matches that name)."""
     where = out.resolve()
     if Path(spec).is_dir():
         folder = Path(spec).resolve()
@@ -119,9 +120,9 @@ def _lists_files_in(spec: str, out: Path) -> bool:
         return False  # a list file names its images one by one
     parts = Path(os.path.abspath(spec)).parts
     fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
-    if "**" in parts:
+    if "**" in parts:  # any depth below the fixed folder: the file name decides
         folder = Path(*parts[:fixed]).resolve()
-        return where == folder or folder in where.parents
+        return (where == folder or folder in where.parents) and fnmatch.fnmatch("cluster_sizes.png", parts[-1])
     return Path(os.path.abspath(out / "cluster_sizes.png")).match(os.path.abspath(spec))
 
 
