@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,20 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``prog: error: message (see prog --help)``, exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._order_hint(message)} (see {self.prog} --help)\n")
+
+    def _order_hint(self, message: str) -> str:
+        """For a bad value of an option that takes several (``--size 56 a.png``: the option took the
+        image), how to keep the positional arguments out of it."""
+        m = re.match(r"argument (-[^\s:/]+).*?'([^']*)'", message)
+        option = next((a for a in self._actions if m and m.group(1) in a.option_strings), None)
+        takes = next((a for a in self._actions if not a.option_strings and a.nargs in ("+", "*")), None)
+        if option is None or option.nargs not in ("+", "*") or takes is None:
+            return ""
+        value = m.group(2)
+        if not (Path(value).suffix or "/" in value or ":" in value or os.path.exists(value)):
+            return ""  # not a file name: a mistyped value, nothing to reorder
+        return f"; put {m.group(1)} after the {takes.dest}, or end its values with --"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -46,6 +60,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         where = r["found"] or f"not found ({r['url']})"
         arch = "ours" if r.get("embedded") else r["arch"]
         where = f"in the package: {where}" if r.get("embedded") and r["found"] else where
+        if r.get("problem"):
+            where = f"{where} -- NOT a whole weight file: {r['problem']} (delete or replace it)"
         print(f"  {r['name']:<18} {arch:<10}  registers {r['registers']}  {r['file']:<34} {where}")
     print("full models (backbone + official head):")
     for r in models:
@@ -66,7 +82,10 @@ def _model_name(args: argparse.Namespace):
     weights = _weights_arg(args.weights)
     args.model_arch = args.model
     if args.model is None:
-        w = Path(weights) if weights not in (None, "official") and "://" not in str(weights) else None
+        from .hub import _file_url_path
+
+        local = _file_url_path(weights)  # a file:// URL is a path here
+        w = Path(local) if local not in (None, "official") and "://" not in str(local) else None
         beside = w is not None and (w.with_suffix(".json").is_file() or (w.parent / "backbone.json").is_file())
         args.model = str(w) if beside else "dinov2_vits14"
         args.model_arch = None if beside else "dinov2_vits14"
@@ -116,7 +135,13 @@ def _cmd_features(args: argparse.Namespace) -> int:
     with torch.device("meta"):  # the architecture's sizes, without allocating or loading it
         arch = architecture(name, _weights_arg(args.weights))
     grids = _planned_grids(list(args.images), size, args.fit, arch.patch_size)
-    arch.resolve_layers(args.layers if args.layers else (args.last if args.last else None))
+    depth = len(arch.blocks)
+    if args.last and args.last > depth:  # the library's message speaks of its argument, layers=
+        raise ValueError(f"--last {args.last}: {args.model} has {depth} blocks; give at most --last {depth}")
+    try:
+        arch.resolve_layers(args.layers if args.layers else None)
+    except ValueError as exc:
+        raise ValueError(f"--layers {' '.join(map(str, args.layers))}: {exc} ({args.model})") from None
     if out.suffix == ".npy" and len(grids) > 1:
         shown = "; ".join(f"{h}x{w} patches: {', '.join(v[:2])}{', ...' if len(v) > 2 else ''}"
                           for (h, w), v in list(grids.items())[:3])
@@ -178,6 +203,7 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> 
     .safetensors ``out``, with what they came from in its metadata; returns the layers and the maps'
     shape (C, h, w), or their shapes when the images give several."""
     from .checkpoints import save_safetensors
+    from .hub import describe_weights
 
     tensors, padding, image_sizes, shapes = {}, {}, {}, {}
     for chunk, feats in batches:
@@ -195,7 +221,7 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> 
     order = sorted(padding)
     meta = {
         "model": args.model,
-        "weights": "random" if args.weights == "random" else str(args.weights),
+        "weights": describe_weights(args.model, _weights_arg(args.weights)),
         "layers": json.dumps(layer_ids),
         "images": json.dumps([str(p) for p in args.images]),
         "padding": json.dumps([padding[i] for i in order]),
@@ -230,29 +256,67 @@ def _threshold_arg(text: str):
     return value
 
 
+PCA_SIZE = 448  # pca's --size when neither it nor a --basis gives one
+
+
+def _size_text(size) -> str:
+    """A size as --size takes it: "448", "112 140", or "0" (the image's own size)."""
+    return "0" if size is None else " ".join(map(str, size)) if isinstance(size, (tuple, list)) else str(size)
+
+
+def _pca_size(args: argparse.Namespace, basis) -> int | tuple[int, int] | None:
+    """pca's size: --size; else the size --basis was fitted at, where it records one (the colours and
+    masks are fitted to the features of that size); else PCA_SIZE. A --size other than the basis's
+    is taken, with a warning."""
+    recorded, fitted = basis is not None and "size" in basis.info, None
+    if recorded:
+        fitted = basis.info["size"]
+        if isinstance(fitted, list) and len(fitted) == 2:
+            fitted = tuple(fitted)
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+        ok = fitted is None or whole(fitted) or (isinstance(fitted, tuple) and all(map(whole, fitted)))
+        if not ok:
+            raise ValueError(f"--basis {args.basis}: its recorded size {basis.info['size']!r} is not a size; "
+                             "give --size")
+    if args.size is None:
+        if not recorded:
+            return PCA_SIZE
+        print(f"note: --size {_size_text(fitted)}, the size {args.basis} was fitted at (give --size for another)",
+              file=sys.stderr)
+        return fitted
+    size = _size_value(args.size, "--size")
+    if recorded and size != fitted:
+        print(f"warning: --size {_size_text(size)}, but {args.basis} was fitted at --size {_size_text(fitted)}: its "
+              "colours and foreground threshold fit features of that size, so the masks and colours may be off "
+              "(leave --size out to use the basis's)", file=sys.stderr)
+    return size
+
+
 def _cmd_pca(args: argparse.Namespace) -> int:
     import torch
 
-    from .features import FeatureOptions
+    from .features import FeatureOptions, check_forward_tokens, check_input
     from .fileio import check_output_file, staged_dir
+    from .hub import architecture
     from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
+    from .viz.video import video_info
 
     # check everything that can be checked before loading a model or writing a file
     if args.video and args.images:
         raise ValueError("give images or --video, not both (use --basis to colour images with a video's basis)")
     if not args.video and not args.images:
         raise ValueError("nothing to do: give image files or --video FILE")
-    if args.video and not Path(args.video).is_file():
-        raise FileNotFoundError(f"{args.video}: no such video file")
     for flag, value in (("--frames", args.frames), ("--frame-step", args.frame_step != 1),
                         ("--max-frames", args.max_frames is not None), ("--avi", args.avi)):
         if value and not args.video:
             raise ValueError(f"{flag} is a --video option; these are images")
-    if args.images and not args.video:
-        from .images import check_image
-
-        for image in args.images:  # a missing or unreadable image stops us before any work or output
-            check_image(image)
+    sizes: dict[tuple[int, int], str] = {}  # (H, W) of the inputs, from their headers -> a name for messages
+    if args.video:
+        frame = video_info(args.video).size  # a missing or unreadable video (or a folder) stops us here
+        if min(frame) > 0:
+            sizes[frame] = f"{args.video} (frames of {frame[1]}x{frame[0]})"
+    for image in args.images:  # a missing or unreadable image stops us before any work or output
+        sizes.setdefault(check_input(image), image)
     if args.save_basis and Path(args.save_basis).suffix != ".npz":
         raise ValueError(f"--save-basis {args.save_basis}: a PCA basis is written as .npz; use that suffix")
     if args.basis and args.save_basis:
@@ -270,10 +334,13 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         check_output_file(args.save_basis, what="--save-basis")
     basis = PCABasis.load(args.basis) if args.basis else None
     out = Path(args.out)
-    size = _size_value(args.size, "--size")
+    size = _pca_size(args, basis)
     _check_resize_8bit(args, size)
     device = check_device(args.device)
     weights = _weights_arg(args.weights)
+    with torch.device("meta"):  # the patch size, without allocating or loading the model
+        patch = architecture(_model_name(args), weights).patch_size
+    check_forward_tokens(sizes, FeatureOptions(size=size, tile=args.tile), patch)  # before a download or a model
     protect = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]
     with staged_dir(out, overwrite=args.overwrite, protect=protect) as stage:  # --out is checked now
         if args.threads:
@@ -305,14 +372,17 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if args.video:
             stem = Path(args.video).stem
             suffix = ".avi" if args.avi else ".mp4"
-            basis_used, samples = pca_video(
+            result = pca_video(
                 model, args.video, stage / f"{stem}_pca{suffix}", basis=basis, step=args.frame_step,
                 max_frames=args.max_frames, frames_dir=stage / f"{stem}_frames" if args.frames else None,
                 progress=True, **common,
             )
+            basis_used, samples = result
             save_figure(samples, stage / "figure.png", alpha=args.alpha, title=random_note + describe(basis_used))
             fitted = None if basis is not None else basis_used
-            done = f"wrote {out / (stem + '_pca' + suffix)} ({basis_used.info.get('images')} frames, frame | PCA colours)"
+            frames_note = f", {stem}_frames/ (a PNG of colours per frame)" if args.frames else ""
+            done = (f"wrote {out / (stem + '_pca' + suffix)} ({result.frames} frames, frame | PCA colours), "
+                    f"figure.png ({len(samples)} of the frames){frames_note}")
         else:
             maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
                             progress=True, num_workers=_num_workers(args), **common)
@@ -320,7 +390,11 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
             written = save_maps(maps, stage, alpha=args.alpha, title=random_note + title)
             fitted = one if basis is None else None
-            done = f"wrote {len(written)} files to {out}/ (figure.png and <name>_pca/_mask/_overlay.png per image)"
+            figures = [p.name for p in written if re.fullmatch(r"figure(_\d+)?\.png", p.name)]
+            with_basis = fitted is not None and not args.save_basis
+            done = (f"wrote {len(written) + with_basis} files to {out}/: {', '.join(figures)} (one row per image), "
+                    f"<name>_pca/_mask/_overlay.png for each of the {len(maps)} images"
+                    + (" and pca_basis.npz" if with_basis else ""))
         if fitted is not None and not args.save_basis:
             fitted.save(stage / "pca_basis.npz")
     print(done)
@@ -410,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     pca = sub.add_parser(
         "pca", help="PCA maps of patch features: foreground masks and part colours, for images or a video",
         description="First principal component -> foreground mask; three components of the foreground -> RGB. "
-                    "Writes <name>_pca.png, <name>_mask.png, <name>_overlay.png and figure.png to --out, "
+                    "Writes <name>_pca.png, <name>_mask.png, <name>_overlay.png and figure.png (figure_1.png, "
+                    "figure_2.png, ... beyond 8 images) to --out, "
                     "and the fitted basis (pca_basis.npz) for reuse with --basis.",
     )
     pca.add_argument("images", nargs="*", help="image files (or skimage:NAME for a scikit-image sample)")
@@ -424,9 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(frame | colours side by side)")
     pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one")
     pca.add_argument("--save-basis", help="where to save the fitted basis (default: OUT/pca_basis.npz)")
-    pca.add_argument("--size", type=int_range(0), nargs="+", default=[448], metavar="N",
-                     help="resize first: the shorter side (or H W); larger gives finer maps "
-                          "(default 448; 0 keeps the image's own size)")
+    pca.add_argument("--size", type=int_range(0), nargs="+", default=None, metavar="N",
+                     help=f"resize first: the shorter side (or H W); larger gives finer maps (default {PCA_SIZE}, "
+                          "or the size a --basis was fitted at; 0 keeps the image's own size)")
     pca.add_argument("--tile", type=patch_side, help="tiled features: tile size in pixels (bounded memory for large --size)")
     _add_resize_8bit_argument(pca)
     pca.add_argument("--layer", type=int, default=None, help="block whose patch tokens are used (default: the last)")

@@ -480,23 +480,36 @@ def _grid(h: int, w: int, size, fit: str, p: int) -> tuple[int, int]:
     return -(-th // p), -(-tw // p)
 
 
-def _warn_large_forward(sizes: dict[tuple[int, int], str], options: FeatureOptions, p: int,
-                        device: torch.device) -> None:
+def check_forward_tokens(sizes: dict[tuple[int, int], str], options: FeatureOptions,
+                         p: int) -> tuple[tuple[int, int], str] | None:
     """Refuse an untiled forward pass of more than :data:`MAX_FORWARD_TOKENS` patch tokens (hours
-    of attention; e.g. a 1x10000 strip resized to a shorter side of 56), and say up front, once,
-    when one on the CPU will be very long."""
+    of attention; e.g. a 1x10000 strip resized to a shorter side of 56), from the inputs' sizes
+    alone ((H, W) -> the name messages give the input), before any pixel is decoded. Returns the
+    largest patch grid and its input's name (None when tiled: a tile bounds every pass)."""
     if options.tile is not None or not sizes:
-        return
+        return None
     (gh, gw), name = max(((_grid(h, w, options.size, options.fit, p), n) for (h, w), n in sizes.items()),
                          key=lambda g: g[0][0] * g[0][1])
     if gh * gw > MAX_FORWARD_TOKENS:
         raise ValueError(f"{name}: one forward pass would take {gh * gw:,} patch tokens ({gh}x{gw}), over the "
-                         f"limit of {MAX_FORWARD_TOKENS:,}: pass tile= (--tile, e.g. {32 * p}) or a smaller size=")
+                         f"limit of {MAX_FORWARD_TOKENS:,}: pass tile= (--tile, e.g. {32 * p}) or a smaller size= "
+                         "(--size)")
+    return (gh, gw), name
+
+
+def _warn_large_forward(sizes: dict[tuple[int, int], str], options: FeatureOptions, p: int,
+                        device: torch.device) -> None:
+    """:func:`check_forward_tokens`, and say up front, once, when a forward pass on the CPU will be
+    very long."""
+    largest = check_forward_tokens(sizes, options, p)
+    if largest is None:
+        return
+    (gh, gw), name = largest
     if device.type == "cpu" and gh * gw > LARGE_FORWARD_TOKENS:
         warnings.warn(
             f"{name}: one forward pass of {gh * gw:,} patch tokens ({gh}x{gw}) on the CPU; attention grows with the "
-            f"square of the tokens, so this can take many minutes: pass tile= (e.g. tile={32 * p}) to run it in "
-            "tiles, or a smaller size=",
+            f"square of the tokens, so this can take many minutes: pass tile= (--tile, e.g. {32 * p}) to run it "
+            "in tiles, or a smaller size= (--size)",
             PerformanceWarning, stacklevel=_caller_level(),
         )
 

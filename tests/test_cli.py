@@ -231,3 +231,76 @@ def test_torch_hub_local_entry_points(weights_dir):
     for key, value in hub_model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     assert not hub_model.training
+
+
+def test_features_safetensors_metadata_names_the_embedded_weights(image, tmp_path, torch_home):
+    """The metadata says what was loaded: dinov2_dense_tiny's weights are embedded in the package (it
+    said "official")."""
+    out = tmp_path / "f.safetensors"
+    assert main(["features", str(image), "--model", "dinov2_dense_tiny", "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["weights"].startswith("embedded in the package (dinov2_dense_tiny.safetensors")
+    assert meta["model"] == "dinov2_dense_tiny"
+
+
+def test_info_shows_a_found_file_that_is_not_a_weight_file(torch_home, monkeypatch, capsys):
+    """A proxy's HTML page under the official name in the hub cache: `info` prints what it is (the
+    table showed it as found, like a good file; --json has the same `problem`)."""
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "dinov2_vits14_pretrain.pth").write_text("<html><body>Sign in to the network</body></html>")
+    assert main(["info", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    problem = rows["dinov2_vits14"]["problem"]
+    assert problem and "HTML" in problem and rows["dinov2_vitb14"]["problem"] is None
+    assert main(["info"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("dinov2_vits14 "))
+    assert str(cache / "dinov2_vits14_pretrain.pth") in line and f"NOT a whole weight file: {problem}" in line
+
+
+def test_file_url_weights_find_the_architecture_beside_them(image, tmp_path, torch_home):
+    """--weights file:///.../backbone.pth without --model takes backbone.json beside the file, as a
+    plain path does (the URL was taken for dinov2_vits14, whose weights do not fit)."""
+    from .conftest import tiny_vit
+
+    model = tiny_vit(depth=2)
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    (tmp_path / "backbone.json").write_text(json.dumps(model.arch_kwargs()))
+    out = tmp_path / "f.npy"
+    assert main(["features", str(image), "--weights", (tmp_path / "backbone.pth").as_uri(), "--out", str(out)]) == 0
+    want = extract_features(model, str(image))
+    np.testing.assert_allclose(np.load(out)[0], want.maps[1][0].numpy(), atol=1e-5)
+
+
+def test_layer_errors_name_the_option_given(image, tmp_path, torch_home, capsys):
+    """--last 9 on a 4-block model names --last (it said layers=9, the library's argument)."""
+    out = tmp_path / "f.npy"
+    assert main(["features", str(image), "--model", "dinov2_dense_tiny", "--last", "9", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--last 9: dinov2_dense_tiny has 4 blocks" in err and "layers=" not in err
+    assert main(["features", str(image), "--model", "dinov2_dense_tiny", "--layers", "1", "7", "--out", str(out)]) == 2
+    assert "--layers 1 7: layer 7 out of range" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["pca", "features"])
+def test_an_image_taken_for_a_size_value_gets_a_hint(command, capsys):
+    """`pca --size 56 a.png`: --size takes several numbers, so it took the image; the error says how to
+    order the arguments. The README's commands put --size after the images, and parse."""
+    import re
+    import shlex
+
+    from dinov2_dense.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--size", "56", "a.png", "--out", "x.npy"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "'a.png' is not an integer; put --size after the images, or end its values with --" in err
+    assert len(err.strip().splitlines()) == 1
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for line in re.findall(rf"^dinov2-dense {command} .*$", readme, flags=re.M):
+        args = build_parser().parse_args(shlex.split(line.split("  #")[0])[1:])
+        assert args.images or getattr(args, "video", None), line

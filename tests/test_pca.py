@@ -288,6 +288,7 @@ def test_pca_maps_take_feature_options(tmp_path):
         np.testing.assert_array_equal(a.rgb, b.rgb)
         np.testing.assert_array_equal(a.mask, b.mask)
     assert by_options[0].basis.info["layer"] == 1
+    assert by_options[0].basis.info["size"] == 42  # what --basis runs at when no --size is given
     raw = pca_maps(model, items, options=FeatureOptions(layers=[1], size=42, norm=False))  # beyond the keywords
     assert not np.array_equal(raw[0].rgb, by_keywords[0].rgb)
     with pytest.raises(ValueError, match="colours one block"):
@@ -441,3 +442,148 @@ def test_tools_script_help():
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert "--video" in res.stdout and "--basis" in res.stdout and "--threshold" in res.stdout
+
+
+# -- what the command says and writes (user-path review) ----------------------------------
+TINY = ["--model", "dinov2_dense_tiny"]
+
+
+def test_video_reports_the_frames_written_not_the_basis_count(tmp_path, torch_home, capsys):
+    """A basis fitted on 2 frames colours all 5 of a clip: the command names the 5 frames written (it
+    named the basis's fitted count); an odd-sized clip (a GIF: OpenCV's writers cannot make one) comes
+    back whole, its last row repeated (see the writer's test)."""
+    from PIL import Image
+
+    frames = [Image.open(write_scene_image(tmp_path / f"f{i}.png", 47, 63, i)).convert("RGB") for i in range(5)]
+    video = tmp_path / "clip.gif"
+    frames[0].save(video, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    fit, out = tmp_path / "fit", tmp_path / "out"
+    assert main(["pca", "--video", str(video), *TINY, "--size", "28", "--max-frames", "2", "--out", str(fit)]) == 0
+    assert "(2 frames," in capsys.readouterr().out
+    assert main(["pca", "--video", str(video), *TINY, "--basis", str(fit / "pca_basis.npz"), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "clip_pca.mp4 (5 frames," in said and "figure.png (5 of the frames)" in said
+    assert count_frames(out / "clip_pca.mp4") == (5, (48, 126, 3))  # 47 rows padded to 48, nothing cut
+
+
+def test_more_than_eight_images_name_their_figures_and_every_file_is_counted(tmp_path, torch_home, capsys):
+    """Nine images write figure_1.png and figure_2.png, and pca_basis.npz beside them: the message names
+    the figures written and counts every file (it said figure.png and left the basis out)."""
+    paths = [str(write_scene_image(tmp_path / f"im{i}.png", 28, 42, i)) for i in range(9)]
+    out = tmp_path / "out"
+    assert main(["pca", *paths, "--joint", *TINY, "--size", "28", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert {"figure_1.png", "figure_2.png", "pca_basis.npz"} <= set(files) and "figure.png" not in files
+    assert f"wrote {len(files)} files to {out}/: figure_1.png, figure_2.png (one row per image)" in said
+    assert "pca_basis.npz" in said.splitlines()[0]
+
+
+def test_a_basis_brings_its_size_unless_size_is_given(images, tmp_path, torch_home, capsys):
+    """A basis fitted at --size 56 and reused without --size runs at 56, and says so (it ran at the
+    default 448, where the same image got other masks); a --size that differs is taken with a warning."""
+    fit, again, other = tmp_path / "fit", tmp_path / "again", tmp_path / "other"
+    assert main(["pca", str(images[0]), *TINY, "--size", "56", "--out", str(fit)]) == 0
+    capsys.readouterr()
+    basis = str(fit / "pca_basis.npz")
+    assert main(["pca", str(images[0]), *TINY, "--basis", basis, "--out", str(again)]) == 0
+    err = capsys.readouterr().err
+    assert f"--size 56, the size {basis} was fitted at" in err and "warning" not in err
+    for name in ("a_mask.png", "a_pca.png"):
+        np.testing.assert_array_equal(read_rgb(again / name), read_rgb(fit / name))
+    assert main(["pca", str(images[0]), *TINY, "--basis", basis, "--size", "84", "--out", str(other)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: --size 84, but {basis} was fitted at --size 56" in err
+    assert main(["pca", str(images[0]), *TINY, "--basis", basis, "--size", "56", "--out", str(tmp_path / "same")]) == 0
+    assert capsys.readouterr().err.count("--size") == 0  # the basis's own size: nothing to say
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_video_writer_keeps_the_last_row_and_column_of_odd_sizes(tmp_path, suffix):
+    """mp4v and MJPG store even sides only: OpenCV dropped an odd side's last row and column without a
+    word. The writer repeats that edge once, so the decoded frame holds every pixel written."""
+    from dinov2_dense.viz.video import VideoWriter
+
+    frame = np.full((47, 63, 3), 20, np.uint8)
+    frame[-1, :] = 250  # a bright last row and last column
+    frame[:, -1] = 250
+    path = tmp_path / f"odd{suffix}"
+    with VideoWriter(path, fps=5, size=(47, 63)) as writer:
+        for _ in range(3):
+            writer.write(frame)
+    n, shape = count_frames(path)
+    assert (n, shape) == (3, (48, 64, 3))
+    cap = cv2.VideoCapture(str(path))
+    ok, got = cap.read()
+    cap.release()
+    got = got[..., ::-1].astype(int)
+    assert ok and abs(got[20:27, 20:27] - 20).max() < 12  # the inside as written
+    for edge in (got[46, 5:58], got[47, 5:58], got[5:42, 62], got[5:42, 63]):  # the last row/column, and its copy
+        assert edge.mean() > 200, edge.mean()
+
+
+def test_a_huge_forward_pass_is_refused_before_the_model_naming_the_input(images, tmp_path, torch_home, capsys,
+                                                                          monkeypatch):
+    """An input that --size makes too large for one forward pass (MAX_FORWARD_TOKENS, lowered here) is
+    refused from its header before a model is loaded, naming the image or video and --tile/--size
+    (the check ran per batch on decoded arrays and named "image 0"); the library refuses the same way
+    before any forward pass, and announces a long CPU pass once, naming the file."""
+    import dinov2_dense.cli as cli
+    import dinov2_dense.features as features
+    from dinov2_dense.features import PerformanceWarning
+
+    from .conftest import tiny_vit
+
+    monkeypatch.setattr(features, "MAX_FORWARD_TOKENS", 50)  # 60x80 at --size 112: 8x11 patches
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cli, "_load_model", no_model)
+    video = write_video(tmp_path / "clip.mp4", h=60, w=80)
+    out = tmp_path / "never"
+    for inputs in ([str(images[1]), str(images[0])], ["--video", str(video)]):
+        assert main(["pca", *inputs, *TINY, "--size", "112", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {inputs[-1]}" in err and "88 patch tokens (8x11)" in err, err
+        assert "--tile" in err and "--size" in err and not out.exists()
+
+    model = tiny_vit()
+    monkeypatch.setattr(model, "forward_layers", no_model)
+    with pytest.raises(ValueError, match=f"{images[0]}: one forward pass would take 88"):
+        pca_maps(model, [str(images[1]), str(images[0])], size=112)
+    monkeypatch.setattr(features, "MAX_FORWARD_TOKENS", 2**20)
+    monkeypatch.setattr(features, "LARGE_FORWARD_TOKENS", 10)
+    with pytest.warns(PerformanceWarning) as record:
+        pca_maps(tiny_vit(), [str(images[0])], size=56, batch_size=1)
+    said = [str(w.message) for w in record if "one forward pass" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith(f"{images[0]}: one forward pass of 24 patch tokens"), said
+
+
+@pytest.mark.parametrize("case", ["text basis", "folder as video", "one patch", "one patch, zero"])
+def test_messages_for_a_text_basis_a_folder_as_video_and_a_one_patch_image(case, images, tmp_path, torch_home,
+                                                                            capsys):
+    """A text file as --basis (numpy spoke of allow_pickle), a folder as --video (it said "no such video
+    file"), an image of one patch (it said "lower the threshold", which cannot help): one line each, naming
+    the file and what it is."""
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.full((5, 5, 3), 128, np.uint8))
+    argv, message = {
+        "text basis": (["pca", str(images[0]), "--basis", str(text)],
+                       f"error: {text}: not a PCA basis file written by `dinov2-dense pca`"),
+        "folder as video": (["pca", "--video", str(tmp_path)], f"error: {tmp_path}: a folder, not a video file"),
+        "one patch": (["pca", str(tiny), "--size", "0"],
+                      f"error: {tiny}: the image is too small for a foreground/background split"),
+        "one patch, zero": (["pca", str(tiny), "--size", "14", "--threshold", "zero"],
+                            f"error: {tiny}: the image is too small for a foreground/background split"),
+    }[case]
+    out = tmp_path / "never"
+    assert main([*argv, *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "allow_pickle" not in err and "lower the threshold" not in err, err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1 and not out.exists()
+    if case == "one patch":
+        with pytest.raises(ValueError, match="one patch"):
+            fit_pca(torch.randn(8, 1, 1))

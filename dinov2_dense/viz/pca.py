@@ -45,6 +45,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -54,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..features import (DenseFeatures, FeatureOptions, check_input, extract_features, feature_options, input_names,
-                        load_array, map_in_workers, to_rgb_float)
+from ..features import (DenseFeatures, FeatureOptions, PerformanceWarning, _warn_large_forward, check_input,
+                        extract_features, feature_options, input_names, load_array, map_in_workers, to_rgb_float)
 from ..fileio import atomic_path
 from .figures import overlay, save_grid, to_uint8, write_image
 
@@ -174,7 +176,8 @@ class PCABasis:
     lo, hi: (3,) the score range mapped to [0, 1] per colour channel (robust percentiles).
     masked: False when fitted with ``threshold=None`` (every patch is foreground).
     info: how it was fitted (threshold mode, which sign rule decided, counts, variance ratios,
-        model and layer where known).
+        model, layer and the features' ``size`` where known: `dinov2-dense pca --basis` runs at
+        that size unless given another).
     """
 
     mean: np.ndarray
@@ -252,6 +255,9 @@ class PCABasis:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such PCA basis file (write one with --save-basis or PCABasis.save)")
+        if not zipfile.is_zipfile(path):  # an .npz is a zip; np.load would take anything else for a pickle
+            raise ValueError(f"{path}: not a PCA basis file written by `dinov2-dense pca` (its pca_basis.npz or "
+                             "--save-basis FILE.npz; PCABasis.save in Python)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
@@ -366,6 +372,11 @@ def foreground_split(features: Any, *, threshold: Threshold = "otsu") -> Foregro
     masks = [((s > t) if masked else torch.ones_like(s, dtype=torch.bool)).reshape(m.shape[1:])
              for s, m in zip(scores, maps)]
     n_fg = int(sum(int(m.sum()) for m in masks))
+    if n_fg == 0 and n == 1:
+        raise ValueError(
+            "the image is too small for a foreground/background split: its features are one patch; resize it "
+            "larger (--size; size= in Python), or use no foreground split (--threshold none; threshold=None)"
+        )
     if n_fg == 0:
         raise ValueError(
             f"no patch is foreground at threshold {threshold!r} (first-component z-scores reach "
@@ -540,15 +551,24 @@ def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _check_forward(model, sizes: dict[tuple[int, int], str], options: FeatureOptions) -> None:
+    """Refuse a forward pass too large to run untiled, and announce a very long one on the CPU, up
+    front and naming the input (``sizes``: (H, W) -> name), as :func:`extract_features` does for
+    its own inputs: the arrays :func:`_extract` passes it later have no names."""
+    _warn_large_forward(sizes, options, model.patch_size, next(model.parameters()).device)
+
+
 def _extract(model, arrays: Iterable[np.ndarray], options: FeatureOptions, bar,
              display: bool = True) -> tuple[list[DenseFeatures], list[np.ndarray]]:
     """DenseFeatures (and, with ``display``, a uint8 copy for figures) of raw image arrays, drawn
     and run one batch at a time: only a batch of decoded images is in memory, never all of them.
-    ``bar`` (tqdm) advances by image."""
+    ``bar`` (tqdm) advances by image. The sizes were checked by :func:`_check_forward`."""
     feats: list[DenseFeatures] = []
     shown: list[np.ndarray] = []
     for chunk in _chunks(arrays, options.batch_size):
-        feats.extend(extract_features(model, chunk, options=options, progress=False))
+        with warnings.catch_warnings():  # said once up front, naming the file, not per batch as "image 0"
+            warnings.filterwarnings("ignore", message=".*one forward pass of", category=PerformanceWarning)
+            feats.extend(extract_features(model, chunk, options=options, progress=False))
         if display:
             shown.extend(_display(a) for a in chunk)
         bar.update(len(chunk))
@@ -602,19 +622,38 @@ def pca_maps(
     if not items:
         raise ValueError("pca_maps: no images given")
     names = input_names(items)
-    for x in items:  # every input is checked first: a missing or unreadable file stops us before any work
-        check_input(x)
+    sizes: dict[tuple[int, int], str] = {}
+    for x, name in zip(items, names):  # every input is checked first: a missing or unreadable file stops us
+        sizes.setdefault(check_input(x), name)  # before any work
+    _check_forward(model, sizes, options)
     show = progress if progress is not None else len(items) > options.batch_size
     with tqdm(total=len(items), desc="features", unit="image", disable=not show) as bar:
         feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar)
-    meta = {"layer": feats[0].layers[-1], **(info or {})}
+    meta = {"layer": feats[0].layers[-1], "size": _size_record(options.size), **(info or {})}
     if basis is not None:
         bases = [basis] * len(feats)
     elif joint:
-        bases = [fit_pca(feats, threshold=threshold, info=meta)] * len(feats)
+        bases = [_fit_named(feats, names, threshold, meta)] * len(feats)
     else:
-        bases = [fit_pca(f, threshold=threshold, info=meta) for f in feats]
+        bases = [_fit_named([f], [n], threshold, meta) for f, n in zip(feats, names)]
     return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
+
+
+def _size_record(size) -> int | list[int] | None:
+    """``size`` as a basis records it (JSON): the features' resize, which its colours are fitted to."""
+    if size is None:
+        return None
+    return int(size) if isinstance(size, (int, np.integer)) else [int(v) for v in size]
+
+
+def _fit_named(feats: list[DenseFeatures], names: list[str], threshold: Threshold, info: dict) -> PCABasis:
+    """:func:`fit_pca`; a fit of one image that fails names the image."""
+    try:
+        return fit_pca(feats, threshold=threshold, info=info)
+    except ValueError as exc:
+        if len(names) != 1:
+            raise
+        raise ValueError(f"{names[0]}: {exc}") from None
 
 
 # -- figures and files --------------------------------------------------------------------
@@ -691,6 +730,26 @@ def save_maps(maps: Sequence[PCAMap], out_dir: str | os.PathLike, *, alpha: floa
 
 
 # -- video --------------------------------------------------------------------------------
+class VideoPCA(tuple):
+    """What :func:`pca_video` returns: the pair (basis, samples), with ``frames``, the number of
+    frames written to the video."""
+
+    frames: int
+
+    def __new__(cls, basis: PCABasis, samples: list[PCAMap], frames: int) -> "VideoPCA":
+        pair = super().__new__(cls, (basis, samples))
+        pair.frames = frames
+        return pair
+
+    @property
+    def basis(self) -> PCABasis:
+        return self[0]
+
+    @property
+    def samples(self) -> list[PCAMap]:
+        return self[1]
+
+
 def pca_video(
     model,
     video: str | os.PathLike,
@@ -711,15 +770,17 @@ def pca_video(
     progress: bool = True,
     info: dict | None = None,
     options: FeatureOptions | None = None,
-) -> tuple[PCABasis, list[PCAMap]]:
+) -> VideoPCA:
     """PCA colours of a video, jointly over its frames: writes ``out_path`` (frame | PCA colours
     side by side, the input's frame rate divided by ``step``) and, with ``frames_dir``, one
     ``frame_NNNNNN.png`` of colours per frame.
 
     Two passes over the file: features of all frames (kept at the patch grid only) for the joint
     fit, then colouring and writing frame by frame, so only one batch of frames is held.
-    The other arguments, ``options`` included, are those of :func:`pca_maps`.
-    Returns the basis and the PCA maps of up to ``sample_rows`` evenly spaced frames (for a figure).
+    The other arguments, ``options`` included, are those of :func:`pca_maps`; the frame size in
+    the file's header is checked against the forward-pass limit before any frame is decoded.
+    Returns the basis and the PCA maps of up to ``sample_rows`` evenly spaced frames (for a figure),
+    as a pair whose ``frames`` is the number of frames written (:class:`VideoPCA`).
     """
     from tqdm.auto import tqdm
 
@@ -728,6 +789,8 @@ def pca_video(
     _check_upsample(upsample)
     options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
     vinfo = video_info(video)
+    if min(vinfo.size) > 0:
+        _check_forward(model, {vinfo.size: f"{video} (frames of {vinfo.size[1]}x{vinfo.size[0]})"}, options)
     expected = math.ceil(vinfo.frames / step) if vinfo.frames > 0 else None
     if expected is not None and max_frames is not None:
         expected = min(expected, max_frames)
@@ -740,11 +803,12 @@ def pca_video(
 
         warnings.warn(f"{video}: read {len(feats)} of the {expected} frames its header announces; the file may be "
                       "truncated, or a format OpenCV reads only in part (e.g. GIF)", stacklevel=2)
-    meta = {"layer": feats[0].layers[-1], "video": str(video), **(info or {})}
+    meta = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "video": str(video), **(info or {})}
     basis = basis if basis is not None else fit_pca(feats, threshold=threshold, info=meta)
 
     n = len(feats)
-    picks = sorted({round(i * (n - 1) / max(sample_rows - 1, 1)) for i in range(min(sample_rows, n))})
+    rows = min(sample_rows, n)
+    picks = sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(rows)})  # evenly spaced, first and last
     samples: list[PCAMap] = []
     h, w = feats[0].image_size
     fps = vinfo.fps / step
@@ -765,4 +829,4 @@ def pca_video(
             bar.update(1)
         if i != n:
             raise ValueError(f"{video}: {i} frames on the second read, {n} on the first")
-    return basis, samples
+    return VideoPCA(basis, samples, writer.frames)

@@ -2,6 +2,8 @@
 
 Codecs by suffix: ``.mp4`` -> ``mp4v`` (MPEG-4 Part 2, which OpenCV's FFmpeg backend writes
 without extra libraries), ``.avi`` -> ``MJPG``; tests/test_pca.py writes both and reads them back.
+Both store frames of even sides only (4:2:0 chroma): OpenCV drops an odd side's last row or
+column without a word, so the writer repeats that edge once instead and every pixel is kept.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 class VideoInfo:
     frames: int  # as the container reports it (may be approximate; reading counts exactly)
     fps: float
+    size: tuple[int, int] = (0, 0)  # (H, W) of a frame as the container reports it; (0, 0) unknown
 
 
 def _open(path: str | os.PathLike):
     import cv2
 
     path = str(path)
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a video file (for the images in a folder, give them as "
+                                "images: pca FOLDER/*.png)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such video file")
     cap = cv2.VideoCapture(path)
@@ -47,6 +53,7 @@ def video_info(path: str | os.PathLike) -> VideoInfo:
         info = VideoInfo(
             frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
             fps=float(fps) if fps and fps > 0 else 25.0,
+            size=(max(0, int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))), max(0, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))),
         )
     finally:
         cap.release()
@@ -79,8 +86,15 @@ def read_frames(path: str | os.PathLike, step: int = 1, max_frames: int | None =
         raise ValueError(f"{path}: no frame could be decoded (empty or unsupported video)")
 
 
+def even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) a frame of ``size`` is stored at: each odd side one larger (its edge repeated)."""
+    return size[0] + size[0] % 2, size[1] + size[1] % 2
+
+
 class VideoWriter:
-    """Write RGB frames to ``path``; the file appears only when the writer closes cleanly.
+    """Write RGB frames of ``size`` (H, W) to ``path``; the file appears only when the writer
+    closes cleanly. An odd side is stored one larger, its last row or column repeated (the codecs
+    keep even sides only), so no pixel is lost.
 
     >>> with VideoWriter("out.mp4", fps=25, size=(H, W)) as w:
     ...     w.write(frame)
@@ -100,7 +114,7 @@ class VideoWriter:
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
         fourcc = cv2.VideoWriter_fourcc(*CODECS[self.path.suffix.lower()])
-        h, w = self.size
+        h, w = even_size(self.size)
         self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (w, h))
         if not self._writer.isOpened():
             self._ctx.__exit__(ValueError, None, None)
@@ -114,6 +128,9 @@ class VideoWriter:
         frame = to_uint8(frame)
         if frame.shape[:2] != self.size:
             raise ValueError(f"{self.path}: frame of size {frame.shape[:2]}, the video is {self.size}")
+        h, w = self.size
+        if (h, w) != even_size(self.size):
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2)) + ((0, 0),) * (frame.ndim - 2), mode="edge")
         self._writer.write(np.ascontiguousarray(frame[..., ::-1]))
         self.frames += 1
 
