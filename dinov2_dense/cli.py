@@ -810,8 +810,8 @@ def _add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     from .evaluation.depth_files import DATASET_PRESETS
     from .options import nonnegative_float, positive_float
 
-    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG with --pred-scale, or .npy in metres)")
-    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG with --gt-scale, or .npy in metres)")
+    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG or integer .npy with --pred-scale, or float .npy in metres)")
+    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG or integer .npy with --gt-scale, or float .npy in metres)")
     parser.add_argument("--dataset", choices=sorted(DATASET_PRESETS), default="nyu",
                         help="protocol preset: nyu (0.001-10 m, Eigen crop, PNG/1000), kitti (0.001-80 m, kb + "
                              "Garg crop, PNG/256), folder (0.001-10 m, no crop, --gt-scale needed for PNGs)")
@@ -880,7 +880,8 @@ def _cmd_eval_depth(args: argparse.Namespace) -> int:
     clipped = report.clipped_predictions
     if any(clipped.values()):
         most = sum(clipped.values()) > 0.5 * report.evaluated_pixels  # not a model's edges: other units?
-        units = ".npy floats are metres" if s["pred_scale"] is None else f"--pred-scale is {s['pred_scale']:g}"
+        units = ".npy floats are read as metres" + (
+            "" if s["pred_scale"] is None else f"; PNGs and integer .npy are divided by --pred-scale {s['pred_scale']:g}")
         print(f"{'warning' if most else 'note'}: {clipped['below_min_pixels']} prediction pixel(s) below "
               f"{s['min_depth']:g} m and {clipped['above_max_pixels']} above {s['max_depth']:g} m, of "
               f"{report.evaluated_pixels} evaluated, clipped to the range as the protocol does"

@@ -420,4 +420,4 @@ def test_integer_npy_is_read_in_units_like_a_png_and_out_of_range_is_reported(tm
     err = capsys.readouterr().err
     assert json.loads(out.read_text())["clipped_predictions"] == {"below_min_pixels": 0, "above_max_pixels": 48 * 64}
     assert "warning: 0 prediction pixel(s) below 0.001 m and 3072 above 10 m, of 3072 evaluated" in err
-    assert "wrong units?" in err
+    assert "wrong units? .npy floats are read as metres)" in err
