@@ -273,11 +273,13 @@ def _pca_size(args: argparse.Namespace, basis) -> int | tuple[int, int] | None:
         fitted = basis.info["size"]
         if isinstance(fitted, list) and len(fitted) == 2:
             fitted = tuple(fitted)
-        whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
-        ok = fitted is None or whole(fitted) or (isinstance(fitted, tuple) and all(map(whole, fitted)))
-        if not ok:
+        from .features import FeatureOptions
+
+        try:
+            FeatureOptions(size=fitted)  # the one check of a size
+        except ValueError:
             raise ValueError(f"--basis {args.basis}: its recorded size {basis.info['size']!r} is not a size; "
-                             "give --size")
+                             "give --size") from None
     if args.size is None:
         if not recorded:
             return PCA_SIZE

@@ -471,6 +471,16 @@ def _warn_slow_bf16(device: torch.device, autocast: bool | torch.dtype) -> None:
     )
 
 
+def check_on_grid(sizes: Sequence[int], patch: int, what: str) -> None:
+    """Refuse image sides off the patch grid where images are resized to a fixed size before the model
+    (knn, curation): each image would be resized twice, to the size and then onto the grid, into other
+    features than one resize to the grid gives. ``what`` names the setting (``"size=50"``, ``"--size 50"``)."""
+    if any(v % patch for v in sizes):
+        near = sorted({max(patch, v // patch * patch) for v in sizes} | {-(-v // patch) * patch for v in sizes})
+        raise ValueError(f"{what}: not a multiple of the model's patch size {patch} (each image would be resized "
+                         f"twice: to the size, then onto the patch grid); use {' or '.join(map(str, near))}")
+
+
 def _grid(h: int, w: int, size, fit: str, p: int) -> tuple[int, int]:
     """Patch grid (h, w) that an image of (h, w) pixels gets under ``size`` and ``fit`` (what
     :func:`_extract_batch` feeds the backbone, known before any pixel is decoded)."""

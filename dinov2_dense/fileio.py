@@ -145,6 +145,16 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, what caches and stores compare to see that it has not
+    changed; None when it cannot be looked at (missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def _fallocate(fd: int, size: int) -> bool:
     """Linux ``fallocate(2)`` of bytes [0, size): True when done, False where the file system or
     platform cannot (never glibc's ``posix_fallocate`` fallback, which writes every block: on NFSv3 a

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dinov2_dense.fileio import new_memmap, staged_dir
+from dinov2_dense.fileio import file_stamp, new_memmap, staged_dir
 from heads.predictor import DensePredictor
 
 
@@ -148,12 +148,9 @@ class FeatureCache(Dataset):
 
 
 def _stamp(path) -> list[int] | None:
-    """(size, modification time in ns) of a file; None when it is not there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
+    """:func:`~dinov2_dense.fileio.file_stamp` as meta.json holds it (a list)."""
+    stamp = file_stamp(path)
+    return None if stamp is None else list(stamp)
 
 
 def _collate_cached(batch: list[dict]) -> dict:

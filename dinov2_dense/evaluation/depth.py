@@ -290,9 +290,10 @@ def _evaluate_image(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.
     selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
     if selected is None:
         return None, None
-    scores = _scores(*selected, min_depth=min_depth, max_depth=max_depth, median_scaling=median_scaling, silog=silog)
-    counts = _invalid_counts(selected[0]) | _clipped_counts(_median_scaled(*selected, median_scaling), min_depth,
-                                                            max_depth)
+    pred, gt = selected
+    scaled = _median_scaled(pred, gt, median_scaling)
+    scores = _scores(scaled, gt, min_depth=min_depth, max_depth=max_depth, median_scaling=False, silog=silog)
+    counts = _invalid_counts(pred) | _clipped_counts(scaled, min_depth, max_depth)
     counts["pixels"] = int(selected[0].size)  # evaluated
     return scores, counts
 

@@ -508,7 +508,8 @@ def folder_features(
 
     import numpy as np
 
-    from ..features import HostCopy, batch_parts, extract_features, join_parts, map_in_workers, to_model_input
+    from ..features import (HostCopy, batch_parts, check_on_grid, extract_features, join_parts, map_in_workers,
+                            to_model_input)
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -517,11 +518,7 @@ def folder_features(
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(hw) < 1:
         raise ValueError(f"size={size}: must be positive")
-    patch = int(getattr(model, "patch_size", 1))
-    if any(v % patch for v in hw):
-        near = sorted({max(patch, v // patch * patch) for v in hw} | {-(-v // patch) * patch for v in hw})
-        raise ValueError(f"size={size}: not a multiple of the model's patch size {patch} (each image would be resized "
-                         f"twice: to the size, then onto the patch grid); use {' or '.join(map(str, near))}")
+    check_on_grid(hw, int(getattr(model, "patch_size", 1)), f"size={size}")
     paths, labels, names = list_image_folder(root, class_names)
     cache_file = None
     if cache is not None:
@@ -589,13 +586,10 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
 
     from ..checkpoints import fingerprint
 
-    files = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            files.append((path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            files.append((path, None, None))  # skipped when read; still part of what was asked
+    from ..fileio import file_stamp
+
+    # a missing file: (path, None, None), skipped when read; still part of what was asked
+    files = [(path, *(file_stamp(path) or (None, None))) for path in paths]
     about = {"version": 1, "weights": fingerprint(model), "files": files, "labels": labels, "classes": names,
              "size": list(hw), "pooling": pooling, "autocast": str(autocast)}
     if resize_8bit:  # only when set: the keys of caches made before the option stay valid

@@ -283,14 +283,11 @@ def _dim(model: torch.nn.Module, pooling: str) -> int:
 
 
 def _file_stats(paths: Sequence[str]) -> np.ndarray:
-    """(N, 2) int64: each file's size and modification time in ns (as knn's feature cache keys them);
-    -1, -1 for a file that cannot be looked at (missing)."""
-    stats = np.full((len(paths), 2), -1, dtype=np.int64)
-    for i, path in enumerate(paths):
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            stats[i] = st.st_size, st.st_mtime_ns
-    return stats
+    """(N, 2) int64: each file's size and modification time in ns (:func:`~dinov2_dense.fileio.file_stamp`,
+    as knn's feature cache keys them); -1, -1 for a file that cannot be looked at (missing)."""
+    from dinov2_dense.fileio import file_stamp
+
+    return np.array([file_stamp(path) or (-1, -1) for path in paths], dtype=np.int64).reshape(len(paths), 2)
 
 
 def _changed(record: Path, made: Path, stats: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -326,11 +323,12 @@ def partial_progress(folder: str | os.PathLike) -> tuple[int, int] | None:
 def check_size(model: torch.nn.Module, size: int) -> None:
     """Refuse an image size off the model's patch grid: each image would be resized twice (to the size,
     then onto the grid), into other rows than one resize to the grid gives."""
-    patch = int(getattr(model, "patch_size", 1))
-    if size % patch:
-        low, high = max(patch, size // patch * patch), -(-size // patch) * patch
-        raise CurationError(f"--size {size}: not a multiple of the model's patch size {patch} (each image would be "
-                            f"resized twice: to {size}, then onto the patch grid); use {low} or {high}")
+    from dinov2_dense.features import check_on_grid
+
+    try:
+        check_on_grid((size,), int(getattr(model, "patch_size", 1)), f"--size {size}")
+    except ValueError as exc:
+        raise CurationError(str(exc)) from None
 
 
 def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[str], out: str | os.PathLike, *,
