@@ -31,16 +31,21 @@ class OneLineParser(argparse.ArgumentParser):
 
     def _order_hint(self, message: str) -> str:
         """For a bad value of an option that takes several (``--size 56 a.png``: the option took the
-        image), how to keep the positional arguments out of it."""
+        image), where to put the option; nothing for a value that is no file name (``--size 1.5``)."""
         m = re.match(r"argument (-[^\s:/]+).*?'([^']*)'", message)
         option = next((a for a in self._actions if m and m.group(1) in a.option_strings), None)
         takes = next((a for a in self._actions if not a.option_strings and a.nargs in ("+", "*")), None)
         if option is None or option.nargs not in ("+", "*") or takes is None:
             return ""
         value = m.group(2)
+        try:
+            float(value)
+            return ""  # a mistyped number ("1.5"), nothing to reorder
+        except ValueError:
+            pass
         if not (Path(value).suffix or "/" in value or ":" in value or os.path.exists(value)):
             return ""  # not a file name: a mistyped value, nothing to reorder
-        return f"; put {m.group(1)} after the {takes.dest}, or end its values with --"
+        return f"; put {m.group(1)} after the {takes.dest}"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -394,9 +399,9 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             fitted = one if basis is None else None
             figures = [p.name for p in written if re.fullmatch(r"figure(_\d+)?\.png", p.name)]
             with_basis = fitted is not None and not args.save_basis
+            each = f"each of the {len(maps)} images" if len(maps) > 1 else "the image"
             done = (f"wrote {len(written) + with_basis} files to {out}/: {', '.join(figures)} (one row per image), "
-                    f"<name>_pca/_mask/_overlay.png for each of the {len(maps)} images"
-                    + (" and pca_basis.npz" if with_basis else ""))
+                    f"<name>_pca/_mask/_overlay.png for {each}" + (" and pca_basis.npz" if with_basis else ""))
         if fitted is not None and not args.save_basis:
             fitted.save(stage / "pca_basis.npz")
     print(done)
