@@ -102,7 +102,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     except Exception as exc:  # torch and safetensors raise many types for broken files
         problem = _problem_or_none(path)
         reason = (f"not a complete weight file: it is {problem}" if problem is not None else
-                  f"cannot be read as a weight file ({type(exc).__name__}: {_first_sentence(str(exc))}); it may be "
+                  f"cannot be read as a weight file ({type(exc).__name__}: {first_sentence(str(exc))}); it may be "
                   "truncated or not a checkpoint")
         raise CheckpointReadError(path, reason, REFETCH) from exc
     return _unwrap(obj, path)
@@ -118,7 +118,7 @@ def _problem_or_none(path: Path) -> str | None:
         return None
 
 
-def _first_sentence(text: str, limit: int = 200) -> str:
+def first_sentence(text: str, limit: int = 200) -> str:
     """The first line of an error's text, ended at its first sentence when long (torch appends
     paragraphs of advice), and never cut inside a word."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
@@ -135,7 +135,7 @@ def _read_sharded(index: Path) -> dict[str, Tensor]:
     try:
         spec = json.loads(index.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointReadError(index, f"not a readable shard index ({_first_sentence(str(exc))})") from None
+        raise CheckpointReadError(index, f"not a readable shard index ({first_sentence(str(exc))})") from None
     weight_map = spec.get("weight_map") if isinstance(spec, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(
         isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()
@@ -199,7 +199,7 @@ def _torch_zip_problem(path: Path, size: int) -> str | None:
                 return f"a damaged PyTorch checkpoint of {size} bytes (its entries overlap its zip directory)"
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
             ValueError) as exc:
-        why = _first_sentence(str(exc))
+        why = first_sentence(str(exc))
         why = "no zip directory at its end" if why == "File is not a zip file" else why
         return f"a PyTorch checkpoint cut short or damaged ({size} bytes: {why})"
     return None

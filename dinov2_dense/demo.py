@@ -240,7 +240,8 @@ def _name_older_predictions(work: Path) -> None:
         root = ground_truth_root(val)
         for folder in folders:
             for i in range(len(val)):
-                old, new = folder / f"{i:05d}.png", folder / _prediction_name(val[i], root)
+                target = {"meta": {"target_path": str(val.items[i].target)}}  # the name, without decoding the sample
+                old, new = folder / f"{i:05d}.png", folder / _prediction_name(target, root)
                 if old.is_file() and not new.exists():
                     new.parent.mkdir(parents=True, exist_ok=True)
                     old.rename(new)

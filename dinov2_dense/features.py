@@ -507,7 +507,7 @@ def check_forward_tokens(sizes: dict[tuple[int, int], str], options: FeatureOpti
     return (gh, gw), name
 
 
-def _warn_large_forward(sizes: dict[tuple[int, int], str], options: FeatureOptions, p: int,
+def check_forward_pass(sizes: dict[tuple[int, int], str], options: FeatureOptions, p: int,
                         device: torch.device) -> None:
     """:func:`check_forward_tokens`, and say up front, once, when a forward pass on the CPU will be
     very long."""
@@ -613,7 +613,7 @@ def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: Fea
 
     if isinstance(images, Tensor) and images.ndim == 4:
         _warn_slow_bf16(device, options.autocast)
-        _warn_large_forward({tuple(images.shape[-2:]): "image batch"}, options, p, device)
+        check_forward_pass({tuple(images.shape[-2:]): "image batch"}, options, p, device)
         yield list(range(len(images))), _extract_batch(images, [], **run)
         return
     items = list(images)
@@ -626,7 +626,7 @@ def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: Fea
     n = options.batch_size
     chunks = [idx[j : j + n] for idx in groups.values() for j in range(0, len(idx), n)]
     _warn_slow_bf16(device, options.autocast)
-    _warn_large_forward({hw: names[idx[0]] for hw, idx in groups.items()}, options, p, device)
+    check_forward_pass({hw: names[idx[0]] for hw, idx in groups.items()}, options, p, device)
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 

@@ -290,13 +290,13 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
                 source = found[0]
             if not source.is_file():
                 raise FileNotFoundError(f"distill.teacher_head={source}: no such file")
-            from dinov2_dense.checkpoints import _first_sentence
+            from dinov2_dense.checkpoints import first_sentence
 
             try:
                 state = torch.load(source, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - not a torch file, damaged, or holding code
                 raise ValueError(f"distill.teacher_head={source}: not a readable pretraining checkpoint "
-                                 f"({type(exc).__name__}: {_first_sentence(str(exc))})") from None
+                                 f"({type(exc).__name__}: {first_sentence(str(exc))})") from None
             state = state.get("model", state) if isinstance(state, dict) else {}
             head = {k[len("teacher.dino_head."):]: v for k, v in state.items() if k.startswith("teacher.dino_head.")}
             if not head:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..features import (DenseFeatures, FeatureOptions, PerformanceWarning, _warn_large_forward, check_input,
+from ..features import (DenseFeatures, FeatureOptions, PerformanceWarning, check_forward_pass, check_input,
                         extract_features, feature_options, input_names, load_array, map_in_workers, to_rgb_float)
 from ..fileio import atomic_path
 from .figures import overlay, save_grid, to_uint8, write_image
@@ -555,7 +555,7 @@ def _check_forward(model, sizes: dict[tuple[int, int], str], options: FeatureOpt
     """Refuse a forward pass too large to run untiled, and announce a very long one on the CPU, up
     front and naming the input (``sizes``: (H, W) -> name), as :func:`extract_features` does for
     its own inputs: the arrays :func:`_extract` passes it later have no names."""
-    _warn_large_forward(sizes, options, model.patch_size, next(model.parameters()).device)
+    check_forward_pass(sizes, options, model.patch_size, next(model.parameters()).device)
 
 
 def _extract(model, arrays: Iterable[np.ndarray], options: FeatureOptions, bar,
