@@ -9,7 +9,7 @@ wheels=(
   "dinov2==0.0.1.dev2"                                   # the official code (the oracle), --no-deps
   "albumentations==2.0.8" "albucore==0.0.24"             # pretrain imports albumentations
   "pydantic==2.13.4" "pydantic-core==2.46.4" "annotated-types" "typing-inspection" "simsimd" "stringzilla"
-  "mmengine==0.10.7" "addict" "yapf" "termcolor"
+  "mmengine==0.10.7" "addict" "yapf" "platformdirs" "termcolor"
 )
 for spec in "${wheels[@]}"; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -277,6 +277,8 @@ def main() -> int:
                     help="backbone weights (default: bf16 on a GPU, fp32 on a CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model-batches", type=int, default=8, help="batches per model-only pass")
+    ap.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default="none",
+                    help="compile_blocks mode of the model (both the model only and the folder runs)")
     ap.add_argument("--quick", action="store_true",
                     help="only the model, embed_images, its reading alone and the hand-over (no unpinned runs, trial, "
                          "one-image timings or ceilings)")
@@ -292,9 +294,13 @@ def main() -> int:
     args.num_workers = args.num_workers or ([0, 6, 12] if device.type == "cuda" else [0, 2])
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     model = load_backbone(args.model, weights=None, device=device, dtype=None if dtype == "fp32" else dtype).eval()
+    if args.compile != "none":
+        from dinov2_dense.models.speed import compile_blocks
+
+        compile_blocks(model, args.compile)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {where}; {args.model} {dtype} weights, {args.size}x{args.size}, "
-          f"batch {args.batch_size}", flush=True)
+          f"batch {args.batch_size}{'' if args.compile == 'none' else ', blocks compiled: ' + args.compile}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

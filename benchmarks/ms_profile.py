@@ -6,6 +6,14 @@ Random weights: the time does not depend on them.
 
     python benchmarks/ms_profile.py                 # a GPU
     python benchmarks/ms_profile.py --float8        # the backbone's linear layers in FP8 (H100/Ada)
+    python benchmarks/ms_profile.py --compile-modes default static-autotune --crop-batch-sizes 16
+
+``--compile-modes``: each builds the model afresh (same random weights) and compiles its blocks:
+``default`` and ``max-autotune`` as ``compile_blocks`` does (shapes marked dynamic); the trial
+``static-autotune`` compiles each block for the shapes it meets (``dynamic=False``) with GEMM
+autotuning, so inductor may fuse the bias and GELU into its own matrix-product kernels (whether that
+beats cuBLAS plus a separate GELU kernel, autotuning time included). The outputs of each mode are
+compared with the first mode's. The profile is taken for the last mode.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ def main() -> int:
     ap.add_argument("--crop-batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--float8", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile-modes", nargs="+", default=["default"],
+                    choices=["none", "default", "max-autotune", "static-autotune"])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA device (the +ms model takes minutes an image on a CPU)")
@@ -37,27 +47,43 @@ def main() -> int:
     from dinov2_dense.models.speed import compile_blocks
     from dinov2_dense.zoo import build_model
 
-    torch.manual_seed(0)
-    model = build_model(f"dinov2_{args.arch}_ade20k_ms").cuda().eval()
-    model.backbone.to(torch.bfloat16)
-    if args.float8:
-        from dinov2_dense.models.float8 import float8_linears
+    x = torch.randn(1, 3, 512, 683, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    first = None
+    for mode in args.compile_modes:
+        torch.manual_seed(0)
+        model = build_model(f"dinov2_{args.arch}_ade20k_ms").cuda().eval()
+        model.backbone.to(torch.bfloat16)
+        if args.float8:
+            from dinov2_dense.models.float8 import float8_linears
 
-        float8_linears(model.backbone)
-    compile_blocks(model.backbone, "default")
-    x = torch.randn(1, 3, 512, 683, device="cuda")
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}; test {model.test_cfg}"
-          f"{'; FP8 linear layers' if args.float8 else ''}", flush=True)
-    with torch.inference_mode():
-        for crops in args.crop_batch_sizes:
-            for _ in range(2):
-                model.predict(x, crop_batch_size=crops)
-            torch.cuda.synchronize()
+            float8_linears(model.backbone)
+        if mode == "static-autotune":
+            for block in model.backbone.blocks:
+                block.compile(mode="max-autotune-no-cudagraphs", dynamic=False)
+        elif mode != "none":
+            compile_blocks(model.backbone, mode)
+        print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}; test {model.test_cfg}"
+              f"{'; FP8 linear layers' if args.float8 else ''}; blocks compiled: {mode}", flush=True)
+        with torch.inference_mode():
             t = time.perf_counter()
-            for _ in range(args.repeats):
-                model.predict(x, crop_batch_size=crops)
+            out = model.predict(x, crop_batch_size=args.crop_batch_sizes[0]).float()
             torch.cuda.synchronize()
-            print(f"crop_batch_size {crops}: {(time.perf_counter() - t) / args.repeats:.3f} s an image", flush=True)
+            print(f"first prediction (compiling, autotuning): {time.perf_counter() - t:.1f} s", flush=True)
+            if first is None:
+                first = out
+            else:
+                print(f"largest difference from {args.compile_modes[0]}: {(out - first).abs().max().item():.3g}, "
+                      f"labels changed: {(out.argmax(1) != first.argmax(1)).float().mean().item():.2%}", flush=True)
+            for crops in args.crop_batch_sizes:
+                for _ in range(2):
+                    model.predict(x, crop_batch_size=crops)
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(args.repeats):
+                    model.predict(x, crop_batch_size=crops)
+                torch.cuda.synchronize()
+                print(f"crop_batch_size {crops}: {(time.perf_counter() - t) / args.repeats:.3f} s an image", flush=True)
+    with torch.inference_mode():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
