@@ -13,8 +13,11 @@ decode like photographs) into a temporary folder, then times:
   once with the 8-bit resize (``resize_8bit=True``, ``--resize-8bit`` in the commands), and the time
   of the store's weight fingerprint (a fixed cost per run; into a fresh store it is hashed in a
   thread beside the embedding);
-* with the most workers and the 8-bit resize, each batch read by one worker against read in parts
-  by several (``features.PARTS_PER_BATCH``; the first batch is ready sooner), twice each, alternating;
+* with the most workers and the 8-bit resize, each batch read by one worker (the toolkit's
+  ``features.PARTS_PER_BATCH``) against read in 4 parts by as many (the first batch is ready sooner,
+  each part is one more hand-over), twice each, alternating; then the workers at this process's
+  priority against niceness +10 (``features.WORKER_NICE``), twice each, alternating, and one worker
+  fewer (a core left to the process feeding the model);
 * on CUDA, the device synchronisations torch reports in one ``embed_images`` run (8-bit, most
   workers): each batch should wait only for its own pooled features' copy back;
 * on CUDA, ``embed_images`` with the most workers again with the workers' batches not pinned (the
@@ -232,16 +235,16 @@ def unpinned():
 
 
 @contextlib.contextmanager
-def batch_parts(parts: int | None):
-    """embed_images reading each batch in ``parts`` parts (None: as set in the toolkit)."""
+def features_setting(name: str, value):
+    """The toolkit's ``features.<name>`` set to ``value`` while in the block (None: as it is)."""
     from dinov2_dense import features
 
-    setting = features.PARTS_PER_BATCH
-    features.PARTS_PER_BATCH = setting if parts is None else parts
+    setting = getattr(features, name)
+    setattr(features, name, setting if value is None else value)
     try:
         yield
     finally:
-        features.PARTS_PER_BATCH = setting
+        setattr(features, name, setting)
 
 
 def count_syncs(run) -> collections.Counter:
@@ -284,7 +287,7 @@ def main() -> int:
                          "one-image timings or ceilings)")
     args = ap.parse_args()
 
-    from dinov2_dense import features, load_backbone
+    from dinov2_dense import load_backbone
     from dinov2_dense.checkpoints import fingerprint
     from dinov2_dense.evaluation.knn import pool_features
     from dinov2_dense.features import extract_features
@@ -339,14 +342,20 @@ def main() -> int:
 
         runs = itertools.count()
 
-        def embed(workers: int, eight: bool, pinned: bool = True, parts: int | None = None) -> None:
+        def embed(workers: int, eight: bool, pinned: bool = True, parts: int | None = None,
+                  nice: int | None = None) -> None:
             """embed_images over the folder into a fresh store, timed; ``parts``: each batch read in
-            that many parts (features.PARTS_PER_BATCH) instead of the toolkit's setting."""
-            kind = f"{workers} workers, {'8-bit' if eight else 'float'} resize{'' if pinned else ', NOT pinned'}"
+            that many parts (features.PARTS_PER_BATCH), ``nice``: the workers' added niceness
+            (features.WORKER_NICE), instead of the toolkit's settings."""
+            kind = (f"{workers} worker{'s' if workers != 1 else ''}, {'8-bit' if eight else 'float'} resize"
+                    f"{'' if pinned else ', NOT pinned'}")
             if parts is not None:
                 kind += f", batches read in {parts} part{'s' if parts > 1 else ''}"
+            if nice is not None:
+                kind += f", workers' niceness +{nice}"
             store = Path(tmp) / f"store_{next(runs)}"  # fresh each time (a finished store would be reused)
-            with contextlib.nullcontext() if pinned else unpinned(), batch_parts(parts):
+            with (contextlib.nullcontext() if pinned else unpinned(), features_setting("PARTS_PER_BATCH", parts),
+                  features_setting("WORKER_NICE", nice)):
                 timed(f"embed_images, {kind}", lambda: len(embed_images(
                     model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers,
                     progress=False, resize_8bit=eight)))
@@ -356,8 +365,14 @@ def main() -> int:
                 embed(workers, eight)
         workers = max(args.num_workers)
         if workers > 0:  # the first batch read by several workers against each batch by one (the fixed cost of a run)
-            for parts in (1, features.PARTS_PER_BATCH, 1, features.PARTS_PER_BATCH):
+            for parts in (1, 4, 1, 4):
                 embed(workers, True, parts=parts)
+            # the workers at this process's priority or nicer (the process feeding the model shares
+            # the cores with them), then one worker fewer than asked at this priority
+            for nice in (0, 10, 0, 10):
+                embed(workers, True, nice=nice)
+            if workers > 1:
+                embed(workers - 1, True)
         if device.type == "cuda":  # each batch should wait only for its own copy back (an event), nothing else
             syncs = count_syncs(lambda: embed_images(model, paths, Path(tmp) / f"store_{next(runs)}", size=args.size,
                                                      batch_size=args.batch_size, num_workers=workers, progress=False,

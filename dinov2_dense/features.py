@@ -642,6 +642,12 @@ def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: Fea
 #: Tensors at least this large travel from the DataLoader workers through reused shared slots.
 SLOT_MIN_BYTES = 1 << 16
 
+#: Niceness added to the DataLoader workers of :func:`map_in_workers` (0: they run at this process's
+#: priority). With as many workers as cores, the workers keep every core busy and the process that
+#: feeds a GPU shares a core with them; nicer workers leave it the CPU when it needs it.
+#: An A/B setting for ``benchmarks/folder_speed.py`` until a GPU machine's figures decide.
+WORKER_NICE = 0
+
 
 #: The slots of each running ``map_in_workers`` (in the main process), by token.
 _OPEN_SLOTS: dict[int, "_Slots"] = {}
@@ -746,6 +752,11 @@ def _as_is(x):
     return x
 
 
+def _start_worker(worker_id: int, nice: int) -> None:
+    """A DataLoader worker's start: ``nice`` added to its niceness (:data:`WORKER_NICE`)."""
+    os.nice(nice)
+
+
 def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool = False):
     """``fn(item)`` for each item, in order: in this process with ``num_workers`` 0, else computed
     ahead by that many DataLoader workers (``fn`` must be picklable: a module-level function or a
@@ -771,7 +782,9 @@ def _from_workers(fn, items: Sequence, workers: int, pin: bool):
     prefetch = 2  # the DataLoader's default: each worker has at most this many items in hand
     slots = _Slots(workers, prefetch + 1)  # + the one being copied out here
     loader = torch.utils.data.DataLoader(_Mapped(fn, items, slots), batch_size=None, collate_fn=_as_is,
-                                         num_workers=workers, prefetch_factor=prefetch, pin_memory=pin)
+                                         num_workers=workers, prefetch_factor=prefetch, pin_memory=pin,
+                                         worker_init_fn=functools.partial(_start_worker, nice=WORKER_NICE)
+                                         if WORKER_NICE else None)
     import cv2
 
     # The workers decode on one OpenCV thread each (N workers with pools the size of the machine fight
@@ -795,20 +808,21 @@ def _from_workers(fn, items: Sequence, workers: int, pin: bool):
 
 
 #: With DataLoader workers, a batch of the curation embedding and of ``knn``'s folder features is read
-#: in this many parts (by as many workers): the first batch is ready after a quarter of the reading
-#: time of a whole one. On a 2-core host, 2 workers, 64-image batches of 500x375 JPEGs, 8-bit resize:
-#: reading alone, first batch after 0.15-0.18 s against 0.18-0.22 s whole, 670-740 images/s against
-#: 740-810 over 384 images; the whole embedding with a one-block ViT (640 images, 4 runs each,
-#: alternating) 366-405 images/s against 367-384. The GPU machine's figures decide
-#: (benchmarks/folder_speed.py prints the A/B).
-PARTS_PER_BATCH = 4
+#: in this many parts (by as many workers, joined before the model): more parts make the first batch
+#: ready sooner, but each part is one more hand-over to this process. Measured on an H100 machine (16
+#: workers, ViT-B/14 bf16 at 224, batches of 64 JPEGs of 500x375, 8-bit resize, two runs of each,
+#: alternating; ``benchmarks/folder_speed.py``): over 10,000 images whole batches ran at 3,517 and
+#: 4,025 images/s against 3,466 and 3,510 in 4 parts; over 2,000 images (where the first batch weighs
+#: more) 1,657 and 2,378 against 2,095 and 2,144. On a 2-core host, 2 workers: the same rate either way.
+#: So whole batches (1); the parts path stays for this A/B.
+PARTS_PER_BATCH = 1
 
 
 def batch_parts(todo: np.ndarray, batch_size: int, num_workers: int) -> tuple[list[np.ndarray], list[bool]]:
     """The rows of ``todo`` in batches of ``batch_size``, as the parts one read covers, and whether
     each part ends its batch. With workers a batch comes in :data:`PARTS_PER_BATCH` parts (8 rows
-    at least each): several workers read the first batch together, so it is ready sooner (the model
-    still sees whole batches, :func:`join_parts`); in this process a part is a whole batch."""
+    at least each), read by as many workers (the model still sees whole batches, :func:`join_parts`);
+    in this process a part is a whole batch."""
     part = batch_size if num_workers == 0 else min(batch_size, max(8, -(-batch_size // PARTS_PER_BATCH)))
     parts, ends = [], []
     for j in range(0, len(todo), batch_size):

@@ -236,12 +236,14 @@ def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch
 
 
 def test_workers_read_parts_of_a_batch_and_start_while_the_weights_are_hashed(tmp_path, monkeypatch):
-    """With workers, each reads at most a quarter batch (8 images at least), so the first batch is
-    ready sooner; the model still sees whole batches (an unreadable image dropped), and the rows equal
-    those of one process exactly. A fresh store starts its workers before hashing the weights; a
-    resumed one hashes first (the rows still to do depend on it)."""
+    """With workers and batches read in 4 parts (features.PARTS_PER_BATCH, 1 by default), each reads
+    at most a quarter batch (8 images at least); the model still sees whole batches (an unreadable
+    image dropped), and the rows equal those of one process exactly. A fresh store starts its workers
+    before hashing the weights; a resumed one hashes first (the rows still to do depend on it)."""
     import dinov2_dense.checkpoints as checkpoints
     import dinov2_dense.features as features
+
+    monkeypatch.setattr(features, "PARTS_PER_BATCH", 4)
 
     folder = _images(tmp_path / "imgs", 19)  # and zz_broken.png: 20 files
     model = tiny_vit(depth=2, dim=32, img=28).eval()
@@ -281,6 +283,10 @@ def test_workers_read_parts_of_a_batch_and_start_while_the_weights_are_hashed(tm
     resumed = embed_images(model, folder, tmp_path / "r", size=28, batch_size=16, progress=False, num_workers=2)
     assert events == ["hash", "workers"] and parts == [4] and batches == [3]
     assert np.array_equal(np.asarray(resumed.embeddings), np.asarray(here.embeddings))
+    monkeypatch.setattr(features, "PARTS_PER_BATCH", 1)  # the default: a worker reads a whole batch
+    parts[:] = []
+    embed_images(model, folder, tmp_path / "whole", size=28, batch_size=16, progress=False, num_workers=2)
+    assert parts == [16, 4]
 
 
 def test_a_fresh_store_embeds_while_the_weights_are_hashed_and_resumes_only_once_they_are(tmp_path, monkeypatch):
@@ -364,9 +370,12 @@ def test_a_full_disk_stops_the_embedding_naming_the_file_before_any_row(tmp_path
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
-def test_embedding_on_cuda_in_parts_matches_the_cpu(tmp_path):
+def test_embedding_on_cuda_in_parts_matches_the_cpu(tmp_path, monkeypatch):
     """On a GPU the parts of a batch arrive pinned (float and uint8), are normalised there and joined:
     the rows equal the CPU's to float tolerance, with the same names and unreadable list."""
+    import dinov2_dense.features as features
+
+    monkeypatch.setattr(features, "PARTS_PER_BATCH", 4)
     folder = _images(tmp_path / "imgs", 19)
     model = tiny_vit(depth=2, dim=32, img=28).eval()
     stores = {}
@@ -560,12 +569,16 @@ def test_8bit_resized_images_travel_as_uint8_with_the_same_rows(tmp_path, monkey
     assert np.array_equal(np.asarray(store.embeddings), want)
 
 
-def test_a_bf16_model_gives_the_same_rows_from_parts_of_mixed_dtypes(tmp_path):
+def test_a_bf16_model_gives_the_same_rows_from_parts_of_mixed_dtypes(tmp_path, monkeypatch):
     """A batch read in parts, one all 8-bit (uint8, normalised on the device) beside one holding a
     16-bit image (bf16), is rounded as the whole batch read at once: the rows do not depend on the
     workers."""
     import cv2
     import torch
+
+    import dinov2_dense.features as features
+
+    monkeypatch.setattr(features, "PARTS_PER_BATCH", 4)
 
     folder = _images(tmp_path / "imgs", 15, broken=False)
     deep = np.random.default_rng(2).integers(0, 65535, (33, 41, 3), dtype=np.uint16)

@@ -346,9 +346,12 @@ def test_folder_features(tmp_path):
 
 
 def test_folder_features_are_read_in_parts_of_batches_with_the_same_numbers(tmp_path, monkeypatch):
-    """With workers, knn's folder features read batches of files in parts (not one image a worker
-    item): the same features, kept and skipped lists as in one process, an unreadable file among them."""
+    """With workers, knn's folder features read batches of files (whole by default, here in 4 parts:
+    features.PARTS_PER_BATCH), not one image a worker item: the same features, kept and skipped lists
+    as in one process, an unreadable file among them."""
     import dinov2_dense.features as features
+
+    monkeypatch.setattr(features, "PARTS_PER_BATCH", 4)
 
     root = write_folder(tmp_path / "data", per_class=10)
     (root / "cat" / "broken.png").write_bytes(b"not a png at all")  # 21 files: batches of 16 and 5

@@ -4,6 +4,7 @@ against the plain path; none may change a result beyond float (or bf16) toleranc
 
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -249,6 +250,21 @@ def test_workers_start_before_the_first_result_is_asked_for(tmp_path):
     early = map_in_workers(functools.partial(touch_marker, folder=str(tmp_path)), [6, 7, 8], 2)
     early.close()
     assert list(early) == []
+
+
+def own_niceness(_) -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_workers_niceness_follows_the_setting(monkeypatch):
+    """features.WORKER_NICE (0 by default) is added to each worker's niceness; this process keeps its own."""
+    import dinov2_dense.features as features
+
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    assert set(map_in_workers(own_niceness, [0, 1, 2, 3], 2)) == {here}
+    monkeypatch.setattr(features, "WORKER_NICE", 3)
+    assert set(map_in_workers(own_niceness, [0, 1, 2, 3], 2)) == {min(here + 3, 19)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here
 
 
 def large_result(k: int):
