@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from dinov2_dense import extract_features, load_backbone
 from dinov2_dense.cli import main
-from dinov2_dense.hub import build_backbone
+from dinov2_dense.hub import DEFAULT_EMBEDDED, build_backbone
 
 from .conftest import randomize_
 
@@ -308,3 +308,24 @@ def test_an_image_taken_for_a_size_value_gets_a_hint(command, capsys):
     for line in re.findall(rf"^dinov2-dense {command} .*$", readme, flags=re.M):
         args = build_parser().parse_args(shlex.split(line.split("  #")[0])[1:])
         assert args.images or getattr(args, "video", None), line
+
+
+def test_pretrain_and_distill_without_weights_suggest_their_own_options(tmp_path, monkeypatch, capsys):
+    """A missing teacher (distill) or pretrained student (pretrain) names options those commands have
+    (--teacher, --cfg-options student.pretrained_weights=...), not the --model of the feature commands."""
+    (tmp_path / "no_weights_here").mkdir()
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(tmp_path / "no_weights_here"))
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    config = tmp_path / "tiny.py"
+    config.write_text('student = dict(arch="custom", embed_dim=48, depth=2, num_heads=2, patch_size=14)\n'
+                      'crops = dict(global_crops_size=56, local_crops_size=28, local_crops_number=2)\n'
+                      f'train = dict(batch_size_per_gpu=4, num_workers=0, dataset={str(tmp_path)!r})\n')
+    runs = {"distill": ["distill", str(config), "--teacher", "dinov2_vits14"],
+            "pretrain": ["pretrain", str(config), "--cfg-options", "student.pretrained_weights=dinov2_vits14",
+                         "student.arch=vit_small", "student.embed_dim=384", "student.depth=12", "student.num_heads=6"]}
+    for name, args in runs.items():
+        assert main([*args, "--work-dir", str(tmp_path / name), "--no-progress"]) == 2, name
+        err = capsys.readouterr().err
+        assert "dinov2_vits14" in err and "--model" not in err, err
+        assert (f"--teacher {DEFAULT_EMBEDDED}" in err) == (name == "distill"), err
+        assert f"student.pretrained_weights={DEFAULT_EMBEDDED}" in err, err

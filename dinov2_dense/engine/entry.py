@@ -357,8 +357,22 @@ def run_pretrain(args: argparse.Namespace) -> int:
                          "file) or set it in the config")
     # pretrain() refuses a work dir holding another run unless --resume or --overwrite (it deletes that run
     # once the config is checked and the model built)
-    result = pretrain(sections, work_dir, resume=args.resume, overwrite=args.overwrite, max_iters=args.max_iters,
-                      source=args.config, progress=not args.no_progress)
+    try:
+        result = pretrain(sections, work_dir, resume=args.resume, overwrite=args.overwrite, max_iters=args.max_iters,
+                          source=args.config, progress=not args.no_progress)
+    except OSError as exc:
+        from dinov2_dense.hub import DEFAULT_EMBEDDED, NO_WEIGHTS_HINT, WeightsNotFoundError
+
+        if NO_WEIGHTS_HINT not in str(exc):
+            raise
+        # a teacher's or a pretrained student's weights are not here: the options of the hint are this command's
+        embedded = f"{DEFAULT_EMBEDDED} (a small backbone embedded in the package, pretrained by us on synthetic scenes)"
+        hint = (f"To go on without a download: --teacher {embedded} for the teacher; for a student, "
+                f"student.pretrained_weights={DEFAULT_EMBEDDED} in --cfg-options, or none (from scratch)"
+                if getattr(args, "distill_only", False) else
+                f"To go on without a download: --cfg-options student.pretrained_weights={embedded}, or leave "
+                "student.pretrained_weights out to train from scratch")
+        raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, hint)) from None
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
                  if k in ("iteration", "total_loss", "images_per_s", "knn_top1", "probe_miou")}
