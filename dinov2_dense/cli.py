@@ -968,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
     code = 1
     try:
-        code = _run(args, prog, debug)
+        code = run_command(args, prog, debug)
         try:  # output buffered for a pipe is written here, not by the command: a reader that left shows now
             sys.stdout.flush()
         except BrokenPipeError:
@@ -992,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, prog: str, debug: bool) -> int:
+def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
     """The command, with every error turned into one line and an exit code."""
     try:
         return args.func(args)

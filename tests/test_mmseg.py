@@ -255,3 +255,146 @@ def test_depth_protocol_transforms_and_metric_crops():
     ours = depth_metrics(pred.numpy(), depth, min_depth=0.001, max_depth=80.0, crop="garg")
     assert got["abs_rel"] == pytest.approx(ours["abs_rel"], rel=1e-3)
     assert got["rmse"] == pytest.approx(ours["rmse"], rel=1e-3)
+
+
+# -- python -m dinov2_dense.mmseg.convert ------------------------------------------------------------
+def _mmseg_checkpoint(path: Path, backbone: dict | None = None) -> Path:
+    """An mmseg training checkpoint of dinov2_vits14_ade20k_linear's head (random, non-init), with the
+    meta and optimizer state a Runner saves beside the weights."""
+    head = LinearHead.preset("lin.", 384, 150)
+    randomize_(head, seed=5, std=0.2)
+    state = {f"decode_head.{k}": v for k, v in head.state_dict().items()}
+    state.update({f"backbone.{k}": v for k, v in (backbone or {}).items()})
+    torch.save({"state_dict": state, "meta": {"iter": 40}, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return path
+
+
+def _convert(capsys, *argv) -> tuple[int, str]:
+    from dinov2_dense.mmseg.convert import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_convert_refuses_to_write_over_its_input_or_an_existing_file(tmp_path, capsys):
+    from dinov2_dense.checkpoints import read_checkpoint
+
+    ckpt = _mmseg_checkpoint(tmp_path / "iter_40.pth")
+    before = ckpt.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pth").symlink_to(ckpt)
+    for out in (ckpt, tmp_path / "sub" / ".." / "iter_40.pth", tmp_path / "link.pth"):
+        for extra in ((), ("--overwrite",)):  # never, not even when asked to replace an existing output
+            code, err = _convert(capsys, "from-mmseg", ckpt, out, *extra)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert f"output {out} is the input checkpoint {ckpt}" in err
+    assert ckpt.read_bytes() == before and torch.load(ckpt, weights_only=True)["meta"] == {"iter": 40}
+
+    # another existing file is replaced only with --overwrite
+    other = tmp_path / "iter_20.pth"
+    other.write_bytes(b"another checkpoint")
+    code, err = _convert(capsys, "from-mmseg", ckpt, other)
+    assert code == 2 and f"output {other} exists" in err and "--overwrite" in err
+    assert other.read_bytes() == b"another checkpoint"
+    assert _convert(capsys, "from-mmseg", ckpt, other, "--overwrite")[0] == 0
+    assert read_checkpoint(other).keys() == torch.load(ckpt, weights_only=True)["state_dict"].keys()
+
+    # to-mmseg: neither the weights file nor the backbone weights are the output
+    ours = tmp_path / "ours.safetensors"
+    assert _convert(capsys, "from-mmseg", ckpt, ours)[0] == 0
+    written = ours.read_bytes()
+    for argv in (("to-mmseg", ours, ours), ("to-mmseg", ours, ours, "--overwrite"),
+                 ("to-mmseg", ours, tmp_path / "sub" / ".." / "ours.safetensors", "--backbone-weights", ckpt),
+                 ("to-mmseg", ckpt, ckpt, "--backbone-weights", ours)):
+        code, err = _convert(capsys, *argv)
+        assert code == 2 and " is the input " in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert ours.read_bytes() == written and ckpt.read_bytes() == before
+
+
+def test_convert_errors_are_one_line_naming_the_file_or_option_with_exit_code_2(tmp_path, capsys):
+    ckpt = _mmseg_checkpoint(tmp_path / "iter_40.pth")
+    out = tmp_path / "ours.safetensors"
+    cases = [
+        (("from-mmseg", tmp_path / "nope.pth", out), f"{tmp_path / 'nope.pth'}: no such weight file"),
+        (("from-mmseg", ckpt, out, "--model", "nope"), "--model nope: unknown model 'nope'"),
+        (("from-mmseg", ckpt, out, "--model", "dinov2_vitb14_ade20k_linear"),
+         "does not fit the head of dinov2_vitb14_ade20k_linear"),
+        (("to-mmseg", tmp_path / "nope.safetensors", tmp_path / "back.pth"), "nope.safetensors: no such weight file"),
+        (("to-mmseg", ckpt, tmp_path / "back.pth", "--backbone", "nope", "--backbone-weights", ckpt),
+         "--backbone nope: unknown backbone 'nope'"),
+    ]
+    for argv, says in cases:
+        code, err = _convert(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err and says in err, (argv, err)
+        assert err.startswith(f"python -m dinov2_dense.mmseg.convert {argv[0]}: error: ")
+    # a head that fits with a backbone that does not (torch's strict load raised RuntimeError: exit 1)
+    bad = _mmseg_checkpoint(tmp_path / "other_backbone.pth", backbone={"cls_token": torch.zeros(1, 1, 32)})
+    code, err = _convert(capsys, "from-mmseg", bad, out, "--model", "dinov2_vits14_ade20k_linear")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{bad}: its backbone.* tensors do not fit the backbone of dinov2_vits14_ade20k_linear" in err
+    assert "cls_token (1, 1, 32) vs (1, 1, 384)" in err
+    assert not out.exists()
+    # --debug (before or after the direction) shows the traceback, with the same exit code
+    for argv in (("--debug", "from-mmseg", ckpt, out, "--model", "nope"),
+                 ("from-mmseg", ckpt, out, "--model", "nope", "--debug")):
+        code, err = _convert(capsys, *argv)
+        assert code == 2 and "Traceback" in err and "--model nope: unknown model" in err, err
+
+
+def test_convert_says_a_users_file_is_not_a_checkpoint_without_advising_to_delete_it(tmp_path, capsys):
+    from dinov2_dense.checkpoints import CheckpointError
+    from dinov2_dense.mmseg import from_mmseg, to_mmseg
+
+    notes = tmp_path / "notes.py"
+    notes.write_text("x = 1\n")
+    cut = _mmseg_checkpoint(tmp_path / "cut.pth")
+    cut.write_bytes(cut.read_bytes()[:5000])  # cut short
+    for convert, src, expected in ((from_mmseg, notes, "expected an mmseg checkpoint"),
+                                   (from_mmseg, cut, "expected an mmseg checkpoint"),
+                                   (to_mmseg, notes, "expected a dinov2-dense weights file")):
+        with pytest.raises(CheckpointError) as info:
+            convert(src, tmp_path / "out.pth")
+        message = str(info.value)
+        assert message.startswith(f"{src}: not a") and expected in message, message
+        assert "delete" not in message and "fetch" not in message, message
+    assert "text file" in _convert(capsys, "from-mmseg", notes, tmp_path / "out.safetensors")[1]
+    assert notes.read_text() == "x = 1\n" and not (tmp_path / "out.pth").exists()
+
+
+def test_python_m_convert_converts_without_a_runpy_warning(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dinov2_dense.checkpoints import read_checkpoint
+    from dinov2_dense.mmseg import convert
+
+    # the package's names still come from the converter, imported when first asked for
+    assert mmseg_plugin.from_mmseg is convert.from_mmseg and mmseg_plugin.to_mmseg is convert.to_mmseg
+    assert {"from_mmseg", "to_mmseg"} <= set(mmseg_plugin.__all__) <= set(dir(mmseg_plugin))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mmseg_plugin.nope  # noqa: B018
+
+    ckpt = _mmseg_checkpoint(tmp_path / "iter_40.pth")
+    run = subprocess.run([sys.executable, "-m", "dinov2_dense.mmseg.convert", "from-mmseg", str(ckpt), "ours.pth"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "RuntimeWarning" not in run.stderr and "sys.modules" not in run.stderr, run.stderr[-2000:]
+    assert run.stdout.strip() == "ours.pth"
+    want = torch.load(ckpt, weights_only=True)["state_dict"]
+    got = read_checkpoint(tmp_path / "ours.pth")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_backbone_init_weights_keeps_the_loaded_weights():
+    """init_weights() on the plugin's backbone itself (not only through mmseg's EncoderDecoder, which
+    skips it) keeps the weights loaded in __init__."""
+    from dinov2_dense.mmseg.backbone import DINOv2
+
+    backbone = DINOv2(arch="dinov2_dense_tiny", weights="official")
+    backbone.init_weights()
+    reference = load_backbone("dinov2_dense_tiny").state_dict()
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, reference[key]), key

@@ -32,7 +32,6 @@ from dinov2_dense.engine import register_all  # noqa: E402
 register_all()  # CheckpointSanitizerHook, OneCycleMomentum, ...: mmengine's root registries, found from mmseg's scope
 
 from .backbone import DINOv2  # noqa: E402
-from .convert import from_mmseg, to_mmseg  # noqa: E402
 from .datasets import NYUToolboxDataset, SyntheticADE20KDataset  # noqa: E402
 from .heads import DINOv2BNHead, DINOv2DPTDepthHead, DINOv2DPTHead, DINOv2LinearDepthHead  # noqa: E402
 from .losses import GradientLoss, SigLoss  # noqa: E402
@@ -43,3 +42,18 @@ __all__ = [
     "DINOv2", "DINOv2BNHead", "DINOv2DPTDepthHead", "DINOv2DPTHead", "DINOv2DepthAugment", "DINOv2DepthEstimator",
     "DINOv2DepthMetric", "DINOv2LinearDepthHead", "GradientLoss", "KBCrop", "NYUToolboxDataset", "SigLoss", "SyntheticADE20KDataset", "from_mmseg", "to_mmseg",
 ]
+
+
+def __getattr__(name: str):
+    """``from_mmseg`` and ``to_mmseg`` from :mod:`.convert`, imported on first use: imported here, the
+    module would be in ``sys.modules`` before ``python -m dinov2_dense.mmseg.convert`` runs it as
+    ``__main__``, and runpy warns about that on every call."""
+    if name in ("from_mmseg", "to_mmseg"):
+        from . import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

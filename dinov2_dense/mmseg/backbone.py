@@ -44,6 +44,10 @@ class DINOv2(DinoVisionTransformer):
             self.requires_grad_(False)
             super().train(False)
 
+    def init_weights(self) -> None:
+        """Nothing: the backbone was built initialised or loaded with its weights in ``__init__``, so
+        an ``init_weights()`` call (mmseg's, or a user's on the backbone itself) keeps them."""
+
     def train(self, mode: bool = True) -> "DINOv2":
         return super().train(False if self.frozen else mode)
 

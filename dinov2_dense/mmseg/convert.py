@@ -10,6 +10,11 @@ An mmseg checkpoint of the plugin's models (``{"state_dict": {"backbone.*", "dec
   ``backbone_weights``) as an mmseg checkpoint for ``load_from`` / ``tools/test.py``.
 
     python -m dinov2_dense.mmseg.convert from-mmseg work_dirs/iter_40000.pth ours.safetensors --model dinov2_vits14_ade20k_linear
+
+The output is never the input (the checkpoint's meta and optimizer state would be lost), and an
+existing output file is replaced only with ``--overwrite`` (``overwrite=True``): it may be another
+checkpoint. Errors in what was given end the command with exit code 2 and one line naming the file or
+option (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dinov2_dense.checkpoints import CheckpointError, read_checkpoint, save_safetensors
-from dinov2_dense.fileio import atomic_path
+from dinov2_dense.checkpoints import (CheckpointError, CheckpointReadError, key_mismatches, read_checkpoint,
+                                      save_safetensors)
+from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
 
 __all__ = ["from_mmseg", "to_mmseg"]
 
@@ -31,9 +37,49 @@ def _ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
             and not k.startswith("decode_head.loss_decode.")}
 
 
-def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str | None = None) -> Path:
+#: What each direction reads, for the message about a file that is not one.
+_MMSEG_CHECKPOINT = "an mmseg checkpoint (the .pth files mmseg's Runner saves in its work_dir)"
+_OUR_WEIGHTS = "a dinov2-dense weights file (.safetensors or .pth with decode_head.* tensors) or an official head file"
+
+
+def _check_output(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], overwrite: bool) -> Path:
+    """Refuse, before anything is read, an output that is one of the ``inputs`` (label -> path; the
+    same file by any spelling, symlink or hard link) or an existing file without ``overwrite``."""
+    out = Path(out)
+    for label, path in inputs.items():
+        if path is not None and _same_file(path, out):
+            raise OutputError(f"output {out} is the {label} {path}: converting in place would replace it with "
+                              "the converted tensors (and lose all else it holds); give another output file")
+    if out.is_file() and not overwrite:
+        raise OutputError(f"output {out} exists; give another file name, or pass --overwrite to replace it")
+    return check_output_file(out, what="output")
+
+
+def _same_file(a: str | os.PathLike, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
+def _read(path: str | os.PathLike, expected: str) -> dict[str, Tensor]:
+    """:func:`read_checkpoint`, with advice for a user's own file: what was expected. (Its own advice,
+    to delete the file and fetch it again, is for downloaded weights, not for a file of the user's.)"""
+    try:
+        return read_checkpoint(path)
+    except CheckpointReadError as exc:
+        raise CheckpointReadError(exc.path, exc.reason, f"expected {expected}") from exc
+
+
+def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str | None = None,
+               overwrite: bool = False) -> Path:
     """An mmseg checkpoint -> a dinov2-dense weights file (see the module's docstring)."""
-    state = _ours(read_checkpoint(checkpoint))
+    if model is not None:
+        from dinov2_dense.zoo import get_model_spec
+
+        get_model_spec(model)  # an unknown name stops us before the checkpoint is read
+    out = _check_output(out, {"input checkpoint": checkpoint}, overwrite)
+    state = _ours(_read(checkpoint, _MMSEG_CHECKPOINT))
     if not any(k.startswith("decode_head.") for k in state):
         raise CheckpointError(f"{checkpoint}: no decode_head.* tensors (not a checkpoint of a plugin model?)")
     if model is not None:
@@ -43,8 +89,11 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
         load_head_weights(built, state, str(checkpoint))
         backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         if backbone:
+            parts = key_mismatches(built.backbone.state_dict(), backbone)
+            if parts:
+                raise CheckpointError(f"{checkpoint}: its backbone.* tensors do not fit the backbone of {model}: "
+                                      + "; ".join(parts))
             built.backbone.load_state_dict(backbone, strict=True)
-    out = Path(out)
     if out.suffix == ".safetensors":
         return save_safetensors(state, out, metadata={"format": "dinov2-dense", "source": "mmseg"})
     with atomic_path(out) as tmp:
@@ -53,10 +102,11 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
 
 
 def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weights: str | None = None,
-             backbone: str = "dinov2_vits14") -> Path:
+             backbone: str = "dinov2_vits14", overwrite: bool = False) -> Path:
     """A dinov2-dense weights file (or an official head file plus ``backbone_weights`` for
     ``backbone``) -> an mmseg checkpoint."""
-    state = _ours(read_checkpoint(weights))
+    out = _check_output(out, {"input weights file": weights, "backbone weights file": backbone_weights}, overwrite)
+    state = _ours(_read(weights, _OUR_WEIGHTS))
     if not any(k.startswith("decode_head.") for k in state):
         raise CheckpointError(f"{weights}: no decode_head.* tensors")
     if not any(k.startswith("backbone.") for k in state) and backbone_weights is not None:
@@ -64,32 +114,63 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
 
         state.update({f"backbone.{k}": v for k, v in load_backbone(backbone, weights=backbone_weights)
                       .state_dict().items()})
-    out = Path(out)
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "meta": {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}}, tmp)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: 0 when converted, 2 for an error in what was given (one line; ``--debug`` or
+    ``DINOV2_DENSE_DEBUG=1`` for the traceback), 1 for a bug (with its traceback), as ``dinov2-dense``."""
     import argparse
+
+    from dinov2_dense.cli import DEBUG_ENV, run_command
 
     ap = argparse.ArgumentParser(prog="python -m dinov2_dense.mmseg.convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="direction", required=True)
-    a = sub.add_parser("from-mmseg")
+    a = sub.add_parser("from-mmseg", help="an mmseg checkpoint -> a load_model weights file")
     a.add_argument("checkpoint")
     a.add_argument("out")
     a.add_argument("--model", default=None, help="zoo model whose head the checkpoint must fit")
-    b = sub.add_parser("to-mmseg")
+    a.set_defaults(func=_cmd_from_mmseg)
+    b = sub.add_parser("to-mmseg", help="a load_model weights file (or an official head file) -> an mmseg checkpoint")
     b.add_argument("weights")
     b.add_argument("out")
     b.add_argument("--backbone", default="dinov2_vits14")
     b.add_argument("--backbone-weights", default=None)
+    b.set_defaults(func=_cmd_to_mmseg)
+    for command in (a, b):
+        command.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of an error")
     args = ap.parse_args(argv)
-    if args.direction == "from-mmseg":
-        print(from_mmseg(args.checkpoint, args.out, args.model))
-    else:
-        print(to_mmseg(args.weights, args.out, args.backbone_weights, args.backbone))
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    return run_command(args, f"{ap.prog} {args.direction}", debug)
+
+
+def _cmd_from_mmseg(args) -> int:
+    if args.model is not None:
+        from dinov2_dense.zoo import get_model_spec
+
+        try:
+            get_model_spec(args.model)
+        except KeyError as exc:
+            raise KeyError(f"--model {args.model}: {exc.args[0]}") from None
+    print(from_mmseg(args.checkpoint, args.out, args.model, overwrite=args.overwrite))
+    return 0
+
+
+def _cmd_to_mmseg(args) -> int:
+    if args.backbone_weights is not None and not Path(args.backbone).is_file():  # a zoo name, or an architecture JSON
+        from dinov2_dense.hub import get_spec
+
+        try:
+            get_spec(args.backbone)
+        except KeyError as exc:
+            raise KeyError(f"--backbone {args.backbone}: {exc.args[0]}") from None
+    print(to_mmseg(args.weights, args.out, args.backbone_weights, args.backbone, overwrite=args.overwrite))
     return 0
 
 
