@@ -96,7 +96,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     except pickle.UnpicklingError:  # torch's own text would advise weights_only=False: not for files we did not write
         problem = _problem_or_none(path)
         if problem is not None:
-            raise CheckpointReadError(path, f"not a weight file: it is {problem}", REFETCH) from None
+            raise CheckpointReadError(path, f"not a weight file: it is {problem}", NOT_WEIGHTS) from None
         raise CheckpointReadError(path, "not a weight file of tensors (it holds Python objects that are not loaded, "
                                         "for safety)") from None
     except Exception as exc:  # torch and safetensors raise many types for broken files
@@ -108,7 +108,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     return _unwrap(obj, path)
 
 
-REFETCH = "delete it and fetch it again"
+#: Advice for a file that is damaged or cut short (the weights cache's own files get their own, in hub).
+REFETCH = "if it was downloaded, fetch it again"
+#: Advice for a file that is no weight file at all (a user's file given by mistake: not to be deleted).
+NOT_WEIGHTS = "give a weight file (.pth, .pt, .bin or .safetensors) or a Hugging Face save_pretrained folder"
 
 
 def _problem_or_none(path: Path) -> str | None:

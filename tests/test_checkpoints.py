@@ -264,7 +264,7 @@ def test_damaged_zip_entry_message_is_whole(tmp_path: Path) -> None:
     msg = str(info.value)
     assert re.search(r"PytorchStreamReader failed reading file data/0: [^()]*corrupted\.\)", msg), msg
     assert "If you are seeing" not in msg
-    assert msg.startswith(str(bad)) and msg.endswith("delete it and fetch it again")
+    assert msg.startswith(str(bad)) and msg.endswith("if it was downloaded, fetch it again")
 
 
 # -- Hugging Face sharded saves ----------------------------------------------------------------
@@ -387,3 +387,15 @@ def test_architecture_json_without_weights_names_both_ways(tmp_path: Path) -> No
     msg = str(info.value)
     for way in ("weights=FILE", "weights=None", "--weights FILE", "--weights random"):
         assert way in msg, msg
+
+
+def test_a_users_text_file_is_not_a_weight_file_and_is_not_to_be_deleted(tmp_path):
+    """A file of the user's given as weights by mistake: the error says what it is and what to give,
+    without telling the user to delete it or fetch it again (that advice is for the weights cache)."""
+    notes = tmp_path / "notes.pth"
+    notes.write_text("x = 1\n")
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(notes)
+    msg = str(info.value)
+    assert msg.startswith(str(notes)) and "text file" in msg and "give a weight file" in msg, msg
+    assert "delete" not in msg and "fetch" not in msg, msg
