@@ -6,7 +6,9 @@
   so written files get the mode the umask allows; errors name the target, never the temporary.
 * Multi-file outputs (:func:`staged_dir`): written into a hidden folder beside the target and
   swapped in whole, so a failure (a full disk, Ctrl-C) leaves the old set or the new one, never
-  part of each. A non-empty output folder is refused unless the caller says ``overwrite``.
+  part of each. A non-empty output folder is refused unless the caller says ``overwrite``, and even
+  then it is replaced only when it holds nothing but what an earlier output wrote (its marker lists
+  those entries): a file the user added is named in the error, never deleted.
 * Output checks before any computing (:func:`check_output_file`, :func:`check_output_dir`).
 * :class:`DirLock`: one run per work dir; a second refuses, naming the holder's pid.
 """
@@ -310,8 +312,68 @@ def check_output_file(path: str | os.PathLike, expected_bytes: int | None = None
     return path
 
 
-#: Written into every folder of outputs: ``--overwrite`` replaces only folders that carry it.
+#: Written into every folder of outputs: ``--overwrite`` replaces only folders that carry it. It holds
+#: JSON with ``entries``, the top-level names that the output wrote (:func:`commit_dir`); anything else
+#: in the folder was put there later and is never deleted (:func:`foreign_entries`).
 MARKER = ".dinov2-dense-output"
+
+#: Files an operating system's file browser drops into any folder it shows: replaced with the output.
+_OS_CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def _manifest(folder: Path) -> list[str] | None:
+    """The entries the marker of ``folder`` lists; None for a marker without a list (written by an
+    older version, by ``touch``, or unreadable)."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if isinstance(entries, list) and all(isinstance(e, str) for e in entries):
+        return entries
+    return None
+
+
+def foreign_entries(folder: str | os.PathLike) -> tuple[list[str], bool]:
+    """The top-level entries of ``folder`` that dinov2-dense did not write there (sorted), and whether
+    they were told by the marker's list (False: by modification times, for an older marker).
+
+    * No :data:`MARKER`: every entry.
+    * A marker with its list of entries: those not in the list.
+    * A marker without one (older versions wrote only a pid and a time, after all the output's
+      files): the entries modified after the marker, i.e. added or changed since (a file added with
+      its old time kept, ``mv`` or ``cp -p``, cannot be told apart and counts as the output's).
+    """
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir())
+    names = [n for n in names if n != MARKER and n not in _OS_CLUTTER]
+    if not (folder / MARKER).is_file():
+        return names, True
+    listed = _manifest(folder)
+    if listed is not None:
+        listed_set = set(listed)
+        return [n for n in names if n not in listed_set], True
+    marked = (folder / MARKER).stat().st_mtime_ns
+    newer = []
+    for name in names:
+        try:
+            if os.lstat(folder / name).st_mtime_ns > marked:
+                newer.append(name)
+        except OSError:
+            continue  # removed meanwhile
+    return newer, False
+
+
+def _foreign_message(what: str, path: Path, foreign: list[str], listed: bool, option: str) -> str:
+    shown = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 3 else "")
+    if not (path / MARKER).is_file():
+        return (f"{what} {path} holds files that dinov2-dense did not write ({shown}); {option} replaces only "
+                "earlier outputs: choose another folder, or empty this one yourself")
+    why = "that the earlier output did not write" if listed else (
+        "added or changed after the earlier output was written (by an older dinov2-dense, which did not "
+        "record its files)")
+    return (f"{what} {path} holds entries {why}: {shown}; {option} replaces only the earlier output's own "
+            "files and never deletes others: move these out of the folder and run again, or choose another folder")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -328,8 +390,11 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
     """Fail early, naming ``path``, if a folder of outputs cannot be written there: a file in the
     way, no permission, too little space, or a folder that already holds files (another run's
     outputs would mix with ours) unless ``overwrite``. Even with ``overwrite``, a folder is replaced
-    only if dinov2-dense wrote it (it holds :data:`MARKER`) and holds none of the ``protect`` paths
-    (the command's inputs) nor the current directory: ``--overwrite`` never deletes a user's data."""
+    only if dinov2-dense wrote it (it holds :data:`MARKER`), holds nothing that the earlier output did
+    not write (:func:`foreign_entries`: a file the user added, such as metrics computed from the old
+    output, is named in the error, never deleted nor carried into the new output, where it would
+    describe results that are gone) and holds none of the ``protect`` paths (the command's inputs)
+    nor the current directory: ``--overwrite`` never deletes a user's data."""
     path = Path(path)
     if not str(path) or str(path) == ".":
         raise OutputError(f"{what} {str(path)!r}: give a folder of its own, not the current directory")
@@ -337,7 +402,10 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
         raise OutputError(f"{what} {path} is a file; give a folder")
     if path.is_dir():
         entries = sorted(p.name for p in path.iterdir())
+        foreign, listed = foreign_entries(path) if entries else ([], True)
         if entries and not overwrite:
+            if foreign:
+                raise OutputError(_foreign_message(what, path, foreign, listed, option))
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{what} {path} is not empty ({len(entries)} entries: {shown}); "
                               f"pass {option} to replace its contents, or choose another folder")
@@ -347,9 +415,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
         if inside:
             raise OutputError(f"{what} {path} holds this command's own inputs ({', '.join(inside[:3])}); "
                               "choose another folder")
-        if entries and not (path / MARKER).is_file():
-            raise OutputError(f"{what} {path} holds files that dinov2-dense did not write; {option} replaces only "
-                              "earlier outputs: choose another folder, or empty this one yourself")
+        if foreign:
+            raise OutputError(_foreign_message(what, path, foreign, listed, option))
     _check_creatable(path, what)
     _check_space(path, expected_bytes, what)
     return path
@@ -384,16 +451,26 @@ def _left_by_a_dead_process(tag: str) -> bool:
     return pid.isdigit() and not _alive(int(pid))
 
 
-def commit_dir(stage: Path, path: str | os.PathLike, replace: bool = True, what: str = "output folder") -> Path:
-    """Put the finished ``stage`` folder in place of ``path``. With ``replace`` an existing ``path``
-    (checked to be ours) is moved aside and removed; without, ``path`` must still be absent or
+def commit_dir(stage: Path, path: str | os.PathLike, replace: bool = True, what: str = "output folder",
+               option: str = "--overwrite") -> Path:
+    """Put the finished ``stage`` folder in place of ``path``, with a :data:`MARKER` listing the
+    entries it holds. With ``replace`` an existing ``path`` (checked to be ours) is moved aside and
+    removed, after a last look that it still holds only what the earlier output wrote (a file added
+    while this run computed stops the swap, naming it); without, ``path`` must still be absent or
     empty: a folder that another process filled meanwhile is never replaced."""
     path = Path(path)
-    (stage / MARKER).write_text(json.dumps({"pid": os.getpid(), "written": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    entries = sorted(p.name for p in stage.iterdir() if p.name != MARKER)
+    (stage / MARKER).write_text(json.dumps({"pid": os.getpid(), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                            "entries": entries}))
     old = None
     if replace and path.exists():
         old = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.old"
-        os.replace(path, old)
+        os.replace(path, old)  # aside first: nothing more lands in it by its name while we look
+        foreign, listed = foreign_entries(old)
+        if foreign:
+            os.replace(old, path)
+            raise OutputError(_foreign_message(what, path, foreign, listed, option)
+                              + " (they appeared while this run computed; nothing was replaced)")
     try:
         os.rename(stage, path)  # refuses a non-empty directory in the way
     except OSError as exc:
@@ -425,7 +502,7 @@ def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "
     try:
         stage.mkdir(parents=True)
         yield stage
-        commit_dir(stage, path, replace=replace)
+        commit_dir(stage, path, replace=replace, option=option)
     except OSError as exc:
         if not _about(exc, stage.parent):
             raise

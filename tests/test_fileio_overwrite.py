@@ -1,0 +1,187 @@
+"""``--overwrite`` replaces only what an earlier output wrote (dinov2_dense.fileio).
+
+The marker of an output folder lists the entries the output wrote; a file the user put into the
+folder afterwards (notes, a metrics.json computed from the predictions) is named in a refusal
+before anything is computed or written, and is never deleted. Markers of older versions, which
+list nothing, are told by modification times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dinov2_dense.cli import main
+from dinov2_dense.fileio import MARKER, OutputError, check_output_dir, foreign_entries, staged_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
+
+
+@pytest.fixture
+def fresh_mmengine_loggers():
+    """mmengine keeps its loggers (with handlers on the test's sys.stderr) for the life of the process;
+    a command-line run has one process per command. Drop them after the test."""
+    yield
+    from mmengine.logging import MMLogger
+
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    MMLogger._instance_dict.clear()
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _nothing_beside(folder: Path) -> None:
+    left = [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]
+    assert not left, left  # no staging folder, no old set moved aside
+
+
+def _write_set(out: Path, names: dict[str, str], overwrite: bool = False) -> None:
+    with staged_dir(out, overwrite=overwrite) as stage:
+        for name, text in names.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            (stage / name).write_text(text)
+
+
+def test_synth_overwrite_keeps_a_users_file_and_names_it(tmp_path, capsys):
+    """The reviewer's case: a file added to a synth output is not deleted by --overwrite."""
+    out = tmp_path / "syn2"
+    args = ("synth", out, "--layout", "folder", "--train", "4", "--size", "56")
+    assert _run(capsys, *args)[0] == 0
+    written = sorted(p.name for p in out.iterdir() if p.name != MARKER)
+    (out / "mine.txt").write_text("keep")
+    before = _tree(out)
+    for extra in (("--overwrite",), ()):
+        rc, err = _run(capsys, *args, *extra)
+        assert rc == 2 and "Traceback" not in err, err
+        assert str(out) in err and "mine.txt" in err and "did not write" in err, err
+        assert _tree(out) == before
+    _nothing_beside(out)
+    (out / "mine.txt").unlink()  # moved out, as the message says: the rerun replaces the set
+    rc, err = _run(capsys, *args, "--overwrite", "--seed", "3")
+    assert rc == 0, err
+    assert _tree(out) != before and json.loads((out / MARKER).read_text())["entries"] == written
+    _nothing_beside(out)
+
+
+def test_overwrite_replaces_the_outputs_own_entries_and_refuses_any_other(tmp_path):
+    out = tmp_path / "out"
+    _write_set(out, {"a.txt": "1", "sub/b.txt": "2"})
+    assert json.loads((out / MARKER).read_text())["entries"] == ["a.txt", "sub"]
+    (out / "sub" / "stale.txt").write_text("inside an entry of the output: part of the old set")
+    (out / ".DS_Store").write_bytes(b"finder")  # a file browser's clutter does not block a rerun
+    _write_set(out, {"a.txt": "new", "c.txt": "3"}, overwrite=True)
+    assert _tree(out).keys() == {"a.txt", "c.txt", MARKER}
+    assert (out / "a.txt").read_text() == "new"
+
+    for name in ("metrics.json", ".git", "notes"):  # hidden entries and folders are a user's too
+        (out / name).mkdir() if name != "metrics.json" else (out / name).write_text("{}")
+    before = _tree(out)
+    entered = []
+    with pytest.raises(OutputError) as err:
+        with staged_dir(out, overwrite=True) as stage:
+            entered.append(stage)
+    assert not entered  # refused before anything is computed or written
+    message = str(err.value)
+    assert str(out) in message and ".git, metrics.json, notes" in message and "move these" in message
+    assert _tree(out) == before and {".git", "notes"} <= {p.name for p in out.iterdir()}
+    assert foreign_entries(out) == ([".git", "metrics.json", "notes"], True)
+    # without --overwrite the message names them too, not an invitation to pass --overwrite
+    with pytest.raises(OutputError, match="metrics.json"):
+        check_output_dir(out)
+    _nothing_beside(out)
+
+
+def test_a_file_added_while_the_run_computes_stops_the_swap(tmp_path):
+    out = tmp_path / "out"
+    _write_set(out, {"a.txt": "old"})
+    with pytest.raises(OutputError, match="metrics.json.*nothing was replaced"):
+        with staged_dir(out, overwrite=True) as stage:
+            (stage / "a.txt").write_text("new")
+            (out / "metrics.json").write_text("{}")  # e.g. eval-depth --out PRED/metrics.json meanwhile
+    assert _tree(out) == {"a.txt": b"old", "metrics.json": b"{}", MARKER: (out / MARKER).read_bytes()}
+    _nothing_beside(out)
+
+
+def test_marker_of_an_older_version_is_told_by_modification_times(tmp_path):
+    """Older markers list nothing: entries modified after the marker was written were added since."""
+    out = tmp_path / "old"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "0.png").write_bytes(b"png")
+    (out / "figure.png").write_bytes(b"png")
+    (out / MARKER).write_text(json.dumps({"pid": 1, "written": "2024-01-01 00:00:00"}))
+    t = (out / MARKER).stat().st_mtime_ns
+    for name in ("masks", "figure.png"):
+        os.utime(out / name, ns=(t - 10**9, t - 10**9))
+    assert foreign_entries(out) == ([], False)
+    check_output_dir(out, overwrite=True)  # as before: the older output is replaced
+
+    (out / "metrics.json").write_text("{}")
+    os.utime(out / "metrics.json", ns=(t + 10**9, t + 10**9))
+    with pytest.raises(OutputError, match="older dinov2-dense.*: metrics.json"):
+        check_output_dir(out, overwrite=True, what="--out")
+    (out / "metrics.json").unlink()
+    _write_set(out, {"depth": ""}, overwrite=True)
+    assert json.loads((out / MARKER).read_text())["entries"] == ["depth"]
+
+    (out / MARKER).write_text("")  # an empty marker (``touch``): told the same way
+    os.utime(out / MARKER, ns=(t, t))
+    (out / "notes.txt").write_text("mine")
+    os.utime(out / "depth", ns=(t - 10**9, t - 10**9))
+    with pytest.raises(OutputError, match="notes.txt"):
+        check_output_dir(out, overwrite=True)
+
+
+def test_a_folder_without_marker_is_still_refused(tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="did not write \\(holiday.jpg\\)"):
+            check_output_dir(out, overwrite=overwrite)
+    assert (out / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_test_out_overwrite_keeps_metrics_written_into_it(tmp_path, capsys, fresh_mmengine_loggers):
+    """``test --out PRED`` then a result file in PRED, then ``test --out PRED --overwrite``: refused,
+    naming the file; once it is moved out the predictions are replaced."""
+    from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
+
+    scenes = tmp_path / "ade"
+    write_ade20k_layout(scenes, 4, 2, config=SceneConfig(size=(56, 56)), seed=0, progress=False)
+    opts = [f"{s}_dataloader.dataset.root={scenes}" for s in ("train", "val", "test")]
+    opts += ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "param_scheduler.0.end=1",
+             "param_scheduler.1.end=2", "default_hooks.checkpoint.interval=2", "train_dataloader.batch_size=2",
+             "model.backbone.img_size=56", "train_dataloader.dataset.pipeline.crop_size=56",
+             "train_dataloader.dataset.pipeline.scale=(112,56)"]
+    work = tmp_path / "work"
+    rc, err = _run(capsys, "train", SEG_CFG, "--work-dir", work, "--cfg-options", *opts)
+    assert rc == 0, err
+    pred = tmp_path / "pred"
+    test = ("test", SEG_CFG, work / "iter_2.pth", "--work-dir", tmp_path / "w", "--out", pred, "--cfg-options", *opts)
+    rc, err = _run(capsys, *test)
+    assert rc == 0, err
+    (pred / "metrics.json").write_text('{"miou": 1}')
+    before = _tree(pred)
+    rc, err = _run(capsys, *test, "--overwrite")
+    assert rc == 2 and "Traceback" not in err and "--out" in err and "metrics.json" in err, err
+    assert _tree(pred) == before
+    (pred / "metrics.json").unlink()
+    rc, err = _run(capsys, *test, "--overwrite")
+    assert rc == 0, err
+    assert sorted(p.name for p in pred.iterdir()) == sorted([MARKER, "colour", "masks"])
+    assert json.loads((pred / MARKER).read_text())["entries"] == ["colour", "masks"]
+    _nothing_beside(pred)
