@@ -192,6 +192,10 @@ def _check(cfg: dict, source: str) -> None:
         need(_get(cfg, key) >= 0, key, "a learning rate >= 0")
     for key in ("train.checkpoint_period", "train.log_freq", "train.max_to_keep"):
         whole(key, 1)
+    whole("train.num_workers", 0, "DataLoader worker processes: an integer >= 0 (0: load in the main process)")
+    seed = train["seed"]
+    need(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32, "train.seed",
+         "an integer in [0, 2**32)")
     if s["arch"] == "custom":
         for k in ("embed_dim", "depth", "num_heads"):
             need(isinstance(s[k], int) and s[k] > 0, f"student.{k}", "a custom arch needs a positive integer")
@@ -214,7 +218,10 @@ def _check(cfg: dict, source: str) -> None:
     need(isinstance(train["batch_size_per_gpu"], int) and train["batch_size_per_gpu"] >= 2, "train.batch_size_per_gpu",
          "an integer >= 2 (KoLeo needs neighbours)")
     need(train["centering"] in ("centering", "sinkhorn_knopp"), "train.centering", "use centering or sinkhorn_knopp")
-    need(optim["epochs"] > 0 and train["OFFICIAL_EPOCH_LENGTH"] > 0, "optim.epochs", "epochs and epoch length > 0")
+    whole("train.OFFICIAL_EPOCH_LENGTH", 1, "iterations an epoch: an integer >= 1")
+    need(optim["epochs"] > 0, "optim.epochs", "a number of epochs > 0")
+    need(optim["epochs"] * train["OFFICIAL_EPOCH_LENGTH"] >= 1, "optim.epochs",
+         f"less than one iteration in all with train.OFFICIAL_EPOCH_LENGTH = {train['OFFICIAL_EPOCH_LENGTH']}")
     need(0 <= optim["warmup_epochs"] <= optim["epochs"], "optim.warmup_epochs", "between 0 and optim.epochs")
     need(cfg["compute"]["precision"] in ("auto", "fp32", "bf16", "fp16"), "compute.precision",
          "use auto, fp32, bf16 or fp16")

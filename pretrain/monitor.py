@@ -126,6 +126,22 @@ class DenseMonitor:
         return (scene_set(n_knn, self._size, "train", 2, self._look), scene_set(n_test, self._size, "val", 2, self._look))
 
     def run(self, backbone: nn.Module, iteration: int) -> dict[str, float]:
+        """Check ``backbone`` at ``iteration``: record and return probe mIoU and kNN top-1. An observer:
+        the random states of torch (CPU and the backbone's device), NumPy and Python are as before, so
+        a run draws the same crops, masks and drop paths with the monitor as without."""
+        import random
+
+        device = next(backbone.parameters()).device
+        devices = [device] if device.type == "cuda" else []
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+                return self._run(backbone, iteration)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+    def _run(self, backbone: nn.Module, iteration: int) -> dict[str, float]:
         from dinov2_dense.viz import pca_maps, save_figure
 
         probe, knn = self.probe, self.knn  # drawn at the first check, outside its timing

@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 __all__ = ["CosineScheduler", "Schedules", "apply_optim_scheduler", "build_schedules", "fuse_params_groups",
-           "layer_decay", "params_groups", "scaled_lr", "student_params_groups"]
+           "layer_decay", "params_groups", "scaled_lr", "student_params_groups", "unwrap"]
 
 
 class CosineScheduler:
@@ -110,9 +110,18 @@ def layer_decay(name: str, decay: float, depth: int) -> float:
     return decay ** (depth + 1 - layer)
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (which has no ``blocks`` of its own and
+    prefixes every parameter name with ``module.``); any other module as it is."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
 def params_groups(model: nn.Module, lr_decay_rate: float = 1.0, patch_embed_lr_mult: float = 1.0) -> list[dict]:
     """One optimiser group per trainable parameter of ``model`` (a backbone or a head), with
-    ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer`` (see the module docstring)."""
+    ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer`` (see the module docstring). A module
+    wrapped in DistributedDataParallel gives the groups of the module it wraps: the groups, and so
+    the checkpoints' optimizer state, never depend on how the run was launched."""
+    model = unwrap(model)
     depth = len(model.blocks) if hasattr(model, "blocks") else 0
     groups = []
     for name, param in model.named_parameters():

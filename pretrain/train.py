@@ -6,14 +6,16 @@ Per iteration, as the released ``dinov2/train/train.py``: the scheduled learning
 and last-layer rate are set on the parameter groups; the student's gradients are computed
 (:meth:`SSLMetaArch.forward_backward`), clipped per part to ``optim.clip_grad`` and applied
 (AdamW); the teacher moves towards the student with the scheduled momentum. A NaN loss stops the
-run, naming the iteration, before anything is written.
+run, naming the iteration (counted from 1, as the log and the checkpoint names), before anything is
+written for it.
 
 Files in the work dir: ``checkpoint_<iteration>.pth`` (the newest ``train.max_to_keep``; each written
 to a temporary name and renamed; the model's state dict under ``model`` holds ``teacher.backbone.*``,
 so ``load_backbone`` reads a checkpoint as it reads an official training checkpoint),
 ``backbone.json`` (the architecture), ``config.json``, ``training_metrics.jsonl`` (one line per log
-step), ``training_curves.png`` (redrawn at each checkpoint, :func:`plot_training`) and ``export/`` at
-the end (:mod:`pretrain.export`).
+step), ``training_curves.png`` (redrawn at each checkpoint, :func:`plot_training`), ``export/`` at
+the end (:mod:`pretrain.export`), ``monitor/`` (:mod:`pretrain.monitor`) and the hidden
+``.dinov2-dense-pretrain`` marker, which tells a run's folder from one holding other files.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from dinov2_dense.fileio import DirLock, atomic_path, write_json
 
 from .config import resolve
 from .meta_arch import SSLMetaArch
-from .schedules import apply_optim_scheduler, build_schedules, scaled_lr
+from .schedules import apply_optim_scheduler, build_schedules, scaled_lr, unwrap
 
-__all__ = ["TrainingDiverged", "arch_dict", "checkpoint_files", "plot_training", "pretrain", "setup_distributed"]
+__all__ = ["TrainingDiverged", "arch_dict", "checkpoint_files", "is_run_dir", "plot_training", "pretrain",
+           "setup_distributed"]
 
 _CKPT = re.compile(r"^checkpoint_(\d+)\.pth$")
 
@@ -106,7 +109,7 @@ def _wrap(model: SSLMetaArch, mode: str, device: torch.device, world: int) -> No
 def _plain(backbone: nn.Module, sharded: bool, device: torch.device) -> nn.Module | None:
     """``backbone`` itself, or under FSDP a plain copy holding the full weights on the main process
     (None elsewhere): a collective, so every process calls it."""
-    backbone = _unwrap(backbone)
+    backbone = unwrap(backbone)
     if not sharded:
         return backbone
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -121,15 +124,10 @@ def _plain(backbone: nn.Module, sharded: bool, device: torch.device) -> nn.Modul
     return copy.to(device).train(backbone.training)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel) \
-        else module
-
-
 def arch_dict(backbone: nn.Module) -> dict[str, Any]:
     """The keyword arguments that rebuild ``backbone`` (``DinoVisionTransformer(**arch)``): what
     ``backbone.json`` holds and ``load_backbone`` reads."""
-    return _unwrap(backbone).arch_kwargs()
+    return unwrap(backbone).arch_kwargs()
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -223,9 +221,13 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
     """Run (or resume) a pretraining run; returns the last logged metrics and the export paths.
 
     ``config``: the user's sections (see :mod:`pretrain.config`); ``max_iters`` stops early (tests).
-    A ``work_dir`` holding another run's checkpoints is refused unless ``resume`` (continue it) or
-    ``overwrite`` (start afresh: that run's checkpoints, export and logs are deleted, but only once the
-    config is checked and the model built, so that a refused start deletes nothing).
+    ``work_dir`` is a new or empty folder, or one that a pretraining run wrote (:func:`is_run_dir`):
+    a folder holding other files (an export copied there, a user's data) is refused, and so is one
+    inside the training data's folder. One holding another run's checkpoints is refused unless
+    ``resume`` (continue it) or ``overwrite`` (start afresh: that run's checkpoints, export and logs
+    are deleted, but only once the config and the data set are checked and the model built, so that
+    a refused start deletes nothing). A new work dir is created only then, too: a refused start
+    leaves no empty folder behind.
     """
     if resume and overwrite:
         raise ValueError("resume continues the run in the work dir, overwrite starts afresh: give one of them")
@@ -233,34 +235,114 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
         raise ValueError(f"max_iters={max_iters}: expected at least 1")
     cfg = resolve(config, source)
     work_dir = Path(work_dir)
-    old = checkpoint_files(work_dir) if work_dir.is_dir() else []
+    _check_work_dir(work_dir, resume, overwrite)
+    device, rank, world = setup_distributed(cfg["compute"]["device"])
+    main = rank == 0
+    claim = _Claim(work_dir, resume or overwrite) if main else None
+    try:
+        if claim is not None and work_dir.is_dir():
+            claim.take()  # an existing folder is held from the start (two resumes of one run never mix)
+        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=overwrite, claim=claim)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+#: Written into a pretraining work dir before anything else: the folder is a run's (see :func:`is_run_dir`).
+RUN_MARKER = ".dinov2-dense-pretrain"
+#: What a run writes at the top of its work dir (besides ``checkpoint_<iteration>.pth``).
+RUN_FILES = ("config.json", "backbone.json", "training_metrics.jsonl", "training_curves.png",
+             "teacher_fingerprints.json")
+_EXPORT_FILE = re.compile(r"^(backbone|student\d+)\.(pth|safetensors|json)$")  # export/: pretrain.export's files
+_MONITOR_FILE = re.compile(r"^(monitor\.jsonl|pca_\d+\.png)$")  # monitor/: pretrain.monitor's files
+
+
+def is_run_dir(work_dir: str | os.PathLike) -> bool:
+    """Whether ``work_dir`` is a pretraining run's folder: it holds :data:`RUN_MARKER`, or (a run of an
+    earlier version, unmarked) checkpoints, or a training log beside nothing but a run's entries."""
+    work_dir = Path(work_dir)
+    if (work_dir / RUN_MARKER).is_file() or checkpoint_files(work_dir):
+        return True
+    entries = [p.name for p in work_dir.iterdir() if not p.name.startswith(".")]
+    return "training_metrics.jsonl" in entries and all(e in RUN_FILES or e in ("export", "monitor") for e in entries)
+
+
+def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is built or written, a work dir that is a file, that holds files a run did
+    not write, or that holds another run's checkpoints (without ``resume`` or ``overwrite``)."""
+    if work_dir.exists() and not work_dir.is_dir():
+        raise FileExistsError(f"work dir {work_dir} is a file; give a folder (checkpoints, logs and the export go "
+                              "into it)")
+    if not work_dir.is_dir():
+        return
+    if any(not p.name.startswith(".") for p in work_dir.iterdir()) and not is_run_dir(work_dir):
+        foreign = sorted(p.name for p in work_dir.iterdir() if not p.name.startswith("."))
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"work dir {work_dir} holds files that no pretraining run wrote ({shown}); a run "
+                              "would replace some of them: give another --work-dir (a new or empty folder)")
+    old = checkpoint_files(work_dir)
     if old and not (resume or overwrite):
         raise FileExistsError(f"work dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): resume "
                               "it (--resume), start afresh (--overwrite: they are deleted) or choose another work dir")
-    device, rank, world = setup_distributed(cfg["compute"]["device"])
-    main = rank == 0
-    if main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    lock = DirLock(work_dir).acquire() if main else None
-    try:
-        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=overwrite)
-    finally:
-        if lock is not None:
-            lock.release()
+
+
+def _check_outside_data(work_dir: Path, spec: Any) -> None:
+    """Refuse a work dir in a folder that the training data set reads (recursively): a resumed run
+    would train on its own figures, and an overwrite would change the data."""
+    from .data.datasets import dataset_folders
+
+    for folder in dataset_folders(spec):
+        if work_dir.resolve() == folder.resolve() or folder.resolve() in work_dir.resolve().parents:
+            raise ValueError(f"work dir {work_dir} is inside the training data's folder {folder} "
+                             "(train.dataset): the run's own files would become training images; give a "
+                             "--work-dir outside it")
+
+
+class _Claim:
+    """The main process's hold on the work dir: its lock, taken at the start where the folder exists,
+    else just before the first write (:meth:`ready`), when the folder is created; it is marked as a
+    run's folder only then, so that a refused start leaves the folder as it found it."""
+
+    def __init__(self, work_dir: Path, may_hold_checkpoints: bool):
+        self.work_dir, self.may_hold_checkpoints = work_dir, may_hold_checkpoints
+        self.lock: DirLock | None = None
+
+    def take(self) -> None:
+        if self.lock is not None:
+            return
+        created = not self.work_dir.exists()
+        self.lock = DirLock(self.work_dir).acquire()  # creates the folder
+        if not created and not self.may_hold_checkpoints and checkpoint_files(self.work_dir):
+            # written meanwhile by another run (that has finished: it no longer holds the lock)
+            old = checkpoint_files(self.work_dir)[0].name
+            raise FileExistsError(f"work dir {self.work_dir} holds the checkpoints of another run ({old}, ...), "
+                                  "written while this one started: choose another work dir")
+
+    def ready(self) -> None:
+        """Hold and mark the work dir: the run writes into it next."""
+        self.take()
+        (self.work_dir / RUN_MARKER).touch()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _clear_run(work_dir: Path) -> None:
     """Delete what a run wrote in ``work_dir`` (``overwrite``): checkpoints, the export, the logs, the
-    monitor's records and figures; anything else in the folder is the user's and stays."""
-    import shutil
-
+    monitor's records and figures; anything else in the folder, in ``export/`` and ``monitor/`` too,
+    is the user's and stays."""
     for path in checkpoint_files(work_dir):
         path.unlink(missing_ok=True)
-    for name in ("export", "monitor"):
-        if (work_dir / name).is_dir():
-            shutil.rmtree(work_dir / name)
-    for name in ("training_metrics.jsonl", "training_curves.png", "config.json", "backbone.json",
-                 "teacher_fingerprints.json"):
+    for name, ours in (("export", _EXPORT_FILE), ("monitor", _MONITOR_FILE)):
+        folder = work_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            for path in folder.iterdir():
+                if ours.match(path.name) and path.is_file():
+                    path.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    for name in RUN_FILES:
         (work_dir / name).unlink(missing_ok=True)
 
 
@@ -361,7 +443,7 @@ def _set_drop_path(backbone: nn.Module, student: dict) -> None:
         block.drop_path = DropPath(float(r)) if r > 0 else nn.Identity()
 
 
-def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=False):
+def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=False, claim=None):
     from tqdm.auto import tqdm
 
     main = rank == 0
@@ -401,16 +483,19 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     optimizer = torch.optim.AdamW(model.get_params_groups(), betas=(optim_cfg["adamw_beta1"], optim_cfg["adamw_beta2"]))
     autocast, scaler = _autocast(cfg["compute"]["precision"], device)
     if state is not None:
-        _load_optimizer(model, optimizer, state, sharded)
+        _load_optimizer(model, optimizer, state, sharded, path)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     dataset, loader = _loader(cfg, start, rank, world)  # a bad data set fails here, before anything is written
+    _check_outside_data(work_dir, cfg["train"]["dataset"])
     monitor = None
     if cfg["monitor"]["period"] and main:  # its images are checked here too
         from .monitor import DenseMonitor
 
         monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
     if main:
+        if claim is not None:
+            claim.ready()  # a new work dir is made, and marked, only now that the start is checked
         if fresh:  # the model is built and the config checked: the run replaced goes now, before any write
             _clear_run(work_dir)
         _trim_logs(work_dir, start)
@@ -450,7 +535,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         reduced = {k: v.item() / world for k, v in losses.items()}
         total = sum(v for k, v in reduced.items() if k.endswith("loss"))
         if not math.isfinite(total):
-            raise TrainingDiverged(f"the loss is {total} at iteration {it} ({reduced}); stopped before writing "
+            raise TrainingDiverged(f"the loss is {total} at iteration {it + 1} ({reduced}); stopped before writing "
                                    "anything: lower optim.base_lr, or check the data")
         it += 1
         seen += total_batch
@@ -640,18 +725,37 @@ def _optimizer_state(model, optimizer, sharded: bool) -> dict:
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
 
 
-def _load_optimizer(model, optimizer, state: dict, sharded: bool) -> None:
+def _load_optimizer(model, optimizer, state: dict, sharded: bool, path: Path | str = "the checkpoint") -> None:
+    """Load the optimizer state of checkpoint ``path``; one that does not fit this run's parameter groups
+    (other optimiser settings, or written by a version whose groups under DDP differed) is refused,
+    naming the file."""
     saved = state["optimizer"]
     if ("sharded_by_names" in saved) != sharded:
-        raise ValueError(f"the checkpoint's optimizer state was written {'with' if not sharded else 'without'} FSDP; "
-                         "resume it with the compute.distributed and process count it was written with")
+        raise ValueError(f"{path}: the checkpoint's optimizer state was written {'with' if not sharded else 'without'} "
+                         "FSDP; resume it with the compute.distributed and process count it was written with")
+    advice = ("resume with the config it was written with, or start afresh with --overwrite (an older version "
+              "wrote other groups under DDP)")
     if not sharded:
-        optimizer.load_state_dict(saved)
+        groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
+        have = [len(g["params"]) for g in optimizer.param_groups]
+        got = [len(g.get("params", ())) for g in groups]
+        if have != got:
+            raise ValueError(f"{path}: its optimizer state has {len(got)} parameter groups of {got} parameters, this "
+                             f"run's optimizer {len(have)} of {have}; {advice}")
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"{path}: its optimizer state does not fit this run "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {advice}") from None
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, saved["sharded_by_names"],
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    try:
+        set_optimizer_state_dict(model, optimizer, saved["sharded_by_names"],
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path}: its optimizer state does not fit this run "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {advice}") from None
 
 
 def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False) -> None:

@@ -421,3 +421,38 @@ def test_colour_augmentation_strength_and_grey_are_settable():
     assert recipe.min() > 0.5 and strong.min() < 0.35  # red stays dominant under the recipe only
     with pytest.raises(ValueError, match="color_jitter=.*hue in \\[0, 0.5\\]"):
         DataAugmentationDINO(color_jitter=(0.4, 0.4, 0.2, 0.6))
+
+
+def test_a_data_set_without_a_readable_image_is_refused_when_built(tmp_path):
+    """A run checks its data set before it deletes or writes anything (``--overwrite``): building it
+    reads up to the first readable image, so a folder of broken files fails there, not at the first batch."""
+    broken = _mkdir(tmp_path / "broken")
+    for i in range(3):
+        (broken / f"img{i}.png").write_bytes(b"")
+    with pytest.raises(DataError, match="none of its 3 images is readable"):
+        build_dataset(str(broken))
+    mixed = _tree(tmp_path / "imgs")
+    (mixed / "cats" / "0_broken.png").write_bytes(b"garbage")  # sorted first: skipped, the next one stands in
+    data = build_dataset(str(mixed))
+    assert [Path(p).name for p in data.skipped] == ["0_broken.png"] and len(data) == 4
+
+
+def test_the_root_of_a_synthetic_layout_gives_its_images_only(tmp_path, caplog):
+    """``synth --layout folder`` writes images/, masks/ and depth/ side by side: its root as train.dataset
+    means its images (label maps and depth maps as photographs, and as three classes, would be a mistake)."""
+    root = tmp_path / "scenes"
+    for i in range(2):
+        scene = generate_scene(scene_seed(0, "train", i), SceneConfig(size=(32, 32)))
+        write_image(root / "images" / f"{i:05d}.png", scene.image)
+        write_image(root / "masks" / f"{i:05d}.png", scene.seg.astype(np.uint8))
+        write_image(root / "depth" / f"{i:05d}.png", (scene.depth * 1000).astype(np.uint16))
+    with caplog.at_level(logging.WARNING, logger="pretrain.data.datasets"):
+        data = build_dataset(str(root))
+    assert [Path(p).parent.name for p in data.source.paths] == ["images", "images"] and data.classes is None
+    assert "taking its images only" in caplog.text
+    assert len(build_dataset(str(root / "images"))) == 2
+    from pretrain.data.datasets import dataset_folders  # the folders a work dir must stay out of
+
+    (tmp_path / "list.txt").write_text(str(root / "images" / "00000.png"))
+    assert dataset_folders([str(root), dict(type="folder", root=str(tmp_path)), str(tmp_path / "list.txt"),
+                            "skimage:camera", dict(type="synthetic", num_scenes=2)]) == [root, tmp_path]

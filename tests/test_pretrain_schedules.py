@@ -87,6 +87,8 @@ def test_config_refuses_unknown_keys_and_bad_values():
     ("teacher", "teacher_temp", 0.0), ("compute", "device", 3), ("monitor", "period", -1),
     ("monitor", "knn_scenes", 5), ("monitor", "probe_scenes", (0, 4)), ("monitor", "probe_size", 4),
     ("monitor", "images", "skimage:coffee"), ("monitor", "appearance", "stripes"),
+    ("train", "seed", -1), ("train", "seed", 1.5), ("train", "num_workers", -1), ("train", "OFFICIAL_EPOCH_LENGTH", 0),
+    ("train", "OFFICIAL_EPOCH_LENGTH", 2.5), ("optim", "epochs", 0),
 ])
 def test_config_values_that_would_fail_in_the_loop_are_refused_naming_the_key(section, key, value):
     """Each of these ran and then failed with a traceback (a division by zero at the first log line, an
@@ -106,3 +108,35 @@ def test_distillation_students_are_checked_with_the_config_file_named():
     with pytest.raises(ConfigError, match=r"^d.py: student.embed_dim = 32: must be a multiple of num_heads "
                                           r"\(distill.students\[1\] over the student section\)"):
         resolve({"student": custom, "distill": {"students": [{}, {"num_heads": 5}]}}, "d.py")
+
+
+def test_a_ddp_wrapped_student_gives_the_groups_of_the_bare_one(tmp_path):
+    """Under DDP the student parts are wrapped before the optimizer is built; the wrapper has no
+    ``blocks`` of its own, which once turned layer-wise decay off (7 groups instead of 11) and made
+    DDP checkpoints unresumable in one process. A gloo group of one process wraps as torchrun does."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from pretrain.meta_arch import SSLMetaArch
+    from pretrain.schedules import student_params_groups
+
+    head = dict(head_n_prototypes=16, head_bottleneck_dim=8, head_hidden_dim=16)
+    cfg = resolve({"student": dict(arch="custom", embed_dim=32, depth=3, num_heads=2), "dino": head, "ibot": head,
+                   "crops": dict(global_crops_size=28, local_crops_size=14)})
+    torch.manual_seed(0)
+    model = SSLMetaArch(cfg)
+
+    def summary(groups):
+        return [(g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"], [id(p) for p in g["params"]])
+                for g in groups]
+
+    bare = summary(student_params_groups(model.student, cfg["optim"]))
+    assert len({g[0] for g in bare}) == 6  # layers 0..depth+1 of the backbone (patch embed x 0.2) and the heads
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        wrapped = nn.ModuleDict({k: DDP(v) for k, v in model.student.items()})
+        assert summary(student_params_groups(wrapped, cfg["optim"])) == bare
+    finally:
+        dist.destroy_process_group()

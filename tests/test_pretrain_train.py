@@ -301,9 +301,11 @@ def test_bad_input_fails_at_start_or_is_skipped(tmp_path, capsys, monkeypatch):
         return {key: v * float("nan") for key, v in out.items()}
 
     monkeypatch.setattr(meta.SSLMetaArch, "forward_backward", nan_after_first)
-    with pytest.raises(TrainingDiverged, match="iteration 2"):
+    with pytest.raises(TrainingDiverged, match="at iteration 3 "):  # counted as the log and checkpoints count
         pretrain(tiny(4), work, resume=True, progress=False)
     assert checkpoint_files(work)[0].read_bytes() == good and len(checkpoint_files(work)) == 1
+    logged = [json.loads(line)["iteration"] for line in (work / "training_metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]  # the iterations before the one named
 
 
 def test_a_uniform_teacher_is_logged_and_named_once(tmp_path, monkeypatch, capsys):

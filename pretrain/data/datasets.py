@@ -7,7 +7,9 @@ takes. Sources:
 
 * :meth:`ImageFiles.from_folder`: every image below a folder, recursively (links followed, hidden
   files and folders skipped, sorted). The first-level subfolder names the class, as in ImageNet's
-  ``train/<class>/<image>`` layout; a folder without subfolders has no labels.
+  ``train/<class>/<image>`` layout; a folder without subfolders has no labels. The root of a
+  synthetic layout (``dinov2-dense synth --layout folder``: ``images/`` beside ``masks/`` and/or
+  ``depth/``) gives its ``images/`` only (with a note): label maps and depth maps are not photographs.
 * :meth:`ImageFiles.from_list_file`: a text file with one image path a line (relative paths are
   relative to the list file; blank lines and ``#`` comments ignored; ``skimage:NAME`` allowed).
 * :meth:`ImageFiles.from_skimage`: the sample images that scikit-image ships (``skimage:NAME``).
@@ -21,7 +23,8 @@ takes. Sources:
 Images are read by :mod:`dinov2_dense.images` (EXIF orientation applied, pixel limit enforced).
 An unreadable image never stops a run: the next readable one (in index order, wrapping around) is
 returned in its place, and its name is logged once and appended to ``dataset.skipped``. Only when
-no image of the source is readable does reading raise, naming the source. With DataLoader
+no image of the source is readable does reading raise, naming the source; :func:`build_dataset`
+reads up to the first readable image at once, so that a run refuses such a source at its start. With DataLoader
 workers each worker keeps its own ``skipped`` list (the logged warnings are the record).
 """
 
@@ -92,6 +95,10 @@ class ImageFiles:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: no such folder (expected a folder of images)")
+        if _is_synthetic_layout(root):
+            logger.warning("%s: the layout of `dinov2-dense synth --layout folder`; taking its images only (%s), "
+                           "not its masks/ and depth/", root, root / "images")
+            root = root / "images"
         found, seen = [], set()
         for folder, dirs, files in os.walk(root, followlinks=True):
             real = os.path.realpath(folder)
@@ -157,6 +164,24 @@ class ImageFiles:
     def labels(self) -> np.ndarray | None:
         """int64 ``(N,)`` class index per image (-1: unlabelled), or None."""
         return self._labels
+
+
+def _is_synthetic_layout(root: Path) -> bool:
+    """Whether ``root`` holds images beside their label or depth maps: ``images/`` with ``masks/`` or ``depth/``."""
+    return (root / "images").is_dir() and any((root / name).is_dir() for name in ("masks", "depth"))
+
+
+def dataset_folders(spec: Any) -> list[Path]:
+    """The folders a ``train.dataset`` value reads images from, recursively (folder specs only: a list
+    file, scikit-image samples and synthetic scenes read no folder as a whole)."""
+    if isinstance(spec, (list, tuple)):
+        return [folder for s in spec for folder in dataset_folders(s)]
+    if isinstance(spec, Mapping):
+        root = spec.get("root") if spec.get("type") == "folder" else None
+        return [Path(root)] if isinstance(root, (str, os.PathLike)) and os.path.isdir(root) else []
+    if isinstance(spec, (str, os.PathLike)) and os.path.isdir(spec):
+        return [Path(spec)]
+    return []
 
 
 def dominant_class(seg: np.ndarray, num_classes: int) -> int:
@@ -353,6 +378,11 @@ class PretrainDataset(Dataset):
         raise DataError(f"{self.source.name}: none of its {n} images is readable ({len(self._unreadable)} skipped, "
                         f"e.g. {self.skipped[0] if self.skipped else '?'}); check the paths and files")
 
+    def check_readable(self) -> None:
+        """Read up to the first readable image: a source none of whose images is readable raises
+        :class:`DataError` now, naming it (unreadable ones on the way are skipped and recorded)."""
+        self.read(0)
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.read(index)
         return (self.transform(image) if self.transform is not None else image), label
@@ -387,7 +417,8 @@ def _source_from_config(spec: Any) -> ImageSource:
 def build_dataset(spec: Any, transform: Callable[[np.ndarray], Any] | None = None) -> PretrainDataset:
     """The pretraining data set of a config: a spec of :func:`make_source` (a folder, a list file,
     ``"skimage:..."``, ``"synthetic:N"``), a dict ``dict(type=<one of SOURCE_TYPES>, **arguments)``,
-    or a list of those (concatenated with :class:`ConcatSource`)."""
+    or a list of those (concatenated with :class:`ConcatSource`). At least one image must be readable
+    (checked here: :meth:`PretrainDataset.check_readable`)."""
     if spec is None:
         raise DataError("no pretraining data set: set train.dataset, e.g. 'path/to/images', 'synthetic:1000' or "
                         "dict(type='folder', root='path/to/images')")
@@ -395,4 +426,6 @@ def build_dataset(spec: Any, transform: Callable[[np.ndarray], Any] | None = Non
         source: ImageSource = ConcatSource([_source_from_config(s) for s in spec])
     else:
         source = _source_from_config(spec)
-    return PretrainDataset(source, transform)
+    dataset = PretrainDataset(source, transform)
+    dataset.check_readable()  # a source without one readable image is refused now, not at the first batch
+    return dataset

@@ -1,0 +1,167 @@
+"""`dinov2-dense pretrain` around its work dir, as users drive it: --overwrite with a bad data set,
+the user's own files beside a run, folders that no run wrote, a work dir inside the training data,
+starts refused before anything is created, a resume whose optimizer groups differ, and the monitor
+as an observer that leaves the run as it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dinov2_dense.cli import main
+from pretrain.train import checkpoint_files, pretrain
+from tests.test_pretrain_train import _py_config, tiny
+
+LOCK = ".dinov2_dense.lock"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (but a run's lock) and its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != LOCK}
+
+
+def _pretrain(cfg: Path, work: Path, *options: str) -> int:
+    return main(["pretrain", str(cfg), "--work-dir", str(work), "--no-progress", *options])
+
+
+def _images(folder: Path, n: int = 3) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder
+
+
+def test_overwrite_checks_the_data_first_and_deletes_only_what_the_run_wrote(tmp_path, capsys):
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2))
+    work = tmp_path / "run1"
+    assert _pretrain(cfg, work) == 0
+    assert (work / "export" / "backbone.safetensors").is_file()
+    (work / "NOTES.md").write_text("the user's notes")
+    (work / "export" / "NOTES.md").write_text("where this export went")
+    (work / "monitor").mkdir()
+    (work / "monitor" / "my_scores.csv").write_text("iteration,score\n2,0.5\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"img{i}.png").write_bytes(b"")
+    before = _files(work)
+    capsys.readouterr()
+    # a data set without one readable image: refused before the run it would replace is deleted
+    assert _pretrain(cfg, work, "--overwrite", "--cfg-options", f"train.dataset={broken}") == 2
+    assert "none of its 3 images is readable" in capsys.readouterr().err
+    assert _files(work) == before
+    # and a new work dir is not even created
+    assert _pretrain(cfg, tmp_path / "new", "--cfg-options", f"train.dataset={broken}") == 2
+    assert not (tmp_path / "new").exists()
+
+    # --overwrite deletes the run's files only: the user's notes, in export/ and monitor/ too, stay
+    assert _pretrain(cfg, work, "--overwrite", "--max-iters", "1") == 0
+    after = _files(work)
+    for name in ("NOTES.md", "export/NOTES.md", "monitor/my_scores.csv"):
+        assert after[name] == before[name]
+    assert not [n for n in after if n.startswith("export/backbone")]
+    assert [p.name for p in checkpoint_files(work)] == ["checkpoint_0000001.pth"]
+    assert [json.loads(line)["iteration"] for line in (work / "training_metrics.jsonl").read_text().splitlines()] == [1]
+
+    # a resume whose optimizer groups differ (here: no layer-wise decay, so fewer fused groups) is one line
+    # naming the checkpoint, not torch's message about parameter groups; nothing is written
+    capsys.readouterr()
+    assert _pretrain(cfg, work, "--resume", "--cfg-options", "optim.layerwise_decay=1.0") == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_0000001.pth: its optimizer state has" in err and "parameter groups" in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 1 and "checkpoint_0000001.pth" in errors[0]
+    assert _files(work) == after
+    # the run's folder stays its own when unmarked (an earlier version's run): resuming it works
+    from pretrain.train import is_run_dir
+
+    (work / ".dinov2-dense-pretrain").unlink()
+    assert is_run_dir(work)
+    assert _pretrain(cfg, work, "--resume", "--max-iters", "2") == 0
+    assert [p.name for p in checkpoint_files(work)] == ["checkpoint_0000002.pth", "checkpoint_0000001.pth"]
+
+
+def test_a_folder_that_no_run_wrote_is_refused_and_left_as_it_was(tmp_path, capsys):
+    from dinov2_dense.models import DinoVisionTransformer
+    from pretrain.export import export_backbone
+
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2))
+    export = tmp_path / "myexport"  # an export copied on its own: backbone.json/.pth/.safetensors
+    export_backbone(DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=1, num_heads=2), export)
+    theirs = tmp_path / "mmseg_run"  # another tool's work dir
+    theirs.mkdir()
+    (theirs / "config.json").write_text("{}")
+    (theirs / "training_metrics.jsonl").write_text("")
+    (theirs / "iter_100.pth").write_bytes(b"weights")
+    for folder in (export, theirs):
+        before = _files(folder)
+        for options in ((), ("--overwrite",), ("--resume",)):
+            capsys.readouterr()
+            assert _pretrain(cfg, folder, "--max-iters", "1", "--cfg-options", "student.embed_dim=16", *options) == 2
+            err = capsys.readouterr().err
+            assert f"work dir {folder} holds files that no pretraining run wrote" in err and "--work-dir" in err
+            assert _files(folder) == before and not (folder / LOCK).exists()
+    from pretrain.train import is_run_dir
+
+    assert not is_run_dir(export) and not is_run_dir(theirs)
+
+
+def test_a_work_dir_inside_the_training_data_is_refused(tmp_path, capsys):
+    data = _images(tmp_path / "images")
+    before = _files(data)
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2, train=dict(dataset=str(data))))
+    for work in (data / "run", data / "a" / "run"):
+        capsys.readouterr()
+        assert _pretrain(cfg, work) == 2
+        err = capsys.readouterr().err
+        assert f"work dir {work} is inside the training data's folder {data}" in err
+    assert _pretrain(cfg, data) == 2  # the data folder itself: it holds files that no run wrote
+    assert f"work dir {data} holds files that no pretraining run wrote (0.png, 1.png, 2.png)" in capsys.readouterr().err
+    assert _files(data) == before and sorted(p.name for p in data.iterdir()) == ["0.png", "1.png", "2.png"]
+    nested = dict(type="folder", root=str(data))  # the dict form and lists of sources alike
+    cfg = _py_config(tmp_path / "t2.py", tiny(2, train=dict(dataset=["skimage:camera", nested])))
+    assert _pretrain(cfg, data / "run") == 2 and not (data / "run").exists()
+
+
+def test_starts_refused_for_their_settings_name_the_key_and_create_no_folder(tmp_path, capsys):
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2))
+    work = tmp_path / "w"
+    for option, said in (("train.seed=-1", "train.seed = -1: "), ("train.num_workers=-1", "train.num_workers = -1: "),
+                         ("train.OFFICIAL_EPOCH_LENGTH=0", "train.OFFICIAL_EPOCH_LENGTH = 0: "),
+                         ("student.arch=vit_huge", "student.arch='vit_huge'")):
+        capsys.readouterr()
+        assert _pretrain(cfg, work, "--cfg-options", option) == 2
+        assert said in capsys.readouterr().err
+        assert not work.exists()
+    assert main(["distill", str(cfg), "--work-dir", str(work), "--teacher", str(tmp_path / "nope.safetensors")]) == 2
+    assert "nope.safetensors" in capsys.readouterr().err and not work.exists()
+
+
+def test_the_monitor_observes_without_changing_the_run(tmp_path, monkeypatch):
+    """The monitor's checks draw random numbers (probe fitting, ...); they must not shift the crops,
+    masks and drop paths the run draws after them: the same losses and the same export."""
+    import pretrain.train as loop
+
+    monkeypatch.setattr(loop, "plot_training", lambda work_dir: None)  # the figure is most of a tiny run's time
+    monitor = dict(period=2, images=("skimage:coffee",), pca_size=28, probe_size=28, probe_scenes=(4, 2),
+                   knn_scenes=(6, 4))
+    once = dict(checkpoint_period=100)  # one checkpoint, at the end
+    plain = pretrain(tiny(3, train=once), tmp_path / "plain", progress=False)
+    watched = pretrain(tiny(3, train=once, monitor=monitor), tmp_path / "watched", progress=False)
+    assert "knn_top1" in json.loads((tmp_path / "watched" / "monitor" / "monitor.jsonl").read_text())
+
+    def losses(work: Path) -> list[float]:
+        return [json.loads(line)["total_loss"] for line in (work / "training_metrics.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "plain")) == 3
+    assert losses(tmp_path / "plain") == losses(tmp_path / "watched")  # iteration 3 comes after the first check
+    from safetensors.torch import load_file
+
+    a, b = load_file(plain["export"]["safetensors"]), load_file(watched["export"]["safetensors"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (the metadata names the work dir)
