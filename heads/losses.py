@@ -191,7 +191,9 @@ class SigLoss(nn.Module):
         max_depth: optional upper bound on valid gt.
         warm_up: use the warm-up form for the first `warm_iter` calls.
         warm_iter: number of warm-up calls. Every forward call counts (as in the official code);
-            the counter is `warm_up_counter` and is not saved in the state dict.
+            the counter is `warm_up_counter` and is not saved in the state dict (official head files
+            load strictly); a resumed `dinov2-dense train` sets it from the resumed iteration
+            (one call per iteration), so that the run goes on as if it had not stopped.
         eps: added inside both logs (the official 1e-3, "avoid grad explode").
 
     Shapes: pred, gt (B, 1, H, W) or (B, H, W); optional mask of the same shape, ANDed with the

@@ -11,6 +11,7 @@ import importlib
 
 _NAMES = {
     "DenseModel": "model", "DenseRunner": "runner", "CheckpointSanitizerHook": "runner",
+    "LossWarmUpHook": "runner",
     "latest_checkpoint": "runner", "DATASETS": "registry", "FUNCTIONS": "registry", "HOOKS": "registry",
     "METRICS": "registry", "MODELS": "registry",
     "PARAM_SCHEDULERS": "registry", "OneCycleMomentum": "schedulers",

@@ -62,6 +62,7 @@ def _register_datasets() -> None:
 
         build.__name__ = build.__qualname__ = name
         build.__doc__ = f"{name} with ``pipeline=dict(type=..., ...)`` (see dinov2_dense.data.pipelines)."
+        build.dataset_class = cls  # what validate_config checks a config's keys against
         if name not in DATASETS.module_dict:
             DATASETS.register_module(name=name, module=build)
 

@@ -25,29 +25,45 @@ class ConfigError(ValueError):
 
 class OptionsAction(DictAction):
     """mmengine's ``--cfg-options KEY=VALUE ...``, whose mistakes become argparse errors (one line,
-    exit code 2) instead of tracebacks."""
+    exit code 2) instead of tracebacks. A plain string keeps its spaces (mmengine drops every space of
+    a value: a path ``data/ade 2`` became ``data/ade2``); lists, tuples and numbers read as mmengine's."""
+
+    @staticmethod
+    def _parse_iterable(val: str):
+        text = val.strip().strip("'\"")
+        compact = text.replace(" ", "")
+        if not compact.startswith(("(", "[")) and "," not in compact:
+            value = DictAction._parse_int_float_bool(compact)
+            return text if isinstance(value, str) else value  # a string as given, spaces and all
+        return DictAction._parse_iterable(val)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        for item in values if isinstance(values, list) else [values]:
+        items = values if isinstance(values, list) else [values]
+        for item in items:
             if "=" not in item or not item.split("=", 1)[0]:
                 pretraining = any(word in parser.prog.split() for word in ("pretrain", "distill", "pretrain.py"))
                 example = "optim.epochs=10" if pretraining else "train_cfg.max_iters=100"
                 parser.error(f"{option_string} {item!r}: expected KEY=VALUE, e.g. {example}")
-        try:
-            super().__call__(parser, namespace, values, option_string)
-        except (ValueError, SyntaxError, TypeError) as exc:
-            parser.error(f"{option_string}: {exc}")
-        # mmengine splits at every comma outside [] and (), so a dict ("distill.students=[{'embed_dim': 32,
-        # 'num_heads': 2}]") came apart into strings: a value holding a dict is read as a Python literal
-        options = getattr(namespace, self.dest)
-        for item in values if isinstance(values, list) else [values]:
+        options = dict(getattr(namespace, self.dest, None) or {})
+        for item in items:
             key, value = item.split("=", 1)
+            if value.strip()[:5] == "dict(":
+                parser.error(f"{option_string} {item!r}: write a dict as a Python literal ({key}={{'mode': "
+                             f"'slide', ...}}) or set its keys one by one ({key}.mode=slide)")
+            try:
+                options[key] = self._parse_iterable(value)
+            except (ValueError, SyntaxError, TypeError, AssertionError, RecursionError) as exc:
+                why = "unbalanced brackets" if isinstance(exc, AssertionError) else _one_line(exc)[:120]
+                parser.error(f"{option_string} {item!r}: cannot read the value ({why})")
+            # mmengine splits at every comma outside [] and (), so a dict ("distill.students=[{'embed_dim': 32,
+            # 'num_heads': 2}]") came apart into strings: a value holding a dict is read as a Python literal
             if "{" in value and value.strip()[:1] in ("[", "(", "{"):
                 try:
                     options[key] = ast.literal_eval(value.strip())
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                     parser.error(f"{option_string} {item!r}: a value with a dict must be a Python literal, e.g. "
                                  "distill.students=[{'embed_dim':384,'num_heads':6}]")
+        setattr(namespace, self.dest, options)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -93,7 +109,36 @@ def default_work_dir(config: str | os.PathLike) -> str:
     return os.path.join("work_dirs", path.parent.name or ".", path.stem)
 
 
-def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None = None, launcher: str = "none"):
+# Top-level names a run reads (DenseRunner.from_cfg) that a config may leave out and --cfg-options may set
+RUNNER_KEYS = frozenset({
+    "model", "work_dir", "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg", "test_cfg",
+    "auto_scale_lr", "optim_wrapper", "param_scheduler", "val_evaluator", "test_evaluator", "default_hooks",
+    "custom_hooks", "data_preprocessor", "load_from", "resume", "env_cfg", "log_processor", "log_level",
+    "visualizer", "default_scope", "randomness", "experiment_name", "activation_checkpointing",
+    "efficient_conv_bn_eval", "compile",
+})
+
+
+def _check_option_sections(cfg, cfg_options: dict, path: str, known: frozenset[str]) -> None:
+    """A --cfg-options key whose first part is no section of the config (``trian_cfg.max_iters``) would
+    add a section nothing reads, and the run would go on without the change: refuse it."""
+    import difflib
+
+    names = set(cfg.keys()) | set(known)
+    for key in cfg_options:
+        top = str(key).split(".", 1)[0]
+        if top in names:
+            continue
+        close = difflib.get_close_matches(top, sorted(names), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}{key[len(top):]}?" if close else "check the spelling"
+        raise ConfigError(f"--cfg-options {key}: {path} has no section {top!r} ({hint})")
+
+
+def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None = None, launcher: str = "none",
+                known_sections: frozenset[str] | None = RUNNER_KEYS):
+    """The config at ``path`` with ``cfg_options`` merged in. ``known_sections``: top-level names that
+    --cfg-options may set besides the config's own (None: any name, as for pretraining configs,
+    which check their sections themselves)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such config file")
     try:
@@ -106,6 +151,8 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
     except Exception as exc:  # noqa: BLE001 - the config is a user's Python file: any failure is theirs
         raise ConfigError(f"{path}: the config fails to load: {type(exc).__name__}: {exc}") from None
     if cfg_options:
+        if known_sections is not None:
+            _check_option_sections(cfg, cfg_options, path, known_sections)
         try:
             cfg.merge_from_dict(cfg_options)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -149,6 +196,186 @@ def _check_registered(cfg, key: str, registry, errors: list[str]) -> None:
         errors.append(f"{key} = {name!r}: expected a registered class name")
     elif registry.get(name) is None:
         errors.append(f"{key} = {name!r}: no such class (known: {', '.join(sorted(registry.module_dict)[:12])}, ...)")
+
+
+def _takes(obj) -> tuple[set[str], bool]:
+    """The keyword arguments a class or function takes: ``(names, any_name)``. A class's ``**kwargs``
+    are followed up its MRO (mmengine's mixins pass them on); ``any_name`` when they end nowhere known."""
+    import inspect
+
+    def named(sig, skip_first: bool) -> tuple[set[str], bool]:
+        params = list(sig.parameters.values())[1 if skip_first else 0:]
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return ({p.name for p in params if p.kind in kinds},
+                any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
+
+    if not inspect.isclass(obj):
+        try:
+            return named(inspect.signature(obj), skip_first=False)
+        except (TypeError, ValueError):
+            return set(), True
+    names: set[str] = set()
+    for klass in obj.__mro__:
+        if klass is object:
+            break
+        if "__init__" not in klass.__dict__:
+            continue
+        try:
+            found, more = named(inspect.signature(klass.__dict__["__init__"]), skip_first=True)
+        except (TypeError, ValueError):
+            break
+        names |= found
+        if not more:
+            return names, False
+    return names, True
+
+
+def _check_keys(section, key: str, what: str, names: set[str], any_name: bool, errors: list[str]) -> None:
+    """Each key of the dict ``section`` (at ``key`` in the config) must be one of ``names``."""
+    import difflib
+
+    if any_name or not hasattr(section, "keys"):
+        return
+    for name in section.keys():
+        if name in names or name == "_delete_":
+            continue
+        close = difflib.get_close_matches(str(name), sorted(names), n=1, cutoff=0.6)
+        hint = f"did you mean {key}.{close[0]}?" if close else f"it takes: {', '.join(sorted(names))}"
+        errors.append(f"{key}.{name}: {what} has no setting {name!r} ({hint})")
+
+
+def _check_built(section, key: str, registry, default: str | None, exclude: set[str], extra: set[str],
+                 errors: list[str]):
+    """The keys of ``dict(type=..., ...)`` against the signature of the class the registry builds;
+    returns that class (None when unknown: ``_check_registered`` reports a bad type)."""
+    if not hasattr(section, "get"):
+        return None
+    name = section.get("type", default)
+    if name is None:
+        return None
+    cls = name if not isinstance(name, str) else registry.get(name)
+    if cls is None:
+        return None
+    names, any_name = _takes(getattr(cls, "dataset_class", cls))
+    if hasattr(cls, "dataset_class"):  # our data-set builders: pipeline=dict(...) becomes transform=
+        names = (names - {"transform"}) | {"pipeline"}
+    names = (names - exclude) | extra | {"type"}
+    what = getattr(name, "__name__", str(name))
+    _check_keys(section, key, what, names, any_name, errors)
+    return cls
+
+
+def _check_pipeline(pipeline, key: str, errors: list[str]) -> None:
+    """A data set's ``pipeline=dict(type=..., ...)``: its keys, its crop size, and that it builds."""
+    from dinov2_dense.data import pipelines
+
+    from .data import build_pipeline
+
+    if not hasattr(pipeline, "get"):
+        return
+    fn = getattr(pipelines, str(pipeline.get("type")), None)
+    if fn is None or not str(pipeline.get("type")).endswith("_pipeline"):
+        errors.append(f"{key}.type = {pipeline.get('type')!r}: no such pipeline (seg_train_pipeline, "
+                      "seg_test_pipeline, depth_train_pipeline, depth_test_pipeline)")
+        return
+    names, any_name = _takes(fn)
+    before = len(errors)
+    _check_keys(pipeline, key, str(pipeline.get("type")), names | {"type"}, any_name, errors)
+    size = pipeline.get("crop_size")
+    if size is not None:
+        parts = list(size) if isinstance(size, (list, tuple)) else [size]
+        if (len(parts) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                 for v in parts)):
+            errors.append(f"{key}.crop_size = {size!r}: expected a positive integer or (height, width)")
+    if len(errors) > before:
+        return
+    settings = dict(pipeline)
+    if "seed" in names and settings.get("seed") is None:
+        settings["seed"] = 0  # a check only: the run's seed is drawn when the data set is built
+    try:
+        build_pipeline(settings)
+    except Exception as exc:  # noqa: BLE001 - albumentations refuses values in its own words (pydantic)
+        errors.append(f"{key} = {dict(pipeline)!r}: refused ({_one_line(exc)[:200]})")
+
+
+def _check_section_keys(cfg, train: bool, errors: list[str]) -> None:
+    """Keys of the sections mmengine builds only once training starts (loops, data loaders, data sets,
+    pipelines, optimiser, schedulers, metrics, hooks) against the classes they build: a typo there
+    failed with a traceback, or, in a checkpoint hook's settings, at the first save."""
+    from mmengine.hooks import CheckpointHook
+    from mmengine.registry import DATA_SAMPLERS, HOOKS, LOOPS, OPTIM_WRAPPERS, OPTIMIZERS
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
+
+    from .registry import DATASETS, FUNCTIONS, METRICS, PARAM_SCHEDULERS
+
+    loops = {"train_cfg": None, "val_cfg": "ValLoop", "test_cfg": "TestLoop"} if train else {"test_cfg": "TestLoop"}
+    for key, default in loops.items():
+        loop = cfg.get(key)
+        if not hasattr(loop, "get"):
+            continue
+        if key == "train_cfg" and "type" not in loop:
+            default = "EpochBasedTrainLoop" if loop.get("by_epoch") else "IterBasedTrainLoop"
+        extra = {"by_epoch"} if key == "train_cfg" and "type" not in loop else set()
+        _check_built(loop, key, LOOPS, default, {"runner", "dataloader", "evaluator"}, extra, errors)
+
+    loader_names, _ = _takes(DataLoader)
+    loader_names |= {"num_batch_per_epoch", "disable_subprocess_warning"}
+    for split in ("train", "val", "test") if train else ("test",):
+        key = f"{split}_dataloader"
+        loader = cfg.get(key)
+        if not hasattr(loader, "get"):
+            continue
+        _check_keys(loader, key, "a data loader", loader_names, False, errors)
+        dataset = loader.get("dataset")
+        if _check_built(dataset, f"{key}.dataset", DATASETS, None, set(), set(), errors) is not None:
+            if dataset.get("pipeline") is not None:
+                _check_pipeline(dataset.get("pipeline"), f"{key}.dataset.pipeline", errors)
+        _check_built(loader.get("sampler"), f"{key}.sampler", DATA_SAMPLERS, None, {"dataset", "seed"}, set(), errors)
+        collate = loader.get("collate_fn")
+        if hasattr(collate, "get") and isinstance(collate.get("type"), str) and FUNCTIONS.get(collate["type"]):
+            names, any_name = _takes(FUNCTIONS.get(collate["type"]))
+            _check_keys(collate, f"{key}.collate_fn", collate["type"], names | {"type"}, any_name, errors)
+
+    for split in ("val", "test") if train else ("test",):
+        key = f"{split}_evaluator"
+        evaluator = cfg.get(key)
+        metrics = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+        for i, metric in enumerate(metrics):
+            where = key if len(metrics) == 1 and not isinstance(evaluator, (list, tuple)) else f"{key}.{i}"
+            _check_built(metric, where, METRICS, None, set(), set(), errors)
+
+    if train:
+        wrapper = cfg.get("optim_wrapper")
+        if hasattr(wrapper, "get") and wrapper.get("constructor") is None:  # a constructor of one's own: its keys
+            _check_built(wrapper, "optim_wrapper", OPTIM_WRAPPERS, "OptimWrapper", {"optimizer"},
+                         {"optimizer", "constructor", "paramwise_cfg"}, errors)
+            _check_built(wrapper.get("optimizer"), "optim_wrapper.optimizer", OPTIMIZERS, None, {"params"}, set(),
+                         errors)
+        schedulers = cfg.get("param_scheduler")
+        schedulers = [schedulers] if hasattr(schedulers, "keys") else list(schedulers or [])
+        for i, sched in enumerate(schedulers):
+            _check_built(sched, f"param_scheduler.{i}", PARAM_SCHEDULERS, None, {"optimizer"},
+                         {"convert_to_iter_based"}, errors)
+
+    # CheckpointHook passes its **kwargs on to Runner.save_checkpoint, next to the arguments it gives itself
+    save_names, _ = _takes(Runner.save_checkpoint)
+    save_names -= {"self", "out_dir", "filename", "file_client_args", "save_optimizer", "save_param_scheduler",
+                   "meta", "by_epoch", "backend_args"}
+    hooks = cfg.get("default_hooks")
+    named = [(f"default_hooks.{name}", hook) for name, hook in hooks.items()] if hasattr(hooks, "items") else []
+    named += [(f"custom_hooks.{i}", hook) for i, hook in enumerate(cfg.get("custom_hooks") or [])]
+    for key, hook in named:
+        if not hasattr(hook, "get"):
+            continue
+        cls = HOOKS.get(hook["type"]) if isinstance(hook.get("type"), str) else hook.get("type")
+        if cls is None:
+            errors.append(f"{key}.type = {hook.get('type')!r}: no such hook")
+            continue
+        names, any_name = _takes(cls)
+        if isinstance(cls, type) and issubclass(cls, CheckpointHook):
+            names, any_name = names | save_names, False
+        _check_keys(hook, key, getattr(cls, "__name__", str(cls)), names | {"type", "priority"}, any_name, errors)
 
 
 def validate_config(cfg, source: str, train: bool) -> None:
@@ -199,6 +426,8 @@ def validate_config(cfg, source: str, train: bool) -> None:
             errors.append(f"{key} = {metric} but model.head.num_classes = {classes}: give both the same number")
     if not train and cfg.get("test_dataloader") is None:
         errors.append("no test_dataloader: this config cannot test")
+    if not errors:
+        _check_section_keys(cfg, train, errors)
     if cfg.get("launcher", "none") == "pytorch" and not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
         errors.append("--launcher pytorch: start the command with torchrun (RANK and WORLD_SIZE are not set)")
     if errors:
@@ -213,13 +442,13 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _build_runner(cfg, source: str):
+def _build_runner(cfg, source: str, config_copy: str = "work_dir"):
     from dinov2_dense.engine.runner import DenseRunner
 
     from dinov2_dense.hub import NO_WEIGHTS_HINT, WeightsNotFoundError
 
     try:
-        return DenseRunner.from_cfg(cfg)
+        return DenseRunner.from_cfg(cfg, config_copy=config_copy)
     except TypeError as exc:  # a class in the config given arguments it does not take
         raise ConfigError(f"{source}: {exc}") from None
     except ValueError as exc:  # a value a class refuses (mmengine prefixes the class)
@@ -268,17 +497,33 @@ def run_train(args: argparse.Namespace) -> int:
         if lock.note:
             print(f"{work_dir}: {lock.note}")
         old = _previous_run_files(work_dir)
+        load_from = cfg.get("load_from")
         if args.resume and not old:
-            print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there")
-        if old and not args.resume:
-            if not getattr(args, "overwrite", False):
-                shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
-                raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({shown}): pass "
-                                      "--resume to continue it, --overwrite to delete them and start afresh, or "
-                                      "choose another --work-dir")
-            for path in old:
+            start = f" from the weights of load_from {load_from}" if load_from else ""
+            print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there{start}")
+        delete = old if not args.resume else []
+        if delete and not getattr(args, "overwrite", False):
+            shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
+            raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({shown}): pass "
+                                  "--resume to continue it, --overwrite to delete them and start afresh, or "
+                                  "choose another --work-dir")
+        if load_from and not (args.resume and old):  # the starting weights of a new run
+            if delete and Path(load_from).resolve() in {p.resolve() for p in delete}:
+                raise ValueError(f"load_from {load_from} is a checkpoint of {work_dir}, whose checkpoints "
+                                 "--overwrite deletes: copy it elsewhere first, or choose another --work-dir")
+            from dinov2_dense.engine.runner import read_run_checkpoint
+
+            read_run_checkpoint(load_from)  # a missing or corrupt file stops us before anything is deleted
+        runner = _build_runner(cfg, args.config)
+        if delete:
+            # the model is built; the data sets are built now, not at train(): a wrong root or pipeline fails
+            # while the previous run's checkpoints are still there (train() reuses the loops built here)
+            runner._train_loop = runner.build_train_loop(runner._train_loop)
+            if runner._val_loop is not None:
+                runner._val_loop = runner.build_val_loop(runner._val_loop)
+            for path in delete:
                 path.unlink(missing_ok=True)
-        _build_runner(cfg, args.config).train()
+        runner.train()
     return 0
 
 
@@ -306,6 +551,7 @@ def run_test(args: argparse.Namespace) -> int:
     pin_test_batches(cfg)
     read_run_checkpoint(args.checkpoint)  # a missing or corrupt file stops us before the model is built
     cfg.load_from = args.checkpoint
+    cfg.resume = False  # a config's resume=True would test the work dir's newest checkpoint, not this one
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
     if args.out is not None:
@@ -315,7 +561,9 @@ def run_test(args: argparse.Namespace) -> int:
         hooks.append(dict(type="SavePredictionsHook", out_dir=args.out, overwrite=getattr(args, "overwrite", False),
                           protect=protect))
         cfg.custom_hooks = hooks
-    runner = _build_runner(cfg, args.config)
+    # the config's copy goes beside the test's log: the default work dir is the training run's, whose
+    # <work_dir>/<config>.py records what was trained
+    runner = _build_runner(cfg, args.config, config_copy="log_dir")
     try:
         metrics = runner.test()
     finally:
@@ -349,7 +597,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     """``dinov2-dense pretrain``: load the config and run ``pretrain.train.pretrain`` (which checks the work dir)."""
     from pretrain.train import pretrain
 
-    cfg = load_config(args.config, args.cfg_options, args.work_dir)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, known_sections=None)
     work_dir = Path(cfg.work_dir)
     sections = {k: v for k, v in cfg.to_dict().items() if k not in ("work_dir", "launcher")}
     if getattr(args, "distill_only", False) and not (sections.get("distill") or {}).get("teacher"):

@@ -96,6 +96,23 @@ class CheckpointSanitizerHook(Hook):
             checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
 
 
+@HOOKS.register_module()
+class LossWarmUpHook(Hook):
+    """Continues a loss's warm-up where the run is: ``SigLoss`` counts its forward calls in
+    ``warm_up_counter`` (not in its state dict, so official head files load strictly), one per
+    training iteration, and a resumed run started the count, and the warm-up loss, afresh. At the
+    start of training every loss with a warm-up counter is set to the runner's iteration (0 for a
+    new run, ``load_from`` included), as if the run had not stopped. DenseRunner adds it to every run."""
+
+    priority = "VERY_LOW"
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        for module in model.modules():
+            if hasattr(module, "warm_up_counter") and hasattr(module, "warm_iter"):
+                module.warm_up_counter = min(int(runner.iter), int(module.warm_iter))
+
+
 _ITER_FILE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
 
@@ -168,9 +185,12 @@ class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
     def __init__(self, *args, custom_hooks: list | None = None, partial_load: bool = False,
-                 other_backbone: bool = False, **kwargs):
+                 other_backbone: bool = False, config_copy: str = "work_dir", **kwargs):
         from . import register_all
 
+        if config_copy not in ("work_dir", "log_dir"):
+            raise ValueError(f"config_copy = {config_copy!r}: expected 'work_dir' or 'log_dir'")
+        self.config_copy = config_copy
         self.partial_load = partial_load
         self.other_backbone = other_backbone
         self._read_cache: dict[str, dict] = {}
@@ -183,13 +203,15 @@ class DenseRunner(Runner):
             backend = ((kwargs.get("env_cfg") or {}).get("dist_cfg") or {}).get("backend", "gloo")
             torch.distributed.init_process_group(backend=backend)
         hooks = list(custom_hooks or [])
-        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook"):
+        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook"):
             if not any(isinstance(h, dict) and h.get("type") == name for h in hooks):
                 hooks.append(dict(type=name))
         super().__init__(*args, custom_hooks=hooks, **kwargs)
 
     @classmethod
-    def from_cfg(cls, cfg) -> "DenseRunner":
+    def from_cfg(cls, cfg, config_copy: str = "work_dir") -> "DenseRunner":
+        """The runner of a config; ``config_copy="log_dir"`` (``test``) writes the config's copy beside the
+        run's log (``<work_dir>/<timestamp>/``), not over the training run's ``<work_dir>/<config>.py``."""
         cfg = cfg.copy()
         return cls(
             model=cfg["model"], work_dir=cfg["work_dir"],
@@ -208,7 +230,17 @@ class DenseRunner(Runner):
             default_scope=cfg.get("default_scope") or "mmengine", randomness=cfg.get("randomness", dict(seed=None)),
             experiment_name=cfg.get("experiment_name"), cfg=cfg,
             partial_load=bool(cfg.get("partial_load", False)), other_backbone=bool(cfg.get("other_backbone", False)),
+            config_copy=config_copy,
         )
+
+    def dump_config(self) -> None:
+        if self.config_copy == "work_dir":
+            return super().dump_config()
+        from mmengine.dist import is_main_process
+
+        if is_main_process():
+            name = Path(self.cfg.filename).name if self.cfg.filename is not None else f"{self.timestamp}.py"
+            self.cfg.dump(os.path.join(self.log_dir, name))
 
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and not torch.cuda.is_available() and model_wrapper_cfg is None:
@@ -229,13 +261,39 @@ class DenseRunner(Runner):
             super().save_checkpoint(out_dir, tmp.name, *args, **kwargs)
 
     def load_or_resume(self) -> None:
+        """``resume``: continue from the newest readable checkpoint of the work dir; ``load_from`` only
+        gives the starting weights of a fresh run (mmengine resumed from ``load_from`` when both were
+        set: another run's optimizer, scheduler and iteration, whose saves then overwrote ours). A work
+        dir without a checkpoint starts a new run there, from ``load_from``'s weights if given."""
         if self._has_loaded:
             return
-        if self._resume and self._load_from is None:
-            self._load_from = self._newest_readable_checkpoint()
-            if self._load_from is None:
-                self._resume = False  # nothing to resume: a fresh start, as mmengine does
+        if self._resume:
+            newest = self._newest_readable_checkpoint()
+            if newest is None:
+                self._resume = False  # nothing to resume: a fresh start (from load_from, if set)
+            else:
+                if self._load_from is not None and str(self._load_from) != newest:
+                    self.logger.info(f"--resume: continuing from {newest}; load_from ({self._load_from}) gives the "
+                                     "starting weights of a new run only, and is not used")
+                self._load_from = newest
         super().load_or_resume()
+        if self._resume:
+            self._say_if_nothing_to_train()
+
+    def _say_if_nothing_to_train(self) -> None:
+        """A resumed run already at (or past) ``train_cfg.max_iters`` trains nothing: say so."""
+        loop = self._train_loop
+        max_iters = getattr(loop, "max_iters", None) if loop is not None and not isinstance(loop, dict) else None
+        if max_iters is None or self.iter < max_iters:
+            return
+        what = "is complete" if self.iter == max_iters else f"is past train_cfg.max_iters = {max_iters}"
+        note = (f"--resume: the checkpoint of {self.work_dir} is at iteration {self.iter}: the run {what}, nothing "
+                f"is trained (raise train_cfg.max_iters to go on)")
+        self.logger.warning(note)
+        from mmengine.dist import is_main_process
+
+        if is_main_process():
+            print(f"note: {note}", file=sys.stderr)
 
     def _newest_readable_checkpoint(self) -> str | None:
         """The newest checkpoint of the work dir that reads; a corrupt newer one is skipped with a

@@ -1,0 +1,221 @@
+"""`dinov2-dense train|test` as a user runs them: --resume with load_from, --overwrite that fails,
+config typos caught before training, --cfg-options values, the training run's config copy."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinov2_dense.cli import main
+from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout, write_nyu_layout
+from dinov2_dense.engine.entry import load_config
+from dinov2_dense.engine.runner import DenseRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
+DEPTH_CFG = ROOT / "configs/depth/tiny_synthetic_linear.py"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    config = SceneConfig(size=(112, 112))
+    write_ade20k_layout(root / "ade", 8, 2, config=config, seed=0, progress=False)
+    write_nyu_layout(root / "nyu", 8, 2, config=config, seed=0, progress=False)
+    return root
+
+
+def _options(root: Path, iters: int, interval: int | None = None, end: int | None = None, **extra) -> dict:
+    opts = {f"{split}_dataloader.dataset.root": str(root) for split in ("train", "val", "test")}
+    opts.update({"train_cfg.max_iters": iters, "train_cfg.val_interval": 1000, "train_dataloader.batch_size": 2,
+                 "param_scheduler.0.end": 2, "param_scheduler.1.end": end or iters,
+                 "default_hooks.logger.interval": 50, "default_hooks.checkpoint.interval": interval or iters})
+    opts.update(extra)
+    return opts
+
+
+def _train(work_dir: Path, options: dict, *extra: str, config: Path = SEG_CFG) -> int:
+    return main(["train", str(config), "--work-dir", str(work_dir), *extra, "--cfg-options",
+                 *(f"{k}={v}" for k, v in options.items())])
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    """A finished 2-iteration run with checkpoints at 1 and 2."""
+    work = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(work, _options(scenes / "ade", 2, interval=1)) == 0
+    return work
+
+
+def _error_lines(capsys) -> list[str]:
+    """The command's error lines (mmengine's loggers of earlier tests may write to a closed capture)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("dinov2-dense train: error:")]
+
+
+def _files(work: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(work.glob("*.pth"))} | {"last": (work / "last_checkpoint").read_bytes()}
+
+
+# ---------------------------------------------------------------- bug 1: --resume and load_from
+
+
+def test_resume_continues_the_work_dir_not_load_from(scenes, trained, tmp_path, capsys):
+    """A run started from load_from and resumed with the same options continues its own newest checkpoint;
+    mmengine resumed from load_from (another run's iteration, optimizer and scheduler) and overwrote ours."""
+    start = trained / "iter_2.pth"
+    work = tmp_path / "lf"
+    options = _options(scenes / "ade", 3, interval=1, end=4, load_from=start)
+    assert _train(work, options) == 0
+    saved = _files(work)
+    assert set(saved) == {"iter_1.pth", "iter_2.pth", "iter_3.pth", "last"}
+    assert _train(work, {**options, "train_cfg.max_iters": 4}, "--resume") == 0
+    for name in ("iter_2.pth", "iter_3.pth"):  # nothing of this run rewritten (max_keep_ckpts=3 drops iter_1)
+        assert (work / name).read_bytes() == saved[name], name
+    final = torch.load(work / "iter_4.pth", map_location="cpu", weights_only=True)
+    assert final["meta"]["iter"] == 4
+
+    # a work dir without a checkpoint: --resume starts a new run there, from load_from's weights (iteration 0)
+    fresh = tmp_path / "fresh"
+    capsys.readouterr()
+    assert _train(fresh, {**options, "train_cfg.max_iters": 1}, "--resume") == 0
+    out = capsys.readouterr().out
+    assert f"holds no checkpoint yet; starting a new run there from the weights of load_from {start}" in out
+    assert torch.load(fresh / "iter_1.pth", map_location="cpu", weights_only=True)["meta"]["iter"] == 1
+
+
+# ---------------------------------------------------------------- bug 2: SigLoss warm-up on resume
+
+
+def _depth_run(root: Path, work: Path, iters: int, resume: bool = False) -> DenseRunner:
+    options = _options(root, iters, interval=3, end=6, **{"model.losses.0.warm_iter": 5})
+    cfg = load_config(str(DEPTH_CFG), options, str(work))
+    cfg.resume = resume
+    runner = DenseRunner.from_cfg(cfg)
+    runner.train()
+    return runner
+
+
+def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path):
+    """SigLoss's warm-up counter is not in the checkpoint: a resumed run repeated the warm-up (another loss,
+    another head). It now continues from the resumed iteration, as the uninterrupted run."""
+    whole = _depth_run(scenes / "nyu", tmp_path / "whole", 6)
+    _depth_run(scenes / "nyu", tmp_path / "parts", 3)
+    resumed = _depth_run(scenes / "nyu", tmp_path / "parts", 6, resume=True)
+    assert resumed.iter == 6
+    sig = [m for m in resumed.model.losses if type(m).__name__ == "SigLoss"][0]
+    assert sig.warm_up_counter == 5 == [m for m in whole.model.losses if type(m).__name__ == "SigLoss"][0].warm_up_counter
+    a = torch.load(tmp_path / "whole" / "iter_6.pth", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "parts" / "iter_6.pth", map_location="cpu", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# ---------------------------------------------------------------- bug 3: --overwrite deletes only once built
+
+
+@pytest.mark.parametrize("bad", [
+    {"train_dataloader.dataset.root": "/nonexistent/typo"},
+    {"model.head.num_classs": 5},
+    {"model.backbone_weights": "/nonexistent/backbone.safetensors"},
+    {"load_from": "/nonexistent/iter_2.pth"},
+])
+def test_overwrite_keeps_the_previous_run_when_the_new_one_cannot_start(scenes, trained, tmp_path, bad, capsys):
+    work = tmp_path / "ow"
+    shutil.copytree(trained, work)
+    before = _files(work)
+    assert _train(work, _options(scenes / "ade", 2, **bad), "--overwrite") == 2
+    err = _error_lines(capsys)
+    key, value = next(iter(bad.items()))
+    assert len(err) == 1 and (str(value) in err[0] or key.split(".")[-1] in err[0]), err
+    assert _files(work) == before
+
+
+def test_overwrite_refuses_load_from_a_checkpoint_it_would_delete(scenes, trained, tmp_path):
+    work = tmp_path / "ow"
+    shutil.copytree(trained, work)
+    before = _files(work)
+    assert _train(work, _options(scenes / "ade", 1, load_from=work / "iter_2.pth"), "--overwrite") == 2
+    assert _files(work) == before
+    assert _train(work, _options(scenes / "ade", 1), "--overwrite") == 0  # a good config: the old run goes
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_1.pth"]
+
+
+# ---------------------------------------------------------------- bugs 4, 5: typos refused before training
+
+
+@pytest.mark.parametrize("option, key", [
+    ("train_cfg.max_iter=5", "train_cfg.max_iters"),
+    ("train_dataloader.batch_sise=2", "train_dataloader.batch_size"),
+    ("optim_wrapper.optimizer.lrr=0.1", "optim_wrapper.optimizer.lr"),
+    ("val_evaluator.ignore_idx=0", "val_evaluator.ignore_index"),
+    ("train_dataloader.dataset.pipeline.crop_sise=112", "train_dataloader.dataset.pipeline.crop_size"),
+    ("param_scheduler.0.endd=3", "param_scheduler.0.end"),
+    ("default_hooks.checkpoint.intervall=3", "default_hooks.checkpoint.interval"),
+    ("train_dataloader.dataset.splitt=training", "train_dataloader.dataset.split"),
+    ("trian_cfg.max_iters=5", "train_cfg.max_iters"),
+])
+def test_a_typo_in_a_late_built_section_is_refused_naming_the_key(scenes, tmp_path, option, key, capsys):
+    work = tmp_path / "typo"
+    options = _options(scenes / "ade", 2, interval=1)
+    assert main(["train", str(SEG_CFG), "--work-dir", str(work), "--cfg-options",
+                 *(f"{k}={v}" for k, v in options.items()), option]) == 2
+    err = _error_lines(capsys)
+    wrong = option.split("=")[0]
+    assert len(err) == 1 and wrong in err[0] and f"did you mean {key}" in err[0], err
+    assert not list(work.glob("*.pth")) if work.exists() else True
+
+
+def test_a_pipeline_value_refused_by_albumentations_names_the_key(scenes, tmp_path, capsys):
+    options = _options(scenes / "ade", 2, **{"train_dataloader.dataset.pipeline.crop_size": 0})
+    assert _train(tmp_path / "w", options) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "train_dataloader.dataset.pipeline.crop_size = 0" in err[0], err
+
+
+# ---------------------------------------------------------------- bugs 6, 7: --cfg-options values
+
+
+def test_cfg_options_keep_spaces_in_strings_and_read_lists_as_before():
+    from dinov2_dense.cli import build_parser
+
+    args = build_parser().parse_args(["train", "x.py", "--cfg-options", "test_dataloader.dataset.root=/tmp/x/ade with space",
+                                      "a=[1, 2]", "b=1,2", "c=(3, 4)", "d=0.5", "e=True", "f=None", "g=plain"])
+    assert args.cfg_options == {"test_dataloader.dataset.root": "/tmp/x/ade with space", "a": [1, 2], "b": [1, 2],
+                                "c": (3, 4), "d": 0.5, "e": True, "f": None, "g": "plain"}
+
+
+@pytest.mark.parametrize("value", ["model.test_cfg=dict(mode='slide',crop_size=56,stride=28)", "model.test_cfg=(1,2"])
+def test_cfg_options_values_that_do_not_read_are_one_line_errors(tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(SEG_CFG), "--work-dir", str(tmp_path), "--cfg-options", value])
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "model.test_cfg" in err[0], err
+
+
+# ---------------------------------------------------------------- bugs 8, 9
+
+
+def test_test_keeps_the_training_runs_config_copy(scenes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = _options(scenes / "ade", 1)
+    assert main(["train", str(SEG_CFG), "--cfg-options", *(f"{k}={v}" for k, v in options.items())]) == 0
+    work = tmp_path / "work_dirs" / "segmentation" / "tiny_synthetic_linear"
+    copy = work / "tiny_synthetic_linear.py"
+    recorded = copy.read_bytes()
+    assert main(["test", str(SEG_CFG), str(work / "iter_1.pth"), "--cfg-options",
+                 *(f"{k}={v}" for k, v in options.items()), "test_dataloader.batch_size=1"]) == 0
+    assert copy.read_bytes() == recorded
+    tested = [p for p in work.glob("*/tiny_synthetic_linear.py")]  # the test's copy, beside its log
+    assert any("load_from" in p.read_text() and str(work / "iter_1.pth") in p.read_text() for p in tested)
+
+
+def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path, capsys):
+    work = tmp_path / "done"
+    shutil.copytree(trained, work)
+    capsys.readouterr()
+    assert _train(work, _options(scenes / "ade", 1), "--resume") == 0
+    err = capsys.readouterr().err
+    assert "at iteration 2" in err and "nothing is trained" in err and "max_iters = 1" in err, err
