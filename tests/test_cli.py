@@ -312,7 +312,8 @@ def test_an_image_taken_for_a_size_value_gets_a_hint(command, capsys):
 
 def test_pretrain_and_distill_without_weights_suggest_their_own_options(tmp_path, monkeypatch, capsys):
     """A missing teacher (distill) or pretrained student (pretrain) names options those commands have
-    (--teacher, --cfg-options student.pretrained_weights=...), not the --model of the feature commands."""
+    (--teacher, --cfg-options student.*), not the --model of the feature commands; the shipped ViT-S
+    continued-pretraining config runs with the options the hint gives (the embedded backbone's sizes)."""
     (tmp_path / "no_weights_here").mkdir()
     monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(tmp_path / "no_weights_here"))
     monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
@@ -320,12 +321,17 @@ def test_pretrain_and_distill_without_weights_suggest_their_own_options(tmp_path
     config.write_text('student = dict(arch="custom", embed_dim=48, depth=2, num_heads=2, patch_size=14)\n'
                       'crops = dict(global_crops_size=56, local_crops_size=28, local_crops_number=2)\n'
                       f'train = dict(batch_size_per_gpu=4, num_workers=0, dataset={str(tmp_path)!r})\n')
-    runs = {"distill": ["distill", str(config), "--teacher", "dinov2_vits14"],
-            "pretrain": ["pretrain", str(config), "--cfg-options", "student.pretrained_weights=dinov2_vits14",
-                         "student.arch=vit_small", "student.embed_dim=384", "student.depth=12", "student.num_heads=6"]}
-    for name, args in runs.items():
-        assert main([*args, "--work-dir", str(tmp_path / name), "--no-progress"]) == 2, name
-        err = capsys.readouterr().err
-        assert "dinov2_vits14" in err and "--model" not in err, err
-        assert (f"--teacher {DEFAULT_EMBEDDED}" in err) == (name == "distill"), err
-        assert f"student.pretrained_weights={DEFAULT_EMBEDDED}" in err, err
+    assert main(["distill", str(config), "--teacher", "dinov2_vits14", "--work-dir", str(tmp_path / "d"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dinov2_vits14" in err and "--model" not in err and f"--teacher {DEFAULT_EMBEDDED} " in err, err
+    small = ["train.dataset=synthetic:8", "train.batch_size_per_gpu=4", "crops.global_crops_size=56",
+             "crops.local_crops_size=28", "crops.local_crops_number=2"]
+    shipped = str(ROOT / "configs" / "pretrain" / "continued_vits14.py")
+    run = ["pretrain", shipped, "--work-dir", str(tmp_path / "p"), "--no-progress", "--max-iters", "1"]
+    assert main([*run, "--cfg-options", *small]) == 2
+    err = capsys.readouterr().err
+    assert "dinov2_vits14" in err and "--model" not in err and "--teacher" not in err, err
+    hinted = err.strip().rsplit("--cfg-options ", 1)[1].split()
+    assert f"student.pretrained_weights={DEFAULT_EMBEDDED}" in hinted, err
+    assert main([*run, "--cfg-options", *small, *hinted]) == 0, capsys.readouterr().err

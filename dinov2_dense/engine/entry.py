@@ -609,17 +609,23 @@ def run_pretrain(args: argparse.Namespace) -> int:
         result = pretrain(sections, work_dir, resume=args.resume, overwrite=args.overwrite, max_iters=args.max_iters,
                           source=args.config, progress=not args.no_progress)
     except OSError as exc:
-        from dinov2_dense.hub import DEFAULT_EMBEDDED, NO_WEIGHTS_HINT, WeightsNotFoundError
+        from dinov2_dense.hub import DEFAULT_EMBEDDED, NO_WEIGHTS_HINT, WeightsNotFoundError, architecture
 
         if NO_WEIGHTS_HINT not in str(exc):
             raise
-        # a teacher's or a pretrained student's weights are not here: the options of the hint are this command's
-        embedded = f"{DEFAULT_EMBEDDED} (a small backbone embedded in the package, pretrained by us on synthetic scenes)"
-        hint = (f"To go on without a download: --teacher {embedded} for the teacher; for a student, "
-                f"student.pretrained_weights={DEFAULT_EMBEDDED} in --cfg-options, or none (from scratch)"
-                if getattr(args, "distill_only", False) else
-                f"To go on without a download: --cfg-options student.pretrained_weights={embedded}, or leave "
-                "student.pretrained_weights out to train from scratch")
+        # a teacher's or a pretrained student's weights are not here: the options of the hint are this
+        # command's, and the embedded backbone's sizes (the config may name another size of student)
+        arch = architecture(DEFAULT_EMBEDDED).arch_kwargs()
+        embedded = (f"student.pretrained_weights={DEFAULT_EMBEDDED} student.arch=custom "
+                    + " ".join(f"student.{k}={arch[k]}" for k in ("embed_dim", "depth", "num_heads")))
+        small = "a small backbone embedded in the package, pretrained by us on synthetic scenes"
+        if getattr(args, "distill_only", False):
+            hint = (f"To go on without a download: --teacher {DEFAULT_EMBEDDED} for the teacher ({small}); a student "
+                    f"from scratch: student.pretrained_weights=None in --cfg-options, or from that backbone: "
+                    f"--cfg-options {embedded}")
+        else:
+            hint = (f"To go on without a download: a student from scratch: --cfg-options "
+                    f"student.pretrained_weights=None; or from {DEFAULT_EMBEDDED} ({small}): --cfg-options {embedded}")
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, hint)) from None
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
