@@ -259,27 +259,33 @@ _MONITOR_FILE = re.compile(r"^(monitor\.jsonl|pca_\d+\.png)$")  # monitor/: pret
 
 def is_run_dir(work_dir: str | os.PathLike) -> bool:
     """Whether ``work_dir`` is a pretraining run's folder: it holds :data:`RUN_MARKER`, or (a run of an
-    earlier version, unmarked) checkpoints, or a training log beside nothing but a run's entries."""
+    earlier version, unmarked) checkpoints, or nothing but a run's entries (a run stopped early)."""
     work_dir = Path(work_dir)
     if (work_dir / RUN_MARKER).is_file() or checkpoint_files(work_dir):
         return True
     entries = [p.name for p in work_dir.iterdir() if not p.name.startswith(".")]
-    return "training_metrics.jsonl" in entries and all(e in RUN_FILES or e in ("export", "monitor") for e in entries)
+    return bool(entries) and all(e in _RUN_ENTRIES for e in entries)
+
+
+#: The top-level entries a run writes (besides its checkpoints).
+_RUN_ENTRIES = frozenset(RUN_FILES) | {"export", "monitor"}
 
 
 def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is built or written, a work dir that is a file, that holds files a run did
-    not write, or that holds another run's checkpoints (without ``resume`` or ``overwrite``)."""
+    """Refuse, before anything is built or written, a work dir that is a file, that is not a run's folder
+    but holds entries a run would write over (an export copied there), or that holds another run's
+    checkpoints (without ``resume`` or ``overwrite``). Other files of the user's (a config kept in its
+    run's folder) stay beside the run's."""
     if work_dir.exists() and not work_dir.is_dir():
         raise FileExistsError(f"work dir {work_dir} is a file; give a folder (checkpoints, logs and the export go "
                               "into it)")
     if not work_dir.is_dir():
         return
-    if any(not p.name.startswith(".") for p in work_dir.iterdir()) and not is_run_dir(work_dir):
-        foreign = sorted(p.name for p in work_dir.iterdir() if not p.name.startswith("."))
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise FileExistsError(f"work dir {work_dir} holds files that no pretraining run wrote ({shown}); a run "
-                              "would replace some of them: give another --work-dir (a new or empty folder)")
+    clashes = sorted(p.name for p in work_dir.iterdir() if p.name in _RUN_ENTRIES)
+    if clashes and not is_run_dir(work_dir):
+        raise FileExistsError(f"work dir {work_dir} is not a pretraining run's folder, but holds "
+                              f"{', '.join(clashes)}, which a run would write over: give another --work-dir "
+                              "(a new or empty folder)")
     old = checkpoint_files(work_dir)
     if old and not (resume or overwrite):
         raise FileExistsError(f"work dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): resume "

@@ -455,4 +455,4 @@ def test_the_root_of_a_synthetic_layout_gives_its_images_only(tmp_path, caplog):
 
     (tmp_path / "list.txt").write_text(str(root / "images" / "00000.png"))
     assert dataset_folders([str(root), dict(type="folder", root=str(tmp_path)), str(tmp_path / "list.txt"),
-                            "skimage:camera", dict(type="synthetic", num_scenes=2)]) == [root, tmp_path]
+                            "skimage:camera", dict(type="synthetic", num_scenes=2)]) == [root / "images", tmp_path]

@@ -105,11 +105,24 @@ def test_a_folder_that_no_run_wrote_is_refused_and_left_as_it_was(tmp_path, caps
             capsys.readouterr()
             assert _pretrain(cfg, folder, "--max-iters", "1", "--cfg-options", "student.embed_dim=16", *options) == 2
             err = capsys.readouterr().err
-            assert f"work dir {folder} holds files that no pretraining run wrote" in err and "--work-dir" in err
+            assert f"work dir {folder} is not a pretraining run's folder, but holds" in err and "--work-dir" in err
+            assert "backbone.json" in err if folder == export else "config.json" in err, err
             assert _files(folder) == before and not (folder / LOCK).exists()
     from pretrain.train import is_run_dir
 
     assert not is_run_dir(export) and not is_run_dir(theirs)
+    # a run of an earlier version stopped before its first log line (config.json, backbone.json) is a run's
+    # folder; a user's own file (the config kept in its run's folder) stays beside the run's files
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.json").write_text("{}")
+    (early / "backbone.json").write_text("{}")
+    assert is_run_dir(early)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "my_config.py").write_text(cfg.read_text())
+    assert _pretrain(mine / "my_config.py", mine, "--max-iters", "1") == 0
+    assert (mine / "my_config.py").read_text() == cfg.read_text() and checkpoint_files(mine)
 
 
 def test_a_work_dir_inside_the_training_data_is_refused(tmp_path, capsys):
@@ -121,8 +134,8 @@ def test_a_work_dir_inside_the_training_data_is_refused(tmp_path, capsys):
         assert _pretrain(cfg, work) == 2
         err = capsys.readouterr().err
         assert f"work dir {work} is inside the training data's folder {data}" in err
-    assert _pretrain(cfg, data) == 2  # the data folder itself: it holds files that no run wrote
-    assert f"work dir {data} holds files that no pretraining run wrote (0.png, 1.png, 2.png)" in capsys.readouterr().err
+    assert _pretrain(cfg, data) == 2  # the data folder itself
+    assert f"work dir {data} is inside the training data's folder {data}" in capsys.readouterr().err
     assert _files(data) == before and sorted(p.name for p in data.iterdir()) == ["0.png", "1.png", "2.png"]
     nested = dict(type="folder", root=str(data))  # the dict form and lists of sources alike
     cfg = _py_config(tmp_path / "t2.py", tiny(2, train=dict(dataset=["skimage:camera", nested])))

@@ -177,10 +177,10 @@ def dataset_folders(spec: Any) -> list[Path]:
     if isinstance(spec, (list, tuple)):
         return [folder for s in spec for folder in dataset_folders(s)]
     if isinstance(spec, Mapping):
-        root = spec.get("root") if spec.get("type") == "folder" else None
-        return [Path(root)] if isinstance(root, (str, os.PathLike)) and os.path.isdir(root) else []
+        spec = spec.get("root") if spec.get("type") == "folder" else None
     if isinstance(spec, (str, os.PathLike)) and os.path.isdir(spec):
-        return [Path(spec)]
+        root = Path(spec)
+        return [root / "images" if _is_synthetic_layout(root) else root]  # (a synth root: its images/ only)
     return []
 
 
