@@ -456,7 +456,7 @@ def _work_dir(work: Path, overwrite: bool) -> Path:
     earlier demo wrote (it holds :data:`~dinov2_dense.fileio.MARKER`, or only demo entries: an older
     version's), which a rerun continues. ``overwrite`` removes the demo's own entries only, never
     other files, and never in the current directory or a folder holding it."""
-    from .fileio import MARKER, OutputError
+    from .fileio import MARKER, OutputError, check_output_dir
 
     if work.exists() and not work.is_dir():
         raise OutputError(f"--work-dir {work} is a file; give a folder (the demo writes scenes, caches and a report "
@@ -480,6 +480,8 @@ def _work_dir(work: Path, overwrite: bool) -> Path:
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
                 target.unlink()
+    if (work / "figures").is_dir():  # written again at the end: a file of the user's in it stops the demo now
+        check_output_dir(work / "figures", overwrite=True, what="the demo's figures folder")
     work.mkdir(parents=True, exist_ok=True)
     (work / MARKER).touch()
     return work

@@ -8,7 +8,8 @@
   swapped in whole, so a failure (a full disk, Ctrl-C) leaves the old set or the new one, never
   part of each. A non-empty output folder is refused unless the caller says ``overwrite``, and even
   then it is replaced only when it holds nothing but what an earlier output wrote (its marker lists
-  those entries): a file the user added is named in the error, never deleted.
+  those entries): a file the user added beside them is named in the error, never deleted (inside the
+  output's own subfolders, everything is the output's).
 * Output checks before any computing (:func:`check_output_file`, :func:`check_output_dir`).
 * :class:`DirLock`: one run per work dir; a second refuses, naming the holder's pid.
 """
@@ -369,11 +370,14 @@ def _foreign_message(what: str, path: Path, foreign: list[str], listed: bool, op
     if not (path / MARKER).is_file():
         return (f"{what} {path} holds files that dinov2-dense did not write ({shown}); {option} replaces only "
                 "earlier outputs: choose another folder, or empty this one yourself")
-    why = "that the earlier output did not write" if listed else (
-        "added or changed after the earlier output was written (by an older dinov2-dense, which did not "
-        "record its files)")
-    return (f"{what} {path} holds entries {why}: {shown}; {option} replaces only the earlier output's own "
-            "files and never deletes others: move these out of the folder and run again, or choose another folder")
+    if not listed:
+        return (f"{what} {path} holds entries added or changed after the earlier output was written (by an older "
+                f"dinov2-dense, which did not record its files): {shown}; {option} never deletes what may be yours: "
+                "move these out of the folder and run again, or choose another folder (if they are that output's "
+                "own, in a copy that did not keep modification times, delete the folder yourself)")
+    return (f"{what} {path} holds entries that the earlier output did not write: {shown}; {option} replaces only "
+            "the earlier output's own files and never deletes others: move these out of the folder and run "
+            "again, or choose another folder")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -391,7 +395,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
     way, no permission, too little space, or a folder that already holds files (another run's
     outputs would mix with ours) unless ``overwrite``. Even with ``overwrite``, a folder is replaced
     only if dinov2-dense wrote it (it holds :data:`MARKER`), holds nothing that the earlier output did
-    not write (:func:`foreign_entries`: a file the user added, such as metrics computed from the old
+    not write at its top level (:func:`foreign_entries`: a file the user added, such as metrics computed from the old
     output, is named in the error, never deleted nor carried into the new output, where it would
     describe results that are gone) and holds none of the ``protect`` paths (the command's inputs)
     nor the current directory: ``--overwrite`` never deletes a user's data."""

@@ -268,3 +268,19 @@ def test_the_work_dir_of_a_user_is_never_emptied(tmp_path, backbone_file, monkey
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(OutputError, match="file.png is a file; give a folder"):
         _work_dir(tmp_path / "file.png", False)
+
+
+def test_a_users_file_in_the_figures_folder_stops_a_rerun_before_any_step(tmp_path):
+    """The report rewrites figures/ at the end: a file the user put there is named at the start, before
+    any step is computed, not after all of them."""
+    from dinov2_dense.demo import _work_dir
+    from dinov2_dense.fileio import OutputError, staged_dir
+
+    work = _work_dir(tmp_path / "demo", overwrite=False)
+    with staged_dir(work / "figures", overwrite=True) as stage:
+        (stage / "seg.png").write_bytes(b"png")
+    assert _work_dir(work, overwrite=False) == work  # a rerun over the demo's own figures
+    (work / "figures" / "mine.txt").write_text("notes")
+    with pytest.raises(OutputError, match="mine.txt"):
+        _work_dir(work, overwrite=False)
+    assert (work / "figures" / "mine.txt").read_text() == "notes"

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dinov2_dense.checkpoints import (CheckpointError, CheckpointReadError, key_mismatches, read_checkpoint,
-                                      save_safetensors)
+from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadError, key_mismatches,
+                                      read_checkpoint, save_safetensors)
 from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
 
 __all__ = ["from_mmseg", "to_mmseg"]
@@ -68,6 +68,8 @@ def _read(path: str | os.PathLike, expected: str) -> dict[str, Tensor]:
     try:
         return read_checkpoint(path)
     except CheckpointReadError as exc:
+        if exc.advice == REFETCH:  # a damaged or cut-short file: the right kind, to be written or fetched again
+            raise
         raise CheckpointReadError(exc.path, exc.reason, f"expected {expected}") from exc
 
 
