@@ -456,7 +456,7 @@ def _work_dir(work: Path, overwrite: bool) -> Path:
     earlier demo wrote (it holds :data:`~dinov2_dense.fileio.MARKER`, or only demo entries: an older
     version's), which a rerun continues. ``overwrite`` removes the demo's own entries only, never
     other files, and never in the current directory or a folder holding it."""
-    from .fileio import MARKER, OutputError, check_output_dir
+    from .fileio import MARKER, OutputError, check_output_dir, is_inside
 
     if work.exists() and not work.is_dir():
         raise OutputError(f"--work-dir {work} is a file; give a folder (the demo writes scenes, caches and a report "
@@ -470,8 +470,7 @@ def _work_dir(work: Path, overwrite: bool) -> Path:
         raise OutputError(f"--work-dir {work} holds files that the demo did not write ({', '.join(shown[:3])}"
                           f"{', ...' if len(shown) > 3 else ''}); give an empty or new folder")
     if overwrite and entries:
-        here = Path.cwd().resolve()
-        if here == work.resolve() or work.resolve() in here.parents:
+        if is_inside(Path.cwd(), work):
             raise OutputError(f"--work-dir {work} --overwrite: it is or holds the current directory; run it from "
                               "elsewhere, or give another folder")
         for name in DEMO_ENTRIES:  # the demo's own entries; anything else (a user's notes) stays

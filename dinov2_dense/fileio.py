@@ -380,8 +380,10 @@ def _foreign_message(what: str, path: Path, foreign: list[str], listed: bool, op
             "again, or choose another folder")
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (links resolved)."""
     try:
+        path, folder = Path(path), Path(folder)
         path.resolve().relative_to(folder.resolve())
         return True
     except ValueError:
@@ -413,8 +415,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{what} {path} is not empty ({len(entries)} entries: {shown}); "
                               f"pass {option} to replace its contents, or choose another folder")
-        inside = [str(p) for p in protect if _inside(Path(p), path)]
-        if Path.cwd().resolve() == path.resolve() or _inside(Path.cwd(), path):
+        inside = [str(p) for p in protect if is_inside(p, path)]
+        if Path.cwd().resolve() == path.resolve() or is_inside(Path.cwd(), path):
             inside.append("the current directory")
         if inside:
             raise OutputError(f"{what} {path} holds this command's own inputs ({', '.join(inside[:3])}); "

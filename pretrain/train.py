@@ -295,10 +295,12 @@ def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
 def _check_outside_data(work_dir: Path, spec: Any) -> None:
     """Refuse a work dir in a folder that the training data set reads (recursively): a resumed run
     would train on its own figures, and an overwrite would change the data."""
+    from dinov2_dense.fileio import is_inside
+
     from .data.datasets import dataset_folders
 
     for folder in dataset_folders(spec):
-        if work_dir.resolve() == folder.resolve() or folder.resolve() in work_dir.resolve().parents:
+        if is_inside(work_dir, folder):
             raise ValueError(f"work dir {work_dir} is inside the training data's folder {folder} "
                              "(train.dataset): the run's own files would become training images; give a "
                              "--work-dir outside it")
