@@ -314,6 +314,7 @@ def test_convert_refuses_to_write_over_its_input_or_an_existing_file(tmp_path, c
 def test_convert_errors_are_one_line_naming_the_file_or_option_with_exit_code_2(tmp_path, capsys):
     ckpt = _mmseg_checkpoint(tmp_path / "iter_40.pth")
     out = tmp_path / "ours.safetensors"
+    whole = _mmseg_checkpoint(tmp_path / "with_backbone.pth", backbone={"cls_token": torch.zeros(1, 1, 384)})
     cases = [
         (("from-mmseg", tmp_path / "nope.pth", out), f"{tmp_path / 'nope.pth'}: no such weight file"),
         (("from-mmseg", ckpt, out, "--model", "nope"), "--model nope: unknown model 'nope'"),
@@ -322,6 +323,9 @@ def test_convert_errors_are_one_line_naming_the_file_or_option_with_exit_code_2(
         (("to-mmseg", tmp_path / "nope.safetensors", tmp_path / "back.pth"), "nope.safetensors: no such weight file"),
         (("to-mmseg", ckpt, tmp_path / "back.pth", "--backbone", "nope", "--backbone-weights", ckpt),
          "--backbone nope: unknown backbone 'nope'"),
+        # weights with a backbone and --backbone-weights: the second was silently ignored
+        (("to-mmseg", whole, tmp_path / "back.pth", "--backbone-weights", ckpt),
+         f"{whole} holds a backbone already (backbone.* tensors); --backbone-weights {ckpt} would be ignored"),
     ]
     for argv, says in cases:
         code, err = _convert(capsys, *argv)

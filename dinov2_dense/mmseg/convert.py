@@ -111,7 +111,10 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
     state = _ours(_read(weights, _OUR_WEIGHTS))
     if not any(k.startswith("decode_head.") for k in state):
         raise CheckpointError(f"{weights}: no decode_head.* tensors")
-    if not any(k.startswith("backbone.") for k in state) and backbone_weights is not None:
+    if backbone_weights is not None:
+        if any(k.startswith("backbone.") for k in state):  # which backbone would the user get? say so
+            raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone-weights "
+                                  f"{backbone_weights} would be ignored: drop it, or give a head-only file")
         from dinov2_dense.hub import load_backbone
 
         state.update({f"backbone.{k}": v for k, v in load_backbone(backbone, weights=backbone_weights)
