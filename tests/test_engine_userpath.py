@@ -1,6 +1,7 @@
 """`dinov2-dense train|test` as a user runs them: --resume with load_from, --overwrite that fails,
 config typos caught before training, --cfg-options values, the training run's config copy."""
 
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -88,17 +89,24 @@ def test_resume_continues_the_work_dir_not_load_from(scenes, trained, tmp_path, 
 
 
 def _depth_run(root: Path, work: Path, iters: int, resume: bool = False) -> DenseRunner:
-    options = _options(root, iters, interval=3, end=6, **{"model.losses.0.warm_iter": 5})
+    # with 2 DataLoader workers: their random crops and flips after the resume are the uninterrupted run's too
+    options = _options(root, iters, interval=3, end=6, **{"model.losses.0.warm_iter": 5,
+                                                          "train_dataloader.num_workers": 2,
+                                                          "train_dataloader.persistent_workers": False})
     cfg = load_config(str(DEPTH_CFG), options, str(work))
     cfg.resume = resume
     runner = DenseRunner.from_cfg(cfg)
+    before = set(multiprocessing.active_children())
     runner.train()
+    # its DataLoader workers end with train() (left to the garbage collector, each took 5 s to end)
+    assert set(multiprocessing.active_children()) <= before
     return runner
 
 
 def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path):
     """SigLoss's warm-up counter is not in the checkpoint: a resumed run repeated the warm-up (another loss,
-    another head). It now continues from the resumed iteration, as the uninterrupted run."""
+    another head). It now continues from the resumed iteration, as the uninterrupted run, and the resumed run
+    trains on the same augmented crops (mmengine skips the batches done; the workers' seeds repeat)."""
     whole = _depth_run(scenes / "nyu", tmp_path / "whole", 6)
     _depth_run(scenes / "nyu", tmp_path / "parts", 3)
     resumed = _depth_run(scenes / "nyu", tmp_path / "parts", 6, resume=True)
