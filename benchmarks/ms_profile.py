@@ -7,6 +7,11 @@ Random weights: the time does not depend on them.
     python benchmarks/ms_profile.py                 # a GPU
     python benchmarks/ms_profile.py --float8        # the backbone's linear layers in FP8 (H100/Ada)
     python benchmarks/ms_profile.py --compile-modes default static-autotune --crop-batch-sizes 16
+    python benchmarks/ms_profile.py --flops-only     # any machine: the prediction's FLOPs ("meta" device)
+
+The FLOPs of one prediction are counted by ``torch.utils.flop_counter`` on the "meta" device (shapes,
+no values), split into the linear layers, attention and the rest; on a GPU each timing also prints the
+share of the device's dense bf16 peak it reaches (``--peak-tflops``, 989 for an H100 SXM).
 
 ``--compile-modes``: each builds the model afresh (same random weights) and compiles its blocks:
 ``default`` and ``max-autotune`` as ``compile_blocks`` does (shapes marked dynamic); the trial
@@ -37,7 +42,18 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile-modes", nargs="+", default=["default"],
                     choices=["none", "default", "max-autotune", "static-autotune"])
+    ap.add_argument("--flops-only", action="store_true", help="count the FLOPs of one prediction and stop")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak")
+    ap.add_argument("--target-s", type=float, default=1.28 / 3, help="the time asked for (3x the one-crop 1.28 s)")
     args = ap.parse_args()
+    flops = count_flops(args.arch, args.crop_batch_sizes[0])
+    total = sum(flops.values())
+    print(f"dinov2_{args.arch}_ade20k_ms, one 512x683 image: {total / 1e12:.1f} TFLOP ("
+          + ", ".join(f"{name} {n / 1e12:.1f}" for name, n in flops.items()) + "); at "
+          f"{args.peak_tflops:g} TFLOP/s it takes {total / args.peak_tflops / 1e12:.3f} s at the whole peak, and "
+          f"{args.target_s:.3f} s asks for {total / args.target_s / args.peak_tflops / 1e12:.1%} of it", flush=True)
+    if args.flops_only:
+        return 0
     if not torch.cuda.is_available():
         print("needs a CUDA device (the +ms model takes minutes an image on a CPU)")
         return 1
@@ -82,7 +98,9 @@ def main() -> int:
                 for _ in range(args.repeats):
                     model.predict(x, crop_batch_size=crops)
                 torch.cuda.synchronize()
-                print(f"crop_batch_size {crops}: {(time.perf_counter() - t) / args.repeats:.3f} s an image", flush=True)
+                seconds = (time.perf_counter() - t) / args.repeats
+                print(f"crop_batch_size {crops}: {seconds:.3f} s an image "
+                      f"({total / seconds / args.peak_tflops / 1e12:.1%} of the peak)", flush=True)
     with torch.inference_mode():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -99,6 +117,26 @@ def main() -> int:
     print(table.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60), flush=True)
     print(table.table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60), flush=True)
     return 0
+
+
+def count_flops(arch: str, crop_batch_size: int) -> dict[str, int]:
+    """FLOPs of one +ms prediction of a 512x683 image, counted on the "meta" device: the linear layers
+    (addmm, mm), attention (on "meta" its matrix products run as bmm) and the rest (the patch embedding's
+    convolution or product)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dinov2_dense.zoo import build_model
+
+    model = build_model(f"dinov2_{arch}_ade20k_ms").to("meta").eval()
+    x = torch.empty(1, 3, 512, 683, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.predict(x, crop_batch_size=crop_batch_size)
+    ops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    linear = sum(n for op, n in ops.items() if op in ("aten.addmm", "aten.mm"))
+    attention = sum(n for op, n in ops.items() if op in ("aten.bmm", "aten._scaled_dot_product_flash_attention",
+                                                          "aten._scaled_dot_product_efficient_attention",
+                                                          "aten._scaled_dot_product_cudnn_attention"))
+    return {"linear layers": linear, "attention": attention, "rest": sum(ops.values()) - linear - attention}
 
 
 if __name__ == "__main__":
