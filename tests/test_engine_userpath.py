@@ -227,3 +227,28 @@ def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path
     assert _train(work, _options(scenes / "ade", 1), "--resume") == 0
     err = capsys.readouterr().err
     assert "at iteration 2" in err and "nothing is trained" in err and "max_iters = 1" in err, err
+
+
+# ---------------------------------------------------------------- --cfg-options train_cfg.max_iters and the schedule
+
+
+def test_max_iters_on_the_command_line_moves_the_schedule_with_it(scenes, tmp_path, capsys):
+    """The configs write `end=max_iters`, fixed when the file is read: `--cfg-options train_cfg.max_iters=4`
+    (the README's way to shorten a run) left the poly decay at 600 iterations, so the rate never decayed.
+    The decay now ends with the run; a warm-up that outlasts the run is named; an explicit end is kept."""
+    roots = {f"{split}_dataloader.dataset.root": str(scenes / "ade") for split in ("train", "val", "test")}
+    base = {**roots, "train_cfg.val_interval": 1000, "train_dataloader.batch_size": 2,
+            "default_hooks.logger.interval": 50, "default_hooks.checkpoint.interval": 4, "train_cfg.max_iters": 4}
+    capsys.readouterr()
+    assert _train(tmp_path / "short", base) == 0
+    out = capsys.readouterr().out
+    assert "--cfg-options train_cfg.max_iters=4: the schedule follows it (param_scheduler.1.end; was 600)" in out
+    assert "note: param_scheduler.0 (LinearLR) ends at iteration 50, after train_cfg.max_iters=4" in out
+    lr = torch.load(tmp_path / "short" / "iter_4.pth", map_location="cpu", weights_only=True)["optimizer"]
+    assert lr["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # poly decay (eta_min 0) done at 4
+    # an end the options give is theirs
+    assert _train(tmp_path / "kept", {**base, "param_scheduler.1.end": 600}) == 0
+    out = capsys.readouterr().out
+    assert "the schedule follows it" not in out and "param_scheduler.1 (PolyLR) ends at iteration 600" in out
+    lr = torch.load(tmp_path / "kept" / "iter_4.pth", map_location="cpu", weights_only=True)["optimizer"]
+    assert lr["param_groups"][0]["lr"] > 1e-5

@@ -135,10 +135,12 @@ def _check_option_sections(cfg, cfg_options: dict, path: str, known: frozenset[s
 
 
 def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None = None, launcher: str = "none",
-                known_sections: frozenset[str] | None = RUNNER_KEYS):
+                known_sections: frozenset[str] | None = RUNNER_KEYS, notes: list[str] | None = None):
     """The config at ``path`` with ``cfg_options`` merged in. ``known_sections``: top-level names that
     --cfg-options may set besides the config's own (None: any name, as for pretraining configs,
-    which check their sections themselves)."""
+    which check their sections themselves). A ``train_cfg.max_iters`` among the options moves the
+    learning-rate schedule's ends that were the config's max_iters with it (unless the options set them
+    too); ``notes`` receives a line saying so."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such config file")
     try:
@@ -153,17 +155,67 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
     if cfg_options:
         if known_sections is not None:
             _check_option_sections(cfg, cfg_options, path, known_sections)
+        max_iters = _get(cfg, "train_cfg.max_iters")
         try:
             cfg.merge_from_dict(cfg_options)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             keys = " ".join(cfg_options)
             raise ConfigError(f"--cfg-options {keys}: does not fit {path} ({_one_line(exc)[:160]})") from None
+        if "train_cfg.max_iters" in cfg_options:
+            moved = _follow_max_iters(cfg, max_iters, cfg_options)
+            if moved and notes is not None:
+                notes.append(f"--cfg-options train_cfg.max_iters={_get(cfg, 'train_cfg.max_iters')}: the schedule "
+                             f"follows it ({', '.join(moved)}; was {max_iters})")
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = default_work_dir(path)
     cfg.launcher = launcher
     return cfg
+
+
+SCHEDULE_LENGTH_KEYS = ("end", "T_max", "total_steps")  # where an iteration-based scheduler states its length
+
+
+def _schedulers(cfg) -> list:
+    schedulers = cfg.get("param_scheduler")
+    return [schedulers] if hasattr(schedulers, "get") else list(schedulers or [])
+
+
+def _follow_max_iters(cfg, before, cfg_options: dict) -> list[str]:
+    """Set to the new ``train_cfg.max_iters`` each scheduler length that was the config's ``before``
+    (a config writes ``end=max_iters``, fixed when the file is read), unless the options set it; the keys
+    moved. Without this a shorter run never finished its decay (poly 600 cut at 100: lr still 83%)."""
+    after = _get(cfg, "train_cfg.max_iters")
+    if not isinstance(before, int) or not isinstance(after, int) or before == after:
+        return []
+    moved = []
+    for i, scheduler in enumerate(_schedulers(cfg)):
+        if not hasattr(scheduler, "get") or scheduler.get("by_epoch", True) is not False:
+            continue
+        for key in SCHEDULE_LENGTH_KEYS:
+            if scheduler.get(key) == before and f"param_scheduler.{i}.{key}" not in cfg_options:
+                scheduler[key] = after
+                moved.append(f"param_scheduler.{i}.{key}")
+    return moved
+
+
+def schedule_cut_notes(cfg) -> list[str]:
+    """One line for each iteration-based scheduler that ends after ``train_cfg.max_iters``: the run stops
+    part-way through it (a warm-up not finished, a decay cut short)."""
+    max_iters = _get(cfg, "train_cfg.max_iters")
+    if not isinstance(max_iters, int):
+        return []
+    notes = []
+    for i, scheduler in enumerate(_schedulers(cfg)):
+        if not hasattr(scheduler, "get") or scheduler.get("by_epoch", True) is not False:
+            continue
+        end = scheduler.get("end")
+        if isinstance(end, int) and end > max_iters:
+            notes.append(f"note: param_scheduler.{i} ({scheduler.get('type')}) ends at iteration {end}, after "
+                         f"train_cfg.max_iters={max_iters}: the run stops part-way through it (param_scheduler.{i}.end "
+                         "sets it)")
+    return notes
 
 
 def _get(cfg, dotted: str):
@@ -477,7 +529,8 @@ def _previous_run_files(work_dir: Path) -> list[Path]:
 def run_train(args: argparse.Namespace) -> int:
     from dinov2_dense.fileio import DirLock
 
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    notes: list[str] = []
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher, notes=notes)
     validate_config(cfg, args.config, train=True)
     cfg.resume = bool(args.resume)
     from dinov2_dense.fileio import _check_creatable
@@ -493,6 +546,8 @@ def run_train(args: argparse.Namespace) -> int:
     if _rank() != 0:  # the main process checks and locks the work dir for all of them
         _build_runner(cfg, args.config).train()
         return 0
+    for note in notes + schedule_cut_notes(cfg):
+        print(note)
     with DirLock(work_dir) as lock:
         if lock.note:
             print(f"{work_dir}: {lock.note}")
