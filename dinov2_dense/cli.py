@@ -98,12 +98,21 @@ def _model_name(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace, device):
+    """The backbone of --model/--weights; random weights drawn from --seed (default 0), so every command
+    and every rerun builds the same ones (a rerun then finds its cache, store or basis), without changing
+    the rest of the command's random state."""
+    import torch
+
     from .hub import load_backbone
 
     dtype = getattr(args, "dtype", "fp32")
-    return load_backbone(_model_name(args), weights=_weights_arg(args.weights), device=device,
-                         dtype=None if dtype == "fp32" else dtype, compile=getattr(args, "compile", None) or False,
-                         attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
+    weights = _weights_arg(args.weights)
+    with torch.random.fork_rng(devices=[]):
+        if weights is None:
+            torch.manual_seed(getattr(args, "seed", 0))
+        return load_backbone(_model_name(args), weights=weights, device=device,
+                             dtype=None if dtype == "fp32" else dtype, compile=getattr(args, "compile", None) or False,
+                             attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
 
 
 def _num_workers(args: argparse.Namespace) -> int:
@@ -485,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     feat.add_argument("--no-norm", action="store_true", help="skip the final LayerNorm (depth protocol)")
     _add_resize_8bit_argument(feat)
+    feat.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --weights random (default 0)")
     feat.add_argument("--out", required=True, help="output .npy or .safetensors file")
     feat.set_defaults(func=_cmd_features)
 
@@ -647,7 +657,8 @@ def _add_knn_command(sub) -> None:
                      help="class token, mean of the patch tokens, or both (default cls)")
     knn.add_argument("--val-fraction", type=float_range(0.0, 1.0, strict_min=True, strict_max=True), default=0.2,
                      help="held-out share when the folder has no val/ (default 0.2)")
-    knn.add_argument("--seed", type=nonnegative_int, default=0)
+    knn.add_argument("--seed", type=nonnegative_int, default=0,
+                     help="seed of the held-out split and of --weights random (default 0)")
     knn.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     _add_resize_8bit_argument(knn)
     knn.add_argument("--out", help="write the results as JSON")
@@ -803,7 +814,8 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--iters", type=positive_int, default=20, help="Lloyd iterations per k-means (default 20)")
     cur.add_argument("--sampling", choices=["random", "closest"], default="random",
                      help="points drawn within the finest clusters: at random or closest to the centroid")
-    cur.add_argument("--seed", type=nonnegative_int, default=0)
+    cur.add_argument("--seed", type=nonnegative_int, default=0,
+                     help="seed of the sampling and k-means and of --weights random (default 0)")
     cur.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     cur.add_argument("--no-progress", action="store_true", help="no progress bars")
     cur.add_argument("--launcher", choices=["none", "pytorch"], default="none",

@@ -567,3 +567,33 @@ def test_a_size_off_the_patch_grid_is_refused_naming_the_sizes_that_fit(tmp_path
     root = write_folder(tmp_path / "data", per_class=2)
     with pytest.raises(ValueError, match=r"size=50: not a multiple of the model's patch size 14 .*use 42 or 56"):
         folder_features(tiny_vit(), root, size=50, progress=False)
+
+
+def test_random_weights_are_the_same_on_every_run_of_every_command(tmp_path, capsys):
+    """`--weights random` drew other weights on every run of features, knn and curate (pca seeded them):
+    two identical `features` runs disagreed (a reviewer saw up to 4.91), knn's --cache never found its own
+    earlier run, and an interrupted curate restarted "with other settings". They all take --seed now."""
+    from dinov2_dense.cli import main
+
+    root = write_folder(tmp_path / "data")
+    image = str(root / "cat" / "0.png")
+    out = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert main(["features", image, "--weights", "random", "--size", "28", "--seed", seed,
+                     "--out", str(tmp_path / f"{name}.npy")]) == 0
+        out[name] = np.load(tmp_path / f"{name}.npy")
+    assert np.array_equal(out["a"], out["b"]) and not np.allclose(out["a"], out["c"])
+    # the default seed is 0, in another process too (whose torch starts from another random state)
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "dinov2_dense", "features", image, "--weights", "random", "--size",
+                          "28", "--out", str(tmp_path / "d.npy")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(np.load(tmp_path / "d.npy"), out["a"])
+    # knn (its --seed also) builds the same weights on a rerun, so its cache finds them
+    knn = ["knn", str(root), "--weights", "random", "--size", "28", "--no-linear", "--cache", str(tmp_path / "cache")]
+    capsys.readouterr()
+    assert main(knn) == 0 and "read from the cache" not in capsys.readouterr().err
+    assert main(knn) == 0 and "read from the cache" in capsys.readouterr().err
+    assert len(list((tmp_path / "cache").iterdir())) == 1
