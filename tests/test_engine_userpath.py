@@ -5,8 +5,10 @@ import multiprocessing
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dinov2_dense.cli import main
 from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout, write_nyu_layout
@@ -252,3 +254,26 @@ def test_max_iters_on_the_command_line_moves_the_schedule_with_it(scenes, tmp_pa
     assert "the schedule follows it" not in out and "param_scheduler.1 (PolyLR) ends at iteration 600" in out
     lr = torch.load(tmp_path / "kept" / "iter_4.pth", map_location="cpu", weights_only=True)["optimizer"]
     assert lr["param_groups"][0]["lr"] > 1e-5
+
+
+# ---------------------------------------------------------------- pretrain --max-iters: where the weights are
+
+
+def test_a_pretraining_run_stopped_by_max_iters_says_where_its_weights_are(tmp_path, capsys):
+    """`pretrain --max-iters` (a try run) stops before the schedule's end, which writes the export: it printed
+    only its losses, and the user's next command, given export/backbone.safetensors, found no such file."""
+    from tests.test_pretrain_train import _py_config, tiny
+
+    cfg = _py_config(tmp_path / "tiny.py", tiny(3))
+    work = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["pretrain", str(cfg), "--work-dir", str(work), "--no-progress", "--max-iters", "2"]) == 0
+    out = capsys.readouterr().out
+    checkpoint = work / "checkpoint_0000002.pth"
+    assert "stopped at iteration 2 (--max-iters), before the end of the schedule: no export yet" in out
+    assert f"--weights {checkpoint} gives its teacher backbone to the other commands" in out
+    assert not (work / "export").exists() and checkpoint.is_file()
+    # what it says works: the other commands take the checkpoint
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(image)
+    assert main(["features", str(image), "--weights", str(checkpoint), "--out", str(tmp_path / "f.npy")]) == 0

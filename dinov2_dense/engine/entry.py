@@ -694,6 +694,12 @@ def run_pretrain(args: argparse.Namespace) -> int:
             if isinstance(files, dict):
                 print(f"exported {name}: {files['safetensors']} (architecture {files['json']}); load it with "
                       "load_backbone(None, weights=...)")
+        if not exports and "iterations" in result:  # --max-iters stopped it before the schedule's end
+            checkpoint = work_dir / f"checkpoint_{result['iterations']:07d}.pth"
+            use = (f"--weights {checkpoint} gives its teacher backbone to the other commands, "
+                   if (work_dir / "backbone.json").is_file() else "")
+            print(f"stopped at iteration {result['iterations']} (--max-iters), before the end of the schedule: no "
+                  f"export yet (it is written when the schedule ends); {use}--resume continues the run")
     return 0
 
 
