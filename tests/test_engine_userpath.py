@@ -259,7 +259,7 @@ def test_max_iters_on_the_command_line_moves_the_schedule_with_it(scenes, tmp_pa
 # ---------------------------------------------------------------- pretrain --max-iters: where the weights are
 
 
-def test_a_pretraining_run_stopped_by_max_iters_says_where_its_weights_are(tmp_path, capsys):
+def test_a_pretraining_run_stopped_by_max_iters_says_where_its_weights_are(scenes, tmp_path, capsys):
     """`pretrain --max-iters` (a try run) stops before the schedule's end, which writes the export: it printed
     only its losses, and the user's next command, given export/backbone.safetensors, found no such file."""
     from tests.test_pretrain_train import _py_config, tiny
@@ -277,3 +277,9 @@ def test_a_pretraining_run_stopped_by_max_iters_says_where_its_weights_are(tmp_p
     image = tmp_path / "img.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(image)
     assert main(["features", str(image), "--weights", str(checkpoint), "--out", str(tmp_path / "f.npy")]) == 0
+    # given to `test` as a head checkpoint, it is named for what it is (it said "no state dict of tensors")
+    roots = [f"{split}_dataloader.dataset.root={scenes / 'ade'}" for split in ("train", "val", "test")]
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(checkpoint), "--work-dir", str(tmp_path / "t"), "--cfg-options", *roots]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dinov2-dense test: error:")]
+    assert len(err) == 1 and f"{checkpoint}: a pretraining checkpoint" in err[0], err

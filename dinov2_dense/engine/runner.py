@@ -156,6 +156,10 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state = checkpoint.get("state_dict", checkpoint)
+    if "state_dict" not in checkpoint and isinstance(checkpoint.get("model"), dict) and "iteration" in checkpoint:
+        raise CheckpointError(f"{path}: a pretraining checkpoint (a backbone and its DINO/iBOT heads), not a head "
+                              "checkpoint of `train`: give it as the backbone's weights (model.backbone_weights, or "
+                              "--weights of the other commands) and a checkpoint that `train` wrote here")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state dict of tensors in it (keys: {', '.join(list(checkpoint)[:6])})")
     return checkpoint
