@@ -436,6 +436,16 @@ def architecture(name: str | os.PathLike | dict | None, weights=None) -> models.
     return build_backbone(name) if arch is None else models.DinoVisionTransformer(**arch)
 
 
+def _arch_files_beside(weights: Path) -> list[Path]:
+    return list(dict.fromkeys([weights.with_suffix(".json"), weights.parent / "backbone.json"]))
+
+
+def arch_file_beside(weights: str | os.PathLike) -> Path | None:
+    """The architecture JSON that goes with a weights file (same stem, or ``backbone.json`` in its
+    folder: a pretraining export's or run's), or None."""
+    return next((c for c in _arch_files_beside(Path(weights).expanduser()) if c.is_file()), None)
+
+
 def _architecture(name, weights) -> dict | None:
     """The DinoVisionTransformer arguments ``name`` gives (None for a zoo name)."""
     import json
@@ -450,11 +460,10 @@ def _architecture(name, weights) -> dict | None:
             w = Path(weights).expanduser()
             if not w.exists():
                 raise WeightsNotFoundError(f"{w}: no such weights file")
-            candidates = list(dict.fromkeys([w.with_suffix(".json"), w.parent / "backbone.json"]))
-            found = next((c for c in candidates if c.is_file()), None)
+            found = arch_file_beside(w)
             if found is None:
                 raise WeightsNotFoundError(f"{w}: no architecture file beside it (looked for "
-                                           f"{', '.join(str(c) for c in candidates)}); name the backbone")
+                                           f"{', '.join(str(c) for c in _arch_files_beside(w))}); name the backbone")
             name = found
         path = Path(name).expanduser()
         if not path.is_file():

@@ -402,3 +402,25 @@ def test_backbone_init_weights_keeps_the_loaded_weights():
     reference = load_backbone("dinov2_dense_tiny").state_dict()
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+def test_to_mmseg_takes_the_architecture_beside_an_export(tmp_path, capsys):
+    """An official head file plus a pretraining export: `--backbone` defaulted to dinov2_vits14 whatever the
+    export was ("cannot load dinov2_vits14"); the export's backbone.json now gives the architecture."""
+    from safetensors.torch import load_file
+
+    head = _mmseg_checkpoint(tmp_path / "head.pth")
+    export = export_backbone(randomize_(tiny_vit(), seed=3), tmp_path / "export")["safetensors"]
+    out = tmp_path / "with_backbone.pth"
+    code, err = _convert(capsys, "to-mmseg", head, out, "--backbone-weights", export)
+    assert code == 0, err
+    state = torch.load(out, weights_only=True)["state_dict"]
+    want = load_file(export)
+    assert {k[len("backbone."):] for k in state if k.startswith("backbone.")} == set(want)
+    assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in want.items())
+    # without an architecture beside the weights, the official heads' backbone is the default, as before
+    lone = tmp_path / "lone" / "weights.safetensors"
+    lone.parent.mkdir()
+    lone.write_bytes(export.read_bytes())
+    code, err = _convert(capsys, "to-mmseg", head, tmp_path / "other.pth", "--backbone-weights", lone)
+    assert code == 2 and "dinov2_vits14" in err, err

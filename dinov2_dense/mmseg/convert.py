@@ -104,9 +104,10 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
 
 
 def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weights: str | None = None,
-             backbone: str = "dinov2_vits14", overwrite: bool = False) -> Path:
+             backbone: str | None = None, overwrite: bool = False) -> Path:
     """A dinov2-dense weights file (or an official head file plus ``backbone_weights`` for
-    ``backbone``) -> an mmseg checkpoint."""
+    ``backbone``) -> an mmseg checkpoint. ``backbone`` None: the architecture file beside
+    ``backbone_weights`` (a pretraining export's backbone.json), else dinov2_vits14."""
     out = _check_output(out, {"input weights file": weights, "backbone weights file": backbone_weights}, overwrite)
     state = _ours(_read(weights, _OUR_WEIGHTS))
     if not any(k.startswith("decode_head.") for k in state):
@@ -115,7 +116,10 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
         if any(k.startswith("backbone.") for k in state):  # which backbone would the user get? say so
             raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone-weights "
                                   f"{backbone_weights} would be ignored: drop it, or give a head-only file")
-        from dinov2_dense.hub import load_backbone
+        from dinov2_dense.hub import arch_file_beside, load_backbone
+
+        if backbone is None and arch_file_beside(backbone_weights) is None:
+            backbone = "dinov2_vits14"
 
         state.update({f"backbone.{k}": v for k, v in load_backbone(backbone, weights=backbone_weights)
                       .state_dict().items()})
@@ -143,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("to-mmseg", help="a load_model weights file (or an official head file) -> an mmseg checkpoint")
     b.add_argument("weights")
     b.add_argument("out")
-    b.add_argument("--backbone", default="dinov2_vits14")
+    b.add_argument("--backbone", default=None,
+                   help="the backbone of --backbone-weights: a zoo name or an architecture JSON (default: the "
+                        "backbone.json beside --backbone-weights, a pretraining export's, else dinov2_vits14)")
     b.add_argument("--backbone-weights", default=None)
     b.set_defaults(func=_cmd_to_mmseg)
     for command in (a, b):
@@ -168,7 +174,7 @@ def _cmd_from_mmseg(args) -> int:
 
 
 def _cmd_to_mmseg(args) -> int:
-    if args.backbone_weights is not None and not Path(args.backbone).is_file():  # a zoo name, or an architecture JSON
+    if args.backbone_weights is not None and args.backbone is not None and not Path(args.backbone).is_file():
         from dinov2_dense.hub import get_spec
 
         try:
