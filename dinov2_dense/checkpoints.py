@@ -4,7 +4,10 @@ One converter per foreign format, applied at load time (in the manner of timm's
 ``checkpoint_filter_fn``):
 
 * official ``.pth`` files, including training checkpoints (``teacher.backbone.`` /
-  ``student.backbone.`` / ``backbone.`` prefixes, ``block_chunks`` keys ``blocks.C.N``);
+  ``student.backbone.`` / ``backbone.`` prefixes, ``block_chunks`` keys ``blocks.C.N``; of a
+  pretraining checkpoint the teacher is taken, while a distillation checkpoint, whose
+  ``teacher.backbone.*`` is the frozen input and whose students are ``teacher.ema<i>_backbone.*``,
+  is refused, naming the student exports to give instead);
 * Hugging Face transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (safetensors or bin,
   a file or a ``save_pretrained`` directory, whole or sharded with a ``*.index.json``);
 * timm ``vit_*_patch14_dinov2`` and ``vit_*_patch14_reg4_dinov2``.
@@ -41,6 +44,7 @@ __all__ = [
     "load_backbone_weights",
     "save_safetensors",
     "fingerprint",
+    "distilled_students",
 ]
 
 
@@ -287,8 +291,33 @@ def _timm_swiglu(sd: Mapping[str, Tensor]) -> bool:
     return fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]
 
 
-def _from_training(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+#: The backbones of a distillation checkpoint (pretrain.distill): each student's and its EMA's.
+_DISTILLED = re.compile(r"^(?:teacher\.ema|student\.student)(\d+)_backbone\.")
+
+
+def distilled_students(sd: Mapping[str, Tensor]) -> list[int]:
+    """The students of a distillation checkpoint (``teacher.ema<i>_backbone.*`` /
+    ``student.student<i>_backbone.*`` keys); empty for any other file."""
+    return sorted({int(m.group(1)) for k in sd if (m := _DISTILLED.match(k))})
+
+
+def distillation_refusal(students: list[int], source: str | os.PathLike | None = None) -> str:
+    """Why a distillation checkpoint is not read as one backbone, and which files to give instead."""
+    export = "export"
+    if source is not None and Path(source).suffix in (".pth", ".pt"):
+        export = str(Path(source).parent / "export")
+    names = ", ".join(f"student{i}" for i in students)
+    return (f"a distillation checkpoint (its students: {names}): its teacher.backbone.* is the frozen teacher the "
+            f"students learnt from, not a distilled student, so no backbone is taken from it; give a student's "
+            f"export instead ({export}/student{students[0]}.safetensors, with student{students[0]}.json beside "
+            "it), or the teacher's own weights file")
+
+
+def _from_training(sd: Mapping[str, Tensor], source: str | os.PathLike | None = None) -> dict[str, Tensor]:
     keys = list(sd)
+    students = distilled_students(sd)
+    if students:  # "the teacher is taken" would silently give the frozen input, not what was trained
+        raise CheckpointError((f"{source}: " if source is not None else "") + distillation_refusal(students, source))
     for prefix in ("teacher.backbone.", "student.backbone.", "module.backbone.", "backbone.", "module."):
         if any(k.startswith(prefix) for k in keys):
             sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -376,11 +405,13 @@ def _from_timm(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def to_official(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """Convert any supported layout to the official one; returns (state dict, detected format)."""
+def to_official(sd: Mapping[str, Tensor], source: str | os.PathLike | None = None) -> tuple[dict[str, Tensor], str]:
+    """Convert any supported layout to the official one; returns (state dict, detected format).
+    A distillation checkpoint (several backbones: the frozen teacher and the students) raises
+    :class:`CheckpointError` naming ``source`` and the files to give instead."""
     fmt = detect_format(sd)
     if fmt == "training":
-        sd = _from_training(sd)
+        sd = _from_training(sd, source)
         inner = detect_format(sd)
         if inner in ("hf", "timm"):
             return to_official(sd)[0], f"training/{inner}"
@@ -418,13 +449,14 @@ def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[
     """
     label = str(source) if not isinstance(source, Mapping) else "state dict"
     raw = read_checkpoint(source) if not isinstance(source, Mapping) else dict(source)
-    sd, fmt = to_official(raw)
+    sd, fmt = to_official(raw, label)
     own = model.state_dict()
     parts = key_mismatches(own, sd)
     if parts:
+        # one sentence a line, each ended, so that the message joined onto one line still reads
         raise CheckpointError(
             f"{label} ({fmt} format) does not fit this model ({describe_architecture(own)}).\n  "
-            + "\n  ".join(parts)
+            + "\n  ".join(f"{part}." for part in parts)
             + f"\n  The checkpoint looks like {describe_architecture(sd)}."
         )
     refuse_nonfinite(sd, label)

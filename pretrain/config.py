@@ -201,9 +201,15 @@ def _check(cfg: dict, source: str) -> None:
             need(isinstance(s[k], int) and s[k] > 0, f"student.{k}", "a custom arch needs a positive integer")
         need(s["embed_dim"] % s["num_heads"] == 0, "student.embed_dim", "must be a multiple of num_heads")
     need(s["ffn_layer"] in ("mlp", "swiglufused", "swiglu"), "student.ffn_layer", "use mlp or swiglufused")
+    # continued pretraining with the patch size left at its default: the weights settle it, and the crops
+    # are checked against theirs once they are loaded (pretrain.train._check_crops), still before any write
+    settled_by_weights = (s["pretrained_weights"] and s["patch_size"] == DEFAULTS["student"]["patch_size"]
+                          and not cfg["distill"]["teacher"])
     for k in ("global_crops_size", "local_crops_size"):
-        need(isinstance(crops[k], int) and crops[k] >= s["patch_size"] and crops[k] % s["patch_size"] == 0,
-             f"crops.{k}", f"a multiple of the patch size {s['patch_size']}")
+        need(isinstance(crops[k], int) and (settled_by_weights or (crops[k] >= s["patch_size"] and
+                                                                   crops[k] % s["patch_size"] == 0)),
+             f"crops.{k}", f"a multiple of the patch size {s['patch_size']}" if not settled_by_weights else
+             "a whole number of pixels")
     blur = crops["blur_probabilities"]
     need(isinstance(blur, (list, tuple)) and len(blur) == 3 and all(isinstance(p, Number) and 0 <= p <= 1 for p in blur),
          "crops.blur_probabilities", "three probabilities in [0, 1] (global crop 1, global crop 2, local crops)")

@@ -242,10 +242,18 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
     try:
         if claim is not None and work_dir.is_dir():
             claim.take()  # an existing folder is held from the start (two resumes of one run never mix)
-        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=overwrite, claim=claim)
+        return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=overwrite, claim=claim,
+                    given=_given_student_keys(config), source=source)
     finally:
         if claim is not None:
             claim.release()
+
+
+def _given_student_keys(config: dict | None) -> frozenset[str]:
+    """The student settings the user's config itself gives (a value, not None), be it the default's value
+    or not: with ``student.pretrained_weights`` such a setting must agree with the weights."""
+    student = (config or {}).get("student")
+    return frozenset(k for k, v in student.items() if v is not None) if isinstance(student, dict) else frozenset()
 
 
 #: Written into a pretraining work dir before anything else: the folder is a run's (see :func:`is_run_dir`).
@@ -363,7 +371,7 @@ def _load_any(weights: str) -> nn.Module:
     return load_backbone(weights) if isinstance(weights, str) and weights in BACKBONES else load_exported(weights)
 
 
-def _build(cfg: dict, device: torch.device) -> nn.Module:
+def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(), source: str = "config") -> nn.Module:
     distill = cfg["distill"]
     if distill["teacher"]:
         from .config import resolve_student
@@ -391,24 +399,71 @@ def _build(cfg: dict, device: torch.device) -> nn.Module:
             head = {k[len("teacher.dino_head."):]: v for k, v in state.items() if k.startswith("teacher.dino_head.")}
             if not head:
                 raise ValueError(f"distill.teacher_head={distill['teacher_head']}: no teacher.dino_head.* tensors in it")
+            _check_head_teacher(state, teacher, source, distill["teacher"])
         students = [resolve_student(cfg["student"], s) for s in distill["students"]] or [cfg["student"]]
         return DistillArch(cfg, teacher, students, head).to(device)
     student = teacher = None
     weights = cfg["student"]["pretrained_weights"]
     if weights:
         student, teacher = _load_any(weights), _load_any(weights)
-        _check_loaded_arch(cfg["student"], student)
+        _check_loaded_arch(cfg["student"], student, given)
+        _check_crops(cfg, source)
     model = SSLMetaArch(cfg, student, teacher)
     if weights:
         _set_drop_path(model.student.backbone, cfg["student"])
     return model.to(device)
 
 
-def _check_loaded_arch(section: dict, backbone: nn.Module) -> None:
+def _check_head_teacher(state: dict, teacher: nn.Module, source: Path, teacher_name: str) -> None:
+    """A distillation teacher head must be the one trained with the teacher backbone: the checkpoint's
+    ``teacher.backbone.*`` must equal the teacher's weights, tensor for tensor (a head of another run,
+    of an earlier iteration, or a distillation checkpoint's head of its own frozen teacher would give
+    targets unrelated to the teacher's features, and the students would learn them silently)."""
+    from dinov2_dense.checkpoints import distilled_students
+
+    prefix = "teacher.backbone."
+    saved = {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    own = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
+    differing = [k for k, v in own.items() if k in saved and not (saved[k].shape == v.shape and
+                                                                   torch.equal(saved[k].to(v.dtype), v))]
+    if saved.keys() == own.keys() and not differing:
+        return
+    where = f"distill.teacher_head={source}"
+    if not saved:
+        raise ValueError(f"{where}: it holds no teacher.backbone.* tensors, so nothing shows that its head was trained "
+                         f"with the teacher distill.teacher={teacher_name}; give the pretraining checkpoint (or run "
+                         "folder) of that teacher, or leave distill.teacher_head out (a fresh random head)")
+    students = distilled_students(state)
+    why = (f"it is a distillation checkpoint: its teacher.dino_head.* belongs to its own frozen teacher "
+           f"(teacher.backbone.*), not to the students it exports ({', '.join(f'student{i}' for i in students)}); "
+           if students else "")
+    differ = (f"{len(differing)} of its {len(own)} tensors differ" if saved.keys() == own.keys() else
+              "another architecture: other tensor names")
+    raise ValueError(f"{where}: {why}its teacher.backbone.* is not the teacher distill.teacher={teacher_name} "
+                     f"({differ}), so its DINO head was trained with another backbone; give the checkpoint (or run "
+                     "folder) that trained this teacher, or leave distill.teacher_head out (a fresh random head)")
+
+
+def _check_crops(cfg: dict, source: str) -> None:
+    """The crop sizes against the patch size that the loaded weights settled (the config was checked
+    against the patch size it gave, or the default): refused before anything is written."""
+    from .config import ConfigError
+
+    patch = cfg["student"]["patch_size"]
+    for key in ("global_crops_size", "local_crops_size"):
+        size = cfg["crops"][key]
+        if size < patch or size % patch:
+            raise ConfigError(f"{source}: crops.{key} = {size!r}: a multiple of the patch size {patch} (that of "
+                              f"student.pretrained_weights={cfg['student']['pretrained_weights']})")
+
+
+def _check_loaded_arch(section: dict, backbone: nn.Module, given_keys: frozenset[str] = frozenset()) -> None:
     """Settle the student section on its ``pretrained_weights``, which decide the model: a setting the
     config leaves at its default takes the weights' value (so config.json records the model trained:
     the sizes, a released ``arch`` or "custom", patch size, registers, FFN kind, biases); one it sets
-    to something else is refused, naming the value the weights need."""
+    to something else is refused, naming the value the weights need. ``given_keys``: the settings the
+    user's config names itself, which are held to the weights even where they equal the default (an
+    explicit ``patch_size=14`` is not overridden by weights of patch 16)."""
     from .config import DEFAULTS
     from .meta_arch import ARCHS
 
@@ -417,10 +472,11 @@ def _check_loaded_arch(section: dict, backbone: nn.Module) -> None:
                   patch_size=arch["patch_size"], num_register_tokens=arch["num_register_tokens"],
                   ffn_layer=arch["ffn_layer"], **{k: arch.get(k, True) for k in ("qkv_bias", "proj_bias", "ffn_bias")})
     default = DEFAULTS["student"]
-    given = {k: section.get(k) for k in loaded if section.get(k) != default.get(k)}  # what the config itself says
+    given = {k: section.get(k) for k in loaded  # what the config itself says
+             if section.get(k) != default.get(k) or (k in given_keys and section.get(k) is not None)}
     if given.get("ffn_layer") == "swiglu":  # the same layer as swiglufused
         given["ffn_layer"] = "swiglufused"
-    named = section["arch"] if section["arch"] != default["arch"] else None
+    named = section["arch"] if section["arch"] != default["arch"] or "arch" in given_keys else None
     if named in ARCHS:
         given.update({k: v for k, v in zip(("embed_dim", "depth", "num_heads"), ARCHS[named])})
     source = f"student.pretrained_weights={section['pretrained_weights']}"
@@ -451,12 +507,13 @@ def _set_drop_path(backbone: nn.Module, student: dict) -> None:
         block.drop_path = DropPath(float(r)) if r > 0 else nn.Identity()
 
 
-def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=False, claim=None):
+def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=False, claim=None,
+         given=frozenset(), source="config"):
     from tqdm.auto import tqdm
 
     main = rank == 0
     torch.manual_seed(cfg["train"]["seed"])  # the same initial student and teacher in every process
-    model = _build(cfg, device)
+    model = _build(cfg, device, given, source)
     torch.manual_seed(cfg["train"]["seed"] + 1 + rank)  # then each its own drop path
     train, optim_cfg = cfg["train"], cfg["optim"]
     total_batch = train["batch_size_per_gpu"] * world

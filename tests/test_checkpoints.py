@@ -87,6 +87,40 @@ def test_training_checkpoint_takes_teacher(tmp_path: Path) -> None:
     _assert_same_outputs(teacher, target)
 
 
+def test_distillation_checkpoint_is_refused_not_read_as_its_frozen_teacher(tmp_path: Path) -> None:
+    """A distillation checkpoint holds the frozen teacher (``teacher.backbone.*``) and each student and its EMA
+    (``student.student<i>_backbone.*``, ``teacher.ema<i>_backbone.*``, what ``export/student<i>.*`` holds):
+    given as backbone weights it is refused, naming the student export, rather than the teacher given."""
+    teacher, student = tiny_vit(depth=2), tiny_vit(depth=2)
+    model: dict[str, Tensor] = {}
+    for prefix, net in (("teacher.backbone.", teacher), ("student.student0_backbone.", student),
+                        ("teacher.ema0_backbone.", student)):
+        model.update({prefix + k: v for k, v in net.state_dict().items()})
+    model["teacher.dino_head.mlp.0.weight"] = torch.randn(8, 48)
+    run = tmp_path / "dist"
+    run.mkdir()
+    path = run / "checkpoint_0000008.pth"
+    torch.save({"model": model, "iteration": 8}, path)
+    arch = run / "student0.json"  # as --model runs/dist/export/student0.json
+    arch.write_text(json.dumps(student.arch_kwargs()))
+    for load in (lambda: load_backbone_weights(tiny_vit(depth=2), path), lambda: load_backbone(arch, weights=path)):
+        with pytest.raises(CheckpointError) as info:
+            load()
+        msg = str(info.value)
+        assert "\n" not in msg and str(path) in msg and "distillation checkpoint" in msg and "frozen teacher" in msg
+        assert str(run / "export" / "student0.safetensors") in msg and "student0.json" in msg
+
+
+def test_strict_load_error_reads_as_sentences_on_one_line() -> None:
+    """The command line joins an error's lines into one: each part ends as a sentence."""
+    from dinov2_dense.cli import _one_line
+
+    with pytest.raises(CheckpointError) as info:
+        load_backbone_weights(tiny_vit(registers=4), tiny_vit().state_dict())
+    line = _one_line(info.value)
+    assert "1 missing keys: register_tokens. The checkpoint looks like" in line, line
+
+
 def test_teacher_checkpoint_loads(tmp_path: Path) -> None:
     teacher = tiny_vit(depth=4)
     sd = {"backbone." + k: v for k, v in _chunked(teacher.state_dict(), depth=4, chunks=2).items()}

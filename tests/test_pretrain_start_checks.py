@@ -1,0 +1,113 @@
+"""Starts refused before anything is written: a distillation teacher head trained with another
+backbone than the teacher (another run, or a distillation checkpoint's head of its frozen teacher
+given for one of its students), and continued pretraining whose weights' patch size does not fit
+the crops or a patch size the config gives itself. Tiny ViTs and hand-made checkpoints, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinov2_dense.cli import main
+from dinov2_dense.models import DinoVisionTransformer
+from pretrain.export import export_backbone
+from pretrain.heads import DINOHead
+from pretrain.train import _check_loaded_arch, pretrain
+from tests.conftest import randomize_, tiny_vit
+from tests.test_pretrain_train import HEAD, _py_config, tiny
+
+
+def _checkpoint(path: Path, teacher: torch.nn.Module, students: tuple[torch.nn.Module, ...] = ()) -> Path:
+    """A run's checkpoint as pretrain/train.py writes it: the teacher backbone and its DINO head, and for a
+    distillation the students (``student.student<i>_backbone``) and their EMAs (``teacher.ema<i>_backbone``)."""
+    head = DINOHead(in_dim=teacher.embed_dim, out_dim=HEAD["head_n_prototypes"], hidden_dim=HEAD["head_hidden_dim"],
+                    bottleneck_dim=HEAD["head_bottleneck_dim"])
+    model = {f"teacher.backbone.{k}": v for k, v in teacher.state_dict().items()}
+    model.update({f"teacher.dino_head.{k}": v for k, v in head.state_dict().items()})
+    for i, student in enumerate(students):
+        for part in (f"student.student{i}_backbone.", f"teacher.ema{i}_backbone."):
+            model.update({part + k: v for k, v in student.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "iteration": 2}, path)
+    return path
+
+
+def test_a_teacher_head_must_come_with_the_teacher_backbone(tmp_path):
+    teacher, other = tiny_vit(depth=2), tiny_vit(depth=2)
+    with torch.no_grad():
+        other.blocks[1].mlp.fc2.bias.add_(0.01)  # another run of the same size: one tensor differs
+    export = export_backbone(teacher, tmp_path / "ssl" / "export")["safetensors"]
+    own = _checkpoint(tmp_path / "ssl" / "checkpoint_0000002.pth", teacher)
+    foreign = _checkpoint(tmp_path / "ssl_b" / "checkpoint_0000002.pth", other)  # another run of the same size
+    # through pretrain(): refused before the work dir is created
+    cfg = tiny(2, distill=dict(teacher=str(export), teacher_head=str(tmp_path / "ssl_b"),
+                               students=[dict(embed_dim=16, num_heads=1)]))
+    with pytest.raises(ValueError, match="trained with another backbone"):
+        pretrain(cfg, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
+    from pretrain.train import _check_head_teacher
+
+    state = lambda p: torch.load(p, weights_only=True)["model"]  # noqa: E731
+    _check_head_teacher(state(own), teacher, own, str(export))  # its own run: accepted
+    with pytest.raises(ValueError, match=r"distill.teacher_head=.*ssl_b/checkpoint_0000002.pth: its teacher.backbone"
+                                         r".* is not the teacher distill.teacher=.*ssl/export/backbone.safetensors "
+                                         r"\(1 of its \d+ tensors differ\)"):
+        _check_head_teacher(state(foreign), teacher, foreign, str(export))
+
+
+def test_a_distillation_checkpoint_head_is_not_its_students(tmp_path, capsys):
+    """Chained distillation: a student's export as --teacher, its distillation run as --teacher-head; the
+    run's teacher.dino_head.* is the head of its frozen teacher, not of the student."""
+    teacher, student = tiny_vit(depth=2), tiny_vit(depth=1)  # as wide as the teacher: its head fits the student
+    run = tmp_path / "dist"
+    _checkpoint(run / "checkpoint_0000002.pth", teacher, (student,))
+    student_export = export_backbone(student, run / "export", "student0")["safetensors"]
+    cfg = _py_config(tmp_path / "d.py", tiny(2, distill=dict(students=[dict(embed_dim=16, num_heads=1)])))
+    work = tmp_path / "chain"
+    assert main(["distill", str(cfg), "--work-dir", str(work), "--no-progress", "--teacher", str(student_export),
+                 "--teacher-head", str(run)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "distillation checkpoint" in errors[0] and "belongs to its own frozen teacher" in errors[0]
+    assert str(student_export) in errors[0] and "checkpoint_0000002.pth" in errors[0]
+    assert not work.exists()
+
+
+def _patch16_export(folder: Path) -> str:
+    model = randomize_(DinoVisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2))
+    return str(export_backbone(model, folder)["safetensors"])
+
+
+def test_continued_pretraining_from_patch_16_refuses_crops_up_front(tmp_path, capsys):
+    weights = _patch16_export(tmp_path / "p16")
+    cfg = _py_config(tmp_path / "c.py", tiny(2, student=dict(pretrained_weights=weights)))  # crops 28 and 14
+    work = tmp_path / "cont"
+    assert main(["pretrain", str(cfg), "--work-dir", str(work), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "crops.global_crops_size = 28: a multiple of the patch size 16" in err and weights in err
+    assert not work.exists()
+    # with crops that fit, the weights' patch size is taken
+    fits = tiny(1, student=dict(pretrained_weights=weights), crops=dict(global_crops_size=32, local_crops_size=16))
+    assert pretrain(fits, tmp_path / "ok", progress=False)["iterations"] == 1
+
+
+def test_an_explicit_setting_equal_to_the_default_is_held_to_the_weights(tmp_path):
+    from pretrain.config import resolve
+
+    weights = _patch16_export(tmp_path / "p16")
+    user = {"student": {"pretrained_weights": weights, "patch_size": 14},
+            "crops": {"global_crops_size": 28, "local_crops_size": 14}}
+    with pytest.raises(ValueError, match=r"student.patch_size = 14, but student.pretrained_weights=.* has "
+                                         r"patch_size 16: .* set student.patch_size=16 or leave it out"):
+        pretrain({**tiny(2), **user}, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()
+    # arch: the default's name given explicitly is the released size, not "take the weights'"
+    section = resolve({"student": {"pretrained_weights": "w", "arch": "vit_large"}})["student"]
+    with pytest.raises(ValueError, match=r"student.arch = 'vit_large' has embed_dim 1024, .* has embed_dim 48"):
+        _check_loaded_arch(section, tiny_vit(depth=2), frozenset({"pretrained_weights", "arch"}))
+    section = resolve({"student": {"pretrained_weights": "w"}})["student"]  # left out: the weights decide
+    _check_loaded_arch(section, tiny_vit(depth=2), frozenset({"pretrained_weights"}))
+    assert (section["arch"], section["embed_dim"], section["patch_size"]) == ("custom", 48, 14)
