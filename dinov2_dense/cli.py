@@ -87,14 +87,34 @@ def _model_name(args: argparse.Namespace):
     weights = _weights_arg(args.weights)
     args.model_arch = args.model
     if args.model is None:
-        from .hub import _file_url_path
+        from .hub import _file_url_path, arch_file_beside
 
         local = _file_url_path(weights)  # a file:// URL is a path here
         w = Path(local) if local not in (None, "official") and "://" not in str(local) else None
-        beside = w is not None and (w.with_suffix(".json").is_file() or (w.parent / "backbone.json").is_file())
+        beside = w is not None and arch_file_beside(w) is not None
         args.model = str(w) if beside else "dinov2_vits14"
         args.model_arch = None if beside else "dinov2_vits14"
+        # a weights file taken for dinov2_vits14 only because nothing else was named: see _load_model
+        args.model_guessed = not beside and weights not in (None, "official")
     return args.model_arch
+
+
+def _guessed_model_error(args: argparse.Namespace, exc: Exception) -> str:
+    """The error for a --weights file that does not fit dinov2_vits14, taken because no --model was given and
+    no architecture file is beside it (a training checkpoint copied out of its run folder): it says
+    so, as load_backbone(None, ...) does, instead of naming a model the user never gave."""
+    from .hub import _arch_files_beside, _file_url_path
+
+    local = str(_file_url_path(args.weights))
+    where = ""
+    if "://" not in local:
+        looked = _arch_files_beside(Path(local).expanduser())
+        where = f" and no architecture file is beside it (looked for {', '.join(map(str, looked))})"
+    looks = re.search(r"The checkpoint looks like ([^\n]*?)\.?(\n|$)", str(exc))
+    shape = f"; it looks like {looks.group(1)}" if looks else ""
+    return (f"--weights {args.weights}: no --model was given{where}, and it does not fit dinov2_vits14, the "
+            f"default{shape}. Give --model NAME (a zoo name) or --model ARCH.json (an architecture JSON, e.g. the "
+            "backbone.json of the run that wrote it)")
 
 
 def _load_model(args: argparse.Namespace, device):
@@ -103,6 +123,7 @@ def _load_model(args: argparse.Namespace, device):
     the rest of the command's random state."""
     import torch
 
+    from .checkpoints import CheckpointError, CheckpointReadError
     from .hub import load_backbone
 
     dtype = getattr(args, "dtype", "fp32")
@@ -110,9 +131,15 @@ def _load_model(args: argparse.Namespace, device):
     with torch.random.fork_rng(devices=[]):
         if weights is None:
             torch.manual_seed(getattr(args, "seed", 0))
-        return load_backbone(_model_name(args), weights=weights, device=device,
-                             dtype=None if dtype == "fp32" else dtype, compile=getattr(args, "compile", None) or False,
-                             attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
+        try:
+            return load_backbone(_model_name(args), weights=weights, device=device,
+                                 dtype=None if dtype == "fp32" else dtype,
+                                 compile=getattr(args, "compile", None) or False,
+                                 attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
+        except CheckpointError as exc:
+            if isinstance(exc, CheckpointReadError) or not getattr(args, "model_guessed", False):
+                raise
+            raise CheckpointError(_guessed_model_error(args, exc)) from None
 
 
 def _num_workers(args: argparse.Namespace) -> int:
@@ -171,13 +198,31 @@ def _cmd_features(args: argparse.Namespace) -> int:
     batches = feature_batches(model, list(args.images), options=FeatureOptions(
         layers=layers, fit=args.fit, size=size, tile=args.tile, batch_size=args.batch_size, autocast=args.bf16,
         norm=not args.no_norm, resize_8bit=args.resize_8bit), progress=True, num_workers=_num_workers(args))
+    note = " (random weights)" if args.weights == "random" else ""
     if out.suffix == ".npy":
         layer_ids, shape = _write_feature_npy(out, batches, len(args.images))
+        # a .npy holds no metadata: the line says which block each index of the layer axis is
+        axes = "image, layer, channel, row, column" if len(layer_ids) > 1 else "image, channel, row, column"
+        blocks = (f"its layer axis holds blocks {layer_ids}, in that order" if len(layer_ids) > 1
+                  else f"block {layer_ids[0]}")
+        print(f"wrote {out}: {len(args.images)} image(s), an array of shape {(len(args.images), *shape)} "
+              f"({axes}); {blocks}{_layer_order_note(args, layer_ids, depth)}{note}")
     else:
         layer_ids, shape = _write_feature_safetensors(out, batches, args)
-    note = " (random weights)" if args.weights == "random" else ""
-    print(f"wrote {out}: {len(args.images)} image(s), layers {layer_ids}, maps of {shape}{note}")
+        print(f"wrote {out}: {len(args.images)} image(s), layers {layer_ids}"
+              f"{_layer_order_note(args, layer_ids, depth)}, maps of {shape}{note}")
     return 0
+
+
+def _layer_order_note(args: argparse.Namespace, layer_ids: list[int], depth: int) -> str:
+    """Where --layers named blocks in another order, or one twice: that they are taken in block
+    order, each once (as the library resolves them)."""
+    if not args.layers:
+        return ""
+    given = [i + depth if i < 0 else i for i in args.layers]
+    if given == list(layer_ids):
+        return ""
+    return f" (--layers {' '.join(map(str, args.layers))} are taken in block order, each once)"
 
 
 def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple[int, ...]]:
@@ -308,6 +353,33 @@ def _pca_size(args: argparse.Namespace, basis) -> int | tuple[int, int] | None:
     return size
 
 
+def _weights_identity(model, args: argparse.Namespace) -> dict[str, str]:
+    """What a PCA basis records of the backbone it was fitted on: the SHA-256 of its weights (as the
+    kNN cache, the curation store and the demo tell backbones apart) and the form they were loaded
+    in (dtype, FP8), which changes those bytes but not what the weights are."""
+    from .checkpoints import fingerprint
+
+    form = str(next(model.parameters()).dtype).removeprefix("torch.")
+    form += "+float8" if getattr(args, "float8", False) else ""
+    return {"weights_sha256": fingerprint(model), "weights_form": form}
+
+
+def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[str, str]) -> str | None:
+    """The warning for a --basis fitted on other weights than these: told by the weights' SHA-256 where
+    the basis records it for weights loaded in the same form; else (an older basis, or another --dtype)
+    by the model's name or weights path, as recorded."""
+    fitted_on = basis.info.get("model", "unknown model")
+    recorded = basis.info.get("weights_sha256")
+    if recorded is not None and basis.info.get("weights_form") == weights_id["weights_form"]:
+        if recorded == weights_id["weights_sha256"]:
+            return None
+        return (f"warning: {args.basis} was fitted on other weights ({fitted_on}, sha256 {recorded[:12]}), "
+                f"colouring {args.model} features (sha256 {weights_id['weights_sha256'][:12]})")
+    if basis.info.get("model") not in (None, args.model):
+        return f"warning: {args.basis} was fitted on {fitted_on}, colouring {args.model} features"
+    return None
+
+
 def _cmd_pca(args: argparse.Namespace) -> int:
     import torch
 
@@ -367,10 +439,10 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if basis is not None and basis.dim != model.embed_dim:
             raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
                              f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
-        if basis is not None and basis.info.get("model") not in (None, args.model):
-            print(f"warning: {args.basis} was fitted on {basis.info['model']}, colouring {args.model} features",
-                  file=sys.stderr)
-        info = {"model": args.model, "size": size, "tile": args.tile}
+        weights_id = _weights_identity(model, args)
+        if basis is not None and (warning := _other_backbone_warning(args, basis, weights_id)):
+            print(warning, file=sys.stderr)
+        info = {"model": args.model, "size": size, "tile": args.tile, **weights_id}
         if args.resize_8bit:
             info["resize_8bit"] = True
         if weights is None:
@@ -441,8 +513,18 @@ def _add_resize_8bit_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_resize_8bit(args: argparse.Namespace, size) -> None:
-    if args.resize_8bit and size is None:
-        raise ValueError("--resize-8bit applies to the resize of --size only; give --size")
+    """--resize-8bit without a resize: the error says why there is none (no --size, --size 0, or a
+    --basis fitted at the images' own size)."""
+    if not args.resize_8bit or size is not None:
+        return
+    if args.size:  # pca's --size 0
+        raise ValueError(f"--resize-8bit with --size {_size_text(args.size)}: --size 0 keeps each image's own "
+                         "size, so nothing is resized; give a size to resize to (e.g. --size 448), or leave "
+                         "--resize-8bit out")
+    if getattr(args, "basis", None):
+        raise ValueError(f"--resize-8bit: --basis {args.basis} was fitted at --size 0 (each image's own size), so "
+                         "nothing is resized; give --size N to resize, or leave --resize-8bit out")
+    raise ValueError("--resize-8bit applies to the resize of --size only; give --size")
 
 
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:

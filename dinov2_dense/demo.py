@@ -128,15 +128,27 @@ def _predictor(backbone, head: str, num_classes: int, seed: int):
     if head == "segmentation":
         return DensePredictor(backbone, LinearHead([d], num_classes, sync_bn=False), task="segmentation",
                               layers=[depth - 1])
-    layers = sorted({max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})  # ViT-S/B: [2, 5, 8, 11]
-    layers = layers if len(layers) == 4 else list(range(depth - 4, depth))
+    layers = depth_layers(depth)
+    blocks = sorted(set(layers))  # what the backbone computes (and the feature cache holds), once each
     if head == "depth_linear":
-        return DensePredictor(backbone, LinearDepthHead([d] * 4, max_depth=10.0), task="depth", layers=layers,
-                              norm=False, class_token=True)
-    # the DPT decoder at a width for the backbone (256 for ViT-L in the paper; 64 for a 192-wide ViT)
-    dpt = DPTHead(d, channels=min(256, max(32, d // 3)), max_depth=10.0,
-                  post_process_channels=[max(1, d // 8), max(1, d // 4), max(1, d // 2), d])
-    return DensePredictor(backbone, dpt, task="depth", layers=layers, norm=False, class_token=True)
+        decoder = LinearDepthHead([d] * 4, max_depth=10.0)
+    else:  # the DPT decoder at a width for the backbone (256 for ViT-L in the paper; 64 for a 192-wide ViT)
+        decoder = DPTHead(d, channels=min(256, max(32, d // 3)), max_depth=10.0,
+                          post_process_channels=[max(1, d // 8), max(1, d // 4), max(1, d // 2), d])
+    if blocks != layers:  # fewer than 4 blocks: the head's 4 inputs repeat some (its weights keep their layout)
+        index = [blocks.index(layer) for layer in layers]
+        decoder.register_forward_pre_hook(lambda _, args: ([args[0][i] for i in index], *args[1:]))
+    return DensePredictor(backbone, decoder, task="depth", layers=blocks, norm=False, class_token=True)
+
+
+def depth_layers(depth: int) -> list[int]:
+    """The 4 blocks the depth heads read, at the quarters of the depth (ViT-S/B: [2, 5, 8, 11]; 4 blocks:
+    [0, 1, 2, 3]). A backbone of fewer blocks repeats some, in block order (3: [0, 1, 1, 2]; 2: [0, 0, 1, 1];
+    1: [0, 0, 0, 0]), so that any depth gives the heads their 4 inputs."""
+    if depth < 1:
+        raise ValueError(f"a backbone of {depth} blocks has no features for the depth heads")
+    layers = [max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)]
+    return layers if depth < 4 or len(set(layers)) == 4 else list(range(depth - 4, depth))
 
 
 def _datasets(root: Path, task: str):
@@ -522,6 +534,9 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         random = architecture(model, weights).eval()
+    if len(pretrained.blocks) < 4:
+        _log(f"    {len(pretrained.blocks)} block(s): the depth heads' 4 inputs are blocks "
+             f"{depth_layers(len(pretrained.blocks))}")
     backbones = {"pretrained": pretrained, "random": random}
     for head, (task, what) in HEADS.items():
         for name, backbone in backbones.items():

@@ -335,3 +335,48 @@ def test_pretrain_and_distill_without_weights_suggest_their_own_options(tmp_path
     hinted = err.strip().rsplit("--cfg-options ", 1)[1].split()
     assert f"student.pretrained_weights={DEFAULT_EMBEDDED}" in hinted, err
     assert main([*run, "--cfg-options", *small, *hinted]) == 0, capsys.readouterr().err
+
+
+def test_features_say_which_block_each_index_of_the_npy_layer_axis_is(image, tmp_path, capsys):
+    """--layers 3 0 -1 are read in block order, each once: a .npy (no metadata) has its layer axis told in
+    the output line, with the order it took; a .safetensors names its keys by block."""
+    npy, st = tmp_path / "f.npy", tmp_path / "f.safetensors"
+    common = ["--model", DEFAULT_EMBEDDED, "--num-workers", "0", "--layers", "2", "0", "-1", "2"]
+    assert main(["features", str(image), *common, "--out", str(npy)]) == 0
+    out = capsys.readouterr().out
+    depth = len(load_backbone(DEFAULT_EMBEDDED).blocks)
+    blocks = sorted({0, 2, depth - 1})
+    assert np.load(npy).shape[:2] == (1, len(blocks))
+    assert f"(image, layer, channel, row, column); its layer axis holds blocks {blocks}, in that order" in out
+    assert "--layers 2 0 -1 2 are taken in block order, each once" in out
+    assert main(["features", str(image), *common, "--out", str(st)]) == 0
+    assert "--layers 2 0 -1 2 are taken in block order, each once" in capsys.readouterr().out
+    with safe_open(str(st), "pt") as f:
+        assert json.loads(f.metadata()["layers"]) == blocks
+    # in block order already: nothing to say
+    assert main(["features", str(image), "--model", DEFAULT_EMBEDDED, "--num-workers", "0", "--layers", "0", "-1",
+                 "--out", str(npy)]) == 0
+    assert "block order" not in capsys.readouterr().out
+
+
+def test_weights_without_an_architecture_beside_them_say_so(image, tmp_path, torch_home, capsys):
+    """A backbone file copied away from its export (no backbone.json beside it) and no --model: the error
+    says that no architecture was given and none is beside the file, not that dinov2_vits14 (never named)
+    cannot be loaded."""
+    from pretrain.export import export_backbone
+
+    from .conftest import tiny_vit
+
+    export = export_backbone(tiny_vit(depth=2, dim=48, img=56), tmp_path / "export")
+    copied = tmp_path / "elsewhere" / "weights.pth"
+    copied.parent.mkdir()
+    copied.write_bytes(export["pth"].read_bytes())
+    assert main(["features", str(image), "--weights", str(copied), "--out", str(tmp_path / "f.npy"),
+                 "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load dinov2_vits14" not in err[0], err
+    assert f"--weights {copied}: no --model was given and no architecture file is beside it" in err[0]
+    assert "width 48, 2 blocks" in err[0] and "Give --model NAME" in err[0]
+    # with its architecture named, or beside it, the same file loads
+    assert main(["features", str(image), "--weights", str(copied), "--model", str(export["json"]),
+                 "--out", str(tmp_path / "g.npy"), "--num-workers", "0"]) == 0

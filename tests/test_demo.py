@@ -284,3 +284,33 @@ def test_a_users_file_in_the_figures_folder_stops_a_rerun_before_any_step(tmp_pa
     with pytest.raises(OutputError, match="mine.txt"):
         _work_dir(work, overwrite=False)
     assert (work / "figures" / "mine.txt").read_text() == "notes"
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_demo_runs_on_an_export_of_fewer_than_4_blocks(tmp_path, depth, capsys, monkeypatch):
+    """The depth heads take 4 blocks: a shallower export (the README's pretraining example has 2)
+    repeats some, instead of failing at the DPT step after the segmentation heads trained."""
+    from heads import DPTHead, LinearDepthHead
+    from pretrain.export import export_backbone
+
+    paths = export_backbone(tiny_vit(depth=depth, dim=48, img=56), tmp_path / "export")
+    settings = DemoSettings(size=28, train=4, val=2, seg_epochs=1, depth_epochs=1, linear_depth_epochs=1,
+                            pca_scenes=2)
+    monkeypatch.setattr("dinov2_dense.demo.DemoSettings.quick", classmethod(lambda cls, **kw: settings))
+    monkeypatch.setattr("dinov2_dense.demo.SKIMAGE_SAMPLES", ("coffee",))  # a quicker PCA step
+    work = tmp_path / "demo"
+    assert main(["demo", "--work-dir", str(work), "--quick", "--weights", str(paths["safetensors"]),
+                 "--no-progress"]) == 0
+    assert f"blocks {[[0, 0, 0, 0], [0, 0, 1, 1]][depth - 1]}" in capsys.readouterr().err
+    summary = json.loads((work / "report.json").read_text())
+    for head in ("depth", "depth_linear"):
+        assert np.isfinite(list(summary[head]["pretrained"].values())).all()
+    # the saved heads keep the layout of 4-input heads
+    d = 48
+    dpt = DPTHead(d, channels=32, max_depth=10.0, post_process_channels=[d // 8, d // 4, d // 2, d])
+    dpt.load_state_dict(torch.load(work / "predictions" / "pretrained_depth" / "head.pth", weights_only=True))
+    LinearDepthHead([d] * 4, max_depth=10.0).load_state_dict(
+        torch.load(work / "predictions" / "pretrained_depth_linear" / "head.pth", weights_only=True))
+    from dinov2_dense.demo import depth_layers
+
+    assert [depth_layers(n) for n in (3, 4, 5, 12)] == [[0, 1, 1, 2], [0, 1, 2, 3], [0, 1, 3, 4], [2, 5, 8, 11]]

@@ -587,3 +587,48 @@ def test_messages_for_a_text_basis_a_folder_as_video_and_a_one_patch_image(case,
     if case == "one patch":
         with pytest.raises(ValueError, match="one patch"):
             fit_pca(torch.randn(8, 1, 1))
+
+
+def test_a_basis_is_told_from_other_weights_by_their_fingerprint_not_their_path(images, tmp_path, capsys):
+    """--basis warns when the weights differ, whatever their path: other weights at the same path are
+    warned of, the same weights from the export's .pth instead of its .safetensors are not. A basis
+    of an older version (no fingerprint) is still judged by the path it names."""
+    from pretrain.export import export_backbone
+
+    from .conftest import randomize_, tiny_vit
+
+    first = export_backbone(tiny_vit(depth=1, dim=32, img=56), tmp_path / "a")
+    fit = tmp_path / "fit"
+    common = ["--size", "56", "--num-workers", "0"]
+    assert main(["pca", str(images[0]), "--weights", str(first["safetensors"]), "--out", str(fit), *common]) == 0
+    basis = fit / "pca_basis.npz"
+    capsys.readouterr()
+
+    def reuse(weights, name):
+        assert main(["pca", str(images[1]), "--basis", str(basis), "--weights", str(weights),
+                     "--out", str(tmp_path / name), *common]) == 0
+        return capsys.readouterr().err
+
+    assert "warning" not in reuse(first["pth"], "same_weights_other_file")
+    export_backbone(randomize_(tiny_vit(depth=1, dim=32, img=56), seed=3), tmp_path / "a")  # same paths, new weights
+    err = reuse(first["safetensors"], "other_weights_same_file")
+    warning = [line for line in err.splitlines() if line.startswith("warning")]
+    assert len(warning) == 1 and warning[0].startswith(f"warning: {basis} was fitted on other weights")
+    # an older basis, without the fingerprint: the path it names decides, as before
+    old = PCABasis.load(basis)
+    assert len(old.info["weights_sha256"]) == 64
+    old.info = {k: v for k, v in old.info.items() if not k.startswith("weights_")}
+    old.save(basis)
+    assert "warning" not in reuse(first["safetensors"], "old_same_path")
+    assert f"warning: {basis} was fitted on {first['safetensors']}" in reuse(first["pth"], "old_other_path")
+
+
+def test_resize_8bit_with_size_0_says_what_is_wrong_with_the_size(images, tmp_path, capsys):
+    """--size 0 keeps the images' size: --resize-8bit has nothing to resize, and the error says that,
+    not "give --size" (it was given)."""
+    assert main(["pca", str(images[0]), "--weights", "random", "--size", "0", "--resize-8bit",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --size" not in err[0], err
+    assert "--resize-8bit with --size 0: --size 0 keeps each image's own size" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 """mmengine runs on synthetic scenes: heads learn, kill -9 then --resume, DDP on gloo, test outputs."""
 
+import json
 import os
 import signal
 import subprocess
@@ -334,3 +335,42 @@ def test_test_batches_are_pinned_on_cuda_only_with_workers_and_unless_configured
     cfg = loader(num_workers=2, pin_memory=False)
     pin_test_batches(cfg, cuda=True)
     assert cfg.test_dataloader.pin_memory is False
+
+
+@pytest.fixture(scope="module")
+def few_scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("few_scenes")
+    write_ade20k_layout(root / "ade", 2, 1, config=SceneConfig(size=(112, 112)), seed=0, progress=False)
+    return root / "ade"
+
+
+def test_a_config_takes_a_pretraining_exports_architecture(few_scenes, tmp_path, capsys):
+    """model.backbone may be an export's backbone.json, or None for the one beside model.backbone_weights:
+    the backbone trained on is the export's, every setting of its JSON included (registers and the
+    position embedding's interpolation, which a hand-copied dict of the sizes missed)."""
+    from pretrain.export import export_backbone
+    from safetensors.torch import load_file
+
+    from dinov2_dense.cli import main
+
+    from .conftest import tiny_vit
+
+    export = export_backbone(tiny_vit(registers=1, depth=2, dim=64, heads=2, img=56), tmp_path / "export")
+    arch = json.loads(export["json"].read_text())
+    assert arch["interpolate_antialias"] is True and arch["interpolate_offset"] == 0.0
+    loaded = load_file(export["safetensors"])
+    base = _options(few_scenes, 1, **{"train_dataloader.batch_size": 2, "param_scheduler.0.end": 1})
+    for i, backbone in enumerate([str(export["json"]), None]):
+        options = {**base, "model.backbone": backbone, "model.backbone_weights": str(export["safetensors"])}
+        runner = DenseRunner.from_cfg(load_config(str(SEG_CFG), options, str(tmp_path / f"run{i}")))
+        runner.train()
+        model = runner.model.backbone
+        assert model.arch_kwargs() == arch
+        state = model.state_dict()
+        assert set(state) == set(loaded) and all(torch.equal(state[k], loaded[k]) for k in loaded)
+    # the command line: None without a weights file is one line naming the keys
+    capsys.readouterr()
+    assert main(["train", str(SEG_CFG), "--work-dir", str(tmp_path / "bad"), "--cfg-options",
+                 *(f"{k}={v}" for k, v in base.items()), "model.backbone=None"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "model.backbone=None" in err[0] and "model.backbone_weights" in err[0], err

@@ -9,6 +9,8 @@ checkpoint is an official-style head file (``load_model(name, weights=checkpoint
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -33,13 +35,20 @@ _DEFAULT_LOSSES = {
 }
 
 
-def build_backbone_from_cfg(backbone: str | dict, weights: Any = "official", seed: int = 0) -> DinoVisionTransformer:
-    """A zoo name (weights found like ``load_backbone``'s) or DinoVisionTransformer keyword arguments.
+def build_backbone_from_cfg(backbone: str | dict | None, weights: Any = "official",
+                            seed: int = 0) -> DinoVisionTransformer:
+    """A zoo name (weights found like ``load_backbone``'s), an architecture JSON file (a pretraining
+    export's ``backbone.json``), None (the architecture JSON beside the ``weights`` file, as
+    ``load_backbone(None, weights=...)`` finds it) or DinoVisionTransformer keyword arguments.
+    JSON files are read by ``load_backbone``, so every setting they hold (registers, the position
+    embedding's interpolation) is the export's.
 
     ``weights=None`` gives random weights drawn from ``seed``, so that every command building the
     same config (train, test, resume, another process of a DDP run) gets the same backbone.
     """
-    if isinstance(backbone, str) and weights is not None:
+    check_backbone_cfg(backbone, weights)
+    backbone = str(backbone) if _is_arch_file(backbone) else backbone
+    if backbone is None or (isinstance(backbone, str) and weights is not None):
         return load_backbone(backbone, weights=weights)
     if not isinstance(backbone, str) and weights == "official":
         raise ValueError("a backbone given by its settings has no official weights: pass a file or None")
@@ -49,6 +58,34 @@ def build_backbone_from_cfg(backbone: str | dict, weights: Any = "official", see
     if weights is not None:
         load_backbone_weights(model, weights)
     return model.eval()
+
+
+def _is_arch_file(backbone) -> bool:
+    return isinstance(backbone, (str, os.PathLike)) and str(backbone).endswith(".json")
+
+
+def check_backbone_cfg(backbone, weights) -> None:
+    """``model.backbone`` and ``model.backbone_weights`` that can build a backbone, or a one-line error
+    naming the keys (before any file is read)."""
+    if backbone is None:
+        if not isinstance(weights, (str, os.PathLike)) or str(weights) == "official":
+            raise ValueError(f"model.backbone=None takes the architecture from the backbone.json beside "
+                             f"model.backbone_weights, which is {weights!r}: give model.backbone_weights=FILE (a "
+                             "pretraining export), or name the backbone (a zoo name or an architecture JSON)")
+    elif _is_arch_file(backbone):
+        if not Path(backbone).expanduser().is_file():
+            raise FileNotFoundError(f"model.backbone={backbone}: no such architecture file")
+        if isinstance(weights, str) and weights == "official":
+            raise ValueError(f"model.backbone={backbone}: an architecture file has no official weights; give "
+                             "model.backbone_weights=FILE (e.g. the backbone.safetensors beside it), or None for "
+                             "random weights")
+    elif isinstance(backbone, str) and backbone not in BACKBONES:
+        raise KeyError(f"model.backbone={backbone!r}: unknown backbone; give a zoo name ({', '.join(BACKBONES)}), "
+                       "an architecture JSON (a pretraining export's backbone.json), or None for the backbone.json "
+                       "beside model.backbone_weights")
+    elif not isinstance(backbone, (str, Mapping)):
+        raise ValueError(f"model.backbone={backbone!r}: give a zoo name, an architecture JSON, None (the "
+                         "backbone.json beside model.backbone_weights) or DinoVisionTransformer settings (a dict)")
 
 
 def _build_from(module, cfg: dict):
@@ -66,7 +103,9 @@ class DenseModel(BaseModel):
 
     Args:
         zoo: a zoo model name (``dinov2_dense.zoo.MODELS``); its backbone, head and layers are used.
-        backbone: a zoo backbone name or DinoVisionTransformer kwargs (when ``zoo`` is None).
+        backbone: a zoo backbone name, an architecture JSON (a pretraining export's ``backbone.json``), None
+            (the architecture JSON beside the ``backbone_weights`` file) or DinoVisionTransformer kwargs
+            (when ``zoo`` is None).
         backbone_weights: "official", a file, or None (random, drawn from ``backbone_seed``: for tests).
         backbone_seed: seed of a random backbone.
         head: ``dict(type="LinearHead", ...)``: a class of ``heads`` and its arguments.
@@ -79,7 +118,7 @@ class DenseModel(BaseModel):
     def __init__(
         self,
         zoo: str | None = None,
-        backbone: str | dict = "dinov2_vits14",
+        backbone: str | dict | None = "dinov2_vits14",
         backbone_weights: Any = "official",
         head: dict | None = None,
         task: str = "segmentation",
@@ -107,8 +146,6 @@ class DenseModel(BaseModel):
         else:
             if head is None or layers is None:
                 raise ValueError("DenseModel needs zoo=..., or head=dict(type=...) and layers=[...]")
-            if isinstance(backbone, str) and backbone not in BACKBONES:
-                raise KeyError(f"unknown backbone {backbone!r}; the zoo has: {', '.join(BACKBONES)}")
             predictor = DensePredictor(
                 build_backbone_from_cfg(backbone, backbone_weights, backbone_seed), _build_from(heads, head), task=task,
                 layers=layers, norm=norm, class_token=class_token, test_cfg=test_cfg,
