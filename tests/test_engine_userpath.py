@@ -283,3 +283,23 @@ def test_a_pretraining_run_stopped_by_max_iters_says_where_its_weights_are(scene
     assert main(["test", str(SEG_CFG), str(checkpoint), "--work-dir", str(tmp_path / "t"), "--cfg-options", *roots]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dinov2-dense test: error:")]
     assert len(err) == 1 and f"{checkpoint}: a pretraining checkpoint" in err[0], err
+
+
+# ---------------------------------------------------------------- two runners of one process in one second
+
+
+def test_two_runners_built_in_the_same_second_keep_their_own_checkpoints(scenes, tmp_path, monkeypatch):
+    """mmengine names a runner's MessageHub (a per-process singleton) after the config and the time to the
+    second: a second runner built within that second took over the first's hub, and its CheckpointHook's
+    kept ids then deleted the second run's new checkpoints (max_keep_ckpts; seen as a flaky test)."""
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda *args: "20260101_000000")  # both in one second, always
+    runners = []
+    for name in ("a", "b"):
+        cfg = load_config(str(SEG_CFG), _options(scenes / "ade", 2, interval=1), str(tmp_path / name))
+        runners.append(DenseRunner.from_cfg(cfg))
+        runners[-1].train()
+    assert runners[0].message_hub is not runners[1].message_hub
+    for name in ("a", "b"):
+        assert sorted(p.name for p in (tmp_path / name).glob("iter_*.pth")) == ["iter_1.pth", "iter_2.pth"], name

@@ -18,6 +18,7 @@ the config builds (checkpoints record the backbone's SHA-256) is refused too; ``
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import sys
@@ -185,6 +186,10 @@ def sync_norm_stats(model: torch.nn.Module) -> None:
                     stats.div_(world)
 
 
+#: Runners built by this process: from the second on, each gets its own experiment name (below).
+_RUNNERS = itertools.count()
+
+
 class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
@@ -210,6 +215,15 @@ class DenseRunner(Runner):
         for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook"):
             if not any(isinstance(h, dict) and h.get("type") == name for h in hooks):
                 hooks.append(dict(type=name))
+        # mmengine names a runner's MessageHub (a per-process singleton by name) "<config>_<timestamp to the
+        # second>": a second runner of the process built within the same second shared the first's, whose
+        # CheckpointHook ids (keep_ckpt_ids) then made it delete its own new checkpoints (max_keep_ckpts)
+        number = next(_RUNNERS)
+        if number:
+            cfg = kwargs.get("cfg")
+            base = kwargs.get("experiment_name") or (Path(cfg.filename).stem if getattr(cfg, "filename", None)
+                                                     else "run")
+            kwargs["experiment_name"] = f"{base}.{number}"
         super().__init__(*args, custom_hooks=hooks, **kwargs)
 
     @classmethod
