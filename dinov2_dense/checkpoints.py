@@ -292,7 +292,7 @@ def _timm_swiglu(sd: Mapping[str, Tensor]) -> bool:
 
 
 #: The backbones of a distillation checkpoint (pretrain.distill): each student's and its EMA's.
-_DISTILLED = re.compile(r"^(?:teacher\.ema|student\.student)(\d+)_backbone\.")
+_DISTILLED = re.compile(r"^(?:module\.)?(?:teacher\.ema|student\.student)(\d+)_backbone\.")
 
 
 def distilled_students(sd: Mapping[str, Tensor]) -> list[int]:

@@ -136,8 +136,9 @@ def _load_model(args: argparse.Namespace, device):
                                  dtype=None if dtype == "fp32" else dtype,
                                  compile=getattr(args, "compile", None) or False,
                                  attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
-        except CheckpointError as exc:
-            if isinstance(exc, CheckpointReadError) or not getattr(args, "model_guessed", False):
+        except CheckpointError as exc:  # only the default's strict-load mismatch: other refusals say their own
+            if (isinstance(exc, CheckpointReadError) or not getattr(args, "model_guessed", False)
+                    or "does not fit this model" not in str(exc)):
                 raise
             raise CheckpointError(_guessed_model_error(args, exc)) from None
 

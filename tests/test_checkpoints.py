@@ -87,7 +87,7 @@ def test_training_checkpoint_takes_teacher(tmp_path: Path) -> None:
     _assert_same_outputs(teacher, target)
 
 
-def test_distillation_checkpoint_is_refused_not_read_as_its_frozen_teacher(tmp_path: Path) -> None:
+def test_distillation_checkpoint_is_refused_not_read_as_its_frozen_teacher(tmp_path: Path, capsys) -> None:
     """A distillation checkpoint holds the frozen teacher (``teacher.backbone.*``) and each student and its EMA
     (``student.student<i>_backbone.*``, ``teacher.ema<i>_backbone.*``, what ``export/student<i>.*`` holds):
     given as backbone weights it is refused, naming the student export, rather than the teacher given."""
@@ -109,6 +109,27 @@ def test_distillation_checkpoint_is_refused_not_read_as_its_frozen_teacher(tmp_p
         msg = str(info.value)
         assert "\n" not in msg and str(path) in msg and "distillation checkpoint" in msg and "frozen teacher" in msg
         assert str(run / "export" / "student0.safetensors") in msg and "student0.json" in msg
+    # the same with DDP's module. prefix (it failed later, on 'missing keys')
+    wrapped = run / "wrapped.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in model.items()}, "iteration": 8}, wrapped)
+    with pytest.raises(CheckpointError, match="a distillation checkpoint"):
+        load_backbone_weights(tiny_vit(depth=2), wrapped)
+    # given to `test` as a head checkpoint, or to `features` without --model (no backbone.json beside it: the
+    # default's "does not fit" error hid this refusal), it is named a distillation checkpoint too
+    from dinov2_dense.cli import main
+    from dinov2_dense.engine.runner import read_run_checkpoint
+
+    with pytest.raises(CheckpointError, match="not a head checkpoint of `train` but a distillation checkpoint"):
+        read_run_checkpoint(path)
+    image = tmp_path / "img.png"
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["features", str(image), "--weights", str(path), "--out", str(tmp_path / "f.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "a distillation checkpoint" in err and "does not fit dinov2_vits14" not in err, err
 
 
 def test_strict_load_error_reads_as_sentences_on_one_line() -> None:

@@ -418,6 +418,9 @@ def test_to_mmseg_takes_the_architecture_beside_an_export(tmp_path, capsys):
     want = load_file(export)
     assert {k[len("backbone."):] for k in state if k.startswith("backbone.")} == set(want)
     assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in want.items())
+    # a file:// URL of the export too (its backbone.json was not looked for)
+    code, err = _convert(capsys, "to-mmseg", head, tmp_path / "url.pth", "--backbone-weights", export.as_uri())
+    assert code == 0, err
     # without an architecture beside the weights, the official heads' backbone is the default, as before
     lone = tmp_path / "lone" / "weights.safetensors"
     lone.parent.mkdir()

@@ -158,6 +158,11 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
         raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint dict")
     state = checkpoint.get("state_dict", checkpoint)
     if "state_dict" not in checkpoint and isinstance(checkpoint.get("model"), dict) and "iteration" in checkpoint:
+        from dinov2_dense.checkpoints import distillation_refusal, distilled_students
+
+        students = distilled_students(checkpoint["model"])
+        if students:
+            raise CheckpointError(f"{path}: not a head checkpoint of `train` but " + distillation_refusal(students, path))
         raise CheckpointError(f"{path}: a pretraining checkpoint (a backbone and its DINO/iBOT heads), not a head "
                               "checkpoint of `train`: give it as the backbone's weights (model.backbone_weights, or "
                               "--weights of the other commands) and a checkpoint that `train` wrote here")

@@ -116,9 +116,9 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
         if any(k.startswith("backbone.") for k in state):  # which backbone would the user get? say so
             raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone-weights "
                                   f"{backbone_weights} would be ignored: drop it, or give a head-only file")
-        from dinov2_dense.hub import arch_file_beside, load_backbone
+        from dinov2_dense.hub import _file_url_path, arch_file_beside, load_backbone
 
-        if backbone is None and arch_file_beside(backbone_weights) is None:
+        if backbone is None and arch_file_beside(_file_url_path(backbone_weights)) is None:
             backbone = "dinov2_vits14"
 
         state.update({f"backbone.{k}": v for k, v in load_backbone(backbone, weights=backbone_weights)
