@@ -245,15 +245,50 @@ def test_max_iters_on_the_command_line_moves_the_schedule_with_it(scenes, tmp_pa
     assert _train(tmp_path / "short", base) == 0
     out = capsys.readouterr().out
     assert "--cfg-options train_cfg.max_iters=4: the schedule follows it (param_scheduler.1.end; was 600)" in out
-    assert "note: param_scheduler.0 (LinearLR) ends at iteration 50, after train_cfg.max_iters=4" in out
+    assert "note: param_scheduler.0.end = 50 (LinearLR) ends after train_cfg.max_iters=4" in out
     lr = torch.load(tmp_path / "short" / "iter_4.pth", map_location="cpu", weights_only=True)["optimizer"]
     assert lr["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # poly decay (eta_min 0) done at 4
     # an end the options give is theirs
     assert _train(tmp_path / "kept", {**base, "param_scheduler.1.end": 600}) == 0
     out = capsys.readouterr().out
-    assert "the schedule follows it" not in out and "param_scheduler.1 (PolyLR) ends at iteration 600" in out
+    assert "the schedule follows it" not in out and "param_scheduler.1.end = 600 (PolyLR) ends after" in out
     lr = torch.load(tmp_path / "kept" / "iter_4.pth", map_location="cpu", weights_only=True)["optimizer"]
     assert lr["param_groups"][0]["lr"] > 1e-5
+    # resumed to a later max_iters, the run keeps the schedule its checkpoint saved (mmengine restores the
+    # schedulers whole): it says so instead of "the schedule follows it", and the rate stays where it ended
+    assert _train(tmp_path / "short", {**base, "train_cfg.max_iters": 6}, "--resume") == 0
+    out = capsys.readouterr().out
+    assert "the schedule follows it" not in out
+    assert ("--resume: param_scheduler.1 (PolyLR) continues as " in out and "saved it (end 4; the config says end 6)"
+            in out), out[-2000:]
+    lr = torch.load(tmp_path / "short" / "iter_6.pth", map_location="cpu", weights_only=True)["optimizer"]
+    assert lr["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule, options, moved, kept", [
+    # one scheduler as a dict: its option key has no index
+    (dict(_delete_=True, type="PolyLR", by_epoch=False, begin=0, end=600), {"param_scheduler.end": 600}, {}, {"end": 600}),
+    (dict(_delete_=True, type="PolyLR", by_epoch=False, begin=0, end=600), {}, {"end": 100}, {}),
+    # a decay after a warm-up: T_max is max_iters - begin
+    ([dict(type="LinearLR", by_epoch=False, begin=0, end=50),
+      dict(type="CosineAnnealingLR", by_epoch=False, begin=50, end=600, T_max=550)], {}, {"end": 100, "T_max": 50}, {}),
+    # a run shorter than the decay's begin: nothing moves before its start (it was refused: end 3 before begin 50)
+    ([dict(type="LinearLR", by_epoch=False, begin=0, end=50),
+      dict(type="PolyLR", by_epoch=False, begin=50, end=600)], {"train_cfg.max_iters": 3}, {}, {"end": 600}),
+])
+def test_the_schedule_follows_max_iters_in_every_shape(tmp_path, schedule, options, moved, kept):
+    from dinov2_dense.engine.entry import schedule_cut_notes
+
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text(f"_base_ = [{str(SEG_CFG)!r}]\nparam_scheduler = {schedule!r}\n")
+    notes = []
+    cfg = load_config(str(cfg_file), {"train_cfg.max_iters": 100, **options}, str(tmp_path / "w"), notes=notes)
+    last = cfg.param_scheduler if isinstance(schedule, dict) else cfg.param_scheduler[-1]
+    for key, value in {**moved, **kept}.items():
+        assert last[key] == value, (key, last)
+    assert bool(notes) == bool(moved), notes
+    if kept:
+        assert any("ends after train_cfg.max_iters" in n for n in schedule_cut_notes(cfg)), schedule_cut_notes(cfg)
 
 
 # ---------------------------------------------------------------- pretrain --max-iters: where the weights are

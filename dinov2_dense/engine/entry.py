@@ -177,44 +177,54 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
 SCHEDULE_LENGTH_KEYS = ("end", "T_max", "total_steps")  # where an iteration-based scheduler states its length
 
 
-def _schedulers(cfg) -> list:
-    schedulers = cfg.get("param_scheduler")
-    return [schedulers] if hasattr(schedulers, "get") else list(schedulers or [])
-
-
 def _follow_max_iters(cfg, before, cfg_options: dict) -> list[str]:
     """Set to the new ``train_cfg.max_iters`` each scheduler length that was the config's ``before``
-    (a config writes ``end=max_iters``, fixed when the file is read), unless the options set it; the keys
-    moved. Without this a shorter run never finished its decay (poly 600 cut at 100: lr still 83%)."""
+    (a config writes ``end=max_iters``, fixed when the file is read; ``T_max``/``total_steps`` of a
+    scheduler starting at ``begin`` are ``max_iters - begin``), unless the options set it, or it would
+    end at or before the scheduler's ``begin``; the keys moved. Without this a shorter run never
+    finished its decay (poly 600 cut at 100: lr still 83%)."""
     after = _get(cfg, "train_cfg.max_iters")
     if not isinstance(before, int) or not isinstance(after, int) or before == after:
         return []
     moved = []
-    for i, scheduler in enumerate(_schedulers(cfg)):
-        if not hasattr(scheduler, "get") or scheduler.get("by_epoch", True) is not False:
-            continue
+    for prefix, scheduler in _scheduler_entries(cfg):
+        begin = scheduler.get("begin", 0)
+        if not isinstance(begin, int) or after <= begin:
+            continue  # it would end before it starts: left as it is (schedule_cut_notes names it)
         for key in SCHEDULE_LENGTH_KEYS:
-            if scheduler.get(key) == before and f"param_scheduler.{i}.{key}" not in cfg_options:
-                scheduler[key] = after
-                moved.append(f"param_scheduler.{i}.{key}")
+            offset = 0 if key == "end" else begin
+            if scheduler.get(key) == before - offset and f"{prefix}{key}" not in cfg_options:
+                scheduler[key] = after - offset
+                moved.append(f"{prefix}{key}")
     return moved
 
 
+def _scheduler_entries(cfg) -> list[tuple[str, object]]:
+    """The config's iteration-based schedulers and the --cfg-options prefix of each (``param_scheduler.i.``,
+    or ``param_scheduler.`` for a config that gives one scheduler as a dict)."""
+    schedulers = cfg.get("param_scheduler")
+    pairs = ([("param_scheduler.", schedulers)] if hasattr(schedulers, "get") else
+             [(f"param_scheduler.{i}.", s) for i, s in enumerate(schedulers or [])])
+    return [(prefix, s) for prefix, s in pairs if hasattr(s, "get") and s.get("by_epoch", True) is False]
+
+
 def schedule_cut_notes(cfg) -> list[str]:
-    """One line for each iteration-based scheduler that ends after ``train_cfg.max_iters``: the run stops
-    part-way through it (a warm-up not finished, a decay cut short)."""
+    """One line for each iteration-based scheduler that ends after ``train_cfg.max_iters`` (its ``end``, or
+    ``begin + T_max`` / ``total_steps``): the run stops part-way through it (a warm-up not finished, a decay
+    cut short)."""
     max_iters = _get(cfg, "train_cfg.max_iters")
     if not isinstance(max_iters, int):
         return []
     notes = []
-    for i, scheduler in enumerate(_schedulers(cfg)):
-        if not hasattr(scheduler, "get") or scheduler.get("by_epoch", True) is not False:
-            continue
-        end = scheduler.get("end")
-        if isinstance(end, int) and end > max_iters:
-            notes.append(f"note: param_scheduler.{i} ({scheduler.get('type')}) ends at iteration {end}, after "
-                         f"train_cfg.max_iters={max_iters}: the run stops part-way through it (param_scheduler.{i}.end "
-                         "sets it)")
+    for prefix, scheduler in _scheduler_entries(cfg):
+        begin = scheduler.get("begin", 0) if isinstance(scheduler.get("begin", 0), int) else 0
+        for key in SCHEDULE_LENGTH_KEYS:
+            value = scheduler.get(key)
+            if isinstance(value, int) and (value if key == "end" else begin + value) > max_iters:
+                notes.append(f"note: {prefix}{key} = {value} ({scheduler.get('type')}) ends after "
+                             f"train_cfg.max_iters={max_iters}: the run stops part-way through it ({prefix}{key} "
+                             "sets it)")
+                break
     return notes
 
 
@@ -546,12 +556,13 @@ def run_train(args: argparse.Namespace) -> int:
     if _rank() != 0:  # the main process checks and locks the work dir for all of them
         _build_runner(cfg, args.config).train()
         return 0
-    for note in notes + schedule_cut_notes(cfg):
-        print(note)
     with DirLock(work_dir) as lock:
         if lock.note:
             print(f"{work_dir}: {lock.note}")
         old = _previous_run_files(work_dir)
+        # a resumed run's schedulers come back as its checkpoint saved them (the runner says where they differ)
+        for note in ([] if args.resume and old else notes + schedule_cut_notes(cfg)):
+            print(note)
         load_from = cfg.get("load_from")
         if args.resume and not old:
             start = f" from the weights of load_from {load_from}" if load_from else ""

@@ -171,6 +171,20 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
     return checkpoint
 
 
+def _scheduler_lengths(schedulers) -> list[tuple[str, dict]]:
+    """Each built scheduler's name (``param_scheduler.i``) and length settings (end, T_max, total_steps)."""
+    if isinstance(schedulers, dict):  # one list per optimizer
+        flat = [(f"{key}.{i}", s) for key, group in schedulers.items() for i, s in enumerate(group)]
+    else:
+        flat = [(f"param_scheduler.{i}", s) for i, s in enumerate(schedulers or [])]
+    return [(f"{name} ({type(s).__name__})", {k: getattr(s, k) for k in ("end", "T_max", "total_steps")
+                                                if isinstance(getattr(s, k, None), int)}) for name, s in flat]
+
+
+def _lengths_text(lengths: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in lengths.items())
+
+
 def sync_norm_stats(model: torch.nn.Module) -> None:
     """Average the BatchNorm running statistics over the processes of a distributed run (a collective).
 
@@ -374,12 +388,19 @@ class DenseRunner(Runner):
         if not isinstance(meta, dict) or "iter" not in meta or "optimizer" not in checkpoint:
             raise CheckpointError(f"{filename}: not a training checkpoint of dinov2-dense train (no optimizer "
                                   "state or iteration): --resume continues a run; use it as load_from instead")
+        configured = _scheduler_lengths(self.param_schedulers)
         try:
             super().resume(filename, *args, **kwargs)
         except CheckpointError:
             raise
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot resume from {filename}: {exc}") from None
+        for (name, was), (_, now) in zip(configured, _scheduler_lengths(self.param_schedulers)):
+            if was != now:  # mmengine restores each scheduler whole, its end too
+                self.logger.warning(
+                    f"--resume: {name} continues as {filename} saved it ({_lengths_text(now)}; the config says "
+                    f"{_lengths_text(was)}): a resumed run keeps its schedule, so iterations past its end run at "
+                    "the rate it ended with")
 
     def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
                         revise_keys: list = [(r"^module\.", "")]) -> dict:  # noqa: B006 - mmengine's signature
