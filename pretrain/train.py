@@ -94,8 +94,13 @@ def _wrap(model: SSLMetaArch, mode: str, device: torch.device, world: int) -> No
 
         ids = [device.index] if device.type == "cuda" else None
         unused = bool(getattr(model, "ibot_separate_head", False))  # a step may skip iBOT (no masked patch)
+        # distillation never masks: a student backbone's mask_token gets no gradient (DDP's next step raised
+        # "Expected to have finished reduction in the prior iteration")
+        distilling = any(k.endswith("_backbone") for k in model.student.keys())  # DistillArch's student<i>_backbone
         for key in list(model.student.keys()):
-            model.student[key] = DDP(model.student[key], device_ids=ids, find_unused_parameters=unused and key == "ibot_head")
+            model.student[key] = DDP(model.student[key], device_ids=ids,
+                                     find_unused_parameters=(unused and key == "ibot_head") or
+                                     (distilling and key.endswith("backbone")))
         return
     from torch.distributed.fsdp import fully_shard
 

@@ -114,6 +114,23 @@ def test_two_processes_on_gloo_keep_the_same_teacher(tmp_path):
     assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 4
 
 
+def test_distillation_under_two_processes_on_gloo(pretrained, tmp_path):
+    """Distillation in DDP: its students never mask, so a backbone's mask_token has no gradient, and DDP's
+    second step raised "Expected to have finished reduction in the prior iteration" on every rank."""
+    work, result = pretrained
+    cfg = _py_config(tmp_path / "distill.py", tiny(2, distill=dict(
+        teacher=result["export"]["safetensors"], teacher_head=str(work), students=[dict(embed_dim=16, depth=1)])))
+    out = tmp_path / "distill"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(out),
+           "--no-progress"]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "export" / "student0.safetensors").is_file()
+    prints = json.loads((out / "teacher_fingerprints.json").read_text())
+    assert len(prints) == 2 and prints[0] == prints[1]
+
+
 def test_two_processes_fsdp_on_gloo_train_monitor_and_export(tmp_path):
     """torch's fully_shard on two CPU processes (gloo): the same loop, the monitor and the export."""
     cfg = _py_config(tmp_path / "tiny.py", tiny(4, compute=dict(distributed="fsdp", device="cpu"),
