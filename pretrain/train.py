@@ -547,6 +547,12 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
                              f"resume with the config it was written with ({work_dir / 'config.json'}), or start "
                              "afresh with --overwrite")
         _load_state(model, state["model"])
+        changed = _schedule_changes(state.get("config"), cfg)
+        if changed and main:
+            print(f"warning: --resume: this command's schedule settings differ from those {path} was written with: "
+                  f"{', '.join(changed)}; the run continues on this command's schedules (optim.lr scales with the "
+                  "batch of all processes). To continue it as it was, give its settings again (its checkpoints "
+                  "hold them under 'config') and as many processes", file=sys.stderr)
     _wrap(model, cfg["compute"]["distributed"], device, world)
     sharded = world > 1 and cfg["compute"]["distributed"] == "fsdp"
     model.train()
@@ -826,6 +832,24 @@ def _load_optimizer(model, optimizer, state: dict, sharded: bool, path: Path | s
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ValueError(f"{path}: its optimizer state does not fit this run "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {advice}") from None
+
+
+#: What sets a run's schedules (learning rate, weight decay, teacher momentum and temperature, length).
+SCHEDULE_SECTIONS = ("optim", "teacher")
+SCHEDULE_TRAIN_KEYS = ("batch_size_per_gpu", "OFFICIAL_EPOCH_LENGTH")
+
+
+def _schedule_changes(saved: Any, cfg: dict) -> list[str]:
+    """``key old -> new`` for each schedule setting a resumed checkpoint's config (``saved``) has otherwise
+    than this run's: the schedules are rebuilt from this run's, so a resume that does not repeat the first
+    command's ``--cfg-options`` (or runs on another number of processes: ``optim.lr``) changes the run."""
+    if not isinstance(saved, dict):
+        return []
+    pairs = [(f"{section}.{k}", (saved.get(section) or {}).get(k), v)
+             for section in SCHEDULE_SECTIONS for k, v in (cfg.get(section) or {}).items()]
+    pairs += [(f"train.{k}", (saved.get("train") or {}).get(k), cfg["train"].get(k)) for k in SCHEDULE_TRAIN_KEYS]
+    return [f"{key} {old!r} -> {new!r}" for key, old, new in pairs
+            if old is not None and _jsonable(old) != _jsonable(new)]
 
 
 def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False) -> None:

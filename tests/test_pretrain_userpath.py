@@ -178,3 +178,17 @@ def test_the_monitor_observes_without_changing_the_run(tmp_path, monkeypatch):
 
     a, b = load_file(plain["export"]["safetensors"]), load_file(watched["export"]["safetensors"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (the metadata names the work dir)
+
+
+def test_a_resume_with_other_schedule_settings_says_which(tmp_path, capsys):
+    """The schedules are rebuilt from the resuming command's config: a resume that did not repeat the first
+    command's --cfg-options (optim.epochs=2) went on silently at another rate and ended at another iteration."""
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2))
+    work = tmp_path / "run"
+    assert _pretrain(cfg, work, "--max-iters", "1", "--cfg-options", "optim.epochs=2") == 0
+    capsys.readouterr()
+    assert _pretrain(cfg, work, "--resume", "--max-iters", "2", "--cfg-options", "optim.epochs=2") == 0
+    assert "schedule settings differ" not in capsys.readouterr().err  # the same settings: nothing to say
+    assert _pretrain(cfg, work, "--resume", "--max-iters", "3") == 0
+    err = capsys.readouterr().err
+    assert "warning: --resume: this command's schedule settings differ" in err and "optim.epochs 2 -> 1" in err, err

@@ -638,7 +638,8 @@ def run_test(args: argparse.Namespace) -> int:
             from dinov2_dense.fileio import discard_stage
 
             discard_stage(test_stage(args.out))  # left only when the test failed or was interrupted
-    print({k: round(float(v), 4) if isinstance(v, (int, float)) else v for k, v in (metrics or {}).items()})
+    if _rank() == 0:  # under torchrun every process has the (gathered) metrics: one line of them
+        print({k: round(float(v), 4) if isinstance(v, (int, float)) else v for k, v in (metrics or {}).items()})
     return 0
 
 
