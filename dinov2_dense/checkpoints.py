@@ -486,11 +486,12 @@ def key_mismatches(own: Mapping[str, Tensor], sd: Mapping[str, Tensor]) -> list[
     missing = sorted((k for k in set(own) - set(sd) if not k.endswith(".num_batches_tracked")), key=_key_order)
     unexpected = sorted(set(sd) - set(own), key=_key_order)
     shapes = sorted((k for k in set(own) & set(sd) if own[k].shape != sd[k].shape), key=_key_order)
-    parts = [f"{len(keys)} {title}: {_list(keys)}"
-             for title, keys in (("missing keys", missing), ("unexpected keys", unexpected)) if keys]
+    parts = [f"{len(keys)} {title}{'s' if len(keys) > 1 else ''}: {_list(keys)}"
+             for title, keys in (("missing key", missing), ("unexpected key", unexpected)) if keys]
     if shapes:
         desc = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:6]]
-        parts.append(f"{len(shapes)} keys of other shapes (checkpoint vs model): {'; '.join(desc)}")
+        parts.append(f"{len(shapes)} {'keys' if len(shapes) > 1 else 'key'} of other shapes (checkpoint vs model): "
+                     f"{'; '.join(desc)}")
     return parts
 
 

@@ -436,6 +436,23 @@ def architecture(name: str | os.PathLike | dict | None, weights=None) -> models.
     return build_backbone(name) if arch is None else models.DinoVisionTransformer(**arch)
 
 
+def _refuse_distillation_checkpoint(path: Path) -> None:
+    """A distillation run's checkpoint (its folder has no backbone.json) given where one backbone is
+    wanted: the CheckpointError that names the student exports to give instead; nothing for other files."""
+    from .checkpoints import CheckpointError, distillation_refusal, distilled_students, read_checkpoint
+
+    if path.suffix not in (".pth", ".pt") or not path.is_file():
+        return
+    try:
+        raw = read_checkpoint(path)
+    except CheckpointError:
+        return  # unreadable: the caller's error stands
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else raw
+    students = distilled_students(model)
+    if students:
+        raise CheckpointError(f"{path}: {distillation_refusal(students, path)}")
+
+
 def _arch_files_beside(weights: Path) -> list[Path]:
     return list(dict.fromkeys([weights.with_suffix(".json"), weights.parent / "backbone.json"]))
 
@@ -462,6 +479,7 @@ def _architecture(name, weights) -> dict | None:
                 raise WeightsNotFoundError(f"{w}: no such weights file")
             found = arch_file_beside(w)
             if found is None:
+                _refuse_distillation_checkpoint(w)  # a distill run writes no backbone.json: say what it is
                 raise WeightsNotFoundError(f"{w}: no architecture file beside it (looked for "
                                            f"{', '.join(str(c) for c in _arch_files_beside(w))}); name the backbone")
             name = found

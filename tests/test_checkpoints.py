@@ -121,6 +121,10 @@ def test_distillation_checkpoint_is_refused_not_read_as_its_frozen_teacher(tmp_p
 
     with pytest.raises(CheckpointError, match="not a head checkpoint of `train` but a distillation checkpoint"):
         read_run_checkpoint(path)
+    # without an architecture (a distill run writes no backbone.json; as distill --teacher reads it): it said
+    # only "no architecture file beside it"
+    with pytest.raises(CheckpointError, match="a distillation checkpoint"):
+        load_backbone(None, weights=path)
     image = tmp_path / "img.png"
     import numpy as np
     from PIL import Image
@@ -139,7 +143,7 @@ def test_strict_load_error_reads_as_sentences_on_one_line() -> None:
     with pytest.raises(CheckpointError) as info:
         load_backbone_weights(tiny_vit(registers=4), tiny_vit().state_dict())
     line = _one_line(info.value)
-    assert "1 missing keys: register_tokens. The checkpoint looks like" in line, line
+    assert "1 missing key: register_tokens. The checkpoint looks like" in line, line
 
 
 def test_teacher_checkpoint_loads(tmp_path: Path) -> None:
@@ -225,13 +229,13 @@ def test_missing_key_is_named() -> None:
 def test_unexpected_key_is_named() -> None:
     sd = tiny_vit().state_dict()
     sd["head.weight"] = torch.zeros(10, 48)
-    with pytest.raises(CheckpointError, match=r"1 unexpected keys: head\.weight") as info:
+    with pytest.raises(CheckpointError, match=r"1 unexpected key: head\.weight") as info:
         load_backbone_weights(tiny_vit(), sd)
     assert "missing" not in str(info.value)
 
 
 def test_registers_into_plain_model_is_named() -> None:
-    with pytest.raises(CheckpointError, match=r"unexpected keys: register_tokens") as info:
+    with pytest.raises(CheckpointError, match=r"unexpected key: register_tokens") as info:
         load_backbone_weights(tiny_vit(), tiny_vit(registers=4).state_dict())
     assert "4 register tokens" in str(info.value)
 
