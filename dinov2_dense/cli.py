@@ -87,15 +87,17 @@ def _model_name(args: argparse.Namespace):
     weights = _weights_arg(args.weights)
     args.model_arch = args.model
     if args.model is None:
-        from .hub import _file_url_path, arch_file_beside
+        from .hub import _arch_files_beside, _file_url_path, arch_file_beside
 
         local = _file_url_path(weights)  # a file:// URL is a path here
         w = Path(local) if local not in (None, "official") and "://" not in str(local) else None
         beside = w is not None and arch_file_beside(w) is not None
         args.model = str(w) if beside else "dinov2_vits14"
         args.model_arch = None if beside else "dinov2_vits14"
-        # a weights file taken for dinov2_vits14 only because nothing else was named: see _load_model
-        args.model_guessed = not beside and weights not in (None, "official")
+        # a weights file taken for dinov2_vits14 only because nothing else was named: the architecture files
+        # looked for beside it (none for a URL), for _load_model's error; None where nothing was guessed
+        args.model_guessed = (None if beside or weights in (None, "official") else
+                              (_arch_files_beside(w) if w is not None else []))
     return args.model_arch
 
 
@@ -103,13 +105,8 @@ def _guessed_model_error(args: argparse.Namespace, exc: Exception) -> str:
     """The error for a --weights file that does not fit dinov2_vits14, taken because no --model was given and
     no architecture file is beside it (a training checkpoint copied out of its run folder): it says
     so, as load_backbone(None, ...) does, instead of naming a model the user never gave."""
-    from .hub import _arch_files_beside, _file_url_path
-
-    local = str(_file_url_path(args.weights))
-    where = ""
-    if "://" not in local:
-        looked = _arch_files_beside(Path(local).expanduser())
-        where = f" and no architecture file is beside it (looked for {', '.join(map(str, looked))})"
+    looked = args.model_guessed
+    where = f" and no architecture file is beside it (looked for {', '.join(map(str, looked))})" if looked else ""
     looks = re.search(r"The checkpoint looks like ([^\n]*?)\.?(\n|$)", str(exc))
     shape = f"; it looks like {looks.group(1)}" if looks else ""
     return (f"--weights {args.weights}: no --model was given{where}, and it does not fit dinov2_vits14, the "
@@ -137,7 +134,7 @@ def _load_model(args: argparse.Namespace, device):
                                  compile=getattr(args, "compile", None) or False,
                                  attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
         except CheckpointError as exc:  # only the default's strict-load mismatch: other refusals say their own
-            if (isinstance(exc, CheckpointReadError) or not getattr(args, "model_guessed", False)
+            if (isinstance(exc, CheckpointReadError) or getattr(args, "model_guessed", None) is None
                     or "does not fit this model" not in str(exc)):
                 raise
             raise CheckpointError(_guessed_model_error(args, exc)) from None
@@ -435,7 +432,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         if weights is None:
-            torch.manual_seed(args.seed)  # random weights, the same on every run: a saved basis stays valid
+            torch.manual_seed(args.seed)  # the maps' later random draws (the weights are seeded in _load_model)
         model = _load_model(args, device)
         if basis is not None and basis.dim != model.embed_dim:
             raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
