@@ -34,6 +34,13 @@ decode like photographs) into a temporary folder, then times:
 * the ceiling of any worker arrangement: reading and resizing alone (``read_resized``, one thread
   each) in a pool of that many processes, already started, nothing sent to the model; float and 8-bit.
 
+With ``--timeline``, only the model alone, then ``embed_images`` (8-bit resize, the most workers)
+twice with the batches copied into pinned memory and twice straight from the workers' shared slots to
+the GPU (``features.SLOTS_TO_DEVICE``), alternating, each with where its time goes: the seconds before
+the first batch is asked for and after the last, and per batch the feeding thread's wait for the
+workers, the move to the device, the model's call and pooling, the queued copy back, the wait for the
+previous batch, the rest, and the pinning thread's time; then the reading alone both ways.
+
 Prints images/s of each and its share of the model-only rate (the goal: at least 80% on a GPU).
 Random weights: the time does not depend on them.
 """
@@ -120,6 +127,107 @@ def loader_rate(paths: list[str], size: int, batch_size: int, workers: int, resi
             first, at_first = time.perf_counter() - t, count
     total = time.perf_counter() - t
     return count / total, started, first, (count - at_first) / max(total - first, 1e-9)
+
+
+def embed_timeline(model, paths: list[str], store: Path, size: int, batch_size: int, workers: int,
+                   straight: bool) -> dict:
+    """One ``embed_images`` run (8-bit resize) with where its time goes: the main thread's seconds
+    waiting for the next batch from the workers, moving and joining it on the device, launching the
+    model and pooling, waiting for the previous batch's pooled features, and the rest (writing rows,
+    bookkeeping); the pinning thread's seconds taking batches out of the slots; the rate over the run
+    and after the first batch. ``straight``: features.SLOTS_TO_DEVICE."""
+    import dinov2_dense.evaluation.knn as knn
+    import dinov2_dense.features as features
+    from pretrain.curation import embed_images
+
+    spent = collections.Counter()
+    first = []
+    marks = {}  # when the first batch was asked for, when the workers had no more
+
+    def timed(name: str, fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t
+                if name == "model" and not first:
+                    first.append(time.perf_counter())
+        return run
+
+    real_map = features.map_in_workers
+
+    def timed_map(*args, **kwargs):
+        results = real_map(*args, **kwargs)
+
+        def each():
+            try:
+                while True:
+                    t = time.perf_counter()
+                    marks.setdefault("first ask", t)
+                    try:
+                        out = next(results)
+                    except StopIteration:
+                        marks["done"] = time.perf_counter()
+                        return
+                    finally:
+                        spent["next batch"] += time.perf_counter() - t
+                    yield out
+            finally:
+                results.close()
+        return each()
+
+    class TimedCopy(features.HostCopy):
+        def __init__(self, x):
+            t = time.perf_counter()
+            super().__init__(x)
+            spent["copy back"] += time.perf_counter() - t
+
+        def wait(self):
+            t = time.perf_counter()
+            try:
+                return super().wait()
+            finally:
+                spent["previous batch"] += time.perf_counter() - t
+
+    real_pin = features._InSlot.pin_memory
+    patches = [(features, "map_in_workers", timed_map), (features, "to_model_input", timed("to device", features.to_model_input)),
+               (features, "join_parts", timed("to device", features.join_parts)),
+               (features, "extract_features", timed("model", features.extract_features)),
+               (knn, "pool_features", timed("model", knn.pool_features)), (features, "HostCopy", TimedCopy),
+               (features._InSlot, "pin_memory", timed("pinning thread", real_pin)),
+               (features, "SLOTS_TO_DEVICE", straight)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        sync(next(model.parameters()).device)
+        t = time.perf_counter()
+        count = len(embed_images(model, paths, store, size=size, batch_size=batch_size, num_workers=workers,
+                                 progress=False, resize_8bit=True))
+        end = time.perf_counter()
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+    total = end - t
+    batches = -(-len(paths) // batch_size)
+    after = end - first[0] if first else total
+    return {"rate": count / total, "steady": (count - batch_size) / max(after, 1e-9), "total": total,
+            "batches": batches, "setup": marks["first ask"] - t, "finish": end - marks["done"],
+            "loop": marks["done"] - marks["first ask"], **{k: v for k, v in spent.items()}}
+
+
+def print_timeline(label: str, got: dict, model_rate: float) -> None:
+    main = ("next batch", "to device", "model", "copy back", "previous batch")
+    per = {k: 1e3 * got.get(k, 0.0) / got["batches"] for k in (*main, "pinning thread")}
+    rest = 1e3 * got["loop"] / got["batches"] - sum(per[k] for k in main)
+    print(f"  timeline, {label}: {got['rate']:8.1f} images/s ({100 * got['rate'] / model_rate:5.1f}% of model only), "
+          f"{got['steady']:.1f} after the first batch ({100 * got['steady'] / model_rate:.1f}%); before the first "
+          f"batch was asked for {got['setup']:.3f} s, after the last {got['finish']:.3f} s; main thread in the loop, "
+          f"ms a batch: waiting for the next batch {per['next batch']:.2f}, to the device {per['to device']:.2f}, "
+          f"model and pooling {per['model']:.2f}, copy back queued {per['copy back']:.2f}, waiting for the previous "
+          f"batch {per['previous batch']:.2f}, the rest {rest:.2f}; pinning thread {per['pinning thread']:.2f} ms a batch",
+          flush=True)
 
 
 def resident_gb() -> float:
@@ -280,6 +388,10 @@ def main() -> int:
                     help="backbone weights (default: bf16 on a GPU, fp32 on a CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model-batches", type=int, default=8, help="batches per model-only pass")
+    ap.add_argument("--timeline", action="store_true",
+                    help="only the model alone and timelines of embed_images (8-bit, most workers): where the "
+                         "main thread's time goes, batches copied into pinned memory against straight to the GPU "
+                         "(features.SLOTS_TO_DEVICE), and the reading alone both ways")
     ap.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default="none",
                     help="compile_blocks mode of the model (both the model only and the folder runs)")
     ap.add_argument("--quick", action="store_true",
@@ -360,6 +472,29 @@ def main() -> int:
                     model, paths, store, size=args.size, batch_size=args.batch_size, num_workers=workers,
                     progress=False, resize_8bit=eight)))
 
+        if args.timeline:
+            workers = max(args.num_workers)
+            ways = (False, True) if device.type == "cuda" else (False,)
+            for _ in range(2):  # alternating
+                for straight in ways:
+                    label = f"{workers} workers, 8-bit resize, batches " + (
+                        "straight to the GPU" if straight else "through pinned memory")
+                    try:
+                        got = embed_timeline(model, paths, Path(tmp) / f"store_{next(runs)}", args.size,
+                                             args.batch_size, workers, straight)
+                    except Exception as exc:  # noqa: BLE001 (a trial arrangement failing leaves the others to run)
+                        print(f"  timeline, {label}: failed: {type(exc).__name__}: {exc}", flush=True)
+                        continue
+                    print_timeline(label, got, model_rate)
+            for straight in ways:
+                with features_setting("SLOTS_TO_DEVICE", straight):
+                    rate, started, first, steady = loader_rate(paths, args.size, args.batch_size, workers, True,
+                                                               pin=device.type == "cuda")
+                print(f"  reading alone, {workers} workers, 8-bit resize, batches "
+                      f"{'straight to the GPU' if straight else 'through pinned memory'}: {rate:8.1f} images/s "
+                      f"({100 * rate / model_rate:5.1f}% of model only; first batch after {first:.3f} s, "
+                      f"{steady:.1f} images/s after it)", flush=True)
+            return 0
         for workers in args.num_workers:
             for eight in (False, True):
                 embed(workers, eight)

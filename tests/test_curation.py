@@ -370,12 +370,16 @@ def test_a_full_disk_stops_the_embedding_naming_the_file_before_any_row(tmp_path
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
-def test_embedding_on_cuda_in_parts_matches_the_cpu(tmp_path, monkeypatch):
-    """On a GPU the parts of a batch arrive pinned (float and uint8), are normalised there and joined:
-    the rows equal the CPU's to float tolerance, with the same names and unreadable list."""
+@pytest.mark.parametrize("straight", [False, True])
+def test_embedding_on_cuda_in_parts_matches_the_cpu(tmp_path, monkeypatch, straight):
+    """On a GPU the parts of a batch arrive pinned (float and uint8), or (``straight``,
+    features.SLOTS_TO_DEVICE) copied from the workers' slots straight to the GPU, are normalised there
+    and joined: the rows equal the CPU's to float tolerance, with the same names and unreadable list."""
     import dinov2_dense.features as features
 
     monkeypatch.setattr(features, "PARTS_PER_BATCH", 4)
+    monkeypatch.setattr(features, "SLOTS_TO_DEVICE", straight)
+    monkeypatch.setattr(features, "SLOT_MIN_BYTES", 1024 if straight else features.SLOT_MIN_BYTES)  # uint8 parts too
     folder = _images(tmp_path / "imgs", 19)
     model = tiny_vit(depth=2, dim=32, img=28).eval()
     stores = {}

@@ -304,6 +304,65 @@ def test_large_results_come_through_reused_shared_slots_as_private_copies(monkey
     assert sum(o[1].buffer is not None for o in slotted) < len(slotted)  # buffers travel once, then are reused
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_slots_go_straight_to_the_gpu_and_are_unregistered(monkeypatch, stop_early):
+    """features.SLOTS_TO_DEVICE: the pinning thread copies each slot straight to the GPU (its buffer
+    registered with CUDA): the results arrive on the GPU with the workers' values, in order, and no
+    buffer stays registered once the iteration ends or is closed early."""
+    import dinov2_dense.features as features
+
+    made = []
+    real_init = features._Slots.__init__
+
+    def keep(self, *args):
+        real_init(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(features._Slots, "__init__", keep)
+    monkeypatch.setattr(features, "SLOTS_TO_DEVICE", True)
+    items = list(range(4 if stop_early else 24))
+    results = map_in_workers(large_result, items, num_workers=2, pin_memory=True)
+    seen, on_gpu = 0, 0
+    for k, out in enumerate(results):
+        want = large_result(k)
+        # a worker whose slots are all busy hands a tensor over the usual way (pinned, on the CPU)
+        on_gpu += (out[1].device.type == "cuda") + (out[3][0].device.type == "cuda")
+        assert torch.equal(out[1].cpu(), want[1]) and torch.equal(out[3][0].cpu(), want[3][0])
+        assert torch.equal(out[2].cpu(), want[2])
+        seen += 1
+        if stop_early and seen == 2:
+            break
+    assert on_gpu >= seen  # most large tensors came through the slots, straight to the GPU
+    assert made and made[0].to_device  # registering worked (else it falls back to pinned copies)
+    if stop_early:
+        assert made[0].registered  # still in use until closed
+        results.close()
+    assert seen == (2 if stop_early else len(items)) and not made[0].registered
+
+
+def test_a_slot_that_cuda_cannot_register_goes_through_pinned_memory(monkeypatch):
+    """features.SLOTS_TO_DEVICE: where CUDA refuses to register a slot's buffer (cudaHostRegister
+    returns an error), the pinning thread copies it into pinned memory as before, from then on, and
+    nothing stays registered."""
+    from types import SimpleNamespace
+
+    import dinov2_dense.features as features
+
+    tried = []
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: SimpleNamespace(
+        cudaHostRegister=lambda ptr, size, flags: tried.append(size) or 2))  # 2: cudaErrorMemoryAllocation
+    monkeypatch.setattr(features, "_pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(id=0))  # as in worker 0
+    slots = features._Slots(1, 3)
+    slots.to_device = True  # as on a GPU machine with SLOTS_TO_DEVICE
+    x = torch.randn(3, 100, 100)
+    for _ in range(2):
+        got = slots.take(slots.put(x), pin_memory=True)
+        assert got.device.type == "cpu" and torch.equal(got, x) and int(slots.flags.sum()) == 0
+    assert tried == [x.numel() * 4] and not slots.to_device and not slots.registered  # tried once only
+
+
 def test_the_pinning_thread_copies_slots_out_into_pinned_memory(monkeypatch):
     """With pinned memory (a GPU), the DataLoader's pinning thread copies a slot out: it calls the
     ``pin_memory`` of what arrives (torch's own function, run here; pinning itself needs CUDA, so the
