@@ -158,7 +158,9 @@ def embed_timeline(model, paths: list[str], store: Path, size: int, batch_size: 
     real_map = features.map_in_workers
 
     def timed_map(*args, **kwargs):
-        results = real_map(*args, **kwargs)
+        t = time.perf_counter()
+        results = real_map(*args, **kwargs)  # returns once the workers are started
+        spent["starting workers"] += time.perf_counter() - t
 
         def each():
             try:
@@ -191,12 +193,15 @@ def embed_timeline(model, paths: list[str], store: Path, size: int, batch_size: 
                 spent["previous batch"] += time.perf_counter() - t
 
     real_pin = features._InSlot.pin_memory
+    import pretrain.curation.store as store_module
+
     patches = [(features, "map_in_workers", timed_map), (features, "to_model_input", timed("to device", features.to_model_input)),
                (features, "join_parts", timed("to device", features.join_parts)),
                (features, "extract_features", timed("model", features.extract_features)),
                (knn, "pool_features", timed("model", knn.pool_features)), (features, "HostCopy", TimedCopy),
                (features._InSlot, "pin_memory", timed("pinning thread", real_pin)),
-               (features, "SLOTS_TO_DEVICE", straight)]
+               (features, "SLOTS_TO_DEVICE", straight),
+               (store_module, "_fingerprint_beside", timed("weights to the host", store_module._fingerprint_beside))]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, value in patches:
         setattr(owner, name, value)
@@ -223,7 +228,9 @@ def print_timeline(label: str, got: dict, model_rate: float) -> None:
     rest = 1e3 * got["loop"] / got["batches"] - sum(per[k] for k in main)
     print(f"  timeline, {label}: {got['rate']:8.1f} images/s ({100 * got['rate'] / model_rate:5.1f}% of model only), "
           f"{got['steady']:.1f} after the first batch ({100 * got['steady'] / model_rate:.1f}%); before the first "
-          f"batch was asked for {got['setup']:.3f} s, after the last {got['finish']:.3f} s; main thread in the loop, "
+          f"batch was asked for {got['setup']:.3f} s (starting the workers {got.get('starting workers', 0):.3f} s, the "
+          f"weights' copy to the host for the hash {got.get('weights to the host', 0):.3f} s), after the last "
+          f"{got['finish']:.3f} s; main thread in the loop, "
           f"ms a batch: waiting for the next batch {per['next batch']:.2f}, to the device {per['to device']:.2f}, "
           f"model and pooling {per['model']:.2f}, copy back queued {per['copy back']:.2f}, waiting for the previous "
           f"batch {per['previous batch']:.2f}, the rest {rest:.2f}; pinning thread {per['pinning thread']:.2f} ms a batch",
@@ -392,12 +399,18 @@ def main() -> int:
                     help="only the model alone and timelines of embed_images (8-bit, most workers): where the "
                          "main thread's time goes, batches copied into pinned memory against straight to the GPU "
                          "(features.SLOTS_TO_DEVICE), and the reading alone both ways")
+    ap.add_argument("--prefetch", type=int, default=None,
+                    help="items each worker reads ahead (features.PREFETCH, default the toolkit's) for every run")
     ap.add_argument("--compile", choices=["none", "default", "reduce-overhead"], default="none",
                     help="compile_blocks mode of the model (both the model only and the folder runs)")
     ap.add_argument("--quick", action="store_true",
                     help="only the model, embed_images, its reading alone and the hand-over (no unpinned runs, trial, "
                          "one-image timings or ceilings)")
     args = ap.parse_args()
+    if args.prefetch is not None:
+        import dinov2_dense.features as features
+
+        features.PREFETCH = args.prefetch
 
     from dinov2_dense import load_backbone
     from dinov2_dense.checkpoints import fingerprint
@@ -415,7 +428,8 @@ def main() -> int:
         compile_blocks(model, args.compile)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} on {where}; {args.model} {dtype} weights, {args.size}x{args.size}, "
-          f"batch {args.batch_size}{'' if args.compile == 'none' else ', blocks compiled: ' + args.compile}", flush=True)
+          f"batch {args.batch_size}{'' if args.compile == 'none' else ', blocks compiled: ' + args.compile}"
+          f"{'' if args.prefetch is None else f', {args.prefetch} items read ahead a worker'}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"

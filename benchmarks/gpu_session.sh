@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The open GPU checks of the speed work in one call, most wanted first, each step under its own time
-# limit (at most 5 min 20 s of steps):
+# limit (at most 4 min 30 s of steps):
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
 # 1. the CUDA-only tests: the uint8 normalisation, the patch embedding as one GEMM, features written
 #    batch by batch, the embedding in parts against the CPU, batches straight from the workers' slots
 #    to the GPU (features.SLOTS_TO_DEVICE) (log: tests.log);
 # 2. folders: timelines of embed_images over 10,000 JPEGs with 16 workers (where the feeding process's
-#    time goes, batches through pinned memory against straight to the GPU, two runs each,
-#    alternating; benchmarks/folder_speed.py --timeline), with the blocks in CUDA graphs
-#    (--compile reduce-overhead: fewer launches in the feeding process), and in batches of 128.
+#    time goes, including the start before the first batch: starting the workers, the weights' host
+#    copy for the hash; batches through pinned memory against straight to the GPU, two runs each,
+#    alternating; benchmarks/folder_speed.py --timeline), in batches of 64 with the workers reading 2
+#    (the default) and 4 items ahead (features.PREFETCH: more read during the start), and in batches of 128.
 # On a machine without a package index, the wheels of what is missing (the official code,
 # albumentations, mmengine and their needs) are carried in .whl/: benchmarks/device_wheels.sh fetches
 # them beforehand, and this script installs them when it finds them.
@@ -26,7 +27,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 timeout 60 python3 -m pytest -q -p no:cacheprovider -rs tests/test_models_speed_cache.py tests/test_features.py tests/test_speed.py \
   tests/test_cli.py tests/test_curation.py -k "cuda or normalise_8bit or uint8 or straight" 2>&1 | tee "$out/tests.log" | tail -5
 timeout 70 python3 benchmarks/folder_speed.py --num-workers 16 --count 10000 --timeline 2>&1 | tee "$out/timeline_10k.log"
-timeout 120 python3 benchmarks/folder_speed.py --num-workers 16 --count 10000 --timeline --compile reduce-overhead 2>&1 \
-  | tee "$out/timeline_10k_graphs.log"
+timeout 70 python3 benchmarks/folder_speed.py --num-workers 16 --count 10000 --timeline --prefetch 4 2>&1 \
+  | tee "$out/timeline_10k_prefetch4.log"
 timeout 70 python3 benchmarks/folder_speed.py --num-workers 16 --count 10000 --timeline --batch-size 128 2>&1 \
   | tee "$out/timeline_10k_128.log"

@@ -648,6 +648,12 @@ SLOT_MIN_BYTES = 1 << 16
 #: An A/B setting for ``benchmarks/folder_speed.py`` until a GPU machine's figures decide.
 WORKER_NICE = 0
 
+#: Items each DataLoader worker of :func:`map_in_workers` has in hand at most (the DataLoader's
+#: ``prefetch_factor``; its default 2): what the workers read ahead of the model, also while the
+#: caller gets ready (a store's files, the weights' hash). An A/B setting for
+#: ``benchmarks/folder_speed.py`` until a GPU machine's figures decide.
+PREFETCH = 2
+
 #: With pinned memory on CUDA, the DataLoader's pinning thread copies each slot straight to the GPU
 #: (the slot's shared pages registered with CUDA once, ``cudaHostRegister``, then one asynchronous
 #: copy on a side stream) instead of into pinned memory first: one CPU copy of each batch fewer in the
@@ -657,6 +663,8 @@ WORKER_NICE = 0
 #: --timeline``): the pinning thread's time 1.4-1.7 ms a batch of 64 against 2.7-5.3 through pinned
 #: memory (2.7-3.7 against 6.8-12.2 for 128), and ``embed_images``' rate after its first batch 5,108
 #: images/s on average over four runs against 4,975 (batches of 64), 5,997 against 5,472 over two (128).
+#: The batches the workers have read ahead (up to :data:`PREFETCH` per worker) then wait on the GPU
+#: instead of in pinned memory.
 SLOTS_TO_DEVICE = True
 
 
@@ -833,7 +841,7 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
 
 def _from_workers(fn, items: Sequence, workers: int, pin: bool):
     """:func:`map_in_workers` with workers: yields None once the workers are started, then the results."""
-    prefetch = 2  # the DataLoader's default: each worker has at most this many items in hand
+    prefetch = PREFETCH  # each worker has at most this many items in hand
     slots = _Slots(workers, prefetch + 1)  # + the one being copied out here
     loader = torch.utils.data.DataLoader(_Mapped(fn, items, slots), batch_size=None, collate_fn=_as_is,
                                          num_workers=workers, prefetch_factor=prefetch, pin_memory=pin,

@@ -267,6 +267,27 @@ def test_workers_niceness_follows_the_setting(monkeypatch):
     assert os.getpriority(os.PRIO_PROCESS, 0) == here
 
 
+def test_workers_read_ahead_as_many_items_as_the_setting(monkeypatch):
+    """features.PREFETCH is each worker's read-ahead (the DataLoader's prefetch_factor), with a shared
+    slot for each item in hand and the one being copied out; the results are the same."""
+    import dinov2_dense.features as features
+
+    seen = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["prefetch_factor"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    slots = []
+    real_init = features._Slots.__init__
+    monkeypatch.setattr(features._Slots, "__init__", lambda self, n, per: slots.append(per) or real_init(self, n, per))
+    monkeypatch.setattr(features, "PREFETCH", 5)
+    assert list(map_in_workers(own_niceness, [0, 1, 2], 2)) == [os.getpriority(os.PRIO_PROCESS, 0)] * 3
+    assert seen == [5] and slots == [6]
+
+
 def large_result(k: int):
     """A worker's result with tensors above and below the shared slots' threshold; sizes vary with
     ``k``, so a worker's slot must grow."""
