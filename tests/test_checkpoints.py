@@ -250,6 +250,13 @@ def test_truncated_file_names_path(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(CheckpointError, match="truncated") as info:
         load_backbone_weights(tiny_vit(), bad)
     assert str(bad) in str(info.value)
+    # as a head checkpoint of `test` or `train`'s load_from (torch.load reads a .safetensors through safetensors,
+    # whose error was not caught: an internal error, exit 1)
+    from dinov2_dense.engine.runner import read_run_checkpoint
+
+    with pytest.raises(CheckpointError, match="truncated") as info:
+        read_run_checkpoint(bad)
+    assert str(bad) in str(info.value)
 
 
 def test_garbage_and_empty_files_name_path(tmp_path: Path) -> None:

@@ -338,3 +338,32 @@ def test_two_runners_built_in_the_same_second_keep_their_own_checkpoints(scenes,
     assert runners[0].message_hub is not runners[1].message_hub
     for name in ("a", "b"):
         assert sorted(p.name for p in (tmp_path / name).glob("iter_*.pth")) == ["iter_1.pth", "iter_2.pth"], name
+
+
+def test_load_from_with_another_backbone_keeps_it_in_the_runs_checkpoints(scenes, trained, tmp_path, capsys):
+    """load_from of a checkpoint holding backbone.* tensors other than the config's frozen backbone (an mmseg
+    checkpoint of a fine-tuned backbone, say): the run uses them, says so, records them as its backbone and
+    keeps them in its head checkpoints, so that `test` of those runs on the backbone the head was trained on.
+    The checkpoints left the frozen backbone out and recorded the config's weights as its source."""
+    from dinov2_dense.engine import MODELS
+
+    cfg = load_config(str(SEG_CFG), {}, None)
+    model = MODELS.build(cfg.model)
+    generator = torch.Generator().manual_seed(3)
+    backbone = {f"backbone.{k}": v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                for k, v in model.backbone.state_dict().items()}
+    head = torch.load(trained / "iter_2.pth", weights_only=True)["state_dict"]
+    start = tmp_path / "mmseg_like.pth"
+    torch.save({"state_dict": {**backbone, **head}}, start)
+    work = tmp_path / "run"
+    capsys.readouterr()
+    assert _train(work, _options(scenes / "ade", 1, load_from=start)) == 0
+    saved = torch.load(work / "iter_1.pth", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in backbone.items())
+    assert saved["meta"]["backbone"]["weights"] == f"the backbone.* tensors of {start}"
+    # `test` of that checkpoint with the same config runs on the head's backbone and says so
+    options = _options(scenes / "ade", 1)
+    assert main(["test", str(SEG_CFG), str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "test"), "--cfg-options",
+                 *(f"{k}={v}" for k, v in options.items()), "test_dataloader.batch_size=1"]) == 0
+    logs = "".join(p.read_text() for p in (tmp_path / "test").rglob("*.log"))
+    assert f"{work / 'iter_1.pth'} holds backbone.* tensors other than this config's backbone" in logs

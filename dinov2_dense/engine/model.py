@@ -160,6 +160,7 @@ class DenseModel(BaseModel):
         self.backbone_source = (f"random weights (seed {backbone_seed})" if backbone_weights is None
                                 else str(backbone_weights))
         self._fingerprint: str | None = None
+        self.keep_backbone = False  # checkpoints hold a frozen backbone too (one a checkpoint brought)
 
     @property
     def predictor(self) -> DensePredictor:
@@ -241,6 +242,8 @@ def _keep_frozen_backbone(module: DenseModel, state_dict, prefix, local_metadata
 
 
 def _drop_frozen_backbone(module: DenseModel, state_dict, prefix: str, local_metadata) -> None:
-    if module.predictor.freeze_backbone:
+    """Checkpoints leave a frozen backbone out (the config rebuilds it), unless a loaded checkpoint
+    replaced the config's (``keep_backbone``, see ``DenseRunner.load_checkpoint``)."""
+    if module.predictor.freeze_backbone and not module.keep_backbone:
         for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
             del state_dict[key]

@@ -146,12 +146,14 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    from safetensors import SafetensorError  # (torch.load reads a .safetensors file through safetensors)
+
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path}: not a checkpoint of ours nor an official head file (it is not a PyTorch "
                               "file of tensors, or it holds Python objects that are not loaded, for safety)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(checkpoint, dict):
@@ -169,6 +171,17 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state dict of tensors in it (keys: {', '.join(list(checkpoint)[:6])})")
     return checkpoint
+
+
+def _replaces_backbone(state: dict, model) -> bool:
+    """Whether loading ``state`` changes a DenseModel's frozen backbone (its ``backbone.*`` tensors
+    differ from the backbone's, compared in the backbone's dtypes)."""
+    if not hasattr(model, "backbone_info") or not model.predictor.freeze_backbone:
+        return False  # (a trained backbone's checkpoints hold it anyway)
+    own = model.backbone.state_dict()
+    given = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return any(k in own and not torch.equal(own[k], v.to(device=own[k].device, dtype=own[k].dtype))
+               for k, v in given.items())
 
 
 def _scheduler_lengths(schedulers) -> list[tuple[str, dict]]:
@@ -423,7 +436,17 @@ class DenseRunner(Runner):
             state = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
         refuse_nonfinite(state, str(filename))
         self._check_backbone(filename, checkpoint, state, model)
+        replaced = _replaces_backbone(state, model)
         model.load_state_dict(state, strict=not problems)
+        if replaced:
+            # the checkpoint's backbone.* tensors are the backbone now: recorded as such, and kept in this
+            # run's checkpoints (a frozen backbone's are left out of them otherwise, and the config's is not it)
+            was = model.backbone_source
+            model.backbone_source = f"the backbone.* tensors of {filename}"
+            model._fingerprint = None
+            model.keep_backbone = True
+            self.logger.warning(f"{filename} holds backbone.* tensors other than this config's backbone ({was}): "
+                                "the model runs on those, and this run's checkpoints keep them")
         self._has_loaded = True
         self.logger.info(f"Load checkpoint from {filename}")
         return checkpoint
