@@ -427,3 +427,104 @@ def test_to_mmseg_takes_the_architecture_beside_an_export(tmp_path, capsys):
     lone.write_bytes(export.read_bytes())
     code, err = _convert(capsys, "to-mmseg", head, tmp_path / "other.pth", "--backbone-weights", lone)
     assert code == 2 and "dinov2_vits14" in err, err
+
+
+def test_to_mmseg_writes_only_what_mmseg_loads(tmp_path, capsys):
+    """A .safetensors output was written with torch.save under that name (exit 0), which mmseg's
+    tools/test.py could not read ("SafetensorError: header too large"); it is refused before anything is
+    written, naming the file and what to name it instead, and a .pth output loads in mmengine."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from dinov2_dense.fileio import OutputError
+    from dinov2_dense.mmseg import to_mmseg
+
+    head = _mmseg_checkpoint(tmp_path / "head.pth")
+    for name in ("back.safetensors", "back.bin", "back"):
+        out = tmp_path / name
+        code, err = _convert(capsys, "to-mmseg", head, out)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"output {out}: " in err and f"name the output {tmp_path / 'back.pth'}" in err, err
+        assert not out.exists()
+        with pytest.raises(OutputError, match="name the output"):
+            to_mmseg(head, out)
+    assert "cannot read safetensors" in _convert(capsys, "to-mmseg", head, tmp_path / "back.safetensors")[1]
+    # an existing file of that name is kept, even with --overwrite
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(b"another file")
+    assert _convert(capsys, "to-mmseg", head, kept, "--overwrite")[0] == 2 and kept.read_bytes() == b"another file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.pth", "kept.safetensors"]
+    # what mmseg's load_from reads
+    code, err = _convert(capsys, "to-mmseg", head, tmp_path / "back.pth")
+    assert code == 0, err
+    loaded = CheckpointLoader.load_checkpoint(str(tmp_path / "back.pth"), map_location="cpu")["state_dict"]
+    want = torch.load(head, weights_only=True)["state_dict"]
+    assert loaded.keys() == want.keys() and all(torch.equal(loaded[k], want[k]) for k in want)
+
+
+def test_to_mmseg_refuses_a_backbone_name_without_its_weights(tmp_path, capsys):
+    """`--backbone NAME` names the architecture of --backbone-weights (README); alone it was silently
+    dropped (an output without backbone.* tensors, exit 0). It is refused, saying what is missing."""
+    from dinov2_dense.mmseg import to_mmseg
+
+    head = _mmseg_checkpoint(tmp_path / "head.pth")
+    whole = _mmseg_checkpoint(tmp_path / "whole.pth", backbone={"cls_token": torch.zeros(1, 1, 384)})
+    out = tmp_path / "back.pth"
+    code, err = _convert(capsys, "to-mmseg", head, out, "--backbone", "dinov2_dense_tiny")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--backbone dinov2_dense_tiny names the architecture of --backbone-weights, which was not given" in err
+    assert f"{head} holds no backbone" in err and "add --backbone-weights FILE" in err, err
+    code, err = _convert(capsys, "to-mmseg", whole, out, "--backbone", "dinov2_vits14")
+    assert code == 2 and f"{whole} holds a backbone already" in err and "--backbone dinov2_vits14 would be ignored" in err
+    with pytest.raises(ValueError, match="--backbone-weights, which was not given"):
+        to_mmseg(head, out, backbone="dinov2_dense_tiny")
+    assert not out.exists()
+    # with its weights, the backbone is in the output
+    tiny = load_backbone("dinov2_dense_tiny")
+    weights = ROOT / "dinov2_dense" / "weights" / "dinov2_dense_tiny.safetensors"
+    code, err = _convert(capsys, "to-mmseg", head, out, "--backbone", "dinov2_dense_tiny", "--backbone-weights", weights)
+    assert code == 0, err
+    state = torch.load(out, weights_only=True)["state_dict"]
+    assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in tiny.state_dict().items())
+
+
+def test_to_mmseg_says_a_backbone_file_is_missing(tmp_path, capsys):
+    """`--backbone nothere.json` was reported as an unknown zoo name; a value that looks like a path is a
+    missing file, named as such (with or without --backbone-weights)."""
+    head = _mmseg_checkpoint(tmp_path / "head.pth")
+    missing = tmp_path / "nothere.json"
+    for backbone in (missing, "nothere.json", tmp_path / "sub" / "arch"):
+        for extra in (("--backbone-weights", head), ()):
+            code, err = _convert(capsys, "to-mmseg", head, tmp_path / "back.pth", "--backbone", backbone, *extra)
+            assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+            assert f"--backbone {backbone}: no such architecture file" in err and "unknown backbone" not in err, err
+    code, err = _convert(capsys, "to-mmseg", head, tmp_path / "back.pth", "--backbone", head)
+    assert code == 2 and f"--backbone {head}: not an architecture JSON" in err, err
+    assert not (tmp_path / "back.pth").exists()
+
+
+def test_backbone_honours_a_pretrained_init_cfg(backbone_file):
+    """`init_cfg=dict(type="Pretrained", checkpoint=PATH)` was accepted and ignored (random weights with
+    weights=None); it loads PATH as weights=PATH does. Both given, or another init_cfg: a clear error."""
+    reference = build(dict(type="DINOv2", arch=None, weights=str(backbone_file))).state_dict()
+    pretrained = dict(type="Pretrained", checkpoint=str(backbone_file))
+    for weights in ({"weights": None}, {}):  # weights=None, or left at its default
+        model = build(dict(type="EncoderDecoder", backbone=dict(type="DINOv2", arch=None, init_cfg=pretrained, **weights),
+                           decode_head=dict(type="DINOv2BNHead", in_channels=[32], in_index=[0], num_classes=5)))
+        model.init_weights()  # as mmseg's Runner does before load_from
+        got = model.backbone.state_dict()
+        assert got.keys() == reference.keys() and all(torch.equal(got[k], reference[k]) for k in reference)
+    with_prefix = build(dict(type="DINOv2", arch=None, weights=None, init_cfg={**pretrained, "prefix": "backbone."}))
+    assert all(torch.equal(v, reference[k]) for k, v in with_prefix.state_dict().items())
+
+    refused = [
+        (dict(weights=str(backbone_file), init_cfg=pretrained), "both weights="),
+        (dict(weights="official", init_cfg=pretrained), "both weights="),
+        (dict(weights=None, init_cfg=dict(type="Normal", std=0.02)), "is not supported"),
+        (dict(weights=None, init_cfg=[pretrained]), "is not supported"),
+        (dict(weights=None, init_cfg=dict(type="Pretrained")), "has no checkpoint"),
+        (dict(weights=None, init_cfg={**pretrained, "prefix": "decode_head."}), "prefix='decode_head.' not supported"),
+    ]
+    for kwargs, says in refused:
+        with pytest.raises(ValueError, match=says) as info:
+            build(dict(type="DINOv2", arch=None, **kwargs))
+        assert "DINOv2: " in str(info.value) and "init_cfg" in str(info.value)

@@ -7,7 +7,8 @@ An mmseg checkpoint of the plugin's models (``{"state_dict": {"backbone.*", "dec
   else dropped) as a file that ``dinov2_dense.zoo.load_model(NAME, weights=FILE)`` loads strictly
   (``.safetensors`` or ``.pth``); with ``model`` the head is checked against that zoo model first.
 - :func:`to_mmseg`: a ``load_model`` weights file (or an official head file, with a backbone from
-  ``backbone_weights``) as an mmseg checkpoint for ``load_from`` / ``tools/test.py``.
+  ``backbone_weights``) as an mmseg checkpoint for ``load_from`` / ``tools/test.py``: a torch file
+  (``.pth``; mmseg cannot read safetensors, so a ``.safetensors`` output is refused).
 
     python -m dinov2_dense.mmseg.convert from-mmseg work_dirs/iter_40000.pth ours.safetensors --model dinov2_vits14_ade20k_linear
 
@@ -42,14 +43,24 @@ _MMSEG_CHECKPOINT = "an mmseg checkpoint (the .pth files mmseg's Runner saves in
 _OUR_WEIGHTS = "a dinov2-dense weights file (.safetensors or .pth with decode_head.* tensors) or an official head file"
 
 
-def _check_output(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], overwrite: bool) -> Path:
+#: The suffixes of the torch files mmseg's Runner and tools load (``torch.load``; it cannot read safetensors).
+MMSEG_SUFFIXES = (".pth", ".pt", ".ckpt")
+
+
+def _check_output(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], overwrite: bool,
+                  suffixes: tuple[str, ...] | None = None) -> Path:
     """Refuse, before anything is read, an output that is one of the ``inputs`` (label -> path; the
-    same file by any spelling, symlink or hard link) or an existing file without ``overwrite``."""
+    same file by any spelling, symlink or hard link), whose suffix is not one of ``suffixes`` (when
+    given), or an existing file without ``overwrite``."""
     out = Path(out)
     for label, path in inputs.items():
         if path is not None and _same_file(path, out):
             raise OutputError(f"output {out} is the {label} {path}: converting in place would replace it with "
                               "the converted tensors (and lose all else it holds); give another output file")
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        why = ("mmseg loads torch checkpoints, it cannot read safetensors" if out.suffix.lower() == ".safetensors"
+               else f"an mmseg checkpoint is a torch file named {' / '.join(suffixes)}")
+        raise OutputError(f"output {out}: {why}; name the output {out.with_suffix(suffixes[0])}")
     if out.is_file() and not overwrite:
         raise OutputError(f"output {out} exists; give another file name, or pass --overwrite to replace it")
     return check_output_file(out, what="output")
@@ -107,11 +118,23 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
              backbone: str | None = None, overwrite: bool = False) -> Path:
     """A dinov2-dense weights file (or an official head file plus ``backbone_weights`` for
     ``backbone``) -> an mmseg checkpoint. ``backbone`` None: the architecture file beside
-    ``backbone_weights`` (a pretraining export's backbone.json), else dinov2_vits14."""
-    out = _check_output(out, {"input weights file": weights, "backbone weights file": backbone_weights}, overwrite)
+    ``backbone_weights`` (a pretraining export's backbone.json), else dinov2_vits14; ``backbone``
+    without ``backbone_weights`` is refused (it names their architecture, it brings no weights).
+    ``out``: a torch file mmseg loads (:data:`MMSEG_SUFFIXES`), checked before anything is read."""
+    out = _check_output(out, {"input weights file": weights, "backbone weights file": backbone_weights}, overwrite,
+                        suffixes=MMSEG_SUFFIXES)
+    if backbone is not None:
+        check_backbone(backbone)
     state = _ours(_read(weights, _OUR_WEIGHTS))
     if not any(k.startswith("decode_head.") for k in state):
         raise CheckpointError(f"{weights}: no decode_head.* tensors")
+    if backbone is not None and backbone_weights is None:  # it was silently dropped: say what is missing
+        if any(k.startswith("backbone.") for k in state):
+            raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone {backbone} "
+                             "would be ignored: drop it")
+        raise ValueError(f"--backbone {backbone} names the architecture of --backbone-weights, which was not given, "
+                         f"and {weights} holds no backbone (no backbone.* tensors): add --backbone-weights FILE "
+                         "(the backbone's weights), or drop --backbone for a head-only checkpoint")
     if backbone_weights is not None:
         if any(k.startswith("backbone.") for k in state):  # which backbone would the user get? say so
             raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone-weights "
@@ -126,6 +149,25 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "meta": {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}}, tmp)
     return out
+
+
+def check_backbone(backbone: str) -> None:
+    """Refuse a ``backbone`` that is neither a zoo name nor an existing architecture JSON, naming it: a
+    value that looks like a path (a ``.json`` name, or one with a folder in it) as a missing file."""
+    from dinov2_dense.hub import BACKBONES, get_spec
+
+    path = Path(backbone).expanduser()
+    if not (backbone.endswith(".json") or "/" in backbone or os.sep in backbone):
+        if backbone in BACKBONES or not path.exists():
+            get_spec(backbone)  # a KeyError naming the zoo
+            return
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such architecture file")
+    if not path.is_file():
+        raise IsADirectoryError(f"{path}: a folder, not an architecture JSON file")
+    if path.suffix != ".json":
+        raise ValueError(f"{path}: not an architecture JSON (the backbone is a zoo name or a .json file, such as "
+                         "the backbone.json of a pretraining export)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     a.set_defaults(func=_cmd_from_mmseg)
     b = sub.add_parser("to-mmseg", help="a load_model weights file (or an official head file) -> an mmseg checkpoint")
     b.add_argument("weights")
-    b.add_argument("out")
+    b.add_argument("out", help="the mmseg checkpoint to write: a torch file (.pth), which mmseg loads")
     b.add_argument("--backbone", default=None,
                    help="the backbone of --backbone-weights: a zoo name or an architecture JSON (default: the "
                         "backbone.json beside --backbone-weights, a pretraining export's, else dinov2_vits14)")
@@ -174,13 +216,13 @@ def _cmd_from_mmseg(args) -> int:
 
 
 def _cmd_to_mmseg(args) -> int:
-    if args.backbone_weights is not None and args.backbone is not None and not Path(args.backbone).is_file():
-        from dinov2_dense.hub import get_spec
-
+    if args.backbone is not None:
         try:
-            get_spec(args.backbone)
+            check_backbone(args.backbone)
         except KeyError as exc:
             raise KeyError(f"--backbone {args.backbone}: {exc.args[0]}") from None
+        except (OSError, ValueError) as exc:
+            raise type(exc)(f"--backbone {exc}") from None
     print(to_mmseg(args.weights, args.out, args.backbone_weights, args.backbone, overwrite=args.overwrite))
     return 0
 
