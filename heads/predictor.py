@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_dense.features import center_pad, rescale_size
+from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD, center_pad, normalise_8bit, rescale_size
 
 TASKS = ("segmentation", "depth")
 TEST_CFG_KEYS = ("mode", "crop_size", "stride", "scales", "flip", "scale", "crop_batch_size")
@@ -278,8 +278,10 @@ class DensePredictor(nn.Module):
         Every view is then handled in the order of mmseg 0.x ``aug_test`` over
         ``inference(rescale=True)`` (and of the DINOv2 ``DepthEncoderDecoder``): its logits (or
         depth) are resized to ``out_size``, softmaxed (segmentation), flipped back, and the views'
-        probabilities (or depths) averaged. (mmseg resizes the 8-bit image before normalising; here
-        the normalised image is resized, which differs by the 8-bit rounding only.)
+        probabilities (or depths) averaged. As mmseg's test pipelines do, a view of images that
+        were normalised from 8-bit ones (the data sets', :func:`dinov2_dense.features.load_image`'s)
+        is resized in 8 bits (OpenCV's bilinear resize, ``mmcv.imresize``), then normalised; other
+        images (16-bit or float sources) are resized as floats.
 
         A view and its mirror go through the model together (one batch of twice the images), and
         slide windows ``crop_batch_size`` at a time (default 4; 1 is one window at a time).
@@ -304,10 +306,16 @@ class DensePredictor(nn.Module):
         out_size = (h, w) if out_size is None else (int(out_size[0]), int(out_size[1]))
         total = None
         views = 0
+        eight: list = []  # the 8-bit images behind ``images`` (None: there are none), found at the first resize
         for ratio in scales:
             size = rescale_size(h, w, scale, ratio) if scale is not None else \
                 (max(1, round(h * ratio)), max(1, round(w * ratio)))
-            x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            if size == (h, w):
+                x = images
+            else:
+                if not eight:
+                    eight.append(_eight_bit(images))
+                x = _resized_view(images, eight[0], size)
             xs = torch.cat([x, x.flip(-1)]) if flip else x  # a view and its mirror in one batch
             both = self.slide_inference(xs, crop_size, stride, crop_batch_size, out_size=out_size) \
                 if mode == "slide" else self.encode_decode(xs)
@@ -321,6 +329,36 @@ class DensePredictor(nn.Module):
                 total = out if total is None else total.add_(out)
                 views += 1
         return total.div_(views)
+
+
+def _eight_bit(images: Tensor) -> Tensor | None:
+    """(B, H, W, 3) uint8 on the CPU: the 8-bit images that the float32 ``images`` were normalised
+    from (ImageNet mean and std, as the data sets do), or None where they were not. Reads the images
+    back from their device once (before any view of them is queued there)."""
+    if images.dtype != torch.float32 or images.device.type == "meta":  # (meta: shapes only, no values)
+        return None
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    levels = (images * std + mean) * 255.0
+    rounded = levels.round()
+    if not bool(((levels - rounded).abs() <= 1e-2).all()) or rounded.min() < 0 or rounded.max() > 255:
+        return None
+    eight = rounded.to(torch.uint8)
+    if not torch.allclose(normalise_8bit(eight.cpu()).to(images.device), images, rtol=0, atol=1e-5):
+        return None  # (another normalisation)
+    return eight.permute(0, 2, 3, 1).cpu().contiguous()
+
+
+def _resized_view(images: Tensor, eight: Tensor | None, size: tuple[int, int]) -> Tensor:
+    """``images`` resized (bilinear) to ``size``: in 8 bits with OpenCV where ``eight`` holds the
+    8-bit images behind them (mmseg's ``Resize``: ``mmcv.imresize``), then normalised; else as floats."""
+    if eight is None:
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    import cv2
+    import numpy as np
+
+    views = np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for im in eight.numpy()])
+    return normalise_8bit(torch.from_numpy(views).permute(0, 3, 1, 2)).to(images.device)
 
 
 def _resize_matrix(n: int, m: int, device) -> Tensor:
