@@ -203,7 +203,8 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
                 _write_png(path, pred.argmax(1)[0].numpy().astype(np.uint8))
             else:
                 _write_png(path, np.round(pred[0, 0].numpy() * 1000).astype(np.uint16))
-        torch.save(predictor.decode_head.state_dict(), tmp / "head.pth")
+        # the official head files' layout (decode_head.*), which `test` and load_model(weights=...) read
+        torch.save({f"decode_head.{k}": v for k, v in predictor.decode_head.state_dict().items()}, tmp / "head.pth")
     return {"metrics": score_predictions(out, work / "scenes", task), "final_loss": float(np.mean(history[-10:])),
             "train_seconds": round(time.time() - t, 1)}
 

@@ -83,7 +83,8 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     assert "familiar-size cue" in md
     assert (work / "predictions" / "random_depth" / "head.pth").is_file()
     lin_head = torch.load(work / "predictions" / "pretrained_depth_linear" / "head.pth", weights_only=True)
-    assert lin_head["conv_depth.weight"].shape[1] == 4 * 2 * 48  # 4 blocks, each map and class token
+    # in the official head files' layout (it held bare keys, which `test` refused)
+    assert lin_head["decode_head.conv_depth.weight"].shape[1] == 4 * 2 * 48  # 4 blocks, each map and class token
     # the two depth heads share one feature cache per backbone
     assert sorted(p.name for p in (work / "cache").iterdir()) == ["pretrained_depth", "pretrained_segmentation",
                                                                     "random_depth", "random_segmentation"]
@@ -308,9 +309,12 @@ def test_the_demo_runs_on_an_export_of_fewer_than_4_blocks(tmp_path, depth, caps
     # the saved heads keep the layout of 4-input heads
     d = 48
     dpt = DPTHead(d, channels=32, max_depth=10.0, post_process_channels=[d // 8, d // 4, d // 2, d])
-    dpt.load_state_dict(torch.load(work / "predictions" / "pretrained_depth" / "head.pth", weights_only=True))
-    LinearDepthHead([d] * 4, max_depth=10.0).load_state_dict(
-        torch.load(work / "predictions" / "pretrained_depth_linear" / "head.pth", weights_only=True))
+    def head_of(folder: str) -> dict:
+        state = torch.load(work / "predictions" / folder / "head.pth", weights_only=True)
+        return {k.removeprefix("decode_head."): v for k, v in state.items()}
+
+    dpt.load_state_dict(head_of("pretrained_depth"))
+    LinearDepthHead([d] * 4, max_depth=10.0).load_state_dict(head_of("pretrained_depth_linear"))
     from dinov2_dense.demo import depth_layers
 
     assert [depth_layers(n) for n in (3, 4, 5, 12)] == [[0, 1, 1, 2], [0, 1, 2, 3], [0, 1, 3, 4], [2, 5, 8, 11]]
