@@ -398,6 +398,12 @@ def test_kitti_resize_takes_a_whole_frame_prediction_to_the_frame_before_the_cro
     assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
                     str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["abs_rel"] < 1e-3
+    # without --resize the shapes must match: the message names the crop's shape as the kb-crop's and the
+    # file's own (it named the cropped (352, 1216) as the ground truth's shape of a 376x1242 file)
+    capsys.readouterr()
+    assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "ground-truth shape (352, 1216)" in err and "(the ground truth's kb-crop; the file is 376x1242)" in err
 
 
 def test_integer_npy_is_read_in_units_like_a_png_and_out_of_range_is_reported(tmp_path, capsys):

@@ -240,8 +240,10 @@ def evaluate_depth_dirs(
     for name, pred_path, gt_path in tqdm(pairs, desc="eval-depth", unit="img", disable=not progress):
         gt = read_depth(gt_path, settings["gt_scale"])
         pred = read_depth(pred_path, settings["pred_scale"])
+        cropped = ""
         try:
             if settings["kb_crop"] and gt.shape != KB_CROP_SHAPE:
+                cropped = f" (the ground truth's kb-crop; the file is {gt.shape[0]}x{gt.shape[1]})"
                 if resize and pred.shape not in (gt.shape, KB_CROP_SHAPE) and _frame_shaped(pred.shape, gt.shape):
                     # a prediction of the whole frame at another size: to the frame's size, then the crop
                     # (resized onto the crop, its rows and columns would not be the ground truth's); one
@@ -252,7 +254,7 @@ def evaluate_depth_dirs(
                 gt = kb_crop(gt)
             result = acc.update(pred, gt)
         except ValueError as exc:
-            raise ValueError(f"{pred_path} against {gt_path}: {exc}") from exc
+            raise ValueError(f"{pred_path} against {gt_path}: {exc}{cropped}") from exc
         invalid = acc.per_image_invalid[-1]
         if result is None:
             skipped.append(name)
