@@ -237,6 +237,17 @@ def print_timeline(label: str, got: dict, model_rate: float) -> None:
           flush=True)
 
 
+def reading_alone(label: str, paths: list[str], args, workers: int, eight: bool, device: torch.device,
+                  model_rate: float) -> None:
+    """Prints :func:`loader_rate` (pinned on CUDA) against the model alone."""
+    rate, started, first, steady = loader_rate(paths, args.size, args.batch_size, workers, eight,
+                                               pin=device.type == "cuda")
+    print(f"  embed_images' reading alone, {workers} workers, {label}: {rate:8.1f} images/s  "
+          f"({100 * rate / model_rate:5.1f}% of model only; workers started after {started:.3f} s with "
+          f"{resident_gb():.1f} GB resident here, first batch after {first:.3f} s, {steady:.1f} images/s after it)",
+          flush=True)
+
+
 def resident_gb() -> float:
     """This process's resident memory (VmRSS), GB; 0 where /proc is not there."""
     try:
@@ -502,12 +513,8 @@ def main() -> int:
                     print_timeline(label, got, model_rate)
             for straight in ways:
                 with features_setting("SLOTS_TO_DEVICE", straight):
-                    rate, started, first, steady = loader_rate(paths, args.size, args.batch_size, workers, True,
-                                                               pin=device.type == "cuda")
-                print(f"  reading alone, {workers} workers, 8-bit resize, batches "
-                      f"{'straight to the GPU' if straight else 'through pinned memory'}: {rate:8.1f} images/s "
-                      f"({100 * rate / model_rate:5.1f}% of model only; first batch after {first:.3f} s, "
-                      f"{steady:.1f} images/s after it)", flush=True)
+                    reading_alone(f"8-bit resize, batches {'straight to the GPU' if straight else 'through pinned memory'}",
+                                  paths, args, workers, True, device, model_rate)
             return 0
         for workers in args.num_workers:
             for eight in (False, True):
@@ -533,12 +540,7 @@ def main() -> int:
             for eight in (False, True):
                 embed(workers, eight, pinned=False)
         for eight in (False, True):
-            rate, started, first, steady = loader_rate(paths, args.size, args.batch_size, workers, eight,
-                                                       pin=device.type == "cuda")
-            print(f"  embed_images' reading alone, {workers} workers, {'8-bit' if eight else 'float'} resize: "
-                  f"{rate:8.1f} images/s  ({100 * rate / model_rate:5.1f}% of model only; workers started after "
-                  f"{started:.3f} s with {resident_gb():.1f} GB resident here, first batch after {first:.3f} s, "
-                  f"{steady:.1f} images/s after it)", flush=True)
+            reading_alone(f"{'8-bit' if eight else 'float'} resize", paths, args, workers, eight, device, model_rate)
         if workers > 0:
             shape = (args.batch_size, 3, args.size, args.size)
             for _ in range(2):
