@@ -867,10 +867,9 @@ def _from_workers(fn, items: Sequence, workers: int, pin: bool):
                 raise out
             yield slots.take(out, pin)  # (already taken by the pinning thread when pinned)
     finally:
-        if slots.registered:  # (SLOTS_TO_DEVICE) the pinning thread stopped first: no copy from them is under way
-            if batches is not None:
-                batches._shutdown_workers()
-            slots.unregister()
+        if pin and batches is not None:  # the pinning thread stopped first: it may be registering or copying a slot
+            batches._shutdown_workers()
+        slots.unregister()  # (SLOTS_TO_DEVICE)
         del _OPEN_SLOTS[slots.token]
 
 

@@ -360,6 +360,12 @@ def test_slots_go_straight_to_the_gpu_and_are_unregistered(monkeypatch, stop_ear
         assert made[0].registered  # still in use until closed
         results.close()
     assert seen == (2 if stop_early else len(items)) and not made[0].registered
+    # closed at once (an error in the caller before the first result): the pinning thread may be registering a
+    # slot; it is stopped before the slots are unregistered
+    results = map_in_workers(large_result, items, num_workers=2, pin_memory=True)
+    time.sleep(0.5)  # (the workers hand their first results over meanwhile)
+    results.close()
+    assert not made[-1].registered
 
 
 def test_a_slot_that_cuda_cannot_register_goes_through_pinned_memory(monkeypatch):
