@@ -333,8 +333,9 @@ class DensePredictor(nn.Module):
 
 def _eight_bit(images: Tensor) -> Tensor | None:
     """(B, H, W, 3) uint8 on the CPU: the 8-bit images that the float32 ``images`` were normalised
-    from (ImageNet mean and std, as the data sets do), or None where they were not. Reads the images
-    back from their device once (before any view of them is queued there)."""
+    from (ImageNet mean and std, as the data sets do), or None where they were not (float16 or
+    bfloat16 images too, and a batch in which any image is not). Reads the images back from their
+    device once (before any view of them is queued there)."""
     if images.dtype != torch.float32 or images.device.type == "meta":  # (meta: shapes only, no values)
         return None
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
@@ -344,21 +345,22 @@ def _eight_bit(images: Tensor) -> Tensor | None:
     if not bool(((levels - rounded).abs() <= 1e-2).all()) or rounded.min() < 0 or rounded.max() > 255:
         return None
     eight = rounded.to(torch.uint8)
-    if not torch.allclose(normalise_8bit(eight.cpu()).to(images.device), images, rtol=0, atol=1e-5):
+    if not torch.allclose(normalise_8bit(eight), images, rtol=0, atol=1e-5):  # (on their device)
         return None  # (another normalisation)
     return eight.permute(0, 2, 3, 1).cpu().contiguous()
 
 
 def _resized_view(images: Tensor, eight: Tensor | None, size: tuple[int, int]) -> Tensor:
     """``images`` resized (bilinear) to ``size``: in 8 bits with OpenCV where ``eight`` holds the
-    8-bit images behind them (mmseg's ``Resize``: ``mmcv.imresize``), then normalised; else as floats."""
+    8-bit images behind them (mmseg's ``Resize``: ``mmcv.imresize``), then normalised on their device
+    (the same floats on every device); else as floats."""
     if eight is None:
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     import cv2
     import numpy as np
 
     views = np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for im in eight.numpy()])
-    return normalise_8bit(torch.from_numpy(views).permute(0, 3, 1, 2)).to(images.device)
+    return normalise_8bit(torch.from_numpy(views).permute(0, 3, 1, 2).to(images.device))
 
 
 def _resize_matrix(n: int, m: int, device) -> Tensor:
