@@ -361,6 +361,11 @@ def test_load_from_with_another_backbone_keeps_it_in_the_runs_checkpoints(scenes
     saved = torch.load(work / "iter_1.pth", weights_only=True)
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in backbone.items())
     assert saved["meta"]["backbone"]["weights"] == f"the backbone.* tensors of {start}"
+    # resumed, the run keeps naming the file its backbone came from (not its own iter_1.pth)
+    assert _train(work, _options(scenes / "ade", 2, load_from=start), "--resume") == 0
+    resumed = torch.load(work / "iter_2.pth", weights_only=True)
+    assert resumed["meta"]["backbone"] == saved["meta"]["backbone"]
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in backbone.items())
     # `test` of that checkpoint with the same config runs on the head's backbone and says so
     options = _options(scenes / "ade", 1)
     assert main(["test", str(SEG_CFG), str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "test"), "--cfg-options",

@@ -442,11 +442,14 @@ class DenseRunner(Runner):
             # the checkpoint's backbone.* tensors are the backbone now: recorded as such, and kept in this
             # run's checkpoints (a frozen backbone's are left out of them otherwise, and the config's is not it)
             was = model.backbone_source
-            model.backbone_source = f"the backbone.* tensors of {filename}"
+            recorded = ((checkpoint.get("meta") or {}).get("backbone") or {}).get("weights")
+            # a checkpoint of such a run names where its backbone came from (a resumed run keeps that name)
+            model.backbone_source = recorded if isinstance(recorded, str) and recorded.startswith("the backbone.*") \
+                else f"the backbone.* tensors of {filename}"
             model._fingerprint = None
             model.keep_backbone = True
             self.logger.warning(f"{filename} holds backbone.* tensors other than this config's backbone ({was}): "
-                                "the model runs on those, and this run's checkpoints keep them")
+                                "the model runs on those (and a training run's checkpoints keep them)")
         self._has_loaded = True
         self.logger.info(f"Load checkpoint from {filename}")
         return checkpoint
