@@ -218,6 +218,7 @@ def agreement(peers: dict, name: str, ref: str, x: torch.Tensor) -> str:
 
 
 def full_models(args, device: torch.device, timer: Timer) -> None:
+    from dinov2_dense.features import normalise_8bit
     from dinov2_dense.models.speed import compile_blocks
     from dinov2_dense.zoo import build_model
 
@@ -229,7 +230,9 @@ def full_models(args, device: torch.device, timer: Timer) -> None:
         model = build_model(name).to(device).eval()
         if half_size and "scale" in model.test_cfg:  # views at half the official sizes too (the rule rescales to them)
             model.test_cfg = {**model.test_cfg, "scale": tuple(v // 2 for v in model.test_cfg["scale"])}
-        x = torch.randn(1, 3, *hw, device=device)
+        # an 8-bit image normalised as the data sets do (its views are resized in 8 bits, as `test` does)
+        x = normalise_8bit(torch.randint(0, 256, (1, 3, *hw), dtype=torch.uint8,
+                                         generator=torch.Generator().manual_seed(0))).to(device)
         results, times = {}, {}
         modes = [("one crop at a time", 1, False), ("batched crops", args.crop_batch_size, False),
                  ("batched, bf16 weights", args.crop_batch_size, True)]
