@@ -759,7 +759,6 @@ class _Slots:
                 out.record_stream(stream)  # its memory is not reused before this stream's use of it
         return out
 
-
     def _to_device(self, key: tuple[int, int], view: Tensor) -> Tensor | None:
         """The slot ``key``'s ``view`` copied to the current CUDA device straight from the slot (its
         buffer registered with CUDA the first time; None, and pinned copies from then on, where that

@@ -128,17 +128,16 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
     state = _ours(_read(weights, _OUR_WEIGHTS))
     if not any(k.startswith("decode_head.") for k in state):
         raise CheckpointError(f"{weights}: no decode_head.* tensors")
+    given = (f"--backbone-weights {backbone_weights}" if backbone_weights is not None
+             else f"--backbone {backbone}" if backbone is not None else None)
+    if given and any(k.startswith("backbone.") for k in state):  # which backbone would the user get? say so
+        raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); {given} would be ignored: "
+                              "drop it, or give a head-only file")
     if backbone is not None and backbone_weights is None:  # it was silently dropped: say what is missing
-        if any(k.startswith("backbone.") for k in state):
-            raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone {backbone} "
-                             "would be ignored: drop it")
         raise ValueError(f"--backbone {backbone} names the architecture of --backbone-weights, which was not given, "
                          f"and {weights} holds no backbone (no backbone.* tensors): add --backbone-weights FILE "
                          "(the backbone's weights), or drop --backbone for a head-only checkpoint")
     if backbone_weights is not None:
-        if any(k.startswith("backbone.") for k in state):  # which backbone would the user get? say so
-            raise CheckpointError(f"{weights} holds a backbone already (backbone.* tensors); --backbone-weights "
-                                  f"{backbone_weights} would be ignored: drop it, or give a head-only file")
         from dinov2_dense.hub import _file_url_path, arch_file_beside, load_backbone
 
         if backbone is None and arch_file_beside(_file_url_path(backbone_weights)) is None:
