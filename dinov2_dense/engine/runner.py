@@ -190,7 +190,9 @@ def _scheduler_lengths(schedulers) -> list[tuple[str, dict]]:
         flat = [(f"{key}.{i}", s) for key, group in schedulers.items() for i, s in enumerate(group)]
     else:
         flat = [(f"param_scheduler.{i}", s) for i, s in enumerate(schedulers or [])]
-    return [(f"{name} ({type(s).__name__})", {k: getattr(s, k) for k in ("end", "T_max", "total_steps")
+    from .entry import SCHEDULE_LENGTH_KEYS
+
+    return [(f"{name} ({type(s).__name__})", {k: getattr(s, k) for k in SCHEDULE_LENGTH_KEYS
                                                 if isinstance(getattr(s, k, None), int)}) for name, s in flat]
 
 
