@@ -454,6 +454,8 @@ def _refuse_distillation_checkpoint(path: Path) -> None:
 
 
 def _arch_files_beside(weights: Path) -> list[Path]:
+    if weights.name in ("", ".."):  # "." or "..": the folder's own name (with_suffix needs a name)
+        weights = Path(os.path.abspath(weights))
     return list(dict.fromkeys([weights.with_suffix(".json"), weights.parent / "backbone.json"]))
 
 
@@ -461,6 +463,39 @@ def arch_file_beside(weights: str | os.PathLike) -> Path | None:
     """The architecture JSON that goes with a weights file (same stem, or ``backbone.json`` in its
     folder: a pretraining export's or run's), or None."""
     return next((c for c in _arch_files_beside(Path(weights).expanduser()) if c.is_file()), None)
+
+
+#: transformers' defaults for the Dinov2Config settings that it leaves out of a config.json.
+_HF_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
+                "image_size": 224, "patch_size": 14, "qkv_bias": True, "layerscale_value": 1.0,
+                "use_swiglu_ffn": False, "hidden_act": "gelu", "layer_norm_eps": 1e-6}
+
+
+def hf_architecture(config: str | os.PathLike) -> dict:
+    """The DinoVisionTransformer settings of a Hugging Face DINOv2 ``config.json`` (``model_type``
+    ``dinov2`` or ``dinov2_with_registers``), with the original models' position-embedding
+    interpolation (transformers resamples it its own way; the weights are the original models')."""
+    import json
+
+    path = Path(config)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable Hugging Face config ({exc})") from None
+    kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if kind not in ("dinov2", "dinov2_with_registers"):
+        raise ValueError(f"{path}: model_type {kind!r} is not a DINOv2 backbone (dinov2 or dinov2_with_registers); "
+                         "name the backbone")
+    cfg = {**_HF_DEFAULTS, **cfg}
+    for key, ours in (("hidden_act", "gelu"), ("layer_norm_eps", 1e-6)):
+        if cfg[key] != ours:
+            raise ValueError(f"{path}: {key} = {cfg[key]!r}; DINOv2 backbones have {ours!r}")
+    registers = cfg.get("num_register_tokens", 4) if kind == "dinov2_with_registers" else 0
+    return {"img_size": cfg["image_size"], "patch_size": cfg["patch_size"], "embed_dim": cfg["hidden_size"],
+            "depth": cfg["num_hidden_layers"], "num_heads": cfg["num_attention_heads"], "mlp_ratio": cfg["mlp_ratio"],
+            "ffn_layer": "swiglufused" if cfg["use_swiglu_ffn"] else "mlp", "qkv_bias": cfg["qkv_bias"],
+            "init_values": cfg["layerscale_value"], "num_register_tokens": registers,
+            "interpolate_antialias": registers > 0, "interpolate_offset": 0.0 if registers else 0.1}
 
 
 def _architecture(name, weights) -> dict | None:
@@ -479,9 +514,13 @@ def _architecture(name, weights) -> dict | None:
                 raise WeightsNotFoundError(f"{w}: no such weights file")
             found = arch_file_beside(w)
             if found is None:
+                config = (w if w.is_dir() else w.parent) / "config.json"
+                if config.is_file():  # a Hugging Face folder, or a file in one
+                    return check_architecture(hf_architecture(config), str(config))
                 _refuse_distillation_checkpoint(w)  # a distill run writes no backbone.json: say what it is
                 raise WeightsNotFoundError(f"{w}: no architecture file beside it (looked for "
-                                           f"{', '.join(str(c) for c in _arch_files_beside(w))}); name the backbone")
+                                           f"{', '.join(str(c) for c in _arch_files_beside(w))}, and for a "
+                                           "Hugging Face config.json); name the backbone")
             name = found
         path = Path(name).expanduser()
         if not path.is_file():

@@ -22,7 +22,7 @@ from heads.linear import LinearDepthHead, LinearHead
 from heads.predictor import DensePredictor
 
 from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint, refuse_nonfinite
-from .hub import WeightsNotFoundError, build_backbone, load_backbone, official_url, resolve_file
+from .hub import WeightsNotFoundError, _file_url_path, build_backbone, load_backbone, official_url, resolve_file
 from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, test_protocol
 
 
@@ -122,7 +122,8 @@ def load_model(
         head_sd: dict[str, Tensor] = {}
         label = "random head"
     else:
-        path = resolve_file(spec.filename, spec.url, label=name) if weights == "official" else Path(weights)
+        path = (resolve_file(spec.filename, spec.url, label=name) if weights == "official"
+                else Path(_file_url_path(weights)).expanduser())
         if weights != "official" and not path.exists():
             raise WeightsNotFoundError(f"weights file {path} does not exist")
         head_sd = read_checkpoint(path)

@@ -350,7 +350,7 @@ def _sharded_bin(folder: Path, out: Path) -> None:
     (out / "pytorch_model.bin.index.json").write_text(json.dumps(index))
 
 
-def test_sharded_hugging_face_folder_matches_transformers(tmp_path: Path) -> None:
+def test_sharded_hugging_face_folder_matches_transformers(tmp_path: Path, monkeypatch) -> None:
     hf_lib = pytest.importorskip("transformers")
     cfg = hf_lib.Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
                               image_size=56, patch_size=14)
@@ -373,6 +373,10 @@ def test_sharded_hugging_face_folder_matches_transformers(tmp_path: Path) -> Non
         ours = torch.cat([out["x_norm_clstoken"][:, None], out["x_norm_patchtokens"]], dim=1)
         torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
         assert ref[:, 1:].std() > 0.1  # not vacuous
+    monkeypatch.chdir(folder)  # `--weights .` in the folder, its architecture from its config.json
+    with torch.no_grad():
+        out = load_backbone(None, weights=".").forward_features(x)
+    torch.testing.assert_close(out["x_norm_patchtokens"], ref[:, 1:], rtol=0, atol=1e-5)
 
     shards[-1].unlink()  # a shard that did not arrive
     with pytest.raises(CheckpointError) as info:

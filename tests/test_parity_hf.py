@@ -47,6 +47,11 @@ def test_vits14_matches_transformers(tmp_path, registers):
     name = "dinov2_vits14_reg" if registers else "dinov2_vits14"
     ours = load_backbone(name, weights=tmp_path)  # a save_pretrained directory (model.safetensors)
     _compare(ours, hf)
+    # without a name, the architecture comes from the folder's config.json: the zoo's, registers included
+    for weights in (tmp_path, tmp_path / "model.safetensors"):
+        unnamed = load_backbone(None, weights=weights)
+        assert unnamed.arch_kwargs() == ours.arch_kwargs()
+        _compare(unnamed, hf)
 
 
 @pytest.mark.parametrize("registers", [False, True])
@@ -59,6 +64,20 @@ def test_swiglu_g_like_matches_transformers(tmp_path, registers):
     assert load_backbone_weights(ours, tmp_path / "pytorch_model.bin") == "hf"
     assert ours.blocks[0].mlp.w12.weight.shape == (2 * 344, 128)
     _compare(ours, hf)
+    hf.config.save_pretrained(tmp_path)  # config.json beside the .bin: the architecture without a name
+    unnamed = load_backbone(None, weights=tmp_path / "pytorch_model.bin")
+    assert unnamed.arch_kwargs() == ours.arch_kwargs()
+    _compare(unnamed, hf)
+
+
+def test_a_config_json_of_another_model_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "vit", "hidden_size": 384}')
+    torch.save({}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"config\.json: model_type 'vit' is not a DINOv2 backbone"):
+        load_backbone(None, weights=tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "dinov2", "hidden_act": "relu"}')
+    with pytest.raises(ValueError, match=r"config\.json: hidden_act = 'relu'"):
+        load_backbone(None, weights=tmp_path / "pytorch_model.bin")
 
 
 def test_safetensors_round_trip_is_exact(tmp_path):

@@ -87,7 +87,7 @@ def test_nyu_linear4_matches_direct_computation(weights_dir):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_full_state_dict_is_official_layout_and_round_trips(weights_dir, tmp_path):
+def test_full_state_dict_is_official_layout_and_round_trips(weights_dir, tmp_path, monkeypatch):
     write_head_file(weights_dir, "dinov2_vits14_kitti_dpt")
     model = load_model("dinov2_vits14_kitti_dpt")
     assert isinstance(model.decode_head, DPTHead) and model.max_depth == 80.0
@@ -99,6 +99,10 @@ def test_full_state_dict_is_official_layout_and_round_trips(weights_dir, tmp_pat
     again = load_model("dinov2_vits14_kitti_dpt", weights=path, backbone_weights=None)
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+    monkeypatch.setenv("HOME", str(tmp_path))  # a file:// URL and ~ as load_backbone takes them
+    for other in (path.as_uri(), "~/full.safetensors"):
+        same = load_model("dinov2_vits14_kitti_dpt", weights=other, backbone_weights=None).state_dict()
+        assert all(torch.equal(v, same[k]) for k, v in model.state_dict().items()), other
     x = torch.randn(1, 3, 42, 56)
     with torch.no_grad():
         y = again(x)
