@@ -81,17 +81,17 @@ def _weights_arg(weights: str) -> str | None:
 
 def _model_name(args: argparse.Namespace):
     """``--model`` as given; by default the architecture JSON beside a ``--weights`` file (a
-    pretraining export), else dinov2_vits14. Also sets ``args.model`` to a printable name."""
+    pretraining export) or its Hugging Face folder's config.json, else dinov2_vits14. Also sets ``args.model`` to a printable name."""
     if hasattr(args, "model_arch"):
         return args.model_arch
     weights = _weights_arg(args.weights)
     args.model_arch = args.model
     if args.model is None:
-        from .hub import _arch_files_beside, _file_url_path, arch_file_beside
+        from .hub import _arch_files_beside, _file_url_path, architecture_beside
 
         local = _file_url_path(weights)  # a file:// URL is a path here
         w = Path(local) if local not in (None, "official") and "://" not in str(local) else None
-        beside = w is not None and arch_file_beside(w) is not None
+        beside = w is not None and architecture_beside(w)  # a JSON beside it, or a Hugging Face config.json
         args.model = str(w) if beside else "dinov2_vits14"
         args.model_arch = None if beside else "dinov2_vits14"
         # a weights file taken for dinov2_vits14 only because nothing else was named: the architecture files
@@ -528,7 +528,8 @@ def _check_resize_8bit(args: argparse.Namespace, size) -> None:
 def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="zoo name (see `dinov2-dense info`) or an architecture JSON (default: dinov2_vits14, or "
-                             "the backbone.json beside a --weights file: a pretraining export)")
+                             "the backbone.json beside a --weights file: a pretraining export; or a Hugging Face "
+                             "folder's config.json)")
     parser.add_argument("--weights", default="official",
                         help="'official' (find or download), a file, a URL, or 'random' (random weights, for a try)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
@@ -843,7 +844,8 @@ def _add_demo_command(sub) -> None:
                                                                    "report go (a rerun continues; default work_dirs/demo)")
     demo.add_argument("--model", default=None, help="zoo name or architecture JSON (default: dinov2_vits14 where its "
                                                     "weights are on this machine, else the embedded dinov2_dense_tiny; "
-                                                    "or the backbone.json beside a --weights file)")
+                                                    "or the backbone.json beside a --weights file, or a "
+                                                    "Hugging Face folder's config.json)")
     demo.add_argument("--weights", default="official", help="'official' (find or download), a file or a URL")
     demo.add_argument("--quick", action="store_true", help="smaller scenes, fewer of them, shorter training")
     demo.add_argument("--scenes", choices=["colour", "texture"], default=None,

@@ -498,6 +498,20 @@ def hf_architecture(config: str | os.PathLike) -> dict:
             "interpolate_antialias": registers > 0, "interpolate_offset": 0.0 if registers else 0.1}
 
 
+def hf_config_beside(weights: str | os.PathLike) -> Path | None:
+    """The Hugging Face ``config.json`` of a ``save_pretrained`` folder (``weights`` the folder or a file
+    in it), or None."""
+    w = Path(weights).expanduser()
+    config = (w if w.is_dir() else w.parent) / "config.json"
+    return config if config.is_file() else None
+
+
+def architecture_beside(weights: str | os.PathLike) -> bool:
+    """Whether ``load_backbone(None, weights)`` finds the architecture: a JSON beside the weights
+    (:func:`arch_file_beside`) or a Hugging Face config (:func:`hf_config_beside`)."""
+    return arch_file_beside(weights) is not None or hf_config_beside(weights) is not None
+
+
 def _architecture(name, weights) -> dict | None:
     """The DinoVisionTransformer arguments ``name`` gives (None for a zoo name)."""
     import json
@@ -514,8 +528,8 @@ def _architecture(name, weights) -> dict | None:
                 raise WeightsNotFoundError(f"{w}: no such weights file")
             found = arch_file_beside(w)
             if found is None:
-                config = (w if w.is_dir() else w.parent) / "config.json"
-                if config.is_file():  # a Hugging Face folder, or a file in one
+                config = hf_config_beside(w)
+                if config is not None:  # a Hugging Face folder, or a file in one
                     return check_architecture(hf_architecture(config), str(config))
                 _refuse_distillation_checkpoint(w)  # a distill run writes no backbone.json: say what it is
                 raise WeightsNotFoundError(f"{w}: no architecture file beside it (looked for "

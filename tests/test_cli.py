@@ -274,6 +274,24 @@ def test_file_url_weights_find_the_architecture_beside_them(image, tmp_path, tor
     np.testing.assert_allclose(np.load(out)[0], want.maps[1][0].numpy(), atol=1e-5)
 
 
+def test_a_hugging_face_folder_without_model_takes_its_config(image, tmp_path, torch_home):
+    """--weights HF_FOLDER without --model: the architecture from its config.json (registers here), not
+    dinov2_vits14, whose weights would not fit."""
+    transformers = pytest.importorskip("transformers")
+    from .conftest import randomize_
+
+    cfg = transformers.Dinov2WithRegistersConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=192, image_size=56, patch_size=14)
+    randomize_(transformers.Dinov2WithRegistersModel(cfg), seed=6).save_pretrained(tmp_path / "hf")
+    out = tmp_path / "f.npy"
+    assert main(["features", str(image), "--weights", str(tmp_path / "hf"), "--out", str(out)]) == 0
+    model = load_backbone(None, weights=tmp_path / "hf")
+    assert model.num_register_tokens == 4 and model.embed_dim == 48
+    want = extract_features(model, str(image)).maps[1][0].numpy()
+    np.testing.assert_allclose(np.load(out)[0], want, atol=1e-5)
+    assert want.std() > 0.1
+
+
 def test_layer_errors_name_the_option_given(image, tmp_path, torch_home, capsys):
     """--last 9 on a 4-block model names --last (it said layers=9, the library's argument)."""
     out = tmp_path / "f.npy"

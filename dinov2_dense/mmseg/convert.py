@@ -138,9 +138,9 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
                          f"and {weights} holds no backbone (no backbone.* tensors): add --backbone-weights FILE "
                          "(the backbone's weights), or drop --backbone for a head-only checkpoint")
     if backbone_weights is not None:
-        from dinov2_dense.hub import _file_url_path, arch_file_beside, load_backbone
+        from dinov2_dense.hub import _file_url_path, architecture_beside, load_backbone
 
-        if backbone is None and arch_file_beside(_file_url_path(backbone_weights)) is None:
+        if backbone is None and not architecture_beside(_file_url_path(backbone_weights)):
             backbone = "dinov2_vits14"
 
         state.update({f"backbone.{k}": v for k, v in load_backbone(backbone, weights=backbone_weights)
