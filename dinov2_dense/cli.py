@@ -694,18 +694,22 @@ def _cmd_knn(args: argparse.Namespace) -> int:
     import torch
 
     from .evaluation.knn import evaluate_folder
-    from .fileio import check_output_file, write_json
+    from .features import check_on_grid
+    from .fileio import check_output_file, check_writable_dir, write_json
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"{args.folder}: no such image folder (one sub-folder per class, or train/ and val/)")
     if args.out is not None:
         if Path(args.out).suffix.lower() != ".json":
             raise ValueError(f"--out {args.out}: the results are written as JSON; give a .json file name")
         check_output_file(args.out, what="--out")
+    if args.cache is not None:
+        check_writable_dir(args.cache, what="--cache")
     device = check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     weights = _weights_arg(args.weights)
     model = _load_model(args, device).eval()
+    check_on_grid((args.size,), int(getattr(model, "patch_size", 1)), f"--size {args.size}")
     result = evaluate_folder(model, args.folder, k=args.k, temperature=args.temperature, linear=not args.no_linear,
                              size=args.size, pooling=args.pooling, batch_size=args.batch_size,
                              val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True,
@@ -762,7 +766,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     import torch
 
     from pretrain.curation import curate
-    from pretrain.curation.pipeline import interrupted_stores, is_embeddings
+    from pretrain.curation.pipeline import interrupted_stores, is_embeddings, shortfall
 
     if args.clusters is not None and min(args.clusters) < 1:
         raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
@@ -805,7 +809,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             "resume", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     if int(os.environ.get("RANK", "0")) == 0:
-        short = " (fewer survived deduplication and retrieval)" if summary["short_of_target"] else ""
+        short = f" (fewer than --target {summary['target']}: {shortfall(summary)})" if summary["short_of_target"] else ""
         dedup = ("no near-duplicate removal (--no-dedup)" if summary["dedup_threshold"] is None
                  else f"{summary['duplicates_removed']} near-duplicates removed")
         print(f"curated {summary['pool']} rows: {dedup}, "

@@ -4,6 +4,8 @@
   interrupted write never leaves a half-written file and never corrupts one that was there
   before. Temporary names are fresh (not ``mkstemp``, whose 0600 mode would survive the rename),
   so written files get the mode the umask allows; errors name the target, never the temporary.
+  :class:`AtomicFiles` writes several files beside each other that way and renames them together
+  once all are written: a full disk leaves the old files, never some of each set.
 * Multi-file outputs (:func:`staged_dir`): written into a hidden folder beside the target and
   swapped in whole, so a failure (a full disk, Ctrl-C) leaves the old set or the new one, never
   part of each. A non-empty output folder is refused unless the caller says ``overwrite``, and even
@@ -37,18 +39,35 @@ class OutputError(ValueError):
     """An output path that cannot be used: the message names the path the user gave."""
 
 
+#: Errors of writing that name no file (a full disk found when a buffered file is flushed at its close).
+_WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS")
+                          if hasattr(errno, name))
+
+
 def _renamed_error(exc: OSError, path: Path) -> OSError:
     """The same OSError, naming ``path`` instead of a temporary file."""
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
         reason += " (free some space or write elsewhere)"
     new = type(exc)(exc.errno, f"cannot write {path}: {reason}") if exc.errno else OSError(f"cannot write {path}: {exc}")
+    new.named = str(path)  # an enclosing write leaves it as it is
     return new
 
 
 def _about(exc: OSError, tmp: Path) -> bool:
     """Whether ``exc`` names the temporary ``tmp`` (or a file inside it)."""
     return tmp.name in f"{exc.filename or ''} {exc.filename2 or ''} {exc}"
+
+
+def _of_writing(exc: OSError, tmp: Path) -> bool:
+    """Whether ``exc``, raised while ``tmp`` was written, is about writing it: it names ``tmp``, or it
+    names no file and is an error of writing (ENOSPC at the close of a buffered file names none). An
+    error about another file, or of a download (no file, no such errno), is left as it is."""
+    if getattr(exc, "named", None) is not None:
+        return False
+    if _about(exc, tmp):
+        return True
+    return exc.filename is None and exc.filename2 is None and exc.errno in _WRITE_ERRNOS
 
 
 #: The name :func:`atomic_path` gives a temporary file: ``.<stem>.<pid>-<8 hex>.tmp<suffix>``.
@@ -105,33 +124,85 @@ def discard_stale_temporaries_in(folder: str | os.PathLike, idle_s: float = 600.
     return removed
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format);
-    rename it onto ``path`` when the block succeeds, remove it when the block fails."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory; give a file name")
-    tmp = path.parent / f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
-    try:
+class AtomicFiles:
+    """Files written each through a temporary beside it and renamed onto their targets together, in
+    the order written, when the ``with`` block ends without an error; an error (a full disk) removes
+    the temporaries and leaves every target as it was: the old set of files or the new one, never
+    some of each (the renames need no space). Errors of writing name the target, never the temporary.
+
+    ``with AtomicFiles() as files: files.write_text(a, ...); with files.path(b) as tmp: np.save(tmp, x)``
+    """
+
+    def __init__(self) -> None:
+        self.written: list[tuple[Path, Path]] = []  # (temporary, target), renamed at the end
+
+    @contextmanager
+    def path(self, path: str | os.PathLike) -> Iterator[Path]:
+        """A temporary path beside ``path`` (same suffix, so writers pick the same format) to write
+        in the block; it is renamed onto ``path`` with the others at the end."""
+        path = Path(path)
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory; give a file name")
+        tmp = path.parent / f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             yield tmp
-            if not tmp.is_file():
-                raise OSError(f"{path}: nothing was written")
-            os.replace(tmp, path)
         except OSError as exc:
-            if not _about(exc, tmp):
+            tmp.unlink(missing_ok=True)
+            if not _of_writing(exc, tmp):
                 raise
             raise _renamed_error(exc, path) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if not tmp.is_file():
+            raise OSError(f"{path}: nothing was written")
+        self.written.append((tmp, path))
+
+    def write_bytes(self, path: str | os.PathLike, data: bytes) -> Path:
+        with self.path(path) as tmp:
+            tmp.write_bytes(data)
+        return Path(path)
+
+    def write_text(self, path: str | os.PathLike, text: str) -> Path:
+        return self.write_bytes(path, text.encode("utf-8"))
+
+    def write_json(self, path: str | os.PathLike, obj: Any) -> Path:
+        return self.write_text(path, json.dumps(obj, indent=2) + "\n")
+
+    def write_npy(self, path: str | os.PathLike, array: np.ndarray) -> Path:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array), allow_pickle=False)
+        return self.write_bytes(path, buf.getvalue())
+
+    def __enter__(self) -> "AtomicFiles":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is None:
+                for tmp, path in self.written:
+                    try:
+                        os.replace(tmp, path)
+                    except OSError as error:
+                        raise _renamed_error(error, path) from None
+        finally:
+            for tmp, _ in self.written:
+                tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format);
+    rename it onto ``path`` when the block succeeds, remove it when the block fails. An OSError of
+    writing it, raised in the block (at a write or at the close of the file), names ``path``."""
+    with AtomicFiles() as files, files.path(path) as tmp:
+        yield tmp
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    with AtomicFiles() as files:
+        return files.write_bytes(path, data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -143,9 +214,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return write_bytes(path, buf.getvalue())
+    with AtomicFiles() as files:
+        return files.write_npy(path, array)
 
 
 def file_stamp(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -284,7 +354,21 @@ def _check_creatable(path: Path, what: str) -> None:
     if not base.is_dir():
         raise OutputError(f"{what} {path}: {base} is a file, not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
+        with suppress(OSError, AttributeError):
+            if os.statvfs(base).f_flag & os.ST_RDONLY:
+                raise OutputError(f"{what} {path}: {base} is on a read-only file system")
         raise OutputError(f"{what} {path}: no permission to write in {base}")
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Fail early, naming ``path`` (``what`` names the option), if files cannot be written into the
+    folder ``path`` (made when needed): a file in the way, a parent that is a file, no permission, a
+    read-only file system. Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file; give a folder")
+    _check_creatable(path, what)
+    return path
 
 
 def free_bytes(path: str | os.PathLike) -> int:

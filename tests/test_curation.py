@@ -852,7 +852,7 @@ def test_a_store_embeds_again_the_images_changed_since(tmp_path, monkeypatch, ca
     seen = _counting(monkeypatch)
     store = embed_images(model, folder, out, **run)
     assert sum(seen) == 2 and store.unreadable == () and len(store) == 12
-    assert "2 of 12 images changed since they were embedded" in capsys.readouterr().err
+    assert "0 new image(s), 0 gone, 2 changed since they were embedded" in capsys.readouterr().err
     fresh = embed_images(model, folder, tmp_path / "fresh", **run)
     assert store.names == fresh.names
     np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
@@ -975,3 +975,130 @@ def test_a_size_off_the_patch_grid_is_refused_before_anything_is_written(tmp_pat
     assert not (tmp_path / "out").exists()
     with pytest.raises(CurationError, match=r"--size 50: not a multiple of the model's patch size 14 .*use 42 or 56"):
         embed_images(tiny_vit(depth=1, dim=32, img=28), folder, tmp_path / "e", size=50, progress=False)
+
+
+def test_a_store_keeps_the_rows_of_unchanged_images_when_the_pool_changes(tmp_path, monkeypatch, capsys):
+    """An image added to the pool and one removed: only the new one is embedded (rows matched by name), one
+    line giving the counts; the rows equal a fresh store's. Another --size embeds all again, saying why."""
+    folder = _images(tmp_path / "imgs", 8, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    run = dict(size=28, batch_size=4, progress=False)
+    out = tmp_path / "store"
+    embed_images(model, folder, out, **run)
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (33, 37, 3), dtype=np.uint8)).save(folder / "new.png")
+    (folder / "im02.png").unlink()
+    capsys.readouterr()
+    seen = _counting(monkeypatch)
+    store = embed_images(model, folder, out, **run)
+    assert sum(seen) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 new image(s), 1 gone, 0 changed since they were embedded" in err, err
+    assert "7 kept; embedding 1 of the 8" in err, err
+    fresh = embed_images(model, folder, tmp_path / "fresh", **run)
+    assert store.names == fresh.names and str(folder / "im02.png") not in store.names
+    np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
+    seen.clear()
+    embed_images(model, folder, out, size=42, batch_size=4, progress=False)
+    assert sum(seen) == 8 and "other settings (size 28 -> 42); embedding all 8 images again" in capsys.readouterr().err
+
+
+def test_images_listed_unreadable_are_read_again_on_every_run(tmp_path, monkeypatch, capsys):
+    """An image over the pixel limit is listed unreadable; the next run reads it again (only it): still
+    over the limit, the store is used as it is; under a raised limit, as the message advises, it is embedded."""
+    import dinov2_dense.images as images
+
+    folder = _images(tmp_path / "imgs", 5, broken=False)
+    Image.fromarray(np.zeros((60, 60, 3), dtype=np.uint8)).save(folder / "big.png")
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    run = dict(size=28, batch_size=4, progress=False)
+    out = tmp_path / "store"
+    monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+    with pytest.warns(UserWarning, match="1 of 6 images could not be read"):
+        first = embed_images(model, folder, out, **run)
+    assert len(first) == 5 and "over the limit of 2,000" in first.unreadable[0]
+    seen = _counting(monkeypatch)
+    monkeypatch.setattr(images, "MAX_PIXELS", 3000)
+    capsys.readouterr()
+    again = embed_images(model, folder, out, **run)
+    assert seen == [] and len(again) == 5 and "over the limit of 3,000" in again.unreadable[0]
+    assert "still unreadable" in capsys.readouterr().err
+    monkeypatch.setattr(images, "MAX_PIXELS", None)
+    store = embed_images(model, folder, out, **run)
+    assert sum(seen) == 1 and store.unreadable == () and len(store) == 6
+    assert "(1 of them unreadable before, tried again)" in capsys.readouterr().err
+    fresh = embed_images(model, folder, tmp_path / "fresh", **run)
+    np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
+
+
+def test_a_full_disk_while_results_are_replaced_leaves_the_old_ones(tmp_path, monkeypatch, capsys):
+    """curate --overwrite with the disk full at report.md: every result of the earlier run stays as it was
+    (none of the new run's), no temporary is left, and the one-line error names the file."""
+    import errno
+
+    x, _ = skewed_pool(60, concepts=4, dim=16, dominant=0.3)
+    npy = write_pool(tmp_path / "in", x)
+    out = tmp_path / "out"
+    args = ["curate", str(npy), "--out", str(out), "--clusters", "4,2", "--iters", "3", "--no-progress"]
+    assert main([*args, "--target", "30"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".report."):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as at the close of the file: no name
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    capsys.readouterr()
+    assert main([*args, "--target", "10", "--seed", "1", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert sorted(name for name, data in before.items() if (out / name).read_bytes() != data) == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary left beside them
+    assert len(err.splitlines()) == 1 and f"cannot write {out / 'report.md'}: No space left" in err, err
+
+
+def test_names_holding_line_separators_survive_a_store_and_line_breaks_are_refused(tmp_path, monkeypatch):
+    """A file name holding U+2028 or U+0085 (str.splitlines breaks at them) is one name of the store, which
+    is read back and reused; a name holding "\\n" or "\\r" cannot be one line of names.txt: refused, named."""
+    from pretrain.curation import CurationError, list_images
+
+    folder = _images(tmp_path / "imgs", 4, broken=False)
+    for name in ("photo\u2028x.png", "a\x85b.png"):
+        (folder / name).write_bytes((folder / "im00.png").read_bytes())
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    store = embed_images(model, folder, tmp_path / "store", size=28, batch_size=4, progress=False)
+    assert len(store) == 6 and str(folder / "photo\u2028x.png") in store.names
+    seen = _counting(monkeypatch)
+    assert embed_images(model, folder, tmp_path / "store", size=28, batch_size=4, progress=False).names == store.names
+    assert seen == []
+    (folder / "two\nlines.png").write_bytes(b"")
+    with pytest.raises(CurationError) as caught:
+        list_images(folder)
+    assert "\n" not in str(caught.value) and "two\\nlines.png" in str(caught.value)
+
+
+def test_an_interrupted_store_given_as_input_says_so_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
+    """The folder an interrupted embedding left (partial.json, embeddings.partial.npy) is a store, not a folder
+    of images: the store's message, and no model is loaded (without --model: the default one, a download)."""
+    import dinov2_dense.cli as cli
+
+    folder = _images(tmp_path / "imgs", 6, broken=False)
+    _interrupting(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(tiny_vit(depth=2, dim=32, img=28).eval(), folder, tmp_path / "part", size=28, batch_size=4,
+                     progress=False)
+    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["curate", str(tmp_path / "part"), "--target", "2", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "an interrupted embedding run: run it again to finish it" in err, err
+
+
+def test_fewer_selected_than_the_target_says_why(tmp_path, capsys):
+    """Unreadable images left fewer rows than --target, nothing was deduplicated: the line says so."""
+    folder = _images(tmp_path / "imgs", 4)  # and zz_broken.png
+    assert main(["curate", str(folder), "--target", "5", "--out", str(tmp_path / "out"), "--weights",
+                 str(_tiny_weights(tmp_path)), "--size", "28", "--clusters", "2,1", "--no-dedup", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "4 selected (fewer than --target 5: 1 of the 5 images unreadable)" in said, said
+    assert "deduplication" not in said

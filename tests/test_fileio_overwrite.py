@@ -185,3 +185,45 @@ def test_test_out_overwrite_keeps_metrics_written_into_it(tmp_path, capsys, fres
     assert sorted(p.name for p in pred.iterdir()) == sorted([MARKER, "colour", "masks"])
     assert json.loads((pred / MARKER).read_text())["entries"] == ["colour", "masks"]
     _nothing_beside(pred)
+
+
+def test_a_full_disk_at_the_close_of_a_file_is_named_and_a_set_of_files_is_replaced_whole(tmp_path):
+    """ENOSPC raised when a buffered file is flushed at its close names no file: atomic_path names its target
+    (never the temporary), and leaves the old file. AtomicFiles renames its files only once all are written:
+    a failure at the second leaves the first as it was. Errors about other files, or of no writing, pass as
+    they are."""
+    import errno
+
+    from dinov2_dense.fileio import atomic_path
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    b.write_text("old b")
+    with pytest.raises(OSError) as caught:
+        with atomic_path(a) as tmp:
+            tmp.write_text("new a")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.errno == errno.ENOSPC and f"cannot write {a}: No space left on device" in str(caught.value)
+    assert a.read_text() == "old a"
+    from dinov2_dense.fileio import AtomicFiles
+
+    with pytest.raises(OSError) as caught:
+        with AtomicFiles() as files:
+            files.write_text(a, "new a")
+            with files.path(b) as tmp:
+                tmp.write_text("new b")
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert f"cannot write {b}: No space left" in str(caught.value)
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary left
+    for other in (FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.png")),
+                  OSError("download of http://x failed; try again")):
+        with pytest.raises(OSError) as caught:
+            with atomic_path(a) as tmp:
+                raise other
+        assert caught.value is other
+    with AtomicFiles() as files:
+        files.write_text(a, "new a")
+        files.write_npy(b.with_suffix(".npy"), [1, 2])
+        assert a.read_text() == "old a"  # not before the end
+    assert a.read_text() == "new a" and (tmp_path / "b.npy").is_file()

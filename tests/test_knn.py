@@ -597,3 +597,100 @@ def test_random_weights_are_the_same_on_every_run_of_every_command(tmp_path, cap
     assert main(knn) == 0 and "read from the cache" not in capsys.readouterr().err
     assert main(knn) == 0 and "read from the cache" in capsys.readouterr().err
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_a_cached_run_reads_its_skipped_images_again_and_agrees_with_an_uncached_one(tmp_path, monkeypatch):
+    """An image skipped under a pixel limit: the cache's skipped image is read again on the next call (only
+    it); under a raised limit the features are computed again, equal to a run without the cache; still over
+    the limit, the cache is used, with the reason found now."""
+    import dinov2_dense.images as images
+    from dinov2_dense import features as features_module
+
+    root = write_folder(tmp_path / "data")
+    Image.fromarray(np.zeros((60, 60, 3), dtype=np.uint8)).save(root / "cat" / "big.png")
+    model, cache = tiny_vit(), tmp_path / "cache"
+    runs = []
+    real = features_module.extract_features
+    monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: runs.append(1) or real(*a, **k))
+
+    def features(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return folder_features(model, root, size=28, batch_size=8, progress=False, **kw)
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+    assert len(features(cache=cache).skipped) == 1 and len(runs) == 1
+    monkeypatch.setattr(images, "MAX_PIXELS", 3000)
+    still = features(cache=cache)
+    assert len(runs) == 1 and len(still.skipped) == 1 and "limit of 3,000" in still.skipped[0]
+    monkeypatch.setattr(images, "MAX_PIXELS", None)
+    cached, plain = features(cache=cache), features()
+    assert len(runs) == 3 and cached.skipped == plain.skipped == [] and cached.paths == plain.paths
+    assert torch.equal(cached.features, plain.features) and torch.equal(cached.labels, plain.labels)
+    assert torch.equal(features(cache=cache).features, plain.features) and len(runs) == 3  # read back
+
+
+def test_the_cache_serves_a_split_and_the_train_folder_alone_with_their_own_classes(tmp_path):
+    """D/train alone leaves its empty class out; D (train/ and val/) keeps it, for val labels it: the one
+    cache entry of train/'s images gives each what it gives without the cache, in either order."""
+    for split in ("train", "val"):
+        write_folder(tmp_path / "d" / split, per_class=2, classes=("a", "b", "c"))
+    for f in (tmp_path / "d" / "train" / "c").iterdir():
+        f.write_text("not an image")
+    model = tiny_vit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = folder_features(model, tmp_path / "d" / "train", size=28, progress=False)
+        train, val = folder_split_features(model, tmp_path / "d", size=28, progress=False)
+        for order, cache in ((0, tmp_path / "c1"), (1, tmp_path / "c2")):
+            for step in (order, 1 - order) * 2:
+                if step == 0:
+                    got = folder_features(model, tmp_path / "d" / "train", size=28, progress=False, cache=cache)
+                    assert got.class_names == alone.class_names == ["a", "b"] and torch.equal(got.labels, alone.labels)
+                else:
+                    got, got_val = folder_split_features(model, tmp_path / "d", size=28, progress=False, cache=cache)
+                    assert got.class_names == train.class_names == ["a", "b", "c"]
+                    assert torch.equal(got.labels, train.labels) and torch.equal(got_val.labels, val.labels)
+
+
+def test_knn_refuses_a_cache_it_cannot_write_before_running_and_keeps_results_when_the_write_fails(tmp_path,
+                                                                                                  monkeypatch, capsys):
+    """--cache where no folder can be made: refused naming --cache before the model runs. A cache write that
+    fails at the end anyway: a warning naming --cache, and the results are printed (exit 0)."""
+    import dinov2_dense.evaluation.knn as knn_module
+    from dinov2_dense import features as features_module
+    from dinov2_dense.cli import main
+    from pretrain.export import export_backbone
+
+    root = write_folder(tmp_path / "data", per_class=4)
+    weights = export_backbone(tiny_vit(depth=1, dim=32, img=28), tmp_path / "export")["safetensors"]
+    (tmp_path / "file").write_text("in the way")
+    runs = []
+    real = features_module.extract_features
+    monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: runs.append(1) or real(*a, **k))
+    args = ["knn", str(root), "--weights", str(weights), "--size", "28", "--k", "3", "--no-linear",
+            "--num-workers", "0"]
+    assert main([*args, "--cache", str(tmp_path / "file" / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--cache {tmp_path / 'file' / 'cache'}" in err and runs == [], err
+
+    def read_only(path, data):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(knn_module, "_write_cached", read_only)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "--cache", str(tmp_path / "cache")]) == 0
+    assert "kNN (k 3, T 0.07) top-1" in capsys.readouterr().out
+    assert any(f"--cache {tmp_path / 'cache'}: the features cannot be kept there" in str(w.message) for w in caught)
+
+
+def test_knn_names_the_size_option_of_a_size_off_the_patch_grid(tmp_path, capsys):
+    from dinov2_dense.cli import main
+    from pretrain.export import export_backbone
+
+    root = write_folder(tmp_path / "data", per_class=2)
+    weights = export_backbone(tiny_vit(depth=1, dim=32, img=28), tmp_path / "export")["safetensors"]
+    assert main(["knn", str(root), "--weights", str(weights), "--size", "50", "--no-linear"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--size 50: not a multiple of the model's patch size 14" in err, err

@@ -495,7 +495,11 @@ def folder_features(
     same files (path, size and modification time of each) and the same size, pooling, autocast and
     8-bit resize reads them back instead of running the backbone (a run of ``knn`` with another ``k``, or
     ``--no-linear`` then with the probe). A changed image, weight or setting misses the cache; an
-    unreadable cache file is recomputed and replaced.
+    unreadable cache file is recomputed and replaced. The images skipped as unreadable are read again
+    on every call (only those): when one can be read now (a raised pixel limit), all are computed again,
+    as without the cache. The cache holds every class folder, empty ones too (``keep_empty_classes``
+    applies to what it gives back). A cache that cannot be written is warned about; the features are
+    returned all the same.
 
     ``num_workers``: DataLoader workers that read and resize the images while the model runs.
     ``resize_8bit``: resize 8-bit images in 8 bits (:func:`dinov2_dense.features.load_resized`):
@@ -525,10 +529,12 @@ def folder_features(
         cache_file = Path(cache) / f"features_{_cache_key(model, paths, labels, names, hw, pooling, autocast, resize_8bit)}.pt"
         cached = _read_cached(cache_file)
         if cached is not None:
+            cached = _skipped_still(cached, paths, hw, resize_8bit, root, progress is not False)
+        if cached is not None:
             if progress is not False:
                 print(f"features of {root} read from the cache {cache_file}", file=sys.stderr)
             _warn_skipped(root, cached.skipped)
-            return cached
+            return _without_empty_classes(cached, root, class_names, keep_empty_classes)
     device = next(model.parameters()).device
     kept, kept_labels, skipped, pooled = [], [], [], []
     batch: list[Tensor] = []
@@ -563,20 +569,51 @@ def folder_features(
     _warn_skipped(root, skipped)
     if not kept:
         raise ValueError(f"{root}: none of the {len(paths)} images could be read (first: {skipped[0]})")
-    empty = sorted(set(range(len(names))) - set(kept_labels))
-    if empty and class_names is None:  # a class whose every image was unreadable is no class
-        shown = ", ".join(names[i] for i in empty[:10])
-        if keep_empty_classes:
-            warnings.warn(f"{root}: class folder(s) without a readable image: {shown} (kept among the classes: "
-                          "nothing can be predicted as them)", stacklevel=2)
-        else:
-            warnings.warn(f"{root}: class folder(s) without a readable image left out: {shown}", stacklevel=2)
-            index = {old: new for new, old in enumerate(i for i in range(len(names)) if i not in empty)}
-            names, kept_labels = [names[i] for i in index], [index[label] for label in kept_labels]
     result = LabelledFeatures(torch.cat(pooled), torch.tensor(kept_labels, dtype=torch.long), names, kept, skipped)
-    if cache_file is not None:
-        _write_cached(cache_file, result)
-    return result
+    if cache_file is not None:  # every class, empty ones too: a call with another keep_empty_classes reads it
+        try:
+            _write_cached(cache_file, result)
+        except (OSError, RuntimeError) as exc:  # torch.save's zip writer raises RuntimeError on a full disk
+            warnings.warn(f"--cache {cache}: the features cannot be kept there ({exc}); they were computed, "
+                          "and are used, without it", stacklevel=2)
+    return _without_empty_classes(result, root, class_names, keep_empty_classes)
+
+
+def _without_empty_classes(data: LabelledFeatures, root, class_names: Sequence[str] | None,
+                           keep_empty_classes: bool) -> LabelledFeatures:
+    """``data`` without the classes of its own folders that have no readable image (the others renumbered),
+    said in a warning; with ``keep_empty_classes`` they stay, said too. Classes given (``class_names``) stay."""
+    names, labels = data.class_names, data.labels.tolist()
+    empty = sorted(set(range(len(names))) - set(labels))
+    if not empty or class_names is not None:
+        return data
+    shown = ", ".join(names[i] for i in empty[:10])
+    if keep_empty_classes:
+        warnings.warn(f"{root}: class folder(s) without a readable image: {shown} (kept among the classes: "
+                      "nothing can be predicted as them)", stacklevel=3)
+        return data
+    warnings.warn(f"{root}: class folder(s) without a readable image left out: {shown}", stacklevel=3)
+    index = {old: new for new, old in enumerate(i for i in range(len(names)) if i not in empty)}
+    return replace(data, labels=torch.tensor([index[label] for label in labels], dtype=torch.long),
+                   class_names=[names[i] for i in index])
+
+
+def _skipped_still(cached: LabelledFeatures, paths: list[str], hw: tuple[int, int], resize_8bit: bool,
+                   root, say: bool) -> LabelledFeatures | None:
+    """``cached`` when the images it skipped still cannot be read (read again: only those), with the reasons
+    found now; None when one can be read now (a repaired file, a raised pixel limit): computed again."""
+    have = set(cached.paths)
+    skipped = []
+    for path in paths:
+        if path not in have:
+            x, reason = try_read_resized(path, hw, resize_8bit)
+            if x is not None:
+                if say:
+                    print(f"{root}: an image skipped as unreadable before can be read now ({path}); computing the "
+                          "features again", file=sys.stderr)
+                return None
+            skipped.append(f"{path}: {reason}")
+    return replace(cached, skipped=skipped)
 
 
 def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw: tuple[int, int], pooling: str,
@@ -590,7 +627,8 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
 
     # a missing file: (path, None, None), skipped when read; still part of what was asked
     files = [(path, *(file_stamp(path) or (None, None))) for path in paths]
-    about = {"version": 1, "weights": fingerprint(model), "files": files, "labels": labels, "classes": names,
+    # version 2: every class folder kept in the file (version 1 files had the empty ones left out)
+    about = {"version": 2, "weights": fingerprint(model), "files": files, "labels": labels, "classes": names,
              "size": list(hw), "pooling": pooling, "autocast": str(autocast)}
     if resize_8bit:  # only when set: the keys of caches made before the option stay valid
         about["resize_8bit"] = True

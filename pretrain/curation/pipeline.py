@@ -5,7 +5,8 @@ the pool is then reduced to the seeds' neighbours (retrieval); what remains is c
 hierarchical k-means with resampling, and ``target`` rows are drawn with an equal share per cluster,
 recursively down the tree.
 
-The output folder receives (each file written atomically, after every step has run):
+The output folder receives (after every step has run, each file written to a temporary beside it, then all
+renamed together: a failure, a full disk say, leaves an earlier run's results, never some of each run's):
 ``selected.txt`` (one name a line: for images, absolute paths, so that a pretraining config takes
 the file as its data set; a relative name of a names file that is a file relative to that names file's
 folder is written as that file's absolute path, other names as given), ``duplicates.txt`` (each removed
@@ -29,14 +30,15 @@ from typing import Sequence
 
 import numpy as np
 
-from dinov2_dense.fileio import MARKER, atomic_path, write_json, write_text
+from dinov2_dense.fileio import MARKER, AtomicFiles
 
 from .dedup import DEFAULT_NPROBE, IVF_ABOVE, deduplicate, retrieve
 from .kmeans import HierarchicalClusters, balanced_sample, cluster_tree_sizes, hierarchical_kmeans
 from .store import (ROW_SETTINGS, CurationError, EmbeddingStore, check_size, embed_images, embedding_settings,
                     list_images, load_embeddings, made_with, partial_progress)
 
-__all__ = ["Rows", "curate", "default_clusters", "interrupted_stores", "is_embeddings", "normalized_entropy"]
+__all__ = ["Rows", "curate", "default_clusters", "interrupted_stores", "is_embeddings", "normalized_entropy",
+           "shortfall"]
 
 STORES = ("embeddings", "seed_embeddings")  # the embedding stores of images, in the output folder
 
@@ -60,9 +62,11 @@ class Rows:
 
 
 def is_embeddings(path: str | os.PathLike) -> bool:
-    """An ``.npy`` file or a store folder (``embeddings.npy`` inside), rather than images."""
+    """An ``.npy`` file or a store folder (``embeddings.npy`` inside, or what an interrupted embedding run
+    leaves: ``partial.json``, ``embeddings.partial.npy``; read, it says so), rather than images."""
     p = Path(path)
-    return p.suffix.lower() == ".npy" or (p.is_dir() and (p / "embeddings.npy").is_file())
+    return p.suffix.lower() == ".npy" or (p.is_dir() and any(
+        (p / name).is_file() for name in ("embeddings.npy", "store.json", "partial.json", "embeddings.partial.npy")))
 
 
 def default_clusters(n: int, levels: int) -> list[int]:
@@ -322,9 +326,6 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     # 4. balanced sampling
     short = len(rows) < target
     picked = rows[balanced_sample(tree, min(target, len(rows)), strategy=sampling, seed=seed)]
-    if short:
-        say(f"only {len(rows)} rows survive deduplication and retrieval: all of them are selected "
-            f"(--target {target})")
     summary = {
         "pool": n, "target": target, "selected": int(len(picked)), "short_of_target": bool(short),
         "duplicates_removed": int(len(dedup.removed)) if dedup else 0, "duplicate_groups": dedup.groups if dedup else 0,
@@ -332,11 +333,26 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         "resample_steps": steps, "sample_strategy": sample_strategy, "sampling": sampling, "seed": seed,
         "source": str(inputs), "unreadable": len(pool.unreadable),
     }
+    if short:
+        say(f"only {len(rows)} rows left ({shortfall(summary)}): all of them are selected (--target {target})")
     summary = _with_entropies(summary, tree, rows, picked, len(pool))
     if rank == 0:
         _write_results(out, pool, rows, picked, dedup, tree, summary)
         say(f"selected {len(picked)} of {n}: {out / 'selected.txt'} (report: {out / 'report.html'})")
     return summary
+
+
+def shortfall(summary: dict) -> str:
+    """Why fewer rows than the target were left to select from (a ``summary`` short of its target): the
+    steps that took rows away from the images or rows given."""
+    why = []
+    if summary["unreadable"]:
+        why.append(f"{summary['unreadable']} of the {summary['pool'] + summary['unreadable']} images unreadable")
+    if summary["duplicates_removed"]:
+        why.append(f"{summary['duplicates_removed']} near-duplicates removed")
+    if summary["retrieved"] is not None:
+        why.append(f"{summary['retrieved']} retrieved near the seeds")
+    return ", ".join(why) or "fewer rows than the target"
 
 
 def _table(tree: HierarchicalClusters, rows: np.ndarray, n: int) -> np.ndarray:
@@ -363,24 +379,24 @@ def _located(name: str, root: str | None) -> str:
 
 def _write_results(out: Path, pool: EmbeddingStore, rows: np.ndarray, picked: np.ndarray, dedup, tree:
                    HierarchicalClusters, summary: dict) -> None:
+    """Every result into a temporary beside it, then all renamed together (selected.txt last): a failure
+    (a full disk) leaves the earlier run's results, never some of each run's."""
     names = pool.names
     table = _table(tree, rows, len(pool))
-    with atomic_path(out / "clusters.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, table)
-    write_text(out / "duplicates.txt", "".join(f"{names[r]}\t{names[k]}\n" for r, k in
-                                               zip(dedup.removed, dedup.kept_for)) if dedup else "")
     sizes = cluster_tree_sizes(tree)
     top = table[picked, -1]
     after = np.bincount(top, minlength=len(sizes[-1]))
     png = _plot_sizes(sizes[-1], after, sizes[0], np.bincount(table[picked, 0], minlength=len(sizes[0])))
-    with atomic_path(out / "cluster_sizes.png") as tmp:
-        Path(tmp).write_bytes(png)
     md, page = _report(summary, png)
-    write_text(out / "report.md", md)
-    write_text(out / "report.html", page)
-    write_json(out / "summary.json", summary)
-    write_text(out / "selected.txt", "".join(_located(names[i], pool.root) + "\n" for i in picked))  # last: complete
+    with AtomicFiles() as files:
+        files.write_npy(out / "clusters.npy", table)
+        files.write_text(out / "duplicates.txt", "".join(f"{names[r]}\t{names[k]}\n" for r, k in
+                                                         zip(dedup.removed, dedup.kept_for)) if dedup else "")
+        files.write_bytes(out / "cluster_sizes.png", png)
+        files.write_text(out / "report.md", md)
+        files.write_text(out / "report.html", page)
+        files.write_json(out / "summary.json", summary)
+        files.write_text(out / "selected.txt", "".join(_located(names[i], pool.root) + "\n" for i in picked))
 
 
 def _plot_sizes(before_top: np.ndarray, after_top: np.ndarray, before_l1: np.ndarray, after_l1: np.ndarray) -> bytes:

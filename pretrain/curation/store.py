@@ -14,10 +14,14 @@ written; into a fresh folder the hash is computed in a thread while the first ba
 in those first moments (0.2 s for ViT-B) leaves nothing to resume; Ctrl-C waits for the hash.
 
 Each input file's size and modification time are recorded (``stats.npy``, ``stats.partial.npy``:
-int64 (N, 2), -1 for a file that was missing), taken before any image is read: a finished or partial
-store whose files changed since embeds those files again (and, with them, the unreadable ones), keeping
-the other rows. A store made before this record counts a file modified after its ``store.json`` was
-written, or gone since, as changed, and tries its unreadable images again once; the record is then written.
+int64 (N, 2), -1 for a file that was missing), taken before any image is read. A finished store made
+with the same settings keeps the rows of the images still listed and unchanged, matched by name (one
+image added to or removed from the pool costs that image, not the pool), and embeds the new and changed
+ones; the images it lists unreadable are read again on every run (only those), so a repaired file or a
+raised pixel limit counts; one line says how many are new, gone, changed and kept. A store made with
+other settings is embedded again whole, one line saying which. A partial store whose files changed
+since embeds those again. A store made before the record counts a file modified after its
+``store.json`` was written, or gone since, as changed; the record is then written.
 
 A finished store is ``store.json`` with its files: finishing removes ``store.json`` first and writes it
 last, so a finish cut short is never taken for a finished store (the partial store stays and is resumed).
@@ -81,7 +85,16 @@ def _read_names(path: Path) -> list[str]:
         raise CurationError(f"{path}: no such names file (one name a line, as many as the rows)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CurationError(f"{path}: not a readable text file of names ({exc})") from None
-    return text.splitlines()
+    return _lines(text)
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of a names file as written (each name and a "\\n"; a "\\r\\n" file's "\\r" dropped): a name
+    may hold the other characters that ``str.splitlines`` breaks at (U+2028, U+0085, form feed ...)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _check_unique(names: list[str], where: str, unit: str) -> None:
@@ -129,7 +142,7 @@ def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence
             raise CurationError(f"{path}: no {missing} in this folder"
                                 + (" (an interrupted embedding run: run it again to finish it)" if partial else ""))
         unreadable = path / "unreadable.txt"
-        bad = tuple(unreadable.read_text(encoding="utf-8").splitlines()) if unreadable.is_file() else ()
+        bad = tuple(_lines(unreadable.read_text(encoding="utf-8"))) if unreadable.is_file() else ()
         store = load_embeddings(path / "embeddings.npy", names if names is not None else path / "names.txt", check)
         store.unreadable = bad
         if finished:
@@ -172,7 +185,20 @@ def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence
 # -- images ------------------------------------------------------------------------------------
 def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     """The images of a folder (recursive, sorted), a text file of paths (one a line, relative to the
-    file's folder), a glob pattern, or a list of paths; absolute paths."""
+    file's folder), a glob pattern, or a list of paths; absolute paths. A path holding a line break
+    ("\\n" or "\\r") is refused, naming it: a store lists its images one a line."""
+    return _one_a_line(_list_images(spec))
+
+
+def _one_a_line(paths: list[str]) -> list[str]:
+    for p in paths:
+        if "\n" in p or "\r" in p:
+            raise CurationError(f"{p!r}: a file name with a line break cannot be listed one a line (names.txt, "
+                                "selected.txt); rename the file or move it out of the pool")
+    return paths
+
+
+def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     from dinov2_dense.data.files import IMAGE_EXTENSIONS
 
     if not isinstance(spec, (str, os.PathLike)):
@@ -264,6 +290,7 @@ _SETTINGS_BEFORE = {"resize_8bit": False, "autocast": None}
 # what makes the rows themselves (two stores alike in these hold comparable rows), and what else a store is
 ROW_SETTINGS = ("weights", "size", "pooling", "resize_8bit", "autocast")
 _STORE_SETTINGS = ("version", *ROW_SETTINGS, "dtype", "count")
+_REUSE_SETTINGS = ("version", *ROW_SETTINGS, "dtype")  # a finished store alike in these gives rows of its images
 
 
 def made_with(settings: dict, keys: Sequence[str] = _STORE_SETTINGS) -> dict:
@@ -301,11 +328,25 @@ def _changed(record: Path, made: Path, stats: np.ndarray) -> tuple[np.ndarray, b
     return (stats[:, 1] >= made.stat().st_mtime_ns) | (stats[:, 0] < 0), False
 
 
-def _say_changed(out: Path, changed: int, n: int, known: bool, also: int, kept: int) -> None:
+def _say_changed(out: Path, n: int, known: bool, kept: int, changed: int = 0, new: int = 0, gone: int = 0,
+                 unreadable: int = 0) -> None:
+    """One line: how the ``n`` images differ from those whose rows are kept (``kept`` of them), and what is embedded."""
     how = "size or modification time" if known else "modified since this store, which has no record of its files, was made"
-    what = ("them" + (f" and the {also} unreadable one(s)" if also else "")) if changed else f"the {also} unreadable one(s)"
-    print(f"{out}: {changed} of {n} images changed since they were embedded ({how}); embedding {what} again, "
-          f"keeping the other {kept} rows", file=sys.stderr)
+    again = f" ({unreadable} of them unreadable before, tried again)" if unreadable else ""
+    print(f"{out}: {new} new image(s), {gone} gone, {changed} changed since they were embedded ({how}), {kept} kept; "
+          f"embedding {n - kept} of the {n}{again}", file=sys.stderr)
+
+
+def _say_settings(out: Path, done: dict, settings: dict, n: int) -> None:
+    """One line: which settings the finished store in ``out`` was made with, unlike ``settings``."""
+    a, b = made_with(done, _REUSE_SETTINGS), made_with(settings, _REUSE_SETTINGS)
+
+    def shown(key: str, value) -> str:
+        return str(value)[:12] if key == "weights" else ("off" if value in (None, False) else str(value))
+
+    differ = ", ".join(f"{k} {shown(k, a[k])} -> {shown(k, b[k])}" for k in _REUSE_SETTINGS if a[k] != b[k])
+    why = f"its rows were made with other settings ({differ})" if done else "its store.json cannot be read"
+    print(f"{out}: {why}; embedding all {n} images again", file=sys.stderr)
 
 
 def partial_progress(folder: str | os.PathLike) -> tuple[int, int] | None:
@@ -392,9 +433,15 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
             # beside it: a finish removes it), then a finished store, with its changed images to do again
             partial = _resume(out, paths, d, settings, stats)
             if partial is None and (out / "embeddings.npy").is_file() and (out / "store.json").is_file():
-                done = _stored_settings(out / "store.json")
-                if made_with(done) == made_with(settings) and _read_names(out / "inputs.txt") == paths:
-                    partial = _refresh(out, paths, d, settings, stats, chunk)
+                try:
+                    done = _stored_settings(out / "store.json")
+                except (OSError, ValueError):  # unreadable: embedded afresh
+                    done = {}
+                if made_with(done, _REUSE_SETTINGS) != made_with(settings, _REUSE_SETTINGS):
+                    _say_settings(out, done, settings, n)
+                else:
+                    partial = _refresh(out, paths, d, settings, stats, chunk,
+                                       functools.partial(_still_unreadable, read, batch_size))
                     if partial is None:
                         return load_embeddings(out)  # finished with the same inputs, files and settings
         if partial is None:
@@ -459,7 +506,7 @@ def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarr
     changed, known = _changed(out / "stats.partial.npy", out / "partial.json", stats)
     changed &= status[:] == DONE
     if changed.any():
-        _say_changed(out, int(changed.sum()), n, known, 0, int((status[:] == DONE).sum() - changed.sum()))
+        _say_changed(out, n, known, int((status[:] == DONE).sum() - changed.sum()), changed=int(changed.sum()))
         status[changed] = PENDING
         status.flush()  # before the new record: a row of a changed file is never left done under it
     if changed.any() or not known:
@@ -470,25 +517,76 @@ def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarr
     return rows, status
 
 
-def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarray, chunk: int):
-    """A finished store of ``paths`` made with ``settings``: None when none of its files changed since
-    (it is used as it is); else a partial store holding its rows but those of the changed files and the
-    unreadable ones, to embed those again."""
-    changed, known = _changed(out / "stats.npy", out / "store.json", stats)
-    index = {p: i for i, p in enumerate(paths)}
-    where = np.array([index.get(name, -1) for name in _read_names(out / "names.txt")], dtype=np.int64)
-    old = np.load(out / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-    if (where < 0).any() or old.shape != (len(where), d):  # not the store its store.json says: all again
+def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarray, chunk: int, retry):
+    """A finished store made with ``settings``: None when it holds the rows of ``paths`` as they are (the
+    same images in the same order, none changed since, and those it lists unreadable still unreadable:
+    ``retry(rows)`` reads them again, and gives the reasons of those it still cannot read); else a
+    partial store of ``paths`` holding the store's rows of the images still listed and unchanged (matched
+    by name), to embed the others: new, changed, or unreadable before."""
+    try:
+        before = _read_names(out / "inputs.txt")
+        names = _read_names(out / "names.txt")
+        old = np.load(out / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):  # CurationError among them
+        before, names, old = None, [], None
+    line = {p: i for i, p in enumerate(before or ())}  # each earlier input's line in inputs.txt
+    if old is None or old.shape != (len(names), d) or len(line) != len(before) or any(m not in line for m in names):
+        print(f"{out}: the store's files do not agree (rows, names.txt, inputs.txt); embedding all {len(paths)} "
+              "images again", file=sys.stderr)
         return _new_partial(out, paths, d, settings["dtype"], stats, settings)
-    readable = np.zeros(len(paths), dtype=bool)
-    readable[where] = True
-    todo = changed | ~readable if changed.any() or not known else changed
-    if not todo.any():
-        if not known:  # the record from now on
-            write_npy(out / "stats.npy", stats)
-        return None
-    _say_changed(out, int(changed.sum()), len(paths), known, int((~readable & ~changed).sum()), int((~todo).sum()))
-    return _new_partial(out, paths, d, settings["dtype"], stats, settings, keep=(where, old, ~todo[where]), chunk=chunk)
+    at = np.array([line.get(p, -1) for p in paths], dtype=np.int64)  # -1: new
+    was = at >= 0
+    changed = np.zeros(len(paths), dtype=bool)
+    recorded = None
+    with contextlib.suppress(OSError, ValueError):
+        recorded = np.load(out / "stats.npy", allow_pickle=False)
+    known = recorded is not None and recorded.shape == (len(before), 2)
+    if known:
+        changed[was] = (recorded[at[was]] != stats[was]).any(axis=1)
+    else:  # a store made before the record: a file modified since its store.json was written, or gone
+        changed[was] = (stats[was, 1] >= (out / "store.json").stat().st_mtime_ns) | (stats[was, 0] < 0)
+    index = {p: i for i, p in enumerate(paths)}
+    where = np.array([index.get(name, -1) for name in names], dtype=np.int64)  # each row's image now; -1: gone
+    has_row = np.zeros(len(paths), dtype=bool)
+    has_row[where[where >= 0]] = True
+    unreadable = was & ~has_row & ~changed  # listed unreadable before: read again on every run
+    keep = has_row & ~changed
+    if before == paths and not changed.any():
+        if unreadable.any():
+            still = retry(np.flatnonzero(unreadable))
+            if len(still) == int(unreadable.sum()):  # else some can be read now: embedded below
+                _relist_unreadable(out, paths, still)
+                print(f"{out}: the {len(still)} image(s) listed unreadable were read again: still unreadable "
+                      f"(see {out / 'unreadable.txt'})", file=sys.stderr)
+                unreadable[:] = False
+        if not unreadable.any():
+            if not known:  # the record from now on
+                write_npy(out / "stats.npy", stats)
+            return None
+    _say_changed(out, len(paths), known, int(keep.sum()), changed=int(changed.sum()), new=int((~was).sum()),
+                 gone=len(before) - int(was.sum()), unreadable=int(unreadable.sum()))
+    stay = np.zeros(len(where), dtype=bool)
+    stay[where >= 0] = keep[where[where >= 0]]
+    return _new_partial(out, paths, d, settings["dtype"], stats, settings, keep=(where, old, stay), chunk=chunk)
+
+
+def _still_unreadable(read, batch_size: int, rows: np.ndarray) -> dict[int, str]:
+    """The images ``rows`` read again (``read``: :func:`~dinov2_dense.evaluation.knn.read_rows` of the
+    store's images), ``batch_size`` at a time: the reasons of those that still cannot be read."""
+    still: dict[int, str] = {}
+    for start in range(0, len(rows), batch_size):
+        _, _, bad = read(rows[start:start + batch_size])
+        still.update(bad)
+    return still
+
+
+def _relist_unreadable(out: Path, paths: list[str], reasons: dict[int, str]) -> None:
+    """unreadable.txt with the reasons found now (a raised pixel limit that is still too low, say)."""
+    text = "".join(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons))
+    with contextlib.suppress(OSError):
+        if (out / "unreadable.txt").read_text(encoding="utf-8") == text:
+            return
+    write_text(out / "unreadable.txt", text)
 
 
 class _Settings:
