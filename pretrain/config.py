@@ -179,7 +179,7 @@ def _check(cfg: dict, source: str) -> None:
         need(isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, Number) for v in value)
              and ok(*value), key, what)
 
-    s, crops, optim, train = cfg["student"], cfg["crops"], cfg["optim"], cfg["train"]
+    s, crops, optim, train, teacher = cfg["student"], cfg["crops"], cfg["optim"], cfg["train"], cfg["teacher"]
     whole("student.patch_size", 1)
     whole("student.num_register_tokens", 0)
     need(0 <= s["drop_path_rate"] < 1, "student.drop_path_rate", "a rate in [0, 1)")
@@ -188,8 +188,24 @@ def _check(cfg: dict, source: str) -> None:
             whole(f"{head}.{k}", 1)
     for key in ("teacher.teacher_temp", "teacher.warmup_teacher_temp"):
         need(_get(cfg, key) > 0, key, "a temperature > 0")
+    need(teacher["warmup_teacher_temp_epochs"] >= 0, "teacher.warmup_teacher_temp_epochs", "a number of epochs >= 0")
+    for key in ("teacher.momentum_teacher", "teacher.final_momentum_teacher"):
+        need(0 <= _get(cfg, key) <= 1, key, "an EMA momentum in [0, 1] (1: the teacher stays as it is)")
     for key in ("optim.base_lr", "optim.min_lr"):
         need(_get(cfg, key) >= 0, key, "a learning rate >= 0")
+    for key in ("optim.weight_decay", "optim.weight_decay_end"):
+        need(_get(cfg, key) >= 0, key, "a weight decay >= 0")
+    need(optim["clip_grad"] >= 0, "optim.clip_grad", "a gradient norm >= 0 (0: no clipping)")
+    need(optim["freeze_last_layer_epochs"] >= 0, "optim.freeze_last_layer_epochs", "a number of epochs >= 0")
+    need(0 < optim["layerwise_decay"] <= 1, "optim.layerwise_decay", "a rate decay in (0, 1] (1: none)")
+    for key in ("optim.patch_embed_lr_mult", "optim.backbone_lr_mult"):
+        need(_get(cfg, key) >= 0, key, "a learning-rate multiplier >= 0")
+    need(optim["freeze_backbone_iters"] >= 0, "optim.freeze_backbone_iters", "a number of iterations >= 0")
+    for key in ("optim.adamw_beta1", "optim.adamw_beta2"):
+        need(0 <= _get(cfg, key) < 1, key, "an AdamW beta in [0, 1)")
+    for key in ("dino.loss_weight", "dino.koleo_loss_weight", "ibot.loss_weight"):
+        need(_get(cfg, key) >= 0, key, "a weight >= 0 (0: the loss is off)")
+    need(0 <= cfg["ibot"]["mask_sample_probability"] <= 1, "ibot.mask_sample_probability", "a probability in [0, 1]")
     for key in ("train.checkpoint_period", "train.log_freq", "train.max_to_keep"):
         whole(key, 1)
     whole("train.num_workers", 0, "DataLoader worker processes: an integer >= 0 (0: load in the main process)")

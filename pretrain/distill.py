@@ -4,7 +4,9 @@ for the students, the iBOT loss on every patch of the two global crops, and a sp
 student kept as the model to export. Several students of any size learn from one teacher at once
 (each has its own heads and optimiser groups; the teacher runs once per batch), as DINOv3 does.
 
-The teacher is anything ``load_backbone`` returns (official weights included). Its DINO head,
+A student starts from its ``pretrained_weights`` where its section gives them (loaded by the loop as
+for continued pretraining, which settles its sizes), else from a fresh initialisation. The teacher is
+anything ``load_backbone`` returns (official weights included). Its DINO head,
 never released for the official models, is either loaded (a head trained with it: a pretraining
 checkpoint's ``teacher.dino_head.*``) or drawn at random and frozen: a fixed projection of the
 teacher's tokens onto prototypes whose softmax the students learn to match. Students and teacher
@@ -34,10 +36,13 @@ __all__ = ["DistillArch", "feature_distance"]
 
 class DistillArch(nn.Module):
     """A frozen teacher (backbone + DINO head) and ``students``: for each, a backbone and a DINO
-    head that learn (``student``) and their EMA (``teacher["ema<i>_*"]``), which is exported."""
+    head that learn (``student``) and their EMA (``teacher["ema<i>_*"]``), which is exported.
+    ``student_backbones``: per student, a backbone to start from (its ``pretrained_weights``, loaded:
+    student and EMA begin as it) or None for a fresh one built from its section."""
 
     def __init__(self, cfg: dict, teacher_backbone: nn.Module, student_sections: list[dict],
-                 teacher_head_state: dict[str, Tensor] | None = None):
+                 teacher_head_state: dict[str, Tensor] | None = None,
+                 student_backbones: list[nn.Module | None] | None = None):
         super().__init__()
         self.cfg = cfg
         dino = cfg["dino"]
@@ -56,8 +61,11 @@ class DistillArch(nn.Module):
             frozen_head.load_state_dict(teacher_head_state, strict=True)
         student_parts: dict[str, nn.Module] = {}
         self.n_students = len(student_sections)
+        starts = list(student_backbones or []) + [None] * len(student_sections)
         for i, section in enumerate(student_sections):
-            backbone = build_backbone({**section, "drop_path_rate": 0.0}, img, drop_path=False)  # no stochastic depth
+            backbone = starts[i]  # loaded weights (student.pretrained_weights), built without drop path
+            if backbone is None:  # no stochastic depth
+                backbone = build_backbone({**section, "drop_path_rate": 0.0}, img, drop_path=False)
             if backbone.patch_size != teacher_backbone.patch_size:
                 raise ValueError(f"student {i}: patch size {backbone.patch_size} differs from the teacher's "
                                  f"{teacher_backbone.patch_size}; patch tokens would not correspond")

@@ -11,6 +11,7 @@ maps, which take what ``load_backbone`` returns.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 from dinov2_dense.checkpoints import save_safetensors
 from dinov2_dense.fileio import atomic_path, write_json
 
-__all__ = ["export_backbone", "load_exported"]
+__all__ = ["export_backbone", "load_exported", "save_torch"]
 
 
 def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str = "backbone") -> dict[str, Path]:
@@ -30,11 +31,51 @@ def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str =
     out = Path(out_dir)
     sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     paths = {"pth": out / f"{name}.pth", "safetensors": out / f"{name}.safetensors", "json": out / f"{name}.json"}
-    with atomic_path(paths["pth"]) as tmp:
-        torch.save(sd, tmp)
-    save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense", "arch": "see backbone.json"})
+    save_torch(sd, paths["pth"])
+    try:
+        save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense", "arch": "see backbone.json"})
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own SafetensorError
+        failed = _write_failed(exc, paths["safetensors"])
+        if failed is exc:
+            raise
+        raise failed from None
     write_json(paths["json"], arch_dict(backbone))
     return paths
+
+
+def save_torch(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (a failed write leaves no file). Torch reports a failed
+    write (a full disk) as a RuntimeError of its zip writer: that becomes an OSError naming ``path``."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except RuntimeError as exc:
+        failed = _write_failed(exc, path)
+        if failed is exc:
+            raise
+        raise failed from None
+    return path
+
+
+#: What the writers of torch and safetensors say when a write fails (torch's zip writer gives no errno).
+_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "I/O error", "os error")
+
+
+def _write_failed(exc: BaseException, path: Path) -> BaseException:
+    """``exc`` of a writer as an OSError naming ``path`` where it reports a failed write (torch and
+    safetensors raise their own errors for a full disk): ENOSPC, or the ``(os error N)`` it names;
+    any other error as it is."""
+    import re
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, OSError) or not any(key in text for key in _WRITE_FAILURES):
+        return exc
+    code = re.search(r"os error (\d+)", text)
+    if code and int(code.group(1)) != errno.ENOSPC:
+        return OSError(int(code.group(1)), f"cannot write {path}: {os.strerror(int(code.group(1)))}")
+    return OSError(errno.ENOSPC, f"cannot write {path}: the write failed ({text}), most likely for a full disk; "
+                                 "free some space, then continue the run with --resume (nothing was half-written)")
 
 
 def load_exported(path: str | os.PathLike) -> nn.Module:

@@ -5,7 +5,8 @@ released ``ssl_default_config.yaml``).
   ``start_warmup_value`` to ``base_value``, then a half cosine from ``base_value`` to ``final_value``
   over the remaining iterations; past ``total_iters`` the final value. Used for the learning rate
   (warm-up 10 epochs, to ``min_lr``), the weight decay (0.04 -> 0.4), the teacher momentum
-  (0.992 -> 1), the teacher temperature (0.04 -> 0.07 over 30 epochs, then constant) and the
+  (0.992 -> 1), the teacher temperature (0.04 -> 0.07 over 30 epochs, then constant; in a run of
+  fewer epochs it ends part way, as the official schedule does) and the
   last-layer learning rate (the learning rate, 0 during the first epoch).
 * :func:`params_groups`: one group per parameter with the layer-wise learning-rate decay
   (``decay ** (depth + 1 - layer)``, layer 0 for the patch embedding, position embedding, class,
@@ -81,7 +82,8 @@ def build_schedules(optim: dict, teacher: dict, epoch_length: int, lr: float) ->
     total = int(optim["epochs"] * epoch_length)
     lr_kw = dict(base_value=lr, final_value=optim["min_lr"], total_iters=total,
                  warmup_iters=int(optim["warmup_epochs"] * epoch_length), start_warmup_value=0.0)
-    temp_iters = min(int(teacher["warmup_teacher_temp_epochs"] * epoch_length), total)
+    # the warm-up runs its own length, as the official one: a run shorter than it ends part way up
+    temp_iters = int(teacher["warmup_teacher_temp_epochs"] * epoch_length)
     last_layer = CosineScheduler(**lr_kw)
     last_layer.schedule[: int(optim["freeze_last_layer_epochs"] * epoch_length)] = 0.0
     return Schedules(

@@ -2,6 +2,11 @@
 ``fully_shard``), with atomic checkpoints, resume after ``kill -9``, progress with images/s and ETA,
 the loss terms logged, and the dense-quality monitor.
 
+A resumed run equals the uninterrupted one with the same seed and number of processes: every random
+draw is seeded by :func:`_stream_seed` from ``train.seed`` and a sample's place in the data stream
+(crops, and masks by a batch's first sample: whichever DataLoader worker makes them) or the iteration
+(each process's torch draws: drop path), and a checkpoint holds the last step's centre update.
+
 Per iteration, as the released ``dinov2/train/train.py``: the scheduled learning rate, weight decay
 and last-layer rate are set on the parameter groups; the student's gradients are computed
 (:meth:`SSLMetaArch.forward_backward`), clipped per part to ``optim.clip_grad`` and applied
@@ -36,6 +41,7 @@ from torch import nn
 from dinov2_dense.fileio import DirLock, atomic_path, write_json
 
 from .config import resolve
+from .export import save_torch
 from .meta_arch import SSLMetaArch
 from .schedules import apply_optim_scheduler, build_schedules, scaled_lr, unwrap
 
@@ -136,9 +142,23 @@ def arch_dict(backbone: nn.Module) -> dict[str, Any]:
 
 
 # -- data --------------------------------------------------------------------------------------
+#: The run's random streams (keys of :func:`_stream_seed`): crops, masks, and torch's (drop path).
+_CROPS, _MASKS, _TORCH = 1, 2, 3
+
+
+def _stream_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed that is a function of ``train.seed`` and ``keys`` alone (a stream, a sample's
+    position in the data stream, a process and an iteration): every random draw of a run is seeded
+    so, which makes a resumed run draw what the uninterrupted one drew."""
+    import numpy as np
+
+    return int(np.random.SeedSequence((int(seed), *map(int, keys))).generate_state(1)[0])
+
+
 class _InfiniteSampler(torch.utils.data.Sampler):
     """This process's share of an endless stream of seeded permutations, starting at ``start``
-    samples into it (resume continues the stream rather than repeating it)."""
+    samples into it (resume continues the stream rather than repeating it). It yields
+    ``(position, index)``: the sample's place in the stream of all processes, and the image."""
 
     def __init__(self, n: int, seed: int, rank: int, world: int, start: int = 0):
         self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
@@ -150,22 +170,49 @@ class _InfiniteSampler(torch.utils.data.Sampler):
             g = torch.Generator().manual_seed(self.seed + epoch)
             perm = torch.randperm(self.n, generator=g)
             while offset < self.n:
-                yield int(perm[offset])
+                yield i, int(perm[offset])
                 offset += self.world
                 i += self.world
             # the next epoch starts where the stride left this one
 
 
-def _loader(cfg: dict, start_iter: int, rank: int, world: int):
+class _Positioned(torch.utils.data.Dataset):
+    """``dataset`` read at the sampler's ``(position, index)``: the augmentation is seeded from the
+    position, so a sample's crops do not depend on the iteration a run started at nor on the
+    DataLoader worker that makes them. Items are ``(sample, position)``."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int]:
+        position, index = item
+        self.dataset.transform.set_random_seed(_stream_seed(self.seed, _CROPS, position))
+        return self.dataset[index], position
+
+
+def _collate_at(batch: list[tuple[Any, int]], collate: Callable, seed: int) -> dict[str, Any]:
+    """``collate`` of a batch of ``(sample, position)``: its masks (Python's ``random``) drawn from a
+    seed of the batch's first position; the caller's ``random`` state is left as it was."""
     import random
 
-    from .data import DataAugmentationDINO, MaskingGenerator, build_dataset, collate_data_and_cast, seed_worker
+    state = random.getstate()
+    random.seed(_stream_seed(seed, _MASKS, batch[0][1]))
+    try:
+        return collate([sample for sample, _ in batch])
+    finally:
+        random.setstate(state)
+
+
+def _loader(cfg: dict, start_iter: int, rank: int, world: int):
+    from .data import DataAugmentationDINO, MaskingGenerator, build_dataset, collate_data_and_cast
 
     crops, train = cfg["crops"], cfg["train"]
     patch = cfg["student"]["patch_size"]
     grid = crops["global_crops_size"] // patch
-    seed = train["seed"] * 1000 + rank + 7919 * start_iter  # a resumed run draws new crops, reproducibly
-    random.seed(seed)  # masking and collation draw from Python's random (in the main process without workers)
+    seed = train["seed"]
     transform = DataAugmentationDINO(crops["global_crops_scale"], crops["local_crops_scale"],
                                      crops["local_crops_number"], global_crops_size=crops["global_crops_size"],
                                      local_crops_size=crops["local_crops_size"],
@@ -180,11 +227,12 @@ def _loader(cfg: dict, start_iter: int, rank: int, world: int):
                       mask_probability=masking, n_tokens=grid * grid,
                       mask_generator=masks, dtype=torch.float32)
     batch = train["batch_size_per_gpu"]
-    sampler = _InfiniteSampler(len(dataset), train["seed"], rank, world, start=start_iter * batch)
-    return dataset, torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
-                                                num_workers=train["num_workers"], collate_fn=collate,
+    sampler = _InfiniteSampler(len(dataset), seed, rank, world, start=start_iter * batch)
+    # crops and masks are seeded by the samples' positions in the stream (not by the start or the worker)
+    return dataset, torch.utils.data.DataLoader(_Positioned(dataset, seed), batch_size=batch, sampler=sampler,
+                                                drop_last=True, num_workers=train["num_workers"],
+                                                collate_fn=partial(_collate_at, collate=collate, seed=seed),
                                                 persistent_workers=train["num_workers"] > 0, pin_memory=False,
-                                                worker_init_fn=seed_worker,
                                                 generator=torch.Generator().manual_seed(seed))
 
 
@@ -201,6 +249,51 @@ def _read(path: Path) -> dict | None:
     except Exception:  # noqa: BLE001 - a damaged file: the caller takes an older one
         return None
     return ckpt if isinstance(ckpt, dict) and "model" in ckpt and "iteration" in ckpt else None
+
+
+def _resume_state(work_dir: Path, main: bool) -> tuple[dict | None, Path | None]:
+    """The newest readable checkpoint of ``work_dir`` and its path ((None, None) without checkpoints: a
+    run stopped before its first one starts again). Unreadable newer ones are named and passed over;
+    where none is readable the resume is refused before anything is written (starting again from
+    iteration 0 would trim the run's log and, in the end, replace its checkpoints)."""
+    found = checkpoint_files(work_dir)
+    for n, path in enumerate(found):
+        state = _read(path)
+        if state is not None:
+            if main:
+                for bad in found[:n]:
+                    print(f"warning: {bad} is unreadable; resuming from an older checkpoint", file=sys.stderr)
+                print(f"resuming from {path} (iteration {int(state['iteration'])})", file=sys.stderr)
+            return state, path
+    if found:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ValueError(f"work dir {work_dir}: none of its {len(found)} checkpoints is readable ({names}), so "
+                         "--resume has nothing to continue; nothing was changed. Put a readable checkpoint back, or "
+                         "start afresh with --overwrite (the checkpoints, logs and export are deleted)")
+    return None, None
+
+
+def _check_same_teacher(model: nn.Module, state: dict, cfg: dict, path: Path) -> None:
+    """A resumed distillation goes on with the checkpoint's frozen teacher and teacher head: one whose
+    command names another (other weights than the checkpoint's) is refused, naming both, rather than
+    recorded in config.json while the run keeps the old one."""
+    saved = state.get("config")
+    saved = (saved.get("distill") or {}) if isinstance(saved, dict) else {}
+    ckpt, now = state["model"], cfg["distill"]
+
+    def differs(prefix: str, module: nn.Module) -> bool:
+        return any(prefix + k in ckpt and not torch.equal(ckpt[prefix + k].to(v.dtype), v.detach().cpu())
+                   for k, v in module.state_dict().items())
+
+    changed = []
+    if differs("teacher.backbone.", model.teacher.backbone):
+        changed.append(f"distill.teacher {saved.get('teacher')!r} -> {now['teacher']!r}")
+    if (saved.get("teacher_head") or now["teacher_head"]) and differs("teacher.dino_head.", model.teacher.dino_head):
+        changed.append(f"distill.teacher_head {saved.get('teacher_head')!r} -> {now['teacher_head']!r}")
+    if changed:
+        raise ValueError(f"{path}: this distillation was written with another frozen teacher than this command "
+                         f"gives ({'; '.join(changed)}: other weights); resume it with the teacher it was written "
+                         "with, or start afresh with --overwrite")
 
 
 def _state(model: SSLMetaArch) -> dict[str, torch.Tensor]:
@@ -232,7 +325,8 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
     ``resume`` (continue it) or ``overwrite`` (start afresh: that run's checkpoints, export and logs
     are deleted, but only once the config and the data set are checked and the model built, so that
     a refused start deletes nothing). A new work dir is created only then, too: a refused start
-    leaves no empty folder behind.
+    leaves no empty folder behind; one that cannot be made or written is refused first of all. A
+    ``resume`` takes the newest readable checkpoint and is refused where none is readable.
     """
     if resume and overwrite:
         raise ValueError("resume continues the run in the work dir, overwrite starts afresh: give one of them")
@@ -292,6 +386,7 @@ def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
     if work_dir.exists() and not work_dir.is_dir():
         raise FileExistsError(f"work dir {work_dir} is a file; give a folder (checkpoints, logs and the export go "
                               "into it)")
+    _check_writable(work_dir)
     if not work_dir.is_dir():
         return
     clashes = sorted(p.name for p in work_dir.iterdir() if p.name in _RUN_ENTRIES)
@@ -303,6 +398,28 @@ def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
     if old and not (resume or overwrite):
         raise FileExistsError(f"work dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): resume "
                               "it (--resume), start afresh (--overwrite: they are deleted) or choose another work dir")
+
+
+def _check_writable(work_dir: Path) -> None:
+    """Refuse, naming it, a work dir that cannot be made or written (no permission, a read-only or
+    virtual file system such as /proc), before anything is computed: a hidden folder is made in it (or
+    in its nearest existing parent, where it is not made yet) and removed at once."""
+    import uuid
+
+    from dinov2_dense.fileio import OutputError
+
+    base = work_dir
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"work dir {work_dir}: {base} is a file, not a folder; give another --work-dir")
+    probe = base / f".dinov2-dense-probe.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise OutputError(f"work dir {work_dir} cannot be written: making a folder in {base} failed "
+                          f"({exc.strerror or exc}); give a --work-dir where you can write") from None
 
 
 def _check_outside_data(work_dir: Path, spec: Any) -> None:
@@ -405,8 +522,19 @@ def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(),
             if not head:
                 raise ValueError(f"distill.teacher_head={distill['teacher_head']}: no teacher.dino_head.* tensors in it")
             _check_head_teacher(state, teacher, source, distill["teacher"])
-        students = [resolve_student(cfg["student"], s) for s in distill["students"]] or [cfg["student"]]
-        return DistillArch(cfg, teacher, students, head).to(device)
+        overrides = list(distill["students"])
+        students = [resolve_student(cfg["student"], s) for s in overrides] or [cfg["student"]]
+        starts = []
+        for i, section in enumerate(students):  # a student with pretrained_weights starts from them
+            start = _load_any(section["pretrained_weights"]) if section["pretrained_weights"] else None
+            if start is not None:  # the weights settle the student's section, as in continued pretraining
+                own = {k for k, v in overrides[i].items() if v is not None} if overrides else set()
+                _check_loaded_arch(section, start, given | own)
+            starts.append(start)
+        if overrides:  # config.json records each student as trained
+            distill["students"] = [{**o, **{k: v for k, v in sec.items() if v != cfg["student"].get(k)}}
+                                   for o, sec in zip(overrides, students)]
+        return DistillArch(cfg, teacher, students, head, starts).to(device)
     student = teacher = None
     weights = cfg["student"]["pretrained_weights"]
     if weights:
@@ -485,15 +613,18 @@ def _check_loaded_arch(section: dict, backbone: nn.Module, given_keys: frozenset
     if named in ARCHS:
         given.update({k: v for k, v in zip(("embed_dim", "depth", "num_heads"), ARCHS[named])})
     source = f"student.pretrained_weights={section['pretrained_weights']}"
+    sizes = ("embed_dim", "depth", "num_heads")
+    released = [name for name, dims in ARCHS.items() if dims == tuple(loaded[k] for k in sizes)]
     for key, value in loaded.items():
         if key in given and given[key] != value:
-            said = (f"student.arch = {named!r} has {key} {given[key]!r}" if named in ARCHS and
-                    key in ("embed_dim", "depth", "num_heads") else f"student.{key} = {section.get(key)!r}")
-            raise ValueError(f"{said}, but {source} has {key} {value!r}: the weights decide the model; set "
-                             f"student.{key}={value!r} or leave it out")
+            if named in ARCHS and key in sizes:  # the arch's sizes: the fix is another arch, not a size
+                fix = (f"student.arch={released[0]}" if released else
+                       "student.arch=custom with " + " ".join(f"student.{k}={loaded[k]}" for k in sizes))
+                raise ValueError(f"student.arch = {named!r} has {key} {given[key]!r}, but {source} has {key} "
+                                 f"{value!r}: the weights decide the model; set {fix}, or leave student.arch out")
+            raise ValueError(f"student.{key} = {section.get(key)!r}, but {source} has {key} {value!r}: the weights "
+                             f"decide the model; set student.{key}={value!r} or leave it out")
     section.update(loaded)
-    released = [name for name, dims in ARCHS.items() if dims == (loaded["embed_dim"], loaded["depth"],
-                                                                  loaded["num_heads"])]
     section["arch"] = released[0] if released else "custom"
     if released:
         section.update(embed_dim=None, depth=None, num_heads=None)
@@ -519,7 +650,6 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     main = rank == 0
     torch.manual_seed(cfg["train"]["seed"])  # the same initial student and teacher in every process
     model = _build(cfg, device, given, source)
-    torch.manual_seed(cfg["train"]["seed"] + 1 + rank)  # then each its own drop path
     train, optim_cfg = cfg["train"], cfg["optim"]
     total_batch = train["batch_size_per_gpu"] * world
     cfg["optim"]["lr"] = lr = scaled_lr(optim_cfg["base_lr"], total_batch, optim_cfg["scaling_rule"])
@@ -527,18 +657,9 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     total_iters = int(optim_cfg["epochs"] * epoch_length)
     schedules = build_schedules(optim_cfg, cfg["teacher"], epoch_length, lr)
     start = 0
-    state = None
-    if resume:
-        for path in checkpoint_files(work_dir):
-            state = _read(path)
-            if state is not None:
-                start = int(state["iteration"])
-                if main:
-                    print(f"resuming from {path} (iteration {start})", file=sys.stderr)
-                break
-            if main:
-                print(f"warning: {path} is unreadable; trying an older checkpoint", file=sys.stderr)
+    state, path = _resume_state(work_dir, main) if resume else (None, None)
     if state is not None:
+        start = int(state["iteration"])
         from dinov2_dense.checkpoints import key_mismatches
 
         problems = key_mismatches(model.state_dict(), state["model"])
@@ -546,6 +667,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             raise ValueError(f"{path}: the checkpoint does not fit this config's model ({'; '.join(problems)}); "
                              f"resume with the config it was written with ({work_dir / 'config.json'}), or start "
                              "afresh with --overwrite")
+        if cfg["distill"]["teacher"]:
+            _check_same_teacher(model, state, cfg, path)
         _load_state(model, state["model"])
         changed = _schedule_changes(state.get("config"), cfg)
         if changed and main:
@@ -593,6 +716,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         apply_optim_scheduler(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
         backbone_lr = _freeze_backbone(model, optimizer, it, optim_cfg, values["lr"])
         optimizer.zero_grad(set_to_none=True)
+        # each process's torch draws (drop path) of this iteration: the same after a resume
+        torch.manual_seed(_stream_seed(train["seed"], _TORCH, rank, it))
         losses = model.forward_backward(data, teacher_temp=values["teacher_temp"], autocast=autocast, scaler=scaler)
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -640,6 +765,12 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         if it % train["checkpoint_period"] == 0 or it == stop:
             _save(model, optimizer, scaler, cfg, work_dir, it, main, sharded)
     bar.close()
+    if it == start and start > 0:  # a resume that trained nothing (the run had ended): its last logged values
+        logged = [r for r in _jsonl(metrics_path) if r.get("iteration") == start]
+        last = logged[-1] if logged else {"iteration": start}
+        if main and it >= total_iters:
+            print(f"the run in {work_dir} had already ended (iteration {start} of {total_iters}): nothing to train; "
+                  "its export is written again", file=sys.stderr)
     result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
     if world > 1:
         result["teacher_fingerprints"] = _check_in_sync(model, work_dir, main)
@@ -853,15 +984,22 @@ def _schedule_changes(saved: Any, cfg: dict) -> list[str]:
 
 
 def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False) -> None:
+    """Write ``checkpoint_<it>.pth`` and keep it with the newest ``train.max_to_keep - 1`` older ones
+    (newer numbers, unreadable ones a resume passed over, stay until the run writes over them)."""
+    from .loss.centering import TeacherCentering
+
+    for module in model.modules():  # this step's centre update, pending until the next step: in the checkpoint
+        if isinstance(module, TeacherCentering):
+            module.apply_center_update()
     state = _state(model)  # a collective under FSDP: every process takes part
     optim_state = _optimizer_state(model, optimizer, sharded)
     if not main:
         return
     ckpt = {"model": state, "optimizer": optim_state, "iteration": it,
             "scaler": scaler.state_dict() if scaler is not None else None, "config": _jsonable(cfg)}
-    with atomic_path(work_dir / f"checkpoint_{it:07d}.pth") as tmp:
-        torch.save(ckpt, tmp)
-    for old in checkpoint_files(work_dir)[cfg["train"]["max_to_keep"]:]:
+    save_torch(ckpt, work_dir / f"checkpoint_{it:07d}.pth")
+    older = [p for p in checkpoint_files(work_dir) if int(_CKPT.match(p.name).group(1)) < it]
+    for old in older[cfg["train"]["max_to_keep"] - 1:]:
         old.unlink(missing_ok=True)
     try:  # a figure is a convenience: it never stops a run
         plot_training(work_dir)

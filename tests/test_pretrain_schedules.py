@@ -89,12 +89,46 @@ def test_config_refuses_unknown_keys_and_bad_values():
     ("monitor", "images", "skimage:coffee"), ("monitor", "appearance", "stripes"),
     ("train", "seed", -1), ("train", "seed", 1.5), ("train", "num_workers", -1), ("train", "OFFICIAL_EPOCH_LENGTH", 0),
     ("train", "OFFICIAL_EPOCH_LENGTH", 2.5), ("optim", "epochs", 0),
+    # these trained, silently wrong (gradient ascent, a teacher moving away from the student, ...), or failed
+    # with a message that did not name the key (a CosineScheduler's, torch's AdamW's)
+    ("optim", "clip_grad", -1.0), ("optim", "freeze_last_layer_epochs", -1), ("teacher", "momentum_teacher", 1.5),
+    ("teacher", "final_momentum_teacher", -0.1), ("optim", "weight_decay", -0.04), ("optim", "weight_decay_end", -1.0),
+    ("dino", "loss_weight", -1.0), ("dino", "koleo_loss_weight", -0.1), ("ibot", "loss_weight", -1.0),
+    ("optim", "layerwise_decay", 0.0), ("optim", "layerwise_decay", 1.1), ("optim", "adamw_beta1", 1.0),
+    ("optim", "adamw_beta2", 1.5), ("optim", "adamw_beta2", -0.1), ("teacher", "warmup_teacher_temp_epochs", -1),
+    ("optim", "patch_embed_lr_mult", -0.2), ("optim", "backbone_lr_mult", -1.0), ("optim", "freeze_backbone_iters", -5),
+    ("ibot", "mask_sample_probability", 1.5),
 ])
 def test_config_values_that_would_fail_in_the_loop_are_refused_naming_the_key(section, key, value):
     """Each of these ran and then failed with a traceback (a division by zero at the first log line, an
     unpacking error at the first monitor check...) or trained with a meaningless setting."""
     with pytest.raises(ConfigError, match=rf"^c.py: {section}.{key} = {re.escape(repr(value))}: "):
         resolve({section: {key: value}}, "c.py")
+
+
+def test_the_limits_of_the_range_checks_are_legal_settings():
+    """What the official recipe and code allow stays allowed: clip_grad 0 (no clipping, as the official
+    ``if clip_grad``), no layer decay, a teacher that does not move, no weight decay, a loss turned off."""
+    cfg = resolve({"optim": dict(clip_grad=0.0, layerwise_decay=1.0, weight_decay=0.0, weight_decay_end=0.0,
+                                 adamw_beta1=0.0, freeze_last_layer_epochs=0, freeze_backbone_iters=0),
+                   "teacher": dict(momentum_teacher=1.0, final_momentum_teacher=1.0, warmup_teacher_temp_epochs=0),
+                   "dino": dict(loss_weight=0.0, koleo_loss_weight=0.0), "ibot": dict(loss_weight=0.0)}, "c.py")
+    assert cfg["optim"]["clip_grad"] == 0.0 and cfg["teacher"]["momentum_teacher"] == 1.0
+
+
+def test_a_run_shorter_than_the_temperature_warm_up_ends_part_way_as_the_official_schedule():
+    """optim.epochs below teacher.warmup_teacher_temp_epochs: the official CosineScheduler keeps the
+    warm-up's own length (the run ends part way up); ours squeezed the warm-up into the run."""
+    from dinov2.utils.utils import CosineScheduler as Official
+
+    teacher = dict(momentum_teacher=0.992, final_momentum_teacher=1.0, warmup_teacher_temp=0.04, teacher_temp=0.07,
+                   warmup_teacher_temp_epochs=30)
+    optim = dict(epochs=2, weight_decay=0.04, weight_decay_end=0.4, warmup_epochs=1, min_lr=1e-6,
+                 freeze_last_layer_epochs=1)
+    ours = build_schedules(optim, teacher, epoch_length=10, lr=1e-3)
+    official = Official(base_value=0.07, final_value=0.07, total_iters=300, warmup_iters=300, start_warmup_value=0.04)
+    assert [ours.teacher_temp[i] for i in range(25)] == pytest.approx([official[i] for i in range(25)], abs=1e-15)
+    assert ours.teacher_temp[19] == pytest.approx(0.04 + 0.03 * 19 / 299)  # the run's last iteration: 1/15 of the way
 
 
 def test_distillation_students_are_checked_with_the_config_file_named():

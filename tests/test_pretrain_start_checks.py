@@ -111,3 +111,23 @@ def test_an_explicit_setting_equal_to_the_default_is_held_to_the_weights(tmp_pat
     section = resolve({"student": {"pretrained_weights": "w"}})["student"]  # left out: the weights decide
     _check_loaded_arch(section, tiny_vit(depth=2), frozenset({"pretrained_weights"}))
     assert (section["arch"], section["embed_dim"], section["patch_size"]) == ("custom", 48, 14)
+
+
+def test_a_released_arch_other_than_the_weights_is_told_to_name_theirs():
+    """student.arch=vit_small with 48-wide weights: the hint once said "set student.embed_dim=48", which the
+    arch's sizes override (the same error again); it names the arch that fits, or custom with the sizes."""
+    from pretrain.config import resolve
+
+    weights, given = tiny_vit(depth=2), frozenset({"pretrained_weights", "arch"})
+    section = resolve({"student": {"pretrained_weights": "w", "arch": "vit_small"}})["student"]
+    with pytest.raises(ValueError, match=r"student.arch = 'vit_small' has embed_dim 384, .* has embed_dim 48: the "
+                                         r"weights decide the model; set student.arch=custom with student.embed_dim=48 "
+                                         r"student.depth=2 student.num_heads=2, or leave student.arch out$"):
+        _check_loaded_arch(section, weights, given)
+    hinted = resolve({"student": {"pretrained_weights": "w", "arch": "custom", "embed_dim": 48, "depth": 2,
+                                  "num_heads": 2}})["student"]
+    _check_loaded_arch(hinted, weights, given | {"embed_dim", "depth", "num_heads"})  # the hint, followed: accepted
+    small = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=384, depth=12, num_heads=6)
+    section = resolve({"student": {"pretrained_weights": "w", "arch": "vit_base"}})["student"]
+    with pytest.raises(ValueError, match=r"set student.arch=vit_small, or leave student.arch out$"):
+        _check_loaded_arch(section, small, given)

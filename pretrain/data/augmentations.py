@@ -169,7 +169,10 @@ class DataAugmentationDINO:
         """Seed the three crop pipelines, each transform from its own stream
         (:func:`dinov2_dense.data.pipelines.seed_pipeline`); None draws fresh entropy. In DataLoader
         workers the augmentation reseeds itself from each worker's seed on its first call, so
-        workers never repeat each other and a seeded loader ``generator`` makes runs reproducible."""
+        workers never repeat each other and a seeded loader ``generator`` makes runs reproducible;
+        a seed given in a worker stands (the pretraining loader seeds every sample by its position)."""
+        info = torch.utils.data.get_worker_info()
+        self._worker_seed = info.seed if info is not None else None
         pipes = (self.global_transfo1, self.global_transfo2, self.local_transfo)
         if seed is None:
             seeds: list[int | None] = [None] * len(pipes)
