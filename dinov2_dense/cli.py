@@ -29,6 +29,25 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}{self._order_hint(message)} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None and self._subparsers is None:  # a command's own parser
+            self._check_after_double_dash(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _check_after_double_dash(self, args: list[str]) -> None:
+        """After ``--`` every argument is an input: one there that is an option of this command
+        (``features --size 56 -- a.png --out f.npy``; no file of that name) means it was put on the
+        wrong side, and the error says so, instead of taking it for an image."""
+        if "--" not in args:
+            return
+        for arg in args[args.index("--") + 1:]:
+            option = arg.split("=", 1)[0]
+            if option.startswith("--") and option in self._option_string_actions and not os.path.exists(arg):
+                takes = next((a.dest for a in self._actions if not a.option_strings), "input")
+                self.error(f"{option} comes after `--`, which ends the options (every argument after it is taken for "
+                           f"{'an image' if takes == 'images' else f'the {takes}'}): put {option} and every other "
+                           "option before `--`")
+
     def _order_hint(self, message: str) -> str:
         """For a bad value of an option that takes several (``--size 56 a.png``: the option took the
         image), where to put the option; nothing for a value that is no file name (``--size 1.5``)."""
@@ -81,7 +100,8 @@ def _weights_arg(weights: str) -> str | None:
 
 def _model_name(args: argparse.Namespace):
     """``--model`` as given; by default the architecture JSON beside a ``--weights`` file (a
-    pretraining export) or its Hugging Face folder's config.json, else dinov2_vits14. Also sets ``args.model`` to a printable name."""
+    pretraining export) or its Hugging Face folder's config.json, else dinov2_vits14. Also sets
+    ``args.model`` to a printable name."""
     if hasattr(args, "model_arch"):
         return args.model_arch
     weights = _weights_arg(args.weights)
@@ -99,6 +119,52 @@ def _model_name(args: argparse.Namespace):
         args.model_guessed = (None if beside or weights in (None, "official") else
                               (_arch_files_beside(w) if w is not None else []))
     return args.model_arch
+
+
+def _model_inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The local files and folders the backbone is read from, each with how an error names it: the
+    --weights file or folder (a file:// URL's path too), the zoo file that --weights official finds
+    (looked for, never downloaded, here) and an architecture JSON given as --model. A command's
+    outputs must never land on them."""
+    from .hub import BACKBONES, _file_url_path, find_weights
+
+    model = _model_name(args)
+    weights = _file_url_path(_weights_arg(args.weights))
+    inputs = []
+    if weights == "official":
+        found = find_weights(model) if isinstance(model, str) and model in BACKBONES else None
+        if found is not None:
+            inputs.append((f"the weights file of {model} (what --weights official reads)", found))
+    elif weights is not None and "://" not in str(weights):
+        path = Path(weights).expanduser()
+        inputs.append((f"the --weights {'folder' if path.is_dir() else 'file'}", path))
+    if isinstance(model, str) and model not in BACKBONES and Path(model).is_file():
+        inputs.append(("the --model file", Path(model)))
+    return inputs
+
+
+#: Files that loading a weights folder may read (a Hugging Face save, its index and config).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".pth", ".pt")
+
+
+def _refuse_writing_over_inputs(out: str | os.PathLike, inputs: list[tuple[str, Path]], option: str) -> None:
+    """An output file ``out`` that is one of the command's ``inputs`` ((how to name it, path), a
+    folder's files included) is refused, naming both, before anything runs: writing it would destroy
+    what the command reads (``--out`` equal to ``--weights``). Inside a weights folder, a file of a kind
+    that loading the folder reads (``.safetensors``, ``.bin``, ``.json``, ...) is refused too; others
+    (an ``.npy``) may go there."""
+    from .fileio import is_inside
+
+    out = Path(out)
+    for what, path in inputs:
+        same = out.exists() and path.exists() and os.path.samefile(out, path)  # a hard link too
+        if same or (is_inside(out, path) and not path.is_dir()):
+            raise ValueError(f"{option} {out} is {what} ({path}), which this command reads: writing it would "
+                             f"destroy that input; give another {option}")
+        if is_inside(out, path) and out.suffix.lower() in _WEIGHT_SUFFIXES:
+            raise ValueError(f"{option} {out} lies inside {what} ({path}), which this command reads: a "
+                             f"{out.suffix} file there could replace its files or be read with them; give another "
+                             f"{option}")
 
 
 def _guessed_model_error(args: argparse.Namespace, exc: Exception) -> str:
@@ -167,6 +233,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".npy", ".safetensors"):
         raise ValueError(f"--out {out}: use a .npy or .safetensors file name")
+    images = [("an input image", Path(p)) for p in args.images if not str(p).startswith("skimage:")]
+    _refuse_writing_over_inputs(out, _model_inputs(args) + images, "--out")
     size = _size_value(args.size, "--size")
     _check_resize_8bit(args, size)
     device = check_device(args.device)
@@ -206,7 +274,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {len(args.images)} image(s), an array of shape {(len(args.images), *shape)} "
               f"({axes}); {blocks}{_layer_order_note(args, layer_ids, depth)}{note}")
     else:
-        layer_ids, shape = _write_feature_safetensors(out, batches, args)
+        layer_ids, shape = _write_feature_safetensors(out, batches, args, size)
         print(f"wrote {out}: {len(args.images)} image(s), layers {layer_ids}"
               f"{_layer_order_note(args, layer_ids, depth)}, maps of {shape}{note}")
     return 0
@@ -255,19 +323,22 @@ def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple
     return layer_ids, file.shape[1:]
 
 
-def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> tuple[list[int], str]:
+def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace, size) -> tuple[list[int], str]:
     """Each image's maps, class tokens and registers (moved off the device batch by batch) in the
-    .safetensors ``out``, with what they came from in its metadata; returns the layers and the maps'
-    shape (C, h, w), or their shapes when the images give several."""
+    .safetensors ``out``, with what they came from in its metadata (every value a JSON string but
+    ``model`` and ``weights``): enough to compute them again (the weights, their seed when random,
+    and the settings: size, fit, tile, norm, ...) and to place them on each image (its size, the
+    size the backbone saw after resizing and padding, and the padding, in those pixels); returns the
+    layers and the maps' shape (C, h, w), or their shapes when the images give several."""
     from .checkpoints import save_safetensors
     from .hub import describe_weights
 
-    tensors, padding, image_sizes, shapes = {}, {}, {}, {}
+    tensors, padding, image_sizes, input_sizes, shapes = {}, {}, {}, {}, {}
     for chunk, feats in batches:
         layer_ids = feats.layers
         cpu = {l: (feats.maps[l].cpu(), feats.cls_tokens[l].cpu(), feats.registers[l].cpu()) for l in layer_ids}
         for k, i in enumerate(chunk):
-            padding[i], image_sizes[i] = feats.padding, feats.image_size
+            padding[i], image_sizes[i], input_sizes[i] = feats.padding, feats.image_size, feats.input_size
             for l, (maps, cls, regs) in cpu.items():
                 tensors[f"{i}/layer{l}"] = maps[k]
                 tensors[f"{i}/cls{l}"] = cls[k]
@@ -283,7 +354,18 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace) -> 
         "images": json.dumps([str(p) for p in args.images]),
         "padding": json.dumps([padding[i] for i in order]),
         "image_sizes": json.dumps([image_sizes[i] for i in order]),
+        "input_sizes": json.dumps([input_sizes[i] for i in order]),
+        "size": json.dumps(list(size) if isinstance(size, tuple) else size),
+        "fit": json.dumps(args.fit),
+        "tile": json.dumps(args.tile),
+        "norm": json.dumps(not args.no_norm),
+        "resize_8bit": json.dumps(bool(args.resize_8bit)),
+        "bf16_autocast": json.dumps(bool(args.bf16)),
+        "dtype": json.dumps(args.dtype),
+        "float8": json.dumps(bool(args.float8)),
     }
+    if args.weights == "random":
+        meta["seed"] = json.dumps(args.seed)
     save_safetensors(tensors, out, metadata=meta)
     if len(shapes) == 1:
         return layer_ids, str(next(iter(shapes)))
@@ -351,6 +433,40 @@ def _pca_size(args: argparse.Namespace, basis) -> int | tuple[int, int] | None:
     return size
 
 
+def _pca_tile_and_8bit(args: argparse.Namespace, basis, size) -> None:
+    """pca's --tile (0: none) and --resize-8bit, set in ``args``: as given; left out, as --basis was
+    fitted (it records both, as it records its size: its colours fit features computed that way), said
+    in a note; given otherwise than the basis's, the given one, and a line says which is used."""
+    tile = args.tile or None
+    recorded = basis is not None and "tile" in basis.info
+    fitted = basis.info.get("tile") if recorded else None
+    if recorded and fitted is not None and not (isinstance(fitted, int) and not isinstance(fitted, bool)
+                                                and fitted >= 1):
+        raise ValueError(f"--basis {args.basis}: its recorded tile {fitted!r} is not a tile size; give --tile")
+    tiling = lambda t: f"--tile {t}" if t is not None else "no tiling"  # noqa: E731
+    if recorded and args.tile is None:
+        tile = fitted
+        if fitted is not None:
+            print(f"note: --tile {fitted}, the tiling {args.basis} was fitted with (give --tile 0 for none, or "
+                  "another --tile)", file=sys.stderr)
+    elif recorded and tile != fitted:
+        print(f"warning: {tiling(tile)}, but {args.basis} was fitted with {tiling(fitted)}: tiled features differ "
+              "from whole-image ones, so the masks and colours may be off (leave --tile out to use the basis's)",
+              file=sys.stderr)
+    args.tile = tile
+    fitted_8bit = basis is not None and bool(basis.info.get("resize_8bit", False))
+    if args.resize_8bit is None:  # left out
+        args.resize_8bit = fitted_8bit and size is not None
+        if args.resize_8bit:
+            print(f"note: --resize-8bit, as {args.basis} was fitted (give --no-resize-8bit for the float resize)",
+                  file=sys.stderr)
+    elif basis is not None and size is not None and args.resize_8bit != fitted_8bit:
+        used, other = ("--resize-8bit", "the float resize") if args.resize_8bit else ("the float resize",
+                                                                                     "--resize-8bit")
+        print(f"note: {used}, as given; {args.basis} was fitted with {other} (features differ slightly; leave "
+              "the option out to use the basis's)", file=sys.stderr)
+
+
 def _weights_identity(model, args: argparse.Namespace) -> dict[str, str]:
     """What a PCA basis records of the backbone it was fitted on: the SHA-256 of its weights (as the
     kNN cache, the curation store and the demo tell backbones apart) and the form they were loaded
@@ -376,6 +492,20 @@ def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[st
     if basis.info.get("model") not in (None, args.model):
         return f"warning: {args.basis} was fitted on {fitted_on}, colouring {args.model} features"
     return None
+
+
+def _inside_out(save_basis: str, out: Path) -> Path | None:
+    """Where --save-basis lies inside the --out folder (a relative path), or None when it lies
+    elsewhere; the folder itself is refused."""
+    from .fileio import is_inside
+
+    if not is_inside(save_basis, out):
+        return None
+    where = Path(save_basis).resolve().relative_to(out.resolve())
+    if not where.parts:
+        raise ValueError(f"--save-basis {save_basis} is the --out folder; give a file name inside it "
+                         f"({Path(save_basis) / 'pca_basis.npz'}) or elsewhere")
+    return where
 
 
 def _cmd_pca(args: argparse.Namespace) -> int:
@@ -421,13 +551,22 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     basis = PCABasis.load(args.basis) if args.basis else None
     out = Path(args.out)
     size = _pca_size(args, basis)
+    _pca_tile_and_8bit(args, basis, size)
     _check_resize_8bit(args, size)
     device = check_device(args.device)
     weights = _weights_arg(args.weights)
     with torch.device("meta"):  # the patch size, without allocating or loading the model
         patch = architecture(_model_name(args), weights).patch_size
     check_forward_tokens(sizes, FeatureOptions(size=size, tile=args.tile), patch)  # before a download or a model
-    protect = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]
+    model_inputs = _model_inputs(args)
+    inputs = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]
+    if args.save_basis:
+        _refuse_writing_over_inputs(args.save_basis, model_inputs + [("an input", Path(p)) for p in inputs],
+                                    "--save-basis")
+    protect = inputs + [path for _, path in model_inputs]
+    # a --save-basis inside --out is written with the other outputs (so the folder's marker lists it, and
+    # a rerun with --overwrite replaces it): its place in the folder
+    basis_in_out = _inside_out(args.save_basis, out) if args.save_basis else None
     with staged_dir(out, overwrite=args.overwrite, protect=protect) as stage:  # --out is checked now
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -477,16 +616,17 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             written = save_maps(maps, stage, alpha=args.alpha, title=random_note + title)
             fitted = one if basis is None else None
             figures = [p.name for p in written if re.fullmatch(r"figure(_\d+)?\.png", p.name)]
-            with_basis = fitted is not None and not args.save_basis
+            with_basis = fitted is not None and (not args.save_basis or basis_in_out is not None)
             each = f"each of the {len(maps)} images" if len(maps) > 1 else "the image"
             done = (f"wrote {len(written) + with_basis} files to {out}/: {', '.join(figures)} (one row per image), "
-                    f"<name>_pca/_mask/_overlay.png for {each}" + (" and pca_basis.npz" if with_basis else ""))
-        if fitted is not None and not args.save_basis:
-            fitted.save(stage / "pca_basis.npz")
+                    f"<name>_pca/_mask/_overlay.png for {each}"
+                    + (f" and {(basis_in_out or Path('pca_basis.npz')).as_posix()}" if with_basis else ""))
+        if fitted is not None and (not args.save_basis or basis_in_out is not None):
+            fitted.save(stage / (basis_in_out or "pca_basis.npz"))
     print(done)
     if fitted is not None:
         target = Path(args.save_basis) if args.save_basis else out / "pca_basis.npz"
-        if args.save_basis:
+        if args.save_basis and basis_in_out is None:
             fitted.save(target)
         print(f"wrote {target}: reuse it with --basis {target}")
         print(describe(fitted))
@@ -502,12 +642,15 @@ _BF16_HELP = ("bfloat16 autocast: faster on GPUs and on CPUs with native bf16 (A
 _THREADS_HELP = "torch CPU threads (0: torch's default)"
 
 
-def _add_resize_8bit_argument(parser: argparse.ArgumentParser) -> None:
-    """--resize-8bit, the same for every command that reads and resizes image files."""
-    parser.add_argument("--resize-8bit", action="store_true",
+def _add_resize_8bit_argument(parser: argparse.ArgumentParser, basis: bool = False) -> None:
+    """--resize-8bit, the same for every command that reads and resizes image files; with ``basis``
+    (pca, whose --basis records it) also --no-resize-8bit, and None when neither is given."""
+    parser.add_argument("--resize-8bit", action=argparse.BooleanOptionalAction if basis else "store_true",
+                        default=None if basis else False,
                         help="resize 8-bit images in 8 bits: about 4x faster resizing on CPUs, within one grey level "
-                             "of the float resize (rounded to whole grey levels, as any 8-bit resize, e.g. PIL's); changes features "
-                             "slightly (default: float resize)")
+                             "of the float resize (rounded to whole grey levels, as any 8-bit resize, e.g. PIL's); "
+                             "changes features slightly (default: float resize"
+                             + (", or as a --basis was fitted)" if basis else ")"))
 
 
 def _check_resize_8bit(args: argparse.Namespace, size) -> None:
@@ -547,6 +690,15 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preferred attention kernel of scaled_dot_product_attention (default auto: torch's choice)")
     parser.add_argument("--float8", action="store_true", help="the blocks' linear layers in FP8 (H100/Ada-class GPUs; "
                         "faster with --compile, slower without; changes the features slightly: cosine 0.995-0.99999)")
+
+
+def _tile_or_none(text: str) -> int:
+    """pca's --tile: a tile side of at least one patch, or 0 (no tiling, whatever a --basis records)."""
+    value = nonnegative_int(text)
+    if 0 < value < 14:
+        raise argparse.ArgumentTypeError(f"{text}: expected 0 (no tiling) or an integer >= 14 (at least one "
+                                         "14-pixel patch)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -600,8 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument("--size", type=int_range(0), nargs="+", default=None, metavar="N",
                      help=f"resize first: the shorter side (or H W); larger gives finer maps (default {PCA_SIZE}, "
                           "or the size a --basis was fitted at; 0 keeps the image's own size)")
-    pca.add_argument("--tile", type=patch_side, help="tiled features: tile size in pixels (bounded memory for large --size)")
-    _add_resize_8bit_argument(pca)
+    pca.add_argument("--tile", type=_tile_or_none, help="tiled features: tile size in pixels (bounded memory for "
+                                                        "large --size); 0: none (default: none, or the tiling a "
+                                                        "--basis was fitted with)")
+    _add_resize_8bit_argument(pca, basis=True)
     pca.add_argument("--layer", type=int, default=None, help="block whose patch tokens are used (default: the last)")
     pca.add_argument("--upsample", choices=["nearest", "bilinear"], default="bilinear",
                      help="from the patch grid to the image (default bilinear)")
@@ -809,7 +963,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             "resume", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     if int(os.environ.get("RANK", "0")) == 0:
-        short = f" (fewer than --target {summary['target']}: {shortfall(summary)})" if summary["short_of_target"] else ""
+        short = (f" (fewer than --target {summary['target']}: {shortfall(summary)})" if summary["short_of_target"]
+                 else "")
         dedup = ("no near-duplicate removal (--no-dedup)" if summary["dedup_threshold"] is None
                  else f"{summary['duplicates_removed']} near-duplicates removed")
         print(f"curated {summary['pool']} rows: {dedup}, "

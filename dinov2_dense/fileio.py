@@ -44,12 +44,22 @@ _WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", 
                           if hasattr(errno, name))
 
 
+#: What to do about a full disk, added to its error once.
+_FULL_DISK_HINT = " (free some space or write elsewhere)"
+
+
 def _renamed_error(exc: OSError, path: Path) -> OSError:
-    """The same OSError, naming ``path`` instead of a temporary file."""
+    """The same OSError, naming ``path`` instead of a temporary file. An error already renamed (by a
+    write inside a staged folder) names ``path`` in place of the file it named, with its reason and
+    hint once."""
     reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
-        reason += " (free some space or write elsewhere)"
-    new = type(exc)(exc.errno, f"cannot write {path}: {reason}") if exc.errno else OSError(f"cannot write {path}: {exc}")
+    named = getattr(exc, "named", None)
+    if named is not None:
+        reason = reason.removeprefix(f"cannot write {named}: ")
+    if exc.errno == errno.ENOSPC and not reason.endswith(_FULL_DISK_HINT):
+        reason += _FULL_DISK_HINT
+    message = f"cannot write {path}: {reason}"
+    new = type(exc)(exc.errno, message) if exc.errno else OSError(message)
     new.named = str(path)  # an enclosing write leaves it as it is
     return new
 
@@ -376,12 +386,21 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(_existing_ancestor(Path(path))).free
 
 
+def _amount(n: int, up: bool) -> str:
+    """A number of bytes in words, in bytes, KB or MB: rounded up (``up``, what is needed) or down
+    (what is free), so that a shortfall never reads as "needs 0 MB, only 0 MB free"."""
+    for unit, size in (("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{(-(-n // size) if up else n // size):,} {unit}"
+    return f"{n:,} byte{'s' * (n != 1)}"
+
+
 def _check_space(path: Path, expected_bytes: int | None, what: str) -> None:
     if expected_bytes:
         free = free_bytes(path)
         if free < expected_bytes:
-            raise OutputError(f"{what} {path}: needs about {expected_bytes / 2**20:.0f} MB, "
-                              f"but only {free / 2**20:.0f} MB are free there")
+            raise OutputError(f"{what} {path}: needs about {_amount(expected_bytes, up=True)}, "
+                              f"but only {_amount(free, up=False)} {'are' if free != 1 else 'is'} free there")
 
 
 def check_output_file(path: str | os.PathLike, expected_bytes: int | None = None, what: str = "output") -> Path:
@@ -596,7 +615,10 @@ def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "
     except OSError as exc:
         if not _about(exc, stage.parent):
             raise
-        raise _renamed_error(exc, path) from None
+        named = getattr(exc, "named", None)  # a file of the stage, already named: its place in ``path``
+        inner = named is not None and is_inside(named, stage) and Path(named).resolve() != stage.resolve()
+        raise _renamed_error(exc, path / Path(named).resolve().relative_to(stage.resolve()) if inner else path) \
+            from None
     finally:
         discard_stage(stage)
 

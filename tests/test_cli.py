@@ -398,3 +398,87 @@ def test_weights_without_an_architecture_beside_them_say_so(image, tmp_path, tor
     # with its architecture named, or beside it, the same file loads
     assert main(["features", str(image), "--weights", str(copied), "--model", str(export["json"]),
                  "--out", str(tmp_path / "g.npy"), "--num-workers", "0"]) == 0
+
+
+def test_features_never_write_over_what_they_read(image, tmp_path, torch_home, monkeypatch, capsys):
+    """--out that is the --weights file (or a hard link to it), a weight-like file in a --weights folder, is the zoo
+    file that --weights official reads, or is an input image: refused before the model is built, naming
+    the clash, and the input is left as it was (the weight file was overwritten, exit code 0)."""
+    import shutil
+
+    import dinov2_dense.hub as hub
+
+    package = hub.BACKBONES[DEFAULT_EMBEDDED].package_file
+    weights = tmp_path / "w.safetensors"
+    shutil.copyfile(package, weights)
+    os.link(weights, tmp_path / "link.safetensors")
+    (tmp_path / "wdir").mkdir()
+    as_npy = tmp_path / "img.npy"  # a PNG under another suffix still reads as an image
+    shutil.copyfile(image, as_npy)
+    zoo = tmp_path / "zoo.safetensors"
+    shutil.copyfile(package, zoo)
+    real_find = hub.find_weights
+    monkeypatch.setattr(hub, "find_weights", lambda name: zoo if name == DEFAULT_EMBEDDED else real_find(name))
+    monkeypatch.setattr(hub, "load_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    tiny = ["--model", DEFAULT_EMBEDDED]
+    for args, out, said in (
+            ([str(image), *tiny, "--weights", str(weights)], weights, "is the --weights file"),
+            ([str(image), *tiny, "--weights", str(weights)], tmp_path / "link.safetensors", "is the --weights file"),
+            ([str(image), *tiny, "--weights", str(tmp_path / "wdir")], tmp_path / "wdir" / "f.safetensors",
+             "lies inside the --weights folder"),
+            ([str(image), *tiny], zoo, f"is the weights file of {DEFAULT_EMBEDDED}"),
+            ([str(as_npy), *tiny, "--weights", "random"], as_npy, "is an input image")):
+        before = Path(out).read_bytes() if Path(out).is_file() else None
+        assert main(["features", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--out {out} {said}" in err and "give another --out" in err, err
+        assert (Path(out).read_bytes() if Path(out).is_file() else None) == before
+    assert weights.read_bytes() == package.read_bytes() == zoo.read_bytes()
+    assert not (tmp_path / "wdir" / "f.safetensors").exists()
+    # an .npy in a weights folder is no file that loading the folder reads: it may go there
+    from dinov2_dense.cli import _refuse_writing_over_inputs
+
+    _refuse_writing_over_inputs(tmp_path / "wdir" / "f.npy", [("the --weights folder", tmp_path / "wdir")], "--out")
+
+
+def test_an_option_after_double_dash_is_named_not_taken_for_an_image(image, tmp_path, capsys):
+    """After `--` every argument is an image: an option of the command there (no file of that name)
+    gets one line saying to put it before `--` (it said "--out is required"); the README's form parses."""
+    from dinov2_dense.cli import build_parser
+
+    out = str(tmp_path / "f.npy")
+    for argv in (["features", "--size", "56", "--", str(image), "--weights", "random", "--out", out],
+                 ["features", "--out", out, "--", str(image), "--weights=random"],
+                 ["pca", "--size", "56", "--", str(image), "--out", out]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        option = "--out" if argv[0] == "pca" else "--weights"
+        assert len(err.splitlines()) == 1 and f"error: {option} comes after `--`" in err, err
+        assert f"put {option} and every other option before `--`" in err
+    assert not Path(out).exists()
+    args = build_parser().parse_args(["features", "--size", "56", "--out", out, "--", str(image)])
+    assert args.images == [str(image)] and args.size == [56] and args.out == out
+
+
+def test_features_safetensors_metadata_say_how_to_compute_them_again(image, tmp_path, torch_home):
+    """The metadata hold the seed of random weights and the settings (size, fit, tile, norm, ...), and
+    each image's size before and after resizing and padding: the next reader computes the same maps from
+    them alone, and finds the image inside the padded input."""
+    out = tmp_path / "f.safetensors"
+    assert main(["features", str(image), "--model", DEFAULT_EMBEDDED, "--weights", "random", "--seed", "7",
+                 "--size", "56", "--no-norm", "--out", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        meta, saved = f.metadata(), f.get_tensor("0/layer3")
+    info = {k: json.loads(v) for k, v in meta.items() if k not in ("model", "weights")}
+    assert meta["weights"] == "random" and info["seed"] == 7 and info["size"] == 56 and info["fit"] == "pad"
+    assert info["tile"] is None and info["norm"] is False and info["resize_8bit"] is False
+    assert info["image_sizes"] == [[60, 80]] and info["input_sizes"] == [[56, 84]]  # 56x75 padded to the grid
+    (h, w), (t, b, l, r) = info["input_sizes"][0], info["padding"][0]
+    assert (h - t - b, w - l - r) == (56, 75)
+    torch.manual_seed(info["seed"])
+    model = load_backbone(meta["model"], weights=None)
+    again = extract_features(model, str(image), layers=info["layers"], size=info["size"], fit=info["fit"],
+                             tile=info["tile"], norm=info["norm"], resize_8bit=info["resize_8bit"])
+    torch.testing.assert_close(saved, again.maps[3][0], atol=1e-5, rtol=0)

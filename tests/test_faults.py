@@ -309,6 +309,24 @@ def test_pca_failing_midway_leaves_the_old_set(tmp_path, capsys, monkeypatch):
     _no_staging_left(tmp_path)
 
 
+def test_pca_on_a_full_disk_names_the_file_in_out_with_one_hint(tmp_path, capsys, monkeypatch):
+    """The disk fills when a PNG of the staged output is closed (the error names no file): one line
+    naming the file as it would be in --out, with the hint once (it came twice, after the stage's name)."""
+    image = _image(tmp_path / "a.png")
+    out = tmp_path / "pca"
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    rc, _, err = run(capsys, "pca", image, "--model", "dinov2_dense_tiny", "--size", "56", "--num-workers", "0",
+                     "--out", out)
+    assert_user_error(rc, err, f"cannot write {out / 'a_pca.png'}: No space left on device")
+    assert err.count("free some space") == 1 and ".partial" not in err, err
+    assert not out.exists()
+    _no_staging_left(tmp_path)
+
+
 # -- depth evaluation ------------------------------------------------------------------------------
 def test_eval_depth_reports_the_predictions_it_clips(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
@@ -635,7 +653,7 @@ def test_synth_checks_free_space_first(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(fileio, "free_bytes", lambda path: 10_000)
     rc, _, err = run(capsys, "synth", tmp_path / "s", "--train", "100", "--size", "224")
-    assert_user_error(rc, err, tmp_path / "s", "MB are free")
+    assert_user_error(rc, err, tmp_path / "s", "MB, but only 9 KB are free")  # it said "only 0 MB are free"
     assert not (tmp_path / "s").exists()
 
 

@@ -596,4 +596,6 @@ def test_features_and_pca_commands_take_resize_8bit(tmp_path, monkeypatch):
     for command in (["features", image, "--out", "x.npy"], ["pca", image], ["knn", "folder"],
                     ["curate", "pool", "--target", "1", "--out", "o"]):
         assert parser.parse_args([*command, "--resize-8bit"]).resize_8bit is True
-        assert parser.parse_args(command).resize_8bit is False
+        # pca's default is left to a --basis (which records it); --no-resize-8bit says the float resize
+        assert parser.parse_args(command).resize_8bit is (None if command[0] == "pca" else False)
+    assert parser.parse_args(["pca", image, "--no-resize-8bit"]).resize_8bit is False

@@ -227,3 +227,34 @@ def test_a_full_disk_at_the_close_of_a_file_is_named_and_a_set_of_files_is_repla
         files.write_npy(b.with_suffix(".npy"), [1, 2])
         assert a.read_text() == "old a"  # not before the end
     assert a.read_text() == "new a" and (tmp_path / "b.npy").is_file()
+
+
+def test_a_full_disk_in_a_staged_folder_names_the_final_file_with_one_hint(tmp_path):
+    """A write into a staged folder that finds the disk full (at the close of a buffered file: the error
+    names no file) is renamed twice, by the file's write and by the folder: the message names the file in
+    the folder the user gave, with the hint once (it came twice, after the name of the stage)."""
+    import errno
+
+    from dinov2_dense.fileio import atomic_path
+
+    out = tmp_path / "out"
+    with pytest.raises(OSError) as caught:
+        with staged_dir(out) as stage, atomic_path(stage / "a_pca.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    message = str(caught.value)
+    assert f"cannot write {out / 'a_pca.png'}: No space left on device (free some space" in message, message
+    assert message.count("free some space") == 1 and ".partial" not in message
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_too_little_space_is_said_in_units_that_show_it(tmp_path, monkeypatch):
+    """A shortfall under a megabyte is said in KB or bytes, what is needed rounded up and what is free
+    rounded down (it read "needs about 0 MB, but only 0 MB are free")."""
+    import dinov2_dense.fileio as fileio
+
+    for free, need, said in ((500, 900, "needs about 900 bytes, but only 500 bytes are free"),
+                             (10_000, 10_300, "needs about 11 KB, but only 9 KB are free"),
+                             (1, 3 * 2**20 + 1, "needs about 4 MB, but only 1 byte is free")):
+        monkeypatch.setattr(fileio, "free_bytes", lambda path: free)  # noqa: B023
+        with pytest.raises(OutputError, match=said):
+            fileio.check_output_file(tmp_path / "f.npy", expected_bytes=need, what="--out")

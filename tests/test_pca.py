@@ -1,6 +1,7 @@
 """PCA maps (dinov2_dense.viz.pca): recovery of built principal directions, the sign rule, a
 synthetic scene's foreground, joint colours, the basis file, and the `dinov2-dense pca` command."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -342,7 +343,7 @@ def test_command_writes_pngs_and_reused_basis_gives_same_colours(images, tmp_pat
     assert (again / "c_pca.png").is_file() and not (again / "pca_basis.npz").exists()
 
 
-def test_images_of_the_same_name_keep_their_own_files(tmp_path, torch_home, capsys):
+def test_images_of_the_same_name_keep_their_own_files(tmp_path, torch_home, capsys, monkeypatch):
     """a/cat.png and b/cat.png: the second becomes cat_N, never the stem of another image (c/cat_2.png), so
     every image's maps are written and none replaced (each image has its own size, to tell them apart)."""
     sizes = {"a/cat.png": (42, 56), "b/cat.png": (56, 70), "c/cat_2.png": (70, 42)}
@@ -351,6 +352,10 @@ def test_images_of_the_same_name_keep_their_own_files(tmp_path, torch_home, caps
         (tmp_path / name).parent.mkdir()
         paths.append(str(write_scene_image(tmp_path / name, h, w, i)))
     out = tmp_path / "out"
+    import dinov2_dense.viz.pca as viz_pca
+
+    labels, real_grid = [], viz_pca.save_grid
+    monkeypatch.setattr(viz_pca, "save_grid", lambda *a, **k: labels.append(k["row_labels"]) or real_grid(*a, **k))
     assert main(["pca", *paths, "--weights", "random", "--size", "56", "--out", str(out)]) == 0
     written = sorted(p.name for p in out.glob("*_*.png"))
     assert f"wrote {len(written) + 1} files" in capsys.readouterr().out  # + figure.png
@@ -358,6 +363,19 @@ def test_images_of_the_same_name_keep_their_own_files(tmp_path, torch_home, caps
     shapes = {read_rgb(out / f"{s}_pca.png").shape[:2] for s in ("cat", "cat_2", "cat_3")}
     assert shapes == set(sizes.values())
     assert read_rgb(out / "cat_2_pca.png").shape[:2] == sizes["c/cat_2.png"]
+    # the figure's rows are told apart too (both were labelled cat.png)
+    assert labels == [["a/cat.png", "b/cat.png", "cat_2.png"]]
+
+
+def test_figure_rows_are_labelled_apart():
+    """Row labels: the file name; for one name in several folders, the shortest end of the path that
+    tells it apart; for a file given twice, the stems its files are written under."""
+    from dinov2_dense.viz.pca import row_labels
+
+    assert row_labels(["a/x.png", "b/x.png", "y.png"]) == ["a/x.png", "b/x.png", "y.png"]
+    assert row_labels(["p/a/x.png", "p/b/a/x.png", "c/x.png"]) == ["p/a/x.png", "b/a/x.png", "c/x.png"]
+    assert row_labels(["x.png", "d/x.png", "skimage:coffee"]) == ["x.png", "d/x.png", "skimage:coffee"]
+    assert row_labels(["a/x.png", "a/x.png"]) == ["x", "x_2"]
 
 
 def test_command_tiled_nearest_and_own_size(images, tmp_path, torch_home):
@@ -632,3 +650,53 @@ def test_resize_8bit_with_size_0_says_what_is_wrong_with_the_size(images, tmp_pa
     assert len(err) == 1 and "give --size" not in err[0], err
     assert "--resize-8bit with --size 0: --size 0 keeps each image's own size" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_basis_brings_its_tiling_and_8bit_resize(images, tmp_path, torch_home, capsys):
+    """A basis fitted with --tile 28 --resize-8bit and reused without them runs with them, and says so
+    (both were ignored: the reused basis met other features than its own); given otherwise, the given
+    ones are taken, and a line says which."""
+    fit = tmp_path / "fit"
+    assert main(["pca", str(images[0]), *TINY, "--size", "56", "--tile", "28", "--resize-8bit",
+                 "--out", str(fit)]) == 0
+    basis = str(fit / "pca_basis.npz")
+    assert PCABasis.load(basis).info["tile"] == 28 and PCABasis.load(basis).info["resize_8bit"] is True
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert main(["pca", str(images[0]), *TINY, "--basis", basis, "--out", str(again)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: --tile 28, the tiling {basis} was fitted with" in err and "warning" not in err
+    assert f"note: --resize-8bit, as {basis} was fitted" in err
+    for name in ("a_mask.png", "a_pca.png"):
+        np.testing.assert_array_equal(read_rgb(again / name), read_rgb(fit / name))
+    assert main(["pca", str(images[0]), *TINY, "--basis", basis, "--tile", "0", "--no-resize-8bit",
+                 "--out", str(tmp_path / "other")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: no tiling, but {basis} was fitted with --tile 28" in err
+    assert f"note: the float resize, as given; {basis} was fitted with --resize-8bit" in err
+    assert main(["pca", str(images[0]), *TINY, "--basis", basis, "--tile", "28", "--resize-8bit",
+                 "--out", str(tmp_path / "same")]) == 0
+    err = capsys.readouterr().err
+    assert "--tile" not in err and "resize-8bit" not in err  # the basis's own settings: nothing to say
+
+
+def test_save_basis_inside_out_is_an_output_of_the_run(images, tmp_path, torch_home, capsys):
+    """--save-basis OUT/b.npz is written with the rest of OUT, so the folder's marker lists it and the same
+    command with --overwrite replaces it (it was written after the folder and blocked every rerun);
+    --save-basis OUT itself is refused."""
+    out = tmp_path / "out"
+    command = ["pca", str(images[0]), *TINY, "--size", "56", "--out", str(out), "--save-basis", str(out / "b.npz")]
+    assert main(command) == 0
+    said = capsys.readouterr().out
+    assert "wrote 5 files" in said and "and b.npz" in said and f"wrote {out / 'b.npz'}: reuse it" in said
+    assert "b.npz" in json.loads((out / ".dinov2-dense-output").read_text())["entries"]
+    assert not (out / "pca_basis.npz").exists()
+    first = (out / "b.npz").read_bytes()
+    assert main(command + ["--overwrite"]) == 0
+    assert (out / "b.npz").read_bytes() == first
+    assert main(command[:-1] + [str(out / "sub" / "b.npz"), "--overwrite"]) == 0
+    assert (out / "sub" / "b.npz").is_file() and not (out / "b.npz").exists()
+    capsys.readouterr()
+    folder = tmp_path / "o.npz"
+    assert main(["pca", str(images[0]), *TINY, "--size", "56", "--out", str(folder), "--save-basis", str(folder)]) == 2
+    assert f"--save-basis {folder} is the --out folder" in capsys.readouterr().err and not folder.exists()

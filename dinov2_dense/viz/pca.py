@@ -661,10 +661,11 @@ COLUMNS = ("image", "foreground", "PCA colours", "overlay")
 
 
 def save_figure(maps: Sequence[PCAMap], path: str | os.PathLike, *, alpha: float = 0.5,
-                title: str | None = None) -> Path:
-    """One row per map: image | foreground mask | PCA colours | overlay, as a PNG (atomic)."""
+                title: str | None = None, labels: Sequence[str] | None = None) -> Path:
+    """One row per map: image | foreground mask | PCA colours | overlay, as a PNG (atomic). Rows are
+    labelled ``labels``, by default each map's source (:func:`row_labels`)."""
     rows = [[m.image, m.mask, m.rgb, m.overlay(alpha)] for m in maps]
-    labels = [_short(m.source) for m in maps]
+    labels = list(labels) if labels is not None else row_labels([m.source for m in maps])
     return save_grid(rows, path, titles=COLUMNS, row_labels=labels, suptitle=title)
 
 
@@ -685,6 +686,26 @@ def describe(basis: PCABasis) -> str:
 def _short(source: str, width: int = 28) -> str:
     name = Path(source).name if os.sep in source or "/" in source else source
     return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def row_labels(sources: Sequence[str], width: int = 28) -> list[str]:
+    """A figure's row label for each source, told apart: the file name, and for files of one name in
+    other folders (``a/x.png``, ``b/x.png``) the shortest end of the path that no other source
+    shares (``a/x.png``, ``b/x.png``), cut in the middle beyond ``width`` characters. Where even that
+    repeats (a file given twice), the file stems :func:`save_maps` writes (``x``, ``x_2``)."""
+    labels = [_short(s, width) for s in sources]
+    if len(set(labels)) == len(labels):
+        return labels
+    parts = [Path(s).parts if os.sep in s or "/" in s else (s,) for s in sources]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    for i, p in enumerate(parts):
+        if labels[i] not in repeated:
+            continue
+        others = [q for j, q in enumerate(parts) if j != i]
+        k = next((k for k in range(1, len(p) + 1) if all(q[-k:] != p[-k:] for q in others)), len(p))
+        label = "/".join(p[-k:])
+        labels[i] = label if len(label) <= width else label[:width // 2 - 2] + "..." + label[-(width - width // 2 - 1):]
+    return labels if len(set(labels)) == len(labels) else _unique_stems(sources)
 
 
 def _unique_stems(sources: Sequence[str]) -> list[str]:
@@ -722,10 +743,12 @@ def save_maps(maps: Sequence[PCAMap], out_dir: str | os.PathLike, *, alpha: floa
         written.append(write_image(out / f"{stem}_pca.png", m.rgb))
         written.append(write_image(out / f"{stem}_mask.png", m.mask))
         written.append(write_image(out / f"{stem}_overlay.png", m.overlay(alpha)))
-    pages = [maps[i : i + rows_per_figure] for i in range(0, len(maps), rows_per_figure)]
-    for k, page in enumerate(pages, 1):
-        name = "figure.png" if len(pages) == 1 else f"figure_{k}.png"
-        written.append(save_figure(page, out / name, alpha=alpha, title=title))
+    labels = row_labels([m.source for m in maps])  # told apart over every figure
+    starts = range(0, len(maps), rows_per_figure)
+    for k, i in enumerate(starts, 1):
+        name = "figure.png" if len(starts) == 1 else f"figure_{k}.png"
+        written.append(save_figure(maps[i : i + rows_per_figure], out / name, alpha=alpha, title=title,
+                                   labels=labels[i : i + rows_per_figure]))
     return written
 
 
