@@ -483,7 +483,7 @@ def hf_architecture(config: str | os.PathLike) -> dict:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable Hugging Face config ({exc})") from None
     kind = cfg.get("model_type") if isinstance(cfg, dict) else None
-    if kind not in ("dinov2", "dinov2_with_registers"):
+    if kind not in HF_MODEL_TYPES:
         raise ValueError(f"{path}: model_type {kind!r} is not a DINOv2 backbone (dinov2 or dinov2_with_registers); "
                          "name the backbone")
     cfg = {**_HF_DEFAULTS, **cfg}
@@ -498,12 +498,23 @@ def hf_architecture(config: str | os.PathLike) -> dict:
             "interpolate_antialias": registers > 0, "interpolate_offset": 0.0 if registers else 0.1}
 
 
+#: The ``model_type`` of the Hugging Face configs of DINOv2 backbones.
+HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+
+
 def hf_config_beside(weights: str | os.PathLike) -> Path | None:
-    """The Hugging Face ``config.json`` of a ``save_pretrained`` folder (``weights`` the folder or a file
-    in it), or None."""
+    """The Hugging Face ``config.json`` of a DINOv2 ``save_pretrained`` folder (``weights`` the folder or
+    a file in it), or None: a ``config.json`` of anything else (a timm download's, a training run's) is
+    no architecture of ours and is left alone."""
+    import json
+
     w = Path(weights).expanduser()
     config = (w if w.is_dir() else w.parent) / "config.json"
-    return config if config.is_file() else None
+    try:
+        kind = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # none, unreadable, or not a JSON object
+        return None
+    return config if kind in HF_MODEL_TYPES else None
 
 
 def architecture_beside(weights: str | os.PathLike) -> bool:

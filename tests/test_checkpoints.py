@@ -99,6 +99,7 @@ def test_distillation_checkpoint_is_refused_not_read_as_its_frozen_teacher(tmp_p
     model["teacher.dino_head.mlp.0.weight"] = torch.randn(8, 48)
     run = tmp_path / "dist"
     run.mkdir()
+    (run / "config.json").write_text('{"distill": {"teacher": "dinov2_vits14"}}')  # as a run writes: no HF config
     path = run / "checkpoint_0000008.pth"
     torch.save({"model": model, "iteration": 8}, path)
     arch = run / "student0.json"  # as --model runs/dist/export/student0.json

@@ -70,11 +70,21 @@ def test_swiglu_g_like_matches_transformers(tmp_path, registers):
     _compare(unnamed, hf)
 
 
-def test_a_config_json_of_another_model_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "vit", "hidden_size": 384}')
+def test_a_config_json_of_another_model_is_no_architecture(tmp_path):
+    """A config.json that is no DINOv2 config (a timm download's, a training run's) is left alone: the
+    weights need a name, as without it; a DINOv2 config of settings we lack is refused, naming them."""
+    from dinov2_dense.hub import WeightsNotFoundError, architecture_beside, hf_architecture
+
     torch.save({}, tmp_path / "pytorch_model.bin")
+    for text in ('{"architecture": "vit_small_patch14_dinov2", "num_classes": 0}', '{"model_type": "vit"}', "[1]",
+                 "not json"):
+        (tmp_path / "config.json").write_text(text)
+        assert not architecture_beside(tmp_path / "pytorch_model.bin")
+        with pytest.raises(WeightsNotFoundError, match="no architecture file beside it"):
+            load_backbone(None, weights=tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "vit"}')
     with pytest.raises(ValueError, match=r"config\.json: model_type 'vit' is not a DINOv2 backbone"):
-        load_backbone(None, weights=tmp_path)
+        hf_architecture(tmp_path / "config.json")
     (tmp_path / "config.json").write_text('{"model_type": "dinov2", "hidden_act": "relu"}')
     with pytest.raises(ValueError, match=r"config\.json: hidden_act = 'relu'"):
         load_backbone(None, weights=tmp_path / "pytorch_model.bin")
