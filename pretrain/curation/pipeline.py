@@ -6,7 +6,8 @@ hierarchical k-means with resampling, and ``target`` rows are drawn with an equa
 recursively down the tree.
 
 The output folder receives (after every step has run, each file written to a temporary beside it, then all
-renamed together: a failure, a full disk say, leaves an earlier run's results, never some of each run's):
+renamed together: a failure while writing, a full disk say, leaves an earlier run's results, never some of
+each run's; only a kill between two renames could):
 ``selected.txt`` (one name a line: for images, absolute paths, so that a pretraining config takes
 the file as its data set; a relative name of a names file that is a file relative to that names file's
 folder is written as that file's absolute path, other names as given), ``duplicates.txt`` (each removed
