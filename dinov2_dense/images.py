@@ -69,12 +69,17 @@ def max_pixels() -> int:
         text = os.environ[MAX_PIXELS_ENV].strip()
         value, where = _parse_pixels(text), f"{MAX_PIXELS_ENV}={text!r}"
     else:
-        from PIL import Image
-
-        return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
+        return default_max_pixels()
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{where}: expected a whole number of pixels >= 0 (0 = no limit)")
     return int(value)
+
+
+def default_max_pixels() -> int:
+    """The pixel limit where none is set: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (0, none, where that is None)."""
+    from PIL import Image
+
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
 
 
 def _parse_pixels(text: str) -> int | None:

@@ -1002,9 +1002,49 @@ def test_a_store_keeps_the_rows_of_unchanged_images_when_the_pool_changes(tmp_pa
     assert sum(seen) == 8 and "other settings (size 28 -> 42); embedding all 8 images again" in capsys.readouterr().err
 
 
-def test_images_listed_unreadable_are_read_again_on_every_run(tmp_path, monkeypatch, capsys):
-    """An image over the pixel limit is listed unreadable; the next run reads it again (only it): still
-    over the limit, the store is used as it is; under a raised limit, as the message advises, it is embedded."""
+def _reading(monkeypatch) -> list[str]:
+    """The image files read from here on (every read of the store and of knn goes through try_read_resized)."""
+    import dinov2_dense.evaluation.knn as knn
+
+    read: list[str] = []
+    real = knn.try_read_resized
+    monkeypatch.setattr(knn, "try_read_resized", lambda path, *a, **k: read.append(path) or real(path, *a, **k))
+    return read
+
+
+def test_a_rerun_reads_no_image_unless_the_pixel_limit_is_raised(tmp_path, monkeypatch):
+    """store.json records the pixel limit in force (the default too). A rerun with the limit unchanged or
+    lowered, or of a store without the record (taken as the default), reads no image at all, not even the
+    one listed unreadable: a repaired file would have a new size or time."""
+    import dinov2_dense.images as images
+
+    folder = _images(tmp_path / "imgs", 3)  # and zz_broken.png
+    model = tiny_vit(depth=1, dim=32, img=28).eval()
+    run = dict(size=28, batch_size=4, progress=False)
+    out = tmp_path / "store"
+    with pytest.warns(UserWarning, match="1 of 4 images could not be read"):
+        first = embed_images(model, folder, out, **run)
+    read = _reading(monkeypatch)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = embed_images(model, folder, out, **run)
+    assert read == [] and again.names == first.names and again.unreadable == first.unreadable
+    assert json.loads((out / "store.json").read_text())["max_pixels"] == images.max_pixels() > 0
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)  # lowered
+    embed_images(model, folder, out, **run)
+    monkeypatch.setattr(images, "MAX_PIXELS", None)
+    settings = json.loads((out / "store.json").read_text())
+    del settings["max_pixels"]  # a store made before the record
+    (out / "store.json").write_text(json.dumps(settings))
+    before["store.json"] = (out / "store.json").read_bytes()
+    embed_images(model, folder, out, **run)
+    assert read == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_images_listed_unreadable_are_read_again_when_the_pixel_limit_is_raised(tmp_path, monkeypatch, capsys):
+    """An image over the pixel limit is listed unreadable. Under a raised limit, as the message advises, the
+    next run reads it again (only it, as any image to embed) and records the new limit: still over it, it
+    stays listed with the reason found now; under the default (raised again), it is embedded, as a fresh
+    store does. 0 (no limit) is above any limit."""
     import dinov2_dense.images as images
 
     folder = _images(tmp_path / "imgs", 5, broken=False)
@@ -1016,18 +1056,34 @@ def test_images_listed_unreadable_are_read_again_on_every_run(tmp_path, monkeypa
     with pytest.warns(UserWarning, match="1 of 6 images could not be read"):
         first = embed_images(model, folder, out, **run)
     assert len(first) == 5 and "over the limit of 2,000" in first.unreadable[0]
-    seen = _counting(monkeypatch)
+    assert json.loads((out / "store.json").read_text())["max_pixels"] == 2000
+    read, seen = _reading(monkeypatch), _counting(monkeypatch)
     monkeypatch.setattr(images, "MAX_PIXELS", 3000)
     capsys.readouterr()
-    again = embed_images(model, folder, out, **run)
-    assert seen == [] and len(again) == 5 and "over the limit of 3,000" in again.unreadable[0]
-    assert "still unreadable" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="1 of 6 images could not be read"):
+        again = embed_images(model, folder, out, **run)
+    assert read == [str(folder / "big.png")] and seen == [] and len(again) == 5
+    assert "over the limit of 3,000" in again.unreadable[0] and again.settings["max_pixels"] == 3000
+    err = capsys.readouterr().err
+    assert "(1 of them unreadable before, tried again: the pixel limit is raised, 2,000 -> 3,000)" in err, err
+    embed_images(model, folder, out, **run)  # the limit recorded: not read again
+    assert len(read) == 1
     monkeypatch.setattr(images, "MAX_PIXELS", None)
     store = embed_images(model, folder, out, **run)
-    assert sum(seen) == 1 and store.unreadable == () and len(store) == 6
-    assert "(1 of them unreadable before, tried again)" in capsys.readouterr().err
+    assert read[1:] == [str(folder / "big.png")] and sum(seen) == 1 and store.unreadable == () and len(store) == 6
+    assert store.settings["max_pixels"] == images.max_pixels()
     fresh = embed_images(model, folder, tmp_path / "fresh", **run)
     np.testing.assert_allclose(np.asarray(store.embeddings), np.asarray(fresh.embeddings), atol=1e-6)
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="could not be read"):
+        embed_images(model, folder, out, **run)
+    del read[:]
+    default = images.max_pixels()
+    monkeypatch.setattr(images, "MAX_PIXELS", 0)  # no limit: above the default
+    with pytest.warns(UserWarning, match="could not be read"):
+        embed_images(model, folder, out, **run)
+    assert read == [str(folder / "zz_broken.png")]
+    assert f"the pixel limit is raised, {default:,} -> none)" in capsys.readouterr().err
 
 
 def test_a_full_disk_while_results_are_replaced_leaves_the_old_ones(tmp_path, monkeypatch, capsys):

@@ -599,19 +599,22 @@ def test_random_weights_are_the_same_on_every_run_of_every_command(tmp_path, cap
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
-def test_a_cached_run_reads_its_skipped_images_again_and_agrees_with_an_uncached_one(tmp_path, monkeypatch):
-    """An image skipped under a pixel limit: the cache's skipped image is read again on the next call (only
-    it); under a raised limit the features are computed again, equal to a run without the cache; still over
-    the limit, the cache is used, with the reason found now."""
+def test_a_cached_run_reads_no_image_and_a_raised_pixel_limit_misses_the_cache(tmp_path, monkeypatch):
+    """An image skipped under a pixel limit: a second call with the same limit reads no image at all (the
+    skipped one neither: the key holds each file's stamp and the limit in force). A raised limit misses the
+    cache: computed afresh, equal to a run without the cache; still over it, skipped with the reason found
+    now. Every limit keeps its own entry."""
+    import dinov2_dense.evaluation.knn as knn
     import dinov2_dense.images as images
     from dinov2_dense import features as features_module
 
     root = write_folder(tmp_path / "data")
     Image.fromarray(np.zeros((60, 60, 3), dtype=np.uint8)).save(root / "cat" / "big.png")
     model, cache = tiny_vit(), tmp_path / "cache"
-    runs = []
-    real = features_module.extract_features
+    runs, read = [], []
+    real, real_read = features_module.extract_features, knn.try_read_resized
     monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: runs.append(1) or real(*a, **k))
+    monkeypatch.setattr(knn, "try_read_resized", lambda path, *a, **k: read.append(path) or real_read(path, *a, **k))
 
     def features(**kw):
         with warnings.catch_warnings():
@@ -619,15 +622,20 @@ def test_a_cached_run_reads_its_skipped_images_again_and_agrees_with_an_uncached
             return folder_features(model, root, size=28, batch_size=8, progress=False, **kw)
 
     monkeypatch.setattr(images, "MAX_PIXELS", 2000)
-    assert len(features(cache=cache).skipped) == 1 and len(runs) == 1
+    first = features(cache=cache)
+    assert len(first.skipped) == 1 and len(runs) == 1 and len(read) == 7
+    read.clear()
+    assert features(cache=cache).skipped == first.skipped and read == [] and len(runs) == 1  # read back
     monkeypatch.setattr(images, "MAX_PIXELS", 3000)
     still = features(cache=cache)
-    assert len(runs) == 1 and len(still.skipped) == 1 and "limit of 3,000" in still.skipped[0]
+    assert len(runs) == 2 and len(still.skipped) == 1 and "limit of 3,000" in still.skipped[0]
     monkeypatch.setattr(images, "MAX_PIXELS", None)
     cached, plain = features(cache=cache), features()
-    assert len(runs) == 3 and cached.skipped == plain.skipped == [] and cached.paths == plain.paths
+    assert len(runs) == 4 and cached.skipped == plain.skipped == [] and cached.paths == plain.paths
     assert torch.equal(cached.features, plain.features) and torch.equal(cached.labels, plain.labels)
-    assert torch.equal(features(cache=cache).features, plain.features) and len(runs) == 3  # read back
+    read.clear()
+    assert torch.equal(features(cache=cache).features, plain.features) and len(runs) == 4 and read == []
+    assert len(list(cache.iterdir())) == 3
 
 
 def test_the_cache_serves_a_split_and_the_train_folder_alone_with_their_own_classes(tmp_path):

@@ -492,12 +492,13 @@ def folder_features(
 
     ``cache``: a folder where the features are kept, one file per (weights, images, settings): a
     second call with the same backbone weights (:func:`dinov2_dense.engine.model.fingerprint`), the
-    same files (path, size and modification time of each) and the same size, pooling, autocast and
-    8-bit resize reads them back instead of running the backbone (a run of ``knn`` with another ``k``, or
-    ``--no-linear`` then with the probe). A changed image, weight or setting misses the cache; an
-    unreadable cache file is recomputed and replaced. The images skipped as unreadable are read again
-    on every call (only those): when one can be read now (a raised pixel limit), all are computed again,
-    as without the cache. The cache holds every class folder, empty ones too (``keep_empty_classes``
+    same files (path, size and modification time of each), the same size, pooling, autocast and
+    8-bit resize, and the same pixel limit in force (:func:`dinov2_dense.images.max_pixels`) reads them
+    back instead of running the backbone, reading no image (a run of ``knn`` with another ``k``, or
+    ``--no-linear`` then with the probe). A changed image (a repaired one too), weight, setting or pixel
+    limit misses the cache: an image skipped as over the limit is read again under a raised one, so a
+    cached call gives what an uncached one gives; an unreadable cache file is recomputed and replaced.
+    The cache holds every class folder, empty ones too (``keep_empty_classes``
     applies to what it gives back). A cache that cannot be written is warned about; the features are
     returned all the same.
 
@@ -528,8 +529,6 @@ def folder_features(
     if cache is not None:
         cache_file = Path(cache) / f"features_{_cache_key(model, paths, labels, names, hw, pooling, autocast, resize_8bit)}.pt"
         cached = _read_cached(cache_file)
-        if cached is not None:
-            cached = _skipped_still(cached, paths, hw, resize_8bit, root, progress is not False)
         if cached is not None:
             if progress is not False:
                 print(f"features of {root} read from the cache {cache_file}", file=sys.stderr)
@@ -598,38 +597,21 @@ def _without_empty_classes(data: LabelledFeatures, root, class_names: Sequence[s
                    class_names=[names[i] for i in index])
 
 
-def _skipped_still(cached: LabelledFeatures, paths: list[str], hw: tuple[int, int], resize_8bit: bool,
-                   root, say: bool) -> LabelledFeatures | None:
-    """``cached`` when the images it skipped still cannot be read (read again: only those), with the reasons
-    found now; None when one can be read now (a repaired file, a raised pixel limit): computed again."""
-    have = set(cached.paths)
-    skipped = []
-    for path in paths:
-        if path not in have:
-            x, reason = try_read_resized(path, hw, resize_8bit)
-            if x is not None:
-                if say:
-                    print(f"{root}: an image skipped as unreadable before can be read now ({path}); computing the "
-                          "features again", file=sys.stderr)
-                return None
-            skipped.append(f"{path}: {reason}")
-    return replace(cached, skipped=skipped)
-
-
 def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw: tuple[int, int], pooling: str,
                autocast, resize_8bit: bool = False) -> str:
     import hashlib
     import json
 
     from ..checkpoints import fingerprint
-
     from ..fileio import file_stamp
+    from ..images import max_pixels
 
     # a missing file: (path, None, None), skipped when read; still part of what was asked
     files = [(path, *(file_stamp(path) or (None, None))) for path in paths]
-    # version 2: every class folder kept in the file (version 1 files had the empty ones left out)
+    # version 2: every class folder kept in the file (version 1 files had the empty ones left out);
+    # the pixel limit in force: which images are skipped (a raised limit misses, reading them again)
     about = {"version": 2, "weights": fingerprint(model), "files": files, "labels": labels, "classes": names,
-             "size": list(hw), "pooling": pooling, "autocast": str(autocast)}
+             "size": list(hw), "pooling": pooling, "autocast": str(autocast), "max_pixels": max_pixels()}
     if resize_8bit:  # only when set: the keys of caches made before the option stay valid
         about["resize_8bit"] = True
     return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]

@@ -17,11 +17,16 @@ Each input file's size and modification time are recorded (``stats.npy``, ``stat
 int64 (N, 2), -1 for a file that was missing), taken before any image is read. A finished store made
 with the same settings keeps the rows of the images still listed and unchanged, matched by name (one
 image added to or removed from the pool costs that image, not the pool), and embeds the new and changed
-ones; the images it lists unreadable are read again on every run (only those), so a repaired file or a
-raised pixel limit counts; one line says how many are new, gone, changed and kept. A store made with
-other settings is embedded again whole, one line saying which. A partial store whose files changed
-since embeds those again. A store made before the record counts a file modified after its
-``store.json`` was written, or gone since, as changed; the record is then written.
+ones (and tries those listed unreadable again); one line says how many are new, gone, changed and kept.
+A store made with other settings is embedded again whole, one line saying which. ``store.json`` and
+``partial.json`` also record the pixel limit in force (``max_pixels``: :func:`dinov2_dense.images.max_pixels`,
+the default too; not a row setting: it changes no readable image's row). A rerun with the pool unchanged
+reads no image (a repaired file has a new size or time): the images listed unreadable are read again only
+under a limit raised above the recorded one (a store without the record: the default), as any image to
+embed (the workers, the progress bar), and the new limit is recorded; under the same or a lower limit the
+store is used as it is. A partial store whose files changed since embeds those again. A store made
+before the record counts a file modified after its ``store.json`` was written, or gone since, as
+changed; the record is then written.
 
 A finished store is ``store.json`` with its files: finishing removes ``store.json`` first and writes it
 last, so a finish cut short is never taken for a finished store (the partial store stays and is resumed).
@@ -329,12 +334,32 @@ def _changed(record: Path, made: Path, stats: np.ndarray) -> tuple[np.ndarray, b
 
 
 def _say_changed(out: Path, n: int, known: bool, kept: int, changed: int = 0, new: int = 0, gone: int = 0,
-                 unreadable: int = 0) -> None:
-    """One line: how the ``n`` images differ from those whose rows are kept (``kept`` of them), and what is embedded."""
+                 unreadable: int = 0, raised: str | None = None) -> None:
+    """One line: how the ``n`` images differ from those whose rows are kept (``kept`` of them), and what is
+    embedded; ``raised``: how the pixel limit was raised (why the unreadable ones are tried again)."""
     how = "size or modification time" if known else "modified since this store, which has no record of its files, was made"
-    again = f" ({unreadable} of them unreadable before, tried again)" if unreadable else ""
+    why = f": the pixel limit is raised, {raised}" if raised else ""
+    again = f" ({unreadable} of them unreadable before, tried again{why})" if unreadable else ""
     print(f"{out}: {new} new image(s), {gone} gone, {changed} changed since they were embedded ({how}), {kept} kept; "
           f"embedding {n - kept} of the {n}{again}", file=sys.stderr)
+
+
+def _limit_recorded(settings: dict) -> int:
+    """The pixel limit a store's settings record (0 = none); a store made before the record, or with an
+    unreadable one, was made under the default."""
+    value = settings.get("max_pixels")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    from dinov2_dense.images import default_max_pixels
+
+    return default_max_pixels()
+
+
+def _raised(before: int, now: int) -> str | None:
+    """How the pixel limit went from ``before`` to ``now`` when it is higher now (0 = none: above any); else None."""
+    if before == 0 or (now != 0 and now <= before):
+        return None
+    return f"{before:,} -> {f'{now:,}' if now else 'none'}"
 
 
 def _say_settings(out: Path, done: dict, settings: dict, n: int) -> None:
@@ -391,6 +416,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     Returns the finished store (memory-mapped)."""
     from dinov2_dense.evaluation.knn import POOLINGS, read_rows
     from dinov2_dense.features import batch_parts, map_in_workers
+    from dinov2_dense.images import max_pixels
 
     if pooling not in POOLINGS:
         raise CurationError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -399,6 +425,10 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     if batch_size < 1 or size < 14:
         raise CurationError(f"batch_size={batch_size}, size={size}: expected batch_size >= 1 and size >= 14")
     check_size(model, size)
+    try:
+        limit = max_pixels()  # recorded: a store's unreadable images are read again only under a raised limit
+    except ValueError as exc:
+        raise CurationError(str(exc)) from None
     out = Path(out)
     paths = list_images(images)
     n, d = len(paths), _dim(model, pooling)
@@ -416,7 +446,8 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         return map_in_workers(read, parts, num_workers, pin_memory=device.type == "cuda"), ends
 
     def settings_of(weights: str | None = None) -> dict:
-        return {**_settings(model, size, pooling, dtype, resize_8bit, weights, autocast), "count": n}
+        return {**_settings(model, size, pooling, dtype, resize_8bit, weights, autocast), "count": n,
+                "max_pixels": limit}
 
     hashing = None
     if not (out / "store.json").is_file() and not (out / "partial.json").is_file():
@@ -440,10 +471,9 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
                 if made_with(done, _REUSE_SETTINGS) != made_with(settings, _REUSE_SETTINGS):
                     _say_settings(out, done, settings, n)
                 else:
-                    partial = _refresh(out, paths, d, settings, stats, chunk,
-                                       functools.partial(_still_unreadable, read, batch_size))
+                    partial = _refresh(out, paths, d, settings, stats, chunk, _raised(_limit_recorded(done), limit))
                     if partial is None:
-                        return load_embeddings(out)  # finished with the same inputs, files and settings
+                        return load_embeddings(out)  # finished with the same inputs, files, settings and limit
         if partial is None:
             if (out / "partial.json").is_file():
                 warnings.warn(f"{out}: an interrupted embedding run with other inputs or settings is there; "
@@ -517,12 +547,13 @@ def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarr
     return rows, status
 
 
-def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarray, chunk: int, retry):
+def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarray, chunk: int,
+             raised: str | None):
     """A finished store made with ``settings``: None when it holds the rows of ``paths`` as they are (the
-    same images in the same order, none changed since, and those it lists unreadable still unreadable:
-    ``retry(rows)`` reads them again, and gives the reasons of those it still cannot read); else a
-    partial store of ``paths`` holding the store's rows of the images still listed and unchanged (matched
-    by name), to embed the others: new, changed, or unreadable before."""
+    same images in the same order, none changed since, and, unless the pixel limit is ``raised`` (how, for
+    the message), none listed unreadable: no image is read to tell); else a partial store of ``paths``
+    holding the store's rows of the images still listed and unchanged (matched by name), to embed the
+    others: new, changed, or unreadable before."""
     try:
         before = _read_names(out / "inputs.txt")
         names = _read_names(out / "names.txt")
@@ -549,44 +580,17 @@ def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndar
     where = np.array([index.get(name, -1) for name in names], dtype=np.int64)  # each row's image now; -1: gone
     has_row = np.zeros(len(paths), dtype=bool)
     has_row[where[where >= 0]] = True
-    unreadable = was & ~has_row & ~changed  # listed unreadable before: read again on every run
+    unreadable = was & ~has_row & ~changed  # listed unreadable before, unchanged since
     keep = has_row & ~changed
-    if before == paths and not changed.any():
-        if unreadable.any():
-            still = retry(np.flatnonzero(unreadable))
-            if len(still) == int(unreadable.sum()):  # else some can be read now: embedded below
-                _relist_unreadable(out, paths, still)
-                print(f"{out}: the {len(still)} image(s) listed unreadable were read again: still unreadable "
-                      f"(see {out / 'unreadable.txt'})", file=sys.stderr)
-                unreadable[:] = False
-        if not unreadable.any():
-            if not known:  # the record from now on
-                write_npy(out / "stats.npy", stats)
-            return None
+    if before == paths and not changed.any() and not (raised and unreadable.any()):
+        if not known:  # the record from now on
+            write_npy(out / "stats.npy", stats)
+        return None
     _say_changed(out, len(paths), known, int(keep.sum()), changed=int(changed.sum()), new=int((~was).sum()),
-                 gone=len(before) - int(was.sum()), unreadable=int(unreadable.sum()))
+                 gone=len(before) - int(was.sum()), unreadable=int(unreadable.sum()), raised=raised)
     stay = np.zeros(len(where), dtype=bool)
     stay[where >= 0] = keep[where[where >= 0]]
     return _new_partial(out, paths, d, settings["dtype"], stats, settings, keep=(where, old, stay), chunk=chunk)
-
-
-def _still_unreadable(read, batch_size: int, rows: np.ndarray) -> dict[int, str]:
-    """The images ``rows`` read again (``read``: :func:`~dinov2_dense.evaluation.knn.read_rows` of the
-    store's images), ``batch_size`` at a time: the reasons of those that still cannot be read."""
-    still: dict[int, str] = {}
-    for start in range(0, len(rows), batch_size):
-        _, _, bad = read(rows[start:start + batch_size])
-        still.update(bad)
-    return still
-
-
-def _relist_unreadable(out: Path, paths: list[str], reasons: dict[int, str]) -> None:
-    """unreadable.txt with the reasons found now (a raised pixel limit that is still too low, say)."""
-    text = "".join(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons))
-    with contextlib.suppress(OSError):
-        if (out / "unreadable.txt").read_text(encoding="utf-8") == text:
-            return
-    write_text(out / "unreadable.txt", text)
 
 
 class _Settings:
