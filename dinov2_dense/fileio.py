@@ -5,7 +5,7 @@
   before. Temporary names are fresh (not ``mkstemp``, whose 0600 mode would survive the rename),
   so written files get the mode the umask allows; errors name the target, never the temporary.
   :class:`AtomicFiles` writes several files beside each other that way and renames them together
-  once all are written: a full disk leaves the old files, never some of each set.
+  once all are written: a full disk while writing leaves the old files, never some of each set.
 * Multi-file outputs (:func:`staged_dir`): written into a hidden folder beside the target and
   swapped in whole, so a failure (a full disk, Ctrl-C) leaves the old set or the new one, never
   part of each. A non-empty output folder is refused unless the caller says ``overwrite``, and even
@@ -138,7 +138,8 @@ class AtomicFiles:
     """Files written each through a temporary beside it and renamed onto their targets together, in
     the order written, when the ``with`` block ends without an error; an error (a full disk) removes
     the temporaries and leaves every target as it was: the old set of files or the new one, never
-    some of each (the renames need no space). Errors of writing name the target, never the temporary.
+    some of each (the renames need no space; only a kill between two renames could leave a mix, and
+    temporaries behind). Errors of writing name the target, never the temporary.
 
     ``with AtomicFiles() as files: files.write_text(a, ...); with files.path(b) as tmp: np.save(tmp, x)``
     """
@@ -359,7 +360,9 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _check_creatable(path: Path, what: str) -> None:
-    """``path`` can be created: its nearest existing ancestor is a writable directory."""
+    """``path`` can be created: its nearest existing ancestor is a writable directory, in which a folder
+    can be made. The permission bits do not tell it all (root may write anywhere they say, yet not in
+    /sys or /proc): a folder is made there and removed."""
     base = _existing_ancestor(path if path.is_dir() else path.parent)
     if not base.is_dir():
         raise OutputError(f"{what} {path}: {base} is a file, not a directory")
@@ -368,6 +371,14 @@ def _check_creatable(path: Path, what: str) -> None:
             if os.statvfs(base).f_flag & os.ST_RDONLY:
                 raise OutputError(f"{what} {path}: {base} is on a read-only file system")
         raise OutputError(f"{what} {path}: no permission to write in {base}")
+    if base != path.absolute():  # something is made in base (an existing folder given is not probed)
+        probe = base / f".dinov2-dense-probe.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.mkdir()
+        except OSError as exc:
+            raise OutputError(f"{what} {path}: cannot make a folder in {base} ({exc.strerror or exc})") from None
+        with suppress(OSError):
+            probe.rmdir()
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:

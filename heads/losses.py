@@ -76,9 +76,17 @@ def _depth_inputs(
     return pred, gt, valid
 
 
-def _log_diff(pred: Tensor, gt: Tensor, valid: Tensor, eps: float) -> Tensor:
-    """log(pred + eps) - log(gt + eps) on valid pixels, exactly 0 elsewhere (no NaN, no gradient)."""
+def _log_diff(pred: Tensor, gt: Tensor, valid: Tensor, eps: float, name: str) -> Tensor:
+    """log(pred + eps) - log(gt + eps) on valid pixels, exactly 0 elsewhere (no NaN, no gradient).
+
+    A negative prediction on a valid pixel is refused (ValueError): its log would be NaN (below -eps)
+    and would reach the weights. The depth heads' outputs are >= 0 (DPT: ReLU + min_depth; bins: an
+    expectation of bin centres); the predictor does not clamp them in training (the official heads
+    clamp at inference only), so this guards heads of one's own."""
     one = torch.ones_like(pred)
+    if bool((torch.where(valid, pred, one) < 0).any()):
+        raise ValueError(f"{name}: pred holds negative depths on valid pixels; a depth head's output must be "
+                         ">= 0 (end it with a ReLU, or add min_depth as the DPT head does)")
     d = torch.log(torch.where(valid, pred, one) + eps) - torch.log(torch.where(valid, gt, one) + eps)
     return torch.where(valid, d, torch.zeros_like(d))
 
@@ -199,7 +207,9 @@ class SigLoss(nn.Module):
     Shapes: pred, gt (B, 1, H, W) or (B, H, W); optional mask of the same shape, ANDed with the
     validity rule. Returns a scalar. Differences from the official code, which would give NaN:
     one valid pixel gives var = 0; no valid pixel gives 0 (zero gradients); a zero argument of
-    the sqrt (a perfect prediction) has gradient 0 instead of NaN.
+    the sqrt (a perfect prediction) has gradient 0 instead of NaN; a negative pred on a valid pixel
+    is refused (ValueError). pred is not clamped to a depth range: with eps, any pred >= 0 gives a
+    finite loss and gradient (at most 1 / eps per pixel in the log).
     """
 
     def __init__(
@@ -222,7 +232,7 @@ class SigLoss(nn.Module):
 
     def forward(self, pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
         pred, gt, valid = _depth_inputs(pred, gt, mask, self.valid_mask, self.max_depth, "SigLoss")
-        g = _log_diff(pred, gt, valid, self.eps)
+        g = _log_diff(pred, gt, valid, self.eps, "SigLoss")
         n = valid.sum().to(g.dtype)
         mean = g.sum() / n.clamp_min(1)
         if self.warm_up and self.warm_up_counter < self.warm_iter:
@@ -282,7 +292,7 @@ class GradientLoss(nn.Module):
 
     def forward(self, pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
         pred, gt, valid = _depth_inputs(pred, gt, mask, self.valid_mask, self.max_depth, "GradientLoss")
-        r_full = _log_diff(pred, gt, valid, self.eps)
+        r_full = _log_diff(pred, gt, valid, self.eps, "GradientLoss")
         total = r_full.new_zeros(())
         for s in range(self.scales):
             step = 2**s

@@ -13,8 +13,8 @@ output is resized (bilinear, align_corners False) to the input size; depth is cl
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,19 @@ def check_test_cfg(cfg: dict, where: str = "test_cfg") -> None:
         raise ValueError(f"{where}.crop_batch_size={batch!r}: windows a batch, an integer >= 1")
 
 
+@contextmanager
+def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
+    """Give every submodule of ``module`` back the train / eval mode it had when the block ends, however
+    the block changed them (each flag as it was, so a frozen backbone in eval mode under a head in train
+    mode comes back so too)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class DensePredictor(nn.Module):
     """Backbone + head. State-dict keys ``backbone.*`` and ``decode_head.*`` (the official layout).
 
@@ -80,7 +93,7 @@ class DensePredictor(nn.Module):
         layers: block indices fed to the head.
         norm: final LayerNorm on the features (segmentation protocol True, depth protocol False).
         class_token: pass (map, cls) pairs to the head (depth heads) instead of maps.
-        min_depth, max_depth: depth range (clamp); taken from the head when it has them.
+        min_depth, max_depth: depth range (clamped to at inference); taken from the head when it has them.
         freeze_backbone: run the backbone under no_grad and keep it in eval mode.
         test_cfg: defaults for ``predict`` (mode, crop_size, stride, scales, flip).
     """
@@ -154,13 +167,17 @@ class DensePredictor(nn.Module):
 
     def head_losses(self, features: list, target: Tensor, losses: Sequence[nn.Module]) -> dict[str, Tensor]:
         """Training losses of the head on features: its output resized (bilinear) to the target
-        (B, H, W) labels or (B, [1,] H, W) depth, depth clamped to the range, as in the official heads."""
+        (B, H, W) labels or (B, [1,] H, W) depth, as the official heads' ``forward_train`` does.
+
+        Depth is not clamped to [min_depth, max_depth] here: the official code clamps at inference only
+        (``DepthEncoderDecoder.encode_decode``), and a clamp in training gives a head whose output
+        overshoots the range no gradient there. SigLoss and GradientLoss take the log of depth + 1e-3:
+        a depth head's output must be >= 0, as ours are (DPT: ReLU + min_depth; bins: an expectation of
+        bin centres in the range); they refuse a negative one."""
         out = self.decode_head(features)
         if self.task == "depth" and target.dim() == 3:
             target = target.unsqueeze(1)
         out = F.interpolate(out, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        if self.task == "depth":
-            out = out.clamp(min=self.min_depth, max=self.max_depth)
         return {f"loss_{type(fn).__name__}": fn(out, target) for fn in losses}
 
     # -- test-time protocols ---------------------------------------------------------------------
@@ -288,7 +305,18 @@ class DensePredictor(nn.Module):
 
         Arguments left None come from ``self.test_cfg`` (zoo models carry the official protocol),
         else whole / 512 / 341 / (1.0,) / no flip / no scale.
+
+        Inference: the model runs in eval mode (a head's BatchNorm uses its running statistics, so a
+        prediction does not depend on the batch and leaves the statistics as they are), and every
+        module gets its own mode back afterwards (a model being trained stays in train mode).
         """
+        with kept_modes(self):
+            self.eval()
+            return self._predict(images, mode, crop_size, stride, scales, flip, scale, out_size, crop_batch_size)
+
+    def _predict(self, images: Tensor, mode, crop_size, stride, scales, flip, scale, out_size,
+                 crop_batch_size) -> Tensor:
+        """:meth:`predict` in the mode the modules are in."""
         cfg = {"mode": "whole", "crop_size": 512, "stride": 341, "scales": (1.0,), "flip": False, "scale": None,
                "crop_batch_size": 4, **self.test_cfg}
         crop_batch_size = cfg["crop_batch_size"] if crop_batch_size is None else crop_batch_size

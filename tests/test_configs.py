@@ -166,6 +166,30 @@ def test_dense_model_from_a_zoo_name_keeps_official_settings():
         MODELS.build(dict(type="DenseModel", backbone="dinov2_vits14", backbone_weights=None))
 
 
+def test_a_zoo_models_test_cfg_takes_the_keys_given_over_its_protocol(tmp_path):
+    """``--cfg-options model.test_cfg.crop_batch_size=1`` on a zoo model changes the batching only: it
+    replaced the whole official protocol (slide 640/426, scales, flip) by {'crop_batch_size': 1}, and +ms
+    was then tested whole, at one scale, unflipped. ``_delete_=True`` replaces it, as in mmengine configs."""
+    from dinov2_dense.engine.entry import load_config
+
+    config = tmp_path / "zoo_ms.py"
+    config.write_text(f"_base_ = [{str(ROOT / 'configs/segmentation/dinov2_vits14_ade20k_ms.py')!r}]\n"
+                      "model = dict(_delete_=True, type='DenseModel', zoo='dinov2_vits14_ade20k_ms', "
+                      "backbone_weights=None)\n")
+    official = SEG_TEST[("ade20k", "ms")]
+
+    def built(options: dict) -> dict:
+        return MODELS.build(load_config(str(config), options).model).predictor.test_cfg
+
+    assert built({}) == official
+    assert built({"model.test_cfg.crop_batch_size": 1}) == {**official, "crop_batch_size": 1}
+    assert built({"model.test_cfg.flip": False, "model.test_cfg.scales": [1.0]}) == {**official, "flip": False,
+                                                                                    "scales": [1.0]}
+    assert built({"model.test_cfg._delete_": True, "model.test_cfg.mode": "whole"}) == {"mode": "whole"}
+    with pytest.raises(ValueError, match=r"model.test_cfg: stride=700 is larger than crop_size=640"):
+        built({"model.test_cfg.stride": 700})  # checked against the zoo's window, when the model is built
+
+
 # -- every config trains a few iterations ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):

@@ -142,6 +142,27 @@ def test_overwrite_keeps_the_previous_run_when_the_new_one_cannot_start(scenes, 
     assert _files(work) == before
 
 
+@pytest.mark.parametrize("mode", ["--overwrite", "--resume"])
+def test_a_start_that_fails_keeps_the_runs_config_copy_and_leaves_no_log_folder(scenes, trained, tmp_path, mode,
+                                                                                capsys):
+    """mmengine wrote <work_dir>/<config>.py when the runner was built, before the data sets: a start that
+    then failed replaced the copy of the run it did not replace, and left a <timestamp>/ folder of its own."""
+    work = tmp_path / "cc"
+    shutil.copytree(trained, work)
+    copy = work / "tiny_synthetic_linear.py"
+    recorded, before = copy.read_bytes(), _files(work)
+    entries = sorted(p.name for p in work.iterdir())
+    bad = _options(scenes / "ade", 3, **{"val_dataloader.dataset.root": str(tmp_path / "no_val")})
+    assert _train(work, bad, mode) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "no_val" in err[0], err
+    assert copy.read_bytes() == recorded and _files(work) == before
+    assert sorted(p.name for p in work.iterdir()) == entries  # no log folder, no temporary left
+    if mode == "--resume":  # a start that succeeds writes the copy of the run it continues
+        assert _train(work, _options(scenes / "ade", 3), mode) == 0
+        assert "max_iters=3" in copy.read_text() and len(list(work.iterdir())) == len(entries) + 2  # iter_3, log
+
+
 def test_overwrite_refuses_load_from_a_checkpoint_it_would_delete(scenes, trained, tmp_path):
     work = tmp_path / "ow"
     shutil.copytree(trained, work)
@@ -194,6 +215,55 @@ def test_cfg_options_keep_spaces_in_strings_and_read_lists_as_before():
                                       "a=[1, 2]", "b=1,2", "c=(3, 4)", "d=0.5", "e=True", "f=None", "g=plain"])
     assert args.cfg_options == {"test_dataloader.dataset.root": "/tmp/x/ade with space", "a": [1, 2], "b": [1, 2],
                                 "c": (3, 4), "d": 0.5, "e": True, "f": None, "g": "plain"}
+
+
+def test_a_quoted_cfg_options_value_is_one_string_and_test_reads_test_evaluator_only(scenes, trained, tmp_path,
+                                                                                     capsys):
+    """``root='/data/ade,v2'`` came apart at the comma into a list (mmengine strips the quotes, then splits);
+    and `test` refused a val_evaluator.num_classes that differs from the head's, though a test never reads it."""
+    from dinov2_dense.cli import build_parser
+
+    args = build_parser().parse_args(["test", "x.py", "c.pth", "--cfg-options", "a='/data/ade,v2'", 'b="x, y"',
+                                      "c='[1, 2]'", "d=[1,2]", "e=1,2", "f='(3, 4)'", "g='plain'"])
+    assert args.cfg_options == {"a": "/data/ade,v2", "b": "x, y", "c": [1, 2], "d": [1, 2], "e": [1, 2],
+                                "f": (3, 4), "g": "plain"}
+    root = tmp_path / "ade,v2"
+    shutil.copytree(scenes / "ade", root)
+    options = [f"{k}={v}" for k, v in _options(scenes / "ade", 2).items()]
+    command = ["test", str(SEG_CFG), str(trained / "iter_2.pth"), "--work-dir", str(tmp_path / "t"), "--cfg-options",
+               *options, f"test_dataloader.dataset.root='{root}'"]
+    capsys.readouterr()
+    assert main(command + ["val_evaluator.num_classes=7"]) == 0
+    assert "'mIoU'" in capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(command + ["test_evaluator.num_classes=7"]) == 2  # the one a test uses is still checked
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dinov2-dense test: error:")]
+    assert len(err) == 1 and "test_evaluator.num_classes = 7" in err[0] and "val_evaluator" not in err[0], err
+
+
+def test_the_class_count_of_the_evaluator_a_command_reads_is_checked_and_only_that():
+    from dinov2_dense.engine.entry import ConfigError, validate_config
+
+    val = load_config(str(SEG_CFG), {"val_evaluator.num_classes": 7})
+    validate_config(val, str(SEG_CFG), train=False)  # a test never reads val_evaluator
+    with pytest.raises(ConfigError, match="val_evaluator.num_classes = 7 but model.head.num_classes = 5"):
+        validate_config(val, str(SEG_CFG), train=True)
+    with pytest.raises(ConfigError, match="test_evaluator.num_classes = 7 but model.head.num_classes = 5"):
+        validate_config(load_config(str(SEG_CFG), {"test_evaluator.num_classes": 7}), str(SEG_CFG), train=False)
+
+
+def test_test_out_where_no_folder_can_be_made_is_refused_before_the_model_naming_out(scenes, trained, tmp_path,
+                                                                                    capsys):
+    """/sys lets root pass the permission check, and the folder failed only once the model and checkpoint were
+    loaded, in words that did not name --out."""
+    if not Path("/sys").is_dir():
+        pytest.skip("no /sys here")
+    work = tmp_path / "t"
+    options = [f"{k}={v}" for k, v in _options(scenes / "ade", 2).items()]
+    assert main(["test", str(SEG_CFG), str(trained / "iter_2.pth"), "--work-dir", str(work), "--out", "/sys/x",
+                 "--cfg-options", *options]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dinov2-dense test: error:")]
+    assert len(err) == 1 and "--out /sys/x" in err[0], err
+    assert not work.exists()  # refused before the runner (which makes the work dir) was built
 
 
 @pytest.mark.parametrize("value", ["model.test_cfg=dict(mode='slide',crop_size=56,stride=28)", "model.test_cfg=(1,2"])

@@ -76,6 +76,28 @@ def test_training_from_cache_equals_uncached_loop(scenes, tmp_path):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-3)
 
 
+def test_predict_after_train_head_runs_in_eval_mode_and_modes_come_back(scenes, tmp_path):
+    """train_head left the head in train mode, and predict then normalised with the batch's statistics
+    (an image's prediction depended on the others in its batch) and moved the running statistics."""
+    data = ADE20KDataset(scenes / "ade", "training")
+    predictor = seg_predictor()
+    before = {name: m.training for name, m in predictor.named_modules()}
+    assert before[""] and before["decode_head"] and not before["backbone"]  # new: train mode, frozen backbone
+    cache = FeatureCache.build(predictor, data, tmp_path / "cache", dtype="float32", progress=False)
+    train_head(predictor, cache, [CrossEntropyLoss()], epochs=1, batch_size=12, progress=False)
+    assert {name: m.training for name, m in predictor.named_modules()} == before  # the caller's modes, each
+    predictor.train()  # (as it was: predict is inference in any mode)
+    bn = predictor.decode_head.bn
+    stats = [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+    x = torch.stack([data[i]["image"] for i in range(4)])
+    alone, batch = predictor.predict(x[:1]), predictor.predict(x)
+    torch.testing.assert_close(alone[0], batch[0], atol=1e-5, rtol=1e-5)
+    for now, was in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), stats):
+        assert torch.equal(now, was)
+    assert {name: m.training for name, m in predictor.named_modules()} == before
+    torch.testing.assert_close(batch, predictor.eval().predict(x))
+
+
 def test_depth_cache_keeps_class_tokens(scenes, tmp_path):
     data = NYUDepthDataset(scenes / "nyu", "nyu_train.txt")
     torch.manual_seed(0)

@@ -99,6 +99,30 @@ def test_plugin_predicts_what_the_dense_predictor_predicts(backbone_file, kind, 
     assert model.backbone.state_dict().keys() == ours.backbone.state_dict().keys()
 
 
+def test_plugin_depth_losses_are_the_dense_predictors_unclamped(backbone_file):
+    """A DPT depth head beyond max_depth: the plugin's training losses equal DensePredictor.head_losses,
+    unclamped as in the official heads (a clamp gave that head no gradient)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    model, ours = _pair("dpt_depth", backbone_file, "whole")
+    for head in (model.decode_head, ours.decode_head):
+        with torch.no_grad():
+            head.conv_depth.head[-1].bias.fill_(15.0)  # every output above max_depth 10
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    gt = torch.rand(2, 1, 56, 56, generator=torch.Generator().manual_seed(2)) * 8 + 0.5
+    samples = [SegDataSample(gt_depth_map=PixelData(data=g)) for g in gt]
+    got = model.decode_head.loss(model.extract_feat(x), samples)
+    fns = list(model.decode_head.loss_decode)
+    want = ours.head_losses(ours.extract_features(x), gt, fns)
+    assert len(fns) == len(got) == 2
+    for fn in fns:  # the plugin names a loss by its loss_name, head_losses by its class
+        torch.testing.assert_close(got[fn.loss_name], want[f"loss_{type(fn).__name__}"], rtol=1e-5, atol=1e-6)
+    total = sum(got.values())
+    total.backward()
+    assert model.decode_head.conv_depth.head[-1].bias.grad.abs().sum() > 0
+
+
 def test_mmseg_depth_estimator_slide_mode_really_slides(backbone_file):
     model, _ = _pair("dpt_depth", backbone_file, "slide")
     x = torch.randn(1, 3, 70, 84)

@@ -108,6 +108,41 @@ def test_depth_is_clamped_and_backbone_frozen():
     assert model.decode_head.conv_depth.weight.grad is not None
 
 
+def test_depth_training_does_not_clamp_a_head_that_overshoots_the_range():
+    """The losses see the head's output unclamped, as the official ``forward_train`` (it clamps at inference
+    only): a DPT head whose output exceeds max_depth everywhere got zero gradient, and never came back."""
+    from heads import DPTHead, GradientLoss, SigLoss
+
+    torch.manual_seed(0)
+    head = DPTHead(48, channels=16, post_process_channels=[6, 12, 24, 48], min_depth=0.001, max_depth=10.0)
+    with torch.no_grad():
+        head.conv_depth.head[-1].bias.fill_(11.0)  # above max_depth at every pixel
+    model = DensePredictor(tiny_vit(depth=4), head, task="depth", layers=[0, 1, 2, 3], norm=False, class_token=True)
+    gen = torch.Generator().manual_seed(1)
+    feats = [(torch.randn(2, 48, 2, 3, generator=gen), torch.randn(2, 48, generator=gen)) for _ in range(4)]
+    gt = torch.rand(2, 40, 52, generator=gen) * 9.0 + 0.5
+    gt[0, :5] = 0.0  # invalid pixels
+    losses = model.head_losses(feats, gt, [SigLoss(warm_up=False), GradientLoss(loss_weight=0.5)])
+    out = F.interpolate(head(feats), size=(40, 52), mode="bilinear", align_corners=False)
+    assert out.min() > 10.0  # the whole output overshoots
+    # the official SigLoss: g = log(pred + 1e-3) - log(gt + 1e-3) on gt > 0, sqrt(var(g) + 0.15 mean(g)^2)
+    valid = gt[:, None] > 0
+    g = torch.log(out[valid] + 1e-3) - torch.log(gt[:, None][valid] + 1e-3)
+    torch.testing.assert_close(losses["loss_SigLoss"], torch.sqrt(torch.var(g) + 0.15 * g.mean() ** 2))
+    sum(losses.values()).backward()
+    assert head.conv_depth.head[-1].bias.grad.abs().item() > 0
+    assert all(torch.isfinite(q.grad).all() for q in head.parameters() if q.grad is not None)
+    with torch.no_grad():  # inference still clamps
+        assert model.predict(torch.randn(1, 3, 28, 42)).max() <= 10.0 + 1e-5
+
+    negative = DensePredictor(tiny_vit(), ClsDepthHead(), task="depth", layers=[2], norm=False, class_token=True)
+    with torch.no_grad():
+        negative.decode_head.conv_depth.bias.fill_(-5.0)
+    pairs = [(torch.randn(1, 48, 2, 3, generator=gen), torch.randn(1, 48, generator=gen))]
+    with pytest.raises(ValueError, match="SigLoss: pred holds negative depths"):  # its log would be NaN
+        negative.head_losses(pairs, gt[:1], [SigLoss()])
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="task"):
         DensePredictor(tiny_vit(), ConvSegHead(), task="detection", layers=[2])

@@ -26,11 +26,16 @@ class ConfigError(ValueError):
 class OptionsAction(DictAction):
     """mmengine's ``--cfg-options KEY=VALUE ...``, whose mistakes become argparse errors (one line,
     exit code 2) instead of tracebacks. A plain string keeps its spaces (mmengine drops every space of
-    a value: a path ``data/ade 2`` became ``data/ade2``); lists, tuples and numbers read as mmengine's."""
+    a value: a path ``data/ade 2`` became ``data/ade2``), and a value in quotes is one string, commas and
+    all (``root='/data/ade,v2'``: mmengine strips the quotes, then splits it at the comma into a list);
+    lists, tuples and numbers read as mmengine's (``scales=[1,2]``, ``a=1,2``, also in quotes)."""
 
     @staticmethod
     def _parse_iterable(val: str):
-        text = val.strip().strip("'\"")
+        text = val.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and text[1:2] not in ("[", "("):
+            return text[1:-1]  # quoted: a string as given
+        text = text.strip("'\"")
         compact = text.replace(" ", "")
         if not compact.startswith(("(", "[")) and "," not in compact:
             value = DictAction._parse_int_float_bool(compact)
@@ -482,7 +487,8 @@ def validate_config(cfg, source: str, train: bool) -> None:
     for key in ("val_evaluator.type", "test_evaluator.type"):
         _check_registered(cfg, key, METRICS, errors)
     classes = _get(cfg, "model.head.num_classes")
-    for key in ("val_evaluator.num_classes", "test_evaluator.num_classes"):
+    # a test reads test_evaluator only; a training run validates with val_evaluator, and its config is tested next
+    for key in (("val_evaluator.num_classes",) if train else ()) + ("test_evaluator.num_classes",):
         metric = _get(cfg, key)
         if classes is not None and metric is not None and metric != classes:
             errors.append(f"{key} = {metric} but model.head.num_classes = {classes}: give both the same number")
@@ -584,12 +590,16 @@ def run_train(args: argparse.Namespace) -> int:
         if delete:
             # the model is built; the data sets are built now, not at train(): a wrong root or pipeline fails
             # while the previous run's checkpoints are still there (train() reuses the loops built here)
-            runner._train_loop = runner.build_train_loop(runner._train_loop)
-            if runner._val_loop is not None:
-                runner._val_loop = runner.build_val_loop(runner._val_loop)
+            try:
+                runner._train_loop = runner.build_train_loop(runner._train_loop)
+                if runner._val_loop is not None:
+                    runner._val_loop = runner.build_val_loop(runner._val_loop)
+            except BaseException:
+                runner.discard_unstarted_log_dir()
+                raise
             for path in delete:
                 path.unlink(missing_ok=True)
-        runner.train()
+        runner.train()  # the config's copy <work_dir>/<config>.py is written once the run has started
     return 0
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dinov2_dense.fileio import file_stamp, new_memmap, staged_dir
-from heads.predictor import DensePredictor
+from heads.predictor import DensePredictor, kept_modes
 
 
 class FeatureCache(Dataset):
@@ -103,8 +103,8 @@ class FeatureCache(Dataset):
         maps = cls_tokens = targets = None
         offset = 0
         files: dict[str, list[int] | None] = {}
-        predictor.eval()
-        with staged_dir(path) as tmp, torch.no_grad():
+        with kept_modes(predictor), staged_dir(path) as tmp, torch.no_grad():
+            predictor.eval()
             for batch in tqdm(loader, desc="caching features", unit="batch", disable=not progress):
                 feats = predictor.extract_features(batch["inputs"])
                 pairs = [f if isinstance(f, (tuple, list)) else (f, None) for f in feats]
@@ -179,6 +179,9 @@ def train_head(
 
     ``data``: a FeatureCache (features read from disk), or the data set itself (the frozen backbone
     runs on every batch: the uncached loop, for comparison). Same seed, same batches.
+
+    The head trains in train mode (its BatchNorm on batch statistics); every module of the predictor
+    gets its mode back at the end, and ``predictor.predict`` runs in eval mode whatever the mode.
     """
     from tqdm.auto import tqdm
 
@@ -190,20 +193,22 @@ def train_head(
         data.check(predictor)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator,
                         collate_fn=_collate_cached if cached else dense_collate)
-    head = predictor.decode_head.train()
+    head = predictor.decode_head
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     key = "seg" if predictor.task == "segmentation" else "depth"
     history = []
-    for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
-        for batch in loader:
-            if cached:
-                feats, target = batch["features"], batch[key]
-            else:
-                feats = predictor.extract_features(batch["inputs"])
-                target = torch.stack([s[key] for s in batch["data_samples"]])
-            loss = sum(predictor.head_losses(feats, target, losses).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history.append(loss.item())
+    with kept_modes(predictor):
+        head.train()
+        for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
+            for batch in loader:
+                if cached:
+                    feats, target = batch["features"], batch[key]
+                else:
+                    feats = predictor.extract_features(batch["inputs"])
+                    target = torch.stack([s[key] for s in batch["data_samples"]])
+                loss = sum(predictor.head_losses(feats, target, losses).values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                history.append(loss.item())
     return history

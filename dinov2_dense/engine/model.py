@@ -112,7 +112,10 @@ class DenseModel(BaseModel):
         task, layers, norm, class_token: as ``heads.DensePredictor``.
         losses: list of ``dict(type=<class in heads.losses>, ...)``; defaults: the protocols' (mmseg's
             cross-entropy averaged over all pixels; SigLoss with warm-up + GradientLoss x0.5).
-        test_cfg: ``DensePredictor.predict`` defaults (mode, crop_size, stride, scales, flip).
+        test_cfg: ``DensePredictor.predict`` defaults (mode, crop_size, stride, scales, flip, scale,
+            crop_batch_size). With ``zoo``, the keys given replace those of the zoo model's official test
+            protocol and the others are kept (``model.test_cfg.crop_batch_size=1`` changes the batching
+            only); ``_delete_=True`` among them replaces the protocol whole, as in mmengine configs.
     """
 
     def __init__(
@@ -132,17 +135,21 @@ class DenseModel(BaseModel):
         backbone_seed: int = 0,
     ):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        replace = False
         if test_cfg is not None:  # at the start of a training run, not at its first validation
             from heads.predictor import check_test_cfg
 
-            check_test_cfg(dict(test_cfg), "model.test_cfg")
+            test_cfg = dict(test_cfg)
+            replace = bool(test_cfg.pop("_delete_", False))
+            check_test_cfg(test_cfg, "model.test_cfg")
         if zoo is not None:
             from dinov2_dense.zoo import get_model_spec
 
             name = get_model_spec(zoo).backbone
             predictor = build_model(zoo, backbone=build_backbone_from_cfg(name, backbone_weights, backbone_seed))
-            if test_cfg is not None:
-                predictor.test_cfg = dict(test_cfg)
+            if test_cfg is not None:  # over the zoo's official protocol, key by key (unless _delete_)
+                predictor.test_cfg = dict(test_cfg) if replace else {**predictor.test_cfg, **test_cfg}
+                check_test_cfg(predictor.test_cfg, "model.test_cfg")  # a stride beyond the zoo's window, say
         else:
             if head is None or layers is None:
                 raise ValueError("DenseModel needs zoo=..., or head=dict(type=...) and layers=[...]")

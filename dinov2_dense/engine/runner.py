@@ -19,8 +19,10 @@ the config builds (checkpoints record the backbone's SHA-256) is refused too; ``
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import pickle
+import shutil
 import sys
 import re
 import zipfile
@@ -258,7 +260,35 @@ class DenseRunner(Runner):
             base = kwargs.get("experiment_name") or (Path(cfg.filename).stem if getattr(cfg, "filename", None)
                                                      else "run")
             kwargs["experiment_name"] = f"{base}.{number}"
-        super().__init__(*args, custom_hooks=hooks, **kwargs)
+        try:
+            super().__init__(*args, custom_hooks=hooks, **kwargs)
+        except BaseException:
+            self.discard_unstarted_log_dir()
+            raise
+
+    def setup_env(self, env_cfg: dict) -> None:
+        super().setup_env(env_cfg)
+        # mmengine makes the log folder <work_dir>/<timestamp> next: a start that fails removes it, unless
+        # another runner of the same second made it (a test right after its training, say)
+        self._log_dir_is_new = not os.path.exists(os.path.join(self._work_dir, self._timestamp))
+
+    def discard_unstarted_log_dir(self) -> None:
+        """Remove the log folder ``<work_dir>/<timestamp>/`` of a run or test whose start failed (a data set
+        that does not build, a checkpoint that does not load): it holds the environment's log and nothing
+        of a run, and the work dir would fill with such folders. A started run keeps it, and a folder that
+        was there before this runner is left alone."""
+        from mmengine.dist import is_main_process
+
+        log_dir = self.__dict__.get("_log_dir")
+        if self.__dict__.get("_started") or not self.__dict__.get("_log_dir_is_new") or log_dir is None \
+                or not is_main_process():
+            return
+        logger = self.__dict__.get("logger")
+        for handler in list(getattr(logger, "handlers", [])):  # its log file is in the folder
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == Path(log_dir):
+                handler.close()
+                logger.removeHandler(handler)
+        shutil.rmtree(log_dir, ignore_errors=True)
 
     @classmethod
     def from_cfg(cls, cfg, config_copy: str = "work_dir") -> "DenseRunner":
@@ -288,12 +318,18 @@ class DenseRunner(Runner):
     def train(self):
         try:
             return super().train()
+        except BaseException:
+            self.discard_unstarted_log_dir()
+            raise
         finally:
             self._stop_data_workers()
 
     def test(self):
         try:
             return super().test()
+        except BaseException:
+            self.discard_unstarted_log_dir()
+            raise
         finally:
             self._stop_data_workers()
 
@@ -315,13 +351,23 @@ class DenseRunner(Runner):
                 loader._iterator = None  # a later pass starts new workers
 
     def dump_config(self) -> None:
+        """The config's copy. A run's, ``<work_dir>/<config>.py``, records what the work dir's checkpoints
+        were trained with: mmengine writes it when the runner is built, before the data sets, the optimizer
+        and the checkpoint to resume are; a start that failed then (a wrong data root) replaced the copy of
+        the run it did not replace. It is written once the start has succeeded (:meth:`load_or_resume`).
+        A test's goes beside its log (``config_copy="log_dir"``) at once. Both are written atomically."""
         if self.config_copy == "work_dir":
-            return super().dump_config()
+            self._config_pending = True
+            return
+        self._write_config_copy(self.log_dir)
+
+    def _write_config_copy(self, folder: str) -> None:
         from mmengine.dist import is_main_process
 
         if is_main_process():
             name = Path(self.cfg.filename).name if self.cfg.filename is not None else f"{self.timestamp}.py"
-            self.cfg.dump(os.path.join(self.log_dir, name))
+            with atomic_path(Path(folder) / name) as tmp:  # (same suffix: the same format)
+                self.cfg.dump(str(tmp))
 
     def wrap_model(self, model_wrapper_cfg, model):
         if self.distributed and not torch.cuda.is_available() and model_wrapper_cfg is None:
@@ -346,8 +392,14 @@ class DenseRunner(Runner):
         gives the starting weights of a fresh run (mmengine resumed from ``load_from`` when both were
         set: another run's optimizer, scheduler and iteration, whose saves then overwrote ours). A work
         dir without a checkpoint starts a new run there, from ``load_from``'s weights if given."""
-        if self._has_loaded:
-            return
+        if not self._has_loaded:
+            self._load_or_resume()
+        self._started = True  # the loops, data sets, optimizer and weights are built: the start succeeded
+        if self.__dict__.get("_config_pending"):
+            self._config_pending = False
+            self._write_config_copy(self.work_dir)
+
+    def _load_or_resume(self) -> None:
         if self._resume:
             newest = self._newest_readable_checkpoint()
             if newest is None:

@@ -68,7 +68,8 @@ class DINOv2DPTHead(BaseDecodeHead):
 
 class _DepthHead:
     """What mmseg's ``DepthEstimator`` asks of a head: ``loss`` on ``gt_depth_map`` and ``predict``
-    (output clamped to the depth range and resized to the input, as :class:`DensePredictor`)."""
+    (output clamped to the depth range and resized to the input, as :class:`DensePredictor`; the
+    training losses see it unclamped)."""
 
     out_channels = num_classes = 1
     align_corners = False
@@ -77,13 +78,11 @@ class _DepthHead:
         configs = [loss_decode] if isinstance(loss_decode, dict) else list(loss_decode)
         self.loss_decode = nn.ModuleList(MODELS.build(c) for c in configs)
 
-    def _clamped(self, out: Tensor, size) -> Tensor:
-        out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
-        return out.clamp(min=self.min_depth, max=self.max_depth)
-
     def loss(self, inputs, batch_data_samples, train_cfg=None) -> dict[str, Tensor]:
+        """The losses of the output resized to the targets, unclamped (as the official heads' training
+        and :meth:`DensePredictor.head_losses`: a head beyond the range still gets a gradient)."""
         gt = torch.stack([s.gt_depth_map.data for s in batch_data_samples]).to(torch.float32)
-        pred = self._clamped(self(inputs), gt.shape[-2:])
+        pred = F.interpolate(self(inputs), size=tuple(gt.shape[-2:]), mode="bilinear", align_corners=False)
         out: dict[str, Tensor] = {}
         for fn in self.loss_decode:
             value = fn(pred, gt)
