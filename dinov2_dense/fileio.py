@@ -376,7 +376,8 @@ def _check_creatable(path: Path, what: str) -> None:
         try:
             probe.mkdir()
         except OSError as exc:
-            raise OutputError(f"{what} {path}: cannot make a folder in {base} ({exc.strerror or exc})") from None
+            raise OutputError(f"{what} {path} cannot be written: making a folder in {base} failed "
+                              f"({exc.strerror or exc})") from None
         with suppress(OSError):
             probe.rmdir()
 

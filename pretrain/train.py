@@ -386,7 +386,9 @@ def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
     if work_dir.exists() and not work_dir.is_dir():
         raise FileExistsError(f"work dir {work_dir} is a file; give a folder (checkpoints, logs and the export go "
                               "into it)")
-    _check_writable(work_dir)
+    from dinov2_dense.fileio import check_writable_dir
+
+    check_writable_dir(work_dir, "work dir")  # (no permission, a read-only or virtual file system such as /proc)
     if not work_dir.is_dir():
         return
     clashes = sorted(p.name for p in work_dir.iterdir() if p.name in _RUN_ENTRIES)
@@ -398,28 +400,6 @@ def _check_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> None:
     if old and not (resume or overwrite):
         raise FileExistsError(f"work dir {work_dir} holds the checkpoints of another run ({old[0].name}, ...): resume "
                               "it (--resume), start afresh (--overwrite: they are deleted) or choose another work dir")
-
-
-def _check_writable(work_dir: Path) -> None:
-    """Refuse, naming it, a work dir that cannot be made or written (no permission, a read-only or
-    virtual file system such as /proc), before anything is computed: a hidden folder is made in it (or
-    in its nearest existing parent, where it is not made yet) and removed at once."""
-    import uuid
-
-    from dinov2_dense.fileio import OutputError
-
-    base = work_dir
-    while not base.exists() and base.parent != base:
-        base = base.parent
-    if not base.is_dir():
-        raise OutputError(f"work dir {work_dir}: {base} is a file, not a folder; give another --work-dir")
-    probe = base / f".dinov2-dense-probe.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as exc:
-        raise OutputError(f"work dir {work_dir} cannot be written: making a folder in {base} failed "
-                          f"({exc.strerror or exc}); give a --work-dir where you can write") from None
 
 
 def _check_outside_data(work_dir: Path, spec: Any) -> None:
