@@ -1086,6 +1086,66 @@ def test_images_listed_unreadable_are_read_again_when_the_pixel_limit_is_raised(
     assert f"the pixel limit is raised, {default:,} -> none)" in capsys.readouterr().err
 
 
+def test_a_changed_pool_does_not_read_again_the_images_listed_unreadable(tmp_path, monkeypatch, capsys):
+    """An image added to the pool costs that image only: one listed unreadable and unchanged since stays
+    listed with its reason, unread, also when the run that adds the image is cut short and resumed; under
+    a raised pixel limit (also on resuming) or once its file changed, it is read again."""
+    import dinov2_dense.features as features
+    import dinov2_dense.images as images
+
+    folder = _images(tmp_path / "imgs", 5)  # and zz_broken.png
+    model = tiny_vit(depth=1, dim=32, img=28).eval()
+    run = dict(size=28, batch_size=4, progress=False)
+    out = tmp_path / "store"
+    with pytest.warns(UserWarning, match="1 of 6 images could not be read"):
+        first = embed_images(model, folder, out, **run)
+    broken = str(folder / "zz_broken.png")
+    Image.fromarray(np.zeros((33, 33, 3), dtype=np.uint8)).save(folder / "new.png")
+    read = _reading(monkeypatch)
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="1 of 7 images could not be read"):
+        again = embed_images(model, folder, out, **run)
+    assert read == [str(folder / "new.png")] and again.unreadable == first.unreadable and len(again) == 6
+    err = capsys.readouterr().err
+    assert "1 new image(s), 0 gone, 0 changed" in err and "5 kept; embedding 1 of the 7 (1 unchanged and listed " \
+        "unreadable, not read again)" in err, err
+
+    # cut short after the refresh: the partial store keeps the listed one with its reason
+    for name in ("b.png", "c.png", "d.png", "e.png", "f.png"):
+        Image.fromarray(np.full((33, 33, 3), 9, dtype=np.uint8)).save(folder / name)
+    del read[:]
+    _interrupting(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, out, **run)
+    assert (out / "unreadable.partial.txt").read_text().startswith(broken + "\t")
+    monkeypatch.setattr(features, "extract_features", _extract_features)
+    with pytest.warns(UserWarning, match="1 of 12 images could not be read"):
+        resumed = embed_images(model, folder, out, **run)
+    assert broken not in read and resumed.unreadable == first.unreadable and len(resumed) == 11
+    assert not (out / "unreadable.partial.txt").exists()
+
+    # cut short again; resumed under a raised limit, the listed one is read again
+    for name in ("g.png", "h.png", "i.png", "j.png", "k.png"):
+        Image.fromarray(np.full((33, 33, 3), 7, dtype=np.uint8)).save(folder / name)
+    _interrupting(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(model, folder, out, **run)
+    monkeypatch.setattr(features, "extract_features", _extract_features)
+    del read[:]
+    monkeypatch.setattr(images, "MAX_PIXELS", 0)
+    with pytest.warns(UserWarning, match="1 of 17 images could not be read"):
+        embed_images(model, folder, out, **run)
+    assert broken in read
+    monkeypatch.setattr(images, "MAX_PIXELS", None)
+
+    # a changed file is read again (here repaired), the pool changed too
+    Image.fromarray(np.full((30, 30, 3), 5, dtype=np.uint8)).save(folder / "zz_broken.png")
+    (folder / "g.png").unlink()
+    del read[:]
+    store = embed_images(model, folder, out, **run)
+    assert read == [broken] and store.unreadable == () and len(store) == 16
+
+
 def test_a_full_disk_while_results_are_replaced_leaves_the_old_ones(tmp_path, monkeypatch, capsys):
     """curate --overwrite with the disk full at report.md: every result of the earlier run stays as it was
     (none of the new run's), no temporary is left, and the one-line error names the file."""

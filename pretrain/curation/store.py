@@ -17,7 +17,8 @@ Each input file's size and modification time are recorded (``stats.npy``, ``stat
 int64 (N, 2), -1 for a file that was missing), taken before any image is read. A finished store made
 with the same settings keeps the rows of the images still listed and unchanged, matched by name (one
 image added to or removed from the pool costs that image, not the pool), and embeds the new and changed
-ones (and tries those listed unreadable again); one line says how many are new, gone, changed and kept.
+ones; an image listed unreadable and unchanged stays listed with its reason, not read again (a partial
+store keeps those in ``unreadable.partial.txt``); one line says how many are new, gone, changed and kept.
 A store made with other settings is embedded again whole, one line saying which. ``store.json`` and
 ``partial.json`` also record the pixel limit in force (``max_pixels``: :func:`dinov2_dense.images.max_pixels`,
 the default too; not a row setting: it changes no readable image's row). A rerun with the pool unchanged
@@ -58,7 +59,8 @@ __all__ = ["CurationError", "EmbeddingStore", "embed_images", "embedding_setting
 
 PENDING, DONE, UNREADABLE = 0, 1, 2
 SYNC_SECONDS = 5.0  # how often finished rows are flushed to disk and marked done (and at the end)
-_PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "stats.partial.npy", "partial.json")
+_PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt", "stats.partial.npy",
+            "unreadable.partial.txt", "partial.json")
 
 
 class CurationError(ValueError):
@@ -334,14 +336,20 @@ def _changed(record: Path, made: Path, stats: np.ndarray) -> tuple[np.ndarray, b
 
 
 def _say_changed(out: Path, n: int, known: bool, kept: int, changed: int = 0, new: int = 0, gone: int = 0,
-                 unreadable: int = 0, raised: str | None = None) -> None:
+                 unreadable: int = 0, raised: str | None = None, listed: int = 0) -> None:
     """One line: how the ``n`` images differ from those whose rows are kept (``kept`` of them), and what is
-    embedded; ``raised``: how the pixel limit was raised (why the unreadable ones are tried again)."""
+    embedded; ``unreadable``: images listed unreadable before and unchanged, ``listed`` of them staying so
+    (not read again), the others tried again (``raised``: how the pixel limit was raised, why)."""
     how = "size or modification time" if known else "modified since this store, which has no record of its files, was made"
     why = f": the pixel limit is raised, {raised}" if raised else ""
-    again = f" ({unreadable} of them unreadable before, tried again{why})" if unreadable else ""
+    notes = []
+    if listed:
+        notes.append(f"{listed} unchanged and listed unreadable, not read again")
+    if unreadable - listed:
+        notes.append(f"{unreadable - listed} of them unreadable before, tried again{why}")
+    again = f" ({'; '.join(notes)})" if notes else ""
     print(f"{out}: {new} new image(s), {gone} gone, {changed} changed since they were embedded ({how}), {kept} kept; "
-          f"embedding {n - kept} of the {n}{again}", file=sys.stderr)
+          f"embedding {n - kept - listed} of the {n}{again}", file=sys.stderr)
 
 
 def _limit_recorded(settings: dict) -> int:
@@ -480,23 +488,31 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
                               "starting afresh", stacklevel=2)
             partial = _new_partial(out, paths, d, dtype, stats, settings)
         rows, status = partial
-        todo = np.flatnonzero(status[:] != DONE)  # unreadable ones are tried again (and their reasons recorded)
+        # images listed unreadable with their reason (carried over from a finished store) are not read again;
+        # others marked unreadable (by a run cut short, the reasons not kept) are tried again
+        bad = np.flatnonzero(status[:] == UNREADABLE)
+        listed = _listed_reasons(out / "unreadable.partial.txt", {paths[i]: int(i) for i in bad})
+        status[bad[~np.isin(bad, list(listed))]] = PENDING
+        todo = np.flatnonzero(status[:] == PENDING)
         if loader is None:
             loader = start(todo)
         settled = _Settings(out, settings, hashing, settings_of)
         return _embed(model, loader, out, paths, stats, rows, status, settled, len(todo), batch_size=batch_size,
-                      dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk, carry=carry)
+                      dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk, carry=carry,
+                      reasons=listed)
     finally:
         if loader is not None:
             loader[0].close()  # its workers stop (a no-op once done)
 
 
 def _new_partial(out: Path, paths: list[str], d: int, dtype: str, stats: np.ndarray, settings: dict | None,
-                 keep: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, chunk: int = 65536):
+                 keep: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, chunk: int = 65536,
+                 bad: dict[int, str] | None = None):
     """A partial store for ``paths`` (any other removed), its files allocated on disk (a full disk is an
     error here); ``keep``: (rows of ``paths``, rows of a finished store's array holding them, which to
-    keep) copied in and marked done. ``partial.json`` last (once ``settings`` are known): the partial
-    store is complete from there on."""
+    keep) copied in and marked done; ``bad``: {row: reason} of images a finished store lists unreadable,
+    marked so with their reasons (``unreadable.partial.txt``), not to be read again. ``partial.json`` last
+    (once ``settings`` are known): the partial store is complete from there on."""
     for name in _PARTIAL:
         (out / name).unlink(missing_ok=True)
     write_text(out / "inputs.partial.txt", "\n".join(paths) + "\n")
@@ -509,7 +525,10 @@ def _new_partial(out: Path, paths: list[str], d: int, dtype: str, stats: np.ndar
             rows[where[start:start + chunk][take]] = np.asarray(old[start:start + chunk])[take]
         rows.flush()
         status[where[stay]] = DONE
-        status.flush()
+    if bad:
+        write_text(out / "unreadable.partial.txt", "".join(f"{paths[i]}\t{why}\n" for i, why in sorted(bad.items())))
+        status[sorted(bad)] = UNREADABLE
+    status.flush()
     write_npy(out / "stats.partial.npy", stats)
     if settings is not None:
         write_json(out / "partial.json", settings)
@@ -523,8 +542,8 @@ def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarr
     if not ((out / "partial.json").is_file() and rows_file.is_file() and status_file.is_file()):
         return None
     try:
-        if (made_with(_stored_settings(out / "partial.json")) != made_with(settings)
-                or _read_names(out / "inputs.partial.txt") != paths):
+        made = _stored_settings(out / "partial.json")
+        if made_with(made) != made_with(settings) or _read_names(out / "inputs.partial.txt") != paths:
             return None
         rows = np.lib.format.open_memmap(rows_file, mode="r+")
         status = np.lib.format.open_memmap(status_file, mode="r+")
@@ -533,10 +552,12 @@ def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarr
     n = len(paths)
     if rows.shape != (n, d) or status.shape != (n,):
         return None
+    if _raised(_limit_recorded(made), settings["max_pixels"]):  # the images listed unreadable are read again
+        (out / "unreadable.partial.txt").unlink(missing_ok=True)
     changed, known = _changed(out / "stats.partial.npy", out / "partial.json", stats)
-    changed &= status[:] == DONE
+    changed &= status[:] != PENDING  # (an unreadable one listed with its reason is read again too)
     if changed.any():
-        _say_changed(out, n, known, int((status[:] == DONE).sum() - changed.sum()), changed=int(changed.sum()))
+        _say_changed(out, n, known, int(((status[:] == DONE) & ~changed).sum()), changed=int(changed.sum()))
         status[changed] = PENDING
         status.flush()  # before the new record: a row of a changed file is never left done under it
     if changed.any() or not known:
@@ -586,11 +607,34 @@ def _refresh(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndar
         if not known:  # the record from now on
             write_npy(out / "stats.npy", stats)
         return None
+    # under the same limit an unchanged unreadable image stays listed with its reason, not read again
+    bad = {} if raised else _listed_reasons(out / "unreadable.txt", {paths[i]: i for i in np.flatnonzero(unreadable)})
     _say_changed(out, len(paths), known, int(keep.sum()), changed=int(changed.sum()), new=int((~was).sum()),
-                 gone=len(before) - int(was.sum()), unreadable=int(unreadable.sum()), raised=raised)
+                 gone=len(before) - int(was.sum()), unreadable=int(unreadable.sum()), raised=raised, listed=len(bad))
     stay = np.zeros(len(where), dtype=bool)
     stay[where >= 0] = keep[where[where >= 0]]
-    return _new_partial(out, paths, d, settings["dtype"], stats, settings, keep=(where, old, stay), chunk=chunk)
+    return _new_partial(out, paths, d, settings["dtype"], stats, settings, keep=(where, old, stay), chunk=chunk,
+                        bad=bad)
+
+
+def _listed_reasons(path: Path, wanted: dict[str, int]) -> dict[int, str]:
+    """{row: reason} of the ``wanted`` names ({name: row}) that ``path`` (``unreadable.txt``: a name, a tab,
+    the reason, a line) lists; names it does not list (or an unreadable file) are left out."""
+    found: dict[int, str] = {}
+    if not wanted:
+        return found
+    try:
+        lines = _lines(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return found
+    for line in lines:
+        at = line.find("\t")
+        while at >= 0:  # a name may hold a tab: the first split that gives a wanted name
+            if line[:at] in wanted:
+                found[wanted[line[:at]]] = line[at + 1:]
+                break
+            at = line.find("\t", at + 1)
+    return found
 
 
 class _Settings:
@@ -610,9 +654,11 @@ class _Settings:
 
 def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], stats: np.ndarray, rows: np.ndarray,
            status: np.ndarray, settings: _Settings, count: int, *, batch_size: int, dtype: str, pooling: str,
-           autocast: bool | torch.dtype, progress: bool | None, chunk: int, carry: torch.dtype) -> EmbeddingStore:
+           autocast: bool | torch.dtype, progress: bool | None, chunk: int, carry: torch.dtype,
+           reasons: dict[int, str]) -> EmbeddingStore:
     """:func:`embed_images`' loop over ``loader`` (``count`` images to do) into the partial store;
-    ``carry``: the dtype of the decoded batches (see :func:`dinov2_dense.features.join_parts`)."""
+    ``carry``: the dtype of the decoded batches (see :func:`dinov2_dense.features.join_parts`); ``reasons``:
+    why the images already marked unreadable are (grows with those found here)."""
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import pool_features
@@ -620,7 +666,6 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], stats: n
 
     device = next(model.parameters()).device
     show = progress if progress is not None else count > batch_size
-    reasons: dict[int, str] = {}
     model_was_training = model.training
     model.eval()
     pending: list[np.ndarray] = []  # rows written but not yet marked done on disk
