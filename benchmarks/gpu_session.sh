@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The open GPU checks of the speed work in one call, most wanted first, each step under its own time
-# limit (at most 7 min of steps):
+# limit (at most 8 min of steps):
 #   bash benchmarks/gpu_session.sh [OUT_DIR]
 # 1. the CUDA-only tests: the uint8 normalisation, the patch embedding as one GEMM, features written
 #    batch by batch, the embedding in parts against the CPU, batches straight from the workers' slots
@@ -11,7 +11,9 @@
 #    alternating; benchmarks/folder_speed.py --timeline), in batches of 64 with the workers reading 2
 #    (the default) and 4 items ahead (features.PREFETCH: more read during the start), and in batches of 128;
 # 3. the ADE20K +ms model (ViT-L, one 512x683 image, bf16 compiled, 16 windows a batch) on an 8-bit image,
-#    whose views predict now resizes in 8 bits on the CPU as mmseg does (benchmarks/ms_profile.py).
+#    whose views predict now resizes in 8 bits on the CPU as mmseg does (benchmarks/ms_profile.py);
+# 4. starting 16 DataLoader workers before and after the model is loaded on the GPU
+#    (benchmarks/worker_start.py): whether forking them before the model would cut the folders' start.
 # On a machine without a package index, the wheels of what is missing (the official code,
 # albumentations, mmengine and their needs) are carried in .whl/: benchmarks/device_wheels.sh fetches
 # them beforehand, and this script installs them when it finds them.
@@ -34,3 +36,4 @@ timeout 70 python3 benchmarks/folder_speed.py --num-workers 16 --count 10000 --t
 timeout 70 python3 benchmarks/folder_speed.py --num-workers 16 --count 10000 --timeline --batch-size 128 2>&1 \
   | tee "$out/timeline_10k_128.log"
 timeout 150 python3 benchmarks/ms_profile.py --crop-batch-sizes 16 2>&1 | tee "$out/ms_profile.log"
+timeout 45 python3 benchmarks/worker_start.py 2>&1 | tee "$out/worker_start.log"
