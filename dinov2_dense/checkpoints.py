@@ -531,6 +531,18 @@ def save_safetensors(
     return Path(path)
 
 
+def weights_identity(model: nn.Module) -> dict[str, str]:
+    """What a fitted result (a PCA basis) records of the backbone it came from: the SHA-256 of its
+    weights (:func:`fingerprint`, as the kNN cache, the curation store and the demo tell backbones
+    apart) and the form they were loaded in (their dtype, ``+float8`` with FP8 linears), which
+    changes those bytes but not what the weights are."""
+    from .models.float8 import Float8Linear
+
+    form = str(next(model.parameters()).dtype).removeprefix("torch.")
+    form += "+float8" if any(isinstance(m, Float8Linear) for m in model.modules()) else ""
+    return {"weights_sha256": fingerprint(model), "weights_form": form}
+
+
 def fingerprint(module: nn.Module | Mapping[str, Tensor]) -> str:
     """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart;
     or of such a dict itself (e.g. a copy on the host, hashed in another thread)."""

@@ -641,6 +641,38 @@ def test_a_basis_is_told_from_other_weights_by_their_fingerprint_not_their_path(
     assert f"warning: {basis} was fitted on {first['safetensors']}" in reuse(first["pth"], "old_other_path")
 
 
+def test_a_basis_saved_from_python_records_the_weights_and_how_the_features_were_made(images, tmp_path, capsys):
+    """pca_maps' basis, saved in Python as the README shows, records the weights' identity (hashed at save,
+    once), the tiling and the 8-bit resize, as the command's does: `pca --basis` with other weights warns,
+    with the same weights it does not; a basis fitted on features alone (fit_pca) records no weights."""
+    from dinov2_dense.checkpoints import fingerprint, weights_identity
+    from pretrain.export import export_backbone
+
+    from .conftest import randomize_, tiny_vit
+
+    model = tiny_vit(depth=1, dim=32, img=56).eval()
+    files = export_backbone(model, tmp_path / "a")
+    maps = pca_maps(model, [str(images[0]), str(images[1])], size=56, tile=28, progress=False)
+    path = maps[0].basis.save(tmp_path / "basis.npz")
+    info = PCABasis.load(path).info
+    assert info["weights_sha256"] == fingerprint(model) and info["weights_form"] == "float32"
+    assert info["tile"] == 28 and "resize_8bit" not in info
+    assert weights_identity(model) == {k: info[k] for k in ("weights_sha256", "weights_form")}
+    common = ["--size", "56", "--num-workers", "0", "--basis", str(path)]
+    capsys.readouterr()
+    same = files["safetensors"]
+    assert main(["pca", str(images[1]), "--weights", str(same), *common, "--out", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "note: --tile 28" in err, err
+    other = export_backbone(randomize_(tiny_vit(depth=1, dim=32, img=56), seed=3), tmp_path / "b")
+    other = other["safetensors"]
+    assert main(["pca", str(images[1]), "--weights", str(other), *common, "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path} was fitted on other weights" in err, err
+    bare = fit_pca(torch.randn(32, 6, 6, generator=torch.Generator().manual_seed(0)))
+    assert "weights_sha256" not in PCABasis.load(bare.save(tmp_path / "bare.npz")).info
+
+
 def test_resize_8bit_with_size_0_says_what_is_wrong_with_the_size(images, tmp_path, capsys):
     """--size 0 keeps the images' size: --resize-8bit has nothing to resize, and the error says that,
     not "give --size" (it was given)."""
