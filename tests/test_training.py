@@ -255,7 +255,8 @@ def test_test_out_under_two_processes_counts_each_file_once(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == 5
-    assert f"saved 5 label masks under {tmp_path / 'pred'}" in out.stdout + out.stderr
+    pred = tmp_path / "pred"
+    assert f"saved 5 label masks under {pred / 'masks'}, coloured under {pred / 'colour'}" in out.stdout + out.stderr
     metrics = [line for line in out.stdout.splitlines() if line.startswith("{") and "'mIoU':" in line]
     assert len(metrics) == 1, out.stdout[-2000:]  # the metrics line once, not once a process
 

@@ -111,8 +111,9 @@ class SavePredictionsHook(Hook):
         self.gt_dir = Path(os.path.commonpath(parents)) if parents else None
         if is_main_process() and self.stage is not None:
             commit_dir(self.stage, self.out_dir, replace=self.replace)
-            what = "depth maps" if (self.out_dir / "depth").is_dir() else "label masks"
-            runner.logger.info(f"saved {total} {what} under {self.out_dir}")
+            what, folder = ("depth maps", "depth") if (self.out_dir / "depth").is_dir() else ("label masks", "masks")
+            runner.logger.info(f"saved {total} {what} under {self.out_dir / folder}, coloured under "
+                               f"{self.out_dir / 'colour'}")
             if (self.out_dir / "depth").is_dir():
                 print(f"saved {total} depth maps under {self.out_dir / 'depth'} (16-bit PNG, {self.depth_scale:g} "
                       f"per metre); {self._eval_depth_hint(runner)}")
