@@ -916,6 +916,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+#: curate's options that are each process's own (its machine's threads, workers, device, progress bars)
+_CURATE_PER_PROCESS = frozenset({"func", "command", "debug", "launcher", "threads", "num_workers", "device",
+                                 "no_progress"})
+
+
+def _option_name(dest: str) -> str:
+    """An argparse destination as the user writes it: ``--seeds-k`` (``inputs``, a positional, as it is)."""
+    return dest if dest == "inputs" else f"--{dest.replace('_', '-')}"
+
+
 def _cmd_curate(args: argparse.Namespace) -> int:
     import torch
 
@@ -924,13 +934,22 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     if args.clusters is not None and min(args.clusters) < 1:
         raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
-    if args.launcher == "pytorch":
+    from .distributed import check_same_settings, under_torchrun
+
+    implied = args.launcher == "none" and under_torchrun()  # torchrun without --launcher: as with pytorch
+    if args.launcher == "pytorch" or implied:
         import datetime
 
         if not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
             raise ValueError("--launcher pytorch: start the command with torchrun (RANK and WORLD_SIZE are not set)")
         if not torch.distributed.is_initialized():  # long steps run on rank 0 while the others wait
             torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+        if implied and torch.distributed.get_rank() == 0:
+            print(f"note: torchrun started {torch.distributed.get_world_size()} processes: the curation is "
+                  "distributed over them, as with --launcher pytorch")
+        # every process must curate the same pool the same way (another --seed mixed two runs' clusters)
+        check_same_settings({_option_name(k): v for k, v in vars(args).items() if k not in _CURATE_PER_PROCESS},
+                            "")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = None
@@ -1245,9 +1264,27 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+#: Commands that may run under torchrun: those with a distributed mode, and info (it only reads).
+TORCHRUN_COMMANDS = frozenset({"train", "test", "pretrain", "distill", "curate", "info"})
+
+
+def _refuse_under_torchrun(prog: str, command: str | None) -> None:
+    """A command without a distributed mode (``command`` not in :data:`TORCHRUN_COMMANDS`; None: a tool of
+    its own, such as the mmseg converter) started by torchrun (WORLD_SIZE above 1) would run whole in every
+    process, each writing the same files: refused before any model is loaded."""
+    from .distributed import under_torchrun
+
+    if command not in TORCHRUN_COMMANDS and under_torchrun():
+        raise ValueError(f"runs in one process, and torchrun started {os.environ.get('WORLD_SIZE')} (WORLD_SIZE): "
+                         f"each would do the whole work and write the same files; start `{prog}` without torchrun")
+
+
 def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
     """The command, with every error turned into one line and an exit code."""
+    from .distributed import StartRefused
+
     try:
+        _refuse_under_torchrun(prog, getattr(args, "command", None))
         return args.func(args)
     except KeyboardInterrupt as exc:
         if debug:
@@ -1264,7 +1301,9 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             import traceback
 
             traceback.print_exc()
-        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        if isinstance(exc, StartRefused):  # another process refused the start; its error is its own line
+            print(f"{prog}: {exc}", file=sys.stderr)
+        elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
             print(f"{prog}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --batch-size, "
                   "--size or --tile", file=sys.stderr)
         else:

@@ -496,8 +496,6 @@ def validate_config(cfg, source: str, train: bool) -> None:
         errors.append("no test_dataloader: this config cannot test")
     if not errors:
         _check_section_keys(cfg, train, errors)
-    if cfg.get("launcher", "none") == "pytorch" and not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
-        errors.append("--launcher pytorch: start the command with torchrun (RANK and WORLD_SIZE are not set)")
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
 
@@ -507,7 +505,40 @@ def _dataset_roots(cfg) -> list[str]:
 
 
 def _rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
+
+
+#: Settings of a train/test config that are each process's own (its machine's workers, memory, threads): the
+#: processes of a run may differ in them; in anything else they must agree.
+PER_PROCESS_SETTINGS = ("launcher", "*_dataloader.num_workers", "*_dataloader.persistent_workers",
+                        "*_dataloader.pin_memory", "env_cfg.mp_cfg", "env_cfg.cudnn_benchmark", "log_level")
+
+
+def start_distributed(cfg, command: str) -> None:
+    """Start the process group of a distributed ``train``/``test`` (``cfg.launcher``), before anything is
+    checked or built: the processes then agree on the start (one refusing stops all at once), and compare
+    their configs. Under torchrun without --launcher (WORLD_SIZE above 1) the run is distributed as with
+    --launcher pytorch, and the main process says so: every process would otherwise run the whole command
+    alone, in the same work dir."""
+    from dinov2_dense.distributed import check_same_settings, under_torchrun
+
+    from .runner import start_process_group
+
+    implied = cfg.get("launcher", "none") == "none" and under_torchrun()
+    if implied:
+        cfg.launcher = "pytorch"
+    if not start_process_group(cfg.launcher, cfg.get("env_cfg")):
+        return
+    if implied and _rank() == 0:
+        import torch.distributed as dist
+
+        print(f"note: torchrun started {dist.get_world_size()} processes: the {command} is distributed over them, "
+              "as with --launcher pytorch")
+    check_same_settings(cfg.to_dict(), cfg.filename or command, ignore=PER_PROCESS_SETTINGS)
 
 
 def _build_runner(cfg, source: str, config_copy: str = "work_dir"):
@@ -543,62 +574,76 @@ def _previous_run_files(work_dir: Path) -> list[Path]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dinov2_dense.fileio import DirLock
+    import contextlib
+
+    from dinov2_dense.distributed import agree_to_start
+    from dinov2_dense.fileio import DirLock, _check_creatable
 
     notes: list[str] = []
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher, notes=notes)
-    validate_config(cfg, args.config, train=True)
     cfg.resume = bool(args.resume)
-    from dinov2_dense.fileio import _check_creatable
-
-    _check_creatable(Path(cfg.work_dir), "--work-dir")
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
+    start_distributed(cfg, "training run")
     work_dir = Path(cfg.work_dir)
-    if work_dir.exists() and not work_dir.is_dir():
-        raise FileExistsError(f"--work-dir {work_dir} is a file, not a folder")
-    if args.resume and getattr(args, "overwrite", False):
-        raise ValueError("--resume continues the run in the work dir, --overwrite starts afresh: give one of them")
-    if _rank() != 0:  # the main process checks and locks the work dir for all of them
-        _build_runner(cfg, args.config).train()
-        return 0
-    with DirLock(work_dir) as lock:
-        if lock.note:
-            print(f"{work_dir}: {lock.note}")
-        old = _previous_run_files(work_dir)
-        # a resumed run's schedulers come back as its checkpoint saved them (the runner says where they differ)
-        for note in ([] if args.resume and old else notes + schedule_cut_notes(cfg)):
-            print(note)
-        load_from = cfg.get("load_from")
-        if args.resume and not old:
-            start = f" from the weights of load_from {load_from}" if load_from else ""
-            print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there{start}")
-        delete = old if not args.resume else []
-        if delete and not getattr(args, "overwrite", False):
-            shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
-            raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({shown}): pass "
-                                  "--resume to continue it, --overwrite to delete them and start afresh, or "
-                                  "choose another --work-dir")
-        if load_from and not (args.resume and old):  # the starting weights of a new run
-            if delete and Path(load_from).resolve() in {p.resolve() for p in delete}:
-                raise ValueError(f"load_from {load_from} is a checkpoint of {work_dir}, whose checkpoints "
-                                 "--overwrite deletes: copy it elsewhere first, or choose another --work-dir")
-            from dinov2_dense.engine.runner import read_run_checkpoint
+    main = _rank() == 0
 
-            read_run_checkpoint(load_from)  # a missing or corrupt file stops us before anything is deleted
+    with contextlib.ExitStack() as stack:
+        def start() -> list[Path]:
+            """The main process checks the config and the work dir, and locks it for all: the old checkpoints
+            that a new run (--overwrite) deletes once it has started."""
+            validate_config(cfg, args.config, train=True)
+            _check_creatable(work_dir, "--work-dir")
+            if work_dir.exists() and not work_dir.is_dir():
+                raise FileExistsError(f"--work-dir {work_dir} is a file, not a folder")
+            if args.resume and getattr(args, "overwrite", False):
+                raise ValueError("--resume continues the run in the work dir, --overwrite starts afresh: give one "
+                                 "of them")
+            lock = stack.enter_context(DirLock(work_dir))
+            if lock.note:
+                print(f"{work_dir}: {lock.note}")
+            old = _previous_run_files(work_dir)
+            # a resumed run's schedulers come back as its checkpoint saved them (the runner says where they differ)
+            for note in ([] if args.resume and old else notes + schedule_cut_notes(cfg)):
+                print(note)
+            load_from = cfg.get("load_from")
+            if args.resume and not old:
+                since = f" from the weights of load_from {load_from}" if load_from else ""
+                print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there{since}")
+            delete = old if not args.resume else []
+            if delete and not getattr(args, "overwrite", False):
+                shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
+                raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({shown}): pass "
+                                      "--resume to continue it, --overwrite to delete them and start afresh, or "
+                                      "choose another --work-dir")
+            if load_from and not (args.resume and old):  # the starting weights of a new run
+                if delete and Path(load_from).resolve() in {p.resolve() for p in delete}:
+                    raise ValueError(f"load_from {load_from} is a checkpoint of {work_dir}, whose checkpoints "
+                                     "--overwrite deletes: copy it elsewhere first, or choose another --work-dir")
+                from dinov2_dense.engine.runner import read_run_checkpoint
+
+                read_run_checkpoint(load_from)  # a missing or corrupt file stops us before anything is deleted
+            return delete
+
+        delete = agree_to_start(start, main, share=True) or []
         runner = _build_runner(cfg, args.config)
         if delete:
             # the model is built; the data sets are built now, not at train(): a wrong root or pipeline fails
-            # while the previous run's checkpoints are still there (train() reuses the loops built here)
-            try:
-                runner._train_loop = runner.build_train_loop(runner._train_loop)
-                if runner._val_loop is not None:
-                    runner._val_loop = runner.build_val_loop(runner._val_loop)
-            except BaseException:
-                runner.discard_unstarted_log_dir()
-                raise
-            for path in delete:
-                path.unlink(missing_ok=True)
+            # while the previous run's checkpoints are still there (train() reuses the loops built here). Every
+            # process builds its own (their samplers agree on a seed), and the old files go once all have.
+            def build_loops() -> None:
+                try:
+                    runner._train_loop = runner.build_train_loop(runner._train_loop)
+                    if runner._val_loop is not None:
+                        runner._val_loop = runner.build_val_loop(runner._val_loop)
+                except BaseException:
+                    runner.discard_unstarted_log_dir()
+                    raise
+
+            agree_to_start(build_loops, main=True)
+            if main:
+                for path in delete:
+                    path.unlink(missing_ok=True)
         runner.train()  # the config's copy <work_dir>/<config>.py is written once the run has started
     return 0
 
@@ -615,6 +660,7 @@ def pin_test_batches(cfg, cuda: bool | None = None) -> None:
 
 
 def run_test(args: argparse.Namespace) -> int:
+    from dinov2_dense.distributed import agree_to_start
     from dinov2_dense.engine.runner import read_run_checkpoint
     from dinov2_dense.fileio import check_output_dir
 
@@ -623,20 +669,26 @@ def run_test(args: argparse.Namespace) -> int:
         cfg.test_dataloader.num_workers = args.num_workers
         if args.num_workers == 0:
             cfg.test_dataloader.persistent_workers = False  # torch refuses persistent workers without workers
-    validate_config(cfg, args.config, train=False)
-    pin_test_batches(cfg)
-    read_run_checkpoint(args.checkpoint)  # a missing or corrupt file stops us before the model is built
     cfg.load_from = args.checkpoint
     cfg.resume = False  # a config's resume=True would test the work dir's newest checkpoint, not this one
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
+    protect = [args.config, args.checkpoint] + [str(r) for r in _dataset_roots(cfg)]
     if args.out is not None:
-        protect = [args.config, args.checkpoint] + [str(r) for r in _dataset_roots(cfg)]
-        check_output_dir(args.out, overwrite=getattr(args, "overwrite", False), what="--out", protect=protect)
         hooks = list(cfg.get("custom_hooks") or [])
         hooks.append(dict(type="SavePredictionsHook", out_dir=args.out, overwrite=getattr(args, "overwrite", False),
                           protect=protect))
         cfg.custom_hooks = hooks
+    start_distributed(cfg, "test")
+
+    def start() -> None:  # on the main process: the others stop with it when it refuses
+        validate_config(cfg, args.config, train=False)
+        read_run_checkpoint(args.checkpoint)  # a missing or corrupt file stops us before the model is built
+        if args.out is not None:
+            check_output_dir(args.out, overwrite=getattr(args, "overwrite", False), what="--out", protect=protect)
+
+    agree_to_start(start, _rank() == 0)
+    pin_test_batches(cfg)
     # the config's copy goes beside the test's log: the default work dir is the training run's, whose
     # <work_dir>/<config>.py records what was trained
     runner = _build_runner(cfg, args.config, config_copy="log_dir")

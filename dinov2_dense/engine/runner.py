@@ -22,9 +22,10 @@ import itertools
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
-import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -222,6 +223,98 @@ def sync_norm_stats(model: torch.nn.Module) -> None:
                     stats.div_(world)
 
 
+#: For each launcher: the variables it sets (all needed), and how a user starts a command with it.
+LAUNCHERS = {
+    "pytorch": (("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"), "start the command with torchrun"),
+    "slurm": (("SLURM_PROCID", "SLURM_NTASKS"), "start the command with srun, in a Slurm allocation"),
+    "mpi": (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+            "start the command with Open MPI's mpirun"),
+}
+
+
+def _not_set(names: list[str]) -> str:
+    return (f"{', '.join(names[:-1])} and {names[-1]} are" if len(names) > 1 else f"{names[0]} is") + " not set"
+
+
+def _launcher_environment(launcher: str) -> dict[str, str]:
+    """torch.distributed's ``env://`` variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from
+    those of ``launcher``, as mmengine's init_dist reads them; a ValueError naming --launcher and what is
+    missing."""
+    names, how = LAUNCHERS[launcher]
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise ValueError(f"--launcher {launcher}: {how} ({_not_set(missing)})")
+    env = os.environ
+    if launcher == "pytorch":
+        return {"LOCAL_RANK": env.get("LOCAL_RANK", "0")}
+    port = env.get("MASTER_PORT", "29500")  # torch.distributed's default, as mmengine
+    if launcher == "mpi":
+        if "MASTER_ADDR" not in env:
+            raise ValueError("--launcher mpi: MASTER_ADDR is not set: set it to the host of process 0 (and "
+                             "MASTER_PORT, default 29500) for every process of mpirun (-x MASTER_ADDR)")
+        return {"RANK": env["OMPI_COMM_WORLD_RANK"], "WORLD_SIZE": env["OMPI_COMM_WORLD_SIZE"],
+                "LOCAL_RANK": env["OMPI_COMM_WORLD_LOCAL_RANK"], "MASTER_ADDR": env["MASTER_ADDR"],
+                "MASTER_PORT": port}
+    addr = env.get("MASTER_ADDR")
+    if addr is None:  # the first host of the allocation, as mmengine finds it
+        import subprocess
+
+        nodes = env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST")
+        try:
+            addr = subprocess.run(["scontrol", "show", "hostnames", nodes or ""], capture_output=True, text=True,
+                                  timeout=60).stdout.split()[0] if nodes else None
+        except (OSError, subprocess.SubprocessError, IndexError):
+            addr = None
+        if not addr:
+            raise ValueError("--launcher slurm: MASTER_ADDR is not set and the first host of SLURM_NODELIST could "
+                             "not be read with scontrol: set MASTER_ADDR to the host of process 0")
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "MASTER_ADDR": addr, "MASTER_PORT": port}
+
+
+def start_process_group(launcher: str, env_cfg: dict | None = None) -> bool:
+    """Start torch.distributed for ``launcher`` ("pytorch": torchrun, "slurm": srun, "mpi": Open MPI's mpirun;
+    "none": nothing) with the config's ``env_cfg.dist_cfg``, unless a group is running; whether one runs.
+
+    On CUDA machines this is mmengine's ``init_dist`` (one GPU per local rank, the config's backend), called
+    as its Runner would, only earlier: the commands start the group before they check the work dir, so that
+    a start the main process refuses stops the others at once. On CPUs (gloo) mmengine's would set a CUDA
+    device: the launcher's variables become torch.distributed's env:// ones (RANK, WORLD_SIZE, ...) and the
+    group is started here. A launcher whose variables are missing is a ValueError naming --launcher."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if launcher == "none":
+        return False
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"--launcher {launcher}: expected none, {', '.join(LAUNCHERS)}")
+    env_cfg = dict(env_cfg or {})
+    dist_cfg = dict(env_cfg.get("dist_cfg") or {})
+    variables = _launcher_environment(launcher)
+    if torch.cuda.is_available():
+        from mmengine.dist import init_dist
+        from mmengine.utils.dl_utils import set_multi_processing
+
+        if launcher == "pytorch" and "LOCAL_RANK" not in os.environ:
+            os.environ["LOCAL_RANK"] = variables["LOCAL_RANK"]  # torchrun sets it; a start by hand may not
+        set_multi_processing(**env_cfg.get("mp_cfg", {}), distributed=True)  # mmengine's order: before init_dist
+        init_dist(launcher, **dist_cfg)
+        return True
+    os.environ.update(variables)
+    backend = dist_cfg.pop("backend", "gloo")
+    backend = "gloo" if backend == "nccl" else backend  # NCCL needs CUDA
+    timeout = dist_cfg.pop("timeout", None)
+    if timeout is not None:
+        import datetime
+
+        dist_cfg["timeout"] = datetime.timedelta(seconds=timeout)
+    dist_cfg.pop("init_backend", None)
+    dist_cfg.pop("port", None)  # (mmengine's slurm port: MASTER_PORT here)
+    dist.init_process_group(backend=backend, **dist_cfg)
+    return True
+
+
 #: Runners built by this process: from the second on, each gets its own experiment name (below).
 _RUNNERS = itertools.count()
 
@@ -241,12 +334,8 @@ class DenseRunner(Runner):
         self._read_cache: dict[str, dict] = {}
 
         register_all()  # configs name our classes: make sure the registries hold them
-        launcher = kwargs.get("launcher", "none")
-        if launcher != "none" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
-            # mmengine's init_dist calls torch.cuda.set_device unconditionally: on CPUs (gloo) we start
-            # the process group ourselves, and mmengine then finds it already initialised.
-            backend = ((kwargs.get("env_cfg") or {}).get("dist_cfg") or {}).get("backend", "gloo")
-            torch.distributed.init_process_group(backend=backend)
+        # (the commands start it before they check the work dir; mmengine then finds it already started)
+        start_process_group(kwargs.get("launcher", "none"), kwargs.get("env_cfg"))
         hooks = list(custom_hooks or [])
         for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook"):
             if not any(isinstance(h, dict) and h.get("type") == name for h in hooks):
@@ -370,13 +459,18 @@ class DenseRunner(Runner):
                 self.cfg.dump(str(tmp))
 
     def wrap_model(self, model_wrapper_cfg, model):
-        if self.distributed and not torch.cuda.is_available() and model_wrapper_cfg is None:
-            from mmengine.model import MMDistributedDataParallel
+        # broadcast_buffers=False (mmengine's default wrapper too) keeps each process's buffers as built, at the
+        # start as well; torch >= 2.13 calls it deprecated in a warning of every process, which its replacement
+        # forward_sync_buffers=False cannot silence without syncing the buffers at the start: the warning is left out
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            if self.distributed and not torch.cuda.is_available() and model_wrapper_cfg is None:
+                from mmengine.model import MMDistributedDataParallel
 
-            # CPU DDP: no device_ids (mmengine passes the local rank as a GPU index)
-            return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
-                                             find_unused_parameters=False)
-        return super().wrap_model(model_wrapper_cfg, model)
+                # CPU DDP: no device_ids (mmengine passes the local rank as a GPU index)
+                return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
+                                                 find_unused_parameters=False)
+            return super().wrap_model(model_wrapper_cfg, model)
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         from mmengine.dist import is_main_process

@@ -1,0 +1,385 @@
+"""How the processes of a distributed run start, as users launch them: torchrun without --launcher runs
+distributed (not N whole copies); processes given different options all refuse, naming the keys; a start
+that process 0 refuses stops every process at once; --launcher slurm reads Slurm's variables, and names
+them when they are missing; the commands without a distributed mode refuse to run under torchrun.
+
+The two-process cases run in one launch of two processes (the variables torchrun sets, given by hand, as
+a launch on two machines gives them): a driver calls ``dinov2_dense.cli.main`` once per case, each on its
+own port, and writes each case's output and exit code to files that the tests read. ``DIST_START_ONLY=a,b``
+runs only those cases (to look at one)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dinov2_dense.cli import main
+from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
+CASE_LIMIT_S = 60  # a case still running then is stopped and reported as such (a process left waiting)
+
+DRIVER = r'''
+import json, os, sys, threading, traceback
+rank, base, cases = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+from dinov2_dense.cli import main
+
+def api_case(rank):
+    """dinov2_dense.distributed between the two processes, without a command."""
+    from pathlib import Path
+    import torch.distributed as dist
+    from dinov2_dense.distributed import StartRefused, agree_to_start, check_same_settings
+    dist.init_process_group("gloo")
+    def f(): pass
+    # a function (its address differs between processes) and a set (its order too) are the same settings
+    check_same_settings({"a": {"f": f, "s": {"alpha", "beta", "gamma", "delta"}}, "n": [dict(k=1)]}, "api")
+    print("same: passed")
+    try:
+        check_same_settings({"n": [dict(k=rank)], "own": rank}, "api", ignore=("own",))
+    except ValueError as exc:
+        print(f"differ: {exc}")
+    def fails_on_1():
+        if rank == 1:
+            raise FileNotFoundError("data/x: no such folder")
+        return rank
+    try:
+        agree_to_start(fails_on_1, main=True)
+    except StartRefused as exc:
+        print(f"refused: {exc}")
+    except FileNotFoundError as exc:
+        print(f"own error: {exc}")
+    print(f"shared: {agree_to_start(lambda: [Path('p0')], rank == 0, share=True)!r}")
+    dist.destroy_process_group()
+    return 0
+
+saved = dict(os.environ)
+for case in cases:
+    name, port, argv, env = case["name"], case["port"], case["argv"][rank], case["env"][rank]
+    os.environ.clear(); os.environ.update(saved); os.environ.update(env)
+    for key in case.get("unset", []):
+        os.environ.pop(key, None)
+    os.environ["MASTER_PORT"] = str(port)
+    log = open(os.path.join(base, f"{name}.{rank}.log"), "w")
+    sys.stdout.flush(); sys.stderr.flush()
+    os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)
+    done = threading.Event()
+
+    def watchdog(name=name, done=done):
+        if not done.wait(case["limit"]):
+            with open(os.path.join(base, f"{name}.{rank}.rc"), "w") as f:
+                f.write("still running after %d s" % case["limit"])
+            os._exit(124)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        rc = api_case(rank) if name == "api" else main(argv)
+    except BaseException:
+        traceback.print_exc(); rc = "raised"
+    done.set()
+    sys.stdout.flush(); sys.stderr.flush()
+    with open(os.path.join(base, f"{name}.{rank}.rc"), "w") as f:
+        f.write(str(rc))
+'''
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_start")
+    write_ade20k_layout(root / "ade", 4, 2, config=SceneConfig(size=(112, 112)), seed=0, progress=False)
+    rng = np.random.default_rng(0)
+    np.save(root / "pool.npy", rng.normal(size=(64, 8)).astype(np.float32))
+    (root / "pool.txt").write_text("".join(f"img_{i:03d}.jpg\n" for i in range(64)))
+    return root
+
+
+def _train_options(root: Path, iters: int) -> list[str]:
+    opts = {f"{split}_dataloader.dataset.root": str(root / "ade") for split in ("train", "val", "test")}
+    opts.update({"train_cfg.max_iters": iters, "train_cfg.val_interval": 1000, "train_dataloader.batch_size": 2,
+                 "param_scheduler.0.end": 1, "param_scheduler.1.end": 2, "default_hooks.logger.interval": 1,
+                 "default_hooks.checkpoint.interval": 2})
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
+def _cases(root: Path) -> list[dict]:
+    """Each case: the command of process 0 and of process 1, their variables."""
+    torchrun = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                 "MASTER_ADDR": "127.0.0.1"} for r in (0, 1)]
+    slurm = [{"SLURM_PROCID": str(r), "SLURM_LOCALID": str(r), "SLURM_NTASKS": "2", "SLURM_NODELIST": "localhost",
+              "MASTER_ADDR": "127.0.0.1"} for r in (0, 1)]
+    unset_torchrun = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"]
+    for work in ("taken", "taken_slurm"):  # another run's checkpoint: refused without --resume / --overwrite
+        (root / work).mkdir(exist_ok=True)
+        (root / work / "iter_4.pth").write_bytes(b"another run")
+    train = ["train", str(SEG_CFG), "--cfg-options"]
+    curate = ["curate", str(root / "pool.npy"), "--target", "20", "--no-progress", "--out", str(root / "curated")]
+    cases = {
+        "api": ([[], []], torchrun, []),
+        "test_implied": ([["test", str(SEG_CFG), str(root / "missing.pth"), "--work-dir", str(root / "t"),
+                           "--out", str(root / "pred"), "--cfg-options", *_train_options(root, 2)]] * 2, torchrun, []),
+        "train_refused": ([["train", str(SEG_CFG), "--work-dir", str(root / "taken"), "--launcher", "pytorch",
+                            "--cfg-options", *_train_options(root, 2)]] * 2, torchrun, []),
+        "slurm_refused": ([["train", str(SEG_CFG), "--work-dir", str(root / "taken_slurm"), "--launcher", "slurm",
+                            "--cfg-options", *_train_options(root, 2)]] * 2, slurm, unset_torchrun),
+        "curate_mismatch": ([curate + ["--seed", "0"], curate + ["--seed", "1"]], torchrun, []),
+        "train_mismatch": ([train[:2] + ["--work-dir", str(root / "m"), "--launcher", "pytorch", "--cfg-options",
+                                         *_train_options(root, 2)],
+                            train[:2] + ["--work-dir", str(root / "m"), "--launcher", "pytorch", "--cfg-options",
+                                         *_train_options(root, 2), "train_cfg.max_iters=3"]], torchrun, []),
+        "train_implied": ([["train", str(SEG_CFG), "--work-dir", str(root / "w"), "--cfg-options",
+                            *_train_options(root, 2)]] * 2, torchrun, []),
+    }
+    only = [c for c in os.environ.get("DIST_START_ONLY", "").split(",") if c]
+    return [dict(name=name, port=free_port(), argv=argv, env=env, unset=unset, limit=CASE_LIMIT_S)
+            for name, (argv, env, unset) in cases.items() if not only or name in only]
+
+
+@pytest.fixture(scope="module")
+def launched(data):
+    """Two processes run every case; {case: [(exit code, output) of process 0, of process 1]}."""
+    driver = data / "driver.py"
+    driver.write_text(DRIVER)
+    cases = _cases(data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        env.pop(key, None)
+    procs = [subprocess.Popen([sys.executable, str(driver), str(rank), str(data), json.dumps(cases)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for rank in (0, 1)]
+    for proc in procs:
+        try:
+            proc.wait(timeout=CASE_LIMIT_S * len(cases) + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    results = {}
+    for case in cases:
+        pair = []
+        for rank in (0, 1):
+            rc_file, log = data / f"{case['name']}.{rank}.rc", data / f"{case['name']}.{rank}.log"
+            rc = rc_file.read_text() if rc_file.is_file() else "no exit code (the process died)"
+            pair.append((int(rc) if rc.lstrip("-").isdigit() else rc, log.read_text() if log.is_file() else ""))
+        results[case["name"]] = pair
+    return results
+
+
+def _case(launched, name: str):
+    if name not in launched:
+        pytest.skip(f"DIST_START_ONLY leaves out {name}")
+    return launched[name]
+
+
+def _lines(output: str, prog: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(prog)]
+
+
+def test_the_start_helpers_between_two_processes(launched):
+    (rc0, out0), (rc1, out1) = _case(launched, "api")
+    assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
+    for out in (out0, out1):
+        assert "same: passed" in out
+        assert ("differ: api: the 2 processes of this run were given different settings: n.0.k: 0 in process 0, "
+                "1 in process 1; start every process") in out  # "own" is ignored
+        assert "shared: [PosixPath('p0')]" in out
+    assert "own error: data/x: no such folder" in out1  # the process that failed says why
+    assert "refused: stopped: process 1 refused the start (data/x: no such folder)" in out0
+
+
+def test_test_under_torchrun_without_launcher_is_distributed_and_process_0_refuses_for_all(launched):
+    (rc0, out0), (rc1, out1) = _case(launched, "test_implied")
+    assert rc0 == rc1 == 2, (out0[-2000:], out1[-2000:])
+    assert out0.count("note: torchrun started 2 processes: the test is distributed over them, as with "
+                      "--launcher pytorch") == 1
+    assert "note: torchrun" not in out1
+    said = _lines(out0, "dinov2-dense test:")
+    assert len(said) == 1 and said[0].startswith("dinov2-dense test: error: "), said
+    assert "missing.pth: no such checkpoint file" in said[0]
+    said = _lines(out1, "dinov2-dense test:")
+    assert len(said) == 1 and said[0].startswith("dinov2-dense test: stopped: process 0 refused the start (")
+    assert "missing.pth: no such checkpoint file" in said[0]
+
+
+@pytest.mark.parametrize("name", ["train_refused", "slurm_refused"])
+def test_a_train_start_refused_by_process_0_stops_the_other_at_once(launched, name):
+    """Process 0 refuses the work dir (another run's checkpoints): process 1, which went on to build the
+    runner and waited in the process group's start (deaf to torchrun's SIGTERM, killed 30 s later), stops
+    with it. With --launcher slurm, Slurm's variables make the group (RANK was not set: each process
+    thought it was process 0)."""
+    (rc0, out0), (rc1, out1) = _case(launched, name)
+    assert rc0 == 2 and rc1 == 2, (rc0, rc1, out0[-1500:], out1[-1500:])
+    said0 = _lines(out0, "dinov2-dense train:")
+    assert len(said0) == 1 and "holds the checkpoints of another run (iter_4.pth)" in said0[0], said0
+    said1 = _lines(out1, "dinov2-dense train:")
+    assert len(said1) == 1 and said1[0].startswith("dinov2-dense train: stopped: process 0 refused the start ("), said1
+    assert "holds the checkpoints of another run" in said1[0]
+
+
+def test_train_processes_given_other_options_all_refuse_naming_the_key(launched, data):
+    (rc0, out0), (rc1, out1) = _case(launched, "train_mismatch")
+    assert rc0 == rc1 == 2, (rc0, rc1, out0[-1500:], out1[-1500:])
+    for out in (out0, out1):
+        said = _lines(out, "dinov2-dense train:")
+        assert len(said) == 1, out[-1500:]
+        assert "the 2 processes of this run were given different settings" in said[0]
+        assert "train_cfg.max_iters: 2 in process 0, 3 in process 1" in said[0]
+    assert not list((data / "m").glob("*.pth"))
+
+
+def test_curate_processes_given_another_seed_all_refuse_naming_it(launched, data):
+    """(They ran, and the result mixed the two runs' clusters.)"""
+    (rc0, out0), (rc1, out1) = _case(launched, "curate_mismatch")
+    assert rc0 == rc1 == 2, (rc0, rc1, out0[-1500:], out1[-1500:])
+    for out in (out0, out1):
+        said = _lines(out, "dinov2-dense curate:")
+        assert said == ["dinov2-dense curate: error: the 2 processes of this run were given different settings: "
+                        "--seed: 0 in process 0, 1 in process 1; start every process with the same command and "
+                        "config"], out[-1500:]
+    assert not (data / "curated" / "selected.txt").exists()
+    assert "note: torchrun started 2 processes: the curation is distributed" in out0  # without --launcher
+
+
+def test_train_under_torchrun_without_launcher_runs_one_distributed_run(launched, data):
+    (rc0, out0), (rc1, out1) = _case(launched, "train_implied")
+    assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
+    assert "Distributed training: True" in out0 and "GPU number: 2" in out0
+    assert out0.count("note: torchrun started 2 processes: the training run is distributed over them") == 1
+    assert out0.count("Iter(train) [2/2]") == 1 and "Iter(train)" not in out1  # one log, process 0's
+    assert sorted(p.name for p in (data / "w").glob("*.pth")) == ["iter_2.pth"]
+    # torch's deprecation warning of DDP's broadcast_buffers (printed by every process) is not caused
+    assert "broadcast_buffers" not in out0 + out1
+
+
+def test_the_ddp_wrapper_keeps_buffers_unsynced_without_torchs_deprecation_warning():
+    """broadcast_buffers=False (mmengine's choice too) made torch >= 2.13 print a deprecation warning of several
+    lines in every process; the buffers stay each process's own, as before."""
+    import warnings
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+
+    from dinov2_dense.engine.runner import DenseRunner
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            wrapped = DenseRunner.wrap_model(SimpleNamespace(distributed=True), None, torch.nn.BatchNorm1d(3))
+        assert [str(w.message) for w in caught if "broadcast_buffers" in str(w.message)] == []
+        assert getattr(wrapped, "forward_sync_buffers", getattr(wrapped, "broadcast_buffers", None)) is False
+
+        # beside an NCCL default group the start's objects go through a gloo group, made once
+        from dinov2_dense import distributed
+
+        assert distributed._object_group() is None  # the default group is gloo
+        real = dist.get_backend
+        try:
+            dist.get_backend = lambda group=None: "nccl" if group is None else real(group)
+            side = distributed._object_group()
+            assert side is not None and real(side) == "gloo" and distributed._object_group() is side
+        finally:
+            dist.get_backend = real
+    finally:
+        dist.destroy_process_group()
+
+
+def test_on_cuda_the_group_is_started_as_mmengine_would_only_earlier(monkeypatch):
+    """(No GPU here: torch.cuda and mmengine's init_dist are stand-ins.) mmengine's own start, after its
+    multiprocessing settings, with the config's dist_cfg; LOCAL_RANK set for a start by hand."""
+    import mmengine.dist
+    import mmengine.utils.dl_utils
+    import torch
+
+    from dinov2_dense.engine.runner import start_process_group
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(mmengine.utils.dl_utils, "set_multi_processing", lambda **kw: calls.append(("mp", kw)))
+    monkeypatch.setattr(mmengine.dist, "init_dist", lambda launcher, **kw: calls.append((launcher, kw)))
+    for key, value in dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LOCAL_RANK", "")  # (so that the value set here is removed afterwards)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert start_process_group("pytorch", dict(dist_cfg=dict(backend="nccl", timeout=60),
+                                               mp_cfg=dict(mp_start_method="fork"))) is True
+    assert calls == [("mp", dict(mp_start_method="fork", distributed=True)),
+                     ("pytorch", dict(backend="nccl", timeout=60))]
+    assert os.environ["LOCAL_RANK"] == "0"
+
+
+@pytest.mark.parametrize("launcher, missing", [
+    ("slurm", "start the command with srun, in a Slurm allocation (SLURM_PROCID and SLURM_NTASKS are not set)"),
+    ("mpi", "start the command with Open MPI's mpirun (OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE and "
+            "OMPI_COMM_WORLD_LOCAL_RANK are not set)"),
+    ("pytorch", "start the command with torchrun (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are not set)"),
+])
+def test_a_launcher_without_its_variables_is_named_with_them(launcher, missing, data, tmp_path, monkeypatch, capsys):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+                "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["train", str(SEG_CFG), "--work-dir", str(tmp_path / "w"), "--launcher", launcher,
+                 "--cfg-options", *_train_options(data, 2)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"dinov2-dense train: error: --launcher {launcher}: {missing}"
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["features", "../in/a.png", "--weights", "random", "--out", "f.npy"],
+    ["knn", "../in", "--weights", "random", "--out", "knn.json"],
+    ["pca", "../in/a.png", "--weights", "random", "--out", "pca"],
+])
+def test_commands_without_a_distributed_mode_refuse_torchrun_before_loading_a_model(command, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Each process would run the whole command and write the same files."""
+    from PIL import Image
+
+    import dinov2_dense.cli as cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in ("a", "b"):  # an image; for knn, a folder of two classes
+        (tmp_path / "in" / name).mkdir(parents=True)
+        Image.new("RGB", (28, 28), (40, 90, 200)).save(tmp_path / "in" / name / "x.png")
+    Image.new("RGB", (28, 28), (40, 90, 200)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(cli, "_load_model", no_model)
+    monkeypatch.chdir(tmp_path / "run")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dinov2-dense {command[0]}: error: runs in one process, and torchrun started 2 (WORLD_SIZE): each "
+                   f"would do the whole work and write the same files; start `dinov2-dense {command[0]}` without "
+                   "torchrun")
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_settings_compare_as_text_that_is_the_same_in_every_process():
+    from dinov2_dense.distributed import flatten
+
+    class Thing:
+        pass
+
+    flat = flatten({"hooks": [dict(type="A", n=1)], "fn": flatten, "obj": Thing(), "s": {"b", "a"}, "e": {},
+                    "plain": [1, 2]})
+    assert flat == {"hooks.0.type": "'A'", "hooks.0.n": "1", "fn": "dinov2_dense.distributed.flatten",
+                    "obj": flat["obj"], "s": "{'a', 'b'}", "e": "{}", "plain": "[1, 2]"}
+    assert " at 0x" not in flat["obj"] and "Thing object" in flat["obj"]
+
+
+def test_the_mmseg_converter_under_torchrun_refuses_instead_of_crashing(tmp_path, monkeypatch, capsys):
+    """The converter is a tool of its own (no `command` in its arguments): under torchrun it is refused
+    as the one-process commands are, naming itself, and nothing is written."""
+    from dinov2_dense.mmseg.convert import main as convert
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert convert(["to-mmseg", str(tmp_path / "head.pth"), str(tmp_path / "out.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("start `python -m dinov2_dense.mmseg.convert to-mmseg` without torchrun"), err
+    assert err.count("\n") == 0 and list(tmp_path.iterdir()) == []
