@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dinov2_dense.distributed import agree_to_start, check_same_settings, under_torchrun
 from dinov2_dense.fileio import DirLock, atomic_path, write_json
 
 from .config import resolve
@@ -114,7 +115,35 @@ def _wrap(model: SSLMetaArch, mode: str, device: torch.device, world: int) -> No
         for key, module in part.items():
             for block in getattr(module, "blocks", []):
                 fully_shard(block)
+            module.register_forward_hook(_outputs_of_their_own)  # before fully_shard's: runs first
             fully_shard(module)
+
+
+def _outputs_of_their_own(module: nn.Module, args: Any, output: Any) -> Any:
+    """A forward hook for a module that FSDP wraps: its outputs that are views, as tensors of their own.
+
+    A backbone's ``x_norm_clstoken``, ``x_norm_regtokens`` and ``x_norm_patchtokens`` slice one normed
+    tensor. FSDP2 hangs the hook that gathers the parameters again for the backward pass on each output
+    tensor, and warns of a view (an in-place op on one would drop that hook). The loop never modifies
+    these outputs in place, so the hook did fire (DDP and FSDP trained the same weights); the copy makes
+    that hold whatever uses the outputs, and silences the warning. It is exact (its gradient passes
+    through unchanged) and cheap: the tokens are copied once per student forward, beside a ViT's work.
+    Without gradients (the teacher) nothing is hooked, nor copied."""
+    if not torch.is_grad_enabled():
+        return None
+
+    def own(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.clone() if value.requires_grad and value._base is not None else value
+        if isinstance(value, dict):
+            return {k: own(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [own(v) for v in value]
+        if type(value) is tuple:
+            return tuple(own(v) for v in value)
+        return value
+
+    return own(output)
 
 
 def _plain(backbone: nn.Module, sharded: bool, device: torch.device) -> nn.Module | None:
@@ -327,25 +356,74 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
     a refused start deletes nothing). A new work dir is created only then, too: a refused start
     leaves no empty folder behind; one that cannot be made or written is refused first of all. A
     ``resume`` takes the newest readable checkpoint and is refused where none is readable.
+
+    Under torchrun the process group starts first; the processes then refuse together, with one line, a
+    start that one of them refuses (a config error; the work dir, which the main process checks) and
+    settings that differ between them (other ``--cfg-options`` on one machine; :data:`PER_PROCESS_SETTINGS`
+    aside), before any model is built or anything written.
     """
-    if resume and overwrite:
-        raise ValueError("resume continues the run in the work dir, overwrite starts afresh: give one of them")
-    if max_iters is not None and max_iters < 1:
-        raise ValueError(f"max_iters={max_iters}: expected at least 1")
-    cfg = resolve(config, source)
     work_dir = Path(work_dir)
-    _check_work_dir(work_dir, resume, overwrite)
-    device, rank, world = setup_distributed(cfg["compute"]["device"])
+    launched = under_torchrun()
+    if launched:  # the process group first: a start that one process refuses then stops every process at once
+        device, rank, world = setup_distributed(_given_device(config))
+        cfg = agree_to_start(partial(_resolve_command, config, source, resume, overwrite, max_iters), main=True)
+    else:
+        cfg = _resolve_command(config, source, resume, overwrite, max_iters)
+        _check_work_dir(work_dir, resume, overwrite)  # first of all, before the device
+        device, rank, world = setup_distributed(cfg["compute"]["device"])
     main = rank == 0
+    # processes given other settings would train models that drift apart: refused before anything is built
+    check_same_settings(_shared_settings(cfg, device, resume, overwrite, max_iters), source,
+                        ignore=PER_PROCESS_SETTINGS)
     claim = _Claim(work_dir, resume or overwrite) if main else None
     try:
-        if claim is not None and work_dir.is_dir():
-            claim.take()  # an existing folder is held from the start (two resumes of one run never mix)
+        # the work dir is the main process's (it writes the run's files): checked and held there
+        agree_to_start(partial(_hold_work_dir, claim, resume, overwrite, check=launched), main)
         return _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=overwrite, claim=claim,
                     given=_given_student_keys(config), source=source)
     finally:
         if claim is not None:
             claim.release()
+
+
+def _resolve_command(config: dict, source: str, resume: bool, overwrite: bool, max_iters: int | None) -> dict:
+    """The resolved config (:func:`pretrain.config.resolve`), once the command's options are checked."""
+    if resume and overwrite:
+        raise ValueError("resume continues the run in the work dir, overwrite starts afresh: give one of them")
+    if max_iters is not None and max_iters < 1:
+        raise ValueError(f"max_iters={max_iters}: expected at least 1")
+    return resolve(config, source)
+
+
+def _given_device(config: Any) -> str | None:
+    """``compute.device`` as the user's config gives it (checked by :func:`resolve` just after)."""
+    compute = config.get("compute") if isinstance(config, dict) else None
+    device = compute.get("device") if isinstance(compute, dict) else None
+    return device if isinstance(device, str) else None
+
+
+#: Settings that each process of a distributed run may give its own value: DataLoader workers (a sample's
+#: crops and masks are seeded by its place in the data stream, not by the worker that makes them).
+#: ``compute.device`` is compared by its kind only (cuda:0 on one process, cuda:1 on another).
+PER_PROCESS_SETTINGS = ("train.num_workers",)
+
+
+def _shared_settings(cfg: dict, device: torch.device, resume: bool, overwrite: bool,
+                     max_iters: int | None) -> dict[str, Any]:
+    """What every process of a run must be given alike: the resolved config (after --cfg-options, --teacher)
+    and the command's options that change what is trained."""
+    shared: dict[str, Any] = {section: dict(values) for section, values in cfg.items()}
+    shared["compute"]["device"] = device.type
+    return {**shared, "--resume": resume, "--overwrite": overwrite, "--max-iters": max_iters}
+
+
+def _hold_work_dir(claim: "_Claim", resume: bool, overwrite: bool, check: bool) -> None:
+    """The main process's start checks of the work dir (``check``: under a process group, where they were
+    not made before the device) and its hold on an existing folder (two resumes of one run never mix)."""
+    if check:
+        _check_work_dir(claim.work_dir, resume, overwrite)
+    if claim.work_dir.is_dir():
+        claim.take()
 
 
 def _given_student_keys(config: dict | None) -> frozenset[str]:
@@ -667,12 +745,13 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             scaler.load_state_dict(state["scaler"])
     dataset, loader = _loader(cfg, start, rank, world)  # a bad data set fails here, before anything is written
     _check_outside_data(work_dir, cfg["train"]["dataset"])
-    monitor = None
-    if cfg["monitor"]["period"] and main:  # its images are checked here too
-        from .monitor import DenseMonitor
 
-        monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
-    if main:
+    def start_writing():  # the main process's last checks and first writes
+        monitor = None
+        if cfg["monitor"]["period"]:  # its images are checked here too
+            from .monitor import DenseMonitor
+
+            monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
         if claim is not None:
             claim.ready()  # a new work dir is made, and marked, only now that the start is checked
         if fresh:  # the model is built and the config checked: the run replaced goes now, before any write
@@ -681,6 +760,9 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         write_json(work_dir / "config.json", _jsonable(cfg))
         if not cfg["distill"]["teacher"]:  # the architecture of the checkpoints' teacher.backbone.*
             write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
+        return monitor
+
+    monitor = agree_to_start(start_writing, main)  # refused there: every process stops now
     stop = min(total_iters, max_iters) if max_iters is not None else total_iters
     metrics_path = work_dir / "training_metrics.jsonl"
     last: dict[str, Any] = {}
@@ -807,7 +889,9 @@ class TrainingDiverged(ValueError):
 
 
 def _check_in_sync(model: nn.Module, work_dir: Path, main: bool) -> list[str]:
-    """Every process's teacher must be the same: their SHA-256s (``teacher_fingerprints.json``)."""
+    """Every process's teacher must be the same: their SHA-256s (``teacher_fingerprints.json``). The
+    settings were compared at the start, so teachers that differ here are a fault of the run, not of
+    the user's command."""
     import hashlib
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -823,8 +907,11 @@ def _check_in_sync(model: nn.Module, work_dir: Path, main: bool) -> list[str]:
     torch.distributed.all_gather_object(prints, digest.hexdigest())
     if main:
         write_json(work_dir / "teacher_fingerprints.json", prints)
-    if len(set(prints)) != 1:
-        raise RuntimeError(f"the processes' teachers differ after training: {prints}")
+    if len(set(prints)) != 1:  # their settings were compared at the start: the processes fell out of step
+        raise RuntimeError(f"the processes' teachers differ after training (SHA-256 {', '.join(p[:12] for p in prints)}"
+                           f" in processes 0 to {len(prints) - 1}; {work_dir / 'teacher_fingerprints.json'}), although "
+                           "they started with the same settings and weights: their updates went out of step; the "
+                           "checkpoints hold process 0's model")
     return prints
 
 
