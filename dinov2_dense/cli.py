@@ -68,7 +68,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .hub import WEIGHTS_ENV, hub_checkpoint_dir, weights_status
+    from .hub import OFFLINE_ENV, WEIGHTS_ENV, hub_checkpoint_dir, offline, weights_status
 
     from dinov2_dense.zoo import model_weights_status
 
@@ -77,8 +77,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows + models, indent=2))
         return 0
+    fetched = (f"missing files are not downloaded: {OFFLINE_ENV} is set" if offline()
+               else "missing files are downloaded on first use")
     print(f"weights are looked for in ${WEIGHTS_ENV} ({os.environ.get(WEIGHTS_ENV) or 'unset'}), "
-          f"then in {hub_checkpoint_dir()}; missing files are downloaded on first use")
+          f"then in {hub_checkpoint_dir()}; {fetched}")
     print("backbones:")
     for r in rows:
         where = r["found"] or f"not found ({r['url']})"
@@ -736,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="First principal component -> foreground mask; three components of the foreground -> RGB. "
                     "Writes <name>_pca.png, <name>_mask.png, <name>_overlay.png and figure.png (figure_1.png, "
                     "figure_2.png, ... beyond 8 images) to --out, "
-                    "and the fitted basis (pca_basis.npz) for reuse with --basis.",
+                    "and, for one image or with --joint (or --video), the fitted basis (pca_basis.npz) for "
+                    "reuse with --basis.",
     )
     pca.add_argument("images", nargs="*", help="image files (or skimage:NAME for a scikit-image sample)")
     _common_model_arguments(pca)
@@ -748,7 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
                                      "(frame | colours side by side)")
     pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one")
-    pca.add_argument("--save-basis", help="where to save the fitted basis (default: OUT/pca_basis.npz)")
+    pca.add_argument("--save-basis", help="where to save the fitted basis of one image, --joint or --video "
+                                          "(default: OUT/pca_basis.npz)")
     pca.add_argument("--size", type=int_range(0), nargs="+", default=None, metavar="N",
                      help=f"resize first: the shorter side (or H W); larger gives finer maps (default {PCA_SIZE}, "
                           "or the size a --basis was fitted at; 0 keeps the image's own size)")

@@ -294,10 +294,10 @@ def resolve_file(
     found = next((p for p in places if p.is_file()), None)
     if found is not None:
         return _whole(found)
-    offline = _offline()
+    forbidden = offline()
     looked = "\n".join(f"    {p}" for p in places)
-    if offline or not download_ok:
-        why = f"{OFFLINE_ENV} is set" if offline else "downloads are disabled"
+    if forbidden or not download_ok:
+        why = f"{OFFLINE_ENV} is set" if forbidden else "downloads are disabled"
         raise WeightsNotFoundError(
             f"weights for {label} ({filename}) not found, and {why}. Looked in:\n{looked}\n"
             f"Fetch {url} into one of those places (or set {WEIGHTS_ENV} to its directory).\n{NO_WEIGHTS_HINT}"
@@ -560,7 +560,8 @@ def _architecture(name, weights) -> dict | None:
     return check_architecture(arch, source)
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """True when DINOV2_DENSE_OFFLINE forbids downloads."""
     return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
 
 
@@ -612,7 +613,7 @@ def _fetch_url(url: str) -> Path:
     dest = hub_checkpoint_dir() / f"url-{tag}-{filename}"
     if dest.is_file():
         return _whole(dest)
-    if _offline():
+    if offline():
         raise WeightsNotFoundError(f"weights {url} are not in {dest}, and {OFFLINE_ENV} is set: fetch the file by hand")
     try:
         return download(url, dest, verify=weight_file_problem)

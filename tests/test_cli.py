@@ -42,7 +42,8 @@ def image(tmp_path):
     return path
 
 
-def test_info_lists_zoo_and_where_weights_are(weights_dir, capsys):
+def test_info_lists_zoo_and_where_weights_are(weights_dir, monkeypatch, capsys):
+    monkeypatch.delenv("DINOV2_DENSE_OFFLINE", raising=False)  # (info itself downloads nothing)
     assert main(["info", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) >= {"dinov2_vits14", "dinov2_vitg14_reg", "dinov2_vitl14"}
@@ -54,6 +55,14 @@ def test_info_lists_zoo_and_where_weights_are(weights_dir, capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert "dinov2_vitg14_reg4_pretrain.pth" in text and "not found" in text
+    assert "missing files are downloaded on first use" in text
+
+
+def test_info_says_no_download_where_downloads_are_forbidden(weights_dir, monkeypatch, capsys):
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "missing files are not downloaded: DINOV2_DENSE_OFFLINE is set" in text and "first use" not in text
 
 
 def test_starting_a_command_does_not_import_torchs_fsdp():
