@@ -1,10 +1,12 @@
 """The mmsegmentation plugin (dinov2_dense.mmseg): the same predictions as DensePredictor in whole and
-slide mode, official-layout head files loading strictly, checkpoints converted both ways, mmseg's
-Runner training and evaluating on synthetic scenes with its own IoUMetric and DepthMetric, and the
-core importable without mmcv."""
+slide mode (and with the depth flip test), official-layout head files loading strictly, checkpoints
+converted both ways, mmseg's Runner training and evaluating on synthetic scenes (mmseg's IoUMetric; for
+depth our metric, with the numbers our engine reports), reproducible and resumable runs, and the core
+importable without mmcv."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,14 @@ def backbone_file(tmp_path_factory):
     """A tiny ViT (32 wide, 4 blocks) with random non-init weights, exported as a pretraining export."""
     model = tiny_vit(depth=4, dim=32, img=56)
     return export_backbone(model, tmp_path_factory.mktemp("bb"))["safetensors"]
+
+
+@pytest.fixture(scope="module")
+def nyu_scenes(tmp_path_factory):
+    """Synthetic scenes in the NYU toolbox layout (6 train, 3 test, 84 x 112)."""
+    from dinov2_dense.data.synthetic import write_nyu_layout
+
+    return write_nyu_layout(tmp_path_factory.mktemp("nyu"), 6, 3, config=dict(size=(84, 112)), progress=False)
 
 
 def _metas(x: torch.Tensor) -> list[dict]:
@@ -142,6 +152,67 @@ def test_mmseg_depth_estimator_slide_mode_really_slides(backbone_file):
     assert tuple(theirs.shape[-2:]) == (56, 56) and tuple(slide.shape[-2:]) == (70, 84)
 
 
+@pytest.mark.parametrize("kind,mode", [("dpt_depth", "whole"), ("linear4_depth", "whole"), ("linear4_depth", "slide")])
+def test_plugin_depth_flip_test_is_the_dense_predictors(backbone_file, kind, mode):
+    """test_cfg flip=True: the depth of the image averaged with its mirror's, as DensePredictor.predict
+    (our engine's test of NYU and KITTI); the plugin's estimator ignored it and tested without."""
+    model, ours = _pair(kind, backbone_file, mode)
+    model.test_cfg.flip = True
+    x = torch.randn(2, 3, 70, 84, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = model.inference(x, _metas(x))
+        want = ours.predict(x, mode=mode, crop_size=56, stride=28, flip=True)
+        plain = ours.predict(x, mode=mode, crop_size=56, stride=28, flip=False)
+    assert (want - plain).abs().max().item() > 1e-3  # the flip changes the depth: the comparison tells
+    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-4
+    model.test_cfg.mode = "slide_flip"
+    with pytest.raises(ValueError, match="slide_flip.*already averages"):
+        model.inference(x, _metas(x))
+
+
+#: Each plugin depth config and our engine's config of the same setup.
+DEPTH_PAIRS = [("dinov2_vits14_nyu_dpt", "dinov2_vits14_nyu_dpt", "nyu"),
+               ("dinov2_vits14_nyu_linear4", "dinov2_vits14_nyu_linear4", "nyu"),
+               ("dinov2_vits14_kitti_dpt", "dinov2_vits14_kitti_dpt", "kitti"),
+               ("synthetic_nyu_dpt", "dinov2_vits14_synthetic_dpt", "nyu")]
+
+
+def _loss_settings(configs) -> list[tuple]:
+    """(class name, settings) of each loss built from ``configs`` (defaults filled in by the classes)."""
+    losses = [build(dict(c)) for c in configs]
+    return [(type(m).__name__, {k: v for k, v in vars(m).items() if not k.startswith("_")
+                                and k not in ("training", "warm_up_counter")}) for m in losses]
+
+
+@pytest.mark.parametrize("plugin,ours,dataset", DEPTH_PAIRS, ids=[p[0] for p in DEPTH_PAIRS])
+def test_plugin_depth_configs_follow_the_protocol_as_ours_do(plugin, ours, dataset):
+    """The losses (the released heads': SigLoss 1.0 with warm-up + 0.5 GradientLoss; the NYU linear4 config
+    had SigLoss alone), the flip test (missing in every plugin depth config), the blocks, the depth range
+    and the evaluation of each plugin depth config are those of our engine's config and the settings."""
+    from mmengine.config import Config
+
+    from dinov2_dense.mmseg.heads import DEPTH_LOSSES
+    from dinov2_dense.settings import DATASET_SETTINGS
+
+    mm = Config.fromfile(ROOT / "configs" / "mmseg" / f"{plugin}.py")
+    we = Config.fromfile(ROOT / "configs" / "depth" / f"{ours}.py")
+    head = mm.model.decode_head
+    assert _loss_settings(head.get("loss_decode", DEPTH_LOSSES)) == _loss_settings(we.model.losses)
+    assert _loss_settings(DEPTH_LOSSES) == _loss_settings(we.model.losses)  # the heads' default too
+    flip = DATASET_SETTINGS[dataset].test_flip
+    assert flip and mm.model.test_cfg.get("flip", False) == we.model.test_cfg.flip == flip
+    assert mm.model.test_cfg.mode == we.model.test_cfg.mode == "whole"
+    assert list(mm.model.backbone.out_indices) == list(we.model.layers) and mm.model.backbone.norm == we.model.norm
+    assert (head.min_depth, head.max_depth) == (we.model.head.min_depth, we.model.head.max_depth)
+    from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
+    from mmseg.registry import METRICS
+
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        metric = METRICS.build(mm.test_evaluator)
+    theirs = {k: v for k, v in we.test_evaluator.items() if k != "type"}
+    assert metric.kwargs == DepthMetric(**theirs).kwargs  # the same range, crop and silog as our test
+
+
 def test_official_head_file_loads_strictly_and_converts_both_ways(tmp_path):
     from mmengine.config import Config
 
@@ -195,8 +266,8 @@ def _run(cfg_path: Path, data_root: Path, work: Path, backbone_file, extra: dict
         return runner.test()
 
 
-def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_file):
-    from dinov2_dense.data.synthetic import write_ade20k_layout, write_nyu_layout
+def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_file, nyu_scenes):
+    from dinov2_dense.data.synthetic import write_ade20k_layout
 
     ade = write_ade20k_layout(tmp_path / "ade", 8, 4, config=dict(size=(84, 112)), progress=False)
     metrics = _run(ROOT / "configs/mmseg/synthetic_ade20k_linear.py", ade, tmp_path / "seg", backbone_file, {
@@ -208,13 +279,67 @@ def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_f
     assert (tmp_path / "seg" / "iter_6.pth").is_file()
     torch.load(tmp_path / "seg" / "iter_6.pth", weights_only=True)  # the sanitizer hook is at work
 
-    nyu = write_nyu_layout(tmp_path / "nyu", 6, 3, config=dict(size=(84, 112)), progress=False)
-    metrics = _run(ROOT / "configs/mmseg/synthetic_nyu_dpt.py", nyu, tmp_path / "depth", backbone_file, {
-        "model.decode_head.embed_dim": 32, "model.decode_head.channels": 16,
-        "model.decode_head.post_process_channels": [4, 8, 16, 32], "model.backbone.out_indices": [0, 1, 2, 3],
-        "train_dataloader.dataset.pipeline.2.crop_size": (56, 56), "train_dataloader.batch_size": 2,
-        "model.data_preprocessor.size": (56, 56)})
+    metrics = _run(ROOT / "configs/mmseg/synthetic_nyu_dpt.py", nyu_scenes, tmp_path / "depth", backbone_file,
+                   _TINY_DPT)
     assert {"abs_rel", "rmse", "d1"} <= set(metrics) and metrics["rmse"] > 0
+
+    # the same checkpoint tested by our engine (its synthetic DPT config: flip test, our metric) gives the
+    # same numbers, every key: mmseg's test had no flip averaging and mmseg's silog (x1, lambda 0.5)
+    from dinov2_dense.engine.entry import load_config
+    from dinov2_dense.engine.runner import DenseRunner
+
+    cfg = load_config(str(ROOT / "configs/depth/dinov2_vits14_synthetic_dpt.py"), {
+        **{f"{s}_dataloader.dataset.root": str(nyu_scenes) for s in ("train", "val", "test")},
+        "model.backbone": None, "model.backbone_weights": str(backbone_file), "model.layers": [0, 1, 2, 3],
+        "model.head.embed_dim": 32, "model.head.channels": 16, "model.head.post_process_channels": [4, 8, 16, 32]},
+        str(tmp_path / "ours"))
+    cfg.load_from = str(tmp_path / "depth" / "iter_6.pth")
+    ours = DenseRunner.from_cfg(cfg).test()
+    assert set(metrics) == set(ours), sorted(set(metrics) ^ set(ours))
+    for key, value in ours.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (key, metrics[key], value)
+
+
+#: The synthetic DPT depth config on the tiny backbone (32 wide, 4 blocks) and 56-pixel crops.
+_TINY_DPT = {"model.decode_head.embed_dim": 32, "model.decode_head.channels": 16,
+             "model.decode_head.post_process_channels": [4, 8, 16, 32], "model.backbone.out_indices": [0, 1, 2, 3],
+             "train_dataloader.dataset.pipeline.2.crop_size": (56, 56), "train_dataloader.batch_size": 2,
+             "model.data_preprocessor.size": (56, 56)}
+
+
+def _train_depth(data_root: Path, work: Path, backbone_file, iters: int, resume: bool = False):
+    """The synthetic DPT depth config in mmseg's Runner, SigLoss warm-up 2 iterations, a checkpoint every 2,
+    no validation: the runner after ``iters`` iterations and its loss_sig of each iteration."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(ROOT / "configs/mmseg/synthetic_nyu_dpt.py")
+    cfg.merge_from_dict({"train_dataloader.dataset.data_root": str(data_root), "model.backbone.arch": None,
+                         "model.backbone.weights": str(backbone_file), "model.decode_head.loss_decode.0.warm_iter": 2,
+                         "default_hooks.checkpoint.interval": 2,
+                         "default_hooks.logger.interval": 1, **_TINY_DPT})
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=0, end=iters)]
+    cfg.work_dir, cfg.resume = str(work), resume
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    return runner, [float(v) for v in runner.message_hub.get_scalar("train/decode.loss_sig").data[0]]
+
+
+def test_mmseg_depth_runs_repeat_and_a_resumed_run_continues_the_warm_up(tmp_path, backbone_file, nyu_scenes):
+    """Two runs of one config trained on other crops (DINOv2DepthAugment was not seeded: iteration 1 gave
+    loss 0.3079 in one run, 0.3685 in the next), and a resumed run started SigLoss's warm-up again (its
+    count is not in the checkpoint). Now a run stopped at iteration 2 and resumed gives the losses of the
+    uninterrupted run, iteration for iteration."""
+    whole, want = _train_depth(nyu_scenes, tmp_path / "whole", backbone_file, 4)
+    _, first = _train_depth(nyu_scenes, tmp_path / "parts", backbone_file, 2)
+    assert len(want) == 4 and first == pytest.approx(want[:2], rel=1e-6)  # the same crops, the same losses
+    resumed, got = _train_depth(nyu_scenes, tmp_path / "parts", backbone_file, 4, resume=True)
+    assert resumed.iter == 4 and got[-2:] == pytest.approx(want[2:], rel=1e-5)
+    for runner in (whole, resumed):
+        assert [m.warm_up_counter for m in runner.model.decode_head.loss_decode if hasattr(m, "warm_up_counter")] == [2]
 
 
 MMSEG_CONFIGS = sorted(p for p in (ROOT / "configs" / "mmseg").glob("*.py"))
@@ -254,7 +379,7 @@ def test_our_runner_keeps_its_own_classes_after_an_mmseg_run_in_the_process(tmp_
         DefaultScope._instance_dict.pop("a-stale-mmseg-scope", None)
 
 
-def test_depth_protocol_transforms_and_metric_crops():
+def test_depth_protocol_transforms_and_metric_crops(tmp_path):
     import numpy as np
 
     from dinov2_dense.evaluation.depth import depth_metrics
@@ -263,22 +388,46 @@ def test_depth_protocol_transforms_and_metric_crops():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (375, 1242, 3), dtype=np.uint8)
     depth = rng.uniform(1, 70, (375, 1242)).astype(np.float32)
-    out = KBCrop().transform({"img": img.copy(), "gt_depth_map": depth.copy()})
+    out = KBCrop().transform({"img": img.copy(), "gt_depth_map": depth.copy(), "ori_shape": (375, 1242)})
     assert out["img"].shape[:2] == out["gt_depth_map"].shape == (352, 1216) == tuple(out["img_shape"])
+    # the crop is the image the prediction is made for: mmseg resizes the prediction to ori_shape, which
+    # stayed 375 x 1242 while the ground truth was cropped (the metric then compared other shapes)
+    assert tuple(out["ori_shape"]) == (352, 1216)
     assert np.array_equal(out["gt_depth_map"], depth[23:, 13:1229])
     nyu = DINOv2DepthAugment(crop_size=(416, 544), pre_crop=(45, 472, 43, 608)).transform(
         {"img": img[:480, :640].copy(), "gt_depth_map": depth[:480, :640].copy()})
     assert nyu["img"].shape[:2] == nyu["gt_depth_map"].shape == (416, 544)
 
-    # mmseg's DepthMetric numbers over our Garg crop equal our own metric functions on the same pixels
+    # the plugin's metric over the Garg crop reports what our engine's DepthMetric reports, every key (it was
+    # mmseg's: silog sqrt(mean d^2 - 0.5 mean(d)^2) without the x100, 0.55 where ours said 54.4)
+    from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
+
     gt = torch.from_numpy(depth)
-    pred = (gt * torch.from_numpy(rng.uniform(0.8, 1.2, depth.shape).astype(np.float32))).clamp(0.001, 80.0)
-    metric = DINOv2DepthMetric(crop="garg", min_depth_eval=0.001, max_depth_eval=80.0)
-    metric.process({}, [{"pred_depth_map": {"data": pred[None]}, "gt_depth_map": {"data": gt[None]}}])
-    got = metric.compute_metrics(metric.results)
-    ours = depth_metrics(pred.numpy(), depth, min_depth=0.001, max_depth=80.0, crop="garg")
-    assert got["abs_rel"] == pytest.approx(ours["abs_rel"], rel=1e-3)
-    assert got["rmse"] == pytest.approx(ours["rmse"], rel=1e-3)
+    samples = []
+    for seed in (1, 2):
+        noise = np.random.default_rng(seed).uniform(0.6, 1.4, depth.shape).astype(np.float32)
+        pred = (gt * torch.from_numpy(noise) + 0.5).clamp(0.001, 80.0)
+        samples.append({"pred_depth_map": {"data": pred[None]}, "gt_depth_map": {"data": gt[None]},
+                        "img_path": f"/data/kitti/{seed}.png"})
+    metric = DINOv2DepthMetric(crop="garg", min_depth_eval=0.001, max_depth_eval=80.0, output_dir=str(tmp_path),
+                               depth_scale_factor=256.0)
+    ours = DepthMetric(min_depth=0.001, max_depth=80.0, crop="garg")
+    for m in (metric, ours):
+        m.process({}, samples)
+    got, want = metric.compute_metrics(metric.results), ours.compute_metrics(ours.results)
+    assert got == want
+    single = [depth_metrics(s["pred_depth_map"]["data"].numpy(), depth, min_depth=0.001, max_depth=80.0, crop="garg")
+              for s in samples]
+    for key in single[0]:
+        assert got[key] == pytest.approx(np.mean([m[key] for m in single]), rel=1e-9), key
+    assert 1 < got["silog"] < 100 and got["count"] == 2  # the toolbox's x100 silog
+    import cv2  # and mmseg's output_dir: each prediction as a 16-bit PNG of depth x depth_scale_factor
+
+    written = cv2.imread(str(tmp_path / "1.png"), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == np.uint16 and np.array_equal(
+        written, np.round(samples[0]["pred_depth_map"]["data"][0].numpy() * 256.0).astype(np.uint16))
+    with pytest.raises(ValueError, match="crop='eigen'"):
+        DINOv2DepthMetric(crop_type="nyu_crop")
 
 
 # -- python -m dinov2_dense.mmseg.convert ------------------------------------------------------------
@@ -552,3 +701,152 @@ def test_backbone_honours_a_pretrained_init_cfg(backbone_file):
         with pytest.raises(ValueError, match=says) as info:
             build(dict(type="DINOv2", arch=None, **kwargs))
         assert "DINOv2: " in str(info.value) and "init_cfg" in str(info.value)
+
+
+def test_depth_augment_is_seeded_from_the_run_and_workers_do_not_repeat_each_other():
+    """DINOv2DepthAugment drew from fresh entropy: two runs of one config trained on other crops. It takes
+    the run's seed (torch's, set by mmengine's Runner before it builds the data sets); DataLoader workers
+    (mmengine's worker_init_fn: seed + worker id) reseed their copies and draw apart, reproducibly."""
+    from functools import partial
+
+    import numpy as np
+    from mmengine.dataset.utils import worker_init_fn
+
+    from dinov2_dense.mmseg import DINOv2DepthAugment
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    depth = rng.uniform(1, 9, (60, 80)).astype(np.float32)
+
+    def crops(seed: int) -> list[np.ndarray]:
+        torch.manual_seed(seed)  # as the Runner does (randomness.seed)
+        augment = DINOv2DepthAugment(crop_size=(24, 24))
+        return [augment.transform({"img": img.copy(), "gt_depth_map": depth.copy()})["gt_depth_map"] for _ in range(4)]
+
+    a, b, c = crops(5), crops(5), crops(6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+    class Same(torch.utils.data.Dataset):  # one image four times: worker 0 gets items 0, 2; worker 1 items 1, 3
+        def __init__(self):
+            torch.manual_seed(5)
+            self.augment = DINOv2DepthAugment(crop_size=(24, 24))
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.augment.transform({"img": img.copy(), "gt_depth_map": depth.copy()})["gt_depth_map"]
+
+    def loaded() -> list[np.ndarray]:
+        loader = torch.utils.data.DataLoader(Same(), batch_size=None, num_workers=2, multiprocessing_context="fork",
+                                             worker_init_fn=partial(worker_init_fn, num_workers=2, rank=0, seed=5))
+        return [np.asarray(x) for x in loader]
+
+    first, again = loaded(), loaded()
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[2], first[3])
+
+
+def test_to_mmseg_refuses_a_backbone_of_another_width(tmp_path):
+    """A head trained on one backbone joined to the weights of a backbone of another width was written
+    (exit 0), and failed in mmseg with a raw torch error; it is refused, naming the key and both widths."""
+    from dinov2_dense.checkpoints import CheckpointError
+    from dinov2_dense.mmseg import to_mmseg
+
+    tiny = ROOT / "dinov2_dense" / "weights" / "dinov2_dense_tiny.safetensors"  # 96 wide
+    heads = {  # a head trained on a backbone 32 wide: lin., linear4 depth, DPT depth
+        "decode_head.bn.weight": LinearHead([32], 5, in_index=[0]),
+        "decode_head.conv_depth.weight": LinearDepthHead([32] * 4, n_bins=16),
+        "decode_head.reassemble_blocks.projects.0.conv.weight": DPTHead(32, 16, [4, 8, 16, 32]),
+    }
+    for key, head in heads.items():
+        src = tmp_path / "head.pth"
+        torch.save({"state_dict": {f"decode_head.{k}": v for k, v in head.state_dict().items()}}, src)
+        with pytest.raises(CheckpointError) as info:
+            to_mmseg(src, tmp_path / "out.pth", backbone_weights=str(tiny), backbone="dinov2_dense_tiny",
+                     overwrite=True)
+        message = str(info.value)
+        assert message.startswith(f"{src}: its head does not fit the backbone") and key in message, message
+        assert "96 wide" in message and ("32 channels" in message or "256 channels" in message), message
+        assert not (tmp_path / "out.pth").exists()
+    # a head of that width converts
+    head = LinearHead([96], 5, in_index=[0])
+    torch.save({"state_dict": {f"decode_head.{k}": v for k, v in head.state_dict().items()}}, tmp_path / "fits.pth")
+    to_mmseg(tmp_path / "fits.pth", tmp_path / "out.pth", backbone_weights=str(tiny), backbone="dinov2_dense_tiny")
+
+
+def test_from_mmseg_writes_only_weights_files_and_calls_text_no_checkpoint(tmp_path):
+    """from-mmseg wrote a torch file under any name (out/i.txt, exit 0); it writes .safetensors, .pth or
+    .pt, and refuses another suffix naming them. A text file given as the checkpoint was told "if it was
+    downloaded, fetch it again": a text file is no damaged checkpoint; it is said what was expected."""
+    from dinov2_dense.checkpoints import CheckpointReadError
+    from dinov2_dense.fileio import OutputError
+    from dinov2_dense.mmseg import from_mmseg
+
+    ckpt = _mmseg_checkpoint(tmp_path / "iter_40.pth")
+    for name in ("i.txt", "weights", "ours.bin"):
+        with pytest.raises(OutputError) as info:
+            from_mmseg(ckpt, tmp_path / name)
+        message = str(info.value)
+        assert f"output {tmp_path / name}: " in message and ".safetensors / .pth / .pt" in message, message
+        assert not (tmp_path / name).exists()
+    assert from_mmseg(ckpt, tmp_path / "ours.pt").is_file()
+    hello = tmp_path / "notackpt.pth"
+    hello.write_text("hello")
+    with pytest.raises(CheckpointReadError) as info:
+        from_mmseg(hello, tmp_path / "x.safetensors")
+    message = str(info.value)
+    assert message.startswith(f"{hello}: not a weight file: it is a text file of 5 bytes"), message
+    assert "expected an mmseg checkpoint" in message and "fetch" not in message and "downloaded" not in message
+
+
+def test_plugin_names_the_config_key_of_a_wrong_width_or_block(backbone_file):
+    """A head's in_channels (or embed_dim) that is not the backbone's width gave a raw torch error (a
+    BatchNorm's "running_mean should contain ..."), and out_indices=[7] "layer 7 out of range" without
+    naming out_indices: each names its key and both sizes."""
+    x = torch.randn(1, 3, 56, 56)
+    backbone = dict(type="DINOv2", arch=None, weights=str(backbone_file))
+    cases = [
+        (dict(type="EncoderDecoder", backbone={**backbone, "out_indices": [3]},
+              decode_head=dict(type="DINOv2BNHead", in_channels=[48], in_index=[0], num_classes=5)),
+         "DINOv2BNHead: decode_head.in_channels[0]=48 but the backbone's output 0 has 32 channels"),
+        (dict(type="DINOv2DepthEstimator", backbone={**backbone, "out_indices": [0, 1, 2, 3], "norm": False,
+                                                      "with_cls_token": True},
+              decode_head=dict(type="DINOv2LinearDepthHead", in_channels=[48] * 4, n_bins=16)),
+         "decode_head.in_channels[0]=48 but the backbone's output 0 has 32 channels"),
+        (dict(type="DINOv2DepthEstimator", backbone={**backbone, "out_indices": [0, 1, 2, 3], "norm": False,
+                                                      "with_cls_token": True},
+              decode_head=dict(type="DINOv2DPTDepthHead", embed_dim=48, channels=16,
+                               post_process_channels=[4, 8, 16, 32])),
+         "decode_head.embed_dim=48 but the backbone's output 0 has 32 channels"),
+    ]
+    for cfg, says in cases:
+        model = build({**cfg, "data_preprocessor": dict(type="SegDataPreProcessor", mean=MEAN, std=STD),
+                       "test_cfg": dict(mode="whole")}).eval()
+        with torch.no_grad(), pytest.raises(ValueError, match=re.escape(says)):
+            model.inference(x, _metas(x))
+    with pytest.raises(ValueError, match=re.escape("DINOv2: out_indices=[7]: layer 7 out of range")):
+        build({**backbone, "out_indices": [7]})
+
+
+def test_plugin_configs_say_what_one_and_n_gpus_get_and_whose_the_ms_stride_is():
+    """mmseg's batch_size is per GPU: the comments called ADE20K's 16 "images per step" (on N GPUs it is
+    16 x N); they say what one GPU and N GPUs get and how to keep the released total. The +ms header called
+    the slide stride 426 released; settings.py says it is our choice."""
+    from mmengine.config import Config
+
+    base = ROOT / "configs" / "mmseg" / "_base_"
+    for name in ("ade20k.py", "nyu.py"):
+        text = (base / name).read_text()
+        line = next(ln for ln in text.splitlines()
+                    if ln.lstrip().startswith("batch_size=") and "batch_size=1," not in ln)
+        assert "per GPU" in line, line
+        assert "N GPUs" in text and "16 // N" in text, name
+        cfg = Config.fromfile(base / name)  # (and the rest of that line is still config, not comment)
+        assert cfg.train_dataloader.sampler.type == "InfiniteSampler" and cfg.train_dataloader.num_workers == 4
+    ms = (base / "ade20k_ms.py").read_text()
+    settings = (ROOT / "dinov2_dense" / "settings.py").read_text()
+    assert "stride 426 (the model's test_cfg) is our choice" in " ".join(ms.split())
+    assert "stride of the 640 crops is our choice: 426" in " ".join(settings.split())
+    assert "(the released dinov2_vit*14_ade20k_ms_config.py)" not in ms

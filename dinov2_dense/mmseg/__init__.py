@@ -6,12 +6,15 @@ in mmseg's registries, for mmseg's own configs and tools.
 
 Registered: ``DINOv2`` (backbone), ``DINOv2BNHead`` (linear lin. / +ms), ``DINOv2DPTHead``
 (segmentation), ``DINOv2LinearDepthHead`` and ``DINOv2DPTDepthHead`` (depth), ``DINOv2DepthEstimator``
-(mmseg's ``DepthEstimator`` with slide inference that really slides), ``SigLoss`` and ``GradientLoss``
-(the depth toolbox's, which mmseg lacks), ``SyntheticADE20KDataset`` and ``NYUToolboxDataset`` (the
-split-file layout of the depth toolboxes), ``DINOv2DepthAugment``, ``KBCrop`` and
-``DINOv2DepthMetric`` (the released depth protocols' augmentation and crops). State-dict keys are the official ``backbone.*`` /
-``decode_head.*`` ones, so released head files load strictly; :mod:`.convert` moves checkpoints
-between mmseg and :func:`dinov2_dense.zoo.load_model`.
+(mmseg's ``DepthEstimator`` with slide inference that really slides, and the protocols' flip test),
+``SigLoss`` and ``GradientLoss`` (the depth toolbox's, which mmseg lacks), ``SyntheticADE20KDataset``
+and ``NYUToolboxDataset`` (the split-file layout of the depth toolboxes), ``DINOv2DepthAugment`` and
+``KBCrop`` (the released depth protocols' augmentation, seeded from the run, and crop) and
+``DINOv2DepthMetric`` (our depth metric: the numbers ``dinov2-dense test`` reports). Our engine's hooks
+are found by name too: the configs' runtime (``configs/mmseg/_base_/runtime.py``) adds
+``CheckpointSanitizerHook`` and ``LossWarmUpHook`` (a resumed run continues SigLoss's warm-up).
+State-dict keys are the official ``backbone.*`` / ``decode_head.*`` ones, so released head files load
+strictly; :mod:`.convert` moves checkpoints between mmseg and :func:`dinov2_dense.zoo.load_model`.
 
 Needs mmsegmentation 1.2 and mmcv 2.1 with compiled ops (see the README's mmseg section); the rest of
 dinov2-dense never imports this package.

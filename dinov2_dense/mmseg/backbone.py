@@ -75,7 +75,10 @@ class DINOv2(DinoVisionTransformer):
         loaded = load_backbone(arch, weights=weights) if weights is not None else architecture(arch)
         super().__init__(**loaded.arch_kwargs())
         self.load_state_dict(loaded.state_dict(), strict=True)  # built or loaded: never re-initialised (is_init)
-        self.out_indices = self.resolve_layers(list(out_indices))
+        try:
+            self.out_indices = self.resolve_layers(list(out_indices))
+        except ValueError as exc:  # "layer 7 out of range: this model has 4 blocks": say which setting
+            raise ValueError(f"DINOv2: out_indices={list(out_indices)}: {exc}") from None
         self.norm_outputs, self.with_cls_token, self.frozen = bool(norm), bool(with_cls_token), bool(frozen)
         if self.frozen:
             self.requires_grad_(False)

@@ -5,10 +5,12 @@ An mmseg checkpoint of the plugin's models (``{"state_dict": {"backbone.*", "dec
 
 - :func:`from_mmseg`: the ``backbone.*`` and ``decode_head.*`` tensors (loss modules and anything
   else dropped) as a file that ``dinov2_dense.zoo.load_model(NAME, weights=FILE)`` loads strictly
-  (``.safetensors`` or ``.pth``); with ``model`` the head is checked against that zoo model first.
+  (``.safetensors``, or a torch ``.pth`` / ``.pt``; another suffix is refused before anything is
+  read); with ``model`` the head is checked against that zoo model first.
 - :func:`to_mmseg`: a ``load_model`` weights file (or an official head file, with a backbone from
   ``backbone_weights``) as an mmseg checkpoint for ``load_from`` / ``tools/test.py``: a torch file
-  (``.pth``; mmseg cannot read safetensors, so a ``.safetensors`` output is refused).
+  (``.pth``; mmseg cannot read safetensors, so a ``.safetensors`` output is refused). A head whose
+  input width does not fit the backbone of ``backbone_weights`` is refused, naming both widths.
 
     python -m dinov2_dense.mmseg.convert from-mmseg work_dirs/iter_40000.pth ours.safetensors --model dinov2_vits14_ade20k_linear
 
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor
 
 from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadError, key_mismatches,
-                                      read_checkpoint, save_safetensors)
+                                      read_checkpoint, save_safetensors, weight_file_problem)
 from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
 
 __all__ = ["from_mmseg", "to_mmseg"]
@@ -45,21 +47,24 @@ _OUR_WEIGHTS = "a dinov2-dense weights file (.safetensors or .pth with decode_he
 
 #: The suffixes of the torch files mmseg's Runner and tools load (``torch.load``; it cannot read safetensors).
 MMSEG_SUFFIXES = (".pth", ".pt", ".ckpt")
+#: The suffixes of the weights files :func:`from_mmseg` writes (safetensors, else torch).
+OUR_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 def _check_output(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], overwrite: bool,
-                  suffixes: tuple[str, ...] | None = None) -> Path:
+                  suffixes: tuple[str, ...], what: str) -> Path:
     """Refuse, before anything is read, an output that is one of the ``inputs`` (label -> path; the
-    same file by any spelling, symlink or hard link), whose suffix is not one of ``suffixes`` (when
-    given), or an existing file without ``overwrite``."""
+    same file by any spelling, symlink or hard link), whose suffix is not one of ``suffixes`` (``what``
+    the output is, for the message), or an existing file without ``overwrite``."""
     out = Path(out)
     for label, path in inputs.items():
         if path is not None and _same_file(path, out):
             raise OutputError(f"output {out} is the {label} {path}: converting in place would replace it with "
                               "the converted tensors (and lose all else it holds); give another output file")
-    if suffixes is not None and out.suffix.lower() not in suffixes:
-        why = ("mmseg loads torch checkpoints, it cannot read safetensors" if out.suffix.lower() == ".safetensors"
-               else f"an mmseg checkpoint is a torch file named {' / '.join(suffixes)}")
+    if out.suffix.lower() not in suffixes:
+        why = ("mmseg loads torch checkpoints, it cannot read safetensors"
+               if out.suffix.lower() == ".safetensors" and ".safetensors" not in suffixes
+               else f"{what} is a file named {' / '.join(suffixes)}, not {out.suffix or 'one without a suffix'}")
         raise OutputError(f"output {out}: {why}; name the output {out.with_suffix(suffixes[0])}")
     if out.is_file() and not overwrite:
         raise OutputError(f"output {out} exists; give another file name, or pass --overwrite to replace it")
@@ -75,13 +80,26 @@ def _same_file(a: str | os.PathLike, b: Path) -> bool:
 
 def _read(path: str | os.PathLike, expected: str) -> dict[str, Tensor]:
     """:func:`read_checkpoint`, with advice for a user's own file: what was expected. (Its own advice,
-    to delete the file and fetch it again, is for downloaded weights, not for a file of the user's.)"""
+    to fetch the file again, is for a damaged or cut-short weight file, not for a text file given by
+    mistake, which no download made.)"""
     try:
         return read_checkpoint(path)
     except CheckpointReadError as exc:
-        if exc.advice == REFETCH:  # a damaged or cut-short file: the right kind, to be written or fetched again
+        problem = _text_file(exc.path) if exc.advice == REFETCH else None
+        if exc.advice == REFETCH and problem is None:  # damaged or cut short: the right kind, to write or fetch again
             raise
-        raise CheckpointReadError(exc.path, exc.reason, f"expected {expected}") from exc
+        reason = exc.reason if problem is None else f"not a weight file: it is {problem}"
+        raise CheckpointReadError(exc.path, reason, f"expected {expected}") from exc
+
+
+def _text_file(path: Path) -> str | None:
+    """``weight_file_problem``'s phrase for a text file ("a text file of 5 bytes ('hello'), not a
+    PyTorch checkpoint"), or None for any other file."""
+    try:
+        problem = weight_file_problem(path)
+    except OSError:
+        return None
+    return problem if problem is not None and problem.startswith("a text file") else None
 
 
 def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str | None = None,
@@ -91,7 +109,8 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
         from dinov2_dense.zoo import get_model_spec
 
         get_model_spec(model)  # an unknown name stops us before the checkpoint is read
-    out = _check_output(out, {"input checkpoint": checkpoint}, overwrite)
+    out = _check_output(out, {"input checkpoint": checkpoint}, overwrite, OUR_SUFFIXES,
+                        "a dinov2-dense weights file")
     state = _ours(_read(checkpoint, _MMSEG_CHECKPOINT))
     if not any(k.startswith("decode_head.") for k in state):
         raise CheckpointError(f"{checkpoint}: no decode_head.* tensors (not a checkpoint of a plugin model?)")
@@ -107,7 +126,7 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
                 raise CheckpointError(f"{checkpoint}: its backbone.* tensors do not fit the backbone of {model}: "
                                       + "; ".join(parts))
             built.backbone.load_state_dict(backbone, strict=True)
-    if out.suffix == ".safetensors":
+    if out.suffix.lower() == ".safetensors":
         return save_safetensors(state, out, metadata={"format": "dinov2-dense", "source": "mmseg"})
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
@@ -122,7 +141,7 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
     without ``backbone_weights`` is refused (it names their architecture, it brings no weights).
     ``out``: a torch file mmseg loads (:data:`MMSEG_SUFFIXES`), checked before anything is read."""
     out = _check_output(out, {"input weights file": weights, "backbone weights file": backbone_weights}, overwrite,
-                        suffixes=MMSEG_SUFFIXES)
+                        MMSEG_SUFFIXES, "an mmseg checkpoint (a torch file)")
     if backbone is not None:
         check_backbone(backbone)
     state = _ours(_read(weights, _OUR_WEIGHTS))
@@ -143,11 +162,40 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
         if backbone is None and not architecture_beside(_file_url_path(backbone_weights)):
             backbone = "dinov2_vits14"
 
-        state.update({f"backbone.{k}": v for k, v in load_backbone(backbone, weights=backbone_weights)
-                      .state_dict().items()})
+        loaded = load_backbone(backbone, weights=backbone_weights)
+        problem = head_width_problem(state, loaded.embed_dim)
+        if problem:
+            raise CheckpointError(f"{weights}: its head does not fit the backbone of --backbone-weights "
+                                  f"{backbone_weights}: {problem}; give the backbone the head was trained on")
+        state.update({f"backbone.{k}": v for k, v in loaded.state_dict().items()})
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "meta": {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}}, tmp)
     return out
+
+
+#: Head tensors whose input width follows from the backbone's width D: (key, axis of the input channels,
+#: head kind, f). A DPT head reads exactly D; the others f x D x n channels for n >= 1 layers.
+_HEAD_WIDTHS = (
+    ("decode_head.reassemble_blocks.projects.0.conv.weight", 1, "DPT", 1),  # (c0, D, 1, 1): exactly D
+    ("decode_head.bn.weight", 0, "BN", 1),  # (C,): D per map (lin. D, +ms 4 D; with class tokens 2 D each)
+    ("decode_head.conv_depth.weight", 1, "linear depth", 2),  # (bins, C, 1, 1): 2 D per (map, class token) pair
+)
+
+
+def head_width_problem(state: dict[str, Tensor], width: int) -> str | None:
+    """What keeps a head (``decode_head.*`` tensors of ``state``) from reading a backbone ``width`` wide,
+    naming the head's key and both widths; None when it fits (or no key tells)."""
+    for key, axis, kind, factor in _HEAD_WIDTHS:
+        value = state.get(key)
+        if value is None or value.dim() <= axis:
+            continue
+        got = int(value.shape[axis])
+        if kind == "DPT" and got != width:
+            return f"{key} reads {got} channels, the backbone is {width} wide"
+        if kind != "DPT" and got % (factor * width):
+            need = f"{width} x n" if factor == 1 else f"{factor} x {width} x n"
+            return f"{key} has {got} channels, but a {kind} head on a backbone {width} wide has {need} (n layers)"
+    return None
 
 
 def check_backbone(backbone: str) -> None:

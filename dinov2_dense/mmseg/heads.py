@@ -16,7 +16,25 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 CE = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=False)  # mmseg 0.x mean
-DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True),)
+#: The released depth heads' losses (lin.1, lin.4 and DPT alike): SigLoss with its 100-iteration warm-up
+#: and 0.5 x GradientLoss.
+DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100),
+                dict(type="GradientLoss", loss_weight=0.5))
+
+
+def _check_widths(head: str, key: str, widths: Sequence[int], inputs, indices: Sequence[int]) -> None:
+    """Refuse, naming the config key and both sizes, inputs that the head was not built for: ``inputs[i]``
+    for i in ``indices`` (a map, or a (map, class token) pair) must have ``widths[k]`` channels (torch's
+    own error, a BatchNorm's or a conv's, names neither)."""
+    if len(indices) and max(indices) >= len(inputs):
+        raise ValueError(f"{head}: reads backbone outputs {list(indices)} but the backbone gives {len(inputs)} "
+                         "(its out_indices): set decode_head.in_index to fit them")
+    for k, (i, width) in enumerate(zip(indices, widths)):
+        item = inputs[i]
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if x.dim() == 4 and x.shape[1] != width:
+            raise ValueError(f"{head}: {key.format(k=k)}={width} but the backbone's output {i} has {x.shape[1]} "
+                             f"channels: set {key.format(k=k)} to the backbone's width ({x.shape[1]})")
 
 
 @MODELS.register_module()
@@ -34,10 +52,11 @@ class DINOv2BNHead(BaseDecodeHead):
         super().__init__(in_channels=in_channels, channels=channels, num_classes=num_classes, in_index=in_index,
                          input_transform="resize_concat", dropout_ratio=0.0, align_corners=align_corners,
                          loss_decode=loss_decode, ignore_index=ignore_index, **kwargs)
-        self.with_cls_token = with_cls_token
+        self.with_cls_token, self.in_widths = with_cls_token, in_channels  # (mmseg keeps only their sum)
         self.bn = nn.SyncBatchNorm(channels) if sync_bn else nn.BatchNorm2d(channels)
 
     def forward(self, inputs) -> Tensor:
+        _check_widths("DINOv2BNHead", "decode_head.in_channels[{k}]", self.in_widths, inputs, self.in_index)
         maps = []
         for i in self.in_index:
             item = inputs[i]
@@ -63,6 +82,8 @@ class DINOv2DPTHead(BaseDecodeHead):
         self.fusion_blocks, self.project = dpt.fusion_blocks, dpt.project
 
     def forward(self, inputs) -> Tensor:
+        _check_widths("DINOv2DPTHead", "decode_head.embed_dim", [self.in_channels] * 4, inputs,
+                      range(min(len(inputs), 4)))
         return self.cls_seg(DPTHead.decode(self, list(inputs)))
 
 
@@ -73,6 +94,13 @@ class _DepthHead:
 
     out_channels = num_classes = 1
     align_corners = False
+
+    def forward(self, inputs) -> Tensor:
+        linear = isinstance(self, LinearDepthHead)
+        widths = self.in_channels if linear else [self.embed_dim] * 4
+        key = "decode_head.in_channels[{k}]" if linear else "decode_head.embed_dim"
+        _check_widths(type(self).__name__, key, widths, inputs, range(min(len(inputs), len(widths))))
+        return super().forward(inputs)
 
     def _losses(self, loss_decode) -> None:
         configs = [loss_decode] if isinstance(loss_decode, dict) else list(loss_decode)
@@ -108,7 +136,6 @@ class DINOv2DPTDepthHead(_DepthHead, DPTHead):
     """The official DPT depth head (``reassemble_blocks``, ``convs``, ``fusion_blocks``, ``project``,
     ``conv_depth``) on 4 (map, class token) pairs."""
 
-    def __init__(self, embed_dim: int, loss_decode=DEPTH_LOSSES + (dict(type="GradientLoss", loss_weight=0.5),),
-                 init_cfg=None, **kwargs):
+    def __init__(self, embed_dim: int, loss_decode=DEPTH_LOSSES, init_cfg=None, **kwargs):
         DPTHead.__init__(self, embed_dim, task="depth", **kwargs)
         self._losses(loss_decode)

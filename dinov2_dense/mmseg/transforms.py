@@ -1,18 +1,24 @@
 """What mmseg lacks of the released DINOv2 depth protocols, as mmseg transforms and a metric, sharing
 dinov2-dense's code: ``DINOv2DepthAugment`` (the depth toolbox's NYU pre-crop, 2.5-degree rotation,
-flip, random crop and ColorAug: :func:`dinov2_dense.data.pipelines.depth_train_pipeline`), ``KBCrop``
-(KITTI benchmark crop, 352 x 1216, bottom-centred) and ``DINOv2DepthMetric`` (mmseg's ``DepthMetric``
-with our evaluation crops: ``"eigen"`` for NYU, ``"garg"`` for KITTI)."""
+flip, random crop and ColorAug: :func:`dinov2_dense.data.pipelines.depth_train_pipeline`, seeded from
+the run's seed), ``KBCrop`` (KITTI benchmark crop, 352 x 1216, bottom-centred) and ``DINOv2DepthMetric``
+(our :class:`dinov2_dense.evaluation.DepthMetric`: the toolbox's metrics and silog, the evaluation crops
+``"eigen"`` for NYU and ``"garg"`` for KITTI, under mmseg's argument names)."""
 
 from __future__ import annotations
+
+import os
+import os.path as osp
 
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
 
-from dinov2_dense.data.pipelines import depth_train_pipeline
-from dinov2_dense.evaluation.depth import crop_mask, kb_crop_origin
-from mmseg.evaluation.metrics import DepthMetric
+from dinov2_dense.data.pipelines import seed_pipeline
+from dinov2_dense.engine.data import build_pipeline
+from dinov2_dense.evaluation.depth import kb_crop_origin
+from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
+from dinov2_dense.fileio import write_image
 from mmseg.registry import METRICS, TRANSFORMS
 
 
@@ -20,17 +26,34 @@ from mmseg.registry import METRICS, TRANSFORMS
 class DINOv2DepthAugment(BaseTransform):
     """The released depth training augmentation on ``img`` and ``gt_depth_map`` (after mmseg's
     ``LoadDepthAnnotation``); the keyword arguments of :func:`depth_train_pipeline` (NYU defaults:
-    ``pre_crop=(45, 472, 43, 608)``, crop (416, 544); KITTI: crop (352, 704), brightness (0.9, 1.1))."""
+    ``pre_crop=(45, 472, 43, 608)``, crop (416, 544); KITTI: crop (352, 704), brightness (0.9, 1.1)).
 
-    def __init__(self, **kwargs):
+    Seeded as our engine seeds its pipelines (:func:`dinov2_dense.engine.data.build_pipeline`): ``seed``
+    None takes the run's seed (mmengine's ``randomness.seed``, which the Runner gives torch before it
+    builds the data sets; each rank its own stream), so two runs of one config train on the same crops.
+    In a DataLoader worker the copy is reseeded from the worker's torch seed (mmengine's
+    ``worker_init_fn``: run seed + worker id + rank x workers) at its first sample, so workers do not
+    repeat each other's draws."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
         self.kwargs = kwargs
-        self.pipeline = depth_train_pipeline(**kwargs)
+        self.pipeline = build_pipeline(dict(type="depth_train_pipeline", seed=seed, **kwargs))
+        self._worker_seed: int | None = None
 
     def transform(self, results: dict) -> dict:
+        self._seed_in_worker()
         out = self.pipeline(image=results["img"], mask=results["gt_depth_map"])
         results["img"], results["gt_depth_map"] = out["image"], out["mask"]
         results["img_shape"] = out["image"].shape[:2]
         return results
+
+    def _seed_in_worker(self) -> None:
+        if torch.utils.data.get_worker_info() is None:
+            return
+        seed = torch.initial_seed() % 2**32
+        if self._worker_seed != seed:
+            self._worker_seed = seed
+            seed_pipeline(self.pipeline, seed)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.kwargs})"
@@ -39,7 +62,9 @@ class DINOv2DepthAugment(BaseTransform):
 @TRANSFORMS.register_module()
 class KBCrop(BaseTransform):
     """KITTI benchmark crop of the image and depth: ``height`` x ``width`` (352 x 1216), bottom rows,
-    horizontally centred (:func:`dinov2_dense.evaluation.depth.kb_crop_origin`)."""
+    horizontally centred (:func:`dinov2_dense.evaluation.depth.kb_crop_origin`). The crop is the
+    protocol's original image: ``ori_shape`` becomes its size, so that mmseg's ``DepthEstimator`` gives
+    the prediction at the size of the cropped ground truth (the Garg crop is taken of that)."""
 
     def __init__(self, height: int = 352, width: int = 1216):
         self.height, self.width = int(height), int(width)
@@ -50,20 +75,50 @@ class KBCrop(BaseTransform):
         for key in ("img", "gt_depth_map"):
             if key in results:
                 results[key] = np.ascontiguousarray(results[key][top:top + self.height, left:left + self.width])
-        results["img_shape"] = results["img"].shape[:2]
+        results["img_shape"] = results["ori_shape"] = results["img"].shape[:2]
         return results
 
 
 @METRICS.register_module()
 class DINOv2DepthMetric(DepthMetric):
-    """mmseg's ``DepthMetric`` (its metrics, its output files) with the protocols' evaluation crops:
-    ``crop="eigen"`` (NYU, 480 x 640 ground truth) or ``"garg"`` (KITTI), or None."""
+    """Our depth metric (:class:`dinov2_dense.evaluation.DepthMetric`, the toolbox's conventions: per
+    image, then averaged; silog ``100 * sqrt(mean d^2 - mean(d)^2)``; predictions clipped to the range;
+    ``count`` and the invalid-prediction counts) under mmseg's argument names, so an mmseg test reports
+    the numbers ``dinov2-dense test`` reports, key for key. (mmseg's own ``DepthMetric`` also averages
+    per-image metrics, in float32, but its silog is Depth-Anything's ``sqrt(mean d^2 - 0.5 mean(d)^2)``,
+    without the x100, and it reports neither ``count`` nor the invalid-prediction counts.)
 
-    def __init__(self, crop: str | None = None, **kwargs):
-        super().__init__(**kwargs)
+    Args:
+        min_depth_eval, max_depth_eval: the valid ground-truth range (NYU 0.001-10, KITTI 0.001-80).
+        crop: ``"eigen"`` (NYU, 480 x 640 ground truth), ``"garg"`` (KITTI), ``(top, bottom, left,
+            right)`` or None.
+        output_dir: as mmseg's: each prediction written there (atomically) as a 16-bit PNG of depth x
+            ``depth_scale_factor`` (e.g. 1000 for millimetres), rounded, named after its image.
+        **kwargs: ``silog``, ``median_scaling``, ``resize``, ``collect_device``, ``prefix``, ``collect_dir``
+            of our metric.
+    """
+
+    def __init__(self, min_depth_eval: float = 1e-3, max_depth_eval: float = 10.0, crop=None,
+                 output_dir: str | None = None, depth_scale_factor: float = 1.0, crop_type: str | None = None,
+                 **kwargs):
+        if crop_type is not None:  # mmseg's DepthMetric argument: say which of ours it is
+            raise ValueError(f"DINOv2DepthMetric: crop_type={crop_type!r} is mmseg's DepthMetric argument; use "
+                             "crop='eigen' (NYU), crop='garg' (KITTI) or crop=(top, bottom, left, right)")
+        super().__init__(min_depth=min_depth_eval, max_depth=max_depth_eval, crop=crop, **kwargs)
         self.crop = crop
+        self.output_dir, self.depth_scale_factor = output_dir, float(depth_scale_factor)
+        if output_dir:
+            os.makedirs(output_dir, exist_ok=True)
 
-    def _get_eval_mask(self, gt_depth: torch.Tensor) -> torch.Tensor:
-        valid = (gt_depth > self.min_depth_eval) & (gt_depth < self.max_depth_eval)
-        mask = crop_mask(tuple(gt_depth.shape[-2:]), self.crop)
-        return valid if mask is None else valid & torch.from_numpy(mask).to(valid.device)
+    def process(self, data_batch, data_samples) -> None:
+        super().process(data_batch, data_samples)
+        if not self.output_dir:
+            return
+        for sample in data_samples:
+            depth = sample["pred_depth_map"]["data"].squeeze().float().cpu().numpy()
+            units = np.round(depth * self.depth_scale_factor)
+            if units.max(initial=0) > 65535:
+                raise ValueError(f"DINOv2DepthMetric: depth up to {float(depth.max()):.1f} m does not fit a 16-bit "
+                                 f"PNG at depth_scale_factor={self.depth_scale_factor:g}; use a smaller one")
+            name = osp.splitext(osp.basename(sample["img_path"]))[0] + ".png"
+            write_image(osp.join(self.output_dir, name), np.clip(units, 0, 65535).astype(np.uint16))

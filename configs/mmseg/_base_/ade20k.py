@@ -1,7 +1,9 @@
 # ADE20K (ADEChallengeData2016 under data_root) with mmseg's data set, pipelines and IoUMetric: the
 # released lin. pipelines (see configs/_base_/datasets/ade20k.py for the sources): resize in ratio
 # 0.5-2.0 of (2048, 512), crop 512 (cat_max_ratio 0.75), flip, photometric distortion; test resize to
-# (2048, 512) keeping the ratio. 16 images per step (2 x 8 GPUs in the released runs).
+# (2048, 512) keeping the ratio. Batch: mmseg's batch_size is per GPU (per process). 16 gives one GPU
+# the released total of 16 images a step (released: 2 per GPU x 8 GPUs); on N GPUs each gets 16, 16 x N
+# a step: for the released 16, set train_dataloader.batch_size=16 // N (2 on 8 GPUs).
 dataset_type = "ADE20KDataset"
 data_root = "data/ade/ADEChallengeData2016"
 crop_size = (512, 512)
@@ -21,7 +23,8 @@ test_pipeline = [
     dict(type="PackSegInputs"),
 ]
 train_dataloader = dict(
-    batch_size=16, num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
+    batch_size=16,  # per GPU: 16 // N on N GPUs for the released total of 16
+    num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(type=dataset_type, data_root=data_root,
                  data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
                  pipeline=train_pipeline))

@@ -1,6 +1,10 @@
-# ADE20K for the +ms head (the released dinov2_vit*14_ade20k_ms_config.py): training resize of the
-# short side to 640 x ratio 1.0-3.0, crop 640; test with mmseg's TTA (tools/test.py --tta): short side
-# 640 x (1.0, 1.32, 1.73, 2.28, 3.0), each with and without a horizontal flip, slide 640 / 426.
+# ADE20K for the +ms head. No copy of the released dinov2_vit*14_ade20k_ms_config.py was found (see
+# dinov2_dense/settings.py, [ms]): the five test ratios are the released config's (as the DINOv2
+# segmentation notebook reads them), the rest a derivative config's that keeps DINOv2's pipelines:
+# training resize of the short side to 640 x ratio 1.0-3.0, crop 640; test with mmseg's TTA
+# (tools/test.py --tta): short side 640 x (1.0, 1.32, 1.73, 2.28, 3.0), each with and without a
+# horizontal flip, slide with 640 crops. The slide stride 426 (the model's test_cfg) is our choice:
+# two thirds of the crop, as lin.'s 512 / 341 and mmseg's own 640-crop ADE20K configs.
 _base_ = ["./ade20k.py"]
 crop_size = (640, 640)
 train_pipeline = [

@@ -4,8 +4,10 @@
 # for the sources): the NYU crop (45:472, 43:608), rotation by up to 2.5 degrees (p 0.5), flip, random
 # 416 x 544 crops, the toolbox's ColorAug (p 0.5, gamma 0.9-1.1, brightness 0.75-1.25, colour 0.9-1.1),
 # all in DINOv2DepthAugment (mmseg has no such transforms); test on the whole 480 x 640 image; the
-# Eigen crop and 0.001-10 m in DINOv2DepthMetric (mmseg's DepthMetric and its numbers). 2 images per
-# step and GPU.
+# Eigen crop and 0.001-10 m in DINOv2DepthMetric (our depth metric). Batch: mmseg's batch_size is per
+# GPU (per process), as the released configs' samples_per_gpu=2: 2 images a step on one GPU, 2 x N on N
+# GPUs; the released runs had 2 x 8 = 16 (the Denoising-ViT copy; the GPU count is not in the released
+# files): on one GPU set train_dataloader.batch_size=16 for that total, on N GPUs 16 // N.
 dataset_type = "NYUToolboxDataset"
 depth_meta_keys = ("img_path", "depth_map_path", "ori_shape", "img_shape", "pad_shape", "scale_factor", "flip",
                    "flip_direction", "category_id")
@@ -22,7 +24,8 @@ test_pipeline = [
     dict(type="PackSegInputs", meta_keys=depth_meta_keys),
 ]
 train_dataloader = dict(
-    batch_size=2, num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
+    batch_size=2,  # per GPU: 2 x N a step on N GPUs
+    num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(type=dataset_type, data_root=data_root, split_file="nyu_train.txt", pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1, num_workers=2, persistent_workers=True, sampler=dict(type="DefaultSampler", shuffle=False),
