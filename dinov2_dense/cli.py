@@ -469,17 +469,6 @@ def _pca_tile_and_8bit(args: argparse.Namespace, basis, size) -> None:
               "the option out to use the basis's)", file=sys.stderr)
 
 
-def _weights_identity(model, args: argparse.Namespace) -> dict[str, str]:
-    """What a PCA basis records of the backbone it was fitted on: the SHA-256 of its weights (as the
-    kNN cache, the curation store and the demo tell backbones apart) and the form they were loaded
-    in (dtype, FP8), which changes those bytes but not what the weights are."""
-    from .checkpoints import fingerprint
-
-    form = str(next(model.parameters()).dtype).removeprefix("torch.")
-    form += "+float8" if getattr(args, "float8", False) else ""
-    return {"weights_sha256": fingerprint(model), "weights_form": form}
-
-
 def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[str, str]) -> str | None:
     """The warning for a --basis fitted on other weights than these: told by the weights' SHA-256 where
     the basis records it for weights loaded in the same form; else (an older basis, or another --dtype)
@@ -513,6 +502,7 @@ def _inside_out(save_basis: str, out: Path) -> Path | None:
 def _cmd_pca(args: argparse.Namespace) -> int:
     import torch
 
+    from .checkpoints import weights_identity
     from .features import FeatureOptions, check_forward_tokens, check_input
     from .fileio import check_output_file, staged_dir
     from .hub import architecture
@@ -578,7 +568,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if basis is not None and basis.dim != model.embed_dim:
             raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
                              f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
-        weights_id = _weights_identity(model, args)
+        weights_id = weights_identity(model)  # (dtype and FP8: the form the bytes are in)
         if basis is not None and (warning := _other_backbone_warning(args, basis, weights_id)):
             print(warning, file=sys.stderr)
         info = {"model": args.model, "size": size, "tile": args.tile, **weights_id}

@@ -1119,9 +1119,13 @@ def test_a_changed_pool_does_not_read_again_the_images_listed_unreadable(tmp_pat
         embed_images(model, folder, out, **run)
     assert (out / "unreadable.partial.txt").read_text().startswith(broken + "\t")
     monkeypatch.setattr(features, "extract_features", _extract_features)
+    Image.fromarray(np.full((30, 40, 3), 3, dtype=np.uint8)).save(folder / "im00.png")  # changed meanwhile
+    capsys.readouterr()
     with pytest.warns(UserWarning, match="1 of 12 images could not be read"):
         resumed = embed_images(model, folder, out, **run)
     assert broken not in read and resumed.unreadable == first.unreadable and len(resumed) == 11
+    assert "9 kept; embedding 2 of the 12 (1 unchanged and listed unreadable, not read again)" in \
+        capsys.readouterr().err
     assert not (out / "unreadable.partial.txt").exists()
 
     # cut short again; resumed under a raised limit, the listed one is read again

@@ -308,6 +308,14 @@ def test_on_cuda_the_group_is_started_as_mmengine_would_only_earlier(monkeypatch
     assert calls == [("mp", dict(mp_start_method="fork", distributed=True)),
                      ("pytorch", dict(backend="nccl", timeout=60))]
     assert os.environ["LOCAL_RANK"] == "0"
+    # mmengine's slurm start reads SLURM_NODELIST (srun sets it): its absence is named, not a KeyError
+    calls.clear()
+    for key, value in dict(SLURM_PROCID="0", SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_NODELIST", raising=False)
+    with pytest.raises(ValueError, match=r"--launcher slurm: .*\(SLURM_NODELIST is not set\)"):
+        start_process_group("slurm", dict(dist_cfg=dict(backend="nccl")))
+    assert calls == []
 
 
 @pytest.mark.parametrize("launcher, missing", [

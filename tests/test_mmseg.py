@@ -429,6 +429,32 @@ def test_depth_protocol_transforms_and_metric_crops(tmp_path):
     with pytest.raises(ValueError, match="crop='eigen'"):
         DINOv2DepthMetric(crop_type="nyu_crop")
 
+    # what mmseg's tools/test.py --out adds (keep_results, output_dir), mmseg's depth_metrics and format_only
+    # (a TypeError of our metric's __init__ before); an argument of neither metric is named
+    from mmengine import Config
+
+    from mmseg.registry import METRICS
+
+    cfg = Config.fromfile(str(ROOT / "configs/mmseg/dinov2_vits14_nyu_dpt.py"))
+    evaluator = dict(cfg.test_evaluator, output_dir=str(tmp_path / "out"), keep_results=True)
+    evaluator.update(crop="garg", max_depth_eval=80.0)  # (the samples above are KITTI's)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        built = METRICS.build(evaluator)
+    built.process({}, samples)
+    assert set(built.compute_metrics(built.results)) == set(want) and (tmp_path / "out" / "1.png").is_file()
+    some = DINOv2DepthMetric(crop="garg", min_depth_eval=0.001, max_depth_eval=80.0, depth_metrics=["rmse", "d1"])
+    some.process({}, samples)
+    assert {k: v for k, v in some.compute_metrics(some.results).items() if k in want} == {
+        k: v for k, v in want.items() if k not in {"abs_rel", "sq_rel", "rmse_log", "log10", "d2", "d3", "silog"}}
+    only = DINOv2DepthMetric(output_dir=str(tmp_path / "only"), format_only=True, depth_scale_factor=256.0)
+    only.process({}, [{k: v for k, v in x.items() if k != "gt_depth_map"} for x in samples])  # no ground truth
+    assert only.compute_metrics(only.results) == {} and (tmp_path / "only" / "2.png").is_file()
+    for bad, match in ((dict(depth_metrics=["mae"]), r"depth_metrics \['mae'\]"),
+                       (dict(nonsense=1), "nonsense: not an argument of this metric"),
+                       (dict(format_only=True), "give output_dir")):
+        with pytest.raises(ValueError, match=match):
+            DINOv2DepthMetric(**bad)
+
 
 # -- python -m dinov2_dense.mmseg.convert ------------------------------------------------------------
 def _mmseg_checkpoint(path: Path, backbone: dict | None = None) -> Path:

@@ -642,9 +642,12 @@ def test_a_basis_is_told_from_other_weights_by_their_fingerprint_not_their_path(
 
 
 def test_a_basis_saved_from_python_records_the_weights_and_how_the_features_were_made(images, tmp_path, capsys):
-    """pca_maps' basis, saved in Python as the README shows, records the weights' identity (hashed at save,
-    once), the tiling and the 8-bit resize, as the command's does: `pca --basis` with other weights warns,
-    with the same weights it does not; a basis fitted on features alone (fit_pca) records no weights."""
+    """pca_maps' basis, saved in Python as the README shows, records the weights' identity (hashed at the
+    fit: later changes to the model do not reach it), the tiling and the 8-bit resize, as the command's
+    does: `pca --basis` with other weights warns, with the same weights it does not; a basis fitted on
+    features alone (fit_pca) records no weights. The basis pickles."""
+    import pickle
+
     from dinov2_dense.checkpoints import fingerprint, weights_identity
     from pretrain.export import export_backbone
 
@@ -653,9 +656,15 @@ def test_a_basis_saved_from_python_records_the_weights_and_how_the_features_were
     model = tiny_vit(depth=1, dim=32, img=56).eval()
     files = export_backbone(model, tmp_path / "a")
     maps = pca_maps(model, [str(images[0]), str(images[1])], size=56, tile=28, progress=False)
+    fitted, kept = fingerprint(model), model.cls_token.detach().clone()
+    with torch.no_grad():
+        model.cls_token.add_(1.0)  # after the fit: not what the basis was fitted on
     path = maps[0].basis.save(tmp_path / "basis.npz")
+    with torch.no_grad():
+        model.cls_token.copy_(kept)
+    assert pickle.loads(pickle.dumps(maps[0])).basis.info == maps[0].basis.info
     info = PCABasis.load(path).info
-    assert info["weights_sha256"] == fingerprint(model) and info["weights_form"] == "float32"
+    assert info["weights_sha256"] == fitted == fingerprint(model) and info["weights_form"] == "float32"
     assert info["tile"] == 28 and "resize_8bit" not in info
     assert weights_identity(model) == {k: info[k] for k in ("weights_sha256", "weights_form")}
     common = ["--size", "56", "--num-workers", "0", "--basis", str(path)]

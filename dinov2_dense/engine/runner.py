@@ -298,6 +298,9 @@ def start_process_group(launcher: str, env_cfg: dict | None = None) -> bool:
 
         if launcher == "pytorch" and "LOCAL_RANK" not in os.environ:
             os.environ["LOCAL_RANK"] = variables["LOCAL_RANK"]  # torchrun sets it; a start by hand may not
+        if launcher == "slurm" and "SLURM_NODELIST" not in os.environ:  # mmengine's slurm start reads it
+            raise ValueError("--launcher slurm: start the command with srun, in a Slurm allocation (SLURM_NODELIST "
+                             "is not set)")
         set_multi_processing(**env_cfg.get("mp_cfg", {}), distributed=True)  # mmengine's order: before init_dist
         init_dist(launcher, **dist_cfg)
         return True

@@ -94,24 +94,50 @@ class DINOv2DepthMetric(DepthMetric):
             right)`` or None.
         output_dir: as mmseg's: each prediction written there (atomically) as a 16-bit PNG of depth x
             ``depth_scale_factor`` (e.g. 1000 for millimetres), rounded, named after its image.
-        **kwargs: ``silog``, ``median_scaling``, ``resize``, ``collect_device``, ``prefix``, ``collect_dir``
-            of our metric.
+        depth_metrics: as mmseg's: the metrics to report (default all), besides ``count`` and the
+            invalid-prediction counts; a name we do not compute is refused.
+        format_only: as mmseg's: only write ``output_dir``, no metrics (no ground truth needed).
+        keep_results: what mmseg's ``tools/test.py --out`` adds; the files in ``output_dir`` are kept anyway.
+        silog, median_scaling, resize, collect_device, prefix, collect_dir: of our metric.
     """
 
     def __init__(self, min_depth_eval: float = 1e-3, max_depth_eval: float = 10.0, crop=None,
                  output_dir: str | None = None, depth_scale_factor: float = 1.0, crop_type: str | None = None,
-                 **kwargs):
+                 depth_metrics=None, format_only: bool = False, keep_results: bool = False, **kwargs):
+        from dinov2_dense.evaluation.depth import DEPTH_METRIC_KEYS
+
         if crop_type is not None:  # mmseg's DepthMetric argument: say which of ours it is
             raise ValueError(f"DINOv2DepthMetric: crop_type={crop_type!r} is mmseg's DepthMetric argument; use "
                              "crop='eigen' (NYU), crop='garg' (KITTI) or crop=(top, bottom, left, right)")
+        ours = ("silog", "median_scaling", "resize", "collect_device", "prefix", "collect_dir")
+        if unknown := sorted(set(kwargs) - set(ours)):
+            raise ValueError(f"DINOv2DepthMetric: {', '.join(unknown)}: not an argument of this metric (it takes "
+                             "min_depth_eval, max_depth_eval, crop, output_dir, depth_scale_factor, depth_metrics, "
+                             f"format_only, keep_results, {', '.join(ours)})")
+        names = list(DEPTH_METRIC_KEYS) if depth_metrics is None else list(depth_metrics)
+        if other := [m for m in names if m not in DEPTH_METRIC_KEYS]:
+            raise ValueError(f"DINOv2DepthMetric: depth_metrics {other}: expected names among "
+                             f"{', '.join(DEPTH_METRIC_KEYS)}")
+        if format_only and not output_dir:
+            raise ValueError("DINOv2DepthMetric: format_only=True writes the predictions only: give output_dir")
         super().__init__(min_depth=min_depth_eval, max_depth=max_depth_eval, crop=crop, **kwargs)
         self.crop = crop
+        self.depth_metrics, self.format_only = names, bool(format_only)
         self.output_dir, self.depth_scale_factor = output_dir, float(depth_scale_factor)
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
 
+    def compute_metrics(self, results: list) -> dict:
+        if self.format_only:
+            return {}
+        from dinov2_dense.evaluation.depth import DEPTH_METRIC_KEYS
+
+        left_out = set(DEPTH_METRIC_KEYS) - set(self.depth_metrics)
+        return {k: v for k, v in super().compute_metrics(results).items() if k not in left_out}
+
     def process(self, data_batch, data_samples) -> None:
-        super().process(data_batch, data_samples)
+        if not self.format_only:
+            super().process(data_batch, data_samples)
         if not self.output_dir:
             return
         for sample in data_samples:

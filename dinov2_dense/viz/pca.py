@@ -46,7 +46,6 @@ import json
 import math
 import os
 import warnings
-import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,9 +189,6 @@ class PCABasis:
     hi: np.ndarray
     masked: bool = True
     info: dict = field(default_factory=dict)
-    #: the backbone it was fitted on (a weak reference, set by :func:`pca_maps`): :meth:`save` records its
-    #: weights' identity where ``info`` lacks it, so a reused basis is checked against the weights
-    fitted_on: Any = field(default=None, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -239,17 +235,10 @@ class PCABasis:
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the basis to a ``.npz`` file atomically. A basis that :func:`pca_maps` fitted records the
-        identity of the backbone's weights (:func:`dinov2_dense.checkpoints.weights_identity`, computed
-        here once) unless its ``info`` has it: ``dinov2-dense pca --basis`` then warns on other weights."""
+        """Write the basis to a ``.npz`` file atomically."""
         path = Path(path)
         if path.suffix != ".npz":
             raise ValueError(f"{path}: a PCA basis is written as .npz; use that suffix")
-        model = self.fitted_on() if self.fitted_on is not None else None
-        if model is not None and "weights_sha256" not in self.info:
-            from ..checkpoints import weights_identity
-
-            self.info.update(weights_identity(model))
         arrays = dict(
             version=np.array(BASIS_VERSION),
             mean=self.mean, direction=self.direction, threshold=np.array(self.threshold),
@@ -640,19 +629,29 @@ def pca_maps(
     show = progress if progress is not None else len(items) > options.batch_size
     with tqdm(total=len(items), desc="features", unit="image", disable=not show) as bar:
         feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar)
-    # as the command's basis records them: reused with --basis, its features are computed the same way
-    meta = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "tile": options.tile,
-            **({"resize_8bit": True} if options.resize_8bit else {}), **(info or {})}
     if basis is not None:
         bases = [basis] * len(feats)
-    elif joint:
-        bases = [_fit_named(feats, names, threshold, meta)] * len(feats)
     else:
-        bases = [_fit_named([f], [n], threshold, meta) for f, n in zip(feats, names)]
-    if basis is None:
-        for fitted in {id(b): b for b in bases}.values():
-            fitted.fitted_on = weakref.ref(model)
+        meta = _fit_record(model, feats, options, info)
+        if joint:
+            bases = [_fit_named(feats, names, threshold, meta)] * len(feats)
+        else:
+            bases = [_fit_named([f], [n], threshold, meta) for f, n in zip(feats, names)]
     return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
+
+
+def _fit_record(model, feats: list[DenseFeatures], options: FeatureOptions, info: dict | None) -> dict:
+    """What a basis records of how its features were made, as the command's does (reused with --basis,
+    features are computed the same way, and other weights are warned of): the block, size, tiling, the
+    8-bit resize and the identity of the weights (:func:`dinov2_dense.checkpoints.weights_identity`, hashed
+    now unless ``info``, which is added last, has it)."""
+    record = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "tile": options.tile,
+              **({"resize_8bit": True} if options.resize_8bit else {})}
+    if "weights_sha256" not in (info or {}):
+        from ..checkpoints import weights_identity
+
+        record.update(weights_identity(model))
+    return {**record, **(info or {})}
 
 
 def _size_record(size) -> int | list[int] | None:
@@ -842,11 +841,9 @@ def pca_video(
 
         warnings.warn(f"{video}: read {len(feats)} of the {expected} frames its header announces; the file may be "
                       "truncated, or a format OpenCV reads only in part (e.g. GIF)", stacklevel=2)
-    meta = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "tile": options.tile,
-            **({"resize_8bit": True} if options.resize_8bit else {}), "video": str(video), **(info or {})}
     if basis is None:
-        basis = fit_pca(feats, threshold=threshold, info=meta)
-        basis.fitted_on = weakref.ref(model)
+        basis = fit_pca(feats, threshold=threshold, info=_fit_record(model, feats, options, {"video": str(video),
+                                                                                             **(info or {})}))
 
     n = len(feats)
     rows = min(sample_rows, n)

@@ -557,7 +557,10 @@ def _resume(out: Path, paths: list[str], d: int, settings: dict, stats: np.ndarr
     changed, known = _changed(out / "stats.partial.npy", out / "partial.json", stats)
     changed &= status[:] != PENDING  # (an unreadable one listed with its reason is read again too)
     if changed.any():
-        _say_changed(out, n, known, int(((status[:] == DONE) & ~changed).sum()), changed=int(changed.sum()))
+        bad = np.flatnonzero((status[:] == UNREADABLE) & ~changed)
+        listed = len(_listed_reasons(out / "unreadable.partial.txt", {paths[i]: int(i) for i in bad}))
+        _say_changed(out, n, known, int(((status[:] == DONE) & ~changed).sum()), changed=int(changed.sum()),
+                     unreadable=listed, listed=listed)
         status[changed] = PENDING
         status.flush()  # before the new record: a row of a changed file is never left done under it
     if changed.any() or not known:
