@@ -164,6 +164,7 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
     from heads import CrossEntropyLoss, GradientLoss, SigLoss
 
     from .engine.feature_cache import FeatureCache, train_head
+    from .evaluation.depth import depth_png_units
 
     task = HEADS[head][0]
     predictor = _predictor(backbone, head, 5, s.seed)
@@ -202,7 +203,7 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
             if task == "segmentation":
                 _write_png(path, pred.argmax(1)[0].numpy().astype(np.uint8))
             else:
-                _write_png(path, np.round(pred[0, 0].numpy() * 1000).astype(np.uint16))
+                _write_png(path, depth_png_units(pred[0, 0].numpy(), 1000.0))  # millimetres
         # the official head files' layout (decode_head.*), which `test` and load_model(weights=...) read
         torch.save({f"decode_head.{k}": v for k, v in predictor.decode_head.state_dict().items()}, tmp / "head.pth")
     return {"metrics": score_predictions(out, work / "scenes", task), "final_loss": float(np.mean(history[-10:])),

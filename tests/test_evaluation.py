@@ -475,3 +475,17 @@ def test_out_of_range_predictions_are_counted_after_median_scaling():
     scaled = DepthAccumulator(max_depth=10.0, median_scaling=True)
     scaled.update(pred * 10, gt)  # all but 2 above 10 m, until scaled back by median(gt) / median(pred) = 1/10
     assert scaled.clipped_predictions() == {"below_min_pixels": 2, "above_max_pixels": 3}
+
+
+def test_depth_png_units_round_clip_and_name_the_scale_that_does_not_fit():
+    """One conversion for every 16-bit depth PNG written (test --out, the mmseg metric's output_dir, the
+    demo): depth x scale rounded, negatives 0; a depth the scale cannot fit is refused naming the option."""
+    import numpy as np
+
+    from dinov2_dense.evaluation.depth import depth_png_units
+
+    got = depth_png_units(np.array([[0.0, 1.2344, -0.5], [65.535, 10.0, 0.0005]], dtype=np.float32), 1000.0)
+    assert got.dtype == np.uint16 and got.tolist() == [[0, 1234, 0], [65535, 10000, 0]]
+    with pytest.raises(ValueError, match=r"depth up to 80\.0 m does not fit a 16-bit PNG at depth_scale_factor=1000 "
+                                         r"\(units per metre\); use a smaller depth_scale_factor"):
+        depth_png_units(np.array([80.0]), 1000.0, "depth_scale_factor")

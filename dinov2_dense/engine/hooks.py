@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from mmengine.hooks import Hook
 
+from dinov2_dense.evaluation.depth import depth_png_units
 from dinov2_dense.fileio import check_output_dir, commit_dir, discard_stage, stage_path, write_image
 from dinov2_dense.viz.colour import colour_depth, colour_labels
 
@@ -94,11 +95,7 @@ class SavePredictionsHook(Hook):
                 write_image(self.stage / "colour" / name, colour_labels(labels, self.palette, self.ignore_index))
             if "pred_depth" in sample:
                 depth = sample["pred_depth"].float().cpu().numpy()
-                units = np.round(depth * self.depth_scale)
-                if units.max(initial=0) > 65535:
-                    raise ValueError(f"depth up to {float(depth.max()):.1f} m does not fit a 16-bit PNG at "
-                                     f"{self.depth_scale:g} units per metre; use a smaller depth_scale")
-                write_image(self.stage / "depth" / name, np.clip(units, 0, 65535).astype(np.uint16))
+                write_image(self.stage / "depth" / name, depth_png_units(depth, self.depth_scale))
                 write_image(self.stage / "colour" / name, colour_depth(depth))
 
     def after_test(self, runner) -> None:

@@ -146,6 +146,17 @@ def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
     return mask
 
 
+def depth_png_units(depth: np.ndarray, scale: float, option: str = "depth_scale") -> np.ndarray:
+    """Depth in metres as the values of a 16-bit depth PNG: ``depth x scale`` (e.g. 1000 for millimetres,
+    256 for KITTI) rounded, negatives 0; a ValueError, naming ``option`` (the setting that gives ``scale``),
+    where a depth does not fit."""
+    units = np.round(depth * scale)
+    if units.max(initial=0) > 65535:
+        raise ValueError(f"depth up to {float(np.max(depth)):.1f} m does not fit a 16-bit PNG at {option}={scale:g} "
+                         f"(units per metre); use a smaller {option}")
+    return np.clip(units, 0, 65535).astype(np.uint16)
+
+
 def kb_crop_origin(h: int, w: int, height: int = KB_CROP_SHAPE[0], width: int = KB_CROP_SHAPE[1]) -> tuple[int, int]:
     """(top, left) of the KITTI benchmark crop of an (h, w) frame: the bottom ``height`` rows and the
     centred ``width`` columns, as in the toolboxes (``top = H - 352``, ``left = (W - 1216) // 2``)."""

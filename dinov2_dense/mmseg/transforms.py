@@ -16,7 +16,7 @@ from mmcv.transforms import BaseTransform
 
 from dinov2_dense.data.pipelines import seed_pipeline
 from dinov2_dense.engine.data import build_pipeline
-from dinov2_dense.evaluation.depth import kb_crop_origin
+from dinov2_dense.evaluation.depth import depth_png_units, kb_crop_origin
 from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
 from dinov2_dense.fileio import write_image
 from mmseg.registry import METRICS, TRANSFORMS
@@ -142,9 +142,9 @@ class DINOv2DepthMetric(DepthMetric):
             return
         for sample in data_samples:
             depth = sample["pred_depth_map"]["data"].squeeze().float().cpu().numpy()
-            units = np.round(depth * self.depth_scale_factor)
-            if units.max(initial=0) > 65535:
-                raise ValueError(f"DINOv2DepthMetric: depth up to {float(depth.max()):.1f} m does not fit a 16-bit "
-                                 f"PNG at depth_scale_factor={self.depth_scale_factor:g}; use a smaller one")
+            try:
+                units = depth_png_units(depth, self.depth_scale_factor, "depth_scale_factor")
+            except ValueError as exc:
+                raise ValueError(f"DINOv2DepthMetric: {exc}") from None
             name = osp.splitext(osp.basename(sample["img_path"]))[0] + ".png"
-            write_image(osp.join(self.output_dir, name), np.clip(units, 0, 65535).astype(np.uint16))
+            write_image(osp.join(self.output_dir, name), units)
