@@ -100,16 +100,6 @@ def test_a_work_dir_that_the_main_process_refuses_stops_every_process_with_its_r
     assert sorted(p.name for p in work.iterdir()) == [".dinov2_dense.lock"]
 
 
-def test_fsdp_trains_without_the_view_warning(tmp_path):
-    cfg = _py_config(tmp_path / "tiny.py", tiny(2, compute=dict(distributed="fsdp", device="cpu")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir",
-           str(tmp_path / "work"), "--no-progress"]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=150)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "view tensor" not in out.stderr and "warning" not in out.stderr, out.stderr[-3000:]
-
-
 def test_the_fsdp_output_hook_copies_views_exactly():
     """The hook that gives FSDP's backbone outputs storage of their own: the same values and gradients."""
     from pretrain.train import _outputs_of_their_own
