@@ -928,19 +928,18 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     if args.clusters is not None and min(args.clusters) < 1:
         raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
-    from .distributed import check_same_settings, under_torchrun
+    from .distributed import check_same_settings, implied_launcher, say_distributed
 
-    implied = args.launcher == "none" and under_torchrun()  # torchrun without --launcher: as with pytorch
-    if args.launcher == "pytorch" or implied:
+    launcher = implied_launcher(args.launcher)  # torchrun without --launcher: as with pytorch
+    if launcher == "pytorch":
         import datetime
 
         if not all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
             raise ValueError("--launcher pytorch: start the command with torchrun (RANK and WORLD_SIZE are not set)")
         if not torch.distributed.is_initialized():  # long steps run on rank 0 while the others wait
             torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=1))
-        if implied and torch.distributed.get_rank() == 0:
-            print(f"note: torchrun started {torch.distributed.get_world_size()} processes: the curation is "
-                  "distributed over them, as with --launcher pytorch")
+        if launcher != args.launcher:
+            say_distributed("curation")
         # every process must curate the same pool the same way (another --seed mixed two runs' clusters)
         check_same_settings({_option_name(k): v for k, v in vars(args).items() if k not in _CURATE_PER_PROCESS},
                             "")

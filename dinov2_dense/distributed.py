@@ -35,6 +35,22 @@ def under_torchrun() -> bool:
         return False
 
 
+def implied_launcher(launcher: str) -> str:
+    """The launcher a command runs with: ``launcher`` as given, or "pytorch" where it is "none" and torchrun
+    started several processes (each would otherwise run the whole command alone)."""
+    return "pytorch" if launcher == "none" and under_torchrun() else launcher
+
+
+def say_distributed(what: str) -> None:
+    """On process 0 of a started group, the note that torchrun's processes run ``what`` together although
+    no --launcher was given (see :func:`implied_launcher`)."""
+    import torch.distributed as dist
+
+    if _started() and dist.get_rank() == 0:
+        print(f"note: torchrun started {dist.get_world_size()} processes: the {what} is distributed over them, "
+              "as with --launcher pytorch")
+
+
 def _started() -> bool:
     import torch.distributed as dist
 

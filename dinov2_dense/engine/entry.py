@@ -524,20 +524,16 @@ def start_distributed(cfg, command: str) -> None:
     their configs. Under torchrun without --launcher (WORLD_SIZE above 1) the run is distributed as with
     --launcher pytorch, and the main process says so: every process would otherwise run the whole command
     alone, in the same work dir."""
-    from dinov2_dense.distributed import check_same_settings, under_torchrun
+    from dinov2_dense.distributed import check_same_settings, implied_launcher, say_distributed
 
     from .runner import start_process_group
 
-    implied = cfg.get("launcher", "none") == "none" and under_torchrun()
-    if implied:
-        cfg.launcher = "pytorch"
+    given = cfg.get("launcher", "none")
+    cfg.launcher = implied_launcher(given)
     if not start_process_group(cfg.launcher, cfg.get("env_cfg")):
         return
-    if implied and _rank() == 0:
-        import torch.distributed as dist
-
-        print(f"note: torchrun started {dist.get_world_size()} processes: the {command} is distributed over them, "
-              "as with --launcher pytorch")
+    if cfg.launcher != given:
+        say_distributed(command)
     check_same_settings(cfg.to_dict(), cfg.filename or command, ignore=PER_PROCESS_SETTINGS)
 
 
