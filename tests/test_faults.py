@@ -239,6 +239,7 @@ def test_a_second_training_in_a_busy_work_dir_refuses(scenes, tmp_path):
         while time.time() < deadline and not (work / ".dinov2_dense.lock").is_file():
             time.sleep(0.05)
         assert (work / ".dinov2_dense.lock").is_file(), "the first run never took the lock"
+        first.send_signal(signal.SIGSTOP)  # it holds the lock, stopped, and leaves the CPU to the second
         second = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), str(SEG_CFG), "--work-dir", str(work),
                                  "--resume", "--cfg-options", *_opts(scenes, 10)],
                                 env=ENV, capture_output=True, text=True, timeout=120)
