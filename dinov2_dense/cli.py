@@ -942,7 +942,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             say_distributed("curation")
         # every process must curate the same pool the same way (another --seed mixed two runs' clusters)
         check_same_settings({_option_name(k): v for k, v in vars(args).items() if k not in _CURATE_PER_PROCESS},
-                            "")
+                            "", given="command and options")  # curate has no config
     if args.threads:
         torch.set_num_threads(args.threads)
     model = None

@@ -107,13 +107,15 @@ def flatten(settings: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1] if prefix else "value": _text(settings)}
 
 
-def check_same_settings(settings: Mapping, what: str, shown: int = 3, ignore: Iterable[str] = ()) -> None:
+def check_same_settings(settings: Mapping, what: str, shown: int = 3, ignore: Iterable[str] = (),
+                        given: str = "command and config") -> None:
     """Call on every process of a started process group: raise :class:`ValueError` on every process when
     their ``settings`` (nested mappings of plain values) differ, naming up to ``shown`` keys with process 0's
     value and the first other process's. ``ignore``: patterns (fnmatch, on the dotted keys and each of their
     prefixes) of settings that are each process's own (``*_dataloader.num_workers``). One small all-gather when
     they agree; a no-op in one process. ``what``: the command or file they come from, to begin the message
-    with (empty: none)."""
+    with (empty: none); ``given``: what the user gave them, for the advice that ends it ("start every process
+    with the same ...")."""
     world = _group_size()
     if world == 1:
         return
@@ -141,7 +143,7 @@ def check_same_settings(settings: Mapping, what: str, shown: int = 3, ignore: It
                      for k in keys[:shown])
     more = f" (and {len(keys) - shown} more)" if len(keys) > shown else ""
     raise ValueError(f"{what + ': ' if what else ''}the {world} processes of this run were given different settings: "
-                     f"{said}{more}; start every process with the same command and config")
+                     f"{said}{more}; start every process with the same {given}")
 
 
 def _said(exc: BaseException) -> str:

@@ -236,7 +236,7 @@ def test_curate_processes_given_another_seed_all_refuse_naming_it(launched, data
         said = _lines(out, "dinov2-dense curate:")
         assert said == ["dinov2-dense curate: error: the 2 processes of this run were given different settings: "
                         "--seed: 0 in process 0, 1 in process 1; start every process with the same command and "
-                        "config"], out[-1500:]
+                        "options"], out[-1500:]
     assert not (data / "curated" / "selected.txt").exists()
     assert "note: torchrun started 2 processes: the curation is distributed" in out0  # without --launcher
 
