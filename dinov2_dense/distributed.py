@@ -146,6 +146,15 @@ def check_same_settings(settings: Mapping, what: str, shown: int = 3, ignore: It
                      f"{said}{more}; start every process with the same {given}")
 
 
+def check_same_checkpoint(name: str | None, iteration: int, work_dir: str | os.PathLike) -> None:
+    """Call on every process of a started process group after each found the checkpoint it resumes from
+    (``name`` None: none, iteration 0): raise :class:`ValueError` on every process unless all found the same.
+    Only process 0 writes checkpoints, so on machines that do not share the work dir the others found none
+    (or an old copy) and would have started at another iteration than process 0: their loops fell out of step."""
+    check_same_settings({"--resume": {"checkpoint": name, "iteration": iteration}}, f"--resume in {work_dir}",
+                        given="checkpoints: a work dir that every machine reads (process 0 writes them)")
+
+
 def _said(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"

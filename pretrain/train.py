@@ -38,7 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dinov2_dense.distributed import agree_to_start, check_same_settings, under_torchrun
+from dinov2_dense.distributed import agree_to_start, check_same_checkpoint, check_same_settings, under_torchrun
 from dinov2_dense.fileio import DirLock, atomic_path, write_json
 
 from .config import resolve
@@ -715,7 +715,10 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     total_iters = int(optim_cfg["epochs"] * epoch_length)
     schedules = build_schedules(optim_cfg, cfg["teacher"], epoch_length, lr)
     start = 0
-    state, path = _resume_state(work_dir, main) if resume else (None, None)
+    state, path = (None, None)
+    if resume:  # every process reads the checkpoint itself: one that cannot, or finds another, stops them all
+        state, path = agree_to_start(partial(_resume_state, work_dir, main), True)
+        check_same_checkpoint(path.name if path else None, int(state["iteration"]) if state else 0, work_dir)
     if state is not None:
         start = int(state["iteration"])
         from dinov2_dense.checkpoints import key_mismatches

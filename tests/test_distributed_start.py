@@ -64,6 +64,9 @@ for case in cases:
     os.environ.clear(); os.environ.update(saved); os.environ.update(env)
     for key in case.get("unset", []):
         os.environ.pop(key, None)
+    if rank in case.get("no_checkpoints_on", []):  # this process's machine does not share the work dir
+        import dinov2_dense.engine.runner as runner_module
+        runner_module.checkpoint_candidates = lambda work_dir: []
     os.environ["MASTER_PORT"] = str(port)
     log = open(os.path.join(base, f"{name}.{rank}.log"), "w")
     sys.stdout.flush(); sys.stderr.flush()
@@ -95,6 +98,12 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.save(root / "pool.npy", rng.normal(size=(64, 8)).astype(np.float32))
     (root / "pool.txt").write_text("".join(f"img_{i:03d}.jpg\n" for i in range(64)))
+    from pretrain.train import pretrain
+    from tests.test_pretrain_train import _py_config, tiny
+
+    pretrain(tiny(4), root / "pretrained", progress=False, max_iters=2)  # its checkpoint of iteration 2
+    _py_config(root / "pretrain_tiny.py", tiny(4))
+    (root / "other_machine").mkdir()  # the same work dir on a machine that does not share it: no checkpoints
     return root
 
 
@@ -133,9 +142,15 @@ def _cases(root: Path) -> list[dict]:
                                          *_train_options(root, 2), "train_cfg.max_iters=3"]], torchrun, []),
         "train_implied": ([["train", str(SEG_CFG), "--work-dir", str(root / "w"), "--cfg-options",
                             *_train_options(root, 2)]] * 2, torchrun, []),
+        "train_resume_elsewhere": ([["train", str(SEG_CFG), "--work-dir", str(root / "w"), "--resume", "--cfg-options",
+                                     *_train_options(root, 4)]] * 2, torchrun, []),
+        "pretrain_resume_elsewhere": ([["pretrain", str(root / "pretrain_tiny.py"), "--work-dir", str(root / work),
+                                        "--resume", "--no-progress"] for work in ("pretrained", "other_machine")],
+                                      torchrun, []),
     }
     only = [c for c in os.environ.get("DIST_START_ONLY", "").split(",") if c]
-    return [dict(name=name, port=free_port(), argv=argv, env=env, unset=unset, limit=CASE_LIMIT_S)
+    return [dict(name=name, port=free_port(), argv=argv, env=env, unset=unset, limit=CASE_LIMIT_S,
+                 no_checkpoints_on=[1] if name == "train_resume_elsewhere" else [])
             for name, (argv, env, unset) in cases.items() if not only or name in only]
 
 
@@ -391,3 +406,20 @@ def test_the_mmseg_converter_under_torchrun_refuses_instead_of_crashing(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.endswith("start `python -m dinov2_dense.mmseg.convert to-mmseg` without torchrun"), err
     assert err.count("\n") == 0 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["pretrain", "train"])
+def test_processes_that_would_resume_from_other_checkpoints_all_refuse(launched, data, command):
+    """Only process 0 writes checkpoints: on machines that do not share the work dir, --resume found none on
+    the others, which started again at iteration 0 beside process 0 at its checkpoint's."""
+    (rc0, out0), (rc1, out1) = _case(launched, f"{command}_resume_elsewhere")
+    assert rc0 == rc1 == 2, (rc0, rc1, out0[-1500:], out1[-1500:])
+    name, run = ("checkpoint_0000002.pth", data / "pretrained") if command == "pretrain" else ("iter_2.pth", data / "w")
+    for out in (out0, out1):
+        said = _lines(out, f"dinov2-dense {command}:")
+        assert len(said) == 1, out[-1500:]
+        assert (f"given different settings: --resume.checkpoint: '{name}' in process 0, None in process 1; "
+                "--resume.iteration: 2 in process 0, 0 in process 1; start every process with the same "
+                "checkpoints: a work dir that every machine reads") in said[0], said
+    assert sorted(p.name for p in run.glob("*.pth")) == [name]
+    assert not list((data / "other_machine").iterdir())

@@ -498,7 +498,13 @@ class DenseRunner(Runner):
 
     def _load_or_resume(self) -> None:
         if self._resume:
-            newest = self._newest_readable_checkpoint()
+            from dinov2_dense.distributed import agree_to_start, check_same_checkpoint
+
+            # every process reads its checkpoint: one that cannot, or that finds another, stops them all
+            newest = agree_to_start(self._newest_readable_checkpoint, True)
+            meta = self._read_cache[newest].get("meta") if newest is not None else None
+            check_same_checkpoint(os.path.basename(newest) if newest is not None else None,
+                                  int(meta.get("iter", 0)) if isinstance(meta, dict) else 0, self.work_dir)
             if newest is None:
                 self._resume = False  # nothing to resume: a fresh start (from load_from, if set)
             else:
