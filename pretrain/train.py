@@ -282,7 +282,8 @@ def _read(path: Path) -> dict | None:
 
 def _resume_state(work_dir: Path, main: bool) -> tuple[dict | None, Path | None]:
     """The newest readable checkpoint of ``work_dir`` and its path ((None, None) without checkpoints: a
-    run stopped before its first one starts again). Unreadable newer ones are named and passed over;
+    run stopped before its first one starts again, and the main process says so, naming the work dir, for a
+    mistyped one starts a new run too). Unreadable newer ones are named and passed over;
     where none is readable the resume is refused before anything is written (starting again from
     iteration 0 would trim the run's log and, in the end, replace its checkpoints)."""
     found = checkpoint_files(work_dir)
@@ -299,6 +300,8 @@ def _resume_state(work_dir: Path, main: bool) -> tuple[dict | None, Path | None]
         raise ValueError(f"work dir {work_dir}: none of its {len(found)} checkpoints is readable ({names}), so "
                          "--resume has nothing to continue; nothing was changed. Put a readable checkpoint back, or "
                          "start afresh with --overwrite (the checkpoints, logs and export are deleted)")
+    if main:  # started as documented, but said: a mistyped work dir would otherwise start a new run unnoticed
+        print(f"--resume: no checkpoint in {work_dir}; starting a new run there, from iteration 0", file=sys.stderr)
     return None, None
 
 
@@ -833,6 +836,9 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     if it == start and start > 0:  # a resume that trained nothing (the run had ended): its last logged values
         logged = [r for r in _jsonl(metrics_path) if r.get("iteration") == start]
         last = logged[-1] if logged else {"iteration": start}
+        checked = [r for r in _jsonl(work_dir / "monitor" / "monitor.jsonl") if r.get("iteration") == start]
+        if checked:  # the monitor's scores at that iteration (probe_miou, knn_top1), as the original end gave them
+            last = {**last, **{k: v for k, v in checked[-1].items() if k not in ("iteration", "seconds")}}
         if main and it >= total_iters:
             print(f"the run in {work_dir} had already ended (iteration {start} of {total_iters}): nothing to train; "
                   "its export is written again", file=sys.stderr)
@@ -1004,8 +1010,19 @@ def _optimizer_state(model, optimizer, sharded: bool) -> dict:
 
 def _load_optimizer(model, optimizer, state: dict, sharded: bool, path: Path | str = "the checkpoint") -> None:
     """Load the optimizer state of checkpoint ``path``; one that does not fit this run's parameter groups
-    (other optimiser settings, or written by a version whose groups under DDP differed) is refused,
-    naming the file."""
+    (another grouping, e.g. ``optim.layerwise_decay`` 1.0 after 0.9, or written by a version whose groups
+    under DDP differed) is refused, naming the file. The checkpoint gives the state (AdamW's moments and steps); each
+    group's settings (``lr_multiplier``, ``wd_multiplier``, ``is_last_layer``, betas, ...) stay this run's,
+    built from its config: a resume with another ``optim.layerwise_decay`` or ``optim.patch_embed_lr_mult``
+    trains with the new multipliers, as its warning says and its config.json records."""
+    settings = [{k: v for k, v in group.items() if k not in ("params", "param_names")}
+                for group in optimizer.param_groups]
+    _load_optimizer_state(model, optimizer, state, sharded, path)
+    for group, own in zip(optimizer.param_groups, settings):  # load_state_dict brought back the checkpoint's
+        group.update(own)
+
+
+def _load_optimizer_state(model, optimizer, state: dict, sharded: bool, path: Path | str) -> None:
     saved = state["optimizer"]
     if ("sharded_by_names" in saved) != sharded:
         raise ValueError(f"{path}: the checkpoint's optimizer state was written {'with' if not sharded else 'without'} "

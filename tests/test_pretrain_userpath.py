@@ -1,7 +1,8 @@
 """`dinov2-dense pretrain` around its work dir, as users drive it: --overwrite with a bad data set,
 the user's own files beside a run, folders that no run wrote, a work dir inside the training data,
-starts refused before anything is created, a resume whose optimizer groups differ, and the monitor
-as an observer that leaves the run as it is."""
+starts refused before anything is created, a resume whose optimizer groups differ or whose multipliers
+do (the command's are trained with), a `curate` output folder given as the data set, the --work-dir help,
+and the monitor as an observer that leaves the run as it is."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from dinov2_dense.cli import main
+from dinov2_dense.data.files import DataError
 from pretrain.train import checkpoint_files, pretrain
 from tests.test_pretrain_train import _py_config, tiny
 
@@ -180,15 +183,93 @@ def test_the_monitor_observes_without_changing_the_run(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (the metadata names the work dir)
 
 
-def test_a_resume_with_other_schedule_settings_says_which(tmp_path, capsys):
+def test_a_resume_with_other_schedule_settings_says_which(tmp_path, capsys, monkeypatch):
     """The schedules are rebuilt from the resuming command's config: a resume that did not repeat the first
-    command's --cfg-options (optim.epochs=2) went on silently at another rate and ended at another iteration."""
+    command's --cfg-options (optim.epochs=2) went on silently at another rate and ended at another iteration.
+    A resume with another optim.layerwise_decay / patch_embed_lr_mult (AdamW betas too) said so, but the
+    checkpoint's optimizer groups brought back the old multipliers; --resume into a work dir without a
+    checkpoint started a new run without a word; the resume of an ended run printed its last values without
+    the monitor's scores of that iteration."""
+    import pretrain.train as loop
+
+    monkeypatch.setattr(loop, "plot_training", lambda work_dir: None)  # the figure is most of a tiny run's time
     cfg = _py_config(tmp_path / "tiny.py", tiny(2))
     work = tmp_path / "run"
-    assert _pretrain(cfg, work, "--max-iters", "1", "--cfg-options", "optim.epochs=2") == 0
-    capsys.readouterr()
+    assert _pretrain(cfg, work, "--resume", "--max-iters", "1", "--cfg-options", "optim.epochs=2") == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("--resume: no checkpoint")]
+    assert said == [f"--resume: no checkpoint in {work}; starting a new run there, from iteration 0"]
     assert _pretrain(cfg, work, "--resume", "--max-iters", "2", "--cfg-options", "optim.epochs=2") == 0
-    assert "schedule settings differ" not in capsys.readouterr().err  # the same settings: nothing to say
+    err = capsys.readouterr().err
+    assert "schedule settings differ" not in err and "no checkpoint" not in err  # the same settings: nothing to say
     assert _pretrain(cfg, work, "--resume", "--max-iters", "3") == 0
     err = capsys.readouterr().err
     assert "warning: --resume: this command's schedule settings differ" in err and "optim.epochs 2 -> 1" in err, err
+
+    # other multipliers with the same groups: the resumed run trains with the command's, as a fresh run does
+    other = ["optim.epochs=2", "optim.layerwise_decay=0.8", "optim.patch_embed_lr_mult=0.5", "optim.adamw_beta2=0.99",
+             "monitor.period=4", "monitor.images=[]", "monitor.pca_size=28", "monitor.probe_size=28",
+             "monitor.probe_scenes=[4,2]", "monitor.knn_scenes=[6,4]"]
+    assert _pretrain(cfg, work, "--resume", "--cfg-options", *other) == 0  # iterations 3 and 4, the end
+    out, err = capsys.readouterr()
+    assert "optim.layerwise_decay 0.9 -> 0.8" in err and "optim.patch_embed_lr_mult 0.2 -> 0.5" in err, err
+    assert _pretrain(cfg, tmp_path / "fresh", "--max-iters", "1", "--cfg-options", *other) == 0
+
+    def groups(folder: Path) -> list[tuple]:
+        saved = torch.load(checkpoint_files(folder)[0], map_location="cpu", weights_only=True)["optimizer"]
+        return [(round(g["lr_multiplier"], 6), g["wd_multiplier"], g["is_last_layer"], tuple(g["betas"]))
+                for g in saved["param_groups"]]
+
+    assert checkpoint_files(work)[0].name == "checkpoint_0000004.pth"
+    assert groups(work) == groups(tmp_path / "fresh")  # 0.8's multipliers, not the checkpoint's 0.9's
+    assert sorted({g[0] for g in groups(work)}) == [0.256, 0.512, 0.64, 0.8, 1.0] and groups(work)[0][3] == (0.9, 0.99)
+    assert json.loads((work / "config.json").read_text())["optim"]["layerwise_decay"] == 0.8
+    # the resume of the ended run prints the line its end printed, the monitor's scores included
+    ended = [line for line in out.splitlines() if line.startswith("pretraining: ")]
+    assert len(ended) == 1 and "'knn_top1'" in ended[0] and "'probe_miou'" in ended[0], out
+    capsys.readouterr()
+    assert _pretrain(cfg, work, "--resume", "--cfg-options", *other) == 0
+    out, err = capsys.readouterr()
+    assert "had already ended" in err
+    assert [line for line in out.splitlines() if line.startswith("pretraining: ")] == ended
+
+
+def test_a_curate_output_folder_is_refused_as_a_data_set(tmp_path, capsys):
+    """`curate --out` gives a folder whose only image is its figure cluster_sizes.png: taken as train.dataset
+    it trained on that figure. Refused, pointing to its selected.txt, which is the data set."""
+    from pretrain.data.datasets import build_dataset
+
+    images = _images(tmp_path / "pool")
+    out = tmp_path / "curated"  # what `dinov2-dense curate ... --out curated` leaves
+    out.mkdir()
+    (out / ".dinov2-dense-output").write_text("{}")
+    (out / "selected.txt").write_text("".join(f"{p}\n" for p in sorted(images.iterdir())[:2]))
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(out / "cluster_sizes.png")
+    (out / "report.md").write_text("# report\n")
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2, train=dict(dataset=str(out))))
+    capsys.readouterr()
+    assert _pretrain(cfg, tmp_path / "w") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"{out}: the output folder of `dinov2-dense curate`" in errors[0], errors
+    assert f"train.dataset={out / 'selected.txt'}" in errors[0] and not (tmp_path / "w").exists()
+    with pytest.raises(DataError, match="the output folder of `dinov2-dense curate`"):  # the dict form, in a list
+        build_dataset(["skimage:camera", dict(type="folder", root=str(out))])
+    assert len(build_dataset(str(out / "selected.txt"))) == 2  # what it points to is the data set
+    (out / "selected.txt").unlink()  # an unfinished curation: refused all the same
+    with pytest.raises(DataError, match="without its selected.txt"):
+        build_dataset(str(out))
+    (images / ".dinov2-dense-output").write_text("{}")  # another command's marked output of images: read
+    assert len(build_dataset(str(images))) == 3
+
+
+def test_pretrain_help_names_the_default_work_dir_the_code_uses(capsys):
+    from dinov2_dense.engine.entry import default_work_dir
+
+    assert default_work_dir("configs/pretrain/tiny_cpu.py") == "work_dirs/pretrain/tiny_cpu"
+    assert default_work_dir("my/tiny.py") == "work_dirs/my/tiny"
+    for command in ("pretrain", "distill"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "work_dirs/<config folder>/<config name>, e.g. work_dirs/pretrain/tiny_cpu for " \
+               "configs/pretrain/tiny_cpu.py" in text, text
+        assert "work_dirs/pretrain/<config name>" not in text

@@ -704,8 +704,9 @@ def run_test(args: argparse.Namespace) -> int:
 # -- pretraining -------------------------------------------------------------------------------
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("config", help="a pretraining config (configs/pretrain/...)")
-    parser.add_argument("--work-dir", help="checkpoints, logs, monitor figures and the export "
-                                           "(default: work_dirs/pretrain/<config name>)")
+    parser.add_argument("--work-dir", help="checkpoints, logs, monitor figures and the export (default: the "
+                                           "config's work_dir, else work_dirs/<config folder>/<config name>, e.g. "
+                                           "work_dirs/pretrain/tiny_cpu for configs/pretrain/tiny_cpu.py)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a work dir that holds another run's checkpoints (they are deleted)")

@@ -10,6 +10,8 @@ takes. Sources:
   ``train/<class>/<image>`` layout; a folder without subfolders has no labels. The root of a
   synthetic layout (``dinov2-dense synth --layout folder``: ``images/`` beside ``masks/`` and/or
   ``depth/``) gives its ``images/`` only (with a note): label maps and depth maps are not photographs.
+  The output folder of ``dinov2-dense curate`` is refused, pointing to its ``selected.txt`` (the
+  images it selected; the folder's only image is its figure).
 * :meth:`ImageFiles.from_list_file`: a text file with one image path a line (relative paths are
   relative to the list file; blank lines and ``#`` comments ignored; ``skimage:NAME`` allowed).
 * :meth:`ImageFiles.from_skimage`: the sample images that scikit-image ships (``skimage:NAME``).
@@ -95,6 +97,7 @@ class ImageFiles:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: no such folder (expected a folder of images)")
+        _check_not_curate_output(root)
         if _is_synthetic_layout(root):
             logger.warning("%s: the layout of `dinov2-dense synth --layout folder`; taking its images only (%s), "
                            "not its masks/ and depth/", root, root / "images")
@@ -169,6 +172,26 @@ class ImageFiles:
 def _is_synthetic_layout(root: Path) -> bool:
     """Whether ``root`` holds images beside their label or depth maps: ``images/`` with ``masks/`` or ``depth/``."""
     return (root / "images").is_dir() and any((root / name).is_dir() for name in ("masks", "depth"))
+
+
+def _check_not_curate_output(root: Path) -> None:
+    """Refuse the output folder of ``dinov2-dense curate`` (its marker beside its results) as a folder of
+    images: its only image is the figure ``cluster_sizes.png``; the images it selected are in ``selected.txt``."""
+    from dinov2_dense.fileio import MARKER
+
+    if not (root / MARKER).is_file():
+        return
+    from pretrain.curation.pipeline import RESULTS, STORES
+
+    if not any((root / name).exists() for name in (*RESULTS, *STORES)):
+        return
+    selected = root / "selected.txt"
+    if selected.is_file():
+        raise DataError(f"{root}: the output folder of `dinov2-dense curate`, not a folder of images (its only image "
+                        f"is its figure cluster_sizes.png); give the images it selected: train.dataset={selected}")
+    raise DataError(f"{root}: the output folder of `dinov2-dense curate`, not a folder of images, and without its "
+                    f"selected.txt (the curation did not finish): run the curation to its end, then give "
+                    f"train.dataset={selected}")
 
 
 def dataset_folders(spec: Any) -> list[Path]:
