@@ -56,18 +56,24 @@ def test_a_pool_of_near_copies_selects_what_deduplication_leaves(tmp_path, capsy
     rng = np.random.default_rng(0)
     x = (np.ones((12, 16)) + 1e-3 * rng.normal(size=(12, 16))).astype(np.float32)
     out = tmp_path / "curated"
-    assert main(["curate", str(write_pool(tmp_path / "in", x)), "--target", "5", "--out", str(out), "--no-progress"]) == 0
+    # more than half the pool removed: a warning says how alike two rows are, and what to do (early weights)
+    with pytest.warns(UserWarning, match=r"near-duplicate removal took 11 of the 12 rows \(cosine similarity > 0.9\); "
+                                         r"the median similarity of two rows is 1.000\. .*--dedup-threshold above "
+                                         r"that median, or --no-dedup"):
+        assert main(["curate", str(write_pool(tmp_path / "in", x)), "--target", "5", "--out", str(out),
+                     "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["duplicates_removed"] == 11 and summary["selected"] == 1 and summary["short_of_target"]
     assert (out / "selected.txt").read_text().splitlines() == ["img_000000.jpg"]
 
 
 # -- balance -----------------------------------------------------------------------------------
-def test_curated_subset_evens_out_a_dominant_concept(tmp_path, capsys):
+def test_curated_subset_evens_out_a_dominant_concept(tmp_path, capsys, recwarn):
     x, labels = skewed_pool()
     npy = write_pool(tmp_path / "in", x)
     out = tmp_path / "curated"
     assert main(["curate", str(npy), "--target", "300", "--out", str(out), "--no-progress"]) == 0
+    assert not [w for w in recwarn.list if "near-duplicate removal took" in str(w.message)]  # a few removed: no note
     printed = capsys.readouterr().out
     assert "300 selected" in printed
     selected = (out / "selected.txt").read_text().splitlines()
@@ -1212,6 +1218,63 @@ def test_an_interrupted_store_given_as_input_says_so_before_any_model_is_loaded(
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "an interrupted embedding run: run it again to finish it" in err, err
+
+
+def test_a_synthetic_scenes_root_gives_its_images_only_as_pretraining_reads_it(tmp_path):
+    """The root of `dinov2-dense synth --layout folder` (images/ beside masks/ and depth/): curation lists its
+    images/ only, saying so, as pretraining's data set does, never the label and depth maps as photographs."""
+    from pretrain.curation.store import list_images
+    from pretrain.data.datasets import build_dataset
+
+    pool = tmp_path / "pool"
+    _images(pool / "images", 3, broken=False)
+    _images(pool / "masks", 3, broken=False)
+    _images(pool / "depth", 3, broken=False)
+    with pytest.warns(UserWarning, match=r"pool: the layout of `dinov2-dense synth --layout folder`; taking its "
+                                         r"images only \(.*pool/images\), not its masks/ and depth/") as said:
+        listed = list_images(pool)
+    assert listed == [str(pool / "images" / f"im{i:02d}.png") for i in range(3)]
+    assert len([w for w in said.list if "layout of" in str(w.message)]) == 1
+    assert len(build_dataset(str(pool))) == len(listed)
+    assert len(list_images(pool / "masks")) == 3  # a folder of its own: as it is
+
+
+def test_no_readable_image_leaves_no_output_and_an_earlier_store_as_it_was(tmp_path, monkeypatch, capsys):
+    """Bad input that only embedding finds (every image gone, or none readable) is refused like any other:
+    a fresh --out is not left behind (no marker, no partial store); an earlier run's interrupted store in
+    --out is left byte for byte, and resumes once the images are back."""
+    weights = _tiny_weights(tmp_path)
+    folder = _images(tmp_path / "imgs", 6, broken=False)
+    (tmp_path / "list.txt").write_text("".join(f"imgs/im{i:02d}.png\n" for i in range(6)))
+    common = ["--weights", str(weights), "--size", "28", "--clusters", "2,1", "--batch-size", "4", "--num-workers",
+              "0", "--no-progress", "--no-dedup", "--target", "3"]
+
+    def refused(inputs: Path, out: Path, *expected: str) -> None:
+        assert main(["curate", str(inputs), "--out", str(out), *common]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(e in err for e in expected), err
+
+    (tmp_path / "broken").mkdir()
+    for i in range(4):
+        (tmp_path / "broken" / f"b{i}.png").write_bytes(b"not a png")
+    refused(tmp_path / "broken", tmp_path / "out1", "none of the 4 images could be read", "b0.png: not a readable")
+    assert not (tmp_path / "out1").exists()
+    # an earlier run, interrupted: its store stays as it was when every image is gone
+    out = tmp_path / "out2"
+    _interrupting(monkeypatch)
+    assert main(["curate", str(tmp_path / "list.txt"), "--out", str(out), *common]) == 130
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert out / "embeddings" / "partial.json" in before
+    moved = folder.rename(tmp_path / "elsewhere")
+    refused(tmp_path / "list.txt", out, "none of the 6 images could be read", "im00.png: no such image file")
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    refused(tmp_path / "list.txt", tmp_path / "out3", "none of the 6 images")
+    assert not (tmp_path / "out3").exists()
+    moved.rename(folder)
+    seen = _counting(monkeypatch)
+    assert main(["curate", str(tmp_path / "list.txt"), "--out", str(out), *common]) == 0
+    assert sum(seen) == 2 and "resuming; 4 of 6" in capsys.readouterr().err
 
 
 def test_fewer_selected_than_the_target_says_why(tmp_path, capsys):

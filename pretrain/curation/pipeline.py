@@ -26,6 +26,7 @@ import fnmatch
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -35,8 +36,8 @@ from dinov2_dense.fileio import MARKER, AtomicFiles
 
 from .dedup import DEFAULT_NPROBE, IVF_ABOVE, deduplicate, retrieve
 from .kmeans import HierarchicalClusters, balanced_sample, cluster_tree_sizes, hierarchical_kmeans
-from .store import (ROW_SETTINGS, CurationError, EmbeddingStore, check_size, embed_images, embedding_settings,
-                    list_images, load_embeddings, made_with, partial_progress)
+from .store import (ROW_SETTINGS, CurationError, EmbeddingStore, NothingReadable, check_size, embed_images,
+                    embedding_settings, list_images, load_embeddings, made_with, partial_progress)
 
 __all__ = ["Rows", "curate", "default_clusters", "interrupted_stores", "is_embeddings", "normalized_entropy",
            "shortfall"]
@@ -154,6 +155,17 @@ def check_out_dir(out: Path, overwrite: bool, inputs: Sequence[str]) -> None:
     if done and not overwrite:
         raise CurationError(f"--out {out} holds the results of an earlier run ({', '.join(done[:3])}): pass "
                             "--overwrite to replace them (its embeddings are reused), or choose another folder")
+
+
+def _undo_out(out: Path, made: bool, marked: bool) -> None:
+    """Remove the marker this run wrote (``marked``) and the folder it made (``made``), once nothing else is
+    in it: the embeddings of an earlier run, or a pool store this run finished before its seeds failed, stay."""
+    if {p.name for p in out.iterdir()} - {MARKER}:
+        return
+    if marked:
+        (out / MARKER).unlink(missing_ok=True)
+    if made:
+        out.rmdir()
 
 
 def interrupted_stores(out: str | os.PathLike) -> list[tuple[Path, int, int]]:
@@ -278,13 +290,20 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         _check_made_alike(None if pool is None else pool.settings or {},
                           None if seed_store is None else seed_store.settings or {}, str(inputs), str(seeds), model,
                           embed_kw)
+    made_out, made_marker = not out.exists(), not (out / MARKER).exists()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).touch()
-    if pool is None:
-        pool = _load_or_embed(str(inputs), listed, STORES[0], out, model, None, embed_kw, progress)
-    if seed_store is None and seeds is not None:
-        seed_store = _load_or_embed(str(seeds), seed_images, STORES[1], out, model, seeds_names, embed_kw, progress)
+    try:
+        if pool is None:
+            pool = _load_or_embed(str(inputs), listed, STORES[0], out, model, None, embed_kw, progress)
+        if seed_store is None and seeds is not None:
+            seed_store = _load_or_embed(str(seeds), seed_images, STORES[1], out, model, seeds_names, embed_kw,
+                                        progress)
+    except NothingReadable:  # bad input: the store this run began is gone (embed_images), and so is its folder
+        if rank == 0:
+            _undo_out(out, made_out, made_marker)
+        raise
     if seed_store is not None and seed_store.embeddings.shape[1] != pool.embeddings.shape[1]:
         raise CurationError(f"{seeds}: {seed_store.embeddings.shape[1]}-dimensional seeds for a "
                             f"{pool.embeddings.shape[1]}-dimensional pool; embed both with the same backbone")
@@ -301,6 +320,8 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         dedup = _broadcast(dedup)
         rows = dedup.keep
         say(f"  {len(dedup.removed)} near-duplicates removed in {dedup.groups} groups; {len(rows)} rows left")
+        if rank == 0 and 2 * len(dedup.removed) > n:
+            warnings.warn(_crowded(x, len(dedup.removed), dedup_threshold), stacklevel=2)
     else:
         rows = np.arange(n)
     # 2. retrieval around the seeds
@@ -341,6 +362,21 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         _write_results(out, pool, rows, picked, dedup, tree, summary)
         say(f"selected {len(picked)} of {n}: {out / 'selected.txt'} (report: {out / 'report.html'})")
     return summary
+
+
+def _crowded(x: np.ndarray, removed: int, threshold: float, sample: int = 1000) -> str:
+    """What to do when near-duplicate removal took ``removed`` rows, more than half of ``x``: the median
+    cosine similarity of two rows (of ``sample`` rows at most, drawn at random) says how alike the
+    backbone embeds any two images; weights early in training embed most images alike."""
+    n = len(x)
+    at = np.sort(np.random.default_rng(0).choice(n, min(n, sample), replace=False))
+    rows = np.asarray(x[at], dtype=np.float64)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    median = float(np.median((rows @ rows.T)[np.triu_indices(len(rows), 1)]))
+    drawn = f" ({len(rows):,} rows drawn)" if len(rows) < n else ""
+    return (f"near-duplicate removal took {removed:,} of the {n:,} rows (cosine similarity > {threshold}); the "
+            f"median similarity of two rows is {median:.3f}{drawn}. Weights early in training embed most images "
+            "alike: for those, give a --dedup-threshold above that median, or --no-dedup")
 
 
 def shortfall(summary: dict) -> str:

@@ -54,8 +54,8 @@ from torch import Tensor
 
 from dinov2_dense.fileio import atomic_path, new_memmap, write_json, write_npy, write_text
 
-__all__ = ["CurationError", "EmbeddingStore", "embed_images", "embedding_settings", "list_images", "load_embeddings",
-           "partial_progress"]
+__all__ = ["CurationError", "EmbeddingStore", "NothingReadable", "embed_images", "embedding_settings", "list_images",
+           "load_embeddings", "partial_progress"]
 
 PENDING, DONE, UNREADABLE = 0, 1, 2
 SYNC_SECONDS = 5.0  # how often finished rows are flushed to disk and marked done (and at the end)
@@ -65,6 +65,11 @@ _PARTIAL = ("embeddings.partial.npy", "status.partial.npy", "inputs.partial.txt"
 
 class CurationError(ValueError):
     """A user's input that curation cannot use (the message names the file and the problem)."""
+
+
+class NothingReadable(CurationError):
+    """None of the images given could be read (all missing, say): nothing to embed. :func:`embed_images`
+    leaves no store of its own behind (an earlier run's is kept)."""
 
 
 @dataclass
@@ -191,8 +196,9 @@ def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence
 
 # -- images ------------------------------------------------------------------------------------
 def list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    """The images of a folder (recursive, sorted), a text file of paths (one a line, relative to the
-    file's folder), a glob pattern, or a list of paths; absolute paths. A path holding a line break
+    """The images of a folder (recursive, sorted; of the root of ``dinov2-dense synth --layout folder``,
+    its ``images/`` only, with a warning, as pretraining reads it), a text file of paths (one a line,
+    relative to the file's folder), a glob pattern, or a list of paths; absolute paths. A path holding a line break
     ("\\n" or "\\r") is refused, naming it: a store lists its images one a line."""
     return _one_a_line(_list_images(spec))
 
@@ -213,6 +219,7 @@ def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     text = os.fspath(spec)
     path = Path(text)
     if path.is_dir():
+        path = _images_of(path)
         found = sorted(os.path.abspath(os.path.join(folder, f)) for folder, dirs, files in os.walk(path, followlinks=False)
                        for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
@@ -232,6 +239,19 @@ def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
             raise CurationError(f"{text}: the pattern matches no files")
         return found
     raise CurationError(f"{text}: no such folder, list file or glob pattern")
+
+
+def _images_of(folder: Path) -> Path:
+    """The folder whose images a pool folder gives: the root of ``dinov2-dense synth --layout folder``
+    (``images/`` beside ``masks/`` or ``depth/``) gives its ``images/`` only, as pretraining reads it
+    (:class:`pretrain.data.datasets.ImageFiles`), saying so: label and depth maps are not photographs."""
+    from pretrain.data.datasets import _is_synthetic_layout
+
+    if not _is_synthetic_layout(folder):
+        return folder
+    warnings.warn(f"{folder}: the layout of `dinov2-dense synth --layout folder`; taking its images only "
+                  f"({folder / 'images'}), not its masks/ and depth/", stacklevel=4)
+    return folder / "images"
 
 
 def _once(paths: list[str], source: str) -> list[str]:
@@ -421,7 +441,9 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     rows slightly changed; default False); ``autocast`` (True: bfloat16, or a dtype): the forward pass
     under torch.autocast. Both are part of the store's settings (with the weights, ``size``,
     ``pooling`` and ``dtype``), so a store made with another setting is neither reused nor resumed.
-    Returns the finished store (memory-mapped)."""
+    Returns the finished store (memory-mapped). When no image can be read, :class:`NothingReadable`:
+    all of them gone, before anything is written; all unreadable, once read, with the partial store this
+    call began removed (and ``out``, if this call made it): an earlier run's store stays as it was."""
     from dinov2_dense.evaluation.knn import POOLINGS, read_rows
     from dinov2_dense.features import batch_parts, map_in_workers
     from dinov2_dense.images import max_pixels
@@ -441,6 +463,8 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
     paths = list_images(images)
     n, d = len(paths), _dim(model, pooling)
     stats = _file_stats(paths)  # before any image is read: a file changed after this is embedded again next time
+    if n and (stats[:, 0] < 0).all():  # every file gone (deleted, unmounted): nothing is read, nor written
+        raise NothingReadable(f"none of the {n} images could be read (first: {paths[0]}: {_why_not_there(paths[0])})")
     device = next(model.parameters()).device
     # a bf16/fp16 model casts its input anyway: the workers hand over that dtype (half the bytes to move);
     # 8-bit resized images travel as uint8 (a quarter) and are normalised on the model's device
@@ -457,6 +481,8 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         return {**_settings(model, size, pooling, dtype, resize_8bit, weights, autocast), "count": n,
                 "max_pixels": limit}
 
+    made = not out.exists()  # on no readable image, what this call made is removed (_undo_partial)
+    fresh = not (out / "partial.json").is_file()  # no resumable partial store of an earlier run
     hashing = None
     if not (out / "store.json").is_file() and not (out / "partial.json").is_file():
         # nothing to reuse or resume: the workers start decoding now, and the weights are hashed beside
@@ -497,12 +523,41 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
         if loader is None:
             loader = start(todo)
         settled = _Settings(out, settings, hashing, settings_of)
-        return _embed(model, loader, out, paths, stats, rows, status, settled, len(todo), batch_size=batch_size,
-                      dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk, carry=carry,
-                      reasons=listed)
+        try:
+            return _embed(model, loader, out, paths, stats, rows, status, settled, len(todo), batch_size=batch_size,
+                          dtype=dtype, pooling=pooling, autocast=autocast, progress=progress, chunk=chunk,
+                          carry=carry, reasons=listed)
+        except NothingReadable:
+            _undo_partial(out, fresh, made)
+            raise
     finally:
         if loader is not None:
             loader[0].close()  # its workers stop (a no-op once done)
+
+
+def _why_not_there(path: str) -> str:
+    """Why ``path``, which cannot be looked at, is no image, as reading it would say."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "no such image file"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "no such image file"  # there now
+
+
+def _undo_partial(out: Path, fresh: bool, made: bool) -> None:
+    """After no image could be read: remove the partial store this call made (``fresh``: there was no
+    resumable one before; one of an earlier interrupted run stays, to resume), and ``out`` itself if this
+    call ``made`` it and it is left empty. A finished store beside it is untouched (its ``store.json`` is
+    removed only once a row is to be written)."""
+    if fresh:
+        for name in _PARTIAL:
+            with contextlib.suppress(OSError):
+                (out / name).unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):  # not empty: kept
+            out.rmdir()
 
 
 def _new_partial(out: Path, paths: list[str], d: int, dtype: str, stats: np.ndarray, settings: dict | None,
@@ -737,8 +792,8 @@ def _finish(out: Path, paths: list[str], stats: np.ndarray, rows: np.ndarray, st
     good = np.flatnonzero(status[:] == DONE)
     bad = np.flatnonzero(status[:] == UNREADABLE)
     if len(good) == 0:
-        raise CurationError(f"none of the {len(paths)} images could be read (first: {paths[bad[0]] if len(bad) else '?'}"
-                            f"{': ' + reasons[int(bad[0])] if len(bad) and int(bad[0]) in reasons else ''})")
+        first = f"{paths[bad[0]]}{': ' + reasons[int(bad[0])] if int(bad[0]) in reasons else ''}" if len(bad) else "?"
+        raise NothingReadable(f"none of the {len(paths)} images could be read (first: {first})")
     (out / "store.json").unlink(missing_ok=True)
     with atomic_path(out / "embeddings.npy") as tmp:
         final = new_memmap(tmp, (len(good), rows.shape[1]), rows.dtype)
