@@ -442,3 +442,96 @@ def test_load_from_with_another_backbone_keeps_it_in_the_runs_checkpoints(scenes
                  *(f"{k}={v}" for k, v in options.items()), "test_dataloader.batch_size=1"]) == 0
     logs = "".join(p.read_text() for p in (tmp_path / "test").rglob("*.log"))
     assert f"{work / 'iter_1.pth'} holds backbone.* tensors other than this config's backbone" in logs
+
+
+# ---------------------------------------------------------------- a head of another width than the backbone
+
+
+def test_a_head_narrower_or_wider_than_the_backbone_is_refused_at_the_start_naming_the_key(scenes, tmp_path, capsys):
+    """model.backbone=None takes a 32-wide export's architecture, and the config's head was left at 48: the
+    run started, wrote its config copy and log folder, and failed at the first step with "LinearHead input 0:
+    expected (B, 48, h, w), got (2, 32, 8, 8)", naming neither model.head.in_channels nor the weights file."""
+    from pretrain.export import export_backbone
+
+    from .conftest import tiny_vit
+
+    export = export_backbone(tiny_vit(depth=2, dim=32, heads=2, img=56), tmp_path / "export")
+    work = tmp_path / "segS"
+    options = _options(scenes / "ade", 2, **{"model.backbone": None, "model.head.in_channels": [48],
+                                             "model.backbone_weights": str(export["safetensors"])})
+    capsys.readouterr()
+    assert _train(work, options) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1, err
+    assert "model.head.in_channels=[48]" in err[0] and str(export["safetensors"]) in err[0], err
+    assert "32-wide" in err[0] and "model.head.in_channels=[32]" in err[0], err
+    # nothing of the run that did not start: no config copy, no <timestamp>/ log folder (the empty work dir
+    # itself is the lock's, made before the model is built)
+    assert list(work.iterdir()) == []
+    # the value the error gives trains
+    assert _train(work, {**options, "model.head.in_channels": [32]}) == 0
+
+
+def _fits_and_runs(head: dict, layers: list, class_token: bool, task: str) -> tuple[str | None, str | None]:
+    """(the build's refusal or None, the unchecked predictor's forward error or None) on a 32-wide backbone."""
+    import heads
+    from dinov2_dense.engine.model import DenseModel, _build_from
+    from dinov2_dense.models import DinoVisionTransformer
+    from heads.predictor import DensePredictor
+
+    backbone = dict(img_size=56, patch_size=14, embed_dim=32, depth=4, num_heads=2)
+    try:
+        DenseModel(backbone=backbone, backbone_weights=None, head=head, task=task, layers=layers,
+                   class_token=class_token, norm=False)
+        refused = None
+    except ValueError as exc:
+        refused = str(exc)
+    predictor = DensePredictor(DinoVisionTransformer(**backbone).eval(), _build_from(heads, head), task=task,
+                               layers=layers, class_token=class_token, norm=False).eval()
+    try:
+        with torch.no_grad():
+            predictor(torch.zeros(1, 3, 56, 56))
+        failed = None
+    except (ValueError, RuntimeError) as exc:
+        failed = str(exc)
+    return refused, failed
+
+
+DPT = dict(type="DPTHead", embed_dim=32, channels=8, post_process_channels=[4, 8, 16, 32])
+
+
+@pytest.mark.parametrize("head, layers, class_token, task, key", [
+    # LinearHead: one width per map it reads, the backbone's, before the class token (use_cls_token doubles it)
+    (dict(type="LinearHead", in_channels=[32], num_classes=3, in_index=[3]), [0, 1, 2, 3], False, "segmentation", None),
+    (dict(type="LinearHead", in_channels=[32] * 4, num_classes=3), [0, 1, 2, 3], False, "segmentation", None),
+    (dict(type="LinearHead", in_channels=[32, 32], num_classes=3, use_cls_token=True), [2, 3], True, "segmentation",
+     None),
+    (dict(type="LinearHead", in_channels=[48], num_classes=3, in_index=[3]), [0, 1, 2, 3], False, "segmentation",
+     "model.head.in_channels=[48]"),
+    (dict(type="LinearHead", in_channels=[64, 64], num_classes=3, use_cls_token=True), [2, 3], True, "segmentation",
+     "model.head.in_channels=[64, 64]"),
+    (dict(type="LinearHead", in_channels=[32], num_classes=3, in_index=[3]), [3], False, "segmentation",
+     "model.head.in_index=[3]"),
+    (dict(type="LinearHead", in_channels=[32], num_classes=3), [3], True, "segmentation", "model.head.use_cls_token"),
+    (dict(type="LinearHead", in_channels=[32], num_classes=3, use_cls_token=True), [3], False, "segmentation",
+     "model.head.use_cls_token"),
+    # LinearDepthHead (lin.1 / lin.4): one width per layer, the backbone's; the class token concatenated inside
+    (dict(type="LinearDepthHead", in_channels=[32]), [3], True, "depth", None),
+    (dict(type="LinearDepthHead", in_channels=[32] * 4), [0, 1, 2, 3], True, "depth", None),
+    (dict(type="LinearDepthHead", in_channels=[64]), [3], True, "depth", "model.head.in_channels=[64]"),
+    (dict(type="LinearDepthHead", in_channels=[32]), [0, 1, 2, 3], True, "depth", "model.head.in_channels=[32]"),
+    (dict(type="LinearDepthHead", in_channels=[32]), [3], False, "depth", "model.class_token=True"),
+    # DPTHead: embed_dim the backbone's (any post_process_channels), 4 layers, class tokens
+    (DPT, [0, 1, 2, 3], True, "depth", None),
+    ({**DPT, "post_process_channels": [3, 5, 7, 9]}, [0, 1, 2, 3], True, "depth", None),
+    ({**DPT, "embed_dim": 48}, [0, 1, 2, 3], True, "depth", "model.head.embed_dim=48"),
+    (DPT, [1, 2, 3], True, "depth", "model.layers"),
+    ({**DPT, "task": "segmentation", "num_classes": 3}, [0, 1, 2, 3], False, "segmentation", "model.class_token=True"),
+])
+def test_the_head_width_rule_is_the_one_the_forward_needs(head, layers, class_token, task, key):
+    """The build refuses exactly the heads whose first forward fails, naming the key to change."""
+    refused, failed = _fits_and_runs(head, layers, class_token, task)
+    if key is None:
+        assert refused is None and failed is None, (refused, failed)
+    else:
+        assert failed is not None and refused is not None and key in refused and "\n" not in refused, (refused, failed)

@@ -88,6 +88,66 @@ def check_backbone_cfg(backbone, weights) -> None:
                          "backbone.json beside model.backbone_weights) or DinoVisionTransformer settings (a dict)")
 
 
+def _width_source(backbone, weights) -> str:
+    """Where the backbone's width comes from, in the config's words (for ``check_head_fits``)."""
+    if isinstance(weights, (str, os.PathLike)) and str(weights) != "official":
+        return f"the backbone of model.backbone_weights={weights}"
+    if isinstance(backbone, Mapping):
+        return "the backbone of model.backbone (its embed_dim)"
+    return f"model.backbone={backbone}"
+
+
+def check_head_fits(predictor: DensePredictor, source: str = "the backbone") -> None:
+    """Refuse, in one line naming the config's keys, a head that cannot read what the backbone feeds it:
+    ``len(predictor.layers)`` inputs (``model.layers``, resolved: sorted, without repeats), each a
+    (B, D, h, w) map of the backbone's width D (``embed_dim``), or a (map, (B, D) class token) pair with
+    ``model.class_token``. The rule of each head of ``heads``:
+
+    - ``LinearHead``: ``in_channels[j]`` = D for every input it reads (its width before the class token:
+      ``use_cls_token`` doubles it inside the head, and needs ``model.class_token=True``; pairs without it
+      are refused); every ``in_index`` < the number of layers.
+    - ``LinearDepthHead`` (lin.1 / lin.4: the class token concatenated to each map): one ``in_channels``
+      entry per layer, each D; ``model.class_token=True``.
+    - ``DPTHead``: ``embed_dim`` = D (the readout projects 2D -> D, then D -> each
+      ``post_process_channels`` width, which may be any); 4 layers; ``model.class_token=True``.
+
+    Other head classes are not checked. ``source`` says where D comes from (the weights file)."""
+    head, width, n = predictor.decode_head, int(predictor.backbone.embed_dim), len(predictor.layers)
+    name = type(head).__name__
+    gives = f"{source} gives {width}-wide features"
+    layers = f"model.layers resolves to {n} block{'s' if n != 1 else ''} {predictor.layers}"
+    if isinstance(head, (heads.LinearDepthHead, heads.DPTHead)) and not predictor.class_token:
+        raise ValueError(f"model.head.type={name} reads (map, class token) pairs: set model.class_token=True")
+    if isinstance(head, heads.LinearHead):
+        if head.use_cls_token != predictor.class_token:
+            raise ValueError(
+                f"model.head.use_cls_token={head.use_cls_token} but model.class_token={predictor.class_token}: "
+                "LinearHead reads (map, class token) pairs with use_cls_token=True and maps without; give both "
+                "the same value")
+        if max(head.in_index) >= n:
+            raise ValueError(f"model.head.in_index={head.in_index} reads more inputs than the backbone gives ({layers}): "
+                             f"give indices below {n}, or more model.layers")
+        fits = [width] * len(head.in_channels)
+        if head.in_channels != fits:
+            extra = " (before the class token: use_cls_token doubles it inside the head)" if head.use_cls_token else ""
+            raise ValueError(f"model.head.in_channels={head.in_channels} does not fit the backbone: {gives}; "
+                             f"LinearHead takes each input map's width{extra}: give model.head.in_channels={fits}")
+    elif isinstance(head, heads.LinearDepthHead):
+        fits = [width] * n
+        if head.in_channels != fits:
+            why = (f"{gives}" if len(head.in_channels) == n
+                   else f"{layers} and {gives}")
+            raise ValueError(f"model.head.in_channels={head.in_channels} does not fit the backbone: {why}; "
+                             "LinearDepthHead takes one width per layer, before the class token it concatenates: "
+                             f"give model.head.in_channels={fits}")
+    elif isinstance(head, heads.DPTHead):
+        if n != 4:
+            raise ValueError(f"DPTHead reads 4 blocks and {layers}: give model.layers 4 block indices")
+        if head.embed_dim != width:
+            raise ValueError(f"model.head.embed_dim={head.embed_dim} does not fit the backbone: {gives}; give "
+                             f"model.head.embed_dim={width} (post_process_channels may be any 4 widths)")
+
+
 def _build_from(module, cfg: dict):
     cfg = copy.deepcopy(cfg)
     name = cfg.pop("type")
@@ -157,6 +217,8 @@ class DenseModel(BaseModel):
                 build_backbone_from_cfg(backbone, backbone_weights, backbone_seed), _build_from(heads, head), task=task,
                 layers=layers, norm=norm, class_token=class_token, test_cfg=test_cfg,
             )
+            # at the start, naming the keys: a head of another width failed at the first step, in its own words
+            check_head_fits(predictor, _width_source(backbone, backbone_weights))
         self.task = predictor.task
         self.backbone = predictor.backbone
         self.decode_head = predictor.decode_head
