@@ -196,8 +196,11 @@ def _load_model(args: argparse.Namespace, device):
     with torch.random.fork_rng(devices=[]):
         if weights is None:
             torch.manual_seed(getattr(args, "seed", 0))
+        name = _model_name(args)
+        # dinov2_vits14 taken for a --weights file only because no --model was given: errors name the file
+        label = str(args.weights) if getattr(args, "model_guessed", None) is not None else None
         try:
-            return load_backbone(_model_name(args), weights=weights, device=device,
+            return load_backbone(name, weights=weights, device=device, label=label,
                                  dtype=None if dtype == "fp32" else dtype,
                                  compile=getattr(args, "compile", None) or False,
                                  attention=getattr(args, "attention", "auto"), float8=getattr(args, "float8", False))
@@ -229,7 +232,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     import torch
 
     from .features import FeatureOptions, feature_batches
-    from .fileio import check_output_file
+    from .fileio import check_output_file, check_replaceable_file
     from .hub import architecture
 
     out = Path(args.out)
@@ -259,6 +262,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers else (args.last if args.last else None)
     n_layers = len(args.layers) if args.layers else (args.last or 1)
     estimate = sum(len(v) * h * w for (h, w), v in grids.items()) * n_layers * arch.embed_dim * 4
+    check_replaceable_file(out, "a features file written by dinov2-dense features", _is_feature_file,
+                           overwrite=args.overwrite, never_in=_weights_folders(args))
     check_output_file(out, expected_bytes=estimate, what="--out")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -372,6 +377,53 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace, siz
     if len(shapes) == 1:
         return layer_ids, str(next(iter(shapes)))
     return layer_ids, f"{len(shapes)} shapes: " + ", ".join(f"{s} ({n} image{'s' * (n > 1)})" for s, n in shapes.items())
+
+
+#: The metadata every features .safetensors holds (_write_feature_safetensors), and its tensors' names.
+_FEATURE_METADATA = ("layers", "images", "padding", "image_sizes", "input_sizes")
+_FEATURE_TENSOR = re.compile(r"\d+/(layer|cls|registers)\d+")
+
+
+def _is_feature_file(path: Path) -> bool:
+    """Whether ``path`` is what ``features --out`` writes, read from its header alone: a .safetensors whose
+    metadata hold ours and whose tensors are all ``i/layerL``, ``i/clsL``, ``i/registersL``; a .npy holding
+    a whole C-order float32 array of 4 or 5 axes (N, [L,] C, h, w), the most a .npy, without metadata, tells."""
+    import numpy as np
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if path.suffix == ".safetensors":
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= min(size - 8, 100 * 2**20):
+                return False
+            header = json.loads(f.read(n))
+            meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
+            return (isinstance(meta, dict) and all(k in meta for k in _FEATURE_METADATA) and bool(header)
+                    and all(_FEATURE_TENSOR.fullmatch(k) for k in header))
+        if path.suffix == ".npy":
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+            if read is None:
+                return False
+            shape, fortran, dtype = read(f)
+            return (dtype == np.dtype("<f4") and not fortran and len(shape) in (4, 5) and min(shape) > 0
+                    and size == f.tell() + 4 * int(np.prod(shape, dtype=np.int64)))
+    return False
+
+
+def _weights_folders(args: argparse.Namespace | None = None) -> list[tuple[str, Path]]:
+    """The folders in which an output never replaces a file: ``$DINOV2_DENSE_WEIGHTS``, the weights cache, the
+    package's own weights, and a ``--weights`` folder (each (how to name it, folder))."""
+    from .hub import EMBEDDED_DIR, WEIGHTS_ENV, _file_url_path, hub_checkpoint_dir
+
+    folders = [(f"the weights folder ${WEIGHTS_ENV}", Path(os.environ[WEIGHTS_ENV]).expanduser())] \
+        if os.environ.get(WEIGHTS_ENV) else []
+    folders += [("the weights cache", hub_checkpoint_dir()), ("the package's weights folder", EMBEDDED_DIR)]
+    weights = _file_url_path(_weights_arg(args.weights)) if args is not None and hasattr(args, "weights") else None
+    if weights not in (None, "official") and "://" not in str(weights) and Path(weights).expanduser().is_dir():
+        folders.append(("the --weights folder", Path(weights).expanduser()))
+    return folders
 
 
 def _size_value(size: list[int] | None, option: str):
@@ -499,12 +551,16 @@ def _inside_out(save_basis: str, out: Path) -> Path | None:
     return where
 
 
+#: Suffixes of images and videos: a pca --out named so was meant as one file, but --out is a folder.
+_NOT_A_FOLDER = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".mp4", ".avi")
+
+
 def _cmd_pca(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import weights_identity
     from .features import FeatureOptions, check_forward_tokens, check_input
-    from .fileio import check_output_file, staged_dir
+    from .fileio import check_output_file, check_replaceable_file, is_inside, staged_dir
     from .hub import architecture
     from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
     from .viz.video import video_info
@@ -538,10 +594,16 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     threshold = getattr(args, "threshold", "otsu")
     if not args.joint and not args.basis and not args.video and args.save_basis and len(args.images) > 1:
         raise ValueError("--save-basis needs one basis: add --joint to fit one over all the images")
+    out = Path(args.out)
+    if out.suffix.lower() in _NOT_A_FOLDER:
+        raise ValueError(f"--out {out}: pca writes a folder of files (figure.png, <name>_pca.png, ...), not one "
+                         f"{out.suffix} file; give a folder name, e.g. --out {out.with_suffix('')}")
     if args.save_basis:
+        if not is_inside(args.save_basis, out):  # inside --out it is one of the folder's outputs
+            check_replaceable_file(args.save_basis, "a PCA basis written by dinov2-dense pca", PCABasis.is_basis_file,
+                                   overwrite=args.overwrite, option="--save-basis", never_in=_weights_folders(args))
         check_output_file(args.save_basis, what="--save-basis")
     basis = PCABasis.load(args.basis) if args.basis else None
-    out = Path(args.out)
     size = _pca_size(args, basis)
     _pca_tile_and_8bit(args, basis, size)
     _check_resize_8bit(args, size)
@@ -721,6 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resize_8bit_argument(feat)
     feat.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --weights random (default 0)")
     feat.add_argument("--out", required=True, help="output .npy or .safetensors file")
+    feat.add_argument("--overwrite", action="store_true",
+                      help="replace an --out that an earlier `features` run wrote (never another file)")
     feat.set_defaults(func=_cmd_features)
 
     pca = sub.add_parser(
@@ -735,7 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common_model_arguments(pca)
     pca.add_argument("--out", default="pca_out", help="output folder (default: pca_out); must be empty or new "
                                                        "unless --overwrite")
-    pca.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder")
+    pca.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder "
+                                                              "and a --save-basis file that pca wrote")
     pca.add_argument("--joint", action="store_true", default=None,
                      help="one PCA over all images, so the same parts get the same colours (default: one per image)")
     pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
@@ -843,12 +908,15 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 
     from .evaluation.knn import evaluate_folder
     from .features import check_on_grid
-    from .fileio import check_output_file, check_writable_dir, write_json
+    from .fileio import check_output_file, check_replaceable_file, check_writable_dir, json_object_with, write_json
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"{args.folder}: no such image folder (one sub-folder per class, or train/ and val/)")
     if args.out is not None:
         if Path(args.out).suffix.lower() != ".json":
             raise ValueError(f"--out {args.out}: the results are written as JSON; give a .json file name")
+        check_replaceable_file(args.out, "results written by dinov2-dense knn",
+                               lambda p: json_object_with(p, ("knn", "num_train", "num_val", "class_names")),
+                               overwrite=args.overwrite, never_in=_weights_folders(args))
         check_output_file(args.out, what="--out")
     if args.cache is not None:
         check_writable_dir(args.cache, what="--cache")
@@ -895,6 +963,8 @@ def _add_knn_command(sub) -> None:
     knn.add_argument("--bf16", action="store_true", help=_BF16_HELP)
     _add_resize_8bit_argument(knn)
     knn.add_argument("--out", help="write the results as JSON")
+    knn.add_argument("--overwrite", action="store_true",
+                     help="replace an --out that an earlier knn run wrote (never another file)")
     knn.add_argument("--cache", metavar="DIR", help="keep the features in DIR: a second run with the same weights, "
                      "images, size, pooling and --resize-8bit reads them instead of running the backbone")
     knn.set_defaults(func=_cmd_knn)
@@ -1103,6 +1173,8 @@ def _add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--strict", action="store_true", help="unmatched files are an error")
     parser.add_argument("--out", type=Path, default=None,
                         help="write JSON here: the nine metrics, the image count and the invalid-prediction counts")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --out that an earlier eval-depth wrote (never another file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -1114,7 +1186,8 @@ def _names(names: list[str], limit: int = 5) -> str:
 def _cmd_eval_depth(args: argparse.Namespace) -> int:
     from .evaluation.depth_files import (DATASET_PRESETS, depth_results_json, evaluate_depth_dirs, format_depth_table,
                                          write_metrics_json)
-    from .fileio import check_output_file
+    from .evaluation.depth import DEPTH_METRIC_KEYS
+    from .fileio import check_output_file, check_replaceable_file, json_object_with
 
     preset = DATASET_PRESETS[args.dataset]
     lo = preset["min_depth"] if args.min_depth is None else args.min_depth
@@ -1126,6 +1199,9 @@ def _cmd_eval_depth(args: argparse.Namespace) -> int:
     if args.out is not None:  # before the evaluation, not after it
         if args.out.suffix.lower() != ".json":
             raise ValueError(f"--out {args.out}: the metrics are written as JSON; give a .json file name")
+        check_replaceable_file(args.out, "metrics written by dinov2-dense eval-depth",
+                               lambda p: json_object_with(p, DEPTH_METRIC_KEYS),
+                               overwrite=args.overwrite, never_in=_weights_folders())
         check_output_file(args.out, what="--out")
     report = evaluate_depth_dirs(
         args.pred_dir, args.gt_dir, dataset=args.dataset, gt_scale=args.gt_scale, pred_scale=args.pred_scale,

@@ -12,7 +12,9 @@
   then it is replaced only when it holds nothing but what an earlier output wrote (its marker lists
   those entries): a file the user added beside them is named in the error, never deleted (inside the
   output's own subfolders, everything is the output's).
-* Output checks before any computing (:func:`check_output_file`, :func:`check_output_dir`).
+* Output checks before any computing (:func:`check_output_file`, :func:`check_output_dir`). An existing
+  output file is replaced only with ``--overwrite`` and only when it is recognisably an earlier output of
+  the same kind (:func:`check_replaceable_file`); a weight file, or any file in a weights folder, never.
 * :class:`DirLock`: one run per work dir; a second refuses, naming the holder's pid.
 """
 
@@ -426,6 +428,68 @@ def check_output_file(path: str | os.PathLike, expected_bytes: int | None = None
     _check_creatable(path, what)
     _check_space(path, expected_bytes, what)
     return path
+
+
+#: The suffixes of weight files (torch, Hugging Face, safetensors): named as such when one is in the way.
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def _what_it_is(path: Path) -> str:
+    """A few words on an existing file that is not ours, for a refusal: a weight file is called one."""
+    if path.suffix.lower() in _WEIGHT_SUFFIXES:
+        from .checkpoints import weight_file_problem
+
+        with suppress(OSError):
+            if weight_file_problem(path) is None:
+                return "it is a weight file"
+    try:
+        return _amount(path.stat().st_size, up=False)
+    except OSError:
+        return "it cannot be read"
+
+
+def check_replaceable_file(path: str | os.PathLike, kind: str, is_ours, overwrite: bool = False,
+                           option: str = "--out", flag: str = "--overwrite",
+                           never_in: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
+    """Refuse, naming ``path``, an output file that exists and may not be replaced; call it before any
+    computing. Nothing is changed when refusing. An existing file is replaced only when all hold:
+
+    * it lies in none of the ``never_in`` folders ((how to name it, folder): the weights folders);
+    * ``is_ours(path)`` tells it for an earlier output of ``kind`` (e.g. "a features file written by
+      dinov2-dense features"): another file (a weight file, a user's data) is never replaced, even with ``flag``;
+    * ``overwrite``: the same rule as for folders of outputs (:func:`check_output_dir`).
+
+    A path that does not exist, or is a directory (which :func:`check_output_file` refuses), passes."""
+    path = Path(path)
+    if not os.path.lexists(path) or path.is_dir():
+        return path
+    for what, folder in never_in:
+        if folder is not None and is_inside(path, folder):
+            raise OutputError(f"{option} {path} exists in {what} ({folder}): a file there is never replaced, "
+                              f"even with {flag}; give another {option}")
+    try:
+        ours = path.is_file() and bool(is_ours(path))
+    except (OSError, ValueError, RecursionError):  # unreadable, or not of that format
+        ours = False
+    if not ours:
+        raise OutputError(f"{option} {path} exists and is not {kind} ({_what_it_is(path)}): it is never "
+                          f"replaced, even with {flag}; give another {option}, or move that file away yourself")
+    if not overwrite:
+        raise OutputError(f"{option} {path} exists: {kind}, by an earlier run; pass {flag} to replace it, "
+                          f"or give another {option}")
+    return path
+
+
+def json_object_with(path: str | os.PathLike, keys: Iterable[str], max_bytes: int = 64 * 2**20) -> bool:
+    """Whether ``path`` is a JSON file (of at most ``max_bytes``) holding an object with all of ``keys``."""
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and set(keys) <= set(data)
 
 
 #: Written into every folder of outputs: ``--overwrite`` replaces only folders that carry it. It holds

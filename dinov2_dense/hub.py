@@ -333,6 +333,7 @@ def load_backbone(
     compile: bool | str = False,
     attention: str = "auto",
     float8: bool = False,
+    label: str | None = None,
     **overrides,
 ) -> models.DinoVisionTransformer:
     """Build a backbone and load its weights.
@@ -358,10 +359,15 @@ def load_backbone(
     the features (cosine similarity 0.995-0.99999 to the unquantised ones, measured), so it is off. Use it with
     ``compile``, which fuses the input quantisation into the neighbouring ops (uncompiled it is slower
     than bf16). See :mod:`dinov2_dense.models.float8`.
+    ``label``: how errors name what is loaded (default: ``name`` when it is a zoo name or an architecture
+    file's path, else the weights); the command line gives the ``--weights`` it was given when no
+    ``--model`` was, so that an error never names a model nobody chose.
     """
+    given_weights = weights
     weights = _file_url_path(weights)
     arch = _architecture(name, weights)
-    label = name if isinstance(name, str) else str(weights)
+    if label is None:
+        label = name if isinstance(name, str) else str(given_weights)
     model = build_backbone(name, **overrides) if arch is None else models.DinoVisionTransformer(**{**arch, **overrides})
     if weights is not None:
         if isinstance(weights, str) and weights == "official":
@@ -381,9 +387,9 @@ def load_backbone(
         except CheckpointReadError as exc:
             if _in_cache(exc.path):
                 raise _cached_unreadable(exc.path, exc.reason) from None
-            raise CheckpointError(f"cannot load {label}: {exc}") from None
+            raise CheckpointError(_cannot_load(label, exc)) from None
         except CheckpointError as exc:
-            raise CheckpointError(f"cannot load {label}: {exc}") from None
+            raise CheckpointError(_cannot_load(label, exc)) from None
     if device is not None:
         model = model.to(device)
     if dtype is not None:
@@ -399,6 +405,12 @@ def load_backbone(
     if compile:
         compile_blocks(model, "default" if compile is True else compile)
     return model
+
+
+def _cannot_load(label: str, exc: Exception) -> str:
+    """``cannot load LABEL: ...``, the label once where the error begins with it (a file named as given)."""
+    text = str(exc)
+    return f"cannot load {text}" if text.startswith(f"{label}: ") else f"cannot load {label}: {text}"
 
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -454,9 +466,14 @@ def _refuse_distillation_checkpoint(path: Path) -> None:
 
 
 def _arch_files_beside(weights: Path) -> list[Path]:
+    """Where the architecture JSON of ``weights`` may lie: the same stem with ``.json``, and ``backbone.json``
+    in its folder. A JSON given as weights (a Hugging Face sharded save's ``model.safetensors.index.json`` or
+    ``pytorch_model.bin.index.json``) is no architecture of its own: only ``backbone.json`` is looked for, and
+    then the folder's ``config.json`` (:func:`hf_config_beside`), as for the folder."""
     if weights.name in ("", ".."):  # "." or "..": the folder's own name (with_suffix needs a name)
         weights = Path(os.path.abspath(weights))
-    return list(dict.fromkeys([weights.with_suffix(".json"), weights.parent / "backbone.json"]))
+    same_stem = [] if weights.suffix.lower() == ".json" else [weights.with_suffix(".json")]
+    return list(dict.fromkeys([*same_stem, weights.parent / "backbone.json"]))
 
 
 def arch_file_beside(weights: str | os.PathLike) -> Path | None:

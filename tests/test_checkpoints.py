@@ -378,6 +378,13 @@ def test_sharded_hugging_face_folder_matches_transformers(tmp_path: Path, monkey
     with torch.no_grad():
         out = load_backbone(None, weights=".").forward_features(x)
     torch.testing.assert_close(out["x_norm_patchtokens"], ref[:, 1:], rtol=0, atol=1e-5)
+    # an index given without an architecture takes the folder's config.json too (it was read as an architecture
+    # file itself: "unknown settings 'metadata', 'weight_map'")
+    (tmp_path / "hf_bin" / "config.json").write_bytes((folder / "config.json").read_bytes())
+    for index in (folder / "model.safetensors.index.json", tmp_path / "hf_bin" / "pytorch_model.bin.index.json"):
+        with torch.no_grad():
+            out = load_backbone(None, weights=index).forward_features(x)
+        torch.testing.assert_close(out["x_norm_patchtokens"], ref[:, 1:], rtol=0, atol=1e-5)
 
     shards[-1].unlink()  # a shard that did not arrive
     with pytest.raises(CheckpointError) as info:

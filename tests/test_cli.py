@@ -188,14 +188,16 @@ def test_features_on_cuda_written_batch_by_batch_match_the_cpu(tmp_path):
 
 def test_features_errors_name_the_input_and_keep_old_output(weights_dir, image, tmp_path, capsys):
     out = tmp_path / "f.npy"
-    out.write_bytes(b"old")
+    np.save(out, np.zeros((1, 384, 4, 6), np.float32))  # an earlier run's features, which --overwrite may replace
+    old = out.read_bytes()
     missing = tmp_path / "nope.jpg"
-    assert main(["features", str(image), str(missing), "--out", str(out)]) == 2
+    assert main(["features", str(image), str(missing), "--out", str(out), "--overwrite"]) == 2
     assert str(missing) in capsys.readouterr().err
-    assert out.read_bytes() == b"old"
-    assert main(["features", str(image), "--model", "dinov2_vitb14", "--out", str(out)]) == 2
+    assert out.read_bytes() == old
+    assert main(["features", str(image), "--model", "dinov2_vitb14", "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "dinov2_vitb14_pretrain.pth" in err and "https://" in err
+    assert out.read_bytes() == old
     assert main(["features", str(image), "--model", "no_such_model", "--out", str(out)]) == 2
     assert "dinov2_vits14" in capsys.readouterr().err  # the zoo is listed
 
@@ -382,7 +384,7 @@ def test_features_say_which_block_each_index_of_the_npy_layer_axis_is(image, tmp
         assert json.loads(f.metadata()["layers"]) == blocks
     # in block order already: nothing to say
     assert main(["features", str(image), "--model", DEFAULT_EMBEDDED, "--num-workers", "0", "--layers", "0", "-1",
-                 "--out", str(npy)]) == 0
+                 "--out", str(npy), "--overwrite"]) == 0
     assert "block order" not in capsys.readouterr().out
 
 
@@ -407,6 +409,21 @@ def test_weights_without_an_architecture_beside_them_say_so(image, tmp_path, tor
     # with its architecture named, or beside it, the same file loads
     assert main(["features", str(image), "--weights", str(copied), "--model", str(export["json"]),
                  "--out", str(tmp_path / "g.npy"), "--num-workers", "0"]) == 0
+
+
+def test_a_weights_file_that_cannot_be_loaded_is_named_not_a_model_nobody_gave(image, tmp_path, torch_home, capsys):
+    """--weights FILE without --model: a load error names that file, not dinov2_vits14 (only the default taken
+    for it; it read "cannot load dinov2_vits14: ..."); with --model NAME it names the model, then the file."""
+    bad = tmp_path / "bad.pth"
+    bad.write_text("garbage")
+    out = tmp_path / "f.npy"
+    assert main(["features", str(image), "--weights", str(bad), "--out", str(out), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dinov2_vits14" not in err, err
+    assert f"error: cannot load {bad}: not a weight file: it is a text file of 7 bytes" in err, err
+    assert main(["features", str(image), "--model", DEFAULT_EMBEDDED, "--weights", str(bad), "--out", str(out)]) == 2
+    assert f"error: cannot load {DEFAULT_EMBEDDED}: {bad}: not a weight file" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_features_never_write_over_what_they_read(image, tmp_path, torch_home, monkeypatch, capsys):

@@ -97,11 +97,12 @@ def test_no_match_is_an_error_and_leaves_out_untouched(tmp_path, capsys):
     np.save(pred_dir / "a.npy", np.ones((480, 640)))
     _png(gt_dir / "b.png", np.ones((480, 640)), 1000)
     out = tmp_path / "metrics.json"
-    out.write_text('{"old": 1}')
-    assert _tool()([str(pred_dir), str(gt_dir), "--out", str(out), "--no-progress"]) == 2
+    old = json.dumps({**{k: 0.5 for k in KEYS}, "images": 1})  # an earlier run's metrics: --overwrite replaces them
+    out.write_text(old)
+    assert _tool()([str(pred_dir), str(gt_dir), "--out", str(out), "--no-progress", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "no prediction matches" in err and "a" in err and "b" in err
-    assert out.read_text() == '{"old": 1}'
+    assert out.read_text() == old
     assert _tool()([str(tmp_path / "missing"), str(gt_dir), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -389,14 +390,14 @@ def test_kitti_resize_takes_a_whole_frame_prediction_to_the_frame_before_the_cro
     cropped = kb_crop(half.repeat(2, 0).repeat(2, 1))  # a prediction of the crop's own size is taken as it is
     np.save(tmp_path / "pred" / "a.npy", cropped.astype(np.float32))
     assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
-                    str(out), "--no-progress"]) == 0
+                    str(out), "--no-progress", "--overwrite"]) == 0
     assert json.loads(out.read_text())["abs_rel"] < 0.01
     # a prediction of the crop at half its size (a model run on the cropped input): onto the crop, not the frame
     top, left = 376 - 352, (1242 - 1216) // 2
     crop_half = 5.0 + 0.02 * (left + np.arange(608) * 2 + 0.5)[None, :] + 0.05 * (top + np.arange(176) * 2 + 0.5)[:, None]
     np.save(tmp_path / "pred" / "a.npy", crop_half.astype(np.float32))
     assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--resize", "--out",
-                    str(out), "--no-progress"]) == 0
+                    str(out), "--no-progress", "--overwrite"]) == 0
     assert json.loads(out.read_text())["abs_rel"] < 1e-3
     # without --resize the shapes must match: the message names the crop's shape as the kb-crop's and the
     # file's own (it named the cropped (352, 1216) as the ground truth's shape of a 376x1242 file)
@@ -422,7 +423,7 @@ def test_integer_npy_is_read_in_units_like_a_png_and_out_of_range_is_reported(tm
     assert _tool()(args + ["--pred-scale", "1000", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["abs_rel"] == pytest.approx(0.25)
     np.save(tmp_path / "pred" / "a.npy", np.full((48, 64), 2500.0))  # metres that are millimetres
-    assert _tool()(args + ["--out", str(out)]) == 0
+    assert _tool()(args + ["--out", str(out), "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert json.loads(out.read_text())["clipped_predictions"] == {"below_min_pixels": 0, "above_max_pixels": 48 * 64}
     assert "warning: 0 prediction pixel(s) below 0.001 m and 3072 above 10 m, of 3072 evaluated" in err

@@ -411,7 +411,8 @@ def test_output_paths_are_checked_before_the_model_is_built(tmp_path, capsys, mo
 def test_full_disk_names_the_users_path_and_keeps_the_old_file(tmp_path, capsys, monkeypatch):
     image = _image(tmp_path / "a.png")
     out = tmp_path / "f.npy"
-    out.write_bytes(b"the previous result")
+    np.save(out, np.zeros((2, 384, 2, 2), np.float32))  # the previous result, which --overwrite replaces
+    previous = out.read_bytes()
 
     # the .npy is allocated whole before its first row (a full disk there), then written row by row
     # (the header, the first image's row, then a full disk at the second's)
@@ -429,10 +430,10 @@ def test_full_disk_names_the_users_path_and_keeps_the_old_file(tmp_path, capsys,
         with monkeypatch.context() as patch:
             patch.setattr(module, call, full)
             rc, _, err = run(capsys, "features", image, image, "--weights", "random", "--batch-size", "1",
-                             "--out", out)
+                             "--out", out, "--overwrite")
         assert_user_error(rc, err, out, "No space left on device")
         assert len(calls) == fine + 1 and ".tmp" not in err
-        assert out.read_bytes() == b"the previous result"
+        assert out.read_bytes() == previous
         _no_staging_left(tmp_path)
 
 

@@ -258,3 +258,84 @@ def test_too_little_space_is_said_in_units_that_show_it(tmp_path, monkeypatch):
         monkeypatch.setattr(fileio, "free_bytes", lambda path: free)  # noqa: B023
         with pytest.raises(OutputError, match=said):
             fileio.check_output_file(tmp_path / "f.npy", expected_bytes=need, what="--out")
+
+
+def test_a_single_output_file_replaces_only_an_earlier_output_of_its_kind(tmp_path, capsys, monkeypatch, torch_home):
+    """The reviewer's case: `features --out rep/my_backbone.safetensors` replaced a copy of a weights file with
+    features (exit 0), in $DINOV2_DENSE_WEIGHTS too, and `pca --save-basis mydata.npz` a user's .npz. A file
+    given as the output is replaced only with --overwrite, and only when it is an earlier output of the same
+    kind (features: a .safetensors with their metadata and tensors, a whole float32 .npy of 4 or 5 axes; a
+    basis: its arrays; knn and eval-depth: their JSON); anything else, and anything in a weights folder, is
+    refused even with --overwrite, in one line naming it, before a model is built, and stays as it was."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    import dinov2_dense.hub as hub
+    from dinov2_dense.viz.pca import PCABasis
+
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    weights_dir, rep = tmp_path / "weights", tmp_path / "rep"
+    weights_dir.mkdir()
+    rep.mkdir()
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(weights_dir))
+    package = hub.BACKBONES[hub.DEFAULT_EMBEDDED].package_file
+    backbone, timm = rep / "my_backbone.safetensors", weights_dir / "timm.safetensors"
+    shutil.copyfile(package, backbone)
+    shutil.copyfile(package, timm)
+    in_weights = weights_dir / "f.npy"  # looks like features, but lies in the weights folder
+    np.save(in_weights, np.zeros((1, 96, 2, 2), np.float32))
+    user_npy, user_npz, user_json = rep / "user.npy", rep / "mydata.npz", rep / "notes.json"
+    np.save(user_npy, np.zeros((4, 96), np.float32))
+    np.savez(user_npz, a=np.arange(5))
+    user_json.write_text('{"mine": 1}')
+    (tmp_path / "empty").mkdir()
+    files = [backbone, timm, in_weights, user_npy, user_npz, user_json]
+    before = {p: p.read_bytes() for p in files}
+    tiny = ["--model", hub.DEFAULT_EMBEDDED, "--num-workers", "0"]
+    never = "never replaced, even with --overwrite"
+    with monkeypatch.context() as patch:
+        patch.setattr(hub, "load_backbone", lambda *a, **k: pytest.fail("the model was built"))
+        for argv, said in (
+                (["features", image, *tiny, "--out", backbone], f"--out {backbone} exists and is not a features file "
+                 "written by dinov2-dense features (it is a weight file): it is " + never),
+                (["features", image, *tiny, "--out", timm], f"--out {timm} exists in the weights folder "
+                 f"$DINOV2_DENSE_WEIGHTS ({weights_dir}): a file there is " + never),
+                (["features", image, *tiny, "--out", in_weights], f"--out {in_weights} exists in the weights folder"),
+                (["features", image, *tiny, "--out", user_npy], f"--out {user_npy} exists and is not a features file"),
+                (["pca", image, *tiny, "--save-basis", user_npz, "--out", tmp_path / "pca"],
+                 f"--save-basis {user_npz} exists and is not a PCA basis written by dinov2-dense pca"),
+                (["knn", tmp_path / "empty", "--weights", "random", "--out", user_json],
+                 f"--out {user_json} exists and is not results written by dinov2-dense knn"),
+                (["eval-depth", tmp_path / "pred", tmp_path / "gt", "--out", user_json],
+                 f"--out {user_json} exists and is not metrics written by dinov2-dense eval-depth")):
+            for extra in ((), ("--overwrite",)):
+                rc, err = _run(capsys, *argv, *extra)
+                assert rc == 2 and len(err.strip().splitlines()) == 1, err
+                assert said in err and never in err, err
+    assert {p: p.read_bytes() for p in files} == before
+    assert not (tmp_path / "pca").exists()
+
+    # an earlier output of the same kind: a rerun is refused without --overwrite, and replaces it with it
+    for name in ("f.npy", "f.safetensors"):
+        out = rep / name
+        rc, err = _run(capsys, "features", image, *tiny, "--size", "28", "--out", out)
+        assert rc == 0, err
+        first = out.read_bytes()
+        rc, err = _run(capsys, "features", image, *tiny, "--size", "28", "--last", "2", "--out", out)
+        assert rc == 2 and f"--out {out} exists: a features file written by dinov2-dense features, by an earlier " \
+            "run; pass --overwrite to replace it" in err, err
+        assert out.read_bytes() == first
+        rc, err = _run(capsys, "features", image, *tiny, "--size", "28", "--last", "2", "--out", out, "--overwrite")
+        assert rc == 0 and out.read_bytes() != first, err
+    basis = rep / "b.npz"
+    pca = ["pca", image, *tiny, "--size", "56", "--save-basis", basis]
+    assert _run(capsys, *pca, "--out", tmp_path / "p1")[0] == 0
+    first = basis.read_bytes()
+    rc, err = _run(capsys, *pca, "--out", tmp_path / "p2")
+    assert rc == 2 and f"--save-basis {basis} exists: a PCA basis written by dinov2-dense pca" in err, err
+    assert basis.read_bytes() == first and not (tmp_path / "p2").exists()
+    rc, err = _run(capsys, *pca, "--out", tmp_path / "p2", "--overwrite")
+    assert rc == 0 and PCABasis.load(basis).dim == 96, err

@@ -455,6 +455,22 @@ def test_command_errors_name_the_input_and_write_nothing(images, tmp_path, torch
     assert not out.exists()
 
 
+def test_an_out_named_like_an_image_is_refused_as_pca_writes_a_folder(images, tmp_path, torch_home, capsys,
+                                                                      monkeypatch):
+    """`pca --out pcaB.png` made a folder named pcaB.png: --out is a folder, so an image's suffix is refused in one
+    line saying so, before a model is built, and nothing is made."""
+    import dinov2_dense.hub as hub
+
+    monkeypatch.setattr(hub, "load_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    for name in ("pcaB.png", "maps.JPG", "c.jpeg"):
+        out = tmp_path / name
+        assert main(["pca", str(images[0]), "--weights", "random", "--size", "28", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--out {out}: pca writes a folder of files" in err, err
+        assert f"give a folder name, e.g. --out {out.with_suffix('')}" in err
+        assert not out.exists()
+
+
 def test_tools_script_help():
     res = subprocess.run([sys.executable, str(ROOT / "tools" / "pca.py"), "--help"], capture_output=True, text=True,
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

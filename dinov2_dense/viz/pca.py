@@ -250,6 +250,18 @@ class PCABasis:
                 np.savez(f, **arrays)
         return path
 
+    @staticmethod
+    def is_basis_file(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a basis file that :meth:`save` wrote (an .npz holding its arrays, told from the
+        zip's list of names, nothing loaded): what ``pca --save-basis --overwrite`` may replace."""
+        needed = {"version", "mean", "direction", "threshold", "fg_mean", "fg_components", "lo", "hi", "masked"}
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = {name.removesuffix(".npy") for name in archive.namelist()}
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return False
+        return needed <= names
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PCABasis":
         path = Path(path)
