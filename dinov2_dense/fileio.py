@@ -732,6 +732,7 @@ class DirLock:
         self.path = self.directory / self.NAME
         self.option = option
         self.note: str | None = None  # set when a stale lock was taken over
+        self.made = False  # the folder was made to hold the lock: removed on release if nothing else came
 
     def holder(self) -> dict | None:
         try:
@@ -740,6 +741,7 @@ class DirLock:
             return None
 
     def acquire(self) -> "DirLock":
+        self.made = self.made or not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
@@ -769,6 +771,9 @@ class DirLock:
         holder = self.holder()
         if holder is not None and holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+            if self.made:  # a start refused after the lock (a config the model cannot be built from) leaves no folder
+                with suppress(OSError):  # not empty: the run's
+                    self.directory.rmdir()
 
     def __enter__(self) -> "DirLock":
         return self.acquire()
