@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 from .options import (ATTENTION_KERNEL_NAMES, COMPILE_MODES, check_device, float_range, int_range, nonnegative_int,
@@ -262,8 +263,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers else (args.last if args.last else None)
     n_layers = len(args.layers) if args.layers else (args.last or 1)
     estimate = sum(len(v) * h * w for (h, w), v in grids.items()) * n_layers * arch.embed_dim * 4
-    check_replaceable_file(out, "a features file written by dinov2-dense features", _is_feature_file,
-                           overwrite=args.overwrite, never_in=_weights_folders(args))
+    check_replaceable_file(out, f"a features file of a {arch.embed_dim}-wide model written by dinov2-dense features",
+                           partial(_is_feature_file, width=arch.embed_dim), overwrite=args.overwrite,
+                           never_in=_weights_folders(args))
     check_output_file(out, expected_bytes=estimate, what="--out")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,10 +386,11 @@ _FEATURE_METADATA = ("layers", "images", "padding", "image_sizes", "input_sizes"
 _FEATURE_TENSOR = re.compile(r"\d+/(layer|cls|registers)\d+")
 
 
-def _is_feature_file(path: Path) -> bool:
+def _is_feature_file(path: Path, width: int) -> bool:
     """Whether ``path`` is what ``features --out`` writes, read from its header alone: a .safetensors whose
     metadata hold ours and whose tensors are all ``i/layerL``, ``i/clsL``, ``i/registersL``; a .npy holding
-    a whole C-order float32 array of 4 or 5 axes (N, [L,] C, h, w), the most a .npy, without metadata, tells."""
+    a whole C-order float32 array of 4 or 5 axes (N, [L,] C, h, w) with C = ``width`` (the model's, as a
+    rerun's: a batch of float32 images, (N, 3, H, W), is no such file), the most a .npy, without metadata, tells."""
     import numpy as np
 
     path = Path(path)
@@ -408,7 +411,7 @@ def _is_feature_file(path: Path) -> bool:
                 return False
             shape, fortran, dtype = read(f)
             return (dtype == np.dtype("<f4") and not fortran and len(shape) in (4, 5) and min(shape) > 0
-                    and size == f.tell() + 4 * int(np.prod(shape, dtype=np.int64)))
+                    and shape[-3] == width and size == f.tell() + 4 * int(np.prod(shape, dtype=np.int64)))
     return False
 
 

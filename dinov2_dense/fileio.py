@@ -454,24 +454,25 @@ def check_replaceable_file(path: str | os.PathLike, kind: str, is_ours, overwrit
     """Refuse, naming ``path``, an output file that exists and may not be replaced; call it before any
     computing. Nothing is changed when refusing. An existing file is replaced only when all hold:
 
-    * it lies in none of the ``never_in`` folders ((how to name it, folder): the weights folders);
     * ``is_ours(path)`` tells it for an earlier output of ``kind`` (e.g. "a features file written by
-      dinov2-dense features"): another file (a weight file, a user's data) is never replaced, even with ``flag``;
+      dinov2-dense features"): another file (a weight file, a user's data) is never replaced, even with ``flag``,
+      and is named as lying in one of the ``never_in`` folders ((how to name it, folder): the weights folders)
+      when it does;
     * ``overwrite``: the same rule as for folders of outputs (:func:`check_output_dir`).
 
     A path that does not exist, or is a directory (which :func:`check_output_file` refuses), passes."""
     path = Path(path)
     if not os.path.lexists(path) or path.is_dir():
         return path
-    for what, folder in never_in:
-        if folder is not None and is_inside(path, folder):
-            raise OutputError(f"{option} {path} exists in {what} ({folder}): a file there is never replaced, "
-                              f"even with {flag}; give another {option}")
     try:
         ours = path.is_file() and bool(is_ours(path))
     except (OSError, ValueError, RecursionError):  # unreadable, or not of that format
         ours = False
     if not ours:
+        for what, folder in never_in:
+            if folder is not None and is_inside(path, folder):
+                raise OutputError(f"{option} {path} exists in {what} ({folder}) and is not {kind}: it is never "
+                                  f"replaced, even with {flag}; give another {option}")
         raise OutputError(f"{option} {path} exists and is not {kind} ({_what_it_is(path)}): it is never "
                           f"replaced, even with {flag}; give another {option}, or move that file away yourself")
     if not overwrite:
@@ -732,7 +733,7 @@ class DirLock:
         self.path = self.directory / self.NAME
         self.option = option
         self.note: str | None = None  # set when a stale lock was taken over
-        self.made = False  # the folder was made to hold the lock: removed on release if nothing else came
+        self.made: list[Path] = []  # the folders made to hold the lock (deepest first): removed on release if empty
 
     def holder(self) -> dict | None:
         try:
@@ -741,7 +742,10 @@ class DirLock:
             return None
 
     def acquire(self) -> "DirLock":
-        self.made = self.made or not self.directory.exists()
+        folder = self.directory.absolute()
+        while not folder.exists() and folder != folder.parent:  # with the parents that mkdir will make
+            self.made.append(folder)
+            folder = folder.parent
         self.directory.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
@@ -771,9 +775,13 @@ class DirLock:
         holder = self.holder()
         if holder is not None and holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
-            if self.made:  # a start refused after the lock (a config the model cannot be built from) leaves no folder
-                with suppress(OSError):  # not empty: the run's
-                    self.directory.rmdir()
+            # a start refused after the lock (a head that does not fit) leaves no folder of the lock's making
+            for folder in self.made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: the run's (and so are the folders above it)
+                    break
+        self.made = []
 
     def __enter__(self) -> "DirLock":
         return self.acquire()

@@ -194,10 +194,12 @@ def test_features_errors_name_the_input_and_keep_old_output(weights_dir, image, 
     assert main(["features", str(image), str(missing), "--out", str(out), "--overwrite"]) == 2
     assert str(missing) in capsys.readouterr().err
     assert out.read_bytes() == old
-    assert main(["features", str(image), "--model", "dinov2_vitb14", "--out", str(out), "--overwrite"]) == 2
+    wide = tmp_path / "b.npy"  # an earlier ViT-B/14 run's (768 channels)
+    np.save(wide, np.zeros((1, 768, 4, 6), np.float32))
+    assert main(["features", str(image), "--model", "dinov2_vitb14", "--out", str(wide), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "dinov2_vitb14_pretrain.pth" in err and "https://" in err
-    assert out.read_bytes() == old
+    assert out.read_bytes() == old and np.load(wide).shape == (1, 768, 4, 6)
     assert main(["features", str(image), "--model", "no_such_model", "--out", str(out)]) == 2
     assert "dinov2_vits14" in capsys.readouterr().err  # the zoo is listed
 

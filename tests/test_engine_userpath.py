@@ -456,7 +456,7 @@ def test_a_head_narrower_or_wider_than_the_backbone_is_refused_at_the_start_nami
     from .conftest import tiny_vit
 
     export = export_backbone(tiny_vit(depth=2, dim=32, heads=2, img=56), tmp_path / "export")
-    work = tmp_path / "segS"
+    work = tmp_path / "runs" / "segS"  # its parent too is made for the lock
     options = _options(scenes / "ade", 2, **{"model.backbone": None, "model.head.in_channels": [48],
                                              "model.backbone_weights": str(export["safetensors"])})
     capsys.readouterr()
@@ -466,8 +466,8 @@ def test_a_head_narrower_or_wider_than_the_backbone_is_refused_at_the_start_nami
     assert "model.head.in_channels=[48]" in err[0] and str(export["safetensors"]) in err[0], err
     assert "32-wide" in err[0] and "model.head.in_channels=[32]" in err[0], err
     # nothing of the run that did not start: no config copy, no <timestamp>/ log folder, and not the work dir
-    # that its lock made before the model was built
-    assert not work.exists()
+    # (nor its parent) that its lock made before the model was built
+    assert not work.parent.exists()
     # the value the error gives trains
     assert _train(work, {**options, "model.head.in_channels": [32]}) == 0
 

@@ -264,9 +264,10 @@ def test_a_single_output_file_replaces_only_an_earlier_output_of_its_kind(tmp_pa
     """The reviewer's case: `features --out rep/my_backbone.safetensors` replaced a copy of a weights file with
     features (exit 0), in $DINOV2_DENSE_WEIGHTS too, and `pca --save-basis mydata.npz` a user's .npz. A file
     given as the output is replaced only with --overwrite, and only when it is an earlier output of the same
-    kind (features: a .safetensors with their metadata and tensors, a whole float32 .npy of 4 or 5 axes; a
-    basis: its arrays; knn and eval-depth: their JSON); anything else, and anything in a weights folder, is
-    refused even with --overwrite, in one line naming it, before a model is built, and stays as it was."""
+    kind (features: a .safetensors with their metadata and tensors, a whole float32 .npy of 4 or 5 axes with
+    the model's width; a basis: its arrays; knn and eval-depth: their JSON), in a weights folder too; anything
+    else (a user's float32 image batch among it) is refused even with --overwrite, in one line naming it (and
+    the weights folder it lies in), before a model is built, and stays as it was."""
     import shutil
 
     import cv2
@@ -285,14 +286,16 @@ def test_a_single_output_file_replaces_only_an_earlier_output_of_its_kind(tmp_pa
     backbone, timm = rep / "my_backbone.safetensors", weights_dir / "timm.safetensors"
     shutil.copyfile(package, backbone)
     shutil.copyfile(package, timm)
-    in_weights = weights_dir / "f.npy"  # looks like features, but lies in the weights folder
-    np.save(in_weights, np.zeros((1, 96, 2, 2), np.float32))
+    in_weights = weights_dir / "f.npy"  # a user's array in the weights folder
+    np.save(in_weights, np.zeros((1, 95, 2, 2), np.float32))
     user_npy, user_npz, user_json = rep / "user.npy", rep / "mydata.npz", rep / "notes.json"
     np.save(user_npy, np.zeros((4, 96), np.float32))
+    images_npy = rep / "images.npy"  # a batch of float32 images: 4 axes, but 3 channels for a 96-wide model
+    np.save(images_npy, np.zeros((10, 3, 32, 32), np.float32))
     np.savez(user_npz, a=np.arange(5))
     user_json.write_text('{"mine": 1}')
     (tmp_path / "empty").mkdir()
-    files = [backbone, timm, in_weights, user_npy, user_npz, user_json]
+    files = [backbone, timm, in_weights, user_npy, images_npy, user_npz, user_json]
     before = {p: p.read_bytes() for p in files}
     tiny = ["--model", hub.DEFAULT_EMBEDDED, "--num-workers", "0"]
     never = "never replaced, even with --overwrite"
@@ -300,11 +303,13 @@ def test_a_single_output_file_replaces_only_an_earlier_output_of_its_kind(tmp_pa
         patch.setattr(hub, "load_backbone", lambda *a, **k: pytest.fail("the model was built"))
         for argv, said in (
                 (["features", image, *tiny, "--out", backbone], f"--out {backbone} exists and is not a features file "
-                 "written by dinov2-dense features (it is a weight file): it is " + never),
+                 "of a 96-wide model written by dinov2-dense features (it is a weight file): it is " + never),
                 (["features", image, *tiny, "--out", timm], f"--out {timm} exists in the weights folder "
-                 f"$DINOV2_DENSE_WEIGHTS ({weights_dir}): a file there is " + never),
+                 f"$DINOV2_DENSE_WEIGHTS ({weights_dir}) and is not a features file"),
                 (["features", image, *tiny, "--out", in_weights], f"--out {in_weights} exists in the weights folder"),
                 (["features", image, *tiny, "--out", user_npy], f"--out {user_npy} exists and is not a features file"),
+                (["features", image, *tiny, "--out", images_npy], f"--out {images_npy} exists and is not a features "
+                 "file of a 96-wide model"),
                 (["pca", image, *tiny, "--save-basis", user_npz, "--out", tmp_path / "pca"],
                  f"--save-basis {user_npz} exists and is not a PCA basis written by dinov2-dense pca"),
                 (["knn", tmp_path / "empty", "--weights", "random", "--out", user_json],
@@ -318,15 +323,15 @@ def test_a_single_output_file_replaces_only_an_earlier_output_of_its_kind(tmp_pa
     assert {p: p.read_bytes() for p in files} == before
     assert not (tmp_path / "pca").exists()
 
-    # an earlier output of the same kind: a rerun is refused without --overwrite, and replaces it with it
-    for name in ("f.npy", "f.safetensors"):
-        out = rep / name
+    # an earlier output of the same kind: a rerun is refused without --overwrite, and replaces it with it,
+    # in a weights folder too (a features file there is no weights)
+    for out in (rep / "f.npy", rep / "f.safetensors", weights_dir / "features.npy"):
         rc, err = _run(capsys, "features", image, *tiny, "--size", "28", "--out", out)
         assert rc == 0, err
         first = out.read_bytes()
         rc, err = _run(capsys, "features", image, *tiny, "--size", "28", "--last", "2", "--out", out)
-        assert rc == 2 and f"--out {out} exists: a features file written by dinov2-dense features, by an earlier " \
-            "run; pass --overwrite to replace it" in err, err
+        assert rc == 2 and f"--out {out} exists: a features file of a 96-wide model written by dinov2-dense " \
+            "features, by an earlier run; pass --overwrite to replace it" in err, err
         assert out.read_bytes() == first
         rc, err = _run(capsys, "features", image, *tiny, "--size", "28", "--last", "2", "--out", out, "--overwrite")
         assert rc == 0 and out.read_bytes() != first, err
