@@ -301,7 +301,7 @@ def _resume_state(work_dir: Path, main: bool) -> tuple[dict | None, Path | None]
                          "--resume has nothing to continue; nothing was changed. Put a readable checkpoint back, or "
                          "start afresh with --overwrite (the checkpoints, logs and export are deleted)")
     if main:  # started as documented, but said: a mistyped work dir would otherwise start a new run unnoticed
-        print(f"--resume: no checkpoint in {work_dir}; starting a new run there, from iteration 0", file=sys.stderr)
+        print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there", file=sys.stderr)  # as train says
     return None, None
 
 
