@@ -104,6 +104,7 @@ def data(tmp_path_factory):
     pretrain(tiny(4), root / "pretrained", progress=False, max_iters=2)  # its checkpoint of iteration 2
     _py_config(root / "pretrain_tiny.py", tiny(4))
     (root / "other_machine").mkdir()  # the same work dir on a machine that does not share it: no checkpoints
+    (root / "gone.txt").write_text("gone_0.png\ngone_1.png\n")  # images deleted since they were listed
     return root
 
 
@@ -136,6 +137,9 @@ def _cases(root: Path) -> list[dict]:
         "slurm_refused": ([["train", str(SEG_CFG), "--work-dir", str(root / "taken_slurm"), "--launcher", "slurm",
                             "--cfg-options", *_train_options(root, 2)]] * 2, slurm, unset_torchrun),
         "curate_mismatch": ([curate + ["--seed", "0"], curate + ["--seed", "1"]], torchrun, []),
+        "curate_unreadable": ([["curate", str(root / "gone.txt"), "--target", "2", "--model", "dinov2_dense_tiny",
+                                "--num-workers", "0", "--no-progress", "--out", str(root / "curated_gone")]] * 2,
+                              torchrun, []),
         "train_mismatch": ([train[:2] + ["--work-dir", str(root / "m"), "--launcher", "pytorch", "--cfg-options",
                                          *_train_options(root, 2)],
                             train[:2] + ["--work-dir", str(root / "m"), "--launcher", "pytorch", "--cfg-options",
@@ -423,3 +427,16 @@ def test_processes_that_would_resume_from_other_checkpoints_all_refuse(launched,
                 "checkpoints: a work dir that every machine reads") in said[0], said
     assert sorted(p.name for p in run.glob("*.pth")) == [name]
     assert not list((data / "other_machine").iterdir())
+
+
+def test_a_curation_whose_images_process_0_cannot_read_stops_every_process(launched, data):
+    """Process 0 embeds while the others wait: with no image it could read, the others stopped when its exit
+    broke their barrier, saying only "another process of this distributed run failed (its error is above)"
+    (above on another machine's screen, for a run over several); they now say why."""
+    (rc0, out0), (rc1, out1) = _case(launched, "curate_unreadable")
+    assert rc0 == rc1 == 2, (rc0, rc1, out0[-1500:], out1[-1500:])
+    said0, said1 = _lines(out0, "dinov2-dense curate:"), _lines(out1, "dinov2-dense curate:")
+    assert len(said0) == 1 and "none of the 2 images could be read" in said0[0] and "gone_0.png" in said0[0], said0
+    assert len(said1) == 1 and said1[0].startswith("dinov2-dense curate: stopped: process 0 refused the start "
+                                                   "(none of the 2 images could be read"), said1
+    assert not (data / "curated_gone").exists()

@@ -222,16 +222,12 @@ def _load_or_embed(source: str, images: list[str] | None, what: str, out: Path, 
     """The rows of ``source``: read (embeddings) or made into ``out / what`` from ``images``, its listed images."""
     if images is None:
         return load_embeddings(source, names)
-    rank, world = _rank()
-    store = None
-    if rank == 0:
-        store = embed_images(model, images, out / what, progress=progress, **embed_kw)
-    if world > 1:
-        import torch.distributed as dist
+    from dinov2_dense.distributed import agree_to_start
 
-        dist.barrier()
-        store = store or load_embeddings(out / what)
-    return store
+    rank, _ = _rank()
+    # process 0 embeds while the others wait; where it cannot (no readable image), it stops them all, saying why
+    store = agree_to_start(lambda: embed_images(model, images, out / what, progress=progress, **embed_kw), rank == 0)
+    return store if store is not None else load_embeddings(out / what)
 
 
 def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, model=None,
