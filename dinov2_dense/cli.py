@@ -16,6 +16,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from .fileio import WEIGHT_SUFFIXES
+
 from .options import (ATTENTION_KERNEL_NAMES, COMPILE_MODES, check_device, float_range, int_range, nonnegative_int,
                       positive_int)
 
@@ -146,8 +148,8 @@ def _model_inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
     return inputs
 
 
-#: Files that loading a weights folder may read (a Hugging Face save, its index and config).
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".pth", ".pt")
+#: Files that loading a weights folder may read (weight files; a Hugging Face save's index and config).
+_WEIGHT_SUFFIXES = (*WEIGHT_SUFFIXES, ".json")
 
 
 def _refuse_writing_over_inputs(out: str | os.PathLike, inputs: list[tuple[str, Path]], option: str) -> None:
@@ -418,14 +420,13 @@ def _is_feature_file(path: Path, width: int) -> bool:
 def _weights_folders(args: argparse.Namespace | None = None) -> list[tuple[str, Path]]:
     """The folders in which an output never replaces a file: ``$DINOV2_DENSE_WEIGHTS``, the weights cache, the
     package's own weights, and a ``--weights`` folder (each (how to name it, folder))."""
-    from .hub import EMBEDDED_DIR, WEIGHTS_ENV, _file_url_path, hub_checkpoint_dir
+    from .hub import EMBEDDED_DIR, WEIGHTS_ENV, hub_checkpoint_dir
 
     folders = [(f"the weights folder ${WEIGHTS_ENV}", Path(os.environ[WEIGHTS_ENV]).expanduser())] \
         if os.environ.get(WEIGHTS_ENV) else []
     folders += [("the weights cache", hub_checkpoint_dir()), ("the package's weights folder", EMBEDDED_DIR)]
-    weights = _file_url_path(_weights_arg(args.weights)) if args is not None and hasattr(args, "weights") else None
-    if weights not in (None, "official") and "://" not in str(weights) and Path(weights).expanduser().is_dir():
-        folders.append(("the --weights folder", Path(weights).expanduser()))
+    if args is not None and hasattr(args, "weights"):  # the --weights folder, as the command reads it
+        folders += [(what, path) for what, path in _model_inputs(args) if path.is_dir()]
     return folders
 
 

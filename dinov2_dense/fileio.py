@@ -431,12 +431,12 @@ def check_output_file(path: str | os.PathLike, expected_bytes: int | None = None
 
 
 #: The suffixes of weight files (torch, Hugging Face, safetensors): named as such when one is in the way.
-_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
 def _what_it_is(path: Path) -> str:
     """A few words on an existing file that is not ours, for a refusal: a weight file is called one."""
-    if path.suffix.lower() in _WEIGHT_SUFFIXES:
+    if path.suffix.lower() in WEIGHT_SUFFIXES:
         from .checkpoints import weight_file_problem
 
         with suppress(OSError):
