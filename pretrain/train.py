@@ -376,7 +376,7 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
         device, rank, world = setup_distributed(cfg["compute"]["device"])
     main = rank == 0
     # processes given other settings would train models that drift apart: refused before anything is built
-    check_same_settings(_shared_settings(cfg, device, resume, overwrite, max_iters), source,
+    check_same_settings(_shared_settings(cfg, device, work_dir, resume, overwrite, max_iters), source,
                         ignore=PER_PROCESS_SETTINGS)
     claim = _Claim(work_dir, resume or overwrite) if main else None
     try:
@@ -411,13 +411,15 @@ def _given_device(config: Any) -> str | None:
 PER_PROCESS_SETTINGS = ("train.num_workers",)
 
 
-def _shared_settings(cfg: dict, device: torch.device, resume: bool, overwrite: bool,
+def _shared_settings(cfg: dict, device: torch.device, work_dir: Path, resume: bool, overwrite: bool,
                      max_iters: int | None) -> dict[str, Any]:
-    """What every process of a run must be given alike: the resolved config (after --cfg-options, --teacher)
-    and the command's options that change what is trained."""
+    """What every process of a run must be given alike: the resolved config (after --cfg-options, --teacher),
+    the work dir (only process 0 writes there; the others look there for the checkpoint to resume) and the
+    command's options that change what is trained."""
     shared: dict[str, Any] = {section: dict(values) for section, values in cfg.items()}
     shared["compute"]["device"] = device.type
-    return {**shared, "--resume": resume, "--overwrite": overwrite, "--max-iters": max_iters}
+    return {**shared, "--work-dir": str(work_dir), "--resume": resume, "--overwrite": overwrite,
+            "--max-iters": max_iters}
 
 
 def _hold_work_dir(claim: "_Claim", resume: bool, overwrite: bool, check: bool) -> None:

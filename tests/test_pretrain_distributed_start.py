@@ -57,15 +57,18 @@ def test_processes_given_other_settings_refuse_together_before_writing(tmp_path)
                "0, 2 in process 1" in log and "num_workers" not in log and "Traceback" not in log
     assert not work.exists()  # refused before the work dir was made
 
-    # distillation: the teacher given by --teacher
+    # distillation: the teacher given by --teacher; and the work dir (process 1 used to train on, writing nothing
+    # to its own work dir while process 0 wrote the run to its)
     teachers = [export_backbone(randomize_(tiny_vit(dim=32, depth=1, img=28), seed=i), tmp_path / f"t{i}")["safetensors"]
                 for i in range(2)]
-    common = ["distill", str(cfg), "--work-dir", str(work)]
-    ran = _by_hand(tmp_path, [common + ["--teacher", str(teachers[0])], common + ["--teacher", str(teachers[1])]])
+    other = tmp_path / "work_b"
+    ran = _by_hand(tmp_path, [["distill", str(cfg), "--work-dir", str(work), "--teacher", str(teachers[0])],
+                              ["distill", str(cfg), "--work-dir", str(other), "--teacher", str(teachers[1])]])
     for code, log in ran:
         assert code == 2, log[-2000:]
-        assert "given different settings: distill.teacher: " in log and str(teachers[1]) in log
-    assert not work.exists()
+        assert f"given different settings: --work-dir: '{work}' in process 0, '{other}' in process 1; " \
+               "distill.teacher: " in log and str(teachers[1]) in log
+    assert not work.exists() and not other.exists()
 
 
 def test_a_config_that_one_process_refuses_stops_the_others(tmp_path):
