@@ -71,10 +71,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .distributed import under_torchrun
     from .hub import OFFLINE_ENV, WEIGHTS_ENV, hub_checkpoint_dir, offline, weights_status
 
     from dinov2_dense.zoo import model_weights_status
 
+    if under_torchrun() and os.environ.get("LOCAL_RANK", os.environ.get("RANK")) != "0":
+        return 0  # torchrun's processes of one machine see the same files: its first one lists them, once
     rows = [dict(r, kind="backbone") for r in weights_status()]
     models = model_weights_status()
     if args.json:
@@ -1337,7 +1340,8 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-#: Commands that may run under torchrun: those with a distributed mode, and info (it only reads).
+#: Commands that may run under torchrun: those with a distributed mode, and info (it only reads; each machine's
+#: first process lists that machine's files).
 TORCHRUN_COMMANDS = frozenset({"train", "test", "pretrain", "distill", "curate", "info"})
 
 
@@ -1384,8 +1388,8 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug, or a peer's failure in a distributed run
         if _peer_failed(exc) and not debug:
-            print(f"{prog}: stopped: another process of this distributed run failed (its error is above)",
-                  file=sys.stderr)
+            print(f"{prog}: stopped: another process of this distributed run ended (its error is above where it "
+                  "printed one; torchrun's summary names a process that was killed)", file=sys.stderr)
             return 2
         import traceback
 

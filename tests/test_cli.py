@@ -58,6 +58,19 @@ def test_info_lists_zoo_and_where_weights_are(weights_dir, monkeypatch, capsys):
     assert "missing files are downloaded on first use" in text
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_info_under_torchrun_lists_once_per_machine(rank, weights_dir, monkeypatch, capsys):
+    """Every process printed the list: two JSON documents in one file under `torchrun ... info --json`."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    assert main(["info", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert (out == "") == (rank == 1), out[:200]
+    if rank == 0:
+        assert {r["name"] for r in json.loads(out)} >= {"dinov2_vits14"}
+
+
 def test_info_says_no_download_where_downloads_are_forbidden(weights_dir, monkeypatch, capsys):
     monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
     assert main(["info"]) == 0
