@@ -440,3 +440,26 @@ def test_a_curation_whose_images_process_0_cannot_read_stops_every_process(launc
     assert len(said1) == 1 and said1[0].startswith("dinov2-dense curate: stopped: process 0 refused the start "
                                                    "(none of the 2 images could be read"), said1
     assert not (data / "curated_gone").exists()
+
+
+def test_a_process_whose_peer_ended_says_where_its_reason_is(monkeypatch, capsys):
+    """A peer killed (kill -9, out of memory) prints no error: the survivor pointed at an error "above" that was
+    not there. It now says where to look for each case, in one line with exit code 2 (no traceback)."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from dinov2_dense import cli
+
+    def broken(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1")
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        code = cli.run_command(argparse.Namespace(command="train", func=broken), "dinov2-dense", debug=False)
+    finally:
+        dist.destroy_process_group()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == ("dinov2-dense: stopped: another process of this distributed run ended (its error is above "
+                           "where it printed one; torchrun's summary names a process that was killed)")
