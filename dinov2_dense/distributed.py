@@ -108,14 +108,15 @@ def flatten(settings: Any, prefix: str = "") -> dict[str, str]:
 
 
 def check_same_settings(settings: Mapping, what: str, shown: int = 3, ignore: Iterable[str] = (),
-                        given: str = "command and config") -> None:
+                        given: str = "command and config", names: Mapping[str, str] | None = None) -> None:
     """Call on every process of a started process group: raise :class:`ValueError` on every process when
     their ``settings`` (nested mappings of plain values) differ, naming up to ``shown`` keys with process 0's
     value and the first other process's. ``ignore``: patterns (fnmatch, on the dotted keys and each of their
     prefixes) of settings that are each process's own (``*_dataloader.num_workers``). One small all-gather when
     they agree; a no-op in one process. ``what``: the command or file they come from, to begin the message
     with (empty: none); ``given``: what the user gave them, for the advice that ends it ("start every process
-    with the same ...")."""
+    with the same ..."); ``names``: the option a dotted key came from, where the user gave it so and not as that
+    key (``{"load_from": "the checkpoint (load_from)"}``), to name it by."""
     world = _group_size()
     if world == 1:
         return
@@ -139,8 +140,9 @@ def check_same_settings(settings: Mapping, what: str, shown: int = 3, ignore: It
     other = next(r for r in range(1, world) if digests[r] != digests[0])
     keys = sorted(k for k in set(every[0]) | set(every[other]) if every[0].get(k) != every[other].get(k))
     missing = "(not set)"
-    said = "; ".join(f"{k}: {every[0].get(k, missing)} in process 0, {every[other].get(k, missing)} in process {other}"
-                     for k in keys[:shown])
+    names = names or {}
+    said = "; ".join(f"{names.get(k, k)}: {every[0].get(k, missing)} in process 0, {every[other].get(k, missing)} in "
+                     f"process {other}" for k in keys[:shown])
     more = f" (and {len(keys) - shown} more)" if len(keys) > shown else ""
     raise ValueError(f"{what + ': ' if what else ''}the {world} processes of this run were given different settings: "
                      f"{said}{more}; start every process with the same {given}")

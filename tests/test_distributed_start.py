@@ -144,6 +144,9 @@ def _cases(root: Path) -> list[dict]:
                                          *_train_options(root, 2)],
                             train[:2] + ["--work-dir", str(root / "m"), "--launcher", "pytorch", "--cfg-options",
                                          *_train_options(root, 2), "train_cfg.max_iters=3"]], torchrun, []),
+        "test_mismatch": ([["test", str(SEG_CFG), str(root / f"{x}.pth"), "--work-dir", str(root / "t"), "--out",
+                            str(root / f"pred_{x}"), "--cfg-options", *_train_options(root, 2)] for x in "ab"],
+                          torchrun, []),
         "train_implied": ([["train", str(SEG_CFG), "--work-dir", str(root / "w"), "--cfg-options",
                             *_train_options(root, 2)]] * 2, torchrun, []),
         "train_resume_elsewhere": ([["train", str(SEG_CFG), "--work-dir", str(root / "w"), "--resume", "--cfg-options",
@@ -245,6 +248,21 @@ def test_train_processes_given_other_options_all_refuse_naming_the_key(launched,
         assert "the 2 processes of this run were given different settings" in said[0]
         assert "train_cfg.max_iters: 2 in process 0, 3 in process 1" in said[0]
     assert not list((data / "m").glob("*.pth"))
+
+
+def test_test_processes_given_other_files_refuse_naming_the_options(launched, data):
+    """They named the config keys that the options set (load_from, custom_hooks.2.out_dir), which the user never
+    typed, and the list of inputs --out may not hold, derived from those."""
+    (rc0, out0), (rc1, out1) = _case(launched, "test_mismatch")
+    assert rc0 == rc1 == 2, (rc0, rc1, out0[-1500:], out1[-1500:])
+    a, b = data / "a.pth", data / "b.pth"
+    for out in (out0, out1):
+        said = _lines(out, "dinov2-dense test:")
+        assert said == [f"dinov2-dense test: error: {SEG_CFG}: the 2 processes of this run were given different "
+                        f"settings: --out: '{data / 'pred_a'}' in process 0, '{data / 'pred_b'}' in process 1; the "
+                        f"checkpoint: '{a}' in process 0, '{b}' in process 1; start every process with the same "
+                        "command and config"], out[-1500:]
+    assert not (data / "pred_a").exists() and not (data / "pred_b").exists()
 
 
 def test_curate_processes_given_another_seed_all_refuse_naming_it(launched, data):

@@ -518,12 +518,17 @@ PER_PROCESS_SETTINGS = ("launcher", "*_dataloader.num_workers", "*_dataloader.pe
                         "*_dataloader.pin_memory", "env_cfg.mp_cfg", "env_cfg.cudnn_benchmark", "log_level")
 
 
-def start_distributed(cfg, command: str) -> None:
+#: Settings that the command derives from others that are compared: named once, by what the user gave.
+DERIVED_SETTINGS = ("custom_hooks.*.protect",)  # test --out's protected inputs: the config, checkpoint and data
+
+
+def start_distributed(cfg, command: str, names: dict[str, str] | None = None) -> None:
     """Start the process group of a distributed ``train``/``test`` (``cfg.launcher``), before anything is
     checked or built: the processes then agree on the start (one refusing stops all at once), and compare
     their configs. Under torchrun without --launcher (WORLD_SIZE above 1) the run is distributed as with
     --launcher pytorch, and the main process says so: every process would otherwise run the whole command
-    alone, in the same work dir."""
+    alone, in the same work dir. ``names``: the command's options by the config keys they set, for the
+    message that names settings the processes were given differently (:func:`_option_names`)."""
     from dinov2_dense.distributed import check_same_settings, implied_launcher, say_distributed
 
     from .runner import start_process_group
@@ -534,7 +539,20 @@ def start_distributed(cfg, command: str) -> None:
         return
     if cfg.launcher != given:
         say_distributed(command)
-    check_same_settings(cfg.to_dict(), cfg.filename or command, ignore=PER_PROCESS_SETTINGS)
+    names = {**_option_names(cfg), **(names or {})}
+    check_same_settings(cfg.to_dict(), cfg.filename or command, ignore=PER_PROCESS_SETTINGS + DERIVED_SETTINGS,
+                        names=names)
+
+
+def _option_names(cfg) -> dict[str, str]:
+    """The config keys that ``train``/``test`` set from their options, by the options' names (the processes'
+    refusal of different settings names those, not keys the user never typed)."""
+    names = {"work_dir": "--work-dir", "resume": "--resume", "partial_load": "--partial-load",
+             "other_backbone": "--other-backbone"}
+    for i, hook in enumerate(cfg.get("custom_hooks") or []):
+        if isinstance(hook, dict) and hook.get("type") == "SavePredictionsHook":  # test --out
+            names.update({f"custom_hooks.{i}.out_dir": "--out", f"custom_hooks.{i}.overwrite": "--overwrite"})
+    return names
 
 
 def _build_runner(cfg, source: str, config_copy: str = "work_dir"):
@@ -675,7 +693,7 @@ def run_test(args: argparse.Namespace) -> int:
         hooks.append(dict(type="SavePredictionsHook", out_dir=args.out, overwrite=getattr(args, "overwrite", False),
                           protect=protect))
         cfg.custom_hooks = hooks
-    start_distributed(cfg, "test")
+    start_distributed(cfg, "test", names={"load_from": "the checkpoint"})
 
     def start() -> None:  # on the main process: the others stop with it when it refuses
         validate_config(cfg, args.config, train=False)
