@@ -301,6 +301,50 @@ def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path
     assert "at iteration 2" in err and "nothing is trained" in err and "max_iters = 1" in err, err
 
 
+def _record_processes(checkpoint: Path, world_size: int | None) -> None:
+    """Rewrite ``checkpoint``'s record of the processes that wrote it (None: remove it, as before the record)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if world_size is None:
+        saved["meta"].pop("world_size")
+        saved["meta"].pop("train_batch_size")
+    else:
+        saved["meta"]["world_size"] = world_size
+    torch.save(saved, checkpoint)
+
+
+def test_resume_on_another_number_of_processes_says_so_once(scenes, trained, tmp_path, capsys):
+    """A run written by 2 processes (torchrun) and resumed by 1 continued silently with half the batch of all
+    processes and another data order. Checkpoints record their processes and per-process batch size, and a
+    resume on another number says so once, naming both; the same number, or a checkpoint without the record
+    (written before it), says nothing of it."""
+    saved = torch.load(trained / "iter_2.pth", map_location="cpu", weights_only=True)
+    assert saved["meta"]["world_size"] == 1 and saved["meta"]["train_batch_size"] == 2
+    options = _options(scenes / "ade", 3, end=2)  # the trained run's schedule: no schedule warning
+    said = "process"
+    for world_size, expected in ((2, True), (1, False), (None, False)):
+        work = tmp_path / f"ws{world_size}"
+        shutil.copytree(trained, work)
+        _record_processes(work / "iter_2.pth", world_size)
+        capsys.readouterr()
+        assert _train(work, options, "--resume") == 0
+        captured = capsys.readouterr()
+        out = captured.out + captured.err
+        lines = [line for line in out.splitlines() if "--resume:" in line and said in line]
+        assert torch.load(work / "iter_3.pth", map_location="cpu", weights_only=True)["meta"]["iter"] == 3
+        if not expected:
+            assert lines == [], (world_size, lines)
+            continue
+        assert len(lines) == 1, out[-3000:]
+        line = lines[0]
+        assert (f"--resume: {work / 'iter_2.pth'} was written by 2 processes (a batch of 2 x 2 = 4 over all "
+                "processes); this run has 1 process (a batch of 2 x 1 = 2 over all processes): a resumed run "
+                "continues on this run's processes, so its data order and the batch of all processes differ from "
+                "the uninterrupted run's. To continue it as it was, resume with 2 processes") in line, line
+        # the resumed run's own checkpoints record its processes
+        resumed = torch.load(work / "iter_3.pth", map_location="cpu", weights_only=True)
+        assert resumed["meta"]["world_size"] == 1 and resumed["meta"]["train_batch_size"] == 2
+
+
 # ---------------------------------------------------------------- --cfg-options train_cfg.max_iters and the schedule
 
 

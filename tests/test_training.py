@@ -235,6 +235,8 @@ def test_ddp_two_cpu_processes_on_gloo(scenes, tmp_path, capsys):
     assert "GPU number: 2" in text  # mmengine's name for the world size
     assert "Iter(val) [8/8]" in text  # the 16 validation images split over 2 processes
     assert (tmp_path / "iter_20.pth").is_file()
+    meta = torch.load(tmp_path / "iter_20.pth", map_location="cpu", weights_only=True)["meta"]
+    assert (meta["world_size"], meta["train_batch_size"]) == (2, 4)  # what a resume on another count compares
     validated = float(re.findall(r"Iter\(val\) \[8/8\].*?mIoU: ([0-9.]+)", text)[-1])
     capsys.readouterr()
     assert main(["test", str(SEG_CFG), str(tmp_path / "iter_20.pth"), "--work-dir", str(tmp_path / "t"),

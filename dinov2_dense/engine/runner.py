@@ -7,7 +7,11 @@ unsafe globals: ``CheckpointSanitizerHook`` turns the MessageHub state and numpy
 tensors and plain Python before saving, and back after loading. Checkpoints are written to a
 temporary file and renamed, so a run killed at any moment never leaves a half-written file, and
 resuming finds the newest complete checkpoint even when ``last_checkpoint`` is stale, and falls
-back past a corrupt one with a warning.
+back past a corrupt one with a warning. A resumed run keeps its checkpoint's schedule and says where it
+differs from the config; each checkpoint records the number of processes that wrote it and their
+per-process batch size (``meta.world_size``, ``meta.train_batch_size``), and a run resumed on another
+number of processes says so too: it continues on this run's processes, with another batch of all
+processes and another data order than the uninterrupted run (a checkpoint without the record says nothing).
 
 Loading (``test``, ``--resume``, ``load_from``) is strict: a checkpoint whose keys or shapes do not
 fit the model is refused with our key report, and a head trained on another backbone than the one
@@ -83,14 +87,23 @@ def from_plain(obj: Any) -> Any:
 
 @HOOKS.register_module()
 class CheckpointSanitizerHook(Hook):
-    """Makes checkpoints loadable with ``torch.load(weights_only=True)`` (see the module docstring)."""
+    """Makes checkpoints loadable with ``torch.load(weights_only=True)`` (see the module docstring), and
+    records in their meta the backbone the head was trained on, the number of processes of the run
+    (``world_size``) and each one's training batch size (``train_batch_size``), which ``--resume`` compares."""
 
     priority = "VERY_HIGH"
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        from mmengine.dist import get_world_size
+
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        meta = checkpoint.setdefault("meta", {})
         if hasattr(model, "backbone_info"):  # which backbone the head was trained on
-            checkpoint.setdefault("meta", {})["backbone"] = model.backbone_info()
+            meta["backbone"] = model.backbone_info()
+        meta["world_size"] = int(get_world_size())  # the processes whose batches made the batch of a step
+        batch = _train_batch_size(runner)
+        if batch is not None:
+            meta["train_batch_size"] = batch
         for key in ("message_hub", "meta"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
@@ -115,6 +128,22 @@ class LossWarmUpHook(Hook):
         for module in model.modules():
             if hasattr(module, "warm_up_counter") and hasattr(module, "warm_iter"):
                 module.warm_up_counter = min(int(runner.iter), int(module.warm_iter))
+
+
+def _train_batch_size(runner) -> int | None:
+    """The training batch size of one process (its DataLoader's, or its batch sampler's), if built."""
+    loop = runner.__dict__.get("_train_loop")
+    loader = getattr(loop, "dataloader", None) if loop is not None and not isinstance(loop, dict) else None
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def _processes_text(world: int, batch: int | None) -> str:
+    """``2 processes (a batch of 4 x 2 = 8 over all processes)``; without the batch size when unknown."""
+    text = f"{world} process{'es' if world != 1 else ''}"
+    return text + (f" (a batch of {batch} x {world} = {batch * world} over all processes)" if batch else "")
 
 
 _ITER_FILE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
@@ -488,7 +517,9 @@ class DenseRunner(Runner):
         """``resume``: continue from the newest readable checkpoint of the work dir; ``load_from`` only
         gives the starting weights of a fresh run (mmengine resumed from ``load_from`` when both were
         set: another run's optimizer, scheduler and iteration, whose saves then overwrote ours). A work
-        dir without a checkpoint starts a new run there, from ``load_from``'s weights if given."""
+        dir without a checkpoint starts a new run there, from ``load_from``'s weights if given. A resumed run
+        keeps its checkpoint's schedule, and says where it differs from the config and when the checkpoint was
+        written by another number of processes than this run's (see the module docstring)."""
         if not self._has_loaded:
             self._load_or_resume()
         self._started = True  # the loops, data sets, optimizer and weights are built: the start succeeded
@@ -571,6 +602,23 @@ class DenseRunner(Runner):
                     f"--resume: {name} continues as {filename} saved it ({_lengths_text(now)}; the config says "
                     f"{_lengths_text(was)}): a resumed run keeps its schedule, so iterations past its end run at "
                     "the rate it ended with")
+        self._say_if_other_processes(filename, meta)
+
+    def _say_if_other_processes(self, filename: str, meta: dict) -> None:
+        """A run resumed on another number of processes than its checkpoint was written by (``meta.world_size``;
+        a checkpoint from before the record says nothing) continues on this run's: say so, on the main process."""
+        from mmengine.dist import get_world_size, is_main_process
+
+        was, now = meta.get("world_size"), int(get_world_size())
+        if not isinstance(was, int) or isinstance(was, bool) or was == now or not is_main_process():
+            return
+        was_batch = meta.get("train_batch_size")
+        was_batch = was_batch if isinstance(was_batch, int) and not isinstance(was_batch, bool) else None
+        self.logger.warning(
+            f"--resume: {filename} was written by {_processes_text(was, was_batch)}; this run has "
+            f"{_processes_text(now, _train_batch_size(self))}: a resumed run continues on this run's processes, so "
+            "its data order and the batch of all processes differ from the uninterrupted run's. To continue it as "
+            f"it was, resume with {was} process{'es' if was != 1 else ''}")
 
     def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
                         revise_keys: list = [(r"^module\.", "")]) -> dict:  # noqa: B006 - mmengine's signature
