@@ -1001,7 +1001,8 @@ def _jsonl(path: Path) -> list[dict]:
 
 def _optimizer_state(model, optimizer, sharded: bool) -> dict:
     """The optimizer's state: torch's own layout, or under FSDP the full (gathered) state keyed by
-    parameter names (a collective: every process takes part)."""
+    parameter names (a collective: every process takes part). Either resumes in either kind of run,
+    on any number of processes (:func:`_load_optimizer`)."""
     if not sharded:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -1016,7 +1017,11 @@ def _load_optimizer(model, optimizer, state: dict, sharded: bool, path: Path | s
     under DDP differed) is refused, naming the file. The checkpoint gives the state (AdamW's moments and steps); each
     group's settings (``lr_multiplier``, ``wd_multiplier``, ``is_last_layer``, betas, ...) stay this run's,
     built from its config: a resume with another ``optim.layerwise_decay`` or ``optim.patch_embed_lr_mult``
-    trains with the new multipliers, as its warning says and its config.json records."""
+    trains with the new multipliers, as its warning says and its config.json records.
+
+    A state written under FSDP (full tensors keyed by parameter names) loads into a run of one process or
+    DDP, and one written so (torch's layout: integer ids in the groups' order) into an FSDP run, on any
+    number of processes: the names are this run's parameters' in its groups' order."""
     settings = [{k: v for k, v in group.items() if k not in ("params", "param_names")}
                 for group in optimizer.param_groups]
     _load_optimizer_state(model, optimizer, state, sharded, path)
@@ -1024,34 +1029,86 @@ def _load_optimizer(model, optimizer, state: dict, sharded: bool, path: Path | s
         group.update(own)
 
 
+def _group_names(model: nn.Module, optimizer) -> list[list[str]]:
+    """The names of each optimizer group's parameters, in its order, as torch's ``get_optimizer_state_dict``
+    gives them (the model's parameter names, without the ``module.`` of a DDP wrapper; FSDP's
+    ``fully_shard`` keeps the names)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    wrapped = [f"{name}.module." if name else "module." for name, m in model.named_modules() if isinstance(m, DDP)]
+
+    def own(name: str) -> str:
+        for prefix in wrapped:
+            if name.startswith(prefix):
+                return prefix[: -len("module.")] + name[len(prefix):]
+        return name
+
+    names = {id(p): own(n) for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+
+
+def _by_ids(saved: dict, groups: list[list[str]]) -> dict:
+    """A state keyed by names (FSDP's) in torch's layout for an optimizer whose groups hold ``groups``
+    (names): ids in the groups' order. KeyError or ValueError where the groups do not match."""
+    got = [list(g["params"]) for g in saved["param_groups"]]
+    if [len(g) for g in got] != [len(g) for g in groups] or any(set(a) != set(b) for a, b in zip(got, groups)):
+        raise ValueError("other parameter groups")
+    ids = {name: i for i, name in enumerate(n for group in groups for n in group)}
+    param_groups, start = [], 0
+    for group, names in zip(saved["param_groups"], groups):
+        param_groups.append({**group, "params": list(range(start, start + len(names)))})
+        start += len(names)
+    return {"state": {ids[name]: value for name, value in saved["state"].items()}, "param_groups": param_groups}
+
+
+def _by_names(saved: dict, groups: list[list[str]]) -> dict:
+    """A state in torch's layout (ids) keyed by this run's parameter names (``groups``), as FSDP writes it:
+    torch's ``load_state_dict`` pairs the ids with the parameters in the groups' order, and so does this."""
+    names = dict(zip((i for g in saved["param_groups"] for i in g["params"]), (n for g in groups for n in g)))
+    return {"state": {names[i]: value for i, value in saved["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+
+
 def _load_optimizer_state(model, optimizer, state: dict, sharded: bool, path: Path | str) -> None:
     saved = state["optimizer"]
-    if ("sharded_by_names" in saved) != sharded:
-        raise ValueError(f"{path}: the checkpoint's optimizer state was written {'with' if not sharded else 'without'} "
-                         "FSDP; resume it with the compute.distributed and process count it was written with")
     advice = ("resume with the config it was written with, or start afresh with --overwrite (an older version "
               "wrote other groups under DDP)")
+    by_names = isinstance(saved, dict) and "sharded_by_names" in saved  # written under FSDP
+    if by_names:
+        saved = saved["sharded_by_names"]
+    groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
+    have = [len(g["params"]) for g in optimizer.param_groups]
+    got = [len(g.get("params", ())) for g in groups]
+    if have != got:
+        raise ValueError(f"{path}: its optimizer state has {len(got)} parameter groups of {got} parameters, this "
+                         f"run's optimizer {len(have)} of {have}; {advice}")
+
+    def refuse(exc: Exception) -> ValueError:
+        return ValueError(f"{path}: its optimizer state does not fit this run "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {advice}")
+
+    names = _group_names(model, optimizer)
     if not sharded:
-        groups = saved.get("param_groups", []) if isinstance(saved, dict) else []
-        have = [len(g["params"]) for g in optimizer.param_groups]
-        got = [len(g.get("params", ())) for g in groups]
-        if have != got:
-            raise ValueError(f"{path}: its optimizer state has {len(got)} parameter groups of {got} parameters, this "
-                             f"run's optimizer {len(have)} of {have}; {advice}")
         try:
-            optimizer.load_state_dict(saved)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"{path}: its optimizer state does not fit this run "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {advice}") from None
+            optimizer.load_state_dict(_by_ids(saved, names) if by_names else saved)
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise refuse(exc) from None
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     try:
-        set_optimizer_state_dict(model, optimizer, saved["sharded_by_names"],
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"{path}: its optimizer state does not fit this run "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {advice}") from None
+        full = saved if by_names else _by_names(saved, names)
+        _by_ids(full, names)  # the groups must hold the same parameters (torch would pair them by name alone)
+        set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=False, strict=False))
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise refuse(exc) from None
+    # torch gives a parameter without saved state (never updated: a distilled student's mask_token) a first
+    # step's zeros; a plain optimizer has none for it, and starts its count at its first update
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param, name in zip(params, (n for group in names for n in group)):
+        if name not in full["state"]:
+            optimizer.state.pop(param, None)
 
 
 #: What sets a run's schedules (learning rate, weight decay, teacher momentum and temperature, length).
