@@ -847,6 +847,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
     if world > 1:
         result["teacher_fingerprints"] = _check_in_sync(model, work_dir, main)
+    elif main:  # an earlier stage's on several processes: its teachers are not this run's
+        (work_dir / "teacher_fingerprints.json").unlink(missing_ok=True)
     if it >= total_iters:
         from .export import export_backbone
 

@@ -891,7 +891,9 @@ def test_fsdp_and_one_process_resume_each_others_checkpoints(tmp_path, monkeypat
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(iteration 2)" in out.stderr and "train.batch_size_per_gpu 8 -> 4" in out.stderr
+    assert len(json.loads((mixed / "teacher_fingerprints.json").read_text())) == 2  # the two processes' teachers
     pretrain(config(8), mixed, progress=False, resume=True)
+    assert not (mixed / "teacher_fingerprints.json").exists()  # it stayed, naming teachers this run no longer has
     from pretrain.train import _by_names, _group_names
 
     def load(run, it):
