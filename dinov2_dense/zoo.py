@@ -22,7 +22,8 @@ from heads.linear import LinearDepthHead, LinearHead
 from heads.predictor import DensePredictor
 
 from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint, refuse_nonfinite
-from .hub import WeightsNotFoundError, _file_url_path, build_backbone, load_backbone, official_url, resolve_file
+from .hub import (NO_WEIGHTS_HINT, WeightsNotFoundError, _file_url_path, build_backbone, find_weights, load_backbone,
+                  official_url, resolve_file)
 from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, test_protocol
 
 
@@ -122,8 +123,11 @@ def load_model(
         head_sd: dict[str, Tensor] = {}
         label = "random head"
     else:
-        path = (resolve_file(spec.filename, spec.url, label=name) if weights == "official"
-                else Path(_file_url_path(weights)).expanduser())
+        try:
+            path = (resolve_file(spec.filename, spec.url, label=name) if weights == "official"
+                    else Path(_file_url_path(weights)).expanduser())
+        except WeightsNotFoundError as exc:
+            raise _with_zoo_hint(exc, spec, "head", weights, backbone_weights) from exc.__cause__
         if weights != "official" and not path.exists():
             raise WeightsNotFoundError(f"weights file {path} does not exist")
         head_sd = read_checkpoint(path)
@@ -133,13 +137,42 @@ def load_model(
         backbone = build_backbone(spec.backbone)
         load_backbone_weights(backbone, full_backbone)
     else:
-        backbone = load_backbone(spec.backbone, weights=backbone_weights)
+        try:
+            backbone = load_backbone(spec.backbone, weights=backbone_weights)
+        except WeightsNotFoundError as exc:
+            raise _with_zoo_hint(exc, spec, "backbone", weights, backbone_weights) from exc.__cause__
     model = build_model(name, backbone=backbone)
     if head_sd:
         load_head_weights(model, head_sd, label)
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _with_zoo_hint(exc: WeightsNotFoundError, spec: ModelSpec, missing: str, weights,
+                   backbone_weights) -> WeightsNotFoundError:
+    """A file of ``load_model`` not found (``missing``: "head" or "backbone"): the hint gives the exact
+    ``load_model`` call that goes on without it, instead of the backbone's hint (whose ``weights=None``
+    is the backbone's argument; here ``weights`` is the head's, and the backbone's file is still read
+    unless ``backbone_weights=None`` too)."""
+    if NO_WEIGHTS_HINT not in str(exc):
+        return exc
+    name = spec.name
+    if missing == "head":
+        found = find_weights(spec.backbone) if backbone_weights == "official" else None
+        if found is not None:
+            call, what = f'load_model("{name}", weights=None)', f"a random head on the official backbone ({found})"
+        else:
+            kept = "None" if backbone_weights in (None, "official") else repr(str(backbone_weights))
+            call = f'load_model("{name}", weights=None, backbone_weights={kept})'
+            what = "a random head and a random backbone" if kept == "None" else f"a random head on {kept}"
+    else:  # the backbone's file (backbone_weights="official") was not found
+        head = "" if weights == "official" else f", weights={'None' if weights is None else repr(str(weights))}"
+        call = f'load_model("{name}"{head}, backbone_weights=None)'
+        what = "a random head and a random backbone" if weights is None else "a random backbone under the head"
+    hint = (f"To go on without a download: {call} in Python ({what}: the outputs have the right shapes and mean "
+            "nothing; weights= is the head's file, backbone_weights= the backbone's).")
+    return WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, hint))
 
 
 def load_head_weights(model: DensePredictor, state_dict: Mapping[str, Tensor], label: str = "state dict") -> None:

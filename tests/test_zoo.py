@@ -184,3 +184,66 @@ def test_heads_zoo_still_answers_with_a_deprecation_warning():
 
     with pytest.warns(DeprecationWarning, match="dinov2_dense.zoo.load_model"):
         assert old.load_model is zoo.load_model
+
+
+def _hinted_call(exc) -> str:
+    """The load_model call that a "not found" message gives for going on without a download."""
+    import re
+
+    m = re.search(r"To go on without a download: (load_model\(.*?\)) in Python", str(exc))
+    assert m, str(exc)
+    assert "--model" not in str(exc) and "load_backbone(" not in str(exc)  # the backbone's hint, not load_model's
+    return m.group(1)
+
+
+def _run_hint(call: str):
+    """Run the hinted call as written (load_model as imported by the README's `import dinov2_dense`)."""
+    model = eval(call, {"load_model": dinov2_dense.load_model})  # noqa: S307 - our own message
+    with torch.no_grad():
+        return model, model(torch.randn(1, 3, 30, 45))
+
+
+@pytest.mark.parametrize("given", [{}, {"weights": None}])
+def test_missing_head_and_backbone_hint_a_load_model_call_that_runs(given, torch_home, monkeypatch):
+    """Offline, no file at all: the hint said `weights=None`, and load_model(name, weights=None) then
+    failed on the backbone's file. It gives the call that works (both None), and that call runs."""
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    name = "dinov2_vits14_ade20k_linear"
+    with pytest.raises(dinov2_dense.WeightsNotFoundError) as exc:
+        load_model(name, **given)
+    call = _hinted_call(exc.value)
+    assert call == f'load_model("{name}", weights=None, backbone_weights=None)'
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__  # no traceback of the old hint
+    _, out = _run_hint(call)
+    assert out.shape == (1, 150, 30, 45)
+
+
+def test_missing_head_with_backbone_found_hints_weights_none(weights_dir):
+    """The backbone's file is here, the head's is not: weights=None alone goes on, on that backbone."""
+    name = "dinov2_vits14_voc2012_linear"
+    with pytest.raises(dinov2_dense.WeightsNotFoundError) as exc:
+        load_model(name)
+    call = _hinted_call(exc.value)
+    assert call == f'load_model("{name}", weights=None)'
+    model, out = _run_hint(call)
+    assert out.shape == (1, 21, 30, 45)
+    want = torch.load(weights_dir / "dinov2_vits14_pretrain.pth")
+    assert torch.equal(model.backbone.state_dict()["blocks.0.attn.qkv.weight"], want["blocks.0.attn.qkv.weight"])
+
+
+def test_missing_backbone_with_head_found_hints_backbone_weights_none(tmp_path, torch_home, monkeypatch):
+    """The head's file is here, the backbone's is not: backbone_weights=None keeps the official head."""
+    folder = tmp_path / "heads"
+    folder.mkdir()
+    name = "dinov2_vits14_nyu_linear"
+    sd = write_head_file(folder, name)
+    monkeypatch.setenv("DINOV2_DENSE_WEIGHTS", str(folder))
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    with pytest.raises(dinov2_dense.WeightsNotFoundError, match=r"dinov2_vits14_pretrain\.pth") as exc:
+        load_model(name)
+    call = _hinted_call(exc.value)
+    assert call == f'load_model("{name}", backbone_weights=None)'
+    model, out = _run_hint(call)
+    assert out.shape == (1, 1, 30, 45)
+    head = model.decode_head.state_dict()
+    assert all(torch.equal(head[k[len("decode_head."):]], v) for k, v in sd.items())
