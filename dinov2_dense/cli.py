@@ -874,6 +874,44 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_with_teacher_head_origin(run, args: argparse.Namespace) -> int:
+    """``pretrain`` / ``distill``: a refused ``distill.teacher_head`` says where its value came from (the
+    config, --cfg-options or --teacher-head) and which option trains a fresh head instead. Leaving
+    --teacher-head out is not enough where the config sets one (distill_tiny_cpu.py does)."""
+    from pretrain.train import FRESH_HEAD_HINT
+
+    option = getattr(args, "teacher_head", None)
+    given = "distill.teacher_head" in (args.cfg_options or {})  # before distill folds --teacher-head in
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as exc:
+        if type(exc) not in (FileNotFoundError, ValueError) or FRESH_HEAD_HINT not in str(exc):
+            raise
+        fresh = "give --cfg-options distill.teacher_head=None to train a fresh random head instead"
+        if option is not None:
+            in_config = _config_teacher_head(args.config)
+            hint = (f"it came from --teacher-head; {fresh} (without --teacher-head, the config's "
+                    f"distill.teacher_head={in_config} is taken)" if in_config else
+                    "it came from --teacher-head; leave --teacher-head out to train a fresh random head instead")
+        elif given:
+            hint = f"it came from --cfg-options; {fresh}"
+        else:
+            keeps = " (leaving --teacher-head out keeps the config's)" if hasattr(args, "teacher_head") else ""
+            hint = f"it came from the config {args.config}; {fresh}{keeps}"
+        raise type(exc)(str(exc).replace(FRESH_HEAD_HINT, hint)) from None
+
+
+def _config_teacher_head(config: str):
+    """``distill.teacher_head`` as the config file sets it (its ``_base_`` included), or None."""
+    from .engine.entry import load_config
+
+    try:
+        distill = load_config(config, known_sections=None).get("distill") or {}
+        return distill.get("teacher_head")
+    except Exception:  # noqa: BLE001 - only for a hint; the config was read once already
+        return None
+
+
 def _add_engine_commands(sub) -> None:
     """train / test (mmengine runs), eval-depth and synth: the same code as tools/*.py."""
     from .engine.entry import (add_distill_arguments, add_pretrain_arguments, add_test_arguments, add_train_arguments,
@@ -885,10 +923,10 @@ def _add_engine_commands(sub) -> None:
     add_test_arguments(test).set_defaults(func=run_test)
     pre = sub.add_parser("pretrain", help="self-supervised DINOv2 pretraining (DINO + iBOT + KoLeo); "
                                           "exports the teacher backbone")
-    add_pretrain_arguments(pre).set_defaults(func=run_pretrain)
+    add_pretrain_arguments(pre).set_defaults(func=partial(_run_with_teacher_head_origin, run_pretrain))
     dist = sub.add_parser("distill", help="distil a frozen teacher into one or more student ViTs (the DINOv2 "
                                           "losses on the teacher's head outputs); exports each student")
-    add_distill_arguments(dist).set_defaults(func=run_distill)
+    add_distill_arguments(dist).set_defaults(func=partial(_run_with_teacher_head_origin, run_distill))
     ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
     _add_eval_depth_arguments(ev).set_defaults(func=_cmd_eval_depth)
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")

@@ -55,9 +55,11 @@ class DistillArch(nn.Module):
 
             problems = key_mismatches(frozen_head.state_dict(), teacher_head_state)
             if problems:
+                from .train import FRESH_HEAD_HINT
+
                 raise ValueError(f"distill.teacher_head: its DINO head does not fit a head on this teacher "
                                  f"({teacher_backbone.embed_dim} wide) with the config's dino section: "
-                                 f"{'; '.join(problems)}")
+                                 f"{'; '.join(problems)}; {FRESH_HEAD_HINT}")
             frozen_head.load_state_dict(teacher_head_state, strict=True)
         student_parts: dict[str, nn.Module] = {}
         self.n_students = len(student_sections)

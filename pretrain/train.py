@@ -556,6 +556,12 @@ def _load_any(weights: str) -> nn.Module:
     return load_backbone(weights) if isinstance(weights, str) and weights in BACKBONES else load_exported(weights)
 
 
+#: How every refused ``distill.teacher_head`` ends: the way to a fresh head. Setting it to None, not leaving it
+#: out: a config (or its ``_base_``) may set one, as distill_tiny_cpu.py does. The command line replaces this
+#: with its own options, saying where the value came from.
+FRESH_HEAD_HINT = "distill.teacher_head=None trains a fresh random head instead"
+
+
 def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(), source: str = "config") -> nn.Module:
     distill = cfg["distill"]
     if distill["teacher"]:
@@ -569,21 +575,23 @@ def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(),
             if source.is_dir():  # a pretraining run's work dir: its newest checkpoint
                 found = checkpoint_files(source)
                 if not found:
-                    raise FileNotFoundError(f"distill.teacher_head={source}: a folder without checkpoint_*.pth files")
+                    raise FileNotFoundError(f"distill.teacher_head={source}: a folder without checkpoint_*.pth files; "
+                                            f"{FRESH_HEAD_HINT}")
                 source = found[0]
             if not source.is_file():
-                raise FileNotFoundError(f"distill.teacher_head={source}: no such file")
+                raise FileNotFoundError(f"distill.teacher_head={source}: no such file; {FRESH_HEAD_HINT}")
             from dinov2_dense.checkpoints import first_sentence
 
             try:
                 state = torch.load(source, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - not a torch file, damaged, or holding code
                 raise ValueError(f"distill.teacher_head={source}: not a readable pretraining checkpoint "
-                                 f"({type(exc).__name__}: {first_sentence(str(exc))})") from None
+                                 f"({type(exc).__name__}: {first_sentence(str(exc))}); {FRESH_HEAD_HINT}") from None
             state = state.get("model", state) if isinstance(state, dict) else {}
             head = {k[len("teacher.dino_head."):]: v for k, v in state.items() if k.startswith("teacher.dino_head.")}
             if not head:
-                raise ValueError(f"distill.teacher_head={distill['teacher_head']}: no teacher.dino_head.* tensors in it")
+                raise ValueError(f"distill.teacher_head={distill['teacher_head']}: no teacher.dino_head.* tensors in "
+                                 f"it; {FRESH_HEAD_HINT}")
             _check_head_teacher(state, teacher, source, distill["teacher"])
         overrides = list(distill["students"])
         students = [resolve_student(cfg["student"], s) for s in overrides] or [cfg["student"]]
@@ -628,7 +636,7 @@ def _check_head_teacher(state: dict, teacher: nn.Module, source: Path, teacher_n
     if not saved:
         raise ValueError(f"{where}: it holds no teacher.backbone.* tensors, so nothing shows that its head was trained "
                          f"with the teacher distill.teacher={teacher_name}; give the pretraining checkpoint (or run "
-                         "folder) of that teacher, or leave distill.teacher_head out (a fresh random head)")
+                         f"folder) of that teacher; {FRESH_HEAD_HINT}")
     students = distilled_students(state)
     why = (f"it is a distillation checkpoint: its teacher.dino_head.* belongs to its own frozen teacher "
            f"(teacher.backbone.*), not to the students it exports ({', '.join(f'student{i}' for i in students)}); "
@@ -637,7 +645,7 @@ def _check_head_teacher(state: dict, teacher: nn.Module, source: Path, teacher_n
               "another architecture: other tensor names")
     raise ValueError(f"{where}: {why}its teacher.backbone.* is not the teacher distill.teacher={teacher_name} "
                      f"({differ}), so its DINO head was trained with another backbone; give the checkpoint (or run "
-                     "folder) that trained this teacher, or leave distill.teacher_head out (a fresh random head)")
+                     f"folder) that trained this teacher; {FRESH_HEAD_HINT}")
 
 
 def _check_crops(cfg: dict, source: str) -> None:

@@ -1,10 +1,13 @@
 """Starts refused before anything is written: a distillation teacher head trained with another
 backbone than the teacher (another run, or a distillation checkpoint's head of its frozen teacher
 given for one of its students), and continued pretraining whose weights' patch size does not fit
-the crops or a patch size the config gives itself. Tiny ViTs and hand-made checkpoints, no training."""
+the crops or a patch size the config gives itself; a missing teacher head, whose error says where the value
+came from and how to train a fresh head. Tiny ViTs and hand-made checkpoints, no training (but for the one
+2-iteration run that shows that advice works)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,45 @@ def test_a_released_arch_other_than_the_weights_is_told_to_name_theirs():
     section = resolve({"student": {"pretrained_weights": "w", "arch": "vit_base"}})["student"]
     with pytest.raises(ValueError, match=r"set student.arch=vit_small, or leave student.arch out$"):
         _check_loaded_arch(section, small, given)
+
+
+def test_a_missing_teacher_head_says_where_it_came_from_and_how_to_train_a_fresh_one(tmp_path, capsys):
+    """distill_tiny_cpu.py sets distill.teacher_head itself: leaving --teacher-head out (the old advice) still
+    reads it, and the error said only `no such file`. It now says where the value came from (the config,
+    --teacher-head, --cfg-options) and the option that trains a fresh head; that option runs."""
+    import re
+    import shlex
+
+    export = export_backbone(tiny_vit(depth=2), tmp_path / "ssl" / "export")["safetensors"]
+    missing = tmp_path / "no_run"  # as the config's work_dirs/pretrain/tiny_cpu before tiny_cpu.py has run
+    cfg = _py_config(tmp_path / "d.py", tiny(2, distill=dict(teacher_head=str(missing),
+                                                             students=[dict(embed_dim=16, num_heads=1)])))
+    work = tmp_path / "d"
+    common = ["distill", str(cfg), "--work-dir", str(work), "--no-progress", "--teacher", str(export)]
+
+    def error(*extra: str) -> str:
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not work.exists()
+        return err
+
+    err = error()  # the value of the config
+    assert f"distill.teacher_head={missing}: no such file; it came from the config {cfg}; give --cfg-options " \
+           "distill.teacher_head=None to train a fresh random head instead (leaving --teacher-head out keeps the " \
+           "config's)" in err
+    fresh = shlex.split(re.search(r"give (--cfg-options \S+) to train a fresh random head", err).group(1))
+    err = error("--teacher-head", str(tmp_path / "other"))  # the option's, over the config's
+    assert f"distill.teacher_head={tmp_path / 'other'}: no such file; it came from --teacher-head; give " \
+           "--cfg-options distill.teacher_head=None to train a fresh random head instead (without --teacher-head, the config's " \
+           f"distill.teacher_head={missing} is taken)" in err
+    err = error("--cfg-options", f"distill.teacher_head={tmp_path / 'third'}")
+    assert "no such file; it came from --cfg-options; give --cfg-options distill.teacher_head=None" in err
+    bare = _py_config(tmp_path / "bare.py", tiny(2, distill=dict(students=[dict(embed_dim=16, num_heads=1)])))
+    assert main(["distill", str(bare), *common[2:], "--teacher-head", str(missing)]) == 2  # no head in the config
+    assert "it came from --teacher-head; leave --teacher-head out to train a fresh random head" in \
+           capsys.readouterr().err
+    # the advice, as printed, trains (a fresh head) and exports the student
+    assert main([*common, *fresh]) == 0, capsys.readouterr().err
+    assert (work / "export" / "student0.safetensors").is_file()
+    assert json.loads((work / "config.json").read_text())["distill"]["teacher_head"] is None
