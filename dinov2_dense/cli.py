@@ -616,8 +616,14 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     _check_resize_8bit(args, size)
     device = check_device(args.device)
     weights = _weights_arg(args.weights)
-    with torch.device("meta"):  # the patch size, without allocating or loading the model
-        patch = architecture(_model_name(args), weights).patch_size
+    with torch.device("meta"):  # the patch size and depth, without allocating or loading the model
+        arch = architecture(_model_name(args), weights)
+    patch = arch.patch_size
+    if args.layer is not None:  # the library's message does not name the option
+        try:
+            arch.resolve_layers([args.layer])
+        except ValueError as exc:
+            raise ValueError(f"--layer {args.layer}: {exc} ({args.model})") from None
     check_forward_tokens(sizes, FeatureOptions(size=size, tile=args.tile), patch)  # before a download or a model
     model_inputs = _model_inputs(args)
     inputs = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]

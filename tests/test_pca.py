@@ -757,3 +757,21 @@ def test_save_basis_inside_out_is_an_output_of_the_run(images, tmp_path, torch_h
     folder = tmp_path / "o.npz"
     assert main(["pca", str(images[0]), *TINY, "--size", "56", "--out", str(folder), "--save-basis", str(folder)]) == 2
     assert f"--save-basis {folder} is the --out folder" in capsys.readouterr().err and not folder.exists()
+
+
+def test_a_layer_out_of_range_names_the_option_and_the_range(images, tmp_path, torch_home, capsys, monkeypatch):
+    """`pca --layer 9` on a 4-block model said "layer 9 out of range" without naming --layer (features
+    --layers does); it names it and the valid range, before the model is loaded or --out made."""
+    import dinov2_dense.cli as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --layer was checked")
+
+    monkeypatch.setattr(cli, "_load_model", never)
+    out = tmp_path / "out"
+    for layer in ("9", "-5"):
+        assert main(["pca", str(images[0]), "--layer", layer, *TINY, "--size", "28", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"dinov2-dense pca: error: --layer {layer}: layer {layer} out of range: this model has 4 blocks " \
+               "(0..3, or -1..-4) (dinov2_dense_tiny)" in err, err
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
