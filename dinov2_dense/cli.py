@@ -32,10 +32,30 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}{self._order_hint(message)} (see {self.prog} --help)\n")
 
+    #: For arguments left over (``unrecognized arguments``) that look like more inputs, what the command
+    #: takes instead (knn's one folder); a command taking several inputs says where to put them.
+    extra_inputs_hint: str | None = None
+
     def parse_known_args(self, args=None, namespace=None):
-        if args is not None and self._subparsers is None:  # a command's own parser
-            self._check_after_double_dash(list(args))
-        return super().parse_known_args(args, namespace)
+        if args is None or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        # a command's own parser: its left-over arguments are refused here, under the command's name (the
+        # program's parser, which argparse hands them to, would name only the program) and with a hint
+        self._check_after_double_dash(list(args))
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._extras_hint(extras)}")
+        return namespace, extras
+
+    def _extras_hint(self, extras: list[str]) -> str:
+        """For left-over file names (``features a.png --out f.npy b.png``: argparse takes the inputs
+        given together, once), where inputs go; nothing for an unknown option or a stray value."""
+        if any(arg.startswith("-") or not _looks_like_a_path(arg) for arg in extras):
+            return ""
+        takes = next((a for a in self._actions if not a.option_strings and a.nargs in ("+", "*")), None)
+        if takes is not None:
+            return f"; put the {takes.dest} together, before the options"
+        return f"; {self.extra_inputs_hint}" if self.extra_inputs_hint else ""
 
     def _check_after_double_dash(self, args: list[str]) -> None:
         """After ``--`` every argument is an input: one there that is an option of this command
@@ -59,15 +79,20 @@ class OneLineParser(argparse.ArgumentParser):
         takes = next((a for a in self._actions if not a.option_strings and a.nargs in ("+", "*")), None)
         if option is None or option.nargs not in ("+", "*") or takes is None:
             return ""
-        value = m.group(2)
-        try:
-            float(value)
-            return ""  # a mistyped number ("1.5"), nothing to reorder
-        except ValueError:
-            pass
-        if not (Path(value).suffix or "/" in value or ":" in value or os.path.exists(value)):
-            return ""  # not a file name: a mistyped value, nothing to reorder
+        if not _looks_like_a_path(m.group(2)):
+            return ""  # a mistyped number ("1.5") or value: nothing to reorder
         return f"; put {m.group(1)} after the {takes.dest}"
+
+
+def _looks_like_a_path(value: str) -> bool:
+    """Whether a command-line argument is an input's name (a suffix, a folder, skimage:NAME, or an existing
+    file or folder), not a number or a word: where it was put is what the order hints speak of."""
+    try:
+        float(value)
+        return False
+    except ValueError:
+        pass
+    return bool(Path(value).suffix or "/" in value or ":" in value or os.path.exists(value))
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -1018,6 +1043,8 @@ def _add_knn_command(sub) -> None:
                      help="replace an --out that an earlier knn run wrote (never another file)")
     knn.add_argument("--cache", metavar="DIR", help="keep the features in DIR: a second run with the same weights, "
                      "images, size, pooling and --resize-8bit reads them instead of running the backbone")
+    knn.extra_inputs_hint = ("knn takes one folder (one sub-folder per class, or train/ and val/ each with one "
+                             "per class)")
     knn.set_defaults(func=_cmd_knn)
 
 

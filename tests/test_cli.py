@@ -523,3 +523,35 @@ def test_features_safetensors_metadata_say_how_to_compute_them_again(image, tmp_
     again = extract_features(model, str(image), layers=info["layers"], size=info["size"], fit=info["fit"],
                              tile=info["tile"], norm=info["norm"], resize_8bit=info["resize_8bit"])
     torch.testing.assert_close(saved, again.maps[3][0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("command", ["features", "pca"])
+def test_an_image_after_the_options_names_the_command_and_where_images_go(command, capsys):
+    """`features a.jpg --layers 1 2 --out f.npy --model M b.jpg`: argparse takes the images given together,
+    once, and left b.jpg over. The error named the program (`dinov2-dense: error:`), not the command, and
+    gave no hint; it now says both, as the other errors of a command do."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "photo1.jpg", "--layers" if command == "features" else "--layer", "1", "--out", "pq.npy",
+              "--model", "dinov2_dense_tiny", "photo2.jpg", "skimage:coins"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"dinov2-dense {command}: error: unrecognized arguments: photo2.jpg skimage:coins; put the images "
+                   f"together, before the options (see dinov2-dense {command} --help)\n")
+    # an unknown option, or a stray number, is no image out of place: the command is named, no advice to move
+    for extra in (["--bogus", "x.png"], ["3"]):
+        with pytest.raises(SystemExit):
+            main([command, "a.png", "--out", "f.npy", *extra])
+        err = capsys.readouterr().err
+        assert err.startswith(f"dinov2-dense {command}: error: unrecognized arguments: {' '.join(extra)} (see"), err
+
+
+def test_a_second_knn_folder_names_the_command_and_that_it_takes_one(tmp_path, capsys):
+    """knn takes one folder: a second one left over is refused under `dinov2-dense knn`, saying so."""
+    (tmp_path / "other").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["knn", str(tmp_path), "--model", "dinov2_dense_tiny", str(tmp_path / "other")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dinov2-dense knn: error: unrecognized arguments: {tmp_path / 'other'}; knn takes one "
+                          "folder (one sub-folder per class, or train/ and val/ each with one per class) (see "
+                          "dinov2-dense knn --help)"), err
