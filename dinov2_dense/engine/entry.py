@@ -799,7 +799,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                              "distill.teacher")
     parser.add_argument("--teacher-head", default=None,
                         help="a pretraining checkpoint (or its run folder: the newest) whose trained DINO head "
-                             "gives the targets; sets distill.teacher_head (default: a fresh head)")
+                             "gives the targets; sets distill.teacher_head (default: the config's, else a fresh "
+                             "head; --cfg-options distill.teacher_head=None: a fresh head)")
     return parser
 
 
