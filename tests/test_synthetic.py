@@ -1,5 +1,6 @@
 """Synthetic scenes: determinism, exact maps, and writers that the real loaders read back."""
 
+import json
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from dinov2_dense.data import (ADE20KDataset, FolderDepthDataset, FolderSegmenta
                                SceneConfig, generate_scene, scene_seed, write_ade20k_layout, write_folder_layout,
                                write_nyu_layout)
 from dinov2_dense.data import files as data_files
+from dinov2_dense.fileio import MARKER, OutputError
 
 
 def _same(a, b):
@@ -173,7 +175,7 @@ def test_config_validation():
 
 
 def _no_temp_files(root):
-    return not [p for p in root.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    return not [p for p in root.rglob("*") if (p.name.startswith(".") and p.name != MARKER) or p.suffix == ".tmp"]
 
 
 def test_ade20k_writer_round_trip(tmp_path):
@@ -247,6 +249,7 @@ def test_folder_writer_round_trip(tmp_path, depth_format):
 
 
 def test_interrupted_write_leaves_no_partial_files(tmp_path, monkeypatch):
+    """A set is staged beside its folder and swapped in whole: an interrupted write leaves nothing."""
     calls = {"n": 0}
     real = data_files.os.replace
 
@@ -260,9 +263,84 @@ def test_interrupted_write_leaves_no_partial_files(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_nyu_layout(tmp_path / "nyu", 4, 0, SceneConfig(size=(32, 32)), progress=False)
     monkeypatch.undo()
-    written = sorted(p.name for p in (tmp_path / "nyu").rglob("*") if p.is_file())
-    assert len(written) == 4 and _no_temp_files(tmp_path / "nyu")  # 4 complete files, no temp left
-    assert not (tmp_path / "nyu" / "nyu_train.txt").exists()
+    assert calls["n"] == 5 and list(tmp_path.iterdir()) == []  # no partial set, no stage left beside it
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def test_a_smaller_set_never_mixes_into_a_bigger_one(tmp_path, capsys):
+    """README: `dinov2-dense synth data/synthetic/ade --train 400 --val 50`, then the feature-cache
+    snippet's write_ade20k_layout("data/synthetic/ade", 16, 4) on the same folder. It used to leave 16
+    new scenes among 384 stale ones, with a synthetic.json claiming 16, silently. Now it is refused,
+    naming the folder and the set it holds, and the earlier set is untouched; overwrite=True replaces
+    it whole."""
+    from dinov2_dense.cli import main
+
+    root = tmp_path / "ade"
+    assert main(["synth", str(root), "--train", "6", "--val", "3", "--size", "28"]) == 0
+    before = _files(root)
+    cfg = SceneConfig(size=(28, 28))
+    with pytest.raises(OutputError) as err:
+        write_ade20k_layout(root, 2, 1, cfg, progress=False)
+    message = str(err.value)
+    assert str(root) in message and "training 6, validation 3" in message and "training 2, validation 1" in message
+    assert "mix" in message and "overwrite=True" in message and "another" in message
+    assert _files(root) == before and (len(ADE20KDataset(root, "training")), len(ADE20KDataset(root, "validation"))) \
+        == (6, 3)
+    write_ade20k_layout(root, 2, 1, cfg, progress=False, overwrite=True)  # replaces the set whole
+    assert (len(ADE20KDataset(root, "training")), len(ADE20KDataset(root, "validation"))) == (2, 1)
+    assert json.loads((root / "synthetic.json").read_text())["counts"] == {"training": 2, "validation": 1}
+    assert len(_files(root)) == 2 * 3 + 1 and [p.name for p in tmp_path.iterdir()] == ["ade"]
+
+
+@pytest.mark.parametrize("layout", ["ade20k", "nyu", "folder"])
+def test_writers_refuse_another_set_and_keep_the_same_one(tmp_path, layout):
+    """Every writer: the same set again is left as it is; another one (fewer scenes, another seed)
+    is refused without touching the folder; overwrite=True replaces it whole; files the user put
+    there are never deleted, even with overwrite=True."""
+    cfg = SceneConfig(size=(16, 16))
+    write = {"ade20k": lambda root, n, **kw: write_ade20k_layout(root, n, 1, cfg, progress=False, **kw),
+             "nyu": lambda root, n, **kw: write_nyu_layout(root, n, 1, cfg, progress=False, **kw),
+             "folder": lambda root, n, **kw: write_folder_layout(root, n, cfg, progress=False, **kw)}[layout]
+    root = write(tmp_path / "set", 3)
+    before = {f: (root / f).stat().st_mtime_ns for f in _files(root)}
+    assert write(root, 3) == root  # the very same set: nothing rewritten
+    assert {f: (root / f).stat().st_mtime_ns for f in _files(root)} == before
+    for other in (dict(), dict(seed=1)):
+        with pytest.raises(OutputError, match="already holds a synthetic"):
+            write(root, 3 if other else 2, **other)
+        assert {f: (root / f).stat().st_mtime_ns for f in _files(root)} == before
+    write(root, 2, overwrite=True)
+    smaller = write(tmp_path / "fresh", 2)
+    assert _files(root) == _files(smaller) and len(_files(root)) < len(before)
+    assert (root / "synthetic.json").read_text() == (smaller / "synthetic.json").read_text()
+    (root / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="notes.txt"):
+            write(root, 1, overwrite=overwrite)
+    assert (root / "notes.txt").read_text() == "mine" and _files(root) == sorted(_files(smaller) + ["notes.txt"])
+
+
+def test_overwrite_replaces_a_set_written_before_sets_were_marked(tmp_path):
+    """A set written by an older version of the writers carries no output marker: overwrite=True
+    still replaces it (recognised by its synthetic.json and its files); a user folder without
+    synthetic.json is never replaced."""
+    cfg = SceneConfig(size=(16, 16))
+    root = write_ade20k_layout(tmp_path / "ade", 3, 1, cfg, progress=False)
+    (root / MARKER).unlink()
+    with pytest.raises(OutputError, match="overwrite=True"):
+        write_ade20k_layout(root, 1, 1, cfg, progress=False)
+    write_ade20k_layout(root, 1, 1, cfg, progress=False, overwrite=True)
+    assert len(ADE20KDataset(root, "training")) == 1 and len(_files(root)) == 2 * 2 + 1
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "00000.png").write_bytes(b"photo")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="mine"):
+            write_folder_layout(mine, 1, cfg, progress=False, overwrite=overwrite)
+    assert (mine / "images" / "00000.png").read_bytes() == b"photo"
 
 
 def test_writer_rejects_bad_options(tmp_path):
@@ -272,3 +350,17 @@ def test_writer_rejects_bad_options(tmp_path):
         write_folder_layout(tmp_path, 1, depth_format="exr", progress=False)
     with pytest.raises(ValueError, match="16-bit"):
         write_nyu_layout(tmp_path, 1, 0, SceneConfig(depth_range=(2.0, 80.0)), progress=False)
+
+
+def test_synth_writes_in_its_own_stage(tmp_path, monkeypatch):
+    """`dinov2-dense synth` stages its output; the writer it calls fills that stage in place (no
+    second stage inside it), and the output carries the marker that lets --overwrite replace it."""
+    from dinov2_dense.cli import main
+    from dinov2_dense.data import synthetic
+
+    seen = []
+    real = synthetic.write_image
+    monkeypatch.setattr(synthetic, "write_image", lambda path, array: seen.append(path) or real(path, array))
+    assert main(["synth", str(tmp_path / "s"), "--layout", "folder", "--train", "1", "--size", "28"]) == 0
+    assert seen and all(p.parent.parent.parent.name.endswith(".partial") for p in seen)  # .s.<tag>.partial/s/images/
+    assert (tmp_path / "s" / MARKER).is_file() and [p.name for p in tmp_path.iterdir()] == ["s"]

@@ -15,6 +15,10 @@ depth fog (mixing towards grey with distance) gives a monocular depth cue.
 Every random draw comes from ``numpy.random.default_rng(seed)``: the same seed gives identical
 bytes, and scenes with different seeds are independent. The writers produce the on-disk layouts
 that the real loaders read (:mod:`dinov2_dense.data.datasets`), so tests exercise them end to end.
+They write a set whole or not at all, as ``dinov2-dense synth`` does: the scenes are staged beside
+the target folder and swapped in when complete, and a folder that already holds other files is
+refused (writing into it would mix two sets), unless it holds exactly the set asked for (left as it
+is) or ``overwrite=True`` (an earlier set is replaced whole).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +34,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from ..fileio import MARKER, OutputError, staged_dir
 from .files import write_image, write_npy, write_text
 
 SHAPES = ("disc", "rectangle", "triangle", "ellipse")
@@ -351,10 +357,131 @@ def _progress(total: int, desc: str, progress: bool | None):
     return tqdm(total=total, desc=desc, unit="img", disable=not progress if progress is not None else total < 200)
 
 
-def _write_info(root: Path, layout: str, config: SceneConfig, seed: int, counts: dict[str, int], **extra) -> None:
+def _info(layout: str, config: SceneConfig, seed: int, counts: dict[str, int], **extra) -> dict:
+    """The contents of ``synthetic.json``, as read back from the file (JSON types)."""
     info = dict(layout=layout, seed=seed, counts=counts, config=asdict(config),
                 class_names=list(class_names(config.num_classes)), **extra)
-    write_text(root / "synthetic.json", json.dumps(info, indent=2) + "\n")
+    return json.loads(json.dumps(info))
+
+
+#: The files of each layout, relative to its root (``synthetic.json`` aside): an unmarked folder
+#: holding only these and a ``synthetic.json`` was written by an earlier version of these writers.
+_LAYOUT_FILES = {
+    "ade20k": re.compile(r"(images/(training|validation)/ADE_(train|val)_\d{8}\.(jpg|jpeg|png)"
+                         r"|annotations/(training|validation)/ADE_(train|val)_\d{8}\.png)"),
+    "nyu": re.compile(r"((sync|official_splits/test)/scene_\d{4}/(rgb_\d{5}\.(jpg|jpeg|png)|sync_depth_\d{5}\.png)"
+                      r"|nyu_(train|test)\.txt)"),
+    "folder": re.compile(r"(images/\d{5}\.(jpg|jpeg|png)|masks/\d{5}\.png|depth/\d{5}\.(png|npy))"),
+}
+
+#: The top-level entries of the layouts.
+_SET_ENTRIES = frozenset({"images", "annotations", "sync", "official_splits", "nyu_train.txt", "nyu_test.txt", "masks",
+                          "depth", "synthetic.json"})
+
+
+def _files_under(root: Path) -> set[str]:
+    """Every file below ``root`` (relative, with "/"), the output marker at its top aside."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()} - {MARKER}
+
+
+def _read_info(root: Path) -> dict | None:
+    try:
+        info = json.loads((root / "synthetic.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _describe(info: dict) -> str:
+    """A set's synthetic.json in words: "ade20k set (training 400, validation 50 scenes; seed 0; 224x224)"."""
+    counts = info.get("counts")
+    counts = ", ".join(f"{k} {v}" for k, v in counts.items()) if isinstance(counts, dict) else "?"
+    size = (info.get("config") or {}).get("size") if isinstance(info.get("config"), dict) else None
+    size = "x".join(map(str, size)) if isinstance(size, list) else "?"
+    return f"{info.get('layout', '?')} set ({counts} scenes; seed {info.get('seed', '?')}; {size})"
+
+
+def _write_set(root: str | os.PathLike, writer: str, info: dict, files: set[str], scenes: int, cfg: SceneConfig,
+               overwrite: bool, write) -> Path:
+    """Write a data set whole at ``root``: ``write(stage)`` fills a staging folder beside it, with
+    ``synthetic.json`` (``info``) added, and the stage is swapped in when complete (an interrupted
+    write leaves ``root`` as it was). ``files``: the files ``write`` makes (relative paths). An empty
+    ``root`` inside a caller's staging folder (``dinov2-dense synth``, the demo) is written in place.
+
+    An absent or empty ``root`` is written. One holding exactly this set (the same files and the
+    same synthetic.json: the same bytes, scenes being deterministic) is left as it is, unless
+    ``overwrite``. Any other contents are refused, naming the folder and what it holds: writing
+    into them would leave a mix of two sets. With ``overwrite`` an earlier data set (written by
+    these writers or ``dinov2-dense synth``) is replaced whole; files that dinov2-dense did not
+    write are never deleted (see :func:`dinov2_dense.fileio.check_output_dir`).
+    """
+    root = Path(root)
+    files = files | {"synthetic.json"}
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if entries and not overwrite:
+        old = _read_info(root)
+        if old == info and _files_under(root) == files:
+            return root  # this very set is there already
+        if old is not None and old.get("layout") in _LAYOUT_FILES:
+            held = f"a synthetic {_describe(old)}"
+            if old == info:
+                held += f", incomplete or changed ({len(_files_under(root) ^ files)} files differ from this set's)"
+            others = [e for e in entries if e not in _SET_ENTRIES and e != MARKER]
+            if others:
+                held += f" and also {', '.join(others[:3])}{f', ... ({len(others)} in all)' if len(others) > 3 else ''}"
+            then = ("move those out of the folder (overwrite=True never deletes files that a writer did not "
+                    "write) and pass overwrite=True" if others else "pass overwrite=True")
+        else:
+            shown = ", ".join(entries[:3]) + (f", ... ({len(entries)} entries)" if len(entries) > 3 else "")
+            raise OutputError(f"{writer}: {root} already holds other files ({shown}); writing the {_describe(info)} "
+                              "into it would mix them with it: choose another (new or empty) folder (overwrite=True "
+                              "replaces only an earlier output of dinov2-dense, never files it did not write)")
+        raise OutputError(f"{writer}: {root} already holds {held}; writing the {_describe(info)} into it would leave "
+                          f"a mix of both: choose another (new or empty) folder, or {then} to replace the earlier set "
+                          "whole")
+    if not entries and _in_a_stage(root):  # a caller's staging folder (synth, the demo), swapped in whole by it
+        write(root)
+        write_text(root / "synthetic.json", json.dumps(info, indent=2) + "\n")
+        return root
+    if entries:
+        _adopt_earlier_set(root, writer)
+    need = scenes * cfg.size[0] * cfg.size[1] * SCENE_DISK_BYTES_PER_PIXEL
+    with staged_dir(root, overwrite=overwrite, option="overwrite=True", expected_bytes=need) as stage:
+        write(stage)
+        write_text(stage / "synthetic.json", json.dumps(info, indent=2) + "\n")
+    return root
+
+
+def _in_a_stage(root: Path) -> bool:
+    """Whether ``root`` lies in a staging folder of :func:`dinov2_dense.fileio.staged_dir`
+    (``.<name>.<tag>.partial/<name>/...``), whose owner swaps it in whole or removes it."""
+    return any(p.name.startswith(".") and p.name.endswith(".partial") for p in root.absolute().parents)
+
+
+def _adopt_earlier_set(root: Path, writer: str) -> None:
+    """Mark ``root`` as dinov2-dense's output (so that ``overwrite=True`` may replace it) when it
+    is a set written by these writers before they marked their output: a synthetic.json naming a
+    layout, and only that layout's files. Such a set with other entries beside it is refused,
+    naming them; anything else is left to :func:`staged_dir` to judge."""
+    if (root / MARKER).exists():
+        return
+    info = _read_info(root)
+    pattern = _LAYOUT_FILES.get(info.get("layout")) if info is not None else None
+    if pattern is None:
+        return
+    ours = _SET_ENTRIES
+    tops = {p.name for p in root.iterdir()}
+    files = {f for f in _files_under(root) if f.split("/", 1)[0] in ours} - {"synthetic.json"}
+    if not all(pattern.fullmatch(f) for f in files):
+        return
+    mine = {f.split("/", 1)[0] for f in files} | {"synthetic.json"}
+    others = sorted(tops - mine)
+    if others:
+        raise OutputError(f"{writer}: {root} holds a synthetic {_describe(info)} and also {', '.join(others[:3])}"
+                          f"{f', ... ({len(others)} in all)' if len(others) > 3 else ''}, which its writer did not "
+                          "write; overwrite=True never deletes those: move them out of the folder and run again, "
+                          "or choose another folder")
+    write_text(root / MARKER, json.dumps({"entries": sorted(tops), "adopted": "synthetic set"}))
 
 
 def _check_ext(image_ext: str) -> str:
@@ -375,7 +502,8 @@ def _check_counts(cfg: SceneConfig, **counts: int) -> None:
 
 
 def write_ade20k_layout(root: str | os.PathLike, n_train: int, n_val: int, config: SceneConfig | dict | None = None,
-                        seed: int = 0, image_ext: str = ".jpg", progress: bool | None = None) -> Path:
+                        seed: int = 0, image_ext: str = ".jpg", progress: bool | None = None,
+                        overwrite: bool = False) -> Path:
     """Write an ADEChallengeData2016-like tree that :class:`ADE20KDataset` reads::
 
         root/images/{training,validation}/ADE_{train,val}_00000001.jpg
@@ -385,29 +513,42 @@ def write_ade20k_layout(root: str | os.PathLike, n_train: int, n_val: int, confi
     Annotations follow ADE20K: 0 = "other" (unused here), class k stored as k + 1, so loading with
     ``reduce_zero_label=True`` gives back the synthetic ids 0 .. num_classes - 1. Images are JPEG
     (quality 95) like ADE20K by default; ``image_ext=".png"`` keeps the exact pixels.
+
+    The set is written whole or not at all. ``root`` must be new or empty, or hold exactly this
+    set already (then it is left as it is); a folder holding anything else (another set: other
+    counts, seed or config) is refused, as writing into it would mix the two, unless
+    ``overwrite=True``, which replaces an earlier set whole (never files that dinov2-dense did not
+    write).
     """
-    cfg, root, ext = _config(config), Path(root), _check_ext(image_ext)
+    cfg, ext = _config(config), _check_ext(image_ext)
     _check_counts(cfg, train=n_train, val=n_val)
     if cfg.num_classes > 254:
         raise ValueError(f"num_classes={cfg.num_classes}: ADE20K stores class k as k + 1 in 8 bits, 255 being ignore; "
                          "use at most 254 classes")
     counts = {"training": n_train, "validation": n_val}
-    with _progress(n_train + n_val, f"ADE20K-like {root.name}", progress) as bar:
-        for split, n in counts.items():
-            tag = "train" if split == "training" else "val"
-            for i in range(n):
+    names = [(split, "train" if split == "training" else "val", i) for split, n in counts.items() for i in range(n)]
+
+    def paths(split, tag, i):
+        stem = f"ADE_{tag}_{i + 1:08d}"
+        return f"images/{split}/{stem}{ext}", f"annotations/{split}/{stem}.png"
+
+    def write(stage: Path) -> None:
+        with _progress(len(names), f"ADE20K-like {stage.name}", progress) as bar:
+            for split, tag, i in names:
                 scene = generate_scene(scene_seed(seed, tag, i), cfg)
-                stem = f"ADE_{tag}_{i + 1:08d}"
-                write_image(root / "images" / split / f"{stem}{ext}", scene.image)
-                write_image(root / "annotations" / split / f"{stem}.png", scene.seg + np.uint8(1))
+                image, label = paths(split, tag, i)
+                write_image(stage / image, scene.image)
+                write_image(stage / label, scene.seg + np.uint8(1))
                 bar.update()
-    _write_info(root, "ade20k", cfg, seed, counts, reduce_zero_label=True)
-    return root
+
+    info = _info("ade20k", cfg, seed, counts, reduce_zero_label=True)
+    files = {f for name in names for f in paths(*name)}
+    return _write_set(root, "write_ade20k_layout", info, files, len(names), cfg, overwrite, write)
 
 
 def write_nyu_layout(root: str | os.PathLike, n_train: int, n_val: int, config: SceneConfig | dict | None = None,
                      seed: int = 0, image_ext: str = ".jpg", scenes_per_folder: int = 50,
-                     progress: bool | None = None) -> Path:
+                     progress: bool | None = None, overwrite: bool = False) -> Path:
     """Write the NYU-Depth v2 layout of the depth toolboxes (BTS, Monocular-Depth-Estimation-Toolbox)::
 
         root/sync/scene_0000/rgb_00000.jpg, sync_depth_00000.png           training
@@ -417,51 +558,71 @@ def write_nyu_layout(root: str | os.PathLike, n_train: int, n_val: int, config: 
 
     Depth PNGs are 16-bit millimetres (``round(metres * 1000)``), read back with
     ``NYUDepthDataset(root, "nyu_train.txt", depth_scale=1000)``. The focal is NYU's 518.8579
-    scaled to the image width (nominal: synthetic scenes have no camera).
+    scaled to the image width (nominal: synthetic scenes have no camera). ``root`` and
+    ``overwrite`` as in :func:`write_ade20k_layout`: a set is written whole, never into another.
     """
-    cfg, root, ext = _config(config), Path(root), _check_ext(image_ext)
+    cfg, ext = _config(config), _check_ext(image_ext)
     _check_counts(cfg, train=n_train, val=n_val)
     if cfg.max_depth * 1000 > 65535:
         raise ValueError(f"depth_range {cfg.depth_range}: more than 65.535 m does not fit a 16-bit millimetre PNG")
     focal = NYU_FOCAL * cfg.size[1] / 640
     counts = {"train": n_train, "test": n_val}
-    with _progress(n_train + n_val, f"NYU-like {root.name}", progress) as bar:
-        for split, n in counts.items():
-            base = "sync" if split == "train" else "official_splits/test"
-            lines = []
-            for i in range(n):
-                scene = generate_scene(scene_seed(seed, "train" if split == "train" else "val", i), cfg)
-                folder = f"{base}/scene_{i // scenes_per_folder:04d}"
-                rgb, dep = f"{folder}/rgb_{i:05d}{ext}", f"{folder}/sync_depth_{i:05d}.png"
-                write_image(root / rgb, scene.image)
-                write_image(root / dep, np.round(scene.depth * 1000.0).astype(np.uint16))
-                lines.append(f"{rgb} {dep} {focal:.4f}\n")
-                bar.update()
-            write_text(root / f"nyu_{split}.txt", "".join(lines))
-    _write_info(root, "nyu", cfg, seed, counts, depth_scale=1000.0)
-    return root
+
+    def paths(split, i):
+        folder = f"{'sync' if split == 'train' else 'official_splits/test'}/scene_{i // scenes_per_folder:04d}"
+        return f"{folder}/rgb_{i:05d}{ext}", f"{folder}/sync_depth_{i:05d}.png"
+
+    def write(stage: Path) -> None:
+        with _progress(n_train + n_val, f"NYU-like {stage.name}", progress) as bar:
+            for split, n in counts.items():
+                lines = []
+                for i in range(n):
+                    scene = generate_scene(scene_seed(seed, "train" if split == "train" else "val", i), cfg)
+                    rgb, dep = paths(split, i)
+                    write_image(stage / rgb, scene.image)
+                    write_image(stage / dep, np.round(scene.depth * 1000.0).astype(np.uint16))
+                    lines.append(f"{rgb} {dep} {focal:.4f}\n")
+                    bar.update()
+                write_text(stage / f"nyu_{split}.txt", "".join(lines))
+
+    info = _info("nyu", cfg, seed, counts, depth_scale=1000.0)
+    files = {f for split, n in counts.items() for i in range(n) for f in paths(split, i)}
+    files |= {f"nyu_{split}.txt" for split in counts}
+    return _write_set(root, "write_nyu_layout", info, files, n_train + n_val, cfg, overwrite, write)
 
 
 def write_folder_layout(root: str | os.PathLike, n: int, config: SceneConfig | dict | None = None, seed: int = 0,
-                        image_ext: str = ".png", depth_format: str = "png", progress: bool | None = None) -> Path:
+                        image_ext: str = ".png", depth_format: str = "png", progress: bool | None = None,
+                        overwrite: bool = False) -> Path:
     """Write plain folders read by :class:`FolderSegmentationDataset` and :class:`FolderDepthDataset`::
 
         root/images/00000.png   root/masks/00000.png (class ids, 0 = background)
         root/depth/00000.png (16-bit millimetres: depth_scale=1000) or 00000.npy (float32 metres)
+
+    ``root`` and ``overwrite`` as in :func:`write_ade20k_layout`: a set is written whole, never
+    into another.
     """
     if depth_format not in ("png", "npy"):
         raise ValueError(f"depth_format={depth_format!r}: expected 'png' (16-bit millimetres) or 'npy' (metres)")
-    cfg, root, ext = _config(config), Path(root), _check_ext(image_ext)
+    cfg, ext = _config(config), _check_ext(image_ext)
     _check_counts(cfg, scenes=n)
-    with _progress(n, f"folders {root.name}", progress) as bar:
-        for i in range(n):
-            scene = generate_scene(scene_seed(seed, "train", i), cfg)
-            write_image(root / "images" / f"{i:05d}{ext}", scene.image)
-            write_image(root / "masks" / f"{i:05d}.png", scene.seg)
-            if depth_format == "png":
-                write_image(root / "depth" / f"{i:05d}.png", np.round(scene.depth * 1000.0).astype(np.uint16))
-            else:
-                write_npy(root / "depth" / f"{i:05d}.npy", scene.depth)
-            bar.update()
-    _write_info(root, "folder", cfg, seed, {"all": n}, depth_scale=1000.0 if depth_format == "png" else None)
-    return root
+
+    def paths(i):
+        return f"images/{i:05d}{ext}", f"masks/{i:05d}.png", f"depth/{i:05d}.{depth_format}"
+
+    def write(stage: Path) -> None:
+        with _progress(n, f"folders {stage.name}", progress) as bar:
+            for i in range(n):
+                scene = generate_scene(scene_seed(seed, "train", i), cfg)
+                image, mask, depth = paths(i)
+                write_image(stage / image, scene.image)
+                write_image(stage / mask, scene.seg)
+                if depth_format == "png":
+                    write_image(stage / depth, np.round(scene.depth * 1000.0).astype(np.uint16))
+                else:
+                    write_npy(stage / depth, scene.depth)
+                bar.update()
+
+    info = _info("folder", cfg, seed, {"all": n}, depth_scale=1000.0 if depth_format == "png" else None)
+    files = {f for i in range(n) for f in paths(i)}
+    return _write_set(root, "write_folder_layout", info, files, n, cfg, overwrite, write)
