@@ -292,13 +292,22 @@ def test_test_keeps_the_training_runs_config_copy(scenes, tmp_path, monkeypatch)
     assert any("load_from" in p.read_text() and str(work / "iter_1.pth") in p.read_text() for p in tested)
 
 
-def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path, capsys):
+def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path, capsys, monkeypatch):
+    """... and loads no training batch: mmengine's loop advanced its data by every trained iteration,
+    decoding each batch again to train nothing (and logged 'Advance dataloader 2 steps')."""
+    from dinov2_dense.data import ADE20KDataset
+
+    loaded = []
+    real = ADE20KDataset.__getitem__
+    monkeypatch.setattr(ADE20KDataset, "__getitem__", lambda self, i: loaded.append(self.split) or real(self, i))
     work = tmp_path / "done"
     shutil.copytree(trained, work)
     capsys.readouterr()
     assert _train(work, _options(scenes / "ade", 1), "--resume") == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "at iteration 2" in err and "nothing is trained" in err and "max_iters = 1" in err, err
+    assert "training" not in loaded and "Advance dataloader" not in captured.out + err, loaded
 
 
 def _record_processes(checkpoint: Path, world_size: int | None) -> None:

@@ -146,6 +146,23 @@ def _processes_text(world: int, batch: int | None) -> str:
     return text + (f" (a batch of {batch} x {world} = {batch * world} over all processes)" if batch else "")
 
 
+class _Skipped:
+    """A train loop's data iterator whose first ``skip`` items are not loaded (None): the batches a
+    resumed run with nothing left to train would load only to pass over them."""
+
+    def __init__(self, iterator, skip: int):
+        self.iterator, self.skip = iterator, skip
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.skip > 0:
+            self.skip -= 1
+            return None
+        return next(self.iterator)
+
+
 _ITER_FILE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
 
@@ -557,6 +574,10 @@ class DenseRunner(Runner):
         note = (f"--resume: the checkpoint of {self.work_dir} is at iteration {self.iter}: the run {what}, nothing "
                 f"is trained (raise train_cfg.max_iters to go on)")
         self.logger.warning(note)
+        # mmengine's loop then advances its data by every trained iteration, loading each batch again (a
+        # finished 40k-iteration ADE20K run: 640,000 images decoded to train nothing), and logs that it does
+        loop.dataloader_iterator = _Skipped(loop.dataloader_iterator, self.iter)
+        self.logger.addFilter(lambda record: not record.getMessage().startswith("Advance dataloader"))
         from mmengine.dist import is_main_process
 
         if is_main_process():
