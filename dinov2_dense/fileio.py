@@ -545,8 +545,13 @@ def foreign_entries(folder: str | os.PathLike) -> tuple[list[str], bool]:
     return newer, False
 
 
+def some_names(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names`` for a message, and how many there are when more: "a, b, c, ... (7 in all)"."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
 def _foreign_message(what: str, path: Path, foreign: list[str], listed: bool, option: str) -> str:
-    shown = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 3 else "")
+    shown = some_names(foreign)
     if not (path / MARKER).is_file():
         return (f"{what} {path} holds files that dinov2-dense did not write ({shown}); {option} replaces only "
                 "earlier outputs: choose another folder, or empty this one yourself")

@@ -1057,12 +1057,18 @@ def _group_names(model: nn.Module, optimizer) -> list[list[str]]:
     return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
 
 
-def _by_ids(saved: dict, groups: list[list[str]]) -> dict:
-    """A state keyed by names (FSDP's) in torch's layout for an optimizer whose groups hold ``groups``
-    (names): ids in the groups' order. KeyError or ValueError where the groups do not match."""
+def _check_same_groups(saved: dict, groups: list[list[str]]) -> None:
+    """ValueError unless the groups of a state keyed by names hold the parameters ``groups`` names
+    (torch's loading pairs parameters by name alone, whatever group they are in)."""
     got = [list(g["params"]) for g in saved["param_groups"]]
     if [len(g) for g in got] != [len(g) for g in groups] or any(set(a) != set(b) for a, b in zip(got, groups)):
         raise ValueError("other parameter groups")
+
+
+def _by_ids(saved: dict, groups: list[list[str]]) -> dict:
+    """A state keyed by names (FSDP's) in torch's layout for an optimizer whose groups hold ``groups``
+    (names): ids in the groups' order. KeyError or ValueError where the groups do not match."""
+    _check_same_groups(saved, groups)
     ids = {name: i for i, name in enumerate(n for group in groups for n in group)}
     param_groups, start = [], 0
     for group, names in zip(saved["param_groups"], groups):
@@ -1108,7 +1114,7 @@ def _load_optimizer_state(model, optimizer, state: dict, sharded: bool, path: Pa
 
     try:
         full = saved if by_names else _by_names(saved, names)
-        _by_ids(full, names)  # the groups must hold the same parameters (torch would pair them by name alone)
+        _check_same_groups(full, names)
         set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(
             full_state_dict=True, broadcast_from_rank0=False, strict=False))
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from ..fileio import MARKER, OutputError, staged_dir
+from ..fileio import MARKER, OutputError, some_names, staged_dir
 from .files import write_image, write_npy, write_text
 
 SHAPES = ("disc", "rectangle", "triangle", "ellipse")
@@ -420,22 +420,23 @@ def _write_set(root: str | os.PathLike, writer: str, info: dict, files: set[str]
     entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if entries and not overwrite:
         old = _read_info(root)
-        if old == info and _files_under(root) == files:
+        differ = len(_files_under(root) ^ files) if old == info else None
+        if differ == 0:
             return root  # this very set is there already
         if old is not None and old.get("layout") in _LAYOUT_FILES:
             held = f"a synthetic {_describe(old)}"
-            if old == info:
-                held += f", incomplete or changed ({len(_files_under(root) ^ files)} files differ from this set's)"
+            if differ:
+                held += f", incomplete or changed ({differ} files differ from this set's)"
             others = [e for e in entries if e not in _SET_ENTRIES and e != MARKER]
             if others:
-                held += f" and also {', '.join(others[:3])}{f', ... ({len(others)} in all)' if len(others) > 3 else ''}"
+                held += f" and also {some_names(others)}"
             then = ("move those out of the folder (overwrite=True never deletes files that a writer did not "
                     "write) and pass overwrite=True" if others else "pass overwrite=True")
         else:
-            shown = ", ".join(entries[:3]) + (f", ... ({len(entries)} entries)" if len(entries) > 3 else "")
-            raise OutputError(f"{writer}: {root} already holds other files ({shown}); writing the {_describe(info)} "
-                              "into it would mix them with it: choose another (new or empty) folder (overwrite=True "
-                              "replaces only an earlier output of dinov2-dense, never files it did not write)")
+            raise OutputError(f"{writer}: {root} already holds other files ({some_names(entries)}); writing the "
+                              f"{_describe(info)} into it would mix them with it: choose another (new or empty) "
+                              "folder (overwrite=True replaces only an earlier output of dinov2-dense, never files "
+                              "it did not write)")
         raise OutputError(f"{writer}: {root} already holds {held}; writing the {_describe(info)} into it would leave "
                           f"a mix of both: choose another (new or empty) folder, or {then} to replace the earlier set "
                           "whole")
@@ -469,16 +470,15 @@ def _adopt_earlier_set(root: Path, writer: str) -> None:
     pattern = _LAYOUT_FILES.get(info.get("layout")) if info is not None else None
     if pattern is None:
         return
-    ours = _SET_ENTRIES
     tops = {p.name for p in root.iterdir()}
-    files = {f for f in _files_under(root) if f.split("/", 1)[0] in ours} - {"synthetic.json"}
+    files = {f for f in _files_under(root) if f.split("/", 1)[0] in _SET_ENTRIES} - {"synthetic.json"}
     if not all(pattern.fullmatch(f) for f in files):
         return
     mine = {f.split("/", 1)[0] for f in files} | {"synthetic.json"}
     others = sorted(tops - mine)
     if others:
-        raise OutputError(f"{writer}: {root} holds a synthetic {_describe(info)} and also {', '.join(others[:3])}"
-                          f"{f', ... ({len(others)} in all)' if len(others) > 3 else ''}, which its writer did not "
+        raise OutputError(f"{writer}: {root} holds a synthetic {_describe(info)} and also {some_names(others)}, "
+                          "which its writer did not "
                           "write; overwrite=True never deletes those: move them out of the folder and run again, "
                           "or choose another folder")
     write_text(root / MARKER, json.dumps({"entries": sorted(tops), "adopted": "synthetic set"}))
