@@ -3,7 +3,7 @@
 the loss terms logged, and the dense-quality monitor.
 
 A resumed run equals the uninterrupted one with the same seed and number of processes: every random
-draw is seeded by :func:`_stream_seed` from ``train.seed`` and a sample's place in the data stream
+draw is seeded by ``dinov2_dense.data.sampling.stream_seed`` from ``train.seed`` and a sample's place in the data stream
 (crops, and masks by a batch's first sample: whichever DataLoader worker makes them) or the iteration
 (each process's torch draws: drop path), and a checkpoint holds the last step's centre update.
 
@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dinov2_dense.data.sampling import InfiniteStream, stream_seed
 from dinov2_dense.distributed import agree_to_start, check_same_checkpoint, check_same_settings, under_torchrun
 from dinov2_dense.fileio import DirLock, atomic_path, write_json
 
@@ -171,38 +172,8 @@ def arch_dict(backbone: nn.Module) -> dict[str, Any]:
 
 
 # -- data --------------------------------------------------------------------------------------
-#: The run's random streams (keys of :func:`_stream_seed`): crops, masks, and torch's (drop path).
+#: The run's random streams (keys of :func:`stream_seed`): crops, masks, and torch's (drop path).
 _CROPS, _MASKS, _TORCH = 1, 2, 3
-
-
-def _stream_seed(seed: int, *keys: int) -> int:
-    """A 32-bit seed that is a function of ``train.seed`` and ``keys`` alone (a stream, a sample's
-    position in the data stream, a process and an iteration): every random draw of a run is seeded
-    so, which makes a resumed run draw what the uninterrupted one drew."""
-    import numpy as np
-
-    return int(np.random.SeedSequence((int(seed), *map(int, keys))).generate_state(1)[0])
-
-
-class _InfiniteSampler(torch.utils.data.Sampler):
-    """This process's share of an endless stream of seeded permutations, starting at ``start``
-    samples into it (resume continues the stream rather than repeating it). It yields
-    ``(position, index)``: the sample's place in the stream of all processes, and the image."""
-
-    def __init__(self, n: int, seed: int, rank: int, world: int, start: int = 0):
-        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
-
-    def __iter__(self):
-        i = self.start * self.world + self.rank
-        while True:
-            epoch, offset = divmod(i, self.n)
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            perm = torch.randperm(self.n, generator=g)
-            while offset < self.n:
-                yield i, int(perm[offset])
-                offset += self.world
-                i += self.world
-            # the next epoch starts where the stride left this one
 
 
 class _Positioned(torch.utils.data.Dataset):
@@ -218,7 +189,7 @@ class _Positioned(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Any, int]:
         position, index = item
-        self.dataset.transform.set_random_seed(_stream_seed(self.seed, _CROPS, position))
+        self.dataset.transform.set_random_seed(stream_seed(self.seed, _CROPS, position))
         return self.dataset[index], position
 
 
@@ -228,7 +199,7 @@ def _collate_at(batch: list[tuple[Any, int]], collate: Callable, seed: int) -> d
     import random
 
     state = random.getstate()
-    random.seed(_stream_seed(seed, _MASKS, batch[0][1]))
+    random.seed(stream_seed(seed, _MASKS, batch[0][1]))
     try:
         return collate([sample for sample, _ in batch])
     finally:
@@ -256,7 +227,7 @@ def _loader(cfg: dict, start_iter: int, rank: int, world: int):
                       mask_probability=masking, n_tokens=grid * grid,
                       mask_generator=masks, dtype=torch.float32)
     batch = train["batch_size_per_gpu"]
-    sampler = _InfiniteSampler(len(dataset), seed, rank, world, start=start_iter * batch)
+    sampler = InfiniteStream(len(dataset), seed, rank, world, start=start_iter * batch * world)
     # crops and masks are seeded by the samples' positions in the stream (not by the start or the worker)
     return dataset, torch.utils.data.DataLoader(_Positioned(dataset, seed), batch_size=batch, sampler=sampler,
                                                 drop_last=True, num_workers=train["num_workers"],
@@ -795,7 +766,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         backbone_lr = _freeze_backbone(model, optimizer, it, optim_cfg, values["lr"])
         optimizer.zero_grad(set_to_none=True)
         # each process's torch draws (drop path) of this iteration: the same after a resume
-        torch.manual_seed(_stream_seed(train["seed"], _TORCH, rank, it))
+        torch.manual_seed(stream_seed(train["seed"], _TORCH, rank, it))
         losses = model.forward_backward(data, teacher_temp=values["teacher_temp"], autocast=autocast, scaler=scaler)
         if scaler is not None:
             scaler.unscale_(optimizer)

@@ -108,7 +108,7 @@ def _depth_run(root: Path, work: Path, iters: int, resume: bool = False) -> Dens
 def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path):
     """SigLoss's warm-up counter is not in the checkpoint: a resumed run repeated the warm-up (another loss,
     another head). It now continues from the resumed iteration, as the uninterrupted run, and the resumed run
-    trains on the same augmented crops (mmengine skips the batches done; the workers' seeds repeat)."""
+    trains on the same augmented crops (the data stream continues at the checkpoint's sample)."""
     whole = _depth_run(scenes / "nyu", tmp_path / "whole", 6)
     _depth_run(scenes / "nyu", tmp_path / "parts", 3)
     resumed = _depth_run(scenes / "nyu", tmp_path / "parts", 6, resume=True)
@@ -310,6 +310,49 @@ def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path
     assert "training" not in loaded and "Advance dataloader" not in captured.out + err, loaded
 
 
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_a_resumed_run_loads_only_what_it_trains_and_ends_as_the_uninterrupted_one(scenes, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """mmengine's loop advanced a resumed run's data by loading and augmenting every trained batch again (a
+    40k-iteration ADE20K run resumed at 30k: 480,000 images). The seeded sample stream starts where the
+    checkpoint left it: the resumed run loads the samples it trains, those the uninterrupted run trained on
+    after the checkpoint, and ends with its weights; and DataLoader workers change no crop."""
+    from dinov2_dense.data import ADE20KDataset
+
+    loaded = []
+    real = ADE20KDataset.__getitem__
+
+    def counted(self, index):
+        if self.split == "training":
+            loaded.append(int(index))
+        return real(self, index)
+
+    monkeypatch.setattr(ADE20KDataset, "__getitem__", counted)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _train(straight, _options(scenes / "ade", 4)) == 0
+    trained_on, loaded[:] = list(loaded), []
+    assert len(trained_on) == 8  # 4 iterations of 2
+    assert _train(stopped, _options(scenes / "ade", 2, end=4)) == 0  # the first half, on the same schedule
+    assert loaded == trained_on[:4]
+    loaded.clear()
+    capsys.readouterr()
+    assert _train(stopped, _options(scenes / "ade", 4), "--resume") == 0
+    out = "".join(capsys.readouterr())
+    assert loaded == trained_on[4:], (loaded, trained_on)
+    assert "Advance dataloader" not in out and "continues at sample 4 of the run's stream" in out, out[-3000:]
+    want, got = _weights(straight / "iter_4.pth"), _weights(stopped / "iter_4.pth")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), \
+        [k for k in want if not torch.equal(want[k], got[k])]
+
+    workers = tmp_path / "workers"  # the crops come from the samples' places in the stream, not the workers
+    assert _train(workers, _options(scenes / "ade", 4, **{"train_dataloader.num_workers": 2})) == 0
+    got = _weights(workers / "iter_4.pth")
+    assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+
+
 def _record_processes(checkpoint: Path, world_size: int | None) -> None:
     """Rewrite ``checkpoint``'s record of the processes that wrote it (None: remove it, as before the record)."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -347,8 +390,8 @@ def test_resume_on_another_number_of_processes_says_so_once(scenes, trained, tmp
         line = lines[0]
         assert (f"--resume: {work / 'iter_2.pth'} was written by 2 processes (a batch of 2 x 2 = 4 over all "
                 "processes); this run has 1 process (a batch of 2 x 1 = 2 over all processes): a resumed run "
-                "continues on this run's processes, so its data order and the batch of all processes differ from "
-                "the uninterrupted run's. To continue it as it was, resume with 2 processes") in line, line
+                "continues on this run's processes, so its batches are not the uninterrupted run's. To continue it "
+                "as it was, resume with 2 processes") in line, line
         # the resumed run's own checkpoints record its processes
         resumed = torch.load(work / "iter_3.pth", map_location="cpu", weights_only=True)
         assert resumed["meta"]["world_size"] == 1 and resumed["meta"]["train_batch_size"] == 2

@@ -119,10 +119,14 @@ class DenseDataset(Dataset):
         return image, target, meta
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.load_item(index)
+        augment_seed = getattr(index, "augment_seed", None)  # a seeded sample stream's index (engine.data)
+        sample = self.load_item(int(index))
         image, target = sample["image"], sample[self.target_key]
         if self.transform is not None:
-            self._seed_in_worker()
+            if augment_seed is not None:
+                self._seed_sample(augment_seed)
+            else:
+                self._seed_in_worker()
             out = self.transform(image=image, mask=target)
             image, target = out["image"], out["mask"]
             if image.dtype != np.uint8:
@@ -135,6 +139,15 @@ class DenseDataset(Dataset):
     def _to_tensor(self, target: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
 
+    def _seed_sample(self, seed: int) -> None:
+        """Seed the albumentations pipeline (for one sample: its place in a run's sample stream gave ``seed``)."""
+        import albumentations as A
+
+        if isinstance(self.transform, A.BaseCompose):
+            from .pipelines import seed_pipeline
+
+            seed_pipeline(self.transform, seed)
+
     def _seed_in_worker(self) -> None:
         """In a DataLoader worker, reseed this copy's albumentations pipeline from the worker's torch seed
         (drawn from the loader's generator, so a seeded run draws the same ones) at its first sample:
@@ -146,12 +159,7 @@ class DenseDataset(Dataset):
         if getattr(self, "_worker_seed", None) == seed:
             return
         self._worker_seed = seed
-        import albumentations as A
-
-        if isinstance(self.transform, A.BaseCompose):
-            from .pipelines import seed_pipeline
-
-            seed_pipeline(self.transform, seed)
+        self._seed_sample(seed)
 
     def validate(self, progress: bool = True) -> "DenseDataset":
         """Load every sample once (no transform), raising on the first bad file; returns self."""

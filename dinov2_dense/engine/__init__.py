@@ -13,7 +13,7 @@ _NAMES = {
     "DenseModel": "model", "DenseRunner": "runner", "CheckpointSanitizerHook": "runner",
     "LossWarmUpHook": "runner",
     "latest_checkpoint": "runner", "DATASETS": "registry", "FUNCTIONS": "registry", "HOOKS": "registry",
-    "METRICS": "registry", "MODELS": "registry",
+    "METRICS": "registry", "MODELS": "registry", "DATA_SAMPLERS": "registry", "SeededInfiniteSampler": "data",
     "PARAM_SCHEDULERS": "registry", "OneCycleMomentum": "schedulers",
 }
 __all__ = [*_NAMES, "register_all"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import DATASETS, FUNCTIONS
+from .registry import DATA_SAMPLERS, DATASETS, FUNCTIONS
 
 
 @FUNCTIONS.register_module()
@@ -21,6 +21,59 @@ def dense_collate(batch: list[dict]) -> dict:
     inputs = torch.stack([s["image"] for s in batch])
     samples = [{k: v for k, v in s.items() if k != "image"} for s in batch]
     return {"inputs": inputs, "data_samples": samples}
+
+
+class SampleIndex(int):
+    """A data-set index that carries the augmentation seed of its place in the run's sample stream
+    (``augment_seed``): a data set seeds its pipeline with it (see :mod:`dinov2_dense.data.sampling`)."""
+
+    augment_seed: int
+
+    def __new__(cls, index: int, augment_seed: int):
+        obj = super().__new__(cls, index)
+        obj.augment_seed = augment_seed
+        return obj
+
+    def __reduce__(self):  # to DataLoader workers and back
+        return SampleIndex, (int(self), self.augment_seed)
+
+
+@DATA_SAMPLERS.register_module()
+class SeededInfiniteSampler(torch.utils.data.Sampler):
+    """mmengine's ``InfiniteSampler`` (same arguments) with a seed for every sample: this process's share of
+    the run's endless sample stream (:class:`~dinov2_dense.data.sampling.InfiniteStream`), as
+    :class:`SampleIndex` values seeded by their position. A resumed run starts it at the checkpoint's
+    position (:meth:`continue_at`) instead of loading every sample before it, and draws the crops of the
+    uninterrupted run, with any number of DataLoader workers."""
+
+    def __init__(self, dataset, shuffle: bool = True, seed: int | None = None):
+        from mmengine.dist import get_dist_info, sync_random_seed
+
+        from dinov2_dense.data.sampling import InfiniteStream
+
+        rank, world = get_dist_info()
+        self.seed = int(sync_random_seed() if seed is None else seed)
+        self.stream = InfiniteStream(len(dataset), self.seed, rank, world, shuffle=shuffle)
+
+    def continue_at(self, position: int) -> None:
+        """Start the next pass at ``position``: the samples all processes have read so far."""
+        self.stream.start = int(position)
+
+    def __iter__(self):
+        from dinov2_dense.data.sampling import stream_seed
+
+        for position, index in self.stream:
+            yield SampleIndex(index, stream_seed(self.seed, AUGMENTATION, position))
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing: an endless stream has no epochs (mmengine's hooks call it)."""
+
+
+#: The stream key of the samples' augmentation seeds (:func:`~dinov2_dense.data.sampling.stream_seed`).
+AUGMENTATION = 1
 
 
 def build_pipeline(cfg: dict | None):

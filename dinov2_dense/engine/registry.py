@@ -4,6 +4,6 @@ Our names are distinct (``DenseModel``, ``dense_collate``, ``CheckpointSanitizer
 ...), so configs name them directly, beside mmengine's optimisers, hooks and loops, with no scope.
 """
 
-from mmengine.registry import DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS, PARAM_SCHEDULERS
+from mmengine.registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, HOOKS, METRICS, MODELS, PARAM_SCHEDULERS
 
-__all__ = ["DATASETS", "FUNCTIONS", "HOOKS", "METRICS", "MODELS", "PARAM_SCHEDULERS"]
+__all__ = ["DATASETS", "DATA_SAMPLERS", "FUNCTIONS", "HOOKS", "METRICS", "MODELS", "PARAM_SCHEDULERS"]

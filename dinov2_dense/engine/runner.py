@@ -10,8 +10,9 @@ resuming finds the newest complete checkpoint even when ``last_checkpoint`` is s
 back past a corrupt one with a warning. A resumed run keeps its checkpoint's schedule and says where it
 differs from the config; each checkpoint records the number of processes that wrote it and their
 per-process batch size (``meta.world_size``, ``meta.train_batch_size``), and a run resumed on another
-number of processes says so too: it continues on this run's processes, with another batch of all
-processes and another data order than the uninterrupted run (a checkpoint without the record says nothing).
+number of processes says so too: it continues on this run's processes, so its batches are not the
+uninterrupted run's (a checkpoint without the record says nothing). A resumed run's seeded sample stream
+(``SeededInfiniteSampler``) starts at the checkpoint's sample, loading none before it.
 
 Loading (``test``, ``--resume``, ``load_from``) is strict: a checkpoint whose keys or shapes do not
 fit the model is refused with our key report, and a head trained on another backbone than the one
@@ -144,6 +145,10 @@ def _processes_text(world: int, batch: int | None) -> str:
     """``2 processes (a batch of 4 x 2 = 8 over all processes)``; without the batch size when unknown."""
     text = f"{world} process{'es' if world != 1 else ''}"
     return text + (f" (a batch of {batch} x {world} = {batch * world} over all processes)" if batch else "")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class _Skipped:
@@ -563,6 +568,7 @@ class DenseRunner(Runner):
         super().load_or_resume()
         if self._resume:
             self._say_if_nothing_to_train()
+            self._skip_trained_data()
 
     def _say_if_nothing_to_train(self) -> None:
         """A resumed run already at (or past) ``train_cfg.max_iters`` trains nothing: say so."""
@@ -574,14 +580,41 @@ class DenseRunner(Runner):
         note = (f"--resume: the checkpoint of {self.work_dir} is at iteration {self.iter}: the run {what}, nothing "
                 f"is trained (raise train_cfg.max_iters to go on)")
         self.logger.warning(note)
-        # mmengine's loop then advances its data by every trained iteration, loading each batch again (a
-        # finished 40k-iteration ADE20K run: 640,000 images decoded to train nothing), and logs that it does
-        loop.dataloader_iterator = _Skipped(loop.dataloader_iterator, self.iter)
-        self.logger.addFilter(lambda record: not record.getMessage().startswith("Advance dataloader"))
         from mmengine.dist import is_main_process
 
         if is_main_process():
             print(f"note: {note}", file=sys.stderr)
+
+    def _skip_trained_data(self) -> None:
+        """mmengine's loop advances a resumed run's data by every trained iteration, loading and augmenting
+        each batch again to pass over it (a 40k-iteration ADE20K run resumed at 30k: 480,000 images), and
+        logs that it does. A seeded sample stream (:class:`~dinov2_dense.engine.data.SeededInfiniteSampler`)
+        starts where the checkpoint left it instead, and a run with nothing left to train loads no batch;
+        another sampler keeps mmengine's advance, for the uninterrupted run's data order."""
+        from mmengine.dist import get_world_size
+        from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+        from .data import SeededInfiniteSampler
+
+        loop = self._train_loop
+        if loop is None or isinstance(loop, dict) or self.iter == 0 or not hasattr(loop, "dataloader_iterator"):
+            return
+        if self.iter < getattr(loop, "max_iters", self.iter + 1):  # something left to train
+            sampler = getattr(loop.dataloader, "sampler", None)
+            if not isinstance(sampler, SeededInfiniteSampler):
+                return
+            meta = self.__dict__.get("_resumed_meta") or {}
+            world, batch = meta.get("world_size"), meta.get("train_batch_size")
+            if not (_is_count(world) and _is_count(batch)):  # a checkpoint written before the record
+                world, batch = int(get_world_size()), _train_batch_size(self)
+            if batch is None:
+                return
+            sampler.continue_at(self.iter * world * batch)
+            loop.dataloader_iterator = _InfiniteDataloaderIterator(loop.dataloader)  # from the new start
+            self.logger.info(f"--resume: the training data continues at sample {self.iter * world * batch} of "
+                             "the run's stream; the samples before it are not loaded again")
+        loop.dataloader_iterator = _Skipped(loop.dataloader_iterator, self.iter)
+        self.logger.addFilter(lambda record: not record.getMessage().startswith("Advance dataloader"))
 
     def _newest_readable_checkpoint(self) -> str | None:
         """The newest checkpoint of the work dir that reads; a corrupt newer one is skipped with a
@@ -607,6 +640,7 @@ class DenseRunner(Runner):
     def resume(self, filename: str, *args, **kwargs) -> None:
         checkpoint = self._read_cache.get(str(filename)) or read_run_checkpoint(filename)
         meta = checkpoint.get("meta")
+        self._resumed_meta = meta if isinstance(meta, dict) else None
         if not isinstance(meta, dict) or "iter" not in meta or "optimizer" not in checkpoint:
             raise CheckpointError(f"{filename}: not a training checkpoint of dinov2-dense train (no optimizer "
                                   "state or iteration): --resume continues a run; use it as load_from instead")
@@ -631,14 +665,13 @@ class DenseRunner(Runner):
         from mmengine.dist import get_world_size, is_main_process
 
         was, now = meta.get("world_size"), int(get_world_size())
-        if not isinstance(was, int) or isinstance(was, bool) or was == now or not is_main_process():
+        if not _is_count(was) or was == now or not is_main_process():
             return
-        was_batch = meta.get("train_batch_size")
-        was_batch = was_batch if isinstance(was_batch, int) and not isinstance(was_batch, bool) else None
+        was_batch = meta.get("train_batch_size") if _is_count(meta.get("train_batch_size")) else None
         self.logger.warning(
             f"--resume: {filename} was written by {_processes_text(was, was_batch)}; this run has "
             f"{_processes_text(now, _train_batch_size(self))}: a resumed run continues on this run's processes, so "
-            "its data order and the batch of all processes differ from the uninterrupted run's. To continue it as "
+            "its batches are not the uninterrupted run's. To continue it as "
             f"it was, resume with {was} process{'es' if was != 1 else ''}")
 
     def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,

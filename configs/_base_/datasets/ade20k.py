@@ -8,7 +8,7 @@ data_root = "data/ade/ADEChallengeData2016"
 train_dataloader = dict(
     batch_size=16,  # the released total batch (2 x 8 GPUs); with N processes use 16 // N per process
     num_workers=4,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
+    sampler=dict(type="SeededInfiniteSampler", shuffle=True),  # a seed per sample: resume and workers change nothing
     dataset=dict(type="ADE20KDataset", root=data_root, split="training",
                  pipeline=dict(type="seg_train_pipeline", crop_size=512, scale=(2048, 512), ratio_range=(0.5, 2.0),
                                cat_max_ratio=0.75)),

@@ -9,7 +9,7 @@ data_root = "data/nyu"
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
+    sampler=dict(type="SeededInfiniteSampler", shuffle=True),  # a seed per sample: resume and workers change nothing
     dataset=dict(type="NYUDepthDataset", root=data_root, split_file="nyu_train.txt", depth_scale=1000.0,
                  pipeline=dict(type="depth_train_pipeline", crop_size=(416, 544), pre_crop=(45, 472, 43, 608),
                                rotate_degree=2.5, color_prob=0.5, brightness_range=(0.75, 1.25))),
