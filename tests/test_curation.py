@@ -841,6 +841,37 @@ def test_seeds_and_a_pool_embedded_differently_are_refused_naming_the_settings(t
                  *model]) == 0
 
 
+def test_a_pool_and_seeds_of_other_weight_dtypes_name_dtype_not_other_weights(tmp_path, monkeypatch, capsys):
+    """--dtype bf16 changes the weights' hash too: a pool and seeds (or a store and a rerun) made with other
+    --dtype were told apart as 'other weights', with the fix 'the --model/--weights that made ...' although
+    those were the same. The store records the weights' dtype, and the messages name --dtype."""
+    import dinov2_dense.features
+
+    monkeypatch.setattr(dinov2_dense.features, "cpu_has_native_bf16", lambda: True)  # bf16 weights taken anywhere
+    pool = _images(tmp_path / "pool", 8, broken=False)
+    seeds = _images(tmp_path / "seeds", 3, broken=False)
+    model = ["--weights", str(_tiny_weights(tmp_path)), "--size", "28", "--no-progress", "--clusters", "2,1",
+             "--no-dedup"]
+    assert main(["curate", str(pool), "--target", "4", "--out", str(tmp_path / "a"), "--dtype", "bf16", *model]) == 0
+    store = tmp_path / "a" / "embeddings"
+    assert json.loads((store / "store.json").read_text())["weights_dtype"] == "bfloat16"
+    capsys.readouterr()
+    out = tmp_path / "b"
+    assert main(["curate", str(store), "--target", "4", "--out", str(out), "--seeds", str(seeds), *model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "embedded differently (weights_dtype bfloat16 for the pool, float32 for the seeds); " in err, err
+    assert f"embed the seeds as {store} was: --dtype bf16 (and the same --model/--weights" in err, err
+    assert main(["curate", str(store), "--target", "4", "--out", str(out), "--seeds", str(seeds), "--dtype", "bf16",
+                 *model]) == 0
+    # a rerun of the pool in float32 over the bf16 store says which setting changed
+    capsys.readouterr()
+    assert main(["curate", str(pool), "--target", "4", "--out", str(tmp_path / "a"), "--overwrite", *model]) == 0
+    err = capsys.readouterr().err
+    assert "weights_dtype bfloat16 -> float32" in err, err
+    assert "weights_dtype" not in json.loads((store / "store.json").read_text())  # float32: as stores before
+
+
 def test_a_store_embeds_again_the_images_changed_since(tmp_path, monkeypatch, capsys):
     """Each file's size and modification time are recorded: a changed or repaired image is embedded again
     (with the unreadable ones), the others kept; a store without the record (made before it) counts files

@@ -178,6 +178,8 @@ def interrupted_stores(out: str | os.PathLike) -> list[tuple[Path, int, int]]:
 def _setting(key: str, value) -> str:
     if key == "weights":
         return f"weights {str(value)[:12]}"
+    if key == "weights_dtype":
+        return f"weights_dtype {value or 'float32'}"
     if key in ("resize_8bit", "autocast"):
         return f"{key} {value or 'off'}" if value is not True else f"{key} on"
     return f"{key} {value}"
@@ -187,6 +189,9 @@ def _option(key: str, value, made: str) -> str:
     """The option that embeds images with ``value`` for setting ``key``; ``made``: what was made so."""
     if key == "weights":
         return f"the --model/--weights that made {made}"
+    if key == "weights_dtype":
+        name = {None: "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(value)
+        return f"--dtype {name}" if name else f"weights in {value}"
     if key in ("size", "pooling"):
         return f"--{key} {value}"
     if key == "resize_8bit":
@@ -207,13 +212,17 @@ def _check_made_alike(pool: dict | None, seeds: dict | None, inputs: str, seeds_
     differ = [k for k in ROW_SETTINGS if a[k] != b[k]]
     if not differ:
         return
+    also = ""
+    if "weights_dtype" in differ and "weights" in differ:  # their hash differs with the dtype: name the dtype
+        differ.remove("weights")
+        also = " (and the same --model/--weights, which their dtype alone tells apart)"
     what = "; ".join(f"{_setting(k, a[k])} for the pool, {_setting(k, b[k])[len(k) + 1:]} for the seeds" for k in differ)
     if pool is not None and seeds is not None:
         fix = "embed one of them again with the other's settings"
     else:
         made, theirs = (inputs, a) if pool is not None else (seeds_source, b)
         fix = f"embed the {'seeds' if pool is not None else 'pool'} as {made} was: " + ", ".join(
-            _option(k, theirs[k], made) for k in differ)
+            _option(k, theirs[k], made) for k in differ) + also
     raise CurationError(f"--seeds {seeds_source}: seeds and pool embedded differently ({what}); {fix}")
 
 

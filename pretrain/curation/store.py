@@ -276,6 +276,15 @@ def _autocast_name(autocast: bool | torch.dtype) -> str | None:
     return "bfloat16" if autocast is True else str(autocast).removeprefix("torch.")
 
 
+def _weights_dtype(model: torch.nn.Module) -> str | None:
+    """The dtype of the model's weights (``--dtype``; ``+float8`` with FP8 linears), None for float32."""
+    from dinov2_dense.models.float8 import Float8Linear
+
+    form = str(next(model.parameters()).dtype).removeprefix("torch.")
+    form += "+float8" if any(isinstance(m, Float8Linear) for m in model.modules()) else ""
+    return None if form == "float32" else form
+
+
 def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resize_8bit: bool = False,
               weights: str | None = None, autocast: bool | torch.dtype = False) -> dict:
     """How a store's rows are made; ``weights``: the model's fingerprint when already known."""
@@ -285,6 +294,8 @@ def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resiz
                 "dtype": dtype, "resize_8bit": bool(resize_8bit)}
     if autocast:  # only when set: stores made before the option (all without autocast) stay valid
         settings["autocast"] = _autocast_name(autocast)
+    if _weights_dtype(model) is not None:  # likewise (the weights' hash differs with their dtype too)
+        settings["weights_dtype"] = _weights_dtype(model)
     return settings
 
 
@@ -313,9 +324,9 @@ def _fingerprint_beside(model: torch.nn.Module) -> concurrent.futures.Future:
 
 
 # settings added since the first stores, with the value those stores were made with
-_SETTINGS_BEFORE = {"resize_8bit": False, "autocast": None}
+_SETTINGS_BEFORE = {"resize_8bit": False, "autocast": None, "weights_dtype": None}
 # what makes the rows themselves (two stores alike in these hold comparable rows), and what else a store is
-ROW_SETTINGS = ("weights", "size", "pooling", "resize_8bit", "autocast")
+ROW_SETTINGS = ("weights", "weights_dtype", "size", "pooling", "resize_8bit", "autocast")
 _STORE_SETTINGS = ("version", *ROW_SETTINGS, "dtype", "count")
 _REUSE_SETTINGS = ("version", *ROW_SETTINGS, "dtype")  # a finished store alike in these gives rows of its images
 
@@ -395,6 +406,8 @@ def _say_settings(out: Path, done: dict, settings: dict, n: int) -> None:
     a, b = made_with(done, _REUSE_SETTINGS), made_with(settings, _REUSE_SETTINGS)
 
     def shown(key: str, value) -> str:
+        if key == "weights_dtype":
+            return str(value or "float32")
         return str(value)[:12] if key == "weights" else ("off" if value in (None, False) else str(value))
 
     differ = ", ".join(f"{k} {shown(k, a[k])} -> {shown(k, b[k])}" for k in _REUSE_SETTINGS if a[k] != b[k])
