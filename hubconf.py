@@ -2,20 +2,20 @@
 
 ``torch.hub.load("/path/to/dinov2-dense", "dinov2_vits14", source="local")`` returns the same
 model as ``torch.hub.load("facebookresearch/dinov2", "dinov2_vits14")``, with weights found or
-downloaded as ``dinov2_dense.load_backbone`` does.
+downloaded as ``dinov2_dense.load_backbone`` does. Keyword arguments override the architecture;
+ones that turn register tokens on or off (``num_register_tokens=4``) bring the position-embedding
+interpolation of the official models of that kind unless set too (``dinov2_dense.hub.zoo_kwargs``).
+``weights=FILE`` takes a weight file; one of another position grid is refused with what to pass instead.
 """
 
 dependencies = ["torch"]
 
-from dinov2_dense.hub import load_backbone as _load_backbone  # noqa: E402
+from dinov2_dense.hub import hub_entry as _hub_entry  # noqa: E402
 
 
 def _entry(name: str):
     def entry(*, pretrained: bool = True, weights: str = "LVD142M", **kwargs):
-        if weights != "LVD142M" and pretrained and not isinstance(weights, str):
-            raise ValueError(f"unsupported weights {weights!r}")
-        source = None if not pretrained else ("official" if weights == "LVD142M" else weights)
-        return _load_backbone(name, weights=source, **kwargs)
+        return _hub_entry(name, pretrained=pretrained, weights=weights, **kwargs)
 
     entry.__name__ = name
     entry.__doc__ = f"DINOv2 {name} backbone (optionally) pretrained on LVD-142M; kwargs override the architecture."

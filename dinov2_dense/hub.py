@@ -181,9 +181,85 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def build_backbone(name: str, **overrides) -> models.DinoVisionTransformer:
-    """The architecture of a zoo entry with random weights (official init)."""
+    """The architecture of a zoo entry with random weights (official init); ``overrides`` as
+    :func:`zoo_kwargs` takes them."""
     spec = get_spec(name)
-    return getattr(models, spec.arch)(**{**spec.kwargs, **overrides})
+    return getattr(models, spec.arch)(**zoo_kwargs(name, **overrides))
+
+
+#: The position-embedding interpolation of the official models without and with register tokens.
+INTERPOLATION = {False: dict(interpolate_antialias=False, interpolate_offset=0.1),
+                 True: dict(interpolate_antialias=True, interpolate_offset=0.0)}
+
+
+def zoo_kwargs(name: str, **overrides) -> dict:
+    """The DinoVisionTransformer settings of zoo entry ``name`` with ``overrides``. Overrides that
+    turn register tokens on or off (``dinov2_vits14`` with ``num_register_tokens=4``, ``..._reg``
+    with 0) take the position-embedding interpolation the official models of that kind have (the
+    register models: ``interpolate_antialias=True, interpolate_offset=0.0``), where they do not set
+    it themselves, as the zoo, the Hugging Face configs and pretraining pair them: the interpolation
+    the features of such weights were learnt with."""
+    spec = get_spec(name)
+    kwargs = {**spec.kwargs, **overrides}
+    registers = kwargs.get("num_register_tokens") or 0
+    if bool(registers) != bool(spec.kwargs.get("num_register_tokens") or 0):
+        kwargs.update({k: v for k, v in INTERPOLATION[bool(registers)].items() if k not in overrides})
+    return kwargs
+
+
+def hub_entry(name: str, *, pretrained: bool = True, weights: str | os.PathLike = "LVD142M",
+              **kwargs) -> models.DinoVisionTransformer:
+    """The torch.hub entry ``name`` (``hubconf.py``): ``pretrained=False`` random weights, ``weights``
+    "LVD142M" the official file, or a weight file (path or URL); ``kwargs`` as :func:`load_backbone`
+    takes them (architecture overrides, with :func:`zoo_kwargs`'s interpolation, ``device``, ...).
+    A weight file whose position grid differs from the entry's (a pretraining export of 56-px
+    crops) is refused with what to pass instead: ``img_size=...``, or ``load_backbone(None, weights=FILE)``,
+    which reads the architecture JSON beside the file."""
+    if weights != "LVD142M" and pretrained and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"unsupported weights {weights!r}")
+    source = None if not pretrained else ("official" if weights == "LVD142M" else weights)
+    try:
+        return load_backbone(name, weights=source, **kwargs)
+    except CheckpointError as exc:
+        hint = _grid_hint(name, source, kwargs) if source not in (None, "official") else None
+        if hint is None:
+            raise
+        raise CheckpointError(f"{exc}\n  {hint}") from None
+
+
+def _grid_hint(name: str, weights, overrides: dict) -> str | None:
+    """What to pass to the torch.hub entry ``name`` when the file ``weights`` holds another position
+    grid than the entry builds; None when the grids agree (or the file cannot say)."""
+    from .checkpoints import read_checkpoint, to_official
+
+    path = _file_url_path(weights)
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        try:
+            path = _fetch_url(path)  # already fetched: the load got as far as the shapes
+        except (OSError, ValueError):
+            return None
+    path = Path(path).expanduser()
+    try:
+        sd, _ = to_official(read_checkpoint(path), str(path))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    pos = sd.get("pos_embed")
+    arch = zoo_kwargs(name, **{k: v for k, v in overrides.items() if k in ARCH_KEYS})
+    patch = int(arch.get("patch_size") or PATCH_SIZE)
+    if not isinstance(pos, torch.Tensor) or pos.ndim != 3:
+        return None
+    side = math.isqrt(pos.shape[1] - 1)
+    own = int(arch.get("img_size") or 518) // patch
+    if side * side != pos.shape[1] - 1 or side == own:
+        return None
+    beside = arch_file_beside(path)
+    instead = (f"or load it with dinov2_dense.load_backbone(None, weights={str(path)!r}), which reads the "
+               f"architecture in {beside} beside it" if beside is not None else
+               f"or dinov2_dense.load_backbone(None, weights={str(path)!r}) with the architecture JSON of the run "
+               f"that wrote it beside the file (same stem, or backbone.json)")
+    return (f"torch.hub entry {name}: {path} holds a {side}x{side} position grid (img_size {side * patch}) and the "
+            f"entry builds {own}x{own} (img_size {own * patch}): pass img_size={side * patch} "
+            f"(torch.hub.load(..., weights=FILE, img_size={side * patch})), {instead}.")
 
 
 # -- finding and fetching weight files ----------------------------------------------------

@@ -25,7 +25,9 @@ __all__ = ["export_backbone", "load_exported", "save_torch"]
 
 
 def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str = "backbone") -> dict[str, Path]:
-    """Write ``<name>.pth``, ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``."""
+    """Write ``<name>.pth``, ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``. The safetensors
+    metadata's ``arch`` names the JSON written beside it (``see student0.json`` for a distilled student);
+    the JSON records the LayerScale init the backbone was built with (``arch_kwargs``)."""
     from .train import arch_dict
 
     out = Path(out_dir)
@@ -33,7 +35,8 @@ def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str =
     paths = {"pth": out / f"{name}.pth", "safetensors": out / f"{name}.safetensors", "json": out / f"{name}.json"}
     save_torch(sd, paths["pth"])
     try:
-        save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense", "arch": "see backbone.json"})
+        save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense",
+                                                            "arch": f"see {paths['json'].name}"})
     except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own SafetensorError
         failed = _write_failed(exc, paths["safetensors"])
         if failed is exc:

@@ -131,6 +131,9 @@ class DinoVisionTransformer(nn.Module):
         self.num_register_tokens = num_register_tokens
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
+        # the LayerScale init the blocks were built with (None: no LayerScale), which arch_kwargs records:
+        # the gammas themselves move in training, and a random init rebuilt from the JSON must start here
+        self.init_values = float(init_values) if init_values else None
         self._pos_embed_cache = _PosEmbedCache()
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, img_size)
@@ -295,7 +298,14 @@ class DinoVisionTransformer(nn.Module):
                     ffn_layer=ffn, num_register_tokens=int(self.num_register_tokens),
                     interpolate_antialias=bool(self.interpolate_antialias),
                     interpolate_offset=float(self.interpolate_offset),
-                    init_values=1.0 if hasattr(block, "ls1") and not isinstance(block.ls1, nn.Identity) else None)
+                    init_values=self._layerscale_init(block))
+
+    def _layerscale_init(self, block: nn.Module) -> float | None:
+        """The LayerScale init this model was built with (None: no LayerScale). A model unpickled from
+        before it was kept says 1.0 where it has LayerScale (the official hub's value, what was written then)."""
+        if not hasattr(block, "ls1") or isinstance(block.ls1, nn.Identity):
+            return None
+        return self.__dict__.get("init_values", 1.0) or 1.0
 
     def resolve_layers(self, layers: int | Sequence[int] | None) -> list[int]:
         """Block indices, sorted and unique, from ``None`` (the last block), an int ``n`` (the last n
