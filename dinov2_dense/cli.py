@@ -300,10 +300,14 @@ def _cmd_features(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _load_model(args, device)
+    # the weights' dtype that runs (a CPU without native bf16, or fp16 on a CPU, keeps float32: _load_model warns)
+    ran = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(next(model.parameters()).dtype, "fp32")
     batches = feature_batches(model, list(args.images), options=FeatureOptions(
         layers=layers, fit=args.fit, size=size, tile=args.tile, batch_size=args.batch_size, autocast=args.bf16,
         norm=not args.no_norm, resize_8bit=args.resize_8bit), progress=True, num_workers=_num_workers(args))
+    ran_as = [f"{ran} weights"] * (ran != "fp32") + ["bf16 autocast"] * bool(args.bf16) + ["FP8"] * bool(args.float8)
     note = " (random weights)" if args.weights == "random" else ""
+    note += f" ({', '.join(ran_as)})" if ran_as else ""
     if out.suffix == ".npy":
         layer_ids, shape = _write_feature_npy(out, batches, len(args.images))
         # a .npy holds no metadata: the line says which block each index of the layer axis is
@@ -313,7 +317,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {len(args.images)} image(s), an array of shape {(len(args.images), *shape)} "
               f"({axes}); {blocks}{_layer_order_note(args, layer_ids, depth)}{note}")
     else:
-        layer_ids, shape = _write_feature_safetensors(out, batches, args, size)
+        layer_ids, shape = _write_feature_safetensors(out, batches, args, size, ran)
         print(f"wrote {out}: {len(args.images)} image(s), layers {layer_ids}"
               f"{_layer_order_note(args, layer_ids, depth)}, maps of {shape}{note}")
     return 0
@@ -362,13 +366,15 @@ def _write_feature_npy(out: Path, batches, count: int) -> tuple[list[int], tuple
     return layer_ids, file.shape[1:]
 
 
-def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace, size) -> tuple[list[int], str]:
+def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace, size,
+                               dtype: str) -> tuple[list[int], str]:
     """Each image's maps, class tokens and registers (moved off the device batch by batch) in the
     .safetensors ``out``, with what they came from in its metadata (every value a JSON string but
     ``model`` and ``weights``): enough to compute them again (the weights, their seed when random,
     and the settings: size, fit, tile, norm, ...) and to place them on each image (its size, the
     size the backbone saw after resizing and padding, and the padding, in those pixels); returns the
-    layers and the maps' shape (C, h, w), or their shapes when the images give several."""
+    layers and the maps' shape (C, h, w), or their shapes when the images give several. ``dtype``: the
+    weights' dtype that ran (fp32, bf16, fp16)."""
     from .checkpoints import save_safetensors
     from .hub import describe_weights
 
@@ -400,7 +406,7 @@ def _write_feature_safetensors(out: Path, batches, args: argparse.Namespace, siz
         "norm": json.dumps(not args.no_norm),
         "resize_8bit": json.dumps(bool(args.resize_8bit)),
         "bf16_autocast": json.dumps(bool(args.bf16)),
-        "dtype": json.dumps(args.dtype),
+        "dtype": json.dumps(dtype),  # the weights' dtype that ran, not the one asked for
         "float8": json.dumps(bool(args.float8)),
     }
     if args.weights == "random":

@@ -326,10 +326,9 @@ class DensePredictor(nn.Module):
         scales = cfg["scales"] if scales is None else scales
         flip = cfg["flip"] if flip is None else flip
         scale = cfg["scale"] if scale is None else scale
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        if not scales:
-            raise ValueError("scales must hold at least one ratio")
+        # the arguments as the config's test_cfg keys are checked (a float crop_batch_size raised a bare TypeError)
+        check_test_cfg({"mode": mode, "crop_size": crop_size, "stride": stride, "scales": scales, "flip": flip,
+                        "scale": scale, "crop_batch_size": crop_batch_size}, where="predict()")
         h, w = images.shape[-2:]
         out_size = (h, w) if out_size is None else (int(out_size[0]), int(out_size[1]))
         total = None

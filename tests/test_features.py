@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -362,6 +363,35 @@ def test_half_precision_weights_within_bf16_tolerance_and_cpus_without_it_keep_f
         load_backbone(None, weights=weights, dtype=torch.float16)
     with pytest.raises(ValueError, match="dtype 'int8'"):
         load_backbone(None, weights=weights, dtype="int8")
+
+
+def test_features_records_and_says_the_weights_dtype_that_ran(tmp_path, monkeypatch, capsys):
+    """--dtype fp16 on a CPU (or bf16 on one without native bf16) keeps float32 weights, with a warning; the
+    .safetensors metadata said "fp16" all the same. It records the dtype that ran, and the summary says it."""
+    import json
+
+    from PIL import Image
+    from safetensors import safe_open
+
+    import dinov2_dense.features as features
+    from dinov2_dense.cli import main
+    from pretrain.export import export_backbone
+
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=56), tmp_path / "export")["safetensors"]
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(image)
+    monkeypatch.setattr(features, "cpu_has_native_bf16", lambda: True)
+    said = {}
+    for dtype in ("fp16", "bf16", "fp32"):
+        out = tmp_path / f"{dtype}.safetensors"
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fp16's "float32 kept" (tested above)
+            assert main(["features", str(image), "--weights", str(weights), "--dtype", dtype, "--out", str(out)]) == 0
+        said[dtype] = capsys.readouterr().out.strip().splitlines()[-1]
+        with safe_open(str(out), "pt") as f:
+            assert json.loads(f.metadata()["dtype"]) == ("bf16" if dtype == "bf16" else "fp32"), dtype
+    assert said["bf16"].endswith("(bf16 weights)") and "weights)" not in said["fp16"] + said["fp32"], said
 
 
 def test_load_resized_equals_normalising_first(tmp_path):

@@ -184,9 +184,23 @@ def test_a_stride_beyond_the_window_is_refused_when_given_to_predict():
     model, x = seg_model(), torch.randn(1, 3, 100, 150)
     with pytest.raises(ValueError, match="stride 60 is larger than crop_size 40"):
         model.slide_inference(x, 40, 60)
-    with pytest.raises(ValueError, match="stride 60 is larger than crop_size 40"):
+    with pytest.raises(ValueError, match=r"predict\(\): stride=60 is larger than crop_size=40"):
         model.predict(x, mode="slide", crop_size=40, stride=60, out_size=(50, 75))
     assert torch.isfinite(model.slide_inference(x, 40, 40)).all()  # a stride equal to the window covers it all
+
+
+@pytest.mark.parametrize("bad, said", [
+    (dict(crop_batch_size=1.5), "predict().crop_batch_size=1.5: windows a batch, an integer >= 1"),  # was a TypeError
+    (dict(crop_batch_size=0), "predict().crop_batch_size=0: windows a batch, an integer >= 1"),
+    (dict(mode="tiles"), "predict().mode='tiles': use 'whole' or 'slide'"),
+    (dict(scales=()), "predict().scales=(): one or more positive ratios"),
+    (dict(flip="yes"), "predict().flip='yes': true or false"),
+])
+def test_predict_arguments_are_checked_as_the_configs_test_cfg(bad, said):
+    model = seg_model()
+    with pytest.raises(ValueError) as caught:
+        model.predict(torch.randn(1, 3, 28, 28), **{"mode": "slide", "crop_size": 14, "stride": 14, **bad})
+    assert said in str(caught.value), str(caught.value)
 
 
 def test_one_image_to_features_routine_and_one_layer_resolver():
