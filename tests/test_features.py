@@ -365,6 +365,25 @@ def test_half_precision_weights_within_bf16_tolerance_and_cpus_without_it_keep_f
         load_backbone(None, weights=weights, dtype="int8")
 
 
+def test_a_half_precision_model_called_directly_takes_float32_images(tmp_path, monkeypatch):
+    """README's Backbones example calls model.forward_features(x) and get_intermediate_layers(x) on a float32
+    image: with bf16 weights both raised 'Input type (float) and bias type (c10::BFloat16) should be the same'.
+    The model casts the images to its weights' dtype (and answers in it); extract_features gives float32."""
+    import dinov2_dense.features as features
+    from dinov2_dense import load_backbone
+    from pretrain.export import export_backbone
+
+    weights = export_backbone(tiny_vit(depth=2, dim=32, img=56), tmp_path / "export")["safetensors"]
+    monkeypatch.setattr(features, "cpu_has_native_bf16", lambda: True)
+    model = load_backbone(None, weights=weights, dtype="bf16")
+    x = torch.randn(2, 3, 56, 70)
+    out = model.forward_features(x)["x_norm_patchtokens"]
+    (maps,) = model.get_intermediate_layers(x, 1, reshape=True)
+    assert out.dtype == maps.dtype == torch.bfloat16 and model(x).shape[0] == 2
+    ref = extract_features(model, x).maps[1]
+    assert ref.dtype == torch.float32 and torch.equal(maps.float(), ref)
+
+
 def test_features_records_and_says_the_weights_dtype_that_ran(tmp_path, monkeypatch, capsys):
     """--dtype fp16 on a CPU (or bf16 on one without native bf16) keeps float32 weights, with a warning; the
     .safetensors metadata said "fp16" all the same. It records the dtype that ran, and the summary says it."""

@@ -250,7 +250,7 @@ class DinoVisionTransformer(nn.Module):
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """(B, 3, H, W) image -> (B, 1 + R + N, D) tokens; ``masks`` (B, N) bool swaps in mask_token."""
         _, _, h, w = x.shape
-        x = self.patch_embed(x)
+        x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))  # float32 images into bf16/fp16 weights too
         if masks is not None:
             x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype).unsqueeze(0), x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
