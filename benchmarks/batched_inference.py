@@ -20,14 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinov2_dense.options import int_range  # noqa: E402 - after the path: a one-line error for a bad count
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="dinov2_vitl14_ade20k_ms")
     ap.add_argument("--size", default="512x683", help="HEIGHTxWIDTH of the image")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (bf16) or none")
-    ap.add_argument("--crop-batch-sizes", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--crop-batch-sizes", nargs="+", type=int_range(1), default=[1, 8])
+    ap.add_argument("--repeats", type=int_range(1), default=5)
     args = ap.parse_args()
     from dinov2_dense.zoo import build_model
 

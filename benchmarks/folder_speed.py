@@ -62,6 +62,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinov2_dense.options import int_range  # noqa: E402 - after the path: a one-line error for a bad count
+
 
 def write_jpegs(folder: Path, count: int, hw: tuple[int, int] = (375, 500), seed: int = 0) -> list[str]:
     """``count`` JPEGs of ``hw`` cut at random places and scales from scikit-image's sample images."""
@@ -398,14 +400,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     ap.add_argument("--model", default="dinov2_vitb14")
-    ap.add_argument("--count", type=int, default=2000, help="JPEG images in the folder")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--num-workers", type=int, nargs="+", default=None, help="default: 0 6 12 on a GPU, 0 2 on a CPU")
+    ap.add_argument("--count", type=int_range(1), default=2000, help="JPEG images in the folder")
+    ap.add_argument("--size", type=int_range(1), default=224)
+    ap.add_argument("--batch-size", type=int_range(1), default=64)
+    ap.add_argument("--num-workers", type=int_range(0), nargs="+", default=None, help="default: 0 6 12 on a GPU, 0 2 on a CPU")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                     help="backbone weights (default: bf16 on a GPU, fp32 on a CPU)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model-batches", type=int, default=8, help="batches per model-only pass")
+    ap.add_argument("--repeats", type=int_range(1), default=3)
+    ap.add_argument("--model-batches", type=int_range(1), default=8, help="batches per model-only pass")
     ap.add_argument("--timeline", action="store_true",
                     help="only the model alone and timelines of embed_images (8-bit, most workers): where the "
                          "main thread's time goes, batches copied into pinned memory against straight to the GPU "

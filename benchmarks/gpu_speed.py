@@ -42,6 +42,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinov2_dense.options import int_range  # noqa: E402 - after the path: a one-line error for a bad count
+
 #: Dense bf16 matrix throughput (TFLOP/s) of the devices named, from the vendors' data sheets.
 PEAK_TFLOPS = {"H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0,
                "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
@@ -265,7 +267,7 @@ def main() -> int:
                     help="default: vits14 vitl14 vitg14 on a GPU, vits14 on a CPU")
     ap.add_argument("--configs", nargs="+", default=None, help="SIZExBATCH (default: 518x64 518x32 518x16 by arch "
                                                                "on a GPU, and 224 at 4x that; 224x4 518x1 on a CPU)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on a GPU, 3 on a CPU)")
+    ap.add_argument("--repeats", type=int_range(1), default=None, help="timed runs (default 10 on a GPU, 3 on a CPU)")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--compile-mode", default="default", choices=["default", "max-autotune", "reduce-overhead"],
                     help="torch.compile mode of the compiled backbones")
@@ -276,10 +278,10 @@ def main() -> int:
     ap.add_argument("--skip-full", action="store_true", help="skip the +ms and DPT full models")
     ap.add_argument("--skip-backbones", action="store_true", help="only the full models")
     ap.add_argument("--full-arch", default=None, help="backbone of the full models (default vitl14 on a GPU, vits14 on a CPU)")
-    ap.add_argument("--crop-batch-size", type=int, default=16)
+    ap.add_argument("--crop-batch-size", type=int_range(1), default=16)
     ap.add_argument("--full-size", action="store_true", help="on a CPU, the full models at 512x683 and 480x640 with "
                                                              "the official view sizes too (default there: half)")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int_range(0), default=0, help="CPU threads (0: torch's default)")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
