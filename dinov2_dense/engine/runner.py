@@ -158,6 +158,12 @@ class _Skipped:
     def __init__(self, iterator, skip: int):
         self.iterator, self.skip = iterator, skip
 
+    @property
+    def _iterator(self):
+        """The DataLoader iterator within (mmengine's ``_InfiniteDataloaderIterator._iterator``): the runner
+        shuts its workers down when training ends."""
+        return getattr(self.iterator, "_iterator", None)
+
     def __iter__(self):
         return self
 
@@ -610,6 +616,9 @@ class DenseRunner(Runner):
             if batch is None:
                 return
             sampler.continue_at(self.iter * world * batch)
+            old = getattr(loop.dataloader_iterator, "_iterator", None)
+            if not loop.dataloader.persistent_workers and callable(getattr(old, "_shutdown_workers", None)):
+                old._shutdown_workers()  # its workers read from the old start (persistent ones start again)
             loop.dataloader_iterator = _InfiniteDataloaderIterator(loop.dataloader)  # from the new start
             self.logger.info(f"--resume: the training data continues at sample {self.iter * world * batch} of "
                              "the run's stream; the samples before it are not loaded again")
@@ -714,17 +723,28 @@ class DenseRunner(Runner):
         return checkpoint
 
     def _check_backbone(self, filename: str, checkpoint: dict, state: dict, model) -> None:
+        """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.backbone`` records another
+        backbone than this config builds: by ``features_sha256`` where both record it (the same weights
+        read from a timm or Hugging Face file are the same backbone), else by the weights' ``sha256``
+        (a checkpoint of an older version, which tells those formats apart too)."""
+        from dinov2_dense.checkpoints import backbone_difference
+
         recorded = (checkpoint.get("meta") or {}).get("backbone")
         if not isinstance(recorded, dict) or not hasattr(model, "backbone_info"):
             return  # an official head file, or a checkpoint from before fingerprints
         if any(k.startswith("backbone.") for k in state):
-            return  # the checkpoint brings its backbone
+            return  # the checkpoint brings its backbone (to-mmseg records that one, and checks the head's)
         ours = model.backbone_info()
-        if recorded.get("sha256") == ours["sha256"]:
+        difference = backbone_difference(recorded, ours)
+        if difference is None:
             return
-        message = (f"{filename} holds a head trained on another backbone ({recorded.get('weights')}, sha256 "
-                   f"{str(recorded.get('sha256'))[:12]}) than this config builds ({ours['weights']}, sha256 "
-                   f"{ours['sha256'][:12]}): its features differ")
+        label, theirs, mine = difference
+        differ = ("its features differ" if label.startswith("features") else
+                  "its weights differ (the checkpoint, of an older version, records only the SHA-256 of the weights' "
+                  "bytes, which differs for the same weights read from another file format too, such as timm's: "
+                  "if that is so, --other-backbone is safe)")
+        message = (f"{filename} holds a head trained on another backbone ({recorded.get('weights')}, {label} "
+                   f"{theirs[:12]}) than this config builds ({ours['weights']}, {label} {mine[:12]}): {differ}")
         if not self.other_backbone:
             raise CheckpointError(message + "; give the same backbone weights (model.backbone_weights=...), or pass "
                                   "--other-backbone to use this one anyway")
