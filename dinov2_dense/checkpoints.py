@@ -44,6 +44,7 @@ __all__ = [
     "load_backbone_weights",
     "save_safetensors",
     "fingerprint",
+    "features_fingerprint",
     "distilled_students",
 ]
 
@@ -531,27 +532,102 @@ def save_safetensors(
     return Path(path)
 
 
-def weights_identity(model: nn.Module) -> dict[str, str]:
+def weights_identity(model: nn.Module, features: bool = False) -> dict[str, str]:
     """What a fitted result (a PCA basis) records of the backbone it came from: the SHA-256 of its
     weights (:func:`fingerprint`, as the kNN cache, the curation store and the demo tell backbones
     apart) and the form they were loaded in (their dtype, ``+float8`` with FP8 linears), which
-    changes those bytes but not what the weights are."""
+    changes those bytes but not what the weights are. ``features``: also ``features_sha256``
+    (:func:`features_fingerprint`, the same for the same weights read from any file format), hashed
+    in the same pass."""
     from .models.float8 import Float8Linear
 
     form = str(next(model.parameters()).dtype).removeprefix("torch.")
     form += "+float8" if any(isinstance(m, Float8Linear) for m in model.modules()) else ""
-    return {"weights_sha256": fingerprint(model), "weights_form": form}
+    if not features:
+        return {"weights_sha256": fingerprint(model), "weights_form": form}
+    prints = fingerprints(model)
+    return {"weights_sha256": prints["sha256"], "weights_form": form, FEATURES_KEY: prints[FEATURES_KEY]}
+
+
+#: The key under which records (a checkpoint's ``meta.backbone``, a PCA basis's info) keep
+#: :func:`features_fingerprint`; records of older versions have only the weights' SHA-256.
+FEATURES_KEY = "features_sha256"
+#: Hashed first in :func:`features_fingerprint`: its digests are never those of :func:`fingerprint`.
+_FEATURES_DOMAIN = b"dinov2-dense features v1;"
 
 
 def fingerprint(module: nn.Module | Mapping[str, Tensor]) -> str:
     """SHA-256 of a module's state dict (names, dtypes, shapes and bytes), to tell backbones apart;
-    or of such a dict itself (e.g. a copy on the host, hashed in another thread)."""
+    or of such a dict itself (e.g. a copy on the host, hashed in another thread). The same weights
+    read from another file format may differ here (see :func:`features_fingerprint`); caches keyed
+    by it (kNN, curation store, feature cache, demo) keep it as it is."""
+    return fingerprints(module, features=False)["sha256"]
+
+
+def features_fingerprint(module: nn.Module | Mapping[str, Tensor]) -> str:
+    """SHA-256 of what a DINOv2 backbone computes rather than of how its file stored it: of its
+    :func:`canonical_backbone_state`. The same weights read from the official, timm or Hugging Face
+    files give the same digest (timm drops the inference-unused ``mask_token`` and, for register
+    models, folds the class position into ``cls_token``); other weights, or the same in another
+    dtype, give another."""
+    return fingerprints(module)[FEATURES_KEY]
+
+
+def canonical_backbone_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An official-layout state dict as the forward uses it: without ``mask_token`` (used only by
+    masked pretraining inputs), with the class position folded into the class token
+    (``cls_token + pos_embed[:, :1]``, the sum the forward adds, with -0.0 made 0.0) and
+    ``pos_embed[:, 0]`` zeroed. Official and timm-converted files of the same weights give equal
+    tensors; a state without ``cls_token`` / ``pos_embed`` only loses ``mask_token``."""
+    out = {k: v for k, v in state.items() if k != "mask_token"}
+    cls, pos = out.get("cls_token"), out.get("pos_embed")
+    if (isinstance(cls, Tensor) and isinstance(pos, Tensor) and cls.dim() == 3 and pos.dim() == 3
+            and cls.shape[:2] == (1, 1) and pos.shape[0] == 1 and pos.shape[1] >= 1 and cls.shape[2] == pos.shape[2]):
+        cls, pos = cls.detach(), pos.detach()
+        out["cls_token"] = (cls + pos[:, :1].to(device=cls.device, dtype=cls.dtype)) + 0.0
+        folded = pos.clone()
+        folded[:, 0] = 0
+        out["pos_embed"] = folded
+    return out
+
+
+def fingerprints(module: nn.Module | Mapping[str, Tensor], features: bool = True) -> dict[str, str]:
+    """``{"sha256": fingerprint, "features_sha256": features_fingerprint}`` of a module or state
+    dict, in one pass over its tensors (each copied to the host once); ``features`` False: the first only."""
     import hashlib
 
-    digest = hashlib.sha256()
     state = module.state_dict() if isinstance(module, nn.Module) else module
-    for name, tensor in sorted(state.items()):
-        t = tensor.detach().cpu().contiguous()
+    canonical = canonical_backbone_state(state) if features else {}
+    weights, feats = hashlib.sha256(), hashlib.sha256(_FEATURES_DOMAIN)
+
+    def update(digest, name: str, t: Tensor) -> None:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
-    return digest.hexdigest()
+
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().cpu().contiguous()
+        update(weights, name, t)
+        if not features or name not in canonical:
+            continue
+        if canonical[name] is not tensor:  # folded (cls_token, pos_embed)
+            t = canonical[name].detach().cpu().contiguous()
+        update(feats, name, t)
+    out = {"sha256": weights.hexdigest()}
+    if features:
+        out[FEATURES_KEY] = feats.hexdigest()
+    return out
+
+
+def backbone_difference(recorded: Mapping, ours: Mapping[str, str],
+                        weights_key: str = "sha256") -> tuple[str, str, str] | None:
+    """Whether two records of a backbone (a checkpoint's ``meta.backbone``, a PCA basis's info)
+    name other backbones: None when they name the same one. Compared by :data:`FEATURES_KEY` where
+    both have it (the same weights from another file format are the same), else by the weights'
+    SHA-256 under ``weights_key`` (records of older versions: the same weights in another format
+    differ there too). Else ``(label, recorded's, ours)``: the label, ``"features sha256"`` or
+    ``"sha256"``, tells the message which digest differs (and whether the features are known to)."""
+    theirs, mine = recorded.get(FEATURES_KEY), ours.get(FEATURES_KEY)
+    if isinstance(theirs, str) and isinstance(mine, str):
+        return None if theirs == mine else ("features sha256", theirs, mine)
+    theirs, mine = recorded.get(weights_key), ours.get(weights_key)
+    return None if theirs == mine else ("sha256", str(theirs), str(mine))

@@ -560,16 +560,21 @@ def _pca_tile_and_8bit(args: argparse.Namespace, basis, size) -> None:
 
 
 def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[str, str]) -> str | None:
-    """The warning for a --basis fitted on other weights than these: told by the weights' SHA-256 where
-    the basis records it for weights loaded in the same form; else (an older basis, or another --dtype)
-    by the model's name or weights path, as recorded."""
+    """The warning for a --basis fitted on other weights than these: told by the fingerprints where the
+    basis records them for weights loaded in the same form (``features_sha256`` where both have it, so
+    the same weights read from another file format, such as timm's, are the same; else, for an older
+    basis, the weights' SHA-256); else (an older basis still, or another --dtype) by the model's name or
+    weights path, as recorded."""
+    from .checkpoints import backbone_difference
+
     fitted_on = basis.info.get("model", "unknown model")
-    recorded = basis.info.get("weights_sha256")
-    if recorded is not None and basis.info.get("weights_form") == weights_id["weights_form"]:
-        if recorded == weights_id["weights_sha256"]:
+    if basis.info.get("weights_sha256") is not None and basis.info.get("weights_form") == weights_id["weights_form"]:
+        difference = backbone_difference(basis.info, weights_id, weights_key="weights_sha256")
+        if difference is None:
             return None
-        return (f"warning: {args.basis} was fitted on other weights ({fitted_on}, sha256 {recorded[:12]}), "
-                f"colouring {args.model} features (sha256 {weights_id['weights_sha256'][:12]})")
+        label, theirs, mine = difference
+        return (f"warning: {args.basis} was fitted on other weights ({fitted_on}, {label} {theirs[:12]}), "
+                f"colouring {args.model} features ({label} {mine[:12]})")
     if basis.info.get("model") not in (None, args.model):
         return f"warning: {args.basis} was fitted on {fitted_on}, colouring {args.model} features"
     return None
@@ -674,7 +679,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if basis is not None and basis.dim != model.embed_dim:
             raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
                              f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
-        weights_id = weights_identity(model)  # (dtype and FP8: the form the bytes are in)
+        weights_id = weights_identity(model, features=True)  # (dtype and FP8: the form the bytes are in)
         if basis is not None and (warning := _other_backbone_warning(args, basis, weights_id)):
             print(warning, file=sys.stderr)
         info = {"model": args.model, "size": size, "tile": args.tile, **weights_id}

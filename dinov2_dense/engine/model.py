@@ -18,7 +18,7 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 import heads
-from dinov2_dense.checkpoints import fingerprint, key_mismatches, load_backbone_weights
+from dinov2_dense.checkpoints import fingerprints, key_mismatches, load_backbone_weights
 from dinov2_dense.hub import BACKBONES, load_backbone
 from dinov2_dense.models import DinoVisionTransformer
 from heads.predictor import DensePredictor
@@ -228,7 +228,7 @@ class DenseModel(BaseModel):
         self._register_load_state_dict_pre_hook(_keep_frozen_backbone, with_module=True)
         self.backbone_source = (f"random weights (seed {backbone_seed})" if backbone_weights is None
                                 else str(backbone_weights))
-        self._fingerprint: str | None = None
+        self._fingerprint: dict[str, str] | None = None  # fingerprints(backbone); None: to hash (again)
         self.keep_backbone = False  # checkpoints hold a frozen backbone too (one a checkpoint brought)
 
     @property
@@ -242,10 +242,13 @@ class DenseModel(BaseModel):
         super().init_weights()
 
     def backbone_info(self) -> dict[str, str]:
-        """Where the backbone's weights came from and their fingerprint (kept in checkpoints)."""
+        """Where the backbone's weights came from and their fingerprints (kept in checkpoints'
+        ``meta.backbone``): ``sha256`` of the weights as loaded (:func:`~dinov2_dense.checkpoints.fingerprint`)
+        and ``features_sha256`` of what they compute (:func:`~dinov2_dense.checkpoints.features_fingerprint`:
+        the same for the same weights from an official, timm or Hugging Face file)."""
         if self._fingerprint is None or not self.predictor.freeze_backbone:
-            self._fingerprint = fingerprint(self.backbone)
-        return {"weights": self.backbone_source, "sha256": self._fingerprint}
+            self._fingerprint = fingerprints(self.backbone)
+        return {"weights": self.backbone_source, **self._fingerprint}
 
     def state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
         """What keeps ``state`` from loading strictly (missing, unexpected, mis-shaped keys); a

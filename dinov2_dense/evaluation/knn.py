@@ -491,7 +491,7 @@ def folder_features(
     renumbered), unless ``keep_empty_classes`` (a training split whose classes label a val split). ``progress``: a bar over the images (default: when there is more than one batch).
 
     ``cache``: a folder where the features are kept, one file per (weights, images, settings): a
-    second call with the same backbone weights (:func:`dinov2_dense.engine.model.fingerprint`), the
+    second call with the same backbone weights (:func:`dinov2_dense.checkpoints.fingerprint`), the
     same files (path, size and modification time of each), the same size, pooling, autocast and
     8-bit resize, and the same pixel limit in force (:func:`dinov2_dense.images.max_pixels`) reads them
     back instead of running the backbone, reading no image (a run of ``knn`` with another ``k``, or

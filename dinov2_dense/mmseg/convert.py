@@ -12,6 +12,15 @@ An mmseg checkpoint of the plugin's models (``{"state_dict": {"backbone.*", "dec
   (``.pth``; mmseg cannot read safetensors, so a ``.safetensors`` output is refused). A head whose
   input width does not fit the backbone of ``backbone_weights`` is refused, naming both widths.
 
+The backbone a head was trained on travels with it: a checkpoint of ``dinov2-dense train`` records it
+(``meta.backbone``: its weights' name, ``sha256`` and ``features_sha256``). :func:`to_mmseg` refuses to
+pair such a head with another backbone (``backbone_weights``, or the ``backbone.*`` tensors the file
+holds), naming both files and fingerprints, unless ``other_backbone`` says it is meant, and records the
+backbone it writes in the output's ``meta.backbone`` (with ``other_backbone``, the head's own record
+stays beside it as ``meta.head_trained_on``); :func:`from_mmseg` carries the record back (a torch
+output becomes ``{"state_dict": ..., "meta": {"backbone": ...}}``, a safetensors output keeps it as
+JSON in its metadata). Files without the record (official head files, older files) convert as before.
+
     python -m dinov2_dense.mmseg.convert from-mmseg work_dirs/iter_40000.pth ours.safetensors --model dinov2_vits14_ade20k_linear
 
 The output is never the input (the checkpoint's meta and optimizer state would be lost), and an
@@ -22,14 +31,17 @@ option (``--debug`` shows the traceback).
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadError, key_mismatches,
-                                      read_checkpoint, save_safetensors, weight_file_problem)
+from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadError, backbone_difference,
+                                      fingerprints, key_mismatches, read_checkpoint, save_safetensors,
+                                      weight_file_problem)
 from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
 
 __all__ = ["from_mmseg", "to_mmseg"]
@@ -102,6 +114,65 @@ def _text_file(path: Path) -> str | None:
     return problem if problem is not None and problem.startswith("a text file") else None
 
 
+#: The metadata key of a safetensors file of :func:`from_mmseg` that keeps ``meta.backbone`` (as JSON).
+_BACKBONE_METADATA = "backbone"
+
+
+def _recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
+    """The backbone a weights file records (``meta.backbone`` of a torch checkpoint, as ``dinov2-dense
+    train`` writes it, or the ``backbone`` metadata of a safetensors file of :func:`from_mmseg`), or None
+    (official head files, older files). Read after the tensors were: the file is known to read, and a
+    torch file is mapped, not read again."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                text = (f.metadata() or {}).get(_BACKBONE_METADATA)
+            record = json.loads(text) if text else None
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a file of torch's legacy format cannot be mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            meta = obj.get("meta") if isinstance(obj, dict) else None
+            record = meta.get("backbone") if isinstance(meta, dict) else None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError):  # a folder, a shard index: none
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        return None
+    return {str(k): str(v) for k, v in record.items() if isinstance(v, str)}
+
+
+def _backbone_of(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def _written(weights: str, backbone: dict[str, Tensor]) -> dict[str, str]:
+    """The record of a backbone written: its weights' name and fingerprints (as ``train`` records them)."""
+    return {"weights": weights, **fingerprints(backbone)}
+
+
+def _check_pairing(head_file: str | os.PathLike, recorded: dict[str, str], written: dict[str, str], what: str,
+                   other_backbone: bool) -> bool:
+    """Refuse a head recorded as trained on another backbone than the one written with it (``what``
+    names where that one comes from), unless ``other_backbone``; True when they differ (and that is meant)."""
+    difference = backbone_difference(recorded, written)
+    if difference is None:
+        return False
+    if other_backbone:
+        return True
+    label, theirs, mine = difference
+    differ = ("its features differ" if label.startswith("features") else
+              "their weights differ (the head's record, of an older version, has only the SHA-256 of the weights' "
+              "bytes, which differs for the same weights read from another file format too, such as timm's)")
+    raise CheckpointError(
+        f"{head_file} holds a head trained on another backbone ({recorded.get('weights')}, {label} {theirs[:12]}) "
+        f"than {what} ({label} {mine[:12]}): {differ}; give the backbone the head was trained on, or pass "
+        "--other-backbone (other_backbone=True) to pair them anyway")
+
+
 def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str | None = None,
                overwrite: bool = False) -> Path:
     """An mmseg checkpoint -> a dinov2-dense weights file (see the module's docstring)."""
@@ -126,20 +197,39 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
                 raise CheckpointError(f"{checkpoint}: its backbone.* tensors do not fit the backbone of {model}: "
                                       + "; ".join(parts))
             built.backbone.load_state_dict(backbone, strict=True)
+    record = _carried_back(checkpoint, state)
     if out.suffix.lower() == ".safetensors":
-        return save_safetensors(state, out, metadata={"format": "dinov2-dense", "source": "mmseg"})
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+        metadata = {"format": "dinov2-dense", "source": "mmseg"}
+        if record is not None:
+            metadata[_BACKBONE_METADATA] = json.dumps(record)
+        return save_safetensors(state, out, metadata=metadata)
+    with atomic_path(out) as tmp:  # (a flat state dict, as before, where there is no record to keep)
+        torch.save(state if record is None else {"state_dict": state, "meta": {"backbone": record}}, tmp)
     return out
 
 
+def _carried_back(checkpoint: str | os.PathLike, state: dict[str, Tensor]) -> dict[str, str] | None:
+    """The ``meta.backbone`` of an mmseg checkpoint (one of :func:`to_mmseg`) that its weights file keeps:
+    as it is for a head alone (the backbone it was trained on); for a checkpoint with ``backbone.*``
+    tensors, the record of those, where it names them (it is not carried for tensors it does not name)."""
+    record = _recorded_backbone(checkpoint)
+    backbone = _backbone_of(state)
+    if record is None or not backbone:
+        return record
+    written = _written(record.get("weights", f"the backbone.* tensors of {checkpoint}"), backbone)
+    return written if backbone_difference(record, written) is None else None
+
+
 def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weights: str | None = None,
-             backbone: str | None = None, overwrite: bool = False) -> Path:
+             backbone: str | None = None, overwrite: bool = False, other_backbone: bool = False) -> Path:
     """A dinov2-dense weights file (or an official head file plus ``backbone_weights`` for
     ``backbone``) -> an mmseg checkpoint. ``backbone`` None: the architecture file beside
     ``backbone_weights`` (a pretraining export's backbone.json), else dinov2_vits14; ``backbone``
     without ``backbone_weights`` is refused (it names their architecture, it brings no weights).
-    ``out``: a torch file mmseg loads (:data:`MMSEG_SUFFIXES`), checked before anything is read."""
+    ``out``: a torch file mmseg loads (:data:`MMSEG_SUFFIXES`), checked before anything is read.
+    A head whose file records the backbone it was trained on (``meta.backbone``) is refused with
+    another one unless ``other_backbone``; the output records the backbone it holds (see the module's
+    docstring)."""
     out = _check_output(out, {"input weights file": weights, "backbone weights file": backbone_weights}, overwrite,
                         MMSEG_SUFFIXES, "an mmseg checkpoint (a torch file)")
     if backbone is not None:
@@ -156,6 +246,8 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
         raise ValueError(f"--backbone {backbone} names the architecture of --backbone-weights, which was not given, "
                          f"and {weights} holds no backbone (no backbone.* tensors): add --backbone-weights FILE "
                          "(the backbone's weights), or drop --backbone for a head-only checkpoint")
+    recorded = _recorded_backbone(weights)  # the backbone the head was trained on, where its file says
+    written, paired = recorded, False  # the record of the backbone written: the head's, for a head alone
     if backbone_weights is not None:
         from dinov2_dense.hub import _file_url_path, architecture_beside, load_backbone
 
@@ -167,9 +259,24 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
         if problem:
             raise CheckpointError(f"{weights}: its head does not fit the backbone of --backbone-weights "
                                   f"{backbone_weights}: {problem}; give the backbone the head was trained on")
-        state.update({f"backbone.{k}": v for k, v in loaded.state_dict().items()})
+        backbone_state = loaded.state_dict()
+        written = _written(str(backbone_weights), backbone_state)
+        if recorded is not None:
+            paired = _check_pairing(weights, recorded, written, f"--backbone-weights {backbone_weights}",
+                                    other_backbone)
+        state.update({f"backbone.{k}": v for k, v in backbone_state.items()})
+    elif recorded is not None and (own := _backbone_of(state)):
+        written = _written(recorded.get("weights", f"the backbone.* tensors of {weights}"), own)
+        paired = _check_pairing(weights, recorded, written, "the backbone.* tensors it holds", other_backbone)
+        if paired:
+            written["weights"] = f"the backbone.* tensors of {weights}"
+    meta = {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}
+    if written is not None:
+        meta["backbone"] = written
+    if paired:  # --other-backbone: what the head was trained on, beside what it is paired with
+        meta["head_trained_on"] = recorded
     with atomic_path(out) as tmp:
-        torch.save({"state_dict": state, "meta": {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}}, tmp)
+        torch.save({"state_dict": state, "meta": meta}, tmp)
     return out
 
 
@@ -240,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the backbone of --backbone-weights: a zoo name or an architecture JSON (default: the "
                         "backbone.json beside --backbone-weights, a pretraining export's, else dinov2_vits14)")
     b.add_argument("--backbone-weights", default=None)
+    b.add_argument("--other-backbone", action="store_true",
+                   help="pair a head with another backbone than the one its checkpoint records it was trained on "
+                        "(meta.backbone; refused without this option)")
     b.set_defaults(func=_cmd_to_mmseg)
     for command in (a, b):
         command.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -270,7 +380,8 @@ def _cmd_to_mmseg(args) -> int:
             raise KeyError(f"--backbone {args.backbone}: {exc.args[0]}") from None
         except (OSError, ValueError) as exc:
             raise type(exc)(f"--backbone {exc}") from None
-    print(to_mmseg(args.weights, args.out, args.backbone_weights, args.backbone, overwrite=args.overwrite))
+    print(to_mmseg(args.weights, args.out, args.backbone_weights, args.backbone, overwrite=args.overwrite,
+                   other_backbone=args.other_backbone))
     return 0
 
 

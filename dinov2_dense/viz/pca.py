@@ -655,14 +655,14 @@ def pca_maps(
 def _fit_record(model, feats: list[DenseFeatures], options: FeatureOptions, info: dict | None) -> dict:
     """What a basis records of how its features were made, as the command's does (reused with --basis,
     features are computed the same way, and other weights are warned of): the block, size, tiling, the
-    8-bit resize and the identity of the weights (:func:`dinov2_dense.checkpoints.weights_identity`, hashed
-    now unless ``info``, which is added last, has it)."""
+    8-bit resize and the identity of the weights (:func:`dinov2_dense.checkpoints.weights_identity` with
+    its ``features_sha256``, hashed now unless ``info``, which is added last, has it)."""
     record = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "tile": options.tile,
               **({"resize_8bit": True} if options.resize_8bit else {})}
     if "weights_sha256" not in (info or {}):
         from ..checkpoints import weights_identity
 
-        record.update(weights_identity(model))
+        record.update(weights_identity(model, features=True))
     return {**record, **(info or {})}
 
 
