@@ -516,7 +516,8 @@ def _list(keys: list[str], limit: int = 6) -> str:
 def save_safetensors(
     weights: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write a state dict (or a module's) as safetensors, atomically (temp file, then rename)."""
+    """Write a state dict (or a module's) as safetensors, atomically (temp file, then rename); the same
+    tensors and metadata give the same bytes (:func:`_sort_metadata`)."""
     from safetensors.torch import save_file
 
     from .fileio import atomic_path
@@ -528,8 +529,32 @@ def save_safetensors(
         tmp.touch(exist_ok=False)
         mode = tmp.stat().st_mode & 0o777
         save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "dinov2-dense"}))
+        _sort_metadata(tmp)
         os.chmod(tmp, mode)
     return Path(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Put the metadata of the safetensors file ``path`` in key order, in place: safetensors writes it in
+    the order of a hash map seeded per process, so two writes of one file differed in bytes (a checksum or
+    ``cmp`` could not tell that they agree). The header keeps its length (the same JSON, reordered), so
+    only its bytes are rewritten; a header that would not (escapes written otherwise) is left as it is."""
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(length)
+        text = raw.rstrip(b" ")
+        header = json.loads(text)
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict):
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(ordered) == len(text) and ordered != text:
+            f.seek(8)
+            f.write(ordered)
 
 
 def weights_identity(model: nn.Module, features: bool = False) -> dict[str, str]:

@@ -477,3 +477,21 @@ def test_a_users_text_file_is_not_a_weight_file_and_is_not_to_be_deleted(tmp_pat
     msg = str(info.value)
     assert msg.startswith(str(notes)) and "text file" in msg and "give a weight file" in msg, msg
     assert "delete" not in msg and "fetch" not in msg, msg
+
+
+def test_a_safetensors_file_written_twice_is_the_same_bytes(tmp_path):
+    """safetensors writes the metadata in the order of a hash map seeded anew for each file: two writes of
+    the same features or weights differed in bytes, so a checksum or cmp could not show that they agree.
+    save_safetensors puts the metadata in key order (escapes and non-ASCII values included)."""
+    from safetensors import safe_open
+
+    from dinov2_dense.checkpoints import save_safetensors
+
+    metadata = {f"key{i}": f'value "{i}"\n\u00e9' for i in range(8)}
+    written = set()
+    for i in range(4):
+        path = save_safetensors({"b": torch.zeros(2), "a": torch.arange(3.0)}, tmp_path / f"{i}.safetensors", metadata)
+        written.add(path.read_bytes())
+    assert len(written) == 1
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == metadata and torch.equal(f.get_tensor("a"), torch.arange(3.0))
