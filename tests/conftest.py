@@ -89,3 +89,17 @@ def single_process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+
+
+@pytest.fixture
+def fresh_mmengine_loggers():
+    """mmengine keeps its loggers (and their handlers on the sys.stderr of the test that made them) for
+    the life of the process; a command-line run has one process per command. Drop them after the test
+    (``pytestmark = pytest.mark.usefixtures("fresh_mmengine_loggers")`` in the files that run commands)."""
+    yield
+    from mmengine.logging import MMLogger
+
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    MMLogger._instance_dict.clear()

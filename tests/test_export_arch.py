@@ -23,28 +23,20 @@ from dinov2_dense.models import DinoVisionTransformer
 from pretrain.export import export_backbone
 from pretrain.train import pretrain
 from tests.conftest import randomize_
+from tests.test_pretrain_train import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAD = dict(head_n_prototypes=32, head_bottleneck_dim=16, head_hidden_dim=32)
 
 
 def _tiny(iters: int = 2, **sections) -> dict:
-    """A 32-wide, 1-block ViT/14 on 28-pixel crops, LayerScale starting at 0.1 (not the default 1e-5,
-    nor the 1.0 the JSON used to say)."""
-    cfg = dict(
-        student=dict(arch="custom", embed_dim=32, depth=1, num_heads=2, drop_path_rate=0.0, layerscale=0.1),
-        dino=dict(HEAD), ibot=dict(HEAD),
-        crops=dict(global_crops_size=28, local_crops_size=14, local_crops_number=1),
-        train=dict(batch_size_per_gpu=4, num_workers=0, OFFICIAL_EPOCH_LENGTH=iters, checkpoint_period=iters,
-                   log_freq=1, dataset=dict(type="synthetic", num_scenes=16, config=dict(size=(42, 42)))),
-        optim=dict(epochs=1, warmup_epochs=0, freeze_last_layer_epochs=0),
-        teacher=dict(warmup_teacher_temp_epochs=0),
-        compute=dict(precision="fp32"),
-        monitor=dict(period=0),
-    )
+    """test_pretrain_train's tiny run with 1 block on 16 scenes, LayerScale starting at 0.1 (not the
+    default 1e-5, nor the 1.0 the JSON used to say)."""
+    own = dict(student=dict(depth=1, drop_path_rate=0.0, layerscale=0.1), crops=dict(local_crops_number=1),
+               train=dict(checkpoint_period=iters, dataset=dict(type="synthetic", num_scenes=16,
+                                                                config=dict(size=(42, 42)))))
     for name, values in sections.items():
-        cfg[name] = {**cfg.get(name, {}), **values}
-    return cfg
+        own[name] = {**own.get(name, {}), **values}
+    return tiny(iters, **own)
 
 
 @pytest.fixture(scope="module")

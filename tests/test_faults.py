@@ -24,6 +24,8 @@ from PIL import Image
 from dinov2_dense.cli import main
 from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
 
+pytestmark = pytest.mark.usefixtures("fresh_mmengine_loggers")
+
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DINOV2_DENSE_OFFLINE": "1"}
@@ -62,19 +64,6 @@ def _no_staging_left(parent: Path) -> None:
 
 
 # -- fixtures: synthetic scenes and a short run --------------------------------------------------
-@pytest.fixture(autouse=True)
-def fresh_mmengine_loggers():
-    """mmengine keeps its loggers (and their handlers on the sys.stderr of the test that made them)
-    for the life of the process; a command-line run has one process per command. Drop them."""
-    yield
-    from mmengine.logging import MMLogger
-
-    for logger in list(MMLogger._instance_dict.values()):
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-    MMLogger._instance_dict.clear()
-
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults") / "ade"

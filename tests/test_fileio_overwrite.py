@@ -21,19 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
 
 
-@pytest.fixture
-def fresh_mmengine_loggers():
-    """mmengine keeps its loggers (with handlers on the test's sys.stderr) for the life of the process;
-    a command-line run has one process per command. Drop them after the test."""
-    yield
-    from mmengine.logging import MMLogger
-
-    for logger in list(MMLogger._instance_dict.values()):
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-    MMLogger._instance_dict.clear()
-
-
 def _run(capsys, *argv) -> tuple[int, str]:
     capsys.readouterr()
     rc = main([str(a) for a in argv])

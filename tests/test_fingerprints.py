@@ -33,6 +33,8 @@ from pretrain.export import export_backbone
 
 from .conftest import randomize_, tiny_vit
 
+pytestmark = pytest.mark.usefixtures("fresh_mmengine_loggers")
+
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
 
@@ -95,18 +97,6 @@ def test_the_same_weights_from_a_timm_file_have_the_same_features_fingerprint(re
 
 
 # -- fixtures: a backbone in two formats, another one, and a head trained on the first -------------
-@pytest.fixture(autouse=True)
-def fresh_mmengine_loggers():
-    """mmengine keeps its loggers (and handlers on an earlier test's captured stderr): drop them."""
-    yield
-    from mmengine.logging import MMLogger
-
-    for logger in list(MMLogger._instance_dict.values()):
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-    MMLogger._instance_dict.clear()
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """``a``: an export of a tiny register ViT (backbone.json, .safetensors, .pth), ``timm``: the same
