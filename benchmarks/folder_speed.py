@@ -1,7 +1,9 @@
 """Folder throughput: embedding a folder of JPEG images against the model alone, in one process.
 
     python benchmarks/folder_speed.py                       # CUDA: 2,000 JPEGs of 500x375, ViT-B/14 at 224, bf16
-    python benchmarks/folder_speed.py --count 200 --batch-size 16 --num-workers 0 2   # a CPU try
+    python benchmarks/folder_speed.py --count 200 --batch-size 16 --num-workers 0 2   # a CPU try (ViT-B: minutes)
+    python benchmarks/folder_speed.py --model dinov2_dense_tiny --count 32 --batch-size 8 --num-workers 0 2 --quick
+                                                            # a quick CPU try (the embedded tiny model)
 
 Writes ``--count`` JPEG images (about 500x375, cut from the images scikit-image ships, so they
 decode like photographs) into a temporary folder, then times:

@@ -792,7 +792,8 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", choices=list(ATTENTION_KERNEL_NAMES), default="auto",
                         help="preferred attention kernel of scaled_dot_product_attention (default auto: torch's choice)")
     parser.add_argument("--float8", action="store_true", help="the blocks' linear layers in FP8 (H100/Ada-class GPUs; "
-                        "faster with --compile, slower without; changes the features slightly: cosine 0.995-0.99999)")
+                        "faster with --compile, slower without; changes the features slightly: cosine about 0.995 for the "
+                        "class token, 0.9997-0.99999 for the patch maps)")
 
 
 def _tile_or_none(text: str) -> int:
