@@ -420,12 +420,23 @@ _MONITOR_FILE = re.compile(r"^(monitor\.jsonl|pca_\d+\.png)$")  # monitor/: pret
 
 def is_run_dir(work_dir: str | os.PathLike) -> bool:
     """Whether ``work_dir`` is a pretraining run's folder: it holds :data:`RUN_MARKER`, or (a run of an
-    earlier version, unmarked) checkpoints, or nothing but a run's entries (a run stopped early)."""
+    earlier version, unmarked) checkpoints, or nothing but a run's entries among which a run's
+    ``config.json`` (a run stopped early). A lone ``backbone.json`` (an export's, copied) or a
+    ``config.json`` of another tool is no run's: a run would write over it."""
     work_dir = Path(work_dir)
     if (work_dir / RUN_MARKER).is_file() or checkpoint_files(work_dir):
         return True
     entries = [p.name for p in work_dir.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and all(e in _RUN_ENTRIES for e in entries)
+    return bool(entries) and all(e in _RUN_ENTRIES for e in entries) and _is_run_config(work_dir / "config.json")
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the ``config.json`` of a pretraining run (its resolved sections)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in ("student", "train", "optim"))
 
 
 #: The top-level entries a run writes (besides its checkpoints).
@@ -824,6 +835,8 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             print(f"the run in {work_dir} had already ended (iteration {start} of {total_iters}): nothing to train; "
                   "its export is written again", file=sys.stderr)
     result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
+    if it > start:  # this command's rate over all it trained (the log's images_per_s is each interval's)
+        result["run_images_per_s"] = seen / max(time.time() - t0, 1e-9)
     if world > 1:
         result["teacher_fingerprints"] = _check_in_sync(model, work_dir, main)
     elif main:  # an earlier stage's on several processes: its teachers are not this run's

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,6 +242,9 @@ def test_distill_command_exports_each_student_and_needs_a_teacher(pretrained, tm
                  result["export"]["safetensors"], "--teacher-head", str(work)]) == 0
     printed = capsys.readouterr().out
     assert f"exported student0: {out / 'export' / 'student0.safetensors'}" in printed
+    # the summary names the command, and the rate is the command's mean (it was the last log interval's)
+    assert "distillation: {'iteration'" in printed and "pretraining:" not in printed, printed
+    assert re.search(r"^[0-9.]+ images/s over this command's iterations", printed, re.M), printed
     student = load_backbone(None, weights=out / "export" / "student0.safetensors")
     assert student.embed_dim == 16
 

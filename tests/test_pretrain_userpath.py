@@ -118,9 +118,20 @@ def test_a_folder_that_no_run_wrote_is_refused_and_left_as_it_was(tmp_path, caps
     # folder; a user's own file (the config kept in its run's folder) stays beside the run's files
     early = tmp_path / "early"
     early.mkdir()
-    (early / "config.json").write_text("{}")
+    (early / "config.json").write_text(json.dumps({"student": {}, "train": {}, "optim": {}}))
     (early / "backbone.json").write_text("{}")
     assert is_run_dir(early)
+    # ... but a lone backbone.json (a copied export's) or another tool's config.json is no run's: it was
+    # written over without a word
+    for name, text in (("backbone.json", json.dumps({"embed_dim": 48})), ("config.json", '{"x": 1}')):
+        lone = tmp_path / f"lone_{name}"
+        lone.mkdir()
+        (lone / name).write_text(text)
+        assert not is_run_dir(lone)
+        capsys.readouterr()
+        assert _pretrain(cfg, lone, "--max-iters", "1", "--overwrite") == 2
+        assert f"work dir {lone} is not a pretraining run's folder, but holds {name}" in capsys.readouterr().err
+        assert (lone / name).read_text() == text and sorted(p.name for p in lone.iterdir()) == [name]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "my_config.py").write_text(cfg.read_text())

@@ -773,8 +773,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, hint)) from None
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
-                 if k in ("iteration", "total_loss", "images_per_s", "knn_top1", "probe_miou")}
-        print(f"pretraining: {shown}")
+                 if k in ("iteration", "total_loss", "knn_top1", "probe_miou")}
+        print(f"{'distillation' if getattr(args, 'distill_only', False) else 'pretraining'}: {shown}")
+        if isinstance(result.get("run_images_per_s"), float):
+            print(f"{result['run_images_per_s']:.1f} images/s over this command's iterations (monitor and "
+                  "checkpoints included; training_metrics.jsonl has each log interval's)")
         exports = result.get("export", {})
         if "safetensors" in exports:
             print(f"exported the teacher backbone: {exports['safetensors']} (architecture "
