@@ -48,11 +48,14 @@ def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str =
 
 def save_torch(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (a failed write leaves no file). Torch reports a failed
-    write (a full disk) as a RuntimeError of its zip writer: that becomes an OSError naming ``path``."""
+    write (a full disk) as a RuntimeError of its zip writer: that becomes an OSError naming ``path``.
+    Written through an open file, so the archive's records are named ``archive/...`` whatever the
+    temporary file's name: the same object gives the same bytes (given a path, torch named the
+    records after the temporary file, which differs each time)."""
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
     except RuntimeError as exc:
         failed = _write_failed(exc, path)
         if failed is exc:

@@ -147,3 +147,14 @@ def test_hub_entry_given_a_file_of_another_grid_says_what_to_pass(tmp_path):
     assert f"load_backbone(None, weights={str(weights)!r})" in message and "backbone.json" in message
     loaded = _hub("dinov2_vits14", weights=str(weights), depth=1, img_size=56)  # what the hint says works
     assert torch.equal(loaded.pos_embed, model.pos_embed)
+
+
+def test_an_export_written_twice_is_the_same_bytes(tmp_path):
+    """torch.save given a path names the archive's records after the file: written through a temporary
+    file of another name each time, two exports of the same weights differed in bytes (backbone.pth)."""
+    model = randomize_(DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=1, num_heads=2))
+    first = export_backbone(model, tmp_path / "a")
+    second = export_backbone(model, tmp_path / "b")
+    for kind in ("pth", "safetensors", "json"):
+        assert first[kind].read_bytes() == second[kind].read_bytes(), kind
+    assert torch.equal(torch.load(first["pth"], weights_only=True)["pos_embed"], model.pos_embed.detach())
