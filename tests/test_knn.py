@@ -174,6 +174,10 @@ def test_topk_accuracy_by_hand():
     # sample 1: ranks 1st; sample 2: 2nd (tie lost); sample 3: class 5 is last (tied with 0, after it)
     assert topk_accuracy(scores, labels) == pytest.approx({"top1": 100 / 3, "top5": 200 / 3})
     assert topk_accuracy(scores, labels, ks=(1, 2, 10)) == pytest.approx({"top1": 100 / 3, "top2": 200 / 3})
+    # 11 hits of 20 are 55.0 exactly, as knn's JSON shows them (the mean x 100 was 55.00000000000001)
+    twenty = torch.eye(20)[:, :10]
+    labels = torch.tensor([*range(10), 0, *[1] * 9])  # rows 10-19 score all classes 0: class 0 ranks first
+    assert topk_accuracy(twenty, labels, ks=(1,)) == {"top1": 55.0}
 
 
 def load_official_knn_module():
