@@ -1088,6 +1088,12 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     if args.clusters is not None and min(args.clusters) < 1:
         raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
+    if args.clusters is not None and args.levels is not None and args.levels != len(args.clusters):
+        # (--clusters sets the levels: --levels 2 --clusters 3 ran one level without a word)
+        raise ValueError(f"--levels {args.levels} and --clusters {','.join(map(str, args.clusters))} "
+                         f"({len(args.clusters)} level{'s' if len(args.clusters) != 1 else ''}) disagree: --clusters "
+                         "gives one count a level, so leave --levels out or give as many counts")
+    args.levels = 4 if args.levels is None else args.levels
     from .distributed import check_same_settings, implied_launcher, say_distributed
 
     launcher = implied_launcher(args.launcher)  # torchrun without --launcher: as with pytorch
@@ -1219,7 +1225,8 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--seeds-k", type=positive_int, default=8, help="neighbours retrieved per seed (default 8)")
     cur.add_argument("--seeds-threshold", type=float_range(-1.0, 1.0), default=None,
                      help="instead of --seeds-k: every pool image above this similarity to a seed")
-    cur.add_argument("--levels", type=int_range(1, 10), default=4, help="hierarchical k-means levels (default 4)")
+    cur.add_argument("--levels", type=int_range(1, 10), default=None,
+                     help="hierarchical k-means levels (default 4; with --clusters, as many as it gives)")
     cur.add_argument("--clusters", type=_int_list, default=None,
                      help="clusters per level, finest first, e.g. 1000,200,50,10 (default: from the pool size)")
     cur.add_argument("--resample-steps", type=_int_list, default=None,

@@ -1316,3 +1316,14 @@ def test_fewer_selected_than_the_target_says_why(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "4 selected (fewer than --target 5: 1 of the 5 images unreadable)" in said, said
     assert "deduplication" not in said
+
+
+def test_levels_and_clusters_that_disagree_are_refused(tmp_path, capsys):
+    """--clusters gives one count a level: with --levels 2 and --clusters 3, one level ran without a word."""
+    folder = _images(tmp_path / "imgs", 4, broken=False)
+    out = tmp_path / "out"
+    assert main(["curate", str(folder), "--target", "2", "--out", str(out), "--weights", "random", "--size", "28",
+                 "--levels", "2", "--clusters", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--levels 2 and --clusters 3 (1 level) disagree" in err, err
+    assert not out.exists()

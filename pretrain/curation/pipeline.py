@@ -284,8 +284,9 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     if clusters is not None:
         ks = list(clusters)
         if min(ks) < 1 or any(b > a for a, b in zip(ks, ks[1:])) or ks[0] > pool_size:
+            unit = "rows" if pool is not None else "images (fewer rows once unreadable and duplicate ones are out)"
             raise CurationError(f"--clusters {','.join(map(str, ks))}: expected at least 1 cluster a level, no more "
-                                f"than the level below, and at most the pool's {pool_size} rows at level 1")
+                                f"than the level below, and at most the pool's {pool_size} {unit} at level 1")
     if seeds is not None and is_embeddings(seeds):
         seed_store = load_embeddings(seeds, seeds_names)
     elif seeds is not None:
@@ -345,7 +346,8 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     ks = list(clusters) if clusters is not None else default_clusters(len(rows), levels)
     if ks[0] > len(rows):
         raise CurationError(f"--clusters {','.join(map(str, ks))}: level 1 asks for {ks[0]} clusters of only "
-                            f"{len(rows)} rows")
+                            f"{len(rows)} rows (those left after unreadable images, deduplication and retrieval; "
+                            "the embeddings are kept: a rerun with fewer clusters reuses them)")
     steps = resample_steps if resample_steps is not None else [0] + [10] * (len(ks) - 1)
     say(f"hierarchical k-means: {len(ks)} levels, clusters {ks}, resampling steps {steps}")
     tree = hierarchical_kmeans(Rows(x, rows), ks, resample_steps=steps, sample_strategy=sample_strategy,
