@@ -679,6 +679,14 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if basis is not None and basis.dim != model.embed_dim:
             raise ValueError(f"--basis {args.basis}: fitted on {basis.dim}-channel features "
                              f"({basis.info.get('model', 'unknown model')}), {args.model} has {model.embed_dim}")
+        if basis is not None and "layer" in basis.info:
+            try:
+                model.resolve_layers([basis.info["layer"]])
+            except ValueError:  # (the library's message named neither --basis nor the block it was fitted on)
+                raise ValueError(f"--basis {args.basis}: fitted on block {basis.info['layer']} "
+                                 f"({basis.info.get('model', 'unknown model')}), and {args.model} has "
+                                 f"{len(model.blocks)} block{'s' if len(model.blocks) != 1 else ''}: a basis colours the block it was fitted on; fit one "
+                                 "on this model (leave --basis out)") from None
         weights_id = weights_identity(model, features=True)  # (dtype and FP8: the form the bytes are in)
         if basis is not None and (warning := _other_backbone_warning(args, basis, weights_id)):
             print(warning, file=sys.stderr)

@@ -657,6 +657,26 @@ def test_a_basis_is_told_from_other_weights_by_their_fingerprint_not_their_path(
     assert f"warning: {basis} was fitted on {first['safetensors']}" in reuse(first["pth"], "old_other_path")
 
 
+def test_a_basis_of_a_block_the_model_lacks_is_refused_naming_it(images, tmp_path, capsys):
+    """A basis fitted on block 2 of a 3-block model, reused on a 1-block model without --layer, ended in the
+    library's 'layer 2 out of range' (naming neither --basis nor the block), after a warning of other weights."""
+    from pretrain.export import export_backbone
+
+    from .conftest import tiny_vit
+
+    deep = export_backbone(tiny_vit(depth=3, dim=32, img=56), tmp_path / "deep")["safetensors"]
+    shallow = export_backbone(tiny_vit(depth=1, dim=32, img=56), tmp_path / "shallow")["safetensors"]
+    common = ["--size", "56", "--num-workers", "0"]
+    assert main(["pca", str(images[0]), "--weights", str(deep), "--out", str(tmp_path / "fit"), *common]) == 0
+    capsys.readouterr()
+    basis = tmp_path / "fit" / "pca_basis.npz"
+    assert main(["pca", str(images[1]), "--basis", str(basis), "--weights", str(shallow), "--out",
+                 str(tmp_path / "reuse"), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--basis {basis}: fitted on block 2" in err and "has 1 block: " in err, err
+    assert not (tmp_path / "reuse").exists()
+
+
 def test_a_basis_saved_from_python_records_the_weights_and_how_the_features_were_made(images, tmp_path, capsys):
     """pca_maps' basis, saved in Python as the README shows, records the weights' identity (hashed at the
     fit: later changes to the model do not reach it), the tiling and the 8-bit resize, as the command's
