@@ -716,7 +716,8 @@ def _fetch_url(url: str) -> Path:
 
 def describe_weights(name: str | os.PathLike | dict | None, weights: str | os.PathLike | None = "official") -> str:
     """What ``load_backbone(name, weights)`` loads, in words for a record (an output file's
-    metadata): "random", "embedded in the package (FILE)", "official (FILE)", or the file or URL."""
+    metadata): "random", "embedded in the package (FILE)", "official (FILE)", or the file (its
+    absolute path: a relative one told nothing from another folder) or URL."""
     if weights is None or weights == "random":
         return "random"
     if isinstance(weights, str) and weights == "official" and isinstance(name, str) and name in BACKBONES:
@@ -724,7 +725,10 @@ def describe_weights(name: str | os.PathLike | dict | None, weights: str | os.Pa
         if spec.embedded:
             return f"embedded in the package ({spec.filename}: ours, pretrained on synthetic scenes)"
         return f"official ({spec.filename})"
-    return str(weights)
+    text = str(weights)
+    if "://" not in text and Path(text).expanduser().exists():
+        return str(Path(text).expanduser().resolve())
+    return text
 
 
 def _problem(path: Path) -> str | None:

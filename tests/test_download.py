@@ -478,10 +478,15 @@ def _leftovers_paths(directory: Path) -> list[Path]:
     return [directory / name for name in _leftovers(directory)] if directory.is_dir() else []
 
 
-def test_weights_are_described_for_records() -> None:
-    """What an output file's metadata should say about the weights (not "official" for ours)."""
+def test_weights_are_described_for_records(tmp_path, monkeypatch) -> None:
+    """What an output file's metadata should say about the weights (not "official" for ours; a file
+    given by a relative path, by its absolute one: the record is read from other folders)."""
     assert "embedded in the package" in hub.describe_weights("dinov2_dense_tiny")
     assert "official" not in hub.describe_weights("dinov2_dense_tiny")
     assert hub.describe_weights(NAME) == f"official ({FILENAME})"
     assert hub.describe_weights(NAME, None) == "random"
-    assert hub.describe_weights(NAME, "w.pth") == "w.pth"
+    assert hub.describe_weights(NAME, "w.pth") == "w.pth"  # (no such file here: as given)
+    (tmp_path / "w.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert hub.describe_weights(NAME, "w.pth") == str(tmp_path.resolve() / "w.pth")
+    assert hub.describe_weights(NAME, "https://example.org/w.pth") == "https://example.org/w.pth"
