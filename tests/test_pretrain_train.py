@@ -660,9 +660,12 @@ def test_a_full_disk_while_saving_exits_2_naming_the_file(tmp_path, capsys, monk
     _no_figures(monkeypatch)
     real = torch.save
 
-    def full_disk(obj, f, *a, **k):
-        if fails(Path(f)):
-            Path(f).write_bytes(b"PK\x03\x04 half a zip")
+    def full_disk(obj, f, *a, **k):  # ``f``: a path, or the open temporary file (exports)
+        if fails(Path(getattr(f, "name", f))):
+            if hasattr(f, "write"):
+                f.write(b"PK\x03\x04 half a zip")
+            else:
+                Path(f).write_bytes(b"PK\x03\x04 half a zip")
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
         return real(obj, f, *a, **k)
 
