@@ -115,7 +115,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "distill": dict(
         teacher=None,  # distillation: a zoo name or a file load_backbone reads (the frozen teacher)
-        teacher_head=None,  # a pretraining checkpoint (or its run folder: the newest) holding teacher.dino_head.*
+        # a pretraining checkpoint (or its run folder: the newest) holding teacher.dino_head.*; config.json records
+        # the file a folder gave, and a resume reads none: its checkpoint holds the frozen head
+        teacher_head=None,
         students=(),  # dicts of student settings over the student section; empty: the student section
     ),
 }

@@ -98,8 +98,11 @@ def dense_quality(backbone: nn.Module, probe: tuple, knn: tuple, num_classes: in
 class DenseMonitor:
     """Runs the checks of the module docstring on a backbone and records them under ``out_dir``."""
 
-    def __init__(self, cfg: dict[str, Any], out_dir: str | os.PathLike, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: dict[str, Any], out_dir: str | os.PathLike, device: torch.device | str = "cpu",
+                 watched: str = "teacher"):
+        """``watched``: what the backbone is, for the figures' titles (a distillation's: ``student0``)."""
         self.cfg = cfg
+        self.watched = watched
         self.out = Path(out_dir)
         self.device = device
         self._size = int(cfg["probe_size"])
@@ -155,7 +158,7 @@ class DenseMonitor:
             finally:
                 backbone.train(was_training)
             save_figure(maps, self.out / f"pca_{iteration:07d}.png",
-                        title=f"teacher at iteration {iteration}: kNN {result['knn_top1']:.1f}%, "
+                        title=f"{self.watched} at iteration {iteration}: kNN {result['knn_top1']:.1f}%, "
                               f"probe mIoU {result['probe_miou']:.1f}")
         record = {"iteration": iteration, **result, "seconds": round(time.time() - t, 2)}
         self.out.mkdir(parents=True, exist_ok=True)

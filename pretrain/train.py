@@ -17,7 +17,8 @@ written for it.
 Files in the work dir: ``checkpoint_<iteration>.pth`` (the newest ``train.max_to_keep``; each written
 to a temporary name and renamed; the model's state dict under ``model`` holds ``teacher.backbone.*``,
 so ``load_backbone`` reads a checkpoint as it reads an official training checkpoint),
-``backbone.json`` (the architecture), ``config.json``, ``training_metrics.jsonl`` (one line per log
+``backbone.json`` (the architecture), ``config.json`` (the settings in force; ``_resumes``: the resumes
+that changed any, each with its iteration and the values before), ``training_metrics.jsonl`` (one line per log
 step), ``training_curves.png`` (redrawn at each checkpoint, :func:`plot_training`), ``export/`` at
 the end (:mod:`pretrain.export`), ``monitor/`` (:mod:`pretrain.monitor`) and the hidden
 ``.dinov2-dense-pretrain`` marker, which tells a run's folder from one holding other files.
@@ -277,26 +278,67 @@ def _resume_state(work_dir: Path, main: bool) -> tuple[dict | None, Path | None]
 
 
 def _check_same_teacher(model: nn.Module, state: dict, cfg: dict, path: Path) -> None:
-    """A resumed distillation goes on with the checkpoint's frozen teacher and teacher head: one whose
-    command names another (other weights than the checkpoint's) is refused, naming both, rather than
-    recorded in config.json while the run keeps the old one."""
+    """A resumed distillation goes on with the checkpoint's frozen teacher: one whose command names another
+    (other weights than the checkpoint's ``teacher.backbone.*``) is refused, naming both, rather than recorded
+    in config.json while the run keeps the old one. The teacher head is not compared: a resume goes on with
+    the one its checkpoint holds (:func:`_keep_starting_points`)."""
     saved = state.get("config")
     saved = (saved.get("distill") or {}) if isinstance(saved, dict) else {}
     ckpt, now = state["model"], cfg["distill"]
-
-    def differs(prefix: str, module: nn.Module) -> bool:
-        return any(prefix + k in ckpt and not torch.equal(ckpt[prefix + k].to(v.dtype), v.detach().cpu())
-                   for k, v in module.state_dict().items())
-
-    changed = []
-    if differs("teacher.backbone.", model.teacher.backbone):
-        changed.append(f"distill.teacher {saved.get('teacher')!r} -> {now['teacher']!r}")
-    if (saved.get("teacher_head") or now["teacher_head"]) and differs("teacher.dino_head.", model.teacher.dino_head):
-        changed.append(f"distill.teacher_head {saved.get('teacher_head')!r} -> {now['teacher_head']!r}")
-    if changed:
+    backbone = model.teacher.backbone
+    if any("teacher.backbone." + k in ckpt and
+           not torch.equal(ckpt["teacher.backbone." + k].to(v.dtype), v.detach().cpu())
+           for k, v in backbone.state_dict().items()):
         raise ValueError(f"{path}: this distillation was written with another frozen teacher than this command "
-                         f"gives ({'; '.join(changed)}: other weights); resume it with the teacher it was written "
-                         "with, or start afresh with --overwrite")
+                         f"gives (distill.teacher {saved.get('teacher')!r} -> {now['teacher']!r}: other weights); "
+                         "resume it with the teacher it was written with, or start afresh with --overwrite")
+
+
+#: What only a new run starts from: a resume goes on with its checkpoint's weights, whatever the command gives
+#: (the run folder a teacher head came from may hold other checkpoints by then). config.json keeps the run's.
+STARTING_POINTS = ("distill.teacher_head", "student.pretrained_weights")
+
+
+def _same_start(key: str, recorded: Any, given: Any) -> bool:
+    """Whether a command's value of a starting point names the one the run recorded: the same value, or for a
+    teacher head the run folder that gave the recorded checkpoint."""
+    if recorded == given:
+        return True
+    if not (isinstance(recorded, str) and isinstance(given, str)):
+        return False
+    recorded, given = os.path.normpath(recorded), os.path.normpath(given)
+    return recorded == given or (key == "distill.teacher_head" and _CKPT.match(os.path.basename(recorded)) is not None
+                                 and os.path.dirname(recorded) == given)
+
+
+def _keep_starting_points(saved: Any, cfg: dict, path: Path) -> list[str]:
+    """Put the run's recorded :data:`STARTING_POINTS` back into ``cfg`` (they are what it started from, and
+    its checkpoint carries on from there); a note for each that the command gives otherwise."""
+    if not isinstance(saved, dict):
+        return []
+    notes = []
+    for key in STARTING_POINTS:
+        section, name = key.split(".")
+        if not isinstance(saved.get(section), dict) or name not in saved[section]:
+            continue
+        recorded, given = saved[section][name], cfg[section][name]
+        if key == "distill.teacher_head" and not cfg["distill"]["teacher"]:
+            continue
+        cfg[section][name] = recorded
+        if _same_start(key, recorded, given):
+            continue
+        if key == "distill.teacher_head":
+            began = (f"it started from the head of {recorded!r}" if recorded else
+                     "it started from a random head, drawn at its start")
+            notes.append(f"note: --resume: this command's distill.teacher_head ({given!r}) is not used: a resumed "
+                         f"distillation goes on with the frozen teacher head stored in {path.name} ({began}); a "
+                         "teacher head is only a new run's starting point (config.json keeps the run's)")
+        else:
+            began = f"it started from {recorded!r}" if recorded else "it started from a random initialisation"
+            notes.append(f"note: --resume: this command's student.pretrained_weights ({given!r}) is not used: a "
+                         f"resumed run goes on with the weights stored in {path.name} ({began}); pretrained weights "
+                         "are only a new run's starting point (config.json keeps the run's)")
+    return notes
 
 
 def _state(model: SSLMetaArch) -> dict[str, torch.Tensor]:
@@ -329,7 +371,12 @@ def pretrain(config: dict, work_dir: str | os.PathLike, *, resume: bool = False,
     are deleted, but only once the config and the data set are checked and the model built, so that
     a refused start deletes nothing). A new work dir is created only then, too: a refused start
     leaves no empty folder behind; one that cannot be made or written is refused first of all. A
-    ``resume`` takes the newest readable checkpoint and is refused where none is readable.
+    ``resume`` takes the newest readable checkpoint and is refused where none is readable. It goes on with
+    the checkpoint's weights: a distillation's ``distill.teacher_head`` (and ``student.pretrained_weights``)
+    is only a new run's starting point, not read again (config.json keeps the run's value; a run folder given
+    as the head is recorded as the checkpoint it gave). Other settings than the checkpoint's are named in one
+    warning (but :data:`RESUME_FREE_SETTINGS`; the schedule's in their own) and recorded in config.json's
+    ``_resumes``: the iteration from which the command's values apply, and the values before.
 
     Under torchrun the process group starts first; the processes then refuse together, with one line, a
     start that one of them refuses (a config error; the work dir, which the main process checks) and
@@ -544,7 +591,11 @@ def _load_any(weights: str) -> nn.Module:
 FRESH_HEAD_HINT = "distill.teacher_head=None trains a fresh random head instead"
 
 
-def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(), source: str = "config") -> nn.Module:
+def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(), source: str = "config",
+           resuming: bool = False) -> nn.Module:
+    """The model of ``cfg``. ``resuming``: a checkpoint gives the weights next, so a distillation's
+    ``distill.teacher_head`` (a new run's starting point) is neither resolved nor read: the frozen head is
+    built at random (the same draws as a loaded one) and the checkpoint's replaces it."""
     distill = cfg["distill"]
     if distill["teacher"]:
         from .config import resolve_student
@@ -552,7 +603,7 @@ def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(),
 
         teacher = _load_any(distill["teacher"])
         head = None
-        if distill["teacher_head"]:
+        if distill["teacher_head"] and not resuming:
             source = Path(distill["teacher_head"])
             if source.is_dir():  # a pretraining run's work dir: its newest checkpoint
                 found = checkpoint_files(source)
@@ -560,6 +611,9 @@ def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(),
                     raise FileNotFoundError(f"distill.teacher_head={source}: a folder without checkpoint_*.pth files; "
                                             f"{FRESH_HEAD_HINT}")
                 source = found[0]
+                # config.json (and the checkpoints) record the file the folder gave, which the folder's newest
+                # checkpoint may no longer be once that run goes on
+                distill["teacher_head"] = str(source)
             if not source.is_file():
                 raise FileNotFoundError(f"distill.teacher_head={source}: no such file; {FRESH_HEAD_HINT}")
             from dinov2_dense.checkpoints import first_sentence
@@ -701,8 +755,12 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     from tqdm.auto import tqdm
 
     main = rank == 0
+    state, path = (None, None)
+    if resume:  # every process reads the checkpoint itself: one that cannot, or finds another, stops them all
+        state, path = agree_to_start(partial(_resume_state, work_dir, main), True)
+        check_same_checkpoint(path.name if path else None, int(state["iteration"]) if state else 0, work_dir)
     torch.manual_seed(cfg["train"]["seed"])  # the same initial student and teacher in every process
-    model = _build(cfg, device, given, source)
+    model = _build(cfg, device, given, source, resuming=state is not None)  # a resume reads no teacher head
     train, optim_cfg = cfg["train"], cfg["optim"]
     total_batch = train["batch_size_per_gpu"] * world
     cfg["optim"]["lr"] = lr = scaled_lr(optim_cfg["base_lr"], total_batch, optim_cfg["scaling_rule"])
@@ -710,10 +768,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
     total_iters = int(optim_cfg["epochs"] * epoch_length)
     schedules = build_schedules(optim_cfg, cfg["teacher"], epoch_length, lr)
     start = 0
-    state, path = (None, None)
-    if resume:  # every process reads the checkpoint itself: one that cannot, or finds another, stops them all
-        state, path = agree_to_start(partial(_resume_state, work_dir, main), True)
-        check_same_checkpoint(path.name if path else None, int(state["iteration"]) if state else 0, work_dir)
+    history: list[dict] = []  # the run's resumes with other settings (config.json's _resumes)
     if state is not None:
         start = int(state["iteration"])
         from dinov2_dense.checkpoints import key_mismatches
@@ -726,12 +781,28 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         if cfg["distill"]["teacher"]:
             _check_same_teacher(model, state, cfg, path)
         _load_state(model, state["model"])
-        changed = _schedule_changes(state.get("config"), cfg)
+        saved = state.get("config")
+        notes = _keep_starting_points(saved, cfg, path)  # the run's, which its checkpoint goes on from
+        changed = _schedule_changes(saved, cfg)
         if changed and main:
             print(f"warning: --resume: this command's schedule settings differ from those {path} was written with: "
                   f"{', '.join(changed)}; the run continues on this command's schedules (optim.lr scales with the "
                   "batch of all processes). To continue it as it was, give its settings again (its checkpoints "
                   "hold them under 'config') and as many processes", file=sys.stderr)
+        settings = _setting_changes(saved, cfg)
+        history = list(saved.get(RESUMES) or []) if isinstance(saved, dict) else []
+        if settings:  # config.json keeps the values before, and the iteration the command's apply from
+            history.append({"iteration": start, "checkpoint": path.name, "changed": settings})
+        others = [f"{key} {old!r} -> {new!r}" for key, (old, new) in settings.items()
+                  if not _is_schedule_key(key) and not _is_free(key)]
+        if others and main:
+            print(f"warning: --resume: this command's settings differ from those {path} was written with: "
+                  f"{', '.join(others)}; the run continues with this command's from iteration {start} on "
+                  f"(config.json records the values before under '{RESUMES}'). To continue it as it was, give its "
+                  "settings again (its checkpoints hold them under 'config')", file=sys.stderr)
+        if main:
+            for note in notes:
+                print(note, file=sys.stderr)
     _wrap(model, cfg["compute"]["distributed"], device, world)
     sharded = world > 1 and cfg["compute"]["distributed"] == "fsdp"
     model.train()
@@ -749,13 +820,14 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         if cfg["monitor"]["period"]:  # its images are checked here too
             from .monitor import DenseMonitor
 
-            monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device)
+            monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device,
+                                   watched="student0" if cfg["distill"]["teacher"] else "teacher")
         if claim is not None:
             claim.ready()  # a new work dir is made, and marked, only now that the start is checked
         if fresh:  # the model is built and the config checked: the run replaced goes now, before any write
             _clear_run(work_dir)
         _trim_logs(work_dir, start)
-        write_json(work_dir / "config.json", _jsonable(cfg))
+        write_json(work_dir / "config.json", _record(cfg, history))
         if not cfg["distill"]["teacher"]:  # the architecture of the checkpoints' teacher.backbone.*
             write_json(work_dir / "backbone.json", arch_dict(model.teacher.backbone))
         return monitor
@@ -823,7 +895,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             if monitor is not None:
                 last.update(monitor.run(watched, it))
         if it % train["checkpoint_period"] == 0 or it == stop:
-            _save(model, optimizer, scaler, cfg, work_dir, it, main, sharded)
+            _save(model, optimizer, scaler, cfg, work_dir, it, main, sharded, history)
     bar.close()
     if it == start and start > 0:  # a resume that trained nothing (the run had ended): its last logged values
         logged = [r for r in _jsonl(metrics_path) if r.get("iteration") == start]
@@ -1129,7 +1201,54 @@ def _schedule_changes(saved: Any, cfg: dict) -> list[str]:
             if old is not None and _jsonable(old) != _jsonable(new)]
 
 
-def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False) -> None:
+#: Settings that a resume may change freely (nothing said; config.json's ``_resumes`` still records them): the
+#: DataLoader workers (a sample's crops are seeded by its place in the stream), how often the run logs and
+#: writes checkpoints and how many it keeps, the monitor (an observer on its own random state), the device and
+#: the kind of sharding (ddp / fsdp: their checkpoints resume each other), and ``distill.teacher``, whose
+#: weights a resume compares (:func:`_check_same_teacher`): another path to the same weights.
+RESUME_FREE_SETTINGS = ("train.num_workers", "train.log_freq", "train.checkpoint_period", "train.max_to_keep",
+                        "monitor.*", "compute.device", "compute.distributed", "distill.teacher")
+#: The key of config.json (and of a checkpoint's ``config``) that lists the run's resumes with other settings:
+#: ``{"iteration": N, "checkpoint": NAME, "changed": {KEY: [value before, value from N on]}}``, oldest first.
+RESUMES = "_resumes"
+_MISSING = object()
+
+
+def _setting_changes(saved: Any, cfg: dict) -> dict[str, list]:
+    """``{key: [old, new]}`` for each setting of this run's ``cfg`` that a resumed checkpoint's config
+    (``saved``) has otherwise (JSON values; one the checkpoint does not name, of an older version, is left
+    out)."""
+    if not isinstance(saved, dict):
+        return {}
+    changes = {}
+    for section, values in cfg.items():
+        before = saved.get(section)
+        if not isinstance(values, dict) or not isinstance(before, dict):
+            continue
+        for key, value in values.items():
+            old = before.get(key, _MISSING)
+            if old is not _MISSING and _jsonable(old) != _jsonable(value):
+                changes[f"{section}.{key}"] = [_jsonable(old), _jsonable(value)]
+    return changes
+
+
+def _is_schedule_key(key: str) -> bool:
+    section, name = key.split(".", 1)
+    return section in SCHEDULE_SECTIONS or (section == "train" and name in SCHEDULE_TRAIN_KEYS)
+
+
+def _is_free(key: str) -> bool:
+    return key in RESUME_FREE_SETTINGS or f"{key.split('.', 1)[0]}.*" in RESUME_FREE_SETTINGS
+
+
+def _record(cfg: dict, history: list[dict]) -> dict:
+    """What config.json and each checkpoint's ``config`` hold: the settings in force, and the run's history
+    of resumes with other settings (:data:`RESUMES`), where there is one."""
+    return {**_jsonable(cfg), RESUMES: history} if history else _jsonable(cfg)
+
+
+def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False,
+          history: list[dict] | None = None) -> None:
     """Write ``checkpoint_<it>.pth`` and keep it with the newest ``train.max_to_keep - 1`` older ones
     (newer numbers, unreadable ones a resume passed over, stay until the run writes over them)."""
     from .loss.centering import TeacherCentering
@@ -1142,7 +1261,7 @@ def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sh
     if not main:
         return
     ckpt = {"model": state, "optimizer": optim_state, "iteration": it,
-            "scaler": scaler.state_dict() if scaler is not None else None, "config": _jsonable(cfg)}
+            "scaler": scaler.state_dict() if scaler is not None else None, "config": _record(cfg, history or [])}
     save_torch(ckpt, work_dir / f"checkpoint_{it:07d}.pth")
     older = [p for p in checkpoint_files(work_dir) if int(_CKPT.match(p.name).group(1)) < it]
     for old in older[cfg["train"]["max_to_keep"] - 1:]:

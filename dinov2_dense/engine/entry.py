@@ -725,7 +725,9 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--work-dir", help="checkpoints, logs, monitor figures and the export (default: the "
                                            "config's work_dir, else work_dirs/<config folder>/<config name>, e.g. "
                                            "work_dirs/pretrain/tiny_cpu for configs/pretrain/tiny_cpu.py)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest readable checkpoint (settings other than its own are named "
+                             "in a warning and recorded in config.json's _resumes)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a work dir that holds another run's checkpoints (they are deleted)")
     parser.add_argument("--max-iters", type=positive_int, default=None,
@@ -803,7 +805,8 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--teacher-head", default=None,
                         help="a pretraining checkpoint (or its run folder: the newest) whose trained DINO head "
                              "gives the targets; sets distill.teacher_head (default: the config's, else a fresh "
-                             "head; --cfg-options distill.teacher_head=None: a fresh head)")
+                             "head; --cfg-options distill.teacher_head=None: a fresh head). Read at a new run's "
+                             "start only: --resume goes on with the head its checkpoint holds")
     return parser
 
 
