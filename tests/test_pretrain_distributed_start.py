@@ -79,6 +79,7 @@ def test_a_config_that_one_process_refuses_stops_the_others(tmp_path):
     (code0, log0), (code1, log1) = _by_hand(tmp_path, [common, common + ["--cfg-options", "train.batch_size_per_gp=2"]],
                                             timeout=90)
     assert code1 == 2 and "unknown key train.batch_size_per_gp (did you mean batch_size_per_gpu?)" in log1, log1
+    assert "--cfg-options train.batch_size_per_gp: unknown key" in log1, log1  # the option, not the config file
     assert code0 == 2 and "stopped: process 1 refused the start (" in log0 and "batch_size_per_gp" in log0, log0
 
 

@@ -284,3 +284,17 @@ def test_pretrain_help_names_the_default_work_dir_the_code_uses(capsys):
         assert "work_dirs/<config folder>/<config name>, e.g. work_dirs/pretrain/tiny_cpu for " \
                "configs/pretrain/tiny_cpu.py" in text, text
         assert "work_dirs/pretrain/<config name>" not in text
+
+
+def test_an_unknown_key_is_named_where_it_was_given(tmp_path, capsys):
+    """A typo in --cfg-options (optim.base_lrr=0.1) was reported as an unknown key of the config file; one in
+    the file still is."""
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2))
+    assert _pretrain(cfg, tmp_path / "w", "--max-iters", "1", "--cfg-options", "optim.base_lrr=0.1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("error: --cfg-options optim.base_lrr: unknown key optim.base_lrr (did you mean base_lr?)"), err
+    typo = _py_config(tmp_path / "typo.py", tiny(2, optim=dict(base_lrr=0.1)))
+    assert _pretrain(typo, tmp_path / "w", "--max-iters", "1") == 2
+    assert f"error: {typo}: unknown key optim.base_lrr" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+

@@ -739,8 +739,20 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
+def _option_named(message: str, config: str, options: dict) -> str:
+    """A config error of ``pretrain`` about a key that ``--cfg-options`` gave (``optim.base_lrr=0.1``), named
+    as that option rather than as a key of the config file; other messages as they are."""
+    prefix = f"{config}: unknown key "
+    if not message.startswith(prefix):
+        return message
+    key = message[len(prefix):].split(" ", 1)[0]
+    given = [str(name) for name in options if str(name) == key or str(name).startswith(key + ".")]
+    return f"--cfg-options {given[0]}: unknown key {message[len(prefix):]}" if given else message
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     """``dinov2-dense pretrain``: load the config and run ``pretrain.train.pretrain`` (which checks the work dir)."""
+    from pretrain.config import ConfigError
     from pretrain.train import pretrain
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, known_sections=None)
@@ -754,6 +766,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     try:
         result = pretrain(sections, work_dir, resume=args.resume, overwrite=args.overwrite, max_iters=args.max_iters,
                           source=args.config, progress=not args.no_progress)
+    except ConfigError as exc:
+        raise ConfigError(_option_named(str(exc), args.config, args.cfg_options or {})) from None
     except OSError as exc:
         from dinov2_dense.hub import DEFAULT_EMBEDDED, NO_WEIGHTS_HINT, WeightsNotFoundError, architecture
 
