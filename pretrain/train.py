@@ -906,6 +906,9 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         if main and it >= total_iters:
             print(f"the run in {work_dir} had already ended (iteration {start} of {total_iters}): nothing to train; "
                   "its export is written again", file=sys.stderr)
+        elif main:  # --max-iters at or below the checkpoint's iteration
+            print(f"the run in {work_dir} is at iteration {start} of {total_iters}, already at or past --max-iters "
+                  f"{max_iters}: nothing to train (raise --max-iters, or leave it out, to go on)", file=sys.stderr)
     result: dict[str, Any] = dict(last, iterations=it, skipped_images=list(getattr(dataset, "skipped", [])))
     if it > start:  # this command's rate over all it trained (the log's images_per_s is each interval's)
         result["run_images_per_s"] = seen / max(time.time() - t0, 1e-9)

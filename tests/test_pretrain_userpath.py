@@ -298,3 +298,17 @@ def test_an_unknown_key_is_named_where_it_was_given(tmp_path, capsys):
     assert f"error: {typo}: unknown key optim.base_lrr" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
+
+
+def test_a_resume_at_or_past_max_iters_says_nothing_is_trained(tmp_path, capsys):
+    """--resume --max-iters 1 of a run at iteration 2 trained nothing and said only 'stopped at iteration 2
+    (--max-iters)', as if it had run to there."""
+    cfg = _py_config(tmp_path / "tiny.py", tiny(4))
+    work = tmp_path / "w"
+    assert _pretrain(cfg, work, "--max-iters", "2") == 0
+    before = sorted(p.name for p in checkpoint_files(work))
+    capsys.readouterr()
+    assert _pretrain(cfg, work, "--resume", "--max-iters", "1") == 0
+    err = capsys.readouterr().err
+    assert f"the run in {work} is at iteration 2 of 4, already at or past --max-iters 1: nothing to train" in err, err
+    assert sorted(p.name for p in checkpoint_files(work)) == before
