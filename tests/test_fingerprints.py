@@ -230,9 +230,11 @@ def test_the_record_survives_a_round_trip_through_mmseg_and_is_checked_after_it(
         back = tmp_path / f"{kind}_back.pth"
         assert _convert(capsys, "from-mmseg", tmp_path / f"{kind}_a.pth", back)[0] == 0
         assert torch.load(back, weights_only=True)["meta"]["backbone"]["features_sha256"] == recorded["features_sha256"]
-    # `test` of from-mmseg's .pth reads the record: other backbone weights are refused
-    code, _, err = _test(capsys, files, tmp_path / "ours.pth", files["b"], tmp_path / "t_b")
-    assert code == 2 and "another backbone" in err, err
+    # `test` of from-mmseg's .pth and .safetensors reads the record: other backbone weights are refused (the
+    # .safetensors one was not read: its record is in the file's metadata)
+    for name in ("ours.pth", "ours.safetensors"):
+        code, _, err = _test(capsys, files, tmp_path / name, files["b"], tmp_path / f"t_b_{name}")
+        assert code == 2 and "another backbone" in err, (name, err)
     # a head file holding backbone.* tensors that are not the backbone it records
     state = torch.load(trained, weights_only=True)
     b = _loaded(files["b"]).state_dict()

@@ -230,7 +230,27 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
                               "--weights of the other commands) and a checkpoint that `train` wrote here")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state dict of tensors in it (keys: {', '.join(list(checkpoint)[:6])})")
+    if path.suffix == ".safetensors" and "meta" not in checkpoint:
+        record = _safetensors_backbone_record(path)
+        if record is not None:  # a from-mmseg file's record of the backbone its head was trained on
+            checkpoint = {"state_dict": state, "meta": {"backbone": record}}
     return checkpoint
+
+
+def _safetensors_backbone_record(path: Path) -> dict | None:
+    """The ``backbone`` record (JSON) in a .safetensors file's metadata, as ``from-mmseg`` keeps a train
+    checkpoint's ``meta.backbone``; None without one."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get("backbone")
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _replaces_backbone(state: dict, model) -> bool:
