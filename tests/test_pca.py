@@ -795,3 +795,21 @@ def test_a_layer_out_of_range_names_the_option_and_the_range(images, tmp_path, t
         assert f"dinov2-dense pca: error: --layer {layer}: layer {layer} out of range: this model has 4 blocks " \
                "(0..3, or -1..-4) (dinov2_dense_tiny)" in err, err
         assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_summary_says_the_weights_dtype_that_ran(images, tmp_path, monkeypatch, capsys):
+    """pca's summary line (and figure title) was the same for float32 and --dtype bf16, whose masks differ a
+    little: it names the weights' form when it is not float32."""
+    import dinov2_dense.features as features
+    from pretrain.export import export_backbone
+
+    from .conftest import tiny_vit
+
+    monkeypatch.setattr(features, "cpu_has_native_bf16", lambda: True)
+    weights = export_backbone(tiny_vit(depth=1, dim=32, img=56), tmp_path / "a")["safetensors"]
+    said = {}
+    for dtype in ("fp32", "bf16"):
+        assert main(["pca", str(images[0]), "--weights", str(weights), "--out", str(tmp_path / dtype), "--size", "56",
+                     "--num-workers", "0", "--dtype", dtype]) == 0
+        said[dtype] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PCA of")][-1]
+    assert said["bf16"].endswith(", bfloat16 weights") and "weights" not in said["fp32"], said

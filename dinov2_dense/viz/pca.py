@@ -707,6 +707,8 @@ def describe(basis: PCABasis) -> str:
                      f"/{i.get('patches')} patches (sign rule: {i.get('sign_rule')})")
     else:
         parts.append("no foreground split")
+    if i.get("weights_form") not in (None, "float32"):  # what ran (--dtype, FP8): it changes the maps a little
+        parts.append(f"{i['weights_form']} weights")
     return "PCA of " + ", ".join(parts)
 
 
