@@ -592,10 +592,12 @@ FRESH_HEAD_HINT = "distill.teacher_head=None trains a fresh random head instead"
 
 
 def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(), source: str = "config",
-           resuming: bool = False) -> nn.Module:
+           resuming: bool = False, arch: dict | None = None) -> nn.Module:
     """The model of ``cfg``. ``resuming``: a checkpoint gives the weights next, so a distillation's
     ``distill.teacher_head`` (a new run's starting point) is neither resolved nor read: the frozen head is
-    built at random (the same draws as a loaded one) and the checkpoint's replaces it."""
+    built at random (the same draws as a loaded one) and the checkpoint's replaces it; and ``arch`` (the
+    resumed run's ``backbone.json``) builds the backbones that ``student.pretrained_weights`` would
+    otherwise be read again for, only to settle their sizes (a file that may be gone by then)."""
     distill = cfg["distill"]
     if distill["teacher"]:
         from .config import resolve_student
@@ -644,8 +646,13 @@ def _build(cfg: dict, device: torch.device, given: frozenset[str] = frozenset(),
         return DistillArch(cfg, teacher, students, head, starts).to(device)
     student = teacher = None
     weights = cfg["student"]["pretrained_weights"]
-    if weights:
+    if weights and resuming and arch is not None:  # the checkpoint gives the weights: the run's architecture
+        from dinov2_dense.models import DinoVisionTransformer
+
+        student, teacher = DinoVisionTransformer(**arch), DinoVisionTransformer(**arch)
+    elif weights:
         student, teacher = _load_any(weights), _load_any(weights)
+    if weights:
         _check_loaded_arch(cfg["student"], student, given)
         _check_crops(cfg, source)
     model = SSLMetaArch(cfg, student, teacher)
@@ -760,7 +767,10 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         state, path = agree_to_start(partial(_resume_state, work_dir, main), True)
         check_same_checkpoint(path.name if path else None, int(state["iteration"]) if state else 0, work_dir)
     torch.manual_seed(cfg["train"]["seed"])  # the same initial student and teacher in every process
-    model = _build(cfg, device, given, source, resuming=state is not None)  # a resume reads no teacher head
+    arch = None  # a resume builds a continued run's backbones from its backbone.json, not its starting weights
+    if state is not None and (work_dir / "backbone.json").is_file():
+        arch = json.loads((work_dir / "backbone.json").read_text())
+    model = _build(cfg, device, given, source, resuming=state is not None, arch=arch)  # nor a teacher head
     train, optim_cfg = cfg["train"], cfg["optim"]
     total_batch = train["batch_size_per_gpu"] * world
     cfg["optim"]["lr"] = lr = scaled_lr(optim_cfg["base_lr"], total_batch, optim_cfg["scaling_rule"])

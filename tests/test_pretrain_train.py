@@ -922,3 +922,21 @@ def test_fsdp_and_one_process_resume_each_others_checkpoints(tmp_path, monkeypat
                 error = (got["state"][name][k] - values[k]).abs().max().item()
                 assert error <= 1e-5 * values[k].abs().max().item(), (it, name, k, error)
     assert (mixed / "export" / "backbone.safetensors").is_file()
+
+
+def test_continued_pretraining_resumes_without_its_starting_weights(pretrained, tmp_path):
+    """A resumed continued-pretraining run loaded student.pretrained_weights again only to settle its sizes: once
+    that file was gone it could not resume. The run's backbone.json gives the architecture; the checkpoint the
+    weights. Stopped, its weights file deleted and resumed, it ends as the uninterrupted run."""
+    import shutil
+
+    _, result = pretrained
+    weights = tmp_path / "start" / "backbone.safetensors"
+    shutil.copytree(Path(result["export"]["safetensors"]).parent, weights.parent)
+    cfg = tiny(4, student=dict(pretrained_weights=str(weights)))
+    whole = pretrain(cfg, tmp_path / "whole", progress=False)
+    pretrain(cfg, tmp_path / "parts", progress=False, max_iters=2)
+    shutil.rmtree(weights.parent)
+    parts = pretrain(cfg, tmp_path / "parts", resume=True, progress=False)
+    assert parts["iterations"] == 4
+    assert Path(parts["export"]["safetensors"]).read_bytes() == Path(whole["export"]["safetensors"]).read_bytes()
