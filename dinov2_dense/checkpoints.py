@@ -557,6 +557,15 @@ def _sort_metadata(path: Path) -> None:
             f.write(ordered)
 
 
+def weights_form(model: nn.Module) -> str:
+    """The form a model's weights are in: their dtype (``float32``, ``bfloat16``, ...), ``+float8`` with
+    FP8 linear layers. It changes their bytes (and hash), not what the weights are."""
+    from .models.float8 import Float8Linear
+
+    form = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return form + ("+float8" if any(isinstance(m, Float8Linear) for m in model.modules()) else "")
+
+
 def weights_identity(model: nn.Module, features: bool = False) -> dict[str, str]:
     """What a fitted result (a PCA basis) records of the backbone it came from: the SHA-256 of its
     weights (:func:`fingerprint`, as the kNN cache, the curation store and the demo tell backbones
@@ -564,10 +573,7 @@ def weights_identity(model: nn.Module, features: bool = False) -> dict[str, str]
     changes those bytes but not what the weights are. ``features``: also ``features_sha256``
     (:func:`features_fingerprint`, the same for the same weights read from any file format), hashed
     in the same pass."""
-    from .models.float8 import Float8Linear
-
-    form = str(next(model.parameters()).dtype).removeprefix("torch.")
-    form += "+float8" if any(isinstance(m, Float8Linear) for m in model.modules()) else ""
+    form = weights_form(model)
     if not features:
         return {"weights_sha256": fingerprint(model), "weights_form": form}
     prints = fingerprints(model)
@@ -656,3 +662,12 @@ def backbone_difference(recorded: Mapping, ours: Mapping[str, str],
         return None if theirs == mine else ("features sha256", theirs, mine)
     theirs, mine = recorded.get(weights_key), ours.get(weights_key)
     return None if theirs == mine else ("sha256", str(theirs), str(mine))
+
+
+def difference_reason(label: str, whose: str = "its") -> str:
+    """What a :func:`backbone_difference` of ``label`` says: the features differ, or (a record of an older
+    version, with only the weights' SHA-256) the weights do, which the same weights in another format do too."""
+    if label.startswith("features"):
+        return f"{whose} features differ"
+    return (f"{whose} weights differ (a record of an older version has only the SHA-256 of the weights' bytes, which "
+            "differs for the same weights read from another file format too, such as timm's)")

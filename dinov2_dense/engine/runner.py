@@ -747,7 +747,7 @@ class DenseRunner(Runner):
         backbone than this config builds: by ``features_sha256`` where both record it (the same weights
         read from a timm or Hugging Face file are the same backbone), else by the weights' ``sha256``
         (a checkpoint of an older version, which tells those formats apart too)."""
-        from dinov2_dense.checkpoints import backbone_difference
+        from dinov2_dense.checkpoints import backbone_difference, difference_reason
 
         recorded = (checkpoint.get("meta") or {}).get("backbone")
         if not isinstance(recorded, dict) or not hasattr(model, "backbone_info"):
@@ -759,10 +759,8 @@ class DenseRunner(Runner):
         if difference is None:
             return
         label, theirs, mine = difference
-        differ = ("its features differ" if label.startswith("features") else
-                  "its weights differ (the checkpoint, of an older version, records only the SHA-256 of the weights' "
-                  "bytes, which differs for the same weights read from another file format too, such as timm's: "
-                  "if that is so, --other-backbone is safe)")
+        differ = difference_reason(label) + ("" if label.startswith("features") else
+                                             ": if they are the same weights, --other-backbone is safe")
         message = (f"{filename} holds a head trained on another backbone ({recorded.get('weights')}, {label} "
                    f"{theirs[:12]}) than this config builds ({ours['weights']}, {label} {mine[:12]}): {differ}")
         if not self.other_backbone:

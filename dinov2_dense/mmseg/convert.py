@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadError, backbone_difference,
-                                      fingerprints, key_mismatches, read_checkpoint, save_safetensors,
-                                      weight_file_problem)
+                                      difference_reason, fingerprints, key_mismatches, read_checkpoint,
+                                      save_safetensors, weight_file_problem)
 from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
 
 __all__ = ["from_mmseg", "to_mmseg"]
@@ -164,9 +164,7 @@ def _check_pairing(head_file: str | os.PathLike, recorded: dict[str, str], writt
     if other_backbone:
         return True
     label, theirs, mine = difference
-    differ = ("its features differ" if label.startswith("features") else
-              "their weights differ (the head's record, of an older version, has only the SHA-256 of the weights' "
-              "bytes, which differs for the same weights read from another file format too, such as timm's)")
+    differ = difference_reason(label, "their")
     raise CheckpointError(
         f"{head_file} holds a head trained on another backbone ({recorded.get('weights')}, {label} {theirs[:12]}) "
         f"than {what} ({label} {mine[:12]}): {differ}; give the backbone the head was trained on, or pass "

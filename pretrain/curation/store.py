@@ -278,10 +278,9 @@ def _autocast_name(autocast: bool | torch.dtype) -> str | None:
 
 def _weights_dtype(model: torch.nn.Module) -> str | None:
     """The dtype of the model's weights (``--dtype``; ``+float8`` with FP8 linears), None for float32."""
-    from dinov2_dense.models.float8 import Float8Linear
+    from dinov2_dense.checkpoints import weights_form
 
-    form = str(next(model.parameters()).dtype).removeprefix("torch.")
-    form += "+float8" if any(isinstance(m, Float8Linear) for m in model.modules()) else ""
+    form = weights_form(model)
     return None if form == "float32" else form
 
 
