@@ -273,8 +273,8 @@ def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_f
     metrics = _run(ROOT / "configs/mmseg/synthetic_ade20k_linear.py", ade, tmp_path / "seg", backbone_file, {
         "model.backbone.out_indices": [3], "model.decode_head.in_channels": [32],
         "model.data_preprocessor.size": (56, 56), "model.test_cfg.crop_size": (56, 56),
-        "model.test_cfg.stride": (28, 28), "train_dataloader.dataset.pipeline.3.crop_size": (56, 56),
-        "train_dataloader.dataset.pipeline.2.scale": (112, 56), "train_dataloader.batch_size": 2})
+        "model.test_cfg.stride": (28, 28), "train_dataloader.dataset.pipeline.4.crop_size": (56, 56),
+        "train_dataloader.dataset.pipeline.3.scale": (112, 56), "train_dataloader.batch_size": 2})
     assert 0.0 <= metrics["mIoU"] <= 100.0
     assert (tmp_path / "seg" / "iter_6.pth").is_file()
     torch.load(tmp_path / "seg" / "iter_6.pth", weights_only=True)  # the sanitizer hook is at work
@@ -340,6 +340,66 @@ def test_mmseg_depth_runs_repeat_and_a_resumed_run_continues_the_warm_up(tmp_pat
     assert resumed.iter == 4 and got[-2:] == pytest.approx(want[2:], rel=1e-5)
     for runner in (whole, resumed):
         assert [m.warm_up_counter for m in runner.model.decode_head.loss_decode if hasattr(m, "warm_up_counter")] == [2]
+
+
+#: The synthetic lin. config on the tiny backbone, 56-pixel crops, batch 2.
+_TINY_LINEAR = {"model.backbone.out_indices": [3], "model.decode_head.in_channels": [32],
+                "model.data_preprocessor.size": (56, 56), "model.test_cfg.crop_size": (56, 56),
+                "model.test_cfg.stride": (28, 28), "train_dataloader.dataset.pipeline.4.crop_size": (56, 56),
+                "train_dataloader.dataset.pipeline.3.scale": (112, 56), "train_dataloader.batch_size": 2}
+
+
+def _train_linear(data_root: Path, work: Path, backbone_file, iters: int, resume: bool = False, workers: int = 0):
+    """The synthetic lin. config in mmseg's Runner, a checkpoint every 2 iterations, no validation: the runner
+    after ``iters`` iterations."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(ROOT / "configs/mmseg/synthetic_ade20k_linear.py")
+    cfg.merge_from_dict({"train_dataloader.dataset.data_root": str(data_root), "model.backbone.arch": None,
+                         "model.backbone.weights": str(backbone_file), "default_hooks.checkpoint.interval": 2,
+                         "train_dataloader.num_workers": workers, **_TINY_LINEAR})
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters)
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=0, end=iters)]
+    cfg.work_dir, cfg.resume = str(work), resume
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    return runner
+
+
+def test_mmseg_resumed_run_loads_nothing_it_trained_and_ends_as_the_uninterrupted_one(tmp_path, backbone_file,
+                                                                                        monkeypatch):
+    """The plugin's configs drew from mmengine's InfiniteSampler, and a resumed run loaded and augmented every
+    batch it had trained (mmseg's 40k ADE20K schedule resumed at 30k: 480,000 images) to pass over them, while
+    mmcv's random transforms drew from each worker's generator, so the number of workers changed the crops.
+    Now the data starts at the checkpoint's sample (SeededInfiniteSampler, ResumeDataHook) and each sample is
+    augmented from its own seed (SeedAugmentation): a run stopped at 2 of 4 iterations loads only the samples
+    of iterations 3 and 4, and ends with the weights of an uninterrupted run on 2 DataLoader workers."""
+    from dinov2_dense.data.synthetic import write_ade20k_layout
+    from dinov2_dense.mmseg.datasets import SyntheticADE20KDataset
+
+    ade = write_ade20k_layout(tmp_path / "ade", 8, 1, config=dict(size=(84, 112)), progress=False)
+    whole = _train_linear(ade, tmp_path / "whole", backbone_file, 4, workers=2)
+    loaded: list[int] = []
+    prepare = SyntheticADE20KDataset.prepare_data
+
+    def record(self, idx):
+        loaded.append(int(idx))
+        return prepare(self, idx)
+
+    monkeypatch.setattr(SyntheticADE20KDataset, "prepare_data", record)
+    _train_linear(ade, tmp_path / "parts", backbone_file, 2)
+    first = list(loaded)
+    resumed = _train_linear(ade, tmp_path / "parts", backbone_file, 4, resume=True)
+    stream = _train_linear(ade, tmp_path / "again", backbone_file, 4)  # an uninterrupted run in this process
+    again, after_resume = loaded[-8:], loaded[4:-8]
+    assert resumed.iter == 4 and first == again[:4]
+    assert after_resume == again[4:], (after_resume, again)  # before: the 4 trained samples again, then these
+    for runner in (resumed, stream):
+        for key, value in whole.model.decode_head.state_dict().items():
+            assert torch.equal(runner.model.decode_head.state_dict()[key], value), key
 
 
 MMSEG_CONFIGS = sorted(p for p in (ROOT / "configs" / "mmseg").glob("*.py"))
@@ -870,7 +930,7 @@ def test_plugin_configs_say_what_one_and_n_gpus_get_and_whose_the_ms_stride_is()
         assert "per GPU" in line, line
         assert "N GPUs" in text and "16 // N" in text, name
         cfg = Config.fromfile(base / name)  # (and the rest of that line is still config, not comment)
-        assert cfg.train_dataloader.sampler.type == "InfiniteSampler" and cfg.train_dataloader.num_workers == 4
+        assert cfg.train_dataloader.sampler.type == "SeededInfiniteSampler" and cfg.train_dataloader.num_workers == 4
     ms = (base / "ade20k_ms.py").read_text()
     settings = (ROOT / "dinov2_dense" / "settings.py").read_text()
     assert "stride 426 (the model's test_cfg) is our choice" in " ".join(ms.split())

@@ -6,6 +6,7 @@ dataset_type = "SyntheticADE20KDataset"
 data_root = "data/synthetic_ade20k"
 crop = (224, 224)
 train_pipeline = [
+    dict(type="SeedAugmentation"),  # mmcv's random transforms seeded by the sample: resume, workers
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations"),
     dict(type="RandomResize", scale=(448, 224), ratio_range=(0.75, 1.5), keep_ratio=True),

@@ -11,7 +11,7 @@ import importlib
 
 _NAMES = {
     "DenseModel": "model", "DenseRunner": "runner", "CheckpointSanitizerHook": "runner",
-    "LossWarmUpHook": "runner",
+    "LossWarmUpHook": "runner", "ResumeDataHook": "runner", "continue_trained_data": "runner",
     "latest_checkpoint": "runner", "DATASETS": "registry", "FUNCTIONS": "registry", "HOOKS": "registry",
     "METRICS": "registry", "MODELS": "registry", "DATA_SAMPLERS": "registry", "SeededInfiniteSampler": "data",
     "PARAM_SCHEDULERS": "registry", "OneCycleMomentum": "schedulers",

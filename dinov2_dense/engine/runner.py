@@ -174,6 +174,67 @@ class _Skipped:
         return next(self.iterator)
 
 
+def continue_trained_data(runner, meta: dict | None) -> None:
+    """Continue a resumed run's training data where its checkpoint left it. mmengine's loop advances the
+    data by every trained iteration, loading and augmenting each batch again to pass over it (a 40k-iteration
+    ADE20K run resumed at 30k: 480,000 images), and logs that it does. A seeded sample stream
+    (:class:`~dinov2_dense.engine.data.SeededInfiniteSampler`) starts at the checkpoint's sample instead
+    (``meta``: the checkpoint's, whose ``world_size`` and ``train_batch_size`` say where), and a run with
+    nothing left to train loads no batch; another sampler keeps mmengine's advance, for the uninterrupted
+    run's data order. Call it after the resume, before the loop's first batch (DenseRunner does; in mmseg's
+    Runner, :class:`ResumeDataHook`); a second call changes nothing."""
+    from mmengine.dist import get_world_size
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+    from .data import SeededInfiniteSampler
+
+    loop = runner.__dict__.get("_train_loop")
+    if loop is None or isinstance(loop, dict) or runner.iter == 0 or not hasattr(loop, "dataloader_iterator"):
+        return
+    if isinstance(loop.dataloader_iterator, _Skipped):  # done already
+        return
+    if runner.iter < getattr(loop, "max_iters", runner.iter + 1):  # something left to train
+        sampler = getattr(loop.dataloader, "sampler", None)
+        if not isinstance(sampler, SeededInfiniteSampler):
+            return
+        meta = meta or {}
+        world, batch = meta.get("world_size"), meta.get("train_batch_size")
+        if not (_is_count(world) and _is_count(batch)):  # a checkpoint written before the record
+            world, batch = int(get_world_size()), _train_batch_size(runner)
+        if batch is None:
+            return
+        sampler.continue_at(runner.iter * world * batch)
+        old = getattr(loop.dataloader_iterator, "_iterator", None)
+        if not loop.dataloader.persistent_workers and callable(getattr(old, "_shutdown_workers", None)):
+            old._shutdown_workers()  # its workers read from the old start (persistent ones start again)
+        loop.dataloader_iterator = _InfiniteDataloaderIterator(loop.dataloader)  # from the new start
+        runner.logger.info(f"--resume: the training data continues at sample {runner.iter * world * batch} of "
+                           "the run's stream; the samples before it are not loaded again")
+    loop.dataloader_iterator = _Skipped(loop.dataloader_iterator, runner.iter)
+    runner.logger.addFilter(lambda record: not record.getMessage().startswith("Advance dataloader"))
+
+
+@HOOKS.register_module()
+class ResumeDataHook(Hook):
+    """:func:`continue_trained_data` for a Runner other than ours (mmseg's): a resumed run whose training
+    loader draws from :class:`~dinov2_dense.engine.data.SeededInfiniteSampler` starts its data at the
+    checkpoint's sample instead of loading every trained batch again. The plugin's runtime
+    (``configs/mmseg/_base_/runtime.py``) adds it; DenseRunner needs none."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self):
+        self.meta: dict | None = None
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.get("meta")
+        self.meta = meta if isinstance(meta, dict) else None
+
+    def before_train(self, runner) -> None:
+        if runner.iter > 0:  # resumed (load_from starts at 0)
+            continue_trained_data(runner, self.meta)
+
+
 _ITER_FILE = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
 
@@ -594,7 +655,7 @@ class DenseRunner(Runner):
         super().load_or_resume()
         if self._resume:
             self._say_if_nothing_to_train()
-            self._skip_trained_data()
+            continue_trained_data(self, self.__dict__.get("_resumed_meta"))
 
     def _say_if_nothing_to_train(self) -> None:
         """A resumed run already at (or past) ``train_cfg.max_iters`` trains nothing: say so."""
@@ -610,40 +671,6 @@ class DenseRunner(Runner):
 
         if is_main_process():
             print(f"note: {note}", file=sys.stderr)
-
-    def _skip_trained_data(self) -> None:
-        """mmengine's loop advances a resumed run's data by every trained iteration, loading and augmenting
-        each batch again to pass over it (a 40k-iteration ADE20K run resumed at 30k: 480,000 images), and
-        logs that it does. A seeded sample stream (:class:`~dinov2_dense.engine.data.SeededInfiniteSampler`)
-        starts where the checkpoint left it instead, and a run with nothing left to train loads no batch;
-        another sampler keeps mmengine's advance, for the uninterrupted run's data order."""
-        from mmengine.dist import get_world_size
-        from mmengine.runner.loops import _InfiniteDataloaderIterator
-
-        from .data import SeededInfiniteSampler
-
-        loop = self._train_loop
-        if loop is None or isinstance(loop, dict) or self.iter == 0 or not hasattr(loop, "dataloader_iterator"):
-            return
-        if self.iter < getattr(loop, "max_iters", self.iter + 1):  # something left to train
-            sampler = getattr(loop.dataloader, "sampler", None)
-            if not isinstance(sampler, SeededInfiniteSampler):
-                return
-            meta = self.__dict__.get("_resumed_meta") or {}
-            world, batch = meta.get("world_size"), meta.get("train_batch_size")
-            if not (_is_count(world) and _is_count(batch)):  # a checkpoint written before the record
-                world, batch = int(get_world_size()), _train_batch_size(self)
-            if batch is None:
-                return
-            sampler.continue_at(self.iter * world * batch)
-            old = getattr(loop.dataloader_iterator, "_iterator", None)
-            if not loop.dataloader.persistent_workers and callable(getattr(old, "_shutdown_workers", None)):
-                old._shutdown_workers()  # its workers read from the old start (persistent ones start again)
-            loop.dataloader_iterator = _InfiniteDataloaderIterator(loop.dataloader)  # from the new start
-            self.logger.info(f"--resume: the training data continues at sample {self.iter * world * batch} of "
-                             "the run's stream; the samples before it are not loaded again")
-        loop.dataloader_iterator = _Skipped(loop.dataloader_iterator, self.iter)
-        self.logger.addFilter(lambda record: not record.getMessage().startswith("Advance dataloader"))
 
     def _newest_readable_checkpoint(self) -> str | None:
         """The newest checkpoint of the work dir that reads; a corrupt newer one is skipped with a

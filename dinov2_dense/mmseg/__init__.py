@@ -9,10 +9,13 @@ Registered: ``DINOv2`` (backbone), ``DINOv2BNHead`` (linear lin. / +ms), ``DINOv
 (mmseg's ``DepthEstimator`` with slide inference that really slides, and the protocols' flip test),
 ``SigLoss`` and ``GradientLoss`` (the depth toolbox's, which mmseg lacks), ``SyntheticADE20KDataset``
 and ``NYUToolboxDataset`` (the split-file layout of the depth toolboxes), ``DINOv2DepthAugment`` and
-``KBCrop`` (the released depth protocols' augmentation, seeded from the run, and crop) and
-``DINOv2DepthMetric`` (our depth metric: the numbers ``dinov2-dense test`` reports). Our engine's hooks
-are found by name too: the configs' runtime (``configs/mmseg/_base_/runtime.py``) adds
-``CheckpointSanitizerHook`` and ``LossWarmUpHook`` (a resumed run continues SigLoss's warm-up).
+``KBCrop`` (the released depth protocols' augmentation, seeded from the run, and crop),
+``DINOv2DepthMetric`` (our depth metric: the numbers ``dinov2-dense test`` reports) and
+``SeedAugmentation`` (mmcv's random transforms seeded by the sample's place in the run's stream). Our
+engine's classes are found by name too: the configs' data loaders draw from ``SeededInfiniteSampler``,
+and their runtime (``configs/mmseg/_base_/runtime.py``) adds ``CheckpointSanitizerHook``,
+``LossWarmUpHook`` (a resumed run continues SigLoss's warm-up) and ``ResumeDataHook`` (a resumed run's
+data starts at the checkpoint's sample, loading none before it, with the uninterrupted run's crops).
 State-dict keys are the official ``backbone.*`` / ``decode_head.*`` ones, so released head files load
 strictly; :mod:`.convert` moves checkpoints between mmseg and :func:`dinov2_dense.zoo.load_model`.
 
@@ -39,11 +42,12 @@ from .datasets import NYUToolboxDataset, SyntheticADE20KDataset  # noqa: E402
 from .heads import DINOv2BNHead, DINOv2DPTDepthHead, DINOv2DPTHead, DINOv2LinearDepthHead  # noqa: E402
 from .losses import GradientLoss, SigLoss  # noqa: E402
 from .segmentors import DINOv2DepthEstimator  # noqa: E402
-from .transforms import DINOv2DepthAugment, DINOv2DepthMetric, KBCrop  # noqa: E402
+from .transforms import DINOv2DepthAugment, DINOv2DepthMetric, KBCrop, SeedAugmentation  # noqa: E402
 
 __all__ = [
     "DINOv2", "DINOv2BNHead", "DINOv2DPTDepthHead", "DINOv2DPTHead", "DINOv2DepthAugment", "DINOv2DepthEstimator",
-    "DINOv2DepthMetric", "DINOv2LinearDepthHead", "GradientLoss", "KBCrop", "NYUToolboxDataset", "SigLoss", "SyntheticADE20KDataset", "from_mmseg", "to_mmseg",
+    "DINOv2DepthMetric", "DINOv2LinearDepthHead", "GradientLoss", "KBCrop", "NYUToolboxDataset", "SeedAugmentation",
+    "SigLoss", "SyntheticADE20KDataset", "from_mmseg", "to_mmseg",
 ]
 
 

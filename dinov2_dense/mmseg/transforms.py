@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import random
 
 import numpy as np
 import torch
@@ -22,6 +23,32 @@ from dinov2_dense.fileio import write_image
 from mmseg.registry import METRICS, TRANSFORMS
 
 
+def sample_augment_seed(results: dict) -> int | None:
+    """The augmentation seed of the sample's place in the run's sample stream, or None: the indices of
+    :class:`~dinov2_dense.engine.data.SeededInfiniteSampler` carry it, and mmengine's data sets keep the
+    index as ``results["sample_idx"]``."""
+    seed = getattr(results.get("sample_idx"), "augment_seed", None)
+    return None if seed is None else int(seed)
+
+
+@TRANSFORMS.register_module()
+class SeedAugmentation(BaseTransform):
+    """First in a training pipeline of mmcv's random transforms (``RandomResize``, ``RandomCrop``,
+    ``RandomFlip``, ``PhotoMetricDistortion`` draw from numpy's and Python's global generators): seeds both
+    from the sample's seed (:func:`sample_augment_seed`), so that a resumed run, which starts its data at
+    the checkpoint's sample (``SeededInfiniteSampler``, ``ResumeDataHook``), and a run with any number of
+    DataLoader workers draw the crops of the uninterrupted run. A sample without a seed (from another
+    sampler) leaves the generators as they are. (With ``num_workers=0`` the generators are the main
+    process's, and they keep the last sample's seeding.)"""
+
+    def transform(self, results: dict) -> dict:
+        seed = sample_augment_seed(results)
+        if seed is not None:
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+        return results
+
+
 @TRANSFORMS.register_module()
 class DINOv2DepthAugment(BaseTransform):
     """The released depth training augmentation on ``img`` and ``gt_depth_map`` (after mmseg's
@@ -33,7 +60,9 @@ class DINOv2DepthAugment(BaseTransform):
     builds the data sets; each rank its own stream), so two runs of one config train on the same crops.
     In a DataLoader worker the copy is reseeded from the worker's torch seed (mmengine's
     ``worker_init_fn``: run seed + worker id + rank x workers) at its first sample, so workers do not
-    repeat each other's draws."""
+    repeat each other's draws. A sample from ``SeededInfiniteSampler`` (the plugin's configs) is augmented
+    from its own seed instead (:func:`sample_augment_seed`): resumed runs and any number of workers draw
+    the uninterrupted run's crops."""
 
     def __init__(self, seed: int | None = None, **kwargs):
         self.kwargs = kwargs
@@ -41,7 +70,11 @@ class DINOv2DepthAugment(BaseTransform):
         self._worker_seed: int | None = None
 
     def transform(self, results: dict) -> dict:
-        self._seed_in_worker()
+        seed = sample_augment_seed(results)
+        if seed is not None:
+            seed_pipeline(self.pipeline, seed)
+        else:
+            self._seed_in_worker()
         out = self.pipeline(image=results["img"], mask=results["gt_depth_map"])
         results["img"], results["gt_depth_map"] = out["image"], out["mask"]
         results["img_shape"] = out["image"].shape[:2]

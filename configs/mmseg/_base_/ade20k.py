@@ -8,6 +8,7 @@ dataset_type = "ADE20KDataset"
 data_root = "data/ade/ADEChallengeData2016"
 crop_size = (512, 512)
 train_pipeline = [
+    dict(type="SeedAugmentation"),  # mmcv's random transforms seeded by the sample: resume, workers
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations"),  # reduce_zero_label: the data set's (True for ADE20K)
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
@@ -24,7 +25,7 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=16,  # per GPU: 16 // N on N GPUs for the released total of 16
-    num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
+    num_workers=4, persistent_workers=True, sampler=dict(type="SeededInfiniteSampler", shuffle=True),
     dataset=dict(type=dataset_type, data_root=data_root,
                  data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
                  pipeline=train_pipeline))

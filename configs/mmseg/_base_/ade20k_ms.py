@@ -8,6 +8,7 @@
 _base_ = ["./ade20k.py"]
 crop_size = (640, 640)
 train_pipeline = [
+    dict(type="SeedAugmentation"),  # mmcv's random transforms seeded by the sample: resume, workers
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations"),  # reduce_zero_label: the data set's (True for ADE20K)
     dict(type="RandomResize", scale=(99999999, 640), ratio_range=(1.0, 3.0), keep_ratio=True),

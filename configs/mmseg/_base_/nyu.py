@@ -25,7 +25,7 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=2,  # per GPU: 2 x N a step on N GPUs
-    num_workers=4, persistent_workers=True, sampler=dict(type="InfiniteSampler", shuffle=True),
+    num_workers=4, persistent_workers=True, sampler=dict(type="SeededInfiniteSampler", shuffle=True),
     dataset=dict(type=dataset_type, data_root=data_root, split_file="nyu_train.txt", pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1, num_workers=2, persistent_workers=True, sampler=dict(type="DefaultSampler", shuffle=False),
