@@ -1291,7 +1291,7 @@ def _names(names: list[str], limit: int = 5) -> str:
 def _cmd_eval_depth(args: argparse.Namespace) -> int:
     from .evaluation.depth_files import (DATASET_PRESETS, depth_results_json, evaluate_depth_dirs, format_depth_table,
                                          write_metrics_json)
-    from .evaluation.depth import DEPTH_METRIC_KEYS
+    from .evaluation.depth import DEPTH_METRIC_KEYS, ground_truth_warning
     from .fileio import check_output_file, check_replaceable_file, json_object_with
 
     preset = DATASET_PRESETS[args.dataset]
@@ -1322,6 +1322,10 @@ def _cmd_eval_depth(args: argparse.Namespace) -> int:
         print(f"warning: {len(report.skipped)} image(s) without a valid ground-truth pixel, skipped: "
               f"{_names(report.skipped)}", file=sys.stderr)
     s, bad = report.settings, report.invalid_predictions
+    gt_units = ("--gt-scale: ground truth as .npy floats is read as metres" if s["gt_scale"] is None else
+                f"--gt-scale {s['gt_scale']:g} for PNGs and integer .npy")
+    if warning := ground_truth_warning(report.ground_truth, s["min_depth"], s["max_depth"], gt_units):
+        print(f"warning: {warning}", file=sys.stderr)
     if bad["images"]:
         print(f"warning: invalid predictions on evaluated pixels in {bad['images']} of {report.count} image(s), "
               f"clipped to [{s['min_depth']:g}, {s['max_depth']:g}] m as the protocol does: "
@@ -1343,7 +1347,9 @@ def _cmd_eval_depth(args: argparse.Namespace) -> int:
           f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
           + (", median scaling" if s["median_scaling"] else ""))
     print(format_depth_table(report.metrics))
-    print(f"images evaluated: {report.count}")
+    truth = report.ground_truth
+    print(f"images evaluated: {report.count} ({report.evaluated_pixels} pixels; of {truth['measured_pixels']} measured "
+          f"ground-truth pixels in the crop, {truth['outside_range_pixels']} lie outside the depth range)")
     if args.out is not None:
         write_metrics_json(args.out, depth_results_json(report))
         print(f"metrics written to {args.out}")

@@ -58,7 +58,8 @@ def test_nyu_end_to_end_png_and_npy(tmp_path, capsys):
     assert rc == 0, captured.err
     metrics = json.loads(out.read_text())
     # the nine metrics at the top level, then the bookkeeping; clean predictions: zero counts, no warning
-    assert set(metrics) == KEYS | {"images", "skipped_images", "invalid_predictions", "clipped_predictions"}
+    assert set(metrics) == KEYS | {"images", "skipped_images", "invalid_predictions", "clipped_predictions",
+                                   "ground_truth"}
     assert metrics["images"] == 3 and metrics["skipped_images"] == 0
     assert metrics["invalid_predictions"] == dict.fromkeys(INVALID_PREDICTION_KEYS, 0)
     # the predictions reach 12 m, clipped to 10: counted on the Eigen crop's valid pixels
@@ -428,3 +429,61 @@ def test_integer_npy_is_read_in_units_like_a_png_and_out_of_range_is_reported(tm
     assert json.loads(out.read_text())["clipped_predictions"] == {"below_min_pixels": 0, "above_max_pixels": 48 * 64}
     assert "warning: 0 prediction pixel(s) below 0.001 m and 3072 above 10 m, of 3072 evaluated" in err
     assert "wrong units? .npy floats are read as metres)" in err
+
+
+def test_ground_truth_read_in_wrong_units_is_counted_and_warned_of(tmp_path, capsys):
+    """NYU millimetre PNGs read as KITTI's 1/256 m (--gt-scale 256) put most of the ground truth beyond 10 m:
+    those pixels were dropped without a word, and the metrics looked plausible. The measured and
+    out-of-range ground-truth pixels are now counted (--out: "ground_truth"), and more than a tenth
+    outside the range is a warning naming --gt-scale; the right scale counts none outside."""
+    pred_dir, gt_dir, pairs = _nyu_like(tmp_path)
+    crop = np.zeros((480, 640), bool)
+    crop[45:471, 41:601] = True
+    measured = sum(int(((g > 0) & crop).sum()) for _, g in pairs)
+    for scale, outside in ((1000, 0), (256, None)):
+        out = tmp_path / f"m{scale}.json"
+        rc = _tool()([str(pred_dir), str(gt_dir), "--dataset", "nyu", "--gt-scale", str(scale), "--pred-scale",
+                      "1000", "--out", str(out), "--no-progress"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        truth = json.loads(out.read_text())["ground_truth"]
+        if outside is None:  # read in 1/256 m: everything measured beyond 10 m * 256 / 1000 = 2.56 m (true)
+            gts = [read_depth(gt_dir / f"{i:05d}.png", 256) for i in range(3)]
+            outside = sum(int(((g > 0) & crop & ~((g > 1e-3) & (g < 10))).sum()) for g in gts)
+            assert outside > 0.5 * measured
+            warning = [ln for ln in captured.err.splitlines() if "ground-truth pixels" in ln]
+            assert len(warning) == 1 and warning[0].startswith(f"warning: {outside} of the {measured} measured")
+            assert "--gt-scale 256" in warning[0]
+        else:
+            assert "ground-truth pixels" not in captured.err
+        assert truth == {"measured_pixels": measured, "outside_range_pixels": outside,
+                         "evaluated_pixels": measured - outside}
+        assert f"of {measured} measured ground-truth pixels in the crop, {outside} lie outside" in captured.out
+
+
+def test_a_ground_truth_of_exactly_the_minimum_is_invalid_in_test_and_eval_depth_alike(tmp_path):
+    """A 1-mm ground-truth pixel (NYU's min_depth 0.001) read in float32, as the data sets (and the toolbox)
+    read it, is 0.0010000000475 > 0.001, and `test` evaluated it; eval-depth reads float64 (0.001, not > 0.001)
+    and did not. Compared in the ground truth's own precision, as the toolbox compares, it is invalid in both."""
+    import torch
+
+    from dinov2_dense.data.files import read_depth as read_dataset_depth
+    from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
+
+    gt = np.full((20, 20), 2.0)
+    gt[:10] = 0.001
+    _png(tmp_path / "gt" / "a.png", gt, 1000)
+    pred = np.full((20, 20), 3.0)
+    np.save(tmp_path / "a.npy", pred)
+    tool = DepthAccumulator(min_depth=1e-3, max_depth=10.0)
+    tool.update(read_depth(tmp_path / "a.npy"), read_depth(tmp_path / "gt" / "a.png", 1000))  # eval-depth's reads
+    metric = DepthMetric(min_depth=1e-3, max_depth=10.0)
+    dataset_gt = read_dataset_depth(tmp_path / "gt" / "a.png", 1000)
+    assert dataset_gt.dtype == np.float32 and float(dataset_gt[0, 0]) > 1e-3  # the float32 value, above the bound
+    metric.process({}, [{"pred_depth": torch.from_numpy(pred).float(), "gt_depth": torch.from_numpy(dataset_gt)}])
+    ours = metric.compute_metrics(metric.results)
+    expected = tool.compute()
+    assert expected["rmse"] == pytest.approx(1.0)  # the 2-m half only
+    for key in KEYS:
+        assert ours[key] == pytest.approx(expected[key], rel=1e-6), key  # before: rmse 2.1206 against 1.0
+    assert ours["gt_outside_range_pixels"] == expected["gt_outside_range_pixels"] == 200

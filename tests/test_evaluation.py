@@ -327,7 +327,8 @@ def test_invalid_predictions_are_counted_on_evaluated_pixels():
     assert r == pytest.approx(depth_metrics(pred, gt, crop="eigen", median_scaling=True))  # metrics unchanged
     assert acc.per_image_invalid[-1] == dict(nonfinite_pixels=2, negative_pixels=5, zero_pixels=7, images=1,
                                              all_zero_images=0, below_min_pixels=0, above_max_pixels=0,
-                                             pixels=(471 - 45) * (601 - 41) - 10)
+                                             pixels=(471 - 45) * (601 - 41) - 10,
+                                             measured_pixels=(471 - 45) * (601 - 41) - 10, outside_range_pixels=0)
     acc.update(gt, gt)  # clean
     acc.update(np.zeros((480, 640)), np.zeros((480, 640)))  # no valid gt: skipped, nothing counted
     blank = np.full((480, 640), 7.0)
@@ -420,7 +421,7 @@ def test_depth_metric_gt_from_data_batch_and_errors():
     metric.process(batch, [{"pred_depth": torch.from_numpy(D_PRED)}])
     out = metric.compute_metrics(metric.results)
     assert set(out) == set(DEPTH_METRIC_KEYS) | {"count"} | {"invalid_pred_" + k for k in INVALID_PREDICTION_KEYS} | {
-        "clipped_pred_below_min_pixels", "clipped_pred_above_max_pixels"}
+        "clipped_pred_below_min_pixels", "clipped_pred_above_max_pixels", "gt_measured_pixels", "gt_outside_range_pixels"}
     assert out["abs_rel"] == pytest.approx(0.4) and out["count"] == 1
     with pytest.raises(KeyError, match="ground truth"):
         metric.process({}, [{"pred_depth": torch.ones(2, 2)}])

@@ -5,7 +5,9 @@ Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
 
 - Metrics are computed **per image**, then averaged over images (not pooled over all pixels).
 - Valid pixels: ``min_depth < gt < max_depth`` (so zero, negative, NaN and inf ground truth are
-  invalid), intersected with the evaluation crop. An image with no valid pixel gives ``None`` and
+  invalid), compared in the ground truth's precision (float32 ground truth, as the toolbox reads it,
+  against float32 bounds), intersected with the evaluation crop. The measured ground-truth pixels
+  outside the range are counted (:data:`GROUND_TRUTH_KEYS`), and a share above a tenth is warned of. An image with no valid pixel gives ``None`` and
   is skipped by the averaging; the number of images averaged is reported as ``count``.
 - Crops (a mask on the ground truth, applied after the validity test):
   ``"eigen"``: NYU Eigen crop, rows 45:471, cols 41:601. It is defined in pixels of the original
@@ -52,12 +54,15 @@ __all__ = [
     "DEPTH_METRIC_KEYS",
     "CLIPPED_PREDICTION_KEYS",
     "INVALID_PREDICTION_KEYS",
+    "GROUND_TRUTH_KEYS",
     "DepthAccumulator",
     "average_depth_metrics",
+    "ground_truth_warning",
     "crop_mask",
     "depth_metrics",
     "kb_crop",
     "sum_clipped_predictions",
+    "sum_ground_truth",
     "sum_invalid_predictions",
 ]
 
@@ -83,6 +88,13 @@ INVALID_PREDICTION_PREFIX = "invalid_pred_"
 #: Reported flat as ``"clipped_pred_" + key``.
 CLIPPED_PREDICTION_KEYS = ("below_min_pixels", "above_max_pixels")
 CLIPPED_PREDICTION_PREFIX = "clipped_pred_"
+#: Measured ground-truth pixels (finite, positive, inside the crop) and those of them outside
+#: ``(min_depth, max_depth)``, which are not evaluated: a large share says the ground truth was read in
+#: the wrong units (a wrong ``--gt-scale`` / ``depth_scale``), which would otherwise only drop pixels.
+#: Reported flat as ``"gt_" + key``; more than :data:`GROUND_TRUTH_WARN_SHARE` outside is warned of.
+GROUND_TRUTH_KEYS = ("measured_pixels", "outside_range_pixels")
+GROUND_TRUTH_PREFIX = "gt_"
+GROUND_TRUTH_WARN_SHARE = 0.1
 
 
 def _as_depth_map(x, name: str) -> np.ndarray:
@@ -220,6 +232,7 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
     Raises ``ValueError`` for mismatched shapes (without ``resize``) and for a NaN prediction on a
     valid pixel (NaN cannot be clipped to anything meaningful).
     """
+    in_range = _in_range(gt, min_depth, max_depth)
     pred, gt = _as_depth_map(pred, "pred"), _as_depth_map(gt, "gt")
     if pred.shape != gt.shape:
         if not resize:
@@ -227,8 +240,7 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
                              "prediction to the ground truth first, or resize it bilinearly: --resize (eval-depth), resize=True (Python)")
         pred = _resize_bilinear(pred, gt.shape)
 
-    with np.errstate(invalid="ignore"):
-        valid = (gt > min_depth) & (gt < max_depth)
+    valid = in_range.reshape(gt.shape)
     mask = crop_mask(gt.shape, crop)
     if mask is not None:
         valid &= mask
@@ -238,6 +250,46 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
     if np.isnan(pred).any():
         raise ValueError(f"the prediction is NaN on {int(np.isnan(pred).sum())} valid pixel(s)")
     return pred, gt
+
+
+def _in_range(gt, min_depth: float, max_depth: float) -> np.ndarray:
+    """``min_depth < gt < max_depth``, compared in the ground truth's own precision: float32 ground truth
+    (the data sets', and the toolbox's ``astype(np.float32) / scale``) against float32 bounds, as the
+    toolbox compares, so that a stored value of exactly ``min_depth`` (1 mm on NYU: 0.0010000000475 in
+    float32) is invalid whether it was read in float32 (``test``) or float64 (``eval-depth``)."""
+    if isinstance(gt, torch.Tensor):
+        gt = gt.detach().cpu()
+        gt = gt.numpy() if gt.dtype in (torch.float32, torch.float64) else gt.double().numpy()
+    gt = np.asarray(gt)
+    dtype = np.float32 if gt.dtype == np.float32 else np.float64
+    gt = gt.astype(dtype, copy=False)
+    with np.errstate(invalid="ignore"):
+        return np.asarray((gt > dtype(min_depth)) & (gt < dtype(max_depth)))
+
+
+def _ground_truth_counts(gt, min_depth: float, max_depth: float, crop) -> dict[str, int]:
+    """Measured ground-truth pixels inside the crop (finite, positive: zero is no measurement) and those of
+    them outside ``(min_depth, max_depth)``, which are not evaluated (:data:`GROUND_TRUTH_KEYS`)."""
+    in_range = _in_range(gt, min_depth, max_depth)
+    gt = _as_depth_map(gt, "gt")
+    with np.errstate(invalid="ignore"):
+        measured = np.isfinite(gt) & (gt > 0)
+    mask = crop_mask(gt.shape, crop)
+    if mask is not None:
+        measured &= mask
+    return {"measured_pixels": int(np.count_nonzero(measured)),
+            "outside_range_pixels": int(np.count_nonzero(measured & ~in_range.reshape(gt.shape)))}
+
+
+def ground_truth_warning(counts: dict[str, int], min_depth: float, max_depth: float, scale_option: str) -> str | None:
+    """A warning when more than a tenth of the measured ground-truth pixels lie outside the range (summed
+    :data:`GROUND_TRUTH_KEYS`): they are not evaluated, and so many say the ground truth's units are
+    wrong (``scale_option``: where they are set); None otherwise."""
+    measured, outside = counts["measured_pixels"], counts["outside_range_pixels"]
+    if measured == 0 or outside <= GROUND_TRUTH_WARN_SHARE * measured:
+        return None
+    return (f"{outside} of the {measured} measured ground-truth pixels ({100.0 * outside / measured:.1f}%) lie outside "
+            f"({min_depth:g}, {max_depth:g}) m and are not evaluated: wrong units ({scale_option}) or depth range?")
 
 
 def _invalid_counts(pred: np.ndarray) -> dict[str, int]:
@@ -296,15 +348,16 @@ def _scores(pred: np.ndarray, gt: np.ndarray, *, min_depth: float, max_depth: fl
 def _evaluate_image(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0, crop=None,
                     median_scaling: bool = False, silog: str = "toolbox", resize: bool = False):
     """``(metrics, counts)`` of one image (``counts``: :data:`INVALID_PREDICTION_KEYS`,
-    :data:`CLIPPED_PREDICTION_KEYS` and ``pixels``, the evaluated pixels); ``(None, None)`` when no
-    pixel is valid."""
+    :data:`CLIPPED_PREDICTION_KEYS`, :data:`GROUND_TRUTH_KEYS` and ``pixels``, the evaluated pixels);
+    ``(None, counts)`` when no pixel is valid (the counts then all zero but the ground truth's)."""
+    truth = _ground_truth_counts(gt, min_depth, max_depth, crop)
     selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
     if selected is None:
-        return None, None
+        return None, {**dict.fromkeys(INVALID_PREDICTION_KEYS + CLIPPED_PREDICTION_KEYS, 0), **truth, "pixels": 0}
     pred, gt = selected
     scaled = _median_scaled(pred, gt, median_scaling)
     scores = _scores(scaled, gt, min_depth=min_depth, max_depth=max_depth, median_scaling=False, silog=silog)
-    counts = _invalid_counts(pred) | _clipped_counts(scaled, min_depth, max_depth)
+    counts = _invalid_counts(pred) | _clipped_counts(scaled, min_depth, max_depth) | truth
     counts["pixels"] = int(selected[0].size)  # evaluated
     return scores, counts
 
@@ -331,6 +384,11 @@ def sum_invalid_predictions(per_image: Iterable[dict | None]) -> dict[str, int]:
 def sum_clipped_predictions(per_image: Iterable[dict | None]) -> dict[str, int]:
     """Sum per-image counts of out-of-range predictions (:data:`CLIPPED_PREDICTION_KEYS`)."""
     return _sum_counts(per_image, CLIPPED_PREDICTION_KEYS)
+
+
+def sum_ground_truth(per_image: Iterable[dict | None]) -> dict[str, int]:
+    """Sum per-image ground-truth counts (:data:`GROUND_TRUTH_KEYS`)."""
+    return _sum_counts(per_image, GROUND_TRUTH_KEYS)
 
 
 def _sum_counts(per_image: Iterable[dict | None], keys: tuple[str, ...]) -> dict[str, int]:
@@ -386,9 +444,14 @@ class DepthAccumulator:
         """The out-of-range counts so far, keyed by :data:`CLIPPED_PREDICTION_KEYS`."""
         return sum_clipped_predictions(self.per_image_invalid)
 
+    def ground_truth(self) -> dict[str, int]:
+        """The ground-truth counts so far, keyed by :data:`GROUND_TRUTH_KEYS`."""
+        return sum_ground_truth(self.per_image_invalid)
+
     def compute(self) -> dict:
         """See :func:`average_depth_metrics`; plus the ``invalid_pred_*`` counts (class docstring)."""
         out = average_depth_metrics(self.per_image)
         out.update({INVALID_PREDICTION_PREFIX + k: v for k, v in self.invalid_predictions().items()})
         out.update({CLIPPED_PREDICTION_PREFIX + k: v for k, v in self.clipped_predictions().items()})
+        out.update({GROUND_TRUTH_PREFIX + k: v for k, v in self.ground_truth().items()})
         return out

@@ -34,7 +34,7 @@ from pathlib import Path
 from ..fileio import write_json
 from ..images import read_depth
 from ..settings import DATASET_SETTINGS
-from .depth import (CLIPPED_PREDICTION_KEYS, DEPTH_METRIC_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, _resize_bilinear,
+from .depth import (CLIPPED_PREDICTION_KEYS, DEPTH_METRIC_KEYS, GROUND_TRUTH_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, _resize_bilinear,
                     kb_crop)
 
 __all__ = [
@@ -132,7 +132,9 @@ class DepthDirReport:
     :data:`~dinov2_dense.evaluation.depth.INVALID_PREDICTION_KEYS`); ``invalid_images`` and
     ``all_zero_images`` name those images. ``clipped_predictions`` counts the finite positive pixels
     below ``min_depth`` and above ``max_depth`` that the clipping moves
-    (:data:`~dinov2_dense.evaluation.depth.CLIPPED_PREDICTION_KEYS`).
+    (:data:`~dinov2_dense.evaluation.depth.CLIPPED_PREDICTION_KEYS`). ``ground_truth`` counts the measured
+    ground-truth pixels inside the crop and those of them outside the depth range, not evaluated
+    (:data:`~dinov2_dense.evaluation.depth.GROUND_TRUTH_KEYS`).
     """
 
     metrics: dict[str, float]
@@ -146,6 +148,7 @@ class DepthDirReport:
     all_zero_images: list[str] = field(default_factory=list)
     clipped_predictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLIPPED_PREDICTION_KEYS, 0))
     evaluated_pixels: int = 0  # valid ground truth inside the crop, over all images
+    ground_truth: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUND_TRUTH_KEYS, 0))
 
 
 def eval_depth_options(dataset: str, *, pred_scale: float, gt_scale: float | None = None, kb_crop: bool = False,
@@ -271,7 +274,8 @@ def evaluate_depth_dirs(
                           skipped=skipped, unmatched_pred=unmatched_pred, unmatched_gt=unmatched_gt, settings=settings,
                           invalid_predictions=acc.invalid_predictions(), invalid_images=invalid_images,
                           all_zero_images=all_zero_images, clipped_predictions=acc.clipped_predictions(),
-                          evaluated_pixels=sum(c["pixels"] for c in acc.per_image_invalid if c is not None))
+                          evaluated_pixels=sum(c["pixels"] for c in acc.per_image_invalid if c is not None),
+                          ground_truth=acc.ground_truth())
 
 
 def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
@@ -287,11 +291,13 @@ def depth_results_json(report: DepthDirReport) -> dict:
     """What ``eval-depth --out`` writes: the nine metrics at the top level (as always), then
     ``"images"`` (images averaged), ``"skipped_images"`` (no valid ground-truth pixel) and
     ``"invalid_predictions"``: ``{"nonfinite_pixels", "negative_pixels", "zero_pixels", "images",
-    "all_zero_images"}`` and ``"clipped_predictions"``: ``{"below_min_pixels", "above_max_pixels"}``
-    (see :class:`DepthDirReport`)."""
+    "all_zero_images"}``, ``"clipped_predictions"``: ``{"below_min_pixels", "above_max_pixels"}`` and
+    ``"ground_truth"``: ``{"measured_pixels", "outside_range_pixels", "evaluated_pixels"}`` (see
+    :class:`DepthDirReport`)."""
     return {**{k: report.metrics[k] for k in DEPTH_METRIC_KEYS}, "images": report.count,
             "skipped_images": len(report.skipped), "invalid_predictions": dict(report.invalid_predictions),
-            "clipped_predictions": dict(report.clipped_predictions)}
+            "clipped_predictions": dict(report.clipped_predictions),
+            "ground_truth": {**report.ground_truth, "evaluated_pixels": report.evaluated_pixels}}
 
 
 def write_metrics_json(path: str | Path, metrics: dict) -> None:

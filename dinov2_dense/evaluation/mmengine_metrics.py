@@ -33,12 +33,15 @@ from mmengine.registry import METRICS
 from .depth import (
     CLIPPED_PREDICTION_PREFIX,
     DEPTH_METRIC_KEYS,
+    GROUND_TRUTH_PREFIX,
     INVALID_PREDICTION_PREFIX,
     _check_args,
     _check_crop,
     _evaluate_image,
     average_depth_metrics,
+    ground_truth_warning,
     sum_clipped_predictions,
+    sum_ground_truth,
     sum_invalid_predictions,
 )
 from .segmentation import format_table, intersect_and_union, metrics_from_areas
@@ -123,7 +126,9 @@ class DepthMetric(BaseMetric):
     evaluated pixels, before clipping; see :mod:`dinov2_dense.evaluation.depth`), which are also
     logged as a warning when not zero, and ``clipped_pred_below_min_pixels`` and
     ``clipped_pred_above_max_pixels`` (finite positive pixels the clipping moves; logged when not
-    zero). Images without a valid pixel are skipped and their number is logged.
+    zero). Images without a valid pixel are skipped and their number is logged. ``gt_measured_pixels``
+    and ``gt_outside_range_pixels`` count the measured ground truth (inside the crop) and what of it lies
+    outside the range and is not evaluated; more than a tenth outside is logged as a warning (wrong units).
 
     Args:
         min_depth, max_depth, crop, median_scaling, silog, resize: as in ``depth_metrics``.
@@ -131,6 +136,8 @@ class DepthMetric(BaseMetric):
     """
 
     default_prefix = ""
+    #: where the ground truth's units are set, for the warning of a ground truth mostly out of range
+    scale_option = "the data set's depth_scale"
 
     def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, crop=None, median_scaling: bool = False,
                  silog: str = "toolbox", resize: bool = False, collect_device: str = "cpu",
@@ -157,6 +164,10 @@ class DepthMetric(BaseMetric):
                       f"{invalid['nonfinite_pixels']} non-finite, {invalid['negative_pixels']} negative, "
                       f"{invalid['zero_pixels']} zero pixel(s); {invalid['all_zero_images']} image(s) zero on "
                       "every evaluated pixel", logger="current", level=logging.WARNING)
+        truth = sum_ground_truth([counts for _, counts in results])
+        if warning := ground_truth_warning(truth, self.kwargs["min_depth"], self.kwargs["max_depth"],
+                                           self.scale_option):
+            print_log(f"depth: {warning}", logger="current", level=logging.WARNING)
         clipped = sum_clipped_predictions([counts for _, counts in results])
         if any(clipped.values()):
             print_log(f"depth: {clipped['below_min_pixels']} prediction pixel(s) below {self.kwargs['min_depth']:g} m "
@@ -165,4 +176,5 @@ class DepthMetric(BaseMetric):
         out.pop("skipped")
         out.update({INVALID_PREDICTION_PREFIX + k: v for k, v in invalid.items()})
         out.update({CLIPPED_PREDICTION_PREFIX + k: v for k, v in clipped.items()})
+        out.update({GROUND_TRUTH_PREFIX + k: v for k, v in truth.items()})
         return out

@@ -134,6 +134,8 @@ class DINOv2DepthMetric(DepthMetric):
         silog, median_scaling, resize, collect_device, prefix, collect_dir: of our metric.
     """
 
+    scale_option = "LoadDepthAnnotation's depth_rescale_factor"
+
     def __init__(self, min_depth_eval: float = 1e-3, max_depth_eval: float = 10.0, crop=None,
                  output_dir: str | None = None, depth_scale_factor: float = 1.0, crop_type: str | None = None,
                  depth_metrics=None, format_only: bool = False, keep_results: bool = False, **kwargs):
