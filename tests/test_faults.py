@@ -103,6 +103,17 @@ def test_test_refuses_a_backbone_only_checkpoint(scenes, trained, tmp_path, caps
     assert "mIoU" not in out  # no metrics of a random head
 
 
+def test_partial_load_of_a_checkpoint_none_of_whose_keys_fit_is_refused(scenes, trained, tmp_path, capsys):
+    """A segmentation checkpoint given to a depth config with --partial-load loaded nothing, warned once, and
+    scored the head as built (random) with exit code 0. A partial load that would load nothing is refused."""
+    other = tmp_path / "other_task.pth"
+    torch.save({"state_dict": {"decode_head.conv_depth.weight": torch.zeros(3, 3)}}, other)
+    rc, out, err = run(capsys, "test", SEG_CFG, other, "--partial-load", "--work-dir", tmp_path / "w", "--cfg-options",
+                       *_opts(scenes))
+    assert_user_error(rc, err, other, "none of its keys fits", "decode_head.conv_depth.weight")
+    assert "mIoU" not in out
+
+
 def test_test_refuses_a_head_for_another_number_of_classes(scenes, trained, tmp_path, capsys):
     ckpt = trained / "iter_4.pth"
     rc, out, err = run(capsys, "test", SEG_CFG, ckpt, "--work-dir", tmp_path / "w", "--cfg-options",

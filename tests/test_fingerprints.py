@@ -281,3 +281,19 @@ def test_a_pca_basis_is_reused_without_warning_with_the_same_weights_from_a_timm
     old.save(basis)
     assert warnings(files["a"], "old_same") == []
     assert len(warnings(files["timm"], "old_timm")) == 1
+
+
+def test_checkpoints_name_the_embedded_backbone_as_embedded_not_official():
+    """A head trained on the embedded backbone (model.backbone=dinov2_dense_tiny, backbone_weights "official",
+    the default) was recorded as trained on "official" weights, and the refusal of a head on another backbone
+    then read "a head trained on another backbone (official, ...)". The record names the backbone and says
+    where its weights came from."""
+    from dinov2_dense.engine.model import DenseModel
+
+    def record(**kwargs) -> str:
+        model = DenseModel(backbone="dinov2_dense_tiny", task="depth", layers=[3],
+                           class_token=True, head=dict(type="LinearDepthHead", in_channels=[96], n_bins=8), **kwargs)
+        return model.backbone_info()["weights"]
+
+    assert record() == "dinov2_dense_tiny (embedded weights)"
+    assert record(backbone_weights=None, backbone_seed=3) == "random weights (seed 3)"

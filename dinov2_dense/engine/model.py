@@ -157,6 +157,21 @@ def _build_from(module, cfg: dict):
     return cls(**cfg)
 
 
+def _weights_label(backbone, weights, seed: int) -> str:
+    """Where a config's backbone weights come from, as checkpoints record it (``meta.backbone.weights``) and
+    messages name it: ``"official"`` is named with the backbone's name, and an embedded backbone's
+    (``dinov2_dense_tiny``) as embedded: ``"dinov2_vits14 (official weights)"``,
+    ``"dinov2_dense_tiny (embedded weights)"``."""
+    if weights is None:
+        return f"random weights (seed {seed})"
+    if isinstance(weights, str) and weights == "official" and isinstance(backbone, str):
+        from dinov2_dense.hub import BACKBONES
+
+        spec = BACKBONES.get(backbone)
+        return f"{backbone} ({'embedded' if spec is not None and spec.embedded else 'official'} weights)"
+    return str(weights)
+
+
 @MODELS.register_module()
 class DenseModel(BaseModel):
     """Backbone + head for mmengine runs (``mode``: "loss", "predict" or "tensor").
@@ -226,8 +241,7 @@ class DenseModel(BaseModel):
         self.losses = nn.ModuleList(_build_from(heads, cfg) for cfg in (losses or _DEFAULT_LOSSES[self.task]))
         self._register_state_dict_hook(_drop_frozen_backbone)
         self._register_load_state_dict_pre_hook(_keep_frozen_backbone, with_module=True)
-        self.backbone_source = (f"random weights (seed {backbone_seed})" if backbone_weights is None
-                                else str(backbone_weights))
+        self.backbone_source = _weights_label(name if zoo is not None else backbone, backbone_weights, backbone_seed)
         self._fingerprint: dict[str, str] | None = None  # fingerprints(backbone); None: to hash (again)
         self.keep_backbone = False  # checkpoints hold a frozen backbone too (one a checkpoint brought)
 

@@ -749,6 +749,9 @@ class DenseRunner(Runner):
             if hasattr(model, "backbone"):
                 own.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
             state = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
+            if not state:  # the model would run as built: a random head, scored as if it were the file's
+                raise CheckpointError(f"{filename}: none of its keys fits the model of this config, so --partial-load "
+                                      "would load nothing and keep the model as built:\n  " + "\n  ".join(problems))
         refuse_nonfinite(state, str(filename))
         self._check_backbone(filename, checkpoint, state, model)
         replaced = _replaces_backbone(state, model)
