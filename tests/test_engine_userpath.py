@@ -631,3 +631,22 @@ def test_the_head_width_rule_is_the_one_the_forward_needs(head, layers, class_to
         assert refused is None and failed is None, (refused, failed)
     else:
         assert failed is not None and refused is not None and key in refused and "\n" not in refused, (refused, failed)
+
+
+def test_a_depth_crop_that_cannot_fit_the_ground_truth_is_refused_before_training(scenes, tmp_path, capsys):
+    """val_evaluator.crop="eigen" on ground truth that is not 480 x 640 failed at the first validation, after
+    val_interval iterations of training, advising `--crop none` (an eval-depth option). The first validation
+    sample is checked at the start: nothing is trained, and the error names the evaluator's key; test alike."""
+    work = tmp_path / "run"
+    options = _options(scenes / "nyu", 4, **{"train_cfg.val_interval": 2, "val_evaluator.crop": "eigen"})
+    assert _train(work, options, config=DEPTH_CFG) == 2
+    (line,) = _error_lines(capsys)
+    assert "val_evaluator.crop='eigen' does not fit the ground truth of" in line and "got 112x112" in line
+    assert "val_evaluator.crop=None" in line
+    assert not list(work.glob("*.pth"))  # before: iterations 1 and 2 trained, then the error
+    assert _train(tmp_path / "ok", _options(scenes / "nyu", 1), config=DEPTH_CFG) == 0
+    options = _options(scenes / "nyu", 1, **{"test_evaluator.crop": "eigen"})
+    rc = main(["test", str(DEPTH_CFG), str(tmp_path / "ok" / "iter_1.pth"), "--work-dir", str(tmp_path / "t"),
+               "--cfg-options", *(f"{k}={v}" for k, v in options.items())])
+    err = capsys.readouterr().err
+    assert rc == 2 and "test_evaluator.crop='eigen' does not fit" in err, err

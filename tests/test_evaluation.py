@@ -236,7 +236,7 @@ def test_eigen_crop_mask_positions():
     with pytest.raises(ValueError, match="480x640") as exc:
         depth_metrics(np.ones((240, 320)), np.ones((240, 320)), crop="eigen")
     # both ways to turn it off: the CLI option and the Python argument
-    assert "`--crop none` on the command line" in str(exc.value) and "crop=None in Python" in str(exc.value)
+    assert "`--crop none` in eval-depth" in str(exc.value) and "val_evaluator.crop=None" in str(exc.value) and "crop=None in Python" in str(exc.value)
 
 
 def test_garg_crop_mask_positions():

@@ -631,10 +631,35 @@ class DenseRunner(Runner):
         written by another number of processes than this run's (see the module docstring)."""
         if not self._has_loaded:
             self._load_or_resume()
+        self._check_depth_crops()
         self._started = True  # the loops, data sets, optimizer and weights are built: the start succeeded
         if self.__dict__.get("_config_pending"):
             self._config_pending = False
             self._write_config_copy(self.work_dir)
+
+    def _check_depth_crops(self) -> None:
+        """A depth evaluator's crop that cannot fit the ground truth (the NYU Eigen crop on maps not 480 x 640)
+        failed at the first validation, after ``val_interval`` iterations of training: the first sample of each
+        data set evaluated with a crop is checked at the start, and the error names the evaluator's key."""
+        from dinov2_dense.evaluation.depth import crop_mask
+        from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
+
+        for name in ("val", "test"):
+            loop = self.__dict__.get(f"_{name}_loop")
+            if loop is None or isinstance(loop, dict):
+                continue
+            dataset = getattr(getattr(loop, "dataloader", None), "dataset", None)
+            load = getattr(dataset, "load_item", None)
+            for metric in getattr(getattr(loop, "evaluator", None), "metrics", []):
+                crop = metric.kwargs["crop"] if isinstance(metric, DepthMetric) else None
+                if crop is None or load is None or len(dataset) == 0:
+                    continue
+                sample = load(0)
+                try:
+                    crop_mask(tuple(np.shape(sample["depth"])[-2:]), crop)
+                except ValueError as exc:
+                    raise ValueError(f"{name}_evaluator.crop={crop!r} does not fit the ground truth of "
+                                     f"{sample['meta'].get('target_path') or sample['meta'].get('path')}: {exc}") from None
 
     def _load_or_resume(self) -> None:
         if self._resume:

@@ -143,7 +143,8 @@ def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
             raise ValueError(
                 f"the NYU Eigen crop (rows 45:471, cols 41:601) is defined on 480x640 ground truth, got {h}x{w}; "
                 "evaluate at the original resolution (resize the prediction to the ground truth), "
-                "or turn the crop off (`--crop none` on the command line, crop=None in Python) "
+                "or turn the crop off (`--crop none` in eval-depth, val_evaluator.crop=None / test_evaluator.crop=None "
+                "in a config, crop=None in Python) "
                 "or, in Python, give an explicit crop=(top, bottom, left, right)")
         top, bottom, left, right = NYU_EIGEN_CROP
     elif crop == "garg":
