@@ -270,11 +270,7 @@ def test_mmseg_runner_trains_and_evaluates_synthetic_scenes(tmp_path, backbone_f
     from dinov2_dense.data.synthetic import write_ade20k_layout
 
     ade = write_ade20k_layout(tmp_path / "ade", 8, 4, config=dict(size=(84, 112)), progress=False)
-    metrics = _run(ROOT / "configs/mmseg/synthetic_ade20k_linear.py", ade, tmp_path / "seg", backbone_file, {
-        "model.backbone.out_indices": [3], "model.decode_head.in_channels": [32],
-        "model.data_preprocessor.size": (56, 56), "model.test_cfg.crop_size": (56, 56),
-        "model.test_cfg.stride": (28, 28), "train_dataloader.dataset.pipeline.4.crop_size": (56, 56),
-        "train_dataloader.dataset.pipeline.3.scale": (112, 56), "train_dataloader.batch_size": 2})
+    metrics = _run(ROOT / "configs/mmseg/synthetic_ade20k_linear.py", ade, tmp_path / "seg", backbone_file, _TINY_LINEAR)
     assert 0.0 <= metrics["mIoU"] <= 100.0
     assert (tmp_path / "seg" / "iter_6.pth").is_file()
     torch.load(tmp_path / "seg" / "iter_6.pth", weights_only=True)  # the sanitizer hook is at work
@@ -307,17 +303,16 @@ _TINY_DPT = {"model.decode_head.embed_dim": 32, "model.decode_head.channels": 16
              "model.data_preprocessor.size": (56, 56)}
 
 
-def _train_depth(data_root: Path, work: Path, backbone_file, iters: int, resume: bool = False):
-    """The synthetic DPT depth config in mmseg's Runner, SigLoss warm-up 2 iterations, a checkpoint every 2,
-    no validation: the runner after ``iters`` iterations and its loss_sig of each iteration."""
+def _train_briefly(config: str, data_root: Path, work: Path, backbone_file, iters: int, resume: bool, options: dict):
+    """A plugin config in mmseg's Runner on the tiny backbone, a checkpoint every 2 iterations, a constant
+    learning rate, no validation: the runner after ``iters`` iterations."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
-    cfg = Config.fromfile(ROOT / "configs/mmseg/synthetic_nyu_dpt.py")
+    cfg = Config.fromfile(ROOT / "configs" / "mmseg" / config)
     cfg.merge_from_dict({"train_dataloader.dataset.data_root": str(data_root), "model.backbone.arch": None,
-                         "model.backbone.weights": str(backbone_file), "model.decode_head.loss_decode.0.warm_iter": 2,
-                         "default_hooks.checkpoint.interval": 2,
-                         "default_hooks.logger.interval": 1, **_TINY_DPT})
+                         "model.backbone.weights": str(backbone_file), "default_hooks.checkpoint.interval": 2,
+                         **options})
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=0, end=iters)]
@@ -325,6 +320,13 @@ def _train_depth(data_root: Path, work: Path, backbone_file, iters: int, resume:
     with DefaultScope.overwrite_default_scope("mmseg"):
         runner = Runner.from_cfg(cfg)
         runner.train()
+    return runner
+
+
+def _train_depth(data_root: Path, work: Path, backbone_file, iters: int, resume: bool = False):
+    """The synthetic DPT depth config, SigLoss warm-up 2 iterations: the runner and its loss_sig of each iteration."""
+    runner = _train_briefly("synthetic_nyu_dpt.py", data_root, work, backbone_file, iters, resume, {
+        "model.decode_head.loss_decode.0.warm_iter": 2, "default_hooks.logger.interval": 1, **_TINY_DPT})
     return runner, [float(v) for v in runner.message_hub.get_scalar("train/decode.loss_sig").data[0]]
 
 
@@ -350,23 +352,9 @@ _TINY_LINEAR = {"model.backbone.out_indices": [3], "model.decode_head.in_channel
 
 
 def _train_linear(data_root: Path, work: Path, backbone_file, iters: int, resume: bool = False, workers: int = 0):
-    """The synthetic lin. config in mmseg's Runner, a checkpoint every 2 iterations, no validation: the runner
-    after ``iters`` iterations."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    cfg = Config.fromfile(ROOT / "configs/mmseg/synthetic_ade20k_linear.py")
-    cfg.merge_from_dict({"train_dataloader.dataset.data_root": str(data_root), "model.backbone.arch": None,
-                         "model.backbone.weights": str(backbone_file), "default_hooks.checkpoint.interval": 2,
-                         "train_dataloader.num_workers": workers, **_TINY_LINEAR})
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters)
-    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    cfg.param_scheduler = [dict(type="ConstantLR", factor=1.0, by_epoch=False, begin=0, end=iters)]
-    cfg.work_dir, cfg.resume = str(work), resume
-    with DefaultScope.overwrite_default_scope("mmseg"):
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-    return runner
+    """The synthetic lin. config with ``workers`` DataLoader workers: the runner after ``iters`` iterations."""
+    return _train_briefly("synthetic_ade20k_linear.py", data_root, work, backbone_file, iters, resume,
+                          {"train_dataloader.num_workers": workers, **_TINY_LINEAR})
 
 
 def test_mmseg_resumed_run_loads_nothing_it_trained_and_ends_as_the_uninterrupted_one(tmp_path, backbone_file,
