@@ -1094,16 +1094,10 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from pretrain.curation import curate
     from pretrain.curation.pipeline import interrupted_stores, is_embeddings, shortfall
 
-    if args.clusters is not None and min(args.clusters) < 1:
-        raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
-    if args.clusters is not None and args.levels is not None and args.levels != len(args.clusters):
-        # (--clusters sets the levels: --levels 2 --clusters 3 ran one level without a word)
-        raise ValueError(f"--levels {args.levels} and --clusters {','.join(map(str, args.clusters))} "
-                         f"({len(args.clusters)} level{'s' if len(args.clusters) != 1 else ''}) disagree: --clusters "
-                         "gives one count a level, so leave --levels out or give as many counts")
-    args.levels = 4 if args.levels is None else args.levels
-    from .distributed import check_same_settings, implied_launcher, say_distributed
+    from .distributed import agree_to_start, check_same_settings, implied_launcher, say_distributed
 
+    levels = args.levels  # as given: checked against --clusters below; compared and run as the levels it makes
+    args.levels = len(args.clusters) if args.clusters is not None else (4 if levels is None else levels)
     launcher = implied_launcher(args.launcher)  # torchrun without --launcher: as with pytorch
     if launcher == "pytorch":
         import datetime
@@ -1119,11 +1113,20 @@ def _cmd_curate(args: argparse.Namespace) -> int:
                             "", given="command and options")  # curate has no config
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = None
-    needs_model = not is_embeddings(args.inputs) or (args.seeds is not None and not is_embeddings(args.seeds))
-    if needs_model:
-        device = check_device(args.device)
-        model = _load_model(args, device).eval()
+
+    def start():  # on every process, with the group up: one that refuses its options or model stops them all
+        if args.clusters is not None and min(args.clusters) < 1:
+            raise ValueError(f"--clusters {','.join(map(str, args.clusters))}: every level needs at least 1 cluster")
+        if args.clusters is not None and levels is not None and levels != len(args.clusters):
+            # (--clusters sets the levels: --levels 2 --clusters 3 ran one level without a word)
+            raise ValueError(f"--levels {levels} and --clusters {','.join(map(str, args.clusters))} "
+                             f"({len(args.clusters)} level{'s' if len(args.clusters) != 1 else ''}) disagree: "
+                             "--clusters gives one count a level, so leave --levels out or give as many counts")
+        if not is_embeddings(args.inputs) or (args.seeds is not None and not is_embeddings(args.seeds)):
+            return _load_model(args, check_device(args.device)).eval()
+        return None
+
+    model = agree_to_start(start, main=True)
     try:
         summary = curate(
             args.inputs, args.out, args.target, model=model, names=args.names, seeds=args.seeds,

@@ -793,12 +793,17 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         _load_state(model, state["model"])
         saved = state.get("config")
         notes = _keep_starting_points(saved, cfg, path)  # the run's, which its checkpoint goes on from
-        changed = _schedule_changes(saved, cfg)
+        before = state.get("processes")  # None: a checkpoint of an older version, which did not record them
+        changed = _schedule_changes(saved, cfg, before, world)
         if changed and main:
+            scales = " (optim.lr scales with the batch of all processes)" if any(
+                c.startswith("optim.lr ") for c in changed) else ""
+            processes = (" and as many processes" if before is None else "" if before == world else
+                         f" on {before} process{'es' if before != 1 else ''}")
             print(f"warning: --resume: this command's schedule settings differ from those {path} was written with: "
-                  f"{', '.join(changed)}; the run continues on this command's schedules (optim.lr scales with the "
-                  "batch of all processes). To continue it as it was, give its settings again (its checkpoints "
-                  "hold them under 'config') and as many processes", file=sys.stderr)
+                  f"{', '.join(changed)}; the run continues on this command's schedules{scales}. To continue it as "
+                  f"it was, give its settings again (its checkpoints hold them under 'config'){processes}",
+                  file=sys.stderr)
         settings = _setting_changes(saved, cfg)
         history = list(saved.get(RESUMES) or []) if isinstance(saved, dict) else []
         if settings:  # config.json keeps the values before, and the iteration the command's apply from
@@ -905,7 +910,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             if monitor is not None:
                 last.update(monitor.run(watched, it))
         if it % train["checkpoint_period"] == 0 or it == stop:
-            _save(model, optimizer, scaler, cfg, work_dir, it, main, sharded, history)
+            _save(model, optimizer, scaler, cfg, work_dir, it, main, sharded, history, processes=world)
     bar.close()
     if it == start and start > 0:  # a resume that trained nothing (the run had ended): its last logged values
         logged = [r for r in _jsonl(metrics_path) if r.get("iteration") == start]
@@ -1201,17 +1206,40 @@ SCHEDULE_SECTIONS = ("optim", "teacher")
 SCHEDULE_TRAIN_KEYS = ("batch_size_per_gpu", "OFFICIAL_EPOCH_LENGTH")
 
 
-def _schedule_changes(saved: Any, cfg: dict) -> list[str]:
+def _schedule_changes(saved: Any, cfg: dict, processes_before: int | None = None, processes: int = 1) -> list[str]:
     """``key old -> new`` for each schedule setting a resumed checkpoint's config (``saved``) has otherwise
     than this run's: the schedules are rebuilt from this run's, so a resume that does not repeat the first
-    command's ``--cfg-options`` (or runs on another number of processes: ``optim.lr``) changes the run."""
+    command's ``--cfg-options`` (or runs on another number of processes: ``optim.lr``) changes the run. The
+    batch is named with the processes that the checkpoint was written by (``processes_before``; None: not
+    recorded, by an older version) and this run's: see :func:`_batch_change`."""
     if not isinstance(saved, dict):
         return []
     pairs = [(f"{section}.{k}", (saved.get(section) or {}).get(k), v)
              for section in SCHEDULE_SECTIONS for k, v in (cfg.get(section) or {}).items()]
-    pairs += [(f"train.{k}", (saved.get("train") or {}).get(k), cfg["train"].get(k)) for k in SCHEDULE_TRAIN_KEYS]
-    return [f"{key} {old!r} -> {new!r}" for key, old, new in pairs
-            if old is not None and _jsonable(old) != _jsonable(new)]
+    pairs += [(f"train.{k}", (saved.get("train") or {}).get(k), cfg["train"].get(k)) for k in SCHEDULE_TRAIN_KEYS
+              if k != "batch_size_per_gpu"]
+    changes = [f"{key} {old!r} -> {new!r}" for key, old, new in pairs
+               if old is not None and _jsonable(old) != _jsonable(new)]
+    batch = _batch_change((saved.get("train") or {}).get("batch_size_per_gpu"), cfg["train"]["batch_size_per_gpu"],
+                          processes_before, processes)
+    return ([batch] if batch else []) + changes
+
+
+def _batch_change(before: Any, after: int, processes_before: int | None, processes: int) -> str | None:
+    """The change of a resumed run's batch, or None: ``train.batch_size_per_gpu`` and the number of processes,
+    each where it changed, and the batch of all processes that they make (which ``optim.lr`` scales with), also
+    where it stays: ``processes 2 -> 1, train.batch_size_per_gpu 4 -> 8 (the batch of all processes stays 8)``.
+    Without ``processes_before`` (not recorded) the batch per process alone, where it changed."""
+    if processes_before is None or not isinstance(before, int):
+        changed = before is not None and _jsonable(before) != after
+        return f"train.batch_size_per_gpu {before!r} -> {after!r}" if changed else None
+    if (before, processes_before) == (after, processes):
+        return None
+    parts = [f"{name} {old} -> {new}" for name, old, new in (("processes", processes_before, processes),
+                                                             ("train.batch_size_per_gpu", before, after)) if old != new]
+    total_before, total = before * processes_before, after * processes
+    total_said = f"stays {total}" if total == total_before else f"{total_before} -> {total}"
+    return f"{', '.join(parts)} (the batch of all processes {total_said})"
 
 
 #: Settings that a resume may change freely (nothing said; config.json's ``_resumes`` still records them): the
@@ -1261,9 +1289,10 @@ def _record(cfg: dict, history: list[dict]) -> dict:
 
 
 def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sharded: bool = False,
-          history: list[dict] | None = None) -> None:
+          history: list[dict] | None = None, processes: int = 1) -> None:
     """Write ``checkpoint_<it>.pth`` and keep it with the newest ``train.max_to_keep - 1`` older ones
-    (newer numbers, unreadable ones a resume passed over, stay until the run writes over them)."""
+    (newer numbers, unreadable ones a resume passed over, stay until the run writes over them). It records the
+    number of ``processes`` that trained it: a resume on another number names the change (:func:`_batch_change`)."""
     from .loss.centering import TeacherCentering
 
     for module in model.modules():  # this step's centre update, pending until the next step: in the checkpoint
@@ -1274,7 +1303,8 @@ def _save(model, optimizer, scaler, cfg, work_dir: Path, it: int, main: bool, sh
     if not main:
         return
     ckpt = {"model": state, "optimizer": optim_state, "iteration": it,
-            "scaler": scaler.state_dict() if scaler is not None else None, "config": _record(cfg, history or [])}
+            "scaler": scaler.state_dict() if scaler is not None else None, "config": _record(cfg, history or []),
+            "processes": processes}
     save_torch(ckpt, work_dir / f"checkpoint_{it:07d}.pth")
     older = [p for p in checkpoint_files(work_dir) if int(_CKPT.match(p.name).group(1)) < it]
     for old in older[cfg["train"]["max_to_keep"] - 1:]:

@@ -104,6 +104,55 @@ def test_a_work_dir_that_the_main_process_refuses_stops_every_process_with_its_r
     assert sorted(p.name for p in work.iterdir()) == [".dinov2_dense.lock"]
 
 
+@pytest.fixture(scope="module")
+def distilled_by_pretrain(tmp_path_factory):
+    """A distillation config run by `pretrain` (the reviewer's `torchrun tools/pretrain.py DISTILL_CONFIG`) on 2
+    processes of batch 4, stopped at iteration 1 of 2: (config, work dir, [(exit code, output) of each process])."""
+    tmp = tmp_path_factory.mktemp("distill2")
+    teacher = export_backbone(randomize_(tiny_vit(dim=32, depth=1, img=28)), tmp / "teacher")["safetensors"]
+    cfg = _py_config(tmp / "distill.py", tiny(2, distill=dict(teacher=str(teacher),
+                                                              students=[dict(embed_dim=16, num_heads=1)])))
+    work = tmp / "work"
+    ran = _by_hand(tmp, [["pretrain", str(cfg), "--work-dir", str(work), "--max-iters", "1"]] * 2)
+    return cfg, work, ran
+
+
+def _summaries(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(("pretraining:", "distillation:"))]
+
+
+def test_a_distillation_config_run_by_pretrain_says_distillation(distilled_by_pretrain):
+    """Its summary said `pretraining: {...}` (through `distill` it said `distillation:`): it follows the config."""
+    _, _, ((code0, log0), (code1, log1)) = distilled_by_pretrain
+    assert code0 == code1 == 0, (log0[-2000:], log1[-2000:])
+    said = _summaries(log0)
+    assert len(said) == 1 and said[0].startswith("distillation: {'iteration': 1"), said
+    assert not _summaries(log1)  # process 0's line
+
+
+def test_a_resume_on_other_processes_at_the_same_batch_names_the_processes(distilled_by_pretrain, capsys):
+    """2 processes x batch 4, resumed on 1 x 8: the warning named `train.batch_size_per_gpu 4 -> 8` alone and said
+    that optim.lr scales, although the batch of all processes, and so the lr, had not changed. It names the
+    processes and that batch, and the lr only where it changes (its own test: test_pretrain_resume_settings)."""
+    from dinov2_dense.cli import main
+
+    cfg, work, ((code0, log0), _) = distilled_by_pretrain
+    assert code0 == 0, log0[-2000:]
+    assert main(["pretrain", str(cfg), "--work-dir", str(work), "--resume", "--no-progress", "--cfg-options",
+                 "train.batch_size_per_gpu=8"]) == 0
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1, err
+    assert (f"warning: --resume: this command's schedule settings differ from those {work / 'checkpoint_0000001.pth'} "
+            "was written with: processes 2 -> 1, train.batch_size_per_gpu 4 -> 8 (the batch of all processes stays "
+            "8); the run continues on this command's schedules. To continue it as it was, give its settings again "
+            "(its checkpoints hold them under 'config') on 2 processes") == warned[0]
+    assert "optim.lr" not in err
+    said = _summaries(out)
+    assert len(said) == 1 and said[0].startswith("distillation: {'iteration': 2"), out  # `pretrain`, one process
+    assert "exported student0: " in out, out
+
+
 def test_the_fsdp_output_hook_copies_views_exactly():
     """The hook that gives FSDP's backbone outputs storage of their own: the same values and gradients."""
     from pretrain.train import _outputs_of_their_own

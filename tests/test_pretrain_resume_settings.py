@@ -159,3 +159,27 @@ def test_a_resume_with_other_settings_warns_once_and_config_json_keeps_the_histo
     history = json.loads((work / "config.json").read_text())["_resumes"]
     assert history[0] == first and history[1]["iteration"] == 4 and list(history[1]["changed"]) == ["train.dataset"]
     assert history[1]["changed"]["train.dataset"][0]["num_scenes"] == 48
+
+
+def test_the_schedule_warning_names_processes_and_the_batch_of_all_and_the_lr_only_where_it_changes():
+    """The batch of a resumed run: per process and how many processes (each checkpoint records them), and the batch
+    of all processes they make, whose change alone changes optim.lr."""
+    from pretrain.schedules import scaled_lr
+    from pretrain.train import _schedule_changes
+
+    def cfg(batch: int, processes: int) -> dict:
+        return {"train": {"batch_size_per_gpu": batch, "OFFICIAL_EPOCH_LENGTH": 4},
+                "optim": {"base_lr": 0.004, "lr": scaled_lr(0.004, batch * processes)}, "teacher": {}}
+
+    saved = cfg(4, 2)
+    assert _schedule_changes(saved, cfg(4, 2), 2, 2) == []
+    assert _schedule_changes(saved, cfg(8, 1), 2, 1) == [
+        "processes 2 -> 1, train.batch_size_per_gpu 4 -> 8 (the batch of all processes stays 8)"]
+    assert _schedule_changes(saved, cfg(4, 1), 2, 1) == [
+        "processes 2 -> 1 (the batch of all processes 8 -> 4)", f"optim.lr {saved['optim']['lr']!r} -> "
+        f"{scaled_lr(0.004, 4)!r}"]
+    assert _schedule_changes(saved, cfg(2, 2), 2, 2)[0] == \
+        "train.batch_size_per_gpu 4 -> 2 (the batch of all processes 8 -> 4)"
+    # a checkpoint of an older version, which did not record its processes: the batch per process, as before
+    assert _schedule_changes(saved, cfg(8, 1), None, 1) == ["train.batch_size_per_gpu 4 -> 8"]
+    assert _schedule_changes(saved, cfg(4, 2), None, 2) == []

@@ -11,8 +11,10 @@ import argparse
 import ast
 import math
 import os
+from collections.abc import Callable
 from numbers import Number
 from pathlib import Path
+from typing import Any
 
 from mmengine.config import Config, DictAction
 
@@ -522,6 +524,70 @@ PER_PROCESS_SETTINGS = ("launcher", "*_dataloader.num_workers", "*_dataloader.pe
 DERIVED_SETTINGS = ("custom_hooks.*.protect",)  # test --out's protected inputs: the config, checkpoint and data
 
 
+def load_together(load: Callable[[], Any], start_group: Callable[[Any], Any]) -> Any:
+    """``load()`` (a command's config) on every process of a distributed run, with the process group started
+    (``start_group(the config, or None where it did not load)``) before the outcome is known, so that a config
+    that a process refuses (a mistyped --cfg-options key, a missing config file) stops every process at once, as
+    any refused start does (:func:`~dinov2_dense.distributed.agree_to_start`): the first process that refused
+    says why, the others stop naming it. (Refused before the group was up, every process printed the same error;
+    one that refused alone, given another command line on its machine, left the others waiting for it in the
+    group's start.) Outside a process group: ``load()``."""
+    from dinov2_dense.distributed import agree_to_start
+
+    error: Exception | None = None
+    try:
+        cfg = load()
+    except Exception as exc:  # noqa: BLE001 - raised again below, on this process, once the others know
+        cfg, error = None, exc
+    try:
+        start_group(cfg)
+    except ValueError:  # no group (a launcher without its variables, a missing device): the config's error first
+        if error is None:
+            raise
+
+    def check() -> None:  # on every process: each reads its own config
+        if error is not None:
+            raise error
+
+    agree_to_start(check, main=True)
+    return cfg
+
+
+def load_run_config(args: argparse.Namespace, notes: list[str] | None = None):
+    """``train``/``test``'s config (:func:`load_config`), read by every process with the group of the launcher
+    started (:func:`load_together`); a process whose config does not load starts it with the default ``env_cfg``."""
+    from dinov2_dense.distributed import implied_launcher
+
+    from .runner import start_process_group
+
+    def start_group(cfg) -> None:
+        start_process_group(implied_launcher(args.launcher), cfg.get("env_cfg") if cfg is not None else None)
+
+    return load_together(lambda: load_config(args.config, args.cfg_options, args.work_dir, args.launcher,
+                                             notes=notes), start_group)
+
+
+def _build_loops(runner, train: bool) -> None:
+    """Build the runner's data loops now, on every process, rather than in ``train()``/``test()``: a wrong data
+    root or pipeline (each process reads its own data) then stops every process at once, naming it, instead of
+    each printing the same error (``train()``/``test()`` take the loops built here)."""
+    from dinov2_dense.distributed import agree_to_start
+
+    def build() -> None:
+        try:
+            if train:
+                runner._train_loop = runner.build_train_loop(runner._train_loop)
+                if runner._val_loop is not None:
+                    runner._val_loop = runner.build_val_loop(runner._val_loop)
+            else:
+                runner._test_loop = runner.build_test_loop(runner._test_loop)
+        except BaseException:
+            runner.discard_unstarted_log_dir()
+            raise
+
+    agree_to_start(build, main=True)
+
+
 def start_distributed(cfg, command: str, names: dict[str, str] | None = None) -> None:
     """Start the process group of a distributed ``train``/``test`` (``cfg.launcher``), before anything is
     checked or built: the processes then agree on the start (one refusing stops all at once), and compare
@@ -594,7 +660,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dinov2_dense.fileio import DirLock, _check_creatable
 
     notes: list[str] = []
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher, notes=notes)
+    cfg = load_run_config(args, notes)
     cfg.resume = bool(args.resume)
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
@@ -641,23 +707,13 @@ def run_train(args: argparse.Namespace) -> int:
 
         delete = agree_to_start(start, main, share=True) or []
         runner = _build_runner(cfg, args.config)
-        if delete:
-            # the model is built; the data sets are built now, not at train(): a wrong root or pipeline fails
-            # while the previous run's checkpoints are still there (train() reuses the loops built here). Every
-            # process builds its own (their samplers agree on a seed), and the old files go once all have.
-            def build_loops() -> None:
-                try:
-                    runner._train_loop = runner.build_train_loop(runner._train_loop)
-                    if runner._val_loop is not None:
-                        runner._val_loop = runner.build_val_loop(runner._val_loop)
-                except BaseException:
-                    runner.discard_unstarted_log_dir()
-                    raise
-
-            agree_to_start(build_loops, main=True)
-            if main:
-                for path in delete:
-                    path.unlink(missing_ok=True)
+        # the model is built; the data sets are built now, not at train(): a wrong root or pipeline stops every
+        # process at once, and fails while the previous run's checkpoints are still there. Every process builds
+        # its own (their samplers agree on a seed), and the old files go once all have.
+        _build_loops(runner, train=True)
+        if main:
+            for path in delete:
+                path.unlink(missing_ok=True)
         runner.train()  # the config's copy <work_dir>/<config>.py is written once the run has started
     return 0
 
@@ -678,7 +734,7 @@ def run_test(args: argparse.Namespace) -> int:
     from dinov2_dense.engine.runner import read_run_checkpoint
     from dinov2_dense.fileio import check_output_dir
 
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = load_run_config(args)
     if getattr(args, "num_workers", None) is not None:
         cfg.test_dataloader.num_workers = args.num_workers
         if args.num_workers == 0:
@@ -707,6 +763,7 @@ def run_test(args: argparse.Namespace) -> int:
     # <work_dir>/<config>.py records what was trained
     runner = _build_runner(cfg, args.config, config_copy="log_dir")
     try:
+        _build_loops(runner, train=False)
         metrics = runner.test()
     finally:
         if args.out is not None and _rank() == 0:
@@ -752,15 +809,25 @@ def _option_named(message: str, config: str, options: dict) -> str:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     """``dinov2-dense pretrain``: load the config and run ``pretrain.train.pretrain`` (which checks the work dir)."""
+    from dinov2_dense.distributed import under_torchrun
     from pretrain.config import ConfigError
-    from pretrain.train import pretrain
+    from pretrain.train import _given_device, pretrain, setup_distributed
 
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, known_sections=None)
+    def load():
+        cfg = load_config(args.config, args.cfg_options, args.work_dir, known_sections=None)
+        if getattr(args, "distill_only", False) and not (cfg.get("distill") or {}).get("teacher"):
+            raise ValueError(f"{args.config}: distill.teacher is not set; give --teacher (a zoo name or a weights "
+                             "file) or set it in the config")
+        return cfg
+
+    def start_group(cfg) -> None:  # pretrain() starts it too, where it is not yet
+        if under_torchrun():
+            setup_distributed(_given_device(cfg.to_dict()) if cfg is not None else None)
+
+    cfg = load_together(load, start_group)
     work_dir = Path(cfg.work_dir)
     sections = {k: v for k, v in cfg.to_dict().items() if k not in ("work_dir", "launcher")}
-    if getattr(args, "distill_only", False) and not (sections.get("distill") or {}).get("teacher"):
-        raise ValueError(f"{args.config}: distill.teacher is not set; give --teacher (a zoo name or a weights "
-                         "file) or set it in the config")
+    distilling = bool((sections.get("distill") or {}).get("teacher"))  # what the run is, whichever command runs it
     # pretrain() refuses a work dir holding another run unless --resume or --overwrite (it deletes that run
     # once the config is checked and the model built)
     try:
@@ -790,7 +857,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if _rank() == 0:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
                  if k in ("iteration", "total_loss", "knn_top1", "probe_miou")}
-        print(f"{'distillation' if getattr(args, 'distill_only', False) else 'pretraining'}: {shown}")
+        print(f"{'distillation' if distilling else 'pretraining'}: {shown}")
         if isinstance(result.get("run_images_per_s"), float):
             print(f"{result['run_images_per_s']:.1f} images/s over this command's iterations (monitor and "
                   "checkpoints included; training_metrics.jsonl has each log interval's)")

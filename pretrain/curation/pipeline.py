@@ -239,39 +239,28 @@ def _load_or_embed(source: str, images: list[str] | None, what: str, out: Path, 
     return store if store is not None else load_embeddings(out / what)
 
 
-def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, model=None,
-           names: str | os.PathLike | None = None, dedup_threshold: float | None = 0.9, keep: str = "first",
-           seeds: str | os.PathLike | None = None, seeds_names: str | os.PathLike | None = None,
-           seeds_k: int | None = 8, seeds_threshold: float | None = None, levels: int = 4,
-           clusters: Sequence[int] | None = None, resample_steps: Sequence[int] | int | None = None,
-           sample_strategy: str = "closest", sampling: str = "random", n_iters: int = 20, seed: int = 0,
-           ivf_above: int = IVF_ABOVE, nprobe: int = DEFAULT_NPROBE, overwrite: bool = False, progress: bool = True,
-           embed_kw: dict | None = None) -> dict:
-    """Run the pipeline (see the module's docstring); returns the summary written to ``summary.json``."""
-    out = Path(out)
-    rank, _ = _rank()
+def _read_inputs(inputs, out: Path, target: int, model, names, dedup_threshold, seeds, seeds_names, levels: int,
+                 clusters, resample_steps, overwrite: bool, embed_kw: dict) -> tuple:
+    """:func:`curate`'s options checked and its inputs read, before anything is written: (the pool's rows or
+    None, its listed images or None, the seeds' rows or None, their listed images or None)."""
     if target < 1:
         raise CurationError(f"--target {target}: expected at least 1")
     if levels < 1:
         raise CurationError(f"--levels {levels}: expected at least 1")
-    if clusters is not None and len(clusters) != levels:
-        levels = len(clusters)
+    levels = len(clusters) if clusters is not None else levels
     if resample_steps is not None and not isinstance(resample_steps, int) and len(resample_steps) != levels:
         raise CurationError(f"--resample-steps {','.join(map(str, resample_steps))}: {len(resample_steps)} value(s) "
                             f"for {levels} k-means levels (--clusters, --levels); give one per level, finest first")
-    if seeds_threshold is not None:
-        seeds_k = None
     if dedup_threshold is not None and not -1 <= dedup_threshold < 1:
         raise CurationError(f"--dedup-threshold {dedup_threshold}: expected a cosine similarity below 1")
     sources = [str(inputs)] + ([str(seeds)] if seeds is not None else [])
     check_out_dir(out, overwrite, sources)
-    # everything the user gave is read and checked before anything is written
     pool, listed, seed_store, seed_images = None, None, None, None
     for source in sources:
         if not is_embeddings(source) and model is None:
             raise CurationError(f"{source}: images need a backbone to embed them (--model or --weights)")
         if not is_embeddings(source):
-            check_size(model, (embed_kw or {}).get("size", 224))
+            check_size(model, embed_kw.get("size", 224))
     if is_embeddings(inputs):
         pool = load_embeddings(inputs, names)
         if target > len(pool):
@@ -291,11 +280,38 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         seed_store = load_embeddings(seeds, seeds_names)
     elif seeds is not None:
         seed_images = list_images(seeds)
-    embed_kw = dict(embed_kw or {})
     if seeds is not None:
         _check_made_alike(None if pool is None else pool.settings or {},
                           None if seed_store is None else seed_store.settings or {}, str(inputs), str(seeds), model,
                           embed_kw)
+    return pool, listed, seed_store, seed_images
+
+
+def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, model=None,
+           names: str | os.PathLike | None = None, dedup_threshold: float | None = 0.9, keep: str = "first",
+           seeds: str | os.PathLike | None = None, seeds_names: str | os.PathLike | None = None,
+           seeds_k: int | None = 8, seeds_threshold: float | None = None, levels: int = 4,
+           clusters: Sequence[int] | None = None, resample_steps: Sequence[int] | int | None = None,
+           sample_strategy: str = "closest", sampling: str = "random", n_iters: int = 20, seed: int = 0,
+           ivf_above: int = IVF_ABOVE, nprobe: int = DEFAULT_NPROBE, overwrite: bool = False, progress: bool = True,
+           embed_kw: dict | None = None) -> dict:
+    """Run the pipeline (see the module's docstring); returns the summary written to ``summary.json``.
+
+    Under torch.distributed every process reads and checks what the user gave; one that refuses it (a missing
+    pool or names file) stops every process at once (:func:`~dinov2_dense.distributed.agree_to_start`)."""
+    from dinov2_dense.distributed import agree_to_start
+
+    out = Path(out)
+    rank, _ = _rank()
+    embed_kw = dict(embed_kw or {})
+    # everything the user gave is read and checked before anything is written
+    pool, listed, seed_store, seed_images = agree_to_start(lambda: _read_inputs(
+        inputs, out, target, model, names, dedup_threshold, seeds, seeds_names, levels, clusters, resample_steps,
+        overwrite, embed_kw), main=True)
+    if clusters is not None:
+        levels = len(clusters)
+    if seeds_threshold is not None:
+        seeds_k = None
     made_out, made_marker = not out.exists(), not (out / MARKER).exists()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
