@@ -501,6 +501,10 @@ class DenseRunner(Runner):
         # mmengine makes the log folder <work_dir>/<timestamp> next: a start that fails removes it, unless
         # another runner of the same second made it (a test right after its training, say)
         self._log_dir_is_new = not os.path.exists(os.path.join(self._work_dir, self._timestamp))
+        if self.distributed:  # every process makes the folder: none before all have looked
+            from mmengine.dist import barrier
+
+            barrier()
 
     def discard_unstarted_log_dir(self) -> None:
         """Remove the log folder ``<work_dir>/<timestamp>/`` of a run or test whose start failed (a data set
