@@ -1463,6 +1463,17 @@ def _refuse_under_torchrun(prog: str, command: str | None) -> None:
                          f"each would do the whole work and write the same files; start `{prog}` without torchrun")
 
 
+def _ignore_ended_data_workers() -> None:
+    """A SIGTERM to the process group (``timeout``, ``kill -- -PGID``, a batch scheduler) ends the DataLoader
+    workers too, and torch's SIGCHLD handler then raised "DataLoader worker (pid N) is killed by signal:
+    Terminated" with a traceback when the loader was collected, after our one line. The command is over:
+    the workers' end is expected, and the handler is left out."""
+    import signal
+
+    if hasattr(signal, "SIGCHLD") and _in_main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
     """The command, with every error turned into one line and an exit code."""
     from .distributed import StartRefused
@@ -1477,6 +1488,7 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             traceback.print_exc()
         what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
         print(f"\n{prog}: {what}; no half-written file was left", file=sys.stderr)
+        _ignore_ended_data_workers()
         return 130 if not isinstance(exc, _Terminated) else 143
     except _user_errors() as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():

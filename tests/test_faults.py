@@ -811,6 +811,27 @@ def test_resume_in_an_empty_work_dir_says_it_starts_afresh(scenes, tmp_path, cap
     assert "holds no checkpoint yet; starting a new run" in out
 
 
+def test_sigterm_to_the_process_group_ends_in_one_line_with_data_workers_running(tmp_path):
+    """`timeout`, `kill -- -PGID` and batch schedulers signal the whole process group: the DataLoader workers
+    ended too, and after "terminated; no half-written file was left" came torch's "Exception ignored in:
+    <function _MultiProcessingDataLoaderIter.__del__ ...>" and a traceback ending "DataLoader worker (pid N) is
+    killed by signal: Terminated". The command ends in its one line."""
+    proc = subprocess.Popen([sys.executable, "-m", "dinov2_dense.cli", "pretrain", str(ROOT / "configs/pretrain/tiny_cpu.py"),
+                             "--work-dir", str(tmp_path / "run"), "--no-progress"], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(children.read_text().split()) < 2:
+        time.sleep(0.1)  # until the training loader's 2 workers run
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "dinov2-dense pretrain: terminated; no half-written file was left", err[-2000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+
+
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     out = tmp_path / "scenes"
     proc = _long_synth(tmp_path)
