@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +121,19 @@ def test_test_refuses_a_head_for_another_number_of_classes(scenes, trained, tmp_
                        *_opts(scenes, **SIX_CLASSES))
     assert_user_error(rc, err, ckpt, "decode_head.conv_seg.weight", "(5, 64, 1, 1) vs (6, 64, 1, 1)")
     assert "mIoU" not in out
+
+
+def test_resume_refuses_to_train_on_at_the_rate_zero_its_ended_schedule_left(scenes, trained, tmp_path, capsys):
+    """A run given train_cfg.max_iters=4 and resumed without it took the config's longer run, and trained on at
+    the rate 0 its ended schedule left (PolyLR to eta_min 0), writing checkpoints of unchanged weights and
+    pruning older ones, after one warning about "the rate it ended with". Refused, with nothing written."""
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    before = _snapshot(work)
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 8))
+    assert_user_error(rc, err, work / "iter_4.pth", "learning rate 0", "the 4 iterations to train_cfg.max_iters = 8",
+                      "load_from")
+    assert _snapshot(work) == before  # before: iter_6.pth and iter_8.pth of the same weights, iter_2.pth pruned
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit(scenes, trained, tmp_path, capsys):

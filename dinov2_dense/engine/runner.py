@@ -742,7 +742,30 @@ class DenseRunner(Runner):
                     f"--resume: {name} continues as {filename} saved it ({_lengths_text(now)}; the config says "
                     f"{_lengths_text(was)}): a resumed run keeps its schedule, so iterations past its end run at "
                     "the rate it ended with")
+        self._refuse_training_at_rate_zero(filename)
         self._say_if_other_processes(filename, meta)
+
+    def _refuse_training_at_rate_zero(self, filename: str) -> None:
+        """A run given ``train_cfg.max_iters=300`` on the command line and resumed without it took the config's
+        600, and trained 300 iterations at the rate 0 its ended schedule had left (a warning said only "the rate
+        it ended with"): new checkpoints of unchanged weights, and older ones pruned. Refused, before anything is
+        trained or written, when every parameter group's rate is 0 and every schedule has ended."""
+        loop = self._train_loop
+        max_iters = getattr(loop, "max_iters", None) if loop is not None and not isinstance(loop, dict) else None
+        if max_iters is None or self.iter >= max_iters:
+            return
+        lengths = _scheduler_lengths(self.param_schedulers)
+        ended = [dict(v).get("end") for _, v in lengths]
+        if not lengths or any(end is None or end > self.iter for end in ended):
+            return  # a schedule still running changes the rate
+        rates = [float(lr) for lrs in self.optim_wrapper.get_lr().values() for lr in lrs]
+        if not rates or any(rate != 0.0 for rate in rates):
+            return
+        raise CheckpointError(
+            f"--resume: {filename} ended its schedule at iteration {max(ended)} ({', '.join(n for n, _ in lengths)}) "
+            f"with learning rate 0, so the {max_iters - self.iter} iterations to train_cfg.max_iters = {max_iters} "
+            f"would not change the weights: that run is complete at {self.iter} (give the train_cfg.max_iters it was "
+            "run with), or train on from its weights with a new schedule: load_from=FILE without --resume")
 
     def _say_if_other_processes(self, filename: str, meta: dict) -> None:
         """A run resumed on another number of processes than its checkpoint was written by (``meta.world_size``;
