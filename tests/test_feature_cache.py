@@ -178,3 +178,16 @@ def test_a_changed_image_refuses_the_cache_and_bad_builds_are_named(scenes, tmp_
     with pytest.raises(ValueError, match="second.png: features of shape .* a feature cache needs samples of one size"):
         FeatureCache.build(predictor, TwoSizes(), tmp_path / "c2", batch_size=1, progress=False)
     assert not (tmp_path / "c2").exists() and not (tmp_path / "c8").exists()
+
+
+def test_a_head_that_cannot_read_the_backbone_is_refused_before_the_cache_is_built(scenes, tmp_path):
+    """A head for another backbone's width (LinearHead.preset("lin.", 384, ...) on a 48-wide model) failed
+    only at train_head's first step, after FeatureCache.build had run the backbone over the data set:
+    `LinearHead input 0: expected (B, 384, h, w), got (8, 48, ...)`. Both refuse it at once, naming the widths."""
+    data = ADE20KDataset(scenes / "ade", "training")
+    wrong = DensePredictor(tiny_vit(depth=2), LinearHead([384, 384], 5), task="segmentation", layers=[0, 1])
+    with pytest.raises(ValueError, match="in_channels.*384.*48-wide"):
+        FeatureCache.build(wrong, data, tmp_path / "cache", progress=False)
+    assert not list(tmp_path.iterdir())  # nothing built, nothing staged
+    with pytest.raises(ValueError, match="in_channels.*384.*48-wide"):
+        train_head(wrong, data, [CrossEntropyLoss()], progress=False)

@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from dinov2_dense.fileio import file_stamp, new_memmap, staged_dir
 from heads.predictor import DensePredictor, kept_modes
 
+from .model import check_head_fits
+
 
 class FeatureCache(Dataset):
     """A built cache: ``cache[i]`` -> {"features": [map | (map, cls), ...], "seg" | "depth": target}."""
@@ -93,6 +95,7 @@ class FeatureCache(Dataset):
 
         if dtype not in ("float16", "float32"):
             raise ValueError(f"dtype={dtype!r}: a feature cache stores float16 or float32")
+        check_head_fits(predictor)  # before the backbone runs over the data set, not at train_head's first step
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} exists: remove it or choose another path for the cache")
@@ -187,6 +190,7 @@ def train_head(
 
     from .data import dense_collate
 
+    check_head_fits(predictor)
     generator = torch.Generator().manual_seed(seed)
     cached = isinstance(data, FeatureCache)
     if cached:
