@@ -111,8 +111,12 @@ def check_head_fits(predictor: DensePredictor, source: str = "the backbone") -> 
     - ``DPTHead``: ``embed_dim`` = D (the readout projects 2D -> D, then D -> each
       ``post_process_channels`` width, which may be any); 4 layers; ``model.class_token=True``.
 
-    Other head classes are not checked. ``source`` says where D comes from (the weights file)."""
+    Other head classes are not checked. ``source`` says where D comes from (the weights file). A head whose
+    inputs a forward pre-hook rearranges (the demo repeats the blocks of a backbone of fewer than 4 for a
+    4-input head) is checked for widths only."""
     head, width, n = predictor.decode_head, int(predictor.backbone.embed_dim), len(predictor.layers)
+    if head._forward_pre_hooks:  # its inputs are not the layers as given: their number is the hook's to set
+        n = len(getattr(head, "in_channels", None) or [None] * 4)
     name = type(head).__name__
     gives = f"{source} gives {width}-wide features"
     layers = f"model.layers resolves to {n} block{'s' if n != 1 else ''} {predictor.layers}"
