@@ -30,7 +30,43 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``prog: error: message (see prog --help)``, exit code 2."""
 
     def error(self, message: str):
+        if message.startswith("the following arguments are required") and self._given is not None:
+            # a mistyped option (`--ouput g.npy`) is what left the required one out: name it too
+            unknown = self._unknown_options(self._given)
+            if unknown:
+                message += f"; unrecognized argument{'s' if len(unknown) > 1 else ''} " + ", ".join(
+                    option + (f" (did you mean {close}?)" if (close := self._closest_option(option)) else "")
+                    for option in unknown)
         self.exit(2, f"{self.prog}: error: {message}{self._order_hint(message)} (see {self.prog} --help)\n")
+
+    #: The arguments a command's parser was given (for its errors), or None.
+    _given: list[str] | None = None
+
+    def _unknown_options(self, args: list[str]) -> list[str]:
+        """The ``--options`` among ``args`` (before a ``--``) that this parser does not know, nor as an
+        abbreviation: argparse leaves them over, and names them only once every required one is there."""
+        args = args[:args.index("--")] if "--" in args else args
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        unknown = []
+        for arg in args:
+            option = arg.split("=", 1)[0]
+            if (not option.startswith("--") or option == "--" or option in self._option_string_actions
+                    or (self.allow_abbrev and any(o.startswith(option) for o in known)) or option in unknown):
+                continue
+            unknown.append(option)
+        return unknown
+
+    def _closest_option(self, option: str) -> str | None:
+        """The option of this parser that an unknown ``option`` was meant to be, if one is close (a typo:
+        --ouput, --sise; or a known name and more: --output), for a "did you mean"."""
+        import difflib
+
+        names = {o[2:]: o for o in self._option_string_actions if o.startswith("--") and o != "--help"}
+        name = option[2:]
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.7)
+        if not close:  # --output, --outdir: a known option and more
+            close = sorted((n for n in names if len(n) >= 3 and name.startswith(n)), key=len, reverse=True)[:1]
+        return names[close[0]] if close else None
 
     #: For arguments left over (``unrecognized arguments``) that look like more inputs, what the command
     #: takes instead (knn's one folder); a command taking several inputs says where to put them.
@@ -41,7 +77,8 @@ class OneLineParser(argparse.ArgumentParser):
             return super().parse_known_args(args, namespace)
         # a command's own parser: its left-over arguments are refused here, under the command's name (the
         # program's parser, which argparse hands them to, would name only the program) and with a hint
-        self._check_after_double_dash(list(args))
+        self._given = list(args)
+        self._check_after_double_dash(self._given)
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._extras_hint(extras)}")
@@ -51,7 +88,8 @@ class OneLineParser(argparse.ArgumentParser):
         """For left-over file names (``features a.png --out f.npy b.png``: argparse takes the inputs
         given together, once), where inputs go; nothing for an unknown option or a stray value."""
         if any(arg.startswith("-") or not _looks_like_a_path(arg) for arg in extras):
-            return ""
+            meant = [(option, self._closest_option(option)) for option in self._unknown_options(extras)]
+            return "".join(f"; {option}: did you mean {close}?" for option, close in meant if close)
         takes = next((a for a in self._actions if not a.option_strings and a.nargs in ("+", "*")), None)
         if takes is not None:
             return f"; put the {takes.dest} together, before the options"
@@ -140,11 +178,10 @@ def _model_name(args: argparse.Namespace):
     weights = _weights_arg(args.weights)
     args.model_arch = args.model
     if args.model is None:
-        from .hub import _arch_files_beside, _file_url_path, architecture_beside
+        from .hub import _arch_files_beside
 
-        local = _file_url_path(weights)  # a file:// URL is a path here
-        w = Path(local) if local not in (None, "official") and "://" not in str(local) else None
-        beside = w is not None and architecture_beside(w)  # a JSON beside it, or a Hugging Face config.json
+        w = _weights_path(args)
+        beside = _architecture_beside_weights(args)
         args.model = str(w) if beside else "dinov2_vits14"
         args.model_arch = None if beside else "dinov2_vits14"
         # a weights file taken for dinov2_vits14 only because nothing else was named: the architecture files
@@ -152,6 +189,23 @@ def _model_name(args: argparse.Namespace):
         args.model_guessed = (None if beside or weights in (None, "official") else
                               (_arch_files_beside(w) if w is not None else []))
     return args.model_arch
+
+
+def _weights_path(args: argparse.Namespace) -> Path | None:
+    """The local --weights file or folder (a file:// URL's path too); None for official, random or a URL."""
+    from .hub import _file_url_path
+
+    local = _file_url_path(_weights_arg(args.weights))  # a file:// URL is a path here
+    return Path(local) if local not in (None, "official") and "://" not in str(local) else None
+
+
+def _architecture_beside_weights(args: argparse.Namespace) -> bool:
+    """Whether the --weights file brings its architecture: a JSON beside it (a pretraining export's
+    backbone.json), or a Hugging Face folder's config.json."""
+    from .hub import architecture_beside
+
+    w = _weights_path(args)
+    return bool(w is not None and architecture_beside(w))
 
 
 def _model_inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -559,24 +613,59 @@ def _pca_tile_and_8bit(args: argparse.Namespace, basis, size) -> None:
               "the option out to use the basis's)", file=sys.stderr)
 
 
+def _random_weights_record(args: argparse.Namespace) -> str | None:
+    """How a basis records random weights (its info's ``weights``): "random (seed N)"; None for others."""
+    return f"random (seed {args.seed})" if _weights_arg(args.weights) is None else None
+
+
+def _named_backbone(model, weights_record) -> str:
+    """A backbone as pca's messages name it: the model, and random weights as such, with the seed a basis
+    records for them ("dinov2_dense_tiny with random weights, seed 0"), never as the model alone."""
+    if not (isinstance(weights_record, str) and weights_record.startswith("random")):
+        return str(model)
+    seed = re.search(r"seed \d+", weights_record)
+    return f"{model} with random weights" + (f", {seed.group(0)}" if seed else "")
+
+
+def _pca_model(args: argparse.Namespace, basis) -> None:
+    """pca's --model left out with a --basis: the model the basis was fitted on (not the default
+    dinov2_vits14), where it records a zoo name and the --weights bring no architecture of their own (a
+    backbone.json or config.json beside them), said in a note, as the basis's size is. A --model given is
+    taken as given, and weights other than the basis's are warned of (_other_backbone_warning)."""
+    from .hub import BACKBONES
+
+    if basis is None or args.model is not None or _architecture_beside_weights(args):
+        return
+    recorded = basis.info.get("model")
+    if not isinstance(recorded, str) or recorded not in BACKBONES or recorded == "dinov2_vits14":
+        return  # (dinov2_vits14: the default, taken anyway)
+    args.model = recorded
+    print(f"note: --model {recorded}, the model {args.basis} was fitted on (give --model for another)",
+          file=sys.stderr)
+
+
 def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[str, str]) -> str | None:
     """The warning for a --basis fitted on other weights than these: told by the fingerprints where the
     basis records them for weights loaded in the same form (``features_sha256`` where both have it, so
     the same weights read from another file format, such as timm's, are the same; else, for an older
     basis, the weights' SHA-256); else (an older basis still, or another --dtype) by the model's name or
-    weights path, as recorded."""
+    weights path, and random weights' seed, as recorded. Random weights are named as such, with their seed."""
     from .checkpoints import backbone_difference
 
-    fitted_on = basis.info.get("model", "unknown model")
+    fitted_on = _named_backbone(basis.info.get("model", "unknown model"), basis.info.get("weights"))
+    mine = _random_weights_record(args)
+    these = _named_backbone(args.model, mine)
     if basis.info.get("weights_sha256") is not None and basis.info.get("weights_form") == weights_id["weights_form"]:
         difference = backbone_difference(basis.info, weights_id, weights_key="weights_sha256")
         if difference is None:
             return None
-        label, theirs, mine = difference
+        label, theirs, ours = difference
         return (f"warning: {args.basis} was fitted on other weights ({fitted_on}, {label} {theirs[:12]}), "
-                f"colouring {args.model} features ({label} {mine[:12]})")
-    if basis.info.get("model") not in (None, args.model):
-        return f"warning: {args.basis} was fitted on {fitted_on}, colouring {args.model} features"
+                f"colouring features of {these} ({label} {ours[:12]})")
+    random_differs = "model" in basis.info and basis.info.get("weights") != mine and (
+        mine is not None or str(basis.info.get("weights", "")).startswith("random"))
+    if basis.info.get("model") not in (None, args.model) or random_differs:
+        return f"warning: {args.basis} was fitted on {fitted_on}, colouring features of {these}"
     return None
 
 
@@ -647,6 +736,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
                                    overwrite=args.overwrite, option="--save-basis", never_in=_weights_folders(args))
         check_output_file(args.save_basis, what="--save-basis")
     basis = PCABasis.load(args.basis) if args.basis else None
+    _pca_model(args, basis)
     size = _pca_size(args, basis)
     _pca_tile_and_8bit(args, basis, size)
     _check_resize_8bit(args, size)
@@ -694,7 +784,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if args.resize_8bit:
             info["resize_8bit"] = True
         if weights is None:
-            info["weights"] = f"random (seed {args.seed})"
+            info["weights"] = _random_weights_record(args)
         random_note = f"{args.model} with RANDOM weights (seed {args.seed}): the maps mean nothing. " \
             if weights is None else ""
         layer = args.layer if args.layer is not None else (basis.info.get("layer", -1) if basis is not None else -1)
@@ -800,7 +890,7 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", choices=list(ATTENTION_KERNEL_NAMES), default="auto",
                         help="preferred attention kernel of scaled_dot_product_attention (default auto: torch's choice)")
     parser.add_argument("--float8", action="store_true", help="the blocks' linear layers in FP8 (H100/Ada-class GPUs; "
-                        "faster with --compile, slower without; changes the features slightly: cosine about 0.995 for the "
+                        "faster with --compile, slower without; changes the features slightly: cosine 0.993-0.996 for the "
                         "class token, 0.9997-0.99999 for the patch maps)")
 
 
@@ -863,7 +953,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one PCA over all images, so the same parts get the same colours (default: one per image)")
     pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
                                      "(frame | colours side by side)")
-    pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one")
+    pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one (left out, --model, "
+                                     "--size, --tile and --resize-8bit are the basis's, said in a note)")
     pca.add_argument("--save-basis", help="where to save the fitted basis of one image, --joint or --video "
                                           "(default: OUT/pca_basis.npz)")
     pca.add_argument("--size", type=int_range(0), nargs="+", default=None, metavar="N",
@@ -912,6 +1003,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                                    class_sizes=tuple(args.class_sizes) if args.class_sizes else None)
     synthetic.check_memory(config)
     out = Path(args.out)
+    counts = f"{args.train} training and {val} validation scenes" if args.layout != "folder" else f"{args.train} scenes"
+    what = f"{counts} ({args.layout} layout, {args.size}x{args.size}, seed {args.seed})"
+    # as the Python writers: the very set asked for is left as it is; another synthetic set is refused naming both
+    if synthetic.check_set_folder(out, args.layout, args.train, val if args.layout != "folder" else 0, config=config,
+                                  seed=args.seed, overwrite=args.overwrite, option="--overwrite"):
+        print(f"{out} already holds these {what}: left as it is (--overwrite writes them again)")
+        return 0
     scenes = args.train + (val if args.layout != "folder" else 0)
     need = scenes * args.size * args.size * synthetic.SCENE_DISK_BYTES_PER_PIXEL
     with staged_dir(out, overwrite=args.overwrite, expected_bytes=need) as stage:
@@ -920,8 +1018,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             writer(stage, args.train, val, config=config, seed=args.seed)
         else:
             synthetic.write_folder_layout(stage, args.train, config=config, seed=args.seed)
-    counts = f"{args.train} training and {val} validation scenes" if args.layout != "folder" else f"{args.train} scenes"
-    print(f"wrote {counts} ({args.layout} layout, {args.size}x{args.size}) under {out}")
+    print(f"wrote {what} under {out}")
     return 0
 
 
@@ -981,7 +1078,8 @@ def _add_engine_commands(sub) -> None:
     ev = sub.add_parser("eval-depth", help="metrics of saved depth maps against ground truth")
     _add_eval_depth_arguments(ev).set_defaults(func=_cmd_eval_depth)
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")
-    synth.add_argument("out", help="output folder (must be empty or new unless --overwrite)")
+    synth.add_argument("out", help="output folder: new or empty; one holding exactly this set is left as it is; "
+                                   "another set is replaced only with --overwrite")
     synth.add_argument("--layout", choices=["ade20k", "nyu", "folder"], default="ade20k")
     synth.add_argument("--train", type=positive_int, default=400, help="training scenes (folder layout: all scenes)")
     synth.add_argument("--val", type=positive_int, default=None,
@@ -994,7 +1092,9 @@ def _add_engine_commands(sub) -> None:
                        help="one physical size per shape class (classes - 1 values): apparent size = size / depth, "
                             "as in the demo's scenes (0.2 0.3 0.45 0.65); by default sizes and depths are independent")
     synth.add_argument("--seed", type=nonnegative_int, default=0)
-    synth.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty folder")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier set in the folder whole (or write this one again); never files that "
+                            "dinov2-dense did not write")
     synth.set_defaults(func=_cmd_synth)
 
 

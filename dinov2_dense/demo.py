@@ -374,6 +374,23 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
+#: Decimals of the report's numbers, one per kind, whatever their size: segmentation metrics (mIoU, aAcc, per-class
+#: IoU) are percent, with 2 as `test` and the paper give them; depth metrics (metres, ratios) and the PCA IoUs
+#: (fractions) with 3. report.json keeps every number unrounded.
+DECIMALS = {"segmentation": 2, "depth": 3, "pca": 3}
+
+
+def _number(value, decimals: int) -> str:
+    """A number of the report (None or NaN: a class absent from the scenes and the predictions: "nan")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.{decimals}f}"
+
+
+def _difference(a, b):
+    return None if a is None or b is None else a - b
+
+
 def _report(work: Path, state: dict, model: str) -> Path:
     s = state["settings"]
     steps = state["steps"]
@@ -404,31 +421,32 @@ def _report(work: Path, state: dict, model: str) -> Path:
                   "its depth to a model that tells the classes apart (the familiar-size cue).")
     intro += f" The depth metrics again from the saved maps: {eval_depth_command(work, 'pretrained_depth')}"
 
-    def fmt(v):
-        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+    def cells(row, decimals):
+        return [row[0], *(_number(v, decimals) for v in (row[1], row[2], _difference(row[1], row[2])))]
 
-    def md_table(header, rows):
+    def md_table(header, rows, decimals):
         lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
-        lines += [f"| {r[0]} | {fmt(r[1])} | {fmt(r[2])} | {fmt(r[1] - r[2])} |" for r in rows]
+        lines += [f"| {' | '.join(cells(r, decimals))} |" for r in rows]
         return "\n".join(lines)
 
-    def html_table(header, rows):
+    def html_table(header, rows, decimals):
         head = "".join(f"<th>{h}</th>" for h in header)
-        body = "".join(f"<tr><td>{r[0]}</td><td>{fmt(r[1])}</td><td>{fmt(r[2])}</td><td>{fmt(r[1] - r[2])}</td></tr>"
-                       for r in rows)
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells(r, decimals)) + "</tr>" for r in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
     header = ["", model, "random init", "difference"]
-    sections = [("Segmentation (linear head), percent", rows_seg), ("Depth (DPT head), metres", rows_dep),
-                ("Depth (linear head on 4 blocks, lin.4), metres", rows_lin), ("PCA maps", rows_pca)]
+    sections = [("Segmentation (linear head), percent", rows_seg, DECIMALS["segmentation"]),
+                ("Depth (DPT head), metres", rows_dep, DECIMALS["depth"]),
+                ("Depth (linear head on 4 blocks, lin.4), metres", rows_lin, DECIMALS["depth"]),
+                ("PCA maps", rows_pca, DECIMALS["pca"])]
     figures = _prediction_figures(work) + sorted((work / "pca").glob("*.png"))
     md = [f"# {title}", "", intro, ""]
     html = [f"<!doctype html><meta charset='utf-8'><title>{title}</title><style>body{{font-family:sans-serif;"
             "max-width:1000px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
             f"img{{max-width:100%}}</style><h1>{title}</h1><p>{intro}</p>"]
-    for name, rows in sections:
-        md += [f"## {name}", "", md_table(header, rows), ""]
-        html.append(f"<h2>{name}</h2>{html_table(header, rows)}")
+    for name, rows, decimals in sections:
+        md += [f"## {name}", "", md_table(header, rows, decimals), ""]
+        html.append(f"<h2>{name}</h2>{html_table(header, rows, decimals)}")
     for fig in figures:
         md += [f"![{fig.stem}]({fig.parent.name}/{fig.name})", ""]
         data = base64.b64encode(fig.read_bytes()).decode()
@@ -547,7 +565,8 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
             if not state.done(step):
                 state.record(step, _heads_step(work, name, backbone, head, s, progress))
             m = state.done(step)["metrics"]
-            _log("    " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if not isinstance(v, list)))
+            _log("    " + ", ".join(f"{k} {_number(v, DECIMALS[task])}" for k, v in m.items()
+                                    if not isinstance(v, list)))
     announce("PCA maps")
     if not state.done("pca"):
         state.record("pca", _pca_step(work, backbones, s))

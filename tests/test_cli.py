@@ -555,3 +555,34 @@ def test_a_second_knn_folder_names_the_command_and_that_it_takes_one(tmp_path, c
     assert err.startswith(f"dinov2-dense knn: error: unrecognized arguments: {tmp_path / 'other'}; knn takes one "
                           "folder (one sub-folder per class, or train/ and val/ each with one per class) (see "
                           "dinov2-dense knn --help)"), err
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["features", "a.jpg", "--model", "dinov2_dense_tiny", "--ouput", "g3.npy"],
+     "unrecognized argument --ouput (did you mean --out?)"),
+    (["features", "a.jpg", "--modle", "dinov2_dense_tiny", "--output=g3.npy", "--bogus"],
+     "unrecognized arguments --modle (did you mean --model?), --output (did you mean --out?), --bogus"),
+    (["curate", "images/", "--target", "5", "--ouput", "sel"], "unrecognized argument --ouput (did you mean --out?)"),
+    (["synth", "--overwite"], "unrecognized argument --overwite (did you mean --overwrite?)"),
+])
+def test_a_mistyped_option_is_named_when_a_required_one_is_missing(argv, named, capsys):
+    """`features a.jpg --model M --ouput g3.npy` said only "the following arguments are required: --out":
+    argparse names left-over options only once every required one is there, and the typo that left it out
+    went unnamed. The error names it now, with the option meant, in every command; a left-over typo
+    with the required ones given gets the "did you mean" too."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "the following arguments are required" in err, err
+    assert f"; {named} (see dinov2-dense {argv[0]} --help)" in err, err
+    with pytest.raises(SystemExit):
+        main(["features", "a.jpg", "--out", "g.npy", "--sise", "224"])
+    err = capsys.readouterr().err
+    assert err.startswith("dinov2-dense features: error: unrecognized arguments: --sise 224; --sise: did you mean "
+                          "--size? (see"), err
+    # an abbreviation argparse takes, or a value after `--`, is no unknown option
+    with pytest.raises(SystemExit):
+        main(["features", "--mod", "dinov2_dense_tiny", "--", "--weird-name.png"])
+    err = capsys.readouterr().err
+    assert "required: --out (see" in err and "unrecognized" not in err, err

@@ -318,3 +318,40 @@ def test_the_demo_runs_on_an_export_of_fewer_than_4_blocks(tmp_path, depth, caps
     from dinov2_dense.demo import depth_layers
 
     assert [depth_layers(n) for n in (3, 4, 5, 12)] == [[0, 1, 1, 2], [0, 1, 2, 3], [0, 1, 3, 4], [2, 5, 8, 11]]
+
+
+def test_the_report_writes_each_kind_of_number_one_way(tmp_path, monkeypatch):
+    """The segmentation table mixed formats: per-class IoUs under 10 (percent, as mIoU) came with 3 decimals
+    ("0.000", "0.528") next to "42.10". Every number of a section now has one format: percent with 2
+    decimals, metres and the PCA IoUs with 3, in report.md and report.html alike; report.json keeps them whole."""
+    import dinov2_dense.demo as demo
+    from dinov2_dense.data.synthetic import class_names
+
+    monkeypatch.setattr(demo, "_prediction_figures", lambda work: [])
+    monkeypatch.setattr(demo, "eval_depth_command", lambda work, predictions: "dinov2-dense eval-depth ...")
+    seg = {"pretrained": {"mIoU": 42.104, "aAcc": 80.0, "IoU": [85.12345, 0.528, 0.0, 12.5, float("nan")]},
+           "random": {"mIoU": 9.87654, "aAcc": 50.0, "IoU": [70.0, 0.0, 3.14159, 0.00049, float("nan")]}}
+    depth = {"pretrained": {"abs_rel": 0.1234567, "rmse": 0.7766, "d1": 0.9}, "random": {"abs_rel": 0.5, "rmse": 12.3456,
+                                                                                          "d1": 0.4}}
+    pca = {b: {"largest_object_iou": [v], "mean_largest_object_iou": v, "objects_iou": [v], "mean_objects_iou": v}
+           for b, v in (("pretrained", 0.79812), ("random", 0.4))}
+    steps = {f"{b}_{head}": {"metrics": {"segmentation": seg, "depth": depth, "depth_linear": depth}[head][b]}
+             for b in ("pretrained", "random") for head in ("segmentation", "depth", "depth_linear")}
+    settings = {**{k: v for k, v in vars(TINY).items()}, "class_sizes": None}
+    work = tmp_path / "demo"
+    work.mkdir()
+    html = demo._report(work, {"settings": settings, "steps": {**steps, "pca": pca}}, "tiny").read_text()
+    md = (work / "report.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")[1:] for line in md.splitlines()
+            if line.startswith("| ")}
+    assert rows["mIoU"] == ["42.10", "9.88", "32.23"]
+    assert rows["IoU background"] == ["85.12", "70.00", "15.12"]
+    assert [rows[f"IoU {n}"] for n in class_names(5)[1:]] == [["0.53", "0.00", "0.53"], ["0.00", "3.14", "-3.14"],
+                                                                   ["12.50", "0.00", "12.50"], ["nan", "nan", "nan"]]
+    assert rows["rmse"] == ["0.777", "12.346", "-11.569"] and rows["abs_rel"] == ["0.123", "0.500", "-0.377"]
+    assert rows["first-component foreground vs the object (one-object scenes), IoU"] == ["0.798", "0.400", "0.398"]
+    for cell in ("<td>0.53</td><td>0.00</td><td>0.53</td>", "<td>42.10</td>", "<td>12.346</td>", "<td>0.798</td>"):
+        assert cell in html, cell
+    assert "0.528" not in md + html and "0.000" not in md + html
+    summary = json.loads((work / "report.json").read_text())
+    assert summary["segmentation"]["pretrained"]["IoU"][1] == 0.528 and summary["depth"]["random"]["rmse"] == 12.3456

@@ -657,6 +657,56 @@ def test_a_basis_is_told_from_other_weights_by_their_fingerprint_not_their_path(
     assert f"warning: {basis} was fitted on {first['safetensors']}" in reuse(first["pth"], "old_other_path")
 
 
+def test_the_other_weights_warning_names_random_weights_as_random(images, tmp_path, torch_home, capsys):
+    """A basis of the embedded weights reused with --weights random (same --model) warned "colouring
+    dinov2_dense_tiny features", naming random weights as the model; both sides now say what the weights
+    are, random ones with their seed, as the rest of the output does."""
+    fit = tmp_path / "fit"
+    common = ["--size", "56", "--num-workers", "0"]
+    assert main(["pca", str(images[0]), *TINY, *common, "--out", str(fit)]) == 0
+    basis = fit / "pca_basis.npz"
+    capsys.readouterr()
+    assert main(["pca", str(images[1]), "--basis", str(basis), *TINY, "--weights", "random", "--seed", "3",
+                 *common, "--out", str(tmp_path / "random")]) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if line.startswith("warning")]
+    assert len(warning) == 1 and warning[0].startswith(
+        f"warning: {basis} was fitted on other weights (dinov2_dense_tiny, features sha256 "), err
+    assert "colouring features of dinov2_dense_tiny with random weights, seed 3 (features sha256" in warning[0], err
+    assert "note: --model" not in err  # given: nothing taken from the basis
+    # a basis of random weights, reused with the embedded ones: the basis's side says random, with its seed
+    random_fit = tmp_path / "fit_on_noise"
+    assert main(["pca", str(images[0]), *TINY, "--weights", "random", *common, "--out", str(random_fit)]) == 0
+    capsys.readouterr()
+    assert main(["pca", str(images[1]), "--basis", str(random_fit / "pca_basis.npz"), *TINY, *common,
+                 "--out", str(tmp_path / "official")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warning) == 1 and "fitted on other weights (dinov2_dense_tiny with random weights, seed 0, " \
+        "features sha256" in warning[0] and warning[0].count("random weights") == 1, warning
+
+
+def test_a_basis_brings_its_model_unless_model_is_given(images, tmp_path, torch_home, capsys, monkeypatch):
+    """`pca --basis B` without --model took B's size but loaded dinov2_vits14 (and looked for its weights:
+    "weights for dinov2_vits14 ... not found"), though B records dinov2_dense_tiny: it now takes B's model,
+    saying so in a note, as it does B's size; the maps are those of the fit."""
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")  # nothing is downloaded, whatever is looked for
+    fit, again = tmp_path / "fit", tmp_path / "again"
+    assert main(["pca", str(images[0]), *TINY, "--size", "56", "--num-workers", "0", "--out", str(fit)]) == 0
+    capsys.readouterr()
+    basis = fit / "pca_basis.npz"
+    assert main(["pca", str(images[0]), "--basis", str(basis), "--num-workers", "0", "--out", str(again)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: --model dinov2_dense_tiny, the model {basis} was fitted on (give --model for another)" in err, err
+    assert f"note: --size 56, the size {basis} was fitted at" in err and "warning" not in err, err
+    for name in ("a_mask.png", "a_pca.png"):
+        np.testing.assert_array_equal(read_rgb(again / name), read_rgb(fit / name))
+    # with --weights random the basis's model is taken too (its channels fit), and the other weights warned of
+    assert main(["pca", str(images[0]), "--basis", str(basis), "--weights", "random", "--num-workers", "0",
+                 "--out", str(tmp_path / "random")]) == 0
+    err = capsys.readouterr().err
+    assert "note: --model dinov2_dense_tiny" in err and "colouring features of dinov2_dense_tiny with random" in err
+
+
 def test_a_basis_of_a_block_the_model_lacks_is_refused_naming_it(images, tmp_path, capsys):
     """A basis fitted on block 2 of a 3-block model, reused on a 1-block model without --layer, ended in the
     library's 'layer 2 out of range' (naming neither --basis nor the block), after a warning of other weights."""

@@ -364,3 +364,46 @@ def test_synth_writes_in_its_own_stage(tmp_path, monkeypatch):
     assert main(["synth", str(tmp_path / "s"), "--layout", "folder", "--train", "1", "--size", "28"]) == 0
     assert seen and all(p.parent.parent.parent.name.endswith(".partial") for p in seen)  # .s.<tag>.partial/s/images/
     assert (tmp_path / "s" / MARKER).is_file() and [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_synth_leaves_the_same_set_and_refuses_another_naming_both(tmp_path, capsys):
+    """README: the Python writers write "as `synth` does", a folder holding exactly the set asked for
+    being left as it is and another set refused naming both. `synth` itself refused any rerun with
+    "output folder ... is not empty (4 entries: ...)", naming neither set. It now does what the writers do:
+    the same set (its own or a writer's) is left untouched with one line and exit 0; another set is
+    refused naming both and --overwrite; a folder of other files is refused as before."""
+    from dinov2_dense.cli import main
+
+    root = tmp_path / "ade"
+    args = ["synth", str(root), "--train", "3", "--val", "2", "--size", "28"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {f: (root / f).stat().st_mtime_ns for f in _files(root)}
+    assert main(args) == 0  # the same set: nothing rewritten
+    out, err = capsys.readouterr()
+    assert out.strip() == (f"{root} already holds these 3 training and 2 validation scenes (ade20k layout, 28x28, "
+                           "seed 0): left as it is (--overwrite writes them again)") and not err, (out, err)
+    assert {f: (root / f).stat().st_mtime_ns for f in _files(root)} == before
+    for other, wanted in ((["--train", "2", "--val", "1"], "training 2, validation 1 scenes; seed 0"),
+                          (["--train", "3", "--val", "2", "--seed", "1"], "training 3, validation 2 scenes; seed 1")):
+        assert main(["synth", str(root), "--size", "28", *other]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"dinov2-dense synth: error: {root} already holds a "
+                                                             "synthetic ade20k set (training 3, validation 2 scenes; "
+                                                             "seed 0; 28x28)"), err
+        assert f"writing the ade20k set ({wanted}; 28x28)" in err and "pass --overwrite" in err, err
+        assert {f: (root / f).stat().st_mtime_ns for f in _files(root)} == before
+    # a set the Python writer wrote is the set `synth` writes: left as it is, both ways
+    cfg = SceneConfig(size=(28, 28))
+    assert write_ade20k_layout(root, 3, 2, cfg, progress=False) == root
+    nyu = write_nyu_layout(tmp_path / "nyu", 2, 1, cfg, progress=False)
+    assert main(["synth", str(nyu), "--layout", "nyu", "--train", "2", "--val", "1", "--size", "28"]) == 0
+    assert "left as it is" in capsys.readouterr().out
+    # other files: refused as any non-empty output folder, with or without --overwrite
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "photo.jpg").write_bytes(b"mine")
+    for extra in ([], ["--overwrite"]):
+        assert main(["synth", str(mine), "--layout", "folder", "--train", "1", "--size", "28", *extra]) == 2
+        assert "photo.jpg" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["photo.jpg"]

@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -401,56 +401,112 @@ def _describe(info: dict) -> str:
     return f"{info.get('layout', '?')} set ({counts} scenes; seed {info.get('seed', '?')}; {size})"
 
 
-def _write_set(root: str | os.PathLike, writer: str, info: dict, files: set[str], scenes: int, cfg: SceneConfig,
-               overwrite: bool, write) -> Path:
-    """Write a data set whole at ``root``: ``write(stage)`` fills a staging folder beside it, with
-    ``synthetic.json`` (``info``) added, and the stage is swapped in when complete (an interrupted
-    write leaves ``root`` as it was). ``files``: the files ``write`` makes (relative paths). An empty
-    ``root`` inside a caller's staging folder (``dinov2-dense synth``, the demo) is written in place.
+class _SetPlan(NamedTuple):
+    """A data set to write: its ``synthetic.json`` (``info``), the files ``write(stage)`` makes
+    (relative paths), the number of scenes and their config (for the space check), and the writer's
+    name, which messages from Python give."""
 
-    An absent or empty ``root`` is written. One holding exactly this set (the same files and the
-    same synthetic.json: the same bytes, scenes being deterministic) is left as it is, unless
-    ``overwrite``. Any other contents are refused, naming the folder and what it holds: writing
-    into them would leave a mix of two sets. With ``overwrite`` an earlier data set (written by
-    these writers or ``dinov2-dense synth``) is replaced whole; files that dinov2-dense did not
-    write are never deleted (see :func:`dinov2_dense.fileio.check_output_dir`).
+    writer: str
+    info: dict
+    files: set[str]
+    scenes: int
+    cfg: SceneConfig
+    write: Callable[[Path], None]
+
+
+def _held(root: Path, plan: _SetPlan, option: str, who: str) -> bool | None:
+    """What ``root`` (a folder with entries) holds, judged against ``plan``: True, exactly this set (the
+    same files and the same synthetic.json: the same bytes, scenes being deterministic); None, no
+    synthetic set (other files: the caller refuses them); another synthetic set, or this one incomplete
+    or changed, is refused with an :class:`OutputError` naming both sets and ``option``: writing into
+    it would leave a mix of two sets. ``who`` starts the message ("write_ade20k_layout: "; "" for the
+    command, whose errors are already named)."""
+    files = plan.files | {"synthetic.json"}
+    old = _read_info(root)
+    if old is None or old.get("layout") not in _LAYOUT_FILES:
+        return None
+    others = sorted(p.name for p in root.iterdir() if p.name not in _SET_ENTRIES and p.name != MARKER)
+    differ = len({f for f in _files_under(root) if f.split("/", 1)[0] in _SET_ENTRIES} ^ files) \
+        if old == plan.info else None
+    if differ == 0 and not others:
+        return True  # this very set is there already
+    if differ == 0:
+        raise OutputError(f"{who}{root} holds the {_describe(old)} asked for and also {some_names(others)}, which "
+                          "dinov2-dense did not write: move those out of the folder and run again, or choose another "
+                          "folder")
+    held = f"a synthetic {_describe(old)}"
+    if differ:
+        held += f", incomplete or changed ({differ} files differ from this set's)"
+    if others:
+        held += f" and also {some_names(others)}"
+    then = (f"move those out of the folder ({option} never deletes files that dinov2-dense did not write) and "
+            f"pass {option}" if others else f"pass {option}")
+    raise OutputError(f"{who}{root} already holds {held}; writing the {_describe(plan.info)} into it would leave a "
+                      f"mix of both: choose another (new or empty) folder, or {then} to replace the earlier set whole")
+
+
+def _write_set(root: str | os.PathLike, plan: _SetPlan, overwrite: bool) -> Path:
+    """Write a data set whole at ``root``: ``plan.write(stage)`` fills a staging folder beside it, with
+    ``synthetic.json`` (``plan.info``) added, and the stage is swapped in when complete (an interrupted
+    write leaves ``root`` as it was). An empty ``root`` inside a caller's staging folder (the demo) is
+    written in place.
+
+    An absent or empty ``root`` is written. One holding exactly this set is left as it is, unless
+    ``overwrite``. Any other contents are refused, naming the folder and what it holds (another set:
+    both sets, see :func:`_held`): writing into them would leave a mix of two sets. With ``overwrite``
+    an earlier data set (written by these writers or ``dinov2-dense synth``) is replaced whole; files
+    that dinov2-dense did not write are never deleted (see :func:`dinov2_dense.fileio.check_output_dir`).
     """
     root = Path(root)
-    files = files | {"synthetic.json"}
+    writer = plan.writer
     entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if entries and not overwrite:
-        old = _read_info(root)
-        differ = len(_files_under(root) ^ files) if old == info else None
-        if differ == 0:
-            return root  # this very set is there already
-        if old is not None and old.get("layout") in _LAYOUT_FILES:
-            held = f"a synthetic {_describe(old)}"
-            if differ:
-                held += f", incomplete or changed ({differ} files differ from this set's)"
-            others = [e for e in entries if e not in _SET_ENTRIES and e != MARKER]
-            if others:
-                held += f" and also {some_names(others)}"
-            then = ("move those out of the folder (overwrite=True never deletes files that a writer did not "
-                    "write) and pass overwrite=True" if others else "pass overwrite=True")
-        else:
-            raise OutputError(f"{writer}: {root} already holds other files ({some_names(entries)}); writing the "
-                              f"{_describe(info)} into it would mix them with it: choose another (new or empty) "
-                              "folder (overwrite=True replaces only an earlier output of dinov2-dense, never files "
-                              "it did not write)")
-        raise OutputError(f"{writer}: {root} already holds {held}; writing the {_describe(info)} into it would leave "
-                          f"a mix of both: choose another (new or empty) folder, or {then} to replace the earlier set "
-                          "whole")
+        if _held(root, plan, "overwrite=True", f"{writer}: "):
+            return root
+        raise OutputError(f"{writer}: {root} already holds other files ({some_names(entries)}); writing the "
+                          f"{_describe(plan.info)} into it would mix them with it: choose another (new or empty) "
+                          "folder (overwrite=True replaces only an earlier output of dinov2-dense, never files "
+                          "it did not write)")
     if not entries and _in_a_stage(root):  # a caller's staging folder (synth, the demo), swapped in whole by it
-        write(root)
-        write_text(root / "synthetic.json", json.dumps(info, indent=2) + "\n")
+        plan.write(root)
+        write_text(root / "synthetic.json", json.dumps(plan.info, indent=2) + "\n")
         return root
     if entries:
-        _adopt_earlier_set(root, writer)
-    need = scenes * cfg.size[0] * cfg.size[1] * SCENE_DISK_BYTES_PER_PIXEL
+        _adopt_earlier_set(root, f"{writer}: ", "overwrite=True")
+    need = plan.scenes * plan.cfg.size[0] * plan.cfg.size[1] * SCENE_DISK_BYTES_PER_PIXEL
     with staged_dir(root, overwrite=overwrite, option="overwrite=True", expected_bytes=need) as stage:
-        write(stage)
-        write_text(stage / "synthetic.json", json.dumps(info, indent=2) + "\n")
+        plan.write(stage)
+        write_text(stage / "synthetic.json", json.dumps(plan.info, indent=2) + "\n")
     return root
+
+
+def check_set_folder(root: str | os.PathLike, layout: str, n_train: int, n_val: int = 0,
+                     config: SceneConfig | dict | None = None, seed: int = 0, overwrite: bool = False,
+                     option: str = "--overwrite") -> bool:
+    """What ``dinov2-dense synth`` does before it writes, as the writers do: whether ``root`` already
+    holds exactly the set that ``write_<layout>_layout(root, n_train, n_val, config, seed)`` writes
+    (their default image formats): True, and writing it again would change nothing. False for an
+    absent or empty folder, and for one that holds no synthetic set (the command's output check
+    refuses other files as any non-empty folder). Another synthetic set there (other counts, seed or
+    config; or this one, incomplete or changed) is refused with an :class:`OutputError` naming both
+    sets and ``option``, which replaces the earlier set whole. With ``overwrite`` nothing is refused
+    here (a set written before sets were marked is marked, so that it can be replaced) and False is
+    returned: the set is written again."""
+    plans = {"ade20k": lambda: _ade20k_plan(n_train, n_val, config, seed),
+             "nyu": lambda: _nyu_plan(n_train, n_val, config, seed),
+             "folder": lambda: _folder_plan(n_train, config, seed)}
+    if layout not in plans:
+        raise ValueError(f"layout={layout!r}: expected one of {', '.join(plans)}")
+    if layout == "folder" and n_val:
+        raise ValueError(f"n_val={n_val}: the folder layout has no validation split")
+    root = Path(root)
+    if not root.is_dir() or not any(root.iterdir()):
+        return False
+    plan = plans[layout]()
+    if overwrite:
+        _adopt_earlier_set(root, "", option)
+        return False
+    return bool(_held(root, plan, option, ""))
 
 
 def _in_a_stage(root: Path) -> bool:
@@ -459,7 +515,7 @@ def _in_a_stage(root: Path) -> bool:
     return any(p.name.startswith(".") and p.name.endswith(".partial") for p in root.absolute().parents)
 
 
-def _adopt_earlier_set(root: Path, writer: str) -> None:
+def _adopt_earlier_set(root: Path, who: str, option: str) -> None:
     """Mark ``root`` as dinov2-dense's output (so that ``overwrite=True`` may replace it) when it
     is a set written by these writers before they marked their output: a synthetic.json naming a
     layout, and only that layout's files. Such a set with other entries beside it is refused,
@@ -477,10 +533,9 @@ def _adopt_earlier_set(root: Path, writer: str) -> None:
     mine = {f.split("/", 1)[0] for f in files} | {"synthetic.json"}
     others = sorted(tops - mine)
     if others:
-        raise OutputError(f"{writer}: {root} holds a synthetic {_describe(info)} and also {some_names(others)}, "
-                          "which its writer did not "
-                          "write; overwrite=True never deletes those: move them out of the folder and run again, "
-                          "or choose another folder")
+        raise OutputError(f"{who}{root} holds a synthetic {_describe(info)} and also {some_names(others)}, "
+                          f"which its writer did not write; {option} never deletes those: move them out of the "
+                          "folder and run again, or choose another folder")
     write_text(root / MARKER, json.dumps({"entries": sorted(tops), "adopted": "synthetic set"}))
 
 
@@ -520,6 +575,11 @@ def write_ade20k_layout(root: str | os.PathLike, n_train: int, n_val: int, confi
     ``overwrite=True``, which replaces an earlier set whole (never files that dinov2-dense did not
     write).
     """
+    return _write_set(root, _ade20k_plan(n_train, n_val, config, seed, image_ext, progress), overwrite)
+
+
+def _ade20k_plan(n_train: int, n_val: int, config: SceneConfig | dict | None = None, seed: int = 0,
+                 image_ext: str = ".jpg", progress: bool | None = None) -> _SetPlan:
     cfg, ext = _config(config), _check_ext(image_ext)
     _check_counts(cfg, train=n_train, val=n_val)
     if cfg.num_classes > 254:
@@ -543,7 +603,7 @@ def write_ade20k_layout(root: str | os.PathLike, n_train: int, n_val: int, confi
 
     info = _info("ade20k", cfg, seed, counts, reduce_zero_label=True)
     files = {f for name in names for f in paths(*name)}
-    return _write_set(root, "write_ade20k_layout", info, files, len(names), cfg, overwrite, write)
+    return _SetPlan("write_ade20k_layout", info, files, len(names), cfg, write)
 
 
 def write_nyu_layout(root: str | os.PathLike, n_train: int, n_val: int, config: SceneConfig | dict | None = None,
@@ -561,6 +621,12 @@ def write_nyu_layout(root: str | os.PathLike, n_train: int, n_val: int, config: 
     scaled to the image width (nominal: synthetic scenes have no camera). ``root`` and
     ``overwrite`` as in :func:`write_ade20k_layout`: a set is written whole, never into another.
     """
+    return _write_set(root, _nyu_plan(n_train, n_val, config, seed, image_ext, scenes_per_folder, progress),
+                      overwrite)
+
+
+def _nyu_plan(n_train: int, n_val: int, config: SceneConfig | dict | None = None, seed: int = 0,
+              image_ext: str = ".jpg", scenes_per_folder: int = 50, progress: bool | None = None) -> _SetPlan:
     cfg, ext = _config(config), _check_ext(image_ext)
     _check_counts(cfg, train=n_train, val=n_val)
     if cfg.max_depth * 1000 > 65535:
@@ -588,7 +654,7 @@ def write_nyu_layout(root: str | os.PathLike, n_train: int, n_val: int, config: 
     info = _info("nyu", cfg, seed, counts, depth_scale=1000.0)
     files = {f for split, n in counts.items() for i in range(n) for f in paths(split, i)}
     files |= {f"nyu_{split}.txt" for split in counts}
-    return _write_set(root, "write_nyu_layout", info, files, n_train + n_val, cfg, overwrite, write)
+    return _SetPlan("write_nyu_layout", info, files, n_train + n_val, cfg, write)
 
 
 def write_folder_layout(root: str | os.PathLike, n: int, config: SceneConfig | dict | None = None, seed: int = 0,
@@ -602,6 +668,11 @@ def write_folder_layout(root: str | os.PathLike, n: int, config: SceneConfig | d
     ``root`` and ``overwrite`` as in :func:`write_ade20k_layout`: a set is written whole, never
     into another.
     """
+    return _write_set(root, _folder_plan(n, config, seed, image_ext, depth_format, progress), overwrite)
+
+
+def _folder_plan(n: int, config: SceneConfig | dict | None = None, seed: int = 0, image_ext: str = ".png",
+                 depth_format: str = "png", progress: bool | None = None) -> _SetPlan:
     if depth_format not in ("png", "npy"):
         raise ValueError(f"depth_format={depth_format!r}: expected 'png' (16-bit millimetres) or 'npy' (metres)")
     cfg, ext = _config(config), _check_ext(image_ext)
@@ -625,4 +696,4 @@ def write_folder_layout(root: str | os.PathLike, n: int, config: SceneConfig | d
 
     info = _info("folder", cfg, seed, {"all": n}, depth_scale=1000.0 if depth_format == "png" else None)
     files = {f for i in range(n) for f in paths(i)}
-    return _write_set(root, "write_folder_layout", info, files, n, cfg, overwrite, write)
+    return _SetPlan("write_folder_layout", info, files, n, cfg, write)
