@@ -79,6 +79,16 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _settings_difference(old: dict, new: dict) -> str:
+    """``size 112 -> 168, other weights``: how a demo's recorded settings differ from this run's."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append("other weights (their fingerprint differs)" if key == "weights" else
+                           f"{key} {old.get(key, '(not set)')} -> {new.get(key, '(not set)')}")
+    return ", ".join(changes)
+
+
 class _State:
     """``demo.json``: the settings and the results of every finished step."""
 
@@ -94,7 +104,8 @@ class _State:
                     and set(old_settings) <= set(settings):
                 old["settings"] = settings
             if old.get("settings") != settings and not overwrite:
-                raise ValueError(f"{work_dir}: a demo with other settings is there ({self.path}); pass --overwrite to "
+                raise ValueError(f"{work_dir}: a demo with other settings is there ({self.path}: "
+                                 f"{_settings_difference(old.get('settings') or {}, settings)}); pass --overwrite to "
                                  "start afresh, or another --work-dir")
             if old.get("settings") == settings and not overwrite:
                 self.data = old
@@ -540,12 +551,13 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
     total = 4 + 2 * len(HEADS)
     step_no = 0
 
-    def announce(text: str) -> None:
+    def announce(text: str, step: str | None = None) -> None:
         nonlocal step_no
         step_no += 1
-        _log(f"[{step_no}/{total}] {text}")
+        earlier = " (done earlier: from demo.json)" if step is not None and state.done(step) else ""
+        _log(f"[{step_no}/{total}] {text}{earlier}")
 
-    announce(f"synthetic scenes: {s.train} train + {s.val} val, {s.size}x{s.size}")
+    announce(f"synthetic scenes: {s.train} train + {s.val} val, {s.size}x{s.size}", "scenes")
     if not state.done("scenes"):
         _scenes(work / "scenes", s, progress)
         state.record("scenes", {"train": s.train, "val": s.val})
@@ -561,13 +573,13 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
     for head, (task, what) in HEADS.items():
         for name, backbone in backbones.items():
             step = f"{name}_{head}"
-            announce(f"{task}, {what}, on the {name} backbone")
+            announce(f"{task}, {what}, on the {name} backbone", step)
             if not state.done(step):
                 state.record(step, _heads_step(work, name, backbone, head, s, progress))
             m = state.done(step)["metrics"]
             _log("    " + ", ".join(f"{k} {_number(v, DECIMALS[task])}" for k, v in m.items()
                                     if not isinstance(v, list)))
-    announce("PCA maps")
+    announce("PCA maps", "pca")
     if not state.done("pca"):
         state.record("pca", _pca_step(work, backbones, s))
     announce("report")

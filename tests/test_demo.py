@@ -93,8 +93,12 @@ def test_demo_report_numbers_come_from_the_saved_predictions(tmp_path, backbone_
     state = json.loads((work / "demo.json").read_text())
     assert set(state["steps"]) == {"scenes", "pretrained_segmentation", "random_segmentation", "pretrained_depth",
                                    "random_depth", "pretrained_depth_linear", "random_depth_linear", "pca"}
+    capsys.readouterr()
     run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
     assert json.loads((work / "report.json").read_text()) == summary
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    # each step that was done says so (the rerun read as if it had computed them again)
+    assert sum(line.endswith("(done earlier: from demo.json)") for line in steps) == 8, steps
     lost = sorted((work / "predictions" / "random_depth").rglob("*.png"))[1]
     lost.unlink()  # a lost prediction file is named
     with pytest.raises(FileNotFoundError, match=f"random_depth/.*{lost.name}: no prediction for"):
@@ -152,7 +156,8 @@ def test_an_interrupted_demo_continues_where_it_stopped(tmp_path, backbone_file,
     state = torch.load(backbone_file, weights_only=True)
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, other / "backbone.pth")
     (other / "backbone.json").write_text((backbone_file.parent / "backbone.json").read_text())
-    with pytest.raises(ValueError, match="a demo with other settings is there"):
+    with pytest.raises(ValueError, match=r"a demo with other settings is there \(.*demo.json: other weights \(their "
+                                         r"fingerprint differs\)\)"):  # (it named no setting)
         run_demo(work, None, str(other / "backbone.pth"), settings=TINY, label=str(backbone_file), progress=False)
 
 
@@ -194,7 +199,7 @@ def test_a_demo_of_an_older_version_continues_with_the_new_steps(tmp_path, backb
     state = json.loads((work / "demo.json").read_text())
     state["settings"]["no_such_setting"] = 1  # a setting this version does not know: not a match
     (work / "demo.json").write_text(json.dumps(state))
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings is there \(.*: no_such_setting 1 -> \(not set\)\)"):
         run_demo(work, None, str(backbone_file), settings=TINY, progress=False)
 
 
