@@ -1501,6 +1501,8 @@ def _quiet_third_party() -> None:
     import warnings
 
     warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
+    if os.environ.get("RANK", "0") != "0":  # mmengine's, the same in every process of a run: said by process 0
+        warnings.filterwarnings("ignore", message=r"Setting (OMP|MKL)_NUM_THREADS environment variable for each process")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cv2 = sys.modules.get("cv2")
