@@ -7,8 +7,9 @@ Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
 - Valid pixels: ``min_depth < gt < max_depth`` (so zero, negative, NaN and inf ground truth are
   invalid), compared in the ground truth's precision (float32 ground truth, as the toolbox reads it,
   against float32 bounds), intersected with the evaluation crop. The measured ground-truth pixels
-  outside the range are counted (:data:`GROUND_TRUTH_KEYS`), and a share above a tenth is warned of. An image with no valid pixel gives ``None`` and
-  is skipped by the averaging; the number of images averaged is reported as ``count``.
+  outside the range are counted (:data:`GROUND_TRUTH_KEYS`), and a share above a tenth is warned of.
+  An image with no valid pixel gives ``None`` and is skipped by the averaging; the number of images
+  averaged is reported as ``count``.
 - Crops (a mask on the ground truth, applied after the validity test):
   ``"eigen"``: NYU Eigen crop, rows 45:471, cols 41:601. It is defined in pixels of the original
   480x640 NYU frame only; any other ground-truth size raises ``ValueError`` (evaluate at the
@@ -221,14 +222,16 @@ def depth_metrics(
         (d1..d3 as fractions in [0, 1]), or None if no pixel is valid.
     """
     _check_args(min_depth, max_depth, silog)
-    selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
+    selected, _ = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
     if selected is None:
         return None
     return _scores(*selected, min_depth=min_depth, max_depth=max_depth, median_scaling=median_scaling, silog=silog)
 
 
 def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize: bool):
-    """``(pred, gt)`` on the valid pixels (1-D float64), or None when no pixel is valid.
+    """``((pred, gt) on the valid pixels (1-D float64), or None when no pixel is valid; the ground truth's
+    counts, :data:`GROUND_TRUTH_KEYS`)``: the measured pixels inside the crop (finite, positive: zero is
+    no measurement) and those of them outside ``(min_depth, max_depth)``, which are not evaluated.
 
     Raises ``ValueError`` for mismatched shapes (without ``resize``) and for a NaN prediction on a
     valid pixel (NaN cannot be clipped to anything meaningful).
@@ -242,15 +245,20 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
         pred = _resize_bilinear(pred, gt.shape)
 
     valid = in_range.reshape(gt.shape)
+    with np.errstate(invalid="ignore"):
+        measured = np.isfinite(gt) & (gt > 0)
     mask = crop_mask(gt.shape, crop)
     if mask is not None:
         valid &= mask
+        measured &= mask
+    truth = {"measured_pixels": int(np.count_nonzero(measured)),
+             "outside_range_pixels": int(np.count_nonzero(measured & ~valid))}
     if not valid.any():
-        return None
+        return None, truth
     gt, pred = gt[valid], pred[valid]
     if np.isnan(pred).any():
         raise ValueError(f"the prediction is NaN on {int(np.isnan(pred).sum())} valid pixel(s)")
-    return pred, gt
+    return (pred, gt), truth
 
 
 def _in_range(gt, min_depth: float, max_depth: float) -> np.ndarray:
@@ -266,20 +274,6 @@ def _in_range(gt, min_depth: float, max_depth: float) -> np.ndarray:
     gt = gt.astype(dtype, copy=False)
     with np.errstate(invalid="ignore"):
         return np.asarray((gt > dtype(min_depth)) & (gt < dtype(max_depth)))
-
-
-def _ground_truth_counts(gt, min_depth: float, max_depth: float, crop) -> dict[str, int]:
-    """Measured ground-truth pixels inside the crop (finite, positive: zero is no measurement) and those of
-    them outside ``(min_depth, max_depth)``, which are not evaluated (:data:`GROUND_TRUTH_KEYS`)."""
-    in_range = _in_range(gt, min_depth, max_depth)
-    gt = _as_depth_map(gt, "gt")
-    with np.errstate(invalid="ignore"):
-        measured = np.isfinite(gt) & (gt > 0)
-    mask = crop_mask(gt.shape, crop)
-    if mask is not None:
-        measured &= mask
-    return {"measured_pixels": int(np.count_nonzero(measured)),
-            "outside_range_pixels": int(np.count_nonzero(measured & ~in_range.reshape(gt.shape)))}
 
 
 def ground_truth_warning(counts: dict[str, int], min_depth: float, max_depth: float, scale_option: str) -> str | None:
@@ -351,8 +345,7 @@ def _evaluate_image(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.
     """``(metrics, counts)`` of one image (``counts``: :data:`INVALID_PREDICTION_KEYS`,
     :data:`CLIPPED_PREDICTION_KEYS`, :data:`GROUND_TRUTH_KEYS` and ``pixels``, the evaluated pixels);
     ``(None, counts)`` when no pixel is valid (the counts then all zero but the ground truth's)."""
-    truth = _ground_truth_counts(gt, min_depth, max_depth, crop)
-    selected = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
+    selected, truth = _valid_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, crop=crop, resize=resize)
     if selected is None:
         return None, {**dict.fromkeys(INVALID_PREDICTION_KEYS + CLIPPED_PREDICTION_KEYS, 0), **truth, "pixels": 0}
     pred, gt = selected
