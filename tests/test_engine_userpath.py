@@ -159,8 +159,8 @@ def test_a_start_that_fails_keeps_the_runs_config_copy_and_leaves_no_log_folder(
     assert copy.read_bytes() == recorded and _files(work) == before
     assert sorted(p.name for p in work.iterdir()) == entries  # no log folder, no temporary left
     if mode == "--resume":  # a start that succeeds writes the copy of the run it continues
-        (work / "iter_2.pth").unlink()  # from iteration 1, whose schedule has not ended (at 2 it is at rate 0)
-        assert _train(work, _options(scenes / "ade", 3), mode) == 0
+        (work / "iter_2.pth").unlink()  # from iteration 1, the trained run's schedule (to 2) continued
+        assert _train(work, _options(scenes / "ade", 3, end=2), mode) == 0
         assert "max_iters=3" in copy.read_text()
         # (its log folder may be the fixture's: a run started in the same second shares its timestamp)
         assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_1.pth", "iter_3.pth"]
@@ -425,14 +425,18 @@ def test_max_iters_on_the_command_line_moves_the_schedule_with_it(scenes, tmp_pa
     lr = torch.load(tmp_path / "kept" / "iter_4.pth", map_location="cpu", weights_only=True)["optimizer"]
     assert lr["param_groups"][0]["lr"] > 1e-5
     # resumed to a later max_iters, the run keeps the schedule its checkpoint saved (mmengine restores the
-    # schedulers whole): it says so instead of "the schedule follows it", and the rate stays where it ended
-    assert _train(tmp_path / "short", {**base, "train_cfg.max_iters": 6}, "--resume") == 0
-    out = capsys.readouterr().out
-    assert "the schedule follows it" not in out
-    assert ("--resume: param_scheduler.1 (PolyLR) continues as " in out and "saved it (end 4; the config says end 6)"
-            in out), out[-2000:]
-    lr = torch.load(tmp_path / "short" / "iter_6.pth", map_location="cpu", weights_only=True)["optimizer"]
-    assert lr["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # schedulers whole): it says so instead of "the schedule follows it"; the rate stays where it ended, 0 here,
+    # so the resume is refused (it trained the 2 iterations at rate 0)
+    assert _train(tmp_path / "short", {**base, "train_cfg.max_iters": 6}, "--resume") == 2
+    captured = capsys.readouterr()
+    assert "the schedule follows it" not in captured.out
+    assert ("--resume: param_scheduler.1 (PolyLR) continues as " in captured.out
+            and "saved it (end 4; the config says end 6)" in captured.out), captured.out[-2000:]
+    assert "is at learning rate 0" in captured.err and not (tmp_path / "short" / "iter_6.pth").exists()
+    # a warm-up that had not ended (kept at 600 by the options) keeps the resumed run's rate above 0: it trains on
+    assert _train(tmp_path / "kept", {**base, "param_scheduler.1.end": 600, "train_cfg.max_iters": 6}, "--resume") == 0
+    lr = torch.load(tmp_path / "kept" / "iter_6.pth", map_location="cpu", weights_only=True)["optimizer"]
+    assert lr["param_groups"][0]["lr"] > 1e-5
 
 
 @pytest.mark.parametrize("schedule, options, moved, kept", [

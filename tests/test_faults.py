@@ -129,11 +129,24 @@ def test_resume_refuses_to_train_on_at_the_rate_zero_its_ended_schedule_left(sce
     pruning older ones, after one warning about "the rate it ended with". Refused, with nothing written."""
     work = tmp_path / "work"
     shutil.copytree(trained, work)
-    before = _snapshot(work)
+
+    def checkpoints() -> dict[str, bytes]:  # (a log folder of the same second as the fixture's is shared)
+        return {k: v for k, v in _snapshot(work).items() if k.endswith(".pth") or k == "last_checkpoint"}
+
+    before = checkpoints()
     rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 8))
     assert_user_error(rc, err, work / "iter_4.pth", "learning rate 0", "the 4 iterations to train_cfg.max_iters = 8",
                       "load_from")
-    assert _snapshot(work) == before  # before: iter_6.pth and iter_8.pth of the same weights, iter_2.pth pruned
+    assert checkpoints() == before  # before: iter_6.pth and iter_8.pth of the same weights, iter_2.pth pruned
+    # a warm-up longer than the run (its end, 6, after the run's 4) multiplies the rate of 0 the decay left: refused
+    # too (the first version took any schedule ending later for one that changes the rate)
+    long_warm_up = tmp_path / "long_warm_up"
+    assert run(capsys, "train", SEG_CFG, "--work-dir", long_warm_up, "--cfg-options",
+               *_opts(scenes, 4, **{"param_scheduler.0.end": 6}))[0] == 0
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", long_warm_up, "--resume", "--cfg-options",
+                     *_opts(scenes, 8, **{"param_scheduler.0.end": 6}))
+    assert_user_error(rc, err, long_warm_up / "iter_4.pth", "learning rate 0")
+    assert sorted(p.name for p in long_warm_up.glob("iter_*.pth")) == ["iter_2.pth", "iter_4.pth"]
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit(scenes, trained, tmp_path, capsys):

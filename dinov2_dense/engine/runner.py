@@ -327,14 +327,46 @@ def _replaces_backbone(state: dict, model) -> bool:
 
 def _scheduler_lengths(schedulers) -> list[tuple[str, dict]]:
     """Each built scheduler's name (``param_scheduler.i``) and length settings (end, T_max, total_steps)."""
-    if isinstance(schedulers, dict):  # one list per optimizer
-        flat = [(f"{key}.{i}", s) for key, group in schedulers.items() for i, s in enumerate(group)]
-    else:
-        flat = [(f"param_scheduler.{i}", s) for i, s in enumerate(schedulers or [])]
+    flat = _flat_schedulers(schedulers)
     from .entry import SCHEDULE_LENGTH_KEYS
 
     return [(f"{name} ({type(s).__name__})", {k: getattr(s, k) for k in SCHEDULE_LENGTH_KEYS
                                                 if isinstance(getattr(s, k, None), int)}) for name, s in flat]
+
+
+def _flat_schedulers(schedulers) -> list[tuple[str, Any]]:
+    """``[(param_scheduler.i, scheduler), ...]``; ``{key}.i`` for one list per optimizer."""
+    if isinstance(schedulers, dict):
+        return [(f"{key}.{i}", s) for key, group in schedulers.items() for i, s in enumerate(group)]
+    return [(f"param_scheduler.{i}", s) for i, s in enumerate(schedulers or [])]
+
+
+def _rate_to_come(schedulers, steps: int) -> bool:
+    """Whether any parameter group's learning rate is above 0 now or within the next ``steps`` scheduler steps:
+    the schedulers are stepped on their own state and the optimizers' values, both put back after."""
+    flat = [s for _, s in _flat_schedulers(schedulers)]
+    optimizers = list({id(s.optimizer): s.optimizer for s in flat}.values())
+    if not optimizers:
+        return True  # no schedule: the rate is the configured one
+    groups = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in optimizers]
+    states = [s.state_dict() for s in flat]
+
+    def positive() -> bool:
+        return any(float(g.get("lr", 0.0)) > 0.0 for opt in optimizers for g in opt.param_groups)
+
+    try:
+        for _ in range(steps):
+            if positive():
+                return True
+            for scheduler in flat:
+                scheduler.step()
+        return positive()
+    finally:
+        for opt, saved in zip(optimizers, groups):
+            for group, values in zip(opt.param_groups, saved):
+                group.update(values)
+        for scheduler, state in zip(flat, states):
+            scheduler.load_state_dict(state)
 
 
 def _lengths_text(lengths: dict) -> str:
@@ -736,36 +768,36 @@ class DenseRunner(Runner):
             raise
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot resume from {filename}: {exc}") from None
-        for (name, was), (_, now) in zip(configured, _scheduler_lengths(self.param_schedulers)):
+        restored = _scheduler_lengths(self.param_schedulers)
+        for (name, was), (_, now) in zip(configured, restored):
             if was != now:  # mmengine restores each scheduler whole, its end too
                 self.logger.warning(
                     f"--resume: {name} continues as {filename} saved it ({_lengths_text(now)}; the config says "
                     f"{_lengths_text(was)}): a resumed run keeps its schedule, so iterations past its end run at "
                     "the rate it ended with")
-        self._refuse_training_at_rate_zero(filename)
+        if configured != restored:
+            self._refuse_training_at_rate_zero(filename)
         self._say_if_other_processes(filename, meta)
 
     def _refuse_training_at_rate_zero(self, filename: str) -> None:
         """A run given ``train_cfg.max_iters=300`` on the command line and resumed without it took the config's
         600, and trained 300 iterations at the rate 0 its ended schedule had left (a warning said only "the rate
-        it ended with"): new checkpoints of unchanged weights, and older ones pruned. Refused, before anything is
-        trained or written, when every parameter group's rate is 0 and every schedule has ended."""
+        it ended with"): new checkpoints of unchanged weights, and older ones pruned. Where the checkpoint's
+        schedule is not the config's, the resume is refused, before anything is trained or written, when that
+        schedule, stepped through the iterations to come (on a copy of its state), keeps every parameter group's
+        rate at 0 (a warm-up that ends later multiplies a rate of 0). (The config's own schedule may reach 0 on
+        its last iteration: mmengine's PolyLR does; so does the uninterrupted run.)"""
         loop = self._train_loop
         max_iters = getattr(loop, "max_iters", None) if loop is not None and not isinstance(loop, dict) else None
-        if max_iters is None or self.iter >= max_iters:
+        if max_iters is None or self.iter >= max_iters or _rate_to_come(self.param_schedulers, max_iters - self.iter):
             return
         lengths = _scheduler_lengths(self.param_schedulers)
-        ended = [dict(v).get("end") for _, v in lengths]
-        if not lengths or any(end is None or end > self.iter for end in ended):
-            return  # a schedule still running changes the rate
-        rates = [float(lr) for lrs in self.optim_wrapper.get_lr().values() for lr in lrs]
-        if not rates or any(rate != 0.0 for rate in rates):
-            return
         raise CheckpointError(
-            f"--resume: {filename} ended its schedule at iteration {max(ended)} ({', '.join(n for n, _ in lengths)}) "
-            f"with learning rate 0, so the {max_iters - self.iter} iterations to train_cfg.max_iters = {max_iters} "
-            f"would not change the weights: that run is complete at {self.iter} (give the train_cfg.max_iters it was "
-            "run with), or train on from its weights with a new schedule: load_from=FILE without --resume")
+            f"--resume: {filename} is at learning rate 0 ({', '.join(n for n, _ in lengths) or 'no schedule'}), and "
+            f"its schedule keeps it there, so the {max_iters - self.iter} iterations to train_cfg.max_iters = "
+            f"{max_iters} would not change the weights: that run is complete at {self.iter} (give the "
+            "train_cfg.max_iters it was run with), or train on from its weights with a new schedule: load_from=FILE "
+            "without --resume")
 
     def _say_if_other_processes(self, filename: str, meta: dict) -> None:
         """A run resumed on another number of processes than its checkpoint was written by (``meta.world_size``;
