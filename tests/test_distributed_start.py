@@ -161,6 +161,10 @@ def _cases(root: Path) -> list[dict]:
         "train_bad_root": ([train[:2] + ["--work-dir", str(root / "bad_root"), "--launcher", "pytorch",
                                          "--cfg-options", *_train_options(root, 2),
                                          f"train_dataloader.dataset.root={root / 'nope'}"]] * 2, torchrun, []),
+        "train_missing_weights": ([train[:2] + ["--work-dir", str(root / "missing_weights"), "--launcher", "pytorch",
+                                                "--cfg-options", *_train_options(root, 2),
+                                                f"model.backbone_weights={root / 'nope.safetensors'}"]] * 2,
+                                  torchrun, []),
         "test_bad_option": ([["test", str(SEG_CFG), str(root / "missing.pth"), "--work-dir", str(root / "t"),
                               "--cfg-options", *_train_options(root, 2), "tset_cfg.mode=whole"]] * 2, torchrun, []),
         "curate_missing_pool": ([["curate", str(root / "missing_pool.npy")] + curate[2:]] * 2, torchrun, []),
@@ -459,6 +463,8 @@ REFUSED_BY_EVERY_PROCESS = {
     # no process makes it before all have looked whether it was there before them)
     "train_bad_root": ("train", "nope/images/training: no such folder (expected ADEChallengeData2016/images/<split>)",
                        "bad_root"),
+    # (each process printed the weights loader's error while the runner was built)
+    "train_missing_weights": ("train", "model.backbone_weights = '", "missing_weights"),
     "test_bad_option": ("test", f"--cfg-options tset_cfg.mode: {SEG_CFG} has no section 'tset_cfg' (did you mean "
                                 "test_cfg.mode?)", None),  # (its work dir holds other cases' logs)
     "curate_missing_pool": ("curate", "missing_pool.npy: no such file", "curated"),

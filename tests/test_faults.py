@@ -104,6 +104,16 @@ def test_test_refuses_a_backbone_only_checkpoint(scenes, trained, tmp_path, caps
     assert "mIoU" not in out  # no metrics of a random head
 
 
+def test_a_missing_backbone_weights_file_is_named_at_the_start(scenes, tmp_path, capsys):
+    """model.backbone_weights naming a file that is not there failed while the runner was built: after the start
+    the processes of a torchrun agree on, so each printed it. It is a config error of that start, naming the key."""
+    missing = tmp_path / "nope.safetensors"
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", tmp_path / "w", "--cfg-options",
+                     *_opts(scenes, 2, **{"model.backbone_weights": str(missing)}))
+    assert_user_error(rc, err, f"model.backbone_weights = '{missing}': no such file")
+    assert not (tmp_path / "w").exists()
+
+
 def test_partial_load_of_a_checkpoint_none_of_whose_keys_fit_is_refused(scenes, trained, tmp_path, capsys):
     """A segmentation checkpoint given to a depth config with --partial-load loaded nothing, warned once, and
     scored the head as built (random) with exit code 0. A partial load that would load nothing is refused."""

@@ -486,6 +486,10 @@ def validate_config(cfg, source: str, train: bool) -> None:
         if root is not None and not isinstance(root, (str, os.PathLike)):
             errors.append(f"{split}_dataloader.dataset.root = {root!r}: expected a folder path")
     _check_registered(cfg, "model.type", MODELS, errors)
+    weights = _get(cfg, "model.backbone_weights")  # a local file: checked here, in the start the processes agree on
+    if isinstance(weights, (str, os.PathLike)) and str(weights) != "official" and "://" not in str(weights) \
+            and not Path(weights).exists():
+        errors.append(f"model.backbone_weights = {str(weights)!r}: no such file")
     for key in ("val_evaluator.type", "test_evaluator.type"):
         _check_registered(cfg, key, METRICS, errors)
     classes = _get(cfg, "model.head.num_classes")
