@@ -157,11 +157,17 @@ def check_same_checkpoint(name: str | None, iteration: int, work_dir: str | os.P
                         given="checkpoints: a work dir that every machine reads (process 0 writes them)")
 
 
+#: The longest refusal that the other processes repeat (``stopped: process N refused the start (...)``).
+SAID_LENGTH = 400
+
+
 def _said(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     text = " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())
-    return text[:400] if text else type(exc).__name__
+    if len(text) > SAID_LENGTH:  # the others' line names it; the whole of it is process N's own line
+        text = text[:SAID_LENGTH - 3].rstrip() + "..."
+    return text if text else type(exc).__name__
 
 
 def agree_to_start(check: Callable[[], T], main: bool, share: bool = False) -> T | None:

@@ -16,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dinov2_dense.cli import main
 from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
+from dinov2_dense.distributed import SAID_LENGTH
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
+VITS14_CFG = ROOT / "configs/segmentation/dinov2_vits14_synthetic_linear.py"
 CASE_LIMIT_S = 60  # a case still running then is stopped and reported as such (a process left waiting)
 
 DRIVER = r'''
@@ -106,6 +109,7 @@ def data(tmp_path_factory):
     pretrain(tiny(4), root / "pretrained", progress=False, max_iters=2)  # its checkpoint of iteration 2
     _py_config(root / "pretrain_tiny.py", tiny(4))
     (root / "gone.txt").write_text("gone_0.png\ngone_1.png\n")  # images deleted since they were listed
+    torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(2, 384, 1, 1)}}, root / "head.pth")
     return root
 
 
@@ -128,6 +132,8 @@ def _cases(root: Path) -> list[dict]:
         (root / work).mkdir(exist_ok=True)
         (root / work / "iter_4.pth").write_bytes(b"another run")
     train = ["train", str(SEG_CFG), "--cfg-options"]
+    # the official ViT-S/14 weights, not in an empty hub cache and not to be downloaded
+    offline = {"TORCH_HOME": str(root / "empty_torch_home"), "DINOV2_DENSE_OFFLINE": "1"}
     curate = ["curate", str(root / "pool.npy"), "--target", "20", "--no-progress", "--out", str(root / "curated")]
     cases = {
         "api": ([[], []], torchrun, []),
@@ -165,6 +171,12 @@ def _cases(root: Path) -> list[dict]:
                                                 "--cfg-options", *_train_options(root, 2),
                                                 f"model.backbone_weights={root / 'nope.safetensors'}"]] * 2,
                                   torchrun, []),
+        "train_official_offline": ([["train", str(VITS14_CFG), "--work-dir", str(root / "offline"), "--launcher",
+                                     "pytorch", "--cfg-options", *_train_options(root, 2)]] * 2,
+                                   [{**env, **offline} for env in torchrun], ["DINOV2_DENSE_WEIGHTS"]),
+        "test_official_offline": ([["test", str(VITS14_CFG), str(root / "head.pth"), "--work-dir", str(root / "t"),
+                                    "--cfg-options", *_train_options(root, 2)]] * 2,
+                                  [{**env, **offline} for env in torchrun], ["DINOV2_DENSE_WEIGHTS"]),
         "test_bad_option": ([["test", str(SEG_CFG), str(root / "missing.pth"), "--work-dir", str(root / "t"),
                               "--cfg-options", *_train_options(root, 2), "tset_cfg.mode=whole"]] * 2, torchrun, []),
         "curate_missing_pool": ([["curate", str(root / "missing_pool.npy")] + curate[2:]] * 2, torchrun, []),
@@ -455,6 +467,8 @@ def test_the_mmseg_converter_under_torchrun_refuses_instead_of_crashing(tmp_path
     assert err.count("\n") == 0 and list(tmp_path.iterdir()) == []
 
 
+OFFLINE_SAID = ("weights for dinov2_vits14 (dinov2_vits14_pretrain.pth) not found, and DINOV2_DENSE_OFFLINE is set. "
+                "Looked in: ")
 #: case: (command, what the refusal says, the output it would have made: refused before it was; None: not checked)
 REFUSED_BY_EVERY_PROCESS = {
     "train_bad_option": ("train", f"--cfg-options trian_cfg.max_iters: {SEG_CFG} has no section 'trian_cfg' (did you "
@@ -465,6 +479,8 @@ REFUSED_BY_EVERY_PROCESS = {
                        "bad_root"),
     # (each process printed the weights loader's error while the runner was built)
     "train_missing_weights": ("train", "model.backbone_weights = '", "missing_weights"),
+    "train_official_offline": ("train", OFFLINE_SAID, "offline"),
+    "test_official_offline": ("test", OFFLINE_SAID, None),
     "test_bad_option": ("test", f"--cfg-options tset_cfg.mode: {SEG_CFG} has no section 'tset_cfg' (did you mean "
                                 "test_cfg.mode?)", None),  # (its work dir holds other cases' logs)
     "curate_missing_pool": ("curate", "missing_pool.npy: no such file", "curated"),
@@ -489,6 +505,8 @@ def test_a_start_that_every_process_refuses_is_said_once_and_the_others_stop(lau
     said0, said1 = _lines(out0, prog), _lines(out1, prog)
     assert len(said0) == 1 and said0[0].startswith(f"{prog} error: ") and said in said0[0], said0
     reason = said0[0][len(f"{prog} error: "):]
+    if len(reason) > SAID_LENGTH:  # the others name a long one by its start
+        reason = reason[:SAID_LENGTH - 3].rstrip() + "..."
     assert said1 == [f"{prog} stopped: process 0 refused the start ({reason})"], said1
     assert "Traceback" not in out0 + out1
     assert written is None or not (data / written).exists()

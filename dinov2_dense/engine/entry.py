@@ -628,8 +628,6 @@ def _option_names(cfg) -> dict[str, str]:
 def _build_runner(cfg, source: str, config_copy: str = "work_dir"):
     from dinov2_dense.engine.runner import DenseRunner
 
-    from dinov2_dense.hub import NO_WEIGHTS_HINT, WeightsNotFoundError
-
     try:
         return DenseRunner.from_cfg(cfg, config_copy=config_copy)
     except TypeError as exc:  # a class in the config given arguments it does not take
@@ -637,13 +635,58 @@ def _build_runner(cfg, source: str, config_copy: str = "work_dir"):
     except ValueError as exc:  # a value a class refuses (mmengine prefixes the class)
         raise ConfigError(f"{source}: {_one_line(exc)}") from None
     except OSError as exc:
-        if NO_WEIGHTS_HINT not in str(exc):
-            raise
-        # the backbone's weights are not here: the options of the hint are those of the commands without a config
+        _raise_with_config_hint(exc)
+        raise
+
+
+def _raise_with_config_hint(exc: OSError) -> None:
+    """Weights that are not here: raise ``exc`` again with the hint's options those of the commands that take a
+    config (no --model or --weights). Returns where ``exc`` is another error."""
+    from dinov2_dense.hub import NO_WEIGHTS_HINT, WeightsNotFoundError
+
+    if NO_WEIGHTS_HINT in str(exc):
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, (
             "To go on without a download: --cfg-options model.backbone_weights=None (random weights: the metrics "
             "then mean nothing), or a config of the tiny_synthetic_* kind, on the backbone embedded in the "
             "package"))) from None
+
+
+def fetch_backbone_weights(cfg) -> None:
+    """Find or download the weights that a ``DenseModel`` config's backbone loads from elsewhere (the official
+    file of a zoo backbone, an http(s) URL) in starts that the processes agree on: weights that are not here
+    and cannot be fetched are then said once, by the first process, the others stopping with it (they were
+    said by every process while the runner was built). One process a machine fetches first (LOCAL_RANK 0);
+    the others then find the file in the cache, or fetch it where their machine does not share it."""
+    from dinov2_dense import hub
+    from dinov2_dense.distributed import _group_size, agree_to_start
+
+    model = cfg.get("model") or {}
+    if not isinstance(model, dict) or model.get("type") != "DenseModel":
+        return
+    weights = model.get("backbone_weights", "official")
+    backbone = model.get("backbone", "dinov2_vits14")
+    if model.get("zoo") is not None:
+        from dinov2_dense.zoo import MODELS
+
+        if model["zoo"] not in MODELS:
+            return  # the runner's build names it
+        backbone = MODELS[model["zoo"]].backbone
+    if isinstance(weights, str) and weights.startswith(("http://", "https://")):
+        def fetch():
+            hub._fetch_url(weights)
+    elif isinstance(weights, str) and weights == "official" and isinstance(backbone, str) and backbone in hub.BACKBONES:
+        def fetch():
+            try:
+                hub.resolve_weights(backbone)
+            except OSError as exc:
+                _raise_with_config_hint(exc)
+                raise
+    else:
+        return
+    first = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))) == 0
+    agree_to_start(fetch, main=first)
+    if _group_size() > 1:
+        agree_to_start(fetch, main=not first)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -710,6 +753,7 @@ def run_train(args: argparse.Namespace) -> int:
             return delete
 
         delete = agree_to_start(start, main, share=True) or []
+        fetch_backbone_weights(cfg)
         runner = _build_runner(cfg, args.config)
         # the model is built; the data sets are built now, not at train(): a wrong root or pipeline stops every
         # process at once, and fails while the previous run's checkpoints are still there. Every process builds
@@ -762,6 +806,7 @@ def run_test(args: argparse.Namespace) -> int:
             check_output_dir(args.out, overwrite=getattr(args, "overwrite", False), what="--out", protect=protect)
 
     agree_to_start(start, _rank() == 0)
+    fetch_backbone_weights(cfg)
     pin_test_batches(cfg)
     # the config's copy goes beside the test's log: the default work dir is the training run's, whose
     # <work_dir>/<config>.py records what was trained
