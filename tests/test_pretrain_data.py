@@ -291,6 +291,45 @@ def test_list_file_and_skimage_sources(tmp_path):
         PretrainDataset("skimage:astronot")
 
 
+def test_pretraining_curate_and_knn_read_the_same_images_of_a_folder(tmp_path):
+    """curate walked into hidden folders (a notebook's .ipynb_checkpoints/ copies) and passed over linked
+    folders; pretraining and knn did the opposite: the same folder gave each another set of images."""
+    from dinov2_dense.evaluation.knn import list_image_folder
+    from pretrain.curation.store import list_images
+
+    pool = tmp_path / "pool"
+    for name in ("real/a.png", "real/b.jpg", "real/.ipynb_checkpoints/a-checkpoint.png", ".hidden/c.png",
+                 "real/.d.png"):
+        write_image(pool / name, np.full((16, 16, 3), 9, np.uint8))
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "e.png", np.full((16, 16, 3), 9, np.uint8))
+    (pool / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(pool, target_is_directory=True)  # a loop: each real folder is read once
+    want = {pool / "linked/e.png", pool / "real/a.png", pool / "real/b.jpg"}
+    assert {Path(p) for p in ImageFiles.from_folder(pool).paths} == want
+    assert {Path(p) for p in list_images(pool)} == want
+    paths, labels, classes = list_image_folder(pool)
+    assert {Path(p) for p in paths} == want and classes == ["linked", "real"]
+
+
+def test_a_list_file_of_names_with_other_line_separators_gives_those_images(tmp_path):
+    """Pretraining split list files with str.splitlines, at U+2028, U+0085, form feeds and more, which curate
+    allows in names: a curated selected.txt of such names gave pretraining 11 paths for 6 images, 9 of them
+    unreadable. Both read list files alike now."""
+    from pretrain.curation.store import list_images
+
+    names = ["plain.png", "line\u2028sep.png", "nel\x85x.png", "ff\x0cx.png", "fs\x1cx.png", "vt\x0bx.png"]
+    for name in names:
+        write_image(tmp_path / name, np.full((16, 16, 3), 9, np.uint8))
+    listing = tmp_path / "list.txt"
+    listing.write_text("# images\r\n" + "".join(f"  {n}\t\r\n" for n in names), encoding="utf-8")
+    want = [str(tmp_path / n) for n in names]
+    assert ImageFiles.from_list_file(listing).paths == want
+    assert list_images(listing) == want
+    data = PretrainDataset(listing)
+    assert [data[i][0].shape for i in range(len(names))] == [(16, 16, 3)] * len(names)
+
+
 def test_synthetic_source_labels():
     cfg = SceneConfig(size=(48, 48), num_classes=6)
     source = SyntheticScenes(12, config=cfg, seed=3)

@@ -32,6 +32,38 @@ class DataError(ValueError):
     """A data set file is missing, unreadable or inconsistent; the message names the file."""
 
 
+def image_files_below(root: str | os.PathLike) -> list[Path]:
+    """The image files below folder ``root`` (by extension, any case), sorted, relative to ``root``: as every
+    command reads a folder of images (pretraining, ``curate``, ``knn``'s class folders), so that they all read
+    the same ones. Hidden files and folders (``.ipynb_checkpoints/``) are passed over; linked folders are
+    followed, each real folder read once (a link back up the tree is not)."""
+    root = Path(root)
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder, f).relative_to(root) for f in files
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
+
+
+def list_file_entries(text: str) -> list[str]:
+    """The entries of a text file of image paths, as every command reads one (pretraining's list files,
+    ``curate``'s and the ``selected.txt`` it writes): one a line, lines split at "\n" only (a "\r\n" file's
+    "\r" dropped), so that a name may hold the characters ``str.splitlines`` also breaks at (U+2028, U+0085,
+    form feed ...); spaces and tabs around an entry dropped; empty lines and lines starting with # passed over."""
+    entries = []
+    for line in text.split("\n"):
+        entry = line.removesuffix("\r").strip(" \t")
+        if entry and not entry.startswith("#"):
+            entries.append(entry)
+    return entries
+
+
 def _decode(path: Path, mode: str) -> np.ndarray:
     try:
         return decode_image(path, mode)

@@ -375,21 +375,20 @@ def list_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     are reported by a warning. ``class_names``: use these classes, in this order (a second split
     labelled like the first); a folder not among them is an error.
     """
-    from ..data.files import IMAGE_EXTENSIONS  # lazy: the data package imports albumentations
+    from ..data.files import IMAGE_EXTENSIONS, image_files_below  # lazy: the data package imports albumentations
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
     found: dict[str, list[Path]] = {}
-    empty = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(sub).parts))
-        if files:
-            found[sub.name] = files
+    loose = []
+    for path in image_files_below(root):  # as pretraining and curate read a folder: classes its first level
+        if len(path.parts) > 1:
+            found.setdefault(path.parts[0], []).append(root / path)
         else:
-            empty.append(sub.name)
-    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            loose.append(path.name)
+    found = dict(sorted(found.items()))
+    empty = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in found]
     if loose:
         warnings.warn(f"{root}: {len(loose)} image(s) directly in the folder have no class folder and are left out "
                       f"(e.g. {sorted(loose)[0]}); put each image in a subfolder named after its class", stacklevel=2)

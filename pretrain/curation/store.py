@@ -212,7 +212,7 @@ def _one_a_line(paths: list[str]) -> list[str]:
 
 
 def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    from dinov2_dense.data.files import IMAGE_EXTENSIONS
+    from dinov2_dense.data.files import IMAGE_EXTENSIONS, image_files_below, list_file_entries
 
     if not isinstance(spec, (str, os.PathLike)):
         return _once([os.path.abspath(p) for p in spec], "the list of images")
@@ -220,16 +220,14 @@ def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     path = Path(text)
     if path.is_dir():
         path = _images_of(path)
-        found = sorted(os.path.abspath(os.path.join(folder, f)) for folder, dirs, files in os.walk(path, followlinks=False)
-                       for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        found = [os.path.abspath(path / p) for p in image_files_below(path)]
         if not found:
             raise CurationError(f"{path}: found no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
         return found
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             return [os.path.abspath(path)]
-        lines = [s.strip() for s in _read_names(path)]
-        entries = [s for s in lines if s and not s.startswith("#")]
+        entries = list_file_entries("\n".join(_read_names(path)))
         if not entries:
             raise CurationError(f"{path}: the list names no images (one path a line; # starts a comment)")
         return _once([os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries], str(path))

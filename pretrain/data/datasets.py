@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from dinov2_dense.data.files import IMAGE_EXTENSIONS, DataError
+from dinov2_dense.data.files import IMAGE_EXTENSIONS, DataError, image_files_below, list_file_entries
 from dinov2_dense.data.synthetic import SceneConfig, _config, check_memory, class_names, generate_scene, scene_seed
 from dinov2_dense.images import SAMPLE_PREFIX, decode_image
 
@@ -102,19 +102,9 @@ class ImageFiles:
             logger.warning("%s: the layout of `dinov2-dense synth --layout folder`; taking its images only (%s), "
                            "not its masks/ and depth/", root, root / "images")
             root = root / "images"
-        found, seen = [], set()
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:  # a link back up the tree
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [Path(folder, f).relative_to(root) for f in files
-                      if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        found = image_files_below(root)
         if not found:
             raise DataError(f"{root}: found no images (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-        found.sort()
         classes = sorted({p.parts[0] for p in found if len(p.parts) > 1})
         labels = None
         if classes:
@@ -127,12 +117,12 @@ class ImageFiles:
         """The images named in a text file, one a line (relative to the file's folder)."""
         path = Path(path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise DataError(f"{path}: no such list file (expected one image path a line)") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not a readable text file of image paths ({exc})") from None
-        entries = [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+        entries = list_file_entries(text)
         if not entries:
             raise DataError(f"{path}: the list names no images (one path a line; # starts a comment)")
         paths = [e if e.startswith(SAMPLE_PREFIX) or os.path.isabs(e) else str(path.parent / e) for e in entries]
