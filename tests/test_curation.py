@@ -101,6 +101,33 @@ def test_curated_subset_evens_out_a_dominant_concept(tmp_path, capsys, recwarn):
     assert "![cluster sizes](cluster_sizes.png)" in (out / "report.md").read_text()
 
 
+def test_resampling_takes_half_the_mean_cluster_size_rounded_up_and_says_which_levels_it_ran():
+    """The reference configs' rule: sample sizes 10, 5 and 3 for mean cluster sizes 20, 10 and 5. Rounded down
+    (5 -> 2, and 2.7 -> 1), the default clusters' upper levels took one point a cluster and were never
+    resampled, while the log and summary.json said 10 steps each."""
+    x, _ = skewed_pool(1000, seed=5)
+    tree = hierarchical_kmeans(x, [50, 5, 1], resample_steps=[0, 3, 3], seed=0, n_iters=5)
+    assert tree.sample_sizes == [10, 5, 3] and tree.resampled == [0, 3, 3]
+    # 2.6-2.8 points a cluster: 2 a cluster are resampled, and that moves the centroids
+    ks = [37, 14, 5]
+    run = hierarchical_kmeans(x, ks, resample_steps=[0, 5, 5], seed=0, n_iters=5)
+    plain = hierarchical_kmeans(x, ks, resample_steps=0, seed=0, n_iters=5)
+    assert run.sample_sizes == [14, 2, 2] and run.resampled == [0, 5, 5] and plain.resampled == [0, 0, 0]
+    assert not np.allclose(run.levels[1].centroids, plain.levels[1].centroids)
+    few = hierarchical_kmeans(x, [15, 13, 11, 9], resample_steps=[0, 5, 5, 5], seed=0, n_iters=5)  # ~1.2 a cluster
+    assert few.sample_sizes[1:] == [1, 1, 1] and few.resampled == [0, 0, 0, 0]
+
+
+def test_curate_says_which_levels_it_could_not_resample(tmp_path, capsys):
+    x, _ = skewed_pool(300, seed=1)
+    out = tmp_path / "curated"
+    assert main(["curate", str(write_pool(tmp_path / "in", x)), "--target", "50", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clusters"] == [15, 13, 11, 9] and summary["resample_steps"] == [0, 10, 10, 10]
+    assert summary["resampled"] == [0, 0, 0, 0] and summary["sample_sizes"] == [10, 1, 1, 1]
+    assert "not resampled: level(s) 2, 3, 4, whose clusters hold 2 points or fewer" in capsys.readouterr().err
+
+
 def test_balanced_sample_gives_equal_shares_down_the_tree():
     x, _ = skewed_pool(2000, seed=3)
     tree = hierarchical_kmeans(x, [60, 20, 5], resample_steps=[0, 5, 5], seed=0)

@@ -47,6 +47,10 @@ class HierarchicalClusters:
     centroids). ``row_clusters[:, l]``: the level-(l + 1) cluster of every row."""
 
     levels: list[KMeansResult] = field(default_factory=list)
+    #: per level: the points taken from each cluster in its resampling steps, and the steps run (none where a
+    #: cluster gives one point: k-means on one point a cluster gives back those points)
+    sample_sizes: list[int] = field(default_factory=list)
+    resampled: list[int] = field(default_factory=list)
 
     @property
     def row_clusters(self) -> np.ndarray:
@@ -281,7 +285,9 @@ def hierarchical_kmeans(x: np.ndarray, clusters: list[int], *, resample_steps: l
 
     ``clusters``: k of each level, from the finest (e.g. ``[1000, 200, 50, 10]``); ``resample_steps``:
     per level (or one value for all); ``sample_sizes``: points taken per cluster in those steps,
-    default about half the mean cluster size of the level (the reference configs' rule)."""
+    default half the mean cluster size of the level, rounded up (the reference configs' rule: 10, 5 and 3
+    for mean sizes 20, 10 and 5). A level whose sample size is 1 is not resampled (``resampled`` says
+    which were)."""
     if not clusters or any(k < 1 for k in clusters):
         raise ValueError(f"clusters={clusters}: expected one k >= 1 per level")
     if any(b > a for a, b in zip(clusters, clusters[1:])):
@@ -295,19 +301,20 @@ def hierarchical_kmeans(x: np.ndarray, clusters: list[int], *, resample_steps: l
     if len(steps) != levels:
         raise ValueError(f"resample_steps={resample_steps}: one value per level ({levels})")
     sizes_in = [len(x)] + clusters[:-1]
-    sizes = list(sample_sizes) if sample_sizes is not None else [max(1, n // k // 2) for n, k in zip(sizes_in, clusters)]
+    sizes = list(sample_sizes) if sample_sizes is not None else [max(1, math.ceil(n / k / 2))
+                                                                 for n, k in zip(sizes_in, clusters)]
     if len(sizes) != levels:
         raise ValueError(f"sample_sizes={sample_sizes}: one value per level ({levels})")
     rng = np.random.default_rng(seed)
     kw = dict(n_iters=n_iters, init=init, chunk_size=chunk_size)
-    out = HierarchicalClusters()
+    out = HierarchicalClusters(sample_sizes=sizes)
     data = x
     for level, k in enumerate(clusters):
         result = kmeans(data, k, seed=int(rng.integers(2 ** 31)), max_points_per_centroid=max_points_per_centroid,
                         progress=progress and level == 0, **kw)  # the higher levels take moments
-        if sizes[level] > 1:
-            for _ in range(steps[level]):
-                result = _resample(data, result, k, sizes[level], sample_strategy, rng, kw)
+        out.resampled.append(steps[level] if sizes[level] > 1 else 0)
+        for _ in range(out.resampled[-1]):
+            result = _resample(data, result, k, sizes[level], sample_strategy, rng, kw)
         out.levels.append(result)
         if progress and _world()[0] == 0:
             counts = np.bincount(result.assignment, minlength=k)

@@ -71,6 +71,10 @@ def is_embeddings(path: str | os.PathLike) -> bool:
         (p / name).is_file() for name in ("embeddings.npy", "store.json", "partial.json", "embeddings.partial.npy")))
 
 
+def _per_level(steps: Sequence[int] | int, levels: int) -> list[int]:
+    return [steps] * levels if isinstance(steps, int) else list(steps)
+
+
 def default_clusters(n: int, levels: int) -> list[int]:
     """k per level for ``n`` rows: from ``min(n // 20, 10000)`` at level 1 down to ``sqrt(n) / 2`` at
     the top, geometrically (at least 2 each, never more than the level below, nor than ``n``: one row,
@@ -368,6 +372,12 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     say(f"hierarchical k-means: {len(ks)} levels, clusters {ks}, resampling steps {steps}")
     tree = hierarchical_kmeans(Rows(x, rows), ks, resample_steps=steps, sample_strategy=sample_strategy,
                                n_iters=n_iters, seed=seed, progress=progress)
+    skipped = [level + 1 for level, (asked, run) in enumerate(zip(_per_level(steps, len(ks)), tree.resampled))
+               if asked and not run]
+    if skipped:
+        say(f"  not resampled: level(s) {', '.join(map(str, skipped))}, whose clusters hold 2 points or fewer of the "
+            "level below on average (a resampling step takes half of them, rounded up: one point a cluster leaves "
+            "nothing to re-fit); fewer clusters at those levels (--clusters) or fewer --levels give them more")
     # 4. balanced sampling
     short = len(rows) < target
     picked = rows[balanced_sample(tree, min(target, len(rows)), strategy=sampling, seed=seed)]
@@ -375,7 +385,8 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         "pool": n, "target": target, "selected": int(len(picked)), "short_of_target": bool(short),
         "duplicates_removed": int(len(dedup.removed)) if dedup else 0, "duplicate_groups": dedup.groups if dedup else 0,
         "dedup_threshold": dedup_threshold, "retrieved": retrieved, "clustered": int(len(rows)), "clusters": ks,
-        "resample_steps": steps, "sample_strategy": sample_strategy, "sampling": sampling, "seed": seed,
+        "resample_steps": steps, "resampled": tree.resampled, "sample_sizes": tree.sample_sizes,
+        "sample_strategy": sample_strategy, "sampling": sampling, "seed": seed,
         "source": str(inputs), "unreadable": len(pool.unreadable),
     }
     if short:
