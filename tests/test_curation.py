@@ -57,14 +57,31 @@ def test_a_pool_of_near_copies_selects_what_deduplication_leaves(tmp_path, capsy
     x = (np.ones((12, 16)) + 1e-3 * rng.normal(size=(12, 16))).astype(np.float32)
     out = tmp_path / "curated"
     # more than half the pool removed: a warning says how alike two rows are, and what to do (early weights)
+    # (a median that shows as 1.000 has no --dedup-threshold above it: a threshold is below 1)
     with pytest.warns(UserWarning, match=r"near-duplicate removal took 11 of the 12 rows \(cosine similarity > 0.9\); "
-                                         r"the median similarity of two rows is 1.000\. .*--dedup-threshold above "
-                                         r"that median, or --no-dedup"):
+                                         r"the median similarity of two rows is 1.000\. That is right for a pool of "
+                                         r"copies; otherwise .*: --no-dedup \(no --dedup-threshold"):
         assert main(["curate", str(write_pool(tmp_path / "in", x)), "--target", "5", "--out", str(out),
                      "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["duplicates_removed"] == 11 and summary["selected"] == 1 and summary["short_of_target"]
     assert (out / "selected.txt").read_text().splitlines() == ["img_000000.jpg"]
+
+
+def test_the_crowded_pool_advice_gives_a_threshold_only_where_one_lies_above_the_median():
+    """Rows alike but not copies (median 0.98): a --dedup-threshold above the median is the way on; rows
+    that are copies (median 1.000): no threshold, which is below 1, lies above it, and the advice said to
+    give one all the same (refused)."""
+    from pretrain.curation.pipeline import _crowded
+
+    rng = np.random.default_rng(0)
+    alike = (np.ones((40, 16)) + 0.1 * rng.normal(size=(40, 16))).astype(np.float32)
+    said = _crowded(alike, 30, 0.9)
+    median = float(said.split("median similarity of two rows is ")[1][:5])
+    assert 0.9 < median < 0.999 and said.endswith("give a --dedup-threshold above that median, or --no-dedup")
+    copies = np.repeat(alike[:1], 40, axis=0)
+    assert _crowded(copies, 39, 0.9).endswith("--no-dedup (no --dedup-threshold, which is below 1, lies above that "
+                                              "median)")
 
 
 # -- balance -----------------------------------------------------------------------------------
