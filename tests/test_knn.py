@@ -379,7 +379,7 @@ def test_folder_features_are_read_in_parts_of_batches_with_the_same_numbers(tmp_
     assert torch.equal(workers.labels, here.labels) and torch.equal(workers.features, here.features)
 
 
-def test_folder_layout_errors(tmp_path):
+def test_folder_layout_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         list_image_folder(tmp_path / "missing")
     (tmp_path / "flat").mkdir()
@@ -388,9 +388,13 @@ def test_folder_layout_errors(tmp_path):
         list_image_folder(tmp_path / "flat")
     root = write_folder(tmp_path / "split" / "train")
     write_folder(tmp_path / "split" / "val", per_class=1, classes=("cat", "dog", "eel"))
-    with pytest.raises(ValueError, match="eel"):
+    import dinov2_dense.features as features_module
+
+    read = []
+    monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: read.append(1) or pytest.fail("ran"))
+    with pytest.raises(ValueError, match="eel"):  # (it was refused after the training split's features)
         folder_split_features(tiny_vit(), tmp_path / "split", size=28)
-    assert root.exists()
+    assert root.exists() and read == []
 
 
 def test_train_val_folders_and_evaluate(tmp_path):

@@ -388,7 +388,8 @@ def list_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
         else:
             loose.append(path.name)
     found = dict(sorted(found.items()))
-    empty = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in found]
+    empty = [p.name for p in sorted(root.iterdir())
+             if p.is_dir() and not p.name.startswith(".") and p.name not in found]
     if loose:
         warnings.warn(f"{root}: {len(loose)} image(s) directly in the folder have no class folder and are left out "
                       f"(e.g. {sorted(loose)[0]}); put each image in a subfolder named after its class", stacklevel=2)
@@ -661,6 +662,11 @@ def folder_split_features(
     :func:`stratified_split` (``val_fraction``, ``seed``). ``kwargs`` go to :func:`folder_features`."""
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
+        with warnings.catch_warnings():  # (said when the features are computed)
+            warnings.simplefilter("ignore")
+            # a val class that train does not have, before any image is read (it was refused after train's)
+            classes = kwargs.get("class_names") or list_image_folder(root / "train")[2]
+            list_image_folder(root / "val", class_names=classes)
         train = folder_features(model, root / "train", keep_empty_classes=True, **kwargs)
         kwargs.pop("class_names", None)
         val = folder_features(model, root / "val", class_names=train.class_names, **kwargs)
