@@ -20,6 +20,11 @@ def __getattr__(name: str):
         from . import zoo
 
         return getattr(zoo, name)
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule, as after `import dinov2_dense.zoo` (the README names dinov2_dense.zoo.load_model)
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'dinov2_dense' has no attribute {name!r}")
 
 __all__ = [

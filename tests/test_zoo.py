@@ -247,3 +247,15 @@ def test_missing_backbone_with_head_found_hints_backbone_weights_none(tmp_path, 
     assert out.shape == (1, 1, 30, 45)
     head = model.decode_head.state_dict()
     assert all(torch.equal(head[k[len("decode_head."):]], v) for k, v in sd.items())
+
+
+def test_the_zoo_is_an_attribute_of_the_package_after_import_dinov2_dense():
+    """The README names dinov2_dense.zoo: after `import dinov2_dense` alone it was no attribute (AttributeError)."""
+    import subprocess
+    import sys
+
+    code = ("import dinov2_dense; assert dinov2_dense.zoo.load_model is dinov2_dense.load_model; "
+            "assert not hasattr(dinov2_dense, 'no_such_module'); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
