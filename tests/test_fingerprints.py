@@ -168,6 +168,23 @@ def test_test_runs_a_head_with_its_backbone_read_from_a_timm_file(files, trained
     assert _test(capsys, files, older, files["timm"], tmp_path / "older_timm2", "--other-backbone")[0] == 0
 
 
+def test_test_refuses_a_head_fed_other_blocks_than_its_run_fed_it(files, trained, tmp_path, capsys):
+    """A head trained on one block, tested with a config that feeds it another of the same width, ran and
+    scored with no error (a reviewer: mIoU 3.4294 against 3.4683). The checkpoint records what the head read."""
+    recorded = torch.load(trained, weights_only=True)["meta"]["head_inputs"]
+    assert recorded == {"layers": [1], "norm": True, "class_token": False}, recorded
+    run = ["test", str(SEG_CFG), str(trained), "--work-dir", str(tmp_path / "w")]
+    capsys.readouterr()
+    assert main([*run, "--cfg-options", *_opts(files, files["a"]), "model.layers=[0]", "model.norm=False"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert ("holds a head trained on other features of its backbone than this config feeds it (model.layers [1] in "
+            "its run, [0] here; model.norm True in its run, False here): give --cfg-options model.layers=[1] "
+            "model.norm=True") in err, err
+    assert main([*run, "--other-backbone", "--cfg-options", *_opts(files, files["a"]), "model.layers=[0]"]) == 0
+    assert "(--other-backbone: going on)" in capsys.readouterr().out
+
+
 # -- to-mmseg / from-mmseg: the record travels and is checked --------------------------------------
 def _convert(capsys, *argv) -> tuple[int, str]:
     pytest.importorskip("dinov2_dense.mmseg", reason="the mmseg extra is not installed", exc_type=ImportError)

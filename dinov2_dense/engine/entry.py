@@ -88,7 +88,8 @@ def _common_run_arguments(parser: argparse.ArgumentParser, example: str) -> argp
     parser.add_argument("--partial-load", action="store_true",
                         help="load the checkpoint's keys that fit and keep the rest as built (default: refuse)")
     parser.add_argument("--other-backbone", action="store_true",
-                        help="load a head trained on another backbone than the config's (default: refuse)")
+                        help="load a head trained on another backbone than the config's, or on other blocks of "
+                             "it (model.layers, norm, class_token) (default: refuse)")
     parser.add_argument("--cfg-options", nargs="+", action=OptionsAction, default={},
                         help=f"override config entries, e.g. {example}")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",

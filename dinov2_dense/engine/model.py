@@ -268,6 +268,13 @@ class DenseModel(BaseModel):
             self._fingerprint = fingerprints(self.backbone)
         return {"weights": self.backbone_source, **self._fingerprint}
 
+    def head_inputs(self) -> dict:
+        """What the head reads of the backbone (kept in checkpoints' ``meta.head_inputs``, which a test or
+        a run loading them compares): the blocks, whether through the final norm, and class tokens."""
+        predictor = self.predictor
+        return {"layers": [int(i) for i in predictor.layers], "norm": bool(predictor.norm),
+                "class_token": bool(predictor.class_token)}
+
     def state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
         """What keeps ``state`` from loading strictly (missing, unexpected, mis-shaped keys); a
         frozen backbone's keys may be absent (head-only checkpoints, official head files)."""

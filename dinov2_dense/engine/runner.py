@@ -99,8 +99,9 @@ class CheckpointSanitizerHook(Hook):
 
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         meta = checkpoint.setdefault("meta", {})
-        if hasattr(model, "backbone_info"):  # which backbone the head was trained on
+        if hasattr(model, "backbone_info"):  # which backbone the head was trained on, and what it read of it
             meta["backbone"] = model.backbone_info()
+            meta["head_inputs"] = model.head_inputs()
         meta["world_size"] = int(get_world_size())  # the processes whose batches made the batch of a step
         batch = _train_batch_size(runner)
         if batch is not None:
@@ -838,6 +839,7 @@ class DenseRunner(Runner):
                                       "would load nothing and keep the model as built:\n  " + "\n  ".join(problems))
         refuse_nonfinite(state, str(filename))
         self._check_backbone(filename, checkpoint, state, model)
+        self._check_head_inputs(filename, checkpoint, model)
         replaced = _replaces_backbone(state, model)
         model.load_state_dict(state, strict=not problems)
         if replaced:
@@ -855,6 +857,27 @@ class DenseRunner(Runner):
         self._has_loaded = True
         self.logger.info(f"Load checkpoint from {filename}")
         return checkpoint
+
+    def _check_head_inputs(self, filename: str, checkpoint: dict, model) -> None:
+        """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.head_inputs`` records other blocks,
+        norm or class tokens than this config feeds the head: a head of the same width then loaded and ran on
+        features it was not trained on, with no error (a checkpoint from before the record is not checked)."""
+        recorded = (checkpoint.get("meta") or {}).get("head_inputs")
+        if not isinstance(recorded, dict) or not hasattr(model, "head_inputs"):
+            return
+        ours = model.head_inputs()
+        keys = {"layers": "model.layers", "norm": "model.norm", "class_token": "model.class_token"}
+        differ = [(keys[k], recorded[k], ours[k]) for k in keys if k in recorded and recorded[k] != ours[k]]
+        if not differ:
+            return
+        said = "; ".join(f"{key} {theirs} in its run, {mine} here" for key, theirs, mine in differ)
+        message = (f"{filename} holds a head trained on other features of its backbone than this config feeds it "
+                   f"({said})")
+        if not self.other_backbone:
+            give = " ".join(f"{key}={theirs}" for key, theirs, _ in differ)
+            raise CheckpointError(message + f": give --cfg-options {give} (as the config of its run), or pass "
+                                  "--other-backbone to use it so anyway")
+        self.logger.warning(message + " (--other-backbone: going on)")
 
     def _check_backbone(self, filename: str, checkpoint: dict, state: dict, model) -> None:
         """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.backbone`` records another
