@@ -752,6 +752,16 @@ def test_a_list_of_dicts_in_cfg_options_arrives_whole():
                                 "train.dataset.root": "data/{a}", "crops.local_crops_scale": (0.05, 0.3)}
     with pytest.raises(SystemExit):
         parser.parse_args(["--cfg-options", "distill.students=[{'embed_dim': 32,]"])
+    # dicts as the configs write them (dict(depth=3, embed_dim=48) in a list recursed in mmengine's parser until
+    # Python stopped it: "cannot read the value (maximum recursion depth exceeded ...)"; dict(...) alone was refused)
+    args = parser.parse_args(["--cfg-options", "distill.students=[dict(depth=3, embed_dim=48)]",
+                              "train.dataset=dict(type='skimage', names=('camera', 'coins'))", "root=data/dict(x)"])
+    assert args.cfg_options == {"distill.students": [{"depth": 3, "embed_dim": 48}],
+                                "train.dataset": {"type": "skimage", "names": ("camera", "coins")},
+                                "root": "data/dict(x)"}
+    for call in ("a=dict(x=open('f'))", "a=[dict(**x)]"):  # no other call than dict(key=value)
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--cfg-options", call])
 
 
 def test_one_line_errors_everywhere(tmp_path, capsys):

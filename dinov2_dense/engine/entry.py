@@ -54,23 +54,40 @@ class OptionsAction(DictAction):
         options = dict(getattr(namespace, self.dest, None) or {})
         for item in items:
             key, value = item.split("=", 1)
-            if value.strip()[:5] == "dict(":
-                parser.error(f"{option_string} {item!r}: write a dict as a Python literal ({key}={{'mode': "
-                             f"'slide', ...}}) or set its keys one by one ({key}.mode=slide)")
+            # mmengine splits at every comma outside [] and (), so a dict ("distill.students=[{'embed_dim': 32,
+            # 'num_heads': 2}]") came apart into strings, and dict(...) recursed until Python stopped it: a value
+            # holding a dict, as a literal or as the configs write it (dict(depth=3, embed_dim=48)), is read whole
+            if value.strip()[:1] in ("[", "(", "{", "d") and ("{" in value or "dict(" in value.replace(" ", "")):
+                try:
+                    options[key] = _literal_with_dicts(value.strip())
+                    continue
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                    # (a string that only holds one, data/dict(x), is read as mmengine reads strings)
+                    if value.strip()[:1] != "d" or value.replace(" ", "").startswith("dict("):
+                        parser.error(f"{option_string} {item!r}: a value with a dict must be a Python literal, e.g. "
+                                     f"{key}={{'name': 1}}, {key}=dict(name=1) or {key}=[dict(name=1)]")
             try:
                 options[key] = self._parse_iterable(value)
             except (ValueError, SyntaxError, TypeError, AssertionError, RecursionError) as exc:
                 why = "unbalanced brackets" if isinstance(exc, AssertionError) else _one_line(exc)[:120]
                 parser.error(f"{option_string} {item!r}: cannot read the value ({why})")
-            # mmengine splits at every comma outside [] and (), so a dict ("distill.students=[{'embed_dim': 32,
-            # 'num_heads': 2}]") came apart into strings: a value holding a dict is read as a Python literal
-            if "{" in value and value.strip()[:1] in ("[", "(", "{"):
-                try:
-                    options[key] = ast.literal_eval(value.strip())
-                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                    parser.error(f"{option_string} {item!r}: a value with a dict must be a Python literal, e.g. "
-                                 "distill.students=[{'embed_dim':384,'num_heads':6}]")
         setattr(namespace, self.dest, options)
+
+
+def _literal_with_dicts(text: str):
+    """A Python literal in which ``dict(key=value, ...)`` may stand for ``{'key': value, ...}``, as the configs
+    write dicts (no other call is taken: ValueError)."""
+
+    class Dicts(ast.NodeTransformer):
+        def visit_Call(self, node: ast.Call):
+            self.generic_visit(node)
+            if not (isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args
+                    and all(k.arg is not None for k in node.keywords)):
+                raise ValueError("a call other than dict(key=value, ...)")
+            return ast.Dict(keys=[ast.Constant(k.arg) for k in node.keywords], values=[k.value for k in node.keywords])
+
+    tree = Dicts().visit(ast.parse(text, mode="eval"))
+    return ast.literal_eval(ast.fix_missing_locations(tree))
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
