@@ -630,13 +630,22 @@ def _named_backbone(model, weights_record) -> str:
 def _pca_model(args: argparse.Namespace, basis) -> None:
     """pca's --model left out with a --basis: the model the basis was fitted on (not the default
     dinov2_vits14), where it records a zoo name and the --weights bring no architecture of their own (a
-    backbone.json or config.json beside them), said in a note, as the basis's size is. A --model given is
+    backbone.json or config.json beside them), said in a note, as the basis's size is; with --weights left
+    out too, a weights file that the basis was fitted on and that brings its architecture (an export). A --model given is
     taken as given, and weights other than the basis's are warned of (_other_backbone_warning)."""
-    from .hub import BACKBONES
+    from .hub import BACKBONES, architecture_beside
 
     if basis is None or args.model is not None or _architecture_beside_weights(args):
         return
     recorded = basis.info.get("model")
+    if args.weights == "official" and isinstance(recorded, str) and recorded not in BACKBONES \
+            and Path(recorded).is_file() and architecture_beside(recorded):
+        # fitted on a weights file that brings its architecture (a pretraining export): those weights, not the
+        # default model's (it went to dinov2_vits14, and offline named only its download)
+        args.weights = recorded
+        print(f"note: --weights {recorded}, the weights {args.basis} was fitted on (give --weights or --model for "
+              "others)", file=sys.stderr)
+        return
     if not isinstance(recorded, str) or recorded not in BACKBONES or recorded == "dinov2_vits14":
         return  # (dinov2_vits14: the default, taken anyway)
     args.model = recorded

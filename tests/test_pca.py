@@ -707,6 +707,29 @@ def test_a_basis_brings_its_model_unless_model_is_given(images, tmp_path, torch_
     assert "note: --model dinov2_dense_tiny" in err and "colouring features of dinov2_dense_tiny with random" in err
 
 
+def test_a_basis_fitted_on_an_export_brings_its_weights_unless_weights_are_given(images, tmp_path, torch_home,
+                                                                                  capsys, monkeypatch):
+    """A basis fitted on a pretraining export (--weights FILE, backbone.json beside it) reused without --weights
+    loaded dinov2_vits14 and, offline, named only its download (a reviewer's report): it takes the export."""
+    from pretrain.export import export_backbone
+
+    from .conftest import randomize_, tiny_vit
+
+    monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
+    export = export_backbone(randomize_(tiny_vit(depth=2, dim=32, heads=2, img=56), seed=4),
+                             tmp_path / "export")["safetensors"]
+    fit, again = tmp_path / "fit", tmp_path / "again"
+    assert main(["pca", str(images[0]), "--weights", str(export), "--size", "56", "--num-workers", "0",
+                 "--out", str(fit)]) == 0
+    capsys.readouterr()
+    basis = fit / "pca_basis.npz"
+    assert main(["pca", str(images[0]), "--basis", str(basis), "--num-workers", "0", "--out", str(again)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: --weights {export.resolve()}, the weights {basis} was fitted on" in err and "warning" not in err, err
+    for name in ("a_mask.png", "a_pca.png"):
+        np.testing.assert_array_equal(read_rgb(again / name), read_rgb(fit / name))
+
+
 def test_a_basis_of_a_block_the_model_lacks_is_refused_naming_it(images, tmp_path, capsys):
     """A basis fitted on block 2 of a 3-block model, reused on a 1-block model without --layer, ended in the
     library's 'layer 2 out of range' (naming neither --basis nor the block), after a warning of other weights."""
