@@ -575,9 +575,10 @@ def weights_identity(model: nn.Module, features: bool = False) -> dict[str, str]
     in the same pass."""
     form = weights_form(model)
     if not features:
-        return {"weights_sha256": fingerprint(model), "weights_form": form}
+        return {"weights_sha256": fingerprint(model), "weights_form": form, "forward": forward_settings(model)}
     prints = fingerprints(model)
-    return {"weights_sha256": prints["sha256"], "weights_form": form, FEATURES_KEY: prints[FEATURES_KEY]}
+    return {"weights_sha256": prints["sha256"], "weights_form": form, FEATURES_KEY: prints[FEATURES_KEY],
+            "forward": forward_settings(model)}
 
 
 #: The key under which records (a checkpoint's ``meta.backbone``, a PCA basis's info) keep
@@ -585,6 +586,29 @@ def weights_identity(model: nn.Module, features: bool = False) -> dict[str, str]
 FEATURES_KEY = "features_sha256"
 #: Hashed first in :func:`features_fingerprint`: its digests are never those of :func:`fingerprint`.
 _FEATURES_DOMAIN = b"dinov2-dense features v1;"
+
+
+#: Settings of a backbone that change what it computes without changing any tensor of its state (so no
+#: fingerprint sees them): the heads its attention splits the width into, its position embedding's resampling.
+FORWARD_SETTINGS = ("num_heads", "interpolate_antialias", "interpolate_offset")
+
+
+def forward_settings(module: nn.Module) -> dict:
+    """:data:`FORWARD_SETTINGS` of a backbone, as JSON values (records keep them beside its fingerprints: the
+    same weights read with another architecture file compute other features); ``{}`` for other modules."""
+    return {k: (v if isinstance(v, bool) else float(v) if isinstance(v, float) else int(v))
+            for k in FORWARD_SETTINGS if isinstance(v := getattr(module, k, None), (bool, int, float))}
+
+
+def forward_difference(recorded: Mapping, ours: Mapping) -> str | None:
+    """Where two records' ``forward`` settings differ ("num_heads 3 -> 6"), or None (also where either
+    lacks the record: one of an older version)."""
+    theirs, mine = recorded.get("forward"), ours.get("forward")
+    if not isinstance(theirs, Mapping) or not isinstance(mine, Mapping):
+        return None
+    differ = [f"{k} {theirs[k]} -> {mine[k]}" for k in FORWARD_SETTINGS
+              if k in theirs and k in mine and theirs[k] != mine[k]]
+    return ", ".join(differ) or None
 
 
 def fingerprint(module: nn.Module | Mapping[str, Tensor]) -> str:

@@ -659,7 +659,7 @@ def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[st
     the same weights read from another file format, such as timm's, are the same; else, for an older
     basis, the weights' SHA-256); else (an older basis still, or another --dtype) by the model's name or
     weights path, and random weights' seed, as recorded. Random weights are named as such, with their seed."""
-    from .checkpoints import backbone_difference
+    from .checkpoints import backbone_difference, forward_difference
 
     fitted_on = _named_backbone(basis.info.get("model", "unknown model"), basis.info.get("weights"))
     mine = _random_weights_record(args)
@@ -667,7 +667,10 @@ def _other_backbone_warning(args: argparse.Namespace, basis, weights_id: dict[st
     if basis.info.get("weights_sha256") is not None and basis.info.get("weights_form") == weights_id["weights_form"]:
         difference = backbone_difference(basis.info, weights_id, weights_key="weights_sha256")
         if difference is None:
-            return None
+            settings = forward_difference(basis.info, weights_id)  # the same weights, read with other settings
+            return None if settings is None else (
+                f"warning: {args.basis} was fitted on these weights computed with other settings ({settings}: "
+                "another architecture file), so their features differ")
         label, theirs, ours = difference
         return (f"warning: {args.basis} was fitted on other weights ({fitted_on}, {label} {theirs[:12]}), "
                 f"colouring features of {these} ({label} {ours[:12]})")

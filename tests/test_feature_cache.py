@@ -123,6 +123,12 @@ def test_a_cache_of_other_settings_is_refused(scenes, tmp_path):
     no_norm = DensePredictor(backbone, LinearHead([48, 48], 5), task="segmentation", layers=[0, 1], norm=False)
     with pytest.raises(ValueError, match="norm True"):
         train_head(no_norm, cache, [CrossEntropyLoss()], progress=False)
+    # the same weights split into other heads (another architecture file): other features, no tensor changed
+    four_heads = tiny_vit(depth=2, heads=4)
+    four_heads.load_state_dict(backbone.state_dict())
+    with pytest.raises(ValueError, match=r"same backbone weights built with other settings \(num_heads 2 -> 4\)"):
+        train_head(DensePredictor(four_heads, LinearHead([48, 48], 5), task="segmentation", layers=[0, 1]), cache,
+                   [CrossEntropyLoss()], progress=False)
     with torch.no_grad():
         backbone.cls_token.add_(0.01)  # tiny_vit's weights are seeded: the same as the cache's until changed
     other_backbone = DensePredictor(backbone, LinearHead([48, 48], 5), task="segmentation", layers=[0, 1])

@@ -185,6 +185,23 @@ def test_test_refuses_a_head_fed_other_blocks_than_its_run_fed_it(files, trained
     assert "(--other-backbone: going on)" in capsys.readouterr().out
 
 
+def test_test_refuses_a_head_on_the_same_weights_built_with_other_heads(files, trained, tmp_path, capsys):
+    """The checks compared tensors only: the same weights read with an architecture of other num_heads (whose
+    features differ) passed as the head's backbone. The checkpoint records the settings (meta.backbone.forward)."""
+    import json
+
+    recorded = torch.load(trained, weights_only=True)["meta"]["backbone"]["forward"]
+    assert recorded == {"num_heads": 2, "interpolate_antialias": True, "interpolate_offset": 0.0}, recorded
+    arch = json.loads(Path(files["json"]).read_text())
+    other = tmp_path / "four_heads.json"
+    other.write_text(json.dumps({**arch, "num_heads": 4}))
+    capsys.readouterr()
+    code = main(["test", str(SEG_CFG), str(trained), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 *_opts(files, files["a"]), f"model.backbone={other}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the same backbone weights built with other settings (num_heads 2 -> 4" in err, err
+
+
 # -- to-mmseg / from-mmseg: the record travels and is checked --------------------------------------
 def _convert(capsys, *argv) -> tuple[int, str]:
     pytest.importorskip("dinov2_dense.mmseg", reason="the mmseg extra is not installed", exc_type=ImportError)

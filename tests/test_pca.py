@@ -728,6 +728,15 @@ def test_a_basis_fitted_on_an_export_brings_its_weights_unless_weights_are_given
     assert f"note: --weights {export.resolve()}, the weights {basis} was fitted on" in err and "warning" not in err, err
     for name in ("a_mask.png", "a_pca.png"):
         np.testing.assert_array_equal(read_rgb(again / name), read_rgb(fit / name))
+    # the same weights read with an architecture of other heads: other features, which no fingerprint saw
+    import json
+
+    four = tmp_path / "four_heads.json"
+    four.write_text(json.dumps({**json.loads((export.parent / "backbone.json").read_text()), "num_heads": 4}))
+    assert main(["pca", str(images[0]), "--basis", str(basis), "--model", str(four), "--weights", str(export),
+                 "--num-workers", "0", "--out", str(tmp_path / "four")]) == 0
+    assert (f"warning: {basis} was fitted on these weights computed with other settings (num_heads 2 -> 4: "
+            "another architecture file)") in capsys.readouterr().err
 
 
 def test_a_basis_of_a_block_the_model_lacks_is_refused_naming_it(images, tmp_path, capsys):
@@ -775,7 +784,9 @@ def test_a_basis_saved_from_python_records_the_weights_and_how_the_features_were
     info = PCABasis.load(path).info
     assert info["weights_sha256"] == fitted == fingerprint(model) and info["weights_form"] == "float32"
     assert info["tile"] == 28 and "resize_8bit" not in info
-    assert weights_identity(model) == {k: info[k] for k in ("weights_sha256", "weights_form")}
+    assert weights_identity(model) == {k: info[k] for k in ("weights_sha256", "weights_form", "forward")}
+    assert info["forward"] == {"num_heads": model.num_heads, "interpolate_antialias": model.interpolate_antialias,
+                               "interpolate_offset": model.interpolate_offset}
     common = ["--size", "56", "--num-workers", "0", "--basis", str(path)]
     capsys.readouterr()
     same = files["safetensors"]

@@ -47,11 +47,15 @@ class FeatureCache(Dataset):
         want = {"layers": list(predictor.layers), "norm": predictor.norm, "class_token": predictor.class_token,
                 "task": predictor.task}
         if "backbone" in self.meta:
-            from dinov2_dense.checkpoints import fingerprint
+            from dinov2_dense.checkpoints import fingerprint, forward_difference, forward_settings
 
             if self.meta["backbone"] != fingerprint(predictor.backbone):
                 raise ValueError(f"{self.path}: the feature cache was built with another backbone (other weights); "
                                  "build a cache for this one")
+            settings = forward_difference(self.meta, {"forward": forward_settings(predictor.backbone)})
+            if settings is not None:  # (a cache of an older version records none)
+                raise ValueError(f"{self.path}: the feature cache was built with the same backbone weights built "
+                                 f"with other settings ({settings}); build a cache for this one")
         diff = [f"{k} {self.meta.get(k)!r} (the predictor's: {v!r})" for k, v in want.items() if self.meta.get(k) != v]
         if diff:
             raise ValueError(f"{self.path}: the feature cache was built with other settings: {'; '.join(diff)}")
@@ -140,11 +144,11 @@ class FeatureCache(Dataset):
                 offset += b
             for store in (maps or []) + (cls_tokens or []) + ([targets] if targets is not None else []):
                 store.flush()
-            from dinov2_dense.checkpoints import fingerprint
+            from dinov2_dense.checkpoints import fingerprint, forward_settings
 
             meta = {"layers": predictor.layers, "norm": predictor.norm, "class_token": predictor.class_token,
                     "task": predictor.task, "count": n, "dtype": dtype, "backbone": fingerprint(predictor.backbone),
-                    "files": files}
+                    "forward": forward_settings(predictor.backbone), "files": files}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             del maps, cls_tokens, targets
         return cls(path)

@@ -18,7 +18,7 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 import heads
-from dinov2_dense.checkpoints import fingerprints, key_mismatches, load_backbone_weights
+from dinov2_dense.checkpoints import fingerprints, forward_settings, key_mismatches, load_backbone_weights
 from dinov2_dense.hub import BACKBONES, load_backbone
 from dinov2_dense.models import DinoVisionTransformer
 from heads.predictor import DensePredictor
@@ -263,10 +263,11 @@ class DenseModel(BaseModel):
         """Where the backbone's weights came from and their fingerprints (kept in checkpoints'
         ``meta.backbone``): ``sha256`` of the weights as loaded (:func:`~dinov2_dense.checkpoints.fingerprint`)
         and ``features_sha256`` of what they compute (:func:`~dinov2_dense.checkpoints.features_fingerprint`:
-        the same for the same weights from an official, timm or Hugging Face file)."""
+        the same for the same weights from an official, timm or Hugging Face file), and the settings that
+        change its features without changing a tensor (``forward``: :func:`~dinov2_dense.checkpoints.forward_settings`)."""
         if self._fingerprint is None or not self.predictor.freeze_backbone:
             self._fingerprint = fingerprints(self.backbone)
-        return {"weights": self.backbone_source, **self._fingerprint}
+        return {"weights": self.backbone_source, **self._fingerprint, "forward": forward_settings(self.backbone)}
 
     def head_inputs(self) -> dict:
         """What the head reads of the backbone (kept in checkpoints' ``meta.head_inputs``, which a test or

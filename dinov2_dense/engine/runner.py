@@ -884,7 +884,7 @@ class DenseRunner(Runner):
         backbone than this config builds: by ``features_sha256`` where both record it (the same weights
         read from a timm or Hugging Face file are the same backbone), else by the weights' ``sha256``
         (a checkpoint of an older version, which tells those formats apart too)."""
-        from dinov2_dense.checkpoints import backbone_difference, difference_reason
+        from dinov2_dense.checkpoints import backbone_difference, difference_reason, forward_difference
 
         recorded = (checkpoint.get("meta") or {}).get("backbone")
         if not isinstance(recorded, dict) or not hasattr(model, "backbone_info"):
@@ -894,6 +894,15 @@ class DenseRunner(Runner):
         ours = model.backbone_info()
         difference = backbone_difference(recorded, ours)
         if difference is None:
+            settings = forward_difference(recorded, ours)  # the same weights, built with other settings
+            if settings is None:
+                return
+            message = (f"{filename} holds a head trained on the same backbone weights built with other settings "
+                       f"({settings}: another model.backbone or architecture file), whose features differ")
+            if not self.other_backbone:
+                raise CheckpointError(message + "; build it as its run did, or pass --other-backbone to use this "
+                                      "one anyway")
+            self.logger.warning(message + " (--other-backbone: going on)")
             return
         label, theirs, mine = difference
         differ = difference_reason(label) + ("" if label.startswith("features") else

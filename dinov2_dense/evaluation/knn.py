@@ -603,7 +603,7 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
     import hashlib
     import json
 
-    from ..checkpoints import fingerprint
+    from ..checkpoints import fingerprint, forward_settings
     from ..fileio import file_stamp
     from ..images import max_pixels
 
@@ -611,8 +611,11 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
     files = [(path, *(file_stamp(path) or (None, None))) for path in paths]
     # version 2: every class folder kept in the file (version 1 files had the empty ones left out);
     # the pixel limit in force: which images are skipped (a raised limit misses, reading them again)
-    about = {"version": 2, "weights": fingerprint(model), "files": files, "labels": labels, "classes": names,
-             "size": list(hw), "pooling": pooling, "autocast": str(autocast), "max_pixels": max_pixels()}
+    # version 3: the settings that change the features but no tensor (num_heads, the position embedding's
+    # resampling), read from the architecture file: the same weights with another one missed no cache
+    about = {"version": 3, "weights": fingerprint(model), "forward": forward_settings(model), "files": files,
+             "labels": labels, "classes": names, "size": list(hw), "pooling": pooling, "autocast": str(autocast),
+             "max_pixels": max_pixels()}
     if resize_8bit:  # only when set: the keys of caches made before the option stay valid
         about["resize_8bit"] = True
     return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]

@@ -142,7 +142,10 @@ def _recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
         return None
-    return {str(k): str(v) for k, v in record.items() if isinstance(v, str)}
+    kept = {str(k): str(v) for k, v in record.items() if isinstance(v, str)}
+    if isinstance(record.get("forward"), dict):  # the settings its features were computed with (train records them)
+        kept["forward"] = dict(record["forward"])
+    return kept
 
 
 def _backbone_of(state: dict[str, Tensor]) -> dict[str, Tensor]:
