@@ -100,7 +100,8 @@ class DenseMonitor:
 
     def __init__(self, cfg: dict[str, Any], out_dir: str | os.PathLike, device: torch.device | str = "cpu",
                  watched: str = "teacher"):
-        """``watched``: what the backbone is, for the figures' titles (a distillation's: ``student0``)."""
+        """``watched``: what the backbone is, for the figures' titles (a distillation's: ``student0 (EMA)``,
+        the EMA of the first student, which the export holds)."""
         self.cfg = cfg
         self.watched = watched
         self.out = Path(out_dir)

@@ -836,7 +836,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
             from .monitor import DenseMonitor
 
             monitor = DenseMonitor(cfg["monitor"], work_dir / "monitor", device,
-                                   watched="student0" if cfg["distill"]["teacher"] else "teacher")
+                                   watched="student0 (EMA)" if cfg["distill"]["teacher"] else "teacher")
         if claim is not None:
             claim.ready()  # a new work dir is made, and marked, only now that the start is checked
         if fresh:  # the model is built and the config checked: the run replaced goes now, before any write
