@@ -873,10 +873,14 @@ class DenseRunner(Runner):
         said = "; ".join(f"{key} {theirs} in its run, {mine} here" for key, theirs, mine in differ)
         message = (f"{filename} holds a head trained on other features of its backbone than this config feeds it "
                    f"({said})")
+        give = " ".join(f"{key}={theirs}" for key, theirs, _ in differ)
+        self._refuse_other_backbone(message, f": give --cfg-options {give} (as the config of its run), or pass "
+                                    "--other-backbone to use it so anyway")
+
+    def _refuse_other_backbone(self, message: str, way: str) -> None:
+        """Raise ``message + way`` as a CheckpointError, or with ``other_backbone`` warn of ``message`` and go on."""
         if not self.other_backbone:
-            give = " ".join(f"{key}={theirs}" for key, theirs, _ in differ)
-            raise CheckpointError(message + f": give --cfg-options {give} (as the config of its run), or pass "
-                                  "--other-backbone to use it so anyway")
+            raise CheckpointError(message + way)
         self.logger.warning(message + " (--other-backbone: going on)")
 
     def _check_backbone(self, filename: str, checkpoint: dict, state: dict, model) -> None:
@@ -899,17 +903,13 @@ class DenseRunner(Runner):
                 return
             message = (f"{filename} holds a head trained on the same backbone weights built with other settings "
                        f"({settings}: another model.backbone or architecture file), whose features differ")
-            if not self.other_backbone:
-                raise CheckpointError(message + "; build it as its run did, or pass --other-backbone to use this "
-                                      "one anyway")
-            self.logger.warning(message + " (--other-backbone: going on)")
+            self._refuse_other_backbone(message, "; build it as its run did, or pass --other-backbone to use this "
+                                        "one anyway")
             return
         label, theirs, mine = difference
         differ = difference_reason(label) + ("" if label.startswith("features") else
                                              ": if they are the same weights, --other-backbone is safe")
         message = (f"{filename} holds a head trained on another backbone ({recorded.get('weights')}, {label} "
                    f"{theirs[:12]}) than this config builds ({ours['weights']}, {label} {mine[:12]}): {differ}")
-        if not self.other_backbone:
-            raise CheckpointError(message + "; give the same backbone weights (model.backbone_weights=...), or pass "
-                                  "--other-backbone to use this one anyway")
-        self.logger.warning(message + " (--other-backbone: going on)")
+        self._refuse_other_backbone(message, "; give the same backbone weights (model.backbone_weights=...), or "
+                                    "pass --other-backbone to use this one anyway")
