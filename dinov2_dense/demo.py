@@ -542,12 +542,13 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, DEMO_WEIGHTS_HINT)) from None
     work = _work_dir(Path(work_dir), overwrite)
     label = label or model or str(weights)
-    from .checkpoints import fingerprint
+    from .checkpoints import fingerprint, forward_settings
 
     # through JSON, as demo.json stores them (tuples come back as lists), so that a rerun compares equal; the
-    # weights' fingerprint, so that other weights under the same --model are other settings, not the old results
-    state = _State(work, json.loads(json.dumps({**asdict(s), "model": label, "weights": fingerprint(pretrained)})),
-                   overwrite)
+    # weights' fingerprint, so that other weights under the same --model are other settings, not the old results,
+    # and the settings that change the features but no tensor (an export's backbone.json edited, say)
+    recorded = {**asdict(s), "model": label, "weights": fingerprint(pretrained), "forward": forward_settings(pretrained)}
+    state = _State(work, json.loads(json.dumps(recorded)), overwrite)
     total = 4 + 2 * len(HEADS)
     step_no = 0
 

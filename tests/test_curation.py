@@ -1083,6 +1083,33 @@ def test_a_store_keeps_the_rows_of_unchanged_images_when_the_pool_changes(tmp_pa
     assert sum(seen) == 8 and "other settings (size 28 -> 42); embedding all 8 images again" in capsys.readouterr().err
 
 
+def test_a_store_of_the_same_weights_built_with_other_heads_is_embedded_again(tmp_path, monkeypatch, capsys):
+    """The store was keyed by the weights alone: the same weights read with an architecture file of other
+    num_heads (other features) reused its rows. A store from before the record is taken as it is."""
+    folder = _images(tmp_path / "imgs", 4, broken=False)
+    model = tiny_vit(depth=2, dim=32, img=28).eval()
+    four = tiny_vit(depth=2, dim=32, heads=4, img=28).eval()
+    four.load_state_dict(model.state_dict())
+    run = dict(size=28, batch_size=4, progress=False)
+    out = tmp_path / "store"
+    embed_images(model, folder, out, **run)
+    info = json.loads((out / "store.json").read_text())
+    assert info["forward"] == {"num_heads": 2, "interpolate_antialias": False, "interpolate_offset": 0.1}, info
+    capsys.readouterr()
+    seen = _counting(monkeypatch)
+    again = embed_images(four, folder, out, **run)
+    assert sum(seen) == 4 and "other settings (forward " in capsys.readouterr().err
+    fresh = embed_images(four, folder, tmp_path / "fresh", **run)
+    np.testing.assert_array_equal(np.asarray(again.embeddings), np.asarray(fresh.embeddings))
+    # a store from before the record: its rows are kept, whatever the settings
+    info = json.loads((out / "store.json").read_text())
+    del info["forward"]
+    (out / "store.json").write_text(json.dumps(info))
+    seen.clear()
+    embed_images(four, folder, out, **run)
+    assert seen == []
+
+
 def _reading(monkeypatch) -> list[str]:
     """The image files read from here on (every read of the store and of knn goes through try_read_resized)."""
     import dinov2_dense.evaluation.knn as knn

@@ -360,3 +360,34 @@ def test_the_report_writes_each_kind_of_number_one_way(tmp_path, monkeypatch):
     assert "0.528" not in md + html and "0.000" not in md + html
     summary = json.loads((work / "report.json").read_text())
     assert summary["segmentation"]["pretrained"]["IoU"][1] == 0.528 and summary["depth"]["random"]["rmse"] == 12.3456
+
+
+def test_a_demo_of_the_same_weights_built_with_other_settings_is_not_continued(tmp_path):
+    """demo.json records the backbone's forward settings beside its weights' fingerprint: the same weights
+    read with another architecture (other num_heads) compute other features, so the old results are not
+    continued; a demo.json from before the record is continued (a setting it lacks counts as matching)."""
+    import dinov2_dense.demo as demo
+    from dinov2_dense.demo import _State
+
+    recorded = []
+
+    def stop(work, settings, overwrite):  # what run_demo records, before any step
+        recorded.append(settings)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "_State", stop)
+        with pytest.raises(KeyboardInterrupt):
+            demo.run_demo(tmp_path / "run", "dinov2_dense_tiny", progress=False)
+    assert recorded[0]["forward"] == {"num_heads": 3, "interpolate_antialias": False, "interpolate_offset": 0.1}
+
+    settings = {"size": 112, "weights": "abc", "forward": {"num_heads": 3, "interpolate_antialias": False,
+                                                           "interpolate_offset": 0.1}}
+    older = {k: v for k, v in settings.items() if k != "forward"}
+    (tmp_path / "demo.json").write_text(json.dumps({"settings": older, "steps": {"scenes": {"done": True}}}))
+    assert _State(tmp_path, settings, overwrite=False).data["steps"] == {"scenes": {"done": True}}
+    (tmp_path / "demo.json").write_text(json.dumps({"settings": settings, "steps": {}}))
+    other = {**settings, "forward": {**settings["forward"], "num_heads": 6}}
+    with pytest.raises(ValueError, match=r"a demo with other settings is there .*forward .*'num_heads': 3.* -> "
+                                         r".*'num_heads': 6"):
+        _State(tmp_path, other, overwrite=False)

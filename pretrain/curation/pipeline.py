@@ -198,6 +198,8 @@ def _option(key: str, value, made: str) -> str:
         return f"--dtype {name}" if name else f"weights in {value}"
     if key in ("size", "pooling"):
         return f"--{key} {value}"
+    if key == "forward":
+        return f"the architecture file that made {made} ({value})"
     if key == "resize_8bit":
         return "--resize-8bit" if value else "without --resize-8bit"
     return "--bf16" if value == "bfloat16" else ("without --bf16" if value is None else f"autocast {value} (API only)")

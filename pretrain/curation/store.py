@@ -285,10 +285,11 @@ def _weights_dtype(model: torch.nn.Module) -> str | None:
 def _settings(model: torch.nn.Module, size: int, pooling: str, dtype: str, resize_8bit: bool = False,
               weights: str | None = None, autocast: bool | torch.dtype = False) -> dict:
     """How a store's rows are made; ``weights``: the model's fingerprint when already known."""
-    from dinov2_dense.checkpoints import fingerprint
+    from dinov2_dense.checkpoints import fingerprint, forward_settings
 
-    settings = {"version": 1, "weights": weights or fingerprint(model), "size": size, "pooling": pooling,
-                "dtype": dtype, "resize_8bit": bool(resize_8bit)}
+    # forward: what changes the rows but no tensor of the weights (num_heads, the position embedding's resampling)
+    settings = {"version": 1, "weights": weights or fingerprint(model), "forward": forward_settings(model),
+                "size": size, "pooling": pooling, "dtype": dtype, "resize_8bit": bool(resize_8bit)}
     if autocast:  # only when set: stores made before the option (all without autocast) stay valid
         settings["autocast"] = _autocast_name(autocast)
     if _weights_dtype(model) is not None:  # likewise (the weights' hash differs with their dtype too)
@@ -323,14 +324,31 @@ def _fingerprint_beside(model: torch.nn.Module) -> concurrent.futures.Future:
 # settings added since the first stores, with the value those stores were made with
 _SETTINGS_BEFORE = {"resize_8bit": False, "autocast": None, "weights_dtype": None}
 # what makes the rows themselves (two stores alike in these hold comparable rows), and what else a store is
-ROW_SETTINGS = ("weights", "weights_dtype", "size", "pooling", "resize_8bit", "autocast")
+ROW_SETTINGS = ("weights", "forward", "weights_dtype", "size", "pooling", "resize_8bit", "autocast")
 _STORE_SETTINGS = ("version", *ROW_SETTINGS, "dtype", "count")
 _REUSE_SETTINGS = ("version", *ROW_SETTINGS, "dtype")  # a finished store alike in these gives rows of its images
 
 
+class _Unrecorded:
+    """A setting that stores predate and whose value then is not known (``forward``: the backbone's settings
+    that change no tensor): alike any value, so that their rows stay valid."""
+
+    def __eq__(self, other) -> bool:
+        return True
+
+    def __ne__(self, other) -> bool:
+        return False
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return "unrecorded"
+
+
 def made_with(settings: dict, keys: Sequence[str] = _STORE_SETTINGS) -> dict:
-    """``settings`` (of a store, or to make one) in ``keys``, those a store predates as they were then."""
-    return {k: settings.get(k, _SETTINGS_BEFORE.get(k)) for k in keys}
+    """``settings`` (of a store, or to make one) in ``keys``, those a store predates as they were then (for
+    comparisons only: an unrecorded ``forward`` is alike any)."""
+    return {k: settings.get(k, _Unrecorded() if k == "forward" else _SETTINGS_BEFORE.get(k)) for k in keys}
 
 
 def _stored_settings(path: Path) -> dict:
