@@ -559,6 +559,7 @@ def arch_file_beside(weights: str | os.PathLike) -> Path | None:
 
 
 #: transformers' defaults for the Dinov2Config settings that it leaves out of a config.json.
+#: transformers' Dinov2Config defaults (Dinov2WithRegistersConfig's differ in patch_size: 16)
 _HF_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "mlp_ratio": 4,
                 "image_size": 224, "patch_size": 14, "qkv_bias": True, "layerscale_value": 1.0,
                 "use_swiglu_ffn": False, "hidden_act": "gelu", "layer_norm_eps": 1e-6}
@@ -579,7 +580,8 @@ def hf_architecture(config: str | os.PathLike) -> dict:
     if kind not in HF_MODEL_TYPES:
         raise ValueError(f"{path}: model_type {kind!r} is not a DINOv2 backbone (dinov2 or dinov2_with_registers); "
                          "name the backbone")
-    cfg = {**_HF_DEFAULTS, **cfg}
+    # transformers' defaults for what a config.json leaves out: its registers config's patch size is 16
+    cfg = {**_HF_DEFAULTS, **({"patch_size": 16} if kind == "dinov2_with_registers" else {}), **cfg}
     for key, ours in (("hidden_act", "gelu"), ("layer_norm_eps", 1e-6)):
         if cfg[key] != ours:
             raise ValueError(f"{path}: {key} = {cfg[key]!r}; DINOv2 backbones have {ours!r}")

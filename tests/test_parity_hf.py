@@ -1,5 +1,6 @@
 """Parity with Hugging Face transformers (our oracle) on the same random weights, at 518x518."""
 
+import json
 import pytest
 import torch
 
@@ -91,6 +92,26 @@ def test_a_config_json_of_another_model_is_no_architecture(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "dinov2", "hidden_act": "relu"}')
     with pytest.raises(ValueError, match=r"config\.json: hidden_act = 'relu'"):
         load_backbone(None, weights=tmp_path / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "dinov2_with_registers"])
+def test_what_a_config_json_leaves_out_is_what_transformers_builds(kind, tmp_path):
+    """A config.json without some settings: transformers builds its config class's defaults, so do we (the
+    registers config's patch size is 16, not the 14 we assumed: weights of it were refused as mis-shaped)."""
+    import transformers
+
+    config_class = {"dinov2": transformers.Dinov2Config,
+                    "dinov2_with_registers": getattr(transformers, "Dinov2WithRegistersConfig", None)}[kind]
+    if config_class is None:
+        pytest.skip("this transformers has no Dinov2WithRegistersConfig")
+    from dinov2_dense.hub import hf_architecture
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": kind}))
+    theirs = config_class()
+    arch = hf_architecture(tmp_path / "config.json")
+    assert (arch["patch_size"], arch["img_size"], arch["embed_dim"], arch["depth"], arch["num_heads"]) == (
+        theirs.patch_size, theirs.image_size, theirs.hidden_size, theirs.num_hidden_layers,
+        theirs.num_attention_heads)
 
 
 def test_safetensors_round_trip_is_exact(tmp_path):
