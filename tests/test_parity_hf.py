@@ -1,6 +1,7 @@
 """Parity with Hugging Face transformers (our oracle) on the same random weights, at 518x518."""
 
 import json
+
 import pytest
 import torch
 
