@@ -638,13 +638,22 @@ def _pca_model(args: argparse.Namespace, basis) -> None:
     if basis is None or args.model is not None or _architecture_beside_weights(args):
         return
     recorded = basis.info.get("model")
-    if args.weights == "official" and isinstance(recorded, str) and recorded not in BACKBONES \
-            and Path(recorded).is_file() and architecture_beside(recorded):
-        # fitted on a weights file that brings its architecture (a pretraining export): those weights, not the
-        # default model's (it went to dinov2_vits14, and offline named only its download)
-        args.weights = recorded
-        print(f"note: --weights {recorded}, the weights {args.basis} was fitted on (give --weights or --model for "
-              "others)", file=sys.stderr)
+    # fitted on a weights file (or folder) that brings its architecture, or with an architecture file: those, not
+    # the default model (it went to dinov2_vits14, and offline named only its download). An older basis records
+    # no weights_file: its model is the weights file where no --model was given
+    weights_file = basis.info.get("weights_file")
+    if weights_file is None and isinstance(recorded, str) and not recorded.endswith(".json"):
+        weights_file = recorded
+    model_file = recorded if isinstance(recorded, str) and recorded.endswith(".json") else None
+    if args.weights == "official" and isinstance(weights_file, str) and weights_file not in BACKBONES \
+            and Path(weights_file).exists() and (model_file and Path(model_file).is_file()
+                                                 or architecture_beside(weights_file)):
+        args.weights = weights_file
+        if model_file:
+            args.model = model_file
+        given = f"--model {model_file} --weights {weights_file}" if model_file else f"--weights {weights_file}"
+        print(f"note: {given}, the weights {args.basis} was fitted on (give --weights or --model for others)",
+              file=sys.stderr)
         return
     if not isinstance(recorded, str) or recorded not in BACKBONES or recorded == "dinov2_vits14":
         return  # (dinov2_vits14: the default, taken anyway)
@@ -793,6 +802,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if basis is not None and (warning := _other_backbone_warning(args, basis, weights_id)):
             print(warning, file=sys.stderr)
         info = {"model": args.model, "size": size, "tile": args.tile, **weights_id}
+        if _weights_path(args) is not None:  # a reuse without --weights takes them (_pca_model)
+            info["weights_file"] = str(_weights_path(args).resolve())
         if args.resize_8bit:
             info["resize_8bit"] = True
         if weights is None:

@@ -728,6 +728,16 @@ def test_a_basis_fitted_on_an_export_brings_its_weights_unless_weights_are_given
     assert f"note: --weights {export.resolve()}, the weights {basis} was fitted on" in err and "warning" not in err, err
     for name in ("a_mask.png", "a_pca.png"):
         np.testing.assert_array_equal(read_rgb(again / name), read_rgb(fit / name))
+    # fitted with its architecture file named too: both come back (the JSON was taken for the weights)
+    named = tmp_path / "named"
+    assert main(["pca", str(images[0]), "--model", str(export.parent / "backbone.json"), "--weights", str(export),
+                 "--size", "56", "--num-workers", "0", "--out", str(named)]) == 0
+    capsys.readouterr()
+    assert main(["pca", str(images[0]), "--basis", str(named / "pca_basis.npz"), "--num-workers", "0",
+                 "--out", str(tmp_path / "named_again")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: --model {export.parent / 'backbone.json'} --weights {export.resolve()}, the weights" in err, err
+    np.testing.assert_array_equal(read_rgb(tmp_path / "named_again" / "a_pca.png"), read_rgb(named / "a_pca.png"))
     # the same weights read with an architecture of other heads: other features, which no fingerprint saw
     import json
 
