@@ -200,6 +200,12 @@ def test_test_refuses_a_head_on_the_same_weights_built_with_other_heads(files, t
                  *_opts(files, files["a"]), f"model.backbone={other}"])
     err = capsys.readouterr().err
     assert code == 2 and "the same backbone weights built with other settings (num_heads 2 -> 4" in err, err
+    # to-mmseg pairs it with those weights built so: refused too (it was written, and the record lost)
+    out = tmp_path / "mm.pth"
+    code, err = _convert(capsys, "to-mmseg", trained, out, "--backbone-weights", files["a"], "--backbone", other)
+    assert code == 2 and "built with other settings (num_heads 2 -> 4" in err and not out.exists(), err
+    code, err = _convert(capsys, "to-mmseg", trained, out, "--backbone-weights", files["a"])
+    assert code == 0 and torch.load(out, weights_only=True)["meta"]["backbone"]["forward"] == recorded, err
 
 
 # -- to-mmseg / from-mmseg: the record travels and is checked --------------------------------------
@@ -229,7 +235,10 @@ def test_to_mmseg_refuses_a_head_with_another_backbone_and_records_the_one_it_wr
     code, err = _convert(capsys, "to-mmseg", trained, other, "--backbone-weights", files["b"], "--other-backbone")
     assert code == 0, err
     meta = torch.load(other, weights_only=True)["meta"]
-    assert meta["backbone"] == {"weights": str(files["b"]), **b} and meta["head_trained_on"] == recorded
+    from dinov2_dense.checkpoints import forward_settings
+
+    assert meta["backbone"] == {"weights": str(files["b"]), **b, "forward": forward_settings(_loaded(files["b"]))}
+    assert meta["head_trained_on"] == recorded
     # the same weights from the timm file: the same backbone; `test` of the output gives the run's mIoU
     same = tmp_path / "same.pth"
     code, err = _convert(capsys, "to-mmseg", trained, same, "--backbone-weights", files["timm"])

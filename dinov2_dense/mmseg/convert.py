@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadError, backbone_difference,
-                                      difference_reason, fingerprints, key_mismatches, read_checkpoint,
+                                      difference_reason, fingerprints, forward_difference, forward_settings,
+                                      key_mismatches, read_checkpoint,
                                       save_safetensors, weight_file_problem)
 from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
 
@@ -163,7 +164,13 @@ def _check_pairing(head_file: str | os.PathLike, recorded: dict[str, str], writt
     names where that one comes from), unless ``other_backbone``; True when they differ (and that is meant)."""
     difference = backbone_difference(recorded, written)
     if difference is None:
-        return False
+        settings = forward_difference(recorded, written)  # the same weights, built with other settings
+        if settings is None or other_backbone:
+            return settings is not None
+        raise CheckpointError(f"{head_file} holds a head trained on the same backbone weights as {what} built with "
+                              f"other settings ({settings}: another --backbone architecture file), whose features "
+                              "differ; give the architecture its run had, or pass --other-backbone "
+                              "(other_backbone=True) to pair them anyway")
     if other_backbone:
         return True
     label, theirs, mine = difference
@@ -261,7 +268,7 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
             raise CheckpointError(f"{weights}: its head does not fit the backbone of --backbone-weights "
                                   f"{backbone_weights}: {problem}; give the backbone the head was trained on")
         backbone_state = loaded.state_dict()
-        written = _written(str(backbone_weights), backbone_state)
+        written = {**_written(str(backbone_weights), backbone_state), "forward": forward_settings(loaded)}
         if recorded is not None:
             paired = _check_pairing(weights, recorded, written, f"--backbone-weights {backbone_weights}",
                                     other_backbone)
