@@ -22,9 +22,12 @@ def __getattr__(name: str):
         return getattr(zoo, name)
     import importlib.util
 
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if not name.startswith("_") and "." not in name and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         # a submodule, as after `import dinov2_dense.zoo` (the README names dinov2_dense.zoo.load_model)
-        return importlib.import_module(f"{__name__}.{name}")
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ImportError as exc:  # (dinov2_dense.mmseg without its extra): hasattr() says False, not raises
+            raise AttributeError(f"module 'dinov2_dense' has no attribute {name!r} ({exc})") from exc
     raise AttributeError(f"module 'dinov2_dense' has no attribute {name!r}")
 
 __all__ = [

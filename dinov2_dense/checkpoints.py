@@ -596,8 +596,17 @@ FORWARD_SETTINGS = ("num_heads", "interpolate_antialias", "interpolate_offset")
 def forward_settings(module: nn.Module) -> dict:
     """:data:`FORWARD_SETTINGS` of a backbone, as JSON values (records keep them beside its fingerprints: the
     same weights read with another architecture file compute other features); ``{}`` for other modules."""
-    return {k: (v if isinstance(v, bool) else float(v) if isinstance(v, float) else int(v))
-            for k in FORWARD_SETTINGS if isinstance(v := getattr(module, k, None), (bool, int, float))}
+    kinds = {"num_heads": int, "interpolate_antialias": bool, "interpolate_offset": float}  # one JSON form each
+    out = {}
+    for key in FORWARD_SETTINGS:
+        value = getattr(module, key, None)
+        if value is None or isinstance(value, (str, bytes)):
+            continue
+        try:  # numpy's numbers too (an architecture read through numpy), 0 and 0.0 alike
+            out[key] = kinds[key](value)
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 def forward_difference(recorded: Mapping, ours: Mapping) -> str | None:

@@ -759,7 +759,7 @@ def test_a_list_of_dicts_in_cfg_options_arrives_whole():
     assert args.cfg_options == {"distill.students": [{"depth": 3, "embed_dim": 48}],
                                 "train.dataset": {"type": "skimage", "names": ("camera", "coins")},
                                 "root": "data/dict(x)"}
-    for call in ("a=dict(x=open('f'))", "a=[dict(**x)]"):  # no other call than dict(key=value)
+    for call in ("a=dict(x=open('f'))", "a=[dict(**x)]", "a=dict(k=1, k=2)"):  # only dict(key=value), each key once
         with pytest.raises(SystemExit):
             parser.parse_args(["--cfg-options", call])
 

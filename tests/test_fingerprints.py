@@ -340,3 +340,19 @@ def test_checkpoints_name_the_embedded_backbone_as_embedded_not_official():
 
     assert record() == "dinov2_dense_tiny (embedded weights)"
     assert record(backbone_weights=None, backbone_seed=3) == "random weights (seed 3)"
+
+
+def test_forward_settings_have_one_json_form_whatever_numbers_an_architecture_gives():
+    """numpy numbers were dropped from the record (never compared) and an int offset 0 was not 0.0 (the kNN
+    cache key, a JSON text, then missed for the same model)."""
+    from dinov2_dense.checkpoints import forward_settings
+
+    plain = forward_settings(tiny_vit())
+    numpy_made = tiny_vit()
+    numpy_made.num_heads, numpy_made.interpolate_antialias = np.int64(2), np.bool_(False)
+    numpy_made.interpolate_offset = np.float64(0.1)
+    assert forward_settings(numpy_made) == plain == {"num_heads": 2, "interpolate_antialias": False,
+                                                     "interpolate_offset": 0.1}
+    zero = tiny_vit(interpolate_offset=0)
+    assert repr(forward_settings(zero)["interpolate_offset"]) == "0.0"
+    assert forward_settings(torch.nn.Linear(2, 2)) == {}

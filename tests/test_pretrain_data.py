@@ -322,7 +322,8 @@ def test_a_list_file_of_names_with_other_line_separators_gives_those_images(tmp_
     for name in names:
         write_image(tmp_path / name, np.full((16, 16, 3), 9, np.uint8))
     listing = tmp_path / "list.txt"
-    listing.write_text("# images\r\n" + "".join(f"  {n}\t\r\n" for n in names), encoding="utf-8")
+    # a byte-order mark, as some editors write (it was part of the first entry, here a comment)
+    listing.write_text("\ufeff# images\r\n" + "".join(f"  {n}\t\r\n" for n in names), encoding="utf-8")
     want = [str(tmp_path / n) for n in names]
     assert ImageFiles.from_list_file(listing).paths == want
     assert list_images(listing) == want

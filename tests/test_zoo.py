@@ -255,7 +255,8 @@ def test_the_zoo_is_an_attribute_of_the_package_after_import_dinov2_dense():
     import sys
 
     code = ("import dinov2_dense; assert dinov2_dense.zoo.load_model is dinov2_dense.load_model; "
-            "assert not hasattr(dinov2_dense, 'no_such_module'); print('ok')")
+            "assert not hasattr(dinov2_dense, 'no_such_module'); "
+            "assert not hasattr(dinov2_dense, 'models.vision_transformer'); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

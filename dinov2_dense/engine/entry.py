@@ -81,9 +81,10 @@ def _literal_with_dicts(text: str):
     class Dicts(ast.NodeTransformer):
         def visit_Call(self, node: ast.Call):
             self.generic_visit(node)
+            names = [k.arg for k in node.keywords]
             if not (isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args
-                    and all(k.arg is not None for k in node.keywords)):
-                raise ValueError("a call other than dict(key=value, ...)")
+                    and None not in names and len(set(names)) == len(names)):  # (Python refuses a repeated key)
+                raise ValueError("a call other than dict(key=value, ...) with each key once")
             return ast.Dict(keys=[ast.Constant(k.arg) for k in node.keywords], values=[k.value for k in node.keywords])
 
     tree = Dicts().visit(ast.parse(text, mode="eval"))

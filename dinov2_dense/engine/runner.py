@@ -874,8 +874,10 @@ class DenseRunner(Runner):
         message = (f"{filename} holds a head trained on other features of its backbone than this config feeds it "
                    f"({said})")
         give = " ".join(f"{key}={theirs}" for key, theirs, _ in differ)
-        self._refuse_other_backbone(message, f": give --cfg-options {give} (as the config of its run), or pass "
-                                    "--other-backbone to use it so anyway")
+        zoo = isinstance(self.cfg.get("model"), dict) and self.cfg["model"].get("zoo") is not None
+        way = ("the config of its run (a model.zoo model reads its own blocks)" if zoo else
+               f"--cfg-options {give} (as the config of its run)")
+        self._refuse_other_backbone(message, f": give {way}, or pass --other-backbone to use it so anyway")
 
     def _refuse_other_backbone(self, message: str, way: str) -> None:
         """Raise ``message + way`` as a CheckpointError, or with ``other_backbone`` warn of ``message`` and go on."""

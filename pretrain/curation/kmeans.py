@@ -312,9 +312,11 @@ def hierarchical_kmeans(x: np.ndarray, clusters: list[int], *, resample_steps: l
     for level, k in enumerate(clusters):
         result = kmeans(data, k, seed=int(rng.integers(2 ** 31)), max_points_per_centroid=max_points_per_centroid,
                         progress=progress and level == 0, **kw)  # the higher levels take moments
-        out.resampled.append(steps[level] if sizes[level] > 1 else 0)
-        for _ in range(out.resampled[-1]):
-            result = _resample(data, result, k, sizes[level], sample_strategy, rng, kw)
+        out.resampled.append(0)
+        for _ in range(steps[level] if sizes[level] > 1 else 0):
+            resampled = _resample(data, result, k, sizes[level], sample_strategy, rng, kw)
+            out.resampled[-1] += resampled is not result  # (kept: too few points to place k centroids)
+            result = resampled
         out.levels.append(result)
         if progress and _world()[0] == 0:
             counts = np.bincount(result.assignment, minlength=k)

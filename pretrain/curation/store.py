@@ -92,7 +92,7 @@ class EmbeddingStore:
 # -- reading -----------------------------------------------------------------------------------
 def _read_names(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is no part of the first name)
     except FileNotFoundError:
         raise CurationError(f"{path}: no such names file (one name a line, as many as the rows)") from None
     except (OSError, UnicodeDecodeError) as exc:

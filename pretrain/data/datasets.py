@@ -117,7 +117,7 @@ class ImageFiles:
         """The images named in a text file, one a line (relative to the file's folder)."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is no part of the first path)
         except FileNotFoundError:
             raise DataError(f"{path}: no such list file (expected one image path a line)") from None
         except (OSError, UnicodeDecodeError) as exc:
