@@ -79,6 +79,12 @@ def test_the_crowded_pool_advice_gives_a_threshold_only_where_one_lies_above_the
     said = _crowded(alike, 30, 0.9)
     median = float(said.split("median similarity of two rows is ")[1][:5])
     assert 0.9 < median < 0.999 and said.endswith("give a --dedup-threshold above that median, or --no-dedup")
+    close = (np.ones((40, 16)) + 0.01 * rng.normal(size=(40, 16))).astype(np.float32)  # a median just below 1
+    said = _crowded(close, 39, 0.9)
+    shown = said.split("median similarity of two rows is ")[1].split(".", 1)[0] + "." + \
+        said.split("median similarity of two rows is ")[1].split(".")[1]
+    assert 0.9995 <= float(shown) < 1 and len(shown) == 8, said  # its digits shown, and a threshold advised
+    assert said.endswith("give a --dedup-threshold above that median, or --no-dedup")
     copies = np.repeat(alike[:1], 40, axis=0)
     assert _crowded(copies, 39, 0.9).endswith("--no-dedup (no --dedup-threshold, which is below 1, lies above that "
                                               "median)")

@@ -410,11 +410,12 @@ def _crowded(x: np.ndarray, removed: int, threshold: float, sample: int = 1000) 
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     median = float(np.median((rows @ rows.T)[np.triu_indices(len(rows), 1)]))
     drawn = f" ({len(rows):,} rows drawn)" if len(rows) < n else ""
-    # (a threshold is below 1: above a median that shows as 1.000 there is none to give)
-    way = ("give a --dedup-threshold above that median, or --no-dedup" if median < 0.9995 else
+    # (a threshold is below 1: above a median of 1 there is none to give; one just below it shows its digits)
+    way = ("give a --dedup-threshold above that median, or --no-dedup" if median < 1 - 1e-6 else
            "--no-dedup (no --dedup-threshold, which is below 1, lies above that median)")
+    shown = f"{median:.3f}" if median < 0.9995 or median >= 1 - 1e-6 else f"{median:.6f}"
     return (f"near-duplicate removal took {removed:,} of the {n:,} rows (cosine similarity > {threshold}); the "
-            f"median similarity of two rows is {median:.3f}{drawn}. That is right for a pool of copies; otherwise "
+            f"median similarity of two rows is {shown}{drawn}. That is right for a pool of copies; otherwise "
             f"the backbone embeds most images alike (weights early in training do): {way}")
 
 
