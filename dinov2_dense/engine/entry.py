@@ -702,7 +702,9 @@ def fetch_backbone_weights(cfg) -> None:
                 raise
     else:
         return
-    first = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))) == 0
+    local = next((os.environ[k] for k in ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK",
+                                          "MPI_LOCALRANKID") if os.environ.get(k, "").isdigit()), "0")
+    first = int(local) == 0  # torchrun's, Slurm's, Open MPI's or MPICH's process number on its machine
     agree_to_start(fetch, main=first)
     if _group_size() > 1:
         agree_to_start(fetch, main=not first)
