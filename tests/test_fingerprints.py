@@ -278,6 +278,11 @@ def test_the_record_survives_a_round_trip_through_mmseg_and_is_checked_after_it(
     for name in ("ours.pth", "ours.safetensors"):
         code, _, err = _test(capsys, files, tmp_path / name, files["b"], tmp_path / f"t_b_{name}")
         assert code == 2 and "another backbone" in err, (name, err)
+        # and what the head read travels too (to-mmseg and from-mmseg dropped meta.head_inputs)
+        code = main(["test", str(SEG_CFG), str(tmp_path / name), "--work-dir", str(tmp_path / f"t_l_{name}"),
+                     "--cfg-options", *_opts(files, files["a"]), "model.layers=[0]"])
+        assert code == 2 and "model.layers [1] in its run, [0] here" in capsys.readouterr().err, name
+    assert torch.load(tmp_path / "pth_back.pth", weights_only=True)["meta"]["head_inputs"]["layers"] == [1]
     # a head file holding backbone.* tensors that are not the backbone it records
     state = torch.load(trained, weights_only=True)
     b = _loaded(files["b"]).state_dict()

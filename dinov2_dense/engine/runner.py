@@ -293,21 +293,23 @@ def read_run_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> d
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state dict of tensors in it (keys: {', '.join(list(checkpoint)[:6])})")
     if path.suffix == ".safetensors" and "meta" not in checkpoint:
-        record = _safetensors_backbone_record(path)
-        if record is not None:  # a from-mmseg file's record of the backbone its head was trained on
-            checkpoint = {"state_dict": state, "meta": {"backbone": record}}
+        # a from-mmseg file's records of the backbone its head was trained on and of what it read of it
+        meta = {key: record for key in ("backbone", "head_inputs")
+                if (record := _safetensors_record(path, key)) is not None}
+        if meta:
+            checkpoint = {"state_dict": state, "meta": meta}
     return checkpoint
 
 
-def _safetensors_backbone_record(path: Path) -> dict | None:
-    """The ``backbone`` record (JSON) in a .safetensors file's metadata, as ``from-mmseg`` keeps a train
-    checkpoint's ``meta.backbone``; None without one."""
+def _safetensors_record(path: Path, key: str) -> dict | None:
+    """The record ``key`` (JSON) in a .safetensors file's metadata, as ``from-mmseg`` keeps a train
+    checkpoint's ``meta.backbone`` and ``meta.head_inputs``; None without one."""
     import json
 
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        text = (f.metadata() or {}).get("backbone")
+        text = (f.metadata() or {}).get(key)
     try:
         record = json.loads(text) if text else None
     except ValueError:

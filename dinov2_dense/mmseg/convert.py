@@ -119,28 +119,42 @@ def _text_file(path: Path) -> str | None:
 _BACKBONE_METADATA = "backbone"
 
 
-def _recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
-    """The backbone a weights file records (``meta.backbone`` of a torch checkpoint, as ``dinov2-dense
-    train`` writes it, or the ``backbone`` metadata of a safetensors file of :func:`from_mmseg`), or None
-    (official head files, older files). Read after the tensors were: the file is known to read, and a
-    torch file is mapped, not read again."""
+#: ... and ``meta.head_inputs``: what the head read of the backbone (blocks, norm, class tokens).
+_HEAD_INPUTS_METADATA = "head_inputs"
+
+
+def _recorded(path: str | os.PathLike, key: str):
+    """``meta[key]`` of a torch checkpoint (as ``dinov2-dense train`` writes it), or the JSON of metadata ``key``
+    of a safetensors file of :func:`from_mmseg`; None without one (official head files, older files). Read
+    after the tensors were: the file is known to read, and a torch file is mapped, not read again."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
-                text = (f.metadata() or {}).get(_BACKBONE_METADATA)
-            record = json.loads(text) if text else None
-        else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # a file of torch's legacy format cannot be mapped
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            meta = obj.get("meta") if isinstance(obj, dict) else None
-            record = meta.get("backbone") if isinstance(meta, dict) else None
+                text = (f.metadata() or {}).get(key)
+            return json.loads(text) if text else None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file of torch's legacy format cannot be mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        meta = obj.get("meta") if isinstance(obj, dict) else None
+        return meta.get(key) if isinstance(meta, dict) else None
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError):  # a folder, a shard index: none
         return None
+
+
+def _recorded_head_inputs(path: str | os.PathLike) -> dict | None:
+    inputs = _recorded(path, _HEAD_INPUTS_METADATA)
+    return inputs if isinstance(inputs, dict) else None
+
+
+def _recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
+    """The backbone a weights file records (``meta.backbone`` of a torch checkpoint, as ``dinov2-dense
+    train`` writes it, or the ``backbone`` metadata of a safetensors file of :func:`from_mmseg`), or None
+    (official head files, older files)."""
+    record = _recorded(path, _BACKBONE_METADATA)
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
         return None
     kept = {str(k): str(v) for k, v in record.items() if isinstance(v, str)}
@@ -206,13 +220,18 @@ def from_mmseg(checkpoint: str | os.PathLike, out: str | os.PathLike, model: str
                                       + "; ".join(parts))
             built.backbone.load_state_dict(backbone, strict=True)
     record = _carried_back(checkpoint, state)
+    inputs = _recorded_head_inputs(checkpoint)
     if out.suffix.lower() == ".safetensors":
         metadata = {"format": "dinov2-dense", "source": "mmseg"}
         if record is not None:
             metadata[_BACKBONE_METADATA] = json.dumps(record)
+        if inputs is not None:
+            metadata[_HEAD_INPUTS_METADATA] = json.dumps(inputs)
         return save_safetensors(state, out, metadata=metadata)
+    meta = {**({"backbone": record} if record is not None else {}),
+            **({"head_inputs": inputs} if inputs is not None else {})}
     with atomic_path(out) as tmp:  # (a flat state dict, as before, where there is no record to keep)
-        torch.save(state if record is None else {"state_dict": state, "meta": {"backbone": record}}, tmp)
+        torch.save({"state_dict": state, "meta": meta} if meta else state, tmp)
     return out
 
 
@@ -225,7 +244,11 @@ def _carried_back(checkpoint: str | os.PathLike, state: dict[str, Tensor]) -> di
     if record is None or not backbone:
         return record
     written = _written(record.get("weights", f"the backbone.* tensors of {checkpoint}"), backbone)
-    return written if backbone_difference(record, written) is None else None
+    if backbone_difference(record, written) is not None:
+        return None
+    if "forward" in record:  # the same tensors: the settings they were recorded with (no tensor shows them)
+        written["forward"] = record["forward"]
+    return written
 
 
 def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weights: str | None = None,
@@ -281,6 +304,9 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
     meta = {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}
     if written is not None:
         meta["backbone"] = written
+    inputs = _recorded_head_inputs(weights)
+    if inputs is not None:  # what the head read of its backbone: test of the output checks it
+        meta["head_inputs"] = inputs
     if paired:  # --other-backbone: what the head was trained on, beside what it is paired with
         meta["head_trained_on"] = recorded
     with atomic_path(out) as tmp:
