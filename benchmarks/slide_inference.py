@@ -22,6 +22,9 @@ from dinov2_dense.zoo import build_model
 torch.manual_seed(0)
 w, h, mode, crops = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 model = build_model("dinov2_vits14_ade20k_linear").eval()
+# at the image's own size: the zoo model's protocol resizes every input to a short side of 512 first (its
+# test_cfg scale (2048, 512)), so 1024x512 and 2048x1024 slid over the same 1024x512 view
+model.test_cfg = {**model.test_cfg, "scale": None}
 x = torch.randn(1, 3, h, w)
 model.predict(torch.randn(1, 3, 112, 112), mode="whole")  # warm-up, allocator settles
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
