@@ -31,7 +31,7 @@ decoded, so a batch holds ``batch_size`` images at the working size, not at full
 8-bit resize (``resize_8bit=True``, off by default): with ``size=``, 8-bit images are resized in
 8 bits on the CPU (torch's uint8 bilinear antialiased kernel, channels-last), rounded to whole
 grey levels as any 8-bit resize (e.g. PIL's), then normalised: about 4x faster
-than the float resize, within one grey level of it, so every feature changes slightly.
+than the float resize, within about one grey level of it, so every feature changes slightly.
 """
 
 from __future__ import annotations
@@ -569,7 +569,7 @@ def extract_features(
             batches while the model runs; pinned memory and non-blocking copies on CUDA. 0 (the
             default) decodes in this process. Results are the same either way.
         resize_8bit: with ``size``, resize 8-bit images (files, arrays, PIL images) in 8 bits on
-            the CPU, as :func:`load_resized` does: about 4x faster, within one grey level of the
+            the CPU, as :func:`load_resized` does: about 4x faster, within about one grey level of the
             float resize; the features change slightly (default False). Tensors, 16-bit and float
             images take the float resize.
     """
