@@ -74,7 +74,8 @@ def test_reduce_overhead_compiles_the_block_stack_and_keeps_earlier_results(x):
     plain = tiny_vit(depth=3)
     model = tiny_vit(depth=3)
     model.load_state_dict(plain.state_dict())
-    assert speed.compile_blocks(model, "reduce-overhead") is True
+    with pytest.warns(UserWarning, match="reduce-overhead records CUDA graphs, which the cpu has not"):
+        assert speed.compile_blocks(model, "reduce-overhead") is True  # (said: it compiles again for each size)
     assert "forward_layers" in model.__dict__ and all(b._compiled_call_impl is None for b in model.blocks)
     assert list(model.state_dict()) == list(plain.state_dict())
     y = torch.randn(2, 3, 56, 42, generator=torch.Generator().manual_seed(2))

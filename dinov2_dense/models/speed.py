@@ -87,6 +87,10 @@ def compile_blocks(model: nn.Module, mode: str = "default", *, check: bool = Tru
         warnings.warn(f"torch.compile asked for, but {why}: the backbone runs uncompiled", stacklevel=2)
         return False
     blocks = list(model.blocks)
+    if mode == "reduce-overhead" and param.device.type != "cuda":
+        warnings.warn(f"compile mode reduce-overhead records CUDA graphs, which the {param.device.type} has not: "
+                      "it compiles the blocks as one graph for each input shape (each new size compiles again) "
+                      "and replays no graph; the default mode suits this device", stacklevel=2)
     if mode == "reduce-overhead":
         # One graph for all blocks: blocks compiled one by one would share one CUDA graph (same code),
         # each replay overwriting the output the next block is reading.
