@@ -679,11 +679,16 @@ def fetch_backbone_weights(cfg) -> None:
     from dinov2_dense import hub
     from dinov2_dense.distributed import _group_size, agree_to_start
 
+    import inspect
+
+    from .model import DenseModel
+
     model = cfg.get("model") or {}
     if not isinstance(model, dict) or model.get("type") != "DenseModel":
         return
-    weights = model.get("backbone_weights", "official")
-    backbone = model.get("backbone", "dinov2_vits14")
+    defaults = inspect.signature(DenseModel).parameters  # what the model takes where the config says nothing
+    weights = model.get("backbone_weights", defaults["backbone_weights"].default)
+    backbone = model.get("backbone", defaults["backbone"].default)
     if model.get("zoo") is not None:
         from dinov2_dense.zoo import MODELS
 
