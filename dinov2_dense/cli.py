@@ -631,8 +631,8 @@ def _pca_model(args: argparse.Namespace, basis) -> None:
     """pca's --model left out with a --basis: the model the basis was fitted on (not the default
     dinov2_vits14), where it records a zoo name and the --weights bring no architecture of their own (a
     backbone.json or config.json beside them), said in a note, as the basis's size is; with --weights left
-    out too, a weights file that the basis was fitted on and that brings its architecture (an export). A --model given is
-    taken as given, and weights other than the basis's are warned of (_other_backbone_warning)."""
+    out too, the weights file (and architecture file) it was fitted on, where they bring the architecture. A
+    --model given is taken as given, and weights other than the basis's are warned of (_other_backbone_warning)."""
     from .hub import BACKBONES, architecture_beside
 
     if basis is None or args.model is not None or _architecture_beside_weights(args):
@@ -642,12 +642,12 @@ def _pca_model(args: argparse.Namespace, basis) -> None:
     # the default model (it went to dinov2_vits14, and offline named only its download). An older basis records
     # no weights_file: its model is the weights file where no --model was given
     weights_file = basis.info.get("weights_file")
-    if weights_file is None and isinstance(recorded, str) and not recorded.endswith(".json"):
+    if weights_file is None and isinstance(recorded, str) and not recorded.endswith(".json") \
+            and recorded not in BACKBONES:
         weights_file = recorded
     model_file = recorded if isinstance(recorded, str) and recorded.endswith(".json") else None
-    if args.weights == "official" and isinstance(weights_file, str) and weights_file not in BACKBONES \
-            and Path(weights_file).exists() and (model_file and Path(model_file).is_file()
-                                                 or architecture_beside(weights_file)):
+    if args.weights == "official" and isinstance(weights_file, str) and Path(weights_file).exists() \
+            and (model_file and Path(model_file).is_file() or architecture_beside(weights_file)):
         args.weights = weights_file
         if model_file:
             args.model = model_file

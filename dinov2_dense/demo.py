@@ -547,7 +547,8 @@ def run_demo(work_dir: str | Path, model: str | None = None, weights: str | None
     # through JSON, as demo.json stores them (tuples come back as lists), so that a rerun compares equal; the
     # weights' fingerprint, so that other weights under the same --model are other settings, not the old results,
     # and the settings that change the features but no tensor (an export's backbone.json edited, say)
-    recorded = {**asdict(s), "model": label, "weights": fingerprint(pretrained), "forward": forward_settings(pretrained)}
+    recorded = {**asdict(s), "model": label, "weights": fingerprint(pretrained),
+                "forward": forward_settings(pretrained)}
     state = _State(work, json.loads(json.dumps(recorded)), overwrite)
     total = 4 + 2 * len(HEADS)
     step_no = 0

@@ -264,7 +264,8 @@ class DenseModel(BaseModel):
         ``meta.backbone``): ``sha256`` of the weights as loaded (:func:`~dinov2_dense.checkpoints.fingerprint`)
         and ``features_sha256`` of what they compute (:func:`~dinov2_dense.checkpoints.features_fingerprint`:
         the same for the same weights from an official, timm or Hugging Face file), and the settings that
-        change its features without changing a tensor (``forward``: :func:`~dinov2_dense.checkpoints.forward_settings`)."""
+        change its features without changing a tensor (``forward``:
+        :func:`~dinov2_dense.checkpoints.forward_settings`)."""
         if self._fingerprint is None or not self.predictor.freeze_backbone:
             self._fingerprint = fingerprints(self.backbone)
         return {"weights": self.backbone_source, **self._fingerprint, "forward": forward_settings(self.backbone)}
