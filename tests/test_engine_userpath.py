@@ -105,7 +105,7 @@ def _depth_run(root: Path, work: Path, iters: int, resume: bool = False) -> Dens
     return runner
 
 
-def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path):
+def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path, capsys):
     """SigLoss's warm-up counter is not in the checkpoint: a resumed run repeated the warm-up (another loss,
     another head). It now continues from the resumed iteration, as the uninterrupted run, and the resumed run
     trains on the same augmented crops (the data stream continues at the checkpoint's sample)."""
@@ -120,6 +120,20 @@ def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    # the head's depth range is recorded and checked: a head trained for 0.001-10 m, tested with a config
+    # building it for 80 m, predicted every depth x8 with no error (a reviewer: x7.998-8.000)
+    checkpoint = tmp_path / "whole" / "iter_6.pth"
+    recorded = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]["head_output"]
+    assert recorded == {"min_depth": 0.001, "max_depth": 10.0, "bins_strategy": "UD", "norm_strategy": "linear"}
+    run = ["test", str(DEPTH_CFG), str(checkpoint), "--work-dir", str(tmp_path / "t"), "--cfg-options",
+           *(f"{k}={v}" for k, v in _options(scenes / "nyu", 6).items())]
+    capsys.readouterr()
+    assert main([*run, "model.head.max_depth=80.0"]) == 2
+    err = capsys.readouterr().err
+    assert ("holds a depth head trained for another output than this config builds (model.head.max_depth 10.0 in "
+            "its run, 80.0 here): its predictions would be rescaled; give --cfg-options model.head.max_depth=10.0") \
+        in err, err
+    assert main([*run, "test_evaluator.max_depth=8.0"]) == 0  # the range evaluated is another setting
 
 
 # ---------------------------------------------------------------- bug 3: --overwrite deletes only once built

@@ -277,6 +277,21 @@ class DenseModel(BaseModel):
         return {"layers": [int(i) for i in predictor.layers], "norm": bool(predictor.norm),
                 "class_token": bool(predictor.class_token)}
 
+    def head_output(self) -> dict:
+        """What a depth head's numbers mean that no tensor of it records (kept in checkpoints'
+        ``meta.head_output``, which a test or a run loading them compares): the depth range it was trained
+        for (the linear head's bins span it, so another range rescales every prediction) and the linear
+        head's bin and normalisation strategies; empty for segmentation."""
+        predictor = self.predictor
+        if predictor.task != "depth":
+            return {}
+        head = predictor.decode_head
+        record = {"min_depth": float(predictor.min_depth), "max_depth": float(predictor.max_depth)}
+        for key in ("bins_strategy", "norm_strategy"):
+            if isinstance(getattr(head, key, None), str):
+                record[key] = getattr(head, key)
+        return record
+
     def state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
         """What keeps ``state`` from loading strictly (missing, unexpected, mis-shaped keys); a
         frozen backbone's keys may be absent (head-only checkpoints, official head files)."""

@@ -102,6 +102,8 @@ class CheckpointSanitizerHook(Hook):
         if hasattr(model, "backbone_info"):  # which backbone the head was trained on, and what it read of it
             meta["backbone"] = model.backbone_info()
             meta["head_inputs"] = model.head_inputs()
+            if model.head_output():
+                meta["head_output"] = model.head_output()
         meta["world_size"] = int(get_world_size())  # the processes whose batches made the batch of a step
         batch = _train_batch_size(runner)
         if batch is not None:
@@ -842,6 +844,7 @@ class DenseRunner(Runner):
         refuse_nonfinite(state, str(filename))
         self._check_backbone(filename, checkpoint, state, model)
         self._check_head_inputs(filename, checkpoint, model)
+        self._check_head_output(filename, checkpoint, model)
         replaced = _replaces_backbone(state, model)
         model.load_state_dict(state, strict=not problems)
         if replaced:
@@ -880,6 +883,25 @@ class DenseRunner(Runner):
         way = ("the config of its run (a model.zoo model reads its own blocks)" if zoo else
                f"--cfg-options {give} (as the config of its run)")
         self._refuse_other_backbone(message, f": give {way}, or pass --other-backbone to use it so anyway")
+
+    def _check_head_output(self, filename: str, checkpoint: dict, model) -> None:
+        """Refuse a depth head checkpoint whose ``meta.head_output`` records another depth range (or bin
+        settings) than this config builds the head with: a linear head's bins span the range, so a head
+        trained for 0.001-10 m built for 80 m predicted every depth x8, with no error (a checkpoint from
+        before the record is not checked). The evaluated range (``test_evaluator.max_depth``) is another
+        setting, and may differ."""
+        recorded = (checkpoint.get("meta") or {}).get("head_output")
+        if not isinstance(recorded, dict) or not hasattr(model, "head_output"):
+            return
+        ours = model.head_output()
+        differ = [(f"model.head.{k}", recorded[k], ours[k]) for k in ours if k in recorded and recorded[k] != ours[k]]
+        if not differ:
+            return
+        said = "; ".join(f"{key} {theirs!r} in its run, {mine!r} here" for key, theirs, mine in differ)
+        give = " ".join(f"{key}={theirs!r}" for key, theirs, _ in differ)
+        raise CheckpointError(f"{filename} holds a depth head trained for another output than this config builds "
+                              f"({said}): its predictions would be rescaled; give --cfg-options {give} (as the config "
+                              "of its run; the range evaluated is test_evaluator.min_depth / max_depth)")
 
     def _refuse_other_backbone(self, message: str, way: str) -> None:
         """Raise ``message + way`` as a CheckpointError, or with ``other_backbone`` warn of ``message`` and go on."""
