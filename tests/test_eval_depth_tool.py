@@ -487,3 +487,63 @@ def test_a_ground_truth_of_exactly_the_minimum_is_invalid_in_test_and_eval_depth
     for key in KEYS:
         assert ours[key] == pytest.approx(expected[key], rel=1e-6), key  # before: rmse 2.1206 against 1.0
     assert ours["gt_outside_range_pixels"] == expected["gt_outside_range_pixels"] == 200
+
+
+def test_kitti_ground_truth_cropped_already_kb_crops_a_whole_frame_prediction(tmp_path, capsys):
+    """Ground truth saved kb-cropped (352x1216) and predictions of the whole frame: the error advised
+    --resize, which stretched the 375x1242 frame over the crop (a reviewer: abs_rel 0.1909 against 0.2407,
+    rows off by up to 23 pixels). A frame at its own size is now kb-cropped as the ground truth was; one of
+    a frame's shape at another size is refused, --resize or not."""
+    rows, cols = np.mgrid[0:375, 0:1242].astype(np.float64)
+    frame = 5.0 + 0.02 * cols + 0.05 * rows
+    _png(tmp_path / "gt" / "a.png", kb_crop(frame), 256)
+    (tmp_path / "pred").mkdir()
+    np.save(tmp_path / "pred" / "a.npy", frame.astype(np.float32))  # a perfect prediction of the frame
+    out = tmp_path / "m.json"
+    main = _tool()
+    for extra in ([], ["--resize"]):
+        assert main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--out", str(out),
+                     "--overwrite", "--no-progress", *extra]) == 0
+        assert json.loads(out.read_text())["abs_rel"] < 1e-4, extra  # stretched over the crop: 0.0245
+    np.save(tmp_path / "pred" / "a.npy", frame[::2, ::2].astype(np.float32))  # the frame at half its size
+    capsys.readouterr()
+    for extra in ([], ["--resize"]):
+        assert main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "kb-cropped already (352x1216)" in err and "(188x621)" in err and "a.npy" in err, err
+    # a prediction of the crop against the raw frame with --no-kb-crop: the error says to keep the kb-crop
+    _png(tmp_path / "gt" / "a.png", frame, 256)
+    np.save(tmp_path / "pred" / "a.npy", kb_crop(frame).astype(np.float32))
+    assert main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--no-kb-crop", "--resize",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the KITTI benchmark crop's size: evaluate with the kb-crop" in err and "--resize" in err, err
+
+
+def test_kitti_eigen_crop_is_the_bts_box(tmp_path, capsys):
+    """`--crop eigen` on KITTI was refused with a message about the NYU crop only; the KITTI Eigen crop of
+    the BTS and AdaBins evaluations is `kitti_eigen`, and the NYU refusal names it for KITTI-shaped maps."""
+    from dinov2_dense.evaluation.depth import crop_mask
+
+    h, w = 352, 1216
+    mask = crop_mask((h, w), "kitti_eigen")
+    rows, cols = np.nonzero(mask)
+    # the published box, int(0.3324324 H):int(0.91351351 H), int(0.0359477 W):int(0.96405229 W)
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (117, 321, 43, 1172)
+    assert mask.sum() == (321 - 117) * (1172 - 43)
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(2, 70, (h, w))
+    pred = gt * rng.uniform(0.7, 1.3, gt.shape)
+    _png(tmp_path / "gt" / "a.png", gt, 256)
+    (tmp_path / "pred").mkdir()
+    np.save(tmp_path / "pred" / "a.npy", pred)
+    out = tmp_path / "m.json"
+    assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--crop", "kitti_eigen",
+                    "--out", str(out), "--no-progress"]) == 0
+    g = read_depth(tmp_path / "gt" / "a.png", 256)[117:321, 43:1172]
+    p = np.clip(pred[117:321, 43:1172], 1e-3, 80)
+    assert json.loads(out.read_text())["abs_rel"] == pytest.approx(float(np.mean(np.abs(p - g) / g)), rel=1e-9)
+    capsys.readouterr()
+    assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--crop", "eigen",
+                    "--no-progress"]) == 2
+    assert "`--crop kitti_eigen`" in capsys.readouterr().err

@@ -17,6 +17,8 @@ Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
   ``"garg"``: KITTI Garg crop, rows ``int(0.40810811 H):int(0.99189189 H)``, cols
   ``int(0.03594771 W):int(0.96405229 W)``, of any size (the toolboxes apply it to the
   352x1216 kb-cropped ground truth: see :func:`kb_crop`).
+  ``"kitti_eigen"``: the KITTI Eigen crop of the BTS and AdaBins evaluations (their ``eigen_crop`` on
+  KITTI), rows ``int(0.3324324 H):int(0.91351351 H)``, cols ``int(0.0359477 W):int(0.96405229 W)``.
   ``(top, bottom, left, right)``: rows ``top:bottom``, cols ``left:right``.
 - Optional median scaling for relative depth (Monodepth2 / Zhou et al.): on the valid pixels,
   ``pred *= median(gt) / median(pred)``.
@@ -75,6 +77,8 @@ HIGHER_IS_BETTER = frozenset({"d1", "d2", "d3"})
 NYU_EIGEN_CROP = (45, 471, 41, 601)  # rows top:bottom, cols left:right of a 480x640 frame
 NYU_SHAPE = (480, 640)
 GARG_FRACTIONS = (0.40810811, 0.99189189, 0.03594771, 0.96405229)
+KITTI_EIGEN_FRACTIONS = (0.3324324, 0.91351351, 0.0359477, 0.96405229)  # BTS / AdaBins: eigen_crop on KITTI
+CROP_NAMES = ("eigen", "garg", "kitti_eigen")
 KB_CROP_SHAPE = (352, 1216)
 SILOG_CONVENTIONS = ("toolbox", "depth_anything")
 #: Counts of invalid predictions over a data set (on evaluated pixels, before clipping):
@@ -114,8 +118,9 @@ def _check_crop(crop):
     if crop is None or (isinstance(crop, str) and crop.lower() == "none"):
         return None
     if isinstance(crop, str):
-        if crop not in ("eigen", "garg"):
-            raise ValueError(f"unknown crop {crop!r}; use None, 'eigen', 'garg' or (top, bottom, left, right)")
+        if crop not in CROP_NAMES:
+            raise ValueError(f"unknown crop {crop!r}; use None, 'eigen', 'garg', 'kitti_eigen' or (top, bottom, left, "
+                             "right)")
         return crop
     crop = tuple(int(v) for v in crop)
     if len(crop) != 4:
@@ -133,7 +138,7 @@ def _check_args(min_depth: float, max_depth: float, silog: str) -> None:
 def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
     """The boolean evaluation mask of ``crop`` on a ``(H, W)`` ground truth, or None for no crop.
 
-    See the module docstring for the ``"eigen"`` and ``"garg"`` crops.
+    See the module docstring for the ``"eigen"``, ``"garg"`` and ``"kitti_eigen"`` crops.
     """
     crop = _check_crop(crop)
     if crop is None:
@@ -146,10 +151,12 @@ def crop_mask(shape: tuple[int, int], crop) -> np.ndarray | None:
                 "evaluate at the original resolution (resize the prediction to the ground truth), "
                 "or turn the crop off (`--crop none` in eval-depth, val_evaluator.crop=None / test_evaluator.crop=None "
                 "in a config, crop=None in Python) "
-                "or, in Python, give an explicit crop=(top, bottom, left, right)")
+                "or, in Python, give an explicit crop=(top, bottom, left, right)"
+                + ("; for KITTI, the Eigen crop of the BTS and AdaBins evaluations is 'kitti_eigen' (`--crop "
+                   "kitti_eigen`)" if w > 2 * h else ""))
         top, bottom, left, right = NYU_EIGEN_CROP
-    elif crop == "garg":
-        ft, fb, fl, fr = GARG_FRACTIONS
+    elif crop in ("garg", "kitti_eigen"):
+        ft, fb, fl, fr = GARG_FRACTIONS if crop == "garg" else KITTI_EIGEN_FRACTIONS
         top, bottom, left, right = int(ft * h), int(fb * h), int(fl * w), int(fr * w)
     else:
         top, bottom, left, right = crop
@@ -211,7 +218,8 @@ def depth_metrics(
         min_depth, max_depth: the valid range (NYU 1e-3..10, KITTI 1e-3..80); the prediction is
             clipped to it (inf, negative and zero predictions included: this function returns the
             metrics only; :class:`DepthAccumulator` also counts such pixels).
-        crop: None, ``"eigen"`` (NYU, 480x640 only), ``"garg"`` (KITTI) or ``(top, bottom, left, right)``.
+        crop: None, ``"eigen"`` (NYU, 480x640 only), ``"garg"`` (KITTI), ``"kitti_eigen"`` (KITTI, BTS and
+            AdaBins) or ``(top, bottom, left, right)``.
         median_scaling: scale the prediction by ``median(gt) / median(pred)`` on valid pixels
             (relative-depth models).
         silog: ``"toolbox"`` (x100, variance of d) or ``"depth_anything"`` (lambda 0.5, no x100).

@@ -14,7 +14,9 @@ Dataset presets (from dinov2_dense.settings): see :data:`DATASET_PRESETS`. KITTI
 is kb-cropped to 352x1216 before the Garg crop, as in the toolboxes; a prediction of the raw
 ground-truth size is kb-cropped with it, one of the crop's size is taken as it is, and with
 ``resize=True`` one of another size is resized to the raw frame, then cropped, when it has the
-frame's aspect ratio, or resized onto the crop when it has the crop's.
+frame's aspect ratio, or resized onto the crop when it has the crop's. Against ground truth that
+is kb-cropped already, a prediction of a whole frame at a frame's own size is kb-cropped as it was;
+one of a frame's shape at another size is refused (its place on the crop is not known).
 Hidden files and folders (names starting with ".") are not read.
 
 Predictions are clipped to the depth range (the protocol), but never silently: non-finite,
@@ -62,6 +64,7 @@ DATASET_PRESETS: dict[str, dict] = {
     "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
 }
 DEPTH_EXTENSIONS = (".png", ".npy")
+KITTI_FRAME_SHAPE = (375, 1242)  # the most common raw KITTI frame (others: 370x1224, 374x1238, 376x1241)
 
 
 def _frame_shaped(shape: tuple[int, int], frame: tuple[int, int]) -> bool:
@@ -69,6 +72,27 @@ def _frame_shaped(shape: tuple[int, int], frame: tuple[int, int]) -> bool:
     against the 352x1216 kb-crop's): the two differ by 4% on KITTI (1242/375 against 1216/352)."""
     aspect = shape[1] / shape[0]
     return abs(math.log(aspect / (frame[1] / frame[0]))) < abs(math.log(aspect / (KB_CROP_SHAPE[1] / KB_CROP_SHAPE[0])))
+
+
+def _crop_shaped(shape: tuple[int, int]) -> bool:
+    """Whether a map has the 352x1216 kb-crop's aspect ratio rather than a raw KITTI frame's (375x1242)."""
+    return not _frame_shaped(shape, KITTI_FRAME_SHAPE)
+
+
+def _frame_onto_kb_crop(pred, resize: bool):
+    """A prediction of the whole frame against ground truth that is kb-cropped already: kb-cropped as the
+    ground truth was, where it is at a frame's own size (at least the crop's and less than twice it). Of
+    another size it cannot be placed (the frame's size is unknown here): resized onto the crop, its rows
+    and columns would not be the ground truth's, so it is refused even with ``resize``."""
+    h, w = pred.shape
+    if KB_CROP_SHAPE[0] <= h < 2 * KB_CROP_SHAPE[0] and KB_CROP_SHAPE[1] <= w < 2 * KB_CROP_SHAPE[1]:
+        return kb_crop(pred)
+    raise ValueError(f"the ground truth is kb-cropped already ({KB_CROP_SHAPE[0]}x{KB_CROP_SHAPE[1]}) and the "
+                     f"prediction ({h}x{w}) has a whole frame's shape at another size: it cannot be placed on the "
+                     "crop without the frame's size" + (" (--resize would stretch the frame over the crop)" if resize
+                                                        else "")
+                     + "; evaluate against the raw ground truth, where --resize resizes it to the frame first, or "
+                     "resize the predictions to the frame and kb-crop them")
 
 
 def _scan(root: Path) -> dict[str, Path]:
@@ -255,6 +279,12 @@ def evaluate_depth_dirs(
                 if pred.shape == gt.shape:
                     pred = kb_crop(pred)
                 gt = kb_crop(gt)
+            elif settings["kb_crop"] and pred.shape != gt.shape and not _crop_shaped(pred.shape):
+                pred = _frame_onto_kb_crop(pred, resize)
+            elif not settings["kb_crop"] and pred.shape == KB_CROP_SHAPE and gt.shape != pred.shape:
+                raise ValueError(f"the prediction is {pred.shape[0]}x{pred.shape[1]}, the KITTI benchmark crop's size: "
+                                 "evaluate with the kb-crop (--kb-crop, on for --dataset kitti), which crops the ground "
+                                 "truth to it; --resize would stretch the crop over the whole frame")
             result = acc.update(pred, gt)
         except ValueError as exc:
             raise ValueError(f"{pred_path} against {gt_path}: {exc}{cropped}") from exc
