@@ -579,6 +579,23 @@ def _pca_size(args: argparse.Namespace, basis) -> int | tuple[int, int] | None:
     return size
 
 
+def _pca_fit(args: argparse.Namespace, basis) -> str:
+    """pca's --fit to the patch grid: as given; left out, "resize", or as --basis was fitted (one that records
+    its size but no fit was fitted before the option, padded), said in a note where that is padding; given
+    otherwise than the basis's, the given one, with a warning."""
+    fitted = None if basis is None else basis.info.get("fit", "pad" if "size" in basis.info else None)
+    if args.fit is None:
+        if fitted == "pad":
+            print(f"note: --fit pad, as {args.basis} was fitted (give --fit resize for pca's default)",
+                  file=sys.stderr)
+        return fitted or "resize"
+    if fitted is not None and args.fit != fitted:
+        print(f"warning: --fit {args.fit}, but {args.basis} was fitted with --fit {fitted}: its colours and "
+              "foreground threshold fit features made so, so the masks and colours may be off (leave --fit out to "
+              "use the basis's)", file=sys.stderr)
+    return args.fit
+
+
 def _pca_tile_and_8bit(args: argparse.Namespace, basis, size) -> None:
     """pca's --tile (0: none) and --resize-8bit, set in ``args``: as given; left out, as --basis was
     fitted (it records both, as it records its size: its colours fit features computed that way), said
@@ -760,6 +777,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     _pca_model(args, basis)
     size = _pca_size(args, basis)
     _pca_tile_and_8bit(args, basis, size)
+    fit = _pca_fit(args, basis)
     _check_resize_8bit(args, size)
     device = check_device(args.device)
     weights = _weights_arg(args.weights)
@@ -771,7 +789,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             arch.resolve_layers([args.layer])
         except ValueError as exc:
             raise ValueError(f"--layer {args.layer}: {exc} ({args.model})") from None
-    check_forward_tokens(sizes, FeatureOptions(size=size, tile=args.tile), patch)  # before a download or a model
+    check_forward_tokens(sizes, FeatureOptions(size=size, tile=args.tile, fit=fit), patch)  # before a download
     model_inputs = _model_inputs(args)
     inputs = [p for p in [*args.images, args.video, args.basis] if p and not str(p).startswith("skimage:")]
     if args.save_basis:
@@ -815,7 +833,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
                 model.resolve_layers([args.layer]) != model.resolve_layers([basis.info["layer"]]):
             raise ValueError(f"--layer {args.layer}: {args.basis} was fitted on block {basis.info['layer']}; "
                              "leave --layer out to use that block")
-        options = FeatureOptions(layers=[layer], size=size, tile=args.tile, batch_size=args.batch_size,
+        options = FeatureOptions(layers=[layer], size=size, tile=args.tile, fit=fit, batch_size=args.batch_size,
                                  resize_8bit=args.resize_8bit)
         common = dict(threshold=threshold, upsample=args.upsample, info=info, options=options)
         if args.video:
@@ -977,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
     pca.add_argument("--video", help="a video file: joint PCA over its frames; writes <name>_pca.mp4 "
                                      "(frame | colours side by side)")
     pca.add_argument("--basis", help="colour with this saved basis (.npz) instead of fitting one (left out, --model, "
-                                     "--size, --tile and --resize-8bit are the basis's, said in a note)")
+                                     "--size, --tile, --fit and --resize-8bit are the basis's, said in a note)")
     pca.add_argument("--save-basis", help="where to save the fitted basis of one image, --joint or --video "
                                           "(default: OUT/pca_basis.npz)")
     pca.add_argument("--size", type=int_range(0), nargs="+", default=None, metavar="N",
@@ -987,6 +1005,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "large --size); 0: none (default: none, or the tiling a "
                                                         "--basis was fitted with)")
     _add_resize_8bit_argument(pca, basis=True)
+    pca.add_argument("--fit", choices=["resize", "pad"], default=None,
+                     help="how to reach the 14-pixel grid: resize (default, or a --basis's: the image resized to "
+                          "the nearest multiple) or pad (zeros, as `features` does by default; padded border "
+                          "patches can flip which side is the foreground)")
     pca.add_argument("--layer", type=int, default=None, help="block whose patch tokens are used (default: the last)")
     pca.add_argument("--upsample", choices=["nearest", "bilinear"], default="bilinear",
                      help="from the patch grid to the image (default bilinear)")
@@ -1395,7 +1417,9 @@ def _add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
                         help="lower bound of valid ground truth, metres (>= 0, below --max-depth)")
     parser.add_argument("--max-depth", type=positive_float, default=None,
                         help="upper bound of valid ground truth, metres (> 0)")
-    parser.add_argument("--crop", choices=["eigen", "garg", "none"], default=None, help="evaluation crop (default: preset)")
+    parser.add_argument("--crop", choices=["eigen", "garg", "kitti_eigen", "none"], default=None,
+                        help="evaluation crop (default: the preset's): eigen (NYU, 480x640), garg (KITTI), kitti_eigen "
+                             "(KITTI's Eigen crop in the BTS and AdaBins evaluations)")
     parser.add_argument("--kb-crop", action=argparse.BooleanOptionalAction, default=None,
                         help="KITTI benchmark crop of the ground truth to 352x1216 (default: on for kitti)")
     parser.add_argument("--median-scaling", action="store_true", help="scale each prediction by median(gt)/median(pred)")

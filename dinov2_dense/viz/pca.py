@@ -544,6 +544,8 @@ def _pca_options(model, options: FeatureOptions | None, layer: int, **settings: 
     """The feature settings of a PCA call: ``options``, else the keywords (``layer`` -1 is the last
     block, as ``layers=None``); see :func:`dinov2_dense.features.feature_options`. A PCA map
     colours one block, so ``options.layers`` must select one."""
+    if settings.get("fit") is None:  # PCA's own default, "resize"; with options, theirs
+        settings["fit"] = "resize" if options is None else FeatureOptions().fit
     options = feature_options(options, layers=None if layer == -1 else [layer], **settings)
     if len(blocks := model.resolve_layers(options.layers)) != 1:
         raise ValueError(f"layers={options.layers!r} selects blocks {blocks}: a PCA map colours one block; "
@@ -598,7 +600,7 @@ def pca_maps(
     layer: int = -1,
     size: int | Sequence[int] | None = None,
     tile: int | None = None,
-    fit: str = "pad",
+    fit: str | None = None,
     upsample: str = "bilinear",
     batch_size: int = 8,
     progress: bool | None = None,
@@ -617,7 +619,11 @@ def pca_maps(
         joint: one basis fitted over all images (same parts, same colours); False fits one per image.
         threshold: see :func:`fit_pca`. layer: block index (negative from the end).
         size, tile, fit: as in extract_features: a larger ``size`` gives finer maps, ``tile``
-            bounds memory for large inputs.
+            bounds memory for large inputs. ``fit`` left out is "resize" here (extract_features'
+            default is "pad"): the patches of zero padding, at the border, are unlike any of the image's, and
+            decided which side of the split was the object (a one-pixel pad row flipped 11 of 12
+            small scenes' foregrounds); a resize to the grid changes the aspect ratio by at most
+            half a patch a side.
         upsample: "bilinear" or "nearest", from the patch grid to the image.
         options: the feature settings as one :class:`~dinov2_dense.features.FeatureOptions`
             (one block in ``layers``), instead of ``layer``, ``size``, ``tile``, ``fit`` and
@@ -655,10 +661,10 @@ def pca_maps(
 def _fit_record(model, feats: list[DenseFeatures], options: FeatureOptions, info: dict | None) -> dict:
     """What a basis records of how its features were made, as the command's does (reused with --basis,
     features are computed the same way, and other weights are warned of): the block, size, tiling, the
-    8-bit resize and the identity of the weights (:func:`dinov2_dense.checkpoints.weights_identity` with
+    fit to the patch grid, the 8-bit resize and the identity of the weights (:func:`dinov2_dense.checkpoints.weights_identity` with
     its ``features_sha256``, hashed now unless ``info``, which is added last, has it)."""
     record = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "tile": options.tile,
-              **({"resize_8bit": True} if options.resize_8bit else {})}
+              "fit": options.fit, **({"resize_8bit": True} if options.resize_8bit else {})}
     if "weights_sha256" not in (info or {}):
         from ..checkpoints import weights_identity
 
@@ -812,7 +818,7 @@ def pca_video(
     layer: int = -1,
     size: int | Sequence[int] | None = None,
     tile: int | None = None,
-    fit: str = "pad",
+    fit: str | None = None,
     upsample: str = "bilinear",
     batch_size: int = 8,
     step: int = 1,
