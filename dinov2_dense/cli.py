@@ -1493,6 +1493,15 @@ def _cmd_eval_depth(args: argparse.Namespace) -> int:
               f"{s['min_depth']:g} m and {clipped['above_max_pixels']} above {s['max_depth']:g} m, of "
               f"{report.evaluated_pixels} evaluated, clipped to the range as the protocol does"
               + (f" (wrong units? {units})" if most else ""), file=sys.stderr)
+    if args.pred_scale is not None and report.metre_predictions:
+        pairs = report.count + len(report.skipped)
+        every = "any of" if report.metre_predictions == pairs else f"{report.metre_predictions} of"
+        print(f"warning: --pred-scale {args.pred_scale:g} is not applied to {every} the predictions: .npy floats are "
+              "read as metres", file=sys.stderr)
+    if report.metrics["d1"] < 0.05:
+        print(f"warning: d1 is {report.metrics['d1']:.4f}: hardly any prediction is within 25% of the ground truth; "
+              "wrong units (--pred-scale, or .npy floats that are not metres)? For a model of relative depth, "
+              "--median-scaling", file=sys.stderr)
     print(f"dataset {s['dataset']}: depth range ({s['min_depth']:g}, {s['max_depth']:g}) m, crop {s['crop']}, "
           f"kb-crop {'on' if s['kb_crop'] else 'off'}, silog {s['silog']}"
           + (", median scaling" if s["median_scaling"] else ""))

@@ -547,3 +547,23 @@ def test_kitti_eigen_crop_is_the_bts_box(tmp_path, capsys):
     assert _tool()([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--crop", "eigen",
                     "--no-progress"]) == 2
     assert "`--crop kitti_eigen`" in capsys.readouterr().err
+
+
+def test_a_scale_that_is_not_applied_and_predictions_in_other_units_are_warned_of(tmp_path, capsys):
+    """--pred-scale given for .npy floats (metres, read without a scale) was dropped without a word, and
+    predictions 10x too small (d1 = d2 = d3 = 0) drew no warning; a too-large one did ("wrong units?")."""
+    pred_dir, gt_dir, _ = _nyu_like(tmp_path, n=2)  # one .npy of floats, one 16-bit PNG
+    main = _tool()
+    capsys.readouterr()
+    assert main([str(pred_dir), str(gt_dir), "--pred-scale", "1000", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --pred-scale 1000 is not applied to 1 of the predictions: .npy floats are read as metres" in err
+    assert "d1 is" not in err, err
+    assert main([str(pred_dir), str(gt_dir), "--no-progress"]) == 0
+    assert "--pred-scale" not in capsys.readouterr().err  # left out: nothing was dropped
+    assert main([str(pred_dir), str(gt_dir), "--pred-scale", "10000", "--no-progress"]) == 0  # the PNG 10x small
+    for f in pred_dir.glob("*.npy"):
+        np.save(f, np.load(f) / 10)
+    assert main([str(pred_dir), str(gt_dir), "--pred-scale", "10000", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: d1 is 0.0000: hardly any prediction is within 25% of the ground truth; wrong units" in err, err

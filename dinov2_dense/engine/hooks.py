@@ -142,7 +142,8 @@ class SavePredictionsHook(Hook):
         else:
             gt, pred = self.root if self.root is not None else "GT_DIR", self.out_dir / "depth"
         command = shlex.join(["dinov2-dense", "eval-depth", str(pred), str(gt), *opts])
-        return "score them as this test did with: " + command + ("" if metrics else " (add the test's settings)")
+        return (f"the saved maps are rounded to 1/{self.depth_scale:g} m, so a metric may differ in its 4th digit; "
+                "score them as this test did with: " + command + ("" if metrics else " (add the test's settings)"))
 
 
 @HOOKS.register_module()

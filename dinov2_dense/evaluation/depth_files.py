@@ -173,6 +173,7 @@ class DepthDirReport:
     clipped_predictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLIPPED_PREDICTION_KEYS, 0))
     evaluated_pixels: int = 0  # valid ground truth inside the crop, over all images
     ground_truth: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUND_TRUTH_KEYS, 0))
+    metre_predictions: int = 0  # predictions read as .npy floats (metres): pred_scale is not applied to them
 
 
 def eval_depth_options(dataset: str, *, pred_scale: float, gt_scale: float | None = None, kb_crop: bool = False,
@@ -264,9 +265,11 @@ def evaluate_depth_dirs(
     from tqdm.auto import tqdm
 
     skipped, invalid_images, all_zero_images = [], [], []
+    metres = 0
     for name, pred_path, gt_path in tqdm(pairs, desc="eval-depth", unit="img", disable=not progress):
         gt = read_depth(gt_path, settings["gt_scale"])
         pred = read_depth(pred_path, settings["pred_scale"])
+        metres += _float_npy(pred_path)
         cropped = ""
         try:
             if settings["kb_crop"] and gt.shape != KB_CROP_SHAPE:
@@ -305,7 +308,14 @@ def evaluate_depth_dirs(
                           invalid_predictions=acc.invalid_predictions(), invalid_images=invalid_images,
                           all_zero_images=all_zero_images, clipped_predictions=acc.clipped_predictions(),
                           evaluated_pixels=sum(c["pixels"] for c in acc.per_image_invalid if c is not None),
-                          ground_truth=acc.ground_truth())
+                          ground_truth=acc.ground_truth(), metre_predictions=metres)
+
+
+def _float_npy(path: Path) -> bool:
+    """Whether a depth file is a .npy of floats (metres, read without a scale)."""
+    import numpy as np
+
+    return path.suffix.lower() == ".npy" and np.issubdtype(np.load(path, mmap_mode="r").dtype, np.floating)
 
 
 def format_depth_table(metrics: dict[str, float], digits: int = 4) -> str:
