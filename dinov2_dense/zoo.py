@@ -143,10 +143,29 @@ def load_model(
             raise _with_zoo_hint(exc, spec, "backbone", weights, backbone_weights) from exc.__cause__
     model = build_model(name, backbone=backbone)
     if head_sd:
-        load_head_weights(model, head_sd, label)
+        try:
+            load_head_weights(model, head_sd, label)
+        except CheckpointError as exc:
+            trained_on = _trained_on(path)
+            if trained_on is None:
+                raise
+            raise CheckpointError(f"{exc}. It is a head of `dinov2-dense train` on {trained_on}: load it with "
+                                  f"dinov2_dense.engine.load_trained({str(path)!r}), which builds its run's model "
+                                  "from the config copy in its work dir") from None
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _trained_on(path: Path) -> str | None:
+    """The backbone a checkpoint of ``dinov2-dense train`` records (``meta.backbone.weights``), or None."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("meta")
+    except Exception:  # noqa: BLE001 - not a torch file of ours (a .safetensors, a folder): no record
+        return None
+    backbone = meta.get("backbone") if isinstance(meta, dict) else None
+    weights = backbone.get("weights") if isinstance(backbone, dict) else None
+    return weights if isinstance(weights, str) else None
 
 
 def _with_zoo_hint(exc: WeightsNotFoundError, spec: ModelSpec, missing: str, weights,

@@ -134,6 +134,12 @@ def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path, capsy
             "its run, 80.0 here): its predictions would be rescaled; give --cfg-options model.head.max_depth=10.0") \
         in err, err
     assert main([*run, "test_evaluator.max_depth=8.0"]) == 0  # the range evaluated is another setting
+    from dinov2_dense.engine import load_trained
+
+    # in Python, the run's model as test runs it: the depth protocol's flip averaging, the range checked
+    assert load_trained(checkpoint).test_cfg == {"mode": "whole", "flip": True}
+    with pytest.raises(Exception, match="model.head.max_depth 10.0 in its run, 80.0 here"):
+        load_trained(checkpoint, DEPTH_CFG, cfg_options={"model.head.max_depth": 80.0})
 
 
 # ---------------------------------------------------------------- bug 3: --overwrite deletes only once built
@@ -673,3 +679,45 @@ def test_a_depth_crop_that_cannot_fit_the_ground_truth_is_refused_before_trainin
                "--cfg-options", *(f"{k}={v}" for k, v in options.items())])
     err = capsys.readouterr().err
     assert rc == 2 and "test_evaluator.crop='eigen' does not fit" in err, err
+
+
+def test_load_trained_predicts_what_test_saves_and_checks_as_test_does(scenes, trained, tmp_path, capsys):
+    """A head that `train` wrote had no Python loader: load_model takes zoo names (a reviewer: 6 keys of other
+    shapes for a head on the embedded backbone), and a DensePredictor built by hand left the config's test
+    protocol (flip averaging for depth) and test's checks out. load_trained builds the run's model from the
+    config copy in its work dir and loads the head as `test` does."""
+    import cv2
+
+    from dinov2_dense.checkpoints import CheckpointError
+    from dinov2_dense.engine import load_trained
+    from dinov2_dense.features import to_input_tensor
+
+    checkpoint = trained / "iter_2.pth"
+    out = tmp_path / "pred"
+    opts = [f"{k}={v}" for k, v in _options(scenes / "ade", 2).items()]
+    assert main(["test", str(SEG_CFG), str(checkpoint), "--work-dir", str(tmp_path / "t"), "--out", str(out),
+                 "--cfg-options", *opts]) == 0
+    predictor = load_trained(checkpoint)  # the config copy beside it
+    assert not predictor.training and predictor.test_cfg == {"mode": "whole"}
+    images = sorted((scenes / "ade" / "images" / "validation").glob("*.jpg"))
+    for image in images:
+        saved = cv2.imread(str(out / "masks" / "annotations" / "validation" / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
+        with torch.no_grad():
+            mine = predictor.predict(to_input_tensor(str(image))[None])[0].argmax(0).numpy()
+        np.testing.assert_array_equal(mine, saved)
+    # test's checks: a head on another backbone is refused, naming it; the config given takes options
+    other = {"model.backbone_seed": 7}
+    with pytest.raises(CheckpointError, match="holds a head trained on another backbone"):
+        load_trained(checkpoint, SEG_CFG, cfg_options=other)
+    assert load_trained(checkpoint, SEG_CFG, cfg_options=other, other_backbone=True).test_cfg == {"mode": "whole"}
+    lone = tmp_path / "lone" / "iter_2.pth"
+    lone.parent.mkdir()
+    shutil.copy(checkpoint, lone)
+    with pytest.raises(FileNotFoundError, match="no .py file beside it, where `train` keeps its config's copy"):
+        load_trained(lone)
+    # load_model, given such a head for a zoo model of other widths, names load_trained
+    from dinov2_dense import load_model
+
+    with pytest.raises(CheckpointError, match=r"a head of `dinov2-dense train` on .*: load it with "
+                                              r"dinov2_dense.engine.load_trained\("):
+        load_model("dinov2_vits14_ade20k_linear", weights=checkpoint, backbone_weights=None)

@@ -3,7 +3,7 @@
 Each block runs in a subprocess whose working directory holds the files a user would have and
 the snippets name (``a.jpg``, ``b.jpg``, ``c.jpg``, a Hugging Face folder ``facebook-dinov2-small/``,
 a timm file ``vit_small_patch14_dinov2.safetensors``, a training checkpoint
-``teacher_checkpoint.pth``), with ``$DINOV2_DENSE_WEIGHTS`` pointing at random weights under the
+``teacher_checkpoint.pth``, a head training run ``runs/ade/``), with ``$DINOV2_DENSE_WEIGHTS`` pointing at random weights under the
 official file names, downloads forbidden, and an empty torch hub. A block added to the README is
 picked up without touching this file; one that names another user file needs it added to
 ``user_files`` below.
@@ -104,6 +104,17 @@ def user_files(tmp_path_factory, weights_dir) -> Path:
                                        patch_size=14, image_size=518)
     torch.manual_seed(0)
     transformers.Dinov2Model(config).save_pretrained(root / "facebook-dinov2-small")
+    # a training run's work dir (its checkpoint and config copy): a tiny head trained for one iteration
+    from dinov2_dense.cli import main
+    from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
+
+    write_ade20k_layout(root / "scenes", 2, 1, config=SceneConfig(size=(112, 112)), seed=0, progress=False)
+    options = {**{f"{split}_dataloader.dataset.root": str(root / "scenes") for split in ("train", "val", "test")},
+               "train_cfg.max_iters": 1, "train_cfg.val_interval": 1000, "train_dataloader.batch_size": 2,
+               "param_scheduler.0.end": 1, "param_scheduler.1.end": 1}
+    assert main(["train", str(REPO / "configs/segmentation/tiny_synthetic_linear.py"), "--work-dir",
+                 str(root / "runs" / "ade"), "--cfg-options", *(f"{k}={v}" for k, v in options.items())]) == 0
+    (root / "runs" / "ade" / "iter_1.pth").rename(root / "runs" / "ade" / "iter_40000.pth")  # the README's name
     return root
 
 

@@ -14,7 +14,8 @@ _NAMES = {
     "LossWarmUpHook": "runner", "ResumeDataHook": "runner", "continue_trained_data": "runner",
     "latest_checkpoint": "runner", "DATASETS": "registry", "FUNCTIONS": "registry", "HOOKS": "registry",
     "METRICS": "registry", "MODELS": "registry", "DATA_SAMPLERS": "registry", "SeededInfiniteSampler": "data",
-    "PARAM_SCHEDULERS": "registry", "OneCycleMomentum": "schedulers",
+    "PARAM_SCHEDULERS": "registry", "OneCycleMomentum": "schedulers", "HeadCheckpointLoader": "runner",
+    "load_trained": "trained",
 }
 __all__ = [*_NAMES, "register_all"]
 

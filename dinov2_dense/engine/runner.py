@@ -825,6 +825,29 @@ class DenseRunner(Runner):
         checkpoint = self._read_cache.pop(str(filename), None) or read_run_checkpoint(filename, map_location)
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
+        zoo = isinstance(self.cfg.get("model"), dict) and self.cfg["model"].get("zoo") is not None
+        HeadCheckpointLoader(partial_load=self.partial_load, other_backbone=self.other_backbone, zoo=zoo,
+                             warn=self.logger.warning).load(filename, checkpoint, model, revise_keys)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return checkpoint
+
+
+class HeadCheckpointLoader:
+    """Loads a head checkpoint into a DenseModel as ``test``, ``--resume`` and ``load_from`` do (and
+    :func:`dinov2_dense.engine.load_trained`): strictly through our key report, refusing non-finite
+    tensors, a head trained on another backbone (``meta.backbone``), fed other blocks (``meta.head_inputs``)
+    or built for another depth range (``meta.head_output``); ``partial_load`` and ``other_backbone`` say
+    that this is meant. ``zoo``: the config names a zoo model (whose blocks are its own); ``warn`` takes
+    the warnings (the runner's logger)."""
+
+    def __init__(self, *, partial_load: bool = False, other_backbone: bool = False, zoo: bool = False,
+                 warn=None) -> None:
+        self.partial_load, self.other_backbone, self.zoo = partial_load, other_backbone, zoo
+        self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+
+    def load(self, filename: str, checkpoint: dict, model, revise_keys=((r"^module\.", ""),)) -> None:
+        """Load ``checkpoint`` (read from ``filename``, which messages name) into ``model``."""
         state = dict(checkpoint.get("state_dict", checkpoint))
         for pattern, replacement in revise_keys:
             state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
@@ -833,7 +856,7 @@ class DenseRunner(Runner):
             raise CheckpointError(f"{filename} does not fit the model of this config:\n  " + "\n  ".join(problems)
                                   + "\n  (pass --partial-load to load the keys that fit and keep the rest as built)")
         if problems:
-            self.logger.warning(f"partial load of {filename}: " + "; ".join(problems))
+            self.warn(f"partial load of {filename}: " + "; ".join(problems))
             own = model.state_dict()
             if hasattr(model, "backbone"):
                 own.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
@@ -857,11 +880,8 @@ class DenseRunner(Runner):
                 else f"the backbone.* tensors of {filename}"
             model._fingerprint = None
             model.keep_backbone = True
-            self.logger.warning(f"{filename} holds backbone.* tensors other than this config's backbone ({was}): "
-                                "the model runs on those (and a training run's checkpoints keep them)")
-        self._has_loaded = True
-        self.logger.info(f"Load checkpoint from {filename}")
-        return checkpoint
+            self.warn(f"{filename} holds backbone.* tensors other than this config's backbone ({was}): "
+                      "the model runs on those (and a training run's checkpoints keep them)")
 
     def _check_head_inputs(self, filename: str, checkpoint: dict, model) -> None:
         """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.head_inputs`` records other blocks,
@@ -879,8 +899,7 @@ class DenseRunner(Runner):
         message = (f"{filename} holds a head trained on other features of its backbone than this config feeds it "
                    f"({said})")
         give = " ".join(f"{key}={theirs}" for key, theirs, _ in differ)
-        zoo = isinstance(self.cfg.get("model"), dict) and self.cfg["model"].get("zoo") is not None
-        way = ("the config of its run (a model.zoo model reads its own blocks)" if zoo else
+        way = ("the config of its run (a model.zoo model reads its own blocks)" if self.zoo else
                f"--cfg-options {give} (as the config of its run)")
         self._refuse_other_backbone(message, f": give {way}, or pass --other-backbone to use it so anyway")
 
@@ -907,7 +926,7 @@ class DenseRunner(Runner):
         """Raise ``message + way`` as a CheckpointError, or with ``other_backbone`` warn of ``message`` and go on."""
         if not self.other_backbone:
             raise CheckpointError(message + way)
-        self.logger.warning(message + " (--other-backbone: going on)")
+        self.warn(message + " (--other-backbone: going on)")
 
     def _check_backbone(self, filename: str, checkpoint: dict, state: dict, model) -> None:
         """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.backbone`` records another
