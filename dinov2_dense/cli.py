@@ -1125,12 +1125,13 @@ def _add_engine_commands(sub) -> None:
     synth = sub.add_parser("synth", help="write synthetic scenes with exact segmentation and depth")
     synth.add_argument("out", help="output folder: new or empty; one holding exactly this set is left as it is; "
                                    "another set is replaced only with --overwrite")
-    synth.add_argument("--layout", choices=["ade20k", "nyu", "folder"], default="ade20k")
-    synth.add_argument("--train", type=positive_int, default=400, help="training scenes (folder layout: all scenes)")
+    synth.add_argument("--layout", choices=["ade20k", "nyu", "folder"], default="ade20k",
+                       help="the data set layout to write (default ade20k)")
+    synth.add_argument("--train", type=positive_int, default=400, help="training scenes (folder layout: all scenes; default 400)")
     synth.add_argument("--val", type=positive_int, default=None,
                        help="validation scenes (default 50; not for the folder layout)")
-    synth.add_argument("--size", type=int_range(28, 8192), default=224, help="image side in pixels (28-8192)")
-    synth.add_argument("--classes", type=int_range(2, 254), default=5, help="classes including the background")
+    synth.add_argument("--size", type=int_range(28, 8192), default=224, help="image side in pixels (28-8192; default 224)")
+    synth.add_argument("--classes", type=int_range(2, 254), default=5, help="classes including the background (default 5)")
     synth.add_argument("--appearance", choices=["colour", "texture"], default="colour",
                        help="colour: a colour per class; texture: classes show by texture only (the demo's scenes)")
     synth.add_argument("--class-sizes", type=float, nargs="+", default=None, metavar="SIZE",
@@ -1194,7 +1195,7 @@ def _add_knn_command(sub) -> None:
     knn.add_argument("--temperature", type=float_range(0.0, strict_min=True), default=0.07,
                      help="softmax temperature of the votes (default 0.07)")
     knn.add_argument("--no-linear", action="store_true", help="kNN only, no linear probe")
-    knn.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
+    knn.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size (default 224)")
     knn.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
                      help="class token, mean of the patch tokens, or both (default cls)")
     knn.add_argument("--val-fraction", type=float_range(0.0, 1.0, strict_min=True, strict_max=True), default=0.2,
@@ -1359,7 +1360,7 @@ def _add_curate_command(sub) -> None:
     cur.add_argument("--out", required=True, help="output folder: selected.txt, duplicates.txt, clusters.npy, report")
     cur.add_argument("--names", default=None, help="names file of an .npy input (default: its .txt beside it)")
     _common_model_arguments(cur)
-    cur.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size")
+    cur.add_argument("--size", type=int_range(14, 4096), default=224, help="images are resized to size x size (default 224)")
     cur.add_argument("--pooling", choices=["cls", "mean", "cls+mean"], default="cls",
                      help="what embeds an image: the class token (default), the mean patch token, or both")
     cur.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",

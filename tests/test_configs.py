@@ -19,6 +19,7 @@ from dinov2_dense.settings import BACKBONE_SETTINGS, DATASET_SETTINGS
 ROOT = Path(__file__).resolve().parents[1]
 LEAVES = sorted(p for d in ("segmentation", "depth") for p in (ROOT / "configs" / d).glob("dinov2_*.py"))
 TINY = [ROOT / "configs/segmentation/tiny_synthetic_linear.py", ROOT / "configs/depth/tiny_synthetic_linear.py"]
+EMBEDDED = [ROOT / "configs/segmentation/embedded_synthetic_linear.py", ROOT / "configs/depth/embedded_synthetic_linear.py"]
 MS_RATIOS = (1.0, 1.32, 1.73, 2.28, 3.0)
 
 # -- the released protocols, as read in public copies of the released configs (see the bases) -----
@@ -264,7 +265,22 @@ def _shrink(cfg, scenes: Path, work_dir: Path):
     return cfg
 
 
-@pytest.mark.parametrize("path", LEAVES + TINY, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", EMBEDDED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_the_embedded_configs_build_the_embedded_backbone_with_its_trained_weights(path):
+    """The configs that the offline hint of train and test names: the backbone embedded in the package, as
+    load_backbone reads it (not a random one of its shape), with a head of its width on its last block."""
+    from dinov2_dense import load_backbone
+    from dinov2_dense.checkpoints import fingerprint
+
+    model = MODELS.build(Config.fromfile(str(path)).model)
+    assert fingerprint(model.backbone) == fingerprint(load_backbone("dinov2_dense_tiny"))
+    assert model.backbone_source == "dinov2_dense_tiny (embedded weights)" and model.predictor.layers == [3]
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 56, 56))
+    assert out.shape[-2:] == (56, 56) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("path", LEAVES + TINY + EMBEDDED, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_config_trains_a_few_iterations(path, scenes, random_backbones, tmp_path, monkeypatch):
     import dinov2_dense.engine.model as engine_model
     from dinov2_dense.engine.runner import DenseRunner

@@ -666,8 +666,9 @@ def _raise_with_config_hint(exc: OSError) -> None:
     if NO_WEIGHTS_HINT in str(exc):
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, (
             "To go on without a download: --cfg-options model.backbone_weights=None (random weights: the metrics "
-            "then mean nothing), or a config of the tiny_synthetic_* kind, on the backbone embedded in the "
-            "package"))) from None
+            "then mean nothing), or the backbone embedded in the package, dinov2_dense_tiny (trained; the configs "
+            "configs/segmentation/embedded_synthetic_linear.py and configs/depth/embedded_synthetic_linear.py, "
+            "or --cfg-options model.backbone=dinov2_dense_tiny with the head's width 96)"))) from None
 
 
 def fetch_backbone_weights(cfg) -> None:
