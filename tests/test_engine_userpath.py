@@ -721,3 +721,18 @@ def test_load_trained_predicts_what_test_saves_and_checks_as_test_does(scenes, t
     with pytest.raises(CheckpointError, match=r"a head of `dinov2-dense train` on .*: load it with "
                                               r"dinov2_dense.engine.load_trained\("):
         load_model("dinov2_vits14_ade20k_linear", weights=checkpoint, backbone_weights=None)
+
+
+def test_a_head_of_another_backbone_and_width_is_named_as_such_before_its_shapes(scenes, trained, tmp_path, capsys):
+    """A head trained on one backbone, tested with a config building another of another width, was refused for
+    its key shapes with the advice --partial-load (a part-random head); following it gave the cause. The
+    backbone the checkpoint records is named first now."""
+    opts = [f"{k}={v}" for k, v in _options(scenes / "ade", 2).items()]
+    other = ["model.backbone=dinov2_dense_tiny", "model.backbone_weights=official", "model.head.in_channels=[96]",
+             "model.layers=[3]"]
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(trained / "iter_2.pth"), "--work-dir", str(tmp_path / "t"),
+                 "--cfg-options", *opts, *other]) == 2
+    err = capsys.readouterr().err
+    assert "holds a head trained on another backbone (random weights (seed 0)" in err, err
+    assert "dinov2_dense_tiny (embedded weights)" in err and "--partial-load" not in err, err

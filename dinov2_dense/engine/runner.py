@@ -852,6 +852,8 @@ class HeadCheckpointLoader:
         for pattern, replacement in revise_keys:
             state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
         problems = model.state_dict_problems(state) if hasattr(model, "state_dict_problems") else []
+        if problems:  # a head of another backbone has other shapes: that is said first (--partial-load
+            self._check_backbone(filename, checkpoint, state, model)  # would keep a part-random head)
         if problems and not self.partial_load:
             raise CheckpointError(f"{filename} does not fit the model of this config:\n  " + "\n  ".join(problems)
                                   + "\n  (pass --partial-load to load the keys that fit and keep the rest as built)")
@@ -865,7 +867,8 @@ class HeadCheckpointLoader:
                 raise CheckpointError(f"{filename}: none of its keys fits the model of this config, so --partial-load "
                                       "would load nothing and keep the model as built:\n  " + "\n  ".join(problems))
         refuse_nonfinite(state, str(filename))
-        self._check_backbone(filename, checkpoint, state, model)
+        if not problems:
+            self._check_backbone(filename, checkpoint, state, model)
         self._check_head_inputs(filename, checkpoint, model)
         self._check_head_output(filename, checkpoint, model)
         replaced = _replaces_backbone(state, model)
