@@ -254,15 +254,24 @@ def test_invalid_predictions_are_counted_warned_and_written(tmp_path, capsys):
     assert "warning" not in captured.out
 
 
-def test_nan_prediction_on_a_valid_pixel_is_an_error(tmp_path, capsys):
-    pred_dir, gt_dir, _, preds = _invalid_prediction_folder(tmp_path)
+def test_nan_prediction_pixels_are_counted_and_scored_as_min_depth_as_bts_does(tmp_path, capsys):
+    """A NaN prediction pixel stopped the whole evaluation (exit 2) while +inf was counted and clipped (a
+    reviewer); it is counted with the non-finite pixels now and becomes min_depth, as in BTS and AdaBins."""
+    pred_dir, gt_dir, gts, preds = _invalid_prediction_folder(tmp_path)
     preds["c"][3, 3] = np.nan
     np.save(pred_dir / "c.npy", preds["c"])
     out = tmp_path / "m.json"
-    assert _tool()([str(pred_dir), str(gt_dir), "--dataset", "folder", "--out", str(out), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "c.npy" in err and "NaN on 1 valid pixel" in err
-    assert not out.exists()
+    assert _tool()([str(pred_dir), str(gt_dir), "--dataset", "folder", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["invalid_predictions"]["nonfinite_pixels"] == 3  # a's +inf and -inf, c's NaN
+    c = preds["c"].copy()
+    c[3, 3] = 1e-3
+    valid = gts["c"] > 1e-3
+    alone = DepthAccumulator(min_depth=1e-3, max_depth=10.0)
+    alone.update(preds["c"], gts["c"])  # with its NaN
+    assert float(np.mean(np.abs(np.clip(c[valid], 1e-3, 10) - gts["c"][valid]) / gts["c"][valid])) == \
+        pytest.approx(alone.compute()["abs_rel"])
+    assert "1 non-finite" not in capsys.readouterr().err  # (3 in all: the warning counts them together)
 
 
 @pytest.mark.parametrize("option, value, message", [

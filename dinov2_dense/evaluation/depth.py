@@ -24,7 +24,9 @@ Monocular-Depth-Estimation-Toolbox, BTS, AdaBins):
   ``pred *= median(gt) / median(pred)``.
 - The prediction is then clipped to ``[min_depth, max_depth]`` (BTS / AdaBins; +inf becomes
   ``max_depth``). The DINOv2 heads already clamp their output to this range, so for them this is
-  a no-op. A NaN prediction on a valid pixel raises ``ValueError``.
+  a no-op. A NaN prediction pixel becomes ``min_depth``, as in the BTS and AdaBins evaluations
+  (counted with the non-finite pixels; it raised ``ValueError`` before, so one NaN pixel in one map
+  stopped a whole evaluation).
 - Clipping is the protocol, but it must not hide a broken prediction, so :class:`DepthAccumulator`
   counts, on the evaluated (valid, cropped) pixels only and before median scaling and clipping,
   the prediction pixels that are non-finite (+inf or -inf), negative (finite and < 0) and zero
@@ -241,8 +243,7 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
     counts, :data:`GROUND_TRUTH_KEYS`)``: the measured pixels inside the crop (finite, positive: zero is
     no measurement) and those of them outside ``(min_depth, max_depth)``, which are not evaluated.
 
-    Raises ``ValueError`` for mismatched shapes (without ``resize``) and for a NaN prediction on a
-    valid pixel (NaN cannot be clipped to anything meaningful).
+    Raises ``ValueError`` for mismatched shapes (without ``resize``).
     """
     in_range = _in_range(gt, min_depth, max_depth)
     pred, gt = _as_depth_map(pred, "pred"), _as_depth_map(gt, "gt")
@@ -263,10 +264,7 @@ def _valid_pixels(pred, gt, *, min_depth: float, max_depth: float, crop, resize:
              "outside_range_pixels": int(np.count_nonzero(measured & ~valid))}
     if not valid.any():
         return None, truth
-    gt, pred = gt[valid], pred[valid]
-    if np.isnan(pred).any():
-        raise ValueError(f"the prediction is NaN on {int(np.isnan(pred).sum())} valid pixel(s)")
-    return (pred, gt), truth
+    return (pred[valid], gt[valid]), truth
 
 
 def _in_range(gt, min_depth: float, max_depth: float) -> np.ndarray:
@@ -296,7 +294,7 @@ def ground_truth_warning(counts: dict[str, int], min_depth: float, max_depth: fl
 
 
 def _invalid_counts(pred: np.ndarray) -> dict[str, int]:
-    """Invalid values among the evaluated prediction pixels ``pred`` (1-D, no NaN, non-empty)."""
+    """Invalid values among the evaluated prediction pixels ``pred`` (1-D, non-empty; NaN is non-finite)."""
     finite = np.isfinite(pred)
     zero = int(np.count_nonzero(pred == 0))
     counts = {"nonfinite_pixels": int(pred.size - np.count_nonzero(finite)),
@@ -310,7 +308,7 @@ def _invalid_counts(pred: np.ndarray) -> dict[str, int]:
 def _median_scaled(pred: np.ndarray, gt: np.ndarray, median_scaling: bool) -> np.ndarray:
     if not median_scaling:
         return pred
-    med = float(np.median(pred))
+    med = float(np.nanmedian(pred))  # (NaN pixels become min_depth after the scaling)
     if not (math.isfinite(med) and med > 0):
         raise ValueError(f"median scaling needs a positive finite median prediction, got {med}")
     return pred * (float(np.median(gt)) / med)
@@ -326,7 +324,8 @@ def _clipped_counts(pred: np.ndarray, min_depth: float, max_depth: float) -> dic
 def _scores(pred: np.ndarray, gt: np.ndarray, *, min_depth: float, max_depth: float, median_scaling: bool,
             silog: str) -> dict[str, float]:
     """The nine metrics on valid pixels (1-D arrays from :func:`_valid_pixels`)."""
-    pred = np.clip(_median_scaled(pred, gt, median_scaling), min_depth, max_depth)
+    pred = np.clip(_median_scaled(pred, gt, median_scaling), min_depth, max_depth)  # +inf -> max_depth
+    pred[np.isnan(pred)] = min_depth  # as BTS and AdaBins
     if min_depth == 0:  # keep logs and ratios finite for a zero prediction
         pred = np.maximum(pred, np.finfo(np.float64).tiny)
 
