@@ -604,21 +604,34 @@ def _cache_key(model, paths: list[str], labels: list[int], names: list[str], hw:
     import json
 
     from ..checkpoints import fingerprint, forward_settings
-    from ..fileio import file_stamp
     from ..images import max_pixels
 
-    # a missing file: (path, None, None), skipped when read; still part of what was asked
-    files = [(path, *(file_stamp(path) or (None, None))) for path in paths]
+    # a missing or unreadable file: (path, None), skipped when read; still part of what was asked
+    files = [(path, _content_digest(path)) for path in paths]
     # version 2: every class folder kept in the file (version 1 files had the empty ones left out);
     # the pixel limit in force: which images are skipped (a raised limit misses, reading them again)
     # version 3: the settings that change the features but no tensor (num_heads, the position embedding's
     # resampling), read from the architecture file: the same weights with another one missed no cache
-    about = {"version": 3, "weights": fingerprint(model), "forward": forward_settings(model), "files": files,
+    # version 4: each image by its content, not its size and modification time (an image replaced by
+    # another of the same size, its time kept by cp -p or rsync -a, was read from the cache as the old one)
+    about = {"version": 4, "weights": fingerprint(model), "forward": forward_settings(model), "files": files,
              "labels": labels, "classes": names, "size": list(hw), "pooling": pooling, "autocast": str(autocast),
              "max_pixels": max_pixels()}
     if resize_8bit:  # only when set: the keys of caches made before the option stay valid
         about["resize_8bit"] = True
     return hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _content_digest(path: str) -> str | None:
+    """SHA-256 of a file's bytes (the kNN cache's key: reading them is small beside decoding the image and
+    running the backbone); None when it cannot be read."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def _warn_skipped(root, skipped: list[str]) -> None:
