@@ -736,3 +736,19 @@ def test_a_head_of_another_backbone_and_width_is_named_as_such_before_its_shapes
     err = capsys.readouterr().err
     assert "holds a head trained on another backbone (random weights (seed 0)" in err, err
     assert "dinov2_dense_tiny (embedded weights)" in err and "--partial-load" not in err, err
+
+
+def test_cfg_options_through_a_list_by_name_name_the_list_and_only_the_key_that_fails(capsys):
+    """`pretrain tiny_cpu.py --cfg-options train.num_workers=0 train.dataset.root=DIR` (the README's continued-
+    pretraining option on a config whose data set is a list) blamed both keys with Python's "list indices must
+    be integers or slices, not str"."""
+    from dinov2_dense.engine.entry import ConfigError
+
+    config = str(ROOT / "configs/pretrain/tiny_cpu.py")
+    with pytest.raises(ConfigError) as info:
+        load_config(config, {"train.num_workers": 0, "train.dataset.root": "/data"}, known_sections=None)
+    assert str(info.value) == (f"--cfg-options train.dataset.root: train.dataset is a list in {config} (2 entries), "
+                               "so it has no key 'root': give the whole value (train.dataset=...) or an entry's "
+                               "(train.dataset.0.root=...)")
+    cfg = load_config(config, {"train.num_workers": 0, "train.dataset": "/data"}, known_sections=None)
+    assert cfg.train.dataset == "/data" and cfg.train.num_workers == 0

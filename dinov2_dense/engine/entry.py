@@ -185,8 +185,7 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
         try:
             cfg.merge_from_dict(cfg_options)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            keys = " ".join(cfg_options)
-            raise ConfigError(f"--cfg-options {keys}: does not fit {path} ({_one_line(exc)[:160]})") from None
+            raise ConfigError(_merge_error(cfg, cfg_options, path, exc)) from None
         if "train_cfg.max_iters" in cfg_options:
             moved = _follow_max_iters(cfg, max_iters, cfg_options)
             if moved and notes is not None:
@@ -198,6 +197,28 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
         cfg.work_dir = default_work_dir(path)
     cfg.launcher = launcher
     return cfg
+
+
+def _merge_error(cfg, cfg_options: dict, path: str, exc: BaseException) -> str:
+    """The message of --cfg-options that mmengine could not merge: the keys that fail alone (not every key
+    given), and where a key goes through a list by name (``train.dataset.root`` where ``train.dataset``
+    is a list), the list and the ways to set it."""
+    failing = []
+    for key, value in cfg_options.items():
+        try:
+            cfg.copy().merge_from_dict({key: value})
+        except (KeyError, IndexError, TypeError, ValueError):
+            failing.append(key)
+    failing = failing or list(cfg_options)
+    for key in failing:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            node = _get(cfg, ".".join(parts[:i]))
+            if isinstance(node, (list, tuple)) and not parts[i].isdigit():
+                head, rest = ".".join(parts[:i]), ".".join(parts[i:])
+                return (f"--cfg-options {key}: {head} is a list in {path} ({len(node)} entries), so it has no key "
+                        f"{parts[i]!r}: give the whole value ({head}=...) or an entry's ({head}.0.{rest}=...)")
+    return f"--cfg-options {' '.join(failing)}: does not fit {path} ({_one_line(exc)[:160]})"
 
 
 SCHEDULE_LENGTH_KEYS = ("end", "T_max", "total_steps")  # where an iteration-based scheduler states its length
