@@ -924,3 +924,37 @@ def test_plugin_configs_say_what_one_and_n_gpus_get_and_whose_the_ms_stride_is()
     assert "stride 426 (the model's test_cfg) is our choice" in " ".join(ms.split())
     assert "stride of the 640 crops is our choice: 426" in " ".join(settings.split())
     assert "(the released dinov2_vit*14_ade20k_ms_config.py)" not in ms
+
+
+@pytest.mark.parametrize("plugin, ours", [("nyu", "NYUDepthDataset"), ("kitti", "KITTIDepthDataset")])
+def test_plugin_depth_data_sets_list_what_ours_list_on_the_toolboxes_layouts(tmp_path, plugin, ours):
+    """The plugin's split-file data set joined each path straight onto data_root: the toolboxes' own NYU split
+    files (paths with a leading '/') failed at the first sample, and its KITTI config found neither
+    input/ nor gt_depth/ and kept the lines without ground truth ('None'). Both now list what ours list."""
+    import cv2
+    import numpy as np
+    from mmengine.config import Config
+    from mmseg.registry import DATASETS
+
+    import dinov2_dense.data as data
+
+    kitti = plugin == "kitti"
+    images, depths = (tmp_path / "input", tmp_path / "gt_depth") if kitti else (tmp_path, tmp_path)
+    lines = []
+    for i in range(3):
+        rgb, depth = f"/scene/rgb_{i:05d}.png", f"/scene/sync_depth_{i:05d}.png"
+        for folder, name in ((images, rgb), (depths, depth)):
+            (folder / name[1:]).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / name[1:]), np.full((4, 6), 1000 * (i + 1), np.uint16))
+        lines.append(f"{rgb} {depth if i != 1 else 'None'} 518.8579")
+    split = "kitti_eigen_test.txt" if kitti else "nyu_test.txt"
+    (tmp_path / split).write_text("\n".join(lines) + "\n")
+    cfg = Config.fromfile(str(ROOT / "configs" / "mmseg" / f"dinov2_vits14_{plugin}_dpt.py")).test_dataloader.dataset
+    cfg.data_root = str(tmp_path)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        theirs = DATASETS.build(cfg)
+    listed = [(theirs.get_data_info(i)["img_path"], theirs.get_data_info(i)["depth_map_path"])
+              for i in range(len(theirs))]
+    mine = getattr(data, ours)(tmp_path, split) if kitti else data.NYUDepthDataset(tmp_path, split)
+    assert listed == [(str(item.image), str(item.target)) for item in mine.items]
+    assert len(listed) == 2 and all(Path(p).is_file() for pair in listed for p in pair)

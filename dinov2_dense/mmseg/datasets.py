@@ -38,21 +38,33 @@ class SyntheticADE20KDataset(BaseSegDataset):
 class NYUToolboxDataset(NYUDataset):
     """A split file of the depth toolboxes (BTS, Monocular-Depth-Estimation-Toolbox), e.g. the NYU
     ``nyu_train.txt`` our synthetic NYU layout writes: one ``rgb depth [focal]`` line per sample,
-    paths relative to ``data_root``. Depth PNGs are read by mmseg's ``LoadDepthAnnotation`` (give it
-    ``depth_rescale_factor=1e-3`` for millimetres)."""
+    paths relative to ``data_root / img_dir`` and ``data_root / depth_dir`` (a leading ``/``, as the
+    toolboxes' own split files write them, is dropped; a depth ``None`` has no ground truth and is left
+    out), read as our ``NYUDepthDataset`` reads it: a missing file is named with its split file and line.
+    Depth PNGs are read by mmseg's ``LoadDepthAnnotation`` (give it ``depth_rescale_factor=1e-3`` for
+    millimetres)."""
 
-    def __init__(self, split_file: str = "nyu_train.txt", **kwargs):
-        self.split_file = split_file
+    def __init__(self, split_file: str = "nyu_train.txt", img_dir: str = "", depth_dir: str = "", **kwargs):
+        self.split_file, self.img_dir, self.depth_dir = split_file, img_dir, depth_dir
         super().__init__(**kwargs)
 
     def load_data_list(self) -> list[dict]:
-        path = osp.join(self.data_root, self.split_file)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                lines = [line.split() for line in fh if line.strip() and not line.startswith("#")]
-        except OSError as exc:
-            raise FileNotFoundError(f"{path}: no readable split file ({exc})") from None
-        if not lines or any(len(parts) < 2 for parts in lines):
-            raise ValueError(f"{path}: expected 'rgb_path depth_path [focal]' on every line")
-        return [dict(img_path=osp.join(self.data_root, rgb), depth_map_path=osp.join(self.data_root, depth),
-                     seg_fields=[], category_id=-1) for rgb, depth, *_ in lines]
+        from pathlib import Path
+
+        from dinov2_dense.data.datasets import _read_split, _resolve_split_file
+
+        root = Path(self.data_root)
+        items, _ = _read_split(root, _resolve_split_file(root, self.split_file), self.img_dir, self.depth_dir, "skip")
+        return [dict(img_path=str(item.image), depth_map_path=str(item.target), seg_fields=[], category_id=-1)
+                for item in items]
+
+
+@DATASETS.register_module()
+class KITTIToolboxDataset(NYUToolboxDataset):
+    """KITTI (Eigen split) as the Monocular-Depth-Estimation-Toolbox stores it, as our ``KITTIDepthDataset``
+    reads it: split lines ``rgb depth focal``, images under ``data_root/input`` (the raw data), depth under
+    ``data_root/gt_depth`` (16-bit PNGs of 1/256 m), lines without ground truth (``None``) left out."""
+
+    def __init__(self, split_file: str = "kitti_eigen_train.txt", img_dir: str = "input",
+                 depth_dir: str = "gt_depth", **kwargs):
+        super().__init__(split_file=split_file, img_dir=img_dir, depth_dir=depth_dir, **kwargs)
