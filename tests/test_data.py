@@ -1,6 +1,7 @@
 """Data sets in their standard layouts, albumentations pipelines, and errors that name the file."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,6 +194,14 @@ def test_voc_loader_reads_palette_indices_and_trainaug(tmp_path):
     (sets / "trainaug.txt").unlink()
     with pytest.raises(DataError, match="trainaug.txt"):
         VOCDataset(base, "trainaug")
+    # mmseg's layout: aug.txt holds the SBD ids that are not in train or val, and its VOC-aug config trains on
+    # train.txt (SegmentationClass) + aug.txt (SegmentationClassAug); aug.txt alone left train's ids out
+    write_image(base / "JPEGImages" / "2008_000001.jpg", _rand_image(30, 40))
+    Image.fromarray(label).save(base / "SegmentationClassAug" / "2008_000001.png")
+    (sets / "aug.txt").write_text("2008_000001\n")
+    aug = VOCDataset(base, "trainaug")
+    targets = [Path(item.target).relative_to(base).as_posix() for item in aug.items]
+    assert targets == ["SegmentationClass/2007_000032.png", "SegmentationClassAug/2008_000001.png"]
 
 
 def test_cityscapes_loader(tmp_path):

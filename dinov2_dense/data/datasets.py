@@ -268,9 +268,11 @@ class VOCDataset(SegmentationDataset):
 
     ``root`` is ``VOCdevkit/VOC2012`` or a folder that contains it. Splits "train" and "val" read
     ``ImageSets/Segmentation/{train,val}.txt`` with palette PNGs in ``SegmentationClass/``;
-    "trainaug" reads the SBD-augmented list (``ImageSets/Segmentation/trainaug.txt``, or mmseg's
-    ``aug.txt``) with grey PNGs in ``SegmentationClassAug/``, as mmsegmentation's VOC-aug setup.
-    Images are ``JPEGImages/<id>.jpg``.
+    "trainaug" reads the SBD-augmented list ``ImageSets/Segmentation/trainaug.txt`` (all 10,582 ids)
+    with grey PNGs in ``SegmentationClassAug/``, or without it, as mmsegmentation's VOC-aug setup
+    does, ``train.txt`` (``SegmentationClass/``) followed by ``aug.txt`` (``SegmentationClassAug/``):
+    mmseg's voc_aug converter writes ``aug.txt`` as the SBD ids that are not in VOC's train or val
+    (9,118), so it is not the training set alone. Images are ``JPEGImages/<id>.jpg``.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Transform | None = None):
@@ -279,29 +281,31 @@ class VOCDataset(SegmentationDataset):
         _require_dir(base / "JPEGImages", "VOCdevkit/VOC2012/JPEGImages")
         sets = base / "ImageSets" / "Segmentation"
         if split in ("train", "val", "trainval"):
-            list_file, ann_dir = sets / f"{split}.txt", base / "SegmentationClass"
+            lists = [(sets / f"{split}.txt", base / "SegmentationClass")]
         elif split == "trainaug":
-            found = [p for p in (sets / "trainaug.txt", sets / "aug.txt") if p.is_file()]
-            list_file = found[0] if found else sets / "trainaug.txt"
-            ann_dir = base / "SegmentationClassAug"
+            lists = [(sets / "trainaug.txt", base / "SegmentationClassAug")]
+            if not lists[0][0].is_file() and (sets / "aug.txt").is_file():  # mmseg's: train.txt + aug.txt
+                lists = [(sets / "train.txt", base / "SegmentationClass"), (sets / "aug.txt", base / "SegmentationClassAug")]
         else:
             raise ValueError(f"VOC split {split!r}: expected 'train', 'val', 'trainval' or 'trainaug'")
-        if not list_file.is_file():
-            hint = " (or aug.txt; build it from SBD as mmsegmentation's voc_aug converter does)"
-            hint = hint if split == "trainaug" else ""
-            raise DataError(f"{list_file}: no such split file{hint}")
-        _require_dir(ann_dir, ann_dir.name)
         items = []
-        for n, line in enumerate(list_file.read_text().splitlines(), 1):
-            name = line.strip()
-            if not name:
-                continue
-            img, ann = base / "JPEGImages" / f"{name}.jpg", ann_dir / f"{name}.png"
-            for path in (img, ann):
-                if not path.is_file():
-                    raise DataError(f"{path}: listed in {list_file} line {n} but missing")
-            items.append(Item(img, ann))
-        super().__init__(items, base, transform, f"ids in {list_file}", VOC_CLASSES, VOC_PALETTE)
+        for list_file, ann_dir in lists:
+            if not list_file.is_file():
+                hint = " (or train.txt and mmsegmentation's aug.txt; build them from SBD as its voc_aug converter does)"
+                hint = hint if split == "trainaug" else ""
+                raise DataError(f"{list_file}: no such split file{hint}")
+            _require_dir(ann_dir, ann_dir.name)
+            for n, line in enumerate(list_file.read_text().splitlines(), 1):
+                name = line.strip()
+                if not name:
+                    continue
+                img, ann = base / "JPEGImages" / f"{name}.jpg", ann_dir / f"{name}.png"
+                for path in (img, ann):
+                    if not path.is_file():
+                        raise DataError(f"{path}: listed in {list_file} line {n} but missing")
+                items.append(Item(img, ann))
+        what = " and ".join(str(f) for f, _ in lists)
+        super().__init__(items, base, transform, f"ids in {what}", VOC_CLASSES, VOC_PALETTE)
         self.split = split
 
 
