@@ -451,3 +451,14 @@ def test_colour_masks_are_refused(folder):
     write_image(folder / "masks" / "00000.png", _rand_image(24, 32))
     with pytest.raises(DataError, match="00000.png: label map in colour"):
         FolderSegmentationDataset(folder)[0]
+
+
+def test_two_images_of_one_name_are_refused_not_two_samples_of_one_annotation(tmp_path):
+    """ADE_train_1.jpg beside ADE_train_1.png were two samples sharing one annotation, with no word (a reviewer)."""
+    write_image(tmp_path / "images" / "training" / "a.jpg", _rand_image(8, 8))
+    write_image(tmp_path / "images" / "training" / "a.png", _rand_image(8, 8))
+    (tmp_path / "annotations" / "training").mkdir(parents=True)
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "annotations" / "training" / "a.png")
+    with pytest.raises(DataError, match=r"a\.jpg and .*a\.png: two images of one name, which would share the "
+                                        r"annotation .*a\.\*; keep one of them"):
+        ADE20KDataset(tmp_path)

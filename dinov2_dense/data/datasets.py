@@ -221,8 +221,14 @@ class SegmentationDataset(DenseDataset):
 
 
 def _pairs_by_stem(images: list[Path], target_dir: Path, suffixes: Sequence[str], what: str) -> list[Item]:
-    items = []
+    """Each image with the target of its stem; two images of one stem (``x.jpg`` and ``x.png``) would be two
+    samples of one target: refused, naming both."""
+    items, seen = [], {}
     for img in images:
+        if img.stem in seen:
+            raise DataError(f"{seen[img.stem]} and {img}: two images of one name, which would share the {what} "
+                            f"{target_dir / img.stem}.*; keep one of them")
+        seen[img.stem] = img
         for suffix in suffixes:
             target = target_dir / (img.stem + suffix)
             if target.is_file():
