@@ -189,6 +189,7 @@ def test_voc_loader_reads_palette_indices_and_trainaug(tmp_path):
     sample = train[0]
     assert sample["seg"].dtype == torch.int64 and set(sample["seg"].unique().tolist()) == {0, 15, 255}
     assert len(VOCDataset(base, "val")) == 1
+    assert len(VOCDataset(base.parent, "val")) == 1  # VOCdevkit (a doubled VOCdevkit/VOCdevkit path was refused)
     aug = VOCDataset(base, "trainaug")
     assert len(aug) == 2 and "SegmentationClassAug" in aug[1]["meta"]["target_path"]
     (sets / "trainaug.txt").unlink()

@@ -272,7 +272,7 @@ class ADE20KDataset(SegmentationDataset):
 class VOCDataset(SegmentationDataset):
     """Pascal VOC 2012 segmentation: 21 classes (0 = background), 255 (object borders) ignored.
 
-    ``root`` is ``VOCdevkit/VOC2012`` or a folder that contains it. Splits "train" and "val" read
+    ``root`` is ``VOCdevkit/VOC2012``, ``VOCdevkit`` or a folder that holds it. Splits "train" and "val" read
     ``ImageSets/Segmentation/{train,val}.txt`` with palette PNGs in ``SegmentationClass/``;
     "trainaug" reads the SBD-augmented list ``ImageSets/Segmentation/trainaug.txt`` (all 10,582 ids)
     with grey PNGs in ``SegmentationClassAug/``, or without it, as mmsegmentation's VOC-aug setup
@@ -283,7 +283,9 @@ class VOCDataset(SegmentationDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Transform | None = None):
         root = Path(root)
-        base = root if (root / "JPEGImages").is_dir() else root / "VOCdevkit" / "VOC2012"
+        # VOC2012 itself, VOCdevkit (which holds it) or a folder holding VOCdevkit
+        base = next((b for b in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012") if (b / "JPEGImages").is_dir()),
+                    root / "VOCdevkit" / "VOC2012")
         _require_dir(base / "JPEGImages", "VOCdevkit/VOC2012/JPEGImages")
         sets = base / "ImageSets" / "Segmentation"
         if split in ("train", "val", "trainval"):
