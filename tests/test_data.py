@@ -463,3 +463,30 @@ def test_two_images_of_one_name_are_refused_not_two_samples_of_one_annotation(tm
     with pytest.raises(DataError, match=r"a\.jpg and .*a\.png: two images of one name, which would share the "
                                         r"annotation .*a\.\*; keep one of them"):
         ADE20KDataset(tmp_path)
+
+
+def test_photometric_distortion_is_mmsegs_step_by_step():
+    """Saturation and hue went through one HSV round trip (mmseg takes one each: up to 2 grey levels apart on
+    30% of pixels), and the hue shift was drawn from -18..18 (mmseg's numpy randint: -18..17; a reviewer)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 2)
+
+    def convert(x, alpha=1.0, beta=0.0):
+        return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    def mmseg_steps(rgb, sat, hue):  # mmseg's saturation() then hue(), on BGR as mmcv loads it
+        bgr = rgb[..., ::-1].copy()
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        hsv[..., 1] = convert(hsv[..., 1], alpha=sat)
+        hsv = cv2.cvtColor(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR), cv2.COLOR_BGR2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(int) + hue) % 180
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[..., ::-1]
+
+    t = PhotoMetricDistortion()
+    out = t.apply(image.copy(), beta=None, contrast_first=True, alpha=None, saturation=0.6, hue=-15)
+    np.testing.assert_array_equal(out, mmseg_steps(image, 0.6, -15))
+    t.set_random_seed(0)
+    hues = {t.get_params()["hue"] for _ in range(2000)} - {None}
+    assert min(hues) == -18 and max(hues) == 17

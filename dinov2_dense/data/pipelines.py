@@ -132,8 +132,9 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
     """mmseg's PhotoMetricDistortion on uint8 RGB, each step with probability 1/2:
 
     brightness ``+U(-32, 32)``; contrast ``x U(0.5, 1.5)`` (before or after the colour steps, at
-    random); saturation ``x U(0.5, 1.5)`` and hue ``+randint(-18, 18)`` (OpenCV's 0-179 hue) in
-    HSV. Values are clipped to 0-255 after each step, as in mmseg.
+    random); saturation ``x U(0.5, 1.5)`` and hue ``+randint(-18, 18)`` (OpenCV's 0-179 hue; numpy's
+    randint, as mmseg draws it: -18 to 17), each in its own round trip through HSV (two roundings, as in
+    mmseg). Values are clipped to 0-255 after each step, as in mmseg.
     """
 
     def __init__(self, brightness_delta: int = 32, contrast_range: Sequence[float] = (0.5, 1.5),
@@ -150,7 +151,7 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
             "contrast_first": coin(),
             "alpha": rnd.uniform(*self.contrast_range) if coin() else None,
             "saturation": rnd.uniform(*self.saturation_range) if coin() else None,
-            "hue": rnd.randint(-self.hue_delta, self.hue_delta) if coin() else None,
+            "hue": rnd.randint(-self.hue_delta, max(self.hue_delta - 1, -self.hue_delta)) if coin() else None,
         }
 
     @staticmethod
@@ -165,12 +166,13 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
             img = self._convert(img, beta=beta)
         if contrast_first and alpha is not None:
             img = self._convert(img, alpha=alpha)
-        if saturation is not None or hue is not None:
+        if saturation is not None:
             hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-            if saturation is not None:
-                hsv[..., 1] = self._convert(hsv[..., 1], alpha=saturation)
-            if hue is not None:
-                hsv[..., 0] = (hsv[..., 0].astype(np.int32) + hue) % 180
+            hsv[..., 1] = self._convert(hsv[..., 1], alpha=saturation)
+            img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        if hue is not None:  # a round trip of its own, as mmseg's (one shared one rounded once: 2 levels apart)
+            hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int32) + hue) % 180
             img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if not contrast_first and alpha is not None:
             img = self._convert(img, alpha=alpha)
