@@ -1173,7 +1173,9 @@ def _cmd_knn(args: argparse.Namespace) -> int:
                              val_fraction=args.val_fraction, seed=args.seed, autocast=args.bf16, progress=True,
                              cache=args.cache, num_workers=_num_workers(args), resize_8bit=args.resize_8bit)
     note = " (random weights)" if weights is None else ""
-    line = f"kNN (k {args.k}, T {args.temperature:g}) top-1 {result['knn']['top1']:.2f}%"
+    k = result["k_used"]  # (the kNN takes all of a smaller training set)
+    taken = f"k {k}: all {k} training images, fewer than --k {args.k}" if k < args.k else f"k {k}"
+    line = f"kNN ({taken}, T {args.temperature:g}) top-1 {result['knn']['top1']:.2f}%"
     if "top5" in result["knn"]:
         line += f", top-5 {result['knn']['top5']:.2f}%"
     if "linear" in result:

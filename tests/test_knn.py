@@ -761,3 +761,22 @@ def test_knn_names_the_size_option_of_a_size_off_the_patch_grid(tmp_path, capsys
     assert main(["knn", str(root), "--weights", str(weights), "--size", "50", "--no-linear"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--size 50: not a multiple of the model's patch size 14" in err, err
+
+
+def test_a_k_beyond_the_training_set_says_that_all_of_it_was_taken(tmp_path, capsys):
+    """--k 100 on 36 training images printed "k 100" and wrote "k": 100, while every image was a neighbour
+    (--k 36 gave the same accuracy; a reviewer)."""
+    import json
+
+    from dinov2_dense.cli import main
+    from pretrain.export import export_backbone
+
+    weights = export_backbone(tiny_vit(depth=1, dim=32, img=28), tmp_path / "export")["safetensors"]
+    write_folder(tmp_path / "data", per_class=3)
+    out = tmp_path / "knn.json"
+    assert main(["knn", str(tmp_path / "data"), "--weights", str(weights), "--size", "28", "--k", "100",
+                 "--no-linear", "--num-workers", "0", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    n = result["num_train"]
+    assert result["k"] == 100 and result["k_used"] == n < 100
+    assert f"kNN (k {n}: all {n} training images, fewer than --k 100, T 0.07)" in capsys.readouterr().out

@@ -739,4 +739,5 @@ def evaluate_folder(
     result.update(num_train=len(train.labels), num_val=len(val.labels), class_names=train.class_names,
                   skipped=list(dict.fromkeys(train.skipped + val.skipped)),  # one list when split from one folder
                   k=k, temperature=temperature, pooling=pooling, size=size, seed=seed, resize_8bit=resize_8bit)
+    result["k_used"] = min(k, result["num_train"])  # a training set smaller than k: all of it
     return result
