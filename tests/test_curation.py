@@ -1404,3 +1404,9 @@ def test_levels_and_clusters_that_disagree_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--levels 2 and --clusters 3 (1 level) disagree" in err, err
     assert not out.exists()
+
+
+def test_the_entropy_of_one_cluster_is_zero_not_minus_zero():
+    """`curate --target 1` printed "entropy 1.000 -> -0.000" and summary.json held -0.0 (a reviewer)."""
+    assert f"{normalized_entropy(np.array([2, 2, 2]), 4):.3f}" == "0.000"
+    assert normalized_entropy(np.array([0, 1, 2, 3]), 4) == pytest.approx(1.0)

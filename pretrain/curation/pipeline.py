@@ -97,7 +97,8 @@ def normalized_entropy(labels: np.ndarray, num_classes: int | None = None) -> fl
     counts = np.bincount(np.asarray(labels), minlength=num_classes or 0).astype(np.float64)
     k = len(counts) if num_classes is None else num_classes
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum() / math.log(k)) if k > 1 else 1.0
+    # (+ 0.0: one class gives -0.0, which printed as "-0.000")
+    return float(-(p * np.log(p)).sum() / math.log(k)) + 0.0 if k > 1 else 1.0
 
 
 def _rank() -> tuple[int, int]:
