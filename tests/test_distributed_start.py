@@ -475,8 +475,8 @@ REFUSED_BY_EVERY_PROCESS = {
                                   "mean train_cfg.max_iters?)", "bad_option"),
     # (the runner is built, its log folder made by every process; the data set then fails, and the folder goes:
     # no process makes it before all have looked whether it was there before them)
-    "train_bad_root": ("train", "nope/images/training: no such folder (expected ADEChallengeData2016/images/<split>)",
-                       "bad_root"),
+    "train_bad_root": ("train", "nope': no such folder (give the data set's folder: --cfg-options "
+                                "train_dataloader.dataset.root=DIR)", "bad_root"),
     # (each process printed the weights loader's error while the runner was built)
     "train_missing_weights": ("train", "model.backbone_weights = '", "missing_weights"),
     "train_official_offline": ("train", OFFLINE_SAID, "offline"),

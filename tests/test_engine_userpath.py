@@ -752,3 +752,22 @@ def test_cfg_options_through_a_list_by_name_name_the_list_and_only_the_key_that_
                                "(train.dataset.0.root=...)")
     cfg = load_config(config, {"train.num_workers": 0, "train.dataset": "/data"}, known_sections=None)
     assert cfg.train.dataset == "/data" and cfg.train.num_workers == 0
+
+
+def test_a_data_root_that_is_not_there_names_its_keys_once_and_how_to_make_synthetic_scenes(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """`train configs/segmentation/tiny_synthetic_linear.py` before `synth` said "data/synthetic/ade/images/training:
+    no such folder (expected ADEChallengeData2016/images/<split>)", naming neither the option nor the command that
+    writes the scenes (a reviewer); the three splits' roots are one folder, said once."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", str(SEG_CFG), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert ("train_dataloader.dataset.root, val_dataloader.dataset.root, test_dataloader.dataset.root = "
+            "'data/synthetic/ade': no such folder (write the synthetic scenes first: dinov2-dense synth "
+            "data/synthetic/ade --layout ade20k)") in err, err
+    assert main(["test", str(SEG_CFG), str(tmp_path / "none.pth"), "--work-dir", str(tmp_path / "t"),
+                 "--cfg-options", "test_dataloader.dataset.root=elsewhere"]) == 2
+    err = capsys.readouterr().err
+    assert ("test_dataloader.dataset.root = 'elsewhere': no such folder (give the data set's folder: --cfg-options "
+            "test_dataloader.dataset.root=DIR)") in err, err

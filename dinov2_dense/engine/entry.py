@@ -517,6 +517,7 @@ def validate_config(cfg, source: str, train: bool) -> None:
             if end is not None and isinstance(end, int) and isinstance(begin, int) and end <= begin:
                 errors.append(f"param_scheduler.{i}: end = {end} is not after begin = {begin}")
     splits = ("train", "val", "test") if train else ("test",)
+    missing: dict[str, list[str]] = {}  # a root that is not there: the splits that name it
     for split in splits:
         _check_int(cfg, f"{split}_dataloader.batch_size", 1, errors, source)
         _check_int(cfg, f"{split}_dataloader.num_workers", 0, errors, source)
@@ -525,6 +526,9 @@ def validate_config(cfg, source: str, train: bool) -> None:
         root = _get(cfg, f"{split}_dataloader.dataset.root")
         if root is not None and not isinstance(root, (str, os.PathLike)):
             errors.append(f"{split}_dataloader.dataset.root = {root!r}: expected a folder path")
+        elif root is not None and not Path(root).exists():
+            missing.setdefault(str(root), []).append(split)
+    errors += [_missing_root(cfg, splits_of, root) for root, splits_of in missing.items()]
     _check_registered(cfg, "model.type", MODELS, errors)
     weights = _get(cfg, "model.backbone_weights")  # a local file: checked here, in the start the processes agree on
     if isinstance(weights, (str, os.PathLike)) and str(weights) != "official" and "://" not in str(weights) \
@@ -544,6 +548,18 @@ def validate_config(cfg, source: str, train: bool) -> None:
         _check_section_keys(cfg, train, errors)
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
+
+
+def _missing_root(cfg, splits: list[str], root: str) -> str:
+    """The error of a data set root that is not there: the keys that name it, and for the synthetic configs'
+    scenes the command that writes them."""
+    keys = [f"{split}_dataloader.dataset.root" for split in splits]
+    layout = {"ADE20KDataset": "ade20k", "NYUDepthDataset": "nyu"}.get(_get(cfg, f"{splits[0]}_dataloader.dataset.type"))
+    if layout is not None and "synthetic" in Path(root).parts:
+        way = f"write the synthetic scenes first: dinov2-dense synth {root} --layout {layout}"
+    else:
+        way = "give the data set's folder: --cfg-options " + " ".join(f"{key}=DIR" for key in keys)
+    return f"{', '.join(keys)} = {root!r}: no such folder ({way})"
 
 
 def _dataset_roots(cfg) -> list[str]:
