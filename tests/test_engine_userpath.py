@@ -266,12 +266,14 @@ def test_a_quoted_cfg_options_value_is_one_string_and_test_reads_test_evaluator_
 def test_the_class_count_of_the_evaluator_a_command_reads_is_checked_and_only_that():
     from dinov2_dense.engine.entry import ConfigError, validate_config
 
-    val = load_config(str(SEG_CFG), {"val_evaluator.num_classes": 7})
+    roots = {f"{split}_dataloader.dataset.root": str(ROOT) for split in ("train", "val", "test")}  # (folders)
+    val = load_config(str(SEG_CFG), {"val_evaluator.num_classes": 7, **roots})
     validate_config(val, str(SEG_CFG), train=False)  # a test never reads val_evaluator
     with pytest.raises(ConfigError, match="val_evaluator.num_classes = 7 but model.head.num_classes = 5"):
         validate_config(val, str(SEG_CFG), train=True)
     with pytest.raises(ConfigError, match="test_evaluator.num_classes = 7 but model.head.num_classes = 5"):
-        validate_config(load_config(str(SEG_CFG), {"test_evaluator.num_classes": 7}), str(SEG_CFG), train=False)
+        validate_config(load_config(str(SEG_CFG), {"test_evaluator.num_classes": 7, **roots}), str(SEG_CFG),
+                        train=False)
 
 
 def test_test_out_where_no_folder_can_be_made_is_refused_before_the_model_naming_out(scenes, trained, tmp_path,

@@ -733,7 +733,8 @@ def test_missing_official_weights_in_a_config_command_give_options_that_command_
     """train and test take no --model or --weights: their hint names --cfg-options model.backbone_weights=None."""
     monkeypatch.setenv("DINOV2_DENSE_OFFLINE", "1")
     cfg = ROOT / "configs" / "segmentation" / "dinov2_vits14_synthetic_linear.py"
-    rc, _, err = run(capsys, "train", cfg, "--work-dir", tmp_path / "w")
+    roots = [f"{split}_dataloader.dataset.root={tmp_path}" for split in ("train", "val", "test")]  # (folders)
+    rc, _, err = run(capsys, "train", cfg, "--work-dir", tmp_path / "w", "--cfg-options", *roots)
     assert rc == 2 and "dinov2_vits14_pretrain.pth" in err and "--cfg-options model.backbone_weights=None" in err
     assert "--model" not in err and "--weights random" not in err and not list((tmp_path / "w").glob("iter_*"))
 
