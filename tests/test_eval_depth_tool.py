@@ -514,12 +514,15 @@ def test_kitti_ground_truth_cropped_already_kb_crops_a_whole_frame_prediction(tm
         assert main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--out", str(out),
                      "--overwrite", "--no-progress", *extra]) == 0
         assert json.loads(out.read_text())["abs_rel"] < 1e-4, extra  # stretched over the crop: 0.0245
-    np.save(tmp_path / "pred" / "a.npy", frame[::2, ::2].astype(np.float32))  # the frame at half its size
     capsys.readouterr()
-    for extra in ([], ["--resize"]):
-        assert main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--no-progress", *extra]) == 2
-        err = capsys.readouterr().err
-        assert "kb-cropped already (352x1216)" in err and "(188x621)" in err and "a.npy" in err, err
+    for size in ((188, 621), (434, 1442)):  # the frame at half its size, and at 1.16x (it was kb-cropped as a frame)
+        big = cv2.resize(frame, size[::-1], interpolation=cv2.INTER_LINEAR)
+        np.save(tmp_path / "pred" / "a.npy", big.astype(np.float32))
+        for extra in ([], ["--resize"]):
+            assert main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--dataset", "kitti", "--no-progress",
+                         *extra]) == 2
+            err = capsys.readouterr().err
+            assert "kb-cropped already (352x1216)" in err and f"({size[0]}x{size[1]})" in err and "a.npy" in err, err
     # a prediction of the crop against the raw frame with --no-kb-crop: the error says to keep the kb-crop
     _png(tmp_path / "gt" / "a.png", frame, 256)
     np.save(tmp_path / "pred" / "a.npy", kb_crop(frame).astype(np.float32))
