@@ -750,8 +750,7 @@ def test_cfg_options_through_a_list_by_name_name_the_list_and_only_the_key_that_
     with pytest.raises(ConfigError) as info:
         load_config(config, {"train.num_workers": 0, "train.dataset.root": "/data"}, known_sections=None)
     assert str(info.value) == (f"--cfg-options train.dataset.root: train.dataset is a list in {config} (2 entries), "
-                               "so it has no key 'root': give the whole value (train.dataset=...) or an entry's "
-                               "(train.dataset.0.root=...)")
+                               "so it has no key 'root': give the whole value (train.dataset=...)")
     cfg = load_config(config, {"train.num_workers": 0, "train.dataset": "/data"}, known_sections=None)
     assert cfg.train.dataset == "/data" and cfg.train.num_workers == 0
 
@@ -760,16 +759,68 @@ def test_a_data_root_that_is_not_there_names_its_keys_once_and_how_to_make_synth
                                                                                            monkeypatch):
     """`train configs/segmentation/tiny_synthetic_linear.py` before `synth` said "data/synthetic/ade/images/training:
     no such folder (expected ADEChallengeData2016/images/<split>)", naming neither the option nor the command that
-    writes the scenes (a reviewer); the three splits' roots are one folder, said once."""
+    writes the scenes (a reviewer); the splits' roots are one folder, said once."""
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
     assert main(["train", str(SEG_CFG), "--work-dir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert ("train_dataloader.dataset.root, val_dataloader.dataset.root, test_dataloader.dataset.root = "
+    assert ("train_dataloader.dataset.root, val_dataloader.dataset.root = "
             "'data/synthetic/ade': no such folder (write the synthetic scenes first: dinov2-dense synth "
             "data/synthetic/ade --layout ade20k)") in err, err
+    # a training run reads no test data: a test root that is not here (yet) is not its concern
+    (tmp_path / "data" / "synthetic" / "ade").mkdir(parents=True)
+    assert main(["train", str(SEG_CFG), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 "test_dataloader.dataset.root=/not/here"]) == 2
+    err = capsys.readouterr().err
+    assert "/not/here" not in err and "no such folder" in err, err  # (the data set's own: the folder is empty)
     assert main(["test", str(SEG_CFG), str(tmp_path / "none.pth"), "--work-dir", str(tmp_path / "t"),
                  "--cfg-options", "test_dataloader.dataset.root=elsewhere"]) == 2
     err = capsys.readouterr().err
     assert ("test_dataloader.dataset.root = 'elsewhere': no such folder (give the data set's folder: --cfg-options "
             "test_dataloader.dataset.root=DIR)") in err, err
+
+
+def test_a_partial_load_of_backbone_tensors_that_do_not_fit_still_checks_the_recorded_backbone(trained, tmp_path,
+                                                                                                 scenes, capsys):
+    """backbone.* tensors in a checkpoint mean that it brings its backbone, and the recorded one is not checked;
+    with --partial-load, tensors that do not fit are dropped, so they bring nothing: the record is checked (the
+    refactor skipped it, and a head of another backbone ran on the config's with its bias alone; the diff review)."""
+    from dinov2_dense import load_backbone
+
+    checkpoint = torch.load(trained / "iter_2.pth", map_location="cpu", weights_only=True)
+    checkpoint["meta"]["backbone"] = {**checkpoint["meta"]["backbone"], "weights": "another backbone",
+                                      "features_sha256": "0" * 64}
+    other = load_backbone("dinov2_dense_tiny").state_dict()  # 96 wide: none of it fits the config's 64
+    checkpoint["state_dict"].update({f"backbone.{k}": v for k, v in other.items()})
+    mixed = tmp_path / "mixed.pth"
+    torch.save(checkpoint, mixed)
+    opts = [f"{k}={v}" for k, v in _options(scenes / "ade", 2).items()]
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(mixed), "--partial-load", "--work-dir", str(tmp_path / "t"),
+                 "--cfg-options", *opts]) == 2
+    assert "holds a head trained on another backbone (another backbone" in capsys.readouterr().err
+
+
+def test_the_loaders_advice_fits_the_caller():
+    """load_trained's errors gave the command's options (--other-backbone, --cfg-options); a zoo config's range
+    error told to set model.head.max_depth, which a zoo model ignores (the diff review)."""
+    from dinov2_dense.checkpoints import CheckpointError
+    from dinov2_dense.engine.runner import HeadCheckpointLoader
+
+    class Model:
+        def head_output(self):
+            return {"min_depth": 0.001, "max_depth": 80.0}
+
+    checkpoint = {"meta": {"head_output": {"min_depth": 0.001, "max_depth": 10.0}}}
+    said = {}
+    for name, kw in (("command", {}), ("python", {"python": True}), ("zoo", {"zoo": True})):
+        with pytest.raises(CheckpointError) as info:
+            HeadCheckpointLoader(**kw)._check_head_output("h.pth", checkpoint, Model())
+        said[name] = str(info.value)
+    assert "give --cfg-options model.head.max_depth=10.0 (as the config of its run)" in said["command"]
+    assert "pass --other-backbone to start from it so anyway" in said["command"]
+    assert "give cfg_options={'model.head.max_depth': 10.0}" in said["python"] and "other_backbone=True" in said["python"]
+    assert "give the config of its run (a model.zoo model builds its own head)" in said["zoo"]
+    warned = []
+    HeadCheckpointLoader(other_backbone=True, warn=warned.append)._check_head_output("h.pth", checkpoint, Model())
+    assert warned and warned[0].endswith("(--other-backbone: going on)")  # load_from: a head to fine-tune

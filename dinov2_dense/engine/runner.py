@@ -838,13 +838,24 @@ class HeadCheckpointLoader:
     :func:`dinov2_dense.engine.load_trained`): strictly through our key report, refusing non-finite
     tensors, a head trained on another backbone (``meta.backbone``), fed other blocks (``meta.head_inputs``)
     or built for another depth range (``meta.head_output``); ``partial_load`` and ``other_backbone`` say
-    that this is meant. ``zoo``: the config names a zoo model (whose blocks are its own); ``warn`` takes
-    the warnings (the runner's logger)."""
+    that this is meant. ``zoo``: the config names a zoo model (whose blocks and head are its own); ``warn``
+    takes the warnings (the runner's logger); ``python``: the advice names the arguments of
+    ``load_trained`` (``other_backbone=True``, ``cfg_options={...}``) instead of the command's options."""
 
     def __init__(self, *, partial_load: bool = False, other_backbone: bool = False, zoo: bool = False,
-                 warn=None) -> None:
-        self.partial_load, self.other_backbone, self.zoo = partial_load, other_backbone, zoo
+                 warn=None, python: bool = False) -> None:
+        self.partial_load, self.other_backbone, self.zoo, self.python = partial_load, other_backbone, zoo, python
         self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+
+    def _flag(self, option: str) -> str:
+        """A command's flag (``--other-backbone``) as the caller gives it."""
+        return f"{option[2:].replace('-', '_')}=True" if self.python else option
+
+    def _options(self, pairs: list[tuple[str, Any]]) -> str:
+        """Config values to give, as ``--cfg-options k=v ...`` or ``cfg_options={...}``."""
+        if self.python:
+            return "cfg_options={" + ", ".join(f"{key!r}: {value!r}" for key, value in pairs) + "}"
+        return "--cfg-options " + " ".join(f"{key}={value}" for key, value in pairs)
 
     def load(self, filename: str, checkpoint: dict, model, revise_keys=((r"^module\.", ""),)) -> None:
         """Load ``checkpoint`` (read from ``filename``, which messages name) into ``model``."""
@@ -852,20 +863,25 @@ class HeadCheckpointLoader:
         for pattern, replacement in revise_keys:
             state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
         problems = model.state_dict_problems(state) if hasattr(model, "state_dict_problems") else []
-        if problems:  # a head of another backbone has other shapes: that is said first (--partial-load
-            self._check_backbone(filename, checkpoint, state, model)  # would keep a part-random head)
-        if problems and not self.partial_load:
-            raise CheckpointError(f"{filename} does not fit the model of this config:\n  " + "\n  ".join(problems)
-                                  + "\n  (pass --partial-load to load the keys that fit and keep the rest as built)")
         if problems:
-            self.warn(f"partial load of {filename}: " + "; ".join(problems))
             own = model.state_dict()
             if hasattr(model, "backbone"):
                 own.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
-            state = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
+            fitting = OrderedDict((k, v) for k, v in state.items() if k in own and own[k].shape == v.shape)
+            # a head of another backbone has other shapes: that is said first (a partial load would keep a
+            # part-random head), judged by the keys that would load (backbone.* tensors that do not fit bring
+            # no backbone)
+            self._check_backbone(filename, checkpoint, fitting, model)
+            if not self.partial_load:
+                raise CheckpointError(f"{filename} does not fit the model of this config:\n  " + "\n  ".join(problems)
+                                      + f"\n  (pass {self._flag('--partial-load')} to load the keys that fit and keep "
+                                      "the rest as built)")
+            self.warn(f"partial load of {filename}: " + "; ".join(problems))
+            state = fitting
             if not state:  # the model would run as built: a random head, scored as if it were the file's
-                raise CheckpointError(f"{filename}: none of its keys fits the model of this config, so --partial-load "
-                                      "would load nothing and keep the model as built:\n  " + "\n  ".join(problems))
+                raise CheckpointError(f"{filename}: none of its keys fits the model of this config, so "
+                                      f"{self._flag('--partial-load')} would load nothing and keep the model as "
+                                      "built:\n  " + "\n  ".join(problems))
         refuse_nonfinite(state, str(filename))
         if not problems:
             self._check_backbone(filename, checkpoint, state, model)
@@ -886,6 +902,13 @@ class HeadCheckpointLoader:
             self.warn(f"{filename} holds backbone.* tensors other than this config's backbone ({was}): "
                       "the model runs on those (and a training run's checkpoints keep them)")
 
+    def _as_its_run(self, differ: list[tuple[str, Any, Any]], zoo_builds: str) -> str:
+        """How to give the values of a head's run: the config of its run for a zoo model (``zoo_builds``:
+        what the zoo model sets itself), else the options."""
+        if self.zoo:
+            return f"the config of its run (a model.zoo model {zoo_builds})"
+        return f"{self._options([(key, theirs) for key, theirs, _ in differ])} (as the config of its run)"
+
     def _check_head_inputs(self, filename: str, checkpoint: dict, model) -> None:
         """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.head_inputs`` records other blocks,
         norm or class tokens than this config feeds the head: a head of the same width then loaded and ran on
@@ -901,17 +924,15 @@ class HeadCheckpointLoader:
         said = "; ".join(f"{key} {theirs} in its run, {mine} here" for key, theirs, mine in differ)
         message = (f"{filename} holds a head trained on other features of its backbone than this config feeds it "
                    f"({said})")
-        give = " ".join(f"{key}={theirs}" for key, theirs, _ in differ)
-        way = ("the config of its run (a model.zoo model reads its own blocks)" if self.zoo else
-               f"--cfg-options {give} (as the config of its run)")
-        self._refuse_other_backbone(message, f": give {way}, or pass --other-backbone to use it so anyway")
+        self._refuse_other_backbone(message, f": give {self._as_its_run(differ, 'reads its own blocks')}, or pass "
+                                    f"{self._flag('--other-backbone')} to use it so anyway")
 
     def _check_head_output(self, filename: str, checkpoint: dict, model) -> None:
-        """Refuse a depth head checkpoint whose ``meta.head_output`` records another depth range (or bin
-        settings) than this config builds the head with: a linear head's bins span the range, so a head
-        trained for 0.001-10 m built for 80 m predicted every depth x8, with no error (a checkpoint from
-        before the record is not checked). The evaluated range (``test_evaluator.max_depth``) is another
-        setting, and may differ."""
+        """Refuse (unless ``other_backbone``: fine-tuning a head for another range from ``load_from``) a depth
+        head checkpoint whose ``meta.head_output`` records another depth range (or bin settings) than this
+        config builds the head with: a linear head's bins span the range, so a head trained for 0.001-10 m
+        built for 80 m predicted every depth x8, with no error (a checkpoint from before the record is not
+        checked). The evaluated range (``test_evaluator.max_depth``) is another setting, and may differ."""
         recorded = (checkpoint.get("meta") or {}).get("head_output")
         if not isinstance(recorded, dict) or not hasattr(model, "head_output"):
             return
@@ -920,16 +941,18 @@ class HeadCheckpointLoader:
         if not differ:
             return
         said = "; ".join(f"{key} {theirs!r} in its run, {mine!r} here" for key, theirs, mine in differ)
-        give = " ".join(f"{key}={theirs!r}" for key, theirs, _ in differ)
-        raise CheckpointError(f"{filename} holds a depth head trained for another output than this config builds "
-                              f"({said}): its predictions would be rescaled; give --cfg-options {give} (as the config "
-                              "of its run; the range evaluated is test_evaluator.min_depth / max_depth)")
+        message = (f"{filename} holds a depth head trained for another output than this config builds ({said}): "
+                   "its predictions would be rescaled")
+        self._refuse_other_backbone(message, f"; give {self._as_its_run(differ, 'builds its own head')} (the range "
+                                    "evaluated is test_evaluator.min_depth / max_depth), or pass "
+                                    f"{self._flag('--other-backbone')} to start from it so anyway (a head to "
+                                    "fine-tune for another range, from load_from)")
 
     def _refuse_other_backbone(self, message: str, way: str) -> None:
         """Raise ``message + way`` as a CheckpointError, or with ``other_backbone`` warn of ``message`` and go on."""
         if not self.other_backbone:
             raise CheckpointError(message + way)
-        self.warn(message + " (--other-backbone: going on)")
+        self.warn(message + f" ({self._flag('--other-backbone')}: going on)")
 
     def _check_backbone(self, filename: str, checkpoint: dict, state: dict, model) -> None:
         """Refuse (unless ``other_backbone``) a head checkpoint whose ``meta.backbone`` records another
@@ -945,19 +968,20 @@ class HeadCheckpointLoader:
             return  # the checkpoint brings its backbone (to-mmseg records that one, and checks the head's)
         ours = model.backbone_info()
         difference = backbone_difference(recorded, ours)
+        other = self._flag("--other-backbone")
         if difference is None:
             settings = forward_difference(recorded, ours)  # the same weights, built with other settings
             if settings is None:
                 return
             message = (f"{filename} holds a head trained on the same backbone weights built with other settings "
                        f"({settings}: another model.backbone or architecture file), whose features differ")
-            self._refuse_other_backbone(message, "; build it as its run did, or pass --other-backbone to use this "
-                                        "one anyway")
+            self._refuse_other_backbone(message, f"; build it as its run did, or pass {other} to use this one anyway")
             return
         label, theirs, mine = difference
         differ = difference_reason(label) + ("" if label.startswith("features") else
-                                             ": if they are the same weights, --other-backbone is safe")
+                                             f": if they are the same weights, {other} is safe")
         message = (f"{filename} holds a head trained on another backbone ({recorded.get('weights')}, {label} "
                    f"{theirs[:12]}) than this config builds ({ours['weights']}, {label} {mine[:12]}): {differ}")
-        self._refuse_other_backbone(message, "; give the same backbone weights (model.backbone_weights=...), or "
-                                    "pass --other-backbone to use this one anyway")
+        give = self._options([("model.backbone_weights", "...")]) if self.python else "model.backbone_weights=..."
+        self._refuse_other_backbone(message, f"; give the same backbone weights ({give}), or pass {other} to use "
+                                    "this one anyway")

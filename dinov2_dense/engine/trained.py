@@ -48,9 +48,18 @@ def load_trained(checkpoint: str | os.PathLike, config: str | os.PathLike | None
     if not isinstance(cfg.get("model"), dict):
         raise ValueError(f"{config}: no model section (a config of `dinov2-dense train`?)")
     register_all()
-    model = MODELS.build(cfg.model)
+    try:
+        model = MODELS.build(cfg.model)
+    except OSError as exc:
+        from dinov2_dense.hub import NO_WEIGHTS_HINT, WeightsNotFoundError
+
+        if NO_WEIGHTS_HINT not in str(exc):
+            raise
+        raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, (
+            "To go on without a download: cfg_options={'model.backbone_weights': None} (random weights: the "
+            "predictions then mean nothing)"))) from None
     zoo = cfg.model.get("zoo") is not None
-    HeadCheckpointLoader(partial_load=partial_load, other_backbone=other_backbone, zoo=zoo).load(
+    HeadCheckpointLoader(partial_load=partial_load, other_backbone=other_backbone, zoo=zoo, python=True).load(
         str(checkpoint), state, model)
     predictor = model.predictor
     if device is not None:
