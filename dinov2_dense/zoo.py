@@ -143,29 +143,37 @@ def load_model(
             raise _with_zoo_hint(exc, spec, "backbone", weights, backbone_weights) from exc.__cause__
     model = build_model(name, backbone=backbone)
     if head_sd:
+        meta = _train_meta(path)
+        trained_on = (meta.get("backbone") or {}).get("weights") if isinstance(meta.get("backbone"), dict) else None
+        way = (f"load it with dinov2_dense.engine.load_trained({str(path)!r}), which builds its run's model from the "
+               "config copy in its work dir")
         try:
             load_head_weights(model, head_sd, label)
         except CheckpointError as exc:
-            trained_on = _trained_on(path)
-            if trained_on is None:
+            if not isinstance(trained_on, str):
                 raise
-            raise CheckpointError(f"{exc}. It is a head of `dinov2-dense train` on {trained_on}: load it with "
-                                  f"dinov2_dense.engine.load_trained({str(path)!r}), which builds its run's model "
-                                  "from the config copy in its work dir") from None
+            raise CheckpointError(f"{exc}. It is a head of `dinov2-dense train` on {trained_on}: {way}") from None
+        output = meta.get("head_output")
+        ours = {"min_depth": model.min_depth, "max_depth": model.max_depth} if model.task == "depth" else {}
+        differ = [f"{k} {output[k]:g} in its run, {v:g} in {name}" for k, v in ours.items()
+                  if isinstance(output, dict) and isinstance(output.get(k), (int, float)) and output[k] != v]
+        if differ:  # the bins span the range: another one rescales every prediction
+            raise CheckpointError(f"{path} holds a depth head trained for another range than {name} builds "
+                                  f"({'; '.join(differ)}): its predictions would be rescaled; {way}")
     if device is not None:
         model = model.to(device)
     return model.eval()
 
 
-def _trained_on(path: Path) -> str | None:
-    """The backbone a checkpoint of ``dinov2-dense train`` records (``meta.backbone.weights``), or None."""
+def _train_meta(path: Path) -> dict:
+    """The ``meta`` of a checkpoint of ``dinov2-dense train`` (the backbone it was trained on, a depth head's
+    range), or {} (an official head file, a .safetensors, a folder)."""
     try:
-        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("meta")
-    except Exception:  # noqa: BLE001 - not a torch file of ours (a .safetensors, a folder): no record
-        return None
-    backbone = meta.get("backbone") if isinstance(meta, dict) else None
-    weights = backbone.get("weights") if isinstance(backbone, dict) else None
-    return weights if isinstance(weights, str) else None
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a torch file of ours: no record
+        return {}
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _with_zoo_hint(exc: WeightsNotFoundError, spec: ModelSpec, missing: str, weights,

@@ -260,3 +260,18 @@ def test_the_zoo_is_an_attribute_of_the_package_after_import_dinov2_dense():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_load_model_refuses_a_trained_depth_head_of_another_range(tmp_path):
+    """A head that `train` wrote for 0.001-80 m loaded into a 10 m zoo model with no error, its outputs x7.59
+    smaller than under its own range; `test` refuses the same mismatch (the diff review)."""
+    torch.manual_seed(0)
+    kitti = build_model("dinov2_vits14_kitti_linear", backbone=build_backbone("dinov2_vits14"))
+    head = {k: v for k, v in kitti.state_dict().items() if k.startswith("decode_head.")}
+    path = tmp_path / "kitti_head.pth"
+    torch.save({"state_dict": head, "meta": {"head_output": {"min_depth": 0.001, "max_depth": 80.0},
+                                             "backbone": {"weights": "dinov2_vits14 (random)"}}}, path)
+    assert load_model("dinov2_vits14_kitti_linear", weights=path, backbone_weights=None).max_depth == 80.0
+    with pytest.raises(CheckpointError, match=r"another range than dinov2_vits14_nyu_linear builds \(max_depth 80 in "
+                                              r"its run, 10 in dinov2_vits14_nyu_linear\).*load_trained"):
+        load_model("dinov2_vits14_nyu_linear", weights=path, backbone_weights=None)
