@@ -583,10 +583,12 @@ def _pca_fit(args: argparse.Namespace, basis) -> str:
     """pca's --fit to the patch grid: as given; left out, "resize", or as --basis was fitted (one that records
     its size but no fit was fitted before the option, padded), said in a note where that is padding; given
     otherwise than the basis's, the given one, with a warning."""
-    fitted = None if basis is None else basis.info.get("fit", "pad" if "size" in basis.info else None)
+    from .viz.pca import basis_fit
+
+    fitted = basis_fit(basis)
     if args.fit is None:
         if fitted == "pad":
-            print(f"note: --fit pad, as {args.basis} was fitted (give --fit resize for pca's default)",
+            print(f"note: --fit pad, as {args.basis} was fitted (padded to the patch grid, as pca did before --fit)",
                   file=sys.stderr)
         return fitted or "resize"
     if fitted is not None and args.fit != fitted:

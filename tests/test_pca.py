@@ -950,3 +950,21 @@ def test_padding_to_the_grid_does_not_flip_the_foreground_of_small_scenes(tmp_pa
     assert main(["pca", str(crops[0]), *tiny, "--basis", str(tmp_path / "older.npz"), "--out", str(tmp_path / "o")]) == 0
     assert "note: --fit pad, as" in capsys.readouterr().err
     np.testing.assert_array_equal(read_rgb(tmp_path / "o" / "c0_mask.png"), read_rgb(tmp_path / "p" / "c0_mask.png"))
+
+
+def test_pca_maps_given_a_basis_computes_features_as_the_basis_was_fitted(tmp_path):
+    """pca_maps(basis=...) resized to the grid whatever the basis was fitted with, where the command took the
+    basis's fit (a basis of an earlier version: padded): 18% of a mask's pixels apart (the diff review)."""
+    from .conftest import tiny_vit
+
+    model = tiny_vit()
+    image = write_scene_image(tmp_path / "a.png", 60, 80, 0)  # 45x60 at size 45: padded 56x70, resized 42x56
+    padded = pca_maps(model, [image], size=45, fit="pad")
+    basis = padded[0].basis
+    assert basis.info["fit"] == "pad"
+    again = pca_maps(model, [image], basis=basis, size=45)
+    np.testing.assert_array_equal(again[0].rgb, padded[0].rgb)
+    del basis.info["fit"]  # an earlier version's basis records its size, no fit: it padded
+    np.testing.assert_array_equal(pca_maps(model, [image], basis=basis, size=45)[0].rgb, padded[0].rgb)
+    resized = pca_maps(model, [image], basis=basis, size=45, fit="resize")  # asked for: as asked
+    assert not np.array_equal(resized[0].rgb, padded[0].rgb)

@@ -540,6 +540,15 @@ def _check_upsample(upsample: str) -> None:
         raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
 
 
+def basis_fit(basis: "PCABasis | None") -> str | None:
+    """The fit to the patch grid that ``basis`` was fitted with: its record; "pad" for a basis of the
+    command or ``pca_maps`` of an earlier version (it records its size but no fit: they padded); None where
+    nothing is known (no basis, or one fitted on features alone)."""
+    if basis is None:
+        return None
+    return basis.info.get("fit", "pad" if "size" in basis.info else None)
+
+
 def _pca_options(model, options: FeatureOptions | None, layer: int, **settings: Any) -> FeatureOptions:
     """The feature settings of a PCA call: ``options``, else the keywords (``layer`` -1 is the last
     block, as ``layers=None``); see :func:`dinov2_dense.features.feature_options`. A PCA map
@@ -619,10 +628,10 @@ def pca_maps(
         joint: one basis fitted over all images (same parts, same colours); False fits one per image.
         threshold: see :func:`fit_pca`. layer: block index (negative from the end).
         size, tile, fit: as in extract_features: a larger ``size`` gives finer maps, ``tile``
-            bounds memory for large inputs. ``fit`` left out is "resize" here (extract_features'
-            default is "pad"): the patches of zero padding, at the border, are unlike any of the image's, and
-            decided which side of the split was the object (a one-pixel pad row flipped 11 of 12
-            small scenes' foregrounds); a resize to the grid changes the aspect ratio by at most
+            bounds memory for large inputs. ``fit`` left out is a ``basis``'s own (:func:`basis_fit`),
+            else "resize" here (extract_features' default is "pad"): the patches of zero padding, at the border, are unlike any of the image's, and
+            decided which side of the split was the object (a one-pixel pad row flipped the
+            foreground of 5 of 6 small scene crops); a resize to the grid changes the aspect ratio by at most
             half a patch a side.
         upsample: "bilinear" or "nearest", from the patch grid to the image.
         options: the feature settings as one :class:`~dinov2_dense.features.FeatureOptions`
@@ -635,6 +644,7 @@ def pca_maps(
     from tqdm.auto import tqdm
 
     _check_upsample(upsample)
+    fit = fit if fit is not None or options is not None else basis_fit(basis)  # a basis's features: made as its
     options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
     items = list(images)
     if not items:
@@ -845,6 +855,7 @@ def pca_video(
     from .video import VideoWriter, read_frames, video_info
 
     _check_upsample(upsample)
+    fit = fit if fit is not None or options is not None else basis_fit(basis)  # a basis's features: made as its
     options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
     vinfo = video_info(video)
     if min(vinfo.size) > 0:
