@@ -216,8 +216,11 @@ def _merge_error(cfg, cfg_options: dict, path: str, exc: BaseException) -> str:
             node = _get(cfg, ".".join(parts[:i]))
             if isinstance(node, (list, tuple)) and not parts[i].isdigit():
                 head, rest = ".".join(parts[:i]), ".".join(parts[i:])
+                # an entry's key, where an entry has it (a data set list's synthetic entry has no root)
+                entries = [n for n, e in enumerate(node) if hasattr(e, "get") and e.get(parts[i]) is not None]
+                entry = f" or an entry's ({head}.{entries[0]}.{rest}=...)" if entries else ""
                 return (f"--cfg-options {key}: {head} is a list in {path} ({len(node)} entries), so it has no key "
-                        f"{parts[i]!r}: give the whole value ({head}=...) or an entry's ({head}.0.{rest}=...)")
+                        f"{parts[i]!r}: give the whole value ({head}=...){entry}")
     return f"--cfg-options {' '.join(failing)}: does not fit {path} ({_one_line(exc)[:160]})"
 
 
@@ -526,8 +529,8 @@ def validate_config(cfg, source: str, train: bool) -> None:
         root = _get(cfg, f"{split}_dataloader.dataset.root")
         if root is not None and not isinstance(root, (str, os.PathLike)):
             errors.append(f"{split}_dataloader.dataset.root = {root!r}: expected a folder path")
-        elif root is not None and not Path(root).exists():
-            missing.setdefault(str(root), []).append(split)
+        elif root is not None and not (train and split == "test") and not Path(root).exists():
+            missing.setdefault(str(root), []).append(split)  # (a training run reads no test data)
     errors += [_missing_root(cfg, splits_of, root) for root, splits_of in missing.items()]
     _check_registered(cfg, "model.type", MODELS, errors)
     weights = _get(cfg, "model.backbone_weights")  # a local file: checked here, in the start the processes agree on
@@ -703,9 +706,9 @@ def _raise_with_config_hint(exc: OSError) -> None:
     if NO_WEIGHTS_HINT in str(exc):
         raise WeightsNotFoundError(str(exc).replace(NO_WEIGHTS_HINT, (
             "To go on without a download: --cfg-options model.backbone_weights=None (random weights: the metrics "
-            "then mean nothing), or the backbone embedded in the package, dinov2_dense_tiny (trained; the configs "
+            "then mean nothing), or the backbone embedded in the package, dinov2_dense_tiny (trained): the configs "
             "configs/segmentation/embedded_synthetic_linear.py and configs/depth/embedded_synthetic_linear.py, "
-            "or --cfg-options model.backbone=dinov2_dense_tiny with the head's width 96)"))) from None
+            "whose model section has the settings of a head on it (its blocks and width)"))) from None
 
 
 def fetch_backbone_weights(cfg) -> None:
