@@ -190,7 +190,8 @@ def test_voc_loader_reads_palette_indices_and_trainaug(tmp_path):
     assert sample["seg"].dtype == torch.int64 and set(sample["seg"].unique().tolist()) == {0, 15, 255}
     assert len(VOCDataset(base, "val")) == 1
     assert len(VOCDataset(base.parent, "val")) == 1  # VOCdevkit (a doubled VOCdevkit/VOCdevkit path was refused)
-    aug = VOCDataset(base, "trainaug")
+    with pytest.warns(UserWarning, match="val.txt among the training images"):  # (this trainaug.txt lists val's)
+        aug = VOCDataset(base, "trainaug")
     assert len(aug) == 2 and "SegmentationClassAug" in aug[1]["meta"]["target_path"]
     (sets / "trainaug.txt").unlink()
     with pytest.raises(DataError, match="trainaug.txt"):
@@ -203,6 +204,14 @@ def test_voc_loader_reads_palette_indices_and_trainaug(tmp_path):
     aug = VOCDataset(base, "trainaug")
     targets = [Path(item.target).relative_to(base).as_posix() for item in aug.items]
     assert targets == ["SegmentationClass/2007_000032.png", "SegmentationClassAug/2008_000001.png"]
+    # an aug.txt of another making that lists train's and val's ids too: each taken once, both said
+    (sets / "aug.txt").write_text("2007_000032\n2007_000039\n2008_000001\n")
+    with pytest.warns(UserWarning) as record:
+        aug = VOCDataset(base, "trainaug")
+    said = " | ".join(str(w.message) for w in record)
+    assert "1 id(s) listed twice, each taken once (e.g. 2007_000032)" in said, said
+    assert "1 id(s) of" in said and "val.txt among the training images (e.g. 2007_000039)" in said, said
+    assert len(aug) == 3
 
 
 def test_cityscapes_loader(tmp_path):

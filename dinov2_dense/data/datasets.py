@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -296,7 +297,7 @@ class VOCDataset(SegmentationDataset):
                 lists = [(sets / "train.txt", base / "SegmentationClass"), (sets / "aug.txt", base / "SegmentationClassAug")]
         else:
             raise ValueError(f"VOC split {split!r}: expected 'train', 'val', 'trainval' or 'trainaug'")
-        items = []
+        items, seen, repeated = [], set(), []
         for list_file, ann_dir in lists:
             if not list_file.is_file():
                 hint = " (or train.txt and mmsegmentation's aug.txt; build them from SBD as its voc_aug converter does)"
@@ -307,12 +308,25 @@ class VOCDataset(SegmentationDataset):
                 name = line.strip()
                 if not name:
                     continue
+                if name in seen:  # (train.txt's ids again in an aug.txt of another making: once, the first)
+                    repeated.append(name)
+                    continue
+                seen.add(name)
                 img, ann = base / "JPEGImages" / f"{name}.jpg", ann_dir / f"{name}.png"
                 for path in (img, ann):
                     if not path.is_file():
                         raise DataError(f"{path}: listed in {list_file} line {n} but missing")
                 items.append(Item(img, ann))
         what = " and ".join(str(f) for f, _ in lists)
+        if repeated:
+            warnings.warn(f"{what}: {len(repeated)} id(s) listed twice, each taken once (e.g. {repeated[0]})",
+                          stacklevel=2)
+        if split == "trainaug" and (sets / "val.txt").is_file():
+            val = set(line.strip() for line in (sets / "val.txt").read_text().splitlines()) - {""}
+            if val & seen:
+                warnings.warn(f"{what}: {len(val & seen)} id(s) of {sets / 'val.txt'} among the training images "
+                              f"(e.g. {sorted(val & seen)[0]}): a model trained on them is scored on them",
+                              stacklevel=2)
         super().__init__(items, base, transform, f"ids in {what}", VOC_CLASSES, VOC_PALETTE)
         self.split = split
 
