@@ -627,11 +627,14 @@ def _content_digest(path: str) -> str | None:
     running the backbone); None when it cannot be read."""
     import hashlib
 
+    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        with open(path, "rb") as f:  # (hashlib.file_digest is Python 3.11's; we run on 3.10)
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     except OSError:
         return None
+    return digest.hexdigest()
 
 
 def _warn_skipped(root, skipped: list[str]) -> None:
