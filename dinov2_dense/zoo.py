@@ -143,26 +143,36 @@ def load_model(
             raise _with_zoo_hint(exc, spec, "backbone", weights, backbone_weights) from exc.__cause__
     model = build_model(name, backbone=backbone)
     if head_sd:
-        meta = _train_meta(path)
-        trained_on = (meta.get("backbone") or {}).get("weights") if isinstance(meta.get("backbone"), dict) else None
-        way = (f"load it with dinov2_dense.engine.load_trained({str(path)!r}), which builds its run's model from the "
-               "config copy in its work dir")
-        try:
-            load_head_weights(model, head_sd, label)
-        except CheckpointError as exc:
-            if not isinstance(trained_on, str):
-                raise
-            raise CheckpointError(f"{exc}. It is a head of `dinov2-dense train` on {trained_on}: {way}") from None
-        output = meta.get("head_output")
-        ours = {"min_depth": model.min_depth, "max_depth": model.max_depth} if model.task == "depth" else {}
-        differ = [f"{k} {output[k]:g} in its run, {v:g} in {name}" for k, v in ours.items()
-                  if isinstance(output, dict) and isinstance(output.get(k), (int, float)) and output[k] != v]
-        if differ:  # the bins span the range: another one rescales every prediction
-            raise CheckpointError(f"{path} holds a depth head trained for another range than {name} builds "
-                                  f"({'; '.join(differ)}): its predictions would be rescaled; {way}")
+        _load_head_file(model, head_sd, label, path)
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _load_head_file(model: DensePredictor, head_sd: dict[str, Tensor], label: str, path: Path) -> None:
+    """:func:`load_head_weights`, where a head that ``dinov2-dense train`` wrote (its ``meta``, read only for
+    a depth model or a head that does not fit) is refused for another backbone's widths or another depth
+    range (the bins span the range: another one rescales every prediction), naming ``load_trained``."""
+    meta = _train_meta(path) if model.task == "depth" else None
+    way = (f"load it with dinov2_dense.engine.load_trained({str(path)!r}), which builds its run's model from the "
+           "config copy in its work dir")
+    try:
+        load_head_weights(model, head_sd, label)
+    except CheckpointError as exc:
+        backbone = (meta if meta is not None else _train_meta(path)).get("backbone")
+        if not (isinstance(backbone, dict) and isinstance(backbone.get("weights"), str)):
+            raise
+        raise CheckpointError(f"{exc}. It is a head of `dinov2-dense train` on {backbone['weights']}: {way}") from None
+    output = (meta or {}).get("head_output")
+    if not isinstance(output, dict):
+        return
+    name = getattr(model, "name", "this model")
+    differ = [f"{k} {output[k]:g} in its run, {v:g} in {name}"
+              for k, v in (("min_depth", model.min_depth), ("max_depth", model.max_depth))
+              if isinstance(output.get(k), (int, float)) and output[k] != v]
+    if differ:
+        raise CheckpointError(f"{path} holds a depth head trained for another range than {name} builds "
+                              f"({'; '.join(differ)}): its predictions would be rescaled; {way}")
 
 
 def _train_meta(path: Path) -> dict:
