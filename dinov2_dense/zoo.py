@@ -152,7 +152,8 @@ def load_model(
 def _load_head_file(model: DensePredictor, head_sd: dict[str, Tensor], label: str, path: Path) -> None:
     """:func:`load_head_weights`, where a head that ``dinov2-dense train`` wrote (its ``meta``, read only for
     a depth model or a head that does not fit) is refused for another backbone's widths or another depth
-    range (the bins span the range: another one rescales every prediction), naming ``load_trained``."""
+    output (range, or the linear head's bins and normalisation: the bins span the range, so another one
+    rescales every prediction), as ``test`` refuses it, naming ``load_trained``."""
     meta = _train_meta(path) if model.task == "depth" else None
     way = (f"load it with dinov2_dense.engine.load_trained({str(path)!r}), which builds its run's model from the "
            "config copy in its work dir")
@@ -167,11 +168,13 @@ def _load_head_file(model: DensePredictor, head_sd: dict[str, Tensor], label: st
     if not isinstance(output, dict):
         return
     name = getattr(model, "name", "this model")
-    differ = [f"{k} {output[k]:g} in its run, {v:g} in {name}"
-              for k, v in (("min_depth", model.min_depth), ("max_depth", model.max_depth))
-              if isinstance(output.get(k), (int, float)) and output[k] != v]
-    if differ:
-        raise CheckpointError(f"{path} holds a depth head trained for another range than {name} builds "
+    ours = {"min_depth": model.min_depth, "max_depth": model.max_depth,
+            **{k: getattr(model.decode_head, k) for k in ("bins_strategy", "norm_strategy")
+               if isinstance(getattr(model.decode_head, k, None), str)}}
+    differ = [f"{k} {output[k]!r} in its run, {v!r} in {name}" for k, v in ours.items()
+              if k in output and output[k] != v]
+    if differ:  # as test refuses it (the depth range, and the linear head's bins and normalisation)
+        raise CheckpointError(f"{path} holds a depth head trained for another output than {name} builds "
                               f"({'; '.join(differ)}): its predictions would be rescaled; {way}")
 
 

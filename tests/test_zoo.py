@@ -272,6 +272,11 @@ def test_load_model_refuses_a_trained_depth_head_of_another_range(tmp_path):
     torch.save({"state_dict": head, "meta": {"head_output": {"min_depth": 0.001, "max_depth": 80.0},
                                              "backbone": {"weights": "dinov2_vits14 (random)"}}}, path)
     assert load_model("dinov2_vits14_kitti_linear", weights=path, backbone_weights=None).max_depth == 80.0
-    with pytest.raises(CheckpointError, match=r"another range than dinov2_vits14_nyu_linear builds \(max_depth 80 in "
-                                              r"its run, 10 in dinov2_vits14_nyu_linear\).*load_trained"):
+    with pytest.raises(CheckpointError, match=r"another output than dinov2_vits14_nyu_linear builds \(max_depth 80.0 "
+                                              r"in its run, 10.0 in dinov2_vits14_nyu_linear\).*load_trained"):
         load_model("dinov2_vits14_nyu_linear", weights=path, backbone_weights=None)
+    # the linear head's normalisation too, as test refuses it (a softmax head loaded as a linear one)
+    torch.save({"state_dict": head, "meta": {"head_output": {"min_depth": 0.001, "max_depth": 80.0,
+                                                             "norm_strategy": "softmax"}}}, path)
+    with pytest.raises(CheckpointError, match=r"norm_strategy 'softmax' in its run, 'linear' in"):
+        load_model("dinov2_vits14_kitti_linear", weights=path, backbone_weights=None)
