@@ -8,6 +8,7 @@ nothing half-written is left); 1 a bug in dinov2-dense (with its traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -598,6 +599,19 @@ def _pca_fit(args: argparse.Namespace, basis) -> str:
     return args.fit
 
 
+@contextlib.contextmanager
+def _fit_said():
+    """pca_maps / pca_video without their warning of a fit other than the basis's: _pca_fit said it, naming
+    --basis and --fit."""
+    import warnings
+
+    from .viz.pca import OtherFitWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OtherFitWarning)
+        yield
+
+
 def _pca_tile_and_8bit(args: argparse.Namespace, basis, size) -> None:
     """pca's --tile (0: none) and --resize-8bit, set in ``args``: as given; left out, as --basis was
     fitted (it records both, as it records its size: its colours fit features computed that way), said
@@ -841,11 +855,12 @@ def _cmd_pca(args: argparse.Namespace) -> int:
         if args.video:
             stem = Path(args.video).stem
             suffix = ".avi" if args.avi else ".mp4"
-            result = pca_video(
-                model, args.video, stage / f"{stem}_pca{suffix}", basis=basis, step=args.frame_step,
-                max_frames=args.max_frames, frames_dir=stage / f"{stem}_frames" if args.frames else None,
-                progress=True, **common,
-            )
+            with _fit_said():
+                result = pca_video(
+                    model, args.video, stage / f"{stem}_pca{suffix}", basis=basis, step=args.frame_step,
+                    max_frames=args.max_frames, frames_dir=stage / f"{stem}_frames" if args.frames else None,
+                    progress=True, **common,
+                )
             basis_used, samples = result
             save_figure(samples, stage / "figure.png", alpha=args.alpha, title=random_note + describe(basis_used))
             fitted = None if basis is not None else basis_used
@@ -853,8 +868,9 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             done = (f"wrote {out / (stem + '_pca' + suffix)} ({result.frames} frames, frame | PCA colours), "
                     f"figure.png ({len(samples)} of the frames){frames_note}")
         else:
-            maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
-                            progress=True, num_workers=_num_workers(args), **common)
+            with _fit_said():
+                maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
+                                progress=True, num_workers=_num_workers(args), **common)
             one = maps[0].basis if all(m.basis is maps[0].basis for m in maps) else None
             title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
             written = save_maps(maps, stage, alpha=args.alpha, title=random_note + title)

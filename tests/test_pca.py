@@ -966,5 +966,9 @@ def test_pca_maps_given_a_basis_computes_features_as_the_basis_was_fitted(tmp_pa
     np.testing.assert_array_equal(again[0].rgb, padded[0].rgb)
     del basis.info["fit"]  # an earlier version's basis records its size, no fit: it padded
     np.testing.assert_array_equal(pca_maps(model, [image], basis=basis, size=45)[0].rgb, padded[0].rgb)
-    resized = pca_maps(model, [image], basis=basis, size=45, fit="resize")  # asked for: as asked
+    with pytest.warns(UserWarning, match="fit='resize', but the basis was fitted with fit='pad'"):
+        resized = pca_maps(model, [image], basis=basis, size=45, fit="resize")  # asked for: as asked, said
     assert not np.array_equal(resized[0].rgb, padded[0].rgb)
+    fresh = pca_maps(model, [image], size=45)[0].basis  # fitted resized; options bring their own fit (pad)
+    with pytest.warns(UserWarning, match="fit='pad', but the basis was fitted with fit='resize'"):
+        pca_maps(model, [image], basis=fresh, options=FeatureOptions(size=45))

@@ -540,6 +540,24 @@ def _check_upsample(upsample: str) -> None:
         raise ValueError(f"upsample={upsample!r}: use 'nearest' or 'bilinear'")
 
 
+class OtherFitWarning(UserWarning):
+    """Features made with another fit to the patch grid than the basis that colours them was fitted on."""
+
+
+def _basis_options(basis: "PCABasis | None", fit: str | None, options: FeatureOptions | None, model, layer: int,
+                   **settings: Any) -> FeatureOptions:
+    """:func:`_pca_options` where a ``basis`` colours the maps: ``fit`` left out (and no ``options``) is the
+    basis's own; another one than the basis's is warned of (its colours and threshold fit other features)."""
+    fitted = basis_fit(basis)
+    options = _pca_options(model, options, layer, fit=fit if fit is not None or options is not None else fitted,
+                           **settings)
+    if fitted is not None and options.fit != fitted:
+        warnings.warn(f"fit={options.fit!r}, but the basis was fitted with fit={fitted!r}: its colours and foreground "
+                      "threshold fit features made so, so the masks and colours may be off (leave fit out to use "
+                      "the basis's)", OtherFitWarning, stacklevel=3)
+    return options
+
+
 def basis_fit(basis: "PCABasis | None") -> str | None:
     """The fit to the patch grid that ``basis`` was fitted with: its record; "pad" for a basis of the
     command or ``pca_maps`` of an earlier version (it records its size but no fit: they padded); None where
@@ -644,8 +662,7 @@ def pca_maps(
     from tqdm.auto import tqdm
 
     _check_upsample(upsample)
-    fit = fit if fit is not None or options is not None else basis_fit(basis)  # a basis's features: made as its
-    options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
+    options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     items = list(images)
     if not items:
         raise ValueError("pca_maps: no images given")
@@ -855,8 +872,7 @@ def pca_video(
     from .video import VideoWriter, read_frames, video_info
 
     _check_upsample(upsample)
-    fit = fit if fit is not None or options is not None else basis_fit(basis)  # a basis's features: made as its
-    options = _pca_options(model, options, layer, size=size, tile=tile, fit=fit, batch_size=batch_size)
+    options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     vinfo = video_info(video)
     if min(vinfo.size) > 0:
         _check_forward(model, {vinfo.size: f"{video} (frames of {vinfo.size[1]}x{vinfo.size[0]})"}, options)
