@@ -943,10 +943,11 @@ class HeadCheckpointLoader:
         said = "; ".join(f"{key} {theirs!r} in its run, {mine!r} here" for key, theirs, mine in differ)
         message = (f"{filename} holds a depth head trained for another output than this config builds ({said}): "
                    "its predictions would be rescaled")
-        self._refuse_other_backbone(message, f"; give {self._as_its_run(differ, 'builds its own head')} (the range "
-                                    "evaluated is test_evaluator.min_depth / max_depth), or pass "
-                                    f"{self._flag('--other-backbone')} to start from it so anyway (a head to "
-                                    "fine-tune for another range, from load_from)")
+        evaluated = "" if self.python else " (the range evaluated is test_evaluator.min_depth / max_depth)"
+        start = "use it so anyway" if self.python else "start from it so anyway (a head to fine-tune for another " \
+            "range, from load_from)"
+        self._refuse_other_backbone(message, f"; give {self._as_its_run(differ, 'builds its own head')}{evaluated}, "
+                                    f"or pass {self._flag('--other-backbone')} to {start}")
 
     def _refuse_other_backbone(self, message: str, way: str) -> None:
         """Raise ``message + way`` as a CheckpointError, or with ``other_backbone`` warn of ``message`` and go on."""
