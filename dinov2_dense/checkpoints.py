@@ -26,7 +26,7 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -607,6 +607,27 @@ def forward_settings(module: nn.Module) -> dict:
         except (TypeError, ValueError):
             continue
     return out
+
+
+def head_output(predictor) -> dict:
+    """What a depth head's numbers mean that no tensor of it records (checkpoints' ``meta.head_output``): the
+    depth range of a DensePredictor (a linear head's bins span it, so another range rescales every
+    prediction) and the linear head's bin and normalisation strategies; ``{}`` for segmentation."""
+    if predictor.task != "depth":
+        return {}
+    head = predictor.decode_head
+    record = {"min_depth": float(predictor.min_depth), "max_depth": float(predictor.max_depth)}
+    record.update({k: getattr(head, k) for k in ("bins_strategy", "norm_strategy")
+                   if isinstance(getattr(head, k, None), str)})
+    return record
+
+
+def head_output_difference(recorded, ours: Mapping) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded value, ours)`` where a ``meta.head_output`` record differs from :func:`head_output`;
+    ``[]`` without a record (a checkpoint of an older version, an official head file)."""
+    if not isinstance(recorded, Mapping):
+        return []
+    return [(k, recorded[k], v) for k, v in ours.items() if k in recorded and recorded[k] != v]
 
 
 def forward_difference(recorded: Mapping, ours: Mapping) -> str | None:

@@ -21,7 +21,8 @@ from heads.dpt import DPTHead
 from heads.linear import LinearDepthHead, LinearHead
 from heads.predictor import DensePredictor
 
-from .checkpoints import CheckpointError, key_mismatches, load_backbone_weights, read_checkpoint, refuse_nonfinite
+from .checkpoints import (CheckpointError, head_output, head_output_difference, key_mismatches, load_backbone_weights,
+                          read_checkpoint, refuse_nonfinite)
 from .hub import (NO_WEIGHTS_HINT, WeightsNotFoundError, _file_url_path, build_backbone, find_weights, load_backbone,
                   official_url, resolve_file)
 from .settings import BACKBONE_SETTINGS, DATASET_SETTINGS, test_protocol
@@ -164,15 +165,9 @@ def _load_head_file(model: DensePredictor, head_sd: dict[str, Tensor], label: st
         if not (isinstance(backbone, dict) and isinstance(backbone.get("weights"), str)):
             raise
         raise CheckpointError(f"{exc}. It is a head of `dinov2-dense train` on {backbone['weights']}: {way}") from None
-    output = (meta or {}).get("head_output")
-    if not isinstance(output, dict):
-        return
     name = getattr(model, "name", "this model")
-    ours = {"min_depth": model.min_depth, "max_depth": model.max_depth,
-            **{k: getattr(model.decode_head, k) for k in ("bins_strategy", "norm_strategy")
-               if isinstance(getattr(model.decode_head, k, None), str)}}
-    differ = [f"{k} {output[k]!r} in its run, {v!r} in {name}" for k, v in ours.items()
-              if k in output and output[k] != v]
+    differ = [f"{k} {theirs!r} in its run, {mine!r} in {name}"
+              for k, theirs, mine in head_output_difference((meta or {}).get("head_output"), head_output(model))]
     if differ:  # as test refuses it (the depth range, and the linear head's bins and normalisation)
         raise CheckpointError(f"{path} holds a depth head trained for another output than {name} builds "
                               f"({'; '.join(differ)}): its predictions would be rescaled; {way}")

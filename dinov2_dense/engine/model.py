@@ -278,19 +278,11 @@ class DenseModel(BaseModel):
                 "class_token": bool(predictor.class_token)}
 
     def head_output(self) -> dict:
-        """What a depth head's numbers mean that no tensor of it records (kept in checkpoints'
-        ``meta.head_output``, which a test or a run loading them compares): the depth range it was trained
-        for (the linear head's bins span it, so another range rescales every prediction) and the linear
-        head's bin and normalisation strategies; empty for segmentation."""
-        predictor = self.predictor
-        if predictor.task != "depth":
-            return {}
-        head = predictor.decode_head
-        record = {"min_depth": float(predictor.min_depth), "max_depth": float(predictor.max_depth)}
-        for key in ("bins_strategy", "norm_strategy"):
-            if isinstance(getattr(head, key, None), str):
-                record[key] = getattr(head, key)
-        return record
+        """:func:`~dinov2_dense.checkpoints.head_output` of the predictor (kept in checkpoints'
+        ``meta.head_output``, which a test or a run loading them compares)."""
+        from dinov2_dense.checkpoints import head_output
+
+        return head_output(self.predictor)
 
     def state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
         """What keeps ``state`` from loading strictly (missing, unexpected, mis-shaped keys); a

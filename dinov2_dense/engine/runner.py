@@ -933,11 +933,13 @@ class HeadCheckpointLoader:
         config builds the head with: a linear head's bins span the range, so a head trained for 0.001-10 m
         built for 80 m predicted every depth x8, with no error (a checkpoint from before the record is not
         checked). The evaluated range (``test_evaluator.max_depth``) is another setting, and may differ."""
-        recorded = (checkpoint.get("meta") or {}).get("head_output")
-        if not isinstance(recorded, dict) or not hasattr(model, "head_output"):
+        from dinov2_dense.checkpoints import head_output_difference
+
+        if not hasattr(model, "head_output"):
             return
-        ours = model.head_output()
-        differ = [(f"model.head.{k}", recorded[k], ours[k]) for k in ours if k in recorded and recorded[k] != ours[k]]
+        recorded = (checkpoint.get("meta") or {}).get("head_output")
+        differ = [(f"model.head.{k}", theirs, mine) for k, theirs, mine in
+                  head_output_difference(recorded, model.head_output())]
         if not differ:
             return
         said = "; ".join(f"{key} {theirs!r} in its run, {mine!r} here" for key, theirs, mine in differ)
