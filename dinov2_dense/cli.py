@@ -879,7 +879,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             with_basis = fitted is not None and (not args.save_basis or basis_in_out is not None)
             each = f"each of the {len(maps)} images" if len(maps) > 1 else "the image"
             done = (f"wrote {len(written) + with_basis} files to {out}/: {', '.join(figures)} (one row per image), "
-                    f"<name>_pca/_mask/_overlay.png for {each}"
+                    f"<name>_pca{'/_mask' if any(m.basis.masked for m in maps) else ''}/_overlay.png for {each}"
                     + (f" and {(basis_in_out or Path('pca_basis.npz')).as_posix()}" if with_basis else ""))
         if fitted is not None and (not args.save_basis or basis_in_out is not None):
             fitted.save(stage / (basis_in_out or "pca_basis.npz"))

@@ -344,6 +344,21 @@ def test_command_writes_pngs_and_reused_basis_gives_same_colours(images, tmp_pat
     assert (again / "c_pca.png").is_file() and not (again / "pca_basis.npz").exists()
 
 
+def test_command_without_a_foreground_split_writes_no_mask(images, tmp_path, torch_home, capsys):
+    """--threshold none: every pixel is foreground, so no (all-white) _mask.png and no mask column."""
+    out, split = tmp_path / "none", tmp_path / "otsu"
+    common = ["--weights", "random", "--size", "56", "--joint"]
+    assert main(["pca", *map(str, images), "--out", str(out), "--threshold", "none", *common]) == 0
+    said = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {".dinov2-dense-output", "figure.png", "pca_basis.npz", "a_pca.png",
+                                              "a_overlay.png", "b_pca.png", "b_overlay.png"}
+    assert "<name>_pca/_overlay.png" in said and "no foreground split" in said
+    assert main(["pca", *map(str, images), "--out", str(split), *common]) == 0
+    # the same rows, three panels a row instead of four
+    wide, narrow = read_rgb(split / "figure.png").shape, read_rgb(out / "figure.png").shape
+    assert narrow[1] < wide[1] * 0.85
+
+
 def test_images_of_the_same_name_keep_their_own_files(tmp_path, torch_home, capsys, monkeypatch):
     """a/cat.png and b/cat.png: the second becomes cat_N, never the stem of another image (c/cat_2.png), so
     every image's maps are written and none replaced (each image has its own size, to tell them apart)."""

@@ -722,11 +722,14 @@ COLUMNS = ("image", "foreground", "PCA colours", "overlay")
 
 def save_figure(maps: Sequence[PCAMap], path: str | os.PathLike, *, alpha: float = 0.5,
                 title: str | None = None, labels: Sequence[str] | None = None) -> Path:
-    """One row per map: image | foreground mask | PCA colours | overlay, as a PNG (atomic). Rows are
-    labelled ``labels``, by default each map's source (:func:`row_labels`)."""
-    rows = [[m.image, m.mask, m.rgb, m.overlay(alpha)] for m in maps]
+    """One row per map: image | foreground mask | PCA colours | overlay, as a PNG (atomic); without the
+    mask where no basis splits a foreground (``threshold=None``: every pixel would be foreground). Rows
+    are labelled ``labels``, by default each map's source (:func:`row_labels`)."""
+    masks = any(m.basis.masked for m in maps)
+    rows = [[m.image, *([m.mask] if masks else []), m.rgb, m.overlay(alpha)] for m in maps]
     labels = list(labels) if labels is not None else row_labels([m.source for m in maps])
-    return save_grid(rows, path, titles=COLUMNS, row_labels=labels, suptitle=title)
+    titles = COLUMNS if masks else tuple(c for c in COLUMNS if c != "foreground")
+    return save_grid(rows, path, titles=titles, row_labels=labels, suptitle=title)
 
 
 def describe(basis: PCABasis) -> str:
@@ -794,7 +797,8 @@ def _unique_stems(sources: Sequence[str]) -> list[str]:
 def save_maps(maps: Sequence[PCAMap], out_dir: str | os.PathLike, *, alpha: float = 0.5,
               rows_per_figure: int = 8, title: str | None = None, progress: bool | None = None) -> list[Path]:
     """Write per-image PNGs (``<stem>_pca.png``, ``_mask.png``, ``_overlay.png``, at the image's
-    resolution) and the figure(s) (``figure.png``, or ``figure_1.png``... beyond ``rows_per_figure`` rows)."""
+    resolution; no ``_mask.png`` for a basis without a foreground split, ``threshold=None``) and the
+    figure(s) (``figure.png``, or ``figure_1.png``... beyond ``rows_per_figure`` rows)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -803,7 +807,8 @@ def save_maps(maps: Sequence[PCAMap], out_dir: str | os.PathLike, *, alpha: floa
     show = progress if progress is not None else len(maps) > 8
     for m, stem in tqdm(list(zip(maps, stems)), desc="writing", unit="image", disable=not show):
         written.append(write_image(out / f"{stem}_pca.png", m.rgb))
-        written.append(write_image(out / f"{stem}_mask.png", m.mask))
+        if m.basis.masked:  # (unmasked, every pixel is foreground: a white file that says nothing)
+            written.append(write_image(out / f"{stem}_mask.png", m.mask))
         written.append(write_image(out / f"{stem}_overlay.png", m.overlay(alpha)))
     labels = row_labels([m.source for m in maps])  # told apart over every figure
     starts = range(0, len(maps), rows_per_figure)
