@@ -47,7 +47,7 @@ set, else Pillow's error threshold. 0 = no limit."""
 
 SAMPLE_PREFIX = "skimage:"
 ORIENTATION_TAG = 0x0112  # EXIF / TIFF tag 274
-_DECODER_ORIENTED = {"TIFF"}  # formats whose decoders apply the orientation tag themselves
+DECODER_ORIENTED = frozenset({"TIFF"})  # formats whose decoders apply the orientation tag themselves
 
 
 class ImageError(ValueError):
@@ -164,7 +164,7 @@ def exif_orientation(image: PILImage.Image) -> int:
     """
     from PIL import Image
 
-    if image.format in _DECODER_ORIENTED:
+    if image.format in DECODER_ORIENTED:
         return 1
     try:
         if image.format == "PNG":

@@ -457,6 +457,16 @@ def test_depth_file_errors(folder):
     assert d[0, 0] == 2.5 and (d.ravel()[1:] == 0).all()  # NaN -> 0 = invalid
 
 
+def test_a_turned_npy_depth_map_is_told_to_use_the_upright_grid(folder):
+    """The turned-map hint advised giving both files the same orientation tag, which a .npy cannot carry."""
+    (folder / "depth" / "00000.png").unlink()
+    np.save(folder / "depth" / "00000.npy", np.ones((32, 24), np.float32))
+    with pytest.raises(DataError, match=r"00000\.npy: depth map of size 24x32 .* is 32x24 \(turned by 90 degrees: "
+                                        r"the image is read upright .* a \.npy has no orientation tag; save the map "
+                                        r"on the image's upright grid\)$"):
+        FolderDepthDataset(folder).load_item(0)
+
+
 def test_colour_masks_are_refused(folder):
     write_image(folder / "masks" / "00000.png", _rand_image(24, 32))
     with pytest.raises(DataError, match="00000.png: label map in colour"):
@@ -472,6 +482,26 @@ def test_two_images_of_one_name_are_refused_not_two_samples_of_one_annotation(tm
     with pytest.raises(DataError, match=r"a\.jpg and .*a\.png: two images of one name, which would share the "
                                         r"annotation .*a\.\*; keep one of them"):
         ADE20KDataset(tmp_path)
+
+
+def test_masks_and_depth_maps_of_upper_case_suffixes_pair_as_images_do(folder):
+    """Images were read in any case (x.PNG) but their masks and depth maps only in lower case (a reviewer)."""
+    reference = [FolderSegmentationDataset(folder).load_item(i)["seg"] for i in range(3)]
+    depth = [FolderDepthDataset(folder).load_item(i)["depth"] for i in range(3)]
+    for sub in ("images", "masks", "depth"):
+        for path in (folder / sub).iterdir():
+            path.rename(path.with_suffix(path.suffix.upper()))
+    seg, dep = FolderSegmentationDataset(folder), FolderDepthDataset(folder)
+    assert [item.target.name for item in seg.items] == ["00000.PNG", "00001.PNG", "00002.PNG"]
+    for i in range(3):
+        np.testing.assert_array_equal(seg.load_item(i)["seg"], reference[i])
+        np.testing.assert_array_equal(dep.load_item(i)["depth"], depth[i])
+    # one name in two cases (a case-sensitive file system) is two masks for one image: refused, naming both
+    (folder / "masks" / "00001.png").write_bytes((folder / "masks" / "00001.PNG").read_bytes())
+    if len(list((folder / "masks").iterdir())) == 3:
+        pytest.skip("a case-insensitive file system: x.png and x.PNG are one file")
+    with pytest.raises(DataError, match=r"00001\.PNG: 2 masks of its name: .*00001\.PNG, .*00001\.png; keep one"):
+        FolderSegmentationDataset(folder)
 
 
 def test_photometric_distortion_is_mmsegs_step_by_step():

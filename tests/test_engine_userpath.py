@@ -2,6 +2,7 @@
 config typos caught before training, --cfg-options values, the training run's config copy."""
 
 import multiprocessing
+import re
 import shutil
 from pathlib import Path
 
@@ -681,6 +682,32 @@ def test_a_depth_crop_that_cannot_fit_the_ground_truth_is_refused_before_trainin
                "--cfg-options", *(f"{k}={v}" for k, v in options.items())])
     err = capsys.readouterr().err
     assert rc == 2 and "test_evaluator.crop='eigen' does not fit" in err, err
+
+
+def test_bad_validation_files_are_refused_before_training(scenes, tmp_path, capsys):
+    """A validation map of another size than its image, or depth in other units than the data set's, was found
+    at the first validation: at the end of a short run, after every iteration was trained (a reviewer). The
+    validation set's sizes are compared from the files' headers at the start, and the first sample's depth with
+    the evaluator's range."""
+    ade = tmp_path / "ade"
+    shutil.copytree(scenes / "ade", ade)
+    last = sorted((ade / "annotations" / "validation").glob("*.png"))[-1]
+    Image.fromarray(np.asarray(Image.open(last))[:100]).save(last)  # the last validation map, 12 rows short
+    work = tmp_path / "seg"
+    assert _train(work, _options(ade, 4)) == 2
+    (line,) = _error_lines(capsys)
+    assert line.endswith(f"{last}: label map of size 112x100 (WxH) but its image "
+                         f"{ade / 'images' / 'validation' / (last.stem + '.jpg')} is 112x112"), line
+    assert not list(work.glob("*.pth"))
+
+    work = tmp_path / "depth"  # millimetres read as metres (a float .npy in mm, or a scale of 1)
+    assert _train(work, _options(scenes / "nyu", 4, **{"val_dataloader.dataset.depth_scale": 1}),
+                  config=DEPTH_CFG) == 2
+    (line,) = _error_lines(capsys)
+    assert re.search(r": none of its \d+ measured ground-truth depths lies in val_evaluator's range \(0.001, 10\) m "
+                     r"\(they are \d+ to \d+ m\), so every metric would be NaN: wrong units \(the data set's "
+                     r"depth_scale", line), line
+    assert not list(work.glob("*.pth"))
 
 
 def test_load_trained_predicts_what_test_saves_and_checks_as_test_does(scenes, trained, tmp_path, capsys):

@@ -312,6 +312,28 @@ def test_pretraining_curate_and_knn_read_the_same_images_of_a_folder(tmp_path):
     assert {Path(p) for p in paths} == want and classes == ["linked", "real"]
 
 
+def test_folders_give_jfif_and_gif_images_as_features_reads_them(tmp_path):
+    """features read a .jfif and a .gif given by name, and every folder reader passed over both (a reviewer)."""
+    from PIL import Image
+
+    from dinov2_dense.data.files import read_image
+    from dinov2_dense.evaluation.knn import list_image_folder
+    from pretrain.curation.store import list_images
+
+    pool = tmp_path / "pool" / "things"
+    pool.mkdir(parents=True)
+    picture = np.zeros((12, 16, 3), np.uint8)
+    picture[:6] = (200, 40, 10)
+    Image.fromarray(picture).save(pool / "photo.jfif", "JPEG", quality=100)
+    Image.fromarray(picture).save(pool / "anim.GIF")
+    want = {pool / "anim.GIF", pool / "photo.jfif"}
+    assert {Path(p) for p in ImageFiles.from_folder(pool).paths} == want
+    assert {Path(p) for p in list_images(pool)} == want
+    assert {Path(p) for p in list_image_folder(pool.parent)[0]} == want
+    assert np.abs(read_image(pool / "photo.jfif").astype(int) - picture).mean() < 3  # (JPEG)
+    np.testing.assert_array_equal(read_image(pool / "anim.GIF"), picture)
+
+
 def test_a_list_file_of_names_with_other_line_separators_gives_those_images(tmp_path):
     """Pretraining split list files with str.splitlines, at U+2028, U+0085, form feeds and more, which curate
     allows in names: a curated selected.txt of such names gave pretraining 11 paths for 6 images, 9 of them

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import apply_orientation, decode_image, exif_orientation, open_image
+from ..images import DECODER_ORIENTED, apply_orientation, decode_image, exif_orientation, open_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DataError(ValueError):
@@ -86,22 +86,29 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     orientation applied, as for its image).
 
     RGB files are accepted only when their three channels are equal (a grey map saved as RGB);
-    a colour-coded mask raises, since its colours are not class ids.
+    a colour-coded mask raises, since its colours are not class ids. An alpha channel (grey + alpha,
+    RGBA) is not read.
     """
     path = Path(path)
     try:
         with open_image(path) as im:  # refused over the pixel limit before decoding
-            im.load()
             mode = im.mode
-            array = np.ascontiguousarray(apply_orientation(np.asarray(im), exif_orientation(im)))
+            if im.format in DECODER_ORIENTED and mode != "P":
+                # the decoder turns a TIFF itself: Pillow's scrambles grey ones tagged 5-8 (transposed
+                # pixels in the stored shape), OpenCV's through decode_image does not
+                array = decode_image(path, "unchanged")
+            else:
+                im.load()
+                array = np.ascontiguousarray(apply_orientation(np.asarray(im), exif_orientation(im)))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         message = str(exc) if str(exc).startswith(str(path)) else f"{path}: not a readable label image ({exc})"
         raise DataError(message) from None
     if array.ndim == 3:
-        grey = (array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all()
-        if array.shape[2] in (3, 4) and grey:
+        grey = array.shape[2] == 2 or (  # grey + alpha (as GIMP exports), or RGB(A) of three equal channels
+            array.shape[2] in (3, 4) and (array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all())
+        if grey:  # the alpha channel is not read, as for RGBA
             array = array[..., 0]
         else:
             raise DataError(

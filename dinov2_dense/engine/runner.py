@@ -672,35 +672,56 @@ class DenseRunner(Runner):
         written by another number of processes than this run's (see the module docstring)."""
         if not self._has_loaded:
             self._load_or_resume()
-        self._check_depth_crops()
+        self._check_eval_data()
         self._started = True  # the loops, data sets, optimizer and weights are built: the start succeeded
         if self.__dict__.get("_config_pending"):
             self._config_pending = False
             self._write_config_copy(self.work_dir)
 
-    def _check_depth_crops(self) -> None:
-        """A depth evaluator's crop that cannot fit the ground truth (the NYU Eigen crop on maps not 480 x 640)
-        failed at the first validation, after ``val_interval`` iterations of training: the first sample of each
-        data set evaluated with a crop is checked at the start, and the error names the evaluator's key."""
+    def _check_eval_data(self) -> None:
+        """What failed only at the first validation, after ``val_interval`` iterations of training (at the end of
+        a short run), is checked at the start: the validation set's map sizes against their images, from the
+        files' headers (a training run; about 0.3 ms a pair), and the first sample of each data set evaluated,
+        loaded whole (its label range, its depth file); for a depth evaluator, whether its crop fits that sample's
+        ground truth (the NYU Eigen crop on maps not 480 x 640) and whether any of its measured depth lies in the
+        evaluated range (millimetres in a float .npy left every metric NaN). Errors name the file, or the
+        evaluator's key."""
         from dinov2_dense.evaluation.depth import crop_mask
         from dinov2_dense.evaluation.mmengine_metrics import DepthMetric
 
+        train_loop = self.__dict__.get("_train_loop")
+        training = train_loop is not None and not isinstance(train_loop, dict)
         for name in ("val", "test"):
             loop = self.__dict__.get(f"_{name}_loop")
             if loop is None or isinstance(loop, dict):
                 continue
             dataset = getattr(getattr(loop, "dataloader", None), "dataset", None)
             load = getattr(dataset, "load_item", None)
+            if load is None or len(dataset) == 0:
+                continue
+            if name == "val" and training and hasattr(dataset, "check_sizes"):
+                dataset.check_sizes()
+            sample = load(0)
+            path = sample["meta"].get("target_path") or sample["meta"].get("path")
             for metric in getattr(getattr(loop, "evaluator", None), "metrics", []):
-                crop = metric.kwargs["crop"] if isinstance(metric, DepthMetric) else None
-                if crop is None or load is None or len(dataset) == 0:
+                if not isinstance(metric, DepthMetric):
                     continue
-                sample = load(0)
-                try:
-                    crop_mask(tuple(np.shape(sample["depth"])[-2:]), crop)
-                except ValueError as exc:
-                    raise ValueError(f"{name}_evaluator.crop={crop!r} does not fit the ground truth of "
-                                     f"{sample['meta'].get('target_path') or sample['meta'].get('path')}: {exc}") from None
+                depth = np.asarray(sample["depth"], dtype=np.float64)
+                crop = metric.kwargs["crop"]
+                if crop is not None:
+                    try:
+                        depth = depth[crop_mask(tuple(depth.shape[-2:]), crop)]
+                    except ValueError as exc:
+                        raise ValueError(f"{name}_evaluator.crop={crop!r} does not fit the ground truth of {path}: "
+                                         f"{exc}") from None
+                measured = depth[np.isfinite(depth) & (depth > 0)]
+                low, high = metric.kwargs["min_depth"], metric.kwargs["max_depth"]
+                if measured.size and not ((measured > low) & (measured < high)).any():
+                    raise ValueError(
+                        f"{path}: none of its {measured.size} measured ground-truth depths lies in "
+                        f"{name}_evaluator's range ({low:g}, {high:g}) m (they are {measured.min():g} to "
+                        f"{measured.max():g} m), so every metric would be NaN: wrong units (the data set's "
+                        "depth_scale; a .npy of floats holds metres) or depth range?")
 
     def _load_or_resume(self) -> None:
         if self._resume:
