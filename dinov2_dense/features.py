@@ -43,14 +43,14 @@ import os
 import subprocess
 import sys
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .images import decode_image, image_size
 
@@ -188,12 +188,37 @@ def to_input_tensor(source: ImageLike) -> Tensor:
     return normalize(load_image(source))
 
 
-def _check_normalised(x: Tensor) -> None:
+@contextmanager
+def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
+    """Give every submodule of ``module`` back the train / eval mode it had when the block ends, however
+    the block changed them (each flag as it was, so a frozen backbone in eval mode under a head in train
+    mode comes back so too)."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _check_normalised(x: Tensor, where: str = "image tensor",
+                      instead: str = "pass the array (or normalize(load_image(...))) instead") -> None:
+    """Tensors are taken as ImageNet-normalised floats (values about -2.1 to 2.6): integer tensors and values far
+    outside that (pixel levels 0-255) are refused, and a tensor wholly in [0, 1] (``ToTensor`` output, not
+    normalised: the features' cosine to the right ones was 0.49) is warned of."""
     if not x.is_floating_point():
         raise ValueError(
-            f"image tensor of dtype {x.dtype}: tensors are taken as ImageNet-normalised floats; "
-            "pass the array (or normalize(load_image(...))) instead"
-        )
+            f"{where} of dtype {x.dtype}: tensors are taken as ImageNet-normalised floats; {instead}")
+    if x.numel() == 0 or x.device.type == "meta":
+        return
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)) or high > 10 or low < -10:
+        raise ValueError(f"{where} with values from {low:g} to {high:g}: tensors are taken as ImageNet-normalised "
+                         f"floats (about -2.1 to 2.6); {instead}")
+    if low >= 0 and high <= 1 and high - low > 0.1:  # (a constant image is no sign either way)
+        warnings.warn(f"{where} with every value in [0, 1] ({low:g} to {high:g}): tensors are taken as ImageNet-"
+                      "normalised, and images scaled to [0, 1] but not normalised (ToTensor) give other features; "
+                      "normalise them with dinov2_dense.features.normalize", stacklevel=3)
 
 
 # -- geometry -----------------------------------------------------------------------------
@@ -544,6 +569,10 @@ def extract_features(
     resize_8bit: bool = False,
 ) -> DenseFeatures | list[DenseFeatures]:
     """Dense features of one image, a batch tensor, or a list of images of any sizes.
+
+    Inference: without gradients (``torch.no_grad``) and with the model in eval mode (each module's mode given
+    back afterwards), whatever the caller's settings. To train through the backbone, call its
+    ``get_intermediate_layers`` (or ``intermediate_maps``) in the training step instead.
 
     Args:
         model: a DinoVisionTransformer (any module with ``resolve_layers``, ``intermediate_maps``,
@@ -1106,7 +1135,10 @@ def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[in
     else:
         ctx = nullcontext()
     x_in = x if autocast else x.to(next(model.parameters()).dtype)  # e.g. a bfloat16 model
-    with ctx:
+    # features in eval mode, whatever mode the model is in (a model being trained: drop path drew other features
+    # at each call), and the modes given back
+    with ctx, kept_modes(model):
+        model.eval()
         if options.tile is not None:
             maps, cls, regs = _run_tiled(model, x_in, layer_ids, options, progress)
         else:

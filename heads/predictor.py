@@ -13,14 +13,14 @@ output is resized (bilinear, align_corners False) to the input size; depth is cl
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD, center_pad, normalise_8bit, rescale_size
+from dinov2_dense.features import IMAGENET_MEAN, IMAGENET_STD, center_pad, kept_modes, normalise_8bit, rescale_size
 
 TASKS = ("segmentation", "depth")
 TEST_CFG_KEYS = ("mode", "crop_size", "stride", "scales", "flip", "scale", "crop_batch_size")
@@ -69,19 +69,6 @@ def check_test_cfg(cfg: dict, where: str = "test_cfg") -> None:
         raise ValueError(f"{where}.crop_batch_size={batch!r}: windows a batch, an integer >= 1")
 
 
-@contextmanager
-def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
-    """Give every submodule of ``module`` back the train / eval mode it had when the block ends, however
-    the block changed them (each flag as it was, so a frozen backbone in eval mode under a head in train
-    mode comes back so too)."""
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        yield module
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 class DensePredictor(nn.Module):
     """Backbone + head. State-dict keys ``backbone.*`` and ``decode_head.*`` (the official layout).
 
@@ -94,7 +81,10 @@ class DensePredictor(nn.Module):
         norm: final LayerNorm on the features (segmentation protocol True, depth protocol False).
         class_token: pass (map, cls) pairs to the head (depth heads) instead of maps.
         min_depth, max_depth: depth range (clamped to at inference); taken from the head when it has them.
-        freeze_backbone: run the backbone under no_grad and keep it in eval mode.
+        freeze_backbone: run the backbone under no_grad and keep it in eval mode; its parameters (those
+            of the module passed in, which stays frozen after this predictor is gone) get
+            ``requires_grad=False``. To fine-tune a backbone that a frozen predictor had, call
+            ``backbone.requires_grad_(True)`` first.
         test_cfg: defaults for ``predict`` (mode, crop_size, stride, scales, flip).
     """
 
@@ -298,7 +288,8 @@ class DensePredictor(nn.Module):
         probabilities (or depths) averaged. As mmseg's test pipelines do, a view of images that
         were normalised from 8-bit ones (the data sets', :func:`dinov2_dense.features.load_image`'s)
         is resized in 8 bits (OpenCV's bilinear resize, ``mmcv.imresize``), then normalised; other
-        images (16-bit or float sources) are resized as floats.
+        images (16-bit or float sources) are resized as floats. This is decided for each image, so
+        that its prediction does not depend on the other images of its batch.
 
         A view and its mirror go through the model together (one batch of twice the images), and
         slide windows ``crop_batch_size`` at a time (default 4; 1 is one window at a time).
@@ -310,6 +301,13 @@ class DensePredictor(nn.Module):
         prediction does not depend on the batch and leaves the statistics as they are), and every
         module gets its own mode back afterwards (a model being trained stays in train mode).
         """
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            what = f"a tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"predict() takes a (B, 3, H, W) batch of ImageNet-normalised images, not {what}: e.g. "
+                             "to_input_tensor(path)[None] (from dinov2_dense.features)")
+        from dinov2_dense.features import _check_normalised
+
+        _check_normalised(images, "predict()'s images", "to_input_tensor(image)[None] gives them from a path or array")
         with kept_modes(self):
             self.eval()
             return self._predict(images, mode, crop_size, stride, scales, flip, scale, out_size, crop_batch_size)
@@ -358,36 +356,48 @@ class DensePredictor(nn.Module):
         return total.div_(views)
 
 
-def _eight_bit(images: Tensor) -> Tensor | None:
-    """(B, H, W, 3) uint8 on the CPU: the 8-bit images that the float32 ``images`` were normalised
-    from (ImageNet mean and std, as the data sets do), or None where they were not (float16 or
-    bfloat16 images too, and a batch in which any image is not). Reads the images back from their
-    device once (before any view of them is queued there)."""
+def _eight_bit(images: Tensor) -> list | None:
+    """For each image of the float32 batch ``images``, the (H, W, 3) uint8 numpy image it was normalised from
+    (ImageNet mean and std, as the data sets do), or None where it was not (a 16-bit or float source): decided
+    per image, so that an image's views do not depend on its batch. None for the whole batch where no image
+    can be (float16 or bfloat16 images). Reads the images back from their device once (before any view of
+    them is queued there)."""
     if images.dtype != torch.float32 or images.device.type == "meta":  # (meta: shapes only, no values)
         return None
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     levels = (images * std + mean) * 255.0
     rounded = levels.round()
-    if not bool(((levels - rounded).abs() <= 1e-2).all()) or rounded.min() < 0 or rounded.max() > 255:
+    whole = ((levels - rounded).abs() <= 1e-2) & (rounded >= 0) & (rounded <= 255)
+    eight = rounded.clamp(0, 255).to(torch.uint8)
+    # (another normalisation of the same levels is not 8-bit either)
+    same = (normalise_8bit(eight) - images).abs() <= 1e-5
+    ok = (whole & same).flatten(1).all(1).cpu().tolist()
+    if not any(ok):
         return None
-    eight = rounded.to(torch.uint8)
-    if not torch.allclose(normalise_8bit(eight), images, rtol=0, atol=1e-5):  # (on their device)
-        return None  # (another normalisation)
-    return eight.permute(0, 2, 3, 1).cpu().contiguous()
+    arrays = eight.permute(0, 2, 3, 1).cpu().contiguous().numpy()
+    return [arrays[i] if ok[i] else None for i in range(len(ok))]
 
 
-def _resized_view(images: Tensor, eight: Tensor | None, size: tuple[int, int]) -> Tensor:
-    """``images`` resized (bilinear) to ``size``: in 8 bits with OpenCV where ``eight`` holds the
-    8-bit images behind them (mmseg's ``Resize``: ``mmcv.imresize``), then normalised on their device
-    (the same floats on every device); else as floats."""
-    if eight is None:
+def _resized_view(images: Tensor, eight: list | None, size: tuple[int, int]) -> Tensor:
+    """``images`` resized (bilinear) to ``size``: in 8 bits with OpenCV where ``eight`` holds the 8-bit image
+    behind one (mmseg's ``Resize``: ``mmcv.imresize``), then normalised on its device (the same floats on every
+    device); the others as floats."""
+    floats = [i for i in range(len(images)) if eight is None or eight[i] is None]
+    if len(floats) == len(images):
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     import cv2
     import numpy as np
 
-    views = np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for im in eight.numpy()])
-    return normalise_8bit(torch.from_numpy(views).permute(0, 3, 1, 2).to(images.device))
+    index = [i for i in range(len(images)) if i not in floats]
+    views = np.stack([cv2.resize(eight[i], (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for i in index])
+    resized = normalise_8bit(torch.from_numpy(views).permute(0, 3, 1, 2).to(images.device))
+    if not floats:
+        return resized
+    out = images.new_empty((len(images), images.shape[1], *size))
+    out[index] = resized
+    out[floats] = F.interpolate(images[floats], size=size, mode="bilinear", align_corners=False)
+    return out
 
 
 def _resize_matrix(n: int, m: int, device) -> Tensor:

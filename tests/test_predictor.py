@@ -372,3 +372,9 @@ def test_views_of_8bit_images_are_resized_in_8_bits_as_mmseg_does():
                      model.predict(v, out_size=(50, 64)) for v in float_views for f in (False, True)) / 4
         torch.testing.assert_close(as_floats, manual, atol=1e-6, rtol=1e-5)
         assert torch.equal(floats, got)
+        # an 8-bit image batched with a float one keeps its 8-bit views: its prediction is the one it has alone
+        # (the batch was resized as floats where any image was not 8-bit; a reviewer: 80 of 4800 pixels moved)
+        mixed = model.predict(torch.cat([x[:1], y[1:]]), scales=scales, flip=True)
+        torch.testing.assert_close(mixed[:1], model.predict(x[:1], scales=scales, flip=True), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(mixed[1:], model.predict(y[1:], scales=scales, flip=True), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(mixed[:1], got[:1], atol=1e-6, rtol=1e-5)

@@ -169,9 +169,11 @@ def test_familiar_size_shapes_stand_in_front_of_the_plane_whole(monkeypatch, dep
 
 def test_config_validation():
     for bad in (dict(size=(4, 4)), dict(num_classes=1), dict(min_shapes=5, max_shapes=2),
-                dict(depth_range=(8.0, 2.0)), dict(min_depth=3.0)):
+                dict(depth_range=(8.0, 2.0)), dict(min_depth=3.0), dict(size=(56,)), dict(size="56")):
         with pytest.raises(ValueError, match="SceneConfig"):
             SceneConfig(**bad)
+    # one number is a square, as synth --size takes it (it raised a bare "cannot unpack non-iterable int")
+    assert SceneConfig(size=56).size == (56, 56) == SceneConfig(size=np.int64(56)).size
 
 
 def _no_temp_files(root):

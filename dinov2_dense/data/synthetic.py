@@ -77,6 +77,10 @@ class SceneConfig:
     def __post_init__(self) -> None:
         if self.appearance not in APPEARANCES:
             raise ValueError(f"SceneConfig.appearance={self.appearance!r}: expected one of {', '.join(APPEARANCES)}")
+        if isinstance(self.size, (int, np.integer)) and not isinstance(self.size, bool):  # a square, as synth --size
+            object.__setattr__(self, "size", (int(self.size), int(self.size)))
+        if not (isinstance(self.size, (tuple, list)) and len(self.size) == 2):
+            raise ValueError(f"SceneConfig.size={self.size!r}: (H, W) in pixels, or one number for a square")
         h, w = self.size
         if h < 8 or w < 8:
             raise ValueError(f"SceneConfig.size={self.size}: at least 8x8 pixels")
