@@ -688,6 +688,11 @@ def _pca_model(args: argparse.Namespace, basis) -> None:
         print(f"note: {given}, the weights {args.basis} was fitted on (give --weights or --model for others)",
               file=sys.stderr)
         return
+    if args.weights == "official" and isinstance(weights_file, str) and not Path(weights_file).exists():
+        # (an earlier version recorded the path as given: relative to the folder it was fitted in)
+        raise ValueError(f"--basis {args.basis} was fitted on the weights {weights_file}, which are not there (from "
+                         f"{Path.cwd()}): give them as --weights (with --model where no backbone.json is beside them), or "
+                         "--model to colour another model's features")
     if not isinstance(recorded, str) or recorded not in BACKBONES or recorded == "dinov2_vits14":
         return  # (dinov2_vits14: the default, taken anyway)
     args.model = recorded
@@ -949,8 +954,8 @@ def _common_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", choices=list(ATTENTION_KERNEL_NAMES), default="auto",
                         help="preferred attention kernel of scaled_dot_product_attention (default auto: torch's choice)")
     parser.add_argument("--float8", action="store_true", help="the blocks' linear layers in FP8 (H100/Ada-class GPUs; "
-                        "faster with --compile, slower without; changes the features slightly: cosine 0.993-0.996 for the "
-                        "class token, 0.9997-0.99999 for the patch maps)")
+                        "faster with --compile, slower without; changes the features slightly: cosine 0.9928-0.9964 for the "
+                        "class token, 0.9997-0.99999 for the patch maps, as measured)")
 
 
 def _tile_or_none(text: str) -> int:
@@ -1657,10 +1662,7 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
     """The command, with every error turned into one line and an exit code."""
     from .distributed import StartRefused
 
-    try:
-        _refuse_under_torchrun(prog, getattr(args, "command", None))
-        return args.func(args)
-    except KeyboardInterrupt as exc:
+    def interrupted(exc: KeyboardInterrupt) -> int:
         if debug:
             import traceback
 
@@ -1669,6 +1671,12 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
         print(f"\n{prog}: {what}; no half-written file was left", file=sys.stderr)
         _ignore_ended_data_workers()
         return 130 if not isinstance(exc, _Terminated) else 143
+
+    try:
+        _refuse_under_torchrun(prog, getattr(args, "command", None))
+        return args.func(args)
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
     except _user_errors() as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_closed():
             return 141  # the reader of our output left (`dinov2-dense info | head`): quietly, as a shell tool does
@@ -1685,6 +1693,10 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug, or a peer's failure in a distributed run
+        if (interrupt := _interrupt_behind(exc)) is not None:
+            # raised while the interrupt unwound: a SIGTERM to the process group ended the DataLoader workers
+            # too, and torch's SIGCHLD handler raised "DataLoader worker (pid N) is killed by signal" inside it
+            return interrupted(interrupt)
         if _peer_failed(exc) and not debug:
             print(f"{prog}: stopped: another process of this distributed run ended (its error is above where it "
                   "printed one; torchrun's summary names a process that was killed)", file=sys.stderr)
@@ -1695,6 +1707,17 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
         print(f"{prog}: internal error (a bug in dinov2-dense; please report it with the traceback above)",
               file=sys.stderr)
         return 1
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (:class:`_Terminated`) that ``exc`` was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__context__
+    return None
 
 
 def _stdout_closed() -> bool:

@@ -153,11 +153,17 @@ def _predictor(backbone, head: str, num_classes: int, seed: int):
 
 
 def depth_layers(depth: int) -> list[int]:
-    """The 4 blocks the depth heads read, at the quarters of the depth (ViT-S/B: [2, 5, 8, 11]; 4 blocks:
-    [0, 1, 2, 3]). A backbone of fewer blocks repeats some, in block order (3: [0, 1, 1, 2]; 2: [0, 0, 1, 1];
-    1: [0, 0, 0, 0]), so that any depth gives the heads their 4 inputs."""
+    """The 4 blocks the depth heads read: the official ones for the depth of a released backbone (12: [2, 5, 8,
+    11]; ViT-L's 24: [4, 11, 17, 23]; 40: [9, 19, 29, 39]), else at the quarters of the depth (4 blocks: [0, 1, 2,
+    3]). A backbone of fewer blocks repeats some, in block order (3: [0, 1, 1, 2]; 2: [0, 0, 1, 1]; 1: [0, 0, 0,
+    0]), so that any depth gives the heads their 4 inputs."""
+    from .settings import BACKBONE_SETTINGS
+
     if depth < 1:
         raise ValueError(f"a backbone of {depth} blocks has no features for the depth heads")
+    official = next((list(s.depth_layers) for s in BACKBONE_SETTINGS.values() if s.depth == depth), None)
+    if official is not None:
+        return official
     layers = [max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)]
     return layers if depth < 4 or len(set(layers)) == 4 else list(range(depth - 4, depth))
 

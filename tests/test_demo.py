@@ -323,6 +323,12 @@ def test_the_demo_runs_on_an_export_of_fewer_than_4_blocks(tmp_path, depth, caps
     from dinov2_dense.demo import depth_layers
 
     assert [depth_layers(n) for n in (3, 4, 5, 12)] == [[0, 1, 1, 2], [0, 1, 2, 3], [0, 1, 3, 4], [2, 5, 8, 11]]
+    # a released depth reads the official blocks: ViT-L's are not its quarters ([5, 11, 17, 23]; a reviewer)
+    from dinov2_dense.settings import BACKBONE_SETTINGS
+
+    assert [depth_layers(s.depth) for s in BACKBONE_SETTINGS.values()] == [list(s.depth_layers)
+                                                                         for s in BACKBONE_SETTINGS.values()]
+    assert depth_layers(24) == [4, 11, 17, 23] and depth_layers(16) == [3, 7, 11, 15]
 
 
 def test_the_report_writes_each_kind_of_number_one_way(tmp_path, monkeypatch):

@@ -461,6 +461,19 @@ def test_max_iters_on_the_command_line_moves_the_schedule_with_it(scenes, tmp_pa
     assert _train(tmp_path / "kept", {**base, "param_scheduler.1.end": 600, "train_cfg.max_iters": 6}, "--resume") == 0
     lr = torch.load(tmp_path / "kept" / "iter_6.pth", map_location="cpu", weights_only=True)["optimizer"]
     assert lr["param_groups"][0]["lr"] > 1e-5
+    # a rate or a batch size given to a resume: the optimizer keeps its checkpoint's rate, and the run goes on at
+    # the new batch; both were silent (a reviewer)
+    kept = {**base, "param_scheduler.1.end": 600, "train_cfg.max_iters": 8, "optim_wrapper.optimizer.lr": 0.05,
+            "train_dataloader.batch_size": 4}
+    capsys.readouterr()
+    assert _train(tmp_path / "kept", kept, "--resume") == 0
+    out = capsys.readouterr().out
+    assert (f"--resume: the optimizer continues as {tmp_path / 'kept' / 'iter_6.pth'} saved it, at base rate 0.001 "
+            "(the config gives 0.05: optim_wrapper.optimizer.lr=0.05), which a resume does not change") in out, out[-3000:]
+    assert (f"--resume: {tmp_path / 'kept' / 'iter_6.pth'} was trained with train_dataloader.batch_size=2; this "
+            "run's is 4, with which it goes on") in out, out[-3000:]
+    lr = torch.load(tmp_path / "kept" / "iter_8.pth", map_location="cpu", weights_only=True)["optimizer"]
+    assert lr["param_groups"][0]["initial_lr"] == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize("schedule, options, moved, kept", [
@@ -708,6 +721,40 @@ def test_bad_validation_files_are_refused_before_training(scenes, tmp_path, caps
                      r"\(they are \d+ to \d+ m\), so every metric would be NaN: wrong units \(the data set's "
                      r"depth_scale", line), line
     assert not list(work.glob("*.pth"))
+
+
+def test_a_head_of_another_class_count_names_the_keys_that_set_it(scenes, trained, tmp_path, capsys):
+    """The refusal named the classifier's tensors (decode_head.conv_seg.*) where the README promised the key
+    (a reviewer); it names model.head.num_classes and the evaluators' too, and following it tests the head."""
+    six = {"model.head.num_classes": 6, "val_evaluator.num_classes": 6, "test_evaluator.num_classes": 6}
+    options = [f"{k}={v}" for k, v in {**_options(scenes / "ade", 2), **six}.items()]
+    assert main(["test", str(SEG_CFG), str(trained / "iter_2.pth"), "--work-dir", str(tmp_path / "t"),
+                 "--cfg-options", *options]) == 2
+    err = capsys.readouterr().err
+    assert ("(a head of 5 classes, and this config's model.head.num_classes is 6: give --cfg-options "
+            "model.head.num_classes=5 val_evaluator.num_classes=5 test_evaluator.num_classes=5 (as the config of its "
+            "run) to run it as trained)") in err, err
+
+
+def test_a_checkpoint_of_an_earlier_version_says_what_it_cannot_check(scenes, trained, tmp_path, capsys):
+    """Checkpoints from before the head records were tested with other blocks or another depth range with no
+    word (a reviewer: abs_rel 2.08 against 0.66 at max_depth=80). Which checks are skipped is said."""
+    old = tmp_path / "old.pth"
+    checkpoint = torch.load(trained / "iter_2.pth", map_location="cpu", weights_only=False)
+    del checkpoint["meta"]["head_inputs"]
+    torch.save(checkpoint, old)
+    opts = [f"{k}={v}" for k, v in _options(scenes / "ade", 2).items()]
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(old), "--work-dir", str(tmp_path / "t"), "--cfg-options", *opts]) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert (f"{old} was written by an earlier version, which did not record the blocks, norm and class tokens its "
+            "head read (model.layers, model.norm, model.class_token): they are not checked") in out, out[-2000:]
+    assert "depth head's range" not in out  # (a segmentation head has none)
+    assert main(["test", str(SEG_CFG), str(trained / "iter_2.pth"), "--work-dir", str(tmp_path / "t2"),
+                 "--cfg-options", *opts]) == 0
+    captured = capsys.readouterr()
+    assert "earlier version" not in captured.out + captured.err
 
 
 def test_load_trained_predicts_what_test_saves_and_checks_as_test_does(scenes, trained, tmp_path, capsys):

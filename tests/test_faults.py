@@ -880,6 +880,32 @@ def test_sigterm_to_the_process_group_ends_in_one_line_with_data_workers_running
     assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
 
 
+def test_an_error_raised_while_a_sigterm_unwinds_ends_as_the_sigterm(capsys):
+    """Under load, torch's SIGCHLD handler raised "DataLoader worker (pid N) is killed by signal: Terminated"
+    inside a context manager's exit while SIGTERM unwound the pretraining step: the command ended as an
+    internal error (exit 1, a traceback) in the test above. An error raised while an interrupt unwinds ends
+    as that interrupt."""
+    import argparse
+
+    from dinov2_dense import cli
+
+    def step(args):
+        try:
+            raise cli._Terminated()
+        finally:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
+    code = cli.run_command(argparse.Namespace(command="pretrain", func=step), "dinov2-dense pretrain", debug=False)
+    err = capsys.readouterr().err
+    assert code == 143 and err.strip() == "dinov2-dense pretrain: terminated; no half-written file was left", err
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    assert cli.run_command(argparse.Namespace(command="pretrain", func=bug), "dinov2-dense pretrain", debug=False) == 1
+    assert "internal error" in capsys.readouterr().err
+
+
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     out = tmp_path / "scenes"
     proc = _long_synth(tmp_path)

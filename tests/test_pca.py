@@ -4,6 +4,7 @@ synthetic scene's foreground, joint colours, the basis file, and the `dinov2-den
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -967,6 +968,25 @@ def test_padding_to_the_grid_does_not_flip_the_foreground_of_small_scenes(tmp_pa
     np.testing.assert_array_equal(read_rgb(tmp_path / "o" / "c0_mask.png"), read_rgb(tmp_path / "p" / "c0_mask.png"))
 
 
+def test_a_basis_whose_weights_are_not_there_names_them(images, tmp_path, torch_home, monkeypatch, capsys):
+    """A basis of an earlier version recorded its --weights path as given (relative): used from another folder
+    the command went to dinov2_vits14 and failed naming its download, which nobody asked for (a reviewer)."""
+    from dinov2_dense.viz.pca import PCABasis
+
+    out = tmp_path / "fitted"
+    assert main(["pca", str(images[0]), "--model", "dinov2_dense_tiny", "--size", "56", "--out", str(out)]) == 0
+    basis = PCABasis.load(out / "pca_basis.npz")
+    basis.info["weights_file"] = "runs/export/backbone.safetensors"  # relative, as an earlier version wrote it
+    basis.save(tmp_path / "older.npz")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["pca", str(images[0]), "--basis", str(tmp_path / "older.npz"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert (f"--basis {tmp_path / 'older.npz'} was fitted on the weights runs/export/backbone.safetensors, which are "
+            f"not there (from {tmp_path}): give them as --weights") in err, err
+    assert "dinov2_vits14" not in err
+
+
 def test_pca_maps_given_a_basis_computes_features_as_the_basis_was_fitted(tmp_path):
     """pca_maps(basis=...) resized to the grid whatever the basis was fitted with, where the command took the
     basis's fit (a basis of an earlier version: padded): 18% of a mask's pixels apart (the diff review)."""
@@ -987,3 +1007,14 @@ def test_pca_maps_given_a_basis_computes_features_as_the_basis_was_fitted(tmp_pa
     fresh = pca_maps(model, [image], size=45)[0].basis  # fitted resized; options bring their own fit (pad)
     with pytest.warns(UserWarning, match="fit='pad', but the basis was fitted with fit='resize'"):
         pca_maps(model, [image], basis=fresh, options=FeatureOptions(size=45))
+    # the size too: one left out (the images' own) or another than the basis's changed every mask with no word
+    # (a reviewer); None is a size, so it is warned of, not replaced by the basis's
+    from dinov2_dense.viz.pca import OtherFitWarning
+
+    with pytest.warns(OtherFitWarning, match=r"size=None, but the basis was fitted with size=45: .* \(pass size=45\)"):
+        pca_maps(model, [image], basis=fresh)
+    with pytest.warns(OtherFitWarning, match=r"size=56, tile=56, but the basis was fitted with size=45, tile=None"):
+        pca_maps(model, [image], basis=fresh, size=56, tile=56)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pca_maps(model, [image], basis=fresh, size=45)

@@ -541,7 +541,8 @@ def _check_upsample(upsample: str) -> None:
 
 
 class OtherFitWarning(UserWarning):
-    """Features made with another fit to the patch grid than the basis that colours them was fitted on."""
+    """Features made with another fit to the patch grid, size or tiling than the basis that colours them was
+    fitted on."""
 
 
 def _basis_options(basis: "PCABasis | None", fit: str | None, options: FeatureOptions | None, model, layer: int,
@@ -555,6 +556,15 @@ def _basis_options(basis: "PCABasis | None", fit: str | None, options: FeatureOp
         warnings.warn(f"fit={options.fit!r}, but the basis was fitted with fit={fitted!r}: its colours and foreground "
                       "threshold fit features made so, so the masks and colours may be off (leave fit out to use "
                       "the basis's)", OtherFitWarning, stacklevel=3)
+    # the size and tiling too (None is a size: the images' own, so it cannot mean "the basis's" as fit does)
+    given = {"size": _size_record(options.size), "tile": options.tile}
+    other = [f"{key}={given[key]!r}" for key in given if basis is not None and key in basis.info
+             and given[key] != basis.info[key]]
+    if other:
+        wanted = ", ".join(f"{key}={basis.info[key]!r}" for key in given if f"{key}={given[key]!r}" in other)
+        warnings.warn(f"{', '.join(other)}, but the basis was fitted with {wanted}: its colours and foreground "
+                      f"threshold fit features made so, so the masks and colours may be off (pass {wanted})",
+                      OtherFitWarning, stacklevel=3)
     return options
 
 

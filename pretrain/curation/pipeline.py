@@ -338,6 +338,8 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
                             f"{pool.embeddings.shape[1]}-dimensional pool; embed both with the same backbone")
     x, n = pool.embeddings, len(pool)
     say = (lambda *a: print(*a, file=sys.stderr)) if progress and rank == 0 else (lambda *a: None)
+    # what the results need read with (not progress): said with --no-progress too
+    note = (lambda *a: print(*a, file=sys.stderr)) if rank == 0 else (lambda *a: None)
 
     # 1. near-duplicates (rank 0; the others wait for the result)
     dedup = None
@@ -378,7 +380,7 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
     skipped = [level + 1 for level, (asked, run) in enumerate(zip(_per_level(steps, len(ks)), tree.resampled))
                if asked and not run]
     if skipped:
-        say(f"  not resampled: level(s) {', '.join(map(str, skipped))}, whose clusters hold 2 points or fewer of the "
+        note(f"  not resampled: level(s) {', '.join(map(str, skipped))}, whose clusters hold 2 points or fewer of the "
             "level below on average (a resampling step takes half of them, rounded up: one point a cluster leaves "
             "nothing to re-fit); fewer clusters at those levels (--clusters) or fewer --levels give them more")
     # 4. balanced sampling
@@ -393,7 +395,7 @@ def curate(inputs: str | os.PathLike, out: str | os.PathLike, target: int, *, mo
         "source": str(inputs), "unreadable": len(pool.unreadable),
     }
     if short:
-        say(f"only {len(rows)} rows left ({shortfall(summary)}): all of them are selected (--target {target})")
+        note(f"only {len(rows)} rows left ({shortfall(summary)}): all of them are selected (--target {target})")
     summary = _with_entropies(summary, tree, rows, picked, len(pool))
     if rank == 0:
         _write_results(out, pool, rows, picked, dedup, tree, summary)
