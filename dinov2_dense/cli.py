@@ -1656,6 +1656,31 @@ def _ignore_ended_data_workers() -> None:
 
     if hasattr(signal, "SIGCHLD") and _in_main_thread():
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # and the thread of multiprocessing's resource sharer (which hands the workers' tensors' file descriptors
+    # over) printed "ConnectionResetError: [Errno 104] Connection reset by peer" with a traceback when a worker
+    # ended in the middle of a hand-over: through sys.excepthook, which leaves that thread's errors out now
+    previous = sys.excepthook
+    if getattr(previous, "_ended_workers_quiet", False):
+        return
+
+    def quiet(kind, value, tb):
+        if issubclass(kind, (OSError, EOFError)) and _raised_in_resource_sharer(tb):
+            return
+        previous(kind, value, tb)
+
+    quiet._ended_workers_quiet = True
+    sys.excepthook = quiet
+
+
+def _raised_in_resource_sharer(tb) -> bool:
+    """Whether a traceback passes through multiprocessing's resource sharer (its serving thread)."""
+    from multiprocessing import resource_sharer
+
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == resource_sharer.__file__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:

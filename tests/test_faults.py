@@ -906,6 +906,27 @@ def test_an_error_raised_while_a_sigterm_unwinds_ends_as_the_sigterm(capsys):
     assert "internal error" in capsys.readouterr().err
 
 
+def test_after_an_interrupt_the_resource_sharers_errors_of_ended_workers_are_left_out(monkeypatch, capsys):
+    """Under load the same test saw, after the one line, multiprocessing's resource sharer thread print
+    "ConnectionResetError: [Errno 104] Connection reset by peer" with a traceback (a worker ended during a
+    hand-over of a tensor's file descriptor). After an interrupt its errors are left out; others are not."""
+    from multiprocessing import resource_sharer
+
+    from dinov2_dense import cli
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    cli._ignore_ended_data_workers()
+    cli._ignore_ended_data_workers()  # (once wrapped is enough)
+    for code, name in (("raise ConnectionResetError(104, 'Connection reset by peer')", resource_sharer.__file__),
+                       ("raise ConnectionResetError(104, 'elsewhere')", "<elsewhere>")):
+        try:
+            exec(compile(code, name, "exec"))
+        except ConnectionResetError:
+            sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert "elsewhere" in err and "Connection reset by peer" not in err, err
+
+
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     out = tmp_path / "scenes"
     proc = _long_synth(tmp_path)
