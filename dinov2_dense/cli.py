@@ -1718,9 +1718,10 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug, or a peer's failure in a distributed run
-        if (interrupt := _interrupt_behind(exc)) is not None:
+        if (interrupt := _interrupt_behind(exc)) is not None and _ended_worker(exc):
             # raised while the interrupt unwound: a SIGTERM to the process group ended the DataLoader workers
             # too, and torch's SIGCHLD handler raised "DataLoader worker (pid N) is killed by signal" inside it
+            # (any other error while unwinding is a failed clean-up, reported as a bug)
             return interrupted(interrupt)
         if _peer_failed(exc) and not debug:
             print(f"{prog}: stopped: another process of this distributed run ended (its error is above where it "
@@ -1743,6 +1744,12 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
             return exc
         exc = exc.__context__
     return None
+
+
+def _ended_worker(exc: BaseException) -> bool:
+    """torch's error for a DataLoader worker ended by a signal (its SIGCHLD handler's)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and text.startswith("DataLoader worker") and "killed by signal" in text
 
 
 def _stdout_closed() -> bool:

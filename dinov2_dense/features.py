@@ -183,7 +183,7 @@ def to_input_tensor(source: ImageLike) -> Tensor:
     if isinstance(source, Tensor):
         if source.ndim != 3 or source.shape[0] != 3:
             raise ValueError(f"image tensor of shape {tuple(source.shape)}: expected (3, H, W), normalised")
-        _check_normalised(source)
+        _check_normalised(source, values=True)
         return source
     return normalize(load_image(source))
 
@@ -202,23 +202,22 @@ def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def _check_normalised(x: Tensor, where: str = "image tensor",
-                      instead: str = "pass the array (or normalize(load_image(...))) instead") -> None:
-    """Tensors are taken as ImageNet-normalised floats (values about -2.1 to 2.6): integer tensors and values far
-    outside that (pixel levels 0-255) are refused, and a tensor wholly in [0, 1] (``ToTensor`` output, not
-    normalised: the features' cosine to the right ones was 0.49) is warned of."""
+                      instead: str = "pass the array (or normalize(load_image(...))) instead", values: bool = False) -> None:
+    """Tensors are taken as ImageNet-normalised floats (values about -2.1 to 2.6): integer tensors are refused,
+    and with ``values`` (a tensor the caller gave: not the batches decoded here, whose check would only stall a
+    GPU) NaN or infinite values and values beyond +-10 (pixel levels 0-255 as floats) are too. (Images in [0, 1]
+    that were not normalised cannot be told from dim normalised ones, hazy photos say: nothing is said of them.)"""
     if not x.is_floating_point():
-        raise ValueError(
-            f"{where} of dtype {x.dtype}: tensors are taken as ImageNet-normalised floats; {instead}")
-    if x.numel() == 0 or x.device.type == "meta":
+        raise ValueError(f"{where} of dtype {x.dtype}: tensors are taken as ImageNet-normalised floats; {instead}")
+    if not values or x.numel() == 0 or x.device.type == "meta":
         return
     low, high = (float(v) for v in torch.aminmax(x.detach()))
-    if not (math.isfinite(low) and math.isfinite(high)) or high > 10 or low < -10:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{where} with NaN or infinite values: tensors are taken as ImageNet-normalised floats; "
+                         f"{instead}")
+    if high > 10 or low < -10:
         raise ValueError(f"{where} with values from {low:g} to {high:g}: tensors are taken as ImageNet-normalised "
                          f"floats (about -2.1 to 2.6); {instead}")
-    if low >= 0 and high <= 1 and high - low > 0.1:  # (a constant image is no sign either way)
-        warnings.warn(f"{where} with every value in [0, 1] ({low:g} to {high:g}): tensors are taken as ImageNet-"
-                      "normalised, and images scaled to [0, 1] but not normalised (ToTensor) give other features; "
-                      "normalise them with dinov2_dense.features.normalize", stacklevel=3)
 
 
 # -- geometry -----------------------------------------------------------------------------
@@ -641,6 +640,7 @@ def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: Fea
     run = dict(model=model, layer_ids=layer_ids, options=options, progress=progress)
 
     if isinstance(images, Tensor) and images.ndim == 4:
+        _check_normalised(images, values=True)
         _warn_slow_bf16(device, options.autocast)
         check_forward_pass({tuple(images.shape[-2:]): "image batch"}, options, p, device)
         yield list(range(len(images))), _extract_batch(images, [], **run)
@@ -1137,8 +1137,13 @@ def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[in
     x_in = x if autocast else x.to(next(model.parameters()).dtype)  # e.g. a bfloat16 model
     # features in eval mode, whatever mode the model is in (a model being trained: drop path drew other features
     # at each call), and the modes given back
+    was_training = model.training
     with ctx, kept_modes(model):
         model.eval()
+        if was_training and hasattr(model, "clear_pos_embed_cache"):
+            # a model being trained may be written through .data (a teacher updated the DINO v1 way), which the
+            # eval-mode cache of interpolated position embeddings cannot see (the diff review: features 0.37 off)
+            model.clear_pos_embed_cache()
         if options.tile is not None:
             maps, cls, regs = _run_tiled(model, x_in, layer_ids, options, progress)
         else:

@@ -307,7 +307,8 @@ class DensePredictor(nn.Module):
                              "to_input_tensor(path)[None] (from dinov2_dense.features)")
         from dinov2_dense.features import _check_normalised
 
-        _check_normalised(images, "predict()'s images", "to_input_tensor(image)[None] gives them from a path or array")
+        _check_normalised(images, "predict()'s images", "to_input_tensor(image)[None] gives them from a path or array",
+                          values=True)
         with kept_modes(self):
             self.eval()
             return self._predict(images, mode, crop_size, stride, scales, flip, scale, out_size, crop_batch_size)

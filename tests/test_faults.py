@@ -902,8 +902,17 @@ def test_an_error_raised_while_a_sigterm_unwinds_ends_as_the_sigterm(capsys):
     def bug(args):
         raise RuntimeError("a bug")
 
-    assert cli.run_command(argparse.Namespace(command="pretrain", func=bug), "dinov2-dense pretrain", debug=False) == 1
-    assert "internal error" in capsys.readouterr().err
+    def failed_cleanup(args):  # another error while unwinding: a clean-up that failed, not "nothing half-written"
+        try:
+            raise cli._Terminated()
+        finally:
+            raise RuntimeError("a bug in a clean-up")
+
+    for func in (bug, failed_cleanup):
+        assert cli.run_command(argparse.Namespace(command="pretrain", func=func), "dinov2-dense pretrain",
+                               debug=False) == 1
+        err = capsys.readouterr().err
+        assert "internal error" in err and "no half-written file" not in err, err
 
 
 def test_after_an_interrupt_the_resource_sharers_errors_of_ended_workers_are_left_out(monkeypatch, capsys):

@@ -312,6 +312,21 @@ def test_tiff_label_upright_in_every_orientation_as_its_image(tmp_path, dtype):
         Image.fromarray(stored(picture, o)).save(image, exif=exif(o))
         np.testing.assert_array_equal(read_label(label), ids, err_msg=f"orientation {o}")
         np.testing.assert_array_equal(read_image(image), picture, err_msg=f"orientation {o}")
+        if dtype == np.uint8:  # 1-bit maps keep their ids 0/1 (OpenCV gives 0/255: 255 is the ignore index)
+            bits = tmp_path / f"bits{o}.tif"
+            Image.fromarray(stored(ids % 2 > 0, o)).save(bits, exif=exif(o))
+            assert Image.open(bits).mode == "1"
+            np.testing.assert_array_equal(read_label(bits), ids % 2, err_msg=f"1-bit, orientation {o}")
+            palette = tmp_path / f"palette{o}.tif"
+            im = Image.fromarray(stored(ids, o)).convert("P")
+            im.putpalette([v for k in range(256) for v in (k * 3 % 256, k * 5 % 256, k * 7 % 256)])
+            im.save(palette, exif=exif(o))
+            if o < 5:
+                np.testing.assert_array_equal(read_label(palette), ids, err_msg=f"palette, orientation {o}")
+            else:  # no decoder here reads them turned right: refused, not read scrambled
+                with pytest.raises(DataError, match=f"a palette TIFF label map tagged with orientation {o} .* save "
+                                                    "it as a PNG"):
+                    read_label(palette)
 
 
 def test_grey_and_alpha_label_reads_its_grey_channel(tmp_path):

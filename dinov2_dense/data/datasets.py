@@ -159,7 +159,8 @@ class DenseDataset(Dataset):
                 f"{'label' if self.target_key == 'seg' else self.target_key} map "
                 f"{item.target} has none and is taken as drawn on the upright image (as mmsegmentation pairs them). "
                 "If the maps were drawn on the images' stored pixels, they do not line up: give each map its image's "
-                "orientation tag, or remove the images' (said once for this data set)", stacklevel=2)
+                "orientation tag, or save the images without theirs (said once for this data set in each process that "
+                "reads it)", stacklevel=2)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         augment_seed = getattr(index, "augment_seed", None)  # a seeded sample stream's index (engine.data)

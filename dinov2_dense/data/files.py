@@ -93,9 +93,14 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     try:
         with open_image(path) as im:  # refused over the pixel limit before decoding
             mode = im.mode
-            if im.format in DECODER_ORIENTED and mode != "P":
-                # the decoder turns a TIFF itself: Pillow's scrambles grey ones tagged 5-8 (transposed
-                # pixels in the stored shape), OpenCV's through decode_image does not
+            turned = im.format in DECODER_ORIENTED and _tiff_orientation(im) >= 5
+            if turned and mode == "P":  # Pillow's scrambles these, and OpenCV's gives the palette's colours
+                raise DataError(f"{path}: a palette TIFF label map tagged with orientation {_tiff_orientation(im)} "
+                                "(turned by 90 degrees), which no decoder here reads reliably: save it as a PNG")
+            if turned and mode != "1":
+                # the decoder turns a TIFF itself: Pillow's scrambles grey ones tagged 5-8 (transposed pixels in
+                # the stored shape), OpenCV's through decode_image does not (but gives 1-bit maps as 0/255:
+                # Pillow reads those, turned right, as 0/1)
                 array = decode_image(path, "unchanged")
             else:
                 im.load()
@@ -120,6 +125,15 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise DataError(f"{path}: label map of dtype {array.dtype}; expected integer class ids")
     return np.ascontiguousarray(array)
+
+
+def _tiff_orientation(image) -> int:
+    """A TIFF's orientation tag (1-8; 1 where it has none or an unusable one), which its decoder applies."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable tags: no orientation, as images.exif_orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def read_depth(path: str | os.PathLike, scale: float | None) -> np.ndarray:

@@ -839,9 +839,12 @@ class DenseRunner(Runner):
         if rates is not None and now is not None and len(rates) == len(now) and \
                 any(not math.isclose(a, b, rel_tol=1e-9) for a, b in zip(rates, now)):
             lr = (self.cfg.get("optim_wrapper") or {}).get("optimizer", {}).get("lr")
+            scaled = bool((self.cfg.get("auto_scale_lr") or {}).get("enable", False))
+            key = (f": optim_wrapper.optimizer.lr={lr}{' before auto_scale_lr' if scaled else ''}"
+                   f"{', with the groups multipliers' if len(set(rates)) > 1 else ''}") if lr is not None else ""
             self.logger.warning(
                 f"--resume: the optimizer continues as {filename} saved it, at base rate {_rate_text(now)} (the "
-                f"config gives {_rate_text(rates)}{f': optim_wrapper.optimizer.lr={lr}' if lr is not None else ''}), "
+                f"config gives {_rate_text(rates)}{key}), "
                 "which a resume does not change; to train on at another rate, start a new run from its weights: "
                 "load_from=FILE without --resume")
         was, batch = meta.get("train_batch_size"), _train_batch_size(self)
