@@ -1321,6 +1321,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         print(f"\ndinov2-dense curate: {what}; the embeddings done so far are kept (" + ", ".join(
             f"{done} of {n} images in {folder}" for folder, done, n in kept) + "): run the same command again to "
             "resume", file=sys.stderr)
+        _ignore_ended_data_workers()  # (the workers' end is expected: no traceback after the line)
         return 143 if isinstance(exc, _Terminated) else 130
     if int(os.environ.get("RANK", "0")) == 0:
         short = (f" (fewer than --target {summary['target']}: {shortfall(summary)})" if summary["short_of_target"]
@@ -1749,7 +1750,8 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
 def _ended_worker(exc: BaseException) -> bool:
     """torch's error for a DataLoader worker ended by a signal (its SIGCHLD handler's)."""
     text = str(exc)
-    return isinstance(exc, RuntimeError) and text.startswith("DataLoader worker") and "killed by signal" in text
+    return isinstance(exc, RuntimeError) and text.startswith("DataLoader worker") and (
+        "killed by signal" in text or "exited unexpectedly" in text)
 
 
 def _stdout_closed() -> bool:

@@ -204,12 +204,15 @@ def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
 def _check_normalised(x: Tensor, where: str = "image tensor",
                       instead: str = "pass the array (or normalize(load_image(...))) instead", values: bool = False) -> None:
     """Tensors are taken as ImageNet-normalised floats (values about -2.1 to 2.6): integer tensors are refused,
-    and with ``values`` (a tensor the caller gave: not the batches decoded here, whose check would only stall a
-    GPU) NaN or infinite values and values beyond +-10 (pixel levels 0-255 as floats) are too. (Images in [0, 1]
-    that were not normalised cannot be told from dim normalised ones, hazy photos say: nothing is said of them.)"""
+    and with ``values`` (a tensor the caller gave, not a batch decoded here) an empty batch, and on the CPU (on a
+    GPU the check would stall it before each forward) NaN or infinite values and values beyond +-10 (pixel levels
+    0-255 as floats). (Images in [0, 1] that were not normalised cannot be told from dim normalised ones, hazy
+    photos say: nothing is said of them.)"""
     if not x.is_floating_point():
         raise ValueError(f"{where} of dtype {x.dtype}: tensors are taken as ImageNet-normalised floats; {instead}")
-    if not values or x.numel() == 0 or x.device.type == "meta":
+    if values and x.ndim >= 1 and x.shape[0] == 0:
+        raise ValueError(f"{where} of shape {tuple(x.shape)}: an empty batch, no image")
+    if not values or x.numel() == 0 or x.device.type != "cpu":  # (on a GPU the check would stall it)
         return
     low, high = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -1137,13 +1140,8 @@ def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[in
     x_in = x if autocast else x.to(next(model.parameters()).dtype)  # e.g. a bfloat16 model
     # features in eval mode, whatever mode the model is in (a model being trained: drop path drew other features
     # at each call), and the modes given back
-    was_training = model.training
     with ctx, kept_modes(model):
-        model.eval()
-        if was_training and hasattr(model, "clear_pos_embed_cache"):
-            # a model being trained may be written through .data (a teacher updated the DINO v1 way), which the
-            # eval-mode cache of interpolated position embeddings cannot see (the diff review: features 0.37 off)
-            model.clear_pos_embed_cache()
+        model.eval()  # (from train mode, the backbone forgets its position-embedding cache: DinoVisionTransformer.train)
         if options.tile is not None:
             maps, cls, regs = _run_tiled(model, x_in, layer_ids, options, progress)
         else:

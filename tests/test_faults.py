@@ -899,6 +899,16 @@ def test_an_error_raised_while_a_sigterm_unwinds_ends_as_the_sigterm(capsys):
     err = capsys.readouterr().err
     assert code == 143 and err.strip() == "dinov2-dense pretrain: terminated; no half-written file was left", err
 
+    def exited(args):  # torch's other words for it
+        try:
+            raise cli._Terminated()
+        finally:
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+    assert cli.run_command(argparse.Namespace(command="pretrain", func=exited), "dinov2-dense pretrain",
+                           debug=False) == 143
+    capsys.readouterr()
+
     def bug(args):
         raise RuntimeError("a bug")
 

@@ -674,6 +674,15 @@ def test_features_of_a_model_in_train_mode_are_its_eval_features_and_the_modes_c
     moved = extract_features(model, x, layers=[1, 2]).maps
     for layer in (1, 2):
         torch.testing.assert_close(moved[layer], fresh[layer], rtol=0, atol=0)
+    # and the backbone's own forward after eval() (the cache kept from the eval-mode call above: 3.64 off)
+    model.train()
+    extract_features(model, x, layers=[1, 2])
+    for p, q in zip(model.parameters(), tiny_vit().parameters()):
+        p.data.copy_(q.data)
+    model.eval()
+    with torch.no_grad():  # (where the cache serves)
+        torch.testing.assert_close(model.get_intermediate_layers(x, n=1)[0],
+                                   tiny_vit().eval().get_intermediate_layers(x, n=1)[0], rtol=0, atol=0)
 
 
 def test_tensors_that_are_not_normalised_images_are_refused(tmp_path):
@@ -702,10 +711,15 @@ def test_tensors_that_are_not_normalised_images_are_refused(tmp_path):
             warnings.simplefilter("error")
             call(levels)  # in [0, 1]: as a dim normalised image's may be
     hazy = tmp_path / "hazy.png"
-    cv2.imwrite(str(hazy), np.full((28, 28, 3), 140, np.uint8) + np.arange(28, dtype=np.uint8)[:, None, None])
+    # levels 130-157: every channel normalises into [0, 1], which the removed warning took for ToTensor output
+    cv2.imwrite(str(hazy), np.full((28, 28, 3), 130, np.uint8) + np.arange(28, dtype=np.uint8)[:, None, None])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         extract_features(model, hazy)
+    for call, where in ((lambda x: extract_features(model, x), "image tensor"),
+                        (lambda x: predictor.predict(x), "predict()'s images")):
+        with pytest.raises(ValueError, match=re.escape(where) + r" of shape \(0, 3, 28, 28\): an empty batch"):
+            call(torch.zeros(0, 3, 28, 28))
     for bad, what in ((torch.randn(3, 28, 28), r"a tensor of shape \(3, 28, 28\)"),
                       (np.zeros((28, 28, 3), np.uint8), "ndarray")):
         with pytest.raises(ValueError, match=r"predict\(\) takes a \(B, 3, H, W\) batch of ImageNet-normalised "

@@ -143,13 +143,13 @@ class DenseDataset(Dataset):
         upright image (as annotation tools that apply the tag draw it, and as mmsegmentation pairs them); one drawn
         on the stored pixels is turned against its image, and a half turn or a mirror keeps the size, so nothing
         else tells (a reviewer's run: mIoU 15.6 against 43.9)."""
-        from ..images import read_header
+        from .files import orientation_tag
 
         if item.target is None or str(item.image).startswith("skimage:"):
             return
         try:
-            turned = read_header(item.image).orientation
-            stored = 1 if item.target.suffix.lower() == ".npy" else read_header(item.target).orientation
+            turned = orientation_tag(item.image)
+            stored = 1 if item.target.suffix.lower() == ".npy" else orientation_tag(item.target)
         except (OSError, ValueError):
             return
         if turned != 1 and stored == 1:

@@ -93,11 +93,12 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     try:
         with open_image(path) as im:  # refused over the pixel limit before decoding
             mode = im.mode
-            turned = im.format in DECODER_ORIENTED and _tiff_orientation(im) >= 5
-            if turned and mode == "P":  # Pillow's scrambles these, and OpenCV's gives the palette's colours
-                raise DataError(f"{path}: a palette TIFF label map tagged with orientation {_tiff_orientation(im)} "
-                                "(turned by 90 degrees), which no decoder here reads reliably: save it as a PNG")
-            if turned and mode != "1":
+            turned = im.format in DECODER_ORIENTED and tiff_orientation(im) >= 5
+            if turned and mode == "P":
+                # Pillow's decoder scrambles some of these (uncompressed, not square) and OpenCV's gives the
+                # palette's colours, upright: those, read back as the palette's indices
+                array = _palette_ids(path, decode_image(path, "rgb"), im.getpalette() or [])
+            elif turned and mode != "1":
                 # the decoder turns a TIFF itself: Pillow's scrambles grey ones tagged 5-8 (transposed pixels in
                 # the stored shape), OpenCV's through decode_image does not (but gives 1-bit maps as 0/255:
                 # Pillow reads those, turned right, as 0/1)
@@ -127,7 +128,33 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _tiff_orientation(image) -> int:
+def _palette_ids(path: Path, rgb: np.ndarray, palette: list[int]) -> np.ndarray:
+    """The palette indices of a palette image decoded to its colours (uint8, (H, W)); refused where a colour
+    used is not in the palette, or stands for two indices."""
+    colours = np.asarray(palette, dtype=np.int64)[: len(palette) // 3 * 3].reshape(-1, 3)
+    codes = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
+    pixels = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    used, inverse = np.unique(pixels, return_inverse=True)
+    ids = np.empty(len(used), np.int64)
+    for k, code in enumerate(used):
+        where = np.flatnonzero(codes == code)
+        if len(where) != 1:
+            what = "is not in its palette" if not len(where) else f"stands for ids {where.tolist()} of its palette"
+            raise DataError(f"{path}: a palette label map turned by its TIFF orientation tag, read through its "
+                            f"colours, whose colour {tuple(int(v) for v in colours[where[0]]) if len(where) else code} "
+                            f"{what}: save it as a grey PNG of class ids")
+        ids[k] = where[0]
+    return ids[inverse].reshape(pixels.shape).astype(np.uint8 if ids.max(initial=0) < 256 else np.int64)
+
+
+def orientation_tag(path: str | os.PathLike) -> int:
+    """A file's orientation tag (1-8; 1 where it has none), whichever decoder applies it (ours for EXIF, the
+    TIFF decoder for TIFF): how it is read turned."""
+    with open_image(path) as im:
+        return tiff_orientation(im) if im.format in DECODER_ORIENTED else exif_orientation(im)
+
+
+def tiff_orientation(image) -> int:
     """A TIFF's orientation tag (1-8; 1 where it has none or an unusable one), which its decoder applies."""
     try:
         value = image.getexif().get(0x0112, 1)

@@ -190,7 +190,7 @@ class DinoVisionTransformer(nn.Module):
         (``load_state_dict``, an optimiser or EMA step and ``.to()`` all start afresh); never while
         compiling or tracing, nor on a backbone sharded by ``fully_shard``, nor in train mode (a
         teacher updated the DINO v1 way, ``p.data.mul_(m).add_(...)``, bypasses the version
-        counter). Such writes in eval mode (``pos_embed.data[...] = ...``, or FSDP applied only to
+        counter), and :meth:`train` forgets it on the way from train to eval mode. Such writes in eval mode (``pos_embed.data[...] = ...``, or FSDP applied only to
         a module above the backbone) are not seen: call :meth:`clear_pos_embed_cache` after them,
         or set ``pos_embed_cache_size = 0``. The result must not be modified in place.
         """
@@ -237,6 +237,14 @@ class DinoVisionTransformer(nn.Module):
     def clear_pos_embed_cache(self) -> None:
         """Forget the cached interpolated position embeddings (see :meth:`interpolate_pos_encoding`)."""
         self._pos_embed_cache.entries.clear()
+
+    def train(self, mode: bool = True):
+        if self.training and not mode:
+            # into eval mode from train mode, where weights may have been written through .data (a teacher updated
+            # the DINO v1 way) unseen by the cache: whatever it kept from an earlier eval-mode spell is forgotten
+            # (a diff review: features 3.64 off after extract_features, a .data update and eval())
+            self.clear_pos_embed_cache()
+        return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):
         # .to(), .cuda(), .half(), ...: the cached values (and the memory they keep) belong to the old weights
