@@ -1603,6 +1603,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"dinov2-dense {args.command}"
 
     def terminate(signum, frame):
+        # a SIGTERM to the process group ends the DataLoader workers too: torch's SIGCHLD handler is left out from
+        # now on, before the unwinding collects their iterators (curate printed its traceback before its line)
+        _ignore_ended_data_workers()
         raise _Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
@@ -1656,7 +1659,9 @@ def _ignore_ended_data_workers() -> None:
     import signal
 
     if hasattr(signal, "SIGCHLD") and _in_main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # a handler that does nothing, not SIG_DFL: a SIGCHLD already pending for torch's handler then raised
+        # "OSError: Signal 17 ignored due to race condition" in the unwinding
+        signal.signal(signal.SIGCHLD, _ended_child)
     # and the thread of multiprocessing's resource sharer (which hands the workers' tensors' file descriptors
     # over) printed "ConnectionResetError: [Errno 104] Connection reset by peer" with a traceback when a worker
     # ended in the middle of a hand-over: through sys.excepthook, which leaves that thread's errors out now
@@ -1671,6 +1676,10 @@ def _ignore_ended_data_workers() -> None:
 
     quiet._ended_workers_quiet = True
     sys.excepthook = quiet
+
+
+def _ended_child(signum, frame) -> None:
+    """SIGCHLD once the command is over: a DataLoader worker's end is expected."""
 
 
 def _raised_in_resource_sharer(tb) -> bool:
