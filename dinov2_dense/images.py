@@ -162,10 +162,14 @@ def exif_orientation(image: PILImage.Image) -> int:
     the file's chunk headers are scanned, and the image is loaded only if such a tag is there.
     An unreadable EXIF block counts as no orientation (the pixels may still be fine).
     """
+    return 1 if image.format in DECODER_ORIENTED else orientation_tag(image)
+
+
+def orientation_tag(image: PILImage.Image) -> int:
+    """The orientation tag of an image (1-8; 1 where it has none or an unusable one), whichever decoder applies
+    it: :func:`exif_orientation`'s reading, and for TIFF the tag its decoder turns it by."""
     from PIL import Image
 
-    if image.format in DECODER_ORIENTED:
-        return 1
     try:
         if image.format == "PNG":
             if image.tile and "exif" not in image.info and _png_tags_after_pixels(image.filename):

@@ -127,7 +127,9 @@ class DenseDataset(Dataset):
         item = self.items[index]
         image = read_image(item.image)
         target = self._load_target(item, image.shape[:2])
-        if not self.__dict__.get("_orientation_said"):
+        seen = self.__dict__.setdefault("_orientation_seen", set())  # (each file's header once, not at every epoch)
+        if not self.__dict__.get("_orientation_said") and index not in seen:
+            seen.add(index)
             self._say_orientation(item)
         meta = {"path": str(item.image), "target_path": str(item.target) if item.target else None, "index": index,
                 "ori_shape": tuple(image.shape[:2]), **item.extra}
@@ -149,7 +151,8 @@ class DenseDataset(Dataset):
             return
         try:
             turned = orientation_tag(item.image)
-            stored = 1 if item.target.suffix.lower() == ".npy" else orientation_tag(item.target)
+            # (the map's header only for a turned image)
+            stored = 1 if turned == 1 or item.target.suffix.lower() == ".npy" else orientation_tag(item.target)
         except (OSError, ValueError):
             return
         if turned != 1 and stored == 1:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..images import DECODER_ORIENTED, apply_orientation, decode_image, exif_orientation, open_image
+from ..images import orientation_tag as image_orientation_tag
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -93,7 +94,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     try:
         with open_image(path) as im:  # refused over the pixel limit before decoding
             mode = im.mode
-            turned = im.format in DECODER_ORIENTED and tiff_orientation(im) >= 5
+            turned = im.format in DECODER_ORIENTED and image_orientation_tag(im) >= 5
             if turned and mode == "P":
                 # Pillow's decoder scrambles some of these (uncompressed, not square) and OpenCV's gives the
                 # palette's colours, upright: those, read back as the palette's indices
@@ -151,16 +152,7 @@ def orientation_tag(path: str | os.PathLike) -> int:
     """A file's orientation tag (1-8; 1 where it has none), whichever decoder applies it (ours for EXIF, the
     TIFF decoder for TIFF): how it is read turned."""
     with open_image(path) as im:
-        return tiff_orientation(im) if im.format in DECODER_ORIENTED else exif_orientation(im)
-
-
-def tiff_orientation(image) -> int:
-    """A TIFF's orientation tag (1-8; 1 where it has none or an unusable one), which its decoder applies."""
-    try:
-        value = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - unreadable tags: no orientation, as images.exif_orientation
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+        return image_orientation_tag(im)
 
 
 def read_depth(path: str | os.PathLike, scale: float | None) -> np.ndarray:
