@@ -1,17 +1,14 @@
 """How the processes of a distributed run start, as users launch them: torchrun without --launcher runs
 distributed (not N whole copies); processes given different options all refuse, naming the keys; a start
 that process 0 refuses stops every process at once; --launcher slurm reads Slurm's variables, and names
-them when they are missing; the commands without a distributed mode refuse to run under torchrun.
+them when they are missing; the commands without a distributed mode refuse to run under torchrun. And a
+head trained and tested on two processes: `test` of the checkpoint says what validation said, and `test
+--out` of an odd number of images writes each once.
 
-The two-process cases run in one launch of two processes (the variables torchrun sets, given by hand, as
-a launch on two machines gives them): a driver calls ``dinov2_dense.cli.main`` once per case, each on its
-own port, and writes each case's output and exit code to files that the tests read. ``DIST_START_ONLY=a,b``
-runs only those cases (to look at one)."""
+The two-process cases run in one launch of two processes (``tests.twoproc``: the variables torchrun sets,
+given by hand, as a launch on two machines gives them). ``DIST_START_ONLY=a,b`` runs only those cases."""
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,83 +19,14 @@ from dinov2_dense.cli import main
 from dinov2_dense.data.synthetic import SceneConfig, write_ade20k_layout
 from dinov2_dense.distributed import SAID_LENGTH
 from tests.conftest import free_port
+from tests.twoproc import TORCHRUN, cases, launch, shared_once
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CFG = ROOT / "configs/segmentation/tiny_synthetic_linear.py"
 VITS14_CFG = ROOT / "configs/segmentation/dinov2_vits14_synthetic_linear.py"
-CASE_LIMIT_S = 60  # a case still running then is stopped and reported as such (a process left waiting)
-
-DRIVER = r'''
-import json, os, sys, threading, traceback
-rank, base, cases = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
-from dinov2_dense.cli import main
-
-def api_case(rank):
-    """dinov2_dense.distributed between the two processes, without a command."""
-    from pathlib import Path
-    import torch.distributed as dist
-    from dinov2_dense.distributed import StartRefused, agree_to_start, check_same_settings
-    dist.init_process_group("gloo")
-    def f(): pass
-    # a function (its address differs between processes) and a set (its order too) are the same settings
-    check_same_settings({"a": {"f": f, "s": {"alpha", "beta", "gamma", "delta"}}, "n": [dict(k=1)]}, "api")
-    print("same: passed")
-    try:
-        check_same_settings({"n": [dict(k=rank)], "own": rank}, "api", ignore=("own",))
-    except ValueError as exc:
-        print(f"differ: {exc}")
-    def fails_on_1():
-        if rank == 1:
-            raise FileNotFoundError("data/x: no such folder")
-        return rank
-    try:
-        agree_to_start(fails_on_1, main=True)
-    except StartRefused as exc:
-        print(f"refused: {exc}")
-    except FileNotFoundError as exc:
-        print(f"own error: {exc}")
-    print(f"shared: {agree_to_start(lambda: [Path('p0')], rank == 0, share=True)!r}")
-    dist.destroy_process_group()
-    return 0
-
-saved = dict(os.environ)
-for case in cases:
-    name, port, argv, env = case["name"], case["port"], case["argv"][rank], case["env"][rank]
-    os.environ.clear(); os.environ.update(saved); os.environ.update(env)
-    for key in case.get("unset", []):
-        os.environ.pop(key, None)
-    if rank in case.get("no_checkpoints_on", []):  # this process's machine does not share the work dir
-        import dinov2_dense.engine.runner as runner_module
-        import pretrain.train as pretrain_module
-        runner_module.checkpoint_candidates = lambda work_dir: []
-        pretrain_module.checkpoint_files = lambda work_dir: []
-    os.environ["MASTER_PORT"] = str(port)
-    log = open(os.path.join(base, f"{name}.{rank}.log"), "w")
-    sys.stdout.flush(); sys.stderr.flush()
-    os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)
-    done = threading.Event()
-
-    def watchdog(name=name, done=done):
-        if not done.wait(case["limit"]):
-            with open(os.path.join(base, f"{name}.{rank}.rc"), "w") as f:
-                f.write("still running after %d s" % case["limit"])
-            os._exit(124)
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    try:
-        rc = api_case(rank) if name == "api" else main(argv)
-    except BaseException:
-        traceback.print_exc(); rc = "raised"
-    done.set()
-    sys.stdout.flush(); sys.stderr.flush()
-    with open(os.path.join(base, f"{name}.{rank}.rc"), "w") as f:
-        f.write(str(rc))
-'''
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist_start")
+def _write_data(root: Path) -> str:
     write_ade20k_layout(root / "ade", 4, 2, config=SceneConfig(size=(112, 112)), seed=0, progress=False)
     rng = np.random.default_rng(0)
     np.save(root / "pool.npy", rng.normal(size=(64, 8)).astype(np.float32))
@@ -110,7 +38,15 @@ def data(tmp_path_factory):
     _py_config(root / "pretrain_tiny.py", tiny(4))
     (root / "gone.txt").write_text("gone_0.png\ngone_1.png\n")  # images deleted since they were listed
     torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(2, 384, 1, 1)}}, root / "head.pth")
-    return root
+    # a head trained on two processes: 16 validation images; then `test --out` of 5 (the sampler repeats one)
+    write_ade20k_layout(root / "ade16", 40, 16, config=SceneConfig(size=(112, 112)), seed=0, progress=False)
+    write_ade20k_layout(root / "ade5", 4, 5, config=SceneConfig(size=(56, 56)), seed=1, progress=False)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return Path(shared_once(tmp_path_factory, "dist_start_data", _write_data))
 
 
 def _train_options(root: Path, iters: int) -> list[str]:
@@ -121,10 +57,17 @@ def _train_options(root: Path, iters: int) -> list[str]:
     return [f"{k}={v}" for k, v in opts.items()]
 
 
+def _ddp_options(root: Path) -> list[str]:
+    """20 iterations of batch 4 on each process, validated at the end."""
+    opts = {f"{split}_dataloader.dataset.root": str(root) for split in ("train", "val", "test")}
+    opts.update({"train_cfg.max_iters": 20, "train_cfg.val_interval": 20, "param_scheduler.1.end": 20,
+                 "default_hooks.logger.interval": 50, "train_dataloader.batch_size": 4})
+    return [f"{k}={v}" for k, v in opts.items()]
+
+
 def _cases(root: Path) -> list[dict]:
     """Each case: the command of process 0 and of process 1, their variables."""
-    torchrun = [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                 "MASTER_ADDR": "127.0.0.1"} for r in (0, 1)]
+    torchrun = TORCHRUN
     slurm = [{"SLURM_PROCID": str(r), "SLURM_LOCALID": str(r), "SLURM_NTASKS": "2", "SLURM_NODELIST": "localhost",
               "MASTER_ADDR": "127.0.0.1"} for r in (0, 1)]
     unset_torchrun = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"]
@@ -135,7 +78,7 @@ def _cases(root: Path) -> list[dict]:
     # the official ViT-S/14 weights, not in an empty hub cache and not to be downloaded
     offline = {"TORCH_HOME": str(root / "empty_torch_home"), "DINOV2_DENSE_OFFLINE": "1"}
     curate = ["curate", str(root / "pool.npy"), "--target", "20", "--no-progress", "--out", str(root / "curated")]
-    cases = {
+    table = {
         "api": ([[], []], torchrun, []),
         "test_implied": ([["test", str(SEG_CFG), str(root / "missing.pth"), "--work-dir", str(root / "t"),
                            "--out", str(root / "pred"), "--cfg-options", *_train_options(root, 2)]] * 2, torchrun, []),
@@ -190,39 +133,20 @@ def _cases(root: Path) -> list[dict]:
                                                 "--cfg-options", *_train_options(root, 2)],
                                    train[:2] + ["--work-dir", str(root / "bad_on_1"), "--launcher", "pytorch",
                                                 "--cfg-options", *_train_options(root, 2), "trian_cfg.max_iters=5"]],
-                                  torchrun, []),  # last: before, process 0 waited for process 1 until killed
+                                  torchrun, []),  # before, process 0 waited for process 1 until killed
+        "train_ddp": ([train[:2] + ["--work-dir", str(root / "ddp"), "--launcher", "pytorch", "--cfg-options",
+                                    *_ddp_options(root / "ade16")]] * 2, torchrun, []),
+        "test_out_five": ([["test", str(SEG_CFG), str(root / "ddp" / "iter_20.pth"), "--work-dir", str(root / "t5"),
+                            "--out", str(root / "pred5"), "--launcher", "pytorch", "--cfg-options",
+                            *_ddp_options(root / "ade5")]] * 2, torchrun, []),
     }
-    only = [c for c in os.environ.get("DIST_START_ONLY", "").split(",") if c]
-    return [dict(name=name, port=free_port(), argv=argv, env=env, unset=unset, limit=CASE_LIMIT_S,
-                 no_checkpoints_on=[1] if name.endswith("_resume_elsewhere") else [])
-            for name, (argv, env, unset) in cases.items() if not only or name in only]
+    return cases(table, no_checkpoints_on={name: [1] for name in table if name.endswith("_resume_elsewhere")})
 
 
 @pytest.fixture(scope="module")
-def launched(data):
+def launched(data, tmp_path_factory):
     """Two processes run every case; {case: [(exit code, output) of process 0, of process 1]}."""
-    driver = data / "driver.py"
-    driver.write_text(DRIVER)
-    cases = _cases(data)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(key, None)
-    procs = [subprocess.Popen([sys.executable, str(driver), str(rank), str(data), json.dumps(cases)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for rank in (0, 1)]
-    for proc in procs:
-        try:
-            proc.wait(timeout=CASE_LIMIT_S * len(cases) + 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    results = {}
-    for case in cases:
-        pair = []
-        for rank in (0, 1):
-            rc_file, log = data / f"{case['name']}.{rank}.rc", data / f"{case['name']}.{rank}.log"
-            rc = rc_file.read_text() if rc_file.is_file() else "no exit code (the process died)"
-            pair.append((int(rc) if rc.lstrip("-").isdigit() else rc, log.read_text() if log.is_file() else ""))
-        results[case["name"]] = pair
-    return results
+    return shared_once(tmp_path_factory, "dist_start_launch", lambda folder: launch(folder, _cases(data)))
 
 
 def _case(launched, name: str):
@@ -577,3 +501,40 @@ def test_a_process_whose_peer_ended_says_where_its_reason_is(monkeypatch, capsys
     assert code == 2 and "Traceback" not in err, err
     assert err.strip() == ("dinov2-dense: stopped: another process of this distributed run ended (its error is above "
                            "where it printed one; torchrun's summary names a process that was killed)")
+
+
+def test_a_head_trained_on_two_processes_is_tested_as_it_was_validated(launched, data, capsys):
+    """Two CPU processes train one head; `test` of the checkpoint reports the run's own validation (each
+    process's BatchNorm statistics were its own, and the checkpoint held process 0's: other metrics)."""
+    import ast
+    import re
+
+    (rc0, out0), (rc1, out1) = _case(launched, "train_ddp")
+    assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
+    text = out0 + out1
+    assert "Distributed launcher: pytorch" in text and "Distributed training: True" in text
+    assert "GPU number: 2" in text  # mmengine's name for the world size
+    # mmengine's thread-count warning, the same in each process, is said once (it was said by both)
+    assert text.count("Setting MKL_NUM_THREADS environment variable for each process") == 1, text[-3000:]
+    assert "Iter(val) [8/8]" in out0  # the 16 validation images split over 2 processes
+    checkpoint = data / "ddp" / "iter_20.pth"
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+    assert (meta["world_size"], meta["train_batch_size"]) == (2, 4)  # what a resume on another count compares
+    validated = float(re.findall(r"Iter\(val\) \[8/8\].*?mIoU: ([0-9.]+)", out0)[-1])
+    capsys.readouterr()
+    assert main(["test", str(SEG_CFG), str(checkpoint), "--work-dir", str(data / "t1"),
+                 "--cfg-options", *_ddp_options(data / "ade16")]) == 0
+    tested = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert tested["mIoU"] == pytest.approx(validated, abs=1e-4), (tested["mIoU"], validated)
+
+
+def test_test_out_under_two_processes_counts_each_file_once(launched, data):
+    """5 test images over 2 processes: the sampler repeats one to give each 3; the files and the count
+    are 5 (it said 6)."""
+    (rc0, out0), (rc1, out1) = _case(launched, "test_out_five")
+    assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
+    pred = data / "pred5"
+    assert len(list((pred / "masks").rglob("*.png"))) == 5
+    assert f"saved 5 label masks under {pred / 'masks'}, coloured under {pred / 'colour'}" in out0 + out1
+    metrics = [line for line in (out0 + out1).splitlines() if line.startswith("{") and "'mIoU':" in line]
+    assert len(metrics) == 1, out0[-2000:]  # the metrics line once, not once a process

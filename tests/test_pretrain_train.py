@@ -1,5 +1,5 @@
-"""The pretraining loop end to end on tiny models: export and reload, kill -9 and resume, two
-processes on gloo, continued pretraining with the monitor, distillation, and bad input."""
+"""The pretraining loop end to end on tiny models: export and reload, kill -9 and resume, continued
+pretraining with the monitor, distillation, and bad input. (Two processes: test_pretrain_distributed_start.)"""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import torch
 
 from dinov2_dense import load_backbone
 from pretrain.train import TrainingDiverged, checkpoint_files, pretrain
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -101,62 +100,6 @@ def test_kill_minus_nine_then_resume_ends_at_the_planned_iteration(tmp_path):
     assert (work / "export" / "backbone.safetensors").is_file()
     lines = [json.loads(l) for l in (work / "training_metrics.jsonl").read_text().splitlines()]
     assert [l["iteration"] for l in lines] == list(range(10, 61, 10))  # logged after the checkpoint: not twice
-
-
-def test_two_processes_on_gloo_keep_the_same_teacher(tmp_path):
-    cfg = _py_config(tmp_path / "tiny.py", tiny(4))
-    work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work)]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    prints = json.loads((work / "teacher_fingerprints.json").read_text())
-    assert len(prints) == 2 and prints[0] == prints[1]
-    assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 4
-
-
-def test_distillation_under_two_processes_on_gloo(pretrained, tmp_path):
-    """Distillation in DDP: its students never mask, so a backbone's mask_token has no gradient, and DDP's
-    second step raised "Expected to have finished reduction in the prior iteration" on every rank."""
-    work, result = pretrained
-    cfg = _py_config(tmp_path / "distill.py", tiny(2, distill=dict(
-        teacher=result["export"]["safetensors"], teacher_head=str(work), students=[dict(embed_dim=16, depth=1)])))
-    out = tmp_path / "distill"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(out),
-           "--no-progress"]
-    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (out / "export" / "student0.safetensors").is_file()
-    prints = json.loads((out / "teacher_fingerprints.json").read_text())
-    assert len(prints) == 2 and prints[0] == prints[1]
-
-
-def test_two_processes_fsdp_on_gloo_train_monitor_and_export(tmp_path):
-    """torch's fully_shard on two CPU processes (gloo): the same loop, the monitor and the export."""
-    cfg = _py_config(tmp_path / "tiny.py", tiny(4, compute=dict(distributed="fsdp", device="cpu"),
-                                                monitor=dict(period=2, images=("skimage:coffee",), pca_size=28,
-                                                             probe_size=28, probe_scenes=(4, 2), knn_scenes=(6, 4))))
-    work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work),
-           "--no-progress"]
-    out = subprocess.run(cmd + ["--max-iters", "2"], env=ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    # FSDP2 warned, 3 times a run, of the backbone's outputs that are views (pretrain.train._outputs_of_their_own)
-    assert "view tensor" not in out.stderr, out.stderr[-3000:]
-    out = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)  # the optimizer too
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "(iteration 2)" in out.stderr
-    prints = json.loads((work / "teacher_fingerprints.json").read_text())
-    assert len(prints) == 2 and prints[0] == prints[1]
-    ckpt = torch.load(checkpoint_files(work)[0], weights_only=True)
-    assert ckpt["iteration"] == 4 and not any("_fsdp" in k or k.startswith("module.") for k in ckpt["model"])
-    model = load_backbone(None, weights=work / "export" / "backbone.safetensors")  # strict: every key, full shapes
-    teacher = {k[len("teacher.backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("teacher.backbone.")}
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in teacher.items())
-    monitor = [json.loads(l) for l in (work / "monitor" / "monitor.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in monitor] == [2, 4]
 
 
 def test_continued_pretraining_warms_the_heads_up_and_monitors(pretrained, tmp_path):
@@ -866,62 +809,6 @@ def test_an_fsdp_optimizer_state_resumes_under_ddp(tmp_path):
         _assert_same_states(_states_by_name(model2, optimizer2), _states_by_name(model, optimizer))
     finally:
         dist.destroy_process_group()
-
-
-def test_fsdp_and_one_process_resume_each_others_checkpoints(tmp_path, monkeypatch):
-    """One process (batch 8) for 2 iterations, then FSDP on two processes (batch 4 each) --resume to 4, then
-    one process again to 6: the same as 6 iterations on one process, teacher and optimizer state (AdamW's
-    moments and steps). The processes' batches hold the same samples with the same crops; drop path,
-    masks and KoLeo (drawn, or computed, per process batch) are off, so only the float sums' order differs.
-    Each change of the number of processes was refused: the FSDP optimizer state (by names) was readable
-    by FSDP on the same process count alone, and torch's (ids) by one process or DDP alone."""
-    import shutil
-
-    _no_figures(monkeypatch)
-    same = dict(student=dict(drop_path_rate=0.0), dino=dict(koleo_loss_weight=0.0),
-                ibot=dict(mask_sample_probability=0.0))
-
-    def config(batch: int) -> dict:
-        cfg = tiny(6, train=dict(batch_size_per_gpu=batch), compute=dict(distributed="fsdp", device="cpu"))
-        for section, values in same.items():
-            cfg[section] = {**cfg[section], **values}
-        return cfg
-
-    straight, mixed = tmp_path / "straight", tmp_path / "mixed"
-    pretrain(config(8), straight, progress=False)
-    mixed.mkdir()
-    shutil.copy(straight / "checkpoint_0000002.pth", mixed)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"),
-           str(_py_config(tmp_path / "two.py", config(4))), "--work-dir", str(mixed), "--no-progress", "--resume",
-           "--max-iters", "4"]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "(iteration 2)" in out.stderr and "train.batch_size_per_gpu 8 -> 4" in out.stderr
-    assert len(json.loads((mixed / "teacher_fingerprints.json").read_text())) == 2  # the two processes' teachers
-    pretrain(config(8), mixed, progress=False, resume=True)
-    assert not (mixed / "teacher_fingerprints.json").exists()  # it stayed, naming teachers this run no longer has
-    from pretrain.train import _by_names, _group_names
-
-    def load(run, it):
-        return torch.load(tmp_path / run / f"checkpoint_{it:07d}.pth", weights_only=True)
-
-    model, optimizer = _model_and_stepped_optimizer(steps=0, **same)
-    names = _group_names(model, optimizer)
-    for it in (4, 6):
-        a, b = load("straight", it), load("mixed", it)
-        assert a["model"].keys() == b["model"].keys()
-        diff = max((b["model"][k].float() - v.float()).abs().max().item() for k, v in a["model"].items())
-        assert diff < 2e-6, (it, diff)  # measured: 1.8e-7 (the teacher's 1.9e-9)
-        got = b["optimizer"]["sharded_by_names"] if it == 4 else _by_names(b["optimizer"], names)  # FSDP wrote 4
-        want = _by_names(a["optimizer"], names)
-        assert got["state"].keys() == want["state"].keys()
-        for name, values in want["state"].items():
-            assert float(got["state"][name]["step"]) == float(values["step"]) == it  # continued, not restarted
-            for k in ("exp_avg", "exp_avg_sq"):  # measured: within 6.2e-7 of each tensor's largest value
-                error = (got["state"][name][k] - values[k]).abs().max().item()
-                assert error <= 1e-5 * values[k].abs().max().item(), (it, name, k, error)
-    assert (mixed / "export" / "backbone.safetensors").is_file()
 
 
 def test_continued_pretraining_resumes_without_its_starting_weights(pretrained, tmp_path):
