@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,8 @@ from pretrain.curation import (
     retrieve,
 )
 from pretrain.curation.pipeline import normalized_entropy
-from tests.conftest import free_port, tiny_vit
+from tests.conftest import tiny_vit
+from tests.test_distributed_start import data, launched  # noqa: F401 - fixtures: the two-process cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -477,54 +476,45 @@ def test_curating_images_feeds_the_pretraining_data_set(tmp_path):
 
 
 # -- two processes -----------------------------------------------------------------------------
-SCRIPT = """
-import sys, numpy as np, torch.distributed as dist
-from pretrain.curation import hierarchical_kmeans
-dist.init_process_group("gloo")
-x = np.load(sys.argv[1], mmap_mode="r")
-tree = hierarchical_kmeans(x, [40, 12, 4], resample_steps=[0, 4, 4], seed=7, init="{init}")
-np.savez(sys.argv[2] + f"_{{dist.get_rank()}}.npz", *[l.centroids for l in tree.levels], rows=tree.row_clusters)
-dist.destroy_process_group()
-"""
+def two_process_kmeans(x_path: str, out: str, init: str) -> int:
+    """One process's part of the two-process k-means (tests.twoproc's driver runs it in each)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        tree = hierarchical_kmeans(np.load(x_path, mmap_mode="r"), [40, 12, 4], resample_steps=[0, 4, 4], seed=7,
+                                   init=init)
+        np.savez(f"{out}_{dist.get_rank()}.npz", *[level.centroids for level in tree.levels], rows=tree.row_clusters)
+    finally:
+        dist.destroy_process_group()
+    return 0
 
 
 @pytest.mark.parametrize("init", ["kmeans++", "random"])
-def test_two_processes_on_gloo_give_the_centroids_of_one(tmp_path, init):
-    x, _ = skewed_pool(1500, seed=9)
-    x = x[:1499]  # an odd count: unequal shares
-    np.save(tmp_path / "x.npy", x)
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(init=init))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(script), str(tmp_path / "x.npy"), str(tmp_path / "two")]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    one = hierarchical_kmeans(np.load(tmp_path / "x.npy", mmap_mode="r"), [40, 12, 4], resample_steps=[0, 4, 4],
+def test_two_processes_on_gloo_give_the_centroids_of_one(launched, data, init):
+    """(Two processes: one launch for many cases, tests.twoproc.)"""
+    (rc0, out0), (rc1, out1) = launched[f"kmeans_{init}"]
+    assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
+    one = hierarchical_kmeans(np.load(data / "kmeans.npy", mmap_mode="r"), [40, 12, 4], resample_steps=[0, 4, 4],
                               seed=7, init=init)
-    ranks = [np.load(tmp_path / f"two_{r}.npz") for r in (0, 1)]
+    ranks = [np.load(data / f"kmeans_{init}_{r}.npz") for r in (0, 1)]
     for level, result in enumerate(one.levels):
         for got in ranks:
             np.testing.assert_allclose(got[f"arr_{level}"], result.centroids, atol=1e-5, rtol=1e-5)
     assert (ranks[0]["rows"] == one.row_clusters).mean() > 0.999
 
 
-def test_curate_command_under_torchrun_selects_what_one_process_selects(tmp_path):
-    x, _ = skewed_pool(1200, seed=4)
-    npy = write_pool(tmp_path / "in", x)
-    args = ["curate", str(npy), "--target", "150", "--clusters", "60,20,6", "--no-progress"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "dinov2_dense.cli", *args, "--out", str(tmp_path / "two"),
-           "--launcher", "pytorch"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("curated 1200 rows") == 1  # the main process reports, once
+def test_curate_command_under_torchrun_selects_what_one_process_selects(launched, data, tmp_path):
+    from tests.test_distributed_start import CURATE_TWO
+
+    assert main(["curate", str(data / "curate_in" / "pool.npy"), *CURATE_TWO, "--out", str(tmp_path / "one")]) == 0
+    (rc0, out0), (rc1, out1) = launched["curate_two"]
+    assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
+    assert (out0 + out1).count("curated 1200 rows") == 1  # the main process reports, once
     one = set((tmp_path / "one" / "selected.txt").read_text().splitlines())
-    two = set((tmp_path / "two" / "selected.txt").read_text().splitlines())
+    two = set((data / "curate_two" / "selected.txt").read_text().splitlines())
     assert len(two) == 150 and len(one & two) >= 148
-    agree = np.load(tmp_path / "one" / "clusters.npy") == np.load(tmp_path / "two" / "clusters.npy")
+    agree = np.load(tmp_path / "one" / "clusters.npy") == np.load(data / "curate_two" / "clusters.npy")
     assert agree.mean() > 0.99
 
 

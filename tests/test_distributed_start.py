@@ -41,6 +41,11 @@ def _write_data(root: Path) -> str:
     # a head trained on two processes: 16 validation images; then `test --out` of 5 (the sampler repeats one)
     write_ade20k_layout(root / "ade16", 40, 16, config=SceneConfig(size=(112, 112)), seed=0, progress=False)
     write_ade20k_layout(root / "ade5", 4, 5, config=SceneConfig(size=(56, 56)), seed=1, progress=False)
+    # curation on two processes: k-means of an odd count of rows (unequal shares), and the command
+    from tests.test_curation import skewed_pool, write_pool
+
+    np.save(root / "kmeans.npy", skewed_pool(1500, seed=9)[0][:1499])
+    write_pool(root / "curate_in", skewed_pool(1200, seed=4)[0])
     return str(root)
 
 
@@ -55,6 +60,9 @@ def _train_options(root: Path, iters: int) -> list[str]:
                  "param_scheduler.0.end": 1, "param_scheduler.1.end": 2, "default_hooks.logger.interval": 1,
                  "default_hooks.checkpoint.interval": 2})
     return [f"{k}={v}" for k, v in opts.items()]
+
+
+CURATE_TWO = ["--target", "150", "--clusters", "60,20,6", "--no-progress"]  # and one process: test_curation
 
 
 def _ddp_options(root: Path) -> list[str]:
@@ -139,8 +147,13 @@ def _cases(root: Path) -> list[dict]:
         "test_out_five": ([["test", str(SEG_CFG), str(root / "ddp" / "iter_20.pth"), "--work-dir", str(root / "t5"),
                             "--out", str(root / "pred5"), "--launcher", "pytorch", "--cfg-options",
                             *_ddp_options(root / "ade5")]] * 2, torchrun, []),
+        **{f"kmeans_{init}": ([[str(root / "kmeans.npy"), str(root / f"kmeans_{init}"), init]] * 2, torchrun, [])
+           for init in ("kmeans++", "random")},
+        "curate_two": ([["curate", str(root / "curate_in" / "pool.npy"), *CURATE_TWO, "--out", str(root / "curate_two"),
+                         "--launcher", "pytorch"]] * 2, torchrun, []),
     }
-    return cases(table, no_checkpoints_on={name: [1] for name in table if name.endswith("_resume_elsewhere")})
+    return cases(table, call={f"kmeans_{init}": "tests.test_curation:two_process_kmeans"
+                              for init in ("kmeans++", "random")}, no_checkpoints_on={name: [1] for name in table if name.endswith("_resume_elsewhere")})
 
 
 @pytest.fixture(scope="module")

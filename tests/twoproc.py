@@ -4,7 +4,8 @@ A launch of a command on two processes (torchrun, or two processes started by ha
 its imports and torch's start, several seconds of CPU, before the case's own work. Here two driver
 processes are started once, with the variables torchrun sets given by hand (as a launch on two machines
 gives them), and run every case in turn: each case calls ``dinov2_dense.cli.main`` with its command line,
-on its own port, and writes its output and exit code to files that the tests read. ``DIST_START_ONLY=a,b``
+on its own port (or a case's ``call``, ``"module:function"``, with its arguments), and writes its output
+and exit code to files that the tests read. ``DIST_START_ONLY=a,b``
 runs only those cases (to look at one).
 
 ``shared_once`` builds such a launch once for the whole test run, whichever xdist worker asks first (the
@@ -89,7 +90,14 @@ for case in cases:
 
     threading.Thread(target=watchdog, daemon=True).start()
     try:
-        rc = api_case(rank) if name == "api" else main(argv)
+        if name == "api":
+            rc = api_case(rank)
+        elif case.get("call"):  # "module:function", called with the case's arguments
+            import importlib
+            module, function = case["call"].split(":")
+            rc = getattr(importlib.import_module(module), function)(*argv)
+        else:
+            rc = main(argv)
     except BaseException:
         traceback.print_exc(); rc = "raised"
     done.set()
