@@ -216,9 +216,10 @@ def test_kill_minus_nine_then_resume_ends_at_the_same_iteration(scenes, tmp_path
     assert "Iter(train) [40/40]" in text
 
 
-def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
+def test_test_then_eval_depth_agree(scenes, tmp_path, capsys, monkeypatch):
     """`test --out` writes what `eval-depth` reads (named after the ground truth), and the two
-    commands report the same metrics for the same predictions (up to the PNG's millimetres)."""
+    commands report the same metrics for the same predictions (up to the PNG's millimetres). The data set's
+    root given relative, the command it prints runs from another folder (it named the ground truth relative)."""
     import ast
     import json
     import shlex
@@ -229,10 +230,12 @@ def test_test_then_eval_depth_agree(scenes, tmp_path, capsys):
 
     _run(DEPTH_CFG, tmp_path / "depth", _options(scenes / "nyu", 10))
     out = tmp_path / "pred"
-    opts = [f"{k}={v}" for k, v in _options(scenes / "nyu", 10).items()]
+    opts = [f"{k}={v}" for k, v in _options(Path("nyu"), 10).items()]
     capsys.readouterr()
+    monkeypatch.chdir(scenes)
     assert main(["test", str(DEPTH_CFG), str(tmp_path / "depth" / "iter_10.pth"), "--work-dir",
                  str(tmp_path / "depth"), "--out", str(out), "--cfg-options", *opts]) == 0
+    monkeypatch.chdir(tmp_path)
     printed = capsys.readouterr().out
     tested = ast.literal_eval(printed.strip().splitlines()[-1])
     hint = next(line for line in printed.splitlines() if "dinov2-dense eval-depth" in line)

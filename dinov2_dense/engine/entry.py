@@ -11,6 +11,7 @@ import argparse
 import ast
 import math
 import os
+import sys
 from collections.abc import Callable
 from numbers import Number
 from pathlib import Path
@@ -91,8 +92,26 @@ def _literal_with_dicts(text: str):
     return ast.literal_eval(ast.fix_missing_locations(tree))
 
 
+#: the configs installed with the package (a link to the checkout's configs/ folder, copied into the wheel)
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_path(path: str) -> str:
+    """The config argument's type: ``path``, or, where that is no file and it names one of the configs installed
+    with the package as the README and the messages write them (``configs/segmentation/...``, from a folder
+    without them, as after ``pip install``), that copy, said in a note."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute() or given.parts[:1] != ("configs",) or len(given.parts) < 2:
+        return path
+    packaged = PACKAGED_CONFIGS.joinpath(*given.parts[1:])
+    if not packaged.is_file():
+        return path
+    print(f"note: {path} is not in this folder: the copy installed with dinov2-dense, {packaged}", file=sys.stderr)
+    return str(packaged)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="an mmengine config file (configs/...)")
+    parser.add_argument("config", type=config_path, help="an mmengine config file (configs/...)")
     parser.add_argument("--work-dir",
                         help="where logs and checkpoints go (default: work_dirs/<config folder>/<config name>)")
     parser.add_argument("--resume", action="store_true",
@@ -116,7 +135,7 @@ def _common_run_arguments(parser: argparse.ArgumentParser, example: str) -> argp
 
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="an mmengine config file (configs/...)")
+    parser.add_argument("config", type=config_path, help="an mmengine config file (configs/...)")
     parser.add_argument("checkpoint", help="a checkpoint of ours or an official head file")
     parser.add_argument("--work-dir", help="where logs go (default: work_dirs/<config folder>/<config name>)")
     parser.add_argument("--out", help="folder for predicted masks / depth maps (named after the ground-truth "
@@ -168,7 +187,8 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
     learning-rate schedule's ends that were the config's max_iters with it (unless the options set them
     too); ``notes`` receives a line saying so."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such config file")
+        installed = f" (those installed with dinov2-dense: {PACKAGED_CONFIGS})" if PACKAGED_CONFIGS.is_dir() else ""
+        raise FileNotFoundError(f"{path}: no such config file{installed}")
     try:
         cfg = Config.fromfile(path)
     except SyntaxError as exc:
@@ -894,7 +914,7 @@ def run_test(args: argparse.Namespace) -> int:
 
 # -- pretraining -------------------------------------------------------------------------------
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("config", help="a pretraining config (configs/pretrain/...)")
+    parser.add_argument("config", type=config_path, help="a pretraining config (configs/pretrain/...)")
     parser.add_argument("--work-dir", help="checkpoints, logs, monitor figures and the export (default: the "
                                            "config's work_dir, else work_dirs/<config folder>/<config name>, e.g. "
                                            "work_dirs/pretrain/tiny_cpu for configs/pretrain/tiny_cpu.py)")

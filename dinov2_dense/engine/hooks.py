@@ -137,10 +137,12 @@ class SavePredictionsHook(Hook):
             return f"eval-depth cannot score them as this test did: {exc}"
         # the folders of the tested ground truth and of its predictions (the same relative names in both:
         # the data set's root would also hold the training split, each of its files "without prediction")
+        # (absolute: the command runs from any folder, as the data set's root may have been given relative)
         if self.gt_dir is not None and self.root is not None:
-            gt, pred = self.gt_dir, self.out_dir / "depth" / self.gt_dir.relative_to(self.root)
+            gt, pred = self.gt_dir.absolute(), self.out_dir.absolute() / "depth" / self.gt_dir.relative_to(self.root)
         else:
-            gt, pred = self.root if self.root is not None else "GT_DIR", self.out_dir / "depth"
+            gt = self.root.absolute() if self.root is not None else "GT_DIR"
+            pred = self.out_dir.absolute() / "depth"
         command = shlex.join(["dinov2-dense", "eval-depth", str(pred), str(gt), *opts])
         return (f"the saved maps are rounded to 1/{self.depth_scale:g} m, so a metric may differ in its 4th digit; "
                 "score them as this test did with: " + command + ("" if metrics else " (add the test's settings)"))

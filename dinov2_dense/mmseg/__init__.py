@@ -20,29 +20,47 @@ State-dict keys are the official ``backbone.*`` / ``decode_head.*`` ones, so rel
 strictly; :mod:`.convert` moves checkpoints between mmseg and :func:`dinov2_dense.zoo.load_model`.
 
 Needs mmsegmentation 1.2 and mmcv 2.1 with compiled ops (see the README's mmseg section); the rest of
-dinov2-dense never imports this package.
+dinov2-dense never imports this package. The converter, ``python -m dinov2_dense.mmseg.convert``, runs
+without them.
 """
+
+import sys
+
+#: install advice for the plugin's packages (one fact: the README's mmseg section gives the same steps)
+INSTALL = ('pip install "setuptools<82" && MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0, then '
+           'pip install "dinov2-dense[mmseg]" (from a checkout: pip install -e ".[mmseg]"); see the README, mmseg')
+
+
+def _converter_alone() -> bool:
+    """Whether this process is ``python -m dinov2_dense.mmseg.convert``: the converter reads and writes
+    checkpoints with torch alone, so it runs without mmseg and mmcv (importing it imports this package
+    first, which would refuse)."""
+    argv = getattr(sys, "orig_argv", [])
+    return any(a == "-m" and b == f"{__name__}.convert" for a, b in zip(argv, argv[1:]))
+
 
 try:
     import mmcv  # noqa: F401
     import mmseg  # noqa: F401
     from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: F401 - needs mmcv's ops
+    _MISSING = None
 except ImportError as exc:  # one line: what is missing and how to get it
-    raise ImportError(
-        f"dinov2_dense.mmseg needs mmsegmentation 1.2 with mmcv 2.1 built with its ops ({exc}); install them with "
-        "pip install -e '.[mmseg]' after MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0 (README, mmseg)"
-    ) from None
+    _MISSING = (f"dinov2_dense.mmseg needs mmsegmentation 1.2 with mmcv 2.1 built with its ops ({exc}); install "
+                f"them: {INSTALL}")
+    if not _converter_alone():
+        raise ImportError(_MISSING) from None
 
-from dinov2_dense.engine import register_all  # noqa: E402
+if _MISSING is None:
+    from dinov2_dense.engine import register_all
 
-register_all()  # CheckpointSanitizerHook, OneCycleMomentum, ...: mmengine's root registries, found from mmseg's scope
+    register_all()  # CheckpointSanitizerHook, ...: mmengine's root registries, found from mmseg's scope
 
-from .backbone import DINOv2  # noqa: E402
-from .datasets import NYUToolboxDataset, SyntheticADE20KDataset  # noqa: E402
-from .heads import DINOv2BNHead, DINOv2DPTDepthHead, DINOv2DPTHead, DINOv2LinearDepthHead  # noqa: E402
-from .losses import GradientLoss, SigLoss  # noqa: E402
-from .segmentors import DINOv2DepthEstimator  # noqa: E402
-from .transforms import DINOv2DepthAugment, DINOv2DepthMetric, KBCrop, SeedAugmentation  # noqa: E402
+    from .backbone import DINOv2
+    from .datasets import NYUToolboxDataset, SyntheticADE20KDataset
+    from .heads import DINOv2BNHead, DINOv2DPTDepthHead, DINOv2DPTHead, DINOv2LinearDepthHead
+    from .losses import GradientLoss, SigLoss
+    from .segmentors import DINOv2DepthEstimator
+    from .transforms import DINOv2DepthAugment, DINOv2DepthMetric, KBCrop, SeedAugmentation
 
 __all__ = [
     "DINOv2", "DINOv2BNHead", "DINOv2DPTDepthHead", "DINOv2DPTHead", "DINOv2DepthAugment", "DINOv2DepthEstimator",
@@ -55,6 +73,8 @@ def __getattr__(name: str):
     """``from_mmseg`` and ``to_mmseg`` from :mod:`.convert`, imported on first use: imported here, the
     module would be in ``sys.modules`` before ``python -m dinov2_dense.mmseg.convert`` runs it as
     ``__main__``, and runpy warns about that on every call."""
+    if _MISSING is not None and name in __all__ and name not in ("from_mmseg", "to_mmseg"):
+        raise ImportError(_MISSING)  # (the converter alone was imported)
     if name in ("from_mmseg", "to_mmseg"):
         from . import convert
 
