@@ -31,6 +31,10 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``prog: error: message (see prog --help)``, exit code 2."""
 
     def error(self, message: str):
+        if message.startswith("unrecognized arguments: ") and self._subparsers is not None:
+            # the program's own options (a command's are refused by its parser): `--debg info`
+            message += "".join(f"; {option}: did you mean {close}?" for option in message.split(": ", 1)[1].split()
+                               if option.startswith("--") and (close := self._closest_option(option)))
         if message.startswith("the following arguments are required") and self._given is not None:
             # a mistyped option (`--ouput g.npy`) is what left the required one out: name it too
             unknown = self._unknown_options(self._given)
@@ -582,15 +586,17 @@ def _pca_size(args: argparse.Namespace, basis) -> int | tuple[int, int] | None:
 
 def _pca_fit(args: argparse.Namespace, basis) -> str:
     """pca's --fit to the patch grid: as given; left out, "resize", or as --basis was fitted (one that records
-    its size but no fit was fitted before the option, padded), said in a note where that is padding; given
-    otherwise than the basis's, the given one, with a warning."""
+    its size but no fit was fitted before the option, padded), said in a note where that is padding (naming the
+    earlier version where the basis records no fit); given otherwise than the basis's, the given one, with a
+    warning."""
     from .viz.pca import basis_fit
 
     fitted = basis_fit(basis)
     if args.fit is None:
         if fitted == "pad":
-            print(f"note: --fit pad, as {args.basis} was fitted (padded to the patch grid, as pca did before --fit)",
-                  file=sys.stderr)
+            why = "give --fit resize for another" if "fit" in basis.info else \
+                "padded to the patch grid, as pca did before --fit"
+            print(f"note: --fit pad, as {args.basis} was fitted ({why})", file=sys.stderr)
         return fitted or "resize"
     if fitted is not None and args.fit != fitted:
         print(f"warning: --fit {args.fit}, but {args.basis} was fitted with --fit {fitted}: its colours and "
@@ -753,7 +759,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     from .features import FeatureOptions, check_forward_tokens, check_input
     from .fileio import check_output_file, check_replaceable_file, is_inside, staged_dir
     from .hub import architecture
-    from .viz.pca import PCABasis, describe, pca_maps, pca_video, save_figure, save_maps
+    from .viz.pca import PCABasis, describe, is_still_image, pca_maps, pca_video, save_figure, save_maps
     from .viz.video import video_info
 
     # check everything that can be checked before loading a model or writing a file
@@ -767,7 +773,10 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} is a --video option; these are images")
     sizes: dict[tuple[int, int], str] = {}  # (H, W) of the inputs, from their headers -> a name for messages
     if args.video:
-        frame = video_info(args.video).size  # a missing or unreadable video (or a folder) stops us here
+        vinfo = video_info(args.video)  # a missing or unreadable video (or a folder) stops us here
+        if is_still_image(args.video, vinfo.frames):  # (OpenCV takes it for a one-frame video at 25 fps)
+            raise ValueError(f"{args.video}: an image, not a video (one still frame): give it without --video")
+        frame = vinfo.size
         if min(frame) > 0:
             sizes[frame] = f"{args.video} (frames of {frame[1]}x{frame[0]})"
     for image in args.images:  # a missing or unreadable image stops us before any work or output
@@ -973,6 +982,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 2 a user error (one line naming the file or option), 130 interrupted, "
                f"1 a bug. --debug (or {DEBUG_ENV}=1) shows tracebacks.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"dinov2-dense {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="list the model zoo and where each weight file was found")

@@ -353,6 +353,8 @@ class DenseFeatures:
     cls_tokens: layer index -> (B, C).  registers: layer index -> (B, R, C) (R may be 0).
     image_size: (H, W) of the input before fitting; input_size: (H', W') seen by the backbone;
     padding: (top, bottom, left, right) pixels added by ``fit="pad"`` (in input_size pixels).
+    options: the :class:`FeatureOptions` they were made with (None for features built otherwise): a PCA
+    basis checks them against the settings it was fitted with. Not part of equality or the repr.
     """
 
     maps: dict[int, Tensor]
@@ -363,6 +365,7 @@ class DenseFeatures:
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     patch_size: int = 14
     source: list[str] = field(default_factory=list)
+    options: FeatureOptions | None = field(default=None, compare=False, repr=False)
 
     @property
     def layers(self) -> list[int]:
@@ -623,6 +626,7 @@ def extract_features(
                 padding=feats.padding,
                 patch_size=feats.patch_size,
                 source=[feats.source[k]],
+                options=feats.options,
             )
     return results[0] if single else results  # type: ignore[return-value]
 
@@ -1155,4 +1159,5 @@ def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[in
         padding=pad,
         patch_size=p,
         source=names,
+        options=options,
     )

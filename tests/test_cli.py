@@ -586,3 +586,17 @@ def test_a_mistyped_option_is_named_when_a_required_one_is_missing(argv, named, 
         main(["features", "--mod", "dinov2_dense_tiny", "--", "--weird-name.png"])
     err = capsys.readouterr().err
     assert "required: --out (see" in err and "unrecognized" not in err, err
+
+
+def test_version_and_a_mistyped_program_option(capsys):
+    """`--version` was taken for a missing command; `--debg info` named no --debug (a command's options did)."""
+    import dinov2_dense
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"dinov2-dense {dinov2_dense.__version__}"
+    with pytest.raises(SystemExit) as done:
+        main(["--debg", "info"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and err == ("dinov2-dense: error: unrecognized arguments: --debg; --debg: did you mean "
+                                            "--debug? (see dinov2-dense --help)"), err

@@ -196,7 +196,26 @@ class PCABasis:
 
     # -- applying -----------------------------------------------------------------------
     def project(self, features: Any) -> Tensor:
-        """(4, h, w) float64 scores: the oriented first component, then the three colour components."""
+        """(4, h, w) float64 scores: the oriented first component, then the three colour components.
+
+        DenseFeatures that carry the options they were made with (as :func:`extract_features` gives them) and
+        were made with another fit, size, tiling or block than the basis records are warned of
+        (:class:`OtherFitWarning`); a plain map, or DenseFeatures built otherwise, is not checked."""
+        self._check_made_as_fitted(features)
+        return self._scores(features)
+
+    def _check_made_as_fitted(self, features: Any) -> None:
+        options = getattr(features, "options", None) if isinstance(features, DenseFeatures) else None
+        if options is None:
+            return
+        made = {"fit": options.fit, "size": _size_record(options.size), "tile": options.tile,
+                "layer": features.layers[-1]}
+        if differ := _other_settings(self, made):
+            warnings.warn(_other_settings_message(differ, "extract the features with {keywords}"), OtherFitWarning,
+                          stacklevel=3)
+
+    def _scores(self, features: Any) -> Tensor:
+        """:meth:`project` without the check (for callers that checked the options once for all features)."""
         fmap = _as_map(features)
         if fmap.shape[0] != self.dim:
             src = self.info.get("model") or "its features"
@@ -227,9 +246,11 @@ class PCABasis:
 
         ``features``: a DenseFeatures (upsampled to its image, padding removed: the same geometry
         as :meth:`DenseFeatures.upsample`), or a (C, h, w) map (at the patch grid, or resized to
-        ``size=(H, W)``). ``mode``: "nearest" (patch blocks) or "bilinear" (smooth).
+        ``size=(H, W)``). ``mode``: "nearest" (patch blocks) or "bilinear" (smooth). DenseFeatures made with
+        another fit, size, tiling or block than the basis records are warned of, as in :meth:`project`.
         """
-        scores = self.project(features)
+        self._check_made_as_fitted(features)
+        scores = self._scores(features)
         scores = upsample_scores(scores, features, size=size, mode=mode)
         return self.colourise(scores)
 
@@ -522,7 +543,7 @@ class PCAMap:
 
 
 def _colour(basis: PCABasis, feats: DenseFeatures, image: np.ndarray, source: str, mode: str) -> PCAMap:
-    scores = basis.project(feats)
+    scores = basis._scores(feats)  # (the callers checked the options against the basis's once: _basis_options)
     patch_mask, patch_rgb = basis.colourise(scores)
     mask, rgb = basis.colourise(upsample_scores(scores, feats, mode=mode))
     return PCAMap(source, image, mask, rgb, patch_mask, patch_rgb, basis)
@@ -548,24 +569,46 @@ class OtherFitWarning(UserWarning):
 def _basis_options(basis: "PCABasis | None", fit: str | None, options: FeatureOptions | None, model, layer: int,
                    **settings: Any) -> FeatureOptions:
     """:func:`_pca_options` where a ``basis`` colours the maps: ``fit`` left out (and no ``options``) is the
-    basis's own; another one than the basis's is warned of (its colours and threshold fit other features)."""
+    basis's own; another one than the basis's, and another size, tiling or block, is warned of (its colours and
+    threshold fit other features)."""
     fitted = basis_fit(basis)
     options = _pca_options(model, options, layer, fit=fit if fit is not None or options is not None else fitted,
                            **settings)
-    if fitted is not None and options.fit != fitted:
-        warnings.warn(f"fit={options.fit!r}, but the basis was fitted with fit={fitted!r}: its colours and foreground "
-                      "threshold fit features made so, so the masks and colours may be off (leave fit out to use "
-                      "the basis's)", OtherFitWarning, stacklevel=3)
-    # the size and tiling too (None is a size: the images' own, so it cannot mean "the basis's" as fit does)
-    given = {"size": _size_record(options.size), "tile": options.tile}
-    other = [f"{key}={given[key]!r}" for key in given if basis is not None and key in basis.info
-             and given[key] != basis.info[key]]
-    if other:
-        wanted = ", ".join(f"{key}={basis.info[key]!r}" for key in given if f"{key}={given[key]!r}" in other)
-        warnings.warn(f"{', '.join(other)}, but the basis was fitted with {wanted}: its colours and foreground "
-                      f"threshold fit features made so, so the masks and colours may be off (pass {wanted})",
-                      OtherFitWarning, stacklevel=3)
+    # the size, tiling and block too (None is a size: the images' own, so it cannot mean "the basis's" as fit does)
+    differ = _other_settings(basis, {"fit": options.fit, "size": _size_record(options.size), "tile": options.tile,
+                                     "layer": model.resolve_layers(options.layers)[-1]})
+    if other_fit := [d for d in differ if d[0] == "fit"]:
+        warnings.warn(_other_settings_message(other_fit, "leave fit out to use the basis's"), OtherFitWarning,
+                      stacklevel=3)
+    if others := [d for d in differ if d[0] != "fit"]:
+        warnings.warn(_other_settings_message(others, "pass {fitted}"), OtherFitWarning, stacklevel=3)
     return options
+
+
+def _other_settings(basis: "PCABasis | None", made: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(setting, as made, as fitted) for each of the features' settings in ``made`` (``fit``; ``size`` as
+    :func:`_size_record` records it; ``tile``; ``layer``, the block index) that differs from what ``basis``
+    records: the one rule of which features a basis fits. The fit is :func:`basis_fit`'s (an earlier version's
+    basis: padded); a size, tiling or block the basis does not record (one fitted on features alone) is not
+    compared, nor a negative block (it needs the model to resolve)."""
+    if basis is None:
+        return []
+    fitted = {key: basis.info[key] for key in ("size", "tile", "layer") if key in basis.info}
+    if basis_fit(basis) is not None:
+        fitted["fit"] = basis_fit(basis)
+    if not (isinstance(fitted.get("layer"), int) and fitted["layer"] >= 0):
+        fitted.pop("layer", None)
+    return [(key, value, fitted[key]) for key, value in made.items() if key in fitted and value != fitted[key]]
+
+
+def _other_settings_message(differ: list[tuple[str, Any, Any]], advice: str) -> str:
+    """The warning for :func:`_other_settings`' differences; ``advice``: what to do, where ``{fitted}`` stands
+    for the basis's settings, ``{keywords}`` for them as extract_features' keywords (``layers=[n]``)."""
+    made = ", ".join(f"{key}={value!r}" for key, value, _ in differ)
+    fitted = ", ".join(f"{key}={value!r}" for key, _, value in differ)
+    keywords = ", ".join(f"layers=[{value!r}]" if key == "layer" else f"{key}={value!r}" for key, _, value in differ)
+    return (f"{made}, but the basis was fitted with {fitted}: its colours and foreground threshold fit features made "
+            f"so, so the masks and colours may be off ({advice.format(fitted=fitted, keywords=keywords)})")
 
 
 def basis_fit(basis: "PCABasis | None") -> str | None:
@@ -850,6 +893,36 @@ class VideoPCA(tuple):
         return self[1]
 
 
+def is_still_image(path: str | os.PathLike, frames: int | None = None) -> bool:
+    """Whether the file at ``path`` is a still image, not a video: Pillow reads it as an image of one frame (a
+    PNG, a JPEG, a one-frame GIF; an animated GIF of several frames is a video) and its container, as OpenCV
+    reads it, reports at most one frame (``frames``: that count, if known; OpenCV takes an image for a
+    one-frame video at an invented 25 fps). Decided by the content, not the suffix."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            still = getattr(image, "n_frames", 1) == 1
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    if still and frames is None:
+        from .video import video_info
+
+        frames = video_info(path).frames
+    return still and frames <= 1
+
+
+def _frames_text(read: int, expected: int, header: int, step: int, max_frames: int | None) -> str:
+    """How many of the frames its header gives were read, the frame step and frame limit said where they
+    apply: "read 6 of the 8 frames that its header's 16 give with frame step 2"."""
+    said = f"read {read} of the {expected} frames"
+    limits = [f"frame step {step}"] if step > 1 else []
+    if max_frames is not None and expected == max_frames < math.ceil(header / step):
+        limits.append(f"at most {max_frames} frames")
+    return f"{said} that its header's {header} give with {' and '.join(limits)}" if limits else \
+        f"{said} its header announces"
+
+
 def pca_video(
     model,
     video: str | os.PathLike,
@@ -880,7 +953,9 @@ def pca_video(
     The other arguments, ``options`` included, are those of :func:`pca_maps`; the frame size in
     the file's header is checked against the forward-pass limit before any frame is decoded.
     Returns the basis and the PCA maps of up to ``sample_rows`` evenly spaced frames (for a figure),
-    as a pair whose ``frames`` is the number of frames written (:class:`VideoPCA`).
+    as a pair whose ``frames`` is the number of frames written (:class:`VideoPCA`). A still image is refused
+    (:func:`is_still_image`); a ``step`` that leaves one frame of several, and a file that holds fewer frames
+    than its header gives, are warned of.
     """
     from tqdm.auto import tqdm
 
@@ -889,6 +964,8 @@ def pca_video(
     _check_upsample(upsample)
     options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     vinfo = video_info(video)
+    if is_still_image(video, vinfo.frames):
+        raise ValueError(f"{video}: an image, not a video (one still frame): colour it with pca_maps")
     if min(vinfo.size) > 0:
         _check_forward(model, {vinfo.size: f"{video} (frames of {vinfo.size[1]}x{vinfo.size[0]})"}, options)
     expected = math.ceil(vinfo.frames / step) if vinfo.frames > 0 else None
@@ -899,10 +976,11 @@ def pca_video(
         feats, _ = _extract(model, read_frames(video, step, max_frames), options, bar, display=False)
         # read_frames raises when no frame decodes: feats is not empty
     if expected is not None and len(feats) < expected:
-        import warnings
-
-        warnings.warn(f"{video}: read {len(feats)} of the {expected} frames its header announces; the file may be "
-                      "truncated, or a format OpenCV reads only in part (e.g. GIF)", stacklevel=2)
+        warnings.warn(f"{video}: {_frames_text(len(feats), expected, vinfo.frames, step, max_frames)}; the file may "
+                      "be truncated, or a format OpenCV reads only in part (e.g. GIF)", stacklevel=2)
+    if len(feats) == 1 and step > 1 and max_frames != 1 and vinfo.frames > 1:
+        warnings.warn(f"{video}: frame step {step} leaves 1 frame of its {vinfo.frames}: the video written is that "
+                      f"frame alone, at {vinfo.fps / step:.3g} fps (a smaller step keeps more)", stacklevel=2)
     if basis is None:
         basis = fit_pca(feats, threshold=threshold, info=_fit_record(model, feats, options, {"video": str(video),
                                                                                              **(info or {})}))
