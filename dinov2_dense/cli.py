@@ -774,7 +774,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     sizes: dict[tuple[int, int], str] = {}  # (H, W) of the inputs, from their headers -> a name for messages
     if args.video:
         vinfo = video_info(args.video)  # a missing or unreadable video (or a folder) stops us here
-        if is_still_image(args.video, vinfo.frames):  # (OpenCV takes it for a one-frame video at 25 fps)
+        if is_still_image(args.video):  # (OpenCV takes it for a one-frame video at 25 fps)
             raise ValueError(f"{args.video}: an image, not a video (one still frame): give it without --video")
         frame = vinfo.size
         if min(frame) > 0:

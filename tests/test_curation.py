@@ -28,7 +28,7 @@ from pretrain.curation import (
 )
 from pretrain.curation.pipeline import normalized_entropy
 from tests.conftest import tiny_vit
-from tests.test_distributed_start import data, launched  # noqa: F401 - fixtures: the two-process cases
+from tests.test_distributed_start import _case, data, launched  # noqa: F401 - fixtures: the two-process cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -493,7 +493,7 @@ def two_process_kmeans(x_path: str, out: str, init: str) -> int:
 @pytest.mark.parametrize("init", ["kmeans++", "random"])
 def test_two_processes_on_gloo_give_the_centroids_of_one(launched, data, init):
     """(Two processes: one launch for many cases, tests.twoproc.)"""
-    (rc0, out0), (rc1, out1) = launched[f"kmeans_{init}"]
+    (rc0, out0), (rc1, out1) = _case(launched, f"kmeans_{init}")
     assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
     one = hierarchical_kmeans(np.load(data / "kmeans.npy", mmap_mode="r"), [40, 12, 4], resample_steps=[0, 4, 4],
                               seed=7, init=init)
@@ -508,7 +508,7 @@ def test_curate_command_under_torchrun_selects_what_one_process_selects(launched
     from tests.test_distributed_start import CURATE_TWO
 
     assert main(["curate", str(data / "curate_in" / "pool.npy"), *CURATE_TWO, "--out", str(tmp_path / "one")]) == 0
-    (rc0, out0), (rc1, out1) = launched["curate_two"]
+    (rc0, out0), (rc1, out1) = _case(launched, "curate_two")
     assert rc0 == rc1 == 0, (out0[-2000:], out1[-2000:])
     assert (out0 + out1).count("curated 1200 rows") == 1  # the main process reports, once
     one = set((tmp_path / "one" / "selected.txt").read_text().splitlines())

@@ -48,7 +48,8 @@ def test_the_converter_runs_without_mmcv(tmp_path):
     from safetensors.torch import load_file
 
     assert load_file(tmp_path / "ours.safetensors").keys() == state.keys()
-    out = subprocess.run([*convert, "to-mmseg", str(tmp_path / "missing.pth"), str(tmp_path / "x.pth")],
+    joined = [sys.executable, "-mdinov2_dense.mmseg.convert"]  # -m and the module in one argument, as Python takes it
+    out = subprocess.run([*joined, "to-mmseg", str(tmp_path / "missing.pth"), str(tmp_path / "x.pth")],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr  # its own errors, one line
     # the plugin itself still refuses, in one line

@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from dinov2_dense.cli import main
 from dinov2_dense.engine.entry import PACKAGED_CONFIGS, config_path
 
@@ -16,7 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_the_configs_and_the_embedded_backbone_and_no_tests(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    """Built from a copy of the tracked files: a build in the checkout packs what an earlier build left in its
+    build/ folder, so a package-data line taken out went unnoticed (a diff review)."""
+    import shutil
+
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    src = tmp_path / "src"
+    for name in filter(None, listed.stdout.split("\0")):
+        target = src / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target, follow_symlinks=False)  # dinov2_dense/configs stays a link
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
                           "-w", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
@@ -37,6 +51,9 @@ def test_a_config_named_as_the_readme_does_is_found_from_any_folder(tmp_path, mo
     assert Path(found).read_bytes() == (ROOT / name).read_bytes()
     assert capsys.readouterr().err.strip() == f"note: {name} is not in this folder: the copy installed with " \
                                                f"dinov2-dense, {found}"
+    monkeypatch.setenv("RANK", "1")  # under torchrun, process 0 alone says so
+    assert config_path(name) == found and capsys.readouterr().err == ""
+    monkeypatch.delenv("RANK")
     # a command takes it (and goes on to what is really missing here: the data set)
     assert main(["test", name, "missing.pth", "--work-dir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err

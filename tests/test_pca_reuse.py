@@ -103,6 +103,17 @@ def test_a_still_image_given_as_video_is_refused(tmp_path, torch_home, capsys):
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert main(["pca", "--video", str(gif), *TINY, "--size", "28", "--out", str(tmp_path / "g")]) == 0
     assert count_frames(tmp_path / "g" / "anim_pca.mp4")[0] == 3
+    # a raw MJPEG stream (JPEGs one after the other; Pillow reads the first, the header counts no frames) is a
+    # video: a diff review's file was refused as "an image"
+    import io
+
+    mjpeg = tmp_path / "raw.mjpeg"
+    for frame in frames:
+        buffer = io.BytesIO()
+        frame.save(buffer, format="JPEG")
+        with open(mjpeg, "ab") as f:
+            f.write(buffer.getvalue())
+    assert not is_still_image(mjpeg)
 
 
 def said(recwarn) -> list[str]:

@@ -235,6 +235,22 @@ def test_teachers_that_differ_at_the_end_are_not_called_a_settings_mismatch(tmp_
     assert json.loads((tmp_path / "teacher_fingerprints.json").read_text())[1] == "f" * 64
 
 
+def test_torchrun_itself_runs_two_processes_to_exit_code_0(tmp_path):
+    """The launch by torchrun (the cases above run in the driver's processes, without torchrun's variables): a
+    finished run on gloo ends its processes without the interpreter's finalisation, where gloo's threads aborted
+    them ("terminate called without an active exception") though every output was written."""
+    cfg = _py_config(tmp_path / "tiny.py", tiny(2))
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(ROOT / "tools" / "pretrain.py"), str(cfg), "--work-dir", str(work),
+           "--no-progress"]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    prints = json.loads((work / "teacher_fingerprints.json").read_text())
+    assert len(prints) == 2 and prints[0] == prints[1]
+    assert torch.load(checkpoint_files(work)[0], weights_only=True)["iteration"] == 2
+
+
 def test_two_processes_on_gloo_keep_the_same_teacher(launched):
     root, ((code0, log0), (code1, log1)) = _case(launched, "ddp")
     assert code0 == code1 == 0, (log0[-2000:], log1[-2000:])

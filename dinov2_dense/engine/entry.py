@@ -106,7 +106,8 @@ def config_path(path: str) -> str:
     packaged = PACKAGED_CONFIGS.joinpath(*given.parts[1:])
     if not packaged.is_file():
         return path
-    print(f"note: {path} is not in this folder: the copy installed with dinov2-dense, {packaged}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # (under torchrun: once, by process 0)
+        print(f"note: {path} is not in this folder: the copy installed with dinov2-dense, {packaged}", file=sys.stderr)
     return str(packaged)
 
 

@@ -515,6 +515,25 @@ def start_process_group(launcher: str, env_cfg: dict | None = None) -> bool:
 _RUNNERS = itertools.count()
 
 
+def _json_tags(tags: dict):
+    """mmengine's LoggerHook's tags for its JSON log, numpy numbers first made Python's: it keeps int, float,
+    str, bool, lists and tensors and drops anything else, so a metric's integer counts read back from the
+    message hub (numpy ints there) were written as null (a depth test's count, gt_measured_pixels, ...)."""
+    import numpy as np
+    from mmengine.hooks import LoggerHook
+
+    def plain(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return LoggerHook._process_tags(plain(tags))
+
+
 class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
@@ -550,6 +569,14 @@ class DenseRunner(Runner):
         except BaseException:
             self.discard_unstarted_log_dir()
             raise
+
+    def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        from mmengine.hooks import LoggerHook
+
+        for hook in self._hooks:  # numpy integers as Python's in the JSON log (mmengine wrote the counts as null)
+            if isinstance(hook, LoggerHook):
+                hook._process_tags = _json_tags
 
     def setup_env(self, env_cfg: dict) -> None:
         super().setup_env(env_cfg)

@@ -35,8 +35,8 @@ def _converter_alone() -> bool:
     """Whether this process is ``python -m dinov2_dense.mmseg.convert``: the converter reads and writes
     checkpoints with torch alone, so it runs without mmseg and mmcv (importing it imports this package
     first, which would refuse)."""
-    argv = getattr(sys, "orig_argv", [])
-    return any(a == "-m" and b == f"{__name__}.convert" for a, b in zip(argv, argv[1:]))
+    argv, name = getattr(sys, "orig_argv", []), f"{__name__}.convert"
+    return any(a == "-m" and b == name for a, b in zip(argv, argv[1:])) or f"-m{name}" in argv
 
 
 try:

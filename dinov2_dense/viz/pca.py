@@ -893,23 +893,29 @@ class VideoPCA(tuple):
         return self[1]
 
 
-def is_still_image(path: str | os.PathLike, frames: int | None = None) -> bool:
+def is_still_image(path: str | os.PathLike) -> bool:
     """Whether the file at ``path`` is a still image, not a video: Pillow reads it as an image of one frame (a
-    PNG, a JPEG, a one-frame GIF; an animated GIF of several frames is a video) and its container, as OpenCV
-    reads it, reports at most one frame (``frames``: that count, if known; OpenCV takes an image for a
-    one-frame video at an invented 25 fps). Decided by the content, not the suffix."""
+    PNG, a JPEG, a one-frame GIF; an animated GIF of several frames is a video) and OpenCV decodes at most one
+    frame of it (OpenCV takes an image for a one-frame video at an invented 25 fps; a raw MJPEG or MPEG stream,
+    which Pillow reads as one image and whose header counts no frames, decodes to many). Decided by the content,
+    not the suffix."""
+    import cv2
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            still = getattr(image, "n_frames", 1) == 1
+            if getattr(image, "n_frames", 1) != 1:
+                return False
     except (UnidentifiedImageError, OSError, ValueError):
         return False
-    if still and frames is None:
-        from .video import video_info
-
-        frames = video_info(path).frames
-    return still and frames <= 1
+    capture = cv2.VideoCapture(str(path))
+    try:
+        decoded = 0
+        while decoded < 2 and capture.read()[0]:
+            decoded += 1
+    finally:
+        capture.release()
+    return decoded <= 1
 
 
 def _frames_text(read: int, expected: int, header: int, step: int, max_frames: int | None) -> str:
@@ -964,7 +970,7 @@ def pca_video(
     _check_upsample(upsample)
     options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     vinfo = video_info(video)
-    if is_still_image(video, vinfo.frames):
+    if is_still_image(video):
         raise ValueError(f"{video}: an image, not a video (one still frame): colour it with pca_maps")
     if min(vinfo.size) > 0:
         _check_forward(model, {vinfo.size: f"{video} (frames of {vinfo.size[1]}x{vinfo.size[0]})"}, options)
