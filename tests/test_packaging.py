@@ -4,6 +4,7 @@ any folder."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -25,8 +26,8 @@ def test_the_wheel_holds_the_configs_and_the_embedded_backbone_and_no_tests(tmp_
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True)
     if listed.returncode != 0:
         pytest.skip("not a git checkout: the tracked files are unknown")
-    src = tmp_path / "src"
-    for name in filter(None, listed.stdout.split("\0")):
+    src, tracked = tmp_path / "src", [n for n in listed.stdout.split("\0") if n and os.path.lexists(ROOT / n)]
+    for name in tracked:  # (a tracked file deleted from the working tree is left out, as a build would)
         target = src / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target, follow_symlinks=False)  # dinov2_dense/configs stays a link
@@ -34,7 +35,7 @@ def test_the_wheel_holds_the_configs_and_the_embedded_backbone_and_no_tests(tmp_
                           "-w", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
-    configs = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*") if p.suffix in (".py", ".md")}
+    configs = {n for n in tracked if n.startswith("configs/") and n.endswith((".py", ".md"))}
     assert configs and {f"dinov2_dense/{c}" for c in configs} <= names  # every config, under dinov2_dense/configs
     assert {"dinov2_dense/weights/dinov2_dense_tiny.safetensors", "dinov2_dense/weights/dinov2_dense_tiny.json",
             "dinov2_dense/weights/dinov2_dense_tiny.md"} <= names
@@ -51,9 +52,10 @@ def test_a_config_named_as_the_readme_does_is_found_from_any_folder(tmp_path, mo
     assert Path(found).read_bytes() == (ROOT / name).read_bytes()
     assert capsys.readouterr().err.strip() == f"note: {name} is not in this folder: the copy installed with " \
                                                f"dinov2-dense, {found}"
-    monkeypatch.setenv("RANK", "1")  # under torchrun, process 0 alone says so
-    assert config_path(name) == found and capsys.readouterr().err == ""
-    monkeypatch.delenv("RANK")
+    for key in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):  # under a launcher, process 0 alone says so
+        monkeypatch.setenv(key, "1")
+        assert config_path(name) == found and capsys.readouterr().err == ""
+        monkeypatch.delenv(key)
     # a command takes it (and goes on to what is really missing here: the data set)
     assert main(["test", name, "missing.pth", "--work-dir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err

@@ -106,7 +106,8 @@ def config_path(path: str) -> str:
     packaged = PACKAGED_CONFIGS.joinpath(*given.parts[1:])
     if not packaged.is_file():
         return path
-    if os.environ.get("RANK", "0") == "0":  # (under torchrun: once, by process 0)
+    # once, by process 0 (torchrun's RANK; Slurm's and Open MPI's, read before the launcher sets RANK)
+    if all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")):
         print(f"note: {path} is not in this folder: the copy installed with dinov2-dense, {packaged}", file=sys.stderr)
     return str(packaged)
 
