@@ -1610,6 +1610,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_third_party()
     parser = build_parser()
+    parser._given = list(sys.argv[1:] if argv is None else argv)  # (`--debg` alone: named with the missing command)
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
     prog = f"dinov2-dense {args.command}"

@@ -600,3 +600,8 @@ def test_version_and_a_mistyped_program_option(capsys):
     err = capsys.readouterr().err.strip()
     assert done.value.code == 2 and err == ("dinov2-dense: error: unrecognized arguments: --debg; --debg: did you mean "
                                             "--debug? (see dinov2-dense --help)"), err
+    with pytest.raises(SystemExit) as done:  # and without a command
+        main(["--debg"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and err.startswith("dinov2-dense: error: the following arguments are required: command; "
+                                                   "unrecognized argument --debg (did you mean --debug?)"), err
