@@ -137,6 +137,23 @@ def test_a_frame_step_that_leaves_one_frame_is_said(tmp_path, torch_home, recwar
     assert not [m for m in said(recwarn) if "leaves" in m]
 
 
+def test_a_multi_page_image_given_as_video_says_what_is_left_out(tmp_path, torch_home, recwarn):
+    """A multi-page TIFF became a one-frame video, its other pages left out without a word (a diff review)."""
+    from PIL import Image
+
+    pages = [Image.open(write_scene_image(tmp_path / f"p{i}.png", 42, 56, i)).convert("RGB") for i in range(3)]
+    tif = tmp_path / "pages.tif"
+    pages[0].save(tif, save_all=True, append_images=pages[1:])
+    assert main(["pca", "--video", str(tif), *TINY, "--size", "28", "--out", str(tmp_path / "o")]) == 0
+    assert [m for m in said(recwarn) if "OpenCV decodes" in m] == [
+        f"{tif}: an image of 3 frames, of which OpenCV decodes 1: the others are left out (write them as a video, or "
+        "give them as images)"], said(recwarn)
+    recwarn.clear()
+    video = write_video(tmp_path / "clip.mp4", frames=4, h=28, w=42)  # a video's frames: nothing said
+    pca_video(tiny_vit(), video, tmp_path / "v.mp4", size=28, progress=False)
+    assert not [m for m in said(recwarn) if "OpenCV decodes" in m]
+
+
 def test_the_truncation_warning_counts_the_header_frames_at_the_frame_step(tmp_path, torch_home, recwarn):
     """A file that holds fewer frames than its header: the warning named the header's count after --frame-step
     as the header's own ("read 6 of the 8 frames its header announces", where it announces 16)."""

@@ -900,13 +900,8 @@ def is_still_image(path: str | os.PathLike) -> bool:
     which Pillow reads as one image and whose header counts no frames, decodes to many). Decided by the content,
     not the suffix."""
     import cv2
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as image:
-            if getattr(image, "n_frames", 1) != 1:
-                return False
-    except (UnidentifiedImageError, OSError, ValueError):
+    if _image_frames(path) != 1:
         return False
     capture = cv2.VideoCapture(str(path))
     try:
@@ -916,6 +911,17 @@ def is_still_image(path: str | os.PathLike) -> bool:
     finally:
         capture.release()
     return decoded <= 1
+
+
+def _image_frames(path: str | os.PathLike) -> int | None:
+    """The number of frames (pages) of the file as Pillow reads it as an image; None for a file it does not."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _frames_text(read: int, expected: int, header: int, step: int, max_frames: int | None) -> str:
@@ -984,6 +990,11 @@ def pca_video(
     if expected is not None and len(feats) < expected:
         warnings.warn(f"{video}: {_frames_text(len(feats), expected, vinfo.frames, step, max_frames)}; the file may "
                       "be truncated, or a format OpenCV reads only in part (e.g. GIF)", stacklevel=2)
+    pages = _image_frames(video) if vinfo.frames <= 1 else None  # (a video's container: no need to look)
+    if pages is not None and pages > 1 and max_frames != 1 and len(feats) * step < pages:
+        # a multi-page TIFF or an MPO photo: OpenCV reads its first image alone, as a one-frame video
+        warnings.warn(f"{video}: an image of {pages} frames, of which OpenCV decodes {len(feats)}: the others are "
+                      "left out (write them as a video, or give them as images)", stacklevel=2)
     if len(feats) == 1 and step > 1 and max_frames != 1 and vinfo.frames > 1:
         warnings.warn(f"{video}: frame step {step} leaves 1 frame of its {vinfo.frames}: the video written is that "
                       f"frame alone, at {vinfo.fps / step:.3g} fps (a smaller step keeps more)", stacklevel=2)
