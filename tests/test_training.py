@@ -242,6 +242,7 @@ def test_test_then_eval_depth_agree(scenes, tmp_path, capsys, monkeypatch):
     records = [json.loads(line) for log in (tmp_path / "depth").glob("*/*.json") for line in log.read_text().splitlines()]
     record = [r for r in records if "abs_rel" in r][-1]
     assert record["count"] == tested["count"] == 16 and record["gt_measured_pixels"] == tested["gt_measured_pixels"]
+    assert isinstance(tested["count"], int) and isinstance(tested["gt_measured_pixels"], int)  # printed 16.0 before
     hint = next(line for line in printed.splitlines() if "dinov2-dense eval-depth" in line)
     command = shlex.split(hint.split("score them as this test did with: ", 1)[1])  # the command it tells to run
     pngs = sorted((out / "depth").rglob("*.png"))

@@ -910,8 +910,17 @@ def run_test(args: argparse.Namespace) -> int:
 
             discard_stage(test_stage(args.out))  # left only when the test failed or was interrupted
     if _rank() == 0:  # under torchrun every process has the (gathered) metrics: one line of them
-        print({k: round(float(v), 4) if isinstance(v, (int, float)) else v for k, v in (metrics or {}).items()})
+        print({k: _printed_metric(v) for k, v in (metrics or {}).items()})
     return 0
+
+
+def _printed_metric(value):
+    """A metric as `test` prints it: a count as a whole number (it said 16.0 images), a measure to 4 decimals."""
+    import numbers
+
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return round(float(value), 4) if isinstance(value, numbers.Real) else value
 
 
 # -- pretraining -------------------------------------------------------------------------------
