@@ -91,6 +91,15 @@ def _log_diff(pred: Tensor, gt: Tensor, valid: Tensor, eps: float, name: str) ->
     return torch.where(valid, d, torch.zeros_like(d))
 
 
+class LabelRangeError(ValueError):
+    """Labels outside the logits' classes and not the ignore index; ``classes``, ``ignore_index``: the loss's
+    (a caller that knows the labels' files names them: ``DenseModel.loss``)."""
+
+    def __init__(self, message: str, classes: int, ignore_index: int):
+        super().__init__(message)
+        self.classes, self.ignore_index = classes, ignore_index
+
+
 class CrossEntropyLoss(nn.Module):
     """Per-pixel softmax cross-entropy for semantic segmentation, with an ignore label.
 
@@ -154,9 +163,9 @@ class CrossEntropyLoss(nn.Module):
         keep = labels != self.ignore_index
         if ((labels < 0) | (labels >= k))[keep].any():
             bad = labels[keep & ((labels < 0) | (labels >= k))].unique()[:5].tolist()
-            raise ValueError(
+            raise LabelRangeError(
                 f"CrossEntropyLoss: labels {bad} are outside [0, {k}) and are not ignore_index="
-                f"{self.ignore_index}; check num_classes and reduce_zero_label"
+                f"{self.ignore_index}; check num_classes and reduce_zero_label", k, self.ignore_index
             )
         weight = self.class_weight
         if weight is not None:

@@ -898,3 +898,22 @@ def test_the_loaders_advice_fits_the_caller():
     warned = []
     HeadCheckpointLoader(other_backbone=True, warn=warned.append)._check_head_output("h.pth", checkpoint, Model())
     assert warned and warned[0].endswith("(--other-backbone: going on)")  # load_from: a head to fine-tune
+
+
+def test_a_label_outside_the_heads_classes_is_named_by_its_file():
+    """A data set without its classes (a folder's, num_classes=None) does not range-check its maps: the loss
+    refused the batch's label 7 for a 5-class head without naming the file it came from."""
+    from dinov2_dense.engine.model import DenseModel
+
+    model = DenseModel(backbone="dinov2_dense_tiny", task="segmentation", layers=[3],
+                       head=dict(type="LinearHead", in_channels=[96], num_classes=5))
+    seg = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    seg[1, 3, 3], seg[2, 0, 0] = 7, 255  # 255: ignored
+    samples = [{"seg": seg[i], "meta": {"path": f"images/{i}.png", "target_path": f"masks/{i}.png"}} for i in range(3)]
+    with pytest.raises(ValueError) as caught:
+        model.loss(torch.randn(3, 3, 28, 28), samples)
+    assert str(caught.value).startswith("masks/1.png: label values [7] are outside the head's 5 classes (0..4) and "
+                                        "are not ignore 255"), caught.value
+    assert "num_classes" in str(caught.value)
+    seg[1, 3, 3] = 4
+    assert set(model.loss(torch.randn(3, 3, 28, 28), samples)) == {"loss_CrossEntropyLoss"}

@@ -324,7 +324,10 @@ class DenseModel(BaseModel):
     def loss(self, inputs: Tensor, data_samples: list[dict]) -> dict[str, Tensor]:
         key = "seg" if self.task == "segmentation" else "depth"
         target = torch.stack([s[key] for s in data_samples]).to(inputs.device)
-        return self.predictor.head_losses(self.predictor.extract_features(inputs), target, self.losses)
+        try:
+            return self.predictor.head_losses(self.predictor.extract_features(inputs), target, self.losses)
+        except heads.losses.LabelRangeError as exc:  # a data set that does not range-check (no classes given)
+            raise ValueError(_label_files(exc, target, data_samples)) from None
 
     @torch.no_grad()
     def predict(self, inputs: Tensor, data_samples: list[dict] | None = None) -> list[dict]:
@@ -354,6 +357,20 @@ class DenseModel(BaseModel):
                     sample["gt_depth"] = target.reshape(target.shape[-2:])
             results.append(sample)
         return results
+
+
+def _label_files(exc, target: Tensor, data_samples: list[dict]) -> str:
+    """The loss's out-of-range error with the label maps that hold such values (the loss saw only a batch; a data
+    set given its classes or num_classes refuses such a map by name as it reads it)."""
+    bad = (target.long() >= exc.classes) | (target.long() < 0)
+    bad &= target.long() != exc.ignore_index
+    files = [str((s.get("meta") or {}).get("target_path") or f"sample {i} of the batch")
+             for i, s in enumerate(data_samples) if bad[i].any()]
+    values = target[bad].unique()[:8].tolist()
+    return (f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: label values {values} are outside the "
+            f"head's {exc.classes} classes (0..{exc.classes - 1}) and are not ignore {exc.ignore_index} (after "
+            "augmentation); give the data set its classes or num_classes (each map is then checked as it is read), "
+            "or set model.head.num_classes, and check reduce_zero_label")
 
 
 def _keep_frozen_backbone(module: DenseModel, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
