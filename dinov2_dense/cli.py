@@ -33,8 +33,7 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         if message.startswith("unrecognized arguments: ") and self._subparsers is not None:
             # the program's own options (a command's are refused by its parser): `--debg info`
-            message += "".join(f"; {option}: did you mean {close}?" for option in message.split(": ", 1)[1].split()
-                               if option.startswith("--") and (close := self._closest_option(option)))
+            message += self._did_you_mean(message.split(": ", 1)[1].split())
         if message.startswith("the following arguments are required") and self._given is not None:
             # a mistyped option (`--ouput g.npy`) is what left the required one out: name it too
             unknown = self._unknown_options(self._given)
@@ -89,12 +88,16 @@ class OneLineParser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._extras_hint(extras)}")
         return namespace, extras
 
+    def _did_you_mean(self, args: list[str]) -> str:
+        """"; --ouput: did you mean --out?" for each unknown option among ``args`` that is close to a known one."""
+        meant = [(option, self._closest_option(option)) for option in self._unknown_options(args)]
+        return "".join(f"; {option}: did you mean {close}?" for option, close in meant if close)
+
     def _extras_hint(self, extras: list[str]) -> str:
         """For left-over file names (``features a.png --out f.npy b.png``: argparse takes the inputs
         given together, once), where inputs go; nothing for an unknown option or a stray value."""
         if any(arg.startswith("-") or not _looks_like_a_path(arg) for arg in extras):
-            meant = [(option, self._closest_option(option)) for option in self._unknown_options(extras)]
-            return "".join(f"; {option}: did you mean {close}?" for option, close in meant if close)
+            return self._did_you_mean(extras)
         takes = next((a for a in self._actions if not a.option_strings and a.nargs in ("+", "*")), None)
         if takes is not None:
             return f"; put the {takes.dest} together, before the options"

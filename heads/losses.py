@@ -92,12 +92,13 @@ def _log_diff(pred: Tensor, gt: Tensor, valid: Tensor, eps: float, name: str) ->
 
 
 class LabelRangeError(ValueError):
-    """Labels outside the logits' classes and not the ignore index; ``classes``, ``ignore_index``: the loss's
-    (a caller that knows the labels' files names them: ``DenseModel.loss``)."""
+    """Labels outside the logits' classes and not the ignore index: ``values`` (up to 8), ``samples`` (the
+    batch indices whose labels hold them), ``classes`` and ``ignore_index`` (the loss's), for a caller that
+    knows the labels' files to name them (``DenseModel.loss``)."""
 
-    def __init__(self, message: str, classes: int, ignore_index: int):
+    def __init__(self, message: str, values: list[int], samples: list[int], classes: int, ignore_index: int):
         super().__init__(message)
-        self.classes, self.ignore_index = classes, ignore_index
+        self.values, self.samples, self.classes, self.ignore_index = values, samples, classes, ignore_index
 
 
 class CrossEntropyLoss(nn.Module):
@@ -161,11 +162,13 @@ class CrossEntropyLoss(nn.Module):
             raise ValueError(f"CrossEntropyLoss: labels must be an integer tensor, got {labels.dtype}")
         labels = labels.long()
         keep = labels != self.ignore_index
-        if ((labels < 0) | (labels >= k))[keep].any():
-            bad = labels[keep & ((labels < 0) | (labels >= k))].unique()[:5].tolist()
+        outside = ((labels < 0) | (labels >= k)) & keep
+        if outside.any():
+            bad = labels[outside].unique()[:8].tolist()
             raise LabelRangeError(
-                f"CrossEntropyLoss: labels {bad} are outside [0, {k}) and are not ignore_index="
-                f"{self.ignore_index}; check num_classes and reduce_zero_label", k, self.ignore_index
+                f"CrossEntropyLoss: labels {bad[:5]} are outside [0, {k}) and are not ignore_index="
+                f"{self.ignore_index}; check num_classes and reduce_zero_label", bad,
+                outside.flatten(1).any(1).nonzero().flatten().tolist(), k, self.ignore_index
             )
         weight = self.class_weight
         if weight is not None:

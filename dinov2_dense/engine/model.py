@@ -327,7 +327,7 @@ class DenseModel(BaseModel):
         try:
             return self.predictor.head_losses(self.predictor.extract_features(inputs), target, self.losses)
         except heads.losses.LabelRangeError as exc:  # a data set that does not range-check (no classes given)
-            raise ValueError(_label_files(exc, target, data_samples)) from None
+            raise ValueError(_label_files(exc, data_samples)) from None
 
     @torch.no_grad()
     def predict(self, inputs: Tensor, data_samples: list[dict] | None = None) -> list[dict]:
@@ -359,15 +359,12 @@ class DenseModel(BaseModel):
         return results
 
 
-def _label_files(exc, target: Tensor, data_samples: list[dict]) -> str:
+def _label_files(exc, data_samples: list[dict]) -> str:
     """The loss's out-of-range error with the label maps that hold such values (the loss saw only a batch; a data
     set given its classes or num_classes refuses such a map by name as it reads it)."""
-    bad = (target.long() >= exc.classes) | (target.long() < 0)
-    bad &= target.long() != exc.ignore_index
-    files = [str((s.get("meta") or {}).get("target_path") or f"sample {i} of the batch")
-             for i, s in enumerate(data_samples) if bad[i].any()]
-    values = target[bad].unique()[:8].tolist()
-    return (f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: label values {values} are outside the "
+    files = [str((data_samples[i].get("meta") or {}).get("target_path") or f"sample {i} of the batch")
+             for i in exc.samples]
+    return (f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}: label values {exc.values} are outside the "
             f"head's {exc.classes} classes (0..{exc.classes - 1}) and are not ignore {exc.ignore_index} (after "
             "augmentation); give the data set its classes or num_classes (each map is then checked as it is read), "
             "or set model.head.num_classes, and check reduce_zero_label")
