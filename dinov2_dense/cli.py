@@ -1447,8 +1447,8 @@ def _add_eval_depth_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     from .evaluation.depth_files import DATASET_PRESETS
     from .options import nonnegative_float, positive_float
 
-    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG or integer .npy with --pred-scale, or float .npy in metres)")
-    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG or integer .npy with --gt-scale, or float .npy in metres)")
+    parser.add_argument("pred_dir", type=Path, help="predicted depth maps (16-bit PNG or TIFF, or integer .npy, with --pred-scale, or float .npy in metres)")
+    parser.add_argument("gt_dir", type=Path, help="ground-truth depth maps (16-bit PNG or TIFF, or integer .npy, with --gt-scale, or float .npy in metres)")
     parser.add_argument("--dataset", choices=sorted(DATASET_PRESETS), default="nyu",
                         help="protocol preset: nyu (0.001-10 m, Eigen crop, PNG/1000), kitti (0.001-80 m, kb + "
                              "Garg crop, PNG/256), folder (0.001-10 m, no crop, --gt-scale needed for PNGs)")
@@ -1627,7 +1627,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
     code = 1
     try:
-        code = run_command(args, prog, debug)
+        with _names_printable():
+            code = run_command(args, prog, debug)
         try:  # output buffered for a pipe is written here, not by the command: a reader that left shows now
             sys.stdout.flush()
         except BrokenPipeError:
@@ -1649,6 +1650,26 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+@contextlib.contextmanager
+def _names_printable():
+    """Standard output and error that print any file name: one that is not UTF-8 (os.fsdecode keeps its bytes
+    as lone surrogates) as its bytes, as ls prints it, on a UTF-8 stream, else escaped; Python's standard
+    output raised UnicodeEncodeError on it (and standard error, where captured)."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+            with contextlib.suppress(Exception):  # (a stream that cannot change keeps its rule)
+                stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+                changed.append(stream)
+    try:
+        yield
+    finally:
+        for stream in changed:
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="strict")
 
 
 #: Commands that may run under torchrun: those with a distributed mode, and info (it only reads; each machine's

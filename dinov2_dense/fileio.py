@@ -178,7 +178,7 @@ class AtomicFiles:
         return Path(path)
 
     def write_text(self, path: str | os.PathLike, text: str) -> Path:
-        return self.write_bytes(path, text.encode("utf-8"))
+        return self.write_bytes(path, _encoded(text))
 
     def write_json(self, path: str | os.PathLike, obj: Any) -> Path:
         return self.write_text(path, json.dumps(obj, indent=2) + "\n")
@@ -219,7 +219,44 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, _encoded(text))
+
+
+def _encoded(text: str) -> bytes:
+    # UTF-8; a file name that is not UTF-8 (os.fsdecode keeps its bytes as lone surrogates) is written as its
+    # bytes, so a list of names written here names the same files when read_names_text reads it back
+    return text.encode("utf-8", "surrogateescape")
+
+
+def files_below(root: str | os.PathLike, extensions: Iterable[str]) -> list[Path]:
+    """The files below folder ``root`` whose extension (any case) is one of ``extensions`` (".png", ...),
+    sorted, relative to ``root``: as every command reads a folder. Hidden files and folders
+    (``.ipynb_checkpoints/``, macOS ``._`` files, our writers' temporary files) are passed over; linked
+    folders are followed, each real folder read once (a link back up the tree is not)."""
+    root, extensions = Path(root), {e.lower() for e in extensions}
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder, f).relative_to(root) for f in files
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions]
+    return sorted(found)
+
+
+def read_names_text(path: str | os.PathLike) -> str:
+    """A text file of file names, one a line, as written by :func:`write_text` or by hand: UTF-8 (a byte-order
+    mark is no part of the first name), where names that are not UTF-8 are taken as ``os.fsdecode`` takes
+    them, so they name the same files. Raises OSError, or UnicodeDecodeError for a file that is not text (a
+    NUL byte)."""
+    data = Path(path).read_bytes()
+    if b"\0" in data:
+        at = data.index(b"\0")
+        raise UnicodeDecodeError("utf-8", data, at, at + 1, "a NUL byte: not a text file")
+    return data.decode("utf-8-sig", "surrogateescape")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

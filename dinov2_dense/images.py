@@ -286,7 +286,9 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
         return ImageHeader(path, "OpenCV", tuple(array.shape[:2]))
     with image:
         header = _header(path, image)
-    if not cv2.haveImageReader(path):
+    if not _utf8_name(path):  # OpenCV takes no such name: decode the bytes to learn that it can
+        _cv2_decode(path, cv2.IMREAD_UNCHANGED)
+    elif not cv2.haveImageReader(path):
         raise ImageError(f"{path}: a {header.format} image, which OpenCV cannot decode; convert it (e.g. to PNG)")
     return header
 
@@ -301,6 +303,27 @@ def check_image(path: str | os.PathLike) -> None:
     """Raise, naming the file, if it is missing, unreadable or over the pixel limit; reads only
     its header, so a list of inputs can be checked before any work."""
     read_header(path)
+
+
+def _utf8_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by os.fsdecode as lone surrogates
+        return False
+    return True
+
+
+def opencv_path(path: str | os.PathLike, what: str = "file") -> str:
+    """``path`` as a str for OpenCV functions that open a file by its name (video capture and writing).
+
+    OpenCV's Python binding crashes the process (a segmentation fault) on a name that is not valid UTF-8
+    (a Windows archive unpacked here, say), so such a name is refused with an :class:`ImageError` naming
+    it. Images are decoded from their bytes and need no such name."""
+    path = os.fspath(path)
+    if not _utf8_name(path):
+        raise ImageError(f"{path}: OpenCV cannot open a {what} whose name is not valid UTF-8; rename it "
+                         "(e.g. convmv -f latin1 -t utf-8)")
+    return path
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -344,16 +367,41 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
         with image:
             header = _header(path, image)  # the limit is checked here, before any pixel is decoded
     flags = cv2.IMREAD_UNCHANGED if mode == "unchanged" else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    array = _cv2_decode(path, flags)
+    try:
+        array = _cv2_decode(path, flags)
+    except ImageError:
+        if mode != "rgb":
+            raise
+        # OpenCV makes 8-bit colour of 8- and 16-bit samples alone (float and 32-bit TIFF): those are
+        # decoded as stored and converted below as every other reader converts them
+        array = _cv2_decode(path, cv2.IMREAD_UNCHANGED)
     if header is None:
         check_pixels(path, *array.shape[:2])
     elif tuple(array.shape[:2]) != header.stored_size:
         h, w = header.stored_size
         raise ImageError(f"{path}: decodes to {array.shape[1]}x{array.shape[0]} pixels but its header says {w}x{h}; "
                          "the file is corrupt or an unusual variant: convert it (e.g. to PNG)")
-    if array.ndim == 3 and array.shape[2] in (3, 4):  # OpenCV decodes BGR(A); cvtColor swaps fastest
-        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    if array.ndim == 3 and array.shape[2] in (3, 4):  # OpenCV decodes BGR(A)
+        if array.dtype in (np.uint8, np.uint16, np.float32):  # cvtColor swaps fastest, and takes only these
+            array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+        else:  # signed, 32-bit integer or float64 samples (TIFF)
+            array = array[..., [2, 1, 0, 3][: array.shape[2]]]
+    if mode == "rgb" and (array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3):
+        array = _stored_to_rgb8(path, array)
     return np.ascontiguousarray(apply_orientation(array, header.orientation if header else 1))
+
+
+def _stored_to_rgb8(path: str, array: np.ndarray) -> np.ndarray:
+    """uint8 RGB of samples that OpenCV does not make 8-bit colour itself (float, 32-bit), by the rule that
+    reads every image input (:func:`dinov2_dense.features.to_rgb_float`: floats in [0, 1], integers as 8 or 16
+    bits), so the data sets see what ``features`` sees; refused, naming the file, where that rule refuses."""
+    from .features import to_rgb_float  # (same layer; features reads its files through this module)
+
+    try:
+        rgb = to_rgb_float(array)
+    except ValueError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
 def _to_uint8(sample: np.ndarray, name) -> np.ndarray:
@@ -388,6 +436,10 @@ def read_sample(name: str | os.PathLike) -> np.ndarray:
 
 
 # -- depth maps -----------------------------------------------------------------------------
+#: The files that hold depth maps, for the data sets and ``eval-depth`` alike: 16-bit PNG or TIFF, ``.npy``.
+DEPTH_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
+
+
 def read_depth(path: str | os.PathLike, scale: float | None = None) -> np.ndarray:
     """A depth map in metres, float64 ``(H, W)``, as stored: the one depth reader of the toolkit
     (data sets, ``eval-depth``).

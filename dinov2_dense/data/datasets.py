@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..features import normalize
+from ..images import DEPTH_EXTENSIONS
 from .classes import (ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES, VOC_PALETTE,
                       palette_array)
 from .files import IMAGE_EXTENSIONS, DataError, read_depth, read_image, read_label
@@ -58,6 +59,8 @@ def _list_images(folder: Path) -> list[Path]:
     found = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     odd = [p for p in found if not p.is_file()]
     if odd:
+        if odd[0].is_symlink() and not odd[0].exists():
+            raise DataError(f"{odd[0]}: a broken link (to {os.readlink(odd[0])}), no such image file")
         raise DataError(f"{odd[0]}: named like an image but not a file")
     return sorted(found)
 
@@ -587,7 +590,7 @@ class FolderDepthDataset(DepthDataset):
         root = Path(root)
         img_dir = _require_dir(root / image_dir, "a folder of images")
         dep_dir = _require_dir(root / depth_dir, "a folder of depth maps (16-bit PNG or .npy metres)")
-        items = _pairs_by_stem(_list_images(img_dir), dep_dir, (".png", ".npy", ".tif", ".tiff"), "depth map")
+        items = _pairs_by_stem(_list_images(img_dir), dep_dir, DEPTH_EXTENSIONS, "depth map")
         if depth_scale is None:
             depth_scale = _synthetic_info(root).get("depth_scale")
         super().__init__(items, root, transform, f"images in {img_dir}", depth_scale)

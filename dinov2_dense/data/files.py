@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import files_below
 from ..images import DECODER_ORIENTED, apply_orientation, decode_image, exif_orientation, open_image
 from ..images import orientation_tag as image_orientation_tag
 
@@ -36,20 +37,9 @@ class DataError(ValueError):
 def image_files_below(root: str | os.PathLike) -> list[Path]:
     """The image files below folder ``root`` (by extension, any case), sorted, relative to ``root``: as every
     command reads a folder of images (pretraining, ``curate``, ``knn``'s class folders), so that they all read
-    the same ones. Hidden files and folders (``.ipynb_checkpoints/``) are passed over; linked folders are
-    followed, each real folder read once (a link back up the tree is not)."""
-    root = Path(root)
-    found, seen = [], set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder, f).relative_to(root) for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
+    the same ones (:func:`dinov2_dense.fileio.files_below`: hidden files and folders passed over, linked
+    folders followed)."""
+    return files_below(root, IMAGE_EXTENSIONS)
 
 
 def list_file_entries(text: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Evaluate saved depth maps against ground truth on disk (the library behind ``dinov2-dense eval-depth``,
 whose options live in ``dinov2_dense.cli``).
 
-Files: 16-bit single-channel PNGs, where ``value / scale`` is metres (NYU-Depth v2: 1000,
+Files: 16-bit single-channel PNGs (or TIFFs), where ``value / scale`` is metres (NYU-Depth v2: 1000,
 KITTI: 256; 0 = no measurement), ``.npy`` arrays of floats already in metres (no scale applied),
 or ``.npy`` arrays of integers in the same units as the PNGs (divided by the scale).
 Predictions are matched to ground truth by name: first by the path relative to each directory
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..fileio import write_json
-from ..images import read_depth
+from ..fileio import files_below, write_json
+from ..images import DEPTH_EXTENSIONS, read_depth
 from ..settings import DATASET_SETTINGS
 from .depth import (CLIPPED_PREDICTION_KEYS, DEPTH_METRIC_KEYS, GROUND_TRUTH_KEYS, INVALID_PREDICTION_KEYS, KB_CROP_SHAPE, DepthAccumulator, _resize_bilinear,
                     kb_crop)
@@ -63,7 +63,6 @@ DATASET_PRESETS: dict[str, dict] = {
     "kitti": _preset("kitti"),
     "folder": dict(min_depth=1e-3, max_depth=10.0, crop=None, gt_scale=None, kb_crop=False),
 }
-DEPTH_EXTENSIONS = (".png", ".npy")
 KITTI_FRAME_SHAPE = (375, 1242)  # the most common raw KITTI frame (others: 370x1224, 374x1238, 376x1241)
 KITTI_FRAME_SIZES = ((370, 376), (1224, 1242))  # the raw frames' heights and widths, smallest to largest
 
@@ -103,11 +102,11 @@ def _scan(root: Path) -> dict[str, Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"depth directory {root} does not exist or is not a directory")
     files: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        # hidden files and folders (.ipynb_checkpoints/, macOS ._ files, our writers' temp files) are not data
-        if path.suffix.lower() in DEPTH_EXTENSIONS and path.is_file() and \
-                not any(part.startswith(".") for part in relative.parts):
+    # as every command reads a folder: hidden files and folders (.ipynb_checkpoints/, macOS ._ files, our
+    # writers' temp files) are not data, linked folders are followed
+    for relative in files_below(root, DEPTH_EXTENSIONS):
+        path = root / relative
+        if path.is_file():
             key = relative.with_suffix("").as_posix()
             if key in files:
                 raise ValueError(f"two depth files for the same name in {root}: {files[key].name} and {path.name}")
@@ -142,7 +141,7 @@ def match_depth_files(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tu
         p_stem, g_stem = _by_stem(preds, wanted, pred_dir), _by_stem(gts, wanted, gt_dir)
         pairs = [(s, p_stem[s], g_stem[s]) for s in sorted(wanted)]
     if not pairs:
-        sample = lambda d: ", ".join(sorted(d)[:3]) or "no .png/.npy files"  # noqa: E731
+        sample = lambda d: ", ".join(sorted(d)[:3]) or f"no {'/'.join(DEPTH_EXTENSIONS)} files"  # noqa: E731
         raise ValueError(f"no prediction matches a ground-truth file by name: {pred_dir} has {len(preds)} depth "
                          f"file(s) ({sample(preds)}), {gt_dir} has {len(gts)} ({sample(gts)})")
     used_p, used_g = {p for _, p, _ in pairs}, {g for _, _, g in pairs}

@@ -90,10 +90,16 @@ def save_grid(
             if j < len(row):
                 ax.imshow(to_uint8(row[j]), interpolation="nearest")
             if i == 0 and titles is not None and j < len(titles):
-                ax.set_title(titles[j], fontsize=10)
+                ax.set_title(shown(titles[j]), fontsize=10)
             if j == 0 and row_labels is not None:
-                ax.set_ylabel(row_labels[i], fontsize=9)
+                ax.set_ylabel(shown(row_labels[i]), fontsize=9)
     return _save_png(fig, path, suptitle, dpi)
+
+
+def shown(text: str) -> str:
+    """Text as a figure can draw it: a file name that is not UTF-8 (os.fsdecode keeps its bytes as lone
+    surrogates, which matplotlib refuses) with U+FFFD for each such byte, as a terminal shows it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _figure(width: float, height: float, dpi: int):
@@ -108,7 +114,7 @@ def _figure(width: float, height: float, dpi: int):
 
 def _save_png(fig, path: str | os.PathLike, suptitle: str | None, dpi: int) -> Path:
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(shown(suptitle), fontsize=10)
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

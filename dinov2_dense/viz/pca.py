@@ -903,7 +903,9 @@ def is_still_image(path: str | os.PathLike) -> bool:
 
     if _image_frames(path) != 1:
         return False
-    capture = cv2.VideoCapture(str(path))
+    from ..images import opencv_path
+
+    capture = cv2.VideoCapture(opencv_path(path, "video"))
     try:
         decoded = 0
         while decoded < 2 and capture.read()[0]:

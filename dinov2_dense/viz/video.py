@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from ..fileio import atomic_path
+from ..images import opencv_path
 from .figures import to_uint8
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -37,7 +38,7 @@ def _open(path: str | os.PathLike):
                                 "images: pca FOLDER/*.png)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such video file")
-    cap = cv2.VideoCapture(path)
+    cap = cv2.VideoCapture(opencv_path(path, "video"))
     if not cap.isOpened():
         cap.release()
         raise ValueError(f"{path}: not a readable video (corrupt, empty or an unknown format)")
@@ -111,6 +112,7 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         import cv2
 
+        opencv_path(self.path, "video")  # (the temporary file beside it differs in its own name alone)
         self._ctx = atomic_path(self.path)
         tmp = self._ctx.__enter__()
         fourcc = cv2.VideoWriter_fourcc(*CODECS[self.path.suffix.lower()])

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dinov2_dense.fileio import atomic_path, new_memmap, write_json, write_npy, write_text
+from dinov2_dense.fileio import atomic_path, new_memmap, read_names_text, write_json, write_npy, write_text
 
 __all__ = ["CurationError", "EmbeddingStore", "NothingReadable", "embed_images", "embedding_settings", "list_images",
            "load_embeddings", "partial_progress"]
@@ -92,7 +92,7 @@ class EmbeddingStore:
 # -- reading -----------------------------------------------------------------------------------
 def _read_names(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is no part of the first name)
+        text = read_names_text(path)
     except FileNotFoundError:
         raise CurationError(f"{path}: no such names file (one name a line, as many as the rows)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -154,7 +154,7 @@ def load_embeddings(path: str | os.PathLike, names: str | os.PathLike | Sequence
             raise CurationError(f"{path}: no {missing} in this folder"
                                 + (" (an interrupted embedding run: run it again to finish it)" if partial else ""))
         unreadable = path / "unreadable.txt"
-        bad = tuple(_lines(unreadable.read_text(encoding="utf-8"))) if unreadable.is_file() else ()
+        bad = tuple(_lines(read_names_text(unreadable))) if unreadable.is_file() else ()
         store = load_embeddings(path / "embeddings.npy", names if names is not None else path / "names.txt", check)
         store.unreadable = bad
         if finished:
@@ -710,7 +710,7 @@ def _listed_reasons(path: Path, wanted: dict[str, int]) -> dict[int, str]:
     if not wanted:
         return found
     try:
-        lines = _lines(path.read_text(encoding="utf-8"))
+        lines = _lines(read_names_text(path))
     except (OSError, UnicodeDecodeError):
         return found
     for line in lines:

@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from dinov2_dense.data.files import IMAGE_EXTENSIONS, DataError, image_files_below, list_file_entries
 from dinov2_dense.data.synthetic import SceneConfig, _config, check_memory, class_names, generate_scene, scene_seed
+from dinov2_dense.fileio import read_names_text
 from dinov2_dense.images import SAMPLE_PREFIX, decode_image
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class ImageFiles:
         """The images named in a text file, one a line (relative to the file's folder)."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is no part of the first path)
+            text = read_names_text(path)
         except FileNotFoundError:
             raise DataError(f"{path}: no such list file (expected one image path a line)") from None
         except (OSError, UnicodeDecodeError) as exc:
