@@ -1118,6 +1118,32 @@ def _decoded_input(source: ImageLike) -> Tensor:
     return x.permute(2, 0, 1)
 
 
+class NonfiniteFeaturesError(ValueError):
+    """The backbone gave NaN or infinite features: ``names`` (the images), ``why`` (the likely cause)."""
+
+    def __init__(self, names: Sequence[str], bad: int, total: int, why: str):
+        self.names, self.bad, self.total, self.why = list(names), bad, total, why
+        shown = ", ".join(self.names[:3]) + (f" and {len(self.names) - 3} more" if len(self.names) > 3 else "")
+        super().__init__(f"{shown}: the backbone gave NaN or infinite features ({bad} of {total} values): {why}")
+
+    def named(self, names: Sequence[str]) -> "NonfiniteFeaturesError":
+        """The same error naming ``names`` (a caller that passed decoded arrays knows their files)."""
+        return NonfiniteFeaturesError(names, self.bad, self.total, self.why)
+
+
+def _refuse_nonfinite_features(outputs: list[Tensor], names: list[str], half: bool) -> None:
+    """Raise, naming the images, when the backbone gave NaN or infinite features: a diverged or damaged model
+    (its weights), or float16 overflow (activations over 65504); features, pca and their maps were NaN with no
+    word (a PCA 'at threshold otsu' found no foreground)."""
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in outputs)
+    if not bad:
+        return
+    total = sum(t.numel() for t in outputs)
+    why = ("float16 overflows on this model's activations (over 65504): use bfloat16 or float32" if half else
+           "its weights are damaged or come from a run that diverged")
+    raise NonfiniteFeaturesError(names, bad, total, why)
+
+
 def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[int], options: FeatureOptions,
                    progress: bool | None = None, orig_size: tuple[int, int] | None = None) -> DenseFeatures:
     """Features of one (B, 3, H, W) batch; ``orig_size``: the images' (H, W) before an earlier resize."""
@@ -1150,6 +1176,9 @@ def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[in
             maps, cls, regs = _run_tiled(model, x_in, layer_ids, options, progress)
         else:
             maps, cls, regs = model.intermediate_maps(x_in, layer_ids, norm=options.norm)
+    half = (dtype if autocast else x_in.dtype) == torch.float16
+    if device.type == "cpu" or half:  # (a check on a GPU waits for it: there float16 alone, which overflows)
+        _refuse_nonfinite_features([*maps, *cls], names, half)
     return DenseFeatures(
         maps={l: m.float().contiguous() for l, m in zip(layer_ids, maps)},
         cls_tokens={l: c.float() for l, c in zip(layer_ids, cls)},

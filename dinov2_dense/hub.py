@@ -495,8 +495,8 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 def weights_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """The weight dtype to use for ``dtype`` on ``device``: as asked, except on a CPU that would run
-    it far slower than float32 (bfloat16 without AVX512-BF16 / AMX, float16 on any CPU: 3-4x or
-    more), where it is float32 with a warning that says so."""
+    it far slower than float32 or gain little (bfloat16 without AVX512-BF16 / AMX: 3-4x slower; float16 on any
+    CPU), where it is float32 with a warning that says so."""
     if isinstance(dtype, str):
         if dtype.lower() not in _DTYPES:
             raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(sorted(_DTYPES))}")
@@ -506,13 +506,15 @@ def weights_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") 
     if torch.device(device).type == "cpu" and dtype != torch.float32:
         from .features import cpu_has_native_bf16
 
-        if dtype == torch.float16 or not cpu_has_native_bf16():
+        bf16 = cpu_has_native_bf16()
+        if dtype == torch.float16 or not bf16:
             import warnings
 
-            why = "this CPU has no native bfloat16 (AVX512-BF16 / AMX)" if dtype == torch.bfloat16 else \
-                "CPUs compute float16 matrix products far slower than float32"
-            warnings.warn(f"{str(dtype).removeprefix('torch.')} weights requested, float32 kept: {why}, so they would "
-                          "run 3-4x slower", stacklevel=3)
+            why = ("this CPU has no native bfloat16 (AVX512-BF16 / AMX), so they would run 3-4x slower"
+                   if dtype == torch.bfloat16 else
+                   "float16 on a CPU gains little over float32 with AVX512-FP16 and runs 3-4x slower without it"
+                   + ("; bfloat16 weights are the fast half precision on this CPU" if bf16 else ""))
+            warnings.warn(f"{str(dtype).removeprefix('torch.')} weights requested, float32 kept: {why}", stacklevel=3)
             return torch.float32
     return dtype
 

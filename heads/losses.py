@@ -24,9 +24,11 @@ __all__ = ["CrossEntropyLoss", "SigLoss", "GradientLoss", "ScaleShiftInvariantLo
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
-    """sqrt(x) for x >= 0 whose gradient at x == 0 is 0 instead of inf (which would give NaN)."""
+    """sqrt(x) for x >= 0 whose gradient at x == 0 is 0 instead of inf (which would give NaN); NaN stays NaN
+    (a diverged prediction logged a loss of 0)."""
     pos = x > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.zeros_like(x))
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))),
+                       torch.where(torch.isnan(x), x, torch.zeros_like(x)))
 
 
 def _nonzero(x: Tensor) -> Tensor:

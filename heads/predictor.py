@@ -14,7 +14,7 @@ output is resized (bilinear, align_corners False) to the input size; depth is cl
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -311,7 +311,23 @@ class DensePredictor(nn.Module):
                           values=True)
         with kept_modes(self):
             self.eval()
-            return self._predict(images, mode, crop_size, stride, scales, flip, scale, out_size, crop_batch_size)
+            out = self._predict(images, mode, crop_size, stride, scales, flip, scale, out_size, crop_batch_size)
+        self._refuse_nonfinite(out, images.device)
+        return out
+
+    def _refuse_nonfinite(self, out: Tensor, device: torch.device) -> None:
+        """NaN or infinite outputs (an argmax of NaN probabilities is class 0 everywhere: a plausible mIoU) are
+        refused: a diverged or damaged model, or float16 overflow. Checked on the CPU, and on a GPU in float16
+        alone (a check there waits for it)."""
+        autocast = torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+        half = next(self.backbone.parameters()).dtype == torch.float16 or (
+            autocast and torch.get_autocast_dtype(device.type) == torch.float16)
+        if (device.type != "cpu" and not half) or bool(torch.isfinite(out).all()):
+            return
+        bad = int((~torch.isfinite(out)).sum())
+        why = ("float16 overflows on this model's activations (over 65504): use bfloat16 or float32" if half else
+               "its weights are damaged or come from a run that diverged")
+        raise ValueError(f"predict(): the model gave NaN or infinite outputs ({bad} of {out.numel()} values): {why}")
 
     def _predict(self, images: Tensor, mode, crop_size, stride, scales, flip, scale, out_size,
                  crop_batch_size) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from numbers import Number
 from typing import Any, Callable
 
@@ -161,9 +162,11 @@ def _check_kind(default: Any, value: Any, key: str, source: str) -> None:
     """A value of the kind of its default: true or false for a flag, a number for a number."""
     if isinstance(default, bool) and not isinstance(value, bool):
         raise ConfigError(f"{source}: {key} = {value!r}: expected true or false")
-    if isinstance(default, Number) and not isinstance(default, bool) and \
-            (not isinstance(value, Number) or isinstance(value, bool)):
-        raise ConfigError(f"{source}: {key} = {value!r}: expected a number")
+    if isinstance(default, Number) and not isinstance(default, bool):
+        if not isinstance(value, Number) or isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a number")
+        if not math.isfinite(value):  # (inf passed "> 0": a temperature of inf made every target uniform)
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a finite number")
 
 
 def _check(cfg: dict, source: str) -> None:

@@ -935,6 +935,7 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         from .export import export_backbone
 
         plain = {name: _plain(b, sharded, torch.device("cpu")) for name, b in _exported(model).items()}  # collective
+        _refuse_diverged_export(plain, it, work_dir)
         if main:
             exports = {name: {k: str(v) for k, v in export_backbone(b, work_dir / "export", name).items()}
                        for name, b in plain.items()}
@@ -943,6 +944,31 @@ def _run(cfg, work_dir, device, rank, world, resume, progress, max_iters, fresh=
         print(f"warning: {len(result['skipped_images'])} unreadable image(s) were skipped: "
               f"{', '.join(map(str, result['skipped_images'][:5]))}", file=sys.stderr)
     return result
+
+
+def _refuse_diverged_export(backbones: dict[str, nn.Module], it: int, work_dir: Path) -> None:
+    """Refuse to export a backbone whose last step diverged: each iteration's loss is checked, but the weights
+    that the last step left were not (a reviewer's run at base_lr 1e30 exported weights up to 7.07e26, finite,
+    whose features were NaN throughout). Checked: every weight finite, and the patch tokens of a fixed input."""
+    from dinov2_dense.features import kept_modes
+
+    for name, backbone in backbones.items():
+        if backbone is None:  # (under FSDP, a process other than the main one: it holds no whole copy)
+            continue
+        weights = list(backbone.parameters())
+        worst = max((float(w.detach().abs().max()) for w in weights if w.numel()), default=0.0)
+        finite = math.isfinite(worst)
+        if finite:
+            p = backbone.patch_size
+            x = torch.randn(1, 3, 2 * p, 2 * p, generator=torch.Generator().manual_seed(0)).to(weights[0])
+            with torch.no_grad(), kept_modes(backbone):
+                backbone.eval()
+                finite = bool(torch.isfinite(backbone.forward_features(x)["x_norm_patchtokens"]).all())
+        if not finite:
+            raise TrainingDiverged(
+                f"the weights of {name!r} after iteration {it} give NaN or infinite features (largest: {worst:.3g}): "
+                f"the last step diverged, so it was not exported; the checkpoint of iteration {it} in {work_dir} "
+                "holds it too. Lower optim.base_lr and train again (or from an earlier checkpoint)")
 
 
 #: Iterations in a row of uniform DINO teacher targets, past the warm-up, before the run says so.

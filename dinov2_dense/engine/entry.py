@@ -530,6 +530,12 @@ def validate_config(cfg, source: str, train: bool) -> None:
         lr = _get(cfg, "optim_wrapper.optimizer.lr")
         if lr is not None and (not isinstance(lr, Number) or not math.isfinite(lr) or lr <= 0):
             errors.append(f"optim_wrapper.optimizer.lr = {lr!r}: expected a positive number")
+        if _get(cfg, "optim_wrapper.type") in ("AmpOptimWrapper", "mmengine.AmpOptimWrapper"):
+            from mmengine.device import get_device
+
+            if get_device() == "cpu":  # (mmengine asserts, a traceback)
+                errors.append("optim_wrapper.type = 'AmpOptimWrapper': mmengine's mixed precision trains on a GPU "
+                              "alone (CUDA, NPU, MLU or MUSA), and none is here; use 'OptimWrapper'")
         schedulers = cfg.get("param_scheduler") or []
         if isinstance(schedulers, dict):
             schedulers = [schedulers]

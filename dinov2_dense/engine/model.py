@@ -176,6 +176,25 @@ def _weights_label(backbone, weights, seed: int) -> str:
     return str(weights)
 
 
+class TrainingDiverged(ValueError):
+    """A training loss became NaN or infinite: the run stops before that step, so nothing of it is written."""
+
+
+def _iteration() -> str:
+    from mmengine.logging import MessageHub
+
+    it = MessageHub.get_current_instance().get_info("iter")
+    return f" at iteration {it + 1}" if isinstance(it, int) else ""
+
+
+def _diverged_message(log_vars: Mapping[str, Tensor]) -> str:
+    logged = {k: float(v.detach()) for k, v in log_vars.items()}
+    values = ", ".join(f"{k} {v:.4g}" for k, v in logged.items() if k != "loss")
+    return (f"the loss is {logged['loss']}{_iteration()} ({values}); stopped before this step, so no "
+            "checkpoint holds it: lower optim_wrapper.optimizer.lr (or set optim_wrapper.clip_grad), or check the "
+            "data")
+
+
 @MODELS.register_module()
 class DenseModel(BaseModel):
     """Backbone + head for mmengine runs (``mode``: "loss", "predict" or "tensor").
@@ -319,6 +338,9 @@ class DenseModel(BaseModel):
             dist.all_reduce(values)
             values /= dist.get_world_size()
             log_vars = type(log_vars)(zip(names, values.unbind()))
+        total = log_vars.get("loss")
+        if total is not None and not bool(torch.isfinite(total)):  # (the processes' mean: every process stops)
+            raise TrainingDiverged(_diverged_message(log_vars))
         return loss, log_vars
 
     def loss(self, inputs: Tensor, data_samples: list[dict]) -> dict[str, Tensor]:

@@ -534,6 +534,23 @@ def _json_tags(tags: dict):
     return LoggerHook._process_tags(plain(tags))
 
 
+def _refuse_diverged(model: torch.nn.Module, iteration: int, filename: str) -> None:
+    """Refuse to save weights that training made NaN or infinite (a step on an infinite gradient from a finite
+    loss; the next loss, NaN, would stop the run, but the checkpoint would hold them): the trained parameters
+    and the buffers outside the backbone (BatchNorm statistics)."""
+    from .model import TrainingDiverged
+
+    module = getattr(model, "module", model)
+    bad = [n for n, t in module.named_parameters() if t.requires_grad and not bool(torch.isfinite(t).all())]
+    bad += [n for n, t in module.named_buffers() if t.is_floating_point() and "backbone" not in n.split(".")
+            and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise TrainingDiverged(f"{len(bad)} trained tensor(s) hold NaN or infinite values after iteration {iteration} "
+                               f"({shown}); stopped before writing {filename}: lower optim_wrapper.optimizer.lr (or "
+                               "set optim_wrapper.clip_grad), or check the data")
+
+
 class DenseRunner(Runner):
     """``mmengine.runner.Runner`` with atomic checkpoint writes and a weights_only-safe resume."""
 
@@ -703,6 +720,7 @@ class DenseRunner(Runner):
         from mmengine.dist import is_main_process
 
         sync_norm_stats(self.model)  # every process takes part: the file holds the statistics validation uses
+        _refuse_diverged(self.model, self.iter, filename)  # (the processes' replicas are equal: all stop)
         if not is_main_process():  # mmengine writes from the main process only
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
         with atomic_path(Path(out_dir) / filename) as tmp:

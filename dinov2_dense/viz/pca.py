@@ -49,15 +49,16 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..features import (DenseFeatures, FeatureOptions, PerformanceWarning, check_forward_pass, check_input,
-                        extract_features, feature_options, input_names, load_array, map_in_workers, to_rgb_float)
+from ..features import (DenseFeatures, FeatureOptions, NonfiniteFeaturesError, PerformanceWarning, check_forward_pass,
+                        check_input, extract_features, feature_options, input_names, load_array, map_in_workers,
+                        to_rgb_float)
 from ..fileio import atomic_path
 from .figures import overlay, save_grid, to_uint8, write_image
 
@@ -652,17 +653,23 @@ def _check_forward(model, sizes: dict[tuple[int, int], str], options: FeatureOpt
     check_forward_pass(sizes, options, model.patch_size, next(model.parameters()).device)
 
 
-def _extract(model, arrays: Iterable[np.ndarray], options: FeatureOptions, bar,
-             display: bool = True) -> tuple[list[DenseFeatures], list[np.ndarray]]:
+def _extract(model, arrays: Iterable[np.ndarray], options: FeatureOptions, bar, display: bool = True,
+             name_of: Callable[[int], str] | None = None) -> tuple[list[DenseFeatures], list[np.ndarray]]:
     """DenseFeatures (and, with ``display``, a uint8 copy for figures) of raw image arrays, drawn
     and run one batch at a time: only a batch of decoded images is in memory, never all of them.
-    ``bar`` (tqdm) advances by image. The sizes were checked by :func:`_check_forward`."""
+    ``bar`` (tqdm) advances by image; ``name_of(i)``: the i-th array's file, for errors. The sizes were checked by
+    :func:`_check_forward`."""
     feats: list[DenseFeatures] = []
     shown: list[np.ndarray] = []
     for chunk in _chunks(arrays, options.batch_size):
         with warnings.catch_warnings():  # said once up front, naming the file, not per batch as "image 0"
             warnings.filterwarnings("ignore", message=".*one forward pass of", category=PerformanceWarning)
-            feats.extend(extract_features(model, chunk, options=options, progress=False))
+            try:
+                feats.extend(extract_features(model, chunk, options=options, progress=False))
+            except NonfiniteFeaturesError as exc:
+                if name_of is None:
+                    raise
+                raise exc.named([name_of(i) for i in range(len(feats), len(feats) + len(chunk))]) from None
         if display:
             shown.extend(_display(a) for a in chunk)
         bar.update(len(chunk))
@@ -726,7 +733,7 @@ def pca_maps(
     _check_forward(model, sizes, options)
     show = progress if progress is not None else len(items) > options.batch_size
     with tqdm(total=len(items), desc="features", unit="image", disable=not show) as bar:
-        feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar)
+        feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar, name_of=names.__getitem__)
     if basis is not None:
         bases = [basis] * len(feats)
     else:
@@ -987,7 +994,8 @@ def pca_video(
         expected = min(expected, max_frames)
 
     with tqdm(total=expected, desc="features", unit="frame", disable=not progress) as bar:
-        feats, _ = _extract(model, read_frames(video, step, max_frames), options, bar, display=False)
+        feats, _ = _extract(model, read_frames(video, step, max_frames), options, bar, display=False,
+                            name_of=lambda i: f"{video} (frame {i * step})")
         # read_frames raises when no frame decodes: feats is not empty
     if expected is not None and len(feats) < expected:
         warnings.warn(f"{video}: {_frames_text(len(feats), expected, vinfo.frames, step, max_frames)}; the file may "
