@@ -1765,11 +1765,21 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug, or a peer's failure in a distributed run
-        if (interrupt := _interrupt_behind(exc)) is not None and _ended_worker(exc):
+        if (interrupt := _interrupt_behind(exc)) is not None and (_ended_worker(exc) or _config_text(exc)):
             # raised while the interrupt unwound: a SIGTERM to the process group ended the DataLoader workers
-            # too, and torch's SIGCHLD handler raised "DataLoader worker (pid N) is killed by signal" inside it
+            # too, and torch's SIGCHLD handler raised "DataLoader worker (pid N) is killed by signal" inside it;
+            # or mmengine's config formatting (every checkpoint save) turned the interrupt into a SyntaxError
             # (any other error while unwinding is a failed clean-up, reported as a bug)
             return interrupted(interrupt)
+        if _shared_memory_full(exc):
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            print(f"{prog}: error: shared memory (/dev/shm) ran out: the data loading workers hand their images "
+                  "over through it; run with --num-workers 0 (num_workers=0 in a config), or give the machine more "
+                  "(docker run --shm-size 8g)", file=sys.stderr)
+            return 2
         if _peer_failed(exc) and not debug:
             print(f"{prog}: stopped: another process of this distributed run ended (its error is above where it "
                   "printed one; torchrun's summary names a process that was killed)", file=sys.stderr)
@@ -1791,6 +1801,21 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
             return exc
         exc = exc.__context__
     return None
+
+
+def _shared_memory_full(exc: BaseException) -> bool:
+    """torch's error for a full /dev/shm (a container's 64 MB): a worker's tensor could not be given memory
+    there (``share_memory_``, or the hand-over of a batch)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("</torch_" in text or "shared memory" in text.lower()) and any(
+        k in text for k in ("unable to resize file", "unable to write to file", "No space left on device",
+                            "unable to allocate shared memory"))
+
+
+def _config_text(exc: BaseException) -> bool:
+    """mmengine's ``Config.pretty_text`` error: it formats the config with yapf under a bare ``except``, which
+    turns a Ctrl-C or SIGTERM during a checkpoint save into this SyntaxError."""
+    return isinstance(exc, SyntaxError) and str(exc).startswith("Failed to format the config")
 
 
 def _ended_worker(exc: BaseException) -> bool:

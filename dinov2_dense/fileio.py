@@ -49,6 +49,29 @@ _WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", 
 #: What to do about a full disk, added to its error once.
 _FULL_DISK_HINT = " (free some space or write elsewhere)"
 
+#: A writer that is not Python's reports a failed write in its own exception, not an OSError: safetensors
+#: ("No space left on device (os error 28)"), torch.save's zip writer ("unexpected pos 1005888 vs 1005776",
+#: a short write, or "PytorchStreamWriter failed writing file").
+_FOREIGN_WRITE_ERRORS = (
+    (errno.ENOSPC, re.compile(r"No space left on device|os error 28")),
+    (errno.EFBIG, re.compile(r"File too large|os error 27")),
+    (getattr(errno, "EDQUOT", 122), re.compile(r"Disk quota exceeded|os error 122")),
+    (errno.EIO, re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing")),
+)
+
+
+def _foreign_write_error(exc: BaseException) -> OSError | None:
+    """The OSError that a library's own exception for a failed write stands for (None: not such an error)."""
+    if isinstance(exc, OSError) or not isinstance(exc, Exception):
+        return None
+    text = str(exc)
+    for code, pattern in _FOREIGN_WRITE_ERRORS:
+        if pattern.search(text):
+            reason = os.strerror(code) if code != errno.EIO else \
+                "the write fell short (a full disk or a file size limit?)"
+            return OSError(code, reason)
+    return None
+
 
 def _renamed_error(exc: OSError, path: Path) -> OSError:
     """The same OSError, naming ``path`` instead of a temporary file. An error already renamed (by a
@@ -165,8 +188,10 @@ class AtomicFiles:
             if not _of_writing(exc, tmp):
                 raise
             raise _renamed_error(exc, path) from None
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if (failed := _foreign_write_error(exc)) is not None:
+                raise _renamed_error(failed, path) from None
             raise
         if not tmp.is_file():
             raise OSError(f"{path}: nothing was written")
@@ -315,7 +340,10 @@ def new_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> np.mem
     """A new ``.npy`` file of ``shape`` and ``dtype``, memory-mapped for writing, with its space
     allocated on disk first (:func:`reserve_space`): a full disk is an OSError naming the file
     here, not a crash (SIGBUS) when a row is later written through the map."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    except OSError as exc:  # (numpy's header write or size: a full disk named no file)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     with open(path, "r+b") as file:
         reserve_space(file.fileno(), os.fstat(file.fileno()).st_size, path)
     return array
@@ -637,7 +665,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False, expected_
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{what} {path} is not empty ({len(entries)} entries: {shown}); "
                               f"pass {option} to replace its contents, or choose another folder")
-        inside = [str(p) for p in protect if is_inside(p, path)]
+        inside = list(dict.fromkeys(str(p) for p in protect if is_inside(p, path)))  # (one root of three splits)
         if Path.cwd().resolve() == path.resolve() or is_inside(Path.cwd(), path):
             inside.append("the current directory")
         if inside:

@@ -549,9 +549,14 @@ class _Claim:
                                   "written while this one started: choose another work dir")
 
     def ready(self) -> None:
-        """Hold and mark the work dir: the run writes into it next."""
+        """Hold and mark the work dir: the run writes into it next. The temporary files of a run killed while
+        it wrote (kill -9: a checkpoint's, as large as one) go now: under the lock, nobody writes them."""
+        from dinov2_dense.fileio import discard_stale_temporaries_in
+
         self.take()
         (self.work_dir / RUN_MARKER).touch()
+        for folder in (self.work_dir, self.work_dir / "export"):
+            discard_stale_temporaries_in(folder, idle_s=0.0)
 
     def release(self) -> None:
         if self.lock is not None:

@@ -187,6 +187,39 @@ def test_a_start_that_fails_keeps_the_runs_config_copy_and_leaves_no_log_folder(
         assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_1.pth", "iter_3.pth"]
 
 
+def test_overwrite_keeps_the_previous_run_when_its_load_from_is_refused_at_load(scenes, trained, tmp_path, capsys):
+    """The check of what a load_from head reads runs when the weights load, after the data sets are built: the
+    old checkpoints went before it (a reviewer's --overwrite lost iter_20/30/40.pth and last_checkpoint)."""
+    work = tmp_path / "ow"
+    shutil.copytree(trained, work)
+    before = _files(work)
+    elsewhere = tmp_path / "from.pth"
+    shutil.copy(trained / "iter_2.pth", elsewhere)
+    assert _train(work, _options(scenes / "ade", 2, load_from=elsewhere, **{"model.layers": "[0]"}), "--overwrite") == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "model.layers [1] in its run, [0] here" in err[0], err
+    assert _files(work) == before
+
+
+def test_a_save_killed_midway_leaves_no_temporary_after_the_next_start(scenes, trained, tmp_path):
+    work = tmp_path / "killed"
+    shutil.copytree(trained, work)
+    left = work / ".iter_3.999999999-0123abcd.tmp.pth"  # (no process has that pid: pid_max is 4194304 at most)
+    left.write_bytes(b"\0" * 4096)
+    (work / "iter_2.pth").unlink()
+    assert _train(work, _options(scenes / "ade", 3, end=2), "--resume") == 0
+    assert not left.exists() and (work / "iter_3.pth").is_file()
+
+
+def test_the_data_sets_root_is_no_work_dir(scenes, tmp_path, capsys):
+    root = scenes / "ade"
+    entries = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert _train(root, _options(root, 1)) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "is the data set's root (train_dataloader.dataset.root)" in err[0], err
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == entries
+
+
 def test_overwrite_refuses_load_from_a_checkpoint_it_would_delete(scenes, trained, tmp_path):
     work = tmp_path / "ow"
     shutil.copytree(trained, work)

@@ -537,14 +537,28 @@ def test_convert_refuses_to_write_over_its_input_or_an_existing_file(tmp_path, c
             assert f"output {out} is the input checkpoint {ckpt}" in err
     assert ckpt.read_bytes() == before and torch.load(ckpt, weights_only=True)["meta"] == {"iter": 40}
 
-    # another existing file is replaced only with --overwrite
-    other = tmp_path / "iter_20.pth"
-    other.write_bytes(b"another checkpoint")
-    code, err = _convert(capsys, "from-mmseg", ckpt, other)
-    assert code == 2 and f"output {other} exists" in err and "--overwrite" in err
-    assert other.read_bytes() == b"another checkpoint"
-    assert _convert(capsys, "from-mmseg", ckpt, other, "--overwrite")[0] == 0
-    assert read_checkpoint(other).keys() == torch.load(ckpt, weights_only=True)["state_dict"].keys()
+    # another file (a user's checkpoint, a pretraining export) is never replaced, as the README's rule for every
+    # output file says (a reviewer's --overwrite turned an export's backbone.pth into an mmseg checkpoint)
+    for content in ({"pos_embed": torch.zeros(1, 2, 3)}, {"state_dict": {"backbone.x": torch.zeros(1)},
+                                                          "meta": {"iter": 9}, "optimizer": {}}):
+        other = tmp_path / "backbone.pth"
+        torch.save(content, other)
+        before_other = other.read_bytes()
+        for extra in ((), ("--overwrite",)):
+            code, err = _convert(capsys, "from-mmseg", ckpt, other, *extra)
+            assert code == 2 and "is never replaced, even with --overwrite" in err, err
+        assert other.read_bytes() == before_other
+    # an earlier output of the converter is replaced only with --overwrite, in either direction and format
+    for out in (tmp_path / "iter_20.pth", tmp_path / "iter_20.safetensors"):
+        assert _convert(capsys, "from-mmseg", ckpt, out)[0] == 0
+        code, err = _convert(capsys, "from-mmseg", ckpt, out)
+        assert code == 2 and f"output {out} exists: a file this converter wrote" in err and "--overwrite" in err
+        assert _convert(capsys, "from-mmseg", ckpt, out, "--overwrite")[0] == 0
+        assert read_checkpoint(out).keys() == torch.load(ckpt, weights_only=True)["state_dict"].keys()
+    back = tmp_path / "back.pth"
+    assert _convert(capsys, "to-mmseg", tmp_path / "iter_20.safetensors", back)[0] == 0
+    assert _convert(capsys, "to-mmseg", tmp_path / "iter_20.safetensors", back)[0] == 2
+    assert _convert(capsys, "to-mmseg", tmp_path / "iter_20.safetensors", back, "--overwrite")[0] == 0
 
     # to-mmseg: neither the weights file nor the backbone weights are the output
     ours = tmp_path / "ours.safetensors"

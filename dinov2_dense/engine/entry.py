@@ -597,6 +597,18 @@ def _dataset_roots(cfg) -> list[str]:
     return [str(r) for split in ("train", "val", "test") if (r := _get(cfg, f"{split}_dataloader.dataset.root"))]
 
 
+def _check_outside_data(work_dir: Path, cfg) -> None:
+    """Refuse a work dir that is a data set's root (pretraining refuses one in its data): the run's checkpoints,
+    logs and figures would lie among the data, which a later ``synth`` of the same set then refuses as foreign.
+    (A work dir below a root, such as ``work_dirs/`` under a root of ".", is beside the folders the data sets
+    read, and allowed.)"""
+    for split in ("train", "val", "test"):
+        root = _get(cfg, f"{split}_dataloader.dataset.root")
+        if root and Path(root).resolve() == work_dir.resolve():
+            raise ValueError(f"--work-dir {work_dir} is the data set's root ({split}_dataloader.dataset.root): the "
+                             "run's checkpoints and logs would lie among the data; give another --work-dir")
+
+
 def _rank() -> int:
     import torch.distributed as dist
 
@@ -799,7 +811,7 @@ def run_train(args: argparse.Namespace) -> int:
     import contextlib
 
     from dinov2_dense.distributed import agree_to_start
-    from dinov2_dense.fileio import DirLock, _check_creatable
+    from dinov2_dense.fileio import DirLock, _check_creatable, discard_stale_temporaries_in
 
     notes: list[str] = []
     cfg = load_run_config(args, notes)
@@ -816,6 +828,7 @@ def run_train(args: argparse.Namespace) -> int:
             that a new run (--overwrite) deletes once it has started."""
             validate_config(cfg, args.config, train=True)
             _check_creatable(work_dir, "--work-dir")
+            _check_outside_data(work_dir, cfg)
             if work_dir.exists() and not work_dir.is_dir():
                 raise FileExistsError(f"--work-dir {work_dir} is a file, not a folder")
             if args.resume and getattr(args, "overwrite", False):
@@ -824,6 +837,9 @@ def run_train(args: argparse.Namespace) -> int:
             lock = stack.enter_context(DirLock(work_dir))
             if lock.note:
                 print(f"{work_dir}: {lock.note}")
+            # a run killed while it saved (kill -9) left its checkpoint's temporary file: under the lock, nobody
+            # writes it
+            discard_stale_temporaries_in(work_dir, idle_s=0.0)
             old = _previous_run_files(work_dir)
             # a resumed run's schedulers come back as its checkpoint saved them (the runner says where they differ)
             for note in ([] if args.resume and old else notes + schedule_cut_notes(cfg)):
@@ -852,11 +868,10 @@ def run_train(args: argparse.Namespace) -> int:
         runner = _build_runner(cfg, args.config)
         # the model is built; the data sets are built now, not at train(): a wrong root or pipeline stops every
         # process at once, and fails while the previous run's checkpoints are still there. Every process builds
-        # its own (their samplers agree on a seed), and the old files go once all have.
+        # its own (their samplers agree on a seed); the old files go once the run has started (its weights
+        # loaded and checked: a load_from refused there, or a disk full, kept the old run)
         _build_loops(runner, train=True)
-        if main:
-            for path in delete:
-                path.unlink(missing_ok=True)
+        runner.delete_on_start = delete if main else []
         runner.train()  # the config's copy <work_dir>/<config>.py is written once the run has started
     return 0
 

@@ -737,6 +737,8 @@ class DenseRunner(Runner):
             self._load_or_resume()
         self._check_eval_data()
         self._started = True  # the loops, data sets, optimizer and weights are built: the start succeeded
+        for path in self.__dict__.pop("delete_on_start", []):  # an earlier run's checkpoints (train --overwrite)
+            path.unlink(missing_ok=True)
         if self.__dict__.get("_config_pending"):
             self._config_pending = False
             self._write_config_copy(self.work_dir)

@@ -43,7 +43,7 @@ from dinov2_dense.checkpoints import (REFETCH, CheckpointError, CheckpointReadEr
                                       difference_reason, fingerprints, forward_difference, forward_settings,
                                       key_mismatches, read_checkpoint,
                                       save_safetensors, weight_file_problem)
-from dinov2_dense.fileio import OutputError, atomic_path, check_output_file
+from dinov2_dense.fileio import OutputError, atomic_path, check_output_file, check_replaceable_file
 
 __all__ = ["from_mmseg", "to_mmseg"]
 
@@ -79,9 +79,36 @@ def _check_output(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | 
                if out.suffix.lower() == ".safetensors" and ".safetensors" not in suffixes
                else f"{what} is a file named {' / '.join(suffixes)}, not {out.suffix or 'one without a suffix'}")
         raise OutputError(f"output {out}: {why}; name the output {out.with_suffix(suffixes[0])}")
-    if out.is_file() and not overwrite:
-        raise OutputError(f"output {out} exists; give another file name, or pass --overwrite to replace it")
+    check_replaceable_file(out, "a file this converter wrote", _converted, overwrite, option="output")
     return check_output_file(out, what="output")
+
+
+#: What ``meta`` holds in a file of :func:`from_mmseg` (torch format), and the mark of one of :func:`to_mmseg`.
+_FROM_MMSEG_META = {"backbone", "head_inputs"}
+_CONVERTED_BY = "dinov2_dense.mmseg"
+
+
+def _converted(path: Path) -> bool:
+    """Whether ``path`` is an earlier output of this converter, which ``--overwrite`` may replace (any other
+    file, a pretraining export or a user's checkpoint, is never replaced): a safetensors file of
+    :func:`from_mmseg` (its metadata), a torch file of :func:`to_mmseg` (``meta.converted_by``) or of
+    :func:`from_mmseg` (``backbone.*`` / ``decode_head.*`` tensors alone, flat or with its ``meta``)."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        return metadata.get("format") == "dinov2-dense" and metadata.get("source") == "mmseg"
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(obj, dict):
+        return False
+    meta = obj.get("meta")
+    if set(obj) == {"state_dict", "meta"} and isinstance(meta, dict) and meta.get("converted_by") == _CONVERTED_BY:
+        return True
+    if set(obj) == {"state_dict", "meta"} and isinstance(meta, dict) and set(meta) <= _FROM_MMSEG_META:
+        obj = obj["state_dict"]
+    return bool(obj) and all(isinstance(k, str) and k.startswith(("backbone.", "decode_head.")) and
+                             isinstance(v, Tensor) for k, v in obj.items())
 
 
 def _same_file(a: str | os.PathLike, b: Path) -> bool:
@@ -301,7 +328,7 @@ def to_mmseg(weights: str | os.PathLike, out: str | os.PathLike, backbone_weight
         paired = _check_pairing(weights, recorded, written, "the backbone.* tensors it holds", other_backbone)
         if paired:
             written["weights"] = f"the backbone.* tensors of {weights}"
-    meta = {"source": str(weights), "converted_by": "dinov2_dense.mmseg"}
+    meta = {"source": str(weights), "converted_by": _CONVERTED_BY}
     if written is not None:
         meta["backbone"] = written
     inputs = _recorded_head_inputs(weights)

@@ -1,0 +1,120 @@
+"""When writing fails (a review with full disks, file size limits and signals): a library's own exception for a
+failed write (safetensors, torch.save's zip writer) is a one-line error naming the file, not a bug; a full disk
+at a memory-mapped file names it; an interrupt that mmengine's config formatting turns into a SyntaxError is an
+interrupt; a full /dev/shm says what to do; a killed pretraining run's temporary files go at its next start."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinov2_dense import cli
+from dinov2_dense.fileio import atomic_path
+
+
+class SafetensorError(Exception):
+    """As the safetensors library raises it (not an OSError)."""
+
+
+@pytest.mark.parametrize("exc, code, reason", [
+    (SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
+                     "on device\" })"), errno.ENOSPC, "No space left on device"),
+    (SafetensorError("IoError: File too large (os error 27)"), errno.EFBIG, "File too large"),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1005888 vs 1005776"), errno.EIO,
+     "the write fell short"),
+])
+def test_a_librarys_failed_write_names_the_file(tmp_path, exc, code, reason):
+    out = tmp_path / "f.safetensors"
+    out.write_bytes(b"earlier")
+    with pytest.raises(OSError) as raised:
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise exc
+    assert raised.value.errno == code and str(raised.value).startswith(f"[Errno {code}] cannot write {out}: {reason}")
+    assert out.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == ["f.safetensors"]
+
+
+def test_other_exceptions_in_the_block_are_left_as_they_are(tmp_path):
+    with pytest.raises(RuntimeError, match="a bug"):
+        with atomic_path(tmp_path / "x.pth"):
+            raise RuntimeError("a bug")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_memory_mapped_file_on_a_full_disk_names_the_file(tmp_path):
+    """numpy's header write of a new .npy, under a file size limit (as on a full disk): no file was named
+    (curate's store, the feature cache)."""
+    script = textwrap.dedent(f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+        from dinov2_dense.fileio import new_memmap
+        try:
+            new_memmap({str(tmp_path / "e.npy")!r}, (1000, 16), "float32")
+        except OSError as exc:
+            print("OSError", exc)
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.startswith("OSError [Errno 27] File too large:") and str(tmp_path / "e.npy") in out.stdout, \
+        out.stdout + out.stderr
+
+
+def _run(func, capsys) -> tuple[int, str]:
+    args = argparse.Namespace(command="features", func=func)
+    code = cli.run_command(args, "dinov2-dense features", debug=False)
+    return code, capsys.readouterr().err
+
+
+def test_an_interrupt_during_mmengines_config_formatting_is_an_interrupt(capsys):
+    """mmengine's Config.pretty_text formats under a bare except (every checkpoint save): a Ctrl-C there
+    became "SyntaxError: Failed to format the config file", exit 1 and "internal error"."""
+    def saving(args):
+        try:
+            raise KeyboardInterrupt
+        except:  # noqa: E722 - as mmengine does
+            raise SyntaxError("Failed to format the config file, please check the syntax of: \nx = 1")
+
+    code, err = _run(saving, capsys)
+    assert code == 130 and "interrupted; no half-written file was left" in err and "internal error" not in err
+
+
+def test_a_syntax_error_of_our_own_is_still_a_bug(capsys):
+    def broken(args):
+        raise SyntaxError("Failed to format the config file, please check the syntax of: \nx = (")
+
+    code, err = _run(broken, capsys)
+    assert code == 1 and "internal error" in err
+
+
+def test_a_full_shared_memory_says_what_to_do(capsys):
+    def loading(args):
+        raise RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback ...\n"
+                           "RuntimeError: unable to resize file <filename not specified> to the right size: "
+                           "Invalid argument (22) </torch_1234_567_0>")
+
+    code, err = _run(loading, capsys)
+    assert code == 2 and "shared memory (/dev/shm) ran out" in err and "--num-workers 0" in err
+
+
+def test_a_pretraining_runs_killed_temporaries_go_at_its_next_start(tmp_path):
+    from pretrain.train import pretrain
+    from tests.test_pretrain_train import tiny
+
+    work = tmp_path / "run"
+    pretrain(tiny(2), work, progress=False)
+    left = [work / ".checkpoint_0000004.999999999-0123abcd.tmp.pth", work / "export" / ".backbone.999999999-4567cdef.tmp.pth"]
+    for path in left:
+        path.write_bytes(b"\0" * 4096)
+    result = pretrain(tiny(4), work, resume=True, progress=False)
+    assert result["iterations"] == 4 and not any(p.exists() for p in left)
+    state = torch.load(result["export"]["pth"], weights_only=True)  # the export is whole
+    assert state and all(torch.isfinite(v).all() for v in state.values())
