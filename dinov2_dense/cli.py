@@ -776,6 +776,9 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} is a --video option; these are images")
     sizes: dict[tuple[int, int], str] = {}  # (H, W) of the inputs, from their headers -> a name for messages
     if args.video:
+        from .images import opencv_path
+
+        opencv_path(args.out, "video's output folder")  # (OpenCV writes it by name: before any work)
         vinfo = video_info(args.video)  # a missing or unreadable video (or a folder) stops us here
         if is_still_image(args.video):  # (OpenCV takes it for a one-frame video at 25 fps)
             raise ValueError(f"{args.video}: an image, not a video (one still frame): give it without --video")

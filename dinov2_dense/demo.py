@@ -228,10 +228,9 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    import cv2
+    from .fileio import write_image  # (encoded in memory: OpenCV crashed on a work dir whose name is not UTF-8)
 
-    if not cv2.imwrite(str(path), array):
-        raise OSError(f"{path}: could not be written")
+    write_image(path, array)
 
 
 def eval_depth_command(work: Path, predictions: str) -> str:
@@ -279,13 +278,13 @@ def _name_older_predictions(work: Path) -> None:
 
 
 def _read_prediction(pred_dir: Path, index: int, sample: dict, root: Path) -> np.ndarray:
-    import cv2
+    from .images import ImageError, decode_image  # (from the file's bytes: any name)
 
     path = pred_dir / _prediction_name(sample, root)
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise FileNotFoundError(f"{path}: no prediction for {sample['meta']['path']} (missing or unreadable)")
-    return raw
+    try:
+        return decode_image(path, "unchanged")
+    except (FileNotFoundError, ImageError):
+        raise FileNotFoundError(f"{path}: no prediction for {sample['meta']['path']} (missing or unreadable)") from None
 
 
 def score_predictions(pred_dir: str | Path, scenes: str | Path, task: str) -> dict:

@@ -1119,29 +1119,36 @@ def _decoded_input(source: ImageLike) -> Tensor:
 
 
 class NonfiniteFeaturesError(ValueError):
-    """The backbone gave NaN or infinite features: ``names`` (the images), ``why`` (the likely cause)."""
+    """The backbone gave NaN or infinite features: for the images at ``indices`` of their batch (named by
+    ``names``), ``bad`` of ``total`` values; ``why``: the likely cause."""
 
-    def __init__(self, names: Sequence[str], bad: int, total: int, why: str):
-        self.names, self.bad, self.total, self.why = list(names), bad, total, why
+    def __init__(self, names: Sequence[str], indices: Sequence[int], bad: int, total: int, why: str):
+        self.names, self.indices, self.bad, self.total, self.why = list(names), list(indices), bad, total, why
         shown = ", ".join(self.names[:3]) + (f" and {len(self.names) - 3} more" if len(self.names) > 3 else "")
         super().__init__(f"{shown}: the backbone gave NaN or infinite features ({bad} of {total} values): {why}")
 
-    def named(self, names: Sequence[str]) -> "NonfiniteFeaturesError":
-        """The same error naming ``names`` (a caller that passed decoded arrays knows their files)."""
-        return NonfiniteFeaturesError(names, self.bad, self.total, self.why)
+    def named(self, batch_names: Sequence[str]) -> "NonfiniteFeaturesError":
+        """The same error naming its images by ``batch_names`` (the batch's files, where a caller passed
+        decoded arrays or tensors)."""
+        return NonfiniteFeaturesError([str(batch_names[i]) for i in self.indices], self.indices, self.bad, self.total,
+                                      self.why)
 
 
 def _refuse_nonfinite_features(outputs: list[Tensor], names: list[str], half: bool) -> None:
     """Raise, naming the images, when the backbone gave NaN or infinite features: a diverged or damaged model
     (its weights), or float16 overflow (activations over 65504); features, pca and their maps were NaN with no
-    word (a PCA 'at threshold otsu' found no foreground)."""
-    bad = sum(int((~torch.isfinite(t)).sum()) for t in outputs)
-    if not bad:
+    word (a PCA 'at threshold otsu' found no foreground). ``outputs``: tensors whose first axis is the batch."""
+    nonfinite = [~torch.isfinite(t.reshape(t.shape[0], -1)) for t in outputs]
+    per_image = torch.stack([n.any(1) for n in nonfinite]).any(0)
+    if not bool(per_image.any()):
         return
+    bad = sum(int(n.sum()) for n in nonfinite)
     total = sum(t.numel() for t in outputs)
     why = ("float16 overflows on this model's activations (over 65504): use bfloat16 or float32" if half else
            "its weights are damaged or come from a run that diverged")
-    raise NonfiniteFeaturesError(names, bad, total, why)
+    indices = per_image.nonzero().flatten().tolist()
+    shown = [names[i] if i < len(names) and names[i] else f"image {i}" for i in indices]
+    raise NonfiniteFeaturesError(shown, indices, bad, total, why)
 
 
 def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[int], options: FeatureOptions,

@@ -321,12 +321,18 @@ def opencv_path(path: str | os.PathLike, what: str = "file") -> str:
     it. Images are decoded from their bytes and need no such name."""
     path = os.fspath(path)
     if not _utf8_name(path):
-        raise ImageError(f"{path}: OpenCV cannot open a {what} whose name is not valid UTF-8; rename it "
+        raise ImageError(f"{path}: the name is not valid UTF-8, which OpenCV cannot take for a {what}; rename it "
                          "(e.g. convmv -f latin1 -t utf-8)")
     return path
 
 
 # -- decoding -------------------------------------------------------------------------------
+#: Pillow's modes of the images whose samples OpenCV's colour decode (IMREAD_COLOR) converts itself: unsigned
+#: 8 and 16 bits.
+_OPENCV_COLOUR_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                                  "LAB", "HSV", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
 def _cv2_decode(path: str, flags: int) -> np.ndarray:
     import cv2
 
@@ -362,19 +368,23 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
         return np.ascontiguousarray(sample)
     path = _existing(path)
     image = _pil_open(path)
-    header = None
+    header, pil_mode = None, None
     if image is not None:
         with image:
             header = _header(path, image)  # the limit is checked here, before any pixel is decoded
-    flags = cv2.IMREAD_UNCHANGED if mode == "unchanged" else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    try:
-        array = _cv2_decode(path, flags)
-    except ImageError:
-        if mode != "rgb":
-            raise
-        # OpenCV makes 8-bit colour of 8- and 16-bit samples alone (float and 32-bit TIFF): those are
-        # decoded as stored and converted below as every other reader converts them
-        array = _cv2_decode(path, cv2.IMREAD_UNCHANGED)
+            pil_mode = image.mode
+    color = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    array = None
+    if mode == "rgb" and pil_mode not in _OPENCV_COLOUR_MODES:
+        # OpenCV makes 8-bit colour of unsigned 8- and 16-bit samples alone: it refused float TIFFs and turned
+        # signed ones' -1 brighter than 32767. Samples of another kind (Pillow does not know them, or knows them
+        # as signed, 32-bit or float) are decoded as stored and converted below as every other reader converts
+        # them (features refuses negative values); unsigned ones go to OpenCV's conversion, as all others do
+        stored = _cv2_decode(path, cv2.IMREAD_UNCHANGED)
+        if stored.dtype not in (np.uint8, np.uint16):
+            array = stored
+    if array is None:
+        array = _cv2_decode(path, cv2.IMREAD_UNCHANGED if mode == "unchanged" else color)
     if header is None:
         check_pixels(path, *array.shape[:2])
     elif tuple(array.shape[:2]) != header.stored_size:

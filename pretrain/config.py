@@ -158,6 +158,10 @@ def resolve(user: dict[str, Any] | None, source: str = "config") -> dict[str, di
     return cfg
 
 
+#: The largest float32: settings become float32 tensors (a learning rate of 1e40 overflowed).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_kind(default: Any, value: Any, key: str, source: str) -> None:
     """A value of the kind of its default: true or false for a flag, a number for a number."""
     if isinstance(default, bool) and not isinstance(value, bool):
@@ -165,8 +169,10 @@ def _check_kind(default: Any, value: Any, key: str, source: str) -> None:
     if isinstance(default, Number) and not isinstance(default, bool):
         if not isinstance(value, Number) or isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r}: expected a number")
-        if not math.isfinite(value):  # (inf passed "> 0": a temperature of inf made every target uniform)
-            raise ConfigError(f"{source}: {key} = {value!r}: expected a finite number")
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # (inf passed "> 0": a temperature of inf made
+            # every target uniform; 1e40 overflowed a float32 tensor, an internal error)
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a finite number (float32's range: within "
+                              "+-3.4e38)")
 
 
 def _check(cfg: dict, source: str) -> None:

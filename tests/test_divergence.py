@@ -43,12 +43,47 @@ def test_train_stops_at_a_diverged_step_and_saves_no_nan_head(tmp_path, capsys):
     assert main(["train", str(SEG_CFG), "--work-dir", str(work), "--cfg-options",
                  *(f"{k}={v}" for k, v in opts.items())]) == 2
     line = _error(capsys, "train")
-    assert re.search(r"the loss is (nan|inf) at iteration \d+ \(loss_\w+ (nan|inf)\); stopped before this step"
-                     r"|trained tensor\(s\) hold NaN or infinite values after iteration \d+", line), line
+    assert re.search(r"the loss is (nan|inf) at iteration \d+ \(loss_\w+ (nan|inf)\); stopped before this step",
+                     line), line
     assert "optim_wrapper.optimizer.lr" in line
     for ckpt in work.glob("iter_*.pth"):  # whatever was saved before the stop is finite
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         assert not nonfinite_keys(state), ckpt
+
+
+def test_the_loss_check_names_the_iteration_and_the_terms():
+    from mmengine.logging import MessageHub
+
+    from dinov2_dense.engine.model import DenseModel, TrainingDiverged
+
+    MessageHub.get_current_instance().update_info("iter", 6)
+    model = DenseModel.__new__(DenseModel)  # parse_losses reads no attribute of the model
+    loss, logged = DenseModel.parse_losses(model, {"loss_ce": torch.tensor(0.7), "loss_grad": torch.tensor(0.1)})
+    assert float(loss) == pytest.approx(0.8)
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at iteration 7 \(loss_ce 0.7, loss_grad nan\)"):
+        DenseModel.parse_losses(model, {"loss_ce": torch.tensor(0.7), "loss_grad": torch.tensor(math.nan)})
+
+
+def test_the_save_check_refuses_nan_trained_weights_and_statistics_and_leaves_a_frozen_backbone_alone():
+    from dinov2_dense.engine.model import TrainingDiverged
+    from dinov2_dense.engine.runner import _refuse_diverged
+
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Linear(2, 2).requires_grad_(False)
+    model.head = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 3))
+    with torch.no_grad():
+        model.backbone.weight.fill_(math.nan)  # frozen: not this run's doing, and not in its checkpoint's head
+    _refuse_diverged(model, "iter_2.pth")
+    with torch.no_grad():
+        model.head[0].running_var.fill_(math.inf)
+    with pytest.raises(TrainingDiverged, match=r"1 trained tensor\(s\) hold NaN or infinite values \(head.0.running_var"
+                                               r"\); stopped before writing iter_2.pth"):
+        _refuse_diverged(model, "iter_2.pth")
+    model.head[0].running_var.fill_(1.0)
+    with torch.no_grad():
+        model.head[1].weight[0, 0] = math.nan
+    with pytest.raises(TrainingDiverged, match=r"\(head.1.weight\)"):
+        _refuse_diverged(model, "iter_2.pth")
 
 
 def test_amp_optim_wrapper_on_the_cpu_is_a_config_error(tmp_path, capsys):
@@ -82,11 +117,19 @@ def test_a_diverged_last_pretraining_step_is_not_exported(tmp_path, capsys):
     assert not (work / "export").exists()
 
 
-@pytest.mark.parametrize("key", ["teacher.teacher_temp", "optim.base_lr", "dino.loss_weight"])
-def test_pretraining_numbers_must_be_finite(key):
+@pytest.mark.parametrize("key, value", [("teacher.teacher_temp", math.inf), ("optim.base_lr", math.nan),
+                                        ("dino.loss_weight", math.inf), ("optim.base_lr", 1e40)])
+def test_pretraining_numbers_must_be_finite_in_float32(key, value):
     section, name = key.split(".")
-    with pytest.raises(ConfigError, match=rf"{re.escape(key)} = inf: expected a finite number"):
-        resolve(tiny(1, **{section: {name: math.inf}}))
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} = {re.escape(repr(value))}: expected a finite number"):
+        resolve(tiny(1, **{section: {name: value}}))
+
+
+def test_a_learning_rate_beyond_float32_is_a_config_error(tmp_path, capsys):
+    assert main(["train", str(SEG_CFG), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 "optim_wrapper.optimizer.lr=1e45"]) == 2
+    assert "optim_wrapper.optimizer.lr = 1e+45: expected a positive number (within float32's range" in \
+        _error(capsys, "train")
 
 
 def test_nan_features_are_refused_naming_the_image(tmp_path):
@@ -133,3 +176,40 @@ def test_predict_refuses_nan_outputs():
         predictor.decode_head.conv_seg.weight.fill_(math.nan)
     with pytest.raises(ValueError, match=r"predict\(\): the model gave NaN or infinite outputs .* diverged"):
         predictor.predict(image)
+
+
+def test_only_the_images_whose_features_are_nan_are_named():
+    from dinov2_dense.features import _refuse_nonfinite_features
+
+    maps, cls = torch.zeros(4, 8, 2, 3), torch.zeros(4, 8)
+    maps[2, 0, 1, 1] = math.inf
+    cls[3, 5] = math.nan
+    with pytest.raises(NonfiniteFeaturesError, match=r"^c.png, d.png: .*\(2 of 224 values\): float16") as raised:
+        _refuse_nonfinite_features([maps, cls], ["a.png", "b.png", "c.png", "d.png"], half=True)
+    assert raised.value.indices == [2, 3] and raised.value.named(["w", "x", "y", "z"]).names == ["y", "z"]
+    with pytest.raises(NonfiniteFeaturesError, match=r"^image 2, image 3: "):  # a batch tensor's images
+        _refuse_nonfinite_features([maps, cls], [""], half=False)
+
+
+def _folder(root: Path, n: int = 2) -> Path:
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (28, 28), (40 * i, 80, 120)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_knn_and_curate_name_the_files_whose_features_are_nan(tmp_path):
+    from dinov2_dense.evaluation.knn import folder_features
+    from pretrain.curation.store import embed_images
+
+    model = tiny_vit().eval()
+    with torch.no_grad():
+        model.norm.weight.fill_(math.nan)
+    root = _folder(tmp_path / "pool")
+    with pytest.raises(NonfiniteFeaturesError, match=rf"^{re.escape(str(root / 'a' / '0.png'))}, "):
+        folder_features(model, root, size=28, progress=False)
+    with pytest.raises(NonfiniteFeaturesError, match=rf"^{re.escape(str(root / 'a' / '0.png'))}, "):
+        embed_images(model, root, tmp_path / "store", size=28, progress=False)

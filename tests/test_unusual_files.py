@@ -62,11 +62,14 @@ def test_video_by_such_a_name_is_refused_in_one_line(tmp_path, capfd):
     """OpenCV opens videos by their name alone: refused, naming the file, where the process crashed.
     (capfd: the line holds the name's byte, which capsys's reading back cannot decode.)"""
     name = _latin1_file(tmp_path, ".avi", b"\0" * 64)
-    with pytest.raises(images.ImageError, match="not valid UTF-8; rename it"):
+    with pytest.raises(images.ImageError, match="not valid UTF-8, which OpenCV cannot take for a video; rename it"):
         images.opencv_path(name, "video")
     assert images.opencv_path(str(tmp_path / "café.avi")) == str(tmp_path / "café.avi")
     assert main(["pca", "--video", name, "--model", "dinov2_dense_tiny", "--out", str(tmp_path / "v")]) == 2
     assert "not valid UTF-8" in capfd.readouterr().err
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/out_" + LATIN1)  # a video is written by its name too
+    assert main(["pca", "--video", str(tmp_path / "x.avi"), "--model", "dinov2_dense_tiny", "--out", out]) == 2
+    assert "cannot take for a video's output folder" in capfd.readouterr().err
 
 
 def test_lists_of_names_that_are_not_utf8_name_the_same_files(tmp_path):
@@ -112,6 +115,41 @@ def test_tiff_samples_cvtcolor_does_not_take_are_read_in_rgb_order(tmp_path, dty
     assert decoded.dtype == dtype
     np.testing.assert_array_equal(decoded, stored)
     np.testing.assert_allclose(load_image(path), to_rgb_float(stored), atol=0)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_signed_tiffs_reach_the_data_sets_as_features_sees_them(tmp_path, channels):
+    """OpenCV's colour decode made -1 brighter than 32767 (128, 244, 255, 0, ... for -32768, -3000, -1, 0):
+    negative samples are refused by every reader now, non-negative ones read alike."""
+    values = np.array([-32768, -3000, -1, 0, 255, 256, 3000, 25500, 32767], np.int16)
+    ok, tif = cv2.imencode(".tif", np.repeat(values.reshape(3, 3, 1), channels, axis=2).squeeze())
+    (tmp_path / "signed.tif").write_bytes(tif.tobytes())
+    with pytest.raises(DataError, match=r"signed\.tif: integer image values span \[-32768, 32767\]"):
+        read_image(tmp_path / "signed.tif")
+    with pytest.raises(ValueError, match=r"signed\.tif: integer image values span \[-32768, 32767\]"):
+        load_image(tmp_path / "signed.tif")
+    stored = (_photo().astype(np.int16) * 100)[..., :channels]
+    ok, tif = cv2.imencode(".tif", np.ascontiguousarray(stored[..., ::-1]))
+    (tmp_path / "positive.tif").write_bytes(tif.tobytes())
+    np.testing.assert_array_equal(read_image(tmp_path / "positive.tif"),
+                                  (load_image(tmp_path / "positive.tif") * 255 + 0.5).astype(np.uint8))
+
+
+def test_a_list_in_another_encoding_is_refused_naming_it(tmp_path):
+    """Its non-ASCII names name no file: every such image was skipped as missing, and the run went on."""
+    from pretrain.curation.store import CurationError, _list_images
+    from pretrain.data.datasets import ImageFiles
+
+    ok, png = cv2.imencode(".png", _photo())
+    (tmp_path / "café.png").write_bytes(png.tobytes())
+    (tmp_path / "plain.png").write_bytes(png.tobytes())
+    (tmp_path / "latin1.txt").write_bytes("plain.png\ncafé.png\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.txt: .*caf\\udce9\.png' is not UTF-8 and names no file"):
+        ImageFiles.from_list_file(tmp_path / "latin1.txt")
+    with pytest.raises(CurationError, match=r"latin1\.txt: .* is not UTF-8 and names no file"):
+        _list_images(tmp_path / "latin1.txt")
+    (tmp_path / "utf8.txt").write_text("plain.png\ncafé.png\n", encoding="utf-8")
+    assert len(ImageFiles.from_list_file(tmp_path / "utf8.txt").paths) == 2
 
 
 def test_values_no_reader_takes_are_refused_naming_the_file(tmp_path):
@@ -185,4 +223,9 @@ def test_a_broken_link_among_the_images_is_named_as_such(tmp_path):
     cv2.imwrite(str(tmp_path / "masks" / "a.png"), np.zeros((42, 56), np.uint8))
     os.symlink(tmp_path / "gone.jpg", tmp_path / "images" / "b.jpg")
     with pytest.raises(DataError, match=r"b\.jpg: a broken link \(to .*gone\.jpg\), no such image file"):
+        FolderSegmentationDataset(tmp_path, num_classes=2)
+    os.unlink(tmp_path / "images" / "b.jpg")
+    (tmp_path / "images" / "b.png").write_bytes(png.tobytes())
+    os.symlink(tmp_path / "gone.png", tmp_path / "masks" / "b.png")  # and among the masks
+    with pytest.raises(DataError, match=r"masks/b\.png: the mask of .*images/b\.png is a broken link \(to .*gone"):
         FolderSegmentationDataset(tmp_path, num_classes=2)

@@ -292,11 +292,14 @@ def _pairs_by_stem(images: list[Path], target_dir: Path, suffixes: Sequence[str]
     samples of one target: refused, naming both."""
     items, seen = [], {}
     found: dict[tuple[str, str], list[str]] = {}  # (stem, suffix in lower case) -> the target files' names
+    broken: dict[str, str] = {}  # stem -> the name of a link to nothing
     with os.scandir(target_dir) as entries:  # (one listing, not a stat per image and suffix)
         for entry in entries:
+            name = Path(entry.name)
             if entry.is_file():
-                name = Path(entry.name)
                 found.setdefault((name.stem, name.suffix.lower()), []).append(entry.name)
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                broken[name.stem] = entry.name
     for img in images:
         if img.stem in seen:
             raise DataError(f"{seen[img.stem]} and {img}: two images of one name, which would share the {what} "
@@ -311,6 +314,9 @@ def _pairs_by_stem(images: list[Path], target_dir: Path, suffixes: Sequence[str]
                 items.append(Item(img, target_dir / names[0]))
                 break
         else:
+            if img.stem in broken:
+                link = target_dir / broken[img.stem]
+                raise DataError(f"{link}: the {what} of {img} is a broken link (to {os.readlink(link)})")
             names = " or ".join(str(target_dir / (img.stem + s)) for s in suffixes)
             raise DataError(f"{img}: no {what} for this image (looked for {names}, in any case)")
     return items

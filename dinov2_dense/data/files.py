@@ -55,6 +55,19 @@ def list_file_entries(text: str) -> list[str]:
     return entries
 
 
+def check_list_encoding(list_file: str | os.PathLike, paths: list[str]) -> None:
+    """Refuse a list of image paths in another encoding than UTF-8 (Latin-1, say): its non-ASCII names come out
+    with bytes that are not UTF-8, which name no file, and every such image would be skipped as missing. A
+    name of such bytes that does name a file (``curate``'s list of a pool whose names are not UTF-8) is fine."""
+    for i, name in enumerate(paths):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            if not os.path.lexists(name):
+                raise DataError(f"{list_file}: {name!r} is not UTF-8 and names no file: save the list as UTF-8 "
+                                "(e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def _decode(path: Path, mode: str) -> np.ndarray:
     try:
         return decode_image(path, mode)

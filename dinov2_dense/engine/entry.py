@@ -528,8 +528,9 @@ def validate_config(cfg, source: str, train: bool) -> None:
                     "default_hooks.checkpoint.interval", "default_hooks.logger.interval"):
             _check_int(cfg, key, 1, errors, source)
         lr = _get(cfg, "optim_wrapper.optimizer.lr")
-        if lr is not None and (not isinstance(lr, Number) or not math.isfinite(lr) or lr <= 0):
-            errors.append(f"optim_wrapper.optimizer.lr = {lr!r}: expected a positive number")
+        if lr is not None and (not isinstance(lr, Number) or not math.isfinite(lr) or lr <= 0 or lr > 3.4e38):
+            errors.append(f"optim_wrapper.optimizer.lr = {lr!r}: expected a positive number (within float32's "
+                          "range, 3.4e38)")
         if _get(cfg, "optim_wrapper.type") in ("AmpOptimWrapper", "mmengine.AmpOptimWrapper"):
             from mmengine.device import get_device
 

@@ -534,7 +534,7 @@ def _json_tags(tags: dict):
     return LoggerHook._process_tags(plain(tags))
 
 
-def _refuse_diverged(model: torch.nn.Module, iteration: int, filename: str) -> None:
+def _refuse_diverged(model: torch.nn.Module, filename: str) -> None:
     """Refuse to save weights that training made NaN or infinite (a step on an infinite gradient from a finite
     loss; the next loss, NaN, would stop the run, but the checkpoint would hold them): the trained parameters
     and the buffers outside the backbone (BatchNorm statistics)."""
@@ -546,9 +546,9 @@ def _refuse_diverged(model: torch.nn.Module, iteration: int, filename: str) -> N
             and not bool(torch.isfinite(t).all())]
     if bad:
         shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-        raise TrainingDiverged(f"{len(bad)} trained tensor(s) hold NaN or infinite values after iteration {iteration} "
-                               f"({shown}); stopped before writing {filename}: lower optim_wrapper.optimizer.lr (or "
-                               "set optim_wrapper.clip_grad), or check the data")
+        raise TrainingDiverged(f"{len(bad)} trained tensor(s) hold NaN or infinite values ({shown}); stopped before "
+                               f"writing {filename}: lower optim_wrapper.optimizer.lr (or set optim_wrapper.clip_grad), "
+                               "or check the data")
 
 
 class DenseRunner(Runner):
@@ -720,7 +720,7 @@ class DenseRunner(Runner):
         from mmengine.dist import is_main_process
 
         sync_norm_stats(self.model)  # every process takes part: the file holds the statistics validation uses
-        _refuse_diverged(self.model, self.iter, filename)  # (the processes' replicas are equal: all stop)
+        _refuse_diverged(self.model, filename)  # (the processes' replicas are equal: all stop)
         if not is_main_process():  # mmengine writes from the main process only
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
         with atomic_path(Path(out_dir) / filename) as tmp:

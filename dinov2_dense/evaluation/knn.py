@@ -514,8 +514,8 @@ def folder_features(
 
     import numpy as np
 
-    from ..features import (HostCopy, batch_parts, check_on_grid, extract_features, join_parts, map_in_workers,
-                            to_model_input)
+    from ..features import (HostCopy, NonfiniteFeaturesError, batch_parts, check_on_grid, extract_features, join_parts,
+                            map_in_workers, to_model_input)
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -541,8 +541,12 @@ def folder_features(
     in_flight: list = []  # the last batch's pooled features on their way here (HostCopy)
 
     def run() -> None:
-        feats = extract_features(model, join_parts(batch, torch.float32), fit="resize", autocast=autocast,
-                                 progress=False)
+        rows = sum(int(b.shape[0]) for b in batch)  # the batch's images: the last ones kept
+        try:
+            feats = extract_features(model, join_parts(batch, torch.float32), fit="resize", autocast=autocast,
+                                     progress=False)
+        except NonfiniteFeaturesError as exc:
+            raise exc.named(kept[len(kept) - rows:]) from None
         in_flight.append(HostCopy(pool_features(feats, pooling).float()))
         if len(in_flight) == 2:  # the previous batch is read back while this one runs on the device
             pooled.append(in_flight.pop(0).wait().clone())

@@ -212,7 +212,7 @@ def _one_a_line(paths: list[str]) -> list[str]:
 
 
 def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    from dinov2_dense.data.files import IMAGE_EXTENSIONS, image_files_below, list_file_entries
+    from dinov2_dense.data.files import IMAGE_EXTENSIONS, check_list_encoding, image_files_below, list_file_entries
 
     if not isinstance(spec, (str, os.PathLike)):
         return _once([os.path.abspath(p) for p in spec], "the list of images")
@@ -230,7 +230,12 @@ def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
         entries = list_file_entries("\n".join(_read_names(path)))
         if not entries:
             raise CurationError(f"{path}: the list names no images (one path a line; # starts a comment)")
-        return _once([os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries], str(path))
+        found = [os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries]
+        try:
+            check_list_encoding(path, found)
+        except ValueError as exc:
+            raise CurationError(str(exc)) from None
+        return _once(found, str(path))
     if any(c in text for c in "*?["):
         found = sorted(os.path.abspath(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p))
         if not found:
@@ -748,7 +753,7 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], stats: n
     from tqdm.auto import tqdm
 
     from dinov2_dense.evaluation.knn import pool_features
-    from dinov2_dense.features import HostCopy, extract_features, join_parts, to_model_input
+    from dinov2_dense.features import HostCopy, NonfiniteFeaturesError, extract_features, join_parts, to_model_input
 
     device = next(model.parameters()).device
     show = progress if progress is not None else count > batch_size
@@ -789,7 +794,10 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], stats: n
                     batch.append(to_model_input(x, device))
                 if ends and batch:
                     x = join_parts(batch, carry)
-                    feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
+                    try:
+                        feats = extract_features(model, x, fit="resize", autocast=autocast, progress=False)
+                    except NonfiniteFeaturesError as exc:
+                        raise exc.named([paths[r] for r in batch_rows]) from None
                     pooled = HostCopy(pool_features(feats, pooling).float())
                     store_in_flight()  # the previous batch, while this one runs on the device
                     in_flight.append((batch_rows, pooled))

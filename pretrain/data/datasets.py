@@ -42,7 +42,8 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from dinov2_dense.data.files import IMAGE_EXTENSIONS, DataError, image_files_below, list_file_entries
+from dinov2_dense.data.files import (IMAGE_EXTENSIONS, DataError, check_list_encoding, image_files_below,
+                                     list_file_entries)
 from dinov2_dense.data.synthetic import SceneConfig, _config, check_memory, class_names, generate_scene, scene_seed
 from dinov2_dense.fileio import read_names_text
 from dinov2_dense.images import SAMPLE_PREFIX, decode_image
@@ -127,6 +128,7 @@ class ImageFiles:
         if not entries:
             raise DataError(f"{path}: the list names no images (one path a line; # starts a comment)")
         paths = [e if e.startswith(SAMPLE_PREFIX) or os.path.isabs(e) else str(path.parent / e) for e in entries]
+        check_list_encoding(path, paths)
         return cls(paths, name=str(path))
 
     @classmethod
