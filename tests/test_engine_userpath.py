@@ -352,6 +352,15 @@ def test_test_keeps_the_training_runs_config_copy(scenes, tmp_path, monkeypatch)
     assert any("load_from" in p.read_text() and str(work / "iter_1.pth") in p.read_text() for p in tested)
 
 
+def test_test_says_that_fp16_on_the_cpu_is_bfloat16(scenes, trained, tmp_path, capsys):
+    """mmengine's autocast computes bfloat16 on the CPU for test_cfg.fp16 (a reviewer saw mIoU 36.3570 against
+    36.5177 in float32, with no word)."""
+    roots = [f"{s}_dataloader.dataset.root={scenes / 'ade'}" for s in ("train", "val", "test")]
+    assert main(["test", str(SEG_CFG), str(trained / "iter_2.pth"), "--work-dir", str(tmp_path / "t"),
+                 "--cfg-options", *roots, "test_cfg.fp16=True"]) == 0
+    assert "note: test_cfg.fp16 on the CPU: mmengine's autocast computes in bfloat16 there" in capsys.readouterr().out
+
+
 def test_resume_past_max_iters_says_nothing_is_trained(scenes, trained, tmp_path, capsys, monkeypatch):
     """... and loads no training batch: mmengine's loop advanced its data by every trained iteration,
     decoding each batch again to train nothing (and logged 'Advance dataloader 2 steps')."""

@@ -900,6 +900,12 @@ def run_test(args: argparse.Namespace) -> int:
             cfg.test_dataloader.persistent_workers = False  # torch refuses persistent workers without workers
     cfg.load_from = args.checkpoint
     cfg.resume = False  # a config's resume=True would test the work dir's newest checkpoint, not this one
+    if (cfg.get("test_cfg") or {}).get("fp16") and _rank() == 0:
+        from mmengine.device import get_device
+
+        if get_device() == "cpu":  # (mmengine's autocast takes bfloat16 there, with no word)
+            print("note: test_cfg.fp16 on the CPU: mmengine's autocast computes in bfloat16 there (float16 is for "
+                  "GPUs)")
     cfg.partial_load = bool(getattr(args, "partial_load", False))
     cfg.other_backbone = bool(getattr(args, "other_backbone", False))
     protect = [args.config, args.checkpoint] + [str(r) for r in _dataset_roots(cfg)]
