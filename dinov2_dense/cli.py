@@ -1762,8 +1762,7 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
         if isinstance(exc, StartRefused):  # another process refused the start; its error is its own line
             print(f"{prog}: {exc}", file=sys.stderr)
         elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-            print(f"{prog}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --batch-size, "
-                  "--size or --tile", file=sys.stderr)
+            _out_of_memory(prog, exc)
         else:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -1774,6 +1773,13 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             # or mmengine's config formatting (every checkpoint save) turned the interrupt into a SyntaxError
             # (any other error while unwinding is a failed clean-up, reported as a bug)
             return interrupted(interrupt)
+        if isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc):
+            if debug:  # (torch's CPU allocator raises RuntimeError, not MemoryError)
+                import traceback
+
+                traceback.print_exc()
+            _out_of_memory(prog, exc)
+            return 2
         if _shared_memory_full(exc):
             if debug:
                 import traceback
@@ -1804,6 +1810,14 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
             return exc
         exc = exc.__context__
     return None
+
+
+def _out_of_memory(prog: str, exc: BaseException) -> None:
+    text = _one_line(exc)
+    if "you tried to allocate" in text:  # torch's CPU allocator: the size, not its C++ location
+        text = "tried to allocate" + text.split("you tried to allocate", 1)[1]
+    print(f"{prog}: error: out of memory ({text[:200]}); try a smaller --batch-size, --size or --tile",
+          file=sys.stderr)
 
 
 def _shared_memory_full(exc: BaseException) -> bool:

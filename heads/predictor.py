@@ -236,7 +236,10 @@ class DensePredictor(nn.Module):
             count_y[y1:y2] += 1
         for x1, x2 in {(x1, x2) for _, _, x1, x2 in windows}:
             count_x[x1:x2] += 1
-        resize_y, resize_x = _resize_matrix(h, out_size[0], device), _resize_matrix(w, out_size[1], device)
+        # the final resize along each axis, as (input length, output length): its weights are made for the block
+        # a window reaches alone (a whole (out, in) matrix grew with the square of the image's side: +3 GB for a
+        # 12,000-pixel panorama)
+        resize_y, resize_x = (h, out_size[0]), (w, out_size[1])
         source_y, source_x = _source_rows(h, out_size[0]), _source_rows(w, out_size[1])
         out, factors = None, {}
         for i in range(0, len(windows), crop_batch_size):
@@ -424,6 +427,25 @@ def _resize_matrix(n: int, m: int, device) -> Tensor:
     return F.interpolate(eye, size=m, mode="linear", align_corners=False)[0].T.contiguous()
 
 
+def _resize_block(n: int, m: int, rows: tuple[int, int], cols: tuple[int, int], device) -> Tensor:
+    """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of :func:`_resize_matrix` ``(n, m)``, made alone
+    from the kernel's formula (torch's: source ``scale * (i + 0.5) - 0.5`` clamped at 0, its floor and the next
+    pixel, the last repeated), in float64."""
+    first, last = rows
+    a, b = cols
+    i = torch.arange(first, last, dtype=torch.float64)
+    src = ((n / m) * (i + 0.5) - 0.5).clamp_(min=0)
+    i0 = src.floor().long()
+    l1 = (src - i0).clamp_(0, 1)
+    i1 = torch.where(i0 < n - 1, i0 + 1, i0)
+    block = torch.zeros(last - first, b - a, dtype=torch.float64)
+    row = torch.arange(last - first)
+    for index, weight in ((i0, 1 - l1), (i1, l1)):
+        inside = (index >= a) & (index < b)
+        block.index_put_((row[inside], index[inside] - a), weight[inside], accumulate=True)
+    return block.to(device)
+
+
 def _source_rows(n: int, m: int) -> Tensor:
     """(m,) int64 on the CPU: the first of the two input pixels each output pixel of the 1-D bilinear
     resize n -> m (align_corners=False) reads (torch's source index, clamped at 0, rounded down)."""
@@ -431,21 +453,22 @@ def _source_rows(n: int, m: int) -> Tensor:
     return src.floor_().long()
 
 
-def _window_factor(resize: Tensor, count: Tensor, source: Tensor, a: int, b: int, length: int,
+def _window_factor(resize: tuple[int, int], count: Tensor, source: Tensor, a: int, b: int, length: int,
                    grid: int) -> tuple[int, Tensor]:
     """(first output index, (k, grid) float32 matrix) taking a window's head output along one axis
     (``grid`` values, upsampled to ``length`` = b - a input pixels) to the k output pixels the
-    window reaches, divided by the windows covering each input pixel.
+    window reaches, divided by the windows covering each input pixel; ``resize``: the final resize's
+    (input, output) lengths along that axis.
 
     The output pixels reached are found on the host from ``source`` (:func:`_source_rows`), one
     pixel wider on each side than the resize's two taps for safety (their rows are zeros), so that
     no value is read back from the device: a read would wait for the backbone's queued work."""
-    up = _resize_matrix(grid, length, resize.device)  # (length, grid)
+    up = _resize_matrix(grid, length, count.device)  # (length, grid)
     reached = torch.nonzero((source + 2 >= a) & (source - 1 < b)).flatten()
     if len(reached) == 0:
-        return 0, resize.new_zeros((0, grid), dtype=torch.float32)
+        return 0, count.new_zeros((0, grid), dtype=torch.float32)
     first, last = int(reached[0]), int(reached[-1]) + 1
-    full = (resize[first:last, a:b] / count[a:b]) @ up  # (k, grid)
+    full = (_resize_block(*resize, (first, last), (a, b), count.device) / count[a:b]) @ up  # (k, grid)
     return first, full.float()
 
 

@@ -254,7 +254,7 @@ def _images(folder: Path, n: int, broken: bool = True) -> Path:
     return folder
 
 
-def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch):
+def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch, capsys):
     import dinov2_dense.features as features
 
     folder = _images(tmp_path / "imgs", 11)
@@ -288,6 +288,10 @@ def test_interrupted_embedding_resumes_without_recomputing(tmp_path, monkeypatch
     seen[:] = []
     again = embed_images(model, folder, tmp_path / "run", size=28, batch_size=3, progress=False)
     assert seen == [] and again.names == store.names  # finished: nothing recomputed
+    capsys.readouterr()
+    embed_images(model, folder, tmp_path / "run", size=28, batch_size=3)  # as curate calls it: it says so
+    assert seen == [] and "the 12 image(s) are unchanged since they were embedded: the store is used as it is" \
+        in capsys.readouterr().err
     # images decoded in two DataLoader worker processes: the same rows, names and unreadable list
     workers = embed_images(model, folder, tmp_path / "workers", size=28, batch_size=3, progress=False, num_workers=2)
     assert workers.names == reference.names and workers.unreadable == reference.unreadable

@@ -378,3 +378,33 @@ def test_views_of_8bit_images_are_resized_in_8_bits_as_mmseg_does():
         torch.testing.assert_close(mixed[:1], model.predict(x[:1], scales=scales, flip=True), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(mixed[1:], model.predict(y[1:], scales=scales, flip=True), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(mixed[:1], got[:1], atol=1e-6, rtol=1e-5)
+
+
+def test_slide_to_another_size_builds_no_matrix_of_the_images_side(monkeypatch):
+    """The final resize's weights are made for the block each window reaches: a whole (out, in) float64
+    matrix per axis (and the identity it was made from) grew with the square of the image's long side,
+    +3 GB for a 12,000-pixel panorama (a review), where the docstring promises memory bounded by the crops
+    and the output map."""
+    import heads.predictor as predictor
+
+    sizes = []
+    made = predictor._resize_matrix
+    monkeypatch.setattr(predictor, "_resize_matrix", lambda n, m, device: sizes.append((n, m)) or made(n, m, device))
+    model = seg_model()
+    x = torch.randn(1, 3, 42, 300)
+    out = model.predict(x, mode="slide", crop_size=42, stride=28, out_size=(40, 290))
+    assert out.shape == (1, 5, 40, 290) and sizes and max(n for n, _ in sizes) <= 42, sizes
+
+
+def test_a_resize_block_is_the_block_of_the_whole_resize_matrix():
+    from heads.predictor import _resize_block, _resize_matrix
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n, m = (int(v) for v in torch.randint(1, 200, (2,), generator=gen))
+        first = int(torch.randint(0, m, (1,), generator=gen))
+        last = int(torch.randint(first + 1, m + 1, (1,), generator=gen))
+        a = int(torch.randint(0, n, (1,), generator=gen))
+        b = int(torch.randint(a + 1, n + 1, (1,), generator=gen))
+        torch.testing.assert_close(_resize_block(n, m, (first, last), (a, b), "cpu"),
+                                   _resize_matrix(n, m, "cpu")[first:last, a:b], atol=1e-12, rtol=0)

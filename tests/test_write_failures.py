@@ -118,3 +118,15 @@ def test_a_pretraining_runs_killed_temporaries_go_at_its_next_start(tmp_path):
     assert result["iterations"] == 4 and not any(p.exists() for p in left)
     state = torch.load(result["export"]["pth"], weights_only=True)  # the export is whole
     assert state and all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_running_out_of_memory_in_torchs_allocator_is_one_line(capsys):
+    """torch's CPU allocator raises RuntimeError, not MemoryError: a --size 20000 with --tile was exit 1 and
+    "internal error" (a review)."""
+    def allocating(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 25600080000 bytes. Error code 12 (Cannot allocate memory)")
+
+    code, err = _run(allocating, capsys)
+    assert code == 2 and "error: out of memory (tried to allocate 25600080000 bytes" in err
+    assert "--size or --tile" in err and "internal error" not in err

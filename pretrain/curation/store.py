@@ -539,8 +539,11 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
                     _say_settings(out, done, settings, n)
                 else:
                     partial = _refresh(out, paths, d, settings, stats, chunk, _raised(_limit_recorded(done), limit))
-                    if partial is None:
-                        return load_embeddings(out)  # finished with the same inputs, files, settings and limit
+                    if partial is None:  # finished with the same inputs, files, settings and limit
+                        if progress is not False:
+                            print(f"{out}: the {n} image(s) are unchanged since they were embedded: the store is "
+                                  "used as it is", file=sys.stderr)
+                        return load_embeddings(out)
         if partial is None:
             if (out / "partial.json").is_file():
                 warnings.warn(f"{out}: an interrupted embedding run with other inputs or settings is there; "
