@@ -787,7 +787,7 @@ def _embed(model: torch.nn.Module, loader, out: Path, paths: list[str], stats: n
     batch_rows: list[int] = []  # the readable rows of the batch being gathered, and their images on the device
     batch: list[Tensor] = []
     try:
-        with torch.no_grad(), tqdm(total=count, desc=f"embedding {out.name}", unit="img", disable=not show) as bar:
+        with torch.no_grad(), tqdm(total=count, desc="embedding images", unit="img", disable=not show) as bar:
             for (where, x, bad), ends in zip(*loader):
                 for i, reason in bad:  # missing, corrupt, unknown format, over the pixel limit: listed, never fatal
                     reasons[i] = reason
