@@ -1786,8 +1786,9 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
 
                 traceback.print_exc()
             print(f"{prog}: error: shared memory (/dev/shm) ran out: the data loading workers hand their images "
-                  "over through it; run with --num-workers 0 (num_workers=0 in a config), or give the machine more "
-                  "(docker run --shm-size 8g)", file=sys.stderr)
+                  "over through it; run with --num-workers 0 (in a config: *_dataloader.num_workers=0, or "
+                  "train.num_workers=0 for pretraining), or give the machine more (docker run --shm-size 8g)",
+                  file=sys.stderr)
             return 2
         if _peer_failed(exc) and not debug:
             print(f"{prog}: stopped: another process of this distributed run ended (its error is above where it "

@@ -50,13 +50,13 @@ _WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", 
 _FULL_DISK_HINT = " (free some space or write elsewhere)"
 
 #: A writer that is not Python's reports a failed write in its own exception, not an OSError: safetensors
-#: ("No space left on device (os error 28)"), torch.save's zip writer ("unexpected pos 1005888 vs 1005776",
-#: a short write, or "PytorchStreamWriter failed writing file").
+#: ("No space left on device (os error 28)"), torch.save's zip writer ("unexpected pos 1005888 vs 1005776", a
+#: short write with no errno: most likely a full disk, or a file size limit).
 _FOREIGN_WRITE_ERRORS = (
-    (errno.ENOSPC, re.compile(r"No space left on device|os error 28")),
-    (errno.EFBIG, re.compile(r"File too large|os error 27")),
-    (getattr(errno, "EDQUOT", 122), re.compile(r"Disk quota exceeded|os error 122")),
-    (errno.EIO, re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing")),
+    (errno.ENOSPC, re.compile(r"No space left on device")),
+    (errno.EFBIG, re.compile(r"File too large")),
+    (getattr(errno, "EDQUOT", 122), re.compile(r"Disk quota exceeded")),
+    (errno.ENOSPC, re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing|file write failed")),
 )
 
 
@@ -65,11 +65,15 @@ def _foreign_write_error(exc: BaseException) -> OSError | None:
     if isinstance(exc, OSError) or not isinstance(exc, Exception):
         return None
     text = str(exc)
-    for code, pattern in _FOREIGN_WRITE_ERRORS:
+    if "DataLoader worker" in text or "</torch_" in text or "shared memory" in text.lower():
+        return None  # a decoding worker's full /dev/shm, while the output was being written: not the output's
+    if code := re.search(r"\(os error (\d+)\)", text):  # (Rust's io::Error, as safetensors gives it)
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+    for number, pattern in _FOREIGN_WRITE_ERRORS:
         if pattern.search(text):
-            reason = os.strerror(code) if code != errno.EIO else \
-                "the write fell short (a full disk or a file size limit?)"
-            return OSError(code, reason)
+            short = number == errno.ENOSPC and "No space left" not in text
+            return OSError(number, "the write fell short (a full disk, or a file size limit?)" if short else
+                           os.strerror(number))
     return None
 
 
@@ -759,8 +763,10 @@ def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "
         stage.mkdir(parents=True)
         yield stage
         commit_dir(stage, path, replace=replace, option=option)
-    except OSError as exc:
-        if not _about(exc, stage.parent):
+    except Exception as exc:
+        if (failed := _foreign_write_error(exc)) is not None:  # (torch.save into the stage: "unexpected pos")
+            raise _renamed_error(failed, path) from None
+        if not isinstance(exc, OSError) or not _about(exc, stage.parent):
             raise
         named = getattr(exc, "named", None)  # a file of the stage, already named: its place in ``path``
         inner = named is not None and is_inside(named, stage) and Path(named).resolve() != stage.resolve()
@@ -836,8 +842,12 @@ class DirLock:
                 self.note = f"took over the lock of a run that is gone (pid {pid}, since {other.get('started')})"
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            except OSError as exc:  # a full disk: no empty lock is left, which a later run took for a gone one
+                self.path.unlink(missing_ok=True)
+                raise OSError(exc.errno, f"cannot take the lock {self.path}: {exc.strerror or exc}") from None
             return self
         raise DirBusyError(errno.EBUSY, f"{self.directory}: could not take the lock {self.path}")
 

@@ -333,6 +333,13 @@ _OPENCV_COLOUR_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA"
                                   "LAB", "HSV", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
+def _unsigned_samples(image: PILImage.Image) -> bool:
+    """Whether the image's samples are unsigned integers, as its TIFF SampleFormat tag (339) says (other formats:
+    yes)."""
+    formats = getattr(image, "tag_v2", {}).get(339, 1) if image.format == "TIFF" else 1
+    return all(int(f) == 1 for f in (formats if isinstance(formats, (tuple, list)) else (formats,)))
+
+
 def _cv2_decode(path: str, flags: int) -> np.ndarray:
     import cv2
 
@@ -372,7 +379,7 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
     if image is not None:
         with image:
             header = _header(path, image)  # the limit is checked here, before any pixel is decoded
-            pil_mode = image.mode
+            pil_mode = image.mode if _unsigned_samples(image) else None  # (Pillow calls signed 8 bits "L")
     color = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     array = None
     if mode == "rgb" and pil_mode not in _OPENCV_COLOUR_MODES:

@@ -11,7 +11,6 @@ maps, which take what ``load_backbone`` returns.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -37,18 +36,16 @@ def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str =
     try:
         save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense",
                                                             "arch": f"see {paths['json'].name}"})
-    except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own SafetensorError
-        failed = _write_failed(exc, paths["safetensors"])
-        if failed is exc:
-            raise
-        raise failed from None
+    except OSError as exc:  # (safetensors' own error for a full disk too: atomic_path names the file)
+        raise _resumable(exc) from None
     write_json(paths["json"], arch_dict(backbone))
     return paths
 
 
 def save_torch(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (a failed write leaves no file). Torch reports a failed
-    write (a full disk) as a RuntimeError of its zip writer: that becomes an OSError naming ``path``.
+    write (a full disk) as a RuntimeError of its zip writer: that becomes an OSError naming ``path``
+    (:func:`dinov2_dense.fileio.atomic_path`), with the way to go on.
     Written through an open file, so the archive's records are named ``archive/...`` whatever the
     temporary file's name: the same object gives the same bytes (given a path, torch named the
     records after the temporary file, which differs each time)."""
@@ -56,32 +53,17 @@ def save_torch(obj, path: str | os.PathLike) -> Path:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-    except RuntimeError as exc:
-        failed = _write_failed(exc, path)
-        if failed is exc:
-            raise
-        raise failed from None
+    except OSError as exc:  # (torch's zip writer's own error for a full disk too: atomic_path names the file)
+        raise _resumable(exc) from None
     return path
 
 
-#: What the writers of torch and safetensors say when a write fails (torch's zip writer gives no errno).
-_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "I/O error", "os error")
-
-
-def _write_failed(exc: BaseException, path: Path) -> BaseException:
-    """``exc`` of a writer as an OSError naming ``path`` where it reports a failed write (torch and
-    safetensors raise their own errors for a full disk): ENOSPC, or the ``(os error N)`` it names;
-    any other error as it is."""
-    import re
-
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, OSError) or not any(key in text for key in _WRITE_FAILURES):
+def _resumable(exc: OSError) -> OSError:
+    """A failed write of a run's file, naming it (:func:`~dinov2_dense.fileio.atomic_path`), with the way on."""
+    if getattr(exc, "named", None) is None:
         return exc
-    code = re.search(r"os error (\d+)", text)
-    if code and int(code.group(1)) != errno.ENOSPC:
-        return OSError(int(code.group(1)), f"cannot write {path}: {os.strerror(int(code.group(1)))}")
-    return OSError(errno.ENOSPC, f"cannot write {path}: the write failed ({text}), most likely for a full disk; "
-                                 "free some space, then continue the run with --resume (nothing was half-written)")
+    return OSError(exc.errno, f"{exc.strerror or exc}; then continue the run with --resume (nothing was "
+                              "half-written)")
 
 
 def load_exported(path: str | os.PathLike) -> nn.Module:

@@ -201,6 +201,15 @@ def test_overwrite_keeps_the_previous_run_when_its_load_from_is_refused_at_load(
     assert _files(work) == before
 
 
+def test_overwrite_deletes_the_old_runs_best_checkpoints_too(scenes, trained, tmp_path):
+    """save_best's best_mIoU_iter_6.pth of the old run stayed beside the new run's (a review)."""
+    work = tmp_path / "best"
+    shutil.copytree(trained, work)
+    shutil.copy(work / "iter_2.pth", work / "best_mIoU_iter_2.pth")
+    assert _train(work, _options(scenes / "ade", 1), "--overwrite") == 0
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_1.pth"]
+
+
 def test_a_save_killed_midway_leaves_no_temporary_after_the_next_start(scenes, trained, tmp_path):
     work = tmp_path / "killed"
     shutil.copytree(trained, work)

@@ -548,6 +548,14 @@ def test_convert_refuses_to_write_over_its_input_or_an_existing_file(tmp_path, c
             code, err = _convert(capsys, "from-mmseg", ckpt, other, *extra)
             assert code == 2 and "is never replaced, even with --overwrite" in err, err
         assert other.read_bytes() == before_other
+    # a file that is not a checkpoint at all (text, empty, a safetensors header of noise): no crash, not replaced
+    for name, data in (("text.pth", b"hello\n"), ("empty.pth", b""), ("noise.safetensors", bytes(range(100)))):
+        other = tmp_path / name
+        other.write_bytes(data)
+        for extra in ((), ("--overwrite",)):
+            code, err = _convert(capsys, "from-mmseg", ckpt, other, *extra)
+            assert code == 2 and "is never replaced, even with --overwrite" in err, (name, err)
+        assert other.read_bytes() == data
     # an earlier output of the converter is replaced only with --overwrite, in either direction and format
     for out in (tmp_path / "iter_20.pth", tmp_path / "iter_20.safetensors"):
         assert _convert(capsys, "from-mmseg", ckpt, out)[0] == 0

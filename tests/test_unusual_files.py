@@ -117,6 +117,17 @@ def test_tiff_samples_cvtcolor_does_not_take_are_read_in_rgb_order(tmp_path, dty
     np.testing.assert_allclose(load_image(path), to_rgb_float(stored), atol=0)
 
 
+def test_signed_8_bit_tiffs_which_pillow_calls_l_are_refused_as_by_features(tmp_path):
+    values = np.array([[-128, -100, -1, 0], [1, 50, 100, 127]], np.int8)
+    ok, tif = cv2.imencode(".tif", values)
+    (tmp_path / "s8.tif").write_bytes(tif.tobytes())
+    with pytest.raises(DataError, match=r"s8\.tif: integer image values span \[-128, 127\]"):
+        read_image(tmp_path / "s8.tif")  # (was 128, 156, 255, 0, ...: -1 as bright as can be)
+    ok, tif = cv2.imencode(".tif", np.abs(values).astype(np.int8).clip(0, 127))
+    (tmp_path / "p8.tif").write_bytes(tif.tobytes())
+    np.testing.assert_array_equal(read_image(tmp_path / "p8.tif")[..., 0], np.abs(values).clip(0, 127))
+
+
 @pytest.mark.parametrize("channels", [3, 1])
 def test_signed_tiffs_reach_the_data_sets_as_features_sees_them(tmp_path, channels):
     """OpenCV's colour decode made -1 brighter than 32767 (128, 244, 255, 0, ... for -32768, -3000, -1, 0):
@@ -150,6 +161,12 @@ def test_a_list_in_another_encoding_is_refused_naming_it(tmp_path):
         _list_images(tmp_path / "latin1.txt")
     (tmp_path / "utf8.txt").write_text("plain.png\ncafé.png\n", encoding="utf-8")
     assert len(ImageFiles.from_list_file(tmp_path / "utf8.txt").paths) == 2
+    # a UTF-8 list in a folder whose own name is not: judged by its lines, a missing image stays a skip
+    odd = Path(_latin1_file(tmp_path, "", b"") + "_dir")
+    odd.mkdir()
+    (odd / "plain.png").write_bytes(png.tobytes())
+    (odd / "list.txt").write_text("plain.png\nmissing.png\n", encoding="utf-8")
+    assert len(ImageFiles.from_list_file(odd / "list.txt").paths) == 2
 
 
 def test_values_no_reader_takes_are_refused_naming_the_file(tmp_path):

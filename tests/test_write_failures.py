@@ -28,7 +28,7 @@ class SafetensorError(Exception):
     (SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
                      "on device\" })"), errno.ENOSPC, "No space left on device"),
     (SafetensorError("IoError: File too large (os error 27)"), errno.EFBIG, "File too large"),
-    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1005888 vs 1005776"), errno.EIO,
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1005888 vs 1005776"), errno.ENOSPC,
      "the write fell short"),
 ])
 def test_a_librarys_failed_write_names_the_file(tmp_path, exc, code, reason):
@@ -130,3 +130,50 @@ def test_running_out_of_memory_in_torchs_allocator_is_one_line(capsys):
     code, err = _run(allocating, capsys)
     assert code == 2 and "error: out of memory (tried to allocate 25600080000 bytes" in err
     assert "--size or --tile" in err and "internal error" not in err
+
+
+def test_a_workers_full_shared_memory_is_not_the_outputs_failed_write(tmp_path, capsys):
+    """Its text holds "No space left on device" too: features blamed its output file, on a disk 52 GB free."""
+    error = RuntimeError("Caught RuntimeError in DataLoader worker process 1.\nOriginal Traceback (most recent call "
+                         "last):\nRuntimeError: unable to allocate shared memory(shm) for file </torch_2780_1_0>: No "
+                         "space left on device (28)")
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        with atomic_path(tmp_path / "f.npy"):
+            raise error
+
+    def loading(args):
+        with atomic_path(tmp_path / "g.npy"):
+            raise error
+
+    code, err = _run(loading, capsys)
+    assert code == 2 and "shared memory (/dev/shm) ran out" in err and "g.npy" not in err
+
+
+def test_a_librarys_failed_write_into_a_staged_folder_names_the_folder(tmp_path):
+    from dinov2_dense.fileio import staged_dir
+
+    with pytest.raises(OSError, match=r"cannot write .*out: the write fell short"):
+        with staged_dir(tmp_path / "out") as stage:
+            (stage / "head.pth").write_bytes(b"half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_lock_that_cannot_be_written_names_itself_and_is_not_left(tmp_path):
+    """On a full disk the lock was left empty, and the next run 'took over the lock of a run that is gone
+    (pid -1, since None)'."""
+    script = textwrap.dedent(f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8, 8))
+        from dinov2_dense.fileio import DirLock
+        try:
+            DirLock({str(tmp_path / "run")!r}).acquire()
+        except OSError as exc:
+            print("OSError", exc)
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.startswith("OSError [Errno 27] cannot take the lock ") and "File too large" in out.stdout, \
+        out.stdout + out.stderr
+    assert not list((tmp_path / "run").iterdir())

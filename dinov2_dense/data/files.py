@@ -55,16 +55,18 @@ def list_file_entries(text: str) -> list[str]:
     return entries
 
 
-def check_list_encoding(list_file: str | os.PathLike, paths: list[str]) -> None:
+def check_list_encoding(list_file: str | os.PathLike, entries: list[str], paths: list[str]) -> None:
     """Refuse a list of image paths in another encoding than UTF-8 (Latin-1, say): its non-ASCII names come out
-    with bytes that are not UTF-8, which name no file, and every such image would be skipped as missing. A
-    name of such bytes that does name a file (``curate``'s list of a pool whose names are not UTF-8) is fine."""
-    for i, name in enumerate(paths):
+    with bytes that are not UTF-8, which name no file, and every such image would be skipped as missing.
+    ``entries``: the list's lines; ``paths``: the files they name. A line of such bytes that names a file
+    (``curate``'s list of a pool whose names are not UTF-8) is fine, and so is a UTF-8 line in a folder whose
+    own name is not."""
+    for entry, name in zip(entries, paths):
         try:
-            name.encode("utf-8")
+            entry.encode("utf-8")
         except UnicodeEncodeError:
             if not os.path.lexists(name):
-                raise DataError(f"{list_file}: {name!r} is not UTF-8 and names no file: save the list as UTF-8 "
+                raise DataError(f"{list_file}: {entry!r} is not UTF-8 and names no file: save the list as UTF-8 "
                                 "(e.g. iconv -f latin1 -t utf-8)") from None
 
 

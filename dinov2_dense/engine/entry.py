@@ -805,6 +805,9 @@ def _previous_run_files(work_dir: Path) -> list[Path]:
     from dinov2_dense.engine.runner import checkpoint_candidates
 
     files = [Path(p) for p in checkpoint_candidates(work_dir)]
+    # the best checkpoints of save_best too (best_mIoU_iter_6.pth): a new run does not know them, and never
+    # removes them
+    files += sorted(p for p in work_dir.glob("best_*.pth") if p.is_file())
     return files + ([work_dir / "last_checkpoint"] if (work_dir / "last_checkpoint").is_file() else [])
 
 

@@ -93,6 +93,13 @@ def _converted(path: Path) -> bool:
     file, a pretraining export or a user's checkpoint, is never replaced): a safetensors file of
     :func:`from_mmseg` (its metadata), a torch file of :func:`to_mmseg` (``meta.converted_by``) or of
     :func:`from_mmseg` (``backbone.*`` / ``decode_head.*`` tensors alone, flat or with its ``meta``)."""
+    try:
+        return _converted_file(path)
+    except Exception:  # noqa: BLE001 - unreadable as a checkpoint (text, empty, an old or pickled format): not ours
+        return False
+
+
+def _converted_file(path: Path) -> bool:
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 

@@ -232,7 +232,7 @@ def _list_images(spec: str | os.PathLike | Sequence[str]) -> list[str]:
             raise CurationError(f"{path}: the list names no images (one path a line; # starts a comment)")
         found = [os.path.abspath(e if os.path.isabs(e) else path.parent / e) for e in entries]
         try:
-            check_list_encoding(path, found)
+            check_list_encoding(path, entries, found)
         except ValueError as exc:
             raise CurationError(str(exc)) from None
         return _once(found, str(path))

@@ -128,7 +128,7 @@ class ImageFiles:
         if not entries:
             raise DataError(f"{path}: the list names no images (one path a line; # starts a comment)")
         paths = [e if e.startswith(SAMPLE_PREFIX) or os.path.isabs(e) else str(path.parent / e) for e in entries]
-        check_list_encoding(path, paths)
+        check_list_encoding(path, entries, paths)
         return cls(paths, name=str(path))
 
     @classmethod
