@@ -49,31 +49,32 @@ _WRITE_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", 
 #: What to do about a full disk, added to its error once.
 _FULL_DISK_HINT = " (free some space or write elsewhere)"
 
-#: A writer that is not Python's reports a failed write in its own exception, not an OSError: safetensors
-#: ("No space left on device (os error 28)"), torch.save's zip writer ("unexpected pos 1005888 vs 1005776", a
-#: short write with no errno: most likely a full disk, or a file size limit).
-_FOREIGN_WRITE_ERRORS = (
-    (errno.ENOSPC, re.compile(r"No space left on device")),
-    (errno.EFBIG, re.compile(r"File too large")),
-    (getattr(errno, "EDQUOT", 122), re.compile(r"Disk quota exceeded")),
-    (errno.ENOSPC, re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing|file write failed")),
-)
+#: A writer that is not Python's reports a failed write in its own exception, not an OSError: safetensors'
+#: SafetensorError ("No space left on device (os error 28)"), torch.save's zip writer's RuntimeError ("[enforce fail
+#: at inline_container.cc:672] . unexpected pos 1005888 vs 1005776": a short write with no errno, most likely a
+#: full disk or a file size limit). Only these writers' exceptions are read so: the blocks that write may also
+#: compute (a model), and a bug's message that happens to say "os error" stays a bug.
+_TORCH_WRITER = re.compile(r"inline_container|PytorchStreamWriter|file write failed")
+_SHORT_WRITE = re.compile(r"unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing|file write failed")
 
 
 def _foreign_write_error(exc: BaseException) -> OSError | None:
-    """The OSError that a library's own exception for a failed write stands for (None: not such an error)."""
-    if isinstance(exc, OSError) or not isinstance(exc, Exception):
-        return None
+    """The OSError that a writer library's own exception for a failed write stands for (None: not such an
+    error): safetensors' SafetensorError, or torch's zip writer's RuntimeError."""
     text = str(exc)
     if "DataLoader worker" in text or "</torch_" in text or "shared memory" in text.lower():
         return None  # a decoding worker's full /dev/shm, while the output was being written: not the output's
+    safetensors = type(exc).__name__ == "SafetensorError"
+    if not safetensors and not (isinstance(exc, RuntimeError) and _TORCH_WRITER.search(text)):
+        return None
     if code := re.search(r"\(os error (\d+)\)", text):  # (Rust's io::Error, as safetensors gives it)
         return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
-    for number, pattern in _FOREIGN_WRITE_ERRORS:
-        if pattern.search(text):
-            short = number == errno.ENOSPC and "No space left" not in text
-            return OSError(number, "the write fell short (a full disk, or a file size limit?)" if short else
-                           os.strerror(number))
+    if "No space left on device" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if "File too large" in text:
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    if _SHORT_WRITE.search(text):
+        return OSError(errno.ENOSPC, "the write fell short (a full disk, or a file size limit?)")
     return None
 
 
@@ -195,7 +196,7 @@ class AtomicFiles:
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             if (failed := _foreign_write_error(exc)) is not None:
-                raise _renamed_error(failed, path) from None
+                raise _renamed_error(failed, path) from exc  # (--debug shows the writer's own error)
             raise
         if not tmp.is_file():
             raise OSError(f"{path}: nothing was written")
@@ -765,7 +766,7 @@ def staged_dir(path: str | os.PathLike, overwrite: bool = False, option: str = "
         commit_dir(stage, path, replace=replace, option=option)
     except Exception as exc:
         if (failed := _foreign_write_error(exc)) is not None:  # (torch.save into the stage: "unexpected pos")
-            raise _renamed_error(failed, path) from None
+            raise _renamed_error(failed, path) from exc
         if not isinstance(exc, OSError) or not _about(exc, stage.parent):
             raise
         named = getattr(exc, "named", None)  # a file of the stage, already named: its place in ``path``

@@ -433,17 +433,19 @@ def _resize_block(n: int, m: int, rows: tuple[int, int], cols: tuple[int, int], 
     pixel, the last repeated), in float64."""
     first, last = rows
     a, b = cols
-    i = torch.arange(first, last, dtype=torch.float64)
-    src = ((n / m) * (i + 0.5) - 0.5).clamp_(min=0)
+    i = torch.arange(first, last, dtype=torch.float64, device=device)  # (made on the device: no copy to it, which
+    src = ((n / m) * (i + 0.5) - 0.5).clamp_(min=0)                    # would wait for the backbone's queued work)
     i0 = src.floor().long()
     l1 = (src - i0).clamp_(0, 1)
     i1 = torch.where(i0 < n - 1, i0 + 1, i0)
-    block = torch.zeros(last - first, b - a, dtype=torch.float64)
-    row = torch.arange(last - first)
-    for index, weight in ((i0, 1 - l1), (i1, l1)):
-        inside = (index >= a) & (index < b)
-        block.index_put_((row[inside], index[inside] - a), weight[inside], accumulate=True)
-    return block.to(device)
+    block = torch.zeros(last - first, b - a, dtype=torch.float64, device=device)
+    row = torch.arange(last - first, device=device).expand(2, -1)
+    index, weight = torch.stack([i0, i1]), torch.stack([1 - l1, l1])
+    # the weights of the taps outside the block's columns are put at column 0 with weight 0 (no boolean
+    # selection, whose size a GPU would have to report back first)
+    inside = (index >= a) & (index < b)
+    block.index_put_((row, torch.where(inside, index - a, 0)), torch.where(inside, weight, 0.0), accumulate=True)
+    return block
 
 
 def _source_rows(n: int, m: int) -> Tensor:

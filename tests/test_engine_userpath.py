@@ -206,8 +206,14 @@ def test_overwrite_deletes_the_old_runs_best_checkpoints_too(scenes, trained, tm
     work = tmp_path / "best"
     shutil.copytree(trained, work)
     shutil.copy(work / "iter_2.pth", work / "best_mIoU_iter_2.pth")
+    shutil.copy(work / "iter_2.pth", work / "best_head_for_paper.pth")  # not a save_best name: the user's
     assert _train(work, _options(scenes / "ade", 1), "--overwrite") == 0
-    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_1.pth"]
+    assert sorted(p.name for p in work.glob("*.pth")) == ["best_head_for_paper.pth", "iter_1.pth"]
+    # a work dir holding save_best files alone holds no run to resume or refuse (a diff review)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(trained / "iter_2.pth", alone / "best_mIoU_iter_2.pth")
+    assert _train(alone, _options(scenes / "ade", 1)) == 0
 
 
 def test_a_save_killed_midway_leaves_no_temporary_after_the_next_start(scenes, trained, tmp_path):

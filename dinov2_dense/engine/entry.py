@@ -11,6 +11,7 @@ import argparse
 import ast
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from numbers import Number
@@ -805,10 +806,17 @@ def _previous_run_files(work_dir: Path) -> list[Path]:
     from dinov2_dense.engine.runner import checkpoint_candidates
 
     files = [Path(p) for p in checkpoint_candidates(work_dir)]
-    # the best checkpoints of save_best too (best_mIoU_iter_6.pth): a new run does not know them, and never
-    # removes them
-    files += sorted(p for p in work_dir.glob("best_*.pth") if p.is_file())
     return files + ([work_dir / "last_checkpoint"] if (work_dir / "last_checkpoint").is_file() else [])
+
+
+#: The names mmengine's save_best gives a run's best checkpoint (``best_mIoU_iter_6.pth``).
+_SAVE_BEST = re.compile(r"best_.+_(iter|epoch)_\d+\.pth")
+
+
+def _best_files(work_dir: Path) -> list[Path]:
+    """A run's save_best checkpoints, which ``--overwrite`` deletes with its checkpoints (a new run does not
+    know them, and never removes them); a file of another name (``best_head_for_paper.pth``) is the user's."""
+    return sorted(p for p in work_dir.glob("best_*.pth") if _SAVE_BEST.fullmatch(p.name) and p.is_file())
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -853,6 +861,8 @@ def run_train(args: argparse.Namespace) -> int:
                 since = f" from the weights of load_from {load_from}" if load_from else ""
                 print(f"--resume: {work_dir} holds no checkpoint yet; starting a new run there{since}")
             delete = old if not args.resume else []
+            if delete and getattr(args, "overwrite", False):
+                delete = delete + _best_files(work_dir)
             if delete and not getattr(args, "overwrite", False):
                 shown = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
                 raise FileExistsError(f"--work-dir {work_dir} holds the checkpoints of another run ({shown}): pass "
