@@ -1761,8 +1761,8 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             traceback.print_exc()
         if isinstance(exc, StartRefused):  # another process refused the start; its error is its own line
             print(f"{prog}: {exc}", file=sys.stderr)
-        elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-            _out_of_memory(prog, exc)
+        elif (line := _resource_error(exc)) is not None:
+            print(f"{prog}: error: {line}", file=sys.stderr)
         else:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -1773,22 +1773,12 @@ def run_command(args: argparse.Namespace, prog: str, debug: bool) -> int:
             # or mmengine's config formatting (every checkpoint save) turned the interrupt into a SyntaxError
             # (any other error while unwinding is a failed clean-up, reported as a bug)
             return interrupted(interrupt)
-        if isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc):
-            if debug:  # (torch's CPU allocator raises RuntimeError, not MemoryError)
-                import traceback
-
-                traceback.print_exc()
-            _out_of_memory(prog, exc)
-            return 2
-        if _shared_memory_full(exc):
+        if (line := _resource_error(exc)) is not None:  # (torch raises RuntimeError for these)
             if debug:
                 import traceback
 
                 traceback.print_exc()
-            print(f"{prog}: error: shared memory (/dev/shm) ran out: the data loading workers hand their images "
-                  "over through it; run with --num-workers 0 (in a config: *_dataloader.num_workers=0, or "
-                  "train.num_workers=0 for pretraining), or give the machine more (docker run --shm-size 8g)",
-                  file=sys.stderr)
+            print(f"{prog}: error: {line}", file=sys.stderr)
             return 2
         if _peer_failed(exc) and not debug:
             print(f"{prog}: stopped: another process of this distributed run ended (its error is above where it "
@@ -1813,21 +1803,24 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def _out_of_memory(prog: str, exc: BaseException) -> None:
-    text = _one_line(exc)
-    if "you tried to allocate" in text:  # torch's CPU allocator: the size, not its C++ location
-        text = "tried to allocate" + text.split("you tried to allocate", 1)[1]
-    print(f"{prog}: error: out of memory ({text[:200]}); try a smaller --batch-size, --size or --tile",
-          file=sys.stderr)
-
-
-def _shared_memory_full(exc: BaseException) -> bool:
-    """torch's error for a full /dev/shm (a container's 64 MB): a worker's tensor could not be given memory
-    there (``share_memory_``, or the hand-over of a batch)."""
+def _resource_error(exc: BaseException) -> str | None:
+    """The line for a machine that ran out of memory or of shared memory (None: another error). torch's CPU
+    allocator raises RuntimeError, not MemoryError; a full /dev/shm (a container's 64 MB) is a DataLoader
+    worker's RuntimeError, its tensor given no memory there (``share_memory_``, or the hand-over of a batch)."""
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("</torch_" in text or "shared memory" in text.lower()) and any(
-        k in text for k in ("unable to resize file", "unable to write to file", "No space left on device",
-                            "unable to allocate shared memory"))
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in text):
+        text = _one_line(exc)
+        if "you tried to allocate" in text:  # torch's CPU allocator: the size, not its C++ location
+            text = "tried to allocate" + text.split("you tried to allocate", 1)[1]
+        return f"out of memory ({text[:200]}); try a smaller --batch-size, --size or --tile"
+    if isinstance(exc, RuntimeError) and ("</torch_" in text or "shared memory" in text.lower()) and any(
+            k in text for k in ("unable to resize file", "unable to write to file", "No space left on device",
+                                "unable to allocate shared memory")):
+        return ("shared memory (/dev/shm) ran out: the data loading workers hand their images over through it; run "
+                "with --num-workers 0 (in a config: *_dataloader.num_workers=0, or train.num_workers=0 for "
+                "pretraining), or give the machine more (docker run --shm-size 8g)")
+    return None
 
 
 def _config_text(exc: BaseException) -> bool:

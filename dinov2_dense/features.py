@@ -1134,6 +1134,12 @@ class NonfiniteFeaturesError(ValueError):
                                       self.why)
 
 
+def nonfinite_cause(half: bool) -> str:
+    """The likely cause of NaN or infinite outputs of a model: float16 overflow (``half``), else its weights."""
+    return ("float16 overflows on this model's activations (over 65504): use bfloat16 or float32" if half else
+            "its weights are damaged or come from a run that diverged")
+
+
 def _refuse_nonfinite_features(outputs: list[Tensor], names: list[str], half: bool) -> None:
     """Raise, naming the images, when the backbone gave NaN or infinite features: a diverged or damaged model
     (its weights), or float16 overflow (activations over 65504); features, pca and their maps were NaN with no
@@ -1144,8 +1150,7 @@ def _refuse_nonfinite_features(outputs: list[Tensor], names: list[str], half: bo
         return
     bad = sum(int(n.sum()) for n in nonfinite)
     total = sum(t.numel() for t in outputs)
-    why = ("float16 overflows on this model's activations (over 65504): use bfloat16 or float32" if half else
-           "its weights are damaged or come from a run that diverged")
+    why = nonfinite_cause(half)
     indices = per_image.nonzero().flatten().tolist()
     shown = [names[i] if i < len(names) and names[i] else f"image {i}" for i in indices]
     raise NonfiniteFeaturesError(shown, indices, bad, total, why)

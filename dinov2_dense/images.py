@@ -368,10 +368,8 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
         raise ValueError(f"mode={mode!r}: use 'unchanged' or 'rgb'")
     if os.fspath(path).startswith(SAMPLE_PREFIX):
         sample = read_sample(path)
-        if mode == "rgb":
-            if sample.dtype != np.uint8:  # boolean or float samples (horse, shepp_logan_phantom)
-                sample = _to_uint8(sample, path)
-            sample = cv2.cvtColor(sample, cv2.COLOR_GRAY2RGB) if sample.ndim == 2 else sample[..., :3]
+        if mode == "rgb":  # (boolean or float samples too: horse, shepp_logan_phantom)
+            sample = _stored_to_rgb8(path, sample)
         return np.ascontiguousarray(sample)
     path = _existing(path)
     image = _pil_open(path)
@@ -409,8 +407,8 @@ def decode_image(path: str | os.PathLike, mode: str = "unchanged") -> np.ndarray
 
 
 def _stored_to_rgb8(path: str, array: np.ndarray) -> np.ndarray:
-    """uint8 RGB of samples that OpenCV does not make 8-bit colour itself (float, 32-bit), by the rule that
-    reads every image input (:func:`dinov2_dense.features.to_rgb_float`: floats in [0, 1], integers as 8 or 16
+    """uint8 RGB of samples that OpenCV does not make 8-bit colour itself (float, 32-bit; scikit-image's samples
+    too), by the rule that reads every image input (:func:`dinov2_dense.features.to_rgb_float`: floats in [0, 1], integers as 8 or 16
     bits), so the data sets see what ``features`` sees; refused, naming the file, where that rule refuses."""
     from .features import to_rgb_float  # (same layer; features reads its files through this module)
 
@@ -419,18 +417,6 @@ def _stored_to_rgb8(path: str, array: np.ndarray) -> np.ndarray:
     except ValueError as exc:
         raise ImageError(f"{path}: {exc}") from None
     return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def _to_uint8(sample: np.ndarray, name) -> np.ndarray:
-    """A boolean, integer or [0, 1] float sample image as uint8."""
-    if sample.dtype == np.bool_:
-        return sample.astype(np.uint8) * 255
-    if np.issubdtype(sample.dtype, np.floating):
-        lo, hi = float(sample.min()), float(sample.max())
-        if lo < 0 or hi > 1:
-            raise ImageError(f"{name}: float values span [{lo:g}, {hi:g}], not [0, 1]")
-        return (sample * 255 + 0.5).astype(np.uint8)
-    return np.clip(sample, 0, 255).astype(np.uint8)
 
 
 _SKIMAGE_NOT_IMAGES = {"data_dir", "download_all", "file_hash", "lbp_frontal_face_cascade_filename"}

@@ -327,10 +327,11 @@ class DensePredictor(nn.Module):
             autocast and torch.get_autocast_dtype(device.type) == torch.float16)
         if (device.type != "cpu" and not half) or bool(torch.isfinite(out).all()):
             return
+        from dinov2_dense.features import nonfinite_cause
+
         bad = int((~torch.isfinite(out)).sum())
-        why = ("float16 overflows on this model's activations (over 65504): use bfloat16 or float32" if half else
-               "its weights are damaged or come from a run that diverged")
-        raise ValueError(f"predict(): the model gave NaN or infinite outputs ({bad} of {out.numel()} values): {why}")
+        raise ValueError(f"predict(): the model gave NaN or infinite outputs ({bad} of {out.numel()} values): "
+                         f"{nonfinite_cause(half)}")
 
     def _predict(self, images: Tensor, mode, crop_size, stride, scales, flip, scale, out_size,
                  crop_batch_size) -> Tensor:

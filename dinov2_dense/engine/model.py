@@ -180,6 +180,10 @@ class TrainingDiverged(ValueError):
     """A training loss became NaN or infinite: the run stops before that step, so nothing of it is written."""
 
 
+#: What to do about a run that diverged (its loss, or the weights a checkpoint would hold).
+DIVERGED_ADVICE = "lower optim_wrapper.optimizer.lr (or set optim_wrapper.clip_grad), or check the data"
+
+
 def _iteration() -> str:
     from mmengine.logging import MessageHub
 
@@ -190,9 +194,8 @@ def _iteration() -> str:
 def _diverged_message(log_vars: Mapping[str, Tensor]) -> str:
     logged = {k: float(v.detach()) for k, v in log_vars.items()}
     values = ", ".join(f"{k} {v:.4g}" for k, v in logged.items() if k != "loss")
-    return (f"the loss is {logged['loss']}{_iteration()} ({values}); stopped before this step, so no "
-            "checkpoint holds it: lower optim_wrapper.optimizer.lr (or set optim_wrapper.clip_grad), or check the "
-            "data")
+    return (f"the loss is {logged['loss']}{_iteration()} ({values}); stopped before this step, so no checkpoint "
+            f"holds it: {DIVERGED_ADVICE}")
 
 
 @MODELS.register_module()

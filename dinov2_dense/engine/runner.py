@@ -538,7 +538,7 @@ def _refuse_diverged(model: torch.nn.Module, filename: str) -> None:
     """Refuse to save weights that training made NaN or infinite (a step on an infinite gradient from a finite
     loss; the next loss, NaN, would stop the run, but the checkpoint would hold them): the trained parameters
     and the buffers outside the backbone (BatchNorm statistics)."""
-    from .model import TrainingDiverged
+    from .model import DIVERGED_ADVICE, TrainingDiverged
 
     module = getattr(model, "module", model)
     bad = [n for n, t in module.named_parameters() if t.requires_grad and not bool(torch.isfinite(t).all())]
@@ -547,8 +547,7 @@ def _refuse_diverged(model: torch.nn.Module, filename: str) -> None:
     if bad:
         shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         raise TrainingDiverged(f"{len(bad)} trained tensor(s) hold NaN or infinite values ({shown}); stopped before "
-                               f"writing {filename}: lower optim_wrapper.optimizer.lr (or set optim_wrapper.clip_grad), "
-                               "or check the data")
+                               f"writing {filename}: {DIVERGED_ADVICE}")
 
 
 class DenseRunner(Runner):
