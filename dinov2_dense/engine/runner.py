@@ -540,10 +540,11 @@ def _refuse_diverged(model: torch.nn.Module, filename: str) -> None:
     and the buffers outside the backbone (BatchNorm statistics)."""
     from .model import DIVERGED_ADVICE, TrainingDiverged
 
+    from dinov2_dense.checkpoints import nonfinite_keys
+
     module = getattr(model, "module", model)
-    bad = [n for n, t in module.named_parameters() if t.requires_grad and not bool(torch.isfinite(t).all())]
-    bad += [n for n, t in module.named_buffers() if t.is_floating_point() and "backbone" not in n.split(".")
-            and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_keys({**{n: t for n, t in module.named_parameters() if t.requires_grad},
+                          **{n: t for n, t in module.named_buffers() if "backbone" not in n.split(".")}})
     if bad:
         shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         raise TrainingDiverged(f"{len(bad)} trained tensor(s) hold NaN or infinite values ({shown}); stopped before "
