@@ -371,6 +371,21 @@ class DenseFeatures:
     def layers(self) -> list[int]:
         return list(self.maps)
 
+    def rows(self, start: int, stop: int, image_size: tuple[int, int] | None = None) -> "DenseFeatures":
+        """The images ``start:stop`` of this batch (views of its tensors), whose size before fitting is
+        ``image_size`` (default: the batch's)."""
+        return DenseFeatures(
+            maps={l: m[start:stop] for l, m in self.maps.items()},
+            cls_tokens={l: c[start:stop] for l, c in self.cls_tokens.items()},
+            registers={l: r[start:stop] for l, r in self.registers.items()},
+            image_size=self.image_size if image_size is None else tuple(image_size),
+            input_size=self.input_size,
+            padding=self.padding,
+            patch_size=self.patch_size,
+            source=self.source[start:stop],
+            options=self.options,
+        )
+
     def upsample(self, layer: int | None = None, mode: str = "bilinear") -> Tensor:
         """(B, C, H, W) features at the image's own resolution: upsampled, padding removed."""
         layer = self.layers[-1] if layer is None else layer
@@ -617,17 +632,7 @@ def extract_features(
     results: list[DenseFeatures | None] = [None] * len(items)
     for chunk, feats in feature_batches(model, items, options=options, progress=progress, num_workers=num_workers):
         for k, i in enumerate(chunk):
-            results[i] = DenseFeatures(
-                maps={l: m[k : k + 1] for l, m in feats.maps.items()},
-                cls_tokens={l: c[k : k + 1] for l, c in feats.cls_tokens.items()},
-                registers={l: r[k : k + 1] for l, r in feats.registers.items()},
-                image_size=feats.image_size,
-                input_size=feats.input_size,
-                padding=feats.padding,
-                patch_size=feats.patch_size,
-                source=[feats.source[k]],
-                options=feats.options,
-            )
+            results[i] = feats.rows(k, k + 1)
     return results[0] if single else results  # type: ignore[return-value]
 
 
@@ -636,7 +641,9 @@ def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: Fea
                     progress: bool | None = None, num_workers: int = 0) -> Iterator[tuple[list[int], DenseFeatures]]:
     """:func:`extract_features` one batch at a time, as each is computed: (the batch's positions in
     ``images``, its DenseFeatures on the model's device). A list is checked whole first, then grouped
-    by size (so positions are not in order across groups); a (B, 3, H, W) tensor is one batch.
+    by the size the backbone sees (so positions are not in order across groups); a (B, 3, H, W)
+    tensor is one batch. With ``size``, images of several sizes can share a forward pass; each
+    DenseFeatures yielded holds images of one original size (a batch of several comes in parts).
     ``options``: the settings (:class:`FeatureOptions`; default: its defaults). For many images:
     write each batch out and drop it, and memory stays at one batch."""
     options = options or FeatureOptions()
@@ -656,23 +663,30 @@ def feature_batches(model, images: Tensor | Sequence[ImageLike], *, options: Fea
     names = input_names(items)
     sizes = [check_input(item) for item in items]  # every input checked before any model work; nothing decoded
 
+    # batched by the size the backbone sees (with a fixed size=, photos of many sizes are one group); within
+    # a group, images of one original size side by side, so a batch's parts of one size are slices of it
     groups: dict[tuple[int, int], list[int]] = {}
     for i, hw in enumerate(sizes):
-        groups.setdefault(hw, []).append(i)
+        groups.setdefault(_target_size(*hw, options.size), []).append(i)
     n = options.batch_size
-    chunks = [idx[j : j + n] for idx in groups.values() for j in range(0, len(idx), n)]
+    chunks = [idx[j : j + n] for idx in (sorted(g, key=sizes.__getitem__) for g in groups.values())
+              for j in range(0, len(idx), n)]
     _warn_slow_bf16(device, options.autocast)
-    check_forward_pass({hw: names[idx[0]] for hw, idx in groups.items()}, options, p, device)
+    check_forward_pass({sizes[idx[0]]: names[idx[0]] for idx in groups.values()}, options, p, device)
     show = progress if progress is not None else len(chunks) > 1
     from tqdm.auto import tqdm
 
     batches = _decoded_batches(items, names, sizes, chunks, options.size, device, num_workers,
                                resize_8bit=options.resize_8bit)
-    for chunk, (batch, image_hw) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
+    for chunk, (batch, image_hws) in zip(tqdm(chunks, desc="features", unit="batch", disable=not show), batches):
         batch = to_model_input(batch, device)
-        feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hw, **run)
+        feats = _extract_batch(batch, [names[i] for i in chunk], orig_size=image_hws[0], **run)
         del batch  # free this batch's pixels before the next one is decoded
-        yield chunk, feats
+        start = 0
+        for stop in [k for k in range(1, len(chunk)) if image_hws[k] != image_hws[k - 1]] + [len(chunk)]:
+            yield chunk[start:stop], feats if (start, stop) == (0, len(chunk)) else feats.rows(start, stop,
+                                                                                                image_hws[start])
+            start = stop
 
 
 #: Tensors at least this large travel from the DataLoader workers through reused shared slots.
@@ -946,13 +960,13 @@ def join_parts(parts: list[Tensor], carry: torch.dtype) -> Tensor:
 
 def _load_chunk(chunk: list[int], items: list, names: list[str], sizes: list, size, device: torch.device,
                 resize_8bit: bool = False) -> tuple[Tensor, tuple[int, int]]:
-    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], sizes[chunk[0]], size, device,
+    return _load_batch([items[i] for i in chunk], [names[i] for i in chunk], [sizes[i] for i in chunk], size, device,
                        resize_8bit=resize_8bit)
 
 
 def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[list[int]], size,
                      device: torch.device, num_workers: int, resize_8bit: bool = False):
-    """(batch, image size) per chunk, in order: decoded here (straight onto ``device``), or on the
+    """(batch, the images' sizes) per chunk, in order: decoded here (straight onto ``device``), or on the
     CPU by ``num_workers`` DataLoader workers (only for lists without tensors: a tensor is already
     decoded, and would be copied to each worker)."""
     if any(isinstance(x, Tensor) for x in items):
@@ -963,25 +977,26 @@ def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[li
     return map_in_workers(load, chunks, num_workers, pin_memory=device.type == "cuda")
 
 
-def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device: torch.device,
-                resize_8bit: bool = False) -> tuple[Tensor, tuple[int, int]]:
-    """Decode and normalise one chunk of same-sized inputs into a (B, 3, H', W') batch.
+def _load_batch(items: list, names: list[str], hws: list[tuple[int, int]], size, device: torch.device,
+                resize_8bit: bool = False) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Decode and normalise one chunk of inputs that ``size`` brings to one size (``hws``: each
+    one's (H, W)) into a (B, 3, H', W') batch.
 
     Images are decoded one at a time and, with ``size``, resized straight away (the same
     per-image arithmetic as resizing the batch), so only the batch and one image are in memory.
     ``resize_8bit``: 8-bit images are resized in 8 bits on the CPU (:func:`load_resized`), also for
     another device, so the batches are the same with and without workers; a chunk of them comes
     back as a uint8 batch on the CPU, which :func:`to_model_input` normalises on the model's device.
-    Returns the batch and the images' (H, W) before resizing.
+    Returns the batch and ``hws``, the images' sizes before resizing.
     """
-    if all(isinstance(x, Tensor) for x in items):
-        return torch.stack(items), hw
-    target = _target_size(*hw, size)
-    if resize_8bit and target != hw and not any(isinstance(x, Tensor) for x in items):
+    if all(isinstance(x, Tensor) for x in items) and len(set(hws)) == 1:
+        return torch.stack(items), hws  # resized as a batch by _extract_batch
+    target = _target_size(*hws[0], size)
+    if resize_8bit and any(hw != target for hw in hws) and not any(isinstance(x, Tensor) for x in items):
         return stack_decoded([load_resized(item, target, expect=hw, name=name, resize_8bit=True, keep_8bit=True)
-                              for item, name in zip(items, names)]), hw
+                              for item, name, hw in zip(items, names, hws)]), hws
     batch = torch.empty(len(items), 3, *target, device=device)
-    for k, (item, name) in enumerate(zip(items, names)):
+    for k, (item, name, hw) in enumerate(zip(items, names, hws)):
         if target != hw and not isinstance(item, Tensor) and (device.type == "cpu" or resize_8bit):
             x = load_resized(item, target, expect=hw, name=name, resize_8bit=resize_8bit)  # from 8/16-bit data: cheaper
             batch[k] = x
@@ -995,7 +1010,7 @@ def _load_batch(items: list, names: list[str], hw: tuple[int, int], size, device
         else:
             batch[k] = _resize(x.to(device).contiguous()[None], target)[0]
         del x
-    return batch, hw
+    return batch, hws
 
 
 def load_resized(source: ImageLike, hw: tuple[int, int], *, expect: tuple[int, int] | None = None,

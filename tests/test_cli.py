@@ -147,15 +147,17 @@ def test_features_are_written_batch_by_batch_in_input_order(tmp_path, monkeypatc
         np.testing.assert_allclose(array[i, 1], want.maps[1][0].numpy(), atol=1e-5)
         np.testing.assert_allclose(array[i, 0], want.maps[0][0].numpy(), atol=1e-5)
 
-    assert main([*common, "--out", str(tmp_path / "f.safetensors")]) == 0
-    with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
-        meta = f.metadata()
-        for i, path in enumerate(images):
-            want = extract_features(model, path)
-            torch.testing.assert_close(f.get_tensor(f"{i}/layer1"), want.maps[1][0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(f.get_tensor(f"{i}/cls1"), want.cls_tokens[1][0], atol=1e-5, rtol=0)
-            assert json.loads(meta["image_sizes"])[i] == list(want.image_size)
-            assert json.loads(meta["padding"])[i] == list(want.padding)
+    for size in ([], ["--size", "28", "42"]):  # with --size, both sizes share batches ([1, 3], [0, 2], [4])
+        assert main([*common, *size, "--out", str(tmp_path / "f.safetensors"), "--overwrite"]) == 0
+        with safe_open(str(tmp_path / "f.safetensors"), "pt") as f:
+            meta = f.metadata()
+            for i, path in enumerate(images):
+                want = extract_features(model, path, size=(28, 42) if size else None)
+                torch.testing.assert_close(f.get_tensor(f"{i}/layer1"), want.maps[1][0], atol=1e-5, rtol=0)
+                torch.testing.assert_close(f.get_tensor(f"{i}/cls1"), want.cls_tokens[1][0], atol=1e-5, rtol=0)
+                assert json.loads(meta["image_sizes"])[i] == list(want.image_size) == list(cv2.imread(path).shape[:2])
+                assert json.loads(meta["input_sizes"])[i] == list(want.input_size)
+                assert json.loads(meta["padding"])[i] == list(want.padding)
 
     real = features.feature_batches
 

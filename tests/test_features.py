@@ -256,6 +256,59 @@ def test_list_of_mixed_sizes_keeps_order(model):
             close(feats.cls_tokens[layer], alone.cls_tokens[layer])
 
 
+def _counting_forwards(model, monkeypatch):
+    """The batch sizes of ``model``'s forward passes, as they run."""
+    calls, real = [], model.intermediate_maps
+
+    def counted(x, *args, **kwargs):
+        calls.append(len(x))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "intermediate_maps", counted)
+    return calls
+
+
+@pytest.mark.parametrize("size", [(42, 56), 28])
+@pytest.mark.parametrize("how", ["arrays", "files", "files_8bit", "workers", "tensors"])
+def test_images_of_many_sizes_that_size_makes_one_share_forward_passes(model, tmp_path, monkeypatch, size, how):
+    """With size=, the batches are made by the size the backbone sees, not by the original size (a folder of
+    photos of many sizes ran one image per forward pass): each image's features are still its own, as it
+    gives alone, and each is placed on its own original size."""
+    hws = [(40, 50), (60, 75), (40, 50), (80, 100), (20, 25)] if isinstance(size, int) else \
+          [(40, 50), (33, 71), (40, 50), (90, 60), (28, 28)]
+    images = [rand_image(h, w, seed=k) for k, (h, w) in enumerate(hws)]
+    if how == "tensors":
+        images = [(torch.from_numpy(a).permute(2, 0, 1).float() / 255 - MEAN) / STD for a in images]
+    elif how != "arrays":
+        for k, a in enumerate(images):
+            cv2.imwrite(str(tmp_path / f"{k}.png"), a[..., ::-1])
+        images = [str(tmp_path / f"{k}.png") for k in range(len(images))]
+    kw = {"resize_8bit": how == "files_8bit", "num_workers": 2 if how == "workers" else 0}
+    alone = [extract_features(model, image, layers=[1, 2], size=size, **kw) for image in images]
+    calls = _counting_forwards(model, monkeypatch)
+    together = extract_features(model, images, layers=[1, 2], size=size, batch_size=8, **kw)
+    assert calls == [len(images)]  # one forward pass for all
+    for hw, got, want in zip(hws, together, alone):
+        assert got.image_size == hw == want.image_size and got.input_size == want.input_size
+        assert got.upsample().shape[-2:] == hw
+        for layer in (1, 2):
+            close(got.maps[layer], want.maps[layer])
+            close(got.cls_tokens[layer], want.cls_tokens[layer])
+    # feature_batches yields the images of one original size at a time, as views of the batch
+    from dinov2_dense.features import feature_batches
+
+    parts = list(feature_batches(model, images, options=FeatureOptions(layers=[2], size=size, batch_size=8)))
+    assert sorted(i for chunk, _ in parts for i in chunk) == list(range(len(images)))
+    for chunk, feats in parts:
+        assert {hws[i] for i in chunk} == {feats.image_size} and feats.maps[2].shape[0] == len(chunk)
+        assert feats.source == [f"image {i}" if how in ("arrays", "tensors") else images[i] for i in chunk]
+    assert len(parts) == len(set(hws))
+    # without size=, each original size is a batch of its own, as before
+    calls.clear()
+    extract_features(model, images, layers=[2], batch_size=8)
+    assert sorted(calls) == sorted(hws.count(hw) for hw in dict.fromkeys(hws))
+
+
 def test_registers(reg_model):
     x = torch.randn(2, 3, 42, 56, generator=torch.Generator().manual_seed(1))
     feats = extract_features(reg_model, x)
