@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -112,8 +113,7 @@ def test_leaf_values_are_the_table_and_the_protocol(path):
             assert head.embed_dim == s.embed_dim and head.post_process_channels == list(s.post_process_channels)
         else:
             assert head.in_channels == [s.embed_dim] * len(layers)
-        assert model.losses == [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100),
-                                dict(type="GradientLoss", loss_weight=0.5)]
+        assert model.losses == [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100)]
         assert model.test_cfg == dict(mode="whole", flip=True)
         if not synthetic:
             want = DEPTH_DATA[dataset]
@@ -122,7 +122,7 @@ def test_leaf_values_are_the_table_and_the_protocol(path):
             assert {k: train.pipeline[k] for k in ("crop_size", "pre_crop", "rotate_degree", "color_prob",
                                                    "brightness_range")} == {k: v for k, v in want.items()
                                                                             if k not in ("eval", "scale")}
-            assert cfg.train_dataloader.batch_size == 2
+            assert cfg.train_dataloader.batch_size == 16  # the released total, as for segmentation
             assert {k: cfg.val_evaluator[k] for k in want["eval"]} == want["eval"]
             opt = cfg.optim_wrapper
             assert (opt.optimizer.lr, opt.optimizer.weight_decay) == (DEPTH_SCHEDULE["lr"], DEPTH_SCHEDULE["weight_decay"])
@@ -159,12 +159,56 @@ def test_leaves_are_small_deltas_and_what_the_generator_writes():
 def test_dense_model_from_a_zoo_name_keeps_official_settings():
     model = MODELS.build(dict(type="DenseModel", zoo="dinov2_vits14_nyu_linear4", backbone_weights=None))
     assert model.task == "depth" and model.predictor.layers == [2, 5, 8, 11] and model.predictor.max_depth == 10.0
-    assert [type(l).__name__ for l in model.losses] == ["SigLoss", "GradientLoss"]
-    assert model.losses[0].warm_up and model.losses[1].loss_weight == 0.5
+    assert [type(l).__name__ for l in model.losses] == ["SigLoss"] and model.losses[0].warm_up
     assert model.predictor.test_cfg == dict(mode="whole", flip=True)
     assert set(k.split(".")[0] for k in model.state_dict()) == {"decode_head"}  # frozen backbone not saved
     with pytest.raises(ValueError, match="zoo=..."):
         MODELS.build(dict(type="DenseModel", backbone="dinov2_vits14", backbone_weights=None))
+
+
+def _released_gradient_loss(pred: torch.Tensor, gt: torch.Tensor, eps: float = 1e-3) -> float:
+    """The released depth toolbox's GradientLoss as it runs on the (B, 1, H, W) maps its heads pass it, written
+    out with loops: at scale i (0..3) the maps are subsampled with step 2i on their FIRST TWO axes (the whole
+    map at i = 0); R = (log(pred + eps) - log(gt + eps)) on gt > 0 (0 elsewhere); the sum of |R[k] - R[k + 2]|
+    over the first axis and of |R[:, c] - R[:, c + 2]| over the second, on pairs valid at both ends, divided
+    by the number of valid pixels at that scale."""
+    p, t = pred.double().numpy(), gt.double().numpy()
+    total = 0.0
+    for i in range(4):
+        step = 2 * i if i else 1
+        ps, ts = p[::step, ::step], t[::step, ::step]
+        valid = ts > 0
+        r = np.where(valid, np.log(ps + eps) - np.log(ts + eps), 0.0)
+        s = 0.0
+        for k in range(r.shape[0] - 2):
+            s += float((np.abs(r[k] - r[k + 2]) * (valid[k] & valid[k + 2])).sum())
+        for c in range(r.shape[1] - 2):
+            s += float((np.abs(r[:, c] - r[:, c + 2]) * (valid[:, c] & valid[:, c + 2])).sum())
+        total += s / valid.sum()
+    return total
+
+
+@pytest.mark.parametrize("zoo", ["dinov2_vits14_nyu_linear", "dinov2_vits14_nyu_linear4", "dinov2_vits14_kitti_dpt"])
+def test_depth_protocol_loss_is_the_released_objective_at_the_released_batch(zoo):
+    """The released depth configs list SigLoss (warm-up) + 0.5 GradientLoss, but their GradientLoss differences
+    the batch and channel axes: at the released 2 images per GPU it is exactly 0 (and with more images it
+    compares one image with another). Our protocol's loss is SigLoss alone, which equals the released
+    objective on every GPU's batch of 2, in warm-up and after."""
+    model = MODELS.build(dict(type="DenseModel", zoo=zoo, backbone_weights=None))
+    gen = torch.Generator().manual_seed(0)
+    sig = heads.SigLoss(warm_up=True, warm_iter=2)  # the released SigLoss, warm-up made short
+    ours = [type(loss)(warm_up=True, warm_iter=2) for loss in model.losses]
+    assert [type(loss).__name__ for loss in model.losses] == ["SigLoss"]
+    for step in range(4):
+        pred = torch.rand(2, 1, 12, 16, generator=gen) * 9 + 0.1
+        gt = torch.rand(2, 1, 12, 16, generator=gen) * 9 + 0.1
+        gt[0, 0, :3] = 0  # invalid pixels
+        released = sig(pred, gt).item() + 0.5 * _released_gradient_loss(pred, gt)
+        assert _released_gradient_loss(pred, gt) == 0.0
+        assert sum(loss(pred, gt) for loss in ours).item() == pytest.approx(released, rel=1e-6), step
+    # the written-out loss is not 0 by construction: with 4 images it compares image k with image k + 2
+    pred, gt = torch.rand(4, 1, 12, 16, generator=gen) + 0.5, torch.rand(4, 1, 12, 16, generator=gen) + 0.5
+    assert _released_gradient_loss(pred, gt) > 0.1
 
 
 def test_a_zoo_models_test_cfg_takes_the_keys_given_over_its_protocol(tmp_path):

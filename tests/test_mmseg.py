@@ -116,6 +116,7 @@ def test_plugin_depth_losses_are_the_dense_predictors_unclamped(backbone_file):
     from mmseg.structures import SegDataSample
 
     model, ours = _pair("dpt_depth", backbone_file, "whole")
+    model.decode_head._losses([dict(type="SigLoss", warm_up=True), dict(type="GradientLoss", loss_weight=0.5)])
     for head in (model.decode_head, ours.decode_head):
         with torch.no_grad():
             head.conv_depth.head[-1].bias.fill_(15.0)  # every output above max_depth 10
@@ -186,8 +187,8 @@ def _loss_settings(configs) -> list[tuple]:
 
 @pytest.mark.parametrize("plugin,ours,dataset", DEPTH_PAIRS, ids=[p[0] for p in DEPTH_PAIRS])
 def test_plugin_depth_configs_follow_the_protocol_as_ours_do(plugin, ours, dataset):
-    """The losses (the released heads': SigLoss 1.0 with warm-up + 0.5 GradientLoss; the NYU linear4 config
-    had SigLoss alone), the flip test (missing in every plugin depth config), the blocks, the depth range
+    """The losses (what trained the released heads: SigLoss 1.0 with warm-up; their configs' 0.5 GradientLoss
+    is 0 at 2 images per GPU), the flip test (missing in every plugin depth config), the blocks, the depth range
     and the evaluation of each plugin depth config are those of our engine's config and the settings."""
     from mmengine.config import Config
 
@@ -980,3 +981,26 @@ def test_plugin_depth_data_sets_list_what_ours_list_on_the_toolboxes_layouts(tmp
     mine = getattr(data, ours)(tmp_path, split) if kitti else data.NYUDepthDataset(tmp_path, split)
     assert listed == [(str(item.image), str(item.target)) for item in mine.items]
     assert len(listed) == 2 and all(Path(p).is_file() for pair in listed for p in pair)
+
+
+def test_plugin_bn_head_takes_syncbn_where_our_linear_head_does(monkeypatch):
+    """The released heads' SyncBN: the plugin's DINOv2BNHead, as heads.LinearHead, takes SyncBatchNorm by default
+    under torch.distributed with CUDA (statistics over every GPU's images) and BatchNorm2d elsewhere (SyncBatchNorm
+    has no CPU kernel); sync_bn given is kept. Before, the plugin's ADE20K config trained per-GPU statistics."""
+    from mmengine.config import Config
+
+    from heads import LinearHead
+
+    cfg = Config.fromfile(ROOT / "configs" / "mmseg" / "dinov2_vits14_ade20k_linear.py")
+    head_cfg = {k: v for k, v in cfg.model.decode_head.items()}
+    for distributed in (False, True):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: distributed)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: distributed)
+        with DefaultScope.overwrite_default_scope("mmseg"):
+            head = MODELS.build(head_cfg)
+        ours = LinearHead([384], 150, in_index=[3])
+        assert type(head.bn) is type(ours.bn) is (torch.nn.SyncBatchNorm if distributed else torch.nn.BatchNorm2d)
+        for given in (False, True):
+            with DefaultScope.overwrite_default_scope("mmseg"):
+                kept = MODELS.build({**head_cfg, "sync_bn": given})
+            assert isinstance(kept.bn, torch.nn.SyncBatchNorm) == given

@@ -27,11 +27,12 @@ from dinov2_dense.zoo import build_model
 from .registry import MODELS
 
 # The released protocols' losses (configs/_base_/models/*.py cite them): mmseg 0.x's cross-entropy,
-# averaged over all pixels (avg_non_ignore=False); SigLoss with its 100-iteration warm-up and
-# GradientLoss x0.5 for depth.
+# averaged over all pixels (avg_non_ignore=False); SigLoss with its 100-iteration warm-up for depth
+# (the released configs' GradientLoss x0.5 is exactly 0 at their 2 images per GPU:
+# configs/_base_/models/depth_linear.py says why).
 _DEFAULT_LOSSES = {
     "segmentation": [dict(type="CrossEntropyLoss", ignore_index=255, avg_non_ignore=False)],
-    "depth": [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100), dict(type="GradientLoss", loss_weight=0.5)],
+    "depth": [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100)],
 }
 
 
@@ -212,7 +213,7 @@ class DenseModel(BaseModel):
         head: ``dict(type="LinearHead", ...)``: a class of ``heads`` and its arguments.
         task, layers, norm, class_token: as ``heads.DensePredictor``.
         losses: list of ``dict(type=<class in heads.losses>, ...)``; defaults: the protocols' (mmseg's
-            cross-entropy averaged over all pixels; SigLoss with warm-up + GradientLoss x0.5).
+            cross-entropy averaged over all pixels; SigLoss with warm-up).
         test_cfg: ``DensePredictor.predict`` defaults (mode, crop_size, stride, scales, flip, scale,
             crop_batch_size). With ``zoo``, the keys given replace those of the zoo model's official test
             protocol and the others are kept (``model.test_cfg.crop_batch_size=1`` changes the batching

@@ -7,7 +7,7 @@ in mmseg's registries, for mmseg's own configs and tools.
 Registered: ``DINOv2`` (backbone), ``DINOv2BNHead`` (linear lin. / +ms), ``DINOv2DPTHead``
 (segmentation), ``DINOv2LinearDepthHead`` and ``DINOv2DPTDepthHead`` (depth), ``DINOv2DepthEstimator``
 (mmseg's ``DepthEstimator`` with slide inference that really slides, and the protocols' flip test),
-``SigLoss`` and ``GradientLoss`` (the depth toolbox's, which mmseg lacks), ``SyntheticADE20KDataset``
+``SigLoss`` (the depth toolbox's, which mmseg lacks) and ``GradientLoss`` (spatial: :class:`heads.GradientLoss`), ``SyntheticADE20KDataset``
 and ``NYUToolboxDataset`` (the split-file layout of the depth toolboxes), ``DINOv2DepthAugment`` and
 ``KBCrop`` (the released depth protocols' augmentation, seeded from the run, and crop),
 ``DINOv2DepthMetric`` (our depth metric: the numbers ``dinov2-dense test`` reports) and

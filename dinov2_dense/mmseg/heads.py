@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heads.dpt import DPTHead
-from heads.linear import LinearDepthHead, resize_to, split_pair, with_class_token
+from heads.linear import LinearDepthHead, _sync_bn_default, resize_to, split_pair, with_class_token
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 CE = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=False)  # mmseg 0.x mean
-#: The released depth heads' losses (lin.1, lin.4 and DPT alike): SigLoss with its 100-iteration warm-up
-#: and 0.5 x GradientLoss.
-DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100),
-                dict(type="GradientLoss", loss_weight=0.5))
+#: What trained the released depth heads (lin.1, lin.4 and DPT alike): SigLoss with its 100-iteration
+#: warm-up (their configs' 0.5 x GradientLoss is exactly 0 at 2 images per GPU:
+#: configs/_base_/models/depth_linear.py says why).
+DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100),)
 
 
 def _check_widths(head: str, key: str, widths: Sequence[int], inputs, indices: Sequence[int]) -> None:
@@ -41,10 +41,12 @@ def _check_widths(head: str, key: str, widths: Sequence[int], inputs, indices: S
 class DINOv2BNHead(BaseDecodeHead):
     """Resize-concat, BatchNorm, 1x1 conv (DINOv2 lin.: one map; +ms: four), keys ``bn.*`` and
     ``conv_seg.*``. ``with_cls_token``: inputs are (map, class token) pairs, the token broadcast over
-    the map and concatenated after it (twice the channels)."""
+    the map and concatenated after it (twice the channels). ``sync_bn``: SyncBatchNorm (the released
+    heads' SyncBN, statistics over every GPU's images) or BatchNorm2d; None (default): SyncBatchNorm when
+    torch.distributed is initialised and CUDA is available (as :class:`heads.LinearHead`)."""
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, in_index: Sequence[int] | None = None,
-                 with_cls_token: bool = False, sync_bn: bool = False, align_corners: bool = False,
+                 with_cls_token: bool = False, sync_bn: bool | None = None, align_corners: bool = False,
                  loss_decode=CE, ignore_index: int = 255, **kwargs):
         in_channels = [int(c) for c in in_channels]
         in_index = list(range(len(in_channels))) if in_index is None else [int(i) for i in in_index]
@@ -53,7 +55,8 @@ class DINOv2BNHead(BaseDecodeHead):
                          input_transform="resize_concat", dropout_ratio=0.0, align_corners=align_corners,
                          loss_decode=loss_decode, ignore_index=ignore_index, **kwargs)
         self.with_cls_token, self.in_widths = with_cls_token, in_channels  # (mmseg keeps only their sum)
-        self.bn = nn.SyncBatchNorm(channels) if sync_bn else nn.BatchNorm2d(channels)
+        sync = _sync_bn_default() if sync_bn is None else sync_bn
+        self.bn = nn.SyncBatchNorm(channels) if sync else nn.BatchNorm2d(channels)
 
     def forward(self, inputs) -> Tensor:
         _check_widths("DINOv2BNHead", "decode_head.in_channels[{k}]", self.in_widths, inputs, self.in_index)

@@ -1,4 +1,4 @@
-"""The depth toolbox's SigLoss and GradientLoss (the DINOv2 depth protocols), which mmseg lacks, in
+"""The depth toolbox's SigLoss (the DINOv2 depth protocols), which mmseg lacks, and our spatial GradientLoss, in
 mmseg's registry: ``dict(type="SigLoss", loss_weight=1.0, warm_up=True)``. Same computation as
 :mod:`heads.losses`; mmseg reads each loss's ``loss_name``."""
 

@@ -5,8 +5,8 @@
 # gradient clipping max_norm 35; CosineAnnealing over 38,400 iterations with min_lr_ratio 1e-8 after
 # a linear warm-up of 12,800 iterations from ratio 1e-3 (mmcv's warm-up multiplies the regular
 # rate: mmengine chains the two schedulers the same way); momentum_config OneCycle (mmcv defaults:
-# beta_1 0.95 -> 0.85 over the first 30% -> 0.95). 2 images per GPU: the GPU count of the released
-# runs is not in the configs (Denoising-ViT's copy says lr 5e-3; the unmodified files say 1e-4).
+# beta_1 0.95 -> 0.85 over the first 30% -> 0.95). 2 images per GPU on 8 GPUs, a total of 16
+# (configs/_base_/datasets/nyu.py; Denoising-ViT's copy says lr 5e-3; the unmodified files say 1e-4).
 max_iters = 38400
 optim_wrapper = dict(
     type="OptimWrapper",
