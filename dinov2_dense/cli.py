@@ -762,7 +762,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     from .features import FeatureOptions, check_forward_tokens, check_input
     from .fileio import check_output_file, check_replaceable_file, is_inside, staged_dir
     from .hub import architecture
-    from .viz.pca import PCABasis, describe, is_still_image, pca_maps, pca_video, save_figure, save_maps
+    from .viz.pca import PCABasis, describe, is_still_image, pca_map_stream, pca_video, save_figure, save_maps
     from .viz.video import video_info
 
     # check everything that can be checked before loading a model or writing a file
@@ -889,9 +889,10 @@ def _cmd_pca(args: argparse.Namespace) -> int:
                     f"figure.png ({len(samples)} of the frames){frames_note}")
         else:
             with _fit_said():
-                maps = pca_maps(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
-                                progress=True, num_workers=_num_workers(args), **common)
-            one = maps[0].basis if all(m.basis is maps[0].basis for m in maps) else None
+                # the maps made and written one image at a time (a list of them all held every image's full-size maps)
+                maps = pca_map_stream(model, args.images, basis=basis, joint=args.joint or len(args.images) == 1,
+                                      progress=True, num_workers=_num_workers(args), **common)
+            one = maps.bases[0] if all(b is maps.bases[0] for b in maps.bases) else None
             title = describe(one) if one is not None else f"PCA of each image on its own ({len(maps)} images)"
             written = save_maps(maps, stage, alpha=args.alpha, title=random_note + title)
             fitted = one if basis is None else None
@@ -899,7 +900,7 @@ def _cmd_pca(args: argparse.Namespace) -> int:
             with_basis = fitted is not None and (not args.save_basis or basis_in_out is not None)
             each = f"each of the {len(maps)} images" if len(maps) > 1 else "the image"
             done = (f"wrote {len(written) + with_basis} files to {out}/: {', '.join(figures)} (one row per image), "
-                    f"<name>_pca{'/_mask' if any(m.basis.masked for m in maps) else ''}/_overlay.png for {each}"
+                    f"<name>_pca{'/_mask' if any(b.masked for b in maps.bases) else ''}/_overlay.png for {each}"
                     + (f" and {(basis_in_out or Path('pca_basis.npz')).as_posix()}" if with_basis else ""))
         if fitted is not None and (not args.save_basis or basis_in_out is not None):
             fitted.save(stage / (basis_in_out or "pca_basis.npz"))

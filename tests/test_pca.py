@@ -345,6 +345,88 @@ def test_command_writes_pngs_and_reused_basis_gives_same_colours(images, tmp_pat
     assert (again / "c_pca.png").is_file() and not (again / "pca_basis.npz").exists()
 
 
+def test_command_makes_and_writes_one_full_size_map_at_a_time(tmp_path, torch_home, monkeypatch, capsys):
+    """pca held every image's full-size maps until it wrote (a reviewer: 3.99 GB for six 12 MP photos). It now
+    makes, writes and drops them one at a time, each figure from shrunk copies of its rows as soon as they are
+    written; its files are those of pca_maps + save_maps, and its figures those of the maps shrunk."""
+    import weakref
+
+    import dinov2_dense.viz.pca as viz_pca
+    from dinov2_dense import load_backbone
+
+    monkeypatch.setattr(viz_pca, "FIGURE_SIDE", 24)  # figures draw copies of at most 24 pixels a side
+    paths = [str(write_scene_image(tmp_path / f"im{i}.png", 40 + 2 * i, 60 - 2 * i, i)) for i in range(10)]
+    alive, most, real = [], [0], viz_pca._colour
+
+    def counted(*args, **kwargs):
+        most[0] = max(most[0], sum(ref() is not None for ref in alive))
+        m = real(*args, **kwargs)
+        alive.append(weakref.ref(m))
+        return m
+
+    monkeypatch.setattr(viz_pca, "_colour", counted)
+    common = ["--model", "dinov2_dense_tiny", "--size", "56", "--batch-size", "3"]
+    assert main(["pca", *paths, "--out", str(tmp_path / "out"), *common]) == 0
+    assert len(alive) == 10 and most[0] == 0  # no full-size map left when the next is made
+    out = tmp_path / "out"
+    assert {p.name for p in out.glob("figure*")} == {"figure_1.png", "figure_2.png"}  # rows 1-8 and 9-10
+    # the same maps as the library's list of them, written by save_maps
+    model = load_backbone("dinov2_dense_tiny")
+    alive.clear()
+    maps = pca_maps(model, paths, size=56, joint=False, progress=False)  # (the command's default: a fit per image)
+    assert most[0] == 9 and sum(ref() is not None for ref in alive) == 10  # (the list holds them all)
+    monkeypatch.setattr(viz_pca, "_colour", real)
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    viz_pca.save_maps(maps, listed, title="PCA of each image on its own (10 images)")
+    for p in out.glob("*.png"):
+        np.testing.assert_array_equal(read_rgb(p), read_rgb(listed / p.name), err_msg=p.name)
+    assert {p.name for p in listed.iterdir()} == {p.name for p in out.glob("*.png")}
+    # a figure draws the shrunk copies: the image's panel is the image averaged down, not sampled
+    small = viz_pca.for_figure(maps[0])
+    assert small.image.shape[:2] == (round(40 * 24 / 60), 24) and small.rgb.shape[:2] == small.mask.shape
+    assert viz_pca.for_figure(small) is small and viz_pca.for_figure(maps[0], side=60) is maps[0]
+
+
+def test_colours_and_overlays_in_bands_of_rows_are_the_whole_images(monkeypatch):
+    """colourise, to_uint8 and overlay_uint8 work a band of rows at a time (a 12 MP image's maps took several
+    float64 copies of it whole): the bytes are those of the whole image at once."""
+    import dinov2_dense.viz.figures as figures
+    import dinov2_dense.viz.pca as viz_pca
+
+    gen = torch.Generator().manual_seed(0)
+    basis = fit_pca([torch.randn(16, 9, 11, generator=gen)], threshold="otsu")
+    scores = torch.randn(4, 37, 23, generator=gen, dtype=torch.float64).float() * 3
+    image = np.random.default_rng(0).integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    whole_mask, whole_rgb = basis.colourise(scores)
+    whole = figures.to_uint8(figures.overlay(image, whole_rgb, 0.3)), figures.to_uint8(whole_rgb)
+    for pixels in (23 * 5, 50, 1):  # bands of 5 rows, of 2 rows, of 1 row
+        monkeypatch.setattr(viz_pca, "COLOUR_PIXELS", pixels)
+        monkeypatch.setattr(figures, "BAND_PIXELS", pixels)
+        mask, rgb = basis.colourise(scores)
+        np.testing.assert_array_equal(mask, whole_mask)
+        np.testing.assert_array_equal(rgb, whole_rgb)
+        np.testing.assert_array_equal(figures.overlay_uint8(image, rgb, 0.3), whole[0])
+        np.testing.assert_array_equal(figures.to_uint8(rgb), whole[1])
+    assert 0 < whole_mask.mean() < 1
+    with pytest.raises(ValueError, match="sizes differ"):
+        figures.overlay_uint8(image, whole_rgb[:30], 0.3)
+
+
+def test_a_file_changed_between_features_and_maps_is_named(tmp_path):
+    from dinov2_dense import load_backbone
+    from dinov2_dense.viz.pca import pca_map_stream
+
+    paths = [str(write_scene_image(tmp_path / f"im{i}.png", 40, 60, i)) for i in range(2)]
+    stream = pca_map_stream(load_backbone("dinov2_dense_tiny"), paths, size=56, progress=False)
+    assert stream.sources == paths and len(stream) == 2 and len(stream.bases) == 2
+    write_scene_image(tmp_path / "im1.png", 50, 60, 1)
+    maps = iter(stream)
+    assert next(maps).source == paths[0]
+    with pytest.raises(ValueError, match=r"im1.png: decoded to 60x50 pixels, but it was 60x40 .*did the file change"):
+        next(maps)
+
+
 def test_command_without_a_foreground_split_writes_no_mask(images, tmp_path, torch_home, capsys):
     """--threshold none: every pixel is foreground, so no (all-white) _mask.png and no mask column."""
     out, split = tmp_path / "none", tmp_path / "otsu"

@@ -3,13 +3,14 @@
 
 from .colour import colour_depth, colour_labels
 from .figures import overlay, save_curves, save_grid, write_image
-from .pca import (ForegroundSplit, PCABasis, PCAMap, colour_basis, fit_pca, foreground_split, otsu_threshold,
-                  pca_maps, pca_video, save_figure, save_maps)
+from .pca import (ForegroundSplit, PCABasis, PCAMap, PCAMapStream, colour_basis, fit_pca, foreground_split,
+                  otsu_threshold, pca_map_stream, pca_maps, pca_video, save_figure, save_maps)
 
 __all__ = [
     "ForegroundSplit",
     "PCABasis",
     "PCAMap",
+    "PCAMapStream",
     "colour_basis",
     "colour_depth",
     "colour_labels",
@@ -17,6 +18,7 @@ __all__ = [
     "foreground_split",
     "otsu_threshold",
     "overlay",
+    "pca_map_stream",
     "pca_maps",
     "pca_video",
     "save_curves",

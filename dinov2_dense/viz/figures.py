@@ -27,7 +27,20 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         return a
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255
-    return (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = np.empty(a.shape, dtype=np.uint8)
+    for y in range(0, a.shape[0], _band(a)):  # a band of rows at a time: no float copies of a large image whole
+        rows = slice(y, y + _band(a))
+        out[rows] = (np.clip(a[rows].astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
+
+
+#: Pixels :func:`to_uint8` and :func:`overlay_uint8` convert at a time (a band of rows).
+BAND_PIXELS = 1 << 20
+
+
+def _band(a: np.ndarray) -> int:
+    """Rows of ``a`` in a band of about :data:`BAND_PIXELS` pixels."""
+    return max(1, BAND_PIXELS // max(1, a.shape[1] if a.ndim > 1 else 1))
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -51,6 +64,20 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.nd
     if image.shape != colours.shape:
         raise ValueError(f"overlay of an image {image.shape} and colours {colours.shape}: sizes differ")
     return (1.0 - alpha) * image + alpha * colours
+
+
+def overlay_uint8(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``to_uint8(overlay(image, colours, alpha))``, the same bytes, a band of rows at a time (a large
+    image's overlay without its float copies whole)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha}: must lie in [0, 1]")
+    if np.shape(image)[:2] != np.shape(colours)[:2]:
+        raise ValueError(f"overlay of an image {np.shape(image)} and colours {np.shape(colours)}: sizes differ")
+    out = np.empty((*np.shape(image)[:2], 3), dtype=np.uint8)
+    for y in range(0, out.shape[0], _band(out)):
+        rows = slice(y, y + _band(out))
+        out[rows] = to_uint8(overlay(image[rows], colours[rows], alpha))
+    return out
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:

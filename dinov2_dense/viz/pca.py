@@ -60,9 +60,11 @@ from ..features import (DenseFeatures, FeatureOptions, NonfiniteFeaturesError, P
                         check_input, extract_features, feature_options, input_names, load_array, map_in_workers,
                         to_rgb_float)
 from ..fileio import atomic_path
-from .figures import overlay, save_grid, to_uint8, write_image
+from .figures import overlay, overlay_uint8, save_grid, to_uint8, write_image
 
 BASIS_VERSION = 1
+#: Pixels :meth:`PCABasis.colourise` colours at a time (a band of rows).
+COLOUR_PIXELS = 1 << 20
 Threshold = str | float | None
 
 
@@ -231,14 +233,21 @@ class PCABasis:
         return torch.cat([s1[:, None], s3], 1).T.reshape(4, h, w)
 
     def colourise(self, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(4, H, W) scores -> foreground mask (H, W) bool and colours (H, W, 3) float32 in [0, 1]."""
-        scores = scores.to(torch.float64)
-        mask = scores[0] > self.threshold if self.masked else torch.ones_like(scores[0], dtype=torch.bool)
+        """(4, H, W) scores -> foreground mask (H, W) bool and colours (H, W, 3) float32 in [0, 1]. Computed
+        in float64 a band of rows at a time (:data:`COLOUR_ROWS` pixels' worth), so a large image's maps
+        do not take several float64 copies of the whole image."""
+        h, w = scores.shape[-2:]
+        mask, rgb = np.empty((h, w), dtype=bool), np.empty((h, w, 3), dtype=np.float32)
         lo = torch.from_numpy(self.lo).view(3, 1, 1)
         span = torch.from_numpy(self.hi - self.lo).view(3, 1, 1)
-        rgb = torch.where(span > 0, (scores[1:] - lo) / span.clamp_min(1e-300), torch.full_like(scores[1:], 0.5))
-        rgb = rgb.clamp(0, 1) * mask
-        return mask.numpy(), rgb.permute(1, 2, 0).float().numpy()
+        rows = max(1, COLOUR_PIXELS // max(w, 1))
+        for y in range(0, h, rows):
+            band = scores[:, y : y + rows].to(torch.float64)
+            m = band[0] > self.threshold if self.masked else torch.ones_like(band[0], dtype=torch.bool)
+            colours = torch.where(span > 0, (band[1:] - lo) / span.clamp_min(1e-300), torch.full_like(band[1:], 0.5))
+            mask[y : y + rows] = m.numpy()
+            rgb[y : y + rows] = (colours.clamp(0, 1) * m).permute(1, 2, 0).float().numpy()
+        return mask, rgb
 
     def transform(
         self, features: Any, size: tuple[int, int] | None = None, mode: str = "bilinear"
@@ -719,10 +728,59 @@ def pca_maps(
         num_workers: DataLoader workers that decode the next images while the model runs (0:
             decode here). The maps are the same either way.
     """
+    options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
+    _, names, feats, shown, bases = _fitted(model, images, options, basis, joint, threshold, upsample, progress, info,
+                                            num_workers, display=True)
+    return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
+
+
+def pca_map_stream(model, images: Sequence[Any], *, basis: PCABasis | None = None, joint: bool = True,
+                   threshold: Threshold = "otsu", layer: int = -1, size: int | Sequence[int] | None = None,
+                   tile: int | None = None, fit: str | None = None, upsample: str = "bilinear", batch_size: int = 8,
+                   progress: bool | None = None, info: dict | None = None, options: FeatureOptions | None = None,
+                   num_workers: int = 0) -> "PCAMapStream":
+    """:func:`pca_maps` for many or large images: the features are computed and the bases fitted now, but
+    the maps are made one at a time as the result is iterated (each image decoded again then), so memory
+    holds the patch features of all images and the full-size maps of one. :func:`save_maps` writes it
+    image by image. The arguments are those of :func:`pca_maps`."""
+    options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
+    items, names, feats, _, bases = _fitted(model, images, options, basis, joint, threshold, upsample, progress, info,
+                                            num_workers, display=False)
+    return PCAMapStream(items, names, feats, bases, upsample, num_workers)
+
+
+class PCAMapStream:
+    """The PCA maps of :func:`pca_map_stream`, made as they are iterated (in input order; each image decoded
+    again, by ``num_workers`` DataLoader workers ahead of the colouring). ``sources``, ``bases``: each
+    image's name and basis, known without iterating; ``len()`` their number."""
+
+    def __init__(self, items: list, names: list[str], feats: list[DenseFeatures], bases: list[PCABasis],
+                 upsample: str, num_workers: int):
+        self.items, self.sources, self.feats, self.bases = items, names, feats, bases
+        self.upsample, self.num_workers = upsample, num_workers
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[PCAMap]:
+        arrays = map_in_workers(load_array, self.items, self.num_workers)
+        for basis, feats, array, name in zip(self.bases, self.feats, arrays, self.sources):
+            if tuple(array.shape[:2]) != tuple(feats.image_size):
+                raise ValueError(f"{name}: decoded to {array.shape[1]}x{array.shape[0]} pixels, but it was "
+                                 f"{feats.image_size[1]}x{feats.image_size[0]} when its features were made (did the "
+                                 "file change?)")
+            yield _colour(basis, feats, _display(array), name, self.upsample)
+            del array
+
+
+def _fitted(model, images: Sequence[Any], options: FeatureOptions, basis: PCABasis | None, joint: bool,
+            threshold: Threshold, upsample: str, progress: bool | None, info: dict | None, num_workers: int,
+            display: bool):
+    """The inputs checked, their features and a basis for each (``basis``, one joint fit or one fit each), and
+    with ``display`` a uint8 copy of each image: (items, names, features, copies, bases)."""
     from tqdm.auto import tqdm
 
     _check_upsample(upsample)
-    options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     items = list(images)
     if not items:
         raise ValueError("pca_maps: no images given")
@@ -733,7 +791,8 @@ def pca_maps(
     _check_forward(model, sizes, options)
     show = progress if progress is not None else len(items) > options.batch_size
     with tqdm(total=len(items), desc="features", unit="image", disable=not show) as bar:
-        feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar, name_of=names.__getitem__)
+        feats, shown = _extract(model, map_in_workers(load_array, items, num_workers), options, bar,
+                                display=display, name_of=names.__getitem__)
     if basis is not None:
         bases = [basis] * len(feats)
     else:
@@ -742,7 +801,7 @@ def pca_maps(
             bases = [_fit_named(feats, names, threshold, meta)] * len(feats)
         else:
             bases = [_fit_named([f], [n], threshold, meta) for f, n in zip(feats, names)]
-    return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
+    return items, names, feats, shown, bases
 
 
 def _fit_record(model, feats: list[DenseFeatures], options: FeatureOptions, info: dict | None) -> dict:
@@ -780,11 +839,36 @@ def _fit_named(feats: list[DenseFeatures], names: list[str], threshold: Threshol
 COLUMNS = ("image", "foreground", "PCA colours", "overlay")
 
 
+#: The longest side of the copy of a map that a figure draws (a figure's panel is 300 pixels wide): a larger
+#: map is shrunk first (averaging pixels; its mask by nearest pixel), so that figures of many large images
+#: need not hold them at full size (:func:`save_maps` keeps one figure's rows).
+FIGURE_SIDE = 1024
+
+
+def for_figure(m: PCAMap, side: int | None = None) -> PCAMap:
+    """``m`` as figures draw it: itself where no side is longer than ``side`` pixels (default
+    :data:`FIGURE_SIDE`), else shrunk to that."""
+    side = FIGURE_SIDE if side is None else side
+    h, w = m.image.shape[:2]
+    if max(h, w) <= side:
+        return m
+    import cv2
+
+    scale = side / max(h, w)
+    wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = cv2.resize(m.image, wh, interpolation=cv2.INTER_AREA)
+    rgb = cv2.resize(np.ascontiguousarray(m.rgb, dtype=np.float32), wh, interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(m.mask.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return PCAMap(m.source, image, mask, rgb, m.patch_mask, m.patch_rgb, m.basis)
+
+
 def save_figure(maps: Sequence[PCAMap], path: str | os.PathLike, *, alpha: float = 0.5,
                 title: str | None = None, labels: Sequence[str] | None = None) -> Path:
     """One row per map: image | foreground mask | PCA colours | overlay, as a PNG (atomic); without the
     mask where no basis splits a foreground (``threshold=None``: every pixel would be foreground). Rows
-    are labelled ``labels``, by default each map's source (:func:`row_labels`)."""
+    are labelled ``labels``, by default each map's source (:func:`row_labels`). Maps larger than
+    :data:`FIGURE_SIDE` are drawn from a shrunk copy (:func:`for_figure`)."""
+    maps = [for_figure(m) for m in maps]
     masks = any(m.basis.masked for m in maps)
     rows = [[m.image, *([m.mask] if masks else []), m.rgb, m.overlay(alpha)] for m in maps]
     labels = list(labels) if labels is not None else row_labels([m.source for m in maps])
@@ -854,28 +938,42 @@ def _unique_stems(sources: Sequence[str]) -> list[str]:
     return stems
 
 
-def save_maps(maps: Sequence[PCAMap], out_dir: str | os.PathLike, *, alpha: float = 0.5,
+def save_maps(maps: "Sequence[PCAMap] | PCAMapStream", out_dir: str | os.PathLike, *, alpha: float = 0.5,
               rows_per_figure: int = 8, title: str | None = None, progress: bool | None = None) -> list[Path]:
     """Write per-image PNGs (``<stem>_pca.png``, ``_mask.png``, ``_overlay.png``, at the image's
     resolution; no ``_mask.png`` for a basis without a foreground split, ``threshold=None``) and the
-    figure(s) (``figure.png``, or ``figure_1.png``... beyond ``rows_per_figure`` rows)."""
+    figure(s) (``figure.png``, or ``figure_1.png``... beyond ``rows_per_figure`` rows), each figure as
+    soon as its rows are written. ``maps``: a list, or a :class:`PCAMapStream` (made and written one
+    image at a time: memory holds one full-size map and one figure's shrunk rows)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     written: list[Path] = []
-    stems = _unique_stems([m.source for m in maps])
-    show = progress if progress is not None else len(maps) > 8
-    for m, stem in tqdm(list(zip(maps, stems)), desc="writing", unit="image", disable=not show):
+    sources = maps.sources if isinstance(maps, PCAMapStream) else [m.source for m in maps]
+    stems = _unique_stems(sources)
+    labels = row_labels(sources)  # told apart over every figure
+    figures = -(-len(sources) // rows_per_figure)
+    show = progress if progress is not None else len(sources) > 8
+    rows: list[PCAMap] = []
+    bar = tqdm(total=len(sources), desc="writing", unit="image", disable=not show)
+    i = -1
+    for m in maps:  # (a wrapping iterator, enumerate's and tqdm's too, holds the last map while the next is made)
+        i += 1
+        stem = stems[i]
         written.append(write_image(out / f"{stem}_pca.png", m.rgb))
         if m.basis.masked:  # (unmasked, every pixel is foreground: a white file that says nothing)
             written.append(write_image(out / f"{stem}_mask.png", m.mask))
-        written.append(write_image(out / f"{stem}_overlay.png", m.overlay(alpha)))
-    labels = row_labels([m.source for m in maps])  # told apart over every figure
-    starts = range(0, len(maps), rows_per_figure)
-    for k, i in enumerate(starts, 1):
-        name = "figure.png" if len(starts) == 1 else f"figure_{k}.png"
-        written.append(save_figure(maps[i : i + rows_per_figure], out / name, alpha=alpha, title=title,
-                                   labels=labels[i : i + rows_per_figure]))
+        written.append(write_image(out / f"{stem}_overlay.png", overlay_uint8(m.image, m.rgb, alpha)))
+        rows.append(for_figure(m))
+        del m  # (a stream's full-size map goes before the next one is made)
+        if len(rows) == rows_per_figure or i == len(sources) - 1:
+            k = i // rows_per_figure + 1
+            name = "figure.png" if figures == 1 else f"figure_{k}.png"
+            written.append(save_figure(rows, out / name, alpha=alpha, title=title,
+                                       labels=labels[(k - 1) * rows_per_figure : i + 1]))
+            rows = []
+        bar.update()
+    bar.close()
     return written
 
 
