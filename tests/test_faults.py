@@ -159,6 +159,83 @@ def test_resume_refuses_to_train_on_at_the_rate_zero_its_ended_schedule_left(sce
     assert sorted(p.name for p in long_warm_up.glob("iter_*.pth")) == ["iter_2.pth", "iter_4.pth"]
 
 
+def test_resume_refuses_a_shortened_schedule_that_reaches_rate_zero_part_way(scenes, trained, tmp_path, capsys):
+    """A run given train_cfg.max_iters=4, stopped at 2 and resumed without it (to 8) decayed to 0 at its last iteration, 3, and trained
+    3 to 8 at rate 0 (a reviewer's: 16 of 24 iterations; only its BatchNorm statistics moved, and mIoU with them):
+    only a resume already at rate 0 was refused. Refused now, naming how many iterations; resumed to a lower
+    max_iters, the warning says the run stops before its schedule's end (it said the iterations past the end run at
+    the rate it ended with: there are none)."""
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    (work / "iter_4.pth").unlink()  # stopped at 2: its schedule (end 4) has not reached 0
+    before = _snapshot(work)
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 8))
+    assert_user_error(rc, err, work / "iter_2.pth", "reaches learning rate 0 at iteration 3",
+                      "5 of the 6 iterations to train_cfg.max_iters = 8 would train at rate 0", "load_from")
+    assert {k: v for k, v in _snapshot(work).items() if not k.startswith("2")} == \
+        {k: v for k, v in before.items() if not k.startswith("2")}  # (log folders aside) nothing written
+    # the max_iters it was run with: trained on, and the schedule ends at 0 on the last iteration as uninterrupted
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 4))
+    assert rc == 0, err
+    # resumed to fewer iterations than its schedule: said as it is
+    shorter = tmp_path / "shorter"
+    shutil.copytree(trained, shorter)
+    (shorter / "iter_4.pth").unlink()
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", shorter, "--resume", "--cfg-options",
+                       *_opts(scenes, 3))
+    assert rc == 0, err
+    assert ("a resumed run keeps its schedule, so the run stops at train_cfg.max_iters = 3 before that schedule's "
+            "end" in out + err) and "past its end" not in out + err
+
+
+def test_resume_runs_the_validation_its_checkpoint_was_saved_before(scenes, trained, tmp_path, capsys):
+    """mmengine saves iter_N.pth before it validates at N and resumes from N + 1: a run stopped during validation N
+    never did it (a reviewer's Ctrl-C in the last one: "the run is complete, nothing is trained", its best checkpoint
+    left at an earlier iteration). Each finished validation is recorded; a resume validates first where the record
+    does not show the checkpoint's, and says so; once done, a second resume does not validate again."""
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    record = work / "last_validation.json"
+    assert json.loads(record.read_text()) == {"iter": 4}  # the fixture's run validated at 4, its last iteration
+    record.unlink()  # as a run stopped during that validation left it
+    opts = _opts(scenes, 4, **{"default_hooks.checkpoint.save_best": "mIoU"})
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *opts)
+    assert rc == 0, err
+    said = out + err
+    assert "the run is complete, nothing is trained" in said
+    assert "the validation at iteration 4 did not finish before the run stopped" in said and "Iter(val)" in said
+    assert json.loads(record.read_text()) == {"iter": 4} and list(work.glob("best_mIoU_iter_4.pth"))
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *opts)
+    assert rc == 0 and "did not finish before" not in out + err and "Iter(val)" not in out + err
+    # a new run in the work dir (--overwrite) does not take the old run's record for its own
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--overwrite", "--cfg-options",
+                       *_opts(scenes, 2, **{"train_cfg.val_begin": 3}))
+    assert rc == 0, err
+    assert not record.exists() and "Iter(val)" not in out + err  # it validated at no iteration: the old run's is gone
+
+
+def test_resume_on_other_data_says_which(scenes, trained, tmp_path, capsys):
+    """A resume given another data root (or split, pipeline, ...) went on silently, and save_best compared the
+    scores of two validation sets. Said now, naming the settings; the same data says nothing."""
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    (work / "iter_4.pth").unlink()
+    other = tmp_path / "other_ade"
+    shutil.copytree(scenes, other)
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options",
+                       *_opts(scenes, 4, **{"val_dataloader.dataset.root": str(other)}))
+    assert rc == 0, err
+    said = out + err
+    assert f"val_dataloader.dataset.root: '{scenes}' -> '{other}'" in said, said[-3000:]
+    assert "was trained on other data than this config gives" in said and "save_best compares" in said
+    assert "train_dataloader.dataset.root" not in said
+    again = tmp_path / "again"
+    shutil.copytree(trained, again)
+    (again / "iter_4.pth").unlink()
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", again, "--resume", "--cfg-options", *_opts(scenes, 4))
+    assert rc == 0 and "other data" not in out + err
+
+
 def test_resume_refuses_a_checkpoint_that_does_not_fit(scenes, trained, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
@@ -178,10 +255,10 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(scenes, trained, tmp
     for name in ("iter_2.pth", "iter_4.pth"):
         (work / name).write_bytes((trained / name).read_bytes())
     (work / "iter_4.pth").write_bytes((trained / "iter_4.pth").read_bytes()[:3000])  # a broken disk
-    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 6))
+    rc, _, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *_opts(scenes, 4))
     assert rc == 0, err
     assert f"{work / 'iter_4.pth'} is unreadable" in err and f"resuming from {work / 'iter_2.pth'}" in err
-    assert torch.load(work / "iter_6.pth", weights_only=True)["meta"]["iter"] == 6
+    assert torch.load(work / "iter_4.pth", weights_only=True)["meta"]["iter"] == 4  # written again, whole
 
 
 def test_exif_orientation_is_applied_to_features(tmp_path, capsys):

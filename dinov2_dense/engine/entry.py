@@ -875,6 +875,11 @@ def run_train(args: argparse.Namespace) -> int:
                 from dinov2_dense.engine.runner import read_run_checkpoint
 
                 read_run_checkpoint(load_from)  # a missing or corrupt file stops us before anything is deleted
+            from dinov2_dense.engine.runner import VALIDATION_RECORD
+
+            record = work_dir / VALIDATION_RECORD  # which validation the run in the work dir finished: a new run's
+            if not (args.resume and old) and record.is_file():  # is its own
+                delete = delete + [record]
             return delete
 
         delete = agree_to_start(start, main, share=True) or []

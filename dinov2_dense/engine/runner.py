@@ -24,6 +24,7 @@ the config builds (checkpoints record the backbone's SHA-256) is refused too; ``
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -109,6 +110,9 @@ class CheckpointSanitizerHook(Hook):
         batch = _train_batch_size(runner)
         if batch is not None:
             meta["train_batch_size"] = batch
+        data = _data_record(runner.cfg)
+        if data is not None:
+            meta["data"] = data
         for key in ("message_hub", "meta"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
@@ -116,6 +120,105 @@ class CheckpointSanitizerHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
+
+
+#: The config keys whose values a checkpoint records as its data (``meta.data``), which ``--resume`` compares.
+DATA_KEYS = ("train_dataloader.dataset", "val_dataloader.dataset")
+
+
+def _data_record(cfg) -> str | None:
+    """The data sets a run trains and validates on (:data:`DATA_KEYS` of its config: root, split, pipeline,
+    ...), as JSON text; None without a config."""
+    if cfg is None:
+        return None
+    record = {}
+    for key in DATA_KEYS:
+        loader, field_ = key.split(".")
+        value = (cfg.get(loader) or {}).get(field_)
+        if value is not None:
+            record[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def _flat_items(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat_items(v, f"{prefix}.{k}"))
+        return out or {prefix: {}}
+    return {prefix: value}
+
+
+def data_differences(recorded: str, now: str | None) -> list[str]:
+    """``key: recorded -> now`` for each setting of the data (:func:`_data_record` texts) that differs."""
+    try:
+        was, new = json.loads(recorded), json.loads(now or "{}")
+    except (TypeError, ValueError):
+        return []
+    old_items: dict[str, Any] = {}
+    new_items: dict[str, Any] = {}
+    for key in DATA_KEYS:
+        if key in was:
+            old_items.update(_flat_items(was[key], key))
+        if key in new:
+            new_items.update(_flat_items(new[key], key))
+    missing = object()
+    return [f"{k}: {old_items.get(k, '(unset)')!r} -> {new_items.get(k, '(unset)')!r}"
+            for k in sorted(set(old_items) | set(new_items))
+            if old_items.get(k, missing) != new_items.get(k, missing)]
+
+
+#: The work dir's record of the last validation a training run finished (``{"iter": N}``): mmengine saves
+#: ``iter_N.pth`` before it validates at N, so a run stopped during that validation was resumed past it.
+VALIDATION_RECORD = "last_validation.json"
+
+
+def _validation_due(loop, iteration: int) -> bool:
+    """Whether ``loop`` (an IterBasedTrainLoop) validates after ``iteration`` (mmengine's rule)."""
+    interval, begin = getattr(loop, "val_interval", None), getattr(loop, "val_begin", 1)
+    max_iters = getattr(loop, "max_iters", None)
+    if not isinstance(interval, int) or interval <= 0 or iteration < begin:
+        return False
+    return iteration % interval == 0 or iteration == max_iters
+
+
+@HOOKS.register_module()
+class ResumedValidationHook(Hook):
+    """Runs the validation a resumed run's checkpoint was saved before, where it did not finish: mmengine saves
+    ``iter_N.pth`` before it validates at N, and resumes from N + 1, so a run stopped during validation N (a
+    reviewer's Ctrl-C there) never did it, and one stopped during its last one resumed as complete, its best
+    checkpoint left at an earlier iteration. Each finished validation of a training run is recorded in the work
+    dir (:data:`VALIDATION_RECORD`); a resume from a checkpoint at a validation iteration that the record does not
+    show (a run of an earlier version shows none) validates first. DenseRunner adds it to every run."""
+
+    priority = "LOWEST"  # after the CheckpointHook's save_best (after_val_epoch) and its before_train
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        from mmengine.dist import is_main_process
+
+        loop = runner.__dict__.get("_train_loop")
+        if loop is None or isinstance(loop, dict) or not is_main_process():  # (a test run has none)
+            return
+        with atomic_path(Path(runner.work_dir) / VALIDATION_RECORD) as tmp:
+            tmp.write_text(json.dumps({"iter": int(runner.iter)}) + "\n")
+
+    def before_train(self, runner) -> None:
+        from mmengine.dist import broadcast_object_list, is_main_process
+
+        if runner.iter == 0 or runner.val_loop is None or not _validation_due(runner.train_loop, runner.iter):
+            return
+        done = [None]
+        if is_main_process():
+            try:
+                done[0] = json.loads((Path(runner.work_dir) / VALIDATION_RECORD).read_text()).get("iter")
+            except (OSError, ValueError, AttributeError):
+                done[0] = None
+        broadcast_object_list(done)  # every process decides alike
+        if done[0] == runner.iter:
+            return
+        runner.logger.warning(f"--resume: the validation at iteration {runner.iter} did not finish before the run "
+                              "stopped (a checkpoint is saved before its validation): it runs now")
+        runner.val_loop.run()
 
 
 @HOOKS.register_module()
@@ -364,26 +467,28 @@ def _flat_schedulers(schedulers) -> list[tuple[str, Any]]:
     return [(f"param_scheduler.{i}", s) for i, s in enumerate(schedulers or [])]
 
 
-def _rate_to_come(schedulers, steps: int) -> bool:
-    """Whether any parameter group's learning rate is above 0 now or within the next ``steps`` scheduler steps:
-    the schedulers are stepped on their own state and the optimizers' values, both put back after."""
+def _iterations_at_rate_zero(schedulers, steps: int) -> list[int]:
+    """Which of the next ``steps`` iterations (0 = the next one) train with every parameter group's learning rate
+    at 0: the schedulers are stepped on their own state and the optimizers' values, both put back after."""
     flat = [s for _, s in _flat_schedulers(schedulers)]
     optimizers = list({id(s.optimizer): s.optimizer for s in flat}.values())
     if not optimizers:
-        return True  # no schedule: the rate is the configured one
+        return []  # no schedule: the rate is the configured one
     groups = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in optimizers]
     states = [s.state_dict() for s in flat]
 
-    def positive() -> bool:
-        return any(float(g.get("lr", 0.0)) > 0.0 for opt in optimizers for g in opt.param_groups)
+    def zero() -> bool:
+        return not any(float(g.get("lr", 0.0)) > 0.0 for opt in optimizers for g in opt.param_groups)
 
     try:
-        for _ in range(steps):
-            if positive():
-                return True
-            for scheduler in flat:
-                scheduler.step()
-        return positive()
+        at_zero = []
+        for step in range(steps):
+            if zero():
+                at_zero.append(step)
+            if step < steps - 1:
+                for scheduler in flat:
+                    scheduler.step()
+        return at_zero
     finally:
         for opt, saved in zip(optimizers, groups):
             for group, values in zip(opt.param_groups, saved):
@@ -569,7 +674,7 @@ class DenseRunner(Runner):
         # (the commands start it before they check the work dir; mmengine then finds it already started)
         start_process_group(kwargs.get("launcher", "none"), kwargs.get("env_cfg"))
         hooks = list(custom_hooks or [])
-        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook"):
+        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook", "ResumedValidationHook"):
             if not any(isinstance(h, dict) and h.get("type") == name for h in hooks):
                 hooks.append(dict(type=name))
         # mmengine names a runner's MessageHub (a per-process singleton by name) "<config>_<timestamp to the
@@ -861,16 +966,43 @@ class DenseRunner(Runner):
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot resume from {filename}: {exc}") from None
         restored = _scheduler_lengths(self.param_schedulers)
+        loop = self._train_loop
+        max_iters = getattr(loop, "max_iters", None) if loop is not None and not isinstance(loop, dict) else None
         for (name, was), (_, now) in zip(configured, restored):
             if was != now:  # mmengine restores each scheduler whole, its end too
+                end = now.get("end")
+                after = ("the run stops at train_cfg.max_iters = {0} before that schedule's end, so its rate stops "
+                         "short of where the schedule takes it" if isinstance(end, int) and max_iters is not None
+                         and end > max_iters else "iterations past its end run at the rate it ended with")
                 self.logger.warning(
                     f"--resume: {name} continues as {filename} saved it ({_lengths_text(now)}; the config says "
-                    f"{_lengths_text(was)}): a resumed run keeps its schedule, so iterations past its end run at "
-                    "the rate it ended with")
+                    f"{_lengths_text(was)}): a resumed run keeps its schedule, so {after.format(max_iters)}")
         if configured != restored:
             self._refuse_training_at_rate_zero(filename)
         self._say_if_other_processes(filename, meta)
         self._say_what_the_checkpoint_keeps(filename, meta, rates)
+        self._say_if_other_data(filename, meta)
+
+    def _say_if_other_data(self, filename: str, meta: dict) -> None:
+        """A resume given other data sets than its checkpoint trained and validated on (``meta.data``; a
+        checkpoint from before the record says nothing) goes on with this config's: say which settings differ
+        (a reviewer's resume on another root said nothing, and save_best then compared the scores of two
+        validation sets)."""
+        from mmengine.dist import is_main_process
+
+        recorded = meta.get("data")
+        if not isinstance(recorded, str) or not is_main_process():
+            return
+        differ = data_differences(recorded, _data_record(self.cfg))
+        if not differ:
+            return
+        shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")
+        best = (", and save_best compares this validation set's scores with the best of the other"
+                if any(d.startswith("val_dataloader.") for d in differ) else "")
+        self.logger.warning(
+            f"--resume: {filename} was trained on other data than this config gives ({shown}): the run goes on with "
+            f"this config's{best}. To train its head on other data, start a new run from its weights: load_from=FILE "
+            "without --resume")
 
     def _say_what_the_checkpoint_keeps(self, filename: str, meta: dict, rates: list | None) -> None:
         """Settings a resume takes from the checkpoint, not the config, said where they differ (a reviewer's
@@ -913,20 +1045,32 @@ class DenseRunner(Runner):
         600, and trained 300 iterations at the rate 0 its ended schedule had left (a warning said only "the rate
         it ended with"): new checkpoints of unchanged weights, and older ones pruned. Where the checkpoint's
         schedule is not the config's, the resume is refused, before anything is trained or written, when that
-        schedule, stepped through the iterations to come (on a copy of its state), keeps every parameter group's
-        rate at 0 (a warm-up that ends later multiplies a rate of 0). (The config's own schedule may reach 0 on
-        its last iteration: mmengine's PolyLR does; so does the uninterrupted run.)"""
+        schedule, stepped through the iterations to come (on a copy of its state), puts every parameter group's
+        rate at 0 for more than one of them (a warm-up that ends later multiplies a rate of 0): a run stopped
+        before the end of a shortened schedule and resumed without the shortening (a reviewer's: 16 iterations
+        of 40 at rate 0) as well as one already at 0. (The config's own schedule may reach 0 on its last
+        iteration: mmengine's PolyLR does; so does the uninterrupted run.)"""
         loop = self._train_loop
         max_iters = getattr(loop, "max_iters", None) if loop is not None and not isinstance(loop, dict) else None
-        if max_iters is None or self.iter >= max_iters or _rate_to_come(self.param_schedulers, max_iters - self.iter):
+        if max_iters is None or self.iter >= max_iters:
             return
-        lengths = _scheduler_lengths(self.param_schedulers)
+        to_come = max_iters - self.iter
+        at_zero = _iterations_at_rate_zero(self.param_schedulers, to_come)
+        if len(at_zero) <= 1:  # (a poly decay to 0 reaches it on its last iteration in the uninterrupted run too)
+            return
+        names = ", ".join(n for n, _ in _scheduler_lengths(self.param_schedulers)) or "no schedule"
+        if len(at_zero) == to_come:
+            what = (f"{filename} is at learning rate 0 ({names}), and its schedule keeps it there, so the {to_come} "
+                    f"iterations to train_cfg.max_iters = {max_iters} would not change the weights: that run is "
+                    f"complete at {self.iter}")
+        else:
+            what = (f"{filename}'s schedule ({names}) reaches learning rate 0 at iteration {self.iter + at_zero[0]}, "
+                    f"so {len(at_zero)} of the {to_come} iterations to train_cfg.max_iters = {max_iters} would train at "
+                    "rate 0 and not change the weights (only BatchNorm statistics would move): that run's schedule "
+                    f"ends before {max_iters}")
         raise CheckpointError(
-            f"--resume: {filename} is at learning rate 0 ({', '.join(n for n, _ in lengths) or 'no schedule'}), and "
-            f"its schedule keeps it there, so the {max_iters - self.iter} iterations to train_cfg.max_iters = "
-            f"{max_iters} would not change the weights: that run is complete at {self.iter} (give the "
-            "train_cfg.max_iters it was run with), or train on from its weights with a new schedule: load_from=FILE "
-            "without --resume")
+            f"--resume: {what} (give the train_cfg.max_iters it was run with), or train on from its weights with a new "
+            "schedule: load_from=FILE without --resume")
 
     def _say_if_other_processes(self, filename: str, meta: dict) -> None:
         """A run resumed on another number of processes than its checkpoint was written by (``meta.world_size``;
