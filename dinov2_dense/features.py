@@ -79,7 +79,11 @@ def load_array(source: ImageLike) -> np.ndarray:
         return _read_file(str(source))
     if isinstance(source, np.ndarray):
         return source
-    if hasattr(source, "mode") and hasattr(source, "size"):  # PIL.Image without importing PIL
+    if isinstance(source, Tensor):  # (it has a .mode and a .size too)
+        raise TypeError("a torch tensor is no image file, array or PIL image: this reads pixels as stored (figures "
+                        "show them); pass a tensor of normalised images to extract_features, or the image itself "
+                        "(a file, an array, a PIL image) here")
+    if isinstance(getattr(source, "mode", None), str) and hasattr(source, "size"):  # PIL.Image without importing PIL
         return _from_pil(source)
     raise TypeError(f"cannot read an image from a {type(source).__name__}")
 
@@ -114,7 +118,7 @@ def _read_file(path: str) -> np.ndarray:
 def _from_pil(image) -> np.ndarray:
     if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
         image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
-    array = np.asarray(image)
+    array = np.array(image)  # (writable: np.asarray's view of the image's bytes is read-only, which torch warns of)
     if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255):
         array = array.astype(np.uint16) if image.mode.startswith("I;16") else np.clip(array, 0, 65535).astype(np.uint16)
     return array
@@ -355,6 +359,8 @@ class DenseFeatures:
     padding: (top, bottom, left, right) pixels added by ``fit="pad"`` (in input_size pixels).
     options: the :class:`FeatureOptions` they were made with (None for features built otherwise): a PCA
     basis checks them against the settings it was fitted with. Not part of equality or the repr.
+    blocks: the number of blocks of the model that made them (None for features built otherwise), with
+    which :meth:`upsample` takes a negative block index as ``layers=`` does. Not part of equality or the repr.
     """
 
     maps: dict[int, Tensor]
@@ -366,10 +372,20 @@ class DenseFeatures:
     patch_size: int = 14
     source: list[str] = field(default_factory=list)
     options: FeatureOptions | None = field(default=None, compare=False, repr=False)
+    blocks: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def layers(self) -> list[int]:
         return list(self.maps)
+
+    def _block(self, layer: int) -> int:
+        """The key of ``maps`` for block ``layer`` (negative: from the model's end, as ``layers=`` takes it)."""
+        block = layer + self.blocks if layer < 0 and self.blocks is not None else layer
+        if block not in self.maps:
+            of = f" of this {self.blocks}-block model" if self.blocks is not None else ""
+            raise KeyError(f"block {layer}{of}: these features hold blocks {self.layers} (pass one of them, or "
+                           f"extract it: layers=[{layer}])")
+        return block
 
     def rows(self, start: int, stop: int, image_size: tuple[int, int] | None = None) -> "DenseFeatures":
         """The images ``start:stop`` of this batch (views of its tensors), whose size before fitting is
@@ -384,11 +400,12 @@ class DenseFeatures:
             patch_size=self.patch_size,
             source=self.source[start:stop],
             options=self.options,
+            blocks=self.blocks,
         )
 
     def upsample(self, layer: int | None = None, mode: str = "bilinear") -> Tensor:
         """(B, C, H, W) features at the image's own resolution: upsampled, padding removed."""
-        layer = self.layers[-1] if layer is None else layer
+        layer = self.layers[-1] if layer is None else self._block(int(layer))
         fmap = self.maps[layer]
         grid_px = (fmap.shape[-2] * self.patch_size, fmap.shape[-1] * self.patch_size)
         kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
@@ -1216,4 +1233,5 @@ def _extract_batch(batch: Tensor, names: list[str], *, model, layer_ids: list[in
         patch_size=p,
         source=names,
         options=options,
+        blocks=getattr(model, "n_blocks", None),
     )

@@ -439,6 +439,10 @@ def load_backbone(
     file's path, else the weights); the command line gives the ``--weights`` it was given when no
     ``--model`` was, so that an error never names a model nobody chose.
     """
+    if device is not None:  # a device this machine lacks: one line, not torch's assertion after the build
+        from .options import check_device
+
+        device = check_device(str(device), option="device")
     given_weights = weights
     weights = _file_url_path(weights)
     arch = _architecture(name, weights)
@@ -466,6 +470,8 @@ def load_backbone(
             raise CheckpointError(_cannot_load(label, exc)) from None
         except CheckpointError as exc:
             raise CheckpointError(_cannot_load(label, exc)) from None
+    if isinstance(name, str) and name in BACKBONES:
+        model.zoo_name = name  # what the model is, for records made of it (a PCA basis)
     if device is not None:
         model = model.to(device)
     if dtype is not None:

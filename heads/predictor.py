@@ -312,6 +312,8 @@ class DensePredictor(nn.Module):
 
         _check_normalised(images, "predict()'s images", "to_input_tensor(image)[None] gives them from a path or array",
                           values=True)
+        if images.dtype == torch.float64:  # (the model runs float32: as float32 images, 8-bit ones are found as such)
+            images = images.float()
         with kept_modes(self):
             self.eval()
             out = self._predict(images, mode, crop_size, stride, scales, flip, scale, out_size, crop_batch_size)

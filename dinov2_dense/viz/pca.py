@@ -333,7 +333,8 @@ def _check_threshold(threshold: Threshold) -> None:
     if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)) and threshold not in (
         "otsu", "zero", None
     ):
-        raise ValueError(f"threshold={threshold!r}: use 'otsu', 'zero', a number or None")
+        raise ValueError(f"threshold={threshold!r}: use 'otsu', 'zero', a number or None"
+                         + (" (the command's --threshold none is threshold=None here)" if threshold == "none" else ""))
 
 
 def _check_percentiles(percentiles: tuple[float, float]) -> None:
@@ -688,7 +689,7 @@ def _extract(model, arrays: Iterable[np.ndarray], options: FeatureOptions, bar, 
 
 def pca_maps(
     model,
-    images: Sequence[Any],
+    images: Any,
     *,
     basis: PCABasis | None = None,
     joint: bool = True,
@@ -708,7 +709,8 @@ def pca_maps(
 
     Args:
         model: a DinoVisionTransformer (see :func:`dinov2_dense.features.extract_features`).
-        images: paths (errors name them), ``skimage:NAME``, arrays or PIL images. All are checked
+        images: a list of paths (errors name them), ``skimage:NAME``, arrays or PIL images, or one of
+            them (then one PCAMap is returned, as :func:`extract_features` returns one). All are checked
             before any work is done (files by their headers); they are then decoded one chunk of
             ``batch_size`` at a time, and only a uint8 copy of each is kept for the figures.
         basis: apply this fitted basis to every image (no fitting).
@@ -728,10 +730,12 @@ def pca_maps(
         num_workers: DataLoader workers that decode the next images while the model runs (0:
             decode here). The maps are the same either way.
     """
+    single = not isinstance(images, (list, tuple))
     options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
-    _, names, feats, shown, bases = _fitted(model, images, options, basis, joint, threshold, upsample, progress, info,
-                                            num_workers, display=True)
-    return [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
+    _, names, feats, shown, bases = _fitted(model, [images] if single else images, options, basis, joint, threshold,
+                                            upsample, progress, info, num_workers, display=True)
+    maps = [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
+    return maps[0] if single else maps
 
 
 def pca_map_stream(model, images: Sequence[Any], *, basis: PCABasis | None = None, joint: bool = True,
@@ -743,6 +747,8 @@ def pca_map_stream(model, images: Sequence[Any], *, basis: PCABasis | None = Non
     the maps are made one at a time as the result is iterated (each image decoded again then), so memory
     holds the patch features of all images and the full-size maps of one. :func:`save_maps` writes it
     image by image. The arguments are those of :func:`pca_maps`."""
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"pca_map_stream takes a list of images, not a {type(images).__name__} (pca_maps takes one)")
     options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     items, names, feats, _, bases = _fitted(model, images, options, basis, joint, threshold, upsample, progress, info,
                                             num_workers, display=False)
@@ -787,6 +793,8 @@ def _fitted(model, images: Sequence[Any], options: FeatureOptions, basis: PCABas
     names = input_names(items)
     sizes: dict[tuple[int, int], str] = {}
     for x, name in zip(items, names):  # every input is checked first: a missing or unreadable file stops us
+        if isinstance(x, Tensor):  # (extract_features takes them: its error says so)
+            load_array(x)
         sizes.setdefault(check_input(x), name)  # before any work
     _check_forward(model, sizes, options)
     show = progress if progress is not None else len(items) > options.batch_size
@@ -808,9 +816,13 @@ def _fit_record(model, feats: list[DenseFeatures], options: FeatureOptions, info
     """What a basis records of how its features were made, as the command's does (reused with --basis,
     features are computed the same way, and other weights are warned of): the block, size, tiling, the
     fit to the patch grid, the 8-bit resize and the identity of the weights (:func:`dinov2_dense.checkpoints.weights_identity` with
-    its ``features_sha256``, hashed now unless ``info``, which is added last, has it)."""
+    its ``features_sha256``, hashed now unless ``info``, which is added last, has it), and the zoo name of a
+    model :func:`~dinov2_dense.load_backbone` built by one (``pca --basis`` then runs that model: a basis saved
+    in Python recorded none, and the command took its default)."""
     record = {"layer": feats[0].layers[-1], "size": _size_record(options.size), "tile": options.tile,
               "fit": options.fit, **({"resize_8bit": True} if options.resize_8bit else {})}
+    if isinstance(getattr(model, "zoo_name", None), str):
+        record["model"] = model.zoo_name
     if "weights_sha256" not in (info or {}):
         from ..checkpoints import weights_identity
 
