@@ -1004,3 +1004,34 @@ def test_plugin_bn_head_takes_syncbn_where_our_linear_head_does(monkeypatch):
             with DefaultScope.overwrite_default_scope("mmseg"):
                 kept = MODELS.build({**head_cfg, "sync_bn": given})
             assert isinstance(kept.bn, torch.nn.SyncBatchNorm) == given
+
+
+def test_plugin_run_stops_at_a_nan_loss_before_its_checkpoint(tmp_path, backbone_file):
+    """The plugin's runner (mmseg's) had neither of our engine's divergence checks: a learning rate of 1e6 trained
+    on through NaN losses and saved NaN heads. DivergenceHook stops it at the first non-finite loss, before that
+    iteration's checkpoint; CheckpointSanitizerHook refuses to write NaN heads."""
+    from dinov2_dense.data.synthetic import write_ade20k_layout
+    from dinov2_dense.engine.model import TrainingDiverged
+
+    ade = write_ade20k_layout(tmp_path / "ade", 8, 4, config=dict(size=(84, 112)), progress=False)
+    work = tmp_path / "seg"
+    with pytest.raises(TrainingDiverged, match=r"the loss is (nan|inf) at iteration \d+ .*stopped before this "
+                                               r"iteration's checkpoint: lower optim_wrapper.optimizer.lr"):
+        _run(ROOT / "configs/mmseg/synthetic_ade20k_linear.py", ade, work, backbone_file,
+             {**_TINY_LINEAR, "optim_wrapper.optimizer.lr": 1e12, "default_hooks.checkpoint.interval": 1})
+    for ckpt in work.glob("iter_*.pth"):  # those written before the loss went wrong hold finite heads
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), ckpt.name
+    # a NaN head is not written, whatever the loss said
+    from mmengine.runner import Runner
+
+    from dinov2_dense.engine.runner import CheckpointSanitizerHook
+
+    class Stub(Runner):  # only what the hook reads of a runner
+        def __init__(self, model):
+            self.__dict__.update(model=model, cfg=None)
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    model[0].weight.data[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"1 trained tensor\(s\) hold NaN or infinite values \(0.weight\)"):
+        CheckpointSanitizerHook().before_save_checkpoint(Stub(model), {"meta": {}})

@@ -113,6 +113,8 @@ class CheckpointSanitizerHook(Hook):
         data = _data_record(runner.cfg)
         if data is not None:
             meta["data"] = data
+        if not isinstance(runner, DenseRunner):  # (ours checks in save_checkpoint: the mmseg plugin's runner here)
+            _refuse_diverged(runner.model, "the checkpoint")
         for key in ("message_hub", "meta"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
@@ -219,6 +221,36 @@ class ResumedValidationHook(Hook):
         runner.logger.warning(f"--resume: the validation at iteration {runner.iter} did not finish before the run "
                               "stopped (a checkpoint is saved before its validation): it runs now")
         runner.val_loop.run()
+
+
+@HOOKS.register_module()
+class DivergenceHook(Hook):
+    """For runners of models other than ours (the mmseg plugin's): stops a run whose training loss became NaN
+    or infinite, on every process, before that iteration's checkpoint (a run went on through NaN losses, saved
+    NaN heads and validated them as plausible). :class:`~dinov2_dense.engine.model.DenseModel` stops before the
+    step itself; a model of mmseg's takes it first, so this stops after it (the checkpoints before it are
+    sound). The plugin's runtime (``configs/mmseg/_base_/runtime.py``) adds it."""
+
+    priority = "HIGH"  # before the CheckpointHook (VERY_LOW) saves this iteration
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        from mmengine.dist import all_reduce, get_world_size
+
+        from .model import DIVERGED_ADVICE, TrainingDiverged
+
+        logged = {k: float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+                  for k, v in (outputs or {}).items() if isinstance(v, (torch.Tensor, float, int))}
+        if "loss" not in logged:
+            return
+        bad = torch.tensor([0.0 if math.isfinite(logged["loss"]) else 1.0])
+        if get_world_size() > 1:  # one process's NaN stops them all (the others would wait for it)
+            all_reduce(bad, op="max")
+        if float(bad) == 0.0:
+            return
+        values = ", ".join(f"{k} {v:.4g}" for k, v in logged.items() if k != "loss")
+        where = f"{logged['loss']}" if not math.isfinite(logged["loss"]) else "finite here, NaN or infinite on another process"
+        raise TrainingDiverged(f"the loss is {where} at iteration {runner.iter + 1} ({values}); stopped before this "
+                               f"iteration's checkpoint: {DIVERGED_ADVICE}")
 
 
 @HOOKS.register_module()

@@ -14,8 +14,9 @@ and ``NYUToolboxDataset`` (the split-file layout of the depth toolboxes), ``DINO
 ``SeedAugmentation`` (mmcv's random transforms seeded by the sample's place in the run's stream). Our
 engine's classes are found by name too: the configs' data loaders draw from ``SeededInfiniteSampler``,
 and their runtime (``configs/mmseg/_base_/runtime.py``) adds ``CheckpointSanitizerHook``,
-``LossWarmUpHook`` (a resumed run continues SigLoss's warm-up) and ``ResumeDataHook`` (a resumed run's
-data starts at the checkpoint's sample, loading none before it, with the uninterrupted run's crops).
+``LossWarmUpHook`` (a resumed run continues SigLoss's warm-up), ``ResumeDataHook`` (a resumed run's
+data starts at the checkpoint's sample, loading none before it, with the uninterrupted run's crops) and
+``DivergenceHook`` (a NaN or infinite loss stops the run before its checkpoint).
 State-dict keys are the official ``backbone.*`` / ``decode_head.*`` ones, so released head files load
 strictly; :mod:`.convert` moves checkpoints between mmseg and :func:`dinov2_dense.zoo.load_model`.
 
