@@ -518,20 +518,26 @@ def save_safetensors(
 ) -> Path:
     """Write a state dict (or a module's) as safetensors, atomically (temp file, then rename); the same
     tensors and metadata give the same bytes (:func:`_sort_metadata`)."""
-    from safetensors.torch import save_file
-
     from .fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        write_safetensors(weights, tmp, metadata)
+    return Path(path)
+
+
+def write_safetensors(weights: nn.Module | Mapping[str, Tensor], tmp: Path,
+                      metadata: Mapping[str, str] | None = None) -> None:
+    """:func:`save_safetensors`' writing, into the new file ``tmp`` (a temporary of an atomic write)."""
+    from safetensors.torch import save_file
 
     sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    with atomic_path(path) as tmp:
-        # safetensors (like mkstemp) leaves mode 0600; give the file the mode the umask allows
-        tmp.touch(exist_ok=False)
-        mode = tmp.stat().st_mode & 0o777
-        save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "dinov2-dense"}))
-        _sort_metadata(tmp)
-        os.chmod(tmp, mode)
-    return Path(path)
+    # safetensors (like mkstemp) leaves mode 0600; give the file the mode the umask allows
+    tmp.touch(exist_ok=False)
+    mode = tmp.stat().st_mode & 0o777
+    save_file(tensors, str(tmp), metadata=dict(metadata or {"format": "dinov2-dense"}))
+    _sort_metadata(tmp)
+    os.chmod(tmp, mode)
 
 
 def _sort_metadata(path: Path) -> None:

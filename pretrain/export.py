@@ -17,28 +17,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dinov2_dense.checkpoints import save_safetensors
-from dinov2_dense.fileio import atomic_path, write_json
+from dinov2_dense.fileio import atomic_path
 
 __all__ = ["export_backbone", "load_exported", "save_torch"]
 
 
 def export_backbone(backbone: nn.Module, out_dir: str | os.PathLike, name: str = "backbone") -> dict[str, Path]:
-    """Write ``<name>.pth``, ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``. The safetensors
+    """Write ``<name>.pth``, ``<name>.safetensors`` and ``<name>.json`` into ``out_dir``, together: each
+    through a temporary file, all renamed once all are written (a failed write, a full disk, leaves the
+    three of the last export, never a new ``.pth`` beside an old ``.safetensors``). The safetensors
     metadata's ``arch`` names the JSON written beside it (``see student0.json`` for a distilled student);
     the JSON records the LayerScale init the backbone was built with (``arch_kwargs``)."""
+    from dinov2_dense.checkpoints import write_safetensors
+    from dinov2_dense.fileio import AtomicFiles
+
     from .train import arch_dict
 
     out = Path(out_dir)
     sd = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     paths = {"pth": out / f"{name}.pth", "safetensors": out / f"{name}.safetensors", "json": out / f"{name}.json"}
-    save_torch(sd, paths["pth"])
     try:
-        save_safetensors(sd, paths["safetensors"], metadata={"format": "dinov2-dense",
-                                                            "arch": f"see {paths['json'].name}"})
-    except OSError as exc:  # (safetensors' own error for a full disk too: atomic_path names the file)
+        with AtomicFiles() as files:
+            with files.path(paths["pth"]) as tmp, open(tmp, "wb") as f:
+                torch.save(sd, f)  # (through an open file: the same tensors give the same bytes, see save_torch)
+            with files.path(paths["safetensors"]) as tmp:
+                write_safetensors(sd, tmp, metadata={"format": "dinov2-dense", "arch": f"see {paths['json'].name}"})
+            files.write_json(paths["json"], arch_dict(backbone))
+    except OSError as exc:  # (torch's and safetensors' own errors for a full disk too: AtomicFiles names the file)
         raise _resumable(exc) from None
-    write_json(paths["json"], arch_dict(backbone))
     return paths
 
 

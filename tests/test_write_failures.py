@@ -182,3 +182,37 @@ def test_a_lock_that_cannot_be_written_names_itself_and_is_not_left(tmp_path):
     assert out.stdout.startswith("OSError [Errno 27] cannot take the lock ") and "File too large" in out.stdout, \
         out.stdout + out.stderr
     assert not list((tmp_path / "run").iterdir())
+
+
+def test_a_pretraining_export_that_fails_part_way_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """The export wrote backbone.pth, then backbone.safetensors: a failed second write (a full disk) left a new
+    .pth beside the old .safetensors (a reviewer, with strace fault injection), two files of one name that gave
+    other features. The three files are now renamed together once all are written."""
+    import errno
+
+    import dinov2_dense.checkpoints as checkpoints
+    from pretrain.export import export_backbone
+
+    from .conftest import randomize_, tiny_vit
+
+    first, second = tiny_vit(depth=2, dim=32, img=28), randomize_(tiny_vit(depth=2, dim=32, img=28), seed=1)
+    out = tmp_path / "export"
+    export_backbone(first, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = checkpoints.write_safetensors
+
+    def full_disk(weights, tmp, metadata=None):
+        real(weights, tmp, metadata)
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    monkeypatch.setattr(checkpoints, "write_safetensors", full_disk)
+    with pytest.raises(OSError, match=r"backbone.safetensors.*then continue the run with --resume"):
+        export_backbone(second, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the last export, whole; no temporaries
+    monkeypatch.setattr(checkpoints, "write_safetensors", real)
+    paths = export_backbone(second, out)
+    from dinov2_dense import load_backbone
+
+    for weights in (paths["pth"], paths["safetensors"]):
+        loaded = load_backbone(None, weights=str(weights))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))
