@@ -379,18 +379,26 @@ def features_setting(name: str, value):
 
 def count_syncs(run) -> collections.Counter:
     """The device synchronisations torch reports (``set_sync_debug_mode``) while ``run()`` runs, by
-    the first line of their message."""
+    the first line of their message; those of other threads (the DataLoader's pinning thread waits for
+    each slot's copy to the GPU, beside the model) counted apart, under ``[other thread] ...``."""
+    import threading
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
+    main, caught = threading.current_thread(), []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        caught.append(("" if threading.current_thread() is main else "[other thread] ") + str(message))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record  # (put back by catch_warnings)
         torch.cuda.set_sync_debug_mode("warn")
         try:
             run()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return collections.Counter(str(w.message).splitlines()[0] for w in caught  # (torch first says it is a prototype)
-                               if "synchroniz" in str(w.message) and "prototype" not in str(w.message))
+    return collections.Counter(m.splitlines()[0] for m in caught  # (torch first says it is a prototype)
+                               if "synchroniz" in m and "prototype" not in m)
 
 
 def sync(device: torch.device) -> None:
@@ -537,9 +545,11 @@ def main() -> int:
             syncs = count_syncs(lambda: embed_images(model, paths, Path(tmp) / f"store_{next(runs)}", size=args.size,
                                                      batch_size=args.batch_size, num_workers=workers, progress=False,
                                                      resize_8bit=True))
-            shown = "; ".join(f"{n} x {text}" for text, n in syncs.most_common(3))
+            shown = "; ".join(f"{n} x {text}" for text, n in syncs.most_common(4))
+            main = sum(n for text, n in syncs.items() if not text.startswith("[other thread]"))
             print(f"  device synchronisations in one embed_images run ({-(-len(paths) // args.batch_size)} batches): "
-                  f"{sum(syncs.values())}{': ' + shown if syncs else ''}", flush=True)
+                  f"{main} in the main thread, {sum(syncs.values()) - main} in others (the pinning thread waits for "
+                  f"each slot's copy){': ' + shown if syncs else ''}", flush=True)
         if device.type == "cuda" and workers > 0 and not args.quick:  # pinned memory by measurement: the same runs unpinned
             for eight in (False, True):
                 embed(workers, eight, pinned=False)

@@ -189,6 +189,7 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
                 if gpu:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
+                    resident = torch.cuda.memory_allocated(device)  # every peer's weights and the input: not this forward's
                 with torch.inference_mode(), autocast:
                     seconds = timer(lambda: fwd(model, x))
                 rates[name] = batch / seconds
@@ -196,8 +197,8 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
                 if peak:
                     line += f"  {100 * rates[name] * flops[size] / (peak * 1e12):5.1f}% of bf16 peak"
                 if gpu:
-                    memory[name] = torch.cuda.max_memory_allocated(device) / 2**30
-                    line += f"  peak memory {memory[name]:.2f} GiB"
+                    memory[name] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
+                    line += f"  forward's peak memory {memory[name]:.2f} GiB (above the resident weights)"
                 print(line, flush=True)
             base = rates.get("official")
             if base:
@@ -205,7 +206,7 @@ def backbones(args, device: torch.device, timer: Timer) -> None:
             fp8 = next((k for k in rates if k.startswith("ours fp8")), None)
             if fp8:
                 print("  " + agreement(peers, fp8, "ours bf16" if gpu else "ours", x), flush=True)
-        del peers
+        peers = model = None  # (the loop's last model too: it held the last peer's weights into the next arch)
         if gpu:
             torch.cuda.empty_cache()
 

@@ -197,7 +197,8 @@ def _heads_step(work: Path, label: str, backbone, head: str, s: DemoSettings, pr
             shutil.rmtree(cache_dir)
     if cache is None:
         cache = FeatureCache.build(predictor, train, cache_dir, progress=progress)
-    # the official NYU configs' losses, for the DPT and the linear depth head alike
+    # SigLoss, as the released depth heads trained, with our spatial gradient loss, which sharpens the demo's
+    # short runs (the released configs list a gradient loss that is 0 in their runs), for both depth heads
     losses = [CrossEntropyLoss()] if task == "segmentation" else [SigLoss(), GradientLoss(loss_weight=0.5)]
     t = time.time()
     epochs = {"segmentation": s.seg_epochs, "depth": s.depth_epochs, "depth_linear": s.linear_depth_epochs}[head]

@@ -885,13 +885,14 @@ def _start_worker(worker_id: int, nice: int) -> None:
     os.nice(nice)
 
 
-def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool = False):
+def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool | torch.device = False):
     """``fn(item)`` for each item, in order: in this process with ``num_workers`` 0, else computed
     ahead by that many DataLoader workers (``fn`` must be picklable: a module-level function or a
     ``functools.partial`` of one). Errors (OSError, ValueError) are raised here as they are.
-    ``pin_memory``: pin the tensors of the results (for non-blocking copies to a GPU). Large tensors
-    of the results (at the top level, or in tuples and lists) come from the workers through reused
-    shared slots (:class:`_Slots`).
+    ``pin_memory``: pin the tensors of the results (for non-blocking copies to a GPU); a CUDA device:
+    for that GPU (the pinning thread works on it; True: the current one, which is GPU 0 unless set:
+    with ``cuda:1``, batches went through GPU 0). Large tensors of the results (at the top level, or
+    in tuples and lists) come from the workers through reused shared slots (:class:`_Slots`).
 
     The workers start at once, before the first result is asked for: they decode while the caller
     gets ready (e.g. hashes the model's weights). Closing the returned iterator (or dropping it)
@@ -900,12 +901,14 @@ def map_in_workers(fn, items: Sequence, num_workers: int = 0, pin_memory: bool =
         raise ValueError(f"num_workers={num_workers}: must be >= 0")
     if num_workers == 0 or len(items) <= 1:  # one item: nothing to overlap
         return (fn(item) for item in items)
-    results = _from_workers(fn, items, min(num_workers, len(items)), pin_memory and torch.cuda.is_available())
+    device = pin_memory if isinstance(pin_memory, torch.device) else None
+    pin = (device.type == "cuda") if device is not None else bool(pin_memory)
+    results = _from_workers(fn, items, min(num_workers, len(items)), pin and torch.cuda.is_available(), device)
     next(results)  # runs up to the workers' start
     return results
 
 
-def _from_workers(fn, items: Sequence, workers: int, pin: bool):
+def _from_workers(fn, items: Sequence, workers: int, pin: bool, device: torch.device | None = None):
     """:func:`map_in_workers` with workers: yields None once the workers are started, then the results."""
     prefetch = PREFETCH  # each worker has at most this many items in hand
     slots = _Slots(workers, prefetch + 1)  # + the one being copied out here
@@ -924,7 +927,9 @@ def _from_workers(fn, items: Sequence, workers: int, pin: bool):
     batches = None
     try:
         try:
-            batches = iter(loader)  # forks the workers, which start on their first items
+            # (the pinning thread takes the current CUDA device, where the slots are copied to: the model's)
+            with torch.cuda.device(device) if pin and device is not None and device.type == "cuda" else nullcontext():
+                batches = iter(loader)  # forks the workers, which start on their first items
         finally:
             cv2.setNumThreads(threads)
         yield None
@@ -991,7 +996,7 @@ def _decoded_batches(items: list, names: list[str], sizes: list, chunks: list[li
     here = num_workers == 0 or len(chunks) <= 1
     load = functools.partial(_load_chunk, items=items, names=names, sizes=sizes, size=size,
                              device=device if here else torch.device("cpu"), resize_8bit=resize_8bit)
-    return map_in_workers(load, chunks, num_workers, pin_memory=device.type == "cuda")
+    return map_in_workers(load, chunks, num_workers, pin_memory=device)
 
 
 def _load_batch(items: list, names: list[str], hws: list[tuple[int, int]], size, device: torch.device,

@@ -1,8 +1,9 @@
 """Training losses for the segmentation and depth heads.
 
 Segmentation: `CrossEntropyLoss` (per-pixel softmax cross-entropy with an ignore label).
-Depth: `SigLoss` and `GradientLoss`, the pair used by the DINOv2 depth heads, and
-`ScaleShiftInvariantLoss` (MiDaS) for relative depth.
+Depth: `SigLoss`, the loss that trained the DINOv2 depth heads (their configs also list a gradient loss,
+which is 0 in their runs: configs/_base_/models/depth_linear.py), `GradientLoss` (spatial, MegaDepth / MiDaS)
+and `ScaleShiftInvariantLoss` (MiDaS) for relative depth.
 
 Every loss returns a scalar tensor (except `CrossEntropyLoss(reduction="none")`). When no pixel
 is valid a loss returns 0, still connected to the autograd graph with zero gradients, so a batch
@@ -217,6 +218,11 @@ class SigLoss(nn.Module):
             load strictly); a resumed `dinov2-dense train` sets it from the resumed iteration
             (one call per iteration), so that the run goes on as if it had not stopped.
         eps: added inside both logs (the official 1e-3, "avoid grad explode").
+        group_size: None (default): the whole batch is one pool. A number: the batch's images in
+            consecutive groups of that many, the loss of each group as above, averaged over the groups.
+            The released depth heads trained on 2 images per GPU on 8 GPUs, each GPU's loss its own 2
+            images' and the gradients averaged: a batch of 16 with ``group_size=2`` is that objective on
+            one process (the variance pools the images it is given: 16 pooled are another loss).
 
     Shapes: pred, gt (B, 1, H, W) or (B, H, W); optional mask of the same shape, ANDed with the
     validity rule. Returns a scalar. Differences from the official code, which would give NaN:
@@ -234,29 +240,43 @@ class SigLoss(nn.Module):
         warm_up: bool = False,
         warm_iter: int = 100,
         eps: float = 1e-3,
+        group_size: int | None = None,
     ) -> None:
         super().__init__()
+        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                       or group_size < 1):
+            raise ValueError(f"SigLoss: group_size={group_size!r}: a number of images >= 1, or None")
         self.valid_mask = valid_mask
         self.loss_weight = float(loss_weight)
         self.max_depth = max_depth
         self.warm_up = warm_up
         self.warm_iter = int(warm_iter)
         self.eps = float(eps)
+        self.group_size = group_size
         self.warm_up_counter = 0
 
     def forward(self, pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
         pred, gt, valid = _depth_inputs(pred, gt, mask, self.valid_mask, self.max_depth, "SigLoss")
         g = _log_diff(pred, gt, valid, self.eps, "SigLoss")
+        warm = self.warm_up and self.warm_up_counter < self.warm_iter
+        if warm:
+            self.warm_up_counter += 1  # (one call, one count, whatever the groups)
+        size = len(g) if self.group_size is None else self.group_size
+        losses = [self._pooled(gs, vs, warm) for gs, vs in zip(g.split(size), valid.split(size))]
+        return self.loss_weight * (losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+
+    @staticmethod
+    def _pooled(g: Tensor, valid: Tensor, warm: bool) -> Tensor:
+        """The loss of one pool of images (before loss_weight)."""
         n = valid.sum().to(g.dtype)
         mean = g.sum() / n.clamp_min(1)
-        if self.warm_up and self.warm_up_counter < self.warm_iter:
-            self.warm_up_counter += 1
+        if warm:
             dg = 0.15 * mean**2
         else:
             centred = torch.where(valid, g - mean, torch.zeros_like(g))
             var = (centred**2).sum() / (n - 1).clamp_min(1)
             dg = var + 0.15 * mean**2
-        return self.loss_weight * _safe_sqrt(dg)
+        return _safe_sqrt(dg)
 
 
 class GradientLoss(nn.Module):

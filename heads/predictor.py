@@ -413,8 +413,11 @@ def _resized_view(images: Tensor, eight: list | None, size: tuple[int, int]) -> 
     import numpy as np
 
     index = [i for i in range(len(images)) if i not in floats]
-    views = np.stack([cv2.resize(eight[i], (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for i in index])
-    resized = normalise_8bit(torch.from_numpy(views).permute(0, 3, 1, 2).to(images.device))
+    views = torch.from_numpy(np.stack([cv2.resize(eight[i], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                                       for i in index])).permute(0, 3, 1, 2)
+    if images.device.type == "cuda":  # pinned, queued without waiting for the views already running there
+        views = views.pin_memory().to(images.device, non_blocking=True)
+    resized = normalise_8bit(views.to(images.device))
     if not floats:
         return resized
     out = images.new_empty((len(images), images.shape[1], *size))

@@ -79,7 +79,9 @@ def _autocast(precision: str, device: torch.device) -> tuple[Callable | None, An
     """(autocast context factory or None, grad scaler or None) for ``compute.precision``."""
     if precision == "auto":
         if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # native bf16 only (compute capability 8.0+): torch's default counts the emulation of a T4 or V100,
+            # slow there, where fp16 with a gradient scaler is the fast choice
+            precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
             from dinov2_dense.features import cpu_has_native_bf16
 

@@ -113,7 +113,7 @@ def test_leaf_values_are_the_table_and_the_protocol(path):
             assert head.embed_dim == s.embed_dim and head.post_process_channels == list(s.post_process_channels)
         else:
             assert head.in_channels == [s.embed_dim] * len(layers)
-        assert model.losses == [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100)]
+        assert model.losses == [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100, group_size=2)]
         assert model.test_cfg == dict(mode="whole", flip=True)
         if not synthetic:
             want = DEPTH_DATA[dataset]
@@ -193,11 +193,14 @@ def test_depth_protocol_loss_is_the_released_objective_at_the_released_batch(zoo
     """The released depth configs list SigLoss (warm-up) + 0.5 GradientLoss, but their GradientLoss differences
     the batch and channel axes: at the released 2 images per GPU it is exactly 0 (and with more images it
     compares one image with another). Our protocol's loss is SigLoss alone, which equals the released
-    objective on every GPU's batch of 2, in warm-up and after."""
+    objective on every GPU's batch of 2, in warm-up and after; on the released total of 16 in one process
+    it is the 8 GPUs' objective (each GPU's loss on its 2 images, the gradients averaged), where SigLoss
+    pooling all 16 (its variance over every image given) was another loss (a reviewer: 0.3136 against 0.2035,
+    gradients at cosine 0.770)."""
     model = MODELS.build(dict(type="DenseModel", zoo=zoo, backbone_weights=None))
     gen = torch.Generator().manual_seed(0)
     sig = heads.SigLoss(warm_up=True, warm_iter=2)  # the released SigLoss, warm-up made short
-    ours = [type(loss)(warm_up=True, warm_iter=2) for loss in model.losses]
+    ours = [type(loss)(warm_up=True, warm_iter=2, group_size=loss.group_size) for loss in model.losses]
     assert [type(loss).__name__ for loss in model.losses] == ["SigLoss"]
     for step in range(4):
         pred = torch.rand(2, 1, 12, 16, generator=gen) * 9 + 0.1
@@ -206,6 +209,21 @@ def test_depth_protocol_loss_is_the_released_objective_at_the_released_batch(zoo
         released = sig(pred, gt).item() + 0.5 * _released_gradient_loss(pred, gt)
         assert _released_gradient_loss(pred, gt) == 0.0
         assert sum(loss(pred, gt) for loss in ours).item() == pytest.approx(released, rel=1e-6), step
+    # the released total batch, 16, in one process: the mean over its 8 GPUs' pairs, value and gradient
+    for warm in (True, False):
+        pred = (torch.rand(16, 1, 12, 16, generator=gen) * 9 + 0.1).requires_grad_()
+        gt = torch.rand(16, 1, 12, 16, generator=gen) * 9 + 0.1 * torch.arange(1, 17).view(16, 1, 1, 1)
+        gt[3, 0, :5] = 0
+        ours = [type(loss)(warm_up=warm, warm_iter=5, group_size=loss.group_size) for loss in model.losses]
+        got = sum(loss(pred, gt) for loss in ours)
+        (grad,) = torch.autograd.grad(got, pred)
+        per_gpu = [heads.SigLoss(warm_up=warm, warm_iter=5)(pred[k : k + 2], gt[k : k + 2]) for k in range(0, 16, 2)]
+        released = torch.stack(per_gpu).mean()  # DDP averages the 8 processes' gradients
+        (want,) = torch.autograd.grad(released, pred)
+        assert got.item() == pytest.approx(released.item(), rel=1e-6)
+        torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-8)
+        pooled = heads.SigLoss(warm_up=warm, warm_iter=5)(pred, gt)  # all 16 pooled: another loss after warm-up
+        assert warm or abs(pooled.item() - released.item()) > 1e-3
     # the written-out loss is not 0 by construction: with 4 images it compares image k with image k + 2
     pred, gt = torch.rand(4, 1, 12, 16, generator=gen) + 0.5, torch.rand(4, 1, 12, 16, generator=gen) + 0.5
     assert _released_gradient_loss(pred, gt) > 0.1

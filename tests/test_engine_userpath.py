@@ -106,6 +106,25 @@ def _depth_run(root: Path, work: Path, iters: int, resume: bool = False) -> Dens
     return runner
 
 
+def test_a_depth_run_resumed_with_other_losses_says_so_and_logs_only_its_own(scenes, tmp_path):
+    """A depth run of an earlier version (SigLoss + GradientLoss) resumed with today's protocol (SigLoss alone)
+    changed its loss with no word, and its log showed loss_GradientLoss at its last value at every iteration
+    (a reviewer: 0.2645, the total 0.3277 against the 0.1161 trained). Said now; the log holds the losses the
+    model gives."""
+    both = '[dict(type="SigLoss",warm_up=True,warm_iter=100,group_size=2),dict(type="GradientLoss",loss_weight=0.5)]'
+    work = tmp_path / "work"
+    options = _options(scenes / "nyu", 2, interval=1, **{"default_hooks.logger.interval": 1})
+    assert _train(work, {**options, "model.losses": both}, config=DEPTH_CFG) == 0
+    (work / "iter_2.pth").unlink()
+    assert _train(work, options, "--resume", config=DEPTH_CFG) == 0
+    logs = sorted(work.glob("2*/2*.log"))
+    resumed = logs[-1].read_text()
+    assert "was trained with other losses than this config gives (model.losses:" in resumed
+    assert "GradientLoss" in logs[0].read_text()
+    trained = [line for line in resumed.splitlines() if "Iter(train)" in line]
+    assert trained and not any("loss_GradientLoss" in line for line in trained), trained
+
+
 def test_resumed_depth_run_continues_the_sigloss_warm_up(scenes, tmp_path, capsys):
     """SigLoss's warm-up counter is not in the checkpoint: a resumed run repeated the warm-up (another loss,
     another head). It now continues from the resumed iteration, as the uninterrupted run, and the resumed run

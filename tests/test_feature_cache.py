@@ -197,3 +197,19 @@ def test_a_head_that_cannot_read_the_backbone_is_refused_before_the_cache_is_bui
     assert not list(tmp_path.iterdir())  # nothing built, nothing staged
     with pytest.raises(ValueError, match="in_channels.*384.*48-wide"):
         train_head(wrong, data, [CrossEntropyLoss()], progress=False)
+
+
+def test_build_and_train_head_send_their_batches_to_the_predictors_device(scenes, tmp_path):
+    """Both made their own DataLoader and passed its CPU batches on: a predictor on a GPU (predictor.cuda(), as
+    the README's example does) stopped at a device mismatch. The meta device stands in for a GPU here: the
+    batches reach it, where work stops only because meta tensors hold no data."""
+    data = ADE20KDataset(scenes / "ade", "training")
+    predictor = seg_predictor()
+    cache = FeatureCache.build(predictor, data, tmp_path / "cache", batch_size=4, progress=False)
+    predictor.decode_head.to("meta")
+    with pytest.raises(RuntimeError, match="cannot be called on meta tensors"):  # past the head's losses
+        train_head(predictor, cache, [CrossEntropyLoss()], batch_size=4, progress=False)
+    with pytest.raises(RuntimeError, match="cannot be called on meta tensors"):  # uncached: through the backbone
+        train_head(predictor.to("meta"), data, [CrossEntropyLoss()], batch_size=4, progress=False)
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):  # the features, on the device
+        FeatureCache.build(predictor, data, tmp_path / "cache2", batch_size=4, progress=False)

@@ -153,6 +153,33 @@ def test_sigloss_2x2_exact():
     assert SigLoss(valid_mask=False)(pred, gt).item() == pytest.approx(_sig_ref(g_all), rel=1e-5)
 
 
+def test_sigloss_groups_average_the_loss_of_each_group():
+    """group_size=k: the batch in consecutive groups of k images (the last may be smaller), the loss of each
+    pooled as SigLoss pools a batch, then averaged; None pools the whole batch."""
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.rand(5, 1, 3, 4, generator=gen) * 5 + 0.2
+    gt = torch.rand(5, 1, 3, 4, generator=gen) * 5 + 0.2
+    gt[1, 0, 0] = 0.0
+
+    def g_of(idx):
+        return [math.log(pred[i, 0, y, x].item() + EPS) - math.log(gt[i, 0, y, x].item() + EPS)
+                for i in idx for y in range(3) for x in range(4) if gt[i, 0, y, x] > 0]
+
+    groups = [[0, 1], [2, 3], [4]]
+    want = sum(_sig_ref(g_of(idx)) for idx in groups) / 3
+    assert SigLoss(group_size=2)(pred, gt).item() == pytest.approx(want, rel=1e-5)
+    assert SigLoss(group_size=2, loss_weight=3)(pred, gt).item() == pytest.approx(3 * want, rel=1e-5)
+    assert SigLoss(group_size=5)(pred, gt).item() == pytest.approx(_sig_ref(g_of(range(5))), rel=1e-5)
+    assert SigLoss()(pred, gt).item() == pytest.approx(_sig_ref(g_of(range(5))), rel=1e-5)
+    warm = SigLoss(group_size=2, warm_up=True, warm_iter=1)
+    assert warm(pred, gt).item() == pytest.approx(sum(_sig_ref(g_of(i), warm=True) for i in groups) / 3, rel=1e-5)
+    assert warm.warm_up_counter == 1  # one call, one count
+    assert warm(pred, gt).item() == pytest.approx(want, rel=1e-5)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="group_size"):
+            SigLoss(group_size=bad)
+
+
 def test_sigloss_pools_the_batch_and_max_depth():
     gen = torch.Generator().manual_seed(0)
     pred = torch.rand(2, 1, 3, 3, generator=gen) * 12 + 0.1

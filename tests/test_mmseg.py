@@ -116,7 +116,8 @@ def test_plugin_depth_losses_are_the_dense_predictors_unclamped(backbone_file):
     from mmseg.structures import SegDataSample
 
     model, ours = _pair("dpt_depth", backbone_file, "whole")
-    model.decode_head._losses([dict(type="SigLoss", warm_up=True), dict(type="GradientLoss", loss_weight=0.5)])
+    with DefaultScope.overwrite_default_scope("mmseg"):  # (mmseg's losses, named: not our engine's of a scope left)
+        model.decode_head._losses([dict(type="SigLoss", warm_up=True), dict(type="GradientLoss", loss_weight=0.5)])
     for head in (model.decode_head, ours.decode_head):
         with torch.no_grad():
             head.conv_depth.head[-1].bias.fill_(15.0)  # every output above max_depth 10

@@ -829,3 +829,21 @@ def test_continued_pretraining_resumes_without_its_starting_weights(pretrained, 
     parts = pretrain(cfg, tmp_path / "parts", resume=True, progress=False)
     assert parts["iterations"] == 4
     assert Path(parts["export"]["safetensors"]).read_bytes() == Path(whole["export"]["safetensors"]).read_bytes()
+
+
+def test_auto_precision_on_a_gpu_without_native_bf16_takes_fp16(monkeypatch):
+    """compute.precision="auto" asked torch.cuda.is_bf16_supported(), which counts emulation by default: a T4 or
+    V100 (compute capability 7.x) got slow emulated bf16 instead of fp16 with a gradient scaler."""
+    import warnings
+
+    import torch
+
+    from pretrain.train import _autocast
+
+    for native, want in ((False, torch.float16), (True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native:
+                            True if including_emulation else n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a GradScaler made where no CUDA is says it is disabled)
+            factory, scaler = _autocast("auto", torch.device("cuda"))
+        assert factory.keywords["dtype"] == want and (scaler is not None) == (want == torch.float16)

@@ -549,6 +549,12 @@ def validate_config(cfg, source: str, train: bool) -> None:
             begin, end = sched.get("begin", 0), sched.get("end")
             if end is not None and isinstance(end, int) and isinstance(begin, int) and end <= begin:
                 errors.append(f"param_scheduler.{i}: end = {end} is not after begin = {begin}")
+            start = sched.get("start_factor")
+            if sched.get("type") in ("LinearLR", "LinearMomentum", "LinearParamScheduler") and \
+                    isinstance(start, (int, float)) and not isinstance(start, bool) and start <= 0:
+                # (mmengine divides by the factor it reached: a ZeroDivisionError at the second iteration)
+                errors.append(f"param_scheduler.{i}.start_factor = {start}: {sched.get('type')} needs it above 0 "
+                              "(mmengine divides by it); start a warm-up from a small factor, e.g. 1e-6")
     splits = ("train", "val", "test") if train else ("test",)
     missing: dict[str, list[str]] = {}  # a root that is not there: the splits that name it
     for split in splits:

@@ -110,10 +110,11 @@ class FeatureCache(Dataset):
         maps = cls_tokens = targets = None
         offset = 0
         files: dict[str, list[int] | None] = {}
+        device = next(predictor.parameters()).device  # (a predictor on a GPU: the batches go there)
         with kept_modes(predictor), staged_dir(path) as tmp, torch.no_grad():
             predictor.eval()
             for batch in tqdm(loader, desc="caching features", unit="batch", disable=not progress):
-                feats = predictor.extract_features(batch["inputs"])
+                feats = predictor.extract_features(batch["inputs"].to(device))
                 pairs = [f if isinstance(f, (tuple, list)) else (f, None) for f in feats]
                 target = torch.stack([s[key] for s in batch["data_samples"]])
                 if maps is None:
@@ -160,6 +161,11 @@ def _stamp(path) -> list[int] | None:
     return None if stamp is None else list(stamp)
 
 
+def _to_device(feats: list, device: torch.device) -> list:
+    """Cached features (maps, or (map, class token) pairs) on ``device``."""
+    return [tuple(t.to(device) for t in f) if isinstance(f, (tuple, list)) else f.to(device) for f in feats]
+
+
 def _collate_cached(batch: list[dict]) -> dict:
     first = batch[0]["features"]
     if isinstance(first[0], tuple):
@@ -204,16 +210,17 @@ def train_head(
     head = predictor.decode_head
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     key = "seg" if predictor.task == "segmentation" else "depth"
+    device = next(head.parameters()).device  # (a predictor on a GPU: features and targets go there)
     history = []
     with kept_modes(predictor):
         head.train()
         for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
             for batch in loader:
                 if cached:
-                    feats, target = batch["features"], batch[key]
+                    feats, target = _to_device(batch["features"], device), batch[key].to(device)
                 else:
-                    feats = predictor.extract_features(batch["inputs"])
-                    target = torch.stack([s[key] for s in batch["data_samples"]])
+                    feats = predictor.extract_features(batch["inputs"].to(device))
+                    target = torch.stack([s[key] for s in batch["data_samples"]]).to(device)
                 loss = sum(predictor.head_losses(feats, target, losses).values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -27,12 +27,13 @@ from dinov2_dense.zoo import build_model
 from .registry import MODELS
 
 # The released protocols' losses (configs/_base_/models/*.py cite them): mmseg 0.x's cross-entropy,
-# averaged over all pixels (avg_non_ignore=False); SigLoss with its 100-iteration warm-up for depth
+# averaged over all pixels (avg_non_ignore=False); SigLoss with its 100-iteration warm-up for depth, on
+# groups of 2 images (each GPU's of the released runs)
 # (the released configs' GradientLoss x0.5 is exactly 0 at their 2 images per GPU:
 # configs/_base_/models/depth_linear.py says why).
 _DEFAULT_LOSSES = {
     "segmentation": [dict(type="CrossEntropyLoss", ignore_index=255, avg_non_ignore=False)],
-    "depth": [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100)],
+    "depth": [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100, group_size=2)],
 }
 
 

@@ -74,6 +74,17 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def _without_functions(obj: Any) -> Any:
+    """Schedulers' states without the functions they hold (OneCycleLR's ``anneal_func``): torch.load with
+    weights_only refuses a checkpoint holding one (a OneCycleLR run could not be resumed: "not a checkpoint of
+    ours"); a resumed scheduler keeps the one it was built with (load_state_dict updates only what it is given)."""
+    if isinstance(obj, dict):
+        return {k: _without_functions(v) for k, v in obj.items() if not callable(v)}
+    if isinstance(obj, list):
+        return [_without_functions(v) for v in obj]
+    return obj
+
+
 def from_plain(obj: Any) -> Any:
     """Inverse of ``to_plain`` for the MessageHub's HistoryBuffers."""
     if isinstance(obj, dict):
@@ -118,27 +129,43 @@ class CheckpointSanitizerHook(Hook):
         for key in ("message_hub", "meta"):
             if key in checkpoint:
                 checkpoint[key] = to_plain(checkpoint[key])
+        if "param_schedulers" in checkpoint:  # a scheduler's state may hold a function (OneCycleLR's anneal_func),
+            checkpoint["param_schedulers"] = _without_functions(checkpoint["param_schedulers"])  # which it rebuilds
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
 
 
-#: The config keys whose values a checkpoint records as its data (``meta.data``), which ``--resume`` compares.
-DATA_KEYS = ("train_dataloader.dataset", "val_dataloader.dataset")
+#: The config keys whose values a checkpoint records (``meta.data``), which ``--resume`` compares: the data
+#: sets a run trains and validates on, and its losses.
+DATA_KEYS = ("train_dataloader.dataset", "val_dataloader.dataset", "model.losses")
+
+
+def _absolute_roots(value: Any) -> Any:
+    """``value`` with the folders its ``root``, ``data_root``, ``*_root`` and ``*_dir`` keys name made absolute
+    (from this process's folder, as the data sets read them): one folder spelled two ways is one."""
+    if isinstance(value, dict):
+        return {k: os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) and v and (
+            k in ("root", "data_root") or k.endswith(("_root", "_dir"))) else _absolute_roots(v)
+            for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_absolute_roots(v) for v in value]
+    return value
 
 
 def _data_record(cfg) -> str | None:
-    """The data sets a run trains and validates on (:data:`DATA_KEYS` of its config: root, split, pipeline,
-    ...), as JSON text; None without a config."""
+    """What a run trains and validates on, and with which losses (:data:`DATA_KEYS` of its config: root,
+    split, pipeline, ...; folders absolute), as JSON text; None without a config."""
     if cfg is None:
         return None
     record = {}
     for key in DATA_KEYS:
-        loader, field_ = key.split(".")
-        value = (cfg.get(loader) or {}).get(field_)
+        section, field_ = key.split(".")
+        value = (cfg.get(section) or {}).get(field_)
         if value is not None:
-            record[key] = value.to_dict() if hasattr(value, "to_dict") else value
+            value = value.to_dict() if hasattr(value, "to_dict") else value
+            record[key] = _absolute_roots(json.loads(json.dumps(value, default=str)))
     return json.dumps(record, sort_keys=True, default=str)
 
 
@@ -160,10 +187,10 @@ def data_differences(recorded: str, now: str | None) -> list[str]:
     old_items: dict[str, Any] = {}
     new_items: dict[str, Any] = {}
     for key in DATA_KEYS:
-        if key in was:
+        if key in was:  # (what the checkpoint recorded: one of an earlier version recorded fewer keys)
             old_items.update(_flat_items(was[key], key))
-        if key in new:
-            new_items.update(_flat_items(new[key], key))
+            if key in new:
+                new_items.update(_flat_items(new[key], key))
     missing = object()
     return [f"{k}: {old_items.get(k, '(unset)')!r} -> {new_items.get(k, '(unset)')!r}"
             for k in sorted(set(old_items) | set(new_items))
@@ -216,7 +243,7 @@ class ResumedValidationHook(Hook):
             except (OSError, ValueError, AttributeError):
                 done[0] = None
         broadcast_object_list(done)  # every process decides alike
-        if done[0] == runner.iter:
+        if isinstance(done[0], int) and done[0] >= runner.iter:  # (resumed from an older checkpoint: done too)
             return
         runner.logger.warning(f"--resume: the validation at iteration {runner.iter} did not finish before the run "
                               "stopped (a checkpoint is saved before its validation): it runs now")
@@ -251,6 +278,32 @@ class DivergenceHook(Hook):
         where = f"{logged['loss']}" if not math.isfinite(logged["loss"]) else "finite here, NaN or infinite on another process"
         raise TrainingDiverged(f"the loss is {where} at iteration {runner.iter + 1} ({values}); stopped before this "
                                f"iteration's checkpoint: {DIVERGED_ADVICE}")
+
+
+@HOOKS.register_module()
+class ResumedLogHook(Hook):
+    """A resumed run logs only the losses its model gives: mmengine restores the run's logged values with its
+    checkpoint, and logs every one it holds, so a loss the config no longer has (a depth run of an earlier
+    version resumed without its GradientLoss) was logged at its last value at every iteration, and counted in
+    nothing. At the first resumed iteration, the restored training losses this model does not give are
+    dropped. DenseRunner adds it to every run."""
+
+    priority = "NORMAL"  # after the RuntimeInfoHook (VERY_HIGH) records the iteration's values, before the logger
+
+    def __init__(self):
+        self.first: int | None = None
+
+    def before_train(self, runner) -> None:
+        self.first = runner.iter if runner.iter > 0 else None
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.first is None or batch_idx != self.first:
+            return
+        self.first = None
+        given = {f"train/{k}" for k in (outputs or {})}
+        scalars = runner.message_hub.log_scalars
+        for key in [k for k in scalars if k.startswith("train/loss") and k not in given]:
+            del scalars[key]
 
 
 @HOOKS.register_module()
@@ -706,7 +759,8 @@ class DenseRunner(Runner):
         # (the commands start it before they check the work dir; mmengine then finds it already started)
         start_process_group(kwargs.get("launcher", "none"), kwargs.get("env_cfg"))
         hooks = list(custom_hooks or [])
-        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook", "ResumedValidationHook"):
+        for name in ("CheckpointSanitizerHook", "SyncNormStatsHook", "LossWarmUpHook", "ResumedValidationHook",
+                     "ResumedLogHook"):
             if not any(isinstance(h, dict) and h.get("type") == name for h in hooks):
                 hooks.append(dict(type=name))
         # mmengine names a runner's MessageHub (a per-process singleton by name) "<config>_<timestamp to the
@@ -1031,10 +1085,13 @@ class DenseRunner(Runner):
         shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")
         best = (", and save_best compares this validation set's scores with the best of the other"
                 if any(d.startswith("val_dataloader.") for d in differ) else "")
+        what = " and ".join(w for w, keys in (("other data", ("train_dataloader.", "val_dataloader.")),
+                                              ("other losses", ("model.losses",)))
+                            if any(d.startswith(keys) for d in differ))
         self.logger.warning(
-            f"--resume: {filename} was trained on other data than this config gives ({shown}): the run goes on with "
-            f"this config's{best}. To train its head on other data, start a new run from its weights: load_from=FILE "
-            "without --resume")
+            f"--resume: {filename} was trained with {what} than this config gives ({shown}): the run goes on with "
+            f"this config's{best}. To train its head on other data or losses, start a new run from its weights: "
+            "load_from=FILE without --resume")
 
     def _say_what_the_checkpoint_keeps(self, filename: str, meta: dict, rates: list | None) -> None:
         """Settings a resume takes from the checkpoint, not the config, said where they differ (a reviewer's
@@ -1087,19 +1144,24 @@ class DenseRunner(Runner):
         if max_iters is None or self.iter >= max_iters:
             return
         to_come = max_iters - self.iter
-        at_zero = _iterations_at_rate_zero(self.param_schedulers, to_come)
-        if len(at_zero) <= 1:  # (a poly decay to 0 reaches it on its last iteration in the uninterrupted run too)
+        lengths = _scheduler_lengths(self.param_schedulers)
+        ends = [v["end"] for _, v in lengths if isinstance(v.get("end"), int)]
+        # the schedule's own last iteration may be at 0 (a poly decay to 0 reaches it there in its uninterrupted
+        # run too); an iteration at 0 anywhere else is one the uninterrupted run did not have
+        own_last = max(ends) - 1 if ends else None
+        at_zero = [k for k in _iterations_at_rate_zero(self.param_schedulers, to_come) if self.iter + k != own_last]
+        if not at_zero:
             return
-        names = ", ".join(n for n, _ in _scheduler_lengths(self.param_schedulers)) or "no schedule"
+        names = ", ".join(n for n, _ in lengths) or "no schedule"
         if len(at_zero) == to_come:
             what = (f"{filename} is at learning rate 0 ({names}), and its schedule keeps it there, so the {to_come} "
-                    f"iterations to train_cfg.max_iters = {max_iters} would not change the weights: that run is "
+                    f"iteration{'s' * (to_come != 1)} to train_cfg.max_iters = {max_iters} would not change the weights: that run is "
                     f"complete at {self.iter}")
-        else:
-            what = (f"{filename}'s schedule ({names}) reaches learning rate 0 at iteration {self.iter + at_zero[0]}, "
-                    f"so {len(at_zero)} of the {to_come} iterations to train_cfg.max_iters = {max_iters} would train at "
-                    "rate 0 and not change the weights (only BatchNorm statistics would move): that run's schedule "
-                    f"ends before {max_iters}")
+        else:  # (iterations counted from 1, as the log's [n/max_iters])
+            what = (f"{filename}'s schedule ({names}) ends at iteration {max(ends) if ends else '?'} at learning rate "
+                    f"0, so {len(at_zero)} of the {to_come} iterations to train_cfg.max_iters = {max_iters} (from "
+                    f"iteration {self.iter + at_zero[0] + 1}) would train at rate 0 and not change the weights (only "
+                    "BatchNorm statistics would move)")
         raise CheckpointError(
             f"--resume: {what} (give the train_cfg.max_iters it was run with), or train on from its weights with a new "
             "schedule: load_from=FILE without --resume")

@@ -556,7 +556,7 @@ def folder_features(
     # batches of batch_size files (their readable images), read in parts by the workers
     parts, ends = batch_parts(np.arange(len(paths)), batch_size, num_workers)
     read = map_in_workers(functools.partial(read_rows, paths=paths, hw=hw, resize_8bit=resize_8bit), parts,
-                          num_workers, pin_memory=device.type == "cuda")
+                          num_workers, pin_memory=device)
     with torch.no_grad(), tqdm(total=len(paths), desc=f"features {Path(root).name}", unit="img",
                                disable=not show) as bar:
         for (where, x, bad), end in zip(read, ends):

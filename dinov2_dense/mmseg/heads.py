@@ -17,9 +17,9 @@ from mmseg.registry import MODELS
 
 CE = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=False)  # mmseg 0.x mean
 #: What trained the released depth heads (lin.1, lin.4 and DPT alike): SigLoss with its 100-iteration
-#: warm-up (their configs' 0.5 x GradientLoss is exactly 0 at 2 images per GPU:
+#: warm-up on each GPU's 2 images (group_size=2: the same with 16 on one GPU) (their configs' 0.5 x GradientLoss is exactly 0 at 2 images per GPU:
 #: configs/_base_/models/depth_linear.py says why).
-DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100),)
+DEPTH_LOSSES = (dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100, group_size=2),)
 
 
 def _check_widths(head: str, key: str, widths: Sequence[int], inputs, indices: Sequence[int]) -> None:

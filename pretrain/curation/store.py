@@ -508,7 +508,7 @@ def embed_images(model: torch.nn.Module, images: str | os.PathLike | Sequence[st
 
     def start(todo: np.ndarray):
         parts, ends = batch_parts(todo, batch_size, num_workers)
-        return map_in_workers(read, parts, num_workers, pin_memory=device.type == "cuda"), ends
+        return map_in_workers(read, parts, num_workers, pin_memory=device), ends
 
     def settings_of(weights: str | None = None) -> dict:
         return {**_settings(model, size, pooling, dtype, resize_8bit, weights, autocast), "count": n,

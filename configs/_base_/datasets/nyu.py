@@ -8,7 +8,8 @@
 # is (the model averages it with its flip); evaluation with the Eigen crop in (0.001, 10) m.
 data_root = "data/nyu"
 train_dataloader = dict(
-    batch_size=16,  # the released total batch (2 x 8 GPUs); with N processes use 16 // N per process
+    batch_size=16,  # the released total batch (2 x 8 GPUs); with N processes use 16 // N per process. SigLoss
+    # (group_size=2) pools each 2 images as each GPU did: the released objective on any number of processes
     num_workers=2,
     sampler=dict(type="SeededInfiniteSampler", shuffle=True),  # a seed per sample: resume and workers change nothing
     dataset=dict(type="NYUDepthDataset", root=data_root, split_file="nyu_train.txt", depth_scale=1000.0,

@@ -6,7 +6,7 @@
 # MultiScaleFlipAug(flip=True), as configs/_base_/models/depth_linear.py and settings test_flip).
 data_preprocessor = dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
                          bgr_to_rgb=True, pad_val=0, seg_pad_val=0, size=(416, 544))  # training batches: the crop
-depth_losses = [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100)]
+depth_losses = [dict(type="SigLoss", loss_weight=1.0, warm_up=True, warm_iter=100, group_size=2)]
 model = dict(
     type="DINOv2DepthEstimator",
     data_preprocessor=data_preprocessor,
