@@ -439,10 +439,10 @@ def load_backbone(
     file's path, else the weights); the command line gives the ``--weights`` it was given when no
     ``--model`` was, so that an error never names a model nobody chose.
     """
-    if device is not None:  # a device this machine lacks: one line, not torch's assertion after the build
-        from .options import check_device
+    if device is not None and str(device) != "meta":  # (meta: sizes without memory, as torch takes it)
+        from .options import check_device  # a device this machine lacks: one line, not torch's error after the build
 
-        device = check_device(str(device), option="device")
+        device = check_device(f"cuda:{device}" if isinstance(device, int) else str(device), option="device")
     given_weights = weights
     weights = _file_url_path(weights)
     arch = _architecture(name, weights)

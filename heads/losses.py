@@ -219,7 +219,8 @@ class SigLoss(nn.Module):
             (one call per iteration), so that the run goes on as if it had not stopped.
         eps: added inside both logs (the official 1e-3, "avoid grad explode").
         group_size: None (default): the whole batch is one pool. A number: the batch's images in
-            consecutive groups of that many, the loss of each group as above, averaged over the groups.
+            consecutive groups of that many, the loss of each group as above, averaged over the groups
+            that have a valid pixel.
             The released depth heads trained on 2 images per GPU on 8 GPUs, each GPU's loss its own 2
             images' and the gradients averaged: a batch of 16 with ``group_size=2`` is that objective on
             one process (the variance pools the images it is given: 16 pooled are another loss).
@@ -262,8 +263,14 @@ class SigLoss(nn.Module):
         if warm:
             self.warm_up_counter += 1  # (one call, one count, whatever the groups)
         size = len(g) if self.group_size is None else self.group_size
-        losses = [self._pooled(gs, vs, warm) for gs, vs in zip(g.split(size), valid.split(size))]
-        return self.loss_weight * (losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+        groups = list(zip(g.split(size), valid.split(size)))
+        losses = [self._pooled(gs, vs, warm) for gs, vs in groups]
+        if len(losses) == 1:
+            return self.loss_weight * losses[0]
+        # a group without a valid pixel has no loss (its 0 would pull the mean down): averaged over the others,
+        # on the device (no wait for it)
+        has = torch.stack([vs.any() for _, vs in groups]).to(losses[0].dtype)
+        return self.loss_weight * (torch.stack(losses) * has).sum() / has.sum().clamp_min(1)
 
     @staticmethod
     def _pooled(g: Tensor, valid: Tensor, warm: bool) -> Tensor:

@@ -50,8 +50,15 @@ def test_pca_maps_takes_one_image_as_extract_features_does(tiny, photo):
         assert isinstance(got, PCAMap) and got.rgb.shape == (56, 84, 3)
         np.testing.assert_array_equal(got.mask, listed.mask)
         np.testing.assert_allclose(got.rgb, listed.rgb, atol=1e-6)
-    with pytest.raises(TypeError, match="pca_map_stream takes a list of images, not a str"):
+    with pytest.raises(TypeError, match="pca_map_stream takes several images .*not one str"):
         pca_map_stream(tiny, str(photo))
+    # several, in any iterable or as a stack of arrays (as before one image was taken alone)
+    for several in ((p for p in [str(photo), str(photo)]), map(str, [photo, photo]), np.stack([array, array]),
+                    (str(photo), array)):
+        got = pca_maps(tiny, several, size=56)
+        assert isinstance(got, list) and len(got) == 2
+        np.testing.assert_array_equal(got[1].mask, listed.mask)
+    assert len(pca_map_stream(tiny, (p for p in [str(photo)]), size=56)) == 1
 
 
 def test_a_basis_saved_in_python_names_its_model_for_the_command(tiny, photo, tmp_path, capsys):
@@ -74,6 +81,9 @@ def test_devices_this_machine_lacks_are_one_line(tmp_path):
         load_backbone("dinov2_dense_tiny", device="cuda")
     with pytest.raises(ValueError, match="device 'gpu': not a device name"):
         load_backbone("dinov2_dense_tiny", device="gpu")
+    with pytest.raises(ValueError, match="device cuda:0: no CUDA device"):  # an ordinal, as torch reads it
+        load_backbone("dinov2_dense_tiny", device=0)
+    assert next(load_backbone("dinov2_dense_tiny", device="meta").parameters()).is_meta  # sizes, no memory
     from dinov2_dense.engine import load_trained
 
     with pytest.raises(ValueError, match="device cuda: no CUDA device"):  # before the checkpoint is read

@@ -206,7 +206,7 @@ def test_resume_runs_the_validation_its_checkpoint_was_saved_before(scenes, trai
     shutil.copytree(trained, work)
     record = work / "last_validation.json"
     assert json.loads(record.read_text()) == {"iter": 4}  # the fixture's run validated at 4, its last iteration
-    record.unlink()  # as a run stopped during that validation left it
+    record.write_text('{"iter": 2}')  # as a run stopped during that validation, after one at 2, left it
     opts = _opts(scenes, 4, **{"default_hooks.checkpoint.save_best": "mIoU"})
     rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *opts)
     assert rc == 0, err
@@ -214,6 +214,10 @@ def test_resume_runs_the_validation_its_checkpoint_was_saved_before(scenes, trai
     assert "the run is complete, nothing is trained" in said
     assert "the validation at iteration 4 did not finish before the run stopped" in said and "Iter(val)" in said
     assert json.loads(record.read_text()) == {"iter": 4} and list(work.glob("best_mIoU_iter_4.pth"))
+    # no record (a run of an earlier version, or stopped in its first validation): validated, and said as it is
+    record.unlink()
+    rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *opts)
+    assert rc == 0 and "the validation at iteration 4 is not recorded in last_validation.json" in out + err
     rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", work, "--resume", "--cfg-options", *opts)
     assert rc == 0 and "did not finish before" not in out + err and "Iter(val)" not in out + err
     # resumed from an older checkpoint (the newest unreadable, or removed), whose validation the record shows
@@ -254,6 +258,24 @@ def test_resume_on_other_data_says_which(scenes, trained, tmp_path, capsys):
     rc, out, err = run(capsys, "train", SEG_CFG, "--work-dir", again, "--resume", "--cfg-options",
                        *_opts(scenes, 4, **{"val_dataloader.dataset.root": spelled}))
     assert rc == 0 and "other data" not in out + err
+    # a folder read below the root (img_dir "." and the like) is not taken from the working folder: resumed from
+    # another folder, the same data (a reviewer: "other data", from the folder the command ran in)
+    from mmengine.config import Config
+
+    from dinov2_dense.engine.runner import _data_record, data_differences
+
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(type="NYUDepthDataset", root="data/nyu", img_dir=".",
+                                                         depth_dir="gt"))))
+    cwd = os.getcwd()
+    try:
+        records = []
+        for folder in (tmp_path, scenes):
+            os.chdir(folder)
+            records.append(_data_record(cfg))
+    finally:
+        os.chdir(cwd)
+    assert data_differences(*records) == [
+        f"train_dataloader.dataset.root: '{tmp_path}/data/nyu' -> '{scenes}/data/nyu'"]  # the root alone
 
 
 def test_a_warm_up_from_factor_zero_is_a_config_error(scenes, tmp_path, capsys):

@@ -178,6 +178,18 @@ def test_sigloss_groups_average_the_loss_of_each_group():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="group_size"):
             SigLoss(group_size=bad)
+    # a group without a valid pixel has no loss: the mean is over the others (its 0 pulled the mean down)
+    empty = gt.clone()
+    empty[2:4] = 0.0
+    others = [[0, 1], [4]]
+    g_empty = lambda idx: [math.log(pred[i, 0, y, x].item() + EPS) - math.log(empty[i, 0, y, x].item() + EPS)  # noqa: E731
+                           for i in idx for y in range(3) for x in range(4) if empty[i, 0, y, x] > 0]
+    assert SigLoss(group_size=2)(pred, empty).item() == pytest.approx(
+        sum(_sig_ref(g_empty(i)) for i in others) / 2, rel=1e-5)
+    none = pred.clone().requires_grad_()
+    loss = SigLoss(group_size=2)(none, torch.zeros_like(gt))  # no valid pixel at all: 0, zero gradients
+    assert loss.item() == 0.0
+    _finite_zero_grad(loss, none)
 
 
 def test_sigloss_pools_the_batch_and_max_depth():

@@ -143,11 +143,12 @@ DATA_KEYS = ("train_dataloader.dataset", "val_dataloader.dataset", "model.losses
 
 
 def _absolute_roots(value: Any) -> Any:
-    """``value`` with the folders its ``root``, ``data_root``, ``*_root`` and ``*_dir`` keys name made absolute
-    (from this process's folder, as the data sets read them): one folder spelled two ways is one."""
+    """``value`` with the folders its ``root``, ``data_root`` and ``*_root`` keys name made absolute (from this
+    process's folder, as the data sets read them): one folder spelled two ways is one. (``*_dir`` keys are
+    read below the root: left as they are.)"""
     if isinstance(value, dict):
         return {k: os.path.abspath(os.path.expanduser(v)) if isinstance(v, str) and v and (
-            k in ("root", "data_root") or k.endswith(("_root", "_dir"))) else _absolute_roots(v)
+            k in ("root", "data_root") or k.endswith("_root")) else _absolute_roots(v)
             for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_absolute_roots(v) for v in value]
@@ -245,8 +246,11 @@ class ResumedValidationHook(Hook):
         broadcast_object_list(done)  # every process decides alike
         if isinstance(done[0], int) and done[0] >= runner.iter:  # (resumed from an older checkpoint: done too)
             return
-        runner.logger.warning(f"--resume: the validation at iteration {runner.iter} did not finish before the run "
-                              "stopped (a checkpoint is saved before its validation): it runs now")
+        why = ("did not finish before the run stopped (a checkpoint is saved before its validation)"
+               if isinstance(done[0], int) else
+               f"is not recorded in {VALIDATION_RECORD} (a run of an earlier version keeps no record, and one stopped "
+               "in its first validation has none)")
+        runner.logger.warning(f"--resume: the validation at iteration {runner.iter} {why}: it runs now")
         runner.val_loop.run()
 
 

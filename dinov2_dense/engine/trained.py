@@ -41,10 +41,10 @@ def load_trained(checkpoint: str | os.PathLike, config: str | os.PathLike | None
     from .registry import MODELS
     from .runner import HeadCheckpointLoader, read_run_checkpoint
 
-    if device is not None:  # a device this machine lacks: one line, before anything is read or built
-        from ..options import check_device
+    if device is not None and str(device) != "meta":  # (meta: sizes without memory, as torch takes it)
+        from ..options import check_device  # a device this machine lacks: one line, before anything is read or built
 
-        device = check_device(str(device), option="device")
+        device = check_device(f"cuda:{device}" if isinstance(device, int) else str(device), option="device")
     checkpoint = Path(checkpoint)
     state = read_run_checkpoint(checkpoint)  # a missing or unreadable file, before the model is built
     config = Path(config) if config is not None else _run_config(checkpoint)

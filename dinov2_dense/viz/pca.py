@@ -709,8 +709,9 @@ def pca_maps(
 
     Args:
         model: a DinoVisionTransformer (see :func:`dinov2_dense.features.extract_features`).
-        images: a list of paths (errors name them), ``skimage:NAME``, arrays or PIL images, or one of
-            them (then one PCAMap is returned, as :func:`extract_features` returns one). All are checked
+        images: paths (errors name them), ``skimage:NAME``, arrays or PIL images, in a list or any
+            iterable (a stack of arrays too), or one of them (then one PCAMap is returned, as
+            :func:`extract_features` returns one). All are checked
             before any work is done (files by their headers); they are then decoded one chunk of
             ``batch_size`` at a time, and only a uint8 copy of each is kept for the figures.
         basis: apply this fitted basis to every image (no fitting).
@@ -730,9 +731,9 @@ def pca_maps(
         num_workers: DataLoader workers that decode the next images while the model runs (0:
             decode here). The maps are the same either way.
     """
-    single = not isinstance(images, (list, tuple))
+    single = _one_image(images)
     options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
-    _, names, feats, shown, bases = _fitted(model, [images] if single else images, options, basis, joint, threshold,
+    _, names, feats, shown, bases = _fitted(model, [images] if single else list(images), options, basis, joint, threshold,
                                             upsample, progress, info, num_workers, display=True)
     maps = [_colour(b, f, a, n, upsample) for b, f, a, n in zip(bases, feats, shown, names)]
     return maps[0] if single else maps
@@ -747,12 +748,25 @@ def pca_map_stream(model, images: Sequence[Any], *, basis: PCABasis | None = Non
     the maps are made one at a time as the result is iterated (each image decoded again then), so memory
     holds the patch features of all images and the full-size maps of one. :func:`save_maps` writes it
     image by image. The arguments are those of :func:`pca_maps`."""
-    if not isinstance(images, (list, tuple)):
-        raise TypeError(f"pca_map_stream takes a list of images, not a {type(images).__name__} (pca_maps takes one)")
+    if _one_image(images):
+        raise TypeError(f"pca_map_stream takes several images (a list of them), not one {type(images).__name__}: "
+                        "give [image], or pca_maps for one")
+    images = list(images)
     options = _basis_options(basis, fit, options, model, layer, size=size, tile=tile, batch_size=batch_size)
     items, names, feats, _, bases = _fitted(model, images, options, basis, joint, threshold, upsample, progress, info,
                                             num_workers, display=False)
     return PCAMapStream(items, names, feats, bases, upsample, num_workers)
+
+
+def _one_image(images: Any) -> bool:
+    """Whether ``images`` is one image (a path, an array of one image, a PIL image, a tensor of one image), not
+    several (a list, tuple or other iterable of them, an array or tensor of a stack of them)."""
+    if isinstance(images, (str, os.PathLike)) or (isinstance(getattr(images, "mode", None), str)
+                                                   and hasattr(images, "size")):
+        return True
+    if isinstance(images, (np.ndarray, Tensor)):
+        return images.ndim <= 3
+    return False
 
 
 class PCAMapStream:
