@@ -276,6 +276,13 @@ def test_resume_on_other_data_says_which(scenes, trained, tmp_path, capsys):
         os.chdir(cwd)
     assert data_differences(*records) == [
         f"train_dataloader.dataset.root: '{tmp_path}/data/nyu' -> '{scenes}/data/nyu'"]  # the root alone
+    # a record of an earlier version kept the root as written: read from the folder the resume runs in
+    old = '{"train_dataloader.dataset": {"type": "NYUDepthDataset", "root": "data/nyu", "img_dir": ".", "depth_dir": "gt"}}'
+    try:
+        os.chdir(tmp_path)
+        assert data_differences(old, _data_record(cfg)) == []
+    finally:
+        os.chdir(cwd)
 
 
 def test_a_warm_up_from_factor_zero_is_a_config_error(scenes, tmp_path, capsys):
@@ -1125,3 +1132,16 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path):
     assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
     assert not out.exists()
     _no_staging_left(tmp_path)
+
+
+def test_a_checkpoint_none_of_whose_keys_fit_is_not_offered_a_partial_load(scenes, trained, tmp_path, capsys):
+    """test of a segmentation checkpoint with a depth config suggested --partial-load, which it then refused:
+    'none of its keys fits'. Where nothing fits, the first message says so instead."""
+    from dinov2_dense.checkpoints import CheckpointError
+    from dinov2_dense.engine import load_trained
+
+    depth_cfg = ROOT / "configs/depth/tiny_synthetic_linear.py"
+    with pytest.raises(CheckpointError, match="does not fit the model of this config") as caught:
+        load_trained(trained / "iter_4.pth", depth_cfg, other_backbone=True,
+                     cfg_options={"model.backbone.img_size": 56})
+    assert "none of its keys fits" in str(caught.value) and "partial_load" not in str(caught.value)

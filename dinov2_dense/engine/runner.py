@@ -182,7 +182,8 @@ def _flat_items(value: Any, prefix: str) -> dict[str, Any]:
 def data_differences(recorded: str, now: str | None) -> list[str]:
     """``key: recorded -> now`` for each setting of the data (:func:`_data_record` texts) that differs."""
     try:
-        was, new = json.loads(recorded), json.loads(now or "{}")
+        # (a record of an earlier version kept roots as written: taken from this folder, as the run likely was)
+        was, new = _absolute_roots(json.loads(recorded)), json.loads(now or "{}")
     except (TypeError, ValueError):
         return []
     old_items: dict[str, Any] = {}
@@ -1239,10 +1240,11 @@ class HeadCheckpointLoader:
             # no backbone)
             self._check_backbone(filename, checkpoint, fitting, model)
             if not self.partial_load:
+                # (where no key fits, a partial load would load nothing: it is not offered)
+                way = (f"\n  (pass {self._flag('--partial-load')} to load the keys that fit and keep the rest as built)"
+                       if fitting else "\n  (none of its keys fits: is it a checkpoint of this config's task and head?)")
                 raise CheckpointError(f"{filename} does not fit the model of this config:\n  " + "\n  ".join(problems)
-                                      + self._class_count_hint(state, own)
-                                      + f"\n  (pass {self._flag('--partial-load')} to load the keys that fit and keep "
-                                      "the rest as built)")
+                                      + self._class_count_hint(state, own) + way)
             self.warn(f"partial load of {filename}: " + "; ".join(problems))
             state = fitting
             if not state:  # the model would run as built: a random head, scored as if it were the file's
