@@ -1313,10 +1313,9 @@ def _cmd_curate(args: argparse.Namespace) -> int:
                              f"({len(args.clusters)} level{'s' if len(args.clusters) != 1 else ''}) disagree: "
                              "--clusters gives one count a level, so leave --levels out or give as many counts")
         if not is_embeddings(args.inputs) or (args.seeds is not None and not is_embeddings(args.seeds)):
-            device = check_device(args.device)
-            if device is not None and device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-                device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # each process its own GPU, not GPU 0
-            return _load_model(args, device).eval()
+            from .distributed import local_device
+
+            return _load_model(args, local_device(check_device(args.device))).eval()  # each process its own GPU
         return None
 
     model = agree_to_start(start, main=True)

@@ -41,6 +41,16 @@ def implied_launcher(launcher: str) -> str:
     return "pytorch" if launcher == "none" and under_torchrun() else launcher
 
 
+def local_device(device):
+    """``device`` (a torch.device, or None) for this process: a CUDA device without an index is this process's
+    GPU under torchrun (``cuda:$LOCAL_RANK``), not every process's GPU 0; others as they are."""
+    import torch
+
+    if device is not None and device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
 def say_distributed(what: str) -> None:
     """On process 0 of a started group, the note that torchrun's processes run ``what`` together although
     no --launcher was given (see :func:`implied_launcher`)."""

@@ -68,9 +68,11 @@ def setup_distributed(device: str | None = None) -> tuple[torch.device, int, int
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    from dinov2_dense.distributed import local_device
+
+    dev = local_device(torch.device(device))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", 0) if dev.index is None else dev  # (one process without torchrun: GPU 0)
         torch.cuda.set_device(dev)
     return dev, rank, world
 

@@ -118,7 +118,7 @@ def test_a_depth_run_resumed_with_other_losses_says_so_and_logs_only_its_own(sce
     (work / "iter_2.pth").unlink()
     assert _train(work, options, "--resume", config=DEPTH_CFG) == 0
     logs = "".join(p.read_text() for p in sorted(work.glob("2*/2*.log")))  # (two runs of one second: one folder)
-    before, said, resumed = logs.partition("was trained with other losses than this config gives (model.losses:")
+    before, said, resumed = logs.partition("was trained with other losses than this config gives (model.losses.")
     assert said and "loss_GradientLoss" in before
     trained = [line for line in resumed.splitlines() if "Iter(train)" in line]
     assert trained and not any("loss_GradientLoss" in line for line in trained), trained

@@ -46,7 +46,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from dinov2_dense.checkpoints import CheckpointError, refuse_nonfinite
-from dinov2_dense.fileio import atomic_path
+from dinov2_dense.fileio import atomic_path, write_json
 
 from .registry import HOOKS
 
@@ -170,15 +170,6 @@ def _data_record(cfg) -> str | None:
     return json.dumps(record, sort_keys=True, default=str)
 
 
-def _flat_items(value: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flat_items(v, f"{prefix}.{k}"))
-        return out or {prefix: {}}
-    return {prefix: value}
-
-
 def data_differences(recorded: str, now: str | None) -> list[str]:
     """``key: recorded -> now`` for each setting of the data (:func:`_data_record` texts) that differs."""
     try:
@@ -186,17 +177,13 @@ def data_differences(recorded: str, now: str | None) -> list[str]:
         was, new = _absolute_roots(json.loads(recorded)), json.loads(now or "{}")
     except (TypeError, ValueError):
         return []
-    old_items: dict[str, Any] = {}
-    new_items: dict[str, Any] = {}
-    for key in DATA_KEYS:
-        if key in was:  # (what the checkpoint recorded: one of an earlier version recorded fewer keys)
-            old_items.update(_flat_items(was[key], key))
-            if key in new:
-                new_items.update(_flat_items(new[key], key))
-    missing = object()
-    return [f"{k}: {old_items.get(k, '(unset)')!r} -> {new_items.get(k, '(unset)')!r}"
-            for k in sorted(set(old_items) | set(new_items))
-            if old_items.get(k, missing) != new_items.get(k, missing)]
+    from dinov2_dense.distributed import flatten
+
+    # (what the checkpoint recorded: one of an earlier version recorded fewer keys)
+    old_items = flatten({key: was[key] for key in DATA_KEYS if key in was})
+    new_items = flatten({key: new[key] for key in DATA_KEYS if key in was and key in new})
+    return [f"{k}: {old_items.get(k, '(unset)')} -> {new_items.get(k, '(unset)')}"
+            for k in sorted(set(old_items) | set(new_items)) if old_items.get(k) != new_items.get(k)]
 
 
 #: The work dir's record of the last validation a training run finished (``{"iter": N}``): mmengine saves
@@ -230,8 +217,7 @@ class ResumedValidationHook(Hook):
         loop = runner.__dict__.get("_train_loop")
         if loop is None or isinstance(loop, dict) or not is_main_process():  # (a test run has none)
             return
-        with atomic_path(Path(runner.work_dir) / VALIDATION_RECORD) as tmp:
-            tmp.write_text(json.dumps({"iter": int(runner.iter)}) + "\n")
+        write_json(Path(runner.work_dir) / VALIDATION_RECORD, {"iter": int(runner.iter)})
 
     def before_train(self, runner) -> None:
         from mmengine.dist import broadcast_object_list, is_main_process
