@@ -71,6 +71,11 @@ def load_image(source: ImageLike) -> np.ndarray:
         raise ValueError(f"{name}: {exc}" if name else str(exc)) from None
 
 
+def is_pil_image(source: Any) -> bool:
+    """Whether ``source`` is a PIL image (told without importing PIL; a tensor has a ``mode`` method, not a name)."""
+    return isinstance(getattr(source, "mode", None), str) and hasattr(source, "size")
+
+
 def load_array(source: ImageLike) -> np.ndarray:
     """An image input as an array in its own dtype and channels (what :func:`load_image` converts):
     files decoded upright by :func:`dinov2_dense.images.decode_image`, arrays as given, PIL images
@@ -83,7 +88,7 @@ def load_array(source: ImageLike) -> np.ndarray:
         raise TypeError("a torch tensor is no image file, array or PIL image: this reads pixels as stored (figures "
                         "show them); pass a tensor of normalised images to extract_features, or the image itself "
                         "(a file, an array, a PIL image) here")
-    if isinstance(getattr(source, "mode", None), str) and hasattr(source, "size"):  # PIL.Image without importing PIL
+    if is_pil_image(source):
         return _from_pil(source)
     raise TypeError(f"cannot read an image from a {type(source).__name__}")
 

@@ -401,7 +401,6 @@ def test_colours_and_overlays_in_bands_of_rows_are_the_whole_images(monkeypatch)
     whole_mask, whole_rgb = basis.colourise(scores)
     whole = figures.to_uint8(figures.overlay(image, whole_rgb, 0.3)), figures.to_uint8(whole_rgb)
     for pixels in (23 * 5, 50, 1):  # bands of 5 rows, of 2 rows, of 1 row
-        monkeypatch.setattr(viz_pca, "COLOUR_PIXELS", pixels)
         monkeypatch.setattr(figures, "BAND_PIXELS", pixels)
         mask, rgb = basis.colourise(scores)
         np.testing.assert_array_equal(mask, whole_mask)

@@ -28,19 +28,21 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255
     out = np.empty(a.shape, dtype=np.uint8)
-    for y in range(0, a.shape[0], _band(a)):  # a band of rows at a time: no float copies of a large image whole
-        rows = slice(y, y + _band(a))
+    band = band_rows(a.shape[1])
+    for y in range(0, a.shape[0], band):  # a band of rows at a time: no float copies of a large image whole
+        rows = slice(y, y + band)
         out[rows] = (np.clip(a[rows].astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return out
 
 
-#: Pixels :func:`to_uint8` and :func:`overlay_uint8` convert at a time (a band of rows).
+#: Pixels that :func:`to_uint8`, :func:`overlay_uint8` and ``PCABasis.colourise`` convert at a time (a band
+#: of rows).
 BAND_PIXELS = 1 << 20
 
 
-def _band(a: np.ndarray) -> int:
-    """Rows of ``a`` in a band of about :data:`BAND_PIXELS` pixels."""
-    return max(1, BAND_PIXELS // max(1, a.shape[1] if a.ndim > 1 else 1))
+def band_rows(width: int) -> int:
+    """Rows of an image ``width`` pixels wide in a band of about :data:`BAND_PIXELS` pixels."""
+    return max(1, BAND_PIXELS // max(1, width))
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -74,8 +76,9 @@ def overlay_uint8(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) ->
     if np.shape(image)[:2] != np.shape(colours)[:2]:
         raise ValueError(f"overlay of an image {np.shape(image)} and colours {np.shape(colours)}: sizes differ")
     out = np.empty((*np.shape(image)[:2], 3), dtype=np.uint8)
-    for y in range(0, out.shape[0], _band(out)):
-        rows = slice(y, y + _band(out))
+    band = band_rows(out.shape[1])
+    for y in range(0, out.shape[0], band):
+        rows = slice(y, y + band)
         out[rows] = to_uint8(overlay(image[rows], colours[rows], alpha))
     return out
 

@@ -57,14 +57,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..features import (DenseFeatures, FeatureOptions, NonfiniteFeaturesError, PerformanceWarning, check_forward_pass,
-                        check_input, extract_features, feature_options, input_names, load_array, map_in_workers,
-                        to_rgb_float)
+                        check_input, extract_features, feature_options, input_names, is_pil_image, load_array,
+                        map_in_workers, to_rgb_float)
 from ..fileio import atomic_path
-from .figures import overlay, overlay_uint8, save_grid, to_uint8, write_image
+from .figures import band_rows, overlay, overlay_uint8, save_grid, to_uint8, write_image
 
 BASIS_VERSION = 1
-#: Pixels :meth:`PCABasis.colourise` colours at a time (a band of rows).
-COLOUR_PIXELS = 1 << 20
 Threshold = str | float | None
 
 
@@ -234,13 +232,13 @@ class PCABasis:
 
     def colourise(self, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(4, H, W) scores -> foreground mask (H, W) bool and colours (H, W, 3) float32 in [0, 1]. Computed
-        in float64 a band of rows at a time (:data:`COLOUR_ROWS` pixels' worth), so a large image's maps
-        do not take several float64 copies of the whole image."""
+        in float64 a band of rows at a time (:func:`~dinov2_dense.viz.figures.band_rows`), so a large image's
+        maps do not take several float64 copies of the whole image."""
         h, w = scores.shape[-2:]
         mask, rgb = np.empty((h, w), dtype=bool), np.empty((h, w, 3), dtype=np.float32)
         lo = torch.from_numpy(self.lo).view(3, 1, 1)
         span = torch.from_numpy(self.hi - self.lo).view(3, 1, 1)
-        rows = max(1, COLOUR_PIXELS // max(w, 1))
+        rows = band_rows(w)
         for y in range(0, h, rows):
             band = scores[:, y : y + rows].to(torch.float64)
             m = band[0] > self.threshold if self.masked else torch.ones_like(band[0], dtype=torch.bool)
@@ -761,8 +759,7 @@ def pca_map_stream(model, images: Sequence[Any], *, basis: PCABasis | None = Non
 def _one_image(images: Any) -> bool:
     """Whether ``images`` is one image (a path, an array of one image, a PIL image, a tensor of one image), not
     several (a list, tuple or other iterable of them, an array or tensor of a stack of them)."""
-    if isinstance(images, (str, os.PathLike)) or (isinstance(getattr(images, "mode", None), str)
-                                                   and hasattr(images, "size")):
+    if isinstance(images, (str, os.PathLike)) or is_pil_image(images):
         return True
     if isinstance(images, (np.ndarray, Tensor)):
         return images.ndim <= 3
